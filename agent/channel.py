@@ -1,0 +1,305 @@
+"""Transports to the host. This module alone touches the port's file descriptor.
+
+A *channel* produces *links*; a link is one open byte stream to the host, served
+by one :class:`~limiquantix.agent.session.Session` until it breaks:
+
+* :class:`DeviceChannel`: a character device, the virtio-serial port in a real
+  guest (``/dev/virtio-ports/org.limiquantix.agent.0``) or a pty standing for it
+  in a simulated VM. Opened non-blocking and poll-driven. Facts of virtio-serial
+  this code follows (measured on a real QEMU guest, see DESIGN.md): while no host
+  client is attached, ``read()`` returns 0 at once and poll reports the fd
+  readable, so a zero read means "host absent", not end of file: back off instead
+  of spinning, and drop any half-frame the departed host left. The device can be
+  missing (module not loaded yet, port not configured) or vanish (hot-unplug):
+  wait for it and reopen. One link per open of the device.
+* :class:`UnixListenChannel`: listen on a Unix socket (development, tests); each
+  accepted connection is a link, several may be served at once.
+* :class:`UnixConnectChannel`: connect to a Unix socket, reconnecting with
+  backoff; one link at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import termios
+import tty
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol, final
+
+import trio
+
+__all__ = [
+    "Channel",
+    "DeviceChannel",
+    "Link",
+    "LinkGone",
+    "UnixConnectChannel",
+    "UnixListenChannel",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest single read. virtio-serial hands over at most a few pages per read;
+#: a larger buffer only matters for Unix sockets during bulk file writes.
+READ_SIZE: Final = 256 * 1024
+#: Back-off while the host is absent: starts small so a host that attaches is
+#: answered quickly, capped so an idle guest wakes at most twice a second.
+ABSENT_BACKOFF_MIN_S: Final = 0.02
+ABSENT_BACKOFF_MAX_S: Final = 0.5
+#: How often to look for a missing device or socket.
+REOPEN_INTERVAL_S: Final = 1.0
+#: errnos that mean the device or peer is gone for good (reopen it).
+_GONE_ERRNOS: Final = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF, errno.EPIPE, errno.ECONNRESET})
+
+
+class LinkGone(Exception):
+    """The link broke (device vanished, peer closed)."""
+
+
+class Link(Protocol):
+    """One open byte stream to a host."""
+
+    #: Called when the host detaches but the link stays open (virtio only).
+    on_host_absent: Callable[[], None] | None
+
+    async def receive_some(self) -> bytes:
+        """Next bytes from the host; ``b""`` when the link ended.
+
+        Raises:
+            LinkGone: the link broke.
+        """
+
+    async def send_all(self, data: bytes) -> None:
+        """Write all of ``data``.
+
+        Raises:
+            LinkGone: the link broke.
+        """
+
+    @property
+    def description(self) -> str: ...
+
+
+LinkHandler = Callable[[Link], Awaitable[None]]
+
+
+class Channel(Protocol):
+    async def serve(
+        self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Produce links forever and run ``handle_link`` on each."""
+
+
+# --------------------------------------------------------------------- device
+
+
+@final
+class _DeviceLink:
+    def __init__(self, fd: int, path: str) -> None:
+        self._fd = fd
+        self._path = path
+        self.on_host_absent: Callable[[], None] | None = None
+        self._absent = False
+        self.description = f"device {path}"
+
+    async def receive_some(self) -> bytes:
+        backoff = 0.0
+        while True:
+            await trio.lowlevel.wait_readable(self._fd)
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in _GONE_ERRNOS:
+                    raise LinkGone(f"{self._path}: {exc.strerror}") from exc
+                raise
+            if data:
+                if self._absent:
+                    log.info("host attached to %s", self._path)
+                self._absent = False
+                return data
+            # No host attached: the port reports readable and reads 0 bytes.
+            if not self._absent:
+                self._absent = True
+                log.info("no host attached to %s; waiting", self._path)
+                if self.on_host_absent is not None:
+                    self.on_host_absent()
+            backoff = min(max(backoff * 2, ABSENT_BACKOFF_MIN_S), ABSENT_BACKOFF_MAX_S)
+            await trio.sleep(backoff)
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
+            except OSError as exc:
+                if exc.errno in _GONE_ERRNOS:
+                    raise LinkGone(f"{self._path}: {exc.strerror}") from exc
+                raise
+            view = view[n:]
+            if view:
+                await trio.lowlevel.wait_writable(self._fd)
+        await trio.lowlevel.checkpoint()
+
+
+def _open_device(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENODEV, "not a character device")
+        if os.isatty(fd):
+            # A pty (simulated VM) or serial line: raw bytes, no echo, no line editing.
+            tty.setraw(fd, termios.TCSANOW)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@final
+class DeviceChannel:
+    """The virtio-serial port (or a pty standing for it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def serve(
+        self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        missing_logged = False
+        while True:
+            try:
+                fd = _open_device(self.path)
+            except OSError as exc:
+                if not started:
+                    task_status.started()
+                    started = True
+                if not missing_logged:
+                    log.warning("cannot open %s (%s); retrying every %.0f s", self.path, exc.strerror, REOPEN_INTERVAL_S)
+                    missing_logged = True
+                await trio.sleep(REOPEN_INTERVAL_S)
+                continue
+            missing_logged = False
+            log.info("opened %s", self.path)
+            if not started:
+                task_status.started()
+                started = True
+            try:
+                await handle_link(_DeviceLink(fd, self.path))
+            finally:
+                # The fd must not be closed while trio still watches it.
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+            log.warning("%s went away; reopening", self.path)
+            await trio.sleep(REOPEN_INTERVAL_S)
+
+
+# ---------------------------------------------------------------------- unix
+
+
+@final
+class _StreamLink:
+    def __init__(self, stream: trio.abc.Stream, description: str) -> None:
+        self._stream = stream
+        self.on_host_absent: Callable[[], None] | None = None
+        self.description = description
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LinkGone(str(exc)) from exc
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LinkGone(str(exc)) from exc
+
+
+@final
+class UnixListenChannel:
+    """Listen on a Unix socket; serve every connection as its own link."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def serve(
+        self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)  # stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is a root shell: owner only
+        try:
+            await sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        count = 0
+
+        async def _serve_one(stream: trio.SocketStream) -> None:
+            nonlocal count
+            count += 1
+            async with stream:
+                await handle_link(_StreamLink(stream, f"unix client #{count} on {self.path}"))
+
+        try:
+            task_status.started()
+            await trio.serve_listeners(_serve_one, [listener])
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+@final
+class UnixConnectChannel:
+    """Connect to a Unix socket; one link at a time, reconnecting with backoff."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def serve(
+        self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        delay = ABSENT_BACKOFF_MIN_S
+        while True:
+            try:
+                stream = await trio.open_unix_socket(self.path)
+            except OSError as exc:
+                log.debug("connect %s: %s", self.path, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, REOPEN_INTERVAL_S)
+                continue
+            delay = ABSENT_BACKOFF_MIN_S
+            async with stream:
+                await handle_link(_StreamLink(stream, f"unix socket {self.path}"))
+            await trio.sleep(ABSENT_BACKOFF_MIN_S)
+
+
+def make_channel(transport: str, *, device: str, socket: str) -> Channel:
+    """The channel a config names."""
+    if transport == "virtio":
+        return DeviceChannel(device)
+    if transport == "unix-listen":
+        return UnixListenChannel(socket)
+    if transport == "unix-connect":
+        return UnixConnectChannel(socket)
+    raise ValueError(f"unknown transport {transport!r}")  # pragma: no cover - config validates

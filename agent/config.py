@@ -1,0 +1,256 @@
+"""Agent configuration: one frozen dataclass, read from TOML, every key a flag.
+
+The TOML file (default ``/etc/limiquantix/agent.toml``) holds the field names
+as keys, either at the top level or inside tables, which only group them for
+readability (``[exec]\nexec_default_timeout_s = 30``). Every field is also a
+command-line flag (``--telemetry-interval-s 10``); flags win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 guests
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/agent.toml")
+DEFAULT_DEVICE: Final = "/dev/virtio-ports/org.limiquantix.agent.0"
+MiB: Final = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag is invalid."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Every setting of the agent. Field docs become ``--help`` text."""
+
+    transport: str = "virtio"
+    """virtio (a character device: virtio-serial port or pty), unix-listen or unix-connect."""
+    device: str = DEFAULT_DEVICE
+    """Character device for transport=virtio."""
+    socket: str = ""
+    """Unix socket path for transport=unix-listen / unix-connect."""
+
+    max_frame_bytes: int = 16 * MiB
+    """Largest frame accepted or sent."""
+    max_inflight_requests: int = 4096
+    """Requests running at once on one connection; beyond it: resource_exhausted."""
+    max_concurrent_commands: int = 16
+    """Commands (execute) running at once; beyond it: resource_exhausted."""
+    disable: tuple[str, ...] = ()
+    """Request types to refuse with unimplemented (like qemu-ga --block-rpcs), e.g. execute,file_write."""
+
+    telemetry_interval_s: float = 5.0
+    """Seconds between telemetry reports; 0 turns them off."""
+    ip_check_interval_s: float = 2.0
+    """Seconds between address checks for the ip_changed event (at most 5)."""
+    interface_exclude: tuple[str, ...] = ("lo", "docker*", "veth*", "virbr*", "cni*", "flannel*")
+    """Interface name patterns left out of IP reports."""
+
+    exec_default_timeout_s: float = 60.0
+    """Timeout of a command that names none."""
+    exec_max_timeout_s: float = 86400.0
+    """Largest timeout a request may ask for."""
+    exec_output_limit_bytes: int = 1 * MiB
+    """Default cap of stdout and of stderr, each."""
+    exec_max_output_limit_bytes: int = 64 * MiB
+    """Largest cap a request may ask for."""
+    exec_kill_grace_s: float = 2.0
+    """On timeout or cancel: seconds between SIGTERM and SIGKILL to the process group."""
+    exec_shell: str = "/bin/sh"
+    """Shell for script-form commands."""
+
+    file_chunk_bytes: int = 1 * MiB
+    """Default chunk size of file reads."""
+    file_read_allow: tuple[str, ...] = ("/",)
+    """Path prefixes that may be read (checked on the resolved path)."""
+    file_read_deny: tuple[str, ...] = ()
+    """Path prefixes that may not be read, even inside an allowed one."""
+    file_write_allow: tuple[str, ...] = ("/",)
+    """Path prefixes that may be written."""
+    file_write_deny: tuple[str, ...] = ()
+    """Path prefixes that may not be written."""
+    file_write_idle_timeout_s: float = 60.0
+    """A write transfer idle this long is discarded (temp file removed)."""
+
+    poweroff_command: tuple[str, ...] = ("/sbin/shutdown", "-P", "now", "{message}")
+    """argv for poweroff; {message} is replaced by the request's message."""
+    reboot_command: tuple[str, ...] = ("/sbin/shutdown", "-r", "now", "{message}")
+    """argv for reboot."""
+    halt_command: tuple[str, ...] = ("/sbin/shutdown", "-H", "now", "{message}")
+    """argv for halt."""
+    password_command: tuple[str, ...] = ("chpasswd",)
+    """argv that reads 'user:password' lines on stdin."""
+    password_expire_command: tuple[str, ...] = ("passwd", "--expire", "{user}")
+    """argv that forces a password change at next login."""
+
+    log_format: str = "text"
+    """text or json."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("virtio", "unix-listen", "unix-connect"):
+            raise ConfigError(f"transport must be virtio, unix-listen or unix-connect, not {self.transport!r}")
+        if self.transport != "virtio" and not self.socket:
+            raise ConfigError(f"transport={self.transport} needs socket")
+        if not 1024 <= self.max_frame_bytes <= 16 * MiB:
+            raise ConfigError("max_frame_bytes must be within 1024..16777216")
+        if self.file_chunk_bytes < 1 or self.file_chunk_bytes > self.max_frame_bytes - 4096:
+            raise ConfigError("file_chunk_bytes must be positive and leave room for the frame's fields")
+        if self.telemetry_interval_s < 0:
+            raise ConfigError("telemetry_interval_s must be >= 0")
+        if not 0 < self.ip_check_interval_s <= 5:
+            raise ConfigError("ip_check_interval_s must be within (0, 5]")
+        if self.max_concurrent_commands < 1 or self.max_inflight_requests < 1:
+            raise ConfigError("max_concurrent_commands and max_inflight_requests must be >= 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+        for name in ("file_read_allow", "file_read_deny", "file_write_allow", "file_write_deny"):
+            for prefix in getattr(self, name):
+                if not prefix.startswith("/"):
+                    raise ConfigError(f"{name}: {prefix!r} is not an absolute path")
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(AgentConfig)}
+_HINTS: Final = get_type_hints(AgentConfig)
+
+
+def _field_docs() -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(AgentConfig))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value
+    return docs
+
+
+def _coerce(name: str, value: Any) -> Any:
+    hint = _HINTS[name]
+    if get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings")
+        return tuple(value)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if hint is int and not isinstance(value, bool):
+            return int(value)
+        if hint is float and not isinstance(value, bool):
+            return float(value)
+        if hint is str and isinstance(value, str):
+            return value
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+    raise ConfigError(f"{name} must be of type {getattr(hint, '__name__', hint)}, not {type(value).__name__}")
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value))
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def config_from_mapping(data: dict[str, Any]) -> AgentConfig:
+    """Build a config from (possibly table-grouped) keys.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+    """
+    flat = _flatten(data)
+    unknown = sorted(set(flat) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    try:
+        return AgentConfig(**{k: _coerce(k, v) for k, v in flat.items()})
+    except TypeError as exc:  # pragma: no cover - guarded by the unknown-key check
+        raise ConfigError(str(exc)) from exc
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The agent's command line: --config, --version, and one flag per field."""
+    from limiquantix.protocol import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="limiquantix-agent",
+        description="LimiQuantix guest agent: serves the host over virtio-serial.",
+    )
+    parser.add_argument("--version", action="version", version=f"limiquantix-agent {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML configuration file (default {DEFAULT_CONFIG_PATH} when it exists)",
+    )
+    docs = _field_docs()
+    for name, f in _FIELDS.items():
+        hint = _HINTS[name]
+        default = f.default
+        help_text = docs.get(name, "")
+        if get_origin(hint) is tuple:
+            help_text += " Comma-separated."
+            default = ",".join(default)  # type: ignore[arg-type]
+        elif get_args(hint):  # pragma: no cover - no such fields
+            pass
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{help_text} (default: {default!s})",
+        )
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
+    """Parse flags and the TOML file into an AgentConfig.
+
+    Raises:
+        ConfigError: unreadable or invalid file, or an invalid flag value.
+    """
+    parser = build_arg_parser()
+    ns = vars(parser.parse_args(argv))
+    path: Path | None = ns.pop("config")
+    data: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = _flatten(tomllib.load(fh))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    data.update(ns)
+    return config_from_mapping(data)

@@ -1,0 +1,172 @@
+"""The agent process: owns the channel, the sessions and the periodic loops."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from typing import Final, final
+
+import trio
+
+from limiquantix.protocol import PROTOCOL_VERSION, __version__
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.wire import new_message
+
+from . import handlers as _handlers  # noqa: F401  (registers every handler)
+from .channel import Channel, Link, make_channel
+from .config import AgentConfig
+from .dispatch import HANDLERS
+from .session import Session
+from .telemetry import TelemetryCollector, address_fingerprint, boot_time, collect_interfaces, read_machine_id, read_os_release
+
+__all__ = ["Agent", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Requests handled by the session itself rather than a handler module.
+_BUILTIN_CAPABILITIES: Final = ("cancel",)
+#: On SIGTERM: how long queued answers may take to drain before exit.
+FLUSH_TIMEOUT_S: Final = 2.0
+
+
+def _ts(seconds: float, into) -> None:  # type: ignore[no-untyped-def]
+    into.seconds = int(seconds)
+    into.nanos = int((seconds - int(seconds)) * 1e9)
+
+
+@final
+class Agent:
+    """State shared by every session of one agent process."""
+
+    def __init__(self, config: AgentConfig, channel: Channel | None = None) -> None:
+        self.config = config
+        self.channel = channel or make_channel(config.transport, device=config.device, socket=config.socket)
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        self.sessions: set[Session] = set()
+        self.running_commands = 0
+        self.collector = TelemetryCollector(config.interface_exclude)
+        self._os = read_os_release()
+        self._machine_id = read_machine_id()
+        self._addresses: frozenset[tuple[str, str, int]] = frozenset()
+        #: Work that must outlive the session that asked for it (a delayed
+        #: shutdown). Set while :meth:`run` runs.
+        self.background: trio.Nursery | None = None
+        self.stopping = False
+
+    # -- identity ----------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        return sorted({*HANDLERS, *_BUILTIN_CAPABILITIES})
+
+    def identity(self) -> pb.AgentIdentity:
+        uname = platform.uname()
+        ident = pb.AgentIdentity(
+            agent_version=__version__,
+            protocol_version=PROTOCOL_VERSION,
+            os=self._os,
+            kernel=uname.release,
+            kernel_version=uname.version,
+            architecture=uname.machine,
+            hostname=socket.gethostname(),
+            interfaces=collect_interfaces(self.config.interface_exclude, counters=False),
+            capabilities=self.capabilities(),
+            disabled_capabilities=sorted(set(self.config.disable) & set(self.capabilities())),
+            pid=os.getpid(),
+            max_frame_bytes=self.config.max_frame_bytes,
+            python_version=platform.python_version(),
+            machine_id=self._machine_id,
+        )
+        _ts(boot_time(), ident.boot_time)
+        _ts(self.started_at, ident.agent_started_at)
+        return ident
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    # -- events ------------------------------------------------------------
+
+    def broadcast(self, **payload: object) -> None:
+        """Send an event to every connected host; dropped where a queue is full."""
+        for session in list(self.sessions):
+            session.writer.try_send(new_message(**payload))  # type: ignore[arg-type]
+
+    async def _telemetry_loop(self) -> None:
+        interval = self.config.telemetry_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            if not self.sessions:
+                continue
+            report = await trio.to_thread.run_sync(self.collector.sample)
+            self.broadcast(telemetry=report)
+
+    async def _ip_watch_loop(self) -> None:
+        exclude = self.config.interface_exclude
+        self._addresses = address_fingerprint(collect_interfaces(exclude, counters=False))
+        while True:
+            await trio.sleep(self.config.ip_check_interval_s)
+            interfaces = collect_interfaces(exclude, counters=False)
+            current = address_fingerprint(interfaces)
+            if current != self._addresses:
+                log.info("addresses changed: %s", sorted(a for _, a, _ in current))
+                self._addresses = current
+                self.broadcast(ip_changed=pb.IpChangedEvent(interfaces=interfaces))
+
+    # -- serving -----------------------------------------------------------
+
+    async def _handle_link(self, link: Link) -> None:
+        if self.stopping:
+            return
+        session = Session(self, link)
+        self.sessions.add(session)
+        log.info("serving %s", link.description)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or until SIGTERM/SIGINT (then exit cleanly)."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                self.background = nursery
+                nursery.start_soon(self._telemetry_loop)
+                nursery.start_soon(self._ip_watch_loop)
+                await nursery.start(self.channel.serve, self._handle_link)
+                log.info(
+                    "limiquantix-agent %s ready (%s, pid %d)", __version__, self.config.transport, os.getpid()
+                )
+                task_status.started()
+                async for signum in signals:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    await self._stop()
+                    nursery.cancel_scope.cancel()
+                    break
+
+    async def _stop(self) -> None:
+        """Stop taking requests, kill running commands, flush answers."""
+        self.stopping = True
+        with trio.move_on_after(FLUSH_TIMEOUT_S) as scope:
+            scope.shield = True
+            for session in list(self.sessions):
+                for ctx in list(session.inflight.values()):
+                    ctx.cancel_scope.cancel()  # execute's cleanup kills the process group
+            # Let cancelled handlers finish their cleanup, then drain the writers.
+            while any(s.inflight for s in self.sessions):
+                await trio.sleep(0.01)
+            for session in list(self.sessions):
+                session.writer.close()
+            for session in list(self.sessions):
+                await session.writer.drained.wait()
+
+
+async def serve(config: AgentConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run an agent with ``config`` (the programmatic entry point)."""
+    await Agent(config).run(task_status=task_status)
+

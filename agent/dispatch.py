@@ -1,0 +1,128 @@
+"""Request registry and the one place that turns exceptions into Error answers.
+
+Handlers live one module per concern in ``agent/handlers/`` and register with
+:func:`handler`, keyed by the request's oneof field name in ``AgentMessage``.
+A handler receives a :class:`RequestContext` and the request message and
+returns the terminal response message; it raises
+:class:`~limiquantix.protocol.errors.AgentError` for a clean failure. Streaming
+handlers send intermediate messages with :meth:`RequestContext.send`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+from google.protobuf.message import Message
+
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FrameTooLarge
+from limiquantix.protocol.wire import new_message
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+    from .session import Session
+
+__all__ = ["HANDLERS", "HandlerSpec", "RequestContext", "handler", "run_request"]
+
+log = logging.getLogger(__name__)
+
+HandlerFunc = Callable[["RequestContext", Any], Awaitable[Message]]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    request: str  #: oneof field of the request
+    response: str  #: oneof field of the terminal response
+    func: HandlerFunc
+    #: Counts against max_concurrent_commands.
+    is_command: bool = False
+
+
+#: Every implemented request type. Filled by the modules in agent/handlers/.
+HANDLERS: Final[dict[str, HandlerSpec]] = {}
+
+
+def handler(request: str, response: str, *, is_command: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:
+    """Register the decorated coroutine as the handler for ``request``."""
+    fields = pb.AgentMessage.DESCRIPTOR.fields_by_name
+    if request not in fields or response not in fields:  # pragma: no cover - programming error
+        raise ValueError(f"unknown AgentMessage field {request!r} or {response!r}")
+
+    def deco(func: HandlerFunc) -> HandlerFunc:
+        if request in HANDLERS:  # pragma: no cover - programming error
+            raise ValueError(f"two handlers for {request!r}")
+        HANDLERS[request] = HandlerSpec(request, response, func, is_command)
+        return func
+
+    return deco
+
+
+@final
+class RequestContext:
+    """What a handler may use: the agent, its session, and cancellation."""
+
+    def __init__(self, agent: Agent, session: Session, message_id: str, kind: str) -> None:
+        self.agent = agent
+        self.session = session
+        self.message_id = message_id
+        self.kind = kind
+        self.cancel_scope = trio.CancelScope()
+        #: Set when a CancelRequest named this request.
+        self.cancel_requested = False
+        #: A handler that answers cancellation itself (execute: a result with
+        #: exit_reason CANCELLED) installs a hook; otherwise the task is cancelled.
+        self.on_cancel: Callable[[], None] | None = None
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.agent.config
+
+    async def send(self, **payload: Message) -> None:
+        """Send a non-terminal message (a chunk) for this request."""
+        await self.session.writer.send(new_message(self.message_id, **payload))
+
+    def cancel(self) -> None:
+        """Cancel this request (from a CancelRequest)."""
+        self.cancel_requested = True
+        if self.on_cancel is not None:
+            self.on_cancel()
+        else:
+            self.cancel_scope.cancel()
+
+
+def error_message(message_id: str, exc: errors.AgentError) -> pb.AgentMessage:
+    return new_message(message_id, error=exc.to_proto())
+
+
+async def run_request(ctx: RequestContext, spec: HandlerSpec, request: Message) -> None:
+    """Run one handler and send its terminal answer (response or Error)."""
+    answer: pb.AgentMessage | None = None
+    with ctx.cancel_scope:
+        try:
+            response = await spec.func(ctx, request)
+            answer = new_message(ctx.message_id, **{spec.response: response})
+        except errors.AgentError as exc:
+            answer = error_message(ctx.message_id, exc)
+        except FrameTooLarge as exc:
+            answer = error_message(ctx.message_id, errors.ResourceExhausted(str(exc), reason="frame_too_large"))
+        except Exception as exc:
+            log.exception("%s %s failed", spec.request, ctx.message_id)
+            answer = error_message(ctx.message_id, errors.Internal(f"internal error ({type(exc).__name__})"))
+    if answer is None:
+        if not ctx.cancel_requested:
+            return  # the session is closing: nobody to answer
+        answer = error_message(ctx.message_id, errors.Cancelled("cancelled by request"))
+    try:
+        await ctx.session.writer.send(answer)
+    except FrameTooLarge as exc:
+        await ctx.session.writer.send(
+            error_message(ctx.message_id, errors.ResourceExhausted(str(exc), reason="frame_too_large"))
+        )
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass  # the link went away; the answer has nowhere to go

@@ -1,0 +1,1 @@
+"""Not built yet: registers nothing, so its requests answer `unimplemented`."""

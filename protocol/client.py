@@ -1,0 +1,266 @@
+"""The host side of one agent connection: hello/sync, request correlation, events.
+
+Used by hostd (one per VM), by ``limiquantix-agent-cli``, by the benchmarks and
+by the tests. It speaks over any trio stream: the QEMU chardev's Unix socket in
+production, the agent's own Unix socket in development.
+
+Connection start (see DESIGN.md): the byte stream may hold stale frames from an
+earlier connection, so the client sends ``hello`` with a random ``sync_id`` (in a
+SYNC frame, resent every :data:`HELLO_RESEND_S` until answered) and discards
+everything until the ``hello_response`` echoing it.
+
+Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
+cancelled while its request is in flight sends the agent a ``cancel`` for it.
+When the reader ends, every pending call fails at once with ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Final, final
+
+import trio
+from google.protobuf.message import Message
+
+from . import errors
+from ._gen import agent_pb2 as pb
+from .framing import MAX_FRAME_BYTES, FrameDecoder
+from .transport import MessageWriter
+from .wire import BadMessage, new_message, parse_frame
+
+__all__ = ["HELLO_RESEND_S", "AgentClient", "is_terminal"]
+
+log = logging.getLogger(__name__)
+
+#: Resend the hello this often until the agent echoes it (it may be starting,
+#: or its decoder may be waiting out a stale frame).
+HELLO_RESEND_S: Final = 1.0
+#: Messages buffered per pending call before the reader waits for its consumer.
+CALL_BUFFER: Final = 64
+#: Events buffered before new ones are dropped (and counted).
+EVENT_BUFFER: Final = 256
+READ_SIZE: Final = 256 * 1024
+
+_EVENTS: Final = frozenset({"telemetry", "agent_ready", "ip_changed", "shutdown_started"})
+
+
+def is_terminal(msg: pb.AgentMessage) -> bool:
+    """Whether ``msg`` ends its request (streams send non-terminal parts first)."""
+    kind = msg.WhichOneof("payload")
+    if kind == "execute_output":
+        return False
+    if kind == "file_read_chunk":
+        return msg.file_read_chunk.eof
+    return True
+
+
+@final
+class AgentClient:
+    """One connection to one agent. Create with :meth:`open` or :meth:`connect_unix`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._stream = stream
+        self.writer = MessageWriter(stream.send_all, max_frame_bytes=max_frame_bytes)
+        self.decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
+        self.identity: pb.AgentIdentity | None = None
+        self._pending: dict[str, trio.MemorySendChannel[pb.AgentMessage | errors.AgentError]] = {}
+        self._events_tx, self.events = trio.open_memory_channel[pb.AgentMessage](EVENT_BUFFER)
+        self._sync_id = secrets.randbits(63) + 1
+        self._synced = trio.Event()
+        self._closed_reason: str | None = None
+        self.late_replies = 0
+        self.dropped_events = 0
+        self.discarded_before_sync = 0
+        self.bad_messages = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, stream: trio.abc.Stream, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> AsyncIterator[AgentClient]:
+        """Run a client over ``stream``; returns once the agent answered hello.
+
+        Raises:
+            Unavailable: the stream ended before the agent answered.
+        """
+        client = cls(stream, max_frame_bytes=max_frame_bytes)
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(client._write_loop)
+            nursery.start_soon(client._read_loop)
+            nursery.start_soon(client._hello_loop)
+            try:
+                await client._synced.wait()
+                if client._closed_reason is not None:
+                    raise errors.Unavailable(f"agent connection closed before hello: {client._closed_reason}")
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect_unix(cls, path: str, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> AsyncIterator[AgentClient]:
+        """Connect to an agent (or a QEMU chardev) listening on a Unix socket.
+
+        Raises:
+            Unavailable: the socket cannot be connected or closed before hello.
+        """
+        try:
+            stream = await trio.open_unix_socket(path)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        async with cls.open(stream, max_frame_bytes=max_frame_bytes) as client:
+            yield client
+
+    @property
+    def connected(self) -> bool:
+        return self._synced.is_set() and self._closed_reason is None
+
+    def _close(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+        self._fail_pending(errors.Unavailable(f"agent connection lost: {reason}"))
+        self._events_tx.close()
+        self._synced.set()  # wake open() if it is still waiting
+
+    def _fail_pending(self, exc: errors.AgentError) -> None:
+        pending, self._pending = self._pending, {}
+        for tx in pending.values():
+            try:
+                tx.send_nowait(exc)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            tx.close()
+
+    async def _write_loop(self) -> None:
+        try:
+            await self.writer.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._close(f"write failed: {exc}")
+
+    async def _hello_loop(self) -> None:
+        while not self._synced.is_set():
+            hello = new_message(hello=pb.HelloRequest(sync_id=self._sync_id))
+            try:
+                await self.writer.send(hello)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            with trio.move_on_after(HELLO_RESEND_S):
+                await self._synced.wait()
+
+    async def _read_loop(self) -> None:
+        reason = "closed by peer"
+        try:
+            while True:
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                for frame in self.decoder.feed(data):
+                    try:
+                        msg = parse_frame(frame)
+                    except BadMessage as exc:
+                        self.bad_messages += 1
+                        log.warning("dropped frame from agent: %s", exc)
+                        continue
+                    await self._route(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = str(exc) or type(exc).__name__
+        finally:
+            self._close(reason)
+
+    async def _route(self, msg: pb.AgentMessage) -> None:
+        kind = msg.WhichOneof("payload")
+        if not self._synced.is_set():
+            if kind == "hello_response" and msg.hello_response.sync_id == self._sync_id:
+                self.identity = msg.hello_response.identity
+                self._synced.set()
+            else:
+                self.discarded_before_sync += 1
+            return
+        if kind == "hello_response":
+            return  # an answer to a resent hello
+        if kind in _EVENTS:
+            if kind == "agent_ready":
+                # The agent reopened its port (restarted): nothing in flight will be answered.
+                self.identity = msg.agent_ready.identity
+                self._fail_pending(errors.Unavailable("agent restarted"))
+            try:
+                self._events_tx.send_nowait(msg)
+            except trio.WouldBlock:
+                self.dropped_events += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            return
+        tx = self._pending.get(msg.message_id)
+        if tx is None:
+            self.late_replies += 1
+            return
+        try:
+            await tx.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._pending.pop(msg.message_id, None)
+            return
+        if is_terminal(msg):
+            self._pending.pop(msg.message_id, None)
+            tx.close()
+
+    # -- calls ---------------------------------------------------------------
+
+    async def stream(self, **payload: Message) -> AsyncIterator[pb.AgentMessage]:
+        """Send one request; yield every message answering it, the terminal one last.
+
+        An ``error`` answer is raised as its :class:`~.errors.AgentError`.
+        Leaving the iteration early (or being cancelled) cancels the request in
+        the agent.
+        """
+        if self._closed_reason is not None:
+            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
+        msg = new_message(**payload)
+        mid = msg.message_id
+        tx, rx = trio.open_memory_channel[pb.AgentMessage | errors.AgentError](CALL_BUFFER)
+        self._pending[mid] = tx
+        done = False
+        try:
+            await self.writer.send(msg)
+            async with rx:
+                async for item in rx:
+                    if isinstance(item, errors.AgentError):
+                        done = True
+                        raise item
+                    if item.WhichOneof("payload") == "error":
+                        done = True
+                        raise errors.from_proto(item.error)
+                    if is_terminal(item):
+                        done = True
+                    yield item
+                    if done:
+                        return
+            done = True
+            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            done = True
+            raise errors.Unavailable("agent connection lost") from exc
+        finally:
+            if self._pending.get(mid) is tx:
+                del self._pending[mid]
+            if not done and self._closed_reason is None and payload.keys() & {"execute", "file_read"}:
+                self.writer.try_send(new_message(cancel=pb.CancelRequest(target_message_id=mid)))
+
+    async def request(self, **payload: Message) -> pb.AgentMessage:
+        """Send one request and return its terminal answer (partials discarded).
+
+        Raises:
+            AgentError: the agent answered with an error, or the connection was lost.
+        """
+        last: pb.AgentMessage | None = None
+        async with aclosing(self.stream(**payload)) as it:
+            async for item in it:
+                last = item
+        assert last is not None
+        return last
+
+    async def ping(self, payload: bytes = b"") -> pb.PongResponse:
+        return (await self.request(ping=pb.PingRequest(payload=payload))).pong
+

@@ -1,0 +1,71 @@
+"""AgentMessage <-> frame bytes: the message layer over :mod:`.framing`."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from ._gen import agent_pb2 as pb
+from .framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
+
+__all__ = [
+    "SYNC_PAYLOADS",
+    "BadMessage",
+    "encode_message",
+    "new_message",
+    "new_message_id",
+    "parse_frame",
+]
+
+#: Payload kinds sent in SYNC frames: they open a connection (see framing.py).
+SYNC_PAYLOADS: Final = frozenset({"hello", "hello_response", "agent_ready"})
+
+
+class BadMessage(ValueError):
+    """A frame whose payload is not a usable AgentMessage."""
+
+
+def new_message_id() -> str:
+    """A random, unique-enough id (96 bits)."""
+    return secrets.token_hex(12)
+
+
+def new_message(message_id: str | None = None, **payload: object) -> pb.AgentMessage:
+    """Build an AgentMessage with one payload field set, stamped with the time.
+
+    ``new_message(ping=pb.PingRequest())`` or, for a response,
+    ``new_message(request.message_id, pong=...)``.
+    """
+    msg = pb.AgentMessage(message_id=message_id or new_message_id(), **payload)  # type: ignore[arg-type]
+    now = time.time_ns()
+    msg.timestamp.seconds, msg.timestamp.nanos = divmod(now, 1_000_000_000)
+    return msg
+
+
+def encode_message(msg: pb.AgentMessage, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Serialize ``msg`` into one frame; SYNC-flagged when it opens a connection.
+
+    Raises:
+        FrameTooLarge: the serialized message exceeds ``max_frame_bytes``.
+    """
+    flags = FLAG_SYNC if msg.WhichOneof("payload") in SYNC_PAYLOADS else 0
+    return encode_frame(msg.SerializeToString(), flags=flags, max_frame_bytes=max_frame_bytes)
+
+
+def parse_frame(frame: Frame) -> pb.AgentMessage:
+    """Decode a frame's payload.
+
+    Raises:
+        BadMessage: the payload is not an AgentMessage, or has no message_id.
+    """
+    msg = pb.AgentMessage()
+    try:
+        msg.ParseFromString(frame.payload)
+    except DecodeError as exc:
+        raise BadMessage(f"undecodable payload of {len(frame.payload)} bytes") from exc
+    if not msg.message_id:
+        raise BadMessage("message without message_id")
+    return msg
