@@ -49,6 +49,8 @@ READ_SIZE: Final = 256 * 1024
 #: answered quickly, capped so an idle guest wakes at most twice a second.
 ABSENT_BACKOFF_MIN_S: Final = 0.02
 ABSENT_BACKOFF_MAX_S: Final = 0.5
+#: Retry interval for a device that cannot be polled.
+_NO_POLL_RETRY_S: Final = 0.05
 #: How often to look for a missing device or socket.
 REOPEN_INTERVAL_S: Final = 1.0
 #: errnos that mean the device or peer is gone for good (reopen it).
@@ -103,12 +105,37 @@ class _DeviceLink:
         self._path = path
         self.on_host_absent: Callable[[], None] | None = None
         self._absent = False
+        self._pollable = True
+        self._rdev = os.fstat(fd).st_rdev
         self.description = f"device {path}"
+
+    def _still_present(self) -> bool:
+        """Whether the path still names the device we hold open.
+
+        A removed port (hot-unplug) or a hung-up pty reads 0 bytes just like a
+        port with no host attached; the path tells them apart.
+        """
+        try:
+            return os.stat(self._path).st_rdev == self._rdev
+        except OSError:
+            return False
+
+    async def _wait(self, wait: Callable[[int], Awaitable[None]]) -> None:
+        if self._pollable:
+            try:
+                await wait(self._fd)
+                return
+            except PermissionError:
+                # epoll refuses files without poll support (e.g. /dev/null
+                # standing in for a port); fall back to timed retries.
+                log.warning("%s does not support poll; retrying reads on a timer", self._path)
+                self._pollable = False
+        await trio.sleep(_NO_POLL_RETRY_S)
 
     async def receive_some(self) -> bytes:
         backoff = 0.0
         while True:
-            await trio.lowlevel.wait_readable(self._fd)
+            await self._wait(trio.lowlevel.wait_readable)
             try:
                 data = os.read(self._fd, READ_SIZE)
             except BlockingIOError:
@@ -123,6 +150,8 @@ class _DeviceLink:
                 self._absent = False
                 return data
             # No host attached: the port reports readable and reads 0 bytes.
+            if not self._still_present():
+                raise LinkGone(f"{self._path} was removed")
             if not self._absent:
                 self._absent = True
                 log.info("no host attached to %s; waiting", self._path)
@@ -137,7 +166,7 @@ class _DeviceLink:
             try:
                 n = os.write(self._fd, view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
+                await self._wait(trio.lowlevel.wait_writable)
                 continue
             except OSError as exc:
                 if exc.errno in _GONE_ERRNOS:
@@ -145,7 +174,7 @@ class _DeviceLink:
                 raise
             view = view[n:]
             if view:
-                await trio.lowlevel.wait_writable(self._fd)
+                await self._wait(trio.lowlevel.wait_writable)
         await trio.lowlevel.checkpoint()
 
 

@@ -60,10 +60,11 @@ class Session:
                 nursery.start_soon(self._write_loop, nursery.cancel_scope)
                 # Announce unprompted: the agent cannot see a host attach.
                 self.writer.try_send(new_message(agent_ready=pb.AgentReadyEvent(identity=self.agent.identity())))
-                await self._read_loop()
+                try:
+                    await self._read_loop()
+                except LinkGone as exc:
+                    log.info("%s: %s", self.link.description, exc)
                 nursery.cancel_scope.cancel()
-        except LinkGone as exc:
-            log.info("%s: %s", self.link.description, exc)
         finally:
             self._nursery = None
 

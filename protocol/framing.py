@@ -226,7 +226,8 @@ class FrameDecoder:
             self._scanning = False
             end = self._pos + HEADER_SIZE + header.length
             if len(self._buf) < end:
-                self._look_for_nested_sync()
+                if self._abandon_for_nested_sync():
+                    continue
                 return None
             payload = bytes(memoryview(self._buf)[self._pos + HEADER_SIZE : end])
             if zlib.crc32(payload) != header.crc:
@@ -239,8 +240,8 @@ class FrameDecoder:
             self.stats.frames += 1
             return Frame(payload, header.flags)
 
-    def _look_for_nested_sync(self) -> None:
-        """Abandon a pending frame if a complete valid SYNC frame follows it."""
+    def _abandon_for_nested_sync(self) -> bool:
+        """Abandon the pending frame if a complete valid SYNC frame follows it."""
         buf = self._buf
         search = max(self._nested_from, self._pos + 1)
         while True:
@@ -248,7 +249,7 @@ class FrameDecoder:
             if idx < 0 or len(buf) - idx < HEADER_SIZE:
                 # Resume where a magic could still begin.
                 self._nested_from = max(self._pos + 1, len(buf) - _KEEP_TAIL) if idx < 0 else idx
-                return
+                return False
             header = self._parse_header(idx)
             if header is None or not header.flags & FLAG_SYNC:
                 search = idx + 1
@@ -256,7 +257,7 @@ class FrameDecoder:
             end = idx + HEADER_SIZE + header.length
             if len(buf) < end:
                 self._nested_from = idx  # decide when the rest arrives
-                return
+                return False
             if zlib.crc32(memoryview(buf)[idx + HEADER_SIZE : end]) != header.crc:
                 search = idx + 1
                 continue
@@ -264,4 +265,4 @@ class FrameDecoder:
             self.stats.dropped_bytes += idx - self._pos
             self._pos = idx
             self._nested_from = 0
-            return
+            return True
