@@ -11,7 +11,7 @@ venv:
 
 ## Run the product (today: an agent on a local socket, answering a demo client).
 run: venv
-	@$(PY) -m limiquantix.agent.demo
+	@$(PY) scripts/run.py
 
 ## Run every test, the slow end-to-end ones included.
 test: venv

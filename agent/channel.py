@@ -31,6 +31,8 @@ from typing import Final, Protocol, final
 
 import trio
 
+from limiquantix.protocol.transport import direct_writer
+
 __all__ = [
     "Channel",
     "DeviceChannel",
@@ -72,6 +74,13 @@ class Link(Protocol):
 
         Raises:
             LinkGone: the link broke.
+        """
+
+    def try_write(self, data: bytes) -> int:
+        """Write what fits without waiting (see MessageWriter).
+
+        Raises:
+            OSError: including BlockingIOError when nothing fits.
         """
 
     async def send_all(self, data: bytes) -> None:
@@ -160,6 +169,9 @@ class _DeviceLink:
             backoff = min(max(backoff * 2, ABSENT_BACKOFF_MIN_S), ABSENT_BACKOFF_MAX_S)
             await trio.sleep(backoff)
 
+    def try_write(self, data: bytes) -> int:
+        return os.write(self._fd, data)
+
     async def send_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -236,10 +248,11 @@ class DeviceChannel:
 
 @final
 class _StreamLink:
-    def __init__(self, stream: trio.abc.Stream, description: str) -> None:
+    def __init__(self, stream: trio.SocketStream, description: str) -> None:
         self._stream = stream
         self.on_host_absent: Callable[[], None] | None = None
         self.description = description
+        self.try_write = direct_writer(stream)
 
     async def receive_some(self) -> bytes:
         try:

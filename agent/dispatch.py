@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .daemon import Agent
     from .session import Session
 
-__all__ = ["HANDLERS", "HandlerSpec", "RequestContext", "handler", "run_request"]
+__all__ = ["HANDLERS", "HandlerSpec", "RequestContext", "handler", "run_inline", "run_request"]
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,20 @@ class HandlerSpec:
     func: HandlerFunc
     #: Counts against max_concurrent_commands.
     is_command: bool = False
+    #: A plain function ``(agent, request) -> response`` run by the reader
+    #: itself: for instant answers (ping), where a task would cost more than
+    #: the work. It must not block.
+    inline: bool = False
 
 
 #: Every implemented request type. Filled by the modules in agent/handlers/.
 HANDLERS: Final[dict[str, HandlerSpec]] = {}
 
 
-def handler(request: str, response: str, *, is_command: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:
-    """Register the decorated coroutine as the handler for ``request``."""
+def handler(
+    request: str, response: str, *, is_command: bool = False, inline: bool = False
+) -> Callable[[HandlerFunc], HandlerFunc]:
+    """Register the decorated coroutine (or, with ``inline``, function) for ``request``."""
     fields = pb.AgentMessage.DESCRIPTOR.fields_by_name
     if request not in fields or response not in fields:  # pragma: no cover - programming error
         raise ValueError(f"unknown AgentMessage field {request!r} or {response!r}")
@@ -57,7 +63,7 @@ def handler(request: str, response: str, *, is_command: bool = False) -> Callabl
     def deco(func: HandlerFunc) -> HandlerFunc:
         if request in HANDLERS:  # pragma: no cover - programming error
             raise ValueError(f"two handlers for {request!r}")
-        HANDLERS[request] = HandlerSpec(request, response, func, is_command)
+        HANDLERS[request] = HandlerSpec(request, response, func, is_command, inline)
         return func
 
     return deco
@@ -78,6 +84,10 @@ class RequestContext:
         #: A handler that answers cancellation itself (execute: a result with
         #: exit_reason CANCELLED) installs a hook; otherwise the task is cancelled.
         self.on_cancel: Callable[[], None] | None = None
+        #: Set once the terminal answer is queued on the session's writer (or
+        #: there is nobody left to answer). Work that must follow its answer,
+        #: such as a shutdown, waits for it.
+        self.answered = trio.Event()
 
     @property
     def config(self):  # type: ignore[no-untyped-def]
@@ -100,8 +110,30 @@ def error_message(message_id: str, exc: errors.AgentError) -> pb.AgentMessage:
     return new_message(message_id, error=exc.to_proto())
 
 
+def run_inline(agent: Agent, message_id: str, spec: HandlerSpec, request: Message) -> pb.AgentMessage:
+    """Run an inline handler; return its answer (response or Error)."""
+    try:
+        response = spec.func(agent, request)  # type: ignore[arg-type]
+        return new_message(message_id, **{spec.response: response})
+    except errors.AgentError as exc:
+        return error_message(message_id, exc)
+    except Exception as exc:
+        log.exception("%s %s failed", spec.request, message_id)
+        return error_message(message_id, errors.Internal(f"internal error ({type(exc).__name__})"))
+
+
 async def run_request(ctx: RequestContext, spec: HandlerSpec, request: Message) -> None:
-    """Run one handler and send its terminal answer (response or Error)."""
+    """Run one handler and send its terminal answer (response or Error).
+
+    ``ctx.answered`` is set on the way out, whatever happened.
+    """
+    try:
+        await _run_request(ctx, spec, request)
+    finally:
+        ctx.answered.set()
+
+
+async def _run_request(ctx: RequestContext, spec: HandlerSpec, request: Message) -> None:
     answer: pb.AgentMessage | None = None
     with ctx.cancel_scope:
         try:

@@ -10,7 +10,8 @@ and unfinished write transfers are discarded by their handlers' cleanup.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import trio
 
@@ -21,12 +22,12 @@ from limiquantix.protocol.transport import MessageWriter
 from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
 from .channel import Link, LinkGone
-from .dispatch import HANDLERS, RequestContext, error_message, run_request
+from .dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request
 
 if TYPE_CHECKING:
     from .daemon import Agent
 
-__all__ = ["Session"]
+__all__ = ["Session", "SessionResource"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ _NOT_REQUESTS: Final = frozenset(
 )
 
 
+class SessionResource(Protocol):
+    """Something a handler keeps open across requests (a file write transfer)."""
+
+    def cancel(self) -> None:
+        """Discard it: a CancelRequest named its id."""
+
+
 @final
 class Session:
     """Serves one :class:`Link` until it ends."""
@@ -43,12 +51,17 @@ class Session:
     def __init__(self, agent: Agent, link: Link) -> None:
         self.agent = agent
         self.link = link
-        self.writer = MessageWriter(link.send_all, max_frame_bytes=agent.config.max_frame_bytes)
+        self.writer = MessageWriter(
+            link.send_all, try_write=link.try_write, max_frame_bytes=agent.config.max_frame_bytes
+        )
         self.decoder = FrameDecoder(max_frame_bytes=agent.config.max_frame_bytes)
         self.inflight: dict[str, RequestContext] = {}
         self.bad_messages = 0
-        #: Cleanups registered by handlers (write transfers), run at the end.
-        self.resources: dict[str, object] = {}
+        #: What handlers keep open across requests (write transfers), by id. A
+        #: CancelRequest naming an id found here cancels it; the owning handler
+        #: cleans it up from a task started with :meth:`start_soon`, which ends
+        #: with the session.
+        self.resources: dict[str, SessionResource] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -67,6 +80,18 @@ class Session:
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+        """Run a task that lives at most as long as this session.
+
+        It is cancelled when the link ends (put cleanup in ``finally``).
+
+        Raises:
+            RuntimeError: the session is not running.
+        """
+        if self._nursery is None:
+            raise RuntimeError("session is not running")
+        self._nursery.start_soon(async_fn, *args, name=name)
 
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:
@@ -96,11 +121,14 @@ class Session:
             log.info("dropping %d bytes of a departed host's partial frame", self.decoder.buffered)
         self.decoder.reset()
 
-    def _reply_error(self, message_id: str, exc: errors.AgentError) -> None:
-        if not self.writer.try_send(error_message(message_id, exc)):
+    def _reply(self, answer: pb.AgentMessage) -> None:
+        if not self.writer.try_send(answer):
             # Queue full: answer from a task so the reader keeps reading.
             assert self._nursery is not None
-            self._nursery.start_soon(self.writer.send, error_message(message_id, exc))
+            self._nursery.start_soon(self.writer.send, answer)
+
+    def _reply_error(self, message_id: str, exc: errors.AgentError) -> None:
+        self._reply(error_message(message_id, exc))
 
     def _dispatch(self, msg: pb.AgentMessage) -> None:
         kind = msg.WhichOneof("payload")
@@ -118,7 +146,10 @@ class Session:
             )
             return
         if kind == "cancel":
-            target = self.inflight.get(msg.cancel.target_message_id)
+            target_id = msg.cancel.target_message_id
+            target: RequestContext | SessionResource | None = self.inflight.get(target_id)
+            if target is None:
+                target = self.resources.get(target_id)
             if target is not None:
                 target.cancel()
             self._nursery.start_soon(
@@ -128,6 +159,9 @@ class Session:
         spec = HANDLERS.get(kind)
         if spec is None:
             self._reply_error(mid, errors.Unimplemented(f"{kind} is not implemented by this agent"))
+            return
+        if spec.inline:
+            self._reply(run_inline(self.agent, mid, spec, getattr(msg, kind)))
             return
         if mid in self.inflight:
             self._reply_error(mid, errors.AlreadyExists(f"request {mid} is already running", reason="duplicate_id"))

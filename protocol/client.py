@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Final, final
 
 import trio
@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 from . import errors
 from ._gen import agent_pb2 as pb
 from .framing import MAX_FRAME_BYTES, FrameDecoder
-from .transport import MessageWriter
+from .transport import MessageWriter, direct_writer
 from .wire import BadMessage, new_message, parse_frame
 
 __all__ = ["HELLO_RESEND_S", "AgentClient", "is_terminal"]
@@ -45,6 +45,8 @@ EVENT_BUFFER: Final = 256
 READ_SIZE: Final = 256 * 1024
 
 _EVENTS: Final = frozenset({"telemetry", "agent_ready", "ip_changed", "shutdown_started"})
+#: Requests the agent can stop midway: a caller that gives up tells it to.
+_CANCELLABLE: Final = frozenset({"execute", "file_read"})
 
 
 def is_terminal(msg: pb.AgentMessage) -> bool:
@@ -58,15 +60,35 @@ def is_terminal(msg: pb.AgentMessage) -> bool:
 
 
 @final
+class _Unary:
+    """A pending call that wants only its terminal answer."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: pb.AgentMessage | errors.AgentError | None = None
+
+    def finish(self, result: pb.AgentMessage | errors.AgentError) -> None:
+        self.result = result
+        self.done.set()
+
+
+_Call = _Unary | trio.MemorySendChannel  # type: ignore[type-arg]
+
+
+@final
 class AgentClient:
     """One connection to one agent. Create with :meth:`open` or :meth:`connect_unix`."""
 
     def __init__(self, stream: trio.abc.Stream, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self._stream = stream
-        self.writer = MessageWriter(stream.send_all, max_frame_bytes=max_frame_bytes)
+        self.writer = MessageWriter(
+            stream.send_all, try_write=direct_writer(stream), max_frame_bytes=max_frame_bytes
+        )
         self.decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
         self.identity: pb.AgentIdentity | None = None
-        self._pending: dict[str, trio.MemorySendChannel[pb.AgentMessage | errors.AgentError]] = {}
+        self._pending: dict[str, _Call] = {}
         self._events_tx, self.events = trio.open_memory_channel[pb.AgentMessage](EVENT_BUFFER)
         self._sync_id = secrets.randbits(63) + 1
         self._synced = trio.Event()
@@ -87,17 +109,25 @@ class AgentClient:
             Unavailable: the stream ended before the agent answered.
         """
         client = cls(stream, max_frame_bytes=max_frame_bytes)
-        async with stream, trio.open_nursery() as nursery:
-            nursery.start_soon(client._write_loop)
-            nursery.start_soon(client._read_loop)
-            nursery.start_soon(client._hello_loop)
-            try:
+        # Errors from the caller's block are re-raised as they are, not wrapped
+        # in the ExceptionGroup the nursery would make of them.
+        error: Exception | None = None
+        async with stream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._write_loop)
+                nursery.start_soon(client._read_loop)
+                nursery.start_soon(client._hello_loop)
                 await client._synced.wait()
-                if client._closed_reason is not None:
-                    raise errors.Unavailable(f"agent connection closed before hello: {client._closed_reason}")
-                yield client
-            finally:
+                if client._closed_reason is None:
+                    try:
+                        yield client
+                    except Exception as exc:
+                        error = exc
                 nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if client._closed_reason is not None and client.identity is None:
+            raise errors.Unavailable(f"agent connection closed before hello: {client._closed_reason}")
 
     @classmethod
     @asynccontextmanager
@@ -127,12 +157,15 @@ class AgentClient:
 
     def _fail_pending(self, exc: errors.AgentError) -> None:
         pending, self._pending = self._pending, {}
-        for tx in pending.values():
+        for call in pending.values():
+            if isinstance(call, _Unary):
+                call.finish(exc)
+                continue
             try:
-                tx.send_nowait(exc)
+                call.send_nowait(exc)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-            tx.close()
+            call.close()
 
     async def _write_loop(self) -> None:
         try:
@@ -197,6 +230,11 @@ class AgentClient:
         if tx is None:
             self.late_replies += 1
             return
+        if isinstance(tx, _Unary):
+            if is_terminal(msg):  # a unary caller does not want the partials
+                del self._pending[msg.message_id]
+                tx.finish(msg)
+            return
         try:
             await tx.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -245,7 +283,7 @@ class AgentClient:
         finally:
             if self._pending.get(mid) is tx:
                 del self._pending[mid]
-            if not done and self._closed_reason is None and payload.keys() & {"execute", "file_read"}:
+            if not done and self._closed_reason is None and payload.keys() & _CANCELLABLE:
                 self.writer.try_send(new_message(cancel=pb.CancelRequest(target_message_id=mid)))
 
     async def request(self, **payload: Message) -> pb.AgentMessage:
@@ -254,12 +292,31 @@ class AgentClient:
         Raises:
             AgentError: the agent answered with an error, or the connection was lost.
         """
-        last: pb.AgentMessage | None = None
-        async with aclosing(self.stream(**payload)) as it:
-            async for item in it:
-                last = item
-        assert last is not None
-        return last
+        if self._closed_reason is not None:
+            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
+        msg = new_message(**payload)
+        mid = msg.message_id
+        call = _Unary()
+        self._pending[mid] = call
+        sent = False
+        try:
+            await self.writer.send(msg)
+            sent = True
+            await call.done.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise errors.Unavailable("agent connection lost") from exc
+        finally:
+            if self._pending.get(mid) is call:
+                del self._pending[mid]
+                if sent and self._closed_reason is None and payload.keys() & _CANCELLABLE:
+                    self.writer.try_send(new_message(cancel=pb.CancelRequest(target_message_id=mid)))
+        result = call.result
+        if isinstance(result, errors.AgentError):
+            raise result
+        assert result is not None
+        if result.WhichOneof("payload") == "error":
+            raise errors.from_proto(result.error)
+        return result
 
     async def ping(self, payload: bytes = b"") -> pb.PongResponse:
         return (await self.request(ping=pb.PingRequest(payload=payload))).pong

@@ -9,6 +9,7 @@ cancelled in the middle of a frame, because callers never write.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Final, final
 
@@ -18,7 +19,7 @@ from ._gen import agent_pb2 as pb
 from .framing import MAX_FRAME_BYTES
 from .wire import encode_message
 
-__all__ = ["WRITE_QUEUE_FRAMES", "MessageWriter"]
+__all__ = ["WRITE_QUEUE_FRAMES", "MessageWriter", "direct_writer"]
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,17 @@ WRITE_QUEUE_FRAMES: Final = 32
 
 @final
 class MessageWriter:
-    """Serializes messages onto ``send_all`` from one task.
+    """Serializes messages onto a byte stream from one task.
+
+    When nothing is queued, :meth:`send` first offers the frame to
+    ``try_write`` (a non-blocking write) so a small answer leaves without a task
+    switch; whatever the stream does not take at once is queued, so frames
+    still never interleave and a cancelled caller never leaves half a frame.
 
     Args:
         send_all: writes bytes completely (a trio stream's ``send_all``).
+        try_write: optional non-blocking write returning the bytes taken
+            (raising ``BlockingIOError`` or returning 0 when none).
         max_frame_bytes: frame limit enforced on encode.
     """
 
@@ -40,31 +48,76 @@ class MessageWriter:
         self,
         send_all: Callable[[bytes], Awaitable[None]],
         *,
+        try_write: Callable[[bytes], int] | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         queue_frames: int = WRITE_QUEUE_FRAMES,
     ) -> None:
         self._send_all = send_all
+        self._try_write = try_write
         self.max_frame_bytes = max_frame_bytes
         self._tx, self._rx = trio.open_memory_channel[bytes](queue_frames)
+        # Frames handed to the queue and not yet fully written. Counted here,
+        # not read from the channel: a frame passed straight to a waiting
+        # writer task leaves the channel's buffer before it is written.
+        self._unwritten = 0
+        self._closed = False
         self.dropped = 0
         self.frames_sent = 0
         self.bytes_sent = 0
         #: Set once :meth:`run` has written everything queued before :meth:`close`.
         self.drained = trio.Event()
 
+    def _write_now(self, frame: bytes) -> bytes | None:
+        """Write what the stream takes without waiting; return the rest, or None."""
+        if self._try_write is None or self._unwritten or self._closed:
+            return frame
+        try:
+            n = self._try_write(frame)
+        except OSError:
+            return frame  # the writer task meets the error and reports it
+        self.bytes_sent += n
+        if n == len(frame):
+            self.frames_sent += 1
+            return None
+        return frame[n:]
+
+    def _enqueue(self, frame: bytes) -> None:
+        self._tx.send_nowait(frame)
+        self._unwritten += 1
+
     async def send(self, msg: pb.AgentMessage) -> None:
-        """Queue ``msg``; waits while the queue is full.
+        """Send ``msg``; waits while the queue is full.
 
         Raises:
             FrameTooLarge: the message does not fit in one frame.
             trio.ClosedResourceError / trio.BrokenResourceError: the writer stopped.
         """
-        await self._tx.send(encode_message(msg, max_frame_bytes=self.max_frame_bytes))
+        frame = encode_message(msg, max_frame_bytes=self.max_frame_bytes)
+        rest = self._write_now(frame)
+        if rest is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if rest is not frame:
+            # Part of the frame is on the wire: the rest must follow, now.
+            # The queue is empty (checked in _write_now), so this cannot block.
+            self._enqueue(rest)
+            await trio.lowlevel.checkpoint()
+            return
+        # Count it before waiting, so no direct write overtakes it meanwhile.
+        self._unwritten += 1
+        try:
+            await self._tx.send(frame)
+        except BaseException:
+            self._unwritten -= 1  # not sent (trio guarantees it on cancel)
+            raise
 
     def try_send(self, msg: pb.AgentMessage) -> bool:
-        """Queue ``msg`` unless the queue is full or closed (for droppable events)."""
+        """Send ``msg`` unless the queue is full or closed (for droppable events)."""
+        frame = encode_message(msg, max_frame_bytes=self.max_frame_bytes)
         try:
-            self._tx.send_nowait(encode_message(msg, max_frame_bytes=self.max_frame_bytes))
+            rest = self._write_now(frame)
+            if rest is not None:
+                self._enqueue(rest)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
             return False
@@ -72,6 +125,7 @@ class MessageWriter:
 
     def close(self) -> None:
         """Stop accepting messages; :meth:`run` returns once the queue is written."""
+        self._closed = True
         self._tx.close()
 
     async def run(self) -> None:
@@ -79,6 +133,21 @@ class MessageWriter:
         async with self._rx:
             async for frame in self._rx:
                 await self._send_all(frame)
+                self._unwritten -= 1
                 self.frames_sent += 1
                 self.bytes_sent += len(frame)
         self.drained.set()
+
+
+def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+    """A non-blocking write into ``stream``'s fd, for :class:`MessageWriter`.
+
+    Looks the fd up on every call: once the stream is closed it is -1 and the
+    write fails with EBADF instead of hitting a reused descriptor.
+    """
+    if isinstance(stream, trio.SocketStream):
+        sock = stream.socket
+        return lambda data: os.write(sock.fileno(), data)
+    if isinstance(stream, trio.lowlevel.FdStream):
+        return lambda data: os.write(stream.fileno(), data)
+    return None

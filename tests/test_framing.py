@@ -134,7 +134,8 @@ def test_garbage_inside_a_frame_recovers_the_next_frame(
     out, dec = decode_all(split_at(broken + good + filler, cuts))
     assert out[-1] == b"\x00" * (len(damaged) + HEADER_SIZE)
     assert out[:-1][-len(after) :] == after
-    assert damaged not in out[:-1] or damaged in after
+    if frame not in broken + good:  # (junk at its edge can leave the frame whole)
+        assert damaged not in out[:-1] or damaged in after
 
 
 @given(st.binary(max_size=2000))

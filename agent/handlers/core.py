@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from limiquantix.protocol import __version__
 from limiquantix.protocol._gen import agent_pb2 as pb
 
 from ..dispatch import RequestContext, handler
+
+if TYPE_CHECKING:
+    from ..daemon import Agent
 from ..telemetry import system_uptime
 
 
@@ -22,11 +27,12 @@ async def info(ctx: RequestContext, req: pb.InfoRequest) -> pb.AgentIdentity:
     return ctx.agent.identity()
 
 
-@handler("ping", "pong")
-async def ping(ctx: RequestContext, req: pb.PingRequest) -> pb.PongResponse:
+@handler("ping", "pong", inline=True)
+def ping(agent: Agent, req: pb.PingRequest) -> pb.PongResponse:
+    """Liveness: answered by the reader itself, so it is never queued behind work."""
     return pb.PongResponse(
         payload=req.payload,
-        agent_uptime_seconds=ctx.agent.uptime(),
+        agent_uptime_seconds=agent.uptime(),
         system_uptime_seconds=system_uptime(),
         agent_version=__version__,
     )
