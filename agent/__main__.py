@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .config import AgentConfig, ConfigError, load_config
+from .config import AgentConfig, ConfigError, dump_toml, parse_command_line
 
 __all__ = ["main"]
 
@@ -44,10 +44,13 @@ def setup_logging(config: AgentConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = load_config(argv)
+        config, print_config = parse_command_line(argv)
     except ConfigError as exc:
         print(f"limiquantix-agent: {exc}", file=sys.stderr)
         return 2
+    if print_config:
+        print(dump_toml(config))
+        return 0
     setup_logging(config)
     from .daemon import serve
 

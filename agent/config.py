@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,6 +208,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"limiquantix-agent {__version__}")
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML and exit",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -232,14 +238,45 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def dump_toml(config: AgentConfig) -> str:
+    """The configuration as a commented TOML file (``--print-config``)."""
+    docs = _field_docs()
+    lines = ["# limiquantix-agent configuration (every key is also a --flag).", ""]
+    for name in _FIELDS:
+        lines.append(f"# {docs.get(name, '')}")
+        lines.append(f"{name} = {_toml_value(getattr(config, name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     """Parse flags and the TOML file into an AgentConfig.
 
     Raises:
         ConfigError: unreadable or invalid file, or an invalid flag value.
     """
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> tuple[AgentConfig, bool]:
+    """The configuration, and whether ``--print-config`` was given.
+
+    Raises:
+        ConfigError: unreadable or invalid file, or an invalid flag value.
+    """
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
+    print_config: bool = ns.pop("print_config")
     path: Path | None = ns.pop("config")
     data: dict[str, Any] = {}
     if path is None and DEFAULT_CONFIG_PATH.exists():
@@ -253,4 +290,4 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     data.update(ns)
-    return config_from_mapping(data)
+    return config_from_mapping(data), print_config

@@ -113,3 +113,18 @@ def test_os_errors_map_to_distinct_reasons() -> None:
     assert isinstance(mapped(errno.ENOSPC), errors.ResourceExhausted)
     assert isinstance(mapped(errno.EIO), errors.Internal)
     assert mapped(errno.ENOENT).message == "/p: x"
+
+
+def test_print_config_round_trips(tmp_path: Path) -> None:
+    """--print-config writes a TOML file that reads back as the same configuration."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "limiquantix.agent", "--print-config", "--disable", "execute", "--telemetry-interval-s", "7"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(out.stdout)
+    again = load_config(["--config", str(cfg)])
+    assert again == AgentConfig(disable=("execute",), telemetry_interval_s=7.0)
