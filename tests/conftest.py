@@ -97,11 +97,13 @@ def spawn_agent(short_tmp: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Start ``limiquantix-agent`` as a real process listening on a Unix socket."""
     procs: list[AgentProcess] = []
 
-    def spawn(*flags: str, wait: bool = True) -> AgentProcess:
+    def spawn(*flags: str, wait: bool = True, wrapper: tuple[str, ...] = ()) -> AgentProcess:
+        """``wrapper`` prefixes the command (e.g. setpriv dropping capabilities)."""
         n = next(_counter)
         sock = str(short_tmp / f"proc{n}.sock")
         log = short_tmp / f"proc{n}.log"
         args = [
+            *wrapper,
             sys.executable, "-m", "limiquantix.agent",
             "--transport", "unix-listen", "--socket", sock,
             "--telemetry-interval-s", "0", "--log-level", "debug", *flags,
