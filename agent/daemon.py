@@ -73,7 +73,7 @@ class Agent:
             kernel_version=uname.version,
             architecture=uname.machine,
             hostname=socket.gethostname(),
-            interfaces=collect_interfaces(self.config.interface_exclude, counters=False),
+            interfaces=self._identity_interfaces(),
             capabilities=self.capabilities(),
             disabled_capabilities=sorted(set(self.config.disable) & set(self.capabilities())),
             pid=os.getpid(),
@@ -84,6 +84,15 @@ class Agent:
         _ts(boot_time(), ident.boot_time)
         _ts(self.started_at, ident.agent_started_at)
         return ident
+
+    def _identity_interfaces(self) -> list[pb.NetworkInterface]:
+        try:
+            return collect_interfaces(self.config.interface_exclude, counters=False)
+        except Exception:
+            # An identity without addresses beats no identity: this runs as a
+            # host attaches, and raising here would end the whole agent.
+            log.exception("reading network interfaces for the identity failed")
+            return []
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -96,27 +105,48 @@ class Agent:
             session.writer.try_send(new_message(**payload))  # type: ignore[arg-type]
 
     async def _telemetry_loop(self) -> None:
+        """Push a telemetry report every ``telemetry_interval_s`` (0: never)."""
         interval = self.config.telemetry_interval_s
         if interval <= 0:
             return
+        # Scheduled on a fixed grid so that sampling time does not add drift.
+        due = trio.current_time()
         while True:
-            await trio.sleep(interval)
+            due = max(due + interval, trio.current_time())
+            await trio.sleep_until(due)
             if not self.sessions:
                 continue
-            report = await trio.to_thread.run_sync(self.collector.sample)
+            try:
+                report = await trio.to_thread.run_sync(self.collector.sample)
+            except Exception:
+                # One failed sample (a filesystem gone mid-read, a psutil
+                # error) must not end the loop, nor the agent with it.
+                log.exception("telemetry sample failed")
+                continue
             self.broadcast(telemetry=report)
 
     async def _ip_watch_loop(self) -> None:
+        """Broadcast ip_changed whenever the set of addresses changes."""
         exclude = self.config.interface_exclude
-        self._addresses = address_fingerprint(collect_interfaces(exclude, counters=False))
+
+        def collect() -> list[pb.NetworkInterface]:
+            return collect_interfaces(exclude, counters=False)
+
+        known: frozenset[tuple[str, str, int]] | None = None
         while True:
+            try:
+                interfaces = await trio.to_thread.run_sync(collect)
+            except Exception:
+                log.exception("reading network interfaces failed")  # retried at the next check
+            else:
+                current = address_fingerprint(interfaces)
+                if known is None:
+                    known = self._addresses = current  # the baseline: hosts get it in hello
+                elif current != known:
+                    log.info("addresses changed: %s", sorted(a for _, a, _ in current))
+                    known = self._addresses = current
+                    self.broadcast(ip_changed=pb.IpChangedEvent(interfaces=interfaces))
             await trio.sleep(self.config.ip_check_interval_s)
-            interfaces = collect_interfaces(exclude, counters=False)
-            current = address_fingerprint(interfaces)
-            if current != self._addresses:
-                log.info("addresses changed: %s", sorted(a for _, a, _ in current))
-                self._addresses = current
-                self.broadcast(ip_changed=pb.IpChangedEvent(interfaces=interfaces))
 
     # -- serving -----------------------------------------------------------
 

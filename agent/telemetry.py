@@ -11,20 +11,27 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final, final
+from typing import Any, Final, final
 
 import psutil
 
 from limiquantix.protocol._gen import agent_pb2 as pb
 
 __all__ = [
+    "MIN_CPU_INTERVAL_S",
+    "PSEUDO_FSTYPES",
     "TelemetryCollector",
     "address_fingerprint",
+    "boot_time",
     "collect_interfaces",
+    "excluded",
+    "read_machine_id",
     "read_os_release",
+    "system_uptime",
 ]
 
 #: Filesystem types that hold no user data (pseudo, in-memory, read-only images).
@@ -38,8 +45,41 @@ PSEUDO_FSTYPES: Final = frozenset(
 )  # fmt: skip
 
 
+#: Below this many seconds since the previous sample, CPU % is not recomputed:
+#: the kernel counts CPU time in ticks (10 ms), so a delta over a few ticks is
+#: noise, and one over none would read as an idle machine.
+MIN_CPU_INTERVAL_S: Final = 0.25
+
+
+def _os_release_value(raw: str) -> str:
+    """One os-release value: bare, or quoted the way a shell quotes it.
+
+    Inside double quotes a backslash escapes ``"``, ``\\``, ``$`` and a
+    backquote (os-release(5) follows the shell); single quotes escape nothing.
+    An unterminated quote keeps what follows it.
+    """
+    raw = raw.strip()
+    if not raw or raw[0] not in "\"'":
+        return raw
+    quote, out, i = raw[0], [], 1
+    while i < len(raw):
+        c = raw[i]
+        if c == quote:
+            break
+        if c == "\\" and quote == '"' and i + 1 < len(raw) and raw[i + 1] in '"\\$`':
+            c = raw[i + 1]
+            i += 1
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def read_os_release(paths: Sequence[str] = ("/etc/os-release", "/usr/lib/os-release")) -> pb.OsInfo:
-    """The guest OS as os-release(5) describes it."""
+    """The guest OS as os-release(5) describes it.
+
+    The first readable file of ``paths`` is used (``/etc`` overrides ``/usr/lib``).
+    Values may be bare, or quoted the way a shell quotes them.
+    """
     fields: dict[str, str] = {}
     for path in paths:
         try:
@@ -47,12 +87,13 @@ def read_os_release(paths: Sequence[str] = ("/etc/os-release", "/usr/lib/os-rele
         except OSError:
             continue
         for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
             key, sep, value = line.partition("=")
-            if sep and key.strip() and not key.startswith("#"):
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                    value = value[1:-1]
-                fields[key.strip()] = value
+            key = key.strip()
+            if sep and key:
+                fields[key] = _os_release_value(value)
         break
     return pb.OsInfo(
         name=fields.get("NAME", platform.system()),
@@ -87,6 +128,7 @@ def _prefix_len(netmask: str | None) -> int:
 
 
 def excluded(name: str, patterns: Iterable[str]) -> bool:
+    """Whether interface ``name`` matches one of the shell-style ``patterns`` (case-sensitive)."""
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -144,36 +186,64 @@ def system_uptime() -> float:
 
 @final
 class TelemetryCollector:
-    """Takes samples; CPU % comes from the delta of CPU times since the last one."""
+    """Takes samples; CPU % comes from the delta of CPU times since the last one.
+
+    Thread-safe: the periodic loop and ``get_telemetry`` requests sample from
+    worker threads, possibly at once, and share one CPU baseline.
+    """
 
     def __init__(self, interface_exclude: Iterable[str] = ()) -> None:
         self.interface_exclude = tuple(interface_exclude)
-        self._last_total: psutil._common.scputimes | None = None  # type: ignore[name-defined]
-        self._last_per_cpu: list | None = None  # type: ignore[type-arg]
+        self._lock = threading.Lock()
+        self._last_total: Any = None  # psutil's platform-specific scputimes
+        self._last_per_cpu: list[Any] | None = None
+        self._last_at = 0.0
+        self._last_result: tuple[float, list[float]] | None = None
         # Prime the baseline so the first report covers a real interval.
         self._cpu_percent()
 
     @staticmethod
-    def _busy_fraction(old, new) -> float:  # type: ignore[no-untyped-def]
-        old_all, new_all = sum(old), sum(new)
-        # iowait and idle are not busy; guest/guest_nice are already in user/nice.
-        old_idle = old.idle + getattr(old, "iowait", 0.0)
-        new_idle = new.idle + getattr(new, "iowait", 0.0)
-        total = new_all - old_all
+    def _cpu_seconds(times: Any) -> tuple[float, float]:
+        """(total, idle) CPU seconds of one psutil ``scputimes``."""
+        total = sum(times)
+        # On Linux guest and guest_nice are already counted in user and nice
+        # (/proc/stat): counting them again overstates the total (psutil.cpu_percent
+        # subtracts them too).
+        total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+        # iowait is idle time spent waiting: not busy.
+        return total, times.idle + getattr(times, "iowait", 0.0)
+
+    @classmethod
+    def _busy_fraction(cls, old: Any, new: Any) -> float:
+        """Busy CPU % between two ``scputimes`` samples, within 0..100."""
+        old_total, old_idle = cls._cpu_seconds(old)
+        new_total, new_idle = cls._cpu_seconds(new)
+        total = new_total - old_total
         if total <= 0:
             return 0.0
         busy = total - (new_idle - old_idle)
         return min(100.0, max(0.0, 100.0 * busy / total))
 
     def _cpu_percent(self) -> tuple[float, list[float]]:
-        total = psutil.cpu_times()
-        per_cpu = psutil.cpu_times(percpu=True)
-        pct = 0.0 if self._last_total is None else self._busy_fraction(self._last_total, total)
-        per: list[float] = []
-        if self._last_per_cpu is not None and len(self._last_per_cpu) == len(per_cpu):
-            per = [round(self._busy_fraction(o, n), 2) for o, n in zip(self._last_per_cpu, per_cpu)]
-        self._last_total, self._last_per_cpu = total, per_cpu
-        return round(pct, 2), per
+        with self._lock:
+            now = time.monotonic()
+            if self._last_result is not None and now - self._last_at < MIN_CPU_INTERVAL_S:
+                # Too soon for a meaningful delta: repeat the last figure and keep
+                # the baseline, so the next sample still spans a real interval.
+                return self._last_result[0], list(self._last_result[1])
+            total = psutil.cpu_times()
+            per_cpu = psutil.cpu_times(percpu=True)
+            if self._last_total is None:
+                result: tuple[float, list[float]] = (0.0, [])
+            else:
+                pct = round(self._busy_fraction(self._last_total, total), 2)
+                per: list[float] = []
+                if self._last_per_cpu is not None and len(self._last_per_cpu) == len(per_cpu):
+                    per = [round(self._busy_fraction(o, n), 2) for o, n in zip(self._last_per_cpu, per_cpu)]
+                result = (pct, per)
+                self._last_result = result
+            self._last_total, self._last_per_cpu, self._last_at = total, per_cpu, now
+            return result[0], list(result[1])
 
     @staticmethod
     def filesystems() -> list[pb.FilesystemUsage]:
