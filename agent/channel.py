@@ -20,6 +20,7 @@ by one :class:`~limiquantix.agent.session.Session` until it breaks:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -278,17 +279,25 @@ class UnixListenChannel:
         self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)  # stale socket from a previous run
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise FileExistsError(f"{self.path} exists and is not a socket")
         except FileNotFoundError:
             pass
+        # Bind and listen under a temporary name, then rename into place: a
+        # client that sees the path can connect at once (no window between
+        # bind() and listen()), and a stale socket from a previous run is
+        # replaced atomically.
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket is a root shell: owner only
         try:
-            await sock.bind(self.path)
+            await sock.bind(tmp)
         finally:
             os.umask(old_umask)
         sock.listen(16)
+        os.rename(tmp, self.path)
         listener = trio.SocketListener(sock)
         count = 0
 
