@@ -30,6 +30,19 @@ from limiquantix.protocol.client import AgentClient
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
 
 
+# This agent runs on the machine itself, not in a VM: power and password
+# requests go to stand-ins that only say what they would have done.
+DEMO_CONFIG = """\
+transport = "unix-listen"
+log_level = "warning"
+poweroff_command = ["echo", "[demo agent] would power off now:", "{message}"]
+reboot_command = ["echo", "[demo agent] would reboot now:", "{message}"]
+halt_command = ["echo", "[demo agent] would halt now:", "{message}"]
+password_command = ["sh", "-c", "cut -d: -f1 | sed 's/^/[demo agent] would set the password of /'"]
+password_expire_command = ["echo", "[demo agent] would expire the password of", "{user}"]
+"""
+
+
 def say(title: str, text: str = "") -> None:
     print(f"{BOLD}{title}{RESET} {text}".rstrip(), flush=True)
 
@@ -138,10 +151,12 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:
         socket = args.socket or os.path.join(tmp, "agent.sock")
+        config = Path(tmp) / "agent.toml"
+        config.write_text(DEMO_CONFIG)
         say("starting", f"limiquantix-agent on {socket}")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "limiquantix.agent", "--transport", "unix-listen", "--socket", socket,
-             "--telemetry-interval-s", args.telemetry_interval_s, "--log-level", "warning"],
+            [sys.executable, "-m", "limiquantix.agent", "--config", str(config), "--socket", socket,
+             "--telemetry-interval-s", args.telemetry_interval_s],
         )  # fmt: skip
         try:
             trio.run(main_async, args, socket, Path(tmp))
