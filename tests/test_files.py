@@ -760,3 +760,18 @@ async def test_64_mib_round_trip(start_agent, connect, tmp_path: Path) -> None:
             resp = await write_chunked(client, tmp_path / "copy", bytes(received), MiB, expected_sha256=sha(content))
     assert resp.committed and resp.sha256 == sha(content) and resp.size == 64 * MiB
     assert (tmp_path / "copy").read_bytes() == content
+
+
+@pytest.mark.trio
+async def test_write_offset_mismatch_keeps_the_transfer(start_agent, connect, tmp_path: Path) -> None:
+    """A resent chunk (its answer was lost) is refused by offset; the transfer goes on."""
+    agent = await start_agent()
+    with trio.fail_after(DEADLINE_S):
+        async with connect(agent) as client:
+            opened = await write(client, path=tmp_path / "f", data=b"abc")
+            await write(client, write_id=opened.write_id, data=b"def", offset=3)
+            with pytest.raises(errors.FailedPrecondition) as exc:
+                await write(client, write_id=opened.write_id, data=b"def", offset=3)  # the resend
+            assert exc.value.reason == "offset_mismatch"
+            done = await write(client, write_id=opened.write_id, data=b"ghi", offset=6, last=True)
+    assert done.committed and (tmp_path / "f").read_bytes() == b"abcdefghi"

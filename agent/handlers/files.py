@@ -770,7 +770,8 @@ async def _apply(transfer: _WriteTransfer, req: pb.FileWriteRequest) -> pb.FileW
     Raises:
         FailedPrecondition: another request of this transfer is being applied
             (``transfer_busy``: send the next chunk after the previous answer),
-            or ``checksum_mismatch`` at commit.
+            ``offset_mismatch`` (the transfer is kept), or ``checksum_mismatch``
+            at commit.
         NotFound: the transfer ended meanwhile.
         AgentError: from the write or the commit.
     """
@@ -784,6 +785,12 @@ async def _apply(transfer: _WriteTransfer, req: pb.FileWriteRequest) -> pb.FileW
     try:
         if not transfer.usable():
             raise errors.NotFound(f"write transfer {transfer.write_id} has ended", reason="unknown_write_id")
+        if req.HasField("offset") and req.offset != staged.bytes_written:
+            # A resent or lost chunk: refuse it, keep the transfer.
+            raise errors.FailedPrecondition(
+                f"write {transfer.write_id} is at offset {staged.bytes_written}, not {req.offset}",
+                reason="offset_mismatch",
+            )
         transfer.idle_scope.deadline = math.inf  # a long chunk or commit is not idleness
         try:
             if req.last:

@@ -405,7 +405,7 @@ class FileReadChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., sha256: _Optional[bytes] = ..., file_size: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class FileWriteRequest(_message.Message):
-    __slots__ = ("path", "write_id", "data", "last", "mode", "file_mode", "owner", "group", "create_parents", "expected_sha256")
+    __slots__ = ("path", "write_id", "data", "last", "mode", "file_mode", "owner", "group", "create_parents", "expected_sha256", "offset")
     PATH_FIELD_NUMBER: _ClassVar[int]
     WRITE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -416,6 +416,7 @@ class FileWriteRequest(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     CREATE_PARENTS_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     path: str
     write_id: str
     data: bytes
@@ -426,7 +427,8 @@ class FileWriteRequest(_message.Message):
     group: str
     create_parents: bool
     expected_sha256: bytes
-    def __init__(self, path: _Optional[str] = ..., write_id: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., file_mode: _Optional[int] = ..., owner: _Optional[str] = ..., group: _Optional[str] = ..., create_parents: _Optional[bool] = ..., expected_sha256: _Optional[bytes] = ...) -> None: ...
+    offset: int
+    def __init__(self, path: _Optional[str] = ..., write_id: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., file_mode: _Optional[int] = ..., owner: _Optional[str] = ..., group: _Optional[str] = ..., create_parents: _Optional[bool] = ..., expected_sha256: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class FileWriteResponse(_message.Message):
     __slots__ = ("write_id", "bytes_written", "committed", "sha256", "size")
