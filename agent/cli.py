@@ -85,12 +85,14 @@ async def _cat(client: AgentClient, path: str) -> int:
 async def _put(client: AgentClient, local: Path, remote: str, mode: int | None) -> int:
     h = hashlib.sha256()
     write_id = ""
+    offset = 0
     with local.open("rb") as fh:
         chunk = fh.read(UPLOAD_CHUNK)
         while True:
             nxt = fh.read(UPLOAD_CHUNK)
             h.update(chunk)
-            req = pb.FileWriteRequest(path=remote, write_id=write_id, data=chunk, last=not nxt)
+            req = pb.FileWriteRequest(path=remote, write_id=write_id, data=chunk, last=not nxt, offset=offset)
+            offset += len(chunk)
             if not write_id and mode is not None:
                 req.file_mode = mode
             if not nxt:
