@@ -20,6 +20,7 @@ from . import handlers as _handlers  # noqa: F401  (registers every handler)
 from .channel import Channel, Link, make_channel
 from .config import AgentConfig
 from .dispatch import HANDLERS
+from .memory import release_memory_loop
 from .session import Session
 from .telemetry import TelemetryCollector, address_fingerprint, boot_time, collect_interfaces, read_machine_id, read_os_release
 
@@ -168,6 +169,7 @@ class Agent:
                 self.background = nursery
                 nursery.start_soon(self._telemetry_loop)
                 nursery.start_soon(self._ip_watch_loop)
+                nursery.start_soon(release_memory_loop)
                 await nursery.start(self.channel.serve, self._handle_link)
                 log.info(
                     "limiquantix-agent %s ready (%s, pid %d)", __version__, self.config.transport, os.getpid()

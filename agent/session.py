@@ -18,7 +18,7 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.transport import MessageWriter
+from limiquantix.protocol.transport import MessageWriter, receive_frames
 from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
 from .channel import Link, LinkGone
@@ -102,11 +102,11 @@ class Session:
 
     async def _read_loop(self) -> None:
         while True:
-            data = await self.link.receive_some()
-            if not data:
+            frames = await receive_frames(self.link.receive_some, self.decoder)
+            if frames is None:
                 log.info("%s closed by host", self.link.description)
                 return
-            for frame in self.decoder.feed(data):
+            for frame in frames:
                 try:
                     msg = parse_frame(frame)
                 except BadMessage as exc:

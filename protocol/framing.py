@@ -21,10 +21,14 @@ decoder then resumes scanning one byte after the bad frame's magic, so the later
 frame is recovered.
 
 A stale *valid* header whose payload will never be completed (the sender died
-mid-frame) would otherwise swallow the next frames until its claimed length is
-filled. Every new connection therefore starts with a SYNC frame (hello, hello
-echo, agent announce), and the decoder looks for a complete, valid SYNC frame
-inside a pending payload: when it finds one, the pending frame is abandoned.
+mid-frame) swallows the frames after it until its claimed length is filled; once
+it is, its CRC fails and the decoder rescans from inside it, so a busy stream
+recovers by itself. A quiet one would not: the new peer sends its hello and waits
+for the answer. Every new connection therefore starts with a SYNC frame (hello,
+hello echo, agent announce), and a reader whose stream has stalled on a partial
+frame calls :meth:`FrameDecoder.recover_stalled`, which abandons the partial
+frame if a complete, valid SYNC frame follows it. (Looking for one on every
+read instead would scan every byte of bulk transfers a second time.)
 
 The decoder never allocates a claimed length: it only buffers bytes that
 arrived, and a length above ``max_frame_bytes`` is rejected from the header alone.
@@ -226,8 +230,6 @@ class FrameDecoder:
             self._scanning = False
             end = self._pos + HEADER_SIZE + header.length
             if len(self._buf) < end:
-                if self._abandon_for_nested_sync():
-                    continue
                 return None
             payload = bytes(memoryview(self._buf)[self._pos + HEADER_SIZE : end])
             if zlib.crc32(payload) != header.crc:
@@ -239,6 +241,17 @@ class FrameDecoder:
             self._nested_from = 0
             self.stats.frames += 1
             return Frame(payload, header.flags)
+
+    def recover_stalled(self) -> list[Frame]:
+        """For a reader whose stream went quiet with a partial frame buffered.
+
+        If a complete, valid SYNC frame follows the partial frame's header, the
+        partial frame is abandoned (counted in ``bad_frames``) and the frames
+        from the SYNC frame on are returned. Otherwise nothing changes.
+        """
+        if self.buffered < HEADER_SIZE or not self._abandon_for_nested_sync():
+            return []
+        return self.feed(b"")
 
     def _abandon_for_nested_sync(self) -> bool:
         """Abandon the pending frame if a complete valid SYNC frame follows it."""

@@ -16,13 +16,18 @@ from typing import Final, final
 import trio
 
 from ._gen import agent_pb2 as pb
-from .framing import MAX_FRAME_BYTES
+from .framing import MAX_FRAME_BYTES, Frame, FrameDecoder
 from .wire import encode_message
 
-__all__ = ["WRITE_QUEUE_FRAMES", "MessageWriter", "direct_writer"]
+__all__ = ["STALL_RECOVERY_S", "WRITE_QUEUE_FRAMES", "MessageWriter", "direct_writer", "receive_frames"]
 
 log = logging.getLogger(__name__)
 
+#: A partial frame with no new bytes for this long may be a departed peer's
+#: leftover: the decoder then looks for a SYNC frame after it (framing.py).
+#: Short enough that a reconnecting peer is answered well within its hello
+#: resend interval; long enough never to fire inside a flowing frame.
+STALL_RECOVERY_S: Final = 0.5
 #: Frames queued before senders wait. Small: each may be up to a 1 MiB chunk,
 #: and a slow reader should push back on producers (file reads, output streams).
 WRITE_QUEUE_FRAMES: Final = 32
@@ -151,3 +156,21 @@ def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
     if isinstance(stream, trio.lowlevel.FdStream):
         return lambda data: os.write(stream.fileno(), data)
     return None
+
+
+async def receive_frames(receive_some: Callable[[], Awaitable[bytes]], decoder: FrameDecoder) -> list[Frame] | None:
+    """The next frames from a stream (None at its end).
+
+    While a partial frame is buffered, waits at most :data:`STALL_RECOVERY_S`
+    for more bytes before asking the decoder to recover from a stale frame.
+    """
+    while True:
+        if not decoder.buffered:
+            data = await receive_some()
+            return decoder.feed(data) if data else None
+        with trio.move_on_after(STALL_RECOVERY_S):
+            data = await receive_some()
+            return decoder.feed(data) if data else None
+        frames = decoder.recover_stalled()
+        if frames:
+            return frames

@@ -186,7 +186,8 @@ def test_stale_half_frame_is_abandoned_for_a_sync_frame() -> None:
     stale = encode_frame(b"y" * 100_000)[:5000]
     hello = encode_frame(b"hello", flags=FLAG_SYNC)
     dec = FrameDecoder()
-    out = dec.feed(stale + hello)
+    assert dec.feed(stale + hello) == []  # still inside the stale frame's claimed length
+    out = dec.recover_stalled()  # the reader saw the stream go quiet
     assert [f.payload for f in out] == [b"hello"]
     assert dec.stats.bad_frames == 1
     # ...and the stream continues normally after it.
@@ -198,8 +199,12 @@ def test_sync_frame_split_across_feeds_inside_a_pending_frame() -> None:
     hello = encode_frame(b"hello", flags=FLAG_SYNC)
     dec = FrameDecoder()
     out = []
-    for piece in split_at(stale + hello, [3001, 3010, 3020]):
+    *first, last = split_at(stale + hello, [3001, 3010, 3020])
+    for piece in first:
         out += dec.feed(piece)
+        assert dec.recover_stalled() == []  # the hello is not complete yet: keep waiting
+    out += dec.feed(last)
+    out += dec.recover_stalled()
     assert [f.payload for f in out] == [b"hello"]
 
 
@@ -207,7 +212,19 @@ def test_non_sync_frame_inside_a_pending_frame_is_payload() -> None:
     """Only SYNC frames interrupt: a frame nested in a payload is just data."""
     inner = encode_frame(b"inner")
     outer = encode_frame(b"a" * 10 + inner + b"b" * 10)
-    assert [f.payload for f in FrameDecoder().feed(outer)] == [b"a" * 10 + inner + b"b" * 10]
+    dec = FrameDecoder()
+    assert dec.feed(outer[:-5]) == []
+    assert dec.recover_stalled() == []
+    assert [f.payload for f in dec.feed(outer[-5:])] == [b"a" * 10 + inner + b"b" * 10]
+
+
+def test_a_busy_stream_recovers_from_a_stale_frame_without_help() -> None:
+    """Once later frames fill the stale frame's claimed length, its CRC fails and
+    the decoder rescans from inside it: nothing after the hello is lost."""
+    stale = encode_frame(b"y" * 1000)[:300]
+    later = [encode_frame(b"hello", flags=FLAG_SYNC)] + [encode_frame(bytes([i]) * 50) for i in range(1, 30)]
+    out = FrameDecoder().feed(stale + b"".join(later))
+    assert [f.payload for f in out] == [b"hello"] + [bytes([i]) * 50 for i in range(1, 30)]
 
 
 def test_reset_drops_partial_state() -> None:

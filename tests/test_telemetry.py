@@ -505,3 +505,11 @@ async def test_interface_exclude_replaces_the_default_patterns(netns_agent: Call
         await agent.ip("addr", "add", "198.51.100.7/24", "dev", "veth-lqx1")
         event = (await next_event(client, "ip_changed")).ip_changed
     assert _addresses(event) == {"veth-lqx1": [("198.51.100.7", 24)]}
+
+
+def test_memory_trim_and_rss() -> None:
+    """malloc_trim is reachable on glibc and RSS reads from /proc."""
+    from limiquantix.agent import memory
+
+    assert memory.rss_bytes() > 1024 * 1024
+    assert memory.trim() is True  # Debian is glibc
