@@ -493,7 +493,9 @@ class _Command:
         try:
             self._proc = await trio.lowlevel.open_process(
                 self.plan.argv,
-                stdin=subprocess.PIPE,
+                # No stdin to give: /dev/null reads EOF just like a closed pipe,
+                # without a pipe and a feeding task.
+                stdin=subprocess.PIPE if self.plan.stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 **self.plan.popen_options(),
@@ -513,8 +515,9 @@ class _Command:
         reason = pb.EXIT_REASON_UNSPECIFIED
         try:
             async with trio.open_nursery() as nursery:
-                assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-                nursery.start_soon(self._feed_stdin, proc.stdin)
+                assert proc.stdout is not None and proc.stderr is not None
+                if proc.stdin is not None:
+                    nursery.start_soon(self._feed_stdin, proc.stdin)
                 nursery.start_soon(self.stdout.pump, proc.stdout)
                 nursery.start_soon(self.stderr.pump, proc.stderr)
                 with self.wait_scope:
