@@ -32,7 +32,7 @@ from typing import Final, Protocol, final
 
 import trio
 
-from limiquantix.protocol.transport import direct_writer
+from limiquantix.protocol.transport import ReadBuffer, direct_reader, direct_writer
 
 __all__ = [
     "Channel",
@@ -116,6 +116,7 @@ class _DeviceLink:
         self.on_host_absent: Callable[[], None] | None = None
         self._absent = False
         self._pollable = True
+        self._read = ReadBuffer(READ_SIZE)
         self._rdev = os.fstat(fd).st_rdev
         self.description = f"device {path}"
 
@@ -147,7 +148,7 @@ class _DeviceLink:
         while True:
             await self._wait(trio.lowlevel.wait_readable)
             try:
-                data = os.read(self._fd, READ_SIZE)
+                data = self._read(self._fd)
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -254,10 +255,11 @@ class _StreamLink:
         self.on_host_absent: Callable[[], None] | None = None
         self.description = description
         self.try_write = direct_writer(stream)
+        self._receive_some = direct_reader(stream, READ_SIZE)
 
     async def receive_some(self) -> bytes:
         try:
-            return await self._stream.receive_some(READ_SIZE)
+            return await self._receive_some()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise LinkGone(str(exc)) from exc
 

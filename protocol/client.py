@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 from . import errors
 from ._gen import agent_pb2 as pb
 from .framing import MAX_FRAME_BYTES, FrameDecoder
-from .transport import MessageWriter, direct_writer, receive_frames
+from .transport import MessageWriter, direct_reader, direct_writer, receive_frames
 from .wire import BadMessage, new_message, parse_frame
 
 __all__ = ["HELLO_RESEND_S", "AgentClient", "is_terminal"]
@@ -88,6 +88,7 @@ class AgentClient:
             stream.send_all, try_write=direct_writer(stream), max_frame_bytes=max_frame_bytes
         )
         self.decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
+        self._receive_some = direct_reader(stream, READ_SIZE)
         self.identity: pb.AgentIdentity | None = None
         self._pending: dict[str, _Call] = {}
         self._events_tx, self.events = trio.open_memory_channel[pb.AgentMessage](EVENT_BUFFER)
@@ -183,9 +184,6 @@ class AgentClient:
                 return
             with trio.move_on_after(HELLO_RESEND_S):
                 await self._synced.wait()
-
-    async def _receive_some(self) -> bytes:
-        return await self._stream.receive_some(READ_SIZE)
 
     async def _read_loop(self) -> None:
         reason = "closed by peer"

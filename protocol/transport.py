@@ -19,7 +19,15 @@ from ._gen import agent_pb2 as pb
 from .framing import MAX_FRAME_BYTES, Frame, FrameDecoder
 from .wire import encode_message
 
-__all__ = ["STALL_RECOVERY_S", "WRITE_QUEUE_FRAMES", "MessageWriter", "direct_writer", "receive_frames"]
+__all__ = [
+    "STALL_RECOVERY_S",
+    "WRITE_QUEUE_FRAMES",
+    "MessageWriter",
+    "ReadBuffer",
+    "direct_reader",
+    "direct_writer",
+    "receive_frames",
+]
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +182,67 @@ async def receive_frames(receive_some: Callable[[], Awaitable[bytes]], decoder: 
         frames = decoder.recover_stalled()
         if frames:
             return frames
+
+
+def direct_reader(stream: trio.abc.Stream, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
+    """A ``receive_some`` for ``stream`` that waits for readiness first.
+
+    trio's socket ``recv`` tries the read first and waits only on EAGAIN: for
+    request/answer traffic that is a wasted syscall per message. This one
+    waits first unless the previous read filled its buffer (more is likely
+    queued). Streams other than sockets and fds get their own ``receive_some``.
+
+    The returned coroutine function raises ``trio.BrokenResourceError`` on a
+    read error and returns ``b""`` at end of stream, like ``receive_some``.
+    """
+    if isinstance(stream, trio.SocketStream):
+        sock = stream.socket
+
+        def fileno() -> int:
+            return sock.fileno()
+
+    elif isinstance(stream, trio.lowlevel.FdStream):
+        fileno = stream.fileno
+    else:
+        return lambda: stream.receive_some(max_bytes)
+    more = False
+    read = ReadBuffer(max_bytes)
+
+    async def receive_some() -> bytes:
+        nonlocal more
+        if more:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.wait_readable(fileno())
+        while True:
+            try:
+                data = read(fileno())
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fileno())
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            more = len(data) == max_bytes
+            return data
+
+    return receive_some
+
+
+@final
+class ReadBuffer:
+    """``os.read`` without a fresh ``max_bytes`` allocation per call.
+
+    ``os.read(fd, 1 MiB)`` allocates 1 MiB and shrinks it to what arrived; for a
+    60-byte answer glibc then grows and trims its heap around it, which costs
+    more than the whole rest of a round trip's read path. Reading into one
+    reused buffer and copying out what arrived does not.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._buf = bytearray(max_bytes)
+        self._view = memoryview(self._buf)
+
+    def __call__(self, fd: int) -> bytes:
+        """Read once from ``fd`` (non-blocking fds raise ``BlockingIOError``)."""
+        n = os.readv(fd, (self._buf,))
+        return bytes(self._view[:n])
