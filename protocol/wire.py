@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from typing import Final
@@ -28,9 +30,24 @@ class BadMessage(ValueError):
     """A frame whose payload is not a usable AgentMessage."""
 
 
+# A random per-process prefix and a counter: unique without a getrandom()
+# syscall per message (the prefix is re-drawn in a forked child).
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = secrets.token_hex(8)
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_message_id() -> str:
-    """A random, unique-enough id (96 bits)."""
-    return secrets.token_hex(12)
+    """An id unique across processes and time (64 random bits + a counter)."""
+    return f"{_id_prefix}{next(_id_counter):x}"
 
 
 def new_message(message_id: str | None = None, **payload: object) -> pb.AgentMessage:
