@@ -1,0 +1,75 @@
+"""The single-writer discipline: frames never interleave, a cancelled sender never leaves half a frame."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FrameDecoder
+from limiquantix.protocol.transport import MessageWriter, direct_reader, direct_writer
+from limiquantix.protocol.wire import new_message, parse_frame
+
+
+def big(n: int, tag: bytes) -> pb.AgentMessage:
+    return new_message(ping=pb.PingRequest(payload=tag * n))
+
+
+async def drain(stream: trio.abc.ReceiveStream, dec: FrameDecoder, want: int) -> list[pb.AgentMessage]:
+    out: list[pb.AgentMessage] = []
+    while len(out) < want:
+        out += [parse_frame(f) for f in dec.feed(await stream.receive_some(65536))]
+    return out
+
+
+@pytest.mark.trio
+async def test_cancelled_sender_leaves_no_partial_frame() -> None:
+    """A sender cancelled while waiting for queue space has sent nothing at all."""
+    left, right = trio.testing.lockstep_stream_pair()  # send_all blocks until read
+    writer = MessageWriter(left.send_all, queue_frames=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await writer.send(big(100_000, b"a"))  # taken by the writer, which blocks mid-frame
+        await trio.testing.wait_all_tasks_blocked()
+        await writer.send(big(10, b"b"))  # fills the queue
+        with trio.move_on_after(0.1) as scope:  # the reader is not reading: this one must wait
+            await writer.send(big(10, b"c"))
+        assert scope.cancelled_caught
+        dec = FrameDecoder()
+        got = await drain(right, dec, 2)
+        assert [m.ping.payload[:1] for m in got] == [b"a", b"b"]
+        assert len(got[0].ping.payload) == 100_000
+        assert dec.stats.bad_frames == 0 and dec.stats.dropped_bytes == 0
+        writer.close()
+        with trio.fail_after(5):
+            await writer.drained.wait()
+
+
+@pytest.mark.trio
+async def test_direct_write_remainder_follows_before_anything_else() -> None:
+    """When the socket takes part of a frame at once, its rest is written next, whole."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    right = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    writer = MessageWriter(left.send_all, try_write=direct_writer(left))
+    dec = FrameDecoder()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        with trio.CancelScope() as scope:
+            scope.cancel()  # cancelled before it even starts: a partial direct write must still complete
+            await writer.send(big(200_000, b"x"))
+        for i in range(20):
+            writer.try_send(big(1000, bytes([65 + i])))
+        reader = direct_reader(right, 65536)
+        got: list[pb.AgentMessage] = []
+        with trio.fail_after(10):
+            while len(got) < 21:
+                got += [parse_frame(f) for f in dec.feed(await reader())]
+        assert got[0].ping.payload == b"x" * 200_000
+        assert [m.ping.payload[:1] for m in got[1:]] == [bytes([65 + i]) for i in range(20)]
+        assert dec.stats.bad_frames == 0
+        nursery.cancel_scope.cancel()
