@@ -248,16 +248,22 @@ class AgentClient:
 
     # -- calls ---------------------------------------------------------------
 
-    async def stream(self, **payload: Message) -> AsyncIterator[pb.AgentMessage]:
+    def _new_request(self, message_id: str | None, payload: dict[str, Message]) -> pb.AgentMessage:
+        if self._closed_reason is not None:
+            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
+        if message_id is not None and message_id in self._pending:
+            raise errors.AlreadyExists(f"request {message_id} is already pending", reason="duplicate_id")
+        return new_message(message_id, **payload)
+
+    async def stream(self, *, message_id: str | None = None, **payload: Message) -> AsyncIterator[pb.AgentMessage]:
         """Send one request; yield every message answering it, the terminal one last.
 
         An ``error`` answer is raised as its :class:`~.errors.AgentError`.
         Leaving the iteration early (or being cancelled) cancels the request in
-        the agent.
+        the agent. ``message_id`` names the request (so that another task can
+        cancel it); by default a fresh one is drawn.
         """
-        if self._closed_reason is not None:
-            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
-        msg = new_message(**payload)
+        msg = self._new_request(message_id, payload)
         mid = msg.message_id
         tx, rx = trio.open_memory_channel[pb.AgentMessage | errors.AgentError](CALL_BUFFER)
         self._pending[mid] = tx
@@ -288,15 +294,14 @@ class AgentClient:
             if not done and self._closed_reason is None and payload.keys() & _CANCELLABLE:
                 self.writer.try_send(new_message(cancel=pb.CancelRequest(target_message_id=mid)))
 
-    async def request(self, **payload: Message) -> pb.AgentMessage:
+    async def request(self, *, message_id: str | None = None, **payload: Message) -> pb.AgentMessage:
         """Send one request and return its terminal answer (partials discarded).
 
         Raises:
             AgentError: the agent answered with an error, or the connection was lost.
+            AlreadyExists: ``message_id`` names a request still pending.
         """
-        if self._closed_reason is not None:
-            raise errors.Unavailable(f"agent connection lost: {self._closed_reason}")
-        msg = new_message(**payload)
+        msg = self._new_request(message_id, payload)
         mid = msg.message_id
         call = _Unary()
         self._pending[mid] = call

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import agent_pb2 as agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11node_daemon.proto\x12\x13limiquantix.node.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0b\x61gent.proto\"\x80\x02\n\x0eGuestAgentInfo\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.limiquantix.node.v1.AgentState\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x35\n\x08identity\x18\x04 \x01(\x0b\x32#.limiquantix.agent.v1.AgentIdentity\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16last_disconnect_reason\x18\x06 \x01(\t\x12\x14\n\x0cip_addresses\x18\x07 \x03(\t\"N\n\x12GuestResourceUsage\x12\x38\n\ttelemetry\x18\x01 \x01(\x0b\x32%.limiquantix.agent.v1.TelemetryReport\"\x9b\x02\n\x08VMStatus\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).limiquantix.node.v1.VMStatus.LabelsEntry\x12\x13\n\x0bsocket_path\x18\x04 \x01(\t\x12\x32\n\x05\x61gent\x18\x05 \x01(\x0b\x32#.limiquantix.node.v1.GuestAgentInfo\x12?\n\x0eresource_usage\x18\x06 \x01(\x0b\x32\'.limiquantix.node.v1.GuestResourceUsage\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0eListVMsRequest\"=\n\x0fListVMsResponse\x12*\n\x03vms\x18\x01 \x03(\x0b\x32\x1d.limiquantix.node.v1.VMStatus\"\x1d\n\x0cGetVMRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"!\n\x10PingAgentRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\x97\x01\n\x11\x41gentPingResponse\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x1c\n\x14\x61gent_uptime_seconds\x18\x04 \x01(\x01\x12\x1d\n\x15system_uptime_seconds\x18\x05 \x01(\x01\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"]\n\x15\x45xecuteInGuestRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.limiquantix.agent.v1.ExecuteRequest\"e\n\x16\x45xecuteInGuestResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32%.limiquantix.agent.v1.ExecuteResponse\"\xa6\x01\n\x13\x45xecuteInGuestEvent\x12\x16\n\x0c\x65xecution_id\x18\x01 \x01(\tH\x00\x12\x35\n\x06output\x18\x02 \x01(\x0b\x32#.limiquantix.agent.v1.ExecuteOutputH\x00\x12\x37\n\x06result\x18\x03 \x01(\x0b\x32%.limiquantix.agent.v1.ExecuteResponseH\x00\x42\x07\n\x05\x65vent\"=\n\x16\x43\x61ncelExecutionRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"(\n\x17\x43\x61ncelExecutionResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"S\n\x14ReadGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"K\n\x15ReadGuestFileResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tfile_size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"\xcc\x01\n\x15WriteGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x33\n\nwrite_mode\x18\x04 \x01(\x0e\x32\x1f.limiquantix.agent.v1.WriteMode\x12\x11\n\x04mode\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05owner\x18\x06 \x01(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12\x16\n\x0e\x63reate_parents\x18\x08 \x01(\x08\x42\x07\n\x05_mode\"?\n\x16WriteGuestFileResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"3\n\x14StatGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"_\n\x19ListGuestDirectoryRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x8f\x01\n\x14GuestShutdownRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0e\n\x06reboot\x18\x02 \x01(\x08\x12\x30\n\x04mode\x18\x03 \x01(\x0e\x32\".limiquantix.agent.v1.ShutdownMode\x12\x15\n\rdelay_seconds\x18\x04 \x01(\r\x12\x0f\n\x07message\x18\x05 \x01(\t\"[\n\x15GuestShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x19ResetGuestPasswordRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0e\n\x06\x65xpire\x18\x04 \x01(\x08\"-\n\x1aResetGuestPasswordResponse\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\x08*\xd6\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_NO_SOCKET\x10\x01\x12\x1a\n\x16\x41GENT_STATE_CONNECTING\x10\x02\x12!\n\x1d\x41GENT_STATE_WAITING_FOR_AGENT\x10\x03\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x04\x12\x1c\n\x18\x41GENT_STATE_UNRESPONSIVE\x10\x05\x12\x18\n\x14\x41GENT_STATE_DISABLED\x10\x06\x32\xda\t\n\x11NodeDaemonService\x12T\n\x07ListVMs\x12#.limiquantix.node.v1.ListVMsRequest\x1a$.limiquantix.node.v1.ListVMsResponse\x12I\n\x05GetVM\x12!.limiquantix.node.v1.GetVMRequest\x1a\x1d.limiquantix.node.v1.VMStatus\x12Z\n\tPingAgent\x12%.limiquantix.node.v1.PingAgentRequest\x1a&.limiquantix.node.v1.AgentPingResponse\x12i\n\x0e\x45xecuteInGuest\x12*.limiquantix.node.v1.ExecuteInGuestRequest\x1a+.limiquantix.node.v1.ExecuteInGuestResponse\x12n\n\x14\x45xecuteInGuestStream\x12*.limiquantix.node.v1.ExecuteInGuestRequest\x1a(.limiquantix.node.v1.ExecuteInGuestEvent0\x01\x12l\n\x0f\x43\x61ncelExecution\x12+.limiquantix.node.v1.CancelExecutionRequest\x1a,.limiquantix.node.v1.CancelExecutionResponse\x12\x66\n\rReadGuestFile\x12).limiquantix.node.v1.ReadGuestFileRequest\x1a*.limiquantix.node.v1.ReadGuestFileResponse\x12i\n\x0eWriteGuestFile\x12*.limiquantix.node.v1.WriteGuestFileRequest\x1a+.limiquantix.node.v1.WriteGuestFileResponse\x12Z\n\rStatGuestFile\x12).limiquantix.node.v1.StatGuestFileRequest\x1a\x1e.limiquantix.agent.v1.FileStat\x12q\n\x12ListGuestDirectory\x12..limiquantix.node.v1.ListGuestDirectoryRequest\x1a+.limiquantix.agent.v1.ListDirectoryResponse\x12\x66\n\rGuestShutdown\x12).limiquantix.node.v1.GuestShutdownRequest\x1a*.limiquantix.node.v1.GuestShutdownResponse\x12u\n\x12ResetGuestPassword\x12..limiquantix.node.v1.ResetGuestPasswordRequest\x1a/.limiquantix.node.v1.ResetGuestPasswordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11node_daemon.proto\x12\x13limiquantix.node.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0b\x61gent.proto\"\x80\x02\n\x0eGuestAgentInfo\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.limiquantix.node.v1.AgentState\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x35\n\x08identity\x18\x04 \x01(\x0b\x32#.limiquantix.agent.v1.AgentIdentity\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16last_disconnect_reason\x18\x06 \x01(\t\x12\x14\n\x0cip_addresses\x18\x07 \x03(\t\"N\n\x12GuestResourceUsage\x12\x38\n\ttelemetry\x18\x01 \x01(\x0b\x32%.limiquantix.agent.v1.TelemetryReport\"\x9b\x02\n\x08VMStatus\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).limiquantix.node.v1.VMStatus.LabelsEntry\x12\x13\n\x0bsocket_path\x18\x04 \x01(\t\x12\x32\n\x05\x61gent\x18\x05 \x01(\x0b\x32#.limiquantix.node.v1.GuestAgentInfo\x12?\n\x0eresource_usage\x18\x06 \x01(\x0b\x32\'.limiquantix.node.v1.GuestResourceUsage\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0eListVMsRequest\"=\n\x0fListVMsResponse\x12*\n\x03vms\x18\x01 \x03(\x0b\x32\x1d.limiquantix.node.v1.VMStatus\"\x1d\n\x0cGetVMRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"!\n\x10PingAgentRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"\x97\x01\n\x11\x41gentPingResponse\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x1c\n\x14\x61gent_uptime_seconds\x18\x04 \x01(\x01\x12\x1d\n\x15system_uptime_seconds\x18\x05 \x01(\x01\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"s\n\x15\x45xecuteInGuestRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.limiquantix.agent.v1.ExecuteRequest\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\"e\n\x16\x45xecuteInGuestResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32%.limiquantix.agent.v1.ExecuteResponse\"\xa6\x01\n\x13\x45xecuteInGuestEvent\x12\x16\n\x0c\x65xecution_id\x18\x01 \x01(\tH\x00\x12\x35\n\x06output\x18\x02 \x01(\x0b\x32#.limiquantix.agent.v1.ExecuteOutputH\x00\x12\x37\n\x06result\x18\x03 \x01(\x0b\x32%.limiquantix.agent.v1.ExecuteResponseH\x00\x42\x07\n\x05\x65vent\"=\n\x16\x43\x61ncelExecutionRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"(\n\x17\x43\x61ncelExecutionResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"S\n\x14ReadGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"K\n\x15ReadGuestFileResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tfile_size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"\xcc\x01\n\x15WriteGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x33\n\nwrite_mode\x18\x04 \x01(\x0e\x32\x1f.limiquantix.agent.v1.WriteMode\x12\x11\n\x04mode\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05owner\x18\x06 \x01(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12\x16\n\x0e\x63reate_parents\x18\x08 \x01(\x08\x42\x07\n\x05_mode\"?\n\x16WriteGuestFileResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"3\n\x14StatGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"_\n\x19ListGuestDirectoryRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x8f\x01\n\x14GuestShutdownRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0e\n\x06reboot\x18\x02 \x01(\x08\x12\x30\n\x04mode\x18\x03 \x01(\x0e\x32\".limiquantix.agent.v1.ShutdownMode\x12\x15\n\rdelay_seconds\x18\x04 \x01(\r\x12\x0f\n\x07message\x18\x05 \x01(\t\"[\n\x15GuestShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x19ResetGuestPasswordRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0e\n\x06\x65xpire\x18\x04 \x01(\x08\"-\n\x1aResetGuestPasswordResponse\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\x08*\xd6\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_NO_SOCKET\x10\x01\x12\x1a\n\x16\x41GENT_STATE_CONNECTING\x10\x02\x12!\n\x1d\x41GENT_STATE_WAITING_FOR_AGENT\x10\x03\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x04\x12\x1c\n\x18\x41GENT_STATE_UNRESPONSIVE\x10\x05\x12\x18\n\x14\x41GENT_STATE_DISABLED\x10\x06\x32\xda\t\n\x11NodeDaemonService\x12T\n\x07ListVMs\x12#.limiquantix.node.v1.ListVMsRequest\x1a$.limiquantix.node.v1.ListVMsResponse\x12I\n\x05GetVM\x12!.limiquantix.node.v1.GetVMRequest\x1a\x1d.limiquantix.node.v1.VMStatus\x12Z\n\tPingAgent\x12%.limiquantix.node.v1.PingAgentRequest\x1a&.limiquantix.node.v1.AgentPingResponse\x12i\n\x0e\x45xecuteInGuest\x12*.limiquantix.node.v1.ExecuteInGuestRequest\x1a+.limiquantix.node.v1.ExecuteInGuestResponse\x12n\n\x14\x45xecuteInGuestStream\x12*.limiquantix.node.v1.ExecuteInGuestRequest\x1a(.limiquantix.node.v1.ExecuteInGuestEvent0\x01\x12l\n\x0f\x43\x61ncelExecution\x12+.limiquantix.node.v1.CancelExecutionRequest\x1a,.limiquantix.node.v1.CancelExecutionResponse\x12\x66\n\rReadGuestFile\x12).limiquantix.node.v1.ReadGuestFileRequest\x1a*.limiquantix.node.v1.ReadGuestFileResponse\x12i\n\x0eWriteGuestFile\x12*.limiquantix.node.v1.WriteGuestFileRequest\x1a+.limiquantix.node.v1.WriteGuestFileResponse\x12Z\n\rStatGuestFile\x12).limiquantix.node.v1.StatGuestFileRequest\x1a\x1e.limiquantix.agent.v1.FileStat\x12q\n\x12ListGuestDirectory\x12..limiquantix.node.v1.ListGuestDirectoryRequest\x1a+.limiquantix.agent.v1.ListDirectoryResponse\x12\x66\n\rGuestShutdown\x12).limiquantix.node.v1.GuestShutdownRequest\x1a*.limiquantix.node.v1.GuestShutdownResponse\x12u\n\x12ResetGuestPassword\x12..limiquantix.node.v1.ResetGuestPasswordRequest\x1a/.limiquantix.node.v1.ResetGuestPasswordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VMSTATUS_LABELSENTRY']._loaded_options = None
   _globals['_VMSTATUS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=2453
-  _globals['_AGENTSTATE']._serialized_end=2667
+  _globals['_AGENTSTATE']._serialized_start=2475
+  _globals['_AGENTSTATE']._serialized_end=2689
   _globals['_GUESTAGENTINFO']._serialized_start=89
   _globals['_GUESTAGENTINFO']._serialized_end=345
   _globals['_GUESTRESOURCEUSAGE']._serialized_start=347
@@ -56,35 +56,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTPINGRESPONSE']._serialized_start=861
   _globals['_AGENTPINGRESPONSE']._serialized_end=1012
   _globals['_EXECUTEINGUESTREQUEST']._serialized_start=1014
-  _globals['_EXECUTEINGUESTREQUEST']._serialized_end=1107
-  _globals['_EXECUTEINGUESTRESPONSE']._serialized_start=1109
-  _globals['_EXECUTEINGUESTRESPONSE']._serialized_end=1210
-  _globals['_EXECUTEINGUESTEVENT']._serialized_start=1213
-  _globals['_EXECUTEINGUESTEVENT']._serialized_end=1379
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=1381
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1442
-  _globals['_CANCELEXECUTIONRESPONSE']._serialized_start=1444
-  _globals['_CANCELEXECUTIONRESPONSE']._serialized_end=1484
-  _globals['_READGUESTFILEREQUEST']._serialized_start=1486
-  _globals['_READGUESTFILEREQUEST']._serialized_end=1569
-  _globals['_READGUESTFILERESPONSE']._serialized_start=1571
-  _globals['_READGUESTFILERESPONSE']._serialized_end=1646
-  _globals['_WRITEGUESTFILEREQUEST']._serialized_start=1649
-  _globals['_WRITEGUESTFILEREQUEST']._serialized_end=1853
-  _globals['_WRITEGUESTFILERESPONSE']._serialized_start=1855
-  _globals['_WRITEGUESTFILERESPONSE']._serialized_end=1918
-  _globals['_STATGUESTFILEREQUEST']._serialized_start=1920
-  _globals['_STATGUESTFILEREQUEST']._serialized_end=1971
-  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_start=1973
-  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_end=2068
-  _globals['_GUESTSHUTDOWNREQUEST']._serialized_start=2071
-  _globals['_GUESTSHUTDOWNREQUEST']._serialized_end=2214
-  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_start=2216
-  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_end=2307
-  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_start=2309
-  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_end=2403
-  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_start=2405
-  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_end=2450
-  _globals['_NODEDAEMONSERVICE']._serialized_start=2670
-  _globals['_NODEDAEMONSERVICE']._serialized_end=3912
+  _globals['_EXECUTEINGUESTREQUEST']._serialized_end=1129
+  _globals['_EXECUTEINGUESTRESPONSE']._serialized_start=1131
+  _globals['_EXECUTEINGUESTRESPONSE']._serialized_end=1232
+  _globals['_EXECUTEINGUESTEVENT']._serialized_start=1235
+  _globals['_EXECUTEINGUESTEVENT']._serialized_end=1401
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=1403
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1464
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_start=1466
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_end=1506
+  _globals['_READGUESTFILEREQUEST']._serialized_start=1508
+  _globals['_READGUESTFILEREQUEST']._serialized_end=1591
+  _globals['_READGUESTFILERESPONSE']._serialized_start=1593
+  _globals['_READGUESTFILERESPONSE']._serialized_end=1668
+  _globals['_WRITEGUESTFILEREQUEST']._serialized_start=1671
+  _globals['_WRITEGUESTFILEREQUEST']._serialized_end=1875
+  _globals['_WRITEGUESTFILERESPONSE']._serialized_start=1877
+  _globals['_WRITEGUESTFILERESPONSE']._serialized_end=1940
+  _globals['_STATGUESTFILEREQUEST']._serialized_start=1942
+  _globals['_STATGUESTFILEREQUEST']._serialized_end=1993
+  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_start=1995
+  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_end=2090
+  _globals['_GUESTSHUTDOWNREQUEST']._serialized_start=2093
+  _globals['_GUESTSHUTDOWNREQUEST']._serialized_end=2236
+  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_start=2238
+  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_end=2329
+  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_start=2331
+  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_end=2425
+  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_start=2427
+  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_end=2472
+  _globals['_NODEDAEMONSERVICE']._serialized_start=2692
+  _globals['_NODEDAEMONSERVICE']._serialized_end=3934
 # @@protoc_insertion_point(module_scope)

@@ -114,12 +114,14 @@ class AgentPingResponse(_message.Message):
     def __init__(self, connected: _Optional[bool] = ..., version: _Optional[str] = ..., latency_ms: _Optional[float] = ..., agent_uptime_seconds: _Optional[float] = ..., system_uptime_seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ExecuteInGuestRequest(_message.Message):
-    __slots__ = ("vm_id", "request")
+    __slots__ = ("vm_id", "request", "execution_id")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     request: _agent_pb2.ExecuteRequest
-    def __init__(self, vm_id: _Optional[str] = ..., request: _Optional[_Union[_agent_pb2.ExecuteRequest, _Mapping]] = ...) -> None: ...
+    execution_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., request: _Optional[_Union[_agent_pb2.ExecuteRequest, _Mapping]] = ..., execution_id: _Optional[str] = ...) -> None: ...
 
 class ExecuteInGuestResponse(_message.Message):
     __slots__ = ("execution_id", "result")
