@@ -147,6 +147,11 @@ class AgentClient:
             yield client
 
     @property
+    def closed_reason(self) -> str | None:
+        """Why the connection ended (None while it is open)."""
+        return self._closed_reason
+
+    @property
     def connected(self) -> bool:
         return self._synced.is_set() and self._closed_reason is None
 

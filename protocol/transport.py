@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 #: Short enough that a reconnecting peer is answered well within its hello
 #: resend interval; long enough never to fire inside a flowing frame.
 STALL_RECOVERY_S: Final = 0.5
+#: First size of a connection's read buffer; it doubles, up to the reader's
+#: maximum, each time a read fills it.
+READ_BUFFER_INITIAL: Final = 64 * 1024
 #: Frames queued before senders wait. Small: each may be up to a 1 MiB chunk,
 #: and a slow reader should push back on producers (file reads, output streams).
 WRITE_QUEUE_FRAMES: Final = 32
@@ -239,10 +242,18 @@ class ReadBuffer:
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self._buf = bytearray(max_bytes)
+        self.max_bytes = max_bytes
+        # Start small and grow while reads fill the buffer: hostd holds one per
+        # VM, and most connections never carry more than small answers.
+        self._buf = bytearray(min(max_bytes, READ_BUFFER_INITIAL))
         self._view = memoryview(self._buf)
 
     def __call__(self, fd: int) -> bytes:
         """Read once from ``fd`` (non-blocking fds raise ``BlockingIOError``)."""
         n = os.readv(fd, (self._buf,))
-        return bytes(self._view[:n])
+        data = bytes(self._view[:n])
+        if n == len(self._buf) < self.max_bytes:
+            self._view.release()
+            self._buf = bytearray(min(self.max_bytes, 2 * n))
+            self._view = memoryview(self._buf)
+        return data
