@@ -1,0 +1,648 @@
+"""hostd's per-VM connection and VM discovery, against real simulated VMs.
+
+Simulated VMs are real ``limiquantix-simvm`` processes (a pty bridged to a Unix
+socket, the real agent on the pty) in short temp dirs, except in the 50-VM test,
+which bridges 50 in-process agents through :class:`SimulatedPort` the same way
+(50 agent processes would need ~15 CPU-seconds to start on a 2-core machine).
+Intervals are shortened through :class:`ConnectionConfig`; every wait is bounded
+by ``trio.fail_after`` and waits on the connection's change events.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import random
+import signal
+import struct
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import aclosing
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from limiquantix.agent import Agent, AgentConfig
+from limiquantix.hostd import config as hostd_config
+from limiquantix.hostd.config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
+from limiquantix.hostd.discovery import FoundSocket, VMRegistry, scan_sockets
+from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess
+from limiquantix.hostd.vmconn import VMConnection, VMState
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol.framing import MAGIC, encode_frame
+
+WAIT_S = 10.0
+QUIET = ("--telemetry-interval-s=0",)
+#: Short intervals so that state changes show within a fraction of a second.
+FAST = ConnectionConfig(
+    ping_interval_s=0.2,
+    ping_timeout_s=0.2,
+    unresponsive_after_misses=2,
+    connect_grace_s=0.2,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.5,
+    socket_poll_s=0.05,
+    deadline_margin_s=0.5,
+)
+
+StartSimVM = Callable[..., SimVMProcess]
+
+
+@pytest.fixture
+def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
+    """``start_simvm(socket=None, no_agent=False, agent_args=QUIET)`` -> a started SimVMProcess."""
+    procs: list[SimVMProcess] = []
+    counter = itertools.count()
+
+    def start(*, socket: str | None = None, no_agent: bool = False, agent_args: Sequence[str] = QUIET) -> SimVMProcess:
+        n = next(counter)
+        proc = SimVMProcess.start(
+            socket or str(short_tmp / f"vm{n}.sock"),
+            state_dir=short_tmp / f"state{n}",
+            name=f"vm{n}",
+            no_agent=no_agent,
+            agent_args=agent_args,
+            log_level="debug",
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # all at once: they stop in parallel
+        if proc.proc.poll() is None:
+            proc.proc.terminate()
+    for proc in procs:
+        proc.stop()
+
+
+async def started_conn(nursery: trio.Nursery, path: str, **kwargs: object) -> VMConnection:
+    kwargs.setdefault("config", FAST)
+    conn = VMConnection("vm-1", path, **kwargs)  # type: ignore[arg-type]
+    await nursery.start(conn.run)
+    return conn
+
+
+def kill_marked(mark: str) -> None:
+    """Kill the guest commands a test started with LQX_TEST_MARK=mark (orphans of a killed agent)."""
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LQX_TEST_MARK") == mark:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+
+
+# --------------------------------------------------------------- connection
+
+
+@pytest.mark.trio
+async def test_connects_and_reports_status(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+    vm = start_simvm(agent_args=("--telemetry-interval-s=0.2",))
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path, name="web", labels={"tier": "front"})
+        await conn.wait_for_state(VMState.CONNECTED)
+        await conn.wait_until(lambda c: c.telemetry is not None)
+        assert (await conn.ping(b"hi")).payload == b"hi"
+
+    status = conn.status()
+    assert status.vm_id == "vm-1" and status.name == "web" and dict(status.labels) == {"tier": "front"}
+    assert status.socket_path == vm.socket_path
+    agent = status.agent
+    assert agent.state == node_pb.AGENT_STATE_CONNECTED and agent.connected
+    assert conn.identity is not None and agent.identity.pid == conn.identity.pid
+    assert agent.version == conn.identity.agent_version != ""
+    expected_ips = [a.address for i in conn.identity.interfaces for a in (*i.ipv4, *i.ipv6)]
+    assert list(agent.ip_addresses) == expected_ips
+    assert agent.last_seen.seconds > 0
+    assert status.resource_usage.telemetry.cpu_count > 0
+    counters = conn.counters()
+    assert counters.connects == 1 and counters.reconnects == 0
+
+
+@pytest.mark.trio
+async def test_calls_fail_at_once_while_not_connected(nursery: trio.Nursery, short_tmp: Path) -> None:
+    conn = await started_conn(nursery, str(short_tmp / "absent.sock"))
+    with trio.fail_after(WAIT_S):
+        await conn.wait_for_state(VMState.NO_SOCKET)
+    with trio.fail_after(0.1):  # at once: no waiting out a deadline
+        with pytest.raises(errors.Unavailable) as info:
+            await conn.request(ping=pb.PingRequest())
+        assert info.value.reason == "no_socket"
+        with pytest.raises(errors.Unavailable):
+            async with aclosing(conn.stream(execute=pb.ExecuteRequest(argv=["true"]))) as stream:
+                async for _ in stream:
+                    pass
+    assert conn.status().agent.state == node_pb.AGENT_STATE_NO_SOCKET
+
+
+@pytest.mark.trio
+async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_as_a_new_agent(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    vm = start_simvm()
+    mark = uuid.uuid4().hex
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        assert conn.identity is not None
+        old_pid = conn.identity.pid
+        failed = trio.Event()
+        outcome: list[BaseException] = []
+
+        async def pending_command() -> None:
+            try:
+                await conn.request(
+                    deadline_s=60,
+                    execute=pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark}, timeout_seconds=60),
+                )
+            except errors.AgentError as exc:
+                outcome.append(exc)
+            failed.set()
+
+        try:
+            nursery.start_soon(pending_command)
+            # The command is running in the guest once its process exists.
+            while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(old_pid).children()):
+                await trio.sleep(0.01)
+            os.kill(old_pid, signal.SIGKILL)
+            with trio.fail_after(1.0):
+                await failed.wait()
+        finally:
+            kill_marked(mark)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
+        # The simulated VM starts the agent again; hostd reports the new one.
+        await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid and c.connected)
+    assert conn.status().agent.identity.pid == agent_pid(vm)
+    assert conn.counters().agent_restarts == 1
+    assert (await conn.ping(b"again")).payload == b"again"
+
+
+def agent_pid(vm: SimVMProcess) -> int:
+    (child,) = psutil.Process(vm.proc.pid).children()
+    return child.pid
+
+
+def stale_half_frame() -> bytes:
+    """A valid frame header announcing 4000 bytes, followed by only 10: what a
+    peer that died mid-frame leaves in the stream."""
+    payload = b"x" * 4000
+    frame = encode_frame(payload)
+    return frame[:28]
+
+
+def junk() -> bytes:
+    # Random bytes with stray magics in them, then a magic with a bad header CRC.
+    rng = random.Random(7)
+    noise = bytes(rng.randrange(256) for _ in range(3000))
+    return noise[:1000] + MAGIC + noise[1000:2000] + MAGIC + b"\x01\x00" + struct.pack(">I", 50) + noise[2000:]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("side", ["guest", "host"])
+async def test_garbage_in_the_stream_before_hello_is_discarded(
+    nursery: trio.Nursery, start_simvm: StartSimVM, side: str
+) -> None:
+    """Stale bytes sit in the stream before the host's hello: discarded, the connection succeeds.
+
+    guest: written into the guest's device (as a dead agent would leave them)
+    while no host is attached; hostd reads them first.
+    host: sent by an earlier host client that died mid-frame; the agent reads them first.
+    """
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        if side == "guest":
+            fd = os.open(vm.state_dir / DEVICE_NAME, os.O_WRONLY | os.O_NOCTTY)
+            try:
+                os.write(fd, junk() + stale_half_frame())
+            finally:
+                os.close(fd)
+        else:
+            earlier = await trio.open_unix_socket(vm.socket_path)
+            async with earlier:
+                await earlier.send_all(junk() + stale_half_frame())
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        assert (await conn.ping(b"ok")).payload == b"ok"
+    if side == "guest":
+        counters = conn.counters()
+        assert counters.dropped_bytes > 0, counters
+
+
+@pytest.mark.trio
+async def test_no_agent_means_waiting_for_agent(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+    vm = start_simvm(no_agent=True)
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
+    with pytest.raises(errors.Unavailable) as info:
+        await conn.request(ping=pb.PingRequest())
+    assert info.value.reason == "waiting_for_agent"
+    assert conn.status().agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
+
+
+@pytest.mark.trio
+async def test_socket_removed_and_readded_state_follows(
+    nursery: trio.Nursery, start_simvm: StartSimVM, short_tmp: Path
+) -> None:
+    path = str(short_tmp / "vm.sock")
+    first = start_simvm(socket=path)
+    with trio.fail_after(WAIT_S):
+        await first.wait_ready()
+        conn = await started_conn(nursery, path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        assert conn.identity is not None
+        first_pid = conn.identity.pid
+        first.stop()  # the VM goes away with its socket
+        await conn.wait_for_state(VMState.NO_SOCKET)
+        assert conn.last_disconnect_reason
+        assert not conn.status().agent.connected
+        second = start_simvm(socket=path)
+        await second.wait_ready()
+        await conn.wait_until(lambda c: c.connected and c.identity is not None and c.identity.pid != first_pid)
+    counters = conn.counters()
+    assert counters.connects == 2 and counters.reconnects == 1
+
+
+@pytest.mark.trio
+async def test_guest_shutdown_stops_the_vm_and_the_connection_goes_no_socket(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        answer = await conn.request(shutdown=pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_POWEROFF))
+        assert answer.shutdown_response.accepted
+        await conn.wait_for_state(VMState.NO_SOCKET)
+        assert await vm.wait_exit() == 0
+    assert not os.path.exists(vm.socket_path)
+    assert conn.shutdown_started is not None and conn.shutdown_started.mode == pb.SHUTDOWN_MODE_POWEROFF
+
+
+@pytest.mark.trio
+async def test_guest_reboot_and_the_connection_follows(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        assert conn.identity is not None
+        old_pid = conn.identity.pid
+        await conn.request(shutdown=pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_REBOOT))
+        await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid)
+        assert conn.state is VMState.CONNECTED
+        assert (await conn.ping(b"rebooted")).payload == b"rebooted"
+    counters = conn.counters()
+    assert counters.connects == 1 and counters.agent_restarts == 1  # same socket connection
+
+
+@pytest.mark.trio
+async def test_missed_pings_mark_unresponsive_and_fail_pending_calls(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        pid = agent_pid(vm)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # A call that would wait 60 s fails as soon as the agent is marked unresponsive.
+            with pytest.raises(errors.Unavailable, match="unresponsive"):
+                await conn.request(deadline_s=60, get_telemetry=pb.TelemetryRequest())
+            assert conn.state is VMState.UNRESPONSIVE
+            assert conn.status().agent.state == node_pb.AGENT_STATE_UNRESPONSIVE
+            with pytest.raises(errors.Unavailable):
+                await conn.request(ping=pb.PingRequest())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await conn.wait_for_state(VMState.CONNECTED)
+        # The answers the stopped agent owed arrive now, after their callers gave up.
+        while conn.counters().late_replies == 0:
+            await trio.sleep(0.01)
+    assert conn.counters().ping_misses >= 2
+
+
+@pytest.mark.trio
+async def test_deadline_exceeded_then_the_late_reply_is_dropped_and_counted(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        with trio.fail_after(2):  # budget 0 + margin 0.5 s
+            with pytest.raises(errors.DeadlineExceeded):
+                await conn.request(deadline_s=0, execute=pb.ExecuteRequest(argv=["sleep", "5"]))
+        # hostd told the agent to cancel; its (cancelled) answer arrives late.
+        while conn.counters().late_replies == 0:
+            await trio.sleep(0.01)
+        # A stream runs under the same kind of deadline.
+        with pytest.raises(errors.DeadlineExceeded):
+            async with aclosing(
+                conn.stream(deadline_s=0, execute=pb.ExecuteRequest(command="echo one; sleep 5", stream=True))
+            ) as stream:
+                async for _ in stream:
+                    pass
+    assert conn.counters().deadline_exceeded == 2
+    assert conn.state is VMState.CONNECTED
+
+
+@pytest.mark.trio
+async def test_streamed_command_through_the_connection(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        kinds, output = [], b""
+        request = pb.ExecuteRequest(command="echo one; echo two", stream=True)
+        async for msg in conn.stream(deadline_s=5, execute=request):
+            kinds.append(msg.WhichOneof("payload"))
+            output += msg.execute_output.data
+    assert kinds[-1] == "execute_response" and set(kinds[:-1]) == {"execute_output"}
+    assert output == b"one\ntwo\n"
+
+
+@pytest.mark.trio
+async def test_a_named_call_can_be_cancelled_from_another_call(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    """CancelExecution's path: the execute is sent under a chosen id, a cancel names it."""
+    vm = start_simvm()
+    mark = uuid.uuid4().hex
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        outcome: list[object] = []
+        done = trio.Event()
+
+        async def command() -> None:
+            request = pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark})
+            try:
+                outcome.append(await conn.request(deadline_s=60, message_id="exec-1", execute=request))
+            except errors.AgentError as exc:
+                outcome.append(exc)
+            done.set()
+
+        try:
+            nursery.start_soon(command)
+            while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(agent_pid(vm)).children()):
+                await trio.sleep(0.01)
+            with pytest.raises(errors.AlreadyExists):
+                await conn.request(message_id="exec-1", ping=pb.PingRequest())
+            answer = await conn.request(cancel=pb.CancelRequest(target_message_id="exec-1"))
+            assert answer.cancel_response.found
+            await done.wait()
+        finally:
+            kill_marked(mark)
+    (answer,) = outcome
+    assert isinstance(answer, pb.AgentMessage), answer
+    assert answer.execute_response.exit_reason == pb.EXIT_REASON_CANCELLED
+
+
+@pytest.mark.trio
+async def test_disable_drops_the_connection_and_enable_restores_it(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        outcome: list[BaseException] = []
+        done = trio.Event()
+
+        async def pending() -> None:
+            try:
+                await conn.request(deadline_s=30, execute=pb.ExecuteRequest(argv=["sleep", "5"]))
+            except errors.AgentError as exc:
+                outcome.append(exc)
+            done.set()
+
+        nursery.start_soon(pending)
+        while not conn._calls:  # the call is in flight
+            await trio.sleep(0.01)
+        conn.disable("maintenance")
+        await done.wait()
+        assert isinstance(outcome[0], errors.Unavailable)
+        await conn.wait_for_state(VMState.DISABLED)
+        assert conn.status().agent.state == node_pb.AGENT_STATE_DISABLED
+        assert conn.last_disconnect_reason == "maintenance"
+        conn.enable()
+        await conn.wait_for_state(VMState.CONNECTED)
+
+
+@pytest.mark.trio
+async def test_a_configured_disabled_vm_never_connects(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path, enabled=False)
+    assert conn.state is VMState.DISABLED
+    with pytest.raises(errors.Unavailable):
+        await conn.request(ping=pb.PingRequest())
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    cfg = ConnectionConfig(backoff_initial_s=0.2, backoff_max_s=5.0, backoff_jitter=0.5)
+    conn = VMConnection("v", "/nonexistent", config=cfg, rng=random.Random(1))
+    for failures in range(40):
+        full = min(5.0, 0.2 * 2**failures)
+        for _ in range(20):
+            assert full * 0.5 <= conn._backoff(failures) <= full
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        ConnectionConfig(ping_interval_s=0)
+    with pytest.raises(ConfigError):
+        ConnectionConfig(backoff_initial_s=2, backoff_max_s=1)
+    with pytest.raises(ConfigError):
+        ConnectionConfig(backoff_jitter=1.5)
+    with pytest.raises(ConfigError):
+        DiscoveryConfig(channel_name="a/b")
+    with pytest.raises(ConfigError):
+        VMEntry(id="-bad", socket="/run/x.sock")
+    with pytest.raises(ConfigError):
+        VMEntry(id="ok", socket="relative.sock")
+    entry = VMEntry(id="ok", socket="/run/x.sock", labels={"a": "b"})
+    with pytest.raises(TypeError):
+        entry.labels["a"] = "c"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("module", ["config", "discovery", "simvm", "vmconn"])
+def test_hostd_modules_export_what_exists(module: str) -> None:
+    mod = importlib.import_module(f"limiquantix.hostd.{module}")
+    assert all(hasattr(mod, name) for name in mod.__all__)
+    assert len(set(mod.__all__)) == len(mod.__all__)
+    assert hostd_config.CHANNEL_NAME == DEVICE_NAME
+
+
+# --------------------------------------------------------------- discovery
+
+
+def libvirt_socket(root: Path, domain_id: int, name: str) -> str:
+    directory = root / f"domain-{domain_id}-{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / hostd_config.CHANNEL_NAME)
+
+
+def test_scan_finds_both_layouts_with_precedence(short_tmp: Path) -> None:
+    libvirt, plain = short_tmp / "lv", short_tmp / "vms"
+    plain.mkdir()
+    for path in (
+        libvirt_socket(libvirt, 3, "web"),
+        libvirt_socket(libvirt, 7, "web"),  # a newer run of the same domain
+        libvirt_socket(libvirt, 4, "db"),
+        str(plain / "db.agent.sock"),  # shadowed by libvirt's db
+        str(plain / "cache-1.agent.sock"),
+        str(plain / "notes.txt"),
+    ):
+        Path(path).touch()
+    (libvirt / "domain-9-nosocket").mkdir()
+    (libvirt / "unrelated").mkdir()
+    found = scan_sockets(DiscoveryConfig(libvirt_channel_root=str(libvirt), socket_dir=str(plain)))
+    assert found == {
+        "web": FoundSocket("web", "web", libvirt_socket(libvirt, 7, "web"), "libvirt", 7),
+        "db": FoundSocket("db", "db", libvirt_socket(libvirt, 4, "db"), "libvirt", 4),
+        "cache-1": FoundSocket("cache-1", "cache-1", str(plain / "cache-1.agent.sock"), "directory", 0),
+    }
+    assert scan_sockets(DiscoveryConfig(libvirt_channel_root="", socket_dir=str(short_tmp / "missing"))) == {}
+
+
+@pytest.mark.trio
+async def test_registry_finds_configured_libvirt_and_plain_dir_vms_as_they_come_and_go(
+    start_simvm: StartSimVM, short_tmp: Path
+) -> None:
+    libvirt, plain = short_tmp / "lv", short_tmp / "vms"
+    plain.mkdir()
+    web = start_simvm(socket=libvirt_socket(libvirt, 3, "web"))
+    db = start_simvm(socket=str(plain / "db.agent.sock"))
+    configured = VMEntry(id="cfg", name="Configured", labels={"env": "test"}, socket=str(short_tmp / "cfg.sock"))
+    discovery = DiscoveryConfig(
+        libvirt_channel_root=str(libvirt), socket_dir=str(plain), rescan_interval_s=0.05, forget_after_s=0.3
+    )
+    with trio.fail_after(WAIT_S):
+        await web.wait_ready()
+        await db.wait_ready()
+        async with VMRegistry.open(entries=[configured], discovery=discovery, connection=FAST) as registry:
+
+            def states(reg: VMRegistry) -> dict[str, VMState]:
+                return {c.vm_id: c.state for c in reg.connections()}
+
+            await registry.wait_until(
+                lambda r: states(r) == {"cfg": VMState.NO_SOCKET, "db": VMState.CONNECTED, "web": VMState.CONNECTED}
+            )
+            assert registry.get("web").source == "libvirt" and registry.get("db").source == "directory"
+            assert registry.get("cfg").status().name == "Configured"
+            assert [s.vm_id for s in registry.statuses()] == ["cfg", "db", "web"]
+            with pytest.raises(errors.NotFound):
+                registry.get("nope")
+
+            # One appears later, in the plain directory; the configured one comes up too.
+            late = start_simvm(socket=str(plain / "late.agent.sock"))
+            cfg_vm = start_simvm(socket=configured.socket)
+            await registry.wait_until(lambda r: "late" in r and r.get("late").connected)
+            await registry.wait_until(lambda r: r.get("cfg").connected)
+
+            # The libvirt domain restarts under a new domain id: same VM, new path.
+            web.stop()
+            web2 = start_simvm(socket=libvirt_socket(libvirt, 4, "web"))
+            await web2.wait_ready()
+            os.rmdir(libvirt / "domain-3-web")  # libvirt removes the old run's directory
+            await registry.wait_until(
+                lambda r: r.get("web").socket_path == web2.socket_path and r.get("web").connected
+            )
+
+            # A discovered VM whose socket goes away: no_socket, then forgotten.
+            late.stop()
+            await registry.wait_until(lambda r: "late" not in r)
+            # A configured one stays listed as no_socket.
+            cfg_vm.stop()
+            await registry.wait_until(lambda r: r.get("cfg").state is VMState.NO_SOCKET)
+            assert sorted(c.vm_id for c in registry.connections()) == ["cfg", "db", "web"]
+
+
+async def wait_all_connected(registry: VMRegistry, count: int, seconds: float) -> None:
+    """Wait until ``count`` VMs are connected; on timeout, say which are not and why."""
+    with trio.move_on_after(seconds):
+        await registry.wait_until(lambda r: len(r) == count and all(c.connected for c in r.connections()))
+        return
+    lagging = [
+        f"{c.vm_id}: {c.state.value} for {trio.current_time() - c.state_since:.1f} s ({c.last_disconnect_reason!r})"
+        for c in registry.connections()
+        if not c.connected
+    ]
+    raise AssertionError(f"{len(registry)} VMs found, not connected after {seconds} s: {lagging}")
+
+
+async def ping_all(registry: VMRegistry) -> dict[str, bytes]:
+    """Ping every VM at once; each answers with its own id."""
+    pongs: dict[str, bytes] = {}
+
+    async def ping(conn: VMConnection) -> None:
+        pongs[conn.vm_id] = (await conn.ping(conn.vm_id.encode())).payload
+
+    async with trio.open_nursery() as nursery:
+        for conn in registry.connections():
+            nursery.start_soon(ping, conn)
+    return pongs
+
+
+@pytest.mark.trio
+async def test_fifty_vms_at_once_through_one_registry(nursery: trio.Nursery, short_tmp: Path) -> None:
+    """50 simulated ports, each with an in-process agent on its pty, found and connected by one registry.
+
+    The ports are SimulatedPort, the bridge limiquantix-simvm runs; the agents
+    are the real Agent on the pty slaves, in this process (fast enough to run
+    always; the slow test below does the same with 50 simvm processes).
+    """
+    count = 50
+    plain = short_tmp / "vms"
+    plain.mkdir()
+    for n in range(count):
+        port = SimulatedPort(str(plain / f"vm{n:02d}.agent.sock"), device_link=str(short_tmp / f"dev{n:02d}"))
+        await nursery.start(port.serve)
+        agent = Agent(AgentConfig(transport="virtio", device=port.device_path, telemetry_interval_s=0))
+        await nursery.start(agent.run)
+    discovery = DiscoveryConfig(libvirt_channel_root="", socket_dir=str(plain), rescan_interval_s=0.2)
+    config = ConnectionConfig(connect_grace_s=5, backoff_initial_s=0.05, socket_poll_s=0.1)
+    async with VMRegistry.open(discovery=discovery, connection=config) as registry:
+        await wait_all_connected(registry, count, 30)
+        with trio.fail_after(10):
+            pongs = await ping_all(registry)
+    assert pongs == {f"vm{n:02d}": f"vm{n:02d}".encode() for n in range(count)}
+
+
+@pytest.mark.trio
+@pytest.mark.slow
+async def test_fifty_simvm_processes_at_once_through_one_registry(start_simvm: StartSimVM, short_tmp: Path) -> None:
+    """The same with 50 real limiquantix-simvm processes, each running its agent process
+    (100 processes, ~3 GB RSS, ~10 s on 2 cores)."""
+    count = 50
+    plain = short_tmp / "vms"
+    plain.mkdir()
+    for n in range(count):
+        start_simvm(socket=str(plain / f"vm{n:02d}.agent.sock"))
+    discovery = DiscoveryConfig(libvirt_channel_root="", socket_dir=str(plain), rescan_interval_s=0.2)
+    # A generous grace: 100 Python processes start at once on a small machine.
+    config = ConnectionConfig(connect_grace_s=30, backoff_initial_s=0.1, socket_poll_s=0.2)
+    async with VMRegistry.open(discovery=discovery, connection=config) as registry:
+        await wait_all_connected(registry, count, 90)
+        with trio.fail_after(10):
+            pongs = await ping_all(registry)
+    assert pongs == {f"vm{n:02d}": f"vm{n:02d}".encode() for n in range(count)}

@@ -1,0 +1,250 @@
+"""``limiquantix-simvm``: real simulated VMs (processes) with real agents on real ptys.
+
+Each test starts ``python -m limiquantix.hostd.simvm`` on a socket in a short
+temp dir and talks to it as hostd does (:class:`AgentClient` over the socket).
+Nothing here touches the machine's power or accounts: the simulated VM's
+stand-ins record what they were asked in its state directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from limiquantix.hostd import simvm
+from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.client import AgentClient
+
+#: Upper bound on anything a test waits for; a healthy run needs a fraction.
+WAIT_S = 10.0
+#: No telemetry unless a test asks: quieter streams, less CPU.
+QUIET = ("--telemetry-interval-s=0",)
+
+StartSimVM = Callable[..., SimVMProcess]
+
+
+@pytest.fixture
+def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
+    """``start_simvm(no_agent=False, agent_args=QUIET, socket=None)`` -> a started SimVMProcess.
+
+    Stopped (SIGTERM, then SIGKILL) after the test.
+    """
+    procs: list[SimVMProcess] = []
+    counter = itertools.count()
+
+    def start(*, no_agent: bool = False, agent_args: Sequence[str] = QUIET, socket: str | None = None) -> SimVMProcess:
+        n = next(counter)
+        proc = SimVMProcess.start(
+            socket or str(short_tmp / f"vm{n}.sock"),
+            state_dir=short_tmp / f"vm{n}",
+            name=f"vm{n}",
+            no_agent=no_agent,
+            agent_args=agent_args,
+            log_level="debug",
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # all at once: they stop in parallel
+        if proc.proc.poll() is None:
+            proc.proc.terminate()
+    for proc in procs:
+        proc.stop()
+
+
+def agent_pids(vm: SimVMProcess) -> list[int]:
+    """The simulated VM's agent process(es) (its direct children)."""
+    return [p.pid for p in psutil.Process(vm.proc.pid).children()]
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def wait_file_lines(path: Path, n: int) -> list[dict[str, object]]:
+    while len(found := records(path)) < n:
+        await trio.sleep(0.01)
+    return found
+
+
+async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
+    async for msg in client.events:
+        if msg.WhichOneof("payload") == kind:
+            return msg
+    raise AssertionError(f"connection closed before {kind}")
+
+
+@pytest.mark.trio
+async def test_serves_hello_and_ping_through_its_socket(start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            assert client.identity is not None
+            assert (await client.ping(b"\x00\xff" * 100)).payload == b"\x00\xff" * 100
+            assert agent_pids(vm) == [client.identity.pid]
+    # The guest's device is a udev-style link to the pty slave, in the state dir.
+    link = vm.state_dir / simvm.DEVICE_NAME
+    assert os.readlink(link).startswith("/dev/pts/")
+    assert (vm.state_dir / simvm.AGENT_CONFIG_FILE).exists()
+    assert oct(os.stat(vm.socket_path).st_mode & 0o777) == oct(0o600)
+
+
+@pytest.mark.trio
+async def test_one_host_client_at_a_time(start_simvm: StartSimVM) -> None:
+    """Like QEMU: a second client connects but is served only once the first leaves."""
+    vm = start_simvm()
+    second_synced = trio.Event()
+
+    async def second() -> None:
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            second_synced.set()
+            assert (await client.ping(b"2")).payload == b"2"
+
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with trio.open_nursery() as nursery:
+            async with AgentClient.connect_unix(vm.socket_path) as first:
+                nursery.start_soon(second)
+                # A bound, not a synchronisation: the second stays unanswered
+                # while the first is served.
+                with trio.move_on_after(0.5):
+                    await second_synced.wait()
+                assert not second_synced.is_set()
+                assert (await first.ping(b"1")).payload == b"1"
+            # The first left: the second is accepted and answered.
+            await second_synced.wait()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("mode", ["poweroff", "halt"])
+async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: StartSimVM, mode: str) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            (agent_pid,) = agent_pids(vm)
+            answer = await client.request(shutdown=pb.ShutdownRequest(mode=f"SHUTDOWN_MODE_{mode.upper()}", message="bye"))
+            assert answer.shutdown_response.accepted
+            # The port closes under the host: the connection ends.
+            async for _ in client.events:
+                pass
+        assert await vm.wait_exit() == 0
+    assert not os.path.exists(vm.socket_path)
+    assert not psutil.pid_exists(agent_pid) or psutil.Process(agent_pid).status() == psutil.STATUS_ZOMBIE
+    (record,) = records(vm.state_dir / simvm.POWER_LOG_FILE)
+    assert record["action"] == mode and record["message"] == "bye"
+    assert "powered off by the guest" in vm.output()
+
+
+@pytest.mark.trio
+async def test_reboot_restarts_the_agent_on_the_same_connection(start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            assert client.identity is not None
+            old_pid = client.identity.pid
+            answer = await client.request(shutdown=pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_REBOOT))
+            assert answer.shutdown_response.accepted
+            ready = await next_event(client, "agent_ready")
+            assert ready.agent_ready.identity.pid != old_pid
+            # Same host connection, new agent behind it.
+            assert (await client.ping(b"after")).payload == b"after"
+            assert agent_pids(vm) == [ready.agent_ready.identity.pid]
+    assert vm.proc.poll() is None and os.path.exists(vm.socket_path)
+    assert [r["action"] for r in records(vm.state_dir / simvm.POWER_LOG_FILE)] == ["reboot"]
+
+
+def _fingerprint(path: str) -> tuple[float, int, str]:
+    st = os.stat(path)
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except PermissionError:  # not root: the metadata still tells
+        digest = ""
+    return (st.st_mtime, st.st_size, digest)
+
+
+@pytest.mark.trio
+async def test_password_reset_goes_to_the_stand_in_never_to_the_host(start_simvm: StartSimVM) -> None:
+    password = "Tr0ub4dor&3 with: colon"
+    shadow_before = _fingerprint("/etc/shadow")
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            answer = await client.request(
+                reset_password=pb.ResetPasswordRequest(username="root", password=password, expire=True)
+            )
+            assert answer.reset_password_response.expired
+    assert _fingerprint("/etc/shadow") == shadow_before
+    log_text = (vm.state_dir / simvm.PASSWORD_LOG_FILE).read_text()
+    assert password not in log_text
+    changed, expired = records(vm.state_dir / simvm.PASSWORD_LOG_FILE)
+    assert changed["user"] == "root"
+    assert changed["password_sha256"] == hashlib.sha256(password.encode()).hexdigest()
+    assert expired == {"user": "root", "expire": True, "time": expired["time"]}
+    assert password not in (vm.state_dir / simvm.AGENT_LOG_FILE).read_text()
+
+
+@pytest.mark.trio
+async def test_sigterm_stops_the_agent_removes_the_socket_and_exits_0(start_simvm: StartSimVM) -> None:
+    vm = start_simvm()
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        async with AgentClient.connect_unix(vm.socket_path) as client:
+            assert client.identity is not None
+            agent_pid = client.identity.pid
+            vm.proc.send_signal(signal.SIGTERM)
+            async for _ in client.events:
+                pass  # the connection ends
+        assert await vm.wait_exit() == 0
+    assert not os.path.exists(vm.socket_path)
+    assert not os.path.lexists(vm.state_dir / simvm.DEVICE_NAME)
+    assert not psutil.pid_exists(agent_pid) or psutil.Process(agent_pid).status() == psutil.STATUS_ZOMBIE
+    assert "received SIGTERM" in (vm.state_dir / simvm.AGENT_LOG_FILE).read_text()
+
+
+@pytest.mark.trio
+async def test_guest_bytes_wait_for_a_host_client_and_host_bytes_reach_the_guest(start_simvm: StartSimVM) -> None:
+    """The QEMU imitation, byte for byte, with no agent in the way.
+
+    What the guest writes while no host client is attached is held and handed to
+    the next client; what a host client sends reaches the guest's device.
+    """
+    vm = start_simvm(no_agent=True)
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        guest = os.open(vm.state_dir / simvm.DEVICE_NAME, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            os.write(guest, b"written before any host\x00\r\n\x03")
+            sock = await trio.open_unix_socket(vm.socket_path)
+            async with sock:
+                got = b""
+                while len(got) < 27:
+                    got += await sock.receive_some(1024)
+                assert got == b"written before any host\x00\r\n\x03"  # raw: no CR/LF mapping, no ^C
+                await sock.send_all(b"\x00from the host\r\n")
+                heard = b""
+                while len(heard) < 16:
+                    await trio.lowlevel.wait_readable(guest)
+                    heard += os.read(guest, 1024)
+                assert heard == b"\x00from the host\r\n"
+        finally:
+            os.close(guest)
+
+
+def test_rejects_a_socket_path_too_long_for_af_unix(short_tmp: Path) -> None:
+    rc = simvm.main(["--socket", str(short_tmp / ("x" * 120)), "--state-dir", str(short_tmp / "s"), "--no-agent"])
+    assert rc == 1
