@@ -1,171 +1,210 @@
 """`make run`: start the product on this machine and show it working.
 
-Today the product that exists is the guest agent: this starts the real
-``limiquantix-agent`` process on a local Unix socket (standing for the VM's
-virtio-serial port), talks to it as hostd will (hello/sync, then requests),
-shows its answers, and then follows its telemetry until Ctrl-C. It grows into
-the whole stack (hostd, controller, TUI) as those are built.
+Starts three simulated VMs (``limiquantix-simvm``: a pty standing for each VM's
+virtio-serial port, the real ``limiquantix-agent`` on it, a Unix socket server
+playing QEMU's chardev) and ``limiquantix-hostd`` serving the node API over
+them; waits until every VM's agent is connected, exercises the API as the
+controller will, prints the curl lines to try it by hand, and then keeps a live
+VM table on screen until Ctrl-C. It grows into the whole stack (controller,
+TUI) as those are built.
 
-    python scripts/run.py [--once] [--socket PATH]
+    python scripts/run.py [--once] [--listen HOST:PORT]
+
+``LQX_HOSTD_LISTEN`` sets the node API's address (default 127.0.0.1:8081).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import trio
 
-from limiquantix.protocol import errors
-from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
+from limiquantix.hostd.simvm import SimVMProcess
 
-BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
-
-
-# This agent runs on the machine itself, not in a VM: power and password
-# requests go to stand-ins that only say what they would have done.
-DEMO_CONFIG = """\
-transport = "unix-listen"
-log_level = "warning"
-poweroff_command = ["echo", "[demo agent] would power off now:", "{message}"]
-reboot_command = ["echo", "[demo agent] would reboot now:", "{message}"]
-halt_command = ["echo", "[demo agent] would halt now:", "{message}"]
-password_command = ["sh", "-c", "cut -d: -f1 | sed 's/^/[demo agent] would set the password of /'"]
-password_expire_command = ["echo", "[demo agent] would expire the password of", "{user}"]
-"""
+VMS = ("web-1", "web-2", "db-1")
+SERVICE = "limiquantix.node.v1.NodeDaemonService"
+TTY = sys.stdout.isatty()
+BOLD, DIM, GREEN, RED, YELLOW, RESET = (
+    ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[33m", "\033[0m") if TTY else ("",) * 6
+)
 
 
 def say(title: str, text: str = "") -> None:
     print(f"{BOLD}{title}{RESET} {text}".rstrip(), flush=True)
 
 
-def gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+class Api:
+    def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
+        self.client, self.url, self.token = client, url, token
+
+    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.client.post(
+            f"{self.url}/{SERVICE}/{method}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        data = r.json()
+        if r.status_code != 200:
+            raise RuntimeError(f"{method}: {data.get('code')}: {data.get('message')}")
+        return data
 
 
-async def show(client: AgentClient, workdir: Path) -> None:
-    ident = client.identity
-    assert ident is not None
-    say("agent", f"{ident.agent_version} (protocol {ident.protocol_version}, pid {ident.pid})")
-    say("guest", f"{ident.os.pretty_name or ident.os.name}, kernel {ident.kernel} {ident.architecture}, host {ident.hostname}")
-    addrs = [f"{n.name} {a.address}/{a.prefix_length}" for n in ident.interfaces for a in (*n.ipv4, *n.ipv6)]
-    say("addresses", ", ".join(addrs) or "none")
-    say("capabilities", " ".join(ident.capabilities))
+def state_name(vm: dict[str, Any]) -> str:
+    return vm["agent"]["state"].removeprefix("AGENT_STATE_").lower()
 
-    t0 = time.perf_counter()
-    for _ in range(100):
-        await client.ping()
-    say("ping", f"{(time.perf_counter() - t0) * 1e4:.0f} µs per round trip (100 pings)")
 
-    async def attempt(title: str, coro) -> None:  # type: ignore[no-untyped-def]
-        try:
-            await coro
-        except errors.AgentError as exc:
-            say(title, f"{RED}{exc.connect_code}{RESET}: {exc.message}")
+def vm_table(vms: list[dict[str, Any]]) -> str:
+    lines = [f"  {'VM':<8} {'STATE':<18} {'AGENT':<7} {'OS':<30} {'CPU':>6} {'MEM':>6}  ADDRESSES"]
+    for vm in vms:
+        agent = vm["agent"]
+        ident = agent.get("identity") or {}
+        tel = (vm.get("resourceUsage") or {}).get("telemetry") or {}
+        state = state_name(vm)
+        colour = GREEN if state == "connected" else YELLOW
+        cpu = f"{tel['cpuPercent']:.1f}%" if tel.get("cpuPercent") is not None and tel else "-"
+        mem = f"{tel['memory']['percent']:.1f}%" if tel.get("memory") else "-"
+        os_name = (ident.get("os") or {}).get("prettyName", "-")
+        addrs = ", ".join(agent.get("ipAddresses", [])[:2]) or "-"
+        lines.append(
+            f"  {vm['vmId']:<8} {colour}{state:<18}{RESET} {agent.get('version') or '-':<7} {os_name[:30]:<30} {cpu:>6} {mem:>6}  {addrs}"
+        )
+    return "\n".join(lines)
 
-    async def run_uname() -> None:
-        r = (await client.request(execute=pb.ExecuteRequest(argv=["uname", "-a"]))).execute_response
-        say("exec uname -a", f"→ exit {r.exit_code} in {r.duration_ms} ms: {r.stdout.decode().strip()}")
 
-    async def run_stream() -> None:
-        say("exec (streamed)", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
-        req = pb.ExecuteRequest(command="for i in 1 2 3; do echo line $i; sleep 0.2; done", stream=True)
-        async for msg in client.stream(execute=req):
-            if msg.HasField("execute_output"):
-                print(f"   {DIM}#{msg.execute_output.seq}{RESET} {msg.execute_output.data.decode().rstrip()}", flush=True)
-            else:
-                say("   result", f"exit {msg.execute_response.exit_code}")
+async def demo(api: Api, workdir: Path) -> None:
+    ping = await api.call("PingAgent", {"vmId": "web-1"})
+    say("PingAgent web-1", f"→ connected={ping['connected']} version={ping['version']} in {ping['latencyMs']:.2f} ms")
 
-    async def files() -> None:
-        data = os.urandom(3 * 1024 * 1024 + 17)
-        target = str(workdir / "demo.bin")
-        w = (await client.request(file_write=pb.FileWriteRequest(path=target, data=data, last=True))).file_write_response
-        h = hashlib.sha256()
-        async for msg in client.stream(file_read=pb.FileReadRequest(path=target)):
-            h.update(msg.file_read_chunk.data)
-            last = msg.file_read_chunk
-        ok = w.sha256 == last.sha256 == h.digest() == hashlib.sha256(data).digest()
-        verdict = f"{GREEN}SHA-256 equal{RESET}" if ok else f"{RED}SHA-256 MISMATCH{RESET}"
-        say("files", f"wrote and read back {len(data)} bytes at {target}: {verdict} ({h.hexdigest()[:16]}…)")
+    r = await api.call("ExecuteInGuest", {"vmId": "web-1", "request": {"argv": ["uname", "-sr"]}})
+    out = base64.b64decode(r["result"]["stdout"]).decode().strip()
+    say("ExecuteInGuest web-1 uname -sr", f"→ exit {r['result']['exitCode']} in {r['result']['durationMs']} ms: {out}")
 
-    async def bad_path() -> None:
-        await client.request(file_read=pb.FileReadRequest(path="/etc/../etc/shadow"))
+    say("ExecuteInGuestStream db-1", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    body = json.dumps({"vmId": "db-1", "request": {"command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}}).encode()
+    async with api.client.stream(
+        "POST",
+        f"{api.url}/{SERVICE}/ExecuteInGuestStream",
+        content=b"\x00" + len(body).to_bytes(4, "big") + body,  # one Connect envelope
+        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/connect+json"},
+    ) as resp:
+        buf = b""
+        async for chunk in resp.aiter_raw():
+            buf += chunk
+            while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[1:5], "big"):
+                n = int.from_bytes(buf[1:5], "big")
+                msg = json.loads(buf[5 : 5 + n])
+                buf = buf[5 + n :]
+                if "output" in msg:
+                    text = base64.b64decode(msg["output"]["data"]).decode().rstrip()
+                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {text}", flush=True)
+                elif "result" in msg:
+                    say("   result", f"exit {msg['result'].get('exitCode', 0)}")
 
-    await attempt("exec uname -a", run_uname())
-    await attempt("exec (streamed)", run_stream())
-    await attempt("files", files())
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    target = str(workdir / "demo.bin")
+    w = await api.call("WriteGuestFile", {"vmId": "web-2", "path": target, "content": base64.b64encode(data).decode()})
+    r = await api.call("ReadGuestFile", {"vmId": "web-2", "path": target})
+    ok = base64.b64decode(r["content"]) == data and base64.b64decode(w["sha256"]) == hashlib.sha256(data).digest()
+    verdict = f"{GREEN}SHA-256 equal{RESET}" if ok else f"{RED}SHA-256 MISMATCH{RESET}"
+    say("WriteGuestFile + ReadGuestFile web-2", f"{len(data)} bytes: {verdict}")
+
     try:
-        await bad_path()
+        await api.call("ReadGuestFile", {"vmId": "web-2", "path": "/etc/../etc/shadow"})
         say("path check", f"{RED}/etc/../etc/shadow was read{RESET}")
-    except errors.AgentError as exc:
-        say("path check", f"/etc/../etc/shadow → {exc.connect_code}: {exc.message}")
-
-    tel = (await client.request(get_telemetry=pb.TelemetryRequest())).telemetry_response
-    say(
-        "telemetry",
-        f"cpu {tel.cpu_percent:.1f}% of {tel.cpu_count}, memory {gib(tel.memory.used_bytes)}/{gib(tel.memory.total_bytes)}, "
-        f"load {tel.load1:.2f}, {tel.process_count} processes, {len(tel.filesystems)} filesystems",
-    )
+    except RuntimeError as exc:
+        say("path check", f"/etc/../etc/shadow → {exc}")
 
 
-async def follow(client: AgentClient) -> None:
-    say("following events", f"{DIM}(Ctrl-C to stop){RESET}")
-    async for event in client.events:
-        kind = event.WhichOneof("payload")
-        if kind == "telemetry":
-            t = event.telemetry
-            print(
-                f"  {time.strftime('%H:%M:%S')} telemetry: cpu {t.cpu_percent:5.1f}%  "
-                f"mem {t.memory.percent:4.1f}%  load {t.load1:.2f}  procs {t.process_count}",
-                flush=True,
-            )
-        else:
-            print(f"  {time.strftime('%H:%M:%S')} {kind}", flush=True)
-
-
-async def main_async(args: argparse.Namespace, socket: str, workdir: Path) -> None:
-    with trio.fail_after(20):  # the agent process creates its socket when ready
-        while not os.path.exists(socket):
-            await trio.sleep(0.05)
-    async with AgentClient.connect_unix(socket) as client:
-        await show(client, workdir)
-        if not args.once:
+async def main_async(args: argparse.Namespace, tmp: Path) -> None:
+    token = secrets.token_urlsafe(24)
+    token_file = tmp / "hostd.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    vms_dir = tmp / "vms"
+    vms_dir.mkdir()
+    sims = [
+        SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=tmp / "state" / vm, name=vm, log_level="warning")
+        for vm in VMS
+    ]
+    say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
+    hostd = subprocess.Popen(
+        [sys.executable, "-m", "limiquantix.hostd", "--listen", args.listen, "--token-file", str(token_file),
+         "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning"],
+    )  # fmt: skip
+    url = f"http://{args.listen}"
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            api = Api(client, url, token)
+            with trio.fail_after(60):
+                while True:
+                    if hostd.poll() is not None:
+                        raise RuntimeError(f"hostd exited with {hostd.returncode} (is {args.listen} in use?)")
+                    try:
+                        if (await client.get(f"{url}/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.1)
+                say("started", f"limiquantix-hostd on {url}")
+                while True:
+                    vms = (await api.call("ListVMs", {}))["vms"]
+                    if len(vms) == len(VMS) and all(state_name(v) == "connected" for v in vms):
+                        break
+                    await trio.sleep(0.1)
+            say("VMs", "every agent connected:")
+            print(vm_table(vms), flush=True)
+            await demo(api, tmp)
             print()
-            say("try it yourself", f"limiquantix-agent-cli -s {socket} sh 'uptime'   (in another terminal)")
-            await follow(client)
+            say("try the node API yourself", "(in another terminal, while this runs):")
+            print(f"  curl -s -X POST {url}/{SERVICE}/ListVMs -H 'Authorization: Bearer {token}' \\\n"
+                  f"       -H 'Content-Type: application/json' -d '{{}}'")  # fmt: skip
+            print(f"  curl -s -X POST {url}/{SERVICE}/ExecuteInGuest -H 'Authorization: Bearer {token}' \\\n"
+                  f"       -H 'Content-Type: application/json' -d '{{\"vmId\": \"web-1\", \"request\": {{\"command\": \"uptime\"}}}}'")  # fmt: skip
+            print(f"  curl -s {url}/metrics | grep lqx_hostd_vms")
+            if args.once:
+                return
+            print()
+            say("live", f"{DIM}(refreshed every 5 s; Ctrl-C to stop){RESET}")
+            while True:
+                await trio.sleep(5)
+                vms = (await api.call("ListVMs", {}))["vms"]
+                print(f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{vm_table(vms)}", flush=True)
+    finally:
+        hostd.send_signal(signal.SIGTERM)
+        for sim in sims:
+            sim.stop()
+        try:
+            rc = hostd.wait(15)
+        except subprocess.TimeoutExpired:
+            hostd.kill()
+            rc = hostd.wait()
+        say("stopped", f"hostd exited with {rc}; simulated VMs stopped")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="show the demo and exit (no event following)")
-    parser.add_argument("--socket", help="socket path (default: in a temp dir)")
-    parser.add_argument("--telemetry-interval-s", default="2")
+    parser.add_argument("--once", action="store_true", help="show the demo and exit")
+    parser.add_argument("--listen", default=os.environ.get("LQX_HOSTD_LISTEN", "127.0.0.1:8081"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:
-        socket = args.socket or os.path.join(tmp, "agent.sock")
-        config = Path(tmp) / "agent.toml"
-        config.write_text(DEMO_CONFIG)
-        say("starting", f"limiquantix-agent on {socket}")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "limiquantix.agent", "--config", str(config), "--socket", socket,
-             "--telemetry-interval-s", args.telemetry_interval_s],
-        )  # fmt: skip
         try:
-            trio.run(main_async, args, socket, Path(tmp))
+            trio.run(main_async, args, Path(tmp))
         except KeyboardInterrupt:
             print()
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            rc = agent.wait(10)
-            say("stopped", f"agent exited with {rc}")
+        except RuntimeError as exc:
+            print(f"{RED}make run: {exc}{RESET}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,0 +1,238 @@
+"""``limiquantix.node.v1.NodeDaemonService``: the node API the controller calls.
+
+Each RPC finds the VM's :class:`~limiquantix.hostd.vmconn.VMConnection` in the
+registry and forwards one agent request through it; errors keep their codes
+end to end (an agent's ``not_found`` is the API's ``not_found``; an agent that
+is gone is ``unavailable`` at once). File transfers are checked with SHA-256
+end to end: the agent's digest must equal the one hostd computes over the
+bytes it received or sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Final, final
+
+import trio
+
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.wire import new_message_id
+
+from .discovery import VMRegistry
+
+__all__ = ["MAX_READ_BYTES", "MAX_WRITE_BYTES", "SERVICE", "WRITE_CHUNK_BYTES", "NodeAPI"]
+
+log = logging.getLogger(__name__)
+
+SERVICE: Final = node_pb.DESCRIPTOR.services_by_name["NodeDaemonService"]
+#: Largest ReadGuestFile answer: it travels in one Connect message; larger
+#: files are read in ranges (offset, length).
+MAX_READ_BYTES: Final = 48 * 1024 * 1024
+#: Largest WriteGuestFile content, for the same reason.
+MAX_WRITE_BYTES: Final = 48 * 1024 * 1024
+#: Bytes per write request to the agent: the agent's own read chunk size.
+WRITE_CHUNK_BYTES: Final = 1024 * 1024
+#: Time budget for a file transfer beyond the connection's default, per MiB
+#: (a TCG guest moves a few MB/s over virtio-serial).
+TRANSFER_S_PER_MIB: Final = 1.0
+
+
+def _budget(ctx: CallContext, base_s: float | None) -> float | None:
+    """The call's time budget: the request's own, bounded by the client's deadline."""
+    remaining = ctx.time_remaining()
+    if base_s is None:
+        return None if remaining == float("inf") else remaining
+    return min(base_s, remaining)
+
+
+@final
+class NodeAPI:
+    """The NodeDaemonService implementation over a :class:`VMRegistry`."""
+
+    def __init__(self, registry: VMRegistry) -> None:
+        self.registry = registry
+
+    # -- inventory ---------------------------------------------------------------
+
+    async def ListVMs(self, request: node_pb.ListVMsRequest, ctx: CallContext) -> node_pb.ListVMsResponse:
+        return node_pb.ListVMsResponse(vms=self.registry.statuses())
+
+    async def GetVM(self, request: node_pb.GetVMRequest, ctx: CallContext) -> node_pb.VMStatus:
+        return self.registry.get(request.vm_id).status()
+
+    async def PingAgent(self, request: node_pb.PingAgentRequest, ctx: CallContext) -> node_pb.AgentPingResponse:
+        """Connectivity check: ``connected: false`` with the reason rather than an error."""
+        vm = self.registry.get(request.vm_id)
+        started = trio.current_time()
+        try:
+            pong = await vm.ping()
+        except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+            return node_pb.AgentPingResponse(connected=False, error=exc.message)
+        return node_pb.AgentPingResponse(
+            connected=True,
+            version=pong.agent_version,
+            latency_ms=round((trio.current_time() - started) * 1000, 3),
+            agent_uptime_seconds=pong.agent_uptime_seconds,
+            system_uptime_seconds=pong.system_uptime_seconds,
+        )
+
+    # -- commands ----------------------------------------------------------------
+
+    @staticmethod
+    def _command_budget(req: pb.ExecuteRequest) -> float | None:
+        # The agent enforces the command's timeout; hostd waits that long plus
+        # the connection's margin. 0 means the agent's default (60 s).
+        return float(req.timeout_seconds) if req.timeout_seconds else 60.0
+
+    async def ExecuteInGuest(
+        self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext
+    ) -> node_pb.ExecuteInGuestResponse:
+        vm = self.registry.get(request.vm_id)
+        execution_id = request.execution_id or new_message_id()
+        answer = await vm.request(
+            deadline_s=_budget(ctx, self._command_budget(request.request)),
+            message_id=execution_id,
+            execute=request.request,
+        )
+        return node_pb.ExecuteInGuestResponse(execution_id=execution_id, result=answer.execute_response)
+
+    async def ExecuteInGuestStream(
+        self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext
+    ) -> AsyncIterator[node_pb.ExecuteInGuestEvent]:
+        """Output chunks as the guest produces them, then the result.
+
+        A client that goes away closes this generator; leaving the agent's
+        stream early cancels the command in the guest.
+        """
+        vm = self.registry.get(request.vm_id)
+        execution_id = request.execution_id or new_message_id()
+        req = pb.ExecuteRequest()
+        req.CopyFrom(request.request)
+        req.stream = True
+        yield node_pb.ExecuteInGuestEvent(execution_id=execution_id)
+        stream = vm.stream(deadline_s=_budget(ctx, self._command_budget(req)), message_id=execution_id, execute=req)
+        async with aclosing(stream) as answers:
+            async for msg in answers:
+                if msg.HasField("execute_output"):
+                    yield node_pb.ExecuteInGuestEvent(output=msg.execute_output)
+                else:
+                    yield node_pb.ExecuteInGuestEvent(result=msg.execute_response)
+
+    async def CancelExecution(
+        self, request: node_pb.CancelExecutionRequest, ctx: CallContext
+    ) -> node_pb.CancelExecutionResponse:
+        vm = self.registry.get(request.vm_id)
+        if not request.execution_id:
+            raise errors.InvalidArgument("execution_id is required")
+        answer = await vm.request(cancel=pb.CancelRequest(target_message_id=request.execution_id))
+        return node_pb.CancelExecutionResponse(found=answer.cancel_response.found)
+
+    # -- files -------------------------------------------------------------------
+
+    async def ReadGuestFile(
+        self, request: node_pb.ReadGuestFileRequest, ctx: CallContext
+    ) -> node_pb.ReadGuestFileResponse:
+        """A whole file or a range (offset, length), SHA-256 checked end to end.
+
+        Raises:
+            ResourceExhausted: more than :data:`MAX_READ_BYTES` (read in ranges).
+            DataLoss-like Internal: the digests differ.
+        """
+        vm = self.registry.get(request.vm_id)
+        if request.length > MAX_READ_BYTES:
+            raise errors.InvalidArgument(f"length is limited to {MAX_READ_BYTES} bytes per call")
+        req = pb.FileReadRequest(path=request.path, offset=request.offset, length=request.length)
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
+        received = 0
+        last: pb.FileReadChunk | None = None
+        budget = _budget(ctx, vm.config.default_deadline_s + TRANSFER_S_PER_MIB * MAX_READ_BYTES / 2**20)
+        async with aclosing(vm.stream(deadline_s=budget, file_read=req)) as chunks:
+            async for msg in chunks:
+                chunk = msg.file_read_chunk
+                received += len(chunk.data)
+                if received > MAX_READ_BYTES:
+                    raise errors.ResourceExhausted(
+                        f"{request.path} is larger than {MAX_READ_BYTES} bytes: read it in ranges (offset, length)",
+                        reason="too_large",
+                    )
+                digest.update(chunk.data)
+                parts.append(chunk.data)
+                last = chunk
+        assert last is not None and last.eof
+        if last.sha256 != digest.digest():
+            raise errors.Internal(f"SHA-256 mismatch reading {request.path}: the transfer was corrupted")
+        return node_pb.ReadGuestFileResponse(content=b"".join(parts), file_size=last.file_size, sha256=last.sha256)
+
+    async def WriteGuestFile(
+        self, request: node_pb.WriteGuestFileRequest, ctx: CallContext
+    ) -> node_pb.WriteGuestFileResponse:
+        """One atomic write transfer in 1 MiB pieces; the agent checks the SHA-256 on commit."""
+        vm = self.registry.get(request.vm_id)
+        content = request.content
+        if len(content) > MAX_WRITE_BYTES:
+            raise errors.ResourceExhausted(f"content is limited to {MAX_WRITE_BYTES} bytes per call")
+        whole = hashlib.sha256(content).digest()
+        first = pb.FileWriteRequest(
+            path=request.path,
+            mode=request.write_mode,
+            owner=request.owner,
+            group=request.group,
+            create_parents=request.create_parents,
+        )
+        if request.HasField("mode"):
+            first.file_mode = request.mode
+        pieces = [content[i : i + WRITE_CHUNK_BYTES] for i in range(0, len(content), WRITE_CHUNK_BYTES)] or [b""]
+        write_id = ""
+        offset = 0
+        answer = pb.FileWriteResponse()
+        for n, piece in enumerate(pieces):
+            req = pb.FileWriteRequest() if write_id else first
+            req.write_id = write_id
+            req.data = piece
+            req.offset = offset
+            if n == len(pieces) - 1:
+                req.last = True
+                if request.write_mode != pb.WRITE_MODE_APPEND:
+                    req.expected_sha256 = whole  # for append, the digest is of the whole resulting file
+            budget = _budget(ctx, vm.config.default_deadline_s)
+            answer = (await vm.request(deadline_s=budget, file_write=req)).file_write_response
+            write_id = answer.write_id
+            offset += len(piece)
+        return node_pb.WriteGuestFileResponse(bytes_written=answer.bytes_written, sha256=answer.sha256)
+
+    async def StatGuestFile(self, request: node_pb.StatGuestFileRequest, ctx: CallContext) -> pb.FileStat:
+        vm = self.registry.get(request.vm_id)
+        return (await vm.request(file_stat=pb.FileStatRequest(path=request.path))).file_stat_response
+
+    async def ListGuestDirectory(
+        self, request: node_pb.ListGuestDirectoryRequest, ctx: CallContext
+    ) -> pb.ListDirectoryResponse:
+        vm = self.registry.get(request.vm_id)
+        req = pb.ListDirectoryRequest(path=request.path, page_size=request.page_size, page_token=request.page_token)
+        return (await vm.request(list_directory=req)).list_directory_response
+
+    # -- power and passwords -----------------------------------------------------
+
+    async def GuestShutdown(
+        self, request: node_pb.GuestShutdownRequest, ctx: CallContext
+    ) -> node_pb.GuestShutdownResponse:
+        vm = self.registry.get(request.vm_id)
+        mode = pb.SHUTDOWN_MODE_REBOOT if request.reboot else request.mode
+        req = pb.ShutdownRequest(mode=mode, delay_seconds=request.delay_seconds, message=request.message)
+        answer = (await vm.request(shutdown=req)).shutdown_response
+        return node_pb.GuestShutdownResponse(accepted=answer.accepted, scheduled_at=answer.scheduled_at)
+
+    async def ResetGuestPassword(
+        self, request: node_pb.ResetGuestPasswordRequest, ctx: CallContext
+    ) -> node_pb.ResetGuestPasswordResponse:
+        vm = self.registry.get(request.vm_id)
+        req = pb.ResetPasswordRequest(username=request.username, password=request.password, expire=request.expire)
+        answer = (await vm.request(reset_password=req)).reset_password_response
+        return node_pb.ResetGuestPasswordResponse(expired=answer.expired)

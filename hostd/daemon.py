@@ -1,0 +1,354 @@
+"""The hostd process: configuration, the HTTP app (node API, /healthz, /metrics), serving.
+
+Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
+
+    listen = "127.0.0.1:8081"        # TCP; "" for none
+    unix_socket = "/run/limiquantix/hostd.sock"   # optional
+    token_file = "/etc/limiquantix/hostd.token"   # or token = "..."
+
+    [connection]                      # hostd.config.ConnectionConfig
+    ping_interval_s = 5.0
+
+    [discovery]                       # hostd.config.DiscoveryConfig
+    socket_dir = "/run/limiquantix/vms"
+
+    [[vm]]                            # hostd.config.VMEntry, any number
+    id = "web-1"
+    socket = "/var/lib/limiquantix/web-1.agent.sock"
+    labels = { role = "web" }
+
+Top-level keys are also flags (``--listen``, ``--token-file`` ...), as are
+``--socket-dir``, ``--libvirt-channel-root`` and ``--vm ID=SOCKET``; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, final
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from quart import Response
+from quart_trio import QuartTrio
+
+from limiquantix.protocol import __version__, errors
+from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
+from limiquantix.protocol.logs import setup_logging
+
+from .api import SERVICE, NodeAPI
+from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
+from .discovery import VMRegistry
+from .vmconn import ConnectionCounters, VMState
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_CONFIG_PATH", "HostdConfig", "build_app", "load_config", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/hostd.toml")
+#: On SIGTERM, requests in flight get this long to finish.
+GRACEFUL_TIMEOUT_S: Final = 5.0
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HostdConfig:
+    """Every setting of hostd."""
+
+    listen: str = "127.0.0.1:8081"
+    """TCP address of the node API (host:port); empty: no TCP listener."""
+    unix_socket: str = ""
+    """Unix socket path of the node API; empty: none."""
+    token: str = ""
+    """Bearer token every RPC must carry (prefer token_file)."""
+    token_file: str = ""
+    """File holding the bearer token (first line)."""
+    node_id: str = dataclasses.field(default_factory=socket.gethostname)
+    """This host's name in the controller."""
+    log_format: str = "text"
+    """text or json."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    connection: ConnectionConfig = dataclasses.field(default_factory=ConnectionConfig)
+    discovery: DiscoveryConfig = dataclasses.field(default_factory=DiscoveryConfig)
+    vms: tuple[VMEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.listen and not self.unix_socket:
+            raise ConfigError("nothing to listen on: set listen and/or unix_socket")
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"listen must be host:port, not {self.listen!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+
+    def bearer_token(self) -> str:
+        """The configured token.
+
+        Raises:
+            ConfigError: none configured, or the file is unreadable or empty.
+        """
+        token = self.token
+        if self.token_file:
+            try:
+                lines = Path(self.token_file).read_text().split()
+            except OSError as exc:
+                raise ConfigError(f"cannot read token_file {self.token_file}: {exc.strerror}") from exc
+            token = lines[0] if lines else ""
+        if not token:
+            raise ConfigError("a bearer token is required: set token or token_file")
+        return token
+
+
+_SCALARS: Final = ("listen", "unix_socket", "token", "token_file", "node_id", "log_format", "log_level")
+
+
+def _sub(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"[{where}]: {exc}") from exc
+
+
+def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
+    """Build a HostdConfig from parsed TOML (plus flag overrides).
+
+    Raises:
+        ConfigError: unknown keys, wrong types or values.
+    """
+    data = dict(data)
+    known = {*_SCALARS, "connection", "discovery", "vm"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key in _SCALARS:
+        if key in data:
+            if not isinstance(data[key], str):
+                raise ConfigError(f"{key} must be a string")
+            kwargs[key] = data[key]
+    if "connection" in data:
+        kwargs["connection"] = _sub(ConnectionConfig, data["connection"], "connection")
+    if "discovery" in data:
+        kwargs["discovery"] = _sub(DiscoveryConfig, data["discovery"], "discovery")
+    vms = data.get("vm", [])
+    if not isinstance(vms, list):
+        raise ConfigError("[[vm]] must be an array of tables")
+    kwargs["vms"] = tuple(_sub(VMEntry, v, "vm") for v in vms)
+    return HostdConfig(**kwargs)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="limiquantix-hostd", description="LimiQuantix host daemon: the node API over every VM's agent.")
+    p.add_argument("--version", action="version", version=f"limiquantix-hostd {__version__}")
+    p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
+    for key in _SCALARS:
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
+    p.add_argument("--socket-dir", default=argparse.SUPPRESS, help="directory of <vm-id>.agent.sock sockets")
+    p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help="libvirt's channel target directory")
+    p.add_argument(
+        "--vm", action="append", default=[], metavar="ID=SOCKET", help="a VM and its chardev socket (repeatable)"
+    )
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None) -> HostdConfig:
+    """Flags and the TOML file.
+
+    Raises:
+        ConfigError: unreadable or invalid configuration.
+    """
+    ns = vars(build_arg_parser().parse_args(argv))
+    path: Path | None = ns.pop("config")
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    discovery = dict(data.get("discovery", {}))
+    for key in ("socket_dir", "libvirt_channel_root"):
+        if key in ns:
+            discovery[key] = ns.pop(key)
+    if discovery:
+        data["discovery"] = discovery
+    extra_vms = []
+    for spec in ns.pop("vm"):
+        vm_id, sep, sock = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--vm takes ID=SOCKET, not {spec!r}")
+        extra_vms.append({"id": vm_id, "socket": sock})
+    if extra_vms:
+        data["vm"] = [*data.get("vm", []), *extra_vms]
+    data.update(ns)
+    return config_from_mapping(data)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+@final
+class _VMCollector:
+    """VMs by state and the connections' counters, read at scrape time."""
+
+    def __init__(self, registry: VMRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Any]:
+        states = GaugeMetricFamily("lqx_hostd_vms", "VMs by agent connection state", labels=["state"])
+        counts = {state.value: 0 for state in VMState}
+        for conn in self._registry.connections():
+            counts[conn.state.value] += 1
+        for state, n in sorted(counts.items()):
+            states.add_metric([state], n)
+        yield states
+        totals = ConnectionCounters()
+        for conn in self._registry.connections():
+            totals = totals + conn.counters()
+        for name, value in sorted(dataclasses.asdict(totals).items()):
+            yield CounterMetricFamily(f"lqx_hostd_agent_{name}", f"Sum over VMs of {name.replace('_', ' ')}", value=value)
+
+
+@final
+class Metrics:
+    """The app's Prometheus registry (one per app, so tests can run several)."""
+
+    def __init__(self, registry: VMRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter("lqx_hostd_rpcs", "Node API calls by method and code", ["method", "code"], registry=self.registry)
+        self.latency = Histogram(
+            "lqx_hostd_rpc_seconds",
+            "Node API call latency",
+            ["method"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.registry.register(_VMCollector(registry))  # type: ignore[arg-type]
+
+    def observe(self, procedure: str, code: str, seconds: float) -> None:
+        method = procedure.rpartition("/")[2]
+        self.rpcs.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+
+# ---------------------------------------------------------------------- app
+
+
+def make_authenticator(token: str) -> Callable[[CallContext], Awaitable[None]]:
+    expected = token.encode()
+
+    async def authenticate(ctx: CallContext) -> None:
+        presented = (ctx.bearer_token or "").encode()
+        # Constant time: the comparison must not tell how much of a guess was right.
+        if not hmac.compare_digest(presented, expected):
+            raise errors.Unauthenticated("missing or invalid bearer token")
+
+    return authenticate
+
+
+def build_app(registry: VMRegistry, *, token: str) -> QuartTrio:
+    """The node API, /healthz (open) and /metrics."""
+    app = QuartTrio("limiquantix-hostd")
+    metrics = Metrics(registry)
+    started = time.time()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        body = {"status": "ok", "version": __version__, "vms": len(registry), "uptime_s": round(time.time() - started, 1)}
+        return Response(json.dumps(body), content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    router = ConnectRouter(
+        [Service(SERVICE, NodeAPI(registry))], authenticate=make_authenticator(token), observe=metrics.observe
+    )
+    router.register(app)
+    app.config["LQX_METRICS"] = metrics
+    return app
+
+
+async def serve(
+    config: HostdConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run hostd until ``shutdown`` is set (or SIGTERM/SIGINT when None).
+
+    ``task_status.started()`` gets the bound addresses (``http://...``, ``unix:...``).
+    """
+    token = config.bearer_token()
+    stop = shutdown if shutdown is not None else trio.Event()
+    async with VMRegistry.open(entries=config.vms, discovery=config.discovery, connection=config.connection) as registry:
+        app = build_app(registry, token=token)
+        hc = HypercornConfig()
+        hc.bind = []
+        if config.listen:
+            hc.bind.append(config.listen)
+        if config.unix_socket:
+            if os.path.exists(config.unix_socket):
+                os.unlink(config.unix_socket)
+            hc.bind.append(f"unix:{config.unix_socket}")
+        hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        async with trio.open_nursery() as nursery:
+            if shutdown is None:
+                nursery.start_soon(_signals, stop)
+            binds = await nursery.start(
+                lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+            )
+            if config.unix_socket:
+                os.chmod(config.unix_socket, 0o600)
+            log.info("limiquantix-hostd %s serving %s, %d VMs", __version__, " ".join(binds), len(registry))
+            task_status.started(binds)
+            await stop.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
+
+
+async def _signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+        config.bearer_token()
+    except ConfigError as exc:
+        print(f"limiquantix-hostd: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.log_level)
+    trio.run(serve, config)
+    return 0

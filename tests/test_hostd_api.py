@@ -1,0 +1,310 @@
+"""The node API end to end: real hostd over real HTTP on loopback, real simulated VMs
+(limiquantix-simvm processes: a pty standing for the virtio port, the real agent on it)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from limiquantix.hostd.config import DiscoveryConfig
+from limiquantix.hostd.daemon import HostdConfig, serve
+from limiquantix.hostd.simvm import SimVMProcess
+
+TOKEN = "test-token-0123456789"
+SERVICE = "/limiquantix.node.v1.NodeDaemonService"
+DEADLINE_S = 30
+
+
+@dataclass
+class Stack:
+    url: str
+    sims: dict[str, SimVMProcess]
+    client: httpx.AsyncClient
+
+    async def call(self, method: str, body: dict[str, Any], *, token: str | None = TOKEN) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return await self.client.post(f"{self.url}{SERVICE}/{method}", json=body, headers=headers)
+
+    async def ok(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.call(method, body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def wait_state(self, vm_id: str, *states: str) -> dict[str, Any]:
+        while True:
+            vm = await self.ok("GetVM", {"vmId": vm_id})
+            if vm["agent"]["state"] in states:
+                return vm
+            await trio.sleep(0.05)
+
+
+@pytest.fixture
+async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
+    vms = short_tmp / "vms"
+    vms.mkdir()
+    sims = {
+        f"vm{i}": SimVMProcess.start(str(vms / f"vm{i}.agent.sock"), state_dir=short_tmp / f"state{i}", name=f"vm{i}")
+        for i in range(2)
+    }
+    try:
+        with trio.fail_after(DEADLINE_S):
+            for sim in sims.values():
+                await sim.wait_ready()
+        config = HostdConfig(
+            listen="127.0.0.1:0",
+            token=TOKEN,
+            discovery=DiscoveryConfig(socket_dir=str(vms), libvirt_channel_root=""),
+        )
+        stop = trio.Event()
+        binds = await nursery.start(partial(serve, config, shutdown=stop))
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+            st = Stack(binds[0], sims, client)
+            with trio.fail_after(DEADLINE_S):
+                for vm_id in sims:
+                    await st.wait_state(vm_id, "AGENT_STATE_CONNECTED")
+            yield st
+        stop.set()
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+
+def envelopes(data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    out, i = [], 0
+    while i < len(data):
+        flags, n = struct.unpack(">BI", data[i : i + 5])
+        out.append((flags, json.loads(data[i + 5 : i + 5 + n])))
+        i += 5 + n
+    return out
+
+
+@pytest.mark.trio
+async def test_list_get_ping(stack: Stack) -> None:
+    listed = await stack.ok("ListVMs", {})
+    assert sorted(v["vmId"] for v in listed["vms"]) == ["vm0", "vm1"]
+    vm = await stack.ok("GetVM", {"vmId": "vm0"})
+    assert vm["agent"]["connected"] is True
+    assert vm["agent"]["identity"]["kernel"]
+    ping = await stack.ok("PingAgent", {"vmId": "vm0"})
+    assert ping["connected"] is True and ping["version"] and ping["latencyMs"] > 0
+
+
+@pytest.mark.trio
+async def test_auth_and_bad_input(stack: Stack) -> None:
+    for token in (None, "wrong", TOKEN + "x"):
+        r = await stack.call("ListVMs", {}, token=token)
+        assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    r = await stack.client.post(
+        f"{stack.url}{SERVICE}/ListVMs",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+    r = await stack.call("NoSuchMethod", {})
+    assert r.json()["code"] == "unimplemented"
+    r = await stack.call("GetVM", {"vmId": "nope"})
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    health = await stack.client.get(f"{stack.url}/healthz")
+    assert health.status_code == 200 and health.json()["vms"] == 2
+
+
+@pytest.mark.trio
+async def test_execute_and_cancel(stack: Stack) -> None:
+    done = await stack.ok("ExecuteInGuest", {"vmId": "vm0", "request": {"argv": ["sh", "-c", "echo hi; exit 3"]}})
+    assert done["result"]["exitCode"] == 3
+    assert base64.b64decode(done["result"]["stdout"]) == b"hi\n"
+    assert done["executionId"]
+
+    async def long_run(task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        result["r"] = await stack.ok(
+            "ExecuteInGuest", {"vmId": "vm1", "executionId": "exec-cancel-1", "request": {"command": "sleep 30"}}
+        )
+
+    result: dict[str, Any] = {}
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(long_run)
+            while True:
+                found = await stack.ok("CancelExecution", {"vmId": "vm1", "executionId": "exec-cancel-1"})
+                if found["found"]:
+                    break
+                await trio.sleep(0.02)  # the request may not have reached the agent yet
+    assert result["r"]["result"]["exitReason"] == "EXIT_REASON_CANCELLED"
+
+
+@pytest.mark.trio
+async def test_stream_output_and_client_disconnect_kills_the_command(stack: Stack) -> None:
+    body = json.dumps({"vmId": "vm0", "request": {"command": "echo pid $$; exec sleep 300"}}).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/connect+json"}
+    envelope = struct.pack(">BI", 0, len(body)) + body
+    with trio.fail_after(DEADLINE_S):
+        async with stack.client.stream(
+            "POST", f"{stack.url}{SERVICE}/ExecuteInGuestStream", content=envelope, headers=headers
+        ) as resp:
+            assert resp.status_code == 200
+            buf = b""
+            pid = None
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                for _, msg in envelopes(buf[: _complete(buf)]):
+                    if "output" in msg:
+                        pid = int(base64.b64decode(msg["output"]["data"]).split()[1])
+                if pid:
+                    break
+        # The client is gone: the command must be killed in the guest.
+        assert pid is not None and psutil.pid_exists(pid)
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await trio.sleep(0.02)
+
+
+def _complete(buf: bytes) -> int:
+    """Length of the whole envelopes at the start of ``buf``."""
+    i = 0
+    while i + 5 <= len(buf):
+        (n,) = struct.unpack(">I", buf[i + 1 : i + 5])
+        if i + 5 + n > len(buf):
+            break
+        i += 5 + n
+    return i
+
+
+@pytest.mark.trio
+async def test_stream_to_the_end(stack: Stack) -> None:
+    body = json.dumps({"vmId": "vm1", "request": {"command": "echo a; echo b >&2; exit 2"}}).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/connect+json"}
+    r = await stack.client.post(
+        f"{stack.url}{SERVICE}/ExecuteInGuestStream", content=struct.pack(">BI", 0, len(body)) + body, headers=headers
+    )
+    msgs = envelopes(r.content)
+    assert msgs[0][1]["executionId"]
+    outputs = [m["output"] for _, m in msgs if "output" in m]
+    assert sorted(base64.b64decode(o["data"]) for o in outputs) == [b"a\n", b"b\n"]
+    results = [m["result"] for _, m in msgs if "result" in m]
+    assert results[0]["exitCode"] == 2
+    assert msgs[-1][0] == 0x02 and "error" not in msgs[-1][1]
+
+
+@pytest.mark.trio
+async def test_files_round_trip_with_sha256(stack: Stack, short_tmp: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = str(short_tmp / "guest-file.bin")
+    w = await stack.ok("WriteGuestFile", {"vmId": "vm0", "path": path, "content": base64.b64encode(data).decode(), "mode": 0o600})
+    assert int(w["bytesWritten"]) == len(data)
+    assert base64.b64decode(w["sha256"]) == hashlib.sha256(data).digest()
+    r = await stack.ok("ReadGuestFile", {"vmId": "vm0", "path": path})
+    assert base64.b64decode(r["content"]) == data
+    ranged = await stack.ok("ReadGuestFile", {"vmId": "vm0", "path": path, "offset": 10, "length": 100})
+    assert base64.b64decode(ranged["content"]) == data[10:110]
+    st = await stack.ok("StatGuestFile", {"vmId": "vm0", "path": path})
+    assert int(st["size"]) == len(data) and st["mode"] == 0o600
+    listing = await stack.ok("ListGuestDirectory", {"vmId": "vm0", "path": str(short_tmp)})
+    assert "guest-file.bin" in [e["name"] for e in listing["entries"]]
+    bad = await stack.call("ReadGuestFile", {"vmId": "vm0", "path": "/etc/../etc/shadow"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_argument"
+
+
+@pytest.mark.trio
+async def test_password_reset_goes_to_the_stand_in(stack: Stack) -> None:
+    shadow_before = Path("/etc/shadow").read_bytes() if Path("/etc/shadow").exists() else b""
+    r = await stack.ok("ResetGuestPassword", {"vmId": "vm0", "username": "alice", "password": "s3cret!"})
+    assert r == {"expired": False}
+    if shadow_before:
+        assert Path("/etc/shadow").read_bytes() == shadow_before
+
+
+@pytest.mark.trio
+async def test_guest_shutdown_stops_the_simulated_vm(stack: Stack) -> None:
+    r = await stack.ok("GuestShutdown", {"vmId": "vm1", "message": "bye"})
+    assert r["accepted"] is True
+    with trio.fail_after(DEADLINE_S):
+        assert await stack.sims["vm1"].wait_exit() == 0
+        vm = await stack.wait_state("vm1", "AGENT_STATE_NO_SOCKET")
+    assert vm["agent"]["connected"] is False
+    ping = await stack.ok("PingAgent", {"vmId": "vm1"})
+    assert ping["connected"] is False and ping["error"]
+
+
+@pytest.mark.trio
+async def test_metrics(stack: Stack) -> None:
+    await stack.ok("PingAgent", {"vmId": "vm0"})
+    text = (await stack.client.get(f"{stack.url}/metrics")).text
+    assert 'lqx_hostd_vms{state="connected"} 2.0' in text
+    assert 'lqx_hostd_rpcs_total{code="ok",method="PingAgent"}' in text
+    assert "lqx_hostd_rpc_seconds_bucket" in text
+
+
+# --------------------------------------------------------- connect-python as oracle
+
+
+def _method(name: str) -> Any:
+    """connect-python's method object, built from our descriptor (no codegen)."""
+    from connectrpc.method import IdempotencyLevel, MethodInfo
+    from google.protobuf import message_factory
+
+    from limiquantix.hostd.api import SERVICE as NODE_SERVICE
+
+    method = NODE_SERVICE.methods_by_name[name]
+    return MethodInfo(
+        name=name,
+        service_name=NODE_SERVICE.full_name,
+        input=message_factory.GetMessageClass(method.input_type),
+        output=message_factory.GetMessageClass(method.output_type),
+        idempotency_level=IdempotencyLevel.UNKNOWN,
+    )
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("proto_json", [True, False], ids=["json", "proto"])
+async def test_connect_python_client(stack: Stack, proto_json: bool) -> None:
+    """A real Connect client nobody here wrote, against the real node API."""
+    from connectrpc.client import ConnectClientSync
+    from connectrpc.code import Code
+    from connectrpc.errors import ConnectError
+
+    from limiquantix.protocol._gen import agent_pb2 as apb
+    from limiquantix.protocol._gen import node_daemon_pb2 as npb
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def calls() -> tuple[Any, Any, list[Any], Any]:
+        with ConnectClientSync(stack.url, proto_json=proto_json) as c:
+            vms = c.execute_unary(request=npb.ListVMsRequest(), method=_method("ListVMs"), headers=auth)
+            run = c.execute_unary(
+                request=npb.ExecuteInGuestRequest(vm_id="vm0", request=apb.ExecuteRequest(argv=["echo", "oracle"])),
+                method=_method("ExecuteInGuest"),
+                headers=auth,
+            )
+            events = list(
+                c.execute_server_stream(
+                    request=npb.ExecuteInGuestRequest(vm_id="vm1", request=apb.ExecuteRequest(command="echo s")),
+                    method=_method("ExecuteInGuestStream"),
+                    headers=auth,
+                )
+            )
+            try:
+                c.execute_unary(request=npb.ListVMsRequest(), method=_method("ListVMs"), headers={"Authorization": "Bearer no"})
+            except ConnectError as exc:
+                refused = exc
+            return vms, run, events, refused
+
+    with trio.fail_after(DEADLINE_S):
+        vms, run, events, refused = await trio.to_thread.run_sync(calls)
+    assert sorted(v.vm_id for v in vms.vms) == ["vm0", "vm1"]
+    assert run.result.stdout == b"oracle\n" and run.result.exit_reason == apb.EXIT_REASON_EXITED
+    assert [e.WhichOneof("event") for e in events] == ["execution_id", "output", "result"]
+    assert events[1].output.data == b"s\n"
+    assert refused.code == Code.UNAUTHENTICATED
