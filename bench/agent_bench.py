@@ -1022,6 +1022,8 @@ def print_table(figures: list[Figure], settings: Settings, context: str) -> None
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, as raised from trio nurseries."""
+    if sys.version_info < (3, 11):  # pragma: no cover - the bench runs on the developer's Python
+        from exceptiongroup import BaseExceptionGroup
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]

@@ -124,7 +124,6 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import errors
-from ._gen import agent_pb2
 
 if sys.version_info >= (3, 11):  # novermin
     _BaseExceptionGroup = builtins.BaseExceptionGroup

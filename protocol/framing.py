@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, final
 
 from ._version import PROTOCOL_VERSION

@@ -5,6 +5,8 @@
 * ``connect(agent_or_path)``: an :class:`AgentClient` (async context manager).
 * ``spawn_agent(*flags)``: the real ``limiquantix-agent`` as a subprocess, for
   what only a process can show (signals, exit codes, process groups).
+* ``start_simvm(...)``: a ``limiquantix-simvm`` process (a simulated VM: Unix
+  socket, pty, the real agent), stopped after the test.
 
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
@@ -17,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import pytest
 import trio
 
 from limiquantix.agent import Agent, AgentConfig
+from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol.client import AgentClient
 
 _counter = itertools.count()
@@ -125,3 +128,40 @@ def spawn_agent(short_tmp: Path) -> Iterator[Callable[..., AgentProcess]]:
         if ap.proc.poll() is None:
             ap.proc.kill()
         ap.proc.wait()
+
+
+#: Agent flags for simulated VMs in tests: no telemetry traffic unless asked.
+QUIET_AGENT = ("--telemetry-interval-s=0",)
+StartSimVM = Callable[..., SimVMProcess]
+
+
+@pytest.fixture
+def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
+    """``start_simvm(socket=None, no_agent=False, agent_args=QUIET_AGENT)`` -> a started SimVMProcess.
+
+    Stopped (SIGTERM, then SIGKILL) after the test.
+    """
+    procs: list[SimVMProcess] = []
+    counter = itertools.count()
+
+    def start(
+        *, socket: str | None = None, no_agent: bool = False, agent_args: Sequence[str] = QUIET_AGENT
+    ) -> SimVMProcess:
+        n = next(counter)
+        proc = SimVMProcess.start(
+            socket or str(short_tmp / f"vm{n}.sock"),
+            state_dir=short_tmp / f"state{n}",
+            name=f"vm{n}",
+            no_agent=no_agent,
+            agent_args=agent_args,
+            log_level="debug",
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # all at once: they stop in parallel
+        if proc.proc.poll() is None:
+            proc.proc.terminate()
+    for proc in procs:
+        proc.stop()

@@ -11,13 +11,11 @@ by ``trio.fail_after`` and waits on the connection's change events.
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
 import random
 import signal
 import struct
 import uuid
-from collections.abc import Callable, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import psutil
 import pytest
 import trio
 
+from conftest import StartSimVM
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import config as hostd_config
 from limiquantix.hostd.config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
@@ -37,7 +36,6 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.framing import MAGIC, encode_frame
 
 WAIT_S = 10.0
-QUIET = ("--telemetry-interval-s=0",)
 #: Short intervals so that state changes show within a fraction of a second.
 FAST = ConnectionConfig(
     ping_interval_s=0.2,
@@ -50,34 +48,6 @@ FAST = ConnectionConfig(
     deadline_margin_s=0.5,
 )
 
-StartSimVM = Callable[..., SimVMProcess]
-
-
-@pytest.fixture
-def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
-    """``start_simvm(socket=None, no_agent=False, agent_args=QUIET)`` -> a started SimVMProcess."""
-    procs: list[SimVMProcess] = []
-    counter = itertools.count()
-
-    def start(*, socket: str | None = None, no_agent: bool = False, agent_args: Sequence[str] = QUIET) -> SimVMProcess:
-        n = next(counter)
-        proc = SimVMProcess.start(
-            socket or str(short_tmp / f"vm{n}.sock"),
-            state_dir=short_tmp / f"state{n}",
-            name=f"vm{n}",
-            no_agent=no_agent,
-            agent_args=agent_args,
-            log_level="debug",
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:  # all at once: they stop in parallel
-        if proc.proc.poll() is None:
-            proc.proc.terminate()
-    for proc in procs:
-        proc.stop()
 
 
 async def started_conn(nursery: trio.Nursery, path: str, **kwargs: object) -> VMConnection:

@@ -9,17 +9,16 @@ stand-ins record what they were asked in its state directory.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 import trio
 
+from conftest import StartSimVM
 from limiquantix.hostd import simvm
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -28,39 +27,7 @@ from limiquantix.protocol.client import AgentClient
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0
 #: No telemetry unless a test asks: quieter streams, less CPU.
-QUIET = ("--telemetry-interval-s=0",)
 
-StartSimVM = Callable[..., SimVMProcess]
-
-
-@pytest.fixture
-def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
-    """``start_simvm(no_agent=False, agent_args=QUIET, socket=None)`` -> a started SimVMProcess.
-
-    Stopped (SIGTERM, then SIGKILL) after the test.
-    """
-    procs: list[SimVMProcess] = []
-    counter = itertools.count()
-
-    def start(*, no_agent: bool = False, agent_args: Sequence[str] = QUIET, socket: str | None = None) -> SimVMProcess:
-        n = next(counter)
-        proc = SimVMProcess.start(
-            socket or str(short_tmp / f"vm{n}.sock"),
-            state_dir=short_tmp / f"vm{n}",
-            name=f"vm{n}",
-            no_agent=no_agent,
-            agent_args=agent_args,
-            log_level="debug",
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:  # all at once: they stop in parallel
-        if proc.proc.poll() is None:
-            proc.proc.terminate()
-    for proc in procs:
-        proc.stop()
 
 
 def agent_pids(vm: SimVMProcess) -> list[int]:
