@@ -1,0 +1,630 @@
+"""The records the store takes and returns: frozen dataclasses, validated on construction.
+
+Nothing here touches a database; the API layer builds these from requests and
+renders them into responses. Two of them guard against secrets reaching disk:
+
+* :class:`AuditDetail` is a closed set of fields (command text, path, size,
+  SHA-256 ...). There is no field for file contents, passwords, stdin or
+  environment values, and :meth:`AuditDetail.from_mapping` refuses any key it
+  does not know, naming the usual suspects (``password``, ``content`` ...)
+  explicitly.
+* :class:`CommandSpec` (what a fleet run executes) keeps environment variable
+  *names* only; their values and stdin stay in the runner's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import math
+import re
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, final
+
+from limiquantix.protocol import errors
+
+from .auth import Role, validate_labels
+
+__all__ = [
+    "AUDIT_ERROR_MAX_CHARS",
+    "AUDIT_TEXT_MAX_CHARS",
+    "FORBIDDEN_AUDIT_KEYS",
+    "MAX_COMMAND_TARGETS",
+    "MAX_CONCURRENCY_LIMIT",
+    "MAX_PAGE_SIZE",
+    "TARGET_OUTPUT_MAX_BYTES",
+    "TERMINAL_COMMAND_STATUSES",
+    "TERMINAL_TARGET_STATUSES",
+    "AuditAction",
+    "AuditDetail",
+    "AuditOutcome",
+    "AuditPage",
+    "AuditQuery",
+    "AuditRecord",
+    "Command",
+    "CommandPage",
+    "CommandSpec",
+    "CommandStatus",
+    "NodeInfo",
+    "TargetResult",
+    "TargetSpec",
+    "TargetStatus",
+    "TokenInfo",
+    "User",
+    "VMInfo",
+    "VMRoute",
+    "cap_output",
+    "iso_time",
+    "max_errors_limit",
+    "parse_max_errors",
+]
+
+#: Command text, argument lists and paths in an audit row are cut beyond this
+#: many characters (with ``truncated`` set): a 1 MB inline script must not make
+#: the audit log the biggest thing on disk, its SHA-256 is recorded in full.
+AUDIT_TEXT_MAX_CHARS: Final = 8192
+#: An error message in an audit row or a target result.
+AUDIT_ERROR_MAX_CHARS: Final = 2048
+#: stdout and stderr kept per fleet-run target, each (the agent's own cap is
+#: 1 MiB; 500 targets × 2 × 64 KiB is a 64 MB worst case per command).
+TARGET_OUTPUT_MAX_BYTES: Final = 64 * 1024
+#: Largest page of any list call.
+MAX_PAGE_SIZE: Final = 1000
+#: Largest fleet run, and largest maxConcurrency.
+MAX_COMMAND_TARGETS: Final = 10_000
+MAX_CONCURRENCY_LIMIT: Final = 1000
+
+#: Keys a caller might try to put in an audit detail that must never be recorded.
+FORBIDDEN_AUDIT_KEYS: Final = frozenset(
+    {"password", "new_password", "content", "contents", "data", "stdin", "secret", "token", "environment", "env"}
+)
+
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_FLAG_RE: Final = re.compile(r"[a-z][a-z0-9_.=-]{0,63}")
+#: Object ids an audit row may name (token, node, command, VM ids): no spaces, no controls.
+_TARGET_RE: Final = re.compile(r"[A-Za-z0-9_.:@+=/-]{0,255}")
+_MAX_ERRORS_RE: Final = re.compile(r"(\d{1,6})(%?)")
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Unix seconds as RFC 3339 UTC with milliseconds (None stays None)."""
+    if ts is None:
+        return None
+    return (
+        datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _cap(text: str, limit: int) -> tuple[str, bool]:
+    return (text, False) if len(text) <= limit else (text[:limit], True)
+
+
+def cap_output(text: str, limit: int = TARGET_OUTPUT_MAX_BYTES) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (at a character boundary), and whether it was cut."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+# ------------------------------------------------------------------ users, tokens
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class User:
+    """A person or script that owns tokens."""
+
+    name: str
+    created_at: float
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenInfo:
+    """An API token as listed: everything but the secret (which is never stored)."""
+
+    id: str
+    user: str
+    role: Role
+    label_scope: Mapping[str, str] | None
+    description: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        """Not revoked."""
+        return self.revoked_at is None
+
+
+# ------------------------------------------------------------------ audit
+
+
+class AuditAction(enum.Enum):
+    """Every action the audit log records. Values are what rows carry."""
+
+    EXEC = "vm.exec"
+    EXEC_STREAM = "vm.exec_stream"
+    CANCEL_EXECUTION = "vm.cancel_execution"
+    FILE_READ = "file.read"
+    FILE_WRITE = "file.write"
+    FILE_STAT = "file.stat"
+    FILE_LIST = "file.list"
+    SHUTDOWN = "vm.shutdown"
+    PASSWORD_RESET = "vm.password_reset"
+    FLEET_RUN = "command.run"
+    FLEET_CANCEL = "command.cancel"
+    TOKEN_CREATE = "token.create"
+    TOKEN_REVOKE = "token.revoke"
+    NODE_REGISTER = "node.register"
+    NODE_REMOVE = "node.remove"
+    ADMIN_BOOTSTRAP = "admin.bootstrap"
+
+
+class AuditOutcome(enum.Enum):
+    """How an audited action ended; ``pending`` until :meth:`Store.audit_complete`."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    ERROR = "error"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditDetail:
+    """What an audit row records about an action besides who, where and when.
+
+    A closed set of fields on purpose: no contents, passwords, stdin or
+    environment values can be recorded, because there is nowhere to put them.
+    Long text is cut at :data:`AUDIT_TEXT_MAX_CHARS` with ``truncated`` set.
+
+    Raises:
+        errors.InvalidArgument: a field is malformed (``sha256`` not 64 hex
+            digits, negative ``size``, a flag or env name with odd characters).
+    """
+
+    command: str = ""
+    """Command or shell script text, as the caller sent it."""
+    args: tuple[str, ...] = ()
+    working_directory: str = ""
+    run_as_user: str = ""
+    env_keys: tuple[str, ...] = ()
+    """Names of environment variables set (never their values)."""
+    path: str = ""
+    size: int | None = None
+    """Bytes read or written, or of stdin."""
+    sha256: str = ""
+    """Of the bytes read or written (lowercase hex)."""
+    username: str = ""
+    """The guest account of a password reset."""
+    target: str = ""
+    """The object acted on when it is not a VM: a token, node or command id."""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """A label selector (fleet run) or a new token's label scope."""
+    count: int | None = None
+    """How many targets a fleet run resolved to."""
+    flags: tuple[str, ...] = ()
+    """Short options: ``reboot``, ``append``, ``create_parents``, ``role=operator`` ..."""
+    truncated: bool = False
+    """Some text above was cut at AUDIT_TEXT_MAX_CHARS."""
+
+    def __post_init__(self) -> None:
+        cut = self.truncated
+        for name in ("command", "working_directory", "path", "run_as_user", "username"):
+            value, was_cut = _cap(getattr(self, name), AUDIT_TEXT_MAX_CHARS)
+            object.__setattr__(self, name, value)
+            cut |= was_cut
+        args: list[str] = []
+        budget = AUDIT_TEXT_MAX_CHARS
+        for arg in self.args:
+            if budget <= 0:
+                cut = True
+                break
+            piece, was_cut = _cap(str(arg), budget)
+            args.append(piece)
+            budget -= len(piece)
+            cut |= was_cut
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "truncated", cut)
+        object.__setattr__(self, "env_keys", tuple(self.env_keys))
+        object.__setattr__(self, "flags", tuple(self.flags))
+        for key in self.env_keys:
+            if not _ENV_NAME_RE.fullmatch(key):
+                raise errors.InvalidArgument(f"audit detail: bad environment variable name {key[:64]!r}")
+        for flag in self.flags:
+            if not _FLAG_RE.fullmatch(flag):
+                raise errors.InvalidArgument(f"audit detail: bad flag {flag[:64]!r}")
+        if self.size is not None and self.size < 0:
+            raise errors.InvalidArgument("audit detail: size must be >= 0")
+        if self.count is not None and self.count < 0:
+            raise errors.InvalidArgument("audit detail: count must be >= 0")
+        if self.sha256 and not _SHA256_RE.fullmatch(self.sha256):
+            raise errors.InvalidArgument("audit detail: sha256 must be 64 lowercase hex digits")
+        if not _TARGET_RE.fullmatch(self.target):
+            raise errors.InvalidArgument("audit detail: target must be an id (no spaces)")
+        object.__setattr__(self, "labels", MappingProxyType(validate_labels(self.labels, what="audit detail labels")))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> AuditDetail:
+        """Build from a plain mapping (e.g. a stored row), refusing unknown keys.
+
+        Raises:
+            errors.InvalidArgument: a key is not a field (reason
+                ``forbidden_audit_field`` for keys such as ``password`` or
+                ``content``), or a value is malformed.
+        """
+        for key in data:
+            if key in FORBIDDEN_AUDIT_KEYS:
+                raise errors.InvalidArgument(f"audit detail may never record {key!r}", reason="forbidden_audit_field")
+        unknown = sorted(set(data) - _AUDIT_FIELDS)
+        if unknown:
+            raise errors.InvalidArgument(f"audit detail has no field {unknown[0]!r}", reason="forbidden_audit_field")
+        values = dict(data)
+        for key in ("args", "env_keys", "flags"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:  # pragma: no cover - keys were checked above
+            raise errors.InvalidArgument(f"audit detail: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the fields that are set (compact rows, readable exports)."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value in ("", (), None, False) or (isinstance(value, Mapping) and not value):
+                continue
+            out[field.name] = (
+                dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+
+_AUDIT_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(AuditDetail))
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One audit row."""
+
+    id: int
+    """Increasing, never reused: the order actions were begun in."""
+    started_at: float
+    completed_at: float | None
+    user: str
+    token_id: str
+    role: str
+    source_address: str
+    action: AuditAction
+    vm_id: str
+    node_id: str
+    detail: AuditDetail
+    outcome: AuditOutcome
+    exit_code: int | None
+    duration_ms: int | None
+    error: str
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The export's shape: camelCase like the API, RFC 3339 times."""
+        return {
+            "id": self.id,
+            "startedAt": iso_time(self.started_at),
+            "completedAt": iso_time(self.completed_at),
+            "user": self.user,
+            "tokenId": self.token_id,
+            "role": self.role,
+            "sourceAddress": self.source_address,
+            "action": self.action.value,
+            "vmId": self.vm_id,
+            "nodeId": self.node_id,
+            "detail": self.detail.to_dict(),
+            "outcome": self.outcome.value,
+            "exitCode": self.exit_code,
+            "durationMs": self.duration_ms,
+            "error": self.error,
+        }
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditQuery:
+    """Filters of an audit query; every set filter must match.
+
+    Raises:
+        errors.InvalidArgument: ``limit`` outside 1..MAX_PAGE_SIZE, a malformed
+            ``page_token``, or ``since`` after ``until``.
+    """
+
+    user: str | None = None
+    action: AuditAction | None = None
+    vm_id: str | None = None
+    node_id: str | None = None
+    outcome: AuditOutcome | None = None
+    since: float | None = None
+    """Rows started at or after (unix seconds)."""
+    until: float | None = None
+    """Rows started before (unix seconds)."""
+    limit: int = 100
+    page_token: str = ""
+    """From the previous page's ``next_page_token``."""
+    oldest_first: bool = False
+    """Newest first by default (the API); exports read oldest first."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise errors.InvalidArgument(f"limit must be within 1..{MAX_PAGE_SIZE}")
+        if self.page_token and not self.page_token.isdigit():
+            raise errors.InvalidArgument("malformed page token")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise errors.InvalidArgument("since must not be after until")
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditPage:
+    records: tuple[AuditRecord, ...]
+    next_page_token: str
+    """Empty on the last page."""
+
+
+# ------------------------------------------------------------------ nodes
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VMInfo:
+    """A VM as its node last reported it."""
+
+    vm_id: str
+    name: str = ""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    state: str = ""
+    """hostd's agent connection state (``connected``, ``waiting_for_agent`` ...)."""
+
+    def __post_init__(self) -> None:
+        if not self.vm_id or len(self.vm_id) > 255:
+            raise errors.InvalidArgument("vm_id must be 1-255 characters")
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    """A registered hostd.
+
+    ``token`` is the credential the controller presents to that hostd: never
+    render it (it is left out of ``repr`` and of :meth:`public_dict`).
+    """
+
+    node_id: str
+    url: str
+    token: str = dataclasses.field(repr=False)
+    registered_at: float
+    last_heartbeat: float | None
+    reachable: bool
+    """A heartbeat arrived within the read's ``heartbeat_timeout_s``."""
+    vm_count: int
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything but the token, camelCase."""
+        return {
+            "nodeId": self.node_id,
+            "url": self.url,
+            "registeredAt": iso_time(self.registered_at),
+            "lastHeartbeat": iso_time(self.last_heartbeat),
+            "reachable": self.reachable,
+            "vmCount": self.vm_count,
+        }
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VMRoute:
+    """Where a VM lives: the node to call, and the VM as that node reported it
+    (its labels are what a token's label scope is checked against)."""
+
+    node: NodeInfo
+    vm: VMInfo
+
+
+# ------------------------------------------------------------------ fleet runs
+
+
+class CommandStatus(enum.Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    CANCELLING = "cancelling"
+    """Cancel requested; targets already running are being stopped."""
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TargetStatus(enum.Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    UNDELIVERABLE = "undeliverable"
+    """The VM's agent (or its node) was not connected."""
+    SKIPPED = "skipped"
+    """Not started because maxErrors was exceeded."""
+
+
+TERMINAL_COMMAND_STATUSES: Final = frozenset({CommandStatus.SUCCESS, CommandStatus.FAILED, CommandStatus.CANCELLED})
+TERMINAL_TARGET_STATUSES: Final = frozenset(set(TargetStatus) - {TargetStatus.PENDING, TargetStatus.IN_PROGRESS})
+
+
+def parse_max_errors(value: str) -> tuple[int, bool]:
+    """``"2"`` → ``(2, False)``, ``"10%"`` → ``(10, True)``.
+
+    Raises:
+        errors.InvalidArgument: not a count or a percentage within 0..100.
+    """
+    match = _MAX_ERRORS_RE.fullmatch(value.strip())
+    if not match:
+        raise errors.InvalidArgument(f"maxErrors must be a count or a percentage, not {value[:32]!r}")
+    number, percent = int(match.group(1)), bool(match.group(2))
+    if percent and number > 100:
+        raise errors.InvalidArgument("maxErrors percentage must be within 0..100")
+    return number, percent
+
+
+def max_errors_limit(value: str, n_targets: int) -> int:
+    """Errors a run of ``n_targets`` tolerates; once failures exceed it, the rest are skipped.
+
+    A percentage is of the targets, rounded down (``"10%"`` of 25 targets is 2).
+
+    Raises:
+        errors.InvalidArgument: see :func:`parse_max_errors`.
+    """
+    number, percent = parse_max_errors(value)
+    return math.floor(n_targets * number / 100) if percent else number
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommandSpec:
+    """What a fleet run executes on each target (what ExecuteScript takes, minus secrets).
+
+    Raises:
+        errors.InvalidArgument: empty command, negative timeout, bad env names.
+    """
+
+    command: str
+    args: tuple[str, ...] = ()
+    timeout_seconds: int = 0
+    """0: the agent's default."""
+    working_directory: str = ""
+    run_as_user: str = ""
+    env_keys: tuple[str, ...] = ()
+    """Names of the environment variables set (their values are never stored)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "env_keys", tuple(self.env_keys))
+        if not self.command:
+            raise errors.InvalidArgument("command must not be empty")
+        if self.timeout_seconds < 0:
+            raise errors.InvalidArgument("timeout_seconds must be >= 0")
+        for key in self.env_keys:
+            if not _ENV_NAME_RE.fullmatch(key):
+                raise errors.InvalidArgument(f"bad environment variable name {key[:64]!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "args": list(self.args), "env_keys": list(self.env_keys)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CommandSpec:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            errors.InvalidArgument: unknown keys or bad values.
+        """
+        try:
+            return cls(**{**data, "args": tuple(data.get("args", ())), "env_keys": tuple(data.get("env_keys", ()))})
+        except TypeError as exc:
+            raise errors.InvalidArgument(f"command spec: {exc}") from exc
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TargetSpec:
+    """How a fleet run chose its targets, as the caller said it (kept for the record).
+
+    Raises:
+        errors.InvalidArgument: neither VM ids nor labels, or malformed labels.
+    """
+
+    vm_ids: tuple[str, ...] = ()
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vm_ids", tuple(self.vm_ids))
+        object.__setattr__(self, "labels", MappingProxyType(validate_labels(self.labels, what="target labels")))
+        if not self.vm_ids and not self.labels:
+            raise errors.InvalidArgument("a fleet run needs VM ids or labels")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm_ids": list(self.vm_ids), "labels": dict(self.labels)}
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TargetResult:
+    """One VM's part of a fleet run."""
+
+    vm_id: str
+    node_id: str
+    status: TargetStatus
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    """Cut by the agent or by TARGET_OUTPUT_MAX_BYTES."""
+    stderr_truncated: bool
+    error: str
+    started_at: float | None
+    completed_at: float | None
+    duration_ms: int | None
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Command:
+    """A fleet run. ``targets`` is filled by ``get_command`` and empty in lists."""
+
+    id: str
+    created_at: float
+    completed_at: float | None
+    user: str
+    token_id: str
+    spec: CommandSpec
+    target_spec: TargetSpec
+    max_concurrency: int
+    max_errors: str
+    status: CommandStatus
+    counts: Mapping[TargetStatus, int]
+    """Targets per status (every status present, zeros included)."""
+    targets: tuple[TargetResult, ...] = ()
+
+    @property
+    def target_count(self) -> int:
+        return sum(self.counts.values())
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommandPage:
+    commands: tuple[Command, ...]
+    next_page_token: str
+    """Empty on the last page."""
+
+
+def _check_page(limit: int, page_token: str) -> None:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise errors.InvalidArgument(f"limit must be within 1..{MAX_PAGE_SIZE}")
+    if page_token and not page_token.isdigit():
+        raise errors.InvalidArgument("malformed page token")
+
+
+def _vm_ids(values: Sequence[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for vm_id in values:
+        if not vm_id or len(vm_id) > 255:
+            raise errors.InvalidArgument("vm ids must be 1-255 characters")
+        seen.setdefault(vm_id)
+    return tuple(seen)

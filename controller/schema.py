@@ -1,0 +1,146 @@
+"""The SQLite schema as an ordered list of migrations.
+
+Each :class:`Migration` is a version number and the statements that take the
+database from the previous version to it. They are applied in order, all
+pending ones in one transaction, and recorded in ``schema_migrations``; a
+released migration is never edited, only followed by a new one. A database
+whose ``schema_migrations`` names a version above :data:`SCHEMA_VERSION` was
+written by a newer controller and is refused (it may rely on columns or
+invariants this code does not know).
+
+Statements are listed one by one rather than as a script because
+``sqlite3.executescript`` commits on its own, which would break the
+all-or-nothing application.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final, final
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V1: Final = (
+    # Users exist as owners of tokens; audit rows copy the name (no foreign key)
+    # so the log outlives any user.
+    """CREATE TABLE users (
+        name        TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL
+    )""",
+    # Only the SHA-256 of a token is kept (auth.hash_token).
+    """CREATE TABLE api_tokens (
+        id           TEXT PRIMARY KEY,
+        user_name    TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        role         TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        label_scope  TEXT,            -- JSON object; NULL: every VM
+        secret_hash  BLOB NOT NULL,
+        description  TEXT NOT NULL DEFAULT '',
+        created_at   REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at   REAL
+    )""",
+    "CREATE INDEX api_tokens_user ON api_tokens(user_name)",
+    # AUTOINCREMENT: ids never reused, even after a restore, so an id names one action forever.
+    """CREATE TABLE audit_log (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at     REAL NOT NULL,
+        completed_at   REAL,
+        user_name      TEXT NOT NULL,
+        token_id       TEXT NOT NULL,
+        role           TEXT NOT NULL,
+        source_address TEXT NOT NULL,
+        action         TEXT NOT NULL,
+        vm_id          TEXT NOT NULL DEFAULT '',
+        node_id        TEXT NOT NULL DEFAULT '',
+        detail         TEXT NOT NULL DEFAULT '{}',   -- models.AuditDetail as JSON
+        outcome        TEXT NOT NULL DEFAULT 'pending',
+        exit_code      INTEGER,
+        duration_ms    INTEGER,
+        error          TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX audit_started ON audit_log(started_at)",
+    "CREATE INDEX audit_user ON audit_log(user_name, id)",
+    "CREATE INDEX audit_vm ON audit_log(vm_id, id)",
+    "CREATE INDEX audit_action ON audit_log(action, id)",
+    # Append-only, enforced by the database itself: no deletes, and a row is
+    # completed once, without touching what was recorded before the action.
+    """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER audit_log_complete_once BEFORE UPDATE ON audit_log
+    WHEN OLD.outcome <> 'pending'
+      OR NEW.id IS NOT OLD.id OR NEW.started_at IS NOT OLD.started_at
+      OR NEW.user_name IS NOT OLD.user_name OR NEW.token_id IS NOT OLD.token_id
+      OR NEW.role IS NOT OLD.role OR NEW.source_address IS NOT OLD.source_address
+      OR NEW.action IS NOT OLD.action OR NEW.vm_id IS NOT OLD.vm_id
+      OR NEW.node_id IS NOT OLD.node_id OR NEW.detail IS NOT OLD.detail
+    BEGIN SELECT RAISE(ABORT, 'an audit row is completed once and never rewritten'); END""",
+    # token: the bearer token the controller presents to this hostd (a credential).
+    """CREATE TABLE nodes (
+        node_id        TEXT PRIMARY KEY,
+        url            TEXT NOT NULL,
+        token          TEXT NOT NULL,
+        registered_at  REAL NOT NULL,
+        last_heartbeat REAL
+    )""",
+    # The VM list of each node's last heartbeat (replaced whole each time).
+    """CREATE TABLE node_vms (
+        node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+        vm_id   TEXT NOT NULL,
+        name    TEXT NOT NULL DEFAULT '',
+        labels  TEXT NOT NULL DEFAULT '{}',
+        state   TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (node_id, vm_id)
+    )""",
+    "CREATE INDEX node_vms_vm ON node_vms(vm_id)",
+    # seq orders commands for paging; id is what the API shows.
+    """CREATE TABLE commands (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        created_at      REAL NOT NULL,
+        completed_at    REAL,
+        user_name       TEXT NOT NULL,
+        token_id        TEXT NOT NULL,
+        spec            TEXT NOT NULL,   -- models.CommandSpec as JSON (no env values, no stdin)
+        target_spec     TEXT NOT NULL,   -- models.TargetSpec as JSON
+        max_concurrency INTEGER NOT NULL CHECK (max_concurrency >= 1),
+        max_errors      TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN
+            ('pending', 'in_progress', 'cancelling', 'success', 'failed', 'cancelled'))
+    )""",
+    "CREATE INDEX commands_status ON commands(status)",
+    "CREATE INDEX commands_user ON commands(user_name, seq)",
+    """CREATE TABLE command_targets (
+        command_id       TEXT NOT NULL REFERENCES commands(id) ON DELETE CASCADE,
+        position         INTEGER NOT NULL,
+        vm_id            TEXT NOT NULL,
+        node_id          TEXT NOT NULL DEFAULT '',
+        status           TEXT NOT NULL CHECK (status IN ('pending', 'in_progress', 'success', 'failed',
+                             'timed_out', 'cancelled', 'undeliverable', 'skipped')),
+        exit_code        INTEGER,
+        stdout           TEXT NOT NULL DEFAULT '',
+        stderr           TEXT NOT NULL DEFAULT '',
+        stdout_truncated INTEGER NOT NULL DEFAULT 0,
+        stderr_truncated INTEGER NOT NULL DEFAULT 0,
+        error            TEXT NOT NULL DEFAULT '',
+        started_at       REAL,
+        completed_at     REAL,
+        duration_ms      INTEGER,
+        PRIMARY KEY (command_id, vm_id)
+    )""",
+    "CREATE INDEX command_targets_status ON command_targets(command_id, status)",
+)
+
+#: Every migration, in order. Append only.
+MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),)
+
+#: The version this code writes and understands.
+SCHEMA_VERSION: Final = MIGRATIONS[-1].version

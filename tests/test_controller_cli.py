@@ -1,0 +1,97 @@
+"""``limiquantix-controller token ...`` as a real process on a real database file."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller.store import SQLiteStore
+from limiquantix.protocol import errors
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "limiquantix.controller", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_token_create_list_revoke(tmp_path: Path) -> None:
+    db = tmp_path / "lib" / "controller.db"
+    created = cli("--db", str(db), "token", "create", "--user", "alice", "--role", "operator",
+                  "--labels", "env=prod,team=web", "--description", "deploy bot")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("lqx_") and created.stdout.count("\n") == 1  # the token alone on stdout
+    token_id = token.split("_")[1]
+    assert f"token {token_id} for alice (operator, limited to env=prod,team=web)" in created.stderr
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+    # --db after the subcommand works too.
+    viewer = cli("token", "create", "--user", "bob", "--role", "viewer", "--db", str(db))
+    assert viewer.returncode == 0, viewer.stderr
+
+    listed = cli("--db", str(db), "token", "list")
+    assert listed.returncode == 0
+    assert token_id in listed.stdout and "deploy bot" in listed.stdout and "env=prod,team=web" in listed.stdout
+    assert token not in listed.stdout and token[17:] not in listed.stdout  # never the secret
+    as_json = [json.loads(line) for line in cli("--db", str(db), "token", "list", "--json").stdout.splitlines()]
+    assert {r["user"] for r in as_json} == {"alice", "bob"}
+    assert next(r for r in as_json if r["id"] == token_id)["labelScope"] == {"env": "prod", "team": "web"}
+
+    revoked = cli("token", "revoke", token_id, "--db", str(db))
+    assert revoked.returncode == 0 and f"revoked {token_id}" in revoked.stderr
+    active = cli("--db", str(db), "token", "list", "--active").stdout
+    assert token_id not in active and "bob" in active
+
+    async def check() -> None:
+        async with await SQLiteStore.open(db) as store:
+            with pytest.raises(errors.Unauthenticated):
+                await store.authenticate(token)
+            rows = (await store.query_audit(AuditQuery(oldest_first=True))).records
+            assert [r.action for r in rows] == [
+                AuditAction.TOKEN_CREATE,
+                AuditAction.TOKEN_CREATE,
+                AuditAction.TOKEN_REVOKE,
+            ]
+            assert all(r.outcome is AuditOutcome.SUCCESS and r.user.startswith("local:") for r in rows)
+            assert rows[0].detail.target == "alice" and "role=operator" in rows[0].detail.flags
+            assert rows[2].detail.target == token_id
+
+    trio.run(check)
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    unknown = cli("--db", db, "token", "revoke", "000000000000")
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr and "Traceback" not in unknown.stderr
+    bad_labels = cli("--db", db, "token", "create", "--user", "a", "--role", "viewer", "--labels", "env")
+    assert bad_labels.returncode == 2 and "key=value" in bad_labels.stderr
+    bad_role = cli("--db", db, "token", "create", "--user", "a", "--role", "root")
+    assert bad_role.returncode == 2
+    bad_user = cli("--db", db, "token", "create", "--user", "a b", "--role", "viewer")
+    assert bad_user.returncode == 2 and "bad user name" in bad_user.stderr
+    newer = tmp_path / "newer.db"
+    assert cli("--db", str(newer), "token", "list").returncode == 0
+    import sqlite3
+
+    with sqlite3.connect(newer) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    refused = cli("--db", str(newer), "token", "list")
+    assert refused.returncode == 1 and "newer than this controller" in refused.stderr
+
+
+def test_serve_is_not_built_yet() -> None:
+    out = cli("serve")
+    assert out.returncode == 2 and "not built yet" in out.stderr
+
+
+def test_help() -> None:
+    out = cli("token", "create", "--help")
+    assert out.returncode == 0 and "--labels" in out.stdout and "--db" in out.stdout
