@@ -25,10 +25,12 @@ test-fast: venv
 proto: venv
 	@$(PY) scripts/gen_proto.py
 
-## Benchmarks beside qemu-guest-agent; figures printed and written to bench/results/.
+## Benchmarks: the agent beside qemu-guest-agent, then hostd under 500 agents;
+## figures printed and written to bench/results/.
 bench: venv
 	@./bench/setup.sh
 	@$(PY) bench/agent_bench.py
+	@$(PY) bench/hostd_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

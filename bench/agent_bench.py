@@ -65,6 +65,9 @@ from typing import Any, Final
 import psutil
 import trio
 
+if sys.version_info < (3, 11):  # pragma: no cover - the benchmark runs on the developer's Python
+    from exceptiongroup import BaseExceptionGroup
+
 from limiquantix.protocol import __version__ as AGENT_VERSION
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -1022,8 +1025,6 @@ def print_table(figures: list[Figure], settings: Settings, context: str) -> None
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, as raised from trio nurseries."""
-    if sys.version_info < (3, 11):  # pragma: no cover - the bench runs on the developer's Python
-        from exceptiongroup import BaseExceptionGroup
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
