@@ -591,8 +591,14 @@ class VMConnection:
 
     async def _ping_loop(self, client: AgentClient) -> None:
         cfg = self.config
+        # A random phase: VMs that connected together (a hostd restart) would
+        # otherwise all be pinged in the same instant, every interval.
+        await trio.sleep(self._rng.random() * cfg.ping_interval_s)
+        first = True
         while True:
-            await trio.sleep(cfg.ping_interval_s)
+            if not first:
+                await trio.sleep(cfg.ping_interval_s)
+            first = False
             answered = False
             with trio.move_on_after(cfg.ping_timeout_s):
                 try:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 STALL_RECOVERY_S: Final = 0.5
 #: First size of a connection's read buffer; it doubles, up to the reader's
 #: maximum, each time a read fills it.
-READ_BUFFER_INITIAL: Final = 64 * 1024
+READ_BUFFER_INITIAL: Final = 8 * 1024
 #: Frames queued before senders wait. Small: each may be up to a 1 MiB chunk,
 #: and a slow reader should push back on producers (file reads, output streams).
 WRITE_QUEUE_FRAMES: Final = 32
