@@ -1,8 +1,10 @@
 """controller: the control plane (issue #4, in progress).
 
-Built so far: the storage and identity layer (:mod:`.store`, :mod:`.auth`,
-:mod:`.models`, :mod:`.schema`) and the ``token`` commands of
-``limiquantix-controller``. The HTTP API (VMService, fleet runs) comes next.
+Built: the storage and identity layer (:mod:`.store`, :mod:`.auth`,
+:mod:`.models`, :mod:`.schema`), the ``token`` commands, and the HTTP API
+(:mod:`.api`: VMService and NodeRegistryService; :mod:`.forward`: the client
+for hostd's node API; :mod:`.daemon`: ``limiquantix-controller serve``).
+Fleet runs (RunCommand ...) come next.
 """
 
 from __future__ import annotations

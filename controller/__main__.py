@@ -5,7 +5,7 @@
     limiquantix-controller token create --user alice --role operator [--labels env=prod] [--description TEXT]
     limiquantix-controller token list [--active] [--json]
     limiquantix-controller token revoke ID
-    limiquantix-controller serve          # not built yet: exits 2
+    limiquantix-controller serve [--listen HOST:PORT] [--db PATH] [--config FILE] ...   # the HTTP API
 
 Every command takes ``--db PATH`` (default ``/var/lib/limiquantix/controller.db``,
 created mode 0600). They work while the controller runs (SQLite WAL, busy
@@ -49,12 +49,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="LimiQuantix control plane: API tokens (the HTTP API is not built yet).",
+        description="LimiQuantix control plane: the HTTP API (serve) and API tokens.",
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", parents=[common], help="run the controller's HTTP API (not built yet)")
+    # Listed for --help; `serve` and its flags are parsed by daemon.main (see main()).
+    commands.add_parser("serve", help="run the controller's HTTP API (serve --help for its flags)")
 
     token = commands.add_parser("token", parents=[common], help="create, list or revoke API tokens")
     token_cmds = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -163,14 +164,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # serve has its own flags (every key of controller.toml); daemon parses them.
+        from .daemon import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_arg_parser().parse_args(argv)
-    if args.command == "serve":
-        print(
-            f"{PROG} serve: not built yet. The HTTP API (VMService, fleet runs, node registration) is the next "
-            "part of issue #4; today this command only manages tokens (see `token --help`).",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
         return trio.run(_run, args)
     except errors.InvalidArgument as exc:

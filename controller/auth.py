@@ -1,8 +1,10 @@
 """Who may do what: roles, permissions, principals and the API token format.
 
 Roles are cumulative (an operator may do everything a viewer may, an admin
-everything an operator may); the whole policy is the :data:`ROLE_PERMISSIONS`
-table. A token may also carry a *label scope* (``{"env": "prod"}``): it then
+everything an operator may), except ``node``: the credential a hostd uses to
+register itself and heartbeat, which may do that and nothing else (a stolen
+hostd config then cannot run commands anywhere). The whole policy is the
+:data:`ROLE_PERMISSIONS` table. A token may also carry a *label scope* (``{"env": "prod"}``): it then
 reaches only VMs whose labels contain every pair of the scope, and it loses the
 global permissions (:data:`GLOBAL_PERMISSIONS`) with which it could step out of
 its scope — minting an unscoped token, reading every VM's audit trail,
@@ -77,6 +79,8 @@ class Role(enum.Enum):
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+    NODE = "node"
+    """A hostd: RegisterNode and Heartbeat only."""
 
 
 class Permission(enum.Enum):
@@ -106,6 +110,8 @@ class Permission(enum.Enum):
     """Register and remove hostd nodes."""
     AUDIT_READ = "audit.read"
     """Query and export the audit log."""
+    NODE_REGISTER = "node.register"
+    """RegisterNode and Heartbeat (what a hostd does with its controller token)."""
 
 
 _VIEWER: Final = frozenset({Permission.VM_READ, Permission.NODE_READ, Permission.COMMAND_READ})
@@ -121,16 +127,21 @@ _ADMIN: Final = _OPERATOR | {
     Permission.TOKEN_MANAGE,
     Permission.NODE_MANAGE,
     Permission.AUDIT_READ,
+    Permission.NODE_REGISTER,
 }
+# Not cumulative: a hostd's credential registers its node and nothing else.
+_NODE: Final = frozenset({Permission.NODE_REGISTER})
 
 #: The whole role policy.
 ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[Permission]]] = MappingProxyType(
-    {Role.VIEWER: _VIEWER, Role.OPERATOR: _OPERATOR, Role.ADMIN: _ADMIN}
+    {Role.VIEWER: _VIEWER, Role.OPERATOR: _OPERATOR, Role.ADMIN: _ADMIN, Role.NODE: _NODE}
 )
 
 #: Permissions not about one VM: a label-scoped token never has them, since
 #: each would let it act beyond its scope.
-GLOBAL_PERMISSIONS: Final = frozenset({Permission.TOKEN_MANAGE, Permission.NODE_MANAGE, Permission.AUDIT_READ})
+GLOBAL_PERMISSIONS: Final = frozenset(
+    {Permission.TOKEN_MANAGE, Permission.NODE_MANAGE, Permission.AUDIT_READ, Permission.NODE_REGISTER}
+)
 
 
 @final

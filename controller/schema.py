@@ -139,8 +139,33 @@ _V1: Final = (
     "CREATE INDEX command_targets_status ON command_targets(command_id, status)",
 )
 
+# Version 2: the ``node`` role (a hostd's registration credential). SQLite
+# cannot alter a CHECK constraint, so the table is rebuilt under the same name
+# (nothing references api_tokens, so foreign keys are not disturbed).
+_V2: Final = (
+    """CREATE TABLE api_tokens_v2 (
+        id           TEXT PRIMARY KEY,
+        user_name    TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        role         TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin', 'node')),
+        label_scope  TEXT,            -- JSON object; NULL: every VM
+        secret_hash  BLOB NOT NULL,
+        description  TEXT NOT NULL DEFAULT '',
+        created_at   REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at   REAL
+    )""",
+    "INSERT INTO api_tokens_v2 SELECT id, user_name, role, label_scope, secret_hash, description, created_at,"
+    " last_used_at, revoked_at FROM api_tokens",
+    "DROP TABLE api_tokens",
+    "ALTER TABLE api_tokens_v2 RENAME TO api_tokens",
+    "CREATE INDEX api_tokens_user ON api_tokens(user_name)",
+)
+
 #: Every migration, in order. Append only.
-MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
+    Migration(2, "node role for hostd registration tokens", _V2),
+)
 
 #: The version this code writes and understands.
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version

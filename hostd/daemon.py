@@ -6,6 +6,12 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
     unix_socket = "/run/limiquantix/hostd.sock"   # optional
     token_file = "/etc/limiquantix/hostd.token"   # or token = "..."
 
+    # Optional: register with a controller and heartbeat the VM list.
+    controller_url = "http://controller:8080"
+    controller_token = "lqx_..."      # a token with the `node` role
+    advertise_url = "http://10.0.0.5:8081"        # default: from listen
+    heartbeat_interval_s = 10
+
     [connection]                      # hostd.config.ConnectionConfig
     ping_interval_s = 5.0
 
@@ -19,6 +25,13 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
 
 Top-level keys are also flags (``--listen``, ``--token-file`` ...), as are
 ``--socket-dir``, ``--libvirt-channel-root`` and ``--vm ID=SOCKET``; flags win.
+
+With ``controller_url`` set, hostd calls the controller's
+``NodeRegistryService.RegisterNode`` at start (its node id, the URL of its
+node API, its own bearer token so the controller can call it, and its VM
+list), then ``Heartbeat`` every ``heartbeat_interval_s`` with the VM list.
+A controller that is down or refuses is retried with capped backoff; hostd
+keeps serving meanwhile. Without ``controller_url`` it runs standalone.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -40,12 +54,15 @@ from typing import Any, Final, final
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
+from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
 from limiquantix.protocol.logs import setup_logging
 
@@ -64,8 +81,21 @@ __all__ = ["DEFAULT_CONFIG_PATH", "HostdConfig", "build_app", "load_config", "ma
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/hostd.toml")
+#: Pending connections the kernel queues: hypercorn's default of 100 overflowed
+#: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
+LISTEN_BACKLOG: Final = 1024
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
+#: Default seconds between heartbeats to the controller.
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 10.0
+#: First retry delay when the controller is down; doubles up to the interval
+#: (capped at REGISTER_BACKOFF_MAX_S), with jitter so that the hosts of a
+#: restarted controller do not all come back in the same instant.
+REGISTER_BACKOFF_INITIAL_S: Final = 0.5
+REGISTER_BACKOFF_MAX_S: Final = 30.0
+#: Time allowed for one RegisterNode or Heartbeat call.
+CONTROLLER_CALL_TIMEOUT_S: Final = 10.0
+_REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
 
 
 @final
@@ -83,6 +113,14 @@ class HostdConfig:
     """File holding the bearer token (first line)."""
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
     """This host's name in the controller."""
+    controller_url: str = ""
+    """The controller to register with (http://host:port); empty: standalone."""
+    controller_token: str = ""
+    """Bearer token for the controller (a token with the ``node`` role)."""
+    advertise_url: str = ""
+    """URL of this node API as the controller should call it; default http://<listen>."""
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    """Seconds between heartbeats to the controller."""
     log_format: str = "text"
     """text or json."""
     log_level: str = "info"
@@ -100,6 +138,13 @@ class HostdConfig:
                 raise ConfigError(f"listen must be host:port, not {self.listen!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
+        if self.controller_url:
+            if not self.controller_url.startswith(("http://", "https://")):
+                raise ConfigError("controller_url must be http:// or https://")
+            if not self.controller_token:
+                raise ConfigError("controller_url needs controller_token")
+        if not self.heartbeat_interval_s > 0:
+            raise ConfigError("heartbeat_interval_s must be > 0")
 
     def bearer_token(self) -> str:
         """The configured token.
@@ -119,7 +164,18 @@ class HostdConfig:
         return token
 
 
-_SCALARS: Final = ("listen", "unix_socket", "token", "token_file", "node_id", "log_format", "log_level")
+_SCALARS: Final = (
+    "listen",
+    "unix_socket",
+    "token",
+    "token_file",
+    "node_id",
+    "log_format",
+    "log_level",
+    "controller_url",
+    "controller_token",
+    "advertise_url",
+)
 
 
 def _sub(cls: type, data: Any, where: str) -> Any:
@@ -138,7 +194,7 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         ConfigError: unknown keys, wrong types or values.
     """
     data = dict(data)
-    known = {*_SCALARS, "connection", "discovery", "vm"}
+    known = {*_SCALARS, "heartbeat_interval_s", "connection", "discovery", "vm"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -148,6 +204,11 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
             if not isinstance(data[key], str):
                 raise ConfigError(f"{key} must be a string")
             kwargs[key] = data[key]
+    if "heartbeat_interval_s" in data:
+        try:
+            kwargs["heartbeat_interval_s"] = float(data["heartbeat_interval_s"])
+        except (TypeError, ValueError):
+            raise ConfigError("heartbeat_interval_s must be a number") from None
     if "connection" in data:
         kwargs["connection"] = _sub(ConnectionConfig, data["connection"], "connection")
     if "discovery" in data:
@@ -165,6 +226,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
     for key in _SCALARS:
         p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
+    p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS)
     p.add_argument("--socket-dir", default=argparse.SUPPRESS, help="directory of <vm-id>.agent.sock sockets")
     p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help="libvirt's channel target directory")
     p.add_argument(
@@ -318,6 +380,7 @@ async def serve(
                 os.unlink(config.unix_socket)
             hc.bind.append(f"unix:{config.unix_socket}")
         hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+        hc.backlog = LISTEN_BACKLOG
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         async with trio.open_nursery() as nursery:
@@ -329,9 +392,102 @@ async def serve(
             if config.unix_socket:
                 os.chmod(config.unix_socket, 0o600)
             log.info("limiquantix-hostd %s serving %s, %d VMs", __version__, " ".join(binds), len(registry))
+            if config.controller_url:
+                advertise = config.advertise_url or next((b for b in binds if b.startswith("http")), "")
+                nursery.start_soon(_controller_link, config, registry, token, advertise)
             task_status.started(binds)
             await stop.wait()
             nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
+
+
+# ---------------------------------------------------------------- controller
+
+
+def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
+    """The VM list a registration or heartbeat carries."""
+    out = []
+    for status in registry.statuses():
+        state = node_pb.AgentState.Name(status.agent.state).removeprefix("AGENT_STATE_").lower()
+        out.append(api_pb.NodeVM(vm_id=status.vm_id, name=status.name, labels=dict(status.labels), state=state))
+    return out
+
+
+async def _controller_call(
+    client: httpx.AsyncClient, config: HostdConfig, method: str, request: api_pb.RegisterNodeRequest | api_pb.HeartbeatRequest
+) -> None:
+    """One NodeRegistryService call (Connect, proto).
+
+    Raises:
+        errors.AgentError: the controller's answer, its code kept (from_connect_code).
+        httpx.HTTPError: the controller cannot be reached.
+    """
+    resp = await client.post(
+        f"{config.controller_url.rstrip('/')}/{_REGISTRY_SERVICE}/{method}",
+        content=request.SerializeToString(),
+        headers={
+            "Authorization": f"Bearer {config.controller_token}",
+            "Content-Type": "application/proto",
+            "Connect-Protocol-Version": "1",
+        },
+    )
+    if resp.status_code != 200:
+        try:
+            body = resp.json()
+            code, message = str(body["code"]), str(body.get("message", ""))
+        except (ValueError, KeyError, TypeError):
+            code, message = "unavailable", f"HTTP {resp.status_code}"
+        raise errors.from_connect_code(code, message)
+
+
+async def _controller_link(config: HostdConfig, registry: VMRegistry, token: str, advertise_url: str) -> None:
+    """Register with the controller, then heartbeat forever; never raises.
+
+    A controller that is down, or answers an error, is retried with capped,
+    jittered exponential backoff. A heartbeat answered ``not_found`` (the
+    controller lost or never had this node) registers again.
+    """
+    delay = REGISTER_BACKOFF_INITIAL_S
+    registered = False
+    failing = False
+    # No keep-alive: one call every few seconds gains nothing from it, and an
+    # idle kept-alive connection would hold the controller's graceful shutdown.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=CONTROLLER_CALL_TIMEOUT_S, trust_env=False, limits=limits) as client:
+        while True:
+            try:
+                vms = _node_vms(registry)
+                if not registered:
+                    await _controller_call(
+                        client,
+                        config,
+                        "RegisterNode",
+                        api_pb.RegisterNodeRequest(node_id=config.node_id, url=advertise_url, token=token, vms=vms),
+                    )
+                    registered = True
+                    log.info("registered with %s as %s (%s)", config.controller_url, config.node_id, advertise_url)
+                else:
+                    await _controller_call(
+                        client, config, "Heartbeat", api_pb.HeartbeatRequest(node_id=config.node_id, vms=vms)
+                    )
+                if failing:
+                    log.info("controller %s reachable again", config.controller_url)
+                failing = False
+                delay = REGISTER_BACKOFF_INITIAL_S
+                await trio.sleep(config.heartbeat_interval_s)
+                continue
+            except errors.NotFound:
+                registered = False  # the controller forgot us: register again at once
+                continue
+            except (errors.AgentError, httpx.HTTPError, OSError) as exc:
+                # Logged once per outage, not once per retry.
+                if not failing:
+                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, exc)
+                failing = True
+            except Exception:  # never let the link take hostd down
+                log.exception("controller link failed: retrying")
+                failing = True
+            await trio.sleep(delay * (1 + random.random() * 0.5))
+            delay = min(delay * 2, max(config.heartbeat_interval_s, REGISTER_BACKOFF_INITIAL_S), REGISTER_BACKOFF_MAX_S)
 
 
 async def _signals(stop: trio.Event) -> None:

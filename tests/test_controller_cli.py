@@ -87,9 +87,11 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "newer than this controller" in refused.stderr
 
 
-def test_serve_is_not_built_yet() -> None:
-    out = cli("serve")
-    assert out.returncode == 2 and "not built yet" in out.stderr
+def test_serve_flags() -> None:
+    helped = cli("serve", "--help")
+    assert helped.returncode == 0 and "--listen" in helped.stdout and "--heartbeat-timeout-s" in helped.stdout
+    bad = cli("serve", "--listen", "nowhere", "--config", "/dev/null")
+    assert bad.returncode == 2 and "listen must be host:port" in bad.stderr
 
 
 def test_help() -> None:

@@ -300,8 +300,11 @@ EXPECTED_MINIMUM_ROLE = {
     Permission.TOKEN_MANAGE: Role.ADMIN,
     Permission.NODE_MANAGE: Role.ADMIN,
     Permission.AUDIT_READ: Role.ADMIN,
+    Permission.NODE_REGISTER: Role.ADMIN,
 }
 RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+#: The node role is not in the ladder: it registers and heartbeats, nothing else.
+NODE_ROLE_PERMISSIONS = {Permission.NODE_REGISTER}
 
 
 def test_every_permission_is_in_the_expected_table() -> None:
@@ -312,7 +315,10 @@ def test_every_permission_is_in_the_expected_table() -> None:
 @pytest.mark.parametrize("permission", list(Permission))
 def test_role_matrix(role: Role, permission: Permission) -> None:
     principal = Principal(user="u", token_id="t", role=role)
-    allowed = RANK[role] >= RANK[EXPECTED_MINIMUM_ROLE[permission]]
+    if role is Role.NODE:
+        allowed = permission in NODE_ROLE_PERMISSIONS
+    else:
+        allowed = RANK[role] >= RANK[EXPECTED_MINIMUM_ROLE[permission]]
     assert principal.has(permission) is allowed
     if allowed:
         require(principal, permission)
@@ -959,3 +965,18 @@ async def test_a_cancelled_caller_never_leaves_half_a_transaction(store: SQLiteS
     assert users in ([], ["alice"])
     await store.ensure_user("bob")
     assert "bob" in [u.name for u in await store.list_users()]
+
+
+@pytest.mark.trio
+async def test_migration_2_keeps_tokens_and_allows_the_node_role(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    async with await SQLiteStore.open(db, migrations=MIGRATIONS[:1]) as store:
+        await store.ensure_user("alice")
+        info, token = await store.create_token(user="alice", role=Role.OPERATOR, label_scope={"env": "prod"})
+        with pytest.raises(errors.AgentError):
+            await store.create_token(user="alice", role=Role.NODE)
+    async with await SQLiteStore.open(db) as store:
+        assert (await store.authenticate(token)).label_scope == {"env": "prod"}
+        node_info, node_token = await store.create_token(user="alice", role=Role.NODE)
+        assert (await store.authenticate(node_token)).role is Role.NODE
+        assert [t.id for t in await store.list_tokens()] == [info.id, node_info.id]

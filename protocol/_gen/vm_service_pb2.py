@@ -23,39 +23,98 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from . import agent_pb2 as agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vm_service.proto\x12\x16limiquantix.compute.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\x10PingAgentRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"r\n\x11PingAgentResponse\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xa4\x02\n\x14\x45xecuteScriptRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\x12\x19\n\x11working_directory\x18\x05 \x01(\t\x12R\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32=.limiquantix.compute.v1.ExecuteScriptRequest.EnvironmentEntry\x12\x13\n\x0brun_as_user\x18\x07 \x01(\t\x12\r\n\x05stdin\x18\x08 \x01(\x0c\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xda\x01\n\x15\x45xecuteScriptResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x13\n\x0b\x65xit_reason\x18\x08 \x01(\t\x12\x0e\n\x06signal\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\"S\n\x14ReadGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"F\n\x15ReadGuestFileResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x89\x01\n\x15WriteGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x11\n\x04mode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61ppend\x18\x05 \x01(\x08\x12\x16\n\x0e\x63reate_parents\x18\x06 \x01(\x08\x42\x07\n\x05_mode\"?\n\x16WriteGuestFileResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"]\n\x14GuestShutdownRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0e\n\x06reboot\x18\x02 \x01(\x08\x12\x15\n\rdelay_seconds\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"[\n\x15GuestShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa8\x04\n\tVMService\x12`\n\tPingAgent\x12(.limiquantix.compute.v1.PingAgentRequest\x1a).limiquantix.compute.v1.PingAgentResponse\x12l\n\rExecuteScript\x12,.limiquantix.compute.v1.ExecuteScriptRequest\x1a-.limiquantix.compute.v1.ExecuteScriptResponse\x12l\n\rReadGuestFile\x12,.limiquantix.compute.v1.ReadGuestFileRequest\x1a-.limiquantix.compute.v1.ReadGuestFileResponse\x12o\n\x0eWriteGuestFile\x12-.limiquantix.compute.v1.WriteGuestFileRequest\x1a..limiquantix.compute.v1.WriteGuestFileResponse\x12l\n\rGuestShutdown\x12,.limiquantix.compute.v1.GuestShutdownRequest\x1a-.limiquantix.compute.v1.GuestShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vm_service.proto\x12\x16limiquantix.compute.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0b\x61gent.proto\"\xf0\x02\n\x02VM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x36\n\x06labels\x18\x03 \x03(\x0b\x32&.limiquantix.compute.v1.VM.LabelsEntry\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x05 \x01(\t\x12\x16\n\x0enode_reachable\x18\x06 \x01(\x08\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x14\n\x0cip_addresses\x18\x08 \x03(\t\x12\x10\n\x08hostname\x18\t \x01(\t\x12\n\n\x02os\x18\n \x01(\t\x12\x0e\n\x06kernel\x18\x0b \x01(\t\x12-\n\tlast_seen\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16last_disconnect_reason\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x0eListVMsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x42\n\x06labels\x18\x03 \x03(\x0b\x32\x32.limiquantix.compute.v1.ListVMsRequest.LabelsEntry\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x0fListVMsResponse\x12\'\n\x03vms\x18\x01 \x03(\x0b\x32\x1a.limiquantix.compute.v1.VM\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0cGetVMRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"!\n\x10PingAgentRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\"r\n\x11PingAgentResponse\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xba\x02\n\x14\x45xecuteScriptRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\x12\x19\n\x11working_directory\x18\x05 \x01(\t\x12R\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32=.limiquantix.compute.v1.ExecuteScriptRequest.EnvironmentEntry\x12\x13\n\x0brun_as_user\x18\x07 \x01(\t\x12\r\n\x05stdin\x18\x08 \x01(\x0c\x12\x14\n\x0c\x65xecution_id\x18\t \x01(\t\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x01\n\x15\x45xecuteScriptResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x13\n\x0b\x65xit_reason\x18\x08 \x01(\t\x12\x0e\n\x06signal\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x0b \x01(\t\"S\n\x14ReadGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"F\n\x15ReadGuestFileResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x89\x01\n\x15WriteGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x11\n\x04mode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61ppend\x18\x05 \x01(\x08\x12\x16\n\x0e\x63reate_parents\x18\x06 \x01(\x08\x42\x07\n\x05_mode\"?\n\x16WriteGuestFileResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"]\n\x14GuestShutdownRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0e\n\x06reboot\x18\x02 \x01(\x08\x12\x15\n\rdelay_seconds\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"[\n\x15GuestShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x30\n\x0cscheduled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\x12\x45xecuteScriptEvent\x12\x16\n\x0c\x65xecution_id\x18\x01 \x01(\tH\x00\x12=\n\x06output\x18\x02 \x01(\x0b\x32+.limiquantix.compute.v1.ExecuteScriptOutputH\x00\x12?\n\x06result\x18\x03 \x01(\x0b\x32-.limiquantix.compute.v1.ExecuteScriptResponseH\x00\x42\x07\n\x05\x65vent\"@\n\x13\x45xecuteScriptOutput\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"=\n\x16\x43\x61ncelExecutionRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"(\n\x17\x43\x61ncelExecutionResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"3\n\x14StatGuestFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"E\n\x15StatGuestFileResponse\x12,\n\x04stat\x18\x01 \x01(\x0b\x32\x1e.limiquantix.agent.v1.FileStat\"_\n\x19ListGuestDirectoryRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"f\n\x1aListGuestDirectoryResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.limiquantix.agent.v1.FileStat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x19ResetGuestPasswordRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0e\n\x06\x65xpire\x18\x04 \x01(\x08\"-\n\x1aResetGuestPasswordResponse\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\x08\"\x9f\x01\n\x06NodeVM\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12:\n\x06labels\x18\x03 \x03(\x0b\x32*.limiquantix.compute.v1.NodeVM.LabelsEntry\x12\r\n\x05state\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12+\n\x03vms\x18\x04 \x03(\x0b\x32\x1e.limiquantix.compute.v1.NodeVM\"9\n\x14RegisterNodeResponse\x12!\n\x19heartbeat_timeout_seconds\x18\x01 \x01(\x01\"P\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x03vms\x18\x02 \x03(\x0b\x32\x1e.limiquantix.compute.v1.NodeVM\"\x13\n\x11HeartbeatResponse\"\xb0\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x31\n\rregistered_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treachable\x18\x05 \x01(\x08\x12\x10\n\x08vm_count\x18\x06 \x01(\r\"\x12\n\x10ListNodesRequest\"@\n\x11ListNodesResponse\x12+\n\x05nodes\x18\x01 \x03(\x0b\x32\x1c.limiquantix.compute.v1.Node2\x9e\n\n\tVMService\x12Z\n\x07ListVMs\x12&.limiquantix.compute.v1.ListVMsRequest\x1a\'.limiquantix.compute.v1.ListVMsResponse\x12I\n\x05GetVM\x12$.limiquantix.compute.v1.GetVMRequest\x1a\x1a.limiquantix.compute.v1.VM\x12`\n\tPingAgent\x12(.limiquantix.compute.v1.PingAgentRequest\x1a).limiquantix.compute.v1.PingAgentResponse\x12l\n\rExecuteScript\x12,.limiquantix.compute.v1.ExecuteScriptRequest\x1a-.limiquantix.compute.v1.ExecuteScriptResponse\x12q\n\x13\x45xecuteScriptStream\x12,.limiquantix.compute.v1.ExecuteScriptRequest\x1a*.limiquantix.compute.v1.ExecuteScriptEvent0\x01\x12r\n\x0f\x43\x61ncelExecution\x12..limiquantix.compute.v1.CancelExecutionRequest\x1a/.limiquantix.compute.v1.CancelExecutionResponse\x12l\n\rReadGuestFile\x12,.limiquantix.compute.v1.ReadGuestFileRequest\x1a-.limiquantix.compute.v1.ReadGuestFileResponse\x12o\n\x0eWriteGuestFile\x12-.limiquantix.compute.v1.WriteGuestFileRequest\x1a..limiquantix.compute.v1.WriteGuestFileResponse\x12l\n\rStatGuestFile\x12,.limiquantix.compute.v1.StatGuestFileRequest\x1a-.limiquantix.compute.v1.StatGuestFileResponse\x12{\n\x12ListGuestDirectory\x12\x31.limiquantix.compute.v1.ListGuestDirectoryRequest\x1a\x32.limiquantix.compute.v1.ListGuestDirectoryResponse\x12l\n\rGuestShutdown\x12,.limiquantix.compute.v1.GuestShutdownRequest\x1a-.limiquantix.compute.v1.GuestShutdownResponse\x12{\n\x12ResetGuestPassword\x12\x31.limiquantix.compute.v1.ResetGuestPasswordRequest\x1a\x32.limiquantix.compute.v1.ResetGuestPasswordResponse2\xc4\x02\n\x13NodeRegistryService\x12i\n\x0cRegisterNode\x12+.limiquantix.compute.v1.RegisterNodeRequest\x1a,.limiquantix.compute.v1.RegisterNodeResponse\x12`\n\tHeartbeat\x12(.limiquantix.compute.v1.HeartbeatRequest\x1a).limiquantix.compute.v1.HeartbeatResponse\x12`\n\tListNodes\x12(.limiquantix.compute.v1.ListNodesRequest\x1a).limiquantix.compute.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VM_LABELSENTRY']._loaded_options = None
+  _globals['_VM_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_LISTVMSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_LISTVMSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._loaded_options = None
   _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._serialized_options = b'8\001'
-  _globals['_PINGAGENTREQUEST']._serialized_start=77
-  _globals['_PINGAGENTREQUEST']._serialized_end=110
-  _globals['_PINGAGENTRESPONSE']._serialized_start=112
-  _globals['_PINGAGENTRESPONSE']._serialized_end=226
-  _globals['_EXECUTESCRIPTREQUEST']._serialized_start=229
-  _globals['_EXECUTESCRIPTREQUEST']._serialized_end=521
-  _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._serialized_start=471
-  _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._serialized_end=521
-  _globals['_EXECUTESCRIPTRESPONSE']._serialized_start=524
-  _globals['_EXECUTESCRIPTRESPONSE']._serialized_end=742
-  _globals['_READGUESTFILEREQUEST']._serialized_start=744
-  _globals['_READGUESTFILEREQUEST']._serialized_end=827
-  _globals['_READGUESTFILERESPONSE']._serialized_start=829
-  _globals['_READGUESTFILERESPONSE']._serialized_end=899
-  _globals['_WRITEGUESTFILEREQUEST']._serialized_start=902
-  _globals['_WRITEGUESTFILEREQUEST']._serialized_end=1039
-  _globals['_WRITEGUESTFILERESPONSE']._serialized_start=1041
-  _globals['_WRITEGUESTFILERESPONSE']._serialized_end=1104
-  _globals['_GUESTSHUTDOWNREQUEST']._serialized_start=1106
-  _globals['_GUESTSHUTDOWNREQUEST']._serialized_end=1199
-  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_start=1201
-  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_end=1292
-  _globals['_VMSERVICE']._serialized_start=1295
-  _globals['_VMSERVICE']._serialized_end=1847
+  _globals['_NODEVM_LABELSENTRY']._loaded_options = None
+  _globals['_NODEVM_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_VM']._serialized_start=91
+  _globals['_VM']._serialized_end=459
+  _globals['_VM_LABELSENTRY']._serialized_start=414
+  _globals['_VM_LABELSENTRY']._serialized_end=459
+  _globals['_LISTVMSREQUEST']._serialized_start=462
+  _globals['_LISTVMSREQUEST']._serialized_end=664
+  _globals['_LISTVMSREQUEST_LABELSENTRY']._serialized_start=414
+  _globals['_LISTVMSREQUEST_LABELSENTRY']._serialized_end=459
+  _globals['_LISTVMSRESPONSE']._serialized_start=666
+  _globals['_LISTVMSRESPONSE']._serialized_end=749
+  _globals['_GETVMREQUEST']._serialized_start=751
+  _globals['_GETVMREQUEST']._serialized_end=780
+  _globals['_PINGAGENTREQUEST']._serialized_start=782
+  _globals['_PINGAGENTREQUEST']._serialized_end=815
+  _globals['_PINGAGENTRESPONSE']._serialized_start=817
+  _globals['_PINGAGENTRESPONSE']._serialized_end=931
+  _globals['_EXECUTESCRIPTREQUEST']._serialized_start=934
+  _globals['_EXECUTESCRIPTREQUEST']._serialized_end=1248
+  _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._serialized_start=1198
+  _globals['_EXECUTESCRIPTREQUEST_ENVIRONMENTENTRY']._serialized_end=1248
+  _globals['_EXECUTESCRIPTRESPONSE']._serialized_start=1251
+  _globals['_EXECUTESCRIPTRESPONSE']._serialized_end=1491
+  _globals['_READGUESTFILEREQUEST']._serialized_start=1493
+  _globals['_READGUESTFILEREQUEST']._serialized_end=1576
+  _globals['_READGUESTFILERESPONSE']._serialized_start=1578
+  _globals['_READGUESTFILERESPONSE']._serialized_end=1648
+  _globals['_WRITEGUESTFILEREQUEST']._serialized_start=1651
+  _globals['_WRITEGUESTFILEREQUEST']._serialized_end=1788
+  _globals['_WRITEGUESTFILERESPONSE']._serialized_start=1790
+  _globals['_WRITEGUESTFILERESPONSE']._serialized_end=1853
+  _globals['_GUESTSHUTDOWNREQUEST']._serialized_start=1855
+  _globals['_GUESTSHUTDOWNREQUEST']._serialized_end=1948
+  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_start=1950
+  _globals['_GUESTSHUTDOWNRESPONSE']._serialized_end=2041
+  _globals['_EXECUTESCRIPTEVENT']._serialized_start=2044
+  _globals['_EXECUTESCRIPTEVENT']._serialized_end=2225
+  _globals['_EXECUTESCRIPTOUTPUT']._serialized_start=2227
+  _globals['_EXECUTESCRIPTOUTPUT']._serialized_end=2291
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=2293
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=2354
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_start=2356
+  _globals['_CANCELEXECUTIONRESPONSE']._serialized_end=2396
+  _globals['_STATGUESTFILEREQUEST']._serialized_start=2398
+  _globals['_STATGUESTFILEREQUEST']._serialized_end=2449
+  _globals['_STATGUESTFILERESPONSE']._serialized_start=2451
+  _globals['_STATGUESTFILERESPONSE']._serialized_end=2520
+  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_start=2522
+  _globals['_LISTGUESTDIRECTORYREQUEST']._serialized_end=2617
+  _globals['_LISTGUESTDIRECTORYRESPONSE']._serialized_start=2619
+  _globals['_LISTGUESTDIRECTORYRESPONSE']._serialized_end=2721
+  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_start=2723
+  _globals['_RESETGUESTPASSWORDREQUEST']._serialized_end=2817
+  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_start=2819
+  _globals['_RESETGUESTPASSWORDRESPONSE']._serialized_end=2864
+  _globals['_NODEVM']._serialized_start=2867
+  _globals['_NODEVM']._serialized_end=3026
+  _globals['_NODEVM_LABELSENTRY']._serialized_start=414
+  _globals['_NODEVM_LABELSENTRY']._serialized_end=459
+  _globals['_REGISTERNODEREQUEST']._serialized_start=3028
+  _globals['_REGISTERNODEREQUEST']._serialized_end=3139
+  _globals['_REGISTERNODERESPONSE']._serialized_start=3141
+  _globals['_REGISTERNODERESPONSE']._serialized_end=3198
+  _globals['_HEARTBEATREQUEST']._serialized_start=3200
+  _globals['_HEARTBEATREQUEST']._serialized_end=3280
+  _globals['_HEARTBEATRESPONSE']._serialized_start=3282
+  _globals['_HEARTBEATRESPONSE']._serialized_end=3301
+  _globals['_NODE']._serialized_start=3304
+  _globals['_NODE']._serialized_end=3480
+  _globals['_LISTNODESREQUEST']._serialized_start=3482
+  _globals['_LISTNODESREQUEST']._serialized_end=3500
+  _globals['_LISTNODESRESPONSE']._serialized_start=3502
+  _globals['_LISTNODESRESPONSE']._serialized_end=3566
+  _globals['_VMSERVICE']._serialized_start=3569
+  _globals['_VMSERVICE']._serialized_end=4879
+  _globals['_NODEREGISTRYSERVICE']._serialized_start=4882
+  _globals['_NODEREGISTRYSERVICE']._serialized_end=5206
 # @@protoc_insertion_point(module_scope)

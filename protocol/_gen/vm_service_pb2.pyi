@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import agent_pb2 as _agent_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,6 +9,78 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class VM(_message.Message):
+    __slots__ = ("vm_id", "name", "labels", "node_id", "agent_state", "node_reachable", "agent_version", "ip_addresses", "hostname", "os", "kernel", "last_seen", "last_disconnect_reason")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STATE_FIELD_NUMBER: _ClassVar[int]
+    NODE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    node_id: str
+    agent_state: str
+    node_reachable: bool
+    agent_version: str
+    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
+    hostname: str
+    os: str
+    kernel: str
+    last_seen: _timestamp_pb2.Timestamp
+    last_disconnect_reason: str
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., agent_state: _Optional[str] = ..., node_reachable: _Optional[bool] = ..., agent_version: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ...) -> None: ...
+
+class ListVMsRequest(_message.Message):
+    __slots__ = ("node_id", "state", "labels", "page_size", "page_token")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    state: str
+    labels: _containers.ScalarMap[str, str]
+    page_size: int
+    page_token: str
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListVMsResponse(_message.Message):
+    __slots__ = ("vms", "next_page_token")
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[VM]
+    next_page_token: str
+    def __init__(self, vms: _Optional[_Iterable[_Union[VM, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetVMRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
 
 class PingAgentRequest(_message.Message):
     __slots__ = ("vm_id",)
@@ -30,7 +103,7 @@ class PingAgentResponse(_message.Message):
     def __init__(self, connected: _Optional[bool] = ..., version: _Optional[str] = ..., latency_ms: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ExecuteScriptRequest(_message.Message):
-    __slots__ = ("vm_id", "command", "args", "timeout_seconds", "working_directory", "environment", "run_as_user", "stdin")
+    __slots__ = ("vm_id", "command", "args", "timeout_seconds", "working_directory", "environment", "run_as_user", "stdin", "execution_id")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +119,7 @@ class ExecuteScriptRequest(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     RUN_AS_USER_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     command: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -54,10 +128,11 @@ class ExecuteScriptRequest(_message.Message):
     environment: _containers.ScalarMap[str, str]
     run_as_user: str
     stdin: bytes
-    def __init__(self, vm_id: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ..., working_directory: _Optional[str] = ..., environment: _Optional[_Mapping[str, str]] = ..., run_as_user: _Optional[str] = ..., stdin: _Optional[bytes] = ...) -> None: ...
+    execution_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., timeout_seconds: _Optional[int] = ..., working_directory: _Optional[str] = ..., environment: _Optional[_Mapping[str, str]] = ..., run_as_user: _Optional[str] = ..., stdin: _Optional[bytes] = ..., execution_id: _Optional[str] = ...) -> None: ...
 
 class ExecuteScriptResponse(_message.Message):
-    __slots__ = ("exit_code", "stdout", "stderr", "timed_out", "duration_ms", "stdout_truncated", "stderr_truncated", "exit_reason", "signal", "error")
+    __slots__ = ("exit_code", "stdout", "stderr", "timed_out", "duration_ms", "stdout_truncated", "stderr_truncated", "exit_reason", "signal", "error", "execution_id")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +143,7 @@ class ExecuteScriptResponse(_message.Message):
     EXIT_REASON_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     exit_code: int
     stdout: str
     stderr: str
@@ -78,7 +154,8 @@ class ExecuteScriptResponse(_message.Message):
     exit_reason: str
     signal: int
     error: str
-    def __init__(self, exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., timed_out: _Optional[bool] = ..., duration_ms: _Optional[int] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., exit_reason: _Optional[str] = ..., signal: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    execution_id: str
+    def __init__(self, exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., timed_out: _Optional[bool] = ..., duration_ms: _Optional[int] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., exit_reason: _Optional[str] = ..., signal: _Optional[int] = ..., error: _Optional[str] = ..., execution_id: _Optional[str] = ...) -> None: ...
 
 class ReadGuestFileRequest(_message.Message):
     __slots__ = ("vm_id", "path", "offset", "length")
@@ -145,3 +222,164 @@ class GuestShutdownResponse(_message.Message):
     accepted: bool
     scheduled_at: _timestamp_pb2.Timestamp
     def __init__(self, accepted: _Optional[bool] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ExecuteScriptEvent(_message.Message):
+    __slots__ = ("execution_id", "output", "result")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    output: ExecuteScriptOutput
+    result: ExecuteScriptResponse
+    def __init__(self, execution_id: _Optional[str] = ..., output: _Optional[_Union[ExecuteScriptOutput, _Mapping]] = ..., result: _Optional[_Union[ExecuteScriptResponse, _Mapping]] = ...) -> None: ...
+
+class ExecuteScriptOutput(_message.Message):
+    __slots__ = ("seq", "stream", "text")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    stream: str
+    text: str
+    def __init__(self, seq: _Optional[int] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class CancelExecutionRequest(_message.Message):
+    __slots__ = ("vm_id", "execution_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    execution_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., execution_id: _Optional[str] = ...) -> None: ...
+
+class CancelExecutionResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class StatGuestFileRequest(_message.Message):
+    __slots__ = ("vm_id", "path")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    path: str
+    def __init__(self, vm_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class StatGuestFileResponse(_message.Message):
+    __slots__ = ("stat",)
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    stat: _agent_pb2.FileStat
+    def __init__(self, stat: _Optional[_Union[_agent_pb2.FileStat, _Mapping]] = ...) -> None: ...
+
+class ListGuestDirectoryRequest(_message.Message):
+    __slots__ = ("vm_id", "path", "page_size", "page_token")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    path: str
+    page_size: int
+    page_token: str
+    def __init__(self, vm_id: _Optional[str] = ..., path: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListGuestDirectoryResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[_agent_pb2.FileStat]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[_agent_pb2.FileStat, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ResetGuestPasswordRequest(_message.Message):
+    __slots__ = ("vm_id", "username", "password", "expire")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    username: str
+    password: str
+    expire: bool
+    def __init__(self, vm_id: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., expire: _Optional[bool] = ...) -> None: ...
+
+class ResetGuestPasswordResponse(_message.Message):
+    __slots__ = ("expired",)
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    expired: bool
+    def __init__(self, expired: _Optional[bool] = ...) -> None: ...
+
+class NodeVM(_message.Message):
+    __slots__ = ("vm_id", "name", "labels", "state")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    state: str
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ...) -> None: ...
+
+class RegisterNodeRequest(_message.Message):
+    __slots__ = ("node_id", "url", "token", "vms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    url: str
+    token: str
+    vms: _containers.RepeatedCompositeFieldContainer[NodeVM]
+    def __init__(self, node_id: _Optional[str] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[NodeVM, _Mapping]]] = ...) -> None: ...
+
+class RegisterNodeResponse(_message.Message):
+    __slots__ = ("heartbeat_timeout_seconds",)
+    HEARTBEAT_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_timeout_seconds: float
+    def __init__(self, heartbeat_timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "vms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    vms: _containers.RepeatedCompositeFieldContainer[NodeVM]
+    def __init__(self, node_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[NodeVM, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("node_id", "url", "registered_at", "last_heartbeat", "reachable", "vm_count")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    VM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    url: str
+    registered_at: _timestamp_pb2.Timestamp
+    last_heartbeat: _timestamp_pb2.Timestamp
+    reachable: bool
+    vm_count: int
+    def __init__(self, node_id: _Optional[str] = ..., url: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reachable: _Optional[bool] = ..., vm_count: _Optional[int] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,753 @@
+"""The controller's Connect services: ``VMService`` and ``NodeRegistryService``.
+
+Every call has been authenticated by :func:`make_authenticator` (bearer token
+→ :class:`~.auth.Principal` in ``ctx.auth``). Each handler then:
+
+1. checks the RPC's permission for the role (``permission_denied`` before the
+   VM is even looked up, so a viewer cannot probe which VMs exist);
+2. routes the VM to its node through the store (``not_found`` when no node
+   reports it) and checks the token's label scope against the VM's labels;
+3. for audited actions (exec, files, shutdown, password reset, cancel, node
+   registration) writes the audit row *before* anything is forwarded; a
+   failed write (:class:`~.store.AuditWriteFailed`) refuses the call with
+   ``unavailable``. Refusals in steps 1-2 are recorded as ``denied``;
+4. refuses at once with ``unavailable`` when the node has missed its
+   heartbeats, else forwards to the node's hostd (:class:`~.forward.NodeClient`)
+   with a time budget derived from the call's deadline and the command's own
+   timeout;
+5. completes the audit row with the outcome, exit code and duration (shielded
+   from cancellation, so a client that hangs up still leaves a complete row:
+   ``cancelled``).
+
+Secrets never reach the audit log: :class:`~.models.AuditDetail` has no field
+for passwords, file contents, stdin or environment values.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Final, final
+
+import trio
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol.connect import Authenticator, CallContext
+
+from .auth import Permission, Principal, require
+from .forward import NodeClient
+from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, NodeInfo, VMInfo, VMRoute
+from .store import Store
+
+__all__ = [
+    "AUDIT_COMPLETE_TIMEOUT_S",
+    "DEFAULT_CALL_BUDGET_S",
+    "DEFAULT_EXEC_TIMEOUT_S",
+    "DEFAULT_PAGE_SIZE",
+    "EXEC_MARGIN_S",
+    "FILE_CALL_BUDGET_S",
+    "NODE_REGISTRY_SERVICE",
+    "VM_SERVICE",
+    "NodeRegistryAPI",
+    "VMAPI",
+    "make_authenticator",
+]
+
+log = logging.getLogger(__name__)
+
+VM_SERVICE: Final = api_pb.DESCRIPTOR.services_by_name["VMService"]
+NODE_REGISTRY_SERVICE: Final = api_pb.DESCRIPTOR.services_by_name["NodeRegistryService"]
+
+#: ListVMs page size when the caller names none.
+DEFAULT_PAGE_SIZE: Final = 100
+#: Budget of a forwarded call that is not a command or a file transfer.
+DEFAULT_CALL_BUDGET_S: Final = 30.0
+#: Budget of a file transfer (up to 48 MiB over virtio-serial at a few MB/s).
+FILE_CALL_BUDGET_S: Final = 300.0
+#: The agent's own default command timeout (timeoutSeconds 0).
+DEFAULT_EXEC_TIMEOUT_S: Final = 60.0
+#: Added to a command's timeout: hostd's own margin (5 s) plus the hop here,
+#: so a command that uses its whole timeout still gets its answer back.
+EXEC_MARGIN_S: Final = 10.0
+#: Completing an audit row after the action, shielded from cancellation.
+AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
+#: The longest error text kept in an audit row's completion.
+_AUDIT_ERROR_CHARS: Final = 500
+
+_STATE_PREFIX: Final = "AGENT_STATE_"
+_EXIT_PREFIX: Final = "EXIT_REASON_"
+_STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
+
+
+def make_authenticator(store: Store) -> Authenticator:
+    """The Connect ``authenticate`` hook: bearer token → ``ctx.auth`` (a Principal).
+
+    Runs before the request body is read, so an anonymous client cannot make
+    the controller buffer anything.
+    """
+
+    async def authenticate(ctx: CallContext) -> None:
+        token = ctx.bearer_token
+        if token is None:
+            raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
+        ctx.auth = await store.authenticate(token)
+
+    return authenticate
+
+
+def _principal(ctx: CallContext) -> Principal:
+    principal = ctx.auth
+    if not isinstance(principal, Principal):  # pragma: no cover - the router always authenticates first
+        raise errors.Unauthenticated("not authenticated")
+    return principal
+
+
+def _source(ctx: CallContext) -> str:
+    """The client's address for audit rows."""
+    if ctx.peer is None:
+        return "unix"
+    host, port = ctx.peer[0], ctx.peer[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _budget(ctx: CallContext, own_s: float) -> float:
+    """The forwarded call's budget: its own, bounded by the client's deadline.
+
+    Raises:
+        errors.DeadlineExceeded: the client's deadline has already passed.
+    """
+    remaining = ctx.time_remaining()
+    if remaining <= 0:
+        raise errors.DeadlineExceeded("the call's deadline passed before it was forwarded")
+    return min(own_s, remaining)
+
+
+def _state_name(state: int) -> str:
+    """``AGENT_STATE_CONNECTED`` → ``connected`` (hostd's VMState values)."""
+    return node_pb.AgentState.Name(state).removeprefix(_STATE_PREFIX).lower()
+
+
+def _timestamp(ts: float | None) -> Timestamp | None:
+    if ts is None:
+        return None
+    out = Timestamp()
+    out.FromNanoseconds(int(ts * 1e9))
+    return out
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+@final
+class _AuditHandle:
+    """What a handler tells the audit row about how the action ended."""
+
+    __slots__ = ("error", "exit_code", "outcome")
+
+    def __init__(self) -> None:
+        self.outcome = AuditOutcome.SUCCESS
+        self.exit_code: int | None = None
+        self.error = ""
+
+
+@final
+class VMAPI:
+    """``limiquantix.compute.v1.VMService`` over the store and the nodes' APIs."""
+
+    def __init__(self, store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float) -> None:
+        self.store = store
+        self.nodes = nodes
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    # -- routing, permissions, audit ----------------------------------------------
+
+    async def _route(
+        self,
+        ctx: CallContext,
+        vm_id: str,
+        permission: Permission,
+        action: AuditAction | None = None,
+        detail: AuditDetail | None = None,
+    ) -> tuple[Principal, VMRoute]:
+        """Check the permission, find the VM's node, check the label scope.
+
+        Raises:
+            errors.InvalidArgument: no vmId.
+            errors.PermissionDenied: role or label scope (recorded as ``denied``
+                when ``action`` is audited).
+            errors.NotFound: no node reports the VM.
+        """
+        principal = _principal(ctx)
+        if not vm_id:
+            raise errors.InvalidArgument("vmId is required")
+        try:
+            # The role first: a token that may not do this learns nothing about the VM.
+            require(principal, permission)
+            route = await self.store.node_for_vm(vm_id, heartbeat_timeout_s=self.heartbeat_timeout_s)
+            require(principal, permission, vm_labels=route.vm.labels)
+        except errors.PermissionDenied as exc:
+            if action is not None:
+                await self._record_denied(ctx, principal, action, vm_id, detail, exc)
+            raise
+        return principal, route
+
+    async def _record_denied(
+        self,
+        ctx: CallContext,
+        principal: Principal,
+        action: AuditAction,
+        vm_id: str,
+        detail: AuditDetail | None,
+        exc: errors.AgentError,
+    ) -> None:
+        audit_id = await self.store.audit_begin(
+            principal, source_address=_source(ctx), action=action, vm_id=vm_id, detail=detail
+        )
+        await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
+
+    def _reachable(self, route: VMRoute) -> NodeInfo:
+        """The VM's node, if it has been heard from lately.
+
+        Raises:
+            errors.Unavailable: the node missed its heartbeats (reason ``node_unreachable``).
+        """
+        if not route.node.reachable:
+            raise errors.Unavailable(
+                f"node {route.node.node_id} hosting VM {route.vm.vm_id} has sent no heartbeat for "
+                f"{self.heartbeat_timeout_s:g} s",
+                reason="node_unreachable",
+            )
+        return route.node
+
+    @asynccontextmanager
+    async def _audited(
+        self, ctx: CallContext, principal: Principal, route: VMRoute, action: AuditAction, detail: AuditDetail
+    ) -> AsyncIterator[_AuditHandle]:
+        """Audit row begun before the body runs, completed however it ends.
+
+        Raises:
+            AuditWriteFailed: the row could not be written (nothing is forwarded).
+        """
+        started = trio.current_time()
+        audit_id = await self.store.audit_begin(
+            principal,
+            source_address=_source(ctx),
+            action=action,
+            vm_id=route.vm.vm_id,
+            node_id=route.node.node_id,
+            detail=detail,
+        )
+        handle = _AuditHandle()
+        try:
+            yield handle
+        except errors.AgentError as exc:
+            handle.outcome, handle.error = AuditOutcome.ERROR, f"{exc.connect_code}: {exc.message}"
+            raise
+        except (trio.Cancelled, GeneratorExit):
+            handle.outcome, handle.error = AuditOutcome.CANCELLED, "the client went away"
+            raise
+        except BaseException as exc:
+            handle.outcome, handle.error = AuditOutcome.ERROR, f"internal: {type(exc).__name__}"
+            raise
+        finally:
+            duration_ms = round((trio.current_time() - started) * 1000)
+            # Shielded: a client that hangs up must still leave a complete row.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
+                try:
+                    await self.store.audit_complete(
+                        audit_id,
+                        outcome=handle.outcome,
+                        exit_code=handle.exit_code,
+                        duration_ms=duration_ms,
+                        error=handle.error[:_AUDIT_ERROR_CHARS],
+                    )
+                except errors.AgentError:
+                    # The action already happened; the row stays pending ("outcome unknown").
+                    log.exception("audit row %d could not be completed", audit_id)
+
+    # -- inventory ------------------------------------------------------------------
+
+    async def ListVMs(self, request: api_pb.ListVMsRequest, ctx: CallContext) -> api_pb.ListVMsResponse:
+        """VMs from the nodes' last heartbeats, filtered, in pages (within the token's scope).
+
+        Raises:
+            errors.InvalidArgument: page size above the maximum, malformed page token.
+        """
+        principal = _principal(ctx)
+        require(principal, Permission.VM_READ)
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size > MAX_PAGE_SIZE:
+            raise errors.InvalidArgument(f"pageSize must be at most {MAX_PAGE_SIZE}")
+        if request.page_token and not request.page_token.isdigit():
+            raise errors.InvalidArgument("malformed pageToken")
+        start = int(request.page_token or 0)
+        rows = await self.store.list_vms(node_id=request.node_id or None, labels=dict(request.labels) or None)
+        nodes = {n.node_id: n for n in await self.store.list_nodes(heartbeat_timeout_s=self.heartbeat_timeout_s)}
+        matching = [
+            (node_id, vm)
+            for node_id, vm in rows
+            if principal.may_access(vm.labels) and (not request.state or vm.state == request.state)
+        ]
+        page = matching[start : start + page_size]
+        more = start + page_size < len(matching)
+        return api_pb.ListVMsResponse(
+            vms=[self._vm(vm, nodes.get(node_id)) for node_id, vm in page],
+            next_page_token=str(start + page_size) if more else "",
+        )
+
+    @staticmethod
+    def _vm(vm: VMInfo, node: NodeInfo | None) -> api_pb.VM:
+        return api_pb.VM(
+            vm_id=vm.vm_id,
+            name=vm.name,
+            labels=dict(vm.labels),
+            node_id=node.node_id if node else "",
+            agent_state=vm.state,
+            node_reachable=bool(node and node.reachable),
+        )
+
+    async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
+        """The VM live from its node; the last reported record when the node is unreachable."""
+        _, route = await self._route(ctx, request.vm_id, Permission.VM_READ)
+        out = self._vm(route.vm, route.node)
+        if not route.node.reachable:
+            return out
+        try:
+            status = await self.nodes.call(
+                route.node,
+                "GetVM",
+                node_pb.GetVMRequest(vm_id=route.vm.vm_id),
+                node_pb.VMStatus,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+        except errors.Unavailable:
+            out.node_reachable = False
+            return out
+        agent = status.agent
+        out.agent_state = _state_name(agent.state)
+        out.agent_version = agent.version
+        out.ip_addresses.extend(agent.ip_addresses)
+        out.hostname = agent.identity.hostname
+        out.os = agent.identity.os.pretty_name or agent.identity.os.name
+        out.kernel = agent.identity.kernel
+        out.last_disconnect_reason = agent.last_disconnect_reason
+        if agent.HasField("last_seen"):
+            out.last_seen.CopyFrom(agent.last_seen)
+        return out
+
+    async def PingAgent(self, request: api_pb.PingAgentRequest, ctx: CallContext) -> api_pb.PingAgentResponse:
+        """``connected: false`` with the reason when the agent is not there (not an error)."""
+        _, route = await self._route(ctx, request.vm_id, Permission.VM_READ)
+        node = self._reachable(route)
+        started = trio.current_time()
+        pong = await self.nodes.call(
+            node,
+            "PingAgent",
+            node_pb.PingAgentRequest(vm_id=route.vm.vm_id),
+            node_pb.AgentPingResponse,
+            budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+        )
+        return api_pb.PingAgentResponse(
+            connected=pong.connected,
+            version=pong.version,
+            # Measured here: what a client of the controller actually waits.
+            latency_ms=round((trio.current_time() - started) * 1000, 3) if pong.connected else 0.0,
+            uptime_seconds=pong.agent_uptime_seconds,
+            error=pong.error,
+        )
+
+    # -- commands -------------------------------------------------------------------
+
+    @staticmethod
+    def _execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
+        """``command`` + ``args`` → argv when args are given, else a shell script.
+
+        Raises:
+            errors.InvalidArgument: no command.
+        """
+        if not request.command:
+            raise errors.InvalidArgument("command is required")
+        req = pb.ExecuteRequest(
+            stdin=request.stdin,
+            env=dict(request.environment),
+            working_directory=request.working_directory,
+            timeout_seconds=request.timeout_seconds,
+        )
+        if request.args:
+            req.argv.extend([request.command, *request.args])
+        else:
+            req.command = request.command
+        if request.run_as_user:
+            req.run_as.user = request.run_as_user
+        return req
+
+    @staticmethod
+    def _exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
+        return AuditDetail(
+            command=request.command,
+            args=tuple(request.args),
+            working_directory=request.working_directory,
+            run_as_user=request.run_as_user,
+            env_keys=tuple(sorted(request.environment)),
+            size=len(request.stdin) if request.stdin else None,
+            flags=(f"timeout={request.timeout_seconds}",) if request.timeout_seconds else (),
+        )
+
+    @staticmethod
+    def _exec_budget(ctx: CallContext, request: api_pb.ExecuteScriptRequest) -> float:
+        own = float(request.timeout_seconds) if request.timeout_seconds else DEFAULT_EXEC_TIMEOUT_S
+        return _budget(ctx, own + EXEC_MARGIN_S)
+
+    @staticmethod
+    def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:
+        """The agent's result in the reference's field names; the audit outcome set from it."""
+        reason = pb.ExitReason.Name(result.exit_reason).removeprefix(_EXIT_PREFIX).lower()
+        if result.exit_reason == pb.EXIT_REASON_EXITED:
+            handle.exit_code = result.exit_code
+        elif result.exit_reason == pb.EXIT_REASON_CANCELLED:
+            handle.outcome, handle.error = AuditOutcome.CANCELLED, reason
+        else:  # timed out, killed by a signal, failed to start
+            handle.outcome, handle.error = AuditOutcome.ERROR, result.error or reason
+        return api_pb.ExecuteScriptResponse(
+            exit_code=result.exit_code,
+            stdout=_decode(result.stdout),
+            stderr=_decode(result.stderr),
+            timed_out=result.timed_out,
+            duration_ms=result.duration_ms,
+            stdout_truncated=result.stdout_truncated,
+            stderr_truncated=result.stderr_truncated,
+            exit_reason=reason,
+            signal=result.signal,
+            error=result.error,
+            execution_id=execution_id,
+        )
+
+    async def ExecuteScript(
+        self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
+    ) -> api_pb.ExecuteScriptResponse:
+        """Run a command or shell script in the guest and wait for it (ExecuteInGuest)."""
+        detail = self._exec_detail(request)
+        execute = self._execute_request(request)
+        principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC, detail)
+        async with self._audited(ctx, principal, route, AuditAction.EXEC, detail) as audit:
+            node = self._reachable(route)
+            answer = await self.nodes.call(
+                node,
+                "ExecuteInGuest",
+                node_pb.ExecuteInGuestRequest(
+                    vm_id=route.vm.vm_id, request=execute, execution_id=request.execution_id
+                ),
+                node_pb.ExecuteInGuestResponse,
+                budget_s=self._exec_budget(ctx, request),
+            )
+            return self._result(answer.result, answer.execution_id, audit)
+
+    async def ExecuteScriptStream(
+        self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
+    ) -> AsyncIterator[api_pb.ExecuteScriptEvent]:
+        """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command."""
+        detail = self._exec_detail(request)
+        execute = self._execute_request(request)
+        principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC_STREAM, detail)
+        # One incremental decoder per stream: a UTF-8 character split across
+        # two chunks must come out whole.
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in _STREAM_NAMES.values()}
+        async with self._audited(ctx, principal, route, AuditAction.EXEC_STREAM, detail) as audit:
+            node = self._reachable(route)
+            upstream = self.nodes.stream(
+                node,
+                "ExecuteInGuestStream",
+                node_pb.ExecuteInGuestRequest(vm_id=route.vm.vm_id, request=execute, execution_id=request.execution_id),
+                node_pb.ExecuteInGuestEvent,
+                budget_s=self._exec_budget(ctx, request),
+            )
+            execution_id = ""
+            try:
+                async for event in upstream:
+                    kind = event.WhichOneof("event")
+                    if kind == "execution_id":
+                        execution_id = event.execution_id
+                        yield api_pb.ExecuteScriptEvent(execution_id=execution_id)
+                    elif kind == "output":
+                        name = _STREAM_NAMES.get(event.output.stream, "stdout")
+                        text = decoders[name].decode(event.output.data)
+                        yield api_pb.ExecuteScriptEvent(
+                            output=api_pb.ExecuteScriptOutput(seq=event.output.seq, stream=name, text=text)
+                        )
+                    elif kind == "result":
+                        result = self._result(event.result, execution_id, audit)
+                        # What the decoders held back (a cut-off character) ends the output.
+                        result.stdout = decoders["stdout"].decode(b"", final=True)
+                        result.stderr = decoders["stderr"].decode(b"", final=True)
+                        yield api_pb.ExecuteScriptEvent(result=result)
+            finally:
+                # Closing upstream is what cancels the command in the guest.
+                await upstream.aclose()
+
+    async def CancelExecution(
+        self, request: api_pb.CancelExecutionRequest, ctx: CallContext
+    ) -> api_pb.CancelExecutionResponse:
+        """Cancel a running command by its execution id."""
+        if not request.execution_id:
+            raise errors.InvalidArgument("executionId is required")
+        detail = AuditDetail(target=request.execution_id)
+        principal, route = await self._route(
+            ctx, request.vm_id, Permission.VM_EXEC, AuditAction.CANCEL_EXECUTION, detail
+        )
+        async with self._audited(ctx, principal, route, AuditAction.CANCEL_EXECUTION, detail):
+            answer = await self.nodes.call(
+                self._reachable(route),
+                "CancelExecution",
+                node_pb.CancelExecutionRequest(vm_id=route.vm.vm_id, execution_id=request.execution_id),
+                node_pb.CancelExecutionResponse,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+            return api_pb.CancelExecutionResponse(found=answer.found)
+
+    # -- files ----------------------------------------------------------------------
+
+    async def ReadGuestFile(
+        self, request: api_pb.ReadGuestFileRequest, ctx: CallContext
+    ) -> api_pb.ReadGuestFileResponse:
+        """A whole file or a range; the audit row names the path (never the contents)."""
+        if not request.path:
+            raise errors.InvalidArgument("path is required")
+        flags = tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
+        detail = AuditDetail(path=request.path, flags=flags)
+        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_READ, detail)
+        async with self._audited(ctx, principal, route, AuditAction.FILE_READ, detail):
+            answer = await self.nodes.call(
+                self._reachable(route),
+                "ReadGuestFile",
+                node_pb.ReadGuestFileRequest(
+                    vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
+                ),
+                node_pb.ReadGuestFileResponse,
+                budget_s=_budget(ctx, FILE_CALL_BUDGET_S),
+            )
+            return api_pb.ReadGuestFileResponse(
+                content=answer.content, size=answer.file_size, sha256=answer.sha256.hex()
+            )
+
+    async def WriteGuestFile(
+        self, request: api_pb.WriteGuestFileRequest, ctx: CallContext
+    ) -> api_pb.WriteGuestFileResponse:
+        """An atomic write; the audit row has path, size and SHA-256 (never the contents)."""
+        if not request.path:
+            raise errors.InvalidArgument("path is required")
+        flags = [name for name in ("append", "create_parents") if getattr(request, name)]
+        if request.HasField("mode"):
+            flags.append(f"mode={request.mode:o}")
+        detail = AuditDetail(
+            path=request.path,
+            size=len(request.content),
+            sha256=hashlib.sha256(request.content).hexdigest(),
+            flags=tuple(flags),
+        )
+        principal, route = await self._route(
+            ctx, request.vm_id, Permission.FILE_WRITE, AuditAction.FILE_WRITE, detail
+        )
+        forward = node_pb.WriteGuestFileRequest(
+            vm_id=route.vm.vm_id,
+            path=request.path,
+            content=request.content,
+            write_mode=pb.WRITE_MODE_APPEND if request.append else pb.WRITE_MODE_TRUNCATE,
+            create_parents=request.create_parents,
+        )
+        if request.HasField("mode"):
+            forward.mode = request.mode
+        async with self._audited(ctx, principal, route, AuditAction.FILE_WRITE, detail):
+            answer = await self.nodes.call(
+                self._reachable(route),
+                "WriteGuestFile",
+                forward,
+                node_pb.WriteGuestFileResponse,
+                budget_s=_budget(ctx, FILE_CALL_BUDGET_S),
+            )
+            return api_pb.WriteGuestFileResponse(bytes_written=answer.bytes_written, sha256=answer.sha256.hex())
+
+    async def StatGuestFile(
+        self, request: api_pb.StatGuestFileRequest, ctx: CallContext
+    ) -> api_pb.StatGuestFileResponse:
+        if not request.path:
+            raise errors.InvalidArgument("path is required")
+        detail = AuditDetail(path=request.path)
+        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_STAT, detail)
+        async with self._audited(ctx, principal, route, AuditAction.FILE_STAT, detail):
+            stat = await self.nodes.call(
+                self._reachable(route),
+                "StatGuestFile",
+                node_pb.StatGuestFileRequest(vm_id=route.vm.vm_id, path=request.path),
+                pb.FileStat,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+            return api_pb.StatGuestFileResponse(stat=stat)
+
+    async def ListGuestDirectory(
+        self, request: api_pb.ListGuestDirectoryRequest, ctx: CallContext
+    ) -> api_pb.ListGuestDirectoryResponse:
+        if not request.path:
+            raise errors.InvalidArgument("path is required")
+        detail = AuditDetail(path=request.path)
+        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_LIST, detail)
+        async with self._audited(ctx, principal, route, AuditAction.FILE_LIST, detail):
+            listing = await self.nodes.call(
+                self._reachable(route),
+                "ListGuestDirectory",
+                node_pb.ListGuestDirectoryRequest(
+                    vm_id=route.vm.vm_id,
+                    path=request.path,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                ),
+                pb.ListDirectoryResponse,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+            return api_pb.ListGuestDirectoryResponse(
+                entries=listing.entries, next_page_token=listing.next_page_token
+            )
+
+    # -- power and passwords --------------------------------------------------------
+
+    async def GuestShutdown(
+        self, request: api_pb.GuestShutdownRequest, ctx: CallContext
+    ) -> api_pb.GuestShutdownResponse:
+        flags = ["reboot" if request.reboot else "poweroff"]
+        if request.delay_seconds:
+            flags.append(f"delay={request.delay_seconds}")
+        detail = AuditDetail(flags=tuple(flags))
+        principal, route = await self._route(ctx, request.vm_id, Permission.VM_POWER, AuditAction.SHUTDOWN, detail)
+        async with self._audited(ctx, principal, route, AuditAction.SHUTDOWN, detail):
+            answer = await self.nodes.call(
+                self._reachable(route),
+                "GuestShutdown",
+                node_pb.GuestShutdownRequest(
+                    vm_id=route.vm.vm_id,
+                    reboot=request.reboot,
+                    delay_seconds=request.delay_seconds,
+                    message=request.message,
+                ),
+                node_pb.GuestShutdownResponse,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+            out = api_pb.GuestShutdownResponse(accepted=answer.accepted)
+            if answer.HasField("scheduled_at"):
+                out.scheduled_at.CopyFrom(answer.scheduled_at)
+            return out
+
+    async def ResetGuestPassword(
+        self, request: api_pb.ResetGuestPasswordRequest, ctx: CallContext
+    ) -> api_pb.ResetGuestPasswordResponse:
+        """The audit row names the guest account, never the password."""
+        if not request.username or not request.password:
+            raise errors.InvalidArgument("username and password are required")
+        detail = AuditDetail(username=request.username, flags=("expire",) if request.expire else ())
+        principal, route = await self._route(
+            ctx, request.vm_id, Permission.PASSWORD_RESET, AuditAction.PASSWORD_RESET, detail
+        )
+        async with self._audited(ctx, principal, route, AuditAction.PASSWORD_RESET, detail):
+            answer = await self.nodes.call(
+                self._reachable(route),
+                "ResetGuestPassword",
+                node_pb.ResetGuestPasswordRequest(
+                    vm_id=route.vm.vm_id, username=request.username, password=request.password, expire=request.expire
+                ),
+                node_pb.ResetGuestPasswordResponse,
+                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            )
+            return api_pb.ResetGuestPasswordResponse(expired=answer.expired)
+
+
+@final
+class NodeRegistryAPI:
+    """``limiquantix.compute.v1.NodeRegistryService``: hostd registration, heartbeats, ListNodes."""
+
+    def __init__(self, store: Store, *, heartbeat_timeout_s: float) -> None:
+        self.store = store
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    @staticmethod
+    def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
+        """Raises: errors.InvalidArgument: a VM without an id."""
+        return [VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state) for v in vms]
+
+    async def RegisterNode(
+        self, request: api_pb.RegisterNodeRequest, ctx: CallContext
+    ) -> api_pb.RegisterNodeResponse:
+        """Add or update a node (audited), and take its VM list as its first heartbeat.
+
+        Raises:
+            errors.InvalidArgument: malformed node id, URL or token (from the store).
+        """
+        principal = _principal(ctx)
+        detail = AuditDetail(target=request.node_id[:255], count=len(request.vms))
+        try:
+            require(principal, Permission.NODE_REGISTER)
+        except errors.PermissionDenied as exc:
+            audit_id = await self.store.audit_begin(
+                principal, source_address=_source(ctx), action=AuditAction.NODE_REGISTER, detail=detail
+            )
+            await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
+            raise
+        vms = self._vms(request.vms)
+        started = trio.current_time()
+        audit_id = await self.store.audit_begin(
+            principal,
+            source_address=_source(ctx),
+            action=AuditAction.NODE_REGISTER,
+            node_id=request.node_id[:255],
+            detail=detail,
+        )
+        outcome, error = AuditOutcome.ERROR, ""
+        try:
+            await self.store.register_node(request.node_id, url=request.url, token=request.token)
+            await self.store.heartbeat(request.node_id, vms)
+            outcome = AuditOutcome.SUCCESS
+        except errors.AgentError as exc:
+            error = f"{exc.connect_code}: {exc.message}"
+            raise
+        finally:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
+                await self.store.audit_complete(
+                    audit_id,
+                    outcome=outcome,
+                    duration_ms=round((trio.current_time() - started) * 1000),
+                    error=error,
+                )
+        log.info("node %s registered at %s with %d VMs", request.node_id, request.url, len(vms))
+        return api_pb.RegisterNodeResponse(heartbeat_timeout_seconds=self.heartbeat_timeout_s)
+
+    async def Heartbeat(self, request: api_pb.HeartbeatRequest, ctx: CallContext) -> api_pb.HeartbeatResponse:
+        """Not audited (every few seconds per node): it only refreshes the VM list.
+
+        Raises:
+            errors.NotFound: reason ``unknown_node``: the node must RegisterNode again.
+        """
+        require(_principal(ctx), Permission.NODE_REGISTER)
+        await self.store.heartbeat(request.node_id, self._vms(request.vms))
+        return api_pb.HeartbeatResponse()
+
+    async def ListNodes(self, request: api_pb.ListNodesRequest, ctx: CallContext) -> api_pb.ListNodesResponse:
+        require(_principal(ctx), Permission.NODE_READ)
+        nodes = await self.store.list_nodes(heartbeat_timeout_s=self.heartbeat_timeout_s)
+        return api_pb.ListNodesResponse(
+            nodes=[
+                api_pb.Node(
+                    node_id=n.node_id,
+                    url=n.url,
+                    registered_at=_timestamp(n.registered_at),
+                    last_heartbeat=_timestamp(n.last_heartbeat),
+                    reachable=n.reachable,
+                    vm_count=n.vm_count,
+                )
+                for n in nodes
+            ]
+        )

@@ -1,0 +1,291 @@
+"""The controller process: configuration, the HTTP app (Connect API, /healthz, /metrics), serving.
+
+Configuration is ``/etc/limiquantix/controller.toml`` (or ``--config``); every
+key is also a flag (``--listen``, ``--db`` ...), and flags win::
+
+    listen = "127.0.0.1:8080"
+    db = "/var/lib/limiquantix/controller.db"
+    heartbeat_timeout_s = 35.0     # a node silent this long is unreachable
+    log_format = "text"            # or "json"
+    log_level = "info"
+
+On first start with an empty database an admin token is created: the value
+of ``LQX_ADMIN_TOKEN`` when set, else a new one printed once on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, final
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from quart import Response
+from quart_trio import QuartTrio
+
+from limiquantix.protocol import __version__, errors
+from limiquantix.protocol.connect import ConnectRouter, Service
+from limiquantix.protocol.logs import setup_logging
+
+from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
+from .forward import NodeClient
+from .store import DEFAULT_DB_PATH, SQLiteStore, Store
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_HEARTBEAT_TIMEOUT_S",
+    "ControllerConfig",
+    "ControllerConfigError",
+    "build_app",
+    "load_config",
+    "main",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/controller.toml")
+#: The environment variable that names the first admin token.
+ADMIN_TOKEN_ENV: Final = "LQX_ADMIN_TOKEN"
+#: hostd heartbeats every 10 s by default: 3.5 intervals tolerate two lost
+#: heartbeats and a slow one before calls for the node's VMs are refused.
+DEFAULT_HEARTBEAT_TIMEOUT_S: Final = 35.0
+#: Pending connections the kernel queues: hypercorn's default of 100 overflowed
+#: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
+LISTEN_BACKLOG: Final = 1024
+#: On SIGTERM, requests in flight get this long to finish.
+GRACEFUL_TIMEOUT_S: Final = 5.0
+_LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ControllerConfigError(ValueError):
+    """The configuration is unreadable or invalid."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ControllerConfig:
+    """Every setting of the controller.
+
+    Raises:
+        ControllerConfigError: a value is out of range.
+    """
+
+    listen: str = "127.0.0.1:8080"
+    """TCP address of the API (host:port)."""
+    db: str = str(DEFAULT_DB_PATH)
+    """SQLite database (created mode 0600)."""
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    """A node without a heartbeat for this long is unreachable: calls for its VMs answer unavailable."""
+    log_format: str = "text"
+    """text or json."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ControllerConfigError(f"listen must be host:port, not {self.listen!r}")
+        if not self.db:
+            raise ControllerConfigError("db must name a file")
+        if not self.heartbeat_timeout_s > 0:
+            raise ControllerConfigError("heartbeat_timeout_s must be > 0")
+        if self.log_format not in ("text", "json"):
+            raise ControllerConfigError("log_format must be text or json")
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(ControllerConfig)}
+
+
+def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
+    """A ControllerConfig from parsed TOML plus flags.
+
+    Raises:
+        ControllerConfigError: unknown keys or wrong types.
+    """
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ControllerConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "heartbeat_timeout_s":
+            try:
+                kwargs[key] = float(value)
+            except (TypeError, ValueError):
+                raise ControllerConfigError(f"{key} must be a number") from None
+        elif not isinstance(value, str):
+            raise ControllerConfigError(f"{key} must be a string")
+        else:
+            kwargs[key] = value
+    return ControllerConfig(**kwargs)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """``limiquantix-controller serve`` flags."""
+    p = argparse.ArgumentParser(
+        prog="limiquantix-controller serve",
+        description="Run the controller's HTTP API (VMService, NodeRegistryService, /healthz, /metrics).",
+    )
+    p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
+    for name, field in _FIELDS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"default {field.default}")
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None) -> ControllerConfig:
+    """Flags over the TOML file over the defaults.
+
+    Raises:
+        ControllerConfigError: unreadable or invalid configuration.
+    """
+    ns = vars(build_arg_parser().parse_args(argv))
+    path: Path | None = ns.pop("config")
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ControllerConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ControllerConfigError(f"{path}: {exc}") from exc
+    data.update(ns)
+    return config_from_mapping(data)
+
+
+# ------------------------------------------------------------------ the app
+
+
+@final
+class Metrics:
+    """The app's Prometheus registry (one per app, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "lqx_controller_rpcs", "API calls by method and code", ["method", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "lqx_controller_rpc_seconds", "API call latency", ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+
+    def observe(self, procedure: str, code: str, seconds: float) -> None:
+        """The Connect router's ``observe`` hook."""
+        method = procedure.rpartition("/")[2]
+        self.rpcs.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+
+def build_app(store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> QuartTrio:
+    """The Connect services, ``/healthz`` (open) and ``/metrics``."""
+    app = QuartTrio("limiquantix-controller")
+    metrics = Metrics()
+    started = time.time()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        body = {"status": "ok", "version": __version__, "uptime_s": round(time.time() - started, 1)}
+        return Response(json.dumps(body), content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    router = ConnectRouter(
+        [
+            Service(VM_SERVICE, VMAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s)),
+            Service(NODE_REGISTRY_SERVICE, NodeRegistryAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),
+        ],
+        authenticate=make_authenticator(store),
+        observe=metrics.observe,
+    )
+    router.register(app)
+    app.config["LQX_METRICS"] = metrics
+    return app
+
+
+async def serve(
+    config: ControllerConfig,
+    *,
+    admin_token: str | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the controller until ``shutdown`` is set (or SIGTERM/SIGINT when None).
+
+    ``admin_token`` is what ``LQX_ADMIN_TOKEN`` says (``main`` passes it). On an
+    empty database a generated admin token is printed once on stdout.
+    ``task_status.started()`` gets the bound addresses.
+
+    Raises:
+        errors.InvalidArgument: ``admin_token`` is malformed.
+        SchemaTooNew, errors.Unavailable: the database cannot be used.
+    """
+    stop = shutdown if shutdown is not None else trio.Event()
+    async with await SQLiteStore.open(config.db) as store, NodeClient() as nodes:
+        created = await store.bootstrap_admin(admin_token)
+        if created is not None and admin_token is None:
+            # Shown once: only its hash is stored.
+            print(f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}", flush=True)
+        elif created is not None:
+            log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
+        app = build_app(store, nodes, heartbeat_timeout_s=config.heartbeat_timeout_s)
+        hc = HypercornConfig()
+        hc.bind = [config.listen]
+        hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+        hc.backlog = LISTEN_BACKLOG
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        async with trio.open_nursery() as nursery:
+            if shutdown is None:
+                nursery.start_soon(_signals, stop)
+            binds = await nursery.start(
+                lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+            )
+            log.info("limiquantix-controller %s serving %s (db %s)", __version__, " ".join(binds), config.db)
+            task_status.started(binds)
+            await stop.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
+
+
+async def _signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``limiquantix-controller serve``: exit 0 when stopped, 1 when it cannot run, 2 on bad configuration."""
+    try:
+        config = load_config(argv)
+    except ControllerConfigError as exc:
+        print(f"limiquantix-controller: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.log_level)
+    try:
+        trio.run(lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))
+    except errors.AgentError as exc:
+        print(f"limiquantix-controller: {exc.connect_code}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,470 @@
+"""The controller end to end: a real controller (in-process, temp SQLite) and a real hostd that
+registers with it, real simulated VMs (limiquantix-simvm processes with the real agent), real
+HTTP on loopback, ports chosen by the OS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from limiquantix.controller.auth import Role
+from limiquantix.controller.daemon import ControllerConfig
+from limiquantix.controller.daemon import serve as controller_serve
+from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller.store import SQLiteStore
+from limiquantix.hostd.config import DiscoveryConfig, VMEntry
+from limiquantix.hostd.daemon import HostdConfig
+from limiquantix.hostd.daemon import serve as hostd_serve
+from limiquantix.hostd.simvm import SimVMProcess
+
+VM = "/limiquantix.compute.v1.VMService"
+NODES = "/limiquantix.compute.v1.NodeRegistryService"
+HOSTD_TOKEN = "hostd-token-0123456789abcdef"
+DEADLINE_S = 30
+#: Short, so the tests see registration, heartbeats and their absence quickly.
+HEARTBEAT_INTERVAL_S = 0.2
+HEARTBEAT_TIMEOUT_S = 1.5
+LABELS = {"vm0": {"env": "prod"}, "vm1": {"env": "dev"}}
+
+
+@dataclass
+class Stack:
+    short_tmp: Path
+    db: Path
+    tokens: dict[str, str]
+    client: httpx.AsyncClient
+    nursery: trio.Nursery
+    url: str = ""
+    port: int = 0
+    controller_stop: trio.Event = field(default_factory=trio.Event)
+    controller_done: trio.Event = field(default_factory=trio.Event)
+    hostd_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    async def start_controller(self, *, port: int = 0, admin_token: str | None = None) -> None:
+        self.controller_stop, self.controller_done = trio.Event(), trio.Event()
+        config = ControllerConfig(
+            listen=f"127.0.0.1:{port}", db=str(self.db), heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S
+        )
+        done = self.controller_done
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await controller_serve(config, admin_token=admin_token, shutdown=self.controller_stop, task_status=task_status)
+            finally:
+                done.set()
+
+        binds = await self.nursery.start(run)
+        self.url = binds[0]
+        self.port = int(self.url.rpartition(":")[2])
+
+    async def stop_controller(self) -> None:
+        # Idle keep-alive connections would hold hypercorn's graceful shutdown
+        # for its whole timeout: close ours first.
+        await self.client.aclose()
+        self.client = httpx.AsyncClient(timeout=DEADLINE_S)
+        self.controller_stop.set()
+        with trio.fail_after(DEADLINE_S):
+            await self.controller_done.wait()
+
+    async def call(self, method: str, body: dict[str, Any], *, who: str | None = "admin", service: str = VM) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who is not None else {}
+        return await self.client.post(f"{self.url}{service}/{method}", json=body, headers=headers)
+
+    async def ok(self, method: str, body: dict[str, Any], *, who: str = "admin", service: str = VM) -> dict[str, Any]:
+        r = await self.call(method, body, who=who, service=service)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def wait_vms(self, state: str = "connected") -> list[dict[str, Any]]:
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                r = await self.call("ListVMs", {})
+                vms = r.json().get("vms", []) if r.status_code == 200 else []
+                if len(vms) == len(LABELS) and all(v["agentState"] == state and v["nodeReachable"] for v in vms):
+                    return vms
+                await trio.sleep(0.05)
+
+
+async def _make_tokens(db: Path) -> dict[str, str]:
+    async with await SQLiteStore.open(db) as store:
+        tokens = {}
+        for who, role, scope in (
+            ("admin", Role.ADMIN, None),
+            ("operator", Role.OPERATOR, None),
+            ("viewer", Role.VIEWER, None),
+            ("scoped", Role.OPERATOR, {"env": "prod"}),
+            ("node", Role.NODE, None),
+        ):
+            await store.ensure_user(who)
+            _, tokens[who] = await store.create_token(user=who, role=role, label_scope=scope)
+        return tokens
+
+
+@pytest.fixture
+async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
+    db = short_tmp / "db" / "controller.db"
+    tokens = await _make_tokens(db)
+    sims = {
+        vm_id: SimVMProcess.start(str(short_tmp / f"{vm_id}.sock"), state_dir=short_tmp / f"state-{vm_id}", name=vm_id)
+        for vm_id in LABELS
+    }
+    try:
+        with trio.fail_after(DEADLINE_S):
+            for sim in sims.values():
+                await sim.wait_ready()
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+            st = Stack(short_tmp, db, tokens, client, nursery)
+            await st.start_controller()
+            hostd_config = HostdConfig(
+                listen="127.0.0.1:0",
+                token=HOSTD_TOKEN,
+                node_id="host-a",
+                controller_url=st.url,
+                controller_token=tokens["node"],
+                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
+                vms=tuple(
+                    VMEntry(id=vm_id, socket=str(short_tmp / f"{vm_id}.sock"), labels=labels)
+                    for vm_id, labels in LABELS.items()
+                ),
+            )
+
+            async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
+                with st.hostd_scope:  # cancelled by a test: hostd dies abruptly
+                    await hostd_serve(hostd_config, shutdown=trio.Event(), task_status=task_status)
+
+            await nursery.start(run_hostd)
+            await st.wait_vms()
+            yield st
+            st.hostd_scope.cancel()
+            await st.stop_controller()
+            await st.client.aclose()
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+
+def _envelopes(buf: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The whole envelopes at the start of ``buf``, and how many bytes they take."""
+    out, i = [], 0
+    while i + 5 <= len(buf):
+        flags, n = struct.unpack(">BI", buf[i : i + 5])
+        if i + 5 + n > len(buf):
+            break
+        out.append((flags, json.loads(buf[i + 5 : i + 5 + n])))
+        i += 5 + n
+    return out, i
+
+
+# ---------------------------------------------------------------- the reference's examples
+
+
+@pytest.mark.trio
+async def test_reference_curl_examples(stack: Stack) -> None:
+    """Section 8 of the reference, as written plus an Authorization header (httpx and real curl)."""
+    ping = await stack.ok("PingAgent", {"vmId": "vm0"})
+    assert ping["connected"] is True and ping["version"]
+    done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "uname -a", "timeoutSeconds": 30})
+    assert done["exitCode"] == 0 and "Linux" in done["stdout"]
+    assert done["timedOut"] is False and int(done["durationMs"]) >= 0 and done["exitReason"] == "exited"
+    curl = shutil.which("curl")
+    if curl is None:  # pragma: no cover - curl is on every CI image we use
+        pytest.skip("curl not installed")
+    auth = f"Authorization: Bearer {stack.tokens['operator']}"
+    for method, body in (
+        ("PingAgent", '{"vmId": "vm0"}'),
+        ("ExecuteScript", '{\n    "vmId": "vm0",\n    "command": "uname -a",\n    "timeoutSeconds": 30\n  }'),
+    ):
+        argv = [curl, "-sS", "-X", "POST", f"{stack.url}{VM}/{method}", "-H", "Content-Type: application/json",
+                "-H", auth, "-d", body]  # fmt: skip
+        proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+        answer = json.loads(proc.stdout)
+        if method == "PingAgent":
+            assert answer["connected"] is True and answer["version"] == ping["version"]
+        else:
+            assert answer["exitCode"] == 0 and "Linux" in answer["stdout"] and "timedOut" in answer
+
+
+# ---------------------------------------------------------------- nodes and inventory
+
+
+@pytest.mark.trio
+async def test_registration_heartbeats_and_inventory(stack: Stack) -> None:
+    nodes = (await stack.ok("ListNodes", {}, service=NODES, who="viewer"))["nodes"]
+    assert [(n["nodeId"], n["reachable"], n["vmCount"]) for n in nodes] == [("host-a", True, 2)]
+    assert "token" not in nodes[0] and nodes[0]["url"].startswith("http://127.0.0.1:")
+    first = nodes[0]["lastHeartbeat"]
+    with trio.fail_after(DEADLINE_S):
+        while (await stack.ok("ListNodes", {}, service=NODES))["nodes"][0]["lastHeartbeat"] == first:
+            await trio.sleep(0.05)
+    vms = (await stack.ok("ListVMs", {}, who="viewer"))["vms"]
+    assert [(v["vmId"], v["nodeId"], v["labels"], v["agentState"]) for v in vms] == [
+        ("vm0", "host-a", {"env": "prod"}, "connected"),
+        ("vm1", "host-a", {"env": "dev"}, "connected"),
+    ]
+    by_label = await stack.ok("ListVMs", {"labels": {"env": "dev"}})
+    assert [v["vmId"] for v in by_label["vms"]] == ["vm1"]
+    assert (await stack.ok("ListVMs", {"state": "no_socket"}))["vms"] == []
+    assert (await stack.ok("ListVMs", {"nodeId": "other"}))["vms"] == []
+    page1 = await stack.ok("ListVMs", {"pageSize": 1})
+    page2 = await stack.ok("ListVMs", {"pageSize": 1, "pageToken": page1["nextPageToken"]})
+    assert [v["vmId"] for v in page1["vms"] + page2["vms"]] == ["vm0", "vm1"] and page2["nextPageToken"] == ""
+    # A label-scoped token lists only what it may reach.
+    assert [v["vmId"] for v in (await stack.ok("ListVMs", {}, who="scoped"))["vms"]] == ["vm0"]
+    vm = await stack.ok("GetVM", {"vmId": "vm0"}, who="viewer")
+    assert vm["agentVersion"] and vm["kernel"] and vm["hostname"] and vm["nodeReachable"] is True
+    r = await stack.call("GetVM", {"vmId": "ghost"})
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    health = await stack.client.get(f"{stack.url}/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    metrics = await stack.client.get(f"{stack.url}/metrics")
+    assert 'lqx_controller_rpcs_total{code="ok",method="ListVMs"}' in metrics.text
+
+
+# ---------------------------------------------------------------- authorization
+
+#: RPC → (service, body aimed at a VM or node that does not exist, who may call it).
+#: Callers allowed past the permission check then get not_found / invalid_argument
+#: (so the matrix never touches a real VM); the others 403; no token 401.
+_V, _O, _A, _N = "viewer", "operator", "admin", "node"
+MATRIX: dict[str, tuple[str, dict[str, Any], set[str]]] = {
+    "ListVMs": (VM, {}, {_V, _O, _A, "scoped"}),
+    "GetVM": (VM, {"vmId": "ghost"}, {_V, _O, _A, "scoped"}),
+    "PingAgent": (VM, {"vmId": "ghost"}, {_V, _O, _A, "scoped"}),
+    "ExecuteScript": (VM, {"vmId": "ghost", "command": "true"}, {_O, _A, "scoped"}),
+    "CancelExecution": (VM, {"vmId": "ghost", "executionId": "x1"}, {_O, _A, "scoped"}),
+    "ReadGuestFile": (VM, {"vmId": "ghost", "path": "/etc/hostname"}, {_O, _A, "scoped"}),
+    "WriteGuestFile": (VM, {"vmId": "ghost", "path": "/tmp/x", "content": ""}, {_O, _A, "scoped"}),
+    "StatGuestFile": (VM, {"vmId": "ghost", "path": "/"}, {_O, _A, "scoped"}),
+    "ListGuestDirectory": (VM, {"vmId": "ghost", "path": "/"}, {_O, _A, "scoped"}),
+    "GuestShutdown": (VM, {"vmId": "ghost"}, {_O, _A, "scoped"}),
+    "ResetGuestPassword": (VM, {"vmId": "ghost", "username": "u", "password": "p"}, {_A}),
+    "ListNodes": (NODES, {}, {_V, _O, _A, "scoped"}),
+    "Heartbeat": (NODES, {"nodeId": "ghost-node"}, {_A, _N}),
+    "RegisterNode": (NODES, {"nodeId": "ghost-node", "url": "ftp://x", "token": "t"}, {_A, _N}),
+}
+
+
+@pytest.mark.trio
+async def test_auth_matrix(stack: Stack) -> None:
+    failures = []
+    for method, (service, body, allowed) in MATRIX.items():
+        for who in (None, _V, _O, _A, "scoped", _N):
+            r = await stack.call(method, body, who=who, service=service)
+            code = r.json().get("code", "ok")
+            if who is None:
+                expected = {"unauthenticated"}
+            elif who in allowed:
+                expected = {"ok", "not_found", "invalid_argument"}
+            else:
+                expected = {"permission_denied"}
+            if code not in expected:
+                failures.append((method, who, r.status_code, code))
+            assert r.status_code in {200, 400, 401, 403, 404}
+    assert failures == []
+    r = await stack.client.post(f"{stack.url}{VM}/ListVMs", json={}, headers={"Authorization": "Bearer lqx_nope"})
+    assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    # The label scope on real VMs: vm0 is env=prod (in scope), vm1 env=dev (outside).
+    assert (await stack.ok("PingAgent", {"vmId": "vm0"}, who="scoped"))["connected"] is True
+    assert (await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "true"}, who="scoped"))["exitCode"] == 0
+    for method, body in (("PingAgent", {"vmId": "vm1"}), ("ExecuteScript", {"vmId": "vm1", "command": "true"})):
+        r = await stack.call(method, body, who="scoped")
+        assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+
+
+# ---------------------------------------------------------------- commands, files, audit
+
+
+@pytest.mark.trio
+async def test_exec_options_and_error_codes(stack: Stack) -> None:
+    done = await stack.ok(
+        "ExecuteScript",
+        {"vmId": "vm0", "command": "sh", "args": ["-c", 'printf "%s:%s:" "$GREETING" "$(pwd)"; cat; exit 3'],
+         "environment": {"GREETING": "hi"}, "workingDirectory": "/", "stdin": "aW5wdXQ="},
+    )  # fmt: skip
+    assert done["exitCode"] == 3 and done["stdout"] == "hi:/:input" and done["executionId"]
+    timed = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "sleep 5", "timeoutSeconds": 1})
+    assert timed["timedOut"] is True and timed["exitReason"] == "timed_out"
+    # Codes survive agent → hostd → controller.
+    r = await stack.call("ReadGuestFile", {"vmId": "vm0", "path": str(stack.short_tmp / "missing")})
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    r = await stack.call("ExecuteScript", {"vmId": "vm0"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+
+
+@pytest.mark.trio
+async def test_stream_relays_output_and_disconnect_cancels(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {stack.tokens['operator']}", "Content-Type": "application/connect+json"}
+
+    def envelope(body: dict[str, Any]) -> bytes:
+        data = json.dumps(body).encode()
+        return struct.pack(">BI", 0, len(data)) + data
+
+    url = f"{stack.url}{VM}/ExecuteScriptStream"
+    with trio.fail_after(DEADLINE_S):
+        r = await stack.client.post(url, content=envelope({"vmId": "vm0", "command": "echo a; echo é >&2"}), headers=headers)
+        messages, _ = _envelopes(r.content)
+        assert "executionId" in messages[0][1]
+        outputs = [m["output"] for _, m in messages if "output" in m]
+        assert {(o["stream"], o["text"]) for o in outputs} == {("stdout", "a\n"), ("stderr", "é\n")}
+        flags, end = messages[-1]
+        assert flags == 2 and "error" not in end
+        assert messages[-2][1]["result"]["exitCode"] == 0
+
+        # The client goes away mid-command: the guest command must be killed.
+        body = envelope({"vmId": "vm0", "command": "echo pid $$; exec sleep 31.4159"})
+        async with stack.client.stream("POST", url, content=body, headers=headers) as resp:
+            buf, pid = b"", None
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                for _, msg in _envelopes(buf)[0]:
+                    if "output" in msg:
+                        pid = int(msg["output"]["text"].split()[1])
+                if pid:
+                    break
+        assert pid is not None and psutil.pid_exists(pid)
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await trio.sleep(0.02)
+
+
+@pytest.mark.trio
+async def test_cancel_execution(stack: Stack) -> None:
+    result: dict[str, Any] = {}
+
+    async def long_run() -> None:
+        result["r"] = await stack.ok("ExecuteScript", {"vmId": "vm1", "command": "sleep 30", "executionId": "cx-1"})
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_run)
+            while True:
+                found = await stack.ok("CancelExecution", {"vmId": "vm1", "executionId": "cx-1"})
+                if found["found"]:
+                    break
+                await trio.sleep(0.05)
+    assert result["r"]["exitReason"] == "cancelled"
+
+
+@pytest.mark.trio
+async def test_files_and_audit_rows(stack: Stack) -> None:
+    secret_body = "file-body-Zq8-never-audited"
+    password = "pw-Xy7-never-audited"
+    path = str(stack.short_tmp / "out" / "note.txt")
+    content = secret_body.encode()
+    wrote = await stack.ok(
+        "WriteGuestFile",
+        {"vmId": "vm0", "path": path, "content": base64.b64encode(content).decode(), "createParents": True},
+        who="operator",
+    )
+    assert wrote["sha256"] == hashlib.sha256(content).hexdigest() and int(wrote["bytesWritten"]) == len(content)
+    read = await stack.ok("ReadGuestFile", {"vmId": "vm0", "path": path}, who="operator")
+    assert base64.b64decode(read["content"]) == content and read["sha256"] == wrote["sha256"]
+    stat = await stack.ok("StatGuestFile", {"vmId": "vm0", "path": path}, who="operator")
+    assert int(stat["stat"]["size"]) == len(content)
+    listing = await stack.ok("ListGuestDirectory", {"vmId": "vm0", "path": str(Path(path).parent)}, who="operator")
+    assert [e["name"] for e in listing["entries"]] == ["note.txt"]
+    await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "exit 7", "environment": {"API_KEY": "v-secret"}}, who="operator")
+    assert await stack.ok("ResetGuestPassword", {"vmId": "vm0", "username": "alice", "password": password}) == {
+        "expired": False
+    }
+    denied = await stack.call("ExecuteScript", {"vmId": "vm1", "command": "id"}, who="scoped")
+    assert denied.status_code == 403
+
+    async with await SQLiteStore.open(stack.db) as store:
+        rows = {r.action: r for r in (await store.query_audit(AuditQuery(limit=100))).records}
+        denied_rows = (await store.query_audit(AuditQuery(outcome=AuditOutcome.DENIED))).records
+    write = rows[AuditAction.FILE_WRITE]
+    assert (write.user, write.token_id, write.vm_id, write.node_id) == ("operator", stack.tokens["operator"][4:16], "vm0", "host-a")
+    assert write.detail.path == path and write.detail.size == len(content) and write.detail.sha256 == wrote["sha256"]
+    assert write.outcome is AuditOutcome.SUCCESS and write.duration_ms is not None and write.source_address
+    exec_row = rows[AuditAction.EXEC]
+    assert exec_row.detail.command == "exit 7" and exec_row.exit_code == 7 and exec_row.detail.env_keys == ("API_KEY",)
+    reset = rows[AuditAction.PASSWORD_RESET]
+    assert (reset.user, reset.detail.username, reset.outcome) == ("admin", "alice", AuditOutcome.SUCCESS)
+    assert rows[AuditAction.FILE_READ].detail.path == path
+    assert any(r.vm_id == "vm1" and r.user == "scoped" and r.action is AuditAction.EXEC for r in denied_rows)
+    # Nothing secret anywhere in the database files (the WAL included).
+    for db_file in stack.db.parent.iterdir():
+        data = db_file.read_bytes()
+        for secret in (secret_body, password, "v-secret"):
+            assert secret.encode() not in data, (db_file.name, secret)
+
+
+# ---------------------------------------------------------------- failures and restarts
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_hostd_killed_calls_answer_unavailable_fast(stack: Stack) -> None:
+    stack.hostd_scope.cancel()
+    await trio.sleep(0.1)  # let hypercorn close its listener
+    for method, body in (("PingAgent", {"vmId": "vm0"}), ("ExecuteScript", {"vmId": "vm0", "command": "true"})):
+        started = trio.current_time()
+        r = await stack.call(method, body)
+        assert r.status_code == 503 and r.json()["code"] == "unavailable", r.text
+        assert trio.current_time() - started < 1.0
+    # Once heartbeats are overdue the node is unreachable: refused without trying.
+    with trio.fail_after(DEADLINE_S):
+        while (await stack.ok("ListNodes", {}, service=NODES))["nodes"][0]["reachable"]:
+            await trio.sleep(0.1)
+    started = trio.current_time()
+    r = await stack.call("ExecuteScript", {"vmId": "vm0", "command": "true"})
+    assert r.status_code == 503 and "heartbeat" in r.json()["message"]
+    assert trio.current_time() - started < 1.0
+    listed = (await stack.ok("ListVMs", {}))["vms"]
+    assert [v["nodeReachable"] for v in listed] == [False, False]
+    assert (await stack.ok("GetVM", {"vmId": "vm0"}))["nodeReachable"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_controller_restart_keeps_tokens_and_audit(stack: Stack) -> None:
+    await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "echo before-restart"}, who="operator")
+    port = stack.port
+    await stack.stop_controller()
+    r = None
+    with pytest.raises(httpx.ConnectError):
+        r = await stack.call("ListNodes", {}, service=NODES)
+    assert r is None
+    await stack.start_controller(port=port)
+    # Same tokens; hostd's heartbeats (retried with backoff) find the controller again.
+    await stack.wait_vms()
+    done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "echo after-restart"}, who="operator")
+    assert done["stdout"] == "after-restart\n"
+    async with await SQLiteStore.open(stack.db) as store:
+        commands = [r.detail.command for r in (await store.query_audit(AuditQuery(action=AuditAction.EXEC))).records]
+    assert commands[:2] == ["echo after-restart", "echo before-restart"]
+
+
+@pytest.mark.trio
+async def test_first_start_bootstraps_an_admin_token(short_tmp: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        st = Stack(short_tmp, short_tmp / "empty" / "controller.db", {}, client, nursery)
+        await st.start_controller()
+        token = capsys.readouterr().out.strip().splitlines()[-1]
+        st.tokens["printed"] = token
+        assert (await st.ok("ListNodes", {}, service=NODES, who="printed")) == {"nodes": []}
+        await st.stop_controller()
+        await st.start_controller()
+        assert capsys.readouterr().out == ""  # shown once
+        await st.stop_controller()
+        # LQX_ADMIN_TOKEN on an empty database: that token, not printed.
+        st.db = short_tmp / "env" / "controller.db"
+        st.tokens["env"] = "env-admin-token-0123456789abcdef"
+        await st.start_controller(admin_token=st.tokens["env"])
+        assert capsys.readouterr().out == ""
+        assert (await st.ok("ListNodes", {}, service=NODES, who="env")) == {"nodes": []}
+        await st.stop_controller()
+        await st.client.aclose()
