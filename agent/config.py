@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, get_args, get_origin, get_type_hints
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 guests
-    import tomli as tomllib
+from limiquantix.protocol.configfile import read_toml
+
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
 
@@ -277,17 +274,6 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[AgentConfig, 
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
     print_config: bool = ns.pop("print_config")
-    path: Path | None = ns.pop("config")
-    data: dict[str, Any] = {}
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                data = _flatten(tomllib.load(fh))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+    data = _flatten(read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ConfigError))
     data.update(ns)
     return config_from_mapping(data), print_config

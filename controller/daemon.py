@@ -36,16 +36,13 @@ from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol.connect import ConnectRouter, Service
+from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
 from .forward import NodeClient
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -156,18 +153,7 @@ def load_config(argv: Sequence[str] | None = None) -> ControllerConfig:
         ControllerConfigError: unreadable or invalid configuration.
     """
     ns = vars(build_arg_parser().parse_args(argv))
-    path: Path | None = ns.pop("config")
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ControllerConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ControllerConfigError(f"{path}: {exc}") from exc
+    data = read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ControllerConfigError)
     data.update(ns)
     return config_from_mapping(data)
 

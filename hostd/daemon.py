@@ -64,6 +64,7 @@ from limiquantix.protocol import __version__, errors
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
+from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 
 from .api import SERVICE, NodeAPI
@@ -71,10 +72,6 @@ from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from .discovery import VMRegistry
 from .vmconn import ConnectionCounters, VMState
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["DEFAULT_CONFIG_PATH", "HostdConfig", "build_app", "load_config", "main", "serve"]
 
@@ -242,18 +239,7 @@ def load_config(argv: Sequence[str] | None = None) -> HostdConfig:
         ConfigError: unreadable or invalid configuration.
     """
     ns = vars(build_arg_parser().parse_args(argv))
-    path: Path | None = ns.pop("config")
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+    data = read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ConfigError)
     discovery = dict(data.get("discovery", {}))
     for key in ("socket_dir", "libvirt_channel_root"):
         if key in ns:
