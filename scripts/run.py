@@ -1,16 +1,21 @@
-"""`make run`: start the product on this machine and show it working.
+"""`make run`: start the whole stack on this machine and show it working.
 
-Starts three simulated VMs (``limiquantix-simvm``: a pty standing for each VM's
-virtio-serial port, the real ``limiquantix-agent`` on it, a Unix socket server
-playing QEMU's chardev) and ``limiquantix-hostd`` serving the node API over
-them; waits until every VM's agent is connected, exercises the API as the
-controller will, prints the curl lines to try it by hand, and then keeps a live
-VM table on screen until Ctrl-C. It grows into the whole stack (controller,
-TUI) as those are built.
+Starts the controller (``limiquantix-controller serve``, SQLite in a temp dir),
+three simulated VMs (``limiquantix-simvm``: a pty standing for each VM's
+virtio-serial port, the real ``limiquantix-agent`` on it, a Unix socket playing
+QEMU's chardev) and ``limiquantix-hostd``, which registers with the controller
+and heartbeats its VMs. It waits until every agent is connected, exercises the
+controller's public API (the reference document's curl examples among it),
+writes the controller URL and admin token to ``~/.config/limiquantix/tui.toml``
+(where ``limiquantix-tui`` will look), prints curl lines to try the API by hand,
+and keeps a live VM table on screen until Ctrl-C.
 
-    python scripts/run.py [--once] [--listen HOST:PORT]
+    python scripts/run.py [--once]
 
-``LQX_HOSTD_LISTEN`` sets the node API's address (default 127.0.0.1:8081).
+Environment: ``LQX_LISTEN`` (controller, default 127.0.0.1:8080),
+``LQX_HOSTD_LISTEN`` (hostd, default 127.0.0.1:8081), ``LQX_ADMIN_TOKEN`` (the
+admin token to create; default: a new one), ``LQX_HEADLESS=1`` (no TUI; the TUI
+is not built yet, so the stack always runs headless for now).
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ import trio
 from limiquantix.hostd.simvm import SimVMProcess
 
 VMS = ("web-1", "web-2", "db-1")
-SERVICE = "limiquantix.node.v1.NodeDaemonService"
+VM_SERVICE = "limiquantix.compute.v1.VMService"
 TTY = sys.stdout.isatty()
 BOLD, DIM, GREEN, RED, YELLOW, RESET = (
     ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[33m", "\033[0m") if TTY else ("",) * 6
 )
+#: Where limiquantix-tui looks for the controller's URL and token by default.
+TUI_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "limiquantix" / "tui.toml"
 
 
 def say(title: str, text: str = "") -> None:
@@ -50,9 +57,9 @@ class Api:
     def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
         self.client, self.url, self.token = client, url, token
 
-    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, method: str, body: dict[str, Any], service: str = VM_SERVICE) -> dict[str, Any]:
         r = await self.client.post(
-            f"{self.url}/{SERVICE}/{method}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+            f"{self.url}/{service}/{method}", json=body, headers={"Authorization": f"Bearer {self.token}"}
         )
         data = r.json()
         if r.status_code != 200:
@@ -60,41 +67,36 @@ class Api:
         return data
 
 
-def state_name(vm: dict[str, Any]) -> str:
-    return vm["agent"]["state"].removeprefix("AGENT_STATE_").lower()
-
-
 def vm_table(vms: list[dict[str, Any]]) -> str:
-    lines = [f"  {'VM':<8} {'STATE':<18} {'AGENT':<7} {'OS':<30} {'CPU':>6} {'MEM':>6}  ADDRESSES"]
+    lines = [f"  {'VM':<8} {'NODE':<10} {'AGENT STATE':<18} {'VERSION':<8} {'OS':<32} ADDRESSES"]
     for vm in vms:
-        agent = vm["agent"]
-        ident = agent.get("identity") or {}
-        tel = (vm.get("resourceUsage") or {}).get("telemetry") or {}
-        state = state_name(vm)
+        state = vm.get("agentState", "")
         colour = GREEN if state == "connected" else YELLOW
-        cpu = f"{tel['cpuPercent']:.1f}%" if tel.get("cpuPercent") is not None and tel else "-"
-        mem = f"{tel['memory']['percent']:.1f}%" if tel.get("memory") else "-"
-        os_name = (ident.get("os") or {}).get("prettyName", "-")
-        addrs = ", ".join(agent.get("ipAddresses", [])[:2]) or "-"
+        addrs = ", ".join(vm.get("ipAddresses", [])[:2]) or "-"
         lines.append(
-            f"  {vm['vmId']:<8} {colour}{state:<18}{RESET} {agent.get('version') or '-':<7} {os_name[:30]:<30} {cpu:>6} {mem:>6}  {addrs}"
+            f"  {vm['vmId']:<8} {vm.get('nodeId', ''):<10} {colour}{state:<18}{RESET} {vm.get('agentVersion') or '-':<8} "
+            f"{(vm.get('os') or '-')[:32]:<32} {addrs}"
         )
     return "\n".join(lines)
+
+
+async def live_vms(api: Api) -> list[dict[str, Any]]:
+    listed = (await api.call("ListVMs", {}))["vms"]
+    return [await api.call("GetVM", {"vmId": vm["vmId"]}) for vm in listed]
 
 
 async def demo(api: Api, workdir: Path) -> None:
     ping = await api.call("PingAgent", {"vmId": "web-1"})
     say("PingAgent web-1", f"→ connected={ping['connected']} version={ping['version']} in {ping['latencyMs']:.2f} ms")
 
-    r = await api.call("ExecuteInGuest", {"vmId": "web-1", "request": {"argv": ["uname", "-sr"]}})
-    out = base64.b64decode(r["result"]["stdout"]).decode().strip()
-    say("ExecuteInGuest web-1 uname -sr", f"→ exit {r['result']['exitCode']} in {r['result']['durationMs']} ms: {out}")
+    r = await api.call("ExecuteScript", {"vmId": "web-1", "command": "uname -a", "timeoutSeconds": 30})
+    say("ExecuteScript web-1 uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {r['stdout'].strip()}")
 
-    say("ExecuteInGuestStream db-1", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
-    body = json.dumps({"vmId": "db-1", "request": {"command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}}).encode()
+    say("ExecuteScriptStream db-1", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    body = json.dumps({"vmId": "db-1", "command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}).encode()
     async with api.client.stream(
         "POST",
-        f"{api.url}/{SERVICE}/ExecuteInGuestStream",
+        f"{api.url}/{VM_SERVICE}/ExecuteScriptStream",
         content=b"\x00" + len(body).to_bytes(4, "big") + body,  # one Connect envelope
         headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/connect+json"},
     ) as resp:
@@ -106,16 +108,17 @@ async def demo(api: Api, workdir: Path) -> None:
                 msg = json.loads(buf[5 : 5 + n])
                 buf = buf[5 + n :]
                 if "output" in msg:
-                    text = base64.b64decode(msg["output"]["data"]).decode().rstrip()
-                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {text}", flush=True)
+                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {msg['output']['text'].rstrip()}", flush=True)
                 elif "result" in msg:
-                    say("   result", f"exit {msg['result'].get('exitCode', 0)}")
+                    say("   result", f"exitCode {msg['result'].get('exitCode', 0)}")
+                elif "error" in msg:
+                    say("   error", f"{msg['error'].get('code')}: {msg['error'].get('message')}")
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     target = str(workdir / "demo.bin")
     w = await api.call("WriteGuestFile", {"vmId": "web-2", "path": target, "content": base64.b64encode(data).decode()})
     r = await api.call("ReadGuestFile", {"vmId": "web-2", "path": target})
-    ok = base64.b64decode(r["content"]) == data and base64.b64decode(w["sha256"]) == hashlib.sha256(data).digest()
+    ok = base64.b64decode(r["content"]) == data and w["sha256"] == hashlib.sha256(data).hexdigest()
     verdict = f"{GREEN}SHA-256 equal{RESET}" if ok else f"{RED}SHA-256 MISMATCH{RESET}"
     say("WriteGuestFile + ReadGuestFile web-2", f"{len(data)} bytes: {verdict}")
 
@@ -126,76 +129,112 @@ async def demo(api: Api, workdir: Path) -> None:
         say("path check", f"/etc/../etc/shadow → {exc}")
 
 
+async def wait_healthy(client: httpx.AsyncClient, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} (is its address in use?)")
+        try:
+            if (await client.get(f"{url}/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await trio.sleep(0.1)
+
+
+def write_tui_config(url: str, token: str) -> None:
+    TUI_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(TUI_CONFIG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"# Written by make run: the stack it started.\nurl = {json.dumps(url)}\ntoken = {json.dumps(token)}\n")
+
+
 async def main_async(args: argparse.Namespace, tmp: Path) -> None:
-    token = secrets.token_urlsafe(24)
-    token_file = tmp / "hostd.token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    vms_dir = tmp / "vms"
-    vms_dir.mkdir()
-    sims = [
-        SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=tmp / "state" / vm, name=vm, log_level="warning")
-        for vm in VMS
-    ]
-    say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
-    hostd = subprocess.Popen(
-        [sys.executable, "-m", "limiquantix.hostd", "--listen", args.listen, "--token-file", str(token_file),
-         "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning"],
+    admin_token = os.environ.get("LQX_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+    db = tmp / "controller.db"
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(db), "--listen", args.listen,
+         "--log-level", "warning"],
+        env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = [controller]
+    sims: list[SimVMProcess] = []
     url = f"http://{args.listen}"
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            api = Api(client, url, token)
+        async with httpx.AsyncClient(timeout=60) as client:
             with trio.fail_after(60):
-                while True:
-                    if hostd.poll() is not None:
-                        raise RuntimeError(f"hostd exited with {hostd.returncode} (is {args.listen} in use?)")
-                    try:
-                        if (await client.get(f"{url}/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
-                say("started", f"limiquantix-hostd on {url}")
+                await wait_healthy(client, url, controller, "the controller")
+            say("started", f"limiquantix-controller on {url}  {DIM}(database {db}){RESET}")
+            node_token = subprocess.run(
+                [sys.executable, "-m", "limiquantix.controller", "--db", str(db), "token", "create",
+                 "--user", "hostd", "--role", "node", "--description", "make run's hostd"],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip()  # fmt: skip
+            hostd_token = secrets.token_urlsafe(24)
+            (tmp / "hostd.token").write_text(hostd_token + "\n")
+            (tmp / "hostd.token").chmod(0o600)
+            vms_dir = tmp / "vms"
+            vms_dir.mkdir()
+            for vm in VMS:
+                state = tmp / "state" / vm
+                sims.append(SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=state, name=vm, log_level="warning"))
+            say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
+            hostd = subprocess.Popen(
+                [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
+                 "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
+                 "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning",
+                 "--controller-url", url, "--controller-token", node_token, "--heartbeat-interval-s", "2"],
+            )  # fmt: skip
+            procs.append(hostd)
+            api = Api(client, url, admin_token)
+            with trio.fail_after(90):
+                await wait_healthy(client, f"http://{args.hostd_listen}", hostd, "hostd")
+                say("started", f"limiquantix-hostd on http://{args.hostd_listen}, registered with the controller as node-1")
                 while True:
                     vms = (await api.call("ListVMs", {}))["vms"]
-                    if len(vms) == len(VMS) and all(state_name(v) == "connected" for v in vms):
+                    if len(vms) == len(VMS) and all(v.get("agentState") == "connected" for v in vms):
                         break
-                    await trio.sleep(0.1)
+                    await trio.sleep(0.2)
+            write_tui_config(url, admin_token)
+            say("controller", f"{url}   admin token {BOLD}{admin_token}{RESET}   {DIM}(also in {TUI_CONFIG}){RESET}")
             say("VMs", "every agent connected:")
-            print(vm_table(vms), flush=True)
+            print(vm_table(await live_vms(api)), flush=True)
             await demo(api, tmp)
             print()
-            say("try the node API yourself", "(in another terminal, while this runs):")
-            print(f"  curl -s -X POST {url}/{SERVICE}/ListVMs -H 'Authorization: Bearer {token}' \\\n"
-                  f"       -H 'Content-Type: application/json' -d '{{}}'")  # fmt: skip
-            print(f"  curl -s -X POST {url}/{SERVICE}/ExecuteInGuest -H 'Authorization: Bearer {token}' \\\n"
-                  f"       -H 'Content-Type: application/json' -d '{{\"vmId\": \"web-1\", \"request\": {{\"command\": \"uptime\"}}}}'")  # fmt: skip
-            print(f"  curl -s {url}/metrics | grep lqx_hostd_vms")
+            say("try the API yourself", "(in another terminal, while this runs; the reference document's examples):")
+            for body in ('{"vmId": "web-1"}', '{"vmId": "web-1", "command": "uname -a", "timeoutSeconds": 30}'):
+                method = "PingAgent" if "command" not in body else "ExecuteScript"
+                print(f"  curl -s -X POST {url}/{VM_SERVICE}/{method} \\\n"
+                      f"       -H 'Authorization: Bearer {admin_token}' \\\n"
+                      f"       -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
+            print(f"  curl -s {url}/metrics | head")
             if args.once:
                 return
             print()
             say("live", f"{DIM}(refreshed every 5 s; Ctrl-C to stop){RESET}")
             while True:
                 await trio.sleep(5)
-                vms = (await api.call("ListVMs", {}))["vms"]
-                print(f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{vm_table(vms)}", flush=True)
+                print(f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{vm_table(await live_vms(api))}", flush=True)
     finally:
-        hostd.send_signal(signal.SIGTERM)
-        for sim in sims:
-            sim.stop()
-        try:
-            rc = hostd.wait(15)
-        except subprocess.TimeoutExpired:
-            hostd.kill()
-            rc = hostd.wait()
-        say("stopped", f"hostd exited with {rc}; simulated VMs stopped")
+        # hostd first (its last heartbeat still finds the controller), then the VMs, then the controller.
+        codes = []
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                codes.append(proc.wait(15))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+            if proc is procs[-1]:
+                for sim in sims:
+                    sim.stop()
+        say("stopped", f"hostd and the controller exited with {codes}; simulated VMs stopped")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the demo and exit")
-    parser.add_argument("--listen", default=os.environ.get("LQX_HOSTD_LISTEN", "127.0.0.1:8081"))
+    parser.add_argument("--listen", default=os.environ.get("LQX_LISTEN", "127.0.0.1:8080"), help="the controller's address")
+    parser.add_argument("--hostd-listen", default=os.environ.get("LQX_HOSTD_LISTEN", "127.0.0.1:8081"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:
         try:

@@ -1,7 +1,8 @@
-"""`make run` works: hostd and three simulated VMs start, connect, answer, and stop cleanly."""
+"""`make run` works: the controller, hostd and three simulated VMs start, connect, answer, and stop cleanly."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -19,18 +20,24 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_make_run_once() -> None:
+def test_make_run_once(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}  # where the TUI's config is written
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run.py"), "--once", "--listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, str(ROOT / "scripts" / "run.py"), "--once",
+         "--listen", f"127.0.0.1:{free_port()}", "--hostd-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
+    assert "registered with the controller as node-1" in text
     assert "every agent connected" in text
-    assert text.count("connected ") >= 3
-    assert "uname -sr → exit 0" in text
+    assert text.count(" connected ") >= 3
+    assert "ExecuteScript web-1 uname -a → exitCode 0" in text
     assert "#3 line 3" in text
     assert "SHA-256 equal" in text
     assert "/etc/../etc/shadow → ReadGuestFile: invalid_argument" in text
-    assert "hostd exited with 0" in text
+    assert "exited with [0, 0]" in text
     assert "Traceback" not in out.stderr
+    tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
+    assert "url = " in tui and "token = " in tui
+    assert (tmp_path / "limiquantix" / "tui.toml").stat().st_mode & 0o777 == 0o600
