@@ -57,6 +57,11 @@ __all__ = [
     "VM_SERVICE",
     "NodeRegistryAPI",
     "VMAPI",
+    "exec_budget_s",
+    "exec_detail",
+    "execute_in_guest",
+    "execute_request",
+    "exit_reason_name",
     "make_authenticator",
 ]
 
@@ -144,6 +149,76 @@ def _timestamp(ts: float | None) -> Timestamp | None:
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ exec, shared with the fleet runner
+
+
+def execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
+    """The agent's ExecuteRequest: ``command`` + ``args`` → argv when args are given, else a shell script.
+
+    Raises:
+        errors.InvalidArgument: no command.
+    """
+    if not request.command:
+        raise errors.InvalidArgument("command is required")
+    req = pb.ExecuteRequest(
+        stdin=request.stdin,
+        env=dict(request.environment),
+        working_directory=request.working_directory,
+        timeout_seconds=request.timeout_seconds,
+    )
+    if request.args:
+        req.argv.extend([request.command, *request.args])
+    else:
+        req.command = request.command
+    if request.run_as_user:
+        req.run_as.user = request.run_as_user
+    return req
+
+
+def exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
+    """What an audit row records about a command (environment *names* only, stdin's size only)."""
+    return AuditDetail(
+        command=request.command,
+        args=tuple(request.args),
+        working_directory=request.working_directory,
+        run_as_user=request.run_as_user,
+        env_keys=tuple(sorted(request.environment)),
+        size=len(request.stdin) if request.stdin else None,
+        flags=(f"timeout={request.timeout_seconds}",) if request.timeout_seconds else (),
+    )
+
+
+def exec_budget_s(timeout_seconds: int) -> float:
+    """How long a forwarded command may take: its timeout (or the agent's default) plus the hops' margin."""
+    own = float(timeout_seconds) if timeout_seconds else DEFAULT_EXEC_TIMEOUT_S
+    return own + EXEC_MARGIN_S
+
+
+def exit_reason_name(result: pb.ExecuteResponse) -> str:
+    """``EXIT_REASON_TIMED_OUT`` → ``timed_out``."""
+    return pb.ExitReason.Name(result.exit_reason).removeprefix(_EXIT_PREFIX).lower()
+
+
+async def execute_in_guest(
+    nodes: NodeClient, node: NodeInfo, vm_id: str, execute: pb.ExecuteRequest, *, execution_id: str, budget_s: float
+) -> node_pb.ExecuteInGuestResponse:
+    """Forward one command to the VM's hostd (ExecuteInGuest) and wait for its result.
+
+    Raises:
+        errors.Unavailable: the node cannot be reached (``node_unreachable``) or
+            the VM's agent is not connected (hostd's reason: its agent state).
+        errors.DeadlineExceeded: no answer within ``budget_s``.
+        errors.AgentError: any other error hostd answered, code kept.
+    """
+    return await nodes.call(
+        node,
+        "ExecuteInGuest",
+        node_pb.ExecuteInGuestRequest(vm_id=vm_id, request=execute, execution_id=execution_id),
+        node_pb.ExecuteInGuestResponse,
+        budget_s=budget_s,
+    )
 
 
 @final
@@ -368,48 +443,25 @@ class VMAPI:
 
     @staticmethod
     def _execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
-        """``command`` + ``args`` → argv when args are given, else a shell script.
+        """See :func:`execute_request`.
 
         Raises:
             errors.InvalidArgument: no command.
         """
-        if not request.command:
-            raise errors.InvalidArgument("command is required")
-        req = pb.ExecuteRequest(
-            stdin=request.stdin,
-            env=dict(request.environment),
-            working_directory=request.working_directory,
-            timeout_seconds=request.timeout_seconds,
-        )
-        if request.args:
-            req.argv.extend([request.command, *request.args])
-        else:
-            req.command = request.command
-        if request.run_as_user:
-            req.run_as.user = request.run_as_user
-        return req
+        return execute_request(request)
 
     @staticmethod
     def _exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
-        return AuditDetail(
-            command=request.command,
-            args=tuple(request.args),
-            working_directory=request.working_directory,
-            run_as_user=request.run_as_user,
-            env_keys=tuple(sorted(request.environment)),
-            size=len(request.stdin) if request.stdin else None,
-            flags=(f"timeout={request.timeout_seconds}",) if request.timeout_seconds else (),
-        )
+        return exec_detail(request)
 
     @staticmethod
     def _exec_budget(ctx: CallContext, request: api_pb.ExecuteScriptRequest) -> float:
-        own = float(request.timeout_seconds) if request.timeout_seconds else DEFAULT_EXEC_TIMEOUT_S
-        return _budget(ctx, own + EXEC_MARGIN_S)
+        return _budget(ctx, exec_budget_s(request.timeout_seconds))
 
     @staticmethod
     def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:
         """The agent's result in the reference's field names; the audit outcome set from it."""
-        reason = pb.ExitReason.Name(result.exit_reason).removeprefix(_EXIT_PREFIX).lower()
+        reason = exit_reason_name(result)
         if result.exit_reason == pb.EXIT_REASON_EXITED:
             handle.exit_code = result.exit_code
         elif result.exit_reason == pb.EXIT_REASON_CANCELLED:
@@ -438,14 +490,12 @@ class VMAPI:
         execute = self._execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC, detail)
         async with self._audited(ctx, principal, route, AuditAction.EXEC, detail) as audit:
-            node = self._reachable(route)
-            answer = await self.nodes.call(
-                node,
-                "ExecuteInGuest",
-                node_pb.ExecuteInGuestRequest(
-                    vm_id=route.vm.vm_id, request=execute, execution_id=request.execution_id
-                ),
-                node_pb.ExecuteInGuestResponse,
+            answer = await execute_in_guest(
+                self.nodes,
+                self._reachable(route),
+                route.vm.vm_id,
+                execute,
+                execution_id=request.execution_id,
                 budget_s=self._exec_budget(ctx, request),
             )
             return self._result(answer.result, answer.execution_id, audit)

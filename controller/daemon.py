@@ -39,7 +39,9 @@ from limiquantix.protocol.connect import ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 
+from .admin import ADMIN_SERVICE, AdminAPI, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
+from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
 
@@ -200,11 +202,18 @@ def build_app(store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float = D
         [
             Service(VM_SERVICE, VMAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s)),
             Service(NODE_REGISTRY_SERVICE, NodeRegistryAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),
+            Service(ADMIN_SERVICE, AdminAPI(store)),
+            # Fleet runs live in the app's background nursery, not in the request.
+            Service(
+                FLEET_SERVICE,
+                FleetAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s, spawn=app.add_background_task),
+            ),
         ],
         authenticate=make_authenticator(store),
         observe=metrics.observe,
     )
     router.register(app)
+    register_export_route(app, store)
     app.config["LQX_METRICS"] = metrics
     return app
 
@@ -228,6 +237,8 @@ async def serve(
     """
     stop = shutdown if shutdown is not None else trio.Event()
     async with await SQLiteStore.open(config.db) as store, NodeClient() as nodes:
+        # Runs a previous process left unfinished: their runner is gone.
+        await store.recover_interrupted_commands()
         created = await store.bootstrap_admin(admin_token)
         if created is not None and admin_token is None:
             # Shown once: only its hash is stored.

@@ -1,0 +1,281 @@
+"""Fleet runs end to end: a real controller, a real hostd, real simulated VMs, HTTP on loopback.
+
+Which simulated VM a command runs in is told apart by a marker file in the VM's
+state directory: the command finds its agent's ``--config`` (in the state
+directory) through ``/proc/$PPID/cmdline`` and fails when ``fail`` is there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller.store import SQLiteStore
+from limiquantix.hostd.config import DiscoveryConfig, VMEntry
+from limiquantix.hostd.daemon import HostdConfig
+from limiquantix.hostd.daemon import serve as hostd_serve
+from limiquantix.hostd.simvm import SimVMProcess
+
+from test_controller_api import DEADLINE_S, HEARTBEAT_INTERVAL_S, HOSTD_TOKEN, Stack, _make_tokens
+
+FLEET = "/limiquantix.compute.v1.FleetService"
+#: Fails in the VMs whose state directory holds a file named ``fail``.
+FAIL_IF_MARKED = (
+    "d=$(dirname \"$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep 'agent.toml$')\"); "
+    'if [ -e "$d/fail" ]; then echo marked >&2; exit 3; fi; sleep "${PAUSE:-0}"; echo "ok $GREETING"'
+)
+FINAL = {"success", "failed", "cancelled"}
+ENV_SECRET = "env-value-Qk4-never-stored"
+
+
+def labels_of(i: int) -> dict[str, str]:
+    return {"fleet": "yes", "env": "prod" if i % 2 == 0 else "dev"}
+
+
+@asynccontextmanager
+async def fleet_stack(
+    nursery: trio.Nursery, short_tmp: Path, n: int, *, no_agent: Collection[int] = (), failing: Collection[int] = ()
+) -> AsyncIterator[Stack]:
+    """Controller + hostd + ``n`` simulated VMs ``vm0..``; ``no_agent`` ones never connect
+    (undeliverable), ``failing`` ones get the marker file."""
+    db = short_tmp / "db" / "controller.db"
+    tokens = await _make_tokens(db)
+    names = [f"vm{i}" for i in range(n)]
+    sims: list[SimVMProcess] = []
+    try:
+        for i, name in enumerate(names):
+            state = short_tmp / f"state-{name}"
+            state.mkdir(parents=True)
+            if i in failing:
+                (state / "fail").write_text("")
+            sims.append(
+                SimVMProcess.start(
+                    str(short_tmp / f"{name}.sock"), state_dir=state, name=name, no_agent=i in no_agent,
+                    agent_args=("--telemetry-interval-s=0",),
+                )
+            )  # fmt: skip
+        with trio.fail_after(DEADLINE_S):
+            for sim in sims:
+                await sim.wait_ready()
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+            st = Stack(short_tmp, db, tokens, client, nursery)
+            await st.start_controller()
+            hostd_config = HostdConfig(
+                listen="127.0.0.1:0",
+                token=HOSTD_TOKEN,
+                node_id="host-a",
+                controller_url=st.url,
+                controller_token=tokens["node"],
+                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
+                vms=tuple(
+                    VMEntry(id=name, socket=str(short_tmp / f"{name}.sock"), labels=labels_of(i))
+                    for i, name in enumerate(names)
+                ),
+            )
+
+            async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
+                with st.hostd_scope:
+                    await hostd_serve(hostd_config, shutdown=trio.Event(), task_status=task_status)
+
+            await nursery.start(run_hostd)
+            with trio.fail_after(DEADLINE_S * 2):
+                while True:
+                    r = await st.call("ListVMs", {})
+                    vms = r.json().get("vms", []) if r.status_code == 200 else []
+                    connected = {v["vmId"] for v in vms if v["agentState"] == "connected" and v["nodeReachable"]}
+                    if connected == {names[i] for i in range(n) if i not in no_agent}:
+                        break
+                    await trio.sleep(0.1)
+            yield st
+            st.hostd_scope.cancel()
+            await st.stop_controller()
+            await st.client.aclose()
+    finally:
+        for sim in sims:
+            if sim.proc.poll() is None:
+                sim.proc.terminate()
+        for sim in sims:
+            sim.stop()
+
+
+async def run(st: Stack, body: dict[str, Any], *, who: str = "operator") -> str:
+    answer = await st.ok("RunCommand", body, who=who, service=FLEET)
+    assert answer["commandId"] and answer["status"] in ("pending", "success")
+    return str(answer["commandId"])
+
+
+async def wait_done(st: Stack, command_id: str, *, who: str = "viewer") -> dict[str, Any]:
+    with trio.fail_after(DEADLINE_S):
+        while True:
+            command = await st.ok("GetCommand", {"commandId": command_id}, who=who, service=FLEET)
+            if command["status"] in FINAL:
+                return command
+            await trio.sleep(0.05)
+
+
+def statuses(command: dict[str, Any]) -> dict[str, str]:
+    return {t["vmId"]: t["status"] for t in command.get("targets", [])}
+
+
+def parse_ts(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def max_overlap(command: dict[str, Any]) -> int:
+    """Most targets running at one instant, from their stored start and end times."""
+    events = []
+    for t in command["targets"]:
+        if "startedAt" in t:
+            events += [(parse_ts(t["startedAt"]), 1), (parse_ts(t["completedAt"]), -1)]
+    running = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+# ---------------------------------------------------------------- six VMs (fast)
+
+
+@pytest.mark.trio
+async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> None:
+    async with fleet_stack(nursery, short_tmp, 6, no_agent={5}, failing={0, 1}) as st:
+        # 1. Everything delivered succeeds; the VM without an agent is undeliverable and is
+        #    not an error (maxErrors 0 does not stop the run); at most 2 at once. The client
+        #    that started it goes away at once: the run carries on.
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as gone:
+            r = await gone.post(
+                f"{st.url}{FLEET}/RunCommand",
+                json={"vmIds": ["vm2", "vm3", "vm5", "vm4"], "command": FAIL_IF_MARKED, "maxConcurrency": 2,
+                      "environment": {"GREETING": "hi", "PAUSE": "0.3", "API_KEY": ENV_SECRET}},
+                headers={"Authorization": f"Bearer {st.tokens['operator']}"},
+            )  # fmt: skip
+        assert r.status_code == 200, r.text
+        done = await wait_done(st, r.json()["commandId"])
+        assert statuses(done) == {"vm2": "success", "vm3": "success", "vm5": "undeliverable", "vm4": "success"}
+        assert done["status"] == "failed" and done["counts"]["success"] == 3 and done["counts"]["undeliverable"] == 1
+        ok = next(t for t in done["targets"] if t["vmId"] == "vm2")
+        assert ok["stdout"] == "ok hi\n" and ok["exitCode"] == 0 and ok["nodeId"] == "host-a"
+        assert ok["stdoutTruncated"] is False and int(ok["durationMs"]) >= 300
+        assert "not connected" in next(t for t in done["targets"] if t["vmId"] == "vm5")["error"]
+        assert max_overlap(done) == 2
+        assert done["environmentKeys"] == ["API_KEY", "GREETING", "PAUSE"] and done["maxConcurrency"] == 2
+
+        # 2. maxConcurrency 1, maxErrors 1: vm0 fails (1 error, tolerated), vm1 fails (2 > 1):
+        #    the rest is skipped.
+        cid = await run(st, {"vmIds": [f"vm{i}" for i in range(5)], "command": FAIL_IF_MARKED,
+                             "maxConcurrency": 1, "maxErrors": "1"})  # fmt: skip
+        done = await wait_done(st, cid)
+        assert statuses(done) == {"vm0": "failed", "vm1": "failed", "vm2": "skipped", "vm3": "skipped", "vm4": "skipped"}
+        failed = done["targets"][0]
+        assert failed["exitCode"] == 3 and failed["stderr"] == "marked\n" and done["status"] == "failed"
+        assert all("startedAt" not in t for t in done["targets"][2:])
+
+        # 3. Cancel a run of `sleep 30`: running targets are cancelled in the guest, pending ones at once.
+        cid = await run(st, {"labels": {"fleet": "yes"}, "command": "sleep 30", "maxConcurrency": 2}, who="admin")
+        with trio.fail_after(DEADLINE_S):
+            while list(statuses(await st.ok("GetCommand", {"commandId": cid}, service=FLEET)).values()).count("in_progress") < 2:
+                await trio.sleep(0.05)
+            started = trio.current_time()
+            r = await st.call("CancelCommand", {"commandId": cid}, who="viewer", service=FLEET)
+            assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+            cancel = await st.ok("CancelCommand", {"commandId": cid}, service=FLEET, who="operator")
+            assert cancel["status"] == "cancelling"
+            done = await wait_done(st, cid)
+            assert trio.current_time() - started < 5
+        assert done["status"] == "cancelled" and set(statuses(done).values()) == {"cancelled"} and len(done["targets"]) == 6
+        assert sum("startedAt" in t for t in done["targets"]) == 2
+        r = await st.call("CancelCommand", {"commandId": "no-such-run"}, service=FLEET)
+        assert r.status_code == 404
+
+        # 4. Roles and scopes: a viewer reads but may not run; the env=prod token reaches vm0, vm2, vm4 only.
+        r = await st.call("RunCommand", {"vmIds": ["vm2"], "command": "true"}, who="viewer", service=FLEET)
+        assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+        r = await st.call("RunCommand", {"vmIds": ["vm1"], "command": "true"}, who="scoped", service=FLEET)
+        assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+        r = await st.call("RunCommand", {"vmIds": ["ghost"], "command": "true"}, service=FLEET)
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+        r = await st.call("RunCommand", {"command": "true"}, service=FLEET)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+        r = await st.call("RunCommand", {"vmIds": ["vm2"], "command": "true", "maxErrors": "x"}, service=FLEET)
+        assert r.status_code == 400
+        cid = await run(st, {"labels": {"fleet": "yes"}, "command": FAIL_IF_MARKED, "maxErrors": "50%"}, who="scoped")
+        done = await wait_done(st, cid, who="scoped")
+        assert statuses(done) == {"vm0": "failed", "vm2": "success", "vm4": "success"}
+        assert done["status"] == "failed" and done["maxErrors"] == "50%"
+        # The scoped token sees only its part of other runs, and lists its own runs only.
+        mine = await st.ok("ListCommands", {}, who="scoped", service=FLEET)
+        assert [c["commandId"] for c in mine["commands"]] == [cid]
+        everything = (await st.ok("GetCommand", {"commandId": cid}, who="viewer", service=FLEET))
+        assert everything["targetCount"] == 3
+        listed = await st.ok("ListCommands", {"pageSize": 2}, who="viewer", service=FLEET)
+        assert len(listed["commands"]) == 2 and listed["nextPageToken"] and not listed["commands"][0].get("targets")
+        rest = await st.ok("ListCommands", {"pageSize": 2, "pageToken": listed["nextPageToken"]}, who="viewer", service=FLEET)
+        assert len(rest["commands"]) == 2 and rest["nextPageToken"] == ""
+        cancelled = await st.ok("ListCommands", {"status": "cancelled"}, who="viewer", service=FLEET)
+        assert len(cancelled["commands"]) == 1 and cancelled["commands"][0]["counts"]["cancelled"] == 6
+        by_admin = await st.ok("ListCommands", {"user": "admin"}, who="viewer", service=FLEET)
+        assert len(by_admin["commands"]) == 1
+        r = await st.call("ListCommands", {"status": "bogus"}, who="viewer", service=FLEET)
+        assert r.status_code == 400
+
+    # Audit: one command.run row per accepted run (command text, run id, completed with the
+    # counts); refusals recorded as denied; cancel recorded.
+    async with await SQLiteStore.open(st.db) as store:
+        runs = (await store.query_audit(AuditQuery(action=AuditAction.FLEET_RUN, limit=100))).records
+        cancels = (await store.query_audit(AuditQuery(action=AuditAction.FLEET_CANCEL))).records
+    accepted = [r for r in runs if r.outcome is not AuditOutcome.DENIED]
+    assert len(accepted) == 4 and all(r.detail.target and r.completed_at for r in accepted)
+    assert {r.outcome for r in accepted} == {AuditOutcome.ERROR, AuditOutcome.CANCELLED}
+    assert any(r.detail.command == "sleep 30" and r.outcome is AuditOutcome.CANCELLED for r in accepted)
+    assert {(r.user, r.outcome) for r in runs if r.outcome is AuditOutcome.DENIED} == {
+        ("viewer", AuditOutcome.DENIED), ("scoped", AuditOutcome.DENIED)
+    }
+    assert any(r.user == "operator" and r.outcome is AuditOutcome.SUCCESS for r in cancels)
+    assert any(r.user == "viewer" and r.outcome is AuditOutcome.DENIED for r in cancels)
+    assert accepted[-1].detail.env_keys == ("API_KEY", "GREETING", "PAUSE")
+    # Environment values stay in memory: not in the database (the WAL included).
+    for db_file in st.db.parent.iterdir():
+        assert ENV_SECRET.encode() not in db_file.read_bytes(), db_file.name
+
+# ---------------------------------------------------------------- twenty VMs (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path) -> None:
+    """maxConcurrency 5, maxErrors 2; vm0-2 fail at once, vm3 has no agent (undeliverable, not
+    an error), the rest take 0.5 s: after the third failure nothing new starts."""
+    async with fleet_stack(nursery, short_tmp, 20, no_agent={3}, failing={0, 1, 2}) as st:
+        # Named in numeric order (a label selector orders targets by VM id: vm0, vm1, vm10 ...).
+        cid = await run(st, {"vmIds": [f"vm{i}" for i in range(20)], "command": FAIL_IF_MARKED, "maxConcurrency": 5,
+                             "maxErrors": "2", "environment": {"PAUSE": "0.5"}})  # fmt: skip
+        done = await wait_done(st, cid)
+        by_vm = statuses(done)
+        assert len(by_vm) == 20 and done["status"] == "failed"
+        assert [by_vm[f"vm{i}"] for i in range(5)] == ["failed", "failed", "failed", "undeliverable", "success"]
+        started = [t for t in done["targets"] if "startedAt" in t]
+        skipped = [t for t in done["targets"] if t["status"] == "skipped"]
+        assert skipped and len(started) + len(skipped) == 20
+        order = [t["vmId"] for t in done["targets"]]
+        assert max(order.index(t["vmId"]) for t in started) < min(order.index(t["vmId"]) for t in skipped)
+        third_error = max(parse_ts(t["completedAt"]) for t in done["targets"] if t["status"] == "failed")
+        assert all(parse_ts(t["startedAt"]) <= third_error + 0.01 for t in started)
+        assert done["counts"]["failed"] == 3 and max_overlap(done) <= 5
+        assert all(t["error"].startswith("not started") for t in skipped)
+
+        # All succeed: 20 targets, 5 at a time, never more.
+        cid = await run(st, {"labels": {"fleet": "yes"}, "command": "sleep 0.3", "maxConcurrency": 5, "maxErrors": "10%"})
+        done = await wait_done(st, cid)
+        assert done["counts"]["success"] == 19 and done["counts"]["undeliverable"] == 1
+        assert max_overlap(done) == 5
