@@ -31,6 +31,7 @@ bench: venv
 	@./bench/setup.sh
 	@$(PY) bench/agent_bench.py
 	@$(PY) bench/hostd_bench.py
+	@$(PY) bench/controller_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
