@@ -43,6 +43,8 @@ __all__ = [
     "NDJSON_CONTENT_TYPE",
     "AdminAPI",
     "audit_query_from_params",
+    "authenticate_request",
+    "error_response",
     "register_export_route",
 ]
 
@@ -497,6 +499,24 @@ def _error_response(exc: errors.AgentError) -> Response:
     return Response(json.dumps(body), status=exc.http_status, content_type="application/json")
 
 
+async def authenticate_request(store: Store) -> Principal:
+    """The caller of a plain (non-Connect) route, from its bearer token.
+
+    Raises:
+        errors.Unauthenticated: no token, or not a valid one.
+    """
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
+    return await store.authenticate(token)
+
+
+def error_response(exc: errors.AgentError) -> Response:
+    """A plain route's error, as Connect's JSON error body."""
+    return _error_response(exc)
+
+
 def register_export_route(app: Quart, store: Store) -> None:
     """``GET /v1/audit/export.jsonl``: every matching row, oldest first, one JSON
     object per line (``application/x-ndjson``), streamed a page at a time.
@@ -509,11 +529,7 @@ def register_export_route(app: Quart, store: Store) -> None:
     @app.get(AUDIT_EXPORT_PATH)
     async def export_audit_jsonl() -> Response:
         try:
-            scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
-            token = token.strip()
-            if scheme.lower() != "bearer" or not token:
-                raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
-            principal = await store.authenticate(token)
+            principal = await authenticate_request(store)
             require(principal, Permission.AUDIT_READ)
             query = audit_query_from_params(request.args.to_dict())
         except errors.AgentError as exc:

@@ -39,7 +39,7 @@ from limiquantix.protocol.connect import ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 
-from .admin import ADMIN_SERVICE, AdminAPI, register_export_route
+from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
 from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
@@ -196,6 +196,12 @@ def build_app(store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float = D
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
+        # Every endpoint but /healthz needs a token (any role): Prometheus
+        # sends one with `authorization: {credentials: ...}` in its scrape config.
+        try:
+            await authenticate_request(store)
+        except errors.AgentError as exc:
+            return error_response(exc)
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     router = ConnectRouter(

@@ -206,7 +206,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 print(f"  curl -s -X POST {url}/{VM_SERVICE}/{method} \\\n"
                       f"       -H 'Authorization: Bearer {admin_token}' \\\n"
                       f"       -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
-            print(f"  curl -s {url}/metrics | head")
+            print(f"  curl -s {url}/metrics -H 'Authorization: Bearer {admin_token}' | grep lqx_controller")
             if args.once:
                 return
             print()

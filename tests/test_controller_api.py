@@ -229,7 +229,12 @@ async def test_registration_heartbeats_and_inventory(stack: Stack) -> None:
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     health = await stack.client.get(f"{stack.url}/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    metrics = await stack.client.get(f"{stack.url}/metrics")
+    # Every endpoint but /healthz needs a token: /metrics too (any role).
+    refused = await stack.client.get(f"{stack.url}/metrics")
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
+    metrics = await stack.client.get(
+        f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.tokens['viewer']}"}
+    )
     assert 'lqx_controller_rpcs_total{code="ok",method="ListVMs"}' in metrics.text
 
 
