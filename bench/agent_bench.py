@@ -42,16 +42,13 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,11 +59,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import psutil
 import trio
 
-if sys.version_info < (3, 11):  # pragma: no cover - the benchmark runs on the developer's Python
-    from exceptiongroup import BaseExceptionGroup
+from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
+    BenchError,
+    _die_with_parent,
+    _leaves,
+    blocks,
+    cpu_seconds,
+    fmt,
+    median,
+    percentile,
+    rss_mib,
+    say,
+)
 
 from limiquantix.protocol import __version__ as AGENT_VERSION
 from limiquantix.protocol import errors
@@ -88,10 +94,6 @@ FIGURE_TIMEOUT_S: Final = 600.0
 QGA_COUNTS: Final = (64 * 1024, 256 * 1024, 1 * MiB, 4 * MiB)
 #: Our write transfer's piece size (the read uses the agent's default chunk, 1 MiB).
 OURS_WRITE_PIECE: Final = 1 * MiB
-
-
-class BenchError(Exception):
-    """Something went wrong that makes the run's figures meaningless."""
 
 
 # --------------------------------------------------------------------- settings
@@ -202,16 +204,6 @@ class Figure:
         return out
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    idx = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
-    return ordered[idx]
-
-
 def sha256(data: bytes | bytearray | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -253,12 +245,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the benchmark dies without cleaning up."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_for_socket(proc: Proc) -> None:
@@ -635,42 +621,6 @@ async def ours_exec_true(client: AgentClient, count: int) -> list[float]:
 # ---------------------------------------------------------------- measurements
 
 
-def _process_cpu_clock(pid: int) -> int:
-    """clock_getcpuclockid(pid): Linux encodes it as (~pid << 3) | CPUCLOCK_SCHED."""
-    return ctypes.c_int32((~pid << 3) | 2).value
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of the whole process, every thread (also exited ones), in seconds.
-
-    Read from the kernel's per-process CPU clock (nanosecond resolution); falls
-    back on /proc's tick counters (10 ms) where that clock is not readable.
-    """
-    try:
-        return time.clock_gettime(_process_cpu_clock(pid))
-    except OSError:
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def blocks(total: int, n: int) -> list[int]:
-    """Split ``total`` samples into ``n`` near-equal blocks (interleaved between the agents)."""
-    n = max(1, min(n, total))
-    return [total // n + (1 if i < total % n else 0) for i in range(n)]
-
-
 @dataclass
 class Results:
     """Raw measurements of one run."""
@@ -989,18 +939,6 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
     return figures_from(results, settings), context
 
 
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
 def print_table(figures: list[Figure], settings: Settings, context: str) -> None:
     rows = [("figure", "ours", "qemu-ga", "unit", "ratio", "target", "met")]
     for f in figures:
@@ -1021,13 +959,6 @@ def print_table(figures: list[Figure], settings: Settings, context: str) -> None
     missed = [f.name for f in figures if f.met is False]
     print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
     print(f"; missed: {', '.join(missed)}" if missed else "")
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, as raised from trio nurseries."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
