@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, final
@@ -184,17 +184,20 @@ class VMRegistry:
     async def wait_until(self, predicate: Callable[[VMRegistry], bool]) -> None:
         """Return once ``predicate(self)`` holds; re-checked whenever a VM comes,
         goes or changes (bounded by the caller's ``trio.fail_after``)."""
-        while not predicate(self):
-            # Wake on a membership change or on any VM's change, whichever first.
+        while True:
+            # The events are taken before the predicate is checked: a change
+            # between the check and the watchers starting still wakes us.
+            events = [self._changed, *(conn.changed_event for conn in self._conns.values())]
+            if predicate(self):
+                return
             async with trio.open_nursery() as nursery:
 
-                async def watch(wait: Callable[[], Awaitable[None]]) -> None:
-                    await wait()
+                async def watch(event: trio.Event) -> None:
+                    await event.wait()
                     nursery.cancel_scope.cancel()
 
-                nursery.start_soon(watch, self.wait_changed)
-                for conn in list(self._conns.values()):
-                    nursery.start_soon(watch, conn.wait_changed)
+                for event in events:
+                    nursery.start_soon(watch, event)
 
     # -- running ---------------------------------------------------------------
 

@@ -297,6 +297,12 @@ class VMConnection:
         """Return at the next change of state, identity, addresses or telemetry."""
         await self._changed.wait()
 
+    @property
+    def changed_event(self) -> trio.Event:
+        """The event the next change sets. Take it *before* checking a condition
+        so that a change in between is not missed."""
+        return self._changed
+
     async def wait_for_state(self, *states: VMState) -> VMState:
         """Return the state once it is one of ``states`` (bounded by the caller)."""
         await self.wait_until(lambda conn: conn.state in states)
