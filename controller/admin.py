@@ -470,6 +470,19 @@ class AdminAPI:
         log.info("node %s removed by %s", node_id, principal.user)
         return admin_pb.RemoveNodeResponse()
 
+    # -- caller -----------------------------------------------------------------------
+
+    async def WhoAmI(self, request: admin_pb.WhoAmIRequest, ctx: CallContext) -> admin_pb.WhoAmIResponse:
+        """The caller's token: user, role, scope and the permissions it holds (any valid token)."""
+        principal = _principal(ctx)
+        return admin_pb.WhoAmIResponse(
+            user=principal.user,
+            token_id=principal.token_id,
+            role=principal.role.value,
+            label_scope=dict(principal.label_scope or {}),
+            permissions=sorted(p.value for p in Permission if principal.has(p)),
+        )
+
 
 def _is_target(value: str) -> bool:
     """Whether ``value`` may be an audit row's ``target`` (an id: no spaces)."""

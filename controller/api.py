@@ -43,7 +43,7 @@ from limiquantix.protocol.connect import Authenticator, CallContext
 
 from .auth import Permission, Principal, require
 from .forward import NodeClient
-from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, NodeInfo, VMInfo, VMRoute
+from .models import MAX_PAGE_SIZE, AgentBrief, AuditAction, AuditDetail, AuditOutcome, NodeInfo, VMInfo, VMRoute
 from .store import Store
 
 __all__ = [
@@ -145,6 +145,31 @@ def _timestamp(ts: float | None) -> Timestamp | None:
     out = Timestamp()
     out.FromNanoseconds(int(ts * 1e9))
     return out
+
+
+#: A heartbeat's strings are cut to this many characters, its addresses to this many.
+_BRIEF_TEXT_CHARS: Final = 255
+_BRIEF_MAX_ADDRESSES: Final = 64
+
+
+def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
+    """A heartbeat's agent summary, bounded (a node cannot grow the store without limit)."""
+
+    def text(value: str) -> str:
+        return value[:_BRIEF_TEXT_CHARS]
+
+    return AgentBrief(
+        agent_version=text(vm.agent_version),
+        os=text(vm.os),
+        hostname=text(vm.hostname),
+        kernel=text(vm.kernel),
+        ip_addresses=tuple(text(a) for a in vm.ip_addresses[:_BRIEF_MAX_ADDRESSES]),
+        cpu_percent=vm.cpu_percent,
+        memory_percent=vm.memory_percent,
+        uptime_seconds=vm.uptime_seconds,
+        last_seen=vm.last_seen.ToNanoseconds() / 1e9 if vm.HasField("last_seen") else None,
+        last_disconnect_reason=text(vm.last_disconnect_reason),
+    )
 
 
 def _decode(data: bytes) -> str:
@@ -380,14 +405,27 @@ class VMAPI:
 
     @staticmethod
     def _vm(vm: VMInfo, node: NodeInfo | None) -> api_pb.VM:
-        return api_pb.VM(
+        brief = vm.agent
+        out = api_pb.VM(
             vm_id=vm.vm_id,
             name=vm.name,
             labels=dict(vm.labels),
             node_id=node.node_id if node else "",
             agent_state=vm.state,
             node_reachable=bool(node and node.reachable),
+            agent_version=brief.agent_version,
+            ip_addresses=brief.ip_addresses,
+            hostname=brief.hostname,
+            os=brief.os,
+            kernel=brief.kernel,
+            last_disconnect_reason=brief.last_disconnect_reason,
+            cpu_percent=brief.cpu_percent,
+            memory_percent=brief.memory_percent,
+            uptime_seconds=brief.uptime_seconds,
         )
+        if brief.last_seen is not None:
+            out.last_seen.CopyFrom(_timestamp(brief.last_seen))
+        return out
 
     async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
         """The VM live from its node; the last reported record when the node is unreachable."""
@@ -406,16 +444,24 @@ class VMAPI:
         except errors.Unavailable:
             out.node_reachable = False
             return out
-        agent = status.agent
+        agent, telemetry = status.agent, status.resource_usage.telemetry
         out.agent_state = _state_name(agent.state)
         out.agent_version = agent.version
-        out.ip_addresses.extend(agent.ip_addresses)
+        out.ip_addresses[:] = agent.ip_addresses
         out.hostname = agent.identity.hostname
         out.os = agent.identity.os.pretty_name or agent.identity.os.name
         out.kernel = agent.identity.kernel
         out.last_disconnect_reason = agent.last_disconnect_reason
+        out.ClearField("last_seen")
         if agent.HasField("last_seen"):
             out.last_seen.CopyFrom(agent.last_seen)
+        if agent.HasField("identity"):
+            out.identity.CopyFrom(agent.identity)
+        if status.resource_usage.HasField("telemetry"):
+            out.telemetry.CopyFrom(telemetry)
+            out.cpu_percent = telemetry.cpu_percent
+            out.memory_percent = telemetry.memory.percent
+            out.uptime_seconds = telemetry.uptime_seconds
         return out
 
     async def PingAgent(self, request: api_pb.PingAgentRequest, ctx: CallContext) -> api_pb.PingAgentResponse:
@@ -727,7 +773,10 @@ class NodeRegistryAPI:
     @staticmethod
     def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
         """Raises: errors.InvalidArgument: a VM without an id."""
-        return [VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state) for v in vms]
+        return [
+            VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state, agent=_agent_brief(v))
+            for v in vms
+        ]
 
     async def RegisterNode(
         self, request: api_pb.RegisterNodeRequest, ctx: CallContext

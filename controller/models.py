@@ -37,6 +37,7 @@ __all__ = [
     "TARGET_OUTPUT_MAX_BYTES",
     "TERMINAL_COMMAND_STATUSES",
     "TERMINAL_TARGET_STATUSES",
+    "AgentBrief",
     "AuditAction",
     "AuditDetail",
     "AuditOutcome",
@@ -383,6 +384,42 @@ class AuditPage:
 
 @final
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentBrief:
+    """A VM's agent in brief, as its node's last heartbeat told it (what a
+    fleet view shows without asking each node)."""
+
+    agent_version: str = ""
+    os: str = ""
+    hostname: str = ""
+    kernel: str = ""
+    ip_addresses: tuple[str, ...] = ()
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    uptime_seconds: float = 0.0
+    """The guest's uptime, from its telemetry."""
+    last_seen: float | None = None
+    """Unix time of the agent's last message (None: never seen)."""
+    last_disconnect_reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the fields that are set (a compact stored row)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["ip_addresses"] = list(self.ip_addresses)
+        return {k: v for k, v in out.items() if v not in ("", [], 0.0, None)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentBrief:
+        """Inverse of :meth:`to_dict`; keys this version does not know are ignored
+        (a row written by a newer controller still reads)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "ip_addresses" in values:
+            values["ip_addresses"] = tuple(values["ip_addresses"])
+        return cls(**values)
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VMInfo:
     """A VM as its node last reported it."""
 
@@ -391,6 +428,7 @@ class VMInfo:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     state: str = ""
     """hostd's agent connection state (``connected``, ``waiting_for_agent`` ...)."""
+    agent: AgentBrief = dataclasses.field(default_factory=AgentBrief)
 
     def __post_init__(self) -> None:
         if not self.vm_id or len(self.vm_id) > 255:

@@ -161,10 +161,15 @@ _V2: Final = (
     "CREATE INDEX api_tokens_user ON api_tokens(user_name)",
 )
 
+# Version 3: the agent in brief (version, OS, addresses, CPU, memory, uptime)
+# that hostd's heartbeats carry, as a JSON object, for ListVMs.
+_V3: Final = ("ALTER TABLE node_vms ADD COLUMN agent TEXT NOT NULL DEFAULT '{}'",)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
     Migration(2, "node role for hostd registration tokens", _V2),
+    Migration(3, "each VM's agent in brief from the heartbeats", _V3),
 )
 
 #: The version this code writes and understands.

@@ -77,6 +77,7 @@ from .models import (
     MAX_CONCURRENCY_LIMIT,
     TERMINAL_COMMAND_STATUSES,
     TERMINAL_TARGET_STATUSES,
+    AgentBrief,
     AuditAction,
     AuditDetail,
     AuditOutcome,
@@ -853,7 +854,7 @@ class SQLiteStore(Store):
         await self._run(run)
 
     async def heartbeat(self, node_id: str, vms: Sequence[VMInfo]) -> None:
-        rows = [(node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state) for vm in vms]
+        rows = [(node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())) for vm in vms]
 
         def run(conn: sqlite3.Connection) -> None:
             with _write(conn, durable=False):
@@ -862,7 +863,8 @@ class SQLiteStore(Store):
                     raise errors.NotFound(f"node {node_id!r} is not registered", reason="unknown_node")
                 conn.execute("DELETE FROM node_vms WHERE node_id = ?", (node_id,))
                 conn.executemany(
-                    "INSERT OR REPLACE INTO node_vms (node_id, vm_id, name, labels, state) VALUES (?, ?, ?, ?, ?)", rows
+                    "INSERT OR REPLACE INTO node_vms (node_id, vm_id, name, labels, state, agent) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
 
         await self._run(run)
@@ -882,7 +884,7 @@ class SQLiteStore(Store):
         self, *, node_id: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[tuple[str, VMInfo]]:
         def run(conn: sqlite3.Connection) -> list[tuple[str, VMInfo]]:
-            sql = "SELECT node_id, vm_id, name, labels, state FROM node_vms"
+            sql = f"SELECT node_id, {_VM_COLUMNS} FROM node_vms"
             params: tuple[Any, ...] = ()
             if node_id is not None:
                 sql += " WHERE node_id = ?"
@@ -907,7 +909,7 @@ class SQLiteStore(Store):
             candidates = [(_node_from_row(r, now, heartbeat_timeout_s), r) for r in rows]
             node, _ = max(candidates, key=lambda c: (c[0].reachable, c[0].last_heartbeat or 0.0))
             vm_row = conn.execute(
-                "SELECT vm_id, name, labels, state FROM node_vms WHERE node_id = ? AND vm_id = ?", (node.node_id, vm_id)
+                f"SELECT {_VM_COLUMNS} FROM node_vms WHERE node_id = ? AND vm_id = ?", (node.node_id, vm_id)
             ).fetchone()
             return VMRoute(node=node, vm=_vm_from_row(vm_row))
 
@@ -1370,8 +1372,13 @@ def _node(conn: sqlite3.Connection, node_id: str, now: float, heartbeat_timeout_
     return _node_from_row(row, now, heartbeat_timeout_s)
 
 
+_VM_COLUMNS: Final = "vm_id, name, labels, state, agent"
+
+
 def _vm_from_row(row: Sequence[Any]) -> VMInfo:
-    return VMInfo(vm_id=row[0], name=row[1], labels=json.loads(row[2]), state=row[3])
+    return VMInfo(
+        vm_id=row[0], name=row[1], labels=json.loads(row[2]), state=row[3], agent=AgentBrief.from_dict(json.loads(row[4]))
+    )
 
 
 _TARGET_COLUMNS: Final = (

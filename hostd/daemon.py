@@ -10,7 +10,7 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
     controller_url = "http://controller:8080"
     controller_token = "lqx_..."      # a token with the `node` role
     advertise_url = "http://10.0.0.5:8081"        # default: from listen
-    heartbeat_interval_s = 10
+    heartbeat_interval_s = 5
 
     [connection]                      # hostd.config.ConnectionConfig
     ping_interval_s = 5.0
@@ -84,7 +84,7 @@ LISTEN_BACKLOG: Final = 1024
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
 #: Default seconds between heartbeats to the controller.
-DEFAULT_HEARTBEAT_INTERVAL_S: Final = 10.0
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 5.0
 #: First retry delay when the controller is down; doubles up to the interval
 #: (capped at REGISTER_BACKOFF_MAX_S), with jitter so that the hosts of a
 #: restarted controller do not all come back in the same instant.
@@ -393,8 +393,25 @@ def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
     """The VM list a registration or heartbeat carries."""
     out = []
     for status in registry.statuses():
-        state = node_pb.AgentState.Name(status.agent.state).removeprefix("AGENT_STATE_").lower()
-        out.append(api_pb.NodeVM(vm_id=status.vm_id, name=status.name, labels=dict(status.labels), state=state))
+        agent, telemetry = status.agent, status.resource_usage.telemetry
+        vm = api_pb.NodeVM(
+            vm_id=status.vm_id,
+            name=status.name,
+            labels=dict(status.labels),
+            state=node_pb.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower(),
+            agent_version=agent.version,
+            os=agent.identity.os.pretty_name or agent.identity.os.name,
+            hostname=agent.identity.hostname,
+            kernel=agent.identity.kernel,
+            ip_addresses=list(agent.ip_addresses),
+            cpu_percent=telemetry.cpu_percent,
+            memory_percent=telemetry.memory.percent,
+            uptime_seconds=telemetry.uptime_seconds,
+            last_disconnect_reason=agent.last_disconnect_reason,
+        )
+        if agent.HasField("last_seen"):
+            vm.last_seen.CopyFrom(agent.last_seen)
+        out.append(vm)
     return out
 
 

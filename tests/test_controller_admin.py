@@ -369,6 +369,23 @@ async def test_auth_matrix(stack: Stack) -> None:
     assert not any(r["action"] == "token.create" and r["outcome"] == "success" for r in denied)
 
 
+@pytest.mark.trio
+async def test_whoami_for_every_role(stack: Stack) -> None:
+    """Any valid token may ask who it is; the permissions are the role's, less what a scope takes away."""
+    admin = await stack.ok("WhoAmI", {})
+    assert (admin["user"], admin["role"]) == ("admin", "admin") and len(admin["tokenId"]) == 12
+    assert {"audit.read", "token.manage", "vm.password_reset", "vm.exec"} <= set(admin["permissions"])
+    viewer = await stack.ok("WhoAmI", {}, who="viewer")
+    assert viewer["role"] == "viewer" and viewer["permissions"] == ["command.read", "node.read", "vm.read"]
+    scoped = await stack.ok("WhoAmI", {}, who="scoped_admin")
+    assert scoped["role"] == "admin" and scoped["labelScope"]
+    assert "audit.read" not in scoped["permissions"] and "vm.exec" in scoped["permissions"]
+    node = await stack.ok("WhoAmI", {}, who="node")
+    assert node["permissions"] == ["node.register"]
+    r = await stack.call("WhoAmI", {}, who=None)
+    assert (r.status_code, r.json()["code"]) == (401, "unauthenticated")
+
+
 # ---------------------------------------------------------------- tokens
 
 

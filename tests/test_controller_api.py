@@ -117,7 +117,12 @@ async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
     db = short_tmp / "db" / "controller.db"
     tokens = await _make_tokens(db)
     sims = {
-        vm_id: SimVMProcess.start(str(short_tmp / f"{vm_id}.sock"), state_dir=short_tmp / f"state-{vm_id}", name=vm_id)
+        vm_id: SimVMProcess.start(
+            str(short_tmp / f"{vm_id}.sock"),
+            state_dir=short_tmp / f"state-{vm_id}",
+            name=vm_id,
+            agent_args=["--telemetry-interval-s=0.5"],
+        )
         for vm_id in LABELS
     }
     try:
@@ -223,8 +228,21 @@ async def test_registration_heartbeats_and_inventory(stack: Stack) -> None:
     assert [v["vmId"] for v in page1["vms"] + page2["vms"]] == ["vm0", "vm1"] and page2["nextPageToken"] == ""
     # A label-scoped token lists only what it may reach.
     assert [v["vmId"] for v in (await stack.ok("ListVMs", {}, who="scoped"))["vms"]] == ["vm0"]
+    # ListVMs carries each agent in brief from the heartbeats (a fleet view needs no call per VM).
+    for v in vms:
+        assert v["agentVersion"] and v["kernel"] and v["hostname"] and v["os"] and v["ipAddresses"], v
+        assert "lastSeen" in v
+    with trio.fail_after(DEADLINE_S):  # telemetry follows within its interval
+        while not all(v.get("memoryPercent") for v in (await stack.ok("ListVMs", {}))["vms"]):
+            await trio.sleep(0.05)
+    brief = (await stack.ok("ListVMs", {}))["vms"][0]
+    assert 0 < brief["memoryPercent"] <= 100 and brief["uptimeSeconds"] > 0 and brief["cpuPercent"] >= 0
     vm = await stack.ok("GetVM", {"vmId": "vm0"}, who="viewer")
     assert vm["agentVersion"] and vm["kernel"] and vm["hostname"] and vm["nodeReachable"] is True
+    # GetVM adds the whole identity and the latest telemetry report.
+    assert "ping" in vm["identity"]["capabilities"] and vm["identity"]["interfaces"]
+    assert vm["telemetry"]["memory"]["totalBytes"] and vm["telemetry"]["filesystems"]
+    assert vm["memoryPercent"] == vm["telemetry"]["memory"]["percent"]
     r = await stack.call("GetVM", {"vmId": "ghost"})
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     health = await stack.client.get(f"{stack.url}/healthz")

@@ -217,3 +217,28 @@ class RemoveNodeRequest(_message.Message):
 class RemoveNodeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("user", "token_id", "role", "label_scope", "permissions")
+    class LabelScopeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    token_id: str
+    role: str
+    label_scope: _containers.ScalarMap[str, str]
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user: _Optional[str] = ..., token_id: _Optional[str] = ..., role: _Optional[str] = ..., label_scope: _Optional[_Mapping[str, str]] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VM(_message.Message):
-    __slots__ = ("vm_id", "name", "labels", "node_id", "agent_state", "node_reachable", "agent_version", "ip_addresses", "hostname", "os", "kernel", "last_seen", "last_disconnect_reason")
+    __slots__ = ("vm_id", "name", "labels", "node_id", "agent_state", "node_reachable", "agent_version", "ip_addresses", "hostname", "os", "kernel", "last_seen", "last_disconnect_reason", "cpu_percent", "memory_percent", "uptime_seconds", "identity", "telemetry")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,11 @@ class VM(_message.Message):
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -45,7 +50,12 @@ class VM(_message.Message):
     kernel: str
     last_seen: _timestamp_pb2.Timestamp
     last_disconnect_reason: str
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., agent_state: _Optional[str] = ..., node_reachable: _Optional[bool] = ..., agent_version: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ...) -> None: ...
+    cpu_percent: float
+    memory_percent: float
+    uptime_seconds: float
+    identity: _agent_pb2.AgentIdentity
+    telemetry: _agent_pb2.TelemetryReport
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., agent_state: _Optional[str] = ..., node_reachable: _Optional[bool] = ..., agent_version: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., identity: _Optional[_Union[_agent_pb2.AgentIdentity, _Mapping]] = ..., telemetry: _Optional[_Union[_agent_pb2.TelemetryReport, _Mapping]] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
     __slots__ = ("node_id", "state", "labels", "page_size", "page_token")
@@ -310,7 +320,7 @@ class ResetGuestPasswordResponse(_message.Message):
     def __init__(self, expired: _Optional[bool] = ...) -> None: ...
 
 class NodeVM(_message.Message):
-    __slots__ = ("vm_id", "name", "labels", "state")
+    __slots__ = ("vm_id", "name", "labels", "state", "agent_version", "os", "hostname", "kernel", "ip_addresses", "cpu_percent", "memory_percent", "uptime_seconds", "last_seen", "last_disconnect_reason")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,11 +332,31 @@ class NodeVM(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
     state: str
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ...) -> None: ...
+    agent_version: str
+    os: str
+    hostname: str
+    kernel: str
+    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
+    cpu_percent: float
+    memory_percent: float
+    uptime_seconds: float
+    last_seen: _timestamp_pb2.Timestamp
+    last_disconnect_reason: str
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node_id", "url", "token", "vms")
