@@ -1,0 +1,169 @@
+"""The Textual app: the controller connection, the fleet poll, and the screens' shared state.
+
+The app polls ListVMs every ``refresh_s`` and keeps, per VM, the latest record and
+a few minutes of CPU / memory history (what the detail screen's sparklines draw).
+Errors never end the app: the first failure of a kind is notified, the poll goes
+on, and the return of the controller is notified too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from textual.app import App
+from textual.binding import Binding
+
+from .client import ApiError, ControllerClient, WhoAmI
+from .config import TuiConfig
+
+__all__ = ["HISTORY_POINTS", "LimiQuantixApp", "RunRecord"]
+
+#: Points of history kept per VM (at the default 2 s refresh: 5 minutes).
+HISTORY_POINTS: Final = 150
+#: Recent script runs kept per VM.
+RECENT_RUNS: Final = 20
+
+
+@dataclass
+class RunRecord:
+    """A script run started from this TUI."""
+
+    script: str
+    started: float
+    exit_code: int | None = None
+    reason: str = ""
+    duration_ms: int = 0
+
+    @property
+    def first_line(self) -> str:
+        return (self.script.strip().splitlines() or [""])[0][:60]
+
+
+@dataclass
+class VMHistory:
+    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+    memory: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+
+
+class LimiQuantixApp(App[None]):
+    """``limiquantix-tui``."""
+
+    TITLE = "LimiQuantix"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, config: TuiConfig, *, client: ControllerClient | None = None, poll: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.client = client or ControllerClient(config.url, config.token)
+        self.poll = poll
+        self.me: WhoAmI | None = None
+        self.vms: dict[str, dict[str, Any]] = {}
+        self.history: dict[str, VMHistory] = {}
+        self.recent_runs: dict[str, deque[RunRecord]] = {}
+        self.selected: set[str] = set()
+        self.controller_ok: bool | None = None
+        self.last_error: ApiError | None = None
+        self.last_refresh: float = 0.0
+        self.refresh_cpu_s: float = 0.0
+        """CPU time the last fleet update took in this process (ListVMs answer → screen updated)."""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        from .fleet import FleetScreen
+
+        self.sub_title = self.config.url
+        self.push_screen(FleetScreen())
+        if self.poll:
+            self.run_worker(self.refresh_fleet(), group="fleet", exclusive=True)
+            self.set_interval(self.config.refresh_s, self._tick)
+
+    async def on_unmount(self) -> None:
+        await self.client.aclose()
+
+    def _tick(self) -> None:
+        self.run_worker(self.refresh_fleet(), group="fleet", exclusive=True)
+
+    def action_help(self) -> None:
+        from .dialogs import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    # -- errors ----------------------------------------------------------------------
+
+    def report(self, exc: ApiError, what: str) -> None:
+        """A notification an operator can act on."""
+        hint = ""
+        if exc.code == "unauthenticated":
+            hint = f" — check the token from {self.config.source}"
+        elif exc.code == "permission_denied" and self.me:
+            hint = f" — you are {self.me.user} ({self.me.role})"
+        self.notify(f"{what}: {exc.summary}{hint}", severity="error", timeout=8)
+
+    # -- the fleet poll ----------------------------------------------------------------
+
+    async def refresh_fleet(self) -> None:
+        """One poll: WhoAmI while unknown, then ListVMs; screens are told."""
+        try:
+            if self.me is None:
+                self.me = await self.client.whoami()
+                self.sub_title = f"{self.me.user} ({self.me.role}) @ {self.config.url}"
+            vms = await self.client.list_vms()
+        except ApiError as exc:
+            self._controller_failed(exc)
+            return
+        if self.controller_ok is False:
+            self.notify("Controller reachable again.", title="Recovered", timeout=4)
+        self.controller_ok, self.last_error = True, None
+        self.apply_fleet(vms)
+
+    def _controller_failed(self, exc: ApiError) -> None:
+        first = self.controller_ok is not False or (self.last_error and self.last_error.code != exc.code)
+        self.controller_ok, self.last_error = False, exc
+        if exc.code == "unauthenticated":
+            self.me = None
+        if first:
+            self.report(exc, "Controller")
+        self._tell_screens()
+
+    def apply_fleet(self, vms: list[dict[str, Any]]) -> None:
+        """Take one ListVMs answer (also used by tests and the benchmark to feed data)."""
+        started = time.process_time()
+        fresh = {vm["vmId"]: vm for vm in vms}
+        for vm_id, vm in fresh.items():
+            hist = self.history.get(vm_id)
+            if hist is None:
+                hist = self.history[vm_id] = VMHistory()
+            if vm.get("agentState") == "connected":
+                hist.cpu.append(float(vm.get("cpuPercent", 0.0)))
+                hist.memory.append(float(vm.get("memoryPercent", 0.0)))
+        for gone in set(self.history) - set(fresh):
+            del self.history[gone]
+        self.selected &= set(fresh)
+        self.vms = fresh
+        self.last_refresh = time.time()
+        self._tell_screens()
+        self.refresh_cpu_s = time.process_time() - started
+
+    def _tell_screens(self) -> None:
+        for screen in self.screen_stack:
+            update = getattr(screen, "fleet_updated", None)
+            if update is not None:
+                update()
+
+    # -- helpers for screens -------------------------------------------------------------
+
+    def may(self, permission: str) -> bool:
+        """Whether the token holds ``permission`` (True while unknown: the controller decides)."""
+        return self.me is None or self.me.may(permission)
+
+    def record_run(self, vm_id: str, record: RunRecord) -> None:
+        runs = self.recent_runs.setdefault(vm_id, deque(maxlen=RECENT_RUNS))
+        runs.appendleft(record)

@@ -1,0 +1,93 @@
+"""Where the TUI finds its controller: flags, then environment, then the config file.
+
+``make run`` writes ``~/.config/limiquantix/tui.toml`` (``$XDG_CONFIG_HOME`` is
+honoured) with ``url`` and ``token``; ``LQX_CONTROLLER_URL`` / ``LQX_TOKEN``
+override it, and ``--url`` / ``--token`` / ``--token-file`` override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from limiquantix.protocol.configfile import read_toml
+
+__all__ = ["DEFAULT_REFRESH_S", "DEFAULT_URL", "TuiConfig", "TuiConfigError", "default_config_path", "parse_args"]
+
+DEFAULT_URL: Final = "http://127.0.0.1:8080"
+#: Seconds between fleet refreshes.
+DEFAULT_REFRESH_S: Final = 2.0
+
+
+class TuiConfigError(ValueError):
+    """The configuration is unreadable or incomplete."""
+
+
+def default_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/limiquantix/tui.toml`` (``~/.config`` when unset)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "limiquantix" / "tui.toml"
+
+
+@dataclass(frozen=True)
+class TuiConfig:
+    url: str = DEFAULT_URL
+    token: str = ""
+    refresh_s: float = DEFAULT_REFRESH_S
+    source: str = "defaults"
+    """Where the token came from (shown when the controller refuses it)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="limiquantix-tui",
+        description="The operators' terminal dashboard for LimiQuantix guest agents (talks to the controller).",
+    )
+    p.add_argument("--url", help=f"controller URL (env LQX_CONTROLLER_URL; default from the config file, else {DEFAULT_URL})")
+    p.add_argument("--token", help="API token (env LQX_TOKEN; default from the config file)")
+    p.add_argument("--token-file", type=Path, help="read the API token from this file")
+    p.add_argument("--config", type=Path, help="config file (default: ~/.config/limiquantix/tui.toml)")
+    p.add_argument("--refresh-s", type=float, help=f"seconds between fleet refreshes (default {DEFAULT_REFRESH_S})")
+    return p
+
+
+def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> TuiConfig:
+    """Resolve the configuration.
+
+    Raises:
+        TuiConfigError: an unreadable file, a bad value, or no token anywhere.
+    """
+    args = _parser().parse_args(argv)
+    env = dict(os.environ if env is None else env)
+    data = read_toml(args.config, default_config_path(), TuiConfigError)
+    unknown = sorted(set(data) - {"url", "token", "refresh_s"})
+    if unknown:
+        raise TuiConfigError(f"unknown key {unknown[0]!r} in the TUI config file")
+    url, token, source = str(data.get("url", DEFAULT_URL)), str(data.get("token", "")), "the config file"
+    if env.get("LQX_CONTROLLER_URL"):
+        url = env["LQX_CONTROLLER_URL"]
+    if env.get("LQX_TOKEN"):
+        token, source = env["LQX_TOKEN"], "LQX_TOKEN"
+    if args.url:
+        url = args.url
+    if args.token_file:
+        try:
+            token, source = args.token_file.read_text().strip(), str(args.token_file)
+        except OSError as exc:
+            raise TuiConfigError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+    if args.token:
+        token, source = args.token, "--token"
+    if not token:
+        raise TuiConfigError(
+            "no API token: pass --token or --token-file, set LQX_TOKEN, or run `make run` "
+            f"(which writes {default_config_path()})"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise TuiConfigError(f"controller URL must start with http:// or https://, not {url!r}")
+    refresh = args.refresh_s if args.refresh_s is not None else float(data.get("refresh_s", DEFAULT_REFRESH_S))
+    if not refresh > 0:
+        raise TuiConfigError("refresh_s must be > 0")
+    return TuiConfig(url=url.rstrip("/"), token=token, refresh_s=refresh, source=source)

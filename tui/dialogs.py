@@ -1,0 +1,136 @@
+"""Modal dialogs: confirmation, password reset, help."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Markdown
+
+__all__ = ["ConfirmDialog", "HelpScreen", "PasswordDialog"]
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes or no; ``No`` has the focus, so a stray enter changes nothing."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("y", "confirm", "Yes", show=False)]
+
+    def __init__(self, question: str, detail: str = "", *, confirm: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.detail = detail
+        self.confirm_label = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title")
+            if self.detail:
+                yield Label(self.detail, classes="dialog-detail")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.confirm_label, variant="error", id="yes")
+                yield Button("Cancel", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+    def action_confirm(self) -> None:
+        self.dismiss(True)
+
+
+class PasswordDialog(ModalScreen["tuple[str, str, bool] | None"]):
+    """User name, new password twice (masked), expire flag."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, vm_id: str) -> None:
+        super().__init__()
+        self.vm_id = vm_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Reset a password on {self.vm_id}", classes="dialog-title")
+            yield Input(placeholder="user name", id="user", value="root")
+            yield Input(placeholder="new password", password=True, id="password")
+            yield Input(placeholder="the same again", password=True, id="again")
+            yield Checkbox("expire: force a change at next login", id="expire")
+            yield Label("", id="password-error", classes="dialog-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Reset", variant="error", id="reset")
+                yield Button("Cancel", variant="primary", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#password", Input).focus()
+
+    def _submit(self) -> None:
+        user = self.query_one("#user", Input).value.strip()
+        password = self.query_one("#password", Input).value
+        again = self.query_one("#again", Input).value
+        error = self.query_one("#password-error", Label)
+        if not user:
+            error.update("a user name is needed")
+        elif not password:
+            error.update("the password is empty")
+        elif password != again:
+            error.update("the two passwords differ")
+        else:
+            self.dismiss((user, password, self.query_one("#expire", Checkbox).value))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "reset":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "again":
+            self._submit()
+        else:
+            self.focus_next()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+HELP = """\
+# LimiQuantix TUI
+
+| Where | Key | What |
+|---|---|---|
+| everywhere | `?` | this help |
+| | `q` | quit (not while typing) |
+| | `escape` | back / close |
+| Fleet | `enter` | the VM's details |
+| | `space` | select / unselect the VM (for fleet runs) |
+| | `a` / `n` | select every shown VM / none |
+| | `/` | filter by name, node, state, OS, IP or `label=value` |
+| | `s` / `S` | sort by the next column / reverse (or click a header) |
+| | `x` | run a script on the selected VMs (or the one under the cursor) |
+| | `u` | audit log (admin) |
+| VM | `x` | script runner |
+| | `f` | files: view a guest file, upload a local one |
+| | `p` / `r` | shut down / reboot (asks first) |
+| | `w` | reset a password (admin) |
+| | `g` | ping the agent |
+| Script runner | `ctrl+r` | run |
+| | `ctrl+b` | cancel the running script |
+| Files | `ctrl+o` | open the guest path in the viewer |
+| | `ctrl+t` | upload the local file to the guest path |
+
+The fleet refreshes every few seconds (`--refresh-s`). When the controller is
+down or refuses the token, a notification says so and the app keeps trying.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("question_mark", "app.pop_screen", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog help"):
+            yield Markdown(HELP)

@@ -1,0 +1,163 @@
+"""Files: view a guest file (with a size guard), upload a local file with a progress bar.
+
+Every transfer ends with the SHA-256 the guest computed; an upload also shows
+whether it equals the local file's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static, TextArea
+
+from .client import MAX_UPLOAD_BYTES, ApiError
+from .format import human_bytes
+
+if TYPE_CHECKING:
+    from .app import LimiQuantixApp
+
+__all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
+
+#: The viewer reads at most this much of a file (its size is checked first).
+VIEW_LIMIT_BYTES: Final = 1024 * 1024
+
+
+class FilesScreen(Screen[None]):
+    BINDINGS = [
+        Binding("ctrl+o", "view", "View guest file", priority=True),
+        Binding("ctrl+t", "upload", "Upload", priority=True),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, vm_id: str) -> None:
+        super().__init__()
+        self.vm_id = vm_id
+
+    @property
+    def lqx(self) -> LimiQuantixApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="files"):
+            yield Label(f"Files on {self.vm_id}", id="files-title")
+            with Horizontal(classes="files-row"):
+                yield Label("guest path", classes="files-label")
+                yield Input("/etc/os-release", id="guest-path")
+                yield Button("View ^O", id="view", variant="primary")
+            with Horizontal(classes="files-row"):
+                yield Label("local file", classes="files-label")
+                yield Input(placeholder="a file on this machine, uploaded to the guest path", id="local-path")
+                yield Button("Upload ^T", id="upload", variant="warning")
+            yield ProgressBar(total=100, show_eta=False, id="progress")
+            yield Static("", id="transfer")
+            yield TextArea("", id="viewer", read_only=True, show_line_numbers=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.vm_id
+        for button in self.query(Button):
+            button.can_focus = False  # tab moves between the two paths; ctrl+o / ctrl+u act
+        self.query_one("#guest-path", Input).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "view":
+            self.action_view()
+        elif event.button.id == "upload":
+            self.action_upload()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "guest-path":
+            self.action_view()
+        elif event.input.id == "local-path":
+            self.action_upload()
+
+    def _guest_path(self) -> str | None:
+        path = self.query_one("#guest-path", Input).value.strip()
+        if not path.startswith("/"):
+            self.notify("The guest path must be absolute.", severity="warning")
+            return None
+        return path
+
+    # -- view ------------------------------------------------------------------------
+
+    def action_view(self) -> None:
+        path = self._guest_path()
+        if path is not None:
+            self.run_worker(self._view(path), group="transfer", exclusive=True)
+
+    async def _view(self, path: str) -> None:
+        status = self.query_one("#transfer", Static)
+        client = self.lqx.client
+        try:
+            # The size guard: never more than the limit is read (the answer
+            # still tells the whole file's size).
+            content, file_size, sha = await client.read_file(self.vm_id, path, length=VIEW_LIMIT_BYTES)
+        except ApiError as exc:
+            status.update(Text(f"{path}: {exc.summary}", style="bold red"))
+            self.lqx.report(exc, "View")
+            return
+        shown = content.decode("utf-8", errors="replace")
+        if "\x00" in shown:
+            shown = f"(binary file: {human_bytes(file_size)}; not shown)"
+        self.query_one("#viewer", TextArea).load_text(shown)
+        text = Text(f"{path}: {human_bytes(file_size)}", style="bold")
+        if len(content) < file_size:
+            text.append(f"  (first {human_bytes(len(content))} shown: the viewer's limit)", style="yellow")
+        text.append(f"\nSHA-256 of what was read: {sha}", style="dim")
+        status.update(text)
+
+    # -- upload ----------------------------------------------------------------------
+
+    def action_upload(self) -> None:
+        path = self._guest_path()
+        raw = self.query_one("#local-path", Input).value.strip()
+        if path is None:
+            return
+        if not raw:
+            self.notify("Name a local file to upload.", severity="warning")
+            return
+        local = Path(raw).expanduser()
+        try:
+            size = local.stat().st_size
+            if not local.is_file():
+                raise IsADirectoryError(raw)
+        except OSError as exc:
+            self.notify(f"{raw}: {exc.strerror or 'not a regular file'}", severity="error")
+            return
+        if size > MAX_UPLOAD_BYTES:
+            self.notify(f"{raw} is {human_bytes(size)}; the TUI uploads at most {human_bytes(MAX_UPLOAD_BYTES)}.", severity="error")
+            return
+        self.run_worker(self._upload(local, path), group="transfer", exclusive=True)
+
+    async def _upload(self, local: Path, path: str) -> None:
+        status = self.query_one("#transfer", Static)
+        progress = self.query_one("#progress", ProgressBar)
+        content = local.read_bytes()
+        local_sha = hashlib.sha256(content).hexdigest()
+        progress.update(total=100, progress=0)
+        status.update(Text(f"uploading {local} → {path} ({human_bytes(len(content))})…", style="cyan"))
+
+        def sent(done: int, total: int) -> None:
+            progress.update(progress=100 * done / max(total, 1))
+
+        try:
+            written, sha = await self.lqx.client.write_file(self.vm_id, path, content, create_parents=True, progress=sent)
+        except ApiError as exc:
+            status.update(Text(f"upload failed: {exc.summary}", style="bold red"))
+            self.lqx.report(exc, "Upload")
+            return
+        progress.update(progress=100)
+        ok = sha == local_sha
+        text = Text(f"{path}: {human_bytes(written)} written", style="bold")
+        text.append(f"\nSHA-256 {sha}  ")
+        text.append("= local file" if ok else f"≠ local file {local_sha}", style="bold green" if ok else "bold red")
+        status.update(text)
+        self.notify(f"Uploaded {local.name} to {path}" + ("" if ok else " — SHA-256 MISMATCH"), severity="information" if ok else "error")

@@ -1,0 +1,259 @@
+"""The fleet screen: every VM, live, sortable, filterable, multi-selectable.
+
+Refreshes change only the cells whose text changed, so the table neither
+flickers nor loses its cursor or scroll position; the rows are rebuilt only
+when the set or order of visible VMs changes (and the cursor stays on its VM).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from .format import STATE_STYLES, effective_state, percent, primary_ip, state_text, uptime, vm_matches
+
+if TYPE_CHECKING:
+    from .app import LimiQuantixApp
+
+__all__ = ["COLUMNS", "FleetScreen"]
+
+#: (key, label, sort key) of each column after the selection mark.
+COLUMNS: Final[tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...]] = (
+    ("name", "Name", lambda vm: (vm.get("name") or vm["vmId"]).lower()),
+    ("node", "Node", lambda vm: vm.get("nodeId", "")),
+    ("state", "State", effective_state),
+    ("version", "Agent", lambda vm: vm.get("agentVersion", "")),
+    ("os", "OS", lambda vm: vm.get("os", "")),
+    ("ip", "IP", primary_ip),
+    ("cpu", "CPU", lambda vm: vm.get("cpuPercent", 0.0)),
+    ("mem", "Mem", lambda vm: vm.get("memoryPercent", 0.0)),
+    ("uptime", "Uptime", lambda vm: vm.get("uptimeSeconds", 0.0)),
+)
+_STATE_ORDER: Final = ("connected", "waiting_for_agent", "connecting", "unresponsive", "no_socket", "disabled", "unreachable")
+
+
+def _cells(vm: dict[str, Any], selected: bool) -> tuple[str | Text, ...]:
+    connected = vm.get("agentState") == "connected" and vm.get("nodeReachable", False)
+    return (
+        Text("✓", style="bold cyan") if selected else " ",
+        vm.get("name") or vm["vmId"],
+        vm.get("nodeId", "") or "-",
+        state_text(vm),
+        vm.get("agentVersion", "") or "-",
+        (vm.get("os", "") or "-")[:28],
+        primary_ip(vm),
+        percent(vm.get("cpuPercent", 0.0), connected=connected),
+        percent(vm.get("memoryPercent", 0.0), connected=connected),
+        uptime(vm.get("uptimeSeconds")) if connected else "-",
+    )
+
+
+class FleetScreen(Screen[None]):
+    """The first screen."""
+
+    BINDINGS = [
+        Binding("enter", "open", "Details", show=True),
+        Binding("space", "toggle", "Select"),
+        Binding("a", "select_all", "Select all"),
+        Binding("n", "select_none", "None", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+        Binding("S", "reverse", "Reverse", show=False),
+        Binding("x", "run", "Run script"),
+        Binding("u", "audit", "Audit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.sort_column = 0
+        self.sort_reverse = False
+        self._order: list[str] = []
+        self._shown: dict[str, tuple[str | Text, ...]] = {}
+
+    @property
+    def lqx(self) -> LimiQuantixApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="fleet-status"):
+            yield Static(id="counts")
+            yield Static(id="controller")
+        table: DataTable[str | Text] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Input(placeholder="filter: name, node, state, OS, IP, label=value …  (enter: keep, escape: clear)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#fleet", DataTable)
+        table.add_column(" ", key="sel", width=1)
+        for key, label, _ in COLUMNS:
+            table.add_column(label, key=key)
+        self.query_one("#filter", Input).display = False
+        self.fleet_updated()
+
+    # -- refresh ---------------------------------------------------------------------
+
+    def _visible(self) -> list[dict[str, Any]]:
+        vms = [vm for vm in self.lqx.vms.values() if vm_matches(vm, self.filter_text)]
+        key = COLUMNS[self.sort_column][2]
+        vms.sort(key=lambda vm: (key(vm), vm["vmId"]), reverse=self.sort_reverse)
+        return vms
+
+    def fleet_updated(self) -> None:
+        """Called by the app after each poll (and by actions here)."""
+        if not self.is_mounted:
+            return
+        self._update_status()
+        table = self.query_one("#fleet", DataTable)
+        visible = self._visible()
+        order = [vm["vmId"] for vm in visible]
+        selected = self.lqx.selected
+        rows = {vm["vmId"]: _cells(vm, vm["vmId"] in selected) for vm in visible}
+        if order != self._order:
+            cursor_key = self._order[table.cursor_row] if 0 <= table.cursor_row < len(self._order) else None
+            table.clear()
+            for vm_id in order:
+                table.add_row(*rows[vm_id], key=vm_id)
+            self._order = order
+            if cursor_key in rows:
+                table.move_cursor(row=order.index(cursor_key), animate=False)
+        else:
+            column_keys = ["sel", *(c[0] for c in COLUMNS)]
+            for vm_id, cells in rows.items():
+                before = self._shown.get(vm_id)
+                if before == cells:
+                    continue
+                for i, value in enumerate(cells):
+                    if before is None or before[i] != value:
+                        table.update_cell(vm_id, column_keys[i], value)
+        self._shown = rows
+
+    def _update_status(self) -> None:
+        app = self.lqx
+        counts = Counter(effective_state(vm) for vm in app.vms.values())
+        text = Text()
+        for state in sorted(counts, key=lambda s: _STATE_ORDER.index(s) if s in _STATE_ORDER else 99):
+            text.append("● ", style=STATE_STYLES.get(state, ""))
+            text.append(f"{state} {counts[state]}  ")
+        text.append(f"│ {len(app.vms)} VMs", style="bold")
+        if app.selected:
+            text.append(f", {len(app.selected)} selected", style="cyan")
+        if self.filter_text:
+            text.append(f"  │ filter “{self.filter_text}”", style="italic")
+        self.query_one("#counts", Static).update(text)
+        status = Text()
+        if app.controller_ok is False and app.last_error is not None:
+            status.append(f"controller: {app.last_error.code} (retrying)", style="bold red")
+        elif app.last_refresh:
+            status.append(f"updated {time.strftime('%H:%M:%S', time.localtime(app.last_refresh))}", style="dim")
+        else:
+            status.append("connecting…", style="dim")
+        self.query_one("#controller", Static).update(status)
+
+    # -- actions ---------------------------------------------------------------------
+
+    def _cursor_vm(self) -> str | None:
+        table = self.query_one("#fleet", DataTable)
+        if 0 <= table.cursor_row < len(self._order):
+            return self._order[table.cursor_row]
+        return None
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        keys = [c[0] for c in COLUMNS]
+        if event.column_key.value in keys:
+            index = keys.index(event.column_key.value)
+            self.sort_reverse = not self.sort_reverse if index == self.sort_column else False
+            self.sort_column = index
+            self._announce_sort()
+
+    def action_open(self) -> None:
+        vm_id = self._cursor_vm()
+        if vm_id is not None:
+            from .vm import VMScreen
+
+            self.app.push_screen(VMScreen(vm_id))
+
+    def action_toggle(self) -> None:
+        vm_id = self._cursor_vm()
+        if vm_id is None:
+            return
+        self.lqx.selected ^= {vm_id}
+        table = self.query_one("#fleet", DataTable)
+        self.fleet_updated()
+        table.move_cursor(row=min(table.cursor_row + 1, len(self._order) - 1), animate=False)
+
+    def action_select_all(self) -> None:
+        self.lqx.selected |= set(self._order)
+        self.fleet_updated()
+
+    def action_select_none(self) -> None:
+        self.lqx.selected.clear()
+        self.fleet_updated()
+
+    def action_sort(self) -> None:
+        self.sort_column = (self.sort_column + 1) % len(COLUMNS)
+        self.sort_reverse = False
+        self._announce_sort()
+
+    def action_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._announce_sort()
+
+    def _announce_sort(self) -> None:
+        self.notify(f"sorted by {COLUMNS[self.sort_column][1]}{' (reversed)' if self.sort_reverse else ''}", timeout=2)
+        self.fleet_updated()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.filter_text = event.value.strip()
+            self.fleet_updated()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.input.display = bool(self.filter_text)
+            self.query_one("#fleet", DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.filter_text = ""
+        self.query_one("#fleet", DataTable).focus()
+        self.fleet_updated()
+
+    def action_run(self) -> None:
+        from .runner import RunnerScreen
+
+        targets = sorted(self.lqx.selected) or [vm for vm in [self._cursor_vm()] if vm]
+        if targets:
+            self.app.push_screen(RunnerScreen(targets))
+
+    def action_audit(self) -> None:
+        if not self.lqx.may("audit.read"):
+            self.notify("The audit log needs an admin token.", severity="warning")
+            return
+        from .audit import AuditScreen
+
+        self.app.push_screen(AuditScreen())

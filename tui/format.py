@@ -1,0 +1,145 @@
+"""Small, pure formatting helpers shared by the screens (and easy to test)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from rich.text import Text
+
+__all__ = [
+    "STATE_STYLES",
+    "age",
+    "bar",
+    "effective_state",
+    "human_bytes",
+    "percent",
+    "primary_ip",
+    "spark",
+    "state_text",
+    "uptime",
+    "vm_matches",
+]
+
+#: Agent state → colour, as hostd names the states.
+STATE_STYLES: Final = {
+    "connected": "bold green",
+    "waiting_for_agent": "yellow",
+    "connecting": "cyan",
+    "unresponsive": "bold red",
+    "no_socket": "red",
+    "disabled": "dim",
+    "unreachable": "magenta",
+}
+
+
+def state_text(vm: Mapping[str, Any]) -> Text:
+    """The agent's state, coloured; ``unreachable`` when its node stopped heartbeating."""
+    state = vm.get("agentState", "") or "unknown"
+    if not vm.get("nodeReachable", False):
+        state = "unreachable"
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def effective_state(vm: Mapping[str, Any]) -> str:
+    return "unreachable" if not vm.get("nodeReachable", False) else (vm.get("agentState", "") or "unknown")
+
+
+def primary_ip(vm: Mapping[str, Any]) -> str:
+    """The first IPv4 address, else the first address, else ``-``."""
+    addresses = vm.get("ipAddresses", [])
+    for address in addresses:
+        if ":" not in address:
+            return address
+    return addresses[0] if addresses else "-"
+
+
+def percent(value: float | None, *, connected: bool = True) -> str:
+    if not connected or value is None:
+        return "-"
+    return f"{value:5.1f}%"
+
+
+def uptime(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes = s // 60
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{s % 60:02d}s"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def bar(fraction: float, width: int = 20) -> Text:
+    """A usage bar, green / yellow / red by how full."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = round(fraction * width)
+    style = "green" if fraction < 0.75 else "yellow" if fraction < 0.9 else "red"
+    out = Text("█" * filled, style=style)
+    out.append("░" * (width - filled), style="dim")
+    return out
+
+
+def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
+    """``12 s ago`` for an RFC 3339 timestamp from the API (``-`` when absent)."""
+    if not timestamp:
+        return "-"
+    try:
+        when = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    seconds = max(0, int((now - when).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def vm_matches(vm: Mapping[str, Any], needle: str) -> bool:
+    """Whether the filter text appears in the VM's id, name, node, state, OS, addresses or labels."""
+    if not needle:
+        return True
+    needle = needle.lower()
+    fields = [
+        vm.get("vmId", ""),
+        vm.get("name", ""),
+        vm.get("nodeId", ""),
+        effective_state(vm),
+        vm.get("os", ""),
+        vm.get("agentVersion", ""),
+        vm.get("hostname", ""),
+        *vm.get("ipAddresses", ()),
+        *(f"{k}={v}" for k, v in vm.get("labels", {}).items()),
+    ]
+    return any(needle in str(f).lower() for f in fields)
+
+
+_TICKS: Final = " ▁▂▃▄▅▆▇█"
+
+
+def spark(values: Sequence[float], width: int, *, top: float | None = None) -> str:
+    """The last ``width`` values as a one-line sparkline, scaled 0..``top``
+    (default: their maximum), so that an idle 2 % reads low, not full."""
+    shown = list(values)[-width:]
+    if not shown:
+        return ""
+    high = top if top is not None else max(shown)
+    if high <= 0:
+        return _TICKS[1] * len(shown)
+    last = len(_TICKS) - 1
+    return "".join(_TICKS[max(1, min(last, round(v / high * last)))] for v in shown)

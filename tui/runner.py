@@ -1,0 +1,281 @@
+"""The script runner: one VM streamed live, or several VMs as one fleet run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog, Static, TextArea
+from textual.worker import Worker
+
+from .app import RunRecord
+from .client import ApiError
+
+if TYPE_CHECKING:
+    from .app import LimiQuantixApp
+
+__all__ = ["RunnerScreen"]
+
+DEFAULT_SCRIPT: Final = "uname -a\nuptime\n"
+#: Seconds between GetCommand polls of a fleet run.
+FLEET_POLL_S: Final = 1.0
+_TARGET_STYLES: Final = {
+    "success": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "undeliverable": "magenta",
+    "cancelled": "yellow",
+    "skipped": "dim",
+    "in_progress": "cyan",
+    "pending": "dim",
+}
+
+
+class RunnerScreen(Screen[None]):
+    BINDINGS = [
+        Binding("ctrl+r", "run", "Run", priority=True),
+        Binding("ctrl+b", "cancel", "Cancel run", priority=True),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, vm_ids: list[str]) -> None:
+        super().__init__()
+        self.vm_ids = vm_ids
+        self.fleet = len(vm_ids) > 1
+        self.execution_id = ""
+        self.command_id = ""
+        self.worker: Worker[None] | None = None
+        self.targets: dict[str, dict[str, Any]] = {}
+        self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
+
+    @property
+    def lqx(self) -> LimiQuantixApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="runner"):
+            if self.fleet:
+                shown = ", ".join(self.vm_ids[:6]) + (f" … (+{len(self.vm_ids) - 6})" if len(self.vm_ids) > 6 else "")
+                yield Label(f"Fleet run on {len(self.vm_ids)} VMs: {shown}", id="runner-title")
+            else:
+                yield Label(f"Script on {self.vm_ids[0]}", id="runner-title")
+            yield TextArea(DEFAULT_SCRIPT, id="script", show_line_numbers=True)
+            with Horizontal(id="runner-options"):
+                yield Label("timeout s")
+                yield Input("60", id="timeout", restrict=r"[0-9]*", max_length=5)
+                yield Label("run as")
+                yield Input(placeholder="(agent's user)", id="run-as")
+                yield Button("Run ^R", variant="success", id="run")
+                yield Button("Cancel ^B", variant="error", id="cancel", disabled=True)
+            yield Static("", id="result")
+            with Horizontal(id="runner-bottom"):
+                log: RichLog = RichLog(id="output", wrap=True, markup=False, highlight=False, max_lines=10000, min_width=20)
+                yield log
+                side: DataTable[str | Text] = DataTable(id="side", cursor_type="row")
+                yield side
+        yield Footer()
+
+    def on_mount(self) -> None:
+        side = self.query_one("#side", DataTable)
+        if self.fleet:
+            side.add_column("VM")
+            side.add_column("Status", width=13)
+            side.add_column("Exit", width=4)
+            side.add_column("ms", width=6)
+            for vm_id in self.vm_ids:
+                side.add_row(vm_id, Text("-", style="dim"), "", "", key=vm_id)
+        else:
+            side.add_columns("Recent runs", "Exit", "ms")
+            self._show_recent()
+        self.query_one("#script", TextArea).focus()
+
+    def _show_recent(self) -> None:
+        side = self.query_one("#side", DataTable)
+        side.clear()
+        for i, run in enumerate(self.lqx.recent_runs.get(self.vm_ids[0], ())):
+            code = "-" if run.exit_code is None else str(run.exit_code)
+            side.add_row(run.first_line, code if not run.reason or run.reason == "exited" else run.reason, str(run.duration_ms), key=str(i))
+
+    # -- run -------------------------------------------------------------------------
+
+    def _options(self) -> tuple[str, int, str] | None:
+        script = self.query_one("#script", TextArea).text
+        if not script.strip():
+            self.notify("The script is empty.", severity="warning")
+            return None
+        raw = self.query_one("#timeout", Input).value or "60"
+        timeout = int(raw)
+        if not 1 <= timeout <= 86400:
+            self.notify("The timeout must be 1-86400 seconds.", severity="warning")
+            return None
+        return script, timeout, self.query_one("#run-as", Input).value.strip()
+
+    def action_run(self) -> None:
+        if self.running:
+            self.notify("A run is in progress (ctrl+b cancels it).", severity="warning")
+            return
+        options = self._options()
+        if options is None:
+            return
+        self.query_one("#output", RichLog).clear()
+        self.query_one("#result", Static).update(Text("running…", style="cyan"))
+        self._partial = {"stdout": "", "stderr": ""}
+        self._set_running(True)
+        job = self._fleet(*options) if self.fleet else self._stream(*options)
+        self.worker = self.run_worker(job, group="run", exclusive=True)
+
+    def _set_running(self, running: bool) -> None:
+        self.query_one("#run", Button).disabled = running
+        self.query_one("#cancel", Button).disabled = not running
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "run":
+            self.action_run()
+        elif event.button.id == "cancel":
+            self.run_worker(self.action_cancel())
+
+    def _write(self, stream: str, text: str) -> None:
+        """Whole lines to the log (stderr in red); a partial line waits for its end."""
+        log = self.query_one("#output", RichLog)
+        *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
+        for line in lines:
+            log.write(Text(line, style="red" if stream == "stderr" else ""))
+
+    def _flush(self) -> None:
+        log = self.query_one("#output", RichLog)
+        for stream, rest in self._partial.items():
+            if rest:
+                log.write(Text(rest, style="red" if stream == "stderr" else ""))
+        self._partial = {"stdout": "", "stderr": ""}
+
+    async def _stream(self, script: str, timeout: int, run_as: str) -> None:
+        vm_id = self.vm_ids[0]
+        record = RunRecord(script=script, started=time.time())
+        result: dict[str, Any] | None = None
+        try:
+            async for event in self.lqx.client.execute_stream(vm_id, script, timeout_s=timeout, run_as=run_as):
+                if "executionId" in event:
+                    self.execution_id = event["executionId"]
+                elif "output" in event:
+                    out = event["output"]
+                    self._write(out.get("stream", "stdout"), out.get("text", ""))
+                elif "result" in event:
+                    result = event["result"]
+        except ApiError as exc:
+            self._flush()
+            self.query_one("#result", Static).update(Text(f"failed: {exc.summary}", style="bold red"))
+            self.lqx.report(exc, "Run")
+            record.reason = exc.code
+        else:
+            self._flush()
+            if result is not None:
+                self._show_result(result, record)
+        finally:
+            self.execution_id = ""
+            self._set_running(False)
+            self.lqx.record_run(vm_id, record)
+            self._show_recent()
+
+    def _show_result(self, result: dict[str, Any], record: RunRecord) -> None:
+        code = int(result.get("exitCode", 0))
+        reason = result.get("exitReason", "") or ("timed_out" if result.get("timedOut") else "exited")
+        duration = int(result.get("durationMs", 0))
+        record.exit_code, record.reason, record.duration_ms = code, reason, duration
+        style = "bold green" if code == 0 and reason == "exited" else "bold red"
+        text = Text(f"exit code {code}", style=style)
+        text.append(f"   {reason}   {duration} ms", style="")
+        if result.get("signal"):
+            text.append(f"   signal {result['signal']}")
+        if result.get("error"):
+            text.append(f"   {result['error']}", style="red")
+        self.query_one("#result", Static).update(text)
+
+    async def _fleet(self, script: str, timeout: int, run_as: str) -> None:
+        client = self.lqx.client
+        try:
+            self.command_id = await client.run_command(self.vm_ids, script, timeout_s=timeout, run_as=run_as)
+            while True:
+                command = await client.get_command(self.command_id)
+                self._show_fleet(command)
+                if command.get("status") not in ("pending", "in_progress"):
+                    break
+                await asyncio.sleep(FLEET_POLL_S)
+        except ApiError as exc:
+            self.query_one("#result", Static).update(Text(f"failed: {exc.summary}", style="bold red"))
+            self.lqx.report(exc, "Fleet run")
+        finally:
+            self._set_running(False)
+
+    def _show_fleet(self, command: dict[str, Any]) -> None:
+        side = self.query_one("#side", DataTable)
+        for target in command.get("targets", []):
+            vm_id = target["vmId"]
+            self.targets[vm_id] = target
+            status = target.get("status", "pending")
+            code = target.get("exitCode")
+            if vm_id in self.vm_ids:
+                side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=_TARGET_STYLES.get(status, "")))
+                side.update_cell(vm_id, side.ordered_columns[2].key, "" if code is None else str(code))
+                side.update_cell(vm_id, side.ordered_columns[3].key, str(target.get("durationMs", "") or ""))
+        counts = command.get("counts", {})
+        summary = Text(f"{command.get('commandId', '')}  {command.get('status', '')}   ", style="bold")
+        summary.append("  ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
+        self.query_one("#result", Static).update(summary)
+        self._show_target_output()
+
+    def _show_target_output(self) -> None:
+        side = self.query_one("#side", DataTable)
+        if not self.fleet or not (0 <= side.cursor_row < len(self.vm_ids)):
+            return
+        target = self.targets.get(self.vm_ids[side.cursor_row])
+        log = self.query_one("#output", RichLog)
+        log.clear()
+        if target is None:
+            return
+        log.write(Text(f"── {target['vmId']}: {target.get('status', '')}", style="bold"))
+        for stream, style in (("stdout", ""), ("stderr", "red")):
+            for line in target.get(stream, "").splitlines():
+                log.write(Text(line, style=style))
+        if target.get("error"):
+            log.write(Text(target["error"], style="magenta"))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.fleet:
+            self._show_target_output()
+
+    # -- cancel / back -----------------------------------------------------------------
+
+    async def action_cancel(self) -> None:
+        if not self.running:
+            self.notify("Nothing is running.", severity="information", timeout=2)
+            return
+        try:
+            if self.fleet and self.command_id:
+                await self.lqx.client.cancel_command(self.command_id)
+                self.notify("Fleet run cancelled.", timeout=3)
+            elif self.execution_id:
+                found = await self.lqx.client.cancel_execution(self.vm_ids[0], self.execution_id)
+                self.notify("Cancelled." if found else "It had already ended.", timeout=3)
+            elif self.worker is not None:
+                self.worker.cancel()  # closing the stream cancels the command in the guest
+        except ApiError as exc:
+            self.lqx.report(exc, "Cancel")
+            if self.worker is not None and not self.fleet:
+                self.worker.cancel()
+
+    def action_back(self) -> None:
+        if self.running and not self.fleet:
+            self.notify("Still running: ctrl+b cancels it, then escape.", severity="warning")
+            return
+        self.app.pop_screen()

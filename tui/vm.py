@@ -1,0 +1,283 @@
+"""One VM: identity, interfaces, CPU / memory / network sparklines, filesystems,
+capabilities; the script runner, files, power and password from here."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from .client import ApiError
+from .format import age, bar, human_bytes, spark, state_text, uptime
+
+if TYPE_CHECKING:
+    from .app import LimiQuantixApp
+
+__all__ = ["VMScreen"]
+
+_NET_POINTS: Final = 150
+
+
+class VMScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("x", "run", "Run script"),
+        Binding("f", "files", "Files"),
+        Binding("p", "power('poweroff')", "Shut down"),
+        Binding("r", "power('reboot')", "Reboot"),
+        Binding("w", "password", "Password"),
+        Binding("g", "ping", "Ping"),
+    ]
+
+    def __init__(self, vm_id: str) -> None:
+        super().__init__()
+        self.vm_id = vm_id
+        self.detail: dict[str, Any] = {}
+        self.rx: deque[float] = deque(maxlen=_NET_POINTS)
+        self.tx: deque[float] = deque(maxlen=_NET_POINTS)
+        self._last_counters: tuple[str, int, int] | None = None
+
+    @property
+    def lqx(self) -> LimiQuantixApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="vm-body"):
+            yield Static(id="vm-title")
+            with Grid(id="vm-grid"):
+                yield Static(id="vm-identity", classes="panel")
+                yield Static(id="vm-graphs", classes="panel")
+            yield Static(id="vm-filesystems", classes="panel")
+            yield Static(id="vm-interfaces", classes="panel")
+            yield Static(id="vm-capabilities", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.vm_id
+        self.fleet_updated()
+        if self.lqx.poll:
+            self.run_worker(self.load(), group="vm", exclusive=True)
+            self.set_interval(self.lqx.config.refresh_s, lambda: self.run_worker(self.load(), group="vm", exclusive=True))
+
+    async def load(self) -> None:
+        """GetVM: the live identity and telemetry from the VM's node."""
+        try:
+            detail = await self.lqx.client.get_vm(self.vm_id)
+        except ApiError as exc:
+            if exc.code == "not_found":
+                self.notify(f"{self.vm_id} is gone from the inventory.", severity="warning")
+                self.app.pop_screen()
+            elif self.lqx.controller_ok is not False:
+                self.lqx.report(exc, f"GetVM {self.vm_id}")
+            return
+        self.show(detail)
+
+    # -- drawing ---------------------------------------------------------------------
+
+    def fleet_updated(self) -> None:
+        """Sparklines from the app's history (kept for every VM by the fleet poll)."""
+        if not self.is_mounted:
+            return
+        self._draw_graphs()
+        if not self.detail and self.vm_id in self.lqx.vms:
+            self._draw_title(self.lqx.vms[self.vm_id])
+
+    def _draw_graphs(self) -> None:
+        """CPU and memory (0-100 %) from the app's history; network rates from GetVM."""
+        graphs = self.query_one("#vm-graphs", Static)
+        width = max(10, graphs.content_region.width or 40)
+        hist = self.lqx.history.get(self.vm_id)
+        cpu = list(hist.cpu) if hist else []
+        mem = list(hist.memory) if hist else []
+        text = Text()
+        text.append(f"CPU {cpu[-1]:.1f} %\n" if cpu else "CPU -\n", style="bold cyan")
+        text.append(spark(cpu, width, top=100.0) + "\n", style="green")
+        text.append(f"Memory {mem[-1]:.1f} %\n" if mem else "Memory -\n", style="bold cyan")
+        text.append(spark(mem, width, top=100.0) + "\n", style="yellow")
+        if self.rx:
+            text.append(f"Net rx {human_bytes(self.rx[-1])}/s\n", style="bold cyan")
+            text.append(spark(self.rx, width) + "\n", style="blue")
+            text.append(f"Net tx {human_bytes(self.tx[-1])}/s\n", style="bold cyan")
+            text.append(spark(self.tx, width), style="magenta")
+        else:
+            text.append("Network: rates after two telemetry reports", style="dim")
+        text.append(f"\n{len(cpu)} samples, every {self.lqx.config.refresh_s:g} s", style="dim")
+        graphs.update(text)
+
+    def _draw_title(self, vm: dict[str, Any]) -> None:
+        title = Text(vm.get("name") or self.vm_id, style="bold")
+        title.append(f"  ({self.vm_id})  ", style="dim")
+        title.append_text(state_text(vm))
+        title.append(f"   node {vm.get('nodeId', '-')}   last seen {age(vm.get('lastSeen'))}", style="dim")
+        if vm.get("lastDisconnectReason") and vm.get("agentState") != "connected":
+            title.append(f"\nlast disconnect: {vm['lastDisconnectReason']}", style="yellow")
+        self.query_one("#vm-title", Static).update(title)
+
+    def show(self, detail: dict[str, Any]) -> None:
+        """Draw one GetVM answer (public so that tests can feed fixed data)."""
+        self.detail = detail
+        self._draw_title(detail)
+        identity = detail.get("identity", {})
+        telemetry = detail.get("telemetry", {})
+        os_info = identity.get("os", {})
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold cyan")
+        table.add_column()
+        memory = telemetry.get("memory", {})
+        rows = [
+            ("OS", os_info.get("prettyName") or detail.get("os") or "-"),
+            ("Kernel", f"{identity.get('kernel') or detail.get('kernel') or '-'} {identity.get('architecture', '')}"),
+            ("Hostname", identity.get("hostname") or detail.get("hostname") or "-"),
+            ("Agent", f"{detail.get('agentVersion') or '-'} (Python {identity.get('pythonVersion', '?')})"),
+            ("Uptime", uptime(telemetry.get("uptimeSeconds") or detail.get("uptimeSeconds"))),
+            ("Boot time", identity.get("bootTime", "-")),
+            ("CPUs", str(telemetry.get("cpuCount", "-"))),
+            (
+                "Memory",
+                f"{human_bytes(int(memory.get('usedBytes', 0)))} of {human_bytes(int(memory.get('totalBytes', 0)))}"
+                if memory
+                else "-",
+            ),
+            ("Load", " ".join(f"{telemetry.get(k, 0):.2f}" for k in ("load1", "load5", "load15")) if telemetry else "-"),
+            ("Processes", str(telemetry.get("processCount", "-"))),
+            ("Labels", ", ".join(f"{k}={v}" for k, v in detail.get("labels", {}).items()) or "-"),
+        ]
+        for key, value in rows:
+            table.add_row(key, value)
+        self.query_one("#vm-identity", Static).update(table)
+
+        fs = Table(title="Filesystems", title_justify="left", expand=True, box=None)
+        for column in ("Mount", "Type", "Usage", "", "Size"):
+            fs.add_column(column)
+        for f in telemetry.get("filesystems", []):
+            pct = float(f.get("percent", 0.0))
+            fs.add_row(f.get("mountpoint", ""), f.get("fstype", ""), bar(pct / 100), f"{pct:.0f}%", human_bytes(int(f.get("totalBytes", 0))))
+        if not telemetry.get("filesystems"):
+            fs.add_row("-", "", Text("no telemetry yet", style="dim"), "", "")
+        self.query_one("#vm-filesystems", Static).update(fs)
+
+        interfaces = telemetry.get("interfaces") or identity.get("interfaces") or []
+        nics = Table(title="Interfaces", title_justify="left", expand=True, box=None)
+        for column in ("Name", "MAC", "Addresses", "State", "RX", "TX"):
+            nics.add_column(column)
+        rx_total = tx_total = 0
+        for nic in interfaces:
+            addresses = [f"{a['address']}/{a.get('prefixLength', 0)}" for a in nic.get("ipv4", []) + nic.get("ipv6", [])]
+            rx, tx = int(nic.get("rxBytes", 0)), int(nic.get("txBytes", 0))
+            rx_total, tx_total = rx_total + rx, tx_total + tx
+            nics.add_row(
+                nic.get("name", ""),
+                nic.get("mac", "") or "-",
+                "\n".join(addresses) or "-",
+                Text("up", style="green") if nic.get("up") else Text("down", style="red"),
+                human_bytes(rx),
+                human_bytes(tx),
+            )
+        self.query_one("#vm-interfaces", Static).update(nics)
+        self._network_rates(telemetry.get("collectedAt", ""), rx_total, tx_total)
+
+        caps = identity.get("capabilities", [])
+        disabled = set(identity.get("disabledCapabilities", []))
+        text = Text("Capabilities  ", style="bold cyan")
+        for cap in caps:
+            text.append(cap + " ", style="strike dim" if cap in disabled else "")
+        if disabled:
+            text.append(f"\n(struck out: disabled by the agent's config: {', '.join(sorted(disabled))})", style="dim")
+        self.query_one("#vm-capabilities", Static).update(text)
+
+    def _network_rates(self, collected_at: str, rx: int, tx: int) -> None:
+        """RX / TX bytes per second between two telemetry reports."""
+        import datetime
+
+        if not collected_at:
+            return
+        if self._last_counters is not None and self._last_counters[0] != collected_at:
+            try:
+                then = datetime.datetime.fromisoformat(self._last_counters[0].replace("Z", "+00:00"))
+                now = datetime.datetime.fromisoformat(collected_at.replace("Z", "+00:00"))
+                seconds = (now - then).total_seconds()
+            except ValueError:
+                seconds = 0.0
+            if seconds > 0:
+                self.rx.append(max(0.0, (rx - self._last_counters[1]) / seconds))
+                self.tx.append(max(0.0, (tx - self._last_counters[2]) / seconds))
+                self._draw_graphs()
+        if self._last_counters is None or self._last_counters[0] != collected_at:
+            self._last_counters = (collected_at, rx, tx)
+
+    # -- actions ---------------------------------------------------------------------
+
+    def action_run(self) -> None:
+        from .runner import RunnerScreen
+
+        self.app.push_screen(RunnerScreen([self.vm_id]))
+
+    def action_files(self) -> None:
+        from .files import FilesScreen
+
+        self.app.push_screen(FilesScreen(self.vm_id))
+
+    def action_power(self, mode: str) -> None:
+        from .dialogs import ConfirmDialog
+
+        reboot = mode == "reboot"
+        name = self.lqx.vms.get(self.vm_id, {}).get("name") or self.vm_id
+
+        async def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                await self.lqx.client.shutdown(self.vm_id, reboot=reboot)
+            except ApiError as exc:
+                self.lqx.report(exc, "Reboot" if reboot else "Shutdown")
+                return
+            self.notify(f"{name}: {'reboot' if reboot else 'shutdown'} accepted by the guest.", title="Power")
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"{'Reboot' if reboot else 'Shut down'} {name}?",
+                "The guest's agent runs the OS's own "
+                + ("reboot" if reboot else "poweroff")
+                + "; running programs are stopped.",
+                confirm="Reboot" if reboot else "Shut down",
+            ),
+            confirmed,
+        )
+
+    def action_password(self) -> None:
+        if not self.lqx.may("vm.password_reset"):
+            self.notify("Password reset needs an admin token.", severity="warning")
+            return
+        from .dialogs import PasswordDialog
+
+        async def done(answer: tuple[str, str, bool] | None) -> None:
+            if answer is None:
+                return
+            user, password, expire = answer
+            try:
+                await self.lqx.client.reset_password(self.vm_id, user, password, expire=expire)
+            except ApiError as exc:
+                self.lqx.report(exc, "Password reset")
+                return
+            self.notify(f"Password of {user} on {self.vm_id} changed.", title="Password")
+
+        self.app.push_screen(PasswordDialog(self.vm_id), done)
+
+    async def action_ping(self) -> None:
+        try:
+            pong = await self.lqx.client.ping(self.vm_id)
+        except ApiError as exc:
+            self.lqx.report(exc, "Ping")
+            return
+        if pong.get("connected"):
+            self.notify(f"pong in {pong.get('latencyMs', 0):.1f} ms, agent {pong.get('version', '?')}", title="Ping")
+        else:
+            self.notify(f"agent not connected: {pong.get('error', '')}", severity="warning", title="Ping")
