@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -58,9 +59,19 @@ class LimiQuantixApp(App[None]):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, config: TuiConfig, *, client: ControllerClient | None = None, poll: bool = True) -> None:
+    def __init__(
+        self,
+        config: TuiConfig,
+        *,
+        client: ControllerClient | None = None,
+        poll: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``poll=False`` and a fixed ``clock`` give a still app for snapshots and
+        benchmarks, fed through :meth:`apply_fleet`."""
         super().__init__()
         self.config = config
+        self.clock = clock
         self.client = client or ControllerClient(config.url, config.token)
         self.poll = poll
         self.me: WhoAmI | None = None
@@ -148,7 +159,7 @@ class LimiQuantixApp(App[None]):
             del self.history[gone]
         self.selected &= set(fresh)
         self.vms = fresh
-        self.last_refresh = time.time()
+        self.last_refresh = self.clock()
         self._tell_screens()
         self.refresh_cpu_s = time.process_time() - started
 

@@ -157,7 +157,7 @@ class FleetScreen(Screen[None]):
         if app.controller_ok is False and app.last_error is not None:
             status.append(f"controller: {app.last_error.code} (retrying)", style="bold red")
         elif app.last_refresh:
-            status.append(f"updated {time.strftime('%H:%M:%S', time.localtime(app.last_refresh))}", style="dim")
+            status.append(f"updated {time.strftime('%H:%M:%S', time.gmtime(app.last_refresh))} UTC", style="dim")
         else:
             status.append("connecting…", style="dim")
         self.query_one("#controller", Static).update(status)

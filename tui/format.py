@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -14,6 +15,7 @@ __all__ = [
     "bar",
     "effective_state",
     "human_bytes",
+    "parse_time",
     "percent",
     "primary_ip",
     "spark",
@@ -93,12 +95,25 @@ def bar(fraction: float, width: int = 20) -> Text:
     return out
 
 
+_FRACTION: Final = re.compile(r"\.(\d{1,6})\d*")
+
+
+def parse_time(timestamp: str) -> datetime.datetime:
+    """An RFC 3339 timestamp as proto3 JSON writes it (``Z``, up to nanoseconds).
+
+    Raises:
+        ValueError: not such a timestamp.
+    """
+    text = _FRACTION.sub(lambda m: "." + m.group(1).ljust(6, "0"), timestamp.replace("Z", "+00:00"), count=1)
+    return datetime.datetime.fromisoformat(text)
+
+
 def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
     """``12 s ago`` for an RFC 3339 timestamp from the API (``-`` when absent)."""
     if not timestamp:
         return "-"
     try:
-        when = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        when = parse_time(timestamp)
     except ValueError:
         return timestamp
     now = now or datetime.datetime.now(datetime.timezone.utc)

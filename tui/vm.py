@@ -3,6 +3,7 @@ capabilities; the script runner, files, power and password from here."""
 
 from __future__ import annotations
 
+import datetime
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -15,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from .client import ApiError
-from .format import age, bar, human_bytes, spark, state_text, uptime
+from .format import age, bar, human_bytes, parse_time, spark, state_text, uptime
 
 if TYPE_CHECKING:
     from .app import LimiQuantixApp
@@ -112,11 +113,14 @@ class VMScreen(Screen[None]):
         text.append(f"\n{len(cpu)} samples, every {self.lqx.config.refresh_s:g} s", style="dim")
         graphs.update(text)
 
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.lqx.clock(), datetime.timezone.utc)
+
     def _draw_title(self, vm: dict[str, Any]) -> None:
         title = Text(vm.get("name") or self.vm_id, style="bold")
         title.append(f"  ({self.vm_id})  ", style="dim")
         title.append_text(state_text(vm))
-        title.append(f"   node {vm.get('nodeId', '-')}   last seen {age(vm.get('lastSeen'))}", style="dim")
+        title.append(f"   node {vm.get('nodeId', '-')}   last seen {age(vm.get('lastSeen'), self._now())}", style="dim")
         if vm.get("lastDisconnectReason") and vm.get("agentState") != "connected":
             title.append(f"\nlast disconnect: {vm['lastDisconnectReason']}", style="yellow")
         self.query_one("#vm-title", Static).update(title)
@@ -195,15 +199,11 @@ class VMScreen(Screen[None]):
 
     def _network_rates(self, collected_at: str, rx: int, tx: int) -> None:
         """RX / TX bytes per second between two telemetry reports."""
-        import datetime
-
         if not collected_at:
             return
         if self._last_counters is not None and self._last_counters[0] != collected_at:
             try:
-                then = datetime.datetime.fromisoformat(self._last_counters[0].replace("Z", "+00:00"))
-                now = datetime.datetime.fromisoformat(collected_at.replace("Z", "+00:00"))
-                seconds = (now - then).total_seconds()
+                seconds = (parse_time(collected_at) - parse_time(self._last_counters[0])).total_seconds()
             except ValueError:
                 seconds = 0.0
             if seconds > 0:
