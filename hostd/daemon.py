@@ -370,19 +370,24 @@ async def serve(
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         async with trio.open_nursery() as nursery:
-            if shutdown is None:
-                nursery.start_soon(_signals, stop)
             binds = await nursery.start(
                 lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
             )
             if config.unix_socket:
                 os.chmod(config.unix_socket, 0o600)
             log.info("limiquantix-hostd %s serving %s, %d VMs", __version__, " ".join(binds), len(registry))
-            if config.controller_url:
-                advertise = config.advertise_url or next((b for b in binds if b.startswith("http")), "")
-                nursery.start_soon(_controller_link, config, registry, token, advertise)
-            task_status.started(binds)
-            await stop.wait()
+            # The signal watcher and the controller link never end by themselves:
+            # they are cancelled at shutdown, so that only requests in flight are
+            # waited for (at most GRACEFUL_TIMEOUT_S).
+            async with trio.open_nursery() as background:
+                if shutdown is None:
+                    background.start_soon(_signals, stop)
+                if config.controller_url:
+                    advertise = config.advertise_url or next((b for b in binds if b.startswith("http")), "")
+                    background.start_soon(_controller_link, config, registry, token, advertise)
+                task_status.started(binds)
+                await stop.wait()
+                background.cancel_scope.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
 
 

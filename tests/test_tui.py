@@ -1,0 +1,365 @@
+"""limiquantix-tui driven by Textual's Pilot against a real stack.
+
+The stack is real and started here: a controller process (SQLite file), a hostd
+process registered with it, and simulated VMs (real agents on ptys). The TUI
+talks to the controller over HTTP on loopback like an operator's would. These
+tests run under asyncio (Textual's world: ``pytest.mark.anyio``), beside the
+trio tests (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, RichLog, Static, TextArea
+
+from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
+from limiquantix.tui.dialogs import ConfirmDialog
+from limiquantix.tui.fleet import FleetScreen
+from limiquantix.tui.runner import RunnerScreen
+from limiquantix.tui.vm import VMScreen
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+VMS = ("web-1", "web-2", "victim")
+DEADLINE_S = 30.0
+REFRESH_S = 0.3
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _free_port() -> int:
+    """A port the OS picks (closed again at once: the controller binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    port: int
+    admin: str
+    tokens: dict[str, str] = field(default_factory=dict)
+    controller: subprocess.Popen[bytes] | None = None
+    hostd: subprocess.Popen[bytes] | None = None
+    sims: dict[str, SimVMProcess] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "controller.db"
+
+    def _cli(self, *args: str) -> str:
+        argv = [sys.executable, "-m", "limiquantix.controller", "--db", str(self.db), *args]
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+    def _wait_healthy(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"{url} exited with {proc.returncode}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{url} not healthy after {DEADLINE_S} s")
+
+    def start_controller(self) -> None:
+        log = open(self.tmp / "controller.log", "ab")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(self.db),
+             "--listen", f"127.0.0.1:{self.port}", "--heartbeat-timeout-s", "3"],
+            env={**os.environ, "LQX_ADMIN_TOKEN": self.admin}, stdout=log, stderr=log,
+        )  # fmt: skip
+        self._wait_healthy(self.controller, self.url)
+
+    def stop_controller(self) -> None:
+        assert self.controller is not None
+        self.controller.send_signal(signal.SIGTERM)
+        self.controller.wait(DEADLINE_S)
+
+    def start(self) -> None:
+        self.start_controller()
+        for who, role in (("viewer", "viewer"), ("operator", "operator"), ("hostd", "node")):
+            self.tokens[who] = self._cli("token", "create", "--user", who, "--role", role)
+        vms_dir = self.tmp / "vms"
+        vms_dir.mkdir()
+        for vm in VMS:
+            self.sims[vm] = SimVMProcess.start(
+                str(vms_dir / f"{vm}.agent.sock"),
+                state_dir=self.tmp / "state" / vm,
+                name=vm,
+                log_level="warning",
+                agent_args=["--telemetry-interval-s=0.5"],
+            )
+        hostd_port = _free_port()
+        (self.tmp / "hostd.token").write_text(secrets.token_urlsafe(24))
+        log = open(self.tmp / "hostd.log", "ab")
+        self.hostd = subprocess.Popen(
+            [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{hostd_port}",
+             "--token-file", str(self.tmp / "hostd.token"), "--node-id", "node-1",
+             "--socket-dir", str(vms_dir), "--libvirt-channel-root", "",
+             "--controller-url", self.url, "--controller-token", self.tokens["hostd"],
+             "--heartbeat-interval-s", "0.3"],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        self._wait_healthy(self.hostd, f"http://127.0.0.1:{hostd_port}")
+
+    def stop(self) -> None:
+        # The controller first: its idle keep-alive connections to hostd would
+        # otherwise hold hostd's graceful shutdown for hypercorn's whole timeout.
+        for proc in (self.controller, self.hostd):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for sim in self.sims.values():
+            sim.stop()
+
+
+@pytest.fixture
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A short path: the simulated VMs' Unix sockets must fit in sun_path.
+    tmp = Path(tmp_path_factory.mktemp("tui", numbered=True))
+    st = Stack(tmp=tmp, port=_free_port(), admin=secrets.token_urlsafe(32))
+    try:
+        st.start()
+        yield st
+    finally:
+        st.stop()
+
+
+class RecordingApp(LimiQuantixApp):
+    """The real app; its notifications are also kept for the test to read."""
+
+    def __init__(self, config: TuiConfig) -> None:
+        super().__init__(config)
+        self.notes: list[str] = []
+
+    def notify(self, message: str, **kwargs: object) -> None:  # type: ignore[override]
+        self.notes.append(str(message))
+        super().notify(message, **kwargs)  # type: ignore[arg-type]
+
+
+def _app(stack: Stack, token: str | None = None) -> RecordingApp:
+    return RecordingApp(TuiConfig(url=stack.url, token=token or stack.admin, refresh_s=REFRESH_S, source="the test"))
+
+
+async def until(pilot: Pilot[None], what: str, predicate: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Let the app run until ``predicate`` holds (real processes: bounded by a deadline)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"not within {DEADLINE_S} s: {what}")
+
+
+def _all_connected(app: LimiQuantixApp) -> bool:
+    return len(app.vms) == len(VMS) and all(
+        v.get("agentState") == "connected" and v.get("memoryPercent") for v in app.vms.values()
+    )
+
+
+def _log_text(screen: RunnerScreen) -> str:
+    return "\n".join(line.text for line in screen.query_one("#output", RichLog).lines)
+
+
+async def _open_runner(app: LimiQuantixApp, pilot: Pilot[None], vm: str, script: str) -> RunnerScreen:
+    """Fleet → cursor on ``vm`` → details → script runner with ``script`` typed in."""
+    fleet = app.screen
+    assert isinstance(fleet, FleetScreen)
+    table = fleet.query_one("#fleet", DataTable)
+    table.move_cursor(row=fleet._order.index(vm))
+    await pilot.press("enter")
+    await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
+    await pilot.press("x")
+    await until(pilot, "runner", lambda: isinstance(app.screen, RunnerScreen))
+    runner = app.screen
+    assert isinstance(runner, RunnerScreen)
+    runner.query_one("#script", TextArea).load_text(script)
+    return runner
+
+
+async def test_fleet_shows_the_stack_and_runs_a_script(stack: Stack) -> None:
+    app = _app(stack)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected with telemetry", lambda: _all_connected(app))
+        fleet = app.screen
+        assert isinstance(fleet, FleetScreen)
+        await pilot.pause(REFRESH_S * 2)
+        table = fleet.query_one("#fleet", DataTable)
+        assert table.row_count == len(VMS)
+        names = sorted(str(table.get_row(key)[1]) for key in fleet._order)
+        assert names == sorted(VMS)
+        counts = str(fleet.query_one("#counts", Static).render())
+        assert f"connected {len(VMS)}" in counts
+        assert app.me is not None and app.me.role == "admin"
+
+        runner = await _open_runner(app, pilot, "web-1", "echo hello-from-guest\necho to-stderr >&2\nexit 3\n")
+        await pilot.press("ctrl+r")
+        await until(pilot, "the run's result", lambda: "exit code" in str(runner.query_one("#result", Static).render()))
+        result = str(runner.query_one("#result", Static).render())
+        assert "exit code 3" in result and "exited" in result
+        log = _log_text(runner)
+        assert "hello-from-guest" in log and "to-stderr" in log
+        # stderr is told apart: its line is red.
+        colours = {
+            strip.text.rstrip(): {seg.style.color.name for seg in strip if seg.style and seg.style.color}
+            for strip in runner.query_one("#output", RichLog).lines
+        }
+        assert "red" in colours["to-stderr"] and "red" not in colours["hello-from-guest"]
+        # Recent runs for this VM.
+        side = runner.query_one("#side", DataTable)
+        assert side.row_count == 1 and str(side.get_row_at(0)[1]) == "3"
+
+
+async def test_cancel_a_long_script(stack: Stack) -> None:
+    app = _app(stack)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        runner = await _open_runner(app, pilot, "web-2", "echo started\nsleep 120\necho never\n")
+        started = time.monotonic()
+        await pilot.press("ctrl+r")
+        await until(pilot, "the first output", lambda: "started" in _log_text(runner) and bool(runner.execution_id))
+        assert runner.query_one("#cancel", Button).disabled is False
+        await pilot.press("ctrl+b")
+        await until(pilot, "the run to end", lambda: not runner.running)
+        result = str(runner.query_one("#result", Static).render())
+        assert "cancelled" in result and "never" not in _log_text(runner)
+        assert time.monotonic() - started < 60
+        # The guest process is gone: a ping answers at once and a new run works.
+        runner.query_one("#script", TextArea).load_text("echo again")
+        await pilot.press("ctrl+r")
+        await until(pilot, "second run", lambda: "exit code 0" in str(runner.query_one("#result", Static).render()))
+
+
+async def test_shutdown_dialog(stack: Stack) -> None:
+    app = _app(stack)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        fleet = app.screen
+        assert isinstance(fleet, FleetScreen)
+        fleet.query_one("#fleet", DataTable).move_cursor(row=fleet._order.index("victim"))
+        await pilot.press("enter")
+        await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
+        # Asked first; escape changes nothing.
+        await pilot.press("p")
+        await until(pilot, "the dialog", lambda: isinstance(app.screen, ConfirmDialog))
+        assert app.screen.focused is not None and app.screen.focused.id == "no"
+        await pilot.press("escape")
+        await until(pilot, "the dialog closed", lambda: isinstance(app.screen, VMScreen))
+        await pilot.pause(REFRESH_S * 3)
+        assert stack.sims["victim"].proc.poll() is None
+        # Confirmed: the guest powers off (the simulated VM stops) and the fleet shows it.
+        await pilot.press("p")
+        await until(pilot, "the dialog", lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.click("#yes")
+        await until(pilot, "accepted", lambda: any("shutdown accepted" in n for n in app.notes))
+        await until(pilot, "the VM down", lambda: app.vms.get("victim", {}).get("agentState") != "connected")
+        await until(pilot, "simvm exited", lambda: stack.sims["victim"].proc.poll() is not None)
+
+
+async def test_viewer_token_refused_with_a_clear_message(stack: Stack) -> None:
+    app = _app(stack, token=stack.tokens["viewer"])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        assert app.me is not None and app.me.role == "viewer"
+        runner = await _open_runner(app, pilot, "web-1", "id")
+        await pilot.press("ctrl+r")
+        await until(pilot, "refusal", lambda: any("role does not allow" in n for n in app.notes))
+        note = next(n for n in app.notes if "role does not allow" in n)
+        assert "viewer" in note
+        assert "role does not allow" in str(runner.query_one("#result", Static).render())
+        assert runner.query_one("#run", Button).disabled is False  # ready for another try
+        # The audit screen is not offered to a viewer.
+        await pilot.press("escape", "escape")
+        await until(pilot, "fleet", lambda: isinstance(app.screen, FleetScreen))
+        await pilot.press("u")
+        await until(pilot, "audit refused", lambda: any("needs an admin token" in n for n in app.notes))
+        assert isinstance(app.screen, FleetScreen)
+
+
+async def test_wrong_token_says_so_and_keeps_running(stack: Stack) -> None:
+    app = _app(stack, token="lqx_0123456789ab_" + "A" * 43)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "refusal", lambda: any("refused the token" in n for n in app.notes))
+        assert "the test" in next(n for n in app.notes if "refused the token" in n)
+        assert app.is_running and app.vms == {}
+
+
+async def test_controller_stopped_and_restarted(stack: Stack) -> None:
+    app = _app(stack)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        stack.stop_controller()
+        await until(pilot, "controller down noticed", lambda: app.controller_ok is False)
+        assert any("cannot reach the controller" in n for n in app.notes)
+        fleet = app.screen
+        assert isinstance(fleet, FleetScreen)
+        await pilot.pause(REFRESH_S * 3)
+        assert "retrying" in str(fleet.query_one("#controller", Static).render())
+        assert len(app.vms) == len(VMS)  # the last known fleet stays on screen
+        # One notification, not one per poll.
+        assert sum("cannot reach the controller" in n for n in app.notes) == 1
+        stack.start_controller()
+        await until(pilot, "recovered", lambda: app.controller_ok is True)
+        assert any("reachable again" in n for n in app.notes)
+        await until(pilot, "every VM connected again", lambda: _all_connected(app))
+
+
+def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File, then environment, then flags; no token anywhere is a clear error."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with pytest.raises(TuiConfigError, match="no API token"):
+        parse_args([], env={})
+    conf = tmp_path / "limiquantix" / "tui.toml"
+    conf.parent.mkdir()
+    conf.write_text('url = "http://10.9.8.7:8080"\ntoken = "from-file"\n')
+    assert parse_args([], env={}) == TuiConfig(url="http://10.9.8.7:8080", token="from-file", source="the config file")
+    env = {"LQX_CONTROLLER_URL": "http://127.0.0.1:9", "LQX_TOKEN": "from-env"}
+    got = parse_args([], env=env)
+    assert (got.url, got.token, got.source) == ("http://127.0.0.1:9", "from-env", "LQX_TOKEN")
+    token_file = tmp_path / "t"
+    token_file.write_text("from-token-file\n")
+    got = parse_args(["--url", "https://c.example:8443/", "--token-file", str(token_file)], env=env)
+    assert (got.url, got.token) == ("https://c.example:8443", "from-token-file")
+    assert parse_args(["--token", "flag"], env=env).token == "flag"
+    with pytest.raises(TuiConfigError, match="http:// or https://"):
+        parse_args(["--url", "127.0.0.1:8080"], env=env)
+    with pytest.raises(TuiConfigError, match="cannot read"):
+        parse_args(["--token-file", str(tmp_path / "missing")], env=env)
+    conf.write_text("url = [")
+    with pytest.raises(TuiConfigError, match="tui.toml"):
+        parse_args([], env={})
+    conf.write_text('tokn = "typo"\n')
+    with pytest.raises(TuiConfigError, match="unknown key 'tokn'"):
+        parse_args([], env={})
