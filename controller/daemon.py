@@ -1,4 +1,4 @@
-"""The controller process: configuration, the HTTP app (Connect API, /healthz, /metrics), serving.
+"""The controller process: configuration, the HTTP app (Connect API, /healthz, /metrics, /downloads/), serving.
 
 Configuration is ``/etc/limiquantix/controller.toml`` (or ``--config``); every
 key is also a flag (``--listen``, ``--db`` ...), and flags win::
@@ -6,6 +6,8 @@ key is also a flag (``--listen``, ``--db`` ...), and flags win::
     listen = "127.0.0.1:8080"
     db = "/var/lib/limiquantix/controller.db"
     heartbeat_timeout_s = 35.0     # a node silent this long is unreachable
+    downloads_dir = "/var/lib/limiquantix/downloads"   # served read-only under /downloads/
+    downloads_require_token = false                     # true: /downloads/ needs a bearer token
     log_format = "text"            # or "json"
     log_level = "info"
 
@@ -41,6 +43,7 @@ from limiquantix.protocol.logs import setup_logging
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
+from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
 from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
@@ -93,6 +96,10 @@ class ControllerConfig:
     """SQLite database (created mode 0600)."""
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     """A node without a heartbeat for this long is unreachable: calls for its VMs answer unavailable."""
+    downloads_dir: str = str(DEFAULT_DOWNLOADS_DIR)
+    """Files served read-only under /downloads/ (the agent's packages); "" or a missing directory: only install-agent.sh."""
+    downloads_require_token: bool = False
+    """Whether /downloads/ needs a bearer token (any role); open by default, for cloud-init."""
     log_format: str = "text"
     """text or json."""
     log_level: str = "info"
@@ -129,11 +136,29 @@ def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
                 kwargs[key] = float(value)
             except (TypeError, ValueError):
                 raise ControllerConfigError(f"{key} must be a number") from None
+        elif key == "downloads_require_token":
+            kwargs[key] = _boolean(key, value)
         elif not isinstance(value, str):
             raise ControllerConfigError(f"{key} must be a string")
         else:
             kwargs[key] = value
     return ControllerConfig(**kwargs)
+
+
+def _boolean(key: str, value: object) -> bool:
+    """A TOML boolean, or a flag's true/false.
+
+    Raises:
+        ControllerConfigError: anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[value.lower()]
+    raise ControllerConfigError(f"{key} must be true or false")
+
+
+_BOOLEAN_WORDS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -183,8 +208,16 @@ class Metrics:
         self.latency.labels(method).observe(seconds)
 
 
-def build_app(store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> QuartTrio:
-    """The Connect services, ``/healthz`` (open) and ``/metrics``."""
+def build_app(
+    store: Store,
+    nodes: NodeClient,
+    *,
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    downloads: Downloads | None = None,
+    downloads_require_token: bool = False,
+) -> QuartTrio:
+    """The Connect services, ``/healthz`` (open), ``/metrics`` and ``/downloads/``
+    (``downloads``; None serves only the built-in install-agent.sh)."""
     app = QuartTrio("limiquantix-controller")
     metrics = Metrics()
     started = time.time()
@@ -220,6 +253,9 @@ def build_app(store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float = D
     )
     router.register(app)
     register_export_route(app, store)
+    register_downloads_route(
+        app, store, downloads or Downloads(None), registry=metrics.registry, require_token=downloads_require_token
+    )
     app.config["LQX_METRICS"] = metrics
     return app
 
@@ -251,7 +287,15 @@ async def serve(
             print(f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}", flush=True)
         elif created is not None:
             log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
-        app = build_app(store, nodes, heartbeat_timeout_s=config.heartbeat_timeout_s)
+        if config.downloads_dir and not os.path.isdir(config.downloads_dir):
+            log.info("downloads_dir %s does not exist: /downloads/ serves only install-agent.sh", config.downloads_dir)
+        app = build_app(
+            store,
+            nodes,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            downloads=Downloads(config.downloads_dir or None),
+            downloads_require_token=config.downloads_require_token,
+        )
         hc = HypercornConfig()
         hc.bind = [config.listen]
         hc.graceful_timeout = GRACEFUL_TIMEOUT_S

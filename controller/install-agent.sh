@@ -1,0 +1,1 @@
+../packaging/cloud-init/install-agent.sh
