@@ -8,14 +8,17 @@ and heartbeats its VMs. It waits until every agent is connected, exercises the
 controller's public API (the reference document's curl examples among it),
 writes the controller URL and admin token to ``~/.config/limiquantix/tui.toml``
 (where ``limiquantix-tui`` will look), prints curl lines to try the API by hand,
-and keeps a live VM table on screen until Ctrl-C.
+and then runs ``limiquantix-tui`` connected to it; quitting the TUI stops the
+stack (headless: a live VM table until Ctrl-C).
 
     python scripts/run.py [--once]
 
 Environment: ``LQX_LISTEN`` (controller, default 127.0.0.1:8080),
 ``LQX_HOSTD_LISTEN`` (hostd, default 127.0.0.1:8081), ``LQX_ADMIN_TOKEN`` (the
-admin token to create; default: a new one), ``LQX_HEADLESS=1`` (no TUI; the TUI
-is not built yet, so the stack always runs headless for now).
+admin token to create; default: a new one), ``LQX_HEADLESS=1`` (no TUI: a live
+text table instead; also when the terminal is not interactive), ``VM=qemu`` (instead of the
+simulated VMs, one real Debian guest under QEMU TCG with this checkout's .deb installed:
+scripts/qemu_guest.py; the image is built on first use, about 2 minutes, then cached).
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ import trio
 
 from limiquantix.hostd.simvm import SimVMProcess
 
-VMS = ("web-1", "web-2", "db-1")
+#: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
+QEMU = os.environ.get("VM", "") == "qemu"
+VMS = ("qemu-1",) if QEMU else ("web-1", "web-2", "db-1")
 VM_SERVICE = "limiquantix.compute.v1.VMService"
 TTY = sys.stdout.isatty()
 BOLD, DIM, GREEN, RED, YELLOW, RESET = (
     ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[33m", "\033[0m") if TTY else ("",) * 6
 )
+#: Built packages (packaging/build-packages.sh), served by the controller under /downloads/.
+DIST = Path(__file__).resolve().parent.parent / "dist"
 #: Where limiquantix-tui looks for the controller's URL and token by default.
 TUI_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "limiquantix" / "tui.toml"
 
@@ -86,14 +93,14 @@ async def live_vms(api: Api) -> list[dict[str, Any]]:
 
 
 async def demo(api: Api, workdir: Path) -> None:
-    ping = await api.call("PingAgent", {"vmId": "web-1"})
-    say("PingAgent web-1", f"→ connected={ping['connected']} version={ping['version']} in {ping['latencyMs']:.2f} ms")
+    ping = await api.call("PingAgent", {"vmId": VMS[0]})
+    say(f"PingAgent {VMS[0]}", f"→ connected={ping['connected']} version={ping['version']} in {ping['latencyMs']:.2f} ms")
 
-    r = await api.call("ExecuteScript", {"vmId": "web-1", "command": "uname -a", "timeoutSeconds": 30})
-    say("ExecuteScript web-1 uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {r['stdout'].strip()}")
+    r = await api.call("ExecuteScript", {"vmId": VMS[0], "command": "uname -a", "timeoutSeconds": 30})
+    say(f"ExecuteScript {VMS[0]} uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {r['stdout'].strip()}")
 
-    say("ExecuteScriptStream db-1", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
-    body = json.dumps({"vmId": "db-1", "command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}).encode()
+    say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    body = json.dumps({"vmId": VMS[-1], "command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}).encode()
     async with api.client.stream(
         "POST",
         f"{api.url}/{VM_SERVICE}/ExecuteScriptStream",
@@ -116,14 +123,16 @@ async def demo(api: Api, workdir: Path) -> None:
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     target = str(workdir / "demo.bin")
-    w = await api.call("WriteGuestFile", {"vmId": "web-2", "path": target, "content": base64.b64encode(data).decode()})
-    r = await api.call("ReadGuestFile", {"vmId": "web-2", "path": target})
+    vm = VMS[1 % len(VMS)]
+    w = await api.call("WriteGuestFile", {"vmId": vm, "path": target, "content": base64.b64encode(data).decode(),
+                                          "createParents": True})  # the host's temp dir is new in a real guest
+    r = await api.call("ReadGuestFile", {"vmId": vm, "path": target})
     ok = base64.b64decode(r["content"]) == data and w["sha256"] == hashlib.sha256(data).hexdigest()
     verdict = f"{GREEN}SHA-256 equal{RESET}" if ok else f"{RED}SHA-256 MISMATCH{RESET}"
-    say("WriteGuestFile + ReadGuestFile web-2", f"{len(data)} bytes: {verdict}")
+    say(f"WriteGuestFile + ReadGuestFile {vm}", f"{len(data)} bytes: {verdict}")
 
     try:
-        await api.call("ReadGuestFile", {"vmId": "web-2", "path": "/etc/../etc/shadow"})
+        await api.call("ReadGuestFile", {"vmId": vm, "path": "/etc/../etc/shadow"})
         say("path check", f"{RED}/etc/../etc/shadow was read{RESET}")
     except RuntimeError as exc:
         say("path check", f"/etc/../etc/shadow → {exc}")
@@ -141,6 +150,18 @@ async def wait_healthy(client: httpx.AsyncClient, url: str, proc: subprocess.Pop
         await trio.sleep(0.1)
 
 
+def start_qemu_guest(tmp: Path, agent_socket: Path) -> Any:
+    """VM=qemu: build (or take from the cache) the guest image and boot it; see scripts/qemu_guest.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from guest_image import image_for_checkout
+    from qemu_guest import QemuGuest
+
+    say("building", "this checkout's .deb and its Debian guest image (cached; the first time takes about 2 minutes)")
+    guest = QemuGuest.start(image_for_checkout(), tmp / "qemu", agent_socket=agent_socket)
+    say("started", f"QEMU guest {VMS[0]} (pid {guest.pid}, TCG)  {DIM}(console {guest.console_log}){RESET}")
+    return guest
+
+
 def write_tui_config(url: str, token: str) -> None:
     TUI_CONFIG.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(TUI_CONFIG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -153,11 +174,11 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     db = tmp / "controller.db"
     controller = subprocess.Popen(
         [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(db), "--listen", args.listen,
-         "--log-level", "warning"],
+         "--log-level", "warning", "--downloads-dir", str(DIST)],
         env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = [controller]
-    sims: list[SimVMProcess] = []
+    sims: list[Any] = []  # SimVMProcess, or VM=qemu's QemuGuest: both have stop()
     url = f"http://{args.listen}"
     try:
         async with httpx.AsyncClient(timeout=60) as client:
@@ -174,10 +195,13 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             (tmp / "hostd.token").chmod(0o600)
             vms_dir = tmp / "vms"
             vms_dir.mkdir()
-            for vm in VMS:
-                state = tmp / "state" / vm
-                sims.append(SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=state, name=vm, log_level="warning"))
-            say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
+            if QEMU:
+                sims.append(start_qemu_guest(tmp, vms_dir / f"{VMS[0]}.agent.sock"))
+            else:
+                for vm in VMS:
+                    state = tmp / "state" / vm
+                    sims.append(SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=state, name=vm, log_level="warning"))
+                say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
             hostd = subprocess.Popen(
                 [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
                  "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
@@ -186,7 +210,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             )  # fmt: skip
             procs.append(hostd)
             api = Api(client, url, admin_token)
-            with trio.fail_after(90):
+            with trio.fail_after(300 if QEMU else 90):  # a TCG boot takes about 30 s
                 await wait_healthy(client, f"http://{args.hostd_listen}", hostd, "hostd")
                 say("started", f"limiquantix-hostd on http://{args.hostd_listen}, registered with the controller as node-1")
                 while True:
@@ -201,13 +225,20 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             await demo(api, tmp)
             print()
             say("try the API yourself", "(in another terminal, while this runs; the reference document's examples):")
-            for body in ('{"vmId": "web-1"}', '{"vmId": "web-1", "command": "uname -a", "timeoutSeconds": 30}'):
+            for body in (f'{{"vmId": "{VMS[0]}"}}', f'{{"vmId": "{VMS[0]}", "command": "uname -a", "timeoutSeconds": 30}}'):
                 method = "PingAgent" if "command" not in body else "ExecuteScript"
                 print(f"  curl -s -X POST {url}/{VM_SERVICE}/{method} \\\n"
                       f"       -H 'Authorization: Bearer {admin_token}' \\\n"
                       f"       -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
             print(f"  curl -s {url}/metrics -H 'Authorization: Bearer {admin_token}' | grep lqx_controller")
             if args.once:
+                return
+            if TTY and sys.stdin.isatty() and not os.environ.get("LQX_HEADLESS"):
+                say("tui", f"starting limiquantix-tui {DIM}(q or ctrl+q quits it and stops the stack; "
+                    f"LQX_HEADLESS=1 make run keeps this text view){RESET}")  # fmt: skip
+                await trio.run_process(
+                    [sys.executable, "-m", "limiquantix.tui", "--config", str(TUI_CONFIG)], stdin=None, check=False
+                )
                 return
             print()
             say("live", f"{DIM}(refreshed every 5 s; Ctrl-C to stop){RESET}")
@@ -230,6 +261,23 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
         say("stopped", f"hostd and the controller exited with {codes}; simulated VMs stopped")
 
 
+async def until_terminated(args: argparse.Namespace, tmp: Path) -> None:
+    """main_async, ended by SIGTERM or SIGHUP like by Ctrl-C: the stack it started is stopped."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        async def run() -> None:
+            await main_async(args, tmp)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(run)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the demo and exit")
@@ -238,7 +286,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:
         try:
-            trio.run(main_async, args, Path(tmp))
+            trio.run(until_terminated, args, Path(tmp))
         except KeyboardInterrupt:
             print()
         except RuntimeError as exc:
