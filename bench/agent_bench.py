@@ -524,6 +524,52 @@ class RawAgentClient:
                 return
 
 
+#: The least a Python agent can do per ping: a blocking loop in its own process
+#: (no trio, no tasks, no queues) decoding our frames and answering with a pong.
+#: Run beside the real agent and driven by the same raw client, it is the floor
+#: for any Python implementation of our protocol on this machine.
+FLOOR_RESPONDER = """
+import os, socket, sys, time
+from limiquantix.protocol import agent_pb2 as pb
+from limiquantix.protocol.framing import FrameDecoder
+from limiquantix.protocol.wire import encode_message, new_message, parse_frame
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+fd, decoder, started = conn.fileno(), FrameDecoder(), time.monotonic()
+while data := os.read(fd, 65536):
+    for frame in decoder.feed(data):
+        msg = parse_frame(frame)
+        if msg.WhichOneof("payload") == "hello":
+            out = new_message(msg.message_id, hello_response=pb.HelloResponse(sync_id=msg.hello.sync_id))
+        else:
+            out = new_message(msg.message_id, pong=pb.PongResponse(
+                payload=msg.ping.payload, agent_uptime_seconds=time.monotonic() - started))
+        os.write(fd, encode_message(out))
+"""
+
+
+@contextlib.contextmanager
+def floor_responder(work: Path) -> Iterator[RawAgentClient]:
+    """:data:`FLOOR_RESPONDER` started, with a raw client connected to it."""
+    path = work / "floor.sock"
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_RESPONDER, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise BenchError("the floor responder did not start")
+        client = RawAgentClient(path)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def raw_ping(client: RawAgentClient, count: int) -> list[float]:
     samples = []
     clock = time.perf_counter_ns
@@ -631,6 +677,7 @@ class Results:
     telemetry_reports: int = 0
     ping: tuple[list[float], list[float]] = ([], [])
     raw_ping: list[float] = field(default_factory=list)
+    floor_ping: list[float] = field(default_factory=list)
     qga_trio_ping: list[float] = field(default_factory=list)
     read_s: float | None = None
     write_s: float | None = None
@@ -696,23 +743,27 @@ async def measure(ours: Proc, qga: Proc, work: Path, settings: Settings) -> Resu
             # -- ping --------------------------------------------------------------
             raw = RawAgentClient(ours.socket_path)
             try:
-                say(f"ping: {settings.ping_count} each, in {settings.ping_blocks} interleaved blocks")
-                await ours_ping(client, settings.ping_warmup)
-                await in_thread(qga_ping, qclient, settings.ping_warmup)
-                await in_thread(raw_ping, raw, settings.ping_warmup)
-                ping_ours: list[float] = []
-                ping_qga: list[float] = []
-                for n in blocks(settings.ping_count, settings.ping_blocks):
-                    with trio.fail_after(FIGURE_TIMEOUT_S):
-                        ping_ours += await ours_ping(client, n)
-                    ping_qga += await in_thread(qga_ping, qclient, n)
-                    r.raw_ping += await in_thread(raw_ping, raw, n)
+                with floor_responder(work) as floor:
+                    say(f"ping: {settings.ping_count} each, in {settings.ping_blocks} interleaved blocks")
+                    await ours_ping(client, settings.ping_warmup)
+                    await in_thread(qga_ping, qclient, settings.ping_warmup)
+                    await in_thread(raw_ping, raw, settings.ping_warmup)
+                    await in_thread(raw_ping, floor, settings.ping_warmup)
+                    ping_ours: list[float] = []
+                    ping_qga: list[float] = []
+                    for n in blocks(settings.ping_count, settings.ping_blocks):
+                        with trio.fail_after(FIGURE_TIMEOUT_S):
+                            ping_ours += await ours_ping(client, n)
+                        ping_qga += await in_thread(qga_ping, qclient, n)
+                        r.raw_ping += await in_thread(raw_ping, raw, n)
+                        r.floor_ping += await in_thread(raw_ping, floor, n)
                 r.ping = (ping_ours, ping_qga)
             finally:
                 raw.close()
             say(
                 f"  median: ours {median(ping_ours):.1f} us, qemu-ga {median(ping_qga):.1f} us,"
-                f" ours from a raw blocking client {median(r.raw_ping):.1f} us"
+                f" ours from a raw blocking client {median(r.raw_ping):.1f} us,"
+                f" a minimal Python responder from it {median(r.floor_ping):.1f} us"
             )
 
             # -- files -------------------------------------------------------------
@@ -894,6 +945,17 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
             "us",
             None,
             note="ours: AgentClient.ping (what hostd uses); qemu-ga: guest-ping over a trio stream, measured after the rest",
+        ),
+        Figure(
+            "ping median, a minimal Python responder (info)",
+            median(r.floor_ping),
+            median(ping_qga),
+            "us",
+            None,
+            note=(
+                "the floor for Python: a blocking loop in its own process decoding our frames and answering"
+                " pongs (no trio, no tasks), driven by the same raw client as the ping row; baseline: qemu-ga"
+            ),
         ),
         Figure(
             "RSS after the transfers (info)", r.rss_after[0], r.rss_after[1], "MiB", None,
