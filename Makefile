@@ -9,9 +9,11 @@ all: test
 venv:
 	@./scripts/bootstrap.sh
 
-## Run the product (today: an agent on a local socket, answering a demo client).
+## Run the product: controller + hostd + simulated VMs; VM=qemu: one real Debian guest
+## under QEMU TCG with this checkout's .deb instead (image built once, then cached).
+VM ?=
 run: venv
-	@$(PY) scripts/run.py
+	@VM=$(VM) $(PY) scripts/run.py
 
 ## Run every test, the slow end-to-end ones included.
 test: venv
@@ -25,13 +27,15 @@ test-fast: venv
 proto: venv
 	@$(PY) scripts/gen_proto.py
 
-## Benchmarks: the agent beside qemu-guest-agent, then hostd under 500 agents;
-## figures printed and written to bench/results/.
+## Benchmarks: the agent beside qemu-guest-agent, then hostd under 500 agents, the
+## controller, and the .deb in a real QEMU guest beside qemu-ga; figures in bench/results/.
 bench: venv
 	@./bench/setup.sh
 	@$(PY) bench/agent_bench.py
 	@$(PY) bench/hostd_bench.py
 	@$(PY) bench/controller_bench.py
+	@$(PY) bench/vm_bench.py
+	@$(PY) bench/tui_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
