@@ -597,13 +597,14 @@ async def ours_ping(client: AgentClient, count: int) -> list[float]:
     return samples
 
 
-async def ours_read(client: AgentClient, path: Path, expect: bytes) -> float:
-    """file_read of the whole file in the agent's default chunks; returns seconds."""
+async def ours_read(client: AgentClient, path: Path, expect: bytes, chunk_size: int = 0) -> float:
+    """file_read of the whole file in ``chunk_size`` chunks (0: the agent's default); returns seconds."""
     t0 = time.perf_counter()
     parts = []
     last: pb.FileReadChunk | None = None
+    request = pb.FileReadRequest(path=str(path), chunk_size=chunk_size)
     try:
-        async with contextlib.aclosing(client.stream(file_read=pb.FileReadRequest(path=str(path)))) as it:
+        async with contextlib.aclosing(client.stream(file_read=request)) as it:
             async for msg in it:
                 chunk = msg.file_read_chunk
                 parts.append(chunk.data)

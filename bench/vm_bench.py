@@ -16,7 +16,8 @@ host side is a Unix socket. Figures (targets from the packaging issue):
   first start since ``dpkg -i`` in the image's chroot) and at a reboot of the same guest, both
   with target <= 3 s, and after ``systemctl restart`` (median of ``--restarts``, for information);
 * file read: one ``--file-mib`` MiB file of random bytes in the guest, read whole by our
-  ``file_read`` (AgentClient, the client hostd uses; 1 MiB chunks) and by qemu-ga's
+  ``file_read`` (AgentClient, the client hostd uses, in the 4 MiB chunks hostd's ReadGuestFile
+  asks for) and by qemu-ga's
   ``guest-file-open``/``guest-file-read`` (``count`` 1 MiB, as the issue measured)/``-close``
   (JSON + base64), alternating, best of ``--reps``; SHA-256 checked. Target ours >= 2x;
 * ping median: our framing from a plain blocking client vs qemu-ga's ``guest-ping`` from the
@@ -60,6 +61,7 @@ from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file
 )
 from benchlib import BenchError, blocks, median, say  # noqa: E402
 
+from limiquantix.hostd.api import READ_CHUNK_BYTES
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
@@ -245,7 +247,7 @@ async def measure_agent_client(guest: QemuGuest, qga: QgaClient, args: argparse.
             expect = bytes.fromhex(digest.split()[0])
             ours, theirs = [], []
             for _ in range(args.reps):
-                ours.append(await ours_read(client, Path(GUEST_FILE), expect))
+                ours.append(await ours_read(client, Path(GUEST_FILE), expect, READ_CHUNK_BYTES))
                 theirs.append(await trio.to_thread.run_sync(qga_read, qga, Path(GUEST_FILE), QGA_COUNT, expect))
             out["read_ours"] = mb_per_s(size, min(ours))
             out["read_qga"] = mb_per_s(size, min(theirs))

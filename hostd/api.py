@@ -26,7 +26,7 @@ from limiquantix.protocol.wire import new_message_id
 
 from .discovery import VMRegistry
 
-__all__ = ["MAX_READ_BYTES", "MAX_WRITE_BYTES", "SERVICE", "WRITE_CHUNK_BYTES", "NodeAPI"]
+__all__ = ["MAX_READ_BYTES", "MAX_WRITE_BYTES", "READ_CHUNK_BYTES", "SERVICE", "WRITE_CHUNK_BYTES", "NodeAPI"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ SERVICE: Final = node_pb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 MAX_READ_BYTES: Final = 48 * 1024 * 1024
 #: Largest WriteGuestFile content, for the same reason.
 MAX_WRITE_BYTES: Final = 48 * 1024 * 1024
+#: Chunk size hostd asks of the agent's file reads: over virtio-serial in a QEMU TCG
+#: guest 4 MiB chunks read at about 45 MB/s where the agent's default 1 MiB gave 34.
+READ_CHUNK_BYTES: Final = 4 * 1024 * 1024
 #: Bytes per write request to the agent: the agent's own read chunk size.
 WRITE_CHUNK_BYTES: Final = 1024 * 1024
 #: Time budget for a file transfer beyond the connection's default, per MiB
@@ -147,7 +150,9 @@ class NodeAPI:
         vm = self.registry.get(request.vm_id)
         if request.length > MAX_READ_BYTES:
             raise errors.InvalidArgument(f"length is limited to {MAX_READ_BYTES} bytes per call")
-        req = pb.FileReadRequest(path=request.path, offset=request.offset, length=request.length)
+        req = pb.FileReadRequest(
+            path=request.path, offset=request.offset, length=request.length, chunk_size=READ_CHUNK_BYTES
+        )
         digest = hashlib.sha256()
         parts: list[bytes] = []
         received = 0

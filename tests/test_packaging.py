@@ -232,6 +232,22 @@ def test_launcher_reports_version_and_config(extracted: Path) -> None:
     assert cfg.strip() == (extracted / "etc/limiquantix/agent.toml").read_text().strip()
 
 
+def test_launcher_compiles_bytecode(extracted: Path, tmp_path: Path) -> None:
+    """--compile-bytecode (what postinst runs) byte-compiles the private directory for the
+    python3 the agent runs on, so a slow guest's first start does not compile ~300 modules."""
+    lib = tmp_path / LIBDIR
+    shutil.copytree(extracted / LIBDIR, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    shutil.copy2(extracted / "usr/bin/limiquantix-agent", tmp_path / "usr/bin/limiquantix-agent")
+    assert not list(lib.rglob("*.pyc"))
+    subprocess.run([str(tmp_path / "usr/bin/limiquantix-agent"), "--compile-bytecode"],
+                   env={"PATH": "/usr/bin:/bin"}, check=True, timeout=300)  # fmt: skip
+    compiled = {p.parent.parent / p.name.split(".")[0] for p in lib.rglob("__pycache__/*.pyc")}
+    assert lib / "limiquantix/agent/daemon" in compiled and lib / "trio/_core/_run" in compiled
+    for script in ("debian/postinst", "limiquantix-agent.spec"):
+        assert "limiquantix-agent --compile-bytecode" in (ROOT / "packaging" / script).read_text()
+
+
 def test_arm64_packages(tmp_path: Path) -> None:
     """--arch arm64 vendors aarch64 extension modules (ELF e_machine 183) into both packages."""
     proc = subprocess.run(
