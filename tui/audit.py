@@ -53,7 +53,8 @@ class AuditScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "audit log"
         self.query_one("#audit", DataTable).add_columns("When (UTC)", "User", "Action", "VM", "What", "Outcome", "Exit", "ms")
-        self.action_load()
+        if self.lqx.poll:  # a still app (snapshots, benchmarks) is fed through show()
+            self.action_load()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_load()

@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""Benchmark limiquantix-tui: the fleet screen's refresh with 500 VMs, and its start.
+
+Targets (issue 5): "Fleet screen with 500 VMs: refresh cycle <= 100 ms of TUI CPU
+time per update; first screen drawn <= 1 s after start."
+
+Figures:
+
+1. **refresh, in process** (no controller): ``LimiQuantixApp`` still
+   (``poll=False``) in ``run_test(size=(120, 40))``, fleet screen sorted by CPU
+   (highest first), fed 500 VMs of ``limiquantix.tui.demo_data`` by
+   ``app.apply_fleet`` with realistic changes between updates (CPU, memory and
+   uptime of every VM, 5 agent state changes, one VM swapped for another every
+   5 updates; the CPU sort reorders rows every time). Each update's CPU time is
+   ``time.process_time()`` around ``apply_fleet`` + ``await pilot.pause()`` (the
+   layout and the render of the screen that follow). Baseline, interleaved in
+   blocks: the same updates drawn naively (``table.clear()`` + ``add_row`` for
+   all 500 every time). Informational: the same with the name sort (row order
+   stable: cells updated in place).
+2. **poll cycle, end to end**: a real controller (``python -m
+   limiquantix.controller serve``, fresh SQLite) knows 500 VMs through its real
+   NodeRegistryService: another process registers the fake nodes (13-14) with a
+   ``node`` token and heartbeats their VMs (NodeVM with the agent brief) every
+   second, with the same changes. The app (in this process, ``poll=False``) then runs
+   ``refresh_fleet()`` (ListVMs over HTTP, JSON, apply) + ``pilot.pause()`` once
+   a second; CPU time of this process per cycle.
+3. **first screen drawn, real process**: ``python -m limiquantix.tui --url …
+   --token …`` started under a pty (120x40, ``TERM=xterm-256color``); time from
+   the fork to the first output that contains a VM row's name (the first poll
+   answered and drawn; the empty frame before it does not count). Median of 5
+   starts. The last one stays up for a window (``--refresh-s 1``, sorted by CPU
+   with key presses through the pty) and its CPU time over the window is
+   divided by its polls: the real process's CPU per cycle, terminal output
+   included (headless ``run_test`` renders but writes no escape sequences).
+
+Prints a table and writes ``bench/results/tui.json`` (``--quick``:
+``tui-quick.json``) in agent.json's format. Exits non-zero only on errors.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import pty
+import random
+import re
+import secrets
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import benchlib as bl  # noqa: E402 - bench/ is not a package
+from hostd_bench import Figure  # noqa: E402
+
+from limiquantix.protocol import __version__ as VERSION  # noqa: E402
+from limiquantix.tui import demo_data  # noqa: E402
+
+__all__ = ["Settings", "churned_fleet", "main"]
+
+REPO: Final = BENCH_DIR.parent
+DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "tui.json"
+QUICK_OUTPUT: Final = REPO / "bench" / "results" / "tui-quick.json"
+VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
+ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
+NODES_SERVICE: Final = "/limiquantix.compute.v1.NodeRegistryService"
+VMS: Final = 500
+SIZE: Final = (120, 40)
+#: Targets (issue 5).
+REFRESH_TARGET_MS: Final = 100.0
+FIRST_FRAME_TARGET_MS: Final = 1000.0
+#: The fleet screen's CPU column (FleetScreen.sort_column).
+CPU_COLUMN: Final = 6
+HEARTBEAT_S: Final = 1.0
+START_TIMEOUT_S: Final = 60.0
+_SERVING_RE: Final = re.compile(r"limiquantix-controller \S+ serving (http://\S+)")
+#: The first row's name, sorted by name (what the first frame with data shows).
+FIRST_ROW: Final = b"batch-01"
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    updates: int
+    blocks: int
+    polls: int
+    starts: int
+    window_s: float
+    output: Path
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Settings:
+        """Raises: SystemExit: bad flags (argparse)."""
+        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+        parser.add_argument("--quick", action="store_true", help="20 updates, 10 polls, 3 starts, 10 s window")
+        parser.add_argument("--output", type=Path, default=None)
+        ns = parser.parse_args(argv)
+        return cls(
+            quick=ns.quick,
+            updates=20 if ns.quick else 50,
+            blocks=2 if ns.quick else 5,
+            polls=10 if ns.quick else 30,
+            starts=3 if ns.quick else 5,
+            window_s=10.0 if ns.quick else 30.0,
+            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+        )
+
+
+@dataclass
+class Results:
+    refresh_ms: list[float] = field(default_factory=list)
+    naive_ms: list[float] = field(default_factory=list)
+    stable_ms: list[float] = field(default_factory=list)
+    apply_only_ms: list[float] = field(default_factory=list)
+    refresh_gc_ms: list[float] = field(default_factory=list)
+    """CPU of full garbage collections within each measured update (0: none)."""
+    live_objects: int = 0
+    rebuilds: int = 0
+    poll_ms: list[float] = field(default_factory=list)
+    poll_wall_ms: list[float] = field(default_factory=list)
+    poll_vms: int = 0
+    poll_failures: list[str] = field(default_factory=list)
+    poll_gc_ms: list[float] = field(default_factory=list)
+    first_frame_ms: list[float] = field(default_factory=list)
+    window_cpu_ms_per_poll: float | None = None
+    window_note: str = ""
+
+
+# ============================================================================= data
+
+
+def churned_fleet(count: int, step: int) -> list[dict[str, Any]]:
+    """ListVMs of ``count`` VMs at ``step``: every VM's CPU / memory / uptime moves
+    (demo_data), 5 VMs are unresponsive (different ones each step), and one VM is
+    swapped for another every 5 steps."""
+    pool = demo_data.fleet(count + 10, step)
+    swap = count - 1 + (step // 5) % 11
+    vms = pool[: count - 1] + [pool[swap]]
+    flip = random.Random(f"churn/{step}").sample(range(12, count - 1), 5)
+    for i in flip:
+        vm = vms[i]
+        vm.update(agentState="unresponsive", cpuPercent=0.0, memoryPercent=0.0, uptimeSeconds=0.0)
+        vm["lastDisconnectReason"] = "ping timed out after 15 s"
+    return vms
+
+
+def node_vms(vms: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The ListVMs shape → each node's Heartbeat ``vms`` (NodeVM)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for vm in vms:
+        node = {
+            "vmId": vm["vmId"],
+            "name": vm["name"],
+            "labels": vm["labels"],
+            "state": vm["agentState"],
+            "agentVersion": vm["agentVersion"],
+            "os": vm["os"],
+            "hostname": vm["hostname"],
+            "kernel": vm["kernel"],
+            "ipAddresses": vm["ipAddresses"],
+            "cpuPercent": vm["cpuPercent"],
+            "memoryPercent": vm["memoryPercent"],
+            "uptimeSeconds": vm["uptimeSeconds"],
+            "lastDisconnectReason": vm["lastDisconnectReason"],
+        }
+        if "lastSeen" in vm:
+            node["lastSeen"] = vm["lastSeen"]
+        out.setdefault(vm["nodeId"], []).append(node)
+    return out
+
+
+# ============================================================================= garbage collection
+
+
+class GcWatch:
+    """CPU time of CPython's full (generation 2) collections, which make the slow tail:
+    their cost grows with every live object (Textual's render caches included)."""
+
+    def __init__(self) -> None:
+        self.full_ms = 0.0
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.process_time()
+        elif info["generation"] == 2:
+            self.full_ms += (time.process_time() - self._t0) * 1000
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+# ============================================================================= 1. in process
+
+
+def _naive(screen: Any) -> Callable[[], None]:
+    """FleetScreen.fleet_updated as a first version would write it: rebuild every row."""
+    from textual.widgets import DataTable
+
+    from limiquantix.tui.fleet import _cells
+
+    def fleet_updated() -> None:
+        if not screen.is_mounted:
+            return
+        screen._update_status()
+        table = screen.query_one("#fleet", DataTable)
+        visible = screen._visible()
+        selected = screen.lqx.selected
+        table.clear()
+        for vm in visible:
+            table.add_row(*_cells(vm, vm["vmId"] in selected), key=vm["vmId"])
+        screen._order = [vm["vmId"] for vm in visible]
+
+    return fleet_updated
+
+
+async def refresh_in_process(s: Settings, r: Results) -> None:
+    from limiquantix.tui.fleet import FleetScreen
+
+    app, _ = demo_data.demo_app(history=0)
+    watch = GcWatch()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        real = screen.fleet_updated
+        naive = _naive(screen)
+        step = 0
+
+        async def update(into: list[float]) -> None:
+            nonlocal step
+            data = churned_fleet(VMS, step)  # made here, not in advance: the heap stays as the TUI's own
+            step += 1
+            gc0, t0 = watch.full_ms, time.process_time()
+            app.apply_fleet(data)
+            await pilot.pause()
+            into.append((time.process_time() - t0) * 1000)
+            if into is r.refresh_ms:
+                r.apply_only_ms.append(app.refresh_cpu_s * 1000)
+                r.refresh_gc_ms.append(watch.full_ms - gc0)
+
+        for _ in range(5):  # warm-up: the first build of 500 rows, caches
+            await update([])
+        for n in bl.blocks(s.updates, s.blocks):
+            screen.fleet_updated = real  # type: ignore[method-assign]
+            screen._order = []  # the naive redraw left the screen's own bookkeeping behind
+            await update([])  # so this one rebuilds: not counted
+            for _ in range(n):
+                await update(r.refresh_ms)
+            screen.fleet_updated = naive  # type: ignore[method-assign]
+            for _ in range(n):
+                await update(r.naive_ms)
+        screen.fleet_updated = real  # type: ignore[method-assign]
+        screen.sort_column, screen.sort_reverse = 0, False
+        screen._order = []
+        await update([])
+        for _ in range(s.updates // 2):
+            await update(r.stable_ms)
+        watch.close()
+        r.live_objects = len(gc.get_objects())
+        rows = len(screen.query_one("#fleet").rows)  # type: ignore[attr-defined]
+        if rows != VMS:
+            raise bl.BenchError(f"the fleet table shows {rows} rows, not {VMS}")
+
+
+# ============================================================================= processes
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise bl.BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        return ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def spawn(name: str, argv: list[str], work: Path, env: dict[str, str] | None = None) -> Child:
+    log_path = work / f"{name}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work, env=env,
+            preexec_fn=bl._die_with_parent,  # noqa: PLW1509 - children die with the benchmark
+        )  # fmt: skip
+    return Child(name, popen, log_path)
+
+
+def post(url: str, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    r = httpx.post(f"{url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    if r.status_code != 200:
+        raise bl.BenchError(f"{path}: {r.status_code} {r.text[:300]}")
+    return r.json()
+
+
+def heartbeat_main(argv: list[str]) -> int:
+    """``tui_bench.py _heartbeat URL TOKEN``: register the fake nodes, then heartbeat
+    their VMs every HEARTBEAT_S with the next step's changes, until killed."""
+    import httpx
+
+    url, token = argv
+    known: set[str] = set()
+    step = 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+
+        def register(node: str, vms: list[dict[str, Any]]) -> None:
+            body = {"nodeId": node, "url": "http://127.0.0.1:9", "token": "unused", "vms": vms}
+            client.post(f"{NODES_SERVICE}/RegisterNode", json=body).raise_for_status()
+            known.add(node)
+
+        for node, vms in node_vms(churned_fleet(VMS, step)).items():
+            register(node, vms)
+        print(f"registered {len(known)} nodes", flush=True)
+        while True:
+            time.sleep(HEARTBEAT_S)
+            step += 1
+            by_node = node_vms(churned_fleet(VMS, step))
+            # A node whose VMs all moved away heartbeats an empty list; a new node registers (as hostd).
+            for node in sorted(known | set(by_node)):
+                vms = by_node.get(node, [])
+                if node not in known:
+                    register(node, vms)
+                    continue
+                client.post(f"{NODES_SERVICE}/Heartbeat", json={"nodeId": node, "vms": vms}).raise_for_status()
+
+
+def start_controller(work: Path) -> tuple[Child, Child, str, str]:
+    """The controller and the heartbeating fake nodes; (controller, nodes, url, admin token)."""
+    admin = "lqx-bench-" + secrets.token_urlsafe(24)
+    empty = work / "empty.toml"
+    empty.write_text("")
+    controller = spawn(
+        "limiquantix-controller",
+        [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty), "--listen", "127.0.0.1:0",
+         "--db", str(work / "db" / "controller.db"), "--log-level", "info"],
+        work, env={**os.environ, "LQX_ADMIN_TOKEN": admin},
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (match := _SERVING_RE.search(controller.log_path.read_text(errors="replace"))):
+        controller.check_alive()
+        if time.monotonic() > deadline:
+            raise bl.BenchError(f"no 'serving' line from the controller:\n{controller.log_tail()}")
+        time.sleep(0.05)
+    url = match.group(1)
+    node_token = post(url, admin, f"{ADMIN_SERVICE}/CreateToken", {"user": "bench-nodes", "role": "node"})["token"]
+    nodes = spawn("fake-nodes", [sys.executable, str(Path(__file__).resolve()), "_heartbeat", url, node_token], work)
+    while True:
+        nodes.check_alive()
+        controller.check_alive()
+        listed = post(url, admin, f"{VM_SERVICE}/ListVMs", {"pageSize": 1000}).get("vms", [])
+        if len(listed) >= VMS:
+            return controller, nodes, url, admin
+        if time.monotonic() > deadline:
+            raise bl.BenchError(f"the controller lists {len(listed)} VMs, not {VMS}")
+        time.sleep(0.2)
+
+
+# ============================================================================= 2. poll cycle
+
+
+async def poll_cycle(url: str, token: str, s: Settings, r: Results) -> None:
+    from limiquantix.tui.app import LimiQuantixApp
+    from limiquantix.tui.config import TuiConfig
+    from limiquantix.tui.fleet import FleetScreen
+
+    app = LimiQuantixApp(TuiConfig(url=url, token=token), poll=False)
+    watch = GcWatch()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        for i in range(s.polls + 2):
+            gc0, w0, t0 = watch.full_ms, time.perf_counter(), time.process_time()
+            await app.refresh_fleet()
+            await pilot.pause()
+            cpu, wall = (time.process_time() - t0) * 1000, (time.perf_counter() - w0) * 1000
+            if app.controller_ok is not True:  # the TUI notifies and polls on: count it, go on
+                r.poll_failures.append(f"poll {i}: {app.last_error}")
+                if len(r.poll_failures) > 3:
+                    raise bl.BenchError(f"ListVMs failed: {r.poll_failures}")
+            elif i >= 2:  # the first polls: WhoAmI, the first 500 rows
+                r.poll_ms.append(cpu)
+                r.poll_gc_ms.append(watch.full_ms - gc0)
+                r.poll_wall_ms.append(wall)
+            await asyncio.sleep(max(0.0, HEARTBEAT_S - wall / 1000))
+        r.poll_vms = len(app.vms)
+        watch.close()
+
+
+# ============================================================================= 3. the real process
+
+
+def _pty_child(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Fork ``argv`` on a new pty of SIZE; (pid, master fd)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> float | None:
+    """perf_counter when ``needle`` appears in the output (None: not in time)."""
+    seen = b""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        seen = seen[-len(needle) :] + chunk
+        if needle in seen:
+            return time.perf_counter()
+    return None
+
+
+def _drain(fd: int, seconds: float, keys: bytes = b"") -> None:
+    end = time.perf_counter() + seconds
+    if keys:
+        os.write(fd, keys)
+    while time.perf_counter() < end:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(fd, 65536)
+
+
+def _stop_pty(pid: int, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b"q")
+    for _ in range(100):
+        _drain(fd, 0.02)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    else:
+        os.kill(pid, signal.SIGTERM)
+        _drain(fd, 0.5)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    os.close(fd)
+
+
+def real_process(url: str, token: str, work: Path, s: Settings, r: Results) -> None:
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+        "LANG": "C.UTF-8",
+    }
+    argv = [sys.executable, "-m", "limiquantix.tui", "--url", url, "--token", token, "--refresh-s", f"{HEARTBEAT_S:g}"]
+    for n in range(s.starts):
+        t0 = time.perf_counter()
+        pid, fd = _pty_child(argv, env)
+        seen = _read_until(fd, FIRST_ROW, 30.0)
+        if seen is None:
+            _stop_pty(pid, fd)
+            raise bl.BenchError(f"limiquantix-tui showed no {FIRST_ROW.decode()} row within 30 s")
+        r.first_frame_ms.append((seen - t0) * 1000)
+        if n < s.starts - 1:
+            _stop_pty(pid, fd)
+            continue
+        # The last one stays: sorted by CPU (six times `s`, then `S`), then a window.
+        _drain(fd, 2.0, b"ssssss")
+        _drain(fd, 1.0, b"S")
+        c0, w0 = bl.cpu_seconds(pid), time.perf_counter()
+        _drain(fd, s.window_s)
+        cpu, wall = bl.cpu_seconds(pid) - c0, time.perf_counter() - w0
+        polls = wall / HEARTBEAT_S
+        r.window_cpu_ms_per_poll = cpu * 1000 / polls
+        r.window_note = (
+            f"{cpu:.2f} s of CPU over {wall:.1f} s ({cpu / wall * 100:.1f} % of a core) at --refresh-s"
+            f" {HEARTBEAT_S:g}: ~{polls:.0f} polls, sorted by CPU, output drained from a {SIZE[0]}x{SIZE[1]} pty"
+        )
+        _stop_pty(pid, fd)
+
+
+# ============================================================================= table
+
+
+def figures_from(r: Results, s: Settings) -> list[Figure]:
+    med = bl.median
+    p95 = lambda v: bl.percentile(v, 95) if v else None  # noqa: E731
+    churn = (
+        f"{VMS} VMs at {SIZE[0]}x{SIZE[1]}, sorted by CPU (order changes every update); per update every VM's"
+        " CPU/memory/uptime change, 5 agent states change, one VM swapped every 5 updates"
+    )
+    return [
+        Figure(
+            f"fleet refresh, {VMS} VMs, CPU per update, median", med(r.refresh_ms), med(r.naive_ms), "ms",
+            f"<= {REFRESH_TARGET_MS:g}",
+            note=f"{churn}; process_time around apply_fleet + pilot.pause() (layout + render); {len(r.refresh_ms)}"
+            f" updates interleaved in {s.blocks} blocks with the baseline: the naive redraw (table.clear() +"
+            f" add_row x{VMS} every update)",
+        ),
+        Figure(f"fleet refresh, {VMS} VMs, CPU per update, p95", p95(r.refresh_ms), p95(r.naive_ms), "ms",
+               f"<= {REFRESH_TARGET_MS:g}"),
+        Figure(
+            "fleet refresh, updates without a full GC, p95 (info)",
+            p95([t for t, g in zip(r.refresh_ms, r.refresh_gc_ms) if not g]), None, "ms", None,
+            note=f"{sum(1 for g in r.refresh_gc_ms if g)} of {len(r.refresh_ms)} updates ran a full (generation 2)"
+            f" garbage collection, {med([g for g in r.refresh_gc_ms if g]) if any(r.refresh_gc_ms) else 0:.0f} ms"
+            f" each (median); {r.live_objects:,} objects tracked by the collector at the end, most of them"
+            " Textual's: the process at start, and render caches (DataTable keeps up to 10,000 rendered cells"
+            " whatever their age)",
+        ),
+        Figure("fleet refresh: apply_fleet alone, median (info)", med(r.apply_only_ms), None, "ms", None,
+               note="app.refresh_cpu_s: the fleet screen's table updated, before Textual's layout and render"),
+        Figure("fleet refresh, name sort (row order stable), median (info)", med(r.stable_ms) if r.stable_ms else None,
+               None, "ms", None, note="the same changes with the default sort: cells updated in place"),
+        Figure(
+            f"poll cycle via a real controller, {VMS} VMs, CPU median", med(r.poll_ms) if r.poll_ms else None, None,
+            "ms", f"<= {REFRESH_TARGET_MS:g}",
+            note=f"refresh_fleet() (ListVMs over HTTP with httpx, JSON decoding, apply) + pilot.pause(), in this"
+            f" process; {len(r.poll_ms)} polls 1 s apart while fake nodes heartbeat {r.poll_vms} VMs every"
+            f" {HEARTBEAT_S:g} s through NodeRegistryService; wall time median"
+            f" {med(r.poll_wall_ms) if r.poll_wall_ms else 0:.0f} ms; {sum(1 for g in r.poll_gc_ms if g)} polls"
+            f" ran a full garbage collection; {len(r.poll_failures)} failed polls"
+            + (f" ({'; '.join(r.poll_failures)})" if r.poll_failures else ""),
+        ),
+        Figure("poll cycle via a real controller, CPU p95", p95(r.poll_ms), None, "ms", f"<= {REFRESH_TARGET_MS:g}"),
+        Figure(
+            "first screen with VM rows, real process, median", med(r.first_frame_ms) if r.first_frame_ms else None,
+            None, "ms", f"<= {FIRST_FRAME_TARGET_MS:g}",
+            note=f"fork of `python -m limiquantix.tui --url ... --token ...` on a {SIZE[0]}x{SIZE[1]} pty to the"
+            f" first output containing the first row's name (WhoAmI + ListVMs of {VMS} answered and drawn);"
+            f" {len(r.first_frame_ms)} starts: " + ", ".join(f"{v:.0f}" for v in r.first_frame_ms) + " ms",
+        ),
+        Figure("real process, CPU per poll cycle over a window (info)", r.window_cpu_ms_per_poll, None, "ms", None,
+               note=r.window_note),
+    ]  # fmt: skip
+
+
+def print_table(figures: list[Figure], settings: Settings, context: str) -> None:
+    rows = [("figure", "ours", "baseline", "unit", "ratio", "target", "met")]
+    for f in figures:
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        rows.append((f.name, bl.fmt(f.ours), bl.fmt(f.baseline), f.unit, bl.fmt(f.ratio), f.target or "(info)", met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    print(f"limiquantix-tui {VERSION}" + (" (--quick)" if settings.quick else ""))
+    print(context)
+    for n, row in enumerate(rows):
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    for f in figures:
+        if f.note:
+            print(f"  * {f.name}: {f.note}")
+    missed = [f.name for f in figures if f.met is False]
+    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
+    print(f"; missed: {', '.join(missed)}" if missed else "")
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="lqx-tb-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def measure(s: Settings) -> Results:
+    """Raises: bl.BenchError, OSError: the run cannot give figures."""
+    r = Results()
+    bl.say(f"1. fleet refresh in process: {VMS} VMs, {s.updates} updates + {s.updates} naive")
+    asyncio.run(refresh_in_process(s, r))
+    bl.say(f"   median {bl.median(r.refresh_ms):.1f} ms, naive {bl.median(r.naive_ms):.1f} ms")
+    with workdir() as work:
+        controller, nodes, url, admin = start_controller(work)
+        try:
+            bl.say(f"2. controller pid {controller.popen.pid} at {url} lists {VMS} VMs; {s.polls} poll cycles")
+            asyncio.run(poll_cycle(url, admin, s, r))
+            bl.say(f"   median {bl.median(r.poll_ms):.1f} ms CPU, {bl.median(r.poll_wall_ms):.1f} ms wall")
+            bl.say(f"3. limiquantix-tui under a pty: {s.starts} starts, then a {s.window_s:g} s window")
+            real_process(url, admin, work, s, r)
+            bl.say(f"   first screen with rows: median {bl.median(r.first_frame_ms):.0f} ms")
+            controller.check_alive()
+            nodes.check_alive()
+        finally:
+            nodes.stop()
+            controller.stop()
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 with figures (targets met or not), 1 on errors, 130 when interrupted."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_heartbeat"]:
+        return heartbeat_main(argv[1:])
+    settings = Settings.from_args(argv)
+    load0 = os.getloadavg()[0]
+    try:
+        results = measure(settings)
+    except KeyboardInterrupt:
+        print("tui_bench: interrupted", file=sys.stderr)
+        return 130
+    except (bl.BenchError, OSError, AssertionError) as exc:
+        traceback.print_exc()
+        print(f"tui_bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    context = (
+        f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; Textual"
+        f" {_textual_version()}; the controller and the fake nodes share these CPUs with the TUI"
+    )
+    figures = [f.evaluate() for f in figures_from(results, settings)]
+    print_table(figures, settings, context)
+    settings.output.parent.mkdir(parents=True, exist_ok=True)
+    settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
+    print(f"written to {settings.output}")
+    return 0
+
+
+def _textual_version() -> str:
+    from importlib.metadata import version
+
+    return version("textual")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

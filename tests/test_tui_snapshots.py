@@ -1,0 +1,373 @@
+"""Snapshot tests of every TUI screen (pytest-textual-snapshot), with deterministic data.
+
+The app runs still (``poll=False``, a fixed clock, ``limiquantix.tui.demo_data``)
+and is driven by key presses, as an operator would. The calls a screen makes
+when asked (a streamed script, a fleet run, a file view) are answered by an
+``httpx.MockTransport`` playing the controller with the same demo data, so the
+screens' real code paths fill them; the audit log is fed through
+``AuditScreen.show``. Before each screenshot, cursors stop blinking (always
+drawn) and notifications (toasts with timeouts) are cleared, so the SVGs depend
+on nothing but the code.
+
+The SVGs live in ``tests/__snapshots__/test_tui_snapshots/``. After a deliberate
+change of the UI, look at the report of the failing run (``snapshot_report.html``),
+then ``pytest tests/test_tui_snapshots.py --snapshot-update`` and commit the SVGs.
+
+``snap_compare`` is synchronous (it runs the app in its own asyncio loop), so
+these tests need no async marker; pytest-trio (``trio_mode = false``) leaves
+them alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import Input, TextArea
+
+from limiquantix.tui import ControllerClient, demo_data
+from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui.audit import AuditScreen
+from limiquantix.tui.runner import RunnerScreen
+from limiquantix.tui.vm import VMScreen
+
+SMALL = (80, 24)
+"""The issue's minimum terminal."""
+LARGE = (120, 35)
+
+
+# ----------------------------------------------------------------------------- the fake controller
+
+
+def _envelope(flags: int, message: dict[str, Any]) -> bytes:
+    data = json.dumps(message).encode()
+    return struct.pack(">BI", flags, len(data)) + data
+
+
+def _controller(request: httpx.Request) -> httpx.Response:
+    """The controller's answers to what the screens ask when a key is pressed."""
+    method = request.url.path.rsplit("/", 1)[-1]
+    if method == "ExecuteScriptStream":
+        body = json.loads(request.content[5:])
+        events = demo_data.stream_events(body["vmId"])
+        content = b"".join(_envelope(0, e) for e in events) + _envelope(0x02, {})
+        return httpx.Response(200, content=content, headers={"Content-Type": "application/connect+json"})
+    body = json.loads(request.content or b"{}")
+    if method == "RunCommand":
+        _controller.vm_ids = body["vmIds"]  # type: ignore[attr-defined]
+        return httpx.Response(200, json={"commandId": "cmd-0001", "targetCount": len(body["vmIds"]), "status": "pending"})
+    if method == "GetCommand":
+        return httpx.Response(200, json=demo_data.fleet_command(_controller.vm_ids))  # type: ignore[attr-defined]
+    if method == "ReadGuestFile":
+        data = demo_data.OS_RELEASE.encode()
+        return httpx.Response(
+            200,
+            json={"content": base64.b64encode(data).decode(), "size": str(len(data)), "sha256": hashlib.sha256(data).hexdigest()},
+        )
+    return httpx.Response(501, json={"code": "unimplemented", "message": f"{method} is not in the snapshot controller"})
+
+
+def make_app() -> tuple[LimiQuantixApp, Callable[[], None]]:
+    client = ControllerClient(demo_data.CONTROLLER_URL, "demo-token", transport=httpx.MockTransport(_controller))
+    return demo_data.demo_app(client=client)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+async def settle(pilot: Pilot[None]) -> None:
+    """Let the screen render, then make it still: no blinking cursor, no toasts."""
+    await pilot.pause()
+    for widget in pilot.app.screen.query("Input, TextArea"):
+        assert isinstance(widget, (Input, TextArea))
+        widget.cursor_blink = False
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+async def until(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None:
+    """Pause until ``done()`` (a worker answered by the fake controller), at most ~5 s."""
+    for _ in range(500):
+        if done():
+            return
+        await pilot.pause(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def scenario(*steps: Callable[[Pilot[None], LimiQuantixApp], Awaitable[None]]) -> tuple[LimiQuantixApp, Any]:
+    """An app and the run_before that feeds it, then runs ``steps``, then settles."""
+    app, feed = make_app()
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await pilot.pause()
+        feed()
+        await pilot.pause()
+        for step in steps:
+            await step(pilot, app)
+        await settle(pilot)
+
+    return app, run_before
+
+
+def vm_id(index: int) -> str:
+    return demo_data.fleet()[index]["vmId"]
+
+
+async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    """Enter on web-01 (sorted by name, the 9th row), then 30 GetVM answers."""
+    await pilot.press(*["down"] * 8, "enter")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, VMScreen) and screen.vm_id == vm_id(0)
+    for step in range(30):
+        screen.show(demo_data.vm_detail(0, step))
+    await pilot.pause()
+    # The sparklines are as wide as their panel was when drawn; the panel narrowed when the
+    # filled screen grew a scrollbar. The next fleet poll redraws them: do what it does.
+    screen.fleet_updated()
+    await pilot.pause()
+
+
+# ----------------------------------------------------------------------------- fleet
+
+
+async def _select_some(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    # sorted by name: batch-01, build-01, build-02, cache-01, db-01, db-02, legacy-01, mail-01 ...:
+    # select db-01 and legacy-01 (space moves down), which leaves the cursor on mail-01
+    await pilot.press(*["down"] * 4, "space", *["down"] * 1, "space")
+
+
+def test_fleet(snap_compare: Any) -> None:
+    """12 VMs in every agent state (node-c unreachable), sorted by name, two selected."""
+    app, run_before = scenario(_select_some)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_fleet_large(snap_compare: Any) -> None:
+    """The same at 120x35, sorted by CPU, highest first."""
+
+    async def by_cpu(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await _select_some(pilot, app)
+        await pilot.press(*["s"] * 6, "S")
+
+    app, run_before = scenario(by_cpu)
+    assert snap_compare(app, terminal_size=LARGE, run_before=run_before)
+
+
+def test_fleet_filtered(snap_compare: Any) -> None:
+    """``/`` then ``web`` and enter: the filter stays shown, the table has the focus."""
+
+    async def filtered(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await pilot.press("slash", *"prod", "enter")
+
+    app, run_before = scenario(filtered)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+# ----------------------------------------------------------------------------- VM detail
+
+
+def test_vm_detail(snap_compare: Any) -> None:
+    """Identity and sparklines (60 fleet polls, 30 GetVM answers for network rates)."""
+    app, run_before = scenario(open_vm)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_vm_detail_scrolled(snap_compare: Any) -> None:
+    """The same scrolled to the end: filesystems, interfaces, capabilities."""
+
+    async def scrolled(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await open_vm(pilot, app)
+        app.screen.query_one("#vm-body").scroll_end(animate=False)
+
+    app, run_before = scenario(scrolled)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def test_runner_finished(snap_compare: Any) -> None:
+    """``x`` on a VM, ctrl+r: the streamed output (stderr red), exit code, recent runs."""
+
+    async def ran(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await open_vm(pilot, app)
+        await pilot.press("x")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, RunnerScreen)
+        screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: bool(app.recent_runs.get(vm_id(0))) and not screen.running, "the streamed run")
+
+    app, run_before = scenario(ran)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_runner_fleet(snap_compare: Any) -> None:
+    """``a`` (every VM), ``x``, ctrl+r: a fleet run in progress, per-VM statuses, the first VM's output."""
+
+    async def fleet_run(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await pilot.press("a", "x")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, RunnerScreen) and screen.fleet
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: len(screen.targets) == 12, "the fleet run's GetCommand")
+
+    app, run_before = scenario(fleet_run)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+# ----------------------------------------------------------------------------- files, dialogs, audit, help
+
+
+def test_files_view(snap_compare: Any) -> None:
+    """``f`` on a VM, ctrl+o: /etc/os-release in the viewer with its size and SHA-256."""
+
+    async def viewed(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await open_vm(pilot, app)
+        await pilot.press("f")
+        await pilot.pause()
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: bool(app.screen.query_one("#viewer", TextArea).text), "the file view")
+
+    app, run_before = scenario(viewed)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_confirm_dialog(snap_compare: Any) -> None:
+    """``r`` on a VM: the reboot confirmation over the VM screen, Cancel focused."""
+
+    async def asked(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await open_vm(pilot, app)
+        await pilot.press("r")
+
+    app, run_before = scenario(asked)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_password_dialog(snap_compare: Any) -> None:
+    """``w`` on a VM (admin token): user, two masked passwords typed, expire ticked."""
+
+    async def typed(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await open_vm(pilot, app)
+        await pilot.press("w")
+        await pilot.pause()
+        await pilot.press(*"s3cret!", "tab", *"s3cret!", "tab", "space")
+
+    app, run_before = scenario(typed)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_audit(snap_compare: Any) -> None:
+    """``u`` on the fleet (admin token), fed eight records through show()."""
+
+    async def audited(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await pilot.press("u")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, AuditScreen)
+        screen.show(demo_data.audit_records([vm["vmId"] for vm in demo_data.fleet()]))
+
+    app, run_before = scenario(audited)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_help(snap_compare: Any) -> None:
+    """``?`` on the fleet."""
+
+    async def helped(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+        await pilot.press("question_mark")
+
+    app, run_before = scenario(helped)
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+# ----------------------------------------------------------------------------- the fleet's refresh
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _churn(step: int) -> list[dict[str, Any]]:
+    """60 VMs moving as bench/tui_bench.py moves 500: CPU every step, states, one VM swapped."""
+    vms = demo_data.fleet(70, step)
+    keep = vms[:59] + [vms[59 + (step // 3) % 11]]
+    for vm in keep[12 + step % 40 : 15 + step % 40]:
+        vm.update(agentState="unresponsive", cpuPercent=0.0, memoryPercent=0.0, uptimeSeconds=0.0)
+    return keep
+
+
+@pytest.mark.anyio
+async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
+    """The in-place refresh (cells updated, rows removed / added, DataTable.sort) shows what a
+    rebuild would: every row's cells in the screen's order, the cursor on its VM, markup shown
+    as text; with the CPU sort reordering rows on every update."""
+    from textual.widgets import DataTable
+
+    from limiquantix.tui.fleet import FleetScreen, _cells
+
+    app, _ = make_app()
+    async with app.run_test(size=LARGE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        table = screen.query_one("#fleet", DataTable)
+        screen.sort_column, screen.sort_reverse = 6, True
+        for step in range(40):
+            fleet = _churn(step)
+            if step == 7:
+                fleet[20]["name"] = "[bold]web[/bold] [1]"
+            app.apply_fleet(fleet)
+            await pilot.pause()
+            if step in (5, 20):  # the cursor moved by hand (space selects and moves down)
+                await pilot.press(*(("down",) * 3 if step == 5 else ("space", "down", "space")))
+                cursor_vm = screen._order[table.cursor_row]
+            elif step > 5:
+                assert screen._order[table.cursor_row] == cursor_vm
+            visible = screen._visible()
+            assert [vm["vmId"] for vm in visible] == screen._order
+            assert table.row_count == len(visible)
+            for i, vm in enumerate(visible):
+                shown = [c.plain if hasattr(c, "plain") else c for c in table.get_row_at(i)]
+                want = [c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected)]
+                assert shown == want, (step, i)
+            if step == 7:  # a name that reads as markup is stored as Text: shown as is
+                row = table.get_row(fleet[20]["vmId"])
+                assert isinstance(row[1], Text) and row[1].plain == "[bold]web[/bold] [1]"
+        assert len(app.selected) == 2
+        names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+        assert len(set(names)) == len(names)
+
+
+# ----------------------------------------------------------------------------- the data itself
+
+
+def test_demo_data_is_deterministic() -> None:
+    """Same answers on every call (what the SVGs rely on); every agent state is shown."""
+    assert demo_data.fleet(500, 7) == demo_data.fleet(500, 7)
+    assert demo_data.vm_detail(3, 2) == demo_data.vm_detail(3, 2)
+    states = {(vm["agentState"], vm["nodeReachable"]) for vm in demo_data.fleet()}
+    assert {s for s, _ in states} >= {"connected", "unresponsive", "waiting_for_agent", "connecting", "no_socket", "disabled"}
+    assert ("connected", False) in states
+
+
+@pytest.fixture(autouse=True)
+def _no_real_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces: a still app must not poll even if a screen forgets."""
+    monkeypatch.setattr(LimiQuantixApp, "refresh_fleet", _refuse)
+
+
+async def _refuse(self: LimiQuantixApp) -> None:
+    raise AssertionError("the still app polled the controller")
