@@ -227,7 +227,7 @@ def _naive(screen: Any) -> Callable[[], None]:
         selected = screen.lqx.selected
         table.clear()
         for vm in visible:
-            table.add_row(*_cells(vm, vm["vmId"] in selected), key=vm["vmId"])
+            table.add_row(*_cells(vm, vm["vmId"] in selected, screen.narrow), key=vm["vmId"])
         screen._order = [vm["vmId"] for vm in visible]
 
     return fleet_updated

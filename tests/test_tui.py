@@ -326,7 +326,7 @@ async def test_controller_stopped_and_restarted(stack: Stack) -> None:
         fleet = app.screen
         assert isinstance(fleet, FleetScreen)
         await pilot.pause(REFRESH_S * 3)
-        assert "retrying" in str(fleet.query_one("#controller", Static).render())
+        assert "retrying" in str(fleet.query_one("#counts", Static).render())
         assert len(app.vms) == len(VMS)  # the last known fleet stays on screen
         # One notification, not one per poll.
         assert sum("cannot reach the controller" in n for n in app.notes) == 1

@@ -341,7 +341,7 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
             assert table.row_count == len(visible)
             for i, vm in enumerate(visible):
                 shown = [c.plain if hasattr(c, "plain") else c for c in table.get_row_at(i)]
-                want = [c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected)]
+                want = [c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected, screen.narrow)]
                 assert shown == want, (step, i)
             if step == 7:  # a name that reads as markup is stored as Text: shown as is
                 row = table.get_row(fleet[20]["vmId"])

@@ -20,7 +20,7 @@ __all__ = ["AuditScreen"]
 
 _OUTCOME_STYLES: Final = {"success": "green", "error": "red", "denied": "bold red", "pending": "yellow", "cancelled": "yellow"}
 #: Filter inputs → the API's AuditFilter fields.
-_FILTERS: Final = (("user", "user"), ("action", "action (vm.exec …)"), ("vmId", "VM"), ("outcome", "outcome"))
+_FILTERS: Final = (("user", "user"), ("action", "action"), ("vmId", "VM"), ("outcome", "outcome"))
 
 
 def _what(record: dict[str, Any]) -> str:
@@ -45,14 +45,14 @@ class AuditScreen(Screen[None]):
         yield Header()
         with Horizontal(id="audit-filters"):
             for key, label in _FILTERS:
-                yield Input(placeholder=label, id=f"filter-{key}")
+                yield Input(placeholder=label, id=f"filter-{key}", compact=True)
         table: DataTable[str | Text] = DataTable(id="audit", cursor_type="row", zebra_stripes=True)
         yield table
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = "audit log"
-        self.query_one("#audit", DataTable).add_columns("When (UTC)", "User", "Action", "VM", "What", "Outcome", "Exit", "ms")
+        self.query_one("#audit", DataTable).add_columns("When UTC", "User", "Action", "VM", "Outcome", "Exit", "ms", "What")
         if self.lqx.poll:  # a still app (snapshots, benchmarks) is fed through show()
             self.action_load()
 
@@ -76,15 +76,16 @@ class AuditScreen(Screen[None]):
         table.clear()
         for r in records:
             outcome = r.get("outcome", "")
+            # Text, never str: a command such as grep "[/]" is not markup.
             table.add_row(
-                r.get("startedAt", "").replace("T", " ").rstrip("Z")[:19],
-                r.get("user", ""),
+                r.get("startedAt", "").replace("T", " ").rstrip("Z")[5:16],
+                Text(r.get("user", "")),
                 r.get("action", ""),
-                r.get("vmId", "") or r.get("nodeId", "") or "-",
-                _what(r),
+                Text(r.get("vmId", "") or r.get("nodeId", "") or "-"),
                 Text(outcome, style=_OUTCOME_STYLES.get(outcome, "")),
                 "" if r.get("exitCode") is None else str(r["exitCode"]),
                 str(r.get("durationMs", "")),
+                Text(_what(r)),
                 key=str(r.get("id")),
             )
         self.notify(f"{len(records)} audit rows", timeout=2)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Markdown
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Button, Checkbox, Input, Label, Static
 
 __all__ = ["ConfirmDialog", "HelpScreen", "PasswordDialog"]
 
@@ -56,9 +60,9 @@ class PasswordDialog(ModalScreen["tuple[str, str, bool] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(f"Reset a password on {self.vm_id}", classes="dialog-title")
-            yield Input(placeholder="user name", id="user", value="root")
-            yield Input(placeholder="new password", password=True, id="password")
-            yield Input(placeholder="the same again", password=True, id="again")
+            yield Input(placeholder="user name", id="user", value="root", compact=True)
+            yield Input(placeholder="new password", password=True, id="password", compact=True)
+            yield Input(placeholder="the same again", password=True, id="again", compact=True)
             yield Checkbox("expire: force a change at next login", id="expire")
             yield Label("", id="password-error", classes="dialog-error")
             with Horizontal(classes="dialog-buttons"):
@@ -98,39 +102,42 @@ class PasswordDialog(ModalScreen["tuple[str, str, bool] | None"]):
         self.dismiss(None)
 
 
-HELP = """\
-# LimiQuantix TUI
-
-| Where | Key | What |
-|---|---|---|
-| everywhere | `?` | this help |
-| | `q` | quit (not while typing) |
-| | `escape` | back / close |
-| Fleet | `enter` | the VM's details |
-| | `space` | select / unselect the VM (for fleet runs) |
-| | `a` / `n` | select every shown VM / none |
-| | `/` | filter by name, node, state, OS, IP or `label=value` |
-| | `s` / `S` | sort by the next column / reverse (or click a header) |
-| | `x` | run a script on the selected VMs (or the one under the cursor) |
-| | `u` | audit log (admin) |
-| VM | `x` | script runner |
-| | `f` | files: view a guest file, upload a local one |
-| | `p` / `r` | shut down / reboot (asks first) |
-| | `w` | reset a password (admin) |
-| | `g` | ping the agent |
-| Script runner | `ctrl+r` | run |
-| | `ctrl+b` | cancel the running script |
-| Files | `ctrl+o` | open the guest path in the viewer |
-| | `ctrl+t` | upload the local file to the guest path |
-
-The fleet refreshes every few seconds (`--refresh-s`). When the controller is
-down or refuses the token, a notification says so and the app keeps trying.
-"""
+#: (where, key, what) of every key, for the help screen.
+HELP: Final = (
+    ("everywhere", "?", "this help"),
+    ("", "q / ctrl+q", "quit (q not while typing)"),
+    ("", "escape", "back / close"),
+    ("Fleet", "enter", "the VM's details"),
+    ("", "space", "select / unselect (for fleet runs)"),
+    ("", "a / n", "select every shown VM / none"),
+    ("", "/", "filter: name, node, state, OS, IP, label=value"),
+    ("", "s / S", "sort by the next column / reverse (or click a header)"),
+    ("", "x", "run a script on the selected VMs (or the one under the cursor)"),
+    ("", "u", "audit log (admin)"),
+    ("VM", "x / f", "script runner / files"),
+    ("", "p / r", "shut down / reboot (asks first)"),
+    ("", "w / g", "reset a password (admin) / ping the agent"),
+    ("Script runner", "ctrl+r / ctrl+b", "run / cancel the running script"),
+    ("Files", "ctrl+o / ctrl+t", "view the guest path / upload the local file to it"),
+    ("Audit", "enter / ctrl+l", "apply the filters / reload"),
+)
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("question_mark", "app.pop_screen", "Close")]
 
     def compose(self) -> ComposeResult:
+        table = Table(box=None, padding=(0, 1), show_header=False)
+        table.add_column(style="bold")
+        table.add_column(style="cyan", no_wrap=True)
+        table.add_column()
+        for where, key, what in HELP:
+            table.add_row(where, key, what)
         with VerticalScroll(classes="dialog help"):
-            yield Markdown(HELP)
+            yield Static(Text("LimiQuantix TUI: keys", style="bold"), classes="dialog-title")
+            yield Static(table)
+            yield Static(
+                "The fleet refreshes every few seconds (--refresh-s). When the controller is down or "
+                "refuses the token, a notification says so and the app keeps trying.",
+                classes="dialog-detail",
+            )

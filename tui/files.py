@@ -50,21 +50,22 @@ class FilesScreen(Screen[None]):
             yield Label(f"Files on {self.vm_id}", id="files-title")
             with Horizontal(classes="files-row"):
                 yield Label("guest path", classes="files-label")
-                yield Input("/etc/os-release", id="guest-path")
-                yield Button("View ^O", id="view", variant="primary")
+                yield Input("/etc/os-release", id="guest-path", compact=True)
+                yield Button("View ^O", id="view", variant="primary", compact=True)
             with Horizontal(classes="files-row"):
                 yield Label("local file", classes="files-label")
-                yield Input(placeholder="a file on this machine, uploaded to the guest path", id="local-path")
-                yield Button("Upload ^T", id="upload", variant="warning")
+                yield Input(placeholder="a file on this machine, uploaded to the guest path", id="local-path", compact=True)
+                yield Button("Upload ^T", id="upload", variant="warning", compact=True)
             yield ProgressBar(total=100, show_eta=False, id="progress")
             yield Static("", id="transfer")
             yield TextArea("", id="viewer", read_only=True, show_line_numbers=True)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = self.vm_id
         for button in self.query(Button):
-            button.can_focus = False  # tab moves between the two paths; ctrl+o / ctrl+u act
+            button.can_focus = False  # tab moves between the two paths; ctrl+o / ctrl+t act
+        self.query_one("#progress", ProgressBar).display = False  # shown during an upload
         self.query_one("#guest-path", Input).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -143,6 +144,7 @@ class FilesScreen(Screen[None]):
         content = local.read_bytes()
         local_sha = hashlib.sha256(content).hexdigest()
         progress.update(total=100, progress=0)
+        progress.display = True
         status.update(Text(f"uploading {local} → {path} ({human_bytes(len(content))})…", style="cyan"))
 
         def sent(done: int, total: int) -> None:

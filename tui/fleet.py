@@ -16,34 +16,42 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from .format import STATE_STYLES, effective_state, percent, primary_ip, state_text, uptime, vm_matches
+from .format import STATE_LABELS, STATE_STYLES, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
 
 if TYPE_CHECKING:
     from .app import LimiQuantixApp
 
 __all__ = ["COLUMNS", "FleetScreen"]
 
-#: (key, label, sort key) of each column after the selection mark.
-COLUMNS: Final[tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...]] = (
-    ("name", "Name", lambda vm: (vm.get("name") or vm["vmId"]).lower()),
-    ("node", "Node", lambda vm: vm.get("nodeId", "")),
-    ("state", "State", effective_state),
-    ("version", "Agent", lambda vm: vm.get("agentVersion", "")),
-    ("os", "OS", lambda vm: vm.get("os", "")),
-    ("ip", "IP", primary_ip),
-    ("cpu", "CPU", lambda vm: vm.get("cpuPercent", 0.0)),
-    ("mem", "Mem", lambda vm: vm.get("memoryPercent", 0.0)),
-    ("uptime", "Uptime", lambda vm: vm.get("uptimeSeconds", 0.0)),
+def _live(vm: dict[str, Any]) -> bool:
+    """Whether the VM's figures are current (its agent connected, its node reachable)."""
+    return vm.get("agentState") == "connected" and bool(vm.get("nodeReachable", False))
+
+
+def _figure(name: str) -> Callable[[dict[str, Any]], float]:
+    """Sort key of a telemetry figure: VMs without current figures (shown ``-``) sort below 0."""
+    return lambda vm: float(vm.get(name, 0.0)) if _live(vm) else -1.0
+
+
+#: (key, label, sort key, shown on narrow terminals) of each column after the selection mark.
+COLUMNS: Final[tuple[tuple[str, str, Callable[[dict[str, Any]], Any], bool], ...]] = (
+    ("name", "Name", lambda vm: (vm.get("name") or vm["vmId"]).lower(), True),
+    ("node", "Node", lambda vm: vm.get("nodeId", ""), False),
+    ("state", "State", effective_state, True),
+    ("version", "Agent", lambda vm: vm.get("agentVersion", ""), False),
+    ("os", "OS", lambda vm: vm.get("os", ""), True),
+    ("ip", "IP", primary_ip, True),
+    ("cpu", "CPU", _figure("cpuPercent"), True),
+    ("mem", "Mem", _figure("memoryPercent"), True),
+    ("uptime", "Uptime", _figure("uptimeSeconds"), True),
 )
+#: Below this many columns the table leaves out Node and Agent (the VM screen shows
+#: them), shortens names and OS, and shows whole percents: it fits 80 columns.
+NARROW_BELOW: Final = 110
 _STATE_ORDER: Final = ("connected", "waiting_for_agent", "connecting", "unresponsive", "no_socket", "disabled", "unreachable")
-
-
-#: The table's column keys, in the order of :func:`_cells`.
-_COLUMN_KEYS: Final = ("sel", *(c[0] for c in COLUMNS))
 _NAME: Final = 1
 #: More VMs gone from view than this at once (a filter typed) and the table is rebuilt.
 _MAX_REMOVALS: Final = 32
@@ -59,34 +67,45 @@ def _cell(index: int, value: str | Text) -> str | Text:
     return value
 
 
-def _cells(vm: dict[str, Any], selected: bool) -> tuple[str | Text, ...]:
-    connected = vm.get("agentState") == "connected" and vm.get("nodeReachable", False)
-    return (
-        Text("✓", style="bold cyan") if selected else " ",
-        vm.get("name") or vm["vmId"],
-        vm.get("nodeId", "") or "-",
-        state_text(vm),
-        vm.get("agentVersion", "") or "-",
-        (vm.get("os", "") or "-")[:28],
-        primary_ip(vm),
-        percent(vm.get("cpuPercent", 0.0), connected=connected),
-        percent(vm.get("memoryPercent", 0.0), connected=connected),
-        uptime(vm.get("uptimeSeconds")) if connected else "-",
-    )
+def _cells(vm: dict[str, Any], selected: bool, narrow: bool) -> tuple[str | Text, ...]:
+    """The row of one VM: the selection mark, then :data:`COLUMNS` (less the wide-only ones)."""
+    live = _live(vm)
+    name = vm.get("name") or vm["vmId"]
+    if narrow and len(name) > 14:
+        name = name[:13] + "…"
+    digits = 0 if narrow else 1
+    values = {
+        "name": name,
+        "node": vm.get("nodeId", "") or "-",
+        "state": state_text(vm),
+        "version": vm.get("agentVersion", "") or "-",
+        "os": short_os(vm.get("os", "") or "-", 12 if narrow else 24),
+        "ip": primary_ip(vm),
+        "cpu": percent(vm.get("cpuPercent", 0.0), connected=live, digits=digits),
+        "mem": percent(vm.get("memoryPercent", 0.0), connected=live, digits=digits),
+        "uptime": uptime(vm.get("uptimeSeconds")) if live else "-",
+    }
+    mark: str | Text = Text("✓", style="bold cyan") if selected else " "
+    return (mark, *(values[key] for key, _, _, everywhere in COLUMNS if everywhere or not narrow))
+
+
+class FleetTable(DataTable[str | Text]):
+    """The fleet's table; ``enter`` is shown in the footer."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Details")]
 
 
 class FleetScreen(Screen[None]):
     """The first screen."""
 
     BINDINGS = [
-        Binding("enter", "open", "Details", show=True),
         Binding("space", "toggle", "Select"),
-        Binding("a", "select_all", "Select all"),
+        Binding("a", "select_all", "All", show=False),
         Binding("n", "select_none", "None", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse", "Reverse", show=False),
-        Binding("x", "run", "Run script"),
+        Binding("x", "run", "Run"),
         Binding("u", "audit", "Audit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -98,6 +117,9 @@ class FleetScreen(Screen[None]):
         self.sort_reverse = False
         self._order: list[str] = []
         self._shown: dict[str, tuple[str | Text, ...]] = {}
+        self.narrow = False
+        """Whether the table has the narrow terminal's columns (see NARROW_BELOW)."""
+        self._keys: tuple[str, ...] = ()
         self._names: dict[str, Text] = {}
         """The name cell in the table of each row (its identity orders the rows)."""
 
@@ -107,21 +129,32 @@ class FleetScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(id="fleet-status"):
-            yield Static(id="counts")
-            yield Static(id="controller")
-        table: DataTable[str | Text] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
-        yield table
-        yield Input(placeholder="filter: name, node, state, OS, IP, label=value …  (enter: keep, escape: clear)", id="filter")
-        yield Footer()
+        yield Static(id="counts")
+        yield FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="filter: name, node, state, OS, IP, label=value (escape clears)", id="filter")
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        table = self.query_one("#fleet", DataTable)
-        table.add_column(" ", key="sel", width=1)
-        for key, label, _ in COLUMNS:
-            table.add_column(label, key=key)
         self.query_one("#filter", Input).display = False
+        self._set_columns()
         self.fleet_updated()
+
+    def _set_columns(self) -> None:
+        """The table's columns for the terminal's width (all of them from NARROW_BELOW up)."""
+        self.narrow = self.app.size.width < NARROW_BELOW
+        self._keys = ("sel", *(key for key, _, _, everywhere in COLUMNS if everywhere or not self.narrow))
+        table = self.query_one("#fleet", DataTable)
+        table.clear(columns=True)
+        table.add_column(" ", key="sel", width=1)
+        labels = {key: label for key, label, _, _ in COLUMNS}
+        for key in self._keys[1:]:
+            table.add_column(labels[key], key=key)
+        self._order, self._shown, self._names = [], {}, {}
+
+    def on_resize(self) -> None:
+        if self.is_mounted and (self.app.size.width < NARROW_BELOW) != self.narrow:
+            self._set_columns()
+            self.fleet_updated()
 
     # -- refresh ---------------------------------------------------------------------
 
@@ -149,7 +182,7 @@ class FleetScreen(Screen[None]):
         visible = self._visible()
         order = [vm["vmId"] for vm in visible]
         selected = self.lqx.selected
-        rows = {vm["vmId"]: _cells(vm, vm["vmId"] in selected) for vm in visible}
+        rows = {vm["vmId"]: _cells(vm, vm["vmId"] in selected, self.narrow) for vm in visible}
         cursor_key = self._order[table.cursor_row] if 0 <= table.cursor_row < len(self._order) else None
         gone = [vm_id for vm_id in self._order if vm_id not in rows]
         if not self._order or len(gone) > _MAX_REMOVALS:
@@ -174,9 +207,9 @@ class FleetScreen(Screen[None]):
                 for i, value in enumerate(cells):
                     if before[i] != value:
                         cell = _cell(i, value)
-                        column = columns[_COLUMN_KEYS[i]]
+                        column = columns[self._keys[i]]
                         wider = column.auto_width and cell_len(str(cell)) > column.content_width
-                        table.update_cell(vm_id, _COLUMN_KEYS[i], cell, update_width=wider)
+                        table.update_cell(vm_id, self._keys[i], cell, update_width=wider)
                         if i == _NAME:
                             self._names[vm_id] = cell
             if in_table != order:
@@ -198,26 +231,39 @@ class FleetScreen(Screen[None]):
         table.add_row(*texts, key=vm_id)
 
     def _update_status(self) -> None:
+        """Counts by state, the total, the selection, the filter and the controller's state,
+        packed into as many lines as the width needs (an entry is never split)."""
         app = self.lqx
         counts = Counter(effective_state(vm) for vm in app.vms.values())
-        text = Text()
+        entries: list[Text] = []
         for state in sorted(counts, key=lambda s: _STATE_ORDER.index(s) if s in _STATE_ORDER else 99):
-            text.append("● ", style=STATE_STYLES.get(state, ""))
-            text.append(f"{state} {counts[state]}  ")
-        text.append(f"│ {len(app.vms)} VMs", style="bold")
+            entry = Text("● ", style=STATE_STYLES.get(state, ""))
+            entry.append(f"{STATE_LABELS.get(state, state)} {counts[state]}")
+            entries.append(entry)
+        total = Text(f"│ {len(app.vms)} VMs", style="bold")
         if app.selected:
-            text.append(f", {len(app.selected)} selected", style="cyan")
+            total.append(f", {len(app.selected)} selected", style="cyan")
+        entries.append(total)
         if self.filter_text:
-            text.append(f"  │ filter “{self.filter_text}”", style="italic")
-        self.query_one("#counts", Static).update(text)
-        status = Text()
+            entries.append(Text(f"│ filter “{self.filter_text}”", style="italic"))
         if app.controller_ok is False and app.last_error is not None:
-            status.append(f"controller: {app.last_error.code} (retrying)", style="bold red")
+            entries.append(Text(f"│ controller: {app.last_error.code} (retrying)", style="bold red"))
         elif app.last_refresh:
-            status.append(f"updated {time.strftime('%H:%M:%S', time.gmtime(app.last_refresh))} UTC", style="dim")
+            entries.append(Text(f"│ updated {time.strftime('%H:%M:%S', time.gmtime(app.last_refresh))} UTC", style="dim"))
         else:
-            status.append("connecting…", style="dim")
-        self.query_one("#controller", Static).update(status)
+            entries.append(Text("│ connecting…", style="dim"))
+        width = max(20, (self.size.width or self.app.size.width) - 2)
+        text, line = Text(), 0
+        for entry in entries:
+            if line and line + 2 + entry.cell_len > width:
+                text.append("\n")
+                line = 0
+            elif line:
+                text.append("  ")
+                line += 2
+            text.append_text(entry)
+            line += entry.cell_len
+        self.query_one("#counts", Static).update(text)
 
     # -- actions ---------------------------------------------------------------------
 
@@ -234,7 +280,7 @@ class FleetScreen(Screen[None]):
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
         keys = [c[0] for c in COLUMNS]
-        if event.column_key.value in keys:
+        if event.column_key.value in keys:  # not the selection mark
             index = keys.index(event.column_key.value)
             self.sort_reverse = not self.sort_reverse if index == self.sort_column else False
             self.sort_column = index

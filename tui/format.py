@@ -10,6 +10,7 @@ from typing import Any, Final
 from rich.text import Text
 
 __all__ = [
+    "STATE_LABELS",
     "STATE_STYLES",
     "age",
     "bar",
@@ -18,6 +19,7 @@ __all__ = [
     "parse_time",
     "percent",
     "primary_ip",
+    "short_os",
     "spark",
     "state_text",
     "uptime",
@@ -36,12 +38,22 @@ STATE_STYLES: Final = {
 }
 
 
+#: Shorter names for the states where a column is narrow (the API's names elsewhere).
+STATE_LABELS: Final = {"waiting_for_agent": "waiting", "no_socket": "no socket"}
+
+
 def state_text(vm: Mapping[str, Any]) -> Text:
     """The agent's state, coloured; ``unreachable`` when its node stopped heartbeating."""
-    state = vm.get("agentState", "") or "unknown"
-    if not vm.get("nodeReachable", False):
-        state = "unreachable"
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    state = effective_state(vm)
+    return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
+
+
+def short_os(name: str, width: int) -> str:
+    """``Debian GNU/Linux 12 (bookworm)`` → ``Debian 12``; cut to ``width`` with an ellipsis."""
+    short = re.sub(r"\s*\(.*?\)", "", name).replace("Red Hat Enterprise Linux", "RHEL")
+    words = short.split()
+    short = " ".join(w for i, w in enumerate(words) if not (i and w in ("GNU/Linux", "Linux", "LTS"))) or "-"
+    return short if len(short) <= width else short[: width - 1] + "…"
 
 
 def effective_state(vm: Mapping[str, Any]) -> str:
@@ -57,10 +69,10 @@ def primary_ip(vm: Mapping[str, Any]) -> str:
     return addresses[0] if addresses else "-"
 
 
-def percent(value: float | None, *, connected: bool = True) -> str:
+def percent(value: float | None, *, connected: bool = True, digits: int = 1) -> str:
     if not connected or value is None:
         return "-"
-    return f"{value:5.1f}%"
+    return f"{value:5.1f}%" if digits else f"{value:3.0f}%"
 
 
 def uptime(seconds: float | None) -> str:

@@ -73,28 +73,28 @@ class RunnerScreen(Screen[None]):
             yield TextArea(DEFAULT_SCRIPT, id="script", show_line_numbers=True)
             with Horizontal(id="runner-options"):
                 yield Label("timeout s")
-                yield Input("60", id="timeout", restrict=r"[0-9]*", max_length=5)
+                yield Input("60", id="timeout", restrict=r"[0-9]*", max_length=5, compact=True)
                 yield Label("run as")
-                yield Input(placeholder="(agent's user)", id="run-as")
-                yield Button("Run ^R", variant="success", id="run")
-                yield Button("Cancel ^B", variant="error", id="cancel", disabled=True)
+                yield Input(placeholder="(agent's user)", id="run-as", compact=True)
+                yield Button("Run ^R", variant="success", id="run", compact=True)
+                yield Button("Cancel ^B", variant="error", id="cancel", disabled=True, compact=True)
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
                 log: RichLog = RichLog(id="output", wrap=True, markup=False, highlight=False, max_lines=10000, min_width=20)
                 yield log
-                side: DataTable[str | Text] = DataTable(id="side", cursor_type="row")
+                side: DataTable[str | Text] = DataTable(id="side", cursor_type="row", classes="fleet" if self.fleet else "")
                 yield side
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         side = self.query_one("#side", DataTable)
         if self.fleet:
-            side.add_column("VM")
+            side.add_column("VM", width=16)
             side.add_column("Status", width=13)
             side.add_column("Exit", width=4)
-            side.add_column("ms", width=6)
             for vm_id in self.vm_ids:
-                side.add_row(vm_id, Text("-", style="dim"), "", "", key=vm_id)
+                name = self.lqx.vms.get(vm_id, {}).get("name") or vm_id
+                side.add_row(Text(name if len(name) <= 16 else name[:15] + "…"), Text("-", style="dim"), "", key=vm_id)
         else:
             side.add_columns("Recent runs", "Exit", "ms")
             self._show_recent()
@@ -105,7 +105,8 @@ class RunnerScreen(Screen[None]):
         side.clear()
         for i, run in enumerate(self.lqx.recent_runs.get(self.vm_ids[0], ())):
             code = "-" if run.exit_code is None else str(run.exit_code)
-            side.add_row(run.first_line, code if not run.reason or run.reason == "exited" else run.reason, str(run.duration_ms), key=str(i))
+            shown = code if not run.reason or run.reason == "exited" else run.reason
+            side.add_row(Text(run.first_line), shown, str(run.duration_ms), key=str(i))
 
     # -- run -------------------------------------------------------------------------
 
@@ -227,7 +228,6 @@ class RunnerScreen(Screen[None]):
             if vm_id in self.vm_ids:
                 side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=_TARGET_STYLES.get(status, "")))
                 side.update_cell(vm_id, side.ordered_columns[2].key, "" if code is None else str(code))
-                side.update_cell(vm_id, side.ordered_columns[3].key, str(target.get("durationMs", "") or ""))
         counts = command.get("counts", {})
         summary = Text(f"{command.get('commandId', '')}  {command.get('status', '')}   ", style="bold")
         summary.append("  ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
@@ -243,7 +243,8 @@ class RunnerScreen(Screen[None]):
         log.clear()
         if target is None:
             return
-        log.write(Text(f"── {target['vmId']}: {target.get('status', '')}", style="bold"))
+        duration = f", {target['durationMs']} ms" if target.get("durationMs") else ""
+        log.write(Text(f"── {target['vmId']}: {target.get('status', '')}{duration}", style="bold"))
         for stream, style in (("stdout", ""), ("stderr", "red")):
             for line in target.get(stream, "").splitlines():
                 log.write(Text(line, style=style))

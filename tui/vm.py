@@ -26,14 +26,19 @@ __all__ = ["VMScreen"]
 _NET_POINTS: Final = 150
 
 
+def _kernel(release: str, arch: str) -> str:
+    """The kernel release and architecture, once (RHEL's releases end with it already)."""
+    return release if not arch or release.endswith(arch) else f"{release} {arch}"
+
+
 class VMScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
-        Binding("x", "run", "Run script"),
+        Binding("x", "run", "Script"),
         Binding("f", "files", "Files"),
-        Binding("p", "power('poweroff')", "Shut down"),
+        Binding("p", "power('poweroff')", "Off"),
         Binding("r", "power('reboot')", "Reboot"),
-        Binding("w", "password", "Password"),
+        Binding("w", "password", "Passwd"),
         Binding("g", "ping", "Ping"),
     ]
 
@@ -59,7 +64,7 @@ class VMScreen(Screen[None]):
             yield Static(id="vm-filesystems", classes="panel")
             yield Static(id="vm-interfaces", classes="panel")
             yield Static(id="vm-capabilities", classes="panel")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = self.vm_id
@@ -82,6 +87,10 @@ class VMScreen(Screen[None]):
         self.show(detail)
 
     # -- drawing ---------------------------------------------------------------------
+
+    def on_resize(self) -> None:
+        # The sparklines are as wide as their panel: redraw them at the new width.
+        self.call_after_refresh(self._draw_graphs)
 
     def fleet_updated(self) -> None:
         """Sparklines from the app's history (kept for every VM by the fleet poll)."""
@@ -138,7 +147,7 @@ class VMScreen(Screen[None]):
         memory = telemetry.get("memory", {})
         rows = [
             ("OS", os_info.get("prettyName") or detail.get("os") or "-"),
-            ("Kernel", f"{identity.get('kernel') or detail.get('kernel') or '-'} {identity.get('architecture', '')}"),
+            ("Kernel", _kernel(identity.get("kernel") or detail.get("kernel") or "-", identity.get("architecture", ""))),
             ("Hostname", identity.get("hostname") or detail.get("hostname") or "-"),
             ("Agent", f"{detail.get('agentVersion') or '-'} (Python {identity.get('pythonVersion', '?')})"),
             ("Uptime", uptime(telemetry.get("uptimeSeconds") or detail.get("uptimeSeconds"))),
