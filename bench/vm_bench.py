@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], str]:
         Figure("installed size (dpkg Installed-Size)", r["installed_kib"] / 1024, None, "MiB", "<= 25",  # type: ignore[operator]
                note=f"du -sk /usr/lib/limiquantix-agent: {r['du_kib'] / 1024:.1f} MiB"),  # type: ignore[operator]
         Figure("agent announced after its service started: first boot", boots[0], None, "s", "<= 3",
-               note="the first start after dpkg -i in the image's chroot (no byte-compiled modules yet); "
+               note="the first start after dpkg -i in the image's chroot (postinst byte-compiled the modules there); "
                     "systemd's ExecMainStartTimestamp to agent_ready on the host socket"),
         Figure("agent announced after its service started: reboot", boots[1], None, "s", "<= 3",
                note="a later boot of the same guest"),
