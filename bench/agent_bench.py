@@ -55,7 +55,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -63,13 +63,14 @@ import trio
 
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
+    Figure,
     _die_with_parent,
     _leaves,
     blocks,
     cpu_seconds,
-    fmt,
     median,
     percentile,
+    print_table,
     rss_mib,
     say,
 )
@@ -156,52 +157,6 @@ class Settings:
 
 
 # ---------------------------------------------------------------------- figures
-
-
-@dataclass
-class Figure:
-    """One row of the results.
-
-    ``target`` is text: ``"ratio <= 1"`` / ``"ratio >= 4"`` compare ``ours``
-    with ``baseline``; ``"<= 35"`` is an absolute bound in ``unit``. ``ratio`` is
-    always ours / baseline. ``met`` is None for informational rows.
-    """
-
-    name: str
-    ours: float | None
-    baseline: float | None
-    unit: str
-    target: str | None
-    ratio: float | None = None
-    met: bool | None = None
-    note: str | None = field(default=None)
-
-    def evaluate(self) -> Figure:
-        if self.ours is not None and self.baseline:
-            self.ratio = self.ours / self.baseline
-        if self.target is None or self.ours is None:
-            self.met = None
-            return self
-        op, _, bound = self.target.partition(" ")
-        if op == "ratio":
-            cmp, _, value = bound.partition(" ")
-            left = self.ratio
-        else:
-            cmp, value, left = op, bound, self.ours
-        if left is None:
-            self.met = None
-        else:
-            self.met = left <= float(value) if cmp == "<=" else left >= float(value)
-        return self
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        if out["note"] is None:
-            del out["note"]
-        for key in ("ours", "baseline", "ratio"):
-            if isinstance(out[key], float):
-                out[key] = round(out[key], 4)
-        return out
 
 
 def sha256(data: bytes | bytearray | memoryview) -> bytes:
@@ -1002,28 +957,6 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
     return figures_from(results, settings), context
 
 
-def print_table(figures: list[Figure], settings: Settings, context: str) -> None:
-    rows = [("figure", "ours", "qemu-ga", "unit", "ratio", "target", "met")]
-    for f in figures:
-        met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append((f.name, fmt(f.ours), fmt(f.baseline), f.unit, fmt(f.ratio), f.target or "(info)", met))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print()
-    print(f"limiquantix-agent {AGENT_VERSION} vs qemu-ga" + (" (--quick)" if settings.quick else ""))
-    print(context)
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        print("  ".join(cells))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    for f in figures:
-        if f.note:
-            print(f"  * {f.name}: {f.note}")
-    missed = [f.name for f in figures if f.met is False]
-    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
-    print(f"; missed: {', '.join(missed)}" if missed else "")
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
     # Outside trio.run (start-up, shutdown): unwind like Ctrl-C, so both agents
     # are stopped and the temp dir removed. Inside, measure_until_terminated does it.
@@ -1048,7 +981,12 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exception(leaf)
             print(f"agent_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
-    print_table(figures, settings, context)
+    print_table(
+        figures,
+        f"limiquantix-agent {AGENT_VERSION} vs qemu-ga" + (" (--quick)" if settings.quick else ""),
+        context,
+        baseline="qemu-ga",
+    )
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
     print(f"written to {settings.output}")

@@ -12,6 +12,8 @@ import signal
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import psutil
 
@@ -20,6 +22,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - the benchmarks run on the d
 
 __all__ = [
     "BenchError",
+    "Figure",
     "_die_with_parent",
     "_leaves",
     "_process_cpu_clock",
@@ -28,6 +31,7 @@ __all__ = [
     "fmt",
     "median",
     "percentile",
+    "print_table",
     "rss_mib",
     "say",
 ]
@@ -102,6 +106,86 @@ def fmt(value: float | None) -> str:
     if abs(value) >= 1:
         return f"{value:.2f}"
     return f"{value:.3f}"
+
+
+@dataclass
+class Figure:
+    """One row of a benchmark's results (every bench/ script writes these).
+
+    ``target`` is text: ``"<= 15"`` is an absolute bound in ``unit``;
+    ``"delta <= 2"`` bounds ``delta = ours - baseline`` (in ``unit``), the one
+    key this file adds to agent.json's schema, written only for such rows.
+    ``ratio`` is always ours / baseline. ``met`` is None for informational rows.
+    """
+
+    name: str
+    ours: float | None
+    baseline: float | None
+    unit: str
+    target: str | None
+    ratio: float | None = None
+    met: bool | None = None
+    note: str | None = None
+    delta: float | None = None
+
+    def evaluate(self) -> Figure:
+        if self.ours is not None and self.baseline:
+            self.ratio = self.ours / self.baseline
+        if self.target is None or self.ours is None:
+            self.met = None
+            return self
+        op, _, rest = self.target.partition(" ")
+        if op == "delta":
+            if self.baseline is None:
+                self.met = None
+                return self
+            self.delta = self.ours - self.baseline
+            cmp, _, value = rest.partition(" ")
+            left = self.delta
+        elif op == "ratio":
+            cmp, _, value = rest.partition(" ")
+            left = self.ratio  # type: ignore[assignment]
+        else:
+            cmp, value, left = op, rest, self.ours
+        if left is None:
+            self.met = None
+        else:
+            self.met = left <= float(value) if cmp == "<=" else left >= float(value)
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("note", "delta"):
+            if out[key] is None:
+                del out[key]
+        for key in ("ours", "baseline", "ratio", "delta"):
+            if isinstance(out.get(key), float):
+                out[key] = round(out[key], 4)
+        return out
+
+def print_table(figures: list[Figure], title: str, context: str, *, baseline: str = "baseline") -> None:
+    """The results as a table (a ``delta`` column when a figure has one), their notes and
+    the count of targets met."""
+    with_delta = any(f.delta is not None for f in figures)
+    rows = [("figure", "ours", baseline, "unit", "ratio", *(("delta",) if with_delta else ()), "target", "met")]
+    for f in figures:
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        delta = (fmt(f.delta) if f.delta is not None else "",) if with_delta else ()
+        rows.append((f.name, fmt(f.ours), fmt(f.baseline), f.unit, fmt(f.ratio), *delta, f.target or "(info)", met))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    print(title)
+    print(context)
+    for n, row in enumerate(rows):
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    for f in figures:
+        if f.note:
+            print(f"  * {f.name}: {f.note}")
+    missed = [f.name for f in figures if f.met is False]
+    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
+    print(f"; missed: {', '.join(missed)}" if missed else "")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -481,28 +481,6 @@ def figures_from(r: Results, s: Settings) -> list[hb.Figure]:
     ]  # fmt: skip
 
 
-def print_table(figures: list[hb.Figure], settings: Settings, context: str) -> None:
-    """The table, notes and the count of targets met."""
-    rows = [("figure", "ours", "baseline", "unit", "ratio", "target", "met")]
-    for f in figures:
-        met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append((f.name, hb.fmt(f.ours), hb.fmt(f.baseline), f.unit, hb.fmt(f.ratio), f.target or "(info)", met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    print(f"limiquantix-controller {VERSION}" + (" (--quick)" if settings.quick else ""))
-    print(context)
-    for n, row in enumerate(rows):
-        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    for f in figures:
-        if f.note:
-            print(f"  * {f.name}: {f.note}")
-    missed = [f.name for f in figures if f.met is False]
-    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
-    print(f"; missed: {', '.join(missed)}" if missed else "")
-
-
 @contextlib.contextmanager
 def workdir(settings: Settings) -> Iterator[Path]:
     """A short temp dir (AF_UNIX paths), removed afterwards unless kept."""
@@ -544,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         " hostd, the simulated VMs and the client share these CPUs"
     )
     figures = [f.evaluate() for f in figures_from(results, settings)]
-    print_table(figures, settings, context)
+    hb.print_table(
+        figures, f"limiquantix-controller {VERSION}" + (" (--quick)" if settings.quick else ""), context
+    )
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
     print(f"written to {settings.output}")

@@ -67,7 +67,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,14 +75,15 @@ import trio
 
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
+    Figure,
     _die_with_parent,
     _leaves,
     blocks,
     cpu_seconds,
-    fmt,
     median,
     percentile,
     rss_mib,
+    print_table,
     say,
 )
 
@@ -453,62 +454,6 @@ class Settings:
 
 
 # ============================================================================= figures
-
-
-@dataclass
-class Figure:
-    """One row of the results, in agent_bench's format.
-
-    ``target`` is text: ``"<= 15"`` is an absolute bound in ``unit``;
-    ``"delta <= 2"`` bounds ``delta = ours - baseline`` (in ``unit``), the one
-    key this file adds to agent.json's schema, written only for such rows.
-    ``ratio`` is always ours / baseline. ``met`` is None for informational rows.
-    """
-
-    name: str
-    ours: float | None
-    baseline: float | None
-    unit: str
-    target: str | None
-    ratio: float | None = None
-    met: bool | None = None
-    note: str | None = None
-    delta: float | None = None
-
-    def evaluate(self) -> Figure:
-        if self.ours is not None and self.baseline:
-            self.ratio = self.ours / self.baseline
-        if self.target is None or self.ours is None:
-            self.met = None
-            return self
-        op, _, rest = self.target.partition(" ")
-        if op == "delta":
-            if self.baseline is None:
-                self.met = None
-                return self
-            self.delta = self.ours - self.baseline
-            cmp, _, value = rest.partition(" ")
-            left = self.delta
-        elif op == "ratio":
-            cmp, _, value = rest.partition(" ")
-            left = self.ratio  # type: ignore[assignment]
-        else:
-            cmp, value, left = op, rest, self.ours
-        if left is None:
-            self.met = None
-        else:
-            self.met = left <= float(value) if cmp == "<=" else left >= float(value)
-        return self
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("note", "delta"):
-            if out[key] is None:
-                del out[key]
-        for key in ("ours", "baseline", "ratio", "delta"):
-            if isinstance(out.get(key), float):
-                out[key] = round(out[key], 4)
-        return out
 
 
 # =========================================================================== processes
@@ -1330,31 +1275,6 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
     return figures
 
 
-def print_table(figures: list[Figure], settings: Settings, context: str) -> None:
-    rows = [("figure", "ours", "baseline", "unit", "ratio", "delta", "target", "met")]
-    for f in figures:
-        met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append(
-            (f.name, fmt(f.ours), fmt(f.baseline), f.unit, fmt(f.ratio), fmt(f.delta) if f.delta is not None else "",
-             f.target or "(info)", met)
-        )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print()
-    print(f"limiquantix-hostd {VERSION}: {settings.agents} fake agents + 2 simulated VMs" + (" (--quick)" if settings.quick else ""))
-    print(context)
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        print("  ".join(cells))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    for f in figures:
-        if f.note:
-            print(f"  * {f.name}: {f.note}")
-    missed = [f.name for f in figures if f.met is False]
-    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
-    print(f"; missed: {', '.join(missed)}" if missed else "")
-
-
 @contextlib.contextmanager
 def workdir(settings: Settings) -> Iterator[Path]:
     if settings.workdir is not None:
@@ -1417,7 +1337,12 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exception(leaf)
             print(f"hostd_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
-    print_table(figures, settings, context)
+    print_table(
+        figures,
+        f"limiquantix-hostd {VERSION}: {settings.agents} fake agents + 2 simulated VMs"
+        + (" (--quick)" if settings.quick else ""),
+        context,
+    )
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
     print(f"written to {settings.output}")

@@ -69,7 +69,7 @@ BENCH_DIR: Final = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import benchlib as bl  # noqa: E402 - bench/ is not a package
-from hostd_bench import Figure  # noqa: E402
+from benchlib import Figure  # noqa: E402
 
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.tui import demo_data  # noqa: E402
@@ -581,27 +581,6 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
     ]  # fmt: skip
 
 
-def print_table(figures: list[Figure], settings: Settings, context: str) -> None:
-    rows = [("figure", "ours", "baseline", "unit", "ratio", "target", "met")]
-    for f in figures:
-        met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append((f.name, bl.fmt(f.ours), bl.fmt(f.baseline), f.unit, bl.fmt(f.ratio), f.target or "(info)", met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    print(f"limiquantix-tui {VERSION}" + (" (--quick)" if settings.quick else ""))
-    print(context)
-    for n, row in enumerate(rows):
-        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    for f in figures:
-        if f.note:
-            print(f"  * {f.name}: {f.note}")
-    missed = [f.name for f in figures if f.met is False]
-    print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
-    print(f"; missed: {', '.join(missed)}" if missed else "")
-
-
 @contextlib.contextmanager
 def workdir() -> Iterator[Path]:
     import shutil
@@ -657,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {_textual_version()}; the controller and the fake nodes share these CPUs with the TUI"
     )
     figures = [f.evaluate() for f in figures_from(results, settings)]
-    print_table(figures, settings, context)
+    bl.print_table(figures, f"limiquantix-tui {VERSION}" + (" (--quick)" if settings.quick else ""), context)
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
     print(f"written to {settings.output}")

@@ -42,26 +42,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Final
 
 import trio
 
 from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file name
-    Figure,
     QgaClient,
     QgaError,
     RawAgentClient,
     mb_per_s,
     ours_read,
-    print_table,
     qga_ping,
     qga_read,
     raw_ping,
 )
-from benchlib import BenchError, blocks, median, say  # noqa: E402
+from benchlib import BenchError, Figure, blocks, median, print_table, say  # noqa: E402
 
 from limiquantix.hostd.api import READ_CHUNK_BYTES
+from limiquantix.protocol import __version__ as AGENT_VERSION
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, QgaError, errors.AgentError, OSError, trio.TooSlowError, guest_image.GuestImageError) as exc:
         print(f"vm_bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print_table(figures, SimpleNamespace(quick=False), context)  # type: ignore[arg-type]
+    print_table(figures, f"limiquantix-agent {AGENT_VERSION} vs qemu-ga", context, baseline="qemu-ga")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
     print(f"written to {args.output}")
