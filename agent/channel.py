@@ -54,8 +54,12 @@ ABSENT_BACKOFF_MIN_S: Final = 0.02
 ABSENT_BACKOFF_MAX_S: Final = 0.5
 #: Retry interval for a device that cannot be polled.
 _NO_POLL_RETRY_S: Final = 0.05
-#: How often to look for a missing device or socket.
+#: How often to look for a missing device or socket (at most).
 REOPEN_INTERVAL_S: Final = 1.0
+#: The first look again for a missing device: at boot the agent may start before udev
+#: has created the port's node, which then appears within moments; the interval
+#: doubles from here up to REOPEN_INTERVAL_S.
+REOPEN_FIRST_S: Final = 0.05
 #: errnos that mean the device or peer is gone for good (reopen it).
 _GONE_ERRNOS: Final = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF, errno.EPIPE, errno.ECONNRESET})
 
@@ -218,6 +222,7 @@ class DeviceChannel:
     ) -> None:
         started = False
         missing_logged = False
+        retry = REOPEN_FIRST_S
         while True:
             try:
                 fd = _open_device(self.path)
@@ -226,11 +231,15 @@ class DeviceChannel:
                     task_status.started()
                     started = True
                 if not missing_logged:
-                    log.warning("cannot open %s (%s); retrying every %.0f s", self.path, exc.strerror, REOPEN_INTERVAL_S)
+                    log.warning(
+                        "cannot open %s (%s); retrying (every %.0f s at most)", self.path, exc.strerror, REOPEN_INTERVAL_S
+                    )
                     missing_logged = True
-                await trio.sleep(REOPEN_INTERVAL_S)
+                await trio.sleep(retry)
+                retry = min(retry * 2, REOPEN_INTERVAL_S)
                 continue
             missing_logged = False
+            retry = REOPEN_FIRST_S
             log.info("opened %s", self.path)
             if not started:
                 task_status.started()
