@@ -172,7 +172,7 @@ def apt_mirror() -> str:
                 rest = [p for p in parts[1:] if not p.startswith("[")]
                 if len(rest) >= 2 and rest[1] == SUITE:
                     return rest[0].rstrip("/")
-    return "http://deb.debian.org/debian"
+    raise GuestImageError(f"no enabled {SUITE} source in /etc/apt/sources.list*: debootstrap uses the mirror apt uses")
 
 
 def _digest(*parts: object) -> str:
