@@ -49,6 +49,8 @@ class VMScreen(Screen[None]):
         self.rx: deque[float] = deque(maxlen=_NET_POINTS)
         self.tx: deque[float] = deque(maxlen=_NET_POINTS)
         self._last_counters: tuple[str, int, int] | None = None
+        self._load_error = ""
+        """The code of the last GetVM failure ("" after a success)."""
 
     @property
     def lqx(self) -> LimiQuantixApp:
@@ -78,12 +80,18 @@ class VMScreen(Screen[None]):
         try:
             detail = await self.lqx.client.get_vm(self.vm_id)
         except ApiError as exc:
-            if exc.code == "not_found":
-                self.notify(f"{self.vm_id} is gone from the inventory.", severity="warning")
+            # Once per kind of failure, not at every refresh (the fleet poll reports
+            # the controller itself being down).
+            if exc.code != self._load_error and self.lqx.controller_ok is not False:
+                if exc.code == "not_found":
+                    self.notify(f"{self.vm_id} is gone from the inventory.", severity="warning")
+                else:
+                    self.lqx.report(exc, f"GetVM {self.vm_id}")
+            self._load_error = exc.code
+            if exc.code == "not_found" and self.app.screen is self:
                 self.app.pop_screen()
-            elif self.lqx.controller_ok is not False:
-                self.lqx.report(exc, f"GetVM {self.vm_id}")
             return
+        self._load_error = ""
         self.show(detail)
 
     # -- drawing ---------------------------------------------------------------------
