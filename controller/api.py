@@ -41,7 +41,7 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import Authenticator, CallContext
 
-from .auth import Permission, Principal, require
+from .auth import Permission, Principal, Role, require
 from .forward import NodeClient
 from .models import MAX_PAGE_SIZE, AgentBrief, AuditAction, AuditDetail, AuditOutcome, NodeInfo, VMInfo, VMRoute
 from .store import Store
@@ -150,6 +150,12 @@ def _timestamp(ts: float | None) -> Timestamp | None:
 #: A heartbeat's strings are cut to this many characters, its addresses to this many.
 _BRIEF_TEXT_CHARS: Final = 255
 _BRIEF_MAX_ADDRESSES: Final = 64
+
+
+def _node_owner(principal: Principal) -> str | None:
+    """The token a node id is bound to when this principal registers it: a node
+    token's own id; None for an admin (who may act for any node)."""
+    return principal.token_id if principal.role is Role.NODE else None
 
 
 def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
@@ -783,8 +789,12 @@ class NodeRegistryAPI:
     ) -> api_pb.RegisterNodeResponse:
         """Add or update a node (audited), and take its VM list as its first heartbeat.
 
+        A node token binds the node id to itself: another node token cannot take
+        the id over (and so the VMs' routing) while this one is valid.
+
         Raises:
             errors.InvalidArgument: malformed node id, URL or token (from the store).
+            errors.PermissionDenied: reason ``node_owned`` (audited as denied).
         """
         principal = _principal(ctx)
         detail = AuditDetail(target=request.node_id[:255], count=len(request.vms))
@@ -807,11 +817,14 @@ class NodeRegistryAPI:
         )
         outcome, error = AuditOutcome.ERROR, ""
         try:
-            await self.store.register_node(request.node_id, url=request.url, token=request.token)
-            await self.store.heartbeat(request.node_id, vms)
+            owner = _node_owner(principal)
+            await self.store.register_node(request.node_id, url=request.url, token=request.token, owner_token_id=owner)
+            await self.store.heartbeat(request.node_id, vms, owner_token_id=owner)
             outcome = AuditOutcome.SUCCESS
         except errors.AgentError as exc:
             error = f"{exc.connect_code}: {exc.message}"
+            if isinstance(exc, errors.PermissionDenied):  # the node id is another token's
+                outcome = AuditOutcome.DENIED
             raise
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
@@ -829,9 +842,11 @@ class NodeRegistryAPI:
 
         Raises:
             errors.NotFound: reason ``unknown_node``: the node must RegisterNode again.
+            errors.PermissionDenied: reason ``node_owned``: another valid node token registered it.
         """
-        require(_principal(ctx), Permission.NODE_REGISTER)
-        await self.store.heartbeat(request.node_id, self._vms(request.vms))
+        principal = _principal(ctx)
+        require(principal, Permission.NODE_REGISTER)
+        await self.store.heartbeat(request.node_id, self._vms(request.vms), owner_token_id=_node_owner(principal))
         return api_pb.HeartbeatResponse()
 
     async def ListNodes(self, request: api_pb.ListNodesRequest, ctx: CallContext) -> api_pb.ListNodesResponse:

@@ -165,11 +165,16 @@ _V2: Final = (
 # that hostd's heartbeats carry, as a JSON object, for ListVMs.
 _V3: Final = ("ALTER TABLE node_vms ADD COLUMN agent TEXT NOT NULL DEFAULT '{}'",)
 
+# Version 4: the node token that registered a node (NULL: an admin did, or before v4).
+# Another node token may not register or heartbeat that node id while this one is valid.
+_V4: Final = ("ALTER TABLE nodes ADD COLUMN owner_token_id TEXT",)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
     Migration(2, "node role for hostd registration tokens", _V2),
     Migration(3, "each VM's agent in brief from the heartbeats", _V3),
+    Migration(4, "nodes bound to the node token that registered them", _V4),
 )
 
 #: The version this code writes and understands.

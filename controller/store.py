@@ -309,11 +309,16 @@ class Store(abc.ABC):
     # ---- nodes
 
     @abc.abstractmethod
-    async def register_node(self, node_id: str, *, url: str, token: str) -> NodeInfo:
+    async def register_node(self, node_id: str, *, url: str, token: str, owner_token_id: str | None = None) -> NodeInfo:
         """Add a hostd, or change its URL and token (its VM list is kept).
+
+        ``owner_token_id``: the node-role API token registering it, which the node
+        id is then bound to (None: an admin registers it; the binding is kept).
 
         Raises:
             errors.InvalidArgument: malformed id, URL or empty token.
+            errors.PermissionDenied: reason ``node_owned``: the node id is bound to
+                another node token that is still valid (revoke it to move the id).
         """
 
     @abc.abstractmethod
@@ -325,11 +330,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo]) -> None:
+    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo], *, owner_token_id: str | None = None) -> None:
         """A node is alive and hosts exactly ``vms`` (replacing its previous list).
+
+        ``owner_token_id``: the node-role API token sending it (None: an admin).
 
         Raises:
             errors.NotFound: the node is not registered.
+            errors.PermissionDenied: reason ``node_owned``: another valid node token owns the id.
         """
 
     @abc.abstractmethod
@@ -826,7 +834,7 @@ class SQLiteStore(Store):
 
     # ---- nodes
 
-    async def register_node(self, node_id: str, *, url: str, token: str) -> NodeInfo:
+    async def register_node(self, node_id: str, *, url: str, token: str, owner_token_id: str | None = None) -> NodeInfo:
         if not _valid_node_id(node_id):
             raise errors.InvalidArgument(f"bad node id {node_id[:64]!r}")
         if not url.startswith(("http://", "https://", "unix:")) or len(url) > _NODE_URL_MAX_CHARS:
@@ -836,10 +844,12 @@ class SQLiteStore(Store):
 
         def run(conn: sqlite3.Connection) -> NodeInfo:
             with _write(conn, durable=True):
+                _check_node_owner(conn, node_id, owner_token_id)
                 conn.execute(
-                    "INSERT INTO nodes (node_id, url, token, registered_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, token = excluded.token",
-                    (node_id, url, token, self._clock()),
+                    "INSERT INTO nodes (node_id, url, token, registered_at, owner_token_id) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, token = excluded.token,"
+                    " owner_token_id = COALESCE(excluded.owner_token_id, nodes.owner_token_id)",
+                    (node_id, url, token, self._clock(), owner_token_id),
                 )
                 return _node(conn, node_id, self._clock(), DEFAULT_HEARTBEAT_TIMEOUT_S)
 
@@ -853,11 +863,12 @@ class SQLiteStore(Store):
 
         await self._run(run)
 
-    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo]) -> None:
+    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo], *, owner_token_id: str | None = None) -> None:
         rows = [(node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())) for vm in vms]
 
         def run(conn: sqlite3.Connection) -> None:
             with _write(conn, durable=False):
+                _check_node_owner(conn, node_id, owner_token_id)
                 cur = conn.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self._clock(), node_id))
                 if cur.rowcount == 0:
                     raise errors.NotFound(f"node {node_id!r} is not registered", reason="unknown_node")
@@ -1350,6 +1361,26 @@ _NODE_SELECT: Final = (
     "SELECT n.node_id, n.url, n.token, n.registered_at, n.last_heartbeat,"
     " (SELECT COUNT(*) FROM node_vms c WHERE c.node_id = n.node_id) FROM nodes n"
 )
+
+
+def _check_node_owner(conn: sqlite3.Connection, node_id: str, token_id: str | None) -> None:
+    """A node token may act for a node id that no other valid node token owns.
+
+    Raises:
+        errors.PermissionDenied: reason ``node_owned``.
+    """
+    if token_id is None:
+        return
+    row = conn.execute(
+        "SELECT n.owner_token_id FROM nodes n JOIN api_tokens t ON t.id = n.owner_token_id"
+        " WHERE n.node_id = ? AND t.revoked_at IS NULL",
+        (node_id,),
+    ).fetchone()
+    if row is not None and row[0] != token_id:
+        raise errors.PermissionDenied(
+            f"node {node_id!r} is registered by another node token ({row[0]}); revoke that one first",
+            reason="node_owned",
+        )
 
 
 def _node_from_row(row: Sequence[Any], now: float, heartbeat_timeout_s: float) -> NodeInfo:

@@ -467,6 +467,36 @@ async def test_remove_node(stack: Stack) -> None:
     ]
 
 
+@pytest.mark.trio
+async def test_a_node_id_is_bound_to_the_node_token_that_registered_it(stack: Stack) -> None:
+    """Another hostd's token cannot take over a node id (and so its VMs' routing) while the
+    first is valid; revoking the first frees the id; an admin may act for any node."""
+    first = await stack.ok("CreateToken", {"user": "hostd-a", "role": "node"})
+    second = await stack.ok("CreateToken", {"user": "hostd-b", "role": "node"})
+    body = {"nodeId": "host-a", "url": "http://127.0.0.1:1", "token": NODE_SECRET, "vms": [{"vmId": "a-vm"}]}
+    await stack.ok("RegisterNode", body, who=first["token"], service=NODES)
+    await stack.ok("Heartbeat", {"nodeId": "host-a", "vms": [{"vmId": "a-vm"}]}, who=first["token"], service=NODES)
+    hijack = {**body, "url": "http://127.0.0.1:2", "vms": [{"vmId": "a-vm"}, {"vmId": "planted"}]}
+    for method, request in (("RegisterNode", hijack), ("Heartbeat", {"nodeId": "host-a", "vms": hijack["vms"]})):
+        r = await stack.call(method, request, who=second["token"], service=NODES)
+        assert r.status_code == 403, r.text
+        assert r.json()["code"] == "permission_denied"
+        assert r.json()["details"][0]["debug"]["reason"] == "node_owned"
+        assert first["info"]["id"] in r.json()["message"]
+    nodes = (await stack.ok("ListNodes", {}, service=NODES))["nodes"]
+    assert [(n["nodeId"], n["url"], n["vmCount"]) for n in nodes] == [("host-a", "http://127.0.0.1:1", 1)]
+    denied = await _query_all(stack, {"action": "node.register", "outcome": "denied"})
+    assert [r["user"] for r in denied] == ["hostd-b"]
+    # An admin may re-register it (the binding stays with the first token) ...
+    await stack.ok("RegisterNode", {**body, "url": "http://127.0.0.1:3"}, service=NODES)
+    assert (await stack.call("RegisterNode", hijack, who=second["token"], service=NODES)).status_code == 403
+    # ... and once the first token is revoked, another node token may take the id.
+    await stack.ok("RevokeToken", {"tokenId": first["info"]["id"]})
+    await stack.ok("RegisterNode", hijack, who=second["token"], service=NODES)
+    r = await stack.call("RegisterNode", body, who=first["token"], service=NODES)
+    assert r.status_code == 401  # revoked
+
+
 # ---------------------------------------------------------------- restart
 
 
