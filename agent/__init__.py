@@ -4,8 +4,12 @@
 requests to the modules in ``handlers``, ``daemon`` ties them together.
 """
 
-from .config import AgentConfig as AgentConfig
-from .daemon import Agent as Agent
-from .daemon import serve as serve
+from ._startup import import_trio
+
+import_trio()  # first: before anything below imports trio (see _startup)
+
+from .config import AgentConfig as AgentConfig  # noqa: E402
+from .daemon import Agent as Agent  # noqa: E402
+from .daemon import serve as serve  # noqa: E402
 
 __all__ = ["Agent", "AgentConfig", "serve"]

@@ -10,7 +10,6 @@ called from a slow loop, and only when RSS has grown, so idle costs nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from typing import Final
@@ -30,11 +29,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _load_trim():  # type: ignore[no-untyped-def]
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
+    # The C library is already loaded: look the symbol up in the process itself
+    # (ctypes.util.find_library would run ldconfig in a subprocess at start-up).
     try:
-        fn = ctypes.CDLL(name).malloc_trim
+        fn = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return None
     fn.argtypes = [ctypes.c_size_t]
