@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Export the README's TUI screenshots: ``docs/tui-fleet.svg`` and ``docs/tui-vm.svg``.
 
-The app runs headless at 100x30 with the deterministic sample data of
+The app runs headless at 120x30 with the deterministic sample data of
 ``limiquantix.tui.demo_data`` (no controller, a fixed clock), as the snapshot
 tests do, so a rerun gives the same files unless the UI changed::
 
-    .venv/bin/python scripts/tui_screenshot.py [--out-dir docs] [--size 100x30]
+    .venv/bin/python scripts/tui_screenshot.py [--out-dir docs] [--size 120x30]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ async def shoot(out_dir: Path, size: tuple[int, int]) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs")
-    parser.add_argument("--size", default="100x30", help="COLUMNSxROWS (default 100x30)")
+    parser.add_argument("--size", default="120x30", help="COLUMNSxROWS (default 120x30: every fleet column)")
     ns = parser.parse_args(argv)
     columns, _, rows = ns.size.partition("x")
     ns.out_dir.mkdir(parents=True, exist_ok=True)
