@@ -17,7 +17,9 @@ Two steps, each cached under ``~/.cache/limiquantix-guest/`` (``LIMIQUANTIX_GUES
    (no loop mounts, no privileges beyond root for the chroot). Keyed by the rootfs key, the
    configuration's hash and a hash of the package's *contents* (its files and control data;
    the .deb itself carries build-time mtimes), so a rebuilt but unchanged package reuses the
-   image. About 15 s.
+   image. About 15 s. The .deb installed is kept beside the image, alone in a directory
+   (:attr:`GuestImage.deb`), so a controller can serve it with ``--downloads-dir`` (the
+   cloud-init install path, tests/test_vm_qemu.py).
 
 The kernel and initrd are copied out of the rootfs, so QEMU boots with ``-kernel/-initrd``
 (``root=/dev/vda``): no bootloader. Boots use a qcow2 overlay on the cached image
@@ -49,10 +51,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LIMIQUANTIX_GUEST_CACHE") or Path.home() / ".cache" / "limiquantix-guest")
 SUITE = "bookworm"
-#: What goes into the guest besides minbase. qemu-guest-agent is the benchmarks' baseline.
+#: What goes into the guest besides minbase. qemu-guest-agent is the benchmarks' baseline;
+#: curl is what packaging/cloud-init/install-agent.yaml fetches the install script with (Debian's
+#: cloud images have it).
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64", "initramfs-tools",
-    "python3", "qemu-guest-agent", "iproute2", "procps", "kmod",
+    "python3", "qemu-guest-agent", "iproute2", "procps", "kmod", "curl",
 )  # fmt: skip
 #: Bump when the rootfs recipe changes in a way the lists above do not show.
 ROOTFS_FORMAT = 1
@@ -67,6 +71,8 @@ HOSTNAME = "lqx-guest"
 #: Free space left in the image beyond the rootfs.
 SLACK_MIB = 768
 KEEP_IMAGES = 2
+#: The image directory's subdirectory holding only the installed .deb.
+DEB_DIR = "deb"
 
 # The guest's configuration, written by configure(); its text is part of the image's key.
 GUEST_FILES = {
@@ -93,20 +99,26 @@ ENABLED_UNITS = ("systemd-networkd.service",)
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built image: boot ``kernel``/``initrd`` with ``disk`` as /dev/vda."""
+    """A built image: boot ``kernel``/``initrd`` with ``disk`` as /dev/vda.
+
+    ``deb`` is the package installed in it, alone in its directory (``deb.parent`` can be a
+    controller's ``--downloads-dir``); None for an image cached before it was kept.
+    """
 
     kernel: Path
     initrd: Path
     disk: Path
     kernel_release: str
     key: str
+    deb: Path | None = None
 
     @classmethod
     def load(cls, directory: Path) -> GuestImage:
         data = json.loads((directory / "image.json").read_text())
+        deb = directory / DEB_DIR / data["deb"]
         return cls(
             kernel=directory / "vmlinuz", initrd=directory / "initrd.img", disk=directory / "disk.img",
-            kernel_release=data["kernel_release"], key=data["key"],
+            kernel_release=data["kernel_release"], key=data["key"], deb=deb if deb.is_file() else None,
         )  # fmt: skip
 
 
@@ -286,11 +298,11 @@ def build_image(deb: Path) -> GuestImage:
     directory = CACHE / f"image-{key}"
     if (directory / "image.json").is_file():
         os.utime(directory)  # most recently used
-        return GuestImage.load(directory)
+        return _with_deb(directory, deb)
     tarball = build_rootfs(mirror)
     with _locked("image"):
         if (directory / "image.json").is_file():
-            return GuestImage.load(directory)
+            return _with_deb(directory, deb, locked=True)
         t0 = time.monotonic()
         log(f"building the guest image with {deb.name} (cached in {directory})")
         with tempfile.TemporaryDirectory(prefix="lqx-image-", dir=CACHE) as tmp:
@@ -310,6 +322,8 @@ def build_image(deb: Path) -> GuestImage:
             out.mkdir()
             shutil.copyfile(kernels[-1], out / "vmlinuz")
             shutil.copyfile(initrd, out / "initrd.img")
+            (out / DEB_DIR).mkdir()
+            shutil.copy2(deb, out / DEB_DIR / deb.name)
             size_mib = _du_bytes(root) // (1024 * 1024) * 5 // 4 + SLACK_MIB
             _run(
                 ["mkfs.ext4", "-q", "-F", "-L", "lqx-root", "-E", "root_owner=0:0", "-d", str(root),
@@ -325,6 +339,21 @@ def build_image(deb: Path) -> GuestImage:
         _prune()
         log(f"image built in {time.monotonic() - t0:.0f} s")
         return GuestImage.load(directory)
+
+
+def _with_deb(directory: Path, deb: Path, *, locked: bool = False) -> GuestImage:
+    """The cached image, given a copy of ``deb`` (same contents as the one installed) if it has none
+    (an image cached before the .deb was kept). ``locked``: the caller holds the image lock."""
+    image = GuestImage.load(directory)
+    if image.deb is not None:
+        return image
+    with contextlib.nullcontext() if locked else _locked("image"):
+        kept = directory / DEB_DIR
+        kept.mkdir(exist_ok=True)
+        partial = kept / f".{deb.name}.part"
+        shutil.copy2(deb, partial)
+        partial.rename(kept / json.loads((directory / "image.json").read_text())["deb"])
+    return GuestImage.load(directory)
 
 
 def _prune() -> None:
@@ -360,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"guest-image: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({k: str(v) for k, v in asdict(image).items()}, indent=2))
+        print(json.dumps({k: None if v is None else str(v) for k, v in asdict(image).items()}, indent=2))
     else:
         print(f"kernel {image.kernel}\ninitrd {image.initrd}\ndisk   {image.disk}")
     return 0

@@ -612,4 +612,23 @@ def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
     assert schema(broken).returncode != 0
     text = USER_DATA.read_text()
     assert text.startswith("#cloud-config\n")
-    assert "http://CONTROLLER:8080/downloads/install-agent.sh | sh -s -- http://CONTROLLER:8080" in text
+    # Saved, then run: a failed download fails the command (a pipe into sh would exit 0).
+    assert (
+        "curl -fsSL -o /run/lqx-install-agent.sh http://CONTROLLER:8080/downloads/install-agent.sh"
+        " && sh /run/lqx-install-agent.sh http://CONTROLLER:8080" in text
+    )
+    assert "| sh" not in text
+
+
+def test_user_data_runcmd_fails_when_the_controller_is_unreachable(tmp_path: Path) -> None:
+    """The runcmd as written (only the controller's address and the saved script's path
+    changed) exits non-zero when nothing answers, so cloud-init reports the failure."""
+    (runcmd,) = re.findall(r"^  - \[sh, -c, '(.+)'\]$", USER_DATA.read_text(), re.MULTILINE)
+    with socket.socket() as s:  # a port the OS picks, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    saved = tmp_path / "install-agent.sh"
+    command = runcmd.replace("CONTROLLER:8080", closed).replace("/run/lqx-install-agent.sh", str(saved))
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and not saved.exists(), out
+    assert "curl" in out.stderr
