@@ -63,6 +63,7 @@ import trio
 
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
+    Child,
     Figure,
     _die_with_parent,
     _leaves,
@@ -73,6 +74,7 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     print_table,
     rss_mib,
     say,
+    write_figures,
 )
 
 from limiquantix.protocol import __version__ as AGENT_VERSION
@@ -171,35 +173,10 @@ def mb_per_s(nbytes: int, seconds: float) -> float:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
+class Proc(Child):
+    """An agent under test: a Child serving ``socket_path``."""
+
     socket_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 def wait_for_socket(proc: Proc) -> None:
@@ -987,9 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         context,
         baseline="qemu-ga",
     )
-    settings.output.parent.mkdir(parents=True, exist_ok=True)
-    settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
-    print(f"written to {settings.output}")
+    write_figures(figures, settings.output)
     return 0
 
 

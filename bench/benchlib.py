@@ -7,12 +7,15 @@ imported by its file name from bench/, not as a package.
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -22,6 +25,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - the benchmarks run on the d
 
 __all__ = [
     "BenchError",
+    "Child",
     "Figure",
     "_die_with_parent",
     "_leaves",
@@ -34,6 +38,7 @@ __all__ = [
     "print_table",
     "rss_mib",
     "say",
+    "write_figures",
 ]
 
 
@@ -186,6 +191,47 @@ def print_table(figures: list[Figure], title: str, context: str, *, baseline: st
     missed = [f.name for f in figures if f.met is False]
     print(f"\ntargets met: {sum(f.met is True for f in figures)}/{sum(f.target is not None for f in figures)}", end="")
     print(f"; missed: {', '.join(missed)}" if missed else "")
+
+
+@dataclass
+class Child:
+    """A process a benchmark started, with its log (for errors) and a clean stop."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; reaped either way."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def write_figures(figures: list[Figure], path: Path) -> None:
+    """The results as JSON (a list of :meth:`Figure.as_json`), and where they went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
+    print(f"written to {path}")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

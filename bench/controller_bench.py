@@ -525,9 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     hb.print_table(
         figures, f"limiquantix-controller {VERSION}" + (" (--quick)" if settings.quick else ""), context
     )
-    settings.output.parent.mkdir(parents=True, exist_ok=True)
-    settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
-    print(f"written to {settings.output}")
+    hb.write_figures(figures, settings.output)
     return 0
 
 

@@ -75,6 +75,7 @@ import trio
 
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
+    Child,
     Figure,
     _die_with_parent,
     _leaves,
@@ -85,6 +86,7 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     rss_mib,
     print_table,
     say,
+    write_figures,
 )
 
 from limiquantix.protocol import __version__ as VERSION
@@ -457,39 +459,6 @@ class Settings:
 
 
 # =========================================================================== processes
-
-
-@dataclass
-class Child:
-    """A process this benchmark started (Popen from the main thread, see _die_with_parent)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 class FleetProcess:
@@ -1343,9 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" (--quick)" if settings.quick else ""),
         context,
     )
-    settings.output.parent.mkdir(parents=True, exist_ok=True)
-    settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
-    print(f"written to {settings.output}")
+    write_figures(figures, settings.output)
     return 0
 
 

@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import fcntl
 import gc
-import json
 import os
 import pty
 import random
@@ -286,39 +285,14 @@ async def refresh_in_process(s: Settings, r: Results) -> None:
 # ============================================================================= processes
 
 
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise bl.BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def spawn(name: str, argv: list[str], work: Path, env: dict[str, str] | None = None) -> Child:
+def spawn(name: str, argv: list[str], work: Path, env: dict[str, str] | None = None) -> bl.Child:
     log_path = work / f"{name}.log"
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work, env=env,
             preexec_fn=bl._die_with_parent,  # noqa: PLW1509 - children die with the benchmark
         )  # fmt: skip
-    return Child(name, popen, log_path)
+    return bl.Child(name, popen, log_path)
 
 
 def post(url: str, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +335,7 @@ def heartbeat_main(argv: list[str]) -> int:
                 client.post(f"{NODES_SERVICE}/Heartbeat", json={"nodeId": node, "vms": vms}).raise_for_status()
 
 
-def start_controller(work: Path) -> tuple[Child, Child, str, str]:
+def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
     """The controller and the heartbeating fake nodes; (controller, nodes, url, admin token)."""
     admin = "lqx-bench-" + secrets.token_urlsafe(24)
     empty = work / "empty.toml"
@@ -637,9 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures = [f.evaluate() for f in figures_from(results, settings)]
     bl.print_table(figures, f"limiquantix-tui {VERSION}" + (" (--quick)" if settings.quick else ""), context)
-    settings.output.parent.mkdir(parents=True, exist_ok=True)
-    settings.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
-    print(f"written to {settings.output}")
+    bl.write_figures(figures, settings.output)
     return 0
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import signal
 import socket
@@ -56,7 +55,7 @@ from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file
     qga_read,
     raw_ping,
 )
-from benchlib import BenchError, Figure, blocks, median, print_table, say  # noqa: E402
+from benchlib import BenchError, Figure, blocks, median, print_table, say, write_figures  # noqa: E402
 
 from limiquantix.hostd.api import READ_CHUNK_BYTES
 from limiquantix.protocol import __version__ as AGENT_VERSION
@@ -333,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vm_bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print_table(figures, f"limiquantix-agent {AGENT_VERSION} vs qemu-ga", context, baseline="qemu-ga")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_figures(figures, args.output)
     return 0
 
 
