@@ -193,14 +193,18 @@ def _log_text(screen: RunnerScreen) -> str:
     return "\n".join(line.text for line in screen.query_one("#output", RichLog).lines)
 
 
-async def _open_runner(app: LimiQuantixApp, pilot: Pilot[None], vm: str, script: str) -> RunnerScreen:
-    """Fleet → cursor on ``vm`` → details → script runner with ``script`` typed in."""
+async def _open_vm(app: LimiQuantixApp, pilot: Pilot[None], vm: str) -> None:
+    """Fleet → cursor on ``vm`` → its details screen."""
     fleet = app.screen
     assert isinstance(fleet, FleetScreen)
-    table = fleet.query_one("#fleet", DataTable)
-    table.move_cursor(row=fleet._order.index(vm))
+    fleet.query_one("#fleet", DataTable).move_cursor(row=fleet._order.index(vm))
     await pilot.press("enter")
     await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
+
+
+async def _open_runner(app: LimiQuantixApp, pilot: Pilot[None], vm: str, script: str) -> RunnerScreen:
+    """Fleet → cursor on ``vm`` → details → script runner with ``script`` typed in."""
+    await _open_vm(app, pilot, vm)
     await pilot.press("x")
     await until(pilot, "runner", lambda: isinstance(app.screen, RunnerScreen))
     runner = app.screen
@@ -256,7 +260,7 @@ async def test_cancel_a_long_script(stack: Stack) -> None:
         result = str(runner.query_one("#result", Static).render())
         assert "cancelled" in result and "never" not in _log_text(runner)
         assert time.monotonic() - started < 60
-        # The guest process is gone: a ping answers at once and a new run works.
+        # Nothing of the cancelled run is left in the way: a new run works.
         runner.query_one("#script", TextArea).load_text("echo again")
         await pilot.press("ctrl+r")
         await until(pilot, "second run", lambda: "exit code 0" in str(runner.query_one("#result", Static).render()))
@@ -266,11 +270,7 @@ async def test_shutdown_dialog(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, "every VM connected", lambda: _all_connected(app))
-        fleet = app.screen
-        assert isinstance(fleet, FleetScreen)
-        fleet.query_one("#fleet", DataTable).move_cursor(row=fleet._order.index("victim"))
-        await pilot.press("enter")
-        await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
+        await _open_vm(app, pilot, "victim")
         # Asked first; escape changes nothing.
         await pilot.press("p")
         await until(pilot, "the dialog", lambda: isinstance(app.screen, ConfirmDialog))
