@@ -102,9 +102,7 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
     assert sos and all(".abi3." in p for p in sos), sos
     assert "-rwxr-xr-x" in next(line for line in listing.splitlines() if line.endswith("/usr/bin/limiquantix-agent"))
 
-    control = subprocess.run(
-        ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True
-    ).stdout
+    control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
     assert "Package: limiquantix-agent" in control
     with tempfile.TemporaryDirectory() as d:
         subprocess.run(["dpkg-deb", "-e", str(deb), d], check=True)
@@ -213,7 +211,7 @@ def test_extracted_deb_runs_on_system_python(packaged_agent: tuple[subprocess.Po
     exe = os.path.realpath(f"/proc/{proc.pid}/exe")
     assert exe == os.path.realpath(SYSTEM_PYTHON), exe
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-    assert b"-I" in cmdline
+    assert b"-I" in cmdline and b"-S" in cmdline
 
     async def ping() -> bytes:
         async with AgentClient.connect_unix(sock) as client:
@@ -230,6 +228,52 @@ def test_launcher_reports_version_and_config(extracted: Path) -> None:
     cfg = subprocess.run([launcher, "--config", "/dev/null", "--print-config"], env=env, capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     assert cfg.strip() == (extracted / "etc/limiquantix/agent.toml").read_text().strip()
+
+
+def test_launcher_picks_python_by_name(extracted: Path, tmp_path: Path) -> None:
+    """The launcher starts one interpreter, not two: where a candidate is, or links to,
+    python3.N in its directory, that decides without running it; an unversioned one is asked.
+    Stand-ins record being run. (Each process started costs a tenth of a second or more at
+    boot in a slow guest, where the announce time is a target.)"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    runs = tmp_path / "runs"
+
+    def stand_in(name: str, *, exit_code: int) -> Path:
+        path = bin_dir / name
+        path.write_text(f'#!/bin/sh\necho "{name} $*" >> {runs}\nexit {exit_code}\n')
+        path.chmod(0o755)
+        return path
+
+    # python3 is a link to a too-old python3.9: rejected by its name, never run.
+    stand_in("python3.9", exit_code=1)
+    (bin_dir / "python3").symlink_to("python3.9")
+    # python3.11 is the real interpreter (the machine's own, whatever its version: the name decides).
+    (bin_dir / "python3.11").symlink_to(os.path.realpath(SYSTEM_PYTHON))
+    launcher = str(extracted / "usr/bin/limiquantix-agent")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run([launcher, "--version"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"limiquantix-agent {__version__}"
+    assert not runs.exists(), runs.read_text()
+
+    # An explicit interpreter with an unversioned name is asked for its version (it says "too old").
+    stand_in("custom-python", exit_code=1)
+    proc = subprocess.run([launcher, "--version"], env={**env, "LIMIQUANTIX_AGENT_PYTHON": "custom-python"},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert proc.stdout.strip() == f"limiquantix-agent {__version__}"  # then python3.11 ran it
+    assert runs.read_text().startswith("custom-python -c import sys;")
+
+    # Started through a link from another directory: the private directory is still found.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "lqa").symlink_to(launcher)
+    out = subprocess.run([str(tmp_path / "elsewhere" / "lqa"), "--version"], env=env, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == f"limiquantix-agent {__version__}"
+
+    # Nothing new enough: a clear error, exit 1.
+    (bin_dir / "python3.11").unlink()
+    proc = subprocess.run([launcher, "--version"], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert proc.returncode == 1 and "needs Python 3.10 or newer" in proc.stderr
 
 
 def test_launcher_compiles_bytecode(extracted: Path, tmp_path: Path) -> None:
