@@ -128,3 +128,11 @@ def test_print_config_round_trips(tmp_path: Path) -> None:
     cfg.write_text(out.stdout)
     again = load_config(["--config", str(cfg)])
     assert again == AgentConfig(disable=("execute",), telemetry_interval_s=7.0)
+
+
+def test_help_shows_each_fields_docstring_and_default() -> None:
+    """Field docs are parsed from the source only when help is shown (not at every start)."""
+    text = build_arg_parser().format_help()
+    assert "Largest frame accepted or sent. (default: 16777216)" in " ".join(text.split())
+    assert "lo,docker*" in text and "Comma-separated." in text  # a tuple field's default
+    assert "\0" not in text
