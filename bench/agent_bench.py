@@ -460,18 +460,15 @@ class RawAgentClient:
 #: (no trio, no tasks, no queues) decoding our frames and answering with a pong.
 #: Run beside the real agent and driven by the same raw client, it is the floor
 #: for any Python implementation of our protocol on this machine.
-FLOOR_RESPONDER = """
-import os, socket, sys, time
-from limiquantix.protocol import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.wire import encode_message, new_message, parse_frame
-srv = socket.socket(socket.AF_UNIX)
-srv.bind(sys.argv[1])
-srv.listen(1)
-print("ready", flush=True)
-conn, _ = srv.accept()
-fd, decoder, started = conn.fileno(), FrameDecoder(), time.monotonic()
-while data := os.read(fd, 65536):
+FLOOR_LOOP = """
+decoder, started = FrameDecoder(), time.monotonic()
+while True:
+    data = os.read(fd, 65536)
+    if not data:
+        if not WAIT_FOR_HOST:
+            break
+        time.sleep(0.05)  # a virtio-serial port with no host attached reads 0 bytes
+        continue
     for frame in decoder.feed(data):
         msg = parse_frame(frame)
         if msg.WhichOneof("payload") == "hello":
@@ -481,6 +478,20 @@ while data := os.read(fd, 65536):
                 payload=msg.ping.payload, agent_uptime_seconds=time.monotonic() - started))
         os.write(fd, encode_message(out))
 """
+FLOOR_IMPORTS = """
+import os, socket, sys, time
+from limiquantix.protocol import agent_pb2 as pb
+from limiquantix.protocol.framing import FrameDecoder
+from limiquantix.protocol.wire import encode_message, new_message, parse_frame
+"""
+FLOOR_RESPONDER = FLOOR_IMPORTS + """
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+fd, WAIT_FOR_HOST = conn.fileno(), False
+""" + FLOOR_LOOP
 
 
 @contextlib.contextmanager

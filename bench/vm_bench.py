@@ -13,8 +13,11 @@ host side is a Unix socket. Figures (targets from the packaging issue):
   moment its ``agent_ready`` frame arrives on the host socket, where hostd reads it. The guest's
   clock is related to the host's with qemu-ga's ``guest-get-time`` (the sample with the shortest
   round trip of 20; error at most half of it, about 1 ms). Taken at the first boot (the agent's
-  first start since ``dpkg -i`` in the image's chroot) and at a reboot of the same guest, both
-  with target <= 3 s, and after ``systemctl restart`` (median of ``--restarts``, for information);
+  first start since ``dpkg -i`` in the image's chroot) and at ``--reboots`` reboots of the same
+  guest: one boot is a noisy sample (the agent's start overlaps the rest of the boot on two
+  emulated CPUs; single boots here range over about a second), so the figure is the median of
+  all, target <= 3 s, with the slowest beside it; and after ``systemctl restart`` (median of
+  ``--restarts``, for information);
 * file read: one ``--file-mib`` MiB file of random bytes in the guest, read whole by our
   ``file_read`` (AgentClient, the client hostd uses, in the 4 MiB chunks hostd's ReadGuestFile
   asks for) and by qemu-ga's
@@ -46,6 +49,8 @@ from typing import Final
 import trio
 
 from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file name
+    FLOOR_IMPORTS,
+    FLOOR_LOOP,
     QgaClient,
     QgaError,
     RawAgentClient,
@@ -53,6 +58,7 @@ from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file
     ours_read,
     qga_ping,
     qga_read,
+    qga_write,
     raw_ping,
 )
 from benchlib import BenchError, Figure, blocks, median, print_table, say, write_figures  # noqa: E402
@@ -91,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="file reads per agent, best kept (default 5)")
     p.add_argument("--pings", type=int, default=2000, help="pings per agent (default 2000)")
     p.add_argument("--restarts", type=int, default=3, help="service restarts timed (default 3)")
+    p.add_argument("--reboots", type=int, default=6, help="reboots timed after the first boot (default 6)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     return p.parse_args(argv)
 
@@ -190,14 +197,29 @@ class AnnounceWatcher:
                     return arrived
 
 
+#: bench/agent_bench.py's floor responder on the guest's port, in the guest: the least a Python
+#: agent can do per ping there (a blocking loop, no trio), with the packaged modules.
+GUEST_FLOOR_PATH: Final = "/var/tmp/lqx-floor.py"
+GUEST_FLOOR_READY: Final = "/run/lqx-floor.ready"
+GUEST_FLOOR: Final = (
+    "import sys\nsys.path.insert(0, '/usr/lib/limiquantix-agent')\n"
+    + FLOOR_IMPORTS
+    + f"fd = os.open('/dev/virtio-ports/org.limiquantix.agent.0', os.O_RDWR | os.O_NOCTTY)\n"
+    f"open('{GUEST_FLOOR_READY}', 'w').close()\nWAIT_FOR_HOST = True\n"
+    + FLOOR_LOOP
+)
+
+
 # ------------------------------------------------------------------ measurements
 
 
-def measure_announce(guest: QemuGuest, restarts: int) -> tuple[list[float], list[float], QgaClient]:
-    """Announce latencies at the first boot and at a reboot, after restarts; and a qemu-ga client.
+def measure_announce(guest: QemuGuest, restarts: int, reboots: int) -> tuple[list[float], list[float], QgaClient]:
+    """Announce latencies at each boot (the first, then ``reboots`` reboots) and after
+    ``restarts`` service restarts; and a qemu-ga client.
 
     The first boot is the first start of the agent after ``dpkg -i`` in the image's chroot;
-    the reboot is any later boot.
+    the others are later boots of the same guest. One boot is a noisy sample (our start-up
+    overlaps the rest of the guest's boot on two emulated CPUs): the figure is their median.
     """
     watcher = AnnounceWatcher(guest.agent_socket)  # attached before the guest's agent starts
     try:
@@ -212,14 +234,16 @@ def measure_announce(guest: QemuGuest, restarts: int) -> tuple[list[float], list
             qga.call("guest-exec", path="/bin/systemctl", arg=["restart", "limiquantix-agent.service"])
             ready = watcher.next_ready(60)
             samples.append(ready - service_started_host_time(qga))
-        # guest-shutdown sends no answer on success: send it and reconnect after the reboot.
-        qga.sock.sendall(b'{"execute": "guest-shutdown", "arguments": {"mode": "reboot"}}\n')
-        qga.close()
-        t0 = time.monotonic()
-        ready = watcher.next_ready(BOOT_TIMEOUT_S)
-        qga = qga_connect(guest, BOOT_TIMEOUT_S)
-        boots.append(ready - service_started_host_time(qga))
-        say(f"vm_bench: rebooted in {time.monotonic() - t0:.1f} s; agent announced {boots[1]:.2f} s after its service started")
+        for n in range(1, reboots + 1):
+            # guest-shutdown sends no answer on success: send it and reconnect after the reboot.
+            qga.sock.sendall(b'{"execute": "guest-shutdown", "arguments": {"mode": "reboot"}}\n')
+            qga.close()
+            t0 = time.monotonic()
+            ready = watcher.next_ready(BOOT_TIMEOUT_S)
+            qga = qga_connect(guest, BOOT_TIMEOUT_S)
+            boots.append(ready - service_started_host_time(qga))
+            say(f"vm_bench: reboot {n} took {time.monotonic() - t0:.1f} s; "
+                f"agent announced {boots[-1]:.2f} s after its service started")  # fmt: skip
         return boots, samples, qga
     finally:
         watcher.close()
@@ -275,16 +299,41 @@ def measure_ping(guest: QemuGuest, qga: QgaClient, count: int) -> tuple[float, f
         raw.close()
 
 
+def measure_floor_ping(guest: QemuGuest, qga: QgaClient, count: int) -> tuple[float, float]:
+    """Median ping round trips (µs) of the Python floor responder in the guest, in place of our
+    agent on its port (stopped meanwhile, started again after), and of qemu-ga; alternating."""
+    qga_write(qga, Path(GUEST_FLOOR_PATH), GUEST_FLOOR.encode(), 1 * MiB)
+    qga_sh(qga, f"systemctl stop limiquantix-agent.service; rm -f {GUEST_FLOOR_READY}")
+    pid = qga.call("guest-exec", path="/usr/bin/python3", arg=["-I", "-S", GUEST_FLOOR_PATH])["pid"]
+    try:
+        qga_sh(qga, f"for i in $(seq 600); do [ -e {GUEST_FLOOR_READY} ] && exit 0; sleep 0.1; done; exit 1")
+        raw = RawAgentClient(guest.agent_socket)
+        try:
+            raw.sock.settimeout(60)
+            raw_ping(raw, 50)  # warm-up
+            floor: list[float] = []
+            theirs: list[float] = []
+            for n in blocks(count, 10):
+                floor += raw_ping(raw, n)
+                theirs += qga_ping(qga, n)
+            return median(floor), median(theirs)
+        finally:
+            raw.close()
+    finally:
+        qga_sh(qga, f"kill {pid} 2>/dev/null; systemctl start limiquantix-agent.service")
+
+
 def run(args: argparse.Namespace) -> tuple[list[Figure], str]:
     image = guest_image.image_for_checkout()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lqx-vmb-") as tmp:
         guest = QemuGuest.start(image, Path(tmp) / "qemu")
         try:
-            boots, restarts, qga = measure_announce(guest, args.restarts)
+            boots, restarts, qga = measure_announce(guest, args.restarts, args.reboots)
             try:
                 r = trio.run(measure_agent_client, guest, qga, args)
                 ping_ours, ping_qga = measure_ping(guest, qga, args.pings)
+                ping_floor, ping_qga_floor = measure_floor_ping(guest, qga, args.pings // 2)
                 qga_version = qga.call("guest-info")["version"]
             finally:
                 qga.close()
@@ -296,17 +345,21 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], str]:
     figures = [
         Figure("installed size (dpkg Installed-Size)", r["installed_kib"] / 1024, None, "MiB", "<= 25",  # type: ignore[operator]
                note=f"du -sk /usr/lib/limiquantix-agent: {r['du_kib'] / 1024:.1f} MiB"),  # type: ignore[operator]
-        Figure("agent announced after its service started: first boot", boots[0], None, "s", "<= 3",
-               note="the first start after dpkg -i in the image's chroot (postinst byte-compiled the modules there); "
-                    "systemd's ExecMainStartTimestamp to agent_ready on the host socket"),
-        Figure("agent announced after its service started: reboot", boots[1], None, "s", "<= 3",
-               note="a later boot of the same guest"),
+        Figure(f"agent announced after its service started at boot, median of {len(boots)}", median(boots), None,
+               "s", "<= 3", note="systemd's ExecMainStartTimestamp to agent_ready on the host socket; samples "
+               + ", ".join(f"{b:.2f}" for b in boots) + " (the first: the first start after dpkg -i in the image's "
+               "chroot, postinst byte-compiled the modules there; then reboots)"),
+        Figure("agent announced at boot, slowest", max(boots), None, "s", None),
         Figure("agent announced after systemctl restart, median", median(restarts), None, "s", None,
                note="samples " + ", ".join(f"{s:.2f}" for s in restarts)),
         Figure(f"read a {args.file_mib} MiB file", r["read_ours"], r["read_qga"], "MB/s", "ratio >= 2",  # type: ignore[arg-type]
                note=f"qemu-ga guest-file-read count {QGA_COUNT // MiB} MiB; best of {args.reps}"),
         Figure("ping round trip, median (blocking clients)", ping_ours / 1e3, ping_qga / 1e3, "ms", "ratio <= 1"),
         Figure("ping through AgentClient (hostd's client), median", r["ping_agentclient_us"] / 1e3, None, "ms", None),  # type: ignore[operator]
+        Figure("ping, the Python floor in the guest (blocking clients), median", ping_floor / 1e3,
+               ping_qga_floor / 1e3, "ms", None,
+               note="bench/agent_bench.py's floor responder (a blocking loop, no trio) on our port in place of the agent: "
+                    "no Python implementation of our protocol answers faster"),
     ]  # fmt: skip
     context = (
         f"in one Debian 12 guest under qemu-system-x86_64 -accel tcg (2 vCPUs, 1 GiB), kernel "
