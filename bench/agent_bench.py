@@ -25,7 +25,10 @@ Figures (targets from issue 2, "Targets"):
   CPU <= 0.2 % of one core (qemu-ga's measured beside it, for reference).
 
 Ours and qemu-ga's figures are taken in alternating blocks, so background load
-on a shared machine hits both alike. Informational rows (no target) help find
+on a shared machine hits both alike. Pings are taken with the clients and the
+agents pinned to one CPU (a round trip is mostly two wake-ups, and where the
+scheduler put them, which differed between processes and runs, moved the
+figures by up to 2x), then, for information, with the clients on another CPU. Informational rows (no target) help find
 where time goes: ping to our agent from a raw blocking client speaking our
 framing (no trio on the client side), guest-ping from a trio client, and our
 agent's RSS after the transfers. See bench/README.md.
@@ -495,8 +498,8 @@ fd, WAIT_FOR_HOST = conn.fileno(), False
 
 
 @contextlib.contextmanager
-def floor_responder(work: Path) -> Iterator[RawAgentClient]:
-    """:data:`FLOOR_RESPONDER` started, with a raw client connected to it."""
+def floor_responder(work: Path) -> Iterator[tuple[RawAgentClient, int]]:
+    """:data:`FLOOR_RESPONDER` started, with a raw client connected to it; and its pid."""
     path = work / "floor.sock"
     proc = subprocess.Popen([sys.executable, "-c", FLOOR_RESPONDER, str(path)], stdout=subprocess.PIPE)
     try:
@@ -505,12 +508,35 @@ def floor_responder(work: Path) -> Iterator[RawAgentClient]:
             raise BenchError("the floor responder did not start")
         client = RawAgentClient(path)
         try:
-            yield client
+            yield client, proc.pid
         finally:
             client.close()
     finally:
         proc.kill()
         proc.wait()
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Restrict every thread of each process to ``cpus`` (threads started later inherit it)."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def placement(servers: list[int], server_cpu: int, client_cpu: int) -> Iterator[None]:
+    """The agents on ``server_cpu``, this process (the clients) on ``client_cpu``; then all
+    back on every CPU. A ping's round trip is mostly two wake-ups, and a wake-up on the same
+    CPU costs a fraction of one on another: unpinned, the scheduler's choice (which differs
+    between processes and between runs) decided the figures, by up to 2x."""
+    every = os.sched_getaffinity(0)
+    pin(servers, {server_cpu})
+    pin([os.getpid()], {client_cpu})
+    try:
+        yield
+    finally:
+        pin([*servers, os.getpid()], every)
 
 
 def raw_ping(client: RawAgentClient, count: int) -> list[float]:
@@ -622,6 +648,8 @@ class Results:
     ping: tuple[list[float], list[float]] = ([], [])
     raw_ping: list[float] = field(default_factory=list)
     floor_ping: list[float] = field(default_factory=list)
+    #: Raw-client pings with the clients on another CPU than the agents: ours, qemu-ga, floor.
+    cross_ping: tuple[list[float], list[float], list[float]] = field(default_factory=lambda: ([], [], []))
     qga_trio_ping: list[float] = field(default_factory=list)
     read_s: float | None = None
     write_s: float | None = None
@@ -685,22 +713,33 @@ async def measure(ours: Proc, qga: Proc, work: Path, settings: Settings) -> Resu
             )
 
             # -- ping --------------------------------------------------------------
+            cpus = sorted(os.sched_getaffinity(0))
             raw = RawAgentClient(ours.socket_path)
             try:
-                with floor_responder(work) as floor:
-                    say(f"ping: {settings.ping_count} each, in {settings.ping_blocks} interleaved blocks")
-                    await ours_ping(client, settings.ping_warmup)
-                    await in_thread(qga_ping, qclient, settings.ping_warmup)
-                    await in_thread(raw_ping, raw, settings.ping_warmup)
-                    await in_thread(raw_ping, floor, settings.ping_warmup)
-                    ping_ours: list[float] = []
-                    ping_qga: list[float] = []
-                    for n in blocks(settings.ping_count, settings.ping_blocks):
-                        with trio.fail_after(FIGURE_TIMEOUT_S):
-                            ping_ours += await ours_ping(client, n)
-                        ping_qga += await in_thread(qga_ping, qclient, n)
-                        r.raw_ping += await in_thread(raw_ping, raw, n)
-                        r.floor_ping += await in_thread(raw_ping, floor, n)
+                with floor_responder(work) as (floor, floor_pid):
+                    servers = [ours.pid, qga.pid, floor_pid]
+                    say(f"ping: {settings.ping_count} each, in {settings.ping_blocks} interleaved blocks,"
+                        f" clients and agents on CPU {cpus[-1]}")  # fmt: skip
+                    with placement(servers, cpus[-1], cpus[-1]):
+                        await ours_ping(client, settings.ping_warmup)
+                        await in_thread(qga_ping, qclient, settings.ping_warmup)
+                        await in_thread(raw_ping, raw, settings.ping_warmup)
+                        await in_thread(raw_ping, floor, settings.ping_warmup)
+                        ping_ours: list[float] = []
+                        ping_qga: list[float] = []
+                        for n in blocks(settings.ping_count, settings.ping_blocks):
+                            with trio.fail_after(FIGURE_TIMEOUT_S):
+                                ping_ours += await ours_ping(client, n)
+                            ping_qga += await in_thread(qga_ping, qclient, n)
+                            r.raw_ping += await in_thread(raw_ping, raw, n)
+                            r.floor_ping += await in_thread(raw_ping, floor, n)
+                    if len(cpus) > 1:
+                        say(f"ping: again with the clients on CPU {cpus[0]}")
+                        with placement(servers, cpus[-1], cpus[0]):
+                            for n in blocks(settings.ping_count // 2, settings.ping_blocks):
+                                r.cross_ping[0].extend(await in_thread(raw_ping, raw, n))
+                                r.cross_ping[1].extend(await in_thread(qga_ping, qclient, n))
+                                r.cross_ping[2].extend(await in_thread(raw_ping, floor, n))
                 r.ping = (ping_ours, ping_qga)
             finally:
                 raw.close()
@@ -709,6 +748,11 @@ async def measure(ours: Proc, qga: Proc, work: Path, settings: Settings) -> Resu
                 f" ours from a raw blocking client {median(r.raw_ping):.1f} us,"
                 f" a minimal Python responder from it {median(r.floor_ping):.1f} us"
             )
+            if r.cross_ping[0]:
+                say(
+                    f"  clients on another CPU: ours {median(r.cross_ping[0]):.1f} us,"
+                    f" qemu-ga {median(r.cross_ping[1]):.1f} us, the Python floor {median(r.cross_ping[2]):.1f} us"
+                )
 
             # -- files -------------------------------------------------------------
             data = os.urandom(settings.file_bytes)
@@ -789,7 +833,9 @@ async def measure(ours: Proc, qga: Proc, work: Path, settings: Settings) -> Resu
         qclient.close()
 
     # qemu-ga serves one client at a time: the trio client's turn comes last.
-    r.qga_trio_ping = await qga_ping_trio(qga.socket_path, settings.ping_count, settings.ping_warmup)
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    with placement([qga.pid], cpu, cpu):  # as the other trio client's pings were taken
+        r.qga_trio_ping = await qga_ping_trio(qga.socket_path, settings.ping_count, settings.ping_warmup)
     ours.check_alive()
     qga.check_alive()
     return r
@@ -826,7 +872,8 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
         # blocking socket), so the figure compares the agents, not the clients.
         Figure(
             "ping round trip, median", median(r.raw_ping), median(ping_qga), "us", "ratio <= 1",
-            note="both from a plain blocking client: ours our framing, qemu-ga guest-ping as JSON lines",
+            note="both from a plain blocking client: ours our framing, qemu-ga guest-ping as JSON lines;"
+            " clients and agents pinned to one CPU (all ping rows but the next-to-last)",
         ),
         Figure("ping round trip, p99", percentile(r.raw_ping, 99), percentile(ping_qga, 99), "us", "ratio <= 1"),
         Figure(
@@ -899,6 +946,19 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
             note=(
                 "the floor for Python: a blocking loop in its own process decoding our frames and answering"
                 " pongs (no trio, no tasks), driven by the same raw client as the ping row; baseline: qemu-ga"
+            ),
+        ),
+        Figure(
+            "ping median, clients on another CPU (info)",
+            median(r.cross_ping[0]) if r.cross_ping[0] else None,
+            median(r.cross_ping[1]) if r.cross_ping[1] else None,
+            "us",
+            None,
+            note=(
+                f"the same raw clients pinned to another CPU than the agents (as a host's client and a guest's agent"
+                f" always are); the Python floor {median(r.cross_ping[2]):.1f} us"
+                if r.cross_ping[2]
+                else "one CPU only: not measured"
             ),
         ),
         Figure(
