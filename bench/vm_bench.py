@@ -307,18 +307,7 @@ def measure_floor_ping(guest: QemuGuest, qga: QgaClient, count: int) -> tuple[fl
     pid = qga.call("guest-exec", path="/usr/bin/python3", arg=["-I", "-S", GUEST_FLOOR_PATH])["pid"]
     try:
         qga_sh(qga, f"for i in $(seq 600); do [ -e {GUEST_FLOOR_READY} ] && exit 0; sleep 0.1; done; exit 1")
-        raw = RawAgentClient(guest.agent_socket)
-        try:
-            raw.sock.settimeout(60)
-            raw_ping(raw, 50)  # warm-up
-            floor: list[float] = []
-            theirs: list[float] = []
-            for n in blocks(count, 10):
-                floor += raw_ping(raw, n)
-                theirs += qga_ping(qga, n)
-            return median(floor), median(theirs)
-        finally:
-            raw.close()
+        return measure_ping(guest, qga, count)  # the floor answers on our port
     finally:
         qga_sh(qga, f"kill {pid} 2>/dev/null; systemctl start limiquantix-agent.service")
 
