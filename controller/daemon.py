@@ -31,7 +31,7 @@ from typing import Any, Final, final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from limiquantix.protocol.serving import serve_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from quart import Response
 from quart_trio import QuartTrio
@@ -305,9 +305,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             if shutdown is None:
                 nursery.start_soon(_signals, stop)
-            binds = await nursery.start(
-                lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
-            )
+            binds = await nursery.start(serve_http, app, hc, stop)
             log.info("limiquantix-controller %s serving %s (db %s)", __version__, " ".join(binds), config.db)
             task_status.started(binds)
             await stop.wait()

@@ -53,7 +53,7 @@ from typing import Any, Final, final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from limiquantix.protocol.serving import serve_http
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -370,9 +370,7 @@ async def serve(
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
-            )
+            binds = await nursery.start(serve_http, app, hc, stop)
             if config.unix_socket:
                 os.chmod(config.unix_socket, 0o600)
             log.info("limiquantix-hostd %s serving %s, %d VMs", __version__, " ".join(binds), len(registry))
@@ -457,8 +455,7 @@ async def _controller_link(config: HostdConfig, registry: VMRegistry, token: str
     delay = REGISTER_BACKOFF_INITIAL_S
     registered = False
     failing = False
-    # No keep-alive: one call every few seconds gains nothing from it, and an
-    # idle kept-alive connection would hold the controller's graceful shutdown.
+    # No keep-alive: one call every few seconds gains nothing from it.
     limits = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=CONTROLLER_CALL_TIMEOUT_S, trust_env=False, limits=limits) as client:
         while True:

@@ -65,7 +65,7 @@ class Stack:
         self.url = (await self.nursery.start(run))[0]
 
     async def restart(self) -> None:
-        await self.client.aclose()  # idle keep-alives would hold the graceful shutdown
+        await self.client.aclose()  # a fresh client for the restarted controller
         self.client = httpx.AsyncClient(timeout=DEADLINE_S)
         self.stop.set()
         with trio.fail_after(DEADLINE_S):

@@ -70,8 +70,7 @@ class Stack:
         self.port = int(self.url.rpartition(":")[2])
 
     async def stop_controller(self) -> None:
-        # Idle keep-alive connections would hold hypercorn's graceful shutdown
-        # for its whole timeout: close ours first.
+        # A fresh client for the next controller (this one's connections die with this one).
         await self.client.aclose()
         self.client = httpx.AsyncClient(timeout=DEADLINE_S)
         self.controller_stop.set()

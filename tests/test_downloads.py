@@ -116,7 +116,7 @@ async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
 
     yield start
     for server, stop, done in running:
-        await server.client.aclose()  # idle keep-alives would hold the graceful shutdown
+        await server.client.aclose()
         stop.set()
         with trio.fail_after(DEADLINE_S):
             await done.wait()

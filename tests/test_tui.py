@@ -128,8 +128,7 @@ class Stack:
         self._wait_healthy(self.hostd, f"http://127.0.0.1:{hostd_port}")
 
     def stop(self) -> None:
-        # The controller first: its idle keep-alive connections to hostd would
-        # otherwise hold hostd's graceful shutdown for hypercorn's whole timeout.
+        # The controller first, then the hostd it calls.
         for proc in (self.controller, self.hostd):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
