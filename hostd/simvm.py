@@ -580,8 +580,10 @@ class SimVMProcess:
         agent_args: Sequence[str] = (),
         log_level: str = "info",
         python: str = sys.executable,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> SimVMProcess:
         """Start ``python -m limiquantix.hostd.simvm``; its log is ``simvm.log`` in ``state_dir``.
+        ``preexec_fn`` runs in the child before exec (``make run`` gives it a session of its own).
 
         Raises:
             OSError: the process cannot be started.
@@ -595,7 +597,9 @@ class SimVMProcess:
             argv.append("--no-agent")
         argv += [f"--agent-arg={arg}" for arg in agent_args]
         with open(state_dir / SIMVM_LOG_FILE, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
         return cls(proc, socket_path, state_dir)
 
     def output(self) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import hashlib
 import json
 import os
@@ -138,6 +139,15 @@ async def demo(api: Api, workdir: Path) -> None:
         say("path check", f"/etc/../etc/shadow → {exc}")
 
 
+def _daemon_session() -> None:
+    """In the controller, hostd and the simulated VMs before exec: a session of their own, so that Ctrl-C in the
+    terminal (or a signal to make's process group) reaches only this script, which stops the
+    stack in order; before, they got it too and this script's SIGTERM then found them
+    mid-shutdown and killed them. And SIGTERM if this script dies without stopping them."""
+    os.setsid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 async def wait_healthy(client: httpx.AsyncClient, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
     while True:
         if proc.poll() is not None:
@@ -175,7 +185,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     controller = subprocess.Popen(
         [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(db), "--listen", args.listen,
          "--log-level", "warning", "--downloads-dir", str(DIST)],
-        env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL,
+        env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL, preexec_fn=_daemon_session,
     )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = [controller]
     sims: list[Any] = []  # SimVMProcess, or VM=qemu's QemuGuest: both have stop()
@@ -200,13 +210,15 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             else:
                 for vm in VMS:
                     state = tmp / "state" / vm
-                    sims.append(SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=state, name=vm, log_level="warning"))
+                    sims.append(SimVMProcess.start(str(vms_dir / f"{vm}.agent.sock"), state_dir=state, name=vm,
+                                                   log_level="warning", preexec_fn=_daemon_session))  # fmt: skip
                 say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
             hostd = subprocess.Popen(
                 [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
                  "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
                  "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning",
                  "--controller-url", url, "--controller-token", node_token, "--heartbeat-interval-s", "2"],
+                preexec_fn=_daemon_session,
             )  # fmt: skip
             procs.append(hostd)
             api = Api(client, url, admin_token)
