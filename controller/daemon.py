@@ -31,7 +31,6 @@ from typing import Any, Final, final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from limiquantix.protocol.serving import serve_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from quart import Response
 from quart_trio import QuartTrio
@@ -40,6 +39,7 @@ from limiquantix.protocol import __version__, errors
 from limiquantix.protocol.connect import ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol.serving import serve_http
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator

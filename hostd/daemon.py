@@ -53,7 +53,6 @@ from typing import Any, Final, final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from limiquantix.protocol.serving import serve_http
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -66,6 +65,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol.serving import serve_http
 
 from .api import SERVICE, NodeAPI
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry

@@ -79,16 +79,17 @@ for whl in "$CACHE"/*.whl; do
     "$PY" -m zipfile -e "$whl" "$STAGE$LIBDIR"
 done
 # Tests and caches are not needed on a guest.
-rm -rf "$STAGE$LIBDIR"/psutil/tests "$STAGE$LIBDIR"/bin
+rm -rf "$STAGE${LIBDIR:?}"/psutil/tests "$STAGE${LIBDIR:?}"/bin
 find "$STAGE$LIBDIR" -name __pycache__ -prune -exec rm -rf {} +
 
 # Our packages, as the namespace package limiquantix.* (no limiquantix/__init__.py).
-# protocol/connect.py is left out: it needs quart (hostd/controller only) and the agent never imports it.
+# protocol/connect.py and protocol/serving.py are left out: they need quart and hypercorn
+# (hostd/controller only) and the agent never imports them.
 mkdir -p "$STAGE$LIBDIR/limiquantix"
 for pkg in agent protocol; do
     (cd "$ROOT" && find "$pkg" -name __pycache__ -prune -o -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) -print) |
     while read -r f; do
-        [ "$f" = protocol/connect.py ] && continue
+        case $f in protocol/connect.py | protocol/serving.py) continue ;; esac
         install -D -m 0644 "$ROOT/$f" "$STAGE$LIBDIR/limiquantix/$f"
     done
 done

@@ -140,10 +140,10 @@ async def demo(api: Api, workdir: Path) -> None:
 
 
 def _daemon_session() -> None:
-    """In the controller, hostd and the simulated VMs before exec: a session of their own, so that Ctrl-C in the
-    terminal (or a signal to make's process group) reaches only this script, which stops the
-    stack in order; before, they got it too and this script's SIGTERM then found them
-    mid-shutdown and killed them. And SIGTERM if this script dies without stopping them."""
+    """In the controller, hostd and the simulated VMs before exec: a session of their own, so
+    that Ctrl-C in the terminal (or a signal to make's process group) reaches only this script,
+    which stops the stack in order (before, they got it too, and this script's SIGTERM then found
+    them mid-shutdown and killed them); and SIGTERM if this script dies without stopping them."""
     os.setsid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

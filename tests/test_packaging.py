@@ -96,6 +96,7 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
     # Only the agent's side: no hostd/controller, no quart-based connect.py, no namespace __init__.
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/hostd") for p in paths)
     assert f"/{LIBDIR}/limiquantix/protocol/connect.py" not in paths
+    assert f"/{LIBDIR}/limiquantix/protocol/serving.py" not in paths
     assert f"/{LIBDIR}/limiquantix/__init__.py" not in paths
     # Vendored extension modules are abi3 (any CPython >= 3.10), never one interpreter's build.
     sos = [p for p in paths if p.endswith(".so")]
