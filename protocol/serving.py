@@ -1,14 +1,20 @@
-"""Serving an ASGI app with hypercorn, with a shutdown that waits for requests, not connections.
+"""Serving an ASGI app with hypercorn: idle connections closed, and a shutdown that waits for
+requests, not connections.
 
-hypercorn's trio worker means to close idle keep-alive connections at once on shutdown (a
-per-connection idle task waits for it), but after a request that task ends as soon as it starts
-(traced with hypercorn 0.18: it is started from the request's task, which is being cancelled), so
-an idle keep-alive connection holds the shutdown for the whole ``graceful_timeout``. A controller always keeps one
-open to each hostd, and the TUI one to the controller: every stop took the full timeout.
+With Quart-Trio on hypercorn's trio worker (hypercorn 0.18, quart-trio 0.12), an HTTP/1.1
+connection that has served a request is never closed by the server when idle: not after
+``keep_alive_timeout``, and not at shutdown, which then waits the whole ``graceful_timeout``
+(the controller always holds a connection to each hostd, the TUI one to the controller: every
+stop took 5 s). The cause: the app's final ``send`` (the empty last body) is where hypercorn
+finishes the request, tells the app ``http.disconnect`` and starts the connection's idle timer;
+Quart-Trio cancels the request's tasks on that disconnect, in the middle of that ``send``, so
+the idle timer is cancelled as it starts.
 
-:func:`serve_http` counts the HTTP requests being answered (an ASGI wrapper) and, once told to
-stop, ends the server as soon as none is left (at the latest after ``graceful_timeout``). Idle
-connections are then closed: between requests nothing is lost.
+:class:`ServedApp` wraps the app: it shields that final, empty send from the app's own
+cancellation (it does not wait on the client: hypercorn already shields its socket writes), and
+counts the requests being answered. :func:`serve_http` uses the count to end the server, once
+told to stop, as soon as no request is left (at the latest after ``graceful_timeout``), whatever
+hypercorn does with its connections.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-__all__ = ["InFlightRequests", "serve_http"]
+__all__ = ["ServedApp", "serve_http"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -28,8 +34,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @final
-class InFlightRequests:
-    """An ASGI app that counts the HTTP requests ``app`` is answering."""
+class ServedApp:
+    """An ASGI app around ``app``: the final empty body send shielded, HTTP requests counted."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -41,12 +47,20 @@ class InFlightRequests:
         if scope["type"] != "http":  # lifespan (websockets are not used)
             await self.app(scope, receive, send)
             return
+
+        async def send_final_shielded(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body") and not message.get("body"):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
         if self.count == 0:
             self._idle = trio.Event()
         self.count += 1
         try:
             # Returns once the response's last bytes are handed to the socket.
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_final_shielded)
         finally:
             self.count -= 1
             if self.count == 0:
@@ -70,7 +84,7 @@ async def serve_http(
 
     ``task_status.started()`` gets the bound addresses, as from hypercorn's ``serve``.
     """
-    tracked = InFlightRequests(app)
+    tracked = ServedApp(app)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
             lambda task_status: hypercorn_serve(tracked, config, shutdown_trigger=stop.wait, task_status=task_status)

@@ -1,9 +1,9 @@
-"""serve_http (protocol/serving.py): the shutdown hostd and the controller use.
+"""serve_http (protocol/serving.py): how hostd and the controller serve HTTP.
 
 A real hypercorn on a loopback port the OS picks, a small Quart-Trio app and real HTTP clients.
 The graceful timeout is set far beyond the tests' deadline, so a shutdown that waited for it
 (as hypercorn alone does with an idle keep-alive connection open) fails the test instead of
-passing slowly; with hypercorn's own shutdown in serve_http's place, all three fail.
+passing slowly; with hypercorn's own serve in serve_http's place, all of them fail.
 """
 
 from __future__ import annotations
@@ -41,18 +41,19 @@ def _app(release: trio.Event, entered: trio.Event) -> QuartTrio:
     return app
 
 
-def _serving(app: QuartTrio, stop: trio.Event, returned: trio.Event):  # type: ignore[no-untyped-def]
+def _serving(app: QuartTrio, stop: trio.Event, returned: trio.Event, config: Config | None = None):  # type: ignore[no-untyped-def]
     """serve_http for nursery.start(); sets ``returned`` when it returns."""
 
     async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_http(app, _config(), stop, task_status=task_status)
+        await serve_http(app, config or _config(), stop, task_status=task_status)
         returned.set()
 
     return serve
 
 
-def _config() -> Config:
+def _config(keep_alive_timeout_s: float = FOREVER_S) -> Config:
     config = Config()
+    config.keep_alive_timeout = keep_alive_timeout_s
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = FOREVER_S
     config.accesslog = None
@@ -71,6 +72,26 @@ async def test_idle_keep_alive_connection_does_not_hold_the_shutdown() -> None:
                 # The connection stays open in the client's pool, idle, while the server stops.
                 stop.set()
                 await returned.wait()
+
+
+@pytest.mark.trio
+async def test_idle_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    """After a request (the case hypercorn misses with Quart-Trio, see serving.py's docstring)."""
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned, _config(0.2)))
+            host, _, port = binds[0].removeprefix("http://").rpartition(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+            received = b""
+            while not received.endswith(b"quick"):
+                received += await stream.receive_some()
+            assert received.startswith(b"HTTP/1.1 200")
+            # Idle now: the server closes the connection (no timer here: the deadline bounds it).
+            assert await stream.receive_some() == b""
+            await stream.aclose()
+            stop.set()
 
 
 @pytest.mark.trio
