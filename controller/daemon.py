@@ -39,7 +39,7 @@ from limiquantix.protocol import __version__, errors
 from limiquantix.protocol.connect import ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import serve_http
+from limiquantix.protocol.serving import KEEP_ALIVE_TIMEOUT_S, serve_http
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
@@ -299,6 +299,7 @@ async def serve(
         hc = HypercornConfig()
         hc.bind = [config.listen]
         hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+        hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
         hc.backlog = LISTEN_BACKLOG
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")

@@ -65,7 +65,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import serve_http
+from limiquantix.protocol.serving import KEEP_ALIVE_TIMEOUT_S, serve_http
 
 from .api import SERVICE, NodeAPI
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
@@ -366,6 +366,7 @@ async def serve(
                 os.unlink(config.unix_socket)
             hc.bind.append(f"unix:{config.unix_socket}")
         hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+        hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
         hc.backlog = LISTEN_BACKLOG
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")

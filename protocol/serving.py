@@ -20,13 +20,18 @@ hypercorn does with its connections.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, final
+from typing import Any, Final, final
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-__all__ = ["ServedApp", "serve_http"]
+__all__ = ["KEEP_ALIVE_TIMEOUT_S", "ServedApp", "serve_http"]
+
+#: How long the servers keep an idle connection: longer than clients keep theirs (httpx: 5 s),
+#: so that a client never sends a request on a connection the server is closing that instant
+#: (hypercorn's default is 5 s too: the two would race). nginx uses 75 s.
+KEEP_ALIVE_TIMEOUT_S: Final = 75.0
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
