@@ -177,12 +177,12 @@ class Agent:
                 task_status.started()
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)
-                    await self._stop()
+                    await self._stop(signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
 
-    async def _stop(self) -> None:
-        """Stop taking requests, kill running commands, flush answers."""
+    async def _stop(self, reason: str) -> None:
+        """Stop taking requests, kill running commands, tell the hosts, flush."""
         self.stopping = True
         with trio.move_on_after(FLUSH_TIMEOUT_S) as scope:
             scope.shield = True
@@ -192,6 +192,8 @@ class Agent:
             # Let cancelled handlers finish their cleanup, then drain the writers.
             while any(s.inflight for s in self.sessions):
                 await trio.sleep(0.01)
+            # After what the handlers still answered: the host stops waiting for this agent now.
+            self.broadcast(agent_stopping=pb.AgentStoppingEvent(reason=reason))
             for session in list(self.sessions):
                 session.writer.close()
             for session in list(self.sessions):

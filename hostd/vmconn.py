@@ -17,13 +17,15 @@ States (:class:`VMState`)::
         ▲                          │  (connect_grace_s without an echo)     │ pong or
         │                          ▼                                       │ agent_ready
         └──socket gone── waiting_for_agent ──hello echoed──▶ connected ──misses──▶ unresponsive
+                                   ▲                            │
+                                   └────── agent_stopping ──────┘  (pong or agent_ready: back)
 
 Calls (:meth:`request`, :meth:`stream`) go to the current AgentClient. They fail
 at once with ``Unavailable`` unless the state is ``connected``, and every call in
 flight fails at once with ``Unavailable`` when the connection ends (AgentClient
 fails its pending calls when its reader ends), when the agent restarts (a new
-``agent_ready``), when it is marked unresponsive, or when the connection is
-disabled. Each call runs under a deadline, the caller's budget plus
+``agent_ready``) or says it is stopping (``agent_stopping``), when it is marked
+unresponsive, or when the connection is disabled. Each call runs under a deadline, the caller's budget plus
 ``deadline_margin_s``, enforced by a cancel scope and raised as
 ``DeadlineExceeded``; a reply that arrives later is dropped and counted
 (``late_replies``), and a cancellable request (execute, file_read) is cancelled
@@ -619,7 +621,7 @@ class VMConnection:
             if answered:
                 self._heard()
                 self._misses = 0
-                if self._state is VMState.UNRESPONSIVE:
+                if self._state in (VMState.UNRESPONSIVE, VMState.WAITING_FOR_AGENT):
                     log.info("vm %s: agent answers again", self.vm_id)
                     self._set_state(VMState.CONNECTED)
                 continue
@@ -647,8 +649,16 @@ class VMConnection:
             self.shutdown_started = None
             self._misses = 0
             log.info("vm %s: agent restarted (pid %d -> %d)", self.vm_id, old, msg.agent_ready.identity.pid)
-            if self._state is VMState.UNRESPONSIVE:
+            if self._state in (VMState.UNRESPONSIVE, VMState.WAITING_FOR_AGENT):
                 self._set_state(VMState.CONNECTED)
+        elif kind == "agent_stopping":
+            # Its last frame: nobody answers on this connection until an agent_ready. The
+            # connection stays (the socket is QEMU's); pings go on and are not misses that count.
+            reason = msg.agent_stopping.reason or "no reason given"
+            log.info("vm %s: agent stopping (%s)", self.vm_id, reason)
+            self.last_disconnect_reason = f"agent stopped ({reason})"
+            self._set_state(VMState.WAITING_FOR_AGENT)
+            self._abort_calls(f"the agent of VM {self.vm_id} stopped ({reason})")
         elif kind == "shutdown_started":
             self.shutdown_started = msg.shutdown_started
             log.info("vm %s: guest announced %s", self.vm_id, pb.ShutdownMode.Name(msg.shutdown_started.mode))

@@ -45,7 +45,10 @@ EVENT_BUFFER: Final = 256
 #: Bulk reads (file chunks of 1 MiB) cost fewer decoder passes in big pieces.
 READ_SIZE: Final = 1024 * 1024
 
-_EVENTS: Final = frozenset({"telemetry", "agent_ready", "ip_changed", "shutdown_started"})
+#: Unsolicited messages (agent.proto numbers them from 100): they go to ``events``.
+_EVENTS: Final = frozenset(
+    f.name for f in pb.AgentMessage.DESCRIPTOR.oneofs_by_name["payload"].fields if f.number >= 100
+)
 #: Requests the agent can stop midway: a caller that gives up tells it to.
 _CANCELLABLE: Final = frozenset({"execute", "file_read"})
 
@@ -226,6 +229,9 @@ class AgentClient:
                 # The agent reopened its port (restarted): nothing in flight will be answered.
                 self.identity = msg.agent_ready.identity
                 self._fail_pending(errors.Unavailable("agent restarted"))
+            elif kind == "agent_stopping":
+                # Its last frame: what it has not answered by now, it will not.
+                self._fail_pending(errors.Unavailable(f"agent stopped ({msg.agent_stopping.reason})"))
             try:
                 self._events_tx.send_nowait(msg)
             except trio.WouldBlock:

@@ -154,6 +154,55 @@ async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_
     assert (await conn.ping(b"again")).payload == b"again"
 
 
+@pytest.mark.trio
+async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
+    nursery: trio.Nursery, start_simvm: StartSimVM
+) -> None:
+    """SIGTERM (a service stop, an upgrade, the guest shutting down): the agent's last frame is
+    agent_stopping, so hostd fails what is pending and waits for an agent at once, without
+    counting missed pings; the restarted agent's announce makes it connected again."""
+    vm = start_simvm()
+    mark = uuid.uuid4().hex
+    with trio.fail_after(WAIT_S):
+        await vm.wait_ready()
+        conn = await started_conn(nursery, vm.socket_path)
+        await conn.wait_for_state(VMState.CONNECTED)
+        assert conn.identity is not None
+        old_pid = conn.identity.pid
+        failed = trio.Event()
+        outcome: list[BaseException] = []
+
+        async def pending_command() -> None:
+            try:
+                await conn.request(
+                    deadline_s=60,
+                    execute=pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark}, timeout_seconds=60),
+                )
+            except errors.AgentError as exc:
+                outcome.append(exc)
+            failed.set()
+
+        try:
+            nursery.start_soon(pending_command)
+            while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(old_pid).children()):
+                await trio.sleep(0.01)
+            os.kill(old_pid, signal.SIGTERM)
+            await failed.wait()
+            # Waiting for an agent (told), not unresponsive (missed pings would say that).
+            await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
+        finally:
+            kill_marked(mark)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
+        assert conn.status().agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
+        assert conn.last_disconnect_reason == "agent stopped (SIGTERM)"
+        with pytest.raises(errors.Unavailable) as info:
+            await conn.ping()
+        assert info.value.reason == "waiting_for_agent"
+        # The simulated VM starts the agent again (as systemd's Restart=always would).
+        await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid and c.connected)
+    assert (await conn.ping(b"back")).payload == b"back"
+
+
 def agent_pid(vm: SimVMProcess) -> int:
     (child,) = psutil.Process(vm.proc.pid).children()
     return child.pid

@@ -204,12 +204,17 @@ async def test_stale_half_frame_before_hello_is_discarded(start_agent) -> None:
 
 
 @pytest.mark.trio
-async def test_sigterm_stops_cleanly(spawn_agent) -> None:
-    """The real process: SIGTERM → exit 0, socket removed."""
+async def test_sigterm_stops_cleanly_and_tells_the_host(spawn_agent, connect) -> None:
+    """The real process: SIGTERM → agent_stopping as the last frame, then exit 0, socket removed."""
     proc = spawn_agent()
-    async with await trio.open_unix_socket(proc.socket):
-        pass
-    proc.proc.send_signal(signal.SIGTERM)
+    async with connect(proc.socket) as client:
+        await client.ping()
+        proc.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            events = [msg async for msg in client.events]  # until the agent closes the link
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds and kinds[-1] == "agent_stopping", kinds
+    assert events[-1].agent_stopping.reason == "SIGTERM"
     with trio.fail_after(10):
         rc = await trio.to_thread.run_sync(proc.proc.wait)
     assert rc == 0, proc.output()

@@ -15,7 +15,7 @@ agent comes back by itself), and GuestShutdown (QEMU exits on its own).
 The cloud-init path: the controller serves the .deb the image was built from (``--downloads-dir``)
 and install-agent.sh under ``/downloads/``. Through qemu-ga's guest-exec (the agent is what is
 being reinstalled, so it cannot be the tool): ``dpkg --purge limiquantix-agent``, the agent gone
-as the controller sees it; then install-agent.yaml's runcmd as written there, pointed at the
+as the controller sees it (``waiting_for_agent``: stopped by prerm, it said ``agent_stopping``); then install-agent.yaml's runcmd as written there, pointed at the
 controller as the guest reaches it (QEMU's user network: 10.0.2.2 is the host's loopback). The
 script exits 0, the agent is back and connected by itself (started by postinst on the running
 systemd, before dpkg returned), and a second run says "already installed" and changes nothing
@@ -23,7 +23,7 @@ systemd, before dpkg returned), and a second run says "already installed" and ch
 itself (an upgrade's path): postinst restarts the agent, an edited agent.toml is kept.
 
 Cold (no cached rootfs): debootstrap and the image take about 1.5-2 minutes, the whole test about
-3-3.5; warm, about 105-120 s (the image is rebuilt, about 15 s, when the package's contents changed).
+3-3.5; warm, about 75-90 s (the image is rebuilt, about 15 s, when the package's contents changed).
 The boots take 15-30 s each under TCG. Needs root (debootstrap, chroot); installs its apt packages
 itself.
 """
@@ -285,6 +285,8 @@ def reinstall_through_cloud_init(guest: QemuGuest, stack: Stack, image: guest_im
 
         state = wait_for("the purged agent no longer connected", agent_gone, 90, guest)
         print(f"purged; the controller says {state!r} after {time.monotonic() - t0:.1f} s")
+        # prerm stopped it with SIGTERM: it said agent_stopping (missed pings would say unresponsive).
+        assert state == "waiting_for_agent", state
 
         # install-agent.yaml's runcmd, as cloud-init runs it (sh -c, as root).
         runcmd = user_data_runcmd(f"{HOST_FROM_GUEST}:{stack.port}")

@@ -102,7 +102,7 @@ SHUTDOWN_MODE_REBOOT: ShutdownMode
 SHUTDOWN_MODE_HALT: ShutdownMode
 
 class AgentMessage(_message.Message):
-    __slots__ = ("message_id", "timestamp", "ping", "execute", "file_write", "file_read", "shutdown", "hello", "cancel", "file_stat", "list_directory", "reset_password", "info", "get_telemetry", "pong", "execute_response", "file_write_response", "file_read_chunk", "shutdown_response", "hello_response", "cancel_response", "file_stat_response", "list_directory_response", "reset_password_response", "execute_output", "error", "info_response", "telemetry_response", "telemetry", "agent_ready", "ip_changed", "shutdown_started")
+    __slots__ = ("message_id", "timestamp", "ping", "execute", "file_write", "file_read", "shutdown", "hello", "cancel", "file_stat", "list_directory", "reset_password", "info", "get_telemetry", "pong", "execute_response", "file_write_response", "file_read_chunk", "shutdown_response", "hello_response", "cancel_response", "file_stat_response", "list_directory_response", "reset_password_response", "execute_output", "error", "info_response", "telemetry_response", "telemetry", "agent_ready", "ip_changed", "shutdown_started", "agent_stopping")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class AgentMessage(_message.Message):
     AGENT_READY_FIELD_NUMBER: _ClassVar[int]
     IP_CHANGED_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_STARTED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STOPPING_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     timestamp: _timestamp_pb2.Timestamp
     ping: PingRequest
@@ -167,7 +168,8 @@ class AgentMessage(_message.Message):
     agent_ready: AgentReadyEvent
     ip_changed: IpChangedEvent
     shutdown_started: ShutdownStartedEvent
-    def __init__(self, message_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ping: _Optional[_Union[PingRequest, _Mapping]] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., file_write: _Optional[_Union[FileWriteRequest, _Mapping]] = ..., file_read: _Optional[_Union[FileReadRequest, _Mapping]] = ..., shutdown: _Optional[_Union[ShutdownRequest, _Mapping]] = ..., hello: _Optional[_Union[HelloRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., file_stat: _Optional[_Union[FileStatRequest, _Mapping]] = ..., list_directory: _Optional[_Union[ListDirectoryRequest, _Mapping]] = ..., reset_password: _Optional[_Union[ResetPasswordRequest, _Mapping]] = ..., info: _Optional[_Union[InfoRequest, _Mapping]] = ..., get_telemetry: _Optional[_Union[TelemetryRequest, _Mapping]] = ..., pong: _Optional[_Union[PongResponse, _Mapping]] = ..., execute_response: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., file_write_response: _Optional[_Union[FileWriteResponse, _Mapping]] = ..., file_read_chunk: _Optional[_Union[FileReadChunk, _Mapping]] = ..., shutdown_response: _Optional[_Union[ShutdownResponse, _Mapping]] = ..., hello_response: _Optional[_Union[HelloResponse, _Mapping]] = ..., cancel_response: _Optional[_Union[CancelResponse, _Mapping]] = ..., file_stat_response: _Optional[_Union[FileStat, _Mapping]] = ..., list_directory_response: _Optional[_Union[ListDirectoryResponse, _Mapping]] = ..., reset_password_response: _Optional[_Union[ResetPasswordResponse, _Mapping]] = ..., execute_output: _Optional[_Union[ExecuteOutput, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., info_response: _Optional[_Union[AgentIdentity, _Mapping]] = ..., telemetry_response: _Optional[_Union[TelemetryReport, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryReport, _Mapping]] = ..., agent_ready: _Optional[_Union[AgentReadyEvent, _Mapping]] = ..., ip_changed: _Optional[_Union[IpChangedEvent, _Mapping]] = ..., shutdown_started: _Optional[_Union[ShutdownStartedEvent, _Mapping]] = ...) -> None: ...
+    agent_stopping: AgentStoppingEvent
+    def __init__(self, message_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ping: _Optional[_Union[PingRequest, _Mapping]] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., file_write: _Optional[_Union[FileWriteRequest, _Mapping]] = ..., file_read: _Optional[_Union[FileReadRequest, _Mapping]] = ..., shutdown: _Optional[_Union[ShutdownRequest, _Mapping]] = ..., hello: _Optional[_Union[HelloRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., file_stat: _Optional[_Union[FileStatRequest, _Mapping]] = ..., list_directory: _Optional[_Union[ListDirectoryRequest, _Mapping]] = ..., reset_password: _Optional[_Union[ResetPasswordRequest, _Mapping]] = ..., info: _Optional[_Union[InfoRequest, _Mapping]] = ..., get_telemetry: _Optional[_Union[TelemetryRequest, _Mapping]] = ..., pong: _Optional[_Union[PongResponse, _Mapping]] = ..., execute_response: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., file_write_response: _Optional[_Union[FileWriteResponse, _Mapping]] = ..., file_read_chunk: _Optional[_Union[FileReadChunk, _Mapping]] = ..., shutdown_response: _Optional[_Union[ShutdownResponse, _Mapping]] = ..., hello_response: _Optional[_Union[HelloResponse, _Mapping]] = ..., cancel_response: _Optional[_Union[CancelResponse, _Mapping]] = ..., file_stat_response: _Optional[_Union[FileStat, _Mapping]] = ..., list_directory_response: _Optional[_Union[ListDirectoryResponse, _Mapping]] = ..., reset_password_response: _Optional[_Union[ResetPasswordResponse, _Mapping]] = ..., execute_output: _Optional[_Union[ExecuteOutput, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., info_response: _Optional[_Union[AgentIdentity, _Mapping]] = ..., telemetry_response: _Optional[_Union[TelemetryReport, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryReport, _Mapping]] = ..., agent_ready: _Optional[_Union[AgentReadyEvent, _Mapping]] = ..., ip_changed: _Optional[_Union[IpChangedEvent, _Mapping]] = ..., shutdown_started: _Optional[_Union[ShutdownStartedEvent, _Mapping]] = ..., agent_stopping: _Optional[_Union[AgentStoppingEvent, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "reason")
@@ -200,6 +202,12 @@ class AgentReadyEvent(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     identity: AgentIdentity
     def __init__(self, identity: _Optional[_Union[AgentIdentity, _Mapping]] = ...) -> None: ...
+
+class AgentStoppingEvent(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class OsInfo(_message.Message):
     __slots__ = ("name", "version", "id", "version_id", "pretty_name", "family")
