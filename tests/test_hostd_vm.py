@@ -111,41 +111,50 @@ async def test_calls_fail_at_once_while_not_connected(nursery: trio.Nursery, sho
     assert conn.status().agent.state == node_pb.AGENT_STATE_NO_SOCKET
 
 
+async def agent_signalled_mid_command(
+    nursery: trio.Nursery, conn: VMConnection, sig: signal.Signals
+) -> tuple[int, list[BaseException]]:
+    """Start a 30 s command through ``conn``, send ``sig`` to the agent once the command runs,
+    and return (the agent's pid, what the call raised) once the call has failed."""
+    assert conn.identity is not None
+    pid = conn.identity.pid
+    mark = uuid.uuid4().hex
+    failed = trio.Event()
+    outcome: list[BaseException] = []
+
+    async def pending_command() -> None:
+        try:
+            await conn.request(
+                deadline_s=60,
+                execute=pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark}, timeout_seconds=60),
+            )
+        except errors.AgentError as exc:
+            outcome.append(exc)
+        failed.set()
+
+    try:
+        nursery.start_soon(pending_command)
+        # The command is running in the guest once its process exists.
+        while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(pid).children()):
+            await trio.sleep(0.01)
+        os.kill(pid, sig)
+        with trio.fail_after(1.0):
+            await failed.wait()
+    finally:
+        kill_marked(mark)
+    return pid, outcome
+
+
 @pytest.mark.trio
 async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_as_a_new_agent(
     nursery: trio.Nursery, start_simvm: StartSimVM
 ) -> None:
     vm = start_simvm()
-    mark = uuid.uuid4().hex
     with trio.fail_after(WAIT_S):
         await vm.wait_ready()
         conn = await started_conn(nursery, vm.socket_path)
         await conn.wait_for_state(VMState.CONNECTED)
-        assert conn.identity is not None
-        old_pid = conn.identity.pid
-        failed = trio.Event()
-        outcome: list[BaseException] = []
-
-        async def pending_command() -> None:
-            try:
-                await conn.request(
-                    deadline_s=60,
-                    execute=pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark}, timeout_seconds=60),
-                )
-            except errors.AgentError as exc:
-                outcome.append(exc)
-            failed.set()
-
-        try:
-            nursery.start_soon(pending_command)
-            # The command is running in the guest once its process exists.
-            while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(old_pid).children()):
-                await trio.sleep(0.01)
-            os.kill(old_pid, signal.SIGKILL)
-            with trio.fail_after(1.0):
-                await failed.wait()
-        finally:
-            kill_marked(mark)
+        old_pid, outcome = await agent_signalled_mid_command(nursery, conn, signal.SIGKILL)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
         # The simulated VM starts the agent again; hostd reports the new one.
         await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid and c.connected)
@@ -162,36 +171,13 @@ async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
     agent_stopping, so hostd fails what is pending and waits for an agent at once, without
     counting missed pings; the restarted agent's announce makes it connected again."""
     vm = start_simvm()
-    mark = uuid.uuid4().hex
     with trio.fail_after(WAIT_S):
         await vm.wait_ready()
         conn = await started_conn(nursery, vm.socket_path)
         await conn.wait_for_state(VMState.CONNECTED)
-        assert conn.identity is not None
-        old_pid = conn.identity.pid
-        failed = trio.Event()
-        outcome: list[BaseException] = []
-
-        async def pending_command() -> None:
-            try:
-                await conn.request(
-                    deadline_s=60,
-                    execute=pb.ExecuteRequest(argv=["sleep", "30"], env={"LQX_TEST_MARK": mark}, timeout_seconds=60),
-                )
-            except errors.AgentError as exc:
-                outcome.append(exc)
-            failed.set()
-
-        try:
-            nursery.start_soon(pending_command)
-            while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(old_pid).children()):
-                await trio.sleep(0.01)
-            os.kill(old_pid, signal.SIGTERM)
-            await failed.wait()
-            # Waiting for an agent (told), not unresponsive (missed pings would say that).
-            await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
-        finally:
-            kill_marked(mark)
+        old_pid, outcome = await agent_signalled_mid_command(nursery, conn, signal.SIGTERM)
+        # Waiting for an agent (told), not unresponsive (missed pings would say that).
+        await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
         assert conn.status().agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
         assert conn.last_disconnect_reason == "agent stopped (SIGTERM)"
