@@ -1005,15 +1005,12 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
     return figures_from(results, settings), context
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    # Outside trio.run (start-up, shutdown): unwind like Ctrl-C, so both agents
-    # are stopped and the temp dir removed. Inside, measure_until_terminated does it.
-    raise KeyboardInterrupt
-
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Outside trio.run (start-up, shutdown): SIGTERM unwinds like Ctrl-C, so both agents
+    # are stopped and the temp dir removed. Inside, measure_until_terminated does it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         figures, context = run(settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it

@@ -329,7 +329,6 @@ async def measure(work: Path, settings: Settings) -> Results:
     """
     import httpx
 
-    from limiquantix.hostd.simvm import SimVMProcess
     from limiquantix.protocol.client import AgentClient
 
     r = Results()
@@ -358,16 +357,7 @@ async def measure(work: Path, settings: Settings) -> Results:
             raise hb.BenchError(f"CreateToken: {made.status_code} {made.text}")
         node_token = made.json()["token"]
 
-        sims = {}
-        for name in (_VM_A, "sim-b"):
-            sim = SimVMProcess.start(
-                str(simdir / f"{name}.agent.sock"), state_dir=work / f"state-{name}", name=name, log_level="warning"
-            )
-            stack.callback(sim.stop)
-            sims[name] = sim
-        with trio.fail_after(START_TIMEOUT_S):
-            for sim in sims.values():
-                await sim.wait_ready()
+        sims = await hb.start_simvms(stack, (_VM_A, "sim-b"), simdir, work)
         os.symlink(sims[_VM_A].socket_path, sockdir / f"{_VM_A}.agent.sock")
 
         hostd_token = work / "hostd.token"

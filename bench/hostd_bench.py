@@ -875,10 +875,28 @@ async def drain_events(client: Any) -> None:
         pass
 
 
+async def start_simvms(
+    stack: contextlib.AsyncExitStack, names: tuple[str, ...], simdir: Path, work: Path
+) -> dict[str, Any]:
+    """Simulated VMs (the real agent on a pty), their sockets in ``simdir``, ready; stopped by ``stack``."""
+    from limiquantix.hostd.simvm import SimVMProcess
+
+    sims = {}
+    for name in names:
+        sim = SimVMProcess.start(
+            str(simdir / f"{name}.agent.sock"), state_dir=work / f"state-{name}", name=name, log_level="warning"
+        )
+        stack.callback(sim.stop)
+        sims[name] = sim
+    with trio.fail_after(START_TIMEOUT_S):
+        for sim in sims.values():
+            await sim.wait_ready()
+    return sims
+
+
 async def measure(work: Path, settings: Settings) -> Results:
     import httpx
 
-    from limiquantix.hostd.simvm import SimVMProcess
     from limiquantix.protocol.client import AgentClient
 
     r = Results()
@@ -1008,16 +1026,7 @@ async def measure(work: Path, settings: Settings) -> Results:
         simdir = work / "sim"  # not hostd's socket directory: hostd does not see them
         simdir.mkdir()
         say("ExecuteInGuest /bin/true: two simulated VMs (the real agent on a pty)")
-        sims = {}
-        for name in ("exec-a", "exec-b"):
-            sim = SimVMProcess.start(
-                str(simdir / f"{name}.agent.sock"), state_dir=work / f"state-{name}", name=name, log_level="warning"
-            )
-            stack.callback(sim.stop)
-            sims[name] = sim
-        with trio.fail_after(START_TIMEOUT_S):
-            for sim in sims.values():
-                await sim.wait_ready()
+        sims = await start_simvms(stack, ("exec-a", "exec-b"), simdir, work)
         direct_b = await stack.enter_async_context(AgentClient.connect_unix(sims["exec-b"].socket_path))
         nursery = await stack.enter_async_context(trio.open_nursery())
         nursery.start_soon(drain_events, direct_b)
@@ -1274,17 +1283,14 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
     return figures_from(results, settings), context
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    # Outside trio.run: unwind like Ctrl-C (children stopped, temp dir removed).
-    raise KeyboardInterrupt
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_fake-agents"]:
         return fake_agents_main(argv[1:])
     settings = Settings.from_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Outside trio.run: SIGTERM unwinds like Ctrl-C (children stopped, temp dir removed).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         figures, context = run(settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it

@@ -358,13 +358,11 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], str]:
     return [f.evaluate() for f in figures], context
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM unwinds like Ctrl-C: QEMU stopped, temp dir removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         figures, context = run(args)
     except KeyboardInterrupt:
