@@ -26,6 +26,8 @@ from limiquantix.controller.daemon import serve as controller_serve
 from limiquantix.controller.models import AuditAction, AuditDetail, AuditOutcome
 from limiquantix.controller.store import SQLiteStore
 
+from test_controller_api import _make_tokens
+
 ADMIN = "/limiquantix.compute.v1.AdminService"
 VM = "/limiquantix.compute.v1.VMService"
 NODES = "/limiquantix.compute.v1.NodeRegistryService"
@@ -144,18 +146,16 @@ async def _seed(db: Path) -> dict[str, str]:
                 detail=AuditDetail(command=f"echo seed-{i}"),
             )
             await store.audit_complete(audit_id, outcome=row["outcome"], exit_code=0, duration_ms=1)
-    async with await SQLiteStore.open(db) as store:
-        tokens = {}
-        for who, role, scope in (
+    return await _make_tokens(
+        db,
+        (
             ("admin", Role.ADMIN, None),
             ("operator", Role.OPERATOR, None),
             ("viewer", Role.VIEWER, None),
             ("scoped_admin", Role.ADMIN, {"env": "prod"}),
             ("node", Role.NODE, None),
-        ):
-            await store.ensure_user(who)
-            _, tokens[who] = await store.create_token(user=who, role=role, label_scope=scope)
-        return tokens
+        ),
+    )
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import psutil
@@ -69,6 +69,29 @@ class Stack:
         self.url = binds[0]
         self.port = int(self.url.rpartition(":")[2])
 
+    async def start_hostd(self, vms: dict[str, dict[str, str]]) -> None:
+        """hostd as node ``host-a`` of this controller, serving ``vms`` (id -> labels) at
+        ``short_tmp/<id>.sock``; cancelling ``hostd_scope`` kills it abruptly."""
+        config = HostdConfig(
+            listen="127.0.0.1:0",
+            token=HOSTD_TOKEN,
+            node_id="host-a",
+            controller_url=self.url,
+            controller_token=self.tokens["node"],
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
+            vms=tuple(
+                VMEntry(id=vm_id, socket=str(self.short_tmp / f"{vm_id}.sock"), labels=labels)
+                for vm_id, labels in vms.items()
+            ),
+        )
+
+        async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
+            with self.hostd_scope:
+                await hostd_serve(config, shutdown=trio.Event(), task_status=task_status)
+
+        await self.nursery.start(run_hostd)
+
     async def stop_controller(self) -> None:
         # A fresh client for the next controller (this one's connections die with this one).
         await self.client.aclose()
@@ -96,16 +119,23 @@ class Stack:
                 await trio.sleep(0.05)
 
 
-async def _make_tokens(db: Path) -> dict[str, str]:
+#: The users _make_tokens creates by default: (name, role, label scope).
+TOKEN_USERS: Final = (
+    ("admin", Role.ADMIN, None),
+    ("operator", Role.OPERATOR, None),
+    ("viewer", Role.VIEWER, None),
+    ("scoped", Role.OPERATOR, {"env": "prod"}),
+    ("node", Role.NODE, None),
+)
+
+
+async def _make_tokens(
+    db: Path, users: tuple[tuple[str, Role, dict[str, str] | None], ...] = TOKEN_USERS
+) -> dict[str, str]:
+    """A token for each user, by name."""
     async with await SQLiteStore.open(db) as store:
         tokens = {}
-        for who, role, scope in (
-            ("admin", Role.ADMIN, None),
-            ("operator", Role.OPERATOR, None),
-            ("viewer", Role.VIEWER, None),
-            ("scoped", Role.OPERATOR, {"env": "prod"}),
-            ("node", Role.NODE, None),
-        ):
+        for who, role, scope in users:
             await store.ensure_user(who)
             _, tokens[who] = await store.create_token(user=who, role=role, label_scope=scope)
         return tokens
@@ -131,25 +161,7 @@ async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
         async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
             st = Stack(short_tmp, db, tokens, client, nursery)
             await st.start_controller()
-            hostd_config = HostdConfig(
-                listen="127.0.0.1:0",
-                token=HOSTD_TOKEN,
-                node_id="host-a",
-                controller_url=st.url,
-                controller_token=tokens["node"],
-                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
-                discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
-                vms=tuple(
-                    VMEntry(id=vm_id, socket=str(short_tmp / f"{vm_id}.sock"), labels=labels)
-                    for vm_id, labels in LABELS.items()
-                ),
-            )
-
-            async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
-                with st.hostd_scope:  # cancelled by a test: hostd dies abruptly
-                    await hostd_serve(hostd_config, shutdown=trio.Event(), task_status=task_status)
-
-            await nursery.start(run_hostd)
+            await st.start_hostd(LABELS)
             await st.wait_vms()
             yield st
             st.hostd_scope.cancel()

@@ -18,12 +18,9 @@ import trio
 
 from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
-from limiquantix.hostd.config import DiscoveryConfig, VMEntry
-from limiquantix.hostd.daemon import HostdConfig
-from limiquantix.hostd.daemon import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
 
-from test_controller_api import DEADLINE_S, HEARTBEAT_INTERVAL_S, HOSTD_TOKEN, Stack, _make_tokens
+from test_controller_api import DEADLINE_S, Stack, _make_tokens
 
 FLEET = "/limiquantix.compute.v1.FleetService"
 #: Fails in the VMs whose state directory holds a file named ``fail``.
@@ -67,25 +64,7 @@ async def fleet_stack(
         async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
             st = Stack(short_tmp, db, tokens, client, nursery)
             await st.start_controller()
-            hostd_config = HostdConfig(
-                listen="127.0.0.1:0",
-                token=HOSTD_TOKEN,
-                node_id="host-a",
-                controller_url=st.url,
-                controller_token=tokens["node"],
-                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
-                discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
-                vms=tuple(
-                    VMEntry(id=name, socket=str(short_tmp / f"{name}.sock"), labels=labels_of(i))
-                    for i, name in enumerate(names)
-                ),
-            )
-
-            async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
-                with st.hostd_scope:
-                    await hostd_serve(hostd_config, shutdown=trio.Event(), task_status=task_status)
-
-            await nursery.start(run_hostd)
+            await st.start_hostd({name: labels_of(i) for i, name in enumerate(names)})
             with trio.fail_after(DEADLINE_S * 2):
                 while True:
                     r = await st.call("ListVMs", {})
