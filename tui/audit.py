@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
 from .client import ApiError
+from .screen import LqxScreen
 
-if TYPE_CHECKING:
-    from .app import LimiQuantixApp
 
 __all__ = ["AuditScreen"]
 
@@ -34,12 +32,9 @@ def _what(record: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)[:80]
 
 
-class AuditScreen(Screen[None]):
+class AuditScreen(LqxScreen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("ctrl+l", "load", "Reload", priority=True)]
 
-    @property
-    def lqx(self) -> LimiQuantixApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

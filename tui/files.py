@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static, TextArea
 
 from .client import MAX_UPLOAD_BYTES, ApiError
 from .format import human_bytes
+from .screen import LqxScreen
 
-if TYPE_CHECKING:
-    from .app import LimiQuantixApp
 
 __all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
 
@@ -29,7 +27,7 @@ __all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
 VIEW_LIMIT_BYTES: Final = 1024 * 1024
 
 
-class FilesScreen(Screen[None]):
+class FilesScreen(LqxScreen):
     BINDINGS = [
         Binding("ctrl+o", "view", "View guest file", priority=True),
         Binding("ctrl+t", "upload", "Upload", priority=True),
@@ -40,9 +38,6 @@ class FilesScreen(Screen[None]):
         super().__init__()
         self.vm_id = vm_id
 
-    @property
-    def lqx(self) -> LimiQuantixApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

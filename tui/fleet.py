@@ -10,19 +10,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .format import STATE_LABELS, STATE_STYLES, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
+from .screen import LqxScreen
 
-if TYPE_CHECKING:
-    from .app import LimiQuantixApp
 
 __all__ = ["COLUMNS", "FleetScreen"]
 
@@ -95,7 +93,7 @@ class FleetTable(DataTable[str | Text]):
     BINDINGS = [Binding("enter", "select_cursor", "Details")]
 
 
-class FleetScreen(Screen[None]):
+class FleetScreen(LqxScreen):
     """The first screen."""
 
     BINDINGS = [
@@ -123,9 +121,6 @@ class FleetScreen(Screen[None]):
         self._names: dict[str, Text] = {}
         """The name cell in the table of each row (its identity orders the rows)."""
 
-    @property
-    def lqx(self) -> LimiQuantixApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog, Static, TextArea
 from textual.worker import Worker
 
 from .app import RunRecord
 from .client import ApiError
+from .screen import LqxScreen
 
-if TYPE_CHECKING:
-    from .app import LimiQuantixApp
 
 __all__ = ["RunnerScreen"]
 
@@ -37,7 +35,7 @@ _TARGET_STYLES: Final = {
 }
 
 
-class RunnerScreen(Screen[None]):
+class RunnerScreen(LqxScreen):
     BINDINGS = [
         Binding("ctrl+r", "run", "Run", priority=True),
         Binding("ctrl+b", "cancel", "Cancel run", priority=True),
@@ -54,9 +52,6 @@ class RunnerScreen(Screen[None]):
         self.targets: dict[str, dict[str, Any]] = {}
         self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
 
-    @property
-    def lqx(self) -> LimiQuantixApp:
-        return self.app  # type: ignore[return-value]
 
     @property
     def running(self) -> bool:

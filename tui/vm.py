@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from .client import ApiError
 from .format import age, bar, human_bytes, parse_time, spark, state_text, uptime
+from .screen import LqxScreen
 
-if TYPE_CHECKING:
-    from .app import LimiQuantixApp
 
 __all__ = ["VMScreen"]
 
@@ -31,7 +29,7 @@ def _kernel(release: str, arch: str) -> str:
     return release if not arch or release.endswith(arch) else f"{release} {arch}"
 
 
-class VMScreen(Screen[None]):
+class VMScreen(LqxScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("x", "run", "Script"),
@@ -52,9 +50,6 @@ class VMScreen(Screen[None]):
         self._load_error = ""
         """The code of the last GetVM failure ("" after a success)."""
 
-    @property
-    def lqx(self) -> LimiQuantixApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
