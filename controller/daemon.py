@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from quart import Response
 from quart_trio import QuartTrio
@@ -39,7 +38,7 @@ from limiquantix.protocol import __version__, errors
 from limiquantix.protocol.connect import ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import KEEP_ALIVE_TIMEOUT_S, serve_http
+from limiquantix.protocol.serving import http_config, serve_http
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
@@ -69,9 +68,6 @@ ADMIN_TOKEN_ENV: Final = "LQX_ADMIN_TOKEN"
 #: hostd heartbeats every 10 s by default: 3.5 intervals tolerate two lost
 #: heartbeats and a slow one before calls for the node's VMs are refused.
 DEFAULT_HEARTBEAT_TIMEOUT_S: Final = 35.0
-#: Pending connections the kernel queues: hypercorn's default of 100 overflowed
-#: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
-LISTEN_BACKLOG: Final = 1024
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
 _LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -296,13 +292,7 @@ async def serve(
             downloads=Downloads(config.downloads_dir or None),
             downloads_require_token=config.downloads_require_token,
         )
-        hc = HypercornConfig()
-        hc.bind = [config.listen]
-        hc.graceful_timeout = GRACEFUL_TIMEOUT_S
-        hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
-        hc.backlog = LISTEN_BACKLOG
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("hypercorn.error")
+        hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S)
         async with trio.open_nursery() as nursery:
             if shutdown is None:
                 nursery.start_soon(_signals, stop)

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -65,7 +64,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import KEEP_ALIVE_TIMEOUT_S, serve_http
+from limiquantix.protocol.serving import http_config, serve_http
 
 from .api import SERVICE, NodeAPI
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
@@ -78,9 +77,6 @@ __all__ = ["DEFAULT_CONFIG_PATH", "HostdConfig", "build_app", "load_config", "ma
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/hostd.toml")
-#: Pending connections the kernel queues: hypercorn's default of 100 overflowed
-#: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
-LISTEN_BACKLOG: Final = 1024
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
 #: Default seconds between heartbeats to the controller.
@@ -357,19 +353,14 @@ async def serve(
     stop = shutdown if shutdown is not None else trio.Event()
     async with VMRegistry.open(entries=config.vms, discovery=config.discovery, connection=config.connection) as registry:
         app = build_app(registry, token=token)
-        hc = HypercornConfig()
-        hc.bind = []
+        bind = []
         if config.listen:
-            hc.bind.append(config.listen)
+            bind.append(config.listen)
         if config.unix_socket:
             if os.path.exists(config.unix_socket):
                 os.unlink(config.unix_socket)
-            hc.bind.append(f"unix:{config.unix_socket}")
-        hc.graceful_timeout = GRACEFUL_TIMEOUT_S
-        hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
-        hc.backlog = LISTEN_BACKLOG
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("hypercorn.error")
+            bind.append(f"unix:{config.unix_socket}")
+        hc = http_config(bind, graceful_timeout_s=GRACEFUL_TIMEOUT_S)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve_http, app, hc, stop)
             if config.unix_socket:

@@ -19,6 +19,7 @@ hypercorn does with its connections.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
@@ -26,12 +27,15 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-__all__ = ["KEEP_ALIVE_TIMEOUT_S", "ServedApp", "serve_http"]
+__all__ = ["KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "ServedApp", "http_config", "serve_http"]
 
 #: How long the servers keep an idle connection: longer than clients keep theirs (httpx: 5 s),
 #: so that a client never sends a request on a connection the server is closing that instant
 #: (hypercorn's default is 5 s too: the two would race). nginx uses 75 s.
 KEEP_ALIVE_TIMEOUT_S: Final = 75.0
+#: Pending connections the kernel queues: hypercorn's default of 100 overflowed
+#: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
+LISTEN_BACKLOG: Final = 1024
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -75,6 +79,20 @@ class ServedApp:
         """Return when no request is being answered."""
         while self.count:
             await self._idle.wait()
+
+
+def http_config(bind: list[str], *, graceful_timeout_s: float) -> Config:
+    """hypercorn's configuration for hostd and the controller: ``bind`` (``host:port`` or
+    ``unix:path``), requests in flight get ``graceful_timeout_s`` at a stop, idle connections
+    are kept ``KEEP_ALIVE_TIMEOUT_S``; no access log, errors to the ``hypercorn.error`` logger."""
+    config = Config()
+    config.bind = bind
+    config.graceful_timeout = graceful_timeout_s
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    config.backlog = LISTEN_BACKLOG
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
 
 
 async def serve_http(
