@@ -13,7 +13,7 @@ by one :class:`~limiquantix.agent.session.Session` until it breaks:
   missing (module not loaded yet, port not configured) or vanish (hot-unplug):
   wait for it and reopen. One link per open of the device.
 * :class:`UnixListenChannel`: listen on a Unix socket (development, tests); each
-  accepted connection is a link, several may be served at once.
+  accepted connection is a link, up to ``max_connections`` served at once.
 * :class:`UnixConnectChannel`: connect to a Unix socket, reconnecting with
   backoff; one link at a time.
 """
@@ -281,10 +281,20 @@ class _StreamLink:
 
 @final
 class UnixListenChannel:
-    """Listen on a Unix socket; serve every connection as its own link."""
+    """Listen on a Unix socket; serve every connection as its own link.
 
-    def __init__(self, path: str) -> None:
+    At most ``max_connections`` are served at once: one more is closed as soon
+    as it is accepted (and logged), so clients that connect and hold their
+    connections cannot make the agent hold unbounded sessions.
+    """
+
+    def __init__(self, path: str, *, max_connections: int) -> None:
         self.path = path
+        self.max_connections = max_connections
+        #: Connections being served now.
+        self.active = 0
+        #: Connections closed at once because max_connections were being served.
+        self.refused = 0
 
     async def serve(
         self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -316,7 +326,20 @@ class UnixListenChannel:
             nonlocal count
             count += 1
             async with stream:
-                await handle_link(_StreamLink(stream, f"unix client #{count} on {self.path}"))
+                if self.active >= self.max_connections:
+                    self.refused += 1
+                    log.warning(
+                        "unix client #%d on %s closed: %d connections already served (max_connections)",
+                        count,
+                        self.path,
+                        self.active,
+                    )
+                    return
+                self.active += 1
+                try:
+                    await handle_link(_StreamLink(stream, f"unix client #{count} on {self.path}"))
+                finally:
+                    self.active -= 1
 
         try:
             task_status.started()
@@ -356,12 +379,12 @@ class UnixConnectChannel:
             await trio.sleep(ABSENT_BACKOFF_MIN_S)
 
 
-def make_channel(transport: str, *, device: str, socket: str) -> Channel:
-    """The channel a config names."""
+def make_channel(transport: str, *, device: str, socket: str, max_connections: int) -> Channel:
+    """The channel a config names (``max_connections``: for unix-listen)."""
     if transport == "virtio":
         return DeviceChannel(device)
     if transport == "unix-listen":
-        return UnixListenChannel(socket)
+        return UnixListenChannel(socket, max_connections=max_connections)
     if transport == "unix-connect":
         return UnixConnectChannel(socket)
     raise ValueError(f"unknown transport {transport!r}")  # pragma: no cover - config validates

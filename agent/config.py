@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final, get_origin, get_type_hints
 
 from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
 
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
@@ -47,6 +48,12 @@ class AgentConfig:
     """Requests running at once on one connection; beyond it: resource_exhausted."""
     max_concurrent_commands: int = 16
     """Commands (execute) running at once; beyond it: resource_exhausted."""
+    max_connections: int = 16
+    """transport=unix-listen: clients served at once; further ones are closed at once (and logged)."""
+    max_buffered_bytes: int = 64 * MiB
+    """Partial frames all connections together may buffer; the connection that exceeds it is closed."""
+    partial_frame_timeout_s: float = 60.0
+    """Seconds a started frame may take to complete (16 MiB take ~5 s in a TCG guest); then the connection is closed."""
     disable: tuple[str, ...] = ()
     """Request types to refuse with unimplemented (like qemu-ga --block-rpcs), e.g. execute,file_write."""
 
@@ -112,8 +119,13 @@ class AgentConfig:
             raise ConfigError("telemetry_interval_s must be >= 0")
         if not 0 < self.ip_check_interval_s <= 5:
             raise ConfigError("ip_check_interval_s must be within (0, 5]")
-        if self.max_concurrent_commands < 1 or self.max_inflight_requests < 1:
-            raise ConfigError("max_concurrent_commands and max_inflight_requests must be >= 1")
+        if self.max_concurrent_commands < 1 or self.max_inflight_requests < 1 or self.max_connections < 1:
+            raise ConfigError("max_concurrent_commands, max_inflight_requests and max_connections must be >= 1")
+        if self.max_buffered_bytes < self.max_frame_bytes + _FRAME_HEADER_BYTES:
+            # Else no connection could ever complete a frame of the largest size.
+            raise ConfigError("max_buffered_bytes must be at least max_frame_bytes (plus its 18-byte header)")
+        if self.partial_frame_timeout_s <= 0:
+            raise ConfigError("partial_frame_timeout_s must be > 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         for name in ("file_read_allow", "file_read_deny", "file_write_allow", "file_write_deny"):

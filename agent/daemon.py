@@ -14,6 +14,7 @@ import trio
 
 from limiquantix.protocol import PROTOCOL_VERSION, __version__
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FrameTooLarge
 from limiquantix.protocol.wire import new_message
 
 from . import handlers as _handlers  # noqa: F401  (registers every handler)
@@ -45,11 +46,16 @@ class Agent:
 
     def __init__(self, config: AgentConfig, channel: Channel | None = None) -> None:
         self.config = config
-        self.channel = channel or make_channel(config.transport, device=config.device, socket=config.socket)
+        self.channel = channel or make_channel(
+            config.transport, device=config.device, socket=config.socket, max_connections=config.max_connections
+        )
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
         self.sessions: set[Session] = set()
         self.running_commands = 0
+        #: Bytes of partial frames buffered by every session together (see
+        #: Session; bounded by config.max_buffered_bytes).
+        self.buffered_bytes = 0
         self.collector = TelemetryCollector(config.interface_exclude)
         self._os = read_os_release()
         self._machine_id = read_machine_id()
@@ -102,8 +108,15 @@ class Agent:
 
     def broadcast(self, **payload: object) -> None:
         """Send an event to every connected host; dropped where a queue is full."""
+        msg = new_message(**payload)  # type: ignore[arg-type]
         for session in list(self.sessions):
-            session.writer.try_send(new_message(**payload))  # type: ignore[arg-type]
+            try:
+                session.writer.try_send(msg)
+            except FrameTooLarge as exc:
+                # A guest with more interfaces or mounts than a frame holds: its
+                # reports are lost, not the agent.
+                log.warning("%s event not sent: %s", msg.WhichOneof("payload"), exc)
+                return
 
     async def _telemetry_loop(self) -> None:
         """Push a telemetry report every ``telemetry_interval_s`` (0: never)."""

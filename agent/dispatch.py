@@ -21,13 +21,24 @@ from google.protobuf.message import Message
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FrameTooLarge
+from limiquantix.protocol.limits import MAX_ERROR_MESSAGE_BYTES, MAX_ID_BYTES, clip_utf8
+from limiquantix.protocol.transport import MessageWriter
 from limiquantix.protocol.wire import new_message
 
 if TYPE_CHECKING:
     from .daemon import Agent
     from .session import Session
 
-__all__ = ["HANDLERS", "HandlerSpec", "RequestContext", "handler", "run_inline", "run_request"]
+__all__ = [
+    "HANDLERS",
+    "HandlerSpec",
+    "RequestContext",
+    "error_message",
+    "handler",
+    "run_inline",
+    "run_request",
+    "send_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +118,35 @@ class RequestContext:
 
 
 def error_message(message_id: str, exc: errors.AgentError) -> pb.AgentMessage:
-    return new_message(message_id, error=exc.to_proto())
+    """The Error answer to request ``message_id``; it always fits in a frame.
+
+    The id and the text are clipped to their bounds (a request whose id is too
+    long is refused, and its answer carries what fits of the id), so no Error
+    can be too large to send, whatever it echoes.
+    """
+    error = exc.to_proto()
+    error.message = clip_utf8(error.message, MAX_ERROR_MESSAGE_BYTES)
+    error.reason = clip_utf8(error.reason, MAX_ID_BYTES)
+    return new_message(clip_utf8(message_id, MAX_ID_BYTES), error=error)
+
+
+def _too_large(message_id: str, exc: FrameTooLarge) -> pb.AgentMessage:
+    return error_message(message_id, errors.ResourceExhausted(f"answer too large: {exc}", reason="frame_too_large"))
+
+
+async def send_answer(writer: MessageWriter, answer: pb.AgentMessage) -> None:
+    """Send a request's answer; one too large for a frame becomes an Error.
+
+    The Error (``resource_exhausted``, reason ``frame_too_large``) carries the
+    same message id, so the host learns what happened to its request.
+
+    Raises:
+        trio.ClosedResourceError / trio.BrokenResourceError: the writer stopped.
+    """
+    try:
+        await writer.send(answer)
+    except FrameTooLarge as exc:
+        await writer.send(_too_large(answer.message_id, exc))
 
 
 def run_inline(agent: Agent, message_id: str, spec: HandlerSpec, request: Message) -> pb.AgentMessage:
@@ -142,7 +181,7 @@ async def _run_request(ctx: RequestContext, spec: HandlerSpec, request: Message)
         except errors.AgentError as exc:
             answer = error_message(ctx.message_id, exc)
         except FrameTooLarge as exc:
-            answer = error_message(ctx.message_id, errors.ResourceExhausted(str(exc), reason="frame_too_large"))
+            answer = _too_large(ctx.message_id, exc)
         except Exception as exc:
             log.exception("%s %s failed", spec.request, ctx.message_id)
             answer = error_message(ctx.message_id, errors.Internal(f"internal error ({type(exc).__name__})"))
@@ -151,10 +190,6 @@ async def _run_request(ctx: RequestContext, spec: HandlerSpec, request: Message)
             return  # the session is closing: nobody to answer
         answer = error_message(ctx.message_id, errors.Cancelled("cancelled by request"))
     try:
-        await ctx.session.writer.send(answer)
-    except FrameTooLarge as exc:
-        await ctx.session.writer.send(
-            error_message(ctx.message_id, errors.ResourceExhausted(str(exc), reason="frame_too_large"))
-        )
+        await send_answer(ctx.session.writer, answer)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         pass  # the link went away; the answer has nowhere to go

@@ -5,6 +5,14 @@ session's nursery (a 60 s command never delays a ping), and every answer goes
 through the session's single :class:`MessageWriter`. When the link ends, the
 nursery is cancelled: running commands are killed with their process groups
 and unfinished write transfers are discarded by their handlers' cleanup.
+
+What one host can make a session hold is bounded: every request's fields are
+checked against :mod:`limiquantix.protocol.limits` before any handler runs; a
+host that does not read its answers stops being read (the writer's queue is
+bounded and the reader waits for room); a partial frame may stay incomplete for
+``partial_frame_timeout_s`` at most, and all sessions together may buffer
+``max_buffered_bytes`` of partial frames: a link over either loses its session,
+never the agent.
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ import trio
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder
+from limiquantix.protocol.framing import FrameDecoder, FrameTooLarge
+from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.transport import MessageWriter, receive_frames
 from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
 from .channel import Link, LinkGone
-from .dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request
+from .dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request, send_answer
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -63,6 +72,11 @@ class Session:
         #: with the session.
         self.resources: dict[str, SessionResource] = {}
         self._nursery: trio.Nursery | None = None
+        #: This session's part of ``agent.buffered_bytes`` (its decoder's partial frame).
+        self.accounted_bytes = 0
+        #: When the buffered partial frame last made progress (a frame completed,
+        #: or buffering began); it must complete within partial_frame_timeout_s.
+        self._progress_at = 0.0
 
     async def run(self) -> None:
         """Serve the link; returns when it ends (never raises for link errors)."""
@@ -72,7 +86,10 @@ class Session:
                 self._nursery = nursery
                 nursery.start_soon(self._write_loop, nursery.cancel_scope)
                 # Announce unprompted: the agent cannot see a host attach.
-                self.writer.try_send(new_message(agent_ready=pb.AgentReadyEvent(identity=self.agent.identity())))
+                try:
+                    self.writer.try_send(new_message(agent_ready=pb.AgentReadyEvent(identity=self.agent.identity())))
+                except FrameTooLarge as exc:
+                    log.warning("%s: announce not sent: %s", self.link.description, exc)
                 try:
                     await self._read_loop()
                 except LinkGone as exc:
@@ -80,6 +97,7 @@ class Session:
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            self._account(0)
 
     def start_soon(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         """Run a task that lives at most as long as this session.
@@ -101,11 +119,31 @@ class Session:
             scope.cancel()
 
     async def _read_loop(self) -> None:
+        """Read and dispatch until the host closes.
+
+        Raises:
+            LinkGone: the link broke, the writer stopped, or the host broke a
+                bound (a partial frame too slow, too many bytes buffered).
+        """
+        config = self.agent.config
         while True:
-            frames = await receive_frames(self.link.receive_some, self.decoder)
+            was_buffered = self.decoder.buffered
+            deadline = self._progress_at + config.partial_frame_timeout_s if was_buffered else float("inf")
+            with trio.move_on_at(deadline) as scope:
+                frames = await receive_frames(self.link.receive_some, self.decoder)
+            if scope.cancelled_caught:
+                if self.decoder.buffered:
+                    raise LinkGone(
+                        f"a frame stayed incomplete for {config.partial_frame_timeout_s:g} s"
+                        f" ({self.decoder.buffered} bytes buffered): closing the session"
+                    )
+                continue  # the host detached meanwhile and its partial frame was dropped
             if frames is None:
                 log.info("%s closed by host", self.link.description)
                 return
+            if frames or not was_buffered:
+                self._progress_at = trio.current_time()
+            self._account(self.decoder.buffered)
             for frame in frames:
                 try:
                     msg = parse_frame(frame)
@@ -113,7 +151,24 @@ class Session:
                     self.bad_messages += 1
                     log.warning("%s: dropped frame: %s", self.link.description, exc)
                     continue
-                self._dispatch(msg)
+                await self._dispatch(msg, len(frame.payload))
+
+    def _account(self, buffered: int) -> None:
+        """Update this session's part of the agent's buffered bytes.
+
+        Raises:
+            LinkGone: the growth took every session's total over
+                max_buffered_bytes (this session loses its link, not the others).
+        """
+        delta = buffered - self.accounted_bytes
+        self.agent.buffered_bytes += delta
+        self.accounted_bytes = buffered
+        budget = self.agent.config.max_buffered_bytes
+        if delta > 0 and self.agent.buffered_bytes > budget:
+            raise LinkGone(
+                f"{buffered} bytes of partial frames buffered, all sessions together"
+                f" {self.agent.buffered_bytes} (max_buffered_bytes {budget}): closing the session"
+            )
 
     def _host_absent(self) -> None:
         # The host that sent any half-frame is gone; its successor starts afresh.
@@ -121,27 +176,54 @@ class Session:
             log.info("dropping %d bytes of a departed host's partial frame", self.decoder.buffered)
         self.decoder.reset()
 
-    def _reply(self, answer: pb.AgentMessage) -> None:
-        if not self.writer.try_send(answer):
-            # Queue full: answer from a task so the reader keeps reading.
-            assert self._nursery is not None
-            self._nursery.start_soon(self.writer.send, answer)
+    async def _reply(self, answer: pb.AgentMessage) -> None:
+        """Send an answer from the reader.
 
-    def _reply_error(self, message_id: str, exc: errors.AgentError) -> None:
-        self._reply(error_message(message_id, exc))
+        When the writer's queue is full the reader waits for room: a host that
+        does not read its answers stops being read, instead of making the
+        session hold an answer (or a task) per request it keeps sending.
 
-    def _dispatch(self, msg: pb.AgentMessage) -> None:
+        Raises:
+            LinkGone: the writer stopped (the link broke).
+        """
+        try:
+            if self.writer.try_send(answer):
+                return
+        except FrameTooLarge:
+            pass  # send_answer answers an Error instead
+        try:
+            await send_answer(self.writer, answer)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise LinkGone("the writer stopped") from exc
+
+    async def _reply_error(self, message_id: str, exc: errors.AgentError) -> None:
+        await self._reply(error_message(message_id, exc))
+
+    async def _dispatch(self, msg: pb.AgentMessage, size: int) -> None:
+        """Answer or start one message from the host (``size``: its encoded size).
+
+        Raises:
+            LinkGone: the writer stopped.
+        """
         kind = msg.WhichOneof("payload")
         mid = msg.message_id
         assert self._nursery is not None
         if kind is None:
-            self._reply_error(mid, errors.Unimplemented("unknown request type", reason="unknown_request"))
+            await self._reply_error(mid, errors.Unimplemented("unknown request type", reason="unknown_request"))
             return
         if kind in _NOT_REQUESTS:
-            self._reply_error(mid, errors.InvalidArgument(f"{kind} is not a request", reason="not_a_request"))
+            await self._reply_error(mid, errors.InvalidArgument(f"{kind} is not a request", reason="not_a_request"))
+            return
+        try:
+            # Before anything looks at the request: no handler sees an oversized
+            # field, and no answer echoes one.
+            check_message(msg, encoded_size=size)
+        except errors.InvalidArgument as exc:
+            log.warning("%s: refused %s: %s", self.link.description, kind, exc.message)
+            await self._reply_error(mid, exc)
             return
         if kind in self.agent.config.disable:
-            self._reply_error(
+            await self._reply_error(
                 mid, errors.Unimplemented(f"{kind} is disabled by the agent's configuration", reason="disabled")
             )
             return
@@ -152,22 +234,22 @@ class Session:
                 target = self.resources.get(target_id)
             if target is not None:
                 target.cancel()
-            self._nursery.start_soon(
-                self.writer.send, new_message(mid, cancel_response=pb.CancelResponse(found=target is not None))
-            )
+            await self._reply(new_message(mid, cancel_response=pb.CancelResponse(found=target is not None)))
             return
         spec = HANDLERS.get(kind)
         if spec is None:
-            self._reply_error(mid, errors.Unimplemented(f"{kind} is not implemented by this agent"))
+            await self._reply_error(mid, errors.Unimplemented(f"{kind} is not implemented by this agent"))
             return
         if spec.inline:
-            self._reply(run_inline(self.agent, mid, spec, getattr(msg, kind)))
+            await self._reply(run_inline(self.agent, mid, spec, getattr(msg, kind)))
             return
         if mid in self.inflight:
-            self._reply_error(mid, errors.AlreadyExists(f"request {mid} is already running", reason="duplicate_id"))
+            await self._reply_error(
+                mid, errors.AlreadyExists(f"request {mid} is already running", reason="duplicate_id")
+            )
             return
         if len(self.inflight) >= self.agent.config.max_inflight_requests:
-            self._reply_error(
+            await self._reply_error(
                 mid,
                 errors.ResourceExhausted(
                     f"{len(self.inflight)} requests already running", reason="too_many_requests"

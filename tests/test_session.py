@@ -6,6 +6,8 @@ can send what no well-behaved client would.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import struct
 import zlib
@@ -244,3 +246,258 @@ def test_bad_config_exits_2(tmp_path) -> None:
     )
     assert out.returncode == 2
     assert "unknown configuration keys: no_such_key" in out.stderr
+
+
+# -- bounds: what a host sends never costs more than its own connection ---------
+
+
+async def wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
+    """Until ``predicate()`` holds: the agent's state changes in its own tasks."""
+    with trio.fail_after(10):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def assert_serving(agent) -> None:  # type: ignore[no-untyped-def]
+    """A fresh client is answered: the agent (and its listener) lives."""
+    peer = await RawPeer.connect(agent.config.socket)
+    with trio.fail_after(10):
+        await peer.hello()
+        assert (await peer_call(peer, ping=pb.PingRequest(payload=b"alive"))).pong.payload == b"alive"
+    await peer.stream.aclose()
+
+
+@pytest.mark.trio
+async def test_16_mib_message_id_is_refused_and_the_agent_keeps_serving(start_agent) -> None:
+    """An id whose echo cannot fit in an answer frame (it crashed the agent)."""
+    agent = await start_agent()
+    other = await RawPeer.connect(agent.config.socket)
+    peer = await RawPeer.connect(agent.config.socket)
+    huge_id = "x" * (16 * 1024 * 1024 - 100)
+    with trio.fail_after(20):
+        await other.hello()
+        await peer.send(new_message(huge_id, execute=pb.ExecuteRequest(argv=["true"])))
+        answer = await peer.recv()
+        assert answer.error.code == pb.ERROR_CODE_INVALID_ARGUMENT
+        assert answer.error.message == f"message_id is {len(huge_id)} bytes; the limit is 128"
+        assert answer.message_id == huge_id[:128]  # what fits of it
+        # The same connection and the other one are still served.
+        assert (await peer_call(peer, ping=pb.PingRequest(payload=b"a"))).pong.payload == b"a"
+        assert (await peer_call(other, ping=pb.PingRequest(payload=b"b"))).pong.payload == b"b"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"ping": pb.PingRequest(payload=b"p" * (1024 * 1024))}, "ping.payload"),
+        ({"execute": pb.ExecuteRequest(argv=["a"] * 5000)}, "execute.argv"),
+        ({"execute": pb.ExecuteRequest(argv=["true", "a" * 200_000])}, "execute.argv[1]"),
+        ({"execute": pb.ExecuteRequest(command="x" * 200_000)}, "execute.command"),
+        ({"execute": pb.ExecuteRequest(argv=["true"], env={"K": "v" * 200_000})}, "execute.env['K']"),
+        ({"execute": pb.ExecuteRequest(argv=["true"], run_as=pb.RunAs(user="u" * 1000))}, "execute.run_as.user"),
+        ({"execute": pb.ExecuteRequest(argv=["a" * 100_000] * 30)}, "execute.argv, env and command"),
+        ({"file_stat": pb.FileStatRequest(path="/" + "d" * 5000)}, "file_stat.path"),
+        ({"file_write": pb.FileWriteRequest(path="/tmp/x", write_id="w" * 1000)}, "file_write.write_id"),
+        ({"reset_password": pb.ResetPasswordRequest(username="u" * 300, password="p")}, "reset_password.username"),
+        ({"cancel": pb.CancelRequest(target_message_id="c" * 10_000)}, "cancel.target_message_id"),
+        ({"shutdown": pb.ShutdownRequest(message="m" * 10_000)}, "shutdown.message"),
+    ],
+)
+@pytest.mark.trio
+async def test_oversized_request_fields_are_invalid_argument(start_agent, payload, field) -> None:
+    """Checked before any handler runs: nothing is executed, written or shut down."""
+    agent = await start_agent(
+        poweroff_command=("/bin/false",), password_command=("/bin/false",), password_expire_command=("/bin/false",)
+    )
+    peer = await RawPeer.connect(agent.config.socket)
+    with trio.fail_after(20):
+        await peer.hello()
+        answer = await peer_call(peer, **payload)
+        assert answer.error.code == pb.ERROR_CODE_INVALID_ARGUMENT, answer
+        assert answer.error.reason == "too_large"
+        assert answer.error.message.startswith(field + " ")
+        assert "the limit is" in answer.error.message
+        assert (await peer_call(peer, ping=pb.PingRequest(payload=b"ok"))).pong.payload == b"ok"
+    assert agent.running_commands == 0
+
+
+@pytest.mark.trio
+async def test_an_answer_larger_than_a_frame_is_an_error_with_the_same_id(start_agent, monkeypatch) -> None:
+    """By construction no answer exceeds the frame limit: too large becomes resource_exhausted."""
+    agent = await start_agent(max_frame_bytes=8192, max_buffered_bytes=64 * 1024, file_chunk_bytes=1024)
+    # A guest with a thousand interfaces (a test cannot create them): its
+    # identity does not fit in one 8 KiB frame.
+    many = [pb.NetworkInterface(name=f"dummy{i}", mac="02:00:00:00:00:00") for i in range(1000)]
+    monkeypatch.setattr(agent, "identity", lambda: pb.AgentIdentity(hostname="guest", interfaces=many))
+    peer = await RawPeer.connect(agent.config.socket)
+    peer.decoder = FrameDecoder(max_frame_bytes=8192)
+    with trio.fail_after(20):
+        # An inline answer: the pong echoes a payload that fits in the request's frame, not in the answer's.
+        ping = new_message(ping=pb.PingRequest(payload=b"p" * 8150))
+        await peer.send(ping)
+        answer = await peer.recv()
+        assert answer.message_id == ping.message_id
+        assert answer.error.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+        assert answer.error.reason == "frame_too_large"
+        # A handler's answer, and the hello's.
+        for payload in ({"info": pb.InfoRequest()}, {"hello": pb.HelloRequest(sync_id=1)}):
+            too_big = await peer_call(peer, **payload)
+            assert too_big.error.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+        assert (await peer_call(peer, ping=pb.PingRequest(payload=b"small"))).pong.payload == b"small"
+    # The announce to a new connection does not fit either: it is not sent, and the agent serves on.
+    late = await RawPeer.connect(agent.config.socket)
+    late.decoder = FrameDecoder(max_frame_bytes=8192)
+    with trio.fail_after(10):
+        assert (await peer_call(late, ping=pb.PingRequest(payload=b"late"))).pong.payload == b"late"
+
+
+async def write_until_stalled(peer: RawPeer, data: bytes) -> int:
+    """Write ``data`` until all is sent or the agent stops taking it; return what was sent.
+
+    A client that does not read cannot expect to write forever: once the agent
+    stops reading it (its answers have nowhere to go), a blocking send would
+    wait for good, so this one gives up when a round makes no progress.
+    """
+    fd = peer.stream.socket.fileno()
+    view = memoryview(data)
+    sent = 0
+    while sent < len(data):
+        before = sent
+        with contextlib.suppress(BlockingIOError):
+            while sent < len(data):
+                sent += os.write(fd, view[sent:])
+        if sent == before:
+            break
+        await trio.sleep(0.02)  # let the agent read (and stall) before the next round
+    return sent
+
+
+@pytest.mark.trio
+async def test_10000_pings_then_close_without_reading_costs_only_that_connection(start_agent) -> None:
+    """It made the agent exit (BrokenResourceError from an answer's task)."""
+    agent = await start_agent()
+    other = await RawPeer.connect(agent.config.socket)
+    pings = b"".join(encode_message(new_message(ping=pb.PingRequest(payload=b"x"))) for _ in range(10_000))
+    with trio.fail_after(30):
+        await other.hello()
+        for _ in range(3):
+            rude = await RawPeer.connect(agent.config.socket)
+            await write_until_stalled(rude, pings)
+            await rude.stream.aclose()
+        await wait_for(lambda: len(agent.sessions) == 1)
+        assert (await peer_call(other, ping=pb.PingRequest(payload=b"still"))).pong.payload == b"still"
+    await assert_serving(agent)
+
+
+@pytest.mark.trio
+async def test_a_client_that_never_reads_is_not_read_either(start_agent) -> None:
+    """The reader waits for room in the writer's queue: no answer (or task) per request piles up."""
+    agent = await start_agent()
+    rude = await RawPeer.connect(agent.config.socket)
+    pings = b"".join(encode_message(new_message(ping=pb.PingRequest(payload=b"y" * 1000))) for _ in range(20_000))
+    with trio.fail_after(30):
+        sent = await write_until_stalled(rude, pings)
+    assert sent < len(pings)  # the agent stopped reading long before the end
+    [session] = agent.sessions
+    assert session.writer.dropped <= 1  # at most the one that found the queue full: the reader then waited
+    await assert_serving(agent)
+    await rude.stream.aclose()
+    await wait_for(lambda: len(agent.sessions) == 0)
+
+
+@pytest.mark.trio
+async def test_20_connections_holding_partial_frames_stay_within_the_budget(start_agent) -> None:
+    """They took the agent to 358 MiB; now all together may buffer max_buffered_bytes."""
+    frame_max = 1024 * 1024
+    budget = 4 * frame_max
+    agent = await start_agent(
+        max_frame_bytes=frame_max, max_buffered_bytes=budget, max_connections=32, file_chunk_bytes=frame_max // 2
+    )
+    whole = encode_message(new_message(ping=pb.PingRequest(payload=b"z" * 60_000)))
+    big = encode_frame(b"\x0a\x01z" + b"\xff" * (frame_max - 100), max_frame_bytes=frame_max)
+    partial = big[: 900 * 1024]
+    peers = []
+    with trio.fail_after(30):
+        for _ in range(20):
+            peer = await RawPeer.connect(agent.config.socket)
+            await peer.recv(skip_events=False)  # agent_ready: its session exists
+            peers.append(peer)
+        kept = 0
+        for peer in peers:
+            alive = len(agent.sessions)
+            with contextlib.suppress(trio.BrokenResourceError):  # closed by the agent mid-send
+                await peer.send_bytes(partial)
+            await wait_for(
+                lambda: agent.buffered_bytes == (kept + 1) * len(partial) or len(agent.sessions) == alive - 1  # noqa: B023
+            )
+            if len(agent.sessions) == alive:
+                kept += 1
+            assert agent.buffered_bytes <= budget
+        assert kept == budget // len(partial)
+        assert agent.buffered_bytes == kept * len(partial)
+        assert sum(s.accounted_bytes for s in agent.sessions) == agent.buffered_bytes
+        # The connections over the budget were closed; the others still hold theirs.
+        for peer in peers[kept:]:
+            with pytest.raises((EOFError, trio.BrokenResourceError)):
+                await peer.recv()
+        # Small frames complete within one read and buffer nothing: still served.
+        await assert_serving(agent)
+        fresh = await RawPeer.connect(agent.config.socket)
+        await fresh.send_bytes(whole)
+        assert (await fresh.recv()).pong.payload == b"z" * 60_000
+        for peer in peers[:kept]:
+            await peer.stream.aclose()
+        await wait_for(lambda: agent.buffered_bytes == 0)
+
+
+@pytest.mark.trio
+async def test_a_partial_frame_that_stalls_loses_its_connection(start_agent) -> None:
+    agent = await start_agent(partial_frame_timeout_s=0.2)
+    peer = await RawPeer.connect(agent.config.socket)
+    other = await RawPeer.connect(agent.config.socket)
+    whole = encode_message(new_message(ping=pb.PingRequest(payload=b"s" * 50_000)))
+    with trio.fail_after(10):
+        await peer.hello()
+        await other.hello()
+        await peer.send_bytes(whole[:-1])
+        with pytest.raises((EOFError, trio.BrokenResourceError)):
+            await peer.recv()
+        await wait_for(lambda: agent.buffered_bytes == 0)
+        assert (await peer_call(other, ping=pb.PingRequest(payload=b"o"))).pong.payload == b"o"
+
+
+@pytest.mark.trio
+async def test_frames_that_keep_completing_are_not_a_stall(start_agent) -> None:
+    """The deadline restarts with every completed frame, even if bytes stay buffered between reads."""
+    agent = await start_agent(partial_frame_timeout_s=0.3)
+    peer = await RawPeer.connect(agent.config.socket)
+    frame = encode_message(new_message(ping=pb.PingRequest(payload=b"q" * 1000)))
+    stream = frame * 8
+    with trio.fail_after(10):
+        await peer.hello()
+        # Each write completes a frame and leaves part of the next one buffered,
+        # for longer in total than the timeout.
+        step = len(frame) + 100
+        for start in range(0, len(stream), step):
+            await peer.send_bytes(stream[start : start + step])
+            await trio.sleep(0.1)
+        answers = [await peer.recv() for _ in range(8)]
+    assert all(a.pong.payload == b"q" * 1000 for a in answers)
+
+
+@pytest.mark.trio
+async def test_connections_over_max_connections_are_closed(start_agent, caplog) -> None:
+    agent = await start_agent(max_connections=2)
+    first = await RawPeer.connect(agent.config.socket)
+    second = await RawPeer.connect(agent.config.socket)
+    with trio.fail_after(10):
+        await first.hello()
+        await second.hello()
+        third = await RawPeer.connect(agent.config.socket)
+        with pytest.raises((EOFError, trio.BrokenResourceError)):
+            await third.recv(skip_events=False)  # closed without even an announce
+        assert agent.channel.refused == 1
+        assert "max_connections" in caplog.text
+        await first.stream.aclose()
+        await wait_for(lambda: agent.channel.active == 1)
+        await assert_serving(agent)
