@@ -40,6 +40,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import Authenticator, CallContext
+from limiquantix.protocol.limits import check_message
 
 from .auth import Permission, Principal, Role, require
 from .forward import NodeClient
@@ -387,6 +388,7 @@ class VMAPI:
         Raises:
             errors.InvalidArgument: page size above the maximum, malformed page token.
         """
+        check_message(request)
         principal = _principal(ctx)
         require(principal, Permission.VM_READ)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
@@ -435,6 +437,7 @@ class VMAPI:
 
     async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
         """The VM live from its node; the last reported record when the node is unreachable."""
+        check_message(request)
         _, route = await self._route(ctx, request.vm_id, Permission.VM_READ)
         out = self._vm(route.vm, route.node)
         if not route.node.reachable:
@@ -472,6 +475,7 @@ class VMAPI:
 
     async def PingAgent(self, request: api_pb.PingAgentRequest, ctx: CallContext) -> api_pb.PingAgentResponse:
         """``connected: false`` with the reason when the agent is not there (not an error)."""
+        check_message(request)
         _, route = await self._route(ctx, request.vm_id, Permission.VM_READ)
         node = self._reachable(route)
         started = trio.current_time()
@@ -538,6 +542,7 @@ class VMAPI:
         self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
     ) -> api_pb.ExecuteScriptResponse:
         """Run a command or shell script in the guest and wait for it (ExecuteInGuest)."""
+        check_message(request)
         detail = self._exec_detail(request)
         execute = self._execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC, detail)
@@ -556,6 +561,7 @@ class VMAPI:
         self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
     ) -> AsyncIterator[api_pb.ExecuteScriptEvent]:
         """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command."""
+        check_message(request)
         detail = self._exec_detail(request)
         execute = self._execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC_STREAM, detail)
@@ -598,6 +604,7 @@ class VMAPI:
         self, request: api_pb.CancelExecutionRequest, ctx: CallContext
     ) -> api_pb.CancelExecutionResponse:
         """Cancel a running command by its execution id."""
+        check_message(request)
         if not request.execution_id:
             raise errors.InvalidArgument("executionId is required")
         detail = AuditDetail(target=request.execution_id)
@@ -620,6 +627,7 @@ class VMAPI:
         self, request: api_pb.ReadGuestFileRequest, ctx: CallContext
     ) -> api_pb.ReadGuestFileResponse:
         """A whole file or a range; the audit row names the path (never the contents)."""
+        check_message(request)
         if not request.path:
             raise errors.InvalidArgument("path is required")
         flags = tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
@@ -643,6 +651,7 @@ class VMAPI:
         self, request: api_pb.WriteGuestFileRequest, ctx: CallContext
     ) -> api_pb.WriteGuestFileResponse:
         """An atomic write; the audit row has path, size and SHA-256 (never the contents)."""
+        check_message(request)
         if not request.path:
             raise errors.InvalidArgument("path is required")
         flags = [name for name in ("append", "create_parents") if getattr(request, name)]
@@ -679,6 +688,7 @@ class VMAPI:
     async def StatGuestFile(
         self, request: api_pb.StatGuestFileRequest, ctx: CallContext
     ) -> api_pb.StatGuestFileResponse:
+        check_message(request)
         if not request.path:
             raise errors.InvalidArgument("path is required")
         detail = AuditDetail(path=request.path)
@@ -696,6 +706,7 @@ class VMAPI:
     async def ListGuestDirectory(
         self, request: api_pb.ListGuestDirectoryRequest, ctx: CallContext
     ) -> api_pb.ListGuestDirectoryResponse:
+        check_message(request)
         if not request.path:
             raise errors.InvalidArgument("path is required")
         detail = AuditDetail(path=request.path)
@@ -722,6 +733,7 @@ class VMAPI:
     async def GuestShutdown(
         self, request: api_pb.GuestShutdownRequest, ctx: CallContext
     ) -> api_pb.GuestShutdownResponse:
+        check_message(request)
         flags = ["reboot" if request.reboot else "poweroff"]
         if request.delay_seconds:
             flags.append(f"delay={request.delay_seconds}")
@@ -749,6 +761,7 @@ class VMAPI:
         self, request: api_pb.ResetGuestPasswordRequest, ctx: CallContext
     ) -> api_pb.ResetGuestPasswordResponse:
         """The audit row names the guest account, never the password."""
+        check_message(request)
         if not request.username or not request.password:
             raise errors.InvalidArgument("username and password are required")
         detail = AuditDetail(username=request.username, flags=("expire",) if request.expire else ())

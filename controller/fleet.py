@@ -57,6 +57,7 @@ from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.limits import check_message
 
 from .api import (
     AUDIT_COMPLETE_TIMEOUT_S,
@@ -207,6 +208,7 @@ class FleetAPI:
             AuditWriteFailed: the audit row could not be written (the run is cancelled
                 before anything starts).
         """
+        check_message(request)
         principal = _principal(ctx)
         template = api_pb.ExecuteScriptRequest(
             command=request.command,
@@ -464,6 +466,7 @@ class FleetAPI:
             errors.NotFound: no such run.
             errors.FailedPrecondition: the run already ended in success or failure.
         """
+        check_message(request)
         principal = _principal(ctx)
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
@@ -535,6 +538,7 @@ class FleetAPI:
             errors.PermissionDenied: the role may not read runs.
             errors.NotFound: no such run (or none of its targets is visible).
         """
+        check_message(request)
         principal = _principal(ctx)
         require(principal, Permission.COMMAND_READ)
         if not request.command_id:
@@ -582,6 +586,7 @@ class FleetAPI:
             errors.InvalidArgument: unknown status, page size above the maximum, bad page token.
             errors.PermissionDenied: the role may not read runs.
         """
+        check_message(request)
         principal = _principal(ctx)
         require(principal, Permission.COMMAND_READ)
         page_size = request.page_size or DEFAULT_PAGE_SIZE

@@ -22,6 +22,7 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import new_message_id
 
 from .discovery import VMRegistry
@@ -56,7 +57,12 @@ def _budget(ctx: CallContext, base_s: float | None) -> float | None:
 
 @final
 class NodeAPI:
-    """The NodeDaemonService implementation over a :class:`VMRegistry`."""
+    """The NodeDaemonService implementation over a :class:`VMRegistry`.
+
+    Every method first checks its request against :mod:`limiquantix.protocol.limits`
+    (``invalid_argument`` naming the field and its limit), so nothing oversized
+    is looked up, logged or forwarded to an agent.
+    """
 
     def __init__(self, registry: VMRegistry) -> None:
         self.registry = registry
@@ -64,13 +70,16 @@ class NodeAPI:
     # -- inventory ---------------------------------------------------------------
 
     async def ListVMs(self, request: node_pb.ListVMsRequest, ctx: CallContext) -> node_pb.ListVMsResponse:
+        check_message(request)
         return node_pb.ListVMsResponse(vms=self.registry.statuses())
 
     async def GetVM(self, request: node_pb.GetVMRequest, ctx: CallContext) -> node_pb.VMStatus:
+        check_message(request)
         return self.registry.get(request.vm_id).status()
 
     async def PingAgent(self, request: node_pb.PingAgentRequest, ctx: CallContext) -> node_pb.AgentPingResponse:
         """Connectivity check: ``connected: false`` with the reason rather than an error."""
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         started = trio.current_time()
         try:
@@ -96,6 +105,7 @@ class NodeAPI:
     async def ExecuteInGuest(
         self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext
     ) -> node_pb.ExecuteInGuestResponse:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         execution_id = request.execution_id or new_message_id()
         answer = await vm.request(
@@ -113,6 +123,7 @@ class NodeAPI:
         A client that goes away closes this generator; leaving the agent's
         stream early cancels the command in the guest.
         """
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         execution_id = request.execution_id or new_message_id()
         req = pb.ExecuteRequest()
@@ -130,6 +141,7 @@ class NodeAPI:
     async def CancelExecution(
         self, request: node_pb.CancelExecutionRequest, ctx: CallContext
     ) -> node_pb.CancelExecutionResponse:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         if not request.execution_id:
             raise errors.InvalidArgument("execution_id is required")
@@ -147,6 +159,7 @@ class NodeAPI:
             ResourceExhausted: more than :data:`MAX_READ_BYTES` (read in ranges).
             DataLoss-like Internal: the digests differ.
         """
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         if request.length > MAX_READ_BYTES:
             raise errors.InvalidArgument(f"length is limited to {MAX_READ_BYTES} bytes per call")
@@ -179,6 +192,7 @@ class NodeAPI:
         self, request: node_pb.WriteGuestFileRequest, ctx: CallContext
     ) -> node_pb.WriteGuestFileResponse:
         """One atomic write transfer in 1 MiB pieces; the agent checks the SHA-256 on commit."""
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         content = request.content
         if len(content) > MAX_WRITE_BYTES:
@@ -213,12 +227,14 @@ class NodeAPI:
         return node_pb.WriteGuestFileResponse(bytes_written=answer.bytes_written, sha256=answer.sha256)
 
     async def StatGuestFile(self, request: node_pb.StatGuestFileRequest, ctx: CallContext) -> pb.FileStat:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         return (await vm.request(file_stat=pb.FileStatRequest(path=request.path))).file_stat_response
 
     async def ListGuestDirectory(
         self, request: node_pb.ListGuestDirectoryRequest, ctx: CallContext
     ) -> pb.ListDirectoryResponse:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         req = pb.ListDirectoryRequest(path=request.path, page_size=request.page_size, page_token=request.page_token)
         return (await vm.request(list_directory=req)).list_directory_response
@@ -228,6 +244,7 @@ class NodeAPI:
     async def GuestShutdown(
         self, request: node_pb.GuestShutdownRequest, ctx: CallContext
     ) -> node_pb.GuestShutdownResponse:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         mode = pb.SHUTDOWN_MODE_REBOOT if request.reboot else request.mode
         req = pb.ShutdownRequest(mode=mode, delay_seconds=request.delay_seconds, message=request.message)
@@ -237,6 +254,7 @@ class NodeAPI:
     async def ResetGuestPassword(
         self, request: node_pb.ResetGuestPasswordRequest, ctx: CallContext
     ) -> node_pb.ResetGuestPasswordResponse:
+        check_message(request)
         vm = self.registry.get(request.vm_id)
         req = pb.ResetPasswordRequest(username=request.username, password=request.password, expire=request.expire)
         answer = (await vm.request(reset_password=req)).reset_password_response

@@ -30,6 +30,7 @@ from limiquantix.hostd.daemon import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
 
 VM = "/limiquantix.compute.v1.VMService"
+FLEET = "/limiquantix.compute.v1.FleetService"
 NODES = "/limiquantix.compute.v1.NodeRegistryService"
 HOSTD_TOKEN = "hostd-token-0123456789abcdef"
 DEADLINE_S = 30
@@ -48,6 +49,7 @@ class Stack:
     nursery: trio.Nursery
     url: str = ""
     port: int = 0
+    hostd_url: str = ""
     controller_stop: trio.Event = field(default_factory=trio.Event)
     controller_done: trio.Event = field(default_factory=trio.Event)
     hostd_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -90,7 +92,7 @@ class Stack:
             with self.hostd_scope:
                 await hostd_serve(config, shutdown=trio.Event(), task_status=task_status)
 
-        await self.nursery.start(run_hostd)
+        self.hostd_url = (await self.nursery.start(run_hostd))[0]
 
     async def stop_controller(self) -> None:
         # A fresh client for the next controller (this one's connections die with this one).
@@ -336,6 +338,44 @@ async def test_exec_options_and_error_codes(stack: Stack) -> None:
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     r = await stack.call("ExecuteScript", {"vmId": "vm0"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+
+
+@pytest.mark.trio
+async def test_oversized_ids_and_fields_are_refused_before_forwarding(stack: Stack) -> None:
+    huge = "x" * (16 * 1024 * 1024)
+    cases = [
+        ("ExecuteScript", {"vmId": "vm0", "command": "true", "executionId": huge}, VM, "execution_id"),
+        ("ExecuteScriptStream", {"vmId": "vm0", "command": "true", "executionId": huge}, VM, "execution_id"),
+        ("ExecuteScript", {"vmId": "vm0", "command": "true", "args": ["a"] * 5000}, VM, "args"),
+        ("CancelExecution", {"vmId": "vm0", "executionId": "c" * 200}, VM, "execution_id"),
+        ("GetVM", {"vmId": "v" * 1000}, VM, "vm_id"),
+        ("WriteGuestFile", {"vmId": "vm0", "path": "/" + "p" * 5000, "content": ""}, VM, "path"),
+        ("RunCommand", {"vmIds": ["vm0"], "command": "c" * 200_000}, FLEET, "command"),
+        ("GetCommand", {"commandId": "c" * 200}, FLEET, "command_id"),
+    ]
+    for method, body, service, name in cases:
+        if method.endswith("Stream"):
+            data = json.dumps(body).encode()
+            r = await stack.client.post(
+                f"{stack.url}{service}/{method}",
+                content=struct.pack(">BI", 0, len(data)) + data,
+                headers={"Authorization": f"Bearer {stack.tokens['admin']}", "Content-Type": "application/connect+json"},
+            )
+            messages, _ = _envelopes(r.content)
+            flags, end = messages[-1]
+            assert flags == 2
+            error = end["error"]
+        else:
+            r = await stack.call(method, body, service=service)
+            assert r.status_code == 400, r.text
+            error = r.json()
+        assert error["code"] == "invalid_argument"
+        assert error["message"].startswith(f"{name} is ") and "the limit is" in error["message"], error
+    # Nothing reached hostd: it counted no call but what the controller itself made.
+    metrics = (await stack.client.get(f"{stack.hostd_url}/metrics")).text
+    assert "ExecuteInGuest" not in metrics and "CancelExecution" not in metrics
+    done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "echo ok"})
+    assert done["stdout"] == "ok\n"
 
 
 @pytest.mark.trio

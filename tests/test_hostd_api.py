@@ -122,6 +122,34 @@ async def test_auth_and_bad_input(stack: Stack) -> None:
 
 
 @pytest.mark.trio
+async def test_oversized_ids_and_fields_are_refused_before_reaching_the_agent(stack: Stack) -> None:
+    """hostd names its own fields (an agent would name ``message_id``, ``execute.argv``)."""
+    huge = "x" * (16 * 1024 * 1024)
+    cases = [
+        ("ExecuteInGuest", {"vmId": "vm0", "executionId": huge, "request": {"argv": ["true"]}}, "execution_id"),
+        ("ExecuteInGuest", {"vmId": "vm0", "request": {"argv": ["a"] * 5000}}, "request.argv"),
+        ("CancelExecution", {"vmId": "vm0", "executionId": "c" * 200}, "execution_id"),
+        ("GetVM", {"vmId": "v" * 1000}, "vm_id"),
+        ("StatGuestFile", {"vmId": "vm0", "path": "/" + "p" * 5000}, "path"),
+        ("ResetGuestPassword", {"vmId": "vm0", "username": "u" * 300, "password": "x"}, "username"),
+    ]
+    for method, body, name in cases:
+        r = await stack.call(method, body)
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "invalid_argument"
+        message = r.json()["message"]
+        assert message.startswith(f"{name} is ") and "the limit is" in message, message
+        assert len(message) < 200  # the value itself is never echoed
+    text = (await stack.client.get(f"{stack.url}/metrics")).text
+    assert 'lqx_hostd_rpcs_total{code="invalid_argument",method="ExecuteInGuest"} 2.0' in text
+    # The VM and its agent are served as before.
+    done = await stack.ok("ExecuteInGuest", {"vmId": "vm0", "request": {"argv": ["sh", "-c", "echo ok"]}})
+    assert base64.b64decode(done["result"]["stdout"]) == b"ok\n"
+    vm = await stack.ok("GetVM", {"vmId": "vm0"})
+    assert vm["agent"]["state"] == "AGENT_STATE_CONNECTED"
+
+
+@pytest.mark.trio
 async def test_execute_and_cancel(stack: Stack) -> None:
     done = await stack.ok("ExecuteInGuest", {"vmId": "vm0", "request": {"argv": ["sh", "-c", "echo hi; exit 3"]}})
     assert done["result"]["exitCode"] == 3
