@@ -21,6 +21,7 @@ from .wire import encode_message
 
 __all__ = [
     "STALL_RECOVERY_S",
+    "WRITE_QUEUE_BYTES",
     "WRITE_QUEUE_FRAMES",
     "MessageWriter",
     "ReadBuffer",
@@ -42,6 +43,10 @@ READ_BUFFER_INITIAL: Final = 8 * 1024
 #: Frames queued before senders wait. Small: each may be up to a 1 MiB chunk,
 #: and a slow reader should push back on producers (file reads, output streams).
 WRITE_QUEUE_FRAMES: Final = 32
+#: Bytes queued before senders wait (a frame larger than this still goes, alone).
+#: Without it 32 frames of up to 16 MiB each could wait for a peer that does not
+#: read: half a GiB per connection. 8 MiB keeps two 4 MiB file chunks in flight.
+WRITE_QUEUE_BYTES: Final = 8 * 1024 * 1024
 
 
 @final
@@ -58,6 +63,9 @@ class MessageWriter:
         try_write: optional non-blocking write returning the bytes taken
             (raising ``BlockingIOError`` or returning 0 when none).
         max_frame_bytes: frame limit enforced on encode.
+        queue_frames: frames queued before senders wait.
+        queue_bytes: bytes queued before senders wait (one frame may exceed it
+            when the queue holds nothing else).
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class MessageWriter:
         try_write: Callable[[bytes], int] | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         queue_frames: int = WRITE_QUEUE_FRAMES,
+        queue_bytes: int = WRITE_QUEUE_BYTES,
     ) -> None:
         self._send_all = send_all
         self._try_write = try_write
@@ -76,6 +85,12 @@ class MessageWriter:
         # not read from the channel: a frame passed straight to a waiting
         # writer task leaves the channel's buffer before it is written.
         self._unwritten = 0
+        self.queue_bytes = queue_bytes
+        #: Bytes of the frames counted in _unwritten.
+        self.queued_bytes = 0
+        #: Set when queued_bytes falls below queue_bytes (or the writer stops).
+        self._room = trio.Event()
+        self._stopped = False
         self._closed = False
         self.dropped = 0
         self.frames_sent = 0
@@ -100,6 +115,16 @@ class MessageWriter:
     def _enqueue(self, frame: bytes) -> None:
         self._tx.send_nowait(frame)
         self._unwritten += 1
+        self.queued_bytes += len(frame)
+
+    def _full(self) -> bool:
+        return self.queued_bytes >= self.queue_bytes and not self._stopped
+
+    async def _wait_for_room(self) -> None:
+        while self._full():
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
 
     async def send(self, msg: pb.AgentMessage) -> None:
         """Send ``msg``; waits while the queue is full.
@@ -119,12 +144,16 @@ class MessageWriter:
             self._enqueue(rest)
             await trio.lowlevel.checkpoint()
             return
+        # While bytes are queued no direct write happens (_unwritten > 0).
+        await self._wait_for_room()
         # Count it before waiting, so no direct write overtakes it meanwhile.
         self._unwritten += 1
+        self.queued_bytes += len(frame)
         try:
             await self._tx.send(frame)
         except BaseException:
             self._unwritten -= 1  # not sent (trio guarantees it on cancel)
+            self.queued_bytes -= len(frame)
             raise
 
     def try_send(self, msg: pb.AgentMessage) -> bool:
@@ -132,6 +161,8 @@ class MessageWriter:
         frame = encode_message(msg, max_frame_bytes=self.max_frame_bytes)
         try:
             rest = self._write_now(frame)
+            if rest is frame and self._full():
+                raise trio.WouldBlock
             if rest is not None:
                 self._enqueue(rest)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -146,12 +177,20 @@ class MessageWriter:
 
     async def run(self) -> None:
         """Write queued frames until closed. Errors from ``send_all`` propagate."""
-        async with self._rx:
-            async for frame in self._rx:
-                await self._send_all(frame)
-                self._unwritten -= 1
-                self.frames_sent += 1
-                self.bytes_sent += len(frame)
+        try:
+            async with self._rx:
+                async for frame in self._rx:
+                    await self._send_all(frame)
+                    self._unwritten -= 1
+                    self.queued_bytes -= len(frame)
+                    self.frames_sent += 1
+                    self.bytes_sent += len(frame)
+                    if not self._full():
+                        self._room.set()
+        finally:
+            # Senders waiting for room now meet the closed queue instead.
+            self._stopped = True
+            self._room.set()
         self.drained.set()
 
 

@@ -11,7 +11,7 @@ import trio.testing
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FrameDecoder
 from limiquantix.protocol.transport import MessageWriter, direct_reader, direct_writer
-from limiquantix.protocol.wire import new_message, parse_frame
+from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
 
 def big(n: int, tag: bytes) -> pb.AgentMessage:
@@ -46,6 +46,64 @@ async def test_cancelled_sender_leaves_no_partial_frame() -> None:
         writer.close()
         with trio.fail_after(5):
             await writer.drained.wait()
+
+
+@pytest.mark.trio
+async def test_queued_bytes_are_bounded() -> None:
+    """Senders wait while queue_bytes are queued: a peer that does not read holds at most that (plus one frame)."""
+    left, right = trio.testing.lockstep_stream_pair()  # send_all blocks until read
+    writer = MessageWriter(left.send_all, queue_bytes=50_000)
+    sent: list[bytes] = []
+
+    async def send(tag: bytes, n: int) -> None:
+        await writer.send(big(n, tag))
+        sent.append(tag)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await send(b"a", 100_000)  # larger than queue_bytes, alone in the queue: it goes
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(send, b"b", 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [b"a"]  # b waits for room, holding nothing in the queue
+        assert writer.queued_bytes > 100_000 and writer.queued_bytes < 100_100
+        assert not writer.try_send(big(10, b"e"))  # events are dropped meanwhile
+        got = await drain(right, FrameDecoder(), 2)
+        assert [m.ping.payload[:1] for m in got] == [b"a", b"b"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [b"a", b"b"] and writer.queued_bytes == 0
+        writer.close()
+
+
+@pytest.mark.trio
+async def test_senders_waiting_for_room_fail_when_the_writer_stops() -> None:
+    left, _right = trio.testing.lockstep_stream_pair()
+    writer = MessageWriter(left.send_all, queue_bytes=1000)
+
+    async def broken_run() -> None:
+        with trio.CancelScope() as scope:
+            stop_writer.append(scope)
+            await writer.run()
+
+    stop_writer: list[trio.CancelScope] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broken_run)
+        await writer.send(big(5000, b"a"))
+        await trio.testing.wait_all_tasks_blocked()
+        failed: list[BaseException] = []
+
+        async def waiting_sender() -> None:
+            try:
+                await writer.send(big(10, b"b"))
+            except trio.BrokenResourceError as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as waiters:
+            waiters.start_soon(waiting_sender)
+            await trio.testing.wait_all_tasks_blocked()
+            stop_writer[0].cancel()  # the link broke: run() ends
+        assert len(failed) == 1
+        assert writer.queued_bytes == len(encode_message(big(5000, b"a")))  # b was never queued
 
 
 @pytest.mark.trio
