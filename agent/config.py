@@ -54,6 +54,8 @@ class AgentConfig:
     """Partial frames all connections together may buffer; the connection that exceeds it is closed."""
     partial_frame_timeout_s: float = 60.0
     """Seconds a started frame may take to complete (16 MiB take ~5 s in a TCG guest); then the connection is closed."""
+    write_stall_timeout_s: float = 60.0
+    """Seconds one answer frame may take to be written (the host is not reading); then the connection is closed."""
     disable: tuple[str, ...] = ()
     """Request types to refuse with unimplemented (like qemu-ga --block-rpcs), e.g. execute,file_write."""
 
@@ -124,8 +126,8 @@ class AgentConfig:
         if self.max_buffered_bytes < self.max_frame_bytes + _FRAME_HEADER_BYTES:
             # Else no connection could ever complete a frame of the largest size.
             raise ConfigError("max_buffered_bytes must be at least max_frame_bytes (plus its 18-byte header)")
-        if self.partial_frame_timeout_s <= 0:
-            raise ConfigError("partial_frame_timeout_s must be > 0")
+        if self.partial_frame_timeout_s <= 0 or self.write_stall_timeout_s <= 0:
+            raise ConfigError("partial_frame_timeout_s and write_stall_timeout_s must be > 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         for name in ("file_read_allow", "file_read_deny", "file_write_allow", "file_write_deny"):

@@ -11,7 +11,8 @@ checked against :mod:`limiquantix.protocol.limits` before any handler runs; a
 host that does not read its answers stops being read (the writer's queue is
 bounded and the reader waits for room); a partial frame may stay incomplete for
 ``partial_frame_timeout_s`` at most, and all sessions together may buffer
-``max_buffered_bytes`` of partial frames: a link over either loses its session,
+``max_buffered_bytes`` of partial frames; a frame must be taken by the host
+within ``write_stall_timeout_s``: a link over any of these loses its session,
 never the agent.
 """
 
@@ -61,7 +62,7 @@ class Session:
         self.agent = agent
         self.link = link
         self.writer = MessageWriter(
-            link.send_all, try_write=link.try_write, max_frame_bytes=agent.config.max_frame_bytes
+            self._send_all, try_write=link.try_write, max_frame_bytes=agent.config.max_frame_bytes
         )
         self.decoder = FrameDecoder(max_frame_bytes=agent.config.max_frame_bytes)
         self.inflight: dict[str, RequestContext] = {}
@@ -110,6 +111,19 @@ class Session:
         if self._nursery is None:
             raise RuntimeError("session is not running")
         self._nursery.start_soon(async_fn, *args, name=name)
+
+    async def _send_all(self, data: bytes) -> None:
+        """The writer's ``send_all``: a host that does not take a frame in time loses the link.
+
+        Raises:
+            LinkGone: the link broke, or the frame was not taken within
+                write_stall_timeout_s (the rest of it is never sent: the session ends).
+        """
+        timeout = self.agent.config.write_stall_timeout_s
+        with trio.move_on_after(timeout):
+            await self.link.send_all(data)
+            return
+        raise LinkGone(f"the host took no {len(data)}-byte frame within {timeout:g} s: closing the session")
 
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:

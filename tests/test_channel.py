@@ -20,7 +20,10 @@ import psutil
 import pytest
 import trio
 
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol.wire import encode_message, new_message
 
 
 class Pty:
@@ -94,6 +97,27 @@ async def test_waits_for_the_device_and_reopens_when_it_returns(start_agent, sho
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.trio
+async def test_virtio_bounds_a_stalled_partial_frame_and_oversized_requests(start_agent, pty: Pty) -> None:
+    """The single-peer device runs the same session code: a frame that never completes
+    ends the session (the device is reopened), an oversized request is refused, and the
+    next host is served."""
+    agent = await start_agent(transport="virtio", device=pty.path, partial_frame_timeout_s=0.3)
+    whole = encode_message(new_message(ping=pb.PingRequest(payload=b"s" * 3000)))
+    with trio.fail_after(20):
+        await wait_for_session(agent)
+        [first] = agent.sessions
+        async with pty.stream() as host:
+            await host.send_all(whole[:1500])
+            while first in agent.sessions or not agent.sessions:
+                await trio.sleep(0.01)
+        assert agent.buffered_bytes == 0
+        async with AgentClient.open(pty.stream()) as client:
+            with pytest.raises(errors.InvalidArgument, match="the limit is 128"):
+                await client.request(cancel=pb.CancelRequest(target_message_id="t" * 1000))
+            assert (await client.ping(b"after")).payload == b"after"
 
 
 def test_no_host_attached_does_not_spin() -> None:

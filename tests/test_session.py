@@ -352,7 +352,7 @@ async def test_an_answer_larger_than_a_frame_is_an_error_with_the_same_id(start_
 
 
 async def write_until_stalled(peer: RawPeer, data: bytes) -> int:
-    """Write ``data`` until all is sent or the agent stops taking it; return what was sent.
+    """Write ``data`` until all is sent or the agent stops taking it (or closes); return what was sent.
 
     A client that does not read cannot expect to write forever: once the agent
     stops reading it (its answers have nowhere to go), a blocking send would
@@ -363,9 +363,13 @@ async def write_until_stalled(peer: RawPeer, data: bytes) -> int:
     sent = 0
     while sent < len(data):
         before = sent
-        with contextlib.suppress(BlockingIOError):
+        try:
             while sent < len(data):
                 sent += os.write(fd, view[sent:])
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            break  # the agent already closed this connection
         if sent == before:
             break
         await trio.sleep(0.02)  # let the agent read (and stall) before the next round
@@ -403,6 +407,19 @@ async def test_a_client_that_never_reads_is_not_read_either(start_agent) -> None
     await assert_serving(agent)
     await rude.stream.aclose()
     await wait_for(lambda: len(agent.sessions) == 0)
+
+
+@pytest.mark.trio
+async def test_a_client_that_does_not_take_its_answers_in_time_loses_its_connection(start_agent) -> None:
+    agent = await start_agent(write_stall_timeout_s=0.3)
+    rude = await RawPeer.connect(agent.config.socket)
+    pings = b"".join(encode_message(new_message(ping=pb.PingRequest(payload=b"w" * 1000))) for _ in range(20_000))
+    with trio.fail_after(30):
+        await write_until_stalled(rude, pings)
+        await wait_for(lambda: not agent.sessions)  # while the client still holds its end open
+        assert agent.buffered_bytes == 0
+    await assert_serving(agent)
+    await rude.stream.aclose()
 
 
 @pytest.mark.trio
