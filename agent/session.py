@@ -189,6 +189,7 @@ class Session:
         if self.decoder.buffered:
             log.info("dropping %d bytes of a departed host's partial frame", self.decoder.buffered)
         self.decoder.reset()
+        self._account(0)
 
     async def _reply(self, answer: pb.AgentMessage) -> None:
         """Send an answer from the reader.

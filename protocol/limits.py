@@ -304,7 +304,8 @@ def check_message(msg: Message, *, prefix: str = "", encoded_size: int | None = 
             for key, item in value.items():
                 if rule.max_key_bytes is not None and _size(key) > rule.max_key_bytes:
                     raise _too_big(f"{path} key", _size(key), rule.max_key_bytes, "bytes")
-                _check_value(f"{path}[{key!r}]" if _size(key) <= MAX_NAME_BYTES else path, item, rule.max_bytes)
+                # Keys within their bound name the entry; others (numbers) are short.
+                _check_value(f"{path}[{key!r}]", item, rule.max_bytes)
         elif rule.nested or rule.max_bytes is not None:
             for i, item in enumerate(value):
                 _check_value(f"{path}[{i}]", item, rule.max_bytes)
