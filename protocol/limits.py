@@ -90,7 +90,7 @@ MAX_STDIN_BYTES: Final = 8 * MiB
 MAX_FILE_CHUNK_BYTES: Final = 8 * MiB
 #: A digest to check (SHA-256 is 32 bytes; room for a longer one).
 MAX_DIGEST_BYTES: Final = 64
-#: A password: chpasswd reads one line; PAM modules cap far below this.
+#: A password: chpasswd reads input lines into a fixed buffer; no real password is this long.
 MAX_PASSWORD_BYTES: Final = 1024
 #: Supplementary groups of a command's user: Linux's NGROUPS_MAX.
 MAX_GROUPS: Final = 65536
@@ -144,7 +144,9 @@ OVERRIDES: Final[Mapping[str, Limit]] = {
     _A + "RunAs.groups": Limit(items=MAX_GROUPS),
     _A + "FileWriteRequest.data": Limit(bytes=MAX_FILE_CHUNK_BYTES),
     _A + "FileWriteRequest.expected_sha256": Limit(bytes=MAX_DIGEST_BYTES),
-    _A + "ResetPasswordRequest.password": Limit(bytes=MAX_PASSWORD_BYTES),
+    # The agent's handler refuses a longer one itself (invalid_password), with the
+    # rest of what makes a password unusable (a newline, a NUL).
+    _A + "ResetPasswordRequest.password": Limit(bytes=LEFT_TO_HANDLER),
     _N + "WriteGuestFileRequest.content": Limit(bytes=LEFT_TO_HANDLER),
     _N + "ResetGuestPasswordRequest.password": Limit(bytes=MAX_PASSWORD_BYTES),
     **_argv(_C + "ExecuteScriptRequest.args"),

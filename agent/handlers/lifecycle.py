@@ -44,6 +44,7 @@ import trio
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
 
 from ..dispatch import RequestContext, handler
 
@@ -88,8 +89,6 @@ POWER_COMMAND_TIMEOUT_S: Final = 30.0
 PASSWORD_COMMAND_TIMEOUT_S: Final = 30.0
 #: LOGIN_NAME_MAX on Linux, terminating NUL excluded.
 MAX_USERNAME_CHARS: Final = 255
-#: chpasswd reads input lines into a fixed buffer; no real password is this long.
-MAX_PASSWORD_BYTES: Final = 1024
 #: stderr kept from a command for its error message (the rest is drained, unread).
 STDERR_CAPTURE_BYTES: Final = 4096
 #: Characters of a command's stderr quoted in an error message or a log line.
