@@ -61,6 +61,10 @@ def test_every_field_is_a_flag() -> None:
         ({"max_concurrent_commands": "many"}, "max_concurrent_commands"),
         ({"disable": "ping"}, None),  # a string is split like a flag
         ({"log_format": "xml"}, "log_format"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_buffered_bytes": 1024 * 1024}, "max_buffered_bytes must be at least max_frame_bytes"),
+        ({"partial_frame_timeout_s": 0}, "partial_frame_timeout_s"),
+        ({"write_stall_timeout_s": -1}, "write_stall_timeout_s"),
     ],
 )
 def test_invalid_values_are_refused_clearly(data: dict, message: str | None) -> None:
