@@ -48,6 +48,8 @@ class AgentConfig:
     """Requests running at once on one connection; beyond it: resource_exhausted."""
     max_concurrent_commands: int = 16
     """Commands (execute) running at once; beyond it: resource_exhausted."""
+    max_request_bytes: int = 256 * MiB
+    """Requests being handled, all connections together, in bytes (their stdin, data); beyond it: resource_exhausted."""
     max_connections: int = 16
     """transport=unix-listen: clients served at once; further ones are closed at once (and logged)."""
     max_buffered_bytes: int = 64 * MiB
@@ -123,6 +125,8 @@ class AgentConfig:
             raise ConfigError("ip_check_interval_s must be within (0, 5]")
         if self.max_concurrent_commands < 1 or self.max_inflight_requests < 1 or self.max_connections < 1:
             raise ConfigError("max_concurrent_commands, max_inflight_requests and max_connections must be >= 1")
+        if self.max_request_bytes < self.max_frame_bytes:
+            raise ConfigError("max_request_bytes must be at least max_frame_bytes")
         if self.max_buffered_bytes < self.max_frame_bytes + _FRAME_HEADER_BYTES:
             # Else no connection could ever complete a frame of the largest size.
             raise ConfigError("max_buffered_bytes must be at least max_frame_bytes (plus its 18-byte header)")

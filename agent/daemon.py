@@ -56,6 +56,9 @@ class Agent:
         #: Bytes of partial frames buffered by every session together (see
         #: Session; bounded by config.max_buffered_bytes).
         self.buffered_bytes = 0
+        #: Bytes of the requests being handled by every session together
+        #: (bounded by config.max_request_bytes).
+        self.request_bytes = 0
         self.collector = TelemetryCollector(config.interface_exclude)
         self._os = read_os_release()
         self._machine_id = read_machine_id()

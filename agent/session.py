@@ -11,7 +11,8 @@ checked against :mod:`limiquantix.protocol.limits` before any handler runs; a
 host that does not read its answers stops being read (the writer's queue is
 bounded and the reader waits for room); a partial frame may stay incomplete for
 ``partial_frame_timeout_s`` at most, and all sessions together may buffer
-``max_buffered_bytes`` of partial frames; a frame must be taken by the host
+``max_buffered_bytes`` of partial frames and run ``max_request_bytes`` of
+requests; a frame must be taken by the host
 within ``write_stall_timeout_s``: a link over any of these loses its session,
 never the agent.
 """
@@ -271,12 +272,27 @@ class Session:
                 ),
             )
             return
+        budget = self.agent.config.max_request_bytes
+        if self.agent.request_bytes + size > budget:
+            # A running request keeps its message (an execute's stdin, a write's
+            # data) until it ends: without a bound, a host could pile up frames
+            # of data faster than handlers finish.
+            await self._reply_error(
+                mid,
+                errors.ResourceExhausted(
+                    f"requests of {self.agent.request_bytes} bytes already running (max_request_bytes {budget})",
+                    reason="too_many_bytes",
+                ),
+            )
+            return
         ctx = RequestContext(self.agent, self, mid, kind)
         self.inflight[mid] = ctx
-        self._nursery.start_soon(self._run, ctx, spec, getattr(msg, kind), name=f"{kind}:{mid}")
+        self.agent.request_bytes += size
+        self._nursery.start_soon(self._run, ctx, spec, getattr(msg, kind), size, name=f"{kind}:{mid}")
 
-    async def _run(self, ctx: RequestContext, spec, request) -> None:  # type: ignore[no-untyped-def]
+    async def _run(self, ctx: RequestContext, spec, request, size: int) -> None:  # type: ignore[no-untyped-def]
         try:
             await run_request(ctx, spec, request)
         finally:
             self.inflight.pop(ctx.message_id, None)
+            self.agent.request_bytes -= size

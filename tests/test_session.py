@@ -11,6 +11,7 @@ import os
 import signal
 import struct
 import zlib
+from functools import partial
 
 import pytest
 import trio
@@ -420,6 +421,28 @@ async def test_a_client_that_does_not_take_its_answers_in_time_loses_its_connect
         assert agent.buffered_bytes == 0
     await assert_serving(agent)
     await rude.stream.aclose()
+
+
+@pytest.mark.trio
+async def test_requests_held_by_running_handlers_are_bounded_in_bytes(start_agent, connect) -> None:
+    """A running execute keeps its stdin: beyond max_request_bytes, resource_exhausted (not memory)."""
+    mib = 1024 * 1024
+    agent = await start_agent(max_frame_bytes=mib, max_request_bytes=mib, file_chunk_bytes=mib // 2)
+    stdin = b"s" * 700_000
+    async with connect(agent) as client, trio.open_nursery() as nursery:
+        with trio.fail_after(20):
+            nursery.start_soon(
+                partial(client.request, message_id="first", execute=pb.ExecuteRequest(argv=["sleep", "30"], stdin=stdin))
+            )
+            await wait_for(lambda: agent.request_bytes > len(stdin))
+            with pytest.raises(errors.ResourceExhausted) as info:
+                await client.request(execute=pb.ExecuteRequest(argv=["true"], stdin=stdin))
+            assert info.value.reason == "too_many_bytes"
+            assert (await client.ping(b"small")).payload == b"small"
+            await client.request(cancel=pb.CancelRequest(target_message_id="first"))
+            await wait_for(lambda: agent.request_bytes == 0)
+            done = await client.request(execute=pb.ExecuteRequest(argv=["true"], stdin=stdin))
+            assert done.execute_response.exit_reason == pb.EXIT_REASON_EXITED
 
 
 @pytest.mark.trio
