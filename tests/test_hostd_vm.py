@@ -564,13 +564,14 @@ async def test_registry_finds_configured_libvirt_and_plain_dir_vms_as_they_come_
             await registry.wait_until(lambda r: "late" in r and r.get("late").connected)
             await registry.wait_until(lambda r: r.get("cfg").connected)
 
-            # The libvirt domain restarts under a new domain id: same VM, new path.
+            # The libvirt domain restarts under a new domain id: same VM, new path. (A restart
+            # slower than forget_after_s may forget "web" in between and find it again.)
             web.stop()
             web2 = start_simvm(socket=libvirt_socket(libvirt, 4, "web"))
             await web2.wait_ready()
             os.rmdir(libvirt / "domain-3-web")  # libvirt removes the old run's directory
             await registry.wait_until(
-                lambda r: r.get("web").socket_path == web2.socket_path and r.get("web").connected
+                lambda r: "web" in r and r.get("web").socket_path == web2.socket_path and r.get("web").connected
             )
 
             # A discovered VM whose socket goes away: no_socket, then forgotten.
