@@ -1,4 +1,13 @@
-"""Logging set-up shared by the daemons: human lines or one JSON object per line."""
+"""Logging set-up shared by the daemons: human lines or one JSON object per line.
+
+Log messages carry guest text (hostnames, OS names, reasons) and the log is
+read in terminals: :class:`TextFormatter` shows every control character of a
+message and its arguments escaped (:func:`~.safetext.safe_text`), so one record
+is one line and a guest's escape sequences do nothing. JSON lines are safe by
+construction: ``json.dumps`` escapes C0 controls, and :class:`JsonFormatter`
+escapes the rest of :data:`~.safetext.ESCAPED` (C1, bidi, separators, lone
+surrogates) as ``\\uXXXX``, still valid JSON, other non-ASCII text kept readable.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,37 @@ import json
 import logging
 import sys
 import time
+from typing import Final
 
-__all__ = ["JsonFormatter", "setup_logging"]
+from .safetext import ESCAPED, safe_text
+
+__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+
+#: What ``json.dumps(ensure_ascii=False)`` leaves raw that a terminal may act on.
+_JSON_ESCAPES: Final = {cp: f"\\u{cp:04x}" for cp in ESCAPED if cp >= 0x7F}
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message``, the message (with its arguments) on one line, controls escaped.
+
+    A traceback keeps its line breaks; its other controls are escaped too (an
+    exception's text may quote guest data).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # record.message is this formatter's own (format() has just set it from
+        # getMessage()); other handlers compute theirs again.
+        record.message = safe_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: object) -> str:
+        return safe_text(super().formatException(ei), multiline=True)  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return safe_text(super().formatStack(stack_info), multiline=True)
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +60,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 def setup_logging(log_format: str, level: str) -> None:
@@ -31,7 +69,7 @@ def setup_logging(log_format: str, level: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
