@@ -35,7 +35,7 @@ from typing import Final, final
 import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
@@ -148,11 +148,6 @@ def _timestamp(ts: float | None) -> Timestamp | None:
     return out
 
 
-#: A heartbeat's strings are cut to this many characters, its addresses to this many.
-_BRIEF_TEXT_CHARS: Final = 255
-_BRIEF_MAX_ADDRESSES: Final = 64
-
-
 def _node_owner(principal: Principal) -> str | None:
     """The token a node id is bound to when this principal registers it: a node
     token's own id; None for an admin (who may act for any node)."""
@@ -160,17 +155,19 @@ def _node_owner(principal: Principal) -> str | None:
 
 
 def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
-    """A heartbeat's agent summary, bounded (a node cannot grow the store without limit)."""
+    """A heartbeat's agent summary, bounded (a node cannot grow the store without limit).
 
-    def text(value: str) -> str:
-        return value[:_BRIEF_TEXT_CHARS]
+    hostd sends it within the same caps (protocol/guestcaps.py); they are applied
+    again here because a heartbeat comes from another machine.
+    """
+    text = guestcaps.cut
 
     return AgentBrief(
         agent_version=text(vm.agent_version),
         os=text(vm.os),
         hostname=text(vm.hostname),
         kernel=text(vm.kernel),
-        ip_addresses=tuple(text(a) for a in vm.ip_addresses[:_BRIEF_MAX_ADDRESSES]),
+        ip_addresses=tuple(text(a, guestcaps.ADDRESS_CHARS) for a in vm.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
         cpu_percent=vm.cpu_percent,
         memory_percent=vm.memory_percent,
         uptime_seconds=vm.uptime_seconds,
@@ -464,10 +461,11 @@ class VMAPI:
         out.ClearField("last_seen")
         if agent.HasField("last_seen"):
             out.last_seen.CopyFrom(agent.last_seen)
+        # hostd keeps these within guestcaps' bounds; capped again as they come from another machine.
         if agent.HasField("identity"):
-            out.identity.CopyFrom(agent.identity)
+            out.identity.CopyFrom(guestcaps.cap_identity(agent.identity)[0])
         if status.resource_usage.HasField("telemetry"):
-            out.telemetry.CopyFrom(telemetry)
+            out.telemetry.CopyFrom(guestcaps.cap_telemetry(telemetry)[0])
             out.cpu_percent = telemetry.cpu_percent
             out.memory_percent = telemetry.memory.percent
             out.uptime_seconds = telemetry.uptime_seconds

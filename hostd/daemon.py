@@ -58,7 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response
 from quart_trio import QuartTrio
 
-from limiquantix.protocol import __version__, errors
+from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
@@ -385,7 +385,13 @@ async def serve(
 
 
 def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
-    """The VM list a registration or heartbeat carries."""
+    """The VM list a registration or heartbeat carries.
+
+    Bounded per VM whatever its guest sends: identity strings were capped on
+    arrival (protocol/guestcaps.py), addresses are cut to ``HEARTBEAT_ADDRESSES``
+    here (GetVM has the rest), so that a node's heartbeat stays far below the
+    controller's request limit.
+    """
     out = []
     for status in registry.statuses():
         agent, telemetry = status.agent, status.resource_usage.telemetry
@@ -398,7 +404,7 @@ def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
             os=agent.identity.os.pretty_name or agent.identity.os.name,
             hostname=agent.identity.hostname,
             kernel=agent.identity.kernel,
-            ip_addresses=list(agent.ip_addresses),
+            ip_addresses=list(agent.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
             cpu_percent=telemetry.cpu_percent,
             memory_percent=telemetry.memory.percent,
             uptime_seconds=telemetry.uptime_seconds,

@@ -52,10 +52,11 @@ from typing import Final, final
 import trio
 from google.protobuf.message import Message
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol.guestcaps import Cuts
 
 from .config import ConnectionConfig
 
@@ -225,6 +226,9 @@ class VMConnection:
         self._socket_path = socket_path
         self._enabled = enabled
         self._interfaces: list[pb.NetworkInterface] = []
+        self._interfaces_truncated = False
+        # What the guest sent beyond the caps is logged once per kind and connection.
+        self._cuts_logged: set[str] = set()
         self._state = VMState.CONNECTING if enabled else VMState.DISABLED
         self._state_since = -math.inf  # set when run() starts (no trio clock before)
         self._client: AgentClient | None = None
@@ -277,6 +281,7 @@ class VMConnection:
             version=self.identity.agent_version if self.identity is not None else "",
             last_disconnect_reason=self.last_disconnect_reason,
             ip_addresses=self.ip_addresses,
+            ip_addresses_truncated=self._interfaces_truncated,
         )
         if self.identity is not None:
             info.identity.CopyFrom(self.identity)
@@ -570,9 +575,11 @@ class VMConnection:
         self._counts["connects"] += 1
         if self._counts["connects"] > 1:
             self._counts["reconnects"] += 1
+        self._cuts_logged.clear()
         self._set_identity(client.identity)
+        client.identity = self.identity  # the capped copy: the guest's original is not kept alive
         self._heard()
-        ident = client.identity
+        ident = self.identity
         log.info(
             "vm %s: agent %s connected (pid %s, %s)",
             self.vm_id,
@@ -636,16 +643,21 @@ class VMConnection:
         self._heard()
         kind = msg.WhichOneof("payload")
         if kind == "telemetry":
-            self.telemetry = msg.telemetry
+            self.telemetry, cuts = guestcaps.cap_telemetry(msg.telemetry)
+            self._log_cuts("telemetry", cuts)
         elif kind == "ip_changed":
-            self._interfaces = list(msg.ip_changed.interfaces)
-            log.info("vm %s: addresses now %s", self.vm_id, ", ".join(self.ip_addresses) or "none")
+            self._interfaces, cuts = guestcaps.cap_interfaces(msg.ip_changed.interfaces)
+            self._interfaces_truncated = bool(cuts)
+            self._log_cuts("ip_changed", cuts)
+            log.info("vm %s: addresses now %s", self.vm_id, guestcaps.brief_list(self.ip_addresses))
         elif kind == "agent_ready":
             # The agent restarted (or the guest rebooted) under a live connection:
             # AgentClient has failed what was pending; report the new identity.
             old = self.identity.pid if self.identity is not None else 0
             self._counts["agent_restarts"] += 1
             self._set_identity(msg.agent_ready.identity)
+            if self._client is not None:
+                self._client.identity = self.identity  # as in _attach
             self.shutdown_started = None
             self._misses = 0
             log.info("vm %s: agent restarted (pid %d -> %d)", self.vm_id, old, msg.agent_ready.identity.pid)
@@ -654,13 +666,13 @@ class VMConnection:
         elif kind == "agent_stopping":
             # Its last frame: nobody answers on this connection until an agent_ready. The
             # connection stays (the socket is QEMU's); pings go on and are not misses that count.
-            reason = msg.agent_stopping.reason or "no reason given"
+            reason = guestcaps.cut(msg.agent_stopping.reason, guestcaps.TEXT_CHARS) or "no reason given"
             log.info("vm %s: agent stopping (%s)", self.vm_id, reason)
             self.last_disconnect_reason = f"agent stopped ({reason})"
             self._set_state(VMState.WAITING_FOR_AGENT)
             self._abort_calls(f"the agent of VM {self.vm_id} stopped ({reason})")
         elif kind == "shutdown_started":
-            self.shutdown_started = msg.shutdown_started
+            self.shutdown_started = guestcaps.cap_message(msg.shutdown_started)[0]
             log.info("vm %s: guest announced %s", self.vm_id, pb.ShutdownMode.Name(msg.shutdown_started.mode))
         self._notify()
 
@@ -669,8 +681,16 @@ class VMConnection:
     def _set_identity(self, identity: pb.AgentIdentity | None) -> None:
         if identity is None:  # pragma: no cover - AgentClient.open sets it before yielding
             return
-        self.identity = identity
-        self._interfaces = list(identity.interfaces)
+        self.identity, cuts = guestcaps.cap_identity(identity)
+        self._interfaces = list(self.identity.interfaces)
+        self._interfaces_truncated = cuts.under("interfaces")
+        self._log_cuts("identity", cuts)
+
+    def _log_cuts(self, kind: str, cuts: Cuts) -> None:
+        """One line per kind and connection: a guest sending oversized reports every second is not a log flood."""
+        if cuts and kind not in self._cuts_logged:
+            self._cuts_logged.add(kind)
+            log.warning("vm %s: %s over hostd's caps, kept cut (truncated): %s", self.vm_id, kind, cuts.summary())
 
     def _heard(self) -> None:
         self.last_seen = time.time()

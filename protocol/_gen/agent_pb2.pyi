@@ -226,7 +226,7 @@ class OsInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., id: _Optional[str] = ..., version_id: _Optional[str] = ..., pretty_name: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class AgentIdentity(_message.Message):
-    __slots__ = ("agent_version", "protocol_version", "os", "kernel", "kernel_version", "architecture", "hostname", "boot_time", "agent_started_at", "interfaces", "capabilities", "disabled_capabilities", "pid", "max_frame_bytes", "python_version", "machine_id")
+    __slots__ = ("agent_version", "protocol_version", "os", "kernel", "kernel_version", "architecture", "hostname", "boot_time", "agent_started_at", "interfaces", "capabilities", "disabled_capabilities", "pid", "max_frame_bytes", "python_version", "machine_id", "truncated")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +243,7 @@ class AgentIdentity(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     protocol_version: int
     os: OsInfo
@@ -259,7 +260,8 @@ class AgentIdentity(_message.Message):
     max_frame_bytes: int
     python_version: str
     machine_id: str
-    def __init__(self, agent_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., os: _Optional[_Union[OsInfo, _Mapping]] = ..., kernel: _Optional[str] = ..., kernel_version: _Optional[str] = ..., architecture: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., disabled_capabilities: _Optional[_Iterable[str]] = ..., pid: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, agent_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., os: _Optional[_Union[OsInfo, _Mapping]] = ..., kernel: _Optional[str] = ..., kernel_version: _Optional[str] = ..., architecture: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., capabilities: _Optional[_Iterable[str]] = ..., disabled_capabilities: _Optional[_Iterable[str]] = ..., pid: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., machine_id: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -647,7 +649,7 @@ class LoggedInUser(_message.Message):
     def __init__(self, name: _Optional[str] = ..., terminal: _Optional[str] = ..., host: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
-    __slots__ = ("collected_at", "cpu_percent", "cpu_count", "per_cpu_percent", "memory", "swap", "filesystems", "interfaces", "load1", "load5", "load15", "process_count", "uptime_seconds", "users")
+    __slots__ = ("collected_at", "cpu_percent", "cpu_count", "per_cpu_percent", "memory", "swap", "filesystems", "interfaces", "load1", "load5", "load15", "process_count", "uptime_seconds", "users", "truncated")
     COLLECTED_AT_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -662,6 +664,7 @@ class TelemetryReport(_message.Message):
     PROCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     collected_at: _timestamp_pb2.Timestamp
     cpu_percent: float
     cpu_count: int
@@ -676,7 +679,8 @@ class TelemetryReport(_message.Message):
     process_count: int
     uptime_seconds: float
     users: _containers.RepeatedCompositeFieldContainer[LoggedInUser]
-    def __init__(self, collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., cpu_count: _Optional[int] = ..., per_cpu_percent: _Optional[_Iterable[float]] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., swap: _Optional[_Union[SwapUsage, _Mapping]] = ..., filesystems: _Optional[_Iterable[_Union[FilesystemUsage, _Mapping]]] = ..., interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., process_count: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., users: _Optional[_Iterable[_Union[LoggedInUser, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., cpu_count: _Optional[int] = ..., per_cpu_percent: _Optional[_Iterable[float]] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., swap: _Optional[_Union[SwapUsage, _Mapping]] = ..., filesystems: _Optional[_Iterable[_Union[FilesystemUsage, _Mapping]]] = ..., interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., process_count: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., users: _Optional[_Iterable[_Union[LoggedInUser, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class IpChangedEvent(_message.Message):
     __slots__ = ("interfaces",)

@@ -29,7 +29,7 @@ AGENT_STATE_UNRESPONSIVE: AgentState
 AGENT_STATE_DISABLED: AgentState
 
 class GuestAgentInfo(_message.Message):
-    __slots__ = ("state", "connected", "version", "identity", "last_seen", "last_disconnect_reason", "ip_addresses")
+    __slots__ = ("state", "connected", "version", "identity", "last_seen", "last_disconnect_reason", "ip_addresses", "ip_addresses_truncated")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class GuestAgentInfo(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
     IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     state: AgentState
     connected: bool
     version: str
@@ -44,7 +45,8 @@ class GuestAgentInfo(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     last_disconnect_reason: str
     ip_addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, state: _Optional[_Union[AgentState, str]] = ..., connected: _Optional[bool] = ..., version: _Optional[str] = ..., identity: _Optional[_Union[_agent_pb2.AgentIdentity, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    ip_addresses_truncated: bool
+    def __init__(self, state: _Optional[_Union[AgentState, str]] = ..., connected: _Optional[bool] = ..., version: _Optional[str] = ..., identity: _Optional[_Union[_agent_pb2.AgentIdentity, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., ip_addresses_truncated: _Optional[bool] = ...) -> None: ...
 
 class GuestResourceUsage(_message.Message):
     __slots__ = ("telemetry",)

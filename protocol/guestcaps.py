@@ -1,0 +1,305 @@
+"""Caps on what a guest reports (identity, telemetry, addresses): what hostd keeps and forwards.
+
+The guest is untrusted: its root can send a 1 MiB hostname, 100 000 interfaces
+or 10 000 addresses on one interface, each within the frame limit. Kept whole,
+that grows hostd's memory for as long as the VM is known, one GetVM answer to
+tens of megabytes, and a node's heartbeat beyond what the controller accepts
+(which then marks every VM of the node unreachable). hostd therefore applies
+:func:`cap_identity`, :func:`cap_telemetry` and :func:`cap_interfaces` to what it
+receives and keeps only the capped copy; a message that was cut carries
+``truncated = true``. The controller cuts a heartbeat's strings with the same
+:func:`cut` and bounds (defence in depth: a heartbeat comes from another machine).
+
+Order of the cuts: every list to its count, every string to its length, then,
+while the whole message is over its byte budget, entries from the end of its
+largest list (a report keeps its first interfaces whole rather than every
+interface half).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple, TypeVar, final
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from ._gen import agent_pb2 as pb
+
+__all__ = [
+    "ADDRESS_CHARS",
+    "HEARTBEAT_ADDRESSES",
+    "MAX_ADDRESSES",
+    "MAX_ADDRESSES_PER_INTERFACE",
+    "MAX_CPUS",
+    "MAX_ENTRIES",
+    "MAX_INTERFACES",
+    "MESSAGE_BYTES",
+    "NAME_CHARS",
+    "TEXT_CHARS",
+    "Cuts",
+    "brief_list",
+    "cap_identity",
+    "cap_interfaces",
+    "cap_message",
+    "cap_telemetry",
+    "cut",
+]
+
+#: A name: hostname (a DNS name is at most 253 characters), interface, OS
+#: fields, kernel release, user, mount point, capability. 255 is the common
+#: limit of names in file systems and DNS; longer is never a real name.
+NAME_CHARS: Final = 255
+#: Free text (``uname -v``, a shutdown message, a stop reason): room for a
+#: sentence or a short paragraph, not for a document.
+TEXT_CHARS: Final = 4 * 1024
+#: One address as text: INET6_ADDRSTRLEN is 46, plus room for a ``%zone``.
+ADDRESS_CHARS: Final = 64
+#: Interfaces per identity, report or ip_changed: a busy container host has a
+#: few hundred veths; past that the list says nothing an operator reads.
+MAX_INTERFACES: Final = 256
+#: Addresses per interface, IPv4 and IPv6 together (IPv4 first).
+MAX_ADDRESSES_PER_INTERFACE: Final = 64
+#: Addresses in one identity, report or address set, every interface together
+#: (16 on each of 64 interfaces): an operator reads a few; and capping visits
+#: each address kept, so this also bounds the work one message costs hostd.
+MAX_ADDRESSES: Final = 1024
+#: CPUs in ``per_cpu_percent``: more vCPUs than a guest is given in practice,
+#: and at 8 bytes each still a small part of a report's budget.
+MAX_CPUS: Final = 1024
+#: Entries of any other list (capabilities, filesystems, logged-in users).
+MAX_ENTRIES: Final = 256
+#: One identity, one telemetry report, one address set, serialized. Per VM hostd
+#: keeps one of each, so a VM costs at most a few of these whatever it sends;
+#: a normal report is 1-4 KiB.
+MESSAGE_BYTES: Final = 64 * 1024
+#: Addresses of a VM in a heartbeat (the fleet list shows the first; GetVM has all).
+HEARTBEAT_ADDRESSES: Final = 64
+
+_PKG: Final = pb.DESCRIPTOR.package
+#: Strings that are free text rather than names (everything else: NAME_CHARS).
+_STRING_CAPS: Final[dict[str, int]] = {
+    f"{_PKG}.AgentIdentity.kernel_version": TEXT_CHARS,
+    f"{_PKG}.ShutdownStartedEvent.message": TEXT_CHARS,
+    f"{_PKG}.AgentStoppingEvent.reason": TEXT_CHARS,
+    f"{_PKG}.IpAddress.address": ADDRESS_CHARS,
+}
+#: Lists with a count of their own (everything else: MAX_ENTRIES).
+_LIST_CAPS: Final[dict[str, int]] = {
+    f"{_PKG}.AgentIdentity.interfaces": MAX_INTERFACES,
+    f"{_PKG}.TelemetryReport.interfaces": MAX_INTERFACES,
+    f"{_PKG}.IpChangedEvent.interfaces": MAX_INTERFACES,
+    f"{_PKG}.NetworkInterface.ipv4": MAX_ADDRESSES_PER_INTERFACE,
+    f"{_PKG}.NetworkInterface.ipv6": MAX_ADDRESSES_PER_INTERFACE,
+    f"{_PKG}.TelemetryReport.per_cpu_percent": MAX_CPUS,
+}
+_ADDRESS_LISTS: Final = frozenset({f"{_PKG}.NetworkInterface.ipv4", f"{_PKG}.NetworkInterface.ipv6"})
+
+M = TypeVar("M", bound=Message)
+
+
+def cut(value: str, limit: int = NAME_CHARS) -> str:
+    """``value`` cut to ``limit`` characters."""
+    return value[:limit]
+
+
+def brief_list(items: Sequence[str], limit: int = 8) -> str:
+    """``a, b, c … (+97 more)``: a list for one log line (items already capped)."""
+    shown = ", ".join(items[:limit]) or "none"
+    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+@final
+@dataclass(slots=True)
+class Cuts:
+    """What one capping cut: field path → (largest size received, size kept).
+
+    Sizes are characters for strings, entries for lists, bytes for ``(message)``.
+    """
+
+    fields: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.fields)
+
+    def note(self, path: str, received: int, kept: int) -> None:
+        old = self.fields.get(path)
+        self.fields[path] = (max(received, old[0]) if old else received, min(kept, old[1]) if old else kept)
+
+    def under(self, prefix: str) -> bool:
+        """Whether something at or below the field path ``prefix`` was cut."""
+        return any(path == prefix or path.startswith(prefix + ".") for path in self.fields)
+
+    def summary(self, limit: int = 8) -> str:
+        """One line for the log: ``hostname 1048576→255, interfaces 100000→256``."""
+        return brief_list([f"{path} {got}→{kept}" for path, (got, kept) in self.fields.items()], limit)
+
+
+class _Rule(NamedTuple):
+    """How one field is capped (worked out once per field: descriptor lookups are slow)."""
+
+    name: str
+    repeated: bool
+    message: bool
+    string: bool
+    count: int
+    """Entries kept (lists)."""
+    chars: int
+    """Characters kept (strings)."""
+    address: bool
+    """A list of addresses: IPv4 and IPv6 share the interface's count and the message's total."""
+
+
+@functools.cache
+def _rule(fd: FieldDescriptor) -> _Rule:
+    full = fd.full_name
+    return _Rule(
+        name=fd.name,
+        repeated=fd.is_repeated,  # type: ignore[attr-defined]
+        message=fd.message_type is not None,
+        string=fd.type == FieldDescriptor.TYPE_STRING,
+        count=_LIST_CAPS.get(full, MAX_ENTRIES),
+        chars=_STRING_CAPS.get(full, NAME_CHARS),
+        address=full in _ADDRESS_LISTS,
+    )
+
+
+@final
+class _Copy:
+    """One capping's running state: what was cut, and how many addresses may still be kept."""
+
+    __slots__ = ("addresses_left", "cuts")
+
+    def __init__(self) -> None:
+        self.cuts = Cuts()
+        self.addresses_left = MAX_ADDRESSES
+
+
+def _copy_capped(src: Message, dst: Message, path: str, state: _Copy) -> None:
+    """Copy ``src`` into the empty ``dst``: lists to their counts, strings to their lengths.
+
+    Only what is kept is read and copied (the first 256 of 100 000 interfaces,
+    not the rest), so capping costs what the result costs, not what the guest sent.
+    """
+    cuts = state.cuts
+    for fd, value in src.ListFields():
+        rule = _rule(fd)
+        name = path + rule.name
+        if rule.repeated:
+            limit = rule.count
+            if rule.address:
+                # IPv4 first (listed first), then IPv6, within the interface's and the message's counts.
+                limit = min(MAX_ADDRESSES_PER_INTERFACE - len(dst.ipv4) if rule.name == "ipv6" else limit, state.addresses_left)  # type: ignore[attr-defined]
+                state.addresses_left -= min(limit, len(value))
+            if len(value) > limit:
+                cuts.note(name, len(value), limit)
+            out = getattr(dst, rule.name)
+            if rule.message:
+                for item in value[:limit]:
+                    _copy_capped(item, out.add(), name + ".", state)
+            elif rule.string:
+                for item in value[:limit]:
+                    if len(item) > rule.chars:
+                        cuts.note(name, len(item), rule.chars)
+                    out.append(item[: rule.chars])
+            else:
+                out.extend(value[:limit])
+        elif rule.message:
+            sub = getattr(dst, rule.name)
+            sub.SetInParent()  # a set sub-message stays set, even empty
+            _copy_capped(value, sub, name + ".", state)
+        elif rule.string:
+            if len(value) > rule.chars:
+                cuts.note(name, len(value), rule.chars)
+            setattr(dst, rule.name, value[: rule.chars])
+        else:
+            setattr(dst, rule.name, value)
+
+
+def _entry_bytes(item: object) -> int:
+    """Serialized bytes of one list entry, tag and length included (close enough to budget by)."""
+    if isinstance(item, Message):
+        n = item.ByteSize()
+    elif isinstance(item, str):
+        n = len(item.encode("utf-8", "surrogatepass"))
+    else:
+        return 8  # a packed double (per_cpu_percent): no tag of its own
+    return n + 2 + (n.bit_length() + 6) // 7
+
+
+def _shrink(msg: Message, budget: int, cuts: Cuts) -> bool:
+    """Drop entries from the ends of ``msg``'s lists until it fits ``budget`` bytes.
+
+    The largest list is cut first, only down to the size of the next largest,
+    then both, and so on: a report over budget keeps some of every list (its
+    first interfaces and its first filesystems), not all of one and none of another.
+    Returns whether anything was dropped.
+    """
+    size = msg.ByteSize()
+    shrunk = False
+    while size > budget:
+        lists = {fd.name: value for fd, value in msg.ListFields() if _rule(fd).repeated and len(value)}
+        if not lists:  # pragma: no cover - every string is capped: the rest is far below any budget
+            return shrunk
+        sizes = {name: [_entry_bytes(item) for item in value] for name, value in lists.items()}
+        keep = {name: len(value) for name, value in lists.items()}
+        totals = {name: sum(entry) for name, entry in sizes.items()}
+        excess = size - budget
+        while excess > 0 and any(keep.values()):
+            largest, *rest = sorted((n for n in keep if keep[n]), key=totals.__getitem__, reverse=True)
+            floor = totals[rest[0]] if rest else 0
+            while keep[largest] and excess > 0:
+                keep[largest] -= 1
+                dropped = sizes[largest][keep[largest]]
+                totals[largest] -= dropped
+                excess -= dropped
+                if totals[largest] < floor:
+                    break
+        for name, value in lists.items():
+            if keep[name] < len(value):
+                cuts.note(name, len(value), keep[name])
+                del value[keep[name] :]
+                shrunk = True
+        size = msg.ByteSize()
+    return shrunk
+
+
+def cap_message(msg: M, budget: int = MESSAGE_BYTES) -> tuple[M, Cuts]:
+    """A capped copy of ``msg`` (never ``msg`` itself, which is left as it is) and what was cut.
+
+    The copy has an arena of its own: keeping it does not keep the original's
+    memory alive (a sub-message would keep its whole envelope). ``msg`` has no
+    map fields (none of the guest's messages has one).
+    """
+    out = type(msg)()
+    state = _Copy()
+    _copy_capped(msg, out, "", state)
+    cuts = state.cuts
+    if _shrink(out, budget, cuts):
+        # Rebuilt from its bytes: the entries deleted to fit would stay in the
+        # copy's arena until it is freed.
+        fresh = type(msg)()
+        fresh.ParseFromString(out.SerializeToString())
+        out = fresh
+    if cuts:
+        if "truncated" in out.DESCRIPTOR.fields_by_name:
+            out.truncated = True  # type: ignore[attr-defined]
+    return out, cuts
+
+
+def cap_identity(identity: pb.AgentIdentity) -> tuple[pb.AgentIdentity, Cuts]:
+    """The identity hostd keeps and serves (``truncated`` when cut)."""
+    return cap_message(identity)
+
+
+def cap_telemetry(report: pb.TelemetryReport) -> tuple[pb.TelemetryReport, Cuts]:
+    """The telemetry report hostd keeps and serves (``truncated`` when cut)."""
+    return cap_message(report)
+
+
+def cap_interfaces(interfaces: Iterable[pb.NetworkInterface]) -> tuple[list[pb.NetworkInterface], Cuts]:
+    """An address set (an ip_changed event's interfaces), capped as one message."""
+    capped, cuts = cap_message(pb.IpChangedEvent(interfaces=interfaces))
+    return list(capped.interfaces), cuts
