@@ -23,12 +23,16 @@ from pathlib import Path
 import httpx
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, RichLog, Static, TextArea
+from textual.widgets import Button, DataTable, Input, RichLog, Static, TextArea
+
+import hostile_guest
 
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
+from limiquantix.tui.audit import AuditScreen
 from limiquantix.tui.dialogs import ConfirmDialog
+from limiquantix.tui.files import FilesScreen
 from limiquantix.tui.fleet import FleetScreen
 from limiquantix.tui.runner import RunnerScreen
 from limiquantix.tui.vm import VMScreen
@@ -61,6 +65,7 @@ class Stack:
     controller: subprocess.Popen[bytes] | None = None
     hostd: subprocess.Popen[bytes] | None = None
     sims: dict[str, SimVMProcess] = field(default_factory=dict)
+    hostile: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -100,13 +105,18 @@ class Stack:
         self.controller.send_signal(signal.SIGTERM)
         self.controller.wait(DEADLINE_S)
 
-    def start(self) -> None:
+    def start(self, *, hostile_guest: str = "") -> None:
+        """The controller, hostd and the simulated VMs of :data:`VMS`; or, with
+        ``hostile_guest``, one VM of that id whose guest is tests/hostile_guest.py."""
         self.start_controller()
         for who, role in (("viewer", "viewer"), ("operator", "operator"), ("hostd", "node")):
             self.tokens[who] = self._cli("token", "create", "--user", who, "--role", role)
         vms_dir = self.tmp / "vms"
         vms_dir.mkdir()
-        for vm in VMS:
+        if hostile_guest:
+            argv = [sys.executable, str(Path(__file__).with_name("hostile_guest.py")), "--socket", str(vms_dir / f"{hostile_guest}.agent.sock")]
+            self.hostile = subprocess.Popen(argv)
+        for vm in () if hostile_guest else VMS:
             self.sims[vm] = SimVMProcess.start(
                 str(vms_dir / f"{vm}.agent.sock"),
                 state_dir=self.tmp / "state" / vm,
@@ -129,7 +139,7 @@ class Stack:
 
     def stop(self) -> None:
         # The controller first, then the hostd it calls.
-        for proc in (self.controller, self.hostd):
+        for proc in (self.controller, self.hostd, self.hostile):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -141,16 +151,26 @@ class Stack:
             sim.stop()
 
 
-@pytest.fixture
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def _stack(tmp_path_factory: pytest.TempPathFactory, **start: str) -> Iterator[Stack]:
     # A short path: the simulated VMs' Unix sockets must fit in sun_path.
     tmp = Path(tmp_path_factory.mktemp("tui", numbered=True))
     st = Stack(tmp=tmp, port=_free_port(), admin=secrets.token_urlsafe(32))
     try:
-        st.start()
+        st.start(**start)
         yield st
     finally:
         st.stop()
+
+
+@pytest.fixture
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from _stack(tmp_path_factory)
+
+
+@pytest.fixture
+def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One VM, ``evil``, whose guest reports terminal attacks (tests/hostile_guest.py)."""
+    yield from _stack(tmp_path_factory, hostile_guest="evil")
 
 
 class RecordingApp(LimiQuantixApp):
@@ -333,6 +353,87 @@ async def test_controller_stopped_and_restarted(stack: Stack) -> None:
         await until(pilot, "recovered", lambda: app.controller_ok is True)
         assert any("reachable again" in n for n in app.notes)
         await until(pilot, "every VM connected again", lambda: _all_connected(app))
+
+
+def _terminal_output(app: LimiQuantixApp) -> str:
+    """What Textual writes to the terminal for the whole screen now (its own SGR and cursor moves included)."""
+    update = app.screen._compositor.render_update(full=True)
+    assert update is not None
+    return update.render_segments(app.console)  # type: ignore[attr-defined, no-any-return]
+
+
+def _screen_text(app: LimiQuantixApp) -> str:
+    """The screen's characters, row by row."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def _assert_inert(app: LimiQuantixApp, *visible: str) -> None:
+    """No attack reaches the terminal raw, not even in part; each of ``visible`` is on screen."""
+    output, text = _terminal_output(app), _screen_text(app)
+    for attack in hostile_guest.ATTACKS:
+        assert attack not in output
+    for raw in ("\x1b]", "\x07", "\x9b", "\x9d", "\u202e", "\u2066", "\x1b[?1049", "\x1b[2J"):
+        assert raw not in output, f"{raw!r} reached the terminal"
+    assert not any(c in text for c in "\x1b\x07\x9b\u202e\u2066")
+    for shown in visible:
+        assert shown in text, f"{shown!r} not on screen:\n{text}"
+
+
+async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stack) -> None:
+    """A guest reporting window-title, clipboard, alternate-screen and clear sequences,
+    C1 controls, bidi overrides and Rich markup, in every place the TUI shows guest text."""
+    stack = hostile_stack
+    app = _app(stack)
+    async with app.run_test(size=(200, 60)) as pilot:
+        await until(pilot, "the guest connected", lambda: bool(app.vms.get("evil", {}).get("os")))
+        await pilot.pause(REFRESH_S * 2)
+        _assert_inert(app, "Evil\\x1b]52;c;cHduZWQ=")  # the fleet table's OS column
+
+        await _open_vm(app, pilot, "evil")
+        vm = app.screen
+        assert isinstance(vm, VMScreen)
+        await until(pilot, "GetVM drawn", lambda: bool(vm.detail.get("telemetry")))
+        await pilot.pause()
+        _assert_inert(
+            app,
+            "\\x1b]0;pwned\\x07",  # hostname
+            "6.1\\x1b[?1049l",  # kernel
+            "\\u202elmth.exe\\u2066 [bold red]markup[/]",  # OS: bidi shown, markup not applied
+            "eth\\x1b[2J0\\u202e",  # interface name
+            "/mnt\\x1b]52;c;cHduZWQ=\\x07",  # filesystem
+            "evil\\x9b31m",  # capability
+        )
+
+        await pilot.press("x")
+        await until(pilot, "runner", lambda: isinstance(app.screen, RunnerScreen))
+        runner = app.screen
+        assert isinstance(runner, RunnerScreen)
+        runner.query_one("#script", TextArea).load_text("echo \x1b]0;script\x07")  # lands in the audit log
+        await pilot.press("ctrl+r")
+        await until(pilot, "the run's result", lambda: "exit code" in str(runner.query_one("#result", Static).render()))
+        assert "out-end" in _log_text(runner) and "[bold red]markup[/]" in _log_text(runner)
+        # The editor shows what the operator typed as typed: not guest text, out of this test.
+        runner.query_one("#script", TextArea).load_text("cat evil")
+        _assert_inert(app, "line 0: \\x1b]0;pwned\\x07", "line 2: \\x1b[?1049l", "line 5: \\u202e", "exit code 0   exited")
+
+        await pilot.press("escape")
+        await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
+        await pilot.press("f")
+        await until(pilot, "files", lambda: isinstance(app.screen, FilesScreen))
+        files = app.screen
+        files.query_one("#guest-path", Input).value = "/home/evil.txt"
+        await pilot.press("ctrl+o")
+        await until(pilot, "the file shown", lambda: "out-end" in files.query_one("#viewer", TextArea).text)
+        await pilot.pause()
+        _assert_inert(app, "line 1: \\x1b]52;c;cHduZWQ=\\x07", "line 3: \\x1b[2J")
+
+        await pilot.press("escape", "escape")
+        await until(pilot, "fleet", lambda: isinstance(app.screen, FleetScreen))
+        await pilot.press("u")
+        await until(pilot, "audit rows", lambda: isinstance(app.screen, AuditScreen) and app.screen.query_one("#audit", DataTable).row_count > 0)
+        await pilot.pause()
+        _assert_inert(app, "echo \\x1b]0;script\\x07")
+    assert all(raw not in note for note in app.notes for raw in ("\x1b", "\x07"))
 
 
 def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from textual.app import App
+from textual.notifications import SeverityLevel
 from textual.binding import Binding
+
+from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError, ControllerClient, WhoAmI
 from .config import TuiConfig
@@ -119,6 +122,19 @@ class LimiQuantixApp(App[None]):
         self.push_screen(HelpScreen())
 
     # -- errors ----------------------------------------------------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification (screens' included) as plain text with controls shown:
+        they quote API errors and guest names. ``markup`` is accepted and ignored."""
+        super().notify(safe_text(message, multiline=True), title=safe_text(title), severity=severity, timeout=timeout, markup=False)
 
     def report(self, exc: ApiError, what: str) -> None:
         """A notification an operator can act on."""

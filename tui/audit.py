@@ -11,6 +11,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Input
 
 from .client import ApiError
+from .format import guest
 from .screen import LqxScreen
 
 
@@ -71,16 +72,16 @@ class AuditScreen(LqxScreen):
         table.clear()
         for r in records:
             outcome = r.get("outcome", "")
-            # Text, never str: a command such as grep "[/]" is not markup.
+            # Text, never str: a command such as grep "[/]" is not markup; controls shown.
             table.add_row(
                 r.get("startedAt", "").replace("T", " ").rstrip("Z")[5:16],
-                Text(r.get("user", "")),
-                r.get("action", ""),
-                Text(r.get("vmId", "") or r.get("nodeId", "") or "-"),
-                Text(outcome, style=_OUTCOME_STYLES.get(outcome, "")),
+                guest(r.get("user", "")),
+                guest(r.get("action", "")),
+                guest(r.get("vmId", "") or r.get("nodeId", "") or "-"),
+                guest(outcome, _OUTCOME_STYLES.get(outcome, "")),
                 "" if r.get("exitCode") is None else str(r["exitCode"]),
                 str(r.get("durationMs", "")),
-                Text(_what(r)),
+                guest(_what(r)),
                 key=str(r.get("id")),
             )
         self.notify(f"{len(records)} audit rows", timeout=2)

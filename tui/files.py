@@ -16,6 +16,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static, TextArea
 
+from limiquantix.protocol.safetext import safe_text
+
 from .client import MAX_UPLOAD_BYTES, ApiError
 from .format import human_bytes
 from .screen import LqxScreen
@@ -97,12 +99,15 @@ class FilesScreen(LqxScreen):
             # still tells the whole file's size).
             content, file_size, sha = await client.read_file(self.vm_id, path, length=VIEW_LIMIT_BYTES)
         except ApiError as exc:
-            status.update(Text(f"{path}: {exc.summary}", style="bold red"))
+            status.update(Text(safe_text(f"{path}: {exc.summary}"), style="bold red"))
             self.lqx.report(exc, "View")
             return
         shown = content.decode("utf-8", errors="replace")
         if "\x00" in shown:
             shown = f"(binary file: {human_bytes(file_size)}; not shown)"
+        else:
+            # The guest's bytes: lines and tabs kept, every other control shown (\x1b ...).
+            shown = safe_text(shown, multiline=True)
         self.query_one("#viewer", TextArea).load_text(shown)
         text = Text(f"{path}: {human_bytes(file_size)}", style="bold")
         if len(content) < file_size:
@@ -148,7 +153,7 @@ class FilesScreen(LqxScreen):
         try:
             written, sha = await self.lqx.client.write_file(self.vm_id, path, content, create_parents=True, progress=sent)
         except ApiError as exc:
-            status.update(Text(f"upload failed: {exc.summary}", style="bold red"))
+            status.update(Text(safe_text(f"upload failed: {exc.summary}"), style="bold red"))
             self.lqx.report(exc, "Upload")
             return
         progress.update(progress=100)

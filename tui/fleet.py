@@ -18,6 +18,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from limiquantix.protocol.safetext import safe_text
+
 from .format import STATE_LABELS, STATE_STYLES, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
 from .screen import LqxScreen
 
@@ -56,12 +58,15 @@ _MAX_REMOVALS: Final = 32
 
 
 def _cell(index: int, value: str | Text) -> str | Text:
-    """A cell for the table. Text from the API that could read as markup (a ``[``) becomes
-    Text, so that a VM's name or OS is shown as is; other str stay str (the garbage
+    """A cell for the table. Text from the API has its controls shown (``safe_text``: a
+    guest's OS name or a VM's name cannot drive the terminal); if it could read as markup
+    (a ``[``) it becomes Text, so that it is shown as is; other str stay str (the garbage
     collector does not track them). The name cell is always a Text of its own: its
     identity orders the rows (see the sort in :meth:`FleetScreen.fleet_updated`)."""
-    if isinstance(value, str) and (index == _NAME or "[" in value):
-        return Text(value)
+    if isinstance(value, str):
+        value = safe_text(value)
+        if index == _NAME or "[" in value:
+            return Text(value)
     return value
 
 

@@ -9,7 +9,10 @@ from typing import Any, Final
 
 from rich.text import Text
 
+from limiquantix.protocol.safetext import safe_text
+
 __all__ = [
+    "guest",
     "STATE_LABELS",
     "STATE_STYLES",
     "age",
@@ -25,6 +28,13 @@ __all__ = [
     "uptime",
     "vm_matches",
 ]
+
+def guest(value: object, style: str = "", *, multiline: bool = False) -> Text:
+    """Text from the API (a guest's names, output, errors) as shown: never markup
+    (a ``Text``, not a ``str``), controls and bidi overrides visible (``\\x1b``),
+    so a guest cannot style, retitle, clear or otherwise drive the terminal."""
+    return Text(safe_text(str(value), multiline=multiline), style=style)
+
 
 #: Agent state → colour, as hostd names the states.
 STATE_STYLES: Final = {

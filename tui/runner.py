@@ -14,6 +14,8 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Ric
 from textual.worker import Worker
 
 from .app import RunRecord
+from limiquantix.protocol.safetext import safe_text
+
 from .client import ApiError
 from .screen import LqxScreen
 
@@ -89,7 +91,7 @@ class RunnerScreen(LqxScreen):
             side.add_column("Exit", width=4)
             for vm_id in self.vm_ids:
                 name = self.lqx.vms.get(vm_id, {}).get("name") or vm_id
-                side.add_row(Text(name if len(name) <= 16 else name[:15] + "…"), Text("-", style="dim"), "", key=vm_id)
+                side.add_row(Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id)
         else:
             side.add_columns("Recent runs", "Exit", "ms")
             self._show_recent()
@@ -101,7 +103,7 @@ class RunnerScreen(LqxScreen):
         for i, run in enumerate(self.lqx.recent_runs.get(self.vm_ids[0], ())):
             code = "-" if run.exit_code is None else str(run.exit_code)
             shown = code if not run.reason or run.reason == "exited" else run.reason
-            side.add_row(Text(run.first_line), shown, str(run.duration_ms), key=str(i))
+            side.add_row(Text(safe_text(run.first_line)), shown, str(run.duration_ms), key=str(i))
 
     # -- run -------------------------------------------------------------------------
 
@@ -142,17 +144,18 @@ class RunnerScreen(LqxScreen):
             self.run_worker(self.action_cancel())
 
     def _write(self, stream: str, text: str) -> None:
-        """Whole lines to the log (stderr in red); a partial line waits for its end."""
+        """Whole lines to the log (stderr in red); a partial line waits for its end.
+        Controls in the guest's output are shown (``\\x1b``), never sent to the terminal."""
         log = self.query_one("#output", RichLog)
         *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
         for line in lines:
-            log.write(Text(line, style="red" if stream == "stderr" else ""))
+            log.write(Text(safe_text(line, multiline=True), style="red" if stream == "stderr" else ""))
 
     def _flush(self) -> None:
         log = self.query_one("#output", RichLog)
         for stream, rest in self._partial.items():
             if rest:
-                log.write(Text(rest, style="red" if stream == "stderr" else ""))
+                log.write(Text(safe_text(rest, multiline=True), style="red" if stream == "stderr" else ""))
         self._partial = {"stdout": "", "stderr": ""}
 
     async def _stream(self, script: str, timeout: int, run_as: str) -> None:
@@ -194,7 +197,7 @@ class RunnerScreen(LqxScreen):
         if result.get("signal"):
             text.append(f"   signal {result['signal']}")
         if result.get("error"):
-            text.append(f"   {result['error']}", style="red")
+            text.append(f"   {safe_text(result['error'])}", style="red")
         self.query_one("#result", Static).update(text)
 
     async def _fleet(self, script: str, timeout: int, run_as: str) -> None:
@@ -239,12 +242,14 @@ class RunnerScreen(LqxScreen):
         if target is None:
             return
         duration = f", {target['durationMs']} ms" if target.get("durationMs") else ""
-        log.write(Text(f"── {target['vmId']}: {target.get('status', '')}{duration}", style="bold"))
+        log.write(Text(f"── {safe_text(target['vmId'])}: {target.get('status', '')}{duration}", style="bold"))
         for stream, style in (("stdout", ""), ("stderr", "red")):
-            for line in target.get(stream, "").splitlines():
-                log.write(Text(line, style=style))
+            # split("\n"), not splitlines(): the other separators are the guest's, shown escaped.
+            out = target.get(stream, "")
+            for line in out.removesuffix("\n").split("\n") if out else ():
+                log.write(Text(safe_text(line, multiline=True), style=style))
         if target.get("error"):
-            log.write(Text(target["error"], style="magenta"))
+            log.write(Text(safe_text(target["error"]), style="magenta"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.fleet:

@@ -15,7 +15,9 @@ from textual.containers import Grid, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
 from .client import ApiError
-from .format import age, bar, human_bytes, parse_time, spark, state_text, uptime
+from limiquantix.protocol.safetext import safe_text
+
+from .format import age, bar, guest, human_bytes, parse_time, spark, state_text, uptime
 from .screen import LqxScreen
 
 
@@ -129,12 +131,13 @@ class VMScreen(LqxScreen):
         return datetime.datetime.fromtimestamp(self.lqx.clock(), datetime.timezone.utc)
 
     def _draw_title(self, vm: dict[str, Any]) -> None:
-        title = Text(vm.get("name") or self.vm_id, style="bold")
-        title.append(f"  ({self.vm_id})  ", style="dim")
+        title = guest(vm.get("name") or self.vm_id, "bold")
+        title.append(f"  ({safe_text(self.vm_id)})  ", style="dim")
         title.append_text(state_text(vm))
-        title.append(f"   node {vm.get('nodeId', '-')}   last seen {age(vm.get('lastSeen'), self._now())}", style="dim")
+        node = safe_text(vm.get("nodeId", "-"))
+        title.append(f"   node {node}   last seen {age(vm.get('lastSeen'), self._now())}", style="dim")
         if vm.get("lastDisconnectReason") and vm.get("agentState") != "connected":
-            title.append(f"\nlast disconnect: {vm['lastDisconnectReason']}", style="yellow")
+            title.append(f"\nlast disconnect: {safe_text(vm['lastDisconnectReason'])}", style="yellow")
         self.query_one("#vm-title", Static).update(title)
 
     def show(self, detail: dict[str, Any]) -> None:
@@ -167,7 +170,7 @@ class VMScreen(LqxScreen):
             ("Labels", ", ".join(f"{k}={v}" for k, v in detail.get("labels", {}).items()) or "-"),
         ]
         for key, value in rows:
-            table.add_row(key, value)
+            table.add_row(key, guest(value))  # never markup, controls shown: most values are the guest's
         self.query_one("#vm-identity", Static).update(table)
 
         fs = Table(title="Filesystems", title_justify="left", expand=True, box=None)
@@ -175,7 +178,7 @@ class VMScreen(LqxScreen):
             fs.add_column(column)
         for f in telemetry.get("filesystems", []):
             pct = float(f.get("percent", 0.0))
-            fs.add_row(f.get("mountpoint", ""), f.get("fstype", ""), bar(pct / 100), f"{pct:.0f}%", human_bytes(int(f.get("totalBytes", 0))))
+            fs.add_row(guest(f.get("mountpoint", "")), guest(f.get("fstype", "")), bar(pct / 100), f"{pct:.0f}%", human_bytes(int(f.get("totalBytes", 0))))
         if not telemetry.get("filesystems"):
             fs.add_row("-", "", Text("no telemetry yet", style="dim"), "", "")
         self.query_one("#vm-filesystems", Static).update(fs)
@@ -190,9 +193,9 @@ class VMScreen(LqxScreen):
             rx, tx = int(nic.get("rxBytes", 0)), int(nic.get("txBytes", 0))
             rx_total, tx_total = rx_total + rx, tx_total + tx
             nics.add_row(
-                nic.get("name", ""),
-                nic.get("mac", "") or "-",
-                "\n".join(addresses) or "-",
+                guest(nic.get("name", "")),
+                guest(nic.get("mac", "") or "-"),
+                Text("\n".join(map(safe_text, addresses)) or "-"),
                 Text("up", style="green") if nic.get("up") else Text("down", style="red"),
                 human_bytes(rx),
                 human_bytes(tx),
@@ -204,9 +207,10 @@ class VMScreen(LqxScreen):
         disabled = set(identity.get("disabledCapabilities", []))
         text = Text("Capabilities  ", style="bold cyan")
         for cap in caps:
-            text.append(cap + " ", style="strike dim" if cap in disabled else "")
+            text.append(safe_text(cap) + " ", style="strike dim" if cap in disabled else "")
         if disabled:
-            text.append(f"\n(struck out: disabled by the agent's config: {', '.join(sorted(disabled))})", style="dim")
+            shown = ", ".join(map(safe_text, sorted(disabled)))
+            text.append(f"\n(struck out: disabled by the agent's config: {shown})", style="dim")
         self.query_one("#vm-capabilities", Static).update(text)
 
     def _network_rates(self, collected_at: str, rx: int, tx: int) -> None:
