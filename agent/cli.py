@@ -13,6 +13,12 @@ hostd first, since QEMU accepts one client per chardev).
     limiquantix-agent-cli -s SOCK put ./local.txt /tmp/remote.txt
     limiquantix-agent-cli -s SOCK telemetry
     limiquantix-agent-cli -s SOCK watch
+
+Guest text is data: on a terminal, a command's output and a file's content are
+shown with their control characters escaped (``\\x1b``, see
+:mod:`limiquantix.protocol.safetext`), so a guest cannot drive the terminal;
+piped or redirected, they are written byte for byte (``cat`` a binary file).
+Names and messages are always escaped; JSON output escapes by construction.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 import trio
 from google.protobuf.json_format import MessageToJson
@@ -34,6 +40,7 @@ from google.protobuf.json_format import MessageToJson
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol.safetext import StreamEscaper, safe_text
 
 __all__ = ["main"]
 
@@ -43,24 +50,42 @@ UPLOAD_CHUNK: Final = 1024 * 1024
 
 
 def _json(msg: object) -> str:
-    return MessageToJson(msg, indent=2, preserving_proto_field_name=False)  # type: ignore[arg-type]
+    # ensure_ascii: controls, C1 and bidi characters come out as \uXXXX, never raw.
+    return MessageToJson(msg, indent=2, preserving_proto_field_name=False, ensure_ascii=True)  # type: ignore[arg-type]
+
+
+class _GuestOutput:
+    """A guest byte stream to one of our streams: raw when piped, escaped on a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._escaper = StreamEscaper() if out.isatty() else None
+
+    def write(self, data: bytes, *, final: bool = False) -> None:
+        if self._escaper is None:
+            self._out.buffer.write(data)
+        else:
+            self._out.write(self._escaper.feed(data, final=final))
+        self._out.flush()
 
 
 async def _exec(client: AgentClient, req: pb.ExecuteRequest) -> int:
     req.stream = True
     result: pb.ExecuteResponse | None = None
+    stdout, stderr = _GuestOutput(sys.stdout), _GuestOutput(sys.stderr)
     async for msg in client.stream(execute=req):
         if msg.HasField("execute_output"):
-            out = sys.stdout if msg.execute_output.stream == pb.OUTPUT_STREAM_STDOUT else sys.stderr
-            out.buffer.write(msg.execute_output.data)
-            out.flush()
+            out = stdout if msg.execute_output.stream == pb.OUTPUT_STREAM_STDOUT else stderr
+            out.write(msg.execute_output.data)
         else:
             result = msg.execute_response
+    stdout.write(b"", final=True)
+    stderr.write(b"", final=True)
     assert result is not None
     reason = pb.ExitReason.Name(result.exit_reason).removeprefix("EXIT_REASON_").lower()
     if result.exit_reason == pb.EXIT_REASON_EXITED:
         return result.exit_code
-    detail = result.error or (f"signal {result.signal}" if result.signal else "")
+    detail = safe_text(result.error) or (f"signal {result.signal}" if result.signal else "")
     print(f"limiquantix-agent-cli: command {reason} {detail}".rstrip(), file=sys.stderr)
     return 128 + result.signal if result.signal else 125
 
@@ -68,12 +93,13 @@ async def _exec(client: AgentClient, req: pb.ExecuteRequest) -> int:
 async def _cat(client: AgentClient, path: str) -> int:
     h = hashlib.sha256()
     last = None
+    out = _GuestOutput(sys.stdout)
     async for msg in client.stream(file_read=pb.FileReadRequest(path=path)):
         chunk = msg.file_read_chunk
         h.update(chunk.data)
-        sys.stdout.buffer.write(chunk.data)
+        out.write(chunk.data)
         last = chunk
-    sys.stdout.flush()
+    out.write(b"", final=True)
     assert last is not None
     if last.sha256 != h.digest():
         print("limiquantix-agent-cli: SHA-256 mismatch", file=sys.stderr)
@@ -170,7 +196,7 @@ async def _ls(client: AgentClient, path: str) -> None:
         page = (await client.request(list_directory=req)).list_directory_response
         for e in page.entries:
             kind = pb.FileType.Name(e.type).removeprefix("FILE_TYPE_").lower()
-            print(f"{e.mode:04o} {e.owner or e.uid:>8} {e.size:>12} {kind:<9} {e.name}")
+            print(f"{e.mode:04o} {safe_text(e.owner) or e.uid:>8} {e.size:>12} {kind:<9} {safe_text(e.name)}")
         token = page.next_page_token
         if not token:
             return
@@ -215,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return trio.run(_run, args)
     except errors.AgentError as exc:
-        print(f"limiquantix-agent-cli: {exc.connect_code}: {exc.message}", file=sys.stderr)
+        print(f"limiquantix-agent-cli: {exc.connect_code}: {safe_text(exc.message)}", file=sys.stderr)
         return 1
     except trio.TooSlowError:
         print(f"limiquantix-agent-cli: no answer from {args.socket}", file=sys.stderr)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import hostile_guest
 
 
 def cli(sock: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -44,3 +48,60 @@ def test_cli_unreachable_socket(tmp_path: Path) -> None:
     out = cli(str(tmp_path / "nothing.sock"), "ping")
     assert out.returncode == 1
     assert b"unavailable: cannot connect" in out.stderr
+
+
+def _on_a_terminal(sock: str, *args: str) -> bytes:
+    """The CLI's stdout and stderr when both are a terminal (a pty), as the terminal receives them."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "limiquantix.agent.cli", "-s", sock, *args],
+            stdout=slave, stderr=slave, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the writers are gone and the buffer is drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_guest_text_is_escaped_on_a_terminal_and_raw_in_a_pipe(short_tmp: Path) -> None:
+    """A simulated guest (tests/hostile_guest.py) whose output, file and file names carry
+    terminal attacks: escaped on a terminal, byte for byte into a pipe; names always escaped."""
+    sock = str(short_tmp / "evil.sock")
+    guest = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hostile_guest.py")), "--socket", sock])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert guest.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert cli(sock, "sh", "x").stdout == hostile_guest.TERMINAL_OUTPUT
+        assert cli(sock, "cat", "/x").stdout == hostile_guest.TERMINAL_OUTPUT
+        for args in (("sh", "x"), ("cat", "/x"), ("ls", "/x"), ("info",)):
+            shown = _on_a_terminal(sock, *args).decode()
+            assert not any(c in shown for c in "\x1b\x07\x9b\u202e\u2066"), (args, shown)
+            if args[0] in ("sh", "cat"):
+                assert "line 0: \\x1b]0;pwned\\x07" in shown and "line 5: \\u202e" in shown
+            elif args[0] == "ls":
+                assert "a\\x1b]0;pwned\\x07" in shown and "b\\u202etxt.exe" in shown
+            else:
+                assert "\\u001b]0;pwned\\u0007" in shown  # JSON's own escape
+        listed = cli(sock, "ls", "/x").stdout.decode()
+        assert "a\\x1b]0;pwned\\x07" in listed and "\x1b" not in listed
+        failed = cli(sock, "stat", "/x")
+        assert failed.returncode == 1 and b"\\x1b[2J" in failed.stderr and b"\x1b" not in failed.stderr
+    finally:
+        guest.terminate()
+        guest.wait(30)
