@@ -42,6 +42,7 @@ import httpx
 import trio
 
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol.safetext import safe_text
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"
@@ -76,14 +77,16 @@ class Api:
 
 
 def vm_table(vms: list[dict[str, Any]]) -> str:
+    """The VMs as a table; every value from the API through safe_text (a guest's OS name is data)."""
     lines = [f"  {'VM':<8} {'NODE':<10} {'AGENT STATE':<18} {'VERSION':<8} {'OS':<32} ADDRESSES"]
     for vm in vms:
-        state = vm.get("agentState", "")
+        state = safe_text(vm.get("agentState", ""))
         colour = GREEN if state == "connected" else YELLOW
-        addrs = ", ".join(vm.get("ipAddresses", [])[:2]) or "-"
+        addrs = safe_text(", ".join(vm.get("ipAddresses", [])[:2]) or "-")
+        vm_id, node, version = (safe_text(vm.get(k) or "-") for k in ("vmId", "nodeId", "agentVersion"))
         lines.append(
-            f"  {vm['vmId']:<8} {vm.get('nodeId', ''):<10} {colour}{state:<18}{RESET} {vm.get('agentVersion') or '-':<8} "
-            f"{(vm.get('os') or '-')[:32]:<32} {addrs}"
+            f"  {vm_id:<8} {node:<10} {colour}{state:<18}{RESET} {version:<8} "
+            f"{safe_text(vm.get('os') or '-')[:32]:<32} {addrs}"
         )
     return "\n".join(lines)
 
@@ -95,10 +98,10 @@ async def live_vms(api: Api) -> list[dict[str, Any]]:
 
 async def demo(api: Api, workdir: Path) -> None:
     ping = await api.call("PingAgent", {"vmId": VMS[0]})
-    say(f"PingAgent {VMS[0]}", f"→ connected={ping['connected']} version={ping['version']} in {ping['latencyMs']:.2f} ms")
+    say(f"PingAgent {VMS[0]}", f"→ connected={ping['connected']} version={safe_text(ping['version'])} in {ping['latencyMs']:.2f} ms")
 
     r = await api.call("ExecuteScript", {"vmId": VMS[0], "command": "uname -a", "timeoutSeconds": 30})
-    say(f"ExecuteScript {VMS[0]} uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {r['stdout'].strip()}")
+    say(f"ExecuteScript {VMS[0]} uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}")
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
     body = json.dumps({"vmId": VMS[-1], "command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}).encode()
@@ -116,11 +119,11 @@ async def demo(api: Api, workdir: Path) -> None:
                 msg = json.loads(buf[5 : 5 + n])
                 buf = buf[5 + n :]
                 if "output" in msg:
-                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {msg['output']['text'].rstrip()}", flush=True)
+                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}", flush=True)
                 elif "result" in msg:
                     say("   result", f"exitCode {msg['result'].get('exitCode', 0)}")
                 elif "error" in msg:
-                    say("   error", f"{msg['error'].get('code')}: {msg['error'].get('message')}")
+                    say("   error", safe_text(f"{msg['error'].get('code')}: {msg['error'].get('message')}"))
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     target = str(workdir / "demo.bin")
@@ -136,7 +139,7 @@ async def demo(api: Api, workdir: Path) -> None:
         await api.call("ReadGuestFile", {"vmId": vm, "path": "/etc/../etc/shadow"})
         say("path check", f"{RED}/etc/../etc/shadow was read{RESET}")
     except RuntimeError as exc:
-        say("path check", f"/etc/../etc/shadow → {exc}")
+        say("path check", f"/etc/../etc/shadow → {safe_text(str(exc))}")
 
 
 def _daemon_session() -> None:
@@ -302,7 +305,7 @@ def main() -> int:
         except KeyboardInterrupt:
             print()
         except RuntimeError as exc:
-            print(f"{RED}make run: {exc}{RESET}", file=sys.stderr)
+            print(f"{RED}make run: {safe_text(str(exc))}{RESET}", file=sys.stderr)
             return 1
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -41,3 +42,15 @@ def test_make_run_once(tmp_path: Path) -> None:
     tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
     assert "url = " in tui and "token = " in tui
     assert (tmp_path / "limiquantix" / "tui.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_vm_table_shows_guest_text_escaped() -> None:
+    spec = importlib.util.spec_from_file_location("lqx_run_script", ROOT / "scripts" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    evil = {"vmId": "evil", "nodeId": "n\x9b1m", "agentState": "connected", "agentVersion": "1\x1b[2J",
+            "os": "\x1b]0;pwned\x07\u202eexe", "ipAddresses": ["10.0.0.1\x1b]52;c;eA==\x07"]}  # fmt: skip
+    table = run.vm_table([evil])
+    assert not any(raw in table for raw in ("\x1b]", "\x07", "\x9b", "\u202e", "\x1b[2J"))
+    assert "\\x1b]0;pwned\\x07\\u202eexe" in table and "1\\x1b[2J" in table and "n\\x9b1m" in table
