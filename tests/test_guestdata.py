@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -233,3 +234,38 @@ async def test_hostds_text_log_shows_guest_escape_sequences_visibly(
     assert not any(c in text for c in RAW), [line for line in lines if any(c in line for c in RAW)]
     assert all(a not in text for a in ATTACKS)
     assert guestcaps.brief_list([str(i) for i in range(10)], 3) == "0, 1, 2 … (+7 more)"
+
+
+@pytest.mark.trio
+async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_and_getvm_small(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """The issue's incident: the heartbeat stays far below the controller's limit (the node
+    stays reachable) and one GetVM answer is bounded, marked truncated."""
+    from test_controller_api import Stack, _make_tokens
+
+    db = short_tmp / "db" / "controller.db"
+    tokens = await _make_tokens(db)
+    guest = HostileGuest(str(short_tmp / "evil.sock"), huge_identity(), huge_telemetry(), ip_changed=_changed_interfaces())
+    await nursery.start(guest.serve)
+    async with httpx.AsyncClient(timeout=WAIT_S) as client:
+        st = Stack(short_tmp, db, tokens, client, nursery)
+        await st.start_controller()
+        await st.start_hostd({"evil": {}})
+        with trio.fail_after(WAIT_S):
+            while True:
+                vms = (await st.ok("ListVMs", {}))["vms"]
+                if vms and vms[0]["agentState"] == "connected" and vms[0].get("ipAddresses", [""])[0].startswith("172."):
+                    break
+                await trio.sleep(0.05)
+            while not (detail := await st.call("GetVM", {"vmId": "evil"})).json().get("telemetry"):
+                await trio.sleep(0.05)
+        (vm,) = vms
+        assert vm["nodeReachable"] and len(vm["hostname"]) == NAME_CHARS and len(vm["os"]) == NAME_CHARS
+        assert len(vm["ipAddresses"]) == HEARTBEAT_ADDRESSES
+        assert detail.status_code == 200 and len(detail.content) < 512 * 1024
+        answer = detail.json()
+        assert answer["identity"]["truncated"] is True and answer["telemetry"]["truncated"] is True
+        assert len(answer["identity"]["interfaces"]) == MAX_INTERFACES
+        st.hostd_scope.cancel()
+        await st.stop_controller()
