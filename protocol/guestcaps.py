@@ -116,7 +116,8 @@ def brief_list(items: Sequence[str], limit: int = 8) -> str:
 class Cuts:
     """What one capping cut: field path → (largest size received, size kept).
 
-    Sizes are characters for strings, entries for lists, bytes for ``(message)``.
+    Sizes are characters for strings, entries for lists; a path names the field
+    at every index (``interfaces.ipv4``: the largest list seen, the fewest kept).
     """
 
     fields: dict[str, tuple[int, int]] = field(default_factory=dict)
