@@ -173,7 +173,7 @@ class RunnerScreen(LqxScreen):
                     result = event["result"]
         except ApiError as exc:
             self._flush()
-            self.query_one("#result", Static).update(Text(f"failed: {exc.summary}", style="bold red"))
+            self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
             self.lqx.report(exc, "Run")
             record.reason = exc.code
         else:
@@ -211,7 +211,7 @@ class RunnerScreen(LqxScreen):
                     break
                 await asyncio.sleep(FLEET_POLL_S)
         except ApiError as exc:
-            self.query_one("#result", Static).update(Text(f"failed: {exc.summary}", style="bold red"))
+            self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
             self.lqx.report(exc, "Fleet run")
         finally:
             self._set_running(False)
