@@ -29,6 +29,7 @@ import errno
 from typing import ClassVar, Final
 
 from ._gen import agent_pb2 as pb
+from .guestcaps import TEXT_CHARS, cut
 
 __all__ = [
     "AgentError",
@@ -167,9 +168,10 @@ _BY_CONNECT: Final = {cls.connect_code: cls for cls in _ALL}
 
 
 def from_proto(err: pb.Error) -> AgentError:
-    """The exception an ``Error`` frame stands for."""
+    """The exception an ``Error`` frame stands for; its text cut to the caps on guest
+    text (the guest writes it, and it is forwarded to API clients and logged)."""
     cls = _BY_PROTO.get(err.code, Internal)
-    return cls(err.message, reason=err.reason)
+    return cls(cut(err.message, TEXT_CHARS), reason=cut(err.reason))
 
 
 def from_connect_code(code: str, message: str, *, reason: str = "") -> AgentError:

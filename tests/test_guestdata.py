@@ -269,3 +269,10 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
         assert len(answer["identity"]["interfaces"]) == MAX_INTERFACES
         st.hostd_scope.cancel()
         await st.stop_controller()
+
+
+def test_an_agents_error_text_is_cut_to_the_caps() -> None:
+    from limiquantix.protocol import errors
+
+    exc = errors.from_proto(pb.Error(code=pb.ERROR_CODE_NOT_FOUND, message="m" * 1_000_000, reason="r" * 1000))
+    assert isinstance(exc, errors.NotFound) and len(exc.message) == TEXT_CHARS and len(exc.reason) == NAME_CHARS
