@@ -167,7 +167,7 @@ def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
         os=text(vm.os),
         hostname=text(vm.hostname),
         kernel=text(vm.kernel),
-        ip_addresses=tuple(text(a, guestcaps.ADDRESS_CHARS) for a in vm.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
+        ip_addresses=tuple(text(a, guestcaps.ADDRESS_BYTES) for a in vm.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
         cpu_percent=vm.cpu_percent,
         memory_percent=vm.memory_percent,
         uptime_seconds=vm.uptime_seconds,

@@ -666,7 +666,7 @@ class VMConnection:
         elif kind == "agent_stopping":
             # Its last frame: nobody answers on this connection until an agent_ready. The
             # connection stays (the socket is QEMU's); pings go on and are not misses that count.
-            reason = guestcaps.cut(msg.agent_stopping.reason, guestcaps.TEXT_CHARS) or "no reason given"
+            reason = guestcaps.cut(msg.agent_stopping.reason, guestcaps.TEXT_BYTES) or "no reason given"
             log.info("vm %s: agent stopping (%s)", self.vm_id, reason)
             self.last_disconnect_reason = f"agent stopped ({reason})"
             self._set_state(VMState.WAITING_FOR_AGENT)

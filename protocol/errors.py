@@ -29,7 +29,6 @@ import errno
 from typing import ClassVar, Final
 
 from ._gen import agent_pb2 as pb
-from .guestcaps import TEXT_CHARS, cut
 
 __all__ = [
     "AgentError",
@@ -168,10 +167,12 @@ _BY_CONNECT: Final = {cls.connect_code: cls for cls in _ALL}
 
 
 def from_proto(err: pb.Error) -> AgentError:
-    """The exception an ``Error`` frame stands for; its text cut to the caps on guest
-    text (the guest writes it, and it is forwarded to API clients and logged)."""
+    """The exception an ``Error`` frame stands for; its text cut to the agent's own
+    bounds (a guest writes it, and it is forwarded to API clients and logged)."""
+    from .limits import MAX_ERROR_MESSAGE_BYTES, MAX_NAME_BYTES, clip_utf8  # limits imports this module
+
     cls = _BY_PROTO.get(err.code, Internal)
-    return cls(cut(err.message, TEXT_CHARS), reason=cut(err.reason))
+    return cls(clip_utf8(err.message, MAX_ERROR_MESSAGE_BYTES), reason=clip_utf8(err.reason, MAX_NAME_BYTES))
 
 
 def from_connect_code(code: str, message: str, *, reason: str = "") -> AgentError:

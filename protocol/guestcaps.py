@@ -27,9 +27,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ._gen import agent_pb2 as pb
+from .limits import MAX_TEXT_BYTES, clip_utf8
 
 __all__ = [
-    "ADDRESS_CHARS",
+    "ADDRESS_BYTES",
     "HEARTBEAT_ADDRESSES",
     "MAX_ADDRESSES",
     "MAX_ADDRESSES_PER_INTERFACE",
@@ -37,8 +38,8 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_INTERFACES",
     "MESSAGE_BYTES",
-    "NAME_CHARS",
-    "TEXT_CHARS",
+    "NAME_BYTES",
+    "TEXT_BYTES",
     "Cuts",
     "brief_list",
     "cap_identity",
@@ -48,15 +49,15 @@ __all__ = [
     "cut",
 ]
 
-#: A name: hostname (a DNS name is at most 253 characters), interface, OS
+#: A name, in UTF-8 bytes: hostname (a DNS name is at most 253), interface, OS
 #: fields, kernel release, user, mount point, capability. 255 is the common
 #: limit of names in file systems and DNS; longer is never a real name.
-NAME_CHARS: Final = 255
-#: Free text (``uname -v``, a shutdown message, a stop reason): room for a
-#: sentence or a short paragraph, not for a document.
-TEXT_CHARS: Final = 4 * 1024
+NAME_BYTES: Final = 255
+#: Free text (``uname -v``, a shutdown message, a stop reason): the bound of a
+#: request's free text too (protocol.limits), room for a short paragraph.
+TEXT_BYTES: Final = MAX_TEXT_BYTES
 #: One address as text: INET6_ADDRSTRLEN is 46, plus room for a ``%zone``.
-ADDRESS_CHARS: Final = 64
+ADDRESS_BYTES: Final = 64
 #: Interfaces per identity, report or ip_changed: a busy container host has a
 #: few hundred veths; past that the list says nothing an operator reads.
 MAX_INTERFACES: Final = 256
@@ -79,12 +80,12 @@ MESSAGE_BYTES: Final = 64 * 1024
 HEARTBEAT_ADDRESSES: Final = 64
 
 _PKG: Final = pb.DESCRIPTOR.package
-#: Strings that are free text rather than names (everything else: NAME_CHARS).
+#: Strings that are free text or addresses rather than names (everything else: NAME_BYTES).
 _STRING_CAPS: Final[dict[str, int]] = {
-    f"{_PKG}.AgentIdentity.kernel_version": TEXT_CHARS,
-    f"{_PKG}.ShutdownStartedEvent.message": TEXT_CHARS,
-    f"{_PKG}.AgentStoppingEvent.reason": TEXT_CHARS,
-    f"{_PKG}.IpAddress.address": ADDRESS_CHARS,
+    f"{_PKG}.AgentIdentity.kernel_version": TEXT_BYTES,
+    f"{_PKG}.ShutdownStartedEvent.message": TEXT_BYTES,
+    f"{_PKG}.AgentStoppingEvent.reason": TEXT_BYTES,
+    f"{_PKG}.IpAddress.address": ADDRESS_BYTES,
 }
 #: Lists with a count of their own (everything else: MAX_ENTRIES).
 _LIST_CAPS: Final[dict[str, int]] = {
@@ -100,9 +101,9 @@ _ADDRESS_LISTS: Final = frozenset({f"{_PKG}.NetworkInterface.ipv4", f"{_PKG}.Net
 M = TypeVar("M", bound=Message)
 
 
-def cut(value: str, limit: int = NAME_CHARS) -> str:
-    """``value`` cut to ``limit`` characters."""
-    return value[:limit]
+def cut(value: str, limit: int = NAME_BYTES) -> str:
+    """``value`` cut to at most ``limit`` bytes of UTF-8 (on a character boundary)."""
+    return clip_utf8(value, limit)
 
 
 def brief_list(items: Sequence[str], limit: int = 8) -> str:
@@ -116,7 +117,7 @@ def brief_list(items: Sequence[str], limit: int = 8) -> str:
 class Cuts:
     """What one capping cut: field path → (largest size received, size kept).
 
-    Sizes are characters for strings, entries for lists; a path names the field
+    Sizes are UTF-8 bytes for strings, entries for lists; a path names the field
     at every index (``interfaces.ipv4``: the largest list seen, the fewest kept).
     """
 
@@ -147,8 +148,8 @@ class _Rule(NamedTuple):
     string: bool
     count: int
     """Entries kept (lists)."""
-    chars: int
-    """Characters kept (strings)."""
+    max_bytes: int
+    """UTF-8 bytes kept (strings)."""
     address: bool
     """A list of addresses: IPv4 and IPv6 share the interface's count and the message's total."""
 
@@ -162,7 +163,7 @@ def _rule(fd: FieldDescriptor) -> _Rule:
         message=fd.message_type is not None,
         string=fd.type == FieldDescriptor.TYPE_STRING,
         count=_LIST_CAPS.get(full, MAX_ENTRIES),
-        chars=_STRING_CAPS.get(full, NAME_CHARS),
+        max_bytes=_STRING_CAPS.get(full, NAME_BYTES),
         address=full in _ADDRESS_LISTS,
     )
 
@@ -201,10 +202,7 @@ def _copy_capped(src: Message, dst: Message, path: str, state: _Copy) -> None:
                 for item in value[:limit]:
                     _copy_capped(item, out.add(), name + ".", state)
             elif rule.string:
-                for item in value[:limit]:
-                    if len(item) > rule.chars:
-                        cuts.note(name, len(item), rule.chars)
-                    out.append(item[: rule.chars])
+                out.extend(_cut_noted(item, rule.max_bytes, name, cuts) for item in value[:limit])
             else:
                 out.extend(value[:limit])
         elif rule.message:
@@ -212,11 +210,17 @@ def _copy_capped(src: Message, dst: Message, path: str, state: _Copy) -> None:
             sub.SetInParent()  # a set sub-message stays set, even empty
             _copy_capped(value, sub, name + ".", state)
         elif rule.string:
-            if len(value) > rule.chars:
-                cuts.note(name, len(value), rule.chars)
-            setattr(dst, rule.name, value[: rule.chars])
+            setattr(dst, rule.name, _cut_noted(value, rule.max_bytes, name, cuts))
         else:
             setattr(dst, rule.name, value)
+
+
+def _cut_noted(value: str, max_bytes: int, path: str, cuts: Cuts) -> str:
+    """:func:`cut`, noting it in ``cuts`` when something was cut."""
+    kept = clip_utf8(value, max_bytes)
+    if len(kept) != len(value):
+        cuts.note(path, len(value.encode("utf-8", "surrogatepass")), len(kept.encode("utf-8", "surrogatepass")))
+    return kept
 
 
 def _entry_bytes(item: object) -> int:

@@ -31,15 +31,15 @@ from limiquantix.protocol import guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.guestcaps import (
-    ADDRESS_CHARS,
+    ADDRESS_BYTES,
     HEARTBEAT_ADDRESSES,
     MAX_ADDRESSES,
     MAX_ADDRESSES_PER_INTERFACE,
     MAX_CPUS,
     MAX_INTERFACES,
     MESSAGE_BYTES,
-    NAME_CHARS,
-    TEXT_CHARS,
+    NAME_BYTES,
+    TEXT_BYTES,
     cap_identity,
     cap_interfaces,
     cap_message,
@@ -116,7 +116,7 @@ def test_the_issues_identity_is_cut_to_the_caps_and_marked() -> None:
     capped, cuts = cap_identity(ident)
     assert capped.truncated and not ident.truncated
     assert len(ident.hostname) == 1 << 20 and len(ident.interfaces) == 100_000  # the original is left alone
-    assert len(capped.hostname) == NAME_CHARS and len(capped.os.pretty_name) == NAME_CHARS
+    assert len(capped.hostname) == NAME_BYTES and len(capped.os.pretty_name) == NAME_BYTES
     assert len(capped.interfaces) <= MAX_INTERFACES
     assert len(capped.interfaces[0].ipv4) + len(capped.interfaces[0].ipv6) == MAX_ADDRESSES_PER_INTERFACE
     assert capped.ByteSize() <= MESSAGE_BYTES
@@ -135,7 +135,7 @@ def test_a_report_over_its_byte_budget_keeps_its_first_entries_whole() -> None:
     capped, cuts = cap_telemetry(huge_telemetry())
     assert capped.truncated and capped.ByteSize() <= MESSAGE_BYTES
     assert len(capped.per_cpu_percent) <= MAX_CPUS
-    assert all(len(nic.name) == NAME_CHARS for nic in capped.interfaces)
+    assert all(len(nic.name) == NAME_BYTES for nic in capped.interfaces)
     assert capped.interfaces and len(capped.interfaces[0].ipv4) == MAX_ADDRESSES_PER_INTERFACE
     assert "interfaces" in cuts.fields and "filesystems.mountpoint" in cuts.fields
 
@@ -144,11 +144,11 @@ def test_string_bounds_by_kind() -> None:
     ident = pb.AgentIdentity(kernel_version="v" * 10_000, machine_id="m" * 300)
     ident.interfaces.add(name="eth0", ipv4=[pb.IpAddress(address="1" * 100)], ipv6=[pb.IpAddress(address="f") for _ in range(70)])
     capped, _ = cap_identity(ident)
-    assert len(capped.kernel_version) == TEXT_CHARS and len(capped.machine_id) == NAME_CHARS
+    assert len(capped.kernel_version) == TEXT_BYTES and len(capped.machine_id) == NAME_BYTES
     nic = capped.interfaces[0]
-    assert len(nic.ipv4[0].address) == ADDRESS_CHARS and len(nic.ipv6) == MAX_ADDRESSES_PER_INTERFACE - 1
+    assert len(nic.ipv4[0].address) == ADDRESS_BYTES and len(nic.ipv6) == MAX_ADDRESSES_PER_INTERFACE - 1
     stopping, cuts = cap_message(pb.AgentStoppingEvent(reason="r" * 5000))
-    assert len(stopping.reason) == TEXT_CHARS and cuts
+    assert len(stopping.reason) == TEXT_BYTES and cuts
     interfaces, cuts = cap_interfaces([pb.NetworkInterface(name=str(i)) for i in range(1000)])
     assert len(interfaces) == MAX_INTERFACES and cuts.fields == {"interfaces": (1000, MAX_INTERFACES)}
     # Addresses: 64 per interface, and MAX_ADDRESSES in the whole message (the first interfaces keep theirs).
@@ -192,13 +192,13 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
         status = conn.status()
         assert status.agent.identity.truncated and status.resource_usage.telemetry.truncated
         assert status.agent.ip_addresses_truncated
-        assert len(status.agent.identity.hostname) == NAME_CHARS
+        assert len(status.agent.identity.hostname) == NAME_BYTES
         assert status.ByteSize() < 4 * MESSAGE_BYTES
 
         # The heartbeat: a few hundred bytes of this VM, however much it sent.
         heartbeat = api_pb.HeartbeatRequest(node_id="host-a", vms=_node_vms(registry))
         (vm,) = heartbeat.vms
-        assert len(vm.hostname) == NAME_CHARS and len(vm.os) == NAME_CHARS
+        assert len(vm.hostname) == NAME_BYTES and len(vm.os) == NAME_BYTES
         assert len(vm.ip_addresses) == HEARTBEAT_ADDRESSES
         assert heartbeat.ByteSize() < 8 * 1024
 
@@ -261,7 +261,7 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
             while not (detail := await st.call("GetVM", {"vmId": "evil"})).json().get("telemetry"):
                 await trio.sleep(0.05)
         (vm,) = vms
-        assert vm["nodeReachable"] and len(vm["hostname"]) == NAME_CHARS and len(vm["os"]) == NAME_CHARS
+        assert vm["nodeReachable"] and len(vm["hostname"]) == NAME_BYTES and len(vm["os"]) == NAME_BYTES
         assert len(vm["ipAddresses"]) == HEARTBEAT_ADDRESSES
         assert detail.status_code == 200 and len(detail.content) < 512 * 1024
         answer = detail.json()
@@ -273,6 +273,7 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
 
 def test_an_agents_error_text_is_cut_to_the_caps() -> None:
     from limiquantix.protocol import errors
+    from limiquantix.protocol.limits import MAX_ERROR_MESSAGE_BYTES, MAX_NAME_BYTES
 
     exc = errors.from_proto(pb.Error(code=pb.ERROR_CODE_NOT_FOUND, message="m" * 1_000_000, reason="r" * 1000))
-    assert isinstance(exc, errors.NotFound) and len(exc.message) == TEXT_CHARS and len(exc.reason) == NAME_CHARS
+    assert isinstance(exc, errors.NotFound) and len(exc.message) == MAX_ERROR_MESSAGE_BYTES and len(exc.reason) == MAX_NAME_BYTES
