@@ -89,6 +89,10 @@ class VMScreen(LqxScreen):
                 self.app.pop_screen()
             return
         self._load_error = ""
+        if not self.query("#vm-title"):
+            # The app is quitting: Textual removes a screen's widgets before it cancels the
+            # screen's workers, so an answer arriving in between has nothing to draw into.
+            return
         self.show(detail)
 
     # -- drawing ---------------------------------------------------------------------
