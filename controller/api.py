@@ -44,8 +44,19 @@ from limiquantix.protocol.limits import check_message
 
 from .auth import Permission, Principal, Role, require
 from .forward import NodeClient
-from .models import MAX_PAGE_SIZE, AgentBrief, AuditAction, AuditDetail, AuditOutcome, NodeInfo, VMInfo, VMRoute
+from .models import (
+    MAX_PAGE_SIZE,
+    AgentBrief,
+    AuditAction,
+    AuditDetail,
+    AuditOutcome,
+    HeartbeatResult,
+    NodeInfo,
+    VMInfo,
+    VMRoute,
+)
 from .store import Store
+from .throttle import AuditThrottle
 
 __all__ = [
     "AUDIT_COMPLETE_TIMEOUT_S",
@@ -55,6 +66,7 @@ __all__ = [
     "EXEC_MARGIN_S",
     "FILE_CALL_BUDGET_S",
     "NODE_REGISTRY_SERVICE",
+    "VM_CLAIM_AUDIT_INTERVAL_S",
     "VM_SERVICE",
     "NodeRegistryAPI",
     "VMAPI",
@@ -64,6 +76,7 @@ __all__ = [
     "execute_request",
     "exit_reason_name",
     "make_authenticator",
+    "record_event",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +99,9 @@ EXEC_MARGIN_S: Final = 10.0
 AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
 #: The longest error text kept in an audit row's completion.
 _AUDIT_ERROR_CHARS: Final = 500
+#: A node's refused claim of a VM (sent again with every heartbeat) is audited at
+#: most once per node and VM per this many seconds; the row's count says how many.
+VM_CLAIM_AUDIT_INTERVAL_S: Final = 300.0
 
 _STATE_PREFIX: Final = "AGENT_STATE_"
 _EXIT_PREFIX: Final = "EXIT_REASON_"
@@ -121,6 +137,29 @@ def _source(ctx: CallContext) -> str:
         return "unix"
     host, port = ctx.peer[0], ctx.peer[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+async def record_event(
+    store: Store,
+    principal: Principal,
+    source_address: str,
+    action: AuditAction,
+    *,
+    outcome: AuditOutcome,
+    error: str = "",
+    vm_id: str = "",
+    node_id: str = "",
+    detail: AuditDetail | None = None,
+) -> None:
+    """An audit row for something already decided (a refusal, a move): begun and completed at once.
+
+    Raises:
+        AuditWriteFailed: the row could not be written.
+    """
+    audit_id = await store.audit_begin(
+        principal, source_address=source_address, action=action, vm_id=vm_id, node_id=node_id, detail=detail
+    )
+    await store.audit_complete(audit_id, outcome=outcome, error=error[:_AUDIT_ERROR_CHARS])
 
 
 def _budget(ctx: CallContext, own_s: float) -> float:
@@ -312,10 +351,9 @@ class VMAPI:
         detail: AuditDetail | None,
         exc: errors.AgentError,
     ) -> None:
-        audit_id = await self.store.audit_begin(
-            principal, source_address=_source(ctx), action=action, vm_id=vm_id, detail=detail
+        await record_event(
+            self.store, principal, _source(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message, vm_id=vm_id, detail=detail
         )
-        await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
 
     def _reachable(self, route: VMRoute) -> NodeInfo:
         """The VM's node, if it has been heard from lately.
@@ -786,6 +824,45 @@ class NodeRegistryAPI:
     def __init__(self, store: Store, *, heartbeat_timeout_s: float) -> None:
         self.store = store
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
+
+    async def _heartbeat(self, ctx: CallContext, principal: Principal, node_id: str, vms: list[VMInfo]) -> None:
+        """Store the node's VM list; audit the VMs that moved to it and (rate-limited) those it may not host.
+
+        Raises:
+            errors.NotFound: reason ``unknown_node``.
+            errors.PermissionDenied: reason ``node_owned``.
+        """
+        result = await self.store.heartbeat(
+            node_id, vms, owner_token_id=_node_owner(principal), heartbeat_timeout_s=self.heartbeat_timeout_s
+        )
+        if result.moved or result.refused:
+            # Shielded: the bindings changed already; their rows must not be lost to a hung-up node.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
+                await self._record_claims(_source(ctx), principal, node_id, result)
+
+    async def _record_claims(self, source: str, principal: Principal, node_id: str, result: HeartbeatResult) -> None:
+        try:
+            for move in result.moved:
+                log.info("VM %s moved from node %s to node %s (%s)", move.vm_id, move.from_node, node_id, move.reason)
+                await record_event(
+                    self.store, principal, source, AuditAction.VM_MOVED, outcome=AuditOutcome.SUCCESS,
+                    vm_id=move.vm_id, node_id=node_id,
+                    detail=AuditDetail(target=move.from_node, flags=(f"reason={move.reason}",)),
+                )  # fmt: skip
+            for claim in result.refused:
+                count = self._claims.hit((node_id, claim.vm_id), trio.current_time())
+                if count is None:
+                    continue
+                log.warning("node %s reports VM %s, which node %s hosts: refused", node_id, claim.vm_id, claim.owner_node)
+                await record_event(
+                    self.store, principal, source, AuditAction.VM_CLAIM, outcome=AuditOutcome.DENIED,
+                    error=f"vm_owned: VM {claim.vm_id} is bound to node {claim.owner_node}, which still reports it",
+                    vm_id=claim.vm_id, node_id=node_id, detail=AuditDetail(target=claim.owner_node, count=count),
+                )  # fmt: skip
+        except errors.AgentError:
+            # The heartbeat itself is stored; a lost row is logged rather than failing the node.
+            log.exception("audit rows for node %s's VM bindings could not be written", node_id)
 
     @staticmethod
     def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
@@ -812,10 +889,10 @@ class NodeRegistryAPI:
         try:
             require(principal, Permission.NODE_REGISTER)
         except errors.PermissionDenied as exc:
-            audit_id = await self.store.audit_begin(
-                principal, source_address=_source(ctx), action=AuditAction.NODE_REGISTER, detail=detail
-            )
-            await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
+            await record_event(
+                self.store, principal, _source(ctx), AuditAction.NODE_REGISTER, outcome=AuditOutcome.DENIED,
+                error=exc.message, detail=detail,
+            )  # fmt: skip
             raise
         vms = self._vms(request.vms)
         started = trio.current_time()
@@ -830,7 +907,7 @@ class NodeRegistryAPI:
         try:
             owner = _node_owner(principal)
             await self.store.register_node(request.node_id, url=request.url, token=request.token, owner_token_id=owner)
-            await self.store.heartbeat(request.node_id, vms, owner_token_id=owner)
+            await self._heartbeat(ctx, principal, request.node_id, vms)
             outcome = AuditOutcome.SUCCESS
         except errors.AgentError as exc:
             error = f"{exc.connect_code}: {exc.message}"
@@ -850,6 +927,9 @@ class NodeRegistryAPI:
 
     async def Heartbeat(self, request: api_pb.HeartbeatRequest, ctx: CallContext) -> api_pb.HeartbeatResponse:
         """Not audited (every few seconds per node): it only refreshes the VM list.
+        VMs that move to this node are (``vm.moved``), and VMs another node hosts
+        are refused and audited at most every :data:`VM_CLAIM_AUDIT_INTERVAL_S`
+        (``vm.claim``, denied, ``vm_owned``).
 
         Raises:
             errors.NotFound: reason ``unknown_node``: the node must RegisterNode again.
@@ -857,7 +937,7 @@ class NodeRegistryAPI:
         """
         principal = _principal(ctx)
         require(principal, Permission.NODE_REGISTER)
-        await self.store.heartbeat(request.node_id, self._vms(request.vms), owner_token_id=_node_owner(principal))
+        await self._heartbeat(ctx, principal, request.node_id, self._vms(request.vms))
         return api_pb.HeartbeatResponse()
 
     async def ListNodes(self, request: api_pb.ListNodesRequest, ctx: CallContext) -> api_pb.ListNodesResponse:

@@ -29,6 +29,7 @@ from .auth import Role, validate_labels
 
 __all__ = [
     "AUDIT_ERROR_MAX_CHARS",
+    "AUDIT_MAX_VM_IDS",
     "AUDIT_TEXT_MAX_CHARS",
     "FORBIDDEN_AUDIT_KEYS",
     "MAX_COMMAND_TARGETS",
@@ -48,13 +49,16 @@ __all__ = [
     "CommandPage",
     "CommandSpec",
     "CommandStatus",
+    "HeartbeatResult",
     "NodeInfo",
     "TargetResult",
     "TargetSpec",
     "TargetStatus",
     "TokenInfo",
     "User",
+    "VMClaim",
     "VMInfo",
+    "VMMove",
     "VMRoute",
     "cap_output",
     "iso_time",
@@ -66,6 +70,9 @@ __all__ = [
 #: many characters (with ``truncated`` set): a 1 MB inline script must not make
 #: the audit log the biggest thing on disk, its SHA-256 is recorded in full.
 AUDIT_TEXT_MAX_CHARS: Final = 8192
+#: VM ids listed in one audit row (a fleet run over 10 000 VMs names the
+#: first ones, its selector and its count).
+AUDIT_MAX_VM_IDS: Final = 100
 #: An error message in an audit row or a target result.
 AUDIT_ERROR_MAX_CHARS: Final = 2048
 #: stdout and stderr kept per fleet-run target, each (the agent's own cap is
@@ -167,6 +174,12 @@ class AuditAction(enum.Enum):
     NODE_REGISTER = "node.register"
     NODE_REMOVE = "node.remove"
     ADMIN_BOOTSTRAP = "admin.bootstrap"
+    VM_CLAIM = "vm.claim"
+    """A node reported a VM bound to another node that still hosts it: refused (reason ``vm_owned``)."""
+    VM_MOVED = "vm.moved"
+    """A VM's binding moved to another node (its owner stopped reporting it, or went unreachable)."""
+    AUTH_FAILED = "auth.failed"
+    """Requests refused 401, recorded at most once per source address and interval (``count``: how many)."""
 
 
 class AuditOutcome(enum.Enum):
@@ -177,6 +190,9 @@ class AuditOutcome(enum.Enum):
     ERROR = "error"
     DENIED = "denied"
     CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    """The request reached the node, then the connection broke or timed out:
+    the action may have happened (a caller must not retry it blindly)."""
 
 
 @final
@@ -212,7 +228,9 @@ class AuditDetail:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """A label selector (fleet run) or a new token's label scope."""
     count: int | None = None
-    """How many targets a fleet run resolved to."""
+    """How many targets a fleet run resolved to (or how many refused requests an ``auth.failed`` row stands for)."""
+    vm_ids: tuple[str, ...] = ()
+    """The VMs a fleet run named or resolved to (at most :data:`AUDIT_MAX_VM_IDS`, then ``truncated``)."""
     flags: tuple[str, ...] = ()
     """Short options: ``reboot``, ``append``, ``create_parents``, ``role=operator`` ..."""
     truncated: bool = False
@@ -238,6 +256,11 @@ class AuditDetail:
         object.__setattr__(self, "truncated", cut)
         object.__setattr__(self, "env_keys", tuple(self.env_keys))
         object.__setattr__(self, "flags", tuple(self.flags))
+        vm_ids = tuple(str(v)[:255] for v in self.vm_ids)
+        if len(vm_ids) > AUDIT_MAX_VM_IDS:
+            vm_ids, cut = vm_ids[:AUDIT_MAX_VM_IDS], True
+        object.__setattr__(self, "vm_ids", vm_ids)
+        object.__setattr__(self, "truncated", cut)
         for key in self.env_keys:
             if not _ENV_NAME_RE.fullmatch(key):
                 raise errors.InvalidArgument(f"audit detail: bad environment variable name {key[:64]!r}")
@@ -270,7 +293,7 @@ class AuditDetail:
         if unknown:
             raise errors.InvalidArgument(f"audit detail has no field {unknown[0]!r}", reason="forbidden_audit_field")
         values = dict(data)
-        for key in ("args", "env_keys", "flags"):
+        for key in ("args", "env_keys", "flags", "vm_ids"):
             if key in values:
                 values[key] = tuple(values[key])
         try:
@@ -474,6 +497,37 @@ class VMRoute:
 
     node: NodeInfo
     vm: VMInfo
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VMMove:
+    """A VM's binding moved to the heartbeating node (audited ``vm.moved``)."""
+
+    vm_id: str
+    from_node: str
+    reason: str
+    """``not_reported`` (the owner's last heartbeat no longer lists it) or
+    ``owner_unreachable`` (the owner is silent past the heartbeat timeout)."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VMClaim:
+    """A VM the heartbeating node reported but may not host: another node owns it
+    and still reports it (refused: left out of the node's list, audited ``vm.claim``)."""
+
+    vm_id: str
+    owner_node: str
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeartbeatResult:
+    """What a heartbeat changed in the VM → node bindings."""
+
+    moved: tuple[VMMove, ...] = ()
+    refused: tuple[VMClaim, ...] = ()
 
 
 # ------------------------------------------------------------------ fleet runs

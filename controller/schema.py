@@ -169,12 +169,37 @@ _V3: Final = ("ALTER TABLE node_vms ADD COLUMN agent TEXT NOT NULL DEFAULT '{}'"
 # Another node token may not register or heartbeat that node id while this one is valid.
 _V4: Final = ("ALTER TABLE nodes ADD COLUMN owner_token_id TEXT",)
 
+# Version 5: each VM id bound to the node that hosts it, as node ids are bound to
+# node tokens (v4). Another node reporting the VM is refused while the owner still
+# reports it and is reachable. Existing VMs are bound to the node that reported them
+# last (a VM two nodes report, as mid-migration, to the freshest heartbeat; ties to
+# the smaller node id), and the other node's row for it is dropped.
+_V5: Final = (
+    """CREATE TABLE vm_owners (
+        vm_id    TEXT PRIMARY KEY,
+        node_id  TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+        bound_at REAL NOT NULL
+    )""",
+    "CREATE INDEX vm_owners_node ON vm_owners(node_id)",
+    """INSERT INTO vm_owners (vm_id, node_id, bound_at)
+    SELECT v.vm_id, v.node_id, COALESCE(n.last_heartbeat, n.registered_at)
+    FROM node_vms v JOIN nodes n ON n.node_id = v.node_id
+    WHERE NOT EXISTS (
+        SELECT 1 FROM node_vms v2 JOIN nodes n2 ON n2.node_id = v2.node_id
+        WHERE v2.vm_id = v.vm_id AND v2.node_id <> v.node_id
+          AND (COALESCE(n2.last_heartbeat, 0) > COALESCE(n.last_heartbeat, 0)
+               OR (COALESCE(n2.last_heartbeat, 0) = COALESCE(n.last_heartbeat, 0) AND v2.node_id < v.node_id)))""",
+    """DELETE FROM node_vms WHERE NOT EXISTS (
+        SELECT 1 FROM vm_owners o WHERE o.vm_id = node_vms.vm_id AND o.node_id = node_vms.node_id)""",
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
     Migration(2, "node role for hostd registration tokens", _V2),
     Migration(3, "each VM's agent in brief from the heartbeats", _V3),
     Migration(4, "nodes bound to the node token that registered them", _V4),
+    Migration(5, "VM ids bound to the node that hosts them", _V5),
 )
 
 #: The version this code writes and understands.

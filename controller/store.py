@@ -88,13 +88,16 @@ from .models import (
     CommandPage,
     CommandSpec,
     CommandStatus,
+    HeartbeatResult,
     NodeInfo,
     TargetResult,
     TargetSpec,
     TargetStatus,
     TokenInfo,
     User,
+    VMClaim,
     VMInfo,
+    VMMove,
     VMRoute,
     _check_page,
     _vm_ids,
@@ -330,10 +333,23 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo], *, owner_token_id: str | None = None) -> None:
+    async def heartbeat(
+        self,
+        node_id: str,
+        vms: Sequence[VMInfo],
+        *,
+        owner_token_id: str | None = None,
+        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    ) -> HeartbeatResult:
         """A node is alive and hosts exactly ``vms`` (replacing its previous list).
 
         ``owner_token_id``: the node-role API token sending it (None: an admin).
+
+        A VM id is bound to the first node that reports it. Another node's report
+        of it is refused (left out of that node's list, returned in
+        ``refused``) while the owner still reports it and has heartbeated within
+        ``heartbeat_timeout_s``; otherwise the binding moves to this node
+        (returned in ``moved``: a live migration or a restart elsewhere).
 
         Raises:
             errors.NotFound: the node is not registered.
@@ -360,12 +376,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def node_for_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
-        """The node hosting ``vm_id`` (when two report it, as during a migration:
-        a reachable one first, then the most recent heartbeat). The caller answers
-        ``unavailable`` when ``route.node.reachable`` is False.
+        """The node ``vm_id`` is bound to (see :meth:`heartbeat`), as long as it
+        reports the VM. The caller answers ``unavailable`` when
+        ``route.node.reachable`` is False.
 
         Raises:
-            errors.NotFound: no node reports the VM.
+            errors.NotFound: no node reports the VM (or only one it is not bound to).
         """
 
     # ---- fleet runs
@@ -863,22 +879,34 @@ class SQLiteStore(Store):
 
         await self._run(run)
 
-    async def heartbeat(self, node_id: str, vms: Sequence[VMInfo], *, owner_token_id: str | None = None) -> None:
-        rows = [(node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())) for vm in vms]
+    async def heartbeat(
+        self,
+        node_id: str,
+        vms: Sequence[VMInfo],
+        *,
+        owner_token_id: str | None = None,
+        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    ) -> HeartbeatResult:
+        rows = {vm.vm_id: (node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())) for vm in vms}
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> HeartbeatResult:
             with _write(conn, durable=False):
                 _check_node_owner(conn, node_id, owner_token_id)
-                cur = conn.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self._clock(), node_id))
+                now = self._clock()
+                cur = conn.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (now, node_id))
                 if cur.rowcount == 0:
                     raise errors.NotFound(f"node {node_id!r} is not registered", reason="unknown_node")
+                moved, refused = _claim_vms(conn, node_id, list(rows), now, heartbeat_timeout_s)
+                for claim in refused:
+                    del rows[claim.vm_id]
                 conn.execute("DELETE FROM node_vms WHERE node_id = ?", (node_id,))
                 conn.executemany(
-                    "INSERT OR REPLACE INTO node_vms (node_id, vm_id, name, labels, state, agent) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
+                    "INSERT INTO node_vms (node_id, vm_id, name, labels, state, agent) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows.values(),
                 )
+                return HeartbeatResult(moved=tuple(moved), refused=tuple(refused))
 
-        await self._run(run)
+        return await self._run(run)
 
     async def get_node(self, node_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> NodeInfo:
         return await self._run(lambda conn: _node(conn, node_id, self._clock(), heartbeat_timeout_s))
@@ -911,18 +939,18 @@ class SQLiteStore(Store):
 
     async def node_for_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
         def run(conn: sqlite3.Connection) -> VMRoute:
-            rows = conn.execute(
-                f"{_NODE_SELECT} JOIN node_vms v ON v.node_id = n.node_id WHERE v.vm_id = ?", (vm_id,)
-            ).fetchall()
-            if not rows:
-                raise errors.NotFound(f"no node reports VM {vm_id!r}", reason="unknown_vm")
-            now = self._clock()
-            candidates = [(_node_from_row(r, now, heartbeat_timeout_s), r) for r in rows]
-            node, _ = max(candidates, key=lambda c: (c[0].reachable, c[0].last_heartbeat or 0.0))
-            vm_row = conn.execute(
-                f"SELECT {_VM_COLUMNS} FROM node_vms WHERE node_id = ? AND vm_id = ?", (node.node_id, vm_id)
+            # Only the node the VM is bound to: another node's report never routes a call.
+            row = conn.execute(
+                f"{_NODE_SELECT} JOIN vm_owners o ON o.node_id = n.node_id WHERE o.vm_id = ?", (vm_id,)
             ).fetchone()
-            return VMRoute(node=node, vm=_vm_from_row(vm_row))
+            vm_row = None
+            if row is not None:
+                vm_row = conn.execute(
+                    f"SELECT {_VM_COLUMNS} FROM node_vms WHERE node_id = ? AND vm_id = ?", (row[0], vm_id)
+                ).fetchone()
+            if row is None or vm_row is None:
+                raise errors.NotFound(f"no node reports VM {vm_id!r}", reason="unknown_vm")
+            return VMRoute(node=_node_from_row(row, self._clock(), heartbeat_timeout_s), vm=_vm_from_row(vm_row))
 
         return await self._run(run)
 
@@ -1381,6 +1409,46 @@ def _check_node_owner(conn: sqlite3.Connection, node_id: str, token_id: str | No
             f"node {node_id!r} is registered by another node token ({row[0]}); revoke that one first",
             reason="node_owned",
         )
+
+
+#: VM ids looked up per query when a heartbeat's VMs are checked against their bindings
+#: (below SQLite's default limit of host parameters).
+_CLAIM_BATCH: Final = 500
+
+
+def _claim_vms(
+    conn: sqlite3.Connection, node_id: str, vm_ids: list[str], now: float, heartbeat_timeout_s: float
+) -> tuple[list[VMMove], list[VMClaim]]:
+    """Bind the VMs a node reports to it where nobody else may keep them.
+
+    A VM bound to another node moves here when that node's last heartbeat no
+    longer lists it, or when that node has been silent past
+    ``heartbeat_timeout_s`` (its stale row is dropped); otherwise it is refused.
+    """
+    moved: list[VMMove] = []
+    refused: list[VMClaim] = []
+    for start in range(0, len(vm_ids), _CLAIM_BATCH):
+        batch = vm_ids[start : start + _CLAIM_BATCH]
+        marks = ",".join("?" * len(batch))
+        others = conn.execute(
+            "SELECT o.vm_id, o.node_id, n.last_heartbeat,"
+            " EXISTS (SELECT 1 FROM node_vms v WHERE v.node_id = o.node_id AND v.vm_id = o.vm_id)"
+            f" FROM vm_owners o JOIN nodes n ON n.node_id = o.node_id WHERE o.node_id <> ? AND o.vm_id IN ({marks})",
+            (node_id, *batch),
+        ).fetchall()
+        for vm_id, owner, last_heartbeat, still_reported in others:
+            owner_reachable = last_heartbeat is not None and now - last_heartbeat <= heartbeat_timeout_s
+            if still_reported and owner_reachable:
+                refused.append(VMClaim(vm_id=vm_id, owner_node=owner))
+                continue
+            moved.append(VMMove(vm_id=vm_id, from_node=owner, reason="owner_unreachable" if still_reported else "not_reported"))
+            conn.execute("DELETE FROM node_vms WHERE node_id = ? AND vm_id = ?", (owner, vm_id))
+            conn.execute("UPDATE vm_owners SET node_id = ?, bound_at = ? WHERE vm_id = ?", (node_id, now, vm_id))
+        conn.executemany(
+            "INSERT OR IGNORE INTO vm_owners (vm_id, node_id, bound_at) VALUES (?, ?, ?)",
+            [(vm_id, node_id, now) for vm_id in batch],
+        )
+    return moved, refused
 
 
 def _node_from_row(row: Sequence[Any], now: float, heartbeat_timeout_s: float) -> NodeInfo:

@@ -30,7 +30,9 @@ from limiquantix.controller.models import (
     CommandStatus,
     TargetSpec,
     TargetStatus,
+    VMClaim,
     VMInfo,
+    VMMove,
     max_errors_limit,
 )
 from limiquantix.controller.schema import MIGRATIONS, SCHEMA_VERSION, Migration
@@ -87,7 +89,7 @@ ADMIN = Principal(user="admin", token_id="bbbbbbbbbbbb", role=Role.ADMIN)
 # ------------------------------------------------------------------ exports
 
 
-@pytest.mark.parametrize("name", ["auth", "models", "schema", "store", "__main__"])
+@pytest.mark.parametrize("name", ["auth", "models", "schema", "store", "throttle", "__main__"])
 def test_controller_modules_export_what_exists(name: str) -> None:
     module = importlib.import_module(f"limiquantix.controller.{name}")
     exported = module.__all__
@@ -657,6 +659,66 @@ async def test_nodes_register_heartbeat_unreachable_route(store: SQLiteStore, cl
     with pytest.raises(errors.NotFound):
         await store.remove_node("host-a")
     assert [n.node_id for n in await store.list_nodes()] == ["host-b"]
+
+
+@pytest.mark.trio
+async def test_a_vm_is_bound_to_its_node_and_moves_only_when_its_owner_lets_go(store: SQLiteStore, clock: FakeClock) -> None:
+    for node in ("host-a", "host-b"):
+        await store.register_node(node, url=f"http://{node}:8081", token=f"secret-{node}")
+    first = await store.heartbeat("host-a", [VMInfo(vm_id="web-1", labels={"env": "prod"}), VMInfo(vm_id="db-1")])
+    assert (first.moved, first.refused) == ((), ())
+    # Another node claims web-1 while host-a still reports it and is alive: refused,
+    # left out of host-b's list, calls still go to host-a.
+    clock.advance(1)
+    claim = await store.heartbeat("host-b", [VMInfo(vm_id="web-1", labels={"env": "dev"}), VMInfo(vm_id="b-1")])
+    assert claim.refused == (VMClaim(vm_id="web-1", owner_node="host-a"),) and claim.moved == ()
+    assert [vm.vm_id for _, vm in await store.list_vms(node_id="host-b")] == ["b-1"]
+    route = await store.node_for_vm("web-1", heartbeat_timeout_s=15)
+    assert route.node.node_id == "host-a" and dict(route.vm.labels) == {"env": "prod"}
+    # A live migration: host-a stops reporting web-1, host-b's next heartbeat takes it.
+    await store.heartbeat("host-a", [VMInfo(vm_id="db-1")])
+    with pytest.raises(errors.NotFound):  # the owner no longer reports it, nobody else is bound to it
+        await store.node_for_vm("web-1")
+    moved = await store.heartbeat("host-b", [VMInfo(vm_id="web-1"), VMInfo(vm_id="b-1")], heartbeat_timeout_s=15)
+    assert moved.moved == (VMMove(vm_id="web-1", from_node="host-a", reason="not_reported"),)
+    assert (await store.node_for_vm("web-1")).node.node_id == "host-b"
+    # host-a reporting it again (a stale hypervisor) is now the refused claim.
+    back = await store.heartbeat("host-a", [VMInfo(vm_id="db-1"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=15)
+    assert back.refused == (VMClaim(vm_id="web-1", owner_node="host-b"),)
+    # A restart elsewhere: host-a goes silent still listing db-1; once it is past the
+    # timeout host-b may take db-1, and host-a's stale row goes.
+    clock.advance(10)
+    assert (await store.heartbeat("host-b", [VMInfo(vm_id="db-1")], heartbeat_timeout_s=15)).refused != ()
+    clock.advance(10)
+    taken = await store.heartbeat("host-b", [VMInfo(vm_id="db-1"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=15)
+    assert taken.moved == (VMMove(vm_id="db-1", from_node="host-a", reason="owner_unreachable"),)
+    assert [(n, vm.vm_id) for n, vm in await store.list_vms()] == [("host-b", "db-1"), ("host-b", "web-1")]
+    # Removing a node frees its VMs for anyone.
+    await store.remove_node("host-b")
+    await store.heartbeat("host-a", [VMInfo(vm_id="web-1")])
+    assert (await store.node_for_vm("web-1")).node.node_id == "host-a"
+
+
+@pytest.mark.trio
+async def test_migration_5_binds_each_reported_vm_to_its_freshest_node(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    clock = FakeClock()
+    async with await SQLiteStore.open(db, migrations=MIGRATIONS[:4], clock=clock) as store:
+        for node in ("host-a", "host-b"):
+            await store.register_node(node, url=f"http://{node}:8081", token=f"secret-{node}")
+        await store._run(
+            lambda conn: conn.executemany(
+                "INSERT INTO node_vms (node_id, vm_id) VALUES (?, ?)",
+                [("host-a", "web-1"), ("host-a", "only-a"), ("host-b", "web-1")],
+            )
+        )
+        await store._run(lambda conn: conn.execute("UPDATE nodes SET last_heartbeat = node_id = 'host-b'"))
+    async with await SQLiteStore.open(db, clock=clock) as store:
+        assert (await store.node_for_vm("web-1")).node.node_id == "host-b"  # the fresher heartbeat
+        assert (await store.node_for_vm("only-a")).node.node_id == "host-a"
+        assert [(n, vm.vm_id) for n, vm in await store.list_vms()] == [("host-a", "only-a"), ("host-b", "web-1")]
+        refused = await store.heartbeat("host-a", [VMInfo(vm_id="only-a"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=1e12)
+        assert refused.refused == (VMClaim(vm_id="web-1", owner_node="host-b"),)
 
 
 # ------------------------------------------------------------------ fleet runs
