@@ -362,12 +362,14 @@ async def measure(work: Path, settings: Settings) -> Results:
 
         hostd_token = work / "hostd.token"
         hostd_token.write_text(secrets.token_urlsafe(24) + "\n")
+        node_token_file = work / "node.token"
+        node_token_file.write_text(node_token + "\n")
         hostd = _spawn(
             "limiquantix-hostd",
             [sys.executable, "-m", "limiquantix.hostd", "--config", str(empty),
              "--listen", f"127.0.0.1:{_free_port()}", "--token-file", str(hostd_token),
              "--socket-dir", str(sockdir), "--libvirt-channel-root", "", "--node-id", "bench-host",
-             "--controller-url", url, "--controller-token", node_token,
+             "--controller-url", url, "--controller-token-file", str(node_token_file),
              "--heartbeat-interval-s", f"{HEARTBEAT_INTERVAL_S:g}", "--log-level", "warning"],
             work / "hostd.log", work,
         )  # fmt: skip

@@ -628,8 +628,9 @@ class RawHttp:
             await stream.aclose()
 
 
-async def metrics(client: Any, url: str) -> str:
-    r = await client.get(f"{url}/metrics")
+async def metrics(client: Any, url: str, token: str) -> str:
+    """hostd's /metrics (it needs the node API's token)."""
+    r = await client.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
     r.raise_for_status()
     return r.text
 
@@ -931,7 +932,7 @@ async def measure(work: Path, settings: Settings) -> Results:
             for _ in range(settings.http_clients)
         ]
         with trio.fail_after(START_TIMEOUT_S):
-            while connected_count(await metrics(client, url)) < settings.agents:
+            while connected_count(await metrics(client, url, token)) < settings.agents:
                 hostd.check_alive()
                 fleet.child.check_alive()
                 await trio.sleep(0.1)
@@ -960,7 +961,7 @@ async def measure(work: Path, settings: Settings) -> Results:
         r.fleet_cpu = (cpu1[1] - cpu0[1]) / r.idle_s * 100
         r.idle_rss, r.fleet_rss = rss
         r.idle_stats = {k: v - stats0.get(k, 0) for k, v in stats1["stats"].items()}
-        text = await metrics(client, url)
+        text = await metrics(client, url, token)
         r.idle_connected_end = connected_count(text)
         m = _RECONNECTS_RE.search(text)
         r.idle_reconnects = float(m.group(1)) if m else math.nan

@@ -4,11 +4,12 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
 
     listen = "127.0.0.1:8081"        # TCP; "" for none
     unix_socket = "/run/limiquantix/hostd.sock"   # optional
-    token_file = "/etc/limiquantix/hostd.token"   # or token = "..."
+    token_file = "/etc/limiquantix/hostd.token"   # or token = "...", or LQX_HOSTD_TOKEN
+    metrics_open = false              # true: /metrics without the bearer token
 
     # Optional: register with a controller and heartbeat the VM list.
     controller_url = "http://controller:8080"
-    controller_token = "lqx_..."      # a token with the `node` role
+    controller_token_file = "/etc/limiquantix/controller.token"  # a token with the `node` role
     advertise_url = "http://10.0.0.5:8081"        # default: from listen
     heartbeat_interval_s = 5
 
@@ -25,6 +26,11 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
 
 Top-level keys are also flags (``--listen``, ``--token-file`` ...), as are
 ``--socket-dir``, ``--libvirt-channel-root`` and ``--vm ID=SOCKET``; flags win.
+Secrets are never flags (a command line is visible to every user in ``ps``):
+the tokens come from their files (``token_file``, ``controller_token_file``),
+else the environment (``LQX_HOSTD_TOKEN``, ``LQX_HOSTD_CONTROLLER_TOKEN``), else
+the TOML file's ``token`` / ``controller_token``. ``--token`` and
+``--controller-token`` are refused with a message saying so.
 
 With ``controller_url`` set, hostd calls the controller's
 ``NodeRegistryService.RegisterNode`` at start (its node id, the URL of its
@@ -55,7 +61,7 @@ import trio
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors, guestcaps
@@ -72,7 +78,16 @@ from .discovery import VMRegistry
 from .vmconn import ConnectionCounters, VMState
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "HostdConfig", "build_app", "load_config", "main", "serve"]
+__all__ = [
+    "CONTROLLER_TOKEN_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "TOKEN_ENV",
+    "HostdConfig",
+    "build_app",
+    "load_config",
+    "main",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +103,9 @@ REGISTER_BACKOFF_INITIAL_S: Final = 0.5
 REGISTER_BACKOFF_MAX_S: Final = 30.0
 #: Time allowed for one RegisterNode or Heartbeat call.
 CONTROLLER_CALL_TIMEOUT_S: Final = 10.0
+#: The environment variables that may hold hostd's token and its controller token.
+TOKEN_ENV: Final = "LQX_HOSTD_TOKEN"
+CONTROLLER_TOKEN_ENV: Final = "LQX_HOSTD_CONTROLLER_TOKEN"
 _REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
 
 
@@ -101,15 +119,19 @@ class HostdConfig:
     unix_socket: str = ""
     """Unix socket path of the node API; empty: none."""
     token: str = ""
-    """Bearer token every RPC must carry (prefer token_file)."""
+    """Bearer token every RPC (and /metrics) must carry (prefer token_file; never a flag)."""
     token_file: str = ""
     """File holding the bearer token (first line)."""
+    metrics_open: bool = False
+    """Serve /metrics without the bearer token (it names every method's call counts)."""
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
     """This host's name in the controller."""
     controller_url: str = ""
     """The controller to register with (http://host:port); empty: standalone."""
     controller_token: str = ""
-    """Bearer token for the controller (a token with the ``node`` role)."""
+    """Bearer token for the controller (a token with the ``node`` role; prefer controller_token_file; never a flag)."""
+    controller_token_file: str = ""
+    """File holding the controller token (first line)."""
     advertise_url: str = ""
     """URL of this node API as the controller should call it; default http://<listen>."""
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
@@ -134,27 +156,46 @@ class HostdConfig:
         if self.controller_url:
             if not self.controller_url.startswith(("http://", "https://")):
                 raise ConfigError("controller_url must be http:// or https://")
-            if not self.controller_token:
-                raise ConfigError("controller_url needs controller_token")
+            if not self.controller_token and not self.controller_token_file:
+                raise ConfigError(f"controller_url needs controller_token_file (or {CONTROLLER_TOKEN_ENV})")
         if not self.heartbeat_interval_s > 0:
             raise ConfigError("heartbeat_interval_s must be > 0")
 
     def bearer_token(self) -> str:
-        """The configured token.
+        """The token every call must carry.
 
         Raises:
             ConfigError: none configured, or the file is unreadable or empty.
         """
-        token = self.token
-        if self.token_file:
-            try:
-                lines = Path(self.token_file).read_text().split()
-            except OSError as exc:
-                raise ConfigError(f"cannot read token_file {self.token_file}: {exc.strerror}") from exc
-            token = lines[0] if lines else ""
-        if not token:
-            raise ConfigError("a bearer token is required: set token or token_file")
-        return token
+        return _secret(self.token, self.token_file, "token")
+
+    def controller_bearer_token(self) -> str:
+        """The token hostd presents to the controller.
+
+        Raises:
+            ConfigError: none configured, or the file is unreadable or empty.
+        """
+        return _secret(self.controller_token, self.controller_token_file, "controller_token")
+
+
+def _secret(value: str, file: str, what: str) -> str:
+    """A token from its file (first word) when one is named, else ``value``.
+
+    Raises:
+        ConfigError: the file is unreadable or empty, or there is no token at all.
+    """
+    if file:
+        try:
+            words = Path(file).read_text().split()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {what}_file {file}: {exc.strerror}") from exc
+        value = words[0] if words else ""
+        if not value:
+            raise ConfigError(f"{what}_file {file} is empty")
+    if not value:
+        name = "bearer token" if what == "token" else what
+        raise ConfigError(f"a {name} is required: set {what}_file or {_SECRET_KEYS[what]}")
+    return value
 
 
 _SCALARS: Final = (
@@ -167,8 +208,11 @@ _SCALARS: Final = (
     "log_level",
     "controller_url",
     "controller_token",
+    "controller_token_file",
     "advertise_url",
 )
+#: Keys that hold a secret: TOML or the environment only, never flags.
+_SECRET_KEYS: Final = {"token": TOKEN_ENV, "controller_token": CONTROLLER_TOKEN_ENV}
 
 
 def _sub(cls: type, data: Any, where: str) -> Any:
@@ -187,7 +231,7 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         ConfigError: unknown keys, wrong types or values.
     """
     data = dict(data)
-    known = {*_SCALARS, "heartbeat_interval_s", "connection", "discovery", "vm"}
+    known = {*_SCALARS, "heartbeat_interval_s", "metrics_open", "connection", "discovery", "vm"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -202,6 +246,10 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
             kwargs["heartbeat_interval_s"] = float(data["heartbeat_interval_s"])
         except (TypeError, ValueError):
             raise ConfigError("heartbeat_interval_s must be a number") from None
+    if "metrics_open" in data:
+        if not isinstance(data["metrics_open"], bool):
+            raise ConfigError("metrics_open must be true or false")
+        kwargs["metrics_open"] = data["metrics_open"]
     if "connection" in data:
         kwargs["connection"] = _sub(ConnectionConfig, data["connection"], "connection")
     if "discovery" in data:
@@ -213,12 +261,32 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
     return HostdConfig(**kwargs)
 
 
+class _RefuseSecret(argparse.Action):
+    """``--token`` / ``--controller-token``: a secret on the command line is visible in ``ps``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        key = self.dest
+        parser.error(
+            f"{option} is refused: a token on the command line is visible to every user (ps); "
+            f"use --{key.replace('_', '-')}-file FILE or the environment variable {_SECRET_KEYS[key]}"
+        )
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="limiquantix-hostd", description="LimiQuantix host daemon: the node API over every VM's agent.")
     p.add_argument("--version", action="version", version=f"limiquantix-hostd {__version__}")
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
     for key in _SCALARS:
-        p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
+        if key in _SECRET_KEYS:
+            # Refused with a reason rather than "unrecognized arguments".
+            p.add_argument(
+                "--" + key.replace("_", "-"), dest=key, action=_RefuseSecret, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        else:
+            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
+    p.add_argument(
+        "--metrics-open", action="store_true", default=argparse.SUPPRESS, help="serve /metrics without the bearer token"
+    )
     p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS)
     p.add_argument("--socket-dir", default=argparse.SUPPRESS, help="directory of <vm-id>.agent.sock sockets")
     p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help="libvirt's channel target directory")
@@ -251,6 +319,10 @@ def load_config(argv: Sequence[str] | None = None) -> HostdConfig:
     if extra_vms:
         data["vm"] = [*data.get("vm", []), *extra_vms]
     data.update(ns)
+    # The environment over the TOML value; a file named anywhere over both.
+    for key, env in _SECRET_KEYS.items():
+        if os.environ.get(env):
+            data[key] = os.environ[env]
     return config_from_mapping(data)
 
 
@@ -316,8 +388,8 @@ def make_authenticator(token: str) -> Callable[[CallContext], Awaitable[None]]:
     return authenticate
 
 
-def build_app(registry: VMRegistry, *, token: str) -> QuartTrio:
-    """The node API, /healthz (open) and /metrics."""
+def build_app(registry: VMRegistry, *, token: str, metrics_open: bool = False) -> QuartTrio:
+    """The node API, /healthz (open) and /metrics (the bearer token unless ``metrics_open``)."""
     app = QuartTrio("limiquantix-hostd")
     metrics = Metrics(registry)
     started = time.time()
@@ -327,13 +399,21 @@ def build_app(registry: VMRegistry, *, token: str) -> QuartTrio:
         body = {"status": "ok", "version": __version__, "vms": len(registry), "uptime_s": round(time.time() - started, 1)}
         return Response(json.dumps(body), content_type="application/json")
 
+    authenticate = make_authenticator(token)
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
+        # Per-method counts (password resets included) are the operator's business:
+        # the same token as the node API, unless the operator opened it.
+        if not metrics_open:
+            try:
+                await authenticate(CallContext(procedure="/metrics", headers=request.headers))
+            except errors.Unauthenticated as exc:
+                body = json.dumps({"code": exc.connect_code, "message": exc.message})
+                return Response(body, status=exc.http_status, content_type="application/json")
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    router = ConnectRouter(
-        [Service(SERVICE, NodeAPI(registry))], authenticate=make_authenticator(token), observe=metrics.observe
-    )
+    router = ConnectRouter([Service(SERVICE, NodeAPI(registry))], authenticate=authenticate, observe=metrics.observe)
     router.register(app)
     app.config["LQX_METRICS"] = metrics
     return app
@@ -350,9 +430,10 @@ async def serve(
     ``task_status.started()`` gets the bound addresses (``http://...``, ``unix:...``).
     """
     token = config.bearer_token()
+    controller_token = config.controller_bearer_token() if config.controller_url else ""
     stop = shutdown if shutdown is not None else trio.Event()
     async with VMRegistry.open(entries=config.vms, discovery=config.discovery, connection=config.connection) as registry:
-        app = build_app(registry, token=token)
+        app = build_app(registry, token=token, metrics_open=config.metrics_open)
         bind = []
         if config.listen:
             bind.append(config.listen)
@@ -374,7 +455,7 @@ async def serve(
                     background.start_soon(_signals, stop)
                 if config.controller_url:
                     advertise = config.advertise_url or next((b for b in binds if b.startswith("http")), "")
-                    background.start_soon(_controller_link, config, registry, token, advertise)
+                    background.start_soon(_controller_link, config, registry, token, controller_token, advertise)
                 task_status.started(binds)
                 await stop.wait()
                 background.cancel_scope.cancel()
@@ -417,7 +498,11 @@ def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
 
 
 async def _controller_call(
-    client: httpx.AsyncClient, config: HostdConfig, method: str, request: api_pb.RegisterNodeRequest | api_pb.HeartbeatRequest
+    client: httpx.AsyncClient,
+    config: HostdConfig,
+    controller_token: str,
+    method: str,
+    request: api_pb.RegisterNodeRequest | api_pb.HeartbeatRequest,
 ) -> None:
     """One NodeRegistryService call (Connect, proto).
 
@@ -429,7 +514,7 @@ async def _controller_call(
         f"{config.controller_url.rstrip('/')}/{_REGISTRY_SERVICE}/{method}",
         content=request.SerializeToString(),
         headers={
-            "Authorization": f"Bearer {config.controller_token}",
+            "Authorization": f"Bearer {controller_token}",
             "Content-Type": "application/proto",
             "Connect-Protocol-Version": "1",
         },
@@ -443,7 +528,9 @@ async def _controller_call(
         raise errors.from_connect_code(code, message)
 
 
-async def _controller_link(config: HostdConfig, registry: VMRegistry, token: str, advertise_url: str) -> None:
+async def _controller_link(
+    config: HostdConfig, registry: VMRegistry, token: str, controller_token: str, advertise_url: str
+) -> None:
     """Register with the controller, then heartbeat forever; never raises.
 
     A controller that is down, or answers an error, is retried with capped,
@@ -463,6 +550,7 @@ async def _controller_link(config: HostdConfig, registry: VMRegistry, token: str
                     await _controller_call(
                         client,
                         config,
+                        controller_token,
                         "RegisterNode",
                         api_pb.RegisterNodeRequest(node_id=config.node_id, url=advertise_url, token=token, vms=vms),
                     )
@@ -470,7 +558,7 @@ async def _controller_link(config: HostdConfig, registry: VMRegistry, token: str
                     log.info("registered with %s as %s (%s)", config.controller_url, config.node_id, advertise_url)
                 else:
                     await _controller_call(
-                        client, config, "Heartbeat", api_pb.HeartbeatRequest(node_id=config.node_id, vms=vms)
+                        client, config, controller_token, "Heartbeat", api_pb.HeartbeatRequest(node_id=config.node_id, vms=vms)
                     )
                 if failing:
                     log.info("controller %s reachable again", config.controller_url)
@@ -505,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
         config.bearer_token()
+        if config.controller_url:
+            config.controller_bearer_token()
     except ConfigError as exc:
         print(f"limiquantix-hostd: {exc}", file=sys.stderr)
         return 2

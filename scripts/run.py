@@ -204,8 +204,10 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 check=True, capture_output=True, text=True,
             ).stdout.strip()  # fmt: skip
             hostd_token = secrets.token_urlsafe(24)
-            (tmp / "hostd.token").write_text(hostd_token + "\n")
-            (tmp / "hostd.token").chmod(0o600)
+            for name, secret in (("hostd.token", hostd_token), ("node.token", node_token)):
+                # Tokens go to hostd in files: a command line is visible to every user in ps.
+                (tmp / name).write_text(secret + "\n")
+                (tmp / name).chmod(0o600)
             vms_dir = tmp / "vms"
             vms_dir.mkdir()
             if QEMU:
@@ -220,7 +222,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
                  "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
                  "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning",
-                 "--controller-url", url, "--controller-token", node_token, "--heartbeat-interval-s", "2"],
+                 "--controller-url", url, "--controller-token-file", str(tmp / "node.token"), "--heartbeat-interval-s", "2"],
                 preexec_fn=_daemon_session,
             )  # fmt: skip
             procs.append(hostd)

@@ -269,7 +269,12 @@ async def test_guest_shutdown_stops_the_simulated_vm(stack: Stack) -> None:
 @pytest.mark.trio
 async def test_metrics(stack: Stack) -> None:
     await stack.ok("PingAgent", {"vmId": "vm0"})
-    text = (await stack.client.get(f"{stack.url}/metrics")).text
+    # The per-method counts are not for anyone who can reach the port: the node API's token.
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = await stack.client.get(f"{stack.url}/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
+        assert "lqx_hostd" not in refused.text
+    text = (await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
     assert 'lqx_hostd_vms{state="connected"} 2.0' in text
     assert 'lqx_hostd_rpcs_total{code="ok",method="PingAgent"}' in text
     assert "lqx_hostd_rpc_seconds_bucket" in text

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from limiquantix.hostd.config import ConfigError, DiscoveryConfig
-from limiquantix.hostd.daemon import HostdConfig, load_config, serve
+from limiquantix.hostd.daemon import CONTROLLER_TOKEN_ENV, TOKEN_ENV, HostdConfig, load_config, serve
 
 
 def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:
@@ -59,6 +59,48 @@ def test_token_is_required_and_read_from_its_file(tmp_path: Path) -> None:
         HostdConfig(token_file=str(tmp_path / "missing")).bearer_token()
     out = subprocess.run([sys.executable, "-m", "limiquantix.hostd"], capture_output=True, text=True)
     assert out.returncode == 2 and "bearer token is required" in out.stderr
+
+
+def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "node.token").write_text("lqx_node-token-from-file\n")
+    url = ["--controller-url", "http://c:8080"]
+    with pytest.raises(ConfigError, match=f"controller_url needs controller_token_file \\(or {CONTROLLER_TOKEN_ENV}\\)"):
+        load_config(url)
+    c = load_config([*url, "--controller-token-file", str(tmp_path / "node.token")])
+    assert c.controller_bearer_token() == "lqx_node-token-from-file"
+    monkeypatch.setenv(CONTROLLER_TOKEN_ENV, "lqx_node-token-from-env")
+    monkeypatch.setenv(TOKEN_ENV, "hostd-token-from-env")
+    c = load_config(url)
+    assert (c.controller_bearer_token(), c.bearer_token()) == ("lqx_node-token-from-env", "hostd-token-from-env")
+    # A file named on the command line wins over the environment.
+    c = load_config([*url, "--controller-token-file", str(tmp_path / "node.token")])
+    assert c.controller_bearer_token() == "lqx_node-token-from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        HostdConfig(controller_url="http://c", controller_token_file=str(tmp_path / "empty")).controller_bearer_token()
+    # A secret on the command line is refused, saying why and what to use instead.
+    for flag, instead in (("--token", "--token-file"), ("--controller-token", "--controller-token-file")):
+        out = subprocess.run([sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True)
+        assert out.returncode == 2 and f"{flag} is refused" in out.stderr and instead in out.stderr, out.stderr
+        assert "ps" in out.stderr
+
+
+@pytest.mark.trio
+async def test_metrics_need_the_token_unless_opened(nursery: trio.Nursery, short_tmp: Path) -> None:
+    for metrics_open in (False, True):
+        sock = short_tmp / f"hostd-{metrics_open}.sock"
+        config = HostdConfig(listen="", unix_socket=str(sock), token="t", metrics_open=metrics_open,
+                             discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""))  # fmt: skip
+        stop = trio.Event()
+        await nursery.start(partial(serve, config, shutdown=stop))
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock))) as client:
+            anonymous = await client.get("http://hostd/metrics")
+            with_token = await client.get("http://hostd/metrics", headers={"Authorization": "Bearer t"})
+        assert anonymous.status_code == (200 if metrics_open else 401)
+        assert with_token.status_code == 200 and "lqx_hostd_vms" in with_token.text
+        stop.set()
+    assert load_config(["--token-file", "/x", "--metrics-open"]).metrics_open is True
+    assert load_config(["--token-file", "/x"]).metrics_open is False
 
 
 @pytest.mark.trio

@@ -126,12 +126,13 @@ class Stack:
             )
         hostd_port = _free_port()
         (self.tmp / "hostd.token").write_text(secrets.token_urlsafe(24))
+        (self.tmp / "node.token").write_text(self.tokens["hostd"])
         log = open(self.tmp / "hostd.log", "ab")
         self.hostd = subprocess.Popen(
             [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{hostd_port}",
              "--token-file", str(self.tmp / "hostd.token"), "--node-id", "node-1",
              "--socket-dir", str(vms_dir), "--libvirt-channel-root", "",
-             "--controller-url", self.url, "--controller-token", self.tokens["hostd"],
+             "--controller-url", self.url, "--controller-token-file", str(self.tmp / "node.token"),
              "--heartbeat-interval-s", "0.3"],
             stdout=log, stderr=log,
         )  # fmt: skip

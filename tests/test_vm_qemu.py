@@ -136,13 +136,16 @@ class Stack:
         token_file = self.tmp / "hostd.token"
         token_file.write_text(self.hostd_token + "\n")
         token_file.chmod(0o600)
+        (self.tmp / "node.token").write_text(self.node_token + "\n")
+        (self.tmp / "node.token").chmod(0o600)
 
     def start_hostd(self) -> None:
         self.hostd = self._spawn(
             "hostd",
             ["-m", "limiquantix.hostd", "--listen", self.hostd_listen, "--token-file", str(self.tmp / "hostd.token"),
              "--node-id", "node-qemu", "--socket-dir", str(self.vms_dir), "--libvirt-channel-root", "",
-             "--controller-url", self.url, "--controller-token", self.node_token, "--heartbeat-interval-s", "1"],
+             "--controller-url", self.url, "--controller-token-file", str(self.tmp / "node.token"),
+             "--heartbeat-interval-s", "1"],
         )  # fmt: skip
         self._wait_healthy(f"http://{self.hostd_listen}", self.hostd, "hostd")
 
