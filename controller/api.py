@@ -17,7 +17,9 @@ Every call has been authenticated by :func:`make_authenticator` (bearer token
    timeout;
 5. completes the audit row with the outcome, exit code and duration (shielded
    from cancellation, so a client that hangs up still leaves a complete row:
-   ``cancelled``).
+   ``cancelled``). A call that reached hostd and then lost it (hostd killed
+   mid-command, no answer in time) is ``unknown``: the guest may have acted,
+   and the client's error (reason ``outcome_unknown``) says so.
 
 Secrets never reach the audit log: :class:`~.models.AuditDetail` has no field
 for passwords, file contents, stdin or environment values.
@@ -43,7 +45,7 @@ from limiquantix.protocol.connect import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
 
 from .auth import Permission, Principal, Role, require
-from .forward import NodeClient
+from .forward import NodeClient, outcome_unknown
 from .models import (
     MAX_PAGE_SIZE,
     AgentBrief,
@@ -391,7 +393,9 @@ class VMAPI:
         try:
             yield handle
         except errors.AgentError as exc:
-            handle.outcome, handle.error = AuditOutcome.ERROR, f"{exc.connect_code}: {exc.message}"
+            # Sent, then the node went away: the guest may have acted, so not "error".
+            handle.outcome = AuditOutcome.UNKNOWN if outcome_unknown(exc) else AuditOutcome.ERROR
+            handle.error = f"{exc.connect_code}: {exc.message}"
             raise
         except (trio.Cancelled, GeneratorExit):
             handle.outcome, handle.error = AuditOutcome.CANCELLED, "the client went away"

@@ -10,9 +10,16 @@ bearer token. What crosses back:
   (:func:`errors.from_connect_code`), with the reason of a
   ``limiquantix.agent.v1.Error`` detail, so codes survive controller → hostd →
   agent → back.
-* A node that cannot be reached (refused, reset, DNS) is ``unavailable`` at
-  once: connecting is bounded by :data:`CONNECT_TIMEOUT_S`, and a refused
-  connection on a LAN fails in microseconds.
+* A node that cannot be reached (refused, DNS, no pooled connection in time)
+  is ``unavailable`` at once, reason ``node_unreachable``: nothing was sent, so
+  nothing ran. Connecting is bounded by :data:`CONNECT_TIMEOUT_S`, and a
+  refused connection on a LAN fails in microseconds.
+* Once the request is on its way the node may act on it: a connection that
+  then breaks (hostd killed mid-command) is :class:`OutcomeUnknown`
+  (``unavailable``, reason ``outcome_unknown``), and a budget that runs out is
+  :class:`OutcomeUnknownDeadline` (``deadline_exceeded``, same reason). Both
+  say that the action may have happened, so a caller must not retry it blindly,
+  and :func:`outcome_unknown` tells the audit log to record ``unknown``.
 * Time budgets come from the caller (derived from the Connect deadline and the
   command's own timeout) and are sent on as ``Connect-Timeout-Ms`` so hostd
   stops at the same moment. A budget that runs out is ``deadline_exceeded``.
@@ -37,7 +44,16 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 
 from .models import NodeInfo
 
-__all__ = ["CLOSE_TIMEOUT_S", "CONNECT_TIMEOUT_S", "NODE_SERVICE", "NodeClient"]
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
+    "NODE_SERVICE",
+    "OUTCOME_UNKNOWN",
+    "NodeClient",
+    "OutcomeUnknown",
+    "OutcomeUnknownDeadline",
+    "outcome_unknown",
+]
 
 _M = TypeVar("_M", bound=Message)
 
@@ -71,6 +87,41 @@ _HTTP_CODES: Final = {
     503: "unavailable",
     504: "unavailable",
 }
+
+
+#: The reason of an error raised after the request was sent.
+OUTCOME_UNKNOWN: Final = "outcome_unknown"
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class OutcomeUnknown(errors.Unavailable):
+    """The request reached the node, then the connection broke: it may have run."""
+
+
+class OutcomeUnknownDeadline(errors.DeadlineExceeded):
+    """The request reached the node, then no answer came within the budget: it may have run."""
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether ``exc`` says a forwarded action may or may not have happened."""
+    return isinstance(exc, (OutcomeUnknown, OutcomeUnknownDeadline))
+
+
+def _after_send(node: NodeInfo, method: str, budget_s: float, exc: httpx.TransportError) -> errors.AgentError:
+    """The error for a transport failure; ``outcome_unknown`` once the request may have been sent."""
+    if isinstance(exc, _NOT_SENT):
+        return _unreachable(node, exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return OutcomeUnknownDeadline(
+            f"node {node.node_id} did not answer {method} within {budget_s:.1f} s; "
+            "the request was sent, so it may have run: its outcome is not known",
+            reason=OUTCOME_UNKNOWN,
+        )
+    return OutcomeUnknown(
+        f"node {node.node_id} ({node.url}) broke the connection ({type(exc).__name__}) after {method} was sent; "
+        "it may have run: its outcome is not known",
+        reason=OUTCOME_UNKNOWN,
+    )
 
 
 def _unreachable(node: NodeInfo, exc: BaseException) -> errors.Unavailable:
@@ -157,8 +208,9 @@ class NodeClient:
         """One unary call.
 
         Raises:
-            errors.Unavailable: the node cannot be reached (reason ``node_unreachable``).
-            errors.DeadlineExceeded: no answer within ``budget_s``.
+            errors.Unavailable: the node cannot be reached (reason ``node_unreachable``; nothing was sent).
+            OutcomeUnknown: the connection broke after the request was sent.
+            OutcomeUnknownDeadline: no answer within ``budget_s``.
             errors.AgentError: the error the node answered, code kept.
         """
         client, url = self._target(node, method)
@@ -172,12 +224,8 @@ class NodeClient:
             resp = await client.post(
                 url, content=request.SerializeToString(), headers=headers, timeout=self._timeout(budget_s)
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _unreachable(node, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise errors.DeadlineExceeded(f"node {node.node_id} did not answer {method} within {budget_s:.1f} s") from exc
         except httpx.TransportError as exc:
-            raise _unreachable(node, exc) from exc
+            raise _after_send(node, method, budget_s, exc) from exc
         if resp.status_code != 200:
             raise _error_from_body(resp.status_code, resp.content, node)
         msg = response_cls()
@@ -197,8 +245,9 @@ class NodeClient:
         is cancelled in the guest).
 
         Raises:
-            errors.Unavailable: the node cannot be reached, or the stream broke off.
-            errors.DeadlineExceeded: nothing arrived within ``budget_s``.
+            errors.Unavailable: the node cannot be reached (nothing was sent).
+            OutcomeUnknown: the stream broke off after the request was sent.
+            OutcomeUnknownDeadline: nothing arrived within ``budget_s``.
             errors.AgentError: the error in the node's end-of-stream message.
         """
         client, url = self._target(node, method)
@@ -215,12 +264,8 @@ class NodeClient:
         )  # fmt: skip
         try:
             resp = await client.send(req, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _unreachable(node, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise errors.DeadlineExceeded(f"node {node.node_id} did not answer {method} within {budget_s:.1f} s") from exc
         except httpx.TransportError as exc:
-            raise _unreachable(node, exc) from exc
+            raise _after_send(node, method, budget_s, exc) from exc
         try:
             if resp.status_code != 200:
                 raise _error_from_body(resp.status_code, await resp.aread(), node)
@@ -230,13 +275,12 @@ class NodeClient:
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
-                    raise errors.Unavailable(
-                        f"node {node.node_id}: {method} stream ended without its end message", reason="node_unreachable"
+                    raise OutcomeUnknown(
+                        f"node {node.node_id}: {method} stream ended without its end message; its outcome is not known",
+                        reason=OUTCOME_UNKNOWN,
                     ) from None
-                except httpx.TimeoutException as exc:
-                    raise errors.DeadlineExceeded(f"node {node.node_id}: {method} stream stalled") from exc
                 except httpx.TransportError as exc:
-                    raise _unreachable(node, exc) from exc
+                    raise _after_send(node, method, budget_s, exc) from exc
                 buf += chunk
                 while len(buf) >= _ENVELOPE.size:
                     flags, length = _ENVELOPE.unpack_from(buf)

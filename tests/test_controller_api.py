@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from limiquantix.controller.daemon import serve as controller_serve
 from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd.config import DiscoveryConfig, VMEntry
-from limiquantix.hostd.daemon import HostdConfig
+from limiquantix.hostd.daemon import TOKEN_ENV, HostdConfig
 from limiquantix.hostd.daemon import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
 
@@ -71,15 +74,18 @@ class Stack:
         self.url = binds[0]
         self.port = int(self.url.rpartition(":")[2])
 
-    async def start_hostd(self, vms: dict[str, dict[str, str]]) -> None:
-        """hostd as node ``host-a`` of this controller, serving ``vms`` (id -> labels) at
-        ``short_tmp/<id>.sock``; cancelling ``hostd_scope`` kills it abruptly."""
+    async def start_hostd(
+        self, vms: dict[str, dict[str, str]], *, node_id: str = "host-a", who: str = "node", scope: trio.CancelScope | None = None
+    ) -> None:
+        """hostd as node ``node_id`` of this controller (with ``who``'s node token), serving
+        ``vms`` (id -> labels) at ``short_tmp/<id>.sock``; cancelling ``scope`` (default
+        ``hostd_scope``) kills it abruptly."""
         config = HostdConfig(
             listen="127.0.0.1:0",
             token=HOSTD_TOKEN,
-            node_id="host-a",
+            node_id=node_id,
             controller_url=self.url,
-            controller_token=self.tokens["node"],
+            controller_token=self.tokens[who],
             heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
             discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
             vms=tuple(
@@ -89,7 +95,7 @@ class Stack:
         )
 
         async def run_hostd(task_status: trio.TaskStatus[list[str]]) -> None:
-            with self.hostd_scope:
+            with scope or self.hostd_scope:
                 await hostd_serve(config, shutdown=trio.Event(), task_status=task_status)
 
         self.hostd_url = (await self.nursery.start(run_hostd))[0]
@@ -542,3 +548,133 @@ async def test_first_start_bootstraps_an_admin_token(short_tmp: Path, nursery: t
         assert (await st.ok("ListNodes", {}, service=NODES, who="env")) == {"nodes": []}
         await st.stop_controller()
         await st.client.aclose()
+
+
+# ---------------------------------------------------------------- VM ownership, outcome unknown
+
+
+async def _add_token(stack: Stack, who: str, role: Role) -> None:
+    async with await SQLiteStore.open(stack.db) as store:
+        await store.ensure_user(who)
+        _, stack.tokens[who] = await store.create_token(user=who, role=role)
+
+
+async def _audit(stack: Stack, action: AuditAction) -> list[Any]:
+    async with await SQLiteStore.open(stack.db) as store:
+        return list((await store.query_audit(AuditQuery(action=action, limit=100))).records)
+
+
+@pytest.mark.trio
+async def test_another_node_token_cannot_take_a_vm_over(stack: Stack) -> None:
+    """host-b's token heartbeats host-a's vm0: refused and audited; the password reset and the
+    secret environment still go to host-a (host-b's "hostd" is a listener counting connections)."""
+    await _add_token(stack, "intruder", Role.NODE)
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def accept(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with listener:
+                while True:
+                    accepted.append(await listener.accept())
+
+    accepting = await stack.nursery.start(accept)
+    claim = {"vmId": "vm0", "labels": {"env": "dev"}}
+    await stack.ok("RegisterNode", {"nodeId": "host-b", "url": f"http://127.0.0.1:{port}", "token": "t", "vms": [claim]},
+                   who="intruder", service=NODES)  # fmt: skip
+    for _ in range(3):
+        await stack.ok("Heartbeat", {"nodeId": "host-b", "vms": [claim]}, who="intruder", service=NODES)
+    reset = await stack.ok("ResetGuestPassword", {"vmId": "vm0", "username": "alice", "password": "pw-not-for-b"})
+    assert reset == {"expired": False}
+    done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": 'printf %s "$K"', "environment": {"K": "v"}})
+    assert done["stdout"] == "v"
+    accepting.cancel()
+    assert accepted == []
+    vm0 = next(v for v in (await stack.ok("ListVMs", {}))["vms"] if v["vmId"] == "vm0")
+    assert (vm0["nodeId"], vm0["labels"]) == ("host-a", {"env": "prod"})
+    nodes = {n["nodeId"]: n["vmCount"] for n in (await stack.ok("ListNodes", {}, service=NODES))["nodes"]}
+    assert nodes == {"host-a": 2, "host-b": 0}
+    # Four claims, one row (rate-limited), naming who claimed what from whom.
+    [row] = await _audit(stack, AuditAction.VM_CLAIM)
+    assert (row.user, row.vm_id, row.node_id, row.outcome) == ("intruder", "vm0", "host-b", AuditOutcome.DENIED)
+    assert row.error.startswith("vm_owned") and row.detail.target == "host-a" and row.detail.count == 1
+    assert [r.node_id for r in await _audit(stack, AuditAction.PASSWORD_RESET)] == ["host-a"]
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_a_vm_restarted_on_another_node_is_followed(stack: Stack) -> None:
+    """host-a dies; vm0 comes up under host-b (another node token): once host-a is past the
+    heartbeat timeout the move is accepted, audited vm.moved, and calls go to host-b."""
+    await _add_token(stack, "host-b", Role.NODE)
+    stack.hostd_scope.cancel()  # host-a's last heartbeat still lists vm0
+    await stack.start_hostd({"vm0": LABELS["vm0"]}, node_id="host-b", who="host-b", scope=trio.CancelScope())
+    with trio.fail_after(DEADLINE_S):
+        while True:
+            vm0 = await stack.ok("GetVM", {"vmId": "vm0"})
+            if vm0["nodeId"] == "host-b" and vm0["agentState"] == "connected":
+                break
+            await trio.sleep(0.05)
+    assert (await stack.ok("PingAgent", {"vmId": "vm0"}))["connected"] is True
+    await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "true"})
+    [moved] = await _audit(stack, AuditAction.VM_MOVED)
+    assert (moved.user, moved.vm_id, moved.node_id, moved.outcome) == ("host-b", "vm0", "host-b", AuditOutcome.SUCCESS)
+    assert moved.detail.target == "host-a" and moved.detail.flags == ("reason=owner_unreachable",)
+    assert [r.node_id for r in await _audit(stack, AuditAction.EXEC)] == ["host-b"]
+    # vm1 stays host-a's (unreachable): nobody else claimed it.
+    r = await stack.call("PingAgent", {"vmId": "vm1"})
+    assert r.status_code == 503 and "heartbeat" in r.json()["message"]
+
+
+@pytest.mark.trio
+async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None:
+    """A real hostd process (tokens from a file and the environment) killed while the guest runs
+    a command: the answer and the audit row say the outcome is unknown, not that it failed."""
+    before = (await stack.ok("ListNodes", {}, service=NODES))["nodes"][0]["url"]
+    stack.hostd_scope.cancel()
+    node_token, empty = stack.short_tmp / "node.token", stack.short_tmp / "hostd.toml"
+    node_token.write_text(stack.tokens["node"] + "\n")
+    empty.write_text("")
+    argv = [sys.executable, "-m", "limiquantix.hostd", "--config", str(empty), "--listen", "127.0.0.1:0",
+            "--node-id", "host-a", "--controller-url", stack.url, "--controller-token-file", str(node_token),
+            "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S), "--socket-dir", "", "--libvirt-channel-root", "",
+            *(f"--vm={vm}={stack.short_tmp / f'{vm}.sock'}" for vm in LABELS)]  # fmt: skip
+    with (stack.short_tmp / "hostd.log").open("wb") as log:
+        hostd = subprocess.Popen(argv, env={**os.environ, TOKEN_ENV: HOSTD_TOKEN}, stdout=log, stderr=log)
+    try:
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                vm0 = await stack.ok("GetVM", {"vmId": "vm0"})
+                node = (await stack.ok("ListNodes", {}, service=NODES))["nodes"][0]
+                if node["url"] != before and vm0["agentState"] == "connected":
+                    break
+                await trio.sleep(0.05)
+        mark = stack.short_tmp / "started"
+        answer: dict[str, httpx.Response] = {}
+
+        async def run() -> None:
+            answer["r"] = await stack.call("ExecuteScript", {"vmId": "vm0", "command": f"touch {mark}; sleep 30"})
+
+        with trio.fail_after(DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                while not mark.exists():  # the guest is running it
+                    await trio.sleep(0.02)
+                hostd.kill()
+        r = answer["r"]
+        assert r.status_code == 503 and r.json()["code"] == "unavailable", r.text
+        assert "outcome is not known" in r.json()["message"]
+        # Nothing sent now (the port is closed): a plain error, the command did not run.
+        refused = await stack.call("ExecuteScript", {"vmId": "vm0", "command": "true"})
+        assert refused.status_code == 503 and "unreachable" in refused.json()["message"]
+    finally:
+        hostd.kill()
+        hostd.wait()
+    rows = await _audit(stack, AuditAction.EXEC)
+    assert [(r.detail.command, r.outcome) for r in rows[:2]] == [
+        ("true", AuditOutcome.ERROR),
+        (f"touch {mark}; sleep 30", AuditOutcome.UNKNOWN),
+    ]
+    assert "outcome is not known" in rows[1].error
