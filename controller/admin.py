@@ -31,6 +31,7 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol.connect import CallContext
 
+from .api import AuthFailures, source_address
 from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
 from .store import Store
@@ -85,14 +86,6 @@ def _principal(ctx: CallContext) -> Principal:
     if not isinstance(principal, Principal):  # pragma: no cover - the router always authenticates first
         raise errors.Unauthenticated("not authenticated")
     return principal
-
-
-def _source(peer: tuple[str, int] | None) -> str:
-    """The client's address for audit rows (as ``api.py`` writes it)."""
-    if peer is None:
-        return "unix"
-    host, port = peer
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _timestamp(ts: float | None) -> Timestamp | None:
@@ -306,7 +299,7 @@ class AdminAPI:
             except errors.InvalidArgument:
                 what = AuditDetail()
             audit_id = await self.store.audit_begin(
-                principal, source_address=_source(ctx.peer), action=action, node_id=node_id, detail=what
+                principal, source_address=source_address(ctx.peer), action=action, node_id=node_id, detail=what
             )
             await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
             raise
@@ -323,7 +316,7 @@ class AdminAPI:
         """
         started = trio.current_time()
         audit_id = await self.store.audit_begin(
-            principal, source_address=_source(ctx.peer), action=action, node_id=node_id, detail=detail
+            principal, source_address=source_address(ctx.peer), action=action, node_id=node_id, detail=detail
         )
         outcome, error = AuditOutcome.ERROR, ""
         try:
@@ -512,17 +505,18 @@ def _error_response(exc: errors.AgentError) -> Response:
     return Response(json.dumps(body), status=exc.http_status, content_type="application/json")
 
 
-async def authenticate_request(store: Store) -> Principal:
+async def authenticate_request(failures: AuthFailures) -> Principal:
     """The caller of a plain (non-Connect) route, from its bearer token.
 
     Raises:
-        errors.Unauthenticated: no token, or not a valid one.
+        errors.Unauthenticated: no token, or not a valid one (counted and audited by ``failures``).
     """
     scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
-    return await store.authenticate(token)
+    client = request.scope.get("client")
+    peer = (str(client[0]), int(client[1])) if client else None
+    bearer = token if scheme.lower() == "bearer" and token else None
+    return await failures.authenticate(bearer, peer, request.path)
 
 
 def error_response(exc: errors.AgentError) -> Response:
@@ -530,7 +524,7 @@ def error_response(exc: errors.AgentError) -> Response:
     return _error_response(exc)
 
 
-def register_export_route(app: Quart, store: Store) -> None:
+def register_export_route(app: Quart, store: Store, failures: AuthFailures) -> None:
     """``GET /v1/audit/export.jsonl``: every matching row, oldest first, one JSON
     object per line (``application/x-ndjson``), streamed a page at a time.
 
@@ -542,7 +536,7 @@ def register_export_route(app: Quart, store: Store) -> None:
     @app.get(AUDIT_EXPORT_PATH)
     async def export_audit_jsonl() -> Response:
         try:
-            principal = await authenticate_request(store)
+            principal = await authenticate_request(failures)
             require(principal, Permission.AUDIT_READ)
             query = audit_query_from_params(request.args.to_dict())
         except errors.AgentError as exc:

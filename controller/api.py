@@ -28,9 +28,10 @@ for passwords, file contents, stdin or environment values.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, final
 
@@ -44,7 +45,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
 
-from .auth import Permission, Principal, Role, require
+from .auth import Permission, Principal, Role, require, token_id_of
 from .forward import NodeClient, outcome_unknown
 from .models import (
     MAX_PAGE_SIZE,
@@ -58,10 +59,11 @@ from .models import (
     VMRoute,
 )
 from .store import Store
-from .throttle import AuditThrottle
+from .throttle import AUTH_FAILURE_INTERVAL_S, AuditThrottle
 
 __all__ = [
     "AUDIT_COMPLETE_TIMEOUT_S",
+    "AUTH_FAILURE_REASONS",
     "DEFAULT_CALL_BUDGET_S",
     "DEFAULT_EXEC_TIMEOUT_S",
     "DEFAULT_PAGE_SIZE",
@@ -70,6 +72,7 @@ __all__ = [
     "NODE_REGISTRY_SERVICE",
     "VM_CLAIM_AUDIT_INTERVAL_S",
     "VM_SERVICE",
+    "AuthFailures",
     "NodeRegistryAPI",
     "VMAPI",
     "exec_budget_s",
@@ -79,6 +82,7 @@ __all__ = [
     "exit_reason_name",
     "make_authenticator",
     "record_event",
+    "source_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,64 @@ _EXIT_PREFIX: Final = "EXIT_REASON_"
 _STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
 
 
-def make_authenticator(store: Store) -> Authenticator:
+#: The reasons refused authentications are counted under (anything else: ``other``),
+#: so a client cannot mint metric labels.
+AUTH_FAILURE_REASONS: Final = ("missing_token", "malformed_token", "invalid_token", "revoked_token")
+
+
+@final
+class AuthFailures:
+    """Every bearer-token check of the controller (Connect calls and plain routes).
+
+    A refusal (401) is counted (``count(reason)``, for ``/metrics``) and audited
+    as ``auth.failed``, at most once per source address per
+    :data:`~.throttle.AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
+    it stands for), so a client retrying a bad token in a loop leaves a trace
+    without flooding the log. The row names the path and the token id the
+    client presented when it has the shape of one (never the secret).
+    """
+
+    def __init__(self, store: Store, count: Callable[[str], None], *, interval_s: float = AUTH_FAILURE_INTERVAL_S) -> None:
+        self.store = store
+        self._count = count
+        self._throttle = AuditThrottle(interval_s)
+
+    async def authenticate(self, token: str | None, peer: tuple[str, int] | None, path: str) -> Principal:
+        """The principal ``token`` stands for.
+
+        Raises:
+            errors.Unauthenticated: no token, or not a valid one (counted and audited).
+        """
+        try:
+            if token is None:
+                raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
+            return await self.store.authenticate(token)
+        except errors.Unauthenticated as exc:
+            await self._record(exc, token, peer, path)
+            raise
+
+    async def _record(self, exc: errors.Unauthenticated, token: str | None, peer: tuple[str, int] | None, path: str) -> None:
+        reason = exc.reason if exc.reason in AUTH_FAILURE_REASONS else "other"
+        self._count(reason)
+        held = self._throttle.hit(peer[0] if peer else "unix", trio.current_time())
+        if held is None:
+            return
+        claimed = ""
+        if token is not None:
+            with contextlib.suppress(errors.Unauthenticated):
+                claimed = token_id_of(token, allow_freeform=False)
+        detail = AuditDetail(path=path, target=claimed, count=held, flags=(f"reason={reason}",))
+        try:
+            await record_event(
+                self.store, None, source_address(peer), AuditAction.AUTH_FAILED, outcome=AuditOutcome.DENIED,
+                error=f"{reason}: {exc.message}", detail=detail,
+            )  # fmt: skip
+        except errors.AgentError:
+            # The caller gets its 401 either way; a full disk must not turn it into a 503.
+            log.exception("the audit row of a refused authentication could not be written")
+
+
+def make_authenticator(failures: AuthFailures) -> Authenticator:
     """The Connect ``authenticate`` hook: bearer token → ``ctx.auth`` (a Principal).
 
     Runs before the request body is read, so an anonymous client cannot make
@@ -118,10 +179,7 @@ def make_authenticator(store: Store) -> Authenticator:
     """
 
     async def authenticate(ctx: CallContext) -> None:
-        token = ctx.bearer_token
-        if token is None:
-            raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
-        ctx.auth = await store.authenticate(token)
+        ctx.auth = await failures.authenticate(ctx.bearer_token, ctx.peer, f"/{ctx.procedure}")
 
     return authenticate
 
@@ -133,17 +191,22 @@ def _principal(ctx: CallContext) -> Principal:
     return principal
 
 
+def source_address(peer: tuple[str, int] | None) -> str:
+    """A client's address for audit rows: ``host:port``, ``[v6]:port``, or ``unix``."""
+    if peer is None:
+        return "unix"
+    host, port = peer
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def _source(ctx: CallContext) -> str:
     """The client's address for audit rows."""
-    if ctx.peer is None:
-        return "unix"
-    host, port = ctx.peer[0], ctx.peer[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return source_address(ctx.peer)
 
 
 async def record_event(
     store: Store,
-    principal: Principal,
+    principal: Principal | None,
     source_address: str,
     action: AuditAction,
     *,

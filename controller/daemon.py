@@ -41,7 +41,15 @@ from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.serving import http_config, serve_http
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
-from .api import NODE_REGISTRY_SERVICE, VM_SERVICE, NodeRegistryAPI, VMAPI, make_authenticator
+from .api import (
+    AUTH_FAILURE_REASONS,
+    NODE_REGISTRY_SERVICE,
+    VM_SERVICE,
+    VMAPI,
+    AuthFailures,
+    NodeRegistryAPI,
+    make_authenticator,
+)
 from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
 from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
@@ -196,6 +204,18 @@ class Metrics:
         self.latency = Histogram(
             "lqx_controller_rpc_seconds", "API call latency", ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry
         )
+        self.auth_failures = Counter(
+            "lqx_controller_auth_failures",
+            "Requests refused 401 (missing, malformed, unknown or revoked token) by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in (*AUTH_FAILURE_REASONS, "other"):
+            self.auth_failures.labels(reason)  # 0 until the first, so a rate() sees the first one
+
+    def auth_failure(self, reason: str) -> None:
+        """:class:`~.api.AuthFailures`' counting hook."""
+        self.auth_failures.labels(reason).inc()
 
     def observe(self, procedure: str, code: str, seconds: float) -> None:
         """The Connect router's ``observe`` hook."""
@@ -216,6 +236,7 @@ def build_app(
     (``downloads``; None serves only the built-in install-agent.sh)."""
     app = QuartTrio("limiquantix-controller")
     metrics = Metrics()
+    failures = AuthFailures(store, metrics.auth_failure)
     started = time.time()
 
     @app.get("/healthz")
@@ -228,7 +249,7 @@ def build_app(
         # Every endpoint but /healthz needs a token (any role): Prometheus
         # sends one with `authorization: {credentials: ...}` in its scrape config.
         try:
-            await authenticate_request(store)
+            await authenticate_request(failures)
         except errors.AgentError as exc:
             return error_response(exc)
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
@@ -244,13 +265,13 @@ def build_app(
                 FleetAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s, spawn=app.add_background_task),
             ),
         ],
-        authenticate=make_authenticator(store),
+        authenticate=make_authenticator(failures),
         observe=metrics.observe,
     )
     router.register(app)
-    register_export_route(app, store)
+    register_export_route(app, store, failures)
     register_downloads_route(
-        app, store, downloads or Downloads(None), registry=metrics.registry, require_token=downloads_require_token
+        app, failures, downloads or Downloads(None), registry=metrics.registry, require_token=downloads_require_token
     )
     app.config["LQX_METRICS"] = metrics
     return app

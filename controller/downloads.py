@@ -51,7 +51,7 @@ from quart import Quart, Response, request
 from limiquantix.protocol import errors
 
 from .admin import authenticate_request, error_response
-from .store import Store
+from .api import AuthFailures
 
 __all__ = [
     "BUILTIN_FILES",
@@ -272,13 +272,13 @@ def _etag(st: os.stat_result) -> str:
 
 
 def register_downloads_route(
-    app: Quart, store: Store, downloads: Downloads, *, registry: CollectorRegistry, require_token: bool = False
+    app: Quart, failures: AuthFailures, downloads: Downloads, *, registry: CollectorRegistry, require_token: bool = False
 ) -> None:
     """``GET``/``HEAD`` ``/downloads/``, ``/downloads/SHA256SUMS`` and ``/downloads/<name>``.
 
     Args:
         app: the controller's app.
-        store: for bearer tokens when ``require_token``.
+        failures: checks bearer tokens when ``require_token`` (counting and auditing refusals).
         downloads: what is served.
         registry: the app's Prometheus registry; ``lqx_controller_downloads{file}``
             counts files sent whole (GET answered 200).
@@ -290,7 +290,7 @@ def register_downloads_route(
         if not require_token:
             return None
         try:
-            await authenticate_request(store)
+            await authenticate_request(failures)
         except errors.AgentError as exc:
             return error_response(exc)
         return None

@@ -243,7 +243,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def audit_begin(
         self,
-        principal: Principal,
+        principal: Principal | None,
         *,
         source_address: str,
         action: AuditAction,
@@ -253,6 +253,7 @@ class Store(abc.ABC):
     ) -> int:
         """Record, durably (fsynced), that ``principal`` is about to do ``action``.
         Call before forwarding anything; returns the row's id for :meth:`audit_complete`.
+        ``principal`` None: a caller that did not authenticate (user, token and role empty).
 
         Raises:
             AuditWriteFailed: the row could not be written: refuse the action.
@@ -745,7 +746,7 @@ class SQLiteStore(Store):
 
     async def audit_begin(
         self,
-        principal: Principal,
+        principal: Principal | None,
         *,
         source_address: str,
         action: AuditAction,
@@ -761,9 +762,9 @@ class SQLiteStore(Store):
             raise errors.InvalidArgument("audit detail must be an AuditDetail (a closed set of fields)")
         row = (
             self._clock(),
-            principal.user,
-            principal.token_id,
-            principal.role.value,
+            principal.user if principal else "",
+            principal.token_id if principal else "",
+            principal.role.value if principal else "",
             source_address[:_SOURCE_ADDRESS_MAX_CHARS],
             action.value,
             vm_id,

@@ -678,3 +678,30 @@ async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None
         (f"touch {mark}; sleep 30", AuditOutcome.UNKNOWN),
     ]
     assert "outcome is not known" in rows[1].error
+
+
+@pytest.mark.trio
+async def test_failed_authentications_are_counted_and_audited_per_address(stack: Stack) -> None:
+    unknown = "lqx_0123456789ab_" + "S" * 43  # well-formed, in no database
+    for _ in range(5):
+        r = await stack.client.post(f"{stack.url}{VM}/ListVMs", json={}, headers={"Authorization": f"Bearer {unknown}"})
+        assert r.status_code == 401
+    for _ in range(2):
+        assert (await stack.call("ListVMs", {}, who=None)).status_code == 401
+    assert (await stack.client.get(f"{stack.url}/metrics")).status_code == 401  # plain routes count too
+    # Another source address is another row.
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with httpx.AsyncClient(transport=transport) as other:
+        assert (await other.post(f"{stack.url}{VM}/ListVMs", json={})).status_code == 401
+    text = (await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.tokens['viewer']}"})).text
+    assert 'lqx_controller_auth_failures_total{reason="invalid_token"} 5.0' in text
+    assert 'lqx_controller_auth_failures_total{reason="missing_token"} 4.0' in text
+    assert 'lqx_controller_auth_failures_total{reason="revoked_token"} 0.0' in text
+    rows = sorted(await _audit(stack, AuditAction.AUTH_FAILED), key=lambda r: r.id)
+    assert [(r.source_address.rpartition(":")[0], r.detail.count) for r in rows] == [("127.0.0.1", 1), ("127.0.0.2", 1)]
+    first = rows[0]
+    assert (first.user, first.token_id, first.role, first.outcome) == ("", "", "", AuditOutcome.DENIED)
+    assert first.detail.target == "0123456789ab" and first.detail.path == f"{VM}/ListVMs"
+    assert first.detail.flags == ("reason=invalid_token",) and first.error.startswith("invalid_token")
+    for db_file in stack.db.parent.iterdir():
+        assert b"S" * 43 not in db_file.read_bytes()  # the secret part never
