@@ -224,6 +224,7 @@ def _record(r: AuditRecord) -> admin_pb.AuditRecord:
             count=d.count,
             flags=d.flags,
             truncated=d.truncated,
+            vm_ids=d.vm_ids,
         ),
         outcome=r.outcome.value,
         exit_code=r.exit_code,

@@ -69,6 +69,7 @@ from .api import (
     exec_detail,
     execute_in_guest,
     execute_request,
+    record_event,
 )
 from .auth import Permission, Principal, require
 from .forward import NodeClient
@@ -223,6 +224,7 @@ class FleetAPI:
         flags = [*base.flags, f"max_concurrency={request.max_concurrency or DEFAULT_MAX_CONCURRENCY}"]
         if _MAX_ERRORS_FLAG_RE.fullmatch(max_errors):  # flags allow no "%": "10%" is recorded as "10pct"
             flags.append(f"max_errors={max_errors.replace('%', 'pct')}")
+        # A refusal names what was asked for: the VM ids and the label selector.
         detail = AuditDetail(
             command=base.command,
             args=base.args,
@@ -231,11 +233,13 @@ class FleetAPI:
             env_keys=base.env_keys,
             labels=dict(request.labels),
             flags=tuple(flags),
+            vm_ids=tuple(request.vm_ids),
         )
+        named_vm = request.vm_ids[0] if len(request.vm_ids) == 1 and not request.labels else ""
         try:
             require(principal, Permission.COMMAND_RUN)
         except errors.PermissionDenied as exc:
-            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc)
+            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc, vm_id=named_vm)
             raise
         execute_request(template)  # invalid_argument before anything is stored
         spec = CommandSpec(
@@ -251,7 +255,7 @@ class FleetAPI:
         try:
             vm_ids = await self._resolve(principal, target_spec)
         except errors.PermissionDenied as exc:
-            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc)
+            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc, vm_id=named_vm)
             raise
         command = await self.store.create_command(
             principal,
@@ -261,15 +265,18 @@ class FleetAPI:
             max_concurrency=request.max_concurrency or DEFAULT_MAX_CONCURRENCY,
             max_errors=max_errors,
         )
+        targets = tuple(t.vm_id for t in command.targets)
         try:
             audit_id = await self.store.audit_begin(
                 principal,
                 source_address=_source(ctx),
                 action=AuditAction.FLEET_RUN,
+                # A run over one VM is that VM's row (found by a vmId filter); any run lists its targets.
+                vm_id=targets[0] if len(targets) == 1 else "",
                 detail=AuditDetail(
                     command=detail.command, args=detail.args, working_directory=detail.working_directory,
                     run_as_user=detail.run_as_user, env_keys=detail.env_keys, labels=detail.labels,
-                    flags=detail.flags, target=command.id, count=len(command.targets),
+                    flags=detail.flags, target=command.id, count=len(targets), vm_ids=targets,
                 ),
             )  # fmt: skip
         except errors.AgentError:
@@ -302,7 +309,10 @@ class FleetAPI:
             except errors.NotFound:
                 unknown.append(vm_id)
                 continue
-            require(principal, Permission.COMMAND_RUN, vm_labels=route.vm.labels)
+            try:
+                require(principal, Permission.COMMAND_RUN, vm_labels=route.vm.labels)
+            except errors.PermissionDenied as exc:
+                raise errors.PermissionDenied(f"VM {vm_id}: {exc.message}", reason=exc.reason) from exc
             out.setdefault(vm_id)
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
@@ -314,10 +324,19 @@ class FleetAPI:
         return list(out)
 
     async def _record_denied(
-        self, ctx: CallContext, principal: Principal, action: AuditAction, detail: AuditDetail, exc: errors.AgentError
+        self,
+        ctx: CallContext,
+        principal: Principal,
+        action: AuditAction,
+        detail: AuditDetail,
+        exc: errors.AgentError,
+        *,
+        vm_id: str = "",
     ) -> None:
-        audit_id = await self.store.audit_begin(principal, source_address=_source(ctx), action=action, detail=detail)
-        await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
+        await record_event(
+            self.store, principal, _source(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message,
+            vm_id=vm_id, detail=detail,
+        )  # fmt: skip
 
     async def _complete_audit(self, audit_id: int, outcome: AuditOutcome, started: float, summary: str) -> None:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
@@ -478,7 +497,10 @@ class FleetAPI:
                 visible = await self._visible(principal)
                 if not any(t.vm_id in visible for t in command.targets):
                     raise errors.NotFound(f"no command {request.command_id!r}")
-                if any(t.vm_id not in visible for t in command.targets):
+                outside = [t.vm_id for t in command.targets if t.vm_id not in visible]
+                if outside:
+                    # The row names the targets refused (the caller sees only that some are).
+                    detail = AuditDetail(target=detail.target, vm_ids=tuple(outside), count=len(command.targets))
                     raise errors.PermissionDenied(
                         "the run has targets outside this token's label scope", reason="outside_label_scope"
                     )

@@ -207,6 +207,12 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         assert len(by_admin["commands"]) == 1
         r = await st.call("ListCommands", {"status": "bogus"}, who="viewer", service=FLEET)
         assert r.status_code == 400
+        # A run over one VM is that VM's audit row.
+        single = await wait_done(st, await run(st, {"vmIds": ["vm3"], "command": "true"}))
+        assert single["status"] == "success"
+        found = await st.ok("QueryAudit", {"filter": {"action": "command.run", "vmId": "vm3"}},
+                            service="/limiquantix.compute.v1.AdminService")  # fmt: skip
+        assert [rec["detail"]["vmIds"] for rec in found["records"]] == [["vm3"]]
 
     # Audit: one command.run row per accepted run (command text, run id, completed with the
     # counts); refusals recorded as denied; cancel recorded.
@@ -214,8 +220,18 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         runs = (await store.query_audit(AuditQuery(action=AuditAction.FLEET_RUN, limit=100))).records
         cancels = (await store.query_audit(AuditQuery(action=AuditAction.FLEET_CANCEL))).records
     accepted = [r for r in runs if r.outcome is not AuditOutcome.DENIED]
-    assert len(accepted) == 4 and all(r.detail.target and r.completed_at for r in accepted)
-    assert {r.outcome for r in accepted} == {AuditOutcome.ERROR, AuditOutcome.CANCELLED}
+    assert len(accepted) == 5 and all(r.detail.target and r.completed_at for r in accepted)
+    assert {r.outcome for r in accepted} == {AuditOutcome.ERROR, AuditOutcome.CANCELLED, AuditOutcome.SUCCESS}
+    # Every row names its targets: the VM ids (and the selector and the count).
+    first_run, single_run = accepted[-1], accepted[0]
+    assert first_run.detail.vm_ids == ("vm2", "vm3", "vm5", "vm4") and first_run.detail.count == 4 and first_run.vm_id == ""
+    assert (single_run.vm_id, single_run.detail.vm_ids, single_run.detail.count) == ("vm3", ("vm3",), 1)
+    by_label = next(r for r in accepted if r.detail.command == "sleep 30")
+    assert dict(by_label.detail.labels) == {"fleet": "yes"} and by_label.detail.vm_ids == tuple(f"vm{i}" for i in range(6))
+    denied = {r.user: r for r in runs if r.outcome is AuditOutcome.DENIED}
+    assert (denied["viewer"].vm_id, denied["viewer"].detail.vm_ids) == ("vm2", ("vm2",))
+    assert (denied["scoped"].vm_id, denied["scoped"].detail.vm_ids) == ("vm1", ("vm1",))
+    assert "VM vm1" in denied["scoped"].error
     assert any(r.detail.command == "sleep 30" and r.outcome is AuditOutcome.CANCELLED for r in accepted)
     assert {(r.user, r.outcome) for r in runs if r.outcome is AuditOutcome.DENIED} == {
         ("viewer", AuditOutcome.DENIED), ("scoped", AuditOutcome.DENIED)

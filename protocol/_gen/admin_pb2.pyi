@@ -38,7 +38,7 @@ class QueryAuditRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[AuditFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditRecordDetail(_message.Message):
-    __slots__ = ("command", "args", "working_directory", "run_as_user", "env_keys", "path", "size", "sha256", "username", "target", "labels", "count", "flags", "truncated")
+    __slots__ = ("command", "args", "working_directory", "run_as_user", "env_keys", "path", "size", "sha256", "username", "target", "labels", "count", "flags", "truncated", "vm_ids")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class AuditRecordDetail(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    VM_IDS_FIELD_NUMBER: _ClassVar[int]
     command: str
     args: _containers.RepeatedScalarFieldContainer[str]
     working_directory: str
@@ -74,7 +75,8 @@ class AuditRecordDetail(_message.Message):
     count: int
     flags: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
-    def __init__(self, command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., working_directory: _Optional[str] = ..., run_as_user: _Optional[str] = ..., env_keys: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., username: _Optional[str] = ..., target: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., count: _Optional[int] = ..., flags: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    vm_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., working_directory: _Optional[str] = ..., run_as_user: _Optional[str] = ..., env_keys: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., username: _Optional[str] = ..., target: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., count: _Optional[int] = ..., flags: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., vm_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
     __slots__ = ("id", "started_at", "completed_at", "user", "token_id", "role", "source_address", "action", "vm_id", "node_id", "detail", "outcome", "exit_code", "duration_ms", "error")
