@@ -46,7 +46,7 @@ from limiquantix.protocol.connect import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
 
 from .auth import Permission, Principal, Role, require, token_id_of
-from .forward import NodeClient, outcome_unknown
+from .forward import NodeClient, bytes_field_header, outcome_unknown
 from .models import (
     MAX_PAGE_SIZE,
     AgentBrief,
@@ -109,6 +109,7 @@ _AUDIT_ERROR_CHARS: Final = 500
 #: most once per node and VM per this many seconds; the row's count says how many.
 VM_CLAIM_AUDIT_INTERVAL_S: Final = 300.0
 
+_NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
 _STATE_PREFIX: Final = "AGENT_STATE_"
 _EXIT_PREFIX: Final = "EXIT_REASON_"
 _STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
@@ -753,36 +754,42 @@ class VMAPI:
     async def WriteGuestFile(
         self, request: api_pb.WriteGuestFileRequest, ctx: CallContext
     ) -> api_pb.WriteGuestFileResponse:
-        """An atomic write; the audit row has path, size and SHA-256 (never the contents)."""
+        """An atomic write; the audit row has path, size and SHA-256 (never the contents).
+
+        The content is taken out of the request once (each read of a protobuf
+        bytes field is a new copy) and forwarded as it is, after the rest of the
+        node's request: no second message, no re-encoded copy. The decoded
+        request is dropped before the transfer, so a 45 MiB write holds the
+        content about once while hostd works.
+        """
         check_message(request)
         if not request.path:
             raise errors.InvalidArgument("path is required")
+        content = request.content
         flags = [name for name in ("append", "create_parents") if getattr(request, name)]
         if request.HasField("mode"):
             flags.append(f"mode={request.mode:o}")
         detail = AuditDetail(
-            path=request.path,
-            size=len(request.content),
-            sha256=hashlib.sha256(request.content).hexdigest(),
-            flags=tuple(flags),
+            path=request.path, size=len(content), sha256=hashlib.sha256(content).hexdigest(), flags=tuple(flags)
         )
         principal, route = await self._route(
             ctx, request.vm_id, Permission.FILE_WRITE, AuditAction.FILE_WRITE, detail
         )
-        forward = node_pb.WriteGuestFileRequest(
+        head = node_pb.WriteGuestFileRequest(
             vm_id=route.vm.vm_id,
             path=request.path,
-            content=request.content,
             write_mode=pb.WRITE_MODE_APPEND if request.append else pb.WRITE_MODE_TRUNCATE,
             create_parents=request.create_parents,
         )
         if request.HasField("mode"):
-            forward.mode = request.mode
+            head.mode = request.mode
+        del request  # its own copy of the content goes now (the router keeps no reference)
+        parts = (head.SerializeToString(), bytes_field_header(_NODE_WRITE_CONTENT_FIELD, len(content)), content)
         async with self._audited(ctx, principal, route, AuditAction.FILE_WRITE, detail):
-            answer = await self.nodes.call(
+            answer = await self.nodes.call_parts(
                 self._reachable(route),
                 "WriteGuestFile",
-                forward,
+                parts,
                 node_pb.WriteGuestFileResponse,
                 budget_s=_budget(ctx, FILE_CALL_BUDGET_S),
             )

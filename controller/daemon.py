@@ -8,6 +8,8 @@ key is also a flag (``--listen``, ``--db`` ...), and flags win::
     heartbeat_timeout_s = 35.0     # a node silent this long is unreachable
     downloads_dir = "/var/lib/limiquantix/downloads"   # served read-only under /downloads/
     downloads_require_token = false                     # true: /downloads/ needs a bearer token
+    max_request_bytes_in_flight = 268435456            # request bytes held by calls in progress, in total
+    max_request_bytes_in_flight_per_user = 134217728   # ... and per user (beyond: resource_exhausted)
     log_format = "text"            # or "json"
     log_level = "info"
 
@@ -30,12 +32,12 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.connect import ConnectRouter, Service
+from limiquantix.protocol.connect import CallContext, ConnectRouter, InFlightBytes, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.serving import http_config, serve_http
@@ -50,6 +52,7 @@ from .api import (
     NodeRegistryAPI,
     make_authenticator,
 )
+from .auth import Principal
 from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
 from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
@@ -78,6 +81,13 @@ ADMIN_TOKEN_ENV: Final = "LQX_ADMIN_TOKEN"
 DEFAULT_HEARTBEAT_TIMEOUT_S: Final = 35.0
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
+#: Request bytes that calls in progress may hold, in total and per user. A 45 MiB
+#: file is 60 MiB of base64 JSON: a user may send two at once, four users in total.
+#: What a call costs in memory is a small multiple of its body (decoded message,
+#: the forwarded copy), so these bound the controller's memory to about 1 GiB.
+DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
+_INT_KEYS: Final = ("max_request_bytes_in_flight", "max_request_bytes_in_flight_per_user")
 _LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -104,6 +114,10 @@ class ControllerConfig:
     """Files served read-only under /downloads/ (the agent's packages); "" or a missing directory: only install-agent.sh."""
     downloads_require_token: bool = False
     """Whether /downloads/ needs a bearer token (any role); open by default, for cloud-init."""
+    max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT
+    """Request bytes all calls in progress may hold; beyond, calls answer resource_exhausted."""
+    max_request_bytes_in_flight_per_user: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER
+    """Request bytes one user's calls in progress may hold (all its tokens together)."""
     log_format: str = "text"
     """text or json."""
     log_level: str = "info"
@@ -119,6 +133,10 @@ class ControllerConfig:
             raise ControllerConfigError("heartbeat_timeout_s must be > 0")
         if self.log_format not in ("text", "json"):
             raise ControllerConfigError("log_format must be text or json")
+        if not 0 < self.max_request_bytes_in_flight_per_user <= self.max_request_bytes_in_flight:
+            raise ControllerConfigError(
+                "max_request_bytes_in_flight_per_user must be > 0 and at most max_request_bytes_in_flight"
+            )
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(ControllerConfig)}
@@ -142,6 +160,11 @@ def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
                 raise ControllerConfigError(f"{key} must be a number") from None
         elif key == "downloads_require_token":
             kwargs[key] = _boolean(key, value)
+        elif key in _INT_KEYS:
+            try:
+                kwargs[key] = int(value)
+            except (TypeError, ValueError):
+                raise ControllerConfigError(f"{key} must be a whole number of bytes") from None
         elif not isinstance(value, str):
             raise ControllerConfigError(f"{key} must be a string")
         else:
@@ -213,6 +236,15 @@ class Metrics:
         for reason in (*AUTH_FAILURE_REASONS, "other"):
             self.auth_failures.labels(reason)  # 0 until the first, so a rate() sees the first one
 
+    def watch(self, in_flight: InFlightBytes) -> None:
+        """Expose the request bytes calls in progress hold (read at scrape time)."""
+        gauge = Gauge(
+            "lqx_controller_request_bytes_in_flight",
+            "Request bytes held by calls in progress (bounded by max_request_bytes_in_flight)",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: in_flight.total)
+
     def auth_failure(self, reason: str) -> None:
         """:class:`~.api.AuthFailures`' counting hook."""
         self.auth_failures.labels(reason).inc()
@@ -224,6 +256,12 @@ class Metrics:
         self.latency.labels(method).observe(seconds)
 
 
+def _caller(ctx: CallContext) -> str:
+    """Whose bytes a call's request counts against: its user (every token of theirs together)."""
+    principal = ctx.auth
+    return principal.user if isinstance(principal, Principal) else ""
+
+
 def build_app(
     store: Store,
     nodes: NodeClient,
@@ -231,12 +269,18 @@ def build_app(
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     downloads: Downloads | None = None,
     downloads_require_token: bool = False,
+    max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+    max_request_bytes_in_flight_per_user: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER,
 ) -> QuartTrio:
     """The Connect services, ``/healthz`` (open), ``/metrics`` and ``/downloads/``
     (``downloads``; None serves only the built-in install-agent.sh)."""
     app = QuartTrio("limiquantix-controller")
     metrics = Metrics()
     failures = AuthFailures(store, metrics.auth_failure)
+    in_flight = InFlightBytes(
+        max_total_bytes=max_request_bytes_in_flight, max_bytes_per_key=max_request_bytes_in_flight_per_user, key=_caller
+    )
+    metrics.watch(in_flight)
     started = time.time()
 
     @app.get("/healthz")
@@ -267,6 +311,7 @@ def build_app(
         ],
         authenticate=make_authenticator(failures),
         observe=metrics.observe,
+        in_flight=in_flight,
     )
     router.register(app)
     register_export_route(app, store, failures)
@@ -312,6 +357,8 @@ async def serve(
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             downloads=Downloads(config.downloads_dir or None),
             downloads_require_token=config.downloads_require_token,
+            max_request_bytes_in_flight=config.max_request_bytes_in_flight,
+            max_request_bytes_in_flight_per_user=config.max_request_bytes_in_flight_per_user,
         )
         hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S)
         async with trio.open_nursery() as nursery:

@@ -6,6 +6,7 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
     unix_socket = "/run/limiquantix/hostd.sock"   # optional
     token_file = "/etc/limiquantix/hostd.token"   # or token = "...", or LQX_HOSTD_TOKEN
     metrics_open = false              # true: /metrics without the bearer token
+    max_request_bytes_in_flight = 268435456   # request bytes calls in progress may hold
 
     # Optional: register with a controller and heartbeat the VM list.
     controller_url = "http://controller:8080"
@@ -67,7 +68,7 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.connect import CallContext, ConnectRouter, Service
+from limiquantix.protocol.connect import CallContext, ConnectRouter, InFlightBytes, Service
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.serving import http_config, serve_http
@@ -105,6 +106,9 @@ REGISTER_BACKOFF_MAX_S: Final = 30.0
 CONTROLLER_CALL_TIMEOUT_S: Final = 10.0
 #: The environment variables that may hold hostd's token and its controller token.
 TOKEN_ENV: Final = "LQX_HOSTD_TOKEN"
+#: Request bytes the node API's calls in progress may hold (beyond: resource_exhausted).
+#: Four 60 MiB file writes at once; each costs a small multiple of its body in memory.
+DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 CONTROLLER_TOKEN_ENV: Final = "LQX_HOSTD_CONTROLLER_TOKEN"
 _REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
 
@@ -124,6 +128,8 @@ class HostdConfig:
     """File holding the bearer token (first line)."""
     metrics_open: bool = False
     """Serve /metrics without the bearer token (it names every method's call counts)."""
+    max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT
+    """Request bytes all calls in progress may hold; beyond, calls answer resource_exhausted."""
     node_id: str = dataclasses.field(default_factory=socket.gethostname)
     """This host's name in the controller."""
     controller_url: str = ""
@@ -160,6 +166,8 @@ class HostdConfig:
                 raise ConfigError(f"controller_url needs controller_token_file (or {CONTROLLER_TOKEN_ENV})")
         if not self.heartbeat_interval_s > 0:
             raise ConfigError("heartbeat_interval_s must be > 0")
+        if self.max_request_bytes_in_flight < 1:
+            raise ConfigError("max_request_bytes_in_flight must be > 0")
 
     def bearer_token(self) -> str:
         """The token every call must carry.
@@ -231,7 +239,7 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         ConfigError: unknown keys, wrong types or values.
     """
     data = dict(data)
-    known = {*_SCALARS, "heartbeat_interval_s", "metrics_open", "connection", "discovery", "vm"}
+    known = {*_SCALARS, "heartbeat_interval_s", "metrics_open", "max_request_bytes_in_flight", "connection", "discovery", "vm"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -246,6 +254,10 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
             kwargs["heartbeat_interval_s"] = float(data["heartbeat_interval_s"])
         except (TypeError, ValueError):
             raise ConfigError("heartbeat_interval_s must be a number") from None
+    if "max_request_bytes_in_flight" in data:
+        if isinstance(data["max_request_bytes_in_flight"], bool) or not isinstance(data["max_request_bytes_in_flight"], int):
+            raise ConfigError("max_request_bytes_in_flight must be a whole number of bytes")
+        kwargs["max_request_bytes_in_flight"] = data["max_request_bytes_in_flight"]
     if "metrics_open" in data:
         if not isinstance(data["metrics_open"], bool):
             raise ConfigError("metrics_open must be true or false")
@@ -288,6 +300,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--metrics-open", action="store_true", default=argparse.SUPPRESS, help="serve /metrics without the bearer token"
     )
     p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--max-request-bytes-in-flight", type=int, default=argparse.SUPPRESS)
     p.add_argument("--socket-dir", default=argparse.SUPPRESS, help="directory of <vm-id>.agent.sock sockets")
     p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help="libvirt's channel target directory")
     p.add_argument(
@@ -388,7 +401,13 @@ def make_authenticator(token: str) -> Callable[[CallContext], Awaitable[None]]:
     return authenticate
 
 
-def build_app(registry: VMRegistry, *, token: str, metrics_open: bool = False) -> QuartTrio:
+def build_app(
+    registry: VMRegistry,
+    *,
+    token: str,
+    metrics_open: bool = False,
+    max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+) -> QuartTrio:
     """The node API, /healthz (open) and /metrics (the bearer token unless ``metrics_open``)."""
     app = QuartTrio("limiquantix-hostd")
     metrics = Metrics(registry)
@@ -413,7 +432,11 @@ def build_app(registry: VMRegistry, *, token: str, metrics_open: bool = False) -
                 return Response(body, status=exc.http_status, content_type="application/json")
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    router = ConnectRouter([Service(SERVICE, NodeAPI(registry))], authenticate=authenticate, observe=metrics.observe)
+    # One caller (the controller): the bound is the total.
+    in_flight = InFlightBytes(max_total_bytes=max_request_bytes_in_flight, max_bytes_per_key=max_request_bytes_in_flight)
+    router = ConnectRouter(
+        [Service(SERVICE, NodeAPI(registry))], authenticate=authenticate, observe=metrics.observe, in_flight=in_flight
+    )
     router.register(app)
     app.config["LQX_METRICS"] = metrics
     return app
@@ -433,7 +456,12 @@ async def serve(
     controller_token = config.controller_bearer_token() if config.controller_url else ""
     stop = shutdown if shutdown is not None else trio.Event()
     async with VMRegistry.open(entries=config.vms, discovery=config.discovery, connection=config.connection) as registry:
-        app = build_app(registry, token=token, metrics_open=config.metrics_open)
+        app = build_app(
+            registry,
+            token=token,
+            metrics_open=config.metrics_open,
+            max_request_bytes_in_flight=config.max_request_bytes_in_flight,
+        )
         bind = []
         if config.listen:
             bind.append(config.listen)

@@ -76,6 +76,16 @@ Behaviour, and why where Connect leaves a choice:
   code, ``"canceled"`` if the client went away. Requests rejected before they
   are calls (404, 405, 415) are not observed. Unknown paths must not add metric
   labels.
+* **Bytes in flight.** An optional :class:`InFlightBytes` bounds the request
+  bytes that calls in progress hold, per caller (its ``key`` of the
+  authenticated ``ctx``) and in total: a call's body is counted as it arrives
+  (its ``Content-Length`` at once, so an upload over the bound is refused
+  before it is read), a gzip body's inflated size on top, until the call ends
+  (unary: its answer is encoded; streaming: its handler is closed). Beyond
+  either bound the call answers ``resource_exhausted``. The body is dropped
+  as soon as it is decoded, and the decoded message is the handler's alone
+  (this module keeps no reference to it while the handler runs), so a handler
+  that forwards a large field can release the rest early.
 * **Early answers.** An HTTP/1 response sent before the request body was read
   (404, 405, 415, refused authentication, oversize) says ``Connection: close``.
   hypercorn would otherwise wedge a connection whose client is still uploading,
@@ -105,8 +115,9 @@ import math
 import re
 import struct
 import sys
+import weakref
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, final
@@ -137,6 +148,7 @@ __all__ = [
     "Authenticator",
     "CallContext",
     "ConnectRouter",
+    "InFlightBytes",
     "Observer",
     "Service",
 ]
@@ -425,7 +437,9 @@ class CallContext:
     """
 
     __slots__ = (
+        "__weakref__",
         "_body_read",
+        "_held",
         "_started",
         "auth",
         "deadline",
@@ -458,6 +472,7 @@ class CallContext:
         self.response_trailers = Headers()
         self._started = trio.current_time()
         self._body_read = False
+        self._held: _Held | None = None
 
     @property
     def bearer_token(self) -> str | None:
@@ -478,6 +493,95 @@ class CallContext:
         return f"CallContext({self.procedure!r}, peer={self.peer!r})"
 
 
+# ---------------------------------------------------------------- bytes in flight
+
+
+@final
+class _Held:
+    """The bytes one call holds (shared with a finalizer, so it must not refer to the call)."""
+
+    __slots__ = ("key", "nbytes")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.nbytes = 0
+
+
+@final
+class InFlightBytes:
+    """Request bytes held by calls in progress, bounded per caller and in total.
+
+    Args:
+        max_total_bytes: over every call.
+        max_bytes_per_key: over the calls of one caller.
+        key: the caller of an authenticated call (e.g. its user); called once
+            per call, after ``authenticate``.
+
+    A call that would go beyond either bound answers ``resource_exhausted``
+    (reason ``caller_bytes_in_flight`` or ``server_bytes_in_flight``) and what
+    it held is released. Everything a call holds is released when it ends, and
+    at the latest when its context is garbage-collected (a call abandoned in a
+    way that skipped its cleanup cannot leak the budget).
+    """
+
+    def __init__(
+        self, *, max_total_bytes: int, max_bytes_per_key: int, key: Callable[[CallContext], Hashable] = lambda ctx: None
+    ) -> None:
+        if max_total_bytes < 1 or max_bytes_per_key < 1:
+            raise ValueError("byte bounds must be positive")
+        self.max_total_bytes = max_total_bytes
+        self.max_bytes_per_key = max_bytes_per_key
+        self._key = key
+        self.total = 0
+        self._per_key: dict[Hashable, int] = {}
+
+    def held(self, key: Hashable) -> int:
+        """Bytes the calls of ``key`` hold now."""
+        return self._per_key.get(key, 0)
+
+    def reserve(self, ctx: CallContext, nbytes: int) -> None:
+        """Count ``nbytes`` more for the call ``ctx``.
+
+        Raises:
+            ResourceExhausted: beyond the caller's bound or the total.
+        """
+        held = ctx._held
+        if held is None:
+            held = ctx._held = _Held(self._key(ctx))
+            weakref.finalize(ctx, self._release, held)
+        mine = self._per_key.get(held.key, 0)
+        if mine + nbytes > self.max_bytes_per_key:
+            raise errors.ResourceExhausted(
+                f"this caller's requests in progress would hold more than {self.max_bytes_per_key} bytes "
+                f"({mine} held now): retry when they finish",
+                reason="caller_bytes_in_flight",
+            )
+        if self.total + nbytes > self.max_total_bytes:
+            raise errors.ResourceExhausted(
+                f"requests in progress would hold more than {self.max_total_bytes} bytes: retry later",
+                reason="server_bytes_in_flight",
+            )
+        held.nbytes += nbytes
+        self._per_key[held.key] = mine + nbytes
+        self.total += nbytes
+
+    def release(self, ctx: CallContext) -> None:
+        """Everything the call ``ctx`` holds (idempotent)."""
+        if ctx._held is not None:
+            self._release(ctx._held)
+
+    def _release(self, held: _Held) -> None:
+        if held.nbytes == 0:
+            return
+        self.total -= held.nbytes
+        left = self._per_key[held.key] - held.nbytes
+        if left:
+            self._per_key[held.key] = left
+        else:
+            del self._per_key[held.key]
+        held.nbytes = 0
+
+
 # ---------------------------------------------------------------- the router
 
 
@@ -495,6 +599,8 @@ class ConnectRouter:
         max_message_bytes: largest request message, compressed or not.
         compress_min_bytes: smallest response that is gzipped for clients that
             accept gzip.
+        in_flight: bounds the request bytes calls in progress hold (None: only
+            ``max_message_bytes`` per call).
     """
 
     def __init__(
@@ -505,9 +611,11 @@ class ConnectRouter:
         observe: Observer | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         compress_min_bytes: int = COMPRESS_MIN_BYTES,
+        in_flight: InFlightBytes | None = None,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
+        self.in_flight = in_flight
         self.authenticate = authenticate
         self.observe = observe
         self.max_message_bytes = max_message_bytes
@@ -616,18 +724,19 @@ class ConnectRouter:
             _add_metadata(headers, ctx)
             return _response(payload, 200, headers)
         finally:
+            self._release(ctx)
             self._observe(route.procedure, code, ctx)
 
     async def _unary_steps(self, route: _Route, codec: _Codec, ctx: CallContext) -> tuple[bytes, bool]:
         request = current_request
         await self._authorize(route, ctx)
-        gzipped_request = _content_encoding(request.headers.get("Content-Encoding"))
-        body = await self._read_body(ctx, self.max_message_bytes)
-        if gzipped_request and body:  # spec: never decompress an empty body
-            body = await _offload(len(body), _gunzip, body, self.max_message_bytes)
-        message = await self._decode(codec, body, route.input_type)
+        message = await self._unary_message(route, codec, ctx)
         assert route.handler is not None  # _authorize checked
-        result = await route.handler(message, ctx)
+        # The handler's coroutine is the only holder of the message: one that
+        # forwards a large field can drop the rest while it waits.
+        call = route.handler(message, ctx)
+        del message
+        result = await call
         payload = await self._encode(route, codec, result)
         gzip_response = len(payload) >= self.compress_min_bytes and _accepts_gzip(
             request.headers.get("Accept-Encoding"), request.headers.get("Content-Encoding")
@@ -635,6 +744,24 @@ class ConnectRouter:
         if gzip_response:
             payload = await _offload(len(payload), _gzip, payload)
         return payload, gzip_response
+
+    async def _unary_message(self, route: _Route, codec: _Codec, ctx: CallContext) -> Message:
+        """Read and decode the request; the body is gone when this returns."""
+        gzipped = _content_encoding(current_request.headers.get("Content-Encoding"))
+        body = await self._read_body(ctx, self.max_message_bytes)
+        if gzipped and body:  # spec: never decompress an empty body
+            body = await _offload(len(body), _gunzip, body, self.max_message_bytes)
+            self._reserve(ctx, len(body))
+        return await self._decode(codec, body, route.input_type)
+
+    def _reserve(self, ctx: CallContext, nbytes: int) -> None:
+        """Raises: ResourceExhausted: beyond the bytes-in-flight bounds."""
+        if self.in_flight is not None:
+            self.in_flight.reserve(ctx, nbytes)
+
+    def _release(self, ctx: CallContext) -> None:
+        if self.in_flight is not None:
+            self.in_flight.release(ctx)
 
     async def _stream(self, route: _Route, codec: _Codec, ctx: CallContext) -> Response:
         request = current_request
@@ -669,6 +796,7 @@ class ConnectRouter:
             return _response(body, 200, headers)
         finally:
             if not started:
+                self._release(ctx)
                 code = error.connect_code if error is not None else errors.Cancelled.connect_code
                 self._observe(route.procedure, code, ctx)
 
@@ -679,8 +807,10 @@ class ConnectRouter:
         gzipped = _content_encoding(request.headers.get("Connect-Content-Encoding"))
         body = await self._read_body(ctx, self.max_message_bytes + _ENVELOPE.size)
         flags, data = _single_envelope(body, gzipped=gzipped, limit=self.max_message_bytes)
+        del body
         if data and flags & _FLAG_COMPRESSED:  # spec: never decompress an empty message
             data = await _offload(len(data), _gunzip, data, self.max_message_bytes)
+            self._reserve(ctx, len(data))
         return await self._decode(codec, data, route.input_type)
 
     # -- steps shared by unary and streaming calls -----------------------------
@@ -694,17 +824,22 @@ class ConnectRouter:
         if route.handler is None:
             raise errors.Unimplemented(route.why_unimplemented)
 
-    async def _read_body(self, ctx: CallContext, limit: int) -> bytes:
-        """The whole request body, refusing more than ``limit`` bytes.
+    async def _read_body(self, ctx: CallContext, limit: int) -> bytearray:
+        """The whole request body, refusing more than ``limit`` bytes. Returned as
+        read (a bytearray: the decoders take it as is, no second copy).
 
         Raises:
-            ResourceExhausted: the body (or its Content-Length) exceeds ``limit``.
+            ResourceExhausted: the body (or its Content-Length) exceeds ``limit``,
+                or the bytes-in-flight bounds.
             DeadlineExceeded: it did not arrive within Quart's BODY_TIMEOUT.
         """
         request = current_request
         too_big = errors.ResourceExhausted(f"request message larger than {self.max_message_bytes} bytes")
-        if request.content_length is not None and request.content_length > limit:
+        declared = request.content_length
+        if declared is not None and declared > limit:
             raise too_big
+        if declared is not None:
+            self._reserve(ctx, declared)  # refused before a byte is read
         body = bytearray()
         timeout = request.body_timeout if request.body_timeout is not None else math.inf
         with trio.move_on_after(timeout) as scope:
@@ -712,13 +847,15 @@ class ConnectRouter:
                 async for chunk in request.body:
                     if len(body) + len(chunk) > limit:
                         raise too_big
+                    if declared is None:  # chunked: counted as it arrives
+                        self._reserve(ctx, len(chunk))
                     body += chunk
             except RequestEntityTooLarge as exc:  # Quart's own MAX_CONTENT_LENGTH
                 raise too_big from exc
         if scope.cancelled_caught:
             raise errors.DeadlineExceeded(f"request body not received within {timeout} s")
         ctx._body_read = True
-        return bytes(body)
+        return body
 
     async def _decode(self, codec: _Codec, data: bytes, cls: type[Message]) -> Message:
         try:
@@ -868,13 +1005,15 @@ class _StreamBody(ResponseBody):
 
     async def _close_handler(self) -> None:
         agen, self._agen = self._agen, None
+        self._message = None
         aclose = getattr(agen, "aclose", None)
-        if aclose is None:
-            return
         try:
-            await aclose()
+            if aclose is not None:
+                await aclose()
         except Exception:
             log.exception("%s: closing the stream handler failed", self._route.procedure)
+        finally:
+            self._router._release(self._ctx)
 
 
 def _single_envelope(body: bytes, *, gzipped: bool, limit: int) -> tuple[int, bytes]:

@@ -12,6 +12,7 @@ asyncio-only).
 from __future__ import annotations
 
 import base64
+import gc
 import gzip
 import json
 import logging
@@ -97,6 +98,8 @@ class FakeNode:
         )
 
     async def WriteGuestFile(self, request: npb.WriteGuestFileRequest, ctx: connect.CallContext) -> npb.WriteGuestFileResponse:
+        if request.path == "hold":  # stays in progress until released
+            await self.release.wait()
         return npb.WriteGuestFileResponse(bytes_written=len(request.content))
 
     async def ExecuteInGuestStream(
@@ -919,3 +922,79 @@ async def test_call_context_helpers() -> None:
     assert ctx.bearer_token == "tok"
     assert ctx.time_remaining() == math.inf
     assert connect.CallContext(procedure="a.B/C", headers=Headers({"Authorization": "Basic x"})).bearer_token is None
+
+
+# ---------------------------------------------------------------- bytes in flight
+
+
+def _error(r: httpx.Response) -> tuple[str, str]:
+    """(code, reason) of a Connect error answer."""
+    body = r.json()
+    reason = ""
+    for detail in body.get("details", []):
+        err = apb.Error()
+        err.ParseFromString(base64.b64decode(detail["value"] + "=" * (-len(detail["value"]) % 4)))
+        reason = err.reason
+    return body["code"], reason
+
+
+@pytest.mark.trio
+async def test_bytes_in_flight_are_bounded_per_caller_and_in_total(start_server: StartServer) -> None:
+    in_flight = connect.InFlightBytes(max_total_bytes=25_000, max_bytes_per_key=15_000, key=lambda ctx: ctx.auth)
+    server = await start_server(in_flight=in_flight)
+    body = npb.WriteGuestFileRequest(path="hold", content=b"x" * 9000).SerializeToString()
+    answers: dict[str, httpx.Response] = {}
+
+    def as_user(who: str) -> dict[str, str]:
+        return {**PROTO, "Authorization": f"Bearer {who}"}
+
+    async def write(name: str, who: str) -> None:
+        answers[name] = await server.post("WriteGuestFile", body, as_user(who))
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 1000):
+            yield body[i : i + 1000]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, "alice-1", "alice")
+            while in_flight.held("alice") < len(body):
+                await trio.sleep(0.01)
+            # alice's second write would hold 18 KB > 15 KB: refused before its body is read.
+            r = await server.post("WriteGuestFile", body, as_user("alice"))
+            assert r.status_code == 429 and _error(r) == ("resource_exhausted", "caller_bytes_in_flight")
+            assert "retry" in r.json()["message"]
+            nursery.start_soon(write, "bob-1", "bob")
+            while in_flight.total < 2 * len(body):
+                await trio.sleep(0.01)
+            # carol's 9 KB would take the total to 27 KB > 25 KB; a chunked body (no
+            # Content-Length) is counted as it arrives.
+            for content in (body, chunked()):
+                r = await server.post("WriteGuestFile", content, as_user("carol"))  # type: ignore[arg-type]
+                assert r.status_code == 429 and _error(r) == ("resource_exhausted", "server_bytes_in_flight")
+            small = npb.WriteGuestFileRequest(content=b"y" * 100).SerializeToString()
+            assert (await server.post("WriteGuestFile", small, as_user("carol"))).status_code == 200
+            server.node.release.set()
+    assert answers["alice-1"].status_code == answers["bob-1"].status_code == 200
+    assert in_flight.total == 0 and in_flight.held("alice") == 0  # all released
+    # A gzip body counts its inflated size too.
+    packed = gzip.compress(npb.WriteGuestFileRequest(content=b"\0" * 20_000).SerializeToString())
+    r = await server.post("WriteGuestFile", packed, {**as_user("dave"), "Content-Encoding": "gzip"})
+    assert r.status_code == 429 and _error(r) == ("resource_exhausted", "caller_bytes_in_flight")
+    assert in_flight.total == 0
+    assert server.codes("WriteGuestFile").count("resource_exhausted") == 4
+
+
+@pytest.mark.trio
+async def test_bytes_in_flight_of_an_abandoned_call_are_released_when_it_is_collected() -> None:
+    in_flight = connect.InFlightBytes(max_total_bytes=100, max_bytes_per_key=100)
+    ctx = connect.CallContext(procedure="svc/M", headers=Headers())
+    in_flight.reserve(ctx, 60)
+    with pytest.raises(errors.ResourceExhausted):
+        in_flight.reserve(connect.CallContext(procedure="svc/M", headers=Headers()), 50)
+    assert in_flight.total == 60
+    del ctx  # a call whose cleanup never ran
+    gc.collect()
+    assert in_flight.total == 0
+    with pytest.raises(ValueError):
+        connect.InFlightBytes(max_total_bytes=0, max_bytes_per_key=1)

@@ -57,10 +57,11 @@ class Stack:
     controller_done: trio.Event = field(default_factory=trio.Event)
     hostd_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
-    async def start_controller(self, *, port: int = 0, admin_token: str | None = None) -> None:
+    async def start_controller(self, *, port: int = 0, admin_token: str | None = None, **settings: Any) -> None:
+        """The controller on this stack's database; ``settings``: more ControllerConfig fields."""
         self.controller_stop, self.controller_done = trio.Event(), trio.Event()
         config = ControllerConfig(
-            listen=f"127.0.0.1:{port}", db=str(self.db), heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S
+            listen=f"127.0.0.1:{port}", db=str(self.db), heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, **settings
         )
         done = self.controller_done
 
@@ -705,3 +706,82 @@ async def test_failed_authentications_are_counted_and_audited_per_address(stack:
     assert first.detail.flags == ("reason=invalid_token",) and first.error.startswith("invalid_token")
     for db_file in stack.db.parent.iterdir():
         assert b"S" * 43 not in db_file.read_bytes()  # the secret part never
+
+
+
+@pytest.mark.trio
+async def test_concurrent_large_writes_are_bounded_per_user_and_in_total(stack: Stack) -> None:
+    """Bytes in flight: writes held half-sent (a Content-Length counts at once) from two users,
+    a second write of the first user (over its bound), writes of a third user that fit and
+    then do not (over the total): each refusal is resource_exhausted and loses nothing."""
+    mib = 1024 * 1024
+    await stack.stop_controller()
+    await stack.start_controller(port=stack.port, max_request_bytes_in_flight=14 * mib,
+                                 max_request_bytes_in_flight_per_user=10 * mib)  # fmt: skip
+    await stack.wait_vms()
+    content = bytes(range(256)) * (4 * mib // 256)  # 4 MiB: 5.3 MiB of base64 JSON
+    url = f"{stack.url}{VM}/WriteGuestFile"
+
+    def body(name: str) -> bytes:
+        path = str(stack.short_tmp / name)
+        return json.dumps({"vmId": "vm0", "path": path, "content": base64.b64encode(content).decode()}).encode()
+
+    def headers(who: str, size: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {stack.tokens[who]}", "Content-Type": "application/json", "Content-Length": str(size)}
+
+    async def in_flight() -> float:
+        text = (await stack.client.get(f"{stack.url}/metrics", headers=headers("viewer", 0))).text
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith("lqx_controller_request_bytes_in_flight ")))
+
+    async def write(name: str, who: str) -> httpx.Response:
+        data = body(name)
+        return await stack.client.post(url, content=data, headers=headers(who, len(data)))
+
+    go_on = trio.Event()
+    answers: dict[str, httpx.Response] = {}
+
+    async def held_write(name: str, who: str) -> None:
+        data = body(name)
+
+        async def half_then_rest() -> AsyncIterator[bytes]:
+            yield data[:1000]
+            await go_on.wait()
+            yield data[1000:]
+
+        answers[name] = await stack.client.post(url, content=half_then_rest(), headers=headers(who, len(data)))
+
+    size = len(body("x"))
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held_write, "held-1", "operator")
+            while await in_flight() < size:
+                await trio.sleep(0.02)
+            r = await write("second", "operator")  # 10.7 MiB for this user > 10
+            assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
+            assert "this caller" in r.json()["message"]
+            assert (await write("fits", "admin")).status_code == 200  # 10.7 MiB in total <= 14
+            nursery.start_soon(held_write, "held-2", "scoped")
+            while await in_flight() < 2 * size:
+                await trio.sleep(0.02)
+            r = await write("over", "admin")  # 16 MiB in total > 14
+            assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
+            assert "retry later" in r.json()["message"]
+            go_on.set()
+    assert answers["held-1"].status_code == answers["held-2"].status_code == 200
+    for name in ("held-1", "held-2", "fits"):
+        assert (stack.short_tmp / name).read_bytes() == content
+    assert not (stack.short_tmp / "second").exists() and not (stack.short_tmp / "over").exists()
+    assert await in_flight() == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 5_000_000])
+def test_a_forwarded_bytes_field_is_the_message_hostd_would_decode(size: int) -> None:
+    from limiquantix.controller.forward import bytes_field_header
+    from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+
+    content = bytes(i % 251 for i in range(size))
+    head = node_pb.WriteGuestFileRequest(vm_id="vm0", path="/p", create_parents=True)
+    number = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
+    parsed = node_pb.WriteGuestFileRequest()
+    parsed.ParseFromString(head.SerializeToString() + bytes_field_header(number, size) + content)
+    assert parsed == node_pb.WriteGuestFileRequest(vm_id="vm0", path="/p", create_parents=True, content=content)
