@@ -29,7 +29,12 @@ Figures (targets from issue 4, "Targets"):
    minimal HTTP/1.1 keep-alive client (hostd_bench's ``RawHttp``) over a pool
    that grows when every connection is busy;
 3. RunCommand ``true`` over 500 VMs with maxConcurrency 100 done within 5 s,
-   when fleet runs exist; otherwise the row says "not measured".
+   when fleet runs exist; otherwise the row says "not measured";
+4. three concurrent 45 MiB WriteGuestFile calls (base64 JSON, three users so
+   that the per-user bound of bytes in flight admits all three) to VM A: the
+   peak RSS of the controller and of hostd while they run (issue 10 measured
+   796 and 612 MiB before the bytes-in-flight bound and the copies cut), polled
+   every 10 ms, for information.
 
 Prints a table and writes ``bench/results/controller.json`` (``--quick``:
 ``controller-quick.json``) in agent.json's format. Exits non-zero only on
@@ -140,6 +145,61 @@ class Results:
     ping_cpu: dict[str, float] = field(default_factory=dict)
     fleet_ms: float | None = None
     fleet_note: str = ""
+    write_peak_mib: dict[str, float] = field(default_factory=dict)
+    write_note: str = ""
+
+
+#: The large-write figure: three writes of this many bytes at once.
+WRITE_BYTES: Final = 45 * 1024 * 1024
+WRITERS: Final = 3
+
+
+async def concurrent_writes(client: Any, url: str, headers: dict[str, str], work: Path, pids: dict[str, int], r: Results) -> None:
+    """Three 45 MiB WriteGuestFile calls at once (one user each); peak RSS of each process meanwhile.
+
+    Raises:
+        hb.BenchError: a write or a token creation failed.
+    """
+    import base64
+    import hashlib
+
+    content = os.urandom(WRITE_BYTES)
+    encoded = base64.b64encode(content).decode()
+    writers = []
+    for i in range(WRITERS):
+        made = await client.post(f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"writer-{i}", "role": "operator"}, headers=headers)
+        if made.status_code != 200:
+            raise hb.BenchError(f"CreateToken: {made.status_code} {made.text}")
+        writers.append(made.json()["token"])
+    before = {name: hb.rss_mib(pid) for name, pid in pids.items()}
+    peak = dict(before)
+    answers: list[Any] = []
+
+    async def write(i: int) -> None:
+        body = json.dumps({"vmId": _VM_A, "path": str(work / f"written-{i}"), "content": encoded}).encode()
+        answers.append(await client.post(f"{url}{VM_SERVICE}/WriteGuestFile", content=body,
+                                         headers={**headers, "Authorization": f"Bearer {writers[i]}"}))  # fmt: skip
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(WRITERS):
+            nursery.start_soon(write, i)
+        while len(answers) < WRITERS:
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], hb.rss_mib(pid))
+            await trio.sleep(0.01)
+    wall = time.perf_counter() - started
+    bad = [a for a in answers if a.status_code != 200]
+    if bad:
+        raise hb.BenchError(f"WriteGuestFile: {bad[0].status_code} {bad[0].text[:300]}")
+    digest = hashlib.sha256(content).hexdigest()
+    if any(a.json()["sha256"] != digest for a in answers):
+        raise hb.BenchError("WriteGuestFile: a SHA-256 differs")
+    r.write_peak_mib = peak
+    r.write_note = (
+        f"{WRITERS} x {WRITE_BYTES // (1024 * 1024)} MiB ({len(encoded) / 1048576:.0f} MiB of base64 JSON each) in"
+        f" {wall:.1f} s; RSS before: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in before.items())
+    )
 
 
 # ============================================================================= processes
@@ -410,6 +470,15 @@ async def measure(work: Path, settings: Settings) -> Results:
             f" {len(r.ping_failures)} failed, {r.ping_connections} connections, CPU {r.ping_cpu}"
         )
 
+        # -- 4 (first: before the 500 fake agents grow hostd). Three large writes at once --
+        hb.say(f"WriteGuestFile: {WRITERS} x {WRITE_BYTES // (1024 * 1024)} MiB at once")
+        with trio.fail_after(FIGURE_TIMEOUT_S):
+            await concurrent_writes(
+                client, url, headers, work,
+                {"limiquantix-controller": controller.popen.pid, "limiquantix-hostd": hostd.popen.pid}, r,
+            )  # fmt: skip
+        hb.say(f"  peak RSS {r.write_peak_mib}; {r.write_note}")
+
         # -- 3. RunCommand over 500 VMs, when fleet runs exist ----------------------------
         probe = await client.post(f"{url}{FLEET_SERVICE}/ListCommands", json={}, headers=headers)
         if probe.status_code != 200:
@@ -469,6 +538,11 @@ def figures_from(r: Results, s: Settings) -> list[hb.Figure]:
             note=(f"wall time from RunCommand to GetCommand reporting done (polled every {FLEET_POLL_S * 1000:g} ms),"
                   f" {FLEET_VMS} fake agents (hostd_bench.py's: execute answered without running a process); "
                   if r.fleet_ms is not None else "") + r.fleet_note,
+        ),
+        *(
+            hb.Figure(f"{WRITERS} concurrent 45 MiB WriteGuestFile: {name} peak RSS (info)", mib, None, "MiB", None,
+                      note=r.write_note)
+            for name, mib in r.write_peak_mib.items()
         ),
     ]  # fmt: skip
 

@@ -205,11 +205,16 @@ def _encode_json(msg: Message) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _decode_json(data: bytes, cls: type[Message]) -> Message:
+def _decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
+    """The message in ``data``; a bytearray (a request body as read) is emptied once
+    it is text, so that a large body is not held through the parse's own copies."""
     if not data:
         raise errors.InvalidArgument("empty request body is not a JSON object (send {} for an empty message)")
+    text = data.decode("utf-8")
+    if isinstance(data, bytearray):
+        data.clear()
     msg = cls()
-    json_format.Parse(data.decode("utf-8"), msg, ignore_unknown_fields=True)
+    json_format.Parse(text, msg, ignore_unknown_fields=True)
     return msg
 
 
