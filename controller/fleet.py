@@ -72,7 +72,7 @@ from .api import (
     record_event,
 )
 from .auth import Permission, Principal, require
-from .forward import NodeClient
+from .forward import NodeClient, outcome_unknown
 from .models import (
     MAX_PAGE_SIZE,
     AuditAction,
@@ -427,7 +427,9 @@ class FleetAPI:
                     execution_id=run.execution_id, budget_s=exec_budget_s(run.template.timeout_seconds),
                 )  # fmt: skip
             except errors.Unavailable as exc:
-                status = TargetStatus.FAILED if exc.reason == _ABORTED_REASON else TargetStatus.UNDELIVERABLE
+                # Sent and then lost (outcome unknown) may have run: not "undeliverable".
+                ran = exc.reason == _ABORTED_REASON or outcome_unknown(exc)
+                status = TargetStatus.FAILED if ran else TargetStatus.UNDELIVERABLE
                 failure = (status, f"{exc.connect_code}: {exc.message}")
             except errors.DeadlineExceeded as exc:
                 failure = (TargetStatus.TIMED_OUT, exc.message)

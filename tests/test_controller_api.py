@@ -652,7 +652,7 @@ async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None
                 if node["url"] != before and vm0["agentState"] == "connected":
                     break
                 await trio.sleep(0.05)
-        mark = stack.short_tmp / "started"
+        mark, fleet_mark = stack.short_tmp / "started", stack.short_tmp / "fleet-started"
         answer: dict[str, httpx.Response] = {}
 
         async def run() -> None:
@@ -661,7 +661,9 @@ async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None
         with trio.fail_after(DEADLINE_S):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
-                while not mark.exists():  # the guest is running it
+                fleet = await stack.ok("RunCommand", {"vmIds": ["vm1"], "command": f"touch {fleet_mark}; sleep 30"},
+                                       service="/limiquantix.compute.v1.FleetService")  # fmt: skip
+                while not (mark.exists() and fleet_mark.exists()):  # the guests are running them
                     await trio.sleep(0.02)
                 hostd.kill()
         r = answer["r"]
@@ -670,6 +672,16 @@ async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None
         # Nothing sent now (the port is closed): a plain error, the command did not run.
         refused = await stack.call("ExecuteScript", {"vmId": "vm0", "command": "true"})
         assert refused.status_code == 503 and "unreachable" in refused.json()["message"]
+        # The fleet run's target may have run too: failed, not undeliverable.
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                run_state = await stack.ok("GetCommand", {"commandId": fleet["commandId"]},
+                                           service="/limiquantix.compute.v1.FleetService")  # fmt: skip
+                if run_state["status"] not in ("pending", "in_progress"):
+                    break
+                await trio.sleep(0.05)
+        [target] = run_state["targets"]
+        assert target["status"] == "failed" and "outcome is not known" in target["error"], target
     finally:
         hostd.kill()
         hostd.wait()
