@@ -379,7 +379,8 @@ async def test_oversized_ids_and_fields_are_refused_before_forwarding(stack: Sta
         assert error["code"] == "invalid_argument"
         assert error["message"].startswith(f"{name} is ") and "the limit is" in error["message"], error
     # Nothing reached hostd: it counted no call but what the controller itself made.
-    metrics = (await stack.client.get(f"{stack.hostd_url}/metrics")).text
+    metrics = (await stack.client.get(f"{stack.hostd_url}/metrics", headers={"Authorization": f"Bearer {HOSTD_TOKEN}"})).text
+    assert "lqx_hostd_vms" in metrics  # the answer to the token, not a 401
     assert "ExecuteInGuest" not in metrics and "CancelExecution" not in metrics
     done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "echo ok"})
     assert done["stdout"] == "ok\n"

@@ -140,7 +140,7 @@ async def test_oversized_ids_and_fields_are_refused_before_reaching_the_agent(st
         message = r.json()["message"]
         assert message.startswith(f"{name} is ") and "the limit is" in message, message
         assert len(message) < 200  # the value itself is never echoed
-    text = (await stack.client.get(f"{stack.url}/metrics")).text
+    text = (await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
     assert 'lqx_hostd_rpcs_total{code="invalid_argument",method="ExecuteInGuest"} 2.0' in text
     # The VM and its agent are served as before.
     done = await stack.ok("ExecuteInGuest", {"vmId": "vm0", "request": {"argv": ["sh", "-c", "echo ok"]}})
