@@ -213,9 +213,25 @@ def _decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
     text = data.decode("utf-8")
     if isinstance(data, bytearray):
         data.clear()
+    # json_format.Parse, in two steps so that the text goes before the message is built.
+    try:
+        tree = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:
+        raise json_format.ParseError(f"Failed to load JSON: {exc}.") from exc
+    del text
     msg = cls()
-    json_format.Parse(text, msg, ignore_unknown_fields=True)
+    json_format.ParseDict(tree, msg, ignore_unknown_fields=True)
     return msg
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys, each once (as json_format.Parse insists)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise json_format.ParseError(f"Failed to load JSON: duplicate key {key[:_MAX_DETAIL_CHARS]!r}.")
+        out[key] = value
+    return out
 
 
 def _encode_proto(msg: Message) -> bytes:
@@ -845,20 +861,30 @@ class ConnectRouter:
             raise too_big
         if declared is not None:
             self._reserve(ctx, declared)  # refused before a byte is read
-        body = bytearray()
+        # Sized once when the length is known: growing by += reallocates, and a
+        # reallocation briefly holds the body twice.
+        body = bytearray(declared or 0)
+        filled = 0
         timeout = request.body_timeout if request.body_timeout is not None else math.inf
         with trio.move_on_after(timeout) as scope:
             try:
                 async for chunk in request.body:
-                    if len(body) + len(chunk) > limit:
+                    end = filled + len(chunk)
+                    if end > limit:
                         raise too_big
                     if declared is None:  # chunked: counted as it arrives
                         self._reserve(ctx, len(chunk))
-                    body += chunk
+                    if end <= len(body):
+                        body[filled:end] = chunk  # same length: copied in place
+                    else:
+                        del body[filled:]
+                        body += chunk
+                    filled = end
             except RequestEntityTooLarge as exc:  # Quart's own MAX_CONTENT_LENGTH
                 raise too_big from exc
         if scope.cancelled_caught:
             raise errors.DeadlineExceeded(f"request body not received within {timeout} s")
+        del body[filled:]  # a body shorter than announced
         ctx._body_read = True
         return body
 

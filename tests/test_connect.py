@@ -363,8 +363,9 @@ async def test_unknown_content_encoding_is_unimplemented(server: Server) -> None
         (b"\xff\xff\xff\xff", PROTO),
         (b"not gzip at all", {**JSON, "Content-Encoding": "gzip"}),
         (gzip.compress(b'{"vmId": "vm-1"}')[:-6], {**JSON, "Content-Encoding": "gzip"}),
+        (b'{"vmId": "vm-1", "vmId": "vm-2"}', JSON),
     ],
-    ids=["truncated", "array", "wrong-type", "empty", "not-utf8", "bad-proto", "bad-gzip", "truncated-gzip"],
+    ids=["truncated", "array", "wrong-type", "empty", "not-utf8", "bad-proto", "bad-gzip", "truncated-gzip", "duplicate-key"],
 )
 async def test_malformed_requests_are_invalid_argument(server: Server, body: bytes, headers: dict[str, str]) -> None:
     r = await server.post("PingAgent", body, headers)
