@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from limiquantix.protocol import PROTOCOL_VERSION
 from limiquantix.protocol.framing import (
+    CANDIDATE_WORK,
+    CRC_CREDIT_PER_BYTE,
     FLAG_SYNC,
     HEADER_SIZE,
     MAGIC,
@@ -240,3 +242,97 @@ def test_large_frames_round_trip() -> None:
     stream = encode_frame(big) + encode_frame(b"small")
     out, _ = decode_all([stream[i : i + 65536] for i in range(0, len(stream), 65536)])
     assert out == [big, b"small"]
+
+
+# ----------------------------------------------- hostile input: cost and slices
+
+
+def dense_headers(total: int, claim: int, *, flags: int = 0) -> bytes:
+    """Valid headers back to back, each claiming ``claim`` payload bytes: every
+    one is a candidate whose payload covers the headers after it."""
+    head = raw_header(claim, crc=0x12345678, flags=flags)
+    return head * (total // len(head))
+
+
+def feed_chunks(dec: FrameDecoder, data: bytes, chunk: int = 64 * 1024) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(0, len(data), chunk):
+        out.extend(f.payload for f in dec.feed(data[i : i + chunk]))
+    return out
+
+
+@pytest.mark.parametrize("flags", [0, FLAG_SYNC])
+def test_dense_claimed_headers_cost_hashing_bounded_by_the_bytes_received(flags: int) -> None:
+    """The issue's 17 MB of dense 16 MiB headers froze hostd for 12 s: each
+    candidate's payload was hashed again. Here, scaled down (1 MiB claims, 6 MiB
+    of headers), the bytes hashed stay within the credit per byte received, where
+    rehashing per candidate would be ~350,000 MiB; then the stream recovers."""
+    max_frame = 1024 * 1024
+    dec = FrameDecoder(max_frame_bytes=max_frame)
+    attack = dense_headers(6 * max_frame, max_frame, flags=flags)
+    tail = b"\0" * (max_frame + 100) + encode_frame(b"after") + encode_frame(b"the attack")
+    out = feed_chunks(dec, attack + tail)
+    # The stall path, as a reader calls it on a quiet stream, is bounded too.
+    out += [f.payload for f in dec.recover_stalled()]
+    fed = len(attack) + len(tail)
+    assert dec.stats.hashed_bytes <= CRC_CREDIT_PER_BYTE * fed + 256 * 1024, dec.stats
+    assert dec.stats.unverified > 0
+    assert out == [b"after", b"the attack"]
+    assert dec.buffered == 0
+
+
+def test_nested_candidates_ending_together_are_bounded_too() -> None:
+    """Headers whose claims all end at the same byte: each fits inside the one
+    before it, so a rule about overlapping claims would not bound them."""
+    n, step = 20_000, HEADER_SIZE
+    span = n * step + 1000
+    attack = b"".join(raw_header(span - i * step - HEADER_SIZE) for i in range(n)) + b"\0" * 1000
+    dec = FrameDecoder()
+    out = feed_chunks(dec, attack + encode_frame(b"ok"))
+    assert out == [b"ok"]
+    assert dec.stats.hashed_bytes <= CRC_CREDIT_PER_BYTE * (len(attack) + 20) + 256 * 1024
+
+
+def test_legitimate_recovery_hashes_at_most_twice_per_byte() -> None:
+    """A stale half-frame swallowing real frames: its payload is hashed over
+    them, then they are hashed as themselves; nothing is left unverified."""
+    real = b"".join(encode_frame(bytes([i]) * 3000) for i in range(1, 40))
+    stale = encode_frame(b"x" * 50_000)[:30]
+    dec = FrameDecoder()
+    out = feed_chunks(dec, stale + real + b"".join(encode_frame(b"y" * 3000) for _ in range(30)), chunk=4096)
+    assert len(out) >= 39 + 30 - 17  # the frames inside the stale claim after the first are recovered
+    assert dec.stats.unverified == 0
+    assert dec.stats.hashed_bytes <= 2 * (len(stale) + len(real) + 30 * 3018)
+
+
+def test_magic_spam_is_decoded_in_bounded_slices() -> None:
+    """Every 4 bytes a magic (with a bad header): each costs a header check. With
+    max_work, one call examines a bounded number of them and reports a backlog."""
+    spam = MAGIC * (256 * 1024)
+    dec = FrameDecoder()
+    budget = 64 * CANDIDATE_WORK
+    assert dec.feed(spam, max_work=budget) == []
+    calls = 1
+    while dec.backlog:
+        before = dec.stats.dropped_bytes
+        dec.feed(b"", max_work=budget)
+        # Each candidate examined advances the scan by one magic (4 bytes).
+        assert dec.stats.dropped_bytes - before <= (budget // CANDIDATE_WORK + 1) * len(MAGIC)
+        calls += 1
+    assert calls >= len(spam) // ((budget // CANDIDATE_WORK + 1) * len(MAGIC))
+    assert dec.buffered < HEADER_SIZE
+    [frame] = dec.feed(encode_frame(b"still works"))
+    assert frame.payload == b"still works"
+
+
+def test_a_big_frame_is_hashed_across_slices_and_delivered_whole() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    dec = FrameDecoder()
+    frames = dec.feed(encode_frame(payload) + encode_frame(b"next"), max_work=100_000)
+    slices = 1
+    while dec.backlog:
+        frames += dec.feed(b"", max_work=100_000)
+        slices += 1
+    assert [f.payload for f in frames] == [payload, b"next"]
+    assert slices >= len(payload) // 100_000
+    assert dec.stats.hashed_bytes == len(payload) + 4
