@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, final
 
+from limiquantix.protocol.client import EVENT_BURST, EVENT_RATE_PER_S
 from limiquantix.protocol.framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -76,6 +77,12 @@ class ConnectionConfig:
     command that uses its whole timeout still gets its answer back."""
     max_frame_bytes: int = MAX_FRAME_BYTES
     """Largest frame accepted from or sent to an agent."""
+    event_rate_per_s: float = EVENT_RATE_PER_S
+    """Events (telemetry, ip_changed, ...) taken from one agent per second on
+    average; over it, telemetry is coalesced to the newest and the rest dropped
+    (counted in /metrics as rate_limited_events)."""
+    event_burst: int = EVENT_BURST
+    """Events taken at once after a quiet spell."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -85,12 +92,15 @@ class ConnectionConfig:
             "backoff_max_s",
             "socket_poll_s",
             "default_deadline_s",
+            "event_rate_per_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.connect_grace_s < 0 or self.deadline_margin_s < 0:
             raise ConfigError("connect_grace_s and deadline_margin_s must be >= 0")
+        if self.event_burst < 1:
+            raise ConfigError("event_burst must be >= 1")
         if self.unresponsive_after_misses < 1:
             raise ConfigError("unresponsive_after_misses must be >= 1")
         if self.backoff_max_s < self.backoff_initial_s:

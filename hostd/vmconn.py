@@ -57,6 +57,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.client import AgentClient
 from limiquantix.protocol.guestcaps import Cuts
+from limiquantix.protocol.wire import enum_name
 
 from .config import ConnectionConfig
 
@@ -121,6 +122,8 @@ class ConnectionCounters:
     """Replies that arrived after their caller gave up (dropped)."""
     dropped_events: int = 0
     """Events dropped because the event queue was full."""
+    rate_limited_events: int = 0
+    """Events over the per-VM rate: dropped, or telemetry replaced by a newer report."""
     discarded_before_sync: int = 0
     """Messages ignored before the hello echo (stale frames)."""
     bad_messages: int = 0
@@ -129,6 +132,9 @@ class ConnectionCounters:
     """Frames that failed their CRC or were abandoned for a SYNC frame."""
     dropped_bytes: int = 0
     """Garbage bytes skipped while looking for a frame."""
+    unverified_headers: int = 0
+    """Frame headers skipped unchecked: checking their claimed payloads would
+    have cost more than the bytes received pay for (a guest faking headers)."""
 
     def __add__(self, other: ConnectionCounters) -> ConnectionCounters:
         return ConnectionCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -139,10 +145,12 @@ def _client_counters(client: AgentClient) -> ConnectionCounters:
     return ConnectionCounters(
         late_replies=client.late_replies,
         dropped_events=client.dropped_events,
+        rate_limited_events=client.rate_limited_events,
         discarded_before_sync=client.discarded_before_sync,
         bad_messages=client.bad_messages,
         bad_frames=stats.bad_frames,
         dropped_bytes=stats.dropped_bytes,
+        unverified_headers=stats.unverified,
     )
 
 
@@ -541,7 +549,12 @@ class VMConnection:
                     grace = trio.CancelScope()
                     nursery.start_soon(self._grace_timer, grace)
                     try:
-                        async with AgentClient.open(stream, max_frame_bytes=self.config.max_frame_bytes) as client:
+                        async with AgentClient.open(
+                            stream,
+                            max_frame_bytes=self.config.max_frame_bytes,
+                            event_rate_per_s=self.config.event_rate_per_s,
+                            event_burst=self.config.event_burst,
+                        ) as client:
                             grace.cancel()
                             synced = True
                             self._attach(client)
@@ -673,7 +686,7 @@ class VMConnection:
             self._abort_calls(f"the agent of VM {self.vm_id} stopped ({reason})")
         elif kind == "shutdown_started":
             self.shutdown_started = guestcaps.cap_message(msg.shutdown_started)[0]
-            log.info("vm %s: guest announced %s", self.vm_id, pb.ShutdownMode.Name(msg.shutdown_started.mode))
+            log.info("vm %s: guest announced %s", self.vm_id, enum_name(pb.ShutdownMode, msg.shutdown_started.mode))
         self._notify()
 
     # -- bookkeeping -------------------------------------------------------------

@@ -9,6 +9,12 @@ earlier connection, so the client sends ``hello`` with a random ``sync_id`` (in 
 SYNC frame, resent every :data:`HELLO_RESEND_S` until answered) and discards
 everything until the ``hello_response`` echoing it.
 
+Events (telemetry, ip_changed, ...) are rate-limited per connection by a token
+bucket (:data:`EVENT_RATE_PER_S`, bursts of :data:`EVENT_BURST`), so that a
+guest flooding them costs its host little beyond decoding: over the rate,
+telemetry is coalesced to the newest report (delivered once the rate allows)
+and other events are dropped; both are counted in ``rate_limited_events``.
+
 Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
 cancelled while its request is in flight sends the agent a ``cancel`` for it.
 When the reader ends, every pending call fails at once with ``Unavailable``.
@@ -17,6 +23,7 @@ When the reader ends, every pending call fails at once with ``Unavailable``.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +38,7 @@ from .framing import MAX_FRAME_BYTES, FrameDecoder
 from .transport import MessageWriter, direct_reader, direct_writer, receive_frames
 from .wire import BadMessage, new_message, parse_frame
 
-__all__ = ["HELLO_RESEND_S", "AgentClient", "is_terminal"]
+__all__ = ["EVENT_BURST", "EVENT_RATE_PER_S", "HELLO_RESEND_S", "AgentClient", "TokenBucket", "is_terminal"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,12 @@ CALL_BUFFER: Final = 64
 EVENT_BUFFER: Final = 256
 #: Bulk reads (file chunks of 1 MiB) cost fewer decoder passes in big pieces.
 READ_SIZE: Final = 1024 * 1024
+#: Events let through per second, on average. An agent sends telemetry every few
+#: seconds and the rest on changes; this leaves a wide margin for those.
+EVENT_RATE_PER_S: Final = 10.0
+#: Events let through at once after a quiet spell (a restart's ready, addresses,
+#: first telemetry and a shutdown notice all together).
+EVENT_BURST: Final = 20
 
 #: Unsolicited messages (agent.proto numbers them from 100): they go to ``events``.
 _EVENTS: Final = frozenset(
@@ -61,6 +74,39 @@ def is_terminal(msg: pb.AgentMessage) -> bool:
     if kind == "file_read_chunk":
         return msg.file_read_chunk.eof
     return True
+
+
+@final
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate_per_s`` on the trio clock."""
+
+    __slots__ = ("_at", "_tokens", "burst", "rate_per_s")
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        if not rate_per_s > 0 or burst < 1:
+            raise ValueError("a token bucket needs rate_per_s > 0 and burst >= 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at = -math.inf
+
+    def _refill(self) -> None:
+        now = trio.current_time()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
+        self._at = now
+
+    def take(self) -> bool:
+        """Take a token if one is there."""
+        self._refill()
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def wait_s(self) -> float:
+        """Seconds until a token is there (0 if one is)."""
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self.rate_per_s)
 
 
 @final
@@ -85,7 +131,14 @@ _Call = _Unary | trio.MemorySendChannel  # type: ignore[type-arg]
 class AgentClient:
     """One connection to one agent. Create with :meth:`open` or :meth:`connect_unix`."""
 
-    def __init__(self, stream: trio.abc.Stream, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        event_rate_per_s: float = EVENT_RATE_PER_S,
+        event_burst: int = EVENT_BURST,
+    ) -> None:
         self._stream = stream
         self.writer = MessageWriter(
             stream.send_all, try_write=direct_writer(stream), max_frame_bytes=max_frame_bytes
@@ -95,6 +148,11 @@ class AgentClient:
         self.identity: pb.AgentIdentity | None = None
         self._pending: dict[str, _Call] = {}
         self._events_tx, self.events = trio.open_memory_channel[pb.AgentMessage](EVENT_BUFFER)
+        self._event_tokens = TokenBucket(event_rate_per_s, event_burst)
+        # The newest telemetry that arrived over the rate, and a wake-up for
+        # the task that delivers it once a token is there.
+        self._held_telemetry: pb.AgentMessage | None = None
+        self._telemetry_held = trio.Event()
         self._sync_id = secrets.randbits(63) + 1
         self._synced = trio.Event()
         self._closed_reason: str | None = None
@@ -102,18 +160,28 @@ class AgentClient:
         self.dropped_events = 0
         self.discarded_before_sync = 0
         self.bad_messages = 0
+        #: Events over the rate: dropped, or telemetry replaced by a newer report.
+        self.rate_limited_events = 0
 
     # -- lifecycle -----------------------------------------------------------
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, stream: trio.abc.Stream, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> AsyncIterator[AgentClient]:
+    async def open(
+        cls,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        event_rate_per_s: float = EVENT_RATE_PER_S,
+        event_burst: int = EVENT_BURST,
+    ) -> AsyncIterator[AgentClient]:
         """Run a client over ``stream``; returns once the agent answered hello.
 
         Raises:
             Unavailable: the stream ended before the agent answered.
+            ValueError: a rate or burst that is not positive.
         """
-        client = cls(stream, max_frame_bytes=max_frame_bytes)
+        client = cls(stream, max_frame_bytes=max_frame_bytes, event_rate_per_s=event_rate_per_s, event_burst=event_burst)
         # Errors from the caller's block are re-raised as they are, not wrapped
         # in the ExceptionGroup the nursery would make of them.
         error: Exception | None = None
@@ -122,6 +190,7 @@ class AgentClient:
                 nursery.start_soon(client._write_loop)
                 nursery.start_soon(client._read_loop)
                 nursery.start_soon(client._hello_loop)
+                nursery.start_soon(client._release_held_telemetry)
                 await client._synced.wait()
                 if client._closed_reason is None:
                     try:
@@ -232,12 +301,7 @@ class AgentClient:
             elif kind == "agent_stopping":
                 # Its last frame: what it has not answered by now, it will not.
                 self._fail_pending(errors.Unavailable(f"agent stopped ({msg.agent_stopping.reason})"))
-            try:
-                self._events_tx.send_nowait(msg)
-            except trio.WouldBlock:
-                self.dropped_events += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            self._offer_event(kind, msg)
             return
         tx = self._pending.get(msg.message_id)
         if tx is None:
@@ -256,6 +320,40 @@ class AgentClient:
         if is_terminal(msg):
             self._pending.pop(msg.message_id, None)
             tx.close()
+
+    def _offer_event(self, kind: str, msg: pb.AgentMessage) -> None:
+        """Queue an event if the rate allows; else hold (telemetry) or drop it."""
+        if self._event_tokens.take():
+            if kind == "telemetry" and self._held_telemetry is not None:
+                self._held_telemetry = None  # this one is newer
+                self.rate_limited_events += 1
+            self._queue_event(msg)
+            return
+        self.rate_limited_events += 1
+        if kind == "telemetry":
+            if self._held_telemetry is None:
+                self.rate_limited_events -= 1  # held, not dropped (yet)
+                self._telemetry_held.set()
+            self._held_telemetry = msg
+
+    def _queue_event(self, msg: pb.AgentMessage) -> None:
+        try:
+            self._events_tx.send_nowait(msg)
+        except trio.WouldBlock:
+            self.dropped_events += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _release_held_telemetry(self) -> None:
+        """Deliver the newest telemetry held over the rate once a token is there."""
+        while True:
+            await self._telemetry_held.wait()
+            self._telemetry_held = trio.Event()
+            while self._held_telemetry is not None:
+                await trio.sleep(self._event_tokens.wait_s())
+                if self._held_telemetry is not None and self._event_tokens.take():
+                    msg, self._held_telemetry = self._held_telemetry, None
+                    self._queue_event(msg)
 
     # -- calls ---------------------------------------------------------------
 

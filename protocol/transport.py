@@ -20,6 +20,7 @@ from .framing import MAX_FRAME_BYTES, Frame, FrameDecoder
 from .wire import encode_message
 
 __all__ = [
+    "DECODE_SLICE_WORK",
     "STALL_RECOVERY_S",
     "WRITE_QUEUE_BYTES",
     "WRITE_QUEUE_FRAMES",
@@ -47,6 +48,10 @@ WRITE_QUEUE_FRAMES: Final = 32
 #: Without it 32 frames of up to 16 MiB each could wait for a peer that does not
 #: read: half a GiB per connection. 8 MiB keeps two 4 MiB file chunks in flight.
 WRITE_QUEUE_BYTES: Final = 8 * 1024 * 1024
+#: Decoder work (framing.py's units, ~bytes hashed) between two yields of a
+#: reader: well under a millisecond, whatever the peer sends (magic spam costs a
+#: header check per 4 bytes, a frame flood a parse per frame downstream).
+DECODE_SLICE_WORK: Final = 256 * 1024
 
 
 @final
@@ -209,18 +214,24 @@ def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
 
 
 async def receive_frames(receive_some: Callable[[], Awaitable[bytes]], decoder: FrameDecoder) -> list[Frame] | None:
-    """The next frames from a stream (None at its end).
+    """The next frames from a stream (None at its end); possibly none yet.
 
-    While a partial frame is buffered, waits at most :data:`STALL_RECOVERY_S`
-    for more bytes before asking the decoder to recover from a stale frame.
+    Decodes at most :data:`DECODE_SLICE_WORK` per call, and yields to the
+    scheduler before going on with what is left: a peer's dense or hostile
+    stream then delays the rest of the process by one slice at a time. While
+    a partial frame is buffered, waits at most :data:`STALL_RECOVERY_S` for
+    more bytes before asking the decoder to recover from a stale frame.
     """
+    if decoder.backlog:
+        await trio.lowlevel.checkpoint()
+        return decoder.feed(b"", max_work=DECODE_SLICE_WORK)
     while True:
         if not decoder.buffered:
             data = await receive_some()
-            return decoder.feed(data) if data else None
+            return decoder.feed(data, max_work=DECODE_SLICE_WORK) if data else None
         with trio.move_on_after(STALL_RECOVERY_S):
             data = await receive_some()
-            return decoder.feed(data) if data else None
+            return decoder.feed(data, max_work=DECODE_SLICE_WORK) if data else None
         frames = decoder.recover_stalled()
         if frames:
             return frames

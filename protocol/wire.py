@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import time
 from typing import Final
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError
 
 from ._gen import agent_pb2 as pb
@@ -17,6 +19,7 @@ __all__ = [
     "SYNC_PAYLOADS",
     "BadMessage",
     "encode_message",
+    "enum_name",
     "new_message",
     "new_message_id",
     "parse_frame",
@@ -86,3 +89,23 @@ def parse_frame(frame: Frame) -> pb.AgentMessage:
     if not msg.message_id:
         raise BadMessage("message without message_id")
     return msg
+
+
+def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:
+    """``SHUTDOWN_MODE_REBOOT`` → ``reboot``; a number outside the schema → ``"99"``.
+
+    proto3 enums are open: a peer (a newer agent, or a hostile guest) may send
+    any number, and the parsed message keeps it. Code that names a received
+    value must not fail on one it does not know (``Name()`` raises ValueError),
+    so it goes through here and keeps the number.
+    """
+    try:
+        name = enum_type.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(_enum_prefix(enum_type)).lower()
+
+
+def _enum_prefix(enum_type: EnumTypeWrapper) -> str:
+    # proto style: the values of enum FooBar are FOO_BAR_*.
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.DESCRIPTOR.name).upper() + "_"

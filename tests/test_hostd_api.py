@@ -278,6 +278,9 @@ async def test_metrics(stack: Stack) -> None:
     assert 'lqx_hostd_vms{state="connected"} 2.0' in text
     assert 'lqx_hostd_rpcs_total{code="ok",method="PingAgent"}' in text
     assert "lqx_hostd_rpc_seconds_bucket" in text
+    # What a hostile guest costs shows here (test_hostd_vm makes them non-zero).
+    assert "lqx_hostd_agent_rate_limited_events_total 0.0" in text
+    assert "lqx_hostd_agent_unverified_headers_total 0.0" in text
 
 
 # --------------------------------------------------------- connect-python as oracle

@@ -9,8 +9,9 @@ import trio
 import trio.testing
 
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.transport import MessageWriter, direct_reader, direct_writer
+from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol.framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder
+from limiquantix.protocol.transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer
 from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
 
@@ -131,3 +132,69 @@ async def test_direct_write_remainder_follows_before_anything_else() -> None:
         assert [m.ping.payload[:1] for m in got[1:]] == [bytes([65 + i]) for i in range(20)]
         assert dec.stats.bad_frames == 0
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------- the host-side reader (AgentClient)
+
+
+async def answer_hello(agent_side: trio.abc.Stream) -> None:
+    """The agent's half of the hello (a fake agent: the test scripts what follows)."""
+    dec = FrameDecoder()
+    while True:
+        for frame in dec.feed(await agent_side.receive_some(65536)):
+            msg = parse_frame(frame)
+            if msg.WhichOneof("payload") == "hello":
+                answer = pb.HelloResponse(sync_id=msg.hello.sync_id, identity=pb.AgentIdentity(agent_version="fake"))
+                await agent_side.send_all(encode_message(new_message(msg.message_id, hello_response=answer)))
+                return
+
+
+@pytest.mark.trio
+async def test_events_over_the_rate_are_dropped_and_telemetry_coalesced_to_the_newest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host_side, agent_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_hello, agent_side)
+        async with AgentClient.open(host_side, event_rate_per_s=10, event_burst=5) as client:
+            flood = [new_message(telemetry=pb.TelemetryReport(uptime_seconds=i)) for i in range(1000)]
+            flood += [new_message(ip_changed=pb.IpChangedEvent()) for _ in range(100)]
+            await agent_side.send_all(b"".join(encode_message(m) for m in flood))
+            received: list[pb.AgentMessage] = []
+            with trio.move_on_after(5):
+                async for msg in client.events:
+                    received.append(msg)
+            nursery.cancel_scope.cancel()
+    kinds = [m.WhichOneof("payload") for m in received]
+    # The burst, then the newest telemetry once a token is back; no ip_changed
+    # got a token (the burst went to the telemetry that came first).
+    assert kinds == ["telemetry"] * 6, kinds
+    assert received[-1].telemetry.uptime_seconds == 999
+    assert client.rate_limited_events == 1100 - 6
+    assert client.dropped_events == 0
+
+
+@pytest.mark.trio
+async def test_the_reader_yields_between_slices_of_a_dense_stream() -> None:
+    """1 MiB of magic spam arrives at once: the reader decodes them in slices and
+    lets another task run between them (counted: no wall time)."""
+    host_side, agent_side = trio.testing.memory_stream_pair()
+    ticks = 0
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_hello, agent_side)
+        async with AgentClient.open(host_side) as client:
+            nursery.start_soon(other_task)
+            spam = MAGIC * (256 * 1024)
+            await agent_side.send_all(spam)
+            while client.decoder.stats.dropped_bytes < len(spam) - HEADER_SIZE:
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    slices = len(spam) // len(MAGIC) * CANDIDATE_WORK // DECODE_SLICE_WORK
+    assert ticks >= slices // 2, (ticks, slices)
