@@ -41,6 +41,7 @@ from limiquantix.protocol import __version__, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
 from limiquantix.protocol.safetext import StreamEscaper, safe_text
+from limiquantix.protocol.wire import enum_name
 
 __all__ = ["main"]
 
@@ -82,7 +83,7 @@ async def _exec(client: AgentClient, req: pb.ExecuteRequest) -> int:
     stdout.write(b"", final=True)
     stderr.write(b"", final=True)
     assert result is not None
-    reason = pb.ExitReason.Name(result.exit_reason).removeprefix("EXIT_REASON_").lower()
+    reason = enum_name(pb.ExitReason, result.exit_reason)
     if result.exit_reason == pb.EXIT_REASON_EXITED:
         return result.exit_code
     detail = safe_text(result.error) or (f"signal {result.signal}" if result.signal else "")
@@ -195,7 +196,7 @@ async def _ls(client: AgentClient, path: str) -> None:
         req = pb.ListDirectoryRequest(path=path, page_token=token)
         page = (await client.request(list_directory=req)).list_directory_response
         for e in page.entries:
-            kind = pb.FileType.Name(e.type).removeprefix("FILE_TYPE_").lower()
+            kind = enum_name(pb.FileType, e.type)
             print(f"{e.mode:04o} {safe_text(e.owner) or e.uid:>8} {e.size:>12} {kind:<9} {safe_text(e.name)}")
         token = page.next_page_token
         if not token:

@@ -44,6 +44,7 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.connect import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
+from limiquantix.protocol.wire import enum_name
 
 from .auth import Permission, Principal, Role, require, token_id_of
 from .forward import NodeClient, bytes_field_header, outcome_unknown
@@ -110,8 +111,6 @@ _AUDIT_ERROR_CHARS: Final = 500
 VM_CLAIM_AUDIT_INTERVAL_S: Final = 300.0
 
 _NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
-_STATE_PREFIX: Final = "AGENT_STATE_"
-_EXIT_PREFIX: Final = "EXIT_REASON_"
 _STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
 
 
@@ -241,8 +240,8 @@ def _budget(ctx: CallContext, own_s: float) -> float:
 
 
 def _state_name(state: int) -> str:
-    """``AGENT_STATE_CONNECTED`` → ``connected`` (hostd's VMState values)."""
-    return node_pb.AgentState.Name(state).removeprefix(_STATE_PREFIX).lower()
+    """``AGENT_STATE_CONNECTED`` → ``connected`` (hostd's VMState values); unknown: the number."""
+    return enum_name(node_pb.AgentState, state)
 
 
 def _timestamp(ts: float | None) -> Timestamp | None:
@@ -331,8 +330,8 @@ def exec_budget_s(timeout_seconds: int) -> float:
 
 
 def exit_reason_name(result: pb.ExecuteResponse) -> str:
-    """``EXIT_REASON_TIMED_OUT`` → ``timed_out``."""
-    return pb.ExitReason.Name(result.exit_reason).removeprefix(_EXIT_PREFIX).lower()
+    """``EXIT_REASON_TIMED_OUT`` → ``timed_out``; a number the schema lacks stays a number."""
+    return enum_name(pb.ExitReason, result.exit_reason)
 
 
 async def execute_in_guest(

@@ -72,6 +72,7 @@ from limiquantix.protocol.connect import CallContext, ConnectRouter, InFlightByt
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.serving import http_config, serve_http
+from limiquantix.protocol.wire import enum_name
 
 from .api import SERVICE, NodeAPI
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
@@ -87,6 +88,7 @@ __all__ = [
     "build_app",
     "load_config",
     "main",
+    "node_vms",
     "serve",
 ]
 
@@ -493,8 +495,8 @@ async def serve(
 # ---------------------------------------------------------------- controller
 
 
-def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
-    """The VM list a registration or heartbeat carries.
+def node_vms(statuses: Iterable[node_pb.VMStatus]) -> list[api_pb.NodeVM]:
+    """The VM list a registration or heartbeat carries (``registry.statuses()``).
 
     Bounded per VM whatever its guest sends: identity strings were capped on
     arrival (protocol/guestcaps.py), addresses are cut to ``HEARTBEAT_ADDRESSES``
@@ -502,13 +504,13 @@ def _node_vms(registry: VMRegistry) -> list[api_pb.NodeVM]:
     controller's request limit.
     """
     out = []
-    for status in registry.statuses():
+    for status in statuses:
         agent, telemetry = status.agent, status.resource_usage.telemetry
         vm = api_pb.NodeVM(
             vm_id=status.vm_id,
             name=status.name,
             labels=dict(status.labels),
-            state=node_pb.AgentState.Name(agent.state).removeprefix("AGENT_STATE_").lower(),
+            state=enum_name(node_pb.AgentState, agent.state),
             agent_version=agent.version,
             os=agent.identity.os.pretty_name or agent.identity.os.name,
             hostname=agent.identity.hostname,
@@ -573,7 +575,7 @@ async def _controller_link(
     async with httpx.AsyncClient(timeout=CONTROLLER_CALL_TIMEOUT_S, trust_env=False, limits=limits) as client:
         while True:
             try:
-                vms = _node_vms(registry)
+                vms = node_vms(registry.statuses())
                 if not registered:
                     await _controller_call(
                         client,

@@ -10,6 +10,7 @@ by ``trio.fail_after`` and waits on the connection's change events.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import random
@@ -26,6 +27,7 @@ import trio
 from conftest import StartSimVM
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import config as hostd_config
+from limiquantix.hostd import daemon, rawguest
 from limiquantix.hostd.config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd.discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess
@@ -34,6 +36,7 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.framing import MAGIC, encode_frame
+from limiquantix.protocol.wire import enum_name
 
 WAIT_S = 10.0
 #: Short intervals so that state changes show within a fraction of a second.
@@ -489,7 +492,7 @@ def test_config_is_validated() -> None:
         entry.labels["a"] = "c"  # type: ignore[index]
 
 
-@pytest.mark.parametrize("module", ["config", "discovery", "simvm", "vmconn"])
+@pytest.mark.parametrize("module", ["config", "discovery", "rawguest", "simvm", "vmconn"])
 def test_hostd_modules_export_what_exists(module: str) -> None:
     mod = importlib.import_module(f"limiquantix.hostd.{module}")
     assert all(hasattr(mod, name) for name in mod.__all__)
@@ -652,3 +655,78 @@ async def test_fifty_simvm_processes_at_once_through_one_registry(start_simvm: S
         with trio.fail_after(10):
             pongs = await ping_all(registry)
     assert pongs == {f"vm{n:02d}": f"vm{n:02d}".encode() for n in range(count)}
+
+
+# ------------------------------------------------------------ hostile guests
+
+
+async def hostile_conn(nursery: trio.Nursery, short_tmp: Path, attack: str, **config: object) -> VMConnection:
+    """A VMConnection to a raw guest (a fake chardev socket: no QEMU, no agent) running ``attack``."""
+    path = str(short_tmp / f"{attack}.sock")
+    await nursery.start(rawguest.serve, path, attack)
+    conn = await started_conn(nursery, path, config=dataclasses.replace(FAST, **config))
+    with trio.fail_after(WAIT_S):
+        await conn.wait_for_state(VMState.CONNECTED)
+    return conn
+
+
+@pytest.mark.trio
+async def test_an_enum_value_outside_the_schema_is_kept_and_the_link_stays(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """proto3 enums are open: shutdown_started with mode 99 put the VM in a
+    reconnect loop (ShutdownMode.Name raised). The number is kept, the link stays."""
+    conn = await hostile_conn(nursery, short_tmp, "enum")
+    with trio.fail_after(WAIT_S):
+        await conn.wait_until(lambda c: c.shutdown_started is not None)
+        assert conn.shutdown_started is not None and conn.shutdown_started.mode == 99
+        assert (await conn.ping(b"still")).payload == b"still"
+    assert conn.state is VMState.CONNECTED
+    assert conn.counters().connects == 1
+    assert conn.last_disconnect_reason == ""
+    # What hostd reports on: the heartbeat's VM list and the API's status.
+    assert daemon.node_vms([conn.status()])[0].state == "connected"
+    assert conn.status().agent.state == node_pb.AGENT_STATE_CONNECTED
+
+
+def test_enum_names_keep_numbers_outside_the_schema() -> None:
+    assert enum_name(pb.ShutdownMode, pb.SHUTDOWN_MODE_REBOOT) == "reboot"
+    assert enum_name(pb.ShutdownMode, 99) == "99"
+    assert enum_name(pb.ExitReason, pb.EXIT_REASON_TIMED_OUT) == "timed_out"
+    assert enum_name(node_pb.AgentState, node_pb.AGENT_STATE_WAITING_FOR_AGENT) == "waiting_for_agent"
+    assert enum_name(pb.FileType, -7) == "-7"
+
+
+@pytest.mark.trio
+async def test_an_event_flood_is_rate_limited_and_counted(nursery: trio.Nursery, short_tmp: Path) -> None:
+    conn = await hostile_conn(nursery, short_tmp, "event_flood")
+    with trio.fail_after(WAIT_S):
+        while conn.counters().rate_limited_events < 10_000:
+            assert (await conn.ping(b"flooded")).payload == b"flooded"
+    assert conn.state is VMState.CONNECTED
+    assert conn.telemetry is not None
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("attack", ["garbage", "magic_spam", "dense_headers"])
+async def test_a_bystander_vm_stays_usable_while_another_guest_attacks(
+    nursery: trio.Nursery, short_tmp: Path, attack: str
+) -> None:
+    """One process, two VMs: the hostile one's reader decodes its stream in
+    slices, so the other's calls go through meanwhile (no wall-time assertion:
+    that is bench/hostile_bench.py's job)."""
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    hostile = await hostile_conn(nursery, short_tmp, attack)
+    with trio.fail_after(WAIT_S):
+        # Counters do not wake wait_until: the pings themselves pace the polling.
+        i = 0
+        while hostile.counters().dropped_bytes < 4 * 1024 * 1024 or i < 20:
+            assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
+            i += 1
+    counters = hostile.counters()
+    # Its own pongs wait behind its spam, so it may well be unresponsive; but the
+    # link stays (no reconnect loop), whatever it sends.
+    assert hostile.state in (VMState.CONNECTED, VMState.UNRESPONSIVE), hostile.state
+    assert counters.connects == 1 and counters.connect_failures == 0, counters
+    if attack == "dense_headers":
+        assert counters.unverified_headers > 0, counters

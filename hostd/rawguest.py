@@ -1,0 +1,218 @@
+"""A hostile guest behind a fake chardev socket, for tests and ``bench/hostile_bench.py``.
+
+The threat model (DESIGN.md): a guest's root writes anything to its port. This
+plays QEMU's part of a VM (a Unix socket server, one host client at a time)
+with such a guest behind it. It speaks just enough protocol to get hostd past
+the hello (it echoes the host's ``sync_id``, so hostd is ``connected`` and keeps
+reading) and answers pings; meanwhile it writes one attack as fast as the host
+takes it:
+
+========================  ==========================================================
+``garbage``               random bytes
+``magic_spam``            the frame magic, over and over (a header check per 4 bytes)
+``dense_headers``         valid headers back to back, each claiming 16 MiB
+``event_flood``           valid telemetry and ip_changed frames, back to back
+``oversized_identity``    an identity and telemetry with huge fields (hello, then
+                          ``agent_ready`` and telemetry repeated)
+``enum``                  ``shutdown_started`` with mode 99 (outside the schema), once
+``idle``                  nothing (a well-behaved, silent guest)
+========================  ==========================================================
+
+``python -m limiquantix.hostd.rawguest --socket PATH --attack NAME`` runs it
+until killed; :func:`serve` runs it in a trio task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import random
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final
+
+import trio
+
+from limiquantix.protocol import PROTOCOL_VERSION
+from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import MAGIC, MAX_FRAME_BYTES, FrameDecoder
+from limiquantix.protocol.wire import BadMessage, encode_message, new_message, parse_frame
+
+__all__ = ["ATTACKS", "main", "serve"]
+
+#: Bytes per write of an attack: big enough to keep the host's reads full.
+CHUNK: Final = 256 * 1024
+#: How often the oversized-identity guest re-announces itself.
+REANNOUNCE_S: Final = 0.2
+
+
+def _garbage() -> Iterator[bytes]:
+    rng = random.Random(1)
+    block = rng.randbytes(4 * CHUNK)
+    while True:
+        for i in range(0, len(block), CHUNK):
+            yield block[i : i + CHUNK]
+
+
+def _magic_spam() -> Iterator[bytes]:
+    return itertools.repeat(MAGIC * (CHUNK // len(MAGIC)))
+
+
+def _dense_headers() -> Iterator[bytes]:
+    head = struct.pack(">4sBBII", MAGIC, PROTOCOL_VERSION, 0, MAX_FRAME_BYTES, 0x12345678)
+    head += struct.pack(">I", zlib.crc32(head))
+    return itertools.repeat(head * (CHUNK // len(head)))
+
+
+def _event_flood() -> Iterator[bytes]:
+    frames = []
+    for i in range(200):
+        frames.append(encode_message(new_message(telemetry=pb.TelemetryReport(cpu_percent=i, uptime_seconds=i))))
+        iface = pb.NetworkInterface(name="eth0", ipv4=[pb.IpAddress(address=f"10.0.0.{i}", prefix_length=24)])
+        frames.append(encode_message(new_message(ip_changed=pb.IpChangedEvent(interfaces=[iface]))))
+    block = b"".join(frames)
+    return itertools.repeat(block)
+
+
+def huge_identity() -> pb.AgentIdentity:
+    """An identity near the frame limit: long strings, many interfaces and addresses."""
+    big = "A" * (1024 * 1024)
+    ifaces = [
+        pb.NetworkInterface(
+            name=f"eth{i}" + "x" * 1000,
+            mac_address="02:00:00:00:00:00",
+            ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(100)],
+        )
+        for i in range(500)
+    ]
+    return pb.AgentIdentity(
+        agent_version=big,
+        hostname=big,
+        kernel=big,
+        os=pb.OsInfo(name=big, pretty_name=big),
+        capabilities=["c" * 1000] * 1000,
+        interfaces=ifaces,
+    )
+
+
+def _huge_telemetry() -> pb.TelemetryReport:
+    users = [pb.LoggedInUser(name="u" * 1000) for _ in range(4000)]
+    return pb.TelemetryReport(per_cpu_percent=[1.0] * 100_000, users=users)
+
+
+def _oversized_identity() -> Iterator[bytes]:
+    announce = encode_message(new_message(agent_ready=pb.AgentReadyEvent(identity=huge_identity())))
+    telemetry = encode_message(new_message(telemetry=_huge_telemetry()))
+    while True:
+        yield announce
+        yield telemetry
+        yield b""  # a pause of REANNOUNCE_S (see _write)
+
+
+def _enum() -> Iterator[bytes]:
+    yield encode_message(new_message(shutdown_started=pb.ShutdownStartedEvent(mode=99, message="mode 99")))  # type: ignore[arg-type]
+
+
+#: Attack name → generator of the bytes written after the hello (b"": pause).
+ATTACKS: Final[dict[str, Callable[[], Iterator[bytes]]]] = {
+    "garbage": _garbage,
+    "magic_spam": _magic_spam,
+    "dense_headers": _dense_headers,
+    "event_flood": _event_flood,
+    "oversized_identity": _oversized_identity,
+    "enum": _enum,
+    "idle": lambda: iter(()),
+}
+
+
+async def serve(socket_path: str, attack: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``socket_path`` and attack each host client in turn, until cancelled.
+
+    Raises:
+        KeyError: an unknown attack.
+        OSError: the socket cannot be created.
+    """
+    make = ATTACKS[attack]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await listener.bind(socket_path)
+        listener.listen(1)
+        task_status.started()
+        while True:
+            sock, _ = await listener.accept()
+            stream = trio.SocketStream(sock)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                async with stream:
+                    await _serve_host(stream, attack, make())
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+
+
+async def _serve_host(stream: trio.SocketStream, attack: str, chunks: Iterator[bytes]) -> None:
+    answers_tx, answers_rx = trio.open_memory_channel[bytes](64)
+    hello = trio.Event()
+    identity = huge_identity() if attack == "oversized_identity" else pb.AgentIdentity(agent_version="rawguest")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_answer_host, stream, answers_tx, hello, identity)
+        await hello.wait()
+        await _write(stream, answers_rx, chunks)
+        nursery.cancel_scope.cancel()
+
+
+async def _write(stream: trio.SocketStream, answers: trio.MemoryReceiveChannel[bytes], chunks: Iterator[bytes]) -> None:
+    """Answers first whenever there are some, the attack in between; then answers only."""
+    for chunk in chunks:
+        while True:
+            try:
+                await stream.send_all(answers.receive_nowait())
+            except trio.WouldBlock:
+                break
+        if chunk:
+            await stream.send_all(chunk)
+        else:
+            with trio.move_on_after(REANNOUNCE_S):
+                async for answer in answers:
+                    await stream.send_all(answer)
+    async for answer in answers:
+        await stream.send_all(answer)
+
+
+async def _answer_host(
+    stream: trio.SocketStream, answers: trio.MemorySendChannel[bytes], hello: trio.Event, identity: pb.AgentIdentity
+) -> None:
+    decoder = FrameDecoder()
+    while data := await stream.receive_some(65536):
+        for frame in decoder.feed(data):
+            try:
+                msg = parse_frame(frame)
+            except BadMessage:
+                continue
+            kind = msg.WhichOneof("payload")
+            if kind == "hello":
+                answer = pb.HelloResponse(sync_id=msg.hello.sync_id, identity=identity)
+                await answers.send(encode_message(new_message(msg.message_id, hello_response=answer)))
+                hello.set()
+            elif kind == "ping":
+                await answers.send(encode_message(new_message(msg.message_id, pong=pb.PongResponse(payload=msg.ping.payload))))
+    await answers.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rawguest", description="A hostile guest behind a fake chardev socket.")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    args = p.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(serve, args.socket, args.attack)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
