@@ -83,6 +83,11 @@ class ConnectionConfig:
     (counted in /metrics as rate_limited_events)."""
     event_burst: int = EVENT_BURST
     """Events taken at once after a quiet spell."""
+    reader_work_per_s: float = 250_000_000
+    """Decoding work one VM's reader may do per second (protocol/framing.py's
+    units, ~1 ns each: a quarter of a core). Beyond it the reader pauses and
+    the guest's writes wait, so a flooding guest gets a bounded share of hostd.
+    Bulk transfers cost about one unit per byte (~250 MB/s per VM)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -93,6 +98,7 @@ class ConnectionConfig:
             "socket_poll_s",
             "default_deadline_s",
             "event_rate_per_s",
+            "reader_work_per_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -44,6 +44,7 @@ keeps serving meanwhile. Without ``controller_url`` it runs standalone.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import hmac
 import json
@@ -113,6 +114,9 @@ TOKEN_ENV: Final = "LQX_HOSTD_TOKEN"
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 CONTROLLER_TOKEN_ENV: Final = "LQX_HOSTD_CONTROLLER_TOKEN"
 _REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
+#: glibc's mallopt parameter, and the size from which allocations are mmapped.
+_M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD_BYTES: Final = 128 * 1024
 
 
 @final
@@ -619,6 +623,22 @@ async def _signals(stop: trio.Event) -> None:
             return
 
 
+def return_big_buffers_to_the_os() -> bool:
+    """Have glibc serve every allocation from 128 KiB up by mmap (True if it took).
+
+    A guest can make hostd buffer a frame's worth (16 MiB) on its connection.
+    glibc raises its mmap threshold each time such a buffer is freed, so later
+    ones come from the heap, where freed memory stays in hostd's RSS after the
+    VM has gone. With a fixed threshold they are mapped and unmapped: hostd's
+    RSS goes back down when a VM leaves. Elsewhere than glibc: nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
@@ -629,5 +649,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"limiquantix-hostd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
+    return_big_buffers_to_the_os()
     trio.run(serve, config)
     return 0

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import os
 import random
+import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -83,7 +84,7 @@ def huge_identity() -> pb.AgentIdentity:
     ifaces = [
         pb.NetworkInterface(
             name=f"eth{i}" + "x" * 1000,
-            mac_address="02:00:00:00:00:00",
+            mac="02:00:00:00:00:00",
             ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(100)],
         )
         for i in range(500)
@@ -209,9 +210,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--socket", required=True)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
     args = p.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve, args.socket, args.attack)
+    trio.run(_serve_until_signalled, args.socket, args.attack)
     return 0
+
+
+async def _serve_until_signalled(socket_path: str, attack: str) -> None:
+    # SIGTERM or SIGINT: stop, and remove the socket (the VM "leaves").
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, socket_path, attack)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ class ConnectionCounters:
     """Events dropped because the event queue was full."""
     rate_limited_events: int = 0
     """Events over the per-VM rate: dropped, or telemetry replaced by a newer report."""
+    reader_pauses: int = 0
+    """Times the VM's reader paused, over its share of decoding work (a flooding guest)."""
     discarded_before_sync: int = 0
     """Messages ignored before the hello echo (stale frames)."""
     bad_messages: int = 0
@@ -146,6 +148,7 @@ def _client_counters(client: AgentClient) -> ConnectionCounters:
         late_replies=client.late_replies,
         dropped_events=client.dropped_events,
         rate_limited_events=client.rate_limited_events,
+        reader_pauses=client.reader_pauses,
         discarded_before_sync=client.discarded_before_sync,
         bad_messages=client.bad_messages,
         bad_frames=stats.bad_frames,
@@ -554,6 +557,7 @@ class VMConnection:
                             max_frame_bytes=self.config.max_frame_bytes,
                             event_rate_per_s=self.config.event_rate_per_s,
                             event_burst=self.config.event_burst,
+                            reader_work_per_s=self.config.reader_work_per_s,
                         ) as client:
                             grace.cancel()
                             synced = True

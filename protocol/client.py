@@ -51,6 +51,9 @@ CALL_BUFFER: Final = 64
 EVENT_BUFFER: Final = 256
 #: Bulk reads (file chunks of 1 MiB) cost fewer decoder passes in big pieces.
 READ_SIZE: Final = 1024 * 1024
+#: Work a reader with a budget (hostd's) may do at once before its rate applies
+#: (framing.py's units, ~1 ns each: ~50 ms).
+READER_WORK_BURST: Final = 50_000_000
 #: Events let through per second, on average. An agent sends telemetry every few
 #: seconds and the rest on changes; this leaves a wide margin for those.
 EVENT_RATE_PER_S: Final = 10.0
@@ -103,6 +106,12 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, n: float) -> float:
+        """Take ``n`` tokens, into debt if need be; return the seconds until the debt is paid."""
+        self._refill()
+        self._tokens -= n
+        return max(0.0, -self._tokens / self.rate_per_s)
+
     def wait_s(self) -> float:
         """Seconds until a token is there (0 if one is)."""
         self._refill()
@@ -138,6 +147,7 @@ class AgentClient:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         event_rate_per_s: float = EVENT_RATE_PER_S,
         event_burst: int = EVENT_BURST,
+        reader_work_per_s: float | None = None,
     ) -> None:
         self._stream = stream
         self.writer = MessageWriter(
@@ -149,6 +159,9 @@ class AgentClient:
         self._pending: dict[str, _Call] = {}
         self._events_tx, self.events = trio.open_memory_channel[pb.AgentMessage](EVENT_BUFFER)
         self._event_tokens = TokenBucket(event_rate_per_s, event_burst)
+        # Decoding work per second (framing.py's units) before the reader pauses
+        # and the peer's writes wait: a bounded share of the process per peer.
+        self._reader_budget = TokenBucket(reader_work_per_s, READER_WORK_BURST) if reader_work_per_s else None
         # The newest telemetry that arrived over the rate, and a wake-up for
         # the task that delivers it once a token is there.
         self._held_telemetry: pb.AgentMessage | None = None
@@ -162,6 +175,8 @@ class AgentClient:
         self.bad_messages = 0
         #: Events over the rate: dropped, or telemetry replaced by a newer report.
         self.rate_limited_events = 0
+        #: Times the reader paused, over its share of decoding work.
+        self.reader_pauses = 0
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -174,14 +189,25 @@ class AgentClient:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         event_rate_per_s: float = EVENT_RATE_PER_S,
         event_burst: int = EVENT_BURST,
+        reader_work_per_s: float | None = None,
     ) -> AsyncIterator[AgentClient]:
         """Run a client over ``stream``; returns once the agent answered hello.
+
+        ``reader_work_per_s`` bounds the decoding work the reader does per second
+        (framing.py's units, ~1 ns each; None: no bound), so that one peer gets a
+        bounded share of the process: over it, the reader pauses.
 
         Raises:
             Unavailable: the stream ended before the agent answered.
             ValueError: a rate or burst that is not positive.
         """
-        client = cls(stream, max_frame_bytes=max_frame_bytes, event_rate_per_s=event_rate_per_s, event_burst=event_burst)
+        client = cls(
+            stream,
+            max_frame_bytes=max_frame_bytes,
+            event_rate_per_s=event_rate_per_s,
+            event_burst=event_burst,
+            reader_work_per_s=reader_work_per_s,
+        )
         # Errors from the caller's block are re-raised as they are, not wrapped
         # in the ExceptionGroup the nursery would make of them.
         error: Exception | None = None
@@ -264,11 +290,19 @@ class AgentClient:
 
     async def _read_loop(self) -> None:
         reason = "closed by peer"
+        charged = 0
         try:
             while True:
                 frames = await receive_frames(self._receive_some, self.decoder)
                 if frames is None:
                     break
+                if self._reader_budget is not None:
+                    # Over its share: pause (the slices already let others run between).
+                    pause = self._reader_budget.charge(self.decoder.stats.work - charged)
+                    charged = self.decoder.stats.work
+                    if pause > 0:
+                        self.reader_pauses += 1
+                        await trio.sleep(pause)
                 for frame in frames:
                     try:
                         msg = parse_frame(frame)
@@ -280,6 +314,9 @@ class AgentClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
+            # Its buffer can hold a frame's worth (16 MiB) of a hostile guest's
+            # bytes: free it now, not when a cycle collection frees the client.
+            self.decoder.reset()
             self._close(reason)
 
     async def _route(self, msg: pb.AgentMessage) -> None:
