@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "median",
     "percentile",
     "print_table",
+    "report_failure",
     "rss_mib",
     "say",
     "write_figures",
@@ -239,3 +241,23 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
+
+
+def report_failure(prog: str, exc: BaseException, expected: tuple[type[BaseException], ...]) -> int:
+    """A benchmark's exit status for what ended its run: 130 when interrupted, else 1,
+    each error printed (with a traceback unless it is one of ``expected``).
+
+    Raises:
+        BaseException: ``exc`` again when it holds anything but exceptions and interrupts.
+    """
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    if not all(isinstance(leaf, Exception) for leaf in leaves):
+        raise exc
+    for leaf in leaves:
+        if not isinstance(leaf, expected):
+            traceback.print_exception(leaf)
+        print(f"{prog}: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+    return 1

@@ -64,7 +64,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,13 +77,14 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     Child,
     Figure,
     _die_with_parent,
-    _leaves,
+    _leaves,  # noqa: F401 - controller_bench uses hb._leaves
     blocks,
     cpu_seconds,
     median,
     percentile,
     rss_mib,
     print_table,
+    report_failure,
     say,
     write_figures,
 )
@@ -1295,12 +1295,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures, context = run(settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
-        leaves = _leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            print("hostd_bench: interrupted", file=sys.stderr)
-            return 130
-        if not all(isinstance(leaf, Exception) for leaf in leaves):
-            raise
         expected: tuple[type[BaseException], ...] = (BenchError, errors.AgentError, OSError, trio.TooSlowError)
         try:
             import httpx
@@ -1308,11 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
             expected += (httpx.HTTPError,)
         except ImportError:  # pragma: no cover
             pass
-        for leaf in leaves:
-            if not isinstance(leaf, expected):
-                traceback.print_exception(leaf)
-            print(f"hostd_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
-        return 1
+        return report_failure("hostd_bench", exc, expected)
     print_table(
         figures,
         f"limiquantix-hostd {VERSION}: {settings.agents} fake agents + 2 simulated VMs"
