@@ -25,7 +25,7 @@ from hostile_guest import (
     terminal_telemetry,
 )
 from limiquantix.hostd.config import ConnectionConfig, DiscoveryConfig, VMEntry
-from limiquantix.hostd.daemon import _node_vms
+from limiquantix.hostd.daemon import node_vms
 from limiquantix.hostd.discovery import VMRegistry
 from limiquantix.protocol import guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -196,7 +196,7 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
         assert status.ByteSize() < 4 * MESSAGE_BYTES
 
         # The heartbeat: a few hundred bytes of this VM, however much it sent.
-        heartbeat = api_pb.HeartbeatRequest(node_id="host-a", vms=_node_vms(registry))
+        heartbeat = api_pb.HeartbeatRequest(node_id="host-a", vms=node_vms(registry.statuses()))
         (vm,) = heartbeat.vms
         assert len(vm.hostname) == NAME_BYTES and len(vm.os) == NAME_BYTES
         assert len(vm.ip_addresses) == HEARTBEAT_ADDRESSES
