@@ -289,7 +289,7 @@ async def measure(work: Path, settings: Settings) -> Results:
 
         for attack in settings.scenarios:
             say(f"{attack}: {settings.phase_s:g} s of pings with the attacker")
-            before = counters(await hb.metrics(client, url))
+            before = counters(await hb.metrics(client, url, token))
             attacker = start_attacker(work, sockdir, attack)
             try:
                 await wait_state(api, HOSTILE_ID, ("AGENT_STATE_CONNECTED", "AGENT_STATE_UNRESPONSIVE"), hostd, attacker)
@@ -299,7 +299,7 @@ async def measure(work: Path, settings: Settings) -> Results:
             await wait_state(api, HOSTILE_ID, ("AGENT_STATE_NO_SOCKET",), hostd)
             await trio.sleep(settings.settle_s)
             hostd.check_alive()
-            after = counters(await hb.metrics(client, url))
+            after = counters(await hb.metrics(client, url, token))
             scenario = Scenario(attack, during, rss_mib(hostd.pid), {k: after.get(k, 0) - before.get(k, 0) for k in after})
             r.scenarios.append(scenario)
             say(f"  p50 {percentile(during.ping_ms, 50):.2f} ms, p99 {percentile(during.ping_ms, 99):.2f} ms,"
