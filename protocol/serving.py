@@ -15,17 +15,37 @@ cancellation (it does not wait on the client: hypercorn already shields its sock
 counts the requests being answered. :func:`serve_http` uses the count to end the server, once
 told to stop, as soon as no request is left (at the latest after ``graceful_timeout``), whatever
 hypercorn does with its connections.
+
+One connection must never stop the server. Under hypercorn's trio worker, an exception from one
+connection's handling (a protocol library's, hypercorn's own, one leaking from the app's tasks)
+leaves the connection's task, then hypercorn's ``serve``, and the whole daemon exits: one HTTP/2
+request did that (see :class:`_H2Protocol`). :class:`_ContainedTCPServer` contains it per
+connection: the error is logged, that connection closed, the server keeps serving. Both are
+installed into hypercorn once, when this module is imported (:func:`_install_hypercorn_fixes`).
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
+import sys
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
+import h2.events
+import hypercorn.protocol
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+
+if sys.version_info >= (3, 11):  # novermin
+    _BaseExceptionGroup = builtins.BaseExceptionGroup
+else:  # pragma: no cover - Python 3.10: trio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
 __all__ = ["KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "ServedApp", "http_config", "serve_http"]
 
@@ -36,6 +56,22 @@ KEEP_ALIVE_TIMEOUT_S: Final = 75.0
 #: Pending connections the kernel queues: hypercorn's default of 100 overflowed
 #: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
 LISTEN_BACKLOG: Final = 1024
+#: hypercorn's buffer for an HTTP/1.1 request line and headers not yet complete (beyond it: an
+#: error answer and the connection closed). A bearer token and the Connect headers take well
+#: under 1 KiB. hypercorn's default is the same: set here so that it is a decision, as below.
+MAX_REQUEST_HEAD_BYTES: Final = 16 * 1024
+#: HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE (hypercorn's default: 64 KiB): the bound HTTP/1.1 has,
+#: which gRPC's metadata fits (8 KiB by default in gRPC's C core, 16 KiB in grpc-go).
+H2_MAX_HEADER_LIST_BYTES: Final = 16 * 1024
+#: Streams one HTTP/2 connection may have open at once, each a task of the app: hypercorn's
+#: default, the least RFC 9113 recommends (Go serves 250, nginx 128).
+H2_MAX_CONCURRENT_STREAMS: Final = 100
+#: The largest HTTP/2 frame accepted: the RFC's default and least value. h2 joins at most 64
+#: CONTINUATION frames into one header block, so this bounds a header block's bytes (1 MiB)
+#: before it is decoded; bodies come in more frames, not bigger ones.
+H2_MAX_INBOUND_FRAME_BYTES: Final = 16 * 1024
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -81,6 +117,79 @@ class ServedApp:
             await self._idle.wait()
 
 
+# ---------------------------------------------------------------- containment, fixes to hypercorn
+
+#: C0 and C1 control characters and DEL, shown as ``\xNN`` in the tracebacks logged here: an
+#: exception's message may carry a client's bytes, and logs land in operators' terminals.
+#: Newlines and tabs are the traceback's own layout.
+_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+@final
+class _ContainedTCPServer(TCPServer):
+    """hypercorn's per-connection server (trio worker) with whatever escapes one connection's
+    handling contained: logged, the connection closed, the server serving on.
+
+    hypercorn 0.18's ``TCPServer.run`` lets every exception but ``OSError`` propagate into the
+    nursery all connections share, whose failure ends ``serve``. Only an ``Exception`` is caught:
+    ``Cancelled`` (the server stopping), ``KeyboardInterrupt`` and ``SystemExit`` go through.
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except Exception as exc:  # an ExceptionGroup of Exceptions too
+            await self._contain(exc)
+        except _BaseExceptionGroup as group:
+            errors, rest = group.split(Exception)
+            if errors is not None:
+                await self._contain(errors)
+            if rest is not None:
+                raise rest from None
+
+    async def _contain(self, exc: BaseException) -> None:
+        protocol = getattr(self, "protocol", None)  # absent when the error came before it was made
+        client = getattr(protocol, "client", None)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).translate(_CONTROLS)
+        log.error("closed the HTTP connection from %s after an error in its handling (serving on):\n%s", client, text)
+        # run()'s own cleanup closes the stream unless the error came from that cleanup.
+        await trio.aclose_forcefully(self.stream)
+
+
+class _H2Protocol(H2Protocol):
+    """hypercorn's HTTP/2 protocol, without the ``KeyError`` on DATA for a stream it has closed.
+
+    A server may answer before the request's body has arrived (a 401, 404, 415: any early answer),
+    and the client goes on sending it: stock gRPC clients do. hypercorn forgets a stream once it
+    has answered, and its ``_handle_events`` then looks DATA's stream up unguarded (``KeyError``).
+    Upstream: pgjones/hypercorn issue 329 (open, fixes in pull requests 312, 334 and 365 not
+    merged); hypercorn 0.16 to 0.18 (the newest release) need this. The data is dropped, its
+    bytes handed back to the flow-control windows as hypercorn does for data it takes (else the
+    connection's window would shrink with each such request until the client stalls).
+    tests/test_serving.py fails when hypercorn's method changes or no longer needs this.
+    """
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        # One event at a time: a stream can be closed while an earlier event of the same batch
+        # is handled (the app answers meanwhile), so it is looked up only just before use.
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            else:
+                await super()._handle_events([event])
+        await self._flush()
+
+
+def _install_hypercorn_fixes() -> None:
+    """Make hypercorn build its connections from :class:`_ContainedTCPServer` and
+    :class:`_H2Protocol` (the names its trio worker and its ProtocolWrapper look up when called)."""
+    hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
+    hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[misc]
+
+
+_install_hypercorn_fixes()
+
+
 def http_config(bind: list[str], *, graceful_timeout_s: float) -> Config:
     """hypercorn's configuration for hostd and the controller: ``bind`` (``host:port`` or
     ``unix:path``), requests in flight get ``graceful_timeout_s`` at a stop, idle connections
@@ -90,6 +199,10 @@ def http_config(bind: list[str], *, graceful_timeout_s: float) -> Config:
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     config.backlog = LISTEN_BACKLOG
+    config.h11_max_incomplete_size = MAX_REQUEST_HEAD_BYTES
+    config.h2_max_header_list_size = H2_MAX_HEADER_LIST_BYTES
+    config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS
+    config.h2_max_inbound_frame_size = H2_MAX_INBOUND_FRAME_BYTES
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
