@@ -12,6 +12,8 @@ and ``buf curl`` speak it), and malformed HTTP/1.1 and HTTP/2 byte streams from 
 
 from __future__ import annotations
 
+import random
+
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,8 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
+import h2.settings
 import httpx
 import hypercorn.protocol
 import hypercorn.trio.run
@@ -167,10 +171,9 @@ NODE_LIST_VMS = "/limiquantix.node.v1.NodeDaemonService/ListVMs"
 CONTAINED = "after an error in its handling"
 
 
-@pytest.fixture
-async def hostd_url(nursery: trio.Nursery, tmp_path: Path) -> str:
-    """A real hostd (no VMs) serving on a loopback port, in the test's nursery: an exception
-    escaping it fails the test."""
+async def _start_hostd(nursery: trio.Nursery, tmp_path: Path) -> str:
+    """A real hostd (no VMs) serving on a loopback port in ``nursery`` (pytest-trio's: an
+    exception escaping it fails the test); returns its URL."""
     config = HostdConfig(
         listen="127.0.0.1:0", token=TOKEN, discovery=DiscoveryConfig(socket_dir=str(tmp_path), libvirt_channel_root="")
     )
@@ -178,12 +181,21 @@ async def hostd_url(nursery: trio.Nursery, tmp_path: Path) -> str:
     return str(binds[0])
 
 
-@pytest.fixture
-async def controller_url(nursery: trio.Nursery, tmp_path: Path) -> str:
-    """A real controller (temp SQLite) serving on a loopback port, in the test's nursery."""
+async def _start_controller(nursery: trio.Nursery, tmp_path: Path) -> str:
+    """A real controller (temp SQLite) serving on a loopback port in ``nursery``; returns its URL."""
     config = ControllerConfig(listen="127.0.0.1:0", db=str(tmp_path / "controller.db"), downloads_dir="")
     binds = await nursery.start(lambda task_status: controller_serve(config, shutdown=trio.Event(), task_status=task_status))
     return str(binds[0])
+
+
+@pytest.fixture
+async def hostd_url(nursery: trio.Nursery, tmp_path: Path) -> str:
+    return await _start_hostd(nursery, tmp_path)
+
+
+@pytest.fixture
+async def controller_url(nursery: trio.Nursery, tmp_path: Path) -> str:
+    return await _start_controller(nursery, tmp_path)
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -206,14 +218,22 @@ class _H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.responses: dict[int, _H2Response] = {}
         self.closed = False
+        self.settings_acked = False
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, url: str) -> AsyncIterator[_H2Client]:
+    async def connect(cls, url: str, *, window: int | None = None) -> AsyncIterator[_H2Client]:
+        """``window``: the flow-control window the client gives the server's streams (0: the
+        server may send headers, but no body)."""
         async with await trio.open_tcp_stream(*_host_port(url)) as stream:
             client = cls(stream)
+            if window is not None:  # sent in the preface's SETTINGS (as hypercorn sets its own)
+                initial = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+                client.conn.local_settings = h2.settings.Settings(client=True, initial_values=initial)
             client.conn.initiate_connection()
             await client.flush()
+            while window is not None and not client.settings_acked:  # in force for the streams to come
+                await client.receive()
             yield client
 
     async def flush(self) -> None:
@@ -245,6 +265,8 @@ class _H2Client:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                 self.responses[event.stream_id].ended = True
+            elif isinstance(event, h2.events.SettingsAcknowledged):
+                self.settings_acked = True
         await self.flush()
 
     async def response(self, stream_id: int) -> _H2Response:
@@ -316,6 +338,47 @@ async def test_an_error_in_one_connection_closes_that_connection_only(
     assert len(contained) == 1 and "KeyError" in contained[0], contained
 
 
+@pytest.mark.trio
+async def test_h2_connection_closed_by_the_client_mid_answer_ends(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request, then the client's EOF while the answer's body is held back by its flow-control
+    window: with hypercorn alone the answer's final send waited forever for a send task that had
+    stopped, and the connection (its socket, its tasks) never ended. The final send is not given
+    up on before the test's deadline (FINAL_SEND_TIMEOUT_S, which would end it too), the idle
+    connection is closed after the keep-alive time."""
+    monkeypatch.setattr(serving, "FINAL_SEND_TIMEOUT_S", 2 * DEADLINE_S)
+    monkeypatch.setattr(serving, "KEEP_ALIVE_TIMEOUT_S", 0.2)
+    url = await _start_hostd(nursery, tmp_path)
+    with trio.fail_after(DEADLINE_S):
+        async with _H2Client.connect(url, window=0) as client:
+            stream_id = await client.request("GET", "/healthz", end_stream=True)
+            while not client.responses[stream_id].status:
+                await client.receive()
+            await client.stream.send_eof()
+            while not client.closed:  # the server ends the connection
+                await client.receive()
+        await _assert_healthy(url)
+
+
+@pytest.mark.trio
+async def test_a_client_holding_the_answers_last_bytes_does_not_hold_the_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final send is shielded (see serving.py's docstring), for FINAL_SEND_TIMEOUT_S only: an
+    HTTP/2 client that never opens its flow-control window would otherwise hold it, and a stop
+    (which waits for requests in flight), forever."""
+    monkeypatch.setattr(serving, "FINAL_SEND_TIMEOUT_S", 0.2)
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned))
+            async with _H2Client.connect(binds[0], window=0) as client:
+                stream_id = await client.request("GET", "/quick", end_stream=True)
+                while not client.responses[stream_id].status:
+                    await client.receive()
+                stop.set()
+                await returned.wait()  # with the connection open, the body not taken
+
+
 def test_the_fixes_are_where_hypercorn_looks() -> None:
     """hypercorn's trio worker makes each connection's server from its module's name ``TCPServer``,
     its ProtocolWrapper the HTTP/2 protocol from ``H2Protocol``: serving.py replaces the two names
@@ -329,6 +392,8 @@ def test_the_fixes_are_where_hypercorn_looks() -> None:
     assert TCPServer.run.__code__.co_varnames[:1] == ("self",) and TCPServer.run.__code__.co_argcount == 1
     assert H2Protocol._handle_events.__code__.co_varnames[:2] == ("self", "events")
     assert H2Protocol._handle_events.__code__.co_argcount == 2
+    assert H2Protocol.handle.__code__.co_varnames[:2] == ("self", "event") and H2Protocol.handle.__code__.co_argcount == 2
+    assert "_H2Protocol" not in hypercorn.protocol.h2.__dict__  # the original module is left alone
 
 
 @pytest.mark.trio
@@ -341,3 +406,149 @@ async def test_an_oversized_request_head_is_refused(controller_url: str) -> None
                 received += chunk
         assert received.startswith(b"HTTP/1.1 4"), received[:100]
         await _assert_healthy(controller_url)
+
+
+# ---------------------------------------------------------------- fuzz
+
+FUZZ_SEED = 20261205
+#: Byte streams per server (each on a connection of its own): enough to reach the HTTP/1.1 and
+#: HTTP/2 parsers' error paths many times over, few enough to take seconds.
+FUZZ_CASES = 200
+#: Cases in flight at once (each case's bytes are the same whatever the order).
+FUZZ_CONNECTIONS = 8
+#: The servers' keep-alive time in the fuzz test: after the client's EOF, what closes a
+#: connection the server has not closed at once.
+FUZZ_KEEP_ALIVE_S = 0.1
+#: How long the server may take to close a case's connection (far more than FUZZ_KEEP_ALIVE_S):
+#: a connection still open after it is one the server would never close.
+FUZZ_CASE_S = 10.0
+_VM_SERVICE = "/limiquantix.compute.v1.VMService/ListVMs"
+_H11_SEEDS = (
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"POST " + NODE_LIST_VMS.encode() + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST " + _VM_SERVICE.encode() + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/proto\r\n"
+    b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n\x08\x01\r\n0\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+)
+
+
+def _h2_seed(rng: random.Random) -> bytes:
+    """The client preface, then requests and control frames an h2 client makes, with raw frames
+    of any type, flags, stream and length in between."""
+    # Headers as given: the invalid ones too (CONNECT with a path, a pseudo-header twice...).
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    out = bytearray(conn.data_to_send())
+    for _ in range(rng.randint(1, 6)):
+        try:
+            _h2_action(rng, conn, out)
+        except h2.exceptions.H2Error:
+            pass  # what the client's state machine refuses to make (a window over 2**31 - 1...)
+        out += conn.data_to_send()
+    return bytes(out)
+
+
+def _h2_action(rng: random.Random, conn: h2.connection.H2Connection, out: bytearray) -> None:
+    """One thing an HTTP/2 client sends, made by ``conn`` or, for a raw frame, appended to ``out``."""
+    choice = rng.randrange(5)
+    if choice == 0:
+        stream_id = conn.get_next_available_stream_id()
+        path = rng.choice((NODE_LIST_VMS, _VM_SERVICE, "/healthz", "/nope", "*"))
+        headers = [
+            (":method", rng.choice(("GET", "POST", "CONNECT"))), (":path", path), (":scheme", "http"), (":authority", "t"),
+            ("content-type", rng.choice(("application/json", "application/grpc"))),
+        ]  # fmt: skip
+        if rng.random() < 0.5:
+            headers.append(("authorization", f"Bearer {TOKEN}"))
+        end = rng.random() < 0.3
+        conn.send_headers(stream_id, headers, end_stream=end)
+        if not end:
+            conn.send_data(stream_id, rng.randbytes(rng.randrange(64)), end_stream=rng.random() < 0.7)
+    elif choice == 1:
+        conn.ping(rng.randbytes(8))
+    elif choice == 2:
+        conn.increment_flow_control_window(rng.randint(1, 2**31 - 1))
+    elif choice == 3:
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: rng.randrange(2**31)})
+    else:
+        length = rng.randrange(64)
+        header = length.to_bytes(3, "big") + bytes([rng.randrange(12), rng.randrange(256)])
+        out += conn.data_to_send() + header + rng.randrange(2**31).to_bytes(4, "big") + rng.randbytes(length)
+
+
+def _mutate(rng: random.Random, data: bytes, keep: int) -> bytes:
+    """``data`` with a few random edits after its first ``keep`` bytes (the HTTP/2 preface stays
+    whole most of the time, so that the frames behind it are parsed)."""
+    out = bytearray(data)
+    for _ in range(rng.randint(0, 4)):
+        at = rng.randint(min(keep, len(out)), len(out))
+        edit = rng.randrange(5)
+        if edit == 0 and at < len(out):
+            out[at] ^= 1 << rng.randrange(8)
+        elif edit == 1:
+            out[at:at] = rng.randbytes(rng.randint(1, 32))
+        elif edit == 2:
+            del out[at : at + rng.randint(1, 32)]
+        elif edit == 3:
+            out[at:at] = out[at : at + rng.randint(1, 64)] * rng.randint(1, 8)
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def _fuzz_cases(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        kind = rng.randrange(3)
+        if kind == 0:
+            cases.append(_mutate(rng, rng.choice(_H11_SEEDS), 0))
+        elif kind == 1:
+            cases.append(_mutate(rng, _h2_seed(rng), 24 if rng.random() < 0.9 else 0))
+        else:
+            cases.append(rng.randbytes(rng.randrange(256)))
+    return cases
+
+
+async def _send_case(url: str, data: bytes) -> None:
+    """Send ``data`` on a connection of its own, then EOF, and read until the server closes it."""
+    try:
+        async with await trio.open_tcp_stream(*_host_port(url)) as stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            while await stream.receive_some():
+                pass
+    except trio.BrokenResourceError:
+        pass  # the server closed first (a reset): its right with bad input
+
+
+@pytest.mark.trio
+async def test_malformed_http_leaves_hostd_and_the_controller_serving(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded, bounded: malformed HTTP/1.1 and HTTP/2 byte streams to a real hostd and a real
+    controller, each on a connection of its own. The server closes every one, none of them
+    raised in the server, and both serve /healthz afterwards."""
+    monkeypatch.setattr(serving, "KEEP_ALIVE_TIMEOUT_S", FUZZ_KEEP_ALIVE_S)
+    urls = (await _start_hostd(nursery, tmp_path), await _start_controller(nursery, tmp_path))
+    limiter = trio.CapacityLimiter(FUZZ_CONNECTIONS)
+
+    async def run_case(url: str, i: int, data: bytes) -> None:
+        async with limiter:
+            with trio.move_on_after(FUZZ_CASE_S) as case:
+                await _send_case(url, data)
+        assert not case.cancelled_caught, f"{url} left case {i}'s connection open: {data!r}"
+
+    async with trio.open_nursery() as cases:
+        for url in urls:
+            for i, data in enumerate(_fuzz_cases(FUZZ_SEED, FUZZ_CASES)):
+                cases.start_soon(run_case, url, i, data)
+    with trio.fail_after(DEADLINE_S):
+        await _assert_healthy(*urls)
+    assert not [r.getMessage() for r in caplog.records if CONTAINED in r.getMessage()]
