@@ -392,4 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.AgentError as exc:
         print(f"limiquantix-controller: {exc.connect_code}: {exc.message}", file=sys.stderr)
         return 1
+    except Exception:
+        # As hostd's main: logged, and a failure status for the supervisor.
+        log.critical("limiquantix-controller stopped by an unexpected error", exc_info=True)
+        return 1
     return 0

@@ -650,5 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_format, config.log_level)
     return_big_buffers_to_the_os()
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except Exception:
+        # One connection's error is contained where it happens (protocol/serving.py); whatever
+        # still ends the daemon is logged (JSON logs too) and ends it with a failure status,
+        # so that a supervisor restarts it.
+        log.critical("limiquantix-hostd stopped by an unexpected error", exc_info=True)
+        return 1
     return 0

@@ -12,6 +12,7 @@ and ``buf curl`` speak it), and malformed HTTP/1.1 and HTTP/2 byte streams from 
 
 from __future__ import annotations
 
+import logging
 import random
 
 from collections.abc import AsyncIterator
@@ -552,3 +553,28 @@ async def test_malformed_http_leaves_hostd_and_the_controller_serving(
     with trio.fail_after(DEADLINE_S):
         await _assert_healthy(*urls)
     assert not [r.getMessage() for r in caplog.records if CONTAINED in r.getMessage()]
+
+
+def test_an_error_that_still_ends_a_daemon_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever escapes serve() (here: serve replaced by one that raises) is logged as critical
+    and main returns 1 (a failure status for the supervisor), for hostd and the controller."""
+    from limiquantix.controller import daemon as controller_daemon
+
+    async def broken_serve(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("broken serve")
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    runs = (
+        (hostd_daemon, ["--token-file", str(token_file), "--listen", "127.0.0.1:0"]),
+        (controller_daemon, ["--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db")]),
+    )
+    for daemon, argv in runs:
+        monkeypatch.setattr(daemon, "serve", broken_serve)
+        monkeypatch.setattr(daemon, "setup_logging", lambda *args: None)  # keeps pytest's log capture
+        caplog.clear()
+        assert daemon.main(argv) == 1
+        [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert "stopped by an unexpected error" in record.getMessage() and "broken serve" in caplog.text
