@@ -22,8 +22,9 @@ One connection must never stop the server. Under hypercorn's trio worker, an exc
 connection's handling (a protocol library's, hypercorn's own, one leaking from the app's tasks)
 leaves the connection's task, then hypercorn's ``serve``, and the whole daemon exits: one HTTP/2
 request did that (see :class:`_H2Protocol`). :class:`_ContainedTCPServer` contains it per
-connection: the error is logged, that connection closed, the server keeps serving. Both are
-installed into hypercorn once, when this module is imported (:func:`_install_hypercorn_fixes`).
+connection: the error is logged, that connection closed, the server keeps serving. The two
+classes are installed into hypercorn once, when this module is imported
+(:func:`_install_hypercorn_fixes`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,18 @@ if sys.version_info >= (3, 11):  # novermin
 else:  # pragma: no cover - Python 3.10: trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
-__all__ = ["KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "ServedApp", "http_config", "serve_http"]
+__all__ = [
+    "FINAL_SEND_TIMEOUT_S",
+    "H2_MAX_CONCURRENT_STREAMS",
+    "H2_MAX_HEADER_LIST_BYTES",
+    "H2_MAX_INBOUND_FRAME_BYTES",
+    "KEEP_ALIVE_TIMEOUT_S",
+    "LISTEN_BACKLOG",
+    "MAX_REQUEST_HEAD_BYTES",
+    "ServedApp",
+    "http_config",
+    "serve_http",
+]
 
 #: How long the servers keep an idle connection: longer than clients keep theirs (httpx: 5 s),
 #: so that a client never sends a request on a connection the server is closing that instant
@@ -174,15 +186,16 @@ class _H2Protocol(H2Protocol):
     and the client goes on sending it: stock gRPC clients do. hypercorn forgets a stream once it
     has answered, and its ``_handle_events`` then looks DATA's stream up unguarded (``KeyError``).
     Upstream: pgjones/hypercorn issue 329 (open, fixes in pull requests 312, 334 and 365 not
-    merged); hypercorn 0.16 to 0.18 (the newest release) need this. The data is dropped, its
+    merged); hypercorn 0.18 (the newest release) needs this. The data is dropped, its
     bytes handed back to the flow-control windows as hypercorn does for data it takes (else the
     connection's window would shrink with each such request until the client stalls).
 
     When the connection closes (the client's EOF, a protocol error, a GOAWAY), hypercorn stops its
     send task but leaves the streams' send buffers open: an app's final send waiting for its
-    stream's buffer to drain then waits forever, and the connection's tasks and socket with it
-    (an HTTP/2 client that sent a request and its EOF before reading the answer leaked one
-    connection each). :meth:`handle` closes those buffers. Not reported upstream as far as known.
+    stream's buffer to drain then waits until it is cancelled. :class:`ServedApp` shields that
+    send, so the connection's tasks and socket stayed for good (one per HTTP/2 client that sent a
+    request and its EOF before reading the answer), and still would for FINAL_SEND_TIMEOUT_S.
+    :meth:`handle` closes those buffers. Not reported upstream as far as known.
 
     tests/test_serving.py fails when hypercorn's methods change or no longer need this.
     """
@@ -223,6 +236,11 @@ def http_config(bind: list[str], *, graceful_timeout_s: float) -> Config:
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     config.backlog = LISTEN_BACKLOG
+    # No read_timeout (hypercorn's bound on every wait for the client's bytes): a request may be
+    # answered for as long as its command runs (ExecuteScript's timeoutSeconds), the client
+    # sending nothing meanwhile. A client slow with its request head is bounded by the keep-alive
+    # time: hypercorn counts a connection idle until a request's head is complete (HTTP/1.1: test
+    # in tests/test_serving.py). A request body sent slowly is not bounded here.
     config.h11_max_incomplete_size = MAX_REQUEST_HEAD_BYTES
     config.h2_max_header_list_size = H2_MAX_HEADER_LIST_BYTES
     config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS

@@ -119,6 +119,20 @@ async def test_idle_connection_is_closed_after_the_keep_alive_timeout() -> None:
 
 
 @pytest.mark.trio
+async def test_a_request_head_never_completed_is_closed_after_the_keep_alive_timeout() -> None:
+    """Slowloris: a request head that never ends holds a connection only as long as an idle one."""
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned, _config(0.2)))
+            host, _, port = binds[0].removeprefix("http://").rpartition(":")
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\nX-Slow: a")
+                assert await stream.receive_some() == b""  # closed by the server, nothing answered
+            stop.set()
+
+
+@pytest.mark.trio
 async def test_requests_in_flight_finish_before_the_server_stops() -> None:
     stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
     results: list[httpx.Response] = []
