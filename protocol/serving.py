@@ -32,7 +32,6 @@ from __future__ import annotations
 import builtins
 import logging
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
@@ -141,12 +140,6 @@ class ServedApp:
 
 # ---------------------------------------------------------------- containment, fixes to hypercorn
 
-#: C0 and C1 control characters and DEL, shown as ``\xNN`` in the tracebacks logged here: an
-#: exception's message may carry a client's bytes, and logs land in operators' terminals.
-#: Newlines and tabs are the traceback's own layout.
-_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
-
-
 @final
 class _ContainedTCPServer(TCPServer):
     """hypercorn's per-connection server (trio worker) with whatever escapes one connection's
@@ -172,8 +165,9 @@ class _ContainedTCPServer(TCPServer):
     async def _contain(self, exc: BaseException) -> None:
         protocol = getattr(self, "protocol", None)  # absent when the error came before it was made
         client = getattr(protocol, "client", None)
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).translate(_CONTROLS)
-        log.error("closed the HTTP connection from %s after an error in its handling (serving on):\n%s", client, text)
+        # The traceback goes through the formatter's exception rendering, which shows control
+        # characters escaped (protocol/logs.py): an exception's message may carry a client's bytes.
+        log.error("closed the HTTP connection from %s after an error in its handling (serving on)", client, exc_info=exc)
         # run()'s own cleanup closes the stream unless the error came from that cleanup.
         await trio.aclose_forcefully(self.stream)
 

@@ -349,8 +349,10 @@ async def test_an_error_in_one_connection_closes_that_connection_only(
             while not client.closed:
                 await client.receive()
         await _assert_healthy(hostd_url)
-    contained = [r.getMessage() for r in caplog.records if CONTAINED in r.getMessage()]
-    assert len(contained) == 1 and "KeyError" in contained[0], contained
+    contained = [r for r in caplog.records if CONTAINED in r.getMessage()]
+    assert len(contained) == 1, [r.getMessage() for r in contained]
+    assert contained[0].exc_info, "the traceback is logged"
+    assert "KeyError" in logging.Formatter().formatException(contained[0].exc_info)
 
 
 @pytest.mark.trio
