@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, get_origin, get_type_hints
 
+from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
 
@@ -68,7 +69,7 @@ class AgentConfig:
     interface_exclude: tuple[str, ...] = ("lo", "docker*", "veth*", "virbr*", "cni*", "flannel*")
     """Interface name patterns left out of IP reports."""
 
-    exec_default_timeout_s: float = 60.0
+    exec_default_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
     """Timeout of a command that names none."""
     exec_max_timeout_s: float = 86400.0
     """Largest timeout a request may ask for."""

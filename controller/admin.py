@@ -29,7 +29,8 @@ from quart import Quart, Response, request
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
-from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.rpc import error_body
+from limiquantix.protocol.rpc.server import CallContext
 
 from .api import AuthFailures, source_address
 from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
@@ -500,10 +501,8 @@ def _is_flag(value: str) -> bool:
 
 
 def _error_response(exc: errors.AgentError) -> Response:
-    body: dict[str, Any] = {"code": exc.connect_code, "message": exc.message}
-    if exc.reason:
-        body["reason"] = exc.reason
-    return Response(json.dumps(body), status=exc.http_status, content_type="application/json")
+    # The same body as the Connect routes' (reason as a typed detail), from the one encoder.
+    return Response(error_body(exc), status=exc.http_status, content_type="application/json")
 
 
 async def authenticate_request(failures: AuthFailures) -> Principal:

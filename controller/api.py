@@ -42,7 +42,7 @@ from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.connect import Authenticator, CallContext
+from limiquantix.protocol.rpc.server import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import enum_name
 

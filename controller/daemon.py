@@ -37,10 +37,9 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.connect import CallContext, ConnectRouter, InFlightBytes, Service
+from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service, http_config, serve_http
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import http_config, serve_http
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import (
@@ -298,7 +297,7 @@ def build_app(
             return error_response(exc)
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    router = ConnectRouter(
+    router = Router(
         [
             Service(VM_SERVICE, VMAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s)),
             Service(NODE_REGISTRY_SERVICE, NodeRegistryAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),

@@ -56,7 +56,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.limits import check_message
 
 from .api import (

@@ -21,7 +21,7 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
-from limiquantix.protocol.connect import CallContext
+from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import new_message_id
 

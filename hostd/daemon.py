@@ -69,10 +69,10 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.connect import CallContext, ConnectRouter, InFlightBytes, Service
+from limiquantix.protocol.rpc import error_body
+from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service, http_config, serve_http
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.serving import http_config, serve_http
 from limiquantix.protocol.wire import enum_name
 
 from .api import SERVICE, NodeAPI
@@ -399,10 +399,13 @@ def make_authenticator(token: str) -> Callable[[CallContext], Awaitable[None]]:
     expected = token.encode()
 
     async def authenticate(ctx: CallContext) -> None:
-        presented = (ctx.bearer_token or "").encode()
+        bearer = ctx.bearer_token
+        if bearer is None:
+            # The same reasons as the controller's (its error bodies carry them as details).
+            raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
         # Constant time: the comparison must not tell how much of a guess was right.
-        if not hmac.compare_digest(presented, expected):
-            raise errors.Unauthenticated("missing or invalid bearer token")
+        if not hmac.compare_digest(bearer.encode(), expected):
+            raise errors.Unauthenticated("invalid bearer token", reason="invalid_token")
 
     return authenticate
 
@@ -434,13 +437,12 @@ def build_app(
             try:
                 await authenticate(CallContext(procedure="/metrics", headers=request.headers))
             except errors.Unauthenticated as exc:
-                body = json.dumps({"code": exc.connect_code, "message": exc.message})
-                return Response(body, status=exc.http_status, content_type="application/json")
+                return Response(error_body(exc), status=exc.http_status, content_type="application/json")
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     # One caller (the controller): the bound is the total.
     in_flight = InFlightBytes(max_total_bytes=max_request_bytes_in_flight, max_bytes_per_key=max_request_bytes_in_flight)
-    router = ConnectRouter(
+    router = Router(
         [Service(SERVICE, NodeAPI(registry))], authenticate=authenticate, observe=metrics.observe, in_flight=in_flight
     )
     router.register(app)
@@ -653,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(serve, config)
     except Exception:
-        # One connection's error is contained where it happens (protocol/serving.py); whatever
+        # One connection's error is contained where it happens (protocol/rpc/server/_serving.py); whatever
         # still ends the daemon is logged (JSON logs too) and ends it with a failure status,
         # so that a supervisor restarts it.
         log.critical("limiquantix-hostd stopped by an unexpected error", exc_info=True)

@@ -83,13 +83,13 @@ rm -rf "$STAGE${LIBDIR:?}"/psutil/tests "$STAGE${LIBDIR:?}"/bin
 find "$STAGE$LIBDIR" -name __pycache__ -prune -exec rm -rf {} +
 
 # Our packages, as the namespace package limiquantix.* (no limiquantix/__init__.py).
-# protocol/connect.py and protocol/serving.py are left out: they need quart and hypercorn
-# (hostd/controller only) and the agent never imports them.
+# protocol/ ships whole but for protocol/rpc/ (the HTTP rpc layer: client on httpx, server on
+# quart and hypercorn): the agent speaks frames over virtio-serial and never imports it.
 mkdir -p "$STAGE$LIBDIR/limiquantix"
 for pkg in agent protocol; do
     (cd "$ROOT" && find "$pkg" -name __pycache__ -prune -o -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) -print) |
     while read -r f; do
-        case $f in protocol/connect.py | protocol/serving.py) continue ;; esac
+        case $f in protocol/rpc/*) continue ;; esac
         install -D -m 0644 "$ROOT/$f" "$STAGE$LIBDIR/limiquantix/$f"
     done
 done

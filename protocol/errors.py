@@ -1,20 +1,24 @@
-"""The error hierarchy of the whole stack, and its one mapping to Connect codes.
+"""The error hierarchy of the whole stack, and its one mapping to Connect and gRPC codes.
 
 ::
 
-    AgentError
-    ├── InvalidArgument        invalid_argument     400
-    ├── NotFound               not_found            404
-    ├── AlreadyExists          already_exists       409
-    ├── PermissionDenied       permission_denied    403
-    ├── Unauthenticated        unauthenticated      401
-    ├── ResourceExhausted      resource_exhausted   429
-    ├── FailedPrecondition     failed_precondition  400
-    ├── DeadlineExceeded       deadline_exceeded    504
-    ├── Unavailable            unavailable          503
-    ├── Unimplemented          unimplemented        501
-    ├── Cancelled              canceled             499
-    └── Internal               internal             500
+    AgentError                 Connect code         HTTP  grpc-status
+    ├── InvalidArgument        invalid_argument     400    3
+    ├── NotFound               not_found            404    5
+    ├── AlreadyExists          already_exists       409    6
+    ├── PermissionDenied       permission_denied    403    7
+    ├── Unauthenticated        unauthenticated      401   16
+    ├── ResourceExhausted      resource_exhausted   429    8
+    ├── FailedPrecondition     failed_precondition  400    9
+    ├── DeadlineExceeded       deadline_exceeded    504    4
+    ├── Unavailable            unavailable          503   14
+    ├── Unimplemented          unimplemented        501   12
+    ├── Cancelled              canceled             499    1
+    └── Internal               internal             500   13
+
+The numbers come from one table, :data:`CODES` (every Connect code, those without
+a class of their own included: ``unknown``, ``aborted``, ``out_of_range``,
+``data_loss`` are read as :class:`Internal`), which the rpc layer uses both ways.
 
 Handlers raise these; the agent's dispatcher turns them into ``Error`` frames,
 hostd turns ``Error`` frames back into them (:func:`from_proto`) and the HTTP
@@ -26,14 +30,17 @@ through :func:`from_os_error`.
 from __future__ import annotations
 
 import errno
-from typing import ClassVar, Final
+from dataclasses import dataclass
+from typing import ClassVar, Final, final
 
 from ._gen import agent_pb2 as pb
 
 __all__ = [
+    "CODES",
     "AgentError",
     "AlreadyExists",
     "Cancelled",
+    "Code",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
@@ -44,10 +51,56 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "code_by_grpc_status",
+    "code_by_name",
     "from_connect_code",
     "from_os_error",
     "from_proto",
 ]
+
+
+@final
+@dataclass(frozen=True)
+class Code:
+    """One row of the error table: a Connect code, its HTTP status, its grpc-status."""
+
+    name: str
+    http_status: int
+    grpc_status: int
+
+
+#: Every Connect code (https://connectrpc.com/docs/protocol#error-codes) with the HTTP
+#: status Connect answers it with and the gRPC status number of the same name.
+CODES: Final[tuple[Code, ...]] = (
+    Code("canceled", 499, 1),
+    Code("unknown", 500, 2),
+    Code("invalid_argument", 400, 3),
+    Code("deadline_exceeded", 504, 4),
+    Code("not_found", 404, 5),
+    Code("already_exists", 409, 6),
+    Code("permission_denied", 403, 7),
+    Code("resource_exhausted", 429, 8),
+    Code("failed_precondition", 400, 9),
+    Code("aborted", 409, 10),
+    Code("out_of_range", 400, 11),
+    Code("unimplemented", 501, 12),
+    Code("internal", 500, 13),
+    Code("unavailable", 503, 14),
+    Code("data_loss", 500, 15),
+    Code("unauthenticated", 401, 16),
+)
+_CODE_BY_NAME: Final = {code.name: code for code in CODES}
+_CODE_BY_GRPC: Final = {code.grpc_status: code for code in CODES}
+
+
+def code_by_name(name: str) -> Code | None:
+    """The table's row for a Connect code name (None: not a Connect code)."""
+    return _CODE_BY_NAME.get(name)
+
+
+def code_by_grpc_status(number: int) -> Code | None:
+    """The table's row for a grpc-status number (None: not a gRPC code; 0 is OK, not an error)."""
+    return _CODE_BY_GRPC.get(number)
 
 
 class AgentError(Exception):
@@ -60,7 +113,16 @@ class AgentError(Exception):
 
     connect_code: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
+    grpc_status: ClassVar[int] = 13
     proto_code: ClassVar[int] = pb.ERROR_CODE_INTERNAL
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # A subclass names its Connect code; its HTTP status and grpc-status come from
+        # the one table (a subclass that names no code inherits its parent's row).
+        super().__init_subclass__(**kwargs)
+        row = _CODE_BY_NAME[cls.connect_code]
+        cls.http_status = row.http_status
+        cls.grpc_status = row.grpc_status
 
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
@@ -76,25 +138,21 @@ class AgentError(Exception):
 
 class InvalidArgument(AgentError):
     connect_code = "invalid_argument"
-    http_status = 400
     proto_code = pb.ERROR_CODE_INVALID_ARGUMENT
 
 
 class NotFound(AgentError):
     connect_code = "not_found"
-    http_status = 404
     proto_code = pb.ERROR_CODE_NOT_FOUND
 
 
 class AlreadyExists(AgentError):
     connect_code = "already_exists"
-    http_status = 409
     proto_code = pb.ERROR_CODE_ALREADY_EXISTS
 
 
 class PermissionDenied(AgentError):
     connect_code = "permission_denied"
-    http_status = 403
     proto_code = pb.ERROR_CODE_PERMISSION_DENIED
 
 
@@ -102,49 +160,41 @@ class Unauthenticated(AgentError):
     """Only raised by the HTTP layers (the agent channel has no credentials)."""
 
     connect_code = "unauthenticated"
-    http_status = 401
     proto_code = pb.ERROR_CODE_UNAUTHENTICATED
 
 
 class ResourceExhausted(AgentError):
     connect_code = "resource_exhausted"
-    http_status = 429
     proto_code = pb.ERROR_CODE_RESOURCE_EXHAUSTED
 
 
 class FailedPrecondition(AgentError):
     connect_code = "failed_precondition"
-    http_status = 400
     proto_code = pb.ERROR_CODE_FAILED_PRECONDITION
 
 
 class DeadlineExceeded(AgentError):
     connect_code = "deadline_exceeded"
-    http_status = 504
     proto_code = pb.ERROR_CODE_DEADLINE_EXCEEDED
 
 
 class Unavailable(AgentError):
     connect_code = "unavailable"
-    http_status = 503
     proto_code = pb.ERROR_CODE_UNAVAILABLE
 
 
 class Unimplemented(AgentError):
     connect_code = "unimplemented"
-    http_status = 501
     proto_code = pb.ERROR_CODE_UNIMPLEMENTED
 
 
 class Cancelled(AgentError):
     connect_code = "canceled"  # Connect's spelling
-    http_status = 499
     proto_code = pb.ERROR_CODE_CANCELLED
 
 
 class Internal(AgentError):
     connect_code = "internal"
-    http_status = 500
     proto_code = pb.ERROR_CODE_INTERNAL
 
 

@@ -1,4 +1,4 @@
-"""protocol.connect: a Connect server on real hypercorn, spoken to over real HTTP.
+"""protocol.rpc.server (Connect): a Connect server on real hypercorn, spoken to over real HTTP.
 
 The server under test serves ``limiquantix.node.v1.NodeDaemonService`` backed by
 :class:`FakeNode`, a small implementation whose behaviour each test picks
@@ -34,7 +34,8 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
-from limiquantix.protocol import connect, errors
+from limiquantix.protocol import errors
+from limiquantix.protocol.rpc import server as connect
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 
@@ -192,7 +193,7 @@ def _start_server(nursery: trio.Nursery) -> StartServer:
             observed.append((procedure, code, seconds))
             closed_when_observed.append(node.stream_closed.is_set())
 
-        router = connect.ConnectRouter([connect.Service(SERVICE, node)], observe=observe, **options)
+        router = connect.Router([connect.Service(SERVICE, node)], observe=observe, **options)
         router.register(app)
         config = Config()
         config.bind = ["127.0.0.1:0"]
@@ -341,6 +342,37 @@ async def test_responses_are_gzipped_only_when_accepted_and_big(server: Server) 
     assert len(r.json()["vms"]) == 50
     r = await server.post("PingAgent", b"{}", {**JSON, "Accept-Encoding": "gzip"})
     assert "content-encoding" not in r.headers  # below COMPRESS_MIN_BYTES
+    # Whether compressed or not, the answer depends on Accept-Encoding: caches must know.
+    assert r.headers["vary"] == "Accept-Encoding"
+
+
+@pytest.mark.trio
+async def test_stream_answers_vary_on_connect_accept_encoding(server: Server) -> None:
+    async with server.http.stream(
+        "POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("x"), headers=STREAM_JSON
+    ) as r:
+        assert r.headers["vary"] == "Connect-Accept-Encoding"
+        await r.aread()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "body",
+    [b'{"vmId": "vm-1"}', b"{}", b'  {"vmId": "vm-1"}', b"[1, 2, 3, 4, 5]", b"\xff" * 64],
+    ids=["json-object", "empty-object", "leading-spaces", "json-array", "binary-junk"],
+)
+async def test_unenveloped_stream_body_is_invalid_argument_saying_the_envelope_is_missing(
+    server: Server, body: bytes
+) -> None:
+    """A bare message on a streaming RPC (curl's first try): the first byte is no flags
+    value, so its next four are text, not a length; never "larger than 64 MiB"."""
+    [(flags, data)] = await read_stream(server, body, STREAM_JSON)
+    assert flags == 0x02
+    error = json.loads(data)["error"]
+    assert error["code"] == "invalid_argument"
+    assert "envelope is missing" in error["message"]
+    assert error["details"][0]["debug"]["reason"] == "missing_envelope"
+    assert not server.node.stream_closed.is_set()  # the handler never started
 
 
 @pytest.mark.trio
@@ -395,6 +427,11 @@ async def test_unsupported_content_type_is_415(server: Server, method: str, cont
     expected = "application/connect+" if method.endswith("Stream") else "application/json, application/proto"
     assert expected in r.headers["accept-post"]
     assert server.observed == []  # not a call
+    # A Connect JSON error that says what to send, not an empty text/html answer.
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()
+    assert error["code"] == "unimplemented" and expected in error["message"]
+    assert error["details"][0]["debug"]["reason"] == "unsupported_media_type"
 
 
 @pytest.mark.trio
@@ -404,6 +441,11 @@ async def test_other_http_methods_are_405(server: Server) -> None:
     assert r.headers["allow"] == "POST"
     r = await server.http.put(f"{PREFIX}/PingAgent", content=b"{}", headers=JSON)
     assert r.status_code == 405
+    # A Connect JSON error naming the method to use.
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["code"] == "unimplemented" and "POST" in r.json()["message"]
+    assert r.json()["details"][0]["debug"]["reason"] == "method_not_allowed"
+    assert server.observed == []  # not a call
 
 
 @pytest.mark.trio
@@ -460,12 +502,12 @@ async def test_error_reason_travels_as_a_connect_error_detail(server: Server) ->
 async def test_unexpected_exception_is_internal_and_keeps_the_traceback_in_the_log(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="limiquantix.protocol.connect"):
+    with caplog.at_level(logging.ERROR, logger="limiquantix.protocol.rpc.server"):
         r = await server.post("PingAgent", b'{"vmId": "boom"}', JSON)
     assert r.status_code == 500
     assert r.json() == {"code": "internal", "message": "internal error"}
     assert SECRET not in r.text and "Traceback" not in r.text
-    [record] = [rec for rec in caplog.records if rec.name == "limiquantix.protocol.connect"]
+    [record] = [rec for rec in caplog.records if rec.name == "limiquantix.protocol.rpc.server"]
     assert record.exc_info is not None and SECRET in str(record.exc_info[1])
     assert server.codes("PingAgent") == ["internal"]
 
@@ -904,7 +946,7 @@ def test_service_refuses_handlers_of_the_wrong_kind() -> None:
 
 def test_register_raises_quarts_body_limit_and_refuses_duplicates() -> None:
     app = QuartTrio(__name__)
-    router = connect.ConnectRouter([connect.Service(SERVICE, FakeNode())])
+    router = connect.Router([connect.Service(SERVICE, FakeNode())])
     with pytest.raises(ValueError, match="already registered"):
         router.add(connect.Service(SERVICE, FakeNode()))
     router.register(app)

@@ -107,6 +107,10 @@ async def test_auth_and_bad_input(stack: Stack) -> None:
     for token in (None, "wrong", TOKEN + "x"):
         r = await stack.call("ListVMs", {}, token=token)
         assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+        # The controller's details: the reason as a typed Connect error detail.
+        [detail] = r.json()["details"]
+        assert detail["type"] == "limiquantix.agent.v1.Error"
+        assert detail["debug"]["reason"] == ("missing_token" if token is None else "invalid_token")
     r = await stack.client.post(
         f"{stack.url}{SERVICE}/ListVMs",
         content=b"{not json",
@@ -273,6 +277,7 @@ async def test_metrics(stack: Stack) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = await stack.client.get(f"{stack.url}/metrics", headers=headers)
         assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
+        assert refused.json()["details"][0]["debug"]["reason"] in {"missing_token", "invalid_token"}
         assert "lqx_hostd" not in refused.text
     text = (await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
     assert 'lqx_hostd_vms{state="connected"} 2.0' in text

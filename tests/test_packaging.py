@@ -93,10 +93,21 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
         f"/{LIBDIR}/limiquantix/protocol/_gen/agent_pb2.py",
     ):
         assert p in paths, p
-    # Only the agent's side: no hostd/controller, no quart-based connect.py, no namespace __init__.
+    # Only the agent's side: no hostd/controller, no rpc layer (httpx, quart, hypercorn), no
+    # namespace __init__; the rest of protocol/ whole.
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/hostd") for p in paths)
-    assert f"/{LIBDIR}/limiquantix/protocol/connect.py" not in paths
-    assert f"/{LIBDIR}/limiquantix/protocol/serving.py" not in paths
+    assert not any(p.startswith(f"/{LIBDIR}/limiquantix/protocol/rpc") for p in paths)
+    shipped = {p.removeprefix(f"/{LIBDIR}/limiquantix/") for p in paths if p.startswith(f"/{LIBDIR}/limiquantix/protocol/")}
+    source = {
+        str(f.relative_to(ROOT)) for f in (ROOT / "protocol").rglob("*")
+        if f.is_file() and f.suffix in (".py", ".pyi") and "__pycache__" not in f.parts and "rpc" not in f.parts
+    }  # fmt: skip
+    assert source <= shipped, sorted(source - shipped)
+    # What ships imports no server or HTTP library: it must load on a guest without them.
+    for rel in shipped:
+        if rel.endswith(".py"):
+            text = (extracted / LIBDIR / "limiquantix" / rel).read_text()
+            assert not re.search(r"^\s*(from|import) (quart|hypercorn|httpx|werkzeug)\b", text, re.M), rel
     assert f"/{LIBDIR}/limiquantix/__init__.py" not in paths
     # Vendored extension modules are abi3 (any CPython >= 3.10), never one interpreter's build.
     sos = [p for p in paths if p.endswith(".so")]

@@ -1,4 +1,4 @@
-"""serve_http (protocol/serving.py): how hostd and the controller serve HTTP.
+"""serve_http (protocol/rpc/server/_serving.py): how hostd and the controller serve HTTP.
 
 A real hypercorn on a loopback port the OS picks, a small Quart-Trio app and real HTTP clients.
 The graceful timeout is set far beyond the tests' deadline, so a shutdown that waited for it
@@ -41,8 +41,8 @@ from limiquantix.controller.daemon import serve as controller_serve
 from limiquantix.hostd import daemon as hostd_daemon
 from limiquantix.hostd.config import DiscoveryConfig
 from limiquantix.hostd.daemon import HostdConfig
-from limiquantix.protocol import serving
-from limiquantix.protocol.serving import serve_http
+from limiquantix.protocol.rpc.server import _serving as serving
+from limiquantix.protocol.rpc.server import serve_http
 
 DEADLINE_S = 30
 FOREVER_S = 3600.0
