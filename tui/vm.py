@@ -111,6 +111,8 @@ class VMScreen(LqxScreen):
 
     def _draw_graphs(self) -> None:
         """CPU and memory (0-100 %) from the app's history; network rates from GetVM."""
+        if not self.query("#vm-graphs"):
+            return  # the app is quitting: its widgets are gone before its timers and workers
         graphs = self.query_one("#vm-graphs", Static)
         width = max(10, graphs.content_region.width or 40)
         hist = self.lqx.history.get(self.vm_id)
