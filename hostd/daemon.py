@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response, request
@@ -69,7 +68,7 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.rpc import error_body
+from limiquantix.protocol.rpc import RpcClient, Target, error_body
 from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service, http_config, serve_http
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
@@ -534,34 +533,26 @@ def node_vms(statuses: Iterable[node_pb.VMStatus]) -> list[api_pb.NodeVM]:
 
 
 async def _controller_call(
-    client: httpx.AsyncClient,
+    client: RpcClient,
     config: HostdConfig,
     controller_token: str,
     method: str,
     request: api_pb.RegisterNodeRequest | api_pb.HeartbeatRequest,
 ) -> None:
-    """One NodeRegistryService call (Connect, proto).
+    """One NodeRegistryService call (Connect, proto), within ``CONTROLLER_CALL_TIMEOUT_S``.
 
     Raises:
-        errors.AgentError: the controller's answer, its code kept (from_connect_code).
-        httpx.HTTPError: the controller cannot be reached.
+        errors.AgentError: the controller's answer, its code kept; ``unavailable`` when
+            it cannot be reached, ``deadline_exceeded`` when it does not answer in time.
     """
-    resp = await client.post(
-        f"{config.controller_url.rstrip('/')}/{_REGISTRY_SERVICE}/{method}",
-        content=request.SerializeToString(),
-        headers={
-            "Authorization": f"Bearer {controller_token}",
-            "Content-Type": "application/proto",
-            "Connect-Protocol-Version": "1",
-        },
+    target = Target(url=config.controller_url, token=controller_token, name=f"controller {config.controller_url}")
+    await client.unary_message(
+        target,
+        f"{_REGISTRY_SERVICE}/{method}",
+        request,
+        api_pb.RegisterNodeResponse if method == "RegisterNode" else api_pb.HeartbeatResponse,
+        deadline=trio.current_time() + CONTROLLER_CALL_TIMEOUT_S,
     )
-    if resp.status_code != 200:
-        try:
-            body = resp.json()
-            code, message = str(body["code"]), str(body.get("message", ""))
-        except (ValueError, KeyError, TypeError):
-            code, message = "unavailable", f"HTTP {resp.status_code}"
-        raise errors.from_connect_code(code, message)
 
 
 async def _controller_link(
@@ -577,8 +568,7 @@ async def _controller_link(
     registered = False
     failing = False
     # No keep-alive: one call every few seconds gains nothing from it.
-    limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=CONTROLLER_CALL_TIMEOUT_S, trust_env=False, limits=limits) as client:
+    async with RpcClient(keepalive=False) as client:
         while True:
             try:
                 vms = node_vms(registry.statuses())
@@ -605,7 +595,7 @@ async def _controller_link(
             except errors.NotFound:
                 registered = False  # the controller forgot us: register again at once
                 continue
-            except (errors.AgentError, httpx.HTTPError, OSError) as exc:
+            except (errors.AgentError, OSError) as exc:
                 # Logged once per outage, not once per retry.
                 if not failing:
                     log.warning("controller %s: %s: retrying with backoff", config.controller_url, exc)

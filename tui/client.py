@@ -1,4 +1,5 @@
-"""The controller's HTTP API as the TUI uses it: Connect JSON over httpx (asyncio).
+"""The controller's HTTP API as the TUI uses it: Connect JSON over the rpc layer's
+client (:class:`limiquantix.protocol.rpc.RpcClient`, httpx on asyncio).
 
 Every call raises :class:`ApiError` with a Connect code and a message meant for
 an operator (``unavailable``: the controller cannot be reached; ``unauthenticated``:
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
+
+from limiquantix.protocol import errors
+from limiquantix.protocol.rpc import JSON, RpcClient, Target, command_budget_s, deadline_after
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -36,8 +39,8 @@ MAX_UPLOAD_BYTES: Final = 32 * 1024 * 1024
 _PAGE_SIZE: Final = 1000
 #: Upload body chunk: the progress callback is called after each.
 _UPLOAD_CHUNK: Final = 256 * 1024
-_ENVELOPE: Final = struct.Struct(">BI")
-_END_STREAM: Final = 0x02
+#: Budget of a file transfer (the controller allows 300 s; a TUI user waits less).
+_FILE_TIMEOUT_S: Final = 120.0
 
 _FRIENDLY: Final = {
     "unauthenticated": "the controller refused the token (wrong, revoked or missing)",
@@ -76,16 +79,8 @@ class WhoAmI:
         return permission in self.permissions
 
 
-def _error_from_response(resp: httpx.Response) -> ApiError:
-    try:
-        body = resp.json()
-        return ApiError(str(body.get("code", "unknown")), str(body.get("message", "")))
-    except (ValueError, AttributeError):
-        return ApiError("unknown" if resp.status_code < 500 else "internal", f"HTTP {resp.status_code}")
-
-
 class ControllerClient:
-    """One controller, one token; an httpx.AsyncClient under it.
+    """One controller, one token; the rpc client (httpx) under it.
 
     ``timeout_s`` bounds calls that do not name their own (an execute waits for
     its command's timeout plus a margin).
@@ -97,15 +92,11 @@ class ControllerClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout_s,
-            transport=transport,
-        )
+        self._target = Target(url=self.url, token=token, name="the controller")
+        self._rpc = RpcClient(transport=transport)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._rpc.aclose()
 
     async def __aenter__(self) -> ControllerClient:
         return self
@@ -115,10 +106,27 @@ class ControllerClient:
 
     # -- plumbing ------------------------------------------------------------------
 
-    def _unreachable(self, exc: Exception) -> ApiError:
-        if isinstance(exc, httpx.TimeoutException):
-            return ApiError("deadline_exceeded", f"the controller at {self.url} did not answer in time")
-        return ApiError("unavailable", f"cannot reach the controller at {self.url} ({type(exc).__name__})")
+    async def _unary(
+        self, procedure: str, content: bytes | AsyncIterable[bytes], *, timeout_s: float, length: int | None = None
+    ) -> dict[str, Any]:
+        """One Connect unary call in JSON; the answer's object.
+
+        Raises:
+            ApiError: the controller's error, or ``unavailable`` / ``deadline_exceeded``.
+        """
+        try:
+            data = await self._rpc.unary(
+                self._target, procedure, content, codec=JSON, content_length=length, deadline=deadline_after(timeout_s)
+            )
+        except errors.AgentError as exc:
+            raise ApiError(exc.connect_code, exc.message) from None
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise ApiError("internal", "the controller answered something that is not a JSON object")
+        return answer
 
     async def call(
         self, service: str, method: str, body: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
@@ -128,20 +136,10 @@ class ControllerClient:
         Raises:
             ApiError: the controller's error, or ``unavailable`` / ``deadline_exceeded``.
         """
-        try:
-            resp = await self._http.post(
-                f"/{service}/{method}",
-                json=dict(body or {}),
-                timeout=timeout_s if timeout_s is not None else self.timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        if resp.status_code != 200:
-            raise _error_from_response(resp)
-        try:
-            return resp.json()
-        except ValueError:
-            raise ApiError("internal", "the controller answered something that is not JSON") from None
+        content = json.dumps(dict(body or {})).encode()
+        return await self._unary(
+            f"{service}/{method}", content, timeout_s=timeout_s if timeout_s is not None else self.timeout_s
+        )
 
     # -- caller and inventory --------------------------------------------------------
 
@@ -198,42 +196,21 @@ class ControllerClient:
             ApiError: before or during the stream (an end-of-stream error included).
         """
         body = json.dumps(self._exec_body(vm_id, script, timeout_s, run_as, "")).encode()
-        envelope = _ENVELOPE.pack(0, len(body)) + body
-        request = self._http.build_request(
-            "POST",
-            f"/{_VM}/ExecuteScriptStream",
-            content=envelope,
-            headers={"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"},
-            timeout=httpx.Timeout(self.timeout_s, read=timeout_s + 30.0),
-        )
+        # The one rule for a command's time: its timeout plus the stated margin, the same
+        # at every hop (the controller and hostd get this deadline in Connect-Timeout-Ms).
+        deadline = deadline_after(command_budget_s(timeout_s))
+        messages = self._rpc.stream(self._target, f"{_VM}/ExecuteScriptStream", body, codec=JSON, deadline=deadline)
         try:
-            resp = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        try:
-            if resp.status_code != 200:
-                await resp.aread()
-                raise _error_from_response(resp)
-            buf = b""
-            async for chunk in resp.aiter_bytes():
-                buf += chunk
-                while len(buf) >= _ENVELOPE.size:
-                    flags, size = _ENVELOPE.unpack_from(buf)
-                    if len(buf) < _ENVELOPE.size + size:
-                        break
-                    message = json.loads(buf[_ENVELOPE.size : _ENVELOPE.size + size] or b"{}")
-                    buf = buf[_ENVELOPE.size + size :]
-                    if flags & _END_STREAM:
-                        error = message.get("error")
-                        if error:
-                            raise ApiError(str(error.get("code", "unknown")), str(error.get("message", "")))
-                        return
-                    yield message
-            raise ApiError("unavailable", "the stream ended without its end message")
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+            async for data in messages:
+                try:
+                    message = json.loads(data or b"{}")
+                except ValueError:
+                    raise ApiError("internal", "the controller streamed something that is not JSON") from None
+                yield message
+        except errors.AgentError as exc:
+            raise ApiError(exc.connect_code, exc.message) from None
         finally:
-            await resp.aclose()
+            await messages.aclose()
 
     async def cancel_execution(self, vm_id: str, execution_id: str) -> bool:
         body = await self.call(_VM, "CancelExecution", {"vmId": vm_id, "executionId": execution_id})
@@ -267,7 +244,7 @@ class ControllerClient:
         body: dict[str, Any] = {"vmId": vm_id, "path": path}
         if length:
             body["length"] = length
-        answer = await self.call(_VM, "ReadGuestFile", body, timeout_s=max(self.timeout_s, 120.0))
+        answer = await self.call(_VM, "ReadGuestFile", body, timeout_s=max(self.timeout_s, _FILE_TIMEOUT_S))
         content = base64.b64decode(answer.get("content", ""))
         return content, int(answer.get("size", len(content))), answer.get("sha256", "")
 
@@ -301,18 +278,9 @@ class ControllerClient:
                 if progress is not None:
                     progress(sent, total)
 
-        try:
-            resp = await self._http.post(
-                f"/{_VM}/WriteGuestFile",
-                content=body(),
-                headers={"Content-Type": "application/json", "Content-Length": str(total)},
-                timeout=max(self.timeout_s, 120.0),
-            )
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        if resp.status_code != 200:
-            raise _error_from_response(resp)
-        answer = resp.json()
+        answer = await self._unary(
+            f"{_VM}/WriteGuestFile", body(), timeout_s=max(self.timeout_s, _FILE_TIMEOUT_S), length=total
+        )
         return int(answer.get("bytesWritten", 0)), answer.get("sha256", "")
 
     # -- power and password ----------------------------------------------------------

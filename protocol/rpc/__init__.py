@@ -47,6 +47,7 @@ from ._deadline import CONNECT_TIMEOUT_HEADER as CONNECT_TIMEOUT_HEADER
 from ._deadline import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
 from ._deadline import GRPC_TIMEOUT_HEADER as GRPC_TIMEOUT_HEADER
 from ._deadline import command_budget_s as command_budget_s
+from ._deadline import deadline_after as deadline_after
 from ._deadline import encode_grpc_timeout as encode_grpc_timeout
 from ._deadline import parse_connect_timeout_ms as parse_connect_timeout_ms
 from ._deadline import parse_grpc_timeout as parse_grpc_timeout
@@ -83,6 +84,7 @@ __all__ = [
     "Target",
     "accepts_gzip",
     "command_budget_s",
+    "deadline_after",
     "encode_envelope",
     "encode_grpc_timeout",
     "error_body",

@@ -240,7 +240,7 @@ class RpcClient:
                 continue
             if not sent:
                 return error_cls(
-                    f"{target.name} ({target.url}) is unreachable: {type(exc).__name__}",
+                    f"cannot reach {target.name} at {target.url} ({type(exc).__name__})",
                     reason=target.unreachable_reason,
                 )
             if error_cls is OutcomeUnknownDeadline:
@@ -388,7 +388,7 @@ class RpcClient:
             reader = EnvelopeReader(
                 limit=self.max_message_bytes, allowed_flags=FLAG_COMPRESSED | FLAG_END_STREAM, compressed_ok=gzipped
             )
-            chunks = resp.aiter_raw()
+            chunks = _raw_chunks(resp)
             while True:
                 try:
                     chunk = await chunks.__anext__()
@@ -416,6 +416,16 @@ async def _parts(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
         yield part
 
 
+async def _raw_chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as sent, chunk by chunk. A response built with its content already in
+    it (``httpx.MockTransport`` in tests) has no stream left to read: that content."""
+    if resp.is_stream_consumed:
+        yield resp.content
+        return
+    async for chunk in resp.aiter_raw():
+        yield chunk
+
+
 async def _read_raw(resp: httpx.Response, limit: int) -> bytes:
     """The response body as sent (not inflated), refusing more than ``limit`` bytes.
 
@@ -426,7 +436,7 @@ async def _read_raw(resp: httpx.Response, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise errors.ResourceExhausted(f"answer larger than {limit} bytes")
     out = bytearray()
-    async for chunk in resp.aiter_raw():
+    async for chunk in _raw_chunks(resp):
         out += chunk
         if len(out) > limit:
             raise errors.ResourceExhausted(f"answer larger than {limit} bytes")

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_COMMAND_TIMEOUT_S",
     "GRPC_TIMEOUT_HEADER",
     "command_budget_s",
+    "deadline_after",
     "encode_grpc_timeout",
     "parse_connect_timeout_ms",
     "parse_grpc_timeout",
@@ -79,6 +80,13 @@ def encode_grpc_timeout(seconds: float) -> str:
     return "99999999H"
 
 
+def _on_trio() -> bool:
+    try:
+        return sniffio.current_async_library() == "trio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
 def remaining_s(deadline: float | None = None) -> float:
     """Seconds the caller has left (``math.inf``: no deadline).
 
@@ -87,11 +95,7 @@ def remaining_s(deadline: float | None = None) -> float:
             effective deadline of the caller's cancel scopes counts too (the
             earlier wins); on any other loop it is on ``time.monotonic()``.
     """
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = ""
-    if library == "trio":
+    if _on_trio():
         import trio  # only where trio runs: the TUI's asyncio world never imports it here
 
         now = trio.current_time()
@@ -102,6 +106,16 @@ def remaining_s(deadline: float | None = None) -> float:
     if deadline is None:
         return math.inf
     return deadline - time.monotonic()
+
+
+def deadline_after(seconds: float) -> float:
+    """The deadline ``seconds`` from now on the running loop's clock (trio's on trio,
+    ``time.monotonic()`` elsewhere): what :func:`remaining_s` and the client take."""
+    if _on_trio():
+        import trio
+
+        return trio.current_time() + seconds
+    return time.monotonic() + seconds
 
 
 def timeout_headers(remaining: float, *, grpc: bool = False) -> dict[str, str]:
