@@ -42,6 +42,7 @@ from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import enum_name
@@ -66,9 +67,7 @@ __all__ = [
     "AUDIT_COMPLETE_TIMEOUT_S",
     "AUTH_FAILURE_REASONS",
     "DEFAULT_CALL_BUDGET_S",
-    "DEFAULT_EXEC_TIMEOUT_S",
     "DEFAULT_PAGE_SIZE",
-    "EXEC_MARGIN_S",
     "FILE_CALL_BUDGET_S",
     "NODE_REGISTRY_SERVICE",
     "VM_CLAIM_AUDIT_INTERVAL_S",
@@ -76,7 +75,6 @@ __all__ = [
     "AuthFailures",
     "NodeRegistryAPI",
     "VMAPI",
-    "exec_budget_s",
     "exec_detail",
     "execute_in_guest",
     "execute_request",
@@ -97,11 +95,6 @@ DEFAULT_PAGE_SIZE: Final = 100
 DEFAULT_CALL_BUDGET_S: Final = 30.0
 #: Budget of a file transfer (up to 48 MiB over virtio-serial at a few MB/s).
 FILE_CALL_BUDGET_S: Final = 300.0
-#: The agent's own default command timeout (timeoutSeconds 0).
-DEFAULT_EXEC_TIMEOUT_S: Final = 60.0
-#: Added to a command's timeout: hostd's own margin (5 s) plus the hop here,
-#: so a command that uses its whole timeout still gets its answer back.
-EXEC_MARGIN_S: Final = 10.0
 #: Completing an audit row after the action, shielded from cancellation.
 AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
 #: The longest error text kept in an audit row's completion.
@@ -321,12 +314,6 @@ def exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
         size=len(request.stdin) if request.stdin else None,
         flags=(f"timeout={request.timeout_seconds}",) if request.timeout_seconds else (),
     )
-
-
-def exec_budget_s(timeout_seconds: int) -> float:
-    """How long a forwarded command may take: its timeout (or the agent's default) plus the hops' margin."""
-    own = float(timeout_seconds) if timeout_seconds else DEFAULT_EXEC_TIMEOUT_S
-    return own + EXEC_MARGIN_S
 
 
 def exit_reason_name(result: pb.ExecuteResponse) -> str:
@@ -615,7 +602,7 @@ class VMAPI:
 
     @staticmethod
     def _exec_budget(ctx: CallContext, request: api_pb.ExecuteScriptRequest) -> float:
-        return _budget(ctx, exec_budget_s(request.timeout_seconds))
+        return _budget(ctx, command_budget_s(request.timeout_seconds))
 
     @staticmethod
     def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:

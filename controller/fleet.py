@@ -56,6 +56,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.limits import check_message
 
@@ -65,7 +66,6 @@ from .api import (
     _principal,
     _source,
     _timestamp,
-    exec_budget_s,
     exec_detail,
     execute_in_guest,
     execute_request,
@@ -424,7 +424,7 @@ class FleetAPI:
             try:
                 answer = await execute_in_guest(
                     self.nodes, node, vm_id, execute_request(run.template),
-                    execution_id=run.execution_id, budget_s=exec_budget_s(run.template.timeout_seconds),
+                    execution_id=run.execution_id, budget_s=command_budget_s(run.template.timeout_seconds),
                 )  # fmt: skip
             except errors.Unavailable as exc:
                 # Sent and then lost (outcome unknown) may have run: not "undeliverable".

@@ -21,6 +21,7 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import new_message_id
@@ -97,10 +98,10 @@ class NodeAPI:
     # -- commands ----------------------------------------------------------------
 
     @staticmethod
-    def _command_budget(req: pb.ExecuteRequest) -> float | None:
-        # The agent enforces the command's timeout; hostd waits that long plus
-        # the connection's margin. 0 means the agent's default (60 s).
-        return float(req.timeout_seconds) if req.timeout_seconds else 60.0
+    def _command_budget(req: pb.ExecuteRequest) -> float:
+        # The agent enforces the command's timeout; every hop waits the one budget
+        # (its timeout, or the default, plus the stated margin: protocol/deadlines.py).
+        return command_budget_s(req.timeout_seconds)
 
     async def ExecuteInGuest(
         self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext

@@ -1,0 +1,383 @@
+"""protocol.rpc: the codec, the one error table, deadlines, and the one client under trio and asyncio.
+
+The client talks to a real Router on real hypercorn over loopback: in the test's own trio
+loop for the trio tests, in a thread running its own trio loop for the asyncio tests (the
+TUI's world). httpx.MockTransport stands in only where a network failure has to happen
+at an exact moment (a read that times out after the request went out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import hypercorn.trio
+import pytest
+import trio
+from hypercorn.config import Config
+from quart_trio import QuartTrio
+
+from limiquantix.agent.config import AgentConfig
+from limiquantix.controller.forward import NodeClient
+from limiquantix.controller.models import NodeInfo
+from limiquantix.hostd.api import NodeAPI
+from limiquantix.protocol import errors, rpc
+from limiquantix.protocol._gen import agent_pb2 as apb
+from limiquantix.protocol._gen import node_daemon_pb2 as npb
+from limiquantix.protocol.rpc import server as rpc_server
+from limiquantix.tui.client import ControllerClient
+
+SERVICE = npb.DESCRIPTOR.services_by_name["NodeDaemonService"]
+PING = "limiquantix.node.v1.NodeDaemonService/PingAgent"
+STREAM = "limiquantix.node.v1.NodeDaemonService/ExecuteInGuestStream"
+TOKEN = "rpc-test-token"
+
+
+# ---------------------------------------------------------------- sans-IO
+
+
+def test_one_error_table_drives_every_class() -> None:
+    classes = [
+        errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.PermissionDenied,
+        errors.Unauthenticated, errors.ResourceExhausted, errors.FailedPrecondition, errors.DeadlineExceeded,
+        errors.Unavailable, errors.Unimplemented, errors.Cancelled, errors.Internal,
+    ]  # fmt: skip
+    for cls in classes:
+        row = errors.code_by_name(cls.connect_code)
+        assert row is not None and (cls.http_status, cls.grpc_status) == (row.http_status, row.grpc_status)
+        assert errors.code_by_grpc_status(row.grpc_status) is row
+    assert (errors.Unavailable.http_status, errors.Unavailable.grpc_status) == (503, 14)
+    assert (errors.Cancelled.connect_code, errors.Cancelled.grpc_status) == ("canceled", 1)
+    assert len({c.grpc_status for c in errors.CODES}) == len(errors.CODES) == 16
+    # Subclasses (the client's outcome-unknown errors) keep their parent's row.
+    assert rpc.OutcomeUnknown.grpc_status == 14 and rpc.OutcomeUnknownDeadline.http_status == 504
+
+
+def test_error_body_round_trip_keeps_code_and_reason_in_the_detail() -> None:
+    body = rpc.error_json(errors.Unavailable("no agent", reason="no_socket"))
+    assert "reason" not in body  # Connect's place: a typed detail, not a key of our own
+    [detail] = body["details"]
+    assert detail["type"] == "limiquantix.agent.v1.Error" and detail["debug"]["reason"] == "no_socket"
+    back = rpc.error_from_json(json.loads(json.dumps(body)))
+    assert isinstance(back, errors.Unavailable) and (back.message, back.reason) == ("no agent", "no_socket")
+    assert rpc.error_from_json({"message": "no code"}) is None
+    assert rpc.error_from_json({"code": "aborted", "message": "m"}).connect_code == "internal"  # no class: Internal
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (502, b"<html>bad gateway</html>", "unavailable"),
+        (401, b"", "unauthenticated"),
+        (500, b'{"code": 7}', "internal"),
+        (404, b'{"code": "not_found", "message": "x", "details": [{"type": "limiquantix.agent.v1.Error", "value": "!!"}]}', "not_found"),
+    ],
+    ids=["proxy-html", "empty", "code-not-a-string", "bad-detail-value"],
+)  # fmt: skip
+def test_error_from_body_for_bodies_that_are_not_connect_errors(status: int, body: bytes, code: str) -> None:
+    error = rpc.error_from_body(status, body, what="node n1")
+    assert error.connect_code == code
+    assert error.reason == ""
+
+
+def test_envelope_reader_is_incremental_and_bounded() -> None:
+    wire = rpc.encode_envelope(0, b"one") + rpc.encode_envelope(rpc.FLAG_END_STREAM, b"{}")
+    reader = rpc.EnvelopeReader(limit=16, allowed_flags=rpc.FLAG_COMPRESSED | rpc.FLAG_END_STREAM)
+    got = [envelope for byte in wire for envelope in reader.feed(bytes([byte]))]
+    assert got == [(0, b"one"), (rpc.FLAG_END_STREAM, b"{}")] and reader.pending == 0
+    # A header claiming more than the limit is refused from the header alone.
+    with pytest.raises(errors.ResourceExhausted):
+        rpc.EnvelopeReader(limit=16, allowed_flags=0).feed(rpc.ENVELOPE_HEADER.pack(0, 2**32 - 1))
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"vmId": "x"}', b"\xff\x00\x00\x00\x01x"])
+def test_envelope_reader_names_a_missing_envelope(body: bytes) -> None:
+    with pytest.raises(errors.InvalidArgument, match="envelope is missing") as info:
+        rpc.EnvelopeReader(limit=2**26, allowed_flags=rpc.FLAG_COMPRESSED).feed(body)
+    assert info.value.reason == "missing_envelope"
+
+
+def test_gunzip_never_inflates_beyond_its_limit() -> None:
+    bomb = gzip.compress(b"\0" * (1 << 20))
+    with pytest.raises(errors.ResourceExhausted):
+        rpc.gunzip(bomb, 1000)
+    assert rpc.gunzip(bomb, 1 << 20) == b"\0" * (1 << 20)
+    with pytest.raises(errors.InvalidArgument):
+        rpc.gunzip(bomb[:-4], 1 << 20)
+
+
+def test_timeout_headers() -> None:
+    assert rpc.timeout_headers(math.inf) == {}
+    assert rpc.timeout_headers(100.0) == {"Connect-Timeout-Ms": "100000"}
+    assert rpc.timeout_headers(-5.0) == {"Connect-Timeout-Ms": "1"}  # the server answers deadline_exceeded
+    assert rpc.timeout_headers(2.5, grpc=True) == {"grpc-timeout": "2500m"}
+    for seconds in (0.001, 1.0, 90.0, 10**6, 10**9):
+        assert rpc.parse_grpc_timeout(rpc.encode_grpc_timeout(seconds)) <= seconds
+    assert rpc.parse_grpc_timeout("3S") == 3.0
+    for bad in ("", "10", "1s", "123456789S", "-1S"):
+        with pytest.raises(errors.InvalidArgument):
+            rpc.parse_grpc_timeout(bad)
+    with pytest.raises(errors.InvalidArgument):
+        rpc.parse_connect_timeout_ms("12345678901")
+
+
+def test_remaining_outside_any_loop_is_the_explicit_deadline() -> None:
+    assert rpc.remaining_s() == math.inf
+
+
+# ---------------------------------------------------------------- a real server
+
+
+class FakeNode:
+    """Records what each call saw of its deadline."""
+
+    def __init__(self) -> None:
+        self.remaining: list[float] = []
+        self.headers: list[dict[str, str]] = []
+
+    async def PingAgent(self, request: npb.PingAgentRequest, ctx: rpc_server.CallContext) -> npb.AgentPingResponse:
+        self.remaining.append(ctx.time_remaining())
+        self.headers.append(dict(ctx.headers))
+        if request.vm_id == "gone":
+            raise errors.Unavailable("the agent of VM gone is not connected (no_socket)", reason="no_socket")
+        return npb.AgentPingResponse(version="x" * (5000 if request.vm_id == "big" else 1))
+
+    async def ExecuteInGuestStream(
+        self, request: npb.ExecuteInGuestRequest, ctx: rpc_server.CallContext
+    ) -> AsyncIterator[npb.ExecuteInGuestEvent]:
+        self.remaining.append(ctx.time_remaining())
+        yield npb.ExecuteInGuestEvent(execution_id="e1")
+        yield npb.ExecuteInGuestEvent(output=apb.ExecuteOutput(data=b"y" * 5000))
+        if request.request.command == "fail":
+            raise errors.NotFound("no such thing", reason="not_found_here")
+        yield npb.ExecuteInGuestEvent(result=apb.ExecuteResponse(exit_code=0))
+
+
+async def _authenticate(ctx: rpc_server.CallContext) -> None:
+    if ctx.bearer_token != TOKEN:
+        raise errors.Unauthenticated("bad token", reason="invalid_token")
+
+
+async def _serve(node: FakeNode, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    app = QuartTrio(__name__)
+    rpc_server.Router([rpc_server.Service(SERVICE, node)], authenticate=_authenticate).register(app)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(hypercorn.trio.serve, app, config)
+        task_status.started(binds[0])
+
+
+@pytest.fixture(name="served")
+async def _served(nursery: trio.Nursery) -> tuple[FakeNode, rpc.Target]:
+    node = FakeNode()
+    url = await nursery.start(_serve, node)
+    return node, rpc.Target(url=url, token=TOKEN, name="node n1")
+
+
+@pytest.mark.trio
+async def test_trio_the_callers_effective_deadline_goes_out_as_connect_timeout(
+    served: tuple[FakeNode, rpc.Target],
+) -> None:
+    node, target = served
+    async with rpc.RpcClient() as client:
+        with trio.fail_after(100):
+            pong = await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="v"), npb.AgentPingResponse)
+        assert pong.version == "x"
+        # No scope, an explicit deadline: that one.
+        await client.unary_message(
+            target, PING, npb.PingAgentRequest(vm_id="v"), npb.AgentPingResponse, deadline=trio.current_time() + 30
+        )
+        # Neither: no header, no deadline on the server.
+        await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="v"), npb.AgentPingResponse)
+    assert 99 < node.remaining[0] <= 100
+    assert 29 < node.remaining[1] <= 30
+    assert node.remaining[2] == math.inf and "Connect-Timeout-Ms" not in node.headers[2]
+
+
+@pytest.mark.trio
+async def test_trio_errors_keep_code_and_reason_and_answers_are_bounded(served: tuple[FakeNode, rpc.Target]) -> None:
+    _, target = served
+    async with rpc.RpcClient() as client:
+        with pytest.raises(errors.Unavailable) as info:
+            await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="gone"), npb.AgentPingResponse)
+        assert info.value.reason == "no_socket" and "not connected" in info.value.message
+        with pytest.raises(errors.Unauthenticated) as refused:
+            await client.unary(rpc.Target(url=target.url, token="wrong"), PING, b"")
+        assert refused.value.reason == "invalid_token"
+        # A gzipped answer is inflated here, within the bound.
+        pong = await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="big"), npb.AgentPingResponse)
+        assert len(pong.version) == 5000
+    async with rpc.RpcClient(max_message_bytes=1000) as small:
+        with pytest.raises(errors.ResourceExhausted):
+            await small.unary_message(target, PING, npb.PingAgentRequest(vm_id="big"), npb.AgentPingResponse)
+
+
+@pytest.mark.trio
+async def test_trio_stream_messages_then_the_end_error(served: tuple[FakeNode, rpc.Target]) -> None:
+    node, target = served
+    request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
+    async with rpc.RpcClient() as client:
+        with trio.fail_after(50):
+            got = [npb.ExecuteInGuestEvent.FromString(m) async for m in client.stream(target, STREAM, request.SerializeToString())]
+        assert [e.WhichOneof("event") for e in got] == ["execution_id", "output", "result"]
+        assert len(got[1].output.data) == 5000  # a gzipped envelope, inflated
+        assert 49 < node.remaining[0] <= 50
+        request.request.command = "fail"
+        with pytest.raises(errors.NotFound) as info:
+            async for _ in client.stream(target, STREAM, request.SerializeToString()):
+                pass
+        assert info.value.reason == "not_found_here"
+
+
+@pytest.mark.trio
+async def test_trio_a_server_that_cannot_be_reached_is_unavailable_nothing_sent() -> None:
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = rpc.Target(url=f"http://127.0.0.1:{port}", name="node n9", unreachable_reason="node_unreachable")
+    async with rpc.RpcClient() as client:
+        with pytest.raises(errors.Unavailable) as info:
+            await client.unary(target, PING, b"")
+    assert info.value.reason == "node_unreachable" and not rpc.outcome_unknown(info.value)
+    assert "cannot reach node n9" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "reason"),
+    [
+        (httpx.ConnectError("refused"), errors.Unavailable, "unreachable"),
+        (httpx.ConnectTimeout("slow"), errors.Unavailable, "unreachable"),
+        (httpx.PoolTimeout("busy"), errors.Unavailable, "unreachable"),
+        (httpx.ReadTimeout("late"), rpc.OutcomeUnknownDeadline, "outcome_unknown"),
+        (httpx.WriteTimeout("late"), rpc.OutcomeUnknownDeadline, "outcome_unknown"),
+        (httpx.RemoteProtocolError("cut"), rpc.OutcomeUnknown, "outcome_unknown"),
+        (httpx.ReadError("reset"), rpc.OutcomeUnknown, "outcome_unknown"),
+    ],
+)
+def test_the_one_exception_mapping_under_asyncio(exc: httpx.HTTPError, cls: type[Exception], reason: str) -> None:
+    """The table, exercised on asyncio: a mock transport raises exactly where the network would."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    async def main() -> errors.AgentError:
+        async with rpc.RpcClient(transport=httpx.MockTransport(handler)) as client:
+            try:
+                await client.unary(rpc.Target(url="http://10.0.0.1:1"), PING, b"")
+            except errors.AgentError as error:
+                return error
+        raise AssertionError("no error")
+
+    error = asyncio.run(main())
+    assert type(error) is cls and error.reason == reason
+
+
+@pytest.fixture(name="threaded")
+def _threaded() -> Iterator[tuple[FakeNode, rpc.Target]]:
+    """The same server in a thread of its own (its own trio loop), for asyncio clients."""
+    node = FakeNode()
+    ready: list[str] = []
+    started = threading.Event()
+    stop: list[trio.Event] = []
+    token: list[Any] = []
+
+    async def main() -> None:
+        token.append(trio.lowlevel.current_trio_token())
+        stop.append(trio.Event())
+        async with trio.open_nursery() as nursery:
+            ready.append(await nursery.start(_serve, node))
+            started.set()
+            await stop[0].wait()
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert started.wait(30)
+    try:
+        yield node, rpc.Target(url=ready[0], token=TOKEN, name="node n1")
+    finally:
+        trio.from_thread.run_sync(stop[0].set, trio_token=token[0])
+        thread.join(30)
+
+
+def test_asyncio_the_same_client_with_an_explicit_deadline(threaded: tuple[FakeNode, rpc.Target]) -> None:
+    node, target = threaded
+
+    async def main() -> tuple[npb.AgentPingResponse, list[bytes], errors.AgentError]:
+        async with rpc.RpcClient() as client:
+            pong = await client.unary_message(
+                target, PING, npb.PingAgentRequest(vm_id="big"), npb.AgentPingResponse, deadline=rpc.deadline_after(40)
+            )
+            request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
+            messages = [m async for m in client.stream(target, STREAM, request.SerializeToString())]
+            try:
+                await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="gone"), npb.AgentPingResponse)
+            except errors.AgentError as exc:
+                return pong, messages, exc
+        raise AssertionError("no error")
+
+    pong, messages, error = asyncio.run(main())
+    assert len(pong.version) == 5000 and len(messages) == 3
+    assert 39 < node.remaining[0] <= 40 and node.remaining[1] == math.inf  # an asyncio caller's deadline is explicit
+    assert isinstance(error, errors.Unavailable) and error.reason == "no_socket"
+
+
+# ---------------------------------------------------------------- deadlines that flow
+
+
+def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, rpc.Target]) -> None:
+    """TUI → controller → hostd → agent, each hop's deadline read where it is set."""
+    timeout = 90
+    budget = rpc.command_budget_s(timeout)
+    assert budget == timeout + rpc.COMMAND_MARGIN_S
+
+    # TUI (asyncio): the Connect-Timeout-Ms the controller receives.
+    seen: list[httpx.Request] = []
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        end = rpc.encode_envelope(rpc.FLAG_END_STREAM, b"{}")
+        return httpx.Response(200, headers={"Content-Type": "application/connect+json"}, content=end)
+
+    async def tui() -> None:
+        async with ControllerClient("http://controller", "t", transport=httpx.MockTransport(controller)) as client:
+            async for _ in client.execute_stream("vm1", "sleep 89", timeout_s=timeout):
+                pass
+
+    asyncio.run(tui())
+    tui_ms = int(seen[0].headers["Connect-Timeout-Ms"])
+    assert (budget - 1) * 1000 < tui_ms <= budget * 1000
+
+    # Controller (trio): what it forwards to hostd under that deadline, read by a real server.
+    node, target = threaded
+
+    async def forward() -> None:
+        with trio.fail_after(tui_ms / 1000):  # the router's scope for the TUI's call
+            async with NodeClient() as nodes:
+                info = NodeInfo(node_id="n1", url=target.url, token=TOKEN, registered_at=0.0, last_heartbeat=None, reachable=True, vm_count=1)
+                request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
+                async for _ in nodes.stream(info, "ExecuteInGuestStream", request, npb.ExecuteInGuestEvent, budget_s=budget):
+                    pass
+
+    trio.run(forward)
+    hostd_remaining = node.remaining[-1]
+    assert budget - 2 < hostd_remaining <= budget
+
+    # hostd: the budget it gives the agent connection for that command, within that deadline.
+    hostd_budget = min(NodeAPI._command_budget(apb.ExecuteRequest(timeout_seconds=timeout)), hostd_remaining)
+    assert hostd_budget > timeout
+
+    # Agent: the command's own timeout, not the 60 s default.
+    config = AgentConfig()
+    assert min(float(timeout or config.exec_default_timeout_s), config.exec_max_timeout_s) == timeout
+    # And the default is the one the hops budget for.
+    assert rpc.command_budget_s(0) == config.exec_default_timeout_s + rpc.COMMAND_MARGIN_S
