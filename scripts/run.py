@@ -36,12 +36,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import trio
 
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol import errors
+from limiquantix.protocol.rpc import JSON, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
@@ -63,17 +66,27 @@ def say(title: str, text: str = "") -> None:
 
 
 class Api:
-    def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
-        self.client, self.url, self.token = client, url, token
+    """The controller's API through the rpc layer's one client (Connect JSON)."""
+
+    def __init__(self, rpc: RpcClient, url: str, token: str) -> None:
+        self.rpc = rpc
+        self.target = Target(url=url, token=token, name="the controller")
 
     async def call(self, method: str, body: dict[str, Any], service: str = VM_SERVICE) -> dict[str, Any]:
-        r = await self.client.post(
-            f"{self.url}/{service}/{method}", json=body, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        data = r.json()
-        if r.status_code != 200:
-            raise RuntimeError(f"{method}: {data.get('code')}: {data.get('message')}")
-        return data
+        try:
+            with trio.fail_after(60):
+                data = await self.rpc.unary(self.target, f"{service}/{method}", json.dumps(body).encode(), codec=JSON)
+        except errors.AgentError as exc:
+            raise RuntimeError(f"{method}: {exc.connect_code}: {exc.message}") from None
+        return json.loads(data)
+
+    async def stream(self, method: str, body: dict[str, Any], service: str = VM_SERVICE) -> AsyncIterator[dict[str, Any]]:
+        """A server-streaming call's messages. Raises: RuntimeError: its error."""
+        try:
+            async for data in self.rpc.stream(self.target, f"{service}/{method}", json.dumps(body).encode(), codec=JSON):
+                yield json.loads(data)
+        except errors.AgentError as exc:
+            raise RuntimeError(f"{method}: {exc.connect_code}: {exc.message}") from None
 
 
 def vm_table(vms: list[dict[str, Any]]) -> str:
@@ -104,26 +117,15 @@ async def demo(api: Api, workdir: Path) -> None:
     say(f"ExecuteScript {VMS[0]} uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}")
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
-    body = json.dumps({"vmId": VMS[-1], "command": "for i in 1 2 3; do echo line $i; sleep 0.2; done"}).encode()
-    async with api.client.stream(
-        "POST",
-        f"{api.url}/{VM_SERVICE}/ExecuteScriptStream",
-        content=b"\x00" + len(body).to_bytes(4, "big") + body,  # one Connect envelope
-        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/connect+json"},
-    ) as resp:
-        buf = b""
-        async for chunk in resp.aiter_raw():
-            buf += chunk
-            while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[1:5], "big"):
-                n = int.from_bytes(buf[1:5], "big")
-                msg = json.loads(buf[5 : 5 + n])
-                buf = buf[5 + n :]
-                if "output" in msg:
-                    print(f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}", flush=True)
-                elif "result" in msg:
-                    say("   result", f"exitCode {msg['result'].get('exitCode', 0)}")
-                elif "error" in msg:
-                    say("   error", safe_text(f"{msg['error'].get('code')}: {msg['error'].get('message')}"))
+    script = "for i in 1 2 3; do echo line $i; sleep 0.2; done"
+    try:
+        async for msg in api.stream("ExecuteScriptStream", {"vmId": VMS[-1], "command": script}):
+            if "output" in msg:
+                print(f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}", flush=True)
+            elif "result" in msg:
+                say("   result", f"exitCode {msg['result'].get('exitCode', 0)}")
+    except RuntimeError as exc:
+        say("   error", safe_text(str(exc)))
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     target = str(workdir / "demo.bin")
@@ -194,7 +196,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     sims: list[Any] = []  # SimVMProcess, or VM=qemu's QemuGuest: both have stop()
     url = f"http://{args.listen}"
     try:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60) as client, RpcClient() as rpc:
             with trio.fail_after(60):
                 await wait_healthy(client, url, controller, "the controller")
             say("started", f"limiquantix-controller on {url}  {DIM}(database {db}){RESET}")
@@ -226,7 +228,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 preexec_fn=_daemon_session,
             )  # fmt: skip
             procs.append(hostd)
-            api = Api(client, url, admin_token)
+            api = Api(rpc, url, admin_token)
             with trio.fail_after(300 if QEMU else 90):  # a TCG boot takes about 30 s
                 await wait_healthy(client, f"http://{args.hostd_listen}", hostd, "hostd")
                 say("started", f"limiquantix-hostd on http://{args.hostd_listen}, registered with the controller as node-1")
