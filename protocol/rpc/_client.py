@@ -240,7 +240,7 @@ class RpcClient:
                 continue
             if not sent:
                 return error_cls(
-                    f"cannot reach {target.name} at {target.url} ({type(exc).__name__})",
+                    f"cannot reach {target.name} at {target.url}: it is unreachable ({type(exc).__name__})",
                     reason=target.unreachable_reason,
                 )
             if error_cls is OutcomeUnknownDeadline:
