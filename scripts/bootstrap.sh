@@ -47,3 +47,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+
+# The buf CLI, a third-party Connect/gRPC/gRPC-Web client the tests use (npm package, pinned).
+VENV="$VENV" ./scripts/install_buf.sh
