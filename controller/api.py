@@ -31,6 +31,7 @@ import codecs
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, final
@@ -736,6 +737,43 @@ class VMAPI:
             return api_pb.ReadGuestFileResponse(
                 content=answer.content, size=answer.file_size, sha256=answer.sha256.hex()
             )
+
+    async def ReadGuestFileStream(
+        self, request: api_pb.ReadGuestFileRequest, ctx: CallContext
+    ) -> AsyncIterator[api_pb.ReadGuestFileChunk]:
+        """hostd's ReadGuestFileStream relayed chunk by chunk (at most 1 MiB each), audited as
+        a file read. Its budget is the client's deadline, or :data:`FILE_CALL_BUDGET_S`
+        without one (a stream of any size has no budget of its own); closing the stream
+        stops the read in the guest."""
+        check_message(request)
+        if not request.path:
+            raise errors.InvalidArgument("path is required")
+        flags = tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
+        detail = AuditDetail(path=request.path, flags=(*flags, "stream"))
+        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_READ, detail)
+        remaining = ctx.time_remaining()
+        budget = _budget(ctx, FILE_CALL_BUDGET_S if math.isinf(remaining) else remaining)
+        async with self._audited(ctx, principal, route, AuditAction.FILE_READ, detail):
+            upstream = self.nodes.stream(
+                self._reachable(route),
+                "ReadGuestFileStream",
+                node_pb.ReadGuestFileRequest(
+                    vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
+                ),
+                node_pb.ReadGuestFileChunk,
+                budget_s=budget,
+            )
+            try:
+                async for chunk in upstream:
+                    yield api_pb.ReadGuestFileChunk(
+                        offset=chunk.offset,
+                        content=chunk.data,
+                        eof=chunk.eof,
+                        size=chunk.file_size,
+                        sha256=chunk.sha256.hex(),
+                    )
+            finally:
+                await upstream.aclose()
 
     async def WriteGuestFile(
         self, request: api_pb.WriteGuestFileRequest, ctx: CallContext

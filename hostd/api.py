@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Final, final
@@ -27,8 +28,18 @@ from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import new_message_id
 
 from .discovery import VMRegistry
+from .vmconn import VMConnection
 
-__all__ = ["MAX_READ_BYTES", "MAX_WRITE_BYTES", "READ_CHUNK_BYTES", "SERVICE", "WRITE_CHUNK_BYTES", "NodeAPI"]
+__all__ = [
+    "DEFAULT_READ_BYTES",
+    "MAX_READ_BYTES",
+    "MAX_WRITE_BYTES",
+    "READ_CHUNK_BYTES",
+    "SERVICE",
+    "STREAM_CHUNK_BYTES",
+    "WRITE_CHUNK_BYTES",
+    "NodeAPI",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,13 @@ SERVICE: Final = node_pb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 #: Largest ReadGuestFile answer: it travels in one Connect message; larger
 #: files are read in ranges (offset, length).
 MAX_READ_BYTES: Final = 48 * 1024 * 1024
+#: What a ReadGuestFile without a length may return: its answer (content, size,
+#: digest, framing) must fit the 4 MiB message limit gRPC clients have by default.
+#: A larger file is refused (too_large): give a length, or use ReadGuestFileStream.
+DEFAULT_READ_BYTES: Final = 4 * 1024 * 1024 - 4096
+#: Largest chunk of a ReadGuestFileStream: far below every client's message limit,
+#: and the most one streamed call holds in hostd at a time.
+STREAM_CHUNK_BYTES: Final = 1024 * 1024
 #: Largest WriteGuestFile content, for the same reason.
 MAX_WRITE_BYTES: Final = 48 * 1024 * 1024
 #: Chunk size hostd asks of the agent's file reads: over virtio-serial in a QEMU TCG
@@ -156,38 +174,77 @@ class NodeAPI:
     ) -> node_pb.ReadGuestFileResponse:
         """A whole file or a range (offset, length), SHA-256 checked end to end.
 
+        Without a length, at most :data:`DEFAULT_READ_BYTES`.
+
         Raises:
-            ResourceExhausted: more than :data:`MAX_READ_BYTES` (read in ranges).
-            DataLoss-like Internal: the digests differ.
+            InvalidArgument: a length over :data:`MAX_READ_BYTES`.
+            ResourceExhausted: no length and the file is larger than
+                :data:`DEFAULT_READ_BYTES` (reason ``too_large``).
+            Internal: the digests differ.
         """
         check_message(request)
         vm = self.registry.get(request.vm_id)
         if request.length > MAX_READ_BYTES:
             raise errors.InvalidArgument(f"length is limited to {MAX_READ_BYTES} bytes per call")
-        req = pb.FileReadRequest(
-            path=request.path, offset=request.offset, length=request.length, chunk_size=READ_CHUNK_BYTES
-        )
-        digest = hashlib.sha256()
+        limit = request.length or DEFAULT_READ_BYTES
         parts: list[bytes] = []
+        last: node_pb.ReadGuestFileChunk | None = None
+        budget = _budget(ctx, vm.config.default_deadline_s + TRANSFER_S_PER_MIB * limit / 2**20)
         received = 0
-        last: pb.FileReadChunk | None = None
-        budget = _budget(ctx, vm.config.default_deadline_s + TRANSFER_S_PER_MIB * MAX_READ_BYTES / 2**20)
-        async with aclosing(vm.stream(deadline_s=budget, file_read=req)) as chunks:
-            async for msg in chunks:
-                chunk = msg.file_read_chunk
+        async with aclosing(self._read_chunks(vm, request, READ_CHUNK_BYTES, budget)) as chunks:
+            async for chunk in chunks:
                 received += len(chunk.data)
-                if received > MAX_READ_BYTES:
+                if received > limit:
                     raise errors.ResourceExhausted(
-                        f"{request.path} is larger than {MAX_READ_BYTES} bytes: read it in ranges (offset, length)",
+                        f"{request.path} is larger than {limit} bytes: give a length (up to {MAX_READ_BYTES}) "
+                        "and read it in ranges, or use ReadGuestFileStream",
                         reason="too_large",
                     )
-                digest.update(chunk.data)
                 parts.append(chunk.data)
                 last = chunk
         assert last is not None and last.eof
-        if last.sha256 != digest.digest():
-            raise errors.Internal(f"SHA-256 mismatch reading {request.path}: the transfer was corrupted")
         return node_pb.ReadGuestFileResponse(content=b"".join(parts), file_size=last.file_size, sha256=last.sha256)
+
+    async def ReadGuestFileStream(
+        self, request: node_pb.ReadGuestFileRequest, ctx: CallContext
+    ) -> AsyncIterator[node_pb.ReadGuestFileChunk]:
+        """A file of any size (or a range) in chunks of at most :data:`STREAM_CHUNK_BYTES`,
+        the last with ``eof`` and the SHA-256 of every byte sent, checked here first.
+
+        The deadline is the client's alone (a stream of any size has no fitting
+        budget of its own); leaving the stream early cancels the read in the agent.
+
+        Raises:
+            Internal: the digests differ (in the last chunk's place).
+        """
+        check_message(request)
+        vm = self.registry.get(request.vm_id)
+        async with aclosing(self._read_chunks(vm, request, STREAM_CHUNK_BYTES, _budget(ctx, math.inf))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _read_chunks(
+        self, vm: VMConnection, request: node_pb.ReadGuestFileRequest, chunk_size: int, budget: float | None
+    ) -> AsyncIterator[node_pb.ReadGuestFileChunk]:
+        """The agent's read of ``request`` in chunks of at most ``chunk_size``; the
+        last (``eof``) carries the digest, and only once it matched what was sent.
+
+        Raises:
+            Internal: the agent's digest differs from that of the bytes received.
+        """
+        req = pb.FileReadRequest(path=request.path, offset=request.offset, length=request.length, chunk_size=chunk_size)
+        digest = hashlib.sha256()
+        async with aclosing(vm.stream(deadline_s=budget, file_read=req)) as answers:
+            async for msg in answers:
+                chunk = msg.file_read_chunk
+                digest.update(chunk.data)
+                out = node_pb.ReadGuestFileChunk(offset=chunk.offset, data=chunk.data, file_size=chunk.file_size)
+                if chunk.eof:
+                    if chunk.sha256 != digest.digest():
+                        raise errors.Internal(f"SHA-256 mismatch reading {request.path}: the transfer was corrupted")
+                    out.eof = True
+                    out.sha256 = chunk.sha256
+                yield out
 
     async def WriteGuestFile(
         self, request: node_pb.WriteGuestFileRequest, ctx: CallContext

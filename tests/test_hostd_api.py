@@ -19,6 +19,7 @@ import psutil
 import pytest
 import trio
 
+from limiquantix.hostd.api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
 from limiquantix.hostd.config import DiscoveryConfig
 from limiquantix.hostd.daemon import HostdConfig, serve
 from limiquantix.hostd.simvm import SimVMProcess
@@ -247,6 +248,35 @@ async def test_files_round_trip_with_sha256(stack: Stack, short_tmp: Path) -> No
     assert "guest-file.bin" in [e["name"] for e in listing["entries"]]
     bad = await stack.call("ReadGuestFile", {"vmId": "vm0", "path": "/etc/../etc/shadow"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_argument"
+
+
+@pytest.mark.trio
+async def test_a_file_over_the_default_read_length_is_refused_and_streams_in_1_mib_chunks(
+    stack: Stack, short_tmp: Path
+) -> None:
+    data = os.urandom(DEFAULT_READ_BYTES + 1)
+    path = short_tmp / "big.bin"
+    path.write_bytes(data)  # the simulated guest shares this file system
+    r = await stack.call("ReadGuestFile", {"vmId": "vm0", "path": str(path)})
+    assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
+    assert "ReadGuestFileStream" in r.json()["message"]
+    whole = await stack.ok("ReadGuestFile", {"vmId": "vm0", "path": str(path), "length": len(data)})
+    assert base64.b64decode(whole["content"]) == data
+
+    body = json.dumps({"vmId": "vm0", "path": str(path)}).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/connect+json"}
+    r = await stack.client.post(
+        f"{stack.url}{SERVICE}/ReadGuestFileStream", content=struct.pack(">BI", 0, len(body)) + body, headers=headers
+    )
+    msgs = envelopes(r.content)
+    assert msgs[-1] == (0x02, {})
+    chunks = [m for _, m in msgs[:-1]]
+    pieces = [base64.b64decode(c.get("data", "")) for c in chunks]
+    assert b"".join(pieces) == data
+    assert max(len(p) for p in pieces) <= STREAM_CHUNK_BYTES and len(pieces) == 4
+    assert [c.get("eof", False) for c in chunks] == [False] * 3 + [True]
+    assert base64.b64decode(chunks[-1]["sha256"]) == hashlib.sha256(data).digest()
+    assert {int(c["fileSize"]) for c in chunks} == {len(data)}
 
 
 @pytest.mark.trio

@@ -418,7 +418,7 @@ def test_agent_in_a_real_qemu_guest(vm_stack: tuple[QemuGuest, Stack], image: gu
         "WriteGuestFile", {"vmId": VM_ID, "path": path, "content": base64.b64encode(data).decode(), "createParents": True}
     )
     assert w["sha256"] == digest and int(w["bytesWritten"]) == len(data), w
-    r = stack.call("ReadGuestFile", {"vmId": VM_ID, "path": path})
+    r = stack.call("ReadGuestFile", {"vmId": VM_ID, "path": path, "length": len(data)})  # over the 4 MiB default
     assert hashlib.sha256(base64.b64decode(r["content"])).hexdigest() == digest
     assert r["sha256"] == digest
     run = stack.call("ExecuteScript", {"vmId": VM_ID, "command": f"sha256sum {path}"})

@@ -169,6 +169,20 @@ class ReadGuestFileRequest(_message.Message):
     length: int
     def __init__(self, vm_id: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
+class ReadGuestFileChunk(_message.Message):
+    __slots__ = ("offset", "data", "eof", "file_size", "sha256")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    eof: bool
+    file_size: int
+    sha256: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., file_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
 class ReadGuestFileResponse(_message.Message):
     __slots__ = ("content", "file_size", "sha256")
     CONTENT_FIELD_NUMBER: _ClassVar[int]

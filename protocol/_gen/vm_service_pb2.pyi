@@ -179,6 +179,20 @@ class ReadGuestFileRequest(_message.Message):
     length: int
     def __init__(self, vm_id: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
+class ReadGuestFileChunk(_message.Message):
+    __slots__ = ("offset", "content", "eof", "size", "sha256")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    content: bytes
+    eof: bool
+    size: int
+    sha256: str
+    def __init__(self, offset: _Optional[int] = ..., content: _Optional[bytes] = ..., eof: _Optional[bool] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class ReadGuestFileResponse(_message.Message):
     __slots__ = ("content", "size", "sha256")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
