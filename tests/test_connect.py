@@ -436,11 +436,12 @@ async def test_unsupported_content_type_is_415(server: Server, method: str, cont
 
 @pytest.mark.trio
 async def test_other_http_methods_are_405(server: Server) -> None:
-    r = await server.http.get(f"{PREFIX}/PingAgent")
+    r = await server.http.get(f"{PREFIX}/ExecuteInGuest")
     assert r.status_code == 405
     assert r.headers["allow"] == "POST"
     r = await server.http.put(f"{PREFIX}/PingAgent", content=b"{}", headers=JSON)
     assert r.status_code == 405
+    assert r.headers["allow"] == "GET, POST"  # PingAgent has no side effects: Connect GET serves it
     # A Connect JSON error naming the method to use.
     assert r.headers["content-type"] == "application/json"
     assert r.json()["code"] == "unimplemented" and "POST" in r.json()["message"]
@@ -922,7 +923,7 @@ def test_service_lists_what_it_implements() -> None:
     assert len(service.procedures) == len(SERVICE.methods)
     assert set(service.unimplemented) == {
         f"{SERVICE.full_name}/{name}"
-        for name in ("CancelExecution", "ReadGuestFile", "StatGuestFile", "ListGuestDirectory",
+        for name in ("CancelExecution", "ReadGuestFile", "ReadGuestFileStream", "StatGuestFile", "ListGuestDirectory",
                      "GuestShutdown", "ResetGuestPassword", "ExecuteInGuest")
     }  # fmt: skip
 

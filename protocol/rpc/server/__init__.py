@@ -33,10 +33,17 @@ Behaviour, and why where Connect leaves a choice:
 * **Protocols.** One handler table; each wire protocol is a
   :class:`Protocol` chosen by HTTP method and ``Content-Type`` (see
   :mod:`._router`). Connect unary and server streaming are the defaults.
-* **HTTP method.** POST only: nothing in our schemas is marked
-  ``NO_SIDE_EFFECTS``, so Connect's GET form never applies. Anything else gets
-  405 with ``Allow: POST`` and a Connect JSON error body (code ``unimplemented``,
-  reason ``method_not_allowed``), so clients that show errors show why.
+* **HTTP method.** POST; unary RPCs marked ``idempotency_level =
+  NO_SIDE_EFFECTS`` also GET (:class:`ConnectGet`: the request in the query,
+  ``message`` percent-encoded or, with ``base64=1``, URL-safe base64;
+  ``encoding=json|proto``; ``compression``; ``connect=v1``; a query without a
+  known ``encoding`` or ``message`` is ``invalid_argument``). Anything else gets
+  405 with ``Allow: POST`` (or ``GET, POST``) and a Connect JSON error body (code
+  ``unimplemented``, reason ``method_not_allowed``), so clients that show errors show why.
+* **gRPC, gRPC-Web, reflection.** :meth:`Router.register` puts the gRPC layer
+  (:mod:`._grpc`) in front of the app: the same handlers and shared steps over
+  gRPC (HTTP/2) and gRPC-Web, on the same paths, and gRPC server reflection
+  (``grpc.reflection.v1`` and ``v1alpha``, :mod:`._reflection`).
 * **Content types.** Unary RPCs take ``application/json`` (optionally
   ``; charset=utf-8``) or ``application/proto``; streaming RPCs take
   ``application/connect+json`` or ``application/connect+proto``. Anything else,
@@ -117,6 +124,7 @@ Behaviour, and why where Connect leaves a choice:
 """
 
 from ._connect import CONNECT_PROTOCOLS as CONNECT_PROTOCOLS
+from ._connect import ConnectGet as ConnectGet
 from ._connect import ConnectStream as ConnectStream
 from ._connect import ConnectUnary as ConnectUnary
 from ._context import CallContext as CallContext
@@ -145,6 +153,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "Authenticator",
     "CallContext",
+    "ConnectGet",
     "ConnectStream",
     "ConnectUnary",
     "InFlightBytes",

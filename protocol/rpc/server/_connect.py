@@ -12,13 +12,18 @@ The behaviour where Connect leaves a choice is described in the package's docstr
 
 from __future__ import annotations
 
+import abc
+import base64
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Final, final
 
 import trio
+from google.protobuf.descriptor_pb2 import MethodOptions
 from google.protobuf.message import Message
 from quart import request as current_request
 from quart.wrappers import Response
@@ -31,6 +36,7 @@ from .._codec import (
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
     JSON,
+    MAX_DETAIL_CHARS,
     PROTO,
     Codec,
     EnvelopeReader,
@@ -46,7 +52,7 @@ from ._context import CallContext
 from ._router import CODE_OK, Protocol, Router, offload, response, unread_body
 from ._service import Route
 
-__all__ = ["CONNECT_PROTOCOLS", "ConnectStream", "ConnectUnary"]
+__all__ = ["CONNECT_PROTOCOLS", "ConnectGet", "ConnectStream", "ConnectUnary"]
 
 log = logging.getLogger("limiquantix.protocol.rpc.server")
 
@@ -99,19 +105,11 @@ def _add_metadata(headers: Headers, ctx: CallContext) -> None:
         headers.add(f"Trailer-{key}", value)
 
 
-@final
-class ConnectUnary(Protocol):
-    """Connect unary calls: a bare message each way, errors as a JSON body."""
+class _Unary(Protocol):
+    """Connect unary calls: a bare message each way, errors as a JSON body; the request
+    comes from :meth:`_message` (a POST's body, a GET's query)."""
 
     name: ClassVar[str] = "connect"
-
-    def codec(self, method: str, content_type: str, route: Route) -> Codec | None:
-        if method != "POST" or route.streaming:
-            return None
-        return _negotiate(content_type, _UNARY_TYPES)
-
-    def media_types(self, route: Route) -> Sequence[str]:
-        return () if route.streaming else tuple(_UNARY_TYPES)
 
     async def serve(self, router: Router, route: Route, codec: Codec, ctx: CallContext) -> Response:
         code = errors.Cancelled.connect_code  # what observe hears if Cancelled propagates
@@ -159,6 +157,30 @@ class ConnectUnary(Protocol):
         return payload, gzip_response
 
     @staticmethod
+    @abc.abstractmethod
+    async def _message(router: Router, route: Route, codec: Codec, ctx: CallContext) -> Message:
+        """Read and decode the request; the body is gone when this returns."""
+
+    @staticmethod
+    def _error_response(error: errors.AgentError, ctx: CallContext) -> Response:
+        headers = unread_body(Headers({"Content-Type": "application/json"}), not ctx._body_read)
+        _add_metadata(headers, ctx)
+        return response(error_body(error), error.http_status, headers)
+
+
+@final
+class ConnectUnary(_Unary):
+    """Connect unary calls by POST."""
+
+    def codec(self, method: str, content_type: str, route: Route) -> Codec | None:
+        if method != "POST" or route.streaming:
+            return None
+        return _negotiate(content_type, _UNARY_TYPES)
+
+    def media_types(self, route: Route) -> Sequence[str]:
+        return () if route.streaming else tuple(_UNARY_TYPES)
+
+    @staticmethod
     async def _message(router: Router, route: Route, codec: Codec, ctx: CallContext) -> Message:
         """Read and decode the request; the body is gone when this returns."""
         gzipped = request_gzipped(current_request.headers.get("Content-Encoding"))
@@ -168,11 +190,97 @@ class ConnectUnary(Protocol):
             router.reserve(ctx, len(body))
         return await router.decode(codec, body, route.input_type)
 
+
+def _no_side_effects(route: Route) -> bool:
+    return not route.streaming and route.descriptor.GetOptions().idempotency_level == MethodOptions.NO_SIDE_EFFECTS
+
+
+@final
+class ConnectGet(_Unary):
+    """Connect unary calls by GET, for the RPCs marked ``idempotency_level = NO_SIDE_EFFECTS``:
+    the request in the query (``message``, percent-encoded or, with ``base64=1``, URL-safe
+    base64 with or without padding; ``encoding=json|proto``; ``compression``; ``connect=v1``)."""
+
+    methods: ClassVar[frozenset[str]] = frozenset({"GET"})
+
+    def allows(self, route: Route) -> frozenset[str]:
+        return self.methods if _no_side_effects(route) else frozenset()
+
+    def codec(self, method: str, content_type: str, route: Route) -> Codec | None:
+        if method != "GET" or not _no_side_effects(route):
+            return None
+        # An unknown encoding still reaches _message, which says what is wrong with the query.
+        return _GET_ENCODINGS.get(_GetQuery.parse(current_request.query_string).encoding, JSON)
+
+    def media_types(self, route: Route) -> Sequence[str]:
+        return ()
+
     @staticmethod
-    def _error_response(error: errors.AgentError, ctx: CallContext) -> Response:
-        headers = unread_body(Headers({"Content-Type": "application/json"}), not ctx._body_read)
-        _add_metadata(headers, ctx)
-        return response(error_body(error), error.http_status, headers)
+    async def _message(router: Router, route: Route, codec: Codec, ctx: CallContext) -> Message:
+        query = _GetQuery.parse(current_request.query_string)
+        ctx._body_read = True  # a GET has none
+        if query.encoding not in _GET_ENCODINGS:
+            raise errors.InvalidArgument("a GET call needs encoding=json or encoding=proto in its query")
+        gzipped = request_gzipped(query.compression)
+        data = query.message_bytes(router.max_message_bytes)
+        router.reserve(ctx, len(data))
+        if gzipped and data:
+            data = await offload(len(data), gunzip, data, router.max_message_bytes)
+            router.reserve(ctx, len(data))
+        return await router.decode(codec, data, route.input_type)
+
+
+_GET_ENCODINGS: Final = {"json": JSON, "proto": PROTO}
+
+
+@final
+@dataclass(frozen=True)
+class _GetQuery:
+    """A Connect GET call's query fields (values kept as bytes: a proto message need not be UTF-8)."""
+
+    raw: bytes | None
+    encoding: str
+    base64: bool
+    compression: str | None
+    connect: str | None
+
+    @classmethod
+    def parse(cls, query: bytes) -> _GetQuery:
+        fields: dict[str, bytes] = {}
+        for pair in query.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            name = urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")).decode("latin-1")
+            if name in ("message", "encoding", "base64", "compression", "connect"):
+                fields[name] = urllib.parse.unquote_to_bytes(value.replace(b"+", b" "))
+        text = {k: v.decode("latin-1") for k, v in fields.items() if k != "message"}
+        return cls(
+            raw=fields.get("message"),
+            encoding=text.get("encoding", ""),
+            base64=text.get("base64", "") == "1",
+            compression=text.get("compression") or None,
+            connect=text.get("connect"),
+        )
+
+    def message_bytes(self, limit: int) -> bytes:
+        """The request message, as sent (still compressed if it was).
+
+        Raises:
+            InvalidArgument: no message, bad base64, ``connect`` other than ``v1``.
+            ResourceExhausted: over ``limit`` bytes.
+        """
+        if self.connect is not None and self.connect != "v1":
+            raise errors.InvalidArgument(f"connect={self.connect[:MAX_DETAIL_CHARS]!r}: only v1 is known")
+        if self.raw is None:
+            raise errors.InvalidArgument("a GET call needs the request in its query's message parameter")
+        data = self.raw
+        if self.base64:
+            try:
+                data = base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+            except ValueError as exc:
+                raise errors.InvalidArgument(f"message is not URL-safe base64: {exc}") from exc
+        if len(data) > limit:
+            raise errors.ResourceExhausted(f"request message larger than {limit} bytes")
+        return data
 
 
 @final
@@ -243,7 +351,7 @@ class ConnectStream(Protocol):
 
 
 #: The router's default protocols.
-CONNECT_PROTOCOLS: Final[tuple[Protocol, ...]] = (ConnectUnary(), ConnectStream())
+CONNECT_PROTOCOLS: Final[tuple[Protocol, ...]] = (ConnectUnary(), ConnectStream(), ConnectGet())
 
 
 @final

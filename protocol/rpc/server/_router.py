@@ -109,6 +109,10 @@ class Protocol(abc.ABC):
     #: The HTTP methods this protocol serves (Connect: POST; Connect GET adds GET).
     methods: ClassVar[frozenset[str]] = frozenset({"POST"})
 
+    def allows(self, route: Route) -> frozenset[str]:
+        """The HTTP methods this protocol serves ``route`` with (for 405's ``Allow``)."""
+        return self.methods
+
     @abc.abstractmethod
     def codec(self, method: str, content_type: str, route: Route) -> Codec | None:
         """The codec to serve ``route`` with when this protocol takes the request, else None."""
@@ -220,6 +224,12 @@ class Router:
             methods=list(_ROUTE_METHODS),
             provide_automatic_options=False,
         )
+        # gRPC and gRPC-Web on the same paths, below Quart (their status goes in trailers).
+        from ._grpc import GrpcApp  # _grpc builds on this module
+
+        app.asgi_app = GrpcApp(  # type: ignore[method-assign]
+            app.asgi_app, self, prefix=prefix, body_timeout_s=app.config.get("BODY_TIMEOUT") or math.inf
+        )
         wire_limit = self.max_message_bytes + ENVELOPE_HEADER.size
         quart_limit = app.config.get("MAX_CONTENT_LENGTH")
         if quart_limit is not None and quart_limit < wire_limit:
@@ -235,7 +245,7 @@ class Router:
             # Not a call: no observe (unknown paths must not mint metric labels).
             error = errors.Unimplemented(f"{service}/{method} is not a known procedure"[:MAX_DETAIL_CHARS])
             return self.reject(error, 404, Headers(), unread=unread)
-        allowed = sorted({m for p in self.protocols for m in p.methods})
+        allowed = sorted({m for p in self.protocols for m in p.allows(route)})
         if request.method not in allowed:
             error = errors.Unimplemented(
                 f"HTTP {request.method[:16]} is not served here: use {', '.join(allowed)}", reason="method_not_allowed"
