@@ -71,6 +71,7 @@ from .._codec import (
     accepts_gzip,
     gunzip,
     gzip_bytes,
+    request_gzipped,
 )
 from .._deadline import GRPC_TIMEOUT_HEADER, parse_grpc_timeout
 from .._errors import error_json
@@ -91,7 +92,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # gRPC-Web: the body's last frame holds the trailers, as HTTP/1 header lines.
 _FLAG_TRAILERS: Final = 0x80
-_ACCEPT_ENCODING: Final = "gzip,identity"
 # Spec: grpc-message is percent-encoded UTF-8; printable ASCII but '%' goes as is.
 _MESSAGE_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 #: How long one reflection stream may stay open: clients ask a few questions and close it.
@@ -389,7 +389,7 @@ class GrpcApp:
             await router.authenticate(ctx)
         if route.handler is None:
             raise errors.Unimplemented(route.why_unimplemented)
-        gzipped = _request_encoding(exchange.headers.get("grpc-encoding"))
+        gzipped = request_gzipped(exchange.headers.get("grpc-encoding"))
         declared = _content_length(exchange.headers)
         limit = router.max_message_bytes
         if declared is not None:
@@ -487,7 +487,7 @@ class GrpcApp:
 
     async def _reflect_steps(self, exchange: _Exchange, *, alpha: bool) -> None:
         header = "connect-content-encoding" if exchange.protocol.connect else "grpc-encoding"
-        _request_encoding(exchange.headers.get(header))
+        request_gzipped(exchange.headers.get(header))
         codec = exchange.protocol.codec
         # Per stream, not per app: services may be added to the router after register().
         reflection = Reflection(service.name for service in self.router.services)
@@ -522,19 +522,6 @@ def _transcode(message: Message, codec_name: str) -> bytes:
 def _end_stream_bare(error: errors.AgentError | None) -> bytes:
     """Connect's end-of-stream message for a call without a CallContext (reflection)."""
     return encode_envelope(FLAG_END_STREAM, json.dumps({"error": error_json(error)} if error else {}).encode())
-
-
-def _request_encoding(value: str | None) -> bool:
-    """Whether request messages may be gzip (True) or are identity (False).
-
-    Raises:
-        Unimplemented: any other encoding.
-    """
-    name = (value or "identity").strip().lower()
-    if name in ("identity", "gzip"):
-        return name == "gzip"
-    shown = name[:MAX_DETAIL_CHARS]
-    raise errors.Unimplemented(f"unknown compression {shown!r}: supported encodings are {_ACCEPT_ENCODING}")
 
 
 def _encoding(flags: int) -> list[tuple[bytes, bytes]]:
