@@ -33,7 +33,7 @@ and PROTOCOL-WEB.md. What is implemented, and why where they leave a choice:
 * **Bounds.** A request is read up to the router's ``max_message_bytes`` (counted against its
   bytes in flight from ``Content-Length`` or as it arrives, inflated size too), after
   ``authenticate`` accepted it; reflection requests up to
-  :data:`~limiquantix.protocol.reflection.MAX_REFLECTION_REQUEST_BYTES` each.
+  :data:`~._reflection.MAX_REFLECTION_REQUEST_BYTES` each.
 * **Reflection.** ``grpc.reflection.v1`` and ``v1alpha`` need no token: they tell the schema,
   which is public (the .proto files ship with the package), and nothing about the server's
   state. ``Authorization`` is not looked at.
