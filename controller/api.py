@@ -221,18 +221,6 @@ async def record_event(
     await store.audit_complete(audit_id, outcome=outcome, error=error[:_AUDIT_ERROR_CHARS])
 
 
-def _budget(ctx: CallContext, own_s: float) -> float:
-    """The forwarded call's budget: its own, bounded by the client's deadline.
-
-    Raises:
-        errors.DeadlineExceeded: the client's deadline has already passed.
-    """
-    remaining = ctx.time_remaining()
-    if remaining <= 0:
-        raise errors.DeadlineExceeded("the call's deadline passed before it was forwarded")
-    return min(own_s, remaining)
-
-
 def _state_name(state: int) -> str:
     """``AGENT_STATE_CONNECTED`` → ``connected`` (hostd's VMState values); unknown: the number."""
     return enum_name(node_pb.AgentState, state)
@@ -538,7 +526,7 @@ class VMAPI:
                 "GetVM",
                 node_pb.GetVMRequest(vm_id=route.vm.vm_id),
                 node_pb.VMStatus,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
         except errors.Unavailable:
             out.node_reachable = False
@@ -575,7 +563,7 @@ class VMAPI:
             "PingAgent",
             node_pb.PingAgentRequest(vm_id=route.vm.vm_id),
             node_pb.AgentPingResponse,
-            budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+            budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
         )
         return api_pb.PingAgentResponse(
             connected=pong.connected,
@@ -603,7 +591,7 @@ class VMAPI:
 
     @staticmethod
     def _exec_budget(ctx: CallContext, request: api_pb.ExecuteScriptRequest) -> float:
-        return _budget(ctx, command_budget_s(request.timeout_seconds))
+        return ctx.budget_s(command_budget_s(request.timeout_seconds))
 
     @staticmethod
     def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:
@@ -708,7 +696,7 @@ class VMAPI:
                 "CancelExecution",
                 node_pb.CancelExecutionRequest(vm_id=route.vm.vm_id, execution_id=request.execution_id),
                 node_pb.CancelExecutionResponse,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             return api_pb.CancelExecutionResponse(found=answer.found)
 
@@ -732,7 +720,7 @@ class VMAPI:
                     vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
                 ),
                 node_pb.ReadGuestFileResponse,
-                budget_s=_budget(ctx, FILE_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(FILE_CALL_BUDGET_S),
             )
             return api_pb.ReadGuestFileResponse(
                 content=answer.content, size=answer.file_size, sha256=answer.sha256.hex()
@@ -752,7 +740,7 @@ class VMAPI:
         detail = AuditDetail(path=request.path, flags=(*flags, "stream"))
         principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_READ, detail)
         remaining = ctx.time_remaining()
-        budget = _budget(ctx, FILE_CALL_BUDGET_S if math.isinf(remaining) else remaining)
+        budget = ctx.budget_s(FILE_CALL_BUDGET_S if math.isinf(remaining) else remaining)
         async with self._audited(ctx, principal, route, AuditAction.FILE_READ, detail):
             upstream = self.nodes.stream(
                 self._reachable(route),
@@ -815,7 +803,7 @@ class VMAPI:
                 "WriteGuestFile",
                 parts,
                 node_pb.WriteGuestFileResponse,
-                budget_s=_budget(ctx, FILE_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(FILE_CALL_BUDGET_S),
             )
             return api_pb.WriteGuestFileResponse(bytes_written=answer.bytes_written, sha256=answer.sha256.hex())
 
@@ -833,7 +821,7 @@ class VMAPI:
                 "StatGuestFile",
                 node_pb.StatGuestFileRequest(vm_id=route.vm.vm_id, path=request.path),
                 pb.FileStat,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             return api_pb.StatGuestFileResponse(stat=stat)
 
@@ -856,7 +844,7 @@ class VMAPI:
                     page_token=request.page_token,
                 ),
                 pb.ListDirectoryResponse,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             return api_pb.ListGuestDirectoryResponse(
                 entries=listing.entries, next_page_token=listing.next_page_token
@@ -884,7 +872,7 @@ class VMAPI:
                     message=request.message,
                 ),
                 node_pb.GuestShutdownResponse,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             out = api_pb.GuestShutdownResponse(accepted=answer.accepted)
             if answer.HasField("scheduled_at"):
@@ -910,7 +898,7 @@ class VMAPI:
                     vm_id=route.vm.vm_id, username=request.username, password=request.password, expire=request.expire
                 ),
                 node_pb.ResetGuestPasswordResponse,
-                budget_s=_budget(ctx, DEFAULT_CALL_BUDGET_S),
+                budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             return api_pb.ResetGuestPasswordResponse(expired=answer.expired)
 

@@ -66,14 +66,6 @@ WRITE_CHUNK_BYTES: Final = 1024 * 1024
 TRANSFER_S_PER_MIB: Final = 1.0
 
 
-def _budget(ctx: CallContext, base_s: float | None) -> float | None:
-    """The call's time budget: the request's own, bounded by the client's deadline."""
-    remaining = ctx.time_remaining()
-    if base_s is None:
-        return None if remaining == float("inf") else remaining
-    return min(base_s, remaining)
-
-
 @final
 class NodeAPI:
     """The NodeDaemonService implementation over a :class:`VMRegistry`.
@@ -128,7 +120,7 @@ class NodeAPI:
         vm = self.registry.get(request.vm_id)
         execution_id = request.execution_id or new_message_id()
         answer = await vm.request(
-            deadline_s=_budget(ctx, self._command_budget(request.request)),
+            deadline_s=ctx.budget_s(self._command_budget(request.request)),
             message_id=execution_id,
             execute=request.request,
         )
@@ -149,7 +141,7 @@ class NodeAPI:
         req.CopyFrom(request.request)
         req.stream = True
         yield node_pb.ExecuteInGuestEvent(execution_id=execution_id)
-        stream = vm.stream(deadline_s=_budget(ctx, self._command_budget(req)), message_id=execution_id, execute=req)
+        stream = vm.stream(deadline_s=ctx.budget_s(self._command_budget(req)), message_id=execution_id, execute=req)
         async with aclosing(stream) as answers:
             async for msg in answers:
                 if msg.HasField("execute_output"):
@@ -189,7 +181,7 @@ class NodeAPI:
         limit = request.length or DEFAULT_READ_BYTES
         parts: list[bytes] = []
         last: node_pb.ReadGuestFileChunk | None = None
-        budget = _budget(ctx, vm.config.default_deadline_s + TRANSFER_S_PER_MIB * limit / 2**20)
+        budget = ctx.budget_s(vm.config.default_deadline_s + TRANSFER_S_PER_MIB * limit / 2**20)
         received = 0
         async with aclosing(self._read_chunks(vm, request, READ_CHUNK_BYTES, budget)) as chunks:
             async for chunk in chunks:
@@ -219,7 +211,7 @@ class NodeAPI:
         """
         check_message(request)
         vm = self.registry.get(request.vm_id)
-        async with aclosing(self._read_chunks(vm, request, STREAM_CHUNK_BYTES, _budget(ctx, math.inf))) as chunks:
+        async with aclosing(self._read_chunks(vm, request, STREAM_CHUNK_BYTES, ctx.budget_s(math.inf))) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -278,7 +270,7 @@ class NodeAPI:
                 req.last = True
                 if request.write_mode != pb.WRITE_MODE_APPEND:
                     req.expected_sha256 = whole  # for append, the digest is of the whole resulting file
-            budget = _budget(ctx, vm.config.default_deadline_s)
+            budget = ctx.budget_s(vm.config.default_deadline_s)
             answer = (await vm.request(deadline_s=budget, file_write=req)).file_write_response
             write_id = answer.write_id
             offset += len(piece)

@@ -381,3 +381,17 @@ def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, 
     assert min(float(timeout or config.exec_default_timeout_s), config.exec_max_timeout_s) == timeout
     # And the default is the one the hops budget for.
     assert rpc.command_budget_s(0) == config.exec_default_timeout_s + rpc.COMMAND_MARGIN_S
+
+
+@pytest.mark.trio
+async def test_a_hops_budget_is_its_own_bounded_by_the_callers_time() -> None:
+    """CallContext.budget_s: the rule hostd and the controller both apply when they forward."""
+    from werkzeug.datastructures import Headers
+
+    ctx = rpc_server.CallContext(procedure="limiquantix.node.v1.NodeDaemonService/ExecuteInGuest", headers=Headers())
+    assert ctx.budget_s(rpc.command_budget_s(90)) == 100  # no caller deadline: the command's own
+    ctx.deadline = trio.current_time() + 30
+    assert 29 < ctx.budget_s(rpc.command_budget_s(90)) <= 30  # the caller gave up earlier: that
+    ctx.deadline = trio.current_time() - 1
+    with pytest.raises(errors.DeadlineExceeded):
+        ctx.budget_s(100)

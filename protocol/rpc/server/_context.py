@@ -90,6 +90,19 @@ class CallContext:
         """Seconds until :attr:`deadline` (``math.inf`` without one; may be negative)."""
         return self.deadline - trio.current_time()
 
+    def budget_s(self, own_s: float) -> float:
+        """The budget of a call this handler makes on the caller's behalf (to hostd, to an
+        agent): its own ``own_s`` (e.g. :func:`~limiquantix.protocol.deadlines.command_budget_s`),
+        bounded by the time the caller has left. The one rule every hop applies.
+
+        Raises:
+            DeadlineExceeded: the caller's deadline has already passed.
+        """
+        remaining = self.time_remaining()
+        if remaining <= 0:
+            raise errors.DeadlineExceeded(f"{self.procedure}: the call's deadline passed before it was forwarded")
+        return min(own_s, remaining)
+
     def elapsed(self) -> float:
         """Seconds since the call arrived."""
         return trio.current_time() - self._started
