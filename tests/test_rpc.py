@@ -395,3 +395,17 @@ async def test_a_hops_budget_is_its_own_bounded_by_the_callers_time() -> None:
     ctx.deadline = trio.current_time() - 1
     with pytest.raises(errors.DeadlineExceeded):
         ctx.budget_s(100)
+
+
+def test_client_tls_is_one_value_for_httpx() -> None:
+    """ClientTLS: where the TLS work plugs in (the CA file becomes a context: httpx takes no paths)."""
+    import ssl
+
+    import certifi
+
+    assert rpc.ClientTLS().httpx_verify() is True
+    assert rpc.ClientTLS(verify=False).httpx_verify() is False
+    context = rpc.ClientTLS(verify=certifi.where()).httpx_verify()
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(OSError):
+        rpc.ClientTLS(verify="/nonexistent/ca.pem").httpx_verify()

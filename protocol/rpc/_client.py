@@ -121,19 +121,26 @@ class ClientTLS:
     verify: bool | str | ssl.SSLContext = True
     cert: tuple[str, str] | None = None
 
-    def httpx_verify(self) -> bool | str | ssl.SSLContext:
-        """What httpx's ``verify`` takes (the certificate loaded into it when there is one)."""
-        if self.cert is None:
+    def httpx_verify(self) -> bool | ssl.SSLContext:
+        """What httpx's ``verify`` takes: a context holding the CA file and the client
+        certificate when there are any (httpx no longer takes paths itself).
+
+        Raises:
+            OSError: the CA file or the certificate cannot be read.
+            ssl.SSLError: they are not valid PEM.
+        """
+        if self.cert is None and not isinstance(self.verify, str):
             return self.verify
-        context = (
-            self.verify
-            if isinstance(self.verify, ssl.SSLContext)
-            else ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
-        )
-        if self.verify is False:
+        if isinstance(self.verify, ssl.SSLContext):
+            context = self.verify
+        elif self.verify is False:
+            context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        context.load_cert_chain(*self.cert)
+        else:
+            context = ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
+        if self.cert is not None:
+            context.load_cert_chain(*self.cert)
         return context
 
 
