@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.binding import Binding
 
@@ -194,7 +195,13 @@ class LimiQuantixApp(App[None]):
         for screen in self.screen_stack:
             update = getattr(screen, "fleet_updated", None)
             if update is not None:
-                update()
+                try:
+                    update()
+                except NoMatches:
+                    # The app is quitting: Textual removes screens' widgets before it cancels
+                    # the app's workers, so a poll answered in between finds them gone.
+                    if screen.children and not self._exit:
+                        raise
 
     # -- helpers for screens -------------------------------------------------------------
 
