@@ -695,9 +695,9 @@ async def _controller_link(
                 registered = False  # the controller forgot us: register again at once
                 continue
             except (errors.AgentError, OSError) as exc:
+                why = tls_failure(exc)  # always: it also clears what this task's TLS recorded
                 # Logged once per outage, not once per retry.
                 if not failing:
-                    why = tls_failure(exc)
                     what = f"TLS handshake failed: {why}" if why else str(exc) or type(exc).__name__
                     log.warning("controller %s: %s: retrying with backoff", config.controller_url, what)
                 failing = True

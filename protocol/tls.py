@@ -16,6 +16,7 @@ The server side (certificate, key, the CA for client certificates) is in :mod:`.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import ssl
@@ -34,6 +35,46 @@ __all__ = [
 
 #: Host names that always mean this machine (an IP literal is checked by value).
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+#: The last TLS failure seen by this task's client connections. With TLS 1.3 a server checks
+#: the client's certificate after the client's side of the handshake is done: its refusal
+#: (an alert) breaks the write of the request, which httpcore swallows to read a response,
+#: and the read then fails with no cause left to say why. The SSL object the client's context
+#: makes records it here, in the task that drives the connection (httpx runs in the caller's).
+_LAST_FAILURE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lqx_tls_failure", default=None)
+#: Not failures: more bytes needed, or the peer closed the connection.
+_NOT_FAILURES: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError, ssl.SSLEOFError)
+
+
+class _RecordingSSLObject(ssl.SSLObject):
+    """``SSLContext.sslobject_class`` of client contexts: remembers why TLS failed (see above)."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def read(self, len: int = 1024, buffer: bytearray | None = None) -> bytes:  # noqa: A002 - the stdlib's name
+        try:
+            return super().read(len, buffer)  # type: ignore[arg-type]
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            return super().write(data)
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+
+def _record(exc: ssl.SSLError) -> None:
+    if not isinstance(exc, _NOT_FAILURES):
+        _LAST_FAILURE.set(_reason(exc))
 
 
 class TLSConfigError(ValueError):
@@ -78,6 +119,7 @@ def client_ssl_context(tls: ClientTLS | None = None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise TLSConfigError(f"cannot load the CA file {tls.ca_file}: {_reason(exc)}") from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslobject_class = _RecordingSSLObject
     if tls.cert_file:
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
@@ -122,18 +164,25 @@ def tls_failure(exc: BaseException) -> str | None:
 
     The server's certificate refused here (unknown CA, expired, another host's name) reads
     ``certificate verify failed: ...``; a refusal by the server (no or unknown client
-    certificate) reads as the alert it sent (``tlsv13 alert certificate required``).
+    certificate) reads as the alert it sent (``tlsv13 alert certificate required``) when the
+    alert arrived. Under TLS 1.3 it often does not: the server checks the client's certificate
+    after the client's side of the handshake is done, and closes the connection; the client
+    sees a broken pipe or a reset, the same as a server that died, and only the server's log
+    says why (None here).
+
+    Call it in the task that made the request (it also reads, and clears, what this task's
+    client connections recorded).
     """
+    recorded = _LAST_FAILURE.get()
+    _LAST_FAILURE.set(None)
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {cur.verify_message}"
-        if isinstance(cur, ssl.SSLError):
+        if isinstance(cur, ssl.SSLError) and not isinstance(cur, _NOT_FAILURES):
             return _reason(cur)
         cur = cur.__cause__ or cur.__context__
-    return None
+    return recorded
 
 
 def _reason(exc: BaseException) -> str:

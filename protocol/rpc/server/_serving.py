@@ -289,6 +289,16 @@ class _RefusalLog:
         log.warning("TLS handshake refused: %s%s", reason, more)
 
 
+#: OpenSSL's words for the refusals an operator meets, said plainly.
+_PLAIN_REASONS: Final = {
+    "peer did not return a certificate": "the client presented no certificate (mutual TLS is on)",
+    "unexpected eof while reading": "the client closed the connection in the handshake (does it trust this server's CA?)",
+    "tlsv1 alert unknown ca": "the client does not trust this server's CA",
+    "sslv3 alert certificate expired": "the client says this server's certificate has expired",
+    "sslv3 alert bad certificate": "the client refused this server's certificate",
+}
+
+
 def _logging_ssl_object(refusals: _RefusalLog) -> type[ssl.SSLObject]:
     """An SSLObject class that logs why a handshake failed (``SSLContext.sslobject_class``:
     trio's SSLStream calls ``do_handshake`` on it; hypercorn drops the error silently)."""
@@ -304,8 +314,7 @@ def _logging_ssl_object(refusals: _RefusalLog) -> type[ssl.SSLObject]:
                 raise
             except ssl.SSLError as exc:
                 reason = (exc.reason or type(exc).__name__).lower().replace("_", " ")
-                if reason == "peer did not return a certificate":
-                    reason = "the client presented no certificate (mutual TLS is on)"
+                reason = _PLAIN_REASONS.get(reason, reason)
                 refusals.refused(reason)
                 raise
 
