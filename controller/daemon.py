@@ -16,7 +16,8 @@ key is also a flag (``--listen``, ``--db`` ...), and flags win::
     # HTTPS (HTTP/2 and HTTP/1.1 by ALPN); without a certificate: plain HTTP, for loopback development.
     tls_cert_file = "/etc/limiquantix/pki/controller.pem"   # SANs: the names clients and hostds use
     tls_key_file = "/etc/limiquantix/pki/controller.key"
-    tls_client_ca_file = ""        # client certificates from this CA are verified when presented
+    tls_client_ca_file = "/etc/limiquantix/pki/ca.pem"  # client certificates from this CA verified when presented
+    require_node_cert = true       # with tls_client_ca_file: hostds must present theirs (CN = node id)
     # Calls to hostd: verify its certificate against node_ca_file and present a client
     # certificate (mutual TLS, on by default once node_ca_file is set; node_mtls = false: off).
     node_ca_file = "/etc/limiquantix/pki/ca.pem"
@@ -73,6 +74,7 @@ from .api import (
     AuthFailures,
     NodeRegistryAPI,
     make_authenticator,
+    require_node_certificate,
 )
 from .auth import Principal
 from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
@@ -110,7 +112,7 @@ GRACEFUL_TIMEOUT_S: Final = 5.0
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
 _INT_KEYS: Final = ("max_request_bytes_in_flight", "max_request_bytes_in_flight_per_user")
-_BOOL_KEYS: Final = ("downloads_require_token", "node_mtls", "insecure_nodes")
+_BOOL_KEYS: Final = ("downloads_require_token", "node_mtls", "insecure_nodes", "require_node_cert")
 _LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -151,6 +153,9 @@ class ControllerConfig:
     """Its private key."""
     tls_client_ca_file: str = ""
     """CA whose client certificates are verified when a client presents one (operators' clients need none)."""
+    require_node_cert: bool = True
+    """With tls_client_ca_file: RegisterNode and Heartbeat need the node's client certificate from it,
+    its common name the node id (a node token alone cannot speak for a node)."""
     node_ca_file: str = ""
     """CA hostd certificates must chain to (https:// nodes); empty: the system's CAs."""
     node_cert_file: str = ""
@@ -355,9 +360,12 @@ def build_app(
     downloads_require_token: bool = False,
     max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
     max_request_bytes_in_flight_per_user: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER,
+    require_node_cert: bool = False,
 ) -> QuartTrio:
     """The Connect services, ``/healthz`` (open), ``/metrics`` and ``/downloads/``
-    (``downloads``; None serves only the built-in install-agent.sh)."""
+    (``downloads``; None serves only the built-in install-agent.sh). ``require_node_cert``:
+    node registrations and heartbeats need the node's client certificate (served over TLS
+    with a client CA)."""
     app = QuartTrio("limiquantix-controller")
     metrics = Metrics()
     failures = AuthFailures(store, metrics.auth_failure)
@@ -385,7 +393,14 @@ def build_app(
     router = Router(
         [
             Service(VM_SERVICE, VMAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s)),
-            Service(NODE_REGISTRY_SERVICE, NodeRegistryAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),
+            Service(
+                NODE_REGISTRY_SERVICE,
+                NodeRegistryAPI(
+                    store,
+                    heartbeat_timeout_s=heartbeat_timeout_s,
+                    check_node=require_node_certificate if require_node_cert else None,
+                ),
+            ),
             Service(ADMIN_SERVICE, AdminAPI(store)),
             # Fleet runs live in the app's background nursery, not in the request.
             Service(
@@ -444,6 +459,7 @@ async def serve(
             downloads_require_token=config.downloads_require_token,
             max_request_bytes_in_flight=config.max_request_bytes_in_flight,
             max_request_bytes_in_flight_per_user=config.max_request_bytes_in_flight_per_user,
+            require_node_cert=bool(config.tls_client_ca_file) and config.require_node_cert,
         )
         tls = server_tls(config)
         hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S, tls=tls)

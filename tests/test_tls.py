@@ -75,6 +75,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         pki.issue(d, "controller", pki.CertKind.SERVER, **local)
         pki.issue(d, "controller-client", pki.CertKind.CLIENT)
         pki.issue(d, "node-client", pki.CertKind.CLIENT, common_name=NODE_ID)
+    pki.issue(good, "other-node-client", pki.CertKind.CLIENT, common_name="host-b")
     # Another host's certificate: valid, from the right CA, but not for 127.0.0.1.
     pki.issue(good, "hostd-elsewhere", pki.CertKind.SERVER, dns_names=["elsewhere.example"])
     # Expired yesterday.
@@ -105,6 +106,7 @@ class TLSStack:
             "heartbeat_timeout_s": 5.0,
             "tls_cert_file": self.certs.pem("controller"),
             "tls_key_file": self.certs.key("controller"),
+            "tls_client_ca_file": self.certs.ca,
             "node_ca_file": self.certs.ca,
             "node_cert_file": self.certs.pem("controller-client"),
             "node_key_file": self.certs.key("controller-client"),
@@ -313,6 +315,45 @@ async def test_hostd_refuses_a_controller_it_cannot_verify(tls_stack: TLSStack, 
     async with tls_stack.client() as client:
         r = await client.post(f"{tls_stack.url}/limiquantix.compute.v1.NodeRegistryService/ListNodes", json={})
         assert r.json().get("nodes", []) == []
+
+
+async def _registration_refused(stack: TLSStack, caplog: pytest.LogCaptureFixture, match: str) -> None:
+    """hostd logs its registration refused naming ``match``; no node is listed, the refusal is audited."""
+    with trio.fail_after(DEADLINE_S):
+        while not any(match in r.getMessage() for r in caplog.records):
+            await trio.sleep(0.05)
+    async with stack.client() as client:
+        r = await client.post(f"{stack.url}/limiquantix.compute.v1.NodeRegistryService/ListNodes", json={})
+        assert r.json().get("nodes", []) == []
+        r = await client.post(f"{stack.url}/limiquantix.compute.v1.AdminService/QueryAudit", json={"filter": {"action": "node.register"}})
+        assert r.status_code == 200, r.text
+        rows = r.json().get("records", [])
+        assert rows and all(row["outcome"] == "denied" for row in rows), rows
+
+
+@pytest.mark.trio
+async def test_a_node_token_without_the_node_certificate_cannot_register(
+    tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The controller asks for client certificates: a hostd with the node token but without its
+    certificate is refused (a stolen token alone does not speak for a node)."""
+    caplog.set_level(logging.WARNING, logger="limiquantix.hostd.daemon")
+    await tls_stack.start_controller()
+    await tls_stack.start_hostd(controller_cert_file="", controller_key_file="")
+    await _registration_refused(tls_stack, caplog, "must present its client certificate")
+
+
+@pytest.mark.trio
+async def test_another_nodes_certificate_cannot_register_this_node(
+    tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="limiquantix.hostd.daemon")
+    await tls_stack.start_controller()
+    await tls_stack.start_hostd(
+        controller_cert_file=tls_stack.certs.pem("other-node-client"),
+        controller_key_file=tls_stack.certs.key("other-node-client"),
+    )
+    await _registration_refused(tls_stack, caplog, "presented the client certificate of 'host-b'")
 
 
 # ----------------------------------------------------------------- plain HTTP and tokens

@@ -141,6 +141,7 @@ from ._serving import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._serving import ServedApp as ServedApp
 from ._serving import ServerTLS as ServerTLS
 from ._serving import http_config as http_config
+from ._serving import peer_common_name as peer_common_name
 from ._serving import serve_http as serve_http
 from ._serving import server_ssl_context as server_ssl_context
 from ._serving import transport_summary as transport_summary
@@ -168,6 +169,7 @@ __all__ = [
     "ServerTLS",
     "Service",
     "http_config",
+    "peer_common_name",
     "serve_http",
     "server_ssl_context",
     "transport_summary",

@@ -38,6 +38,7 @@ says is for loopback development.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import dataclasses
 import logging
 import ssl
@@ -75,6 +76,7 @@ __all__ = [
     "ServerTLS",
     "TLS_REFUSAL_LOG_INTERVAL_S",
     "http_config",
+    "peer_common_name",
     "serve_http",
     "server_ssl_context",
     "transport_summary",
@@ -299,6 +301,28 @@ _PLAIN_REASONS: Final = {
 }
 
 
+#: The verified client certificate of the connection a request came on (``getpeercert()``), if any.
+_PEER_CERT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lqx_peer_cert", default=None)
+
+
+def peer_common_name() -> str | None:
+    """The common name of the verified client certificate of the connection the current
+    request came on; None without one (plain HTTP, none presented, no client CA configured).
+
+    Relies on hypercorn completing the TLS handshake in the connection's task and starting
+    each request's task from it (tests/test_tls.py checks it): a server that does otherwise
+    makes this None, which refuses, never admits.
+    """
+    cert = _PEER_CERT.get()
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 def _logging_ssl_object(refusals: _RefusalLog) -> type[ssl.SSLObject]:
     """An SSLObject class that logs why a handshake failed (``SSLContext.sslobject_class``:
     trio's SSLStream calls ``do_handshake`` on it; hypercorn drops the error silently)."""
@@ -307,6 +331,9 @@ def _logging_ssl_object(refusals: _RefusalLog) -> type[ssl.SSLObject]:
         def do_handshake(self) -> None:
             try:
                 super().do_handshake()
+                # In the connection's task (hypercorn's TCPServer drives the handshake there and
+                # spawns each request's task from it): every request on this connection sees it.
+                _PEER_CERT.set(self.getpeercert() or None)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise  # more bytes needed: not a failure
             except ssl.SSLCertVerificationError as exc:
