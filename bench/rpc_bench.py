@@ -170,7 +170,7 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
         ca = str(certs / "ca.pem")
         tls_controller = [
             "--tls-cert-file", str(certs / "controller.pem"), "--tls-key-file", str(certs / "controller.key"),
-            "--node-ca-file", ca, "--node-cert-file", str(certs / "controller-client.pem"),
+            "--tls-client-ca-file", ca, "--node-ca-file", ca, "--node-cert-file", str(certs / "controller-client.pem"),
             "--node-key-file", str(certs / "controller-client.key"),
         ]  # fmt: skip
         tls_hostd = [

@@ -226,7 +226,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
         [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(db), "--listen", args.listen,
          "--log-level", "warning", "--downloads-dir", str(DIST),
          "--tls-cert-file", str(certs / "controller.pem"), "--tls-key-file", str(certs / "controller.key"),
-         "--node-ca-file", str(ca), "--node-cert-file", str(certs / "controller-client.pem"),
+         "--tls-client-ca-file", str(ca), "--node-ca-file", str(ca), "--node-cert-file", str(certs / "controller-client.pem"),
          "--node-key-file", str(certs / "controller-client.key")],
         env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL, preexec_fn=_daemon_session,
     )  # fmt: skip
