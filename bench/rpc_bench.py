@@ -57,7 +57,7 @@ from limiquantix.controller import pki  # noqa: E402
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
-from limiquantix.protocol.tls import ClientTLS, client_ssl_context  # noqa: E402
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context  # noqa: E402
 
 __all__ = ["Settings", "grpc_figures", "main", "measure"]
 
@@ -178,7 +178,7 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
             "--tls-client-ca-file", ca, "--controller-ca-file", ca,
             "--controller-cert-file", str(certs / "node-client.pem"), "--controller-key-file", str(certs / "node-client.key"),
         ]  # fmt: skip
-        verify = client_ssl_context(ClientTLS(ca_file=ca))
+        verify = client_ssl_context(TLSFiles(ca_file=ca))
     controller = cb._spawn(
         f"controller ({name})",
         [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty), "--listen", "127.0.0.1:0",

@@ -63,7 +63,7 @@ from limiquantix.protocol.rpc.server import (
 )
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.tls import ClientTLS, TLSConfigError, client_ssl_context
+from limiquantix.protocol.tls import TLSFiles, TLSConfigError, client_ssl_context
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import (
@@ -240,11 +240,11 @@ def server_tls(config: ControllerConfig) -> ServerTLS | None:
     )
 
 
-def node_tls(config: ControllerConfig) -> ClientTLS:
+def node_tls(config: ControllerConfig) -> TLSFiles:
     """How the controller verifies each hostd and proves who it is."""
     if not config.node_mtls:
-        return ClientTLS(ca_file=config.node_ca_file)
-    return ClientTLS(ca_file=config.node_ca_file, cert_file=config.node_cert_file, key_file=config.node_key_file)
+        return TLSFiles(ca_file=config.node_ca_file)
+    return TLSFiles(ca_file=config.node_ca_file, cert_file=config.node_cert_file, key_file=config.node_key_file)
 
 
 def check_tls(config: ControllerConfig) -> None:

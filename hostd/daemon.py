@@ -92,7 +92,7 @@ from limiquantix.protocol.rpc.server import (
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.tls import (
-    ClientTLS,
+    TLSFiles,
     InsecureTransportError,
     TLSConfigError,
     check_token_transport,
@@ -250,9 +250,9 @@ class HostdConfig:
             return None
         return ServerTLS(cert_file=self.tls_cert_file, key_file=self.tls_key_file, client_ca_file=self.tls_client_ca_file)
 
-    def controller_tls(self) -> ClientTLS:
+    def controller_tls(self) -> TLSFiles:
         """How hostd verifies the controller and proves who it is."""
-        return ClientTLS(
+        return TLSFiles(
             ca_file=self.controller_ca_file, cert_file=self.controller_cert_file, key_file=self.controller_key_file
         )
 

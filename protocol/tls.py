@@ -24,7 +24,7 @@ from typing import Final, final
 from urllib.parse import urlsplit
 
 __all__ = [
-    "ClientTLS",
+    "TLSFiles",
     "InsecureTransportError",
     "TLSConfigError",
     "check_token_transport",
@@ -87,8 +87,9 @@ class InsecureTransportError(ValueError):
 
 @final
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClientTLS:
-    """How a client verifies its server and proves who it is.
+class TLSFiles:
+    """How a client verifies its server and proves who it is: the files :func:`client_ssl_context`
+    builds its context from (``limiquantix.protocol.rpc.ClientTLS`` takes that context as ``verify``).
 
     Raises:
         TLSConfigError: a client certificate without its key, or the reverse.
@@ -106,14 +107,14 @@ class ClientTLS:
             raise TLSConfigError("a client certificate needs both its certificate file and its key file")
 
 
-def client_ssl_context(tls: ClientTLS | None = None) -> ssl.SSLContext:
+def client_ssl_context(tls: TLSFiles | None = None) -> ssl.SSLContext:
     """The SSL context for a client: verification on, TLS 1.2 at least, the client
     certificate of ``tls`` loaded.
 
     Raises:
         TLSConfigError: a file is missing, unreadable or not a certificate/key (named).
     """
-    tls = tls or ClientTLS()
+    tls = tls or TLSFiles()
     try:
         ctx = ssl.create_default_context(cafile=tls.ca_file or None)
     except (OSError, ssl.SSLError) as exc:

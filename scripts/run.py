@@ -48,10 +48,9 @@ import trio
 from limiquantix.controller import pki
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol import errors
-from limiquantix.protocol.rpc import JSON, RpcClient, Target
-from limiquantix.protocol.rpc import ClientTLS as RpcTLS
+from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
-from limiquantix.protocol.tls import ClientTLS, client_ssl_context
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"
@@ -235,10 +234,10 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     url = f"https://{args.listen}"
     # This script checks hostd's /healthz too: hostd requires a client certificate (mutual TLS).
     verify = client_ssl_context(
-        ClientTLS(ca_file=str(ca), cert_file=str(certs / "controller-client.pem"), key_file=str(certs / "controller-client.key"))
+        TLSFiles(ca_file=str(ca), cert_file=str(certs / "controller-client.pem"), key_file=str(certs / "controller-client.key"))
     )
     try:
-        async with httpx.AsyncClient(timeout=60, verify=verify) as client, RpcClient(tls=RpcTLS(verify=verify)) as rpc:
+        async with httpx.AsyncClient(timeout=60, verify=verify) as client, RpcClient(tls=ClientTLS(verify=verify)) as rpc:
             with trio.fail_after(60):
                 await wait_healthy(client, url, controller, "the controller")
             say("started", f"limiquantix-controller on {url}  {DIM}(database {db}; TLS with the throwaway CA {ca}){RESET}")
