@@ -77,7 +77,7 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.rpc import RpcClient, Target, error_body
+from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target, error_body
 from limiquantix.protocol.rpc.server import (
     CallContext,
     InFlightBytes,
@@ -97,7 +97,6 @@ from limiquantix.protocol.tls import (
     TLSConfigError,
     check_token_transport,
     client_ssl_context,
-    tls_failure,
 )
 from limiquantix.protocol.wire import enum_name
 
@@ -667,7 +666,8 @@ async def _controller_link(
     registered = False
     failing = False
     # No keep-alive: one call every few seconds gains nothing from it.
-    async with RpcClient(keepalive=False) as client:
+    tls = ClientTLS(verify=client_ssl_context(config.controller_tls()))
+    async with RpcClient(keepalive=False, tls=tls, insecure=config.controller_insecure) as client:
         while True:
             try:
                 vms = node_vms(registry.statuses())
@@ -695,11 +695,10 @@ async def _controller_link(
                 registered = False  # the controller forgot us: register again at once
                 continue
             except (errors.AgentError, OSError) as exc:
-                why = tls_failure(exc)  # always: it also clears what this task's TLS recorded
-                # Logged once per outage, not once per retry.
+                # Logged once per outage, not once per retry (a failed TLS handshake says why:
+                # the rpc client names it).
                 if not failing:
-                    what = f"TLS handshake failed: {why}" if why else str(exc) or type(exc).__name__
-                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, what)
+                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, str(exc) or type(exc).__name__)
                 failing = True
             except Exception:  # never let the link take hostd down
                 log.exception("controller link failed: retrying")

@@ -245,7 +245,7 @@ async def _refused_by_hostd(stack: TLSStack) -> None:
         r = await client.post(f"{stack.url}{VM}/PingAgent", json={"vmId": "vm0"})
     assert r.status_code == 503, r.text
     message = r.json()["message"]
-    assert "hostd refused this controller's client certificate: see its log" in message or "TLS handshake failed" in message
+    assert "it refused this client's certificate: see its log" in message or "TLS handshake failed" in message
     assert await stack.hostd_rpc_count() == 0
 
 
@@ -381,7 +381,7 @@ async def test_controller_refuses_a_node_token_over_plain_http_to_another_machin
     async with NodeClient() as nodes:
         with pytest.raises(errors.Unavailable, match="refusing to send node n's token over plain HTTP") as info:
             await nodes.call(node, "PingAgent", node_pb.PingAgentRequest(vm_id="vm0"), node_pb.AgentPingResponse, budget_s=1)
-        assert info.value.reason == "node_insecure"
+        assert info.value.reason == "insecure_transport"
 
 
 def test_tls_configuration_errors_name_the_file(tmp_path: Path, certs: Certs) -> None:
