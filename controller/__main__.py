@@ -6,6 +6,16 @@
     limiquantix-controller token list [--active] [--json]
     limiquantix-controller token revoke ID
     limiquantix-controller serve [--listen HOST:PORT] [--db PATH] [--config FILE] ...   # the HTTP API
+    limiquantix-controller pki ca [--dir DIR] [--force]                      # a small CA (ca.pem, ca.key)
+    limiquantix-controller pki server NAME [--dns NAME]... [--ip ADDR]... [--dir DIR] [--force]
+    limiquantix-controller pki client NAME [--cn NAME] [--dir DIR] [--force]
+
+``pki`` is for installs without their own PKI: a CA and the certificates for
+the controller, each hostd (server: its DNS names and IPs; default this host's
+name, localhost, 127.0.0.1 and ::1) and their mutual-TLS client certificates (a
+hostd's common name is its node id). Files go to ``--dir`` (default
+``/etc/limiquantix/pki``) as ``NAME.pem`` and ``NAME.key``, mode 0600; an
+existing file is never replaced without ``--force``. See controller/README.md.
 
 Every command takes ``--db PATH`` (default ``/var/lib/limiquantix/controller.db``,
 created mode 0600). They work while the controller runs (SQLite WAL, busy
@@ -29,6 +39,7 @@ import trio
 
 from limiquantix.protocol import __version__, errors
 
+from . import pki
 from .auth import Principal, Role, parse_labels
 from .models import AuditAction, AuditDetail, AuditOutcome, TokenInfo, iso_time
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
@@ -69,7 +80,62 @@ def build_arg_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = token_cmds.add_parser("revoke", parents=[common], help="revoke a token at once")
     revoke.add_argument("token_id", metavar="ID")
+    _add_pki_parser(commands)
     return p
+
+
+def _add_pki_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", type=Path, default=pki.DEFAULT_PKI_DIR, help=f"CA and certificates (default {pki.DEFAULT_PKI_DIR})")
+    where.add_argument("--force", action="store_true", help="replace files that exist")
+    cmd = commands.add_parser("pki", help="a small CA and the TLS certificates of the controller and each hostd")
+    actions = cmd.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    ca = actions.add_parser("ca", parents=[where], help="create the CA (ca.pem, ca.key)")
+    ca.add_argument("--name", default="LimiQuantix CA", help="the CA's common name")
+    ca.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS, help=f"validity (default {pki.DEFAULT_CA_DAYS})")
+    dns, ips = pki.default_server_names()
+    server = actions.add_parser(
+        "server", parents=[where], help="an HTTPS certificate for the controller or a hostd (NAME.pem, NAME.key)"
+    )
+    server.add_argument("name", metavar="NAME", help="file name and common name (e.g. controller, hostd-node-1)")
+    server.add_argument("--dns", action="append", default=[], help=f"a DNS name clients use (repeatable; default {', '.join(dns)})")
+    server.add_argument("--ip", action="append", default=[], help=f"an IP address clients use (repeatable; default {', '.join(ips)})")
+    server.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})")
+    client = actions.add_parser(
+        "client",
+        parents=[where],
+        help="a client certificate for mutual TLS: the controller's (calling hostd) or a hostd's (calling the controller)",
+    )
+    client.add_argument("name", metavar="NAME", help="file name (e.g. controller-client, node-1-client)")
+    client.add_argument("--cn", default="", help="common name (a hostd's: its node id; default NAME)")
+    client.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})")
+
+
+def _pki(args: argparse.Namespace) -> int:
+    """``pki ca|server|client``.
+
+    Raises:
+        pki.PKIError: refused or failed (the message says why).
+    """
+    if args.days < 1:
+        raise pki.PKIError("--days must be at least 1")
+    if args.pki_command == "ca":
+        issued = pki.create_ca(args.dir, common_name=args.name, days=args.days, force=args.force)
+        print(f"created the CA {issued.cert} (key {issued.key}, keep it off the hosts)", file=sys.stderr)
+        return 0
+    if args.pki_command == "server":
+        default_dns, default_ips = pki.default_server_names()
+        dns, ips = args.dns, args.ip
+        if not dns and not ips:
+            dns, ips = default_dns, default_ips
+        issued = pki.issue(
+            args.dir, args.name, pki.CertKind.SERVER, dns_names=dns, ip_addresses=ips, days=args.days, force=args.force
+        )
+        print(f"issued {issued.cert} (key {issued.key}) for {', '.join([*dns, *ips])}", file=sys.stderr)
+        return 0
+    issued = pki.issue(args.dir, args.name, pki.CertKind.CLIENT, common_name=args.cn, days=args.days, force=args.force)
+    print(f"issued client certificate {issued.cert} (key {issued.key}) for {args.cn or args.name}", file=sys.stderr)
+    return 0
 
 
 def _cli_principal() -> Principal:
@@ -171,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_arg_parser().parse_args(argv)
+    if args.command == "pki":
+        try:
+            return _pki(args)
+        except pki.PKIError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         return trio.run(_run, args)
     except errors.InvalidArgument as exc:

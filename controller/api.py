@@ -46,6 +46,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
+from limiquantix.protocol.rpc.server import peer_common_name
 from limiquantix.protocol.wire import enum_name
 
 from .auth import Permission, Principal, Role, require, token_id_of
@@ -903,13 +904,41 @@ class VMAPI:
             return api_pb.ResetGuestPasswordResponse(expired=answer.expired)
 
 
+def require_node_certificate(node_id: str) -> None:
+    """The connection a node's call came on must carry its client certificate (verified against
+    the controller's ``tls_client_ca_file``), whose common name is ``node_id``: a node token
+    alone (stolen, or another host's) cannot register or heartbeat as this node.
+
+    Raises:
+        errors.PermissionDenied: reason ``node_certificate``: none, or another node's.
+    """
+    name = peer_common_name()
+    if name is None:
+        raise errors.PermissionDenied(
+            f"node {node_id[:255]} must present its client certificate (common name {node_id[:255]}) "
+            "from the controller's tls_client_ca_file",
+            reason="node_certificate",
+        )
+    if name != node_id:
+        raise errors.PermissionDenied(
+            f"node {node_id[:255]} presented the client certificate of {name[:255]!r}", reason="node_certificate"
+        )
+
+
 @final
 class NodeRegistryAPI:
-    """``limiquantix.compute.v1.NodeRegistryService``: hostd registration, heartbeats, ListNodes."""
+    """``limiquantix.compute.v1.NodeRegistryService``: hostd registration, heartbeats, ListNodes.
 
-    def __init__(self, store: Store, *, heartbeat_timeout_s: float) -> None:
+    ``check_node`` (:func:`require_node_certificate` when the controller asks for client
+    certificates) runs before a registration or heartbeat is taken.
+    """
+
+    def __init__(
+        self, store: Store, *, heartbeat_timeout_s: float, check_node: Callable[[str], None] | None = None
+    ) -> None:
         self.store = store
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._check_node = check_node
         self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
 
     async def _heartbeat(self, ctx: CallContext, principal: Principal, node_id: str, vms: list[VMInfo]) -> None:
@@ -974,6 +1003,8 @@ class NodeRegistryAPI:
         detail = AuditDetail(target=request.node_id[:255], count=len(request.vms))
         try:
             require(principal, Permission.NODE_REGISTER)
+            if self._check_node is not None:
+                self._check_node(request.node_id)
         except errors.PermissionDenied as exc:
             await record_event(
                 self.store, principal, _source(ctx), AuditAction.NODE_REGISTER, outcome=AuditOutcome.DENIED,
@@ -1023,6 +1054,8 @@ class NodeRegistryAPI:
         """
         principal = _principal(ctx)
         require(principal, Permission.NODE_REGISTER)
+        if self._check_node is not None:
+            self._check_node(request.node_id)
         await self._heartbeat(ctx, principal, request.node_id, self._vms(request.vms))
         return api_pb.HeartbeatResponse()
 

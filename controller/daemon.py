@@ -13,6 +13,19 @@ key is also a flag (``--listen``, ``--db`` ...), and flags win::
     log_format = "text"            # or "json"
     log_level = "info"
 
+    # HTTPS (HTTP/2 and HTTP/1.1 by ALPN); without a certificate: plain HTTP, for loopback development.
+    tls_cert_file = "/etc/limiquantix/pki/controller.pem"   # SANs: the names clients and hostds use
+    tls_key_file = "/etc/limiquantix/pki/controller.key"
+    tls_client_ca_file = "/etc/limiquantix/pki/ca.pem"  # client certificates from this CA verified when presented
+    require_node_cert = true       # with tls_client_ca_file: hostds must present theirs (CN = node id)
+    # Calls to hostd: verify its certificate against node_ca_file and present a client
+    # certificate (mutual TLS, on by default once node_ca_file is set; node_mtls = false: off).
+    node_ca_file = "/etc/limiquantix/pki/ca.pem"
+    node_cert_file = "/etc/limiquantix/pki/controller-client.pem"
+    node_key_file = "/etc/limiquantix/pki/controller-client.key"
+    node_mtls = true
+    insecure_nodes = false         # true: node tokens over plain http:// to other machines (never do this)
+
 On first start with an empty database an admin token is created: the value
 of ``LQX_ADMIN_TOKEN`` when set, else a new one printed once on stdout.
 """
@@ -37,9 +50,20 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service, http_config, serve_http
+from limiquantix.protocol.rpc.server import (
+    CallContext,
+    InFlightBytes,
+    Router,
+    Service,
+    ServerTLS,
+    http_config,
+    serve_http,
+    server_ssl_context,
+    transport_summary,
+)
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol.tls import TLSFiles, TLSConfigError, client_ssl_context
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import (
@@ -50,6 +74,7 @@ from .api import (
     AuthFailures,
     NodeRegistryAPI,
     make_authenticator,
+    require_node_certificate,
 )
 from .auth import Principal
 from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
@@ -87,6 +112,7 @@ GRACEFUL_TIMEOUT_S: Final = 5.0
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
 _INT_KEYS: Final = ("max_request_bytes_in_flight", "max_request_bytes_in_flight_per_user")
+_BOOL_KEYS: Final = ("downloads_require_token", "node_mtls", "insecure_nodes", "require_node_cert")
 _LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -121,8 +147,38 @@ class ControllerConfig:
     """text or json."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    tls_cert_file: str = ""
+    """PEM certificate of the API (with tls_key_file: HTTPS); empty: plain HTTP, for loopback development."""
+    tls_key_file: str = ""
+    """Its private key."""
+    tls_client_ca_file: str = ""
+    """CA whose client certificates are verified when a client presents one (operators' clients need none)."""
+    require_node_cert: bool = True
+    """With tls_client_ca_file: RegisterNode and Heartbeat need the node's client certificate from it,
+    its common name the node id (a node token alone cannot speak for a node)."""
+    node_ca_file: str = ""
+    """CA hostd certificates must chain to (https:// nodes); empty: the system's CAs."""
+    node_cert_file: str = ""
+    """The controller's client certificate for hostd (mutual TLS)."""
+    node_key_file: str = ""
+    """Its private key."""
+    node_mtls: bool = True
+    """With node_ca_file: present node_cert_file to every hostd (required then); false: no client certificate."""
+    insecure_nodes: bool = False
+    """Allow sending node tokens over plain http:// to other machines (anyone on the path reads them)."""
 
     def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ControllerConfigError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ControllerConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if bool(self.node_cert_file) != bool(self.node_key_file):
+            raise ControllerConfigError("node_cert_file and node_key_file go together")
+        if self.node_ca_file and self.node_mtls and not self.node_cert_file:
+            raise ControllerConfigError(
+                "node_ca_file turns on mutual TLS with hostd: set node_cert_file and node_key_file "
+                "(limiquantix-controller pki client controller-client), or node_mtls = false"
+            )
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ControllerConfigError(f"listen must be host:port, not {self.listen!r}")
@@ -157,7 +213,7 @@ def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
                 kwargs[key] = float(value)
             except (TypeError, ValueError):
                 raise ControllerConfigError(f"{key} must be a number") from None
-        elif key == "downloads_require_token":
+        elif key in _BOOL_KEYS:
             kwargs[key] = _boolean(key, value)
         elif key in _INT_KEYS:
             try:
@@ -169,6 +225,40 @@ def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
         else:
             kwargs[key] = value
     return ControllerConfig(**kwargs)
+
+
+def server_tls(config: ControllerConfig) -> ServerTLS | None:
+    """The API's TLS settings; None: plain HTTP. Client certificates are asked for, not required:
+    operators' clients (the TUI, curl) have none."""
+    if not config.tls_cert_file:
+        return None
+    return ServerTLS(
+        cert_file=config.tls_cert_file,
+        key_file=config.tls_key_file,
+        client_ca_file=config.tls_client_ca_file,
+        require_client_cert=False,
+    )
+
+
+def node_tls(config: ControllerConfig) -> TLSFiles:
+    """How the controller verifies each hostd and proves who it is."""
+    if not config.node_mtls:
+        return TLSFiles(ca_file=config.node_ca_file)
+    return TLSFiles(ca_file=config.node_ca_file, cert_file=config.node_cert_file, key_file=config.node_key_file)
+
+
+def check_tls(config: ControllerConfig) -> None:
+    """Load every certificate and key once, so that a bad file stops the controller at start, named.
+
+    Raises:
+        ControllerConfigError: a file cannot be used.
+    """
+    try:
+        if (tls := server_tls(config)) is not None:
+            server_ssl_context(tls)
+        client_ssl_context(node_tls(config))
+    except TLSConfigError as exc:
+        raise ControllerConfigError(str(exc)) from None
 
 
 def _boolean(key: str, value: object) -> bool:
@@ -270,9 +360,12 @@ def build_app(
     downloads_require_token: bool = False,
     max_request_bytes_in_flight: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
     max_request_bytes_in_flight_per_user: int = DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER,
+    require_node_cert: bool = False,
 ) -> QuartTrio:
     """The Connect services, ``/healthz`` (open), ``/metrics`` and ``/downloads/``
-    (``downloads``; None serves only the built-in install-agent.sh)."""
+    (``downloads``; None serves only the built-in install-agent.sh). ``require_node_cert``:
+    node registrations and heartbeats need the node's client certificate (served over TLS
+    with a client CA)."""
     app = QuartTrio("limiquantix-controller")
     metrics = Metrics()
     failures = AuthFailures(store, metrics.auth_failure)
@@ -300,7 +393,14 @@ def build_app(
     router = Router(
         [
             Service(VM_SERVICE, VMAPI(store, nodes, heartbeat_timeout_s=heartbeat_timeout_s)),
-            Service(NODE_REGISTRY_SERVICE, NodeRegistryAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),
+            Service(
+                NODE_REGISTRY_SERVICE,
+                NodeRegistryAPI(
+                    store,
+                    heartbeat_timeout_s=heartbeat_timeout_s,
+                    check_node=require_node_certificate if require_node_cert else None,
+                ),
+            ),
             Service(ADMIN_SERVICE, AdminAPI(store)),
             # Fleet runs live in the app's background nursery, not in the request.
             Service(
@@ -339,7 +439,8 @@ async def serve(
         SchemaTooNew, errors.Unavailable: the database cannot be used.
     """
     stop = shutdown if shutdown is not None else trio.Event()
-    async with await SQLiteStore.open(config.db) as store, NodeClient() as nodes:
+    nodes_client = NodeClient(tls=node_tls(config), insecure=config.insecure_nodes)
+    async with await SQLiteStore.open(config.db) as store, nodes_client as nodes:
         # Runs a previous process left unfinished: their runner is gone.
         await store.recover_interrupted_commands()
         created = await store.bootstrap_admin(admin_token)
@@ -358,13 +459,18 @@ async def serve(
             downloads_require_token=config.downloads_require_token,
             max_request_bytes_in_flight=config.max_request_bytes_in_flight,
             max_request_bytes_in_flight_per_user=config.max_request_bytes_in_flight_per_user,
+            require_node_cert=bool(config.tls_client_ca_file) and config.require_node_cert,
         )
-        hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S)
+        tls = server_tls(config)
+        hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S, tls=tls)
         async with trio.open_nursery() as nursery:
             if shutdown is None:
                 nursery.start_soon(_signals, stop)
             binds = await nursery.start(serve_http, app, hc, stop)
-            log.info("limiquantix-controller %s serving %s (db %s)", __version__, " ".join(binds), config.db)
+            log.info(
+                "limiquantix-controller %s serving %s (db %s); %s",
+                __version__, " ".join(binds), config.db, transport_summary(tls),
+            )  # fmt: skip
             task_status.started(binds)
             await stop.wait()
             nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
@@ -382,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``limiquantix-controller serve``: exit 0 when stopped, 1 when it cannot run, 2 on bad configuration."""
     try:
         config = load_config(argv)
+        check_tls(config)
     except ControllerConfigError as exc:
         print(f"limiquantix-controller: {exc}", file=sys.stderr)
         return 2

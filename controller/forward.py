@@ -24,6 +24,13 @@ bearer token. What crosses back:
 * Time budgets come from the caller (derived from the Connect deadline and the
   command's own timeout) and are sent on as ``Connect-Timeout-Ms`` so hostd
   stops at the same moment. A budget that runs out is ``deadline_exceeded``.
+
+TLS (``https://`` nodes): hostd's certificate is verified against the configured CA and the
+controller presents its client certificate (mutual TLS). A handshake that fails (an unknown
+CA, an expired certificate, another host's name) is ``unavailable``, reason ``node_tls``,
+saying why: hostd reads no request before its handshake completes, so nothing ran. A node
+token is never sent over plain ``http://`` to another machine unless the controller is
+configured ``insecure_nodes`` (reason ``insecure_transport``).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from google.protobuf.message import Message
 
 from limiquantix.protocol.rpc import (
     OUTCOME_UNKNOWN,
+    ClientTLS,
     OutcomeUnknown,
     OutcomeUnknownDeadline,
     RpcClient,
     Target,
     outcome_unknown,
 )
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 
 from .models import NodeInfo
 
@@ -70,7 +79,13 @@ _MAX_CONNECTIONS: Final = 2000
 
 
 def _target(node: NodeInfo) -> Target:
-    return Target(url=node.url, token=node.token, name=f"node {node.node_id}", unreachable_reason="node_unreachable")
+    return Target(
+        url=node.url,
+        token=node.token,
+        name=f"node {node.node_id}",
+        unreachable_reason="node_unreachable",
+        tls_reason="node_tls",
+    )
 
 
 def bytes_field_header(number: int, length: int) -> bytes:
@@ -94,9 +109,15 @@ class NodeClient:
     """Calls into hostd node APIs over one :class:`~limiquantix.protocol.rpc.RpcClient`.
     Use as an async context manager (closes the pools)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TLSFiles | None = None, insecure: bool = False) -> None:
+        """``tls``: the CA hostd certificates chain to and our client certificate (mutual TLS);
+        ``insecure``: allow node tokens over plain HTTP to other machines.
+
+        Raises:
+            TLSConfigError: a file of ``tls`` cannot be used.
+        """
         limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
-        self._rpc = RpcClient(limits=limits)
+        self._rpc = RpcClient(limits=limits, tls=ClientTLS(verify=client_ssl_context(tls)), insecure=insecure)
 
     async def __aenter__(self) -> NodeClient:
         return self

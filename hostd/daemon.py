@@ -8,10 +8,19 @@ Configuration is ``/etc/limiquantix/hostd.toml`` (or ``--config``)::
     metrics_open = false              # true: /metrics without the bearer token
     max_request_bytes_in_flight = 268435456   # request bytes calls in progress may hold
 
+    # HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on the TCP listener; without: plain HTTP, for loopback development.
+    tls_cert_file = "/etc/limiquantix/pki/hostd.pem"     # SANs: the names the controller calls it by
+    tls_key_file = "/etc/limiquantix/pki/hostd.key"
+    tls_client_ca_file = "/etc/limiquantix/pki/ca.pem"   # mutual TLS: callers need a certificate from this CA
+
     # Optional: register with a controller and heartbeat the VM list.
-    controller_url = "http://controller:8080"
+    controller_url = "https://controller:8080"
     controller_token_file = "/etc/limiquantix/controller.token"  # a token with the `node` role
-    advertise_url = "http://10.0.0.5:8081"        # default: from listen
+    controller_ca_file = "/etc/limiquantix/pki/ca.pem"           # verifies the controller's certificate
+    controller_cert_file = "/etc/limiquantix/pki/node-1-client.pem"   # hostd's client certificate (CN: node id)
+    controller_key_file = "/etc/limiquantix/pki/node-1-client.key"
+    controller_insecure = false       # true: a token over plain http:// to another machine is allowed
+    advertise_url = "https://10.0.0.5:8081"       # default: from listen
     heartbeat_interval_s = 5
 
     [connection]                      # hostd.config.ConnectionConfig
@@ -68,10 +77,27 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.rpc import RpcClient, Target, error_body
-from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service, http_config, serve_http
+from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target, error_body
+from limiquantix.protocol.rpc.server import (
+    CallContext,
+    InFlightBytes,
+    Router,
+    Service,
+    ServerTLS,
+    http_config,
+    serve_http,
+    server_ssl_context,
+    transport_summary,
+)
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol.tls import (
+    TLSFiles,
+    InsecureTransportError,
+    TLSConfigError,
+    check_token_transport,
+    client_ssl_context,
+)
 from limiquantix.protocol.wire import enum_name
 
 from .api import SERVICE, NodeAPI
@@ -144,7 +170,21 @@ class HostdConfig:
     controller_token_file: str = ""
     """File holding the controller token (first line)."""
     advertise_url: str = ""
-    """URL of this node API as the controller should call it; default http://<listen>."""
+    """URL of this node API as the controller should call it; default http(s)://<listen>."""
+    tls_cert_file: str = ""
+    """PEM certificate of the node API (with tls_key_file: HTTPS on ``listen``); empty: plain HTTP."""
+    tls_key_file: str = ""
+    """Its private key."""
+    tls_client_ca_file: str = ""
+    """CA whose client certificate every caller must present (mutual TLS); empty: none asked."""
+    controller_ca_file: str = ""
+    """CA the controller's certificate must chain to (https:// controller_url); empty: the system's."""
+    controller_cert_file: str = ""
+    """hostd's client certificate for the controller (its common name: the node id); empty: none."""
+    controller_key_file: str = ""
+    """Its private key."""
+    controller_insecure: bool = False
+    """Allow sending the controller token over plain http:// to another machine (never do this)."""
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     """Seconds between heartbeats to the controller."""
     log_format: str = "text"
@@ -169,6 +209,19 @@ class HostdConfig:
                 raise ConfigError("controller_url must be http:// or https://")
             if not self.controller_token and not self.controller_token_file:
                 raise ConfigError(f"controller_url needs controller_token_file (or {CONTROLLER_TOKEN_ENV})")
+            try:
+                check_token_transport(
+                    self.controller_url, insecure=self.controller_insecure, what="the controller token",
+                    flag="controller_insecure = true",
+                )  # fmt: skip
+            except InsecureTransportError as exc:
+                raise ConfigError(str(exc)) from None
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if bool(self.controller_cert_file) != bool(self.controller_key_file):
+            raise ConfigError("controller_cert_file and controller_key_file go together")
         if not self.heartbeat_interval_s > 0:
             raise ConfigError("heartbeat_interval_s must be > 0")
         if self.max_request_bytes_in_flight < 1:
@@ -189,6 +242,32 @@ class HostdConfig:
             ConfigError: none configured, or the file is unreadable or empty.
         """
         return _secret(self.controller_token, self.controller_token_file, "controller_token")
+
+    def server_tls(self) -> ServerTLS | None:
+        """The node API's TLS settings; None: plain HTTP."""
+        if not self.tls_cert_file:
+            return None
+        return ServerTLS(cert_file=self.tls_cert_file, key_file=self.tls_key_file, client_ca_file=self.tls_client_ca_file)
+
+    def controller_tls(self) -> TLSFiles:
+        """How hostd verifies the controller and proves who it is."""
+        return TLSFiles(
+            ca_file=self.controller_ca_file, cert_file=self.controller_cert_file, key_file=self.controller_key_file
+        )
+
+    def check_tls(self) -> None:
+        """Load every certificate and key once, so that a bad file stops hostd at start with its name.
+
+        Raises:
+            ConfigError: a file cannot be used (named, with the reason).
+        """
+        try:
+            if (tls := self.server_tls()) is not None:
+                server_ssl_context(tls)
+            if self.controller_url.startswith("https://"):
+                client_ssl_context(self.controller_tls())
+        except TLSConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _secret(value: str, file: str, what: str) -> str:
@@ -223,7 +302,15 @@ _SCALARS: Final = (
     "controller_token",
     "controller_token_file",
     "advertise_url",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "controller_ca_file",
+    "controller_cert_file",
+    "controller_key_file",
 )
+#: true/false keys (flags without a value turn them on).
+_BOOLEANS: Final = ("metrics_open", "controller_insecure")
 #: Keys that hold a secret: TOML or the environment only, never flags.
 _SECRET_KEYS: Final = {"token": TOKEN_ENV, "controller_token": CONTROLLER_TOKEN_ENV}
 
@@ -244,7 +331,7 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         ConfigError: unknown keys, wrong types or values.
     """
     data = dict(data)
-    known = {*_SCALARS, "heartbeat_interval_s", "metrics_open", "max_request_bytes_in_flight", "connection", "discovery", "vm"}
+    known = {*_SCALARS, *_BOOLEANS, "heartbeat_interval_s", "max_request_bytes_in_flight", "connection", "discovery", "vm"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -263,10 +350,11 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         if isinstance(data["max_request_bytes_in_flight"], bool) or not isinstance(data["max_request_bytes_in_flight"], int):
             raise ConfigError("max_request_bytes_in_flight must be a whole number of bytes")
         kwargs["max_request_bytes_in_flight"] = data["max_request_bytes_in_flight"]
-    if "metrics_open" in data:
-        if not isinstance(data["metrics_open"], bool):
-            raise ConfigError("metrics_open must be true or false")
-        kwargs["metrics_open"] = data["metrics_open"]
+    for key in _BOOLEANS:
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ConfigError(f"{key} must be true or false")
+            kwargs[key] = data[key]
     if "connection" in data:
         kwargs["connection"] = _sub(ConnectionConfig, data["connection"], "connection")
     if "discovery" in data:
@@ -303,6 +391,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
             p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
     p.add_argument(
         "--metrics-open", action="store_true", default=argparse.SUPPRESS, help="serve /metrics without the bearer token"
+    )
+    p.add_argument(
+        "--controller-insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow the controller token over plain http:// to another machine (anyone on the path reads it)",
     )
     p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS)
     p.add_argument("--max-request-bytes-in-flight", type=int, default=argparse.SUPPRESS)
@@ -476,12 +570,16 @@ async def serve(
             if os.path.exists(config.unix_socket):
                 os.unlink(config.unix_socket)
             bind.append(f"unix:{config.unix_socket}")
-        hc = http_config(bind, graceful_timeout_s=GRACEFUL_TIMEOUT_S)
+        tls = config.server_tls()
+        hc = http_config(bind, graceful_timeout_s=GRACEFUL_TIMEOUT_S, tls=tls)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve_http, app, hc, stop)
             if config.unix_socket:
                 os.chmod(config.unix_socket, 0o600)
-            log.info("limiquantix-hostd %s serving %s, %d VMs", __version__, " ".join(binds), len(registry))
+            log.info(
+                "limiquantix-hostd %s serving %s, %d VMs; %s",
+                __version__, " ".join(binds), len(registry), transport_summary(tls),
+            )  # fmt: skip
             # The signal watcher and the controller link never end by themselves:
             # they are cancelled at shutdown, so that only requests in flight are
             # waited for (at most GRACEFUL_TIMEOUT_S).
@@ -568,7 +666,8 @@ async def _controller_link(
     registered = False
     failing = False
     # No keep-alive: one call every few seconds gains nothing from it.
-    async with RpcClient(keepalive=False) as client:
+    tls = ClientTLS(verify=client_ssl_context(config.controller_tls()))
+    async with RpcClient(keepalive=False, tls=tls, insecure=config.controller_insecure) as client:
         while True:
             try:
                 vms = node_vms(registry.statuses())
@@ -596,9 +695,10 @@ async def _controller_link(
                 registered = False  # the controller forgot us: register again at once
                 continue
             except (errors.AgentError, OSError) as exc:
-                # Logged once per outage, not once per retry.
+                # Logged once per outage, not once per retry (a failed TLS handshake says why:
+                # the rpc client names it).
                 if not failing:
-                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, exc)
+                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, str(exc) or type(exc).__name__)
                 failing = True
             except Exception:  # never let the link take hostd down
                 log.exception("controller link failed: retrying")
@@ -637,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.bearer_token()
         if config.controller_url:
             config.controller_bearer_token()
+        config.check_tls()
     except ConfigError as exc:
         print(f"limiquantix-hostd: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,15 @@
 """`make run`: start the whole stack on this machine and show it working.
 
 Starts the controller (``limiquantix-controller serve``, SQLite in a temp dir),
-three simulated VMs (``limiquantix-simvm``: a pty standing for each VM's
+over HTTPS with a throwaway CA in the temp dir (``limiquantix-controller pki``'s
+code: the controller's and hostd's certificates, and the client certificates of
+mutual TLS between them), three simulated VMs (``limiquantix-simvm``: a pty standing for each VM's
 virtio-serial port, the real ``limiquantix-agent`` on it, a Unix socket playing
 QEMU's chardev) and ``limiquantix-hostd``, which registers with the controller
 and heartbeats its VMs. It waits until every agent is connected, exercises the
 controller's public API (the reference document's curl examples among it),
-writes the controller URL and admin token to ``~/.config/limiquantix/tui.toml``
-(where ``limiquantix-tui`` will look), prints curl lines to try the API by hand,
+writes the controller URL, admin token and CA to ``~/.config/limiquantix/tui.toml``
+(where ``limiquantix-tui`` will look), prints curl lines (``--cacert``) to try the API by hand,
 and then runs ``limiquantix-tui`` connected to it; quitting the TUI stops the
 stack (headless: a live VM table until Ctrl-C).
 
@@ -27,6 +29,7 @@ import argparse
 import base64
 import ctypes
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -42,10 +45,12 @@ from typing import Any
 import httpx
 import trio
 
+from limiquantix.controller import pki
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol import errors
-from limiquantix.protocol.rpc import JSON, RpcClient, Target
+from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"
@@ -177,29 +182,65 @@ def start_qemu_guest(tmp: Path, agent_socket: Path) -> Any:
     return guest
 
 
-def write_tui_config(url: str, token: str) -> None:
+def write_tui_config(url: str, token: str, ca_file: Path) -> None:
     TUI_CONFIG.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(TUI_CONFIG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"# Written by make run: the stack it started.\nurl = {json.dumps(url)}\ntoken = {json.dumps(token)}\n")
+        fh.write(
+            f"# Written by make run: the stack it started (its CA is deleted when it stops).\n"
+            f"url = {json.dumps(url)}\ntoken = {json.dumps(token)}\nca_file = {json.dumps(str(ca_file))}\n"
+        )
+
+
+def make_pki(directory: Path, *addresses: str) -> Path:
+    """A throwaway CA and every certificate the stack needs; returns the directory.
+
+    Server certificates name this host, localhost, 127.0.0.1, ::1 and the hosts of ``addresses``
+    (``host:port``), so that the printed curl lines verify whichever the stack listens on.
+    """
+    dns, ips = pki.default_server_names()
+    for address in addresses:
+        host = address.rpartition(":")[0].strip("[]")
+        if not host or host in ("0.0.0.0", "::"):
+            continue
+        try:
+            ips.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            dns.append(host)
+    names = {"dns_names": list(dict.fromkeys(dns)), "ip_addresses": list(dict.fromkeys(ips))}
+    pki.create_ca(directory, common_name="LimiQuantix make run CA")
+    pki.issue(directory, "controller", pki.CertKind.SERVER, **names)
+    pki.issue(directory, "hostd", pki.CertKind.SERVER, **names)
+    pki.issue(directory, "controller-client", pki.CertKind.CLIENT)
+    pki.issue(directory, "node-1-client", pki.CertKind.CLIENT, common_name="node-1")
+    return directory
 
 
 async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     admin_token = os.environ.get("LQX_ADMIN_TOKEN") or secrets.token_urlsafe(32)
     db = tmp / "controller.db"
+    certs = make_pki(tmp / "pki", args.listen, args.hostd_listen)
+    ca = certs / "ca.pem"
     controller = subprocess.Popen(
         [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(db), "--listen", args.listen,
-         "--log-level", "warning", "--downloads-dir", str(DIST)],
+         "--log-level", "warning", "--downloads-dir", str(DIST),
+         "--tls-cert-file", str(certs / "controller.pem"), "--tls-key-file", str(certs / "controller.key"),
+         "--tls-client-ca-file", str(ca), "--node-ca-file", str(ca), "--node-cert-file", str(certs / "controller-client.pem"),
+         "--node-key-file", str(certs / "controller-client.key")],
         env={**os.environ, "LQX_ADMIN_TOKEN": admin_token}, stdout=subprocess.DEVNULL, preexec_fn=_daemon_session,
     )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = [controller]
     sims: list[Any] = []  # SimVMProcess, or VM=qemu's QemuGuest: both have stop()
-    url = f"http://{args.listen}"
+    url = f"https://{args.listen}"
+    # This script checks hostd's /healthz too: hostd requires a client certificate (mutual TLS).
+    verify = client_ssl_context(
+        TLSFiles(ca_file=str(ca), cert_file=str(certs / "controller-client.pem"), key_file=str(certs / "controller-client.key"))
+    )
     try:
-        async with httpx.AsyncClient(timeout=60) as client, RpcClient() as rpc:
+        async with httpx.AsyncClient(timeout=60, verify=verify) as client, RpcClient(tls=ClientTLS(verify=verify)) as rpc:
             with trio.fail_after(60):
                 await wait_healthy(client, url, controller, "the controller")
-            say("started", f"limiquantix-controller on {url}  {DIM}(database {db}){RESET}")
+            say("started", f"limiquantix-controller on {url}  {DIM}(database {db}; TLS with the throwaway CA {ca}){RESET}")
             node_token = subprocess.run(
                 [sys.executable, "-m", "limiquantix.controller", "--db", str(db), "token", "create",
                  "--user", "hostd", "--role", "node", "--description", "make run's hostd"],
@@ -224,20 +265,24 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
                  "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
                  "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning",
-                 "--controller-url", url, "--controller-token-file", str(tmp / "node.token"), "--heartbeat-interval-s", "2"],
+                 "--controller-url", url, "--controller-token-file", str(tmp / "node.token"), "--heartbeat-interval-s", "2",
+                 "--tls-cert-file", str(certs / "hostd.pem"), "--tls-key-file", str(certs / "hostd.key"),
+                 "--tls-client-ca-file", str(ca), "--controller-ca-file", str(ca),
+                 "--controller-cert-file", str(certs / "node-1-client.pem"),
+                 "--controller-key-file", str(certs / "node-1-client.key")],
                 preexec_fn=_daemon_session,
             )  # fmt: skip
             procs.append(hostd)
             api = Api(rpc, url, admin_token)
             with trio.fail_after(300 if QEMU else 90):  # a TCG boot takes about 30 s
-                await wait_healthy(client, f"http://{args.hostd_listen}", hostd, "hostd")
-                say("started", f"limiquantix-hostd on http://{args.hostd_listen}, registered with the controller as node-1")
+                await wait_healthy(client, f"https://{args.hostd_listen}", hostd, "hostd")
+                say("started", f"limiquantix-hostd on https://{args.hostd_listen} (mutual TLS), registered with the controller as node-1")
                 while True:
                     vms = (await api.call("ListVMs", {}))["vms"]
                     if len(vms) == len(VMS) and all(v.get("agentState") == "connected" for v in vms):
                         break
                     await trio.sleep(0.2)
-            write_tui_config(url, admin_token)
+            write_tui_config(url, admin_token, ca)
             say("controller", f"{url}   admin token {BOLD}{admin_token}{RESET}   {DIM}(also in {TUI_CONFIG}){RESET}")
             say("VMs", "every agent connected:")
             print(vm_table(await live_vms(api)), flush=True)
@@ -246,10 +291,10 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             say("try the API yourself", "(in another terminal, while this runs; the reference document's examples):")
             for body in (f'{{"vmId": "{VMS[0]}"}}', f'{{"vmId": "{VMS[0]}", "command": "uname -a", "timeoutSeconds": 30}}'):
                 method = "PingAgent" if "command" not in body else "ExecuteScript"
-                print(f"  curl -s -X POST {url}/{VM_SERVICE}/{method} \\\n"
+                print(f"  curl -s --cacert {ca} -X POST {url}/{VM_SERVICE}/{method} \\\n"
                       f"       -H 'Authorization: Bearer {admin_token}' \\\n"
                       f"       -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
-            print(f"  curl -s {url}/metrics -H 'Authorization: Bearer {admin_token}' | grep lqx_controller")
+            print(f"  curl -s --cacert {ca} {url}/metrics -H 'Authorization: Bearer {admin_token}' | grep lqx_controller")
             if args.once:
                 return
             if TTY and sys.stdin.isatty() and not os.environ.get("LQX_HEADLESS"):

@@ -63,7 +63,7 @@ def test_token_is_required_and_read_from_its_file(tmp_path: Path) -> None:
 
 def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "node.token").write_text("lqx_node-token-from-file\n")
-    url = ["--controller-url", "http://c:8080"]
+    url = ["--controller-url", "https://c:8080"]
     with pytest.raises(ConfigError, match=f"controller_url needs controller_token_file \\(or {CONTROLLER_TOKEN_ENV}\\)"):
         load_config(url)
     c = load_config([*url, "--controller-token-file", str(tmp_path / "node.token")])
@@ -77,7 +77,7 @@ def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, mo
     assert c.controller_bearer_token() == "lqx_node-token-from-file"
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
-        HostdConfig(controller_url="http://c", controller_token_file=str(tmp_path / "empty")).controller_bearer_token()
+        HostdConfig(controller_url="https://c", controller_token_file=str(tmp_path / "empty")).controller_bearer_token()
     # A secret on the command line is refused, saying why and what to use instead.
     for flag, instead in (("--token", "--token-file"), ("--controller-token", "--controller-token-file")):
         out = subprocess.run([sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True)

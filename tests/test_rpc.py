@@ -349,7 +349,9 @@ def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, 
         return httpx.Response(200, headers={"Content-Type": "application/connect+json"}, content=end)
 
     async def tui() -> None:
-        async with ControllerClient("http://controller", "t", transport=httpx.MockTransport(controller)) as client:
+        # insecure: "controller" is a MockTransport, the token never leaves the process.
+        mock = httpx.MockTransport(controller)
+        async with ControllerClient("http://controller", "t", transport=mock, insecure=True) as client:
             async for _ in client.execute_stream("vm1", "sleep 89", timeout_s=timeout):
                 pass
 

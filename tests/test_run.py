@@ -31,6 +31,9 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "registered with the controller as node-1" in text
+    # TLS end to end: the controller on https, hostd with mutual TLS, curl lines with the CA.
+    assert "limiquantix-controller on https://127.0.0.1:" in text and "(mutual TLS)" in text
+    assert "curl -s --cacert " in text and "http://" not in text
     assert "every agent connected" in text
     assert text.count(" connected ") >= 3
     assert "ExecuteScript web-1 uname -a → exitCode 0" in text
@@ -40,7 +43,12 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert "exited with [0, 0]" in text
     assert "Traceback" not in out.stderr
     tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
-    assert "url = " in tui and "token = " in tui
+    assert 'url = "https://' in tui and "token = " in tui and "ca_file = " in tui
+    # The TUI reads it: the CA file it names is the one make run made (gone with its temp dir now).
+    from limiquantix.tui.config import TuiConfigError, parse_args
+
+    with pytest.raises(TuiConfigError, match="cannot read the CA file .*/pki/ca.pem"):
+        parse_args(["--config", str(tmp_path / "limiquantix" / "tui.toml")], env={})
     assert (tmp_path / "limiquantix" / "tui.toml").stat().st_mode & 0o777 == 0o600
 
 

@@ -444,8 +444,8 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         parse_args([], env={})
     conf = tmp_path / "limiquantix" / "tui.toml"
     conf.parent.mkdir()
-    conf.write_text('url = "http://10.9.8.7:8080"\ntoken = "from-file"\n')
-    assert parse_args([], env={}) == TuiConfig(url="http://10.9.8.7:8080", token="from-file", source="the config file")
+    conf.write_text('url = "https://10.9.8.7:8080"\ntoken = "from-file"\n')
+    assert parse_args([], env={}) == TuiConfig(url="https://10.9.8.7:8080", token="from-file", source="the config file")
     env = {"LQX_CONTROLLER_URL": "http://127.0.0.1:9", "LQX_TOKEN": "from-env"}
     got = parse_args([], env=env)
     assert (got.url, got.token, got.source) == ("http://127.0.0.1:9", "from-env", "LQX_TOKEN")

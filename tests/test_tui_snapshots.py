@@ -76,7 +76,10 @@ def _controller(request: httpx.Request) -> httpx.Response:
 
 
 def make_app() -> tuple[LimiQuantixApp, Callable[[], None]]:
-    client = ControllerClient(demo_data.CONTROLLER_URL, "demo-token", transport=httpx.MockTransport(_controller))
+    # insecure: the demo's controller.example is a MockTransport, no token leaves the process.
+    client = ControllerClient(
+        demo_data.CONTROLLER_URL, "demo-token", transport=httpx.MockTransport(_controller), insecure=True
+    )
     return demo_data.demo_app(client=client)
 
 

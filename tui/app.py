@@ -83,7 +83,9 @@ class LimiQuantixApp(App[None]):
         super().__init__()
         self.config = config
         self.clock = clock
-        self.client = client or ControllerClient(config.url, config.token)
+        self.client = client or ControllerClient(
+            config.url, config.token, ca_file=config.ca_file, insecure=config.insecure
+        )
         self.poll = poll
         self.me: WhoAmI | None = None
         self.vms: dict[str, dict[str, Any]] = {}

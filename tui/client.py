@@ -18,7 +18,8 @@ from typing import Any, Final
 import httpx
 
 from limiquantix.protocol import errors
-from limiquantix.protocol.rpc import JSON, RpcClient, Target, command_budget_s, deadline_after
+from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target, command_budget_s, deadline_after
+from limiquantix.protocol.tls import TLSFiles, check_token_transport, client_ssl_context
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -87,13 +88,28 @@ class ControllerClient:
     """
 
     def __init__(
-        self, url: str, token: str, *, timeout_s: float = 15.0, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = 15.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str = "",
+        insecure: bool = False,
     ) -> None:
+        """``ca_file``: the CA the controller's certificate must chain to (the system's when empty).
+
+        Raises:
+            InsecureTransportError: ``url`` is plain http:// to another machine and ``insecure`` is false.
+            TLSConfigError: ``ca_file`` cannot be loaded.
+        """
+        check_token_transport(url, insecure=insecure)
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         self._target = Target(url=self.url, token=token, name="the controller")
-        self._rpc = RpcClient(transport=transport)
+        tls = ClientTLS(verify=client_ssl_context(TLSFiles(ca_file=ca_file)))
+        self._rpc = RpcClient(transport=transport, tls=tls, insecure=insecure)
 
     async def aclose(self) -> None:
         await self._rpc.aclose()

@@ -3,6 +3,9 @@
 ``make run`` writes ``~/.config/limiquantix/tui.toml`` (``$XDG_CONFIG_HOME`` is
 honoured) with ``url`` and ``token``; ``LQX_CONTROLLER_URL`` / ``LQX_TOKEN``
 override it, and ``--url`` / ``--token`` / ``--token-file`` override both.
+``ca_file`` (``--ca-file``, ``LQX_CA_FILE``) is the CA the controller's HTTPS certificate
+must chain to (default: the system's CAs). The token is never sent over plain ``http://`` to
+another machine unless ``--insecure`` (or ``insecure = true``) says so.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.tls import InsecureTransportError, check_token_transport
 
 __all__ = ["DEFAULT_REFRESH_S", "DEFAULT_URL", "TuiConfig", "TuiConfigError", "default_config_path", "parse_args"]
 
@@ -39,6 +43,10 @@ class TuiConfig:
     refresh_s: float = DEFAULT_REFRESH_S
     source: str = "defaults"
     """Where the token came from (shown when the controller refuses it)."""
+    ca_file: str = ""
+    """CA the controller's certificate must chain to; empty: the system's CAs."""
+    insecure: bool = False
+    """Send the token over plain http:// to another machine anyway."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="API token (env LQX_TOKEN; default from the config file)")
     p.add_argument("--token-file", type=Path, help="read the API token from this file")
     p.add_argument("--config", type=Path, help="config file (default: ~/.config/limiquantix/tui.toml)")
+    p.add_argument("--ca-file", type=Path, help="CA the controller's HTTPS certificate must chain to (env LQX_CA_FILE)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="send the token over plain http:// to another machine (anyone on the network path can read it)",
+    )
     p.add_argument("--refresh-s", type=float, help=f"seconds between fleet refreshes (default {DEFAULT_REFRESH_S})")
     return p
 
@@ -63,7 +77,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
     args = _parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
     data = read_toml(args.config, default_config_path(), TuiConfigError)
-    unknown = sorted(set(data) - {"url", "token", "refresh_s"})
+    unknown = sorted(set(data) - {"url", "token", "refresh_s", "ca_file", "insecure"})
     if unknown:
         raise TuiConfigError(f"unknown key {unknown[0]!r} in the TUI config file")
     url, token, source = str(data.get("url", DEFAULT_URL)), str(data.get("token", "")), "the config file"
@@ -87,7 +101,17 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         )
     if not url.startswith(("http://", "https://")):
         raise TuiConfigError(f"controller URL must start with http:// or https://, not {url!r}")
+    ca_file = str(args.ca_file or env.get("LQX_CA_FILE") or data.get("ca_file", ""))
+    if ca_file and not os.path.isfile(ca_file):
+        raise TuiConfigError(f"cannot read the CA file {ca_file}")
+    insecure = bool(args.insecure or data.get("insecure", False) is True)
+    try:
+        check_token_transport(url, insecure=insecure)
+    except InsecureTransportError as exc:
+        raise TuiConfigError(str(exc)) from None
     refresh = args.refresh_s if args.refresh_s is not None else float(data.get("refresh_s", DEFAULT_REFRESH_S))
     if not refresh > 0:
         raise TuiConfigError("refresh_s must be > 0")
-    return TuiConfig(url=url.rstrip("/"), token=token, refresh_s=refresh, source=source)
+    return TuiConfig(
+        url=url.rstrip("/"), token=token, refresh_s=refresh, source=source, ca_file=ca_file, insecure=insecure
+    )

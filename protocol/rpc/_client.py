@@ -28,7 +28,12 @@ Deadlines flow (:mod:`._deadline`): the time the caller has left (its explicit
 same moment the caller gives up.
 
 TLS lives in one place, :class:`ClientTLS`: what to verify the server with and which
-client certificate to present.
+client certificate to present (``verify=protocol.tls.client_ssl_context(files)`` builds a
+context that also records why a handshake failed). A handshake that fails is
+``unavailable`` with the target's ``tls_reason``, naming why (wrong CA, expired,
+another host's name): the server reads no request before its handshake is done, so
+nothing ran. A token is never sent over plain ``http://`` to another machine unless
+the client was made ``insecure`` (:func:`~limiquantix.protocol.tls.check_token_transport`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import httpx
 from google.protobuf.message import Message
 
 from .. import errors
+from ..tls import InsecureTransportError, check_token_transport, tls_failure
 from ._codec import (
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
@@ -154,12 +160,14 @@ class Target:
         token: the bearer token sent with every call ("": none).
         name: how messages name the server (``"node n1"``).
         unreachable_reason: the ``reason`` of the error for a server that cannot be reached.
+        tls_reason: the ``reason`` of the error for a TLS handshake that failed.
     """
 
     url: str
     token: str = field(default="", repr=False)
     name: str = "the server"
     unreachable_reason: str = "unreachable"
+    tls_reason: str = "tls_handshake"
 
 
 @final
@@ -174,11 +182,13 @@ class RpcClient:
         keepalive: False: a new connection per call (for calls seconds apart).
         transport: an httpx transport to use instead of the network (tests).
         max_message_bytes: the largest answer accepted.
+        insecure: send tokens over plain ``http://`` to other machines too.
     """
 
     def __init__(
         self,
         *,
+        insecure: bool = False,
         tls: ClientTLS | None = None,
         limits: httpx.Limits | None = None,
         keepalive: bool = True,
@@ -186,6 +196,7 @@ class RpcClient:
         max_message_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.tls = tls or ClientTLS()
+        self.insecure = insecure
         limits = limits or httpx.Limits()
         if not keepalive:
             limits = httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=0)
@@ -214,6 +225,17 @@ class RpcClient:
             await client.aclose()
 
     def _target(self, target: Target, procedure: str) -> tuple[httpx.AsyncClient, str]:
+        """The client and URL for ``procedure`` on ``target``.
+
+        Raises:
+            errors.Unavailable: reason ``insecure_transport``: a token for plain ``http://`` to
+                another machine, and the client is not ``insecure`` (nothing was sent).
+        """
+        if target.token:
+            try:
+                check_token_transport(target.url, insecure=self.insecure, what=f"{target.name}'s token")
+            except InsecureTransportError as exc:
+                raise errors.Unavailable(str(exc), reason="insecure_transport") from None
         if target.url.startswith("unix:") and self._transport is None:
             path = target.url[len("unix:") :]
             client = self._unix.get(path)
@@ -240,8 +262,17 @@ class RpcClient:
         return headers
 
     def _transport_error(self, target: Target, procedure: str, remaining: float, exc: httpx.HTTPError) -> errors.AgentError:
-        """The error an httpx exception stands for (:data:`TRANSPORT_ERRORS`)."""
+        """The error an httpx exception stands for (:data:`TRANSPORT_ERRORS`), or a failed TLS
+        handshake's (before the table: the server read no request, whatever httpx raised)."""
         method = procedure.rpartition("/")[2]
+        why = tls_failure(exc)
+        if why is not None:
+            return errors.Unavailable(
+                f"{target.name} ({target.url}): TLS handshake failed: {why}; nothing was sent", reason=target.tls_reason
+            )
+        # Under TLS 1.3 a server refusing our client certificate closes the connection after our
+        # side of the handshake is done: that looks like a connection broken mid-call.
+        hint = " (or it refused this client's certificate: see its log)" if target.url.startswith("https:") else ""
         for cls, error_cls, sent in TRANSPORT_ERRORS:
             if not isinstance(exc, cls):
                 continue
@@ -259,7 +290,7 @@ class RpcClient:
                 )
             return error_cls(
                 f"{target.name} ({target.url}) broke the connection ({type(exc).__name__}) after {method} "
-                "was sent; it may have run: its outcome is not known",
+                f"was sent; it may have run: its outcome is not known{hint}",
                 reason=OUTCOME_UNKNOWN,
             )
         # Not a transport error (httpx.DecodingError, TooManyRedirects...): a peer

@@ -139,8 +139,12 @@ from ._router import Router as Router
 from ._serving import KEEP_ALIVE_TIMEOUT_S as KEEP_ALIVE_TIMEOUT_S
 from ._serving import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._serving import ServedApp as ServedApp
+from ._serving import ServerTLS as ServerTLS
 from ._serving import http_config as http_config
+from ._serving import peer_common_name as peer_common_name
 from ._serving import serve_http as serve_http
+from ._serving import server_ssl_context as server_ssl_context
+from ._serving import transport_summary as transport_summary
 from ._service import Route as Route
 from ._service import Service as Service
 
@@ -162,7 +166,11 @@ __all__ = [
     "Route",
     "Router",
     "ServedApp",
+    "ServerTLS",
     "Service",
     "http_config",
+    "peer_common_name",
     "serve_http",
+    "server_ssl_context",
+    "transport_summary",
 ]

@@ -25,13 +25,25 @@ request did that (see :class:`_H2Protocol`). :class:`_ContainedTCPServer` contai
 connection: the error is logged, that connection closed, the server keeps serving. The two
 classes are installed into hypercorn once, when this module is imported
 (:func:`_install_hypercorn_fixes`).
+
+TLS: :func:`http_config` with a :class:`ServerTLS` serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN);
+with a CA for client certificates, a client must present one it signed (mutual TLS:
+``ssl.CERT_REQUIRED``) or the handshake is refused, before any request is read. hypercorn drops
+a failed handshake without a word; here each refusal is logged (at most once per reason per
+:data:`TLS_REFUSAL_LOG_INTERVAL_S`, with how many it stands for), so that the side that refused
+says why. Without a certificate the servers speak plain HTTP, which :func:`transport_summary`
+says is for loopback development.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextvars
+import dataclasses
 import logging
+import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
@@ -50,6 +62,8 @@ if sys.version_info >= (3, 11):  # novermin
 else:  # pragma: no cover - Python 3.10: trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
+from ...tls import TLSConfigError
+
 __all__ = [
     "FINAL_SEND_TIMEOUT_S",
     "H2_MAX_CONCURRENT_STREAMS",
@@ -59,8 +73,13 @@ __all__ = [
     "LISTEN_BACKLOG",
     "MAX_REQUEST_HEAD_BYTES",
     "ServedApp",
+    "ServerTLS",
+    "TLS_REFUSAL_LOG_INTERVAL_S",
     "http_config",
+    "peer_common_name",
     "serve_http",
+    "server_ssl_context",
+    "transport_summary",
 ]
 
 #: How long the servers keep an idle connection: longer than clients keep theirs (httpx: 5 s),
@@ -92,6 +111,12 @@ H2_MAX_INBOUND_FRAME_BYTES: Final = 16 * 1024
 FINAL_SEND_TIMEOUT_S: Final = 5.0
 
 log = logging.getLogger(__name__)
+
+#: A client that keeps failing its handshake (a hostd with the wrong certificate retries every
+#: few seconds; a scanner tries thousands): one log line per reason per this many seconds.
+TLS_REFUSAL_LOG_INTERVAL_S: Final = 60.0
+#: ALPN: HTTP/2 first (gRPC needs it), HTTP/1.1 for every other client.
+ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -221,12 +246,181 @@ def _install_hypercorn_fixes() -> None:
 _install_hypercorn_fixes()
 
 
-def http_config(bind: list[str], *, graceful_timeout_s: float) -> Config:
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerTLS:
+    """A server's certificate, and who may connect.
+
+    Raises:
+        TLSConfigError: the certificate or the key is not named.
+    """
+
+    cert_file: str
+    """PEM certificate chain the server presents (its SANs name the host as clients call it)."""
+    key_file: str
+    """Its private key (PEM)."""
+    client_ca_file: str = ""
+    """PEM CA that signs client certificates; empty: clients are not asked for one."""
+    require_client_cert: bool = True
+    """With ``client_ca_file``: true refuses a client without a certificate from it (mutual TLS,
+    ``ssl.CERT_REQUIRED``); false asks for one and verifies any presented (``CERT_OPTIONAL``)."""
+
+    def __post_init__(self) -> None:
+        if not self.cert_file or not self.key_file:
+            raise TLSConfigError("TLS needs both a certificate file and its key file")
+
+
+@final
+class _RefusalLog:
+    """Failed handshakes, logged at most once per reason per interval (bounded: OpenSSL's
+    reasons are a fixed set of words, and the table is cleared when it grows past 64 anyway)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def refused(self, reason: str) -> None:
+        now = time.monotonic()
+        last, count = self._last.get(reason, (-TLS_REFUSAL_LOG_INTERVAL_S, 0))
+        if now - last < TLS_REFUSAL_LOG_INTERVAL_S:
+            self._last[reason] = (last, count + 1)
+            return
+        if len(self._last) >= 64:
+            self._last.clear()
+        self._last[reason] = (now, 0)
+        more = f" ({count} more since the last line)" if count else ""
+        log.warning("TLS handshake refused: %s%s", reason, more)
+
+
+#: OpenSSL's words for the refusals an operator meets, said plainly.
+_PLAIN_REASONS: Final = {
+    "peer did not return a certificate": "the client presented no certificate (mutual TLS is on)",
+    "unexpected eof while reading": "the client closed the connection in the handshake (does it trust this server's CA?)",
+    "tlsv1 alert unknown ca": "the client does not trust this server's CA",
+    "sslv3 alert certificate expired": "the client says this server's certificate has expired",
+    "sslv3 alert bad certificate": "the client refused this server's certificate",
+}
+
+
+#: The verified client certificate of the connection a request came on (``getpeercert()``), if any.
+_PEER_CERT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lqx_peer_cert", default=None)
+
+
+def peer_common_name() -> str | None:
+    """The common name of the verified client certificate of the connection the current
+    request came on; None without one (plain HTTP, none presented, no client CA configured).
+
+    Relies on hypercorn completing the TLS handshake in the connection's task and starting
+    each request's task from it (tests/test_tls.py checks it): a server that does otherwise
+    makes this None, which refuses, never admits.
+    """
+    cert = _PEER_CERT.get()
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _logging_ssl_object(refusals: _RefusalLog) -> type[ssl.SSLObject]:
+    """An SSLObject class that logs why a handshake failed (``SSLContext.sslobject_class``:
+    trio's SSLStream calls ``do_handshake`` on it; hypercorn drops the error silently)."""
+
+    class LoggingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+                # In the connection's task (hypercorn's TCPServer drives the handshake there and
+                # spawns each request's task from it): every request on this connection sees it.
+                _PEER_CERT.set(self.getpeercert() or None)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # more bytes needed: not a failure
+            except ssl.SSLCertVerificationError as exc:
+                refusals.refused(f"client certificate not accepted: {exc.verify_message}")
+                raise
+            except ssl.SSLError as exc:
+                reason = (exc.reason or type(exc).__name__).lower().replace("_", " ")
+                reason = _PLAIN_REASONS.get(reason, reason)
+                refusals.refused(reason)
+                raise
+
+    return LoggingSSLObject
+
+
+def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
+    """The server's SSL context: TLS 1.2 at least, ALPN h2 and http/1.1, the client CA and
+    ``CERT_REQUIRED`` (or ``CERT_OPTIONAL``) when ``tls.client_ca_file`` is set, and every
+    refused handshake logged.
+
+    Raises:
+        TLSConfigError: a file is missing, unreadable or not a certificate/key (named).
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9113 9.2: HTTP/2 needs TLS 1.2 or later
+    ctx.options |= ssl.OP_NO_COMPRESSION  # RFC 9113 9.2.1, and CRIME
+    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"cannot load the certificate {tls.cert_file} with key {tls.key_file}: {_why(exc)}") from exc
+    if tls.client_ca_file:
+        try:
+            ctx.load_verify_locations(tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(f"cannot load the client CA file {tls.client_ca_file}: {_why(exc)}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    ctx.sslobject_class = _logging_ssl_object(_RefusalLog())
+    return ctx
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+@final
+class _TLSConfig(Config):
+    """hypercorn's Config with our SSL context (built once, at start: a bad file fails there)."""
+
+    def __init__(self, context: ssl.SSLContext, tls: ServerTLS) -> None:
+        super().__init__()
+        self._context = context
+        # hypercorn serves TLS when both are set (Config.ssl_enabled); the context is ours.
+        self.certfile = tls.cert_file
+        self.keyfile = tls.key_file
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._context
+
+
+def transport_summary(tls: ServerTLS | None) -> str:
+    """The start-up log's words for how the server is reached."""
+    if tls is None:
+        return "plain HTTP (no certificate configured: for loopback development only; tokens cross the network in clear)"
+    if not tls.client_ca_file:
+        return "HTTPS (HTTP/2 and HTTP/1.1; no client certificates asked)"
+    mode = "required (mutual TLS)" if tls.require_client_cert else "verified when presented"
+    return f"HTTPS (HTTP/2 and HTTP/1.1; client certificates from {tls.client_ca_file} {mode})"
+
+
+def http_config(bind: list[str], *, graceful_timeout_s: float, tls: ServerTLS | None = None) -> Config:
     """hypercorn's configuration for hostd and the controller: ``bind`` (``host:port`` or
     ``unix:path``), requests in flight get ``graceful_timeout_s`` at a stop, idle connections
-    are kept ``KEEP_ALIVE_TIMEOUT_S``; no access log, errors to the ``hypercorn.error`` logger."""
-    config = Config()
-    config.bind = bind
+    are kept ``KEEP_ALIVE_TIMEOUT_S``; no access log, errors to the ``hypercorn.error`` logger.
+    With ``tls`` every TCP bind serves HTTPS (see :func:`server_ssl_context`).
+
+    Raises:
+        TLSConfigError: ``tls`` names files that cannot be used.
+    """
+    config = Config() if tls is None else _TLSConfig(server_ssl_context(tls), tls)
+    if tls is None:
+        config.bind = bind
+    else:
+        # A Unix socket is this machine's own (mode 0600): plain HTTP there, TLS on TCP.
+        config.bind = [b for b in bind if not b.startswith("unix:")]
+        config.insecure_bind = [b for b in bind if b.startswith("unix:")]
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     config.backlog = LISTEN_BACKLOG

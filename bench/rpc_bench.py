@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Benchmark the transports between clients, the controller and hostd (issue 11, "Benchmarks").
+
+Two stacks run side by side on this machine, started and stopped by this script in a fresh
+temp dir, each a real controller process, a real hostd process registered with it and one
+simulated VM (the real agent on a pty):
+
+* **plain**: Connect over HTTP/1.1 everywhere (today's development path);
+* **tls**: the same over TLS with a throwaway CA made by ``limiquantix-controller pki``'s code:
+  the client → controller on HTTPS, controller ↔ hostd with mutual TLS.
+
+The client is one ``httpx.AsyncClient`` per stack (keep-alive), calls one at a time, the two
+stacks measured in alternating blocks so that background load hits both alike. Figures:
+
+1. PingAgent through the controller, median and p99: Connect/HTTP 1.1 plain (baseline) vs
+   Connect over TLS (keep-alive); target: TLS adds at most 15 % to the median;
+2. PingAgent with a new TLS connection per call (handshake included: ECDSA P-256 and
+   mutual TLS behind it reuse their pooled connection), median, for the record;
+3. a 64 MiB file (random bytes, in the page cache) read through the controller, plain vs
+   TLS, as two ranged ``ReadGuestFile`` calls of 32 MiB in ``application/proto`` (hostd
+   reads at most 48 MiB per call): MiB/s, target TLS ≥ 80 % of plain.
+
+gRPC rows (PingAgent over gRPC on h2c and over TLS, target gRPC ≤ Connect) come with the
+servers' gRPC support: see :func:`grpc_figures`.
+
+Prints a table and writes ``bench/results/rpc.json`` (``--quick``: ``rpc-quick.json``).
+Exits non-zero only on errors; missed targets are reported, not fatal. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import benchlib as bl  # noqa: E402 - bench/ is not a package: found by file name
+import controller_bench as cb  # noqa: E402
+import hostd_bench as hb  # noqa: E402
+
+from limiquantix.controller import pki  # noqa: E402
+from limiquantix.protocol import __version__ as VERSION  # noqa: E402
+from limiquantix.protocol import errors  # noqa: E402
+from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context  # noqa: E402
+
+__all__ = ["Settings", "grpc_figures", "main", "measure"]
+
+REPO: Final = BENCH_DIR.parent
+DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "rpc.json"
+QUICK_OUTPUT: Final = REPO / "bench" / "results" / "rpc-quick.json"
+VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
+ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
+#: Targets (issue 11).
+TLS_MEDIAN_RATIO_TARGET: Final = 1.15
+TLS_READ_RATIO_TARGET: Final = 0.8
+FILE_BYTES: Final = 64 * 1024 * 1024
+#: Each ReadGuestFile reads this much (hostd's limit per call is 48 MiB).
+READ_RANGE_BYTES: Final = 32 * 1024 * 1024
+_SERVING_RE: Final = re.compile(r"limiquantix-controller \S+ serving (https?://\S+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures (``--quick`` shortens it)."""
+
+    quick: bool
+    pings: int
+    ping_blocks: int
+    handshakes: int
+    reads: int
+    output: Path
+    keep_workdir: bool
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Settings:
+        """Raises: SystemExit: bad flags (argparse)."""
+        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+        parser.add_argument("--quick", action="store_true", help="fewer calls, one file read per stack")
+        parser.add_argument("--output", type=Path, default=None)
+        parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir and every log")
+        ns = parser.parse_args(argv)
+        return cls(
+            quick=ns.quick,
+            pings=300 if ns.quick else 2000,
+            ping_blocks=3 if ns.quick else 10,
+            handshakes=50 if ns.quick else 300,
+            reads=1 if ns.quick else 3,
+            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            keep_workdir=ns.keep_workdir,
+        )
+
+
+@dataclass
+class Stack:
+    """One controller + hostd + VM, and the client that calls it."""
+
+    name: str
+    url: str
+    vm: str
+    client: Any  # httpx.AsyncClient
+    headers: dict[str, str]
+    children: list[bl.Child]
+    verify: Any = None  # the client's SSL context (TLS) or True
+
+
+@dataclass
+class Results:
+    ping: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
+    handshake_ping: list[float] = field(default_factory=list)
+    read_mib_s: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
+
+
+def make_pki(directory: Path) -> Path:
+    """A throwaway CA, server certificates for 127.0.0.1 and the mutual-TLS client certificates."""
+    local = {"dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}
+    pki.create_ca(directory)
+    pki.issue(directory, "controller", pki.CertKind.SERVER, **local)
+    pki.issue(directory, "hostd", pki.CertKind.SERVER, **local)
+    pki.issue(directory, "controller-client", pki.CertKind.CLIENT)
+    pki.issue(directory, "node-client", pki.CertKind.CLIENT, common_name="bench-tls")
+    return directory
+
+
+async def _serving_url(child: bl.Child) -> str:
+    """Raises: bl.BenchError: no "serving" line in time, or the process died."""
+    with trio.move_on_after(cb.START_TIMEOUT_S):
+        while True:
+            child.check_alive()
+            match = _SERVING_RE.search(child.log_path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            await trio.sleep(0.05)
+    raise bl.BenchError(f"no 'serving' line from {child.name}:\n{child.log_tail()}")
+
+
+async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, certs: Path | None) -> Stack:
+    """A controller, a hostd and one simulated VM named ``vm-<name>``; TLS when ``certs``.
+
+    Raises:
+        bl.BenchError, trio.TooSlowError: a process did not start.
+    """
+    import httpx
+
+    d = work / name
+    (d / "vms").mkdir(parents=True)
+    (d / "sim").mkdir()
+    empty = d / "empty.toml"
+    empty.write_text("")
+    admin_token = "lqx-bench-" + secrets.token_urlsafe(24)
+    tls_controller: list[str] = []
+    tls_hostd: list[str] = []
+    verify: Any = True
+    if certs is not None:
+        ca = str(certs / "ca.pem")
+        tls_controller = [
+            "--tls-cert-file", str(certs / "controller.pem"), "--tls-key-file", str(certs / "controller.key"),
+            "--tls-client-ca-file", ca, "--node-ca-file", ca, "--node-cert-file", str(certs / "controller-client.pem"),
+            "--node-key-file", str(certs / "controller-client.key"),
+        ]  # fmt: skip
+        tls_hostd = [
+            "--tls-cert-file", str(certs / "hostd.pem"), "--tls-key-file", str(certs / "hostd.key"),
+            "--tls-client-ca-file", ca, "--controller-ca-file", ca,
+            "--controller-cert-file", str(certs / "node-client.pem"), "--controller-key-file", str(certs / "node-client.key"),
+        ]  # fmt: skip
+        verify = client_ssl_context(TLSFiles(ca_file=ca))
+    controller = cb._spawn(
+        f"controller ({name})",
+        [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty), "--listen", "127.0.0.1:0",
+         "--db", str(d / "db" / "controller.db"), "--log-level", "info", *tls_controller],
+        d / "controller.log", d, env={**os.environ, "LQX_ADMIN_TOKEN": admin_token},
+    )  # fmt: skip
+    stack.callback(controller.stop)
+    url = await _serving_url(controller)
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    client = await stack.enter_async_context(httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify))
+    made = await client.post(f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"bench-{name}", "role": "node"}, headers=headers)
+    if made.status_code != 200:
+        raise bl.BenchError(f"CreateToken: {made.status_code} {made.text}")
+    (d / "node.token").write_text(made.json()["token"] + "\n")
+    (d / "hostd.token").write_text(secrets.token_urlsafe(24) + "\n")
+    vm = f"vm-{name}"
+    sims = await hb.start_simvms(stack, (vm,), d / "sim", d)
+    os.symlink(sims[vm].socket_path, d / "vms" / f"{vm}.agent.sock")
+    hostd = cb._spawn(
+        f"hostd ({name})",
+        [sys.executable, "-m", "limiquantix.hostd", "--config", str(empty), "--listen", f"127.0.0.1:{cb._free_port()}",
+         "--token-file", str(d / "hostd.token"), "--socket-dir", str(d / "vms"), "--libvirt-channel-root", "",
+         "--node-id", f"bench-{name}", "--controller-url", url, "--controller-token-file", str(d / "node.token"),
+         "--heartbeat-interval-s", f"{cb.HEARTBEAT_INTERVAL_S:g}", "--log-level", "warning", *tls_hostd],
+        d / "hostd.log", d,
+    )  # fmt: skip
+    stack.callback(hostd.stop)
+    await cb._wait_connected(client, url, headers, 1, [controller, hostd])
+    bl.say(f"{name}: controller pid {controller.pid} at {url}, hostd pid {hostd.pid}, {vm} connected")
+    return Stack(name, url, vm, client, headers, [controller, hostd], verify)
+
+
+async def ping(s: Stack, count: int, client: Any = None) -> list[float]:
+    """``count`` PingAgent calls one after the other (Connect JSON), latencies in ms.
+
+    Raises:
+        bl.BenchError: a call failed.
+    """
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        r = await (client or s.client).post(f"{s.url}{VM_SERVICE}/PingAgent", json={"vmId": s.vm}, headers=s.headers)
+        out.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200 or not r.json().get("connected"):
+            raise bl.BenchError(f"PingAgent ({s.name}): {r.status_code} {r.text[:200]}")
+    return out
+
+
+async def ping_new_connections(s: Stack, count: int) -> list[float]:
+    """PingAgent with a new connection (TLS handshake included) per call."""
+    import httpx
+
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=s.verify, limits=limits) as fresh:
+        return await ping(s, count, fresh)
+
+
+async def read_file(s: Stack, path: Path) -> float:
+    """The whole file at ``path`` through the controller in ranges: MiB/s.
+
+    Raises:
+        bl.BenchError: a call failed or the content is short.
+    """
+    size = path.stat().st_size
+    got = 0
+    t0 = time.perf_counter()
+    for offset in range(0, size, READ_RANGE_BYTES):
+        req = api_pb.ReadGuestFileRequest(vm_id=s.vm, path=str(path), offset=offset, length=READ_RANGE_BYTES)
+        r = await s.client.post(
+            f"{s.url}{VM_SERVICE}/ReadGuestFile",
+            content=req.SerializeToString(),
+            headers={**s.headers, "Content-Type": "application/proto"},
+        )
+        if r.status_code != 200:
+            raise bl.BenchError(f"ReadGuestFile ({s.name}): {r.status_code} {r.text[:200]}")
+        resp = api_pb.ReadGuestFileResponse()
+        resp.ParseFromString(r.content)
+        got += len(resp.content)
+    elapsed = time.perf_counter() - t0
+    if got != size:
+        raise bl.BenchError(f"ReadGuestFile ({s.name}): {got} bytes of {size}")
+    return size / 2**20 / elapsed
+
+
+async def measure(work: Path, settings: Settings) -> Results:
+    """Start both stacks, take the figures, stop everything.
+
+    Raises:
+        bl.BenchError, OSError, trio.TooSlowError: the run cannot give figures.
+    """
+    r = Results()
+    certs = make_pki(work / "pki")
+    big = work / "big.bin"
+    with big.open("wb") as fh:
+        for _ in range(FILE_BYTES // 2**20):
+            fh.write(os.urandom(2**20))
+    async with contextlib.AsyncExitStack() as stack:
+        plain = await start_stack(stack, work, "plain", None)
+        tls = await start_stack(stack, work, "tls", certs)
+        with trio.fail_after(cb.FIGURE_TIMEOUT_S * 4):
+            for s in (plain, tls):  # warm-up: connections, caches
+                await ping(s, 20)
+            for n in bl.blocks(settings.pings, settings.ping_blocks):
+                for s in (plain, tls):
+                    r.ping[s.name] += await ping(s, n)
+            bl.say(f"PingAgent median: plain {bl.median(r.ping['plain']):.3f} ms, TLS {bl.median(r.ping['tls']):.3f} ms")
+            r.handshake_ping = await ping_new_connections(tls, settings.handshakes)
+            bl.say(f"PingAgent, a new TLS connection per call: median {bl.median(r.handshake_ping):.3f} ms")
+            for s in (plain, tls):
+                await read_file(s, big)  # warm-up: page cache, buffers
+            for _ in range(settings.reads):
+                for s in (plain, tls):
+                    r.read_mib_s[s.name].append(await read_file(s, big))
+            bl.say(f"64 MiB read: plain {bl.median(r.read_mib_s['plain']):.0f} MiB/s, TLS {bl.median(r.read_mib_s['tls']):.0f} MiB/s")
+    return r
+
+
+def grpc_figures(r: Results) -> list[bl.Figure]:
+    """The gRPC rows of issue 11 (PingAgent over gRPC on h2c and over TLS, median and p99,
+    beside Connect: target gRPC ≤ Connect). None yet: the servers do not speak gRPC; this is
+    where they go, measured into :class:`Results` by :func:`measure` like the Connect rows."""
+    return []
+
+
+def figures_from(r: Results) -> list[bl.Figure]:
+    plain, tls = r.ping["plain"], r.ping["tls"]
+    read_plain, read_tls = bl.median(r.read_mib_s["plain"]), bl.median(r.read_mib_s["tls"])
+    return [
+        bl.Figure(
+            "PingAgent via controller, Connect over TLS keep-alive vs HTTP/1.1 plain, median",
+            bl.median(tls), bl.median(plain), "ms", f"ratio <= {TLS_MEDIAN_RATIO_TARGET}",
+        ),  # fmt: skip
+        bl.Figure("PingAgent via controller, Connect over TLS vs plain, p99", bl.percentile(tls, 99), bl.percentile(plain, 99), "ms", None),
+        bl.Figure(
+            "PingAgent via controller, a new TLS connection per call (handshake), median",
+            bl.median(r.handshake_ping), bl.median(plain), "ms", None,
+            note="the baseline is plain HTTP/1.1 keep-alive; controller ↔ hostd keeps its pooled mutual-TLS connection",
+        ),  # fmt: skip
+        bl.Figure(
+            "64 MiB file read via controller (2 x 32 MiB ReadGuestFile, proto), TLS vs plain",
+            read_tls, read_plain, "MiB/s", f"ratio >= {TLS_READ_RATIO_TARGET}",
+        ),  # fmt: skip
+        *grpc_figures(r),
+    ]
+
+
+@contextlib.contextmanager
+def workdir(settings: Settings) -> Iterator[Path]:
+    """A short temp dir (AF_UNIX paths), removed afterwards unless kept."""
+    path = Path(tempfile.mkdtemp(prefix="lqx-rpc-"))
+    try:
+        yield path
+    finally:
+        if settings.keep_workdir:
+            bl.say(f"work dir kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 with figures (targets met or not), 1 on errors, 130 when interrupted."""
+    settings = Settings.from_args(argv)
+    load0 = os.getloadavg()[0]
+    try:
+        with workdir(settings) as work:
+            bl.say(f"work dir {work}")
+            results = trio.run(measure, work, settings)
+    except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
+        leaves = bl._leaves(exc)
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            print("rpc_bench: interrupted", file=sys.stderr)
+            return 130
+        if not all(isinstance(leaf, Exception) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            if not isinstance(leaf, (bl.BenchError, errors.AgentError, OSError, trio.TooSlowError)):
+                traceback.print_exception(leaf)
+            print(f"rpc_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+        return 1
+    context = (
+        f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; two stacks"
+        " (controller, hostd, one simulated VM each) and the client share these CPUs"
+    )
+    figures = [f.evaluate() for f in figures_from(results)]
+    bl.print_table(figures, f"limiquantix rpc transports {VERSION}" + (" (--quick)" if settings.quick else ""), context, baseline="plain")
+    bl.write_figures(figures, settings.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

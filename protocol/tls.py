@@ -1,0 +1,197 @@
+"""TLS for every HTTP hop (controller ↔ hostd, the TUI and scripts → controller): the client
+side's one place.
+
+* :func:`client_ssl_context`: the context every client uses: the peer's certificate verified
+  against a configured CA (the system's when none is named), its host name checked, and a
+  client certificate presented when one is configured (mutual TLS: controller → hostd,
+  hostd → controller).
+* :func:`check_token_transport`: a bearer token never goes over plain HTTP to an address
+  that is not loopback, unless the caller said ``insecure`` (plain HTTP is for development
+  on one machine: anyone on the path between two machines reads the token).
+* :func:`tls_failure`: the one line that says why a TLS handshake failed (wrong CA, expired,
+  wrong host name, no client certificate), found in an httpx error's causes.
+
+The server side (certificate, key, the CA for client certificates) is in :mod:`.serving`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import ipaddress
+import ssl
+from typing import Final, final
+from urllib.parse import urlsplit
+
+__all__ = [
+    "TLSFiles",
+    "InsecureTransportError",
+    "TLSConfigError",
+    "check_token_transport",
+    "client_ssl_context",
+    "is_loopback_url",
+    "tls_failure",
+]
+
+#: Host names that always mean this machine (an IP literal is checked by value).
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+#: The last TLS failure seen by this task's client connections. With TLS 1.3 a server checks
+#: the client's certificate after the client's side of the handshake is done: its refusal
+#: (an alert) breaks the write of the request, which httpcore swallows to read a response,
+#: and the read then fails with no cause left to say why. The SSL object the client's context
+#: makes records it here, in the task that drives the connection (httpx runs in the caller's).
+_LAST_FAILURE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lqx_tls_failure", default=None)
+#: Not failures: more bytes needed, or the peer closed the connection.
+_NOT_FAILURES: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError, ssl.SSLEOFError)
+
+
+class _RecordingSSLObject(ssl.SSLObject):
+    """``SSLContext.sslobject_class`` of client contexts: remembers why TLS failed (see above)."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def read(self, len: int = 1024, buffer: bytearray | None = None) -> bytes:  # noqa: A002 - the stdlib's name
+        try:
+            return super().read(len, buffer)  # type: ignore[arg-type]
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            return super().write(data)
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+
+def _record(exc: ssl.SSLError) -> None:
+    if not isinstance(exc, _NOT_FAILURES):
+        _LAST_FAILURE.set(_reason(exc))
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file cannot be used (the message names it and says why)."""
+
+
+class InsecureTransportError(ValueError):
+    """A token would cross the network in clear: refused (the message says how to fix it)."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TLSFiles:
+    """How a client verifies its server and proves who it is: the files :func:`client_ssl_context`
+    builds its context from (``limiquantix.protocol.rpc.ClientTLS`` takes that context as ``verify``).
+
+    Raises:
+        TLSConfigError: a client certificate without its key, or the reverse.
+    """
+
+    ca_file: str = ""
+    """PEM CA bundle the server's certificate must chain to; empty: the system's CAs."""
+    cert_file: str = ""
+    """PEM client certificate presented to the server (mutual TLS); empty: none."""
+    key_file: str = ""
+    """Its private key."""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise TLSConfigError("a client certificate needs both its certificate file and its key file")
+
+
+def client_ssl_context(tls: TLSFiles | None = None) -> ssl.SSLContext:
+    """The SSL context for a client: verification on, TLS 1.2 at least, the client
+    certificate of ``tls`` loaded.
+
+    Raises:
+        TLSConfigError: a file is missing, unreadable or not a certificate/key (named).
+    """
+    tls = tls or TLSFiles()
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"cannot load the CA file {tls.ca_file}: {_reason(exc)}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslobject_class = _RecordingSSLObject
+    if tls.cert_file:
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"cannot load the client certificate {tls.cert_file} with key {tls.key_file}: {_reason(exc)}"
+            ) from exc
+    return ctx
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (a loopback address or ``localhost``), or a Unix socket."""
+    if url.startswith("unix:"):
+        return True
+    host = (urlsplit(url).hostname or "").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_transport(url: str, *, insecure: bool, what: str = "the API token", flag: str = "--insecure") -> None:
+    """Refuse to send ``what`` over plain HTTP to a host other than this one.
+
+    Raises:
+        InsecureTransportError: ``url`` is ``http://`` to a non-loopback host and ``insecure`` is
+            false (the message says why, and names ``flag``).
+    """
+    if insecure or not url.startswith("http://") or is_loopback_url(url):
+        return
+    host = urlsplit(url).hostname or url
+    raise InsecureTransportError(
+        f"refusing to send {what} over plain HTTP to {host}: anyone on the network path could read it "
+        f"(use https:// with the server's CA, or {flag} to send it anyway)"
+    )
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a TLS handshake failed, if ``exc`` (or one of its causes) says it did; else None.
+
+    The server's certificate refused here (unknown CA, expired, another host's name) reads
+    ``certificate verify failed: ...``; a refusal by the server (no or unknown client
+    certificate) reads as the alert it sent (``tlsv13 alert certificate required``) when the
+    alert arrived. Under TLS 1.3 it often does not: the server checks the client's certificate
+    after the client's side of the handshake is done, and closes the connection; the client
+    sees a broken pipe or a reset, the same as a server that died, and only the server's log
+    says why (None here).
+
+    Call it in the task that made the request (it also reads, and clears, what this task's
+    client connections recorded).
+    """
+    recorded = _LAST_FAILURE.get()
+    _LAST_FAILURE.set(None)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError) and not isinstance(cur, _NOT_FAILURES):
+            return _reason(cur)
+        cur = cur.__cause__ or cur.__context__
+    return recorded
+
+
+def _reason(exc: BaseException) -> str:
+    """An OpenSSL error's reason in words (``CERTIFICATE_VERIFY_FAILED`` → ``certificate verify failed``)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
