@@ -20,8 +20,10 @@ stacks measured in alternating blocks so that background load hits both alike. F
    TLS, as two ranged ``ReadGuestFile`` calls of 32 MiB in ``application/proto`` (hostd
    reads at most 48 MiB per call): MiB/s, target TLS ≥ 80 % of plain.
 
-gRPC rows (PingAgent over gRPC on h2c and over TLS, target gRPC ≤ Connect) come with the
-servers' gRPC support: see :func:`grpc_figures`.
+4. PingAgent over gRPC (HTTP/2: h2c on the plain stack, ALPN h2 on the TLS one), median and
+   p99, beside Connect on the same stack: target gRPC ≤ Connect. The gRPC client is httpx with
+   HTTP/2 (the same client library as the Connect rows, so the figures compare the servers'
+   protocols, not two client implementations); its answer's message is parsed and checked.
 
 Prints a table and writes ``bench/results/rpc.json`` (``--quick``: ``rpc-quick.json``).
 Exits non-zero only on errors; missed targets are reported, not fatal. See bench/README.md.
@@ -114,6 +116,7 @@ class Stack:
     url: str
     vm: str
     client: Any  # httpx.AsyncClient
+    grpc_client: Any  # httpx.AsyncClient speaking HTTP/2 only (h2c on plain)
     headers: dict[str, str]
     children: list[bl.Child]
     verify: Any = None  # the client's SSL context (TLS) or True
@@ -122,6 +125,7 @@ class Stack:
 @dataclass
 class Results:
     ping: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
+    grpc_ping: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
     handshake_ping: list[float] = field(default_factory=list)
     read_mib_s: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
 
@@ -189,6 +193,9 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     url = await _serving_url(controller)
     headers = {"Authorization": f"Bearer {admin_token}"}
     client = await stack.enter_async_context(httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify))
+    grpc_client = await stack.enter_async_context(
+        httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify, http1=False, http2=True)
+    )
     made = await client.post(f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"bench-{name}", "role": "node"}, headers=headers)
     if made.status_code != 200:
         raise bl.BenchError(f"CreateToken: {made.status_code} {made.text}")
@@ -208,7 +215,7 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     stack.callback(hostd.stop)
     await cb._wait_connected(client, url, headers, 1, [controller, hostd])
     bl.say(f"{name}: controller pid {controller.pid} at {url}, hostd pid {hostd.pid}, {vm} connected")
-    return Stack(name, url, vm, client, headers, [controller, hostd], verify)
+    return Stack(name, url, vm, client, grpc_client, headers, [controller, hostd], verify)
 
 
 async def ping(s: Stack, count: int, client: Any = None) -> list[float]:
@@ -224,6 +231,30 @@ async def ping(s: Stack, count: int, client: Any = None) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
         if r.status_code != 200 or not r.json().get("connected"):
             raise bl.BenchError(f"PingAgent ({s.name}): {r.status_code} {r.text[:200]}")
+    return out
+
+
+async def grpc_ping(s: Stack, count: int) -> list[float]:
+    """``count`` PingAgent calls over gRPC (HTTP/2, one connection), latencies in ms.
+
+    Raises:
+        bl.BenchError: a call failed (no message in the answer: gRPC sends an error as
+            trailers only).
+    """
+    request = api_pb.PingAgentRequest(vm_id=s.vm).SerializeToString()
+    body = b"\x00" + len(request).to_bytes(4, "big") + request
+    headers = {**s.headers, "Content-Type": "application/grpc", "TE": "trailers"}
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        r = await s.grpc_client.post(f"{s.url}{VM_SERVICE}/PingAgent", content=body, headers=headers)
+        out.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200 or r.http_version != "HTTP/2" or len(r.content) < 5:
+            raise bl.BenchError(f"gRPC PingAgent ({s.name}): {r.http_version} {r.status_code} {dict(r.headers)}")
+        answer = api_pb.PingAgentResponse()
+        answer.ParseFromString(r.content[5:])
+        if not answer.connected:
+            raise bl.BenchError(f"gRPC PingAgent ({s.name}): not connected")
     return out
 
 
@@ -281,10 +312,16 @@ async def measure(work: Path, settings: Settings) -> Results:
         with trio.fail_after(cb.FIGURE_TIMEOUT_S * 4):
             for s in (plain, tls):  # warm-up: connections, caches
                 await ping(s, 20)
+                await grpc_ping(s, 20)
             for n in bl.blocks(settings.pings, settings.ping_blocks):
                 for s in (plain, tls):
                     r.ping[s.name] += await ping(s, n)
+                    r.grpc_ping[s.name] += await grpc_ping(s, n)
             bl.say(f"PingAgent median: plain {bl.median(r.ping['plain']):.3f} ms, TLS {bl.median(r.ping['tls']):.3f} ms")
+            bl.say(
+                f"gRPC PingAgent median: h2c {bl.median(r.grpc_ping['plain']):.3f} ms,"
+                f" TLS {bl.median(r.grpc_ping['tls']):.3f} ms"
+            )
             r.handshake_ping = await ping_new_connections(tls, settings.handshakes)
             bl.say(f"PingAgent, a new TLS connection per call: median {bl.median(r.handshake_ping):.3f} ms")
             for s in (plain, tls):
@@ -297,10 +334,15 @@ async def measure(work: Path, settings: Settings) -> Results:
 
 
 def grpc_figures(r: Results) -> list[bl.Figure]:
-    """The gRPC rows of issue 11 (PingAgent over gRPC on h2c and over TLS, median and p99,
-    beside Connect: target gRPC ≤ Connect). None yet: the servers do not speak gRPC; this is
-    where they go, measured into :class:`Results` by :func:`measure` like the Connect rows."""
-    return []
+    """PingAgent over gRPC beside Connect on the same stack (target gRPC ≤ Connect at the median)."""
+    rows = []
+    for name, what in (("plain", "gRPC over h2c vs Connect over HTTP/1.1"), ("tls", "gRPC over TLS (h2) vs Connect over TLS")):
+        grpc, connect = r.grpc_ping[name], r.ping[name]
+        rows += [
+            bl.Figure(f"PingAgent via controller, {what}, median", bl.median(grpc), bl.median(connect), "ms", "ratio <= 1.0"),
+            bl.Figure(f"PingAgent via controller, {what}, p99", bl.percentile(grpc, 99), bl.percentile(connect, 99), "ms", None),
+        ]
+    return rows
 
 
 def figures_from(r: Results) -> list[bl.Figure]:
