@@ -453,7 +453,15 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     token_file.write_text("from-token-file\n")
     got = parse_args(["--url", "https://c.example:8443/", "--token-file", str(token_file)], env=env)
     assert (got.url, got.token) == ("https://c.example:8443", "from-token-file")
-    assert parse_args(["--token", "flag"], env=env).token == "flag"
+    # A token in argv is readable by every local user: refused, saying what to use instead.
+    with pytest.raises(TuiConfigError, match=r"--token is refused: .*visible to every user.*--token-file"):
+        parse_args(["--token", "flag"], env=env)
+    with pytest.raises(TuiConfigError, match="--token is refused"):
+        parse_args(["--token=flag"], env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "limiquantix.tui", "--token", "secret-in-argv"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2 and "--token is refused" in proc.stderr and "--token-file" in proc.stderr, proc.stderr
     with pytest.raises(TuiConfigError, match="http:// or https://"):
         parse_args(["--url", "127.0.0.1:8080"], env=env)
     with pytest.raises(TuiConfigError, match="cannot read"):

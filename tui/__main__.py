@@ -1,4 +1,4 @@
-"""``limiquantix-tui [--url URL] [--token TOKEN | --token-file FILE] [--config FILE]``."""
+"""``limiquantix-tui [--url URL] [--token-file FILE] [--config FILE]``."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 ``make run`` writes ``~/.config/limiquantix/tui.toml`` (``$XDG_CONFIG_HOME`` is
 honoured) with ``url`` and ``token``; ``LQX_CONTROLLER_URL`` / ``LQX_TOKEN``
-override it, and ``--url`` / ``--token`` / ``--token-file`` override both.
+override it, and ``--url`` / ``--token-file`` override both. ``--token`` is refused:
+a secret on the command line is visible to every user of the machine (``ps``).
 ``ca_file`` (``--ca-file``, ``LQX_CA_FILE``) is the CA the controller's HTTPS certificate
 must chain to (default: the system's CAs). The token is never sent over plain ``http://`` to
 another machine unless ``--insecure`` (or ``insecure = true``) says so.
@@ -14,7 +15,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.tls import InsecureTransportError, check_token_transport
@@ -49,14 +50,25 @@ class TuiConfig:
     """Send the token over plain http:// to another machine anyway."""
 
 
+class _RefuseToken(argparse.Action):
+    """``--token``: a secret in argv is readable by every local user (``ps``, /proc)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        raise TuiConfigError(
+            f"{option} is refused: a token on the command line is visible to every user (ps); "
+            "use --token-file FILE, the environment variable LQX_TOKEN, or the config file"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="limiquantix-tui",
         description="The operators' terminal dashboard for LimiQuantix guest agents (talks to the controller).",
     )
     p.add_argument("--url", help=f"controller URL (env LQX_CONTROLLER_URL; default from the config file, else {DEFAULT_URL})")
-    p.add_argument("--token", help="API token (env LQX_TOKEN; default from the config file)")
-    p.add_argument("--token-file", type=Path, help="read the API token from this file")
+    # Refused with a reason rather than "unrecognized arguments" (hidden from --help).
+    p.add_argument("--token", action=_RefuseToken, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--token-file", type=Path, help="read the API token from this file (else env LQX_TOKEN, else the config file)")
     p.add_argument("--config", type=Path, help="config file (default: ~/.config/limiquantix/tui.toml)")
     p.add_argument("--ca-file", type=Path, help="CA the controller's HTTPS certificate must chain to (env LQX_CA_FILE)")
     p.add_argument(
@@ -92,11 +104,9 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             token, source = args.token_file.read_text().strip(), str(args.token_file)
         except OSError as exc:
             raise TuiConfigError(f"cannot read {args.token_file}: {exc.strerror}") from exc
-    if args.token:
-        token, source = args.token, "--token"
     if not token:
         raise TuiConfigError(
-            "no API token: pass --token or --token-file, set LQX_TOKEN, or run `make run` "
+            "no API token: pass --token-file, set LQX_TOKEN, or run `make run` "
             f"(which writes {default_config_path()})"
         )
     if not url.startswith(("http://", "https://")):
