@@ -84,7 +84,7 @@ async def _exec(client: AgentClient, req: pb.ExecuteRequest) -> int:
     stderr.write(b"", final=True)
     assert result is not None
     reason = enum_name(pb.ExitReason, result.exit_reason)
-    if result.exit_reason == pb.EXIT_REASON_EXITED:
+    if result.exit_reason == pb.EXIT_REASON_EXITED and result.HasField("exit_code"):
         return result.exit_code
     detail = safe_text(result.error) or (f"signal {result.signal}" if result.signal else "")
     print(f"limiquantix-agent-cli: command {reason} {detail}".rstrip(), file=sys.stderr)

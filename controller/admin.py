@@ -116,6 +116,20 @@ def _enum(cls: Any, value: str, what: str) -> Any:
         raise errors.InvalidArgument(f"{what} must be one of {allowed}, not {value[:64]!r}") from None
 
 
+def _action_prefix(value: str) -> str | None:
+    """An action filter: a prefix of at least one action (``vm.exec`` finds ``vm.exec_stream``).
+
+    Raises:
+        errors.InvalidArgument: no action starts with it (a typo would silently match nothing).
+    """
+    if not value:
+        return None
+    if not any(a.value.startswith(value) for a in AuditAction):
+        allowed = ", ".join(a.value for a in AuditAction)
+        raise errors.InvalidArgument(f"action must be one of (or a prefix of) {allowed}, not {value[:64]!r}")
+    return value
+
+
 def _audit_query(
     *,
     user: str = "",
@@ -132,9 +146,10 @@ def _audit_query(
     """Raises: errors.InvalidArgument: an unknown action or outcome, a bad page or range."""
     return AuditQuery(
         user=user or None,
-        action=_enum(AuditAction, action, "action"),
+        action=_action_prefix(action),
         vm_id=vm_id or None,
         node_id=node_id or None,
+        prefix=True,
         outcome=_enum(AuditOutcome, outcome, "outcome"),
         since=since,
         until=until,

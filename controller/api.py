@@ -598,14 +598,18 @@ class VMAPI:
     def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:
         """The agent's result in the reference's field names; the audit outcome set from it."""
         reason = exit_reason_name(result)
-        if result.exit_reason == pb.EXIT_REASON_EXITED:
+        exited = result.exit_reason == pb.EXIT_REASON_EXITED
+        if exited:
             handle.exit_code = result.exit_code
+            if result.exit_code != 0:
+                # It ran and said it failed: not plain "success" (exit_code holds the status).
+                handle.outcome = AuditOutcome.FAILURE
         elif result.exit_reason == pb.EXIT_REASON_CANCELLED:
             handle.outcome, handle.error = AuditOutcome.CANCELLED, reason
         else:  # timed out, killed by a signal, failed to start
             handle.outcome, handle.error = AuditOutcome.ERROR, result.error or reason
         return api_pb.ExecuteScriptResponse(
-            exit_code=result.exit_code,
+            exit_code=result.exit_code if exited else None,  # absent unless it exited
             stdout=_decode(result.stdout),
             stderr=_decode(result.stderr),
             timed_out=result.timed_out,
@@ -861,8 +865,9 @@ class VMAPI:
         if request.delay_seconds:
             flags.append(f"delay={request.delay_seconds}")
         detail = AuditDetail(flags=tuple(flags))
-        principal, route = await self._route(ctx, request.vm_id, Permission.VM_POWER, AuditAction.SHUTDOWN, detail)
-        async with self._audited(ctx, principal, route, AuditAction.SHUTDOWN, detail):
+        action = AuditAction.REBOOT if request.reboot else AuditAction.SHUTDOWN
+        principal, route = await self._route(ctx, request.vm_id, Permission.VM_POWER, action, detail)
+        async with self._audited(ctx, principal, route, action, detail):
             answer = await self.nodes.call(
                 self._reachable(route),
                 "GuestShutdown",

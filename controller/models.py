@@ -166,6 +166,7 @@ class AuditAction(enum.Enum):
     FILE_STAT = "file.stat"
     FILE_LIST = "file.list"
     SHUTDOWN = "vm.shutdown"
+    REBOOT = "vm.reboot"
     PASSWORD_RESET = "vm.password_reset"
     FLEET_RUN = "command.run"
     FLEET_CANCEL = "command.cancel"
@@ -187,6 +188,8 @@ class AuditOutcome(enum.Enum):
 
     PENDING = "pending"
     SUCCESS = "success"
+    FAILURE = "failure"
+    """The command ran and exited with a non-zero status (the row's exit_code holds it)."""
     ERROR = "error"
     DENIED = "denied"
     CANCELLED = "cancelled"
@@ -371,9 +374,12 @@ class AuditQuery:
     """
 
     user: str | None = None
-    action: AuditAction | None = None
+    action: AuditAction | str | None = None
+    """An action, or a string: a prefix of actions (``vm.exec`` finds ``vm.exec_stream`` too)."""
     vm_id: str | None = None
     node_id: str | None = None
+    prefix: bool = False
+    """``user``, ``vm_id`` and ``node_id`` match rows whose value starts with them (the API's filters)."""
     outcome: AuditOutcome | None = None
     since: float | None = None
     """Rows started at or after (unix seconds)."""

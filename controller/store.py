@@ -819,16 +819,19 @@ class SQLiteStore(Store):
         def run(conn: sqlite3.Connection) -> AuditPage:
             where: list[str] = []
             params: list[Any] = []
-            for column, value in (
-                ("user_name", query.user),
-                ("action", query.action.value if query.action else None),
-                ("vm_id", query.vm_id),
-                ("node_id", query.node_id),
-                ("outcome", query.outcome.value if query.outcome else None),
+            action = query.action
+            for column, value, prefix in (
+                ("user_name", query.user, query.prefix),
+                ("action", action.value if isinstance(action, AuditAction) else action, isinstance(action, str)),
+                ("vm_id", query.vm_id, query.prefix),
+                ("node_id", query.node_id, query.prefix),
+                ("outcome", query.outcome.value if query.outcome else None, False),
             ):
-                if value is not None:
-                    where.append(f"{column} = ?")
-                    params.append(value)
+                if value is None:
+                    continue
+                # A prefix by substr, not LIKE: no wildcards to escape, and case-sensitive like '='.
+                where.append(f"substr({column}, 1, ?) = ?" if prefix else f"{column} = ?")
+                params.extend((len(value), value) if prefix else (value,))
             if query.since is not None:
                 where.append("started_at >= ?")
                 params.append(query.since)

@@ -51,6 +51,7 @@ from limiquantix.protocol import errors
 from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
+from limiquantix.tui.format import exit_summary
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"
@@ -119,7 +120,7 @@ async def demo(api: Api, workdir: Path) -> None:
     say(f"PingAgent {VMS[0]}", f"→ connected={ping['connected']} version={safe_text(ping['version'])} in {ping['latencyMs']:.2f} ms")
 
     r = await api.call("ExecuteScript", {"vmId": VMS[0], "command": "uname -a", "timeoutSeconds": 30})
-    say(f"ExecuteScript {VMS[0]} uname -a", f"→ exitCode {r['exitCode']} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}")
+    say(f"ExecuteScript {VMS[0]} uname -a", f"→ {exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}")
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
     script = "for i in 1 2 3; do echo line $i; sleep 0.2; done"
@@ -128,7 +129,7 @@ async def demo(api: Api, workdir: Path) -> None:
             if "output" in msg:
                 print(f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}", flush=True)
             elif "result" in msg:
-                say("   result", f"exitCode {msg['result'].get('exitCode', 0)}")
+                say("   result", exit_summary(msg["result"]))
     except RuntimeError as exc:
         say("   error", safe_text(str(exc)))
 

@@ -121,7 +121,7 @@ class Stack:
 def _seed_row(i: int) -> dict[str, Any]:
     return {
         "user": SEED_USERS[i % 2],
-        "action": AuditAction.EXEC if i % 2 == 0 else AuditAction.FILE_WRITE,
+        "action": AuditAction.EXEC if i % 4 == 0 else AuditAction.EXEC_STREAM if i % 4 == 2 else AuditAction.FILE_WRITE,
         "vm_id": f"vm-{i % 3}",
         "node_id": f"node-{i % 2}",
         "outcome": AuditOutcome.ERROR if i % 5 == 0 else AuditOutcome.SUCCESS,
@@ -208,6 +208,12 @@ async def test_query_audit_filters_and_paging(stack: Stack) -> None:
     cases: list[tuple[dict[str, Any], Any]] = [
         ({"user": "alice"}, lambda r: r["user"] == "alice"),
         ({"action": "file.write"}, lambda r: r["action"] is AuditAction.FILE_WRITE),
+        # Text filters match by prefix: vm.exec finds vm.exec_stream, "vm." every VM action.
+        ({"action": "vm.exec"}, lambda r: r["action"] in (AuditAction.EXEC, AuditAction.EXEC_STREAM)),
+        ({"action": "vm.exec_"}, lambda r: r["action"] is AuditAction.EXEC_STREAM),
+        ({"action": "vm."}, lambda r: r["action"].value.startswith("vm.")),
+        ({"user": "al"}, lambda r: r["user"].startswith("al")),
+        ({"nodeId": "node-"}, lambda r: True),
         ({"vmId": "vm-1"}, lambda r: r["vm_id"] == "vm-1"),
         ({"nodeId": "node-0"}, lambda r: r["node_id"] == "node-0"),
         ({"outcome": "error"}, lambda r: r["outcome"] is AuditOutcome.ERROR),
@@ -226,7 +232,7 @@ async def test_query_audit_filters_and_paging(stack: Stack) -> None:
         assert got == expected, (filt, got, expected)
         assert len(rows) == len(expected) or "since" in filt, filt
 
-    for bad in ({"filter": {"action": "nope"}}, {"filter": {"outcome": "fine"}}, {"pageSize": 5000}, {"pageToken": "x"},
+    for bad in ({"filter": {"action": "nope"}}, {"filter": {"action": "vm.exec%"}}, {"filter": {"outcome": "fine"}}, {"pageSize": 5000}, {"pageToken": "x"},
                 {"filter": {"since": _iso(SEED_T0 + 60), "until": _iso(SEED_T0)}}):  # fmt: skip
         r = await stack.call("QueryAudit", bad)
         assert r.status_code == 400 and r.json()["code"] == "invalid_argument", (bad, r.text)
@@ -300,7 +306,7 @@ async def test_export_is_json_lines_without_secrets(stack: Stack) -> None:
     # Filters, on both.
     r = await stack.export({"user": "alice", "action": "vm.exec", "since": _iso(SEED_T0), "until": str(SEED_T0 + 900)})
     got = [json.loads(line) for line in r.text.splitlines()]
-    want = [i for i in range(15) if _seed_row(i)["user"] == "alice" and _seed_row(i)["action"] is AuditAction.EXEC]
+    want = [i for i in range(15) if _seed_row(i)["user"] == "alice" and _seed_row(i)["action"].value.startswith("vm.exec")]
     assert [g["detail"]["command"] for g in got] == [f"echo seed-{i}" for i in want]
     messages, _ = await stack.stream("ExportAudit", {"filter": {"vmId": "vm-2", "outcome": "success"}})
     lines = [json.loads(line) for m in messages for line in m["jsonl"].splitlines()]

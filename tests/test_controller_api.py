@@ -340,6 +340,22 @@ async def test_exec_options_and_error_codes(stack: Stack) -> None:
     assert done["exitCode"] == 3 and done["stdout"] == "hi:/:input" and done["executionId"]
     timed = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "sleep 5", "timeoutSeconds": 1})
     assert timed["timedOut"] is True and timed["exitReason"] == "timed_out"
+    # No exit code unless it exited: a script checking exitCode == 0 must not count a timeout as success.
+    assert "exitCode" not in timed, timed
+    # Even when the command exits 0 on the SIGTERM of its timeout.
+    trapped = await stack.ok(
+        "ExecuteScript", {"vmId": "vm0", "command": "trap 'exit 0' TERM; sleep 30 & wait", "timeoutSeconds": 1}
+    )
+    assert trapped["exitReason"] == "timed_out" and "exitCode" not in trapped, trapped
+    zero = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "true"})
+    assert zero["exitCode"] == 0 and zero["exitReason"] == "exited"  # present when it exited, 0 included
+    async with await SQLiteStore.open(stack.db) as store:
+        rows = (await store.query_audit(AuditQuery(action=AuditAction.EXEC, limit=10))).records
+    by_command = {r.detail.command: r for r in rows}
+    # Exited 3: outcome "failure" with the code, not plain "success"; a timeout has no code.
+    assert (by_command["sh"].outcome, by_command["sh"].exit_code) == (AuditOutcome.FAILURE, 3)
+    assert (by_command["sleep 5"].outcome, by_command["sleep 5"].exit_code) == (AuditOutcome.ERROR, None)
+    assert (by_command["true"].outcome, by_command["true"].exit_code) == (AuditOutcome.SUCCESS, 0)
     # Codes survive agent → hostd → controller.
     r = await stack.call("ReadGuestFile", {"vmId": "vm0", "path": str(stack.short_tmp / "missing")})
     assert r.status_code == 404 and r.json()["code"] == "not_found"
@@ -463,6 +479,9 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     }
     denied = await stack.call("ExecuteScript", {"vmId": "vm1", "command": "id"}, who="scoped")
     assert denied.status_code == 403
+    # A reboot is audited as vm.reboot, not vm.shutdown (refused here: it would restart the VM).
+    r = await stack.call("GuestShutdown", {"vmId": "vm1", "reboot": True}, who="scoped")
+    assert r.status_code == 403
 
     async with await SQLiteStore.open(stack.db) as store:
         rows = {r.action: r for r in (await store.query_audit(AuditQuery(limit=100))).records}
@@ -473,10 +492,12 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     assert write.outcome is AuditOutcome.SUCCESS and write.duration_ms is not None and write.source_address
     exec_row = rows[AuditAction.EXEC]
     assert exec_row.detail.command == "exit 7" and exec_row.exit_code == 7 and exec_row.detail.env_keys == ("API_KEY",)
+    assert exec_row.outcome is AuditOutcome.FAILURE
     reset = rows[AuditAction.PASSWORD_RESET]
     assert (reset.user, reset.detail.username, reset.outcome) == ("admin", "alice", AuditOutcome.SUCCESS)
     assert rows[AuditAction.FILE_READ].detail.path == path
     assert any(r.vm_id == "vm1" and r.user == "scoped" and r.action is AuditAction.EXEC for r in denied_rows)
+    assert any(r.vm_id == "vm1" and r.action is AuditAction.REBOOT and r.detail.flags == ("reboot",) for r in denied_rows)
     # Nothing secret anywhere in the database files (the WAL included).
     for db_file in stack.db.parent.iterdir():
         data = db_file.read_bytes()

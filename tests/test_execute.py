@@ -156,6 +156,7 @@ async def test_nonzero_exit_code(start_agent, connect) -> None:
     async with connect(agent) as client:
         r = await run(client, command="echo partial; exit 3")
     assert (r.exit_reason, r.exit_code, r.signal, r.stdout) == (pb.EXIT_REASON_EXITED, 3, 0, b"partial\n")
+    assert r.HasField("exit_code")
 
 
 @pytest.mark.trio
@@ -173,7 +174,7 @@ async def test_timeout_kills_the_whole_group(start_agent, connect) -> None:
         start = trio.current_time()
         r = await run(client, command=GROUP_SCRIPT.replace("1000", "30"), timeout_seconds=1)
         elapsed = trio.current_time() - start
-    assert r.exit_reason == pb.EXIT_REASON_TIMED_OUT and r.timed_out
+    assert r.exit_reason == pb.EXIT_REASON_TIMED_OUT and r.timed_out and not r.HasField("exit_code")
     assert r.signal == signal.SIGTERM
     assert 1.0 <= elapsed < 2.5  # the timeout, not the sleep; sh dies on SIGTERM at once
     assert 1000 <= r.duration_ms < 2500
@@ -287,7 +288,7 @@ async def test_cancel_by_request_id(start_agent, connect) -> None:
                 assert ack.cancel_response.found
                 rest = [m async for m in it]
     final = rest[-1].execute_response
-    assert final.exit_reason == pb.EXIT_REASON_CANCELLED and not final.timed_out
+    assert final.exit_reason == pb.EXIT_REASON_CANCELLED and not final.timed_out and not final.HasField("exit_code")
     assert final.signal == signal.SIGTERM
     await wait_gone(*pids)
     assert agent.running_commands == 0

@@ -33,6 +33,7 @@ from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
 from limiquantix.tui.audit import AuditScreen
 from limiquantix.tui.dialogs import ConfirmDialog
 from limiquantix.tui.files import FilesScreen
+from limiquantix.tui.format import exit_summary
 from limiquantix.tui.fleet import FleetScreen
 from limiquantix.tui.runner import RunnerScreen
 from limiquantix.tui.vm import VMScreen
@@ -279,6 +280,7 @@ async def test_cancel_a_long_script(stack: Stack) -> None:
         await until(pilot, "the run to end", lambda: not runner.running)
         result = str(runner.query_one("#result", Static).render())
         assert "cancelled" in result and "never" not in _log_text(runner)
+        assert "exit code" not in result, result  # no made-up "exit code 0" for a cancelled run
         assert time.monotonic() - started < 60
         # Nothing of the cancelled run is left in the way: a new run works.
         runner.query_one("#script", TextArea).load_text("echo again")
@@ -435,6 +437,20 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
         await pilot.pause()
         _assert_inert(app, "echo \\x1b]0;script\\x07")
     assert all(raw not in note for note in app.notes for raw in ("\x1b", "\x07"))
+
+
+def test_exit_summary_says_why_there_is_no_exit_code() -> None:
+    """exitCode is present only when the command exited; otherwise the reason, never "exit code 0"."""
+    assert exit_summary({"exitCode": 3, "exitReason": "exited"}) == "exit code 3"
+    assert exit_summary({"exitCode": 0, "exitReason": "exited"}) == "exit code 0"
+    assert exit_summary({"exitReason": "timed_out", "timedOut": True, "durationMs": 1500, "signal": 15}) == (
+        "timed out after 1.5 s (signal 15)"
+    )
+    assert exit_summary({"exitReason": "cancelled", "signal": 15}) == "cancelled (signal 15)"
+    assert exit_summary({"exitReason": "signaled", "signal": 9}) == "killed by signal 9"
+    assert exit_summary({"exitReason": "failed_to_start"}) == "failed to start"
+    assert exit_summary({"status": "failed", "exitCode": 2}) == "exit code 2"  # a fleet target
+    assert exit_summary({}) == "no exit status"
 
 
 def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "age",
     "bar",
     "effective_state",
+    "exit_summary",
     "human_bytes",
     "parse_time",
     "percent",
@@ -180,3 +181,27 @@ def spark(values: Sequence[float], width: int, *, top: float | None = None) -> s
         return _TICKS[1] * len(shown)
     last = len(_TICKS) - 1
     return "".join(_TICKS[max(1, min(last, round(v / high * last)))] for v in shown)
+
+
+def exit_summary(result: Mapping[str, Any]) -> str:
+    """How a command ended, from an ``ExecuteScriptResponse`` (proto3 JSON) or a fleet target.
+
+    ``exitCode`` is present only when the command exited: a timeout, a cancel or a
+    signal says so instead of a made-up "exit code 0" (a script checking for 0 must
+    not count a timeout as success).
+    """
+    reason = result.get("exitReason") or ("timed_out" if result.get("timedOut") else "")
+    code = result.get("exitCode")
+    if code is not None and reason in ("", "exited"):
+        return f"exit code {code}"
+    signal = result.get("signal")
+    if reason == "timed_out":
+        ms = int(result.get("durationMs", 0) or 0)
+        return f"timed out after {ms / 1000:.1f} s" + (f" (signal {signal})" if signal else "")
+    if reason == "cancelled":
+        return "cancelled" + (f" (signal {signal})" if signal else "")
+    if reason == "signaled":
+        return f"killed by signal {signal}" if signal else "killed by a signal"
+    if reason == "failed_to_start":
+        return "failed to start"
+    return reason.replace("_", " ") if reason else "no exit status"

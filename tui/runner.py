@@ -17,6 +17,7 @@ from .app import RunRecord
 from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError
+from .format import exit_summary
 from .screen import LqxScreen
 
 
@@ -187,15 +188,15 @@ class RunnerScreen(LqxScreen):
             self._show_recent()
 
     def _show_result(self, result: dict[str, Any], record: RunRecord) -> None:
-        code = int(result.get("exitCode", 0))
+        code = result.get("exitCode")  # absent unless the command exited
         reason = result.get("exitReason", "") or ("timed_out" if result.get("timedOut") else "exited")
         duration = int(result.get("durationMs", 0))
-        record.exit_code, record.reason, record.duration_ms = code, reason, duration
+        record.exit_code = None if code is None else int(code)
+        record.reason, record.duration_ms = reason, duration
         style = "bold green" if code == 0 and reason == "exited" else "bold red"
-        text = Text(f"exit code {code}", style=style)
-        text.append(f"   {reason}   {duration} ms", style="")
-        if result.get("signal"):
-            text.append(f"   signal {result['signal']}")
+        text = Text(exit_summary(result), style=style)
+        # "exit code 3   exited": the reason, unless the summary already says it (timed out, cancelled ...).
+        text.append(f"   exited   {duration} ms" if code is not None else f"   {duration} ms", style="")
         if result.get("error"):
             text.append(f"   {safe_text(result['error'])}", style="red")
         self.query_one("#result", Static).update(text)

@@ -566,7 +566,9 @@ class _Command:
             resp.signal = -code
             if reason == pb.EXIT_REASON_EXITED:
                 resp.exit_reason = pb.EXIT_REASON_SIGNALED
-        elif code is not None:
+        elif code is not None and resp.exit_reason == pb.EXIT_REASON_EXITED:
+            # Only a command that exited has an exit code: one that timed out or was
+            # cancelled and then exited on SIGTERM keeps the field absent (HasField).
             resp.exit_code = code
         return resp
 
