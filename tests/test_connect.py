@@ -36,6 +36,7 @@ from werkzeug.datastructures import Headers
 
 from limiquantix.protocol import errors
 from limiquantix.protocol.rpc import server as connect
+from limiquantix.protocol.rpc._codec import decode_json
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 
@@ -329,6 +330,32 @@ async def test_gzip_request_body_is_accepted(server: Server) -> None:
     r = await server.post("WriteGuestFile", body, {**JSON, "Content-Encoding": "gzip"})
     assert r.status_code == 200, r.text
     assert r.json()["bytesWritten"] == "600"  # uint64: a string in proto3 JSON
+
+
+@pytest.mark.trio
+async def test_bytes_fields_are_strict_base64(server: Server) -> None:
+    """proto3 JSON bytes: standard or URL-safe base64, padded or not; anything else is refused
+    naming the field (json_format alone drops the characters it does not know and writes garbage)."""
+    raw = bytes(range(256)) * 3 + b"\xfb\xff"
+    for text in (
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ):
+        r = await server.post("WriteGuestFile", json.dumps({"vmId": "vm-1", "content": text}).encode(), JSON)
+        assert r.status_code == 200 and r.json()["bytesWritten"] == str(len(raw)), (text[-8:], r.text)
+    for bad in ("hello world\n", "aGVsbG8h\n", "aGVs bG8h", "aGVsbG8h=", "aGVsb", "a===", "=aGVs", "aGVs*bG8h"):
+        r = await server.post("WriteGuestFile", json.dumps({"vmId": "vm-1", "content": bad}).encode(), JSON)
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["code"] == "invalid_argument" and r.json()["message"].startswith("content is not base64"), r.text
+    # Nested messages are checked too (the agent's ExecuteRequest.stdin inside a node request), by the
+    # codec every server shares.
+    body = {"vmId": "vm-1", "request": {"command": "cat", "stdin": "not base64!"}}
+    with pytest.raises(errors.InvalidArgument, match=r"^request\.stdin is not base64"):
+        decode_json(json.dumps(body).encode(), npb.ExecuteInGuestRequest)
+    body["request"]["stdin"] = "aW5wdXQ"
+    assert decode_json(json.dumps(body).encode(), npb.ExecuteInGuestRequest).request.stdin == b"input"  # type: ignore[attr-defined]
 
 
 @pytest.mark.trio

@@ -461,6 +461,13 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     password = "pw-Xy7-never-audited"
     path = str(stack.short_tmp / "out" / "note.txt")
     content = secret_body.encode()
+    # Not base64 (spaces, a newline): refused naming the field, nothing written, nothing forwarded.
+    r = await stack.call(
+        "WriteGuestFile", {"vmId": "vm0", "path": path, "content": "hello world\n", "createParents": True}, who="operator"
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+    assert "content" in r.json()["message"] and "base64" in r.json()["message"]
+    assert not Path(path).exists()
     wrote = await stack.ok(
         "WriteGuestFile",
         {"vmId": "vm0", "path": path, "content": base64.b64encode(content).decode(), "createParents": True},

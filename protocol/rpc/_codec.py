@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -74,7 +75,8 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
     Unknown fields are ignored (as connect-go does: newer clients keep working).
 
     Raises:
-        InvalidArgument: an empty body (not a JSON object: send ``{}``).
+        InvalidArgument: an empty body (not a JSON object: send ``{}``); a bytes field
+            that is not base64 (named; proto3 JSON: standard or URL-safe, padding optional).
         json_format.ParseError: not JSON for ``cls`` (duplicate keys included).
         UnicodeDecodeError: not UTF-8.
     """
@@ -90,8 +92,64 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
         raise json_format.ParseError(f"Failed to load JSON: {exc}.") from exc
     del text
     msg = cls()
+    _check_base64(tree, msg.DESCRIPTOR, "")
     json_format.ParseDict(tree, msg, ignore_unknown_fields=True)
     return msg
+# proto3 JSON bytes: standard or URL-safe base64, padded or not. json_format's own
+# decoder drops whatever is not in the alphabet ("hello world\n" became garbage bytes).
+_BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")
+
+
+def _check_base64(tree: Any, desc: Any, path: str) -> None:
+    """Refuse a bytes field whose JSON string is not base64, naming the field.
+
+    Walks the parsed JSON beside the message's descriptor (nested messages, repeated
+    fields and map values included); everything else is left to json_format.
+
+    Raises:
+        errors.InvalidArgument: a bytes field that is not strict base64.
+    """
+    if not isinstance(tree, dict) or desc.full_name.startswith("google.protobuf."):
+        return
+    fields = {**desc.fields_by_name, **{f.json_name: f for f in desc.fields}}
+    for key, value in tree.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        name = f"{path}.{field.json_name}" if path else field.json_name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if isinstance(value, dict):
+                value_field = field.message_type.fields_by_name["value"]
+                for k, v in value.items():
+                    _check_value(v, value_field, f"{name}[{str(k)[:MAX_DETAIL_CHARS]!r}]")
+        elif field.is_repeated and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_value(item, field, f"{name}[{i}]")
+        else:
+            _check_value(value, field, name)
+
+
+def _check_value(value: Any, field: Any, name: str) -> None:
+    """One value of ``field`` (see :func:`_check_base64`).
+
+    Raises:
+        errors.InvalidArgument: a bytes value that is not strict base64.
+    """
+    if field.type == field.TYPE_BYTES:
+        if isinstance(value, str) and not (_BASE64_RE.fullmatch(value) and _base64_length_ok(value)):
+            raise errors.InvalidArgument(
+                f"{name} is not base64: a bytes field in JSON is base64 (standard or URL-safe, padding optional;"
+                " no spaces or newlines)"
+            )
+    elif field.message_type is not None:
+        _check_base64(value, field.message_type, name)
+
+
+def _base64_length_ok(value: str) -> bool:
+    """Padded: a multiple of 4; unpadded: never one character over (6 bits are no byte)."""
+    if value.endswith("="):
+        return len(value) % 4 == 0
+    return len(value) % 4 != 1
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
