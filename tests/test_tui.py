@@ -482,6 +482,13 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         parse_args(["--url", "127.0.0.1:8080"], env=env)
     with pytest.raises(TuiConfigError, match="cannot read"):
         parse_args(["--token-file", str(tmp_path / "missing")], env=env)
+    # A wrong file (here a TOML config) is named, not reported later as an unreachable controller.
+    toml_file = tmp_path / "tui-copy.toml"
+    toml_file.write_text('url = "http://10.9.8.7:8080"\ntoken = "lqx_abc"\n')
+    with pytest.raises(TuiConfigError, match=rf"^{toml_file} does not hold a token: it has spaces or line breaks \(a TOML file"):
+        parse_args(["--token-file", str(toml_file)], env=env)
+    with pytest.raises(TuiConfigError, match="^LQX_TOKEN does not hold a token: .*not printable ASCII"):
+        parse_args([], env={"LQX_TOKEN": "tok\u00e9n"})
     conf.write_text("url = [")
     with pytest.raises(TuiConfigError, match="tui.toml"):
         parse_args([], env={})

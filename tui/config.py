@@ -60,6 +60,22 @@ class _RefuseToken(argparse.Action):
         )
 
 
+def _check_token(token: str, source: str) -> None:
+    """A token is one word of visible ASCII: it goes into an HTTP header as it is.
+
+    Raises:
+        TuiConfigError: anything else, naming where it came from (not, later, as an
+            unreachable controller: httpx refuses such a header before sending).
+    """
+    if all(33 <= ord(c) <= 126 for c in token):
+        return
+    if any(c.isspace() for c in token):
+        what = "spaces or line breaks" + (" (a TOML file? pass it with --config)" if "=" in token else "")
+    else:
+        what = "characters that are not printable ASCII"
+    raise TuiConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="limiquantix-tui",
@@ -104,6 +120,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             token, source = args.token_file.read_text().strip(), str(args.token_file)
         except OSError as exc:
             raise TuiConfigError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+    if token:
+        _check_token(token, source)
     if not token:
         raise TuiConfigError(
             "no API token: pass --token-file, set LQX_TOKEN, or run `make run` "
