@@ -443,12 +443,6 @@ async def serve(
     async with await SQLiteStore.open(config.db) as store, nodes_client as nodes:
         # Runs a previous process left unfinished: their runner is gone.
         await store.recover_interrupted_commands()
-        created = await store.bootstrap_admin(admin_token)
-        if created is not None and admin_token is None:
-            # Shown once: only its hash is stored.
-            print(f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}", flush=True)
-        elif created is not None:
-            log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
         if config.downloads_dir and not os.path.isdir(config.downloads_dir):
             log.info("downloads_dir %s does not exist: /downloads/ serves only install-agent.sh", config.downloads_dir)
         app = build_app(
@@ -467,6 +461,14 @@ async def serve(
             if shutdown is None:
                 nursery.start_soon(_signals, stop)
             binds = await nursery.start(serve_http, app, hc, stop)
+            # Only once the listener is bound: a first token printed by a run that then
+            # failed on a port in use would never be shown again (only its hash is stored).
+            created = await store.bootstrap_admin(admin_token)
+            if created is not None and admin_token is None:
+                print(f"limiquantix-controller: created the first admin token (shown once, keep it now):
+{created}", flush=True)
+            elif created is not None:
+                log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
             log.info(
                 "limiquantix-controller %s serving %s (db %s); %s",
                 __version__, " ".join(binds), config.db, transport_summary(tls),
@@ -495,8 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.log_level)
     try:
         trio.run(lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))
-    except errors.AgentError as exc:
-        print(f"limiquantix-controller: {exc.connect_code}: {exc.message}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - one line for a known error, the traceback otherwise
+        err = errors.sole_error(exc)
+        if err is None:
+            raise
+        print(f"limiquantix-controller: {err.connect_code}: {err.message}", file=sys.stderr)
         return 1
     except Exception:
         # As hostd's main: logged, and a failure status for the supervisor.

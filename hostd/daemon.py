@@ -745,7 +745,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return_big_buffers_to_the_os()
     try:
         trio.run(serve, config)
-    except Exception:
+    except Exception as exc:
+        err = errors.sole_error(exc)
+        if err is not None:
+            # A known failure (a port in use): one line naming it, not the nurseries' traceback.
+            print(f"limiquantix-hostd: {err.connect_code}: {err.message}", file=sys.stderr)
+            return 1
         # One connection's error is contained where it happens (protocol/rpc/server/_serving.py); whatever
         # still ends the daemon is logged (JSON logs too) and ends it with a failure status,
         # so that a supervisor restarts it.

@@ -29,7 +29,9 @@ through :func:`from_os_error`.
 
 from __future__ import annotations
 
+import builtins
 import errno
+import sys
 from dataclasses import dataclass
 from typing import ClassVar, Final, final
 
@@ -56,7 +58,14 @@ __all__ = [
     "from_connect_code",
     "from_os_error",
     "from_proto",
+    "leaves",
+    "sole_error",
 ]
+
+if sys.version_info >= (3, 11):  # novermin
+    _BaseExceptionGroup = builtins.BaseExceptionGroup
+else:  # pragma: no cover - Python 3.10: trio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
 
 @final
@@ -256,3 +265,18 @@ def from_os_error(exc: OSError, *, path: str = "") -> AgentError:
     cls, reason = _OS_ERRORS.get(exc.errno or 0, (Internal, "os_error"))
     what = exc.strerror or str(exc)
     return cls(f"{path}: {what}" if path else what, reason=reason)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, exception groups (trio's nurseries) flattened."""
+    if isinstance(exc, _BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
+    return [exc]
+
+
+def sole_error(exc: BaseException) -> AgentError | None:
+    """The one :class:`AgentError` ``exc`` stands for (alone or as the only leaf of nested
+    exception groups), else None: a daemon's ``main`` prints it as one line (a port in use)
+    instead of the traceback of every nursery it crossed."""
+    found = leaves(exc)
+    return found[0] if len(found) == 1 and isinstance(found[0], AgentError) else None

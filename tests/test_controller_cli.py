@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -92,6 +93,28 @@ def test_serve_flags() -> None:
     assert helped.returncode == 0 and "--listen" in helped.stdout and "--heartbeat-timeout-s" in helped.stdout
     bad = cli("serve", "--listen", "nowhere", "--config", "/dev/null")
     assert bad.returncode == 2 and "listen must be host:port" in bad.stderr
+
+
+def test_port_in_use_is_one_line_and_no_token_is_spent(tmp_path: Path) -> None:
+    """A port in use: one line naming the address, exit 1, and no first admin token printed
+    (only its hash is kept: a retry could never show it again)."""
+    db = tmp_path / "c.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = "127.0.0.1:%d" % busy.getsockname()[1]
+        out = cli("serve", "--listen", address, "--db", str(db), "--config", "/dev/null")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"limiquantix-controller: unavailable: cannot listen on {address}: Address already in use"
+    )
+    assert "Traceback" not in out.stderr and "lqx_" not in out.stdout + out.stderr
+
+    async def no_tokens() -> None:
+        async with await SQLiteStore.open(db) as store:
+            assert await store.list_tokens() == []
+
+    trio.run(no_tokens)
 
 
 def test_help() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -83,6 +85,20 @@ def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, mo
         out = subprocess.run([sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True)
         assert out.returncode == 2 and f"{flag} is refused" in out.stderr and instead in out.stderr, out.stderr
         assert "ps" in out.stderr
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = "127.0.0.1:%d" % busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "limiquantix.hostd", "--config", "/dev/null", "--listen", address,
+             "--socket-dir", str(tmp_path), "--libvirt-channel-root", ""],
+            capture_output=True, text=True, timeout=60, env={**os.environ, TOKEN_ENV: "a-long-enough-hostd-token"},
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"limiquantix-hostd: unavailable: cannot listen on {address}: Address already in use"]
 
 
 @pytest.mark.trio

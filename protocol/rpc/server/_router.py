@@ -20,10 +20,8 @@ headers.
 from __future__ import annotations
 
 import abc
-import builtins
 import logging
 import math
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Final, final
 
@@ -42,11 +40,6 @@ from .._codec import ENVELOPE_HEADER, MAX_DETAIL_CHARS, Codec
 from .._errors import error_body
 from ._context import CallContext, InFlightBytes
 from ._service import Route, Service
-
-if sys.version_info >= (3, 11):  # novermin
-    _BaseExceptionGroup = builtins.BaseExceptionGroup
-else:  # pragma: no cover - Python 3.10: trio depends on the backport there
-    from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
 __all__ = [
     "CODE_OK",
@@ -358,10 +351,10 @@ class Router:
 
     def internal(self, route: Route, exc: Exception) -> errors.AgentError:
         """The error a non-AgentError exception becomes (logged, never sent)."""
-        leaves = _leaves(exc)
         # A nursery in the handler wraps a single AgentError in a group.
-        if len(leaves) == 1 and isinstance(leaves[0], errors.AgentError):
-            return leaves[0]
+        sole = errors.sole_error(exc)
+        if sole is not None:
+            return sole
         log.error("%s failed: %s", route.procedure, type(exc).__name__, exc_info=exc)
         return errors.Internal("internal error")
 
@@ -382,12 +375,6 @@ class Router:
             self.observe(procedure, code, ctx.elapsed())
         except Exception:
             log.exception("observe hook failed for %s", procedure)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, _BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
 
 
 def unread_body(headers: Headers, unread: bool) -> Headers:

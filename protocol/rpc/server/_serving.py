@@ -41,6 +41,7 @@ import builtins
 import contextvars
 import dataclasses
 import logging
+import socket
 import ssl
 import sys
 import time
@@ -51,11 +52,13 @@ import h2.events
 import hypercorn.protocol
 import hypercorn.trio.run
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import wrap_app
+
+from ... import errors
 
 if sys.version_info >= (3, 11):  # novermin
     _BaseExceptionGroup = builtins.BaseExceptionGroup
@@ -75,6 +78,7 @@ __all__ = [
     "ServedApp",
     "ServerTLS",
     "TLS_REFUSAL_LOG_INTERVAL_S",
+    "bind_sockets",
     "http_config",
     "peer_common_name",
     "serve_http",
@@ -181,9 +185,9 @@ class _ContainedTCPServer(TCPServer):
         except Exception as exc:  # an ExceptionGroup of Exceptions too
             await self._contain(exc)
         except _BaseExceptionGroup as group:
-            errors, rest = group.split(Exception)
-            if errors is not None:
-                await self._contain(errors)
+            failures, rest = group.split(Exception)
+            if failures is not None:
+                await self._contain(failures)
             if rest is not None:
                 raise rest from None
 
@@ -405,6 +409,30 @@ def transport_summary(tls: ServerTLS | None) -> str:
     return f"HTTPS (HTTP/2 and HTTP/1.1; client certificates from {tls.client_ca_file} {mode})"
 
 
+def bind_sockets(config: Config) -> Sockets:
+    """Bind and listen on every address of ``config.bind`` (and ``insecure_bind`` with TLS),
+    one address at a time, so that a failure names its address.
+
+    Raises:
+        errors.Unavailable: one cannot be bound (reason ``cannot_listen``); the message names
+            it and the OS's reason ("address already in use"); nothing stays bound.
+    """
+    ssl = config.ssl_enabled
+    secure: list[socket.socket] = []
+    insecure: list[socket.socket] = []
+    for binds, into in ((config.bind, secure if ssl else insecure), (config.insecure_bind if ssl else [], insecure)):
+        for bind in binds:
+            try:
+                into.extend(config._create_sockets([bind]))  # noqa: SLF001 - hypercorn's own binder, one address
+            except OSError as exc:
+                for sock in (*secure, *insecure):
+                    sock.close()
+                raise errors.Unavailable(f"cannot listen on {bind}: {exc.strerror or exc}", reason="cannot_listen") from None
+    for sock in (*secure, *insecure):
+        sock.listen(config.backlog)
+    return Sockets(secure, insecure, [])
+
+
 def http_config(bind: list[str], *, graceful_timeout_s: float, tls: ServerTLS | None = None) -> Config:
     """hypercorn's configuration for hostd and the controller: ``bind`` (``host:port`` or
     ``unix:path``), requests in flight get ``graceful_timeout_s`` at a stop, idle connections
@@ -449,11 +477,24 @@ async def serve_http(
     ``config.graceful_timeout``) and return.
 
     ``task_status.started()`` gets the bound addresses, as from hypercorn's ``serve``.
+
+    Raises:
+        errors.Unavailable: an address cannot be bound (in use, not allowed), before
+            anything runs (reason ``cannot_listen``; the message names the address).
     """
+    sockets = bind_sockets(config)
     tracked = ServedApp(app)
     async with trio.open_nursery() as nursery:
+        # hypercorn.trio.serve, with the sockets bound above (it would bind them inside
+        # its nurseries, where a port in use became a 70-line exception group).
         binds = await nursery.start(
-            lambda task_status: hypercorn_serve(tracked, config, shutdown_trigger=stop.wait, task_status=task_status)
+            lambda task_status: hypercorn.trio.run.worker_serve(
+                wrap_app(tracked, config.wsgi_max_body_size, None),
+                config,
+                sockets=sockets,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
         )
         task_status.started(binds)
         await stop.wait()  # hypercorn stops accepting connections
