@@ -204,7 +204,8 @@ async def _ls(client: AgentClient, path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="limiquantix-agent-cli", description=__doc__.splitlines()[0])
+    # The docstring's first line without reST's ``literal`` quotes (shown raw in a terminal).
+    p = argparse.ArgumentParser(prog="limiquantix-agent-cli", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--version", action="version", version=f"limiquantix-agent-cli {__version__}")
     p.add_argument("-s", "--socket", required=True, help="Unix socket of the agent or of the VM's chardev")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the agent's hello")

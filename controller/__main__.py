@@ -17,8 +17,9 @@ hostd's common name is its node id). Files go to ``--dir`` (default
 ``/etc/limiquantix/pki``) as ``NAME.pem`` and ``NAME.key``, mode 0600; an
 existing file is never replaced without ``--force``. See controller/README.md.
 
-Every command takes ``--db PATH`` (default ``/var/lib/limiquantix/controller.db``,
-created mode 0600). They work while the controller runs (SQLite WAL, busy
+Every command takes ``--db PATH`` (default ``/var/lib/limiquantix/controller.db``):
+``serve`` creates it (mode 0600) in an existing directory; the token commands
+refuse a database that does not exist rather than create an empty one. They work while the controller runs (SQLite WAL, busy
 timeout) and are recorded in the audit log as user ``local:<login>`` from
 ``local-cli``: whoever can write the database file is an administrator.
 
@@ -222,8 +223,23 @@ async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_db(args: argparse.Namespace) -> Path:
+    """The database the token commands work on: it must exist (``serve`` creates it).
+
+    Raises:
+        errors.FailedPrecondition: it does not; a typo in ``--db``, or no ``--db`` on a host
+            whose controller keeps it elsewhere, would otherwise create an empty database
+            (and its directory) that no controller reads.
+    """
+    db = Path(getattr(args, "db", DEFAULT_DB_PATH))
+    if not db.is_file():
+        given = "" if hasattr(args, "db") else " (the default; pass --db PATH where `serve` keeps it)"
+        raise errors.FailedPrecondition(f"no controller database at {db}{given}: `limiquantix-controller serve --db {db}` creates it")
+    return db
+
+
 async def _run(args: argparse.Namespace) -> int:
-    db = getattr(args, "db", DEFAULT_DB_PATH)
+    db = _existing_db(args)
     async with await SQLiteStore.open(db) as store:
         handler = {"create": _token_create, "list": _token_list, "revoke": _token_revoke}[args.token_command]
         return await handler(store, args)

@@ -494,6 +494,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControllerConfigError as exc:
         print(f"limiquantix-controller: {exc}", file=sys.stderr)
         return 2
+    parent = Path(config.db).parent
+    if not parent.is_dir():
+        # Not created silently: a typo in --db would start an empty control plane (a new
+        # first admin token, no tokens, no audit log) somewhere nobody looks.
+        print(
+            f"limiquantix-controller: the database's directory {parent} does not exist (db {config.db}):"
+            f" create it (install -d -m 0700 {parent}) or pass another --db",
+            file=sys.stderr,
+        )
+        return 2
     setup_logging(config.log_format, config.log_level)
     try:
         trio.run(lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))

@@ -138,6 +138,8 @@ TOKEN_ENV: Final = "LQX_HOSTD_TOKEN"
 #: Four 60 MiB file writes at once; each costs a small multiple of its body in memory.
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 CONTROLLER_TOKEN_ENV: Final = "LQX_HOSTD_CONTROLLER_TOKEN"
+#: hostd's own bearer token guards every guest's root shell: a guessable one is refused.
+MIN_TOKEN_CHARS: Final = 16
 _REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
 #: glibc's mallopt parameter, and the size from which allocations are mmapped.
 _M_MMAP_THRESHOLD: Final = -3
@@ -316,8 +318,17 @@ _SECRET_KEYS: Final = {"token": TOKEN_ENV, "controller_token": CONTROLLER_TOKEN_
 
 
 def _sub(cls: type, data: Any, where: str) -> Any:
+    """``cls`` from a TOML table.
+
+    Raises:
+        ConfigError: not a table, an unknown key (named, with the known ones), a bad value.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(known)})")
     try:
         return cls(**data)
     except TypeError as exc:
@@ -362,7 +373,7 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
     vms = data.get("vm", [])
     if not isinstance(vms, list):
         raise ConfigError("[[vm]] must be an array of tables")
-    kwargs["vms"] = tuple(_sub(VMEntry, v, "vm") for v in vms)
+    kwargs["vms"] = tuple(_sub(VMEntry, v, "[vm]") for v in vms)
     return HostdConfig(**kwargs)
 
 
@@ -377,8 +388,35 @@ class _RefuseSecret(argparse.Action):
         )
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's attribute docstrings (the string under each field): --help's texts,
+    written once beside the field they describe."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # pragma: no cover - no source shipped
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for stmt, after in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
+        ):  # fmt: skip
+            docs[stmt.target.id] = " ".join(after.value.value.split()).replace("``", "")
+    return docs
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="limiquantix-hostd", description="LimiQuantix host daemon: the node API over every VM's agent.")
+    docs = {**_field_docs(HostdConfig), **_field_docs(DiscoveryConfig)}
+    p = argparse.ArgumentParser(
+        prog="limiquantix-hostd",
+        description="LimiQuantix host daemon: the node API over every VM's agent. Every key of the TOML file is also a flag;"
+        f" flags win. Tokens come from files or the environment ({TOKEN_ENV}, {CONTROLLER_TOKEN_ENV}), never flags.",
+    )
     p.add_argument("--version", action="version", version=f"limiquantix-hostd {__version__}")
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
     for key in _SCALARS:
@@ -388,7 +426,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                 "--" + key.replace("_", "-"), dest=key, action=_RefuseSecret, default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
         else:
-            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS)
+            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, help=docs.get(key))
     p.add_argument(
         "--metrics-open", action="store_true", default=argparse.SUPPRESS, help="serve /metrics without the bearer token"
     )
@@ -398,10 +436,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="allow the controller token over plain http:// to another machine (anyone on the path reads it)",
     )
-    p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--max-request-bytes-in-flight", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--socket-dir", default=argparse.SUPPRESS, help="directory of <vm-id>.agent.sock sockets")
-    p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help="libvirt's channel target directory")
+    p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS, help=docs.get("heartbeat_interval_s"))
+    p.add_argument("--max-request-bytes-in-flight", type=int, default=argparse.SUPPRESS, help=docs.get("max_request_bytes_in_flight"))
+    p.add_argument("--socket-dir", default=argparse.SUPPRESS, help=docs.get("socket_dir"))
+    p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help=docs.get("libvirt_channel_root"))
     p.add_argument(
         "--vm", action="append", default=[], metavar="ID=SOCKET", help="a VM and its chardev socket (repeatable)"
     )
@@ -738,11 +776,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.controller_url:
             config.controller_bearer_token()
         config.check_tls()
+        if len(config.bearer_token()) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"the bearer token is too short ({len(config.bearer_token())} characters; at least {MIN_TOKEN_CHARS}:"
+                " e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
     except ConfigError as exc:
         print(f"limiquantix-hostd: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
     return_big_buffers_to_the_os()
+    for key in ("socket_dir", "libvirt_channel_root"):
+        path = getattr(config.discovery, key)
+        if path and not os.path.isdir(path):
+            # Not fatal (libvirt may create it later: it is rescanned), but said at start.
+            log.warning("%s %s does not exist: no VM is found there until it does (set %s = \"\" to not scan it)", key, path, key)
     try:
         trio.run(serve, config)
     except Exception as exc:

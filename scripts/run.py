@@ -51,6 +51,7 @@ from limiquantix.protocol import errors
 from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
+from limiquantix.tui.config import api_examples_path, default_config_path
 from limiquantix.tui.format import exit_summary
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
@@ -64,7 +65,10 @@ BOLD, DIM, GREEN, RED, YELLOW, RESET = (
 #: Built packages (packaging/build-packages.sh), served by the controller under /downloads/.
 DIST = Path(__file__).resolve().parent.parent / "dist"
 #: Where limiquantix-tui looks for the controller's URL and token by default.
-TUI_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "limiquantix" / "tui.toml"
+TUI_CONFIG = default_config_path()
+#: Seconds between refreshes of the headless VM table, and the time one refresh may take.
+LIVE_REFRESH_S = 5.0
+LIVE_DEADLINE_S = 10.0
 
 
 def say(title: str, text: str = "") -> None:
@@ -113,6 +117,18 @@ def vm_table(vms: list[dict[str, Any]]) -> str:
 async def live_vms(api: Api) -> list[dict[str, Any]]:
     listed = (await api.call("ListVMs", {}))["vms"]
     return [await api.call("GetVM", {"vmId": vm["vmId"]}) for vm in listed]
+
+
+async def live_update(api: Api) -> str:
+    """The headless view's VM table, or one line saying why not: a slow or failed answer
+    never ends the loop (it ended the whole stack with an ExceptionGroup traceback)."""
+    try:
+        with trio.fail_after(LIVE_DEADLINE_S):
+            return vm_table(await live_vms(api))
+    except trio.TooSlowError:
+        return f"  {YELLOW}the controller did not answer within {LIVE_DEADLINE_S:g} s: not answering, retrying{RESET}"
+    except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
+        return f"  {YELLOW}cannot refresh ({safe_text(str(exc) or type(exc).__name__)}): retrying{RESET}"
 
 
 async def demo(api: Api, workdir: Path) -> None:
@@ -183,14 +199,35 @@ def start_qemu_guest(tmp: Path, agent_socket: Path) -> Any:
     return guest
 
 
-def write_tui_config(url: str, token: str, ca_file: Path) -> None:
-    TUI_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(TUI_CONFIG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, mode 0600 from the start (it holds the admin token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(
-            f"# Written by make run: the stack it started (its CA is deleted when it stops).\n"
-            f"url = {json.dumps(url)}\ntoken = {json.dumps(token)}\nca_file = {json.dumps(str(ca_file))}\n"
-        )
+        fh.write(text)
+
+
+def write_tui_config(url: str, token: str, ca_file: Path) -> None:
+    _write_private(
+        TUI_CONFIG,
+        f"# Written by make run: the stack it started (its CA is deleted when it stops).\n"
+        f"url = {json.dumps(url)}\ntoken = {json.dumps(token)}\nca_file = {json.dumps(str(ca_file))}\n",
+    )
+
+
+def write_api_examples(url: str, token: str, ca: Path) -> Path:
+    """curl lines to try the API by hand, in a file (mode 0600: it holds the admin token)
+    the TUI's help names: printed under the TUI, they scrolled away unseen."""
+    lines = ["# Written by make run: curl lines for the stack it started (the reference document's examples)."]
+    for body in (f'{{"vmId": "{VMS[0]}"}}', f'{{"vmId": "{VMS[0]}", "command": "uname -a", "timeoutSeconds": 30}}'):
+        method = "PingAgent" if "command" not in body else "ExecuteScript"
+        lines.append(f"curl -s --cacert {ca} -X POST {url}/{VM_SERVICE}/{method} \\\n"
+                     f"     -H 'Authorization: Bearer {token}' \\\n"
+                     f"     -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
+    lines.append(f"curl -s --cacert {ca} {url}/metrics -H 'Authorization: Bearer {token}' | grep lqx_controller")
+    path = api_examples_path()
+    _write_private(path, "\n".join(lines) + "\n")
+    return path
 
 
 def make_pki(directory: Path, *addresses: str) -> Path:
@@ -289,13 +326,9 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             print(vm_table(await live_vms(api)), flush=True)
             await demo(api, tmp)
             print()
-            say("try the API yourself", "(in another terminal, while this runs; the reference document's examples):")
-            for body in (f'{{"vmId": "{VMS[0]}"}}', f'{{"vmId": "{VMS[0]}", "command": "uname -a", "timeoutSeconds": 30}}'):
-                method = "PingAgent" if "command" not in body else "ExecuteScript"
-                print(f"  curl -s --cacert {ca} -X POST {url}/{VM_SERVICE}/{method} \\\n"
-                      f"       -H 'Authorization: Bearer {admin_token}' \\\n"
-                      f"       -H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
-            print(f"  curl -s --cacert {ca} {url}/metrics -H 'Authorization: Bearer {admin_token}' | grep lqx_controller")
+            examples = write_api_examples(url, admin_token, ca)
+            say("try the API yourself", f"(in another terminal, while this runs; the reference document's examples): {examples}")
+            print(examples.read_text(), end="", flush=True)
             if args.once:
                 return
             if TTY and sys.stdin.isatty() and not os.environ.get("LQX_HEADLESS"):
@@ -306,10 +339,14 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 )
                 return
             print()
-            say("live", f"{DIM}(refreshed every 5 s; Ctrl-C to stop){RESET}")
+            say("live", f"{DIM}(refreshed every {LIVE_REFRESH_S:g} s; Ctrl-C to stop){RESET}")
+            shown = 0
             while True:
-                await trio.sleep(5)
-                print(f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{vm_table(await live_vms(api))}", flush=True)
+                await trio.sleep(LIVE_REFRESH_S)
+                text = f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{await live_update(api)}"
+                # On a terminal the table is redrawn in place (cursor up over the last one), not scrolled.
+                print((f"\x1b[{shown}F\x1b[J" if TTY and shown else "") + text, flush=True)
+                shown = text.count("\n") + 1
     finally:
         # hostd first (its last heartbeat still finds the controller), then the VMs, then the controller.
         codes = []

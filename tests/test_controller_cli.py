@@ -23,8 +23,19 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def make_db(db: Path) -> Path:
+    """A controller database, as ``serve`` leaves it (the token commands never create one)."""
+
+    async def create() -> None:
+        async with await SQLiteStore.open(db):
+            pass
+
+    trio.run(create)
+    return db
+
+
 def test_token_create_list_revoke(tmp_path: Path) -> None:
-    db = tmp_path / "lib" / "controller.db"
+    db = make_db(tmp_path / "lib" / "controller.db")
     created = cli("--db", str(db), "token", "create", "--user", "alice", "--role", "operator",
                   "--labels", "env=prod,team=web", "--description", "deploy bot")  # fmt: skip
     assert created.returncode == 0, created.stderr
@@ -69,7 +80,7 @@ def test_token_create_list_revoke(tmp_path: Path) -> None:
 
 
 def test_cli_errors(tmp_path: Path) -> None:
-    db = str(tmp_path / "c.db")
+    db = str(make_db(tmp_path / "c.db"))
     unknown = cli("--db", db, "token", "revoke", "000000000000")
     assert unknown.returncode == 1 and "not_found" in unknown.stderr and "Traceback" not in unknown.stderr
     bad_labels = cli("--db", db, "token", "create", "--user", "a", "--role", "viewer", "--labels", "env")
@@ -78,7 +89,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert bad_role.returncode == 2
     bad_user = cli("--db", db, "token", "create", "--user", "a b", "--role", "viewer")
     assert bad_user.returncode == 2 and "bad user name" in bad_user.stderr
-    newer = tmp_path / "newer.db"
+    newer = make_db(tmp_path / "newer.db")
     assert cli("--db", str(newer), "token", "list").returncode == 0
     import sqlite3
 
@@ -86,6 +97,28 @@ def test_cli_errors(tmp_path: Path) -> None:
         conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
     refused = cli("--db", str(newer), "token", "list")
     assert refused.returncode == 1 and "newer than this controller" in refused.stderr
+
+
+def test_token_commands_never_create_a_database(tmp_path: Path) -> None:
+    """`token list` with a wrong or missing --db says so; it does not create an empty database
+    (nor its directory) that no controller reads."""
+    for args in (("token", "list"), ("token", "create", "--user", "a", "--role", "viewer"), ("token", "revoke", "x")):
+        missing = tmp_path / "nowhere" / "controller.db"
+        out = cli("--db", str(missing), *args)
+        assert out.returncode == 1 and f"no controller database at {missing}" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and not missing.parent.exists()
+    # Without --db: the default path, named as the default (this test's machine has none there).
+    if not Path("/var/lib/limiquantix/controller.db").exists():
+        out = cli("token", "list")
+        assert out.returncode == 1 and "(the default; pass --db PATH" in out.stderr, out.stderr
+        assert not Path("/var/lib/limiquantix/controller.db").exists()
+
+
+def test_serve_refuses_a_missing_database_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "controller.db"
+    out = cli("serve", "--db", str(missing), "--listen", "127.0.0.1:0", "--config", "/dev/null")
+    assert out.returncode == 2 and f"the database's directory {missing.parent} does not exist" in out.stderr, out.stderr
+    assert not missing.parent.exists() and "lqx_" not in out.stdout
 
 
 def test_serve_flags() -> None:

@@ -43,6 +43,8 @@ def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:
         ("[connection]\nping_interval_s = 0", "ping_interval_s must be > 0"),
         ('[[vm]]\nid = "x"\nsocket = "relative"', "absolute path"),
         ("[discovery]\nno_such = 1", "discovery"),
+        # A typo in a [[vm]] key is named with the known keys (it was a Python TypeError).
+        ('[[vm]]\nid = "x"\nsockt = "/a"', r"^unknown key 'sockt' in \[\[vm\]\] \(known: id, socket"),
     ],
 )
 def test_invalid_configuration_is_refused_clearly(tmp_path: Path, toml: str, message: str) -> None:
@@ -85,6 +87,33 @@ def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, mo
         out = subprocess.run([sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True)
         assert out.returncode == 2 and f"{flag} is refused" in out.stderr and instead in out.stderr, out.stderr
         assert "ps" in out.stderr
+
+
+def test_cli_refuses_a_short_token_and_warns_of_missing_directories(tmp_path: Path) -> None:
+    def hostd(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "limiquantix.hostd", "--config", "/dev/null", *args],
+            capture_output=True, text=True, timeout=60, env={**os.environ, TOKEN_ENV: token},
+        )  # fmt: skip
+
+    out = hostd(token="abc")
+    assert out.returncode == 2 and "the bearer token is too short (3 characters; at least 16" in out.stderr, out.stderr
+    # Missing discovery directories are said at start (here it then stops on a port in use).
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        out = hostd("--listen", "127.0.0.1:%d" % busy.getsockname()[1], "--socket-dir", str(tmp_path / "no-vms"),
+                    "--libvirt-channel-root", str(tmp_path / "no-libvirt"), token="a-long-enough-hostd-token")  # fmt: skip
+    assert out.returncode == 1
+    assert f"socket_dir {tmp_path / 'no-vms'} does not exist" in out.stderr
+    assert f"libvirt_channel_root {tmp_path / 'no-libvirt'} does not exist" in out.stderr
+    # --help describes every flag.
+    helped = subprocess.run([sys.executable, "-m", "limiquantix.hostd", "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(helped.stdout.split())
+    for flag, words in (("--listen", "TCP address of the node API"), ("--node-id", "This host's name in the controller"),
+                        ("--heartbeat-interval-s", "Seconds between heartbeats"), ("--socket-dir", "Directory of <vm-id>.agent.sock sockets")):  # fmt: skip
+        assert f"{flag} {flag[2:].upper().replace('-', '_')} {words}" in text, (flag, text)
+    assert "``" not in helped.stdout
 
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:

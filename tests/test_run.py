@@ -8,8 +8,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,12 +39,15 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert "curl -s --cacert " in text and "http://" not in text
     assert "every agent connected" in text
     assert text.count(" connected ") >= 3
-    assert "ExecuteScript web-1 uname -a → exitCode 0" in text
+    assert "ExecuteScript web-1 uname -a → exit code 0" in text
     assert "#3 line 3" in text
     assert "SHA-256 equal" in text
     assert "/etc/../etc/shadow → ReadGuestFile: invalid_argument" in text
     assert "exited with [0, 0]" in text
     assert "Traceback" not in out.stderr
+    # The curl lines are in a file the output names (and the TUI's help shows), mode 0600.
+    examples = tmp_path / "limiquantix" / "api-examples.sh"
+    assert str(examples) in text and "ExecuteScript" in examples.read_text() and examples.stat().st_mode & 0o777 == 0o600
     tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
     assert 'url = "https://' in tui and "token = " in tui and "ca_file = " in tui
     # The TUI reads it: the CA file it names is the one make run made (gone with its temp dir now).
@@ -62,3 +68,29 @@ def test_the_vm_table_shows_guest_text_escaped() -> None:
     table = run.vm_table([evil])
     assert not any(raw in table for raw in ("\x1b]", "\x07", "\x9b", "\u202e", "\x1b[2J"))
     assert "\\x1b]0;pwned\\x07\\u202eexe" in table and "1\\x1b[2J" in table and "n\\x9b1m" in table
+
+
+def _load_run() -> Any:
+    spec = importlib.util.spec_from_file_location("lqx_run_script", ROOT / "scripts" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
+
+
+@pytest.mark.trio
+async def test_the_headless_view_survives_a_controller_that_does_not_answer(autojump_clock: trio.abc.Clock) -> None:
+    """A controller that accepts and never answers (like one stopped by SIGSTOP): one line says
+    so and the next refresh is tried; nothing is raised (it ended the whole stack)."""
+    run = _load_run()
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    async with httpx.AsyncClient(timeout=None) as client:
+        line = await run.live_update(run.Api(client, url, "token"))
+        assert "did not answer within 10 s: not answering, retrying" in line
+        # A refused connection (the controller gone): one line too.
+        listener.close()
+        line = await run.live_update(run.Api(client, url, "token"))
+        assert "cannot refresh (" in line and "retrying" in line

@@ -20,7 +20,15 @@ from typing import Any, Final
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.tls import InsecureTransportError, check_token_transport
 
-__all__ = ["DEFAULT_REFRESH_S", "DEFAULT_URL", "TuiConfig", "TuiConfigError", "default_config_path", "parse_args"]
+__all__ = [
+    "DEFAULT_REFRESH_S",
+    "DEFAULT_URL",
+    "TuiConfig",
+    "TuiConfigError",
+    "api_examples_path",
+    "default_config_path",
+    "parse_args",
+]
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
 #: Seconds between fleet refreshes.
@@ -35,6 +43,12 @@ def default_config_path() -> Path:
     """``$XDG_CONFIG_HOME/limiquantix/tui.toml`` (``~/.config`` when unset)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "limiquantix" / "tui.toml"
+
+
+def api_examples_path() -> Path:
+    """Where ``make run`` writes its curl lines to try the API (beside the config file; the
+    TUI's help names it: printed under the TUI, nobody saw them)."""
+    return default_config_path().parent / "api-examples.sh"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
+from .config import api_examples_path
+
 __all__ = ["ConfirmDialog", "HelpScreen", "PasswordDialog"]
 
 
@@ -141,3 +143,6 @@ class HelpScreen(ModalScreen[None]):
                 "refuses the token, a notification says so and the app keeps trying.",
                 classes="dialog-detail",
             )
+            examples = api_examples_path()
+            if examples.is_file():
+                yield Static(Text(f"curl lines to try the API by hand (written by make run): {examples}"), classes="dialog-detail")
