@@ -288,6 +288,51 @@ async def test_cancel_a_long_script(stack: Stack) -> None:
         await until(pilot, "second run", lambda: "exit code 0" in str(runner.query_one("#result", Static).render()))
 
 
+async def test_files_escape_during_an_upload_asks_and_errors_clear_the_viewer(stack: Stack) -> None:
+    app = _app(stack)
+    local = stack.tmp / "upload.bin"
+    local.write_bytes(os.urandom(4 * 1024 * 1024))
+    assert stack.hostd is not None
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        await _open_vm(app, pilot, "web-1")
+        await pilot.press("f")
+        await until(pilot, "files", lambda: isinstance(app.screen, FilesScreen))
+        files = app.screen
+        assert isinstance(files, FilesScreen)
+        # A file shown, then one that does not exist: the error alone, the old content gone, the path said once.
+        files.query_one("#guest-path", Input).value = "/etc/hostname"
+        await pilot.press("ctrl+o")
+        await until(pilot, "a file shown", lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()))
+        missing = "/no/such/file-7q"
+        files.query_one("#guest-path", Input).value = missing
+        await pilot.press("ctrl+o")
+        await until(pilot, "the error", lambda: "not_found" in str(files.query_one("#transfer", Static).render()).lower()
+                    or "no such" in str(files.query_one("#transfer", Static).render()).lower())  # fmt: skip
+        error = str(files.query_one("#transfer", Static).render())
+        assert error.count(missing) == 1, error
+        assert files.query_one("#viewer", TextArea).text == ""
+        # hostd stopped (a real process, SIGSTOP): the upload stays in progress.
+        stack.hostd.send_signal(signal.SIGSTOP)
+        try:
+            files.query_one("#guest-path", Input).value = "/tmp/lqx-upload-esc.bin"
+            files.query_one("#local-path", Input).value = str(local)
+            await pilot.press("ctrl+t")
+            await until(pilot, "the upload running", lambda: files.uploading)
+            await pilot.press("escape")
+            await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.press("escape")  # no: the upload goes on
+            await until(pilot, "back on Files", lambda: app.screen is files)
+            assert files.uploading
+            await pilot.press("escape")
+            await until(pilot, "the question again", lambda: isinstance(app.screen, ConfirmDialog))
+            await pilot.press("y")
+            await until(pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen))
+            assert not files.uploading
+        finally:
+            stack.hostd.send_signal(signal.SIGCONT)
+
+
 async def test_shutdown_dialog(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -15,10 +15,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static, TextArea
+from textual.worker import Worker
 
 from limiquantix.protocol.safetext import safe_text
 
 from .client import MAX_UPLOAD_BYTES, ApiError
+from .dialogs import ConfirmDialog
 from .format import human_bytes
 from .screen import LqxScreen
 
@@ -33,12 +35,38 @@ class FilesScreen(LqxScreen):
     BINDINGS = [
         Binding("ctrl+o", "view", "View guest file", priority=True),
         Binding("ctrl+t", "upload", "Upload", priority=True),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
     ]
 
     def __init__(self, vm_id: str) -> None:
         super().__init__()
         self.vm_id = vm_id
+        self.upload: Worker[None] | None = None
+        """The upload in progress, if any (escape asks before cancelling it)."""
+
+    @property
+    def uploading(self) -> bool:
+        return self.upload is not None and self.upload.is_running
+
+    def action_back(self) -> None:
+        """Back; during an upload, ask first (like the runner: leaving would cancel it silently)."""
+        if not self.uploading:
+            self.app.pop_screen()
+            return
+
+        def answered(cancel: bool | None) -> None:
+            if cancel and self.upload is not None:
+                self.upload.cancel()
+                self.app.pop_screen()
+
+        self.app.push_screen(
+            ConfirmDialog(
+                "Cancel the upload and go back?",
+                "The guest file stays as it was (a write is committed whole or not at all).",
+                confirm="Cancel upload",
+            ),
+            answered,
+        )
 
 
     def compose(self) -> ComposeResult:
@@ -99,18 +127,23 @@ class FilesScreen(LqxScreen):
             # still tells the whole file's size).
             content, file_size, sha = await client.read_file(self.vm_id, path, length=VIEW_LIMIT_BYTES)
         except ApiError as exc:
-            status.update(Text(safe_text(f"{path}: {exc.summary}"), style="bold red"))
+            # The API's message usually names the path already: said once.
+            status.update(Text(safe_text(exc.summary if path in exc.summary else f"{path}: {exc.summary}"), style="bold red"))
+            self.query_one("#viewer", TextArea).load_text("")  # not the previous file under this error
             self.lqx.report(exc, "View")
             return
         shown = content.decode("utf-8", errors="replace")
-        if "\x00" in shown:
+        binary = "\x00" in shown
+        if binary:
             shown = f"(binary file: {human_bytes(file_size)}; not shown)"
         else:
             # The guest's bytes: lines and tabs kept, every other control shown (\x1b ...).
             shown = safe_text(shown, multiline=True)
         self.query_one("#viewer", TextArea).load_text(shown)
         text = Text(f"{path}: {human_bytes(file_size)}", style="bold")
-        if len(content) < file_size:
+        if binary:
+            text.append(f"  (binary: first {human_bytes(len(content))} read, not shown)", style="yellow")
+        elif len(content) < file_size:
             text.append(f"  (first {human_bytes(len(content))} shown: the viewer's limit)", style="yellow")
         text.append(f"\nSHA-256 of what was read: {sha}", style="dim")
         status.update(text)
@@ -136,7 +169,7 @@ class FilesScreen(LqxScreen):
         if size > MAX_UPLOAD_BYTES:
             self.notify(f"{raw} is {human_bytes(size)}; the TUI uploads at most {human_bytes(MAX_UPLOAD_BYTES)}.", severity="error")
             return
-        self.run_worker(self._upload(local, path), group="transfer", exclusive=True)
+        self.upload = self.run_worker(self._upload(local, path), group="transfer", exclusive=True)
 
     async def _upload(self, local: Path, path: str) -> None:
         status = self.query_one("#transfer", Static)
@@ -149,6 +182,9 @@ class FilesScreen(LqxScreen):
 
         def sent(done: int, total: int) -> None:
             progress.update(progress=100 * done / max(total, 1))
+            if done >= total:
+                # Every byte is sent; the guest checks the SHA-256 and commits.
+                status.update(Text(f"sent {human_bytes(total)}; waiting for the guest to check and commit {path}…", style="cyan"))
 
         try:
             written, sha = await self.lqx.client.write_file(self.vm_id, path, content, create_parents=True, progress=sent)
