@@ -431,6 +431,10 @@ class FleetAPI:
                 ran = exc.reason == _ABORTED_REASON or outcome_unknown(exc)
                 status = TargetStatus.FAILED if ran else TargetStatus.UNDELIVERABLE
                 failure = (status, f"{exc.connect_code}: {exc.message}")
+            except errors.NotFound as exc:
+                # The node no longer has the VM (powered off long enough for hostd to forget
+                # it): refused before anything ran, like a VM that is not connected.
+                failure = (TargetStatus.UNDELIVERABLE, f"{exc.connect_code}: {exc.message}")
             except errors.DeadlineExceeded as exc:
                 failure = (TargetStatus.TIMED_OUT, exc.message)
             except errors.AgentError as exc:

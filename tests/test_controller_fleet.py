@@ -20,9 +20,10 @@ from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd.simvm import SimVMProcess
 
-from test_controller_api import DEADLINE_S, Stack, _make_tokens
+from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _make_tokens
 
 FLEET = "/limiquantix.compute.v1.FleetService"
+NODES = "/limiquantix.compute.v1.NodeRegistryService"
 #: Fails in the VMs whose state directory holds a file named ``fail``.
 FAIL_IF_MARKED = (
     "d=$(dirname \"$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep 'agent.toml$')\"); "
@@ -274,3 +275,19 @@ async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path)
         done = await wait_done(st, cid)
         assert done["counts"]["success"] == 19 and done["counts"]["undeliverable"] == 1
         assert max_overlap(done) == 5
+
+
+@pytest.mark.trio
+async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nursery, short_tmp: Path) -> None:
+    """A VM the controller still lists but whose node answers not_found (hostd forgot it, e.g.
+    powered off for minutes): refused before anything ran, so `undeliverable` as the README
+    promises, not `failed`. Node host-b is the real hostd registered a second time (by the
+    admin) with a heartbeat that still names the VM: no race with host-a's own heartbeats."""
+    async with fleet_stack(nursery, short_tmp, 1) as st:
+        node = {"nodeId": "host-b", "url": st.hostd_url, "token": HOSTD_TOKEN, "vms": [{"vmId": "ghost", "state": "connected"}]}
+        await st.ok("RegisterNode", node, who="admin", service=NODES)
+        await st.ok("Heartbeat", {"nodeId": "host-b", "vms": node["vms"]}, who="admin", service=NODES)
+        done = await wait_done(st, await run(st, {"vmIds": ["ghost", "vm0"], "command": "true"}))
+        assert statuses(done) == {"ghost": "undeliverable", "vm0": "success"}, done
+        ghost = next(t for t in done["targets"] if t["vmId"] == "ghost")
+        assert "no VM 'ghost' on this host" in ghost["error"] and "exitCode" not in ghost
