@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any, Final
 
 from rich.text import Text
@@ -26,6 +27,12 @@ __all__ = ["RunnerScreen"]
 DEFAULT_SCRIPT: Final = "uname -a\nuptime\n"
 #: Seconds between GetCommand polls of a fleet run.
 FLEET_POLL_S: Final = 1.0
+#: Lines the output keeps (the oldest go first): bounds the TUI's memory whatever a guest prints.
+OUTPUT_MAX_LINES: Final = 10_000
+#: Seconds between writes of streamed output to the log: lines that arrive meanwhile are
+#: written together, and only the last OUTPUT_MAX_LINES of them are rendered at all (rendering
+#: is the cost: 300,000 lines written one by one took 44 s to appear).
+OUTPUT_FLUSH_S: Final = 0.1
 _TARGET_STYLES: Final = {
     "success": "green",
     "failed": "red",
@@ -44,6 +51,7 @@ class RunnerScreen(LqxScreen):
         Binding("ctrl+b", "cancel", "Cancel run", priority=True),
         Binding("escape", "back", "Back"),
     ]
+    ACTION_PERMISSIONS = {"run": "vm.exec", "cancel": "vm.exec"}
 
     def __init__(self, vm_ids: list[str]) -> None:
         super().__init__()
@@ -54,6 +62,10 @@ class RunnerScreen(LqxScreen):
         self.worker: Worker[None] | None = None
         self.targets: dict[str, dict[str, Any]] = {}
         self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
+        self._pending: deque[tuple[str, str]] = deque(maxlen=OUTPUT_MAX_LINES)
+        """Whole lines (text, style) waiting for the next flush."""
+        self._dropped = 0
+        """Lines of this run that were never shown (beyond OUTPUT_MAX_LINES in one flush)."""
 
 
     @property
@@ -78,13 +90,14 @@ class RunnerScreen(LqxScreen):
                 yield Button("Cancel ^B", variant="error", id="cancel", disabled=True, compact=True)
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
-                log: RichLog = RichLog(id="output", wrap=True, markup=False, highlight=False, max_lines=10000, min_width=20)
+                log: RichLog = RichLog(id="output", wrap=True, markup=False, highlight=False, max_lines=OUTPUT_MAX_LINES, min_width=20)
                 yield log
                 side: DataTable[str | Text] = DataTable(id="side", cursor_type="row", classes="fleet" if self.fleet else "")
                 yield side
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        self.set_interval(OUTPUT_FLUSH_S, self._drain)
         side = self.query_one("#side", DataTable)
         if self.fleet:
             side.add_column("VM", width=16)
@@ -130,6 +143,8 @@ class RunnerScreen(LqxScreen):
         self.query_one("#output", RichLog).clear()
         self.query_one("#result", Static).update(Text("running…", style="cyan"))
         self._partial = {"stdout": "", "stderr": ""}
+        self._pending.clear()
+        self._dropped = 0
         self._set_running(True)
         job = self._fleet(*options) if self.fleet else self._stream(*options)
         self.worker = self.run_worker(job, group="run", exclusive=True)
@@ -147,17 +162,35 @@ class RunnerScreen(LqxScreen):
     def _write(self, stream: str, text: str) -> None:
         """Whole lines to the log (stderr in red); a partial line waits for its end.
         Controls in the guest's output are shown (``\\x1b``), never sent to the terminal."""
-        log = self.query_one("#output", RichLog)
         *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
-        for line in lines:
-            log.write(Text(safe_text(line, multiline=True), style="red" if stream == "stderr" else ""))
+        style = "red" if stream == "stderr" else ""
+        self._queue(lines, style)
+
+    def _queue(self, lines: list[str], style: str) -> None:
+        """Lines for the next flush; beyond OUTPUT_MAX_LINES the oldest are counted, not kept."""
+        overflow = len(self._pending) + len(lines) - OUTPUT_MAX_LINES
+        if overflow > 0:
+            self._dropped += overflow
+        self._pending.extend((line, style) for line in lines[-OUTPUT_MAX_LINES:])
+
+    def _drain(self) -> None:
+        """Write the pending lines in one go (one render, not one per line)."""
+        if not self._pending and not self._dropped:
+            return
+        log = self.query_one("#output", RichLog)
+        if self._dropped:
+            log.write(Text(f"── {self._dropped:,} lines not shown: the view keeps the last {OUTPUT_MAX_LINES:,}", style="dim"))
+            self._dropped = 0
+        if self._pending:
+            log.write(Text("\n").join(Text(safe_text(line, multiline=True), style=style) for line, style in self._pending))
+            self._pending.clear()
 
     def _flush(self) -> None:
-        log = self.query_one("#output", RichLog)
         for stream, rest in self._partial.items():
             if rest:
-                log.write(Text(safe_text(rest, multiline=True), style="red" if stream == "stderr" else ""))
+                self._queue([rest], "red" if stream == "stderr" else "")
         self._partial = {"stdout": "", "stderr": ""}
+        self._drain()
 
     async def _stream(self, script: str, timeout: int, run_as: str) -> None:
         vm_id = self.vm_ids[0]
@@ -187,7 +220,16 @@ class RunnerScreen(LqxScreen):
             self.lqx.record_run(vm_id, record)
             self._show_recent()
 
+    def _mark_truncated(self, result: dict[str, Any], limit: str) -> None:
+        """Say in the output where the guest's cap cut it (it was silently shorter)."""
+        cut = [name for name in ("stdout", "stderr") if result.get(f"{name}Truncated")]
+        if cut:
+            self.query_one("#output", RichLog).write(
+                Text(f"── {' and '.join(cut)} cut here: more than {limit}; the rest was not kept", style="bold yellow")
+            )
+
     def _show_result(self, result: dict[str, Any], record: RunRecord) -> None:
+        self._mark_truncated(result, "the guest's 1 MiB cap")
         code = result.get("exitCode")  # absent unless the command exited
         reason = result.get("exitReason", "") or ("timed_out" if result.get("timedOut") else "exited")
         duration = int(result.get("durationMs", 0))
@@ -249,6 +291,7 @@ class RunnerScreen(LqxScreen):
             out = target.get(stream, "")
             for line in out.removesuffix("\n").split("\n") if out else ():
                 log.write(Text(safe_text(line, multiline=True), style=style))
+        self._mark_truncated(target, "64 KiB per VM kept by the controller")
         if target.get("error"):
             log.write(Text(safe_text(target["error"]), style="magenta"))
 
