@@ -95,6 +95,8 @@ class LimiQuantixApp(App[None]):
         self.controller_ok: bool | None = None
         self.last_error: ApiError | None = None
         self.last_refresh: float = 0.0
+        self.poll_started: float | None = None
+        """clock() when the poll still waiting for its answer began (None: none is)."""
         self.refresh_cpu_s: float = 0.0
         """CPU time the last fleet update took in this process (ListVMs answer → screen updated)."""
 
@@ -117,7 +119,17 @@ class LimiQuantixApp(App[None]):
         await self.client.aclose()
 
     def _tick(self) -> None:
-        self.run_worker(self.refresh_fleet(), group="fleet", exclusive=True)
+        if self.poll_started is None:
+            self.run_worker(self.refresh_fleet(), group="fleet", exclusive=True)
+            return
+        # The last poll has not been answered. It is left to run to its deadline (the
+        # client's timeout): replacing it at every tick meant no poll ever timed out, and a
+        # hung controller (SIGSTOP) stayed "connected" with a frozen time. Late: said now.
+        waited = self.clock() - self.poll_started
+        if waited > self.config.refresh_s and self.controller_ok is not False:
+            self._controller_failed(ApiError("not_answering", f"the controller has not answered for {waited:.0f} s"))
+        else:
+            self._tell_screens()  # the header's age of the data
 
     def action_help(self) -> None:
         from .dialogs import HelpScreen
@@ -152,14 +164,19 @@ class LimiQuantixApp(App[None]):
 
     async def refresh_fleet(self) -> None:
         """One poll: WhoAmI while unknown, then ListVMs; screens are told."""
+        self.poll_started = self.clock()
         try:
             if self.me is None:
                 self.me = await self.client.whoami()
                 self.sub_title = f"{self.me.user} ({self.me.role}) @ {self.config.url}"
+                for screen in self.screen_stack:
+                    screen.refresh_bindings()  # the footer shows only what this token may do
             vms = await self.client.list_vms()
         except ApiError as exc:
             self._controller_failed(exc)
             return
+        finally:
+            self.poll_started = None
         if self.controller_ok is False:
             self.notify("Controller reachable again.", title="Recovered", timeout=4)
         self.controller_ok, self.last_error = True, None

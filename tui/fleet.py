@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from limiquantix.protocol.safetext import safe_text
 
-from .format import STATE_LABELS, STATE_STYLES, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
+from .format import STATE_LABELS, STATE_STYLES, age_s, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
 from .screen import LqxScreen
 
 
@@ -112,6 +112,7 @@ class FleetScreen(LqxScreen):
         Binding("u", "audit", "Audit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
+    ACTION_PERMISSIONS = {"run": "vm.exec", "audit": "audit.read"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -246,10 +247,15 @@ class FleetScreen(LqxScreen):
         entries.append(total)
         if self.filter_text:
             entries.append(Text(f"│ filter “{self.filter_text}”", style="italic"))
+        updated = f"{time.strftime('%H:%M:%S', time.gmtime(app.last_refresh))} UTC" if app.last_refresh else ""
         if app.controller_ok is False and app.last_error is not None:
-            entries.append(Text(f"│ controller: {app.last_error.code} (retrying)", style="bold red"))
-        elif app.last_refresh:
-            entries.append(Text(f"│ updated {time.strftime('%H:%M:%S', time.gmtime(app.last_refresh))} UTC", style="dim"))
+            what = app.last_error.code.replace("_", " ")
+            entries.append(Text(f"│ controller: {what} (retrying)", style="bold red"))
+            if updated:
+                # How old what is shown is, since the controller stopped answering.
+                entries.append(Text(f"│ data from {updated}, {age_s(app.clock() - app.last_refresh)} old", style="yellow"))
+        elif updated:
+            entries.append(Text(f"│ updated {updated}", style="dim"))
         else:
             entries.append(Text("│ connecting…", style="dim"))
         width = max(20, (self.size.width or self.app.size.width) - 2)

@@ -16,6 +16,7 @@ __all__ = [
     "STATE_LABELS",
     "STATE_STYLES",
     "age",
+    "age_s",
     "bar",
     "effective_state",
     "exit_summary",
@@ -140,12 +141,20 @@ def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
     except ValueError:
         return timestamp
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    seconds = max(0, int((now - when).total_seconds()))
-    if seconds < 120:
-        return f"{seconds} s ago"
+    seconds = (now - when).total_seconds()
     if seconds < 7200:
-        return f"{seconds // 60} min ago"
+        return f"{age_s(seconds)} ago"
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age_s(seconds: float) -> str:
+    """A duration the way ages are shown: ``12 s``, ``5 min``, ``3 h``."""
+    whole = max(0, int(seconds))
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min"
+    return f"{whole // 3600} h"
 
 
 def vm_matches(vm: Mapping[str, Any], needle: str) -> bool:
