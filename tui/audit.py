@@ -7,17 +7,29 @@ from typing import Any, Final
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, Input
+from rich.table import Table
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from .client import ApiError
 from .format import guest
 from .screen import LqxScreen
 
 
-__all__ = ["AuditScreen"]
+__all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]
 
-_OUTCOME_STYLES: Final = {"success": "green", "error": "red", "denied": "bold red", "pending": "yellow", "cancelled": "yellow"}
+_OUTCOME_STYLES: Final = {
+    "success": "green",
+    "failure": "red",
+    "error": "red",
+    "denied": "bold red",
+    "pending": "yellow",
+    "cancelled": "yellow",
+    "unknown": "magenta",
+}
+#: Seconds between reloads of the audit view while it is shown (new rows appear by themselves).
+AUDIT_REFRESH_S: Final = 5.0
 #: Filter inputs → the API's AuditFilter fields.
 _FILTERS: Final = (("user", "user"), ("action", "action"), ("vmId", "VM"), ("outcome", "outcome"))
 
@@ -33,8 +45,51 @@ def _what(record: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)[:80]
 
 
+class AuditDetail(ModalScreen[None]):
+    """One audit row, every field (the table shows a cut of "what")."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("enter", "app.pop_screen", "Close")]
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__()
+        self.record = record
+
+    def compose(self) -> ComposeResult:
+        table = Table(box=None, padding=(0, 1), show_header=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")  # the whole value, wrapped: the point of opening a row
+        for key, value in _flatten(self.record):
+            if value:
+                table.add_row(key, guest(value, multiline=True))
+        with VerticalScroll(classes="dialog help"):
+            yield Static(Text(f"Audit row {self.record.get('id', '')}", style="bold"), classes="dialog-title")
+            yield Static(table)
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``detail.command``-style keys with their values (lists joined), in the API's order."""
+    out: list[tuple[str, str]] = []
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += _flatten(value, f"{name}.")
+        elif isinstance(value, list):
+            out.append((name, ", ".join(str(v) for v in value)))
+        else:
+            out.append((name, str(value)))
+    return out
+
+
 class AuditScreen(LqxScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("ctrl+l", "load", "Reload", priority=True)]
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+l", "load", "Reload", priority=True),
+        Binding("enter", "open", "Details"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, dict[str, Any]] = {}
 
 
     def compose(self) -> ComposeResult:
@@ -51,25 +106,48 @@ class AuditScreen(LqxScreen):
         self.query_one("#audit", DataTable).add_columns("When UTC", "User", "Action", "VM", "Outcome", "Exit", "ms", "What")
         if self.lqx.poll:  # a still app (snapshots, benchmarks) is fed through show()
             self.action_load()
+            self.set_interval(AUDIT_REFRESH_S, self._reload)
+
+    def _reload(self) -> None:
+        """The periodic reload: quiet (no notification), and not over a load in progress."""
+        if not any(w.is_running for w in self.workers if w.group == "audit"):
+            self._start_load(quiet=True)
+
+    def action_open(self) -> None:
+        table = self.query_one("#audit", DataTable)
+        if table.row_count:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            if key in self.records:
+                self.app.push_screen(AuditDetail(self.records[key]))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_load()
 
     def action_load(self) -> None:
-        filt = {key: self.query_one(f"#filter-{key}", Input).value.strip() for key, _ in _FILTERS}
-        self.run_worker(self._load(filt), group="audit", exclusive=True)
+        self._start_load(quiet=False)
 
-    async def _load(self, filt: dict[str, str]) -> None:
+    def _start_load(self, *, quiet: bool) -> None:
+        filt = {key: self.query_one(f"#filter-{key}", Input).value.strip() for key, _ in _FILTERS}
+        self.run_worker(self._load(filt, quiet=quiet), group="audit", exclusive=True)
+
+    async def _load(self, filt: dict[str, str], *, quiet: bool = False) -> None:
         try:
             records = await self.lqx.client.query_audit(filt)
         except ApiError as exc:
-            self.lqx.report(exc, "Audit")
+            if not quiet:
+                self.lqx.report(exc, "Audit")
             return
-        self.show(records)
+        self.show(records, quiet=quiet)
 
-    def show(self, records: list[dict[str, Any]]) -> None:
+    def show(self, records: list[dict[str, Any]], *, quiet: bool = False) -> None:
         table = self.query_one("#audit", DataTable)
+        # The cursor stays on its row across reloads (new rows arrive on top).
+        keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
         table.clear()
+        self.records = {str(r.get("id")): r for r in records}
         for r in records:
             outcome = r.get("outcome", "")
             # Text, never str: a command such as grep "[/]" is not markup; controls shown.
@@ -84,4 +162,7 @@ class AuditScreen(LqxScreen):
                 guest(_what(r)),
                 key=str(r.get("id")),
             )
-        self.notify(f"{len(records)} audit rows", timeout=2)
+        if keep in self.records:
+            table.move_cursor(row=table.get_row_index(keep))
+        if not quiet:
+            self.notify(f"{len(records)} audit row{'' if len(records) == 1 else 's'}", timeout=2)

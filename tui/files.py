@@ -37,6 +37,7 @@ class FilesScreen(LqxScreen):
         Binding("ctrl+t", "upload", "Upload", priority=True),
         Binding("escape", "back", "Back"),
     ]
+    ACTION_PERMISSIONS = {"view": "file.read", "upload": "file.write"}
 
     def __init__(self, vm_id: str) -> None:
         super().__init__()

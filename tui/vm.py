@@ -41,6 +41,7 @@ class VMScreen(LqxScreen):
         Binding("w", "password", "Passwd"),
         Binding("g", "ping", "Ping"),
     ]
+    ACTION_PERMISSIONS = {"run": "vm.exec", "files": "file.read", "power": "vm.power", "password": "vm.password_reset"}
 
     def __init__(self, vm_id: str) -> None:
         super().__init__()
