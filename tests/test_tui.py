@@ -9,6 +9,7 @@ trio tests (DESIGN.md).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -30,6 +31,7 @@ import hostile_guest
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
+from limiquantix.tui import audit as tui_audit
 from limiquantix.tui.audit import AuditScreen
 from limiquantix.tui.dialogs import ConfirmDialog
 from limiquantix.tui.files import FilesScreen
@@ -267,6 +269,23 @@ async def test_fleet_shows_the_stack_and_runs_a_script(stack: Stack) -> None:
         assert side.row_count == 1 and str(side.get_row_at(0)[1]) == "3"
 
 
+async def test_large_output_appears_with_the_cut_marked(stack: Stack) -> None:
+    """seq 1 300000 (2 MB) in the runner: the output up to the guest's 1 MiB cap appears, written
+    in batches, and where the cap cut it is marked (no timing here: bench/tui_bench.py)."""
+    app = _app(stack)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        runner = await _open_runner(app, pilot, "web-1", "seq 1 300000\n")
+        await pilot.press("ctrl+r")
+        await until(pilot, "the run's result", lambda: "exit code" in str(runner.query_one("#result", Static).render()))
+        await pilot.pause()
+        log = _log_text(runner).splitlines()
+        # 1 MiB of "1\n2\n...": the numbers up to 165668 fit, 165669 is cut after "16566"; then the mark.
+        assert log[-5:-2] == ["165667", "165668", "16566"], log[-6:]
+        assert " ".join(" ".join(log[-2:]).split()) == "── stdout cut here: more than the guest's 1 MiB cap; the rest was not kept", log[-2:]
+        assert "300000" not in log and len(log) <= 10_002
+
+
 async def test_cancel_a_long_script(stack: Stack) -> None:
     app = _app(stack)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -355,24 +374,80 @@ async def test_shutdown_dialog(stack: Stack) -> None:
         await until(pilot, "simvm exited", lambda: stack.sims["victim"].proc.poll() is not None)
 
 
-async def test_viewer_token_refused_with_a_clear_message(stack: Stack) -> None:
+async def test_a_viewer_is_offered_only_what_it_may_do(stack: Stack) -> None:
+    """WhoAmI's permissions decide the keys: a viewer's footer has no Run, Audit, Script, Files
+    or power keys, and pressing them does nothing (it could open the runner and fail on Run)."""
     app = _app(stack, token=stack.tokens["viewer"])
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(120, 30)) as pilot:
         await until(pilot, "every VM connected", lambda: _all_connected(app))
         assert app.me is not None and app.me.role == "viewer"
-        runner = await _open_runner(app, pilot, "web-1", "id")
-        await pilot.press("ctrl+r")
-        await until(pilot, "refusal", lambda: any("role does not allow" in n for n in app.notes))
-        note = next(n for n in app.notes if "role does not allow" in n)
-        assert "viewer" in note
-        assert "role does not allow" in str(runner.query_one("#result", Static).render())
-        assert runner.query_one("#run", Button).disabled is False  # ready for another try
-        # The audit screen is not offered to a viewer.
-        await pilot.press("escape", "escape")
-        await until(pilot, "fleet", lambda: isinstance(app.screen, FleetScreen))
-        await pilot.press("u")
-        await until(pilot, "audit refused", lambda: any("needs an admin token" in n for n in app.notes))
+        await pilot.pause()
+        footer = _screen_text(app).splitlines()[-1]
+        assert "Details" in footer and "Filter" in footer
+        assert "Run" not in footer and "Audit" not in footer, footer
+        await pilot.press("x", "u")
+        await pilot.pause()
         assert isinstance(app.screen, FleetScreen)
+        await _open_vm(app, pilot, "web-1")
+        await pilot.pause()
+        footer = _screen_text(app).splitlines()[-1]
+        assert "Ping" in footer and "Back" in footer
+        assert not any(word in footer for word in ("Script", "Files", "Off", "Reboot", "Passwd")), footer
+        await pilot.press("x", "f", "p", "r", "w")
+        await pilot.pause()
+        assert isinstance(app.screen, VMScreen)
+
+
+async def test_an_operator_gets_the_runner_but_not_the_password_reset(stack: Stack) -> None:
+    app = _app(stack, token=stack.tokens["operator"])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app) and app.me is not None)
+        await _open_vm(app, pilot, "web-1")
+        await pilot.pause()
+        footer = _screen_text(app).splitlines()[-1]
+        assert "Script" in footer and "Files" in footer and "Reboot" in footer and "Passwd" not in footer, footer
+
+
+async def test_audit_view_refreshes_filters_by_prefix_and_opens_a_row(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tui_audit, "AUDIT_REFRESH_S", REFRESH_S)
+    app = _app(stack)
+    long_command = "echo " + "audit-detail-" * 12 + "end; exit 3"
+
+    def exec_now(command: str) -> None:
+        r = httpx.post(f"{stack.url}/limiquantix.compute.v1.VMService/ExecuteScript", timeout=DEADLINE_S,
+                       json={"vmId": "web-1", "command": command}, headers={"Authorization": f"Bearer {stack.admin}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    exec_now("true")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        await pilot.press("u")
+        await until(pilot, "audit rows", lambda: isinstance(app.screen, AuditScreen) and bool(app.screen.records))
+        audit = app.screen
+        assert isinstance(audit, AuditScreen)
+        before = len(audit.records)
+        # A new action appears without a key press (the view reloads itself), quietly.
+        await asyncio.to_thread(exec_now, long_command)
+        await until(pilot, "the new row", lambda: len(audit.records) > before)
+        assert sum("audit row" in n for n in app.notes) == 1  # the first load only
+        # Filters match by prefix: vm.exec finds vm.exec (and vm.exec_stream).
+        audit.query_one("#filter-action", Input).value = "vm.ex"
+        audit.query_one("#filter-action", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, "filtered", lambda: bool(audit.records) and all(r["action"].startswith("vm.exec") for r in audit.records.values()))
+        row = next(r for r in audit.records.values() if r.get("detail", {}).get("command") == long_command)
+        assert (row["outcome"], row["exitCode"]) == ("failure", 3)
+        # A row opens to its whole detail (the table cuts "what" at 80 characters).
+        table = audit.query_one("#audit", DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(str(row["id"])))
+        await pilot.press("enter")
+        await until(pilot, "the detail", lambda: isinstance(app.screen, tui_audit.AuditDetail))
+        await pilot.pause()
+        shown = _screen_text(app)
+        assert shown.count("audit-detail-") >= 11 and "end; exit 3" in shown, shown  # all of it (wrapped)
+        await pilot.press("escape")
+        await until(pilot, "back", lambda: app.screen is audit)
 
 
 async def test_wrong_token_says_so_and_keeps_running(stack: Stack) -> None:
@@ -401,6 +476,34 @@ async def test_controller_stopped_and_restarted(stack: Stack) -> None:
         await until(pilot, "recovered", lambda: app.controller_ok is True)
         assert any("reachable again" in n for n in app.notes)
         await until(pilot, "every VM connected again", lambda: _all_connected(app))
+
+
+async def test_a_hung_controller_is_noticed(stack: Stack) -> None:
+    """The controller stopped by SIGSTOP (a real process: it accepts connections, answers
+    nothing): the header says "not answering" and how old its data is, instead of "connected"
+    with a frozen time; SIGCONT: recovery notified, fresh data."""
+    app = _app(stack)
+    assert stack.controller is not None
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, "every VM connected", lambda: _all_connected(app))
+        fleet = app.screen
+        assert isinstance(fleet, FleetScreen)
+        stack.controller.send_signal(signal.SIGSTOP)
+        try:
+            await until(pilot, "the hang noticed", lambda: app.controller_ok is False)
+            said = sum("has not answered" in n for n in app.notes)
+            assert said >= 1, app.notes
+            await pilot.pause(REFRESH_S * 4)
+            header = " ".join(str(fleet.query_one("#counts", Static).render()).split())
+            assert "controller: not answering (retrying)" in header and " s old" in header, header
+            # Said once, not at every tick while it lasts.
+            assert app.controller_ok is False and sum("has not answered" in n for n in app.notes) == said, app.notes
+        finally:
+            stack.controller.send_signal(signal.SIGCONT)
+        await until(pilot, "recovered", lambda: app.controller_ok is True)
+        assert any("reachable again" in n for n in app.notes)
+        await pilot.pause(REFRESH_S * 2)
+        assert "updated " in str(fleet.query_one("#counts", Static).render())
 
 
 def _terminal_output(app: LimiQuantixApp) -> str:
