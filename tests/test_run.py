@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
+
+from limiquantix.protocol.rpc import RpcClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,10 +88,10 @@ async def test_the_headless_view_survives_a_controller_that_does_not_answer(auto
     await listener.bind(("127.0.0.1", 0))
     listener.listen()
     url = "http://127.0.0.1:%d" % listener.getsockname()[1]
-    async with httpx.AsyncClient(timeout=None) as client:
-        line = await run.live_update(run.Api(client, url, "token"))
+    async with RpcClient() as rpc:
+        line = await run.live_update(run.Api(rpc, url, "token"))
         assert "did not answer within 10 s: not answering, retrying" in line
         # A refused connection (the controller gone): one line too.
         listener.close()
-        line = await run.live_update(run.Api(client, url, "token"))
+        line = await run.live_update(run.Api(rpc, url, "token"))
         assert "cannot refresh (" in line and "retrying" in line
