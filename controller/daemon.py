@@ -507,13 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.log_level)
     try:
         trio.run(lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))
-    except BaseException as exc:  # noqa: BLE001 - one line for a known error, the traceback otherwise
+    except Exception as exc:
         err = errors.sole_error(exc)
-        if err is None:
-            raise
-        print(f"limiquantix-controller: {err.connect_code}: {err.message}", file=sys.stderr)
-        return 1
-    except Exception:
+        if err is not None:
+            # A known failure (a port in use): one line naming it, not the nurseries' traceback.
+            print(f"limiquantix-controller: {err.connect_code}: {err.message}", file=sys.stderr)
+            return 1
         # As hostd's main: logged, and a failure status for the supervisor.
         log.critical("limiquantix-controller stopped by an unexpected error", exc_info=True)
         return 1
