@@ -587,6 +587,20 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
     assert all(raw not in note for note in app.notes for raw in ("\x1b", "\x07"))
 
 
+def test_the_keys_permissions_are_the_controllers() -> None:
+    """Every permission a screen's key needs, and the demo admin's, is one the controller grants
+    (a misspelt one would hide the key from everybody)."""
+    from limiquantix.controller.auth import ROLE_PERMISSIONS, Permission, Role
+    from limiquantix.tui import demo_data
+    from limiquantix.tui.screen import LqxScreen
+
+    names = {p.value for p in Permission}
+    needed = {perm for cls in (FleetScreen, VMScreen, FilesScreen, RunnerScreen, AuditScreen, LqxScreen)
+              for perm in cls.ACTION_PERMISSIONS.values()}  # fmt: skip
+    assert needed <= names and demo_data.ADMIN.permissions <= names
+    assert needed <= {p.value for p in ROLE_PERMISSIONS[Role.ADMIN]}
+
+
 def test_exit_summary_says_why_there_is_no_exit_code() -> None:
     """exitCode is present only when the command exited; otherwise the reason, never "exit code 0"."""
     assert exit_summary({"exitCode": 3, "exitReason": "exited"}) == "exit code 3"

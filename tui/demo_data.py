@@ -52,9 +52,12 @@ ADMIN: Final = WhoAmI(
     user="alice",
     role="admin",
     token_id="tok-demo",
+    # The controller's names (controller/auth.py Permission): the footer shows a key only
+    # when its permission is here.
     permissions=frozenset(
-        {"vm.read", "vm.exec", "vm.file_read", "vm.file_write", "vm.power", "vm.password_reset", "audit.read"}
-    ),
+        {"vm.read", "node.read", "command.read", "vm.exec", "file.read", "file.write", "vm.power", "command.run",
+         "vm.password_reset", "token.manage", "node.manage", "audit.read"}
+    ),  # fmt: skip
     label_scope={},
 )
 
