@@ -465,8 +465,7 @@ async def serve(
             # failed on a port in use would never be shown again (only its hash is stored).
             created = await store.bootstrap_admin(admin_token)
             if created is not None and admin_token is None:
-                print(f"limiquantix-controller: created the first admin token (shown once, keep it now):
-{created}", flush=True)
+                print(f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}", flush=True)
             elif created is not None:
                 log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
             log.info(
