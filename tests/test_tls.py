@@ -361,13 +361,14 @@ async def test_another_nodes_certificate_cannot_register_this_node(
 
 def test_clients_refuse_a_token_over_plain_http_to_another_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    token_env = {"LQX_TOKEN": "t"}  # never --token: the TUI refuses a token in argv
     with pytest.raises(TuiConfigError, match=r"refusing to send the API token over plain HTTP to 10\.1\.2\.3: .*--insecure"):
-        parse_args(["--url", "http://10.1.2.3:8080", "--token", "t"], env={})
-    assert parse_args(["--url", "http://10.1.2.3:8080", "--token", "t", "--insecure"], env={}).insecure
+        parse_args(["--url", "http://10.1.2.3:8080"], env=token_env)
+    assert parse_args(["--url", "http://10.1.2.3:8080", "--insecure"], env=token_env).insecure
     for ok in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://10.1.2.3:8443"):
-        assert parse_args(["--url", ok, "--token", "t"], env={}).url == ok
+        assert parse_args(["--url", ok], env=token_env).url == ok
     with pytest.raises(TuiConfigError, match="cannot read the CA file"):
-        parse_args(["--url", "https://c:1", "--token", "t", "--ca-file", str(tmp_path / "missing.pem")], env={})
+        parse_args(["--url", "https://c:1", "--ca-file", str(tmp_path / "missing.pem")], env=token_env)
     with pytest.raises(InsecureTransportError, match="plain HTTP to c.example"):
         ControllerClient("http://c.example:8080", "t")
     with pytest.raises(ConfigError, match="refusing to send the controller token over plain HTTP .*controller_insecure"):
