@@ -389,11 +389,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:
         try:
             trio.run(until_terminated, args, Path(tmp))
-        except KeyboardInterrupt:
-            print()
         except RuntimeError as exc:
             print(f"{RED}make run: {safe_text(str(exc))}{RESET}", file=sys.stderr)
             return 1
+        except BaseException as exc:  # Ctrl-C arrives inside the nursery's exception group
+            if not all(isinstance(leaf, KeyboardInterrupt) for leaf in errors.leaves(exc)):
+                raise
+            print()
     return 0
 
 
