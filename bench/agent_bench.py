@@ -56,7 +56,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,7 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     Child,
     Figure,
     _die_with_parent,
-    _leaves,
+    report_failure,
     blocks,
     cpu_seconds,
     median,
@@ -1014,18 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures, context = run(settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
-        leaves = _leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            print("agent_bench: interrupted", file=sys.stderr)
-            return 130
-        if not all(isinstance(leaf, Exception) for leaf in leaves):
-            raise
-        expected = (BenchError, QgaError, errors.AgentError, OSError, trio.TooSlowError)
-        for leaf in leaves:
-            if not isinstance(leaf, expected):
-                traceback.print_exception(leaf)
-            print(f"agent_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
-        return 1
+        return report_failure("agent_bench", exc, (BenchError, QgaError, errors.AgentError, OSError, trio.TooSlowError))
     print_table(
         figures,
         f"limiquantix-agent {AGENT_VERSION} vs qemu-ga" + (" (--quick)" if settings.quick else ""),

@@ -53,7 +53,6 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,17 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             hb.say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
-        leaves = hb._leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            print("controller_bench: interrupted", file=sys.stderr)
-            return 130
-        if not all(isinstance(leaf, Exception) for leaf in leaves):
-            raise
-        for leaf in leaves:
-            if not isinstance(leaf, (hb.BenchError, errors.AgentError, OSError, trio.TooSlowError)):
-                traceback.print_exception(leaf)
-            print(f"controller_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
-        return 1
+        return hb.report_failure("controller_bench", exc, (hb.BenchError, errors.AgentError, OSError, trio.TooSlowError))
     context = (
         f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; controller,"
         " hostd, the simulated VMs and the client share these CPUs"

@@ -77,7 +77,6 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     Child,
     Figure,
     _die_with_parent,
-    _leaves,  # noqa: F401 - controller_bench uses hb._leaves
     blocks,
     cpu_seconds,
     median,

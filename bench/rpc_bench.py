@@ -40,7 +40,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,17 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             bl.say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
-        leaves = bl._leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            print("rpc_bench: interrupted", file=sys.stderr)
-            return 130
-        if not all(isinstance(leaf, Exception) for leaf in leaves):
-            raise
-        for leaf in leaves:
-            if not isinstance(leaf, (bl.BenchError, errors.AgentError, OSError, trio.TooSlowError)):
-                traceback.print_exception(leaf)
-            print(f"rpc_bench: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
-        return 1
+        return bl.report_failure("rpc_bench", exc, (bl.BenchError, errors.AgentError, OSError, trio.TooSlowError))
     context = (
         f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; two stacks"
         " (controller, hostd, one simulated VM each) and the client share these CPUs"
