@@ -54,7 +54,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     print_table,
     rss_mib,
     say,
+    workdir,
     write_figures,
 )
 
@@ -972,24 +972,10 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
     return [f.evaluate() for f in figures]
 
 
-@contextlib.contextmanager
-def workdir(settings: Settings) -> Iterator[Path]:
-    if settings.workdir is not None:
-        path = settings.workdir / f"lqx-bench-{os.getpid()}"
-        path.mkdir(parents=True)
-    else:
-        # Short path: AF_UNIX socket paths are limited to 107 bytes.
-        path = Path(tempfile.mkdtemp(prefix="lqx-bench-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def run(settings: Settings) -> tuple[list[Figure], str]:
     """Start both agents, measure, stop them; returns the figures and a context line."""
     load0 = os.getloadavg()[0]
-    with workdir(settings) as work, contextlib.ExitStack() as stack:
+    with workdir("lqx-bench-", under=settings.workdir) as work, contextlib.ExitStack() as stack:
         say(f"work dir {work}")
         qga = start_qemu_ga(work)
         stack.callback(qga.stop)

@@ -6,15 +6,20 @@ imported by its file name from bench/, not as a package.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import os
+import shutil
 import math
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ __all__ = [
     "report_failure",
     "rss_mib",
     "say",
+    "workdir",
     "write_figures",
 ]
 
@@ -261,3 +267,24 @@ def report_failure(prog: str, exc: BaseException, expected: tuple[type[BaseExcep
             traceback.print_exception(leaf)
         print(f"{prog}: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, *, keep: bool = False, under: Path | None = None) -> Iterator[Path]:
+    """A fresh work dir for a benchmark's sockets and logs, removed afterwards unless ``keep``.
+
+    In ``under`` when given (named ``<prefix><pid>``), else a temp dir with a short path:
+    AF_UNIX socket paths are limited to 107 bytes.
+    """
+    if under is not None:
+        path = under / f"{prefix}{os.getpid()}"
+        path.mkdir(parents=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            say(f"work dir kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)

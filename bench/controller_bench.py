@@ -53,7 +53,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -546,28 +545,12 @@ def figures_from(r: Results, s: Settings) -> list[hb.Figure]:
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def workdir(settings: Settings) -> Iterator[Path]:
-    """A short temp dir (AF_UNIX paths), removed afterwards unless kept."""
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="lqx-cb-"))
-    try:
-        yield path
-    finally:
-        if settings.keep_workdir:
-            hb.say(f"work dir kept: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 with figures (targets met or not), 1 on errors, 130 when interrupted."""
     settings = Settings.from_args(argv)
     load0 = os.getloadavg()[0]
     try:
-        with workdir(settings) as work:
+        with hb.workdir("lqx-cb-", keep=settings.keep_workdir) as work:
             hb.say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it

@@ -62,10 +62,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -85,6 +83,7 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     print_table,
     report_failure,
     say,
+    workdir,
     write_figures,
 )
 
@@ -1253,26 +1252,9 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
     return figures
 
 
-@contextlib.contextmanager
-def workdir(settings: Settings) -> Iterator[Path]:
-    if settings.workdir is not None:
-        path = settings.workdir / f"lqx-hostd-bench-{os.getpid()}"
-        path.mkdir(parents=True)
-    else:
-        # Short path: AF_UNIX socket paths are limited to 107 bytes.
-        path = Path(tempfile.mkdtemp(prefix="lqx-hb-"))
-    try:
-        yield path
-    finally:
-        if settings.keep_workdir:
-            say(f"work dir kept: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def run(settings: Settings) -> tuple[list[Figure], str]:
     load0 = os.getloadavg()[0]
-    with workdir(settings) as work:
+    with workdir("lqx-hb-", keep=settings.keep_workdir, under=settings.workdir) as work:
         say(f"work dir {work}")
         results = trio.run(measure_until_terminated, work, settings)
     load1 = os.getloadavg()[0]

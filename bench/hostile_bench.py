@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     load0 = os.getloadavg()[0]
     try:
-        with hb.workdir(settings) as work:  # type: ignore[arg-type]
+        with hb.workdir("lqx-hb-", keep=settings.keep_workdir, under=settings.workdir) as work:
             say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it

@@ -36,11 +36,8 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -366,25 +363,12 @@ def figures_from(r: Results) -> list[bl.Figure]:
     ]
 
 
-@contextlib.contextmanager
-def workdir(settings: Settings) -> Iterator[Path]:
-    """A short temp dir (AF_UNIX paths), removed afterwards unless kept."""
-    path = Path(tempfile.mkdtemp(prefix="lqx-rpc-"))
-    try:
-        yield path
-    finally:
-        if settings.keep_workdir:
-            bl.say(f"work dir kept: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 with figures (targets met or not), 1 on errors, 130 when interrupted."""
     settings = Settings.from_args(argv)
     load0 = os.getloadavg()[0]
     try:
-        with workdir(settings) as work:
+        with bl.workdir("lqx-rpc-", keep=settings.keep_workdir) as work:
             bl.say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
