@@ -401,7 +401,7 @@ async def measure(work: Path, settings: Settings) -> Results:
         controller = _spawn(
             "limiquantix-controller",
             [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty),
-             "--listen", "127.0.0.1:0", "--db", str(work / "db" / "controller.db"), "--log-level", "info"],
+             "--listen", "127.0.0.1:0", "--db", str(work / "controller.db"), "--log-level", "info"],
             work / "controller.log", work, env={**os.environ, "LQX_ADMIN_TOKEN": admin_token},
         )  # fmt: skip
         stack.callback(controller.stop)

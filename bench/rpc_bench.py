@@ -182,7 +182,7 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     controller = cb._spawn(
         f"controller ({name})",
         [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty), "--listen", "127.0.0.1:0",
-         "--db", str(d / "db" / "controller.db"), "--log-level", "info", *tls_controller],
+         "--db", str(d / "controller.db"), "--log-level", "info", *tls_controller],
         d / "controller.log", d, env={**os.environ, "LQX_ADMIN_TOKEN": admin_token},
     )  # fmt: skip
     stack.callback(controller.stop)

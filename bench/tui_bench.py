@@ -343,7 +343,7 @@ def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
     controller = spawn(
         "limiquantix-controller",
         [sys.executable, "-m", "limiquantix.controller", "serve", "--config", str(empty), "--listen", "127.0.0.1:0",
-         "--db", str(work / "db" / "controller.db"), "--log-level", "info"],
+         "--db", str(work / "controller.db"), "--log-level", "info"],
         work, env={**os.environ, "LQX_ADMIN_TOKEN": admin},
     )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
