@@ -165,3 +165,11 @@ def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
             proc.proc.terminate()
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _own_config_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test gets an empty ``$XDG_CONFIG_HOME``: what ``make run`` left in the user's
+    ``~/.config/limiquantix/`` (tui.toml, api-examples.sh) must not change what a test sees
+    (the help screen names api-examples.sh when it exists)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
