@@ -232,7 +232,10 @@ class DeviceChannel:
                     started = True
                 if not missing_logged:
                     log.warning(
-                        "cannot open %s (%s); retrying (every %.0f s at most)", self.path, exc.strerror, REOPEN_INTERVAL_S
+                        "cannot open %s (%s); retrying (every %.0f s at most)",
+                        self.path,
+                        exc.strerror,
+                        REOPEN_INTERVAL_S,
                     )
                     missing_logged = True
                 await trio.sleep(retry)
@@ -347,10 +350,8 @@ class UnixListenChannel:
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
-            except OSError:
-                pass
 
 
 @final

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, get_origin, get_type_hints
 
-from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
 from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
 from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
-
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
 
@@ -158,7 +157,7 @@ def _field_docs() -> dict[str, str]:
     tree = ast.parse(inspect.getsource(AgentConfig))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in zip(body, body[1:], strict=False):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

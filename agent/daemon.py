@@ -23,7 +23,14 @@ from .config import AgentConfig
 from .dispatch import HANDLERS
 from .memory import release_memory_loop
 from .session import Session
-from .telemetry import TelemetryCollector, address_fingerprint, boot_time, collect_interfaces, read_machine_id, read_os_release
+from .telemetry import (
+    TelemetryCollector,
+    address_fingerprint,
+    boot_time,
+    collect_interfaces,
+    read_machine_id,
+    read_os_release,
+)
 
 __all__ = ["Agent", "serve"]
 
@@ -187,9 +194,7 @@ class Agent:
                 nursery.start_soon(self._ip_watch_loop)
                 nursery.start_soon(release_memory_loop)
                 await nursery.start(self.channel.serve, self._handle_link)
-                log.info(
-                    "limiquantix-agent %s ready (%s, pid %d)", __version__, self.config.transport, os.getpid()
-                )
+                log.info("limiquantix-agent %s ready (%s, pid %d)", __version__, self.config.transport, os.getpid())
                 task_status.started()
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)
@@ -219,4 +224,3 @@ class Agent:
 async def serve(config: AgentConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run an agent with ``config`` (the programmatic entry point)."""
     await Agent(config).run(task_status=task_status)
-

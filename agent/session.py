@@ -267,9 +267,7 @@ class Session:
         if len(self.inflight) >= self.agent.config.max_inflight_requests:
             await self._reply_error(
                 mid,
-                errors.ResourceExhausted(
-                    f"{len(self.inflight)} requests already running", reason="too_many_requests"
-                ),
+                errors.ResourceExhausted(f"{len(self.inflight)} requests already running", reason="too_many_requests"),
             )
             return
         budget = self.agent.config.max_request_bytes

@@ -166,9 +166,7 @@ def collect_interfaces(exclude: Iterable[str] = (), *, counters: bool = True) ->
 
 def address_fingerprint(interfaces: Iterable[pb.NetworkInterface]) -> frozenset[tuple[str, str, int]]:
     """What an ip_changed event compares: (interface, address, prefix) triples."""
-    return frozenset(
-        (nic.name, ip.address, ip.prefix_length) for nic in interfaces for ip in (*nic.ipv4, *nic.ipv6)
-    )
+    return frozenset((nic.name, ip.address, ip.prefix_length) for nic in interfaces for ip in (*nic.ipv4, *nic.ipv6))
 
 
 def _ts(seconds: float, into) -> None:  # type: ignore[no-untyped-def]
@@ -244,7 +242,9 @@ class TelemetryCollector:
                 pct = round(self._busy_fraction(self._last_total, total), 2)
                 per: list[float] = []
                 if self._last_per_cpu is not None and len(self._last_per_cpu) == len(per_cpu):
-                    per = [round(self._busy_fraction(o, n), 2) for o, n in zip(self._last_per_cpu, per_cpu)]
+                    per = [
+                        round(self._busy_fraction(o, n), 2) for o, n in zip(self._last_per_cpu, per_cpu, strict=False)
+                    ]
                 result = (pct, per)
                 self._last_result = result
             self._last_total, self._last_per_cpu, self._last_at = total, per_cpu, now

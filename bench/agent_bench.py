@@ -61,18 +61,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
     Child,
     Figure,
     _die_with_parent,
-    report_failure,
     blocks,
     cpu_seconds,
     median,
     percentile,
     print_table,
+    report_failure,
     rss_mib,
     say,
     workdir,
@@ -123,7 +122,9 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="short idle window (10 s), 16 MiB files, fewer samples")
+        parser.add_argument(
+            "--quick", action="store_true", help="short idle window (10 s), 16 MiB files, fewer samples"
+        )
         parser.add_argument(
             "--output",
             type=Path,
@@ -138,7 +139,9 @@ class Settings:
         )
         parser.add_argument("--ping-count", type=int, help="pings per agent (default 5000, quick 1000)")
         parser.add_argument("--file-mib", type=int, help="size of the transferred file (default 64, quick 16)")
-        parser.add_argument("--file-reps", type=int, help="repetitions of each transfer, best kept (default 5, quick 1)")
+        parser.add_argument(
+            "--file-reps", type=int, help="repetitions of each transfer, best kept (default 5, quick 1)"
+        )
         parser.add_argument("--exec-count", type=int, help="runs of /bin/true per agent (default 300, quick 50)")
         parser.add_argument("--idle-s", type=float, help="idle window in seconds (default 60, quick 10)")
         ns = parser.parse_args(argv)
@@ -194,7 +197,9 @@ def wait_for_socket(proc: Proc) -> None:
         # Our agent serves every connection, so a probe costs nothing. qemu-ga
         # serves one client at a time and accepts the next once this one closed.
         return
-    raise BenchError(f"{proc.name} did not create {proc.socket_path} within {START_TIMEOUT_S:.0f} s:\n{proc.log_tail()}")
+    raise BenchError(
+        f"{proc.name} did not create {proc.socket_path} within {START_TIMEOUT_S:.0f} s:\n{proc.log_tail()}"
+    )
 
 
 def find_qemu_ga() -> str:
@@ -486,14 +491,18 @@ from limiquantix.protocol import agent_pb2 as pb
 from limiquantix.protocol.framing import FrameDecoder
 from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 """
-FLOOR_RESPONDER = FLOOR_IMPORTS + """
+FLOOR_RESPONDER = (
+    FLOOR_IMPORTS
+    + """
 srv = socket.socket(socket.AF_UNIX)
 srv.bind(sys.argv[1])
 srv.listen(1)
 print("ready", flush=True)
 conn, _ = srv.accept()
 fd, WAIT_FOR_HOST = conn.fileno(), False
-""" + FLOOR_LOOP
+"""
+    + FLOOR_LOOP
+)
 
 
 @contextlib.contextmanager
@@ -870,7 +879,11 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
         # Like for like: both agents driven by the same kind of client (a plain
         # blocking socket), so the figure compares the agents, not the clients.
         Figure(
-            "ping round trip, median", median(r.raw_ping), median(ping_qga), "us", "ratio <= 1",
+            "ping round trip, median",
+            median(r.raw_ping),
+            median(ping_qga),
+            "us",
+            "ratio <= 1",
             note="both from a plain blocking client: ours our framing, qemu-ga guest-ping as JSON lines;"
             " clients and agents pinned to one CPU (all ping rows but the next-to-last)",
         ),
@@ -914,7 +927,11 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
             note=r.notes.get("exec"),
         ),
         Figure(
-            "idle RSS", r.idle_rss[0], r.idle_rss[1], "MiB", "<= 35",
+            "idle RSS",
+            r.idle_rss[0],
+            r.idle_rss[1],
+            "MiB",
+            "<= 35",
             note="max VmRSS over the idle window; baseline: qemu-ga's, for reference",
         ),  # fmt: skip
         Figure(
@@ -961,7 +978,11 @@ def figures_from(r: Results, settings: Settings) -> list[Figure]:
             ),
         ),
         Figure(
-            "RSS after the transfers (info)", r.rss_after[0], r.rss_after[1], "MiB", None,
+            "RSS after the transfers (info)",
+            r.rss_after[0],
+            r.rss_after[1],
+            "MiB",
+            None,
             note="after the file and exec figures",
         ),  # fmt: skip
     ]
@@ -988,7 +1009,6 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
         " (other work on the machine adds noise; ours and qemu-ga's figures are taken in alternating blocks)"
     )
     return figures_from(results, settings), context
-
 
 
 def main(argv: list[str] | None = None) -> int:

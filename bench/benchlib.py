@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import shutil
-import math
 import signal
 import statistics
 import subprocess
@@ -176,6 +176,7 @@ class Figure:
                 out[key] = round(out[key], 4)
         return out
 
+
 def print_table(figures: list[Figure], title: str, context: str, *, baseline: str = "baseline") -> None:
     """The results as a table (a ``delta`` column when a figure has one), their notes and
     the count of targets met."""
@@ -190,7 +191,7 @@ def print_table(figures: list[Figure], title: str, context: str, *, baseline: st
     print(title)
     print(context)
     for n, row in enumerate(rows):
-        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=False)]))
         if n == 0:
             print("  ".join("-" * w for w in widths))
     for f in figures:

@@ -152,7 +152,9 @@ WRITE_BYTES: Final = 45 * 1024 * 1024
 WRITERS: Final = 3
 
 
-async def concurrent_writes(client: Any, url: str, headers: dict[str, str], work: Path, pids: dict[str, int], r: Results) -> None:
+async def concurrent_writes(
+    client: Any, url: str, headers: dict[str, str], work: Path, pids: dict[str, int], r: Results
+) -> None:
     """Three 45 MiB WriteGuestFile calls at once (one user each); peak RSS of each process meanwhile.
 
     Raises:
@@ -165,7 +167,9 @@ async def concurrent_writes(client: Any, url: str, headers: dict[str, str], work
     encoded = base64.b64encode(content).decode()
     writers = []
     for i in range(WRITERS):
-        made = await client.post(f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"writer-{i}", "role": "operator"}, headers=headers)
+        made = await client.post(
+            f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"writer-{i}", "role": "operator"}, headers=headers
+        )
         if made.status_code != 200:
             raise hb.BenchError(f"CreateToken: {made.status_code} {made.text}")
         writers.append(made.json()["token"])
@@ -554,15 +558,15 @@ def main(argv: list[str] | None = None) -> int:
             hb.say(f"work dir {work}")
             results = trio.run(measure, work, settings)
     except BaseException as exc:  # noqa: BLE001 - reported, then the exit status says it
-        return hb.report_failure("controller_bench", exc, (hb.BenchError, errors.AgentError, OSError, trio.TooSlowError))
+        return hb.report_failure(
+            "controller_bench", exc, (hb.BenchError, errors.AgentError, OSError, trio.TooSlowError)
+        )
     context = (
         f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; controller,"
         " hostd, the simulated VMs and the client share these CPUs"
     )
     figures = [f.evaluate() for f in figures_from(results, settings)]
-    hb.print_table(
-        figures, f"limiquantix-controller {VERSION}" + (" (--quick)" if settings.quick else ""), context
-    )
+    hb.print_table(figures, f"limiquantix-controller {VERSION}" + (" (--quick)" if settings.quick else ""), context)
     hb.write_figures(figures, settings.output)
     return 0
 

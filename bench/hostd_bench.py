@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
     BenchError,
     Child,
@@ -79,9 +78,9 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     cpu_seconds,
     median,
     percentile,
-    rss_mib,
     print_table,
     report_failure,
+    rss_mib,
     say,
     workdir,
     write_figures,
@@ -147,7 +146,7 @@ class FakeVM:
         ident.pid = 400 + index
         ident.machine_id = secrets.token_hex(16)
         for n, iface in enumerate(ident.interfaces):
-            iface.mac = "52:54:00:%02x:%02x:%02x" % (index >> 8, index & 0xFF, n)
+            iface.mac = f"52:54:00:{index >> 8:02x}:{index & 0xFF:02x}:{n:02x}"
             for addr in iface.ipv4:
                 addr.address = f"10.{n}.{index >> 8}.{index & 0xFF}"
         self.identity = ident
@@ -294,7 +293,7 @@ class FakeFleet:
                 await sock.bind(vm.path)
                 sock.listen(4)  # QEMU: one client served, a few may wait
             async with trio.open_nursery() as nursery:
-                for vm, sock in zip(self.vms, listeners):
+                for vm, sock in zip(self.vms, listeners, strict=False):
                     nursery.start_soon(vm.serve, sock)
                 nursery.start_soon(self._telemetry_loop)
                 task_status.started()
@@ -400,11 +399,16 @@ class Settings:
             help=f"JSON results (default {DEFAULT_OUTPUT.relative_to(REPO)}; with --quick {QUICK_OUTPUT.relative_to(REPO)})",
         )
         parser.add_argument(
-            "--workdir", type=Path, default=None, help="directory for sockets and logs (default: a fresh temp dir, removed)"
+            "--workdir",
+            type=Path,
+            default=None,
+            help="directory for sockets and logs (default: a fresh temp dir, removed)",
         )
         parser.add_argument("--agents", type=int, default=500, help="fake agents (default 500)")
         parser.add_argument("--idle-s", type=float, help="idle window in seconds (default 60, quick 15)")
-        parser.add_argument("--ping-batches", type=int, help="PingAgent batches after a warm-up one (default 5, quick 3)")
+        parser.add_argument(
+            "--ping-batches", type=int, help="PingAgent batches after a warm-up one (default 5, quick 3)"
+        )
         parser.add_argument(
             "--http-connections",
             type=int,
@@ -420,7 +424,9 @@ class Settings:
                 " the connections): httpcore 1.0's pool costs O(connections x requests) per request"
             ),
         )
-        parser.add_argument("--exec-count", type=int, help="ExecuteInGuest /bin/true runs per path (default 300, quick 60)")
+        parser.add_argument(
+            "--exec-count", type=int, help="ExecuteInGuest /bin/true runs per path (default 300, quick 60)"
+        )
         parser.add_argument("--hostd-log-level", default="info", help="hostd's --log-level (default info, its default)")
         parser.add_argument(
             "--profile",
@@ -429,7 +435,9 @@ class Settings:
             help="after the idle window, record hostd with py-spy (raw collapsed stacks) into this file",
         )
         parser.add_argument("--profile-s", type=float, default=20.0, help="length of the py-spy recording (default 20)")
-        parser.add_argument("--keep-workdir", action="store_true", help="keep the work dir (logs of hostd, the fleet, the VMs)")
+        parser.add_argument(
+            "--keep-workdir", action="store_true", help="keep the work dir (logs of hostd, the fleet, the VMs)"
+        )
         ns = parser.parse_args(argv)
         q = ns.quick
         return cls(
@@ -492,7 +500,9 @@ class FleetProcess:
             data = await self._from.receive_some(65536)
             if not data:
                 self.child.popen.wait()
-                raise BenchError(f"the fake agents' process exited ({self.child.popen.returncode}):\n{self.child.log_tail()}")
+                raise BenchError(
+                    f"the fake agents' process exited ({self.child.popen.returncode}):\n{self.child.log_tail()}"
+                )
             self._buf += data
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
@@ -640,9 +650,9 @@ def tcp_listen_counters() -> dict[str, int]:
     except OSError:
         return {}
     out: dict[str, int] = {}
-    for head, values in zip(lines[0::2], lines[1::2]):
+    for head, values in zip(lines[0::2], lines[1::2], strict=False):
         if head.startswith("TcpExt:"):
-            table = dict(zip(head.split()[1:], values.split()[1:]))
+            table = dict(zip(head.split()[1:], values.split()[1:], strict=False))
             for key in ("ListenOverflows", "ListenDrops", "SyncookiesSent"):
                 if key in table:
                     out[key] = int(table[key])
@@ -794,7 +804,9 @@ async def cold_ping_batch(url: str, token: str, vm_ids: list[str], hostd: Child)
         try:
             conn = await RawHttp.connect(url, token)
             try:
-                status, body = await conn.call(conn.request_bytes("PingAgent", json.dumps({"vmId": vm_ids[i]}).encode()))
+                status, body = await conn.call(
+                    conn.request_bytes("PingAgent", json.dumps({"vmId": vm_ids[i]}).encode())
+                )
             finally:
                 await conn.aclose()
         except (OSError, trio.BrokenResourceError, BenchError) as exc:
@@ -844,7 +856,9 @@ async def exec_api(client: Any, url: str, headers: dict[str, str], vm_id: str, c
 
 
 async def exec_raw(conn: RawHttp, vm_id: str, count: int) -> list[float]:
-    request = conn.request_bytes("ExecuteInGuest", json.dumps({"vmId": vm_id, "request": {"argv": ["/bin/true"]}}).encode())
+    request = conn.request_bytes(
+        "ExecuteInGuest", json.dumps({"vmId": vm_id, "request": {"argv": ["/bin/true"]}}).encode()
+    )
     samples = []
     for _ in range(count):
         t0 = time.perf_counter_ns()
@@ -1152,7 +1166,11 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
         f" {s.http_clients} httpx.AsyncClient x {per_client} keep-alive connections, one trio task per call;"
         f" client CPU {client_share:.0f} %, hostd CPU {hostd_share:.0f} % of the wall time:"
         f" {bottleneck}"
-        + (f"; {len(failures)} calls failed, e.g. {failures[0]}" if failures else "; every call answered connected=true")
+        + (
+            f"; {len(failures)} calls failed, e.g. {failures[0]}"
+            if failures
+            else "; every call answered connected=true"
+        )
     )
     first = r.first_batch
     first_note = None
@@ -1167,44 +1185,80 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
     raw_walls = [b.wall_ms for b in raw]
     raw_failures = [f for b in raw for f in b.failures]
     raw_note = (
-        f"median of {len(raw)} batches (max {max(raw_walls):.0f} ms), interleaved with the httpx ones;"
-        f" {s.http_connections} connections, requests built once, responses read by Content-Length;"
-        f" client CPU {_share(raw, 'client_cpu_ms'):.0f} %, hostd CPU {_share(raw, 'hostd_cpu_ms'):.0f} % of the wall time"
-        + (f"; {len(raw_failures)} calls failed, e.g. {raw_failures[0]}" if raw_failures else "")
-    ) if raw else None
+        (
+            f"median of {len(raw)} batches (max {max(raw_walls):.0f} ms), interleaved with the httpx ones;"
+            f" {s.http_connections} connections, requests built once, responses read by Content-Length;"
+            f" client CPU {_share(raw, 'client_cpu_ms'):.0f} %, hostd CPU {_share(raw, 'hostd_cpu_ms'):.0f} % of the wall time"
+            + (f"; {len(raw_failures)} calls failed, e.g. {raw_failures[0]}" if raw_failures else "")
+        )
+        if raw
+        else None
+    )
     httpx_cpu, raw_cpu = r.exec_client_cpu_ms
     cold = r.cold_batch
     cold_note = (
-        f"the minimal client, each call on a TCP connection of its own, all {n} connecting at once:"
-        f" {len(cold.failures)} failed" + (f" (e.g. {cold.failures[0]})" if cold.failures else "")
-        + f"; kernel TcpExt counters over it: {cold.tcp or 'unreadable'} (hypercorn's default listen backlog is"
-        " 100 and hostd has no setting for it)"
-    ) if cold else None
+        (
+            f"the minimal client, each call on a TCP connection of its own, all {n} connecting at once:"
+            f" {len(cold.failures)} failed"
+            + (f" (e.g. {cold.failures[0]})" if cold.failures else "")
+            + f"; kernel TcpExt counters over it: {cold.tcp or 'unreadable'} (hypercorn's default listen backlog is"
+            " 100 and hostd has no setting for it)"
+        )
+        if cold
+        else None
+    )
     figures = [
         Figure(f"hostd CPU, {n} agents idle", r.idle_cpu, r.fleet_cpu, "% of a core", "<= 15", note=idle_note),
         Figure(
-            f"hostd RSS, {n} agents idle", r.idle_rss, r.fleet_rss, "MiB", "<= 300",
+            f"hostd RSS, {n} agents idle",
+            r.idle_rss,
+            r.fleet_rss,
+            "MiB",
+            "<= 300",
             note="max VmRSS sampled every second over the idle window; baseline: the fake agents' process",
         ),  # fmt: skip
         Figure(f"PingAgent x{n} at once, batch wall time", median(walls), None, "ms", "<= 2000", note=ping_note),
         Figure(
-            f"PingAgent x{n}, per call p50 (info)", median(calls), median(agent) if agent else None, "ms", None,
+            f"PingAgent x{n}, per call p50 (info)",
+            median(calls),
+            median(agent) if agent else None,
+            "ms",
+            None,
             note="ours: client-side, from the call's start (waiting for the client's event loop included);"
             " baseline: hostd's own latencyMs (its round trip to the agent)",
         ),  # fmt: skip
-        Figure(f"PingAgent x{n}, per call p99 (info)", percentile(calls, 99), percentile(agent, 99) if agent else None,
-               "ms", None),  # fmt: skip
-        Figure(f"PingAgent x{n}, first batch (info)", first.wall_ms if first else None, None, "ms", None,
-               note=first_note),  # fmt: skip
-        Figure(f"PingAgent x{n}, minimal HTTP/1.1 client, batch (info)", median(raw_walls) if raw else None, None,
-               "ms", None, note=raw_note),  # fmt: skip
-        Figure(f"PingAgent x{n}, a new connection per call (info)", cold.wall_ms if cold else None, None, "ms", None,
-               note=cold_note),  # fmt: skip
+        Figure(
+            f"PingAgent x{n}, per call p99 (info)",
+            percentile(calls, 99),
+            percentile(agent, 99) if agent else None,
+            "ms",
+            None,
+        ),  # fmt: skip
+        Figure(
+            f"PingAgent x{n}, first batch (info)", first.wall_ms if first else None, None, "ms", None, note=first_note
+        ),  # fmt: skip
+        Figure(
+            f"PingAgent x{n}, minimal HTTP/1.1 client, batch (info)",
+            median(raw_walls) if raw else None,
+            None,
+            "ms",
+            None,
+            note=raw_note,
+        ),  # fmt: skip
+        Figure(
+            f"PingAgent x{n}, a new connection per call (info)",
+            cold.wall_ms if cold else None,
+            None,
+            "ms",
+            None,
+            note=cold_note,
+        ),  # fmt: skip
         Figure(
             "hostd CPU per PingAgent call (info)",
             sum(b.hostd_cpu_ms for b in batches) * 1000 / (len(batches) * n) if batches else None,
             sum(b.hostd_cpu_ms for b in raw) * 1000 / (len(raw) * n) if raw else None,
-            "us", None,
+            "us",
+            None,
             note="hostd's CPU time over the measured batches / calls; ours: httpx batches, baseline: minimal-client batches",
         ),  # fmt: skip
         Figure(
@@ -1221,27 +1275,44 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
                 f" (the minimal client's: {raw_cpu:.2f} ms)"
             ),
         ),
-        Figure("ExecuteInGuest /bin/true, p99 (info)", percentile(r.exec_api, 99), percentile(r.exec_direct, 99),
-               "ms", None),  # fmt: skip
         Figure(
-            "ExecuteInGuest, minimal HTTP/1.1 client, median (info)", median(r.exec_raw), median(r.exec_direct), "ms",
-            None, note="the same call from the minimal client instead of httpx (a third interleaved block): hostd's own share",
+            "ExecuteInGuest /bin/true, p99 (info)",
+            percentile(r.exec_api, 99),
+            percentile(r.exec_direct, 99),
+            "ms",
+            None,
         ),  # fmt: skip
         Figure(
-            "execute straight to VM A vs VM B, median (info)", median(r.calib_a), median(r.calib_b), "ms", None,
+            "ExecuteInGuest, minimal HTTP/1.1 client, median (info)",
+            median(r.exec_raw),
+            median(r.exec_direct),
+            "ms",
+            None,
+            note="the same call from the minimal client instead of httpx (a third interleaved block): hostd's own share",
+        ),  # fmt: skip
+        Figure(
+            "execute straight to VM A vs VM B, median (info)",
+            median(r.calib_a),
+            median(r.calib_b),
+            "ms",
+            None,
             note="both called with AgentClient before A went behind hostd, interleaved: the two VMs' own difference",
         ),  # fmt: skip
         Figure(
-            f"connect {n} agents (info)", r.connect_s, None, "s", None,
+            f"connect {n} agents (info)",
+            r.connect_s,
+            None,
+            "s",
+            None,
             note=f"from hostd's start to all connected (/metrics); hostd's CPU time by then {r.connect_hostd_cpu_s:.1f} s",
         ),  # fmt: skip
         Figure("hostd RSS after the API figures (info)", r.rss_after, None, "MiB", None),
     ]
     for f in figures:
         f.evaluate()
-        if f.target is None and f.unit == "ms" and f.name.startswith(("ExecuteInGuest", "execute")):
-            if f.ours is not None and f.baseline is not None:
-                f.delta = f.ours - f.baseline
+        timed = f.target is None and f.unit == "ms" and f.name.startswith(("ExecuteInGuest", "execute"))
+        if timed and f.ours is not None and f.baseline is not None:
+            f.delta = f.ours - f.baseline
     if failures:
         figures[2].met = False
     if not idle_ok:
@@ -1263,7 +1334,6 @@ def run(settings: Settings) -> tuple[list[Figure], str]:
         " simulated VMs and the API clients share these CPUs"
     )
     return figures_from(results, settings), context
-
 
 
 def main(argv: list[str] | None = None) -> int:

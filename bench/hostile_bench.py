@@ -44,9 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import trio
-
 import hostd_bench as hb  # noqa: E402 - bench/ is not a package: found by file name
+import trio
 from benchlib import (  # noqa: E402
     BenchError,
     Child,
@@ -106,7 +105,9 @@ class Settings:
         p.add_argument("--phase-s", type=float, help="seconds of pings per phase (default 10, quick 3)")
         p.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these attacks (repeatable)")
         p.add_argument("--output", type=Path, default=None, help="JSON results (default bench/results/hostile.json)")
-        p.add_argument("--workdir", type=Path, default=None, help="directory for sockets and logs (default: a temp dir)")
+        p.add_argument(
+            "--workdir", type=Path, default=None, help="directory for sockets and logs (default: a temp dir)"
+        )
         p.add_argument("--keep-workdir", action="store_true", help="keep the work dir and every log")
         ns = p.parse_args(argv)
         q = ns.quick
@@ -174,7 +175,9 @@ class Api:
         """The size of the heartbeat hostd would send now: node_vms over ListVMs' statuses."""
         from google.protobuf import json_format
 
-        listing = json_format.ParseDict(await self.call("ListVMs", {}), node_pb.ListVMsResponse(), ignore_unknown_fields=True)
+        listing = json_format.ParseDict(
+            await self.call("ListVMs", {}), node_pb.ListVMsResponse(), ignore_unknown_fields=True
+        )
         return api_pb.HeartbeatRequest(node_id="bench", vms=node_vms(listing.vms)).ByteSize()
 
 
@@ -183,7 +186,9 @@ def start_attacker(work: Path, sockdir: Path, attack: str) -> Child:
     argv = [sys.executable, "-m", "limiquantix.hostd.rawguest", "--socket", str(sockdir / f"{HOSTILE_ID}.agent.sock"),
             "--attack", attack]  # fmt: skip
     with log_path.open("wb") as log:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work, preexec_fn=_die_with_parent)
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work, preexec_fn=_die_with_parent
+        )
     return Child(f"rawguest {attack}", popen, log_path)
 
 
@@ -292,7 +297,9 @@ async def measure(work: Path, settings: Settings) -> Results:
             before = counters(await hb.metrics(client, url, token))
             attacker = start_attacker(work, sockdir, attack)
             try:
-                await wait_state(api, HOSTILE_ID, ("AGENT_STATE_CONNECTED", "AGENT_STATE_UNRESPONSIVE"), hostd, attacker)
+                await wait_state(
+                    api, HOSTILE_ID, ("AGENT_STATE_CONNECTED", "AGENT_STATE_UNRESPONSIVE"), hostd, attacker
+                )
                 during = await measure_phase(hostd, api, url, token, list(names), settings.phase_s, attacker)
             finally:
                 attacker.stop()
@@ -300,7 +307,9 @@ async def measure(work: Path, settings: Settings) -> Results:
             await trio.sleep(settings.settle_s)
             hostd.check_alive()
             after = counters(await hb.metrics(client, url, token))
-            scenario = Scenario(attack, during, rss_mib(hostd.pid), {k: after.get(k, 0) - before.get(k, 0) for k in after})
+            scenario = Scenario(
+                attack, during, rss_mib(hostd.pid), {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            )
             r.scenarios.append(scenario)
             say(f"  p50 {percentile(during.ping_ms, 50):.2f} ms, p99 {percentile(during.ping_ms, 99):.2f} ms,"
                 f" {len(during.failures)} failed; RSS max {during.rss_max:.1f} MiB, after {scenario.rss_after:.1f} MiB;"

@@ -192,7 +192,9 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     grpc_client = await stack.enter_async_context(
         httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify, http1=False, http2=True)
     )
-    made = await client.post(f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"bench-{name}", "role": "node"}, headers=headers)
+    made = await client.post(
+        f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"bench-{name}", "role": "node"}, headers=headers
+    )
     if made.status_code != 200:
         raise bl.BenchError(f"CreateToken: {made.status_code} {made.text}")
     (d / "node.token").write_text(made.json()["token"] + "\n")
@@ -313,7 +315,9 @@ async def measure(work: Path, settings: Settings) -> Results:
                 for s in (plain, tls):
                     r.ping[s.name] += await ping(s, n)
                     r.grpc_ping[s.name] += await grpc_ping(s, n)
-            bl.say(f"PingAgent median: plain {bl.median(r.ping['plain']):.3f} ms, TLS {bl.median(r.ping['tls']):.3f} ms")
+            bl.say(
+                f"PingAgent median: plain {bl.median(r.ping['plain']):.3f} ms, TLS {bl.median(r.ping['tls']):.3f} ms"
+            )
             bl.say(
                 f"gRPC PingAgent median: h2c {bl.median(r.grpc_ping['plain']):.3f} ms,"
                 f" TLS {bl.median(r.grpc_ping['tls']):.3f} ms"
@@ -325,18 +329,31 @@ async def measure(work: Path, settings: Settings) -> Results:
             for _ in range(settings.reads):
                 for s in (plain, tls):
                     r.read_mib_s[s.name].append(await read_file(s, big))
-            bl.say(f"64 MiB read: plain {bl.median(r.read_mib_s['plain']):.0f} MiB/s, TLS {bl.median(r.read_mib_s['tls']):.0f} MiB/s")
+            bl.say(
+                f"64 MiB read: plain {bl.median(r.read_mib_s['plain']):.0f} MiB/s, TLS {bl.median(r.read_mib_s['tls']):.0f} MiB/s"
+            )
     return r
 
 
 def grpc_figures(r: Results) -> list[bl.Figure]:
     """PingAgent over gRPC beside Connect on the same stack (target gRPC ≤ Connect at the median)."""
     rows = []
-    for name, what in (("plain", "gRPC over h2c vs Connect over HTTP/1.1"), ("tls", "gRPC over TLS (h2) vs Connect over TLS")):
+    for name, what in (
+        ("plain", "gRPC over h2c vs Connect over HTTP/1.1"),
+        ("tls", "gRPC over TLS (h2) vs Connect over TLS"),
+    ):
         grpc, connect = r.grpc_ping[name], r.ping[name]
         rows += [
-            bl.Figure(f"PingAgent via controller, {what}, median", bl.median(grpc), bl.median(connect), "ms", "ratio <= 1.0"),
-            bl.Figure(f"PingAgent via controller, {what}, p99", bl.percentile(grpc, 99), bl.percentile(connect, 99), "ms", None),
+            bl.Figure(
+                f"PingAgent via controller, {what}, median", bl.median(grpc), bl.median(connect), "ms", "ratio <= 1.0"
+            ),
+            bl.Figure(
+                f"PingAgent via controller, {what}, p99",
+                bl.percentile(grpc, 99),
+                bl.percentile(connect, 99),
+                "ms",
+                None,
+            ),
         ]
     return rows
 
@@ -347,17 +364,32 @@ def figures_from(r: Results) -> list[bl.Figure]:
     return [
         bl.Figure(
             "PingAgent via controller, Connect over TLS keep-alive vs HTTP/1.1 plain, median",
-            bl.median(tls), bl.median(plain), "ms", f"ratio <= {TLS_MEDIAN_RATIO_TARGET}",
+            bl.median(tls),
+            bl.median(plain),
+            "ms",
+            f"ratio <= {TLS_MEDIAN_RATIO_TARGET}",
         ),  # fmt: skip
-        bl.Figure("PingAgent via controller, Connect over TLS vs plain, p99", bl.percentile(tls, 99), bl.percentile(plain, 99), "ms", None),
+        bl.Figure(
+            "PingAgent via controller, Connect over TLS vs plain, p99",
+            bl.percentile(tls, 99),
+            bl.percentile(plain, 99),
+            "ms",
+            None,
+        ),
         bl.Figure(
             "PingAgent via controller, a new TLS connection per call (handshake), median",
-            bl.median(r.handshake_ping), bl.median(plain), "ms", None,
+            bl.median(r.handshake_ping),
+            bl.median(plain),
+            "ms",
+            None,
             note="the baseline is plain HTTP/1.1 keep-alive; controller ↔ hostd keeps its pooled mutual-TLS connection",
         ),  # fmt: skip
         bl.Figure(
             "64 MiB file read via controller (2 x 32 MiB ReadGuestFile, proto), TLS vs plain",
-            read_tls, read_plain, "MiB/s", f"ratio >= {TLS_READ_RATIO_TARGET}",
+            read_tls,
+            read_plain,
+            "MiB/s",
+            f"ratio >= {TLS_READ_RATIO_TARGET}",
         ),  # fmt: skip
         *grpc_figures(r),
     ]
@@ -378,7 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         " (controller, hostd, one simulated VM each) and the client share these CPUs"
     )
     figures = [f.evaluate() for f in figures_from(results)]
-    bl.print_table(figures, f"limiquantix rpc transports {VERSION}" + (" (--quick)" if settings.quick else ""), context, baseline="plain")
+    bl.print_table(
+        figures,
+        f"limiquantix rpc transports {VERSION}" + (" (--quick)" if settings.quick else ""),
+        context,
+        baseline="plain",
+    )
     bl.write_figures(figures, settings.output)
     return 0
 

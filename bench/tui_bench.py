@@ -476,7 +476,17 @@ def real_process(url: str, token: str, work: Path, s: Settings, r: Results) -> N
     token_file = work / "tui.token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    argv = [sys.executable, "-m", "limiquantix.tui", "--url", url, "--token-file", str(token_file), "--refresh-s", f"{HEARTBEAT_S:g}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "limiquantix.tui",
+        "--url",
+        url,
+        "--token-file",
+        str(token_file),
+        "--refresh-s",
+        f"{HEARTBEAT_S:g}",
+    ]
     for n in range(s.starts):
         t0 = time.perf_counter()
         pid, fd = _pty_child(argv, env)
@@ -525,7 +535,7 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
                f"<= {REFRESH_TARGET_MS:g}"),
         Figure(
             "fleet refresh, updates without a full GC, p95 (info)",
-            p95([t for t, g in zip(r.refresh_ms, r.refresh_gc_ms) if not g]), None, "ms", None,
+            p95([t for t, g in zip(r.refresh_ms, r.refresh_gc_ms, strict=False) if not g]), None, "ms", None,
             note=f"{sum(1 for g in r.refresh_gc_ms if g)} of {len(r.refresh_ms)} updates ran a full (generation 2)"
             f" garbage collection, {med([g for g in r.refresh_gc_ms if g]) if any(r.refresh_gc_ms) else 0:.0f} ms"
             f" each (median); {r.live_objects:,} objects tracked by the collector at the end, most of them"

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Final
 
 import trio
-
 from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file name
     FLOOR_IMPORTS,
     FLOOR_LOOP,
@@ -205,8 +204,7 @@ GUEST_FLOOR: Final = (
     "import sys\nsys.path.insert(0, '/usr/lib/limiquantix-agent')\n"
     + FLOOR_IMPORTS
     + f"fd = os.open('/dev/virtio-ports/org.limiquantix.agent.0', os.O_RDWR | os.O_NOCTTY)\n"
-    f"open('{GUEST_FLOOR_READY}', 'w').close()\nWAIT_FOR_HOST = True\n"
-    + FLOOR_LOOP
+    f"open('{GUEST_FLOOR_READY}', 'w').close()\nWAIT_FOR_HOST = True\n" + FLOOR_LOOP
 )
 
 
@@ -256,7 +254,9 @@ async def measure_agent_client(guest: QemuGuest, qga: QgaClient, args: argparse.
         async with AgentClient.connect_unix(str(guest.agent_socket)) as client:
 
             async def sh(command: str) -> str:
-                r = (await client.request(execute=pb.ExecuteRequest(command=command, timeout_seconds=120))).execute_response
+                r = (
+                    await client.request(execute=pb.ExecuteRequest(command=command, timeout_seconds=120))
+                ).execute_response
                 if r.exit_code != 0:
                     raise BenchError(f"{command!r} exited {r.exit_code}: {r.stderr.decode(errors='replace')}")
                 return r.stdout.decode()
@@ -356,7 +356,6 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], str]:
         f"host load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end ({os.cpu_count()} CPUs)"
     )
     return [f.evaluate() for f in figures], context
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def _add_pki_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--dir", type=Path, default=pki.DEFAULT_PKI_DIR, help=f"CA and certificates (default {pki.DEFAULT_PKI_DIR})")
+    where.add_argument(
+        "--dir", type=Path, default=pki.DEFAULT_PKI_DIR, help=f"CA and certificates (default {pki.DEFAULT_PKI_DIR})"
+    )
     where.add_argument("--force", action="store_true", help="replace files that exist")
     cmd = commands.add_parser("pki", help="a small CA and the TLS certificates of the controller and each hostd")
     actions = cmd.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
@@ -99,9 +101,15 @@ def _add_pki_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "server", parents=[where], help="an HTTPS certificate for the controller or a hostd (NAME.pem, NAME.key)"
     )
     server.add_argument("name", metavar="NAME", help="file name and common name (e.g. controller, hostd-node-1)")
-    server.add_argument("--dns", action="append", default=[], help=f"a DNS name clients use (repeatable; default {', '.join(dns)})")
-    server.add_argument("--ip", action="append", default=[], help=f"an IP address clients use (repeatable; default {', '.join(ips)})")
-    server.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})")
+    server.add_argument(
+        "--dns", action="append", default=[], help=f"a DNS name clients use (repeatable; default {', '.join(dns)})"
+    )
+    server.add_argument(
+        "--ip", action="append", default=[], help=f"an IP address clients use (repeatable; default {', '.join(ips)})"
+    )
+    server.add_argument(
+        "--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})"
+    )
     client = actions.add_parser(
         "client",
         parents=[where],
@@ -109,7 +117,9 @@ def _add_pki_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     client.add_argument("name", metavar="NAME", help="file name (e.g. controller-client, node-1-client)")
     client.add_argument("--cn", default="", help="common name (a hostd's: its node id; default NAME)")
-    client.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})")
+    client.add_argument(
+        "--days", type=int, default=pki.DEFAULT_CERT_DAYS, help=f"validity (default {pki.DEFAULT_CERT_DAYS})"
+    )
 
 
 def _pki(args: argparse.Namespace) -> int:
@@ -207,7 +217,7 @@ async def _token_list(store: Store, args: argparse.Namespace) -> int:
     ]
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     for r in (header, *rows):
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
     return 0
 
 
@@ -234,7 +244,9 @@ def _existing_db(args: argparse.Namespace) -> Path:
     db = Path(getattr(args, "db", DEFAULT_DB_PATH))
     if not db.is_file():
         given = "" if hasattr(args, "db") else " (the default; pass --db PATH where `serve` keeps it)"
-        raise errors.FailedPrecondition(f"no controller database at {db}{given}: `limiquantix-controller serve --db {db}` creates it")
+        raise errors.FailedPrecondition(
+            f"no controller database at {db}{given}: `limiquantix-controller serve --db {db}` creates it"
+        )
     return db
 
 

@@ -43,10 +43,9 @@ from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.rpc import command_budget_s
-from limiquantix.protocol.rpc.server import Authenticator, CallContext
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.rpc.server import peer_common_name
+from limiquantix.protocol.rpc import command_budget_s
+from limiquantix.protocol.rpc.server import Authenticator, CallContext, peer_common_name
 from limiquantix.protocol.wire import enum_name
 
 from .auth import Permission, Principal, Role, require, token_id_of
@@ -126,7 +125,9 @@ class AuthFailures:
     client presented when it has the shape of one (never the secret).
     """
 
-    def __init__(self, store: Store, count: Callable[[str], None], *, interval_s: float = AUTH_FAILURE_INTERVAL_S) -> None:
+    def __init__(
+        self, store: Store, count: Callable[[str], None], *, interval_s: float = AUTH_FAILURE_INTERVAL_S
+    ) -> None:
         self.store = store
         self._count = count
         self._throttle = AuditThrottle(interval_s)
@@ -145,7 +146,9 @@ class AuthFailures:
             await self._record(exc, token, peer, path)
             raise
 
-    async def _record(self, exc: errors.Unauthenticated, token: str | None, peer: tuple[str, int] | None, path: str) -> None:
+    async def _record(
+        self, exc: errors.Unauthenticated, token: str | None, peer: tuple[str, int] | None, path: str
+    ) -> None:
         reason = exc.reason if exc.reason in AUTH_FAILURE_REASONS else "other"
         self._count(reason)
         held = self._throttle.hit(peer[0] if peer else "unix", trio.current_time())
@@ -394,7 +397,14 @@ class VMAPI:
         exc: errors.AgentError,
     ) -> None:
         await record_event(
-            self.store, principal, _source(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message, vm_id=vm_id, detail=detail
+            self.store,
+            principal,
+            _source(ctx),
+            action,
+            outcome=AuditOutcome.DENIED,
+            error=exc.message,
+            vm_id=vm_id,
+            detail=detail,
         )
 
     def _reachable(self, route: VMRoute) -> NodeInfo:
@@ -789,9 +799,7 @@ class VMAPI:
         detail = AuditDetail(
             path=request.path, size=len(content), sha256=hashlib.sha256(content).hexdigest(), flags=tuple(flags)
         )
-        principal, route = await self._route(
-            ctx, request.vm_id, Permission.FILE_WRITE, AuditAction.FILE_WRITE, detail
-        )
+        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_WRITE, AuditAction.FILE_WRITE, detail)
         head = node_pb.WriteGuestFileRequest(
             vm_id=route.vm.vm_id,
             path=request.path,
@@ -851,9 +859,7 @@ class VMAPI:
                 pb.ListDirectoryResponse,
                 budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
-            return api_pb.ListGuestDirectoryResponse(
-                entries=listing.entries, next_page_token=listing.next_page_token
-            )
+            return api_pb.ListGuestDirectoryResponse(entries=listing.entries, next_page_token=listing.next_page_token)
 
     # -- power and passwords --------------------------------------------------------
 
@@ -974,7 +980,9 @@ class NodeRegistryAPI:
                 count = self._claims.hit((node_id, claim.vm_id), trio.current_time())
                 if count is None:
                     continue
-                log.warning("node %s reports VM %s, which node %s hosts: refused", node_id, claim.vm_id, claim.owner_node)
+                log.warning(
+                    "node %s reports VM %s, which node %s hosts: refused", node_id, claim.vm_id, claim.owner_node
+                )
                 await record_event(
                     self.store, principal, source, AuditAction.VM_CLAIM, outcome=AuditOutcome.DENIED,
                     error=f"vm_owned: VM {claim.vm_id} is bound to node {claim.owner_node}, which still reports it",
@@ -988,13 +996,10 @@ class NodeRegistryAPI:
     def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
         """Raises: errors.InvalidArgument: a VM without an id."""
         return [
-            VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state, agent=_agent_brief(v))
-            for v in vms
+            VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state, agent=_agent_brief(v)) for v in vms
         ]
 
-    async def RegisterNode(
-        self, request: api_pb.RegisterNodeRequest, ctx: CallContext
-    ) -> api_pb.RegisterNodeResponse:
+    async def RegisterNode(self, request: api_pb.RegisterNodeRequest, ctx: CallContext) -> api_pb.RegisterNodeResponse:
         """Add or update a node (audited), and take its VM list as its first heartbeat.
 
         A node token binds the node id to itself: another node token cannot take

@@ -50,20 +50,20 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
+from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import (
     CallContext,
     InFlightBytes,
     Router,
-    Service,
     ServerTLS,
+    Service,
     http_config,
     serve_http,
     server_ssl_context,
     transport_summary,
 )
-from limiquantix.protocol.configfile import read_toml
-from limiquantix.protocol.logs import setup_logging
-from limiquantix.protocol.tls import TLSFiles, TLSConfigError, client_ssl_context
+from limiquantix.protocol.tls import TLSConfigError, TLSFiles, client_ssl_context
 
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from .api import (
@@ -81,7 +81,6 @@ from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_rout
 from .fleet import FLEET_SERVICE, FleetAPI
 from .forward import NodeClient
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
-
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -285,7 +284,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
     for name, field in _FIELDS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"default {field.default}")
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"default {field.default}"
+        )
     return p
 
 
@@ -314,7 +315,11 @@ class Metrics:
             "lqx_controller_rpcs", "API calls by method and code", ["method", "code"], registry=self.registry
         )
         self.latency = Histogram(
-            "lqx_controller_rpc_seconds", "API call latency", ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry
+            "lqx_controller_rpc_seconds",
+            "API call latency",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.auth_failures = Counter(
             "lqx_controller_auth_failures",
@@ -465,7 +470,10 @@ async def serve(
             # failed on a port in use would never be shown again (only its hash is stored).
             created = await store.bootstrap_admin(admin_token)
             if created is not None and admin_token is None:
-                print(f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}", flush=True)
+                print(
+                    f"limiquantix-controller: created the first admin token (shown once, keep it now):\n{created}",
+                    flush=True,
+                )
             elif created is not None:
                 log.info("created the first admin token from %s", ADMIN_TOKEN_ENV)
             log.info(

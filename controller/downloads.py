@@ -132,7 +132,9 @@ class Downloads:
     request hashes only new or changed files.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None, *, builtin: Mapping[str, Path] = BUILTIN_FILES) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str] | None, *, builtin: Mapping[str, Path] = BUILTIN_FILES
+    ) -> None:
         self.directory = Path(directory) if directory else None
         self.builtin = dict(builtin)
         self._digests: dict[str, tuple[_Key, str]] = {}
@@ -272,7 +274,12 @@ def _etag(st: os.stat_result) -> str:
 
 
 def register_downloads_route(
-    app: Quart, failures: AuthFailures, downloads: Downloads, *, registry: CollectorRegistry, require_token: bool = False
+    app: Quart,
+    failures: AuthFailures,
+    downloads: Downloads,
+    *,
+    registry: CollectorRegistry,
+    require_token: bool = False,
 ) -> None:
     """``GET``/``HEAD`` ``/downloads/``, ``/downloads/SHA256SUMS`` and ``/downloads/<name>``.
 
@@ -284,7 +291,9 @@ def register_downloads_route(
             counts files sent whole (GET answered 200).
         require_token: every request needs a bearer token of any role.
     """
-    sent = Counter("lqx_controller_downloads", "Files sent whole from /downloads/, by name", ["file"], registry=registry)
+    sent = Counter(
+        "lqx_controller_downloads", "Files sent whole from /downloads/, by name", ["file"], registry=registry
+    )
 
     async def allowed() -> Response | None:
         if not require_token:

@@ -56,9 +56,9 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.limits import check_message
 
 from .api import (
     AUDIT_COMPLETE_TIMEOUT_S,
@@ -80,8 +80,8 @@ from .models import (
     AuditOutcome,
     Command,
     CommandSpec,
-    NodeInfo,
     CommandStatus,
+    NodeInfo,
     TargetSpec,
     TargetStatus,
     max_errors_limit,

@@ -130,7 +130,9 @@ class NodeClient:
         with trio.CancelScope(shield=True):
             await self._rpc.aclose()
 
-    async def call(self, node: NodeInfo, method: str, request: Message, response_cls: type[_M], *, budget_s: float) -> _M:
+    async def call(
+        self, node: NodeInfo, method: str, request: Message, response_cls: type[_M], *, budget_s: float
+    ) -> _M:
         """One unary call. Raises: as :meth:`call_parts`."""
         return await self.call_parts(node, method, (request.SerializeToString(),), response_cls, budget_s=budget_s)
 

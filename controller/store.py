@@ -891,7 +891,10 @@ class SQLiteStore(Store):
         owner_token_id: str | None = None,
         heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     ) -> HeartbeatResult:
-        rows = {vm.vm_id: (node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())) for vm in vms}
+        rows = {
+            vm.vm_id: (node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict()))
+            for vm in vms
+        }
 
         def run(conn: sqlite3.Connection) -> HeartbeatResult:
             with _write(conn, durable=False):
@@ -1445,7 +1448,9 @@ def _claim_vms(
             if still_reported and owner_reachable:
                 refused.append(VMClaim(vm_id=vm_id, owner_node=owner))
                 continue
-            moved.append(VMMove(vm_id=vm_id, from_node=owner, reason="owner_unreachable" if still_reported else "not_reported"))
+            moved.append(
+                VMMove(vm_id=vm_id, from_node=owner, reason="owner_unreachable" if still_reported else "not_reported")
+            )
             conn.execute("DELETE FROM node_vms WHERE node_id = ? AND vm_id = ?", (owner, vm_id))
             conn.execute("UPDATE vm_owners SET node_id = ?, bound_at = ? WHERE vm_id = ?", (node_id, now, vm_id))
         conn.executemany(
@@ -1480,7 +1485,11 @@ _VM_COLUMNS: Final = "vm_id, name, labels, state, agent"
 
 def _vm_from_row(row: Sequence[Any]) -> VMInfo:
     return VMInfo(
-        vm_id=row[0], name=row[1], labels=json.loads(row[2]), state=row[3], agent=AgentBrief.from_dict(json.loads(row[4]))
+        vm_id=row[0],
+        name=row[1],
+        labels=json.loads(row[2]),
+        state=row[3],
+        agent=AgentBrief.from_dict(json.loads(row[4])),
     )
 
 

@@ -22,9 +22,9 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.wire import new_message_id
 
 from .discovery import VMRegistry

@@ -77,24 +77,24 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target, error_body
 from limiquantix.protocol.rpc.server import (
     CallContext,
     InFlightBytes,
     Router,
-    Service,
     ServerTLS,
+    Service,
     http_config,
     serve_http,
     server_ssl_context,
     transport_summary,
 )
-from limiquantix.protocol.configfile import read_toml
-from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.tls import (
-    TLSFiles,
     InsecureTransportError,
     TLSConfigError,
+    TLSFiles,
     check_token_transport,
     client_ssl_context,
 )
@@ -104,7 +104,6 @@ from .api import SERVICE, NodeAPI
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from .discovery import VMRegistry
 from .vmconn import ConnectionCounters, VMState
-
 
 __all__ = [
     "CONTROLLER_TOKEN_ENV",
@@ -249,7 +248,9 @@ class HostdConfig:
         """The node API's TLS settings; None: plain HTTP."""
         if not self.tls_cert_file:
             return None
-        return ServerTLS(cert_file=self.tls_cert_file, key_file=self.tls_key_file, client_ca_file=self.tls_client_ca_file)
+        return ServerTLS(
+            cert_file=self.tls_cert_file, key_file=self.tls_key_file, client_ca_file=self.tls_client_ca_file
+        )
 
     def controller_tls(self) -> TLSFiles:
         """How hostd verifies the controller and proves who it is."""
@@ -342,7 +343,15 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         ConfigError: unknown keys, wrong types or values.
     """
     data = dict(data)
-    known = {*_SCALARS, *_BOOLEANS, "heartbeat_interval_s", "max_request_bytes_in_flight", "connection", "discovery", "vm"}
+    known = {
+        *_SCALARS,
+        *_BOOLEANS,
+        "heartbeat_interval_s",
+        "max_request_bytes_in_flight",
+        "connection",
+        "discovery",
+        "vm",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
@@ -358,7 +367,9 @@ def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
         except (TypeError, ValueError):
             raise ConfigError("heartbeat_interval_s must be a number") from None
     if "max_request_bytes_in_flight" in data:
-        if isinstance(data["max_request_bytes_in_flight"], bool) or not isinstance(data["max_request_bytes_in_flight"], int):
+        if isinstance(data["max_request_bytes_in_flight"], bool) or not isinstance(
+            data["max_request_bytes_in_flight"], int
+        ):
             raise ConfigError("max_request_bytes_in_flight must be a whole number of bytes")
         kwargs["max_request_bytes_in_flight"] = data["max_request_bytes_in_flight"]
     for key in _BOOLEANS:
@@ -401,7 +412,7 @@ def _field_docs(cls: type) -> dict[str, str]:
         return {}
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for stmt, after in zip(body, body[1:]):
+    for stmt, after in zip(body, body[1:], strict=False):
         if (
             isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
             and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
@@ -423,7 +434,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         if key in _SECRET_KEYS:
             # Refused with a reason rather than "unrecognized arguments".
             p.add_argument(
-                "--" + key.replace("_", "-"), dest=key, action=_RefuseSecret, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                "--" + key.replace("_", "-"),
+                dest=key,
+                action=_RefuseSecret,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
             )
         else:
             p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, help=docs.get(key))
@@ -436,8 +451,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="allow the controller token over plain http:// to another machine (anyone on the path reads it)",
     )
-    p.add_argument("--heartbeat-interval-s", type=float, default=argparse.SUPPRESS, help=docs.get("heartbeat_interval_s"))
-    p.add_argument("--max-request-bytes-in-flight", type=int, default=argparse.SUPPRESS, help=docs.get("max_request_bytes_in_flight"))
+    p.add_argument(
+        "--heartbeat-interval-s", type=float, default=argparse.SUPPRESS, help=docs.get("heartbeat_interval_s")
+    )
+    p.add_argument(
+        "--max-request-bytes-in-flight",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=docs.get("max_request_bytes_in_flight"),
+    )
     p.add_argument("--socket-dir", default=argparse.SUPPRESS, help=docs.get("socket_dir"))
     p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help=docs.get("libvirt_channel_root"))
     p.add_argument(
@@ -498,7 +520,9 @@ class _VMCollector:
         for conn in self._registry.connections():
             totals = totals + conn.counters()
         for name, value in sorted(dataclasses.asdict(totals).items()):
-            yield CounterMetricFamily(f"lqx_hostd_agent_{name}", f"Sum over VMs of {name.replace('_', ' ')}", value=value)
+            yield CounterMetricFamily(
+                f"lqx_hostd_agent_{name}", f"Sum over VMs of {name.replace('_', ' ')}", value=value
+            )
 
 
 @final
@@ -507,7 +531,9 @@ class Metrics:
 
     def __init__(self, registry: VMRegistry) -> None:
         self.registry = CollectorRegistry()
-        self.rpcs = Counter("lqx_hostd_rpcs", "Node API calls by method and code", ["method", "code"], registry=self.registry)
+        self.rpcs = Counter(
+            "lqx_hostd_rpcs", "Node API calls by method and code", ["method", "code"], registry=self.registry
+        )
         self.latency = Histogram(
             "lqx_hostd_rpc_seconds",
             "Node API call latency",
@@ -555,7 +581,12 @@ def build_app(
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        body = {"status": "ok", "version": __version__, "vms": len(registry), "uptime_s": round(time.time() - started, 1)}
+        body = {
+            "status": "ok",
+            "version": __version__,
+            "vms": len(registry),
+            "uptime_s": round(time.time() - started, 1),
+        }
         return Response(json.dumps(body), content_type="application/json")
 
     authenticate = make_authenticator(token)
@@ -572,7 +603,9 @@ def build_app(
         return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     # One caller (the controller): the bound is the total.
-    in_flight = InFlightBytes(max_total_bytes=max_request_bytes_in_flight, max_bytes_per_key=max_request_bytes_in_flight)
+    in_flight = InFlightBytes(
+        max_total_bytes=max_request_bytes_in_flight, max_bytes_per_key=max_request_bytes_in_flight
+    )
     router = Router(
         [Service(SERVICE, NodeAPI(registry))], authenticate=authenticate, observe=metrics.observe, in_flight=in_flight
     )
@@ -594,7 +627,9 @@ async def serve(
     token = config.bearer_token()
     controller_token = config.controller_bearer_token() if config.controller_url else ""
     stop = shutdown if shutdown is not None else trio.Event()
-    async with VMRegistry.open(entries=config.vms, discovery=config.discovery, connection=config.connection) as registry:
+    async with VMRegistry.open(
+        entries=config.vms, discovery=config.discovery, connection=config.connection
+    ) as registry:
         app = build_app(
             registry,
             token=token,
@@ -721,7 +756,11 @@ async def _controller_link(
                     log.info("registered with %s as %s (%s)", config.controller_url, config.node_id, advertise_url)
                 else:
                     await _controller_call(
-                        client, config, controller_token, "Heartbeat", api_pb.HeartbeatRequest(node_id=config.node_id, vms=vms)
+                        client,
+                        config,
+                        controller_token,
+                        "Heartbeat",
+                        api_pb.HeartbeatRequest(node_id=config.node_id, vms=vms),
                     )
                 if failing:
                     log.info("controller %s reachable again", config.controller_url)
@@ -736,7 +775,11 @@ async def _controller_link(
                 # Logged once per outage, not once per retry (a failed TLS handshake says why:
                 # the rpc client names it).
                 if not failing:
-                    log.warning("controller %s: %s: retrying with backoff", config.controller_url, str(exc) or type(exc).__name__)
+                    log.warning(
+                        "controller %s: %s: retrying with backoff",
+                        config.controller_url,
+                        str(exc) or type(exc).__name__,
+                    )
                 failing = True
             except Exception:  # never let the link take hostd down
                 log.exception("controller link failed: retrying")
@@ -790,7 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = getattr(config.discovery, key)
         if path and not os.path.isdir(path):
             # Not fatal (libvirt may create it later: it is rescanned), but said at start.
-            log.warning("%s %s does not exist: no VM is found there until it does (set %s = \"\" to not scan it)", key, path, key)
+            log.warning(
+                '%s %s does not exist: no VM is found there until it does (set %s = "" to not scan it)', key, path, key
+            )
     try:
         trio.run(serve, config)
     except Exception as exc:

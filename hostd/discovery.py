@@ -264,9 +264,7 @@ class VMRegistry:
             if conn is None:
                 log.info("vm %s found (%s): %s", vm_id, sock.source, sock.path)
                 self._add(
-                    VMConnection(
-                        vm_id, sock.path, name=sock.name, config=self.connection_config, source=sock.source
-                    )
+                    VMConnection(vm_id, sock.path, name=sock.name, config=self.connection_config, source=sock.source)
                 )
             elif conn.source == SOURCE_CONFIG:
                 if sock.path != conn.socket_path and vm_id not in self._shadow_warned:

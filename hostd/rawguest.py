@@ -129,7 +129,9 @@ ATTACKS: Final[dict[str, Callable[[], Iterator[bytes]]]] = {
 }
 
 
-async def serve(socket_path: str, attack: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    socket_path: str, attack: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Listen on ``socket_path`` and attack each host client in turn, until cancelled.
 
     Raises:
@@ -201,7 +203,9 @@ async def _answer_host(
                 await answers.send(encode_message(new_message(msg.message_id, hello_response=answer)))
                 hello.set()
             elif kind == "ping":
-                await answers.send(encode_message(new_message(msg.message_id, pong=pb.PongResponse(payload=msg.ping.payload))))
+                await answers.send(
+                    encode_message(new_message(msg.message_id, pong=pb.PongResponse(payload=msg.ping.payload)))
+                )
     await answers.aclose()
 
 

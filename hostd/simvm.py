@@ -169,7 +169,9 @@ def _toml_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
 
-def write_guest_files(state_dir: Path, *, simvm_pid: int, python: str = sys.executable, log_level: str = "info") -> Path:
+def write_guest_files(
+    state_dir: Path, *, simvm_pid: int, python: str = sys.executable, log_level: str = "info"
+) -> Path:
     """Write the stand-in scripts and the agent's configuration; return the config's path.
 
     Args:
@@ -454,9 +456,7 @@ class SimulatedVM:
             OSError: the state directory or the socket cannot be created.
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        write_guest_files(
-            self.state_dir, simvm_pid=os.getpid(), python=self.python, log_level=self.agent_log_level
-        )
+        write_guest_files(self.state_dir, simvm_pid=os.getpid(), python=self.python, log_level=self.agent_log_level)
         reason = "stopped"
         watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         with trio.open_signal_receiver(*watched) as signals:
@@ -660,7 +660,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             f"{DEVICE_NAME} device link (default: a temp dir, removed at exit)"
         ),
     )
-    parser.add_argument("--no-agent", action="store_true", help="start no agent: the socket opens, the guest stays silent")
+    parser.add_argument(
+        "--no-agent", action="store_true", help="start no agent: the socket opens, the guest stays silent"
+    )
     parser.add_argument(
         "--agent-arg",
         action="append",

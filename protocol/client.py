@@ -26,7 +26,7 @@ import logging
 import math
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final, final
 
 import trio
@@ -150,9 +150,7 @@ class AgentClient:
         reader_work_per_s: float | None = None,
     ) -> None:
         self._stream = stream
-        self.writer = MessageWriter(
-            stream.send_all, try_write=direct_writer(stream), max_frame_bytes=max_frame_bytes
-        )
+        self.writer = MessageWriter(stream.send_all, try_write=direct_writer(stream), max_frame_bytes=max_frame_bytes)
         self.decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
         self._receive_some = direct_reader(stream, READ_SIZE)
         self.identity: pb.AgentIdentity | None = None
@@ -211,19 +209,18 @@ class AgentClient:
         # Errors from the caller's block are re-raised as they are, not wrapped
         # in the ExceptionGroup the nursery would make of them.
         error: Exception | None = None
-        async with stream:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client._write_loop)
-                nursery.start_soon(client._read_loop)
-                nursery.start_soon(client._hello_loop)
-                nursery.start_soon(client._release_held_telemetry)
-                await client._synced.wait()
-                if client._closed_reason is None:
-                    try:
-                        yield client
-                    except Exception as exc:
-                        error = exc
-                nursery.cancel_scope.cancel()
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(client._write_loop)
+            nursery.start_soon(client._read_loop)
+            nursery.start_soon(client._hello_loop)
+            nursery.start_soon(client._release_held_telemetry)
+            await client._synced.wait()
+            if client._closed_reason is None:
+                try:
+                    yield client
+                except Exception as exc:
+                    error = exc
+            nursery.cancel_scope.cancel()
         if error is not None:
             raise error
         if client._closed_reason is not None and client.identity is None:
@@ -266,10 +263,8 @@ class AgentClient:
             if isinstance(call, _Unary):
                 call.finish(exc)
                 continue
-            try:
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 call.send_nowait(exc)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
             call.close()
 
     async def _write_loop(self) -> None:
@@ -473,4 +468,3 @@ class AgentClient:
 
     async def ping(self, payload: bytes = b"") -> pb.PongResponse:
         return (await self.request(ping=pb.PingRequest(payload=payload))).pong
-

@@ -193,7 +193,9 @@ def _copy_capped(src: Message, dst: Message, path: str, state: _Copy) -> None:
             limit = rule.count
             if rule.address:
                 # IPv4 first (listed first), then IPv6, within the interface's and the message's counts.
-                limit = min(MAX_ADDRESSES_PER_INTERFACE - len(dst.ipv4) if rule.name == "ipv6" else limit, state.addresses_left)  # type: ignore[attr-defined]
+                limit = min(
+                    MAX_ADDRESSES_PER_INTERFACE - len(dst.ipv4) if rule.name == "ipv6" else limit, state.addresses_left
+                )  # type: ignore[attr-defined]
                 state.addresses_left -= min(limit, len(value))
             if len(value) > limit:
                 cuts.note(name, len(value), limit)
@@ -288,9 +290,8 @@ def cap_message(msg: M, budget: int = MESSAGE_BYTES) -> tuple[M, Cuts]:
         fresh = type(msg)()
         fresh.ParseFromString(out.SerializeToString())
         out = fresh
-    if cuts:
-        if "truncated" in out.DESCRIPTOR.fields_by_name:
-            out.truncated = True  # type: ignore[attr-defined]
+    if cuts and "truncated" in out.DESCRIPTOR.fields_by_name:
+        out.truncated = True  # type: ignore[attr-defined]
     return out, cuts
 
 

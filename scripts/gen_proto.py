@@ -27,8 +27,8 @@ _INIT = '"""Generated protobuf modules: do not edit; run `make proto`."""\n'
 
 def generate(out: Path) -> None:
     """Write every generated module for protocol/*.proto into ``out``."""
-    from grpc_tools import protoc  # type: ignore[import-untyped]
     import grpc_tools
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     protos = sorted(p.name for p in PROTO_DIR.glob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

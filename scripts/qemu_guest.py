@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contextlib
+
 import guest_image  # noqa: E402 - a sibling script, found by file name
 from guest_image import GuestImage  # noqa: E402
 
@@ -186,10 +188,8 @@ class QemuGuest:
     def stop(self, timeout: float = 10) -> int:
         """Stop QEMU at once (no guest shutdown): QMP ``quit``, then SIGTERM, then SIGKILL."""
         if self.running():
-            try:
+            with contextlib.suppress(OSError, QemuError, ValueError):
                 self.qmp("quit", timeout=2)
-            except (OSError, QemuError, ValueError):
-                pass
             if self.wait_exit(timeout) is None:
                 self.popen.terminate()
                 if self.wait_exit(timeout) is None:

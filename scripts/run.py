@@ -38,8 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -90,10 +90,14 @@ class Api:
             raise RuntimeError(f"{method}: {exc.connect_code}: {exc.message}") from None
         return json.loads(data)
 
-    async def stream(self, method: str, body: dict[str, Any], service: str = VM_SERVICE) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, method: str, body: dict[str, Any], service: str = VM_SERVICE
+    ) -> AsyncIterator[dict[str, Any]]:
         """A server-streaming call's messages. Raises: RuntimeError: its error."""
         try:
-            async for data in self.rpc.stream(self.target, f"{service}/{method}", json.dumps(body).encode(), codec=JSON):
+            async for data in self.rpc.stream(
+                self.target, f"{service}/{method}", json.dumps(body).encode(), codec=JSON
+            ):
                 yield json.loads(data)
         except errors.AgentError as exc:
             raise RuntimeError(f"{method}: {exc.connect_code}: {exc.message}") from None
@@ -133,17 +137,26 @@ async def live_update(api: Api) -> str:
 
 async def demo(api: Api, workdir: Path) -> None:
     ping = await api.call("PingAgent", {"vmId": VMS[0]})
-    say(f"PingAgent {VMS[0]}", f"→ connected={ping['connected']} version={safe_text(ping['version'])} in {ping['latencyMs']:.2f} ms")
+    say(
+        f"PingAgent {VMS[0]}",
+        f"→ connected={ping['connected']} version={safe_text(ping['version'])} in {ping['latencyMs']:.2f} ms",
+    )
 
     r = await api.call("ExecuteScript", {"vmId": VMS[0], "command": "uname -a", "timeoutSeconds": 30})
-    say(f"ExecuteScript {VMS[0]} uname -a", f"→ {exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}")
+    say(
+        f"ExecuteScript {VMS[0]} uname -a",
+        f"→ {exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}",
+    )
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
     script = "for i in 1 2 3; do echo line $i; sleep 0.2; done"
     try:
         async for msg in api.stream("ExecuteScriptStream", {"vmId": VMS[-1], "command": script}):
             if "output" in msg:
-                print(f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}", flush=True)
+                print(
+                    f"   {DIM}#{msg['output']['seq']}{RESET} {safe_text(msg['output']['text'].rstrip(), multiline=True)}",
+                    flush=True,
+                )
             elif "result" in msg:
                 say("   result", exit_summary(msg["result"]))
     except RuntimeError as exc:
@@ -152,8 +165,10 @@ async def demo(api: Api, workdir: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     target = str(workdir / "demo.bin")
     vm = VMS[1 % len(VMS)]
-    w = await api.call("WriteGuestFile", {"vmId": vm, "path": target, "content": base64.b64encode(data).decode(),
-                                          "createParents": True})  # the host's temp dir is new in a real guest
+    w = await api.call(
+        "WriteGuestFile",
+        {"vmId": vm, "path": target, "content": base64.b64encode(data).decode(), "createParents": True},
+    )  # the host's temp dir is new in a real guest
     r = await api.call("ReadGuestFile", {"vmId": vm, "path": target})
     ok = base64.b64decode(r["content"]) == data and w["sha256"] == hashlib.sha256(data).hexdigest()
     verdict = f"{GREEN}SHA-256 equal{RESET}" if ok else f"{RED}SHA-256 MISMATCH{RESET}"
@@ -272,13 +287,23 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
     url = f"https://{args.listen}"
     # This script checks hostd's /healthz too: hostd requires a client certificate (mutual TLS).
     verify = client_ssl_context(
-        TLSFiles(ca_file=str(ca), cert_file=str(certs / "controller-client.pem"), key_file=str(certs / "controller-client.key"))
+        TLSFiles(
+            ca_file=str(ca),
+            cert_file=str(certs / "controller-client.pem"),
+            key_file=str(certs / "controller-client.key"),
+        )
     )
     try:
-        async with httpx.AsyncClient(timeout=60, verify=verify) as client, RpcClient(tls=ClientTLS(verify=verify)) as rpc:
+        async with (
+            httpx.AsyncClient(timeout=60, verify=verify) as client,
+            RpcClient(tls=ClientTLS(verify=verify)) as rpc,
+        ):
             with trio.fail_after(60):
                 await wait_healthy(client, url, controller, "the controller")
-            say("started", f"limiquantix-controller on {url}  {DIM}(database {db}; TLS with the throwaway CA {ca}){RESET}")
+            say(
+                "started",
+                f"limiquantix-controller on {url}  {DIM}(database {db}; TLS with the throwaway CA {ca}){RESET}",
+            )
             node_token = subprocess.run(
                 [sys.executable, "-m", "limiquantix.controller", "--db", str(db), "token", "create",
                  "--user", "hostd", "--role", "node", "--description", "make run's hostd"],
@@ -314,7 +339,10 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             api = Api(rpc, url, admin_token)
             with trio.fail_after(300 if QEMU else 90):  # a TCG boot takes about 30 s
                 await wait_healthy(client, f"https://{args.hostd_listen}", hostd, "hostd")
-                say("started", f"limiquantix-hostd on https://{args.hostd_listen} (mutual TLS), registered with the controller as node-1")
+                say(
+                    "started",
+                    f"limiquantix-hostd on https://{args.hostd_listen} (mutual TLS), registered with the controller as node-1",
+                )
                 while True:
                     vms = (await api.call("ListVMs", {}))["vms"]
                     if len(vms) == len(VMS) and all(v.get("agentState") == "connected" for v in vms):
@@ -327,7 +355,10 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             await demo(api, tmp)
             print()
             examples = write_api_examples(url, admin_token, ca)
-            say("try the API yourself", f"(in another terminal, while this runs; the reference document's examples): {examples}")
+            say(
+                "try the API yourself",
+                f"(in another terminal, while this runs; the reference document's examples): {examples}",
+            )
             print(examples.read_text(), end="", flush=True)
             if args.once:
                 return
@@ -383,7 +414,9 @@ async def until_terminated(args: argparse.Namespace, tmp: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the demo and exit")
-    parser.add_argument("--listen", default=os.environ.get("LQX_LISTEN", "127.0.0.1:8080"), help="the controller's address")
+    parser.add_argument(
+        "--listen", default=os.environ.get("LQX_LISTEN", "127.0.0.1:8080"), help="the controller's address"
+    )
     parser.add_argument("--hostd-listen", default=os.environ.get("LQX_HOSTD_LISTEN", "127.0.0.1:8081"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lqx-run-") as tmp:

@@ -77,16 +77,22 @@ def terminal_telemetry() -> pb.TelemetryReport:
 
 
 #: Command output and file content: every attack, on lines of their own, and text around them.
-TERMINAL_OUTPUT = ("out-start\n" + "\n".join(f"line {i}: {a}" for i, a in enumerate(ATTACKS)) + f"\n{MARKUP}\nout-end\n").encode()
+TERMINAL_OUTPUT = (
+    "out-start\n" + "\n".join(f"line {i}: {a}" for i, a in enumerate(ATTACKS)) + f"\n{MARKUP}\nout-end\n"
+).encode()
 
 
-def huge_identity(*, hostname_chars: int = 1 << 20, interfaces: int = 100_000, addresses: int = 10_000) -> pb.AgentIdentity:
+def huge_identity(
+    *, hostname_chars: int = 1 << 20, interfaces: int = 100_000, addresses: int = 10_000
+) -> pb.AgentIdentity:
     """The issue's identity: a 1 MiB hostname, 100k interfaces, 10k addresses on the first."""
     ident = pb.AgentIdentity(agent_version="0.1.0", protocol_version=1, hostname="h" * hostname_chars, pid=1)
     ident.os.pretty_name = "o" * hostname_chars
     ident.interfaces.extend(pb.NetworkInterface(name=f"veth{i}") for i in range(interfaces))
     first = ident.interfaces[0]
-    first.ipv4.extend(pb.IpAddress(address=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", prefix_length=8) for i in range(addresses))
+    first.ipv4.extend(
+        pb.IpAddress(address=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", prefix_length=8) for i in range(addresses)
+    )
     first.ipv6.extend(pb.IpAddress(address=f"fd00::{i:x}", prefix_length=64, ipv6=True) for i in range(addresses))
     return ident
 
@@ -190,15 +196,23 @@ class HostileGuest:
                 return [reply(execute_response=done)]
             half = len(self.output) // 2
             chunks = [self.output[:half], self.output[half:]]
-            out = [reply(execute_output=pb.ExecuteOutput(seq=i + 1, stream=pb.OUTPUT_STREAM_STDOUT, data=c)) for i, c in enumerate(chunks)]
+            out = [
+                reply(execute_output=pb.ExecuteOutput(seq=i + 1, stream=pb.OUTPUT_STREAM_STDOUT, data=c))
+                for i, c in enumerate(chunks)
+            ]
             done.last_seq = len(chunks)
             return [*out, reply(execute_response=done)]
         if kind == "file_read":
             data = self.output
-            chunk = pb.FileReadChunk(data=data, eof=True, sha256=hashlib.sha256(data).digest(), file_size=len(data), total_bytes=len(data))
+            chunk = pb.FileReadChunk(
+                data=data, eof=True, sha256=hashlib.sha256(data).digest(), file_size=len(data), total_bytes=len(data)
+            )
             return [reply(file_read_chunk=chunk)]
         if kind == "list_directory":
-            entries = [pb.FileStat(name=n, path=f"/x/{n}", type=pb.FILE_TYPE_REGULAR, owner=TITLE, mode=0o644) for n in self.file_names]
+            entries = [
+                pb.FileStat(name=n, path=f"/x/{n}", type=pb.FILE_TYPE_REGULAR, owner=TITLE, mode=0o644)
+                for n in self.file_names
+            ]
             return [reply(list_directory_response=pb.ListDirectoryResponse(entries=entries))]
         if kind == "cancel":
             return [reply(cancel_response=pb.CancelResponse(found=False))]
@@ -213,7 +227,9 @@ def main() -> None:
     if args.kind == "huge":
         guest = HostileGuest(args.socket, huge_identity(), huge_telemetry())
     else:
-        guest = HostileGuest(args.socket, terminal_identity(), terminal_telemetry(), file_names=(f"a{TITLE}", f"b{RLO}txt.exe"))
+        guest = HostileGuest(
+            args.socket, terminal_identity(), terminal_telemetry(), file_names=(f"a{TITLE}", f"b{RLO}txt.exe")
+        )
     trio.run(guest.serve)
 
 

@@ -110,6 +110,8 @@ def test_guest_text_is_escaped_on_a_terminal_and_raw_in_a_pipe(short_tmp: Path) 
 def test_help_has_no_rest_markup() -> None:
     """``literal`` quotes belong to docstrings, not to a terminal."""
     for args in (["exec", "--help"], ["sh", "--help"], ["--help"]):
-        out = subprocess.run([sys.executable, "-m", "limiquantix.agent.cli", *args], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "limiquantix.agent.cli", *args], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0 and out.stdout and "``" not in out.stdout, out.stdout
     assert "limiquantix-agent-cli: talk to one agent directly, like virsh" in " ".join(out.stdout.split())

@@ -35,10 +35,10 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
 from limiquantix.protocol import errors
-from limiquantix.protocol.rpc import server as connect
-from limiquantix.protocol.rpc._codec import decode_json
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
+from limiquantix.protocol.rpc import server as connect
+from limiquantix.protocol.rpc._codec import decode_json
 
 SERVICE = npb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 PREFIX = "/limiquantix.node.v1.NodeDaemonService"
@@ -99,7 +99,9 @@ class FakeNode:
             vms=[npb.VMStatus(vm_id=f"vm-{i}", name=f"virtual machine number {i}") for i in range(self.vm_count)]
         )
 
-    async def WriteGuestFile(self, request: npb.WriteGuestFileRequest, ctx: connect.CallContext) -> npb.WriteGuestFileResponse:
+    async def WriteGuestFile(
+        self, request: npb.WriteGuestFileRequest, ctx: connect.CallContext
+    ) -> npb.WriteGuestFileResponse:
         if request.path == "hold":  # stays in progress until released
             await self.release.wait()
         return npb.WriteGuestFileResponse(bytes_written=len(request.content))
@@ -348,7 +350,9 @@ async def test_bytes_fields_are_strict_base64(server: Server) -> None:
     for bad in ("hello world\n", "aGVsbG8h\n", "aGVs bG8h", "aGVsbG8h=", "aGVsb", "a===", "=aGVs", "aGVs*bG8h"):
         r = await server.post("WriteGuestFile", json.dumps({"vmId": "vm-1", "content": bad}).encode(), JSON)
         assert r.status_code == 400, (bad, r.text)
-        assert r.json()["code"] == "invalid_argument" and r.json()["message"].startswith("content is not base64"), r.text
+        assert r.json()["code"] == "invalid_argument" and r.json()["message"].startswith("content is not base64"), (
+            r.text
+        )
     # Nested messages are checked too (the agent's ExecuteRequest.stdin inside a node request), by the
     # codec every server shares.
     body = {"vmId": "vm-1", "request": {"command": "cat", "stdin": "not base64!"}}
@@ -424,7 +428,17 @@ async def test_unknown_content_encoding_is_unimplemented(server: Server) -> None
         (gzip.compress(b'{"vmId": "vm-1"}')[:-6], {**JSON, "Content-Encoding": "gzip"}),
         (b'{"vmId": "vm-1", "vmId": "vm-2"}', JSON),
     ],
-    ids=["truncated", "array", "wrong-type", "empty", "not-utf8", "bad-proto", "bad-gzip", "truncated-gzip", "duplicate-key"],
+    ids=[
+        "truncated",
+        "array",
+        "wrong-type",
+        "empty",
+        "not-utf8",
+        "bad-proto",
+        "bad-gzip",
+        "truncated-gzip",
+        "duplicate-key",
+    ],
 )
 async def test_malformed_requests_are_invalid_argument(server: Server, body: bytes, headers: dict[str, str]) -> None:
     r = await server.post("PingAgent", body, headers)
@@ -690,14 +704,18 @@ async def test_observe_is_called_once_per_call(server: Server) -> None:
 @pytest.mark.trio
 async def test_stream_messages_reach_the_client_while_the_handler_is_still_running(server: Server) -> None:
     with trio.fail_after(10):
-        async with server.http.stream("POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("block"), headers=STREAM_JSON) as r:
+        async with server.http.stream(
+            "POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("block"), headers=STREAM_JSON
+        ) as r:
             assert r.status_code == 200
             assert r.headers["content-type"] == "application/connect+json"
             async with EnvelopeReader(r) as reader:
                 assert await reader.next() == (0, b'{"executionId":"exec-1"}')
                 flags, data = await reader.next()
                 assert flags == 0
-                assert json.loads(data) == {"output": {"seq": "1", "stream": "OUTPUT_STREAM_UNSPECIFIED", "data": "aGVsbG8K"}}
+                assert json.loads(data) == {
+                    "output": {"seq": "1", "stream": "OUTPUT_STREAM_UNSPECIFIED", "data": "aGVsbG8K"}
+                }
                 # Both arrived while the handler is parked on release.
                 assert not server.node.release.is_set() and not server.node.stream_closed.is_set()
                 server.node.release.set()
@@ -713,12 +731,16 @@ async def test_quarts_response_timeout_does_not_cut_streams(start_server: StartS
     server = await start_server(quart_config={"RESPONSE_TIMEOUT": 0.05})
     async with server.http:
         with trio.fail_after(10):
-            async with server.http.stream("POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("block"), headers=STREAM_JSON) as r:
-                async with EnvelopeReader(r) as reader:
-                    await reader.next()
-                    await trio.sleep(0.2)  # well past RESPONSE_TIMEOUT
-                    server.node.release.set()
-                    envelopes = await reader.rest()
+            async with (
+                server.http.stream(
+                    "POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("block"), headers=STREAM_JSON
+                ) as r,
+                EnvelopeReader(r) as reader,
+            ):
+                await reader.next()
+                await trio.sleep(0.2)  # well past RESPONSE_TIMEOUT
+                server.node.release.set()
+                envelopes = await reader.rest()
     assert json.loads(envelopes[-1][1]) == {"metadata": {"exit-seen": ["yes"]}}
 
 
@@ -786,12 +808,16 @@ async def test_stream_request_envelope_larger_than_the_limit_is_resource_exhaust
 @pytest.mark.trio
 async def test_stream_client_disconnect_closes_the_generator_promptly(server: Server) -> None:
     with trio.fail_after(10):
-        async with server.http.stream("POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("forever"), headers=STREAM_JSON) as r:
-            async with EnvelopeReader(r) as reader:
-                await reader.next()
-                await reader.next()
-                await server.node.started.wait()
-                assert not server.node.stream_closed.is_set()
+        async with (
+            server.http.stream(
+                "POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("forever"), headers=STREAM_JSON
+            ) as r,
+            EnvelopeReader(r) as reader,
+        ):
+            await reader.next()
+            await reader.next()
+            await server.node.started.wait()
+            assert not server.node.stream_closed.is_set()
         # Leaving the block closes the connection mid-stream.
     with trio.fail_after(2):
         await server.node.stream_closed.wait()
@@ -805,10 +831,14 @@ async def test_stream_client_disconnect_closes_the_generator_promptly(server: Se
 @pytest.mark.trio
 async def test_stream_client_disconnect_closes_a_generator_parked_at_yield(server: Server) -> None:
     with trio.fail_after(10):
-        async with server.http.stream("POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("flood"), headers=STREAM_JSON) as r:
-            async with EnvelopeReader(r) as reader:
-                await reader.next()
-                await trio.sleep(0.1)  # let the server fill the socket buffers and block in send
+        async with (
+            server.http.stream(
+                "POST", f"{PREFIX}/ExecuteInGuestStream", content=stream_request("flood"), headers=STREAM_JSON
+            ) as r,
+            EnvelopeReader(r) as reader,
+        ):
+            await reader.next()
+            await trio.sleep(0.1)  # let the server fill the socket buffers and block in send
     with trio.fail_after(2):
         await server.node.stream_closed.wait()
         while not server.observed:
@@ -830,7 +860,9 @@ async def test_stream_deadline_ends_the_stream_with_deadline_exceeded(server: Se
 @pytest.mark.trio
 async def test_stream_deadline_stops_a_generator_that_never_awaits(server: Server) -> None:
     request = npb.ExecuteInGuestRequest(vm_id="vm-1", request=apb.ExecuteRequest(command="flood"))
-    envelopes = await read_stream(server, envelope(request.SerializeToString()), {**STREAM_PROTO, "Connect-Timeout-Ms": "100"})
+    envelopes = await read_stream(
+        server, envelope(request.SerializeToString()), {**STREAM_PROTO, "Connect-Timeout-Ms": "100"}
+    )
     assert json.loads(envelopes[-1][1])["error"]["code"] == "deadline_exceeded"
     assert server.node.stream_closed.is_set()
 
@@ -900,8 +932,14 @@ async def test_connect_python_sees_our_error_codes(server: Server, proto_json: b
         return [
             _raises(lambda: c.execute_unary(request=npb.PingAgentRequest(vm_id="raise:NotFound:vm_gone"), method=ping)),
             _raises(lambda: c.execute_unary(request=npb.PingAgentRequest(vm_id="boom"), method=ping)),
-            _raises(lambda: c.execute_unary(request=npb.PingAgentRequest(), method=ping, headers={"Authorization": "Bearer wrong"})),
-            _raises(lambda: c.execute_unary(request=npb.CancelExecutionRequest(), method=method_info("CancelExecution"))),
+            _raises(
+                lambda: c.execute_unary(
+                    request=npb.PingAgentRequest(), method=ping, headers={"Authorization": "Bearer wrong"}
+                )
+            ),
+            _raises(
+                lambda: c.execute_unary(request=npb.CancelExecutionRequest(), method=method_info("CancelExecution"))
+            ),
             _raises(lambda: c.execute_unary(request=npb.PingAgentRequest(vm_id="slow"), method=ping, timeout_ms=50)),
         ]
 
@@ -988,7 +1026,9 @@ def test_register_raises_quarts_body_limit_and_refuses_duplicates() -> None:
 
 @pytest.mark.trio
 async def test_call_context_helpers() -> None:
-    ctx = connect.CallContext(procedure=f"{SERVICE.full_name}/PingAgent", headers=Headers({"Authorization": "bearer  tok"}))
+    ctx = connect.CallContext(
+        procedure=f"{SERVICE.full_name}/PingAgent", headers=Headers({"Authorization": "bearer  tok"})
+    )
     assert (ctx.service, ctx.method) == (SERVICE.full_name, "PingAgent")
     assert ctx.bearer_token == "tok"
     assert ctx.time_remaining() == math.inf

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from test_controller_api import _make_tokens
 
 from limiquantix.controller.admin import AUDIT_EXPORT_PATH, NDJSON_CONTENT_TYPE
 from limiquantix.controller.auth import Principal, Role
@@ -25,8 +26,6 @@ from limiquantix.controller.daemon import ControllerConfig
 from limiquantix.controller.daemon import serve as controller_serve
 from limiquantix.controller.models import AuditAction, AuditDetail, AuditOutcome
 from limiquantix.controller.store import SQLiteStore
-
-from test_controller_api import _make_tokens
 
 ADMIN = "/limiquantix.compute.v1.AdminService"
 VM = "/limiquantix.compute.v1.VMService"
@@ -306,7 +305,9 @@ async def test_export_is_json_lines_without_secrets(stack: Stack) -> None:
     # Filters, on both.
     r = await stack.export({"user": "alice", "action": "vm.exec", "since": _iso(SEED_T0), "until": str(SEED_T0 + 900)})
     got = [json.loads(line) for line in r.text.splitlines()]
-    want = [i for i in range(15) if _seed_row(i)["user"] == "alice" and _seed_row(i)["action"].value.startswith("vm.exec")]
+    want = [
+        i for i in range(15) if _seed_row(i)["user"] == "alice" and _seed_row(i)["action"].value.startswith("vm.exec")
+    ]
     assert [g["detail"]["command"] for g in got] == [f"echo seed-{i}" for i in want]
     messages, _ = await stack.stream("ExportAudit", {"filter": {"vmId": "vm-2", "outcome": "success"}})
     lines = [json.loads(line) for m in messages for line in m["jsonl"].splitlines()]

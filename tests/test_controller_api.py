@@ -67,7 +67,9 @@ class Stack:
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await controller_serve(config, admin_token=admin_token, shutdown=self.controller_stop, task_status=task_status)
+                await controller_serve(
+                    config, admin_token=admin_token, shutdown=self.controller_stop, task_status=task_status
+                )
             finally:
                 done.set()
 
@@ -76,7 +78,12 @@ class Stack:
         self.port = int(self.url.rpartition(":")[2])
 
     async def start_hostd(
-        self, vms: dict[str, dict[str, str]], *, node_id: str = "host-a", who: str = "node", scope: trio.CancelScope | None = None
+        self,
+        vms: dict[str, dict[str, str]],
+        *,
+        node_id: str = "host-a",
+        who: str = "node",
+        scope: trio.CancelScope | None = None,
     ) -> None:
         """hostd as node ``node_id`` of this controller (with ``who``'s node token), serving
         ``vms`` (id -> labels) at ``short_tmp/<id>.sock``; cancelling ``scope`` (default
@@ -109,7 +116,9 @@ class Stack:
         with trio.fail_after(DEADLINE_S):
             await self.controller_done.wait()
 
-    async def call(self, method: str, body: dict[str, Any], *, who: str | None = "admin", service: str = VM) -> httpx.Response:
+    async def call(
+        self, method: str, body: dict[str, Any], *, who: str | None = "admin", service: str = VM
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who is not None else {}
         return await self.client.post(f"{self.url}{service}/{method}", json=body, headers=headers)
 
@@ -203,7 +212,12 @@ async def test_reference_curl_examples(stack: Stack) -> None:
     assert ping["connected"] is True and ping["version"]
     done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "uname -a", "timeoutSeconds": 30})
     assert done["exitCode"] == 0 and "Linux" in done["stdout"]
-    assert done["timedOut"] is False and isinstance(done["durationMs"], int) and done["durationMs"] >= 0 and done["exitReason"] == "exited"
+    assert (
+        done["timedOut"] is False
+        and isinstance(done["durationMs"], int)
+        and done["durationMs"] >= 0
+        and done["exitReason"] == "exited"
+    )
     curl = shutil.which("curl")
     if curl is None:  # pragma: no cover - curl is on every CI image we use
         pytest.skip("curl not installed")
@@ -382,7 +396,10 @@ async def test_oversized_ids_and_fields_are_refused_before_forwarding(stack: Sta
             r = await stack.client.post(
                 f"{stack.url}{service}/{method}",
                 content=struct.pack(">BI", 0, len(data)) + data,
-                headers={"Authorization": f"Bearer {stack.tokens['admin']}", "Content-Type": "application/connect+json"},
+                headers={
+                    "Authorization": f"Bearer {stack.tokens['admin']}",
+                    "Content-Type": "application/connect+json",
+                },
             )
             messages, _ = _envelopes(r.content)
             flags, end = messages[-1]
@@ -395,7 +412,9 @@ async def test_oversized_ids_and_fields_are_refused_before_forwarding(stack: Sta
         assert error["code"] == "invalid_argument"
         assert error["message"].startswith(f"{name} is ") and "the limit is" in error["message"], error
     # Nothing reached hostd: it counted no call but what the controller itself made.
-    metrics = (await stack.client.get(f"{stack.hostd_url}/metrics", headers={"Authorization": f"Bearer {HOSTD_TOKEN}"})).text
+    metrics = (
+        await stack.client.get(f"{stack.hostd_url}/metrics", headers={"Authorization": f"Bearer {HOSTD_TOKEN}"})
+    ).text
     assert "lqx_hostd_vms" in metrics  # the answer to the token, not a 401
     assert "ExecuteInGuest" not in metrics and "CancelExecution" not in metrics
     done = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "echo ok"})
@@ -412,7 +431,9 @@ async def test_stream_relays_output_and_disconnect_cancels(stack: Stack) -> None
 
     url = f"{stack.url}{VM}/ExecuteScriptStream"
     with trio.fail_after(DEADLINE_S):
-        r = await stack.client.post(url, content=envelope({"vmId": "vm0", "command": "echo a; echo é >&2"}), headers=headers)
+        r = await stack.client.post(
+            url, content=envelope({"vmId": "vm0", "command": "echo a; echo é >&2"}), headers=headers
+        )
         messages, _ = _envelopes(r.content)
         assert "executionId" in messages[0][1]
         outputs = [m["output"] for _, m in messages if "output" in m]
@@ -463,7 +484,9 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     content = secret_body.encode()
     # Not base64 (spaces, a newline): refused naming the field, nothing written, nothing forwarded.
     r = await stack.call(
-        "WriteGuestFile", {"vmId": "vm0", "path": path, "content": "hello world\n", "createParents": True}, who="operator"
+        "WriteGuestFile",
+        {"vmId": "vm0", "path": path, "content": "hello world\n", "createParents": True},
+        who="operator",
     )
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
     assert "content" in r.json()["message"] and "base64" in r.json()["message"]
@@ -480,7 +503,9 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     assert int(stat["stat"]["size"]) == len(content)
     listing = await stack.ok("ListGuestDirectory", {"vmId": "vm0", "path": str(Path(path).parent)}, who="operator")
     assert [e["name"] for e in listing["entries"]] == ["note.txt"]
-    await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "exit 7", "environment": {"API_KEY": "v-secret"}}, who="operator")
+    await stack.ok(
+        "ExecuteScript", {"vmId": "vm0", "command": "exit 7", "environment": {"API_KEY": "v-secret"}}, who="operator"
+    )
     assert await stack.ok("ResetGuestPassword", {"vmId": "vm0", "username": "alice", "password": password}) == {
         "expired": False
     }
@@ -494,7 +519,12 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
         rows = {r.action: r for r in (await store.query_audit(AuditQuery(limit=100))).records}
         denied_rows = (await store.query_audit(AuditQuery(outcome=AuditOutcome.DENIED))).records
     write = rows[AuditAction.FILE_WRITE]
-    assert (write.user, write.token_id, write.vm_id, write.node_id) == ("operator", stack.tokens["operator"][4:16], "vm0", "host-a")
+    assert (write.user, write.token_id, write.vm_id, write.node_id) == (
+        "operator",
+        stack.tokens["operator"][4:16],
+        "vm0",
+        "host-a",
+    )
     assert write.detail.path == path and write.detail.size == len(content) and write.detail.sha256 == wrote["sha256"]
     assert write.outcome is AuditOutcome.SUCCESS and write.duration_ms is not None and write.source_address
     exec_row = rows[AuditAction.EXEC]
@@ -504,7 +534,9 @@ async def test_files_and_audit_rows(stack: Stack) -> None:
     assert (reset.user, reset.detail.username, reset.outcome) == ("admin", "alice", AuditOutcome.SUCCESS)
     assert rows[AuditAction.FILE_READ].detail.path == path
     assert any(r.vm_id == "vm1" and r.user == "scoped" and r.action is AuditAction.EXEC for r in denied_rows)
-    assert any(r.vm_id == "vm1" and r.action is AuditAction.REBOOT and r.detail.flags == ("reboot",) for r in denied_rows)
+    assert any(
+        r.vm_id == "vm1" and r.action is AuditAction.REBOOT and r.detail.flags == ("reboot",) for r in denied_rows
+    )
     # Nothing secret anywhere in the database files (the WAL included).
     for db_file in stack.db.parent.iterdir():
         data = db_file.read_bytes()
@@ -559,7 +591,9 @@ async def test_controller_restart_keeps_tokens_and_audit(stack: Stack) -> None:
 
 
 @pytest.mark.trio
-async def test_first_start_bootstraps_an_admin_token(short_tmp: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_first_start_bootstraps_an_admin_token(
+    short_tmp: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         st = Stack(short_tmp, short_tmp / "empty" / "controller.db", {}, client, nursery)
         await st.start_controller()
@@ -735,7 +769,9 @@ async def test_failed_authentications_are_counted_and_audited_per_address(stack:
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     async with httpx.AsyncClient(transport=transport) as other:
         assert (await other.post(f"{stack.url}{VM}/ListVMs", json={})).status_code == 401
-    text = (await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.tokens['viewer']}"})).text
+    text = (
+        await stack.client.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.tokens['viewer']}"})
+    ).text
     assert 'lqx_controller_auth_failures_total{reason="invalid_token"} 5.0' in text
     assert 'lqx_controller_auth_failures_total{reason="missing_token"} 4.0' in text
     assert 'lqx_controller_auth_failures_total{reason="revoked_token"} 0.0' in text
@@ -747,7 +783,6 @@ async def test_failed_authentications_are_counted_and_audited_per_address(stack:
     assert first.detail.flags == ("reason=invalid_token",) and first.error.startswith("invalid_token")
     for db_file in stack.db.parent.iterdir():
         assert b"S" * 43 not in db_file.read_bytes()  # the secret part never
-
 
 
 @pytest.mark.trio
@@ -768,11 +803,21 @@ async def test_concurrent_large_writes_are_bounded_per_user_and_in_total(stack: 
         return json.dumps({"vmId": "vm0", "path": path, "content": base64.b64encode(content).decode()}).encode()
 
     def headers(who: str, size: int) -> dict[str, str]:
-        return {"Authorization": f"Bearer {stack.tokens[who]}", "Content-Type": "application/json", "Content-Length": str(size)}
+        return {
+            "Authorization": f"Bearer {stack.tokens[who]}",
+            "Content-Type": "application/json",
+            "Content-Length": str(size),
+        }
 
     async def in_flight() -> float:
         text = (await stack.client.get(f"{stack.url}/metrics", headers=headers("viewer", 0))).text
-        return float(next(line.split()[1] for line in text.splitlines() if line.startswith("lqx_controller_request_bytes_in_flight ")))
+        return float(
+            next(
+                line.split()[1]
+                for line in text.splitlines()
+                if line.startswith("lqx_controller_request_bytes_in_flight ")
+            )
+        )
 
     async def write(name: str, who: str) -> httpx.Response:
         data = body(name)

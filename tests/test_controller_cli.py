@@ -135,7 +135,7 @@ def test_port_in_use_is_one_line_and_no_token_is_spent(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        address = "127.0.0.1:%d" % busy.getsockname()[1]
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
         out = cli("serve", "--listen", address, "--db", str(db), "--config", "/dev/null")
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip().splitlines()[-1] == (

@@ -15,12 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _make_tokens
 
 from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd.simvm import SimVMProcess
-
-from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _make_tokens
 
 FLEET = "/limiquantix.compute.v1.FleetService"
 NODES = "/limiquantix.compute.v1.NodeRegistryService"
@@ -156,7 +155,13 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         cid = await run(st, {"vmIds": [f"vm{i}" for i in range(5)], "command": FAIL_IF_MARKED,
                              "maxConcurrency": 1, "maxErrors": "1"})  # fmt: skip
         done = await wait_done(st, cid)
-        assert statuses(done) == {"vm0": "failed", "vm1": "failed", "vm2": "skipped", "vm3": "skipped", "vm4": "skipped"}
+        assert statuses(done) == {
+            "vm0": "failed",
+            "vm1": "failed",
+            "vm2": "skipped",
+            "vm3": "skipped",
+            "vm4": "skipped",
+        }
         failed = done["targets"][0]
         assert failed["exitCode"] == 3 and failed["stderr"] == "marked\n" and done["status"] == "failed"
         assert all("startedAt" not in t for t in done["targets"][2:])
@@ -164,7 +169,12 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         # 3. Cancel a run of `sleep 30`: running targets are cancelled in the guest, pending ones at once.
         cid = await run(st, {"labels": {"fleet": "yes"}, "command": "sleep 30", "maxConcurrency": 2}, who="admin")
         with trio.fail_after(DEADLINE_S):
-            while list(statuses(await st.ok("GetCommand", {"commandId": cid}, service=FLEET)).values()).count("in_progress") < 2:
+            while (
+                list(statuses(await st.ok("GetCommand", {"commandId": cid}, service=FLEET)).values()).count(
+                    "in_progress"
+                )
+                < 2
+            ):
                 await trio.sleep(0.05)
             started = trio.current_time()
             r = await st.call("CancelCommand", {"commandId": cid}, who="viewer", service=FLEET)
@@ -173,7 +183,11 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
             assert cancel["status"] == "cancelling"
             done = await wait_done(st, cid)
             assert trio.current_time() - started < 5
-        assert done["status"] == "cancelled" and set(statuses(done).values()) == {"cancelled"} and len(done["targets"]) == 6
+        assert (
+            done["status"] == "cancelled"
+            and set(statuses(done).values()) == {"cancelled"}
+            and len(done["targets"]) == 6
+        )
         assert sum("startedAt" in t for t in done["targets"]) == 2
         r = await st.call("CancelCommand", {"commandId": "no-such-run"}, service=FLEET)
         assert r.status_code == 404
@@ -196,11 +210,13 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         # The scoped token sees only its part of other runs, and lists its own runs only.
         mine = await st.ok("ListCommands", {}, who="scoped", service=FLEET)
         assert [c["commandId"] for c in mine["commands"]] == [cid]
-        everything = (await st.ok("GetCommand", {"commandId": cid}, who="viewer", service=FLEET))
+        everything = await st.ok("GetCommand", {"commandId": cid}, who="viewer", service=FLEET)
         assert everything["targetCount"] == 3
         listed = await st.ok("ListCommands", {"pageSize": 2}, who="viewer", service=FLEET)
         assert len(listed["commands"]) == 2 and listed["nextPageToken"] and not listed["commands"][0].get("targets")
-        rest = await st.ok("ListCommands", {"pageSize": 2, "pageToken": listed["nextPageToken"]}, who="viewer", service=FLEET)
+        rest = await st.ok(
+            "ListCommands", {"pageSize": 2, "pageToken": listed["nextPageToken"]}, who="viewer", service=FLEET
+        )
         assert len(rest["commands"]) == 2 and rest["nextPageToken"] == ""
         cancelled = await st.ok("ListCommands", {"status": "cancelled"}, who="viewer", service=FLEET)
         assert len(cancelled["commands"]) == 1 and cancelled["commands"][0]["counts"]["cancelled"] == 6
@@ -225,17 +241,24 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
     assert {r.outcome for r in accepted} == {AuditOutcome.ERROR, AuditOutcome.CANCELLED, AuditOutcome.SUCCESS}
     # Every row names its targets: the VM ids (and the selector and the count).
     first_run, single_run = accepted[-1], accepted[0]
-    assert first_run.detail.vm_ids == ("vm2", "vm3", "vm5", "vm4") and first_run.detail.count == 4 and first_run.vm_id == ""
+    assert (
+        first_run.detail.vm_ids == ("vm2", "vm3", "vm5", "vm4")
+        and first_run.detail.count == 4
+        and first_run.vm_id == ""
+    )
     assert (single_run.vm_id, single_run.detail.vm_ids, single_run.detail.count) == ("vm3", ("vm3",), 1)
     by_label = next(r for r in accepted if r.detail.command == "sleep 30")
-    assert dict(by_label.detail.labels) == {"fleet": "yes"} and by_label.detail.vm_ids == tuple(f"vm{i}" for i in range(6))
+    assert dict(by_label.detail.labels) == {"fleet": "yes"} and by_label.detail.vm_ids == tuple(
+        f"vm{i}" for i in range(6)
+    )
     denied = {r.user: r for r in runs if r.outcome is AuditOutcome.DENIED}
     assert (denied["viewer"].vm_id, denied["viewer"].detail.vm_ids) == ("vm2", ("vm2",))
     assert (denied["scoped"].vm_id, denied["scoped"].detail.vm_ids) == ("vm1", ("vm1",))
     assert "VM vm1" in denied["scoped"].error
     assert any(r.detail.command == "sleep 30" and r.outcome is AuditOutcome.CANCELLED for r in accepted)
     assert {(r.user, r.outcome) for r in runs if r.outcome is AuditOutcome.DENIED} == {
-        ("viewer", AuditOutcome.DENIED), ("scoped", AuditOutcome.DENIED)
+        ("viewer", AuditOutcome.DENIED),
+        ("scoped", AuditOutcome.DENIED),
     }
     assert any(r.user == "operator" and r.outcome is AuditOutcome.SUCCESS for r in cancels)
     assert any(r.user == "viewer" and r.outcome is AuditOutcome.DENIED for r in cancels)
@@ -243,6 +266,7 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
     # Environment values stay in memory: not in the database (the WAL included).
     for db_file in st.db.parent.iterdir():
         assert ENV_SECRET.encode() not in db_file.read_bytes(), db_file.name
+
 
 # ---------------------------------------------------------------- twenty VMs (slow)
 
@@ -271,7 +295,9 @@ async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path)
         assert all(t["error"].startswith("not started") for t in skipped)
 
         # All succeed: 20 targets, 5 at a time, never more.
-        cid = await run(st, {"labels": {"fleet": "yes"}, "command": "sleep 0.3", "maxConcurrency": 5, "maxErrors": "10%"})
+        cid = await run(
+            st, {"labels": {"fleet": "yes"}, "command": "sleep 0.3", "maxConcurrency": 5, "maxErrors": "10%"}
+        )
         done = await wait_done(st, cid)
         assert done["counts"]["success"] == 19 and done["counts"]["undeliverable"] == 1
         assert max_overlap(done) == 5
@@ -284,7 +310,12 @@ async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nurser
     promises, not `failed`. Node host-b is the real hostd registered a second time (by the
     admin) with a heartbeat that still names the VM: no race with host-a's own heartbeats."""
     async with fleet_stack(nursery, short_tmp, 1) as st:
-        node = {"nodeId": "host-b", "url": st.hostd_url, "token": HOSTD_TOKEN, "vms": [{"vmId": "ghost", "state": "connected"}]}
+        node = {
+            "nodeId": "host-b",
+            "url": st.hostd_url,
+            "token": HOSTD_TOKEN,
+            "vms": [{"vmId": "ghost", "state": "connected"}],
+        }
         await st.ok("RegisterNode", node, who="admin", service=NODES)
         await st.ok("Heartbeat", {"nodeId": "host-b", "vms": node["vms"]}, who="admin", service=NODES)
         done = await wait_done(st, await run(st, {"vmIds": ["ghost", "vm0"], "command": "true"}))

@@ -121,7 +121,7 @@ async def test_open_creates_private_wal_database_and_migrates_once(db_path: Path
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = conn.execute("SELECT version, description FROM schema_migrations").fetchall()
         assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
-        assert SCHEMA_VERSION == MIGRATIONS[-1].version
+        assert MIGRATIONS[-1].version == SCHEMA_VERSION
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -662,7 +662,9 @@ async def test_nodes_register_heartbeat_unreachable_route(store: SQLiteStore, cl
 
 
 @pytest.mark.trio
-async def test_a_vm_is_bound_to_its_node_and_moves_only_when_its_owner_lets_go(store: SQLiteStore, clock: FakeClock) -> None:
+async def test_a_vm_is_bound_to_its_node_and_moves_only_when_its_owner_lets_go(
+    store: SQLiteStore, clock: FakeClock
+) -> None:
     for node in ("host-a", "host-b"):
         await store.register_node(node, url=f"http://{node}:8081", token=f"secret-{node}")
     first = await store.heartbeat("host-a", [VMInfo(vm_id="web-1", labels={"env": "prod"}), VMInfo(vm_id="db-1")])
@@ -717,7 +719,9 @@ async def test_migration_5_binds_each_reported_vm_to_its_freshest_node(tmp_path:
         assert (await store.node_for_vm("web-1")).node.node_id == "host-b"  # the fresher heartbeat
         assert (await store.node_for_vm("only-a")).node.node_id == "host-a"
         assert [(n, vm.vm_id) for n, vm in await store.list_vms()] == [("host-a", "only-a"), ("host-b", "web-1")]
-        refused = await store.heartbeat("host-a", [VMInfo(vm_id="only-a"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=1e12)
+        refused = await store.heartbeat(
+            "host-a", [VMInfo(vm_id="only-a"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=1e12
+        )
         assert refused.refused == (VMClaim(vm_id="web-1", owner_node="host-b"),)
 
 

@@ -522,7 +522,7 @@ async def test_script_installs_the_real_deb_once(
     before = guest.calls()
     out = await guest.run(env={"LQX_CONTROLLER_URL": server.url + "/"})
     assert out.returncode == 0 and f"{NAME} {__version__} is already installed; nothing to do" in out.stdout, out
-    assert [c for c in guest.calls()[len(before):] if not c.startswith("dpkg-query ")] == []
+    assert [c for c in guest.calls()[len(before) :] if not c.startswith("dpkg-query ")] == []
     assert await server.downloads_counter(deb.name) == 1  # not even downloaded
 
 

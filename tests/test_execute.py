@@ -267,26 +267,24 @@ async def test_process_escaping_the_group_cannot_hold_the_call(start_agent, conn
 @pytest.mark.trio
 async def test_slow_command_does_not_delay_a_ping(start_agent, connect) -> None:
     agent = await start_agent()
-    async with connect(agent) as client:
-        async with aclosing(stream_of(client, "echo running; exec sleep 30")) as it:
-            await first_output(it)  # the command is running now
-            with trio.fail_after(5):
-                pong = await client.ping(b"still here")
-            assert pong.payload == b"still here"
-            assert agent.running_commands == 1  # and it still runs
+    async with connect(agent) as client, aclosing(stream_of(client, "echo running; exec sleep 30")) as it:
+        await first_output(it)  # the command is running now
+        with trio.fail_after(5):
+            pong = await client.ping(b"still here")
+        assert pong.payload == b"still here"
+        assert agent.running_commands == 1  # and it still runs
 
 
 @pytest.mark.trio
 async def test_cancel_by_request_id(start_agent, connect) -> None:
     agent = await start_agent()
-    async with connect(agent) as client:
-        async with aclosing(stream_of(client, GROUP_SCRIPT)) as it:
-            first = await first_output(it)
-            pids = pids_of(first.execute_output.data)
-            with trio.fail_after(5):
-                ack = await client.request(cancel=pb.CancelRequest(target_message_id=first.message_id))
-                assert ack.cancel_response.found
-                rest = [m async for m in it]
+    async with connect(agent) as client, aclosing(stream_of(client, GROUP_SCRIPT)) as it:
+        first = await first_output(it)
+        pids = pids_of(first.execute_output.data)
+        with trio.fail_after(5):
+            ack = await client.request(cancel=pb.CancelRequest(target_message_id=first.message_id))
+            assert ack.cancel_response.found
+            rest = [m async for m in it]
     final = rest[-1].execute_response
     assert final.exit_reason == pb.EXIT_REASON_CANCELLED and not final.timed_out and not final.HasField("exit_code")
     assert final.signal == signal.SIGTERM
@@ -325,13 +323,12 @@ async def test_closing_the_connection_kills_the_group(start_agent, connect) -> N
 @pytest.mark.trio
 async def test_agent_sigterm_kills_running_groups(spawn_agent, connect) -> None:
     proc = spawn_agent()
-    async with connect(proc.socket) as client:
-        async with aclosing(stream_of(client, GROUP_SCRIPT)) as it:
-            pids = pids_of((await first_output(it)).execute_output.data)
-            proc.proc.send_signal(signal.SIGTERM)
-            with pytest.raises(errors.AgentError), trio.fail_after(10):
-                async for _ in it:
-                    pass
+    async with connect(proc.socket) as client, aclosing(stream_of(client, GROUP_SCRIPT)) as it:
+        pids = pids_of((await first_output(it)).execute_output.data)
+        proc.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(errors.AgentError), trio.fail_after(10):
+            async for _ in it:
+                pass
     with trio.fail_after(10):
         while proc.proc.poll() is None:
             await trio.sleep(0.02)
@@ -343,9 +340,10 @@ async def test_agent_sigterm_kills_running_groups(spawn_agent, connect) -> None:
 async def test_concurrency_cap(start_agent, connect) -> None:
     agent = await start_agent(max_concurrent_commands=2)
     async with connect(agent) as client:
-        async with aclosing(stream_of(client, "echo 1; exec sleep 30")) as one, aclosing(
-            stream_of(client, "echo 2; exec sleep 30")
-        ) as two:
+        async with (
+            aclosing(stream_of(client, "echo 1; exec sleep 30")) as one,
+            aclosing(stream_of(client, "echo 2; exec sleep 30")) as two,
+        ):
             await first_output(one)
             await first_output(two)
             with pytest.raises(errors.ResourceExhausted) as exc_info:

@@ -74,9 +74,7 @@ async def stat_of(client: AgentClient, path: str | Path) -> pb.FileStat:
 
 
 async def listing(client: AgentClient, path: str | Path, **kw: Any) -> pb.ListDirectoryResponse:
-    return (
-        await client.request(list_directory=pb.ListDirectoryRequest(path=str(path), **kw))
-    ).list_directory_response
+    return (await client.request(list_directory=pb.ListDirectoryRequest(path=str(path), **kw))).list_directory_response
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -474,9 +472,7 @@ async def test_write_through_a_symlink(start_agent, connect, tmp_path: Path) -> 
 
 
 @pytest.mark.trio
-@pytest.mark.parametrize(
-    "path", ["/etc/../etc/shadow", "etc/passwd", "", "/etc/pass\0wd", "/tmp/..", "./x"], ids=repr
-)
+@pytest.mark.parametrize("path", ["/etc/../etc/shadow", "etc/passwd", "", "/etc/pass\0wd", "/tmp/..", "./x"], ids=repr)
 async def test_invalid_paths(start_agent, connect, path: str) -> None:
     agent = await start_agent()
     with trio.fail_after(DEADLINE_S):

@@ -92,9 +92,7 @@ def test_byte_by_byte(frames: list[bytes]) -> None:
     garbage | st.just(b""),
     st.lists(st.integers(min_value=0), max_size=20),
 )
-def test_garbage_between_frames_is_skipped(
-    pieces: list[tuple[bytes, bytes]], tail: bytes, cuts: list[int]
-) -> None:
+def test_garbage_between_frames_is_skipped(pieces: list[tuple[bytes, bytes]], tail: bytes, cuts: list[int]) -> None:
     stream = b"".join(g + encode_frame(p) for g, p in pieces) + tail
     out, dec = decode_all(split_at(stream, cuts))
     assert out == [p for _, p in pieces]

@@ -26,17 +26,17 @@ import psutil
 import pytest
 import trio
 from google.protobuf.message import Message
+from test_controller_api import HOSTD_TOKEN, Stack, _audit
+from test_controller_api import stack as stack  # the fixture
 
+from limiquantix.controller.models import AuditAction
+from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as agent_pb
 from limiquantix.protocol._gen import grpc_reflection_v1_pb2 as refl_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc._deadline import parse_grpc_timeout
 from limiquantix.protocol.rpc.server._grpc import StatusDetail
-from limiquantix.protocol import errors
-from limiquantix.controller.models import AuditAction
-from test_controller_api import HOSTD_TOKEN, Stack, _audit
-from test_controller_api import stack as stack  # the fixture
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 BUF: Final = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "buf"
@@ -69,18 +69,24 @@ async def _unary(url: str, method: str, request: Message, response_cls: type[_M]
     def run() -> _M:
         with grpc.insecure_channel(_target(url)) as channel:
             call = channel.unary_unary(
-                method, request_serializer=type(request).SerializeToString, response_deserializer=response_cls.FromString
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_cls.FromString,
             )
             return call(request, metadata=_meta(token), timeout=kw.pop("timeout", CALL_S), **kw)
 
     return await trio.to_thread.run_sync(run)
 
 
-async def _stream(url: str, method: str, request: Message, response_cls: type[_M], token: str | None, **kw: Any) -> list[_M]:
+async def _stream(
+    url: str, method: str, request: Message, response_cls: type[_M], token: str | None, **kw: Any
+) -> list[_M]:
     def run() -> list[_M]:
         with grpc.insecure_channel(_target(url)) as channel:
             call = channel.unary_stream(
-                method, request_serializer=type(request).SerializeToString, response_deserializer=response_cls.FromString
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_cls.FromString,
             )
             return list(call(request, metadata=_meta(token), timeout=kw.pop("timeout", CALL_S), **kw))
 
@@ -119,15 +125,15 @@ async def test_grpcio_unary_streaming_errors_deadline_and_gzip(stack: Stack) -> 
     assert "".join(e.output.text for e in events if e.HasField("output") and e.output.stream == "stdout") == "out\n"
 
     # Errors: the code, and the message percent-decoded by the client.
-    err = await _rpc_error(lambda: _unary(stack.url, f"/{VM}/ListVMs", api_pb.ListVMsRequest(), api_pb.ListVMsResponse, None))
+    err = await _rpc_error(
+        lambda: _unary(stack.url, f"/{VM}/ListVMs", api_pb.ListVMsRequest(), api_pb.ListVMsResponse, None)
+    )
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     err = await _rpc_error(
         lambda: _unary(stack.url, f"/{VM}/GetVM", api_pb.GetVMRequest(vm_id="ghöst"), api_pb.VM, admin)
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND and "ghöst" in err.details()
-    err = await _rpc_error(
-        lambda: _unary(stack.url, f"/{VM}/NoSuchMethod", api_pb.GetVMRequest(), api_pb.VM, admin)
-    )
+    err = await _rpc_error(lambda: _unary(stack.url, f"/{VM}/NoSuchMethod", api_pb.GetVMRequest(), api_pb.VM, admin))
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
 
     # grpc-timeout is the call's deadline: the command is cut and the answer says so.
@@ -175,7 +181,9 @@ async def test_grpcio_reads_a_file_over_4_mib_by_stream_and_straight_from_hostd(
     path.write_bytes(data)  # the simulated guests share this file system
     request = api_pb.ReadGuestFileRequest(vm_id="vm0", path=str(path))
     # The unary read's default is below grpcio's 4 MiB limit: refused saying what to do.
-    err = await _rpc_error(lambda: _unary(stack.url, f"/{VM}/ReadGuestFile", request, api_pb.ReadGuestFileResponse, admin))
+    err = await _rpc_error(
+        lambda: _unary(stack.url, f"/{VM}/ReadGuestFile", request, api_pb.ReadGuestFileResponse, admin)
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "ReadGuestFileStream" in err.details()
     # The reason, as gRPC clients read details: google.rpc.Status in grpc-status-details-bin.
     status = StatusDetail.FromString(dict(err.trailing_metadata())["grpc-status-details-bin"])
@@ -187,10 +195,18 @@ async def test_grpcio_reads_a_file_over_4_mib_by_stream_and_straight_from_hostd(
     assert chunks[-1].eof and chunks[-1].sha256 == hashlib.sha256(data).hexdigest()
 
     # Who may read, and the audit row: as for ReadGuestFile (flag "stream").
-    err = await _rpc_error(lambda: _stream(stack.url, f"/{VM}/ReadGuestFileStream", request, api_pb.ReadGuestFileChunk, stack.tokens["viewer"]))
+    err = await _rpc_error(
+        lambda: _stream(
+            stack.url, f"/{VM}/ReadGuestFileStream", request, api_pb.ReadGuestFileChunk, stack.tokens["viewer"]
+        )
+    )
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     outside = api_pb.ReadGuestFileRequest(vm_id="vm1", path=str(path))  # env=dev: outside the scope
-    err = await _rpc_error(lambda: _stream(stack.url, f"/{VM}/ReadGuestFileStream", outside, api_pb.ReadGuestFileChunk, stack.tokens["scoped"]))
+    err = await _rpc_error(
+        lambda: _stream(
+            stack.url, f"/{VM}/ReadGuestFileStream", outside, api_pb.ReadGuestFileChunk, stack.tokens["scoped"]
+        )
+    )
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     rows = [r for r in await _audit(stack, AuditAction.FILE_READ) if "stream" in r.detail.flags]
     assert [(r.user, r.vm_id, r.detail.path, r.outcome.value) for r in rows] == [  # newest first
@@ -234,7 +250,12 @@ async def test_buf_curl_each_protocol_from_reflection(stack: Stack, buf: Path, p
     assert json.loads(r.stdout)["vmId"] == "vm0"
     # A stream: every event as its own JSON document.
     r = await _buf(
-        buf, stack.short_tmp, *base, "--data", '{"vmId": "vm1", "command": "echo hi"}', f"{stack.url}/{VM}/ExecuteScriptStream"
+        buf,
+        stack.short_tmp,
+        *base,
+        "--data",
+        '{"vmId": "vm1", "command": "echo hi"}',
+        f"{stack.url}/{VM}/ExecuteScriptStream",
     )
     assert r.returncode == 0, r.stderr.decode()
     assert '"exitCode": 0' in r.stdout.decode() or '"result"' in r.stdout.decode()
@@ -274,7 +295,9 @@ def _web_frames(body: bytes) -> list[tuple[int, bytes]]:
 async def test_grpc_web_over_http1_and_bad_input(stack: Stack) -> None:
     headers = {"Authorization": f"Bearer {stack.tokens['admin']}", "Content-Type": "application/grpc-web+proto"}
     url = f"{stack.url}/{VM}/GetVM"
-    r = await stack.client.post(url, content=_frame(0, api_pb.GetVMRequest(vm_id="vm0").SerializeToString()), headers=headers)
+    r = await stack.client.post(
+        url, content=_frame(0, api_pb.GetVMRequest(vm_id="vm0").SerializeToString()), headers=headers
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/grpc-web+proto"
     frames = _web_frames(r.content)
     assert api_pb.VM.FromString(frames[0][1]).vm_id == "vm0"
@@ -311,7 +334,9 @@ async def test_grpc_web_over_http1_and_bad_input(stack: Stack) -> None:
     (stack.short_tmp / "text.bin").write_bytes(data)
     read = api_pb.ReadGuestFileRequest(vm_id="vm0", path=str(stack.short_tmp / "text.bin")).SerializeToString()
     r = await stack.client.post(
-        f"{stack.url}/{VM}/ReadGuestFileStream", content=_frame(0, read), headers={**headers, "grpc-accept-encoding": "gzip"}
+        f"{stack.url}/{VM}/ReadGuestFileStream",
+        content=_frame(0, read),
+        headers={**headers, "grpc-accept-encoding": "gzip"},
     )
     frames = _web_frames(r.content)
     assert r.headers["grpc-encoding"] == "gzip" and frames[0][0] == 1
@@ -378,7 +403,9 @@ async def test_connect_get_for_methods_without_side_effects(stack: Stack) -> Non
     raw = gzip.compress(api_pb.GetVMRequest(vm_id="vm1").SerializeToString())
     b64 = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     r = await stack.client.get(
-        f"{stack.url}/{VM}/GetVM", params={"message": b64, "encoding": "proto", "base64": "1", "compression": "gzip"}, headers=auth
+        f"{stack.url}/{VM}/GetVM",
+        params={"message": b64, "encoding": "proto", "base64": "1", "compression": "gzip"},
+        headers=auth,
     )
     assert r.status_code == 200 and r.headers["content-type"] == "application/proto", r.text
     assert api_pb.VM.FromString(r.content).vm_id == "vm1"
@@ -386,10 +413,16 @@ async def test_connect_get_for_methods_without_side_effects(stack: Stack) -> Non
     r = await stack.client.get(f"{stack.url}/{VM}/ExecuteScript?{query}", headers=auth)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     # Bad query strings: a clear invalid_argument each.
-    for params in ({"encoding": "json"}, {"message": "{}", "encoding": "yaml"}, {"message": "%%", "encoding": "proto", "base64": "1"}):
+    for params in (
+        {"encoding": "json"},
+        {"message": "{}", "encoding": "yaml"},
+        {"message": "%%", "encoding": "proto", "base64": "1"},
+    ):
         r = await stack.client.get(f"{stack.url}/{VM}/GetVM", params=params, headers=auth)
         assert r.status_code == 400 and r.json()["code"] == "invalid_argument", (params, r.text)
-    r = await stack.client.get(f"{stack.url}/{VM}/GetVM", params={"message": "{}", "encoding": "json", "compression": "br"}, headers=auth)
+    r = await stack.client.get(
+        f"{stack.url}/{VM}/GetVM", params={"message": "{}", "encoding": "json", "compression": "br"}, headers=auth
+    )
     assert r.status_code == 501 and r.json()["code"] == "unimplemented"
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
 from hostile_guest import (
     ATTACKS,
     CLIPBOARD,
@@ -24,6 +23,7 @@ from hostile_guest import (
     terminal_identity,
     terminal_telemetry,
 )
+
 from limiquantix.hostd.config import ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd.daemon import node_vms
 from limiquantix.hostd.discovery import VMRegistry
@@ -67,7 +67,10 @@ RAW: tuple[str, ...] = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
         ("\x9b31m\x9d0;t\x9c", "\\x9b31m\\x9d0;t\\x9c"),  # C1 CSI, OSC, ST
         ("a\tb\nc\rd", "a\\tb\\nc\\rd"),
         ("exe.\u202etxt", "exe.\\u202etxt"),
-        ("\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069\u200e\u200f\u061c", "\\u202a\\u202b\\u202c\\u202d\\u2066\\u2067\\u2068\\u2069\\u200e\\u200f\\u061c"),
+        (
+            "\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069\u200e\u200f\u061c",
+            "\\u202a\\u202b\\u202c\\u202d\\u2066\\u2067\\u2068\\u2069\\u200e\\u200f\\u061c",
+        ),
         ("l1\u2028l2\u2029", "l1\\u2028l2\\u2029"),
         ("\udcff", "\\udcff"),
         ("plain: é ü 日本 ∑ \\x1b [bold]", "plain: é ü 日本 ∑ \\x1b [bold]"),  # kept, backslash too
@@ -92,7 +95,9 @@ def test_stream_escaper_joins_utf8_split_across_chunks() -> None:
 
 
 def test_text_log_escapes_message_and_arguments_json_log_escapes_the_rest() -> None:
-    record = logging.LogRecord("lqx", logging.INFO, __file__, 1, "vm %s: host %s\x1b[2J", ("a\nb", TITLE + RLO + "\x9b"), None)
+    record = logging.LogRecord(
+        "lqx", logging.INFO, __file__, 1, "vm %s: host %s\x1b[2J", ("a\nb", TITLE + RLO + "\x9b"), None
+    )
     line = TextFormatter().format(record)
     assert line == "INFO lqx: vm a\\nb: host \\x1b]0;pwned\\x07\\u202e\\x9b\\x1b[2J"
     assert not any(c in line for c in RAW) and "\n" not in line
@@ -142,7 +147,9 @@ def test_a_report_over_its_byte_budget_keeps_its_first_entries_whole() -> None:
 
 def test_string_bounds_by_kind() -> None:
     ident = pb.AgentIdentity(kernel_version="v" * 10_000, machine_id="m" * 300)
-    ident.interfaces.add(name="eth0", ipv4=[pb.IpAddress(address="1" * 100)], ipv6=[pb.IpAddress(address="f") for _ in range(70)])
+    ident.interfaces.add(
+        name="eth0", ipv4=[pb.IpAddress(address="1" * 100)], ipv6=[pb.IpAddress(address="f") for _ in range(70)]
+    )
     capped, _ = cap_identity(ident)
     assert len(capped.kernel_version) == TEXT_BYTES and len(capped.machine_id) == NAME_BYTES
     nic = capped.interfaces[0]
@@ -163,7 +170,10 @@ def test_string_bounds_by_kind() -> None:
 
 def _changed_interfaces() -> list[pb.NetworkInterface]:
     """An ip_changed as big as the issue's: 100k interfaces, the first with 10k addresses."""
-    nics = [pb.NetworkInterface(name=f"c{i}", ipv4=[pb.IpAddress(address=f"172.16.{i >> 8 & 255}.{i & 255}")]) for i in range(100_000)]
+    nics = [
+        pb.NetworkInterface(name=f"c{i}", ipv4=[pb.IpAddress(address=f"172.16.{i >> 8 & 255}.{i & 255}")])
+        for i in range(100_000)
+    ]
     nics[0].ipv4.extend(pb.IpAddress(address=f"172.17.{i >> 8 & 255}.{i & 255}") for i in range(10_000))
     return nics
 
@@ -177,7 +187,9 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
     guest = HostileGuest(path, huge_identity(), huge_telemetry(), pushes=5, ip_changed=_changed_interfaces())
     await nursery.start(guest.serve)
     discovery = DiscoveryConfig(socket_dir="", libvirt_channel_root="")
-    async with VMRegistry.open(entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST) as registry:
+    async with VMRegistry.open(
+        entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST
+    ) as registry:
         conn = registry.get("evil")
         with trio.fail_after(WAIT_S):
             await guest.pushed.wait()
@@ -216,10 +228,14 @@ async def test_hostds_text_log_shows_guest_escape_sequences_visibly(
 ) -> None:
     caplog.set_level(logging.INFO, logger="limiquantix")
     path = str(short_tmp / "evil.sock")
-    guest = HostileGuest(path, terminal_identity(), terminal_telemetry(), ip_changed=list(terminal_identity().interfaces))
+    guest = HostileGuest(
+        path, terminal_identity(), terminal_telemetry(), ip_changed=list(terminal_identity().interfaces)
+    )
     await nursery.start(guest.serve)
     discovery = DiscoveryConfig(socket_dir="", libvirt_channel_root="")
-    async with VMRegistry.open(entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST) as registry:
+    async with VMRegistry.open(
+        entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST
+    ) as registry:
         conn = registry.get("evil")
         with trio.fail_after(WAIT_S):
             await guest.pushed.wait()
@@ -246,7 +262,9 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
 
     db = short_tmp / "db" / "controller.db"
     tokens = await _make_tokens(db)
-    guest = HostileGuest(str(short_tmp / "evil.sock"), huge_identity(), huge_telemetry(), ip_changed=_changed_interfaces())
+    guest = HostileGuest(
+        str(short_tmp / "evil.sock"), huge_identity(), huge_telemetry(), ip_changed=_changed_interfaces()
+    )
     await nursery.start(guest.serve)
     async with httpx.AsyncClient(timeout=WAIT_S) as client:
         st = Stack(short_tmp, db, tokens, client, nursery)
@@ -255,7 +273,11 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
         with trio.fail_after(WAIT_S):
             while True:
                 vms = (await st.ok("ListVMs", {}))["vms"]
-                if vms and vms[0]["agentState"] == "connected" and vms[0].get("ipAddresses", [""])[0].startswith("172."):
+                if (
+                    vms
+                    and vms[0]["agentState"] == "connected"
+                    and vms[0].get("ipAddresses", [""])[0].startswith("172.")
+                ):
                     break
                 await trio.sleep(0.05)
             while not (detail := await st.call("GetVM", {"vmId": "evil"})).json().get("telemetry"):
@@ -276,4 +298,8 @@ def test_an_agents_error_text_is_cut_to_the_caps() -> None:
     from limiquantix.protocol.limits import MAX_ERROR_MESSAGE_BYTES, MAX_NAME_BYTES
 
     exc = errors.from_proto(pb.Error(code=pb.ERROR_CODE_NOT_FOUND, message="m" * 1_000_000, reason="r" * 1000))
-    assert isinstance(exc, errors.NotFound) and len(exc.message) == MAX_ERROR_MESSAGE_BYTES and len(exc.reason) == MAX_NAME_BYTES
+    assert (
+        isinstance(exc, errors.NotFound)
+        and len(exc.message) == MAX_ERROR_MESSAGE_BYTES
+        and len(exc.reason) == MAX_NAME_BYTES
+    )

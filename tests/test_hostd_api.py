@@ -235,7 +235,9 @@ async def test_stream_to_the_end(stack: Stack) -> None:
 async def test_files_round_trip_with_sha256(stack: Stack, short_tmp: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
     path = str(short_tmp / "guest-file.bin")
-    w = await stack.ok("WriteGuestFile", {"vmId": "vm0", "path": path, "content": base64.b64encode(data).decode(), "mode": 0o600})
+    w = await stack.ok(
+        "WriteGuestFile", {"vmId": "vm0", "path": path, "content": base64.b64encode(data).decode(), "mode": 0o600}
+    )
     assert int(w["bytesWritten"]) == len(data)
     assert base64.b64decode(w["sha256"]) == hashlib.sha256(data).digest()
     r = await stack.ok("ReadGuestFile", {"vmId": "vm0", "path": path})
@@ -367,7 +369,9 @@ async def test_connect_python_client(stack: Stack, proto_json: bool) -> None:
                 )
             )
             try:
-                c.execute_unary(request=npb.ListVMsRequest(), method=_method("ListVMs"), headers={"Authorization": "Bearer no"})
+                c.execute_unary(
+                    request=npb.ListVMsRequest(), method=_method("ListVMs"), headers={"Authorization": "Bearer no"}
+                )
             except ConnectError as exc:
                 refused = exc
             return vms, run, events, refused

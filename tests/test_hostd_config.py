@@ -68,7 +68,9 @@ def test_token_is_required_and_read_from_its_file(tmp_path: Path) -> None:
 def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "node.token").write_text("lqx_node-token-from-file\n")
     url = ["--controller-url", "https://c:8080"]
-    with pytest.raises(ConfigError, match=f"controller_url needs controller_token_file \\(or {CONTROLLER_TOKEN_ENV}\\)"):
+    with pytest.raises(
+        ConfigError, match=f"controller_url needs controller_token_file \\(or {CONTROLLER_TOKEN_ENV}\\)"
+    ):
         load_config(url)
     c = load_config([*url, "--controller-token-file", str(tmp_path / "node.token")])
     assert c.controller_bearer_token() == "lqx_node-token-from-file"
@@ -84,7 +86,9 @@ def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, mo
         HostdConfig(controller_url="https://c", controller_token_file=str(tmp_path / "empty")).controller_bearer_token()
     # A secret on the command line is refused, saying why and what to use instead.
     for flag, instead in (("--token", "--token-file"), ("--controller-token", "--controller-token-file")):
-        out = subprocess.run([sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True
+        )
         assert out.returncode == 2 and f"{flag} is refused" in out.stderr and instead in out.stderr, out.stderr
         assert "ps" in out.stderr
 
@@ -102,13 +106,15 @@ def test_cli_refuses_a_short_token_and_warns_of_missing_directories(tmp_path: Pa
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        out = hostd("--listen", "127.0.0.1:%d" % busy.getsockname()[1], "--socket-dir", str(tmp_path / "no-vms"),
+        out = hostd("--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--socket-dir", str(tmp_path / "no-vms"),
                     "--libvirt-channel-root", str(tmp_path / "no-libvirt"), token="a-long-enough-hostd-token")  # fmt: skip
     assert out.returncode == 1
     assert f"socket_dir {tmp_path / 'no-vms'} does not exist" in out.stderr
     assert f"libvirt_channel_root {tmp_path / 'no-libvirt'} does not exist" in out.stderr
     # --help describes every flag.
-    helped = subprocess.run([sys.executable, "-m", "limiquantix.hostd", "--help"], capture_output=True, text=True, timeout=60)
+    helped = subprocess.run(
+        [sys.executable, "-m", "limiquantix.hostd", "--help"], capture_output=True, text=True, timeout=60
+    )
     text = " ".join(helped.stdout.split())
     for flag, words in (("--listen", "TCP address of the node API"), ("--node-id", "This host's name in the controller"),
                         ("--heartbeat-interval-s", "Seconds between heartbeats"), ("--socket-dir", "Directory of <vm-id>.agent.sock sockets")):  # fmt: skip
@@ -120,14 +126,16 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        address = "127.0.0.1:%d" % busy.getsockname()[1]
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
         out = subprocess.run(
             [sys.executable, "-m", "limiquantix.hostd", "--config", "/dev/null", "--listen", address,
              "--socket-dir", str(tmp_path), "--libvirt-channel-root", ""],
             capture_output=True, text=True, timeout=60, env={**os.environ, TOKEN_ENV: "a-long-enough-hostd-token"},
         )  # fmt: skip
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"limiquantix-hostd: unavailable: cannot listen on {address}: Address already in use"]
+    assert out.stderr.strip().splitlines() == [
+        f"limiquantix-hostd: unavailable: cannot listen on {address}: Address already in use"
+    ]
 
 
 @pytest.mark.trio

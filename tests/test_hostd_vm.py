@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-
 from conftest import StartSimVM
+
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import config as hostd_config
 from limiquantix.hostd import daemon, rawguest
@@ -51,7 +51,6 @@ FAST = ConnectionConfig(
     socket_poll_s=0.05,
     deadline_margin_s=0.5,
 )
-
 
 
 async def started_conn(nursery: trio.Nursery, path: str, **kwargs: object) -> VMConnection:
@@ -386,9 +385,7 @@ async def test_streamed_command_through_the_connection(nursery: trio.Nursery, st
 
 
 @pytest.mark.trio
-async def test_a_named_call_can_be_cancelled_from_another_call(
-    nursery: trio.Nursery, start_simvm: StartSimVM
-) -> None:
+async def test_a_named_call_can_be_cancelled_from_another_call(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
     """CancelExecution's path: the execute is sent under a chosen id, a cancel names it."""
     vm = start_simvm()
     mark = uuid.uuid4().hex

@@ -198,9 +198,7 @@ async def test_each_mode_runs_its_command_with_the_message(
 async def test_empty_message_drops_the_placeholder_argument(
     start_agent: Callable[..., Any], connect: Any, standins: StandIns
 ) -> None:
-    agent = await start_agent(
-        reboot_command=(standins.make("reboot"), "-r", "now", "{message}", "--wall={message}")
-    )
+    agent = await start_agent(reboot_command=(standins.make("reboot"), "-r", "now", "{message}", "--wall={message}"))
     async with connect(agent) as client:
         await shutdown(client, pb.SHUTDOWN_MODE_REBOOT)
         [call] = await standins.wait_records(1)
@@ -503,7 +501,20 @@ async def test_expire_without_expire_command_changes_nothing(
 @pytest.mark.trio
 @pytest.mark.parametrize(
     "username",
-    ["", "al:ice", "al\nice", "-alice", "--expire", "ali ce", "../etc", "/root", "alice$x", "12345", "x" * 256, "élise"],
+    [
+        "",
+        "al:ice",
+        "al\nice",
+        "-alice",
+        "--expire",
+        "ali ce",
+        "../etc",
+        "/root",
+        "alice$x",
+        "12345",
+        "x" * 256,
+        "élise",
+    ],
 )
 async def test_invalid_usernames_are_rejected(
     start_agent: Callable[..., Any], connect: Any, standins: StandIns, username: str

@@ -97,7 +97,9 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
     # namespace __init__; the rest of protocol/ whole.
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/hostd") for p in paths)
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/protocol/rpc") for p in paths)
-    shipped = {p.removeprefix(f"/{LIBDIR}/limiquantix/") for p in paths if p.startswith(f"/{LIBDIR}/limiquantix/protocol/")}
+    shipped = {
+        p.removeprefix(f"/{LIBDIR}/limiquantix/") for p in paths if p.startswith(f"/{LIBDIR}/limiquantix/protocol/")
+    }
     source = {
         str(f.relative_to(ROOT)) for f in (ROOT / "protocol").rglob("*")
         if f.is_file() and f.suffix in (".py", ".pyi") and "__pycache__" not in f.parts and "rpc" not in f.parts

@@ -34,9 +34,7 @@ def test_packages_are_the_designed_ones() -> None:
 def test_reference_rpc_names_and_json_fields() -> None:
     """Names from the reference document (section 3 and the curl examples) are a contract."""
     vm = vm_service_pb2.DESCRIPTOR.services_by_name["VMService"]
-    assert {"PingAgent", "ExecuteScript", "ReadGuestFile", "WriteGuestFile", "GuestShutdown"} <= set(
-        vm.methods_by_name
-    )
+    assert {"PingAgent", "ExecuteScript", "ReadGuestFile", "WriteGuestFile", "GuestShutdown"} <= set(vm.methods_by_name)
     node = node_daemon_pb2.DESCRIPTOR.services_by_name["NodeDaemonService"]
     assert {"PingAgent", "ExecuteInGuest", "ReadGuestFile", "WriteGuestFile", "GuestShutdown"} <= set(
         node.methods_by_name

@@ -28,7 +28,9 @@ def _python310() -> str | None:
         if not candidate:
             continue
         # pyenv shims exist for versions that are not selected: try it.
-        probe = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+        probe = subprocess.run(
+            [str(candidate), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        )
         if probe.returncode == 0 and probe.stdout.strip() == "(3, 10)":
             return str(candidate)
     return None

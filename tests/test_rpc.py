@@ -227,7 +227,10 @@ async def test_trio_stream_messages_then_the_end_error(served: tuple[FakeNode, r
     request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
     async with rpc.RpcClient() as client:
         with trio.fail_after(50):
-            got = [npb.ExecuteInGuestEvent.FromString(m) async for m in client.stream(target, STREAM, request.SerializeToString())]
+            got = [
+                npb.ExecuteInGuestEvent.FromString(m)
+                async for m in client.stream(target, STREAM, request.SerializeToString())
+            ]
         assert [e.WhichOneof("event") for e in got] == ["execution_id", "output", "result"]
         assert len(got[1].output.data) == 5000  # a gzipped envelope, inflated
         assert 49 < node.remaining[0] <= 50
@@ -365,9 +368,19 @@ def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, 
     async def forward() -> None:
         with trio.fail_after(tui_ms / 1000):  # the router's scope for the TUI's call
             async with NodeClient() as nodes:
-                info = NodeInfo(node_id="n1", url=target.url, token=TOKEN, registered_at=0.0, last_heartbeat=None, reachable=True, vm_count=1)
+                info = NodeInfo(
+                    node_id="n1",
+                    url=target.url,
+                    token=TOKEN,
+                    registered_at=0.0,
+                    last_heartbeat=None,
+                    reachable=True,
+                    vm_count=1,
+                )
                 request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
-                async for _ in nodes.stream(info, "ExecuteInGuestStream", request, npb.ExecuteInGuestEvent, budget_s=budget):
+                async for _ in nodes.stream(
+                    info, "ExecuteInGuestStream", request, npb.ExecuteInGuestEvent, budget_s=budget
+                ):
                     pass
 
     trio.run(forward)

@@ -48,7 +48,9 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     # The curl lines are in a file the output names (and the TUI's help shows), mode 0600.
     examples = tmp_path / "limiquantix" / "api-examples.sh"
-    assert str(examples) in text and "ExecuteScript" in examples.read_text() and examples.stat().st_mode & 0o777 == 0o600
+    assert (
+        str(examples) in text and "ExecuteScript" in examples.read_text() and examples.stat().st_mode & 0o777 == 0o600
+    )
     tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
     assert 'url = "https://' in tui and "token = " in tui and "ca_file = " in tui
     # The TUI reads it: the CA file it names is the one make run made (gone with its temp dir now).
@@ -87,7 +89,7 @@ async def test_the_headless_view_survives_a_controller_that_does_not_answer(auto
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen()
-    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     async with RpcClient() as rpc:
         line = await run.live_update(run.Api(rpc, url, "token"))
         assert "did not answer within 10 s: not answering, retrying" in line

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -192,14 +191,18 @@ async def _start_hostd(nursery: trio.Nursery, tmp_path: Path) -> str:
     config = HostdConfig(
         listen="127.0.0.1:0", token=TOKEN, discovery=DiscoveryConfig(socket_dir=str(tmp_path), libvirt_channel_root="")
     )
-    binds = await nursery.start(lambda task_status: hostd_daemon.serve(config, shutdown=trio.Event(), task_status=task_status))
+    binds = await nursery.start(
+        lambda task_status: hostd_daemon.serve(config, shutdown=trio.Event(), task_status=task_status)
+    )
     return str(binds[0])
 
 
 async def _start_controller(nursery: trio.Nursery, tmp_path: Path) -> str:
     """A real controller (temp SQLite) serving on a loopback port in ``nursery``; returns its URL."""
     config = ControllerConfig(listen="127.0.0.1:0", db=str(tmp_path / "controller.db"), downloads_dir="")
-    binds = await nursery.start(lambda task_status: controller_serve(config, shutdown=trio.Event(), task_status=task_status))
+    binds = await nursery.start(
+        lambda task_status: controller_serve(config, shutdown=trio.Event(), task_status=task_status)
+    )
     return str(binds[0])
 
 
@@ -320,7 +323,9 @@ async def test_h2_body_after_an_early_answer(hostd_url: str, caplog: pytest.LogC
     alone, a KeyError that ended the whole process (upstream issue 329). The connection serves on."""
     with trio.fail_after(DEADLINE_S):
         async with _H2Client.connect(hostd_url) as client:
-            stream_id = await client.request("POST", NODE_LIST_VMS, ("content-type", "application/json"), end_stream=False)
+            stream_id = await client.request(
+                "POST", NODE_LIST_VMS, ("content-type", "application/json"), end_stream=False
+            )
             answer = await client.response(stream_id)
             assert answer.status == 401 and b"unauthenticated" in answer.body
             # Four times the connection's initial flow-control window: this passes only if the
@@ -342,7 +347,9 @@ async def test_an_error_in_one_connection_closes_that_connection_only(
     monkeypatch.setattr(hypercorn.protocol, "H2Protocol", H2Protocol)
     with trio.fail_after(DEADLINE_S):
         async with _H2Client.connect(hostd_url) as client:
-            stream_id = await client.request("POST", NODE_LIST_VMS, ("content-type", "application/json"), end_stream=False)
+            stream_id = await client.request(
+                "POST", NODE_LIST_VMS, ("content-type", "application/json"), end_stream=False
+            )
             assert (await client.response(stream_id)).status == 401
             client.conn.send_data(stream_id, b"{}", end_stream=True)
             await client.flush()
@@ -409,7 +416,9 @@ def test_the_fixes_are_where_hypercorn_looks() -> None:
     assert TCPServer.run.__code__.co_varnames[:1] == ("self",) and TCPServer.run.__code__.co_argcount == 1
     assert H2Protocol._handle_events.__code__.co_varnames[:2] == ("self", "events")
     assert H2Protocol._handle_events.__code__.co_argcount == 2
-    assert H2Protocol.handle.__code__.co_varnames[:2] == ("self", "event") and H2Protocol.handle.__code__.co_argcount == 2
+    assert (
+        H2Protocol.handle.__code__.co_varnames[:2] == ("self", "event") and H2Protocol.handle.__code__.co_argcount == 2
+    )
     assert "_H2Protocol" not in hypercorn.protocol.h2.__dict__  # the original module is left alone
 
 
@@ -417,7 +426,9 @@ def test_the_fixes_are_where_hypercorn_looks() -> None:
 async def test_an_oversized_request_head_is_refused(controller_url: str) -> None:
     with trio.fail_after(DEADLINE_S):
         async with await trio.open_tcp_stream(*_host_port(controller_url)) as stream:
-            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * serving.MAX_REQUEST_HEAD_BYTES)
+            await stream.send_all(
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * serving.MAX_REQUEST_HEAD_BYTES
+            )
             received = b""
             while chunk := await stream.receive_some():
                 received += chunk
@@ -458,7 +469,9 @@ def _h2_seed(rng: random.Random) -> bytes:
     """The client preface, then requests and control frames an h2 client makes, with raw frames
     of any type, flags, stream and length in between."""
     # Headers as given: the invalid ones too (CONNECT with a path, a pseudo-header twice...).
-    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+    config = h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     out = bytearray(conn.data_to_send())

@@ -432,7 +432,9 @@ async def test_requests_held_by_running_handlers_are_bounded_in_bytes(start_agen
     async with connect(agent) as client, trio.open_nursery() as nursery:
         with trio.fail_after(20):
             nursery.start_soon(
-                partial(client.request, message_id="first", execute=pb.ExecuteRequest(argv=["sleep", "30"], stdin=stdin))
+                partial(
+                    client.request, message_id="first", execute=pb.ExecuteRequest(argv=["sleep", "30"], stdin=stdin)
+                )
             )
             await wait_for(lambda: agent.request_bytes > len(stdin))
             with pytest.raises(errors.ResourceExhausted) as info:

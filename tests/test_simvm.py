@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-
 from conftest import StartSimVM
+
 from limiquantix.hostd import simvm
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -27,7 +27,6 @@ from limiquantix.protocol.client import AgentClient
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0
 #: No telemetry unless a test asks: quieter streams, less CPU.
-
 
 
 def agent_pids(vm: SimVMProcess) -> list[int]:
@@ -102,7 +101,9 @@ async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: S
         await vm.wait_ready()
         async with AgentClient.connect_unix(vm.socket_path) as client:
             (agent_pid,) = agent_pids(vm)
-            answer = await client.request(shutdown=pb.ShutdownRequest(mode=f"SHUTDOWN_MODE_{mode.upper()}", message="bye"))
+            answer = await client.request(
+                shutdown=pb.ShutdownRequest(mode=f"SHUTDOWN_MODE_{mode.upper()}", message="bye")
+            )
             assert answer.shutdown_response.accepted
             # The port closes under the host: the connection ends.
             async for _ in client.events:

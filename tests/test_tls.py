@@ -114,10 +114,14 @@ class TLSStack:
         values.update(settings)
         config = ControllerConfig(**values)
         self.url = (
-            await self.nursery.start(lambda task_status: controller_serve(config, shutdown=trio.Event(), task_status=task_status))
+            await self.nursery.start(
+                lambda task_status: controller_serve(config, shutdown=trio.Event(), task_status=task_status)
+            )
         )[0]
 
-    async def start_hostd(self, *, server_cert: str = "hostd", vms: tuple[str, ...] = ("vm0",), **settings: Any) -> None:
+    async def start_hostd(
+        self, *, server_cert: str = "hostd", vms: tuple[str, ...] = ("vm0",), **settings: Any
+    ) -> None:
         values: dict[str, Any] = {
             "listen": "127.0.0.1:0",
             "token": HOSTD_TOKEN,
@@ -137,13 +141,18 @@ class TLSStack:
         values.update(settings)
         config = HostdConfig(**values)
         self.hostd_url = (
-            await self.nursery.start(lambda task_status: hostd_serve(config, shutdown=trio.Event(), task_status=task_status))
+            await self.nursery.start(
+                lambda task_status: hostd_serve(config, shutdown=trio.Event(), task_status=task_status)
+            )
         )[0]
 
     def client(self, **kw: Any) -> httpx.AsyncClient:
         """An API client that trusts the session's CA."""
         return httpx.AsyncClient(
-            verify=ssl.create_default_context(cafile=self.certs.ca), timeout=DEADLINE_S, headers={"Authorization": f"Bearer {self.tokens['admin']}"}, **kw
+            verify=ssl.create_default_context(cafile=self.certs.ca),
+            timeout=DEADLINE_S,
+            headers={"Authorization": f"Bearer {self.tokens['admin']}"},
+            **kw,
         )
 
     async def wait_registered(self) -> list[dict[str, Any]]:
@@ -204,7 +213,9 @@ async def test_controller_and_hostd_over_mutual_tls(tls_stack: TLSStack, short_t
                     if r.json().get("connected"):
                         break
                     await trio.sleep(0.05)
-            nodes = (await client.post(f"{tls_stack.url}/limiquantix.compute.v1.NodeRegistryService/ListNodes", json={})).json()
+            nodes = (
+                await client.post(f"{tls_stack.url}/limiquantix.compute.v1.NodeRegistryService/ListNodes", json={})
+            ).json()
             assert nodes["nodes"][0]["url"] == tls_stack.hostd_url
         # The TUI's client: the CA verifies the controller; without it the system's CAs refuse it.
         async with ControllerClient(tls_stack.url, tls_stack.tokens["admin"], ca_file=tls_stack.certs.ca) as tui:
@@ -297,14 +308,19 @@ async def test_client_certificate_from_another_ca_is_refused_by_hostd(
     )
     await tls_stack.start_hostd()
     await _refused_by_hostd(tls_stack)
-    assert any("client certificate not accepted: unable to get local issuer certificate" in r.getMessage() for r in caplog.records)
+    assert any(
+        "client certificate not accepted: unable to get local issuer certificate" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # ------------------------------------------------------- refused: hostd → controller
 
 
 @pytest.mark.trio
-async def test_hostd_refuses_a_controller_it_cannot_verify(tls_stack: TLSStack, caplog: pytest.LogCaptureFixture) -> None:
+async def test_hostd_refuses_a_controller_it_cannot_verify(
+    tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
+) -> None:
     """hostd trusting another CA never sends its registration (its token) to the controller."""
     caplog.set_level(logging.WARNING, logger="limiquantix.hostd.daemon")
     await tls_stack.start_controller()
@@ -325,7 +341,9 @@ async def _registration_refused(stack: TLSStack, caplog: pytest.LogCaptureFixtur
     async with stack.client() as client:
         r = await client.post(f"{stack.url}/limiquantix.compute.v1.NodeRegistryService/ListNodes", json={})
         assert r.json().get("nodes", []) == []
-        r = await client.post(f"{stack.url}/limiquantix.compute.v1.AdminService/QueryAudit", json={"filter": {"action": "node.register"}})
+        r = await client.post(
+            f"{stack.url}/limiquantix.compute.v1.AdminService/QueryAudit", json={"filter": {"action": "node.register"}}
+        )
         assert r.status_code == 200, r.text
         rows = r.json().get("records", [])
         assert rows and all(row["outcome"] == "denied" for row in rows), rows
@@ -359,10 +377,14 @@ async def test_another_nodes_certificate_cannot_register_this_node(
 # ----------------------------------------------------------------- plain HTTP and tokens
 
 
-def test_clients_refuse_a_token_over_plain_http_to_another_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clients_refuse_a_token_over_plain_http_to_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     token_env = {"LQX_TOKEN": "t"}  # never --token: the TUI refuses a token in argv
-    with pytest.raises(TuiConfigError, match=r"refusing to send the API token over plain HTTP to 10\.1\.2\.3: .*--insecure"):
+    with pytest.raises(
+        TuiConfigError, match=r"refusing to send the API token over plain HTTP to 10\.1\.2\.3: .*--insecure"
+    ):
         parse_args(["--url", "http://10.1.2.3:8080"], env=token_env)
     assert parse_args(["--url", "http://10.1.2.3:8080", "--insecure"], env=token_env).insecure
     for ok in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://10.1.2.3:8443"):
@@ -371,26 +393,44 @@ def test_clients_refuse_a_token_over_plain_http_to_another_machine(tmp_path: Pat
         parse_args(["--url", "https://c:1", "--ca-file", str(tmp_path / "missing.pem")], env=token_env)
     with pytest.raises(InsecureTransportError, match="plain HTTP to c.example"):
         ControllerClient("http://c.example:8080", "t")
-    with pytest.raises(ConfigError, match="refusing to send the controller token over plain HTTP .*controller_insecure"):
+    with pytest.raises(
+        ConfigError, match="refusing to send the controller token over plain HTTP .*controller_insecure"
+    ):
         HostdConfig(token="x", controller_url="http://10.1.2.3:8080", controller_token="y")
     HostdConfig(token="x", controller_url="http://10.1.2.3:8080", controller_token="y", controller_insecure=True)
 
 
 @pytest.mark.trio
 async def test_controller_refuses_a_node_token_over_plain_http_to_another_machine() -> None:
-    node = NodeInfo(node_id="n", url="http://10.1.2.3:8081", token="secret", registered_at=0, last_heartbeat=None, reachable=True, vm_count=0)
+    node = NodeInfo(
+        node_id="n",
+        url="http://10.1.2.3:8081",
+        token="secret",
+        registered_at=0,
+        last_heartbeat=None,
+        reachable=True,
+        vm_count=0,
+    )
     async with NodeClient() as nodes:
         with pytest.raises(errors.Unavailable, match="refusing to send node n's token over plain HTTP") as info:
-            await nodes.call(node, "PingAgent", node_pb.PingAgentRequest(vm_id="vm0"), node_pb.AgentPingResponse, budget_s=1)
+            await nodes.call(
+                node, "PingAgent", node_pb.PingAgentRequest(vm_id="vm0"), node_pb.AgentPingResponse, budget_s=1
+            )
         assert info.value.reason == "insecure_transport"
 
 
 def test_tls_configuration_errors_name_the_file(tmp_path: Path, certs: Certs) -> None:
     with pytest.raises(TLSConfigError, match="cannot load the certificate .*missing.pem"):
-        http_config(["127.0.0.1:0"], graceful_timeout_s=1, tls=ServerTLS(cert_file=str(tmp_path / "missing.pem"), key_file="k"))
+        http_config(
+            ["127.0.0.1:0"], graceful_timeout_s=1, tls=ServerTLS(cert_file=str(tmp_path / "missing.pem"), key_file="k")
+        )
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     with pytest.raises(TLSConfigError, match="junk.pem"):
-        http_config(["127.0.0.1:0"], graceful_timeout_s=1, tls=ServerTLS(cert_file=str(tmp_path / "junk.pem"), key_file=str(tmp_path / "junk.pem")))
+        http_config(
+            ["127.0.0.1:0"],
+            graceful_timeout_s=1,
+            tls=ServerTLS(cert_file=str(tmp_path / "junk.pem"), key_file=str(tmp_path / "junk.pem")),
+        )
     with pytest.raises(ControllerConfigError, match="node_ca_file turns on mutual TLS"):
         ControllerConfig(node_ca_file=certs.ca)
     with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file go together"):
@@ -407,7 +447,9 @@ def test_pki_cli_makes_a_ca_and_certificates_0600_and_never_overwrites(
 
     d = tmp_path / "pki"
     assert controller_main(["pki", "ca", "--dir", str(d)]) == 0
-    assert controller_main(["pki", "server", "hostd-1", "--dir", str(d), "--dns", "h1.example", "--ip", "10.0.0.5"]) == 0
+    assert (
+        controller_main(["pki", "server", "hostd-1", "--dir", str(d), "--dns", "h1.example", "--ip", "10.0.0.5"]) == 0
+    )
     assert controller_main(["pki", "client", "node-1-client", "--cn", "node-1", "--dir", str(d)]) == 0
     for f in d.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f

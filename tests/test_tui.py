@@ -21,22 +21,21 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hostile_guest
 import httpx
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, RichLog, Static, TextArea
 
-import hostile_guest
-
 from limiquantix.hostd.simvm import SimVMProcess
-from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
 from limiquantix.tui import audit as tui_audit
+from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.audit import AuditScreen
+from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
 from limiquantix.tui.dialogs import ConfirmDialog
 from limiquantix.tui.files import FilesScreen
-from limiquantix.tui.format import exit_summary
 from limiquantix.tui.fleet import FleetScreen
+from limiquantix.tui.format import exit_summary
 from limiquantix.tui.runner import RunnerScreen
 from limiquantix.tui.vm import VMScreen
 
@@ -95,12 +94,12 @@ class Stack:
         raise AssertionError(f"{url} not healthy after {DEADLINE_S} s")
 
     def start_controller(self) -> None:
-        log = open(self.tmp / "controller.log", "ab")
-        self.controller = subprocess.Popen(
-            [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(self.db),
-             "--listen", f"127.0.0.1:{self.port}", "--heartbeat-timeout-s", "3"],
-            env={**os.environ, "LQX_ADMIN_TOKEN": self.admin}, stdout=log, stderr=log,
-        )  # fmt: skip
+        with open(self.tmp / "controller.log", "ab") as log:  # the child has its own copy of the descriptor
+            self.controller = subprocess.Popen(
+                [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(self.db),
+                 "--listen", f"127.0.0.1:{self.port}", "--heartbeat-timeout-s", "3"],
+                env={**os.environ, "LQX_ADMIN_TOKEN": self.admin}, stdout=log, stderr=log,
+            )  # fmt: skip
         self._wait_healthy(self.controller, self.url)
 
     def stop_controller(self) -> None:
@@ -117,7 +116,12 @@ class Stack:
         vms_dir = self.tmp / "vms"
         vms_dir.mkdir()
         if hostile_guest:
-            argv = [sys.executable, str(Path(__file__).with_name("hostile_guest.py")), "--socket", str(vms_dir / f"{hostile_guest}.agent.sock")]
+            argv = [
+                sys.executable,
+                str(Path(__file__).with_name("hostile_guest.py")),
+                "--socket",
+                str(vms_dir / f"{hostile_guest}.agent.sock"),
+            ]
             self.hostile = subprocess.Popen(argv)
         for vm in () if hostile_guest else VMS:
             self.sims[vm] = SimVMProcess.start(
@@ -130,15 +134,15 @@ class Stack:
         hostd_port = _free_port()
         (self.tmp / "hostd.token").write_text(secrets.token_urlsafe(24))
         (self.tmp / "node.token").write_text(self.tokens["hostd"])
-        log = open(self.tmp / "hostd.log", "ab")
-        self.hostd = subprocess.Popen(
-            [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{hostd_port}",
-             "--token-file", str(self.tmp / "hostd.token"), "--node-id", "node-1",
-             "--socket-dir", str(vms_dir), "--libvirt-channel-root", "",
-             "--controller-url", self.url, "--controller-token-file", str(self.tmp / "node.token"),
-             "--heartbeat-interval-s", "0.3"],
-            stdout=log, stderr=log,
-        )  # fmt: skip
+        with open(self.tmp / "hostd.log", "ab") as log:  # the child has its own copy of the descriptor
+            self.hostd = subprocess.Popen(
+                [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{hostd_port}",
+                 "--token-file", str(self.tmp / "hostd.token"), "--node-id", "node-1",
+                 "--socket-dir", str(vms_dir), "--libvirt-channel-root", "",
+                 "--controller-url", self.url, "--controller-token-file", str(self.tmp / "node.token"),
+                 "--heartbeat-interval-s", "0.3"],
+                stdout=log, stderr=log,
+            )  # fmt: skip
         self._wait_healthy(self.hostd, f"http://127.0.0.1:{hostd_port}")
 
     def stop(self) -> None:
@@ -282,7 +286,10 @@ async def test_large_output_appears_with_the_cut_marked(stack: Stack) -> None:
         log = _log_text(runner).splitlines()
         # 1 MiB of "1\n2\n...": the numbers up to 165668 fit, 165669 is cut after "16566"; then the mark.
         assert log[-5:-2] == ["165667", "165668", "16566"], log[-6:]
-        assert " ".join(" ".join(log[-2:]).split()) == "── stdout cut here: more than the guest's 1 MiB cap; the rest was not kept", log[-2:]
+        assert (
+            " ".join(" ".join(log[-2:]).split())
+            == "── stdout cut here: more than the guest's 1 MiB cap; the rest was not kept"
+        ), log[-2:]
         assert "300000" not in log and len(log) <= 10_002
 
 
@@ -408,7 +415,9 @@ async def test_an_operator_gets_the_runner_but_not_the_password_reset(stack: Sta
         assert "Script" in footer and "Files" in footer and "Reboot" in footer and "Passwd" not in footer, footer
 
 
-async def test_audit_view_refreshes_filters_by_prefix_and_opens_a_row(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_audit_view_refreshes_filters_by_prefix_and_opens_a_row(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tui_audit, "AUDIT_REFRESH_S", REFRESH_S)
     app = _app(stack)
     long_command = "echo " + "audit-detail-" * 12 + "end; exit 3"
@@ -434,7 +443,11 @@ async def test_audit_view_refreshes_filters_by_prefix_and_opens_a_row(stack: Sta
         audit.query_one("#filter-action", Input).value = "vm.ex"
         audit.query_one("#filter-action", Input).focus()
         await pilot.press("enter")
-        await until(pilot, "filtered", lambda: bool(audit.records) and all(r["action"].startswith("vm.exec") for r in audit.records.values()))
+        await until(
+            pilot,
+            "filtered",
+            lambda: bool(audit.records) and all(r["action"].startswith("vm.exec") for r in audit.records.values()),
+        )
         row = next(r for r in audit.records.values() if r.get("detail", {}).get("command") == long_command)
         assert (row["outcome"], row["exitCode"]) == ("failure", 3)
         # A row opens to its whole detail (the table cuts "what" at 80 characters).
@@ -565,7 +578,9 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
         assert "out-end" in _log_text(runner) and "[bold red]markup[/]" in _log_text(runner)
         # The editor shows what the operator typed as typed: not guest text, out of this test.
         runner.query_one("#script", TextArea).load_text("cat evil")
-        _assert_inert(app, "line 0: \\x1b]0;pwned\\x07", "line 2: \\x1b[?1049l", "line 5: \\u202e", "exit code 0   exited")
+        _assert_inert(
+            app, "line 0: \\x1b]0;pwned\\x07", "line 2: \\x1b[?1049l", "line 5: \\u202e", "exit code 0   exited"
+        )
 
         await pilot.press("escape")
         await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
@@ -581,7 +596,11 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
         await pilot.press("escape", "escape")
         await until(pilot, "fleet", lambda: isinstance(app.screen, FleetScreen))
         await pilot.press("u")
-        await until(pilot, "audit rows", lambda: isinstance(app.screen, AuditScreen) and app.screen.query_one("#audit", DataTable).row_count > 0)
+        await until(
+            pilot,
+            "audit rows",
+            lambda: isinstance(app.screen, AuditScreen) and app.screen.query_one("#audit", DataTable).row_count > 0,
+        )
         await pilot.pause()
         _assert_inert(app, "echo \\x1b]0;script\\x07")
     assert all(raw not in note for note in app.notes for raw in ("\x1b", "\x07"))
@@ -637,7 +656,11 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(TuiConfigError, match="--token is refused"):
         parse_args(["--token=flag"], env=env)
     proc = subprocess.run(
-        [sys.executable, "-m", "limiquantix.tui", "--token", "secret-in-argv"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "limiquantix.tui", "--token", "secret-in-argv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2 and "--token is refused" in proc.stderr and "--token-file" in proc.stderr, proc.stderr
     with pytest.raises(TuiConfigError, match="http:// or https://"):
@@ -647,7 +670,9 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     # A wrong file (here a TOML config) is named, not reported later as an unreachable controller.
     toml_file = tmp_path / "tui-copy.toml"
     toml_file.write_text('url = "http://10.9.8.7:8080"\ntoken = "lqx_abc"\n')
-    with pytest.raises(TuiConfigError, match=rf"^{toml_file} does not hold a token: it has spaces or line breaks \(a TOML file"):
+    with pytest.raises(
+        TuiConfigError, match=rf"^{toml_file} does not hold a token: it has spaces or line breaks \(a TOML file"
+    ):
         parse_args(["--token-file", str(toml_file)], env=env)
     with pytest.raises(TuiConfigError, match="^LQX_TOKEN does not hold a token: .*not printable ASCII"):
         parse_args([], env={"LQX_TOKEN": "tok\u00e9n"})

@@ -63,14 +63,20 @@ def _controller(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content or b"{}")
     if method == "RunCommand":
         _controller.vm_ids = body["vmIds"]  # type: ignore[attr-defined]
-        return httpx.Response(200, json={"commandId": "cmd-0001", "targetCount": len(body["vmIds"]), "status": "pending"})
+        return httpx.Response(
+            200, json={"commandId": "cmd-0001", "targetCount": len(body["vmIds"]), "status": "pending"}
+        )
     if method == "GetCommand":
         return httpx.Response(200, json=demo_data.fleet_command(_controller.vm_ids))  # type: ignore[attr-defined]
     if method == "ReadGuestFile":
         data = demo_data.OS_RELEASE.encode()
         return httpx.Response(
             200,
-            json={"content": base64.b64encode(data).decode(), "size": str(len(data)), "sha256": hashlib.sha256(data).hexdigest()},
+            json={
+                "content": base64.b64encode(data).decode(),
+                "size": str(len(data)),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
         )
     return httpx.Response(501, json={"code": "unimplemented", "message": f"{method} is not in the snapshot controller"})
 
@@ -344,7 +350,9 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
             assert table.row_count == len(visible)
             for i, vm in enumerate(visible):
                 shown = [c.plain if hasattr(c, "plain") else c for c in table.get_row_at(i)]
-                want = [c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected, screen.narrow)]
+                want = [
+                    c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected, screen.narrow)
+                ]
                 assert shown == want, (step, i)
             if step == 7:  # a name that reads as markup is stored as Text: shown as is
                 row = table.get_row(fleet[20]["vmId"])
@@ -362,7 +370,14 @@ def test_demo_data_is_deterministic() -> None:
     assert demo_data.fleet(500, 7) == demo_data.fleet(500, 7)
     assert demo_data.vm_detail(3, 2) == demo_data.vm_detail(3, 2)
     states = {(vm["agentState"], vm["nodeReachable"]) for vm in demo_data.fleet()}
-    assert {s for s, _ in states} >= {"connected", "unresponsive", "waiting_for_agent", "connecting", "no_socket", "disabled"}
+    assert {s for s, _ in states} >= {
+        "connected",
+        "unresponsive",
+        "waiting_for_agent",
+        "connecting",
+        "no_socket",
+        "disabled",
+    }
     assert ("connected", False) in states
 
 

@@ -341,7 +341,9 @@ def reinstall_through_cloud_init(guest: QemuGuest, stack: Stack, image: guest_im
         assert f"Unpacking limiquantix-agent ({deb_version(image)}) over ({deb_version(image)})" in out, out
         restarted = service_state(qga)
         assert restarted["active"] == "active" and restarted["pid"] != service["pid"], (restarted, service)
-        assert service["start_us"] < restarted["start_us"] and restarted["started"] < restarted["dpkg_status"], restarted
+        assert service["start_us"] < restarted["start_us"] and restarted["started"] < restarted["dpkg_status"], (
+            restarted
+        )
         assert guest_ok(qga, "tail -n 1 /etc/limiquantix/agent.toml").strip() == marker
 
         def new_agent_connected() -> dict[str, Any] | None:
@@ -415,7 +417,8 @@ def test_agent_in_a_real_qemu_guest(vm_stack: tuple[QemuGuest, Stack], image: gu
     digest = hashlib.sha256(data).hexdigest()
     path = "/var/tmp/lqx-e2e/blob.bin"
     w = stack.call(
-        "WriteGuestFile", {"vmId": VM_ID, "path": path, "content": base64.b64encode(data).decode(), "createParents": True}
+        "WriteGuestFile",
+        {"vmId": VM_ID, "path": path, "content": base64.b64encode(data).decode(), "createParents": True},
     )
     assert w["sha256"] == digest and int(w["bytesWritten"]) == len(data), w
     r = stack.call("ReadGuestFile", {"vmId": VM_ID, "path": path, "length": len(data)})  # over the 4 MiB default

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from textual.app import App
+from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
-from textual.binding import Binding
 
 from limiquantix.protocol.safetext import safe_text
 
@@ -149,7 +149,9 @@ class LimiQuantixApp(App[None]):
     ) -> None:
         """Every notification (screens' included) as plain text with controls shown:
         they quote API errors and guest names. ``markup`` is accepted and ignored."""
-        super().notify(safe_text(message, multiline=True), title=safe_text(title), severity=severity, timeout=timeout, markup=False)
+        super().notify(
+            safe_text(message, multiline=True), title=safe_text(title), severity=severity, timeout=timeout, markup=False
+        )
 
     def report(self, exc: ApiError, what: str) -> None:
         """A notification an operator can act on."""

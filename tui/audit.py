@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from rich.table import Table
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
@@ -15,7 +15,6 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from .client import ApiError
 from .format import guest
 from .screen import LqxScreen
-
 
 __all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]
 
@@ -91,7 +90,6 @@ class AuditScreen(LqxScreen):
         super().__init__()
         self.records: dict[str, dict[str, Any]] = {}
 
-
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="audit-filters"):
@@ -103,7 +101,9 @@ class AuditScreen(LqxScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "audit log"
-        self.query_one("#audit", DataTable).add_columns("When UTC", "User", "Action", "VM", "Outcome", "Exit", "ms", "What")
+        self.query_one("#audit", DataTable).add_columns(
+            "When UTC", "User", "Action", "VM", "Outcome", "Exit", "ms", "What"
+        )
         if self.lqx.poll:  # a still app (snapshots, benchmarks) is fed through show()
             self.action_load()
             self.set_interval(AUDIT_REFRESH_S, self._reload)

@@ -280,7 +280,9 @@ class ControllerClient:
             ApiError: ``invalid_argument`` above :data:`MAX_UPLOAD_BYTES`, or the controller's error.
         """
         if len(content) > MAX_UPLOAD_BYTES:
-            raise ApiError("invalid_argument", f"files above {MAX_UPLOAD_BYTES >> 20} MiB are not uploaded from the TUI")
+            raise ApiError(
+                "invalid_argument", f"files above {MAX_UPLOAD_BYTES >> 20} MiB are not uploaded from the TUI"
+            )
         head = json.dumps({"vmId": vm_id, "path": path, "createParents": create_parents})[:-1] + ', "content": "'
         encoded = base64.b64encode(content)
         tail = b'"}'
@@ -288,7 +290,11 @@ class ControllerClient:
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0
-            for piece in (head.encode(), *(encoded[i : i + _UPLOAD_CHUNK] for i in range(0, len(encoded), _UPLOAD_CHUNK)), tail):
+            for piece in (
+                head.encode(),
+                *(encoded[i : i + _UPLOAD_CHUNK] for i in range(0, len(encoded), _UPLOAD_CHUNK)),
+                tail,
+            ):
                 yield piece
                 sent += len(piece)
                 if progress is not None:
@@ -321,4 +327,3 @@ class ControllerClient:
         if filt:
             body["filter"] = {k: v for k, v in filt.items() if v}
         return (await self.call(_ADMIN, "QueryAudit", body)).get("records", [])
-

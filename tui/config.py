@@ -95,10 +95,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="limiquantix-tui",
         description="The operators' terminal dashboard for LimiQuantix guest agents (talks to the controller).",
     )
-    p.add_argument("--url", help=f"controller URL (env LQX_CONTROLLER_URL; default from the config file, else {DEFAULT_URL})")
+    p.add_argument(
+        "--url", help=f"controller URL (env LQX_CONTROLLER_URL; default from the config file, else {DEFAULT_URL})"
+    )
     # Refused with a reason rather than "unrecognized arguments" (hidden from --help).
     p.add_argument("--token", action=_RefuseToken, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--token-file", type=Path, help="read the API token from this file (else env LQX_TOKEN, else the config file)")
+    p.add_argument(
+        "--token-file", type=Path, help="read the API token from this file (else env LQX_TOKEN, else the config file)"
+    )
     p.add_argument("--config", type=Path, help="config file (default: ~/.config/limiquantix/tui.toml)")
     p.add_argument("--ca-file", type=Path, help="CA the controller's HTTPS certificate must chain to (env LQX_CA_FILE)")
     p.add_argument(
@@ -138,8 +142,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         _check_token(token, source)
     if not token:
         raise TuiConfigError(
-            "no API token: pass --token-file, set LQX_TOKEN, or run `make run` "
-            f"(which writes {default_config_path()})"
+            f"no API token: pass --token-file, set LQX_TOKEN, or run `make run` (which writes {default_config_path()})"
         )
     if not url.startswith(("http://", "https://")):
         raise TuiConfigError(f"controller URL must start with http:// or https://, not {url!r}")

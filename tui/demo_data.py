@@ -55,8 +55,20 @@ ADMIN: Final = WhoAmI(
     # The controller's names (controller/auth.py Permission): the footer shows a key only
     # when its permission is here.
     permissions=frozenset(
-        {"vm.read", "node.read", "command.read", "vm.exec", "file.read", "file.write", "vm.power", "command.run",
-         "vm.password_reset", "token.manage", "node.manage", "audit.read"}
+        {
+            "vm.read",
+            "node.read",
+            "command.read",
+            "vm.exec",
+            "file.read",
+            "file.write",
+            "vm.power",
+            "command.run",
+            "vm.password_reset",
+            "token.manage",
+            "node.manage",
+            "audit.read",
+        }
     ),  # fmt: skip
     label_scope={},
 )
@@ -88,8 +100,10 @@ _OSES: Final = (_DEBIAN, _UBUNTU, _ROCKY, _ALPINE)
 
 def iso(ts: float) -> str:
     """Unix seconds as the controller writes them (RFC 3339 UTC, milliseconds)."""
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -169,7 +183,9 @@ def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict
     tx = 880_000_000 + step * r.randint(50_000, 300_000) + _rng("tx", index, step).randint(0, 120_000)
     n = 10 + index % 240
 
-    def nic(name: str, mac: str, v4: list[tuple[str, int]], v6: list[tuple[str, int]], up: bool, rxb: int, txb: int) -> dict[str, Any]:
+    def nic(
+        name: str, mac: str, v4: list[tuple[str, int]], v6: list[tuple[str, int]], up: bool, rxb: int, txb: int
+    ) -> dict[str, Any]:
         return {
             "name": name,
             "mac": mac,
@@ -362,7 +378,15 @@ def audit_records(vm_ids: list[str]) -> list[dict[str, Any]]:
     rows: list[tuple[str, str, str, dict[str, Any], str, int | None, int]] = [
         ("alice", "fleet.run", "", {"command": "hostname; uptime", "target": "cmd-0001"}, "pending", None, 0),
         ("alice", "vm.exec", vm_ids[0], {"command": "uname -a\nuptime"}, "success", 0, 37),
-        ("bob", "vm.file_write", vm_ids[1], {"path": "/etc/app.conf", "size": "812", "sha256": "9f2c" * 16}, "success", None, 64),
+        (
+            "bob",
+            "vm.file_write",
+            vm_ids[1],
+            {"path": "/etc/app.conf", "size": "812", "sha256": "9f2c" * 16},
+            "success",
+            None,
+            64,
+        ),
         ("bob", "vm.exec", vm_ids[3], {"command": "systemctl", "args": ["restart", "postgresql"]}, "error", 1, 2310),
         ("carol", "vm.password_reset", vm_ids[2], {"username": "root", "flags": ["expire"]}, "denied", None, 1),
         ("alice", "vm.power", vm_ids[5], {"flags": ["reboot"]}, "success", None, 12),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from rich.table import Table
-from rich.text import Text
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from .config import api_examples_path
@@ -145,4 +145,7 @@ class HelpScreen(ModalScreen[None]):
             )
             examples = api_examples_path()
             if examples.is_file():
-                yield Static(Text(f"curl lines to try the API by hand (written by make run): {examples}"), classes="dialog-detail")
+                yield Static(
+                    Text(f"curl lines to try the API by hand (written by make run): {examples}"),
+                    classes="dialog-detail",
+                )

@@ -24,7 +24,6 @@ from .dialogs import ConfirmDialog
 from .format import human_bytes
 from .screen import LqxScreen
 
-
 __all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
 
 #: The viewer reads at most this much of a file (its size is checked first).
@@ -69,7 +68,6 @@ class FilesScreen(LqxScreen):
             answered,
         )
 
-
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="files"):
@@ -80,7 +78,9 @@ class FilesScreen(LqxScreen):
                 yield Button("View ^O", id="view", variant="primary", compact=True)
             with Horizontal(classes="files-row"):
                 yield Label("local file", classes="files-label")
-                yield Input(placeholder="a file on this machine, uploaded to the guest path", id="local-path", compact=True)
+                yield Input(
+                    placeholder="a file on this machine, uploaded to the guest path", id="local-path", compact=True
+                )
                 yield Button("Upload ^T", id="upload", variant="warning", compact=True)
             yield ProgressBar(total=100, show_eta=False, id="progress")
             yield Static("", id="transfer")
@@ -129,7 +129,9 @@ class FilesScreen(LqxScreen):
             content, file_size, sha = await client.read_file(self.vm_id, path, length=VIEW_LIMIT_BYTES)
         except ApiError as exc:
             # The API's message usually names the path already: said once.
-            status.update(Text(safe_text(exc.summary if path in exc.summary else f"{path}: {exc.summary}"), style="bold red"))
+            status.update(
+                Text(safe_text(exc.summary if path in exc.summary else f"{path}: {exc.summary}"), style="bold red")
+            )
             self.query_one("#viewer", TextArea).load_text("")  # not the previous file under this error
             self.lqx.report(exc, "View")
             return
@@ -168,7 +170,10 @@ class FilesScreen(LqxScreen):
             self.notify(f"{raw}: {exc.strerror or 'not a regular file'}", severity="error")
             return
         if size > MAX_UPLOAD_BYTES:
-            self.notify(f"{raw} is {human_bytes(size)}; the TUI uploads at most {human_bytes(MAX_UPLOAD_BYTES)}.", severity="error")
+            self.notify(
+                f"{raw} is {human_bytes(size)}; the TUI uploads at most {human_bytes(MAX_UPLOAD_BYTES)}.",
+                severity="error",
+            )
             return
         self.upload = self.run_worker(self._upload(local, path), group="transfer", exclusive=True)
 
@@ -185,10 +190,14 @@ class FilesScreen(LqxScreen):
             progress.update(progress=100 * done / max(total, 1))
             if done >= total:
                 # Every byte is sent; the guest checks the SHA-256 and commits.
-                status.update(Text(f"sent {human_bytes(total)}; waiting for the guest to check and commit {path}…", style="cyan"))
+                status.update(
+                    Text(f"sent {human_bytes(total)}; waiting for the guest to check and commit {path}…", style="cyan")
+                )
 
         try:
-            written, sha = await self.lqx.client.write_file(self.vm_id, path, content, create_parents=True, progress=sent)
+            written, sha = await self.lqx.client.write_file(
+                self.vm_id, path, content, create_parents=True, progress=sent
+            )
         except ApiError as exc:
             status.update(Text(safe_text(f"upload failed: {exc.summary}"), style="bold red"))
             self.lqx.report(exc, "Upload")
@@ -199,4 +208,7 @@ class FilesScreen(LqxScreen):
         text.append(f"\nSHA-256 {sha}  ")
         text.append("= local file" if ok else f"≠ local file {local_sha}", style="bold green" if ok else "bold red")
         status.update(text)
-        self.notify(f"Uploaded {local.name} to {path}" + ("" if ok else " — SHA-256 MISMATCH"), severity="information" if ok else "error")
+        self.notify(
+            f"Uploaded {local.name} to {path}" + ("" if ok else " — SHA-256 MISMATCH"),
+            severity="information" if ok else "error",
+        )

@@ -20,11 +20,22 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from limiquantix.protocol.safetext import safe_text
 
-from .format import STATE_LABELS, STATE_STYLES, age_s, effective_state, percent, primary_ip, short_os, state_text, uptime, vm_matches
+from .format import (
+    STATE_LABELS,
+    STATE_STYLES,
+    age_s,
+    effective_state,
+    percent,
+    primary_ip,
+    short_os,
+    state_text,
+    uptime,
+    vm_matches,
+)
 from .screen import LqxScreen
 
-
 __all__ = ["COLUMNS", "FleetScreen"]
+
 
 def _live(vm: dict[str, Any]) -> bool:
     """Whether the VM's figures are current (its agent connected, its node reachable)."""
@@ -51,7 +62,15 @@ COLUMNS: Final[tuple[tuple[str, str, Callable[[dict[str, Any]], Any], bool], ...
 #: Below this many columns the table leaves out Node and Agent (the VM screen shows
 #: them), shortens names and OS, and shows whole percents: it fits 80 columns.
 NARROW_BELOW: Final = 110
-_STATE_ORDER: Final = ("connected", "waiting_for_agent", "connecting", "unresponsive", "no_socket", "disabled", "unreachable")
+_STATE_ORDER: Final = (
+    "connected",
+    "waiting_for_agent",
+    "connecting",
+    "unresponsive",
+    "no_socket",
+    "disabled",
+    "unreachable",
+)
 _NAME: Final = 1
 #: More VMs gone from view than this at once (a filter typed) and the table is rebuilt.
 _MAX_REMOVALS: Final = 32
@@ -126,7 +145,6 @@ class FleetScreen(LqxScreen):
         self._keys: tuple[str, ...] = ()
         self._names: dict[str, Text] = {}
         """The name cell in the table of each row (its identity orders the rows)."""
-
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -253,7 +271,9 @@ class FleetScreen(LqxScreen):
             entries.append(Text(f"│ controller: {what} (retrying)", style="bold red"))
             if updated:
                 # How old what is shown is, since the controller stopped answering.
-                entries.append(Text(f"│ data from {updated}, {age_s(app.clock() - app.last_refresh)} old", style="yellow"))
+                entries.append(
+                    Text(f"│ data from {updated}, {age_s(app.clock() - app.last_refresh)} old", style="yellow")
+                )
         elif updated:
             entries.append(Text(f"│ updated {updated}", style="dim"))
         else:

@@ -31,6 +31,7 @@ __all__ = [
     "vm_matches",
 ]
 
+
 def guest(value: object, style: str = "", *, multiline: bool = False) -> Text:
     """Text from the API (a guest's names, output, errors) as shown: never markup
     (a ``Text``, not a ``str``), controls and bidi overrides visible (``\\x1b``),

@@ -14,13 +14,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog, Static, TextArea
 from textual.worker import Worker
 
-from .app import RunRecord
 from limiquantix.protocol.safetext import safe_text
 
+from .app import RunRecord
 from .client import ApiError
 from .format import exit_summary
 from .screen import LqxScreen
-
 
 __all__ = ["RunnerScreen"]
 
@@ -67,7 +66,6 @@ class RunnerScreen(LqxScreen):
         self._dropped = 0
         """Lines of this run that were never shown (beyond OUTPUT_MAX_LINES in one flush)."""
 
-
     @property
     def running(self) -> bool:
         return self.worker is not None and self.worker.is_running
@@ -90,9 +88,13 @@ class RunnerScreen(LqxScreen):
                 yield Button("Cancel ^B", variant="error", id="cancel", disabled=True, compact=True)
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
-                log: RichLog = RichLog(id="output", wrap=True, markup=False, highlight=False, max_lines=OUTPUT_MAX_LINES, min_width=20)
+                log: RichLog = RichLog(
+                    id="output", wrap=True, markup=False, highlight=False, max_lines=OUTPUT_MAX_LINES, min_width=20
+                )
                 yield log
-                side: DataTable[str | Text] = DataTable(id="side", cursor_type="row", classes="fleet" if self.fleet else "")
+                side: DataTable[str | Text] = DataTable(
+                    id="side", cursor_type="row", classes="fleet" if self.fleet else ""
+                )
                 yield side
         yield Footer(compact=True, show_command_palette=False)
 
@@ -105,7 +107,9 @@ class RunnerScreen(LqxScreen):
             side.add_column("Exit", width=4)
             for vm_id in self.vm_ids:
                 name = self.lqx.vms.get(vm_id, {}).get("name") or vm_id
-                side.add_row(Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id)
+                side.add_row(
+                    Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id
+                )
         else:
             side.add_columns("Recent runs", "Exit", "ms")
             self._show_recent()
@@ -179,10 +183,14 @@ class RunnerScreen(LqxScreen):
             return
         log = self.query_one("#output", RichLog)
         if self._dropped:
-            log.write(Text(f"── {self._dropped:,} lines not shown: the view keeps the last {OUTPUT_MAX_LINES:,}", style="dim"))
+            log.write(
+                Text(f"── {self._dropped:,} lines not shown: the view keeps the last {OUTPUT_MAX_LINES:,}", style="dim")
+            )
             self._dropped = 0
         if self._pending:
-            log.write(Text("\n").join(Text(safe_text(line, multiline=True), style=style) for line, style in self._pending))
+            log.write(
+                Text("\n").join(Text(safe_text(line, multiline=True), style=style) for line, style in self._pending)
+            )
             self._pending.clear()
 
     def _flush(self) -> None:

@@ -14,12 +14,11 @@ from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
-from .client import ApiError
 from limiquantix.protocol.safetext import safe_text
 
+from .client import ApiError
 from .format import age, bar, guest, human_bytes, parse_time, spark, state_text, uptime
 from .screen import LqxScreen
-
 
 __all__ = ["VMScreen"]
 
@@ -53,7 +52,6 @@ class VMScreen(LqxScreen):
         self._load_error = ""
         """The code of the last GetVM failure ("" after a success)."""
 
-
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(id="vm-body"):
@@ -71,7 +69,9 @@ class VMScreen(LqxScreen):
         self.fleet_updated()
         if self.lqx.poll:
             self.run_worker(self.load(), group="vm", exclusive=True)
-            self.set_interval(self.lqx.config.refresh_s, lambda: self.run_worker(self.load(), group="vm", exclusive=True))
+            self.set_interval(
+                self.lqx.config.refresh_s, lambda: self.run_worker(self.load(), group="vm", exclusive=True)
+            )
 
     async def load(self) -> None:
         """GetVM: the live identity and telemetry from the VM's node."""
@@ -160,7 +160,10 @@ class VMScreen(LqxScreen):
         memory = telemetry.get("memory", {})
         rows = [
             ("OS", os_info.get("prettyName") or detail.get("os") or "-"),
-            ("Kernel", _kernel(identity.get("kernel") or detail.get("kernel") or "-", identity.get("architecture", ""))),
+            (
+                "Kernel",
+                _kernel(identity.get("kernel") or detail.get("kernel") or "-", identity.get("architecture", "")),
+            ),
             ("Hostname", identity.get("hostname") or detail.get("hostname") or "-"),
             ("Agent", f"{detail.get('agentVersion') or '-'} (Python {identity.get('pythonVersion', '?')})"),
             ("Uptime", uptime(telemetry.get("uptimeSeconds") or detail.get("uptimeSeconds"))),
@@ -172,7 +175,10 @@ class VMScreen(LqxScreen):
                 if memory
                 else "-",
             ),
-            ("Load", " ".join(f"{telemetry.get(k, 0):.2f}" for k in ("load1", "load5", "load15")) if telemetry else "-"),
+            (
+                "Load",
+                " ".join(f"{telemetry.get(k, 0):.2f}" for k in ("load1", "load5", "load15")) if telemetry else "-",
+            ),
             ("Processes", str(telemetry.get("processCount", "-"))),
             ("Labels", ", ".join(f"{k}={v}" for k, v in detail.get("labels", {}).items()) or "-"),
         ]
@@ -185,7 +191,13 @@ class VMScreen(LqxScreen):
             fs.add_column(column)
         for f in telemetry.get("filesystems", []):
             pct = float(f.get("percent", 0.0))
-            fs.add_row(guest(f.get("mountpoint", "")), guest(f.get("fstype", "")), bar(pct / 100), f"{pct:.0f}%", human_bytes(int(f.get("totalBytes", 0))))
+            fs.add_row(
+                guest(f.get("mountpoint", "")),
+                guest(f.get("fstype", "")),
+                bar(pct / 100),
+                f"{pct:.0f}%",
+                human_bytes(int(f.get("totalBytes", 0))),
+            )
         if not telemetry.get("filesystems"):
             fs.add_row("-", "", Text("no telemetry yet", style="dim"), "", "")
         self.query_one("#vm-filesystems", Static).update(fs)
@@ -196,7 +208,9 @@ class VMScreen(LqxScreen):
             nics.add_column(column)
         rx_total = tx_total = 0
         for nic in interfaces:
-            addresses = [f"{a['address']}/{a.get('prefixLength', 0)}" for a in nic.get("ipv4", []) + nic.get("ipv6", [])]
+            addresses = [
+                f"{a['address']}/{a.get('prefixLength', 0)}" for a in nic.get("ipv4", []) + nic.get("ipv6", [])
+            ]
             rx, tx = int(nic.get("rxBytes", 0)), int(nic.get("txBytes", 0))
             rx_total, tx_total = rx_total + rx, tx_total + tx
             nics.add_row(

@@ -605,9 +605,7 @@ async def execute(ctx: RequestContext, req: pb.ExecuteRequest) -> pb.ExecuteResp
     config = agent.config
     user = None
     if _has_run_as(req):
-        user = await trio.to_thread.run_sync(
-            partial(resolve_run_as, req.run_as, euid=os.geteuid(), egid=os.getegid())
-        )
+        user = await trio.to_thread.run_sync(partial(resolve_run_as, req.run_as, euid=os.geteuid(), egid=os.getegid()))
     plan = _build_plan(config, req, user)
     if agent.running_commands >= config.max_concurrent_commands:
         raise errors.ResourceExhausted(

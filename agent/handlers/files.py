@@ -697,11 +697,7 @@ class _WriteTransfer:
         self.end_reason = ""
 
     def usable(self) -> bool:
-        return (
-            not self.closing
-            and not self.idle_scope.cancel_called
-            and trio.current_time() < self.idle_scope.deadline
-        )
+        return not self.closing and not self.idle_scope.cancel_called and trio.current_time() < self.idle_scope.deadline
 
     def end(self, reason: str) -> None:
         """Finish the transfer; the watchdog then discards whatever is uncommitted."""

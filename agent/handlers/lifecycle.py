@@ -347,9 +347,7 @@ async def shutdown(ctx: RequestContext, req: pb.ShutdownRequest) -> pb.ShutdownR
     if mode_name is None:
         raise errors.InvalidArgument(f"unknown shutdown mode {req.mode}", reason="invalid_mode")
     if req.delay_seconds > MAX_SHUTDOWN_DELAY_S:
-        raise errors.InvalidArgument(
-            f"delay_seconds may be at most {MAX_SHUTDOWN_DELAY_S}", reason="invalid_delay"
-        )
+        raise errors.InvalidArgument(f"delay_seconds may be at most {MAX_SHUTDOWN_DELAY_S}", reason="invalid_delay")
     _check_message(req.message)
     template: tuple[str, ...] = getattr(ctx.config, f"{mode_name}_command")
     if not template:
@@ -464,9 +462,7 @@ def _check_password(password: str) -> bytes:
         raise errors.InvalidArgument("password must not contain line breaks or NUL", reason="invalid_password")
     encoded = password.encode()
     if len(encoded) > MAX_PASSWORD_BYTES:
-        raise errors.InvalidArgument(
-            f"password is longer than {MAX_PASSWORD_BYTES} bytes", reason="invalid_password"
-        )
+        raise errors.InvalidArgument(f"password is longer than {MAX_PASSWORD_BYTES} bytes", reason="invalid_password")
     return encoded
 
 

@@ -253,7 +253,9 @@ class RpcClient:
         return httpx.Timeout(rest, connect=min(CONNECT_TIMEOUT_S, rest or CONNECT_TIMEOUT_S))
 
     @staticmethod
-    def _headers(target: Target, content_type: str, remaining: float, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def _headers(
+        target: Target, content_type: str, remaining: float, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
         headers = {"Content-Type": content_type, "Connect-Protocol-Version": "1", **timeout_headers(remaining)}
         if target.token:
             headers["Authorization"] = f"Bearer {target.token}"
@@ -261,7 +263,9 @@ class RpcClient:
             headers.update(extra)
         return headers
 
-    def _transport_error(self, target: Target, procedure: str, remaining: float, exc: httpx.HTTPError) -> errors.AgentError:
+    def _transport_error(
+        self, target: Target, procedure: str, remaining: float, exc: httpx.HTTPError
+    ) -> errors.AgentError:
         """The error an httpx exception stands for (:data:`TRANSPORT_ERRORS`), or a failed TLS
         handshake's (before the table: the server read no request, whatever httpx raised)."""
         method = procedure.rpartition("/")[2]
@@ -346,7 +350,9 @@ class RpcClient:
             try:
                 if resp.status_code != 200:
                     raw = await _read_raw(resp, _MAX_ERROR_BODY_BYTES)
-                    raise error_from_body(resp.status_code, _inflate(resp, raw, _MAX_ERROR_BODY_BYTES), what=target.name)
+                    raise error_from_body(
+                        resp.status_code, _inflate(resp, raw, _MAX_ERROR_BODY_BYTES), what=target.name
+                    )
                 raw = await _read_raw(resp, self.max_message_bytes)
                 return _inflate(resp, raw, self.max_message_bytes)
             finally:

@@ -95,6 +95,8 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
     _check_base64(tree, msg.DESCRIPTOR, "")
     json_format.ParseDict(tree, msg, ignore_unknown_fields=True)
     return msg
+
+
 # proto3 JSON bytes: standard or URL-safe base64, padded or not. json_format's own
 # decoder drops whatever is not in the alphabet ("hello world\n" became garbage bytes).
 _BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")

@@ -131,4 +131,3 @@ def timeout_headers(remaining: float, *, grpc: bool = False) -> dict[str, str]:
         return {GRPC_TIMEOUT_HEADER: encode_grpc_timeout(remaining)}
     ms = min(max(1, int(remaining * 1000)), _MAX_CONNECT_TIMEOUT_MS)
     return {CONNECT_TIMEOUT_HEADER: str(ms)}
-

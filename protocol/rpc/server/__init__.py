@@ -136,6 +136,8 @@ from ._router import Authenticator as Authenticator
 from ._router import Observer as Observer
 from ._router import Protocol as Protocol
 from ._router import Router as Router
+from ._service import Route as Route
+from ._service import Service as Service
 from ._serving import KEEP_ALIVE_TIMEOUT_S as KEEP_ALIVE_TIMEOUT_S
 from ._serving import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._serving import ServedApp as ServedApp
@@ -145,8 +147,6 @@ from ._serving import peer_common_name as peer_common_name
 from ._serving import serve_http as serve_http
 from ._serving import server_ssl_context as server_ssl_context
 from ._serving import transport_summary as transport_summary
-from ._service import Route as Route
-from ._service import Service as Service
 
 __all__ = [
     "CODE_OK",

@@ -499,4 +499,3 @@ def _end_stream(error: errors.AgentError | None, ctx: CallContext) -> bytes:
             metadata.setdefault(key.lower(), []).append(value)
         end["metadata"] = metadata
     return encode_envelope(FLAG_END_STREAM, json.dumps(end).encode())
-

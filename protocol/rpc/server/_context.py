@@ -198,4 +198,3 @@ class InFlightBytes:
         else:
             del self._per_key[held.key]
         held.nbytes = 0
-

@@ -61,14 +61,14 @@ from ..._gen import grpc_reflection_v1_pb2, grpc_reflection_v1alpha_pb2
 from .._codec import (
     ENVELOPE_HEADER,
     FLAG_COMPRESSED,
+    FLAG_END_STREAM,
     JSON,
     MAX_DETAIL_CHARS,
     PROTO,
     Codec,
-    FLAG_END_STREAM,
     EnvelopeReader,
-    encode_envelope,
     accepts_gzip,
+    encode_envelope,
     gunzip,
     gzip_bytes,
     request_gzipped,
@@ -77,9 +77,9 @@ from .._deadline import GRPC_TIMEOUT_HEADER, parse_grpc_timeout
 from .._errors import error_json
 from ._connect import _STREAM_TYPES, _end_stream
 from ._context import CallContext
+from ._reflection import MAX_REFLECTION_REQUEST_BYTES, REFLECTION_SERVICES, Reflection
 from ._router import CODE_OK, Router, offload
 from ._service import Route
-from ._reflection import MAX_REFLECTION_REQUEST_BYTES, REFLECTION_SERVICES, Reflection
 
 __all__ = ["REFLECTION_STREAM_S", "GrpcApp", "StatusDetail"]
 
@@ -96,7 +96,6 @@ _FLAG_TRAILERS: Final = 0x80
 _MESSAGE_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 #: How long one reflection stream may stay open: clients ask a few questions and close it.
 REFLECTION_STREAM_S: Final = 60.0
-
 
 
 @final
@@ -247,22 +246,33 @@ class _Exchange:
             # Answered before the request was read (see _plain): the connection cannot be reused.
             headers.append((b"connection", b"close"))
         await self._send(
-            {"type": "http.response.start", "status": 200, "headers": headers + extra, "trailers": not self.protocol.web}
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": headers + extra,
+                "trailers": not self.protocol.web,
+            }
         )
 
     async def message(self, flags: int, data: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": ENVELOPE_HEADER.pack(flags, len(data)) + data, "more_body": True})
+        await self._send(
+            {"type": "http.response.body", "body": ENVELOPE_HEADER.pack(flags, len(data)) + data, "more_body": True}
+        )
 
     async def finish(self, error: errors.AgentError | None, ctx: CallContext | None) -> None:
         """Send the status (after the headers, if none were sent yet)."""
         await self.start([])
         if self.protocol.connect:
-            await self._send({"type": "http.response.body", "body": _end_stream(error, ctx) if ctx else _end_stream_bare(error)})
+            await self._send(
+                {"type": "http.response.body", "body": _end_stream(error, ctx) if ctx else _end_stream_bare(error)}
+            )
             return
         trailers = _status_headers(error, ctx)
         if self.protocol.web:
             block = b"".join(k + b": " + v + b"\r\n" for k, v in trailers)
-            await self._send({"type": "http.response.body", "body": ENVELOPE_HEADER.pack(_FLAG_TRAILERS, len(block)) + block})
+            await self._send(
+                {"type": "http.response.body", "body": ENVELOPE_HEADER.pack(_FLAG_TRAILERS, len(block)) + block}
+            )
             return
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         await self._send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
@@ -320,7 +330,9 @@ class GrpcApp:
             return
         if not protocol.web and scope.get("http_version") != "2":
             # Its status needs HTTP trailers, which HTTP/1.1 responses here cannot carry.
-            await _plain(scope, send, 505, [(b"content-type", b"text/plain")], b"gRPC needs HTTP/2: use gRPC-Web or Connect\n")
+            await _plain(
+                scope, send, 505, [(b"content-type", b"text/plain")], b"gRPC needs HTTP/2: use gRPC-Web or Connect\n"
+            )
             return
         exchange = _Exchange(scope, receive, send, protocol)
         procedure = path[len(self.prefix) + 1 :]
@@ -533,4 +545,3 @@ def _content_length(headers: Headers) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value)
-

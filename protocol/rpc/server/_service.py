@@ -87,4 +87,3 @@ class Service:
     def unimplemented(self) -> tuple[str, ...]:
         """The procedures that answer ``unimplemented``."""
         return tuple(p for p, r in self.routes.items() if r.handler is None)
-

@@ -169,6 +169,7 @@ class ServedApp:
 
 # ---------------------------------------------------------------- containment, fixes to hypercorn
 
+
 @final
 class _ContainedTCPServer(TCPServer):
     """hypercorn's per-connection server (trio worker) with whatever escapes one connection's
@@ -196,7 +197,9 @@ class _ContainedTCPServer(TCPServer):
         client = getattr(protocol, "client", None)
         # The traceback goes through the formatter's exception rendering, which shows control
         # characters escaped (protocol/logs.py): an exception's message may carry a client's bytes.
-        log.error("closed the HTTP connection from %s after an error in its handling (serving on)", client, exc_info=exc)
+        log.error(
+            "closed the HTTP connection from %s after an error in its handling (serving on)", client, exc_info=exc
+        )
         # run()'s own cleanup closes the stream unless the error came from that cleanup.
         await trio.aclose_forcefully(self.stream)
 
@@ -367,7 +370,9 @@ def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load the certificate {tls.cert_file} with key {tls.key_file}: {_why(exc)}") from exc
+        raise TLSConfigError(
+            f"cannot load the certificate {tls.cert_file} with key {tls.key_file}: {_why(exc)}"
+        ) from exc
     if tls.client_ca_file:
         try:
             ctx.load_verify_locations(tls.client_ca_file)
@@ -402,7 +407,9 @@ class _TLSConfig(Config):
 def transport_summary(tls: ServerTLS | None) -> str:
     """The start-up log's words for how the server is reached."""
     if tls is None:
-        return "plain HTTP (no certificate configured: for loopback development only; tokens cross the network in clear)"
+        return (
+            "plain HTTP (no certificate configured: for loopback development only; tokens cross the network in clear)"
+        )
     if not tls.client_ca_file:
         return "HTTPS (HTTP/2 and HTTP/1.1; no client certificates asked)"
     mode = "required (mutual TLS)" if tls.require_client_cert else "verified when presented"
@@ -427,7 +434,9 @@ def bind_sockets(config: Config) -> Sockets:
             except OSError as exc:
                 for sock in (*secure, *insecure):
                     sock.close()
-                raise errors.Unavailable(f"cannot listen on {bind}: {exc.strerror or exc}", reason="cannot_listen") from None
+                raise errors.Unavailable(
+                    f"cannot listen on {bind}: {exc.strerror or exc}", reason="cannot_listen"
+                ) from None
     for sock in (*secure, *insecure):
         sock.listen(config.backlog)
     return Sockets(secure, insecure, [])
