@@ -1,9 +1,9 @@
-"""The controller's ``AdminService`` (audit query and export, tokens, node removal)
-and the curl-friendly ``GET /v1/audit/export.jsonl``.
+"""The controller's ``AdminService`` (audit query and export, tokens, node and VM
+removal) and the curl-friendly ``GET /v1/audit/export.jsonl``.
 
 Every RPC needs an admin permission (:data:`~.auth.Permission.AUDIT_READ`,
-``TOKEN_MANAGE`` or ``NODE_MANAGE``); a label-scoped token never holds them
-(:data:`~.auth.GLOBAL_PERMISSIONS`). Token and node changes are audited like
+``TOKEN_MANAGE``, ``NODE_MANAGE`` or ``VM_MANAGE``); a label-scoped token never holds them
+(:data:`~.auth.GLOBAL_PERMISSIONS`). Token, node and VM changes are audited like
 the VM actions of ``api.py``: the row is written (and fsynced) *before* the
 change, refusals are recorded as ``denied``, and the row is completed with the
 outcome. The audit row of a new token names its owner, role and label scope:
@@ -35,7 +35,7 @@ from limiquantix.protocol.rpc.server import CallContext
 from .api import AuthFailures, source_address
 from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
-from .store import Store
+from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store
 
 __all__ = [
     "ADMIN_SERVICE",
@@ -63,7 +63,7 @@ EXPORT_CHUNK_ROWS: Final = 500
 #: Completing an audit row after the change, shielded from cancellation.
 _AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
 _AUDIT_ERROR_CHARS: Final = 500
-#: Longest node id (the store's rule; longer ones are refused).
+#: Longest node or VM id (the store's rule; longer ones are refused).
 _MAX_ID_CHARS: Final = 255
 #: The GET export's query parameters (camelCase like the API; snake_case accepted).
 _PARAM_NAMES: Final = {
@@ -287,8 +287,9 @@ async def _jsonl_chunks(store: Store, query: AuditQuery) -> AsyncIterator[tuple[
 class AdminAPI:
     """``limiquantix.compute.v1.AdminService`` over the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> None:
         self.store = store
+        self.heartbeat_timeout_s = heartbeat_timeout_s
 
     async def _allowed(
         self,
@@ -297,6 +298,7 @@ class AdminAPI:
         action: AuditAction,
         detail: Callable[[], AuditDetail],
         *,
+        vm_id: str = "",
         node_id: str = "",
     ) -> Principal:
         """The caller, if it holds ``permission``; a refusal is recorded ``denied``.
@@ -316,7 +318,12 @@ class AdminAPI:
             except errors.InvalidArgument:
                 what = AuditDetail()
             audit_id = await self.store.audit_begin(
-                principal, source_address=source_address(ctx.peer), action=action, node_id=node_id, detail=what
+                principal,
+                source_address=source_address(ctx.peer),
+                action=action,
+                vm_id=vm_id,
+                node_id=node_id,
+                detail=what,
             )
             await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
             raise
@@ -324,7 +331,14 @@ class AdminAPI:
 
     @asynccontextmanager
     async def _audited(
-        self, ctx: CallContext, principal: Principal, action: AuditAction, detail: AuditDetail, *, node_id: str = ""
+        self,
+        ctx: CallContext,
+        principal: Principal,
+        action: AuditAction,
+        detail: AuditDetail,
+        *,
+        vm_id: str = "",
+        node_id: str = "",
     ) -> AsyncIterator[None]:
         """The audit row begun (fsynced) before the body runs, completed with how it ended.
 
@@ -333,7 +347,12 @@ class AdminAPI:
         """
         started = trio.current_time()
         audit_id = await self.store.audit_begin(
-            principal, source_address=source_address(ctx.peer), action=action, node_id=node_id, detail=detail
+            principal,
+            source_address=source_address(ctx.peer),
+            action=action,
+            vm_id=vm_id,
+            node_id=node_id,
+            detail=detail,
         )
         outcome, error = AuditOutcome.ERROR, ""
         try:
@@ -479,6 +498,31 @@ class AdminAPI:
             await self.store.remove_node(node_id)
         log.info("node %s removed by %s", node_id, principal.user)
         return admin_pb.RemoveNodeResponse()
+
+    # -- VMs --------------------------------------------------------------------------
+
+    async def RemoveVM(self, request: admin_pb.RemoveVMRequest, ctx: CallContext) -> admin_pb.RemoveVMResponse:
+        """Forget a VM that is gone, or whose node is unreachable (ListVMs stops listing it).
+
+        Raises:
+            errors.PermissionDenied: no ``vm.manage``.
+            errors.InvalidArgument: no VM id.
+            errors.NotFound: no such VM (not audited, as for VMService calls).
+            errors.FailedPrecondition: reason ``vm_reported``: a reachable node still
+                reports it (audited as an error).
+        """
+        vm_id = request.vm_id[:_MAX_ID_CHARS]
+        principal = await self._allowed(ctx, Permission.VM_MANAGE, AuditAction.VM_REMOVE, AuditDetail, vm_id=vm_id)
+        if not request.vm_id or len(request.vm_id) > _MAX_ID_CHARS:
+            raise errors.InvalidArgument(f"vmId must be 1-{_MAX_ID_CHARS} characters")
+        # Looked up first so that the row names the VM's node.
+        route = await self.store.node_for_vm(vm_id, heartbeat_timeout_s=self.heartbeat_timeout_s)
+        async with self._audited(
+            ctx, principal, AuditAction.VM_REMOVE, AuditDetail(), vm_id=vm_id, node_id=route.node_id
+        ):
+            await self.store.remove_vm(vm_id, heartbeat_timeout_s=self.heartbeat_timeout_s)
+        log.info("VM %s (node %s) removed by %s", vm_id, route.node_id, principal.user)
+        return admin_pb.RemoveVMResponse()
 
     # -- caller -----------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ Every call has been authenticated by :func:`make_authenticator` (bearer token
 1. checks the RPC's permission for the role (``permission_denied`` before the
    VM is even looked up, so a viewer cannot probe which VMs exist);
 2. routes the VM to its node through the store (``not_found`` when no node
-   reports it) and checks the token's label scope against the VM's labels;
+   ever reported it) and checks the token's label scope against the VM's
+   labels; a VM that is gone (its node no longer reports it, or was removed)
+   answers ``unavailable``, reason ``vm_gone`` (GetVM shows its last record);
 3. for audited actions (exec, files, shutdown, password reset, cancel, node
    registration) writes the audit row *before* anything is forwarded; a
    failed write (:class:`~.store.AuditWriteFailed`) refuses the call with
@@ -57,6 +59,7 @@ from .models import (
     AuditDetail,
     AuditOutcome,
     HeartbeatResult,
+    InventoryState,
     NodeInfo,
     VMInfo,
     VMRoute,
@@ -364,6 +367,8 @@ class VMAPI:
         permission: Permission,
         action: AuditAction | None = None,
         detail: AuditDetail | None = None,
+        *,
+        gone_ok: bool = False,
     ) -> tuple[Principal, VMRoute]:
         """Check the permission, find the VM's node, check the label scope.
 
@@ -371,7 +376,9 @@ class VMAPI:
             errors.InvalidArgument: no vmId.
             errors.PermissionDenied: role or label scope (recorded as ``denied``
                 when ``action`` is audited).
-            errors.NotFound: no node reports the VM.
+            errors.NotFound: no node ever reported the VM.
+            errors.Unavailable: reason ``vm_gone``: its node no longer reports it
+                (unless ``gone_ok``).
         """
         principal = _principal(ctx)
         if not vm_id:
@@ -385,6 +392,8 @@ class VMAPI:
             if action is not None:
                 await self._record_denied(ctx, principal, action, vm_id, detail, exc)
             raise
+        if route.gone and not gone_ok:
+            raise route.gone_error()
         return principal, route
 
     async def _record_denied(
@@ -411,8 +420,11 @@ class VMAPI:
         """The VM's node, if it has been heard from lately.
 
         Raises:
-            errors.Unavailable: the node missed its heartbeats (reason ``node_unreachable``).
+            errors.Unavailable: the node missed its heartbeats (reason ``node_unreachable``),
+                or the VM is gone (reason ``vm_gone``).
         """
+        if route.node is None or route.gone:
+            raise route.gone_error()
         if not route.node.reachable:
             raise errors.Unavailable(
                 f"node {route.node.node_id} hosting VM {route.vm.vm_id} has sent no heartbeat for "
@@ -436,7 +448,7 @@ class VMAPI:
             source_address=_source(ctx),
             action=action,
             vm_id=route.vm.vm_id,
-            node_id=route.node.node_id,
+            node_id=route.node_id,
             detail=detail,
         )
         handle = _AuditHandle()
@@ -472,7 +484,11 @@ class VMAPI:
     # -- inventory ------------------------------------------------------------------
 
     async def ListVMs(self, request: api_pb.ListVMsRequest, ctx: CallContext) -> api_pb.ListVMsResponse:
-        """VMs from the nodes' last heartbeats, filtered, in pages (within the token's scope).
+        """Every VM the controller knows (gone ones included), filtered, in pages (within the token's scope).
+
+        ``state`` matches :class:`~.models.InventoryState` values (``running``,
+        ``off``, ``unknown``, ``gone``), anything else the agent state of the VMs
+        that are not gone (a gone VM's agent state is history).
 
         Raises:
             errors.InvalidArgument: page size above the maximum, malformed page token.
@@ -488,27 +504,34 @@ class VMAPI:
         start = int(request.page_token or 0)
         rows = await self.store.list_vms(node_id=request.node_id or None, labels=dict(request.labels) or None)
         nodes = {n.node_id: n for n in await self.store.list_nodes(heartbeat_timeout_s=self.heartbeat_timeout_s)}
-        matching = [
-            (node_id, vm)
-            for node_id, vm in rows
-            if principal.may_access(vm.labels) and (not request.state or vm.state == request.state)
-        ]
+        states = {s.value for s in InventoryState}
+
+        def wanted(vm: VMInfo) -> bool:
+            if not request.state:
+                return True
+            if request.state in states:
+                return vm.inventory_state.value == request.state
+            return vm.reported and vm.state == request.state
+
+        matching = [(node_id, vm) for node_id, vm in rows if principal.may_access(vm.labels) and wanted(vm)]
         page = matching[start : start + page_size]
         more = start + page_size < len(matching)
         return api_pb.ListVMsResponse(
-            vms=[self._vm(vm, nodes.get(node_id)) for node_id, vm in page],
+            vms=[self._vm(vm, node_id, nodes.get(node_id)) for node_id, vm in page],
             next_page_token=str(start + page_size) if more else "",
         )
 
     @staticmethod
-    def _vm(vm: VMInfo, node: NodeInfo | None) -> api_pb.VM:
+    def _vm(vm: VMInfo, node_id: str, node: NodeInfo | None) -> api_pb.VM:
+        """``node``: None once the VM's node was removed (the VM is then gone)."""
         brief = vm.agent
         out = api_pb.VM(
             vm_id=vm.vm_id,
             name=vm.name,
             labels=dict(vm.labels),
-            node_id=node.node_id if node else "",
+            node_id=node_id,
             agent_state=vm.state,
+            state=(InventoryState.GONE if node is None else vm.inventory_state).value,
             node_reachable=bool(node and node.reachable),
             agent_version=brief.agent_version,
             ip_addresses=brief.ip_addresses,
@@ -522,14 +545,17 @@ class VMAPI:
         )
         if brief.last_seen is not None:
             out.last_seen.CopyFrom(_timestamp(brief.last_seen))
+        if vm.last_reported is not None:
+            out.last_reported.CopyFrom(_timestamp(vm.last_reported))
         return out
 
     async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
-        """The VM live from its node; the last reported record when the node is unreachable."""
+        """The VM live from its node; the last reported record when the node is
+        unreachable or the VM is gone."""
         check_message(request)
-        _, route = await self._route(ctx, request.vm_id, Permission.VM_READ)
-        out = self._vm(route.vm, route.node)
-        if not route.node.reachable:
+        _, route = await self._route(ctx, request.vm_id, Permission.VM_READ, gone_ok=True)
+        out = self._vm(route.vm, route.node_id, route.node)
+        if route.node is None or route.gone or not route.node.reachable:
             return out
         try:
             status = await self.nodes.call(
@@ -544,6 +570,7 @@ class VMAPI:
             return out
         agent, telemetry = status.agent, status.resource_usage.telemetry
         out.agent_state = _state_name(agent.state)
+        out.state = InventoryState.of(out.agent_state).value
         out.agent_version = agent.version
         out.ip_addresses[:] = agent.ip_addresses
         out.hostname = agent.identity.hostname

@@ -108,6 +108,8 @@ class Permission(enum.Enum):
     """Create, list and revoke API tokens."""
     NODE_MANAGE = "node.manage"
     """Register and remove hostd nodes."""
+    VM_MANAGE = "vm.manage"
+    """RemoveVM: forget a VM that is gone from the inventory."""
     AUDIT_READ = "audit.read"
     """Query and export the audit log."""
     NODE_REGISTER = "node.register"
@@ -126,6 +128,7 @@ _ADMIN: Final = _OPERATOR | {
     Permission.PASSWORD_RESET,
     Permission.TOKEN_MANAGE,
     Permission.NODE_MANAGE,
+    Permission.VM_MANAGE,
     Permission.AUDIT_READ,
     Permission.NODE_REGISTER,
 }
@@ -140,7 +143,13 @@ ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[Permission]]] = MappingProxyType
 #: Permissions not about one VM: a label-scoped token never has them, since
 #: each would let it act beyond its scope.
 GLOBAL_PERMISSIONS: Final = frozenset(
-    {Permission.TOKEN_MANAGE, Permission.NODE_MANAGE, Permission.AUDIT_READ, Permission.NODE_REGISTER}
+    {
+        Permission.TOKEN_MANAGE,
+        Permission.NODE_MANAGE,
+        Permission.VM_MANAGE,
+        Permission.AUDIT_READ,
+        Permission.NODE_REGISTER,
+    }
 )
 
 

@@ -406,7 +406,7 @@ def build_app(
                     check_node=require_node_certificate if require_node_cert else None,
                 ),
             ),
-            Service(ADMIN_SERVICE, AdminAPI(store)),
+            Service(ADMIN_SERVICE, AdminAPI(store, heartbeat_timeout_s=heartbeat_timeout_s)),
             # Fleet runs live in the app's background nursery, not in the request.
             Service(
                 FLEET_SERVICE,

@@ -299,7 +299,8 @@ class FleetAPI:
 
         Raises:
             errors.PermissionDenied: a named VM is outside the token's label scope.
-            errors.NotFound: a named VM that no node reports.
+            errors.NotFound: a named VM that no node ever reported (one that is gone is a
+                target, and ends ``undeliverable``).
         """
         out: dict[str, None] = {}
         unknown: list[str] = []
@@ -316,7 +317,7 @@ class FleetAPI:
             out.setdefault(vm_id)
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            raise errors.NotFound(f"no node reports VMs: {shown}", reason="unknown_vm")
+            raise errors.NotFound(f"no node has reported VMs: {shown}", reason="unknown_vm")
         if target_spec.labels:
             for _, vm in await self.store.list_vms(labels=target_spec.labels):
                 if principal.may_access(vm.labels):
@@ -401,9 +402,15 @@ class FleetAPI:
         try:
             route = await self.store.node_for_vm(vm_id, heartbeat_timeout_s=self.heartbeat_timeout_s)
         except errors.NotFound:
-            await self._finish_target(run, vm_id, TargetStatus.UNDELIVERABLE, error="no node reports this VM any more")
+            await self._finish_target(run, vm_id, TargetStatus.UNDELIVERABLE, error="an admin removed this VM")
             return
         node = route.node
+        if node is None or route.gone:
+            # Its node no longer reports it (powered off long enough for hostd to forget it, or moved away).
+            await self._finish_target(
+                run, vm_id, TargetStatus.UNDELIVERABLE, node_id=route.node_id, error=route.gone_error().message
+            )
+            return
         if not node.reachable:
             await self._finish_target(
                 run, vm_id, TargetStatus.UNDELIVERABLE, node_id=node.node_id,

@@ -50,6 +50,7 @@ __all__ = [
     "CommandSpec",
     "CommandStatus",
     "HeartbeatResult",
+    "InventoryState",
     "NodeInfo",
     "TargetResult",
     "TargetSpec",
@@ -174,6 +175,8 @@ class AuditAction(enum.Enum):
     TOKEN_REVOKE = "token.revoke"
     NODE_REGISTER = "node.register"
     NODE_REMOVE = "node.remove"
+    VM_REMOVE = "vm.remove"
+    """An admin removed a VM from the inventory (gone, or its node unreachable)."""
     ADMIN_BOOTSTRAP = "admin.bootstrap"
     VM_CLAIM = "vm.claim"
     """A node reported a VM bound to another node that still hosts it: refused (reason ``vm_owned``)."""
@@ -447,6 +450,31 @@ class AgentBrief:
         return cls(**values)
 
 
+class InventoryState(enum.Enum):
+    """A VM as the controller knows it (the API's ``VM.state``)."""
+
+    RUNNING = "running"
+    """Its node reports it and its QEMU chardev socket exists."""
+    OFF = "off"
+    """Its node reports it without the socket (hostd's ``no_socket``: powered off, or not created yet)."""
+    UNKNOWN = "unknown"
+    """Its node reports it but cannot tell (the agent connection is ``disabled``: hostd does not look)."""
+    GONE = "gone"
+    """Its node no longer reports it, or the node was removed: kept until an admin removes it."""
+
+    @classmethod
+    def of(cls, agent_state: str, *, reported: bool = True) -> InventoryState:
+        """The state of a VM whose node reports hostd's ``agent_state`` (or no longer reports it)."""
+        if not reported:
+            return cls.GONE
+        return _INVENTORY_STATES.get(agent_state, cls.RUNNING)
+
+
+#: hostd's agent states that say something about the VM itself; every other one
+#: (connecting, waiting_for_agent, connected, unresponsive) needs the socket, so QEMU runs.
+_INVENTORY_STATES: Final = {"no_socket": InventoryState.OFF, "disabled": InventoryState.UNKNOWN}
+
+
 @final
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VMInfo:
@@ -458,11 +486,20 @@ class VMInfo:
     state: str = ""
     """hostd's agent connection state (``connected``, ``waiting_for_agent`` ...)."""
     agent: AgentBrief = dataclasses.field(default_factory=AgentBrief)
+    reported: bool = True
+    """Its node's latest heartbeat lists it (False: gone, the rest is as last reported)."""
+    last_reported: float | None = None
+    """Unix time of the last heartbeat that listed it (None: a record not read from the store)."""
 
     def __post_init__(self) -> None:
         if not self.vm_id or len(self.vm_id) > 255:
             raise errors.InvalidArgument("vm_id must be 1-255 characters")
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    @property
+    def inventory_state(self) -> InventoryState:
+        """``running``, ``off``, ``unknown`` or ``gone``."""
+        return InventoryState.of(self.state, reported=self.reported)
 
 
 @final
@@ -501,8 +538,22 @@ class VMRoute:
     """Where a VM lives: the node to call, and the VM as that node reported it
     (its labels are what a token's label scope is checked against)."""
 
-    node: NodeInfo
+    node_id: str
+    """The node the VM is bound to (it may have been removed since)."""
+    node: NodeInfo | None
+    """That node; None once it was removed (the VM is then gone)."""
     vm: VMInfo
+
+    @property
+    def gone(self) -> bool:
+        """Its node no longer reports the VM (or was removed): nothing can be forwarded."""
+        return self.node is None or not self.vm.reported
+
+    def gone_error(self) -> errors.Unavailable:
+        """What a call for a gone VM answers (reason ``vm_gone``)."""
+        when = iso_time(self.vm.last_reported) or "an unknown time"
+        node = f"node {self.node_id}" if self.node is not None else f"node {self.node_id} (since removed)"
+        return errors.Unavailable(f"VM {self.vm.vm_id} is gone: {node} last reported it at {when}", reason="vm_gone")
 
 
 @final
@@ -513,8 +564,9 @@ class VMMove:
     vm_id: str
     from_node: str
     reason: str
-    """``not_reported`` (the owner's last heartbeat no longer lists it) or
-    ``owner_unreachable`` (the owner is silent past the heartbeat timeout)."""
+    """``not_reported`` (the owner's last heartbeat no longer lists it),
+    ``owner_unreachable`` (the owner is silent past the heartbeat timeout) or
+    ``owner_removed`` (an admin removed the owner)."""
 
 
 @final

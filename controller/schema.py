@@ -193,6 +193,40 @@ _V5: Final = (
         SELECT 1 FROM vm_owners o WHERE o.vm_id = node_vms.vm_id AND o.node_id = node_vms.node_id)""",
 )
 
+# Version 6: the inventory keeps every VM it has seen (issue 13): one row per VM id
+# with the node it is bound to (as v5's vm_owners), its last reported record (as
+# node_vms), when a heartbeat last listed it, and whether its node's latest
+# heartbeat still does. The row outlives both: a VM its node no longer reports, or
+# whose node was removed, is listed as gone until an admin removes it. There is no
+# foreign key to nodes for that reason (v5's cascade made such VMs vanish).
+# VMs v5 bound but no longer listed are kept by id alone (v5 kept nothing else),
+# last reported, as far as is known, when they were bound.
+_V6: Final = (
+    """CREATE TABLE vms (
+        vm_id         TEXT PRIMARY KEY,
+        node_id       TEXT NOT NULL,
+        name          TEXT NOT NULL DEFAULT '',
+        labels        TEXT NOT NULL DEFAULT '{}',
+        state         TEXT NOT NULL DEFAULT '',   -- hostd's agent state as last reported
+        agent         TEXT NOT NULL DEFAULT '{}',
+        bound_at      REAL NOT NULL,
+        last_reported REAL NOT NULL,
+        reported      INTEGER NOT NULL DEFAULT 1 CHECK (reported IN (0, 1))
+    )""",
+    "CREATE INDEX vms_node ON vms(node_id, reported)",
+    """INSERT INTO vms (vm_id, node_id, name, labels, state, agent, bound_at, last_reported, reported)
+    SELECT v.vm_id, v.node_id, v.name, v.labels, v.state, v.agent, o.bound_at,
+           COALESCE(n.last_heartbeat, n.registered_at), 1
+    FROM node_vms v
+    JOIN vm_owners o ON o.vm_id = v.vm_id AND o.node_id = v.node_id
+    JOIN nodes n ON n.node_id = v.node_id""",
+    """INSERT INTO vms (vm_id, node_id, bound_at, last_reported, reported)
+    SELECT o.vm_id, o.node_id, o.bound_at, o.bound_at, 0 FROM vm_owners o
+    WHERE NOT EXISTS (SELECT 1 FROM node_vms v WHERE v.vm_id = o.vm_id AND v.node_id = o.node_id)""",
+    "DROP TABLE node_vms",
+    "DROP TABLE vm_owners",
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
@@ -200,6 +234,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(3, "each VM's agent in brief from the heartbeats", _V3),
     Migration(4, "nodes bound to the node token that registered them", _V4),
     Migration(5, "VM ids bound to the node that hosts them", _V5),
+    Migration(6, "every VM seen kept, with when it was last reported, until an admin removes it", _V6),
 )
 
 #: The version this code writes and understands.

@@ -327,7 +327,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_node(self, node_id: str) -> None:
-        """Forget a node and its VM list.
+        """Forget a node; its VMs stay in the inventory, gone (see :meth:`remove_vm`).
 
         Raises:
             errors.NotFound: no such node.
@@ -345,6 +345,10 @@ class Store(abc.ABC):
         """A node is alive and hosts exactly ``vms`` (replacing its previous list).
 
         ``owner_token_id``: the node-role API token sending it (None: an admin).
+
+        The inventory keeps every VM it has seen: one of this node's VMs missing
+        from ``vms`` stays, as last reported, gone (``reported`` False) until an
+        admin removes it (:meth:`remove_vm`) or a node reports it again.
 
         A VM id is bound to the first node that reports it. Another node's report
         of it is refused (left out of that node's list, returned in
@@ -372,17 +376,28 @@ class Store(abc.ABC):
     async def list_vms(
         self, *, node_id: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[tuple[str, VMInfo]]:
-        """``(node_id, vm)`` of every VM in the nodes' last heartbeats, by VM id;
-        ``labels``: only VMs carrying every pair."""
+        """``(node_id, vm)`` of every VM in the inventory (gone ones included), by
+        VM id; ``node_id``: only VMs bound to it; ``labels``: only VMs carrying every pair."""
 
     @abc.abstractmethod
     async def node_for_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
-        """The node ``vm_id`` is bound to (see :meth:`heartbeat`), as long as it
-        reports the VM. The caller answers ``unavailable`` when
+        """The node ``vm_id`` is bound to (see :meth:`heartbeat`), gone VMs included
+        (``route.gone``). The caller answers ``unavailable`` when the VM is gone or
         ``route.node.reachable`` is False.
 
         Raises:
-            errors.NotFound: no node reports the VM (or only one it is not bound to).
+            errors.NotFound: no node ever reported the VM (or an admin removed it).
+        """
+
+    @abc.abstractmethod
+    async def remove_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
+        """Forget a VM: gone, or bound to a node silent past ``heartbeat_timeout_s``.
+        Returns it as it was.
+
+        Raises:
+            errors.NotFound: no such VM.
+            errors.FailedPrecondition: reason ``vm_reported``: a reachable node still
+                reports it (its next heartbeat would list it again).
         """
 
     # ---- fleet runs
@@ -880,6 +895,8 @@ class SQLiteStore(Store):
             with _write(conn, durable=True):
                 if conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount == 0:
                     raise errors.NotFound(f"no node {node_id!r}")
+                # Its VMs stay, gone: should the id register again, they are back only once reported.
+                conn.execute("UPDATE vms SET reported = 0 WHERE node_id = ? AND reported = 1", (node_id,))
 
         await self._run(run)
 
@@ -892,7 +909,7 @@ class SQLiteStore(Store):
         heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     ) -> HeartbeatResult:
         rows = {
-            vm.vm_id: (node_id, vm.vm_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict()))
+            vm.vm_id: [vm.vm_id, node_id, vm.name, _json(dict(vm.labels)), vm.state, _json(vm.agent.to_dict())]
             for vm in vms
         }
 
@@ -906,10 +923,16 @@ class SQLiteStore(Store):
                 moved, refused = _claim_vms(conn, node_id, list(rows), now, heartbeat_timeout_s)
                 for claim in refused:
                     del rows[claim.vm_id]
-                conn.execute("DELETE FROM node_vms WHERE node_id = ?", (node_id,))
+                # Not deleted: a VM this heartbeat leaves out is gone, and stays listed as such.
+                conn.execute("UPDATE vms SET reported = 0 WHERE node_id = ? AND reported = 1", (node_id,))
                 conn.executemany(
-                    "INSERT INTO node_vms (node_id, vm_id, name, labels, state, agent) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows.values(),
+                    "INSERT INTO vms (vm_id, node_id, name, labels, state, agent, bound_at, last_reported, reported)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (vm_id) DO UPDATE SET"
+                    " bound_at = CASE WHEN vms.node_id = excluded.node_id THEN vms.bound_at ELSE excluded.bound_at END,"
+                    " node_id = excluded.node_id, name = excluded.name, labels = excluded.labels,"
+                    " state = excluded.state, agent = excluded.agent, last_reported = excluded.last_reported,"
+                    " reported = 1",
+                    [(*row, now, now) for row in rows.values()],
                 )
                 return HeartbeatResult(moved=tuple(moved), refused=tuple(refused))
 
@@ -930,7 +953,7 @@ class SQLiteStore(Store):
         self, *, node_id: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[tuple[str, VMInfo]]:
         def run(conn: sqlite3.Connection) -> list[tuple[str, VMInfo]]:
-            sql = f"SELECT node_id, {_VM_COLUMNS} FROM node_vms"
+            sql = f"SELECT node_id, {_VM_COLUMNS} FROM vms"
             params: tuple[Any, ...] = ()
             if node_id is not None:
                 sql += " WHERE node_id = ?"
@@ -946,18 +969,23 @@ class SQLiteStore(Store):
 
     async def node_for_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
         def run(conn: sqlite3.Connection) -> VMRoute:
-            # Only the node the VM is bound to: another node's report never routes a call.
-            row = conn.execute(
-                f"{_NODE_SELECT} JOIN vm_owners o ON o.node_id = n.node_id WHERE o.vm_id = ?", (vm_id,)
-            ).fetchone()
-            vm_row = None
-            if row is not None:
-                vm_row = conn.execute(
-                    f"SELECT {_VM_COLUMNS} FROM node_vms WHERE node_id = ? AND vm_id = ?", (row[0], vm_id)
-                ).fetchone()
-            if row is None or vm_row is None:
-                raise errors.NotFound(f"no node reports VM {vm_id!r}", reason="unknown_vm")
-            return VMRoute(node=_node_from_row(row, self._clock(), heartbeat_timeout_s), vm=_vm_from_row(vm_row))
+            with _read(conn):
+                return _route(conn, vm_id, self._clock(), heartbeat_timeout_s)
+
+        return await self._run(run)
+
+    async def remove_vm(self, vm_id: str, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> VMRoute:
+        def run(conn: sqlite3.Connection) -> VMRoute:
+            with _write(conn, durable=True):
+                route = _route(conn, vm_id, self._clock(), heartbeat_timeout_s)
+                if not route.gone and route.node is not None and route.node.reachable:
+                    raise errors.FailedPrecondition(
+                        f"node {route.node_id} still reports VM {vm_id} (it would be listed again at its next"
+                        " heartbeat): remove the VM from that host first",
+                        reason="vm_reported",
+                    )
+                conn.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
+                return route
 
         return await self._run(run)
 
@@ -1394,7 +1422,7 @@ def _valid_node_id(node_id: str) -> bool:
 
 _NODE_SELECT: Final = (
     "SELECT n.node_id, n.url, n.token, n.registered_at, n.last_heartbeat,"
-    " (SELECT COUNT(*) FROM node_vms c WHERE c.node_id = n.node_id) FROM nodes n"
+    " (SELECT COUNT(*) FROM vms c WHERE c.node_id = n.node_id AND c.reported = 1) FROM nodes n"
 )
 
 
@@ -1426,11 +1454,12 @@ _CLAIM_BATCH: Final = 500
 def _claim_vms(
     conn: sqlite3.Connection, node_id: str, vm_ids: list[str], now: float, heartbeat_timeout_s: float
 ) -> tuple[list[VMMove], list[VMClaim]]:
-    """Bind the VMs a node reports to it where nobody else may keep them.
+    """Which of the VMs a node reports may be bound to it, and which move to it.
 
     A VM bound to another node moves here when that node's last heartbeat no
-    longer lists it, or when that node has been silent past
-    ``heartbeat_timeout_s`` (its stale row is dropped); otherwise it is refused.
+    longer lists it, when that node has been silent past ``heartbeat_timeout_s``,
+    or when it was removed; otherwise it is refused. The caller's upsert then
+    rebinds the moved ones.
     """
     moved: list[VMMove] = []
     refused: list[VMClaim] = []
@@ -1438,25 +1467,20 @@ def _claim_vms(
         batch = vm_ids[start : start + _CLAIM_BATCH]
         marks = ",".join("?" * len(batch))
         others = conn.execute(
-            "SELECT o.vm_id, o.node_id, n.last_heartbeat,"
-            " EXISTS (SELECT 1 FROM node_vms v WHERE v.node_id = o.node_id AND v.vm_id = o.vm_id)"
-            f" FROM vm_owners o JOIN nodes n ON n.node_id = o.node_id WHERE o.node_id <> ? AND o.vm_id IN ({marks})",
+            "SELECT v.vm_id, v.node_id, v.reported, n.node_id IS NOT NULL, n.last_heartbeat"
+            f" FROM vms v LEFT JOIN nodes n ON n.node_id = v.node_id WHERE v.node_id <> ? AND v.vm_id IN ({marks})",
             (node_id, *batch),
         ).fetchall()
-        for vm_id, owner, last_heartbeat, still_reported in others:
+        for vm_id, owner, still_reported, owner_exists, last_heartbeat in others:
             owner_reachable = last_heartbeat is not None and now - last_heartbeat <= heartbeat_timeout_s
-            if still_reported and owner_reachable:
+            if still_reported and owner_exists and owner_reachable:
                 refused.append(VMClaim(vm_id=vm_id, owner_node=owner))
                 continue
-            moved.append(
-                VMMove(vm_id=vm_id, from_node=owner, reason="owner_unreachable" if still_reported else "not_reported")
-            )
-            conn.execute("DELETE FROM node_vms WHERE node_id = ? AND vm_id = ?", (owner, vm_id))
-            conn.execute("UPDATE vm_owners SET node_id = ?, bound_at = ? WHERE vm_id = ?", (node_id, now, vm_id))
-        conn.executemany(
-            "INSERT OR IGNORE INTO vm_owners (vm_id, node_id, bound_at) VALUES (?, ?, ?)",
-            [(vm_id, node_id, now) for vm_id in batch],
-        )
+            if not owner_exists:
+                reason = "owner_removed"
+            else:
+                reason = "owner_unreachable" if still_reported else "not_reported"
+            moved.append(VMMove(vm_id=vm_id, from_node=owner, reason=reason))
     return moved, refused
 
 
@@ -1480,7 +1504,7 @@ def _node(conn: sqlite3.Connection, node_id: str, now: float, heartbeat_timeout_
     return _node_from_row(row, now, heartbeat_timeout_s)
 
 
-_VM_COLUMNS: Final = "vm_id, name, labels, state, agent"
+_VM_COLUMNS: Final = "vm_id, name, labels, state, agent, reported, last_reported"
 
 
 def _vm_from_row(row: Sequence[Any]) -> VMInfo:
@@ -1490,7 +1514,20 @@ def _vm_from_row(row: Sequence[Any]) -> VMInfo:
         labels=json.loads(row[2]),
         state=row[3],
         agent=AgentBrief.from_dict(json.loads(row[4])),
+        reported=bool(row[5]),
+        last_reported=row[6],
     )
+
+
+def _route(conn: sqlite3.Connection, vm_id: str, now: float, heartbeat_timeout_s: float) -> VMRoute:
+    """Raises: errors.NotFound: no such VM (reason ``unknown_vm``)."""
+    # Only the node the VM is bound to: another node's report never routes a call.
+    row = conn.execute(f"SELECT node_id, {_VM_COLUMNS} FROM vms WHERE vm_id = ?", (vm_id,)).fetchone()
+    if row is None:
+        raise errors.NotFound(f"no VM {vm_id!r}: no node has reported it", reason="unknown_vm")
+    node_row = conn.execute(f"{_NODE_SELECT} WHERE n.node_id = ?", (row[0],)).fetchone()
+    node = _node_from_row(node_row, now, heartbeat_timeout_s) if node_row is not None else None
+    return VMRoute(node_id=row[0], node=node, vm=_vm_from_row(row[1:]))
 
 
 _TARGET_COLUMNS: Final = (

@@ -458,9 +458,14 @@ async def test_remove_node(stack: Stack) -> None:
     assert len((await stack.ok("ListVMs", {}, service=VM))["vms"]) == 2
     await stack.ok("RemoveNode", {"nodeId": "host-a"})
     assert [n["nodeId"] for n in (await stack.ok("ListNodes", {}, service=NODES))["nodes"]] == ["host-b"]
-    assert [v["vmId"] for v in (await stack.ok("ListVMs", {}, service=VM))["vms"]] == ["host-b-vm"]
+    # host-a's VM stays listed, gone (issue 13); calls for it say so.
+    listed = (await stack.ok("ListVMs", {}, service=VM))["vms"]
+    assert [(v["vmId"], v["nodeId"], v["state"]) for v in listed] == [
+        ("host-a-vm", "host-a", "gone"),
+        ("host-b-vm", "host-b", "running"),
+    ]
     r = await stack.call("PingAgent", {"vmId": "host-a-vm"}, service=VM)
-    assert r.status_code == 404
+    assert r.status_code == 503 and "vm_gone" in r.text
     r = await stack.call("RemoveNode", {"nodeId": "host-a"})
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     assert (await stack.call("RemoveNode", {"nodeId": ""})).status_code == 400

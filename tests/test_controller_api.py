@@ -84,10 +84,11 @@ class Stack:
         node_id: str = "host-a",
         who: str = "node",
         scope: trio.CancelScope | None = None,
+        discovery: DiscoveryConfig | None = None,
     ) -> None:
         """hostd as node ``node_id`` of this controller (with ``who``'s node token), serving
-        ``vms`` (id -> labels) at ``short_tmp/<id>.sock``; cancelling ``scope`` (default
-        ``hostd_scope``) kills it abruptly."""
+        ``vms`` (id -> labels) at ``short_tmp/<id>.sock`` and those ``discovery`` finds (default:
+        none); cancelling ``scope`` (default ``hostd_scope``) kills it abruptly."""
         config = HostdConfig(
             listen="127.0.0.1:0",
             token=HOSTD_TOKEN,
@@ -95,7 +96,7 @@ class Stack:
             controller_url=self.url,
             controller_token=self.tokens[who],
             heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
-            discovery=DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
+            discovery=discovery or DiscoveryConfig(socket_dir="", libvirt_channel_root=""),
             vms=tuple(
                 VMEntry(id=vm_id, socket=str(self.short_tmp / f"{vm_id}.sock"), labels=labels)
                 for vm_id, labels in vms.items()

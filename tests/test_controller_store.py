@@ -28,6 +28,7 @@ from limiquantix.controller.models import (
     AuditQuery,
     CommandSpec,
     CommandStatus,
+    InventoryState,
     TargetSpec,
     TargetStatus,
     VMClaim,
@@ -301,6 +302,7 @@ EXPECTED_MINIMUM_ROLE = {
     Permission.PASSWORD_RESET: Role.ADMIN,
     Permission.TOKEN_MANAGE: Role.ADMIN,
     Permission.NODE_MANAGE: Role.ADMIN,
+    Permission.VM_MANAGE: Role.ADMIN,
     Permission.AUDIT_READ: Role.ADMIN,
     Permission.NODE_REGISTER: Role.ADMIN,
 }
@@ -654,8 +656,9 @@ async def test_nodes_register_heartbeat_unreachable_route(store: SQLiteStore, cl
     assert (node_a.url, node_a.token, node_a.vm_count) == ("https://10.0.0.1:8443", "rotated", 1)
 
     await store.remove_node("host-a")
-    with pytest.raises(errors.NotFound):
-        await store.node_for_vm("db-1")
+    # Its VMs stay in the inventory, gone, bound to the removed node's id.
+    route = await store.node_for_vm("db-1")
+    assert route.gone and route.node is None and route.node_id == "host-a" and not route.vm.reported
     with pytest.raises(errors.NotFound):
         await store.remove_node("host-a")
     assert [n.node_id for n in await store.list_nodes()] == ["host-b"]
@@ -679,8 +682,8 @@ async def test_a_vm_is_bound_to_its_node_and_moves_only_when_its_owner_lets_go(
     assert route.node.node_id == "host-a" and dict(route.vm.labels) == {"env": "prod"}
     # A live migration: host-a stops reporting web-1, host-b's next heartbeat takes it.
     await store.heartbeat("host-a", [VMInfo(vm_id="db-1")])
-    with pytest.raises(errors.NotFound):  # the owner no longer reports it, nobody else is bound to it
-        await store.node_for_vm("web-1")
+    gone = await store.node_for_vm("web-1")  # the owner no longer reports it: gone, still bound to host-a
+    assert gone.gone and gone.node_id == "host-a" and dict(gone.vm.labels) == {"env": "prod"}
     moved = await store.heartbeat("host-b", [VMInfo(vm_id="web-1"), VMInfo(vm_id="b-1")], heartbeat_timeout_s=15)
     assert moved.moved == (VMMove(vm_id="web-1", from_node="host-a", reason="not_reported"),)
     assert (await store.node_for_vm("web-1")).node.node_id == "host-b"
@@ -694,10 +697,13 @@ async def test_a_vm_is_bound_to_its_node_and_moves_only_when_its_owner_lets_go(
     clock.advance(10)
     taken = await store.heartbeat("host-b", [VMInfo(vm_id="db-1"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=15)
     assert taken.moved == (VMMove(vm_id="db-1", from_node="host-a", reason="owner_unreachable"),)
-    assert [(n, vm.vm_id) for n, vm in await store.list_vms()] == [("host-b", "db-1"), ("host-b", "web-1")]
+    listed = [(n, vm.vm_id, vm.reported) for n, vm in await store.list_vms()]
+    # b-1, left out of host-b's last heartbeat, stays listed: gone.
+    assert listed == [("host-b", "b-1", False), ("host-b", "db-1", True), ("host-b", "web-1", True)]
     # Removing a node frees its VMs for anyone.
     await store.remove_node("host-b")
-    await store.heartbeat("host-a", [VMInfo(vm_id="web-1")])
+    freed = await store.heartbeat("host-a", [VMInfo(vm_id="web-1")])
+    assert freed.moved == (VMMove(vm_id="web-1", from_node="host-b", reason="owner_removed"),)
     assert (await store.node_for_vm("web-1")).node.node_id == "host-a"
 
 
@@ -706,8 +712,13 @@ async def test_migration_5_binds_each_reported_vm_to_its_freshest_node(tmp_path:
     db = tmp_path / "v4.db"
     clock = FakeClock()
     async with await SQLiteStore.open(db, migrations=MIGRATIONS[:4], clock=clock) as store:
-        for node in ("host-a", "host-b"):
-            await store.register_node(node, url=f"http://{node}:8081", token=f"secret-{node}")
+        # This code's queries are for the latest schema: a v4 database is written in SQL.
+        await store._run(
+            lambda conn: conn.executemany(
+                "INSERT INTO nodes (node_id, url, token, registered_at) VALUES (?, ?, ?, ?)",
+                [(node, f"http://{node}:8081", f"secret-{node}", clock()) for node in ("host-a", "host-b")],
+            )
+        )
         await store._run(
             lambda conn: conn.executemany(
                 "INSERT INTO node_vms (node_id, vm_id) VALUES (?, ?)",
@@ -723,6 +734,96 @@ async def test_migration_5_binds_each_reported_vm_to_its_freshest_node(tmp_path:
             "host-a", [VMInfo(vm_id="only-a"), VMInfo(vm_id="web-1")], heartbeat_timeout_s=1e12
         )
         assert refused.refused == (VMClaim(vm_id="web-1", owner_node="host-b"),)
+
+
+@pytest.mark.trio
+async def test_the_inventory_keeps_every_vm_seen_until_an_admin_removes_it(
+    store: SQLiteStore, clock: FakeClock
+) -> None:
+    await store.register_node("host-a", url="http://host-a:8081", token="secret-a")
+    first = clock()
+    await store.heartbeat(
+        "host-a",
+        [
+            VMInfo(vm_id="web-1", labels={"env": "prod"}, state="connected"),
+            VMInfo(vm_id="web-2", name="Web 2", labels={"env": "prod"}, state="no_socket"),
+            VMInfo(vm_id="web-3", state="disabled"),
+        ],
+    )
+    states = {vm.vm_id: (vm.inventory_state, vm.last_reported) for _, vm in await store.list_vms()}
+    assert states == {
+        "web-1": (InventoryState.RUNNING, first),
+        "web-2": (InventoryState.OFF, first),
+        "web-3": (InventoryState.UNKNOWN, first),
+    }
+    # hostd forgets web-2 (powered off for minutes): it stays, gone, as last reported.
+    clock.advance(300)
+    await store.heartbeat("host-a", [VMInfo(vm_id="web-1", labels={"env": "prod"}, state="connected")])
+    (_, web2), *_ = [(n, vm) for n, vm in await store.list_vms(labels={"env": "prod"}) if vm.vm_id == "web-2"]
+    assert web2.inventory_state is InventoryState.GONE and web2.last_reported == first
+    assert (web2.name, web2.state) == ("Web 2", "no_socket")
+    assert (await store.node_for_vm("web-1")).vm.last_reported == first + 300
+    assert (await store.get_node("host-a")).vm_count == 1  # the VMs its last heartbeat listed
+
+    # A VM its reachable node still reports cannot be removed: it would be back in 10 s.
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await store.remove_vm("web-1", heartbeat_timeout_s=15)
+    assert refused.value.reason == "vm_reported"
+    removed = await store.remove_vm("web-2", heartbeat_timeout_s=15)
+    assert removed.node_id == "host-a" and removed.gone
+    with pytest.raises(errors.NotFound):
+        await store.node_for_vm("web-2")
+    with pytest.raises(errors.NotFound):
+        await store.remove_vm("web-2")
+    # A node silent past the timeout no longer holds its VMs in place.
+    clock.advance(60)
+    assert (await store.remove_vm("web-1", heartbeat_timeout_s=15)).vm.reported
+    # Reported again, a removed VM is back.
+    await store.heartbeat("host-a", [VMInfo(vm_id="web-2", state="connected")])
+    assert [(vm.vm_id, vm.inventory_state) for _, vm in await store.list_vms()] == [
+        ("web-2", InventoryState.RUNNING),
+        ("web-3", InventoryState.GONE),
+    ]
+
+
+@pytest.mark.trio
+async def test_migration_6_keeps_a_v5_databases_vms_and_their_bindings(tmp_path: Path) -> None:
+    db = tmp_path / "v5.db"
+    clock = FakeClock()
+    beat = clock() - 30
+    agent = json.dumps({"agent_version": "0.1.0", "hostname": "web-1"})
+    async with await SQLiteStore.open(db, migrations=MIGRATIONS[:5], clock=clock):
+        pass
+    # A v5 file as a v5 controller leaves it (this code's queries are for the latest schema).
+    with raw(db) as conn:
+        conn.execute(
+            "INSERT INTO nodes (node_id, url, token, registered_at, last_heartbeat) VALUES (?, ?, ?, ?, ?)",
+            ("host-a", "http://host-a:8081", "secret-a", beat - 100, beat),
+        )
+        conn.execute(
+            "INSERT INTO node_vms (node_id, vm_id, name, labels, state, agent) VALUES (?, ?, ?, ?, ?, ?)",
+            ("host-a", "web-1", "Web 1", '{"env": "prod"}', "connected", agent),
+        )
+        # old-1: bound to host-a, then left out of its heartbeats (v5 dropped its record).
+        conn.executemany(
+            "INSERT INTO vm_owners (vm_id, node_id, bound_at) VALUES (?, ?, ?)",
+            [("web-1", "host-a", beat - 100), ("old-1", "host-a", beat - 50)],
+        )
+    async with await SQLiteStore.open(db, clock=clock) as store:
+        vms = {vm.vm_id: (node, vm) for node, vm in await store.list_vms()}
+        node, web1 = vms["web-1"]
+        assert (node, web1.name, dict(web1.labels), web1.state) == ("host-a", "Web 1", {"env": "prod"}, "connected")
+        assert web1.agent.hostname == "web-1" and web1.reported and web1.last_reported == beat
+        node, old1 = vms["old-1"]
+        assert node == "host-a" and old1.inventory_state is InventoryState.GONE and old1.last_reported == beat - 50
+        assert (await store.get_node("host-a")).vm_count == 1
+        # The binding is kept: another node cannot take web-1 while host-a reports it.
+        await store.register_node("host-b", url="http://host-b:8081", token="secret-b")
+        claim = await store.heartbeat("host-b", [VMInfo(vm_id="web-1")], heartbeat_timeout_s=60)
+        assert claim.refused == (VMClaim(vm_id="web-1", owner_node="host-a"),)
+    with raw(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "vms" in tables and not tables & {"node_vms", "vm_owners"}
 
 
 # ------------------------------------------------------------------ fleet runs

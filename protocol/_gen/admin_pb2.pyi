@@ -220,6 +220,16 @@ class RemoveNodeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RemoveVMRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class RemoveVMResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WhoAmIRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

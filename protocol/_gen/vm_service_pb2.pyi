@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VM(_message.Message):
-    __slots__ = ("vm_id", "name", "labels", "node_id", "agent_state", "node_reachable", "agent_version", "ip_addresses", "hostname", "os", "kernel", "last_seen", "last_disconnect_reason", "cpu_percent", "memory_percent", "uptime_seconds", "identity", "telemetry")
+    __slots__ = ("vm_id", "name", "labels", "node_id", "agent_state", "node_reachable", "agent_version", "ip_addresses", "hostname", "os", "kernel", "last_seen", "last_disconnect_reason", "cpu_percent", "memory_percent", "uptime_seconds", "identity", "telemetry", "state", "last_reported")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,8 @@ class VM(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORTED_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -55,7 +57,9 @@ class VM(_message.Message):
     uptime_seconds: float
     identity: _agent_pb2.AgentIdentity
     telemetry: _agent_pb2.TelemetryReport
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., agent_state: _Optional[str] = ..., node_reachable: _Optional[bool] = ..., agent_version: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., identity: _Optional[_Union[_agent_pb2.AgentIdentity, _Mapping]] = ..., telemetry: _Optional[_Union[_agent_pb2.TelemetryReport, _Mapping]] = ...) -> None: ...
+    state: str
+    last_reported: _timestamp_pb2.Timestamp
+    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., agent_state: _Optional[str] = ..., node_reachable: _Optional[bool] = ..., agent_version: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., identity: _Optional[_Union[_agent_pb2.AgentIdentity, _Mapping]] = ..., telemetry: _Optional[_Union[_agent_pb2.TelemetryReport, _Mapping]] = ..., state: _Optional[str] = ..., last_reported: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
     __slots__ = ("node_id", "state", "labels", "page_size", "page_token")
