@@ -4,7 +4,7 @@ removal) and the curl-friendly ``GET /v1/audit/export.jsonl``.
 Every RPC needs an admin permission (:data:`~.auth.Permission.AUDIT_READ`,
 ``TOKEN_MANAGE``, ``NODE_MANAGE`` or ``VM_MANAGE``); a label-scoped token never holds them
 (:data:`~.auth.GLOBAL_PERMISSIONS`). Token, node and VM changes are audited like
-the VM actions of ``api.py``: the row is written (and fsynced) *before* the
+the VM actions of ``_vms.py``: the row is written (and fsynced) *before* the
 change, refusals are recorded as ``denied``, and the row is completed with the
 outcome. The audit row of a new token names its owner, role and label scope:
 never the token, which is answered once and stored only as a hash.
@@ -32,7 +32,8 @@ from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol.rpc import error_body
 from limiquantix.protocol.rpc.server import CallContext
 
-from .api import AuthFailures, source_address
+from ._authn import AuthFailures
+from ._context import source_address
 from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
 from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store

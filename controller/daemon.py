@@ -65,17 +65,10 @@ from limiquantix.protocol.rpc.server import (
 )
 from limiquantix.protocol.tls import TLSConfigError, TLSFiles, client_ssl_context
 
+from ._authn import AUTH_FAILURE_REASONS, AuthFailures, make_authenticator
+from ._nodes import NODE_REGISTRY_SERVICE, NodeRegistryAPI, require_node_certificate
+from ._vms import VM_SERVICE, VMAPI
 from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
-from .api import (
-    AUTH_FAILURE_REASONS,
-    NODE_REGISTRY_SERVICE,
-    VM_SERVICE,
-    VMAPI,
-    AuthFailures,
-    NodeRegistryAPI,
-    make_authenticator,
-    require_node_certificate,
-)
 from .auth import Principal
 from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
 from .fleet import FLEET_SERVICE, FleetAPI
@@ -340,7 +333,7 @@ class Metrics:
         gauge.set_function(lambda: in_flight.total)
 
     def auth_failure(self, reason: str) -> None:
-        """:class:`~.api.AuthFailures`' counting hook."""
+        """:class:`~._authn.AuthFailures`' counting hook."""
         self.auth_failures.labels(reason).inc()
 
     def observe(self, procedure: str, code: str, seconds: float) -> None:

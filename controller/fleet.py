@@ -12,7 +12,7 @@ up does not stop it. The runner:
   ``started_at``/``completed_at`` intervals never overlap more than that);
 * for each target: node unreachable, VM no longer reported, or agent not
   connected → ``undeliverable``; else ExecuteInGuest through the node's hostd
-  (:func:`~.api.execute_in_guest`, the VMService path) with execution id
+  (:func:`~._exec.execute_in_guest`, the VMService path) with execution id
   ``fleet-<command id>``: exit 0 → ``success``, nonzero / signal / failed to
   start → ``failed``, the command's timeout → ``timed_out``, cancelled →
   ``cancelled``;
@@ -60,17 +60,9 @@ from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
-from .api import (
-    AUDIT_COMPLETE_TIMEOUT_S,
-    DEFAULT_CALL_BUDGET_S,
-    _principal,
-    _source,
-    _timestamp,
-    exec_detail,
-    execute_in_guest,
-    execute_request,
-    record_event,
-)
+from ._audit import AUDIT_COMPLETE_TIMEOUT_S, record_event
+from ._context import principal_of, source_of, timestamp
+from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request
 from .auth import Permission, Principal, require
 from .forward import NodeClient, outcome_unknown
 from .models import (
@@ -210,7 +202,7 @@ class FleetAPI:
                 before anything starts).
         """
         check_message(request)
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         template = api_pb.ExecuteScriptRequest(
             command=request.command,
             args=request.args,
@@ -269,7 +261,7 @@ class FleetAPI:
         try:
             audit_id = await self.store.audit_begin(
                 principal,
-                source_address=_source(ctx),
+                source_address=source_of(ctx),
                 action=AuditAction.FLEET_RUN,
                 # A run over one VM is that VM's row (found by a vmId filter); any run lists its targets.
                 vm_id=targets[0] if len(targets) == 1 else "",
@@ -335,7 +327,7 @@ class FleetAPI:
         vm_id: str = "",
     ) -> None:
         await record_event(
-            self.store, principal, _source(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message,
+            self.store, principal, source_of(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message,
             vm_id=vm_id, detail=detail,
         )  # fmt: skip
 
@@ -499,7 +491,7 @@ class FleetAPI:
             errors.FailedPrecondition: the run already ended in success or failure.
         """
         check_message(request)
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
         detail = AuditDetail(target=request.command_id[:255])
@@ -522,7 +514,7 @@ class FleetAPI:
             raise
         started = trio.current_time()
         audit_id = await self.store.audit_begin(
-            principal, source_address=_source(ctx), action=AuditAction.FLEET_CANCEL, detail=detail
+            principal, source_address=source_of(ctx), action=AuditAction.FLEET_CANCEL, detail=detail
         )
         outcome, error = AuditOutcome.ERROR, ""
         try:
@@ -574,7 +566,7 @@ class FleetAPI:
             errors.NotFound: no such run (or none of its targets is visible).
         """
         check_message(request)
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         require(principal, Permission.COMMAND_READ)
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
@@ -607,7 +599,7 @@ class FleetAPI:
             if t.exit_code is not None:
                 target.exit_code = t.exit_code
             for name, ts in (("started_at", t.started_at), ("completed_at", t.completed_at)):
-                stamp = _timestamp(ts)
+                stamp = timestamp(ts)
                 if stamp is not None:
                     getattr(target, name).CopyFrom(stamp)
         return out
@@ -622,7 +614,7 @@ class FleetAPI:
             errors.PermissionDenied: the role may not read runs.
         """
         check_message(request)
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         require(principal, Permission.COMMAND_READ)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size > MAX_PAGE_SIZE:
@@ -650,8 +642,8 @@ class FleetAPI:
             status=command.status.value,
             user=command.user,
             token_id=command.token_id,
-            created_at=_timestamp(command.created_at),
-            completed_at=_timestamp(command.completed_at),
+            created_at=timestamp(command.created_at),
+            completed_at=timestamp(command.completed_at),
             command=command.spec.command,
             args=command.spec.args,
             timeout_seconds=command.spec.timeout_seconds,

@@ -30,16 +30,14 @@ for passwords, file contents, stdin or environment values.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final, final
 
 import trio
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -47,185 +45,51 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
-from limiquantix.protocol.rpc.server import Authenticator, CallContext, peer_common_name
+from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.wire import enum_name
 
-from .auth import Permission, Principal, Role, require, token_id_of
+from ._audit import _AUDIT_ERROR_CHARS, AUDIT_COMPLETE_TIMEOUT_S, _AuditHandle, record_event
+from ._context import principal_of, source_of, timestamp
+from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request, exit_reason_name
+from .auth import Permission, Principal, require
 from .forward import NodeClient, bytes_field_header, outcome_unknown
 from .models import (
     MAX_PAGE_SIZE,
-    AgentBrief,
     AuditAction,
     AuditDetail,
     AuditOutcome,
-    HeartbeatResult,
     InventoryState,
     NodeInfo,
     VMInfo,
     VMRoute,
 )
 from .store import Store
-from .throttle import AUTH_FAILURE_INTERVAL_S, AuditThrottle
 
 __all__ = [
-    "AUDIT_COMPLETE_TIMEOUT_S",
-    "AUTH_FAILURE_REASONS",
-    "DEFAULT_CALL_BUDGET_S",
     "DEFAULT_PAGE_SIZE",
     "FILE_CALL_BUDGET_S",
-    "NODE_REGISTRY_SERVICE",
-    "VM_CLAIM_AUDIT_INTERVAL_S",
-    "VM_SERVICE",
-    "AuthFailures",
-    "NodeRegistryAPI",
     "VMAPI",
-    "exec_detail",
-    "execute_in_guest",
-    "execute_request",
-    "exit_reason_name",
-    "make_authenticator",
-    "record_event",
-    "source_address",
+    "VM_SERVICE",
 ]
 
 log = logging.getLogger(__name__)
 
+
 VM_SERVICE: Final = api_pb.DESCRIPTOR.services_by_name["VMService"]
-NODE_REGISTRY_SERVICE: Final = api_pb.DESCRIPTOR.services_by_name["NodeRegistryService"]
+
 
 #: ListVMs page size when the caller names none.
 DEFAULT_PAGE_SIZE: Final = 100
-#: Budget of a forwarded call that is not a command or a file transfer.
-DEFAULT_CALL_BUDGET_S: Final = 30.0
+
+
 #: Budget of a file transfer (up to 48 MiB over virtio-serial at a few MB/s).
 FILE_CALL_BUDGET_S: Final = 300.0
-#: Completing an audit row after the action, shielded from cancellation.
-AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
-#: The longest error text kept in an audit row's completion.
-_AUDIT_ERROR_CHARS: Final = 500
-#: A node's refused claim of a VM (sent again with every heartbeat) is audited at
-#: most once per node and VM per this many seconds; the row's count says how many.
-VM_CLAIM_AUDIT_INTERVAL_S: Final = 300.0
+
 
 _NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
+
+
 _STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
-
-
-#: The reasons refused authentications are counted under (anything else: ``other``),
-#: so a client cannot mint metric labels.
-AUTH_FAILURE_REASONS: Final = ("missing_token", "malformed_token", "invalid_token", "revoked_token")
-
-
-@final
-class AuthFailures:
-    """Every bearer-token check of the controller (Connect calls and plain routes).
-
-    A refusal (401) is counted (``count(reason)``, for ``/metrics``) and audited
-    as ``auth.failed``, at most once per source address per
-    :data:`~.throttle.AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
-    it stands for), so a client retrying a bad token in a loop leaves a trace
-    without flooding the log. The row names the path and the token id the
-    client presented when it has the shape of one (never the secret).
-    """
-
-    def __init__(
-        self, store: Store, count: Callable[[str], None], *, interval_s: float = AUTH_FAILURE_INTERVAL_S
-    ) -> None:
-        self.store = store
-        self._count = count
-        self._throttle = AuditThrottle(interval_s)
-
-    async def authenticate(self, token: str | None, peer: tuple[str, int] | None, path: str) -> Principal:
-        """The principal ``token`` stands for.
-
-        Raises:
-            errors.Unauthenticated: no token, or not a valid one (counted and audited).
-        """
-        try:
-            if token is None:
-                raise errors.Unauthenticated("an Authorization: Bearer token is required", reason="missing_token")
-            return await self.store.authenticate(token)
-        except errors.Unauthenticated as exc:
-            await self._record(exc, token, peer, path)
-            raise
-
-    async def _record(
-        self, exc: errors.Unauthenticated, token: str | None, peer: tuple[str, int] | None, path: str
-    ) -> None:
-        reason = exc.reason if exc.reason in AUTH_FAILURE_REASONS else "other"
-        self._count(reason)
-        held = self._throttle.hit(peer[0] if peer else "unix", trio.current_time())
-        if held is None:
-            return
-        claimed = ""
-        if token is not None:
-            with contextlib.suppress(errors.Unauthenticated):
-                claimed = token_id_of(token, allow_freeform=False)
-        detail = AuditDetail(path=path, target=claimed, count=held, flags=(f"reason={reason}",))
-        try:
-            await record_event(
-                self.store, None, source_address(peer), AuditAction.AUTH_FAILED, outcome=AuditOutcome.DENIED,
-                error=f"{reason}: {exc.message}", detail=detail,
-            )  # fmt: skip
-        except errors.AgentError:
-            # The caller gets its 401 either way; a full disk must not turn it into a 503.
-            log.exception("the audit row of a refused authentication could not be written")
-
-
-def make_authenticator(failures: AuthFailures) -> Authenticator:
-    """The Connect ``authenticate`` hook: bearer token → ``ctx.auth`` (a Principal).
-
-    Runs before the request body is read, so an anonymous client cannot make
-    the controller buffer anything.
-    """
-
-    async def authenticate(ctx: CallContext) -> None:
-        ctx.auth = await failures.authenticate(ctx.bearer_token, ctx.peer, f"/{ctx.procedure}")
-
-    return authenticate
-
-
-def _principal(ctx: CallContext) -> Principal:
-    principal = ctx.auth
-    if not isinstance(principal, Principal):  # pragma: no cover - the router always authenticates first
-        raise errors.Unauthenticated("not authenticated")
-    return principal
-
-
-def source_address(peer: tuple[str, int] | None) -> str:
-    """A client's address for audit rows: ``host:port``, ``[v6]:port``, or ``unix``."""
-    if peer is None:
-        return "unix"
-    host, port = peer
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _source(ctx: CallContext) -> str:
-    """The client's address for audit rows."""
-    return source_address(ctx.peer)
-
-
-async def record_event(
-    store: Store,
-    principal: Principal | None,
-    source_address: str,
-    action: AuditAction,
-    *,
-    outcome: AuditOutcome,
-    error: str = "",
-    vm_id: str = "",
-    node_id: str = "",
-    detail: AuditDetail | None = None,
-) -> None:
-    """An audit row for something already decided (a refusal, a move): begun and completed at once.
-
-    Raises:
-        AuditWriteFailed: the row could not be written.
-    """
-    audit_id = await store.audit_begin(
-        principal, source_address=source_address, action=action, vm_id=vm_id, node_id=node_id, detail=detail
-    )
-    await store.audit_complete(audit_id, outcome=outcome, error=error[:_AUDIT_ERROR_CHARS])
 
 
 def _state_name(state: int) -> str:
@@ -233,120 +97,8 @@ def _state_name(state: int) -> str:
     return enum_name(node_pb.AgentState, state)
 
 
-def _timestamp(ts: float | None) -> Timestamp | None:
-    if ts is None:
-        return None
-    out = Timestamp()
-    out.FromNanoseconds(int(ts * 1e9))
-    return out
-
-
-def _node_owner(principal: Principal) -> str | None:
-    """The token a node id is bound to when this principal registers it: a node
-    token's own id; None for an admin (who may act for any node)."""
-    return principal.token_id if principal.role is Role.NODE else None
-
-
-def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
-    """A heartbeat's agent summary, bounded (a node cannot grow the store without limit).
-
-    hostd sends it within the same caps (protocol/guestcaps.py); they are applied
-    again here because a heartbeat comes from another machine.
-    """
-    text = guestcaps.cut
-
-    return AgentBrief(
-        agent_version=text(vm.agent_version),
-        os=text(vm.os),
-        hostname=text(vm.hostname),
-        kernel=text(vm.kernel),
-        ip_addresses=tuple(text(a, guestcaps.ADDRESS_BYTES) for a in vm.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
-        cpu_percent=vm.cpu_percent,
-        memory_percent=vm.memory_percent,
-        uptime_seconds=vm.uptime_seconds,
-        last_seen=vm.last_seen.ToNanoseconds() / 1e9 if vm.HasField("last_seen") else None,
-        last_disconnect_reason=text(vm.last_disconnect_reason),
-    )
-
-
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", "replace")
-
-
-# ------------------------------------------------------------------ exec, shared with the fleet runner
-
-
-def execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
-    """The agent's ExecuteRequest: ``command`` + ``args`` → argv when args are given, else a shell script.
-
-    Raises:
-        errors.InvalidArgument: no command.
-    """
-    if not request.command:
-        raise errors.InvalidArgument("command is required")
-    req = pb.ExecuteRequest(
-        stdin=request.stdin,
-        env=dict(request.environment),
-        working_directory=request.working_directory,
-        timeout_seconds=request.timeout_seconds,
-    )
-    if request.args:
-        req.argv.extend([request.command, *request.args])
-    else:
-        req.command = request.command
-    if request.run_as_user:
-        req.run_as.user = request.run_as_user
-    return req
-
-
-def exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
-    """What an audit row records about a command (environment *names* only, stdin's size only)."""
-    return AuditDetail(
-        command=request.command,
-        args=tuple(request.args),
-        working_directory=request.working_directory,
-        run_as_user=request.run_as_user,
-        env_keys=tuple(sorted(request.environment)),
-        size=len(request.stdin) if request.stdin else None,
-        flags=(f"timeout={request.timeout_seconds}",) if request.timeout_seconds else (),
-    )
-
-
-def exit_reason_name(result: pb.ExecuteResponse) -> str:
-    """``EXIT_REASON_TIMED_OUT`` → ``timed_out``; a number the schema lacks stays a number."""
-    return enum_name(pb.ExitReason, result.exit_reason)
-
-
-async def execute_in_guest(
-    nodes: NodeClient, node: NodeInfo, vm_id: str, execute: pb.ExecuteRequest, *, execution_id: str, budget_s: float
-) -> node_pb.ExecuteInGuestResponse:
-    """Forward one command to the VM's hostd (ExecuteInGuest) and wait for its result.
-
-    Raises:
-        errors.Unavailable: the node cannot be reached (``node_unreachable``) or
-            the VM's agent is not connected (hostd's reason: its agent state).
-        errors.DeadlineExceeded: no answer within ``budget_s``.
-        errors.AgentError: any other error hostd answered, code kept.
-    """
-    return await nodes.call(
-        node,
-        "ExecuteInGuest",
-        node_pb.ExecuteInGuestRequest(vm_id=vm_id, request=execute, execution_id=execution_id),
-        node_pb.ExecuteInGuestResponse,
-        budget_s=budget_s,
-    )
-
-
-@final
-class _AuditHandle:
-    """What a handler tells the audit row about how the action ended."""
-
-    __slots__ = ("error", "exit_code", "outcome")
-
-    def __init__(self) -> None:
-        self.outcome = AuditOutcome.SUCCESS
-        self.exit_code: int | None = None
-        self.error = ""
 
 
 @final
@@ -380,7 +132,7 @@ class VMAPI:
             errors.Unavailable: reason ``vm_gone``: its node no longer reports it
                 (unless ``gone_ok``).
         """
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         if not vm_id:
             raise errors.InvalidArgument("vmId is required")
         try:
@@ -408,7 +160,7 @@ class VMAPI:
         await record_event(
             self.store,
             principal,
-            _source(ctx),
+            source_of(ctx),
             action,
             outcome=AuditOutcome.DENIED,
             error=exc.message,
@@ -445,7 +197,7 @@ class VMAPI:
         started = trio.current_time()
         audit_id = await self.store.audit_begin(
             principal,
-            source_address=_source(ctx),
+            source_address=source_of(ctx),
             action=action,
             vm_id=route.vm.vm_id,
             node_id=route.node_id,
@@ -494,7 +246,7 @@ class VMAPI:
             errors.InvalidArgument: page size above the maximum, malformed page token.
         """
         check_message(request)
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         require(principal, Permission.VM_READ)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size > MAX_PAGE_SIZE:
@@ -544,9 +296,9 @@ class VMAPI:
             uptime_seconds=brief.uptime_seconds,
         )
         if brief.last_seen is not None:
-            out.last_seen.CopyFrom(_timestamp(brief.last_seen))
+            out.last_seen.CopyFrom(timestamp(brief.last_seen))
         if vm.last_reported is not None:
-            out.last_reported.CopyFrom(_timestamp(vm.last_reported))
+            out.last_reported.CopyFrom(timestamp(vm.last_reported))
         return out
 
     async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
@@ -940,175 +692,3 @@ class VMAPI:
                 budget_s=ctx.budget_s(DEFAULT_CALL_BUDGET_S),
             )
             return api_pb.ResetGuestPasswordResponse(expired=answer.expired)
-
-
-def require_node_certificate(node_id: str) -> None:
-    """The connection a node's call came on must carry its client certificate (verified against
-    the controller's ``tls_client_ca_file``), whose common name is ``node_id``: a node token
-    alone (stolen, or another host's) cannot register or heartbeat as this node.
-
-    Raises:
-        errors.PermissionDenied: reason ``node_certificate``: none, or another node's.
-    """
-    name = peer_common_name()
-    if name is None:
-        raise errors.PermissionDenied(
-            f"node {node_id[:255]} must present its client certificate (common name {node_id[:255]}) "
-            "from the controller's tls_client_ca_file",
-            reason="node_certificate",
-        )
-    if name != node_id:
-        raise errors.PermissionDenied(
-            f"node {node_id[:255]} presented the client certificate of {name[:255]!r}", reason="node_certificate"
-        )
-
-
-@final
-class NodeRegistryAPI:
-    """``limiquantix.compute.v1.NodeRegistryService``: hostd registration, heartbeats, ListNodes.
-
-    ``check_node`` (:func:`require_node_certificate` when the controller asks for client
-    certificates) runs before a registration or heartbeat is taken.
-    """
-
-    def __init__(
-        self, store: Store, *, heartbeat_timeout_s: float, check_node: Callable[[str], None] | None = None
-    ) -> None:
-        self.store = store
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self._check_node = check_node
-        self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
-
-    async def _heartbeat(self, ctx: CallContext, principal: Principal, node_id: str, vms: list[VMInfo]) -> None:
-        """Store the node's VM list; audit the VMs that moved to it and (rate-limited) those it may not host.
-
-        Raises:
-            errors.NotFound: reason ``unknown_node``.
-            errors.PermissionDenied: reason ``node_owned``.
-        """
-        result = await self.store.heartbeat(
-            node_id, vms, owner_token_id=_node_owner(principal), heartbeat_timeout_s=self.heartbeat_timeout_s
-        )
-        if result.moved or result.refused:
-            # Shielded: the bindings changed already; their rows must not be lost to a hung-up node.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
-                await self._record_claims(_source(ctx), principal, node_id, result)
-
-    async def _record_claims(self, source: str, principal: Principal, node_id: str, result: HeartbeatResult) -> None:
-        try:
-            for move in result.moved:
-                log.info("VM %s moved from node %s to node %s (%s)", move.vm_id, move.from_node, node_id, move.reason)
-                await record_event(
-                    self.store, principal, source, AuditAction.VM_MOVED, outcome=AuditOutcome.SUCCESS,
-                    vm_id=move.vm_id, node_id=node_id,
-                    detail=AuditDetail(target=move.from_node, flags=(f"reason={move.reason}",)),
-                )  # fmt: skip
-            for claim in result.refused:
-                count = self._claims.hit((node_id, claim.vm_id), trio.current_time())
-                if count is None:
-                    continue
-                log.warning(
-                    "node %s reports VM %s, which node %s hosts: refused", node_id, claim.vm_id, claim.owner_node
-                )
-                await record_event(
-                    self.store, principal, source, AuditAction.VM_CLAIM, outcome=AuditOutcome.DENIED,
-                    error=f"vm_owned: VM {claim.vm_id} is bound to node {claim.owner_node}, which still reports it",
-                    vm_id=claim.vm_id, node_id=node_id, detail=AuditDetail(target=claim.owner_node, count=count),
-                )  # fmt: skip
-        except errors.AgentError:
-            # The heartbeat itself is stored; a lost row is logged rather than failing the node.
-            log.exception("audit rows for node %s's VM bindings could not be written", node_id)
-
-    @staticmethod
-    def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
-        """Raises: errors.InvalidArgument: a VM without an id."""
-        return [
-            VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state, agent=_agent_brief(v)) for v in vms
-        ]
-
-    async def RegisterNode(self, request: api_pb.RegisterNodeRequest, ctx: CallContext) -> api_pb.RegisterNodeResponse:
-        """Add or update a node (audited), and take its VM list as its first heartbeat.
-
-        A node token binds the node id to itself: another node token cannot take
-        the id over (and so the VMs' routing) while this one is valid.
-
-        Raises:
-            errors.InvalidArgument: malformed node id, URL or token (from the store).
-            errors.PermissionDenied: reason ``node_owned`` (audited as denied).
-        """
-        principal = _principal(ctx)
-        detail = AuditDetail(target=request.node_id[:255], count=len(request.vms))
-        try:
-            require(principal, Permission.NODE_REGISTER)
-            if self._check_node is not None:
-                self._check_node(request.node_id)
-        except errors.PermissionDenied as exc:
-            await record_event(
-                self.store, principal, _source(ctx), AuditAction.NODE_REGISTER, outcome=AuditOutcome.DENIED,
-                error=exc.message, detail=detail,
-            )  # fmt: skip
-            raise
-        vms = self._vms(request.vms)
-        started = trio.current_time()
-        audit_id = await self.store.audit_begin(
-            principal,
-            source_address=_source(ctx),
-            action=AuditAction.NODE_REGISTER,
-            node_id=request.node_id[:255],
-            detail=detail,
-        )
-        outcome, error = AuditOutcome.ERROR, ""
-        try:
-            owner = _node_owner(principal)
-            await self.store.register_node(request.node_id, url=request.url, token=request.token, owner_token_id=owner)
-            await self._heartbeat(ctx, principal, request.node_id, vms)
-            outcome = AuditOutcome.SUCCESS
-        except errors.AgentError as exc:
-            error = f"{exc.connect_code}: {exc.message}"
-            if isinstance(exc, errors.PermissionDenied):  # the node id is another token's
-                outcome = AuditOutcome.DENIED
-            raise
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
-                await self.store.audit_complete(
-                    audit_id,
-                    outcome=outcome,
-                    duration_ms=round((trio.current_time() - started) * 1000),
-                    error=error,
-                )
-        log.info("node %s registered at %s with %d VMs", request.node_id, request.url, len(vms))
-        return api_pb.RegisterNodeResponse(heartbeat_timeout_seconds=self.heartbeat_timeout_s)
-
-    async def Heartbeat(self, request: api_pb.HeartbeatRequest, ctx: CallContext) -> api_pb.HeartbeatResponse:
-        """Not audited (every few seconds per node): it only refreshes the VM list.
-        VMs that move to this node are (``vm.moved``), and VMs another node hosts
-        are refused and audited at most every :data:`VM_CLAIM_AUDIT_INTERVAL_S`
-        (``vm.claim``, denied, ``vm_owned``).
-
-        Raises:
-            errors.NotFound: reason ``unknown_node``: the node must RegisterNode again.
-            errors.PermissionDenied: reason ``node_owned``: another valid node token registered it.
-        """
-        principal = _principal(ctx)
-        require(principal, Permission.NODE_REGISTER)
-        if self._check_node is not None:
-            self._check_node(request.node_id)
-        await self._heartbeat(ctx, principal, request.node_id, self._vms(request.vms))
-        return api_pb.HeartbeatResponse()
-
-    async def ListNodes(self, request: api_pb.ListNodesRequest, ctx: CallContext) -> api_pb.ListNodesResponse:
-        require(_principal(ctx), Permission.NODE_READ)
-        nodes = await self.store.list_nodes(heartbeat_timeout_s=self.heartbeat_timeout_s)
-        return api_pb.ListNodesResponse(
-            nodes=[
-                api_pb.Node(
-                    node_id=n.node_id,
-                    url=n.url,
-                    registered_at=_timestamp(n.registered_at),
-                    last_heartbeat=_timestamp(n.last_heartbeat),
-                    reachable=n.reachable,
-                    vm_count=n.vm_count,
-                )
-                for n in nodes
-            ]
-        )
