@@ -33,6 +33,7 @@ import getpass
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Final
 
@@ -41,8 +42,9 @@ import trio
 from limiquantix.protocol import __version__, errors
 
 from . import pki
+from ._audit import AuditEntry, AuditTrail
 from .auth import Principal, Role, parse_labels
-from .models import AuditAction, AuditDetail, AuditOutcome, TokenInfo, iso_time
+from .models import AuditAction, AuditDetail, TokenInfo, iso_time
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
 
 __all__ = ["build_arg_parser", "main"]
@@ -157,8 +159,13 @@ def _cli_principal() -> Principal:
     return Principal(user=f"local:{login}", token_id="", role=Role.ADMIN)
 
 
-async def _audited(store: Store, action: AuditAction, detail: AuditDetail) -> int:
-    return await store.audit_begin(_cli_principal(), source_address=CLI_SOURCE_ADDRESS, action=action, detail=detail)
+def _audited(store: Store, action: AuditAction, detail: AuditDetail) -> AbstractAsyncContextManager[AuditEntry]:
+    """The command's audit row, as the API's (user ``local:<login>``, source ``local-cli``).
+
+    Raises:
+        AuditWriteFailed: the row could not be written (nothing is changed).
+    """
+    return AuditTrail(store).action(_cli_principal(), CLI_SOURCE_ADDRESS, action, detail=detail)
 
 
 async def _token_create(store: Store, args: argparse.Namespace) -> int:
@@ -166,15 +173,10 @@ async def _token_create(store: Store, args: argparse.Namespace) -> int:
     scope = parse_labels(args.labels) if args.labels else None
     await store.ensure_user(args.user)
     detail = AuditDetail(target=args.user, labels=scope or {}, flags=(f"role={role.value}",))
-    audit_id = await _audited(store, AuditAction.TOKEN_CREATE, detail)
-    try:
+    async with _audited(store, AuditAction.TOKEN_CREATE, detail):
         info, token = await store.create_token(
             user=args.user, role=role, label_scope=scope, description=args.description
         )
-    except errors.AgentError as exc:
-        await store.audit_complete(audit_id, outcome=AuditOutcome.ERROR, error=exc.message)
-        raise
-    await store.audit_complete(audit_id, outcome=AuditOutcome.SUCCESS)
     scope_text = f", limited to {_scope(info)}" if info.label_scope else ""
     print(f"token {info.id} for {info.user} ({info.role.value}{scope_text}); shown once, keep it now:", file=sys.stderr)
     print(token)
@@ -222,13 +224,8 @@ async def _token_list(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
-    audit_id = await _audited(store, AuditAction.TOKEN_REVOKE, AuditDetail(target=args.token_id[:255]))
-    try:
+    async with _audited(store, AuditAction.TOKEN_REVOKE, AuditDetail(target=args.token_id[:255])):
         info = await store.revoke_token(args.token_id)
-    except errors.AgentError as exc:
-        await store.audit_complete(audit_id, outcome=AuditOutcome.ERROR, error=exc.message)
-        raise
-    await store.audit_complete(audit_id, outcome=AuditOutcome.SUCCESS)
     print(f"revoked {info.id} ({info.user}, {info.role.value})", file=sys.stderr)
     return 0
 

@@ -14,7 +14,7 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol.rpc.server import Authenticator, CallContext
 
-from ._audit import record_event
+from ._audit import AuditTrail
 from ._context import source_address
 from .auth import Principal, token_id_of
 from .models import (
@@ -55,6 +55,7 @@ class AuthFailures:
         self, store: Store, count: Callable[[str], None], *, interval_s: float = AUTH_FAILURE_INTERVAL_S
     ) -> None:
         self.store = store
+        self.audit = AuditTrail(store)
         self._count = count
         self._throttle = AuditThrottle(interval_s)
 
@@ -86,8 +87,8 @@ class AuthFailures:
                 claimed = token_id_of(token, allow_freeform=False)
         detail = AuditDetail(path=path, target=claimed, count=held, flags=(f"reason={reason}",))
         try:
-            await record_event(
-                self.store, None, source_address(peer), AuditAction.AUTH_FAILED, outcome=AuditOutcome.DENIED,
+            await self.audit.event(
+                None, source_address(peer), AuditAction.AUTH_FAILED, outcome=AuditOutcome.DENIED,
                 error=f"{reason}: {exc.message}", detail=detail,
             )  # fmt: skip
         except errors.AgentError:

@@ -14,7 +14,7 @@ from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc.server import CallContext, peer_common_name
 
-from ._audit import AUDIT_COMPLETE_TIMEOUT_S, record_event
+from ._audit import AUDIT_COMPLETE_TIMEOUT_S, AuditTrail
 from ._context import principal_of, source_of, timestamp
 from .auth import Permission, Principal, Role, require
 from .models import (
@@ -107,6 +107,7 @@ class NodeRegistryAPI:
         self, store: Store, *, heartbeat_timeout_s: float, check_node: Callable[[str], None] | None = None
     ) -> None:
         self.store = store
+        self.audit = AuditTrail(store)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._check_node = check_node
         self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
@@ -130,8 +131,8 @@ class NodeRegistryAPI:
         try:
             for move in result.moved:
                 log.info("VM %s moved from node %s to node %s (%s)", move.vm_id, move.from_node, node_id, move.reason)
-                await record_event(
-                    self.store, principal, source, AuditAction.VM_MOVED, outcome=AuditOutcome.SUCCESS,
+                await self.audit.event(
+                    principal, source, AuditAction.VM_MOVED, outcome=AuditOutcome.SUCCESS,
                     vm_id=move.vm_id, node_id=node_id,
                     detail=AuditDetail(target=move.from_node, flags=(f"reason={move.reason}",)),
                 )  # fmt: skip
@@ -142,8 +143,8 @@ class NodeRegistryAPI:
                 log.warning(
                     "node %s reports VM %s, which node %s hosts: refused", node_id, claim.vm_id, claim.owner_node
                 )
-                await record_event(
-                    self.store, principal, source, AuditAction.VM_CLAIM, outcome=AuditOutcome.DENIED,
+                await self.audit.event(
+                    principal, source, AuditAction.VM_CLAIM, outcome=AuditOutcome.DENIED,
                     error=f"vm_owned: VM {claim.vm_id} is bound to node {claim.owner_node}, which still reports it",
                     vm_id=claim.vm_id, node_id=node_id, detail=AuditDetail(target=claim.owner_node, count=count),
                 )  # fmt: skip
@@ -175,39 +176,21 @@ class NodeRegistryAPI:
             if self._check_node is not None:
                 self._check_node(request.node_id)
         except errors.PermissionDenied as exc:
-            await record_event(
-                self.store, principal, source_of(ctx), AuditAction.NODE_REGISTER, outcome=AuditOutcome.DENIED,
-                error=exc.message, detail=detail,
-            )  # fmt: skip
+            await self.audit.denied(principal, source_of(ctx), AuditAction.NODE_REGISTER, exc, detail=detail)
             raise
         vms = self._vms(request.vms)
-        started = trio.current_time()
-        audit_id = await self.store.audit_begin(
+        # refusals_denied: the store refuses a node id another node token owns.
+        async with self.audit.action(
             principal,
-            source_address=source_of(ctx),
-            action=AuditAction.NODE_REGISTER,
+            source_of(ctx),
+            AuditAction.NODE_REGISTER,
             node_id=request.node_id[:255],
             detail=detail,
-        )
-        outcome, error = AuditOutcome.ERROR, ""
-        try:
+            refusals_denied=True,
+        ):
             owner = _node_owner(principal)
             await self.store.register_node(request.node_id, url=request.url, token=request.token, owner_token_id=owner)
             await self._heartbeat(ctx, principal, request.node_id, vms)
-            outcome = AuditOutcome.SUCCESS
-        except errors.AgentError as exc:
-            error = f"{exc.connect_code}: {exc.message}"
-            if isinstance(exc, errors.PermissionDenied):  # the node id is another token's
-                outcome = AuditOutcome.DENIED
-            raise
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
-                await self.store.audit_complete(
-                    audit_id,
-                    outcome=outcome,
-                    duration_ms=round((trio.current_time() - started) * 1000),
-                    error=error,
-                )
         log.info("node %s registered at %s with %d VMs", request.node_id, request.url, len(vms))
         return api_pb.RegisterNodeResponse(heartbeat_timeout_seconds=self.heartbeat_timeout_s)
 

@@ -34,7 +34,7 @@ import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Final, final
 
 import trio
@@ -48,11 +48,11 @@ from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.wire import enum_name
 
-from ._audit import _AUDIT_ERROR_CHARS, AUDIT_COMPLETE_TIMEOUT_S, _AuditHandle, record_event
+from ._audit import AuditEntry, AuditTrail
 from ._context import principal_of, source_of, timestamp
 from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request, exit_reason_name
 from .auth import Permission, Principal, require
-from .forward import NodeClient, bytes_field_header, outcome_unknown
+from .forward import NodeClient, bytes_field_header
 from .models import (
     MAX_PAGE_SIZE,
     AuditAction,
@@ -107,6 +107,7 @@ class VMAPI:
 
     def __init__(self, store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float) -> None:
         self.store = store
+        self.audit = AuditTrail(store)
         self.nodes = nodes
         self.heartbeat_timeout_s = heartbeat_timeout_s
 
@@ -142,31 +143,11 @@ class VMAPI:
             require(principal, permission, vm_labels=route.vm.labels)
         except errors.PermissionDenied as exc:
             if action is not None:
-                await self._record_denied(ctx, principal, action, vm_id, detail, exc)
+                await self.audit.denied(principal, source_of(ctx), action, exc, vm_id=vm_id, detail=detail)
             raise
         if route.gone and not gone_ok:
             raise route.gone_error()
         return principal, route
-
-    async def _record_denied(
-        self,
-        ctx: CallContext,
-        principal: Principal,
-        action: AuditAction,
-        vm_id: str,
-        detail: AuditDetail | None,
-        exc: errors.AgentError,
-    ) -> None:
-        await record_event(
-            self.store,
-            principal,
-            source_of(ctx),
-            action,
-            outcome=AuditOutcome.DENIED,
-            error=exc.message,
-            vm_id=vm_id,
-            detail=detail,
-        )
 
     def _reachable(self, route: VMRoute) -> NodeInfo:
         """The VM's node, if it has been heard from lately.
@@ -185,53 +166,17 @@ class VMAPI:
             )
         return route.node
 
-    @asynccontextmanager
-    async def _audited(
+    def _audited(
         self, ctx: CallContext, principal: Principal, route: VMRoute, action: AuditAction, detail: AuditDetail
-    ) -> AsyncIterator[_AuditHandle]:
-        """Audit row begun before the body runs, completed however it ends.
+    ) -> AbstractAsyncContextManager[AuditEntry]:
+        """The action's audit row (see :meth:`~._audit.AuditTrail.action`), naming the VM and its node.
 
         Raises:
             AuditWriteFailed: the row could not be written (nothing is forwarded).
         """
-        started = trio.current_time()
-        audit_id = await self.store.audit_begin(
-            principal,
-            source_address=source_of(ctx),
-            action=action,
-            vm_id=route.vm.vm_id,
-            node_id=route.node_id,
-            detail=detail,
+        return self.audit.action(
+            principal, source_of(ctx), action, vm_id=route.vm.vm_id, node_id=route.node_id, detail=detail
         )
-        handle = _AuditHandle()
-        try:
-            yield handle
-        except errors.AgentError as exc:
-            # Sent, then the node went away: the guest may have acted, so not "error".
-            handle.outcome = AuditOutcome.UNKNOWN if outcome_unknown(exc) else AuditOutcome.ERROR
-            handle.error = f"{exc.connect_code}: {exc.message}"
-            raise
-        except (trio.Cancelled, GeneratorExit):
-            handle.outcome, handle.error = AuditOutcome.CANCELLED, "the client went away"
-            raise
-        except BaseException as exc:
-            handle.outcome, handle.error = AuditOutcome.ERROR, f"internal: {type(exc).__name__}"
-            raise
-        finally:
-            duration_ms = round((trio.current_time() - started) * 1000)
-            # Shielded: a client that hangs up must still leave a complete row.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
-                try:
-                    await self.store.audit_complete(
-                        audit_id,
-                        outcome=handle.outcome,
-                        exit_code=handle.exit_code,
-                        duration_ms=duration_ms,
-                        error=handle.error[:_AUDIT_ERROR_CHARS],
-                    )
-                except errors.AgentError:
-                    # The action already happened; the row stays pending ("outcome unknown").
-                    log.exception("audit row %d could not be completed", audit_id)
 
     # -- inventory ------------------------------------------------------------------
 
@@ -384,7 +329,7 @@ class VMAPI:
         return ctx.budget_s(command_budget_s(request.timeout_seconds))
 
     @staticmethod
-    def _result(result: pb.ExecuteResponse, execution_id: str, handle: _AuditHandle) -> api_pb.ExecuteScriptResponse:
+    def _result(result: pb.ExecuteResponse, execution_id: str, handle: AuditEntry) -> api_pb.ExecuteScriptResponse:
         """The agent's result in the reference's field names; the audit outcome set from it."""
         reason = exit_reason_name(result)
         exited = result.exit_reason == pb.EXIT_REASON_EXITED

@@ -20,10 +20,9 @@ import datetime
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, final
 
-import trio
 from google.protobuf.timestamp_pb2 import Timestamp
 from quart import Quart, Response, request
 
@@ -32,8 +31,9 @@ from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol.rpc import error_body
 from limiquantix.protocol.rpc.server import CallContext
 
+from ._audit import AuditEntry, AuditTrail
 from ._authn import AuthFailures
-from ._context import source_address
+from ._context import principal_of, source_of, timestamp
 from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
 from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store
@@ -61,9 +61,6 @@ NDJSON_CONTENT_TYPE: Final = "application/x-ndjson"
 DEFAULT_AUDIT_PAGE_SIZE: Final = 100
 #: Rows read from the store per page, and sent per chunk, by the exports.
 EXPORT_CHUNK_ROWS: Final = 500
-#: Completing an audit row after the change, shielded from cancellation.
-_AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
-_AUDIT_ERROR_CHARS: Final = 500
 #: Longest node or VM id (the store's rule; longer ones are refused).
 _MAX_ID_CHARS: Final = 255
 #: The GET export's query parameters (camelCase like the API; snake_case accepted).
@@ -81,21 +78,6 @@ _PARAM_NAMES: Final = {
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _principal(ctx: CallContext) -> Principal:
-    principal = ctx.auth
-    if not isinstance(principal, Principal):  # pragma: no cover - the router always authenticates first
-        raise errors.Unauthenticated("not authenticated")
-    return principal
-
-
-def _timestamp(ts: float | None) -> Timestamp | None:
-    if ts is None:
-        return None
-    out = Timestamp()
-    out.FromNanoseconds(round(ts * 1e9))
-    return out
 
 
 def _seconds(ts: Timestamp, present: bool) -> float | None:
@@ -217,8 +199,8 @@ def _record(r: AuditRecord) -> admin_pb.AuditRecord:
     d = r.detail
     out = admin_pb.AuditRecord(
         id=r.id,
-        started_at=_timestamp(r.started_at),
-        completed_at=_timestamp(r.completed_at),
+        started_at=timestamp(r.started_at),
+        completed_at=timestamp(r.completed_at),
         user=r.user,
         token_id=r.token_id,
         role=r.role,
@@ -258,9 +240,9 @@ def _token(t: TokenInfo) -> admin_pb.ApiToken:
         role=t.role.value,
         label_scope=dict(t.label_scope or {}),
         description=t.description,
-        created_at=_timestamp(t.created_at),
-        last_used_at=_timestamp(t.last_used_at),
-        revoked_at=_timestamp(t.revoked_at),
+        created_at=timestamp(t.created_at),
+        last_used_at=timestamp(t.last_used_at),
+        revoked_at=timestamp(t.revoked_at),
         active=t.active,
     )
 
@@ -290,6 +272,7 @@ class AdminAPI:
 
     def __init__(self, store: Store, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> None:
         self.store = store
+        self.audit = AuditTrail(store)
         self.heartbeat_timeout_s = heartbeat_timeout_s
 
     async def _allowed(
@@ -310,7 +293,7 @@ class AdminAPI:
         Raises:
             errors.PermissionDenied: the token lacks ``permission``.
         """
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         try:
             require(principal, permission)
         except errors.PermissionDenied as exc:
@@ -318,20 +301,11 @@ class AdminAPI:
                 what = detail()
             except errors.InvalidArgument:
                 what = AuditDetail()
-            audit_id = await self.store.audit_begin(
-                principal,
-                source_address=source_address(ctx.peer),
-                action=action,
-                vm_id=vm_id,
-                node_id=node_id,
-                detail=what,
-            )
-            await self.store.audit_complete(audit_id, outcome=AuditOutcome.DENIED, error=exc.message)
+            await self.audit.denied(principal, source_of(ctx), action, exc, vm_id=vm_id, node_id=node_id, detail=what)
             raise
         return principal
 
-    @asynccontextmanager
-    async def _audited(
+    def _audited(
         self,
         ctx: CallContext,
         principal: Principal,
@@ -340,46 +314,13 @@ class AdminAPI:
         *,
         vm_id: str = "",
         node_id: str = "",
-    ) -> AsyncIterator[None]:
-        """The audit row begun (fsynced) before the body runs, completed with how it ended.
+    ) -> AbstractAsyncContextManager[AuditEntry]:
+        """The change's audit row (see :meth:`~._audit.AuditTrail.action`).
 
         Raises:
             AuditWriteFailed: the row could not be written (nothing is changed).
         """
-        started = trio.current_time()
-        audit_id = await self.store.audit_begin(
-            principal,
-            source_address=source_address(ctx.peer),
-            action=action,
-            vm_id=vm_id,
-            node_id=node_id,
-            detail=detail,
-        )
-        outcome, error = AuditOutcome.ERROR, ""
-        try:
-            yield
-            outcome = AuditOutcome.SUCCESS
-        except errors.AgentError as exc:
-            error = f"{exc.connect_code}: {exc.message}"
-            raise
-        except trio.Cancelled:
-            outcome, error = AuditOutcome.CANCELLED, "the client went away"
-            raise
-        except BaseException as exc:
-            error = f"internal: {type(exc).__name__}"
-            raise
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + _AUDIT_COMPLETE_TIMEOUT_S):
-                try:
-                    await self.store.audit_complete(
-                        audit_id,
-                        outcome=outcome,
-                        duration_ms=round((trio.current_time() - started) * 1000),
-                        error=error[:_AUDIT_ERROR_CHARS],
-                    )
-                except errors.AgentError:
-                    # The change already happened; the row stays pending ("outcome unknown").
-                    log.exception("audit row %d could not be completed", audit_id)
+        return self.audit.action(principal, source_of(ctx), action, vm_id=vm_id, node_id=node_id, detail=detail)
 
     # -- audit ------------------------------------------------------------------------
 
@@ -391,7 +332,7 @@ class AdminAPI:
             errors.InvalidArgument: page size above the maximum, malformed page
                 token, unknown action or outcome, ``since`` after ``until``.
         """
-        require(_principal(ctx), Permission.AUDIT_READ)
+        require(principal_of(ctx), Permission.AUDIT_READ)
         page_size = request.page_size or DEFAULT_AUDIT_PAGE_SIZE
         if page_size > MAX_PAGE_SIZE:
             raise errors.InvalidArgument(f"pageSize must be at most {MAX_PAGE_SIZE}")
@@ -410,7 +351,7 @@ class AdminAPI:
             errors.PermissionDenied: no ``audit.read``.
             errors.InvalidArgument: unknown action or outcome, ``since`` after ``until``.
         """
-        require(_principal(ctx), Permission.AUDIT_READ)
+        require(principal_of(ctx), Permission.AUDIT_READ)
         query = _query_from_filter(request.filter, limit=EXPORT_CHUNK_ROWS, oldest_first=True)
         async for text, count in _jsonl_chunks(self.store, query):
             yield admin_pb.ExportAuditChunk(jsonl=text, count=count)
@@ -452,7 +393,7 @@ class AdminAPI:
         Raises:
             errors.PermissionDenied: no ``token.manage``.
         """
-        require(_principal(ctx), Permission.TOKEN_MANAGE)
+        require(principal_of(ctx), Permission.TOKEN_MANAGE)
         tokens = await self.store.list_tokens(user=request.user or None, include_revoked=not request.active_only)
         return admin_pb.ListTokensResponse(tokens=[_token(t) for t in tokens])
 
@@ -529,7 +470,7 @@ class AdminAPI:
 
     async def WhoAmI(self, request: admin_pb.WhoAmIRequest, ctx: CallContext) -> admin_pb.WhoAmIResponse:
         """The caller's token: user, role, scope and the permissions it holds (any valid token)."""
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         return admin_pb.WhoAmIResponse(
             user=principal.user,
             token_id=principal.token_id,

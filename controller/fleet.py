@@ -60,7 +60,7 @@ from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
-from ._audit import AUDIT_COMPLETE_TIMEOUT_S, record_event
+from ._audit import AuditTrail
 from ._context import principal_of, source_of, timestamp
 from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request
 from .auth import Permission, Principal, require
@@ -183,6 +183,7 @@ class FleetAPI:
 
     def __init__(self, store: Store, nodes: NodeClient, *, heartbeat_timeout_s: float, spawn: Spawn) -> None:
         self.store = store
+        self.audit = AuditTrail(store)
         self.nodes = nodes
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._spawn = spawn
@@ -231,7 +232,9 @@ class FleetAPI:
         try:
             require(principal, Permission.COMMAND_RUN)
         except errors.PermissionDenied as exc:
-            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc, vm_id=named_vm)
+            await self.audit.denied(
+                principal, source_of(ctx), AuditAction.FLEET_RUN, exc, vm_id=named_vm, detail=detail
+            )
             raise
         execute_request(template)  # invalid_argument before anything is stored
         spec = CommandSpec(
@@ -247,7 +250,9 @@ class FleetAPI:
         try:
             vm_ids = await self._resolve(principal, target_spec)
         except errors.PermissionDenied as exc:
-            await self._record_denied(ctx, principal, AuditAction.FLEET_RUN, detail, exc, vm_id=named_vm)
+            await self.audit.denied(
+                principal, source_of(ctx), AuditAction.FLEET_RUN, exc, vm_id=named_vm, detail=detail
+            )
             raise
         command = await self.store.create_command(
             principal,
@@ -259,10 +264,10 @@ class FleetAPI:
         )
         targets = tuple(t.vm_id for t in command.targets)
         try:
-            audit_id = await self.store.audit_begin(
+            audit_id = await self.audit.begin(
                 principal,
-                source_address=source_of(ctx),
-                action=AuditAction.FLEET_RUN,
+                source_of(ctx),
+                AuditAction.FLEET_RUN,
                 # A run over one VM is that VM's row (found by a vmId filter); any run lists its targets.
                 vm_id=targets[0] if len(targets) == 1 else "",
                 detail=AuditDetail(
@@ -277,7 +282,7 @@ class FleetAPI:
             raise
         log.info("fleet run %s by %s: %d targets", command.id, principal.user, len(command.targets))
         if not command.targets:  # created success at once
-            await self._complete_audit(audit_id, AuditOutcome.SUCCESS, 0.0, "no targets")
+            await self.audit.complete(audit_id, AuditOutcome.SUCCESS, started=trio.current_time(), error="no targets")
             return fleet_pb.RunCommandResponse(command_id=command.id, target_count=0, status=command.status.value)
         run = _Run(command, template, audit_id, error_limit=max_errors_limit(max_errors, len(command.targets)))
         self._runs[run.command_id] = run
@@ -315,33 +320,6 @@ class FleetAPI:
                 if principal.may_access(vm.labels):
                     out.setdefault(vm.vm_id)
         return list(out)
-
-    async def _record_denied(
-        self,
-        ctx: CallContext,
-        principal: Principal,
-        action: AuditAction,
-        detail: AuditDetail,
-        exc: errors.AgentError,
-        *,
-        vm_id: str = "",
-    ) -> None:
-        await record_event(
-            self.store, principal, source_of(ctx), action, outcome=AuditOutcome.DENIED, error=exc.message,
-            vm_id=vm_id, detail=detail,
-        )  # fmt: skip
-
-    async def _complete_audit(self, audit_id: int, outcome: AuditOutcome, started: float, summary: str) -> None:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):
-            try:
-                await self.store.audit_complete(
-                    audit_id,
-                    outcome=outcome,
-                    duration_ms=round((trio.current_time() - started) * 1000) if started else 0,
-                    error=summary,
-                )
-            except errors.AgentError:
-                log.exception("audit row %d could not be completed", audit_id)
 
     # -- the runner -------------------------------------------------------------------
 
@@ -475,7 +453,7 @@ class FleetAPI:
                 status = (await self.store.get_command(run.command_id)).status
         summary = ", ".join(f"{n} {s.value}" for s, n in counts.items())
         log.info("fleet run %s ended %s: %s", run.command_id, status.value, summary)
-        await self._complete_audit(run.audit_id, outcome, run.started, summary)
+        await self.audit.complete(run.audit_id, outcome, started=run.started, error=summary)
 
     # -- CancelCommand ----------------------------------------------------------------
 
@@ -510,26 +488,15 @@ class FleetAPI:
                         "the run has targets outside this token's label scope", reason="outside_label_scope"
                     )
         except errors.PermissionDenied as exc:
-            await self._record_denied(ctx, principal, AuditAction.FLEET_CANCEL, detail, exc)
+            await self.audit.denied(principal, source_of(ctx), AuditAction.FLEET_CANCEL, exc, detail=detail)
             raise
-        started = trio.current_time()
-        audit_id = await self.store.audit_begin(
-            principal, source_address=source_of(ctx), action=AuditAction.FLEET_CANCEL, detail=detail
-        )
-        outcome, error = AuditOutcome.ERROR, ""
-        try:
+        async with self.audit.action(principal, source_of(ctx), AuditAction.FLEET_CANCEL, detail=detail):
             updated = await self.store.cancel_command(request.command_id)
             run = self._runs.get(request.command_id)
             if run is not None and not run.cancel_requested:
                 run.cancel_requested = True
                 self._spawn(self._cancel_in_flight, run)
-            outcome = AuditOutcome.SUCCESS
             return fleet_pb.CancelCommandResponse(status=updated.status.value)
-        except errors.AgentError as exc:
-            error = f"{exc.connect_code}: {exc.message}"
-            raise
-        finally:
-            await self._complete_audit(audit_id, outcome, started, error)
 
     async def _cancel_in_flight(self, run: _Run) -> None:
         """CancelExecution for every running target; abandon those that do not stop in time."""
