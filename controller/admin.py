@@ -45,6 +45,7 @@ __all__ = [
     "EXPORT_CHUNK_ROWS",
     "NDJSON_CONTENT_TYPE",
     "AdminAPI",
+    "audit_jsonl_chunks",
     "audit_query_from_params",
     "authenticate_request",
     "error_response",
@@ -251,8 +252,10 @@ def _jsonl(records: list[AuditRecord]) -> str:
     return "".join(json.dumps(r.to_json_dict(), ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
 
 
-async def _jsonl_chunks(store: Store, query: AuditQuery) -> AsyncIterator[tuple[str, int]]:
-    """Whole JSON lines, ``query.limit`` rows at a time: ``(text, rows)``."""
+async def audit_jsonl_chunks(store: Store, query: AuditQuery) -> AsyncIterator[tuple[str, int]]:
+    """The audit export (ExportAudit, the GET route): matching rows as whole JSON lines (one
+    object per line, the shape of :meth:`~.models.AuditRecord.to_json_dict`), ``query.limit``
+    rows at a time: ``(text, rows)``."""
     batch: list[AuditRecord] = []
     async for record in store.iter_audit(query):
         batch.append(record)
@@ -353,7 +356,7 @@ class AdminAPI:
         """
         require(principal_of(ctx), Permission.AUDIT_READ)
         query = _query_from_filter(request.filter, limit=EXPORT_CHUNK_ROWS, oldest_first=True)
-        async for text, count in _jsonl_chunks(self.store, query):
+        async for text, count in audit_jsonl_chunks(self.store, query):
             yield admin_pb.ExportAuditChunk(jsonl=text, count=count)
 
     # -- tokens -----------------------------------------------------------------------
@@ -544,7 +547,7 @@ def register_export_route(app: Quart, store: Store, failures: AuthFailures) -> N
             return _error_response(exc)
 
         async def body() -> AsyncIterator[bytes]:
-            async for text, _ in _jsonl_chunks(store, query):
+            async for text, _ in audit_jsonl_chunks(store, query):
                 yield text.encode()
 
         response = Response(body(), content_type=NDJSON_CONTENT_TYPE)

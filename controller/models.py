@@ -62,9 +62,11 @@ __all__ = [
     "VMMove",
     "VMRoute",
     "cap_output",
+    "check_page",
     "iso_time",
     "max_errors_limit",
     "parse_max_errors",
+    "unique_vm_ids",
 ]
 
 #: Command text, argument lists and paths in an audit row are cut beyond this
@@ -395,10 +397,7 @@ class AuditQuery:
     """Newest first by default (the API); exports read oldest first."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.limit <= MAX_PAGE_SIZE:
-            raise errors.InvalidArgument(f"limit must be within 1..{MAX_PAGE_SIZE}")
-        if self.page_token and not self.page_token.isdigit():
-            raise errors.InvalidArgument("malformed page token")
+        check_page(self.limit, self.page_token)
         if self.since is not None and self.until is not None and self.since > self.until:
             raise errors.InvalidArgument("since must not be after until")
 
@@ -764,14 +763,24 @@ class CommandPage:
     """Empty on the last page."""
 
 
-def _check_page(limit: int, page_token: str) -> None:
+def check_page(limit: int, page_token: str) -> None:
+    """A list call's page: ``limit`` within 1..:data:`MAX_PAGE_SIZE`, ``page_token`` a number or empty.
+
+    Raises:
+        errors.InvalidArgument: either is not.
+    """
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise errors.InvalidArgument(f"limit must be within 1..{MAX_PAGE_SIZE}")
     if page_token and not page_token.isdigit():
         raise errors.InvalidArgument("malformed page token")
 
 
-def _vm_ids(values: Sequence[str]) -> tuple[str, ...]:
+def unique_vm_ids(values: Sequence[str]) -> tuple[str, ...]:
+    """``values`` without repeats, in their order.
+
+    Raises:
+        errors.InvalidArgument: an empty id, or one over 255 characters.
+    """
     seen: dict[str, None] = {}
     for vm_id in values:
         if not vm_id or len(vm_id) > 255:

@@ -7,7 +7,6 @@ failures (a full database, a closed connection), not mocks.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import sqlite3
@@ -19,6 +18,7 @@ import pytest
 import trio
 
 from limiquantix.controller import auth
+from limiquantix.controller.admin import audit_jsonl_chunks
 from limiquantix.controller.auth import GLOBAL_PERMISSIONS, Permission, Principal, Role, require
 from limiquantix.controller.models import (
     TARGET_OUTPUT_MAX_BYTES,
@@ -477,12 +477,18 @@ async def test_audit_rows_complete_once_and_are_never_deleted(store: SQLiteStore
             conn.execute("UPDATE audit_log SET vm_id = 'other'")
 
 
+async def _export(store: SQLiteStore, query: AuditQuery) -> tuple[str, int]:
+    """The audit export the API serves (ExportAudit, the GET route): its text and row count."""
+    chunks = [chunk async for chunk in audit_jsonl_chunks(store, query)]
+    return "".join(text for text, _ in chunks), sum(n for _, n in chunks)
+
+
 @pytest.mark.trio
 async def test_audit_export_json_lines(store: SQLiteStore, clock: FakeClock, tmp_path: Path) -> None:
     ids = await _seed_audit(store, clock)
-    buf = io.StringIO()
-    assert await store.export_audit(AuditQuery(limit=2, oldest_first=True), buf) == 3
-    lines = buf.getvalue().splitlines()
+    text, count = await _export(store, AuditQuery(limit=2, oldest_first=True))
+    assert count == 3
+    lines = text.splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["id"] for r in rows] == ids
     assert rows[0]["action"] == "vm.exec" and rows[0]["startedAt"].endswith("Z")
@@ -496,8 +502,9 @@ async def test_audit_export_json_lines(store: SQLiteStore, clock: FakeClock, tmp
     assert rows[2]["completedAt"] is None and rows[2]["outcome"] == "pending"
     # To a real file, filtered.
     out = tmp_path / "audit.jsonl"
-    with out.open("w") as fh:
-        assert await store.export_audit(AuditQuery(user="admin"), fh) == 1
+    text, count = await _export(store, AuditQuery(user="admin"))
+    assert count == 1
+    out.write_text(text)
     assert json.loads(out.read_text())["detail"] == {"username": "root"}
 
 

@@ -25,10 +25,10 @@ from ..models import (
     TargetResult,
     TargetSpec,
     TargetStatus,
-    _check_page,
-    _vm_ids,
     cap_output,
+    check_page,
     parse_max_errors,
+    unique_vm_ids,
 )
 from ._engine import SQLiteEngine, json_text, snapshot, transaction
 
@@ -124,7 +124,7 @@ class SQLiteCommands(SQLiteEngine):
         if not 1 <= max_concurrency <= MAX_CONCURRENCY_LIMIT:
             raise errors.InvalidArgument(f"maxConcurrency must be within 1..{MAX_CONCURRENCY_LIMIT}")
         parse_max_errors(max_errors)
-        targets = _vm_ids(vm_ids)
+        targets = unique_vm_ids(vm_ids)
         if len(targets) > MAX_COMMAND_TARGETS:
             raise errors.InvalidArgument(f"at most {MAX_COMMAND_TARGETS} targets per run")
         command_id = str(uuid.uuid4())
@@ -296,7 +296,7 @@ class SQLiteCommands(SQLiteEngine):
         limit: int = 50,
         page_token: str = "",
     ) -> CommandPage:
-        _check_page(limit, page_token)
+        check_page(limit, page_token)
 
         def run(conn: sqlite3.Connection) -> CommandPage:
             where: list[str] = []

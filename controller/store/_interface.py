@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import trio
 
@@ -213,22 +212,6 @@ class Store(abc.ABC):
             if not page.next_page_token:
                 return
             page_token = page.next_page_token
-
-    async def export_audit(self, query: AuditQuery, out: TextIO) -> int:
-        """Write every matching row to ``out`` as JSON lines (one object per line,
-        the shape of :meth:`AuditRecord.to_json_dict`); returns the number written.
-        Writes happen in a worker thread, a page at a time."""
-        count = 0
-        lines: list[str] = []
-        async for record in self.iter_audit(query):
-            lines.append(json.dumps(record.to_json_dict(), ensure_ascii=False, separators=(",", ":")) + "\n")
-            count += 1
-            if len(lines) >= query.limit:
-                await trio.to_thread.run_sync(out.writelines, lines)
-                lines = []
-        if lines:
-            await trio.to_thread.run_sync(out.writelines, lines)
-        return count
 
     # ---- nodes
 
