@@ -19,7 +19,7 @@ Measured in the same run: the bystanders' PingAgent latency through hostd's API
 (a closed loop of minimal HTTP/1.1 keep-alive clients, ``hostd_bench.RawHttp``,
 over the 20 VMs), first without an attacker, then during each attack; hostd's
 peak RSS during each attack and its RSS once the hostile VM has left; the size
-of hostd's heartbeat to the controller (``hostd.daemon.node_vms`` over ListVMs'
+of hostd's heartbeat to the controller (``hostd.api.heartbeat_status`` over ListVMs'
 statuses: the bytes its heartbeat builds); and whether hostd stayed up.
 
 Targets (the issue's): bystander p99 <= 2x its no-attack figure; hostd RSS <=
@@ -60,7 +60,7 @@ from benchlib import (  # noqa: E402
     write_figures,
 )
 
-from limiquantix.hostd.daemon import node_vms  # noqa: E402
+from limiquantix.hostd.api import heartbeat_status  # noqa: E402
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb  # noqa: E402
@@ -172,13 +172,13 @@ class Api:
         return str(vm.get("agent", {}).get("state", ""))
 
     async def heartbeat_bytes(self) -> int:
-        """The size of the heartbeat hostd would send now: node_vms over ListVMs' statuses."""
+        """The size of the heartbeat hostd would send now: heartbeat_status over ListVMs' statuses."""
         from google.protobuf import json_format
 
         listing = json_format.ParseDict(
             await self.call("ListVMs", {}), node_pb.ListVMsResponse(), ignore_unknown_fields=True
         )
-        return api_pb.HeartbeatRequest(node_id="bench", vms=node_vms(listing.vms)).ByteSize()
+        return api_pb.HeartbeatRequest(node_id="bench", vms=[heartbeat_status(s) for s in listing.vms]).ByteSize()
 
 
 def start_attacker(work: Path, sockdir: Path, attack: str) -> Child:

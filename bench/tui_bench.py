@@ -20,7 +20,7 @@ Figures:
 2. **poll cycle, end to end**: a real controller (``python -m
    limiquantix.controller serve``, fresh SQLite) knows 500 VMs through its real
    NodeRegistryService: another process registers the fake nodes (13-14) with a
-   ``node`` token and heartbeats their VMs (NodeVM with the agent brief) every
+   ``node`` token and heartbeats their VMs (hostd's VMStatus in brief) every
    second, with the same changes. The app (in this process, ``poll=False``) then runs
    ``refresh_fleet()`` (ListVMs over HTTP, JSON, apply) + ``pilot.pause()`` once
    a second; CPU time of this process per cycle.
@@ -162,26 +162,30 @@ def churned_fleet(count: int, step: int) -> list[dict[str, Any]]:
 
 
 def node_vms(vms: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The ListVMs shape → each node's Heartbeat ``vms`` (NodeVM)."""
+    """The ListVMs shape → each node's Heartbeat ``vms`` (hostd's VMStatus in brief)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for vm in vms:
+        agent = {
+            "state": f"AGENT_STATE_{vm['agentState'].upper()}",
+            "version": vm["agentVersion"],
+            "identity": {"os": {"prettyName": vm["os"]}, "hostname": vm["hostname"], "kernel": vm["kernel"]},
+            "ipAddresses": vm["ipAddresses"],
+            "lastDisconnectReason": vm["lastDisconnectReason"],
+        }
+        if "lastSeen" in vm:
+            agent["lastSeen"] = vm["lastSeen"]
+        telemetry = {
+            "cpuPercent": vm["cpuPercent"],
+            "memory": {"percent": vm["memoryPercent"]},
+            "uptimeSeconds": vm["uptimeSeconds"],
+        }
         node = {
             "vmId": vm["vmId"],
             "name": vm["name"],
             "labels": vm["labels"],
-            "state": vm["agentState"],
-            "agentVersion": vm["agentVersion"],
-            "os": vm["os"],
-            "hostname": vm["hostname"],
-            "kernel": vm["kernel"],
-            "ipAddresses": vm["ipAddresses"],
-            "cpuPercent": vm["cpuPercent"],
-            "memoryPercent": vm["memoryPercent"],
-            "uptimeSeconds": vm["uptimeSeconds"],
-            "lastDisconnectReason": vm["lastDisconnectReason"],
+            "agent": agent,
+            "resourceUsage": {"telemetry": telemetry},
         }
-        if "lastSeen" in vm:
-            node["lastSeen"] = vm["lastSeen"]
         out.setdefault(vm["nodeId"], []).append(node)
     return out
 

@@ -10,15 +10,16 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors, guestcaps
+from limiquantix.protocol import errors
+from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc.server import CallContext, peer_common_name
 
 from ._audit import AUDIT_COMPLETE_TIMEOUT_S, AuditTrail
 from ._context import principal_of, source_of, timestamp
+from ._vmview import vm_info
 from .auth import Permission, Principal, Role, require
 from .models import (
-    AgentBrief,
     AuditAction,
     AuditDetail,
     AuditOutcome,
@@ -50,28 +51,6 @@ def _node_owner(principal: Principal) -> str | None:
     """The token a node id is bound to when this principal registers it: a node
     token's own id; None for an admin (who may act for any node)."""
     return principal.token_id if principal.role is Role.NODE else None
-
-
-def _agent_brief(vm: api_pb.NodeVM) -> AgentBrief:
-    """A heartbeat's agent summary, bounded (a node cannot grow the store without limit).
-
-    hostd sends it within the same caps (protocol/guestcaps.py); they are applied
-    again here because a heartbeat comes from another machine.
-    """
-    text = guestcaps.cut
-
-    return AgentBrief(
-        agent_version=text(vm.agent_version),
-        os=text(vm.os),
-        hostname=text(vm.hostname),
-        kernel=text(vm.kernel),
-        ip_addresses=tuple(text(a, guestcaps.ADDRESS_BYTES) for a in vm.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
-        cpu_percent=vm.cpu_percent,
-        memory_percent=vm.memory_percent,
-        uptime_seconds=vm.uptime_seconds,
-        last_seen=vm.last_seen.ToNanoseconds() / 1e9 if vm.HasField("last_seen") else None,
-        last_disconnect_reason=text(vm.last_disconnect_reason),
-    )
 
 
 def require_node_certificate(node_id: str) -> None:
@@ -153,11 +132,9 @@ class NodeRegistryAPI:
             log.exception("audit rows for node %s's VM bindings could not be written", node_id)
 
     @staticmethod
-    def _vms(vms: Iterable[api_pb.NodeVM]) -> list[VMInfo]:
+    def _vms(vms: Iterable[node_pb.VMStatus]) -> list[VMInfo]:
         """Raises: errors.InvalidArgument: a VM without an id."""
-        return [
-            VMInfo(vm_id=v.vm_id, name=v.name, labels=dict(v.labels), state=v.state, agent=_agent_brief(v)) for v in vms
-        ]
+        return [vm_info(v) for v in vms]
 
     async def RegisterNode(self, request: api_pb.RegisterNodeRequest, ctx: CallContext) -> api_pb.RegisterNodeResponse:
         """Add or update a node (audited), and take its VM list as its first heartbeat.

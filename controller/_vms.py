@@ -30,6 +30,7 @@ for passwords, file contents, stdin or environment values.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import logging
 import math
@@ -46,11 +47,11 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.wire import enum_name
 
 from ._audit import AuditEntry, AuditTrail
-from ._context import principal_of, source_of, timestamp
+from ._context import principal_of, source_of
 from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request, exit_reason_name
+from ._vmview import api_vm, vm_info
 from .auth import Permission, Principal, require
 from .forward import NodeClient, bytes_field_header
 from .models import (
@@ -90,11 +91,6 @@ _NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fiel
 
 
 _STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
-
-
-def _state_name(state: int) -> str:
-    """``AGENT_STATE_CONNECTED`` → ``connected`` (hostd's VMState values); unknown: the number."""
-    return enum_name(node_pb.AgentState, state)
 
 
 def _decode(data: bytes) -> str:
@@ -214,44 +210,16 @@ class VMAPI:
         page = matching[start : start + page_size]
         more = start + page_size < len(matching)
         return api_pb.ListVMsResponse(
-            vms=[self._vm(vm, node_id, nodes.get(node_id)) for node_id, vm in page],
+            vms=[api_vm(vm, node_id, nodes.get(node_id)) for node_id, vm in page],
             next_page_token=str(start + page_size) if more else "",
         )
-
-    @staticmethod
-    def _vm(vm: VMInfo, node_id: str, node: NodeInfo | None) -> api_pb.VM:
-        """``node``: None once the VM's node was removed (the VM is then gone)."""
-        brief = vm.agent
-        out = api_pb.VM(
-            vm_id=vm.vm_id,
-            name=vm.name,
-            labels=dict(vm.labels),
-            node_id=node_id,
-            agent_state=vm.state,
-            state=(InventoryState.GONE if node is None else vm.inventory_state).value,
-            node_reachable=bool(node and node.reachable),
-            agent_version=brief.agent_version,
-            ip_addresses=brief.ip_addresses,
-            hostname=brief.hostname,
-            os=brief.os,
-            kernel=brief.kernel,
-            last_disconnect_reason=brief.last_disconnect_reason,
-            cpu_percent=brief.cpu_percent,
-            memory_percent=brief.memory_percent,
-            uptime_seconds=brief.uptime_seconds,
-        )
-        if brief.last_seen is not None:
-            out.last_seen.CopyFrom(timestamp(brief.last_seen))
-        if vm.last_reported is not None:
-            out.last_reported.CopyFrom(timestamp(vm.last_reported))
-        return out
 
     async def GetVM(self, request: api_pb.GetVMRequest, ctx: CallContext) -> api_pb.VM:
         """The VM live from its node; the last reported record when the node is
         unreachable or the VM is gone."""
         check_message(request)
         _, route = await self._route(ctx, request.vm_id, Permission.VM_READ, gone_ok=True)
-        out = self._vm(route.vm, route.node_id, route.node)
+        out = api_vm(route.vm, route.node_id, route.node)
         if route.node is None or route.gone or not route.node.reachable:
             return out
         try:
@@ -265,26 +233,26 @@ class VMAPI:
         except errors.Unavailable:
             out.node_reachable = False
             return out
-        agent, telemetry = status.agent, status.resource_usage.telemetry
-        out.agent_state = _state_name(agent.state)
-        out.state = InventoryState.of(out.agent_state).value
-        out.agent_version = agent.version
-        out.ip_addresses[:] = agent.ip_addresses
-        out.hostname = agent.identity.hostname
-        out.os = agent.identity.os.pretty_name or agent.identity.os.name
-        out.kernel = agent.identity.kernel
-        out.last_disconnect_reason = agent.last_disconnect_reason
-        out.ClearField("last_seen")
-        if agent.HasField("last_seen"):
-            out.last_seen.CopyFrom(agent.last_seen)
+        # Name and labels stay the inventory's (what scopes are checked against); the
+        # agent is live, with every address hostd keeps, and the last heartbeat's
+        # telemetry while the agent has sent none.
+        live = vm_info(status, max_addresses=guestcaps.MAX_ADDRESSES)
+        telemetry = status.resource_usage.telemetry
+        brief = live.agent
+        if not status.resource_usage.HasField("telemetry"):
+            kept = route.vm.agent
+            brief = dataclasses.replace(
+                brief,
+                cpu_percent=kept.cpu_percent,
+                memory_percent=kept.memory_percent,
+                uptime_seconds=kept.uptime_seconds,
+            )
+        out = api_vm(dataclasses.replace(route.vm, state=live.state, agent=brief), route.node_id, route.node)
         # hostd keeps these within guestcaps' bounds; capped again as they come from another machine.
-        if agent.HasField("identity"):
-            out.identity.CopyFrom(guestcaps.cap_identity(agent.identity)[0])
+        if status.agent.HasField("identity"):
+            out.identity.CopyFrom(guestcaps.cap_identity(status.agent.identity)[0])
         if status.resource_usage.HasField("telemetry"):
             out.telemetry.CopyFrom(guestcaps.cap_telemetry(telemetry)[0])
-            out.cpu_percent = telemetry.cpu_percent
-            out.memory_percent = telemetry.memory.percent
-            out.uptime_seconds = telemetry.uptime_seconds
         return out
 
     async def PingAgent(self, request: api_pb.PingAgentRequest, ctx: CallContext) -> api_pb.PingAgentResponse:

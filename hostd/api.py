@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
+from types import MappingProxyType
 from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.limits import check_message
@@ -28,7 +29,7 @@ from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.wire import new_message_id
 
 from .discovery import VMRegistry
-from .vmconn import VMConnection
+from .vmconn import VMConnection, VMState
 
 __all__ = [
     "DEFAULT_READ_BYTES",
@@ -38,7 +39,10 @@ __all__ = [
     "SERVICE",
     "STREAM_CHUNK_BYTES",
     "WRITE_CHUNK_BYTES",
+    "AGENT_STATES",
     "NodeAPI",
+    "heartbeat_status",
+    "vm_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,75 @@ WRITE_CHUNK_BYTES: Final = 1024 * 1024
 TRANSFER_S_PER_MIB: Final = 1.0
 
 
+#: hostd's connection states as the node API's ``AgentState``.
+AGENT_STATES: Final[Mapping[VMState, node_pb.AgentState]] = MappingProxyType(
+    {
+        VMState.NO_SOCKET: node_pb.AGENT_STATE_NO_SOCKET,
+        VMState.CONNECTING: node_pb.AGENT_STATE_CONNECTING,
+        VMState.WAITING_FOR_AGENT: node_pb.AGENT_STATE_WAITING_FOR_AGENT,
+        VMState.CONNECTED: node_pb.AGENT_STATE_CONNECTED,
+        VMState.UNRESPONSIVE: node_pb.AGENT_STATE_UNRESPONSIVE,
+        VMState.DISABLED: node_pb.AGENT_STATE_DISABLED,
+    }
+)
+
+
+def vm_status(conn: VMConnection) -> node_pb.VMStatus:
+    """The VM as ``ListVMs``/``GetVM`` report it: the one view of a connection."""
+    info = node_pb.GuestAgentInfo(
+        state=AGENT_STATES[conn.state],
+        connected=conn.connected,
+        version=conn.identity.agent_version if conn.identity is not None else "",
+        last_disconnect_reason=conn.last_disconnect_reason,
+        ip_addresses=conn.ip_addresses,
+        ip_addresses_truncated=conn.interfaces_truncated,
+    )
+    if conn.identity is not None:
+        info.identity.CopyFrom(conn.identity)
+    if conn.last_seen is not None:
+        info.last_seen.FromNanoseconds(int(conn.last_seen * 1e9))
+    status = node_pb.VMStatus(
+        vm_id=conn.vm_id, name=conn.name, labels=conn.labels, socket_path=conn.socket_path, agent=info
+    )
+    if conn.telemetry is not None:
+        status.resource_usage.telemetry.CopyFrom(conn.telemetry)
+    return status
+
+
+def heartbeat_status(full: node_pb.VMStatus) -> node_pb.VMStatus:
+    """The VM as a registration or heartbeat reports it: its :func:`vm_status` in brief.
+
+    What the controller's inventory keeps and nothing more: the agent's state, version,
+    last contact and last disconnect reason; of its identity the OS, hostname and kernel;
+    the first ``HEARTBEAT_ADDRESSES`` addresses; of its telemetry CPU, memory and uptime.
+    So a node's heartbeat stays far below the controller's request limit whatever its
+    guests report (identity strings were capped on arrival, protocol/guestcaps.py); GetVM
+    has the rest.
+    """
+    agent, identity, telemetry = full.agent, full.agent.identity, full.resource_usage.telemetry
+    brief = node_pb.VMStatus(vm_id=full.vm_id, name=full.name, labels=full.labels)
+    brief.agent.state = agent.state
+    brief.agent.connected = agent.connected
+    brief.agent.version = agent.version
+    brief.agent.last_disconnect_reason = agent.last_disconnect_reason
+    brief.agent.ip_addresses[:] = agent.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]
+    brief.agent.ip_addresses_truncated = agent.ip_addresses_truncated or len(agent.ip_addresses) > len(
+        brief.agent.ip_addresses
+    )
+    if agent.HasField("last_seen"):
+        brief.agent.last_seen.CopyFrom(agent.last_seen)
+    if agent.HasField("identity"):
+        brief.agent.identity.os.pretty_name = identity.os.pretty_name
+        brief.agent.identity.os.name = identity.os.name
+        brief.agent.identity.hostname = identity.hostname
+        brief.agent.identity.kernel = identity.kernel
+    if full.resource_usage.HasField("telemetry"):
+        brief.resource_usage.telemetry.cpu_percent = telemetry.cpu_percent
+        brief.resource_usage.telemetry.memory.percent = telemetry.memory.percent
+        brief.resource_usage.telemetry.uptime_seconds = telemetry.uptime_seconds
+    return brief
+
+
 @final
 class NodeAPI:
     """The NodeDaemonService implementation over a :class:`VMRegistry`.
@@ -82,11 +155,11 @@ class NodeAPI:
 
     async def ListVMs(self, request: node_pb.ListVMsRequest, ctx: CallContext) -> node_pb.ListVMsResponse:
         check_message(request)
-        return node_pb.ListVMsResponse(vms=self.registry.statuses())
+        return node_pb.ListVMsResponse(vms=[vm_status(conn) for conn in self.registry.connections()])
 
     async def GetVM(self, request: node_pb.GetVMRequest, ctx: CallContext) -> node_pb.VMStatus:
         check_message(request)
-        return self.registry.get(request.vm_id).status()
+        return vm_status(self.registry.get(request.vm_id))
 
     async def PingAgent(self, request: node_pb.PingAgentRequest, ctx: CallContext) -> node_pb.AgentPingResponse:
         """Connectivity check: ``connected: false`` with the reason rather than an error."""

@@ -74,8 +74,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from limiquantix.protocol import __version__, errors, guestcaps
-from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
+from limiquantix.protocol import __version__, errors
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.configfile import read_toml
 from limiquantix.protocol.logs import setup_logging
@@ -98,9 +97,8 @@ from limiquantix.protocol.tls import (
     check_token_transport,
     client_ssl_context,
 )
-from limiquantix.protocol.wire import enum_name
 
-from .api import SERVICE, NodeAPI
+from .api import SERVICE, NodeAPI, heartbeat_status, vm_status
 from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from .discovery import VMRegistry
 from .vmconn import ConnectionCounters, VMState
@@ -113,7 +111,6 @@ __all__ = [
     "build_app",
     "load_config",
     "main",
-    "node_vms",
     "serve",
 ]
 
@@ -671,38 +668,6 @@ async def serve(
 # ---------------------------------------------------------------- controller
 
 
-def node_vms(statuses: Iterable[node_pb.VMStatus]) -> list[api_pb.NodeVM]:
-    """The VM list a registration or heartbeat carries (``registry.statuses()``).
-
-    Bounded per VM whatever its guest sends: identity strings were capped on
-    arrival (protocol/guestcaps.py), addresses are cut to ``HEARTBEAT_ADDRESSES``
-    here (GetVM has the rest), so that a node's heartbeat stays far below the
-    controller's request limit.
-    """
-    out = []
-    for status in statuses:
-        agent, telemetry = status.agent, status.resource_usage.telemetry
-        vm = api_pb.NodeVM(
-            vm_id=status.vm_id,
-            name=status.name,
-            labels=dict(status.labels),
-            state=enum_name(node_pb.AgentState, agent.state),
-            agent_version=agent.version,
-            os=agent.identity.os.pretty_name or agent.identity.os.name,
-            hostname=agent.identity.hostname,
-            kernel=agent.identity.kernel,
-            ip_addresses=list(agent.ip_addresses[: guestcaps.HEARTBEAT_ADDRESSES]),
-            cpu_percent=telemetry.cpu_percent,
-            memory_percent=telemetry.memory.percent,
-            uptime_seconds=telemetry.uptime_seconds,
-            last_disconnect_reason=agent.last_disconnect_reason,
-        )
-        if agent.HasField("last_seen"):
-            vm.last_seen.CopyFrom(agent.last_seen)
-        out.append(vm)
-    return out
-
-
 async def _controller_call(
     client: RpcClient,
     config: HostdConfig,
@@ -743,7 +708,7 @@ async def _controller_link(
     async with RpcClient(keepalive=False, tls=tls, insecure=config.controller_insecure) as client:
         while True:
             try:
-                vms = node_vms(registry.statuses())
+                vms = [heartbeat_status(vm_status(conn)) for conn in registry.connections()]
                 if not registered:
                     await _controller_call(
                         client,

@@ -36,7 +36,6 @@ from typing import Final, final
 import trio
 
 from limiquantix.protocol import errors
-from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 
 from .config import SOCKET_SUFFIX, ConnectionConfig, DiscoveryConfig, VMEntry, valid_vm_id
 from .vmconn import VMConnection, VMState
@@ -166,10 +165,6 @@ class VMRegistry:
     def connections(self) -> list[VMConnection]:
         """Every VM's connection, sorted by id."""
         return [self._conns[k] for k in sorted(self._conns)]
-
-    def statuses(self) -> list[node_pb.VMStatus]:
-        """``VMStatus`` of every VM, sorted by id (``ListVMs``)."""
-        return [conn.status() for conn in self.connections()]
 
     def __len__(self) -> int:
         return len(self._conns)

@@ -54,7 +54,6 @@ from google.protobuf.message import Message
 
 from limiquantix.protocol import errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.client import AgentClient
 from limiquantix.protocol.guestcaps import Cuts
 from limiquantix.protocol.wire import enum_name
@@ -71,7 +70,7 @@ _MAX_BACKOFF_DOUBLINGS: Final = 32
 
 
 class VMState(str, enum.Enum):
-    """Where a VM's agent connection stands (the API's ``AgentState``)."""
+    """Where a VM's agent connection stands (the node API's ``AgentState``: hostd/api.py)."""
 
     NO_SOCKET = "no_socket"
     """The chardev socket does not exist (VM off, or not created yet)."""
@@ -85,21 +84,6 @@ class VMState(str, enum.Enum):
     """Was connected; the agent has missed ``unresponsive_after_misses`` pings."""
     DISABLED = "disabled"
     """Turned off by configuration or the API: never connected."""
-
-    @property
-    def proto(self) -> node_pb.AgentState:
-        """The ``limiquantix.node.v1.AgentState`` value."""
-        return _PROTO_STATES[self]
-
-
-_PROTO_STATES: Final[dict[VMState, node_pb.AgentState]] = {
-    VMState.NO_SOCKET: node_pb.AGENT_STATE_NO_SOCKET,
-    VMState.CONNECTING: node_pb.AGENT_STATE_CONNECTING,
-    VMState.WAITING_FOR_AGENT: node_pb.AGENT_STATE_WAITING_FOR_AGENT,
-    VMState.CONNECTED: node_pb.AGENT_STATE_CONNECTED,
-    VMState.UNRESPONSIVE: node_pb.AGENT_STATE_UNRESPONSIVE,
-    VMState.DISABLED: node_pb.AGENT_STATE_DISABLED,
-}
 
 
 @final
@@ -284,26 +268,10 @@ class VMConnection:
         live = _client_counters(self._client) if self._client is not None else ConnectionCounters()
         return self._retired + live + ConnectionCounters(**self._counts)
 
-    def status(self) -> node_pb.VMStatus:
-        """The VM as ``ListVMs``/``GetVM`` report it."""
-        info = node_pb.GuestAgentInfo(
-            state=self._state.proto,
-            connected=self._state is VMState.CONNECTED,
-            version=self.identity.agent_version if self.identity is not None else "",
-            last_disconnect_reason=self.last_disconnect_reason,
-            ip_addresses=self.ip_addresses,
-            ip_addresses_truncated=self._interfaces_truncated,
-        )
-        if self.identity is not None:
-            info.identity.CopyFrom(self.identity)
-        if self.last_seen is not None:
-            info.last_seen.FromNanoseconds(int(self.last_seen * 1e9))
-        status = node_pb.VMStatus(
-            vm_id=self.vm_id, name=self.name, labels=self.labels, socket_path=self._socket_path, agent=info
-        )
-        if self.telemetry is not None:
-            status.resource_usage.telemetry.CopyFrom(self.telemetry)
-        return status
+    @property
+    def interfaces_truncated(self) -> bool:
+        """The guest reported more interfaces or addresses than are kept (protocol/guestcaps.py)."""
+        return self._interfaces_truncated
 
     async def wait_until(self, predicate: Callable[[VMConnection], bool]) -> None:
         """Return once ``predicate(self)`` holds; re-checked at every change of

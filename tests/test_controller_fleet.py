@@ -314,7 +314,7 @@ async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nurser
             "nodeId": "host-b",
             "url": st.hostd_url,
             "token": HOSTD_TOKEN,
-            "vms": [{"vmId": "ghost", "state": "connected"}],
+            "vms": [{"vmId": "ghost", "agent": {"state": "AGENT_STATE_CONNECTED"}}],
         }
         await st.ok("RegisterNode", node, who="admin", service=NODES)
         await st.ok("Heartbeat", {"nodeId": "host-b", "vms": node["vms"]}, who="admin", service=NODES)

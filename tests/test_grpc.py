@@ -377,7 +377,7 @@ def test_reflection_answers_from_the_generated_code() -> None:
         req = refl_pb.ServerReflectionRequest(file_containing_symbol=symbol)
         answer = refl_pb.ServerReflectionResponse.FromString(reflection.answer(req.SerializeToString(), alpha=False))
         files = answer.file_descriptor_response.file_descriptor_proto
-        assert len(files) == 3, symbol  # vm_service.proto, agent.proto, timestamp.proto
+        assert len(files) == 4, symbol  # vm_service.proto, agent.proto, node_daemon.proto, timestamp.proto
     for req in (
         refl_pb.ServerReflectionRequest(file_containing_symbol=f"{VM}.Nope"),
         refl_pb.ServerReflectionRequest(file_by_filename="nope.proto"),

@@ -24,8 +24,8 @@ from hostile_guest import (
     terminal_telemetry,
 )
 
+from limiquantix.hostd.api import heartbeat_status, vm_status
 from limiquantix.hostd.config import ConnectionConfig, DiscoveryConfig, VMEntry
-from limiquantix.hostd.daemon import node_vms
 from limiquantix.hostd.discovery import VMRegistry
 from limiquantix.protocol import guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -201,17 +201,20 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
         assert conn.telemetry is not None and conn.telemetry.truncated and conn.telemetry.ByteSize() <= MESSAGE_BYTES
 
         # What GetVM serves: bounded, marked.
-        status = conn.status()
+        status = vm_status(conn)
         assert status.agent.identity.truncated and status.resource_usage.telemetry.truncated
         assert status.agent.ip_addresses_truncated
         assert len(status.agent.identity.hostname) == NAME_BYTES
         assert status.ByteSize() < 4 * MESSAGE_BYTES
 
         # The heartbeat: a few hundred bytes of this VM, however much it sent.
-        heartbeat = api_pb.HeartbeatRequest(node_id="host-a", vms=node_vms(registry.statuses()))
+        heartbeat = api_pb.HeartbeatRequest(
+            node_id="host-a", vms=[heartbeat_status(vm_status(c)) for c in registry.connections()]
+        )
         (vm,) = heartbeat.vms
-        assert len(vm.hostname) == NAME_BYTES and len(vm.os) == NAME_BYTES
-        assert len(vm.ip_addresses) == HEARTBEAT_ADDRESSES
+        os = vm.agent.identity.os
+        assert len(vm.agent.identity.hostname) == NAME_BYTES and len(os.pretty_name or os.name) == NAME_BYTES
+        assert len(vm.agent.ip_addresses) == HEARTBEAT_ADDRESSES
         assert heartbeat.ByteSize() < 8 * 1024
 
     # The log: one summary line per kind of message cut, and no line carries the guest's bulk.

@@ -28,7 +28,8 @@ from conftest import StartSimVM
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import config as hostd_config
-from limiquantix.hostd import daemon, rawguest
+from limiquantix.hostd import rawguest
+from limiquantix.hostd.api import heartbeat_status, vm_status
 from limiquantix.hostd.config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd.discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess
@@ -83,7 +84,7 @@ async def test_connects_and_reports_status(nursery: trio.Nursery, start_simvm: S
         await conn.wait_until(lambda c: c.telemetry is not None)
         assert (await conn.ping(b"hi")).payload == b"hi"
 
-    status = conn.status()
+    status = vm_status(conn)
     assert status.vm_id == "vm-1" and status.name == "web" and dict(status.labels) == {"tier": "front"}
     assert status.socket_path == vm.socket_path
     agent = status.agent
@@ -111,7 +112,7 @@ async def test_calls_fail_at_once_while_not_connected(nursery: trio.Nursery, sho
             async with aclosing(conn.stream(execute=pb.ExecuteRequest(argv=["true"]))) as stream:
                 async for _ in stream:
                     pass
-    assert conn.status().agent.state == node_pb.AGENT_STATE_NO_SOCKET
+    assert vm_status(conn).agent.state == node_pb.AGENT_STATE_NO_SOCKET
 
 
 async def agent_signalled_mid_command(
@@ -161,7 +162,7 @@ async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
         # The simulated VM starts the agent again; hostd reports the new one.
         await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid and c.connected)
-    assert conn.status().agent.identity.pid == agent_pid(vm)
+    assert vm_status(conn).agent.identity.pid == agent_pid(vm)
     assert conn.counters().agent_restarts == 1
     assert (await conn.ping(b"again")).payload == b"again"
 
@@ -182,7 +183,7 @@ async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
         # Waiting for an agent (told), not unresponsive (missed pings would say that).
         await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
-        assert conn.status().agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
+        assert vm_status(conn).agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
         assert conn.last_disconnect_reason == "agent stopped (SIGTERM)"
         with pytest.raises(errors.Unavailable) as info:
             await conn.ping()
@@ -254,7 +255,7 @@ async def test_no_agent_means_waiting_for_agent(nursery: trio.Nursery, start_sim
     with pytest.raises(errors.Unavailable) as info:
         await conn.request(ping=pb.PingRequest())
     assert info.value.reason == "waiting_for_agent"
-    assert conn.status().agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
+    assert vm_status(conn).agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
 
 
 @pytest.mark.trio
@@ -272,7 +273,7 @@ async def test_socket_removed_and_readded_state_follows(
         first.stop()  # the VM goes away with its socket
         await conn.wait_for_state(VMState.NO_SOCKET)
         assert conn.last_disconnect_reason
-        assert not conn.status().agent.connected
+        assert not vm_status(conn).agent.connected
         second = start_simvm(socket=path)
         await second.wait_ready()
         await conn.wait_until(lambda c: c.connected and c.identity is not None and c.identity.pid != first_pid)
@@ -330,7 +331,7 @@ async def test_missed_pings_mark_unresponsive_and_fail_pending_calls(
             with pytest.raises(errors.Unavailable, match="unresponsive"):
                 await conn.request(deadline_s=60, get_telemetry=pb.TelemetryRequest())
             assert conn.state is VMState.UNRESPONSIVE
-            assert conn.status().agent.state == node_pb.AGENT_STATE_UNRESPONSIVE
+            assert vm_status(conn).agent.state == node_pb.AGENT_STATE_UNRESPONSIVE
             with pytest.raises(errors.Unavailable):
                 await conn.request(ping=pb.PingRequest())
         finally:
@@ -446,7 +447,7 @@ async def test_disable_drops_the_connection_and_enable_restores_it(
         await done.wait()
         assert isinstance(outcome[0], errors.Unavailable)
         await conn.wait_for_state(VMState.DISABLED)
-        assert conn.status().agent.state == node_pb.AGENT_STATE_DISABLED
+        assert vm_status(conn).agent.state == node_pb.AGENT_STATE_DISABLED
         assert conn.last_disconnect_reason == "maintenance"
         conn.enable()
         await conn.wait_for_state(VMState.CONNECTED)
@@ -554,8 +555,8 @@ async def test_registry_finds_configured_libvirt_and_plain_dir_vms_as_they_come_
                 lambda r: states(r) == {"cfg": VMState.NO_SOCKET, "db": VMState.CONNECTED, "web": VMState.CONNECTED}
             )
             assert registry.get("web").source == "libvirt" and registry.get("db").source == "directory"
-            assert registry.get("cfg").status().name == "Configured"
-            assert [s.vm_id for s in registry.statuses()] == ["cfg", "db", "web"]
+            assert vm_status(registry.get("cfg")).name == "Configured"
+            assert [vm_status(c).vm_id for c in registry.connections()] == ["cfg", "db", "web"]
             with pytest.raises(errors.NotFound):
                 registry.get("nope")
 
@@ -683,8 +684,8 @@ async def test_an_enum_value_outside_the_schema_is_kept_and_the_link_stays(
     assert conn.counters().connects == 1
     assert conn.last_disconnect_reason == ""
     # What hostd reports on: the heartbeat's VM list and the API's status.
-    assert daemon.node_vms([conn.status()])[0].state == "connected"
-    assert conn.status().agent.state == node_pb.AGENT_STATE_CONNECTED
+    assert heartbeat_status(vm_status(conn)).agent.state == node_pb.AGENT_STATE_CONNECTED
+    assert vm_status(conn).agent.state == node_pb.AGENT_STATE_CONNECTED
 
 
 @pytest.mark.parametrize("attack", sorted(rawguest.ATTACKS))

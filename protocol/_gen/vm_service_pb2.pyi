@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import agent_pb2 as _agent_pb2
+from . import node_daemon_pb2 as _node_daemon_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -337,45 +338,6 @@ class ResetGuestPasswordResponse(_message.Message):
     expired: bool
     def __init__(self, expired: _Optional[bool] = ...) -> None: ...
 
-class NodeVM(_message.Message):
-    __slots__ = ("vm_id", "name", "labels", "state", "agent_version", "os", "hostname", "kernel", "ip_addresses", "cpu_percent", "memory_percent", "uptime_seconds", "last_seen", "last_disconnect_reason")
-    class LabelsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    VM_ID_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    LABELS_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
-    OS_FIELD_NUMBER: _ClassVar[int]
-    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
-    KERNEL_FIELD_NUMBER: _ClassVar[int]
-    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
-    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
-    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
-    LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
-    vm_id: str
-    name: str
-    labels: _containers.ScalarMap[str, str]
-    state: str
-    agent_version: str
-    os: str
-    hostname: str
-    kernel: str
-    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
-    cpu_percent: float
-    memory_percent: float
-    uptime_seconds: float
-    last_seen: _timestamp_pb2.Timestamp
-    last_disconnect_reason: str
-    def __init__(self, vm_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_reason: _Optional[str] = ...) -> None: ...
-
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node_id", "url", "token", "vms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -385,8 +347,8 @@ class RegisterNodeRequest(_message.Message):
     node_id: str
     url: str
     token: str
-    vms: _containers.RepeatedCompositeFieldContainer[NodeVM]
-    def __init__(self, node_id: _Optional[str] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[NodeVM, _Mapping]]] = ...) -> None: ...
+    vms: _containers.RepeatedCompositeFieldContainer[_node_daemon_pb2.VMStatus]
+    def __init__(self, node_id: _Optional[str] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[_node_daemon_pb2.VMStatus, _Mapping]]] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
     __slots__ = ("heartbeat_timeout_seconds",)
@@ -399,8 +361,8 @@ class HeartbeatRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VMS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    vms: _containers.RepeatedCompositeFieldContainer[NodeVM]
-    def __init__(self, node_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[NodeVM, _Mapping]]] = ...) -> None: ...
+    vms: _containers.RepeatedCompositeFieldContainer[_node_daemon_pb2.VMStatus]
+    def __init__(self, node_id: _Optional[str] = ..., vms: _Optional[_Iterable[_Union[_node_daemon_pb2.VMStatus, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ()
