@@ -43,8 +43,8 @@ from limiquantix.protocol import __version__, errors
 
 from . import pki
 from ._audit import AuditEntry, AuditTrail
-from .auth import Principal, Role, parse_labels
-from .models import AuditAction, AuditDetail, TokenInfo, iso_time
+from ._auth import Principal, Role, parse_labels
+from ._models import AuditAction, AuditDetail, TokenInfo, iso_time
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
 
 __all__ = ["build_arg_parser", "main"]
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         # serve has its own flags (every key of controller.toml); daemon parses them.
-        from .daemon import main as serve_main
+        from ._daemon import main as serve_main
 
         return serve_main(argv[1:])
     args = build_arg_parser().parse_args(argv)

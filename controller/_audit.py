@@ -7,7 +7,7 @@ action follows (VMService, NodeRegistryService, AdminService, FleetService, the
   body fills in the :class:`AuditEntry` (exit code, an outcome other than success) and
   the row is completed however the body ends, shielded from cancellation: a client that
   hangs up still leaves a complete row (``cancelled``). An error that says the request
-  reached the node and then was lost (:func:`~.forward.outcome_unknown`) is ``unknown``:
+  reached the node and then was lost (:func:`~._forward.outcome_unknown`) is ``unknown``:
   the guest may have acted.
 * :meth:`AuditTrail.denied` and :meth:`AuditTrail.event` — a row for something already
   decided (a refusal, a VM that moved), begun and completed at once.
@@ -15,7 +15,7 @@ action follows (VMService, NodeRegistryService, AdminService, FleetService, the
   the call that started it (a fleet run).
 
 Error texts are cut at :data:`AUDIT_ERROR_CHARS`; secrets never get here, since
-:class:`~.models.AuditDetail` has no field for them.
+:class:`~._models.AuditDetail` has no field for them.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import trio
 
 from limiquantix.protocol import errors
 
-from .auth import Principal
-from .forward import outcome_unknown
-from .models import AuditAction, AuditDetail, AuditOutcome
+from ._auth import Principal
+from ._forward import outcome_unknown
+from ._models import AuditAction, AuditDetail, AuditOutcome
 from .store import Store
 
 __all__ = ["AUDIT_COMPLETE_TIMEOUT_S", "AUDIT_ERROR_CHARS", "AuditEntry", "AuditTrail"]

@@ -15,15 +15,15 @@ from limiquantix.protocol import errors
 from limiquantix.protocol.rpc.server import Authenticator, CallContext
 
 from ._audit import AuditTrail
+from ._auth import Principal, token_id_of
 from ._context import source_address
-from .auth import Principal, token_id_of
-from .models import (
+from ._models import (
     AuditAction,
     AuditDetail,
     AuditOutcome,
 )
+from ._throttle import AUTH_FAILURE_INTERVAL_S, AuditThrottle
 from .store import Store
-from .throttle import AUTH_FAILURE_INTERVAL_S, AuditThrottle
 
 __all__ = [
     "AUTH_FAILURE_REASONS",
@@ -45,7 +45,7 @@ class AuthFailures:
 
     A refusal (401) is counted (``count(reason)``, for ``/metrics``) and audited
     as ``auth.failed``, at most once per source address per
-    :data:`~.throttle.AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
+    :data:`~._throttle.AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
     it stands for), so a client retrying a bad token in a loop leaves a trace
     without flooding the log. The row names the path and the token id the
     client presented when it has the shape of one (never the secret).

@@ -1,5 +1,5 @@
 """What a handler knows about the call it serves: who is calling (the authenticated
-:class:`~.auth.Principal`), from where (the source address audit rows name), and the
+:class:`~._auth.Principal`), from where (the source address audit rows name), and the
 one conversion of the store's unix times into protobuf ``Timestamp`` messages.
 """
 
@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from limiquantix.protocol import errors
 from limiquantix.protocol.rpc.server import CallContext
 
-from .auth import Principal
+from ._auth import Principal
 
 __all__ = [
     "principal_of",

@@ -1,5 +1,5 @@
 """Commands in a guest, shared by VMService (:mod:`._vms`) and the fleet runner
-(:mod:`.fleet`): the agent's request built from the API's, what the audit row records of
+(:mod:`._fleet`): the agent's request built from the API's, what the audit row records of
 it, and the forwarded call to the VM's hostd.
 """
 
@@ -14,8 +14,8 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.wire import enum_name
 
-from .forward import NodeClient
-from .models import (
+from ._forward import NodeClient
+from ._models import (
     AuditDetail,
     NodeInfo,
 )

@@ -16,18 +16,18 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc.server import CallContext, peer_common_name
 
 from ._audit import AUDIT_COMPLETE_TIMEOUT_S, AuditTrail
+from ._auth import Permission, Principal, Role, require
 from ._context import principal_of, source_of, timestamp
-from ._vmview import vm_info
-from .auth import Permission, Principal, Role, require
-from .models import (
+from ._models import (
     AuditAction,
     AuditDetail,
     AuditOutcome,
     HeartbeatResult,
     VMInfo,
 )
+from ._throttle import AuditThrottle
+from ._vmview import vm_info
 from .store import Store
-from .throttle import AuditThrottle
 
 __all__ = [
     "NODE_REGISTRY_SERVICE",

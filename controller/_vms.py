@@ -1,7 +1,7 @@
 """The controller's Connect services: ``VMService`` and ``NodeRegistryService``.
 
 Every call has been authenticated by :func:`make_authenticator` (bearer token
-→ :class:`~.auth.Principal` in ``ctx.auth``). Each handler then:
+→ :class:`~._auth.Principal` in ``ctx.auth``). Each handler then:
 
 1. checks the RPC's permission for the role (``permission_denied`` before the
    VM is even looked up, so a viewer cannot probe which VMs exist);
@@ -14,7 +14,7 @@ Every call has been authenticated by :func:`make_authenticator` (bearer token
    failed write (:class:`~.store.AuditWriteFailed`) refuses the call with
    ``unavailable``. Refusals in steps 1-2 are recorded as ``denied``;
 4. refuses at once with ``unavailable`` when the node has missed its
-   heartbeats, else forwards to the node's hostd (:class:`~.forward.NodeClient`)
+   heartbeats, else forwards to the node's hostd (:class:`~._forward.NodeClient`)
    with a time budget derived from the call's deadline and the command's own
    timeout;
 5. completes the audit row with the outcome, exit code and duration (shielded
@@ -23,7 +23,7 @@ Every call has been authenticated by :func:`make_authenticator` (bearer token
    mid-command, no answer in time) is ``unknown``: the guest may have acted,
    and the client's error (reason ``outcome_unknown``) says so.
 
-Secrets never reach the audit log: :class:`~.models.AuditDetail` has no field
+Secrets never reach the audit log: :class:`~._models.AuditDetail` has no field
 for passwords, file contents, stdin or environment values.
 """
 
@@ -49,12 +49,11 @@ from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
 from ._audit import AuditEntry, AuditTrail
+from ._auth import Permission, Principal, require
 from ._context import principal_of, source_of
 from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request, exit_reason_name
-from ._vmview import api_vm, vm_info
-from .auth import Permission, Principal, require
-from .forward import NodeClient, bytes_field_header
-from .models import (
+from ._forward import NodeClient, bytes_field_header
+from ._models import (
     MAX_PAGE_SIZE,
     AuditAction,
     AuditDetail,
@@ -64,6 +63,7 @@ from .models import (
     VMInfo,
     VMRoute,
 )
+from ._vmview import api_vm, vm_info
 from .store import Store
 
 __all__ = [
@@ -179,7 +179,7 @@ class VMAPI:
     async def ListVMs(self, request: api_pb.ListVMsRequest, ctx: CallContext) -> api_pb.ListVMsResponse:
         """Every VM the controller knows (gone ones included), filtered, in pages (within the token's scope).
 
-        ``state`` matches :class:`~.models.InventoryState` values (``running``,
+        ``state`` matches :class:`~._models.InventoryState` values (``running``,
         ``off``, ``unknown``, ``gone``), anything else the agent state of the VMs
         that are not gone (a gone VM's agent state is history).
 

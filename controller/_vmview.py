@@ -1,5 +1,5 @@
 """hostd's ``VMStatus`` in the controller, mapped once: into the inventory's
-:class:`~.models.VMInfo` (a heartbeat's VMs, a live GetVM answer) and from there into
+:class:`~._models.VMInfo` (a heartbeat's VMs, a live GetVM answer) and from there into
 the API's ``VM`` (ListVMs, GetVM).
 
 A node is another machine: what it reports is cut to the same bounds hostd applies
@@ -14,7 +14,7 @@ from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.wire import enum_name
 
 from ._context import timestamp
-from .models import AgentBrief, InventoryState, NodeInfo, VMInfo
+from ._models import AgentBrief, InventoryState, NodeInfo, VMInfo
 
 __all__ = ["agent_state_name", "api_vm", "vm_info"]
 

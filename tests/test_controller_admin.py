@@ -20,11 +20,11 @@ import pytest
 import trio
 from test_controller_api import _make_tokens
 
-from limiquantix.controller.admin import AUDIT_EXPORT_PATH, NDJSON_CONTENT_TYPE
-from limiquantix.controller.auth import Principal, Role
-from limiquantix.controller.daemon import ControllerConfig
-from limiquantix.controller.daemon import serve as controller_serve
-from limiquantix.controller.models import AuditAction, AuditDetail, AuditOutcome
+from limiquantix.controller._admin import AUDIT_EXPORT_PATH, NDJSON_CONTENT_TYPE
+from limiquantix.controller._auth import Principal, Role
+from limiquantix.controller._daemon import ControllerConfig
+from limiquantix.controller._daemon import serve as controller_serve
+from limiquantix.controller._models import AuditAction, AuditDetail, AuditOutcome
 from limiquantix.controller.store import SQLiteStore
 
 ADMIN = "/limiquantix.compute.v1.AdminService"

@@ -22,10 +22,10 @@ import psutil
 import pytest
 import trio
 
-from limiquantix.controller.auth import Role
-from limiquantix.controller.daemon import ControllerConfig
-from limiquantix.controller.daemon import serve as controller_serve
-from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller._auth import Role
+from limiquantix.controller._daemon import ControllerConfig
+from limiquantix.controller._daemon import serve as controller_serve
+from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd.config import DiscoveryConfig, VMEntry
 from limiquantix.hostd.daemon import TOKEN_ENV, HostdConfig
@@ -863,7 +863,7 @@ async def test_concurrent_large_writes_are_bounded_per_user_and_in_total(stack: 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 5_000_000])
 def test_a_forwarded_bytes_field_is_the_message_hostd_would_decode(size: int) -> None:
-    from limiquantix.controller.forward import bytes_field_header
+    from limiquantix.controller._forward import bytes_field_header
     from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 
     content = bytes(i % 251 for i in range(size))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.protocol import errors
 

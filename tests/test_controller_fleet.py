@@ -17,7 +17,7 @@ import pytest
 import trio
 from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _make_tokens
 
-from limiquantix.controller.models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd.simvm import SimVMProcess
 

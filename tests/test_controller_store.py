@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from limiquantix.controller import auth
-from limiquantix.controller.admin import audit_jsonl_chunks
-from limiquantix.controller.auth import GLOBAL_PERMISSIONS, Permission, Principal, Role, require
-from limiquantix.controller.models import (
+from limiquantix.controller import _auth as auth
+from limiquantix.controller._admin import audit_jsonl_chunks
+from limiquantix.controller._auth import GLOBAL_PERMISSIONS, Permission, Principal, Role, require
+from limiquantix.controller._models import (
     TARGET_OUTPUT_MAX_BYTES,
     AuditAction,
     AuditDetail,
@@ -36,10 +36,12 @@ from limiquantix.controller.models import (
     VMMove,
     max_errors_limit,
 )
-from limiquantix.controller.schema import MIGRATIONS, SCHEMA_VERSION, Migration
 from limiquantix.controller.store import (
     LAST_USED_RESOLUTION_S,
+    MIGRATIONS,
+    SCHEMA_VERSION,
     AuditWriteFailed,
+    Migration,
     SchemaTooNew,
     SQLiteStore,
 )
@@ -90,7 +92,7 @@ ADMIN = Principal(user="admin", token_id="bbbbbbbbbbbb", role=Role.ADMIN)
 # ------------------------------------------------------------------ exports
 
 
-@pytest.mark.parametrize("name", ["auth", "models", "schema", "store", "throttle", "__main__"])
+@pytest.mark.parametrize("name", ["_auth", "_models", "store._schema", "store", "_throttle", "__main__"])
 def test_controller_modules_export_what_exists(name: str) -> None:
     module = importlib.import_module(f"limiquantix.controller.{name}")
     exported = module.__all__

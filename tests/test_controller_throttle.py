@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from limiquantix.controller.throttle import AuditThrottle
+from limiquantix.controller._throttle import AuditThrottle
 
 
 def test_one_row_per_key_per_interval_counting_what_was_held_back() -> None:

@@ -30,10 +30,10 @@ import httpx
 import pytest
 import trio
 
-from limiquantix.controller.auth import Role
-from limiquantix.controller.daemon import ControllerConfig, ControllerConfigError, load_config
-from limiquantix.controller.daemon import serve as controller_serve
-from limiquantix.controller.downloads import DEFAULT_DOWNLOADS_DIR, Downloads
+from limiquantix.controller._auth import Role
+from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError, load_config
+from limiquantix.controller._daemon import serve as controller_serve
+from limiquantix.controller._downloads import DEFAULT_DOWNLOADS_DIR, Downloads
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.protocol import __version__
 

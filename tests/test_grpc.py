@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from test_controller_api import HOSTD_TOKEN, Stack, _audit
 from test_controller_api import stack as stack  # the fixture
 
-from limiquantix.controller.models import AuditAction
+from limiquantix.controller._models import AuditAction
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as agent_pb
 from limiquantix.protocol._gen import grpc_reflection_v1_pb2 as refl_pb

@@ -24,8 +24,8 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 
 from limiquantix.agent.config import AgentConfig
-from limiquantix.controller.forward import NodeClient
-from limiquantix.controller.models import NodeInfo
+from limiquantix.controller._forward import NodeClient
+from limiquantix.controller._models import NodeInfo
 from limiquantix.hostd.api import NodeAPI
 from limiquantix.protocol import errors, rpc
 from limiquantix.protocol._gen import agent_pb2 as apb

@@ -35,8 +35,8 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from quart_trio import QuartTrio
 
-from limiquantix.controller.daemon import ControllerConfig
-from limiquantix.controller.daemon import serve as controller_serve
+from limiquantix.controller._daemon import ControllerConfig
+from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.hostd import daemon as hostd_daemon
 from limiquantix.hostd.config import DiscoveryConfig
 from limiquantix.hostd.daemon import HostdConfig
@@ -589,7 +589,7 @@ def test_an_error_that_still_ends_a_daemon_is_logged(
 ) -> None:
     """Whatever escapes serve() (here: serve replaced by one that raises) is logged as critical
     and main returns 1 (a failure status for the supervisor), for hostd and the controller."""
-    from limiquantix.controller import daemon as controller_daemon
+    from limiquantix.controller import _daemon as controller_daemon
 
     async def broken_serve(*args: object, **kwargs: object) -> None:
         raise RuntimeError("broken serve")

@@ -26,10 +26,10 @@ from test_controller_api import DEADLINE_S, _make_tokens
 
 from limiquantix.controller import pki
 from limiquantix.controller.__main__ import main as controller_main
-from limiquantix.controller.daemon import ControllerConfig, ControllerConfigError
-from limiquantix.controller.daemon import serve as controller_serve
-from limiquantix.controller.forward import NodeClient
-from limiquantix.controller.models import NodeInfo
+from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError
+from limiquantix.controller._daemon import serve as controller_serve
+from limiquantix.controller._forward import NodeClient
+from limiquantix.controller._models import NodeInfo
 from limiquantix.hostd.config import ConfigError, DiscoveryConfig, VMEntry
 from limiquantix.hostd.daemon import HostdConfig
 from limiquantix.hostd.daemon import serve as hostd_serve

@@ -609,7 +609,7 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
 def test_the_keys_permissions_are_the_controllers() -> None:
     """Every permission a screen's key needs, and the demo admin's, is one the controller grants
     (a misspelt one would hide the key from everybody)."""
-    from limiquantix.controller.auth import ROLE_PERMISSIONS, Permission, Role
+    from limiquantix.controller._auth import ROLE_PERMISSIONS, Permission, Role
     from limiquantix.tui import demo_data
     from limiquantix.tui.screen import LqxScreen
 

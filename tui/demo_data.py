@@ -52,7 +52,7 @@ ADMIN: Final = WhoAmI(
     user="alice",
     role="admin",
     token_id="tok-demo",
-    # The controller's names (controller/auth.py Permission): the footer shows a key only
+    # The controller's names (controller/_auth.py Permission): the footer shows a key only
     # when its permission is here.
     permissions=frozenset(
         {

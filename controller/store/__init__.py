@@ -1,7 +1,7 @@
 """The controller's storage: the :class:`Store` interface and its SQLite implementation.
 
 The API layer sees only :class:`Store` (async methods taking and returning the
-frozen records of :mod:`..models`), never SQL, rows or connections, so that a
+frozen records of :mod:`.._models`), never SQL, rows or connections, so that a
 PostgreSQL backend can be added for installations that outgrow one machine
 (several controllers behind a load balancer). It is not built; it would be a
 second subclass of :class:`Store` passing the same tests.
@@ -9,6 +9,7 @@ second subclass of :class:`Store` passing the same tests.
 Where things live:
 
 * ``_interface.py``: :class:`Store`, its errors and the policy constants;
+* ``_schema.py``: the SQLite schema as an ordered, append-only list of migrations;
 * ``_engine.py``: the SQLite plumbing (open, WAL, migrations, the one connection and
   its worker thread, transactions, error translation);
 * one module per domain, each a part of :class:`SQLiteStore` over the engine:
@@ -39,7 +40,7 @@ Where things live:
   lost completion leaves the row ``pending``, which reads, truthfully, as
   "outcome unknown"; and because the WAL is one sequential file, the next FULL
   commit makes every earlier NORMAL one durable too.
-* **Versioned migrations** (:mod:`..schema`) applied in one transaction at
+* **Versioned migrations** (:mod:`._schema`) applied in one transaction at
   open; a database from a newer controller is refused (:class:`SchemaTooNew`).
 * **Foreign keys on**, and the audit log is append-only by trigger.
 
@@ -66,6 +67,9 @@ from ._interface import LAST_USED_RESOLUTION_S as LAST_USED_RESOLUTION_S
 from ._interface import AuditWriteFailed as AuditWriteFailed
 from ._interface import SchemaTooNew as SchemaTooNew
 from ._interface import Store as Store
+from ._schema import MIGRATIONS as MIGRATIONS
+from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._schema import Migration as Migration
 from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
@@ -74,7 +78,10 @@ __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_HEARTBEAT_TIMEOUT_S",
     "LAST_USED_RESOLUTION_S",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
     "AuditWriteFailed",
+    "Migration",
     "SQLiteStore",
     "SchemaTooNew",
     "Store",

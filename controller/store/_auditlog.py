@@ -10,8 +10,8 @@ from typing import Any, Final
 
 from limiquantix.protocol import errors
 
-from ..auth import Principal
-from ..models import (
+from .._auth import Principal
+from .._models import (
     AUDIT_ERROR_MAX_CHARS,
     AuditAction,
     AuditDetail,

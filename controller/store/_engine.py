@@ -1,5 +1,5 @@
 """SQLite plumbing shared by the store's domains: opening the file (mode 0600), WAL,
-migrations (:mod:`..schema`), one connection used by one worker thread at a time,
+migrations (:mod:`._schema`), one connection used by one worker thread at a time,
 transactions, and the one translation of sqlite3 errors into the error hierarchy.
 """
 
@@ -20,8 +20,8 @@ import trio
 
 from limiquantix.protocol import errors
 
-from ..schema import MIGRATIONS, Migration
 from ._interface import SchemaTooNew
+from ._schema import MIGRATIONS, Migration
 
 __all__ = ["BUSY_TIMEOUT_S", "DEFAULT_DB_PATH", "SQLiteEngine", "json_text", "snapshot", "transaction", "translate"]
 

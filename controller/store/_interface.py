@@ -1,5 +1,5 @@
 """The :class:`Store` interface: what the API layer programs against (async methods taking
-and returning the frozen records of :mod:`..models`; no SQL, rows or connections).
+and returning the frozen records of :mod:`.._models`; no SQL, rows or connections).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import trio
 
 from limiquantix.protocol import errors
 
-from ..auth import Principal, Role
-from ..models import (
+from .._auth import Principal, Role
+from .._models import (
     AuditAction,
     AuditDetail,
     AuditOutcome,

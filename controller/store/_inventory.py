@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from limiquantix.protocol import errors
 
-from ..models import (
+from .._models import (
     AgentBrief,
     HeartbeatResult,
     NodeInfo,

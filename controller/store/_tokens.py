@@ -12,9 +12,9 @@ from typing import Any, Final
 
 from limiquantix.protocol import errors
 
-from .. import auth
-from ..auth import Principal, Role
-from ..models import (
+from .. import _auth as auth
+from .._auth import Principal, Role
+from .._models import (
     AuditAction,
     AuditDetail,
     TokenInfo,

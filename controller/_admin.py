@@ -1,9 +1,9 @@
 """The controller's ``AdminService`` (audit query and export, tokens, node and VM
 removal) and the curl-friendly ``GET /v1/audit/export.jsonl``.
 
-Every RPC needs an admin permission (:data:`~.auth.Permission.AUDIT_READ`,
+Every RPC needs an admin permission (:data:`~._auth.Permission.AUDIT_READ`,
 ``TOKEN_MANAGE``, ``NODE_MANAGE`` or ``VM_MANAGE``); a label-scoped token never holds them
-(:data:`~.auth.GLOBAL_PERMISSIONS`). Token, node and VM changes are audited like
+(:data:`~._auth.GLOBAL_PERMISSIONS`). Token, node and VM changes are audited like
 the VM actions of ``_vms.py``: the row is written (and fsynced) *before* the
 change, refusals are recorded as ``denied``, and the row is completed with the
 outcome. The audit row of a new token names its owner, role and label scope:
@@ -32,10 +32,10 @@ from limiquantix.protocol.rpc import error_body
 from limiquantix.protocol.rpc.server import CallContext
 
 from ._audit import AuditEntry, AuditTrail
+from ._auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from ._authn import AuthFailures
 from ._context import principal_of, source_of, timestamp
-from .auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
-from .models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
+from ._models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
 from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store
 
 __all__ = [
@@ -254,7 +254,7 @@ def _jsonl(records: list[AuditRecord]) -> str:
 
 async def audit_jsonl_chunks(store: Store, query: AuditQuery) -> AsyncIterator[tuple[str, int]]:
     """The audit export (ExportAudit, the GET route): matching rows as whole JSON lines (one
-    object per line, the shape of :meth:`~.models.AuditRecord.to_json_dict`), ``query.limit``
+    object per line, the shape of :meth:`~._models.AuditRecord.to_json_dict`), ``query.limit``
     rows at a time: ``(text, rows)``."""
     batch: list[AuditRecord] = []
     async for record in store.iter_audit(query):

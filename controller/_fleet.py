@@ -19,7 +19,7 @@ up does not stop it. The runner:
 * counts ``failed`` and ``timed_out`` as errors (as SSM's ErrorCount does; an
   ``undeliverable`` target is not an error: maxErrors guards against a bad
   command, not against VMs that are down). Once errors exceed the limit
-  (:func:`~.models.max_errors_limit`), no new target starts and the ones not
+  (:func:`~._models.max_errors_limit`), no new target starts and the ones not
   started are marked ``skipped``; those already running finish;
 * ends the run ``cancelled`` (CancelCommand), ``success`` (every target
   succeeded) or ``failed`` (anything else: a failure, a timeout, an
@@ -61,11 +61,11 @@ from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
 from ._audit import AuditTrail
+from ._auth import Permission, Principal, require
 from ._context import principal_of, source_of, timestamp
 from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request
-from .auth import Permission, Principal, require
-from .forward import NodeClient, outcome_unknown
-from .models import (
+from ._forward import NodeClient, outcome_unknown
+from ._models import (
     MAX_PAGE_SIZE,
     AuditAction,
     AuditDetail,

@@ -25,7 +25,7 @@ from typing import Any, Final, final
 
 from limiquantix.protocol import errors
 
-from .auth import Role, validate_labels
+from ._auth import Role, validate_labels
 
 __all__ = [
     "AUDIT_ERROR_MAX_CHARS",

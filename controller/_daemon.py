@@ -65,14 +65,14 @@ from limiquantix.protocol.rpc.server import (
 )
 from limiquantix.protocol.tls import TLSConfigError, TLSFiles, client_ssl_context
 
+from ._admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
+from ._auth import Principal
 from ._authn import AUTH_FAILURE_REASONS, AuthFailures, make_authenticator
+from ._downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
+from ._fleet import FLEET_SERVICE, FleetAPI
+from ._forward import NodeClient
 from ._nodes import NODE_REGISTRY_SERVICE, NodeRegistryAPI, require_node_certificate
 from ._vms import VM_SERVICE, VMAPI
-from .admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
-from .auth import Principal
-from .downloads import DEFAULT_DOWNLOADS_DIR, Downloads, register_downloads_route
-from .fleet import FLEET_SERVICE, FleetAPI
-from .forward import NodeClient
 from .store import DEFAULT_DB_PATH, SQLiteStore, Store
 
 __all__ = [

@@ -50,8 +50,8 @@ from quart import Quart, Response, request
 
 from limiquantix.protocol import errors
 
+from ._admin import authenticate_request, error_response
 from ._authn import AuthFailures
-from .admin import authenticate_request, error_response
 
 __all__ = [
     "BUILTIN_FILES",

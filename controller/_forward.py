@@ -53,7 +53,7 @@ from limiquantix.protocol.rpc import (
 )
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 
-from .models import NodeInfo
+from ._models import NodeInfo
 
 __all__ = [
     "CLOSE_TIMEOUT_S",
