@@ -37,7 +37,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -45,12 +44,13 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge
 from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, stop_on_signals
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import (
     CallContext,
@@ -105,7 +105,6 @@ DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
 _INT_KEYS: Final = ("max_request_bytes_in_flight", "max_request_bytes_in_flight_per_user")
 _BOOL_KEYS: Final = ("downloads_require_token", "node_mtls", "insecure_nodes", "require_node_cert")
-_LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class ControllerConfigError(ValueError):
@@ -299,21 +298,12 @@ def load_config(argv: Sequence[str] | None = None) -> ControllerConfig:
 
 
 @final
-class Metrics:
-    """The app's Prometheus registry (one per app, so tests can run several)."""
+class Metrics(RpcMetrics):
+    """The controller's series: API calls (:class:`~limiquantix.protocol.daemon.RpcMetrics`),
+    refused authentications, request bytes in flight."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.rpcs = Counter(
-            "lqx_controller_rpcs", "API calls by method and code", ["method", "code"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "lqx_controller_rpc_seconds",
-            "API call latency",
-            ["method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        super().__init__("lqx_controller", "API")
         self.auth_failures = Counter(
             "lqx_controller_auth_failures",
             "Requests refused 401 (missing, malformed, unknown or revoked token) by reason",
@@ -335,12 +325,6 @@ class Metrics:
     def auth_failure(self, reason: str) -> None:
         """:class:`~._authn.AuthFailures`' counting hook."""
         self.auth_failures.labels(reason).inc()
-
-    def observe(self, procedure: str, code: str, seconds: float) -> None:
-        """The Connect router's ``observe`` hook."""
-        method = procedure.rpartition("/")[2]
-        self.rpcs.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
 
 
 def _caller(ctx: CallContext) -> str:
@@ -386,7 +370,7 @@ def build_app(
             await authenticate_request(failures)
         except errors.AgentError as exc:
             return error_response(exc)
-        return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
 
     router = Router(
         [
@@ -457,7 +441,7 @@ async def serve(
         hc = http_config([config.listen], graceful_timeout_s=GRACEFUL_TIMEOUT_S, tls=tls)
         async with trio.open_nursery() as nursery:
             if shutdown is None:
-                nursery.start_soon(_signals, stop)
+                nursery.start_soon(stop_on_signals, stop)
             binds = await nursery.start(serve_http, app, hc, stop)
             # Only once the listener is bound: a first token printed by a run that then
             # failed on a port in use would never be shown again (only its hash is stored).
@@ -476,14 +460,6 @@ async def serve(
             task_status.started(binds)
             await stop.wait()
             nursery.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT_S + 1
-
-
-async def _signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            stop.set()
-            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,7 +60,6 @@ import json
 import logging
 import os
 import random
-import signal
 import socket
 import sys
 import time
@@ -69,7 +68,6 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -77,6 +75,7 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, stop_on_signals
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target, error_body
 from limiquantix.protocol.rpc.server import (
@@ -523,27 +522,12 @@ class _VMCollector:
 
 
 @final
-class Metrics:
-    """The app's Prometheus registry (one per app, so tests can run several)."""
+class Metrics(RpcMetrics):
+    """hostd's series: node API calls (:class:`~limiquantix.protocol.daemon.RpcMetrics`) and its VMs'."""
 
     def __init__(self, registry: VMRegistry) -> None:
-        self.registry = CollectorRegistry()
-        self.rpcs = Counter(
-            "lqx_hostd_rpcs", "Node API calls by method and code", ["method", "code"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "lqx_hostd_rpc_seconds",
-            "Node API call latency",
-            ["method"],
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
-        )
+        super().__init__("lqx_hostd", "Node API")
         self.registry.register(_VMCollector(registry))  # type: ignore[arg-type]
-
-    def observe(self, procedure: str, code: str, seconds: float) -> None:
-        method = procedure.rpartition("/")[2]
-        self.rpcs.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
 
 
 # ---------------------------------------------------------------------- app
@@ -597,7 +581,7 @@ def build_app(
                 await authenticate(CallContext(procedure="/metrics", headers=request.headers))
             except errors.Unauthenticated as exc:
                 return Response(error_body(exc), status=exc.http_status, content_type="application/json")
-        return Response(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
 
     # One caller (the controller): the bound is the total.
     in_flight = InFlightBytes(
@@ -655,7 +639,7 @@ async def serve(
             # waited for (at most GRACEFUL_TIMEOUT_S).
             async with trio.open_nursery() as background:
                 if shutdown is None:
-                    background.start_soon(_signals, stop)
+                    background.start_soon(stop_on_signals, stop)
                 if config.controller_url:
                     advertise = config.advertise_url or next((b for b in binds if b.startswith("http")), "")
                     background.start_soon(_controller_link, config, registry, token, controller_token, advertise)
@@ -751,14 +735,6 @@ async def _controller_link(
                 failing = True
             await trio.sleep(delay * (1 + random.random() * 0.5))
             delay = min(delay * 2, max(config.heartbeat_interval_s, REGISTER_BACKOFF_INITIAL_S), REGISTER_BACKOFF_MAX_S)
-
-
-async def _signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            stop.set()
-            return
 
 
 def return_big_buffers_to_the_os() -> bool:

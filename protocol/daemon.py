@@ -1,0 +1,56 @@
+"""What hostd and the controller share as daemons (never imported by the agent): their
+API calls counted for Prometheus, and stopping on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Final
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "stop_on_signals"]
+
+log = logging.getLogger(__name__)
+
+#: Call latency buckets (seconds): a ping is about a millisecond, a command up to its timeout.
+LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: The text exposition format's content type (what ``/metrics`` answers).
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RpcMetrics:
+    """A daemon's Prometheus registry (one per app, so tests can run several) with its API
+    calls counted by method and code (``<prefix>_rpcs``) and their latency
+    (``<prefix>_rpc_seconds``). Daemons subclass it to add their own series."""
+
+    def __init__(self, prefix: str, api: str) -> None:
+        """``prefix``: of every series name (``lqx_hostd``); ``api``: what the help texts call the calls."""
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            f"{prefix}_rpcs", f"{api} calls by method and code", ["method", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            f"{prefix}_rpc_seconds", f"{api} call latency", ["method"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+
+    def observe(self, procedure: str, code: str, seconds: float) -> None:
+        """The Connect router's ``observe`` hook."""
+        method = procedure.rpartition("/")[2]
+        self.rpcs.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """Every series, in the text format (:data:`PROMETHEUS_CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+
+async def stop_on_signals(stop: trio.Event) -> None:
+    """Set ``stop`` at the first SIGTERM or SIGINT (a daemon then drains and exits)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            stop.set()
+            return
