@@ -280,19 +280,6 @@ class VMAPI:
     # -- commands -------------------------------------------------------------------
 
     @staticmethod
-    def _execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
-        """See :func:`execute_request`.
-
-        Raises:
-            errors.InvalidArgument: no command.
-        """
-        return execute_request(request)
-
-    @staticmethod
-    def _exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
-        return exec_detail(request)
-
-    @staticmethod
     def _exec_budget(ctx: CallContext, request: api_pb.ExecuteScriptRequest) -> float:
         return ctx.budget_s(command_budget_s(request.timeout_seconds))
 
@@ -329,8 +316,8 @@ class VMAPI:
     ) -> api_pb.ExecuteScriptResponse:
         """Run a command or shell script in the guest and wait for it (ExecuteInGuest)."""
         check_message(request)
-        detail = self._exec_detail(request)
-        execute = self._execute_request(request)
+        detail = exec_detail(request)
+        execute = execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC, detail)
         async with self._audited(ctx, principal, route, AuditAction.EXEC, detail) as audit:
             answer = await execute_in_guest(
@@ -348,8 +335,8 @@ class VMAPI:
     ) -> AsyncIterator[api_pb.ExecuteScriptEvent]:
         """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command."""
         check_message(request)
-        detail = self._exec_detail(request)
-        execute = self._execute_request(request)
+        detail = exec_detail(request)
+        execute = execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC_STREAM, detail)
         # One incremental decoder per stream: a UTF-8 character split across
         # two chunks must come out whole.
