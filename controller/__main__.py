@@ -1,10 +1,11 @@
-"""``limiquantix-controller``: token administration on the controller's database.
+"""``limiquantix-controller``: the HTTP API, and administration on the controller's database.
 
 ::
 
     limiquantix-controller token create --user alice --role operator [--labels env=prod] [--description TEXT]
     limiquantix-controller token list [--active] [--json]
     limiquantix-controller token revoke ID
+    limiquantix-controller vm remove ID [--heartbeat-timeout-s S]          # forget a gone VM
     limiquantix-controller serve [--listen HOST:PORT] [--db PATH] [--config FILE] ...   # the HTTP API
     limiquantix-controller pki ca [--dir DIR] [--force]                      # a small CA (ca.pem, ca.key)
     limiquantix-controller pki server NAME [--dns NAME]... [--ip ADDR]... [--dir DIR] [--force]
@@ -18,7 +19,7 @@ hostd's common name is its node id). Files go to ``--dir`` (default
 existing file is never replaced without ``--force``. See controller/README.md.
 
 Every command takes ``--db PATH`` (default ``/var/lib/limiquantix/controller.db``):
-``serve`` creates it (mode 0600) in an existing directory; the token commands
+``serve`` creates it (mode 0600) in an existing directory; the token and vm commands
 refuse a database that does not exist rather than create an empty one. They work while the controller runs (SQLite WAL, busy
 timeout) and are recorded in the audit log as user ``local:<login>`` from
 ``local-cli``: whoever can write the database file is an administrator.
@@ -63,7 +64,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="LimiQuantix control plane: the HTTP API (serve) and API tokens.",
+        description="LimiQuantix control plane: the HTTP API (serve), API tokens and the VM inventory.",
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -83,6 +84,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = token_cmds.add_parser("revoke", parents=[common], help="revoke a token at once")
     revoke.add_argument("token_id", metavar="ID")
+    vm = commands.add_parser("vm", parents=[common], help="remove a VM that is gone from the inventory")
+    vm_cmds = vm.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    remove = vm_cmds.add_parser(
+        "remove",
+        parents=[common],
+        help="forget a VM whose node no longer reports it, or is unreachable (AdminService/RemoveVM offline)",
+    )
+    remove.add_argument("vm_id", metavar="ID")
+    remove.add_argument(
+        "--heartbeat-timeout-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a node silent this long is unreachable (default: the controller's default, 35)",
+    )
     _add_pki_parser(commands)
     return p
 
@@ -159,13 +175,17 @@ def _cli_principal() -> Principal:
     return Principal(user=f"local:{login}", token_id="", role=Role.ADMIN)
 
 
-def _audited(store: Store, action: AuditAction, detail: AuditDetail) -> AbstractAsyncContextManager[AuditEntry]:
+def _audited(
+    store: Store, action: AuditAction, detail: AuditDetail | None = None, *, vm_id: str = "", node_id: str = ""
+) -> AbstractAsyncContextManager[AuditEntry]:
     """The command's audit row, as the API's (user ``local:<login>``, source ``local-cli``).
 
     Raises:
         AuditWriteFailed: the row could not be written (nothing is changed).
     """
-    return AuditTrail(store).action(_cli_principal(), CLI_SOURCE_ADDRESS, action, detail=detail)
+    return AuditTrail(store).action(
+        _cli_principal(), CLI_SOURCE_ADDRESS, action, vm_id=vm_id, node_id=node_id, detail=detail
+    )
 
 
 async def _token_create(store: Store, args: argparse.Namespace) -> int:
@@ -247,9 +267,27 @@ def _existing_db(args: argparse.Namespace) -> Path:
     return db
 
 
+async def _vm_remove(store: Store, args: argparse.Namespace) -> int:
+    """As AdminService/RemoveVM: refused while a reachable node reports the VM; audited ``vm.remove``."""
+    timeout_s = args.heartbeat_timeout_s
+    if timeout_s is None:
+        from ._daemon import DEFAULT_HEARTBEAT_TIMEOUT_S  # the web stack: only here
+
+        timeout_s = DEFAULT_HEARTBEAT_TIMEOUT_S
+    if not timeout_s > 0:
+        raise errors.InvalidArgument("--heartbeat-timeout-s must be > 0")
+    route = await store.node_for_vm(args.vm_id, heartbeat_timeout_s=timeout_s)
+    async with _audited(store, AuditAction.VM_REMOVE, vm_id=args.vm_id, node_id=route.node_id):
+        await store.remove_vm(args.vm_id, heartbeat_timeout_s=timeout_s)
+    print(f"removed VM {args.vm_id} (node {route.node_id})", file=sys.stderr)
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     db = _existing_db(args)
     async with await SQLiteStore.open(db) as store:
+        if args.command == "vm":
+            return await _vm_remove(store, args)
         handler = {"create": _token_create, "list": _token_list, "revoke": _token_revoke}[args.token_command]
         return await handler(store, args)
 

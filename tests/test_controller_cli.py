@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
+from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery, VMInfo
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.protocol import errors
 
@@ -99,10 +99,47 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "newer than this controller" in refused.stderr
 
 
+def test_vm_remove(tmp_path: Path) -> None:
+    """`vm remove` offline, as AdminService/RemoveVM: a gone VM goes (audited vm.remove); one its
+    reachable node still reports, an unknown one and a bad timeout are refused, nothing removed."""
+    db = make_db(tmp_path / "c.db")
+
+    async def seed() -> None:
+        async with await SQLiteStore.open(db) as store:
+            await store.register_node("host-a", url="http://host-a:8081", token="secret-a")
+            await store.heartbeat("host-a", [VMInfo(vm_id="web-1"), VMInfo(vm_id="web-2")])
+            await store.heartbeat("host-a", [VMInfo(vm_id="web-1")])  # web-2: gone
+
+    trio.run(seed)
+    reported = cli("--db", str(db), "vm", "remove", "web-1")
+    assert reported.returncode == 1 and "failed_precondition" in reported.stderr and "still reports" in reported.stderr
+    unknown = cli("--db", str(db), "vm", "remove", "nope")
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr and "Traceback" not in unknown.stderr
+    bad = cli("--db", str(db), "vm", "remove", "web-2", "--heartbeat-timeout-s", "0")
+    assert bad.returncode == 2 and "--heartbeat-timeout-s must be > 0" in bad.stderr
+    removed = cli("--db", str(db), "vm", "remove", "web-2")
+    assert removed.returncode == 0 and "removed VM web-2 (node host-a)" in removed.stderr, removed.stderr
+
+    async def check() -> None:
+        async with await SQLiteStore.open(db) as store:
+            assert [vm.vm_id for _, vm in await store.list_vms()] == ["web-1"]
+            rows = (await store.query_audit(AuditQuery(action=AuditAction.VM_REMOVE, oldest_first=True))).records
+            assert [(r.vm_id, r.node_id, r.outcome, r.source_address) for r in rows] == [
+                ("web-1", "host-a", AuditOutcome.ERROR, "local-cli"),
+                ("web-2", "host-a", AuditOutcome.SUCCESS, "local-cli"),
+            ]
+            assert all(r.user.startswith("local:") for r in rows)
+
+    trio.run(check)
+
+
 def test_token_commands_never_create_a_database(tmp_path: Path) -> None:
     """`token list` with a wrong or missing --db says so; it does not create an empty database
     (nor its directory) that no controller reads."""
-    for args in (("token", "list"), ("token", "create", "--user", "a", "--role", "viewer"), ("token", "revoke", "x")):
+    for args in (
+        ("token", "list"), ("token", "create", "--user", "a", "--role", "viewer"), ("token", "revoke", "x"),
+        ("vm", "remove", "x"),
+    ):  # fmt: skip
         missing = tmp_path / "nowhere" / "controller.db"
         out = cli("--db", str(missing), *args)
         assert out.returncode == 1 and f"no controller database at {missing}" in out.stderr, out.stderr
