@@ -219,7 +219,7 @@ def _naive(screen: Any) -> Callable[[], None]:
     """FleetScreen.fleet_updated as a first version would write it: rebuild every row."""
     from textual.widgets import DataTable
 
-    from limiquantix.tui.fleet import _cells
+    from limiquantix.tui.screens.fleet import _cells
 
     def fleet_updated() -> None:
         if not screen.is_mounted:
@@ -237,7 +237,7 @@ def _naive(screen: Any) -> Callable[[], None]:
 
 
 async def refresh_in_process(s: Settings, r: Results) -> None:
-    from limiquantix.tui.fleet import FleetScreen
+    from limiquantix.tui.screens.fleet import FleetScreen
 
     app, _ = demo_data.demo_app(history=0)
     watch = GcWatch()
@@ -376,7 +376,7 @@ def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
 async def poll_cycle(url: str, token: str, s: Settings, r: Results) -> None:
     from limiquantix.tui.app import LimiQuantixApp
     from limiquantix.tui.config import TuiConfig
-    from limiquantix.tui.fleet import FleetScreen
+    from limiquantix.tui.screens.fleet import FleetScreen
 
     app = LimiQuantixApp(TuiConfig(url=url, token=token), poll=False)
     watch = GcWatch()

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Input, TextArea
 
 from limiquantix.tui import demo_data
 from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.vm import VMScreen
+from limiquantix.tui.screens.vm import VMScreen
 
 REPO = Path(__file__).resolve().parent.parent
 

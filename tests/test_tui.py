@@ -28,16 +28,16 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, RichLog, Static, TextArea
 
 from limiquantix.hostd.simvm import SimVMProcess
-from limiquantix.tui import audit as tui_audit
 from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.audit import AuditScreen
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
-from limiquantix.tui.dialogs import ConfirmDialog
-from limiquantix.tui.files import FilesScreen
-from limiquantix.tui.fleet import FleetScreen
 from limiquantix.tui.format import exit_summary
-from limiquantix.tui.runner import RunnerScreen
-from limiquantix.tui.vm import VMScreen
+from limiquantix.tui.screens import audit as tui_audit
+from limiquantix.tui.screens.audit import AuditScreen
+from limiquantix.tui.screens.dialogs import ConfirmDialog
+from limiquantix.tui.screens.files import FilesScreen
+from limiquantix.tui.screens.fleet import FleetScreen
+from limiquantix.tui.screens.runner import RunnerScreen
+from limiquantix.tui.screens.vm import VMScreen
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -611,7 +611,7 @@ def test_the_keys_permissions_are_the_controllers() -> None:
     (a misspelt one would hide the key from everybody)."""
     from limiquantix.controller._auth import ROLE_PERMISSIONS, Permission, Role
     from limiquantix.tui import demo_data
-    from limiquantix.tui.screen import LqxScreen
+    from limiquantix.tui.screens.base import LqxScreen
 
     names = {p.value for p in Permission}
     needed = {perm for cls in (FleetScreen, VMScreen, FilesScreen, RunnerScreen, AuditScreen, LqxScreen)

@@ -35,9 +35,9 @@ from textual.widgets import Input, TextArea
 
 from limiquantix.tui import ControllerClient, demo_data
 from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.audit import AuditScreen
-from limiquantix.tui.runner import RunnerScreen
-from limiquantix.tui.vm import VMScreen
+from limiquantix.tui.screens.audit import AuditScreen
+from limiquantix.tui.screens.runner import RunnerScreen
+from limiquantix.tui.screens.vm import VMScreen
 
 SMALL = (80, 24)
 """The issue's minimum terminal."""
@@ -325,7 +325,7 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
     as text; with the CPU sort reordering rows on every update."""
     from textual.widgets import DataTable
 
-    from limiquantix.tui.fleet import FleetScreen, _cells
+    from limiquantix.tui.screens.fleet import FleetScreen, _cells
 
     app, _ = make_app()
     async with app.run_test(size=LARGE) as pilot:

@@ -12,9 +12,8 @@ import gc
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
@@ -25,34 +24,9 @@ from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError, ControllerClient, WhoAmI
 from .config import TuiConfig
+from .state import RECENT_RUNS, RunRecord, VMHistory
 
-__all__ = ["HISTORY_POINTS", "LimiQuantixApp", "RunRecord"]
-
-#: Points of history kept per VM (at the default 2 s refresh: 5 minutes).
-HISTORY_POINTS: Final = 150
-#: Recent script runs kept per VM.
-RECENT_RUNS: Final = 20
-
-
-@dataclass
-class RunRecord:
-    """A script run started from this TUI."""
-
-    script: str
-    started: float
-    exit_code: int | None = None
-    reason: str = ""
-    duration_ms: int = 0
-
-    @property
-    def first_line(self) -> str:
-        return (self.script.strip().splitlines() or [""])[0][:60]
-
-
-@dataclass
-class VMHistory:
-    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
-    memory: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+__all__ = ["LimiQuantixApp"]
 
 
 def _freeze_startup_objects() -> None:
@@ -103,7 +77,7 @@ class LimiQuantixApp(App[None]):
     # -- lifecycle -------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        from .fleet import FleetScreen
+        from .screens.fleet import FleetScreen
 
         self.sub_title = self.config.url
         self.push_screen(FleetScreen())
@@ -132,7 +106,7 @@ class LimiQuantixApp(App[None]):
             self._tell_screens()  # the header's age of the data
 
     def action_help(self) -> None:
-        from .dialogs import HelpScreen
+        from .screens.dialogs import HelpScreen
 
         self.push_screen(HelpScreen())
 

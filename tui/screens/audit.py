@@ -12,9 +12,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from .client import ApiError
-from .format import guest
-from .screen import LqxScreen
+from ..client import ApiError
+from ..format import guest
+from .base import LqxScreen
 
 __all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]
 

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from limiquantix.protocol.safetext import safe_text
 
-from .format import (
+from ..format import (
     STATE_LABELS,
     STATE_STYLES,
     age_s,
@@ -32,7 +32,7 @@ from .format import (
     uptime,
     vm_matches,
 )
-from .screen import LqxScreen
+from .base import LqxScreen
 
 __all__ = ["COLUMNS", "FleetScreen"]
 

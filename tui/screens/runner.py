@@ -16,10 +16,10 @@ from textual.worker import Worker
 
 from limiquantix.protocol.safetext import safe_text
 
-from .app import RunRecord
-from .client import ApiError
-from .format import exit_summary
-from .screen import LqxScreen
+from ..client import ApiError
+from ..format import exit_summary
+from ..state import RunRecord
+from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]
 

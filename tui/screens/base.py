@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 from textual.screen import Screen
 
 if TYPE_CHECKING:
-    from .app import LimiQuantixApp
+    from ..app import LimiQuantixApp
 
 __all__ = ["LqxScreen"]
 

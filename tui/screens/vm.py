@@ -16,9 +16,9 @@ from textual.widgets import Footer, Header, Static
 
 from limiquantix.protocol.safetext import safe_text
 
-from .client import ApiError
-from .format import age, bar, guest, human_bytes, parse_time, spark, state_text, uptime
-from .screen import LqxScreen
+from ..client import ApiError
+from ..format import age, bar, guest, human_bytes, parse_time, spark, state_text, uptime
+from .base import LqxScreen
 
 __all__ = ["VMScreen"]
 

@@ -19,10 +19,10 @@ from textual.worker import Worker
 
 from limiquantix.protocol.safetext import safe_text
 
-from .client import MAX_UPLOAD_BYTES, ApiError
+from ..client import MAX_UPLOAD_BYTES, ApiError
+from ..format import human_bytes
+from .base import LqxScreen
 from .dialogs import ConfirmDialog
-from .format import human_bytes
-from .screen import LqxScreen
 
 __all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
 
