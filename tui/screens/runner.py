@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import Any, Final
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, RichLog, Static, TextArea
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static, TextArea
 from textual.worker import Worker
 
 from limiquantix.protocol.safetext import safe_text
@@ -19,6 +18,7 @@ from limiquantix.protocol.safetext import safe_text
 from ..client import ApiError
 from ..format import exit_summary
 from ..state import RunRecord
+from ..widgets.output import OutputLog
 from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]
@@ -26,12 +26,6 @@ __all__ = ["RunnerScreen"]
 DEFAULT_SCRIPT: Final = "uname -a\nuptime\n"
 #: Seconds between GetCommand polls of a fleet run.
 FLEET_POLL_S: Final = 1.0
-#: Lines the output keeps (the oldest go first): bounds the TUI's memory whatever a guest prints.
-OUTPUT_MAX_LINES: Final = 10_000
-#: Seconds between writes of streamed output to the log: lines that arrive meanwhile are
-#: written together, and only the last OUTPUT_MAX_LINES of them are rendered at all (rendering
-#: is the cost: 300,000 lines written one by one took 44 s to appear).
-OUTPUT_FLUSH_S: Final = 0.1
 _TARGET_STYLES: Final = {
     "success": "green",
     "failed": "red",
@@ -60,11 +54,6 @@ class RunnerScreen(LqxScreen):
         self.command_id = ""
         self.worker: Worker[None] | None = None
         self.targets: dict[str, dict[str, Any]] = {}
-        self._partial: dict[str, str] = {"stdout": "", "stderr": ""}
-        self._pending: deque[tuple[str, str]] = deque(maxlen=OUTPUT_MAX_LINES)
-        """Whole lines (text, style) waiting for the next flush."""
-        self._dropped = 0
-        """Lines of this run that were never shown (beyond OUTPUT_MAX_LINES in one flush)."""
 
     @property
     def running(self) -> bool:
@@ -88,10 +77,7 @@ class RunnerScreen(LqxScreen):
                 yield Button("Cancel ^B", variant="error", id="cancel", disabled=True, compact=True)
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
-                log: RichLog = RichLog(
-                    id="output", wrap=True, markup=False, highlight=False, max_lines=OUTPUT_MAX_LINES, min_width=20
-                )
-                yield log
+                yield OutputLog(id="output")
                 side: DataTable[str | Text] = DataTable(
                     id="side", cursor_type="row", classes="fleet" if self.fleet else ""
                 )
@@ -99,7 +85,6 @@ class RunnerScreen(LqxScreen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.set_interval(OUTPUT_FLUSH_S, self._drain)
         side = self.query_one("#side", DataTable)
         if self.fleet:
             side.add_column("VM", width=16)
@@ -144,11 +129,8 @@ class RunnerScreen(LqxScreen):
         options = self._options()
         if options is None:
             return
-        self.query_one("#output", RichLog).clear()
+        self.output.start()
         self.query_one("#result", Static).update(Text("running…", style="cyan"))
-        self._partial = {"stdout": "", "stderr": ""}
-        self._pending.clear()
-        self._dropped = 0
         self._set_running(True)
         job = self._fleet(*options) if self.fleet else self._stream(*options)
         self.worker = self.run_worker(job, group="run", exclusive=True)
@@ -163,42 +145,10 @@ class RunnerScreen(LqxScreen):
         elif event.button.id == "cancel":
             self.run_worker(self.action_cancel())
 
-    def _write(self, stream: str, text: str) -> None:
-        """Whole lines to the log (stderr in red); a partial line waits for its end.
-        Controls in the guest's output are shown (``\\x1b``), never sent to the terminal."""
-        *lines, self._partial[stream] = (self._partial[stream] + text).split("\n")
-        style = "red" if stream == "stderr" else ""
-        self._queue(lines, style)
-
-    def _queue(self, lines: list[str], style: str) -> None:
-        """Lines for the next flush; beyond OUTPUT_MAX_LINES the oldest are counted, not kept."""
-        overflow = len(self._pending) + len(lines) - OUTPUT_MAX_LINES
-        if overflow > 0:
-            self._dropped += overflow
-        self._pending.extend((line, style) for line in lines[-OUTPUT_MAX_LINES:])
-
-    def _drain(self) -> None:
-        """Write the pending lines in one go (one render, not one per line)."""
-        if not self._pending and not self._dropped:
-            return
-        log = self.query_one("#output", RichLog)
-        if self._dropped:
-            log.write(
-                Text(f"── {self._dropped:,} lines not shown: the view keeps the last {OUTPUT_MAX_LINES:,}", style="dim")
-            )
-            self._dropped = 0
-        if self._pending:
-            log.write(
-                Text("\n").join(Text(safe_text(line, multiline=True), style=style) for line, style in self._pending)
-            )
-            self._pending.clear()
-
-    def _flush(self) -> None:
-        for stream, rest in self._partial.items():
-            if rest:
-                self._queue([rest], "red" if stream == "stderr" else "")
-        self._partial = {"stdout": "", "stderr": ""}
-        self._drain()
+    @property
+    def output(self) -> OutputLog:
+        """The output view (every line of output goes through it)."""
+        return self.query_one("#output", OutputLog)
 
     async def _stream(self, script: str, timeout: int, run_as: str) -> None:
         vm_id = self.vm_ids[0]
@@ -210,16 +160,16 @@ class RunnerScreen(LqxScreen):
                     self.execution_id = event["executionId"]
                 elif "output" in event:
                     out = event["output"]
-                    self._write(out.get("stream", "stdout"), out.get("text", ""))
+                    self.output.feed(out.get("stream", "stdout"), out.get("text", ""))
                 elif "result" in event:
                     result = event["result"]
         except ApiError as exc:
-            self._flush()
+            self.output.finish()
             self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
             self.lqx.report(exc, "Run")
             record.reason = exc.code
         else:
-            self._flush()
+            self.output.finish()
             if result is not None:
                 self._show_result(result, record)
         finally:
@@ -230,11 +180,7 @@ class RunnerScreen(LqxScreen):
 
     def _mark_truncated(self, result: dict[str, Any], limit: str) -> None:
         """Say in the output where the guest's cap cut it (it was silently shorter)."""
-        cut = [name for name in ("stdout", "stderr") if result.get(f"{name}Truncated")]
-        if cut:
-            self.query_one("#output", RichLog).write(
-                Text(f"── {' and '.join(cut)} cut here: more than {limit}; the rest was not kept", style="bold yellow")
-            )
+        self.output.mark_cut([name for name in ("stdout", "stderr") if result.get(f"{name}Truncated")], limit)
 
     def _show_result(self, result: dict[str, Any], record: RunRecord) -> None:
         self._mark_truncated(result, "the guest's 1 MiB cap")
@@ -288,20 +234,17 @@ class RunnerScreen(LqxScreen):
         if not self.fleet or not (0 <= side.cursor_row < len(self.vm_ids)):
             return
         target = self.targets.get(self.vm_ids[side.cursor_row])
-        log = self.query_one("#output", RichLog)
-        log.clear()
+        output = self.output
+        output.start()
         if target is None:
             return
         duration = f", {target['durationMs']} ms" if target.get("durationMs") else ""
-        log.write(Text(f"── {safe_text(target['vmId'])}: {target.get('status', '')}{duration}", style="bold"))
-        for stream, style in (("stdout", ""), ("stderr", "red")):
-            # split("\n"), not splitlines(): the other separators are the guest's, shown escaped.
-            out = target.get(stream, "")
-            for line in out.removesuffix("\n").split("\n") if out else ():
-                log.write(Text(safe_text(line, multiline=True), style=style))
+        output.note(f"── {target['vmId']}: {target.get('status', '')}{duration}")
+        for stream in ("stdout", "stderr"):
+            output.show_lines(stream, target.get(stream, ""))
         self._mark_truncated(target, "64 KiB per VM kept by the controller")
         if target.get("error"):
-            log.write(Text(safe_text(target["error"]), style="magenta"))
+            output.note(target["error"], "magenta")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.fleet:
