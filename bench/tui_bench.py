@@ -227,7 +227,7 @@ def _naive(screen: Any) -> Callable[[], None]:
         screen._update_status()
         table = screen.query_one("#fleet", DataTable)
         visible = screen._visible()
-        selected = screen.lqx.selected
+        selected = screen.lqx.fleet.selected
         table.clear()
         for vm in visible:
             table.add_row(*_cells(vm, vm["vmId"] in selected, screen.narrow), key=vm["vmId"])
@@ -399,7 +399,7 @@ async def poll_cycle(url: str, token: str, s: Settings, r: Results) -> None:
                 r.poll_gc_ms.append(watch.full_ms - gc0)
                 r.poll_wall_ms.append(wall)
             await asyncio.sleep(max(0.0, HEARTBEAT_S - wall / 1000))
-        r.poll_vms = len(app.vms)
+        r.poll_vms = len(app.fleet.vms)
         watch.close()
 
 

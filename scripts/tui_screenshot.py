@@ -57,7 +57,6 @@ async def shoot(out_dir: Path, size: tuple[int, int]) -> list[Path]:
         for step in range(30):
             screen.show(demo_data.vm_detail(index, step))
         await pilot.pause()
-        screen.fleet_updated()  # sparklines at the panel's final width (as the next poll draws them)
         await _still(pilot, app)
         written.append(Path(app.save_screenshot("tui-vm.svg", str(out_dir))))
     return written

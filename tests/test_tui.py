@@ -211,8 +211,8 @@ async def until(pilot: Pilot[None], what: str, predicate: Callable[[], bool | Aw
 
 
 def _all_connected(app: LimiQuantixApp) -> bool:
-    return len(app.vms) == len(VMS) and all(
-        v.get("agentState") == "connected" and v.get("memoryPercent") for v in app.vms.values()
+    return len(app.fleet.vms) == len(VMS) and all(
+        v.get("agentState") == "connected" and v.get("memoryPercent") for v in app.fleet.vms.values()
     )
 
 
@@ -377,7 +377,7 @@ async def test_shutdown_dialog(stack: Stack) -> None:
         await until(pilot, "the dialog", lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.click("#yes")
         await until(pilot, "accepted", lambda: any("shutdown accepted" in n for n in app.notes))
-        await until(pilot, "the VM down", lambda: app.vms.get("victim", {}).get("agentState") != "connected")
+        await until(pilot, "the VM down", lambda: app.fleet.vms.get("victim", {}).get("agentState") != "connected")
         await until(pilot, "simvm exited", lambda: stack.sims["victim"].proc.poll() is not None)
 
 
@@ -468,7 +468,7 @@ async def test_wrong_token_says_so_and_keeps_running(stack: Stack) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, "refusal", lambda: any("refused the token" in n for n in app.notes))
         assert "the test" in next(n for n in app.notes if "refused the token" in n)
-        assert app.is_running and app.vms == {}
+        assert app.is_running and app.fleet.vms == {}
 
 
 async def test_controller_stopped_and_restarted(stack: Stack) -> None:
@@ -482,7 +482,7 @@ async def test_controller_stopped_and_restarted(stack: Stack) -> None:
         assert isinstance(fleet, FleetScreen)
         await pilot.pause(REFRESH_S * 3)
         assert "retrying" in str(fleet.query_one("#counts", Static).render())
-        assert len(app.vms) == len(VMS)  # the last known fleet stays on screen
+        assert len(app.fleet.vms) == len(VMS)  # the last known fleet stays on screen
         # One notification, not one per poll.
         assert sum("cannot reach the controller" in n for n in app.notes) == 1
         stack.start_controller()
@@ -549,7 +549,7 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
     stack = hostile_stack
     app = _app(stack)
     async with app.run_test(size=(200, 60)) as pilot:
-        await until(pilot, "the guest connected", lambda: bool(app.vms.get("evil", {}).get("os")))
+        await until(pilot, "the guest connected", lambda: bool(app.fleet.vms.get("evil", {}).get("os")))
         await pilot.pause(REFRESH_S * 2)
         _assert_inert(app, "Evil\\x1b]52;c;cHduZWQ=")  # the fleet table's OS column
 

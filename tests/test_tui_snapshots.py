@@ -139,10 +139,6 @@ async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
     for step in range(30):
         screen.show(demo_data.vm_detail(0, step))
     await pilot.pause()
-    # The sparklines are as wide as their panel was when drawn; the panel narrowed when the
-    # filled screen grew a scrollbar. The next fleet poll redraws them: do what it does.
-    screen.fleet_updated()
-    await pilot.pause()
 
 
 # ----------------------------------------------------------------------------- fleet
@@ -215,7 +211,7 @@ def test_runner_finished(snap_compare: Any) -> None:
         assert isinstance(screen, RunnerScreen)
         screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: bool(app.recent_runs.get(vm_id(0))) and not screen.running, "the streamed run")
+        await until(pilot, lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running, "the streamed run")
 
     app, run_before = scenario(ran)
     assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
@@ -351,13 +347,14 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
             for i, vm in enumerate(visible):
                 shown = [c.plain if hasattr(c, "plain") else c for c in table.get_row_at(i)]
                 want = [
-                    c.plain if hasattr(c, "plain") else c for c in _cells(vm, vm["vmId"] in app.selected, screen.narrow)
+                    c.plain if hasattr(c, "plain") else c
+                    for c in _cells(vm, vm["vmId"] in app.fleet.selected, screen.narrow)
                 ]
                 assert shown == want, (step, i)
             if step == 7:  # a name that reads as markup is stored as Text: shown as is
                 row = table.get_row(fleet[20]["vmId"])
                 assert isinstance(row[1], Text) and row[1].plain == "[bold]web[/bold] [1]"
-        assert len(app.selected) == 2
+        assert len(app.fleet.selected) == 2
         names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
         assert len(set(names)) == len(names)
 

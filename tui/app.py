@@ -1,8 +1,9 @@
 """The Textual app: the controller connection, the fleet poll, and the screens' shared state.
 
-The app polls ListVMs every ``refresh_s`` and keeps, per VM, the latest record and
-a few minutes of CPU / memory history (what the detail screen's sparklines draw).
-Errors never end the app: the first failure of a kind is notified, the poll goes
+The app polls ListVMs every ``refresh_s`` into its :class:`~limiquantix.tui.state.FleetState`
+(per VM the latest record and a few minutes of CPU / memory history, what the detail
+screen's sparklines draw) and posts :class:`~limiquantix.tui.messages.FleetUpdated` to the
+screens. Errors never end the app: the first failure of a kind is notified, the poll goes
 on, and the return of the controller is notified too.
 """
 
@@ -10,21 +11,22 @@ from __future__ import annotations
 
 import gc
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
-from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 
 from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError, ControllerClient, WhoAmI
 from .config import TuiConfig
-from .state import RECENT_RUNS, RunRecord, VMHistory
+from .messages import FleetUpdated
+from .screens.dialogs import HelpScreen
+from .screens.fleet import FleetScreen
+from .state import FleetState
 
 __all__ = ["LimiQuantixApp"]
 
@@ -62,23 +64,19 @@ class LimiQuantixApp(App[None]):
         )
         self.poll = poll
         self.me: WhoAmI | None = None
-        self.vms: dict[str, dict[str, Any]] = {}
-        self.history: dict[str, VMHistory] = {}
-        self.recent_runs: dict[str, deque[RunRecord]] = {}
-        self.selected: set[str] = set()
+        self.fleet = FleetState()
         self.controller_ok: bool | None = None
         self.last_error: ApiError | None = None
         self.last_refresh: float = 0.0
         self.poll_started: float | None = None
         """clock() when the poll still waiting for its answer began (None: none is)."""
         self.refresh_cpu_s: float = 0.0
-        """CPU time the last fleet update took in this process (ListVMs answer → screen updated)."""
+        """CPU time the last fleet update took in this process: the ListVMs answer into the
+        state, plus the fleet screen's table updated (before Textual's layout and render)."""
 
     # -- lifecycle -------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        from .screens.fleet import FleetScreen
-
         self.sub_title = self.config.url
         self.push_screen(FleetScreen())
         # Textual's and the app's start-up objects live as long as the app: move them out
@@ -106,8 +104,6 @@ class LimiQuantixApp(App[None]):
             self._tell_screens()  # the header's age of the data
 
     def action_help(self) -> None:
-        from .screens.dialogs import HelpScreen
-
         self.push_screen(HelpScreen())
 
     # -- errors ----------------------------------------------------------------------
@@ -170,40 +166,17 @@ class LimiQuantixApp(App[None]):
     def apply_fleet(self, vms: list[dict[str, Any]]) -> None:
         """Take one ListVMs answer (also used by tests and the benchmark to feed data)."""
         started = time.process_time()
-        fresh = {vm["vmId"]: vm for vm in vms}
-        for vm_id, vm in fresh.items():
-            hist = self.history.get(vm_id)
-            if hist is None:
-                hist = self.history[vm_id] = VMHistory()
-            if vm.get("agentState") == "connected":
-                hist.cpu.append(float(vm.get("cpuPercent", 0.0)))
-                hist.memory.append(float(vm.get("memoryPercent", 0.0)))
-        for gone in set(self.history) - set(fresh):
-            del self.history[gone]
-        self.selected &= set(fresh)
-        self.vms = fresh
+        self.fleet.apply(vms)
         self.last_refresh = self.clock()
         self._tell_screens()
         self.refresh_cpu_s = time.process_time() - started
 
     def _tell_screens(self) -> None:
         for screen in self.screen_stack:
-            update = getattr(screen, "fleet_updated", None)
-            if update is not None:
-                try:
-                    update()
-                except NoMatches:
-                    # The app is quitting: Textual removes screens' widgets before it cancels
-                    # the app's workers, so a poll answered in between finds them gone.
-                    if screen.children and not self._exit:
-                        raise
+            screen.post_message(FleetUpdated())
 
     # -- helpers for screens -------------------------------------------------------------
 
     def may(self, permission: str) -> bool:
         """Whether the token holds ``permission`` (True while unknown: the controller decides)."""
         return self.me is None or self.me.may(permission)
-
-    def record_run(self, vm_id: str, record: RunRecord) -> None:
-        runs = self.recent_runs.setdefault(vm_id, deque(maxlen=RECENT_RUNS))
-        runs.appendleft(record)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["HISTORY_POINTS", "RECENT_RUNS", "RunRecord", "VMHistory"]
+__all__ = ["HISTORY_POINTS", "RECENT_RUNS", "FleetState", "RunRecord", "VMHistory"]
 
 #: Points of history kept per VM (at the default 2 s refresh: 5 minutes).
 HISTORY_POINTS: Final = 150
@@ -33,3 +33,36 @@ class RunRecord:
 class VMHistory:
     cpu: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     memory: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+
+
+@dataclass
+class FleetState:
+    """What the TUI knows of the fleet: the last ListVMs answer, each VM's history of
+    CPU and memory (the VM screen's sparklines), the runs started here, the selection."""
+
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The last ListVMs answer by VM id."""
+    history: dict[str, VMHistory] = field(default_factory=dict)
+    recent_runs: dict[str, deque[RunRecord]] = field(default_factory=dict)
+    """The runs started from this TUI per VM, newest first (at most RECENT_RUNS)."""
+    selected: set[str] = field(default_factory=set)
+    """The VMs selected for a fleet run."""
+
+    def apply(self, vms: list[dict[str, Any]]) -> None:
+        """Take one ListVMs answer: VMs gone from it leave the history and the selection."""
+        fresh = {vm["vmId"]: vm for vm in vms}
+        for vm_id, vm in fresh.items():
+            hist = self.history.get(vm_id)
+            if hist is None:
+                hist = self.history[vm_id] = VMHistory()
+            if vm.get("agentState") == "connected":
+                hist.cpu.append(float(vm.get("cpuPercent", 0.0)))
+                hist.memory.append(float(vm.get("memoryPercent", 0.0)))
+        for gone in set(self.history) - set(fresh):
+            del self.history[gone]
+        self.selected &= set(fresh)
+        self.vms = fresh
+
+    def record_run(self, vm_id: str, record: RunRecord) -> None:
+        runs = self.recent_runs.setdefault(vm_id, deque(maxlen=RECENT_RUNS))
+        runs.appendleft(record)

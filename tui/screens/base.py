@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from textual.screen import Screen
 
+from ..messages import FleetUpdated
+
 if TYPE_CHECKING:
     from ..app import LimiQuantixApp
 
@@ -22,6 +24,14 @@ class LqxScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         permission = self.ACTION_PERMISSIONS.get(action)
         return permission is None or self.lqx.may(permission)
+
+    def on_fleet_updated(self, message: FleetUpdated) -> None:
+        self.fleet_updated()
+
+    def fleet_updated(self) -> None:
+        """Redraw what this screen shows of the fleet (:attr:`LimiQuantixApp.fleet`) and of the
+        controller's status: after each poll, and when a screen's own data changes. Runs in
+        the screen's message loop (FleetUpdated), never while the screen's widgets go away."""
 
     @property
     def lqx(self) -> LimiQuantixApp:

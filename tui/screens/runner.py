@@ -91,7 +91,7 @@ class RunnerScreen(LqxScreen):
             side.add_column("Status", width=13)
             side.add_column("Exit", width=4)
             for vm_id in self.vm_ids:
-                name = self.lqx.vms.get(vm_id, {}).get("name") or vm_id
+                name = self.lqx.fleet.vms.get(vm_id, {}).get("name") or vm_id
                 side.add_row(
                     Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id
                 )
@@ -103,7 +103,7 @@ class RunnerScreen(LqxScreen):
     def _show_recent(self) -> None:
         side = self.query_one("#side", DataTable)
         side.clear()
-        for i, run in enumerate(self.lqx.recent_runs.get(self.vm_ids[0], ())):
+        for i, run in enumerate(self.lqx.fleet.recent_runs.get(self.vm_ids[0], ())):
             code = "-" if run.exit_code is None else str(run.exit_code)
             shown = code if not run.reason or run.reason == "exited" else run.reason
             side.add_row(Text(safe_text(run.first_line)), shown, str(run.duration_ms), key=str(i))
@@ -175,7 +175,7 @@ class RunnerScreen(LqxScreen):
         finally:
             self.execution_id = ""
             self._set_running(False)
-            self.lqx.record_run(vm_id, record)
+            self.lqx.fleet.record_run(vm_id, record)
             self._show_recent()
 
     def _mark_truncated(self, result: dict[str, Any], limit: str) -> None:

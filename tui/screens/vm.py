@@ -12,13 +12,18 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
+from textual.message import Message
 from textual.widgets import Footer, Header, Static
 
 from limiquantix.protocol.safetext import safe_text
 
 from ..client import ApiError
-from ..format import age, bar, guest, human_bytes, parse_time, spark, state_text, uptime
+from ..format import age, bar, guest, human_bytes, parse_time, state_text, uptime
+from ..widgets.graphs import Graphs
 from .base import LqxScreen
+from .dialogs import ConfirmDialog, PasswordDialog
+from .files import FilesScreen
+from .runner import RunnerScreen
 
 __all__ = ["VMScreen"]
 
@@ -58,7 +63,7 @@ class VMScreen(LqxScreen):
             yield Static(id="vm-title")
             with Grid(id="vm-grid"):
                 yield Static(id="vm-identity", classes="panel")
-                yield Static(id="vm-graphs", classes="panel")
+                yield Graphs(refresh_s=self.lqx.config.refresh_s, id="vm-graphs", classes="panel")
             yield Static(id="vm-filesystems", classes="panel")
             yield Static(id="vm-interfaces", classes="panel")
             yield Static(id="vm-capabilities", classes="panel")
@@ -72,6 +77,17 @@ class VMScreen(LqxScreen):
             self.set_interval(
                 self.lqx.config.refresh_s, lambda: self.run_worker(self.load(), group="vm", exclusive=True)
             )
+
+    class Loaded(Message, bubble=False):
+        """A GetVM answer, drawn in the screen's message loop (a screen that is closing
+        gets none: an answer landing while the app quits has nothing to draw into)."""
+
+        def __init__(self, detail: dict[str, Any]) -> None:
+            super().__init__()
+            self.detail = detail
+
+    def on_vmscreen_loaded(self, message: Loaded) -> None:
+        self.show(message.detail)
 
     async def load(self) -> None:
         """GetVM: the live identity and telemetry from the VM's node."""
@@ -90,49 +106,24 @@ class VMScreen(LqxScreen):
                 self.app.pop_screen()
             return
         self._load_error = ""
-        if not self.query("#vm-title"):
-            # The app is quitting: Textual removes a screen's widgets before it cancels the
-            # screen's workers, so an answer arriving in between has nothing to draw into.
-            return
-        self.show(detail)
+        self.post_message(self.Loaded(detail))
 
     # -- drawing ---------------------------------------------------------------------
-
-    def on_resize(self) -> None:
-        # The sparklines are as wide as their panel: redraw them at the new width.
-        self.call_after_refresh(self._draw_graphs)
 
     def fleet_updated(self) -> None:
         """Sparklines from the app's history (kept for every VM by the fleet poll)."""
         if not self.is_mounted:
             return
         self._draw_graphs()
-        if not self.detail and self.vm_id in self.lqx.vms:
-            self._draw_title(self.lqx.vms[self.vm_id])
+        if not self.detail and self.vm_id in self.lqx.fleet.vms:
+            self._draw_title(self.lqx.fleet.vms[self.vm_id])
 
     def _draw_graphs(self) -> None:
         """CPU and memory (0-100 %) from the app's history; network rates from GetVM."""
-        if not self.query("#vm-graphs"):
-            return  # the app is quitting: its widgets are gone before its timers and workers
-        graphs = self.query_one("#vm-graphs", Static)
-        width = max(10, graphs.content_region.width or 40)
-        hist = self.lqx.history.get(self.vm_id)
-        cpu = list(hist.cpu) if hist else []
-        mem = list(hist.memory) if hist else []
-        text = Text()
-        text.append(f"CPU {cpu[-1]:.1f} %\n" if cpu else "CPU -\n", style="bold cyan")
-        text.append(spark(cpu, width, top=100.0) + "\n", style="green")
-        text.append(f"Memory {mem[-1]:.1f} %\n" if mem else "Memory -\n", style="bold cyan")
-        text.append(spark(mem, width, top=100.0) + "\n", style="yellow")
-        if self.rx:
-            text.append(f"Net rx {human_bytes(self.rx[-1])}/s\n", style="bold cyan")
-            text.append(spark(self.rx, width) + "\n", style="blue")
-            text.append(f"Net tx {human_bytes(self.tx[-1])}/s\n", style="bold cyan")
-            text.append(spark(self.tx, width), style="magenta")
-        else:
-            text.append("Network: rates after two telemetry reports", style="dim")
-        text.append(f"\n{len(cpu)} samples, every {self.lqx.config.refresh_s:g} s", style="dim")
-        graphs.update(text)
+        hist = self.lqx.fleet.history.get(self.vm_id)
+        self.query_one("#vm-graphs", Graphs).show(
+            cpu=list(hist.cpu) if hist else [], memory=list(hist.memory) if hist else [], rx=self.rx, tx=self.tx
+        )
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.lqx.clock(), datetime.timezone.utc)
@@ -253,20 +244,14 @@ class VMScreen(LqxScreen):
     # -- actions ---------------------------------------------------------------------
 
     def action_run(self) -> None:
-        from .runner import RunnerScreen
-
         self.app.push_screen(RunnerScreen([self.vm_id]))
 
     def action_files(self) -> None:
-        from .files import FilesScreen
-
         self.app.push_screen(FilesScreen(self.vm_id))
 
     def action_power(self, mode: str) -> None:
-        from .dialogs import ConfirmDialog
-
         reboot = mode == "reboot"
-        name = self.lqx.vms.get(self.vm_id, {}).get("name") or self.vm_id
+        name = self.lqx.fleet.vms.get(self.vm_id, {}).get("name") or self.vm_id
 
         async def confirmed(yes: bool | None) -> None:
             if not yes:
@@ -293,7 +278,6 @@ class VMScreen(LqxScreen):
         if not self.lqx.may("vm.password_reset"):
             self.notify("Password reset needs an admin token.", severity="warning")
             return
-        from .dialogs import PasswordDialog
 
         async def done(answer: tuple[str, str, bool] | None) -> None:
             if answer is None:
