@@ -69,8 +69,10 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import benchlib as bl  # noqa: E402 - bench/ is not a package
 from benchlib import Figure  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
+from limiquantix.protocol._gen.vm_service_pb2 import VM  # noqa: E402
 from limiquantix.tui import demo_data  # noqa: E402
 
 __all__ = ["Settings", "churned_fleet", "main"]
@@ -146,7 +148,7 @@ class Results:
 # ============================================================================= data
 
 
-def churned_fleet(count: int, step: int) -> list[dict[str, Any]]:
+def churned_fleet(count: int, step: int) -> list[VM]:
     """ListVMs of ``count`` VMs at ``step``: every VM's CPU / memory / uptime moves
     (demo_data), 5 VMs are unresponsive (different ones each step), and one VM is
     swapped for another every 5 steps."""
@@ -156,37 +158,36 @@ def churned_fleet(count: int, step: int) -> list[dict[str, Any]]:
     flip = random.Random(f"churn/{step}").sample(range(12, count - 1), 5)
     for i in flip:
         vm = vms[i]
-        vm.update(agentState="unresponsive", cpuPercent=0.0, memoryPercent=0.0, uptimeSeconds=0.0)
-        vm["lastDisconnectReason"] = "ping timed out after 15 s"
+        demo_data.set_unresponsive(vm)
     return vms
 
 
-def node_vms(vms: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The ListVMs shape → each node's Heartbeat ``vms`` (hostd's VMStatus in brief)."""
+def node_vms(vms: list[VM]) -> dict[str, list[dict[str, Any]]]:
+    """The ListVMs answer → each node's Heartbeat ``vms`` (hostd's VMStatus in brief, in JSON)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for vm in vms:
-        agent = {
-            "state": f"AGENT_STATE_{vm['agentState'].upper()}",
-            "version": vm["agentVersion"],
-            "identity": {"os": {"prettyName": vm["os"]}, "hostname": vm["hostname"], "kernel": vm["kernel"]},
-            "ipAddresses": vm["ipAddresses"],
-            "lastDisconnectReason": vm["lastDisconnectReason"],
+        agent: dict[str, Any] = {
+            "state": f"AGENT_STATE_{vm.agent_state.upper()}",
+            "version": vm.agent_version,
+            "identity": {"os": {"prettyName": vm.os}, "hostname": vm.hostname, "kernel": vm.kernel},
+            "ipAddresses": list(vm.ip_addresses),
+            "lastDisconnectReason": vm.last_disconnect_reason,
         }
-        if "lastSeen" in vm:
-            agent["lastSeen"] = vm["lastSeen"]
+        if vm.HasField("last_seen"):
+            agent["lastSeen"] = json_format.MessageToJson(vm.last_seen).strip('"')
         telemetry = {
-            "cpuPercent": vm["cpuPercent"],
-            "memory": {"percent": vm["memoryPercent"]},
-            "uptimeSeconds": vm["uptimeSeconds"],
+            "cpuPercent": vm.cpu_percent,
+            "memory": {"percent": vm.memory_percent},
+            "uptimeSeconds": str(vm.uptime_seconds),
         }
         node = {
-            "vmId": vm["vmId"],
-            "name": vm["name"],
-            "labels": vm["labels"],
+            "vmId": vm.vm_id,
+            "name": vm.name,
+            "labels": dict(vm.labels),
             "agent": agent,
             "resourceUsage": {"telemetry": telemetry},
         }
-        out.setdefault(vm["nodeId"], []).append(node)
+        out.setdefault(vm.node_id, []).append(node)
     return out
 
 
@@ -230,8 +231,8 @@ def _naive(screen: Any) -> Callable[[], None]:
         selected = screen.lqx.fleet.selected
         table.clear()
         for vm in visible:
-            table.add_row(*_cells(vm, vm["vmId"] in selected, screen.narrow), key=vm["vmId"])
-        screen._order = [vm["vmId"] for vm in visible]
+            table.add_row(*_cells(vm, vm.vm_id in selected, screen.narrow), key=vm.vm_id)
+        screen._order = [vm.vm_id for vm in visible]
 
     return fleet_updated
 

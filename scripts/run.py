@@ -44,10 +44,12 @@ from typing import Any
 
 import httpx
 import trio
+from google.protobuf import json_format
 
 from limiquantix.controller import pki
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol import errors
+from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
 from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
@@ -73,6 +75,11 @@ LIVE_DEADLINE_S = 10.0
 
 def say(title: str, text: str = "") -> None:
     print(f"{BOLD}{title}{RESET} {text}".rstrip(), flush=True)
+
+
+def _exit_summary(result: dict[str, Any]) -> str:
+    """The TUI's words for how a command ended, from an ExecuteScriptResponse in JSON."""
+    return exit_summary(json_format.ParseDict(result, ExecuteScriptResponse(), ignore_unknown_fields=True))
 
 
 class Api:
@@ -145,7 +152,7 @@ async def demo(api: Api, workdir: Path) -> None:
     r = await api.call("ExecuteScript", {"vmId": VMS[0], "command": "uname -a", "timeoutSeconds": 30})
     say(
         f"ExecuteScript {VMS[0]} uname -a",
-        f"→ {exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}",
+        f"→ {_exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}",
     )
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
@@ -158,7 +165,7 @@ async def demo(api: Api, workdir: Path) -> None:
                     flush=True,
                 )
             elif "result" in msg:
-                say("   result", exit_summary(msg["result"]))
+                say("   result", _exit_summary(msg["result"]))
     except RuntimeError as exc:
         say("   error", safe_text(str(exc)))
 

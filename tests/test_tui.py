@@ -28,6 +28,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, RichLog, Static, TextArea
 
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse as Result
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
 from limiquantix.tui.format import exit_summary
@@ -212,7 +213,7 @@ async def until(pilot: Pilot[None], what: str, predicate: Callable[[], bool | Aw
 
 def _all_connected(app: LimiQuantixApp) -> bool:
     return len(app.fleet.vms) == len(VMS) and all(
-        v.get("agentState") == "connected" and v.get("memoryPercent") for v in app.fleet.vms.values()
+        v.agent_state == "connected" and v.memory_percent for v in app.fleet.vms.values()
     )
 
 
@@ -224,6 +225,8 @@ async def _open_vm(app: LimiQuantixApp, pilot: Pilot[None], vm: str) -> None:
     """Fleet → cursor on ``vm`` → its details screen."""
     fleet = app.screen
     assert isinstance(fleet, FleetScreen)
+    # The table follows the app's state when the screen handles FleetUpdated: wait for the row.
+    await until(pilot, f"{vm}'s row", lambda: vm in fleet._order)
     fleet.query_one("#fleet", DataTable).move_cursor(row=fleet._order.index(vm))
     await pilot.press("enter")
     await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
@@ -377,7 +380,9 @@ async def test_shutdown_dialog(stack: Stack) -> None:
         await until(pilot, "the dialog", lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.click("#yes")
         await until(pilot, "accepted", lambda: any("shutdown accepted" in n for n in app.notes))
-        await until(pilot, "the VM down", lambda: app.fleet.vms.get("victim", {}).get("agentState") != "connected")
+        await until(
+            pilot, "the VM down", lambda: getattr(app.fleet.vms.get("victim"), "agent_state", "") != "connected"
+        )
         await until(pilot, "simvm exited", lambda: stack.sims["victim"].proc.poll() is not None)
 
 
@@ -446,14 +451,14 @@ async def test_audit_view_refreshes_filters_by_prefix_and_opens_a_row(
         await until(
             pilot,
             "filtered",
-            lambda: bool(audit.records) and all(r["action"].startswith("vm.exec") for r in audit.records.values()),
+            lambda: bool(audit.records) and all(r.action.startswith("vm.exec") for r in audit.records.values()),
         )
-        row = next(r for r in audit.records.values() if r.get("detail", {}).get("command") == long_command)
-        assert (row["outcome"], row["exitCode"]) == ("failure", 3)
+        row = next(r for r in audit.records.values() if r.detail.command == long_command)
+        assert (row.outcome, row.exit_code) == ("failure", 3)
         # A row opens to its whole detail (the table cuts "what" at 80 characters).
         table = audit.query_one("#audit", DataTable)
         table.focus()
-        table.move_cursor(row=table.get_row_index(str(row["id"])))
+        table.move_cursor(row=table.get_row_index(str(row.id)))
         await pilot.press("enter")
         await until(pilot, "the detail", lambda: isinstance(app.screen, tui_audit.AuditDetail))
         await pilot.pause()
@@ -549,14 +554,14 @@ async def test_guest_text_is_shown_escaped_never_interpreted(hostile_stack: Stac
     stack = hostile_stack
     app = _app(stack)
     async with app.run_test(size=(200, 60)) as pilot:
-        await until(pilot, "the guest connected", lambda: bool(app.fleet.vms.get("evil", {}).get("os")))
+        await until(pilot, "the guest connected", lambda: "evil" in app.fleet.vms and bool(app.fleet.vms["evil"].os))
         await pilot.pause(REFRESH_S * 2)
         _assert_inert(app, "Evil\\x1b]52;c;cHduZWQ=")  # the fleet table's OS column
 
         await _open_vm(app, pilot, "evil")
         vm = app.screen
         assert isinstance(vm, VMScreen)
-        await until(pilot, "GetVM drawn", lambda: bool(vm.detail.get("telemetry")))
+        await until(pilot, "GetVM drawn", lambda: vm.detail is not None and vm.detail.HasField("telemetry"))
         await pilot.pause()
         _assert_inert(
             app,
@@ -622,16 +627,16 @@ def test_the_keys_permissions_are_the_controllers() -> None:
 
 def test_exit_summary_says_why_there_is_no_exit_code() -> None:
     """exitCode is present only when the command exited; otherwise the reason, never "exit code 0"."""
-    assert exit_summary({"exitCode": 3, "exitReason": "exited"}) == "exit code 3"
-    assert exit_summary({"exitCode": 0, "exitReason": "exited"}) == "exit code 0"
-    assert exit_summary({"exitReason": "timed_out", "timedOut": True, "durationMs": 1500, "signal": 15}) == (
+    assert exit_summary(Result(exit_code=3, exit_reason="exited")) == "exit code 3"
+    assert exit_summary(Result(exit_code=0, exit_reason="exited")) == "exit code 0"
+    assert exit_summary(Result(exit_reason="timed_out", timed_out=True, duration_ms=1500, signal=15)) == (
         "timed out after 1.5 s (signal 15)"
     )
-    assert exit_summary({"exitReason": "cancelled", "signal": 15}) == "cancelled (signal 15)"
-    assert exit_summary({"exitReason": "signaled", "signal": 9}) == "killed by signal 9"
-    assert exit_summary({"exitReason": "failed_to_start"}) == "failed to start"
-    assert exit_summary({"status": "failed", "exitCode": 2}) == "exit code 2"  # a fleet target
-    assert exit_summary({}) == "no exit status"
+    assert exit_summary(Result(exit_reason="cancelled", signal=15)) == "cancelled (signal 15)"
+    assert exit_summary(Result(exit_reason="signaled", signal=9)) == "killed by signal 9"
+    assert exit_summary(Result(exit_reason="failed_to_start")) == "failed to start"
+    assert exit_summary(Result(exit_code=2)) == "exit code 2"  # no reason: a fleet target's
+    assert exit_summary(Result()) == "no exit status"
 
 
 def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,19 +20,20 @@ them alone.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from google.protobuf.message import Message
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
+from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
+from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.tui import ControllerClient, demo_data
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.screens.audit import AuditScreen
@@ -47,36 +48,33 @@ LARGE = (120, 35)
 # ----------------------------------------------------------------------------- the fake controller
 
 
-def _envelope(flags: int, message: dict[str, Any]) -> bytes:
-    data = json.dumps(message).encode()
+def _envelope(flags: int, data: bytes) -> bytes:
     return struct.pack(">BI", flags, len(data)) + data
 
 
+def _answer(message: Message) -> httpx.Response:
+    return httpx.Response(200, content=message.SerializeToString(), headers={"Content-Type": "application/proto"})
+
+
 def _controller(request: httpx.Request) -> httpx.Response:
-    """The controller's answers to what the screens ask when a key is pressed."""
+    """The controller's answers (application/proto, as the TUI asks) to what the screens ask
+    when a key is pressed."""
     method = request.url.path.rsplit("/", 1)[-1]
     if method == "ExecuteScriptStream":
-        body = json.loads(request.content[5:])
-        events = demo_data.stream_events(body["vmId"])
-        content = b"".join(_envelope(0, e) for e in events) + _envelope(0x02, {})
-        return httpx.Response(200, content=content, headers={"Content-Type": "application/connect+json"})
-    body = json.loads(request.content or b"{}")
+        body = vm_pb.ExecuteScriptRequest.FromString(request.content[5:])
+        events = demo_data.stream_events(body.vm_id)
+        content = b"".join(_envelope(0, e.SerializeToString()) for e in events) + _envelope(0x02, b"{}")
+        return httpx.Response(200, content=content, headers={"Content-Type": "application/connect+proto"})
     if method == "RunCommand":
-        _controller.vm_ids = body["vmIds"]  # type: ignore[attr-defined]
-        return httpx.Response(
-            200, json={"commandId": "cmd-0001", "targetCount": len(body["vmIds"]), "status": "pending"}
-        )
+        vm_ids = list(fleet_pb.RunCommandRequest.FromString(request.content).vm_ids)
+        _controller.vm_ids = vm_ids  # type: ignore[attr-defined]
+        return _answer(fleet_pb.RunCommandResponse(command_id="cmd-0001", target_count=len(vm_ids), status="pending"))
     if method == "GetCommand":
-        return httpx.Response(200, json=demo_data.fleet_command(_controller.vm_ids))  # type: ignore[attr-defined]
+        return _answer(demo_data.fleet_command(_controller.vm_ids))  # type: ignore[attr-defined]
     if method == "ReadGuestFile":
         data = demo_data.OS_RELEASE.encode()
-        return httpx.Response(
-            200,
-            json={
-                "content": base64.b64encode(data).decode(),
-                "size": str(len(data)),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            },
+        return _answer(
+            vm_pb.ReadGuestFileResponse(content=data, size=len(data), sha256=hashlib.sha256(data).hexdigest())
         )
     return httpx.Response(501, json={"code": "unimplemented", "message": f"{method} is not in the snapshot controller"})
 
@@ -127,7 +125,7 @@ def scenario(*steps: Callable[[Pilot[None], LimiQuantixApp], Awaitable[None]]) -
 
 
 def vm_id(index: int) -> str:
-    return demo_data.fleet()[index]["vmId"]
+    return demo_data.fleet()[index].vm_id
 
 
 async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
@@ -281,7 +279,7 @@ def test_audit(snap_compare: Any) -> None:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, AuditScreen)
-        screen.show(demo_data.audit_records([vm["vmId"] for vm in demo_data.fleet()]))
+        screen.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
 
     app, run_before = scenario(audited)
     assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
@@ -305,12 +303,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _churn(step: int) -> list[dict[str, Any]]:
+def _churn(step: int) -> list[vm_pb.VM]:
     """60 VMs moving as bench/tui_bench.py moves 500: CPU every step, states, one VM swapped."""
     vms = demo_data.fleet(70, step)
     keep = vms[:59] + [vms[59 + (step // 3) % 11]]
     for vm in keep[12 + step % 40 : 15 + step % 40]:
-        vm.update(agentState="unresponsive", cpuPercent=0.0, memoryPercent=0.0, uptimeSeconds=0.0)
+        demo_data.set_unresponsive(vm)
     return keep
 
 
@@ -333,7 +331,7 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
         for step in range(40):
             fleet = _churn(step)
             if step == 7:
-                fleet[20]["name"] = "[bold]web[/bold] [1]"
+                fleet[20].name = "[bold]web[/bold] [1]"
             app.apply_fleet(fleet)
             await pilot.pause()
             if step in (5, 20):  # the cursor moved by hand (space selects and moves down)
@@ -342,17 +340,17 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
             elif step > 5:
                 assert screen._order[table.cursor_row] == cursor_vm
             visible = screen._visible()
-            assert [vm["vmId"] for vm in visible] == screen._order
+            assert [vm.vm_id for vm in visible] == screen._order
             assert table.row_count == len(visible)
             for i, vm in enumerate(visible):
                 shown = [c.plain if hasattr(c, "plain") else c for c in table.get_row_at(i)]
                 want = [
                     c.plain if hasattr(c, "plain") else c
-                    for c in _cells(vm, vm["vmId"] in app.fleet.selected, screen.narrow)
+                    for c in _cells(vm, vm.vm_id in app.fleet.selected, screen.narrow)
                 ]
                 assert shown == want, (step, i)
             if step == 7:  # a name that reads as markup is stored as Text: shown as is
-                row = table.get_row(fleet[20]["vmId"])
+                row = table.get_row(fleet[20].vm_id)
                 assert isinstance(row[1], Text) and row[1].plain == "[bold]web[/bold] [1]"
         assert len(app.fleet.selected) == 2
         names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
@@ -366,7 +364,7 @@ def test_demo_data_is_deterministic() -> None:
     """Same answers on every call (what the SVGs rely on); every agent state is shown."""
     assert demo_data.fleet(500, 7) == demo_data.fleet(500, 7)
     assert demo_data.vm_detail(3, 2) == demo_data.vm_detail(3, 2)
-    states = {(vm["agentState"], vm["nodeReachable"]) for vm in demo_data.fleet()}
+    states = {(vm.agent_state, vm.node_reachable) for vm in demo_data.fleet()}
     assert {s for s, _ in states} >= {
         "connected",
         "unresponsive",

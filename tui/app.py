@@ -13,12 +13,12 @@ import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 
+from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError, ControllerClient, WhoAmI
@@ -163,7 +163,7 @@ class LimiQuantixApp(App[None]):
             self.report(exc, "Controller")
         self._tell_screens()
 
-    def apply_fleet(self, vms: list[dict[str, Any]]) -> None:
+    def apply_fleet(self, vms: list[VM]) -> None:
         """Take one ListVMs answer (also used by tests and the benchmark to feed data)."""
         started = time.process_time()
         self.fleet.apply(vms)

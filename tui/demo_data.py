@@ -2,16 +2,19 @@
 
 Everything here is deterministic: the same call gives the same answer in every
 process and on every machine (no clock, no hostname, no ``hash()``), so that
-SVG snapshots compare byte for byte. The shapes are the controller's API
-answers as proto3 JSON (camelCase, every field printed, 64-bit integers as
-strings, RFC 3339 timestamps), as ``ControllerClient`` receives them:
+SVG snapshots compare byte for byte. The answers are the controller's API
+messages (the generated types), as ``ControllerClient`` returns them:
 
 * :func:`fleet` — a ListVMs ``vms`` list (``step`` moves CPU / memory / uptime);
+  built field by field, not parsed from JSON: the benchmark makes 5,000 of them per update;
 * :func:`vm_detail` — a GetVM answer (identity + telemetry; ``step`` moves the
   counters, so that network rates appear after two reports);
 * :func:`stream_events` — an ExecuteScriptStream's events, :func:`fleet_command`
   — a FleetService GetCommand answer, :data:`OS_RELEASE` — a file to view,
   :func:`audit_records` — QueryAudit ``records``, :data:`ADMIN` — a WhoAmI.
+
+Nested parts are written as proto3 JSON (camelCase, what curl shows) and parsed with
+``json_format.ParseDict``, which also checks them against the schema.
 
 Addresses come from the documentation ranges (RFC 5737 / RFC 3849 / RFC 7042),
 names are invented. Used by ``tests/test_tui_snapshots.py``,
@@ -24,6 +27,13 @@ import datetime
 import math
 import random
 from typing import Any, Final
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from limiquantix.protocol._gen.admin_pb2 import AuditRecord
+from limiquantix.protocol._gen.fleet_pb2 import FleetCommand
+from limiquantix.protocol._gen.vm_service_pb2 import VM, ExecuteScriptEvent
 
 from .client import WhoAmI
 
@@ -38,7 +48,9 @@ __all__ = [
     "fleet",
     "fleet_command",
     "iso",
+    "set_unresponsive",
     "stream_events",
+    "timestamp",
     "vm_detail",
 ]
 
@@ -107,12 +119,19 @@ def iso(ts: float) -> str:
     )
 
 
+def timestamp(ts: float) -> Timestamp:
+    """Unix seconds as the controller's Timestamps hold them (milliseconds)."""
+    out = Timestamp()
+    out.FromMilliseconds(round(ts * 1000))
+    return out
+
+
 def _rng(*key: object) -> random.Random:
     """A generator seeded from text: the same sequence in every process (str seeds are hashed with SHA-512)."""
     return random.Random("/".join(map(str, key)))
 
 
-def _vm(index: int, step: int, now: float) -> dict[str, Any]:
+def _vm(index: int, step: int, now: float) -> VM:
     if index < len(_NAMED):
         name, node, state, os_info, labels = _NAMED[index]
         reachable = node != UNREACHABLE_NODE
@@ -133,52 +152,49 @@ def _vm(index: int, step: int, now: float) -> dict[str, Any]:
     wave = math.sin(step / 6 + phase)
     jitter = _rng("step", index, step).uniform(-4, 4)
     vm_id = f"{name}-{_rng('id', index).getrandbits(32):08x}"
-    return {
-        "vmId": vm_id,
-        "name": name,
-        "labels": dict(labels),
-        "nodeId": node,
-        "agentState": state,
-        "nodeReachable": reachable,
-        "agentVersion": AGENT_VERSION if seen else "",
-        "ipAddresses": [f"192.0.2.{10 + index % 240}", f"2001:db8::{index + 10:x}"] if seen else [],
-        "hostname": name if seen else "",
-        "os": os_info[0] if os_info else "",
-        "kernel": os_info[1] if os_info else "",
-        "lastSeen": (iso(now - 2 - index % 5) if reachable else iso(now - 95)) if seen else None,
-        "lastDisconnectReason": "" if connected or not seen else "ping timed out after 15 s",
-        "cpuPercent": round(min(100.0, max(0.0, base_cpu * (1 + 0.6 * wave) + jitter)), 1) if connected else 0.0,
-        "memoryPercent": round(min(100.0, max(0.0, base_mem + 5 * wave + jitter / 4)), 1) if connected else 0.0,
-        "uptimeSeconds": float(round(now - boot)) if connected else 0.0,
-        "identity": None,
-        "telemetry": None,
-    }
+    vm = VM(
+        vm_id=vm_id,
+        name=name,
+        labels=labels,
+        node_id=node,
+        agent_state=state,
+        node_reachable=reachable,
+        agent_version=AGENT_VERSION if seen else "",
+        ip_addresses=[f"192.0.2.{10 + index % 240}", f"2001:db8::{index + 10:x}"] if seen else [],
+        hostname=name if seen else "",
+        os=os_info[0] if os_info else "",
+        kernel=os_info[1] if os_info else "",
+        last_disconnect_reason="" if connected or not seen else "ping timed out after 15 s",
+        cpu_percent=round(min(100.0, max(0.0, base_cpu * (1 + 0.6 * wave) + jitter)), 1) if connected else 0.0,
+        memory_percent=round(min(100.0, max(0.0, base_mem + 5 * wave + jitter / 4)), 1) if connected else 0.0,
+        uptime_seconds=float(round(now - boot)) if connected else 0.0,
+    )
+    if seen:
+        vm.last_seen.CopyFrom(timestamp(now - 2 - index % 5 if reachable else now - 95))
+    return vm
 
 
-def fleet(count: int = 12, step: int = 0, *, now: float = FIXED_TIME) -> list[dict[str, Any]]:
+def fleet(count: int = 12, step: int = 0, *, now: float = FIXED_TIME) -> list[VM]:
     """A ListVMs answer: ``count`` VMs, the first 12 in every agent state (node-c
     unreachable), the rest generated; ``step`` moves CPU, memory and uptime."""
-    out = []
-    for i in range(count):
-        vm = _vm(i, step, now + 2 * step)
-        vm.pop("identity")
-        vm.pop("telemetry")
-        if vm["lastSeen"] is None:
-            del vm["lastSeen"]
-        out.append(vm)
-    return out
+    return [_vm(i, step, now + 2 * step) for i in range(count)]
 
 
-def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict[str, Any]:
+def set_unresponsive(vm: VM) -> None:
+    """``vm`` as ListVMs shows a VM whose agent stopped answering (figures gone)."""
+    vm.agent_state = "unresponsive"
+    vm.cpu_percent = vm.memory_percent = vm.uptime_seconds = 0.0
+    vm.last_disconnect_reason = "ping timed out after 15 s"
+
+
+def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> VM:
     """A GetVM answer for the fleet's VM ``index`` (a connected one: identity and
     telemetry); ``step`` advances its counters by 5 s of traffic."""
     vm = _vm(index, step, now)
-    if vm["lastSeen"] is None:
-        del vm["lastSeen"]
-    os_info = next((o for o in _OSES if o[0] == vm["os"]), _DEBIAN)
+    os_info = next((o for o in _OSES if o[0] == vm.os), _DEBIAN)
     r = _rng("detail", index)
     collected = now - 5 * (30 - step)
-    boot = now - vm["uptimeSeconds"] if vm["uptimeSeconds"] else now - 86400
+    boot = now - vm.uptime_seconds if vm.uptime_seconds else now - 86400
     rx = 3_200_000_000 + step * r.randint(200_000, 900_000) + _rng("rx", index, step).randint(0, 400_000)
     tx = 880_000_000 + step * r.randint(50_000, 300_000) + _rng("tx", index, step).randint(0, 120_000)
     n = 10 + index % 240
@@ -228,12 +244,12 @@ def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict
             }
         )
     total_mem = 8 * gib
-    used_mem = int(total_mem * vm["memoryPercent"] / 100)
+    used_mem = int(total_mem * vm.memory_percent / 100)
     capabilities = [
         "hello", "ping", "info", "get_telemetry", "execute", "file_read", "file_write",
         "file_stat", "list_directory", "shutdown", "reset_password", "cancel",
     ]  # fmt: skip
-    vm["identity"] = {
+    identity = {
         "agentVersion": AGENT_VERSION,
         "protocolVersion": 1,
         "os": {
@@ -247,7 +263,7 @@ def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict
         "kernel": os_info[1],
         "kernelVersion": "#1 SMP PREEMPT_DYNAMIC",
         "architecture": "x86_64",
-        "hostname": vm["name"],
+        "hostname": vm.name,
         "bootTime": iso(boot),
         "agentStartedAt": iso(boot + 9),
         "interfaces": interfaces,
@@ -258,27 +274,28 @@ def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict
         "pythonVersion": "3.11.2",
         "machineId": f"{_rng('machine', index).getrandbits(128):032x}",
     }
-    vm["telemetry"] = {
+    telemetry = {
         "collectedAt": iso(collected),
-        "cpuPercent": vm["cpuPercent"],
+        "cpuPercent": vm.cpu_percent,
         "cpuCount": 4,
-        "perCpuPercent": [vm["cpuPercent"]] * 4,
+        "perCpuPercent": [vm.cpu_percent] * 4,
         "memory": {
             "totalBytes": str(total_mem),
             "usedBytes": str(used_mem),
             "availableBytes": str(total_mem - used_mem),
-            "percent": vm["memoryPercent"],
+            "percent": vm.memory_percent,
         },
-        "swap": {"totalBytes": str(gib), "usedBytes": "0", "freeBytes": str(gib), "percent": 0.0},
+        "swap": {"totalBytes": str(gib), "usedBytes": "0", "freeBytes": str(gib)},
         "filesystems": filesystems,
         "interfaces": interfaces,
-        "load1": round(vm["cpuPercent"] / 25, 2),
-        "load5": round(vm["cpuPercent"] / 30, 2),
-        "load15": round(vm["cpuPercent"] / 35, 2),
+        "load1": round(vm.cpu_percent / 25, 2),
+        "load5": round(vm.cpu_percent / 30, 2),
+        "load15": round(vm.cpu_percent / 35, 2),
         "processCount": 143 + index,
-        "uptimeSeconds": vm["uptimeSeconds"],
+        "uptimeSeconds": vm.uptime_seconds,
         "users": [],
     }
+    json_format.ParseDict({"identity": identity, "telemetry": telemetry}, vm)
     return vm
 
 
@@ -286,7 +303,7 @@ def vm_detail(index: int = 0, step: int = 0, *, now: float = FIXED_TIME) -> dict
 SCRIPT: Final = "uname -a\nuptime\ndf -h /\n"
 
 
-def stream_events(vm_id: str) -> list[dict[str, Any]]:
+def stream_events(vm_id: str) -> list[ExecuteScriptEvent]:
     """An ExecuteScriptStream's events for :data:`SCRIPT` on the fleet's VM 0."""
     out = [
         "Linux web-01 6.1.0-28-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22) x86_64 GNU/Linux\n",
@@ -311,10 +328,10 @@ def stream_events(vm_id: str) -> list[dict[str, Any]]:
             }
         }
     )
-    return events
+    return [json_format.ParseDict(e, ExecuteScriptEvent()) for e in events]
 
 
-def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> dict[str, Any]:
+def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> FleetCommand:
     """A GetCommand answer over ``vm_ids`` in every target status (the run still in progress)."""
     statuses = ("success", "success", "failed", "undeliverable", "in_progress", "timed_out", "pending", "skipped")
     targets = []
@@ -343,7 +360,7 @@ def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> dict[st
         for key in ("startedAt", "completedAt"):
             if t[key] is None:
                 del t[key]
-    return {
+    command = {
         "commandId": command_id,
         "status": "in_progress",
         "user": "alice",
@@ -363,6 +380,7 @@ def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> dict[st
         "counts": counts,
         "targets": targets,
     }
+    return json_format.ParseDict(command, FleetCommand())
 
 
 #: A guest file for the viewer.
@@ -373,7 +391,7 @@ OS_RELEASE: Final = (
 )
 
 
-def audit_records(vm_ids: list[str]) -> list[dict[str, Any]]:
+def audit_records(vm_ids: list[str]) -> list[AuditRecord]:
     """QueryAudit ``records``, newest first: runs, files, power, a denial, tokens."""
     rows: list[tuple[str, str, str, dict[str, Any], str, int | None, int]] = [
         ("alice", "fleet.run", "", {"command": "hostname; uptime", "target": "cmd-0001"}, "pending", None, 0),
@@ -412,7 +430,7 @@ def audit_records(vm_ids: list[str]) -> list[dict[str, Any]]:
         }
         if code is not None:
             record["exitCode"] = code
-        out.append(record)
+        out.append(json_format.ParseDict(record, AuditRecord()))
     return out
 
 

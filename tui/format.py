@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.text import Text
 
+from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.protocol.safetext import safe_text
 
 __all__ = [
@@ -21,7 +23,6 @@ __all__ = [
     "effective_state",
     "exit_summary",
     "human_bytes",
-    "parse_time",
     "percent",
     "primary_ip",
     "short_os",
@@ -55,7 +56,7 @@ STATE_STYLES: Final = {
 STATE_LABELS: Final = {"waiting_for_agent": "waiting", "no_socket": "no socket"}
 
 
-def state_text(vm: Mapping[str, Any]) -> Text:
+def state_text(vm: vm_pb.VM) -> Text:
     """The agent's state, coloured; ``unreachable`` when its node stopped heartbeating."""
     state = effective_state(vm)
     return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
@@ -69,13 +70,13 @@ def short_os(name: str, width: int) -> str:
     return short if len(short) <= width else short[: width - 1] + "…"
 
 
-def effective_state(vm: Mapping[str, Any]) -> str:
-    return "unreachable" if not vm.get("nodeReachable", False) else (vm.get("agentState", "") or "unknown")
+def effective_state(vm: vm_pb.VM) -> str:
+    return "unreachable" if not vm.node_reachable else (vm.agent_state or "unknown")
 
 
-def primary_ip(vm: Mapping[str, Any]) -> str:
+def primary_ip(vm: vm_pb.VM) -> str:
     """The first IPv4 address, else the first address, else ``-``."""
-    addresses = vm.get("ipAddresses", [])
+    addresses = vm.ip_addresses
     for address in addresses:
         if ":" not in address:
             return address
@@ -120,27 +121,14 @@ def bar(fraction: float, width: int = 20) -> Text:
     return out
 
 
-_FRACTION: Final = re.compile(r"\.(\d{1,6})\d*")
-
-
-def parse_time(timestamp: str) -> datetime.datetime:
-    """An RFC 3339 timestamp as proto3 JSON writes it (``Z``, up to nanoseconds).
-
-    Raises:
-        ValueError: not such a timestamp.
-    """
-    text = _FRACTION.sub(lambda m: "." + m.group(1).ljust(6, "0"), timestamp.replace("Z", "+00:00"), count=1)
-    return datetime.datetime.fromisoformat(text)
-
-
-def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
-    """``12 s ago`` for an RFC 3339 timestamp from the API (``-`` when absent)."""
-    if not timestamp:
+def age(timestamp: Timestamp | None, now: datetime.datetime | None = None) -> str:
+    """``12 s ago`` for a Timestamp from the API (``-`` when absent or unset)."""
+    if timestamp is None or not (timestamp.seconds or timestamp.nanos):
         return "-"
     try:
-        when = parse_time(timestamp)
-    except ValueError:
-        return timestamp
+        when = timestamp.ToDatetime(datetime.timezone.utc)
+    except (ValueError, OverflowError):  # beyond datetime's years 1-9999
+        return "-"
     now = now or datetime.datetime.now(datetime.timezone.utc)
     seconds = (now - when).total_seconds()
     if seconds < 7200:
@@ -158,23 +146,23 @@ def age_s(seconds: float) -> str:
     return f"{whole // 3600} h"
 
 
-def vm_matches(vm: Mapping[str, Any], needle: str) -> bool:
+def vm_matches(vm: vm_pb.VM, needle: str) -> bool:
     """Whether the filter text appears in the VM's id, name, node, state, OS, addresses or labels."""
     if not needle:
         return True
     needle = needle.lower()
     fields = [
-        vm.get("vmId", ""),
-        vm.get("name", ""),
-        vm.get("nodeId", ""),
+        vm.vm_id,
+        vm.name,
+        vm.node_id,
         effective_state(vm),
-        vm.get("os", ""),
-        vm.get("agentVersion", ""),
-        vm.get("hostname", ""),
-        *vm.get("ipAddresses", ()),
-        *(f"{k}={v}" for k, v in vm.get("labels", {}).items()),
+        vm.os,
+        vm.agent_version,
+        vm.hostname,
+        *vm.ip_addresses,
+        *(f"{k}={v}" for k, v in vm.labels.items()),
     ]
-    return any(needle in str(f).lower() for f in fields)
+    return any(needle in f.lower() for f in fields)
 
 
 _TICKS: Final = " ▁▂▃▄▅▆▇█"
@@ -193,20 +181,20 @@ def spark(values: Sequence[float], width: int, *, top: float | None = None) -> s
     return "".join(_TICKS[max(1, min(last, round(v / high * last)))] for v in shown)
 
 
-def exit_summary(result: Mapping[str, Any]) -> str:
-    """How a command ended, from an ``ExecuteScriptResponse`` (proto3 JSON) or a fleet target.
+def exit_summary(result: vm_pb.ExecuteScriptResponse) -> str:
+    """How a command ended, from an ``ExecuteScriptResponse``.
 
-    ``exitCode`` is present only when the command exited: a timeout, a cancel or a
+    ``exit_code`` is present only when the command exited: a timeout, a cancel or a
     signal says so instead of a made-up "exit code 0" (a script checking for 0 must
     not count a timeout as success).
     """
-    reason = result.get("exitReason") or ("timed_out" if result.get("timedOut") else "")
-    code = result.get("exitCode")
+    reason = result.exit_reason or ("timed_out" if result.timed_out else "")
+    code = result.exit_code if result.HasField("exit_code") else None
     if code is not None and reason in ("", "exited"):
         return f"exit code {code}"
-    signal = result.get("signal")
+    signal = result.signal
     if reason == "timed_out":
-        ms = int(result.get("durationMs", 0) or 0)
+        ms = result.duration_ms
         return f"timed out after {ms / 1000:.1f} s" + (f" (signal {signal})" if signal else "")
     if reason == "cancelled":
         return "cancelled" + (f" (signal {signal})" if signal else "")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
+
+from limiquantix.protocol._gen.vm_service_pb2 import VM
 
 __all__ = ["HISTORY_POINTS", "RECENT_RUNS", "FleetState", "RunRecord", "VMHistory"]
 
@@ -40,7 +42,7 @@ class FleetState:
     """What the TUI knows of the fleet: the last ListVMs answer, each VM's history of
     CPU and memory (the VM screen's sparklines), the runs started here, the selection."""
 
-    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vms: dict[str, VM] = field(default_factory=dict)
     """The last ListVMs answer by VM id."""
     history: dict[str, VMHistory] = field(default_factory=dict)
     recent_runs: dict[str, deque[RunRecord]] = field(default_factory=dict)
@@ -48,16 +50,16 @@ class FleetState:
     selected: set[str] = field(default_factory=set)
     """The VMs selected for a fleet run."""
 
-    def apply(self, vms: list[dict[str, Any]]) -> None:
+    def apply(self, vms: list[VM]) -> None:
         """Take one ListVMs answer: VMs gone from it leave the history and the selection."""
-        fresh = {vm["vmId"]: vm for vm in vms}
+        fresh = {vm.vm_id: vm for vm in vms}
         for vm_id, vm in fresh.items():
             hist = self.history.get(vm_id)
             if hist is None:
                 hist = self.history[vm_id] = VMHistory()
-            if vm.get("agentState") == "connected":
-                hist.cpu.append(float(vm.get("cpuPercent", 0.0)))
-                hist.memory.append(float(vm.get("memoryPercent", 0.0)))
+            if vm.agent_state == "connected":
+                hist.cpu.append(vm.cpu_percent)
+                hist.memory.append(vm.memory_percent)
         for gone in set(self.history) - set(fresh):
             del self.history[gone]
         self.selected &= set(fresh)

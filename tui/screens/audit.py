@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
+from google.protobuf import json_format
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,6 +12,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from limiquantix.protocol._gen.admin_pb2 import AuditRecord
 
 from ..client import ApiError
 from ..format import guest
@@ -30,17 +33,16 @@ _OUTCOME_STYLES: Final = {
 #: Seconds between reloads of the audit view while it is shown (new rows appear by themselves).
 AUDIT_REFRESH_S: Final = 5.0
 #: Filter inputs → the API's AuditFilter fields.
-_FILTERS: Final = (("user", "user"), ("action", "action"), ("vmId", "VM"), ("outcome", "outcome"))
+_FILTERS: Final = (("user", "user"), ("action", "action"), ("vm_id", "VM"), ("outcome", "outcome"))
 
 
-def _what(record: dict[str, Any]) -> str:
-    detail = record.get("detail", {})
-    if detail.get("command"):
-        return " ".join([detail["command"], *detail.get("args", [])]).replace("\n", "⏎ ")[:80]
-    parts = [detail.get(k, "") for k in ("path", "username", "target")]
-    parts += detail.get("flags", [])
-    if detail.get("sha256"):
-        parts.append(f"sha256 {detail['sha256'][:12]}…")
+def _what(record: AuditRecord) -> str:
+    detail = record.detail
+    if detail.command:
+        return " ".join([detail.command, *detail.args]).replace("\n", "⏎ ")[:80]
+    parts = [detail.path, detail.username, detail.target, *detail.flags]
+    if detail.sha256:
+        parts.append(f"sha256 {detail.sha256[:12]}…")
     return " ".join(p for p in parts if p)[:80]
 
 
@@ -49,7 +51,7 @@ class AuditDetail(ModalScreen[None]):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("enter", "app.pop_screen", "Close")]
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, record: AuditRecord) -> None:
         super().__init__()
         self.record = record
 
@@ -57,15 +59,16 @@ class AuditDetail(ModalScreen[None]):
         table = Table(box=None, padding=(0, 1), show_header=False)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")  # the whole value, wrapped: the point of opening a row
-        for key, value in _flatten(self.record):
+        # Every field the row has, by its API name (as curl shows it): the point of opening a row.
+        for key, value in _flatten(json_format.MessageToDict(self.record)):
             if value:
                 table.add_row(key, guest(value, multiline=True))
         with VerticalScroll(classes="dialog help"):
-            yield Static(Text(f"Audit row {self.record.get('id', '')}", style="bold"), classes="dialog-title")
+            yield Static(Text(f"Audit row {self.record.id}", style="bold"), classes="dialog-title")
             yield Static(table)
 
 
-def _flatten(record: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+def _flatten(record: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
     """``detail.command``-style keys with their values (lists joined), in the API's order."""
     out: list[tuple[str, str]] = []
     for key, value in record.items():
@@ -88,7 +91,7 @@ class AuditScreen(LqxScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, AuditRecord] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -142,25 +145,24 @@ class AuditScreen(LqxScreen):
             return
         self.show(records, quiet=quiet)
 
-    def show(self, records: list[dict[str, Any]], *, quiet: bool = False) -> None:
+    def show(self, records: list[AuditRecord], *, quiet: bool = False) -> None:
         table = self.query_one("#audit", DataTable)
         # The cursor stays on its row across reloads (new rows arrive on top).
         keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
         table.clear()
-        self.records = {str(r.get("id")): r for r in records}
+        self.records = {str(r.id): r for r in records}
         for r in records:
-            outcome = r.get("outcome", "")
             # Text, never str: a command such as grep "[/]" is not markup; controls shown.
             table.add_row(
-                r.get("startedAt", "").replace("T", " ").rstrip("Z")[5:16],
-                guest(r.get("user", "")),
-                guest(r.get("action", "")),
-                guest(r.get("vmId", "") or r.get("nodeId", "") or "-"),
-                guest(outcome, _OUTCOME_STYLES.get(outcome, "")),
-                "" if r.get("exitCode") is None else str(r["exitCode"]),
-                str(r.get("durationMs", "")),
+                r.started_at.ToDatetime().strftime("%m-%d %H:%M") if r.HasField("started_at") else "",
+                guest(r.user),
+                guest(r.action),
+                guest(r.vm_id or r.node_id or "-"),
+                guest(r.outcome, _OUTCOME_STYLES.get(r.outcome, "")),
+                str(r.exit_code) if r.HasField("exit_code") else "",
+                str(r.duration_ms) if r.HasField("duration_ms") else "",
                 guest(_what(r)),
-                key=str(r.get("id")),
+                key=str(r.id),
             )
         if keep in self.records:
             table.move_cursor(row=table.get_row_index(keep))

@@ -18,6 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
 
 from ..format import (
@@ -41,27 +42,27 @@ from .vm import VMScreen
 __all__ = ["COLUMNS", "FleetScreen"]
 
 
-def _live(vm: dict[str, Any]) -> bool:
+def _live(vm: VM) -> bool:
     """Whether the VM's figures are current (its agent connected, its node reachable)."""
-    return vm.get("agentState") == "connected" and bool(vm.get("nodeReachable", False))
+    return vm.agent_state == "connected" and vm.node_reachable
 
 
-def _figure(name: str) -> Callable[[dict[str, Any]], float]:
+def _figure(read: Callable[[VM], float]) -> Callable[[VM], float]:
     """Sort key of a telemetry figure: VMs without current figures (shown ``-``) sort below 0."""
-    return lambda vm: float(vm.get(name, 0.0)) if _live(vm) else -1.0
+    return lambda vm: read(vm) if _live(vm) else -1.0
 
 
 #: (key, label, sort key, shown on narrow terminals) of each column after the selection mark.
-COLUMNS: Final[tuple[tuple[str, str, Callable[[dict[str, Any]], Any], bool], ...]] = (
-    ("name", "Name", lambda vm: (vm.get("name") or vm["vmId"]).lower(), True),
-    ("node", "Node", lambda vm: vm.get("nodeId", ""), False),
+COLUMNS: Final[tuple[tuple[str, str, Callable[[VM], Any], bool], ...]] = (
+    ("name", "Name", lambda vm: (vm.name or vm.vm_id).lower(), True),
+    ("node", "Node", lambda vm: vm.node_id, False),
     ("state", "State", effective_state, True),
-    ("version", "Agent", lambda vm: vm.get("agentVersion", ""), False),
-    ("os", "OS", lambda vm: vm.get("os", ""), True),
+    ("version", "Agent", lambda vm: vm.agent_version, False),
+    ("os", "OS", lambda vm: vm.os, True),
     ("ip", "IP", primary_ip, True),
-    ("cpu", "CPU", _figure("cpuPercent"), True),
-    ("mem", "Mem", _figure("memoryPercent"), True),
-    ("uptime", "Uptime", _figure("uptimeSeconds"), True),
+    ("cpu", "CPU", _figure(lambda vm: vm.cpu_percent), True),
+    ("mem", "Mem", _figure(lambda vm: vm.memory_percent), True),
+    ("uptime", "Uptime", _figure(lambda vm: vm.uptime_seconds), True),
 )
 #: Below this many columns the table leaves out Node and Agent (the VM screen shows
 #: them), shortens names and OS, and shows whole percents: it fits 80 columns.
@@ -93,23 +94,23 @@ def _cell(index: int, value: str | Text) -> str | Text:
     return value
 
 
-def _cells(vm: dict[str, Any], selected: bool, narrow: bool) -> tuple[str | Text, ...]:
+def _cells(vm: VM, selected: bool, narrow: bool) -> tuple[str | Text, ...]:
     """The row of one VM: the selection mark, then :data:`COLUMNS` (less the wide-only ones)."""
     live = _live(vm)
-    name = vm.get("name") or vm["vmId"]
+    name = vm.name or vm.vm_id
     if narrow and len(name) > 14:
         name = name[:13] + "…"
     digits = 0 if narrow else 1
     values = {
         "name": name,
-        "node": vm.get("nodeId", "") or "-",
+        "node": vm.node_id or "-",
         "state": state_text(vm),
-        "version": vm.get("agentVersion", "") or "-",
-        "os": short_os(vm.get("os", "") or "-", 12 if narrow else 24),
+        "version": vm.agent_version or "-",
+        "os": short_os(vm.os or "-", 12 if narrow else 24),
         "ip": primary_ip(vm),
-        "cpu": percent(vm.get("cpuPercent", 0.0), connected=live, digits=digits),
-        "mem": percent(vm.get("memoryPercent", 0.0), connected=live, digits=digits),
-        "uptime": uptime(vm.get("uptimeSeconds")) if live else "-",
+        "cpu": percent(vm.cpu_percent, connected=live, digits=digits),
+        "mem": percent(vm.memory_percent, connected=live, digits=digits),
+        "uptime": uptime(vm.uptime_seconds) if live else "-",
     }
     mark: str | Text = Text("✓", style="bold cyan") if selected else " "
     return (mark, *(values[key] for key, _, _, everywhere in COLUMNS if everywhere or not narrow))
@@ -181,10 +182,10 @@ class FleetScreen(LqxScreen):
 
     # -- refresh ---------------------------------------------------------------------
 
-    def _visible(self) -> list[dict[str, Any]]:
+    def _visible(self) -> list[VM]:
         vms = [vm for vm in self.lqx.fleet.vms.values() if vm_matches(vm, self.filter_text)]
         key = COLUMNS[self.sort_column][2]
-        vms.sort(key=lambda vm: (key(vm), vm["vmId"]), reverse=self.sort_reverse)
+        vms.sort(key=lambda vm: (key(vm), vm.vm_id), reverse=self.sort_reverse)
         return vms
 
     def on_fleet_updated(self, message: FleetUpdated) -> None:
@@ -209,9 +210,9 @@ class FleetScreen(LqxScreen):
         self._update_status()
         table = self.query_one("#fleet", DataTable)
         visible = self._visible()
-        order = [vm["vmId"] for vm in visible]
+        order = [vm.vm_id for vm in visible]
         selected = self.lqx.fleet.selected
-        rows = {vm["vmId"]: _cells(vm, vm["vmId"] in selected, self.narrow) for vm in visible}
+        rows = {vm.vm_id: _cells(vm, vm.vm_id in selected, self.narrow) for vm in visible}
         cursor_key = self._order[table.cursor_row] if 0 <= table.cursor_row < len(self._order) else None
         gone = [vm_id for vm_id in self._order if vm_id not in rows]
         if not self._order or len(gone) > _MAX_REMOVALS:

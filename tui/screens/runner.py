@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Final
+from typing import Final
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,6 +13,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static, TextArea
 from textual.worker import Worker
 
+from limiquantix.protocol._gen.fleet_pb2 import FleetCommand, FleetTarget
+from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
 from limiquantix.protocol.safetext import safe_text
 
 from ..client import ApiError
@@ -53,7 +55,7 @@ class RunnerScreen(LqxScreen):
         self.execution_id = ""
         self.command_id = ""
         self.worker: Worker[None] | None = None
-        self.targets: dict[str, dict[str, Any]] = {}
+        self.targets: dict[str, FleetTarget] = {}
 
     @property
     def running(self) -> bool:
@@ -91,7 +93,8 @@ class RunnerScreen(LqxScreen):
             side.add_column("Status", width=13)
             side.add_column("Exit", width=4)
             for vm_id in self.vm_ids:
-                name = self.lqx.fleet.vms.get(vm_id, {}).get("name") or vm_id
+                vm = self.lqx.fleet.vms.get(vm_id)
+                name = (vm.name if vm else "") or vm_id
                 side.add_row(
                     Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id
                 )
@@ -153,16 +156,16 @@ class RunnerScreen(LqxScreen):
     async def _stream(self, script: str, timeout: int, run_as: str) -> None:
         vm_id = self.vm_ids[0]
         record = RunRecord(script=script, started=time.time())
-        result: dict[str, Any] | None = None
+        result: ExecuteScriptResponse | None = None
         try:
             async for event in self.lqx.client.execute_stream(vm_id, script, timeout_s=timeout, run_as=run_as):
-                if "executionId" in event:
-                    self.execution_id = event["executionId"]
-                elif "output" in event:
-                    out = event["output"]
-                    self.output.feed(out.get("stream", "stdout"), out.get("text", ""))
-                elif "result" in event:
-                    result = event["result"]
+                kind = event.WhichOneof("event")
+                if kind == "execution_id":
+                    self.execution_id = event.execution_id
+                elif kind == "output":
+                    self.output.feed(event.output.stream or "stdout", event.output.text)
+                elif kind == "result":
+                    result = event.result
         except ApiError as exc:
             self.output.finish()
             self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
@@ -178,23 +181,24 @@ class RunnerScreen(LqxScreen):
             self.lqx.fleet.record_run(vm_id, record)
             self._show_recent()
 
-    def _mark_truncated(self, result: dict[str, Any], limit: str) -> None:
+    def _mark_truncated(self, result: ExecuteScriptResponse | FleetTarget, limit: str) -> None:
         """Say in the output where the guest's cap cut it (it was silently shorter)."""
-        self.output.mark_cut([name for name in ("stdout", "stderr") if result.get(f"{name}Truncated")], limit)
+        cut = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
+        self.output.mark_cut([name for name, was in cut.items() if was], limit)
 
-    def _show_result(self, result: dict[str, Any], record: RunRecord) -> None:
+    def _show_result(self, result: ExecuteScriptResponse, record: RunRecord) -> None:
         self._mark_truncated(result, "the guest's 1 MiB cap")
-        code = result.get("exitCode")  # absent unless the command exited
-        reason = result.get("exitReason", "") or ("timed_out" if result.get("timedOut") else "exited")
-        duration = int(result.get("durationMs", 0))
-        record.exit_code = None if code is None else int(code)
+        code = result.exit_code if result.HasField("exit_code") else None  # absent unless the command exited
+        reason = result.exit_reason or ("timed_out" if result.timed_out else "exited")
+        duration = result.duration_ms
+        record.exit_code = code
         record.reason, record.duration_ms = reason, duration
         style = "bold green" if code == 0 and reason == "exited" else "bold red"
         text = Text(exit_summary(result), style=style)
         # "exit code 3   exited": the reason, unless the summary already says it (timed out, cancelled ...).
         text.append(f"   exited   {duration} ms" if code is not None else f"   {duration} ms", style="")
-        if result.get("error"):
-            text.append(f"   {safe_text(result['error'])}", style="red")
+        if result.error:
+            text.append(f"   {safe_text(result.error)}", style="red")
         self.query_one("#result", Static).update(text)
 
     async def _fleet(self, script: str, timeout: int, run_as: str) -> None:
@@ -204,7 +208,7 @@ class RunnerScreen(LqxScreen):
             while True:
                 command = await client.get_command(self.command_id)
                 self._show_fleet(command)
-                if command.get("status") not in ("pending", "in_progress"):
+                if command.status not in ("pending", "in_progress"):
                     break
                 await asyncio.sleep(FLEET_POLL_S)
         except ApiError as exc:
@@ -213,18 +217,18 @@ class RunnerScreen(LqxScreen):
         finally:
             self._set_running(False)
 
-    def _show_fleet(self, command: dict[str, Any]) -> None:
+    def _show_fleet(self, command: FleetCommand) -> None:
         side = self.query_one("#side", DataTable)
-        for target in command.get("targets", []):
-            vm_id = target["vmId"]
+        for target in command.targets:
+            vm_id = target.vm_id
             self.targets[vm_id] = target
-            status = target.get("status", "pending")
-            code = target.get("exitCode")
+            status = target.status or "pending"
+            code = target.exit_code if target.HasField("exit_code") else None
             if vm_id in self.vm_ids:
                 side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=_TARGET_STYLES.get(status, "")))
                 side.update_cell(vm_id, side.ordered_columns[2].key, "" if code is None else str(code))
-        counts = command.get("counts", {})
-        summary = Text(f"{command.get('commandId', '')}  {command.get('status', '')}   ", style="bold")
+        counts = command.counts
+        summary = Text(f"{command.command_id}  {command.status}   ", style="bold")
         summary.append("  ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
         self.query_one("#result", Static).update(summary)
         self._show_target_output()
@@ -238,13 +242,13 @@ class RunnerScreen(LqxScreen):
         output.start()
         if target is None:
             return
-        duration = f", {target['durationMs']} ms" if target.get("durationMs") else ""
-        output.note(f"── {target['vmId']}: {target.get('status', '')}{duration}")
-        for stream in ("stdout", "stderr"):
-            output.show_lines(stream, target.get(stream, ""))
+        duration = f", {target.duration_ms} ms" if target.duration_ms else ""
+        output.note(f"── {target.vm_id}: {target.status}{duration}")
+        output.show_lines("stdout", target.stdout)
+        output.show_lines("stderr", target.stderr)
         self._mark_truncated(target, "64 KiB per VM kept by the controller")
-        if target.get("error"):
-            output.note(target["error"], "magenta")
+        if target.error:
+            output.note(target.error, "magenta")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.fleet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
-from typing import Any, Final
+from typing import Final
 
 from rich.table import Table
 from rich.text import Text
@@ -15,10 +15,11 @@ from textual.containers import Grid, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Header, Static
 
+from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
 
 from ..client import ApiError
-from ..format import age, bar, guest, human_bytes, parse_time, state_text, uptime
+from ..format import age, bar, guest, human_bytes, state_text, uptime
 from ..widgets.graphs import Graphs
 from .base import LqxScreen
 from .dialogs import ConfirmDialog, PasswordDialog
@@ -50,10 +51,11 @@ class VMScreen(LqxScreen):
     def __init__(self, vm_id: str) -> None:
         super().__init__()
         self.vm_id = vm_id
-        self.detail: dict[str, Any] = {}
+        self.detail: VM | None = None
+        """The last GetVM answer shown."""
         self.rx: deque[float] = deque(maxlen=_NET_POINTS)
         self.tx: deque[float] = deque(maxlen=_NET_POINTS)
-        self._last_counters: tuple[str, int, int] | None = None
+        self._last_counters: tuple[int, int, int] | None = None
         self._load_error = ""
         """The code of the last GetVM failure ("" after a success)."""
 
@@ -82,7 +84,7 @@ class VMScreen(LqxScreen):
         """A GetVM answer, drawn in the screen's message loop (a screen that is closing
         gets none: an answer landing while the app quits has nothing to draw into)."""
 
-        def __init__(self, detail: dict[str, Any]) -> None:
+        def __init__(self, detail: VM) -> None:
             super().__init__()
             self.detail = detail
 
@@ -115,7 +117,7 @@ class VMScreen(LqxScreen):
         if not self.is_mounted:
             return
         self._draw_graphs()
-        if not self.detail and self.vm_id in self.lqx.fleet.vms:
+        if self.detail is None and self.vm_id in self.lqx.fleet.vms:
             self._draw_title(self.lqx.fleet.vms[self.vm_id])
 
     def _draw_graphs(self) -> None:
@@ -128,50 +130,44 @@ class VMScreen(LqxScreen):
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.lqx.clock(), datetime.timezone.utc)
 
-    def _draw_title(self, vm: dict[str, Any]) -> None:
-        title = guest(vm.get("name") or self.vm_id, "bold")
+    def _draw_title(self, vm: VM) -> None:
+        title = guest(vm.name or self.vm_id, "bold")
         title.append(f"  ({safe_text(self.vm_id)})  ", style="dim")
         title.append_text(state_text(vm))
-        node = safe_text(vm.get("nodeId", "-"))
-        title.append(f"   node {node}   last seen {age(vm.get('lastSeen'), self._now())}", style="dim")
-        if vm.get("lastDisconnectReason") and vm.get("agentState") != "connected":
-            title.append(f"\nlast disconnect: {safe_text(vm['lastDisconnectReason'])}", style="yellow")
+        node = safe_text(vm.node_id or "-")
+        seen = age(vm.last_seen if vm.HasField("last_seen") else None, self._now())
+        title.append(f"   node {node}   last seen {seen}", style="dim")
+        if vm.last_disconnect_reason and vm.agent_state != "connected":
+            title.append(f"\nlast disconnect: {safe_text(vm.last_disconnect_reason)}", style="yellow")
         self.query_one("#vm-title", Static).update(title)
 
-    def show(self, detail: dict[str, Any]) -> None:
+    def show(self, detail: VM) -> None:
         """Draw one GetVM answer (public so that tests can feed fixed data)."""
         self.detail = detail
         self._draw_title(detail)
-        identity = detail.get("identity", {})
-        telemetry = detail.get("telemetry", {})
-        os_info = identity.get("os", {})
+        identity, telemetry = detail.identity, detail.telemetry
+        live = detail.HasField("telemetry")
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan")
         table.add_column()
-        memory = telemetry.get("memory", {})
+        memory = telemetry.memory
         rows = [
-            ("OS", os_info.get("prettyName") or detail.get("os") or "-"),
-            (
-                "Kernel",
-                _kernel(identity.get("kernel") or detail.get("kernel") or "-", identity.get("architecture", "")),
-            ),
-            ("Hostname", identity.get("hostname") or detail.get("hostname") or "-"),
-            ("Agent", f"{detail.get('agentVersion') or '-'} (Python {identity.get('pythonVersion', '?')})"),
-            ("Uptime", uptime(telemetry.get("uptimeSeconds") or detail.get("uptimeSeconds"))),
-            ("Boot time", identity.get("bootTime", "-")),
-            ("CPUs", str(telemetry.get("cpuCount", "-"))),
+            ("OS", identity.os.pretty_name or detail.os or "-"),
+            ("Kernel", _kernel(identity.kernel or detail.kernel or "-", identity.architecture)),
+            ("Hostname", identity.hostname or detail.hostname or "-"),
+            ("Agent", f"{detail.agent_version or '-'} (Python {identity.python_version or '?'})"),
+            ("Uptime", uptime(telemetry.uptime_seconds or detail.uptime_seconds)),
+            ("Boot time", identity.boot_time.ToJsonString() if identity.HasField("boot_time") else "-"),
+            ("CPUs", str(telemetry.cpu_count) if live else "-"),
             (
                 "Memory",
-                f"{human_bytes(int(memory.get('usedBytes', 0)))} of {human_bytes(int(memory.get('totalBytes', 0)))}"
-                if memory
+                f"{human_bytes(memory.used_bytes)} of {human_bytes(memory.total_bytes)}"
+                if telemetry.HasField("memory")
                 else "-",
             ),
-            (
-                "Load",
-                " ".join(f"{telemetry.get(k, 0):.2f}" for k in ("load1", "load5", "load15")) if telemetry else "-",
-            ),
-            ("Processes", str(telemetry.get("processCount", "-"))),
-            ("Labels", ", ".join(f"{k}={v}" for k, v in detail.get("labels", {}).items()) or "-"),
+            ("Load", f"{telemetry.load1:.2f} {telemetry.load5:.2f} {telemetry.load15:.2f}" if live else "-"),
+            ("Processes", str(telemetry.process_count) if live else "-"),
+            ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(detail.labels.items())) or "-"),
         ]
         for key, value in rows:
             table.add_row(key, guest(value))  # never markup, controls shown: most values are the guest's
@@ -180,43 +176,41 @@ class VMScreen(LqxScreen):
         fs = Table(title="Filesystems", title_justify="left", expand=True, box=None)
         for column in ("Mount", "Type", "Usage", "", "Size"):
             fs.add_column(column)
-        for f in telemetry.get("filesystems", []):
-            pct = float(f.get("percent", 0.0))
+        for f in telemetry.filesystems:
             fs.add_row(
-                guest(f.get("mountpoint", "")),
-                guest(f.get("fstype", "")),
-                bar(pct / 100),
-                f"{pct:.0f}%",
-                human_bytes(int(f.get("totalBytes", 0))),
+                guest(f.mountpoint),
+                guest(f.fstype),
+                bar(f.percent / 100),
+                f"{f.percent:.0f}%",
+                human_bytes(f.total_bytes),
             )
-        if not telemetry.get("filesystems"):
+        if not telemetry.filesystems:
             fs.add_row("-", "", Text("no telemetry yet", style="dim"), "", "")
         self.query_one("#vm-filesystems", Static).update(fs)
 
-        interfaces = telemetry.get("interfaces") or identity.get("interfaces") or []
+        interfaces = telemetry.interfaces or identity.interfaces
         nics = Table(title="Interfaces", title_justify="left", expand=True, box=None)
         for column in ("Name", "MAC", "Addresses", "State", "RX", "TX"):
             nics.add_column(column)
         rx_total = tx_total = 0
         for nic in interfaces:
-            addresses = [
-                f"{a['address']}/{a.get('prefixLength', 0)}" for a in nic.get("ipv4", []) + nic.get("ipv6", [])
-            ]
-            rx, tx = int(nic.get("rxBytes", 0)), int(nic.get("txBytes", 0))
+            addresses = [f"{a.address}/{a.prefix_length}" for a in [*nic.ipv4, *nic.ipv6]]
+            rx, tx = nic.rx_bytes, nic.tx_bytes
             rx_total, tx_total = rx_total + rx, tx_total + tx
             nics.add_row(
-                guest(nic.get("name", "")),
-                guest(nic.get("mac", "") or "-"),
+                guest(nic.name),
+                guest(nic.mac or "-"),
                 Text("\n".join(map(safe_text, addresses)) or "-"),
-                Text("up", style="green") if nic.get("up") else Text("down", style="red"),
+                Text("up", style="green") if nic.up else Text("down", style="red"),
                 human_bytes(rx),
                 human_bytes(tx),
             )
         self.query_one("#vm-interfaces", Static).update(nics)
-        self._network_rates(telemetry.get("collectedAt", ""), rx_total, tx_total)
+        if telemetry.HasField("collected_at"):
+            self._network_rates(telemetry.collected_at.ToNanoseconds(), rx_total, tx_total)
 
-        caps = identity.get("capabilities", [])
-        disabled = set(identity.get("disabledCapabilities", []))
+        caps = identity.capabilities
+        disabled = set(identity.disabled_capabilities)
         text = Text("Capabilities  ", style="bold cyan")
         for cap in caps:
             text.append(safe_text(cap) + " ", style="strike dim" if cap in disabled else "")
@@ -225,21 +219,16 @@ class VMScreen(LqxScreen):
             text.append(f"\n(struck out: disabled by the agent's config: {shown})", style="dim")
         self.query_one("#vm-capabilities", Static).update(text)
 
-    def _network_rates(self, collected_at: str, rx: int, tx: int) -> None:
-        """RX / TX bytes per second between two telemetry reports."""
-        if not collected_at:
-            return
-        if self._last_counters is not None and self._last_counters[0] != collected_at:
-            try:
-                seconds = (parse_time(collected_at) - parse_time(self._last_counters[0])).total_seconds()
-            except ValueError:
-                seconds = 0.0
+    def _network_rates(self, collected_ns: int, rx: int, tx: int) -> None:
+        """RX / TX bytes per second between two telemetry reports (``collected_ns``: when this one was)."""
+        if self._last_counters is not None and self._last_counters[0] != collected_ns:
+            seconds = (collected_ns - self._last_counters[0]) / 1e9
             if seconds > 0:
                 self.rx.append(max(0.0, (rx - self._last_counters[1]) / seconds))
                 self.tx.append(max(0.0, (tx - self._last_counters[2]) / seconds))
                 self._draw_graphs()
-        if self._last_counters is None or self._last_counters[0] != collected_at:
-            self._last_counters = (collected_at, rx, tx)
+        if self._last_counters is None or self._last_counters[0] != collected_ns:
+            self._last_counters = (collected_ns, rx, tx)
 
     # -- actions ---------------------------------------------------------------------
 
@@ -251,7 +240,8 @@ class VMScreen(LqxScreen):
 
     def action_power(self, mode: str) -> None:
         reboot = mode == "reboot"
-        name = self.lqx.fleet.vms.get(self.vm_id, {}).get("name") or self.vm_id
+        vm = self.lqx.fleet.vms.get(self.vm_id)
+        name = (vm.name if vm else "") or self.vm_id
 
         async def confirmed(yes: bool | None) -> None:
             if not yes:
@@ -298,7 +288,7 @@ class VMScreen(LqxScreen):
         except ApiError as exc:
             self.lqx.report(exc, "Ping")
             return
-        if pong.get("connected"):
-            self.notify(f"pong in {pong.get('latencyMs', 0):.1f} ms, agent {pong.get('version', '?')}", title="Ping")
+        if pong.connected:
+            self.notify(f"pong in {pong.latency_ms:.1f} ms, agent {pong.version or '?'}", title="Ping")
         else:
-            self.notify(f"agent not connected: {pong.get('error', '')}", severity="warning", title="Ping")
+            self.notify(f"agent not connected: {pong.error}", severity="warning", title="Ping")
