@@ -231,7 +231,7 @@ def _naive(screen: Any) -> Callable[[], None]:
         selected = screen.lqx.fleet.selected
         table.clear()
         for vm in visible:
-            table.add_row(*_cells(vm, vm.vm_id in selected, screen.narrow), key=vm.vm_id)
+            table.add_row(*_cells(vm, vm.vm_id in selected, screen.tier), key=vm.vm_id)
         screen._order = [vm.vm_id for vm in visible]
 
     return fleet_updated

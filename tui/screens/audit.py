@@ -11,12 +11,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from limiquantix.protocol._gen.admin_pb2 import AuditRecord
 
 from ..client import ApiError
 from ..format import guest
+from ..widgets.footer import KeysFooter
 from .base import LqxScreen
 
 __all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]
@@ -100,7 +101,7 @@ class AuditScreen(LqxScreen):
                 yield Input(placeholder=label, id=f"filter-{key}", compact=True)
         table: DataTable[str | Text] = DataTable(id="audit", cursor_type="row", zebra_stripes=True)
         yield table
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "audit log"

@@ -14,13 +14,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static, TextArea
+from textual.widgets import Button, Header, Input, Label, ProgressBar, Static, TextArea
 from textual.worker import Worker
 
 from limiquantix.protocol.safetext import safe_text
 
 from ..client import MAX_UPLOAD_BYTES, ApiError
 from ..format import human_bytes
+from ..widgets.footer import KeysFooter
 from .base import LqxScreen
 from .dialogs import ConfirmDialog
 
@@ -85,7 +86,7 @@ class FilesScreen(LqxScreen):
             yield ProgressBar(total=100, show_eta=False, id="progress")
             yield Static("", id="transfer")
             yield TextArea("", id="viewer", read_only=True, show_line_numbers=True)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = self.vm_id

@@ -16,7 +16,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
@@ -34,6 +34,7 @@ from ..format import (
     vm_matches,
 )
 from ..messages import FleetUpdated
+from ..widgets.footer import KeysFooter
 from .audit import AuditScreen
 from .base import LqxScreen
 from .runner import RunnerScreen
@@ -52,21 +53,30 @@ def _figure(read: Callable[[VM], float]) -> Callable[[VM], float]:
     return lambda vm: read(vm) if _live(vm) else -1.0
 
 
-#: (key, label, sort key, shown on narrow terminals) of each column after the selection mark.
+#: (key, label, sort key, the narrowest tier showing it) of each column after the selection mark.
 COLUMNS: Final[tuple[tuple[str, str, Callable[[VM], Any], bool], ...]] = (
-    ("name", "Name", lambda vm: (vm.name or vm.vm_id).lower(), True),
-    ("node", "Node", lambda vm: vm.node_id, False),
-    ("state", "State", effective_state, True),
-    ("version", "Agent", lambda vm: vm.agent_version, False),
-    ("os", "OS", lambda vm: vm.os, True),
-    ("ip", "IP", primary_ip, True),
-    ("cpu", "CPU", _figure(lambda vm: vm.cpu_percent), True),
-    ("mem", "Mem", _figure(lambda vm: vm.memory_percent), True),
-    ("uptime", "Uptime", _figure(lambda vm: vm.uptime_seconds), True),
+    ("name", "Name", lambda vm: (vm.name or vm.vm_id).lower(), 2),
+    ("node", "Node", lambda vm: vm.node_id, 0),
+    ("state", "State", effective_state, 2),
+    ("version", "Agent", lambda vm: vm.agent_version, 0),
+    ("os", "OS", lambda vm: vm.os, 1),
+    ("ip", "IP", primary_ip, 1),
+    ("cpu", "CPU", _figure(lambda vm: vm.cpu_percent), 2),
+    ("mem", "Mem", _figure(lambda vm: vm.memory_percent), 2),
+    ("uptime", "Uptime", _figure(lambda vm: vm.uptime_seconds), 2),
 )
-#: Below this many columns the table leaves out Node and Agent (the VM screen shows
-#: them), shortens names and OS, and shows whole percents: it fits 80 columns.
-NARROW_BELOW: Final = 110
+#: Terminal widths below which the table drops to the next tier. Tier 1 (narrow) leaves
+#: out Node and Agent (the VM screen shows them), shortens names and OS, and shows whole
+#: percents: it fits 80 columns. Tier 2 also leaves out OS and IP: the figures stay
+#: whole at 60 columns (they were cut to "Upti").
+TIER_BELOW: Final = (110, 72)
+
+
+def tier(width: int) -> int:
+    """The table's tier at a terminal ``width``: 0 every column, 1 narrow, 2 narrowest."""
+    return sum(width < below for below in TIER_BELOW)
+
+
 _STATE_ORDER: Final = (
     "connected",
     "waiting_for_agent",
@@ -94,9 +104,10 @@ def _cell(index: int, value: str | Text) -> str | Text:
     return value
 
 
-def _cells(vm: VM, selected: bool, narrow: bool) -> tuple[str | Text, ...]:
-    """The row of one VM: the selection mark, then :data:`COLUMNS` (less the wide-only ones)."""
+def _cells(vm: VM, selected: bool, tier: int) -> tuple[str | Text, ...]:
+    """The row of one VM: the selection mark, then the :data:`COLUMNS` of ``tier``."""
     live = _live(vm)
+    narrow = tier > 0
     name = vm.name or vm.vm_id
     if narrow and len(name) > 14:
         name = name[:13] + "…"
@@ -113,7 +124,7 @@ def _cells(vm: VM, selected: bool, narrow: bool) -> tuple[str | Text, ...]:
         "uptime": uptime(vm.uptime_seconds) if live else "-",
     }
     mark: str | Text = Text("✓", style="bold cyan") if selected else " "
-    return (mark, *(values[key] for key, _, _, everywhere in COLUMNS if everywhere or not narrow))
+    return (mark, *(values[key] for key, _, _, narrowest in COLUMNS if tier <= narrowest))
 
 
 class FleetTable(DataTable[str | Text]):
@@ -145,8 +156,8 @@ class FleetScreen(LqxScreen):
         self.sort_reverse = False
         self._order: list[str] = []
         self._shown: dict[str, tuple[str | Text, ...]] = {}
-        self.narrow = False
-        """Whether the table has the narrow terminal's columns (see NARROW_BELOW)."""
+        self.tier = 0
+        """The tier of the table's columns (see TIER_BELOW)."""
         self._keys: tuple[str, ...] = ()
         self._names: dict[str, Text] = {}
         """The name cell in the table of each row (its identity orders the rows)."""
@@ -156,7 +167,7 @@ class FleetScreen(LqxScreen):
         yield Static(id="counts")
         yield FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="filter: name, node, state, OS, IP, label=value (escape clears)", id="filter")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
@@ -164,9 +175,9 @@ class FleetScreen(LqxScreen):
         self.fleet_updated()
 
     def _set_columns(self) -> None:
-        """The table's columns for the terminal's width (all of them from NARROW_BELOW up)."""
-        self.narrow = self.app.size.width < NARROW_BELOW
-        self._keys = ("sel", *(key for key, _, _, everywhere in COLUMNS if everywhere or not self.narrow))
+        """The table's columns for the terminal's width (all of them from TIER_BELOW[0] up)."""
+        self.tier = tier(self.app.size.width)
+        self._keys = ("sel", *(key for key, _, _, narrowest in COLUMNS if self.tier <= narrowest))
         table = self.query_one("#fleet", DataTable)
         table.clear(columns=True)
         table.add_column(" ", key="sel", width=1)
@@ -176,7 +187,7 @@ class FleetScreen(LqxScreen):
         self._order, self._shown, self._names = [], {}, {}
 
     def on_resize(self) -> None:
-        if self.is_mounted and (self.app.size.width < NARROW_BELOW) != self.narrow:
+        if self.is_mounted and tier(self.app.size.width) != self.tier:
             self._set_columns()
             self.fleet_updated()
 
@@ -212,7 +223,7 @@ class FleetScreen(LqxScreen):
         visible = self._visible()
         order = [vm.vm_id for vm in visible]
         selected = self.lqx.fleet.selected
-        rows = {vm.vm_id: _cells(vm, vm.vm_id in selected, self.narrow) for vm in visible}
+        rows = {vm.vm_id: _cells(vm, vm.vm_id in selected, self.tier) for vm in visible}
         cursor_key = self._order[table.cursor_row] if 0 <= table.cursor_row < len(self._order) else None
         gone = [vm_id for vm_id in self._order if vm_id not in rows]
         if not self._order or len(gone) > _MAX_REMOVALS:

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static, TextArea
+from textual.widgets import Button, DataTable, Header, Input, Label, Static, TextArea
 from textual.worker import Worker
 
 from limiquantix.protocol._gen.fleet_pb2 import FleetCommand, FleetTarget
@@ -20,7 +20,9 @@ from limiquantix.protocol.safetext import safe_text
 from ..client import ApiError
 from ..format import exit_summary
 from ..state import RunRecord
+from ..widgets.footer import KeysFooter
 from ..widgets.output import OutputLog
+from ..widgets.recent_runs import RecentRuns
 from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]
@@ -80,15 +82,16 @@ class RunnerScreen(LqxScreen):
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
                 yield OutputLog(id="output")
-                side: DataTable[str | Text] = DataTable(
-                    id="side", cursor_type="row", classes="fleet" if self.fleet else ""
-                )
-                yield side
-        yield Footer(compact=True, show_command_palette=False)
+                if self.fleet:
+                    side: DataTable[str | Text] = DataTable(id="side", cursor_type="row", classes="fleet")
+                    yield side
+                else:
+                    yield RecentRuns(id="side")
+        yield KeysFooter()
 
     def on_mount(self) -> None:
-        side = self.query_one("#side", DataTable)
         if self.fleet:
+            side = self.query_one("#side", DataTable)
             side.add_column("VM", width=16)
             side.add_column("Status", width=13)
             side.add_column("Exit", width=4)
@@ -99,17 +102,11 @@ class RunnerScreen(LqxScreen):
                     Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id
                 )
         else:
-            side.add_columns("Recent runs", "Exit", "ms")
             self._show_recent()
         self.query_one("#script", TextArea).focus()
 
     def _show_recent(self) -> None:
-        side = self.query_one("#side", DataTable)
-        side.clear()
-        for i, run in enumerate(self.lqx.fleet.recent_runs.get(self.vm_ids[0], ())):
-            code = "-" if run.exit_code is None else str(run.exit_code)
-            shown = code if not run.reason or run.reason == "exited" else run.reason
-            side.add_row(Text(safe_text(run.first_line)), shown, str(run.duration_ms), key=str(i))
+        self.query_one("#side", RecentRuns).show(self.lqx.fleet.recent_runs.get(self.vm_ids[0], ()))
 
     # -- run -------------------------------------------------------------------------
 

@@ -13,13 +13,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
 
 from ..client import ApiError
 from ..format import age, bar, guest, human_bytes, state_text, uptime
+from ..widgets.footer import KeysFooter
 from ..widgets.graphs import Graphs
 from .base import LqxScreen
 from .dialogs import ConfirmDialog, PasswordDialog
@@ -69,7 +70,7 @@ class VMScreen(LqxScreen):
             yield Static(id="vm-filesystems", classes="panel")
             yield Static(id="vm-interfaces", classes="panel")
             yield Static(id="vm-capabilities", classes="panel")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = self.vm_id

@@ -1,0 +1,243 @@
+"""The TUI at the terminal sizes operators have (80×24 and 60×20), read off the rendered
+screen with Pilot, and the smaller bugs of issue 13's bug 10 that have no test elsewhere.
+
+The app is the still demo app (``limiquantix.tui.demo_data``: no poll, a fixed clock)
+over an ``httpx.MockTransport`` playing the controller (application/proto, as the TUI
+asks): the screens' real code paths run, nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf.message import Message
+from textual.pilot import Pilot
+from textual.widgets import Input, Static, TextArea
+
+from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
+from limiquantix.tui import ControllerClient, demo_data
+from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui.screens.audit import AuditScreen
+from limiquantix.tui.screens.files import FilesScreen
+from limiquantix.tui.screens.runner import RunnerScreen
+from limiquantix.tui.screens.vm import VMScreen
+
+pytestmark = pytest.mark.anyio
+
+SMALL = (80, 24)
+TINY = (60, 20)
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _answer(message: Message) -> httpx.Response:
+    return httpx.Response(200, content=message.SerializeToString(), headers={"Content-Type": "application/proto"})
+
+
+def _streamed(events: list[vm_pb.ExecuteScriptEvent]) -> httpx.Response:
+    frames = [e.SerializeToString() for e in events] + [b"{}"]
+    body = b"".join(struct.pack(">BI", 2 if i == len(events) else 0, len(f)) + f for i, f in enumerate(frames))
+    return httpx.Response(200, content=body, headers={"Content-Type": "application/connect+proto"})
+
+
+def _unimplemented(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(501, json={"code": "unimplemented", "message": "not in this test's controller"})
+
+
+def _app(handler: Handler = _unimplemented) -> tuple[LimiQuantixApp, Callable[[], None]]:
+    # insecure: controller.example is a MockTransport, no token leaves the process.
+    client = ControllerClient(
+        demo_data.CONTROLLER_URL, "demo-token", transport=httpx.MockTransport(handler), insecure=True
+    )
+    return demo_data.demo_app(client=client, history=3)
+
+
+def _text(app: LimiQuantixApp) -> list[str]:
+    """The screen's characters, row by row."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+async def _until(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None:
+    """Pause until ``done()`` (an answer of the fake controller drawn), at most ~5 s."""
+    for _ in range(500):
+        if done():
+            return
+        await pilot.pause(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
+    """web-01 (the 9th row by name) with a GetVM answer drawn."""
+    await pilot.press(*["down"] * 8, "enter")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, VMScreen)
+    screen.show(demo_data.vm_detail(0))
+    await pilot.pause()
+    return screen
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
+async def test_fleet_figures_and_help_stay_whole(size: tuple[int, int]) -> None:
+    """Every column header shown whole (Uptime read "Upti" at 60), the footer keeps "? Help"."""
+    app, feed = _app()
+    async with app.run_test(size=size) as pilot:
+        feed()
+        await pilot.pause()
+        lines = _text(app)
+        header = next(line for line in lines if " Name " in line)
+        assert header.split() == ["Name", "State", *(["OS", "IP"] if size == SMALL else []), "CPU", "Mem", "Uptime"]
+        assert all(len(line) <= size[0] for line in lines)
+        web = next(line for line in lines if " web-01 " in line)
+        assert web.split()[-3:] == ["16%", "31%", "36d02h"], web  # the figures, whole
+        footer = lines[-1]
+        assert footer.rstrip().endswith("? Help"), footer
+        assert "⏎ Details" in footer and "/ Filter" in footer
+        assert "q Q " not in footer + " " and not footer.rstrip().endswith("q Q"), footer  # whole keys or none
+
+
+@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
+async def test_vm_screen_footer_keeps_help(size: tuple[int, int]) -> None:
+    app, feed = _app()
+    async with app.run_test(size=size) as pilot:
+        feed()
+        await pilot.pause()
+        await _open_vm(pilot, app)
+        footer = _text(app)[-1]
+        assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
+        # Keys that do not fit are left out whole, never cut (the last shown one is whole).
+        keys = footer.split("? Help")[0].split()
+        assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
+                            "g", "Ping", "q", "Quit"} for word in keys), footer  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
+async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> None:
+    """A run whose first line is long: the command is cut, Exit and ms stay on screen; the
+    options row keeps Run and Cancel whole."""
+    long_line = "for host in $(seq 1 100); do echo checking a rather long command line $host; done"
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ExecuteScriptStream"):
+            result = vm_pb.ExecuteScriptResponse(exit_code=3, exit_reason="exited", duration_ms=123456)
+            return _streamed([vm_pb.ExecuteScriptEvent(execution_id="e1"), vm_pb.ExecuteScriptEvent(result=result)])
+        return _unimplemented(request)
+
+    app, feed = _app(controller)
+    async with app.run_test(size=size) as pilot:
+        feed()
+        await pilot.pause()
+        await _open_vm(pilot, app)
+        await pilot.press("x")
+        await pilot.pause()
+        runner = app.screen
+        assert isinstance(runner, RunnerScreen)
+        runner.query_one("#script", TextArea).load_text(long_line)
+        await pilot.press("ctrl+r")
+        await _until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
+        await pilot.pause()
+        lines = _text(app)
+        header = next(line for line in lines if "Recent runs" in line)
+        assert header.rstrip().endswith("ms") and "Exit" in header, header
+        row = lines[lines.index(header) + 1]  # the table's first row: the newest run
+        assert row.split()[-2:] == ["3", "123456"], row
+        assert "for h" in row and "…" in row and long_line not in row, row
+        options = next(line for line in lines if "timeout s" in line)
+        assert "Run ^R" in options and "Cancel ^B" in options, options
+
+
+# ----------------------------------------------------------------------------- bug 10, the rest
+
+
+async def test_a_binary_file_is_said_read_not_shown_in_header_and_body() -> None:
+    """The header said "first 1.0 MiB shown" while the body said "not shown"."""
+    content = bytes(range(256)) * 8
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ReadGuestFile"):
+            sha = hashlib.sha256(content).hexdigest()
+            return _answer(vm_pb.ReadGuestFileResponse(content=content, size=3 * len(content), sha256=sha))
+        return _unimplemented(request)
+
+    app, feed = _app(controller)
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        await pilot.pause()
+        await _open_vm(pilot, app)
+        await pilot.press("f")
+        await pilot.pause()
+        files = app.screen
+        assert isinstance(files, FilesScreen)
+        files.query_one("#guest-path", Input).value = "/usr/bin/thing"
+        await pilot.press("ctrl+o")
+        await _until(pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
+        header = str(files.query_one("#transfer", Static).render())
+        assert "binary" in header and "read, not shown" in header and "shown:" not in header, header
+        assert "not shown" in files.query_one("#viewer", TextArea).text
+
+
+async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tmp_path: Path) -> None:
+    """The bar sat at 100 % beside "uploading…": once sent, the status says the guest commits."""
+    local = tmp_path / "up.bin"
+    local.write_bytes(b"x" * (600 * 1024))  # three upload chunks
+    seen: dict[str, Any] = {}
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/WriteGuestFile"):
+            # The whole body is sent before the controller answers: what the screen says meanwhile.
+            files = app.screen
+            assert isinstance(files, FilesScreen)
+            seen["status"] = str(files.query_one("#transfer", Static).render())
+            seen["request"] = vm_pb.WriteGuestFileRequest.FromString(request.content)
+            data = seen["request"].content
+            return _answer(
+                vm_pb.WriteGuestFileResponse(bytes_written=len(data), sha256=hashlib.sha256(data).hexdigest())
+            )
+        return _unimplemented(request)
+
+    app, feed = _app(controller)
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        await pilot.pause()
+        await _open_vm(pilot, app)
+        await pilot.press("f")
+        await pilot.pause()
+        files = app.screen
+        assert isinstance(files, FilesScreen)
+        files.query_one("#guest-path", Input).value = "/tmp/up.bin"
+        files.query_one("#local-path", Input).value = str(local)
+        await pilot.press("ctrl+t")
+        await _until(pilot, lambda: "= local file" in str(files.query_one("#transfer", Static).render()), "the upload")
+    assert "waiting for the guest to check and commit /tmp/up.bin" in seen["status"], seen["status"]
+    request = seen["request"]
+    assert (request.vm_id, request.path, request.create_parents) == (demo_data.fleet()[0].vm_id, "/tmp/up.bin", True)
+    assert request.content == local.read_bytes()  # the body written field by field is one valid message
+
+
+@pytest.mark.parametrize(("rows", "said"), [(1, "1 audit row"), (2, "2 audit rows"), (0, "0 audit rows")])
+async def test_audit_counts_its_rows_in_words(rows: int, said: str) -> None:
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        await pilot.pause()
+        await pilot.press("u")
+        await pilot.pause()
+        audit = app.screen
+        assert isinstance(audit, AuditScreen)
+        notes: list[str] = []
+        app.notify = lambda message, **_: notes.append(message)  # type: ignore[method-assign]
+        audit.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()])[:rows])
+        assert notes == [said]
