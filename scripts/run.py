@@ -125,6 +125,14 @@ def vm_table(vms: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def redraw(text: str, shown: int) -> tuple[str, int]:
+    """What to print for the next headless view ``text`` when the last one took ``shown``
+    lines (0: nothing to replace, as when stdout is not a terminal), and how many lines this
+    one takes: on a terminal the table is redrawn in place (cursor up over the last one, the
+    rest cleared), not scrolled."""
+    return (f"\x1b[{shown}F\x1b[J" if shown else "") + text, text.count("\n") + 1
+
+
 async def live_vms(api: Api) -> list[dict[str, Any]]:
     listed = (await api.call("ListVMs", {}))["vms"]
     return [await api.call("GetVM", {"vmId": vm["vmId"]}) for vm in listed]
@@ -382,9 +390,8 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
             while True:
                 await trio.sleep(LIVE_REFRESH_S)
                 text = f"{DIM}{time.strftime('%H:%M:%S')}{RESET}\n{await live_update(api)}"
-                # On a terminal the table is redrawn in place (cursor up over the last one), not scrolled.
-                print((f"\x1b[{shown}F\x1b[J" if TTY and shown else "") + text, flush=True)
-                shown = text.count("\n") + 1
+                out, shown = redraw(text, shown if TTY else 0)
+                print(out, flush=True)
     finally:
         # hostd first (its last heartbeat still finds the controller), then the VMs, then the controller.
         codes = []

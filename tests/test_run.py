@@ -81,6 +81,15 @@ def _load_run() -> Any:
     return run
 
 
+def test_the_headless_view_redraws_in_place() -> None:
+    """On a terminal each refresh goes up over the last table and clears it (it scrolled)."""
+    run = _load_run()
+    first, shown = run.redraw("12:00:00\nweb-1 connected\nweb-2 connected", 0)
+    assert first == "12:00:00\nweb-1 connected\nweb-2 connected" and shown == 3
+    second, shown = run.redraw("12:00:05\nweb-1 connected", shown)
+    assert second == "\x1b[3F\x1b[J12:00:05\nweb-1 connected" and shown == 2
+
+
 @pytest.mark.trio
 async def test_the_headless_view_survives_a_controller_that_does_not_answer(autojump_clock: trio.abc.Clock) -> None:
     """A controller that accepts and never answers (like one stopped by SIGSTOP): one line says
