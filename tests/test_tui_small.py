@@ -159,6 +159,26 @@ async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> No
         assert "Run ^R" in options and "Cancel ^B" in options, options
 
 
+async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
+    """``off``/``gone`` (or any state a newer controller names) are shown as they arrive, the
+    VM screen saying when the VM was last seen."""
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        vms = demo_data.fleet()
+        vms[0].agent_state, vms[1].agent_state = "gone", "hibernating"
+        vms[0].last_seen.CopyFrom(demo_data.timestamp(demo_data.FIXED_TIME - 300))
+        app.apply_fleet(vms)
+        await pilot.pause()
+        lines = _text(app)
+        assert "● gone 1" in lines[1] + lines[2] and "● hibernating 1" in lines[1] + lines[2]
+        assert any(" web-01 " in line and " gone " in line for line in lines)
+        await pilot.press(*["down"] * 8, "enter")
+        await pilot.pause()
+        title = "\n".join(_text(app)[1:3])
+        assert "gone" in title and "last seen 5 min ago" in title, title
+
+
 # ----------------------------------------------------------------------------- bug 10, the rest
 
 

@@ -40,7 +40,9 @@ def guest(value: object, style: str = "", *, multiline: bool = False) -> Text:
     return Text(safe_text(str(value), multiline=multiline), style=style)
 
 
-#: Agent state → colour, as hostd names the states.
+#: Agent state → colour, as hostd names the states; ``off`` and ``gone``: VMs the controller
+#: has seen that are no longer reported (shown with their last-seen time). A state not
+#: listed here is shown as it arrives, uncoloured.
 STATE_STYLES: Final = {
     "connected": "bold green",
     "waiting_for_agent": "yellow",
@@ -49,6 +51,8 @@ STATE_STYLES: Final = {
     "no_socket": "red",
     "disabled": "dim",
     "unreachable": "magenta",
+    "off": "dim",
+    "gone": "dim italic",
 }
 
 

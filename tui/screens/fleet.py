@@ -85,6 +85,8 @@ _STATE_ORDER: Final = (
     "no_socket",
     "disabled",
     "unreachable",
+    "off",
+    "gone",
 )
 _NAME: Final = 1
 #: More VMs gone from view than this at once (a filter typed) and the table is rebuilt.
@@ -216,8 +218,6 @@ class FleetScreen(LqxScreen):
         with 500 VMs sorted by CPU, ~100 ms of CPU on every poll against ~45 ms
         (bench/tui_bench.py).
         """
-        if not self.is_mounted:
-            return
         self._update_status()
         table = self.query_one("#fleet", DataTable)
         visible = self._visible()

@@ -115,8 +115,6 @@ class VMScreen(LqxScreen):
 
     def fleet_updated(self) -> None:
         """Sparklines from the app's history (kept for every VM by the fleet poll)."""
-        if not self.is_mounted:
-            return
         self._draw_graphs()
         if self.detail is None and self.vm_id in self.lqx.fleet.vms:
             self._draw_title(self.lqx.fleet.vms[self.vm_id])
