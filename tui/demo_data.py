@@ -442,7 +442,11 @@ def demo_app(count: int = 12, history: int = 60, **kwargs: Any) -> Any:
     from .config import TuiConfig
 
     app = LimiQuantixApp(
-        TuiConfig(url=CONTROLLER_URL, token="demo-token", source="demo"), poll=False, clock=lambda: FIXED_TIME, **kwargs
+        # insecure: the demo controller is never contacted (no poll), no token leaves the process.
+        TuiConfig(url=CONTROLLER_URL, token="demo-token", source="demo", insecure=True),
+        poll=False,
+        clock=lambda: FIXED_TIME,
+        **kwargs,
     )
     app.me = ADMIN
 
