@@ -53,7 +53,7 @@ async def shoot(out_dir: Path, size: tuple[int, int]) -> list[Path]:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, VMScreen)
-        index = next(i for i, vm in enumerate(demo_data.fleet()) if vm["vmId"] == screen.vm_id)
+        index = next(i for i, vm in enumerate(demo_data.fleet()) if vm.vm_id == screen.vm_id)
         for step in range(30):
             screen.show(demo_data.vm_detail(index, step))
         await pilot.pause()
