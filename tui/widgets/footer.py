@@ -5,6 +5,8 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.geometry import Size
 from textual.widgets import Footer
+
+# FooterKey is not exported by textual.widgets; the footer is made of them (pinned Textual).
 from textual.widgets._footer import FooterKey
 
 __all__ = ["KeysFooter"]
