@@ -166,8 +166,10 @@ async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
     async with app.run_test(size=SMALL) as pilot:
         feed()
         vms = demo_data.fleet()
-        vms[0].agent_state, vms[1].agent_state = "gone", "hibernating"
+        # gone: the controller's state (its node no longer reports it); a newer agent state as it arrives.
+        vms[0].state, vms[1].agent_state = "gone", "hibernating"
         vms[0].last_seen.CopyFrom(demo_data.timestamp(demo_data.FIXED_TIME - 300))
+        vms[0].last_reported.CopyFrom(demo_data.timestamp(demo_data.FIXED_TIME - 120))
         app.apply_fleet(vms)
         await pilot.pause()
         lines = _text(app)
@@ -175,8 +177,10 @@ async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
         assert any(" web-01 " in line and " gone " in line for line in lines)
         await pilot.press(*["down"] * 8, "enter")
         await pilot.pause()
-        title = "\n".join(_text(app)[1:3])
-        assert "gone" in title and "last seen 5 min ago" in title, title
+        title = "\n".join(_text(app)[1:4])
+        assert "gone" in title and "last seen 5 min ago" in title and "last reported by its node 2 min ago" in title, (
+            title
+        )
 
 
 # ----------------------------------------------------------------------------- bug 10, the rest

@@ -75,6 +75,11 @@ def short_os(name: str, width: int) -> str:
 
 
 def effective_state(vm: vm_pb.VM) -> str:
+    """What the fleet shows for ``vm``: ``off``/``gone`` (the controller's ``state``: a VM its
+    node reports powered off, or no longer reports) before anything the agent said; then
+    ``unreachable`` when its node stopped heartbeating; then the agent's state."""
+    if vm.state in ("off", "gone"):
+        return vm.state
     return "unreachable" if not vm.node_reachable else (vm.agent_state or "unknown")
 
 

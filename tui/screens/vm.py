@@ -136,6 +136,8 @@ class VMScreen(LqxScreen):
         node = safe_text(vm.node_id or "-")
         seen = age(vm.last_seen if vm.HasField("last_seen") else None, self._now())
         title.append(f"   node {node}   last seen {seen}", style="dim")
+        if vm.state in ("off", "gone") and vm.HasField("last_reported"):
+            title.append(f"\nlast reported by its node {age(vm.last_reported, self._now())}", style="dim")
         if vm.last_disconnect_reason and vm.agent_state != "connected":
             title.append(f"\nlast disconnect: {safe_text(vm.last_disconnect_reason)}", style="yellow")
         self.query_one("#vm-title", Static).update(title)
