@@ -5,9 +5,10 @@ side's one place.
   against a configured CA (the system's when none is named), its host name checked, and a
   client certificate presented when one is configured (mutual TLS: controller → hostd,
   hostd → controller).
-* :func:`check_token_transport`: a bearer token never goes over plain HTTP to an address
-  that is not loopback, unless the caller said ``insecure`` (plain HTTP is for development
-  on one machine: anyone on the path between two machines reads the token).
+* :func:`check_token_transport` (from :mod:`.loopback`, which needs no ``ssl``): a bearer
+  token never goes over plain HTTP to an address that is not loopback, unless the caller said
+  ``insecure`` (plain HTTP is for development on one machine: anyone on the path between two
+  machines reads the token).
 * :func:`tls_failure`: the one line that says why a TLS handshake failed (wrong CA, expired,
   wrong host name, no client certificate), found in an httpx error's causes.
 
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import ipaddress
 import ssl
 from typing import Final, final
-from urllib.parse import urlsplit
+
+# Here for the callers that import them with the rest of TLS; defined apart (no ssl needed).
+from .loopback import InsecureTransportError, check_token_transport, is_loopback_url
 
 __all__ = [
     "TLSFiles",
@@ -32,10 +34,6 @@ __all__ = [
     "is_loopback_url",
     "tls_failure",
 ]
-
-#: Host names that always mean this machine (an IP literal is checked by value).
-_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
 
 #: The last TLS failure seen by this task's client connections. With TLS 1.3 a server checks
 #: the client's certificate after the client's side of the handshake is done: its refusal
@@ -79,10 +77,6 @@ def _record(exc: ssl.SSLError) -> None:
 
 class TLSConfigError(ValueError):
     """A certificate, key or CA file cannot be used (the message names it and says why)."""
-
-
-class InsecureTransportError(ValueError):
-    """A token would cross the network in clear: refused (the message says how to fix it)."""
 
 
 @final
@@ -129,35 +123,6 @@ def client_ssl_context(tls: TLSFiles | None = None) -> ssl.SSLContext:
                 f"cannot load the client certificate {tls.cert_file} with key {tls.key_file}: {_reason(exc)}"
             ) from exc
     return ctx
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` names this machine (a loopback address or ``localhost``), or a Unix socket."""
-    if url.startswith("unix:"):
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_token_transport(url: str, *, insecure: bool, what: str = "the API token", flag: str = "--insecure") -> None:
-    """Refuse to send ``what`` over plain HTTP to a host other than this one.
-
-    Raises:
-        InsecureTransportError: ``url`` is ``http://`` to a non-loopback host and ``insecure`` is
-            false (the message says why, and names ``flag``).
-    """
-    if insecure or not url.startswith("http://") or is_loopback_url(url):
-        return
-    host = urlsplit(url).hostname or url
-    raise InsecureTransportError(
-        f"refusing to send {what} over plain HTTP to {host}: anyone on the network path could read it "
-        f"(use https:// with the server's CA, or {flag} to send it anyway)"
-    )
 
 
 def tls_failure(exc: BaseException) -> str | None:

@@ -1,0 +1,221 @@
+"""Where an operator's client (``limiquantix-tui``, ``limiquantix``) finds its controller:
+flags, then environment, then the config file and its profiles.
+
+The file is ``$XDG_CONFIG_HOME/limiquantix/tui.toml`` (``~/.config`` when unset; the one
+``make run`` writes, mode 0600). Its top-level keys are the defaults; a ``[profiles.NAME]``
+table holds another controller's keys, chosen with ``--profile NAME`` or ``LQX_PROFILE``::
+
+    url = "https://127.0.0.1:8080"
+    token = "..."
+    ca_file = "/tmp/lqx-run/pki/ca.pem"
+
+    [profiles.prod]
+    url = "https://ctl.example.com:8443"
+    token_file = "~/.config/limiquantix/prod.token"
+    ca_file = "/etc/limiquantix/pki/ca.pem"
+
+Keys: ``url``, ``token`` or ``token_file``, ``ca_file`` (the CA the controller's HTTPS
+certificate must chain to; default: the system's CAs), ``insecure`` (send the token over plain
+``http://`` to another machine anyway). ``LQX_CONTROLLER_URL``, ``LQX_TOKEN`` and
+``LQX_CA_FILE`` override the file's top level (while a profile is chosen, the first two
+are ignored: they would mix two controllers' URL and token); ``--url``, ``--token-file`` and
+``--ca-file`` override everything. A token is never taken from the command line (``--token`` is refused): argv is
+visible to every user of the machine (``ps``).
+
+Pure and cheap to import (no protobuf, no ssl): ``limiquantix exec`` resolves its
+configuration on every start, and its start-up time is measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .configfile import read_toml
+from .loopback import InsecureTransportError, check_token_transport
+
+__all__ = [
+    "CA_ENV",
+    "CONNECTION_KEYS",
+    "DEFAULT_URL",
+    "PROFILE_ENV",
+    "TOKEN_ENV",
+    "URL_ENV",
+    "ClientConfigError",
+    "ClientSettings",
+    "check_token",
+    "default_config_path",
+    "read_config",
+    "refused_token_flag",
+    "resolve",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "LQX_CONTROLLER_URL"
+TOKEN_ENV = "LQX_TOKEN"
+CA_ENV = "LQX_CA_FILE"
+PROFILE_ENV = "LQX_PROFILE"
+#: The keys of the file (top level or a profile) that say how to reach the controller.
+CONNECTION_KEYS = frozenset({"url", "token", "token_file", "ca_file", "insecure"})
+
+
+class ClientConfigError(ValueError):
+    """The configuration is unreadable or incomplete (the message says which and how to fix it)."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How to reach the controller, resolved."""
+
+    url: str
+    token: str = field(repr=False)
+    source: str
+    """Where the token came from (named when the controller refuses it)."""
+    ca_file: str = ""
+    """CA the controller's certificate must chain to; empty: the system's CAs."""
+    insecure: bool = False
+    """Send the token over plain http:// to another machine anyway."""
+    profile: str = ""
+    values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The file's values for this profile (top level merged with the profile's table)."""
+
+
+def default_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/limiquantix/tui.toml`` (``~/.config`` when unset)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "limiquantix" / "tui.toml"
+
+
+def refused_token_flag(option: str) -> str:
+    """Why ``--token`` (``option``) is refused, and what to use instead."""
+    return (
+        f"{option} is refused: a token on the command line is visible to every user (ps); "
+        f"use --token-file FILE, the environment variable {TOKEN_ENV}, or the config file"
+    )
+
+
+def check_token(token: str, source: str) -> None:
+    """A token is one word of visible ASCII: it goes into an HTTP header as it is.
+
+    Raises:
+        ClientConfigError: anything else, naming where it came from (not, later, as an
+            unreachable controller: an HTTP client refuses such a header before sending).
+    """
+    if all(33 <= ord(c) <= 126 for c in token):
+        return
+    if any(c.isspace() for c in token):
+        what = "spaces or line breaks" + (" (a TOML file? pass it with --config)" if "=" in token else "")
+    else:
+        what = "characters that are not printable ASCII"
+    raise ClientConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
+
+
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The config file (``path``, else the default one when it exists, else nothing).
+
+    Raises:
+        ClientConfigError: a named file that is missing, or a file that is not TOML.
+    """
+    return read_toml(path, default_config_path(), ClientConfigError)
+
+
+def _profile_values(data: Mapping[str, Any], profile: str, extra_keys: frozenset[str]) -> dict[str, Any]:
+    """The top-level keys with ``profile``'s table over them.
+
+    Raises:
+        ClientConfigError: an unknown key, or a profile the file does not have.
+    """
+    allowed = CONNECTION_KEYS | extra_keys
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ClientConfigError("[profiles] in the config file must hold tables: [profiles.NAME]")
+    top = {k: v for k, v in data.items() if k != "profiles"}
+    for where, values in (("the config file", top), *((f"profile {n!r}", p) for n, p in profiles.items())):
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ClientConfigError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(allowed))})")
+    if not profile:
+        return top
+    if profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ClientConfigError(f"no profile {profile!r} in the config file (profiles: {known})")
+    return {**top, **profiles[profile]}
+
+
+def _read_token_file(path: str | os.PathLike[str]) -> str:
+    """Raises: ClientConfigError: the file cannot be read."""
+    path = os.path.expanduser(os.fspath(path))
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ClientConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def resolve(
+    data: Mapping[str, Any],
+    *,
+    env: Mapping[str, str],
+    url: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    profile: str | None = None,
+    extra_keys: frozenset[str] = frozenset(),
+) -> ClientSettings:
+    """Resolve the settings: flags (the keyword arguments) over ``env`` over the file's ``data``.
+
+    Args:
+        data: the parsed config file (:func:`read_config`).
+        extra_keys: keys the caller reads from the file besides :data:`CONNECTION_KEYS`
+            (the TUI's ``refresh_s``); any other is refused, so a typo is not ignored.
+
+    Raises:
+        ClientConfigError: an unknown key or profile, an unreadable token file, a value that
+            is not a token, no token anywhere, a URL that is not http(s), a missing CA file, or
+            plain HTTP to another machine without ``insecure``.
+    """
+    profile = profile if profile is not None else env.get(PROFILE_ENV, "")
+    values = _profile_values(data, profile, extra_keys)
+    where = f"profile {profile!r}" if profile else "the config file"
+    target = str(values.get("url", DEFAULT_URL))
+    token, source = str(values.get("token", "")), where
+    if values.get("token_file"):
+        token, source = _read_token_file(str(values["token_file"])), str(values["token_file"])
+    if env.get(URL_ENV) and not profile:
+        target = env[URL_ENV]
+    if env.get(TOKEN_ENV) and not profile:
+        token, source = env[TOKEN_ENV], TOKEN_ENV
+    if url:
+        target = url
+    if token_file:
+        token, source = _read_token_file(token_file), os.fspath(token_file)
+    if token:
+        check_token(token, source)
+    else:
+        raise ClientConfigError(
+            f"no API token: pass --token-file, set {TOKEN_ENV}, or run `make run` (which writes {default_config_path()})"
+        )
+    if not target.startswith(("http://", "https://")):
+        raise ClientConfigError(f"controller URL must start with http:// or https://, not {target!r}")
+    ca = os.fspath(ca_file or env.get(CA_ENV) or values.get("ca_file", ""))
+    ca = os.path.expanduser(ca) if ca else ""
+    if ca and not os.path.isfile(ca):
+        raise ClientConfigError(f"cannot read the CA file {ca}")
+    insecure = bool(insecure or values.get("insecure", False) is True)
+    try:
+        check_token_transport(target, insecure=insecure)
+    except InsecureTransportError as exc:
+        raise ClientConfigError(str(exc)) from None
+    return ClientSettings(
+        url=target.rstrip("/"),
+        token=token,
+        source=source,
+        ca_file=ca,
+        insecure=insecure,
+        profile=profile,
+        values=values,
+    )
