@@ -203,7 +203,8 @@ def resolve(
         raise ClientConfigError(f"controller URL must start with http:// or https://, not {target!r}")
     ca = os.fspath(ca_file or env.get(CA_ENV) or values.get("ca_file", ""))
     ca = os.path.expanduser(ca) if ca else ""
-    if ca and not os.path.isfile(ca):
+    # The CA is for https only: a file's CA must not stop a plain call to loopback (--url).
+    if ca and target.startswith("https://") and not os.path.isfile(ca):
         raise ClientConfigError(f"cannot read the CA file {ca}")
     insecure = bool(insecure or values.get("insecure", False) is True)
     try:

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import hostile_guest
 import httpx
 import pytest
+from procstack import DEADLINE_S, VMS, Stack, run_stack
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, RichLog, Static, TextArea
 
-from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse as Result
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
@@ -42,8 +39,6 @@ from limiquantix.tui.screens.vm import VMScreen
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-VMS = ("web-1", "web-2", "victim")
-DEADLINE_S = 30.0
 REFRESH_S = 0.3
 
 
@@ -52,134 +47,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _free_port() -> int:
-    """A port the OS picks (closed again at once: the controller binds it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Stack:
-    tmp: Path
-    port: int
-    admin: str
-    tokens: dict[str, str] = field(default_factory=dict)
-    controller: subprocess.Popen[bytes] | None = None
-    hostd: subprocess.Popen[bytes] | None = None
-    sims: dict[str, SimVMProcess] = field(default_factory=dict)
-    hostile: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db(self) -> Path:
-        return self.tmp / "controller.db"
-
-    def _cli(self, *args: str) -> str:
-        argv = [sys.executable, "-m", "limiquantix.controller", "--db", str(self.db), *args]
-        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
-
-    def _wait_healthy(self, proc: subprocess.Popen[bytes], url: str) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"{url} exited with {proc.returncode}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{url} not healthy after {DEADLINE_S} s")
-
-    def start_controller(self) -> None:
-        with open(self.tmp / "controller.log", "ab") as log:  # the child has its own copy of the descriptor
-            self.controller = subprocess.Popen(
-                [sys.executable, "-m", "limiquantix.controller", "serve", "--db", str(self.db),
-                 "--listen", f"127.0.0.1:{self.port}", "--heartbeat-timeout-s", "3"],
-                env={**os.environ, "LQX_ADMIN_TOKEN": self.admin}, stdout=log, stderr=log,
-            )  # fmt: skip
-        self._wait_healthy(self.controller, self.url)
-
-    def stop_controller(self) -> None:
-        assert self.controller is not None
-        self.controller.send_signal(signal.SIGTERM)
-        self.controller.wait(DEADLINE_S)
-
-    def start(self, *, hostile_guest: str = "") -> None:
-        """The controller, hostd and the simulated VMs of :data:`VMS`; or, with
-        ``hostile_guest``, one VM of that id whose guest is tests/hostile_guest.py."""
-        self.start_controller()
-        for who, role in (("viewer", "viewer"), ("operator", "operator"), ("hostd", "node")):
-            self.tokens[who] = self._cli("token", "create", "--user", who, "--role", role)
-        vms_dir = self.tmp / "vms"
-        vms_dir.mkdir()
-        if hostile_guest:
-            argv = [
-                sys.executable,
-                str(Path(__file__).with_name("hostile_guest.py")),
-                "--socket",
-                str(vms_dir / f"{hostile_guest}.agent.sock"),
-            ]
-            self.hostile = subprocess.Popen(argv)
-        for vm in () if hostile_guest else VMS:
-            self.sims[vm] = SimVMProcess.start(
-                str(vms_dir / f"{vm}.agent.sock"),
-                state_dir=self.tmp / "state" / vm,
-                name=vm,
-                log_level="warning",
-                agent_args=["--telemetry-interval-s=0.5"],
-            )
-        hostd_port = _free_port()
-        (self.tmp / "hostd.token").write_text(secrets.token_urlsafe(24))
-        (self.tmp / "node.token").write_text(self.tokens["hostd"])
-        with open(self.tmp / "hostd.log", "ab") as log:  # the child has its own copy of the descriptor
-            self.hostd = subprocess.Popen(
-                [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{hostd_port}",
-                 "--token-file", str(self.tmp / "hostd.token"), "--node-id", "node-1",
-                 "--socket-dir", str(vms_dir), "--libvirt-channel-root", "",
-                 "--controller-url", self.url, "--controller-token-file", str(self.tmp / "node.token"),
-                 "--heartbeat-interval-s", "0.3"],
-                stdout=log, stderr=log,
-            )  # fmt: skip
-        self._wait_healthy(self.hostd, f"http://127.0.0.1:{hostd_port}")
-
-    def stop(self) -> None:
-        # The controller first, then the hostd it calls.
-        for proc in (self.controller, self.hostd, self.hostile):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        for sim in self.sims.values():
-            sim.stop()
-
-
-def _stack(tmp_path_factory: pytest.TempPathFactory, **start: str) -> Iterator[Stack]:
-    # A short path: the simulated VMs' Unix sockets must fit in sun_path.
-    tmp = Path(tmp_path_factory.mktemp("tui", numbered=True))
-    st = Stack(tmp=tmp, port=_free_port(), admin=secrets.token_urlsafe(32))
-    try:
-        st.start(**start)
-        yield st
-    finally:
-        st.stop()
-
-
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from _stack(tmp_path_factory)
+    yield from run_stack(tmp_path_factory)
 
 
 @pytest.fixture
 def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One VM, ``evil``, whose guest reports terminal attacks (tests/hostile_guest.py)."""
-    yield from _stack(tmp_path_factory, hostile_guest="evil")
+    yield from run_stack(tmp_path_factory, hostile_guest="evil")
 
 
 class RecordingApp(LimiQuantixApp):

@@ -1,0 +1,266 @@
+"""Guest files: ``cp`` both ways (SHA-256 checked, a progress bar for large files on a
+terminal), ``ls``, ``stat``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat as stat_mod
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._client import VM, ApiError, Client
+from ._output import print_json, print_table, say
+from ._state import json_option, pass_client
+
+__all__ = ["COMMANDS", "MAX_UPLOAD_BYTES", "parse_remote"]
+
+#: Largest file uploaded in one WriteGuestFile: base64 in JSON (4/3 of it) stays well below
+#: the controller's 64 MiB message limit (the TUI's bound too).
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: Files above this get a progress bar (on a terminal).
+_PROGRESS_FROM_BYTES = 1024 * 1024
+#: Upload body pieces: the progress bar moves after each.
+_UPLOAD_PIECE = 256 * 1024
+#: A file transfer's budget (the controller allows 300 s).
+_FILE_TIMEOUT_S = 300.0
+_DIRECTORY = "FILE_TYPE_DIRECTORY"
+
+
+def parse_remote(arg: str) -> tuple[str, str] | None:
+    """``VM:PATH`` → (vm, path); None for a local path (no ``:`` before the first ``/``,
+    as scp reads it: ``./a:b`` and ``/x:y`` are local)."""
+    head, sep, tail = arg.partition(":")
+    if not sep or not head or "/" in head:
+        return None
+    return head, tail
+
+
+def _progress(total: int, label: str) -> AbstractContextManager[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal and the file is large; else None."""
+    if total < _PROGRESS_FROM_BYTES or not sys.stderr.isatty():
+        return nullcontext(None)
+    from contextlib import contextmanager
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    @contextmanager
+    def bar() -> Iterator[Callable[[int], None]]:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as progress:
+            task = progress.add_task(label.replace("[", "\\["), total=total)
+            yield lambda done: progress.update(task, completed=done)
+
+    return bar()
+
+
+def _stat(client: Client, vm: str, path: str) -> dict[str, Any]:
+    return client.call(VM, "StatGuestFile", {"vmId": vm, "path": path}).get("stat", {})
+
+
+def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) -> tuple[int, str]:
+    """``local`` → ``vm:path`` (atomically replaced in the guest); (bytes, SHA-256).
+
+    Raises:
+        click.ClickException: a directory, not a regular file, too large, unreadable, or the
+            guest's SHA-256 differs from ours.
+        ApiError: the controller's error.
+    """
+    try:
+        info = local.stat()
+    except OSError as exc:
+        raise click.ClickException(f"{local}: {exc.strerror}") from None
+    if stat_mod.S_ISDIR(info.st_mode):
+        raise click.ClickException(
+            f"{local} is a directory: cp copies one file (for a tree: tar czf tree.tgz {local}, cp that, then tar xzf in the VM)"
+        )
+    if not stat_mod.S_ISREG(info.st_mode):
+        raise click.ClickException(f"{local} is not a regular file")
+    if info.st_size > MAX_UPLOAD_BYTES:
+        raise click.ClickException(f"{local} is larger than {MAX_UPLOAD_BYTES >> 20} MiB, the largest file cp uploads")
+    if path.endswith("/") or not path:
+        path = path + local.name
+    else:
+        try:
+            if _stat(client, vm, path).get("type") == _DIRECTORY:
+                path = path.rstrip("/") + "/" + local.name
+        except ApiError as exc:
+            if exc.code != "not_found":
+                raise
+    try:
+        content = local.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"{local}: {exc.strerror}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    head = json.dumps({"vmId": vm, "path": path, "createParents": parents})[:-1] + ', "content": "'
+    encoded = base64.b64encode(content)
+    del content
+    tail = b'"}'
+    total = len(head) + len(encoded) + len(tail)
+    with _progress(total, f"{local.name} → {vm}") as advance:
+
+        def body() -> Iterator[bytes]:
+            sent = 0
+            for piece in (
+                head.encode(),
+                *(encoded[i : i + _UPLOAD_PIECE] for i in range(0, len(encoded), _UPLOAD_PIECE)),
+                tail,
+            ):
+                yield piece
+                sent += len(piece)
+                if advance is not None:
+                    advance(sent)
+
+        answer = client.call_raw(f"{VM}/WriteGuestFile", body(), length=total, timeout_s=_FILE_TIMEOUT_S)
+    written, theirs = int(answer.get("bytesWritten", 0)), answer.get("sha256", "")
+    if theirs.lower() != digest:
+        raise click.ClickException(f"{vm}:{path}: the guest's SHA-256 is {theirs or 'missing'}, ours {digest}")
+    return written, digest
+
+
+def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str]:
+    """``vm:path`` → ``local`` (written beside it, renamed once checked); (bytes, SHA-256).
+
+    Raises:
+        click.ClickException: a directory in the guest, an unwritable destination, or a SHA-256
+            that differs from the guest's (the partial file is removed).
+        ApiError: the controller's error.
+    """
+    info = _stat(client, vm, path)
+    if info.get("type") == _DIRECTORY:
+        raise click.ClickException(f"{vm}:{path} is a directory: cp copies one file (tar it in the VM first)")
+    if local.is_dir():
+        local = local / (path.rstrip("/").rpartition("/")[2] or "download")
+    part = local.with_name(f".{local.name}.part")
+    hasher = hashlib.sha256()
+    size, theirs = 0, ""
+    try:
+        fh = part.open("wb")
+    except OSError as exc:
+        raise click.ClickException(f"{part}: {exc.strerror}") from None
+    try:
+        with fh, _progress(int(info.get("size", 0)), f"{vm} → {local.name}") as advance:
+            stream = client.stream(VM, "ReadGuestFileStream", {"vmId": vm, "path": path}, timeout_s=_FILE_TIMEOUT_S)
+            for chunk in stream:
+                data = base64.b64decode(chunk.get("content", ""))
+                fh.write(data)
+                hasher.update(data)
+                size += len(data)
+                if advance is not None:
+                    advance(size)
+                if chunk.get("eof"):
+                    theirs = chunk.get("sha256", "")
+        if theirs.lower() != hasher.hexdigest():
+            raise click.ClickException(
+                f"{vm}:{path}: the guest's SHA-256 is {theirs or 'missing'}, what arrived {hasher.hexdigest()}: not kept"
+            )
+        os.replace(part, local)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return size, hasher.hexdigest()
+
+
+@click.command("cp")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--parents", is_flag=True, help="upload: create missing directories in the guest")
+@pass_client
+def cp_cmd(client: Client, source: str, destination: str, parents: bool) -> None:
+    """Copy one file between this machine and a VM, SHA-256 checked; VM:PATH names the
+    guest's side (as scp). Directories are refused.
+
+    \b
+      limiquantix cp ./app.conf web-1:/etc/app.conf
+      limiquantix cp web-1:/var/log/syslog ./web-1-syslog
+    """
+    src, dst = parse_remote(source), parse_remote(destination)
+    if (src is None) == (dst is None):
+        raise click.UsageError("exactly one of SOURCE and DESTINATION must be VM:PATH")
+    if dst is not None:
+        written, digest = upload(client, Path(source), dst[0], dst[1], parents=parents)
+        say(f"{source} → {destination}: {written} bytes, sha256 {digest}")
+    else:
+        assert src is not None
+        size, digest = download(client, src[0], src[1], Path(destination))
+        say(f"{source} → {destination}: {size} bytes, sha256 {digest}")
+
+
+def _mode(entry: dict[str, Any]) -> str:
+    kinds = {"FILE_TYPE_DIRECTORY": "d", "FILE_TYPE_SYMLINK": "l", "FILE_TYPE_REGULAR": "-"}
+    return kinds.get(entry.get("type", ""), "?") + stat_mod.filemode(int(entry.get("mode", 0)))[1:]
+
+
+@click.command("ls")
+@click.argument("vm")
+@click.argument("path", default="/")
+@json_option
+@pass_client
+def ls_cmd(client: Client, vm: str, path: str, as_json: bool) -> None:
+    """List a directory in VM (all pages), sorted by name."""
+    entries: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        answer = client.call(VM, "ListGuestDirectory", {"vmId": vm, "path": path, "pageToken": token})
+        entries.extend(answer.get("entries", ()))
+        token = answer.get("nextPageToken", "")
+        if not token:
+            break
+    if as_json:
+        print_json(entries)
+        return
+    rows = [
+        (
+            _mode(e),
+            e.get("owner") or e.get("uid", 0),
+            e.get("group") or e.get("gid", 0),
+            e.get("size", "0"),
+            e.get("modified", ""),
+            e.get("name", "") + (f" -> {e['symlinkTarget']}" if e.get("symlinkTarget") else ""),
+        )
+        for e in entries
+    ]
+    print_table(("MODE", "OWNER", "GROUP", "SIZE", "MODIFIED", "NAME"), rows)
+
+
+@click.command("stat")
+@click.argument("vm")
+@click.argument("path")
+@json_option
+@pass_client
+def stat_cmd(client: Client, vm: str, path: str, as_json: bool) -> None:
+    """Show one path in VM (not following a final symlink): type, size, mode, owner, times."""
+    info = _stat(client, vm, path)
+    if as_json:
+        print_json(info)
+        return
+    rows = [
+        ("path", info.get("path", path)),
+        ("type", info.get("type", "").removeprefix("FILE_TYPE_").lower()),
+        ("size", info.get("size", "0")),
+        ("mode", _mode(info) + f" ({int(info.get('mode', 0)):04o})"),
+        ("owner", f"{info.get('owner', '')} ({info.get('uid', 0)})"),
+        ("group", f"{info.get('group', '')} ({info.get('gid', 0)})"),
+        ("modified", info.get("modified", "")),
+        ("accessed", info.get("accessed", "")),
+        ("changed", info.get("changed", "")),
+        ("symlink target", info.get("symlinkTarget", "")),
+    ]
+    print_table(("FIELD", "VALUE"), [r for r in rows if r[1]])
+
+
+COMMANDS = (cp_cmd, ls_cmd, stat_cmd)

@@ -1,0 +1,149 @@
+"""``run``: one command over many VMs through the controller's fleet runs (FleetService),
+like ``aws ssm send-command``: live per-VM progress, a summary, output per VM to files."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import _exitcodes as ec
+from ._client import FLEET, ApiError, Client
+from ._options import MAX_TIMEOUT_S
+from ._output import print_json, progress_line, say, warn
+from ._state import json_option, label_option, labels_dict, pass_client
+
+__all__ = ["COMMANDS", "output_name"]
+
+#: Target statuses after which a target changes no more.
+_DONE = frozenset({"success", "failed", "timed_out", "cancelled", "undeliverable", "skipped"})
+#: Run statuses after which the run changes no more.
+_RUN_DONE = frozenset({"success", "failed", "cancelled"})
+#: What may stay in a file name made of a VM id (anything else becomes "_").
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def output_name(vm_id: str) -> str:
+    """A file name for ``vm_id`` that stays in the output directory (no ``/``, no leading dot)."""
+    name = _UNSAFE.sub("_", vm_id)[:200]
+    return "_" + name if name.startswith(".") or not name else name
+
+
+def _target_line(t: dict[str, Any]) -> str:
+    status = t.get("status", "")
+    parts = [t.get("vmId", ""), status]
+    if "exitCode" in t:
+        parts.append(f"exit {t['exitCode']}")
+    if t.get("durationMs"):
+        parts.append(f"{t['durationMs']} ms")
+    if t.get("error"):
+        parts.append(t["error"])
+    return "  ".join(str(p) for p in parts)
+
+
+def _write_outputs(directory: Path, t: dict[str, Any]) -> None:
+    """``DIR/<vm>.stdout`` and ``.stderr`` (the controller keeps at most 64 KiB of each)."""
+    base = output_name(t.get("vmId", ""))
+    for stream in ("stdout", "stderr"):
+        (directory / f"{base}.{stream}").write_text(t.get(stream, ""), encoding="utf-8", errors="replace")
+        if t.get(f"{stream}Truncated"):
+            warn(f"{t.get('vmId', '')}: {stream} was cut (the controller keeps 64 KiB per target)")
+
+
+@click.command("run")
+@label_option("target every VM carrying this label (repeatable: all must match)")
+@click.option("--vm", "vm_ids", multiple=True, metavar="VM", help="target this VM (repeatable)")
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    help="targets running at once (0: the controller's 50)",
+)
+@click.option(
+    "--max-errors", default="", metavar="N|N%", help="failed targets tolerated before the rest is skipped (default 0)"
+)
+@click.option("-t", "--timeout", type=click.IntRange(0, MAX_TIMEOUT_S), default=0, help="seconds per VM (0: 60)")
+@click.option("-u", "--user", default="", help="run as this guest user")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write each VM's output to DIR/VM.stdout and DIR/VM.stderr",
+)
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, help="seconds between progress polls")
+@json_option
+@click.argument("script")
+@pass_client
+def run_cmd(
+    client: Client,
+    labels: tuple[str, ...],
+    vm_ids: tuple[str, ...],
+    max_concurrency: int,
+    max_errors: str,
+    timeout: int,
+    user: str,
+    output_dir: Path | None,
+    interval: float,
+    as_json: bool,
+    script: str,
+) -> None:
+    """Run SCRIPT (shell) on every VM matching --label and/or named by --vm, as one fleet run
+    in the controller (it goes on if this command stops). A line per VM as it starts and
+    ends (stderr), a summary at the end (stdout); exit 1 unless every VM succeeded.
+
+    \b
+      limiquantix run --label role=web --max-concurrency 5 --max-errors 10% 'apt-get -qq update'
+      limiquantix run --vm web-1 --vm web-2 --output-dir out/ 'journalctl -n 50'
+    """
+    if not labels and not vm_ids:
+        raise click.UsageError("name the targets: --label KEY=VALUE and/or --vm VM")
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {"command": script, "vmIds": list(vm_ids), "labels": labels_dict(labels)}
+    for key, value in (("maxConcurrency", max_concurrency), ("maxErrors", max_errors), ("timeoutSeconds", timeout)):
+        if value:
+            body[key] = value
+    if user:
+        body["runAsUser"] = user
+    started = client.call(FLEET, "RunCommand", body)
+    command_id = started.get("commandId", "")
+    warn(f"run {command_id}: {started.get('targetCount', 0)} targets")
+    seen: dict[str, str] = {}
+    try:
+        while True:
+            run = client.call(FLEET, "GetCommand", {"commandId": command_id})
+            for t in run.get("targets", ()):
+                vm, status = t.get("vmId", ""), t.get("status", "")
+                if seen.get(vm) == status:
+                    continue
+                seen[vm] = status
+                if status in _DONE:
+                    progress_line(_target_line(t))
+                    if output_dir is not None:
+                        _write_outputs(output_dir, t)
+                elif status == "in_progress":
+                    progress_line(f"{vm}  started")
+            if run.get("status") in _RUN_DONE and all(s in _DONE for s in seen.values()):
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        try:
+            client.call(FLEET, "CancelCommand", {"commandId": command_id})
+            warn(f"interrupted: run {command_id} cancelled")
+        except ApiError as exc:
+            warn(f"interrupted; cancelling run {command_id} failed: {exc.message}")
+        sys.exit(ec.INTERRUPTED)
+    counts = run.get("counts", {})
+    if as_json:
+        print_json(run)
+    else:
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
+        say(f"run {command_id} {run.get('status', '')}: {run.get('targetCount', 0)} targets: {summary}")
+    if run.get("status") != "success" or any(s != "success" for s in counts if counts[s]):
+        sys.exit(ec.FAILED)
+
+
+COMMANDS = (run_cmd,)

@@ -1,0 +1,92 @@
+"""What the command line prints: guest output (raw in a pipe, escaped on a terminal), error
+lines, JSON, and tables (rich, loaded only when one is drawn).
+
+Guest text is hostile (a guest's root chooses its hostname, file names, command output):
+on a terminal every control character is shown escaped (:mod:`limiquantix.protocol.safetext`),
+so ``\\x1b]0;pwned\\x07`` cannot retitle the window; piped or redirected, command output and
+file contents pass byte for byte, like ``limiquantix-agent-cli`` (a script gets what the
+command printed). Names and messages are escaped always; table cells are rich ``Text``,
+never markup; JSON escapes controls by construction (``ensure_ascii``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from limiquantix.protocol.safetext import safe_text
+
+__all__ = ["GuestWriter", "error_line", "progress_line", "print_json", "print_table", "say", "warn"]
+
+PROG = "limiquantix"
+
+
+class GuestWriter:
+    """Guest command output to one of our streams: raw when piped, escaped on a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+
+    def write(self, text: str) -> None:
+        if self._tty:
+            self._out.write(safe_text(text, multiline=True))
+        else:
+            # The controller sends UTF-8 text (invalid guest bytes already replaced); a lone
+            # surrogate from a JSON escape cannot be encoded, so it is replaced too.
+            self._out.buffer.write(text.encode("utf-8", "replace"))
+        self._out.flush()
+
+
+def error_line(message: str, *, code: str = "") -> None:
+    """``limiquantix: [code: ]message`` on stderr, escaped (messages may quote guest text)."""
+    prefix = f"{code}: " if code else ""
+    print(f"{PROG}: {prefix}{safe_text(message)}", file=sys.stderr, flush=True)
+
+
+def say(text: str) -> None:
+    """One line on stdout, escaped (it may quote guest text)."""
+    print(safe_text(text), flush=True)
+
+
+def progress_line(text: str) -> None:
+    """A progress line on stderr (so stdout keeps only the result), escaped."""
+    print(safe_text(text), file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A note on stderr that does not change the exit code."""
+    print(f"{PROG}: {safe_text(message)}", file=sys.stderr, flush=True)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON (controls and non-ASCII escaped: safe on any terminal)."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True) + "\n")
+
+
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, title: str = "", header: bool = True
+) -> None:
+    """A table on stdout: boxed on a terminal, plain aligned columns in a pipe (one line per row,
+    never wrapped, so ``grep``/``awk`` see whole rows). Every cell is escaped text."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    tty = sys.stdout.isatty()
+    console = Console(highlight=False, soft_wrap=not tty, width=None if tty else 10_000)
+    table = Table(
+        *headers,
+        box=box.SIMPLE_HEAD if tty else None,
+        title=title or None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold" if tty else "",
+        show_header=header,
+    )
+    for row in rows:
+        table.add_row(*(Text(safe_text("" if cell is None else str(cell))) for cell in row))
+    console.print(table)

@@ -1,0 +1,98 @@
+"""What every click command shares: the global options, the client made from them on first
+use (so ``--help`` and ``completion`` need no token), option helpers, and the one place
+where failures become an error line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from limiquantix.protocol.clientconfig import ClientConfigError
+
+from . import _exitcodes as ec
+from ._client import ApiError, Client
+from ._options import Opt, parse_env_pair
+from ._output import error_line
+
+__all__ = ["State", "click_options", "json_option", "label_option", "labels_dict", "pass_client"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    """``ctx.obj``: the global options, and the client once a command needs it."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self._client: Client | None = None
+
+    def client(self) -> Client:
+        """Raises: ClientConfigError: see :meth:`Client.from_options`."""
+        if self._client is None:
+            self._client = Client.from_options(**self.options)
+        return self._client
+
+
+def pass_client(func: F) -> F:
+    """Call ``func(client, ...)``; a configuration or API failure is one line on stderr and
+    the exit code of :mod:`._exitcodes` (not a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = click.get_current_context().find_object(State)
+        assert state is not None  # the group always makes one
+        try:
+            return func(state.client(), *args, **kwargs)
+        except ClientConfigError as exc:
+            error_line(str(exc))
+            raise SystemExit(ec.CONFIG) from None
+        except ApiError as exc:
+            error_line(exc.message, code=exc.code)
+            raise SystemExit(ec.for_code(exc.code)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def click_options(options: tuple[Opt, ...]) -> Callable[[F], F]:
+    """Click options from one of :mod:`._options`' tables."""
+
+    def decorate(func: F) -> F:
+        for opt in reversed(options):
+            func = click.option(
+                *opt.names,
+                opt.dest,
+                is_flag=not opt.value,
+                multiple=opt.multiple,
+                help=opt.help,
+                metavar=opt.metavar or None,
+                default=None if opt.value and not opt.multiple else (() if opt.multiple else False),
+            )(func)
+        return func
+
+    return decorate
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="print the answer as JSON (for scripts)")(func)
+
+
+def _check_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            parse_env_pair(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE") from None
+    return values
+
+
+def label_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", callback=_check_labels, help=help_text
+    )
+
+
+def labels_dict(values: tuple[str, ...]) -> dict[str, str]:
+    return dict(parse_env_pair(v) for v in values)

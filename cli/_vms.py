@@ -1,0 +1,270 @@
+"""VMs, nodes and the caller: ``vms``, ``vm``, ``ping``, ``nodes``, ``whoami``, and the VM's
+power and password: ``shutdown``, ``reboot``, ``password``."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import Any
+
+import click
+
+from . import _exitcodes as ec
+from ._client import ADMIN, NODES, VM, Client
+from ._output import error_line, print_json, print_table, say
+from ._state import json_option, label_option, labels_dict, pass_client
+
+__all__ = ["COMMANDS"]
+
+#: ListVMs page size (the API's maximum).
+_PAGE_SIZE = 1000
+
+
+def list_vms(
+    client: Client, *, node: str = "", state: str = "", labels: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every VM the token may see that matches the filters (all pages)."""
+    out: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        body: dict[str, Any] = {"pageSize": _PAGE_SIZE, "pageToken": token}
+        if node:
+            body["nodeId"] = node
+        if state:
+            body["state"] = state
+        if labels:
+            body["labels"] = labels
+        answer = client.call(VM, "ListVMs", body)
+        out.extend(answer.get("vms", ()))
+        token = answer.get("nextPageToken", "")
+        if not token:
+            return out
+
+
+def _labels_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _pct(value: object) -> str:
+    return f"{float(value or 0):.0f}"
+
+
+@click.command("vms")
+@click.option("--node", "-n", default="", metavar="NODE", help="only the VMs of this node")
+@click.option(
+    "--state", "-s", default="", metavar="STATE", help="only VMs whose agent is in this state (connected ...)"
+)
+@label_option("only VMs carrying this label (repeatable: all must match)")
+@json_option
+@pass_client
+def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_json: bool) -> None:
+    """List the VMs the token may see, from the nodes' last heartbeats.
+
+    \b
+      limiquantix vms --label env=prod --state connected
+      limiquantix vms --json | jq -r '.[].vmId'
+    """
+    vms = list_vms(client, node=node, state=state, labels=labels_dict(labels))
+    if as_json:
+        print_json(vms)
+        return
+    rows = [
+        (
+            v.get("vmId", ""),
+            v.get("nodeId", ""),
+            v.get("agentState", "") + ("" if v.get("nodeReachable") else " (node unreachable)"),
+            v.get("agentVersion", ""),
+            v.get("os", ""),
+            " ".join(v.get("ipAddresses", ())[:3]),
+            _pct(v.get("cpuPercent")),
+            _pct(v.get("memoryPercent")),
+            _labels_text(v.get("labels", {})),
+        )
+        for v in vms
+    ]
+    print_table(("VM", "NODE", "STATE", "AGENT", "OS", "ADDRESSES", "CPU%", "MEM%", "LABELS"), rows)
+
+
+@click.command("vm")
+@click.argument("vm")
+@json_option
+@pass_client
+def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
+    """Show one VM, live from its node: agent, OS, addresses, telemetry in brief."""
+    answer = client.call(VM, "GetVM", {"vmId": vm})
+    if as_json:
+        print_json(answer)
+        return
+    identity = answer.get("identity", {})
+    rows = [
+        ("vm", answer.get("vmId", "")),
+        ("name", answer.get("name", "")),
+        ("node", answer.get("nodeId", "") + ("" if answer.get("nodeReachable") else " (unreachable)")),
+        ("agent state", answer.get("agentState", "")),
+        ("agent version", answer.get("agentVersion", "")),
+        ("hostname", answer.get("hostname", "")),
+        ("os", answer.get("os", "")),
+        ("kernel", answer.get("kernel", "")),
+        ("architecture", identity.get("architecture", "")),
+        ("addresses", " ".join(answer.get("ipAddresses", ()))),
+        ("cpu %", _pct(answer.get("cpuPercent"))),
+        ("memory %", _pct(answer.get("memoryPercent"))),
+        ("uptime", f"{float(answer.get('uptimeSeconds') or 0):.0f} s"),
+        ("labels", _labels_text(answer.get("labels", {}))),
+        ("last seen", answer.get("lastSeen", "")),
+    ]
+    if answer.get("lastDisconnectReason"):
+        rows.append(("last disconnect", answer["lastDisconnectReason"]))
+    print_table(("FIELD", "VALUE"), [r for r in rows if r[1]])
+
+
+@click.command("ping")
+@click.argument("vm")
+@json_option
+@pass_client
+def ping_cmd(client: Client, vm: str, as_json: bool) -> None:
+    """Ping VM's agent through its node; exit 1 when the agent does not answer."""
+    answer = client.call(VM, "PingAgent", {"vmId": vm})
+    if as_json:
+        print_json(answer)
+    elif answer.get("connected"):
+        say(
+            f"{vm}: agent {answer.get('version', '?')} answered in {float(answer.get('latencyMs') or 0):.2f} ms "
+            f"(guest up {float(answer.get('uptimeSeconds') or 0):.0f} s)"
+        )
+    else:
+        error_line(f"{vm}: the agent did not answer: {answer.get('error') or 'not connected'}")
+    if not answer.get("connected"):
+        sys.exit(ec.FAILED)
+
+
+@click.command("nodes")
+@json_option
+@pass_client
+def nodes_cmd(client: Client, as_json: bool) -> None:
+    """List the hostds (nodes) registered with the controller."""
+    nodes = client.call(NODES, "ListNodes").get("nodes", [])
+    if as_json:
+        print_json(nodes)
+        return
+    rows = [
+        (
+            n.get("nodeId", ""),
+            n.get("url", ""),
+            "yes" if n.get("reachable") else "NO",
+            n.get("vmCount", 0),
+            n.get("lastHeartbeat", ""),
+        )
+        for n in nodes
+    ]
+    print_table(("NODE", "URL", "REACHABLE", "VMS", "LAST HEARTBEAT"), rows)
+
+
+@click.command("whoami")
+@json_option
+@pass_client
+def whoami_cmd(client: Client, as_json: bool) -> None:
+    """Who the token stands for: user, role, label scope, permissions."""
+    answer = client.call(ADMIN, "WhoAmI")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        ("user", answer.get("user", "")),
+        ("role", answer.get("role", "")),
+        ("token", answer.get("tokenId", "")),
+        ("scope", _labels_text(answer.get("labelScope", {})) or "every VM"),
+        ("permissions", " ".join(answer.get("permissions", ()))),
+    ]
+    print_table(("FIELD", "VALUE"), rows)
+
+
+def _power(client: Client, vm: str, reboot: bool, delay: int, message: str, as_json: bool) -> None:
+    body: dict[str, Any] = {"vmId": vm, "reboot": reboot}
+    if delay:
+        body["delaySeconds"] = delay
+    if message:
+        body["message"] = message
+    answer = client.call(VM, "GuestShutdown", body)
+    if as_json:
+        print_json(answer)
+    elif answer.get("accepted"):
+        say(f"{vm}: {'reboot' if reboot else 'shutdown'} accepted, at {answer.get('scheduledAt', 'once')}")
+    else:
+        error_line(f"{vm}: the guest did not accept the {'reboot' if reboot else 'shutdown'}")
+        sys.exit(ec.FAILED)
+
+
+def _power_options(func: Any) -> Any:
+    func = click.option("--delay", type=click.IntRange(0, 86400), default=0, metavar="SECONDS", help="wait first")(func)
+    func = click.option("--message", default="", help="wall message for logged-in users")(func)
+    return json_option(func)
+
+
+@click.command("shutdown")
+@click.argument("vm")
+@_power_options
+@pass_client
+def shutdown_cmd(client: Client, vm: str, delay: int, message: str, as_json: bool) -> None:
+    """Power VM off from inside (the agent runs the guest's poweroff)."""
+    _power(client, vm, False, delay, message, as_json)
+
+
+@click.command("reboot")
+@click.argument("vm")
+@_power_options
+@pass_client
+def reboot_cmd(client: Client, vm: str, delay: int, message: str, as_json: bool) -> None:
+    """Reboot VM from inside (the agent runs the guest's reboot)."""
+    _power(client, vm, True, delay, message, as_json)
+
+
+def _refuse_password_arg(ctx: click.Context, param: click.Parameter | None, value: Any) -> None:
+    if value:
+        raise click.UsageError(
+            "a password on the command line is refused: every user of this machine sees argv (ps); "
+            "type it at the prompt, or pipe it on stdin (one line)",
+            ctx=ctx,
+        )
+
+
+def _read_password() -> str:
+    """Twice at a prompt on a terminal, else one line of stdin.
+
+    Raises:
+        click.ClickException: the two differ, or it is empty.
+    """
+    if sys.stdin.isatty():
+        first = getpass.getpass("new password: ")
+        if getpass.getpass("again: ") != first:
+            raise click.ClickException("the two passwords differ: nothing was changed")
+        password = first
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise click.ClickException("an empty password is refused: nothing was changed")
+    return password
+
+
+@click.command("password", context_settings={"allow_extra_args": True})
+@click.argument("vm")
+@click.argument("username")
+@click.option("--password", "-p", hidden=True, expose_value=False, callback=_refuse_password_arg)
+@click.option("--expire", is_flag=True, help="force a change at the next login")
+@pass_client
+def password_cmd(client: Client, vm: str, username: str, expire: bool) -> None:
+    """Set USERNAME's password in VM: typed twice at a prompt, or one line on stdin
+    (never an argument: ps shows argv to every user).
+
+    \b
+      limiquantix password web-1 deploy
+      pass show web-1/deploy | limiquantix password web-1 deploy
+    """
+    # A third argument is a password typed into argv: refused (not "unexpected extra argument").
+    _refuse_password_arg(click.get_current_context(), None, click.get_current_context().args)
+    password = _read_password()
+    client.call(VM, "ResetGuestPassword", {"vmId": vm, "username": username, "password": password, "expire": expire})
+    say(f"{vm}: password of {username} set" + (" (to be changed at the next login)" if expire else ""))
+
+
+COMMANDS = (vms_cmd, vm_cmd, ping_cmd, nodes_cmd, whoami_cmd, shutdown_cmd, reboot_cmd, password_cmd)
