@@ -151,7 +151,7 @@ def _detail_text(detail: dict[str, Any]) -> str:
     default="table",
     help="table, or JSON lines / CSV in the export's shape (every matching row, oldest first)",
 )
-@click.option("--follow", "-f", is_flag=True, help="keep printing new rows as they are recorded (Ctrl-C ends)")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new rows as they are recorded (Ctrl-C ends: 130)")
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, help="seconds between polls with --follow")
 @pass_client
 def audit_cmd(
@@ -193,15 +193,12 @@ def audit_cmd(
     if not rows:
         latest = _query(client, filt, 1)
         last = latest[0]["id"] if latest else 0
-    try:
-        while True:
-            time.sleep(interval)
-            new = _newer(client, filt, last)
-            if new:
-                printer.rows(new)
-                last = new[-1]["id"]
-    except KeyboardInterrupt:
-        return
+    while True:  # until Ctrl-C (130, as tail -f under a shell)
+        time.sleep(interval)
+        new = _newer(client, filt, last)
+        if new:
+            printer.rows(new)
+            last = new[-1]["id"]
 
 
 @click.group("tokens")

@@ -134,7 +134,7 @@ def completion_cmd(shell: str) -> None:
 
     completer = get_completion_class(shell)
     assert completer is not None  # both are click's built-ins
-    click.echo(completer(cli, {}, "limiquantix", "_LIMIQUANTIX_COMPLETE").source())
+    click.echo(completer(cli, {}, "limiquantix", "_LIMIQUANTIX_COMPLETE").source(), nl=False)
 
 
 for _module in (_vms, _files, _fleet, _admin):

@@ -14,12 +14,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from limiquantix.protocol.clientconfig import ClientConfigError, ClientSettings, read_config, resolve
 
 from . import _http
+
+# Names for type checkers only: importing typing and collections costs milliseconds of the
+# start-up that bench/cli_bench.py measures.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import Any
 
 __all__ = [
     "ADMIN",
@@ -123,9 +128,7 @@ class Client:
         Raises:
             ClientConfigError: see :func:`limiquantix.protocol.clientconfig.resolve`.
         """
-        from pathlib import Path
-
-        data = read_config(Path(config) if config else None)
+        data = read_config(config or None)
         return cls(
             resolve(
                 data,

@@ -7,14 +7,19 @@ measures against curl: no click, no rich, no protobuf, no httpx (see :mod:`._fas
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 from limiquantix.protocol.deadlines import command_budget_s
 
 from . import _exitcodes as ec
 from ._client import VM, Client
 from ._output import GuestWriter, warn
+
+# Names for type checkers only: importing typing and collections costs milliseconds of the
+# start-up that bench/cli_bench.py measures.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 __all__ = ["exec_body", "exec_command", "exit_status", "run_exec"]
 
@@ -122,6 +127,12 @@ def exec_command(
         if command == "sh":
             script = sys.stdin.read() if argv[0] == "-" else argv[0]
             body = exec_body(vm, script, (), timeout_s=timeout_s, user=user, cwd=cwd, env=env)
+        elif len(argv) == 1:
+            # The API runs an argv only when it has arguments (``command`` alone is a shell
+            # script), so a lone program goes through the guest's shell, which execs it.
+            from shlex import quote
+
+            body = exec_body(vm, f"exec {quote(argv[0])}", (), timeout_s=timeout_s, user=user, cwd=cwd, env=env)
         else:
             body = exec_body(vm, argv[0], argv[1:], timeout_s=timeout_s, user=user, cwd=cwd, env=env)
         return run_exec(client, body)

@@ -11,15 +11,20 @@ project's machine, several times what the rest of an ``exec`` takes (``bench/cli
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
 
 from ._options import EXEC_OPTIONS, GLOBAL_OPTIONS, Opt, by_name, parse_env_pair, parse_timeout
 
-__all__ = ["Parsed", "parse", "run"]
+# Names for type checkers only: importing typing and collections costs milliseconds of the
+# start-up that bench/cli_bench.py measures.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
-#: (global options, command, command options, positional arguments)
-Parsed = tuple[dict[str, Any], str, dict[str, Any], list[str]]
+    #: (global options, command, command options, positional arguments)
+    Parsed = tuple[dict[str, Any], str, dict[str, Any], list[str]]
+
+__all__ = ["parse", "run"]
 
 
 def _option(argv: Sequence[str], i: int, table: dict[str, Opt], into: dict[str, Any]) -> int | None:

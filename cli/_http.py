@@ -24,9 +24,13 @@ table, :data:`limiquantix.protocol.rpc.TRANSPORT_ERRORS`, has the same split):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+
+# Names for type checkers only: importing typing and collections costs milliseconds of the
+# start-up that bench/cli_bench.py measures.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -74,14 +78,16 @@ class BadResponse(HttpError):
     """An answer that is not HTTP/1.1 as expected, or over a bound."""
 
 
-@dataclass(frozen=True)
 class Endpoint:
     """Where a URL points: ``http(s)://host[:port][/prefix]``."""
 
-    tls: bool
-    host: str
-    port: int
-    prefix: str
+    __slots__ = ("tls", "host", "port", "prefix")
+
+    def __init__(self, *, tls: bool, host: str, port: int, prefix: str) -> None:
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.prefix = prefix
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -153,8 +159,11 @@ def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
             raise Unreachable(exc.strerror or type(exc).__name__, tls=True) from exc
     import _socket
 
+    # An ASCII name as bytes: a str is IDNA-encoded first, which loads encodings.idna and
+    # stringprep (about 10 ms here).
+    host = endpoint.host.encode("ascii") if endpoint.host.isascii() else endpoint.host
     try:
-        infos = _socket.getaddrinfo(endpoint.host, endpoint.port, 0, _socket.SOCK_STREAM)
+        infos = _socket.getaddrinfo(host, endpoint.port, 0, _socket.SOCK_STREAM)
     except OSError as exc:
         raise Unreachable(f"cannot resolve {endpoint.host}: {exc.strerror or exc}") from exc
     last: OSError | None = None

@@ -6,7 +6,9 @@ on many command lines).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for type checkers only (start-up time)
+    from collections.abc import Iterable
 
 __all__ = [
     "EXEC_OPTIONS",

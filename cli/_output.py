@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
 
-from limiquantix.protocol.safetext import safe_text
+# Names for type checkers only: importing typing and collections costs milliseconds of the
+# start-up that bench/cli_bench.py measures.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, TextIO
+
+
+def safe_text(text: str, *, multiline: bool = False) -> str:
+    """:func:`limiquantix.protocol.safetext.safe_text`, imported on first use (its table is
+    built at import: ``exec`` into a pipe never needs it)."""
+    from limiquantix.protocol.safetext import safe_text as escape
+
+    return escape(text, multiline=multiline)
+
 
 __all__ = ["GuestWriter", "error_line", "progress_line", "print_json", "print_table", "say", "warn"]
 
@@ -89,4 +101,10 @@ def print_table(
     )
     for row in rows:
         table.add_row(*(Text(safe_text("" if cell is None else str(cell))) for cell in row))
-    console.print(table)
+    if tty:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    # Rich pads every cell to its column's width: no trailing blanks for grep, awk and diff.
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

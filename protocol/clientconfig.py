@@ -29,13 +29,17 @@ configuration on every start, and its start-up time is measured.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from .configfile import read_toml
 from .loopback import InsecureTransportError, check_token_transport
+
+# typing, dataclasses (inspect) and pathlib cost more to import than the rest of an
+# ``exec``'s start-up: names for type checkers only, and a plain class.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any
 
 __all__ = [
     "CA_ENV",
@@ -66,27 +70,54 @@ class ClientConfigError(ValueError):
     """The configuration is unreadable or incomplete (the message says which and how to fix it)."""
 
 
-@dataclass(frozen=True)
 class ClientSettings:
-    """How to reach the controller, resolved."""
+    """How to reach the controller, resolved.
 
-    url: str
-    token: str = field(repr=False)
-    source: str
-    """Where the token came from (named when the controller refuses it)."""
-    ca_file: str = ""
-    """CA the controller's certificate must chain to; empty: the system's CAs."""
-    insecure: bool = False
-    """Send the token over plain http:// to another machine anyway."""
-    profile: str = ""
-    values: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    """The file's values for this profile (top level merged with the profile's table)."""
+    Attributes:
+        url: the controller's URL, without a trailing ``/``.
+        token: the bearer token (never shown in ``repr``).
+        source: where the token came from (named when the controller refuses it).
+        ca_file: CA the controller's certificate must chain to; empty: the system's CAs.
+        insecure: send the token over plain http:// to another machine anyway.
+        profile: the profile chosen ("" for the file's top level).
+        values: the file's values for this profile (top level merged with the profile's table).
+    """
+
+    __slots__ = ("url", "token", "source", "ca_file", "insecure", "profile", "values")
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        source: str,
+        *,
+        ca_file: str = "",
+        insecure: bool = False,
+        profile: str = "",
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.source = source
+        self.ca_file = ca_file
+        self.insecure = insecure
+        self.profile = profile
+        self.values = dict(values or {})
+
+    def __repr__(self) -> str:
+        return f"ClientSettings(url={self.url!r}, source={self.source!r}, profile={self.profile!r})"
+
+
+def _default_config_file() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "limiquantix", "tui.toml")
 
 
 def default_config_path() -> Path:
     """``$XDG_CONFIG_HOME/limiquantix/tui.toml`` (``~/.config`` when unset)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "limiquantix" / "tui.toml"
+    from pathlib import Path
+
+    return Path(_default_config_file())
 
 
 def refused_token_flag(option: str) -> str:
@@ -113,13 +144,13 @@ def check_token(token: str, source: str) -> None:
     raise ClientConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
 
 
-def read_config(path: Path | None) -> dict[str, Any]:
+def read_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The config file (``path``, else the default one when it exists, else nothing).
 
     Raises:
         ClientConfigError: a named file that is missing, or a file that is not TOML.
     """
-    return read_toml(path, default_config_path(), ClientConfigError)
+    return read_toml(path, _default_config_file(), ClientConfigError)
 
 
 def _profile_values(data: Mapping[str, Any], profile: str, extra_keys: frozenset[str]) -> dict[str, Any]:
@@ -197,7 +228,7 @@ def resolve(
         check_token(token, source)
     else:
         raise ClientConfigError(
-            f"no API token: pass --token-file, set {TOKEN_ENV}, or run `make run` (which writes {default_config_path()})"
+            f"no API token: pass --token-file, set {TOKEN_ENV}, or run `make run` (which writes {_default_config_file()})"
         )
     if not target.startswith(("http://", "https://")):
         raise ClientConfigError(f"controller URL must start with http:// or https://, not {target!r}")

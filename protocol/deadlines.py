@@ -16,7 +16,10 @@ controller use it through :mod:`limiquantix.protocol.rpc`.
 from __future__ import annotations
 
 import math
-from typing import Final
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs more than this module: ``limiquantix exec`` imports it at start
+    from typing import Final
 
 __all__ = ["COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"]
 

@@ -8,9 +8,6 @@ time is measured (``bench/cli_bench.py``); a plain-HTTP call to loopback loads n
 
 from __future__ import annotations
 
-import ipaddress
-from urllib.parse import urlsplit
-
 __all__ = ["InsecureTransportError", "check_token_transport", "is_loopback_url"]
 
 #: Host names that always mean this machine (an IP literal is checked by value).
@@ -25,9 +22,14 @@ def is_loopback_url(url: str) -> bool:
     """Whether ``url`` names this machine (a loopback address or ``localhost``), or a Unix socket."""
     if url.startswith("unix:"):
         return True
+    # Imported here (like ipaddress below): the command line checks every URL at start.
+    from urllib.parse import urlsplit
+
     host = (urlsplit(url).hostname or "").lower()
     if host in _LOOPBACK_NAMES:
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -43,6 +45,8 @@ def check_token_transport(url: str, *, insecure: bool, what: str = "the API toke
     """
     if insecure or not url.startswith("http://") or is_loopback_url(url):
         return
+    from urllib.parse import urlsplit
+
     host = urlsplit(url).hostname or url
     raise InsecureTransportError(
         f"refusing to send {what} over plain HTTP to {host}: anyone on the network path could read it "

@@ -8,13 +8,14 @@ import pkgutil
 import pytest
 
 import limiquantix.agent
+import limiquantix.cli
 import limiquantix.controller
 import limiquantix.hostd
 import limiquantix.protocol
 
 MODULES = sorted(
     info.name
-    for pkg in (limiquantix.agent, limiquantix.controller, limiquantix.hostd, limiquantix.protocol)
+    for pkg in (limiquantix.agent, limiquantix.cli, limiquantix.controller, limiquantix.hostd, limiquantix.protocol)
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
     if "._gen" not in info.name and not info.name.endswith("__main__")
 )

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Benchmark ``limiquantix exec VM -- true`` against curl (issue 13, "Targets").
+
+One stack runs on this machine, started and stopped here in a fresh temp dir (rpc_bench's
+``start_stack``: a real controller process, a real hostd registered with it, one simulated
+VM with the real agent). Each sample is a whole process, start-up included, as a script
+or an operator runs it:
+
+* **curl** (the baseline): ``curl -sS -X POST .../VMService/ExecuteScript`` with the JSON
+  body ``{"vmId": VM, "command": "true"}`` and the bearer token, as the README shows it;
+* **limiquantix, installed**: the console script of a venv holding only the project's
+  wheel (built from this checkout, installed with ``pip --no-deps``: no click, no rich, no
+  httpx in it, so the run also proves that ``exec`` needs none of them), as an operator's
+  ``pip install`` gives it; this is the figure with the target;
+* **limiquantix, editable** (for the record): ``.venv/bin/limiquantix``, the development
+  venv's, whose start-up also runs setuptools' editable-install finder (``.pth`` hook:
+  pathlib, importlib.util ... on every Python start in that venv);
+* floors (for the record): that venv's ``python -c pass`` (interpreter and site), and
+  ``python -I -S -c pass`` (the interpreter alone).
+
+Both ``limiquantix`` rows stream the command (ExecuteScriptStream), check its exit code
+and print its output as ``limiquantix exec`` always does. The paths run interleaved, one
+sample of each per round in a rotating order, so background load hits all alike; each
+run's exit code is checked. Target: the installed CLI's median ≤ 1.5 × curl's median.
+
+Prints a table and writes ``bench/results/cli.json`` (``--quick``: ``cli-quick.json``).
+Exits non-zero only on errors; a missed target is reported, not fatal. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import trio
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import benchlib as bl  # noqa: E402 - bench/ is not a package: found by file name
+import rpc_bench  # noqa: E402
+
+from limiquantix.protocol import __version__ as VERSION  # noqa: E402
+from limiquantix.protocol import errors  # noqa: E402
+
+__all__ = ["Settings", "install_wheel", "main", "measure"]
+
+REPO: Final = BENCH_DIR.parent
+DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "cli.json"
+QUICK_OUTPUT: Final = REPO / "bench" / "results" / "cli-quick.json"
+#: Target (issue 13): the CLI's wall time over curl's, medians.
+RATIO_TARGET: Final = 1.5
+#: What a wheel is built from (copied first: setuptools builds in the source tree).
+_SOURCES: Final = ("pyproject.toml", "README.md", "protocol", "agent", "hostd", "controller", "tui", "cli")
+#: One sample's limit (a stuck run is an error, not a figure).
+_RUN_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures (``--quick`` shortens it)."""
+
+    quick: bool
+    rounds: int
+    output: Path
+    keep_workdir: bool
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Settings:
+        """Raises: SystemExit: bad flags (argparse)."""
+        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+        parser.add_argument("--quick", action="store_true", help="20 rounds instead of 100")
+        parser.add_argument("--rounds", type=int, default=None, help="samples of each path")
+        parser.add_argument("--output", type=Path, default=None)
+        parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir and every log")
+        ns = parser.parse_args(argv)
+        return cls(
+            quick=ns.quick,
+            rounds=ns.rounds or (20 if ns.quick else 100),
+            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            keep_workdir=ns.keep_workdir,
+        )
+
+
+def install_wheel(work: Path) -> Path:
+    """A venv holding only this checkout's wheel (no dependencies); its ``bin/`` directory.
+
+    Raises:
+        bl.BenchError: the wheel could not be built or installed.
+    """
+    src = work / "src"
+    src.mkdir()
+    for name in _SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / name)
+    wheels = work / "wheels"
+    venv = work / "venv"
+    steps = (
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+    )
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=work)
+        if done.returncode != 0:
+            raise bl.BenchError(f"{' '.join(argv[:4])}: {done.stderr[-2000:]}")
+    wheel = next(wheels.glob("limiquantix-*.whl"))
+    argv = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps"]
+    done = subprocess.run([*argv, "--no-index", str(wheel)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise bl.BenchError(f"pip install {wheel.name}: {done.stderr[-2000:]}")
+    return venv / "bin"
+
+
+def _run(argv: list[str], env: dict[str, str], name: str) -> float:
+    """One sample: the wall time of ``argv`` in ms.
+
+    Raises:
+        bl.BenchError: it failed or printed something unexpected.
+    """
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=_RUN_TIMEOUT_S, check=False)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if done.returncode != 0:
+        raise bl.BenchError(f"{name}: exit {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+    if name == "curl" and b'"exitCode":0' not in done.stdout.replace(b" ", b""):
+        raise bl.BenchError(f"curl: unexpected answer {done.stdout[:300]!r}")
+    return elapsed
+
+
+async def measure(work: Path, settings: Settings) -> dict[str, list[float]]:
+    """Start the stack, take the samples, stop everything; samples in ms by path.
+
+    Raises:
+        bl.BenchError, OSError, trio.TooSlowError: the run cannot give figures.
+    """
+    bin_dir = await trio.to_thread.run_sync(install_wheel, work)
+    bl.say(f"installed the wheel into {bin_dir.parent}")
+    async with contextlib.AsyncExitStack() as stack:
+        st = await rpc_bench.start_stack(stack, work, "plain", None)
+        token = st.headers["Authorization"].removeprefix("Bearer ")
+        config_home = work / "config-home"  # empty: no config file is read
+        config_home.mkdir()
+        # PYTHONDONTWRITEBYTECODE (set in some shells) would make the editable row recompile every
+        # module at every start: a user's Python caches bytecode, so the runs here do too.
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "XDG_CONFIG_HOME": str(config_home),
+            "LQX_CONTROLLER_URL": st.url,
+            "LQX_TOKEN": token,
+        }
+        curl = shutil.which("curl")
+        if curl is None:
+            raise bl.BenchError("curl is not installed (apt-get install curl)")
+        paths = {
+            "curl": [
+                curl, "-sS", "-X", "POST", f"{st.url}/limiquantix.compute.v1.VMService/ExecuteScript",
+                "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
+                "-d", f'{{"vmId": "{st.vm}", "command": "true"}}',
+            ],
+            "installed": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
+            "editable": [str(REPO / ".venv" / "bin" / "limiquantix"), "exec", st.vm, "--", "true"],
+            "python": [str(bin_dir / "python"), "-c", "pass"],
+            "python -I -S": [str(bin_dir / "python"), "-I", "-S", "-c", "pass"],
+        }  # fmt: skip
+        if not Path(paths["editable"][0]).exists():
+            del paths["editable"]
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        names = list(paths)
+        for name in names:  # warm-up: page cache, .pyc files, the controller's first calls
+            await trio.to_thread.run_sync(_run, paths[name], env, name)
+        for n in range(settings.rounds):
+            order = names[n % len(names) :] + names[: n % len(names)]
+            for name in order:
+                samples[name].append(await trio.to_thread.run_sync(_run, paths[name], env, name))
+        for child in st.children:
+            child.check_alive()
+        return samples
+
+
+def figures_from(samples: dict[str, list[float]], rounds: int) -> list[bl.Figure]:
+    curl = bl.median(samples["curl"])
+    figures = [
+        bl.Figure(
+            "limiquantix exec VM -- true (installed wheel), median wall time",
+            bl.median(samples["installed"]),
+            curl,
+            "ms",
+            f"ratio <= {RATIO_TARGET}",
+            note=f"{rounds} interleaved runs of each; baseline: curl of ExecuteScript, same run",
+        ),
+        bl.Figure("installed, p90 (info)", bl.percentile(samples["installed"], 90), bl.percentile(samples["curl"], 90), "ms", None),
+    ]  # fmt: skip
+    if "editable" in samples:
+        figures.append(
+            bl.Figure(
+                "limiquantix exec, development venv (editable install's finder), median (info)",
+                bl.median(samples["editable"]),
+                curl,
+                "ms",
+                None,
+            )
+        )
+    figures += [
+        bl.Figure("python -c pass in the installed venv (floor), median (info)", bl.median(samples["python"]), curl, "ms", None),
+        bl.Figure("python -I -S -c pass (interpreter alone), median (info)", bl.median(samples["python -I -S"]), curl, "ms", None),
+    ]  # fmt: skip
+    return [f.evaluate() for f in figures]
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_args(argv)
+    load0 = os.getloadavg()
+    try:
+        with bl.workdir("lqx-cli-", keep=settings.keep_workdir) as work:
+            bl.say(f"work dir {work}")
+            samples = trio.run(measure, work, settings)
+    except BaseException as exc:
+        return bl.report_failure(
+            "cli_bench", exc, (bl.BenchError, errors.AgentError, OSError, trio.TooSlowError, subprocess.TimeoutExpired)
+        )
+    figures = figures_from(samples, settings.rounds)
+    load1 = os.getloadavg()
+    context = f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end; {os.cpu_count()} CPUs"
+    bl.print_table(
+        figures, f"limiquantix {VERSION}" + (" (--quick)" if settings.quick else ""), context, baseline="curl"
+    )
+    bl.write_figures(figures, settings.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""``limiquantix``, the command line, as an operator or a script runs it: the real console
+script as a subprocess against a real stack (tests/procstack.py: a controller process, a
+hostd process, simulated VMs with the real agent), over HTTP on loopback.
+
+The stack is started once for the module (about 10 s); the tests that change it (power,
+token revocation) come last. The tests without a stack (help, completion, configuration
+errors, the fast path's parser) are not marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import click
+import pytest
+from procstack import DEADLINE_S, Stack, free_port, run_stack
+
+from limiquantix.cli import _fast
+from limiquantix.cli._app import cli
+
+CLI = str(Path(sys.executable).with_name("limiquantix"))
+COMMANDS = (
+    "vms", "vm", "ping", "exec", "sh", "run", "cp", "ls", "stat", "shutdown", "reboot", "password",
+    "audit", "tokens", "nodes", "whoami", "completion",
+)  # fmt: skip
+
+
+def _env(url: str = "", token: str = "", **extra: str) -> dict[str, str]:
+    """This process's environment without the operator's LQX_* settings, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LQX_")}
+    if url:
+        env["LQX_CONTROLLER_URL"] = url
+    if token:
+        env["LQX_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+def lqx(
+    *args: str, env: dict[str, str], stdin: str | bytes | None = None, timeout: float = DEADLINE_S
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``limiquantix ARGS``; its exit code, stdout and stderr (bytes)."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run([CLI, *args], env=env, input=data, capture_output=True, timeout=timeout, check=False)
+
+
+def in_pty(argv: Sequence[str], env: dict[str, str], typed: bytes = b"") -> tuple[int, bytes]:
+    """Run ``argv`` with a pseudo-terminal as its controlling terminal, stdin, stdout and
+    stderr (what an operator's terminal is); ``typed`` is sent as it starts. (exit code, what
+    the terminal received)."""
+    master, slave = pty.openpty()
+
+    def controlling_tty() -> None:  # the pty becomes /dev/tty, where getpass prompts
+        import fcntl
+        import termios
+
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        argv, env=env, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True
+    )
+    os.close(slave)
+    out = bytearray()
+    answers = typed.split(b"\n")[:-1]
+    answered = 0
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if answered < len(answers) and out.count(b": ") > answered:  # a prompt is on screen: answer it
+            os.write(master, answers[answered] + b"\n")
+            answered += 1
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(DEADLINE_S)
+    os.close(master)
+    return code, bytes(out)
+
+
+# ------------------------------------------------------------------ without a stack
+
+
+def test_help_for_every_command_and_the_exit_codes() -> None:
+    top = lqx("--help", env=_env())
+    assert top.returncode == 0
+    text = top.stdout.decode()
+    for command in COMMANDS:
+        assert f"  {command} " in text, command
+    for documented in ("Exit codes", "124 timed out", "125 the command line", "77 token refused", "78 configuration"):
+        assert documented in " ".join(text.split()), documented
+    for command in COMMANDS:
+        sub = lqx(command, "--help", env=_env())
+        assert sub.returncode == 0, (command, sub.stderr)
+        assert f"Usage: limiquantix {command}" in sub.stdout.decode()
+    for command in ("list", "create", "revoke"):
+        assert lqx("tokens", command, "--help", env=_env()).returncode == 0
+    exec_help = " ".join(lqx("exec", "--help", env=_env()).stdout.decode().split())
+    assert "124 when it ran out of --timeout" in exec_help and "--env NAME=VALUE" in exec_help
+
+
+def test_completion_scripts_for_bash_and_zsh() -> None:
+    bash = lqx("completion", "bash", env=_env())
+    assert bash.returncode == 0 and b"_LIMIQUANTIX_COMPLETE=bash_complete" in bash.stdout
+    assert b"complete -o nosort -F" in bash.stdout
+    zsh = lqx("completion", "zsh", env=_env())
+    assert zsh.returncode == 0 and b"#compdef limiquantix" in zsh.stdout
+    # The environment variable click documents gives the same script.
+    assert lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_source")).stdout == bash.stdout
+    # And the script's callback completes: commands, then a command's options.
+    words = lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix v", COMP_CWORD="1"))
+    assert set(words.stdout.decode().split()) >= {"plain,vm", "plain,vms"}
+    words = lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix exec --ti", COMP_CWORD="2"))
+    assert "plain,--timeout" in words.stdout.decode().split()
+    assert lqx("completion", "fish", env=_env()).returncode == 2
+
+
+def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, object], list[str]] | None:
+    """How click reads an exec/sh command line (None where it refuses it)."""
+    try:
+        ctx = cli.make_context("limiquantix", list(argv), resilient_parsing=False)
+        rest = list(ctx.args)  # what follows the command's name
+        name = argv[len(argv) - len(rest) - 1]
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        sub = command.make_context(name, rest, parent=ctx)
+    except (click.exceptions.UsageError, click.exceptions.Exit):
+        return None
+    glob = {k: v for k, v in ctx.params.items() if v not in (None, False)}
+    params = dict(sub.params)
+    positional = [params.pop("vm")] + (list(params.pop("argv")) if name == "exec" else [params.pop("script")])
+    opts: dict[str, object] = {k: v for k, v in params.items() if v not in (None, ())}
+    return glob, name, opts, positional
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "web-1", "--", "ls", "-l"],
+        ["exec", "web-1", "ls"],
+        ["exec", "-t", "5", "web-1", "--", "true"],
+        ["exec", "--timeout=5", "-u", "www", "--cwd", "/tmp", "-e", "A=1", "-e", "B=x=y", "web-1", "--", "env"],
+        ["--url", "http://127.0.0.1:1", "--insecure", "--profile", "p", "sh", "web-1", "echo hi"],
+        ["--token-file=/t", "sh", "web-1", "-t", "3", "exit 3"],
+        ["sh", "web-1", "-"],
+        ["exec", "web-1", "--", "-v"],
+        ["exec", "web-1", "-t", "2", "--", "sleep", "9"],
+    ],
+)
+def test_the_fast_path_reads_a_command_line_as_click_does(argv: list[str]) -> None:
+    fast = _fast.parse(argv)
+    assert fast is not None
+    glob, name, opts, positional = fast
+    if "env" in opts:
+        opts["env"] = tuple(f"{k}={v}" for k, v in opts["env"])
+    if "timeout" in opts:
+        opts["timeout"] = str(opts["timeout"])
+    assert (glob, name, opts, positional) == _click_parse(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "web-1"],  # no command
+        ["sh", "web-1", "a", "b"],  # two scripts
+        ["exec", "-t", "x", "web-1", "--", "true"],  # not a number
+        ["exec", "-t", "999999", "web-1", "--", "true"],  # over the agent's ceiling
+        ["exec", "-e", "NOEQUALS", "web-1", "--", "true"],
+        ["exec", "--help"],
+        ["--token", "x", "exec", "web-1", "--", "true"],
+        ["exec", "-t5", "web-1", "--", "true"],  # valid for click, left to it
+        ["vms"],
+    ],
+)
+def test_the_fast_path_leaves_the_rest_to_click(argv: list[str]) -> None:
+    assert _fast.parse(argv) is None
+
+
+def test_configuration_errors_are_one_line_and_documented_codes(tmp_path: Path) -> None:
+    env = _env(XDG_CONFIG_HOME=str(tmp_path))
+    no_token = lqx("vms", env=env)
+    assert no_token.returncode == 78 and b"no API token: pass --token-file" in no_token.stderr
+    assert lqx("exec", "web-1", "--", "true", env=env).returncode == 125  # exec's own failures
+    missing = lqx("--token-file", str(tmp_path / "missing"), "vms", env=env)
+    assert missing.returncode == 78 and b"cannot read" in missing.stderr and b"Traceback" not in missing.stderr
+    toml = tmp_path / "copy.toml"
+    toml.write_text('url = "http://127.0.0.1:9"\ntoken = "lqx_x"\n')
+    wrong = lqx("--token-file", str(toml), "vms", env=env)
+    assert wrong.returncode == 78 and b"does not hold a token" in wrong.stderr
+    refused = lqx("--token", "secret", "vms", env=env)
+    assert refused.returncode == 2 and b"--token is refused" in refused.stderr
+    remote = lqx("--url", "http://10.1.2.3:8080", "vms", env=_env(token="t0k", XDG_CONFIG_HOME=str(tmp_path)))
+    assert remote.returncode == 78 and b"refusing to send the API token over plain HTTP" in remote.stderr
+    (tmp_path / "limiquantix").mkdir()
+    (tmp_path / "limiquantix" / "tui.toml").write_text('token = "t0k"\n[profiles.prod]\nurl = "https://ctl:1"\n')
+    unknown = lqx("--profile", "nope", "vms", env=env)
+    assert unknown.returncode == 78 and b"no profile 'nope' in the config file (profiles: prod)" in unknown.stderr
+    usage = lqx("exec", "-t", "x", "web-1", "--", "true", env=env)
+    assert usage.returncode == 2 and b"Invalid value for --timeout" in usage.stderr
+
+
+# ------------------------------------------------------------------ against a stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from run_stack(tmp_path_factory)
+
+
+@pytest.fixture
+def env(stack: Stack, tmp_path: Path) -> dict[str, str]:
+    """The admin's environment (a fresh, empty config home)."""
+    return _env(stack.url, stack.admin, XDG_CONFIG_HOME=str(tmp_path))
+
+
+def _out(proc: subprocess.CompletedProcess[bytes]) -> str:
+    assert proc.returncode == 0, (proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout.decode()
+
+
+@pytest.mark.slow
+def test_inventory_commands(stack: Stack, env: dict[str, str]) -> None:
+    table = _out(lqx("vms", env=env))
+    assert table.splitlines()[0].split()[:3] == ["VM", "NODE", "STATE"]
+    assert {line.split()[0] for line in table.splitlines()[1:]} == {"web-1", "web-2", "victim"}
+    vms = json.loads(_out(lqx("vms", "--json", "--node", "node-1", "--state", "connected", env=env)))
+    assert sorted(v["vmId"] for v in vms) == ["victim", "web-1", "web-2"]
+    assert json.loads(_out(lqx("vms", "--json", "--label", "env=nowhere", env=env))) == []
+    bad_label = lqx("vms", "--label", "novalue", env=env)
+    assert bad_label.returncode == 2 and b"is not KEY=VALUE" in bad_label.stderr
+    assert "agent state    connected" in _out(lqx("vm", "web-1", env=env)).splitlines()
+    assert json.loads(_out(lqx("vm", "web-1", "--json", env=env)))["identity"]["hostname"]
+    assert "web-1: agent " in _out(lqx("ping", "web-1", env=env))
+    assert json.loads(_out(lqx("ping", "web-1", "--json", env=env)))["connected"] is True
+    nodes = json.loads(_out(lqx("nodes", "--json", env=env)))
+    assert [(n["nodeId"], n["reachable"], n["vmCount"]) for n in nodes] == [("node-1", True, 3)]
+    assert "node-1" in _out(lqx("nodes", env=env))
+    me = json.loads(_out(lqx("whoami", "--json", env=_env(stack.url, stack.tokens["viewer"]))))
+    assert (me["user"], me["role"]) == ("viewer", "viewer") and "vm.exec" not in me["permissions"]
+    assert "every VM" in _out(lqx("whoami", env=env))
+    unknown = lqx("vm", "nosuch", env=env)
+    assert unknown.returncode == 1 and b"limiquantix: not_found: " in unknown.stderr
+
+
+@pytest.mark.slow
+def test_exec_and_sh_stream_output_and_exit_with_the_guest_code(stack: Stack, env: dict[str, str]) -> None:
+    done = lqx("sh", "web-1", "echo out; echo err >&2; exit 3", env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
+    done = lqx("exec", "web-1", "--", "printf", "%s|", "a b", "c", env=env)
+    assert (done.returncode, done.stdout) == (0, b"a b|c|")
+    opts = lqx(
+        "exec", "-e", "GREETING=hi", "--cwd", "/tmp", "web-1", "--", "sh", "-c", 'echo "$GREETING $PWD"', env=env
+    )
+    assert opts.stdout == b"hi /tmp\n"
+    script = lqx("sh", "web-1", "-", env=env, stdin="echo from stdin; exit 7\n")
+    assert (script.returncode, script.stdout) == (7, b"from stdin\n")
+    timed = lqx("sh", "-t", "1", "web-1", "echo started; sleep 30", env=env)
+    assert timed.returncode == 124 and timed.stdout == b"started\n" and b"timed out after" in timed.stderr
+    killed = lqx("sh", "web-1", "kill -9 $$", env=env)
+    assert killed.returncode == 128 + 9 and b"killed by signal 9" in killed.stderr
+    missing = lqx("exec", "web-1", "--", "/no/such/program", "arg", env=env)
+    assert missing.returncode == 126 and b"could not be started" in missing.stderr
+    # A lone program runs through the guest's shell (exec PROG): the shell's 127.
+    assert lqx("exec", "web-1", "--", "/no/such/program", env=env).returncode == 127
+    assert lqx("exec", "web-1", "--", "it's not a program", env=env).returncode == 127  # quoted, not run as sh
+    # Piped, the guest's bytes pass as they are (a script gets what the command printed).
+    raw = lqx("exec", "web-1", "--", "printf", "a\\033]0;pwned\\007b\\n", env=env)
+    assert raw.stdout == b"a\x1b]0;pwned\x07b\n"
+    # Click's path (an option spelled -t5) runs the same code.
+    assert lqx("sh", "-t5", "web-1", "exit 4", env=env).returncode == 4
+
+
+@pytest.mark.slow
+def test_guest_output_on_a_terminal_is_escaped(stack: Stack, env: dict[str, str]) -> None:
+    code, screen = in_pty([CLI, "exec", "web-1", "--", "printf", "a\\033]0;pwned\\007b\\n"], env)
+    assert code == 0
+    assert b"\x1b]0;" not in screen and b"a\\x1b]0;pwned\\x07b" in screen
+
+
+@pytest.mark.slow
+def test_exec_failures_are_125_with_a_message(stack: Stack, env: dict[str, str]) -> None:
+    unknown = lqx("sh", "nosuch", "true", env=env)
+    assert unknown.returncode == 125 and b"limiquantix: not_found: no node reports VM 'nosuch'" in unknown.stderr
+    wrong = lqx("sh", "web-1", "true", env={**env, "LQX_TOKEN": "lqx_0123456789ab_" + "A" * 43})
+    assert wrong.returncode == 125 and b"unauthenticated" in wrong.stderr
+    viewer = lqx("sh", "web-1", "true", env={**env, "LQX_TOKEN": stack.tokens["viewer"]})
+    assert viewer.returncode == 125 and b"permission_denied" in viewer.stderr
+    down = f"http://127.0.0.1:{free_port()}"
+    unreachable = lqx("--url", down, "sh", "web-1", "true", env=env)
+    assert unreachable.returncode == 125 and b"cannot reach the controller" in unreachable.stderr
+    assert b"nothing was sent" in unreachable.stderr
+    # The other commands say the same with sysexits codes.
+    assert lqx("--url", down, "vms", env=env).returncode == 69
+    assert lqx("vms", env={**env, "LQX_TOKEN": "lqx_0123456789ab_" + "A" * 43}).returncode == 77
+    assert lqx("tokens", "list", env={**env, "LQX_TOKEN": stack.tokens["viewer"]}).returncode == 77
+
+
+@pytest.mark.slow
+def test_a_profile_reaches_the_stack(stack: Stack, tmp_path: Path) -> None:
+    token_file = tmp_path / "op.token"
+    token_file.write_text(stack.tokens["operator"] + "\n")
+    conf = tmp_path / "limiquantix" / "tui.toml"
+    conf.parent.mkdir()
+    conf.write_text(
+        f'url = "http://127.0.0.1:1"\ntoken = "nope"\n[profiles.lab]\nurl = "{stack.url}"\ntoken_file = "{token_file}"\n'
+    )
+    env = _env(XDG_CONFIG_HOME=str(tmp_path))
+    me = json.loads(_out(lqx("--profile", "lab", "whoami", "--json", env=env)))
+    assert me["role"] == "operator"
+    assert lqx("whoami", env={**env, "LQX_PROFILE": "lab"}).returncode == 0
+    assert lqx("whoami", env=env).returncode == 69  # the top level: nothing listens on port 1
+
+
+@pytest.mark.slow
+def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = lqx("run", "--vm", "web-1", "--vm", "web-2", "--max-concurrency", "1", "--output-dir", str(out),
+               "--interval", "0.1", "echo hello from $(hostname); echo oops >&2", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 targets: 2 success" in done.stdout.decode()
+    progress = done.stderr.decode()
+    assert "web-1  started" in progress and "web-2  success  exit 0" in progress
+    assert sorted(p.name for p in out.iterdir()) == ["web-1.stderr", "web-1.stdout", "web-2.stderr", "web-2.stdout"]
+    assert (out / "web-2.stdout").read_text().startswith("hello from") and (
+        out / "web-2.stderr"
+    ).read_text() == "oops\n"
+    failed = lqx("run", "--vm", "web-1", "--vm", "web-2", "--max-errors", "1", "--json", "--interval", "0.1",
+                 "exit 2", env=env)  # fmt: skip
+    assert failed.returncode == 1
+    run = json.loads(failed.stdout)
+    assert run["status"] == "failed" and {t["exitCode"] for t in run["targets"]} == {2}
+    none = lqx("run", "true", env=env)
+    assert none.returncode == 2 and b"name the targets" in none.stderr
+    bad = lqx("run", "--vm", "web-1", "--max-errors", "lots", "true", env=env)
+    assert bad.returncode == 1 and b"invalid_argument" in bad.stderr
+
+
+@pytest.mark.slow
+def test_files_cp_both_ways_ls_and_stat(stack: Stack, env: dict[str, str], tmp_path: Path) -> None:
+    local = tmp_path / "blob.bin"
+    local.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    remote_dir = stack.tmp / "guest-files"  # the simulated guest's files are this machine's
+    remote_dir.mkdir()
+    up = _out(lqx("cp", str(local), f"web-1:{remote_dir}/blob.bin", env=env))
+    assert "3145733 bytes, sha256" in up
+    assert (remote_dir / "blob.bin").read_bytes() == local.read_bytes()
+    into_dir = _out(lqx("cp", str(local), f"web-1:{remote_dir}", env=env))  # a directory: the file goes in it
+    assert f"web-1:{remote_dir}" in into_dir
+    back = tmp_path / "back.bin"
+    _out(lqx("cp", f"web-1:{remote_dir}/blob.bin", str(back), env=env))
+    assert back.read_bytes() == local.read_bytes()
+    _out(lqx("cp", f"web-1:{remote_dir}/blob.bin", str(tmp_path), env=env))  # into a local directory
+    assert (tmp_path / "blob.bin").read_bytes() == local.read_bytes()
+    for args in ((str(tmp_path), f"web-1:{remote_dir}/x"), (f"web-1:{remote_dir}", str(tmp_path / "x"))):
+        refused = lqx("cp", *args, env=env)
+        assert refused.returncode == 1 and b"is a directory: cp copies one file" in refused.stderr
+    assert not (tmp_path / "x").exists()
+    both = lqx("cp", str(local), str(back), env=env)
+    assert both.returncode == 2 and b"exactly one of SOURCE and DESTINATION" in both.stderr
+    missing = lqx("cp", f"web-1:{remote_dir}/nope", str(tmp_path / "nope"), env=env)
+    assert missing.returncode == 1 and b"not_found" in missing.stderr
+    listing = _out(lqx("ls", "web-1", str(remote_dir), env=env))
+    assert listing.splitlines()[0].split() == ["MODE", "OWNER", "GROUP", "SIZE", "MODIFIED", "NAME"]
+    assert "3145733" in listing and "blob.bin" in listing
+    names = [e["name"] for e in json.loads(_out(lqx("ls", "web-1", str(remote_dir), "--json", env=env)))]
+    assert names == ["blob.bin"]
+    info = json.loads(_out(lqx("stat", "web-1", f"{remote_dir}/blob.bin", "--json", env=env)))
+    assert (info["type"], int(info["size"])) == ("FILE_TYPE_REGULAR", 3145733)
+    lines = [line.split() for line in _out(lqx("stat", "web-1", f"{remote_dir}/blob.bin", env=env)).splitlines()]
+    assert ["type", "regular"] in lines and ["size", "3145733"] in lines
+
+
+@pytest.mark.slow
+def test_password_from_stdin_or_a_prompt_never_argv(stack: Stack, env: dict[str, str]) -> None:
+    assert "password of deploy set" in _out(lqx("password", "web-1", "deploy", env=env, stdin="s3cret-1\n"))
+    for args in (("web-1", "deploy", "hunter2"), ("web-1", "deploy", "--password", "hunter2")):
+        refused = lqx("password", *args, env=env)
+        assert refused.returncode == 2 and b"a password on the command line is refused" in refused.stderr
+    empty = lqx("password", "web-1", "deploy", env=env, stdin="\n")
+    assert empty.returncode == 1 and b"an empty password is refused" in empty.stderr
+    code, screen = in_pty([CLI, "password", "web-1", "deploy"], env, typed=b"one\ntwo\n")
+    assert code == 1 and b"the two passwords differ" in screen and b"one" not in screen
+    code, screen = in_pty([CLI, "password", "--expire", "web-1", "deploy"], env, typed=b"same\nsame\n")
+    assert code == 0 and b"password of deploy set (to be changed at the next login)" in screen
+    rows = [
+        json.loads(line)
+        for line in _out(lqx("audit", "--action", "vm.password", "--format", "jsonl", env=env)).splitlines()
+    ]
+    assert [r["detail"]["username"] for r in rows] == ["deploy", "deploy"]
+    assert not any("s3cret" in json.dumps(r) or "same" in json.dumps(r) for r in rows)
+
+
+@pytest.mark.slow
+def test_audit_filters_exports_and_follows(stack: Stack, env: dict[str, str]) -> None:
+    _out(lqx("sh", "web-2", "echo audited", env=env))
+    table = _out(lqx("audit", "--action", "vm.exec", "--vm", "web-2", env=env))
+    assert table.splitlines()[0].split()[:4] == ["ID", "STARTED", "USER", "ACTION"]
+    assert "vm.exec_stream" in table and "command: echo audited" in table
+    lines = [
+        json.loads(line) for line in _out(lqx("audit", "--format", "jsonl", "--vm", "web-2", env=env)).splitlines()
+    ]
+    assert lines and all(isinstance(r["id"], int) for r in lines) and all(r["vmId"] == "web-2" for r in lines)
+    rows = list(csv.DictReader(io.StringIO(_out(lqx("audit", "--format", "csv", "--outcome", "failure", env=env)))))
+    assert rows and {r["outcome"] for r in rows} == {"failure"} and json.loads(rows[0]["detail"])["command"]
+    bad = lqx("audit", "--outcome", "maybe", env=env)
+    assert bad.returncode == 2
+    follow = subprocess.Popen(
+        [CLI, "audit", "--format", "jsonl", "--follow", "--interval", "0.1", "--action", "vm.exec", "--vm", "web-1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert follow.stdout is not None
+        seen: list[dict[str, object]] = []
+        _out(lqx("sh", "web-1", "echo followed", env=env))
+        deadline = time.monotonic() + DEADLINE_S
+        while not any(r.get("detail", {}).get("command") == "echo followed" for r in seen):  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, seen
+            seen.append(json.loads(follow.stdout.readline()))
+    finally:
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(DEADLINE_S) == 130
+
+
+@pytest.mark.slow
+def test_tokens_create_list_revoke(stack: Stack, env: dict[str, str]) -> None:
+    made = lqx("tokens", "create", "--user", "ci", "--role", "viewer", "--label", "env=ci", env=env)
+    secret = _out(made).strip()
+    assert secret.startswith("lqx_") and b"shown once" in made.stderr
+    me = json.loads(_out(lqx("whoami", "--json", env={**env, "LQX_TOKEN": secret})))
+    assert me["user"] == "ci" and me["labelScope"] == {"env": "ci"}
+    tokens = json.loads(_out(lqx("tokens", "list", "--user", "ci", "--json", env=env)))
+    assert [t["role"] for t in tokens] == ["viewer"]
+    assert "ci" in _out(lqx("tokens", "list", env=env))
+    assert "revoked" in _out(lqx("tokens", "revoke", tokens[0]["id"], env=env))
+    assert lqx("whoami", env={**env, "LQX_TOKEN": secret}).returncode == 77
+    assert tokens[0]["id"] not in _out(lqx("tokens", "list", "--active", env=env))
+
+
+@pytest.mark.slow
+def test_power_commands(stack: Stack, env: dict[str, str]) -> None:
+    """Last: the simulated VMs react (reboot restarts the agent, shutdown ends the VM)."""
+    assert "reboot accepted" in _out(lqx("reboot", "victim", env=env))
+    assert "shutdown accepted" in _out(lqx("shutdown", "web-2", "--message", "bye", env=env))
+    deadline = time.monotonic() + DEADLINE_S
+    while stack.sims["web-2"].proc.poll() is None:
+        assert time.monotonic() < deadline, "web-2 did not power off"
+        time.sleep(0.05)
