@@ -289,6 +289,23 @@ def test_exec_and_sh_stream_output_and_exit_with_the_guest_code(stack: Stack, en
 
 
 @pytest.mark.slow
+def test_ctrl_c_cancels_the_command_in_the_guest(stack: Stack, env: dict[str, str]) -> None:
+    proc = subprocess.Popen([CLI, "sh", "web-1", "echo started; sleep 30; echo never"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 130 and b"cancelled in the guest" in err and b"never" not in out
+    deadline = time.monotonic() + DEADLINE_S
+    while True:  # the controller completes the audit row once hostd has stopped the command
+        rows = _out(lqx("audit", "--format", "jsonl", "--vm", "web-1", "--outcome", "cancelled", env=env))
+        if "sleep 30; echo never" in rows:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
 def test_guest_output_on_a_terminal_is_escaped(stack: Stack, env: dict[str, str]) -> None:
     code, screen = in_pty([CLI, "exec", "web-1", "--", "printf", "a\\033]0;pwned\\007b\\n"], env)
     assert code == 0

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import ssl
 import stat
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +226,14 @@ async def test_controller_and_hostd_over_mutual_tls(tls_stack: TLSStack, short_t
             with pytest.raises(ApiError, match="certificate verify failed") as info:
                 await tui.whoami()
             assert info.value.code == "unavailable"
+        # The command line, the same: a command over HTTPS with the CA; refused without it.
+        cli = [str(Path(sys.executable).with_name("limiquantix")), "--url", tls_stack.url]
+        env = {**os.environ, "LQX_TOKEN": tls_stack.tokens["admin"]}
+        ran = await trio.run_process([*cli, "--ca-file", tls_stack.certs.ca, "sh", "vm0", "echo over tls"], env=env,
+                                     capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+        assert (ran.returncode, ran.stdout) == (0, b"over tls\n"), ran.stderr
+        refused = await trio.run_process([*cli, "whoami"], env=env, capture_stderr=True, check=False)
+        assert refused.returncode == 69 and b"TLS handshake failed: certificate verify failed" in refused.stderr
     finally:
         sim.stop()
 
