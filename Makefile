@@ -36,6 +36,7 @@ bench: venv
 	@$(PY) bench/controller_bench.py
 	@$(PY) bench/vm_bench.py
 	@$(PY) bench/tui_bench.py
+	@$(PY) bench/cli_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -35,6 +35,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,24 +124,36 @@ def install_wheel(work: Path) -> Path:
     return venv / "bin"
 
 
-def _run(argv: list[str], env: dict[str, str], name: str) -> float:
-    """One sample: the wall time of ``argv`` in ms.
+def _run(argv: list[str], env: dict[str, str], name: str) -> tuple[float, float]:
+    """One sample: the wall time of ``argv`` and the CPU time it used (user + system, from
+    ``wait4``: less moved by the machine's load than the wall time), in ms.
 
     Raises:
-        bl.BenchError: it failed or printed something unexpected.
+        bl.BenchError: it failed, took longer than a sample may, or printed something unexpected.
     """
-    t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, timeout=_RUN_TIMEOUT_S, check=False)
-    elapsed = (time.perf_counter() - t0) * 1000
-    if done.returncode != 0:
-        raise bl.BenchError(f"{name}: exit {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
-    if name == "curl" and b'"exitCode":0' not in done.stdout.replace(b" ", b""):
-        raise bl.BenchError(f"curl: unexpected answer {done.stdout[:300]!r}")
-    return elapsed
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        timer = threading.Timer(_RUN_TIMEOUT_S, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        elapsed = (time.perf_counter() - t0) * 1000
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise bl.BenchError(f"{name}: exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}")
+    if name == "curl" and b'"exitCode":0' not in stdout.replace(b" ", b""):
+        raise bl.BenchError(f"curl: unexpected answer {stdout[:300]!r}")
+    return elapsed, (usage.ru_utime + usage.ru_stime) * 1000
 
 
-async def measure(work: Path, settings: Settings) -> dict[str, list[float]]:
-    """Start the stack, take the samples, stop everything; samples in ms by path.
+async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float, float]]]:
+    """Start the stack, take the samples, stop everything; (wall, CPU) samples in ms by path.
 
     Raises:
         bl.BenchError, OSError, trio.TooSlowError: the run cannot give figures.
@@ -171,11 +185,13 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[float]]:
             "installed": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
             "editable": [str(REPO / ".venv" / "bin" / "limiquantix"), "exec", st.vm, "--", "true"],
             "python": [str(bin_dir / "python"), "-c", "pass"],
+            # What any Python client of a JSON API imports at least (json loads re, enum ...).
+            "python json": [str(bin_dir / "python"), "-c", "import json, _socket"],
             "python -I -S": [str(bin_dir / "python"), "-I", "-S", "-c", "pass"],
         }  # fmt: skip
         if not Path(paths["editable"][0]).exists():
             del paths["editable"]
-        samples: dict[str, list[float]] = {name: [] for name in paths}
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
         names = list(paths)
         for name in names:  # warm-up: page cache, .pyc files, the controller's first calls
             await trio.to_thread.run_sync(_run, paths[name], env, name)
@@ -188,33 +204,39 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[float]]:
         return samples
 
 
-def figures_from(samples: dict[str, list[float]], rounds: int) -> list[bl.Figure]:
-    curl = bl.median(samples["curl"])
+def figures_from(samples: dict[str, list[tuple[float, float]]], rounds: int) -> list[bl.Figure]:
+    wall = {name: [w for w, _ in values] for name, values in samples.items()}
+    cpu = {name: bl.median([c for _, c in values]) for name, values in samples.items()}
+    curl = bl.median(wall["curl"])
     figures = [
         bl.Figure(
             "limiquantix exec VM -- true (installed wheel), median wall time",
-            bl.median(samples["installed"]),
+            bl.median(wall["installed"]),
             curl,
             "ms",
             f"ratio <= {RATIO_TARGET}",
             note=f"{rounds} interleaved runs of each; baseline: curl of ExecuteScript, same run",
         ),
-        bl.Figure("installed, p90 (info)", bl.percentile(samples["installed"], 90), bl.percentile(samples["curl"], 90), "ms", None),
+        bl.Figure("installed, p90 (info)", bl.percentile(wall["installed"], 90), bl.percentile(wall["curl"], 90), "ms", None),
+        bl.Figure("installed, CPU time (user + system), median (info)", cpu["installed"], cpu["curl"], "ms", None),
     ]  # fmt: skip
     if "editable" in samples:
         figures.append(
             bl.Figure(
                 "limiquantix exec, development venv (editable install's finder), median (info)",
-                bl.median(samples["editable"]),
+                bl.median(wall["editable"]),
                 curl,
                 "ms",
                 None,
             )
         )
-    figures += [
-        bl.Figure("python -c pass in the installed venv (floor), median (info)", bl.median(samples["python"]), curl, "ms", None),
-        bl.Figure("python -I -S -c pass (interpreter alone), median (info)", bl.median(samples["python -I -S"]), curl, "ms", None),
-    ]  # fmt: skip
+    for name, what in (
+        ("python json", "python -c 'import json, _socket' (a Python JSON client's floor)"),
+        ("python", "python -c pass in the installed venv"),
+        ("python -I -S", "python -I -S -c pass (the interpreter alone)"),
+    ):
+        figures.append(bl.Figure(f"{what}, median (info)", bl.median(wall[name]), curl, "ms", None))
+        figures.append(bl.Figure(f"{what}, CPU time, median (info)", cpu[name], cpu["curl"], "ms", None))
     return [f.evaluate() for f in figures]
 
 

@@ -131,7 +131,7 @@ def _detail_text(detail: dict[str, Any]) -> str:
     return ""
 
 
-@click.command("audit")
+@click.command("audit", short_help="Show, follow or export the audit log.")
 @click.option("--user", default="", help="rows of users whose name starts with this")
 @click.option("--action", default="", help="actions starting with this (vm.exec finds vm.exec_stream; file.)")
 @click.option("--vm", default="", help="rows of VMs whose id starts with this")
@@ -201,7 +201,7 @@ def audit_cmd(
             last = new[-1]["id"]
 
 
-@click.group("tokens")
+@click.group("tokens", short_help="List, create and revoke API tokens.")
 def tokens_group() -> None:
     """API tokens: list, create, revoke (admin token)."""
 

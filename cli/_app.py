@@ -72,7 +72,7 @@ def _exec_options(timeout: str | None, env: tuple[str, ...]) -> tuple[int, dict[
     return timeout_s, pairs
 
 
-@cli.command("exec", epilog=ec.EXEC_EPILOG)
+@cli.command("exec", epilog=ec.EXEC_EPILOG, short_help="Run a program in a VM (no shell), output live.")
 @click_options(EXEC_OPTIONS)
 @click.argument("vm")
 @click.argument("argv", nargs=-1, required=True)
@@ -98,7 +98,7 @@ def exec_cmd(
     sys.exit(code)
 
 
-@cli.command("sh", epilog=ec.EXEC_EPILOG)
+@cli.command("sh", epilog=ec.EXEC_EPILOG, short_help="Run a shell script in a VM, output live.")
 @click_options(EXEC_OPTIONS)
 @click.argument("vm")
 @click.argument("script")
@@ -120,7 +120,7 @@ def sh_cmd(
     sys.exit(code)
 
 
-@cli.command("completion")
+@cli.command("completion", short_help="Print the bash or zsh completion script.")
 @click.argument("shell", type=click.Choice(["bash", "zsh"]))
 def completion_cmd(shell: str) -> None:
     """Print the shell completion script for SHELL.

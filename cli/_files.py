@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import stat as stat_mod
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from limiquantix.protocol.jsonupload import write_file_parts
 
 from ._client import VM, ApiError, Client
 from ._output import print_json, print_table, say
@@ -106,20 +107,14 @@ def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) ->
     except OSError as exc:
         raise click.ClickException(f"{local}: {exc.strerror}") from None
     digest = hashlib.sha256(content).hexdigest()
-    head = json.dumps({"vmId": vm, "path": path, "createParents": parents})[:-1] + ', "content": "'
-    encoded = base64.b64encode(content)
+    parts = write_file_parts(vm, path, content, create_parents=parents, piece_bytes=_UPLOAD_PIECE)
     del content
-    tail = b'"}'
-    total = len(head) + len(encoded) + len(tail)
+    total = sum(len(p) for p in parts)
     with _progress(total, f"{local.name} → {vm}") as advance:
 
         def body() -> Iterator[bytes]:
             sent = 0
-            for piece in (
-                head.encode(),
-                *(encoded[i : i + _UPLOAD_PIECE] for i in range(0, len(encoded), _UPLOAD_PIECE)),
-                tail,
-            ):
+            for piece in parts:
                 yield piece
                 sent += len(piece)
                 if advance is not None:
@@ -175,7 +170,7 @@ def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str]
     return size, hasher.hexdigest()
 
 
-@click.command("cp")
+@click.command("cp", short_help="Copy a file to or from a VM (SHA-256 checked).")
 @click.argument("source")
 @click.argument("destination")
 @click.option("--parents", is_flag=True, help="upload: create missing directories in the guest")
@@ -205,7 +200,7 @@ def _mode(entry: dict[str, Any]) -> str:
     return kinds.get(entry.get("type", ""), "?") + stat_mod.filemode(int(entry.get("mode", 0)))[1:]
 
 
-@click.command("ls")
+@click.command("ls", short_help="List a directory in a VM.")
 @click.argument("vm")
 @click.argument("path", default="/")
 @json_option
@@ -237,7 +232,7 @@ def ls_cmd(client: Client, vm: str, path: str, as_json: bool) -> None:
     print_table(("MODE", "OWNER", "GROUP", "SIZE", "MODIFIED", "NAME"), rows)
 
 
-@click.command("stat")
+@click.command("stat", short_help="Show one path in a VM.")
 @click.argument("vm")
 @click.argument("path")
 @json_option

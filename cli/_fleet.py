@@ -54,7 +54,7 @@ def _write_outputs(directory: Path, t: dict[str, Any]) -> None:
             warn(f"{t.get('vmId', '')}: {stream} was cut (the controller keeps 64 KiB per target)")
 
 
-@click.command("run")
+@click.command("run", short_help="Run a script on many VMs (a fleet run).")
 @label_option("target every VM carrying this label (repeatable: all must match)")
 @click.option("--vm", "vm_ids", multiple=True, metavar="VM", help="target this VM (repeatable)")
 @click.option(

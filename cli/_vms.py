@@ -49,7 +49,7 @@ def _pct(value: object) -> str:
     return f"{float(value or 0):.0f}"
 
 
-@click.command("vms")
+@click.command("vms", short_help="List VMs (filters: node, state, label).")
 @click.option("--node", "-n", default="", metavar="NODE", help="only the VMs of this node")
 @click.option(
     "--state", "-s", default="", metavar="STATE", help="only VMs whose agent is in this state (connected ...)"
@@ -85,7 +85,7 @@ def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_j
     print_table(("VM", "NODE", "STATE", "AGENT", "OS", "ADDRESSES", "CPU%", "MEM%", "LABELS"), rows)
 
 
-@click.command("vm")
+@click.command("vm", short_help="Show one VM, live from its node.")
 @click.argument("vm")
 @json_option
 @pass_client
@@ -118,7 +118,7 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
     print_table(("FIELD", "VALUE"), [r for r in rows if r[1]])
 
 
-@click.command("ping")
+@click.command("ping", short_help="Ping a VM's agent.")
 @click.argument("vm")
 @json_option
 @pass_client
@@ -138,7 +138,7 @@ def ping_cmd(client: Client, vm: str, as_json: bool) -> None:
         sys.exit(ec.FAILED)
 
 
-@click.command("nodes")
+@click.command("nodes", short_help="List the hostds (nodes).")
 @json_option
 @pass_client
 def nodes_cmd(client: Client, as_json: bool) -> None:
@@ -160,7 +160,7 @@ def nodes_cmd(client: Client, as_json: bool) -> None:
     print_table(("NODE", "URL", "REACHABLE", "VMS", "LAST HEARTBEAT"), rows)
 
 
-@click.command("whoami")
+@click.command("whoami", short_help="Show the token's user, role and permissions.")
 @json_option
 @pass_client
 def whoami_cmd(client: Client, as_json: bool) -> None:
@@ -201,7 +201,7 @@ def _power_options(func: Any) -> Any:
     return json_option(func)
 
 
-@click.command("shutdown")
+@click.command("shutdown", short_help="Power a VM off from inside.")
 @click.argument("vm")
 @_power_options
 @pass_client
@@ -210,7 +210,7 @@ def shutdown_cmd(client: Client, vm: str, delay: int, message: str, as_json: boo
     _power(client, vm, False, delay, message, as_json)
 
 
-@click.command("reboot")
+@click.command("reboot", short_help="Reboot a VM from inside.")
 @click.argument("vm")
 @_power_options
 @pass_client
@@ -246,7 +246,9 @@ def _read_password() -> str:
     return password
 
 
-@click.command("password", context_settings={"allow_extra_args": True})
+@click.command(
+    "password", context_settings={"allow_extra_args": True}, short_help="Set a guest user's password (prompt or stdin)."
+)
 @click.argument("vm")
 @click.argument("username")
 @click.option("--password", "-p", hidden=True, expose_value=False, callback=_refuse_password_arg)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 __all__ = ["InsecureTransportError", "check_token_transport", "is_loopback_url"]
 
-#: Host names that always mean this machine (an IP literal is checked by value).
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: Host names that always mean this machine (another IP literal is checked by value), with
+#: the usual loopback literals (their check needs no ipaddress module).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "::1"})
 
 
 class InsecureTransportError(ValueError):

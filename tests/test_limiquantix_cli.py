@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
+import httpx
 import pytest
 from procstack import DEADLINE_S, Stack, free_port, run_stack
 
@@ -368,6 +369,19 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
     assert none.returncode == 2 and b"name the targets" in none.stderr
     bad = lqx("run", "--vm", "web-1", "--max-errors", "lots", "true", env=env)
     assert bad.returncode == 1 and b"invalid_argument" in bad.stderr
+    # Ctrl-C cancels the run in the controller (it would go on without this command).
+    proc = subprocess.Popen([CLI, "run", "--vm", "web-1", "--interval", "0.1", "sleep 30"], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert proc.stderr is not None
+    first = proc.stderr.readline().decode()
+    command_id = first.split()[2].rstrip(":")  # "limiquantix: run ID: 1 targets"
+    assert proc.stderr.readline() == b"web-1  started\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 130 and f"run {command_id} cancelled".encode() in err
+    answer = httpx.post(f"{stack.url}/limiquantix.compute.v1.FleetService/GetCommand", json={"commandId": command_id},
+                        headers={"Authorization": f"Bearer {stack.admin}"}, timeout=DEADLINE_S)  # fmt: skip
+    assert answer.json()["status"] in ("cancelling", "cancelled")
 
 
 @pytest.mark.slow
