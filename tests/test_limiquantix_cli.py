@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
+import hostile_guest
 import httpx
 import pytest
 from procstack import DEADLINE_S, Stack, free_port, run_stack
@@ -494,3 +495,41 @@ def test_power_commands(stack: Stack, env: dict[str, str]) -> None:
     while stack.sims["web-2"].proc.poll() is None:
         assert time.monotonic() < deadline, "web-2 did not power off"
         time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ a hostile guest
+
+#: What a guest's terminal attacks look like on the wire (UTF-8), none of which may reach a terminal raw.
+_RAW_ATTACKS = tuple(a.encode() for a in hostile_guest.ATTACKS)
+
+
+@pytest.fixture(scope="module")
+def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One VM, ``evil``, whose guest reports terminal attacks everywhere (tests/hostile_guest.py)."""
+    yield from run_stack(tmp_path_factory, hostile_guest="evil")
+
+
+@pytest.mark.slow
+def test_a_hostile_guests_text_never_drives_the_terminal(hostile_stack: Stack, tmp_path: Path) -> None:
+    env = _env(hostile_stack.url, hostile_stack.admin, XDG_CONFIG_HOME=str(tmp_path))
+    deadline = time.monotonic() + DEADLINE_S
+    while "connected" not in lqx("vms", env=env).stdout.decode():
+        assert time.monotonic() < deadline, "evil never connected"
+        time.sleep(0.1)
+    for args in (("vms",), ("vm", "evil"), ("ls", "evil", "/x"), ("sh", "evil", "x"), ("ping", "evil")):
+        code, screen = in_pty([CLI, *args], env)
+        assert code == 0, (args, screen)
+        assert not [a for a in _RAW_ATTACKS if a in screen], (args, screen)
+        assert b"\\x1b" in screen or args == ("ping", "evil"), (args, screen)  # shown, escaped
+    # Rich markup from a guest is text, not markup.
+    code, screen = in_pty([CLI, "vm", "evil", "--json"], env)
+    assert b"\\u001b]0;pwned\\u0007" in screen
+    code, screen = in_pty([CLI, "sh", "evil", "x"], env)
+    assert b"\\x1b]0;pwned\\x07" in screen
+    assert b"[bold red]markup[/]" in lqx("vm", "evil", env=env).stdout
+    # In a pipe: tables and messages escaped all the same, JSON escaped by construction,
+    # command output byte for byte (a script gets what the command printed).
+    for args in (("vms",), ("vm", "evil"), ("ls", "evil", "/x"), ("vms", "--json"), ("vm", "evil", "--json")):
+        out = _out(lqx(*args, env=env)).encode()
+        assert not [a for a in _RAW_ATTACKS if a in out] and all(b < 0x80 or args[-1] != "--json" for b in out), args
+    assert hostile_guest.TITLE.encode() in lqx("sh", "evil", "x", env=env).stdout
