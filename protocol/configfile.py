@@ -29,7 +29,7 @@ def read_toml(
         path = default
     # Imported here: ``limiquantix exec`` without a config file does not pay for a TOML parser.
     if sys.version_info >= (3, 11):
-        import tomllib
+        import tomllib  # novermin - the 3.11 branch of a version check
     else:  # pragma: no cover - Python 3.10 guests
         import tomli as tomllib
     try:
