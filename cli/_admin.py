@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ._client import ADMIN, Client
-from ._output import print_json, print_table, say
+from ._output import print_json, print_table, say, short_time
 from ._state import json_option, label_option, labels_dict, pass_client
 
 __all__ = ["COMMANDS", "EXPORT_FIELDS", "export_shape"]
@@ -107,7 +107,7 @@ class _Printer:
             table = [
                 (
                     r["id"],
-                    r["startedAt"] or "",
+                    short_time(r["startedAt"]),
                     r["user"],
                     r["action"],
                     r["vmId"],
@@ -224,7 +224,7 @@ def tokens_list(client: Client, user: str, active: bool, as_json: bool) -> None:
             t.get("role", ""),
             ",".join(f"{k}={v}" for k, v in sorted(t.get("labelScope", {}).items())) or "every VM",
             "yes" if t.get("active") else "revoked",
-            t.get("lastUsedAt", ""),
+            short_time(t.get("lastUsedAt", "")),
             t.get("description", ""),
         )
         for t in tokens

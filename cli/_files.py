@@ -18,7 +18,7 @@ import click
 from limiquantix.protocol.jsonupload import write_file_parts
 
 from ._client import VM, ApiError, Client
-from ._output import print_json, print_table, say
+from ._output import print_json, print_table, say, short_time
 from ._state import json_option, pass_client
 
 __all__ = ["COMMANDS", "MAX_UPLOAD_BYTES", "parse_remote"]
@@ -224,7 +224,7 @@ def ls_cmd(client: Client, vm: str, path: str, as_json: bool) -> None:
             e.get("owner") or e.get("uid", 0),
             e.get("group") or e.get("gid", 0),
             e.get("size", "0"),
-            e.get("modified", ""),
+            short_time(e.get("modified", "")),
             e.get("name", "") + (f" -> {e['symlinkTarget']}" if e.get("symlinkTarget") else ""),
         )
         for e in entries

@@ -30,7 +30,7 @@ def safe_text(text: str, *, multiline: bool = False) -> str:
     return escape(text, multiline=multiline)
 
 
-__all__ = ["GuestWriter", "error_line", "progress_line", "print_json", "print_table", "say", "warn"]
+__all__ = ["GuestWriter", "error_line", "print_json", "print_table", "progress_line", "say", "short_time", "warn"]
 
 PROG = "limiquantix"
 
@@ -73,6 +73,15 @@ def warn(message: str) -> None:
     print(f"{PROG}: {safe_text(message)}", file=sys.stderr, flush=True)
 
 
+def short_time(value: object) -> str:
+    """An RFC 3339 time as a table shows it, to the second in UTC (``2026-12-05 09:20:46``);
+    anything else as it is (``--json`` keeps the API's full value)."""
+    text = "" if value is None else str(value)
+    if len(text) >= 19 and text[10] == "T" and text.endswith("Z"):
+        return text[:10] + " " + text[11:19]
+    return text
+
+
 def print_json(value: Any) -> None:
     """``value`` as indented JSON (controls and non-ASCII escaped: safe on any terminal)."""
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True) + "\n")
@@ -91,16 +100,22 @@ def print_table(
     tty = sys.stdout.isatty()
     console = Console(highlight=False, soft_wrap=not tty, width=None if tty else 10_000)
     table = Table(
-        *headers,
         box=box.SIMPLE_HEAD if tty else None,
         title=title or None,
         show_edge=False,
         pad_edge=False,
+        collapse_padding=tty,
         header_style="bold" if tty else "",
         show_header=header,
     )
-    for row in rows:
-        table.add_row(*(Text(safe_text("" if cell is None else str(cell))) for cell in row))
+    cells = [[safe_text("" if cell is None else str(cell)) for cell in row] for row in rows]
+    for i, name in enumerate(headers):
+        widest = max((len(row[i]) for row in cells), default=0)
+        # One line per row on a terminal too: a narrow one cuts long cells (…) rather than
+        # wrapping rows, and short ones (ids, states: up to 10 columns) stay whole.
+        table.add_column(name, min_width=min(max(widest, len(name)), 10))
+    for row in cells:
+        table.add_row(*(Text(cell, no_wrap=True, overflow="ellipsis") for cell in row))
     if tty:
         console.print(table)
         return

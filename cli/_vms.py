@@ -11,7 +11,7 @@ import click
 
 from . import _exitcodes as ec
 from ._client import ADMIN, NODES, VM, Client
-from ._output import error_line, print_json, print_table, say
+from ._output import error_line, print_json, print_table, say, short_time
 from ._state import json_option, label_option, labels_dict, pass_client
 
 __all__ = ["COMMANDS"]
@@ -75,7 +75,7 @@ def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_j
             v.get("agentState", "") + ("" if v.get("nodeReachable") else " (node unreachable)"),
             v.get("agentVersion", ""),
             v.get("os", ""),
-            " ".join(v.get("ipAddresses", ())[:3]),
+            " ".join(v.get("ipAddresses", ())[:2]),
             _pct(v.get("cpuPercent")),
             _pct(v.get("memoryPercent")),
             _labels_text(v.get("labels", {})),
@@ -153,7 +153,7 @@ def nodes_cmd(client: Client, as_json: bool) -> None:
             n.get("url", ""),
             "yes" if n.get("reachable") else "NO",
             n.get("vmCount", 0),
-            n.get("lastHeartbeat", ""),
+            short_time(n.get("lastHeartbeat", "")),
         )
         for n in nodes
     ]
