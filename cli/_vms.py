@@ -52,7 +52,11 @@ def _pct(value: object) -> str:
 @click.command("vms", short_help="List VMs (filters: node, state, label).")
 @click.option("--node", "-n", default="", metavar="NODE", help="only the VMs of this node")
 @click.option(
-    "--state", "-s", default="", metavar="STATE", help="only VMs whose agent is in this state (connected ...)"
+    "--state",
+    "-s",
+    default="",
+    metavar="STATE",
+    help="only VMs in this state (running, off, unknown, gone) or whose agent is (connected ...)",
 )
 @label_option("only VMs carrying this label (repeatable: all must match)")
 @json_option
@@ -71,9 +75,9 @@ def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_j
     rows = [
         (
             v.get("vmId", ""),
-            v.get("nodeId", ""),
-            v.get("agentState", "") + ("" if v.get("nodeReachable") else " (node unreachable)"),
-            v.get("agentVersion", ""),
+            v.get("nodeId", "") + ("" if v.get("nodeReachable") else " (unreachable)"),
+            v.get("state", ""),
+            " ".join(x for x in (v.get("agentState", ""), v.get("agentVersion", "")) if x),
             v.get("os", ""),
             " ".join(v.get("ipAddresses", ())[:2]),
             _pct(v.get("cpuPercent")),
@@ -85,12 +89,36 @@ def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_j
     print_table(("VM", "NODE", "STATE", "AGENT", "OS", "ADDRESSES", "CPU%", "MEM%", "LABELS"), rows)
 
 
-@click.command("vm", short_help="Show one VM, live from its node.")
+class _VMGroup(click.Group):
+    """``vm NAME`` is ``vm show NAME`` (the short form); ``vm show``/``vm remove`` name the action
+    (``vm show remove`` shows a VM named ``remove``)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "show", self.commands["show"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group("vm", cls=_VMGroup, short_help="Show one VM, or remove a gone one.")
+def vm_group() -> None:
+    """One VM: 'limiquantix vm NAME' (or 'vm show NAME') shows it live from its node;
+    'vm remove NAME' makes the controller forget a VM that is gone (admin token).
+
+    \b
+      limiquantix vm web-1
+      limiquantix vm remove old-vm
+    """
+
+
+@vm_group.command("show", short_help="Show one VM, live from its node (vm NAME).")
 @click.argument("vm")
 @json_option
 @pass_client
 def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
-    """Show one VM, live from its node: agent, OS, addresses, telemetry in brief."""
+    """Show one VM, live from its node: state, agent, OS, addresses, telemetry in brief (the
+    last reported record while its node is unreachable or it is gone)."""
     answer = client.call(VM, "GetVM", {"vmId": vm})
     if as_json:
         print_json(answer)
@@ -100,6 +128,7 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
         ("vm", answer.get("vmId", "")),
         ("name", answer.get("name", "")),
         ("node", answer.get("nodeId", "") + ("" if answer.get("nodeReachable") else " (unreachable)")),
+        ("state", answer.get("state", "")),
         ("agent state", answer.get("agentState", "")),
         ("agent version", answer.get("agentVersion", "")),
         ("hostname", answer.get("hostname", "")),
@@ -112,6 +141,7 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
         ("uptime", f"{float(answer.get('uptimeSeconds') or 0):.0f} s"),
         ("labels", _labels_text(answer.get("labels", {}))),
         ("last seen", answer.get("lastSeen", "")),
+        ("last reported", answer.get("lastReported", "")),
     ]
     if answer.get("lastDisconnectReason"):
         rows.append(("last disconnect", answer["lastDisconnectReason"]))
@@ -269,4 +299,15 @@ def password_cmd(client: Client, vm: str, username: str, expire: bool) -> None:
     say(f"{vm}: password of {username} set" + (" (to be changed at the next login)" if expire else ""))
 
 
-COMMANDS = (vms_cmd, vm_cmd, ping_cmd, nodes_cmd, whoami_cmd, shutdown_cmd, reboot_cmd, password_cmd)
+@vm_group.command("remove", short_help="Forget a VM that is gone (admin token).")
+@click.argument("vm")
+@pass_client
+def vm_remove_cmd(client: Client, vm: str) -> None:
+    """Make the controller forget VM (admin token): one whose node no longer reports it (state
+    gone) or is unreachable. Refused while a reachable node still reports it: its next heartbeat
+    would list it again."""
+    client.call(ADMIN, "RemoveVM", {"vmId": vm})
+    say(f"{vm}: removed from the controller's inventory")
+
+
+COMMANDS = (vms_cmd, vm_group, ping_cmd, nodes_cmd, whoami_cmd, shutdown_cmd, reboot_cmd, password_cmd)
