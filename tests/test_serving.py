@@ -32,6 +32,7 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from quart_trio import QuartTrio
 
@@ -128,6 +129,41 @@ async def test_a_request_head_never_completed_is_closed_after_the_keep_alive_tim
             async with await trio.open_tcp_stream(host, int(port)) as stream:
                 await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\nX-Slow: a")
                 assert await stream.receive_some() == b""  # closed by the server, nothing answered
+            stop.set()
+
+
+@pytest.mark.trio
+async def test_a_sized_answer_comes_in_one_write_and_a_streamed_head_at_once() -> None:
+    """A response with a Content-Length leaves in one write (head and body: one segment, one
+    wake-up of the client); a streamed one's head is not held back for its first bytes."""
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    app = _app(release, entered)
+
+    @app.route("/stream")
+    async def stream() -> object:
+        async def body() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"streamed"
+
+        return app.response_class(body())
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(app, stop, returned))
+            host, _, port = binds[0].removeprefix("http://").rpartition(":")
+            async with await trio.open_tcp_stream(host, int(port)) as conn:
+                await conn.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+                first = await conn.receive_some()
+                assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()
+                assert first.endswith(b"\r\n\r\nquick")  # the body came with the head
+                await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+                head = await conn.receive_some()  # the body is still held by the app
+                assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+                release.set()
+                rest = b""
+                while not rest.endswith(b"0\r\n\r\n"):
+                    rest += await conn.receive_some()
+                assert b"streamed" in rest
             stop.set()
 
 
@@ -405,11 +441,14 @@ async def test_a_client_holding_the_answers_last_bytes_does_not_hold_the_stop(mo
 
 def test_the_fixes_are_where_hypercorn_looks() -> None:
     """hypercorn's trio worker makes each connection's server from its module's name ``TCPServer``,
-    its ProtocolWrapper the HTTP/2 protocol from ``H2Protocol``: serving.py replaces the two names
-    and overrides one method of each. A hypercorn that moves them fails here: then check upstream
+    its ProtocolWrapper the HTTP/2 and HTTP/1.1 protocols from ``H2Protocol`` and ``H11Protocol``:
+    serving.py replaces the three names and overrides methods of each. A hypercorn that moves them fails here: then check upstream
     issue 329 and where a connection's exception goes, anew."""
     assert hypercorn.trio.run.TCPServer is serving._ContainedTCPServer
     assert hypercorn.protocol.H2Protocol is serving._H2Protocol
+    assert hypercorn.protocol.H11Protocol is serving._H11Protocol
+    assert "H11Protocol" in ProtocolWrapper.__init__.__code__.co_names
+    assert H11Protocol.stream_send.__code__.co_argcount == 2
     assert "TCPServer" in hypercorn.trio.run.worker_serve.__code__.co_names
     assert "H2Protocol" in ProtocolWrapper.__init__.__code__.co_names
     assert "H2Protocol" in ProtocolWrapper.handle.__code__.co_names
