@@ -2,15 +2,22 @@
 """Benchmark the transports between clients, the controller and hostd (issue 11, "Benchmarks").
 
 Two stacks run side by side on this machine, started and stopped by this script in a fresh
-temp dir, each a real controller process, a real hostd process registered with it and one
-simulated VM (the real agent on a pty):
+temp dir, each a real controller process and a real hostd process registered with it, serving
+two VMs:
+
+* ``vm-<stack>``: a simulated VM (``limiquantix-simvm``: the real agent on a pty, the port
+  bridged to a Unix socket the way QEMU exposes a chardev), for the PingAgent figures;
+* ``vm-<stack>-direct``: the real agent serving its Unix socket itself (``--transport
+  unix-listen``, as bench/agent_bench.py runs it), for the file read (see 3. below).
+
+The stacks:
 
 * **plain**: Connect over HTTP/1.1 everywhere (today's development path);
 * **tls**: the same over TLS with a throwaway CA made by ``limiquantix-controller pki``'s code:
   the client → controller on HTTPS, controller ↔ hostd with mutual TLS.
 
-The client is one ``httpx.AsyncClient`` per stack (keep-alive), calls one at a time, the two
-stacks measured in alternating blocks so that background load hits both alike. Figures:
+The Connect client is one ``httpx.AsyncClient`` per stack (HTTP/1.1, keep-alive), calls one at
+a time. Figures:
 
 1. PingAgent through the controller, median and p99: Connect/HTTP 1.1 plain (baseline) vs
    Connect over TLS (keep-alive); target: TLS adds at most 15 % to the median;
@@ -18,12 +25,22 @@ stacks measured in alternating blocks so that background load hits both alike. F
    mutual TLS behind it reuse their pooled connection), median, for the record;
 3. a 64 MiB file (random bytes, in the page cache) read through the controller, plain vs
    TLS, as two ranged ``ReadGuestFile`` calls of 32 MiB in ``application/proto`` (hostd
-   reads at most 48 MiB per call): MiB/s, target TLS ≥ 80 % of plain.
-
+   reads at most 48 MiB per call): MiB/s, target TLS ≥ 80 % of plain. The file comes from
+   ``vm-<stack>-direct``: through a simulated VM's pty both stacks moved 5-7 MiB/s (a pty's
+   line discipline hands over a few KiB per read), so the figure measured the pty, not TLS.
+   A real virtio-serial port is not a pty either; with the agent on a Unix socket (about
+   700 MiB/s in agent_bench) the time goes to the two HTTP hops, which is where TLS is;
 4. PingAgent over gRPC (HTTP/2: h2c on the plain stack, ALPN h2 on the TLS one), median and
-   p99, beside Connect on the same stack: target gRPC ≤ Connect. The gRPC client is httpx with
-   HTTP/2 (the same client library as the Connect rows, so the figures compare the servers'
-   protocols, not two client implementations); its answer's message is parsed and checked.
+   p99, beside Connect on the same stack: target gRPC ≤ Connect. The gRPC client is grpcio
+   (the stock C-core client, one channel per stack, metadata ``authorization``), the client
+   stock gRPC users have; its calls run in a worker thread, each timed there, while the trio
+   loop waits (no thread hop inside a measurement). Informational rows give the controller's
+   CPU time per call for each protocol (from ``/proc/<pid>/stat``): the server-side cost of
+   the gRPC path (HTTP/2, :mod:`limiquantix.protocol.rpc.server._grpc`) vs the Connect path
+   (HTTP/1.1, Quart), independent of how fast each client is.
+
+Every pair is measured in interleaved blocks (plain and TLS, Connect and gRPC, their order
+alternating from block to block) so that background load hits both alike.
 
 Prints a table and writes ``bench/results/rpc.json`` (``--quick``: ``rpc-quick.json``).
 Exits non-zero only on errors; missed targets are reported, not fatal. See bench/README.md.
@@ -106,24 +123,37 @@ class Settings:
 
 @dataclass
 class Stack:
-    """One controller + hostd + VM, and the client that calls it."""
+    """One controller + hostd + two VMs, and the clients that call it."""
 
     name: str
     url: str
-    vm: str
-    client: Any  # httpx.AsyncClient
-    grpc_client: Any  # httpx.AsyncClient speaking HTTP/2 only (h2c on plain)
+    vm: str  # the simulated VM (pings)
+    direct_vm: str  # the agent on its own Unix socket (the file read)
+    client: Any  # httpx.AsyncClient (Connect, HTTP/1.1)
+    grpc_channel: Any  # grpc.Channel (h2c on plain, h2 on TLS)
     headers: dict[str, str]
     children: list[bl.Child]
     verify: Any = None  # the client's SSL context (TLS) or True
 
+    @property
+    def controller_pid(self) -> int:
+        return self.children[0].pid
+
+
+def _by_stack() -> dict[str, list[float]]:
+    return {"plain": [], "tls": []}
+
 
 @dataclass
 class Results:
-    ping: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
-    grpc_ping: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
+    ping: dict[str, list[float]] = field(default_factory=_by_stack)
+    grpc_ping: dict[str, list[float]] = field(default_factory=_by_stack)
     handshake_ping: list[float] = field(default_factory=list)
-    read_mib_s: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "tls": []})
+    read_mib_s: dict[str, list[float]] = field(default_factory=_by_stack)
+    #: The controller's CPU seconds over the Connect and the gRPC ping blocks, per stack.
+    cpu_s: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {"connect": {"plain": 0.0, "tls": 0.0}, "grpc": {"plain": 0.0, "tls": 0.0}}
+    )
 
 
 def make_pki(directory: Path) -> Path:
@@ -149,8 +179,57 @@ async def _serving_url(child: bl.Child) -> str:
     raise bl.BenchError(f"no 'serving' line from {child.name}:\n{child.log_tail()}")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used, in seconds.
+
+    Raises:
+        OSError: no such process.
+    """
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_direct_agent(stack: contextlib.AsyncExitStack, d: Path, name: str) -> Path:
+    """The real agent serving a Unix socket itself (no pty in its data path); its socket path."""
+    sock = d / "direct" / "agent.sock"
+    sock.parent.mkdir()
+    agent = cb._spawn(
+        f"agent ({name}, direct)",
+        [sys.executable, "-m", "limiquantix.agent", "--transport", "unix-listen", "--socket", str(sock),
+         "--telemetry-interval-s", "5", "--log-level", "warning"],
+        d / "direct" / "agent.log", sock.parent,
+    )  # fmt: skip
+    stack.callback(agent.stop)
+    return sock
+
+
+async def _wait_for_socket(path: Path, child_name: str) -> None:
+    """Raises: bl.BenchError: ``path`` did not appear in time."""
+    with trio.move_on_after(cb.START_TIMEOUT_S):
+        while not path.exists():
+            await trio.sleep(0.05)
+        return
+    raise bl.BenchError(f"{child_name}: no socket {path}")
+
+
+def _grpc_channel(stack: contextlib.AsyncExitStack, url: str, certs: Path | None) -> Any:
+    """A grpcio channel to the controller at ``url`` (closed by ``stack``)."""
+    import grpc
+
+    target = url.split("://", 1)[1]
+    if certs is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
+        channel = grpc.secure_channel(target, credentials)
+    stack.callback(channel.close)
+    return channel
+
+
 async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, certs: Path | None) -> Stack:
-    """A controller, a hostd and one simulated VM named ``vm-<name>``; TLS when ``certs``.
+    """A controller, a hostd, a simulated VM ``vm-<name>`` and a direct agent
+    ``vm-<name>-direct``; TLS when ``certs``.
 
     Raises:
         bl.BenchError, trio.TooSlowError: a process did not start.
@@ -189,9 +268,6 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     url = await _serving_url(controller)
     headers = {"Authorization": f"Bearer {admin_token}"}
     client = await stack.enter_async_context(httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify))
-    grpc_client = await stack.enter_async_context(
-        httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify, http1=False, http2=True)
-    )
     made = await client.post(
         f"{url}{ADMIN_SERVICE}/CreateToken", json={"user": f"bench-{name}", "role": "node"}, headers=headers
     )
@@ -202,6 +278,10 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
     vm = f"vm-{name}"
     sims = await hb.start_simvms(stack, (vm,), d / "sim", d)
     os.symlink(sims[vm].socket_path, d / "vms" / f"{vm}.agent.sock")
+    direct_vm = f"vm-{name}-direct"
+    direct_sock = _start_direct_agent(stack, d, name)
+    await _wait_for_socket(direct_sock, f"agent ({name}, direct)")
+    os.symlink(direct_sock, d / "vms" / f"{direct_vm}.agent.sock")
     hostd = cb._spawn(
         f"hostd ({name})",
         [sys.executable, "-m", "limiquantix.hostd", "--config", str(empty), "--listen", f"127.0.0.1:{cb._free_port()}",
@@ -211,9 +291,10 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
         d / "hostd.log", d,
     )  # fmt: skip
     stack.callback(hostd.stop)
-    await cb._wait_connected(client, url, headers, 1, [controller, hostd])
-    bl.say(f"{name}: controller pid {controller.pid} at {url}, hostd pid {hostd.pid}, {vm} connected")
-    return Stack(name, url, vm, client, grpc_client, headers, [controller, hostd], verify)
+    await cb._wait_connected(client, url, headers, 2, [controller, hostd])
+    bl.say(f"{name}: controller pid {controller.pid} at {url}, hostd pid {hostd.pid}, {vm} and {direct_vm} connected")
+    channel = _grpc_channel(stack, url, certs)
+    return Stack(name, url, vm, direct_vm, client, channel, headers, [controller, hostd], verify)
 
 
 async def ping(s: Stack, count: int, client: Any = None) -> list[float]:
@@ -233,27 +314,38 @@ async def ping(s: Stack, count: int, client: Any = None) -> list[float]:
 
 
 async def grpc_ping(s: Stack, count: int) -> list[float]:
-    """``count`` PingAgent calls over gRPC (HTTP/2, one connection), latencies in ms.
+    """``count`` PingAgent calls over gRPC with grpcio (one channel), latencies in ms.
+
+    The calls run one after the other in one worker thread (grpcio's client blocks), each timed
+    there: the trio loop only waits for the block, so no thread hop is inside a measurement.
 
     Raises:
-        bl.BenchError: a call failed (no message in the answer: gRPC sends an error as
-            trailers only).
+        bl.BenchError: a call failed (its gRPC status and message).
     """
-    request = api_pb.PingAgentRequest(vm_id=s.vm).SerializeToString()
-    body = b"\x00" + len(request).to_bytes(4, "big") + request
-    headers = {**s.headers, "Content-Type": "application/grpc", "TE": "trailers"}
-    out = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        r = await s.grpc_client.post(f"{s.url}{VM_SERVICE}/PingAgent", content=body, headers=headers)
-        out.append((time.perf_counter() - t0) * 1000)
-        if r.status_code != 200 or r.http_version != "HTTP/2" or len(r.content) < 5:
-            raise bl.BenchError(f"gRPC PingAgent ({s.name}): {r.http_version} {r.status_code} {dict(r.headers)}")
-        answer = api_pb.PingAgentResponse()
-        answer.ParseFromString(r.content[5:])
-        if not answer.connected:
-            raise bl.BenchError(f"gRPC PingAgent ({s.name}): not connected")
-    return out
+    import grpc
+
+    call = s.grpc_channel.unary_unary(
+        f"{VM_SERVICE}/PingAgent",
+        request_serializer=api_pb.PingAgentRequest.SerializeToString,
+        response_deserializer=api_pb.PingAgentResponse.FromString,
+    )
+    request = api_pb.PingAgentRequest(vm_id=s.vm)
+    metadata = (("authorization", s.headers["Authorization"]),)
+
+    def run() -> list[float]:
+        out = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            answer = call(request, metadata=metadata, timeout=cb.FIGURE_TIMEOUT_S)
+            out.append((time.perf_counter() - t0) * 1000)
+            if not answer.connected:
+                raise bl.BenchError(f"gRPC PingAgent ({s.name}): not connected: {answer.error}")
+        return out
+
+    try:
+        return await trio.to_thread.run_sync(run)
+    except grpc.RpcError as exc:
+        raise bl.BenchError(f"gRPC PingAgent ({s.name}): {exc.code().name}: {exc.details()}") from None
 
 
 async def ping_new_connections(s: Stack, count: int) -> list[float]:
@@ -266,7 +358,7 @@ async def ping_new_connections(s: Stack, count: int) -> list[float]:
 
 
 async def read_file(s: Stack, path: Path) -> float:
-    """The whole file at ``path`` through the controller in ranges: MiB/s.
+    """The whole file at ``path`` from the direct agent through the controller in ranges: MiB/s.
 
     Raises:
         bl.BenchError: a call failed or the content is short.
@@ -275,7 +367,7 @@ async def read_file(s: Stack, path: Path) -> float:
     got = 0
     t0 = time.perf_counter()
     for offset in range(0, size, READ_RANGE_BYTES):
-        req = api_pb.ReadGuestFileRequest(vm_id=s.vm, path=str(path), offset=offset, length=READ_RANGE_BYTES)
+        req = api_pb.ReadGuestFileRequest(vm_id=s.direct_vm, path=str(path), offset=offset, length=READ_RANGE_BYTES)
         r = await s.client.post(
             f"{s.url}{VM_SERVICE}/ReadGuestFile",
             content=req.SerializeToString(),
@@ -311,10 +403,17 @@ async def measure(work: Path, settings: Settings) -> Results:
             for s in (plain, tls):  # warm-up: connections, caches
                 await ping(s, 20)
                 await grpc_ping(s, 20)
-            for n in bl.blocks(settings.pings, settings.ping_blocks):
-                for s in (plain, tls):
-                    r.ping[s.name] += await ping(s, n)
-                    r.grpc_ping[s.name] += await grpc_ping(s, n)
+            for i, n in enumerate(bl.blocks(settings.pings, settings.ping_blocks)):
+                stacks = (plain, tls) if i % 2 == 0 else (tls, plain)
+                for s in stacks:
+                    kinds = ("connect", "grpc") if i % 2 == 0 else ("grpc", "connect")
+                    for kind in kinds:
+                        cpu0 = _cpu_s(s.controller_pid)
+                        if kind == "connect":
+                            r.ping[s.name] += await ping(s, n)
+                        else:
+                            r.grpc_ping[s.name] += await grpc_ping(s, n)
+                        r.cpu_s[kind][s.name] += _cpu_s(s.controller_pid) - cpu0
             bl.say(
                 f"PingAgent median: plain {bl.median(r.ping['plain']):.3f} ms, TLS {bl.median(r.ping['tls']):.3f} ms"
             )
@@ -326,8 +425,8 @@ async def measure(work: Path, settings: Settings) -> Results:
             bl.say(f"PingAgent, a new TLS connection per call: median {bl.median(r.handshake_ping):.3f} ms")
             for s in (plain, tls):
                 await read_file(s, big)  # warm-up: page cache, buffers
-            for _ in range(settings.reads):
-                for s in (plain, tls):
+            for i in range(settings.reads):
+                for s in (plain, tls) if i % 2 == 0 else (tls, plain):
                     r.read_mib_s[s.name].append(await read_file(s, big))
             bl.say(
                 f"64 MiB read: plain {bl.median(r.read_mib_s['plain']):.0f} MiB/s, TLS {bl.median(r.read_mib_s['tls']):.0f} MiB/s"
@@ -336,7 +435,8 @@ async def measure(work: Path, settings: Settings) -> Results:
 
 
 def grpc_figures(r: Results) -> list[bl.Figure]:
-    """PingAgent over gRPC beside Connect on the same stack (target gRPC ≤ Connect at the median)."""
+    """PingAgent over gRPC beside Connect on the same stack (target gRPC ≤ Connect at the median),
+    and the controller's CPU per call for each (informational: the servers' side of the cost)."""
     rows = []
     for name, what in (
         ("plain", "gRPC over h2c vs Connect over HTTP/1.1"),
@@ -353,6 +453,15 @@ def grpc_figures(r: Results) -> list[bl.Figure]:
                 bl.percentile(connect, 99),
                 "ms",
                 None,
+            ),
+            bl.Figure(
+                f"PingAgent via controller, {what}, the controller's CPU per call",
+                r.cpu_s["grpc"][name] * 1000 / len(grpc),
+                r.cpu_s["connect"][name] * 1000 / len(connect),
+                "ms",
+                None,
+                note="user + system time of the controller process over the blocks, per call: its server and its"
+                " call to hostd (always Connect over HTTP/1.1); the clients' cost is not in it",
             ),
         ]
     return rows
@@ -385,7 +494,7 @@ def figures_from(r: Results) -> list[bl.Figure]:
             note="the baseline is plain HTTP/1.1 keep-alive; controller ↔ hostd keeps its pooled mutual-TLS connection",
         ),  # fmt: skip
         bl.Figure(
-            "64 MiB file read via controller (2 x 32 MiB ReadGuestFile, proto), TLS vs plain",
+            "64 MiB file read via controller (2 x 32 MiB ReadGuestFile, proto, agent on a Unix socket), TLS vs plain",
             read_tls,
             read_plain,
             "MiB/s",
@@ -407,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         return bl.report_failure("rpc_bench", exc, (bl.BenchError, errors.AgentError, OSError, trio.TooSlowError))
     context = (
         f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; two stacks"
-        " (controller, hostd, one simulated VM each) and the client share these CPUs"
+        " (controller, hostd, a simulated VM and a direct agent each) and the clients share these CPUs"
     )
     figures = [f.evaluate() for f in figures_from(results)]
     bl.print_table(

@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import json
 import math
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -36,6 +37,7 @@ from limiquantix.tui.client import ControllerClient
 SERVICE = npb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 PING = "limiquantix.node.v1.NodeDaemonService/PingAgent"
 STREAM = "limiquantix.node.v1.NodeDaemonService/ExecuteInGuestStream"
+READ = "limiquantix.node.v1.NodeDaemonService/ReadGuestFile"
 TOKEN = "rpc-test-token"
 
 
@@ -112,6 +114,16 @@ def test_gunzip_never_inflates_beyond_its_limit() -> None:
         rpc.gunzip(bomb[:-4], 1 << 20)
 
 
+def test_only_payloads_that_shrink_are_worth_gzipping() -> None:
+    noise = random.Random(11).randbytes(1 << 20)  # a compressed or encrypted file's bytes
+    assert not rpc.compressible(noise)
+    assert rpc.compressible(b"a log line, as text files have them\n" * 30_000)
+    assert rpc.compressible(noise[: rpc.SAMPLE_FROM_BYTES - 1])  # small: gzip is cheap, not sampled
+    # Sampled at its start, middle and end: mostly text around some noise is still worth it.
+    text = b"x" * rpc.SAMPLE_BYTES
+    assert rpc.compressible(text * 40 + noise[: 1 << 19] + text * 40)
+
+
 def test_timeout_headers() -> None:
     assert rpc.timeout_headers(math.inf) == {}
     assert rpc.timeout_headers(100.0) == {"Connect-Timeout-Ms": "100000"}
@@ -147,6 +159,12 @@ class FakeNode:
         if request.vm_id == "gone":
             raise errors.Unavailable("the agent of VM gone is not connected (no_socket)", reason="no_socket")
         return npb.AgentPingResponse(version="x" * (5000 if request.vm_id == "big" else 1))
+
+    async def ReadGuestFile(
+        self, request: npb.ReadGuestFileRequest, ctx: rpc_server.CallContext
+    ) -> npb.ReadGuestFileResponse:
+        content = b"text line\n" * 50_000 if request.path == "text" else random.Random(3).randbytes(1 << 19)
+        return npb.ReadGuestFileResponse(content=content, file_size=len(content))
 
     async def ExecuteInGuestStream(
         self, request: npb.ExecuteInGuestRequest, ctx: rpc_server.CallContext
@@ -219,6 +237,25 @@ async def test_trio_errors_keep_code_and_reason_and_answers_are_bounded(served: 
     async with rpc.RpcClient(max_message_bytes=1000) as small:
         with pytest.raises(errors.ResourceExhausted):
             await small.unary_message(target, PING, npb.PingAgentRequest(vm_id="big"), npb.AgentPingResponse)
+
+
+@pytest.mark.trio
+async def test_incompressible_answers_go_uncompressed_to_clients_that_accept_gzip(
+    served: tuple[FakeNode, rpc.Target],
+) -> None:
+    _, target = served
+    async with httpx.AsyncClient(base_url=target.url) as http:
+        for path, encoding in (("text", "gzip"), ("noise", None)):
+            body = npb.ReadGuestFileRequest(vm_id="v", path=path).SerializeToString()
+            headers = {
+                "Authorization": f"Bearer {TOKEN}",
+                "Content-Type": "application/proto",
+                "Accept-Encoding": "gzip",
+            }
+            r = await http.post(f"/{READ}", content=body, headers=headers)
+            assert r.status_code == 200 and r.headers.get("content-encoding") == encoding, path
+            assert r.headers["vary"] == "Accept-Encoding"
+            assert npb.ReadGuestFileResponse.FromString(r.content).file_size in (500_000, 1 << 19)
 
 
 @pytest.mark.trio

@@ -35,9 +35,12 @@ from ._codec import FLAG_COMPRESSED as FLAG_COMPRESSED
 from ._codec import FLAG_END_STREAM as FLAG_END_STREAM
 from ._codec import JSON as JSON
 from ._codec import PROTO as PROTO
+from ._codec import SAMPLE_BYTES as SAMPLE_BYTES
+from ._codec import SAMPLE_FROM_BYTES as SAMPLE_FROM_BYTES
 from ._codec import Codec as Codec
 from ._codec import EnvelopeReader as EnvelopeReader
 from ._codec import accepts_gzip as accepts_gzip
+from ._codec import compressible as compressible
 from ._codec import encode_envelope as encode_envelope
 from ._codec import gunzip as gunzip
 from ._codec import gzip_bytes as gzip_bytes
@@ -74,6 +77,8 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "OUTCOME_UNKNOWN",
     "PROTO",
+    "SAMPLE_BYTES",
+    "SAMPLE_FROM_BYTES",
     "TRANSPORT_ERRORS",
     "ClientTLS",
     "Codec",
@@ -84,6 +89,7 @@ __all__ = [
     "Target",
     "accepts_gzip",
     "command_budget_s",
+    "compressible",
     "deadline_after",
     "encode_envelope",
     "encode_grpc_timeout",

@@ -63,8 +63,9 @@ Behaviour, and why where Connect leaves a choice:
   encodings answer ``unimplemented`` listing the supported ones. Decompression
   is bounded: no message may exceed ``max_message_bytes`` before or after it
   (``resource_exhausted``). Responses, and streamed messages, are gzipped when
-  the client accepts gzip and they are at least ``compress_min_bytes`` long;
-  such responses say ``Vary: Accept-Encoding`` (streams: ``Vary:
+  the client accepts gzip, they are at least ``compress_min_bytes`` long and,
+  from 256 KiB on, samples of them shrink (``rpc._codec.compressible``: random or
+  already compressed file contents go as they are); responses say ``Vary: Accept-Encoding`` (streams: ``Vary:
   Connect-Accept-Encoding``).
 * **Errors.** Unary: JSON ``{"code", "message"}`` with the status of
   :attr:`errors.AgentError.http_status` (the one table, :data:`errors.CODES`;

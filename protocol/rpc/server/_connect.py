@@ -149,9 +149,9 @@ class _Unary(Protocol):
         del message
         result = await call
         payload = await router.encode(route, codec, result)
-        gzip_response = len(payload) >= router.compress_min_bytes and accepts_gzip(
+        gzip_response = accepts_gzip(
             request.headers.get("Accept-Encoding"), request.headers.get("Content-Encoding")
-        )
+        ) and await router.worth_gzipping(payload)
         if gzip_response:
             payload = await offload(len(payload), gzip_bytes, payload)
         return payload, gzip_response
@@ -403,7 +403,7 @@ class _StreamBody(ResponseBody):
             if message is None:
                 return await self._finish(None)
             payload = await self._router.encode(self._route, self._codec, message)
-            if self._gzip and len(payload) >= self._router.compress_min_bytes:
+            if self._gzip and await self._router.worth_gzipping(payload):
                 return encode_envelope(FLAG_COMPRESSED, await offload(len(payload), gzip_bytes, payload))
             return encode_envelope(0, payload)
         except errors.AgentError as exc:

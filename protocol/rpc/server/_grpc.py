@@ -29,7 +29,8 @@ and PROTOCOL-WEB.md. What is implemented, and why where they leave a choice:
   (streams: each step of the generator); past it the status is ``deadline_exceeded``.
 * **Compression.** Request messages flagged compressed must say ``grpc-encoding: gzip``; any
   other encoding is ``unimplemented`` with ``grpc-accept-encoding``. Response messages of at
-  least ``compress_min_bytes`` are gzipped when ``grpc-accept-encoding`` names gzip.
+  least ``compress_min_bytes`` that shrink (:meth:`Router.worth_gzipping`) are gzipped when
+  ``grpc-accept-encoding`` names gzip.
 * **Bounds.** A request is read up to the router's ``max_message_bytes`` (counted against its
   bytes in flight from ``Content-Length`` or as it arrives, inflated size too), after
   ``authenticate`` accepted it; reflection requests up to
@@ -471,7 +472,7 @@ class GrpcApp:
 
     async def _encode(self, route: Route, exchange: _Exchange, result: object, gzip_out: bool) -> tuple[int, bytes]:
         payload = await self.router.encode(route, exchange.protocol.codec, result)
-        if gzip_out and len(payload) >= self.router.compress_min_bytes:
+        if gzip_out and await self.router.worth_gzipping(payload):
             return FLAG_COMPRESSED, await offload(len(payload), gzip_bytes, payload)
         return 0, payload
 

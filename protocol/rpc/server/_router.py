@@ -36,7 +36,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ... import errors
-from .._codec import ENVELOPE_HEADER, MAX_DETAIL_CHARS, Codec
+from .._codec import ENVELOPE_HEADER, MAX_DETAIL_CHARS, Codec, compressible
 from .._errors import error_body
 from ._context import CallContext, InFlightBytes
 from ._service import Route, Service
@@ -348,6 +348,13 @@ class Router:
             raise TypeError(f"{route.procedure} returned {type(result).__name__}, not {expected}")
         payload: bytes = await offload(result.ByteSize(), codec.encode, result)
         return payload
+
+    async def worth_gzipping(self, payload: bytes) -> bool:
+        """Whether a response ``payload`` is gzipped for a client that accepts gzip: at least
+        ``compress_min_bytes`` long, and it shrinks (:func:`~.._codec.compressible`)."""
+        if len(payload) < self.compress_min_bytes:
+            return False
+        return bool(await offload(len(payload), compressible, payload))
 
     def internal(self, route: Route, exc: Exception) -> errors.AgentError:
         """The error a non-AgentError exception becomes (logged, never sent)."""
