@@ -20,6 +20,7 @@ import platform
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ import httpx
 import pytest
 import trio
 
+from limiquantix.controller import pki as pki_tool
 from limiquantix.controller._auth import Role
 from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError, load_config
 from limiquantix.controller._daemon import serve as controller_serve
@@ -82,10 +84,13 @@ StartServer = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartServer]:
-    """``await start_server(require_token=False, downloads_dir=<a new empty dir>)`` -> a running controller."""
+    """``await start_server(require_token=False, downloads_dir=<a new empty dir>, pki=None)`` -> a running
+    controller (on HTTPS with ``pki``'s ``controller.pem`` when given: see :func:`private_ca`)."""
     running: list[tuple[Server, trio.Event, trio.Event]] = []
 
-    async def start(*, require_token: bool = False, downloads_dir: str | None = None) -> Server:
+    async def start(
+        *, require_token: bool = False, downloads_dir: str | None = None, pki: Path | None = None
+    ) -> Server:
         n = len(running)
         db = tmp_path / f"db{n}" / "controller.db"
         tokens: dict[str, str] = {}
@@ -100,6 +105,8 @@ async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
             db=str(db),
             downloads_dir=str(directory) if downloads_dir is None else downloads_dir,
             downloads_require_token=require_token,
+            tls_cert_file=str(pki / "controller.pem") if pki else "",
+            tls_key_file=str(pki / "controller.key") if pki else "",
         )
         stop, done = trio.Event(), trio.Event()
 
@@ -110,7 +117,8 @@ async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
                 done.set()
 
         url = (await nursery.start(run))[0]
-        server = Server(url, directory, tokens, httpx.AsyncClient(timeout=DEADLINE_S))
+        verify = ssl.create_default_context(cafile=str(pki / "ca.pem")) if pki else True
+        server = Server(url, directory, tokens, httpx.AsyncClient(timeout=DEADLINE_S, verify=verify))
         running.append((server, stop, done))
         return server
 
@@ -407,7 +415,7 @@ async def test_script_errors(start_server: StartServer, make_guest: Callable[...
     guest = make_guest(*DEB_GUEST)
 
     out = await guest.run()
-    assert out.returncode == 2 and "usage: install-agent.sh CONTROLLER_URL" in out.stderr
+    assert out.returncode == 2 and "usage: install-agent.sh [--cacert CA_FILE] CONTROLLER_URL" in out.stderr
 
     out = await guest.run("ftp://example.invalid")
     assert out.returncode == 1 and "must start with http:// or https://" in out.stderr
@@ -424,6 +432,67 @@ async def test_script_errors(start_server: StartServer, make_guest: Callable[...
     out = await bare.run(server.url)
     assert out.returncode == 1 and "unsupported OS: neither dpkg nor rpm" in out.stderr, out
     assert not any(c.startswith(("dpkg -i", "rpm -U")) for c in guest.calls() + bare.calls())
+
+
+@pytest.fixture
+def private_ca(tmp_path: Path) -> Path:
+    """A private CA (``limiquantix-controller pki``'s code) and the controller's certificate for 127.0.0.1."""
+    directory = tmp_path / "pki"
+    pki_tool.create_ca(directory)
+    pki_tool.issue(directory, "controller", pki_tool.CertKind.SERVER, ip_addresses=["127.0.0.1"])
+    return directory
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("fetcher", ["curl", "wget"])
+async def test_script_trusts_a_private_ca_given_with_cacert(
+    start_server: StartServer, make_guest: Callable[..., Guest], private_ca: Path, fetcher: str
+) -> None:
+    server = await start_server(pki=private_ca)
+    assert server.url.startswith("https://")
+    (server.dir / f"{NAME}_{__version__}_{DEB_ARCH}.deb").write_bytes(b"fake")
+    guest = make_guest(*DEB_GUEST, fetcher=fetcher)
+    guest.set_installed(__version__)
+    ca = str(private_ca / "ca.pem")
+
+    # The system's CAs do not know it: refused, and told how to trust it.
+    out = await guest.run(server.url)
+    assert out.returncode == 1 and "give that CA with --cacert CA_FILE" in out.stderr, out
+    for args, env in (
+        (("--cacert", ca, server.url), None),
+        ((f"--cacert={ca}", server.url), None),
+        ((server.url,), {"LQX_CACERT": ca}),
+    ):
+        out = await guest.run(*args, env=env)
+        assert out.returncode == 0 and "already installed" in out.stdout, (args, out)
+
+    # Another CA's file: the controller's certificate is not trusted, nothing is fetched.
+    other = private_ca.parent / "other"
+    pki_tool.create_ca(other)
+    out = await guest.run("--cacert", str(other / "ca.pem"), server.url)
+    assert out.returncode == 1 and "cannot fetch" in out.stderr, out
+    assert not any(c.startswith(("dpkg -i", "systemctl")) for c in guest.calls())
+
+
+@pytest.mark.trio
+async def test_script_refuses_a_cacert_it_cannot_use(
+    start_server: StartServer, make_guest: Callable[..., Guest], private_ca: Path, tmp_path: Path
+) -> None:
+    server = await start_server(pki=private_ca)
+    guest = make_guest(*DEB_GUEST)
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    for args, message in (
+        (("--cacert", str(tmp_path / "missing.pem"), server.url), "cannot read the CA file"),
+        (("--cacert", str(not_pem), server.url), "holds no PEM certificate"),
+        (("--cacert", str(private_ca / "ca.pem"), "http://127.0.0.1:9"), "--cacert is for a controller on https://"),
+    ):
+        out = await guest.run(*args)
+        assert out.returncode == 1 and message in out.stderr, (args, out)
+    for args in (("--cacert",), ("--bogus", server.url), ("--cacert", "x", server.url, "extra")):
+        out = await guest.run(*args)
+        assert out.returncode == 2 and "usage: install-agent.sh [--cacert CA_FILE]" in out.stderr, (args, out)
+    assert not guest.calls()  # refused before anything was looked at or fetched
 
 
 @pytest.mark.trio

@@ -2,7 +2,12 @@
 # Install (or upgrade) the LimiQuantix guest agent from a controller's /downloads/.
 #
 #   curl -fsSL http://CONTROLLER:8080/downloads/install-agent.sh | sh -s -- http://CONTROLLER:8080
-#   sh install-agent.sh [CONTROLLER_URL]
+#   sh install-agent.sh [--cacert CA_FILE] [CONTROLLER_URL]
+#
+# --cacert CA_FILE: a controller on https:// whose certificate comes from a private CA (such as
+# `limiquantix-controller pki ca`'s) is verified against the PEM certificate(s) in CA_FILE instead
+# of the system's CAs (curl --cacert, wget --ca-certificate). Bring the file with the VM (cloud-init
+# write_files, see install-agent.yaml): fetched from the controller itself it would prove nothing.
 #
 # Picks the package format (dpkg: .deb, else rpm: .rpm) and the architecture (uname -m: amd64/arm64
 # for .deb, x86_64/aarch64 for .rpm), reads the controller's SHA256SUMS, takes the newest matching
@@ -13,6 +18,7 @@
 #
 # Environment:
 #   LQX_CONTROLLER_URL   the controller's base URL when no argument is given
+#   LQX_CACERT           the CA file when --cacert is not given
 #   LQX_TOKEN            a bearer token, for a controller with downloads_require_token = true
 #   LQX_PACKAGE_FORMAT   deb or rpm, to override the detection (e.g. a Debian host with rpm installed
 #                        is detected as deb already; this is for stranger setups)
@@ -28,11 +34,21 @@ SERVICE=limiquantix-agent.service
 say() { printf 'install-agent: %s\n' "$*"; }
 die() { printf 'install-agent: error: %s\n' "$*" >&2; exit 1; }
 usage() {
-    printf 'usage: install-agent.sh CONTROLLER_URL   (or set LQX_CONTROLLER_URL), e.g. http://10.0.0.1:8080\n' >&2
+    printf 'usage: install-agent.sh [--cacert CA_FILE] CONTROLLER_URL   (or set LQX_CONTROLLER_URL), e.g. http://10.0.0.1:8080\n' >&2
     exit 2
 }
 
-case "${1:-}" in -h|--help) usage ;; esac
+CACERT=${LQX_CACERT:-}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage ;;
+        --cacert) [ $# -ge 2 ] || usage; CACERT=$2; shift 2 ;;
+        --cacert=*) CACERT=${1#--cacert=}; shift ;;
+        --) shift; break ;;
+        -*) printf 'install-agent: unknown option %s\n' "$1" >&2; usage ;;
+        *) break ;;
+    esac
+done
 [ $# -le 1 ] || usage
 URL=${1:-${LQX_CONTROLLER_URL:-}}
 [ -n "$URL" ] || usage
@@ -41,6 +57,15 @@ case "$URL" in
     http://?*|https://?*) ;;
     *) die "the controller URL must start with http:// or https://, not '$URL'" ;;
 esac
+if [ -n "$CACERT" ]; then
+    case "$URL" in
+        https://*) ;;
+        *) die "--cacert is for a controller on https://; $URL is plain HTTP" ;;
+    esac
+    if [ ! -f "$CACERT" ] || [ ! -r "$CACERT" ]; then die "cannot read the CA file $CACERT"; fi
+    grep -q -e '-----BEGIN CERTIFICATE-----' "$CACERT" ||
+        die "the CA file $CACERT holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+fi
 [ "$(id -u)" = 0 ] || die "run as root (cloud-init's runcmd does): installing a package needs it"
 
 # ---- what this machine takes ------------------------------------------------------------------
@@ -69,20 +94,23 @@ elif command -v wget >/dev/null 2>&1; then FETCHER=wget
 else die "neither curl nor wget is installed: cannot download from $URL"
 fi
 
-# fetch URL FILE: the body of URL into FILE (non-zero on any HTTP error).
+# fetch URL FILE: the body of URL into FILE (non-zero on any HTTP error or a certificate not trusted).
 fetch() {
+    from=$1 into=$2
     if [ "$FETCHER" = curl ]; then
+        set -- -fsSL --retry 3 --connect-timeout 10
+        [ -z "$CACERT" ] || set -- "$@" --cacert "$CACERT"
         if [ -n "${LQX_TOKEN:-}" ]; then
             # The header goes through a config on stdin, not argv (visible in ps).
-            printf 'header = "Authorization: Bearer %s"\n' "$LQX_TOKEN" |
-                curl -fsSL --retry 3 --connect-timeout 10 -K - -o "$2" "$1"
+            printf 'header = "Authorization: Bearer %s"\n' "$LQX_TOKEN" | curl "$@" -K - -o "$into" "$from"
         else
-            curl -fsSL --retry 3 --connect-timeout 10 -o "$2" "$1"
+            curl "$@" -o "$into" "$from"
         fi
-    elif [ -n "${LQX_TOKEN:-}" ]; then
-        wget -q -t 3 -T 30 --header "Authorization: Bearer $LQX_TOKEN" -O "$2" "$1"
     else
-        wget -q -t 3 -T 30 -O "$2" "$1"
+        set -- -q -t 3 -T 30
+        [ -z "$CACERT" ] || set -- "$@" --ca-certificate="$CACERT"
+        [ -z "${LQX_TOKEN:-}" ] || set -- "$@" --header "Authorization: Bearer $LQX_TOKEN"
+        wget "$@" -O "$into" "$from"
     fi
 }
 
@@ -104,6 +132,10 @@ trap 'exit 1' INT TERM
 if ! fetch "$URL/downloads/SHA256SUMS" "$TMP/SHA256SUMS"; then
     hint="is the controller running and reachable from this machine?"
     [ -n "${LQX_TOKEN:-}" ] || hint="$hint (if it requires a token for downloads, set LQX_TOKEN)"
+    case "$URL" in
+        https://*) [ -n "$CACERT" ] ||
+            hint="$hint (if its certificate comes from a private CA, give that CA with --cacert CA_FILE)" ;;
+    esac
     die "cannot fetch $URL/downloads/SHA256SUMS: $hint"
 fi
 # Lines "<sha256>  <name>"; the version is the part of the name between the package name and arch.
