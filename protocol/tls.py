@@ -32,6 +32,7 @@ __all__ = [
     "check_token_transport",
     "client_ssl_context",
     "is_loopback_url",
+    "server_refusal",
     "tls_failure",
 ]
 
@@ -41,6 +42,17 @@ __all__ = [
 #: and the read then fails with no cause left to say why. The SSL object the client's context
 #: makes records it here, in the task that drives the connection (httpx runs in the caller's).
 _LAST_FAILURE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lqx_tls_failure", default=None)
+#: The alerts a server sends when it refuses the client's certificate, said plainly.
+_REFUSAL_ALERTS: Final = {
+    "tlsv13 alert certificate required": "it requires a client certificate and none was presented",
+    "sslv3 alert handshake failure": "it requires a client certificate and none was presented (TLS 1.2)",
+    "tlsv1 alert unknown ca": "it does not trust the CA of this client's certificate",
+    "sslv3 alert bad certificate": "it refused this client's certificate",
+    "sslv3 alert certificate expired": "this client's certificate has expired",
+    "sslv3 alert certificate revoked": "this client's certificate is revoked",
+    "sslv3 alert certificate unknown": "it refused this client's certificate",
+    "tlsv1 alert access denied": "it refused this client's certificate",
+}
 #: Not failures: more bytes needed, or the peer closed the connection.
 _NOT_FAILURES: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
@@ -130,11 +142,11 @@ def tls_failure(exc: BaseException) -> str | None:
 
     The server's certificate refused here (unknown CA, expired, another host's name) reads
     ``certificate verify failed: ...``; a refusal by the server (no or unknown client
-    certificate) reads as the alert it sent (``tlsv13 alert certificate required``) when the
-    alert arrived. Under TLS 1.3 it often does not: the server checks the client's certificate
-    after the client's side of the handshake is done, and closes the connection; the client
-    sees a broken pipe or a reset, the same as a server that died, and only the server's log
-    says why (None here).
+    certificate) reads as the alert it sent (``tlsv13 alert certificate required``): our servers
+    send it before closing (see ``rpc.server._serving``). Under TLS 1.3 the server checks the
+    client's certificate after the client's side of the handshake is done, so the alert fails the
+    first read, after the request was written. A server that closes without its alert (hypercorn
+    alone does) looks like one that died mid-call: None here, and only its log says why.
 
     Call it in the task that made the request (it also reads, and clears, what this task's
     client connections recorded).
@@ -149,6 +161,17 @@ def tls_failure(exc: BaseException) -> str | None:
             return _reason(cur)
         cur = cur.__cause__ or cur.__context__
     return recorded
+
+
+def server_refusal(why: str) -> str | None:
+    """What a server's alert in ``why`` (:func:`tls_failure`'s words) says about this client's
+    certificate, plainly (``tlsv1 alert unknown ca`` → "it does not trust the CA of this client's
+    certificate"); None for any other failure.
+
+    A server sends these while its handshake fails, so it read no request: under TLS 1.3 the
+    client has already sent one (its side of the handshake was done), and it was not delivered.
+    """
+    return _REFUSAL_ALERTS.get(why)
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -459,6 +460,17 @@ def test_the_fixes_are_where_hypercorn_looks() -> None:
         H2Protocol.handle.__code__.co_varnames[:2] == ("self", "event") and H2Protocol.handle.__code__.co_argcount == 2
     )
     assert "_H2Protocol" not in hypercorn.protocol.h2.__dict__  # the original module is left alone
+
+
+def test_trio_keeps_a_failed_handshakes_alert_where_serving_reads_it() -> None:
+    """_ContainedTCPServer sends a refused handshake's alert from trio's SSLStream's outgoing
+    buffer (its private ``_outgoing``), before hypercorn's run() would do the handshake; tests/
+    test_tls.py checks that the client reads it. A trio or hypercorn that moves these fails here."""
+    left, _ = trio.testing.memory_stream_pair()
+    stream = trio.SSLStream(left, ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), server_side=True)
+    assert isinstance(stream._outgoing, ssl.MemoryBIO)
+    assert serving._pending_tls_output(stream) == b""
+    assert "do_handshake" in TCPServer.run.__code__.co_names
 
 
 @pytest.mark.trio

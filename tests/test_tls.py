@@ -44,6 +44,7 @@ from limiquantix.tui.client import ApiError, ControllerClient
 from limiquantix.tui.config import TuiConfigError, parse_args
 
 VM = "/limiquantix.compute.v1.VMService"
+ADMIN = "/limiquantix.compute.v1.AdminService"
 HOSTD_TOKEN = "hostd-token-0123456789abcdef"
 NODE_ID = "host-a"
 HEARTBEAT_INTERVAL_S = 0.2
@@ -257,16 +258,25 @@ async def _refused_call(stack: TLSStack, match: str) -> None:
     assert await stack.hostd_rpc_count() == 0
 
 
-async def _refused_by_hostd(stack: TLSStack) -> None:
-    """hostd refused the controller's client certificate: under TLS 1.3 the controller sees the
-    connection close after its handshake (the alert may be lost), so its answer is unavailable
-    pointing at hostd's log, or the alert when it arrived; hostd answered nothing."""
+async def _refused_by_hostd(stack: TLSStack, refusal: str) -> None:
+    """hostd refused the controller's client certificate: under TLS 1.3 its alert fails the
+    controller's first read, after the request was written; hostd sends it before closing, so the
+    controller says what happened (``refusal``) and that the request was not delivered, not that
+    its outcome is unknown. The audit row of a refused command says failure; hostd answered nothing."""
     await stack.wait_registered()
     async with stack.client() as client:
         r = await client.post(f"{stack.url}{VM}/PingAgent", json={"vmId": "vm0"})
-    assert r.status_code == 503, r.text
-    message = r.json()["message"]
-    assert "it refused this client's certificate: see its log" in message or "TLS handshake failed" in message
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["code"] == "unavailable" and body["details"][0]["debug"]["reason"] == "node_tls", body
+        assert "refused the TLS connection: " + refusal in body["message"], body["message"]
+        assert "PingAgent was not delivered" in body["message"]
+        r = await client.post(f"{stack.url}{VM}/ExecuteScript", json={"vmId": "vm0", "command": "true"})
+        assert r.status_code == 503 and refusal in r.json()["message"], r.text
+        r = await client.post(f"{stack.url}{ADMIN}/QueryAudit", json={"filter": {"action": "vm.exec"}})
+        assert r.status_code == 200, r.text
+        [row] = r.json()["records"]
+        assert row["outcome"] == "error" and refusal in row["error"], row  # not "unknown": nothing ran
     assert await stack.hostd_rpc_count() == 0
 
 
@@ -303,7 +313,7 @@ async def test_controller_without_client_certificate_is_refused_by_hostd(
     caplog.set_level(logging.WARNING, logger="limiquantix.protocol.rpc.server._serving")
     await tls_stack.start_controller(node_mtls=False)
     await tls_stack.start_hostd()
-    await _refused_by_hostd(tls_stack)
+    await _refused_by_hostd(tls_stack, "it requires a client certificate and none was presented")
     assert any("TLS handshake refused: the client presented no certificate" in r.getMessage() for r in caplog.records)
 
 
@@ -317,7 +327,7 @@ async def test_client_certificate_from_another_ca_is_refused_by_hostd(
         node_cert_file=str(other / "controller-client.pem"), node_key_file=str(other / "controller-client.key")
     )
     await tls_stack.start_hostd()
-    await _refused_by_hostd(tls_stack)
+    await _refused_by_hostd(tls_stack, "it does not trust the CA of this client's certificate")
     assert any(
         "client certificate not accepted: unable to get local issuer certificate" in r.getMessage()
         for r in caplog.records

@@ -32,7 +32,9 @@ client certificate to present (``verify=protocol.tls.client_ssl_context(files)``
 context that also records why a handshake failed). A handshake that fails is
 ``unavailable`` with the target's ``tls_reason``, naming why (wrong CA, expired,
 another host's name): the server reads no request before its handshake is done, so
-nothing ran. A token is never sent over plain ``http://`` to another machine unless
+nothing ran. So is a server's refusal of this client's certificate (its alert: under TLS 1.3 it
+fails the first read, after the request was written, which the server never read): not an
+outcome unknown. A token is never sent over plain ``http://`` to another machine unless
 the client was made ``insecure`` (:func:`~limiquantix.protocol.tls.check_token_transport`).
 """
 
@@ -49,7 +51,7 @@ import httpx
 from google.protobuf.message import Message
 
 from .. import errors
-from ..tls import InsecureTransportError, check_token_transport, tls_failure
+from ..tls import InsecureTransportError, check_token_transport, server_refusal, tls_failure
 from ._codec import (
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
@@ -271,6 +273,15 @@ class RpcClient:
         method = procedure.rpartition("/")[2]
         why = tls_failure(exc)
         if why is not None:
+            refusal = server_refusal(why)
+            if refusal is not None:
+                # Its alert, sent while its handshake failed: it read no request (under TLS 1.3
+                # ours was written already, and was not delivered).
+                return errors.Unavailable(
+                    f"{target.name} ({target.url}) refused the TLS connection: {refusal} ({why}); "
+                    f"{method} was not delivered",
+                    reason=target.tls_reason,
+                )
             return errors.Unavailable(
                 f"{target.name} ({target.url}): TLS handshake failed: {why}; nothing was sent", reason=target.tls_reason
             )

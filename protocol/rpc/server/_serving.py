@@ -71,6 +71,8 @@ else:  # pragma: no cover - Python 3.10: trio depends on the backport there
 from ...tls import TLSConfigError
 
 __all__ = [
+    "ALERT_LINGER_BYTES",
+    "ALERT_LINGER_S",
     "FINAL_SEND_TIMEOUT_S",
     "H2_MAX_CONCURRENT_STREAMS",
     "H2_MAX_HEADER_LIST_BYTES",
@@ -122,6 +124,10 @@ log = logging.getLogger(__name__)
 #: A client that keeps failing its handshake (a hostd with the wrong certificate retries every
 #: few seconds; a scanner tries thousands): one log line per reason per this many seconds.
 TLS_REFUSAL_LOG_INTERVAL_S: Final = 60.0
+#: After a refused handshake's alert (see _ContainedTCPServer._handshake): how long the connection
+#: lingers for the client to read it, and how much of what the client still sends is read and dropped.
+ALERT_LINGER_S: Final = 1.0
+ALERT_LINGER_BYTES: Final = 256 * 1024
 #: ALPN: HTTP/2 first (gRPC needs it), HTTP/1.1 for every other client.
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 
@@ -184,6 +190,9 @@ class _ContainedTCPServer(TCPServer):
     """
 
     async def run(self) -> None:
+        if isinstance(self.stream, trio.SSLStream) and not await self._handshake():
+            await trio.aclose_forcefully(self.stream)
+            return
         try:
             await super().run()
         except Exception as exc:  # an ExceptionGroup of Exceptions too
@@ -195,6 +204,30 @@ class _ContainedTCPServer(TCPServer):
             if rest is not None:
                 raise rest from None
 
+    async def _handshake(self) -> bool:
+        """The TLS handshake (hypercorn's run() then finds it done); False when it failed.
+
+        A refused handshake's alert (``certificate required``, ``unknown ca``, ``bad
+        certificate``) is sent before the connection closes: trio's SSLStream leaves it in its
+        outgoing buffer when OpenSSL raises, and hypercorn closes without it, so a client saw a
+        reset. Under TLS 1.3 the client's side of the handshake is done by then and its request
+        sent: without the alert the client cannot tell a refusal (nothing delivered) from a server
+        that died mid-call (outcome unknown); with it, its read fails naming the alert.
+        """
+        stream = self.stream
+        try:
+            with trio.fail_after(self.config.ssl_handshake_timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            return False
+        except trio.BrokenResourceError:
+            alert = _pending_tls_output(stream)
+            if alert:
+                with trio.move_on_after(ALERT_LINGER_S):
+                    await _send_and_linger(stream.transport_stream, alert)
+            return False
+        return True
+
     async def _contain(self, exc: BaseException) -> None:
         protocol = getattr(self, "protocol", None)  # absent when the error came before it was made
         client = getattr(protocol, "client", None)
@@ -205,6 +238,33 @@ class _ContainedTCPServer(TCPServer):
         )
         # run()'s own cleanup closes the stream unless the error came from that cleanup.
         await trio.aclose_forcefully(self.stream)
+
+
+async def _send_and_linger(transport: trio.abc.Stream, data: bytes) -> None:
+    """Send ``data`` and end our side, then read and drop what the client still sends (at most
+    :data:`ALERT_LINGER_BYTES`) until it closes. Closed at once instead, a socket with the
+    client's unread request in it answers with a reset, which can reach the client before it
+    reads ``data`` and breaks its connection without a word (the client's caller bounds the time)."""
+    try:
+        await transport.send_all(data)
+        if isinstance(transport, trio.SocketStream):
+            await transport.send_eof()
+        dropped = 0
+        while dropped < ALERT_LINGER_BYTES:
+            chunk = await transport.receive_some(64 * 1024)
+            if not chunk:
+                return
+            dropped += len(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client is gone already
+
+
+def _pending_tls_output(stream: trio.SSLStream[Any]) -> bytes:
+    """What OpenSSL wrote for the peer and trio did not send (a failed handshake's alert): trio
+    keeps it in the SSLStream's outgoing MemoryBIO, ``_outgoing`` (tests/test_serving.py fails
+    when trio renames it)."""
+    outgoing = getattr(stream, "_outgoing", None)
+    return outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
 
 
 class _H2Protocol(H2Protocol):
