@@ -73,3 +73,7 @@ def setup_logging(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: a line per forwarded call in the controller's log and one
+    # per heartbeat in hostd's, which our own lines already cover (and each costs the call's
+    # time). Kept for debug.
+    logging.getLogger("httpx").setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import math
 import random
 import threading
@@ -31,6 +32,7 @@ from limiquantix.hostd.api import NodeAPI
 from limiquantix.protocol import errors, rpc
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
+from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc import server as rpc_server
 from limiquantix.tui.client import ControllerClient
 
@@ -122,6 +124,22 @@ def test_only_payloads_that_shrink_are_worth_gzipping() -> None:
     # Sampled at its start, middle and end: mostly text around some noise is still worth it.
     text = b"x" * rpc.SAMPLE_BYTES
     assert rpc.compressible(text * 40 + noise[: 1 << 19] + text * 40)
+
+
+def test_daemons_log_no_line_per_request_from_httpx() -> None:
+    """httpx's INFO line per request (every forwarded call, every heartbeat) is off unless debugging."""
+    root, client_log = logging.getLogger(), logging.getLogger("httpx")
+    handlers, level, client_level = root.handlers[:], root.level, client_log.level
+    try:
+        setup_logging("text", "info")
+        assert not client_log.isEnabledFor(logging.INFO) and client_log.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("limiquantix.hostd").isEnabledFor(logging.INFO)
+        setup_logging("json", "debug")
+        assert client_log.isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        client_log.setLevel(client_level)
 
 
 def test_timeout_headers() -> None:
