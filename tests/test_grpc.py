@@ -497,3 +497,34 @@ async def test_grpcio_over_tls_with_alpn_h2_metadata_and_errors(nursery: trio.Nu
     assert headers["x-served-by"] == "fake" and trailers["acme-cost"] == "7"
     assert crash.code() == grpc.StatusCode.INTERNAL and SECRET not in crash.details()
     assert [e.WhichOneof("event") for e in events] == ["execution_id", "output", "result"]
+
+
+@pytest.mark.trio
+async def test_grpcio_channel_outlives_a_thousand_calls(nursery: trio.Nursery) -> None:
+    """One grpcio channel (one HTTP/2 connection), more calls than hypercorn's default
+    keep_alive_max_requests (1000): its GOAWAY after the 1000th stream cut the next call short
+    (``unavailable`` "Stream removed"); serving.http_config lifts the limit."""
+    from quart_trio import QuartTrio
+    from test_connect import SERVICE, FakeNode, authenticate
+
+    from limiquantix.protocol.rpc import server as rpc_server
+
+    node = FakeNode()
+    app = QuartTrio(__name__)
+    rpc_server.Router([rpc_server.Service(SERVICE, node)], authenticate=authenticate).register(app)
+    config = rpc_server.http_config(["127.0.0.1:0"], graceful_timeout_s=1.0)
+    binds = await nursery.start(rpc_server.serve_http, app, config, trio.Event())
+    calls = 1100
+
+    def run() -> int:
+        with grpc.insecure_channel(_target(binds[0])) as channel:
+            ping = channel.unary_unary(
+                "/limiquantix.node.v1.NodeDaemonService/PingAgent",
+                request_serializer=node_pb.PingAgentRequest.SerializeToString,
+                response_deserializer=node_pb.AgentPingResponse.FromString,
+            )
+            return sum(ping(node_pb.PingAgentRequest(vm_id="vm-1"), timeout=CALL_S).connected for _ in range(calls))
+
+    with trio.fail_after(120):
+        assert await trio.to_thread.run_sync(run) == calls
+    assert node.calls == calls

@@ -73,10 +73,12 @@ from ...tls import TLSConfigError
 __all__ = [
     "ALERT_LINGER_BYTES",
     "ALERT_LINGER_S",
+    "COALESCE_MAX_BYTES",
     "FINAL_SEND_TIMEOUT_S",
     "H2_MAX_CONCURRENT_STREAMS",
     "H2_MAX_HEADER_LIST_BYTES",
     "H2_MAX_INBOUND_FRAME_BYTES",
+    "KEEP_ALIVE_MAX_REQUESTS",
     "KEEP_ALIVE_TIMEOUT_S",
     "LISTEN_BACKLOG",
     "MAX_REQUEST_HEAD_BYTES",
@@ -95,6 +97,12 @@ __all__ = [
 #: so that a client never sends a request on a connection the server is closing that instant
 #: (hypercorn's default is 5 s too: the two would race). nginx uses 75 s.
 KEEP_ALIVE_TIMEOUT_S: Final = 75.0
+#: Requests one connection may carry: no limit in practice. hypercorn's default (1000) ends an
+#: HTTP/2 connection after its 1000th stream with a GOAWAY that also cuts that stream short (h2
+#: closes the connection before the stream is answered): grpcio's channel then failed one call in
+#: a thousand with ``unavailable`` "Stream removed" (bench/rpc_bench.py, a long-lived channel), as
+#: any HTTP/2 client would. Go's HTTP/2 server sets no such limit either.
+KEEP_ALIVE_MAX_REQUESTS: Final = 2**62
 #: Pending connections the kernel queues: hypercorn's default of 100 overflowed
 #: when a client opened 500 at once (bench/hostd_bench.py), resetting calls.
 LISTEN_BACKLOG: Final = 1024
@@ -128,6 +136,9 @@ TLS_REFUSAL_LOG_INTERVAL_S: Final = 60.0
 #: lingers for the client to read it, and how much of what the client still sends is read and dropped.
 ALERT_LINGER_S: Final = 1.0
 ALERT_LINGER_BYTES: Final = 256 * 1024
+#: A held response head is joined to body bytes up to this size (one write); a larger body goes in
+#: a write of its own after the head (joining would copy it, and one more segment is nothing there).
+COALESCE_MAX_BYTES: Final = 64 * 1024
 #: ALPN: HTTP/2 first (gRPC needs it), HTTP/1.1 for every other client.
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 
@@ -190,10 +201,10 @@ class _ContainedTCPServer(TCPServer):
     """
 
     async def run(self) -> None:
-        if isinstance(self.stream, trio.SSLStream) and not await self._handshake():
-            await trio.aclose_forcefully(self.stream)
-            return
         try:
+            if isinstance(self.stream, trio.SSLStream) and not await self._handshake():
+                await trio.aclose_forcefully(self.stream)
+                return
             await super().run()
         except Exception as exc:  # an ExceptionGroup of Exceptions too
             await self._contain(exc)
@@ -244,7 +255,7 @@ async def _send_and_linger(transport: trio.abc.Stream, data: bytes) -> None:
     """Send ``data`` and end our side, then read and drop what the client still sends (at most
     :data:`ALERT_LINGER_BYTES`) until it closes. Closed at once instead, a socket with the
     client's unread request in it answers with a reset, which can reach the client before it
-    reads ``data`` and breaks its connection without a word (the client's caller bounds the time)."""
+    reads ``data`` and breaks its connection without a word. The caller bounds the time."""
     try:
         await transport.send_all(data)
         if isinstance(transport, trio.SocketStream):
@@ -313,8 +324,9 @@ class _H11Protocol(H11Protocol):
     body: two writes (two TCP segments, TCP_NODELAY being on) for every unary answer, and the client
     wakes up twice to read them (httpcore reads the head, then waits again for the body). With a
     ``Content-Length`` the body is already in the app's hands (Quart sends it right after the head),
-    so the head is held and goes out with the first body bytes (or the end of the message, or
-    before anything else this connection sends). Streamed answers (no ``Content-Length``:
+    so the head is held and goes out with the first body bytes when they are at most
+    :data:`COALESCE_MAX_BYTES` (else just before them), with the end of the message, or before
+    anything else this connection sends. Streamed answers (no ``Content-Length``:
     Connect streaming, chunked) keep their head sent at once, as a client may wait on it.
     Measured on PingAgent through the controller (two hops): see bench/rpc_bench.py.
     """
@@ -340,10 +352,10 @@ class _H11Protocol(H11Protocol):
                 self._hold_head = False
                 self._held = event.data
                 return
-            if self._held:
+            if self._held and len(event.data) <= COALESCE_MAX_BYTES:
                 event = RawData(data=self._held + event.data, address=event.address)
                 self._held = b""
-        elif self._held:  # Closed, Updated: what was held goes first
+        if self._held:  # a large body (not copied to join it), Closed, Updated: the head first
             held, self._held = self._held, b""
             await self._send_now(RawData(data=held))
         await self._send_now(event)
@@ -567,6 +579,7 @@ def http_config(bind: list[str], *, graceful_timeout_s: float, tls: ServerTLS | 
         config.insecure_bind = [b for b in bind if b.startswith("unix:")]
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     config.backlog = LISTEN_BACKLOG
     # No read_timeout (hypercorn's bound on every wait for the client's bytes): a request may be
     # answered for as long as its command runs (ExecuteScript's timeoutSeconds), the client
