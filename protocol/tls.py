@@ -42,10 +42,11 @@ __all__ = [
 #: and the read then fails with no cause left to say why. The SSL object the client's context
 #: makes records it here, in the task that drives the connection (httpx runs in the caller's).
 _LAST_FAILURE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lqx_tls_failure", default=None)
-#: The alerts a server sends when it refuses the client's certificate, said plainly.
+#: The alerts a server sends when it refuses the client's certificate (or, one of them, the
+#: handshake as a whole), said plainly.
 _REFUSAL_ALERTS: Final = {
     "tlsv13 alert certificate required": "it requires a client certificate and none was presented",
-    "sslv3 alert handshake failure": "it requires a client certificate and none was presented (TLS 1.2)",
+    "sslv3 alert handshake failure": "it refused the handshake (under TLS 1.2 also its answer to a missing client certificate)",
     "tlsv1 alert unknown ca": "it does not trust the CA of this client's certificate",
     "sslv3 alert bad certificate": "it refused this client's certificate",
     "sslv3 alert certificate expired": "this client's certificate has expired",
