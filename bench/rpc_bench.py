@@ -29,7 +29,9 @@ a time. Figures:
    ``vm-<stack>-direct``: through a simulated VM's pty both stacks moved 5-7 MiB/s (a pty's
    line discipline hands over a few KiB per read), so the figure measured the pty, not TLS.
    A real virtio-serial port is not a pty either; with the agent on a Unix socket (about
-   700 MiB/s in agent_bench) the time goes to the two HTTP hops, which is where TLS is;
+   700 MiB/s in agent_bench), and random bytes no longer gzipped at each hop for a client that
+   accepts gzip (``rpc._codec.compressible``), the time goes to the two HTTP hops, which is
+   where TLS is;
 4. PingAgent over gRPC (HTTP/2: h2c on the plain stack, ALPN h2 on the TLS one), median and
    p99, beside Connect on the same stack: target gRPC ≤ Connect. The gRPC client is grpcio
    (the stock C-core client, one channel per stack, metadata ``authorization``), the client
