@@ -9,6 +9,7 @@ at an exact moment (a read that times out after the request went out).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import logging
@@ -16,6 +17,7 @@ import math
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +36,7 @@ from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc import server as rpc_server
+from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 from limiquantix.tui.client import ControllerClient
 
 SERVICE = npb.DESCRIPTOR.services_by_name["NodeDaemonService"]
@@ -200,11 +203,15 @@ async def _authenticate(ctx: rpc_server.CallContext) -> None:
         raise errors.Unauthenticated("bad token", reason="invalid_token")
 
 
-async def _serve(node: FakeNode, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def _serve(
+    node: FakeNode, *, pki: Path | None = None, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
     app = QuartTrio(__name__)
     rpc_server.Router([rpc_server.Service(SERVICE, node)], authenticate=_authenticate).register(app)
     config = Config()
     config.bind = ["127.0.0.1:0"]
+    if pki is not None:
+        config.certfile, config.keyfile = str(pki / "srv.pem"), str(pki / "srv.key")
     config.accesslog = None
     config.loglevel = "WARNING"
     async with trio.open_nursery() as nursery:
@@ -274,6 +281,40 @@ async def test_incompressible_answers_go_uncompressed_to_clients_that_accept_gzi
             assert r.status_code == 200 and r.headers.get("content-encoding") == encoding, path
             assert r.headers["vary"] == "Accept-Encoding"
             assert npb.ReadGuestFileResponse.FromString(r.content).file_size in (500_000, 1 << 19)
+
+
+@pytest.mark.trio
+async def test_tls_answers_are_read_several_records_at_a_time(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Over TLS the client's reads take every record already received (16 KiB each), not one:
+    a 512 KiB answer arrives whole and in fewer, larger reads than records."""
+    from limiquantix.controller import pki
+    from limiquantix.protocol.rpc import _client
+
+    pki.create_ca(tmp_path)
+    pki.issue(tmp_path, "srv", pki.CertKind.SERVER, ip_addresses=["127.0.0.1"])
+    url = await nursery.start(functools.partial(_serve, FakeNode(), pki=tmp_path))
+    assert url.startswith("https://")
+    target = rpc.Target(url=url, token=TOKEN, name="node n1")
+    tls = rpc.ClientTLS(verify=client_ssl_context(TLSFiles(ca_file=str(tmp_path / "ca.pem"))))
+    sizes: list[int] = []
+    async with rpc.RpcClient(tls=tls) as client:
+        backend = client._http._transport._pool._network_backend  # type: ignore[attr-defined]
+        assert isinstance(backend, _client._RecordsTogetherBackend)
+        read = _client._RecordsTogetherStream.read
+
+        async def counted(self: Any, max_bytes: int, timeout: float | None = None) -> bytes:
+            data = await read(self, max_bytes, timeout)
+            sizes.append(len(data))
+            return data
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_client._RecordsTogetherStream, "read", counted)
+            with trio.fail_after(30):
+                answer = await client.unary_message(
+                    target, READ, npb.ReadGuestFileRequest(vm_id="v", path="noise"), npb.ReadGuestFileResponse
+                )
+    assert answer.content == random.Random(3).randbytes(1 << 19)
+    assert max(sizes) > 16 * 1024  # more than one record in a read
 
 
 @pytest.mark.trio
