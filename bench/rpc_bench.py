@@ -25,7 +25,8 @@ a time. Figures:
    mutual TLS behind it reuse their pooled connection), median, for the record;
 3. a 64 MiB file (random bytes, in the page cache) read through the controller, plain vs
    TLS, as two ranged ``ReadGuestFile`` calls of 32 MiB in ``application/proto`` (hostd
-   reads at most 48 MiB per call): MiB/s, target TLS ≥ 80 % of plain. The file comes from
+   reads at most 48 MiB per call) by the rpc layer's client (``RpcClient``, the TUI's and the
+   CLI's, which reads several TLS records at a time): MiB/s, target TLS ≥ 80 % of plain. The file comes from
    ``vm-<stack>-direct``: through a simulated VM's pty both stacks moved 5-7 MiB/s (a pty's
    line discipline hands over a few KiB per read), so the figure measured the pty, not TLS.
    A real virtio-serial port is not a pty either; with the agent on a Unix socket (about
@@ -362,25 +363,31 @@ async def ping_new_connections(s: Stack, count: int) -> list[float]:
 async def read_file(s: Stack, path: Path) -> float:
     """The whole file at ``path`` from the direct agent through the controller in ranges: MiB/s.
 
+    The client is the rpc layer's (:class:`limiquantix.protocol.rpc.RpcClient`, what the TUI and
+    the CLI read files with), one per call, its connection made before the clock starts.
+
     Raises:
         bl.BenchError: a call failed or the content is short.
+        errors.AgentError: the controller answered an error.
     """
+    from limiquantix.protocol import rpc
+
     size = path.stat().st_size
+    target = rpc.Target(url=s.url, token=s.headers["Authorization"].removeprefix("Bearer "), name=s.name)
+    tls = rpc.ClientTLS(verify=s.verify)
     got = 0
-    t0 = time.perf_counter()
-    for offset in range(0, size, READ_RANGE_BYTES):
-        req = api_pb.ReadGuestFileRequest(vm_id=s.direct_vm, path=str(path), offset=offset, length=READ_RANGE_BYTES)
-        r = await s.client.post(
-            f"{s.url}{VM_SERVICE}/ReadGuestFile",
-            content=req.SerializeToString(),
-            headers={**s.headers, "Content-Type": "application/proto"},
+    async with rpc.RpcClient(tls=tls) as client:
+        await client.unary_message(
+            target, f"{VM_SERVICE[1:]}/PingAgent", api_pb.PingAgentRequest(vm_id=s.direct_vm), api_pb.PingAgentResponse
         )
-        if r.status_code != 200:
-            raise bl.BenchError(f"ReadGuestFile ({s.name}): {r.status_code} {r.text[:200]}")
-        resp = api_pb.ReadGuestFileResponse()
-        resp.ParseFromString(r.content)
-        got += len(resp.content)
-    elapsed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for offset in range(0, size, READ_RANGE_BYTES):
+            req = api_pb.ReadGuestFileRequest(vm_id=s.direct_vm, path=str(path), offset=offset, length=READ_RANGE_BYTES)
+            resp = await client.unary_message(
+                target, f"{VM_SERVICE[1:]}/ReadGuestFile", req, api_pb.ReadGuestFileResponse
+            )
+            got += len(resp.content)
+        elapsed = time.perf_counter() - t0
     if got != size:
         raise bl.BenchError(f"ReadGuestFile ({s.name}): {got} bytes of {size}")
     return size / 2**20 / elapsed
