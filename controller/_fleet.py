@@ -11,9 +11,11 @@ up does not stop it. The runner:
   marked ``in_progress`` until its result is stored, so the stored
   ``started_at``/``completed_at`` intervals never overlap more than that);
 * for each target: node unreachable, VM no longer reported, or agent not
-  connected → ``undeliverable``; else ExecuteInGuest through the node's hostd
-  (:func:`~._exec.execute_in_guest`, the VMService path) with execution id
-  ``fleet-<command id>``: exit 0 → ``success``, nonzero / signal / failed to
+  connected → ``undeliverable``; else ExecuteInGuestStream through the node's
+  hostd (as VMService's ExecuteScriptStream) with execution id
+  ``fleet-<command id>``, its output kept as it comes (at most
+  TARGET_OUTPUT_MAX_BYTES per stream, what is stored) for WatchCommand:
+  exit 0 → ``success``, nonzero / signal / failed to
   start → ``failed``, the command's timeout → ``timed_out``, cancelled →
   ``cancelled``;
 * counts ``failed`` and ``timed_out`` as errors (as SSM's ErrorCount does; an
@@ -44,9 +46,10 @@ A controller that stops while runs are in progress leaves them to
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, final
 
 import trio
@@ -63,10 +66,11 @@ from limiquantix.protocol.rpc.server import CallContext
 from ._audit import AuditTrail
 from ._auth import Permission, Principal, require
 from ._context import principal_of, source_of, timestamp
-from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request
-from ._forward import NodeClient, outcome_unknown
+from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_request
+from ._forward import NodeClient, OutcomeUnknown, outcome_unknown
 from ._models import (
     MAX_PAGE_SIZE,
+    TARGET_OUTPUT_MAX_BYTES,
     AuditAction,
     AuditDetail,
     AuditOutcome,
@@ -74,11 +78,14 @@ from ._models import (
     CommandSpec,
     CommandStatus,
     NodeInfo,
+    TargetResult,
     TargetSpec,
     TargetStatus,
+    cap_output,
     max_errors_limit,
     parse_max_errors,
 )
+from ._vms import _STREAM_NAMES
 from .store import Store
 
 __all__ = [
@@ -89,6 +96,7 @@ __all__ = [
     "ERROR_STATUSES",
     "EXECUTION_ID_PREFIX",
     "FLEET_SERVICE",
+    "WATCH_POLL_S",
     "FleetAPI",
     "Spawn",
 ]
@@ -112,6 +120,10 @@ ERROR_STATUSES: Final = frozenset({TargetStatus.FAILED, TargetStatus.TIMED_OUT})
 EXECUTION_ID_PREFIX: Final = "fleet-"
 #: hostd's reason when the agent connection broke while the command ran (it was delivered).
 _ABORTED_REASON: Final = "aborted"
+#: WatchCommand on a run another replica runs: seconds between reads of the store.
+WATCH_POLL_S: Final = 1.0
+_FINAL_TARGET: Final = frozenset(TargetStatus) - {TargetStatus.PENDING, TargetStatus.IN_PROGRESS}
+_FINAL_COMMAND: Final = frozenset({CommandStatus.SUCCESS, CommandStatus.FAILED, CommandStatus.CANCELLED})
 #: A maxErrors value that can be recorded as an audit flag.
 _MAX_ERRORS_FLAG_RE: Final = re.compile(r"[0-9]{1,6}%?")
 
@@ -132,6 +144,21 @@ class _InFlight:
 
 
 @final
+class _Watcher:
+    """One WatchCommand stream of a run in progress: what it has yet to send."""
+
+    __slots__ = ("sent", "statuses", "visible")
+
+    def __init__(self, visible: frozenset[str] | None) -> None:
+        self.visible = visible
+        """The VMs the caller may see (None: all)."""
+        self.sent: dict[tuple[str, str], int] = {}
+        """(VM, stream) → bytes of its live output already sent."""
+        self.statuses = 0
+        """Entries of the run's ``statuses`` already sent."""
+
+
+@final
 class _Run:
     """A run in progress in this process (the store holds its record)."""
 
@@ -149,6 +176,51 @@ class _Run:
         self.cancel_requested = False
         self.in_flight: dict[str, _InFlight] = {}
         self.started = trio.current_time()
+        # What WatchCommand streams. Each is bounded whatever the guests print: a target's
+        # output is kept up to TARGET_OUTPUT_MAX_BYTES per stream (what is stored anyway) in
+        # one bytearray; statuses grow by at most two per target (running, final). A watcher
+        # keeps only offsets into them, so a slow one costs the run nothing.
+        self.targets: dict[str, TargetResult | None] = dict.fromkeys(self.vm_ids)
+        """The latest stored state of each target (None: pending, not touched yet)."""
+        self.output: dict[tuple[str, str], bytearray] = {}
+        """(VM, stream) → the output of a running or finished target, as stored (capped)."""
+        self.output_cut: set[tuple[str, str]] = set()
+        self.statuses: list[str] = []
+        """VM ids in the order their targets changed status."""
+        self.watchers: set[_Watcher] = set()
+        self.changed = trio.Event()
+        self.ended = False
+
+    def wake(self) -> None:
+        """Tell the watchers there is something new."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def target_changed(self, result: TargetResult) -> None:
+        self.targets[result.vm_id] = result
+        self.statuses.append(result.vm_id)
+        self.wake()
+
+    def add_output(self, vm_id: str, stream: str, text: str) -> None:
+        """A running target's output: kept (and streamed) up to the per-target cap."""
+        key = (vm_id, stream)
+        kept = self.output.setdefault(key, bytearray())
+        room = TARGET_OUTPUT_MAX_BYTES - len(kept)
+        if room <= 0 or not text:
+            if text:
+                self.output_cut.add(key)
+            return
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > room:
+            data = cap_output(text, room)[0].encode("utf-8", "surrogatepass")
+            self.output_cut.add(key)
+        kept += data
+        for watcher in self.watchers:
+            watcher.sent.setdefault(key, 0)
+        self.wake()
+
+    def text(self, vm_id: str, stream: str) -> str:
+        return self.output.get((vm_id, stream), bytearray()).decode("utf-8", "surrogatepass")
 
     @property
     def execution_id(self) -> str:
@@ -347,15 +419,18 @@ class FleetAPI:
             log.exception("fleet run %s: the runner failed; the run is left to recovery", run.command_id)
         finally:
             self._runs.pop(run.command_id, None)
+            run.ended = True
+            run.wake()
 
     async def _finish_target(self, run: _Run, vm_id: str, status: TargetStatus, **result: object) -> bool:
         """Store a target's final status; False when it was already final (cancelled meanwhile)."""
         if status in ERROR_STATUSES:
             run.errors += 1  # before the write: targets waiting for a slot see it at once
         try:
-            await self.store.update_target(run.command_id, vm_id, status=status, **result)  # type: ignore[arg-type]
+            stored = await self.store.update_target(run.command_id, vm_id, status=status, **result)  # type: ignore[arg-type]
         except errors.FailedPrecondition:
             return False
+        run.target_changed(stored)
         return True
 
     async def _target(self, run: _Run, vm_id: str, limiter: trio.CapacityLimiter) -> None:
@@ -388,21 +463,21 @@ class FleetAPI:
             )  # fmt: skip
             return
         try:
-            await self.store.update_target(run.command_id, vm_id, status=TargetStatus.IN_PROGRESS, node_id=node.node_id)
+            stored = await self.store.update_target(
+                run.command_id, vm_id, status=TargetStatus.IN_PROGRESS, node_id=node.node_id
+            )
         except errors.FailedPrecondition:
             return  # cancelled before it started
+        run.target_changed(stored)
         scope = trio.CancelScope()
         run.in_flight[vm_id] = _InFlight(node, scope)
         if run.cancel_requested:  # cancelled while we were marking it
             scope.deadline = trio.current_time() + CANCEL_GRACE_S
-        answer: node_pb.ExecuteInGuestResponse | None = None
+        result: pb.ExecuteResponse | None = None
         failure: tuple[TargetStatus, str] | None = None
         with scope:
             try:
-                answer = await execute_in_guest(
-                    self.nodes, node, vm_id, execute_request(run.template),
-                    execution_id=run.execution_id, budget_s=command_budget_s(run.template.timeout_seconds),
-                )  # fmt: skip
+                result = await self._execute_streamed(run, node, vm_id)
             except errors.Unavailable as exc:
                 # Sent and then lost (outcome unknown) may have run: not "undeliverable".
                 ran = exc.reason == _ABORTED_REASON or outcome_unknown(exc)
@@ -419,22 +494,59 @@ class FleetAPI:
         if scope.cancelled_caught:
             failure = (TargetStatus.CANCELLED, "cancel not confirmed by the guest: call abandoned")
         if failure is not None:
-            await self._finish_target(run, vm_id, failure[0], node_id=node.node_id, error=failure[1])
+            await self._finish_target(
+                run, vm_id, failure[0], node_id=node.node_id, error=failure[1],
+                stdout=run.text(vm_id, "stdout"), stderr=run.text(vm_id, "stderr"),
+            )  # fmt: skip
             return
-        assert answer is not None
-        result = answer.result
+        assert result is not None
         await self._finish_target(
             run,
             vm_id,
             _target_status(result),
             node_id=node.node_id,
             exit_code=result.exit_code if result.exit_reason == pb.EXIT_REASON_EXITED else None,
-            stdout=result.stdout.decode("utf-8", "replace"),
-            stderr=result.stderr.decode("utf-8", "replace"),
-            stdout_truncated=result.stdout_truncated,
-            stderr_truncated=result.stderr_truncated,
+            stdout=run.text(vm_id, "stdout"),
+            stderr=run.text(vm_id, "stderr"),
+            stdout_truncated=result.stdout_truncated or (vm_id, "stdout") in run.output_cut,
+            stderr_truncated=result.stderr_truncated or (vm_id, "stderr") in run.output_cut,
             error=result.error,
         )
+
+    async def _execute_streamed(self, run: _Run, node: NodeInfo, vm_id: str) -> pb.ExecuteResponse:
+        """ExecuteInGuestStream through the node's hostd: output kept in ``run`` (and seen by
+        its watchers) as it comes; returns the result (its stdout/stderr are empty: streamed).
+
+        Raises:
+            errors.Unavailable: the node or the agent cannot be reached, or the stream broke
+                off (outcome unknown).
+            errors.DeadlineExceeded: the command's budget ran out.
+            errors.AgentError: any other error hostd answered, code kept.
+        """
+        # One incremental decoder per stream: a UTF-8 character cut between two chunks comes out whole.
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in _STREAM_NAMES.values()}
+        upstream = self.nodes.stream(
+            node,
+            "ExecuteInGuestStream",
+            node_pb.ExecuteInGuestRequest(
+                vm_id=vm_id, request=execute_request(run.template), execution_id=run.execution_id
+            ),
+            node_pb.ExecuteInGuestEvent,
+            budget_s=command_budget_s(run.template.timeout_seconds),
+        )
+        try:
+            async for event in upstream:
+                kind = event.WhichOneof("event")
+                if kind == "output":
+                    name = _STREAM_NAMES.get(event.output.stream, "stdout")
+                    run.add_output(vm_id, name, decoders[name].decode(event.output.data))
+                elif kind == "result":
+                    for name, decoder in decoders.items():
+                        run.add_output(vm_id, name, decoder.decode(b"", final=True))
+                    return event.result
+        finally:
+            await upstream.aclose()  # closing it is what cancels the command in the guest
+        raise OutcomeUnknown("the node's stream ended without a result", reason="outcome_unknown")
 
     async def _end(self, run: _Run) -> None:
         """The run's final status, stored; the audit row completed with the counts."""
@@ -539,37 +651,162 @@ class FleetAPI:
             raise errors.InvalidArgument("commandId is required")
         command = await self.store.get_command(request.command_id)
         out = self._render(command)
-        targets = command.targets
+        targets = await self._visible_targets(principal, command)
         if principal.scoped:
-            visible = await self._visible(principal)
-            targets = tuple(t for t in targets if t.vm_id in visible)
-            if command.targets and not targets:
-                raise errors.NotFound(f"no command {request.command_id!r}")
-            counts = dict.fromkeys(TargetStatus, 0)
-            for t in targets:
-                counts[t.status] += 1
-            out.counts.clear()
-            out.counts.update({s.value: n for s, n in counts.items()})
-            out.target_count = len(targets)
+            self._scope_counts(out, targets)
         for t in targets:
-            target = out.targets.add(
-                vm_id=t.vm_id,
-                node_id=t.node_id or "",
-                status=t.status.value,
-                stdout=t.stdout,
-                stderr=t.stderr,
-                stdout_truncated=t.stdout_truncated,
-                stderr_truncated=t.stderr_truncated,
-                error=t.error,
-                duration_ms=t.duration_ms or 0,
-            )
-            if t.exit_code is not None:
-                target.exit_code = t.exit_code
-            for name, ts in (("started_at", t.started_at), ("completed_at", t.completed_at)):
-                stamp = timestamp(ts)
-                if stamp is not None:
-                    getattr(target, name).CopyFrom(stamp)
+            out.targets.append(self._render_target(t))
         return out
+
+    async def _visible_targets(self, principal: Principal, command: Command) -> tuple[TargetResult, ...]:
+        """The run's targets the caller may see (a scoped token: those within its scope).
+
+        Raises:
+            errors.NotFound: a scoped token sees none of a run's targets.
+        """
+        if not principal.scoped:
+            return command.targets
+        visible = await self._visible(principal)
+        targets = tuple(t for t in command.targets if t.vm_id in visible)
+        if command.targets and not targets:
+            raise errors.NotFound(f"no command {command.id!r}")
+        return targets
+
+    @staticmethod
+    def _scope_counts(out: fleet_pb.FleetCommand, targets: tuple[TargetResult, ...]) -> None:
+        """A scoped caller's counts: of the targets it sees."""
+        counts = dict.fromkeys(TargetStatus, 0)
+        for t in targets:
+            counts[t.status] += 1
+        out.counts.clear()
+        out.counts.update({s.value: n for s, n in counts.items()})
+        out.target_count = len(targets)
+
+    @staticmethod
+    def _render_target(t: TargetResult, *, output: bool = True) -> fleet_pb.FleetTarget:
+        target = fleet_pb.FleetTarget(
+            vm_id=t.vm_id,
+            node_id=t.node_id or "",
+            status=t.status.value,
+            stdout=t.stdout if output else "",
+            stderr=t.stderr if output else "",
+            stdout_truncated=t.stdout_truncated,
+            stderr_truncated=t.stderr_truncated,
+            error=t.error,
+            duration_ms=t.duration_ms or 0,
+        )
+        if t.exit_code is not None:
+            target.exit_code = t.exit_code
+        for name, ts in (("started_at", t.started_at), ("completed_at", t.completed_at)):
+            stamp = timestamp(ts)
+            if stamp is not None:
+                getattr(target, name).CopyFrom(stamp)
+        return target
+
+    async def WatchCommand(
+        self, request: fleet_pb.WatchCommandRequest, ctx: CallContext
+    ) -> AsyncIterator[fleet_pb.FleetCommandEvent]:
+        """A run as it happens: its targets as they stand, then each change, then the ended run.
+
+        Raises:
+            errors.InvalidArgument: no commandId.
+            errors.PermissionDenied: the role may not read runs.
+            errors.NotFound: no such run (or none of its targets is visible).
+        """
+        check_message(request)
+        principal = principal_of(ctx)
+        require(principal, Permission.COMMAND_READ)
+        if not request.command_id:
+            raise errors.InvalidArgument("commandId is required")
+        command = await self.store.get_command(request.command_id)
+        targets = await self._visible_targets(principal, command)
+        run = self._runs.get(command.id)
+        if run is None:
+            # Ended, or run by another replica (or left to recovery): what the store has, polled.
+            async for event in self._poll_stored(principal, command, targets):
+                yield event
+        else:
+            visible = frozenset(t.vm_id for t in targets) if principal.scoped else None
+            async for event in self._follow(run, visible):
+                yield event
+        command = await self.store.get_command(command.id)
+        out = self._render(command)
+        if principal.scoped:
+            self._scope_counts(out, await self._visible_targets(principal, command))
+        yield fleet_pb.FleetCommandEvent(command=out)
+
+    async def _poll_stored(
+        self, principal: Principal, command: Command, targets: tuple[TargetResult, ...]
+    ) -> AsyncIterator[fleet_pb.FleetCommandEvent]:
+        """A run this process does not run: its stored targets, again every WATCH_POLL_S while
+        it has not ended (a target's output comes once it is final, when it is stored)."""
+        sent: dict[str, TargetResult] = {}
+        while True:
+            for t in targets:
+                if sent.get(t.vm_id) == t:
+                    continue
+                sent[t.vm_id] = t
+                yield fleet_pb.FleetCommandEvent(target=self._render_target(t, output=False))
+                if t.status in _FINAL_TARGET:
+                    for name, text in (("stdout", t.stdout), ("stderr", t.stderr)):
+                        if text:
+                            yield fleet_pb.FleetCommandEvent(
+                                output=fleet_pb.FleetTargetOutput(vm_id=t.vm_id, stream=name, text=text)
+                            )
+            if command.status in _FINAL_COMMAND:
+                return
+            await trio.sleep(WATCH_POLL_S)
+            command = await self.store.get_command(command.id)
+            targets = await self._visible_targets(principal, command)
+
+    async def _follow(self, run: _Run, visible: frozenset[str] | None) -> AsyncIterator[fleet_pb.FleetCommandEvent]:
+        """A running run's targets, then their changes, until it ends."""
+        watcher = _Watcher(visible)
+        # Registered before anything is sent (each yield waits for the client): output that
+        # arrives meanwhile is then seen. Everything kept so far is new to this watcher.
+        watcher.sent = dict.fromkeys(run.output, 0)
+        watcher.statuses = len(run.statuses)
+        snapshot = list(run.targets.items())
+        run.watchers.add(watcher)
+        try:
+            for vm_id, t in snapshot:
+                if visible is None or vm_id in visible:
+                    target = (
+                        fleet_pb.FleetTarget(vm_id=vm_id, status=TargetStatus.PENDING.value)
+                        if t is None
+                        else self._render_target(t, output=False)
+                    )
+                    yield fleet_pb.FleetCommandEvent(target=target)
+            while True:
+                changed = run.changed
+                ended = run.ended
+                # Statuses recorded before this pass are sent after its output: a target's
+                # final status never comes before output it printed.
+                statuses = len(run.statuses)
+                sent_any = False
+                for key, offset in list(watcher.sent.items()):
+                    kept = run.output[key]
+                    if offset < len(kept) and (visible is None or key[0] in visible):
+                        text = kept[offset:].decode("utf-8", "surrogatepass")
+                        watcher.sent[key] = len(kept)
+                        sent_any = True
+                        yield fleet_pb.FleetCommandEvent(
+                            output=fleet_pb.FleetTargetOutput(vm_id=key[0], stream=key[1], text=text)
+                        )
+                while watcher.statuses < statuses:
+                    vm_id = run.statuses[watcher.statuses]
+                    watcher.statuses += 1
+                    target = run.targets[vm_id]
+                    if target is not None and (visible is None or vm_id in visible):
+                        sent_any = True
+                        yield fleet_pb.FleetCommandEvent(target=self._render_target(target, output=False))
+                if sent_any or watcher.statuses < len(run.statuses):
+                    continue
+                if ended:
+                    return
+                await changed.wait()
+        finally:
+            run.watchers.discard(watcher)
 
     async def ListCommands(
         self, request: fleet_pb.ListCommandsRequest, ctx: CallContext

@@ -7,6 +7,8 @@ directory) through ``/proc/$PPID/cmdline`` and fails when ``fail`` is there.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _make_tokens
+from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, _make_tokens
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
@@ -121,6 +123,22 @@ def max_overlap(command: dict[str, Any]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+async def watch(st: Stack, command_id: str, *, who: str = "viewer") -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """WatchCommand's envelopes as they arrive (flags, message)."""
+    data = json.dumps({"commandId": command_id}).encode()
+    headers = {"Authorization": f"Bearer {st.tokens[who]}", "Content-Type": "application/connect+json"}
+    url = f"{st.url}{FLEET}/WatchCommand"
+    async with st.client.stream("POST", url, content=struct.pack(">BI", 0, len(data)) + data, headers=headers) as r:
+        assert r.status_code == 200
+        buf = b""
+        async for chunk in r.aiter_raw():
+            buf += chunk
+            messages, used = _envelopes(buf)
+            buf = buf[used:]
+            for message in messages:
+                yield message
 
 
 # ---------------------------------------------------------------- six VMs (fast)
@@ -322,3 +340,64 @@ async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nurser
         assert statuses(done) == {"ghost": "undeliverable", "vm0": "success"}, done
         ghost = next(t for t in done["targets"] if t["vmId"] == "ghost")
         assert "no VM 'ghost' on this host" in ghost["error"] and "exitCode" not in ghost
+
+
+# ---------------------------------------------------------------- WatchCommand
+
+
+#: Prints, then waits for a file the test creates (no timing: the file is the signal).
+PRINT_THEN_WAIT = 'echo "start $$"; echo warn >&2; while [ ! -e "$GO" ]; do sleep 0.02; done; echo end'
+
+
+@pytest.mark.trio
+async def test_watch_streams_each_vms_output_before_it_finishes(nursery: trio.Nursery, short_tmp: Path) -> None:
+    async with fleet_stack(nursery, short_tmp, 3, no_agent={2}) as st:
+        go = short_tmp / "go"
+        cid = await run(
+            st, {"vmIds": ["vm0", "vm1", "vm2"], "command": PRINT_THEN_WAIT, "environment": {"GO": str(go)}}
+        )
+        output: dict[tuple[str, str], str] = {}
+        status: dict[str, str] = {}
+        order: list[str] = []
+        end: dict[str, Any] = {}
+        with trio.fail_after(DEADLINE_S):
+            async for flags, message in watch(st, cid):
+                if flags & 2:
+                    end = message
+                    break
+                if "output" in message:
+                    o = message["output"]
+                    assert status.get(o["vmId"]) == "in_progress"  # output of a running target
+                    output[o["vmId"], o["stream"]] = output.get((o["vmId"], o["stream"]), "") + o["text"]
+                    order.append(f"output {o['vmId']}")
+                elif "target" in message:
+                    t = message["target"]
+                    assert not t.get("stdout") and not t.get("stderr")  # output comes as output events
+                    status[t["vmId"]] = t["status"]
+                    order.append(f"{t['status']} {t['vmId']}")
+                else:
+                    assert message["command"]["status"] == "failed"  # vm2 was undeliverable
+                    assert message["command"]["counts"]["success"] == 2
+                    order.append("command")
+                # Both VMs printed and wait for the file: their output is here before they end.
+                if all(output.get((vm, "stderr")) == "warn\n" for vm in ("vm0", "vm1")) and not go.exists():
+                    assert status["vm0"] == status["vm1"] == "in_progress"
+                    go.write_text("")
+        assert "error" not in end, end
+        assert status == {"vm0": "success", "vm1": "success", "vm2": "undeliverable"}
+        for vm in ("vm0", "vm1"):
+            assert output[vm, "stdout"].startswith("start ") and output[vm, "stdout"].endswith("\nend\n")
+            # Each VM's final status comes after its last output.
+            assert order.index(f"success {vm}") > max(i for i, e in enumerate(order) if e == f"output {vm}")
+        assert order[-1] == "command"
+
+        # Watched once it has ended: what is stored (the same output), then the run.
+        stored = [m async for _, m in watch(st, cid)]
+        assert stored[-1] == {}  # end of stream, no error
+        texts = {(m["output"]["vmId"], m["output"]["stream"]): m["output"]["text"] for m in stored if "output" in m}
+        assert texts == output
+        assert stored[-2]["command"]["status"] == "failed"
+
+        # No such run: an error ends the stream.
+        [(flags, missing)] = [m async for m in watch(st, "cmd-nope")]
+        assert flags & 2 and missing["error"]["code"] == "not_found"

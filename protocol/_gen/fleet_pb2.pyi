@@ -178,3 +178,29 @@ class CancelCommandResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: str
     def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class WatchCommandRequest(_message.Message):
+    __slots__ = ("command_id",)
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    def __init__(self, command_id: _Optional[str] = ...) -> None: ...
+
+class FleetTargetOutput(_message.Message):
+    __slots__ = ("vm_id", "stream", "text")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    stream: str
+    text: str
+    def __init__(self, vm_id: _Optional[str] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class FleetCommandEvent(_message.Message):
+    __slots__ = ("target", "output", "command")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    target: FleetTarget
+    output: FleetTargetOutput
+    command: FleetCommand
+    def __init__(self, target: _Optional[_Union[FleetTarget, _Mapping]] = ..., output: _Optional[_Union[FleetTargetOutput, _Mapping]] = ..., command: _Optional[_Union[FleetCommand, _Mapping]] = ...) -> None: ...
