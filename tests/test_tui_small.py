@@ -121,7 +121,7 @@ async def test_vm_screen_footer_keeps_help(size: tuple[int, int]) -> None:
         # Keys that do not fit are left out whole, never cut (the last shown one is whole).
         keys = footer.split("? Help")[0].split()
         assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
-                            "g", "Ping", "q", "Quit"} for word in keys), footer  # fmt: skip
+                            "g", "Ping", "q", "Quit", "j", "Jobs"} for word in keys), footer  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])

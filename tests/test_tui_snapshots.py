@@ -20,9 +20,10 @@ them alone.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -65,6 +66,15 @@ def _controller(request: httpx.Request) -> httpx.Response:
         events = demo_data.stream_events(body.vm_id)
         content = b"".join(_envelope(0, e.SerializeToString()) for e in events) + _envelope(0x02, b"{}")
         return httpx.Response(200, content=content, headers={"Content-Type": "application/connect+proto"})
+    if method == "WatchCommand":
+        events = demo_data.fleet_watch_events(_controller.vm_ids)  # type: ignore[attr-defined]
+
+        async def still_running() -> AsyncIterator[bytes]:
+            for event in events:
+                yield _envelope(0, event.SerializeToString())
+            await asyncio.Event().wait()  # the run goes on: the stream stays open (closed at exit)
+
+        return httpx.Response(200, content=still_running(), headers={"Content-Type": "application/connect+proto"})
     if method == "RunCommand":
         vm_ids = list(fleet_pb.RunCommandRequest.FromString(request.content).vm_ids)
         _controller.vm_ids = vm_ids  # type: ignore[attr-defined]
@@ -214,6 +224,9 @@ def test_runner_finished(snap_compare: Any) -> None:
         screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running, "the streamed run")
+        # The output has the focus (its cursor on the last line): a TextArea that had it through a
+        # run is drawn with or without its cursor, as the blink was when it last drew the line.
+        screen.view.focus()
 
     app, run_before = scenario(ran)
     assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
@@ -228,7 +241,8 @@ def test_runner_fleet(snap_compare: Any) -> None:
         screen = app.screen
         assert isinstance(screen, RunnerScreen) and screen.fleet
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: len(screen.targets) == 12, "the fleet run's GetCommand")
+        await until(pilot, lambda: len(screen.targets) == 12, "the fleet run's WatchCommand")
+        screen.view.focus()  # as in test_runner_finished
 
     app, run_before = scenario(fleet_run)
     assert snap_compare(app, terminal_size=SMALL, run_before=run_before)

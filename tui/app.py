@@ -23,9 +23,11 @@ from limiquantix.protocol.safetext import safe_text
 
 from .client import ApiError, ControllerClient, WhoAmI
 from .config import TuiConfig
+from .jobs import JobList
 from .messages import FleetUpdated
 from .screens.dialogs import HelpScreen
 from .screens.fleet import FleetScreen
+from .screens.jobs import JobsScreen
 from .state import FleetState
 
 __all__ = ["LimiQuantixApp"]
@@ -43,6 +45,7 @@ class LimiQuantixApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        Binding("j", "jobs", "Jobs"),
         Binding("question_mark", "help", "Help"),
     ]
 
@@ -65,6 +68,8 @@ class LimiQuantixApp(App[None]):
         self.poll = poll
         self.me: WhoAmI | None = None
         self.fleet = FleetState()
+        self.jobs = JobList()
+        """Runs started here, running or recently ended (they outlive the screens that started them)."""
         self.controller_ok: bool | None = None
         self.last_error: ApiError | None = None
         self.last_refresh: float = 0.0
@@ -105,6 +110,10 @@ class LimiQuantixApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_jobs(self) -> None:
+        if not isinstance(self.screen, JobsScreen):
+            self.push_screen(JobsScreen())
 
     # -- errors ----------------------------------------------------------------------
 

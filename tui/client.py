@@ -53,6 +53,7 @@ _UPLOAD_CHUNK: Final = 256 * 1024
 _FILE_TIMEOUT_S: Final = 120.0
 
 _M = TypeVar("_M", bound=Message)
+_E = TypeVar("_E", bound=Message)
 #: WriteGuestFileRequest.content's key on the wire: field 3, length-delimited.
 _CONTENT_KEY: Final = bytes([3 << 3 | 2])
 
@@ -209,13 +210,24 @@ class ControllerClient:
         # The one rule for a command's time: its timeout plus the stated margin, the same
         # at every hop (the controller and hostd get this deadline in Connect-Timeout-Ms).
         deadline = deadline_after(command_budget_s(timeout_s))
+        async for event in self._stream(f"{_VM}/ExecuteScriptStream", request, vm_pb.ExecuteScriptEvent, deadline):
+            yield event
+
+    async def _stream(
+        self, procedure: str, request: Message, event_cls: type[_E], deadline: float
+    ) -> AsyncIterator[_E]:
+        """A server-streaming call in proto: each event as it arrives.
+
+        Raises:
+            ApiError: before or during the stream (an end-of-stream error included).
+        """
         messages = self._rpc.stream(
-            self._target, f"{_VM}/ExecuteScriptStream", request.SerializeToString(), codec=PROTO, deadline=deadline
+            self._target, procedure, request.SerializeToString(), codec=PROTO, deadline=deadline
         )
         try:
             async for data in messages:
                 try:
-                    event = vm_pb.ExecuteScriptEvent.FromString(data)
+                    event = event_cls.FromString(data)
                 except Exception:  # DecodeError: a controller speaking another schema
                     raise ApiError("internal", "the controller streamed something that is not an event") from None
                 yield event
@@ -245,6 +257,20 @@ class ControllerClient:
     async def cancel_command(self, command_id: str) -> None:
         request = fleet_pb.CancelCommandRequest(command_id=command_id)
         await self.call(_FLEET, "CancelCommand", request, fleet_pb.CancelCommandResponse)
+
+    async def watch_command(self, command_id: str, *, budget_s: float) -> AsyncIterator[fleet_pb.FleetCommandEvent]:
+        """WatchCommand: yields the events (``target``, ``output``, lastly ``command``:
+        ``event.WhichOneof("event")`` says which).
+
+        Raises:
+            ApiError: before or during the stream (``unimplemented`` from a controller
+                without it).
+        """
+        request = fleet_pb.WatchCommandRequest(command_id=command_id)
+        async for event in self._stream(
+            f"{_FLEET}/WatchCommand", request, fleet_pb.FleetCommandEvent, deadline_after(budget_s)
+        ):
+            yield event
 
     # -- files -----------------------------------------------------------------------
 

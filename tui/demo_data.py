@@ -32,7 +32,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from limiquantix.protocol._gen.admin_pb2 import AuditRecord
-from limiquantix.protocol._gen.fleet_pb2 import FleetCommand
+from limiquantix.protocol._gen.fleet_pb2 import FleetCommand, FleetCommandEvent, FleetTarget, FleetTargetOutput
 from limiquantix.protocol._gen.vm_service_pb2 import VM, ExecuteScriptEvent
 
 from .client import WhoAmI
@@ -329,6 +329,22 @@ def stream_events(vm_id: str) -> list[ExecuteScriptEvent]:
         }
     )
     return [json_format.ParseDict(e, ExecuteScriptEvent()) for e in events]
+
+
+def fleet_watch_events(vm_ids: list[str]) -> list[FleetCommandEvent]:
+    """WatchCommand's events for :func:`fleet_command`'s run as it stands (still in progress):
+    each VM's output, then its target without the output."""
+    events: list[FleetCommandEvent] = []
+    for target in fleet_command(vm_ids).targets:
+        for stream, text in (("stdout", target.stdout), ("stderr", target.stderr)):
+            if text:
+                events.append(FleetCommandEvent(output=FleetTargetOutput(vm_id=target.vm_id, stream=stream, text=text)))
+        bare = FleetTarget()
+        bare.CopyFrom(target)
+        bare.ClearField("stdout")
+        bare.ClearField("stderr")
+        events.append(FleetCommandEvent(target=bare))
+    return events
 
 
 def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> FleetCommand:

@@ -25,6 +25,8 @@ class RunRecord:
     exit_code: int | None = None
     reason: str = ""
     duration_ms: int = 0
+    timeout_s: int = 60
+    run_as: str = ""
 
     @property
     def first_line(self) -> str:

@@ -1,87 +1,97 @@
-"""The script runner: one VM streamed live, or several VMs as one fleet run."""
+"""The script runner: one VM streamed live, or several VMs as one fleet run, each VM's output live.
+
+A run is a :class:`~.jobs.Job` of the app, not of this screen: escape leaves it running (``j``
+lists the jobs and opens one again here). The output is an
+:class:`~.widgets.output.OutputPane` (search, copy, save; only visible lines drawn).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from pathlib import Path
 from typing import Final
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Header, Input, Label, Static, TextArea
-from textual.worker import Worker
 
-from limiquantix.protocol._gen.fleet_pb2 import FleetCommand, FleetTarget
+from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
 from limiquantix.protocol.safetext import safe_text
 
-from ..client import ApiError
-from ..format import exit_summary
+from ..jobs import STATE_STYLES, Job, cancel_job, start_job
 from ..state import RunRecord
 from ..widgets.footer import KeysFooter
-from ..widgets.output import OutputLog
+from ..widgets.output import OutputBuffer, OutputPane, OutputView
+from ..widgets.path_dialog import load_with_dialog
 from ..widgets.recent_runs import RecentRuns
 from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]
 
 DEFAULT_SCRIPT: Final = "uname -a\nuptime\n"
-#: Seconds between GetCommand polls of a fleet run.
-FLEET_POLL_S: Final = 1.0
-_TARGET_STYLES: Final = {
-    "success": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "undeliverable": "magenta",
-    "cancelled": "yellow",
-    "skipped": "dim",
-    "in_progress": "cyan",
-    "pending": "dim",
-}
+DEFAULT_TIMEOUT_S: Final = 60
 
 
 class RunnerScreen(LqxScreen):
     BINDINGS = [
         Binding("ctrl+r", "run", "Run", priority=True),
         Binding("ctrl+b", "cancel", "Cancel run", priority=True),
+        Binding("ctrl+o", "load", "Open script"),
         Binding("escape", "back", "Back"),
     ]
-    ACTION_PERMISSIONS = {"run": "vm.exec", "cancel": "vm.exec"}
+    ACTION_PERMISSIONS = {"run": "vm.exec", "cancel": "vm.exec", "load": "vm.exec"}
 
-    def __init__(self, vm_ids: list[str]) -> None:
+    def __init__(self, vm_ids: list[str], *, job: Job | None = None) -> None:
+        """``job``: show this job (opened from the jobs list) rather than a new editor."""
         super().__init__()
-        self.vm_ids = vm_ids
-        self.fleet = len(vm_ids) > 1
-        self.execution_id = ""
-        self.command_id = ""
-        self.worker: Worker[None] | None = None
-        self.targets: dict[str, FleetTarget] = {}
+        self.vm_ids = list(job.vm_ids) if job is not None else vm_ids
+        self.fleet = len(self.vm_ids) > 1
+        self.job: Job | None = None
+        self._opened = job
+        self._shown: dict[str, tuple[str, int | None]] = {}
+        """A fleet run's (status, exit code) per VM as the table shows them."""
+        self._empty = OutputBuffer()
+        """What the view shows before any run (and for a VM a fleet run has no output of)."""
 
     @property
     def running(self) -> bool:
-        return self.worker is not None and self.worker.is_running
+        return self.job is not None and self.job.running
+
+    @property
+    def targets(self) -> dict[str, FleetTarget]:
+        """The fleet run's targets as last heard of."""
+        return self.job.targets if self.job is not None else {}
+
+    @property
+    def execution_id(self) -> str:
+        return self.job.execution_id if self.job is not None else ""
+
+    @property
+    def view(self) -> OutputView:
+        return self.query_one("#output", OutputView)
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="runner"):
             if self.fleet:
                 shown = ", ".join(self.vm_ids[:6]) + (f" … (+{len(self.vm_ids) - 6})" if len(self.vm_ids) > 6 else "")
-                yield Label(f"Fleet run on {len(self.vm_ids)} VMs: {shown}", id="runner-title")
+                yield Label(safe_text(f"Fleet run on {len(self.vm_ids)} VMs: {shown}"), id="runner-title")
             else:
-                yield Label(f"Script on {self.vm_ids[0]}", id="runner-title")
+                yield Label(safe_text(f"Script on {self.vm_ids[0]}"), id="runner-title")
             yield TextArea(DEFAULT_SCRIPT, id="script", show_line_numbers=True)
             with Horizontal(id="runner-options"):
                 yield Label("timeout s")
-                yield Input("60", id="timeout", restrict=r"[0-9]*", max_length=5, compact=True)
+                yield Input(str(DEFAULT_TIMEOUT_S), id="timeout", restrict=r"[0-9]*", max_length=5, compact=True)
                 yield Label("run as")
                 yield Input(placeholder="(agent's user)", id="run-as", compact=True)
                 yield Button("Run ^R", variant="success", id="run", compact=True)
                 yield Button("Cancel ^B", variant="error", id="cancel", disabled=True, compact=True)
             yield Static("", id="result")
             with Horizontal(id="runner-bottom"):
-                yield OutputLog(id="output")
+                yield OutputPane(id="output-pane")
                 if self.fleet:
                     side: DataTable[str | Text] = DataTable(id="side", cursor_type="row", classes="fleet")
                     yield side
@@ -103,10 +113,65 @@ class RunnerScreen(LqxScreen):
                 )
         else:
             self._show_recent()
-        self.query_one("#script", TextArea).focus()
+        self.view.attach(self._empty)
+        if self._opened is not None:
+            self._fill_editor(self._opened.script, self._opened.timeout_s, self._opened.run_as)
+            self._show_job(self._opened)
+            self.view.focus()
+        else:
+            self.query_one("#script", TextArea).focus()
+
+    def on_unmount(self) -> None:
+        if self.job is not None and self._job_changed in self.job.listeners:
+            self.job.listeners.remove(self._job_changed)  # the job goes on without this screen
+
+    # -- recent runs: re-run, edit ----------------------------------------------------------
+
+    def _recent(self) -> list[RunRecord]:
+        return list(self.lqx.fleet.recent_runs.get(self.vm_ids[0], ()))
 
     def _show_recent(self) -> None:
-        self.query_one("#side", RecentRuns).show(self.lqx.fleet.recent_runs.get(self.vm_ids[0], ()))
+        self.query_one("#side", RecentRuns).show(self._recent())
+
+    def on_recent_runs_rerun(self, message: RecentRuns.Rerun) -> None:
+        self.rerun(message.index)
+
+    def on_recent_runs_edit(self, message: RecentRuns.Edit) -> None:
+        self.edit(message.index)
+
+    def _fill_editor(self, script: str, timeout_s: int, run_as: str) -> None:
+        self.query_one("#script", TextArea).load_text(script)
+        self.query_one("#timeout", Input).value = str(timeout_s)
+        self.query_one("#run-as", Input).value = run_as
+
+    def edit(self, index: int) -> None:
+        """Recent run ``index`` into the editor (script, timeout, user), to change and run."""
+        recent = self._recent()
+        if not 0 <= index < len(recent):
+            return
+        run = recent[index]
+        self._fill_editor(run.script, run.timeout_s, run.run_as)
+        self.query_one("#script", TextArea).focus()
+        self.notify("Loaded into the editor: ctrl+r runs it.", timeout=3)
+
+    def rerun(self, index: int) -> None:
+        """Recent run ``index`` again, as it was."""
+        recent = self._recent()
+        if not 0 <= index < len(recent):
+            return
+        run = recent[index]
+        self._fill_editor(run.script, run.timeout_s, run.run_as)
+        self.action_run()
+
+    def action_load(self) -> None:
+        """A local file into the editor (ctrl+o)."""
+
+        def loaded(text: str, path: Path) -> None:
+            self.query_one("#script", TextArea).load_text(text)
+            self.query_one("#script", TextArea).focus()
+            self.notify(f"Loaded {path} ({len(text.splitlines())} lines).", timeout=3)
+
+        load_with_dialog(self, loaded, title="Load a script from a local file")
 
     # -- run -------------------------------------------------------------------------
 
@@ -115,7 +180,7 @@ class RunnerScreen(LqxScreen):
         if not script.strip():
             self.notify("The script is empty.", severity="warning")
             return None
-        raw = self.query_one("#timeout", Input).value or "60"
+        raw = self.query_one("#timeout", Input).value or str(DEFAULT_TIMEOUT_S)
         timeout = int(raw)
         if not 1 <= timeout <= 86400:
             self.notify("The timeout must be 1-86400 seconds.", severity="warning")
@@ -129,11 +194,34 @@ class RunnerScreen(LqxScreen):
         options = self._options()
         if options is None:
             return
-        self.output.start()
-        self.query_one("#result", Static).update(Text("running…", style="cyan"))
-        self._set_running(True)
-        job = self._fleet(*options) if self.fleet else self._stream(*options)
-        self.worker = self.run_worker(job, group="run", exclusive=True)
+        script, timeout, run_as = options
+        self._show_job(start_job(self.lqx, self.vm_ids, script, timeout_s=timeout, run_as=run_as))
+
+    def _show_job(self, job: Job) -> None:
+        """Show ``job``: its output (a fleet run: the highlighted VM's), state and targets."""
+        if self.job is not None and self._job_changed in self.job.listeners:
+            self.job.listeners.remove(self._job_changed)
+        self.job = job
+        self._shown.clear()
+        job.listeners.append(self._job_changed)
+        if self.fleet:
+            self._show_target_output()
+        else:
+            self.view.attach(job.output)
+        self._show_state(job)
+
+    def _job_changed(self, job: Job) -> None:
+        if job is self.job and self.is_mounted:
+            self._show_state(job)
+
+    def _show_state(self, job: Job) -> None:
+        self._set_running(job.running)
+        if self.fleet:
+            self._show_fleet(job)
+        else:
+            self._show_result(job)
+            if not job.running:
+                self._show_recent()
 
     def _set_running(self, running: bool) -> None:
         self.query_one("#run", Button).disabled = running
@@ -145,134 +233,67 @@ class RunnerScreen(LqxScreen):
         elif event.button.id == "cancel":
             self.run_worker(self.action_cancel())
 
-    @property
-    def output(self) -> OutputLog:
-        """The output view (every line of output goes through it)."""
-        return self.query_one("#output", OutputLog)
-
-    async def _stream(self, script: str, timeout: int, run_as: str) -> None:
-        vm_id = self.vm_ids[0]
-        record = RunRecord(script=script, started=time.time())
-        result: ExecuteScriptResponse | None = None
-        try:
-            async for event in self.lqx.client.execute_stream(vm_id, script, timeout_s=timeout, run_as=run_as):
-                kind = event.WhichOneof("event")
-                if kind == "execution_id":
-                    self.execution_id = event.execution_id
-                elif kind == "output":
-                    self.output.feed(event.output.stream or "stdout", event.output.text)
-                elif kind == "result":
-                    result = event.result
-        except ApiError as exc:
-            self.output.finish()
-            self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
-            self.lqx.report(exc, "Run")
-            record.reason = exc.code
-        else:
-            self.output.finish()
-            if result is not None:
-                self._show_result(result, record)
-        finally:
-            self.execution_id = ""
-            self._set_running(False)
-            self.lqx.fleet.record_run(vm_id, record)
-            self._show_recent()
-
-    def _mark_truncated(self, result: ExecuteScriptResponse | FleetTarget, limit: str) -> None:
-        """Say in the output where the guest's cap cut it (it was silently shorter)."""
-        cut = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
-        self.output.mark_cut([name for name, was in cut.items() if was], limit)
-
-    def _show_result(self, result: ExecuteScriptResponse, record: RunRecord) -> None:
-        self._mark_truncated(result, "the guest's 1 MiB cap")
-        code = result.exit_code if result.HasField("exit_code") else None  # absent unless the command exited
-        reason = result.exit_reason or ("timed_out" if result.timed_out else "exited")
+    def _show_result(self, job: Job) -> None:
+        result_line = self.query_one("#result", Static)
+        if job.running:
+            result_line.update(Text("running…", style="cyan"))
+            return
+        result = job.result
+        if not isinstance(result, ExecuteScriptResponse):
+            result_line.update(Text(safe_text(job.summary), style="bold red"))
+            return
         duration = result.duration_ms
-        record.exit_code = code
-        record.reason, record.duration_ms = reason, duration
-        style = "bold green" if code == 0 and reason == "exited" else "bold red"
-        text = Text(exit_summary(result), style=style)
+        style = "bold green" if job.state == "success" else "bold red"
+        text = Text(job.summary, style=style)
         # "exit code 3   exited": the reason, unless the summary already says it (timed out, cancelled ...).
-        text.append(f"   exited   {duration} ms" if code is not None else f"   {duration} ms", style="")
+        text.append(f"   exited   {duration} ms" if result.HasField("exit_code") else f"   {duration} ms", style="")
         if result.error:
             text.append(f"   {safe_text(result.error)}", style="red")
-        self.query_one("#result", Static).update(text)
+        result_line.update(text)
 
-    async def _fleet(self, script: str, timeout: int, run_as: str) -> None:
-        client = self.lqx.client
-        try:
-            self.command_id = await client.run_command(self.vm_ids, script, timeout_s=timeout, run_as=run_as)
-            while True:
-                command = await client.get_command(self.command_id)
-                self._show_fleet(command)
-                if command.status not in ("pending", "in_progress"):
-                    break
-                await asyncio.sleep(FLEET_POLL_S)
-        except ApiError as exc:
-            self.query_one("#result", Static).update(Text(f"failed: {safe_text(exc.summary)}", style="bold red"))
-            self.lqx.report(exc, "Fleet run")
-        finally:
-            self._set_running(False)
-
-    def _show_fleet(self, command: FleetCommand) -> None:
+    def _show_fleet(self, job: Job) -> None:
         side = self.query_one("#side", DataTable)
-        for target in command.targets:
-            vm_id = target.vm_id
-            self.targets[vm_id] = target
+        for vm_id, target in job.targets.items():
             status = target.status or "pending"
             code = target.exit_code if target.HasField("exit_code") else None
-            if vm_id in self.vm_ids:
-                side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=_TARGET_STYLES.get(status, "")))
+            # Only the rows that changed: a job tells of every event, and a run has hundreds of VMs.
+            if vm_id in self.vm_ids and self._shown.get(vm_id) != (status, code):
+                self._shown[vm_id] = (status, code)
+                side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=STATE_STYLES.get(status, "")))
                 side.update_cell(vm_id, side.ordered_columns[2].key, "" if code is None else str(code))
-        counts = command.counts
-        summary = Text(f"{command.command_id}  {command.status}   ", style="bold")
-        summary.append("  ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
+        summary = Text(f"{job.command_id or 'starting'}  ", style="bold")
+        summary.append(job.state if not job.running else "running", style=STATE_STYLES.get(job.state, ""))
+        if job.summary and not job.running:
+            summary.append(f"   {safe_text(job.summary)}")
+        elif job.targets:
+            counts: dict[str, int] = {}
+            for target in job.targets.values():
+                status = target.status or "pending"
+                counts[status] = counts.get(status, 0) + 1
+            summary.append("   " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         self.query_one("#result", Static).update(summary)
-        self._show_target_output()
 
     def _show_target_output(self) -> None:
         side = self.query_one("#side", DataTable)
         if not self.fleet or not (0 <= side.cursor_row < len(self.vm_ids)):
             return
-        target = self.targets.get(self.vm_ids[side.cursor_row])
-        output = self.output
-        output.start()
-        if target is None:
-            return
-        duration = f", {target.duration_ms} ms" if target.duration_ms else ""
-        output.note(f"── {target.vm_id}: {target.status}{duration}")
-        output.show_lines("stdout", target.stdout)
-        output.show_lines("stderr", target.stderr)
-        self._mark_truncated(target, "64 KiB per VM kept by the controller")
-        if target.error:
-            output.note(target.error, "magenta")
+        vm_id = self.vm_ids[side.cursor_row]
+        self.view.attach(self.job.buffer_for(vm_id) if self.job is not None else self._empty)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    @on(DataTable.RowHighlighted, "#side")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.fleet:
             self._show_target_output()
 
     # -- cancel / back -----------------------------------------------------------------
 
     async def action_cancel(self) -> None:
-        if not self.running:
+        if self.job is None or not self.job.running:
             self.notify("Nothing is running.", severity="information", timeout=2)
             return
-        try:
-            if self.fleet and self.command_id:
-                await self.lqx.client.cancel_command(self.command_id)
-                self.notify("Fleet run cancelled.", timeout=3)
-            elif self.execution_id:
-                found = await self.lqx.client.cancel_execution(self.vm_ids[0], self.execution_id)
-                self.notify("Cancelled." if found else "It had already ended.", timeout=3)
-            elif self.worker is not None:
-                self.worker.cancel()  # closing the stream cancels the command in the guest
-        except ApiError as exc:
-            self.lqx.report(exc, "Cancel")
-            if self.worker is not None and not self.fleet:
-                self.worker.cancel()
+        await cancel_job(self.lqx, self.job)
 
     def action_back(self) -> None:
-        if self.running and not self.fleet:
-            self.notify("Still running: ctrl+b cancels it, then escape.", severity="warning")
-            return
+        if self.running:
+            self.notify("The run goes on in the background: j lists the jobs.", timeout=4)
         self.app.pop_screen()

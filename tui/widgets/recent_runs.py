@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import Final
 
 from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable
 
 from limiquantix.protocol.safetext import safe_text
@@ -36,7 +38,35 @@ def ms_cell(ms: int) -> str:
 class RecentRuns(DataTable[str | Text]):
     """Recent runs, Exit and ms always visible: the command column takes the width the
     figures leave and is cut with an ellipsis (a long first line pushed Exit and ms off
-    the table at 80 columns)."""
+    the table at 80 columns). ``enter`` asks for the run again (:class:`Rerun`), ``e`` for
+    it in the editor (:class:`Edit`)."""
+
+    BINDINGS = [
+        Binding("enter", "rerun", "Re-run"),
+        Binding("e", "edit", "Edit"),
+    ]
+
+    class Rerun(Message):
+        """Run recent run ``index`` (0: the newest) again, as it was."""
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+    class Edit(Message):
+        """Recent run ``index`` into the editor."""
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+    def action_rerun(self) -> None:
+        if 0 <= self.cursor_row < len(self._runs):
+            self.post_message(self.Rerun(self.cursor_row))
+
+    def action_edit(self) -> None:
+        if 0 <= self.cursor_row < len(self._runs):
+            self.post_message(self.Edit(self.cursor_row))
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row")
