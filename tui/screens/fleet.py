@@ -17,6 +17,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Input, Static
+from textual.widgets.data_table import ColumnKey
 
 from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.protocol.safetext import safe_text
@@ -35,6 +36,7 @@ from ..format import (
 )
 from ..messages import FleetUpdated
 from ..widgets.footer import KeysFooter
+from ..widgets.table import set_cells
 from .audit import AuditScreen
 from .base import LqxScreen
 from .runner import RunnerScreen
@@ -89,6 +91,7 @@ _STATE_ORDER: Final = (
     "gone",
 )
 _NAME: Final = 1
+_SELECTED: Final = Text("✓", style="bold cyan")
 #: More VMs gone from view than this at once (a filter typed) and the table is rebuilt.
 _MAX_REMOVALS: Final = 32
 
@@ -125,7 +128,7 @@ def _cells(vm: VM, selected: bool, tier: int) -> tuple[str | Text, ...]:
         "mem": percent(vm.memory_percent, connected=live, digits=digits),
         "uptime": uptime(vm.uptime_seconds) if live else "-",
     }
-    mark: str | Text = Text("✓", style="bold cyan") if selected else " "
+    mark: str | Text = _SELECTED if selected else " "
     return (mark, *(values[key] for key, _, _, narrowest in COLUMNS if tier <= narrowest))
 
 
@@ -238,6 +241,7 @@ class FleetScreen(LqxScreen):
                 del self._names[vm_id]
             in_table = [vm_id for vm_id in self._order if vm_id in rows]
             columns = {column.key.value: column for column in table.ordered_columns}
+            changed: list[tuple[str, ColumnKey, str | Text]] = []
             for vm_id in order:
                 cells, before = rows[vm_id], self._shown.get(vm_id)
                 if before is None:
@@ -250,10 +254,13 @@ class FleetScreen(LqxScreen):
                     if before[i] != value:
                         cell = _cell(i, value)
                         column = columns[self._keys[i]]
-                        wider = column.auto_width and cell_len(str(cell)) > column.content_width
-                        table.update_cell(vm_id, self._keys[i], cell, update_width=wider)
+                        if column.auto_width and cell_len(str(cell)) > column.content_width:
+                            table.update_cell(vm_id, self._keys[i], cell, update_width=True)
+                        else:
+                            changed.append((vm_id, column.key, cell))  # set together, one refresh
                         if i == _NAME:
                             self._names[vm_id] = cell
+            set_cells(table, changed)
             if in_table != order:
                 # DataTable.sort passes the key function cells, not row keys: each row's
                 # name cell is a Text object of its own, so its id() says which VM it is.
