@@ -33,6 +33,23 @@ Figures:
    divided by its polls: the real process's CPU per cycle, terminal output
    included (headless ``run_test`` renders but writes no escape sequences).
 
+4. **fleet refresh, 5,000 VMs** (issue 13): figure 1's updates with 5,000 VMs
+   (fewer of them; no naive baseline: it takes seconds per update).
+5. **output in the runner** (issue 13: "1 MiB of command output (300,000
+   lines) fully shown in the runner <= 1 s after the command ends; TUI RSS <=
+   150 MiB after it. 10 MiB streamed at the guest's speed without the TUI
+   falling behind by more than 1 s"), in a fresh process (``tui_bench.py
+   _output``, so that its RSS is the TUI's alone): the runner of a still app
+   runs a script whose ExecuteScriptStream is played by an
+   ``httpx.MockTransport`` (the client's real decoding, the job, the output
+   view): 1 MiB in 300,000 lines in 16 KiB output events (what the agent's pipe
+   reads give), then the result; wall time from the result's arrival (the
+   command ended) to the runner showing the result with every line stored and
+   the screen drawn (and from the first output); RSS then. Then 10 MiB of
+   60-character lines produced at 10 MiB/s in 16 KiB chunks by a task on the
+   same loop (the guest does not wait for the TUI); every 20 ms the lag is
+   sampled: how long the oldest chunk not yet in the view has been waiting.
+
 Prints a table and writes ``bench/results/tui.json`` (``--quick``:
 ``tui-quick.json``) in agent.json's format. Exits non-zero only on errors.
 See bench/README.md.
@@ -59,7 +76,7 @@ import tempfile
 import termios
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -84,10 +101,22 @@ VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
 ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
 NODES_SERVICE: Final = "/limiquantix.compute.v1.NodeRegistryService"
 VMS: Final = 500
+#: The large fleet (issue 13).
+VMS_LARGE: Final = 5000
 SIZE: Final = (120, 40)
 #: Targets (issue 5).
 REFRESH_TARGET_MS: Final = 100.0
 FIRST_FRAME_TARGET_MS: Final = 1000.0
+#: Targets (issue 13): the runner's output.
+SHOWN_TARGET_MS: Final = 1000.0
+RSS_TARGET_MIB: Final = 150.0
+LAG_TARGET_MS: Final = 1000.0
+OUTPUT_LINES: Final = 300_000
+OUTPUT_BYTES: Final = 1024 * 1024
+STREAM_BYTES: Final = 10 * 1024 * 1024
+#: The guest's speed for the streamed figure (bytes/s) and its chunk (an agent pipe read).
+STREAM_RATE: Final = 10 * 1024 * 1024
+OUTPUT_CHUNK: Final = 16 * 1024
 #: The fleet screen's CPU column (FleetScreen.sort_column).
 CPU_COLUMN: Final = 6
 HEARTBEAT_S: Final = 1.0
@@ -143,6 +172,10 @@ class Results:
     first_frame_ms: list[float] = field(default_factory=list)
     window_cpu_ms_per_poll: float | None = None
     window_note: str = ""
+    large_ms: list[float] = field(default_factory=list)
+    large_apply_ms: list[float] = field(default_factory=list)
+    output: dict[str, float] = field(default_factory=dict)
+    """Figure 5, from the ``_output`` process."""
 
 
 # ============================================================================= data
@@ -237,6 +270,29 @@ def _naive(screen: Any) -> Callable[[], None]:
     return fleet_updated
 
 
+async def refresh_large(s: Settings, r: Results) -> None:
+    """Figure 4: the same churn with VMS_LARGE VMs, the real fleet_updated only."""
+    from limiquantix.tui.screens.fleet import FleetScreen
+
+    app, _ = demo_data.demo_app(history=0)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        for step in range(3 + (5 if s.quick else 10)):
+            data = churned_fleet(VMS_LARGE, step)
+            t0 = time.process_time()
+            app.apply_fleet(data)
+            await pilot.pause()
+            if step >= 3:  # the first ones build 5,000 rows
+                r.large_ms.append((time.process_time() - t0) * 1000)
+                r.large_apply_ms.append(app.refresh_cpu_s * 1000)
+        rows = len(screen.query_one("#fleet").rows)  # type: ignore[attr-defined]
+        if rows != VMS_LARGE:
+            raise bl.BenchError(f"the fleet table shows {rows} rows, not {VMS_LARGE}")
+
+
 async def refresh_in_process(s: Settings, r: Results) -> None:
     from limiquantix.tui.screens.fleet import FleetScreen
 
@@ -285,6 +341,150 @@ async def refresh_in_process(s: Settings, r: Results) -> None:
         rows = len(screen.query_one("#fleet").rows)  # type: ignore[attr-defined]
         if rows != VMS:
             raise bl.BenchError(f"the fleet table shows {rows} rows, not {VMS}")
+
+
+# ============================================================================= 5. output in the runner
+
+
+def megabyte_of_lines() -> str:
+    """OUTPUT_LINES lines in exactly OUTPUT_BYTES: 148,576 of 3 digits and the rest of 2."""
+    long = OUTPUT_BYTES - 3 * OUTPUT_LINES
+    return "".join(f"{i % 1000:03d}\n" if i < long else f"{i % 100:02d}\n" for i in range(OUTPUT_LINES))
+
+
+def _event(message: dict[str, Any], request: Any) -> bytes:
+    """One Connect envelope of an ExecuteScriptEvent, in the codec the client asked for."""
+    if "proto" in request.headers.get("content-type", ""):
+        from google.protobuf import json_format
+
+        from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
+
+        data = json_format.ParseDict(message, vm_pb.ExecuteScriptEvent()).SerializeToString()
+    else:
+        import json
+
+        data = json.dumps(message).encode()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+async def output_in_process() -> dict[str, float]:
+    """Figure 5 (see the module's docstring); in the ``_output`` process."""
+    import httpx
+    import psutil
+    from textual.widgets import TextArea
+
+    from limiquantix.tui import ControllerClient
+    from limiquantix.tui.screens.runner import RunnerScreen
+
+    body: list[Callable[[Any], Any]] = []
+    """What the next ExecuteScriptStream streams (an async generator function of the request)."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ExecuteScriptStream"):
+            return httpx.Response(
+                200, content=body.pop(0)(request), headers={"Content-Type": request.headers["content-type"]}
+            )
+        return httpx.Response(501, json={"code": "unimplemented", "message": "not in this benchmark"})
+
+    client = ControllerClient(demo_data.CONTROLLER_URL, "bench-token", transport=httpx.MockTransport(answer),
+                              insecure=True)  # fmt: skip
+    result = {"exitReason": "exited", "exitCode": 0, "durationMs": "15"}
+    out: dict[str, float] = {}
+    data = megabyte_of_lines()
+    times: dict[str, float] = {}
+
+    async def megabyte(request: httpx.Request) -> AsyncIterator[bytes]:
+        yield _event({"executionId": "exec-bench"}, request)
+        times["first"] = time.perf_counter()
+        for i in range(0, len(data), OUTPUT_CHUNK):
+            yield _event({"output": {"stream": "stdout", "text": data[i : i + OUTPUT_CHUNK]}}, request)
+        times["end"] = time.perf_counter()  # the command ended: its result is on its way
+        yield _event({"result": result}, request) + struct.pack(">BI", 2, 2) + b"{}"
+
+    produced: list[tuple[float, int]] = []
+    """(when the guest wrote it, lines so far) of each chunk of the stream: the time it was due, so
+    that a loop too busy to run the writer on time counts as lag, not as a slower guest."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    line = "".join(chr(ord("a") + i % 26) for i in range(59)) + "\n"  # 60 characters
+    chunk = line * (OUTPUT_CHUNK // len(line))
+    chunks = STREAM_BYTES // len(chunk)
+
+    async def guest(request: httpx.Request) -> None:
+        start, lines = time.perf_counter(), 0
+        for i in range(chunks):
+            due = start + i * len(chunk) / STREAM_RATE
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            lines += chunk.count("\n")
+            produced.append((due, lines))
+            queue.put_nowait(_event({"output": {"stream": "stdout", "text": chunk}}, request))
+        queue.put_nowait(_event({"result": result}, request) + struct.pack(">BI", 2, 2) + b"{}")
+        queue.put_nowait(None)
+
+    async def streamed(request: httpx.Request) -> AsyncIterator[bytes]:
+        yield _event({"executionId": "exec-stream"}, request)
+        asyncio.get_running_loop().create_task(guest(request))
+        while (item := await queue.get()) is not None:
+            yield item
+
+    app, _ = demo_data.demo_app(history=0, client=client)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        runner = RunnerScreen(["vm-bench"])
+        await app.push_screen(runner)
+        await pilot.pause()
+        runner.query_one("#script", TextArea).load_text("seq ...")
+        # -- 1 MiB, 300,000 lines
+        body.append(megabyte)
+        runner.action_run()
+        job = runner.job
+        assert job is not None
+        while job.running or runner.view.line_count < OUTPUT_LINES:
+            await pilot.pause()
+        await pilot.pause()  # drawn
+        shown = time.perf_counter()
+        if runner.view.line_count != OUTPUT_LINES or job.state != "success":
+            raise bl.BenchError(f"the runner shows {runner.view.line_count} lines, {job.state}")
+        out["shown_after_end_ms"] = (shown - times["end"]) * 1000
+        out["shown_after_first_ms"] = (shown - times["first"]) * 1000
+        gc.collect()
+        out["rss_after_mib"] = psutil.Process().memory_info().rss / 2**20
+        # -- 10 MiB at the guest's speed
+        body.append(streamed)
+        runner.action_run()
+        job = runner.job
+        lag = 0.0
+        while job.running or not produced or runner.view.line_count < produced[-1][1]:
+            now, have = time.perf_counter(), runner.view.line_count
+            waiting = next((t for t, lines in produced if lines > have), None)
+            if waiting is not None:
+                lag = max(lag, now - waiting)
+            await asyncio.sleep(0.02)
+        await pilot.pause()
+        out["stream_lag_ms"] = max(lag, time.perf_counter() - produced[-1][0]) * 1000
+        out["stream_s"] = produced[-1][0] - produced[0][0]
+        out["stream_shown_s"] = time.perf_counter() - produced[0][0]
+        out["stream_lines"] = produced[-1][1]
+        gc.collect()
+        out["rss_after_stream_mib"] = psutil.Process().memory_info().rss / 2**20
+    return out
+
+
+def output_main() -> int:
+    """``tui_bench.py _output``: figure 5 in this fresh process; its numbers as JSON on stdout."""
+    import json
+
+    print(json.dumps(asyncio.run(output_in_process())))
+    return 0
+
+
+def output_figures(r: Results) -> None:
+    """Figure 5 in a process of its own (its RSS is the TUI's, not this benchmark's)."""
+    import json
+
+    done = subprocess.run([sys.executable, __file__, "_output"], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise bl.BenchError(f"the output benchmark failed: {done.stderr[-2000:]}")
+    r.output = json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ============================================================================= processes
@@ -571,6 +771,33 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
         ),
         Figure("real process, CPU per poll cycle over a window (info)", r.window_cpu_ms_per_poll, None, "ms", None,
                note=r.window_note),
+        Figure(
+            f"fleet refresh, {VMS_LARGE:,} VMs, CPU per update, median", med(r.large_ms) if r.large_ms else None,
+            None, "ms", f"<= {REFRESH_TARGET_MS:g}",
+            note=f"figure 1's churn with {VMS_LARGE:,} VMs, {len(r.large_ms)} updates after 3 that build the rows;"
+            f" apply_fleet alone (the table updated) median {med(r.large_apply_ms) if r.large_apply_ms else 0:.0f} ms",
+        ),
+        Figure(f"fleet refresh, {VMS_LARGE:,} VMs, CPU per update, p95", p95(r.large_ms), None, "ms",
+               f"<= {REFRESH_TARGET_MS:g}"),
+        Figure(
+            "runner: 1 MiB (300,000 lines) fully shown after the command ended", r.output.get("shown_after_end_ms"),
+            None, "ms", f"<= {SHOWN_TARGET_MS:g}",
+            note=f"wall time from the result's arrival to the result shown, all {OUTPUT_LINES:,} lines stored and the"
+            f" screen drawn at the tail; from the first output byte: {r.output.get('shown_after_first_ms', 0):.0f} ms;"
+            f" {OUTPUT_CHUNK // 1024} KiB output events (ExecuteScriptStream played by a MockTransport, the client's"
+            " decoding, the job, the output view); issue 13's first measure: ~44 s",
+        ),
+        Figure("runner: TUI RSS after 1 MiB of output", r.output.get("rss_after_mib"), None, "MiB",
+               f"<= {RSS_TARGET_MIB:g}", note="the whole process (Python, Textual, the app) after gc.collect(); issue 13's"
+               f" first measure: 310 MB; after the 10 MiB stream too: {r.output.get('rss_after_stream_mib', 0):.0f} MiB"),
+        Figure(
+            "runner: 10 MiB streamed at the guest's speed, largest lag", r.output.get("stream_lag_ms"), None, "ms",
+            f"<= {LAG_TARGET_MS:g}",
+            note=f"{STREAM_BYTES // 2**20} MiB of 60-character lines ({r.output.get('stream_lines', 0):,.0f} lines)"
+            f" written at {STREAM_RATE // 2**20} MiB/s in {OUTPUT_CHUNK // 1024} KiB chunks by a task on the TUI's loop"
+            f" (written in {r.output.get('stream_s', 0):.1f} s, shown {r.output.get('stream_shown_s', 0):.1f} s after the"
+            " first chunk was due); every 20 ms: how long ago the oldest chunk not yet in the view was due",
+        ),
     ]  # fmt: skip
 
 
@@ -591,6 +818,14 @@ def measure(s: Settings) -> Results:
     bl.say(f"1. fleet refresh in process: {VMS} VMs, {s.updates} updates + {s.updates} naive")
     asyncio.run(refresh_in_process(s, r))
     bl.say(f"   median {bl.median(r.refresh_ms):.1f} ms, naive {bl.median(r.naive_ms):.1f} ms")
+    bl.say(f"4. fleet refresh in process: {VMS_LARGE} VMs")
+    asyncio.run(refresh_large(s, r))
+    bl.say(f"   median {bl.median(r.large_ms):.1f} ms")
+    bl.say("5. the runner's output: 1 MiB in 300,000 lines, then 10 MiB streamed (own process)")
+    output_figures(r)
+    bl.say(
+        f"   1 MiB shown {r.output['shown_after_end_ms']:.0f} ms after the end; lag {r.output['stream_lag_ms']:.0f} ms"
+    )
     with workdir() as work:
         controller, nodes, url, admin = start_controller(work)
         try:
@@ -613,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_heartbeat"]:
         return heartbeat_main(argv[1:])
+    if argv[:1] == ["_output"]:
+        return output_main()
     settings = Settings.from_args(argv)
     load0 = os.getloadavg()[0]
     try:
