@@ -8,8 +8,8 @@ from ._startup import import_trio
 
 import_trio()  # first: before anything below imports trio (see _startup)
 
-from .config import AgentConfig as AgentConfig  # noqa: E402
-from .daemon import Agent as Agent  # noqa: E402
-from .daemon import serve as serve  # noqa: E402
+from ._config import AgentConfig as AgentConfig  # noqa: E402
+from ._daemon import Agent as Agent  # noqa: E402
+from ._daemon import serve as serve  # noqa: E402
 
 __all__ = ["Agent", "AgentConfig", "serve"]

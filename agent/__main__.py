@@ -9,7 +9,7 @@ import trio
 
 from limiquantix.protocol.logs import setup_logging
 
-from .config import ConfigError, dump_toml, parse_command_line
+from ._config import ConfigError, dump_toml, parse_command_line
 
 __all__ = ["main"]
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(dump_toml(config))
         return 0
     setup_logging(config.log_format, config.log_level)
-    from .daemon import serve
+    from ._daemon import serve
 
     trio.run(serve, config)
     return 0

@@ -118,8 +118,8 @@ _RECONNECTS_RE: Final = re.compile(r"^lqx_hostd_agent_reconnects_total (\S+)$", 
 
 def _capture_templates() -> tuple[pb.AgentIdentity, pb.TelemetryReport]:
     """One identity from the real agent's builder and one real telemetry sample."""
-    from limiquantix.agent.config import AgentConfig
-    from limiquantix.agent.daemon import Agent
+    from limiquantix.agent._config import AgentConfig
+    from limiquantix.agent._daemon import Agent
 
     agent = Agent(AgentConfig(transport="unix-listen", socket="/nonexistent/identity-only.sock"))
     identity = agent.identity()

@@ -60,7 +60,7 @@ from benchlib import (  # noqa: E402
     write_figures,
 )
 
-from limiquantix.hostd.api import heartbeat_status  # noqa: E402
+from limiquantix.hostd._api import heartbeat_status  # noqa: E402
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .daemon import main
+from ._daemon import main
 
 __all__ = ["main"]
 

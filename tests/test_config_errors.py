@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from limiquantix.agent.config import AgentConfig, ConfigError, build_arg_parser, config_from_mapping, load_config
+from limiquantix.agent._config import AgentConfig, ConfigError, build_arg_parser, config_from_mapping, load_config
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import trio
 
-from limiquantix.agent.handlers.execute import FRAME_HEADROOM_BYTES, PIPE_IDLE_AFTER_EXIT_S, resolve_run_as
+from limiquantix.agent.handlers._execute import FRAME_HEADROOM_BYTES, PIPE_IDLE_AFTER_EXIT_S, resolve_run_as
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient

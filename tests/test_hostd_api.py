@@ -19,9 +19,9 @@ import psutil
 import pytest
 import trio
 
-from limiquantix.hostd.api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
-from limiquantix.hostd.config import DiscoveryConfig
-from limiquantix.hostd.daemon import HostdConfig, serve
+from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
+from limiquantix.hostd._config import DiscoveryConfig
+from limiquantix.hostd._daemon import HostdConfig, serve
 from limiquantix.hostd.simvm import SimVMProcess
 
 TOKEN = "test-token-0123456789"
@@ -328,7 +328,7 @@ def _method(name: str) -> Any:
     from connectrpc.method import IdempotencyLevel, MethodInfo
     from google.protobuf import message_factory
 
-    from limiquantix.hostd.api import SERVICE as NODE_SERVICE
+    from limiquantix.hostd._api import SERVICE as NODE_SERVICE
 
     method = NODE_SERVICE.methods_by_name[name]
     return MethodInfo(

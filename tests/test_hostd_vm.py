@@ -27,13 +27,13 @@ import trio
 from conftest import StartSimVM
 
 from limiquantix.agent import Agent, AgentConfig
-from limiquantix.hostd import config as hostd_config
+from limiquantix.hostd import _config as hostd_config
 from limiquantix.hostd import rawguest
-from limiquantix.hostd.api import heartbeat_status, vm_status
-from limiquantix.hostd.config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
-from limiquantix.hostd.discovery import FoundSocket, VMRegistry, scan_sockets
+from limiquantix.hostd._api import heartbeat_status, vm_status
+from limiquantix.hostd._config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
+from limiquantix.hostd._discovery import FoundSocket, VMRegistry, scan_sockets
+from limiquantix.hostd._vmconn import VMConnection, VMState
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess
-from limiquantix.hostd.vmconn import VMConnection, VMState
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from limiquantix.agent import Agent
-from limiquantix.agent.handlers import lifecycle
+from limiquantix.agent.handlers import _lifecycle as lifecycle
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient

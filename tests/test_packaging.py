@@ -304,7 +304,7 @@ def test_launcher_compiles_bytecode(extracted: Path, tmp_path: Path) -> None:
     subprocess.run([str(tmp_path / "usr/bin/limiquantix-agent"), "--compile-bytecode"],
                    env={"PATH": "/usr/bin:/bin"}, check=True, timeout=300)  # fmt: skip
     compiled = {p.parent.parent / p.name.split(".")[0] for p in lib.rglob("__pycache__/*.pyc")}
-    assert lib / "limiquantix/agent/daemon" in compiled and lib / "trio/_core/_run" in compiled
+    assert lib / "limiquantix/agent/_daemon" in compiled and lib / "trio/_core/_run" in compiled
     for script in ("debian/postinst", "limiquantix-agent.spec"):
         assert "limiquantix-agent --compile-bytecode" in (ROOT / "packaging" / script).read_text()
 

@@ -27,10 +27,10 @@ import trio
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
-from limiquantix.agent.config import AgentConfig
+from limiquantix.agent._config import AgentConfig
 from limiquantix.controller._forward import NodeClient
 from limiquantix.controller._models import NodeInfo
-from limiquantix.hostd.api import NodeAPI
+from limiquantix.hostd._api import NodeAPI
 from limiquantix.protocol import errors, rpc
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb

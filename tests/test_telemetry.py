@@ -30,8 +30,8 @@ import pytest
 import trio
 
 from limiquantix.agent import Agent, AgentConfig
-from limiquantix.agent import daemon as daemon_module
-from limiquantix.agent.telemetry import (
+from limiquantix.agent import _daemon as daemon_module
+from limiquantix.agent._telemetry import (
     MIN_CPU_INTERVAL_S,
     PSEUDO_FSTYPES,
     TelemetryCollector,
@@ -509,7 +509,7 @@ async def test_interface_exclude_replaces_the_default_patterns(netns_agent: Call
 
 def test_memory_trim_and_rss() -> None:
     """malloc_trim is reachable on glibc and RSS reads from /proc."""
-    from limiquantix.agent import memory
+    from limiquantix.agent import _memory as memory
 
     assert memory.rss_bytes() > 1024 * 1024
     assert memory.trim() is True  # Debian is glibc

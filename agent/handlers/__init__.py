@@ -8,6 +8,6 @@
 | lifecycle   | shutdown, reset_password                                    |
 """
 
-from . import core, execute, files, lifecycle
+from . import _core, _execute, _files, _lifecycle  # noqa: F401  (importing registers them)
 
-__all__ = ["core", "execute", "files", "lifecycle"]
+__all__: list[str] = []

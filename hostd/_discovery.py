@@ -37,8 +37,8 @@ import trio
 
 from limiquantix.protocol import errors
 
-from .config import SOCKET_SUFFIX, ConnectionConfig, DiscoveryConfig, VMEntry, valid_vm_id
-from .vmconn import VMConnection, VMState
+from ._config import SOCKET_SUFFIX, ConnectionConfig, DiscoveryConfig, VMEntry, valid_vm_id
+from ._vmconn import VMConnection, VMState
 
 __all__ = ["SOURCE_CONFIG", "SOURCE_DIRECTORY", "SOURCE_LIBVIRT", "FoundSocket", "VMRegistry", "scan_sockets"]
 

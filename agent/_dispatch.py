@@ -26,8 +26,8 @@ from limiquantix.protocol.transport import MessageWriter
 from limiquantix.protocol.wire import new_message
 
 if TYPE_CHECKING:
-    from .daemon import Agent
-    from .session import Session
+    from ._daemon import Agent
+    from ._session import Session
 
 __all__ = [
     "HANDLERS",

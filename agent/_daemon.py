@@ -18,12 +18,12 @@ from limiquantix.protocol.framing import FrameTooLarge
 from limiquantix.protocol.wire import new_message
 
 from . import handlers as _handlers  # noqa: F401  (registers every handler)
-from .channel import Channel, Link, make_channel
-from .config import AgentConfig
-from .dispatch import HANDLERS
-from .memory import release_memory_loop
-from .session import Session
-from .telemetry import (
+from ._channel import Channel, Link, make_channel
+from ._config import AgentConfig
+from ._dispatch import HANDLERS
+from ._memory import release_memory_loop
+from ._session import Session
+from ._telemetry import (
     TelemetryCollector,
     address_fingerprint,
     boot_time,

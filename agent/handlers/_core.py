@@ -9,11 +9,11 @@ import trio
 from limiquantix.protocol import __version__
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-from ..dispatch import RequestContext, handler
+from .._dispatch import RequestContext, handler
 
 if TYPE_CHECKING:
-    from ..daemon import Agent
-from ..telemetry import system_uptime
+    from .._daemon import Agent
+from .._telemetry import system_uptime
 
 
 @handler("hello", "hello_response")

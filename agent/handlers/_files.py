@@ -51,11 +51,11 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-from ..config import AgentConfig
-from ..dispatch import RequestContext, handler
+from .._config import AgentConfig
+from .._dispatch import RequestContext, handler
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .._session import Session
 
 __all__ = [
     "Access",

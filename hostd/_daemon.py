@@ -97,10 +97,10 @@ from limiquantix.protocol.tls import (
     client_ssl_context,
 )
 
-from .api import SERVICE, NodeAPI, heartbeat_status, vm_status
-from .config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
-from .discovery import VMRegistry
-from .vmconn import ConnectionCounters, VMState
+from ._api import SERVICE, NodeAPI, heartbeat_status, vm_status
+from ._config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
+from ._discovery import VMRegistry
+from ._vmconn import ConnectionCounters, VMState
 
 __all__ = [
     "CONTROLLER_TOKEN_ENV",

@@ -58,7 +58,7 @@ from limiquantix.protocol.client import AgentClient
 from limiquantix.protocol.guestcaps import Cuts
 from limiquantix.protocol.wire import enum_name
 
-from .config import ConnectionConfig
+from ._config import ConnectionConfig
 
 __all__ = ["ConnectionCounters", "VMConnection", "VMState"]
 
@@ -70,7 +70,7 @@ _MAX_BACKOFF_DOUBLINGS: Final = 32
 
 
 class VMState(str, enum.Enum):
-    """Where a VM's agent connection stands (the node API's ``AgentState``: hostd/api.py)."""
+    """Where a VM's agent connection stands (the node API's ``AgentState``: hostd/_api.py)."""
 
     NO_SOCKET = "no_socket"
     """The chardev socket does not exist (VM off, or not created yet)."""

@@ -1,6 +1,6 @@
 """``limiquantix.node.v1.NodeDaemonService``: the node API the controller calls.
 
-Each RPC finds the VM's :class:`~limiquantix.hostd.vmconn.VMConnection` in the
+Each RPC finds the VM's :class:`~limiquantix.hostd._vmconn.VMConnection` in the
 registry and forwards one agent request through it; errors keep their codes
 end to end (an agent's ``not_found`` is the API's ``not_found``; an agent that
 is gone is ``unavailable`` at once). File transfers are checked with SHA-256
@@ -28,8 +28,8 @@ from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 from limiquantix.protocol.wire import new_message_id
 
-from .discovery import VMRegistry
-from .vmconn import VMConnection, VMState
+from ._discovery import VMRegistry
+from ._vmconn import VMConnection, VMState
 
 __all__ = [
     "DEFAULT_READ_BYTES",

@@ -32,11 +32,11 @@ from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.transport import MessageWriter, receive_frames
 from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
-from .channel import Link, LinkGone
-from .dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request, send_answer
+from ._channel import Link, LinkGone
+from ._dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request, send_answer
 
 if TYPE_CHECKING:
-    from .daemon import Agent
+    from ._daemon import Agent
 
 __all__ = ["Session", "SessionResource"]
 

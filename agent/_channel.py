@@ -1,7 +1,7 @@
 """Transports to the host. This module alone touches the port's file descriptor.
 
 A *channel* produces *links*; a link is one open byte stream to the host, served
-by one :class:`~limiquantix.agent.session.Session` until it breaks:
+by one :class:`~limiquantix.agent._session.Session` until it breaks:
 
 * :class:`DeviceChannel`: a character device, the virtio-serial port in a real
   guest (``/dev/virtio-ports/org.limiquantix.agent.0``) or a pty standing for it

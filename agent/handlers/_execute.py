@@ -46,10 +46,10 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-from ..dispatch import RequestContext, handler
+from .._dispatch import RequestContext, handler
 
 if TYPE_CHECKING:
-    from ..config import AgentConfig
+    from .._config import AgentConfig
 
 __all__ = [
     "AGENT_ONLY_ENV",

@@ -46,10 +46,10 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
 
-from ..dispatch import RequestContext, handler
+from .._dispatch import RequestContext, handler
 
 if TYPE_CHECKING:
-    from ..daemon import Agent
+    from .._daemon import Agent
 
 __all__ = [
     "ANSWER_WAIT_S",
