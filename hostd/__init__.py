@@ -1,5 +1,42 @@
-"""hostd: the daemon on each hypervisor host (issue #3, in progress).
+"""hostd: the daemon on each hypervisor host.
 
 One task tree per VM owns that VM's QEMU chardev socket; the node API serves
-the controller. See README.md for what is built.
+the controller. See README.md for what is built. Implementation modules are
+private (``_name.py``); what a program embedding hostd needs is exported here:
+
+| name                                  | what                                              |
+| ------------------------------------- | ------------------------------------------------- |
+| ``serve``, ``main``                   | run hostd (``serve`` in a trio program)           |
+| ``HostdConfig``, ``load_config``      | the configuration, from TOML and flags            |
+| ``ConnectionConfig``, ``DiscoveryConfig``, ``VMEntry`` | its parts                        |
+| ``ConfigError``                       | an invalid configuration                          |
+| ``TOKEN_ENV``, ``CONTROLLER_TOKEN_ENV`` | where tokens may come from besides their files  |
+
+Two modules are tools run by name and stay public: ``simvm`` (a simulated VM:
+``python -m limiquantix.hostd.simvm``) and ``rawguest`` (a hostile guest, for tests
+and benchmarks).
 """
+
+from ._config import CONTROLLER_TOKEN_ENV as CONTROLLER_TOKEN_ENV
+from ._config import TOKEN_ENV as TOKEN_ENV
+from ._config import ConfigError as ConfigError
+from ._config import ConnectionConfig as ConnectionConfig
+from ._config import DiscoveryConfig as DiscoveryConfig
+from ._config import HostdConfig as HostdConfig
+from ._config import VMEntry as VMEntry
+from ._config import load_config as load_config
+from ._daemon import main as main
+from ._daemon import serve as serve
+
+__all__ = [
+    "CONTROLLER_TOKEN_ENV",
+    "TOKEN_ENV",
+    "ConfigError",
+    "ConnectionConfig",
+    "DiscoveryConfig",
+    "HostdConfig",
+    "VMEntry",
+    "load_config",
+    "main",
+    "serve",
+]

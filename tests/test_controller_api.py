@@ -27,9 +27,8 @@ from limiquantix.controller._daemon import ControllerConfig
 from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
-from limiquantix.hostd._config import DiscoveryConfig, VMEntry
-from limiquantix.hostd._daemon import TOKEN_ENV, HostdConfig
-from limiquantix.hostd._daemon import serve as hostd_serve
+from limiquantix.hostd import TOKEN_ENV, DiscoveryConfig, HostdConfig, VMEntry
+from limiquantix.hostd import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
 
 VM = "/limiquantix.compute.v1.VMService"

@@ -21,7 +21,7 @@ from test_controller_api import DEADLINE_S, Stack, _make_tokens
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
-from limiquantix.hostd._config import DiscoveryConfig
+from limiquantix.hostd import DiscoveryConfig
 from limiquantix.hostd.simvm import SimVMProcess
 
 ADMIN = "/limiquantix.compute.v1.AdminService"

@@ -24,8 +24,8 @@ from hostile_guest import (
     terminal_telemetry,
 )
 
+from limiquantix.hostd import ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd._api import heartbeat_status, vm_status
-from limiquantix.hostd._config import ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd._discovery import VMRegistry
 from limiquantix.protocol import guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb

@@ -19,9 +19,8 @@ import psutil
 import pytest
 import trio
 
+from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
 from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
-from limiquantix.hostd._config import DiscoveryConfig
-from limiquantix.hostd._daemon import HostdConfig, serve
 from limiquantix.hostd.simvm import SimVMProcess
 
 TOKEN = "test-token-0123456789"

@@ -13,8 +13,15 @@ import httpx
 import pytest
 import trio
 
-from limiquantix.hostd._config import ConfigError, DiscoveryConfig
-from limiquantix.hostd._daemon import CONTROLLER_TOKEN_ENV, TOKEN_ENV, HostdConfig, load_config, serve
+from limiquantix.hostd import (
+    CONTROLLER_TOKEN_ENV,
+    TOKEN_ENV,
+    ConfigError,
+    DiscoveryConfig,
+    HostdConfig,
+    load_config,
+    serve,
+)
 
 
 def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:

@@ -27,10 +27,9 @@ import trio
 from conftest import StartSimVM
 
 from limiquantix.agent import Agent, AgentConfig
+from limiquantix.hostd import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry, rawguest
 from limiquantix.hostd import _config as hostd_config
-from limiquantix.hostd import rawguest
 from limiquantix.hostd._api import heartbeat_status, vm_status
-from limiquantix.hostd._config import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd._discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd._vmconn import VMConnection, VMState
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess

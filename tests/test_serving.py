@@ -39,9 +39,8 @@ from quart_trio import QuartTrio
 
 from limiquantix.controller._daemon import ControllerConfig
 from limiquantix.controller._daemon import serve as controller_serve
+from limiquantix.hostd import DiscoveryConfig, HostdConfig
 from limiquantix.hostd import _daemon as hostd_daemon
-from limiquantix.hostd._config import DiscoveryConfig
-from limiquantix.hostd._daemon import HostdConfig
 from limiquantix.protocol.rpc.server import _serving as serving
 from limiquantix.protocol.rpc.server import serve_http
 

@@ -32,9 +32,8 @@ from limiquantix.controller._daemon import ControllerConfig, ControllerConfigErr
 from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.controller._forward import NodeClient
 from limiquantix.controller._models import NodeInfo
-from limiquantix.hostd._config import ConfigError, DiscoveryConfig, VMEntry
-from limiquantix.hostd._daemon import HostdConfig
-from limiquantix.hostd._daemon import serve as hostd_serve
+from limiquantix.hostd import ConfigError, DiscoveryConfig, HostdConfig, VMEntry
+from limiquantix.hostd import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
@@ -342,7 +341,7 @@ async def test_hostd_refuses_a_controller_it_cannot_verify(
     tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """hostd trusting another CA never sends its registration (its token) to the controller."""
-    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._daemon")
+    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._registration")
     await tls_stack.start_controller()
     await tls_stack.start_hostd(controller_ca_file=tls_stack.certs.pem("ca", other=True))
     with trio.fail_after(DEADLINE_S):
@@ -375,7 +374,7 @@ async def test_a_node_token_without_the_node_certificate_cannot_register(
 ) -> None:
     """The controller asks for client certificates: a hostd with the node token but without its
     certificate is refused (a stolen token alone does not speak for a node)."""
-    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._daemon")
+    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._registration")
     await tls_stack.start_controller()
     await tls_stack.start_hostd(controller_cert_file="", controller_key_file="")
     await _registration_refused(tls_stack, caplog, "must present its client certificate")
@@ -385,7 +384,7 @@ async def test_a_node_token_without_the_node_certificate_cannot_register(
 async def test_another_nodes_certificate_cannot_register_this_node(
     tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._daemon")
+    caplog.set_level(logging.WARNING, logger="limiquantix.hostd._registration")
     await tls_stack.start_controller()
     await tls_stack.start_hostd(
         controller_cert_file=tls_stack.certs.pem("other-node-client"),
