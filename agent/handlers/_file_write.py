@@ -1,12 +1,4 @@
-"""Files: chunked read, atomic chunked write, stat, paged directory listing.
-
-Path policy (:func:`resolve_path`, used by all four requests): a path must be
-absolute, free of NUL and of ``..`` components; symlinks are resolved and the
-configured allow/deny prefixes (``file_read_*`` or ``file_write_*``) are
-checked on the *resolved* path, by whole components (``/etc`` does not cover
-``/etcetera``), deny winning. The file is then opened by its resolved path with
-``O_NOFOLLOW``, and where ``/proc`` can tell, the policy is checked once more on
-what was actually opened, so a path swapped after the check cannot escape.
+"""file_write: atomic chunked write transfers (policy: :mod:`._paths`).
 
 Writes are transfers (see ``FileWriteRequest`` in agent.proto). The first
 request stages a temp file ``.<name>.lqx-<random>.tmp`` (``O_EXCL``, 0600) in
@@ -16,21 +8,16 @@ path meanwhile. The commit (``last=true``) checks ``expected_sha256``, sets the
 mode, fsyncs, renames over the target (``CREATE_NEW``: hard-links, so an
 existing file is never replaced) and fsyncs the directory.
 
-Each transfer is a :class:`~..session.SessionResource` of the session that
+Each transfer is a :class:`~.._session.SessionResource` of the session that
 opened it, watched by one task in the session's nursery. The task discards the
 transfer (temp file removed, target untouched) when it is idle longer than
 ``file_write_idle_timeout_s``, when a chunk or the commit fails, when a
 ``CancelRequest`` names its ``write_id``, and when the session ends (link
 closed, agent stopping): its cleanup is a ``finally`` that runs on cancellation.
-
-Blocking file I/O (and SHA-256, which releases the GIL) runs in worker threads;
-each request does its syscalls from one thread call, so a cancelled request
-never leaves a half-done operation behind.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import grp
 import hashlib
@@ -40,10 +27,6 @@ import os
 import pwd
 import secrets
 import stat
-from bisect import bisect_right
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -53,32 +36,27 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler
+from ._paths import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    Access,
+    Policy,
+    canonical,
+    errno_error,
+    os_errors,
+    resolve_path,
+    verify_opened,
+)
 
 if TYPE_CHECKING:
     from .._session import Session
 
-__all__ = [
-    "Access",
-    "ResolvedPath",
-    "file_read",
-    "file_stat",
-    "file_write",
-    "list_directory",
-    "resolve_path",
-]
+__all__ = ["file_write"]
 
 log = logging.getLogger(__name__)
 
-#: Room left in a frame beside a chunk's data (or a listing's entries) for the
-#: envelope: message id, timestamp, offsets, sizes, SHA-256 and field tags take
-#: well under 200 bytes; the rest is margin.
-FRAME_HEADROOM_BYTES: Final = 4096
-#: Page size of a listing that names none, and the largest allowed (agent.proto).
-LIST_PAGE_DEFAULT: Final = 1000
-LIST_PAGE_MAX: Final = 10000
-#: Per-entry framing of a repeated message field (tag + length varint), used to
-#: keep a listing page inside one frame whatever the length of the names.
-_ENTRY_FRAMING_BYTES: Final = 6
+
 #: Block size when copying the old content into an APPEND transfer's temp file:
 #: large enough to amortize the syscalls, small enough not to matter in memory.
 COPY_BLOCK_BYTES: Final = 1024 * 1024
@@ -97,311 +75,10 @@ TEMP_STEM_MAX_CHARS: Final = 32
 #: Random bytes in a temp name: collisions are for O_EXCL to catch, not to expect.
 TEMP_RANDOM_BYTES: Final = 6
 TEMP_CREATE_ATTEMPTS: Final = 4
-#: Largest offset os.pread accepts (off_t is signed 64-bit).
-_MAX_OFFSET: Final = 2**63 - 1
 #: Largest uid/gid: (uid_t)-1 itself means "unchanged" to chown.
 _MAX_ID: Final = 2**32 - 2
 #: Errors of link() meaning "no hard links on this filesystem" (vfat: EPERM).
 _NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
-
-_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
-_O_NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
-
-
-# --------------------------------------------------------------- path policy
-
-
-class Access(enum.Enum):
-    """Which of the configured prefix lists applies."""
-
-    READ = "read"
-    WRITE = "write"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ResolvedPath:
-    #: The path as asked, in canonical lexical form (no empty or "." parts).
-    requested: str
-    #: The real path the request acts on (symlinks resolved).
-    real: str
-
-
-def _canonical(raw: str) -> str:
-    """Check a requested path and return its lexical canonical form.
-
-    Raises:
-        InvalidArgument: empty, relative, contains NUL or a ``..`` component
-            (reason ``invalid_path``).
-    """
-    shown = repr(raw)[:256]
-    if not raw:
-        raise errors.InvalidArgument("path is empty", reason="invalid_path")
-    if "\0" in raw:
-        raise errors.InvalidArgument(f"path {shown} contains a NUL character", reason="invalid_path")
-    if not raw.startswith("/"):
-        raise errors.InvalidArgument(f"path {shown} is not absolute", reason="invalid_path")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise errors.InvalidArgument(f"path {shown} contains a '..' component", reason="invalid_path")
-    return "/" + "/".join(parts)
-
-
-def _join(directory: str, name: str) -> str:
-    return directory + name if directory.endswith("/") else f"{directory}/{name}"
-
-
-def _under(path: str, prefix: str) -> bool:
-    """Whether ``path`` is ``prefix`` or inside it, by whole components."""
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
-
-
-@final
-class _Policy:
-    """The allow/deny prefixes of one access kind, themselves resolved.
-
-    Prefixes are resolved at each use (a configured ``/var/run`` must cover
-    ``/run``, where the paths it stands for resolve to) and not cached, since
-    the links they go through may change while the agent runs.
-    """
-
-    def __init__(self, config: AgentConfig, access: Access) -> None:
-        if access is Access.READ:
-            allow, deny = config.file_read_allow, config.file_read_deny
-        else:
-            allow, deny = config.file_write_allow, config.file_write_deny
-        self.access = access
-        self.allow = tuple(os.path.realpath(p) for p in allow)
-        self.deny = tuple(os.path.realpath(p) for p in deny)
-
-    def allows(self, real: str) -> bool:
-        if any(_under(real, p) for p in self.deny):
-            return False
-        return any(_under(real, p) for p in self.allow)
-
-    def check(self, real: str, shown: str) -> None:
-        """Raises: PermissionDenied (reason ``path_denied``)."""
-        if not self.allows(real):
-            raise errors.PermissionDenied(
-                f"{shown}: {self.access.value} not allowed by the agent's configuration", reason="path_denied"
-            )
-
-
-def resolve_path(
-    raw: str, config: AgentConfig, access: Access, *, follow: bool = True, policy: _Policy | None = None
-) -> ResolvedPath:
-    """Validate ``raw``, resolve it and check it against the configured prefixes.
-
-    Args:
-        raw: the path from the request.
-        access: whose prefixes apply (read or write).
-        follow: resolve the last component too (everything but stat). Without
-            it, only the parent is resolved and the name appended (lstat
-            semantics). A path that does not exist yet resolves as far as it
-            exists, the rest appended.
-        policy: an already built :class:`_Policy` for ``access`` (saves work).
-
-    Blocking (resolving stats the path's components): call it from a thread.
-
-    Raises:
-        InvalidArgument: an invalid path (reason ``invalid_path``).
-        PermissionDenied: the resolved path is outside the allowed prefixes or
-            inside a denied one (reason ``path_denied``).
-    """
-    requested = _canonical(raw)
-    if follow or requested == "/":
-        real = os.path.realpath(requested)
-    else:
-        parent, name = requested.rsplit("/", 1)
-        real = _join(os.path.realpath(parent or "/"), name)
-    (policy or _Policy(config, access)).check(real, requested)
-    return ResolvedPath(requested, real)
-
-
-@contextmanager
-def _os_errors(shown: str) -> Iterator[None]:
-    """Translate OSError into the error hierarchy (chained)."""
-    try:
-        yield
-    except OSError as exc:
-        raise errors.from_os_error(exc, path=shown) from exc
-
-
-def _errno_error(code: int, shown: str) -> errors.AgentError:
-    """The error an OSError with ``code`` would have become."""
-    return errors.from_os_error(OSError(code, os.strerror(code)), path=shown)
-
-
-def _fd_path(fd: int) -> str | None:
-    """What an fd really refers to, where /proc can tell."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-
-
-def _verify_opened(fd: int, expected: str, policy: _Policy, shown: str, *, name: str = "") -> str:
-    """Check the policy on what ``fd`` is, should it differ from the checked path.
-
-    Narrows the window between resolving and opening: a component swapped for
-    a symlink in between makes the fd point elsewhere, and that is checked.
-    ``name`` is appended for a directory fd that stands for a file in it.
-
-    Raises:
-        PermissionDenied: the opened object is outside the policy.
-    """
-    actual = _fd_path(fd)
-    if actual is None or actual == expected:
-        return expected
-    policy.check(_join(actual, name) if name else actual, shown)
-    return actual
-
-
-def _display(name: str) -> str:
-    """A file name as a proto string: names that are not UTF-8 are escaped."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return name
-
-
-# ---------------------------------------------------------------------- read
-
-
-def _read_chunk_size(config: AgentConfig, asked: int) -> int:
-    """The chunk size of a read: asked or default, capped so a chunk fits a frame."""
-    limit = max(1, config.max_frame_bytes - FRAME_HEADROOM_BYTES)
-    return min(asked or config.file_chunk_bytes, limit)
-
-
-@final
-class _Reader:
-    """One open file being read, hashed as it goes (methods block: use threads)."""
-
-    def __init__(self, fd: int, shown: str, offset: int, length: int, file_size: int) -> None:
-        self.fd = fd
-        self.shown = shown
-        self.position = offset
-        #: Bytes still wanted; None: to the end of the file.
-        self.remaining: int | None = length or None
-        self.file_size = file_size
-        self.total = 0
-        self.hasher = hashlib.sha256()
-
-    @classmethod
-    def open(cls, config: AgentConfig, raw: str, offset: int, length: int) -> _Reader:
-        """Resolve, check and open ``raw`` for reading.
-
-        Raises:
-            InvalidArgument: invalid path or offset.
-            PermissionDenied: denied by policy or by the OS.
-            NotFound: no such file.
-            FailedPrecondition: a directory (``is_a_directory``), a path through
-                a file (``not_a_directory``), not a regular file
-                (``not_a_regular_file``).
-        """
-        if offset > _MAX_OFFSET:
-            raise errors.InvalidArgument(f"offset {offset} is too large", reason="invalid")
-        policy = _Policy(config, Access.READ)
-        rp = resolve_path(raw, config, Access.READ, policy=policy)
-        shown = rp.requested
-        with _os_errors(shown):
-            # Look before opening: opening a FIFO or a device has side effects.
-            _check_readable(os.stat(rp.real).st_mode, shown)
-            # O_NONBLOCK: should a FIFO have replaced the file, open must not hang.
-            flags = os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC | _O_NOCTTY
-            fd = os.open(rp.real, flags)
-        try:
-            with _os_errors(shown):
-                st = os.fstat(fd)
-                _check_readable(st.st_mode, shown)
-                _verify_opened(fd, rp.real, policy, shown)
-                os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd, shown, offset, length, st.st_size)
-
-    @property
-    def finished(self) -> bool:
-        """The requested range is complete."""
-        return self.remaining == 0
-
-    def read(self, size: int) -> tuple[int, bytes]:
-        """The next piece: its offset and up to ``size`` bytes (empty at the end).
-
-        Reads until the OS reports the end rather than up to the size seen at
-        open, so files whose size the kernel does not report (/proc) read whole.
-
-        Raises:
-            AgentError: the read failed (from the OSError).
-        """
-        at = self.position
-        want = size if self.remaining is None else min(size, self.remaining)
-        if want <= 0:
-            return at, b""
-        with _os_errors(self.shown):
-            data = os.pread(self.fd, want, at)
-        self.hasher.update(data)
-        self.position += len(data)
-        self.total += len(data)
-        if self.remaining is not None:
-            self.remaining -= len(data)
-        return at, data
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _check_readable(mode: int, shown: str) -> None:
-    if stat.S_ISDIR(mode):
-        raise _errno_error(errno.EISDIR, shown)
-    if not stat.S_ISREG(mode):
-        raise errors.FailedPrecondition(f"{shown}: not a regular file", reason="not_a_regular_file")
-
-
-@handler("file_read", "file_read_chunk")
-async def file_read(ctx: RequestContext, req: pb.FileReadRequest) -> pb.FileReadChunk:
-    """Stream ``req``'s range as chunks; return the last one (eof, SHA-256).
-
-    One piece is read ahead, so the last data chunk is the one marked eof (an
-    empty file or range gives a single empty eof chunk). The SHA-256 covers
-    every byte sent: the whole file when no range was asked.
-
-    Raises:
-        InvalidArgument: invalid path or offset.
-        PermissionDenied: denied by policy (``path_denied``) or by the OS.
-        NotFound: no such file.
-        FailedPrecondition: ``is_a_directory``, ``not_a_directory``, ``not_a_regular_file``.
-    """
-    chunk = _read_chunk_size(ctx.config, req.chunk_size)
-    reader = await trio.to_thread.run_sync(_Reader.open, ctx.config, req.path, req.offset, req.length)
-    try:
-        offset, data = await trio.to_thread.run_sync(reader.read, chunk)
-        while data and not reader.finished:
-            next_offset, next_data = await trio.to_thread.run_sync(reader.read, chunk)
-            if not next_data:
-                break
-            await ctx.send(file_read_chunk=pb.FileReadChunk(offset=offset, data=data, file_size=reader.file_size))
-            offset, data = next_offset, next_data
-        return pb.FileReadChunk(
-            offset=offset,
-            data=data,
-            eof=True,
-            sha256=reader.hasher.digest(),
-            file_size=reader.file_size,
-            total_bytes=reader.total,
-        )
-    finally:
-        reader.close()
-
-
-# --------------------------------------------------------------------- write
 
 
 def _lookup_uid(owner: str) -> int:
@@ -439,7 +116,7 @@ def _lstat_at(dirfd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _make_parents(directory: str, policy: _Policy, shown: str) -> None:
+def _make_parents(directory: str, policy: Policy, shown: str) -> None:
     """Create the missing directories up to ``directory`` (resolved).
 
     All are checked against the write policy before any is created.
@@ -457,7 +134,7 @@ def _make_parents(directory: str, policy: _Policy, shown: str) -> None:
     for d in missing:
         policy.check(d, shown)
     for d in missing:
-        with _os_errors(shown):
+        with os_errors(shown):
             try:
                 os.mkdir(d, NEW_DIRECTORY_MODE)
             except FileExistsError:
@@ -496,7 +173,7 @@ class _StagedFile:
             OSError: the directory refuses it.
         """
         stem = self.name[:TEMP_STEM_MAX_CHARS]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC
         for _ in range(TEMP_CREATE_ATTEMPTS):
             tmp = f".{stem}.lqx-{secrets.token_hex(TEMP_RANDOM_BYTES)}.tmp"
             try:
@@ -521,7 +198,7 @@ class _StagedFile:
         Raises:
             OSError: the target cannot be read.
         """
-        src = os.open(self.name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.dirfd)
+        src = os.open(self.name, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC, dir_fd=self.dirfd)
         try:
             while block := os.read(src, COPY_BLOCK_BYTES):
                 self._append(block)
@@ -534,7 +211,7 @@ class _StagedFile:
         Raises:
             AgentError: the write failed (e.g. ``no_space``).
         """
-        with _os_errors(self.shown):
+        with os_errors(self.shown):
             self._append(data)
         self.bytes_written += len(data)
 
@@ -557,7 +234,7 @@ class _StagedFile:
                 f"{self.shown}: SHA-256 of the written content is {digest.hex()}, expected {expected_sha256.hex()}",
                 reason="checksum_mismatch",
             )
-        with _os_errors(self.shown):
+        with os_errors(self.shown):
             os.fchmod(self.fd, self.mode)  # after any chown, which may clear setuid bits
             os.fsync(self.fd)
             os.close(self.fd)
@@ -629,26 +306,26 @@ def _stage(config: AgentConfig, req: pb.FileWriteRequest) -> _StagedFile:
         FailedPrecondition: the target is a directory (``is_a_directory``),
             a path through a file (``not_a_directory``), not a regular file.
     """
-    policy = _Policy(config, Access.WRITE)
+    policy = Policy(config, Access.WRITE)
     rp = resolve_path(req.path, config, Access.WRITE, policy=policy)
     shown = rp.requested
     directory, name = rp.real.rsplit("/", 1)
     directory = directory or "/"
     if not name:
-        raise _errno_error(errno.EISDIR, shown)
+        raise errno_error(errno.EISDIR, shown)
     uid, gid = _lookup_uid(req.owner), _lookup_gid(req.group)
     if req.create_parents:
         _make_parents(directory, policy, shown)
-    with _os_errors(shown):
-        dirfd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    with os_errors(shown):
+        dirfd = os.open(directory, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     staged = _StagedFile(dirfd, name, shown)
     try:
-        with _os_errors(shown):
-            _verify_opened(dirfd, directory, policy, shown, name=name)
+        with os_errors(shown):
+            verify_opened(dirfd, directory, policy, shown, name=name)
             existing = _lstat_at(dirfd, name)
             if existing is not None:
                 if stat.S_ISDIR(existing.st_mode):
-                    raise _errno_error(errno.EISDIR, shown)
+                    raise errno_error(errno.EISDIR, shown)
                 if req.mode == pb.WRITE_MODE_CREATE_NEW:
                     raise errors.AlreadyExists(f"{shown}: file exists", reason="file_exists")
                 if not stat.S_ISREG(existing.st_mode):
@@ -752,7 +429,7 @@ def _find_transfer(session: Session, req: pb.FileWriteRequest) -> _WriteTransfer
             f"no write transfer {req.write_id!r} on this connection (unknown, finished or expired)",
             reason="unknown_write_id",
         )
-    if req.path and _canonical(req.path) != transfer.staged.shown:
+    if req.path and canonical(req.path) != transfer.staged.shown:
         raise errors.InvalidArgument(f"write {req.write_id} is not for {req.path!r}", reason="path_mismatch")
     return transfer
 
@@ -859,150 +536,3 @@ async def file_write(ctx: RequestContext, req: pb.FileWriteRequest) -> pb.FileWr
     session.resources[write_id] = transfer
     log.debug("write %s to %s opened (%s)", write_id, staged.shown, staged.tmp_name)
     return await _apply(transfer, req)
-
-
-# --------------------------------------------------------- stat and listing
-
-
-@final
-class _Names:
-    """uid/gid -> name, looked up once per request (NSS lookups may be slow)."""
-
-    def __init__(self) -> None:
-        self._users: dict[int, str] = {}
-        self._groups: dict[int, str] = {}
-
-    def user(self, uid: int) -> str:
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = ""
-        return self._users[uid]
-
-    def group(self, gid: int) -> str:
-        if gid not in self._groups:
-            try:
-                self._groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._groups[gid] = ""
-        return self._groups[gid]
-
-
-def _file_type(mode: int) -> pb.FileType.ValueType:
-    if stat.S_ISREG(mode):
-        return pb.FILE_TYPE_REGULAR
-    if stat.S_ISDIR(mode):
-        return pb.FILE_TYPE_DIRECTORY
-    if stat.S_ISLNK(mode):
-        return pb.FILE_TYPE_SYMLINK
-    return pb.FILE_TYPE_OTHER
-
-
-def _to_file_stat(path: str, name: str, st: os.stat_result, link_target: str, names: _Names) -> pb.FileStat:
-    out = pb.FileStat(
-        path=path,
-        name=name,
-        type=_file_type(st.st_mode),
-        size=st.st_size,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        owner=names.user(st.st_uid),
-        group=names.group(st.st_gid),
-        symlink_target=link_target,
-    )
-    for ts, ns in ((out.modified, st.st_mtime_ns), (out.accessed, st.st_atime_ns), (out.changed, st.st_ctime_ns)):
-        ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
-    return out
-
-
-def _stat_sync(config: AgentConfig, raw: str) -> pb.FileStat:
-    rp = resolve_path(raw, config, Access.READ, follow=False)
-    with _os_errors(rp.requested):
-        st = os.lstat(rp.real)
-        target = _display(os.readlink(rp.real)) if stat.S_ISLNK(st.st_mode) else ""
-    name = rp.requested.rsplit("/", 1)[1] or "/"
-    return _to_file_stat(rp.requested, name, st, target, _Names())
-
-
-@handler("file_stat", "file_stat_response")
-async def file_stat(ctx: RequestContext, req: pb.FileStatRequest) -> pb.FileStat:
-    """Metadata of a path, lstat-style: a symlink is reported, not followed.
-
-    The read policy applies to the path with its parent resolved.
-
-    Raises:
-        InvalidArgument: invalid path.
-        PermissionDenied: ``path_denied``, or refused by the OS.
-        NotFound: no such file.
-        FailedPrecondition: ``not_a_directory`` (a path through a file).
-    """
-    return await trio.to_thread.run_sync(_stat_sync, ctx.config, req.path)
-
-
-def _list_sync(config: AgentConfig, raw: str, page_size: int, page_token: str) -> pb.ListDirectoryResponse:
-    policy = _Policy(config, Access.READ)
-    rp = resolve_path(raw, config, Access.READ, policy=policy)
-    shown = rp.requested
-    with _os_errors(shown):
-        fd = os.open(rp.real, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
-    try:
-        with _os_errors(shown):
-            real = _verify_opened(fd, rp.real, policy, shown)
-            raw_names = os.listdir(fd)
-        # Entries the read policy denies are left out, as stat refuses them.
-        by_display = {_display(n): n for n in raw_names if policy.allows(_join(real, n))}
-        names = sorted(by_display)
-        start = bisect_right(names, page_token) if page_token else 0
-        # Names after the token, not an index: a page boundary stays put when
-        # entries come and go between pages, so no entry is seen twice.
-        response = pb.ListDirectoryResponse()
-        budget = config.max_frame_bytes - FRAME_HEADROOM_BYTES
-        lookup = _Names()
-        last = ""
-        stop = min(start + page_size, len(names))
-        i = start
-        while i < stop:
-            display = names[i]
-            try:
-                st = os.stat(by_display[display], dir_fd=fd, follow_symlinks=False)
-                target = ""
-                if stat.S_ISLNK(st.st_mode):
-                    target = _display(os.readlink(by_display[display], dir_fd=fd))
-            except FileNotFoundError:
-                last = display  # gone since listdir: skip it, the page still ends after it
-                i += 1
-                continue
-            except OSError as exc:
-                raise errors.from_os_error(exc, path=_join(shown, display)) from exc
-            entry = _to_file_stat(_join(shown, display), display, st, target, lookup)
-            budget -= entry.ByteSize() + _ENTRY_FRAMING_BYTES
-            if budget < 0 and response.entries:
-                break  # the frame is full: this entry starts the next page
-            response.entries.append(entry)
-            last = display
-            i += 1
-        if i < len(names):
-            response.next_page_token = last
-        return response
-    finally:
-        os.close(fd)
-
-
-@handler("list_directory", "list_directory_response")
-async def list_directory(ctx: RequestContext, req: pb.ListDirectoryRequest) -> pb.ListDirectoryResponse:
-    """One page of a directory's entries (lstat each), sorted by name.
-
-    ``page_token`` is the name of the previous page's last entry: the page
-    holds the entries named after it. A page also ends early when its
-    entries would overflow a frame.
-
-    Raises:
-        InvalidArgument: invalid path.
-        PermissionDenied: ``path_denied``, or refused by the OS.
-        NotFound: no such directory.
-        FailedPrecondition: ``not_a_directory``.
-    """
-    page_size = min(req.page_size or LIST_PAGE_DEFAULT, LIST_PAGE_MAX)
-    return await trio.to_thread.run_sync(_list_sync, ctx.config, req.path, page_size, req.page_token)
