@@ -4,19 +4,19 @@ The TOML file (default ``/etc/limiquantix/agent.toml``) holds the field names
 as keys, either at the top level or inside tables, which only group them for
 readability (``[exec]\nexec_default_timeout_s = 30``). Every field is also a
 command-line flag (``--telemetry-interval-s 10``); flags win over the file.
+The loader is the one every daemon shares (:mod:`limiquantix.protocol.config`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, get_origin, get_type_hints
+from typing import Any, Final
 
-from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol import config as _loader
+from limiquantix.protocol.config import ConfigError
 from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
 from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
 
@@ -25,10 +25,6 @@ __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError"
 DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/agent.toml")
 DEFAULT_DEVICE: Final = "/dev/virtio-ports/org.limiquantix.agent.0"
 MiB: Final = 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """The configuration file or a flag is invalid."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,109 +136,13 @@ class AgentConfig:
                     raise ConfigError(f"{name}: {prefix!r} is not an absolute path")
 
 
-_FIELDS: Final = {f.name: f for f in dataclasses.fields(AgentConfig)}
-_HINTS: Final = get_type_hints(AgentConfig)
-
-
-@functools.cache
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings (the string literal after each field).
-
-    Parsed from the source, so only for --help and --print-config: at every start it would
-    cost the agent a few milliseconds natively, a tenth of a second in a slow guest's boot.
-    """
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(AgentConfig))
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = nxt.value.value
-    return docs
-
-
-def _coerce(name: str, value: Any) -> Any:
-    hint = _HINTS[name]
-    if get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = [v for v in (p.strip() for p in value.split(",")) if v]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of strings")
-        return tuple(value)
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if hint is int and not isinstance(value, bool):
-            return int(value)
-        if hint is float and not isinstance(value, bool):
-            return float(value)
-        if hint is str and isinstance(value, str):
-            return value
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
-    raise ConfigError(f"{name} must be of type {getattr(hint, '__name__', hint)}, not {type(value).__name__}")
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value))
-        else:
-            flat[key.replace("-", "_")] = value
-    return flat
-
-
 def config_from_mapping(data: dict[str, Any]) -> AgentConfig:
     """Build a config from (possibly table-grouped) keys.
 
     Raises:
         ConfigError: an unknown key or a value of the wrong type.
     """
-    flat = _flatten(data)
-    unknown = sorted(set(flat) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-    try:
-        return AgentConfig(**{k: _coerce(k, v) for k, v in flat.items()})
-    except TypeError as exc:  # pragma: no cover - guarded by the unknown-key check
-        raise ConfigError(str(exc)) from exc
-
-
-#: Marks a field flag's help text, filled in by _HelpFormatter.
-_FIELD_HELP: Final = "\0field:"
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Reads a field flag's help from the field's docstring when help is shown."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help
-        if help_text is not None and help_text.startswith(_FIELD_HELP):
-            name = help_text[len(_FIELD_HELP) :]
-            return _field_help(name)
-        return help_text
-
-
-def _field_help(name: str) -> str:
-    hint = _HINTS[name]
-    default = _FIELDS[name].default
-    text = _field_docs().get(name, "")
-    if get_origin(hint) is tuple:
-        text += " Comma-separated."
-        default = ",".join(default)  # type: ignore[arg-type]
-    # argparse %-formats help strings.
-    return f"{text} (default: {default!s})".replace("%", "%%")
+    return _loader.from_mapping(AgentConfig, data, group_tables=True)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -252,7 +152,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="limiquantix-agent",
         description="LimiQuantix guest agent: serves the host over virtio-serial.",
-        formatter_class=_HelpFormatter,
+        formatter_class=_loader.FieldHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"limiquantix-agent {__version__}")
     parser.add_argument(
@@ -266,36 +166,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"TOML configuration file (default {DEFAULT_CONFIG_PATH} when it exists)",
     )
-    for name in _FIELDS:
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            metavar=name.upper(),
-            help=_FIELD_HELP + name,
-        )
+    _loader.add_field_flags(parser, AgentConfig)
     return parser
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 
 def dump_toml(config: AgentConfig) -> str:
     """The configuration as a commented TOML file (``--print-config``)."""
-    docs = _field_docs()
-    lines = ["# limiquantix-agent configuration (every key is also a --flag).", ""]
-    for name in _FIELDS:
-        lines.append(f"# {docs.get(name, '')}")
-        lines.append(f"{name} = {_toml_value(getattr(config, name))}")
-        lines.append("")
-    return "\n".join(lines)
+    return _loader.dump_toml(config, "limiquantix-agent configuration (every key is also a --flag).")
 
 
 def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
@@ -313,9 +190,5 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[AgentConfig, 
     Raises:
         ConfigError: unreadable or invalid file, or an invalid flag value.
     """
-    parser = build_arg_parser()
-    ns = vars(parser.parse_args(argv))
-    print_config: bool = ns.pop("print_config")
-    data = _flatten(read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ConfigError))
-    data.update(ns)
-    return config_from_mapping(data), print_config
+    config, others = _loader.load(AgentConfig, build_arg_parser(), argv, DEFAULT_CONFIG_PATH, group_tables=True)
+    return config, bool(others["print_config"])
