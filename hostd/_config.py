@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
@@ -60,8 +59,9 @@ from types import MappingProxyType
 from typing import Any, Final, final
 
 from limiquantix.protocol import __version__
+from limiquantix.protocol import config as config_loader
 from limiquantix.protocol.client import EVENT_BURST, EVENT_RATE_PER_S
-from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol.config import ConfigError
 from limiquantix.protocol.framing import MAX_FRAME_BYTES
 from limiquantix.protocol.rpc.server import ServerTLS, server_ssl_context
 from limiquantix.protocol.tls import (
@@ -101,10 +101,6 @@ SOCKET_SUFFIX: Final = ".agent.sock"
 
 #: A VM id appears in URLs, metrics labels and file names: keep it plain.
 _VM_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,254}")
-
-
-class ConfigError(ValueError):
-    """A setting is out of range."""
 
 
 @final
@@ -256,7 +252,7 @@ class HostdConfig:
     """TCP address of the node API (host:port); empty: no TCP listener."""
     unix_socket: str = ""
     """Unix socket path of the node API; empty: none."""
-    token: str = ""
+    token: str = dataclasses.field(default="", metadata={"secret_env": TOKEN_ENV})
     """Bearer token every RPC (and /metrics) must carry (prefer token_file; never a flag)."""
     token_file: str = ""
     """File holding the bearer token (first line)."""
@@ -268,7 +264,7 @@ class HostdConfig:
     """This host's name in the controller."""
     controller_url: str = ""
     """The controller to register with (http://host:port); empty: standalone."""
-    controller_token: str = ""
+    controller_token: str = dataclasses.field(default="", metadata={"secret_env": CONTROLLER_TOKEN_ENV})
     """Bearer token for the controller (a token with the ``node`` role; prefer controller_token_file; never a flag)."""
     controller_token_file: str = ""
     """File holding the controller token (first line)."""
@@ -295,8 +291,11 @@ class HostdConfig:
     log_level: str = "info"
     """debug, info, warning or error."""
     connection: ConnectionConfig = dataclasses.field(default_factory=ConnectionConfig)
+    """The ``[connection]`` table."""
     discovery: DiscoveryConfig = dataclasses.field(default_factory=DiscoveryConfig)
-    vms: tuple[VMEntry, ...] = ()
+    """The ``[discovery]`` table."""
+    vms: tuple[VMEntry, ...] = dataclasses.field(default=(), metadata={"key": "vm"})
+    """The ``[[vm]]`` tables."""
 
     def __post_init__(self) -> None:
         if not self.listen and not self.unix_socket:
@@ -336,7 +335,7 @@ class HostdConfig:
         Raises:
             ConfigError: none configured, or the file is unreadable or empty.
         """
-        return _secret(self.token, self.token_file, "token")
+        return _secret(self.token, self.token_file, "token", TOKEN_ENV)
 
     def controller_bearer_token(self) -> str:
         """The token hostd presents to the controller.
@@ -344,7 +343,7 @@ class HostdConfig:
         Raises:
             ConfigError: none configured, or the file is unreadable or empty.
         """
-        return _secret(self.controller_token, self.controller_token_file, "controller_token")
+        return _secret(self.controller_token, self.controller_token_file, "controller_token", CONTROLLER_TOKEN_ENV)
 
     def server_tls(self) -> ServerTLS | None:
         """The node API's TLS settings; None: plain HTTP."""
@@ -375,7 +374,7 @@ class HostdConfig:
             raise ConfigError(str(exc)) from None
 
 
-def _secret(value: str, file: str, what: str) -> str:
+def _secret(value: str, file: str, what: str, env: str) -> str:
     """A token from its file (first word) when one is named, else ``value``.
 
     Raises:
@@ -391,179 +390,45 @@ def _secret(value: str, file: str, what: str) -> str:
             raise ConfigError(f"{what}_file {file} is empty")
     if not value:
         name = "bearer token" if what == "token" else what
-        raise ConfigError(f"a {name} is required: set {what}_file or {_SECRET_KEYS[what]}")
+        raise ConfigError(f"a {name} is required: set {what}_file or {env}")
     return value
 
 
-_SCALARS: Final = (
-    "listen",
-    "unix_socket",
-    "token",
-    "token_file",
-    "node_id",
-    "log_format",
-    "log_level",
-    "controller_url",
-    "controller_token",
-    "controller_token_file",
-    "advertise_url",
-    "tls_cert_file",
-    "tls_key_file",
-    "tls_client_ca_file",
-    "controller_ca_file",
-    "controller_cert_file",
-    "controller_key_file",
-)
-#: true/false keys (flags without a value turn them on).
-_BOOLEANS: Final = ("metrics_open", "controller_insecure")
-#: Keys that hold a secret: TOML or the environment only, never flags.
-_SECRET_KEYS: Final = {"token": TOKEN_ENV, "controller_token": CONTROLLER_TOKEN_ENV}
+#: The flags that set keys of [discovery] (the rest of it is for the file).
+_DISCOVERY_FLAGS: Final = ("socket_dir", "libvirt_channel_root")
 
 
-def _sub(cls: type, data: Any, where: str) -> Any:
-    """``cls`` from a TOML table.
-
-    Raises:
-        ConfigError: not a table, an unknown key (named, with the known ones), a bad value.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{where}] must be a table")
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(known)})")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"[{where}]: {exc}") from exc
-
-
-def config_from_mapping(data: dict[str, Any]) -> HostdConfig:
-    """Build a HostdConfig from parsed TOML (plus flag overrides).
-
-    Raises:
-        ConfigError: unknown keys, wrong types or values.
-    """
-    data = dict(data)
-    known = {
-        *_SCALARS,
-        *_BOOLEANS,
-        "heartbeat_interval_s",
-        "max_request_bytes_in_flight",
-        "connection",
-        "discovery",
-        "vm",
-    }
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for key in _SCALARS:
-        if key in data:
-            if not isinstance(data[key], str):
-                raise ConfigError(f"{key} must be a string")
-            kwargs[key] = data[key]
-    if "heartbeat_interval_s" in data:
-        try:
-            kwargs["heartbeat_interval_s"] = float(data["heartbeat_interval_s"])
-        except (TypeError, ValueError):
-            raise ConfigError("heartbeat_interval_s must be a number") from None
-    if "max_request_bytes_in_flight" in data:
-        if isinstance(data["max_request_bytes_in_flight"], bool) or not isinstance(
-            data["max_request_bytes_in_flight"], int
-        ):
-            raise ConfigError("max_request_bytes_in_flight must be a whole number of bytes")
-        kwargs["max_request_bytes_in_flight"] = data["max_request_bytes_in_flight"]
-    for key in _BOOLEANS:
-        if key in data:
-            if not isinstance(data[key], bool):
-                raise ConfigError(f"{key} must be true or false")
-            kwargs[key] = data[key]
-    if "connection" in data:
-        kwargs["connection"] = _sub(ConnectionConfig, data["connection"], "connection")
-    if "discovery" in data:
-        kwargs["discovery"] = _sub(DiscoveryConfig, data["discovery"], "discovery")
-    vms = data.get("vm", [])
-    if not isinstance(vms, list):
-        raise ConfigError("[[vm]] must be an array of tables")
-    kwargs["vms"] = tuple(_sub(VMEntry, v, "[vm]") for v in vms)
-    return HostdConfig(**kwargs)
-
-
-class _RefuseSecret(argparse.Action):
-    """``--token`` / ``--controller-token``: a secret on the command line is visible in ``ps``."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
-        key = self.dest
-        parser.error(
-            f"{option} is refused: a token on the command line is visible to every user (ps); "
-            f"use --{key.replace('_', '-')}-file FILE or the environment variable {_SECRET_KEYS[key]}"
-        )
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """A dataclass's attribute docstrings (the string under each field): --help's texts,
-    written once beside the field they describe."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):  # pragma: no cover - no source shipped
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for stmt, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
-        ):  # fmt: skip
-            docs[stmt.target.id] = " ".join(after.value.value.split()).replace("``", "")
-    return docs
+def _merge_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
+    """--socket-dir and --libvirt-channel-root into [discovery], each --vm into [[vm]]."""
+    discovery = dict(data.get("discovery", {}))
+    for key in _DISCOVERY_FLAGS:
+        if key in flags:
+            discovery[key] = flags.pop(key)
+    if discovery:
+        data["discovery"] = discovery
+    extra_vms = []
+    for spec in flags.pop("vm"):
+        vm_id, sep, sock = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--vm takes ID=SOCKET, not {spec!r}")
+        extra_vms.append({"id": vm_id, "socket": sock})
+    if extra_vms:
+        data["vm"] = [*data.get("vm", []), *extra_vms]
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    docs = {**_field_docs(HostdConfig), **_field_docs(DiscoveryConfig)}
+    """hostd's command line: --config, --version, a flag per top-level key, --socket-dir,
+    --libvirt-channel-root and --vm."""
     p = argparse.ArgumentParser(
         prog="limiquantix-hostd",
         description="LimiQuantix host daemon: the node API over every VM's agent. Every key of the TOML file is also a flag;"
         f" flags win. Tokens come from files or the environment ({TOKEN_ENV}, {CONTROLLER_TOKEN_ENV}), never flags.",
+        formatter_class=config_loader.FieldHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"limiquantix-hostd {__version__}")
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
-    for key in _SCALARS:
-        if key in _SECRET_KEYS:
-            # Refused with a reason rather than "unrecognized arguments".
-            p.add_argument(
-                "--" + key.replace("_", "-"),
-                dest=key,
-                action=_RefuseSecret,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
-        else:
-            p.add_argument("--" + key.replace("_", "-"), dest=key, default=argparse.SUPPRESS, help=docs.get(key))
-    p.add_argument(
-        "--metrics-open", action="store_true", default=argparse.SUPPRESS, help="serve /metrics without the bearer token"
-    )
-    p.add_argument(
-        "--controller-insecure",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="allow the controller token over plain http:// to another machine (anyone on the path reads it)",
-    )
-    p.add_argument(
-        "--heartbeat-interval-s", type=float, default=argparse.SUPPRESS, help=docs.get("heartbeat_interval_s")
-    )
-    p.add_argument(
-        "--max-request-bytes-in-flight",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=docs.get("max_request_bytes_in_flight"),
-    )
-    p.add_argument("--socket-dir", default=argparse.SUPPRESS, help=docs.get("socket_dir"))
-    p.add_argument("--libvirt-channel-root", default=argparse.SUPPRESS, help=docs.get("libvirt_channel_root"))
+    config_loader.add_field_flags(p, HostdConfig)
+    config_loader.add_field_flags(p, DiscoveryConfig, only=_DISCOVERY_FLAGS)
     p.add_argument(
         "--vm", action="append", default=[], metavar="ID=SOCKET", help="a VM and its chardev socket (repeatable)"
     )
@@ -571,30 +436,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def load_config(argv: Sequence[str] | None = None) -> HostdConfig:
-    """Flags and the TOML file.
+    """Flags and the TOML file; a token's environment variable over the file's value (a token
+    file named anywhere wins over both: :meth:`HostdConfig.bearer_token`).
 
     Raises:
         ConfigError: unreadable or invalid configuration.
     """
-    ns = vars(build_arg_parser().parse_args(argv))
-    data = read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ConfigError)
-    discovery = dict(data.get("discovery", {}))
-    for key in ("socket_dir", "libvirt_channel_root"):
-        if key in ns:
-            discovery[key] = ns.pop(key)
-    if discovery:
-        data["discovery"] = discovery
-    extra_vms = []
-    for spec in ns.pop("vm"):
-        vm_id, sep, sock = spec.partition("=")
-        if not sep:
-            raise ConfigError(f"--vm takes ID=SOCKET, not {spec!r}")
-        extra_vms.append({"id": vm_id, "socket": sock})
-    if extra_vms:
-        data["vm"] = [*data.get("vm", []), *extra_vms]
-    data.update(ns)
-    # The environment over the TOML value; a file named anywhere over both.
-    for key, env in _SECRET_KEYS.items():
-        if os.environ.get(env):
-            data[key] = os.environ[env]
-    return config_from_mapping(data)
+    return config_loader.load(HostdConfig, build_arg_parser(), argv, DEFAULT_CONFIG_PATH, merge_flags=_merge_flags)[0]
