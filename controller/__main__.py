@@ -46,7 +46,7 @@ from . import pki
 from ._audit import AuditEntry, AuditTrail
 from ._auth import Principal, Role, parse_labels
 from ._models import AuditAction, AuditDetail, TokenInfo, iso_time
-from .store import DEFAULT_DB_PATH, SQLiteStore, Store
+from .store import DEFAULT_DB_PATH, DEFAULT_HEARTBEAT_TIMEOUT_S, SQLiteStore, Store
 
 __all__ = ["build_arg_parser", "main"]
 
@@ -271,8 +271,6 @@ async def _vm_remove(store: Store, args: argparse.Namespace) -> int:
     """As AdminService/RemoveVM: refused while a reachable node reports the VM; audited ``vm.remove``."""
     timeout_s = args.heartbeat_timeout_s
     if timeout_s is None:
-        from ._daemon import DEFAULT_HEARTBEAT_TIMEOUT_S  # the web stack: only here
-
         timeout_s = DEFAULT_HEARTBEAT_TIMEOUT_S
     if not timeout_s > 0:
         raise errors.InvalidArgument("--heartbeat-timeout-s must be > 0")

@@ -5,7 +5,7 @@ key is also a flag (``--listen``, ``--db`` ...), and flags win::
 
     listen = "127.0.0.1:8080"
     db = "/var/lib/limiquantix/controller.db"
-    heartbeat_timeout_s = 35.0     # a node silent this long is unreachable
+    heartbeat_timeout_s = 15.0     # a node silent this long is unreachable
     downloads_dir = "/var/lib/limiquantix/downloads"   # served read-only under /downloads/
     downloads_require_token = false                     # true: /downloads/ needs a bearer token
     max_request_bytes_in_flight = 268435456            # request bytes held by calls in progress, in total
@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Final, final
 
 import trio
 from prometheus_client import Counter, Gauge
@@ -49,7 +49,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.configfile import read_toml
+from limiquantix.protocol import config as config_loader
+from limiquantix.protocol.config import ConfigError
 from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, stop_on_signals
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import (
@@ -73,7 +74,7 @@ from ._fleet import FLEET_SERVICE, FleetAPI
 from ._forward import NodeClient
 from ._nodes import NODE_REGISTRY_SERVICE, NodeRegistryAPI, require_node_certificate
 from ._vms import VM_SERVICE, VMAPI
-from .store import DEFAULT_DB_PATH, SQLiteStore, Store
+from .store import DEFAULT_DB_PATH, DEFAULT_HEARTBEAT_TIMEOUT_S, SQLiteStore, Store
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -92,9 +93,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH: Final = Path("/etc/limiquantix/controller.toml")
 #: The environment variable that names the first admin token.
 ADMIN_TOKEN_ENV: Final = "LQX_ADMIN_TOKEN"
-#: hostd heartbeats every 10 s by default: 3.5 intervals tolerate two lost
-#: heartbeats and a slow one before calls for the node's VMs are refused.
-DEFAULT_HEARTBEAT_TIMEOUT_S: Final = 35.0
 #: On SIGTERM, requests in flight get this long to finish.
 GRACEFUL_TIMEOUT_S: Final = 5.0
 #: Request bytes that calls in progress may hold, in total and per user. A 45 MiB
@@ -103,12 +101,8 @@ GRACEFUL_TIMEOUT_S: Final = 5.0
 #: the forwarded copy), so these bound the controller's memory to about 1 GiB.
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
-_INT_KEYS: Final = ("max_request_bytes_in_flight", "max_request_bytes_in_flight_per_user")
-_BOOL_KEYS: Final = ("downloads_require_token", "node_mtls", "insecure_nodes", "require_node_cert")
-
-
-class ControllerConfigError(ValueError):
-    """The configuration is unreadable or invalid."""
+#: The configuration's error is the loader's, under the name the controller exports.
+ControllerConfigError = ConfigError
 
 
 @final
@@ -117,7 +111,7 @@ class ControllerConfig:
     """Every setting of the controller.
 
     Raises:
-        ControllerConfigError: a value is out of range.
+        ConfigError: a value is out of range.
     """
 
     listen: str = "127.0.0.1:8080"
@@ -160,62 +154,29 @@ class ControllerConfig:
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ControllerConfigError("tls_cert_file and tls_key_file go together")
+            raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ControllerConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if bool(self.node_cert_file) != bool(self.node_key_file):
-            raise ControllerConfigError("node_cert_file and node_key_file go together")
+            raise ConfigError("node_cert_file and node_key_file go together")
         if self.node_ca_file and self.node_mtls and not self.node_cert_file:
-            raise ControllerConfigError(
+            raise ConfigError(
                 "node_ca_file turns on mutual TLS with hostd: set node_cert_file and node_key_file "
                 "(limiquantix-controller pki client controller-client), or node_mtls = false"
             )
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ControllerConfigError(f"listen must be host:port, not {self.listen!r}")
+            raise ConfigError(f"listen must be host:port, not {self.listen!r}")
         if not self.db:
-            raise ControllerConfigError("db must name a file")
+            raise ConfigError("db must name a file")
         if not self.heartbeat_timeout_s > 0:
-            raise ControllerConfigError("heartbeat_timeout_s must be > 0")
+            raise ConfigError("heartbeat_timeout_s must be > 0")
         if self.log_format not in ("text", "json"):
-            raise ControllerConfigError("log_format must be text or json")
+            raise ConfigError("log_format must be text or json")
         if not 0 < self.max_request_bytes_in_flight_per_user <= self.max_request_bytes_in_flight:
-            raise ControllerConfigError(
+            raise ConfigError(
                 "max_request_bytes_in_flight_per_user must be > 0 and at most max_request_bytes_in_flight"
             )
-
-
-_FIELDS: Final = {f.name: f for f in dataclasses.fields(ControllerConfig)}
-
-
-def config_from_mapping(data: dict[str, Any]) -> ControllerConfig:
-    """A ControllerConfig from parsed TOML plus flags.
-
-    Raises:
-        ControllerConfigError: unknown keys or wrong types.
-    """
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise ControllerConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "heartbeat_timeout_s":
-            try:
-                kwargs[key] = float(value)
-            except (TypeError, ValueError):
-                raise ControllerConfigError(f"{key} must be a number") from None
-        elif key in _BOOL_KEYS:
-            kwargs[key] = _boolean(key, value)
-        elif key in _INT_KEYS:
-            try:
-                kwargs[key] = int(value)
-            except (TypeError, ValueError):
-                raise ControllerConfigError(f"{key} must be a whole number of bytes") from None
-        elif not isinstance(value, str):
-            raise ControllerConfigError(f"{key} must be a string")
-        else:
-            kwargs[key] = value
-    return ControllerConfig(**kwargs)
 
 
 def server_tls(config: ControllerConfig) -> ServerTLS | None:
@@ -242,30 +203,14 @@ def check_tls(config: ControllerConfig) -> None:
     """Load every certificate and key once, so that a bad file stops the controller at start, named.
 
     Raises:
-        ControllerConfigError: a file cannot be used.
+        ConfigError: a file cannot be used.
     """
     try:
         if (tls := server_tls(config)) is not None:
             server_ssl_context(tls)
         client_ssl_context(node_tls(config))
     except TLSConfigError as exc:
-        raise ControllerConfigError(str(exc)) from None
-
-
-def _boolean(key: str, value: object) -> bool:
-    """A TOML boolean, or a flag's true/false.
-
-    Raises:
-        ControllerConfigError: anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
-        return _BOOLEAN_WORDS[value.lower()]
-    raise ControllerConfigError(f"{key} must be true or false")
-
-
-_BOOLEAN_WORDS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        raise ConfigError(str(exc)) from None
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -273,12 +218,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="limiquantix-controller serve",
         description="Run the controller's HTTP API (VMService, NodeRegistryService, /healthz, /metrics).",
+        formatter_class=config_loader.FieldHelpFormatter,
     )
     p.add_argument("--config", type=Path, help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
-    for name, field in _FIELDS.items():
-        p.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"default {field.default}"
-        )
+    config_loader.add_field_flags(p, ControllerConfig)
     return p
 
 
@@ -286,12 +229,9 @@ def load_config(argv: Sequence[str] | None = None) -> ControllerConfig:
     """Flags over the TOML file over the defaults.
 
     Raises:
-        ControllerConfigError: unreadable or invalid configuration.
+        ConfigError: unreadable or invalid configuration.
     """
-    ns = vars(build_arg_parser().parse_args(argv))
-    data = read_toml(ns.pop("config"), DEFAULT_CONFIG_PATH, ControllerConfigError)
-    data.update(ns)
-    return config_from_mapping(data)
+    return config_loader.load(ControllerConfig, build_arg_parser(), argv, DEFAULT_CONFIG_PATH)[0]
 
 
 # ------------------------------------------------------------------ the app
@@ -467,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
         check_tls(config)
-    except ControllerConfigError as exc:
+    except ConfigError as exc:
         print(f"limiquantix-controller: {exc}", file=sys.stderr)
         return 2
     parent = Path(config.db).parent

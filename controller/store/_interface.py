@@ -49,8 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A node whose last heartbeat is older than this reads as unreachable (hostd
-#: heartbeats every 5 s: three missed ones).
+#: A node whose last heartbeat is older than this reads as unreachable, and calls
+#: for its VMs answer unavailable (the controller's heartbeat_timeout_s): hostd
+#: heartbeats every 5 s by default, so three missed ones.
 DEFAULT_HEARTBEAT_TIMEOUT_S: Final = 15.0
 
 
