@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from limiquantix.protocol.daemon import die_with_parent
+
 if sys.version_info < (3, 11):  # pragma: no cover - the benchmarks run on the developer's Python
     from exceptiongroup import BaseExceptionGroup
 
@@ -59,13 +61,8 @@ def say(text: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the benchmark dies without cleaning up.
-
-    Children are started from the main thread (not a trio worker thread: the
-    signal fires when the *thread* that forked exits).
-    """
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """In a child before exec: SIGTERM when the benchmark dies without cleaning up."""
+    die_with_parent(signal.SIGTERM)
 
 
 def _process_cpu_clock(pid: int) -> int:

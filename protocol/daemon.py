@@ -1,9 +1,11 @@
 """What hostd and the controller share as daemons (never imported by the agent): their
-API calls counted for Prometheus, and stopping on SIGTERM or SIGINT.
+API calls counted for Prometheus, stopping on SIGTERM or SIGINT, and (for the scripts and
+benchmarks that start them) children that die with their parent.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 from typing import Final
@@ -11,7 +13,7 @@ from typing import Final
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "stop_on_signals"]
+__all__ = ["LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: The text exposition format's content type (what ``/metrics`` answers).
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: prctl's option that signals a process when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG: Final = 1
 
 
 class RpcMetrics:
@@ -54,3 +58,13 @@ async def stop_on_signals(stop: trio.Event) -> None:
             log.info("received %s: stopping", signal.Signals(signum).name)
             stop.set()
             return
+
+
+def die_with_parent(signum: int) -> None:
+    """In a child before exec (``preexec_fn``): ``signum`` is sent to it when its parent dies.
+
+    For the processes a script or benchmark starts, so that none outlives it when it dies
+    without stopping them. Linux only. The signal fires when the *thread* that forked exits:
+    start children from the main thread, not a trio worker thread.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)

@@ -24,7 +24,6 @@ Run alone, it boots the checkout's image and waits for Ctrl-C::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -41,6 +40,8 @@ import contextlib
 import guest_image  # noqa: E402 - a sibling script, found by file name
 from guest_image import GuestImage  # noqa: E402
 
+from limiquantix.protocol.daemon import die_with_parent  # noqa: E402
+
 AGENT_PORT = "org.limiquantix.agent.0"
 QGA_PORT = "org.qemu.guest_agent.0"
 #: Kernel command line: root on the virtio disk, console on the first serial port.
@@ -53,7 +54,7 @@ class QemuError(Exception):
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL QEMU if whoever started it dies without stopping it."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGKILL)
 
 
 class QemuGuest:

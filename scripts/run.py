@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import hashlib
 import ipaddress
 import json
@@ -50,6 +49,7 @@ from limiquantix.controller import pki
 from limiquantix.hostd.simvm import SimVMProcess
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
+from limiquantix.protocol.daemon import die_with_parent
 from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
 from limiquantix.protocol.safetext import safe_text
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
@@ -202,7 +202,7 @@ def _daemon_session() -> None:
     which stops the stack in order (before, they got it too, and this script's SIGTERM then found
     them mid-shutdown and killed them); and SIGTERM if this script dies without stopping them."""
     os.setsid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGTERM)
 
 
 async def wait_healthy(client: httpx.AsyncClient, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
