@@ -262,7 +262,8 @@ async def test_write_mode_and_owner(start_agent, connect, tmp_path: Path) -> Non
             await write(client, path=tmp_path / "secret", data=b"s", last=True, file_mode=0o600)
             await write(client, path=tmp_path / "tool", data=b"#!/bin/sh\n", last=True, file_mode=0o755)
             await write(client, path=tmp_path / "owned", data=b"o", last=True, owner=str(uid), group=str(gid))
-            with pytest.raises(errors.InvalidArgument) as exc:
+            # As execute's run_as: a user the guest does not have is not_found (it was invalid_argument here).
+            with pytest.raises(errors.NotFound) as exc:
                 await write(client, path=tmp_path / "x", data=b"", last=True, owner="no-such-user-lqx")
             assert exc.value.reason == "unknown_user"
             with pytest.raises(errors.InvalidArgument):

@@ -82,31 +82,41 @@ _NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP,
 
 
 def _lookup_uid(owner: str) -> int:
-    """Raises: InvalidArgument (reason ``unknown_user``)."""
+    """The uid of ``owner`` (a name or a uid); -1 (unchanged) when empty.
+
+    Raises:
+        NotFound: no such user in the guest (reason ``unknown_user``, as execute's run_as says it).
+        InvalidArgument: a uid out of range (reason ``id_out_of_range``).
+    """
     if not owner:
         return -1
     if owner.isdigit():
         if int(owner) > _MAX_ID:
-            raise errors.InvalidArgument(f"uid {owner} is out of range", reason="unknown_user")
+            raise errors.InvalidArgument(f"uid {owner} is out of range", reason="id_out_of_range")
         return int(owner)
     try:
         return pwd.getpwnam(owner).pw_uid
     except KeyError:
-        raise errors.InvalidArgument(f"unknown user {owner!r}", reason="unknown_user") from None
+        raise errors.NotFound(f"no such user {owner!r} in the guest", reason="unknown_user") from None
 
 
 def _lookup_gid(group: str) -> int:
-    """Raises: InvalidArgument (reason ``unknown_group``)."""
+    """The gid of ``group`` (a name or a gid); -1 (unchanged) when empty.
+
+    Raises:
+        NotFound: no such group in the guest (reason ``unknown_group``).
+        InvalidArgument: a gid out of range (reason ``id_out_of_range``).
+    """
     if not group:
         return -1
     if group.isdigit():
         if int(group) > _MAX_ID:
-            raise errors.InvalidArgument(f"gid {group} is out of range", reason="unknown_group")
+            raise errors.InvalidArgument(f"gid {group} is out of range", reason="id_out_of_range")
         return int(group)
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise errors.InvalidArgument(f"unknown group {group!r}", reason="unknown_group") from None
+        raise errors.NotFound(f"no such group {group!r} in the guest", reason="unknown_group") from None
 
 
 def _lstat_at(dirfd: int, name: str) -> os.stat_result | None:
@@ -298,10 +308,11 @@ def _stage(config: AgentConfig, req: pb.FileWriteRequest) -> _StagedFile:
     """Open a write transfer: check everything, create its temp file.
 
     Raises:
-        InvalidArgument: invalid path, unknown owner or group.
+        InvalidArgument: invalid path, a uid or gid out of range.
         PermissionDenied: denied by policy (``path_denied``) or by the OS
             (e.g. chown when not root).
-        NotFound: the directory does not exist (and create_parents is off).
+        NotFound: the directory does not exist (and create_parents is off), or
+            the owner or group (``unknown_user``, ``unknown_group``).
         AlreadyExists: CREATE_NEW and the file exists (``file_exists``).
         FailedPrecondition: the target is a directory (``is_a_directory``),
             a path through a file (``not_a_directory``), not a regular file.
