@@ -18,6 +18,7 @@ from typing import Any, Final
 from limiquantix.protocol import config as _loader
 from limiquantix.protocol.config import ConfigError
 from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
+from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
@@ -113,7 +114,7 @@ class AgentConfig:
             raise ConfigError(f"transport={self.transport} needs socket")
         if not 1024 <= self.max_frame_bytes <= 16 * MiB:
             raise ConfigError("max_frame_bytes must be within 1024..16777216")
-        if self.file_chunk_bytes < 1 or self.file_chunk_bytes > self.max_frame_bytes - 4096:
+        if self.file_chunk_bytes < 1 or self.file_chunk_bytes > self.max_frame_bytes - FRAME_HEADROOM_BYTES:
             raise ConfigError("file_chunk_bytes must be positive and leave room for the frame's fields")
         if self.telemetry_interval_s < 0:
             raise ConfigError("telemetry_interval_s must be >= 0")

@@ -15,7 +15,7 @@ import trio
 from limiquantix.protocol import PROTOCOL_VERSION, __version__
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FrameTooLarge
-from limiquantix.protocol.wire import new_message
+from limiquantix.protocol.wire import new_message, set_timestamp
 
 from . import handlers as _handlers  # noqa: F401  (registers every handler)
 from ._channel import Channel, Link, make_channel
@@ -42,11 +42,6 @@ _BUILTIN_CAPABILITIES: Final = ("cancel",)
 FLUSH_TIMEOUT_S: Final = 2.0
 
 
-def _ts(seconds: float, into) -> None:  # type: ignore[no-untyped-def]
-    into.seconds = int(seconds)
-    into.nanos = int((seconds - int(seconds)) * 1e9)
-
-
 @final
 class Agent:
     """State shared by every session of one agent process."""
@@ -69,7 +64,6 @@ class Agent:
         self.collector = TelemetryCollector(config.interface_exclude)
         self._os = read_os_release()
         self._machine_id = read_machine_id()
-        self._addresses: frozenset[tuple[str, str, int]] = frozenset()
         #: Work that must outlive the session that asked for it (a delayed
         #: shutdown). Set while :meth:`run` runs.
         self.background: trio.Nursery | None = None
@@ -98,8 +92,8 @@ class Agent:
             python_version=platform.python_version(),
             machine_id=self._machine_id,
         )
-        _ts(boot_time(), ident.boot_time)
-        _ts(self.started_at, ident.agent_started_at)
+        set_timestamp(ident.boot_time, boot_time())
+        set_timestamp(ident.agent_started_at, self.started_at)
         return ident
 
     def _identity_interfaces(self) -> list[pb.NetworkInterface]:
@@ -165,10 +159,10 @@ class Agent:
             else:
                 current = address_fingerprint(interfaces)
                 if known is None:
-                    known = self._addresses = current  # the baseline: hosts get it in hello
+                    known = current  # the baseline: hosts get it in hello
                 elif current != known:
                     log.info("addresses changed: %s", sorted(a for _, a, _ in current))
-                    known = self._addresses = current
+                    known = current
                     self.broadcast(ip_changed=pb.IpChangedEvent(interfaces=interfaces))
             await trio.sleep(self.config.ip_check_interval_s)
 

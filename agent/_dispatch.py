@@ -51,8 +51,6 @@ class HandlerSpec:
     request: str  #: oneof field of the request
     response: str  #: oneof field of the terminal response
     func: HandlerFunc
-    #: Counts against max_concurrent_commands.
-    is_command: bool = False
     #: A plain function ``(agent, request) -> response`` run by the reader
     #: itself: for instant answers (ping), where a task would cost more than
     #: the work. It must not block.
@@ -63,9 +61,7 @@ class HandlerSpec:
 HANDLERS: Final[dict[str, HandlerSpec]] = {}
 
 
-def handler(
-    request: str, response: str, *, is_command: bool = False, inline: bool = False
-) -> Callable[[HandlerFunc], HandlerFunc]:
+def handler(request: str, response: str, *, inline: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:
     """Register the decorated coroutine (or, with ``inline``, function) for ``request``."""
     fields = pb.AgentMessage.DESCRIPTOR.fields_by_name
     if request not in fields or response not in fields:  # pragma: no cover - programming error
@@ -74,7 +70,7 @@ def handler(
     def deco(func: HandlerFunc) -> HandlerFunc:
         if request in HANDLERS:  # pragma: no cover - programming error
             raise ValueError(f"two handlers for {request!r}")
-        HANDLERS[request] = HandlerSpec(request, response, func, is_command, inline)
+        HANDLERS[request] = HandlerSpec(request, response, func, inline)
         return func
 
     return deco

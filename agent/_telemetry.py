@@ -20,6 +20,7 @@ from typing import Any, Final, final
 import psutil
 
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.wire import set_timestamp
 
 __all__ = [
     "MIN_CPU_INTERVAL_S",
@@ -169,11 +170,6 @@ def address_fingerprint(interfaces: Iterable[pb.NetworkInterface]) -> frozenset[
     return frozenset((nic.name, ip.address, ip.prefix_length) for nic in interfaces for ip in (*nic.ipv4, *nic.ipv6))
 
 
-def _ts(seconds: float, into) -> None:  # type: ignore[no-untyped-def]
-    into.seconds = int(seconds)
-    into.nanos = int((seconds - int(seconds)) * 1e9)
-
-
 def boot_time() -> float:
     return psutil.boot_time()
 
@@ -280,7 +276,7 @@ class TelemetryCollector:
         out = []
         for u in psutil.users():
             user = pb.LoggedInUser(name=u.name, terminal=u.terminal or "", host=u.host or "")
-            _ts(u.started, user.started)
+            set_timestamp(user.started, u.started)
             out.append(user)
         return out
 
@@ -308,5 +304,5 @@ class TelemetryCollector:
             uptime_seconds=round(system_uptime(), 3),
             users=self.users(),
         )  # fmt: skip
-        _ts(time.time(), report.collected_at)
+        set_timestamp(report.collected_at, time.time())
         return report

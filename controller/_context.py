@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from limiquantix.protocol import errors
 from limiquantix.protocol.rpc.server import CallContext
+from limiquantix.protocol.wire import set_timestamp
 
 from ._auth import Principal
 
@@ -50,5 +51,5 @@ def timestamp(ts: float | None) -> Timestamp | None:
     if ts is None:
         return None
     out = Timestamp()
-    out.FromNanoseconds(round(ts * 1e9))
+    set_timestamp(out, ts)
     return out

@@ -26,7 +26,7 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.wire import new_message_id
+from limiquantix.protocol.wire import new_message_id, set_timestamp
 
 from ._discovery import VMRegistry
 from ._vmconn import VMConnection, VMState
@@ -96,7 +96,7 @@ def vm_status(conn: VMConnection) -> node_pb.VMStatus:
     if conn.identity is not None:
         info.identity.CopyFrom(conn.identity)
     if conn.last_seen is not None:
-        info.last_seen.FromNanoseconds(int(conn.last_seen * 1e9))
+        set_timestamp(info.last_seen, conn.last_seen)
     status = node_pb.VMStatus(
         vm_id=conn.vm_id, name=conn.name, labels=conn.labels, socket_path=conn.socket_path, agent=info
     )

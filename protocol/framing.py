@@ -70,6 +70,7 @@ __all__ = [
     "CANDIDATE_WORK",
     "CRC_CREDIT_PER_BYTE",
     "FLAG_SYNC",
+    "FRAME_HEADROOM_BYTES",
     "FRAME_WORK",
     "HEADER_SIZE",
     "MAGIC",
@@ -86,6 +87,11 @@ HEADER_SIZE: Final = 18
 #: Largest payload accepted by default. File chunks are 1 MiB, so this leaves
 #: ample room; it bounds the memory one peer can make the other buffer.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+#: Room an answer keeps in a frame beside its bulk data (command output, a file
+#: chunk, a listing's entries): message id, timestamp, offsets, sizes, SHA-256 and
+#: field tags take ~200 bytes; the rest is margin. Small enough that a chunk still
+#: fits the smallest frame allowed (1 KiB).
+FRAME_HEADROOM_BYTES: Final = 512
 FLAG_SYNC: Final = 0x01
 
 _HEAD = struct.Struct(">4sBBII")  # magic, version, flags, length, payload crc

@@ -11,6 +11,7 @@ from typing import Final
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._gen import agent_pb2 as pb
 from .framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
@@ -23,6 +24,8 @@ __all__ = [
     "new_message",
     "new_message_id",
     "parse_frame",
+    "set_timestamp",
+    "set_timestamp_ns",
 ]
 
 #: Payload kinds sent in SYNC frames: they open a connection (see framing.py).
@@ -60,9 +63,18 @@ def new_message(message_id: str | None = None, **payload: object) -> pb.AgentMes
     ``new_message(request.message_id, pong=...)``.
     """
     msg = pb.AgentMessage(message_id=message_id or new_message_id(), **payload)  # type: ignore[arg-type]
-    now = time.time_ns()
-    msg.timestamp.seconds, msg.timestamp.nanos = divmod(now, 1_000_000_000)
+    set_timestamp_ns(msg.timestamp, time.time_ns())
     return msg
+
+
+def set_timestamp_ns(into: Timestamp, ns: int) -> None:
+    """Set ``into`` to ``ns`` nanoseconds since the epoch (``time.time_ns()``, ``st_mtime_ns``)."""
+    into.seconds, into.nanos = divmod(ns, 1_000_000_000)
+
+
+def set_timestamp(into: Timestamp, seconds: float) -> None:
+    """Set ``into`` to ``seconds`` since the epoch (``time.time()``), to the nearest nanosecond."""
+    set_timestamp_ns(into, round(seconds * 1e9))
 
 
 def encode_message(msg: pb.AgentMessage, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:

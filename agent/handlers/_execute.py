@@ -45,6 +45,7 @@ import trio
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._dispatch import RequestContext, handler
 
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AGENT_ONLY_ENV",
     "ERROR_TEXT_MAX_BYTES",
-    "FRAME_HEADROOM_BYTES",
     "PIPE_DRAIN_MAX_S",
     "PIPE_IDLE_AFTER_EXIT_S",
     "READ_BYTES",
@@ -69,10 +69,6 @@ log = logging.getLogger(__name__)
 #: Bytes asked of a pipe per read: Linux's default pipe buffer, so one read
 #: usually empties it, and a 100 MiB flood costs ~1600 reads.
 READ_BYTES: Final = 64 * 1024
-#: Room kept in a frame for everything but the output bytes: frame header,
-#: message id, timestamp and the fixed response fields take ~200 bytes; the
-#: rest is margin. Also bounds a streamed chunk, so it fits the smallest frame.
-FRAME_HEADROOM_BYTES: Final = 512
 #: Longest error text in a response. An OS error names at most one path, and a
 #: FAILED_TO_START response must fit the smallest allowed frame (1 KiB).
 ERROR_TEXT_MAX_BYTES: Final = 400
@@ -582,7 +578,7 @@ def _has_run_as(req: pb.ExecuteRequest) -> bool:
     return req.HasField("run_as") and bool(r.user or r.HasField("uid") or r.HasField("gid") or r.groups)
 
 
-@handler("execute", "execute_response", is_command=True)
+@handler("execute", "execute_response")
 async def execute(ctx: RequestContext, req: pb.ExecuteRequest) -> pb.ExecuteResponse:
     """Run one command; see the module docstring for the whole behaviour.
 

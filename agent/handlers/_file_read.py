@@ -12,17 +12,14 @@ import trio
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler
 from ._paths import O_CLOEXEC, O_NOCTTY, O_NOFOLLOW, Access, Policy, errno_error, os_errors, resolve_path, verify_opened
 
-__all__ = ["FRAME_HEADROOM_BYTES", "file_read"]
+__all__ = ["file_read"]
 
-#: Room left in a frame beside a chunk's data (or a listing's entries) for the
-#: envelope: message id, timestamp, offsets, sizes, SHA-256 and field tags take
-#: well under 200 bytes; the rest is margin.
-FRAME_HEADROOM_BYTES: Final = 4096
 #: Largest offset os.pread accepts (off_t is signed 64-bit).
 _MAX_OFFSET: Final = 2**63 - 1
 

@@ -11,6 +11,7 @@ from typing import final
 import trio
 
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.wire import set_timestamp_ns
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler
@@ -68,7 +69,7 @@ def to_file_stat(path: str, name: str, st: os.stat_result, link_target: str, nam
         symlink_target=link_target,
     )
     for ts, ns in ((out.modified, st.st_mtime_ns), (out.accessed, st.st_atime_ns), (out.changed, st.st_ctime_ns)):
-        ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
+        set_timestamp_ns(ts, ns)
     return out
 
 

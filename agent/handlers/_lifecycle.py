@@ -45,6 +45,7 @@ import trio
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
+from limiquantix.protocol.wire import set_timestamp
 
 from .._dispatch import RequestContext, handler
 
@@ -327,10 +328,6 @@ def _check_message(message: str) -> None:
         raise errors.InvalidArgument("message must not start with '-'", reason="invalid_message")
 
 
-def _timestamp(seconds: float, into: object) -> None:
-    into.FromNanoseconds(int(seconds * 1e9))  # type: ignore[attr-defined]
-
-
 @handler("shutdown", "shutdown_response")
 async def shutdown(ctx: RequestContext, req: pb.ShutdownRequest) -> pb.ShutdownResponse:
     """Accept a poweroff, reboot or halt; it runs after the answer and the delay.
@@ -380,7 +377,7 @@ async def shutdown(ctx: RequestContext, req: pb.ShutdownRequest) -> pb.ShutdownR
     background.start_soon(_carry_out, agent, job, ctx.answered, name=f"shutdown:{mode_name}:{ctx.message_id}")
     log.info("%s accepted, due in %d s (message %r)", mode_name, delay, req.message)
     response = pb.ShutdownResponse(accepted=True)
-    _timestamp(job.scheduled_at, response.scheduled_at)
+    set_timestamp(response.scheduled_at, job.scheduled_at)
     return response
 
 
@@ -393,7 +390,7 @@ async def _carry_out(agent: Agent, job: ShutdownJob, answered: trio.Event) -> No
             with trio.move_on_after(ANSWER_WAIT_S):
                 await answered.wait()
             event = pb.ShutdownStartedEvent(mode=job.mode, message=job.message)  # type: ignore[arg-type]
-            _timestamp(job.scheduled_at, event.scheduled_at)
+            set_timestamp(event.scheduled_at, job.scheduled_at)
             agent.broadcast(shutdown_started=event)
             await trio.sleep_until(job.deadline)
             job.running = True

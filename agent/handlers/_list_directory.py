@@ -11,10 +11,10 @@ import trio
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler
-from ._file_read import FRAME_HEADROOM_BYTES
 from ._file_stat import Names, to_file_stat
 from ._paths import (
     O_CLOEXEC,
@@ -37,6 +37,9 @@ LIST_PAGE_MAX: Final = 10000
 #: Per-entry framing of a repeated message field (tag + length varint), used to
 #: keep a listing page inside one frame whatever the length of the names.
 _ENTRY_FRAMING_BYTES: Final = 6
+#: The page token a page may end with: one entry's name, NAME_MAX (255) bytes,
+#: each escaped to 4 (\xNN) when the name is not UTF-8, and its field's framing.
+_PAGE_TOKEN_BYTES: Final = 4 * 255 + _ENTRY_FRAMING_BYTES
 
 
 def _list_sync(config: AgentConfig, raw: str, page_size: int, page_token: str) -> pb.ListDirectoryResponse:
@@ -56,7 +59,7 @@ def _list_sync(config: AgentConfig, raw: str, page_size: int, page_token: str) -
         # Names after the token, not an index: a page boundary stays put when
         # entries come and go between pages, so no entry is seen twice.
         response = pb.ListDirectoryResponse()
-        budget = config.max_frame_bytes - FRAME_HEADROOM_BYTES
+        budget = config.max_frame_bytes - FRAME_HEADROOM_BYTES - _PAGE_TOKEN_BYTES
         lookup = Names()
         last = ""
         stop = min(start + page_size, len(names))
