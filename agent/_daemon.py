@@ -8,7 +8,7 @@ import platform
 import signal
 import socket
 import time
-from typing import Final, final
+from typing import Final, TypeVar, final
 
 import trio
 
@@ -35,6 +35,7 @@ from ._telemetry import (
 __all__ = ["Agent", "serve"]
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 
 #: Requests handled by the session itself rather than a handler module.
 _BUILTIN_CAPABILITIES: Final = ("cancel",)
@@ -54,7 +55,8 @@ class Agent:
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
         self.sessions: set[Session] = set()
-        self.running_commands = 0
+        #: What handler modules keep between requests, one instance per class (handler_state).
+        self._handler_states: dict[type, object] = {}
         #: Bytes of partial frames buffered by every session together (see
         #: Session; bounded by config.max_buffered_bytes).
         self.buffered_bytes = 0
@@ -68,6 +70,14 @@ class Agent:
         #: shutdown). Set while :meth:`run` runs.
         self.background: trio.Nursery | None = None
         self.stopping = False
+
+    def handler_state(self, cls: type[S]) -> S:
+        """This agent's one ``cls()``: what a handler module keeps between requests
+        (execute's running commands, lifecycle's pending shutdown), made on first use."""
+        state = self._handler_states.get(cls)
+        if state is None:
+            state = self._handler_states[cls] = cls()
+        return state  # type: ignore[return-value]
 
     # -- identity ----------------------------------------------------------
 

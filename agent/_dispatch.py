@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 
 import trio
 from google.protobuf.message import Message
@@ -26,11 +26,13 @@ from limiquantix.protocol.transport import MessageWriter
 from limiquantix.protocol.wire import new_message
 
 if TYPE_CHECKING:
-    from ._daemon import Agent
+    from ._config import AgentConfig
     from ._session import Session
+    from ._telemetry import TelemetryCollector
 
 __all__ = [
     "HANDLERS",
+    "AgentState",
     "HandlerSpec",
     "RequestContext",
     "error_message",
@@ -43,6 +45,36 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HandlerFunc = Callable[["RequestContext", Any], Awaitable[Message]]
+S = TypeVar("S")
+
+
+class AgentState(Protocol):
+    """What sessions and handlers use of the agent (:class:`~._daemon.Agent` is it).
+
+    Declared here, below the daemon, so that the daemon imports dispatch, sessions and
+    handlers and none of them imports the daemon back.
+    """
+
+    config: AgentConfig
+    collector: TelemetryCollector
+    #: Work that must outlive the session that asked for it (a delayed shutdown).
+    background: trio.Nursery | None
+    stopping: bool
+    #: Bytes of partial frames buffered by every session together (max_buffered_bytes).
+    buffered_bytes: int
+    #: Bytes of the requests being handled by every session together (max_request_bytes).
+    request_bytes: int
+
+    def identity(self) -> pb.AgentIdentity: ...
+
+    def uptime(self) -> float: ...
+
+    def broadcast(self, **payload: object) -> None: ...
+
+    def handler_state(self, cls: type[S]) -> S:
+        """The agent's one ``cls()``: what a handler module keeps between requests, made on
+        first use and gone with the agent (what one session keeps is in its ``resources``)."""
+        ...
 
 
 @final
@@ -80,7 +112,7 @@ def handler(request: str, response: str, *, inline: bool = False) -> Callable[[H
 class RequestContext:
     """What a handler may use: the agent, its session, and cancellation."""
 
-    def __init__(self, agent: Agent, session: Session, message_id: str, kind: str) -> None:
+    def __init__(self, agent: AgentState, session: Session, message_id: str, kind: str) -> None:
         self.agent = agent
         self.session = session
         self.message_id = message_id
@@ -145,7 +177,7 @@ async def send_answer(writer: MessageWriter, answer: pb.AgentMessage) -> None:
         await writer.send(_too_large(answer.message_id, exc))
 
 
-def run_inline(agent: Agent, message_id: str, spec: HandlerSpec, request: Message) -> pb.AgentMessage:
+def run_inline(agent: AgentState, message_id: str, spec: HandlerSpec, request: Message) -> pb.AgentMessage:
     """Run an inline handler; return its answer (response or Error)."""
     try:
         response = spec.func(agent, request)  # type: ignore[arg-type]

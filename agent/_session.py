@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
@@ -33,10 +33,7 @@ from limiquantix.protocol.transport import MessageWriter, receive_frames
 from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
 from ._channel import Link, LinkGone
-from ._dispatch import HANDLERS, RequestContext, error_message, run_inline, run_request, send_answer
-
-if TYPE_CHECKING:
-    from ._daemon import Agent
+from ._dispatch import HANDLERS, AgentState, RequestContext, error_message, run_inline, run_request, send_answer
 
 __all__ = ["Session", "SessionResource"]
 
@@ -59,7 +56,7 @@ class SessionResource(Protocol):
 class Session:
     """Serves one :class:`Link` until it ends."""
 
-    def __init__(self, agent: Agent, link: Link) -> None:
+    def __init__(self, agent: AgentState, link: Link) -> None:
         self.agent = agent
         self.link = link
         self.writer = MessageWriter(

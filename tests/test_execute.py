@@ -17,7 +17,7 @@ import psutil
 import pytest
 import trio
 
-from limiquantix.agent.handlers._execute import PIPE_IDLE_AFTER_EXIT_S, resolve_run_as
+from limiquantix.agent.handlers._execute import PIPE_IDLE_AFTER_EXIT_S, resolve_run_as, running_commands
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
@@ -145,7 +145,7 @@ async def test_failed_to_start_is_a_result_with_the_os_error(start_agent, connec
     assert "working_directory" in no_cwd.error
     assert not_exec.exit_reason == pb.EXIT_REASON_FAILED_TO_START
     assert "PermissionError" in not_exec.error
-    assert agent.running_commands == 0
+    assert running_commands(agent) == 0
 
 
 # -- how it ends -------------------------------------------------------------------
@@ -273,7 +273,7 @@ async def test_slow_command_does_not_delay_a_ping(start_agent, connect) -> None:
         with trio.fail_after(5):
             pong = await client.ping(b"still here")
         assert pong.payload == b"still here"
-        assert agent.running_commands == 1  # and it still runs
+        assert running_commands(agent) == 1  # and it still runs
 
 
 @pytest.mark.trio
@@ -290,7 +290,7 @@ async def test_cancel_by_request_id(start_agent, connect) -> None:
     assert final.exit_reason == pb.EXIT_REASON_CANCELLED and not final.timed_out and not final.HasField("exit_code")
     assert final.signal == signal.SIGTERM
     await wait_gone(*pids)
-    assert agent.running_commands == 0
+    assert running_commands(agent) == 0
 
 
 @pytest.mark.trio
@@ -301,7 +301,7 @@ async def test_leaving_a_stream_early_cancels_the_command(start_agent, connect) 
             pids = pids_of((await first_output(it)).execute_output.data)
         await wait_gone(*pids)  # the client sent a cancel when we left
         with trio.fail_after(5):
-            while agent.running_commands:
+            while running_commands(agent):
                 await trio.sleep(0.01)
         assert (await client.ping()).agent_version  # the connection is fine
 
@@ -317,7 +317,7 @@ async def test_closing_the_connection_kills_the_group(start_agent, connect) -> N
     await it.aclose()
     await wait_gone(*pids)
     with trio.fail_after(5):
-        while agent.running_commands:
+        while running_commands(agent):
             await trio.sleep(0.01)
 
 
@@ -352,7 +352,7 @@ async def test_concurrency_cap(start_agent, connect) -> None:
             assert exc_info.value.reason == "too_many_commands"
             assert (await client.ping()).agent_version  # other requests still pass
         with trio.fail_after(5):
-            while agent.running_commands:
+            while running_commands(agent):
                 await trio.sleep(0.01)
         r = await run(client, argv=["true"])  # slots are given back
     assert r.exit_reason == pb.EXIT_REASON_EXITED
@@ -432,7 +432,7 @@ async def test_run_as_unknown_user(start_agent, connect) -> None:
             await run(client, argv=["true"], run_as=pb.RunAs(user="lqx-no-such-user"))
         with pytest.raises(errors.InvalidArgument, match="uid"):
             await run(client, argv=["true"], run_as=pb.RunAs(user="root", uid=65534))
-    assert agent.running_commands == 0
+    assert running_commands(agent) == 0
 
 
 def test_run_as_needs_root_for_another_identity() -> None:
@@ -470,4 +470,4 @@ async def test_invalid_requests(start_agent, connect, fields: dict[str, object],
         with pytest.raises(errors.InvalidArgument) as exc_info:
             await run(client, **fields)
     assert exc_info.value.reason == reason
-    assert agent.running_commands == 0
+    assert running_commands(agent) == 0

@@ -16,6 +16,7 @@ from functools import partial
 import pytest
 import trio
 
+from limiquantix.agent.handlers._execute import running_commands
 from limiquantix.protocol import PROTOCOL_VERSION, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import MAGIC, FrameDecoder, encode_frame
@@ -319,7 +320,7 @@ async def test_oversized_request_fields_are_invalid_argument(start_agent, payloa
         assert answer.error.message.startswith(field + " ")
         assert "the limit is" in answer.error.message
         assert (await peer_call(peer, ping=pb.PingRequest(payload=b"ok"))).pong.payload == b"ok"
-    assert agent.running_commands == 0
+    assert running_commands(agent) == 0
 
 
 @pytest.mark.trio

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
 from limiquantix.protocol import __version__
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-from .._dispatch import RequestContext, handler
-
-if TYPE_CHECKING:
-    from .._daemon import Agent
+from .._dispatch import AgentState, RequestContext, handler
 from .._telemetry import system_uptime
 
 
@@ -28,7 +23,7 @@ async def info(ctx: RequestContext, req: pb.InfoRequest) -> pb.AgentIdentity:
 
 
 @handler("ping", "pong", inline=True)
-def ping(agent: Agent, req: pb.PingRequest) -> pb.PongResponse:
+def ping(agent: AgentState, req: pb.PingRequest) -> pb.PongResponse:
     """Liveness: answered by the reader itself, so it is never queued behind work."""
     return pb.PongResponse(
         payload=req.payload,

@@ -47,12 +47,13 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
-from .._dispatch import RequestContext, handler
+from .._dispatch import AgentState, RequestContext, handler
 
 if TYPE_CHECKING:
     from .._config import AgentConfig
 
 __all__ = [
+    "running_commands",
     "AGENT_ONLY_ENV",
     "ERROR_TEXT_MAX_BYTES",
     "PIPE_DRAIN_MAX_S",
@@ -572,6 +573,19 @@ class _Command:
 # -- the handler ----------------------------------------------------------------
 
 
+@final
+class _Commands:
+    """The agent's commands running now (bounded by max_concurrent_commands)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+
+
+def running_commands(agent: AgentState) -> int:
+    """How many commands ``agent`` runs now."""
+    return agent.handler_state(_Commands).running
+
+
 def _has_run_as(req: pb.ExecuteRequest) -> bool:
     """Whether ``run_as`` asks for anything (an empty message counts as absent)."""
     r = req.run_as
@@ -603,13 +617,14 @@ async def execute(ctx: RequestContext, req: pb.ExecuteRequest) -> pb.ExecuteResp
     if _has_run_as(req):
         user = await trio.to_thread.run_sync(partial(resolve_run_as, req.run_as, euid=os.geteuid(), egid=os.getegid()))
     plan = _build_plan(config, req, user)
-    if agent.running_commands >= config.max_concurrent_commands:
+    commands = agent.handler_state(_Commands)
+    if commands.running >= config.max_concurrent_commands:
         raise errors.ResourceExhausted(
-            f"{agent.running_commands} commands already running (max_concurrent_commands)",
+            f"{commands.running} commands already running (max_concurrent_commands)",
             reason="too_many_commands",
         )
-    agent.running_commands += 1
+    commands.running += 1
     try:
         return await _Command(ctx, plan, wait_scope).run()
     finally:
-        agent.running_commands -= 1
+        commands.running -= 1

@@ -3,7 +3,7 @@
 Shutdown
     The agent answers first and acts afterwards: the handler validates the
     request, schedules the action in the agent's daemon-level nursery
-    (:attr:`Agent.background`, so it outlives the request and the session) and
+    (:attr:`AgentState.background`, so it outlives the request and the session) and
     returns ``ShutdownResponse(accepted=true)``. The scheduled task waits until
     that answer is queued (:attr:`RequestContext.answered`), broadcasts a
     ``ShutdownStartedEvent`` to every connected host, sleeps out the delay and
@@ -35,10 +35,9 @@ import re
 import signal
 import subprocess
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, final
 
 import trio
 
@@ -47,10 +46,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
 from limiquantix.protocol.wire import set_timestamp
 
-from .._dispatch import RequestContext, handler
-
-if TYPE_CHECKING:
-    from .._daemon import Agent
+from .._dispatch import AgentState, RequestContext, handler
 
 __all__ = [
     "ANSWER_WAIT_S",
@@ -132,7 +128,7 @@ class ShutdownJob:
 
 @final
 class _LifecycleState:
-    """What one :class:`Agent` remembers between lifecycle requests."""
+    """What one agent remembers between lifecycle requests."""
 
     def __init__(self) -> None:
         self.shutdown: ShutdownJob | None = None
@@ -141,21 +137,9 @@ class _LifecycleState:
         self.password_lock = trio.Lock()
 
 
-# Keyed weakly so that the state goes away with its agent (tests start many).
-_STATES: Final[weakref.WeakKeyDictionary[Agent, _LifecycleState]] = weakref.WeakKeyDictionary()
-
-
-def _state(agent: Agent) -> _LifecycleState:
-    state = _STATES.get(agent)
-    if state is None:
-        state = _STATES[agent] = _LifecycleState()
-    return state
-
-
-def pending_shutdown(agent: Agent) -> ShutdownJob | None:
+def pending_shutdown(agent: AgentState) -> ShutdownJob | None:
     """The shutdown ``agent`` has accepted and not finished, if any."""
-    state = _STATES.get(agent)
-    return None if state is None else state.shutdown
+    return agent.handler_state(_LifecycleState).shutdown
 
 
 # -- running commands ----------------------------------------------------------
@@ -354,7 +338,7 @@ async def shutdown(ctx: RequestContext, req: pb.ShutdownRequest) -> pb.ShutdownR
     if background is None or agent.stopping:
         raise errors.Unavailable("the agent is stopping", reason="stopping")
 
-    state = _state(agent)
+    state = agent.handler_state(_LifecycleState)
     previous = state.shutdown
     if previous is not None:
         if previous.running:
@@ -381,9 +365,9 @@ async def shutdown(ctx: RequestContext, req: pb.ShutdownRequest) -> pb.ShutdownR
     return response
 
 
-async def _carry_out(agent: Agent, job: ShutdownJob, answered: trio.Event) -> None:
+async def _carry_out(agent: AgentState, job: ShutdownJob, answered: trio.Event) -> None:
     """Announce ``job``, wait out its delay, run its command (in Agent.background)."""
-    state = _state(agent)
+    state = agent.handler_state(_LifecycleState)
     try:
         with job.cancel_scope:  # cancelled when a later request replaces the job
             # The answer goes first: the command may take the link down with it.
@@ -485,7 +469,7 @@ async def reset_password(ctx: RequestContext, req: pb.ResetPasswordRequest) -> p
     if req.expire and not config.password_expire_command:
         raise errors.FailedPrecondition("password_expire_command is not configured", reason="not_configured")
 
-    async with _state(ctx.agent).password_lock:
+    async with ctx.agent.handler_state(_LifecycleState).password_lock:
         try:
             await _run_checked(
                 "password_command", config.password_command, stdin=user.encode() + b":" + secret + b"\n", secret=secret
