@@ -3,9 +3,9 @@
 How a command runs (the request and response are ``ExecuteRequest`` and
 ``ExecuteResponse`` in ``protocol/agent.proto``):
 
-* The child starts in a new session (``start_new_session``), so its pid is the
-  id of its process group and one ``killpg`` reaches everything it started that
-  did not leave the group on purpose (``setsid``).
+* The child starts in a new session and is killed as a group, pidfd-safe
+  (:class:`~.._procgroup.ProcessGroup`): one ``killpg`` reaches everything it
+  started that did not leave the group on purpose (``setsid``).
 * Three tasks run beside it: one feeds stdin and closes it, two drain stdout and
   stderr. A child that writes a lot, or never reads its input, therefore never
   blocks against us. Output beyond a stream's cap is read and discarded (but
@@ -22,10 +22,6 @@ How a command runs (the request and response are ``ExecuteRequest`` and
 * When the task itself is cancelled (the session closes, the agent stops) the
   same kill-and-reap runs in a shielded scope with its own deadlines, the way
   trio's ``run_process`` does it, and the cancellation then propagates.
-* Where the kernel has pidfds (Linux >= 5.3: every supported guest), the leader
-  is waited for without being reaped, and reaped only after the last
-  ``killpg``: while it is a zombie its pid, which is the group id, cannot be
-  handed to an unrelated process, so the group kill can never hit a stranger.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ import logging
 import math
 import os
 import pwd
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -48,6 +43,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._dispatch import AgentState, RequestContext, handler
+from .._procgroup import ProcessGroup
 
 if TYPE_CHECKING:
     from .._config import AgentConfig
@@ -59,7 +55,6 @@ __all__ = [
     "PIPE_DRAIN_MAX_S",
     "PIPE_IDLE_AFTER_EXIT_S",
     "READ_BYTES",
-    "REAP_TIMEOUT_S",
     "ResolvedUser",
     "execute",
     "resolve_run_as",
@@ -79,11 +74,6 @@ ERROR_TEXT_MAX_BYTES: Final = 400
 PIPE_IDLE_AFTER_EXIT_S: Final = 0.5
 #: ...and this long in all, so one that writes forever cannot hold the call.
 PIPE_DRAIN_MAX_S: Final = 5.0
-#: After SIGKILL the leader is reaped within milliseconds, unless it is stuck in
-#: uninterruptible sleep (a dead NFS server) where nothing can kill it. The
-#: answer, and the agent's shutdown, wait no longer than this; Python's
-#: subprocess module reaps it later (``subprocess._cleanup``).
-REAP_TIMEOUT_S: Final = 5.0
 #: Variables the service manager hands to the agent alone: a command that
 #: inherited them could send sd_notify messages (STOPPING=1, watchdog pings) or
 #: claim socket-activated fds in the agent's name.
@@ -193,8 +183,8 @@ class _Plan:
     read_bytes: int
 
     def popen_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``open_process`` beyond the pipes."""
-        options: dict[str, Any] = {"env": self.env, "cwd": self.cwd, "start_new_session": True}
+        """Keyword arguments for ``open_process`` beyond the pipes (and its own session: ProcessGroup)."""
+        options: dict[str, Any] = {"env": self.env, "cwd": self.cwd}
         if self.user is not None and self.user.switch:
             # extra_groups always: without it the child keeps root's groups.
             options.update(user=self.user.uid, group=self.user.gid, extra_groups=list(self.user.groups))
@@ -305,14 +295,6 @@ def _clip(text: str, max_bytes: int = ERROR_TEXT_MAX_BYTES) -> str:
 # -- running it ---------------------------------------------------------------
 
 
-def _pidfd_open(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None where the kernel or Python lacks them."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3
-        return None
-
-
 @final
 class _Output:
     """One of the child's output pipes: drained to EOF, kept up to its cap."""
@@ -385,11 +367,8 @@ class _Command:
         #: Keeps seq order equal to queue order across the two pumps (trio.Lock is fair).
         self._send_lock = trio.Lock()
         self._link_gone = False
-        self._proc: trio.Process | None = None
-        self._pidfd: int | None = None
-        self.leader_exited = False
+        self._group: ProcessGroup | None = None
         self._exited_at: float | None = None  # trio clock: post-exit pipe deadlines
-        self._ended: float | None = None  # time.monotonic() when the leader was seen gone
 
     # -- output -----------------------------------------------------------
 
@@ -423,59 +402,9 @@ class _Command:
     # -- the process --------------------------------------------------------
 
     @property
-    def proc(self) -> trio.Process:
-        assert self._proc is not None
-        return self._proc
-
-    async def _wait_leader(self) -> None:
-        """Return once the leader has exited (still unreaped when we have a pidfd)."""
-        if self._pidfd is not None:
-            await trio.lowlevel.wait_readable(self._pidfd)
-        else:  # pragma: no cover - no pidfds: reaps, leaving a tiny pid-reuse window
-            await self.proc.wait()
-        self.leader_exited = True
-        if self._ended is None:
-            self._ended = time.monotonic()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass  # the group is empty
-        except PermissionError as exc:  # pragma: no cover - a setuid member, agent not root
-            log.warning("execute %s: cannot send %s to group %d: %s", self.ctx.message_id, sig.name, self.proc.pid, exc)
-
-    async def _finish(self, *, graceful: bool) -> None:
-        """Kill what is left of the group and reap the leader.
-
-        Args:
-            graceful: if the leader still runs, SIGTERM the group and give it
-                ``exec_kill_grace_s`` before SIGKILL.
-        """
-        if graceful and not self.leader_exited:
-            self._signal_group(signal.SIGTERM)
-            self._signal_group(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
-            with trio.move_on_after(self.grace_s):
-                await self._wait_leader()
-        self._signal_group(signal.SIGKILL)
-        with trio.move_on_after(REAP_TIMEOUT_S):
-            await self.proc.wait()
-            self.leader_exited = True
-            if self._ended is None:
-                self._ended = time.monotonic()
-        if self.proc.returncode is None:  # pragma: no cover - uninterruptible sleep
-            log.error(
-                "execute %s: pid %d survived SIGKILL for %s s", self.ctx.message_id, self.proc.pid, REAP_TIMEOUT_S
-            )
-
-    async def _close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                await stream.aclose()
-        if self._pidfd is not None:
-            trio.lowlevel.notify_closing(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+    def group(self) -> ProcessGroup:
+        assert self._group is not None
+        return self._group
 
     async def run(self) -> pb.ExecuteResponse:
         """Run the command to its end and describe it.
@@ -488,8 +417,9 @@ class _Command:
         if self.ctx.cancel_requested:
             return pb.ExecuteResponse(exit_reason=pb.EXIT_REASON_CANCELLED)
         try:
-            self._proc = await trio.lowlevel.open_process(
+            self._group = await ProcessGroup.start(
                 self.plan.argv,
+                what=f"execute {self.ctx.message_id}",
                 # No stdin to give: /dev/null reads EOF just like a closed pipe,
                 # without a pipe and a feeding task.
                 stdin=subprocess.PIPE if self.plan.stdin else subprocess.DEVNULL,
@@ -505,8 +435,8 @@ class _Command:
                 error=_clip(f"{type(exc).__name__}: {exc}{where}"),
                 duration_ms=int((time.monotonic() - started) * 1000),
             )
-        proc = self._proc
-        self._pidfd = _pidfd_open(proc.pid)
+        group = self._group
+        proc = group.proc
         log.debug("execute %s: pid %d", self.ctx.message_id, proc.pid)
         self.wait_scope.deadline = trio.current_time() + self.plan.timeout_s
         reason = pb.EXIT_REASON_UNSPECIFIED
@@ -518,14 +448,14 @@ class _Command:
                 nursery.start_soon(self.stdout.pump, proc.stdout)
                 nursery.start_soon(self.stderr.pump, proc.stderr)
                 with self.wait_scope:
-                    await self._wait_leader()
-                if self.leader_exited:
+                    await group.wait_leader()
+                if group.leader_exited:
                     reason = pb.EXIT_REASON_EXITED  # or SIGNALED, decided by the status
                 elif self.ctx.cancel_requested:
                     reason = pb.EXIT_REASON_CANCELLED
                 else:
                     reason = pb.EXIT_REASON_TIMED_OUT
-                await self._finish(graceful=True)
+                await group.finish(grace_s=self.grace_s)
                 self._exited_at = trio.current_time()
                 for output in (self.stdout, self.stderr):
                     output.set_deadline(self.read_deadline())
@@ -535,8 +465,8 @@ class _Command:
         finally:
             with trio.CancelScope(shield=True):
                 if proc.returncode is None:
-                    await self._finish(graceful=True)
-                await self._close()
+                    await group.finish(grace_s=self.grace_s)
+                await group.aclose()
         if self.stdout.abandoned or self.stderr.abandoned:
             log.warning(
                 "execute %s: a process outside pid %d's group kept its output open", self.ctx.message_id, proc.pid
@@ -544,10 +474,10 @@ class _Command:
         return self._response(reason, started)
 
     def _response(self, reason: pb.ExitReason.ValueType, started: float) -> pb.ExecuteResponse:
-        ended = self._ended if self._ended is not None else time.monotonic()
+        ended = self.group.ended_at if self.group.ended_at is not None else time.monotonic()
         resp = pb.ExecuteResponse(
             exit_reason=reason,
-            pid=self.proc.pid,
+            pid=self.group.proc.pid,
             duration_ms=int((ended - started) * 1000),
             timed_out=reason == pb.EXIT_REASON_TIMED_OUT,
             stdout=bytes(self.stdout.data),
@@ -558,7 +488,7 @@ class _Command:
             stderr_bytes=self.stderr.total,
             last_seq=self.last_seq,
         )
-        code = self.proc.returncode
+        code = self.group.proc.returncode
         if code is not None and code < 0:
             resp.signal = -code
             if reason == pb.EXIT_REASON_EXITED:

@@ -30,7 +30,6 @@ reaped. The commands are configurable so that tests use harmless stand-ins.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -47,6 +46,7 @@ from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
 from limiquantix.protocol.wire import set_timestamp
 
 from .._dispatch import AgentState, RequestContext, handler
+from .._procgroup import ProcessGroup
 
 __all__ = [
     "ANSWER_WAIT_S",
@@ -153,15 +153,8 @@ class _Completed:
     stderr_truncated: bool
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone
-
-
 async def _run_command(argv: Sequence[str], *, stdin: bytes = b"") -> _Completed:
-    """Run ``argv`` to completion in its own session, feeding it ``stdin``.
+    """Run ``argv`` to completion in its own process group, feeding it ``stdin``.
 
     stdout is discarded; stderr is kept up to :data:`STDERR_CAPTURE_BYTES` (and
     drained beyond, so a chatty command never blocks).
@@ -174,32 +167,28 @@ async def _run_command(argv: Sequence[str], *, stdin: bytes = b"") -> _Completed
     Raises:
         OSError: the command could not be started (not found, not executable).
     """
-    proc = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    group = await ProcessGroup.start(
+        argv, what=argv[0], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    proc = group.proc
     captured = bytearray()
     truncated = False
 
     async def feed(stream: trio.abc.SendStream) -> None:
-        async with stream:
-            try:
-                if stdin:
-                    await stream.send_all(stdin)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # it exited without reading everything; its exit status tells
+        try:
+            if stdin:
+                await stream.send_all(stdin)
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # it exited without reading everything; its exit status tells
 
     async def drain(stream: trio.abc.ReceiveStream) -> None:
         nonlocal truncated
-        async with stream:
-            async for chunk in stream:
-                room = STDERR_CAPTURE_BYTES - len(captured)
-                if len(chunk) > room:
-                    truncated = True
-                captured.extend(chunk[: max(room, 0)])
+        async for chunk in stream:
+            room = STDERR_CAPTURE_BYTES - len(captured)
+            if len(chunk) > room:
+                truncated = True
+            captured.extend(chunk[: max(room, 0)])
 
     assert proc.stdin is not None and proc.stderr is not None
     try:
@@ -207,11 +196,11 @@ async def _run_command(argv: Sequence[str], *, stdin: bytes = b"") -> _Completed
             nursery.start_soon(feed, proc.stdin)
             nursery.start_soon(drain, proc.stderr)
             await proc.wait()
-    except BaseException:
+    finally:
         with trio.CancelScope(shield=True):
-            _kill_group(proc.pid)
-            await proc.wait()
-        raise
+            if proc.returncode is None:
+                await group.finish(grace_s=None)
+            await group.aclose()
     assert proc.returncode is not None
     return _Completed(proc.returncode, bytes(captured), truncated)
 
