@@ -51,7 +51,7 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol import config as config_loader
 from limiquantix.protocol.config import ConfigError
-from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, stop_on_signals
+from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, run_daemon, stop_on_signals
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import (
     CallContext,
@@ -421,15 +421,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     setup_logging(config.log_format, config.log_level)
-    try:
-        trio.run(lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))
-    except Exception as exc:
-        err = errors.sole_error(exc)
-        if err is not None:
-            # A known failure (a port in use): one line naming it, not the nurseries' traceback.
-            print(f"limiquantix-controller: {err.connect_code}: {err.message}", file=sys.stderr)
-            return 1
-        # As hostd's main: logged, and a failure status for the supervisor.
-        log.critical("limiquantix-controller stopped by an unexpected error", exc_info=True)
-        return 1
-    return 0
+    return run_daemon("limiquantix-controller", lambda: serve(config, admin_token=os.environ.get(ADMIN_TOKEN_ENV)))

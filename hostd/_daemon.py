@@ -11,8 +11,8 @@ from typing import Final
 
 import trio
 
-from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.daemon import stop_on_signals
+from limiquantix.protocol import __version__
+from limiquantix.protocol.daemon import run_daemon, stop_on_signals
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import http_config, serve_http, transport_summary
 
@@ -126,17 +126,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning(
                 '%s %s does not exist: no VM is found there until it does (set %s = "" to not scan it)', key, path, key
             )
-    try:
-        trio.run(serve, config)
-    except Exception as exc:
-        err = errors.sole_error(exc)
-        if err is not None:
-            # A known failure (a port in use): one line naming it, not the nurseries' traceback.
-            print(f"limiquantix-hostd: {err.connect_code}: {err.message}", file=sys.stderr)
-            return 1
-        # One connection's error is contained where it happens (protocol/rpc/server/_serving.py); whatever
-        # still ends the daemon is logged (JSON logs too) and ends it with a failure status,
-        # so that a supervisor restarts it.
-        log.critical("limiquantix-hostd stopped by an unexpected error", exc_info=True)
-        return 1
-    return 0
+    return run_daemon("limiquantix-hostd", lambda: serve(config))

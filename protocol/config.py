@@ -154,24 +154,17 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
             return _BOOLEAN_WORDS[value.lower()]
         raise ConfigError(f"{name} must be true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if hint is int or hint is float:
+        # TOML's 5 is a fine float; its 5.0 is no int. A flag's string is parsed.
+        taken = int if hint is int else (int, float)
+        if isinstance(value, taken) and not isinstance(value, bool):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{name} must be a whole number, not {_shown(value)}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be a number, not {_shown(value)}")
+        raise ConfigError(f"{name} must be {'a whole number' if hint is int else 'a number'}, not {_shown(value)}")
     if hint is str:
         if isinstance(value, str):
             return value

@@ -8,12 +8,21 @@ from __future__ import annotations
 import ctypes
 import logging
 import signal
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "stop_on_signals"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "PROMETHEUS_CONTENT_TYPE",
+    "RpcMetrics",
+    "die_with_parent",
+    "run_daemon",
+    "stop_on_signals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +77,26 @@ def die_with_parent(signum: int) -> None:
     start children from the main thread, not a trio worker thread.
     """
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+
+def run_daemon(prog: str, main: Callable[[], Awaitable[object]]) -> int:
+    """``trio.run(main)`` for a daemon's command: its exit status (0 when it ended, else 1).
+
+    A known failure (a port in use: one :class:`~limiquantix.protocol.errors.AgentError`)
+    is one line on stderr naming it, not the nurseries' traceback. One connection's
+    error is contained where it happens (protocol/rpc/server/_serving.py); whatever still
+    ends the daemon is logged (JSON logs too) and ends it with a failure status, so that
+    a supervisor restarts it.
+    """
+    from . import errors
+
+    try:
+        trio.run(main)
+    except Exception as exc:
+        err = errors.sole_error(exc)
+        if err is not None:
+            print(f"{prog}: {err.connect_code}: {err.message}", file=sys.stderr)
+            return 1
+        log.critical("%s stopped by an unexpected error", prog, exc_info=True)
+        return 1
+    return 0
