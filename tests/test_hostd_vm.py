@@ -490,7 +490,7 @@ def test_config_is_validated() -> None:
         entry.labels["a"] = "c"  # type: ignore[index]
 
 
-@pytest.mark.parametrize("module", ["config", "discovery", "rawguest", "simvm", "vmconn"])
+@pytest.mark.parametrize("module", ["_config", "_discovery", "rawguest", "simvm", "_vmconn"])
 def test_hostd_modules_export_what_exists(module: str) -> None:
     mod = importlib.import_module(f"limiquantix.hostd.{module}")
     assert all(hasattr(mod, name) for name in mod.__all__)
