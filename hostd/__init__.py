@@ -17,16 +17,35 @@ Two modules are tools run by name and stay public: ``simvm`` (a simulated VM:
 and benchmarks).
 """
 
-from ._config import CONTROLLER_TOKEN_ENV as CONTROLLER_TOKEN_ENV
-from ._config import TOKEN_ENV as TOKEN_ENV
-from ._config import ConfigError as ConfigError
-from ._config import ConnectionConfig as ConnectionConfig
-from ._config import DiscoveryConfig as DiscoveryConfig
-from ._config import HostdConfig as HostdConfig
-from ._config import VMEntry as VMEntry
-from ._config import load_config as load_config
-from ._daemon import main as main
-from ._daemon import serve as serve
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
+    from ._config import CONTROLLER_TOKEN_ENV as CONTROLLER_TOKEN_ENV
+    from ._config import TOKEN_ENV as TOKEN_ENV
+    from ._config import ConfigError as ConfigError
+    from ._config import ConnectionConfig as ConnectionConfig
+    from ._config import DiscoveryConfig as DiscoveryConfig
+    from ._config import HostdConfig as HostdConfig
+    from ._config import VMEntry as VMEntry
+    from ._config import load_config as load_config
+    from ._daemon import main as main
+    from ._daemon import serve as serve
+
+#: Where each export lives. Imported when first asked for: importing the package (as the
+#: simulated VM and the hostile guest tools do, ``python -m limiquantix.hostd.simvm``)
+#: must not pay for the web stack (quart, hypercorn, prometheus_client), ~1 s on a loaded host.
+_LAZY = {
+    "CONTROLLER_TOKEN_ENV": "_config",
+    "TOKEN_ENV": "_config",
+    "ConfigError": "_config",
+    "ConnectionConfig": "_config",
+    "DiscoveryConfig": "_config",
+    "HostdConfig": "_config",
+    "VMEntry": "_config",
+    "load_config": "_config",
+    "main": "_daemon",
+    "serve": "_daemon",
+}
 
 __all__ = [
     "CONTROLLER_TOKEN_ENV",
@@ -40,3 +59,11 @@ __all__ = [
     "main",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
