@@ -19,7 +19,7 @@ Measured in the same run: the bystanders' PingAgent latency through hostd's API
 (a closed loop of minimal HTTP/1.1 keep-alive clients, ``hostd_bench.RawHttp``,
 over the 20 VMs), first without an attacker, then during each attack; hostd's
 peak RSS during each attack and its RSS once the hostile VM has left; the size
-of hostd's heartbeat to the controller (``hostd.api.heartbeat_status`` over ListVMs'
+of hostd's heartbeat to the controller (``hostd._api.heartbeat_status`` over ListVMs'
 statuses: the bytes its heartbeat builds); and whether hostd stayed up.
 
 Targets (the issue's): bystander p99 <= 2x its no-attack figure; hostd RSS <=
