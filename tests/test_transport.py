@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
+from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder
+from limiquantix.protocol.client import HELLO_RESEND_S, AgentClient
+from limiquantix.protocol.framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
 from limiquantix.protocol.transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer
 from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
@@ -198,3 +201,219 @@ async def test_the_reader_yields_between_slices_of_a_dense_stream() -> None:
             nursery.cancel_scope.cancel()
     slices = len(spam) // len(MAGIC) * CANDIDATE_WORK // DECODE_SLICE_WORK
     assert ticks >= slices // 2, (ticks, slices)
+
+
+# --------------------------- AgentClient over memory streams (no socket, no agent process)
+# The socket tests (test_session.py, test_hostd_vm.py) run the client against a
+# real agent; these script the agent's half byte by byte, so that the cases a
+# real agent never produces (answers out of order, unknown ids, garbage, a close
+# mid-frame) are exercised deterministically.
+
+
+class ScriptedAgent:
+    """The agent's end of a memory stream pair: reads whole messages, writes what the test says."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder()
+        self._ready: list[pb.AgentMessage] = []
+
+    async def receive(self) -> pb.AgentMessage:
+        """The next message from the client (resent hellos included)."""
+        while not self._ready:
+            self._ready += [parse_frame(f) for f in self._decoder.feed(await self.stream.receive_some(65536))]
+        return self._ready.pop(0)
+
+    async def receive_request(self) -> pb.AgentMessage:
+        """The next message that is not a hello."""
+        while (msg := await self.receive()).WhichOneof("payload") == "hello":
+            pass
+        return msg
+
+    async def send(self, msg: pb.AgentMessage) -> None:
+        await self.stream.send_all(encode_message(msg))
+
+
+@pytest.fixture(name="scripted")
+def _scripted(nursery: trio.Nursery):  # type: ignore[no-untyped-def]
+    """Open an AgentClient over a memory stream pair, hello answered by a ScriptedAgent."""
+
+    @asynccontextmanager
+    async def open_pair() -> AsyncIterator[tuple[AgentClient, ScriptedAgent]]:
+        host_side, agent_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(answer_hello, agent_side)
+        async with AgentClient.open(host_side) as client:
+            yield client, ScriptedAgent(agent_side)
+
+    return open_pair
+
+
+@pytest.mark.trio
+async def test_memory_answers_out_of_order_reach_their_callers(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        results: dict[bytes, bytes] = {}
+
+        async def ping(tag: bytes) -> None:
+            results[tag] = (await client.ping(tag)).payload
+
+        nursery.start_soon(ping, b"a")
+        nursery.start_soon(ping, b"b")
+        first, second = await agent.receive_request(), await agent.receive_request()
+        for req in (second, first):  # answered in the reverse order
+            await agent.send(new_message(req.message_id, pong=pb.PongResponse(payload=req.ping.payload)))
+    assert results == {b"a": b"a", b"b": b"b"}
+    assert client.late_replies == 0
+
+
+@pytest.mark.trio
+async def test_memory_an_answer_for_an_unknown_id_is_counted_and_harms_nothing(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        got: list[pb.PongResponse] = []
+
+        async def ping() -> None:
+            got.append(await client.ping(b"mine"))
+
+        nursery.start_soon(ping)
+        req = await agent.receive_request()
+        await agent.send(new_message("nobody-asked", pong=pb.PongResponse(payload=b"stray")))
+        await agent.send(new_message(req.message_id, pong=pb.PongResponse(payload=b"mine")))
+    assert [p.payload for p in got] == [b"mine"]
+    assert client.late_replies == 1
+
+
+@pytest.mark.trio
+async def test_memory_garbage_and_an_undecodable_frame_are_skipped_and_counted(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        got: list[pb.PongResponse] = []
+
+        async def ping() -> None:
+            got.append(await client.ping(b"after"))
+
+        nursery.start_soon(ping)
+        req = await agent.receive_request()
+        garbage = b"\x00not a frame\xff" * 10 + MAGIC + b"\x01"  # a torn header, too
+        undecodable = encode_frame(b"\xff\xff\xff\xff")  # a valid frame, not a protobuf
+        answer = encode_message(new_message(req.message_id, pong=pb.PongResponse(payload=b"after")))
+        await agent.stream.send_all(garbage + undecodable + answer)
+    assert [p.payload for p in got] == [b"after"]
+    assert client.bad_messages == 1
+    assert client.decoder.stats.dropped_bytes >= len(garbage)
+
+
+@pytest.mark.trio
+async def test_memory_the_peer_closing_mid_frame_fails_pending_calls_at_once(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent):
+        async with trio.open_nursery() as nursery:
+            failures: list[errors.AgentError] = []
+
+            async def ping() -> None:
+                with pytest.raises(errors.Unavailable) as info:
+                    await client.ping(b"x")
+                failures.append(info.value)
+
+            nursery.start_soon(ping)
+            req = await agent.receive_request()
+            whole = encode_message(new_message(req.message_id, pong=pb.PongResponse(payload=b"x")))
+            await agent.stream.send_all(whole[: len(whole) // 2])
+            await agent.stream.aclose()
+        assert len(failures) == 1
+        assert client.closed_reason is not None
+        assert not client.connected
+        # A call after the close fails at once, without waiting for anything.
+        with pytest.raises(errors.Unavailable):
+            await client.ping(b"y")
+
+
+@pytest.mark.trio
+async def test_memory_a_cancelled_call_tells_the_agent_and_leaves_nothing_pending(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        cancel_scope = trio.CancelScope()
+
+        async def run() -> None:
+            with cancel_scope:
+                await client.request(execute=pb.ExecuteRequest(argv=["sleep", "100"]))
+
+        nursery.start_soon(run)
+        req = await agent.receive_request()
+        assert req.WhichOneof("payload") == "execute"
+        cancel_scope.cancel()
+        cancel = await agent.receive_request()
+        assert cancel.cancel.target_message_id == req.message_id
+        assert not client._pending
+        # The agent's answer to the cancelled request arrives late: counted, not delivered.
+        await agent.send(new_message(req.message_id, execute_response=pb.ExecuteResponse()))
+        nursery.start_soon(client.ping, b"next")
+        ping = await agent.receive_request()
+        await agent.send(new_message(ping.message_id, pong=pb.PongResponse(payload=b"next")))
+    assert client.late_replies == 1
+
+
+@pytest.mark.trio
+async def test_memory_a_stream_yields_partials_then_raises_the_error_answer(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        seen: list[bytes] = []
+
+        async def run() -> None:
+            with pytest.raises(errors.NotFound, match="gone"):
+                async for msg in client.stream(execute=pb.ExecuteRequest(argv=["x"])):
+                    seen.append(msg.execute_output.data)
+
+        nursery.start_soon(run)
+        req = await agent.receive_request()
+        for i in range(3):
+            await agent.send(new_message(req.message_id, execute_output=pb.ExecuteOutput(seq=i, data=b"%d" % i)))
+        error = pb.Error(code=pb.ERROR_CODE_NOT_FOUND, message="gone")
+        await agent.send(new_message(req.message_id, error=error))
+    assert seen == [b"0", b"1", b"2"]
+    assert not client._pending
+
+
+@pytest.mark.trio
+async def test_memory_an_agent_restart_fails_what_is_in_flight(scripted) -> None:  # type: ignore[no-untyped-def]
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+
+        async def ping() -> None:
+            with pytest.raises(errors.Unavailable, match="restarted"):
+                await client.ping(b"lost")
+
+        nursery.start_soon(ping)
+        await agent.receive_request()
+        identity = pb.AgentIdentity(agent_version="2")
+        await agent.send(new_message(agent_ready=pb.AgentReadyEvent(identity=identity)))
+    assert client.identity is not None and client.identity.agent_version == "2"
+    assert (await client.events.receive()).WhichOneof("payload") == "agent_ready"
+
+
+@pytest.mark.trio
+async def test_memory_hello_is_resent_and_stale_frames_before_its_echo_are_discarded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host_side, agent_side = trio.testing.memory_stream_pair()
+    agent = ScriptedAgent(agent_side)
+
+    async def slow_agent() -> None:
+        first = await agent.receive()
+        # Stale answers from an earlier connection, and a hello answer with the wrong id.
+        await agent.send(new_message("old", pong=pb.PongResponse()))
+        await agent.send(new_message(hello_response=pb.HelloResponse(sync_id=first.hello.sync_id + 1)))
+        before = trio.current_time()
+        second = await agent.receive()  # not answered: the client resends
+        assert trio.current_time() - before == pytest.approx(HELLO_RESEND_S)
+        assert second.hello.sync_id == first.hello.sync_id
+        answer = pb.HelloResponse(sync_id=second.hello.sync_id, identity=pb.AgentIdentity(agent_version="v"))
+        await agent.send(new_message(second.message_id, hello_response=answer))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_agent)
+        async with AgentClient.open(host_side) as client:
+            assert client.identity is not None and client.identity.agent_version == "v"
+            assert client.discarded_before_sync == 2
+
+
+@pytest.mark.trio
+async def test_memory_the_peer_closing_before_hello_is_unavailable() -> None:
+    host_side, agent_side = trio.testing.memory_stream_pair()
+    await agent_side.aclose()
+    with pytest.raises(errors.Unavailable, match="before hello"):
+        async with AgentClient.open(host_side):
+            pytest.fail("opened without a hello answer")
