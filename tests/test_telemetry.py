@@ -453,9 +453,18 @@ def _addresses(event: pb.IpChangedEvent) -> dict[str, list[tuple[str, int]]]:
     return {n.name: [(a.address, a.prefix_length) for a in (*n.ipv4, *n.ipv6)] for n in event.interfaces}
 
 
-#: Several of the namespaced agents' 0.05 s address checks: a change made this
-#: long ago has been seen.
-SETTLE_S = 0.3
+async def wait_for_address_checks(agent: NetnsAgent) -> None:
+    """Until the agent has run an address check that began after this call.
+
+    The check running at the call may have read the interfaces before a change
+    just made: the second one to finish after the call began after it. Its
+    debug line is the signal (the agent runs with --log-level debug), so a
+    "no event" assertion cannot pass merely because no check ran.
+    """
+    start = agent.log.read_text(errors="replace").count("addresses checked")
+    with trio.fail_after(WAIT_S):
+        while agent.log.read_text(errors="replace").count("addresses checked") < start + 2:
+            await trio.sleep(0.01)
 
 
 @pytest.mark.trio
@@ -475,7 +484,7 @@ async def test_ip_changed_follows_real_address_changes(netns_agent: Callable[...
         # An address on an excluded interface is no change at all: the next
         # event is the one for the IPv6 address added after a few checks.
         await agent.ip("addr", "add", "198.51.100.7/24", "dev", "veth-lqx1")
-        await trio.sleep(SETTLE_S)
+        await wait_for_address_checks(agent)
         await agent.ip("-6", "addr", "add", "2001:db8::5/64", "dev", "lqx0")
         event = (await next_event(client, "ip_changed")).ip_changed
         assert _addresses(event) == {"lqx0": [("192.0.2.10", 24), ("2001:db8::5", 64)]}
@@ -500,7 +509,7 @@ async def test_interface_exclude_replaces_the_default_patterns(netns_agent: Call
     async with _client(agent) as client:
         # Excluded by the configured pattern: no event (the positive control follows).
         await agent.ip("addr", "add", "192.0.2.10/24", "dev", "lqx0")
-        await trio.sleep(SETTLE_S)
+        await wait_for_address_checks(agent)
         # veth* is a default pattern, not a configured one: reported.
         await agent.ip("addr", "add", "198.51.100.7/24", "dev", "veth-lqx1")
         event = (await next_event(client, "ip_changed")).ip_changed
