@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
@@ -174,7 +175,9 @@ class JobList:
 def start_job(app: LimiQuantixApp, vm_ids: list[str], script: str, *, timeout_s: int, run_as: str) -> Job:
     """A new job, running in an app worker (it outlives the screen that started it)."""
     job = app.jobs.new(vm_ids, script, timeout_s, run_as)
-    runner = _run_fleet(app, job) if job.fleet else _run_script(app, job)
+    # The function, not a coroutine object: a worker cancelled before it starts (the app quitting)
+    # would leave the coroutine never awaited.
+    runner = partial(_run_fleet if job.fleet else _run_script, app, job)
     job.worker = app.run_worker(runner, group="jobs", name=f"job {job.id}")
     return job
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Final
 
 from google.protobuf import json_format
@@ -135,7 +136,10 @@ class AuditScreen(LqxScreen):
 
     def _start_load(self, *, quiet: bool) -> None:
         filt = {key: self.query_one(f"#filter-{key}", Input).value.strip() for key, _ in _FILTERS}
-        self.run_worker(self._load(filt, quiet=quiet), group="audit", exclusive=True)
+        # The function, not a coroutine: an exclusive worker replaced before it starts
+        # (a reload and a key press in the same tick) never creates its coroutine,
+        # where a coroutine object made here would be dropped never awaited.
+        self.run_worker(partial(self._load, filt, quiet=quiet), group="audit", exclusive=True)
 
     async def _load(self, filt: dict[str, str], *, quiet: bool = False) -> None:
         try:

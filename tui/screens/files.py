@@ -7,6 +7,7 @@ whether it equals the local file's.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -119,7 +120,7 @@ class FilesScreen(LqxScreen):
     def action_view(self) -> None:
         path = self._guest_path()
         if path is not None:
-            self.run_worker(self._view(path), group="transfer", exclusive=True)
+            self.run_worker(partial(self._view, path), group="transfer", exclusive=True)
 
     async def _view(self, path: str) -> None:
         status = self.query_one("#transfer", Static)
@@ -176,7 +177,7 @@ class FilesScreen(LqxScreen):
                 severity="error",
             )
             return
-        self.upload = self.run_worker(self._upload(local, path), group="transfer", exclusive=True)
+        self.upload = self.run_worker(partial(self._upload, local, path), group="transfer", exclusive=True)
 
     async def _upload(self, local: Path, path: str) -> None:
         status = self.query_one("#transfer", Static)

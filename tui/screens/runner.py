@@ -231,7 +231,7 @@ class RunnerScreen(LqxScreen):
         if event.button.id == "run":
             self.action_run()
         elif event.button.id == "cancel":
-            self.run_worker(self.action_cancel())
+            self.run_worker(self.action_cancel)
 
     def _show_result(self, job: Job) -> None:
         result_line = self.query_one("#result", Static)

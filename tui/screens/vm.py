@@ -76,10 +76,8 @@ class VMScreen(LqxScreen):
         self.sub_title = self.vm_id
         self.fleet_updated()
         if self.lqx.poll:
-            self.run_worker(self.load(), group="vm", exclusive=True)
-            self.set_interval(
-                self.lqx.config.refresh_s, lambda: self.run_worker(self.load(), group="vm", exclusive=True)
-            )
+            self.run_worker(self.load, group="vm", exclusive=True)
+            self.set_interval(self.lqx.config.refresh_s, lambda: self.run_worker(self.load, group="vm", exclusive=True))
 
     class Loaded(Message, bubble=False):
         """A GetVM answer, drawn in the screen's message loop (a screen that is closing
