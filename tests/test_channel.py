@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from limiquantix.agent.channel import ABSENT_BACKOFF_MAX_S
+from limiquantix.agent._channel import ABSENT_BACKOFF_MAX_S
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
