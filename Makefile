@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all venv run test test-fast proto bench clean
+.PHONY: all venv run test test-fast typecheck proto bench clean
 
 all: test
 
@@ -23,6 +23,10 @@ test: venv
 test-fast: venv
 	@$(PY) -m pytest -q -m "not slow"
 
+## mypy over the packages (tests/test_lint.py runs it too; [tool.mypy] in pyproject.toml).
+typecheck: venv
+	@$(PY) scripts/typecheck.py
+
 ## Regenerate protocol/_gen/ from protocol/*.proto.
 proto: venv
 	@$(PY) scripts/gen_proto.py
@@ -39,4 +43,4 @@ bench: venv
 	@$(PY) bench/cli_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache

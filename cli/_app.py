@@ -55,7 +55,7 @@ def _refuse_token(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--token", hidden=True, expose_value=False, callback=_refuse_token, is_eager=True)
 @click.version_option(__version__, "--version", prog_name="limiquantix")
 @click.pass_context
-def cli(ctx: click.Context, **options: object) -> None:
+def cli(ctx: click.Context, /, **options: object) -> None:
     ctx.obj = State({k: v for k, v in options.items() if v not in (None, False)})
 
 

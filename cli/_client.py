@@ -23,7 +23,7 @@ from . import _http
 # start-up that bench/cli_bench.py measures.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Generator, Iterable, Mapping
     from typing import Any
 
 __all__ = [
@@ -267,7 +267,7 @@ class Client:
 
     def stream(
         self, service: str, method: str, body: Mapping[str, Any], *, timeout_s: float
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """A server-streaming call: each message as it arrives.
 
         Closing the generator early closes the connection, which the controller sees as the

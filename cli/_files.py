@@ -70,7 +70,8 @@ def _progress(total: int, label: str) -> AbstractContextManager[Callable[[int], 
 
 
 def _stat(client: Client, vm: str, path: str) -> dict[str, Any]:
-    return client.call(VM, "StatGuestFile", {"vmId": vm, "path": path}).get("stat", {})
+    stat: dict[str, Any] = client.call(VM, "StatGuestFile", {"vmId": vm, "path": path}).get("stat", {})
+    return stat
 
 
 def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) -> tuple[int, str]:

@@ -45,7 +45,7 @@ def _labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _pct(value: object) -> str:
+def _pct(value: float | str | None) -> str:
     return f"{float(value or 0):.0f}"
 
 

@@ -6,6 +6,7 @@ one conversion of the store's unix times into protobuf ``Timestamp`` messages.
 from __future__ import annotations
 
 import logging
+from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -44,6 +45,14 @@ def source_address(peer: tuple[str, int] | None) -> str:
 def source_of(ctx: CallContext) -> str:
     """The client's address for audit rows."""
     return source_address(ctx.peer)
+
+
+@overload
+def timestamp(ts: float) -> Timestamp: ...
+@overload
+def timestamp(ts: None) -> None: ...
+@overload
+def timestamp(ts: float | None) -> Timestamp | None: ...
 
 
 def timestamp(ts: float | None) -> Timestamp | None:

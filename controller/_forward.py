@@ -35,7 +35,7 @@ configured ``insecure_nodes`` (reason ``insecure_transport``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Final, TypeVar, final
 
 import httpx
@@ -155,7 +155,7 @@ class NodeClient:
 
     async def stream(
         self, node: NodeInfo, method: str, request: Message, event_cls: type[_M], *, budget_s: float
-    ) -> AsyncIterator[_M]:
+    ) -> AsyncGenerator[_M, None]:
         """A server-streaming call: the node's messages as they arrive.
 
         Closing the generator early closes the upstream HTTP response, which
