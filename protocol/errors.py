@@ -123,7 +123,7 @@ class AgentError(Exception):
     connect_code: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
     grpc_status: ClassVar[int] = 13
-    proto_code: ClassVar[int] = pb.ERROR_CODE_INTERNAL
+    proto_code: ClassVar[pb.ErrorCode] = pb.ERROR_CODE_INTERNAL
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         # A subclass names its Connect code; its HTTP status and grpc-status come from

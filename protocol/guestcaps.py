@@ -146,8 +146,8 @@ class _Rule(NamedTuple):
     repeated: bool
     message: bool
     string: bool
-    count: int
-    """Entries kept (lists)."""
+    max_items: int
+    """Entries kept (lists). Not ``count``: that would shadow the tuple's method."""
     max_bytes: int
     """UTF-8 bytes kept (strings)."""
     address: bool
@@ -159,10 +159,10 @@ def _rule(fd: FieldDescriptor) -> _Rule:
     full = fd.full_name
     return _Rule(
         name=fd.name,
-        repeated=fd.is_repeated,  # type: ignore[attr-defined]
+        repeated=fd.is_repeated,
         message=fd.message_type is not None,
         string=fd.type == FieldDescriptor.TYPE_STRING,
-        count=_LIST_CAPS.get(full, MAX_ENTRIES),
+        max_items=_LIST_CAPS.get(full, MAX_ENTRIES),
         max_bytes=_STRING_CAPS.get(full, NAME_BYTES),
         address=full in _ADDRESS_LISTS,
     )
@@ -190,12 +190,13 @@ def _copy_capped(src: Message, dst: Message, path: str, state: _Copy) -> None:
         rule = _rule(fd)
         name = path + rule.name
         if rule.repeated:
-            limit = rule.count
+            limit = rule.max_items
             if rule.address:
                 # IPv4 first (listed first), then IPv6, within the interface's and the message's counts.
-                limit = min(
-                    MAX_ADDRESSES_PER_INTERFACE - len(dst.ipv4) if rule.name == "ipv6" else limit, state.addresses_left
-                )  # type: ignore[attr-defined]
+                if rule.name == "ipv6":
+                    # dst is an interface here; the Message base class declares no fields.
+                    limit = MAX_ADDRESSES_PER_INTERFACE - len(dst.ipv4)  # type: ignore[attr-defined]
+                limit = min(limit, state.addresses_left)
                 state.addresses_left -= min(limit, len(value))
             if len(value) > limit:
                 cuts.note(name, len(value), limit)

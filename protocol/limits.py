@@ -202,17 +202,23 @@ class _Rule:
     nested: bool
 
 
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    """A message field's type (the stubs say Optional: it is None for the other field types)."""
+    assert field.message_type is not None, field.full_name
+    return field.message_type
+
+
 def _rule(field: FieldDescriptor) -> _Rule:
     override = OVERRIDES.get(field.full_name, Limit())
-    is_map = field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
-    value_field = field.message_type.fields_by_name["value"] if is_map else field
+    is_map = field.type == FieldDescriptor.TYPE_MESSAGE and _message_type(field).GetOptions().map_entry
+    value_field = _message_type(field).fields_by_name["value"] if is_map else field
     max_bytes = override.bytes if override.bytes is not None else _scalar_bytes(value_field)
     max_items = None
     if field.is_repeated:
         max_items = override.items if override.items is not None else MAX_ITEMS
     key_bytes = None
     if is_map:
-        key_field = field.message_type.fields_by_name["key"]
+        key_field = _message_type(field).fields_by_name["key"]
         default_key = MAX_NAME_BYTES if _scalar_bytes(key_field) is not None else None
         key_bytes = override.key_bytes if override.key_bytes is not None else default_key
     return _Rule(
@@ -233,7 +239,7 @@ def _bounded(descriptor: Descriptor, seen: frozenset[str] = frozenset()) -> bool
     for field in descriptor.fields:
         if field.is_repeated or _scalar_bytes(field) is not None:
             return True
-        if field.type == FieldDescriptor.TYPE_MESSAGE and _bounded(field.message_type, seen):
+        if field.type == FieldDescriptor.TYPE_MESSAGE and _bounded(_message_type(field), seen):
             return True
     return False
 
@@ -250,7 +256,7 @@ def _rules(descriptor: Descriptor) -> dict[int, _Rule]:
         for f in descriptor.fields
         if f.is_repeated
         or _scalar_bytes(f) is not None
-        or (f.type == FieldDescriptor.TYPE_MESSAGE and _bounded(f.message_type))
+        or (f.type == FieldDescriptor.TYPE_MESSAGE and _bounded(_message_type(f)))
     }
 
 

@@ -20,7 +20,11 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import ssl
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
+
+if TYPE_CHECKING:
+    # collections.abc.Buffer is 3.12+; typeshed's typing_extensions has it for the checker only.
+    from typing_extensions import Buffer
 
 # Here for the callers that import them with the rest of TLS; defined apart (no ssl needed).
 from .loopback import InsecureTransportError, check_token_transport, is_loopback_url
@@ -68,9 +72,9 @@ class _RecordingSSLObject(ssl.SSLObject):
             _record(exc)
             raise
 
-    def read(self, len: int = 1024, buffer: bytearray | None = None) -> bytes:  # noqa: A002 - the stdlib's name
+    def read(self, len: int = 1024, buffer: Buffer | None = None) -> bytes:  # noqa: A002 - the stdlib's name
         try:
-            return super().read(len, buffer)  # type: ignore[arg-type]
+            return super().read(len, buffer)
         except ssl.SSLError as exc:
             _record(exc)
             raise

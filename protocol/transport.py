@@ -213,7 +213,9 @@ def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
     return None
 
 
-async def receive_frames(receive_some: Callable[[], Awaitable[bytes]], decoder: FrameDecoder) -> list[Frame] | None:
+async def receive_frames(
+    receive_some: Callable[[], Awaitable[bytes | bytearray]], decoder: FrameDecoder
+) -> list[Frame] | None:
     """The next frames from a stream (None at its end); possibly none yet.
 
     Decodes at most :data:`DECODE_SLICE_WORK` per call, and yields to the
@@ -237,7 +239,7 @@ async def receive_frames(receive_some: Callable[[], Awaitable[bytes]], decoder: 
             return frames
 
 
-def direct_reader(stream: trio.abc.Stream, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
+def direct_reader(stream: trio.abc.Stream, max_bytes: int) -> Callable[[], Awaitable[bytes | bytearray]]:
     """A ``receive_some`` for ``stream`` that waits for readiness first.
 
     trio's socket ``recv`` tries the read first and waits only on EAGAIN: for
@@ -246,7 +248,8 @@ def direct_reader(stream: trio.abc.Stream, max_bytes: int) -> Callable[[], Await
     queued). Streams other than sockets and fds get their own ``receive_some``.
 
     The returned coroutine function raises ``trio.BrokenResourceError`` on a
-    read error and returns ``b""`` at end of stream, like ``receive_some``.
+    read error and returns ``b""`` at end of stream, like ``receive_some`` (whose
+    bytes may be a ``bytearray``, hence the return type).
     """
     if isinstance(stream, trio.SocketStream):
         sock = stream.socket
