@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 from google.protobuf.message import Message
@@ -352,9 +352,9 @@ class ControllerClient:
     ) -> list[admin_pb.AuditRecord]:
         """The newest ``page_size`` records matching ``filt`` (AuditFilter's fields: ``user``,
         ``action``, ``vm_id``, ``node_id``, ``outcome``; empty values match anything)."""
-        request = admin_pb.QueryAuditRequest(
-            page_size=page_size, filter=admin_pb.AuditFilter(**{k: v for k, v in (filt or {}).items() if v})
-        )
+        # Any: the filter's string fields only, but the stub's keywords also take its Timestamps.
+        fields: dict[str, Any] = {k: v for k, v in (filt or {}).items() if v}
+        request = admin_pb.QueryAuditRequest(page_size=page_size, filter=admin_pb.AuditFilter(**fields))
         return list((await self.call(_ADMIN, "QueryAudit", request, admin_pb.QueryAuditResponse)).records)
 
 

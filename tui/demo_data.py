@@ -89,9 +89,11 @@ _DEBIAN: Final = ("Debian GNU/Linux 12 (bookworm)", "6.1.0-28-amd64", "debian", 
 _UBUNTU: Final = ("Ubuntu 24.04.1 LTS", "6.8.0-51-generic", "ubuntu", "24.04")
 _ROCKY: Final = ("Rocky Linux 9.5 (Blue Onyx)", "5.14.0-503.14.1.el9_5.x86_64", "rocky", "9.5")
 _ALPINE: Final = ("Alpine Linux v3.21", "6.12.5-0-virt", "alpine", "3.21")
+#: (pretty name, kernel, id, version) of a guest's OS.
+_OS = tuple[str, str, str, str]
 
 #: The hand-made start of every fleet: (name, node, state, os, labels); every state shown.
-_NAMED: Final = (
+_NAMED: Final[tuple[tuple[str, str, str, _OS | None, dict[str, str]], ...]] = (
     ("web-01", "node-a", "connected", _DEBIAN, {"env": "prod", "role": "web"}),
     ("web-02", "node-a", "connected", _DEBIAN, {"env": "prod", "role": "web"}),
     ("web-03", "node-b", "connected", _UBUNTU, {"env": "prod", "role": "web"}),

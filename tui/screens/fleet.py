@@ -56,7 +56,7 @@ def _figure(read: Callable[[VM], float]) -> Callable[[VM], float]:
 
 
 #: (key, label, sort key, the narrowest tier showing it) of each column after the selection mark.
-COLUMNS: Final[tuple[tuple[str, str, Callable[[VM], Any], bool], ...]] = (
+COLUMNS: Final[tuple[tuple[str, str, Callable[[VM], Any], int], ...]] = (
     ("name", "Name", lambda vm: (vm.name or vm.vm_id).lower(), 2),
     ("node", "Node", lambda vm: vm.node_id, 0),
     ("state", "State", effective_state, 2),
@@ -117,7 +117,7 @@ def _cells(vm: VM, selected: bool, tier: int) -> tuple[str | Text, ...]:
     if narrow and len(name) > 14:
         name = name[:13] + "…"
     digits = 0 if narrow else 1
-    values = {
+    values: dict[str, str | Text] = {
         "name": name,
         "node": vm.node_id or "-",
         "state": state_text(vm),
@@ -142,7 +142,7 @@ class FleetScreen(LqxScreen):
     """The first screen."""
 
     BINDINGS = [
-        Binding("space", "toggle", "Select"),
+        Binding("space", "toggle_selection", "Select"),
         Binding("a", "select_all", "All", show=False),
         Binding("n", "select_none", "None", show=False),
         Binding("slash", "filter", "Filter"),
@@ -259,7 +259,7 @@ class FleetScreen(LqxScreen):
                         else:
                             changed.append((vm_id, column.key, cell))  # set together, one refresh
                         if i == _NAME:
-                            self._names[vm_id] = cell
+                            self._names[vm_id] = cell  # type: ignore[assignment]  # always a Text (_cell)
             set_cells(table, changed)
             if in_table != order:
                 # DataTable.sort passes the key function cells, not row keys: each row's
@@ -347,7 +347,7 @@ class FleetScreen(LqxScreen):
         if vm_id is not None:
             self.app.push_screen(VMScreen(vm_id))
 
-    def action_toggle(self) -> None:
+    def action_toggle_selection(self) -> None:
         vm_id = self._cursor_vm()
         if vm_id is None:
             return
