@@ -74,7 +74,7 @@ class Link(Protocol):
     #: Called when the host detaches but the link stays open (virtio only).
     on_host_absent: Callable[[], None] | None
 
-    async def receive_some(self) -> bytes:
+    async def receive_some(self) -> bytes | bytearray:
         """Next bytes from the host; ``b""`` when the link ended.
 
         Raises:
@@ -269,7 +269,7 @@ class _StreamLink:
         self.try_write = direct_writer(stream)
         self._receive_some = direct_reader(stream, READ_SIZE)
 
-    async def receive_some(self) -> bytes:
+    async def receive_some(self) -> bytes | bytearray:
         try:
             return await self._receive_some()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

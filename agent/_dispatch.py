@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, final
 
 import trio
 from google.protobuf.message import Message
@@ -45,6 +45,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HandlerFunc = Callable[["RequestContext", Any], Awaitable[Message]]
+#: An inline handler (``handler(..., inline=True)``): ``(agent, request) -> response``.
+InlineFunc = Callable[["AgentState", Any], Message]
+_F = TypeVar("_F", HandlerFunc, InlineFunc)
 S = TypeVar("S")
 
 
@@ -82,7 +85,8 @@ class AgentState(Protocol):
 class HandlerSpec:
     request: str  #: oneof field of the request
     response: str  #: oneof field of the terminal response
-    func: HandlerFunc
+    #: An InlineFunc when ``inline``, a HandlerFunc otherwise.
+    func: HandlerFunc | InlineFunc
     #: A plain function ``(agent, request) -> response`` run by the reader
     #: itself: for instant answers (ping), where a task would cost more than
     #: the work. It must not block.
@@ -93,13 +97,13 @@ class HandlerSpec:
 HANDLERS: Final[dict[str, HandlerSpec]] = {}
 
 
-def handler(request: str, response: str, *, inline: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:
+def handler(request: str, response: str, *, inline: bool = False) -> Callable[[_F], _F]:
     """Register the decorated coroutine (or, with ``inline``, function) for ``request``."""
     fields = pb.AgentMessage.DESCRIPTOR.fields_by_name
     if request not in fields or response not in fields:  # pragma: no cover - programming error
         raise ValueError(f"unknown AgentMessage field {request!r} or {response!r}")
 
-    def deco(func: HandlerFunc) -> HandlerFunc:
+    def deco(func: _F) -> _F:
         if request in HANDLERS:  # pragma: no cover - programming error
             raise ValueError(f"two handlers for {request!r}")
         HANDLERS[request] = HandlerSpec(request, response, func, inline)
@@ -180,7 +184,7 @@ async def send_answer(writer: MessageWriter, answer: pb.AgentMessage) -> None:
 def run_inline(agent: AgentState, message_id: str, spec: HandlerSpec, request: Message) -> pb.AgentMessage:
     """Run an inline handler; return its answer (response or Error)."""
     try:
-        response = spec.func(agent, request)  # type: ignore[arg-type]
+        response = cast("InlineFunc", spec.func)(agent, request)  # spec.inline: see HandlerSpec.func
         return new_message(message_id, **{spec.response: response})
     except errors.AgentError as exc:
         return error_message(message_id, exc)
@@ -204,7 +208,7 @@ async def _run_request(ctx: RequestContext, spec: HandlerSpec, request: Message)
     answer: pb.AgentMessage | None = None
     with ctx.cancel_scope:
         try:
-            response = await spec.func(ctx, request)
+            response = await cast("HandlerFunc", spec.func)(ctx, request)  # not inline: see HandlerSpec.func
             answer = new_message(ctx.message_id, **{spec.response: response})
         except errors.AgentError as exc:
             answer = error_message(ctx.message_id, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -28,7 +29,7 @@ TRIM_ABOVE_BYTES: Final = 40 * 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _load_trim():  # type: ignore[no-untyped-def]
+def _load_trim() -> Callable[[int], int] | None:
     # The C library is already loaded: look the symbol up in the process itself
     # (ctypes.util.find_library would run ldconfig in a subprocess at start-up).
     try:

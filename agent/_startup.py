@@ -17,13 +17,18 @@ import ctypes
 import ctypes.util
 import sys
 
+# Not typing's: this module runs first at start-up, whose imports are measured.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["import_trio"]
 
 #: ABI names to try for a library before asking ``ldconfig``.
 _SONAMES = {"pthread": ("libpthread.so.0", "libc.so.6")}
 
 
-def _find_library(name: str, real=ctypes.util.find_library) -> str | None:  # type: ignore[no-untyped-def]
+def _find_library(name: str, real: Callable[[str], str | None] = ctypes.util.find_library) -> str | None:
     for soname in _SONAMES.get(name, ()):
         try:
             ctypes.CDLL(soname)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
 from typing import Final, final
@@ -290,7 +290,7 @@ class NodeAPI:
 
     async def _read_chunks(
         self, vm: VMConnection, request: node_pb.ReadGuestFileRequest, chunk_size: int, budget: float | None
-    ) -> AsyncIterator[node_pb.ReadGuestFileChunk]:
+    ) -> AsyncGenerator[node_pb.ReadGuestFileChunk, None]:
         """The agent's read of ``request`` in chunks of at most ``chunk_size``; the
         last (``eof``) carries the digest, and only once it matched what was sent.
 

@@ -56,7 +56,7 @@ class Metrics(RpcMetrics):
 
     def __init__(self, registry: VMRegistry) -> None:
         super().__init__("lqx_hostd", "Node API")
-        self.registry.register(_VMCollector(registry))  # type: ignore[arg-type]
+        self.registry.register(_VMCollector(registry))
 
 
 def make_authenticator(token: str) -> Callable[[CallContext], Awaitable[None]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Final, final
+from typing import Final, final, overload
 
 import trio
 
@@ -199,8 +199,14 @@ class MessageWriter:
         self.drained.set()
 
 
+@overload
+def direct_writer(stream: trio.SocketStream | trio.lowlevel.FdStream) -> Callable[[bytes], int]: ...
+@overload
+def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None: ...
+
+
 def direct_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
-    """A non-blocking write into ``stream``'s fd, for :class:`MessageWriter`.
+    """A non-blocking write into ``stream``'s fd, for :class:`MessageWriter` (None: it has none).
 
     Looks the fd up on every call: once the stream is closed it is -1 and the
     write fails with EBADF instead of hitting a reused descriptor.

@@ -299,7 +299,7 @@ def _clip(text: str, max_bytes: int = ERROR_TEXT_MAX_BYTES) -> str:
 class _Output:
     """One of the child's output pipes: drained to EOF, kept up to its cap."""
 
-    def __init__(self, command: _Command, kind: pb.OutputStream.ValueType, limit: int) -> None:
+    def __init__(self, command: _Command, kind: pb.OutputStream, limit: int) -> None:
         self._command = command
         self.kind = kind
         self.limit = limit
@@ -316,7 +316,7 @@ class _Output:
         """Read until EOF, or until the post-exit deadline (see :data:`PIPE_IDLE_AFTER_EXIT_S`)."""
         try:
             while True:
-                data = b""
+                data: bytes | bytearray = b""
                 with trio.CancelScope(deadline=self._command.read_deadline()) as scope:
                     self._read_scope = scope
                     data = await stream.receive_some(self._command.plan.read_bytes)
@@ -326,7 +326,9 @@ class _Output:
                     return
                 if not data:
                     return
-                await self._take(data)
+                # trio types receive_some as bytes | bytearray; a pipe's FdStream reads bytes,
+                # which bytes() returns as they are (no copy).
+                await self._take(bytes(data))
         finally:
             self._read_scope = None
             self.done.set()
@@ -378,7 +380,7 @@ class _Command:
             return math.inf
         return min(trio.current_time() + PIPE_IDLE_AFTER_EXIT_S, self._exited_at + PIPE_DRAIN_MAX_S)
 
-    async def emit(self, kind: pb.OutputStream.ValueType, data: bytes) -> None:
+    async def emit(self, kind: pb.OutputStream, data: bytes) -> None:
         """Send one ExecuteOutput chunk (streaming mode), numbered in queue order."""
         async with self._send_lock:
             if self.ctx.cancel_requested or self._link_gone:
@@ -473,7 +475,7 @@ class _Command:
             )
         return self._response(reason, started)
 
-    def _response(self, reason: pb.ExitReason.ValueType, started: float) -> pb.ExecuteResponse:
+    def _response(self, reason: pb.ExitReason, started: float) -> pb.ExecuteResponse:
         ended = self.group.ended_at if self.group.ended_at is not None else time.monotonic()
         resp = pb.ExecuteResponse(
             exit_reason=reason,

@@ -45,7 +45,7 @@ class Names:
         return self._groups[gid]
 
 
-def file_type(mode: int) -> pb.FileType.ValueType:
+def file_type(mode: int) -> pb.FileType:
     if stat.S_ISREG(mode):
         return pb.FILE_TYPE_REGULAR
     if stat.S_ISDIR(mode):
