@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, final
 
@@ -348,12 +348,14 @@ class RpcClient:
         remaining = remaining_s(deadline)
         client, url = self._target(target, procedure)
         body: bytes | AsyncIterable[bytes]
+        length: int | None
+        # The async iterable first: mypy cannot tell a Sequence[bytes] from bytes (a Sequence[int]).
         if isinstance(content, bytes):
             body, length = content, len(content)
-        elif isinstance(content, Sequence):
-            body, length = (content[0] if len(content) == 1 else _parts(content)), sum(len(p) for p in content)
-        else:
+        elif isinstance(content, AsyncIterable):
             body, length = content, content_length
+        else:
+            body, length = (content[0] if len(content) == 1 else _parts(content)), sum(len(p) for p in content)
         sent = self._headers(target, f"application/{codec.name}", remaining, headers)
         sent["Accept-Encoding"] = "gzip"  # read raw and inflated here, bounded
         if length is not None:
@@ -409,7 +411,7 @@ class RpcClient:
         codec: Codec = PROTO,
         deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """A server-streaming call: each message's bytes (inflated) as it arrives.
 
         Closing the generator early closes the HTTP response, which the server sees
@@ -480,7 +482,7 @@ def _read_tls_records_together(transport: httpx.AsyncHTTPTransport) -> None:
     when httpx or httpcore move it).
     """
     pool = transport._pool  # noqa: SLF001 - see the docstring
-    pool._network_backend = _RecordsTogetherBackend(pool._network_backend)  # type: ignore[union-attr]  # noqa: SLF001
+    pool._network_backend = _RecordsTogetherBackend(pool._network_backend)  # noqa: SLF001
 
 
 @final

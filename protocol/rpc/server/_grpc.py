@@ -50,7 +50,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 import trio
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
@@ -113,7 +113,7 @@ class _Protocol:
         self.content_type = f"{base}+{codec.name}"
 
 
-def _protocol(content_type: str) -> _Protocol | None | bool:
+def _protocol(content_type: str) -> _Protocol | None | Literal[False]:
     """The protocol of a Content-Type: a _Protocol, None if it is not gRPC's at all (-> Quart),
     False if it is a gRPC type this server does not speak (-> 415)."""
     media = content_type.partition(";")[0].strip().lower()
@@ -168,7 +168,8 @@ def _status_headers(error: errors.AgentError | None, ctx: CallContext | None) ->
     if error is not None and error.message:
         out.append((b"grpc-message", _encode_message(error.message).encode()))
     if error is not None and error.reason:
-        detail = StatusDetail(code=error.grpc_status, message=error.message)
+        # A class built at run time: Message's stub knows none of its fields.
+        detail = StatusDetail(code=error.grpc_status, message=error.message)  # type: ignore[call-arg]
         detail.details.add().Pack(error.to_proto())  # type: ignore[attr-defined]
         # Binary metadata: base64; gRPC receivers accept it unpadded, as sent by grpc-go.
         out.append((b"grpc-status-details-bin", base64.b64encode(detail.SerializeToString()).rstrip(b"=")))
@@ -419,6 +420,7 @@ class GrpcApp:
         if body_scope.cancelled_caught:
             raise errors.DeadlineExceeded(f"request body not received within {self.body_timeout_s} s")
         ctx._body_read = True
+        assert first is not None  # not cancelled: the checks in the scope ran
         flags, data = first
         if data and flags & FLAG_COMPRESSED:
             if not gzipped:
@@ -521,11 +523,17 @@ class GrpcApp:
 
 
 def _request_type(alpha: bool) -> type[Message]:
-    return (grpc_reflection_v1alpha_pb2 if alpha else grpc_reflection_v1_pb2).ServerReflectionRequest
+    return (
+        grpc_reflection_v1alpha_pb2.ServerReflectionRequest if alpha else grpc_reflection_v1_pb2.ServerReflectionRequest
+    )
 
 
 def _response_type(alpha: bool) -> type[Message]:
-    return (grpc_reflection_v1alpha_pb2 if alpha else grpc_reflection_v1_pb2).ServerReflectionResponse
+    return (
+        grpc_reflection_v1alpha_pb2.ServerReflectionResponse
+        if alpha
+        else grpc_reflection_v1_pb2.ServerReflectionResponse
+    )
 
 
 def _transcode(message: Message, codec_name: str) -> bytes:

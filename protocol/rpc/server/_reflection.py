@@ -57,8 +57,9 @@ class Reflection:
         (the stream goes on, as grpc-go's does), never an exception.
         """
         mod = v1alpha if alpha else v1
-        request = mod.ServerReflectionRequest()
-        response = mod.ServerReflectionResponse()
+        # v1alpha's messages are v1's in another package: typed as v1's (mod is a ModuleType).
+        request: v1.ServerReflectionRequest = mod.ServerReflectionRequest()
+        response: v1.ServerReflectionResponse = mod.ServerReflectionResponse()
         try:
             request.ParseFromString(data)
         except Exception:  # DecodeError: a client's garbage

@@ -220,8 +220,12 @@ class Router:
         # gRPC and gRPC-Web on the same paths, below Quart (their status goes in trailers).
         from ._grpc import GrpcApp  # _grpc builds on this module
 
-        app.asgi_app = GrpcApp(  # type: ignore[method-assign]
-            app.asgi_app, self, prefix=prefix, body_timeout_s=app.config.get("BODY_TIMEOUT") or math.inf
+        # Quart's ASGI types are TypedDicts, GrpcApp's plain mappings of the same dicts.
+        app.asgi_app = GrpcApp(  # type: ignore[method-assign, assignment]
+            app.asgi_app,  # type: ignore[arg-type]
+            self,
+            prefix=prefix,
+            body_timeout_s=app.config.get("BODY_TIMEOUT") or math.inf,
         )
         wire_limit = self.max_message_bytes + ENVELOPE_HEADER.size
         quart_limit = app.config.get("MAX_CONTENT_LENGTH")
@@ -333,7 +337,8 @@ class Router:
     async def decode(self, codec: Codec, data: bytes | bytearray, cls: type[Message]) -> Message:
         """Raises: InvalidArgument: ``data`` is not a ``cls`` in ``codec``."""
         try:
-            return await offload(len(data), codec.decode, data, cls)
+            message: Message = await offload(len(data), codec.decode, data, cls)
+            return message
         except errors.AgentError:
             raise
         except Exception as exc:  # anything the parser says about client input

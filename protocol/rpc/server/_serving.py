@@ -334,7 +334,7 @@ class _H11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._send_now = self.send
-        self.send = self._send_coalesced  # type: ignore[method-assign]
+        self.send = self._send_coalesced
         self._hold_head = False
         self._held = b""
 
@@ -364,9 +364,10 @@ class _H11Protocol(H11Protocol):
 def _install_hypercorn_fixes() -> None:
     """Make hypercorn build its connections from :class:`_ContainedTCPServer`, :class:`_H11Protocol`
     and :class:`_H2Protocol` (the names its trio worker and its ProtocolWrapper look up when called)."""
-    hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[misc]
-    hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[misc]
-    hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[misc]
+    # Names those modules import but do not export: replaced on purpose.
+    hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]
+    hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
+    hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[attr-defined]
 
 
 _install_hypercorn_fixes()
@@ -618,7 +619,8 @@ async def serve_http(
         # its nurseries, where a port in use became a 70-line exception group).
         binds = await nursery.start(
             lambda task_status: hypercorn.trio.run.worker_serve(
-                wrap_app(tracked, config.wsgi_max_body_size, None),
+                # arg-type: our ASGI aliases are plain mappings, hypercorn's are TypedDicts of the same dicts.
+                wrap_app(tracked, config.wsgi_max_body_size, None),  # type: ignore[arg-type]
                 config,
                 sockets=sockets,
                 shutdown_trigger=stop.wait,
