@@ -796,10 +796,10 @@ class FleetAPI:
                 while watcher.statuses < statuses:
                     vm_id = run.statuses[watcher.statuses]
                     watcher.statuses += 1
-                    target = run.targets[vm_id]
-                    if target is not None and (visible is None or vm_id in visible):
+                    result = run.targets[vm_id]
+                    if result is not None and (visible is None or vm_id in visible):
                         sent_any = True
-                        yield fleet_pb.FleetCommandEvent(target=self._render_target(target, output=False))
+                        yield fleet_pb.FleetCommandEvent(target=self._render_target(result, output=False))
                 if sent_any or watcher.statuses < len(run.statuses):
                     continue
                 if ended:

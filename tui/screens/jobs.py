@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Header, Static
 
 from limiquantix.protocol.safetext import safe_text
@@ -98,7 +99,7 @@ class JobsScreen(LqxScreen):
         table = self.query_one("#jobs", DataTable)
         if not 0 <= table.cursor_row < table.row_count:
             return None
-        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
         return next((job for job in self.lqx.jobs if str(job.id) == key), None)
 
     def action_open(self) -> None:

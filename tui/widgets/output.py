@@ -343,10 +343,10 @@ class OutputView(ScrollView, can_focus=True):
         self.buffer.listeners.append(self._changed)
         self.follow = True
         """Whether new lines scroll the view (the cursor is on the last line)."""
-        self.anchor: int | None = None
+        self.selection_anchor: int | None = None
         """The other end of the selection (None: nothing selected)."""
         self._dragging = False
-        self.query = ""
+        self.search_query = ""
         self._pattern: re.Pattern[str] | None = None
         self._match_lines = array("I")
         self._match_cols = array("I")
@@ -402,10 +402,10 @@ class OutputView(ScrollView, can_focus=True):
         self.buffer.clear()
 
     def _reset_view(self) -> None:
-        self.anchor = None
+        self.selection_anchor = None
         self.follow = True
         self.cursor = 0
-        query = self.query
+        query = self.search_query
         self._reset_matches()
         self._pattern = None
         if query:
@@ -445,8 +445,8 @@ class OutputView(ScrollView, can_focus=True):
 
     def _lines_dropped(self, count: int) -> None:
         self.cursor = max(0, self.cursor - count)
-        if self.anchor is not None:
-            self.anchor = max(0, self.anchor - count)
+        if self.selection_anchor is not None:
+            self.selection_anchor = max(0, self.selection_anchor - count)
         if self._pattern is not None:
             keep = bisect_right(self._match_lines, count - 1)
             self._match_lines = array("I", (n - count for n in self._match_lines[keep:]))
@@ -531,25 +531,27 @@ class OutputView(ScrollView, can_focus=True):
     # -- cursor and selection -------------------------------------------------------------
 
     def _selected(self, number: int) -> bool:
-        return self.anchor is not None and min(self.anchor, self.cursor) <= number <= max(self.anchor, self.cursor)
+        return self.selection_anchor is not None and min(self.selection_anchor, self.cursor) <= number <= max(
+            self.selection_anchor, self.cursor
+        )
 
     @property
     def selection(self) -> tuple[int, int] | None:
         """(first, last) selected line, or None."""
-        if self.anchor is None:
+        if self.selection_anchor is None:
             return None
-        return min(self.anchor, self.cursor), max(self.anchor, self.cursor)
+        return min(self.selection_anchor, self.cursor), max(self.selection_anchor, self.cursor)
 
     def move_cursor(self, line: int, *, select: bool = False) -> None:
         """Put the cursor on ``line`` (clamped) and scroll it into view; ``select`` extends the
         selection from where the cursor was, otherwise the selection ends."""
-        if select and self.anchor is None:
-            self.anchor = self.cursor
+        if select and self.selection_anchor is None:
+            self.selection_anchor = self.cursor
         elif not select:
-            self.anchor = None
+            self.selection_anchor = None
         last = max(0, len(self.store) - 1)
         self.cursor = max(0, min(line, last))
-        self.follow = self.cursor == last and self.anchor is None
+        self.follow = self.cursor == last and self.selection_anchor is None
         height = self.scrollable_content_region.height
         if self.cursor < self.scroll_y:
             self.scroll_to(y=self.cursor, animate=False, immediate=True, force=True)
@@ -567,9 +569,9 @@ class OutputView(ScrollView, can_focus=True):
         self.move_cursor(0 if direction < 0 else len(self.store), select=select)
 
     def action_clear_selection(self) -> None:
-        if self.anchor is None:
+        if self.selection_anchor is None:
             raise SkipAction()  # the screen's escape (back) then applies
-        self.anchor = None
+        self.selection_anchor = None
         self.refresh()
 
     def _line_at(self, event: events.MouseEvent) -> int:
@@ -580,7 +582,7 @@ class OutputView(ScrollView, can_focus=True):
             return
         self.focus()
         self.move_cursor(self._line_at(event))
-        self.anchor = self.cursor
+        self.selection_anchor = self.cursor
         self._dragging = True
         self.capture_mouse()
 
@@ -595,8 +597,8 @@ class OutputView(ScrollView, can_focus=True):
             return
         self._dragging = False
         self.release_mouse()
-        if self.anchor == self.cursor:
-            self.anchor = None  # a click, not a drag: the cursor moved, nothing is selected
+        if self.selection_anchor == self.cursor:
+            self.selection_anchor = None  # a click, not a drag: the cursor moved, nothing is selected
             self.refresh()
 
     def selected_text(self) -> str:
@@ -631,7 +633,7 @@ class OutputView(ScrollView, can_focus=True):
     def search(self, query: str) -> None:
         """Highlight every match of ``query`` (plain text, smart case) and go to the first one
         at or after the cursor. An empty query clears the search."""
-        self.query = query
+        self.search_query = query
         self._reset_matches()
         self._pattern = _query_pattern(query) if query else None
         if self._pattern is not None:
@@ -775,11 +777,11 @@ class OutputPane(Vertical):
         if self.search_input.has_focus:
             raise SkipAction()  # n and N are letters of the query
         view = self.view
-        if not view.query:
+        if not view.search_query:
             self.notify("No search yet: / to search.", severity="information", timeout=2)
             return
         if not view.match_count:
-            self.notify(f"Not found: {view.query}", severity="warning", timeout=2)
+            self.notify(f"Not found: {view.search_query}", severity="warning", timeout=2)
             return
         if view.next_match(step):
             self.notify("Search wrapped " + ("to the top." if step > 0 else "to the bottom."), timeout=2)
@@ -796,7 +798,7 @@ class OutputPane(Vertical):
 
     def _show_status(self) -> None:
         view = self.view
-        if not view.query:
+        if not view.search_query:
             status = ""
         elif not view.match_count:
             status = "not found"
