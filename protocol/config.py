@@ -67,8 +67,7 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------ field facts
 
 
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
+def _field_docs(cls: type) -> dict[str, str]:
     """A dataclass's attribute docstrings (the string literal under each field), on one line each.
 
     Parsed from the source: for ``--help`` and ``dump_toml`` only. RST markup (````x````) is
@@ -93,9 +92,16 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+#: :func:`_field_docs`, once per class (typed as :data:`_hints` is, for the same reason).
+field_docs: Callable[[type], dict[str, str]] = functools.cache(_field_docs)
+
+
+def _hints_of(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
+
+
+# Typed here: functools.cache's wrapper takes Hashable arguments, which mypy does not see in type[T].
+_hints: Callable[[type], dict[str, Any]] = functools.cache(_hints_of)
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -244,7 +250,8 @@ def _field_help(cls: type, name: str) -> str:
     text = field_docs(cls).get(name, "")
     if get_origin(_hints(cls)[name]) is tuple:
         text += " Comma-separated."
-        default = ",".join(default)
+        if default is not dataclasses.MISSING:  # a required list has no default to join
+            default = ",".join(default)
     if default != "":  # an empty default (none, or nothing) goes without saying
         text += f" (default: {default!s})"
     # argparse %-formats help strings.
