@@ -29,6 +29,7 @@ from .screens.dialogs import HelpScreen
 from .screens.fleet import FleetScreen
 from .screens.jobs import JobsScreen
 from .state import FleetState
+from .workers import run_async
 
 __all__ = ["LimiQuantixApp"]
 
@@ -89,7 +90,7 @@ class LimiQuantixApp(App[None]):
         # object) stop costing tens of ms in the middle of a 500-VM refresh.
         self.call_after_refresh(_freeze_startup_objects)
         if self.poll:
-            self.run_worker(self.refresh_fleet, group="fleet", exclusive=True)
+            run_async(self, self.refresh_fleet, group="fleet", exclusive=True)
             self.set_interval(self.config.refresh_s, self._tick)
 
     async def on_unmount(self) -> None:
@@ -97,7 +98,7 @@ class LimiQuantixApp(App[None]):
 
     def _tick(self) -> None:
         if self.poll_started is None:
-            self.run_worker(self.refresh_fleet, group="fleet", exclusive=True)
+            run_async(self, self.refresh_fleet, group="fleet", exclusive=True)
             return
         # The last poll has not been answered. It is left to run to its deadline (the
         # client's timeout): replacing it at every tick meant no poll ever timed out, and a

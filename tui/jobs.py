@@ -26,6 +26,7 @@ from .client import ApiError
 from .format import exit_summary
 from .state import RunRecord
 from .widgets.output import OutputBuffer
+from .workers import run_async
 
 if TYPE_CHECKING:
     from textual.worker import Worker
@@ -178,7 +179,7 @@ def start_job(app: LimiQuantixApp, vm_ids: list[str], script: str, *, timeout_s:
     # The function, not a coroutine object: a worker cancelled before it starts (the app quitting)
     # would leave the coroutine never awaited.
     runner = partial(_run_fleet if job.fleet else _run_script, app, job)
-    job.worker = app.run_worker(runner, group="jobs", name=f"job {job.id}")
+    job.worker = run_async(app, runner, group="jobs", name=f"job {job.id}")
     return job
 
 

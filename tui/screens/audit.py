@@ -19,6 +19,7 @@ from limiquantix.protocol._gen.admin_pb2 import AuditRecord
 from ..client import ApiError
 from ..format import guest
 from ..widgets.footer import KeysFooter
+from ..workers import run_async
 from .base import LqxScreen
 
 __all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]
@@ -139,7 +140,7 @@ class AuditScreen(LqxScreen):
         # The function, not a coroutine: an exclusive worker replaced before it starts
         # (a reload and a key press in the same tick) never creates its coroutine,
         # where a coroutine object made here would be dropped never awaited.
-        self.run_worker(partial(self._load, filt, quiet=quiet), group="audit", exclusive=True)
+        run_async(self, partial(self._load, filt, quiet=quiet), group="audit", exclusive=True)
 
     async def _load(self, filt: dict[str, str], *, quiet: bool = False) -> None:
         try:

@@ -23,6 +23,7 @@ from limiquantix.protocol.safetext import safe_text
 from ..client import MAX_UPLOAD_BYTES, ApiError
 from ..format import human_bytes
 from ..widgets.footer import KeysFooter
+from ..workers import run_async
 from .base import LqxScreen
 from .dialogs import ConfirmDialog
 
@@ -120,7 +121,7 @@ class FilesScreen(LqxScreen):
     def action_view(self) -> None:
         path = self._guest_path()
         if path is not None:
-            self.run_worker(partial(self._view, path), group="transfer", exclusive=True)
+            run_async(self, partial(self._view, path), group="transfer", exclusive=True)
 
     async def _view(self, path: str) -> None:
         status = self.query_one("#transfer", Static)
@@ -177,7 +178,7 @@ class FilesScreen(LqxScreen):
                 severity="error",
             )
             return
-        self.upload = self.run_worker(partial(self._upload, local, path), group="transfer", exclusive=True)
+        self.upload = run_async(self, partial(self._upload, local, path), group="transfer", exclusive=True)
 
     async def _upload(self, local: Path, path: str) -> None:
         status = self.query_one("#transfer", Static)

@@ -27,6 +27,7 @@ from ..widgets.footer import KeysFooter
 from ..widgets.output import OutputBuffer, OutputPane, OutputView
 from ..widgets.path_dialog import load_with_dialog
 from ..widgets.recent_runs import RecentRuns
+from ..workers import run_async
 from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]
@@ -231,7 +232,7 @@ class RunnerScreen(LqxScreen):
         if event.button.id == "run":
             self.action_run()
         elif event.button.id == "cancel":
-            self.run_worker(self.action_cancel)
+            run_async(self, self.action_cancel)
 
     def _show_result(self, job: Job) -> None:
         result_line = self.query_one("#result", Static)

@@ -22,6 +22,7 @@ from ..client import ApiError
 from ..format import age, bar, guest, human_bytes, state_text, uptime
 from ..widgets.footer import KeysFooter
 from ..widgets.graphs import Graphs
+from ..workers import run_async
 from .base import LqxScreen
 from .dialogs import ConfirmDialog, PasswordDialog
 from .files import FilesScreen
@@ -76,8 +77,8 @@ class VMScreen(LqxScreen):
         self.sub_title = self.vm_id
         self.fleet_updated()
         if self.lqx.poll:
-            self.run_worker(self.load, group="vm", exclusive=True)
-            self.set_interval(self.lqx.config.refresh_s, lambda: self.run_worker(self.load, group="vm", exclusive=True))
+            run_async(self, self.load, group="vm", exclusive=True)
+            self.set_interval(self.lqx.config.refresh_s, lambda: run_async(self, self.load, group="vm", exclusive=True))
 
     class Loaded(Message, bubble=False):
         """A GetVM answer, drawn in the screen's message loop (a screen that is closing
