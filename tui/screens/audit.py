@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Header, Input, Static
 
@@ -142,6 +143,19 @@ class AuditScreen(LqxScreen):
         # where a coroutine object made here would be dropped never awaited.
         run_async(self, partial(self._load, filt, quiet=quiet), group="audit", exclusive=True)
 
+    class Loaded(Message, bubble=False):
+        """A QueryAudit answer, drawn in the screen's message loop (as the VM screen's GetVM
+        answer is): a screen that is closing gets none, where drawing from the worker raced
+        the screen's widgets being removed (NoMatches on '#audit')."""
+
+        def __init__(self, records: list[AuditRecord], *, quiet: bool) -> None:
+            super().__init__()
+            self.records = records
+            self.quiet = quiet
+
+    def on_audit_screen_loaded(self, message: Loaded) -> None:
+        self.show(message.records, quiet=message.quiet)
+
     async def _load(self, filt: dict[str, str], *, quiet: bool = False) -> None:
         try:
             records = await self.lqx.client.query_audit(filt)
@@ -149,7 +163,7 @@ class AuditScreen(LqxScreen):
             if not quiet:
                 self.lqx.report(exc, "Audit")
             return
-        self.show(records, quiet=quiet)
+        self.post_message(self.Loaded(records, quiet=quiet))
 
     def show(self, records: list[AuditRecord], *, quiet: bool = False) -> None:
         table = self.query_one("#audit", DataTable)
