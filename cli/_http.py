@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import time
 
+from limiquantix.protocol.loopback import split_url
+
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.
 TYPE_CHECKING = False
@@ -91,17 +93,15 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
-        """Raises: ValueError: not an http(s) URL with a host."""
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme not in ("http", "https"):
+        """The URL read as the plain-HTTP check reads it (one reading: the token goes to the
+        host that was checked), with its path as the prefix; a query or fragment is ignored.
+
+        Raises:
+            ValueError: not an http(s) URL with a host, or one :func:`split_url` refuses.
+        """
+        if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
-        authority, _, path = rest.partition("/")
-        authority = authority.rpartition("@")[2]
-        if authority.startswith("["):  # [::1]:8080
-            host, _, port_part = authority[1:].partition("]")
-            port_text = port_part.removeprefix(":")
-        else:
-            host, _, port_text = authority.partition(":")
+        scheme, host, port_text, rest = split_url(url)
         if not host:
             raise ValueError(f"no host in {url!r}")
         tls = scheme == "https"
@@ -111,7 +111,8 @@ class Endpoint:
             raise ValueError(f"bad port in {url!r}") from None
         if not 0 < port < 65536:
             raise ValueError(f"bad port in {url!r}")
-        return cls(tls=tls, host=host, port=port, prefix=("/" + path.strip("/")) if path.strip("/") else "")
+        path = rest.partition("?")[0].partition("#")[0].strip("/")
+        return cls(tls=tls, host=host, port=port, prefix=f"/{path}" if path else "")
 
     @property
     def host_header(self) -> str:

@@ -33,23 +33,26 @@ def _read_request(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Script], Client]]:
-    """``serve(script)``: a client of a one-connection server on loopback that reads the
-    request and then runs ``script(conn)``."""
-    threads: list[threading.Thread] = []
-    listeners: list[socket.socket] = []
+class Servers:
+    """One-connection servers on loopback: each reads one request (kept in :attr:`requests`),
+    then runs its script on the connection."""
 
-    def start(script: Script) -> Client:
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._listeners: list[socket.socket] = []
+
+    def start(self, script: Script) -> int:
+        """A new server's port."""
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        listeners.append(listener)
+        self._listeners.append(listener)
 
         def run() -> None:
             conn, _ = listener.accept()
             with conn:
-                _read_request(conn)
+                self.requests.append(_read_request(conn))
                 try:
                     script(conn)
                 except OSError:  # the client left first: what some cases are about
@@ -57,15 +60,27 @@ def serve() -> Iterator[Callable[[Script], Client]]:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        threads.append(thread)
-        port = listener.getsockname()[1]
-        return Client(ClientSettings(f"http://127.0.0.1:{port}", "t0k", "the test"))
+        self._threads.append(thread)
+        return int(listener.getsockname()[1])
 
-    yield start
-    for listener in listeners:
-        listener.close()
-    for thread in threads:
-        thread.join(10)
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    scripted = Servers()
+    yield scripted
+    scripted.close()
+
+
+@pytest.fixture
+def serve(servers: Servers) -> Callable[[Script], Client]:
+    """``serve(script)``: a client of a new scripted server (:class:`Servers`)."""
+    return lambda script: Client(ClientSettings(f"http://127.0.0.1:{servers.start(script)}", "t0k", "the test"))
 
 
 def _send(data: bytes) -> Script:
@@ -202,6 +217,10 @@ def test_nothing_listening_means_nothing_was_sent() -> None:
         ("https://ctl.example.com/api/", (True, "ctl.example.com", 443, "/api"), "ctl.example.com"),
         ("http://[::1]:9/", (False, "::1", 9, ""), "[::1]:9"),
         ("http://user@host", (False, "host", 80, ""), "host"),
+        ("http://h/a/b/?x=1#f", (False, "h", 80, "/a/b"), "h"),
+        # The authority ends at # or ?: the host is the one the plain-HTTP check read.
+        ("http://127.0.0.1:8080#@192.0.2.1:9/", (False, "127.0.0.1", 8080, ""), "127.0.0.1:8080"),
+        ("http://127.0.0.1?@192.0.2.1", (False, "127.0.0.1", 80, ""), "127.0.0.1"),
     ],
 )
 def test_endpoint_parse(url: str, parsed: tuple[bool, str, int, str], host_header: str) -> None:
@@ -210,9 +229,32 @@ def test_endpoint_parse(url: str, parsed: tuple[bool, str, int, str], host_heade
     assert endpoint.host_header == host_header
 
 
-@pytest.mark.parametrize("url", ["ftp://x", "http://", "http://h:port", "http://h:0", "http://h:70000", "x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://x", "http://", "http://h:port", "http://h:0", "http://h:70000", "x", "http://[::1", "http://[::1]x",
+        # Parsers differ on these (a backslash is a / to a browser, urllib drops tabs): refused.
+        "http://127.0.0.1\\@192.0.2.1/", "http://127.0.0.1\t@192.0.2.1/", "http://a b/",
+    ],
+)  # fmt: skip
 def test_endpoint_parse_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         _http.Endpoint.parse(url)
     with pytest.raises(ClientConfigError):
         Client(ClientSettings(url, "t0k", "the test"))
+
+
+def test_the_token_goes_to_the_host_the_plain_http_check_read(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loopback check and the connection read a URL alike: before, the check read
+    ``127.0.0.1`` (the authority ends at ``#``) and the connection went to the host after the
+    ``@``, sending the token in clear to another machine."""
+    answer = b'{"vms": []}'
+    port = servers.start(_send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)))
+    monkeypatch.setenv("LQX_TOKEN", "t0k")
+    client = Client.from_options(url=f"http://127.0.0.1:{port}#@192.0.2.1:9/", config="/dev/null")
+    assert client.call(VM, "ListVMs") == {"vms": []}
+    assert b"Authorization: Bearer t0k" in servers.requests[0]
+    with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP"):
+        Client.from_options(url="http://127.0.0.1\\@192.0.2.1:9/", config="/dev/null")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from limiquantix.protocol.clientconfig import ClientConfigError, read_config, resolve
+from limiquantix.protocol.loopback import is_loopback_url, split_url
 
 FILE = {
     "url": "http://127.0.0.1:8080",
@@ -90,3 +91,39 @@ def test_read_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf.write_text("token = ")
     with pytest.raises(ClientConfigError, match="tui.toml"):
         read_config(None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080", "https://u:p@Ctl.Example.com:8443/api/?x=1#y", "http://[::1]:80/a", "http://[::1]",
+        "http://127.0.0.1#@192.0.2.1/", "http://127.0.0.1?@192.0.2.1", "http://a@b@c:5", "http://h:/p", "http://[fe80::1%25eth0]:9",
+    ],
+)  # fmt: skip
+def test_split_url_reads_the_host_as_urlsplit_does(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    scheme, host, port, rest = split_url(url)
+    parts = urlsplit(url)
+    assert (scheme, host.lower(), int(port) if port else None) == (parts.scheme, parts.hostname, parts.port)
+    assert url == f"{scheme}://{parts.netloc}{rest}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1\\@192.0.2.1/",
+        "http://127.0.0.1\t@192.0.2.1",
+        "http://127.0.0.1 @x",
+        "http://[::1",
+        "http://a]b",
+    ],
+)
+def test_a_url_parsers_may_read_differently_is_not_loopback(url: str) -> None:
+    """The check must read the host the client connects to; where parsers differ, none is
+    trusted: the token is refused over plain HTTP."""
+    with pytest.raises(ValueError):
+        split_url(url)
+    assert not is_loopback_url(url)
+    with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP"):
+        resolve({}, env={"LQX_TOKEN": "t"}, url=url)
