@@ -11,13 +11,13 @@ get the rpc layer's codes and reasons (``unavailable`` ``unreachable`` when noth
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from limiquantix.protocol.clientconfig import ClientConfigError, ClientSettings, read_config, resolve
 
 from . import _http
+from ._fastjson import dumps, loads
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.
@@ -211,7 +211,7 @@ class Client:
         except _http.HttpError as exc:
             return self._transport_error(procedure, timeout_s, exc)
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except ValueError:
             return ApiError(fallback, f"HTTP {resp.status} from {self.url} (not a Connect answer)")
         return _error_from_json(data, fallback)
@@ -246,7 +246,7 @@ class Client:
         finally:
             resp.close()
         try:
-            answer = json.loads(raw)
+            answer = loads(raw)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
@@ -261,7 +261,7 @@ class Client:
         Raises:
             ApiError: the controller's error, or the transport's.
         """
-        return self.call_raw(f"{service}/{method}", json.dumps(dict(body or {})).encode(), timeout_s=timeout_s)
+        return self.call_raw(f"{service}/{method}", dumps(dict(body or {})).encode(), timeout_s=timeout_s)
 
     # -- server streaming -------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class Client:
             ApiError: before or during the stream, the end message's error included.
         """
         procedure = f"{service}/{method}"
-        message = json.dumps(dict(body)).encode()
+        message = dumps(dict(body)).encode()
         envelope = b"\x00" + len(message).to_bytes(4, "big") + message
         resp = self._open(procedure, envelope, len(envelope), "application/connect+json", timeout_s)
         try:
@@ -317,7 +317,7 @@ class Client:
 def _decode(data: bytes) -> dict[str, Any]:
     """Raises: ApiError: not a JSON object."""
     try:
-        value = json.loads(data or b"{}")
+        value = loads(data or b"{}")
     except ValueError:
         value = None
     if not isinstance(value, dict):

@@ -11,7 +11,6 @@ never markup; JSON escapes controls by construction (``ensure_ascii``).
 
 from __future__ import annotations
 
-import json
 import sys
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
@@ -84,6 +83,8 @@ def short_time(value: object) -> str:
 
 def print_json(value: Any) -> None:
     """``value`` as indented JSON (controls and non-ASCII escaped: safe on any terminal)."""
+    import json  # here: exec's path loads no json (see ._fastjson)
+
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True) + "\n")
 
 

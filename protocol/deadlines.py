@@ -15,8 +15,6 @@ controller use it through :mod:`limiquantix.protocol.rpc`.
 
 from __future__ import annotations
 
-import math
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more than this module: ``limiquantix exec`` imports it at start
     from typing import Final
@@ -28,6 +26,7 @@ DEFAULT_COMMAND_TIMEOUT_S: Final = 60.0
 #: What every hop allows beyond a command's own timeout: the agent killing the process
 #: group and reaping it, the result's frame over virtio-serial, and two HTTP hops back.
 COMMAND_MARGIN_S: Final = 10.0
+_INFINITY: Final = float("inf")
 
 
 def command_budget_s(timeout_seconds: float) -> float:
@@ -37,6 +36,8 @@ def command_budget_s(timeout_seconds: float) -> float:
     Raises:
         ValueError: ``timeout_seconds`` is negative or not a number.
     """
-    if not timeout_seconds >= 0 or math.isinf(timeout_seconds):  # also refuses NaN
+    # A comparison rather than math.isinf: math is a shared library to load, and
+    # ``limiquantix exec`` imports this module at start. NaN fails both comparisons.
+    if not 0 <= timeout_seconds < _INFINITY:
         raise ValueError(f"a command timeout must be a finite number >= 0, not {timeout_seconds}")
     return (timeout_seconds or DEFAULT_COMMAND_TIMEOUT_S) + COMMAND_MARGIN_S

@@ -2,19 +2,30 @@
 badly: a real socket on loopback served by a thread that sends scripted bytes (what a proxy's
 error page, a port that speaks another protocol, a server that dies mid-answer or one that
 floods send), and the URL parsing. Every case must end in one :class:`ApiError` with a code
-and a message, never a traceback or an unbounded read."""
+and a message, never a traceback or an unbounded read.
+
+Also what ``limiquantix exec`` loads to start (the structure behind bench/cli_bench.py's
+target) and its JSON codec (cli/_fastjson.py), which must answer exactly as :mod:`json`."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from limiquantix.cli import _http
 from limiquantix.cli._client import VM, ApiError, Client
+from limiquantix.cli._fastjson import dumps, loads
 from limiquantix.protocol.clientconfig import ClientConfigError, ClientSettings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 Script = Callable[[socket.socket], None]
 
@@ -258,3 +269,174 @@ def test_the_token_goes_to_the_host_the_plain_http_check_read(
     assert b"Authorization: Bearer t0k" in servers.requests[0]
     with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP"):
         Client.from_options(url="http://127.0.0.1\\@192.0.2.1:9/", config="/dev/null")
+
+
+# ------------------------------------------------------------ what exec loads to start
+
+#: What ``limiquantix exec`` may import beyond a bare interpreter's (``python -S -c pass``)
+#: and its own modules: what ``site`` imports in any environment (os and its helpers), the
+#: ``__future__`` module behind ``from __future__ import annotations``, and the C modules
+#: under json and socket. Not re, enum, typing, json, socket, click, rich, httpx, protobuf
+#: (bench/cli_bench.py: each costs a good part of what the whole command may take).
+STARTUP_EXTRAS = frozenset(
+    {"os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc", "__future__", "_json", "_socket"}
+)
+
+
+def _imported(importtime: str) -> set[str]:
+    """The modules a ``python -X importtime`` run's stderr names."""
+    names = set()
+    for line in importtime.splitlines():
+        if line.startswith("import time:") and "|" in line and "imported package" not in line:
+            names.add(line.rpartition("|")[2].strip())
+    return names
+
+
+@pytest.mark.parametrize(
+    ("launcher", "floor", "argv", "request_body"),
+    [
+        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}),
+        ("script", ["-c", "pass"], ["exec", "-t", "5", "vm-1", "--", "printf", "%s"],
+         {"vmId": "vm-1", "command": "printf", "args": ["%s"], "timeoutSeconds": 5}),
+        ("script", ["-c", "pass"], ["sh", "vm-1", "echo hi"], {"vmId": "vm-1", "command": "echo hi"}),
+        ("-m", ["-m", "__hello__"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}),
+    ],
+)  # fmt: skip
+def test_exec_starts_without_loading_what_it_does_not_need(
+    servers: Servers, tmp_path: Path, launcher: str, floor: list[str], argv: list[str], request_body: object
+) -> None:
+    """A structural guard of exec's start-up (timings belong to bench/cli_bench.py): the
+    installed ``limiquantix`` (the script pip copies from cli/limiquantix, not a console-script
+    wrapper, which imports re) and ``python -m limiquantix.cli`` run a whole exec against a
+    server, output and exit code as always, importing nothing beyond :data:`STARTUP_EXTRAS`
+    and our own modules. ``python -S`` with the sources on PYTHONPATH: no site, so no
+    editable-install finder (which loads pathlib and re) hides what the command imports."""
+    events = (
+        _envelope(0, b'{"executionId": "e1"}'),
+        _envelope(0, b'{"output": {"seq": 1, "stream": "stdout", "text": "out\\n"}}'),
+        _envelope(0, b'{"output": {"seq": 2, "stream": "stderr", "text": "err\\n"}}'),
+        _envelope(0, b'{"result": {"exitCode": 3, "exitReason": "exited", "executionId": "e1"}}'),
+        _envelope(2, b"{}"),
+    )
+    port = servers.start(_send(STREAM_HEAD + _chunked(*events)))
+    tree = tmp_path / "src" / "limiquantix"
+    tree.mkdir(parents=True)
+    for package in ("cli", "protocol"):
+        (tree / package).symlink_to(ROOT / package)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(tree.parent),
+        "XDG_CONFIG_HOME": str(tmp_path),  # no config file
+        "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}",
+        "LQX_TOKEN": "t0k",
+    }
+    program = (
+        [str(Path(sys.executable).with_name("limiquantix"))] if launcher == "script" else ["-m", "limiquantix.cli"]
+    )
+    python = [sys.executable, "-S", "-X", "importtime"]
+    done = subprocess.run([*python, *program, *argv], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (3, "out\n"), done.stderr
+    assert "err\n" in done.stderr.splitlines(keepends=True)
+    head, _, body = servers.requests[0].partition(b"\r\n\r\n")
+    assert b"Content-Type: application/connect+json" in head and b"Authorization: Bearer t0k" in head
+    assert json.loads(body[5:]) == request_body
+    bare = subprocess.run([*python, *floor], env=env, capture_output=True, text=True, timeout=60, check=True)
+    extra = _imported(done.stderr) - _imported(bare.stderr) - STARTUP_EXTRAS
+    assert {name for name in extra if name.partition(".")[0] != "limiquantix"} == set()
+    assert not {name for name in extra if name.startswith(("limiquantix.protocol._gen", "limiquantix.protocol.rpc"))}
+
+
+# ------------------------------------------------------------------ cli/_fastjson.py
+
+JSON_VALUES = [
+    {},
+    [],
+    "",
+    'é \x00 \x1f \u2028 \U0001f600 \\ "',
+    "\ud800",  # a lone surrogate (what a \\ud800 escape reads as)
+    {"vmId": "web-1", "command": "printf", "args": ["%s|", "a b"], "timeoutSeconds": 5, "environment": {"A": "1"}},
+    {"a": [1, -2, 10**30, True, False, None, {"b": ("c", [])}]},
+    (1, 2),
+]
+#: Values dumps() leaves to json.dumps (same text, or json's error).
+JSON_LEFT_TO_JSON = [1.5, float("nan"), {1: "an int key"}, {"f": -0.0}, {None: 1}, True.__class__(1)]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES + JSON_LEFT_TO_JSON)
+def test_fastjson_dumps_as_json_does(value: object) -> None:
+    assert dumps(value) == json.dumps(value)
+
+
+def test_fastjson_refuses_to_dump_what_json_refuses() -> None:
+    circular: list[object] = []
+    circular.append(circular)
+    for value in (object(), {(1,): 2}, circular, b"bytes"):
+        with pytest.raises((TypeError, ValueError)) as ours:
+            dumps(value)
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            json.dumps(value)
+        assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+JSON_DOCS = [
+    b'{"a": 1}',
+    b' \t\r\n[1, -2.5e3, "x", true, false, null] \n',
+    b'"\\ud800\\u00e9\\n"',
+    b"-0",
+    b"1e400",
+    b"NaN",
+    b"[-Infinity, Infinity]",
+    '{"é": "ü 😀"}'.encode(),
+    b'\xef\xbb\xbf{"bom": 1}',  # json reads a UTF-8 BOM in bytes
+    '{"utf16": 1}'.encode("utf-16"),
+    '{"text": 1}',
+]
+JSON_BAD_DOCS = [
+    b"",
+    b" ",
+    b"{",
+    b'{"a": }',
+    b"[1,]",
+    b'{"a": 1} x',
+    b"[1] [2]",
+    b'["\x01"]',  # a control character in a string
+    b"\xff\xfe\xfd",
+    b"[" * 100_000,
+    b"1" * 5_000,  # over the int digits limit
+    b"tru",
+    b'"\\ud800',
+]
+
+
+@pytest.mark.parametrize("doc", JSON_DOCS)
+def test_fastjson_loads_as_json_does(doc: bytes | str) -> None:
+    assert repr(loads(doc)) == repr(json.loads(doc))  # repr: NaN == NaN
+
+
+@pytest.mark.parametrize("doc", JSON_BAD_DOCS, ids=lambda doc: repr(doc[:12]))
+def test_fastjson_refuses_what_json_refuses_with_its_error(doc: bytes) -> None:
+    with pytest.raises((ValueError, RecursionError)) as ours:
+        loads(doc)
+    with pytest.raises((ValueError, RecursionError)) as theirs:
+        json.loads(doc)
+    assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+def test_fastjson_errors_before_json_is_loaded(tmp_path: Path) -> None:
+    """In a fresh process (json not loaded: the C scanner cannot build its error then)."""
+    code = (
+        "import sys\n"
+        "from limiquantix.cli._fastjson import loads\n"
+        "assert loads(b'{\"a\": [1]}') == {'a': [1]} and 'json' not in sys.modules\n"
+        "for bad in (b'[\"\\x01\"]', b'{\"a\": }', b'[1] x'):\n"
+        "    try:\n"
+        "        loads(bad)\n"
+        "    except ValueError as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.splitlines() == [
+        "JSONDecodeError Invalid control character at: line 1 column 3 (char 2)",
+        "JSONDecodeError Expecting value: line 1 column 7 (char 6)",
+        "JSONDecodeError Extra data: line 1 column 5 (char 4)",
+    ]

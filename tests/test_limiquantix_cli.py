@@ -30,6 +30,7 @@ from procstack import DEADLINE_S, Stack, free_port, run_stack
 
 from limiquantix.cli import _fast
 from limiquantix.cli._app import cli
+from limiquantix.cli._exec import shell_quote
 
 CLI = str(Path(sys.executable).with_name("limiquantix"))
 COMMANDS = (
@@ -229,6 +230,16 @@ def test_configuration_errors_are_one_line_and_documented_codes(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------ against a stack
+
+
+@pytest.mark.parametrize(
+    "word", ["true", "/usr/bin/env", "a-b_c.d,e:f=g+h@i%j", "", "it's", "a b", "$HOME", "*", "é", "x\ny", "'", "-"]
+)
+def test_a_lone_program_is_quoted_as_shlex_quotes_it(word: str) -> None:
+    import shlex
+
+    assert shell_quote(word) == shlex.quote(word)
+    assert shlex.split(f"exec {shell_quote(word)}") == ["exec", word]
 
 
 @pytest.fixture(scope="module")
