@@ -293,23 +293,31 @@ def _imported(importtime: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("launcher", "floor", "argv", "request_body"),
+    ("launcher", "floor", "argv", "request_body", "config_file"),
     [
-        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}),
+        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False),
         ("script", ["-c", "pass"], ["exec", "-t", "5", "vm-1", "--", "printf", "%s"],
-         {"vmId": "vm-1", "command": "printf", "args": ["%s"], "timeoutSeconds": 5}),
-        ("script", ["-c", "pass"], ["sh", "vm-1", "echo hi"], {"vmId": "vm-1", "command": "echo hi"}),
-        ("-m", ["-m", "__hello__"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}),
+         {"vmId": "vm-1", "command": "printf", "args": ["%s"], "timeoutSeconds": 5}, False),
+        ("script", ["-c", "pass"], ["sh", "vm-1", "echo hi"], {"vmId": "vm-1", "command": "echo hi"}, False),
+        # The URL and token from the config file make run writes (read without tomllib).
+        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, True),
+        ("-m", ["-m", "__hello__"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False),
     ],
 )  # fmt: skip
 def test_exec_starts_without_loading_what_it_does_not_need(
-    servers: Servers, tmp_path: Path, launcher: str, floor: list[str], argv: list[str], request_body: object
+    servers: Servers,
+    tmp_path: Path,
+    launcher: str,
+    floor: list[str],
+    argv: list[str],
+    request_body: object,
+    config_file: bool,
 ) -> None:
     """A structural guard of exec's start-up (timings belong to bench/cli_bench.py): the
     installed ``limiquantix`` (the script pip copies from cli/limiquantix, not a console-script
     wrapper, which imports re) and ``python -m limiquantix.cli`` run a whole exec against a
     server, output and exit code as always, importing nothing beyond :data:`STARTUP_EXTRAS`
-    and our own modules. ``python -S`` with the sources on PYTHONPATH: no site, so no
+    and our own modules, also when the config file names the controller. ``python -S`` with the sources on PYTHONPATH: no site, so no
     editable-install finder (which loads pathlib and re) hides what the command imports."""
     events = (
         _envelope(0, b'{"executionId": "e1"}'),
@@ -326,10 +334,15 @@ def test_exec_starts_without_loading_what_it_does_not_need(
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(tree.parent),
-        "XDG_CONFIG_HOME": str(tmp_path),  # no config file
-        "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}",
-        "LQX_TOKEN": "t0k",
+        "XDG_CONFIG_HOME": str(tmp_path),
     }
+    if config_file:
+        (tmp_path / "limiquantix").mkdir()
+        (tmp_path / "limiquantix" / "tui.toml").write_text(
+            f'# Written by make run\nurl = "http://127.0.0.1:{port}"\ntoken = "t0k"\n[profiles.other]\nurl = "https://x"\n'
+        )
+    else:
+        env.update(LQX_CONTROLLER_URL=f"http://127.0.0.1:{port}", LQX_TOKEN="t0k")
     program = (
         [str(Path(sys.executable).with_name("limiquantix"))] if launcher == "script" else ["-m", "limiquantix.cli"]
     )

@@ -3,12 +3,20 @@ profiles, environment, flags), and what they refuse."""
 
 from __future__ import annotations
 
+import random
+import sys
 from pathlib import Path
 
 import pytest
 
+from limiquantix.protocol import configfile
 from limiquantix.protocol.clientconfig import ClientConfigError, read_config, resolve
 from limiquantix.protocol.loopback import is_loopback_url, split_url
+
+if sys.version_info >= (3, 11):
+    import tomllib  # novermin - the 3.11 branch of a version check
+else:  # pragma: no cover - the dev venv is 3.11+
+    import tomli as tomllib
 
 FILE = {
     "url": "http://127.0.0.1:8080",
@@ -91,6 +99,61 @@ def test_read_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf.write_text("token = ")
     with pytest.raises(ClientConfigError, match="tui.toml"):
         read_config(None)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    conf = tmp_path / "tui.toml"
+    conf.write_bytes(b'token = "\xff\xfe"\n')
+    with pytest.raises(ClientConfigError, match=r"tui.toml: not UTF-8 text \(byte 9\)"):
+        read_config(conf)
+
+
+#: Files the simple reader must read itself (configfile's docstring): make run's, profiles.
+SIMPLE_FILES = [
+    "",
+    "# Written by make run: the stack it started.\n"
+    'url = "https://127.0.0.1:8080"\ntoken = "lqx_abc_DEF-123"\nca_file = "/tmp/lqx-run/pki/ca.pem"\n',
+    "url = \"http://127.0.0.1:8080\"\r\ntoken = 't0k'  # a comment\r\n\r\n[profiles.prod]  # prod\r\n"
+    'url = "https://ctl.example.com:8443/#x"\n\ttoken_file = "~/.config/limiquantix/prod.token"\ninsecure = false\n'
+    "[profiles.lab]\ninsecure = true\nport = -0\nn = 42\n[profiles]\nnote = 'C:\\path'\n",
+]
+#: Pieces of lines, valid and not, for generated files.
+_TOML_PIECES = [
+    "", "# c", "key", "url", "token", "a-b_C9", "a.b", '"q"', "=", " = ", "\t", " ", '"v"', "'v'", '"a\\"b"', '"\\u00e9"',
+    '"""m"""', "'''m'''", "true", "false", "True", "1", "-1", "+1", "01", "0", "1_000", "1.5", "1e3", "inf", "nan",
+    "12345678901234567890", "2026-12-05", "[", "]", "[t]", "[t.u]", "[[t]]", "[ t ]", "[t.]", "{}", "[1, 2]", "#",
+    '"é"', "\x00", "\x7f", "\r", "\u2028", "\ufeff", "\u00a0", '"#"', "'#'", "= =", '"', "'",
+]  # fmt: skip
+
+
+def _generated_toml(rng: random.Random) -> str:
+    lines = []
+    for _ in range(rng.randint(1, 6)):
+        if rng.random() < 0.5:  # mostly well-formed key = value lines and headers
+            key = rng.choice(["url", "token", "a", "b", "t", "insecure", rng.choice(_TOML_PIECES)])
+            value = rng.choice(['"v"', "'w'", "true", "false", "7", "-3", '"x y # z"', rng.choice(_TOML_PIECES)])
+            lines.append(rng.choice([f"{key} = {value}", f"[{rng.choice(['t', 'u', 't.u', 'u.t', key])}]"]))
+        else:
+            lines.append("".join(rng.choice(_TOML_PIECES) for _ in range(rng.randint(0, 4))))
+    return rng.choice(["\n", "\r\n"]).join(lines) + rng.choice(["", "\n"])
+
+
+def test_the_simple_toml_reader_answers_as_tomllib_or_leaves_it_to_tomllib() -> None:
+    """configfile's reader without tomllib: on every file it returns what tomllib returns
+    (the same types: True is not 1) or None (tomllib reads it, or refuses it); and it reads
+    the files clients actually have."""
+    for text in SIMPLE_FILES:
+        assert repr(configfile._simple_toml(text)) == repr(tomllib.loads(text))
+    rng = random.Random(13)
+    read = 0
+    for _ in range(5_000):
+        text = _generated_toml(rng)
+        ours = configfile._simple_toml(text)
+        if ours is None:
+            continue
+        read += 1
+        assert repr(ours) == repr(tomllib.loads(text)), text
+    assert read > 500  # the generator does reach the reader's side
 
 
 @pytest.mark.parametrize(
