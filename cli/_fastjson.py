@@ -36,7 +36,8 @@ class _Context:
     parse_constant = float
 
 
-_scan = _json.make_scanner(_Context())
+# typeshed types the context as a scanner; the C code reads the attributes above.
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
 _quote = _json.encode_basestring_ascii
 #: JSON's whitespace (json.decoder's WHITESPACE), around a value.
 _BLANKS = " \t\n\r"
@@ -65,7 +66,7 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _encode(value: object, out: list[str]) -> None:
+def _encode(value: Any, out: list[str]) -> None:
     """Raises: TypeError: a value :func:`dumps` leaves to json."""
     kind = type(value)
     if kind is str:
@@ -73,7 +74,7 @@ def _encode(value: object, out: list[str]) -> None:
     elif kind is dict:
         out.append("{")
         first = True
-        for key, item in value.items():  # type: ignore[attr-defined]
+        for key, item in value.items():
             if type(key) is not str:
                 raise TypeError("a key that is not a str")
             if not first:
@@ -85,7 +86,7 @@ def _encode(value: object, out: list[str]) -> None:
         out.append("}")
     elif kind is list or kind is tuple:
         out.append("[")
-        for i, item in enumerate(value):  # type: ignore[call-overload]
+        for i, item in enumerate(value):
             if i:
                 out.append(", ")
             _encode(item, out)
@@ -97,7 +98,7 @@ def _encode(value: object, out: list[str]) -> None:
     elif value is None:
         out.append("null")
     elif kind is int:
-        out.append(int.__repr__(value))  # type: ignore[arg-type]
+        out.append(int.__repr__(value))
     else:
         raise TypeError(f"{kind.__name__} is left to json")
 
