@@ -15,6 +15,12 @@ or an operator runs it:
 * **limiquantix, editable** (for the record): ``.venv/bin/limiquantix``, the development
   venv's, whose start-up also runs setuptools' editable-install finder (``.pth`` hook:
   pathlib, importlib.util ... on every Python start in that venv);
+* **limiquantix, config file** (for the record): the installed CLI with the URL and token in
+  the config file ``make run`` writes (``tui.toml``) instead of the environment, as an
+  operator has it;
+* **curl, stream** (for the record): curl of ExecuteScriptStream, the route the CLI calls (one
+  Connect envelope in, the streamed events out): the server side of the stream beside the
+  unary call's;
 * floors (for the record): that venv's ``python -c pass`` (interpreter and site), and
   ``python -I -S -c pass`` (the interpreter alone).
 
@@ -147,7 +153,7 @@ def _run(argv: list[str], env: dict[str, str], name: str) -> tuple[float, float]
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise bl.BenchError(f"{name}: exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}")
-    if name == "curl" and b'"exitCode":0' not in stdout.replace(b" ", b""):
+    if name.startswith("curl") and b'"exitCode":0' not in stdout.replace(b" ", b""):
         raise bl.BenchError(f"curl: unexpected answer {stdout[:300]!r}")
     return elapsed, (usage.ru_utime + usage.ru_stime) * 1000
 
@@ -167,38 +173,50 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float,
         config_home.mkdir()
         # PYTHONDONTWRITEBYTECODE (set in some shells) would make the editable row recompile every
         # module at every start: a user's Python caches bytecode, so the runs here do too.
-        env = {
-            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-            "XDG_CONFIG_HOME": str(config_home),
-            "LQX_CONTROLLER_URL": st.url,
-            "LQX_TOKEN": token,
-        }
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("LQX_")}
+        env = {**base, "XDG_CONFIG_HOME": str(config_home), "LQX_CONTROLLER_URL": st.url, "LQX_TOKEN": token}
+        # What make run writes (scripts/run.py's write_tui_config), for this stack.
+        file_home = work / "file-home"
+        (file_home / "limiquantix").mkdir(parents=True)
+        (file_home / "limiquantix" / "tui.toml").write_text(
+            f'# Written by make run: the stack it started.\nurl = "{st.url}"\ntoken = "{token}"\n'
+        )
+        file_env = {**base, "XDG_CONFIG_HOME": str(file_home)}
+        message = f'{{"vmId": "{st.vm}", "command": "true"}}'.encode()
+        envelope = work / "stream.bin"
+        envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
         curl = shutil.which("curl")
         if curl is None:
             raise bl.BenchError("curl is not installed (apt-get install curl)")
+        auth = f"Authorization: Bearer {token}"
         paths = {
             "curl": [
                 curl, "-sS", "-X", "POST", f"{st.url}/limiquantix.compute.v1.VMService/ExecuteScript",
-                "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
-                "-d", f'{{"vmId": "{st.vm}", "command": "true"}}',
+                "-H", "Content-Type: application/json", "-H", auth, "-d", message.decode(),
             ],
             "installed": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
             "editable": [str(REPO / ".venv" / "bin" / "limiquantix"), "exec", st.vm, "--", "true"],
+            "config file": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
+            "curl stream": [
+                curl, "-sS", "-X", "POST", f"{st.url}/limiquantix.compute.v1.VMService/ExecuteScriptStream",
+                "-H", "Content-Type: application/connect+json", "-H", auth, "--data-binary", f"@{envelope}",
+            ],
             "python": [str(bin_dir / "python"), "-c", "pass"],
             # What any Python client of a JSON API imports at least (json loads re, enum ...).
             "python json": [str(bin_dir / "python"), "-c", "import json, _socket"],
             "python -I -S": [str(bin_dir / "python"), "-I", "-S", "-c", "pass"],
         }  # fmt: skip
+        envs = {name: file_env if name == "config file" else env for name in paths}
         if not Path(paths["editable"][0]).exists():
             del paths["editable"]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
         names = list(paths)
         for name in names:  # warm-up: page cache, .pyc files, the controller's first calls
-            await trio.to_thread.run_sync(_run, paths[name], env, name)
+            await trio.to_thread.run_sync(_run, paths[name], envs[name], name)
         for n in range(settings.rounds):
             order = names[n % len(names) :] + names[: n % len(names)]
             for name in order:
-                samples[name].append(await trio.to_thread.run_sync(_run, paths[name], env, name))
+                samples[name].append(await trio.to_thread.run_sync(_run, paths[name], envs[name], name))
         for child in st.children:
             child.check_alive()
         return samples
@@ -230,6 +248,24 @@ def figures_from(samples: dict[str, list[tuple[float, float]]], rounds: int) -> 
                 None,
             )
         )
+    figures.append(
+        bl.Figure(
+            "installed, URL and token from make run's config file, median (info)",
+            bl.median(wall["config file"]),
+            curl,
+            "ms",
+            None,
+        )
+    )
+    figures.append(
+        bl.Figure(
+            "curl of ExecuteScriptStream (the CLI's route), median (info)",
+            bl.median(wall["curl stream"]),
+            curl,
+            "ms",
+            None,
+        )
+    )
     for name, what in (
         ("python json", "python -c 'import json, _socket' (a Python JSON client's floor)"),
         ("python", "python -c pass in the installed venv"),
