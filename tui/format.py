@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
+import operator
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -28,6 +31,8 @@ __all__ = [
     "primary_ip",
     "short_os",
     "spark",
+    "state_counts",
+    "state_of",
     "state_text",
     "uptime",
     "vm_matches",
@@ -67,7 +72,8 @@ def state_text(vm: vm_pb.VM) -> Text:
     state = effective_state(vm)
     text = _STATE_TEXTS.get(state)
     if text is None:
-        text = Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
+        # A state the TUI does not know is shown as it arrives, controls escaped.
+        text = Text(safe_text(STATE_LABELS.get(state, state)), style=STATE_STYLES.get(state, ""))
         if state in STATE_STYLES:  # the states the TUI knows; anything else is not kept
             _STATE_TEXTS[state] = text
     return text
@@ -89,9 +95,27 @@ def effective_state(vm: vm_pb.VM) -> str:
     """What the fleet shows for ``vm``: ``off``/``gone`` (the controller's ``state``: a VM its
     node reports powered off, or no longer reports) before anything the agent said; then
     ``unreachable`` when its node stopped heartbeating; then the agent's state."""
-    if vm.state in ("off", "gone"):
-        return vm.state
-    return "unreachable" if not vm.node_reachable else (vm.agent_state or "unknown")
+    return state_of(vm.state, vm.node_reachable, vm.agent_state)
+
+
+def state_of(state: str, node_reachable: bool, agent_state: str) -> str:
+    """:func:`effective_state` from the three fields it reads (see :func:`state_counts`)."""
+    if state in ("off", "gone"):
+        return state
+    return "unreachable" if not node_reachable else (agent_state or "unknown")
+
+
+_STATE_FIELDS: Final = operator.attrgetter("state", "node_reachable", "agent_state")
+
+
+def state_counts(vms: Iterable[vm_pb.VM]) -> Counter[str]:
+    """How many of ``vms`` are in each :func:`effective_state`. The three fields are read
+    in C and counted, then each distinct combination is named: a fleet of 5,000 asks at
+    every poll, and a Python call per VM was most of the cost."""
+    counts: Counter[str] = Counter()
+    for fields, count in Counter(map(_STATE_FIELDS, vms)).items():
+        counts[state_of(*fields)] += count
+    return counts
 
 
 def primary_ip(vm: vm_pb.VM) -> str:
@@ -110,7 +134,9 @@ def percent(value: float | None, *, connected: bool = True, digits: int = 1) -> 
 
 
 def uptime(seconds: float | None) -> str:
-    if not seconds:
+    """``36d02h``, ``5h07m``, ``4m09s``; ``-`` for none, and for a value no uptime has (a
+    guest reports the figure: negative, NaN or infinite)."""
+    if not seconds or not math.isfinite(seconds) or seconds < 0:
         return "-"
     s = int(seconds)
     days, s = divmod(s, 86400)
