@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, TextArea
+from textual.widgets import Input, TextArea
 
 from limiquantix.tui import demo_data
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.screens.vm import VMScreen
+from limiquantix.tui.widgets.fleet_table import FleetTable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ async def shoot(out_dir: Path, size: tuple[int, int]) -> list[Path]:
         feed()
         # the fleet sorted by CPU, highest first; the 2nd and 3rd selected, the cursor on the busiest
         await pilot.press(*["s"] * 6, "S")
-        app.screen.query_one(DataTable).move_cursor(row=0, animate=False)
+        app.screen.query_one(FleetTable).move_cursor(row=0, animate=False)
         await pilot.press("down", "space", "space", *["up"] * 3)
         await _still(pilot, app)
         written.append(Path(app.save_screenshot("tui-fleet.svg", str(out_dir))))
