@@ -36,6 +36,7 @@ from limiquantix.tui.screens.files import FilesScreen
 from limiquantix.tui.screens.fleet import FleetScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
+from limiquantix.tui.widgets.fleet_table import FleetTable
 from limiquantix.tui.widgets.path_dialog import PathDialog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -104,7 +105,7 @@ async def _open_vm(app: LimiQuantixApp, pilot: Pilot[None], vm: str) -> None:
     assert isinstance(fleet, FleetScreen)
     # The table follows the app's state when the screen handles FleetUpdated: wait for the row.
     await until(pilot, f"{vm}'s row", lambda: vm in fleet._order)
-    fleet.query_one("#fleet", DataTable).move_cursor(row=fleet._order.index(vm))
+    fleet.query_one("#fleet", FleetTable).move_cursor(row=fleet._order.index(vm))
     await pilot.press("enter")
     await until(pilot, "VM screen", lambda: isinstance(app.screen, VMScreen))
 
@@ -127,7 +128,7 @@ async def test_fleet_shows_the_stack_and_runs_a_script(stack: Stack) -> None:
         fleet = app.screen
         assert isinstance(fleet, FleetScreen)
         await pilot.pause(REFRESH_S * 2)
-        table = fleet.query_one("#fleet", DataTable)
+        table = fleet.query_one("#fleet", FleetTable)
         assert table.row_count == len(VMS)
         names = sorted(str(table.get_row(key)[1]) for key in fleet._order)
         assert names == sorted(VMS)

@@ -335,16 +335,16 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
     """The in-place refresh (cells updated, rows removed / added, DataTable.sort) shows what a
     rebuild would: every row's cells in the screen's order, the cursor on its VM, markup shown
     as text; with the CPU sort reordering rows on every update."""
-    from textual.widgets import DataTable
-
-    from limiquantix.tui.screens.fleet import FleetScreen, _cells
+    from limiquantix.tui.screens.fleet import FleetScreen
+    from limiquantix.tui.widgets.fleet_table import FleetTable
+    from limiquantix.tui.widgets.fleet_table import row_cells as _cells
 
     app, _ = make_app()
     async with app.run_test(size=LARGE) as pilot:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, FleetScreen)
-        table = screen.query_one("#fleet", DataTable)
+        table = screen.query_one("#fleet", FleetTable)
         screen.sort_column, screen.sort_reverse = 6, True
         for step in range(40):
             fleet = _churn(step)
