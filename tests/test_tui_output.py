@@ -276,36 +276,6 @@ async def test_save_writes_the_file_and_refuses_to_overwrite_without_confirm(tmp
         assert view.line_count == 2 and app.screen is not None and not isinstance(app.screen, PathDialog)
 
 
-# ----------------------------------------------------------------------------- bulk table cells
-
-
-async def test_set_cells_updates_the_drawn_table() -> None:
-    """widgets/table.set_cells relies on DataTable's private data and update counter (Textual pinned):
-    the cells it sets are the ones drawn, and a row it does not know is an error."""
-    from textual.widgets import DataTable
-
-    from limiquantix.tui.widgets.table import set_cells
-
-    class TableApp(App[None]):
-        def compose(self) -> ComposeResult:
-            yield DataTable()
-
-    app = TableApp()
-    async with app.run_test(size=(40, 8)) as pilot:
-        table = app.query_one(DataTable)
-        a, b = table.add_columns("a", "b")
-        table.add_row("1", "x", key="r1")
-        table.add_row("2", "y", key="r2")
-        await pilot.pause()
-        assert "x" in table.render_line(1).text  # drawn once: the render caches hold the old cells
-        assert set_cells(table, [("r1", b, "z"), ("r2", a, "9")]) == 2
-        await pilot.pause()
-        assert table.get_row("r1") == ["1", "z"] and table.get_row("r2") == ["9", "y"]
-        assert "z" in table.render_line(1).text and "9" in table.render_line(2).text  # widths stay
-        with pytest.raises(KeyError):
-            set_cells(table, [("nope", a, "z")])
-
-
 # ----------------------------------------------------------------------------- jobs
 
 
