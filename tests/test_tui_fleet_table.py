@@ -307,3 +307,43 @@ async def test_small_terminals_cut_names_by_cells() -> None:
         assert [cell_len(n.plain) for n in names] == [14, 14, 14]  # type: ignore[union-attr]
         assert all(n.plain.endswith("…") for n in names)  # type: ignore[union-attr]
         assert all(cell_len(line) == 80 for line in _lines(app))
+
+
+async def test_columns_grow_when_a_wider_cell_is_drawn_and_are_measured_again_when_vms_change() -> None:
+    """Between changes of the fleet's VMs, a poll measures no columns: a cell that became wider
+    widens its column when its row is drawn (never cut); VMs leaving or arriving measure the
+    whole fleet again (a column may then shrink)."""
+    app, _ = demo_data.demo_app(history=0)
+    long_ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
+    async with app.run_test(size=(160, 40)) as pilot:  # the wider table still fits
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        table = screen.table
+        vms = _churn(0)
+        app.apply_fleet(vms)
+        await pilot.pause()
+        header = _lines(app)[table.region.y]
+        assert long_ip not in "".join(_lines(app))
+        # The same VMs; the first row's VM (batch-01, sorted by name) and one far below the
+        # screen get a longer address.
+        vms = _churn(0)
+        assert table.order[0] == vms[8].vm_id
+        for vm in (vms[8], vms[2500]):
+            del vm.ip_addresses[:]
+            vm.ip_addresses.append(long_ip)
+        app.apply_fleet(vms)
+        await pilot.pause()
+        _check_screen(app, screen, table)  # the whole address on the first row: the column grew
+        assert _lines(app)[table.region.y] != header
+        wide = _lines(app)[table.region.y]
+        # Far down: the other one is whole too, in the same columns.
+        table.move_cursor(row=table.order.index(vms[2500].vm_id))
+        await pilot.pause()
+        assert any(long_ip in line for line in _rows_drawn(app, table))
+        _check_screen(app, screen, table)
+        assert _lines(app)[table.region.y] == wide
+        # A VM leaves: the fleet is measured again, and the IP column is as narrow as before.
+        app.apply_fleet(_churn(1))
+        await pilot.pause()
+        _check_screen(app, screen, table)
+        assert _lines(app)[table.region.y] == header

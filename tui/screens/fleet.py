@@ -67,6 +67,7 @@ class FleetScreen(LqxScreen):
         self.filter_text = ""
         self.sort_column = 0
         self.sort_reverse = False
+        self._status_lines = 0
 
     @property
     def table(self) -> FleetTable:
@@ -123,8 +124,7 @@ class FleetScreen(LqxScreen):
         """After each poll (FleetUpdated) and the actions here: the counts, then the
         table's VMs (sorted and filtered here; the table draws the rows on screen)."""
         counts = self._update_status()
-        every = list(self.lqx.fleet.vms.values()) if self.filter_text else None
-        self.table.show(self._visible(), self.lqx.fleet.selected, measure=every, states=counts)
+        self.table.show(self._visible(), self.lqx.fleet.selected, measure=self.lqx.fleet.vms, states=counts)
 
     def _update_status(self) -> Counter[str]:
         """Counts by state, the total, the selection, the filter and the controller's state,
@@ -168,7 +168,11 @@ class FleetScreen(LqxScreen):
                 line += 2
             text.append_text(entry)
             line += entry.cell_len
-        self.query_one("#counts", Static).update(text)
+        # A new layout only when the status needs another number of lines: a layout redraws
+        # the whole screen, the table's rows included (~20 % of a 5,000-VM poll's CPU).
+        lines = text.plain.count("\n") + 1
+        self.query_one("#counts", Static).update(text, layout=lines != self._status_lines)
+        self._status_lines = lines
         return counts
 
     # -- actions ---------------------------------------------------------------------

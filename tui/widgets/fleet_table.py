@@ -7,8 +7,9 @@ machine, most of it building and comparing 45,000 cells that are never on screen
 Here (Textual's Line API, as the runner's output view does) the table keeps only
 the ordered list of VMs it was given; a row's cells are built when the row is
 drawn, and kept per VM until that VM's record changes (:class:`_RowCache`). A
-poll costs the list, the column widths (from the data, in C where possible:
-:func:`column_widths`) and the rows on screen.
+poll costs the list and the rows on screen; the columns are measured over the
+whole fleet (:func:`column_widths`, from the fields, without building cells)
+only when its VMs change, and otherwise grow when a row drawn needs it.
 
 What the operator sees is what ``DataTable`` showed: a header (click it to sort),
 zebra stripes, a row cursor kept on its VM across refreshes (up / down / page keys,
@@ -21,7 +22,7 @@ and never read as markup.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, ClassVar, Final, NamedTuple
 
@@ -399,7 +400,11 @@ class FleetTable(ScrollView, can_focus=True):
         self.order: list[str] = []
         """The VM ids in the table's order."""
         self._selected: Collection[str] = frozenset()
-        self._measure: Sequence[VM] | None = None
+        self._measure: Mapping[str, VM] | None = None
+        self._measured: set[str] | None = None
+        """The VM ids the columns were last measured over (None: to measure)."""
+        self._content: list[int] = []
+        """Each column's content width (the mark first): see :meth:`show`."""
         self._widths: tuple[int, ...] = ()
         """Each column's drawn width, its padding included (the mark first)."""
         self._header: tuple[_Cell, ...] = ()
@@ -439,6 +444,7 @@ class FleetTable(ScrollView, can_focus=True):
         self._columns = shown_columns(tier)
         self._header = tuple(_drawn(label, MAX_CELL_WIDTH, None) for label in (" ", *(c.label for c in self._columns)))
         self._cache.clear()
+        self._measured = None
         self.show(self._vms, self._selected, measure=self._measure)
 
     def show(
@@ -446,31 +452,40 @@ class FleetTable(ScrollView, can_focus=True):
         vms: Sequence[VM],
         selected: Collection[str],
         *,
-        measure: Sequence[VM] | None = None,
+        measure: Mapping[str, VM] | None = None,
         states: Iterable[str] | None = None,
     ) -> None:
         """Show ``vms`` in this order, the ``selected`` ones marked; the cursor stays on its VM
-        (or goes to the first row if its VM is no longer shown).
+        (or goes to the first row if its VM is no longer shown). Rows are built when drawn.
 
-        The columns are as wide as the widest cell of ``measure`` (default: ``vms``; the
-        fleet screen gives the whole fleet, so that columns stay put while a filter is typed);
-        ``states``: the effective states of ``measure``'s VMs, if known (:func:`column_widths`).
-        Costs the list and the widths; rows are built when drawn.
+        Column widths, as DataTable's: each column as wide as its widest cell, measured over
+        ``measure`` (the VMs by id; default: ``vms``; the fleet screen gives the whole fleet,
+        so that columns stay put while a filter is typed) when the VMs in it are not the ones
+        last measured, or the tier changed; in between, a column grows when a row drawn has a
+        wider cell, and does not shrink. A poll of the same fleet (every figure moved) thus
+        costs no measure of 5,000 VMs (~25 ms on a loaded machine). ``states``: the effective
+        states of ``measure``'s VMs, if known (see :func:`column_widths`).
         """
         cursor_vm = self.cursor_vm
         self._vms = list(vms)
         self.order = [vm.vm_id for vm in self._vms]
         self._selected = selected
         self._measure = measure
-        content = column_widths(self._vms if measure is None else measure, self.tier, states=states)
-        self._widths = tuple(
-            2 * _PADDING + max(width, header.width) for width, header in zip(content, self._header, strict=True)
-        )
-        self.virtual_size = Size(sum(self._widths), len(self._vms) + 1)
+        fleet = measure if measure is not None else dict(zip(self.order, self._vms, strict=True))
+        if self._measured is None or self._measured != fleet.keys():
+            self._content = list(column_widths(list(fleet.values()), self.tier, states=states))
+            self._measured = set(fleet)
+        self._set_widths()
         row = self.order.index(cursor_vm) if cursor_vm is not None and cursor_vm in self.order else 0
         if row != self._cursor:
             self.move_cursor(row=row)
         self.refresh()
+
+    def _set_widths(self) -> None:
+        self._widths = tuple(
+            2 * _PADDING + max(width, header.width) for width, header in zip(self._content, self._header, strict=True)
+        )
+        self.virtual_size = Size(sum(self._widths), len(self._vms) + 1)
 
     def get_row_at(self, row: int) -> tuple[str | Text, ...]:
         """The cells of the ``row``-th row as shown (the mark first).
@@ -580,7 +595,24 @@ class FleetTable(ScrollView, can_focus=True):
 
     def render_lines(self, crop: Region) -> list[Strip]:
         self._styles = None  # the styles once per frame, not per line (a walk of the CSS each)
+        self._grow_columns()
         return super().render_lines(crop)
+
+    def _grow_columns(self) -> None:
+        """Build the rows on screen before drawing any, and widen the columns their cells
+        need (see :meth:`show`): the whole frame is drawn at the new widths."""
+        first = self.scroll_offset.y
+        console = self.app.console
+        content = self._content
+        grown = False
+        for vm in self._vms[first : first + self._page()]:
+            for index, cell in enumerate(self._cache.get(vm, vm.vm_id in self._selected, self.tier, console).cells):
+                if cell.width > content[index]:
+                    content[index] = cell.width
+                    grown = True
+        if grown:
+            self._set_widths()
+            self.refresh()  # lines outside this frame's crop were drawn at the old widths
 
     def _frame_styles(self) -> dict[str, Style]:
         if self._styles is None:
@@ -622,17 +654,21 @@ class FleetTable(ScrollView, can_focus=True):
         cropped to the scroll position, and the row's style on to the right edge."""
         pre = style + extra
         post = Style.from_color(color=extra.color) if extra.color is not None else None
+        blank = pre + post if post else pre  # the padding's style
         pad = " " * _PADDING
         segments: list[Segment] = []
+        append = segments.append
         for cell, column_width in zip(cells, self._widths, strict=False):
             space = column_width - 2 * _PADDING
-            if cell.width > space:  # pragma: no cover - column_widths measures every cell; were it wrong, cut
+            if cell.width > space:  # pragma: no cover - _grow_columns widened it before the frame; were it not, cut
                 cell = _Cell(tuple(Segment.adjust_line_length(list(cell.segments), space)), space)
-            segments.append(Segment(pad, pre + post if post else pre))
-            for segment in cell.segments:
-                styled = pre + segment.style if segment.style else pre
-                segments.append(Segment(segment.text, styled + post if post else styled))
-            segments.append(Segment(" " * (space - cell.width) + pad, pre + post if post else pre))
+            append(Segment(pad, blank))
+            for text, own, _ in cell.segments:
+                if own:
+                    append(Segment(text, pre + own + post if post else pre + own))
+                else:
+                    append(Segment(text, blank))
+            append(Segment(" " * (space - cell.width) + pad, blank))
         table_width = sum(self._widths)
         strip = Strip(segments, table_width)
         scroll_x = self.scroll_offset.x
