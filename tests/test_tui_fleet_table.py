@@ -309,10 +309,10 @@ async def test_small_terminals_cut_names_by_cells() -> None:
         assert all(cell_len(line) == 80 for line in _lines(app))
 
 
-async def test_columns_grow_when_a_wider_cell_is_drawn_and_are_measured_again_when_vms_change() -> None:
-    """Between changes of the fleet's VMs, a poll measures no columns: a cell that became wider
-    widens its column when its row is drawn (never cut); VMs leaving or arriving measure the
-    whole fleet again (a column may then shrink)."""
+async def test_columns_grow_when_a_wider_cell_is_drawn_or_arrives() -> None:
+    """A poll of the same VMs measures no columns: a cell that became wider widens its column
+    when its row is drawn (never cut); a VM that arrives is measured (off screen too); columns
+    never shrink (as DataTable's)."""
     app, _ = demo_data.demo_app(history=0)
     long_ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
     async with app.run_test(size=(160, 40)) as pilot:  # the wider table still fits
@@ -334,16 +334,22 @@ async def test_columns_grow_when_a_wider_cell_is_drawn_and_are_measured_again_wh
         app.apply_fleet(vms)
         await pilot.pause()
         _check_screen(app, screen, table)  # the whole address on the first row: the column grew
-        assert _lines(app)[table.region.y] != header
         wide = _lines(app)[table.region.y]
+        assert wide != header and wide.index(" CPU ") > header.index(" CPU ")
         # Far down: the other one is whole too, in the same columns.
         table.move_cursor(row=table.order.index(vms[2500].vm_id))
         await pilot.pause()
         assert any(long_ip in line for line in _rows_drawn(app, table))
         _check_screen(app, screen, table)
         assert _lines(app)[table.region.y] == wide
-        # A VM leaves: the fleet is measured again, and the IP column is as narrow as before.
-        app.apply_fleet(_churn(1))
+        # VMs leave and arrive; one that arrives has a long name and sorts last (off screen):
+        # measured on arrival, the name column is wider; the IP column has not shrunk.
+        vms = _churn(1)
+        vms[-1].name = "vm-" + "z" * 30
+        table.move_cursor(row=0)
+        app.apply_fleet(vms)
         await pilot.pause()
         _check_screen(app, screen, table)
-        assert _lines(app)[table.region.y] == header
+        wider = _lines(app)[table.region.y]
+        assert wider.index(" Node ") > wide.index(" Node ")
+        assert wider.index(" CPU ") - wider.index(" IP ") == wide.index(" CPU ") - wide.index(" IP ")
