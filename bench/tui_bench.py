@@ -14,9 +14,10 @@ Figures:
    5 updates; the CPU sort reorders rows every time). Each update's CPU time is
    ``time.process_time()`` around ``apply_fleet`` + ``await pilot.pause()`` (the
    layout and the render of the screen that follow). Baseline, interleaved in
-   blocks: the same updates drawn naively (``table.clear()`` + ``add_row`` for
-   all 500 every time). Informational: the same with the name sort (row order
-   stable: cells updated in place).
+   blocks: the same updates drawn naively (a ``DataTable`` mounted beside the
+   fleet table, shown instead of it: ``clear()`` + ``add_row`` for all 500 every
+   time). Informational: the same with the name sort (row order stable). Then
+   the table is checked: every VM in the screen's order, the right names on screen.
 2. **poll cycle, end to end**: a real controller (``python -m
    limiquantix.controller serve``, fresh SQLite) knows 500 VMs through its real
    NodeRegistryService: another process registers the fake nodes (13-14) with a
@@ -34,7 +35,8 @@ Figures:
    included (headless ``run_test`` renders but writes no escape sequences).
 
 4. **fleet refresh, 5,000 VMs** (issue 13): figure 1's updates with 5,000 VMs
-   (fewer of them; no naive baseline: it takes seconds per update).
+   (fewer of them; no naive baseline: it takes seconds per update), then the
+   same check of the table, at the top and two pages down.
 5. **output in the runner** (issue 13: "1 MiB of command output (300,000
    lines) fully shown in the runner <= 1 s after the command ends; TUI RSS <=
    150 MiB after it. 10 MiB streamed at the guest's speed without the TUI
@@ -91,6 +93,7 @@ from google.protobuf import json_format  # noqa: E402
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.protocol._gen.vm_service_pb2 import VM  # noqa: E402
 from limiquantix.tui import demo_data  # noqa: E402
+from limiquantix.tui.widgets.fleet_table import COLUMNS  # noqa: E402
 
 __all__ = ["Settings", "churned_fleet", "main"]
 
@@ -174,6 +177,8 @@ class Results:
     window_note: str = ""
     large_ms: list[float] = field(default_factory=list)
     large_apply_ms: list[float] = field(default_factory=list)
+    load: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """The 1-minute load average before and after figures 1 and 4 (the machine is shared)."""
     output: dict[str, float] = field(default_factory=dict)
     """Figure 5, from the ``_output`` process."""
 
@@ -250,24 +255,45 @@ class GcWatch:
 
 
 def _naive(screen: Any) -> Callable[[], None]:
-    """FleetScreen.fleet_updated as a first version would write it: rebuild every row."""
+    """FleetScreen.fleet_updated as a first version would write it: a ``DataTable`` (the
+    ``#naive`` one :func:`refresh_in_process` mounts) rebuilt with every row at every update."""
     from textual.widgets import DataTable
 
-    from limiquantix.tui.screens.fleet import _cells
+    from limiquantix.tui.widgets.fleet_table import row_cells
 
     def fleet_updated() -> None:
         if not screen.is_mounted:
             return
         screen._update_status()
-        table = screen.query_one("#fleet", DataTable)
+        table = screen.query_one("#naive", DataTable)
         visible = screen._visible()
         selected = screen.lqx.fleet.selected
         table.clear()
         for vm in visible:
-            table.add_row(*_cells(vm, vm.vm_id in selected, screen.tier), key=vm.vm_id)
-        screen._order = [vm.vm_id for vm in visible]
+            table.add_row(*row_cells(vm, vm.vm_id in selected, screen.tier), key=vm.vm_id)
 
     return fleet_updated
+
+
+def check_table(app: Any, screen: Any, count: int) -> None:
+    """The fleet table holds ``count`` VMs in the screen's order, and the rows on screen are
+    the right ones: each drawn line starts with the name of the VM at its place.
+
+    Raises:
+        bl.BenchError: it does not.
+    """
+    table = screen.table
+    visible = screen._visible()
+    if table.row_count != count or table.order != [vm.vm_id for vm in visible]:
+        raise bl.BenchError(f"the fleet table holds {table.row_count} VMs, not the {count} of the screen's order")
+    lines = [strip.text for strip in app.screen._compositor.render_strips()]
+    region = table.region
+    drawn = lines[region.y + 1 : region.bottom]  # below the header
+    first = table.scroll_offset.y
+    want = [vm.name for vm in visible[first : first + len(drawn)]]
+    got = [line.split()[0] if line.split() else "" for line in drawn]
+    if not drawn or got != want:
+        raise bl.BenchError(f"the rows on screen are {got[:5]}..., not {want[:5]}...")
 
 
 async def refresh_large(s: Settings, r: Results) -> None:
@@ -285,15 +311,18 @@ async def refresh_large(s: Settings, r: Results) -> None:
             t0 = time.process_time()
             app.apply_fleet(data)
             await pilot.pause()
-            if step >= 3:  # the first ones build 5,000 rows
+            if step >= 3:  # the first ones build the caches
                 r.large_ms.append((time.process_time() - t0) * 1000)
                 r.large_apply_ms.append(app.refresh_cpu_s * 1000)
-        rows = len(screen.query_one("#fleet").rows)  # type: ignore[attr-defined]
-        if rows != VMS_LARGE:
-            raise bl.BenchError(f"the fleet table shows {rows} rows, not {VMS_LARGE}")
+        check_table(app, screen, VMS_LARGE)
+        await pilot.press("pagedown", "pagedown")  # further down the 5,000: the rows there too
+        await pilot.pause()
+        check_table(app, screen, VMS_LARGE)
 
 
 async def refresh_in_process(s: Settings, r: Results) -> None:
+    from textual.widgets import DataTable
+
     from limiquantix.tui.screens.fleet import FleetScreen
 
     app, _ = demo_data.demo_app(history=0)
@@ -303,9 +332,23 @@ async def refresh_in_process(s: Settings, r: Results) -> None:
         screen = app.screen
         assert isinstance(screen, FleetScreen)
         screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        naive_table: DataTable[Any] = DataTable(id="naive", cursor_type="row", zebra_stripes=True)
+        await screen.mount(naive_table, after=screen.table)
+        naive_table.add_column(" ", key="sel", width=1)
+        for column in COLUMNS:
+            if screen.tier <= column.narrowest:
+                naive_table.add_column(column.label, key=column.key)
         real = screen.fleet_updated
         naive = _naive(screen)
         step = 0
+
+        def use(fleet_updated: Callable[[], None]) -> None:
+            """Draw with ``fleet_updated``; only its table is shown (and the other one is empty)."""
+            screen.fleet_updated = fleet_updated  # type: ignore[method-assign]
+            naive_table.display = fleet_updated is naive
+            screen.table.display = fleet_updated is real
+            if fleet_updated is real:
+                naive_table.clear()
 
         async def update(into: list[float]) -> None:
             nonlocal step
@@ -319,28 +362,25 @@ async def refresh_in_process(s: Settings, r: Results) -> None:
                 r.apply_only_ms.append(app.refresh_cpu_s * 1000)
                 r.refresh_gc_ms.append(watch.full_ms - gc0)
 
-        for _ in range(5):  # warm-up: the first build of 500 rows, caches
+        use(real)
+        for _ in range(5):  # warm-up: caches, the first layout
             await update([])
         for n in bl.blocks(s.updates, s.blocks):
-            screen.fleet_updated = real  # type: ignore[method-assign]
-            screen._order = []  # the naive redraw left the screen's own bookkeeping behind
-            await update([])  # so this one rebuilds: not counted
+            use(real)
+            await update([])  # the table shown again: a new layout, not counted
             for _ in range(n):
                 await update(r.refresh_ms)
-            screen.fleet_updated = naive  # type: ignore[method-assign]
+            use(naive)
             for _ in range(n):
                 await update(r.naive_ms)
-        screen.fleet_updated = real  # type: ignore[method-assign]
+        use(real)
         screen.sort_column, screen.sort_reverse = 0, False
-        screen._order = []
         await update([])
         for _ in range(s.updates // 2):
             await update(r.stable_ms)
         watch.close()
         r.live_objects = len(gc.get_objects())
-        rows = len(screen.query_one("#fleet").rows)  # type: ignore[attr-defined]
-        if rows != VMS:
-            raise bl.BenchError(f"the fleet table shows {rows} rows, not {VMS}")
+        check_table(app, screen, VMS)
 
 
 # ============================================================================= 5. output in the runner
@@ -721,6 +761,11 @@ def real_process(url: str, token: str, work: Path, s: Settings, r: Results) -> N
 # ============================================================================= table
 
 
+def _load(r: Results, figure: str) -> str:
+    start, end = r.load.get(figure, (0.0, 0.0))
+    return f"{start:.1f} before, {end:.1f} after ({os.cpu_count()} CPUs)"
+
+
 def figures_from(r: Results, s: Settings) -> list[Figure]:
     med = bl.median
     p95 = lambda v: bl.percentile(v, 95) if v else None  # noqa: E731
@@ -733,8 +778,8 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
             f"fleet refresh, {VMS} VMs, CPU per update, median", med(r.refresh_ms), med(r.naive_ms), "ms",
             f"<= {REFRESH_TARGET_MS:g}",
             note=f"{churn}; process_time around apply_fleet + pilot.pause() (layout + render); {len(r.refresh_ms)}"
-            f" updates interleaved in {s.blocks} blocks with the baseline: the naive redraw (table.clear() +"
-            f" add_row x{VMS} every update)",
+            f" updates interleaved in {s.blocks} blocks with the baseline: the naive redraw (a DataTable:"
+            f" clear() + add_row x{VMS} every update); load average {_load(r, '1')}",
         ),
         Figure(f"fleet refresh, {VMS} VMs, CPU per update, p95", p95(r.refresh_ms), p95(r.naive_ms), "ms",
                f"<= {REFRESH_TARGET_MS:g}"),
@@ -744,13 +789,13 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
             note=f"{sum(1 for g in r.refresh_gc_ms if g)} of {len(r.refresh_ms)} updates ran a full (generation 2)"
             f" garbage collection, {med([g for g in r.refresh_gc_ms if g]) if any(r.refresh_gc_ms) else 0:.0f} ms"
             f" each (median); {r.live_objects:,} objects tracked by the collector at the end, most of them"
-            " Textual's: the process at start, and render caches (DataTable keeps up to 10,000 rendered cells"
-            " whatever their age)",
+            " Textual's (the process at start, its render caches)",
         ),
         Figure("fleet refresh: apply_fleet alone, median (info)", med(r.apply_only_ms), None, "ms", None,
-               note="app.refresh_cpu_s: the fleet screen's table updated, before Textual's layout and render"),
+               note="app.refresh_cpu_s: the VMs sorted and handed to the fleet table, before Textual's layout"
+               " and render (which draw the rows on screen)"),
         Figure("fleet refresh, name sort (row order stable), median (info)", med(r.stable_ms) if r.stable_ms else None,
-               None, "ms", None, note="the same changes with the default sort: cells updated in place"),
+               None, "ms", None, note="the same changes with the default sort"),
         Figure(
             f"poll cycle via a real controller, {VMS} VMs, CPU median", med(r.poll_ms) if r.poll_ms else None, None,
             "ms", f"<= {REFRESH_TARGET_MS:g}",
@@ -774,8 +819,10 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
         Figure(
             f"fleet refresh, {VMS_LARGE:,} VMs, CPU per update, median", med(r.large_ms) if r.large_ms else None,
             None, "ms", f"<= {REFRESH_TARGET_MS:g}",
-            note=f"figure 1's churn with {VMS_LARGE:,} VMs, {len(r.large_ms)} updates after 3 that build the rows;"
-            f" apply_fleet alone (the table updated) median {med(r.large_apply_ms) if r.large_apply_ms else 0:.0f} ms",
+            note=f"figure 1's churn with {VMS_LARGE:,} VMs, {len(r.large_ms)} updates after 3 not counted; apply_fleet"
+            f" alone (sorted, handed to the table) median {med(r.large_apply_ms) if r.large_apply_ms else 0:.0f} ms;"
+            " then the table checked: 5,000 VMs in the screen's order, the names on screen the right ones (at the"
+            f" top and two pages down); load average {_load(r, '4')}",
         ),
         Figure(f"fleet refresh, {VMS_LARGE:,} VMs, CPU per update, p95", p95(r.large_ms), None, "ms",
                f"<= {REFRESH_TARGET_MS:g}"),
@@ -816,10 +863,14 @@ def measure(s: Settings) -> Results:
     """Raises: bl.BenchError, OSError: the run cannot give figures."""
     r = Results()
     bl.say(f"1. fleet refresh in process: {VMS} VMs, {s.updates} updates + {s.updates} naive")
+    load0 = os.getloadavg()[0]
     asyncio.run(refresh_in_process(s, r))
+    r.load["1"] = (load0, os.getloadavg()[0])
     bl.say(f"   median {bl.median(r.refresh_ms):.1f} ms, naive {bl.median(r.naive_ms):.1f} ms")
     bl.say(f"4. fleet refresh in process: {VMS_LARGE} VMs")
+    load0 = os.getloadavg()[0]
     asyncio.run(refresh_large(s, r))
+    r.load["4"] = (load0, os.getloadavg()[0])
     bl.say(f"   median {bl.median(r.large_ms):.1f} ms")
     bl.say("5. the runner's output: 1 MiB in 300,000 lines, then 10 MiB streamed (own process)")
     output_figures(r)
