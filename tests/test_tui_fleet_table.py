@@ -87,15 +87,21 @@ def _check_screen(app: LimiQuantixApp, screen: FleetScreen, table: FleetTable) -
         assert _plain(table.get_row_at(first + offset)) == cells
 
 
+async def _fed(app: LimiQuantixApp, pilot: Any, *, by_cpu: bool = False) -> tuple[FleetScreen, FleetTable]:
+    """The fleet screen and its table, fed ``_churn(0)`` (sorted by CPU, highest first, or by name)."""
+    screen = app.screen
+    assert isinstance(screen, FleetScreen)
+    if by_cpu:
+        screen.sort_column, screen.sort_reverse = CPU, True
+    app.apply_fleet(_churn(0))
+    await pilot.pause()
+    return screen, screen.table
+
+
 async def test_thousands_of_vms_after_churns_keep_order_cursor_and_selection() -> None:
     app, _ = demo_data.demo_app(history=0)
     async with app.run_test(size=SIZE) as pilot:
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        table = screen.table
-        screen.sort_column, screen.sort_reverse = CPU, True
-        app.apply_fleet(_churn(0))
-        await pilot.pause()
+        screen, table = await _fed(app, pilot, by_cpu=True)
         _check_screen(app, screen, table)
         # Down the list: the cursor well below the first screenful, three VMs selected on the way.
         await pilot.press("pagedown", "pagedown", "down", "space", "space", "down", "down", "space")
@@ -129,12 +135,7 @@ async def test_only_the_rows_on_screen_are_built() -> None:
     on its own timer, which a pause does not always wait for.)"""
     app, _ = demo_data.demo_app(history=0)
     async with app.run_test(size=SIZE) as pilot:
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        table = screen.table
-        screen.sort_column, screen.sort_reverse = CPU, True
-        app.apply_fleet(_churn(0))
-        await pilot.pause()
+        screen, table = await _fed(app, pilot, by_cpu=True)
         _lines(app)
         on_screen = table.region.height - 1
         for step in (1, 2):
@@ -155,11 +156,7 @@ async def test_keys_and_clicks() -> None:
     cursor there, a click on the cursor's row (or enter) opens the VM; a click on a header sorts."""
     app, _ = demo_data.demo_app(history=0)
     async with app.run_test(size=SIZE) as pilot:
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        table = screen.table
-        app.apply_fleet(_churn(0))
-        await pilot.pause()
+        screen, table = await _fed(app, pilot)
         await pilot.press("ctrl+end")
         await pilot.pause()
         assert table.cursor_row == COUNT - 1
@@ -204,11 +201,7 @@ async def test_filter_keeps_the_columns_and_the_cursor() -> None:
     do not jump while the filter is typed); clearing it brings every VM back."""
     app, _ = demo_data.demo_app(history=0)
     async with app.run_test(size=SIZE) as pilot:
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        table = screen.table
-        app.apply_fleet(_churn(0))
-        await pilot.pause()
+        screen, table = await _fed(app, pilot)
         header = _lines(app)[table.region.y]
         await pilot.press("slash", *"vm-02", "enter")
         await pilot.pause()
@@ -316,12 +309,7 @@ async def test_columns_grow_when_a_wider_cell_is_drawn_or_arrives() -> None:
     app, _ = demo_data.demo_app(history=0)
     long_ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
     async with app.run_test(size=(160, 40)) as pilot:  # the wider table still fits
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        table = screen.table
-        vms = _churn(0)
-        app.apply_fleet(vms)
-        await pilot.pause()
+        screen, table = await _fed(app, pilot)
         header = _lines(app)[table.region.y]
         assert long_ip not in "".join(_lines(app))
         # The same VMs; the first row's VM (batch-01, sorted by name) and one far below the
