@@ -62,6 +62,24 @@ def exec_body(
     return body
 
 
+def ending(result: Mapping[str, Any]) -> str:
+    """How a command ended, in words, from its result's JSON (an ExecuteScriptResponse or a
+    fleet run's target: the same exitCode, exitReason and signal): ``exit 3``, ``timed out
+    (signal 15)``, ``cancelled by signal 15``, ``killed by signal 9``, ``failed to start``;
+    empty when it does not say (a fleet target whose agent never answered)."""
+    reason = str(result.get("exitReason", ""))
+    signal = int(result.get("signal") or 0)
+    if "exitCode" in result and reason in ("exited", ""):
+        return f"exit {result['exitCode']}"
+    if result.get("timedOut") or reason == "timed_out":
+        return "timed out" + (f" (signal {signal})" if signal else "")
+    if reason == "failed_to_start":
+        return "failed to start"
+    if signal:
+        return f"{'cancelled' if reason == 'cancelled' else 'killed'} by signal {signal}"
+    return reason.replace("_", " ")
+
+
 def exit_status(result: Mapping[str, Any]) -> int:
     """Our exit code for a command's result (:mod:`._exitcodes`), its reason said on stderr
     when it did not simply exit."""
@@ -77,7 +95,7 @@ def exit_status(result: Mapping[str, Any]) -> int:
         return ec.EXEC_NOT_STARTED
     signal = int(result.get("signal") or 0)
     if signal:
-        warn(f"{'cancelled' if reason == 'cancelled' else 'killed'} by signal {signal}")
+        warn(ending(result))
         return ec.SIGNALED_BASE + signal
     warn(f"no exit status ({reason or 'unknown reason'}{': ' + error if error else ''})")
     return ec.EXEC_CLI_ERROR

@@ -13,6 +13,7 @@ import click
 
 from . import _exitcodes as ec
 from ._client import FLEET, ApiError, Client
+from ._exec import ending
 from ._options import MAX_TIMEOUT_S
 from ._output import print_json, progress_line, say, warn
 from ._state import json_option, label_option, labels_dict, pass_client
@@ -34,10 +35,12 @@ def output_name(vm_id: str) -> str:
 
 
 def _target_line(t: dict[str, Any]) -> str:
+    """``web-2  failed  killed by signal 9  12 ms  error``: how it ended, as ``exec`` says it."""
     status = t.get("status", "")
     parts = [t.get("vmId", ""), status]
-    if "exitCode" in t:
-        parts.append(f"exit {t['exitCode']}")
+    ended = ending(t)
+    if ended:
+        parts.append(ended)
     if t.get("durationMs"):
         parts.append(f"{t['durationMs']} ms")
     if t.get("error"):

@@ -1,12 +1,13 @@
 """Commands in a guest, shared by VMService (:mod:`._vms`) and the fleet runner
 (:mod:`._fleet`): the agent's request built from the API's, what the audit row records of
-it, and the forwarded call to the VM's hostd.
+it, the forwarded call to the VM's hostd, its streamed output as text and how it ended.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
-from typing import Final
+from typing import Final, final
 
 from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -22,9 +23,12 @@ from ._models import (
 
 __all__ = [
     "DEFAULT_CALL_BUDGET_S",
+    "STREAM_NAMES",
+    "OutputDecoder",
     "exec_detail",
     "execute_in_guest",
     "execute_request",
+    "exit_code",
     "exit_reason_name",
 ]
 
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: Budget of a forwarded call that is not a command or a file transfer.
 DEFAULT_CALL_BUDGET_S: Final = 30.0
+
+#: The API's names of the agent's output streams (``stream`` in ExecuteScriptOutput and
+#: FleetTargetOutput); a number the schema lacks is shown as stdout.
+STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
 
 
 def execute_request(request: api_pb.ExecuteScriptRequest) -> pb.ExecuteRequest:
@@ -74,6 +82,30 @@ def exec_detail(request: api_pb.ExecuteScriptRequest) -> AuditDetail:
 def exit_reason_name(result: pb.ExecuteResponse) -> str:
     """``EXIT_REASON_TIMED_OUT`` → ``timed_out``; a number the schema lacks stays a number."""
     return enum_name(pb.ExitReason, result.exit_reason)
+
+
+def exit_code(result: pb.ExecuteResponse) -> int | None:
+    """The command's exit code, only if it exited (after a timeout, a cancel or a signal the
+    agent's ``exit_code`` means nothing: a script checking for 0 must not see one)."""
+    return result.exit_code if result.exit_reason == pb.EXIT_REASON_EXITED else None
+
+
+@final
+class OutputDecoder:
+    """A streamed command's output as text: one incremental UTF-8 decoder per stream, so that
+    a character cut between two chunks comes out whole (invalid bytes replaced)."""
+
+    def __init__(self) -> None:
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in STREAM_NAMES.values()}
+
+    def decode(self, output: pb.ExecuteOutput) -> tuple[str, str]:
+        """One chunk: its stream's name and its text (less a character it cuts off)."""
+        name = STREAM_NAMES.get(output.stream, "stdout")
+        return name, self._decoders[name].decode(output.data)
+
+    def flush(self, name: str) -> str:
+        """What stream ``name``'s decoder held back (a cut-off character), at the output's end."""
+        return self._decoders[name].decode(b"", final=True)
 
 
 async def execute_in_guest(

@@ -17,7 +17,8 @@ up does not stop it. The runner:
   TARGET_OUTPUT_MAX_BYTES per stream, what is stored) for WatchCommand:
   exit 0 → ``success``, nonzero / signal / failed to
   start → ``failed``, the command's timeout → ``timed_out``, cancelled →
-  ``cancelled``;
+  ``cancelled``; the agent's exit reason and signal kept beside the exit code
+  (set only when it exited), as ExecuteScript answers them;
 * counts ``failed`` and ``timed_out`` as errors (as SSM's ErrorCount does; an
   ``undeliverable`` target is not an error: maxErrors guards against a bad
   command, not against VMs that are down). Once errors exceed the limit
@@ -46,7 +47,6 @@ A controller that stops while runs are in progress leaves them to
 
 from __future__ import annotations
 
-import codecs
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -66,7 +66,15 @@ from limiquantix.protocol.rpc.server import CallContext
 from ._audit import AuditTrail
 from ._auth import Permission, Principal, require
 from ._context import principal_of, source_of, timestamp
-from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_request
+from ._exec import (
+    DEFAULT_CALL_BUDGET_S,
+    STREAM_NAMES,
+    OutputDecoder,
+    exec_detail,
+    execute_request,
+    exit_code,
+    exit_reason_name,
+)
 from ._forward import NodeClient, OutcomeUnknown, outcome_unknown
 from ._models import (
     MAX_PAGE_SIZE,
@@ -85,7 +93,6 @@ from ._models import (
     max_errors_limit,
     parse_max_errors,
 )
-from ._vms import _STREAM_NAMES
 from .store import Store
 
 __all__ = [
@@ -505,7 +512,9 @@ class FleetAPI:
             vm_id,
             _target_status(result),
             node_id=node.node_id,
-            exit_code=result.exit_code if result.exit_reason == pb.EXIT_REASON_EXITED else None,
+            exit_code=exit_code(result),
+            exit_reason=exit_reason_name(result),
+            signal=result.signal,
             stdout=run.text(vm_id, "stdout"),
             stderr=run.text(vm_id, "stderr"),
             stdout_truncated=result.stdout_truncated or (vm_id, "stdout") in run.output_cut,
@@ -523,8 +532,7 @@ class FleetAPI:
             errors.DeadlineExceeded: the command's budget ran out.
             errors.AgentError: any other error hostd answered, code kept.
         """
-        # One incremental decoder per stream: a UTF-8 character cut between two chunks comes out whole.
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in _STREAM_NAMES.values()}
+        decoder = OutputDecoder()
         upstream = self.nodes.stream(
             node,
             "ExecuteInGuestStream",
@@ -538,11 +546,10 @@ class FleetAPI:
             async for event in upstream:
                 kind = event.WhichOneof("event")
                 if kind == "output":
-                    name = _STREAM_NAMES.get(event.output.stream, "stdout")
-                    run.add_output(vm_id, name, decoders[name].decode(event.output.data))
+                    run.add_output(vm_id, *decoder.decode(event.output))
                 elif kind == "result":
-                    for name, decoder in decoders.items():
-                        run.add_output(vm_id, name, decoder.decode(b"", final=True))
+                    for name in STREAM_NAMES.values():
+                        run.add_output(vm_id, name, decoder.flush(name))
                     return event.result
         finally:
             await upstream.aclose()  # closing it is what cancels the command in the guest
@@ -636,8 +643,10 @@ class FleetAPI:
         """The VMs a scoped token may see (by their current labels)."""
         return {vm.vm_id for _, vm in await self.store.list_vms(labels=principal.label_scope)}
 
-    async def GetCommand(self, request: fleet_pb.GetCommandRequest, ctx: CallContext) -> fleet_pb.FleetCommand:
-        """A run with its targets (a scoped token: only those within its scope).
+    async def _readable_command(
+        self, request: fleet_pb.GetCommandRequest | fleet_pb.WatchCommandRequest, ctx: CallContext
+    ) -> tuple[Principal, Command, tuple[TargetResult, ...]]:
+        """The caller, the run ``request`` names and its targets the caller may see.
 
         Raises:
             errors.InvalidArgument: no commandId.
@@ -650,8 +659,18 @@ class FleetAPI:
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
         command = await self.store.get_command(request.command_id)
+        return principal, command, await self._visible_targets(principal, command)
+
+    async def GetCommand(self, request: fleet_pb.GetCommandRequest, ctx: CallContext) -> fleet_pb.FleetCommand:
+        """A run with its targets (a scoped token: only those within its scope).
+
+        Raises:
+            errors.InvalidArgument: no commandId.
+            errors.PermissionDenied: the role may not read runs.
+            errors.NotFound: no such run (or none of its targets is visible).
+        """
+        principal, command, targets = await self._readable_command(request, ctx)
         out = self._render(command)
-        targets = await self._visible_targets(principal, command)
         if principal.scoped:
             self._scope_counts(out, targets)
         for t in targets:
@@ -688,6 +707,9 @@ class FleetAPI:
             vm_id=t.vm_id,
             node_id=t.node_id or "",
             status=t.status.value,
+            exit_code=t.exit_code,  # absent unless it exited
+            exit_reason=t.exit_reason,
+            signal=t.signal,
             stdout=t.stdout if output else "",
             stderr=t.stderr if output else "",
             stdout_truncated=t.stdout_truncated,
@@ -695,8 +717,6 @@ class FleetAPI:
             error=t.error,
             duration_ms=t.duration_ms or 0,
         )
-        if t.exit_code is not None:
-            target.exit_code = t.exit_code
         for name, ts in (("started_at", t.started_at), ("completed_at", t.completed_at)):
             stamp = timestamp(ts)
             if stamp is not None:
@@ -713,13 +733,7 @@ class FleetAPI:
             errors.PermissionDenied: the role may not read runs.
             errors.NotFound: no such run (or none of its targets is visible).
         """
-        check_message(request)
-        principal = principal_of(ctx)
-        require(principal, Permission.COMMAND_READ)
-        if not request.command_id:
-            raise errors.InvalidArgument("commandId is required")
-        command = await self.store.get_command(request.command_id)
-        targets = await self._visible_targets(principal, command)
+        principal, command, targets = await self._readable_command(request, ctx)
         run = self._runs.get(command.id)
         if run is None:
             # Ended, or run by another replica (or left to recovery): what the store has, polled.

@@ -720,6 +720,12 @@ class TargetResult:
     node_id: str
     status: TargetStatus
     exit_code: int | None
+    """Set only when the command exited (``exit_reason`` ``exited``)."""
+    exit_reason: str
+    """How the command ended, as the agent said (``exited``, ``timed_out``, ``cancelled``,
+    ``signaled``, ``failed_to_start``); empty without a result from the agent."""
+    signal: int
+    """The signal that killed it (signaled), or that was sent (timed out, cancelled); else 0."""
     stdout: str
     stderr: str
     stdout_truncated: bool

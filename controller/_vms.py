@@ -29,7 +29,6 @@ for passwords, file contents, stdin or environment values.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import logging
@@ -51,7 +50,15 @@ from limiquantix.protocol.rpc.server import CallContext
 from ._audit import AuditEntry, AuditTrail
 from ._auth import Permission, Principal, require
 from ._context import principal_of, source_of
-from ._exec import DEFAULT_CALL_BUDGET_S, exec_detail, execute_in_guest, execute_request, exit_reason_name
+from ._exec import (
+    DEFAULT_CALL_BUDGET_S,
+    OutputDecoder,
+    exec_detail,
+    execute_in_guest,
+    execute_request,
+    exit_code,
+    exit_reason_name,
+)
 from ._forward import NodeClient, bytes_field_header
 from ._models import (
     MAX_PAGE_SIZE,
@@ -88,9 +95,6 @@ FILE_CALL_BUDGET_S: Final = 300.0
 
 
 _NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
-
-
-_STREAM_NAMES: Final = {pb.OUTPUT_STREAM_STDOUT: "stdout", pb.OUTPUT_STREAM_STDERR: "stderr"}
 
 
 def _decode(data: bytes) -> str:
@@ -287,10 +291,10 @@ class VMAPI:
     def _result(result: pb.ExecuteResponse, execution_id: str, handle: AuditEntry) -> api_pb.ExecuteScriptResponse:
         """The agent's result in the reference's field names; the audit outcome set from it."""
         reason = exit_reason_name(result)
-        exited = result.exit_reason == pb.EXIT_REASON_EXITED
-        if exited:
-            handle.exit_code = result.exit_code
-            if result.exit_code != 0:
+        code = exit_code(result)
+        if code is not None:
+            handle.exit_code = code
+            if code != 0:
                 # It ran and said it failed: not plain "success" (exit_code holds the status).
                 handle.outcome = AuditOutcome.FAILURE
         elif result.exit_reason == pb.EXIT_REASON_CANCELLED:
@@ -298,7 +302,7 @@ class VMAPI:
         else:  # timed out, killed by a signal, failed to start
             handle.outcome, handle.error = AuditOutcome.ERROR, result.error or reason
         return api_pb.ExecuteScriptResponse(
-            exit_code=result.exit_code if exited else None,  # absent unless it exited
+            exit_code=code,  # absent unless it exited
             stdout=_decode(result.stdout),
             stderr=_decode(result.stderr),
             timed_out=result.timed_out,
@@ -338,9 +342,7 @@ class VMAPI:
         detail = exec_detail(request)
         execute = execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC_STREAM, detail)
-        # One incremental decoder per stream: a UTF-8 character split across
-        # two chunks must come out whole.
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in _STREAM_NAMES.values()}
+        decoder = OutputDecoder()
         async with self._audited(ctx, principal, route, AuditAction.EXEC_STREAM, detail) as audit:
             node = self._reachable(route)
             upstream = self.nodes.stream(
@@ -358,16 +360,15 @@ class VMAPI:
                         execution_id = event.execution_id
                         yield api_pb.ExecuteScriptEvent(execution_id=execution_id)
                     elif kind == "output":
-                        name = _STREAM_NAMES.get(event.output.stream, "stdout")
-                        text = decoders[name].decode(event.output.data)
+                        name, text = decoder.decode(event.output)
                         yield api_pb.ExecuteScriptEvent(
                             output=api_pb.ExecuteScriptOutput(seq=event.output.seq, stream=name, text=text)
                         )
                     elif kind == "result":
                         result = self._result(event.result, execution_id, audit)
                         # What the decoders held back (a cut-off character) ends the output.
-                        result.stdout = decoders["stdout"].decode(b"", final=True)
-                        result.stderr = decoders["stderr"].decode(b"", final=True)
+                        result.stdout = decoder.flush("stdout")
+                        result.stderr = decoder.flush("stderr")
                         yield api_pb.ExecuteScriptEvent(result=result)
             finally:
                 # Closing upstream is what cancels the command in the guest.

@@ -342,6 +342,33 @@ async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nurser
         assert "no VM 'ghost' on this host" in ghost["error"] and "exitCode" not in ghost
 
 
+#: In the marked VM the shell kills itself with SIGKILL; elsewhere it outlives its timeout.
+KILLED_IF_MARKED = FAIL_IF_MARKED.replace("echo marked >&2; exit 3", "kill -9 $$").replace('"${PAUSE:-0}"', "30")
+
+
+@pytest.mark.trio
+async def test_a_target_that_timed_out_or_was_killed_says_how_instead_of_an_exit_code(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """A fleet target carries the exit reason and signal as ExecuteScript's answer does (issue
+    13): no exitCode unless the command exited, in GetCommand and in WatchCommand."""
+    async with fleet_stack(nursery, short_tmp, 2, failing={0}) as st:
+        cid = await run(st, {"vmIds": ["vm0", "vm1"], "command": KILLED_IF_MARKED, "timeoutSeconds": 1})
+        done = await wait_done(st, cid)
+        assert statuses(done) == {"vm0": "failed", "vm1": "timed_out"}, done
+        killed, timed = done["targets"]
+        assert "exitCode" not in killed and (killed["exitReason"], killed["signal"]) == ("signaled", 9)
+        assert "exitCode" not in timed and timed["exitReason"] == "timed_out" and timed["signal"] == 15
+        # WatchCommand of the ended run renders its targets the same way.
+        watched = {m["target"]["vmId"]: m["target"] async for _, m in watch(st, cid) if "target" in m}
+        assert (watched["vm0"]["exitReason"], watched["vm0"]["signal"]) == ("signaled", 9)
+        assert watched["vm1"]["exitReason"] == "timed_out" and "exitCode" not in watched["vm1"]
+        # An exited one keeps its code beside the reason.
+        ok = await wait_done(st, await run(st, {"vmIds": ["vm1"], "command": "exit 4"}))
+        assert (ok["targets"][0]["exitCode"], ok["targets"][0]["exitReason"]) == (4, "exited")
+        assert ok["targets"][0]["signal"] == 0
+
+
 # ---------------------------------------------------------------- WatchCommand
 
 

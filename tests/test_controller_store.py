@@ -835,6 +835,30 @@ async def test_migration_6_keeps_a_v5_databases_vms_and_their_bindings(tmp_path:
         assert "vms" in tables and not tables & {"node_vms", "vm_owners"}
 
 
+@pytest.mark.trio
+async def test_migration_7_keeps_a_v6_databases_fleet_targets(tmp_path: Path) -> None:
+    """Targets stored before v7 read back with no exit reason and no signal; new ones keep theirs."""
+    db = tmp_path / "v6.db"
+    clock = FakeClock()
+    async with await SQLiteStore.open(db, migrations=MIGRATIONS[:6], clock=clock):
+        pass
+    with raw(db) as conn:  # a v6 run with one finished target, as a v6 controller leaves it
+        conn.execute(
+            "INSERT INTO commands (id, created_at, user_name, token_id, spec, target_spec, max_concurrency,"
+            " max_errors, status) VALUES ('cmd-1', ?, 'alice', 'tok', ?, ?, 1, '0', 'in_progress')",
+            (clock(), json.dumps({"command": "true"}), json.dumps({"vm_ids": ["vm-0", "vm-1"]})),
+        )
+        conn.executemany(
+            "INSERT INTO command_targets (command_id, position, vm_id, status, exit_code) VALUES (?, ?, ?, ?, ?)",
+            [("cmd-1", 0, "vm-0", "success", 0), ("cmd-1", 1, "vm-1", "in_progress", None)],
+        )
+    async with await SQLiteStore.open(db, clock=clock) as store:
+        old = (await store.get_command("cmd-1")).targets[0]
+        assert (old.status, old.exit_code, old.exit_reason, old.signal) == (TargetStatus.SUCCESS, 0, "", 0)
+        new = await store.update_target("cmd-1", "vm-1", status=TargetStatus.FAILED, exit_reason="signaled", signal=9)
+        assert (new.exit_code, new.exit_reason, new.signal) == (None, "signaled", 9)
+
+
 # ------------------------------------------------------------------ fleet runs
 
 
@@ -877,8 +901,11 @@ async def test_command_lifecycle(store: SQLiteStore, clock: FakeClock) -> None:
 
     await store.update_target(cmd.id, "vm-1", status=TargetStatus.IN_PROGRESS)
     await store.update_target(cmd.id, "vm-2", status=TargetStatus.UNDELIVERABLE, error="agent not connected")
-    t = await store.update_target(cmd.id, "vm-3", status=TargetStatus.TIMED_OUT, stdout_truncated=True)
+    t = await store.update_target(
+        cmd.id, "vm-3", status=TargetStatus.TIMED_OUT, exit_reason="timed_out", signal=15, stdout_truncated=True
+    )
     assert t.duration_ms is None and t.stdout_truncated  # never started; the agent's flag is kept
+    assert (t.exit_code, t.exit_reason, t.signal) == (None, "timed_out", 15)  # no exit code, the reason instead
 
     with pytest.raises(errors.FailedPrecondition):
         await store.finish_command(cmd.id, CommandStatus.FAILED)  # vm-1 still running, vm-4 pending

@@ -397,6 +397,11 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
     assert failed.returncode == 1
     run = json.loads(failed.stdout)
     assert run["status"] == "failed" and {t["exitCode"] for t in run["targets"]} == {2}
+    # A target killed by a signal or timed out says so where an exit code would be.
+    killed = lqx("run", "--vm", "web-1", "--interval", "0.1", "kill -9 $$", env=env)
+    assert killed.returncode == 1 and "web-1  failed  killed by signal 9" in killed.stderr.decode()
+    timed = lqx("run", "--vm", "web-2", "--timeout", "1", "--interval", "0.1", "sleep 30", env=env)
+    assert timed.returncode == 1 and "web-2  timed_out  timed out (signal 15)" in timed.stderr.decode()
     none = lqx("run", "true", env=env)
     assert none.returncode == 2 and b"name the targets" in none.stderr
     bad = lqx("run", "--vm", "web-1", "--max-errors", "lots", "true", env=env)

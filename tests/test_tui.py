@@ -25,10 +25,12 @@ from procstack import DEADLINE_S, VMS, Stack, run_stack
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Static, TextArea
 
+from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse as Result
+from limiquantix.tui import jobs as tui_jobs
 from limiquantix.tui.app import LimiQuantixApp
 from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
-from limiquantix.tui.format import exit_summary
+from limiquantix.tui.format import exit_cell, exit_summary
 from limiquantix.tui.screens import audit as tui_audit
 from limiquantix.tui.screens.audit import AuditScreen
 from limiquantix.tui.screens.dialogs import ConfirmDialog
@@ -616,8 +618,27 @@ def test_exit_summary_says_why_there_is_no_exit_code() -> None:
     assert exit_summary(Result(exit_reason="cancelled", signal=15)) == "cancelled (signal 15)"
     assert exit_summary(Result(exit_reason="signaled", signal=9)) == "killed by signal 9"
     assert exit_summary(Result(exit_reason="failed_to_start")) == "failed to start"
-    assert exit_summary(Result(exit_code=2)) == "exit code 2"  # no reason: a fleet target's
+    assert exit_summary(Result(exit_code=2)) == "exit code 2"  # no reason: a fleet target before 0.3
     assert exit_summary(Result()) == "no exit status"
+
+
+def test_a_fleet_target_that_timed_out_or_was_killed_says_how() -> None:
+    """A fleet run's target ends its output with the reason and signal, as a single command's
+    result does, and its row's Exit cell has the signal: never a bare missing code."""
+    job = tui_jobs.Job(id=1, vm_ids=("web-1", "web-2", "web-3"), script="sleep 30", timeout_s=1, run_as="")
+    timed = FleetTarget(vm_id="web-1", status="timed_out", exit_reason="timed_out", signal=15, duration_ms=1004)
+    killed = FleetTarget(vm_id="web-2", status="failed", exit_reason="signaled", signal=9, duration_ms=7)
+    exited = FleetTarget(vm_id="web-3", status="failed", exit_code=3, exit_reason="exited", duration_ms=5)
+    for target in (timed, killed, exited):
+        tui_jobs._target_changed(job, target)
+    notes = {vm: job.buffer_for(vm).store.text() for vm in job.vm_ids}
+    assert "── web-1: timed out after 1.0 s (signal 15), 1004 ms" in notes["web-1"]
+    assert "── web-2: killed by signal 9, 7 ms" in notes["web-2"]
+    assert "── web-3: exit code 3, 5 ms" in notes["web-3"]
+    assert [exit_cell(t) for t in (timed, killed, exited)] == ["SIG15", "SIG9", "3"]
+    # No result from an agent (undeliverable): the status, and an empty cell.
+    gone = FleetTarget(vm_id="web-1", status="undeliverable", error="node node-c is unreachable")
+    assert exit_cell(gone) == "" and exit_summary(gone) == "no exit status"
 
 
 def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

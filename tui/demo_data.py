@@ -363,7 +363,9 @@ def fleet_command(vm_ids: list[str], *, command_id: str = "cmd-0001") -> FleetCo
                 "vmId": vm_id,
                 "nodeId": "node-a",
                 "status": status,
-                **({"exitCode": 0 if status == "success" else 2} if exited else {}),
+                **({"exitCode": 0 if status == "success" else 2, "exitReason": "exited"} if exited else {}),
+                # The command's timeout: no exit code, the reason and the signal sent instead.
+                **({"exitReason": "timed_out", "signal": 15} if status == "timed_out" else {}),
                 "stdout": f"{vm_id.rsplit('-', 1)[0]}\n 09:29:58 up 12 days,  load average: 0.42\n" if exited else "",
                 "stderr": "grep: /etc/app.conf: No such file or directory\n" if status == "failed" else "",
                 "stdoutTruncated": False,

@@ -14,6 +14,7 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.text import Text
 
+from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.protocol.safetext import safe_text
 
@@ -25,6 +26,7 @@ __all__ = [
     "age_s",
     "bar",
     "effective_state",
+    "exit_cell",
     "exit_summary",
     "human_bytes",
     "percent",
@@ -227,14 +229,16 @@ def spark(values: Sequence[float], width: int, *, top: float | None = None) -> s
     return "".join(_TICKS[max(1, min(last, round(v / high * last)))] for v in shown)
 
 
-def exit_summary(result: vm_pb.ExecuteScriptResponse) -> str:
-    """How a command ended, from an ``ExecuteScriptResponse``.
+def exit_summary(result: vm_pb.ExecuteScriptResponse | fleet_pb.FleetTarget) -> str:
+    """How a command ended, from an ``ExecuteScriptResponse`` or a fleet run's target (the
+    same fields: exit code, exit reason, signal, duration).
 
     ``exit_code`` is present only when the command exited: a timeout, a cancel or a
     signal says so instead of a made-up "exit code 0" (a script checking for 0 must
     not count a timeout as success).
     """
-    reason = result.exit_reason or ("timed_out" if result.timed_out else "")
+    timed_out = isinstance(result, vm_pb.ExecuteScriptResponse) and result.timed_out
+    reason = result.exit_reason or ("timed_out" if timed_out else "")
     code = result.exit_code if result.HasField("exit_code") else None
     if code is not None and reason in ("", "exited"):
         return f"exit code {code}"
@@ -249,3 +253,11 @@ def exit_summary(result: vm_pb.ExecuteScriptResponse) -> str:
     if reason == "failed_to_start":
         return "failed to start"
     return reason.replace("_", " ") if reason else "no exit status"
+
+
+def exit_cell(target: fleet_pb.FleetTarget) -> str:
+    """A fleet target's exit in a narrow column: its code, ``SIG9`` when a signal ended it
+    (killed, or sent on a timeout or cancel), else nothing."""
+    if target.HasField("exit_code"):
+        return str(target.exit_code)
+    return f"SIG{target.signal}" if target.signal else ""

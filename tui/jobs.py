@@ -281,7 +281,8 @@ def _target_changed(job: Job, target: fleet_pb.FleetTarget) -> None:
         if target.error:
             buffer.note(target.error, "error")
         duration = f", {target.duration_ms} ms" if target.duration_ms else ""
-        ended = f"exit code {target.exit_code}" if target.HasField("exit_code") else status
+        # How it ended when its agent said (exit code, or the reason and signal), else its status.
+        ended = exit_summary(target) if target.HasField("exit_code") or target.exit_reason else status
         buffer.note(f"── {vm_id}: {ended}{duration}", "heading")
     job.changed()
 

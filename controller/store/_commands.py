@@ -43,7 +43,7 @@ def _now_ms(start: float | None, end: float) -> int | None:
 
 _TARGET_COLUMNS: Final = (
     "vm_id, node_id, status, exit_code, stdout, stderr, stdout_truncated, stderr_truncated, error,"
-    " started_at, completed_at, duration_ms"
+    " started_at, completed_at, duration_ms, exit_reason, signal"
 )
 
 
@@ -61,6 +61,8 @@ def _target_from_row(row: Sequence[Any]) -> TargetResult:
         started_at=row[9],
         completed_at=row[10],
         duration_ms=row[11],
+        exit_reason=row[12],
+        signal=row[13],
     )
 
 
@@ -165,6 +167,8 @@ class SQLiteCommands(SQLiteEngine):
         status: TargetStatus,
         node_id: str | None = None,
         exit_code: int | None = None,
+        exit_reason: str = "",
+        signal: int = 0,
         stdout: str = "",
         stderr: str = "",
         stdout_truncated: bool = False,
@@ -202,12 +206,15 @@ class SQLiteCommands(SQLiteEngine):
                 else:
                     conn.execute(
                         "UPDATE command_targets SET status = ?, node_id = COALESCE(?, node_id), exit_code = ?,"
-                        " stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, error = ?,"
-                        " completed_at = ?, duration_ms = ? WHERE command_id = ? AND vm_id = ?",
+                        " exit_reason = ?, signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?,"
+                        " stderr_truncated = ?, error = ?, completed_at = ?, duration_ms = ?"
+                        " WHERE command_id = ? AND vm_id = ?",
                         (
                             status.value,
                             node_id,
                             exit_code,
+                            exit_reason,
+                            signal,
                             out,
                             err,
                             stdout_truncated or out_cut,

@@ -335,6 +335,8 @@ class Store(abc.ABC):
         status: TargetStatus,
         node_id: str | None = None,
         exit_code: int | None = None,
+        exit_reason: str = "",
+        signal: int = 0,
         stdout: str = "",
         stderr: str = "",
         stdout_truncated: bool = False,
@@ -343,7 +345,8 @@ class Store(abc.ABC):
     ) -> TargetResult:
         """Move a target on: to ``in_progress`` (sets ``started_at``; the command
         becomes ``in_progress``) or to a final status (sets ``completed_at`` and
-        ``duration_ms``; output capped at TARGET_OUTPUT_MAX_BYTES).
+        ``duration_ms``; output capped at TARGET_OUTPUT_MAX_BYTES). ``exit_code``,
+        ``exit_reason`` and ``signal`` say how its command ended, as the agent's result does.
 
         Raises:
             errors.NotFound: no such command or target.

@@ -227,6 +227,13 @@ _V6: Final = (
     "DROP TABLE vm_owners",
 )
 
+# Version 7: how a fleet target's command ended, as single commands say it (issue 13):
+# the agent's exit reason and the signal, beside exit_code (which is NULL unless it exited).
+_V7: Final = (
+    "ALTER TABLE command_targets ADD COLUMN exit_reason TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE command_targets ADD COLUMN signal INTEGER NOT NULL DEFAULT 0",
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
@@ -235,6 +242,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "nodes bound to the node token that registered them", _V4),
     Migration(5, "VM ids bound to the node that hosts them", _V5),
     Migration(6, "every VM seen kept, with when it was last reported, until an admin removes it", _V6),
+    Migration(7, "fleet targets' exit reason and signal", _V7),
 )
 
 #: The version this code writes and understands.

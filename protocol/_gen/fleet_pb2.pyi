@@ -64,7 +64,7 @@ class GetCommandRequest(_message.Message):
     def __init__(self, command_id: _Optional[str] = ...) -> None: ...
 
 class FleetTarget(_message.Message):
-    __slots__ = ("vm_id", "node_id", "status", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error", "started_at", "completed_at", "duration_ms")
+    __slots__ = ("vm_id", "node_id", "status", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error", "started_at", "completed_at", "duration_ms", "exit_reason", "signal")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class FleetTarget(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     node_id: str
     status: str
@@ -89,7 +91,9 @@ class FleetTarget(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     completed_at: _timestamp_pb2.Timestamp
     duration_ms: int
-    def __init__(self, vm_id: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    exit_reason: str
+    signal: int
+    def __init__(self, vm_id: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., stdout_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[int] = ..., exit_reason: _Optional[str] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class FleetCommand(_message.Message):
     __slots__ = ("command_id", "status", "user", "token_id", "created_at", "completed_at", "command", "args", "timeout_seconds", "working_directory", "run_as_user", "environment_keys", "target_vm_ids", "target_labels", "max_concurrency", "max_errors", "target_count", "counts", "targets")

@@ -21,6 +21,7 @@ from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
 from limiquantix.protocol.safetext import safe_text
 
+from ..format import exit_cell
 from ..jobs import STATE_STYLES, Job, cancel_job, start_job
 from ..state import RunRecord
 from ..widgets.footer import KeysFooter
@@ -52,7 +53,7 @@ class RunnerScreen(LqxScreen):
         self.fleet = len(self.vm_ids) > 1
         self.job: Job | None = None
         self._opened = job
-        self._shown: dict[str, tuple[str, int | None]] = {}
+        self._shown: dict[str, tuple[str, str]] = {}
         """A fleet run's (status, exit code) per VM as the table shows them."""
         self._empty = OutputBuffer()
         """What the view shows before any run (and for a VM a fleet run has no output of)."""
@@ -103,14 +104,14 @@ class RunnerScreen(LqxScreen):
     def on_mount(self) -> None:
         if self.fleet:
             side = self.query_one("#side", DataTable)
-            side.add_column("VM", width=16)
+            side.add_column("VM", width=15)
             side.add_column("Status", width=13)
-            side.add_column("Exit", width=4)
+            side.add_column("Exit", width=5)  # "SIG15"
             for vm_id in self.vm_ids:
                 vm = self.lqx.fleet.vms.get(vm_id)
                 name = (vm.name if vm else "") or vm_id
                 side.add_row(
-                    Text(safe_text(name if len(name) <= 16 else name[:15] + "…")), Text("-", style="dim"), "", key=vm_id
+                    Text(safe_text(name if len(name) <= 15 else name[:14] + "…")), Text("-", style="dim"), "", key=vm_id
                 )
         else:
             self._show_recent()
@@ -256,12 +257,12 @@ class RunnerScreen(LqxScreen):
         side = self.query_one("#side", DataTable)
         for vm_id, target in job.targets.items():
             status = target.status or "pending"
-            code = target.exit_code if target.HasField("exit_code") else None
+            code = exit_cell(target)
             # Only the rows that changed: a job tells of every event, and a run has hundreds of VMs.
             if vm_id in self.vm_ids and self._shown.get(vm_id) != (status, code):
                 self._shown[vm_id] = (status, code)
                 side.update_cell(vm_id, side.ordered_columns[1].key, Text(status, style=STATE_STYLES.get(status, "")))
-                side.update_cell(vm_id, side.ordered_columns[2].key, "" if code is None else str(code))
+                side.update_cell(vm_id, side.ordered_columns[2].key, code)
         summary = Text(f"{job.command_id or 'starting'}  ", style="bold")
         summary.append(job.state if not job.running else "running", style=STATE_STYLES.get(job.state, ""))
         if job.summary and not job.running:
