@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 import trio
 
@@ -97,8 +97,39 @@ FILE_CALL_BUDGET_S: Final = 300.0
 _NODE_WRITE_CONTENT_FIELD: Final = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
 
 
+#: The requests of the file RPCs (each names a VM and a path in it).
+_FileRequest: TypeAlias = (
+    api_pb.ReadGuestFileRequest
+    | api_pb.WriteGuestFileRequest
+    | api_pb.StatGuestFileRequest
+    | api_pb.ListGuestDirectoryRequest
+)
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+def _checked_path(request: _FileRequest) -> None:
+    """A file RPC's request within its limits, naming a path.
+
+    Raises:
+        errors.InvalidArgument: a field over its limit, or no path.
+    """
+    check_message(request)
+    if not request.path:
+        raise errors.InvalidArgument("path is required")
+
+
+def _range_flags(request: api_pb.ReadGuestFileRequest) -> tuple[str, ...]:
+    """A read's audit flags: the range it asks for (``offset=…``, ``length=…``), if any."""
+    return tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
+
+
+def _node_read(route: VMRoute, request: api_pb.ReadGuestFileRequest) -> node_pb.ReadGuestFileRequest:
+    return node_pb.ReadGuestFileRequest(
+        vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
+    )
 
 
 @final
@@ -165,6 +196,26 @@ class VMAPI:
                 reason="node_unreachable",
             )
         return route.node
+
+    async def _file_route(
+        self,
+        ctx: CallContext,
+        request: _FileRequest,
+        permission: Permission,
+        action: AuditAction,
+        flags: tuple[str, ...] = (),
+    ) -> tuple[Principal, VMRoute, AuditDetail]:
+        """:meth:`_route` for a file RPC: its request checked (:func:`_checked_path`), and the
+        audit detail that names the path (with ``flags``).
+
+        Raises:
+            errors.InvalidArgument: a field over its limit, no path, no vmId.
+            errors.PermissionDenied, errors.NotFound, errors.Unavailable: as :meth:`_route`.
+        """
+        _checked_path(request)
+        detail = AuditDetail(path=request.path, flags=flags)
+        principal, route = await self._route(ctx, request.vm_id, permission, action, detail)
+        return principal, route, detail
 
     def _audited(
         self, ctx: CallContext, principal: Principal, route: VMRoute, action: AuditAction, detail: AuditDetail
@@ -401,19 +452,14 @@ class VMAPI:
         self, request: api_pb.ReadGuestFileRequest, ctx: CallContext
     ) -> api_pb.ReadGuestFileResponse:
         """A whole file or a range; the audit row names the path (never the contents)."""
-        check_message(request)
-        if not request.path:
-            raise errors.InvalidArgument("path is required")
-        flags = tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
-        detail = AuditDetail(path=request.path, flags=flags)
-        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_READ, detail)
+        principal, route, detail = await self._file_route(
+            ctx, request, Permission.FILE_READ, AuditAction.FILE_READ, _range_flags(request)
+        )
         async with self._audited(ctx, principal, route, AuditAction.FILE_READ, detail):
             answer = await self.nodes.call(
                 self._reachable(route),
                 "ReadGuestFile",
-                node_pb.ReadGuestFileRequest(
-                    vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
-                ),
+                _node_read(route, request),
                 node_pb.ReadGuestFileResponse,
                 budget_s=ctx.budget_s(FILE_CALL_BUDGET_S),
             )
@@ -428,21 +474,16 @@ class VMAPI:
         a file read. Its budget is the client's deadline, or :data:`FILE_CALL_BUDGET_S`
         without one (a stream of any size has no budget of its own); closing the stream
         stops the read in the guest."""
-        check_message(request)
-        if not request.path:
-            raise errors.InvalidArgument("path is required")
-        flags = tuple(f"{k}={v}" for k, v in (("offset", request.offset), ("length", request.length)) if v)
-        detail = AuditDetail(path=request.path, flags=(*flags, "stream"))
-        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_READ, detail)
+        principal, route, detail = await self._file_route(
+            ctx, request, Permission.FILE_READ, AuditAction.FILE_READ, (*_range_flags(request), "stream")
+        )
         remaining = ctx.time_remaining()
         budget = ctx.budget_s(FILE_CALL_BUDGET_S if math.isinf(remaining) else remaining)
         async with self._audited(ctx, principal, route, AuditAction.FILE_READ, detail):
             upstream = self.nodes.stream(
                 self._reachable(route),
                 "ReadGuestFileStream",
-                node_pb.ReadGuestFileRequest(
-                    vm_id=route.vm.vm_id, path=request.path, offset=request.offset, length=request.length
-                ),
+                _node_read(route, request),
                 node_pb.ReadGuestFileChunk,
                 budget_s=budget,
             )
@@ -469,9 +510,7 @@ class VMAPI:
         request is dropped before the transfer, so a 45 MiB write holds the
         content about once while hostd works.
         """
-        check_message(request)
-        if not request.path:
-            raise errors.InvalidArgument("path is required")
+        _checked_path(request)
         content = request.content
         flags = [name for name in ("append", "create_parents") if getattr(request, name)]
         if request.HasField("mode"):
@@ -503,11 +542,7 @@ class VMAPI:
     async def StatGuestFile(
         self, request: api_pb.StatGuestFileRequest, ctx: CallContext
     ) -> api_pb.StatGuestFileResponse:
-        check_message(request)
-        if not request.path:
-            raise errors.InvalidArgument("path is required")
-        detail = AuditDetail(path=request.path)
-        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_STAT, detail)
+        principal, route, detail = await self._file_route(ctx, request, Permission.FILE_READ, AuditAction.FILE_STAT)
         async with self._audited(ctx, principal, route, AuditAction.FILE_STAT, detail):
             stat = await self.nodes.call(
                 self._reachable(route),
@@ -521,11 +556,7 @@ class VMAPI:
     async def ListGuestDirectory(
         self, request: api_pb.ListGuestDirectoryRequest, ctx: CallContext
     ) -> api_pb.ListGuestDirectoryResponse:
-        check_message(request)
-        if not request.path:
-            raise errors.InvalidArgument("path is required")
-        detail = AuditDetail(path=request.path)
-        principal, route = await self._route(ctx, request.vm_id, Permission.FILE_READ, AuditAction.FILE_LIST, detail)
+        principal, route, detail = await self._file_route(ctx, request, Permission.FILE_READ, AuditAction.FILE_LIST)
         async with self._audited(ctx, principal, route, AuditAction.FILE_LIST, detail):
             listing = await self.nodes.call(
                 self._reachable(route),

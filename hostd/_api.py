@@ -16,7 +16,7 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 import trio
 
@@ -46,6 +46,20 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The requests that name one VM (by ``vm_id``).
+_VMRequest: TypeAlias = (
+    node_pb.CancelExecutionRequest
+    | node_pb.ExecuteInGuestRequest
+    | node_pb.GetVMRequest
+    | node_pb.GuestShutdownRequest
+    | node_pb.ListGuestDirectoryRequest
+    | node_pb.PingAgentRequest
+    | node_pb.ReadGuestFileRequest
+    | node_pb.ResetGuestPasswordRequest
+    | node_pb.StatGuestFileRequest
+    | node_pb.WriteGuestFileRequest
+)
 
 SERVICE: Final = node_pb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 #: Largest ReadGuestFile answer: it travels in one Connect message; larger
@@ -151,6 +165,17 @@ class NodeAPI:
     def __init__(self, registry: VMRegistry) -> None:
         self.registry = registry
 
+    def _vm(self, request: _VMRequest) -> VMConnection:
+        """The connection of the VM a request names (its ``vm_id``), once the request is
+        checked against its limits (nothing oversized is looked up).
+
+        Raises:
+            errors.InvalidArgument: a field over its limit.
+            errors.NotFound: no such VM on this host (reason ``vm_not_found``).
+        """
+        check_message(request)
+        return self.registry.get(request.vm_id)
+
     # -- inventory ---------------------------------------------------------------
 
     async def ListVMs(self, request: node_pb.ListVMsRequest, ctx: CallContext) -> node_pb.ListVMsResponse:
@@ -158,13 +183,11 @@ class NodeAPI:
         return node_pb.ListVMsResponse(vms=[vm_status(conn) for conn in self.registry.connections()])
 
     async def GetVM(self, request: node_pb.GetVMRequest, ctx: CallContext) -> node_pb.VMStatus:
-        check_message(request)
-        return vm_status(self.registry.get(request.vm_id))
+        return vm_status(self._vm(request))
 
     async def PingAgent(self, request: node_pb.PingAgentRequest, ctx: CallContext) -> node_pb.AgentPingResponse:
         """Connectivity check: ``connected: false`` with the reason rather than an error."""
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         started = trio.current_time()
         try:
             pong = await vm.ping()
@@ -189,8 +212,7 @@ class NodeAPI:
     async def ExecuteInGuest(
         self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext
     ) -> node_pb.ExecuteInGuestResponse:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         execution_id = request.execution_id or new_message_id()
         answer = await vm.request(
             deadline_s=ctx.budget_s(self._command_budget(request.request)),
@@ -207,8 +229,7 @@ class NodeAPI:
         A client that goes away closes this generator; leaving the agent's
         stream early cancels the command in the guest.
         """
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         execution_id = request.execution_id or new_message_id()
         req = pb.ExecuteRequest()
         req.CopyFrom(request.request)
@@ -225,8 +246,7 @@ class NodeAPI:
     async def CancelExecution(
         self, request: node_pb.CancelExecutionRequest, ctx: CallContext
     ) -> node_pb.CancelExecutionResponse:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         if not request.execution_id:
             raise errors.InvalidArgument("execution_id is required")
         answer = await vm.request(cancel=pb.CancelRequest(target_message_id=request.execution_id))
@@ -247,8 +267,7 @@ class NodeAPI:
                 :data:`DEFAULT_READ_BYTES` (reason ``too_large``).
             Internal: the digests differ.
         """
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         if request.length > MAX_READ_BYTES:
             raise errors.InvalidArgument(f"length is limited to {MAX_READ_BYTES} bytes per call")
         limit = request.length or DEFAULT_READ_BYTES
@@ -282,8 +301,7 @@ class NodeAPI:
         Raises:
             Internal: the digests differ (in the last chunk's place).
         """
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         async with aclosing(self._read_chunks(vm, request, STREAM_CHUNK_BYTES, ctx.budget_s(math.inf))) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -315,8 +333,7 @@ class NodeAPI:
         self, request: node_pb.WriteGuestFileRequest, ctx: CallContext
     ) -> node_pb.WriteGuestFileResponse:
         """One atomic write transfer in 1 MiB pieces; the agent checks the SHA-256 on commit."""
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         content = request.content
         if len(content) > MAX_WRITE_BYTES:
             raise errors.ResourceExhausted(f"content is limited to {MAX_WRITE_BYTES} bytes per call")
@@ -350,15 +367,13 @@ class NodeAPI:
         return node_pb.WriteGuestFileResponse(bytes_written=answer.bytes_written, sha256=answer.sha256)
 
     async def StatGuestFile(self, request: node_pb.StatGuestFileRequest, ctx: CallContext) -> pb.FileStat:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         return (await vm.request(file_stat=pb.FileStatRequest(path=request.path))).file_stat_response
 
     async def ListGuestDirectory(
         self, request: node_pb.ListGuestDirectoryRequest, ctx: CallContext
     ) -> pb.ListDirectoryResponse:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         req = pb.ListDirectoryRequest(path=request.path, page_size=request.page_size, page_token=request.page_token)
         return (await vm.request(list_directory=req)).list_directory_response
 
@@ -367,8 +382,7 @@ class NodeAPI:
     async def GuestShutdown(
         self, request: node_pb.GuestShutdownRequest, ctx: CallContext
     ) -> node_pb.GuestShutdownResponse:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         mode = pb.SHUTDOWN_MODE_REBOOT if request.reboot else request.mode
         req = pb.ShutdownRequest(mode=mode, delay_seconds=request.delay_seconds, message=request.message)
         answer = (await vm.request(shutdown=req)).shutdown_response
@@ -377,8 +391,7 @@ class NodeAPI:
     async def ResetGuestPassword(
         self, request: node_pb.ResetGuestPasswordRequest, ctx: CallContext
     ) -> node_pb.ResetGuestPasswordResponse:
-        check_message(request)
-        vm = self.registry.get(request.vm_id)
+        vm = self._vm(request)
         req = pb.ResetPasswordRequest(username=request.username, password=request.password, expire=request.expire)
         answer = (await vm.request(reset_password=req)).reset_password_response
         return node_pb.ResetGuestPasswordResponse(expired=answer.expired)
