@@ -36,6 +36,8 @@ __all__ = [
     "check_token_transport",
     "client_ssl_context",
     "is_loopback_url",
+    "load_cert_chain",
+    "load_verify_locations",
     "server_refusal",
     "tls_failure",
 ]
@@ -133,13 +135,32 @@ def client_ssl_context(tls: TLSFiles | None = None) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.sslobject_class = _RecordingSSLObject
     if tls.cert_file:
-        try:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSConfigError(
-                f"cannot load the client certificate {tls.cert_file} with key {tls.key_file}: {_reason(exc)}"
-            ) from exc
+        load_cert_chain(ctx, tls.cert_file, tls.key_file, what="the client certificate")
     return ctx
+
+
+def load_cert_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str, *, what: str = "the certificate") -> None:
+    """``ctx.load_cert_chain`` with an error that names the files and says why in words.
+
+    Raises:
+        TLSConfigError: a file is missing, unreadable, or not a certificate or its key.
+    """
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"cannot load {what} {cert_file} with key {key_file}: {_reason(exc)}") from exc
+
+
+def load_verify_locations(ctx: ssl.SSLContext, ca_file: str, *, what: str = "the CA file") -> None:
+    """``ctx.load_verify_locations`` with an error that names the file and says why in words.
+
+    Raises:
+        TLSConfigError: the file is missing, unreadable, or holds no certificate.
+    """
+    try:
+        ctx.load_verify_locations(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"cannot load {what} {ca_file}: {_reason(exc)}") from exc
 
 
 def tls_failure(exc: BaseException) -> str | None:

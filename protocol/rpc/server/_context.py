@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, final
 
 import trio
@@ -78,6 +78,16 @@ class CallContext:
         self._started = trio.current_time()
         self._body_read = False
         self._held: _Held | None = None
+
+    @classmethod
+    def from_scope(
+        cls, scope: Mapping[str, Any], headers: Headers, *, procedure: str, streaming: bool, protocol: str
+    ) -> CallContext:
+        """The context of a call arriving as an ASGI request: the peer is the scope's
+        ``client`` (absent on a Unix socket)."""
+        client = scope.get("client")
+        peer = (str(client[0]), int(client[1])) if client else None
+        return cls(procedure=procedure, headers=headers, peer=peer, streaming=streaming, protocol=protocol)
 
     @property
     def bearer_token(self) -> str | None:

@@ -353,11 +353,10 @@ class GrpcApp:
 
     async def _call(self, exchange: _Exchange, route: Route) -> None:
         router = self.router
-        client = exchange.scope.get("client")
-        ctx = CallContext(
+        ctx = CallContext.from_scope(
+            exchange.scope,
+            exchange.headers,
             procedure=route.procedure,
-            headers=exchange.headers,
-            peer=(str(client[0]), int(client[1])) if client else None,
             streaming=route.streaming,
             protocol="grpc-web" if exchange.protocol.web else "grpc",
         )

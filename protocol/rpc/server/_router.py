@@ -261,13 +261,8 @@ class Router:
                 reason="unsupported_media_type",
             )
             return self.reject(error, 415, Headers({"Accept-Post": ", ".join(accept)}), unread=unread)
-        client = request.scope.get("client")
-        ctx = CallContext(
-            procedure=route.procedure,
-            headers=request.headers,
-            peer=(str(client[0]), int(client[1])) if client else None,
-            streaming=route.streaming,
-            protocol=protocol.name,
+        ctx = CallContext.from_scope(
+            request.scope, request.headers, procedure=route.procedure, streaming=route.streaming, protocol=protocol.name
         )
         return await protocol.serve(self, route, codec, ctx)
 

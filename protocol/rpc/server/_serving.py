@@ -68,7 +68,7 @@ if sys.version_info >= (3, 11):  # novermin
 else:  # pragma: no cover - Python 3.10: trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
-from ...tls import TLSConfigError
+from ...tls import TLSConfigError, load_cert_chain, load_verify_locations
 
 __all__ = [
     "ALERT_LINGER_BYTES",
@@ -487,26 +487,12 @@ def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9113 9.2: HTTP/2 needs TLS 1.2 or later
     ctx.options |= ssl.OP_NO_COMPRESSION  # RFC 9113 9.2.1, and CRIME
     ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
-    try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(
-            f"cannot load the certificate {tls.cert_file} with key {tls.key_file}: {_why(exc)}"
-        ) from exc
+    load_cert_chain(ctx, tls.cert_file, tls.key_file)
     if tls.client_ca_file:
-        try:
-            ctx.load_verify_locations(tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSConfigError(f"cannot load the client CA file {tls.client_ca_file}: {_why(exc)}") from exc
+        load_verify_locations(ctx, tls.client_ca_file, what="the client CA file")
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
     ctx.sslobject_class = _logging_ssl_object(_RefusalLog())
     return ctx
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    return getattr(exc, "strerror", None) or str(exc)
 
 
 @final
