@@ -6,6 +6,7 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
 from typing import final
 
 import trio
@@ -29,20 +30,22 @@ class Names:
         self._groups: dict[int, str] = {}
 
     def user(self, uid: int) -> str:
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = ""
-        return self._users[uid]
+        """``uid``'s name; "" when it has none."""
+        return _cached(self._users, uid, lambda: pwd.getpwuid(uid).pw_name)
 
     def group(self, gid: int) -> str:
-        if gid not in self._groups:
-            try:
-                self._groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._groups[gid] = ""
-        return self._groups[gid]
+        """``gid``'s name; "" when it has none."""
+        return _cached(self._groups, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def _cached(names: dict[int, str], key: int, lookup: Callable[[], str]) -> str:
+    """``names[key]``, looked up first if need be ("" for an id NSS does not know)."""
+    if key not in names:
+        try:
+            names[key] = lookup()
+        except KeyError:
+            names[key] = ""
+    return names[key]
 
 
 def file_type(mode: int) -> pb.FileType:

@@ -81,42 +81,26 @@ _MAX_ID: Final = 2**32 - 2
 _NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
 
 
-def _lookup_uid(owner: str) -> int:
-    """The uid of ``owner`` (a name or a uid); -1 (unchanged) when empty.
+def _lookup_id(value: str, *, group: bool) -> int:
+    """The uid of an owner, or with ``group`` the gid of a group (a name or a number);
+    -1 (unchanged) when empty.
 
     Raises:
-        NotFound: no such user in the guest (reason ``unknown_user``, as execute's run_as says it).
-        InvalidArgument: a uid out of range (reason ``id_out_of_range``).
+        NotFound: no such user or group in the guest (reason ``unknown_user`` as execute's
+            run_as says it, or ``unknown_group``).
+        InvalidArgument: a uid or gid out of range (reason ``id_out_of_range``).
     """
-    if not owner:
+    if not value:
         return -1
-    if owner.isdigit():
-        if int(owner) > _MAX_ID:
-            raise errors.InvalidArgument(f"uid {owner} is out of range", reason="id_out_of_range")
-        return int(owner)
+    kind, word = ("gid", "group") if group else ("uid", "user")
+    if value.isdigit():
+        if int(value) > _MAX_ID:
+            raise errors.InvalidArgument(f"{kind} {value} is out of range", reason="id_out_of_range")
+        return int(value)
     try:
-        return pwd.getpwnam(owner).pw_uid
+        return grp.getgrnam(value).gr_gid if group else pwd.getpwnam(value).pw_uid
     except KeyError:
-        raise errors.NotFound(f"no such user {owner!r} in the guest", reason="unknown_user") from None
-
-
-def _lookup_gid(group: str) -> int:
-    """The gid of ``group`` (a name or a gid); -1 (unchanged) when empty.
-
-    Raises:
-        NotFound: no such group in the guest (reason ``unknown_group``).
-        InvalidArgument: a gid out of range (reason ``id_out_of_range``).
-    """
-    if not group:
-        return -1
-    if group.isdigit():
-        if int(group) > _MAX_ID:
-            raise errors.InvalidArgument(f"gid {group} is out of range", reason="id_out_of_range")
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise errors.NotFound(f"no such group {group!r} in the guest", reason="unknown_group") from None
+        raise errors.NotFound(f"no such {word} {value!r} in the guest", reason=f"unknown_{word}") from None
 
 
 def _lstat_at(dirfd: int, name: str) -> os.stat_result | None:
@@ -324,7 +308,7 @@ def _stage(config: AgentConfig, req: pb.FileWriteRequest) -> _StagedFile:
     directory = directory or "/"
     if not name:
         raise errno_error(errno.EISDIR, shown)
-    uid, gid = _lookup_uid(req.owner), _lookup_gid(req.group)
+    uid, gid = _lookup_id(req.owner, group=False), _lookup_id(req.group, group=True)
     if req.create_parents:
         _make_parents(directory, policy, shown)
     with os_errors(shown):
