@@ -266,8 +266,13 @@ async def test_write_mode_and_owner(start_agent, connect, tmp_path: Path) -> Non
             with pytest.raises(errors.NotFound) as exc:
                 await write(client, path=tmp_path / "x", data=b"", last=True, owner="no-such-user-lqx")
             assert exc.value.reason == "unknown_user"
-            with pytest.raises(errors.InvalidArgument):
-                await write(client, path=tmp_path / "x", data=b"", last=True, group="4294967295")
+            with pytest.raises(errors.NotFound) as exc:
+                await write(client, path=tmp_path / "x", data=b"", last=True, group="no-such-group-lqx")
+            assert exc.value.reason == "unknown_group" and "group 'no-such-group-lqx'" in exc.value.message
+            for field in ("owner", "group"):  # (uid_t)-1 means "unchanged" to chown: refused
+                with pytest.raises(errors.InvalidArgument) as bad:
+                    await write(client, path=tmp_path / "x", data=b"", last=True, **{field: "4294967295"})
+                assert bad.value.reason == "id_out_of_range"
             with pytest.raises(errors.InvalidArgument):
                 await write(client, path=tmp_path / "x", data=b"", last=True, file_mode=0o10000)
             # Replacing keeps the replaced file's mode unless told otherwise.
