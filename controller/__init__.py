@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from limiquantix.protocol._lazy import import_lazily
+
 from ._auth import GLOBAL_PERMISSIONS as GLOBAL_PERMISSIONS
 from ._auth import ROLE_PERMISSIONS as ROLE_PERMISSIONS
 from ._auth import Permission as Permission
@@ -49,7 +51,7 @@ from .store import SQLiteStore as SQLiteStore
 from .store import Store as Store
 
 #: Exported from :mod:`._daemon`, imported when first asked for (see the module docstring).
-_LAZY = frozenset({"ControllerConfig", "ControllerConfigError", "load_config", "serve"})
+_LAZY = dict.fromkeys(("ControllerConfig", "ControllerConfigError", "load_config", "serve"), "._daemon")
 
 __all__ = [
     "AuditAction",
@@ -82,8 +84,4 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import _daemon
-
-        return getattr(_daemon, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return import_lazily(__name__, _LAZY, name)

@@ -19,6 +19,8 @@ and benchmarks).
 
 from typing import TYPE_CHECKING, Any
 
+from limiquantix.protocol._lazy import import_lazily
+
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
     from ._config import CONTROLLER_TOKEN_ENV as CONTROLLER_TOKEN_ENV
     from ._config import TOKEN_ENV as TOKEN_ENV
@@ -35,16 +37,16 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 #: simulated VM and the hostile guest tools do, ``python -m limiquantix.hostd.simvm``)
 #: must not pay for the web stack (quart, hypercorn, prometheus_client), ~1 s on a loaded host.
 _LAZY = {
-    "CONTROLLER_TOKEN_ENV": "_config",
-    "TOKEN_ENV": "_config",
-    "ConfigError": "_config",
-    "ConnectionConfig": "_config",
-    "DiscoveryConfig": "_config",
-    "HostdConfig": "_config",
-    "VMEntry": "_config",
-    "load_config": "_config",
-    "main": "_daemon",
-    "serve": "_daemon",
+    "CONTROLLER_TOKEN_ENV": "._config",
+    "TOKEN_ENV": "._config",
+    "ConfigError": "._config",
+    "ConnectionConfig": "._config",
+    "DiscoveryConfig": "._config",
+    "HostdConfig": "._config",
+    "VMEntry": "._config",
+    "load_config": "._config",
+    "main": "._daemon",
+    "serve": "._daemon",
 }
 
 __all__ = [
@@ -62,8 +64,4 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return import_lazily(__name__, _LAZY, name)

@@ -13,6 +13,7 @@ measured (protobuf alone costs tens of milliseconds).
 
 from __future__ import annotations
 
+from ._lazy import import_lazily
 from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._version import __version__ as __version__
 
@@ -20,8 +21,4 @@ __all__ = ["PROTOCOL_VERSION", "__version__", "agent_pb2"]
 
 
 def __getattr__(name: str) -> object:
-    if name == "agent_pb2":
-        from ._gen import agent_pb2
-
-        return agent_pb2
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return import_lazily(__name__, {"agent_pb2": "._gen"}, name)

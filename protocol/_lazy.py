@@ -1,0 +1,34 @@
+"""Exports imported on first use (PEP 562), for the packages whose whole import costs more
+than most of their users need: ``limiquantix.protocol`` (protobuf, for the CLI's start-up),
+``limiquantix.hostd`` and ``limiquantix.controller`` (the web stack, for the simulated VM,
+the hostile guest and the ``token`` commands)."""
+
+from __future__ import annotations
+
+import importlib
+
+# Names for type checkers only: typing and collections would cost the CLI's measured
+# start-up milliseconds (it imports this through limiquantix.protocol).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = ["import_lazily"]
+
+
+def import_lazily(package: str, where: Mapping[str, str], name: str) -> Any:
+    """What a package's ``__getattr__`` answers for ``name``: imported from the module
+    ``where[name]`` names (relative to ``package``), or that module's submodule ``name``.
+
+    Raises:
+        AttributeError: ``name`` is not one of ``where``'s (as for any missing attribute).
+    """
+    module = where.get(name)
+    if module is None:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    found = importlib.import_module(module, package)
+    try:
+        return getattr(found, name)
+    except AttributeError:  # a submodule its package does not import itself (protocol._gen's)
+        return importlib.import_module(f"{module}.{name}", package)
