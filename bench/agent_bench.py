@@ -42,7 +42,6 @@ development; ``make bench`` runs the full figures.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import hashlib
@@ -66,9 +65,11 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     Child,
     Figure,
     _die_with_parent,
+    bench_parser,
     blocks,
     cpu_seconds,
     median,
+    output_path,
     percentile,
     print_table,
     report_failure,
@@ -86,10 +87,6 @@ from limiquantix.protocol.framing import FrameDecoder
 from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
 MiB: Final = 1024 * 1024
-REPO: Final = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "agent.json"
-#: --quick figures are not the real ones: never overwrite those with them.
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "agent-quick.json"
 #: How long an agent may take to create its socket and answer.
 START_TIMEOUT_S: Final = 20.0
 #: Per-figure safety net, so a wedged agent fails the run instead of hanging it.
@@ -121,15 +118,8 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
-        parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-        parser.add_argument(
-            "--quick", action="store_true", help="short idle window (10 s), 16 MiB files, fewer samples"
-        )
-        parser.add_argument(
-            "--output",
-            type=Path,
-            default=None,
-            help=f"JSON results (default {DEFAULT_OUTPUT.relative_to(REPO)}; with --quick {QUICK_OUTPUT.relative_to(REPO)})",
+        parser = bench_parser(
+            __doc__, "agent", "short idle window (10 s), 16 MiB files, fewer samples", keep_workdir=False
         )
         parser.add_argument(
             "--workdir",
@@ -158,7 +148,7 @@ class Settings:
             exec_blocks=5,
             idle_s=ns.idle_s or (10.0 if q else 60.0),
             telemetry_interval_s=5.0,
-            output=ns.output or (QUICK_OUTPUT if q else DEFAULT_OUTPUT),
+            output=output_path("agent", ns),
             workdir=ns.workdir,
         )
 

@@ -6,11 +6,13 @@ imported by its file name from bench/, not as a package.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import trio
 
 from limiquantix.protocol.daemon import die_with_parent
 
@@ -199,6 +202,11 @@ def print_table(figures: list[Figure], title: str, context: str, *, baseline: st
     print(f"; missed: {', '.join(missed)}" if missed else "")
 
 
+#: The line a daemon logs once it listens (the benches bind port 0): its URL is group 1.
+CONTROLLER_SERVING_RE = re.compile(r"limiquantix-controller \S+ serving (https?://\S+)")
+HOSTD_SERVING_RE = re.compile(r"limiquantix-hostd \S+ serving (https?://[^\s,]+)")
+
+
 @dataclass
 class Child:
     """A process a benchmark started, with its log (for errors) and a clean stop."""
@@ -221,6 +229,27 @@ class Child:
     def check_alive(self) -> None:
         if self.popen.poll() is not None:
             raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+
+    def logged(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        """``pattern`` in what the process has logged so far.
+
+        Raises:
+            BenchError: the process has exited.
+        """
+        self.check_alive()
+        return pattern.search(self.log_path.read_text(errors="replace"))
+
+    async def serving_url(self, pattern: re.Pattern[str], timeout_s: float) -> str:
+        """The URL in the daemon's "serving" line (``pattern``'s group 1), once it is logged.
+
+        Raises:
+            BenchError: no such line within ``timeout_s``, or the process exited.
+        """
+        with trio.move_on_after(timeout_s):
+            while not (match := self.logged(pattern)):
+                await trio.sleep(0.05)
+            return match.group(1)
+        raise BenchError(f"no 'serving' line from {self.name} within {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; reaped either way."""
@@ -265,6 +294,34 @@ def report_failure(prog: str, exc: BaseException, expected: tuple[type[BaseExcep
             traceback.print_exception(leaf)
         print(f"{prog}: error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
     return 1
+
+
+#: Where the benches write their figures (NAME.json, NAME-quick.json with --quick).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def bench_parser(doc: str | None, name: str, quick_help: str, *, keep_workdir: bool = True) -> argparse.ArgumentParser:
+    """A bench's command line with the flags they all take: ``--quick`` (``quick_help`` says
+    what it shortens), ``--output`` (see :func:`output_path`) and, unless ``keep_workdir`` is
+    false, ``--keep-workdir``; the description is the first paragraph of ``doc``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"JSON results (default bench/results/{name}.json; with --quick {name}-quick.json)",
+    )
+    if keep_workdir:
+        parser.add_argument("--keep-workdir", action="store_true", help="keep the work dir and every log")
+    return parser
+
+
+def output_path(name: str, ns: argparse.Namespace) -> Path:
+    """Where a bench parsed by :func:`bench_parser` writes its figures: ``--output``, else
+    ``bench/results/NAME.json`` (``NAME-quick.json`` with ``--quick``: a quick run never
+    replaces the full figures)."""
+    return Path(ns.output or RESULTS_DIR / (f"{name}-quick.json" if ns.quick else f"{name}.json"))
 
 
 @contextlib.contextmanager

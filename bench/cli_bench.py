@@ -35,7 +35,6 @@ Exits non-zero only on errors; a missed target is reported, not fatal. See bench
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -62,8 +61,6 @@ from limiquantix.protocol import errors  # noqa: E402
 __all__ = ["Settings", "install_wheel", "main", "measure"]
 
 REPO: Final = BENCH_DIR.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "cli.json"
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "cli-quick.json"
 #: Target (issue 13): the CLI's wall time over curl's, medians.
 RATIO_TARGET: Final = 1.5
 #: What a wheel is built from (copied first: setuptools builds in the source tree).
@@ -84,16 +81,13 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
-        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="20 rounds instead of 100")
+        parser = bl.bench_parser(__doc__, "cli", "20 rounds instead of 100")
         parser.add_argument("--rounds", type=int, default=None, help="samples of each path")
-        parser.add_argument("--output", type=Path, default=None)
-        parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir and every log")
         ns = parser.parse_args(argv)
         return cls(
             quick=ns.quick,
             rounds=ns.rounds or (20 if ns.quick else 100),
-            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            output=bl.output_path("cli", ns),
             keep_workdir=ns.keep_workdir,
         )
 

@@ -43,11 +43,9 @@ errors; missed targets are reported, not fatal. See bench/README.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import re
 import secrets
 import socket
 import subprocess
@@ -62,7 +60,8 @@ import trio
 BENCH_DIR: Final = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import hostd_bench as hb  # noqa: E402 - bench/ is not a package
+import benchlib as bl  # noqa: E402 - bench/ is not a package
+import hostd_bench as hb  # noqa: E402
 
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
 from limiquantix.protocol import errors  # noqa: E402
@@ -70,9 +69,6 @@ from limiquantix.protocol._gen import agent_pb2 as pb  # noqa: E402
 
 __all__ = ["Settings", "main", "measure"]
 
-REPO: Final = BENCH_DIR.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "controller.json"
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "controller-quick.json"
 VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
 ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
 FLEET_SERVICE: Final = "/limiquantix.compute.v1.FleetService"
@@ -90,7 +86,6 @@ FLEET_TARGET_MS: Final = 5000.0
 #: GetCommand polling while a fleet run is in progress.
 FLEET_POLL_S: Final = 0.05
 _FLEET_DONE: Final = frozenset({"success", "failed", "cancelled"})
-_CONTROLLER_SERVING_RE: Final = re.compile(r"limiquantix-controller \S+ serving (http://\S+)")
 _VM_A: Final = "sim-a"
 
 
@@ -113,10 +108,7 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
-        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="10 s of pings, 60 executes")
-        parser.add_argument("--output", type=Path, default=None)
-        parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir and every log")
+        parser = bl.bench_parser(__doc__, "controller", "10 s of pings, 60 executes")
         ns = parser.parse_args(argv)
         return cls(
             quick=ns.quick,
@@ -124,7 +116,7 @@ class Settings:
             exec_warmup=10 if ns.quick else 30,
             exec_blocks=3 if ns.quick else 5,
             ping_seconds=10.0 if ns.quick else 30.0,
-            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            output=bl.output_path("controller", ns),
             keep_workdir=ns.keep_workdir,
         )
 
@@ -225,18 +217,6 @@ def _spawn(name: str, argv: list[str], log_path: Path, cwd: Path, env: dict[str,
             preexec_fn=hb._die_with_parent,  # noqa: PLW1509 - children die with the benchmark
         )
     return hb.Child(name, popen, log_path)
-
-
-async def _serving_url(child: hb.Child) -> str:
-    """Raises: hb.BenchError: no "serving" line in time, or the process died."""
-    with trio.move_on_after(START_TIMEOUT_S):
-        while True:
-            child.check_alive()
-            match = _CONTROLLER_SERVING_RE.search(child.log_path.read_text(errors="replace"))
-            if match:
-                return match.group(1)
-            await trio.sleep(0.05)
-    raise hb.BenchError(f"no 'serving' line from {child.name}:\n{child.log_tail()}")
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -409,7 +389,7 @@ async def measure(work: Path, settings: Settings) -> Results:
             work / "controller.log", work, env={**os.environ, "LQX_ADMIN_TOKEN": admin_token},
         )  # fmt: skip
         stack.callback(controller.stop)
-        url = await _serving_url(controller)
+        url = await controller.serving_url(bl.CONTROLLER_SERVING_RE, START_TIMEOUT_S)
         headers = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=FIGURE_TIMEOUT_S))
         made = await client.post(

@@ -70,13 +70,16 @@ from typing import Any, Final
 
 import trio
 from benchlib import (  # noqa: E402 - bench/ is not a package: found by file name
+    HOSTD_SERVING_RE,
     BenchError,
     Child,
     Figure,
     _die_with_parent,
+    bench_parser,
     blocks,
     cpu_seconds,
     median,
+    output_path,
     percentile,
     print_table,
     report_failure,
@@ -91,10 +94,6 @@ from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
-REPO: Final = BENCH_DIR.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "hostd.json"
-#: --quick figures are not the real ones: never overwrite those with them.
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "hostd-quick.json"
 SERVICE: Final = "/limiquantix.node.v1.NodeDaemonService"
 #: hostd's start, the fleet's start, 500 connections: each bounded by this.
 START_TIMEOUT_S: Final = 90.0
@@ -108,7 +107,6 @@ BATCH_PAUSE_S: Final = 0.5
 #: once overflow it (connections reset; see the "new connection per call" row).
 CONNECT_AT_ONCE: Final = 50
 #: hostd's log line naming its bound addresses (daemon.serve).
-_SERVING_RE: Final = re.compile(r"limiquantix-hostd \S+ serving (http://[^\s,]+)")
 _CONNECTED_RE: Final = re.compile(r'^lqx_hostd_vms\{state="connected"\} (\S+)$', re.M)
 _RECONNECTS_RE: Final = re.compile(r"^lqx_hostd_agent_reconnects_total (\S+)$", re.M)
 
@@ -390,14 +388,7 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
-        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="15 s idle window, 3 ping batches, 60 executes")
-        parser.add_argument(
-            "--output",
-            type=Path,
-            default=None,
-            help=f"JSON results (default {DEFAULT_OUTPUT.relative_to(REPO)}; with --quick {QUICK_OUTPUT.relative_to(REPO)})",
-        )
+        parser = bench_parser(__doc__, "hostd", "15 s idle window, 3 ping batches, 60 executes", keep_workdir=False)
         parser.add_argument(
             "--workdir",
             type=Path,
@@ -452,7 +443,7 @@ class Settings:
             exec_count=ns.exec_count or (60 if q else 300),
             exec_warmup=5 if q else 20,
             exec_blocks=6 if q else 10,
-            output=ns.output or (QUICK_OUTPUT if q else DEFAULT_OUTPUT),
+            output=output_path("hostd", ns),
             workdir=ns.workdir,
             hostd_log_level=ns.hostd_log_level,
             profile=ns.profile,
@@ -544,15 +535,12 @@ def start_hostd(work: Path, sockdir: Path, token_file: Path, settings: Settings)
 
 
 async def hostd_url(hostd: Child) -> str:
-    """The node API's URL, from hostd's "serving" log line (it binds port 0)."""
-    with trio.move_on_after(START_TIMEOUT_S):
-        while True:
-            hostd.check_alive()
-            match = _SERVING_RE.search(hostd.log_path.read_text(errors="replace"))
-            if match:
-                return match.group(1)
-            await trio.sleep(0.05)
-    raise BenchError(f"no 'serving http://...' line from hostd within {START_TIMEOUT_S:.0f} s:\n{hostd.log_tail()}")
+    """The node API's URL, from hostd's "serving" log line (it binds port 0).
+
+    Raises:
+        BenchError: no such line within START_TIMEOUT_S, or hostd exited.
+    """
+    return await hostd.serving_url(HOSTD_SERVING_RE, START_TIMEOUT_S)
 
 
 # ======================================================================= HTTP clients
@@ -708,9 +696,14 @@ class Results:
     profile_note: str | None = None
 
 
-def _check_ping_body(vm_id: str, status: int, data: dict[str, Any] | None, text: str) -> tuple[str | None, float]:
-    if status != 200 or data is None:
-        return f"{vm_id}: HTTP {status} {text[:200]}", 0.0
+def _check_ping_body(vm_id: str, status: int, body: bytes) -> tuple[str | None, float]:
+    """A PingAgent answer: (what is wrong with it or None, the agent's latency in ms)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if status != 200 or not isinstance(data, dict):
+        return f"{vm_id}: HTTP {status} {body[:200].decode(errors='replace')}", 0.0
     if not data.get("connected"):
         return f"{vm_id}: not connected: {data.get('error')}", 0.0
     return None, float(data.get("latencyMs", 0.0))
@@ -738,11 +731,7 @@ async def httpx_ping_batch(
             return
         finally:
             call_ms[i] = (time.perf_counter() - t0) * 1000
-        try:
-            data = r.json()
-        except ValueError:
-            data = None
-        problem, agent_ms[i] = _check_ping_body(vm_ids[i], r.status_code, data, r.text)
+        problem, agent_ms[i] = _check_ping_body(vm_ids[i], r.status_code, r.content)
         if problem:
             failures.append(problem)
 
@@ -772,11 +761,7 @@ async def raw_ping_batch(conns: list[RawHttp], vm_ids: list[str], hostd: Child) 
             t0 = time.perf_counter()
             status, body = await conn.call(requests[i])
             call_ms[i] = (time.perf_counter() - t0) * 1000
-            try:
-                data = json.loads(body)
-            except ValueError:
-                data = None
-            problem, agent_ms[i] = _check_ping_body(vm_ids[i], status, data, body.decode(errors="replace"))
+            problem, agent_ms[i] = _check_ping_body(vm_ids[i], status, body)
             if problem:
                 failures.append(problem)
 
@@ -814,11 +799,7 @@ async def cold_ping_batch(url: str, token: str, vm_ids: list[str], hostd: Child)
             return
         finally:
             call_ms[i] = (time.perf_counter() - t0) * 1000
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        problem, agent_ms[i] = _check_ping_body(vm_ids[i], status, data, body.decode(errors="replace"))
+        problem, agent_ms[i] = _check_ping_body(vm_ids[i], status, body)
         if problem:
             failures.append(problem)
 

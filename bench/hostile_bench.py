@@ -31,7 +31,6 @@ VMs and 3 s per phase. Prints a table and writes ``bench/results/hostile.json``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -51,7 +50,9 @@ from benchlib import (  # noqa: E402
     Child,
     Figure,
     _die_with_parent,
+    bench_parser,
     cpu_seconds,
+    output_path,
     percentile,
     print_table,
     report_failure,
@@ -66,9 +67,6 @@ from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb  # noqa: E402
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
 
-REPO: Final = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "hostile.json"
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "hostile-quick.json"
 SCENARIOS: Final = ("garbage", "magic_spam", "dense_headers", "event_flood", "oversized_identity")
 HOSTILE_ID: Final = "hostile"
 #: Keep-alive connections of the bystanders' ping loop (each pings one VM after another).
@@ -99,16 +97,13 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
-        p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        p.add_argument("--quick", action="store_true", help="5 VMs, 3 s per phase")
+        p = bench_parser(__doc__, "hostile", "5 VMs, 3 s per phase")
         p.add_argument("--vms", type=int, help="healthy simulated VMs (default 20, quick 5)")
         p.add_argument("--phase-s", type=float, help="seconds of pings per phase (default 10, quick 3)")
         p.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these attacks (repeatable)")
-        p.add_argument("--output", type=Path, default=None, help="JSON results (default bench/results/hostile.json)")
         p.add_argument(
             "--workdir", type=Path, default=None, help="directory for sockets and logs (default: a temp dir)"
         )
-        p.add_argument("--keep-workdir", action="store_true", help="keep the work dir and every log")
         ns = p.parse_args(argv)
         q = ns.quick
         return cls(
@@ -117,7 +112,7 @@ class Settings:
             phase_s=ns.phase_s or (3.0 if q else 10.0),
             settle_s=3.0 if q else 5.0,
             scenarios=tuple(ns.scenario or SCENARIOS),
-            output=ns.output or (QUICK_OUTPUT if q else DEFAULT_OUTPUT),
+            output=output_path("hostile", ns),
             workdir=ns.workdir,
             keep_workdir=ns.keep_workdir,
         )

@@ -51,10 +51,8 @@ Exits non-zero only on errors; missed targets are reported, not fatal. See bench
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import re
 import secrets
 import sys
 import time
@@ -79,9 +77,6 @@ from limiquantix.protocol.tls import TLSFiles, client_ssl_context  # noqa: E402
 
 __all__ = ["Settings", "grpc_figures", "main", "measure"]
 
-REPO: Final = BENCH_DIR.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "rpc.json"
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "rpc-quick.json"
 VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
 ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
 #: Targets (issue 11).
@@ -90,7 +85,6 @@ TLS_READ_RATIO_TARGET: Final = 0.8
 FILE_BYTES: Final = 64 * 1024 * 1024
 #: Each ReadGuestFile reads this much (hostd's limit per call is 48 MiB).
 READ_RANGE_BYTES: Final = 32 * 1024 * 1024
-_SERVING_RE: Final = re.compile(r"limiquantix-controller \S+ serving (https?://\S+)")
 
 
 @dataclass(frozen=True)
@@ -108,10 +102,7 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
-        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="fewer calls, one file read per stack")
-        parser.add_argument("--output", type=Path, default=None)
-        parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir and every log")
+        parser = bl.bench_parser(__doc__, "rpc", "fewer calls, one file read per stack")
         ns = parser.parse_args(argv)
         return cls(
             quick=ns.quick,
@@ -119,7 +110,7 @@ class Settings:
             ping_blocks=3 if ns.quick else 10,
             handshakes=50 if ns.quick else 300,
             reads=1 if ns.quick else 3,
-            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            output=bl.output_path("rpc", ns),
             keep_workdir=ns.keep_workdir,
         )
 
@@ -168,18 +159,6 @@ def make_pki(directory: Path) -> Path:
     pki.issue(directory, "controller-client", pki.CertKind.CLIENT)
     pki.issue(directory, "node-client", pki.CertKind.CLIENT, common_name="bench-tls")
     return directory
-
-
-async def _serving_url(child: bl.Child) -> str:
-    """Raises: bl.BenchError: no "serving" line in time, or the process died."""
-    with trio.move_on_after(cb.START_TIMEOUT_S):
-        while True:
-            child.check_alive()
-            match = _SERVING_RE.search(child.log_path.read_text(errors="replace"))
-            if match:
-                return match.group(1)
-            await trio.sleep(0.05)
-    raise bl.BenchError(f"no 'serving' line from {child.name}:\n{child.log_tail()}")
 
 
 def _cpu_s(pid: int) -> float:
@@ -268,7 +247,7 @@ async def start_stack(stack: contextlib.AsyncExitStack, work: Path, name: str, c
         d / "controller.log", d, env={**os.environ, "LQX_ADMIN_TOKEN": admin_token},
     )  # fmt: skip
     stack.callback(controller.stop)
-    url = await _serving_url(controller)
+    url = await controller.serving_url(bl.CONTROLLER_SERVING_RE, cb.START_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {admin_token}"}
     client = await stack.enter_async_context(httpx.AsyncClient(timeout=cb.FIGURE_TIMEOUT_S, verify=verify))
     made = await client.post(

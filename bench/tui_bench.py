@@ -59,7 +59,6 @@ See bench/README.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -67,7 +66,6 @@ import gc
 import os
 import pty
 import random
-import re
 import secrets
 import select
 import signal
@@ -97,9 +95,6 @@ from limiquantix.tui.widgets.fleet_table import COLUMNS  # noqa: E402
 
 __all__ = ["Settings", "churned_fleet", "main"]
 
-REPO: Final = BENCH_DIR.parent
-DEFAULT_OUTPUT: Final = REPO / "bench" / "results" / "tui.json"
-QUICK_OUTPUT: Final = REPO / "bench" / "results" / "tui-quick.json"
 VM_SERVICE: Final = "/limiquantix.compute.v1.VMService"
 ADMIN_SERVICE: Final = "/limiquantix.compute.v1.AdminService"
 NODES_SERVICE: Final = "/limiquantix.compute.v1.NodeRegistryService"
@@ -124,7 +119,6 @@ OUTPUT_CHUNK: Final = 16 * 1024
 CPU_COLUMN: Final = 6
 HEARTBEAT_S: Final = 1.0
 START_TIMEOUT_S: Final = 60.0
-_SERVING_RE: Final = re.compile(r"limiquantix-controller \S+ serving (http://\S+)")
 #: The first row's name, sorted by name (what the first frame with data shows).
 FIRST_ROW: Final = b"batch-01"
 
@@ -142,9 +136,7 @@ class Settings:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
-        parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-        parser.add_argument("--quick", action="store_true", help="20 updates, 10 polls, 3 starts, 10 s window")
-        parser.add_argument("--output", type=Path, default=None)
+        parser = bl.bench_parser(__doc__, "tui", "20 updates, 10 polls, 3 starts, 10 s window", keep_workdir=False)
         ns = parser.parse_args(argv)
         return cls(
             quick=ns.quick,
@@ -153,7 +145,7 @@ class Settings:
             polls=10 if ns.quick else 30,
             starts=3 if ns.quick else 5,
             window_s=10.0 if ns.quick else 30.0,
-            output=ns.output or (QUICK_OUTPUT if ns.quick else DEFAULT_OUTPUT),
+            output=bl.output_path("tui", ns),
         )
 
 
@@ -296,16 +288,23 @@ def check_table(app: Any, screen: Any, count: int) -> None:
         raise bl.BenchError(f"the rows on screen are {got[:5]}..., not {want[:5]}...")
 
 
-async def refresh_large(s: Settings, r: Results) -> None:
-    """Figure 4: the same churn with VMS_LARGE VMs, the real fleet_updated only."""
+async def _fleet_by_cpu(app: Any, pilot: Any) -> Any:
+    """The fleet screen once the app started, sorted by CPU, highest first (the column a
+    refresh reorders most: every VM's CPU changes)."""
     from limiquantix.tui.screens.fleet import FleetScreen
 
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, FleetScreen)
+    screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+    return screen
+
+
+async def refresh_large(s: Settings, r: Results) -> None:
+    """Figure 4: the same churn with VMS_LARGE VMs, the real fleet_updated only."""
     app, _ = demo_data.demo_app(history=0)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        screen = await _fleet_by_cpu(app, pilot)
         for step in range(3 + (5 if s.quick else 10)):
             data = churned_fleet(VMS_LARGE, step)
             t0 = time.process_time()
@@ -323,15 +322,10 @@ async def refresh_large(s: Settings, r: Results) -> None:
 async def refresh_in_process(s: Settings, r: Results) -> None:
     from textual.widgets import DataTable
 
-    from limiquantix.tui.screens.fleet import FleetScreen
-
     app, _ = demo_data.demo_app(history=0)
     watch = GcWatch()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        screen = await _fleet_by_cpu(app, pilot)
         naive_table: DataTable[Any] = DataTable(id="naive", cursor_type="row", zebra_stripes=True)
         await screen.mount(naive_table, after=screen.table)
         naive_table.add_column(" ", key="sel", width=1)
@@ -592,8 +586,7 @@ def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
         work, env={**os.environ, "LQX_ADMIN_TOKEN": admin},
     )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not (match := _SERVING_RE.search(controller.log_path.read_text(errors="replace"))):
-        controller.check_alive()
+    while not (match := controller.logged(bl.CONTROLLER_SERVING_RE)):
         if time.monotonic() > deadline:
             raise bl.BenchError(f"no 'serving' line from the controller:\n{controller.log_tail()}")
         time.sleep(0.05)
@@ -617,15 +610,11 @@ def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
 async def poll_cycle(url: str, token: str, s: Settings, r: Results) -> None:
     from limiquantix.tui.app import LimiQuantixApp
     from limiquantix.tui.config import TuiConfig
-    from limiquantix.tui.screens.fleet import FleetScreen
 
     app = LimiQuantixApp(TuiConfig(url=url, token=token), poll=False)
     watch = GcWatch()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, FleetScreen)
-        screen.sort_column, screen.sort_reverse = CPU_COLUMN, True
+        await _fleet_by_cpu(app, pilot)
         for i in range(s.polls + 2):
             gc0, w0, t0 = watch.full_ms, time.perf_counter(), time.process_time()
             await app.refresh_fleet()
