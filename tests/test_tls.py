@@ -478,6 +478,15 @@ def test_pki_cli_makes_a_ca_and_certificates_0600_and_never_overwrites(
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
     client = x509.load_pem_x509_certificate((d / "node-1-client.pem").read_bytes())
     assert client.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "node-1"
+    # The CA signs certificates (and nothing below it does); the others only sign handshakes.
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    for c, is_ca in ((ca, True), (cert, False), (client, False)):
+        basic = c.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = c.extensions.get_extension_for_class(x509.KeyUsage).value
+        assert (basic.ca, basic.path_length) == (is_ca, 0 if is_ca else None)
+        assert usage.digital_signature and not usage.key_encipherment
+        assert (usage.key_cert_sign, usage.crl_sign) == (is_ca, is_ca)
+    assert cert.issuer == ca.subject == ca.issuer
     ca_key = (d / "ca.key").read_bytes()
     capsys.readouterr()
     assert controller_main(["pki", "ca", "--dir", str(d)]) == 1
