@@ -34,6 +34,7 @@ __all__ = [
     "VM",
     "ApiError",
     "Client",
+    "given",
 ]
 
 VM = "limiquantix.compute.v1.VMService"
@@ -62,6 +63,12 @@ _STATUS_CODES = {
     503: "unavailable",
     504: "unavailable",
 }
+
+
+def given(**fields: Any) -> dict[str, Any]:
+    """The request fields (proto3 JSON names) that have a value: an empty string, 0, an empty
+    list or mapping is the field's default, so it is left out of the body."""
+    return {name: value for name, value in fields.items() if value}
 
 
 class ApiError(Exception):

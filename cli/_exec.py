@@ -11,7 +11,7 @@ import sys
 from limiquantix.protocol.deadlines import command_budget_s
 
 from . import _exitcodes as ec
-from ._client import VM, Client
+from ._client import VM, Client, given
 from ._output import GuestWriter, warn
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
@@ -48,18 +48,17 @@ def exec_body(
 ) -> dict[str, Any]:
     """An ExecuteScriptRequest in proto3 JSON: ``command`` + ``args`` is an argv, ``command``
     alone a shell script."""
-    body: dict[str, Any] = {"vmId": vm, "command": command}
-    if args:
-        body["args"] = list(args)
-    if timeout_s:
-        body["timeoutSeconds"] = timeout_s
-    if user:
-        body["runAsUser"] = user
-    if cwd:
-        body["workingDirectory"] = cwd
-    if env:
-        body["environment"] = dict(env)
-    return body
+    return {
+        "vmId": vm,
+        "command": command,
+        **given(
+            args=list(args),
+            timeoutSeconds=timeout_s,
+            runAsUser=user,
+            workingDirectory=cwd,
+            environment=dict(env or {}),
+        ),
+    }
 
 
 def ending(result: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import _exitcodes as ec
-from ._client import FLEET, ApiError, Client
+from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
 from ._options import MAX_TIMEOUT_S
 from ._output import print_json, progress_line, say, warn
@@ -105,12 +105,12 @@ def run_cmd(
         raise click.UsageError("name the targets: --label KEY=VALUE and/or --vm VM")
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-    body: dict[str, Any] = {"command": script, "vmIds": list(vm_ids), "labels": labels_dict(labels)}
-    for key, value in (("maxConcurrency", max_concurrency), ("maxErrors", max_errors), ("timeoutSeconds", timeout)):
-        if value:
-            body[key] = value
-    if user:
-        body["runAsUser"] = user
+    body = {
+        "command": script,
+        "vmIds": list(vm_ids),
+        "labels": labels_dict(labels),
+        **given(maxConcurrency=max_concurrency, maxErrors=max_errors, timeoutSeconds=timeout, runAsUser=user),
+    }
     started = client.call(FLEET, "RunCommand", body)
     command_id = started.get("commandId", "")
     warn(f"run {command_id}: {started.get('targetCount', 0)} targets")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from . import _exitcodes as ec
-from ._client import ADMIN, NODES, VM, Client
+from ._client import ADMIN, NODES, VM, Client, given
 from ._output import error_line, print_json, print_table, say, short_time
 from ._state import json_option, label_option, labels_dict, pass_client
 
@@ -27,13 +27,7 @@ def list_vms(
     out: list[dict[str, Any]] = []
     token = ""
     while True:
-        body: dict[str, Any] = {"pageSize": _PAGE_SIZE, "pageToken": token}
-        if node:
-            body["nodeId"] = node
-        if state:
-            body["state"] = state
-        if labels:
-            body["labels"] = labels
+        body = {"pageSize": _PAGE_SIZE, "pageToken": token, **given(nodeId=node, state=state, labels=labels)}
         answer = client.call(VM, "ListVMs", body)
         out.extend(answer.get("vms", ()))
         token = answer.get("nextPageToken", "")
@@ -210,11 +204,7 @@ def whoami_cmd(client: Client, as_json: bool) -> None:
 
 
 def _power(client: Client, vm: str, reboot: bool, delay: int, message: str, as_json: bool) -> None:
-    body: dict[str, Any] = {"vmId": vm, "reboot": reboot}
-    if delay:
-        body["delaySeconds"] = delay
-    if message:
-        body["message"] = message
+    body = {"vmId": vm, "reboot": reboot, **given(delaySeconds=delay, message=message)}
     answer = client.call(VM, "GuestShutdown", body)
     if as_json:
         print_json(answer)

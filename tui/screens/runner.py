@@ -146,24 +146,25 @@ class RunnerScreen(LqxScreen):
         self.query_one("#timeout", Input).value = str(timeout_s)
         self.query_one("#run-as", Input).value = run_as
 
-    def edit(self, index: int) -> None:
-        """Recent run ``index`` into the editor (script, timeout, user), to change and run."""
+    def _load_recent(self, index: int) -> bool:
+        """Recent run ``index`` into the editor (script, timeout, user); False if there is none."""
         recent = self._recent()
         if not 0 <= index < len(recent):
-            return
+            return False
         run = recent[index]
         self._fill_editor(run.script, run.timeout_s, run.run_as)
-        self.query_one("#script", TextArea).focus()
-        self.notify("Loaded into the editor: ctrl+r runs it.", timeout=3)
+        return True
+
+    def edit(self, index: int) -> None:
+        """Recent run ``index`` into the editor, to change and run."""
+        if self._load_recent(index):
+            self.query_one("#script", TextArea).focus()
+            self.notify("Loaded into the editor: ctrl+r runs it.", timeout=3)
 
     def rerun(self, index: int) -> None:
         """Recent run ``index`` again, as it was."""
-        recent = self._recent()
-        if not 0 <= index < len(recent):
-            return
-        run = recent[index]
-        self._fill_editor(run.script, run.timeout_s, run.run_as)
-        self.action_run()
+        if self._load_recent(index):
+            self.action_run()
 
     def action_load(self) -> None:
         """A local file into the editor (ctrl+o)."""
