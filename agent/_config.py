@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from limiquantix.protocol import config as _loader
-from limiquantix.protocol.config import ConfigError
+from limiquantix.protocol.config import ConfigError, check_log_format
 from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
 from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
@@ -129,8 +129,7 @@ class AgentConfig:
             raise ConfigError("max_buffered_bytes must be at least max_frame_bytes (plus its 18-byte header)")
         if self.partial_frame_timeout_s <= 0 or self.write_stall_timeout_s <= 0:
             raise ConfigError("partial_frame_timeout_s and write_stall_timeout_s must be > 0")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError("log_format must be text or json")
+        check_log_format(self.log_format)
         for name in ("file_read_allow", "file_read_deny", "file_write_allow", "file_write_deny"):
             for prefix in getattr(self, name):
                 if not prefix.startswith("/"):

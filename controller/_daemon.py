@@ -153,26 +153,19 @@ class ControllerConfig:
     """Allow sending node tokens over plain http:// to other machines (anyone on the path reads them)."""
 
     def __post_init__(self) -> None:
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls_cert_file and tls_key_file go together")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        if bool(self.node_cert_file) != bool(self.node_key_file):
-            raise ConfigError("node_cert_file and node_key_file go together")
+        config_loader.check_server_tls(self)
+        config_loader.check_together(self, "node_cert_file", "node_key_file")
         if self.node_ca_file and self.node_mtls and not self.node_cert_file:
             raise ConfigError(
                 "node_ca_file turns on mutual TLS with hostd: set node_cert_file and node_key_file "
                 "(limiquantix-controller pki client controller-client), or node_mtls = false"
             )
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"listen must be host:port, not {self.listen!r}")
+        config_loader.check_listen(self.listen)
         if not self.db:
             raise ConfigError("db must name a file")
         if not self.heartbeat_timeout_s > 0:
             raise ConfigError("heartbeat_timeout_s must be > 0")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError("log_format must be text or json")
+        config_loader.check_log_format(self.log_format)
         if not 0 < self.max_request_bytes_in_flight_per_user <= self.max_request_bytes_in_flight:
             raise ConfigError(
                 "max_request_bytes_in_flight_per_user must be > 0 and at most max_request_bytes_in_flight"

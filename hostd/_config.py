@@ -61,7 +61,13 @@ from typing import Any, Final, final
 from limiquantix.protocol import __version__
 from limiquantix.protocol import config as config_loader
 from limiquantix.protocol.client import EVENT_BURST, EVENT_RATE_PER_S
-from limiquantix.protocol.config import ConfigError
+from limiquantix.protocol.config import (
+    ConfigError,
+    check_listen,
+    check_log_format,
+    check_server_tls,
+    check_together,
+)
 from limiquantix.protocol.framing import MAX_FRAME_BYTES
 from limiquantix.protocol.rpc.server import ServerTLS, server_ssl_context
 from limiquantix.protocol.tls import (
@@ -301,11 +307,8 @@ class HostdConfig:
         if not self.listen and not self.unix_socket:
             raise ConfigError("nothing to listen on: set listen and/or unix_socket")
         if self.listen:
-            host, sep, port = self.listen.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"listen must be host:port, not {self.listen!r}")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError("log_format must be text or json")
+            check_listen(self.listen)
+        check_log_format(self.log_format)
         if self.controller_url:
             if not self.controller_url.startswith(("http://", "https://")):
                 raise ConfigError("controller_url must be http:// or https://")
@@ -318,12 +321,8 @@ class HostdConfig:
                 )  # fmt: skip
             except InsecureTransportError as exc:
                 raise ConfigError(str(exc)) from None
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls_cert_file and tls_key_file go together")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
-        if bool(self.controller_cert_file) != bool(self.controller_key_file):
-            raise ConfigError("controller_cert_file and controller_key_file go together")
+        check_server_tls(self)
+        check_together(self, "controller_cert_file", "controller_key_file")
         if not self.heartbeat_interval_s > 0:
             raise ConfigError("heartbeat_interval_s must be > 0")
         if self.max_request_bytes_in_flight < 1:

@@ -41,6 +41,10 @@ __all__ = [
     "ConfigError",
     "FieldHelpFormatter",
     "add_field_flags",
+    "check_listen",
+    "check_log_format",
+    "check_server_tls",
+    "check_together",
     "dump_toml",
     "field_docs",
     "from_mapping",
@@ -62,6 +66,53 @@ _HELP_CLASSES: dict[str, type] = {}
 
 class ConfigError(ValueError):
     """The configuration file, a flag or a value is invalid (the message names it)."""
+
+
+# ------------------------------------------------------------------ checks the daemons share
+
+
+def check_listen(value: str, key: str = "listen") -> None:
+    """An address to listen on, ``host:port``.
+
+    Raises:
+        ConfigError: anything else (named by ``key``).
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{key} must be host:port, not {value!r}")
+
+
+def check_log_format(value: str) -> None:
+    """``log_format``: what :mod:`limiquantix.protocol.logs` writes, ``text`` or ``json``.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value not in ("text", "json"):
+        raise ConfigError("log_format must be text or json")
+
+
+def check_together(config: object, first: str, second: str) -> None:
+    """Two keys set together or not at all (a certificate and its key).
+
+    Raises:
+        ConfigError: one is set without the other.
+    """
+    if bool(getattr(config, first)) != bool(getattr(config, second)):
+        raise ConfigError(f"{first} and {second} go together")
+
+
+def check_server_tls(config: object) -> None:
+    """A daemon's ``tls_cert_file``, ``tls_key_file`` and ``tls_client_ca_file``: the first two
+    together, the CA (client certificates) only with them.
+
+    Raises:
+        ConfigError: what is missing, named.
+    """
+    check_together(config, "tls_cert_file", "tls_key_file")
+    cert, client_ca = (getattr(config, f"tls_{name}_file") for name in ("cert", "client_ca"))
+    if client_ca and not cert:
+        raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
 
 
 # ------------------------------------------------------------------ field facts

@@ -177,3 +177,31 @@ def test_dump_toml_reads_back_the_same(tmp_path: Path) -> None:
     cfg = tmp_path / "dumped.toml"
     cfg.write_text(text)
     assert load(["--config", str(cfg)], tmp_path) == dataclasses.replace(config, secret="")
+
+
+def test_the_checks_the_daemons_share() -> None:
+    """listen, log_format and the server's TLS files, refused by name the same way in every daemon."""
+    check_listen, check_server_tls = loader.check_listen, loader.check_server_tls
+    check_listen("127.0.0.1:8080")
+    check_listen("[::1]:0")
+    for bad in ("8080", "host:", ":80", "host:http"):
+        with pytest.raises(ConfigError, match=f"listen must be host:port, not {bad!r}"):
+            check_listen(bad)
+    loader.check_log_format("json")
+    with pytest.raises(ConfigError, match="log_format must be text or json"):
+        loader.check_log_format("xml")
+
+    @dataclasses.dataclass
+    class Server:
+        tls_cert_file: str = ""
+        tls_key_file: str = ""
+        tls_client_ca_file: str = ""
+
+    check_server_tls(Server())
+    check_server_tls(Server("c.pem", "c.key", "ca.pem"))
+    with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file go together"):
+        check_server_tls(Server(tls_key_file="c.key"))
+    with pytest.raises(ConfigError, match="tls_client_ca_file needs tls_cert_file and tls_key_file"):
+        check_server_tls(Server(tls_client_ca_file="ca.pem"))
+    with pytest.raises(ConfigError, match="tls_key_file and tls_cert_file go together"):
+        loader.check_together(Server(tls_cert_file="c.pem"), "tls_key_file", "tls_cert_file")
