@@ -51,7 +51,13 @@ from quart_trio import QuartTrio
 from limiquantix.protocol import __version__, errors
 from limiquantix.protocol import config as config_loader
 from limiquantix.protocol.config import ConfigError
-from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics, run_daemon, stop_on_signals
+from limiquantix.protocol.daemon import (
+    PROMETHEUS_CONTENT_TYPE,
+    RpcMetrics,
+    check_tls_files,
+    run_daemon,
+    stop_on_signals,
+)
 from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc.server import (
     CallContext,
@@ -61,10 +67,9 @@ from limiquantix.protocol.rpc.server import (
     Service,
     http_config,
     serve_http,
-    server_ssl_context,
     transport_summary,
 )
-from limiquantix.protocol.tls import TLSConfigError, TLSFiles, client_ssl_context
+from limiquantix.protocol.tls import TLSFiles
 
 from ._admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from ._auth import Principal
@@ -198,12 +203,7 @@ def check_tls(config: ControllerConfig) -> None:
     Raises:
         ConfigError: a file cannot be used.
     """
-    try:
-        if (tls := server_tls(config)) is not None:
-            server_ssl_context(tls)
-        client_ssl_context(node_tls(config))
-    except TLSConfigError as exc:
-        raise ConfigError(str(exc)) from None
+    check_tls_files(server_tls(config), node_tls(config))
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -69,13 +69,11 @@ from limiquantix.protocol.config import (
     check_together,
 )
 from limiquantix.protocol.framing import MAX_FRAME_BYTES
-from limiquantix.protocol.rpc.server import ServerTLS, server_ssl_context
+from limiquantix.protocol.rpc.server import ServerTLS
 from limiquantix.protocol.tls import (
     InsecureTransportError,
-    TLSConfigError,
     TLSFiles,
     check_token_transport,
-    client_ssl_context,
 )
 
 __all__ = [
@@ -364,13 +362,11 @@ class HostdConfig:
         Raises:
             ConfigError: a file cannot be used (named, with the reason).
         """
-        try:
-            if (tls := self.server_tls()) is not None:
-                server_ssl_context(tls)
-            if self.controller_url.startswith("https://"):
-                client_ssl_context(self.controller_tls())
-        except TLSConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        # Imported here: protocol.daemon loads prometheus_client, which only a running hostd needs.
+        from limiquantix.protocol.daemon import check_tls_files
+
+        controller = self.controller_tls() if self.controller_url.startswith("https://") else None
+        check_tls_files(self.server_tls(), controller)
 
 
 def _secret(value: str, file: str, what: str, env: str) -> str:

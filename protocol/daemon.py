@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,10 +19,15 @@ __all__ = [
     "LATENCY_BUCKETS",
     "PROMETHEUS_CONTENT_TYPE",
     "RpcMetrics",
+    "check_tls_files",
     "die_with_parent",
     "run_daemon",
     "stop_on_signals",
 ]
+
+if TYPE_CHECKING:
+    from .rpc.server import ServerTLS
+    from .tls import TLSFiles
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +105,23 @@ def run_daemon(prog: str, main: Callable[[], Awaitable[object]]) -> int:
         log.critical("%s stopped by an unexpected error", prog, exc_info=True)
         return 1
     return 0
+
+
+def check_tls_files(server: ServerTLS | None, client: TLSFiles | None) -> None:
+    """Load every certificate and key a daemon will use (its server's, its client's) once, at
+    start, so that a bad file stops it there, named, rather than at its first connection.
+
+    Raises:
+        ConfigError: a file cannot be used (named, with the reason).
+    """
+    from .config import ConfigError
+    from .rpc.server import server_ssl_context
+    from .tls import TLSConfigError, client_ssl_context
+
+    try:
+        if server is not None:
+            server_ssl_context(server)
+        if client is not None:
+            client_ssl_context(client)
+    except TLSConfigError as exc:
+        raise ConfigError(str(exc)) from None
