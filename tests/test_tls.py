@@ -29,6 +29,7 @@ from test_controller_api import DEADLINE_S, _make_tokens
 from limiquantix.controller import pki
 from limiquantix.controller.__main__ import main as controller_main
 from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError
+from limiquantix.controller._daemon import check_tls as check_controller_tls
 from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.controller._forward import NodeClient
 from limiquantix.controller._models import NodeInfo
@@ -454,6 +455,18 @@ def test_tls_configuration_errors_name_the_file(tmp_path: Path, certs: Certs) ->
         ControllerConfig(node_ca_file=certs.ca)
     with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file go together"):
         HostdConfig(token="x", tls_cert_file=certs.pem("hostd"))
+    # At start, each daemon loads its files once: a bad one is a configuration error, named.
+    junk = str(tmp_path / "junk.pem")
+    with pytest.raises(ConfigError, match="cannot load the certificate .*junk.pem"):
+        HostdConfig(token="x", tls_cert_file=junk, tls_key_file=junk).check_tls()
+    hostd = HostdConfig(token="x", controller_url="https://c.example:8080", controller_token="t",
+                        controller_ca_file=junk)  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot load the CA file .*junk.pem"):
+        hostd.check_tls()
+    with pytest.raises(ConfigError, match="cannot load the certificate .*junk.pem"):
+        check_controller_tls(ControllerConfig(tls_cert_file=junk, tls_key_file=junk))
+    with pytest.raises(ConfigError, match="cannot load the client certificate .*junk.pem"):
+        check_controller_tls(ControllerConfig(node_ca_file=certs.ca, node_cert_file=junk, node_key_file=junk))
 
 
 # ----------------------------------------------------------------------------- pki
