@@ -388,7 +388,7 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
-        parser = bench_parser(__doc__, "hostd", "15 s idle window, 3 ping batches, 60 executes", keep_workdir=False)
+        parser = bench_parser(__doc__, "hostd", "15 s idle window, 3 ping batches, 60 executes")
         parser.add_argument(
             "--workdir",
             type=Path,
@@ -426,9 +426,6 @@ class Settings:
             help="after the idle window, record hostd with py-spy (raw collapsed stacks) into this file",
         )
         parser.add_argument("--profile-s", type=float, default=20.0, help="length of the py-spy recording (default 20)")
-        parser.add_argument(
-            "--keep-workdir", action="store_true", help="keep the work dir (logs of hostd, the fleet, the VMs)"
-        )
         ns = parser.parse_args(argv)
         q = ns.quick
         return cls(
