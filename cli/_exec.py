@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from limiquantix.protocol.deadlines import command_budget_s
+from limiquantix.protocol.exits import describe_exit
 
 from . import _exitcodes as ec
 from ._client import VM, Client, given
@@ -62,21 +63,14 @@ def exec_body(
 
 
 def ending(result: Mapping[str, Any]) -> str:
-    """How a command ended, in words, from its result's JSON (an ExecuteScriptResponse or a
-    fleet run's target: the same exitCode, exitReason and signal): ``exit 3``, ``timed out
-    (signal 15)``, ``cancelled by signal 15``, ``killed by signal 9``, ``failed to start``;
-    empty when it does not say (a fleet target whose agent never answered)."""
-    reason = str(result.get("exitReason", ""))
-    signal = int(result.get("signal") or 0)
-    if "exitCode" in result and reason in ("exited", ""):
-        return f"exit {result['exitCode']}"
-    if result.get("timedOut") or reason == "timed_out":
-        return "timed out" + (f" (signal {signal})" if signal else "")
-    if reason == "failed_to_start":
-        return "failed to start"
-    if signal:
-        return f"{'cancelled' if reason == 'cancelled' else 'killed'} by signal {signal}"
-    return reason.replace("_", " ")
+    """How a command ended, in words (:func:`~limiquantix.protocol.exits.describe_exit`), from
+    its result's JSON: an ExecuteScriptResponse or a fleet run's target, which carry the same
+    exitCode, exitReason and signal; empty when it does not say (a target never run)."""
+    reason = str(result.get("exitReason") or ("timed_out" if result.get("timedOut") else ""))
+    code = result.get("exitCode")
+    if code is None and not reason:
+        return ""
+    return describe_exit(code, reason, int(result.get("signal") or 0), int(result.get("durationMs") or 0))
 
 
 def exit_status(result: Mapping[str, Any]) -> int:
@@ -87,7 +81,7 @@ def exit_status(result: Mapping[str, Any]) -> int:
     if "exitCode" in result and reason in ("exited", ""):
         return int(result["exitCode"]) & 0xFF
     if result.get("timedOut") or reason == "timed_out":
-        warn(f"timed out after {result.get('durationMs', 0)} ms" + (f" ({error})" if error else ""))
+        warn(ending(result) + (f" ({error})" if error else ""))
         return ec.EXEC_TIMED_OUT
     if reason == "failed_to_start":
         warn(f"the command could not be started: {error or 'no reason given'}")

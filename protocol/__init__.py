@@ -7,7 +7,7 @@ correlation), :mod:`.errors` (the error hierarchy and its Connect mapping).
 
 ``agent_pb2`` is loaded on first use (PEP 562): importing any ``limiquantix.protocol.*``
 module runs this file first, and the pure ones (:mod:`.safetext`, :mod:`.deadlines`,
-:mod:`.clientconfig`) must stay cheap for ``limiquantix exec``, whose start-up time is
+:mod:`.exits`, :mod:`.clientconfig`) must stay cheap for ``limiquantix exec``, whose start-up time is
 measured (protobuf alone costs tens of milliseconds).
 """
 

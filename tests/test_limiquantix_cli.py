@@ -387,7 +387,7 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
     assert done.returncode == 0, done.stderr
     assert "2 targets: 2 success" in done.stdout.decode()
     progress = done.stderr.decode()
-    assert "web-1  started" in progress and "web-2  success  exit 0" in progress
+    assert "web-1  started" in progress and "web-2  success  exit code 0" in progress
     assert sorted(p.name for p in out.iterdir()) == ["web-1.stderr", "web-1.stdout", "web-2.stderr", "web-2.stdout"]
     assert (out / "web-2.stdout").read_text().startswith("hello from") and (
         out / "web-2.stderr"
@@ -401,7 +401,8 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
     killed = lqx("run", "--vm", "web-1", "--interval", "0.1", "kill -9 $$", env=env)
     assert killed.returncode == 1 and "web-1  failed  killed by signal 9" in killed.stderr.decode()
     timed = lqx("run", "--vm", "web-2", "--timeout", "1", "--interval", "0.1", "sleep 30", env=env)
-    assert timed.returncode == 1 and "web-2  timed_out  timed out (signal 15)" in timed.stderr.decode()
+    line = next(x for x in timed.stderr.decode().splitlines() if x.startswith("web-2  timed_out"))
+    assert timed.returncode == 1 and line.startswith("web-2  timed_out  timed out after 1.") and "(signal 15)" in line
     none = lqx("run", "true", env=env)
     assert none.returncode == 2 and b"name the targets" in none.stderr
     bad = lqx("run", "--vm", "web-1", "--max-errors", "lots", "true", env=env)

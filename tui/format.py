@@ -16,6 +16,7 @@ from rich.text import Text
 
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
+from limiquantix.protocol.exits import describe_exit
 from limiquantix.protocol.safetext import safe_text
 
 __all__ = [
@@ -238,21 +239,12 @@ def exit_summary(result: vm_pb.ExecuteScriptResponse | fleet_pb.FleetTarget) -> 
     not count a timeout as success).
     """
     timed_out = isinstance(result, vm_pb.ExecuteScriptResponse) and result.timed_out
-    reason = result.exit_reason or ("timed_out" if timed_out else "")
-    code = result.exit_code if result.HasField("exit_code") else None
-    if code is not None and reason in ("", "exited"):
-        return f"exit code {code}"
-    signal = result.signal
-    if reason == "timed_out":
-        ms = result.duration_ms
-        return f"timed out after {ms / 1000:.1f} s" + (f" (signal {signal})" if signal else "")
-    if reason == "cancelled":
-        return "cancelled" + (f" (signal {signal})" if signal else "")
-    if reason == "signaled":
-        return f"killed by signal {signal}" if signal else "killed by a signal"
-    if reason == "failed_to_start":
-        return "failed to start"
-    return reason.replace("_", " ") if reason else "no exit status"
+    return describe_exit(
+        result.exit_code if result.HasField("exit_code") else None,
+        result.exit_reason or ("timed_out" if timed_out else ""),
+        result.signal,
+        result.duration_ms,
+    )
 
 
 def exit_cell(target: fleet_pb.FleetTarget) -> str:
