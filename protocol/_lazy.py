@@ -5,10 +5,9 @@ the hostile guest and the ``token`` commands)."""
 
 from __future__ import annotations
 
-import importlib
-
-# Names for type checkers only: typing and collections would cost the CLI's measured
-# start-up milliseconds (it imports this through limiquantix.protocol).
+# Names for type checkers only, and importlib imported where a name is asked for: typing,
+# collections and importlib (with warnings) would cost the CLI's measured start-up (it
+# imports this module through limiquantix.protocol; tests/test_cli_http.py checks).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -27,6 +26,8 @@ def import_lazily(package: str, where: Mapping[str, str], name: str) -> Any:
     module = where.get(name)
     if module is None:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    import importlib
+
     found = importlib.import_module(module, package)
     try:
         return getattr(found, name)
