@@ -1,4 +1,5 @@
-"""``limiquantix-controller token ...`` as a real process on a real database file."""
+"""``limiquantix-controller token ...`` on a real database file: its ``main`` in the test's
+process (tests/inprocess.py), and as a real process once (test_help)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from pathlib import Path
 
 import pytest
 import trio
+from inprocess import run_main
 
+from limiquantix.controller.__main__ import main
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery, VMInfo
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.protocol import errors
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_main(main, *args)
+
+
+def cli_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same as a real process (``python -m limiquantix.controller``)."""
     return subprocess.run(
         [sys.executable, "-m", "limiquantix.controller", *args], capture_output=True, text=True, timeout=60
     )
@@ -188,5 +196,9 @@ def test_port_in_use_is_one_line_and_no_token_is_spent(tmp_path: Path) -> None:
 
 
 def test_help() -> None:
-    out = cli("token", "create", "--help")
+    out = cli_process("token", "create", "--help")
     assert out.returncode == 0 and "--labels" in out.stdout and "--db" in out.stdout
+    # A refusal as a process: its status, one line, no traceback.
+    missing = cli_process("--db", "/nonexistent/controller.db", "token", "list")
+    assert missing.returncode == 1 and "no controller database at /nonexistent" in missing.stderr
+    assert "Traceback" not in missing.stderr

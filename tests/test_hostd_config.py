@@ -1,17 +1,21 @@
-"""hostd's configuration (TOML, flags, token) and its Unix-socket listener."""
+"""hostd's configuration (TOML, flags, token) and its Unix-socket listener.
+
+The command line is mostly run in the test's process (tests/inprocess.py: its ``main``, as the
+process runs it); test_token_is_required_and_read_from_its_file runs it as a real process."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from inprocess import run_main
 
 from limiquantix.hostd import (
     CONTROLLER_TOKEN_ENV,
@@ -22,6 +26,19 @@ from limiquantix.hostd import (
     load_config,
     serve,
 )
+from limiquantix.hostd import _daemon as hostd_daemon
+
+
+@pytest.fixture
+def hostd(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``hostd(*args, env={...})``: ``limiquantix-hostd ARGS`` run in this process."""
+    # hostd's main tunes glibc's malloc for the process: not for the test's.
+    monkeypatch.setattr(hostd_daemon, "return_big_buffers_to_the_os", lambda: None)
+
+    def run(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_main(hostd_daemon.main, *args, env=env)
+
+    return run
 
 
 def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:
@@ -72,7 +89,9 @@ def test_token_is_required_and_read_from_its_file(tmp_path: Path) -> None:
     assert out.returncode == 2 and "bearer token is required" in out.stderr
 
 
-def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokens_come_from_files_or_the_environment_never_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostd: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     (tmp_path / "node.token").write_text("lqx_node-token-from-file\n")
     url = ["--controller-url", "https://c:8080"]
     with pytest.raises(
@@ -93,35 +112,30 @@ def test_tokens_come_from_files_or_the_environment_never_argv(tmp_path: Path, mo
         HostdConfig(controller_url="https://c", controller_token_file=str(tmp_path / "empty")).controller_bearer_token()
     # A secret on the command line is refused, saying why and what to use instead.
     for flag, instead in (("--token", "--token-file"), ("--controller-token", "--controller-token-file")):
-        out = subprocess.run(
-            [sys.executable, "-m", "limiquantix.hostd", flag, "s3cret"], capture_output=True, text=True
-        )
+        out = hostd(flag, "s3cret")
         assert out.returncode == 2 and f"{flag} is refused" in out.stderr and instead in out.stderr, out.stderr
         assert "ps" in out.stderr
 
 
-def test_cli_refuses_a_short_token_and_warns_of_missing_directories(tmp_path: Path) -> None:
-    def hostd(*args: str, token: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "limiquantix.hostd", "--config", "/dev/null", *args],
-            capture_output=True, text=True, timeout=60, env={**os.environ, TOKEN_ENV: token},
-        )  # fmt: skip
+def test_cli_refuses_a_short_token_and_warns_of_missing_directories(
+    tmp_path: Path, hostd: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    def with_token(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+        return hostd("--config", "/dev/null", *args, env={TOKEN_ENV: token})
 
-    out = hostd(token="abc")
+    out = with_token(token="abc")
     assert out.returncode == 2 and "the bearer token is too short (3 characters; at least 16" in out.stderr, out.stderr
     # Missing discovery directories are said at start (here it then stops on a port in use).
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        out = hostd("--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--socket-dir", str(tmp_path / "no-vms"),
-                    "--libvirt-channel-root", str(tmp_path / "no-libvirt"), token="a-long-enough-hostd-token")  # fmt: skip
+        out = with_token("--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--socket-dir", str(tmp_path / "no-vms"),
+                         "--libvirt-channel-root", str(tmp_path / "no-libvirt"), token="a-long-enough-hostd-token")  # fmt: skip
     assert out.returncode == 1
     assert f"socket_dir {tmp_path / 'no-vms'} does not exist" in out.stderr
     assert f"libvirt_channel_root {tmp_path / 'no-libvirt'} does not exist" in out.stderr
     # --help describes every flag.
-    helped = subprocess.run(
-        [sys.executable, "-m", "limiquantix.hostd", "--help"], capture_output=True, text=True, timeout=60
-    )
+    helped = hostd("--help")
     text = " ".join(helped.stdout.split())
     for flag, words in (("--listen", "TCP address of the node API"), ("--node-id", "This host's name in the controller"),
                         ("--heartbeat-interval-s", "Seconds between heartbeats"), ("--socket-dir", "Directory of <vm-id>.agent.sock sockets")):  # fmt: skip
@@ -129,16 +143,13 @@ def test_cli_refuses_a_short_token_and_warns_of_missing_directories(tmp_path: Pa
     assert "``" not in helped.stdout
 
 
-def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+def test_port_in_use_is_one_line(tmp_path: Path, hostd: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         address = f"127.0.0.1:{busy.getsockname()[1]}"
-        out = subprocess.run(
-            [sys.executable, "-m", "limiquantix.hostd", "--config", "/dev/null", "--listen", address,
-             "--socket-dir", str(tmp_path), "--libvirt-channel-root", ""],
-            capture_output=True, text=True, timeout=60, env={**os.environ, TOKEN_ENV: "a-long-enough-hostd-token"},
-        )  # fmt: skip
+        out = hostd("--config", "/dev/null", "--listen", address, "--socket-dir", str(tmp_path),
+                    "--libvirt-channel-root", "", env={TOKEN_ENV: "a-long-enough-hostd-token"})  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         f"limiquantix-hostd: unavailable: cannot listen on {address}: Address already in use"
