@@ -7,6 +7,8 @@
   what only a process can show (signals, exit codes, process groups).
 * ``start_simvm(...)``: a ``limiquantix-simvm`` process (a simulated VM: Unix
   socket, pty, the real agent), stopped after the test.
+* ``simvm_pool``: simulated VMs kept for the session and lent to the tests whose
+  guests only answer calls (:class:`SimVMPool`).
 
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
@@ -19,8 +21,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,76 @@ def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
             proc.proc.terminate()
     for proc in procs:
         proc.stop()
+
+
+class SimVMPool:
+    """Simulated VMs kept running for the session (one pytest process), lent to tests.
+
+    A simulated VM costs two Python processes to start (simvm and the agent: ~0.8 CPU-s on
+    the 2-core test machine); tests that only call their guests through hostd borrow one
+    instead. :meth:`lend` links each VM at the socket path the test names (a symlink: hostd
+    connects through it as to the VM's own socket, and a VM that exits leaves it dangling,
+    as its socket goes) and takes the VMs back afterwards; one that exited (powered off,
+    killed) is not lent again. A borrowed VM is one whose previous host client (the last
+    test's hostd) went away: what the guest wrote meanwhile waits in its port, which hostd's
+    hello sync discards, as after a hostd restart on a real QEMU chardev.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._idle: dict[tuple[str, ...], list[SimVMProcess]] = {}
+        self._all: list[SimVMProcess] = []
+
+    def _start(self, agent_args: tuple[str, ...]) -> SimVMProcess:
+        n = len(self._all)
+        vm = SimVMProcess.start(
+            str(self._root / f"vm{n}.sock"),
+            state_dir=self._root / f"state{n}",
+            name=f"pooled{n}",
+            agent_args=agent_args,
+            log_level="debug",
+        )
+        self._all.append(vm)
+        return vm
+
+    @contextmanager
+    def lend(self, links: Mapping[str, Path], *, agent_args: Sequence[str]) -> Iterator[dict[str, SimVMProcess]]:
+        """A running VM (started with ``agent_args``) linked at each path of ``links`` (by name),
+        for the block; wait for each with ``wait_ready`` as for a new one."""
+        idle = self._idle.setdefault(tuple(agent_args), [])
+        lent: dict[str, SimVMProcess] = {}
+        try:
+            for name, link in links.items():
+                while idle and idle[-1].proc.poll() is not None:
+                    idle.pop()
+                lent[name] = idle.pop() if idle else self._start(tuple(agent_args))
+                link.symlink_to(lent[name].socket_path)
+            yield lent
+        finally:
+            for name, vm in lent.items():
+                links[name].unlink(missing_ok=True)
+                if vm.proc.poll() is None:
+                    idle.append(vm)
+
+    def close(self) -> None:
+        for vm in self._all:  # all at once: they stop in parallel
+            if vm.proc.poll() is None:
+                vm.proc.terminate()
+        for vm in self._all:
+            vm.stop()
+
+
+@pytest.fixture(scope="session")
+def simvm_pool() -> Iterator[SimVMPool]:
+    """The session's :class:`SimVMPool` (short paths: sockets must fit in sun_path)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lqx-pool-") as d:
+        pool = SimVMPool(Path(d))
+        try:
+            yield pool
+        finally:
+            pool.close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """The controller end to end: a real controller (in-process, temp SQLite) and a real hostd that
 registers with it, real simulated VMs (limiquantix-simvm processes with the real agent), real
-HTTP on loopback, ports chosen by the OS."""
+HTTP on loopback, ports chosen by the OS. The simulated VMs are the session's (lent by
+conftest.SimVMPool to each test: starting two per test was most of these tests' CPU time)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import httpx
 import psutil
 import pytest
 import trio
+from conftest import SimVMPool
 
 from limiquantix.controller._auth import Role
 from limiquantix.controller._daemon import ControllerConfig
@@ -29,7 +31,6 @@ from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd import TOKEN_ENV, DiscoveryConfig, HostdConfig, VMEntry
 from limiquantix.hostd import serve as hostd_serve
-from limiquantix.hostd.simvm import SimVMProcess
 
 VM = "/limiquantix.compute.v1.VMService"
 FLEET = "/limiquantix.compute.v1.FleetService"
@@ -160,19 +161,13 @@ async def _make_tokens(
 
 
 @pytest.fixture
-async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
+async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> AsyncIterator[Stack]:
+    """A new controller (new database) and hostd; the simulated VMs, whose guests only answer
+    calls here, are the session's (conftest.SimVMPool), at ``short_tmp/<vm id>.sock``."""
     db = short_tmp / "db" / "controller.db"
     tokens = await _make_tokens(db)
-    sims = {
-        vm_id: SimVMProcess.start(
-            str(short_tmp / f"{vm_id}.sock"),
-            state_dir=short_tmp / f"state-{vm_id}",
-            name=vm_id,
-            agent_args=["--telemetry-interval-s=0.5"],
-        )
-        for vm_id in LABELS
-    }
-    try:
+    links = {vm_id: short_tmp / f"{vm_id}.sock" for vm_id in LABELS}
+    with simvm_pool.lend(links, agent_args=["--telemetry-interval-s=0.5"]) as sims:
         with trio.fail_after(DEADLINE_S):
             for sim in sims.values():
                 await sim.wait_ready()
@@ -185,9 +180,6 @@ async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
             st.hostd_scope.cancel()
             await st.stop_controller()
             await st.client.aclose()
-    finally:
-        for sim in sims.values():
-            sim.stop()
 
 
 def _envelopes(buf: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:

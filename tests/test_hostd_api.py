@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 import trio
+from conftest import SimVMPool
 
 from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
 from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
@@ -52,14 +53,13 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
+async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> AsyncIterator[Stack]:
+    """A new hostd finding two simulated VMs in its socket directory; the VMs, whose guests
+    only answer calls (test_guest_shutdown_stops_the_simulated_vm's is not lent again), are
+    the session's (conftest.SimVMPool)."""
     vms = short_tmp / "vms"
     vms.mkdir()
-    sims = {
-        f"vm{i}": SimVMProcess.start(str(vms / f"vm{i}.agent.sock"), state_dir=short_tmp / f"state{i}", name=f"vm{i}")
-        for i in range(2)
-    }
-    try:
+    with simvm_pool.lend({f"vm{i}": vms / f"vm{i}.agent.sock" for i in range(2)}, agent_args=()) as sims:
         with trio.fail_after(DEADLINE_S):
             for sim in sims.values():
                 await sim.wait_ready()
@@ -77,9 +77,6 @@ async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
                     await st.wait_state(vm_id, "AGENT_STATE_CONNECTED")
             yield st
         stop.set()
-    finally:
-        for sim in sims.values():
-            sim.stop()
 
 
 def envelopes(data: bytes) -> list[tuple[int, dict[str, Any]]]:
