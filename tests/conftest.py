@@ -97,6 +97,19 @@ class AgentProcess:
         return self.log.read_text(errors="replace")
 
 
+def wait_for_socket(proc: subprocess.Popen[bytes], sock: str, log: Path) -> None:
+    """Until the agent process has made its socket (at most 20 s).
+
+    Raises:
+        RuntimeError: it exited or timed out first (with its log).
+    """
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"agent did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def spawn_agent(short_tmp: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Start ``limiquantix-agent`` as a real process listening on a Unix socket."""
@@ -118,11 +131,7 @@ def spawn_agent(short_tmp: Path) -> Iterator[Callable[..., AgentProcess]]:
         ap = AgentProcess(proc, sock, log)
         procs.append(ap)
         if wait:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(sock):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"agent did not start:\n{ap.output()}")
-                time.sleep(0.01)
+            wait_for_socket(proc, sock, log)
         return ap
 
     yield spawn

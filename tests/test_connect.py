@@ -805,6 +805,17 @@ async def test_stream_request_envelope_larger_than_the_limit_is_resource_exhaust
         assert json.loads(envelopes[-1][1])["error"]["code"] == "resource_exhausted"
 
 
+async def closed_by_the_server_as_cancelled(server: Server) -> None:
+    """The stream's generator closed promptly after the client left, and the call counted as cancelled."""
+    with trio.fail_after(2):
+        await server.node.stream_closed.wait()
+        while not server.observed:
+            await trio.sleep(0.01)
+    assert server.codes("ExecuteInGuestStream") == ["canceled"]
+    # Closed by the server in the request's task, not later by the garbage collector.
+    assert server.closed_when_observed == [True]
+
+
 @pytest.mark.trio
 async def test_stream_client_disconnect_closes_the_generator_promptly(server: Server) -> None:
     with trio.fail_after(10):
@@ -819,13 +830,7 @@ async def test_stream_client_disconnect_closes_the_generator_promptly(server: Se
             await server.node.started.wait()
             assert not server.node.stream_closed.is_set()
         # Leaving the block closes the connection mid-stream.
-    with trio.fail_after(2):
-        await server.node.stream_closed.wait()
-        while not server.observed:
-            await trio.sleep(0.01)
-    assert server.codes("ExecuteInGuestStream") == ["canceled"]
-    # Closed by the server in the request's task, not later by the garbage collector.
-    assert server.closed_when_observed == [True]
+    await closed_by_the_server_as_cancelled(server)
 
 
 @pytest.mark.trio
@@ -839,13 +844,7 @@ async def test_stream_client_disconnect_closes_a_generator_parked_at_yield(serve
         ):
             await reader.next()
             await trio.sleep(0.1)  # let the server fill the socket buffers and block in send
-    with trio.fail_after(2):
-        await server.node.stream_closed.wait()
-        while not server.observed:
-            await trio.sleep(0.01)
-    assert server.codes("ExecuteInGuestStream") == ["canceled"]
-    # Closed by the server in the request's task, not later by the garbage collector.
-    assert server.closed_when_observed == [True]
+    await closed_by_the_server_as_cancelled(server)
 
 
 @pytest.mark.trio

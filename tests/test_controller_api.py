@@ -13,7 +13,8 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +32,7 @@ from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd import TOKEN_ENV, DiscoveryConfig, HostdConfig, VMEntry
 from limiquantix.hostd import serve as hostd_serve
+from limiquantix.hostd.simvm import SimVMProcess
 
 VM = "/limiquantix.compute.v1.VMService"
 FLEET = "/limiquantix.compute.v1.FleetService"
@@ -164,22 +166,32 @@ async def _make_tokens(
 async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> AsyncIterator[Stack]:
     """A new controller (new database) and hostd; the simulated VMs, whose guests only answer
     calls here, are the session's (conftest.SimVMPool), at ``short_tmp/<vm id>.sock``."""
-    db = short_tmp / "db" / "controller.db"
-    tokens = await _make_tokens(db)
     links = {vm_id: short_tmp / f"{vm_id}.sock" for vm_id in LABELS}
     with simvm_pool.lend(links, agent_args=["--telemetry-interval-s=0.5"]) as sims:
-        with trio.fail_after(DEADLINE_S):
-            for sim in sims.values():
-                await sim.wait_ready()
-        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
-            st = Stack(short_tmp, db, tokens, client, nursery)
-            await st.start_controller()
+        async with running_controller(nursery, short_tmp, sims) as st:
             await st.start_hostd(LABELS)
             await st.wait_vms()
             yield st
-            st.hostd_scope.cancel()
-            await st.stop_controller()
-            await st.client.aclose()
+
+
+@asynccontextmanager
+async def running_controller(
+    nursery: trio.Nursery, short_tmp: Path, sims: Mapping[str, SimVMProcess]
+) -> AsyncIterator[Stack]:
+    """A controller on a new database in ``short_tmp`` (a token for each of TOKEN_USERS), once
+    ``sims`` accept connections; the hostd the test starts is killed, the controller stopped, after."""
+    db = short_tmp / "db" / "controller.db"
+    tokens = await _make_tokens(db)
+    with trio.fail_after(DEADLINE_S):
+        for sim in sims.values():
+            await sim.wait_ready()
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        st = Stack(short_tmp, db, tokens, client, nursery)
+        await st.start_controller()
+        yield st
+        st.hostd_scope.cancel()
+        await st.stop_controller()
+        await st.client.aclose()
 
 
 def _envelopes(buf: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:

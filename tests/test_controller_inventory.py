@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
-from test_controller_api import DEADLINE_S, Stack, _make_tokens
+from conftest import SimVMPool
+from test_controller_api import DEADLINE_S, Stack, running_controller
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
@@ -46,39 +46,32 @@ async def _wait_state(st: Stack, vm_id: str, state: str, agent_state: str | None
 
 
 @pytest.fixture
-async def inventory(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[tuple[Stack, SimVMProcess]]:
+async def inventory(
+    nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool
+) -> AsyncIterator[tuple[Stack, SimVMProcess]]:
     """A stack whose hostd discovers ``keep`` and ``web-2`` in a socket directory; yields it
-    and web-2's simulated VM (stop it to power the VM off)."""
-    db = short_tmp / "db" / "controller.db"
-    tokens = await _make_tokens(db)
+    and web-2's simulated VM (stop it to power the VM off: its own; ``keep``, which only
+    answers, is lent by conftest.SimVMPool)."""
     sockets = short_tmp / "vms"
     sockets.mkdir()
-    sims = {
-        vm_id: SimVMProcess.start(
-            str(sockets / f"{vm_id}.agent.sock"), state_dir=short_tmp / f"state-{vm_id}", name=vm_id,
-            agent_args=["--telemetry-interval-s=0"],
-        )
-        for vm_id in ("keep", "web-2")
-    }  # fmt: skip
+    web2 = SimVMProcess.start(
+        str(sockets / "web-2.agent.sock"), state_dir=short_tmp / "state-web-2", name="web-2",
+        agent_args=["--telemetry-interval-s=0"],
+    )  # fmt: skip
     try:
-        with trio.fail_after(DEADLINE_S):
-            for sim in sims.values():
-                await sim.wait_ready()
-        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
-            st = Stack(short_tmp, db, tokens, client, nursery)
-            await st.start_controller()
-            discovery = DiscoveryConfig(
-                socket_dir=str(sockets), libvirt_channel_root="", rescan_interval_s=0.1, forget_after_s=FORGET_AFTER_S
-            )
-            await st.start_hostd({}, discovery=discovery)
-            for vm_id in sims:
-                await _wait_state(st, vm_id, "running", "connected")
-            yield st, sims["web-2"]
-            st.hostd_scope.cancel()
-            await st.stop_controller()
+        with simvm_pool.lend({"keep": sockets / "keep.agent.sock"}, agent_args=["--telemetry-interval-s=0"]) as lent:
+            sims = {**lent, "web-2": web2}
+            async with running_controller(nursery, short_tmp, sims) as st:
+                discovery = DiscoveryConfig(
+                    socket_dir=str(sockets), libvirt_channel_root="", rescan_interval_s=0.1,
+                    forget_after_s=FORGET_AFTER_S,
+                )  # fmt: skip
+                await st.start_hostd({}, discovery=discovery)
+                for vm_id in sims:
+                    await _wait_state(st, vm_id, "running", "connected")
+                yield st, web2
     finally:
-        for sim in sims.values():
-            sim.stop()
+        web2.stop()
 
 
 @pytest.mark.trio

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -178,6 +180,17 @@ def _changed_interfaces() -> list[pb.NetworkInterface]:
     return nics
 
 
+@asynccontextmanager
+async def one_vm_registry(nursery: trio.Nursery, guest: HostileGuest) -> AsyncIterator[VMRegistry]:
+    """``guest`` serving its socket, and hostd's registry of that one VM (``evil``)."""
+    await nursery.start(guest.serve)
+    discovery = DiscoveryConfig(socket_dir="", libvirt_channel_root="")
+    async with VMRegistry.open(
+        entries=[VMEntry(id="evil", socket=guest.path)], discovery=discovery, connection=FAST
+    ) as registry:
+        yield registry
+
+
 @pytest.mark.trio
 async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_caps(
     nursery: trio.Nursery, short_tmp: Path, caplog: pytest.LogCaptureFixture
@@ -185,11 +198,7 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
     caplog.set_level(logging.INFO, logger="limiquantix")
     path = str(short_tmp / "evil.sock")
     guest = HostileGuest(path, huge_identity(), huge_telemetry(), pushes=5, ip_changed=_changed_interfaces())
-    await nursery.start(guest.serve)
-    discovery = DiscoveryConfig(socket_dir="", libvirt_channel_root="")
-    async with VMRegistry.open(
-        entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST
-    ) as registry:
+    async with one_vm_registry(nursery, guest) as registry:
         conn = registry.get("evil")
         with trio.fail_after(WAIT_S):
             await guest.pushed.wait()
@@ -234,11 +243,7 @@ async def test_hostds_text_log_shows_guest_escape_sequences_visibly(
     guest = HostileGuest(
         path, terminal_identity(), terminal_telemetry(), ip_changed=list(terminal_identity().interfaces)
     )
-    await nursery.start(guest.serve)
-    discovery = DiscoveryConfig(socket_dir="", libvirt_channel_root="")
-    async with VMRegistry.open(
-        entries=[VMEntry(id="evil", socket=path)], discovery=discovery, connection=FAST
-    ) as registry:
+    async with one_vm_registry(nursery, guest) as registry:
         conn = registry.get("evil")
         with trio.fail_after(WAIT_S):
             await guest.pushed.wait()

@@ -19,6 +19,7 @@ import psutil
 import pytest
 import trio
 from conftest import SimVMPool
+from test_connect import method_info
 
 from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
 from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
@@ -319,23 +320,6 @@ async def test_metrics(stack: Stack) -> None:
 # --------------------------------------------------------- connect-python as oracle
 
 
-def _method(name: str) -> Any:
-    """connect-python's method object, built from our descriptor (no codegen)."""
-    from connectrpc.method import IdempotencyLevel, MethodInfo
-    from google.protobuf import message_factory
-
-    from limiquantix.hostd._api import SERVICE as NODE_SERVICE
-
-    method = NODE_SERVICE.methods_by_name[name]
-    return MethodInfo(
-        name=name,
-        service_name=NODE_SERVICE.full_name,
-        input=message_factory.GetMessageClass(method.input_type),
-        output=message_factory.GetMessageClass(method.output_type),
-        idempotency_level=IdempotencyLevel.UNKNOWN,
-    )
-
-
 @pytest.mark.trio
 @pytest.mark.parametrize("proto_json", [True, False], ids=["json", "proto"])
 async def test_connect_python_client(stack: Stack, proto_json: bool) -> None:
@@ -351,22 +335,22 @@ async def test_connect_python_client(stack: Stack, proto_json: bool) -> None:
 
     def calls() -> tuple[Any, Any, list[Any], Any]:
         with ConnectClientSync(stack.url, proto_json=proto_json) as c:
-            vms = c.execute_unary(request=npb.ListVMsRequest(), method=_method("ListVMs"), headers=auth)
+            vms = c.execute_unary(request=npb.ListVMsRequest(), method=method_info("ListVMs"), headers=auth)
             run = c.execute_unary(
                 request=npb.ExecuteInGuestRequest(vm_id="vm0", request=apb.ExecuteRequest(argv=["echo", "oracle"])),
-                method=_method("ExecuteInGuest"),
+                method=method_info("ExecuteInGuest"),
                 headers=auth,
             )
             events = list(
                 c.execute_server_stream(
                     request=npb.ExecuteInGuestRequest(vm_id="vm1", request=apb.ExecuteRequest(command="echo s")),
-                    method=_method("ExecuteInGuestStream"),
+                    method=method_info("ExecuteInGuestStream"),
                     headers=auth,
                 )
             )
             try:
                 c.execute_unary(
-                    request=npb.ListVMsRequest(), method=_method("ListVMs"), headers={"Authorization": "Bearer no"}
+                    request=npb.ListVMsRequest(), method=method_info("ListVMs"), headers={"Authorization": "Bearer no"}
                 )
             except ConnectError as exc:
                 refused = exc

@@ -105,8 +105,7 @@ async def test_idle_connection_is_closed_after_the_keep_alive_timeout() -> None:
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(_app(release, entered), stop, returned, _config(0.2)))
-            host, _, port = binds[0].removeprefix("http://").rpartition(":")
-            stream = await trio.open_tcp_stream(host, int(port))
+            stream = await trio.open_tcp_stream(*_host_port(binds[0]))
             await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
             received = b""
             while not received.endswith(b"quick"):
@@ -125,8 +124,7 @@ async def test_a_request_head_never_completed_is_closed_after_the_keep_alive_tim
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(_app(release, entered), stop, returned, _config(0.2)))
-            host, _, port = binds[0].removeprefix("http://").rpartition(":")
-            async with await trio.open_tcp_stream(host, int(port)) as stream:
+            async with await trio.open_tcp_stream(*_host_port(binds[0])) as stream:
                 await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\nX-Slow: a")
                 assert await stream.receive_some() == b""  # closed by the server, nothing answered
             stop.set()
@@ -150,8 +148,7 @@ async def test_a_sized_answer_comes_in_one_write_and_a_streamed_head_at_once() -
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(app, stop, returned))
-            host, _, port = binds[0].removeprefix("http://").rpartition(":")
-            async with await trio.open_tcp_stream(host, int(port)) as conn:
+            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
                 await conn.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
                 first = await conn.receive_some()
                 assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psutil
@@ -51,12 +53,19 @@ async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
     raise AssertionError(f"connection closed before {kind}")
 
 
+@asynccontextmanager
+async def connected(vm: SimVMProcess) -> AsyncIterator[AgentClient]:
+    """Once ``vm``'s socket is up: a client connected to it as hostd connects (hello answered)."""
+    await vm.wait_ready()
+    async with AgentClient.connect_unix(vm.socket_path) as client:
+        yield client
+
+
 @pytest.mark.trio
 async def test_serves_hello_and_ping_through_its_socket(start_simvm: StartSimVM) -> None:
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with connected(vm) as client:
             assert client.identity is not None
             assert (await client.ping(b"\x00\xff" * 100)).payload == b"\x00\xff" * 100
             assert agent_pids(vm) == [client.identity.pid]
@@ -98,8 +107,7 @@ async def test_one_host_client_at_a_time(start_simvm: StartSimVM) -> None:
 async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: StartSimVM, mode: str) -> None:
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with connected(vm) as client:
             (agent_pid,) = agent_pids(vm)
             answer = await client.request(
                 shutdown=pb.ShutdownRequest(mode=f"SHUTDOWN_MODE_{mode.upper()}", message="bye")
@@ -120,8 +128,7 @@ async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: S
 async def test_reboot_restarts_the_agent_on_the_same_connection(start_simvm: StartSimVM) -> None:
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with connected(vm) as client:
             assert client.identity is not None
             old_pid = client.identity.pid
             answer = await client.request(shutdown=pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_REBOOT))
@@ -150,8 +157,7 @@ async def test_password_reset_goes_to_the_stand_in_never_to_the_host(start_simvm
     shadow_before = _fingerprint("/etc/shadow")
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with connected(vm) as client:
             answer = await client.request(
                 reset_password=pb.ResetPasswordRequest(username="root", password=password, expire=True)
             )
@@ -170,8 +176,7 @@ async def test_password_reset_goes_to_the_stand_in_never_to_the_host(start_simvm
 async def test_sigterm_stops_the_agent_removes_the_socket_and_exits_0(start_simvm: StartSimVM) -> None:
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with connected(vm) as client:
             assert client.identity is not None
             agent_pid = client.identity.pid
             vm.proc.send_signal(signal.SIGTERM)

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from conftest import wait_for_socket
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.agent import _daemon as daemon_module
@@ -428,11 +429,7 @@ def netns_agent(short_tmp: Path) -> Iterator[Callable[..., NetnsAgent]]:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         agent = NetnsAgent(proc, sock, log)
         procs.append(agent)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"agent did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.01)
+        wait_for_socket(proc, sock, log)
         return agent
 
     yield spawn

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf.message import Message
+from test_tui_snapshots import _answer, until
 from textual.pilot import Pilot
 from textual.widgets import Input, Static, TextArea
 
@@ -38,10 +38,6 @@ Handler = Callable[[httpx.Request], httpx.Response]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _answer(message: Message) -> httpx.Response:
-    return httpx.Response(200, content=message.SerializeToString(), headers={"Content-Type": "application/proto"})
 
 
 def _streamed(events: list[vm_pb.ExecuteScriptEvent]) -> httpx.Response:
@@ -67,15 +63,6 @@ def _text(app: LimiQuantixApp) -> list[str]:
     return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
-async def _until(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None:
-    """Pause until ``done()`` (an answer of the fake controller drawn), at most ~5 s."""
-    for _ in range(500):
-        if done():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
     """web-01 (the 9th row by name) with a GetVM answer drawn."""
     await pilot.press(*["down"] * 8, "enter")
@@ -85,6 +72,18 @@ async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
     screen.show(demo_data.vm_detail(0))
     await pilot.pause()
     return screen
+
+
+async def _open_files(pilot: Pilot[None], app: LimiQuantixApp, feed: Callable[[], None]) -> FilesScreen:
+    """The fleet fed, web-01 opened, then ``f``: its files screen."""
+    feed()
+    await pilot.pause()
+    await _open_vm(pilot, app)
+    await pilot.press("f")
+    await pilot.pause()
+    files = app.screen
+    assert isinstance(files, FilesScreen)
+    return files
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -147,7 +146,7 @@ async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> No
         assert isinstance(runner, RunnerScreen)
         runner.query_one("#script", TextArea).load_text(long_line)
         await pilot.press("ctrl+r")
-        await _until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
+        await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
         await pilot.pause()
         lines = _text(app)
         header = next(line for line in lines if "Recent runs" in line)
@@ -198,16 +197,10 @@ async def test_a_binary_file_is_said_read_not_shown_in_header_and_body() -> None
 
     app, feed = _app(controller)
     async with app.run_test(size=SMALL) as pilot:
-        feed()
-        await pilot.pause()
-        await _open_vm(pilot, app)
-        await pilot.press("f")
-        await pilot.pause()
-        files = app.screen
-        assert isinstance(files, FilesScreen)
+        files = await _open_files(pilot, app, feed)
         files.query_one("#guest-path", Input).value = "/usr/bin/thing"
         await pilot.press("ctrl+o")
-        await _until(pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
+        await until(pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
         header = str(files.query_one("#transfer", Static).render())
         assert "binary" in header and "read, not shown" in header and "shown:" not in header, header
         assert "not shown" in files.query_one("#viewer", TextArea).text
@@ -234,17 +227,11 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tm
 
     app, feed = _app(controller)
     async with app.run_test(size=SMALL) as pilot:
-        feed()
-        await pilot.pause()
-        await _open_vm(pilot, app)
-        await pilot.press("f")
-        await pilot.pause()
-        files = app.screen
-        assert isinstance(files, FilesScreen)
+        files = await _open_files(pilot, app, feed)
         files.query_one("#guest-path", Input).value = "/tmp/up.bin"
         files.query_one("#local-path", Input).value = str(local)
         await pilot.press("ctrl+t")
-        await _until(pilot, lambda: "= local file" in str(files.query_one("#transfer", Static).render()), "the upload")
+        await until(pilot, lambda: "= local file" in str(files.query_one("#transfer", Static).render()), "the upload")
     assert "waiting for the guest to check and commit /tmp/up.bin" in seen["status"], seen["status"]
     request = seen["request"]
     assert (request.vm_id, request.path, request.create_parents) == (demo_data.fleet()[0].vm_id, "/tmp/up.bin", True)
