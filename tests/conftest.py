@@ -3,6 +3,7 @@
 * ``start_agent(**config)``: an in-process :class:`Agent` serving a Unix socket,
   run in pytest-trio's ``nursery`` (so it stops with the test).
 * ``connect(agent_or_path)``: an :class:`AgentClient` (async context manager).
+* ``wait_until(condition)``, ``next_event(client, kind)``: bounded waits.
 * ``spawn_agent(*flags)``: the real ``limiquantix-agent`` as a subprocess, for
   what only a process can show (signals, exit codes, process groups).
 * ``start_simvm(...)``: a ``limiquantix-simvm`` process (a simulated VM: Unix
@@ -31,9 +32,32 @@ import trio
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.client import AgentClient
 
 _counter = itertools.count()
+#: Upper bound on what the helpers below wait for; a healthy run needs a fraction.
+WAIT_S = 10.0
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` (agent-side state with no event to wait on), within WAIT_S."""
+    with trio.fail_after(WAIT_S):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
+    """The next event of ``kind`` on ``client`` (others are skipped), within WAIT_S.
+
+    Raises:
+        AssertionError: the connection closed first.
+    """
+    with trio.fail_after(WAIT_S):
+        async for msg in client.events:
+            if msg.WhichOneof("payload") == kind:
+                return msg
+    raise AssertionError(f"connection closed before {kind}")
 
 
 @pytest.fixture

@@ -22,23 +22,23 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 __all__ = ["run_main"]
 
 
+def _set_environment(env: Mapping[str, str | None]) -> None:
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def _environment(env: Mapping[str, str | None]) -> Iterator[None]:
     """``env`` set (a None value: unset) for the block, then the environment as it was."""
     saved = {name: os.environ.get(name) for name in env}
     try:
-        for name, value in env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(env)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(saved)
 
 
 @contextmanager

@@ -14,13 +14,13 @@ import hashlib
 import os
 import signal
 import stat
-from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from conftest import wait_until
 
 from limiquantix.agent import Agent
 from limiquantix.protocol import errors
@@ -75,12 +75,6 @@ async def stat_of(client: AgentClient, path: str | Path) -> pb.FileStat:
 
 async def listing(client: AgentClient, path: str | Path, **kw: Any) -> pb.ListDirectoryResponse:
     return (await client.request(list_directory=pb.ListDirectoryRequest(path=str(path), **kw))).list_directory_response
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Wait for agent-side cleanup that has no event to wait on (bounded by the caller)."""
-    while not condition():
-        await trio.sleep(0.01)
 
 
 def transfers_open(agent: Agent) -> int:

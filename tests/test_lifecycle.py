@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import next_event, wait_until
 
 from limiquantix.agent import Agent
 from limiquantix.agent.handlers import _lifecycle as lifecycle
@@ -126,21 +127,6 @@ def standins(tmp_path: Path) -> StandIns:
     d = tmp_path / "standins"
     d.mkdir()
     return StandIns(d)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(WAIT_S):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
-async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
-    """The next event of ``kind`` (others are skipped), within WAIT_S."""
-    with trio.fail_after(WAIT_S):
-        async for msg in client.events:
-            if msg.WhichOneof("payload") == kind:
-                return msg
-    raise AssertionError("connection closed")  # pragma: no cover
 
 
 async def shutdown(client: AgentClient, mode: int, *, delay: int = 0, message: str = "") -> pb.ShutdownResponse:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-from conftest import StartSimVM
+from conftest import StartSimVM, next_event
 
 from limiquantix.hostd import simvm
 from limiquantix.hostd.simvm import SimVMProcess
@@ -44,13 +44,6 @@ async def wait_file_lines(path: Path, n: int) -> list[dict[str, object]]:
     while len(found := records(path)) < n:
         await trio.sleep(0.01)
     return found
-
-
-async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
-    async for msg in client.events:
-        if msg.WhichOneof("payload") == kind:
-            return msg
-    raise AssertionError(f"connection closed before {kind}")
 
 
 @asynccontextmanager

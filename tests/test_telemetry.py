@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
-from conftest import wait_for_socket
+from conftest import next_event, wait_for_socket
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.agent import _daemon as daemon_module
@@ -47,15 +47,6 @@ from limiquantix.protocol.client import AgentClient
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0
 DEFAULT_EXCLUDE = ("lo", "docker*", "veth*", "virbr*", "cni*", "flannel*")
-
-
-async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
-    """The next event of ``kind`` (others are skipped), within WAIT_S."""
-    with trio.fail_after(WAIT_S):
-        async for msg in client.events:
-            if msg.WhichOneof("payload") == kind:
-                return msg
-    raise AssertionError("connection closed")  # pragma: no cover
 
 
 def check_report(report: pb.TelemetryReport) -> None:
