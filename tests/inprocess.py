@@ -18,8 +18,9 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from typing import TextIO
 
-__all__ = ["run_main"]
+__all__ = ["run_main", "run_main_bytes"]
 
 
 def _set_environment(env: Mapping[str, str | None]) -> None:
@@ -59,13 +60,32 @@ def run_main(
 ) -> subprocess.CompletedProcess[str]:
     """``main(argv)``'s exit status (``SystemExit`` from argparse: its code), stdout and stderr,
     as ``subprocess.run(..., capture_output=True, text=True)`` returns them for the process."""
-    out, err = io.StringIO(), io.StringIO()
-    with _environment(env or {}), _loggers_kept(), redirect_stdout(out), redirect_stderr(err):
+    ran = run_main_bytes(main, *argv, env=env)
+    return subprocess.CompletedProcess(ran.args, ran.returncode, ran.stdout.decode(), ran.stderr.decode())
+
+
+def _captured() -> io.TextIOWrapper:
+    """A text stream with a ``buffer``, as ``sys.stdout`` has (guest bytes are written to it)."""
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+
+
+def run_main_bytes(
+    main: Callable[[Sequence[str]], int],
+    *argv: str,
+    env: Mapping[str, str | None] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """:func:`run_main` with stdout and stderr as bytes; ``stdout``/``stderr`` given (e.g. a
+    terminal): written there instead, and returned empty."""
+    out, err = _captured(), _captured()
+    with _environment(env or {}), _loggers_kept(), redirect_stdout(stdout or out), redirect_stderr(stderr or err):
         try:
             code: int | str | None = main(list(argv))
         except SystemExit as exc:
             code = exc.code
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
-        err.write(code + "\n")
+        (stderr or err).write(code + "\n")
         code = 1
-    return subprocess.CompletedProcess(list(argv), code or 0, out.getvalue(), err.getvalue())
+    out_bytes, err_bytes = (stream.buffer.getvalue() for stream in (out, err))  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(list(argv), code or 0, out_bytes, err_bytes)

@@ -1,4 +1,7 @@
-"""limiquantix-agent-cli against a real agent process."""
+"""limiquantix-agent-cli against a real agent process (or a hostile guest's socket).
+
+The command line runs in the test's process (tests/inprocess.py: its ``main``, as its process
+runs it); test_cli_unreachable_socket runs it as a real process."""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ import time
 from pathlib import Path
 
 import hostile_guest
+from inprocess import run_main, run_main_bytes
+
+from limiquantix.agent.cli import main
 
 
-def cli(sock: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "limiquantix.agent.cli", "-s", sock, *args],
-        capture_output=True, input=stdin, timeout=60,
-    )  # fmt: skip
+def cli(sock: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return run_main_bytes(main, "-s", sock, *args)
 
 
 def test_cli_round_trip(spawn_agent, tmp_path: Path) -> None:
@@ -45,7 +48,10 @@ def test_cli_round_trip(spawn_agent, tmp_path: Path) -> None:
 
 
 def test_cli_unreachable_socket(tmp_path: Path) -> None:
-    out = cli(str(tmp_path / "nothing.sock"), "ping")
+    out = subprocess.run(
+        [sys.executable, "-m", "limiquantix.agent.cli", "-s", str(tmp_path / "nothing.sock"), "ping"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
     assert out.returncode == 1
     assert b"unavailable: cannot connect" in out.stderr
 
@@ -54,11 +60,8 @@ def _on_a_terminal(sock: str, *args: str) -> bytes:
     """The CLI's stdout and stderr when both are a terminal (a pty), as the terminal receives them."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "limiquantix.agent.cli", "-s", sock, *args],
-            stdout=slave, stderr=slave, timeout=60,
-        )  # fmt: skip
-        assert proc.returncode == 0
+        with open(slave, "w", closefd=False) as terminal:  # what the process's stdout and stderr would be
+            assert run_main_bytes(main, "-s", sock, *args, stdout=terminal, stderr=terminal).returncode == 0
         os.close(slave)
         slave = -1
         out = b""
@@ -110,8 +113,6 @@ def test_guest_text_is_escaped_on_a_terminal_and_raw_in_a_pipe(short_tmp: Path) 
 def test_help_has_no_rest_markup() -> None:
     """``literal`` quotes belong to docstrings, not to a terminal."""
     for args in (["exec", "--help"], ["sh", "--help"], ["--help"]):
-        out = subprocess.run(
-            [sys.executable, "-m", "limiquantix.agent.cli", *args], capture_output=True, text=True, timeout=60
-        )
+        out = run_main(main, *args)
         assert out.returncode == 0 and out.stdout and "``" not in out.stdout, out.stdout
     assert "limiquantix-agent-cli: talk to one agent directly, like virsh" in " ".join(out.stdout.split())

@@ -96,6 +96,8 @@ async def test_fleet_figures_and_help_stay_whole(size: tuple[int, int]) -> None:
     async with app.run_test(size=size) as pilot:
         feed()
         await pilot.pause()
+        # The footer draws its keys after the table (blank after one pause on a loaded machine).
+        await until(pilot, lambda: bool(_text(app)[-1].strip()), "the footer")
         lines = _text(app)
         header = next(line for line in lines if " Name " in line)
         assert header.split() == ["Name", "State", *(["OS", "IP"] if size == SMALL else []), "CPU", "Mem", "Uptime"]
