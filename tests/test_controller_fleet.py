@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, _make_tokens
+from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, running_controller
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
@@ -44,8 +44,6 @@ async def fleet_stack(
 ) -> AsyncIterator[Stack]:
     """Controller + hostd + ``n`` simulated VMs ``vm0..``; ``no_agent`` ones never connect
     (undeliverable), ``failing`` ones get the marker file."""
-    db = short_tmp / "db" / "controller.db"
-    tokens = await _make_tokens(db)
     names = [f"vm{i}" for i in range(n)]
     sims: list[SimVMProcess] = []
     try:
@@ -60,12 +58,7 @@ async def fleet_stack(
                     agent_args=("--telemetry-interval-s=0",),
                 )
             )  # fmt: skip
-        with trio.fail_after(DEADLINE_S):
-            for sim in sims:
-                await sim.wait_ready()
-        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
-            st = Stack(short_tmp, db, tokens, client, nursery)
-            await st.start_controller()
+        async with running_controller(nursery, short_tmp, dict(zip(names, sims, strict=True))) as st:
             await st.start_hostd({name: labels_of(i) for i, name in enumerate(names)})
             with trio.fail_after(DEADLINE_S * 2):
                 while True:
@@ -76,9 +69,6 @@ async def fleet_stack(
                         break
                     await trio.sleep(0.1)
             yield st
-            st.hostd_scope.cancel()
-            await st.stop_controller()
-            await st.client.aclose()
     finally:
         for sim in sims:
             if sim.proc.poll() is None:

@@ -5,7 +5,9 @@ socket, the real agent on the pty) in short temp dirs, except in the 50-VM test,
 which bridges 50 in-process agents through :class:`SimulatedPort` the same way
 (50 agent processes would need ~15 CPU-seconds to start on a 2-core machine).
 Intervals are shortened through :class:`ConnectionConfig`; every wait is bounded
-by ``trio.fail_after`` and waits on the connection's change events.
+by ``trio.fail_after`` and waits on the connection's change events. Tests whose guest only
+answers calls borrow a simulated VM from the session's pool (``lent_vm``); those that signal,
+stop or reboot the agent start their own.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import random
 import signal
 import struct
 import uuid
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 
 import psutil
 import pytest
 import trio
-from conftest import StartSimVM
+from conftest import QUIET_AGENT, SimVMPool, StartSimVM
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry, rawguest
@@ -60,14 +63,21 @@ async def started_conn(nursery: trio.Nursery, path: str, **kwargs: object) -> VM
     return conn
 
 
-async def connected_vm(nursery: trio.Nursery, start_simvm: StartSimVM) -> tuple[SimVMProcess, VMConnection]:
-    """A new simulated VM and a connection to it, once connected (within WAIT_S)."""
-    vm = start_simvm()
+async def connected(nursery: trio.Nursery, vm: SimVMProcess) -> VMConnection:
+    """A connection to ``vm``, once connected (within WAIT_S)."""
     with trio.fail_after(WAIT_S):
         await vm.wait_ready()
         conn = await started_conn(nursery, vm.socket_path)
         await conn.wait_for_state(VMState.CONNECTED)
-    return vm, conn
+    return conn
+
+
+@pytest.fixture
+def lent_vm(simvm_pool: SimVMPool, short_tmp: Path) -> Iterator[SimVMProcess]:
+    """A simulated VM of the session's pool, for a test whose guest only answers calls
+    (one that signals, stops or reboots its agent starts its own with start_simvm)."""
+    with simvm_pool.lend({"vm": short_tmp / "lent.sock"}, agent_args=QUIET_AGENT) as lent:
+        yield lent["vm"]
 
 
 def kill_marked(mark: str) -> None:
@@ -162,7 +172,8 @@ async def agent_signalled_mid_command(
 async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_as_a_new_agent(
     nursery: trio.Nursery, start_simvm: StartSimVM
 ) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = start_simvm()
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         old_pid, outcome = await agent_signalled_mid_command(nursery, conn, signal.SIGKILL)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
@@ -180,7 +191,8 @@ async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
     """SIGTERM (a service stop, an upgrade, the guest shutting down): the agent's last frame is
     agent_stopping, so hostd fails what is pending and waits for an agent at once, without
     counting missed pings; the restarted agent's announce makes it connected again."""
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = start_simvm()
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         old_pid, outcome = await agent_signalled_mid_command(nursery, conn, signal.SIGTERM)
         # Waiting for an agent (told), not unresponsive (missed pings would say that).
@@ -288,7 +300,8 @@ async def test_socket_removed_and_readded_state_follows(
 async def test_guest_shutdown_stops_the_vm_and_the_connection_goes_no_socket(
     nursery: trio.Nursery, start_simvm: StartSimVM
 ) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = start_simvm()
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         answer = await conn.request(shutdown=pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_POWEROFF))
         assert answer.shutdown_response.accepted
@@ -300,7 +313,8 @@ async def test_guest_shutdown_stops_the_vm_and_the_connection_goes_no_socket(
 
 @pytest.mark.trio
 async def test_guest_reboot_and_the_connection_follows(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = start_simvm()
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         assert conn.identity is not None
         old_pid = conn.identity.pid
@@ -316,7 +330,8 @@ async def test_guest_reboot_and_the_connection_follows(nursery: trio.Nursery, st
 async def test_missed_pings_mark_unresponsive_and_fail_pending_calls(
     nursery: trio.Nursery, start_simvm: StartSimVM
 ) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = start_simvm()
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         pid = agent_pid(vm)
         os.kill(pid, signal.SIGSTOP)
@@ -339,9 +354,10 @@ async def test_missed_pings_mark_unresponsive_and_fail_pending_calls(
 
 @pytest.mark.trio
 async def test_deadline_exceeded_then_the_late_reply_is_dropped_and_counted(
-    nursery: trio.Nursery, start_simvm: StartSimVM
+    nursery: trio.Nursery, lent_vm: SimVMProcess
 ) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = lent_vm
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         with trio.fail_after(2):  # budget 0 + margin 0.5 s
             with pytest.raises(errors.DeadlineExceeded):
@@ -361,8 +377,9 @@ async def test_deadline_exceeded_then_the_late_reply_is_dropped_and_counted(
 
 
 @pytest.mark.trio
-async def test_streamed_command_through_the_connection(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+async def test_streamed_command_through_the_connection(nursery: trio.Nursery, lent_vm: SimVMProcess) -> None:
+    vm = lent_vm
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         kinds, output = [], b""
         request = pb.ExecuteRequest(command="echo one; echo two", stream=True)
@@ -374,9 +391,10 @@ async def test_streamed_command_through_the_connection(nursery: trio.Nursery, st
 
 
 @pytest.mark.trio
-async def test_a_named_call_can_be_cancelled_from_another_call(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
+async def test_a_named_call_can_be_cancelled_from_another_call(nursery: trio.Nursery, lent_vm: SimVMProcess) -> None:
     """CancelExecution's path: the execute is sent under a chosen id, a cancel names it."""
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = lent_vm
+    conn = await connected(nursery, vm)
     mark = uuid.uuid4().hex
     with trio.fail_after(WAIT_S):
         outcome: list[object] = []
@@ -408,9 +426,10 @@ async def test_a_named_call_can_be_cancelled_from_another_call(nursery: trio.Nur
 
 @pytest.mark.trio
 async def test_disable_drops_the_connection_and_enable_restores_it(
-    nursery: trio.Nursery, start_simvm: StartSimVM
+    nursery: trio.Nursery, lent_vm: SimVMProcess
 ) -> None:
-    vm, conn = await connected_vm(nursery, start_simvm)
+    vm = lent_vm
+    conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         outcome: list[BaseException] = []
         done = trio.Event()
@@ -436,8 +455,8 @@ async def test_disable_drops_the_connection_and_enable_restores_it(
 
 
 @pytest.mark.trio
-async def test_a_configured_disabled_vm_never_connects(nursery: trio.Nursery, start_simvm: StartSimVM) -> None:
-    vm = start_simvm()
+async def test_a_configured_disabled_vm_never_connects(nursery: trio.Nursery, lent_vm: SimVMProcess) -> None:
+    vm = lent_vm
     with trio.fail_after(WAIT_S):
         await vm.wait_ready()
         conn = await started_conn(nursery, vm.socket_path, enabled=False)
