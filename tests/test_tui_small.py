@@ -12,12 +12,13 @@ import hashlib
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from test_tui_snapshots import _answer, until
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Input, Static, TextArea
 
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.anyio
 SMALL = (80, 24)
 TINY = (60, 20)
 Handler = Callable[[httpx.Request], httpx.Response]
+_S = TypeVar("_S", bound=Screen[Any])
 
 
 @pytest.fixture
@@ -74,16 +76,18 @@ async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
     return screen
 
 
-async def _open_files(pilot: Pilot[None], app: LimiQuantixApp, feed: Callable[[], None]) -> FilesScreen:
-    """The fleet fed, web-01 opened, then ``f``: its files screen."""
+async def _open_from_vm(
+    pilot: Pilot[None], app: LimiQuantixApp, feed: Callable[[], None], key: str, kind: type[_S]
+) -> _S:
+    """The fleet fed, web-01 opened, then ``key``: the screen it opens (a ``kind``)."""
     feed()
     await pilot.pause()
     await _open_vm(pilot, app)
-    await pilot.press("f")
+    await pilot.press(key)
     await pilot.pause()
-    files = app.screen
-    assert isinstance(files, FilesScreen)
-    return files
+    screen = app.screen
+    assert isinstance(screen, kind)
+    return screen
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -139,13 +143,7 @@ async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> No
 
     app, feed = _app(controller)
     async with app.run_test(size=size) as pilot:
-        feed()
-        await pilot.pause()
-        await _open_vm(pilot, app)
-        await pilot.press("x")
-        await pilot.pause()
-        runner = app.screen
-        assert isinstance(runner, RunnerScreen)
+        runner = await _open_from_vm(pilot, app, feed, "x", RunnerScreen)
         runner.query_one("#script", TextArea).load_text(long_line)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
@@ -199,7 +197,7 @@ async def test_a_binary_file_is_said_read_not_shown_in_header_and_body() -> None
 
     app, feed = _app(controller)
     async with app.run_test(size=SMALL) as pilot:
-        files = await _open_files(pilot, app, feed)
+        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
         files.query_one("#guest-path", Input).value = "/usr/bin/thing"
         await pilot.press("ctrl+o")
         await until(pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
@@ -229,7 +227,7 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tm
 
     app, feed = _app(controller)
     async with app.run_test(size=SMALL) as pilot:
-        files = await _open_files(pilot, app, feed)
+        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
         files.query_one("#guest-path", Input).value = "/tmp/up.bin"
         files.query_one("#local-path", Input).value = str(local)
         await pilot.press("ctrl+t")
