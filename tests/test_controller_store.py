@@ -377,41 +377,28 @@ def test_parse_labels() -> None:
 
 
 async def _seed_audit(store: SQLiteStore, clock: FakeClock) -> list[int]:
+    """Three audit rows a minute apart: alice's exec (success) and file write (error), then the
+    admin's password reset (begun, not completed)."""
+    rows = (
+        (ALICE, "10.0.0.5:51234", AuditAction.EXEC, "web-1",
+         AuditDetail(command="/bin/sh", args=("-c", "uptime"), env_keys=("PATH",), run_as_user="deploy"),
+         {"outcome": AuditOutcome.SUCCESS, "exit_code": 0, "duration_ms": 12}),
+        (ALICE, "10.0.0.5:51235", AuditAction.FILE_WRITE, "web-2",
+         AuditDetail(path="/etc/motd", size=3, sha256="a" * 64, flags=("append",)),
+         {"outcome": AuditOutcome.ERROR, "error": "permission denied", "duration_ms": 4}),
+        (ADMIN, "10.0.0.9:40000", AuditAction.PASSWORD_RESET, "web-1", AuditDetail(username="root"), None),
+    )  # fmt: skip
     ids = []
-    ids.append(
-        await store.audit_begin(
-            ALICE,
-            source_address="10.0.0.5:51234",
-            action=AuditAction.EXEC,
-            vm_id="web-1",
-            node_id="host-a",
-            detail=AuditDetail(command="/bin/sh", args=("-c", "uptime"), env_keys=("PATH",), run_as_user="deploy"),
+    for i, (who, source, action, vm_id, detail, completed) in enumerate(rows):
+        if i:
+            clock.advance(60)
+        ids.append(
+            await store.audit_begin(
+                who, source_address=source, action=action, vm_id=vm_id, node_id="host-a", detail=detail
+            )
         )
-    )
-    await store.audit_complete(ids[-1], outcome=AuditOutcome.SUCCESS, exit_code=0, duration_ms=12)
-    clock.advance(60)
-    ids.append(
-        await store.audit_begin(
-            ALICE,
-            source_address="10.0.0.5:51235",
-            action=AuditAction.FILE_WRITE,
-            vm_id="web-2",
-            node_id="host-a",
-            detail=AuditDetail(path="/etc/motd", size=3, sha256="a" * 64, flags=("append",)),
-        )
-    )
-    await store.audit_complete(ids[-1], outcome=AuditOutcome.ERROR, error="permission denied", duration_ms=4)
-    clock.advance(60)
-    ids.append(
-        await store.audit_begin(
-            ADMIN,
-            source_address="10.0.0.9:40000",
-            action=AuditAction.PASSWORD_RESET,
-            vm_id="web-1",
-            node_id="host-a",
-            detail=AuditDetail(username="root"),
-        )
-    )
+        if completed is not None:
+            await store.audit_complete(ids[-1], **completed)
     return ids
 
 
