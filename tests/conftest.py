@@ -195,11 +195,16 @@ def start_simvm(short_tmp: Path) -> Iterator[StartSimVM]:
         return proc
 
     yield start
-    for proc in procs:  # all at once: they stop in parallel
-        if proc.proc.poll() is None:
-            proc.proc.terminate()
-    for proc in procs:
-        proc.stop()
+    stop_all(procs)
+
+
+def stop_all(vms: Sequence[SimVMProcess]) -> None:
+    """SIGTERM to every one at once (they stop in parallel), then wait for each."""
+    for vm in vms:
+        if vm.proc.poll() is None:
+            vm.proc.terminate()
+    for vm in vms:
+        vm.stop()
 
 
 class SimVMPool:
@@ -252,11 +257,8 @@ class SimVMPool:
                     idle.append(vm)
 
     def close(self) -> None:
-        for vm in self._all:  # all at once: they stop in parallel
-            if vm.proc.poll() is None:
-                vm.proc.terminate()
-        for vm in self._all:
-            vm.stop()
+        """Stop every VM the pool started."""
+        stop_all(self._all)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import stop_all
 from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, running_controller
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
@@ -70,11 +71,7 @@ async def fleet_stack(
                     await trio.sleep(0.1)
             yield st
     finally:
-        for sim in sims:
-            if sim.proc.poll() is None:
-                sim.proc.terminate()
-        for sim in sims:
-            sim.stop()
+        stop_all(sims)
 
 
 async def run(st: Stack, body: dict[str, Any], *, who: str = "operator") -> str:
