@@ -295,7 +295,10 @@ async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path)
         order = [t["vmId"] for t in done["targets"]]
         assert max(order.index(t["vmId"]) for t in started) < min(order.index(t["vmId"]) for t in skipped)
         third_error = max(parse_ts(t["completedAt"]) for t in done["targets"] if t["status"] == "failed")
-        assert all(parse_ts(t["startedAt"]) <= third_error + 0.01 for t in started)
+        # A target wrongly started after the threshold would start when a slot frees, i.e. when one of
+        # the 0.5 s targets ends; a target decided before the third error may stamp its start a moment
+        # after it (one scheduling hop, which took over 10 ms under load): 0.25 s tells the two apart.
+        assert all(parse_ts(t["startedAt"]) <= third_error + 0.25 for t in started)
         assert done["counts"]["failed"] == 3 and max_overlap(done) <= 5
         assert all(t["error"].startswith("not started") for t in skipped)
 
