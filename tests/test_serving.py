@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,38 +131,132 @@ async def test_a_request_head_never_completed_is_closed_after_the_keep_alive_tim
             stop.set()
 
 
-@pytest.mark.trio
-async def test_a_sized_answer_comes_in_one_write_and_a_streamed_head_at_once() -> None:
-    """A response with a Content-Length leaves in one write (head and body: one segment, one
-    wake-up of the client); a streamed one's head is not held back for its first bytes."""
-    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+def _tasks_running(name: str) -> list[trio.lowlevel.Task]:
+    """The tasks of this trio run whose coroutine is the function ``name`` (a leak check)."""
+    found: list[trio.lowlevel.Task] = []
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task.coro.cr_code.co_name == name:
+            found.append(task)
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return found
+
+
+def _streaming_app(release: trio.Event, entered: trio.Event, gone: trio.Event) -> QuartTrio:
+    """``/stream``: a chunked answer whose first body bytes wait for ``release``; ``gone`` is
+    set when the handler ends, however it ends. ``/quick``: a sized one."""
     app = _app(release, entered)
 
     @app.route("/stream")
     async def stream() -> object:
         async def body() -> AsyncIterator[bytes]:
-            await release.wait()
-            yield b"streamed"
+            try:
+                entered.set()
+                await release.wait()
+                yield b"streamed"
+            finally:
+                gone.set()
 
         return app.response_class(body())
 
+    return app
+
+
+def _received_nothing_yet(conn: trio.SocketStream) -> bool:
+    """Whether nothing has arrived on ``conn`` (the server, in this trio run, is quiet: see
+    trio.testing.wait_all_tasks_blocked; on loopback its writes are in our socket already).
+    Peeked through a duplicate of the socket's descriptor: trio's own recv would wait."""
+    sock = conn.socket
+    with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+        try:
+            dup.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+    return False
+
+
+async def _read_chunked_to_end(conn: trio.SocketStream, received: bytes = b"") -> bytes:
+    while not received.endswith(b"0\r\n\r\n"):
+        received += await conn.receive_some()
+    return received
+
+
+@pytest.mark.trio
+async def test_a_head_waits_for_its_first_body_bytes_and_goes_in_one_write_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response with a Content-Length leaves in one write (head and body: one segment, one
+    wake-up of the client); so does a streamed one's head with its first event. The streamed
+    head's limit is set beyond the test's deadline here: the head leaves with the body or not at all."""
+    monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
+    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(app, stop, returned))
+            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
             async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
                 await conn.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
                 first = await conn.receive_some()
                 assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()
                 assert first.endswith(b"\r\n\r\nquick")  # the body came with the head
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
-                head = await conn.receive_some()  # the body is still held by the app
-                assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+                await entered.wait()  # the answer has started: its head is the server's
+                await trio.testing.wait_all_tasks_blocked()
+                assert _received_nothing_yet(conn), "the head left before its first body bytes"
                 release.set()
-                rest = b""
-                while not rest.endswith(b"0\r\n\r\n"):
-                    rest += await conn.receive_some()
-                assert b"streamed" in rest
+                first = await conn.receive_some()
+                assert first.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in first.lower()
+                assert first.endswith(b"\r\n\r\n8\r\nstreamed\r\n")  # head and first chunk: one write
+                assert b"streamed" in await _read_chunked_to_end(conn, first)
+                await gone.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
             stop.set()
+
+
+@pytest.mark.trio
+async def test_a_streamed_head_with_no_body_yet_leaves_alone_after_the_limit() -> None:
+    """A stream whose first event is a long time coming (a command that prints nothing yet):
+    its client still gets the status and headers (after STREAM_HEAD_HOLD_S, the module's own
+    value here), then the body when it comes."""
+    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
+            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
+                await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+                head = await conn.receive_some()  # the app holds its body until release
+                assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+                assert head.endswith(b"\r\n\r\n")  # the head alone
+                assert not release.is_set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not _tasks_running("_release_head_later"), "the timer ends once it has sent the head"
+                release.set()
+                assert b"8\r\nstreamed\r\n" in await _read_chunked_to_end(conn)
+            stop.set()
+
+
+@pytest.mark.trio
+async def test_a_client_that_leaves_while_its_head_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection closes while the streamed head waits for its first event: the handler is
+    cancelled as for any client that leaves, the held head dropped and its timer with it (no
+    task is left, and a stop does not wait on the connection)."""
+    monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
+    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
+            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
+                await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+                await entered.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(_tasks_running("_release_head_later")) == 1  # the head is held
+            await gone.wait()  # the handler was cancelled (release was never set)
+            assert not release.is_set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not _tasks_running("_release_head_later")
+            stop.set()
+            await returned.wait()
 
 
 @pytest.mark.trio
@@ -446,6 +541,11 @@ def test_the_fixes_are_where_hypercorn_looks() -> None:
     assert hypercorn.protocol.H11Protocol is serving._H11Protocol
     assert "H11Protocol" in ProtocolWrapper.__init__.__code__.co_names
     assert H11Protocol.stream_send.__code__.co_argcount == 2
+    assert (
+        H11Protocol.handle.__code__.co_varnames[:2] == ("self", "event")
+        and H11Protocol.handle.__code__.co_argcount == 2
+    )
+    assert "task_group" in H11Protocol.__init__.__code__.co_varnames  # where the streamed head's timer runs
     assert "TCPServer" in hypercorn.trio.run.worker_serve.__code__.co_names
     assert "H2Protocol" in ProtocolWrapper.__init__.__code__.co_names
     assert "H2Protocol" in ProtocolWrapper.handle.__code__.co_names

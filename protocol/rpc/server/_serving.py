@@ -40,6 +40,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import dataclasses
+import enum
 import logging
 import socket
 import ssl
@@ -82,6 +83,7 @@ __all__ = [
     "KEEP_ALIVE_TIMEOUT_S",
     "LISTEN_BACKLOG",
     "MAX_REQUEST_HEAD_BYTES",
+    "STREAM_HEAD_HOLD_S",
     "ServedApp",
     "ServerTLS",
     "TLS_REFUSAL_LOG_INTERVAL_S",
@@ -139,6 +141,13 @@ ALERT_LINGER_BYTES: Final = 256 * 1024
 #: A held response head is joined to body bytes up to this size (one write); a larger body goes in
 #: a write of its own after the head (joining would copy it, and one more segment is nothing there).
 COALESCE_MAX_BYTES: Final = 64 * 1024
+#: How long a streamed response's head (chunked: Connect server streaming) waits for its first
+#: body bytes to leave in one write with them. A command's first event comes within a
+#: millisecond or two at each hop (hostd's execution id as the command starts; the controller
+#: relays it), so the wait almost always ends with that event, one write and one client wake-up
+#: saved per hop; a stream with nothing to say yet (a command that prints late) still shows its
+#: client the 200 and the headers this soon, before anyone would call the server slow.
+STREAM_HEAD_HOLD_S: Final = 0.02
 #: ALPN: HTTP/2 first (gRPC needs it), HTTP/1.1 for every other client.
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 
@@ -318,47 +327,95 @@ class _H2Protocol(H2Protocol):
 
 
 class _H11Protocol(H11Protocol):
-    """hypercorn's HTTP/1.1 protocol, writing a sized response's head and body in one piece.
+    """hypercorn's HTTP/1.1 protocol, writing a response's head together with its first body bytes.
 
     hypercorn writes the status line and headers as soon as the app starts its answer, then the
-    body: two writes (two TCP segments, TCP_NODELAY being on) for every unary answer, and the client
-    wakes up twice to read them (httpcore reads the head, then waits again for the body). With a
-    ``Content-Length`` the body is already in the app's hands (Quart sends it right after the head),
-    so the head is held and goes out with the first body bytes when they are at most
+    body: two writes (two TCP segments, TCP_NODELAY being on) for every answer, and the client
+    wakes up twice to read them (httpcore reads the head, then waits again for the body). So the
+    head is held and goes out with the first body bytes when they are at most
     :data:`COALESCE_MAX_BYTES` (else just before them), with the end of the message, or before
-    anything else this connection sends. Streamed answers (no ``Content-Length``:
-    Connect streaming, chunked) keep their head sent at once, as a client may wait on it.
-    Measured on PingAgent through the controller (two hops): see bench/rpc_bench.py.
+    anything else this connection sends:
+
+    - a sized answer (``Content-Length``): its body is already in the app's hands (Quart sends it
+      right after the head), so the head waits for nothing else;
+    - a streamed answer (chunked: Connect streaming, ExecuteScriptStream): its first body bytes
+      may be a long time coming (a command with no output yet), and a client may wait on the
+      head meanwhile, so the head waits at most :data:`STREAM_HEAD_HOLD_S`; then a task in the
+      connection's nursery sends it alone.
+
+    Measured on PingAgent and on curl of ExecuteScriptStream through the controller (two hops):
+    see bench/rpc_bench.py and bench/cli_bench.py.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._send_now = self.send
         self.send = self._send_coalesced
-        self._hold_head = False
+        self._hold_head: _HeadHold | None = None
         self._held = b""
+        # The streamed head's timer (see _release_head_later); None when no timer is running
+        # for the bytes held now.
+        self._head_timer: trio.CancelScope | None = None
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            # The client is gone (or the connection broke): a held head has nobody to go to.
+            self._take_held()
+        await super().handle(event)
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, StreamResponse) and event.status_code >= 200:
-            self._hold_head = any(name.lower() == b"content-length" for name, _ in event.headers)
+            sized = any(name.lower() == b"content-length" for name, _ in event.headers)
+            self._hold_head = _HeadHold.SIZED if sized else _HeadHold.STREAMED
         try:
             await super().stream_send(event)
         finally:
-            self._hold_head = False  # whatever the head's write did, only that write is held
+            self._hold_head = None  # whatever the head's write did, only that write is held
 
     async def _send_coalesced(self, event: Event) -> None:
         if isinstance(event, RawData):
-            if self._hold_head:
-                self._hold_head = False
+            if self._hold_head is not None:
+                hold, self._hold_head = self._hold_head, None
                 self._held = event.data
+                if hold is _HeadHold.STREAMED:
+                    timer = self._head_timer = trio.CancelScope(deadline=trio.current_time() + STREAM_HEAD_HOLD_S)
+                    self.task_group.spawn(self._release_head_later, timer)
                 return
             if self._held and len(event.data) <= COALESCE_MAX_BYTES:
-                event = RawData(data=self._held + event.data, address=event.address)
-                self._held = b""
+                event = RawData(data=self._take_held() + event.data, address=event.address)
         if self._held:  # a large body (not copied to join it), Closed, Updated: the head first
-            held, self._held = self._held, b""
-            await self._send_now(RawData(data=held))
+            await self._send_now(RawData(data=self._take_held()))
         await self._send_now(event)
+
+    def _take_held(self) -> bytes:
+        """The held bytes, no longer held (their timer, if any, stopped)."""
+        held, self._held = self._held, b""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        return held
+
+    async def _release_head_later(self, timer: trio.CancelScope) -> None:
+        """Send the held head alone once ``timer``'s deadline passes, unless it left before
+        (``timer`` cancelled). Runs in the connection's nursery: it ends with the connection."""
+        with timer:
+            await trio.sleep_forever()
+        if self._head_timer is timer:  # the deadline passed with the head still held
+            self._head_timer = None
+            held, self._held = self._held, b""
+            # Through the same send as the body (hypercorn's lock, in call order): a body
+            # write that comes meanwhile is queued behind this one, never ahead of the head.
+            await self._send_now(RawData(data=held))
+
+
+@final
+class _HeadHold(enum.Enum):
+    """How a response head is held (see :class:`_H11Protocol`)."""
+
+    SIZED = enum.auto()
+    """Until the first body bytes, which the app already has."""
+    STREAMED = enum.auto()
+    """Until the first body bytes, at most :data:`STREAM_HEAD_HOLD_S`."""
 
 
 def _install_hypercorn_fixes() -> None:
