@@ -143,9 +143,10 @@ def _tasks_running(name: str) -> list[trio.lowlevel.Task]:
     return found
 
 
-def _streaming_app(release: trio.Event, entered: trio.Event, gone: trio.Event) -> QuartTrio:
-    """``/stream``: a chunked answer whose first body bytes wait for ``release``; ``gone`` is
-    set when the handler ends, however it ends. ``/quick``: a sized one."""
+def _streaming_app(release: trio.Event, more: trio.Event, entered: trio.Event, gone: trio.Event) -> QuartTrio:
+    """``/stream``: a chunked answer whose first body bytes wait for ``release``; then two
+    chunks in one go, then one more after ``more``; ``gone`` is set when the handler ends,
+    however it ends. ``/quick``: a sized answer."""
     app = _app(release, entered)
 
     @app.route("/stream")
@@ -154,7 +155,10 @@ def _streaming_app(release: trio.Event, entered: trio.Event, gone: trio.Event) -
             try:
                 entered.set()
                 await release.wait()
-                yield b"streamed"
+                yield b"first"
+                yield b"second"
+                await more.wait()
+                yield b"third"
             finally:
                 gone.set()
 
@@ -187,13 +191,16 @@ async def test_a_head_waits_for_its_first_body_bytes_and_goes_in_one_write_with_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A response with a Content-Length leaves in one write (head and body: one segment, one
-    wake-up of the client); so does a streamed one's head with its first event. The streamed
-    head's limit is set beyond the test's deadline here: the head leaves with the body or not at all."""
+    wake-up of the client); so does a streamed one's head with its first events, and what the
+    app sends in one go (a last event and the end). No event waits for the next: the first two
+    arrive while the app waits for ``more``. The streamed head's limit is set beyond the test's
+    deadline here: the head leaves with the body or not at all."""
     monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
-    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    gone = trio.Event()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
+            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
             async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
                 await conn.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
                 first = await conn.receive_some()
@@ -206,11 +213,14 @@ async def test_a_head_waits_for_its_first_body_bytes_and_goes_in_one_write_with_
                 release.set()
                 first = await conn.receive_some()
                 assert first.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in first.lower()
-                assert first.endswith(b"\r\n\r\n8\r\nstreamed\r\n")  # head and first chunk: one write
-                assert b"streamed" in await _read_chunked_to_end(conn, first)
+                # Head and the chunks sent in one go: one write (the app now waits for more).
+                assert first.endswith(b"\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n")
+                more.set()
+                assert await conn.receive_some() == b"5\r\nthird\r\n0\r\n\r\n"  # the last chunk and the end
                 await gone.wait()
                 await trio.testing.wait_all_tasks_blocked()
                 assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
+                assert not _tasks_running("_flush_soon")
             stop.set()
 
 
@@ -219,10 +229,12 @@ async def test_a_streamed_head_with_no_body_yet_leaves_alone_after_the_limit() -
     """A stream whose first event is a long time coming (a command that prints nothing yet):
     its client still gets the status and headers (after STREAM_HEAD_HOLD_S, the module's own
     value here), then the body when it comes."""
-    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    gone = trio.Event()
+    more.set()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
+            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
             async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
                 head = await conn.receive_some()  # the app holds its body until release
@@ -232,7 +244,8 @@ async def test_a_streamed_head_with_no_body_yet_leaves_alone_after_the_limit() -
                 await trio.testing.wait_all_tasks_blocked()
                 assert not _tasks_running("_release_head_later"), "the timer ends once it has sent the head"
                 release.set()
-                assert b"8\r\nstreamed\r\n" in await _read_chunked_to_end(conn)
+                rest = await _read_chunked_to_end(conn)
+                assert rest == b"5\r\nfirst\r\n6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
             stop.set()
 
 
@@ -242,10 +255,11 @@ async def test_a_client_that_leaves_while_its_head_is_held(monkeypatch: pytest.M
     cancelled as for any client that leaves, the held head dropped and its timer with it (no
     task is left, and a stop does not wait on the connection)."""
     monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
-    stop, release, entered, returned, gone = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    gone = trio.Event()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, entered, gone), stop, returned))
+            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
             async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
                 await entered.wait()
@@ -255,6 +269,7 @@ async def test_a_client_that_leaves_while_its_head_is_held(monkeypatch: pytest.M
             assert not release.is_set()
             await trio.testing.wait_all_tasks_blocked()
             assert not _tasks_running("_release_head_later")
+            assert not _tasks_running("_flush_soon")
             stop.set()
             await returned.wait()
 

@@ -55,8 +55,10 @@ import hypercorn.trio.run
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import EndBody as StreamEndBody
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Response as StreamResponse
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
@@ -327,21 +329,26 @@ class _H2Protocol(H2Protocol):
 
 
 class _H11Protocol(H11Protocol):
-    """hypercorn's HTTP/1.1 protocol, writing a response's head together with its first body bytes.
+    """hypercorn's HTTP/1.1 protocol, writing what an answer sends at once in one piece.
 
-    hypercorn writes the status line and headers as soon as the app starts its answer, then the
-    body: two writes (two TCP segments, TCP_NODELAY being on) for every answer, and the client
-    wakes up twice to read them (httpcore reads the head, then waits again for the body). So the
-    head is held and goes out with the first body bytes when they are at most
-    :data:`COALESCE_MAX_BYTES` (else just before them), with the end of the message, or before
-    anything else this connection sends:
+    hypercorn writes the status line and headers as soon as the app starts its answer, then each
+    body chunk as it comes, then the end: a write (a TCP segment, TCP_NODELAY being on) and a
+    wake-up of the client for each (httpcore reads the head, then waits again for the body). Here:
 
-    - a sized answer (``Content-Length``): its body is already in the app's hands (Quart sends it
-      right after the head), so the head waits for nothing else;
-    - a streamed answer (chunked: Connect streaming, ExecuteScriptStream): its first body bytes
-      may be a long time coming (a command with no output yet), and a client may wait on the
-      head meanwhile, so the head waits at most :data:`STREAM_HEAD_HOLD_S`; then a task in the
-      connection's nursery sends it alone.
+    - the head is held and goes out with the first body bytes when they are at most
+      :data:`COALESCE_MAX_BYTES` (else just before them), with the end of the message, or before
+      anything else this connection sends. A sized answer's body (``Content-Length``) is already
+      in the app's hands (Quart sends it right after the head), so its head waits for nothing
+      else. A streamed answer's (chunked: Connect streaming, ExecuteScriptStream) first bytes may
+      be a long time coming (a command with no output yet), and a client may wait on the head
+      meanwhile, so that head waits at most :data:`STREAM_HEAD_HOLD_S`; then a task in the
+      connection's nursery sends it alone;
+    - a streamed answer's chunks are held until the app's task gives way (a task in the
+      connection's nursery, started with the first held chunk, runs in trio's next round of
+      tasks and sends what is held): what the app sends in one go goes in one write (a
+      command's result, the end-of-stream message and the chunked end, which hostd and the
+      controller send one after another), and a chunk waits for nothing the app has not
+      already got. Held bytes never pass :data:`COALESCE_MAX_BYTES`.
 
     Measured on PingAgent and on curl of ExecuteScriptStream through the controller (two hops):
     see bench/rpc_bench.py and bench/cli_bench.py.
@@ -352,14 +359,15 @@ class _H11Protocol(H11Protocol):
         self._send_now = self.send
         self.send = self._send_coalesced
         self._hold_head: _HeadHold | None = None
+        self._streaming = False  # a streamed answer's body is being sent: its chunks are held
         self._held = b""
-        # The streamed head's timer (see _release_head_later); None when no timer is running
-        # for the bytes held now.
+        # The streamed head's timer (see _release_head_later); None when no head is held alone.
         self._head_timer: trio.CancelScope | None = None
+        self._flush_pending = False  # a _flush_soon task has been started and has not run yet
 
     async def handle(self, event: Event) -> None:
         if isinstance(event, Closed):
-            # The client is gone (or the connection broke): a held head has nobody to go to.
+            # The client is gone (or the connection broke): held bytes have nobody to go to.
             self._take_held()
         await super().handle(event)
 
@@ -367,33 +375,58 @@ class _H11Protocol(H11Protocol):
         if isinstance(event, StreamResponse) and event.status_code >= 200:
             sized = any(name.lower() == b"content-length" for name, _ in event.headers)
             self._hold_head = _HeadHold.SIZED if sized else _HeadHold.STREAMED
+            self._streaming = not sized
+        elif isinstance(event, (StreamEndBody, StreamClosed)):
+            self._streaming = False  # the end goes now, with what is held
         try:
             await super().stream_send(event)
         finally:
             self._hold_head = None  # whatever the head's write did, only that write is held
 
     async def _send_coalesced(self, event: Event) -> None:
-        if isinstance(event, RawData):
-            if self._hold_head is not None:
-                hold, self._hold_head = self._hold_head, None
-                self._held = event.data
-                if hold is _HeadHold.STREAMED:
-                    timer = self._head_timer = trio.CancelScope(deadline=trio.current_time() + STREAM_HEAD_HOLD_S)
-                    self.task_group.spawn(self._release_head_later, timer)
-                return
-            if self._held and len(event.data) <= COALESCE_MAX_BYTES:
-                event = RawData(data=self._take_held() + event.data, address=event.address)
-        if self._held:  # a large body (not copied to join it), Closed, Updated: the head first
-            await self._send_now(RawData(data=self._take_held()))
-        await self._send_now(event)
+        if not isinstance(event, RawData):  # Closed, Updated: what is held goes first
+            if self._held:
+                await self._send_now(RawData(data=self._take_held()))
+            await self._send_now(event)
+            return
+        if self._hold_head is not None:
+            hold, self._hold_head = self._hold_head, None
+            self._held = event.data
+            if hold is _HeadHold.STREAMED:
+                timer = self._head_timer = trio.CancelScope(deadline=trio.current_time() + STREAM_HEAD_HOLD_S)
+                self.task_group.spawn(self._release_head_later, timer)
+            return
+        data = event.data
+        if self._held:
+            if len(self._held) + len(data) <= COALESCE_MAX_BYTES:
+                data = self._take_held() + data
+            else:  # not copied to join them; one more segment is nothing at this size
+                await self._send_now(RawData(data=self._take_held()))
+        if self._streaming and len(data) < COALESCE_MAX_BYTES:
+            self._held = data
+            if not self._flush_pending:
+                self._flush_pending = True
+                self.task_group.spawn(self._flush_soon)
+            return
+        await self._send_now(RawData(data=data, address=event.address))
 
     def _take_held(self) -> bytes:
-        """The held bytes, no longer held (their timer, if any, stopped)."""
+        """The held bytes, no longer held (the head's timer, if any, stopped)."""
         held, self._held = self._held, b""
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         return held
+
+    async def _flush_soon(self) -> None:
+        """Send the held chunks: this task's first step comes in trio's next round of tasks, after
+        the app's task has given way (at its next checkpoint: it waits for something it has not
+        got, or lets others run)."""
+        self._flush_pending = False
+        if self._held and self._head_timer is None:  # (a head alone waits for its own timer)
+            # Through the same send as the app's (hypercorn's lock, in call order): a write
+            # the app makes meanwhile is queued behind this one.
+            await self._send_now(RawData(data=self._take_held()))
 
     async def _release_head_later(self, timer: trio.CancelScope) -> None:
         """Send the held head alone once ``timer``'s deadline passes, unless it left before
@@ -403,8 +436,6 @@ class _H11Protocol(H11Protocol):
         if self._head_timer is timer:  # the deadline passed with the head still held
             self._head_timer = None
             held, self._held = self._held, b""
-            # Through the same send as the body (hypercorn's lock, in call order): a body
-            # write that comes meanwhile is queued behind this one, never ahead of the head.
             await self._send_now(RawData(data=held))
 
 
