@@ -111,11 +111,12 @@ class Client:
         self._token = settings.token
         self._tls: Any = None
         if self._endpoint.tls:
-            # ssl only for https: a plain call to loopback loads none of it (start-up time).
-            from limiquantix.protocol.tls import TLSConfigError, TLSFiles, client_ssl_context
+            # ssl only for https: a plain call to loopback loads none of it, and nothing but
+            # ssl for https (protocol.tls would add typing and dataclasses: start-up time).
+            from limiquantix.protocol._sslcontext import TLSConfigError, verifying_context
 
             try:
-                self._tls = client_ssl_context(TLSFiles(ca_file=settings.ca_file))
+                self._tls = verifying_context(settings.ca_file)
             except TLSConfigError as exc:
                 raise ClientConfigError(str(exc)) from None
 

@@ -136,19 +136,22 @@ def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
         Unreachable: refused, no route, unknown name, a failed handshake.
         TimedOut: the deadline passed while connecting (nothing was sent).
     """
+    # An ASCII name as bytes: a str is IDNA-encoded first (by getaddrinfo and by ssl for the
+    # server's name), which loads encodings.idna, stringprep and unicodedata (about 10 ms here).
+    host = endpoint.host.encode("ascii") if endpoint.host.isascii() else endpoint.host
     if endpoint.tls:
         import socket
         import ssl
 
         try:
-            raw = socket.create_connection((endpoint.host, endpoint.port), timeout=_remaining(deadline, False))
+            raw = socket.create_connection((host, endpoint.port), timeout=_remaining(deadline, False))
         except TimeoutError:
             raise TimedOut("connecting took too long", sent=False) from None
         except OSError as exc:
             raise Unreachable(exc.strerror or type(exc).__name__) from exc
         try:
             raw.settimeout(_remaining(deadline, False))
-            return tls_context.wrap_socket(raw, server_hostname=endpoint.host)
+            return tls_context.wrap_socket(raw, server_hostname=host)
         except ssl.SSLError as exc:
             raw.close()
             raise Unreachable("TLS handshake failed", tls=True) from exc
@@ -160,9 +163,6 @@ def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
             raise Unreachable(exc.strerror or type(exc).__name__, tls=True) from exc
     import _socket
 
-    # An ASCII name as bytes: a str is IDNA-encoded first, which loads encodings.idna and
-    # stringprep (about 10 ms here).
-    host = endpoint.host.encode("ascii") if endpoint.host.isascii() else endpoint.host
     try:
         infos = _socket.getaddrinfo(host, endpoint.port, 0, _socket.SOCK_STREAM)
     except OSError as exc:

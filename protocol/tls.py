@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     # collections.abc.Buffer is 3.12+; typeshed's typing_extensions has it for the checker only.
     from typing_extensions import Buffer
 
-# Here for the callers that import them with the rest of TLS; defined apart (no ssl needed).
+# Here for the callers that import them with the rest of TLS; defined apart (no ssl needed;
+# the context itself with ssl alone, for the command line's start-up).
+from ._sslcontext import TLSConfigError, load_cert_chain, load_verify_locations, verifying_context
+from ._sslcontext import ssl_reason as _reason
 from .loopback import InsecureTransportError, check_token_transport, is_loopback_url
 
 __all__ = [
@@ -94,10 +97,6 @@ def _record(exc: ssl.SSLError) -> None:
         _LAST_FAILURE.set(_reason(exc))
 
 
-class TLSConfigError(ValueError):
-    """A certificate, key or CA file cannot be used (the message names it and says why)."""
-
-
 @final
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TLSFiles:
@@ -128,39 +127,9 @@ def client_ssl_context(tls: TLSFiles | None = None) -> ssl.SSLContext:
         TLSConfigError: a file is missing, unreadable or not a certificate/key (named).
     """
     tls = tls or TLSFiles()
-    try:
-        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load the CA file {tls.ca_file}: {_reason(exc)}") from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = verifying_context(tls.ca_file, tls.cert_file, tls.key_file)
     ctx.sslobject_class = _RecordingSSLObject
-    if tls.cert_file:
-        load_cert_chain(ctx, tls.cert_file, tls.key_file, what="the client certificate")
     return ctx
-
-
-def load_cert_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str, *, what: str = "the certificate") -> None:
-    """``ctx.load_cert_chain`` with an error that names the files and says why in words.
-
-    Raises:
-        TLSConfigError: a file is missing, unreadable, or not a certificate or its key.
-    """
-    try:
-        ctx.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load {what} {cert_file} with key {key_file}: {_reason(exc)}") from exc
-
-
-def load_verify_locations(ctx: ssl.SSLContext, ca_file: str, *, what: str = "the CA file") -> None:
-    """``ctx.load_verify_locations`` with an error that names the file and says why in words.
-
-    Raises:
-        TLSConfigError: the file is missing, unreadable, or holds no certificate.
-    """
-    try:
-        ctx.load_verify_locations(ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"cannot load {what} {ca_file}: {_reason(exc)}") from exc
 
 
 def tls_failure(exc: BaseException) -> str | None:
@@ -198,14 +167,3 @@ def server_refusal(why: str) -> str | None:
     client has already sent one (its side of the handshake was done), and it was not delivered.
     """
     return _REFUSAL_ALERTS.get(why)
-
-
-def _reason(exc: BaseException) -> str:
-    """An OpenSSL error's reason in words (``CERTIFICATE_VERIFY_FAILED`` → ``certificate verify failed``)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.lower().replace("_", " ")
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -53,8 +54,8 @@ class Servers:
         self._threads: list[threading.Thread] = []
         self._listeners: list[socket.socket] = []
 
-    def start(self, script: Script) -> int:
-        """A new server's port."""
+    def start(self, script: Script, tls: ssl.SSLContext | None = None) -> int:
+        """A new server's port (HTTPS with ``tls``, a server context)."""
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -62,6 +63,8 @@ class Servers:
 
         def run() -> None:
             conn, _ = listener.accept()
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
             with conn:
                 self.requests.append(_read_request(conn))
                 try:
@@ -293,15 +296,18 @@ def _imported(importtime: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("launcher", "floor", "argv", "request_body", "config_file"),
+    ("launcher", "floor", "argv", "request_body", "config_file", "https"),
     [
-        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False),
+        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False, False),
         ("script", ["-c", "pass"], ["exec", "-t", "5", "vm-1", "--", "printf", "%s"],
-         {"vmId": "vm-1", "command": "printf", "args": ["%s"], "timeoutSeconds": 5}, False),
-        ("script", ["-c", "pass"], ["sh", "vm-1", "echo hi"], {"vmId": "vm-1", "command": "echo hi"}, False),
+         {"vmId": "vm-1", "command": "printf", "args": ["%s"], "timeoutSeconds": 5}, False, False),
+        ("script", ["-c", "pass"], ["sh", "vm-1", "echo hi"], {"vmId": "vm-1", "command": "echo hi"}, False, False),
         # The URL and token from the config file make run writes (read without tomllib).
-        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, True),
-        ("-m", ["-m", "__hello__"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False),
+        ("script", ["-c", "pass"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, True, False),
+        ("-m", ["-m", "__hello__"], ["exec", "vm-1", "--", "true"], {"vmId": "vm-1", "command": "exec true"}, False, False),
+        # https with a CA file, as make run configures it: ssl's own modules, nothing more.
+        ("script", ["-c", "import ssl"], ["exec", "vm-1", "--", "true"],
+         {"vmId": "vm-1", "command": "exec true"}, False, True),
     ],
 )  # fmt: skip
 def test_exec_starts_without_loading_what_it_does_not_need(
@@ -312,13 +318,16 @@ def test_exec_starts_without_loading_what_it_does_not_need(
     argv: list[str],
     request_body: object,
     config_file: bool,
+    https: bool,
 ) -> None:
     """A structural guard of exec's start-up (timings belong to bench/cli_bench.py): the
     installed ``limiquantix`` (the script pip copies from cli/limiquantix, not a console-script
     wrapper, which imports re) and ``python -m limiquantix.cli`` run a whole exec against a
     server, output and exit code as always, importing nothing beyond :data:`STARTUP_EXTRAS`
-    and our own modules, also when the config file names the controller. ``python -S`` with the sources on PYTHONPATH: no site, so no
-    editable-install finder (which loads pathlib and re) hides what the command imports."""
+    and our own modules, also when the config file names the controller; over https (a CA file,
+    the certificate verified) nothing beyond what ``import ssl`` loads. ``python -S`` with the
+    sources on PYTHONPATH: no site, so no editable-install finder (which loads pathlib and re)
+    hides what the command imports."""
     events = (
         _envelope(0, b'{"executionId": "e1"}'),
         _envelope(0, b'{"output": {"seq": 1, "stream": "stdout", "text": "out\\n"}}'),
@@ -326,7 +335,16 @@ def test_exec_starts_without_loading_what_it_does_not_need(
         _envelope(0, b'{"result": {"exitCode": 3, "exitReason": "exited", "executionId": "e1"}}'),
         _envelope(2, b"{}"),
     )
-    port = servers.start(_send(STREAM_HEAD + _chunked(*events)))
+    scheme, server_tls, ca_env = "http", None, {}
+    if https:
+        from limiquantix.controller import pki
+
+        pki.create_ca(tmp_path)
+        pki.issue(tmp_path, "srv", pki.CertKind.SERVER, ip_addresses=["127.0.0.1"])
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+        scheme, ca_env = "https", {"LQX_CA_FILE": str(tmp_path / "ca.pem")}
+    port = servers.start(_send(STREAM_HEAD + _chunked(*events)), server_tls)
     tree = tmp_path / "src" / "limiquantix"
     tree.mkdir(parents=True)
     for package in ("cli", "protocol"):
@@ -342,7 +360,7 @@ def test_exec_starts_without_loading_what_it_does_not_need(
             f'# Written by make run\nurl = "http://127.0.0.1:{port}"\ntoken = "t0k"\n[profiles.other]\nurl = "https://x"\n'
         )
     else:
-        env.update(LQX_CONTROLLER_URL=f"http://127.0.0.1:{port}", LQX_TOKEN="t0k")
+        env.update(LQX_CONTROLLER_URL=f"{scheme}://127.0.0.1:{port}", LQX_TOKEN="t0k", **ca_env)
     program = (
         [str(Path(sys.executable).with_name("limiquantix"))] if launcher == "script" else ["-m", "limiquantix.cli"]
     )
