@@ -35,6 +35,7 @@ from limiquantix.protocol import errors, rpc
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol.rpc import _client as rpc_client
 from limiquantix.protocol.rpc import server as rpc_server
 from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 from limiquantix.tui.client import ControllerClient
@@ -44,6 +45,7 @@ PING = "limiquantix.node.v1.NodeDaemonService/PingAgent"
 STREAM = "limiquantix.node.v1.NodeDaemonService/ExecuteInGuestStream"
 READ = "limiquantix.node.v1.NodeDaemonService/ReadGuestFile"
 TOKEN = "rpc-test-token"
+FOREVER_S = 3600.0
 
 
 # ---------------------------------------------------------------- sans-IO
@@ -335,6 +337,71 @@ async def test_trio_stream_messages_then_the_end_error(served: tuple[FakeNode, r
             async for _ in client.stream(target, STREAM, request.SerializeToString()):
                 pass
         assert info.value.reason == "not_found_here"
+
+
+@pytest.mark.trio
+async def test_trio_a_stream_read_to_its_end_leaves_its_connection_in_the_pool(
+    served: tuple[FakeNode, rpc.Target],
+) -> None:
+    """A stream is read past its end message to the body's end: its connection goes back to the
+    pool (closed before, it made every stream the controller relays open a new connection to
+    hostd). Two streams (one ending in an error) and a unary call: one connection."""
+    _, target = served
+    transport = httpx.AsyncHTTPTransport()
+    request = npb.ExecuteInGuestRequest(vm_id="v", request=apb.ExecuteRequest(command="ok"))
+    async with rpc.RpcClient(transport=transport) as client:
+        with trio.fail_after(50):
+            assert len([m async for m in client.stream(target, STREAM, request.SerializeToString())]) == 3
+            pool = transport._pool.connections  # noqa: SLF001 - httpcore's pool, what the test is about
+            assert len(pool) == 1
+            first = pool[0]
+            request.request.command = "fail"
+            with pytest.raises(errors.NotFound):
+                async for _ in client.stream(target, STREAM, request.SerializeToString()):
+                    pass
+            await client.unary_message(target, PING, npb.PingAgentRequest(vm_id="v"), npb.AgentPingResponse)
+        assert transport._pool.connections == [first] and first.is_idle()  # noqa: SLF001
+
+
+async def _scripted_stream_server(
+    after_end: bytes, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """One connection: reads a request, answers a Connect stream (one message, the end message)
+    followed by ``after_end``, then holds the connection open without ending the body."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    conn = await listeners[0].accept()
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await conn.receive_some()
+    envelopes = rpc.encode_envelope(0, b"one") + rpc.encode_envelope(rpc.FLAG_END_STREAM, b"{}")
+    await conn.send_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/connect+proto\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (len(envelopes), envelopes)
+        + after_end
+    )
+    await trio.sleep_forever()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("after_end", "drain_s"),
+    [
+        (b"", 0.05),  # the body's end held back: not waited on beyond the bound
+        (b"3\r\nabc\r\n", FOREVER_S),  # bytes after the end message: not waited on at all
+    ],
+)
+async def test_trio_a_stream_whose_server_does_not_end_the_body_after_the_end_message(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, after_end: bytes, drain_s: float
+) -> None:
+    """The stream's outcome is in its end message: a server that does not end the HTTP body
+    after it (a broken one) delays the call by STREAM_END_DRAIN_S at most, never to its deadline."""
+    monkeypatch.setattr(rpc_client, "STREAM_END_DRAIN_S", drain_s)
+    url = await nursery.start(_scripted_stream_server, after_end)
+    async with rpc.RpcClient() as client:
+        with trio.fail_after(30):
+            got = [m async for m in client.stream(rpc.Target(url=url, name="node n1"), STREAM, b"")]
+    assert got == [b"one"]
 
 
 @pytest.mark.trio

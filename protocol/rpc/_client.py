@@ -47,6 +47,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mappin
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, final
 
+import anyio
 import httpcore
 import httpx
 from google.protobuf.message import Message
@@ -89,6 +90,13 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 # A non-200 answer's body is an error object: a few KiB at most.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+#: After a stream's end message, how long the body's own end (chunked's last chunk) is waited
+#: for: read to its end, the response leaves its connection in the pool; closed before, the
+#: connection is closed with it, and the next call to that server opens another (a TCP connect,
+#: a name lookup in a thread, a new connection task on the server: on every ExecuteScriptStream
+#: the controller relayed). Our servers send it in the same write as the end message; one that
+#: holds it back is not waited on longer than this, its connection closed as before.
+STREAM_END_DRAIN_S: Final = 1.0
 
 
 class OutcomeUnknown(errors.Unavailable):
@@ -464,6 +472,7 @@ class RpcClient:
                     if flags & FLAG_COMPRESSED:
                         data = gunzip(data, self.max_message_bytes)
                     if flags & FLAG_END_STREAM:
+                        await _read_to_end(chunks)
                         _raise_end_stream(data, target)
                         return
                     yield data
@@ -556,6 +565,21 @@ async def _raw_chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
         return
     async for chunk in resp.aiter_raw():
         yield chunk
+
+
+async def _read_to_end(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows a stream's end message to the body's end, for at most
+    :data:`STREAM_END_DRAIN_S` (so that the connection can be kept, see there). Bytes after the
+    end message (a server breaking the protocol) or a broken connection end it at once: the
+    response is closed with its connection. anyio's scope: the TUI calls this on asyncio, the
+    controller on trio."""
+    with anyio.move_on_after(STREAM_END_DRAIN_S):
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    return
+        except httpx.HTTPError:
+            return
 
 
 async def _read_raw(resp: httpx.Response, limit: int) -> bytes:
