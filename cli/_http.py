@@ -144,7 +144,8 @@ def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
         import ssl
 
         try:
-            raw = socket.create_connection((host, endpoint.port), timeout=_remaining(deadline, False))
+            # arg-type: typeshed says str; getaddrinfo, which it calls, takes bytes as well (above).
+            raw = socket.create_connection((host, endpoint.port), timeout=_remaining(deadline, False))  # type: ignore[arg-type]
         except TimeoutError:
             raise TimedOut("connecting took too long", sent=False) from None
         except OSError as exc:
