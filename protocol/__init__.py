@@ -1,24 +1,195 @@
-"""Wire protocol shared by the agent and hostd: schema, frame codec, errors.
+"""The protocol package: what the agent, hostd, the controller and the clients share.
 
-Layers, bottom up: :mod:`.framing` (bytes <-> frames, pure), :mod:`.wire`
-(frames <-> AgentMessage), :mod:`.transport` (one trio writer per stream),
-:mod:`.client` (the host side of a connection: hello/sync and request
-correlation), :mod:`.errors` (the error hierarchy and its Connect mapping).
+The public surface is this package's exports and four modules; every other module is
+private (its name starts with ``_``) and may change.
 
-``agent_pb2`` is loaded on first use (PEP 562): importing any ``limiquantix.protocol.*``
-module runs this file first, and the pure ones (:mod:`.safetext`, :mod:`.deadlines`,
-:mod:`.exits`, :mod:`.clientconfig`) must stay cheap for ``limiquantix exec``, whose start-up time is
-measured (protobuf alone costs tens of milliseconds).
+Public modules, each a namespace its callers use qualified:
+
+* :mod:`.errors`: the error hierarchy of the whole stack and its one table of Connect,
+  HTTP and gRPC codes (``errors.NotFound``, ``errors.CODES``);
+* :mod:`.limits`: the bound of every request field, checked where a request is decoded
+  (``limits.check_message``, ``limits.MAX_PATH_BYTES``);
+* :mod:`.guestcaps`: what hostd keeps of what a guest reports (``guestcaps.cap_identity``);
+* :mod:`.config`: the daemons' one configuration loader (a frozen dataclass, a TOML file,
+  a flag per key);
+* :mod:`.rpc` (the HTTP hops' codec and client) and :mod:`.rpc.server` (hostd's and the
+  controller's server): packages of their own, never shipped to guests.
+
+Exported here, by the private module that holds them:
+
+==========================  ==========================================================
+module                      names
+==========================  ==========================================================
+:mod:`.framing`             bytes <-> frames, pure: ``FrameDecoder``, ``encode_frame``,
+                            ``Frame``, ``FrameTooLarge``, ``MAGIC``, ``HEADER_SIZE``,
+                            ``FLAG_SYNC``, ``MAX_FRAME_BYTES``, ``FRAME_HEADROOM_BYTES``
+:mod:`.wire`                frames <-> ``AgentMessage``: ``parse_frame``,
+                            ``encode_message``, ``new_message``, ``new_message_id``,
+                            ``BadMessage``, ``enum_name``, ``set_timestamp``,
+                            ``set_timestamp_ns``
+:mod:`.transport`           trio streams of frames: ``MessageWriter``, ``ReadBuffer``,
+                            ``receive_frames``, ``direct_reader``, ``direct_writer``
+:mod:`.client`              the host side of a connection: ``AgentClient``,
+                            ``EVENT_RATE_PER_S``, ``EVENT_BURST``
+:mod:`.deadlines`           a command's time budget at every hop: ``command_budget_s``,
+                            ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
+:mod:`.safetext`            guest text made safe for terminals and logs: ``safe_text``,
+                            ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
+:mod:`.logs`                the daemons' log lines: ``setup_logging``
+:mod:`.daemon`              what hostd and the controller share as daemons:
+                            ``run_daemon``, ``stop_on_signals``, ``RpcMetrics``,
+                            ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``
+:mod:`.tls`                 every client's TLS: ``TLSFiles``, ``client_ssl_context``,
+                            ``TLSConfigError``, ``tls_failure``
+:mod:`.loopback`            a token over plain HTTP only to this machine:
+                            ``check_token_transport``, ``InsecureTransportError``,
+                            ``is_loopback_url``
+:mod:`.config`              ``ConfigError`` (also a public module, above)
+:mod:`.clientconfig`        where an operator's client finds its controller (profiles):
+                            ``resolve``, ``read_config``, ``ClientSettings``,
+                            ``DEFAULT_URL``, ``default_config_path``,
+                            ``refused_token_flag``
+:mod:`.jsonupload`          a file upload's Connect JSON in pieces: ``write_file_parts``
+==========================  ==========================================================
+
+``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION`` and
+``__version__`` complete the exports. Other generated modules are imported from
+:mod:`._gen` by name (``from limiquantix.protocol._gen import vm_service_pb2``).
+
+Every export is imported on first use (PEP 562), and only its own module: importing
+this package costs almost nothing, and a name costs what its module imports. That
+matters twice: ``limiquantix exec`` resolves its configuration and checks its URL on
+every start, and its start-up time is measured (protobuf alone costs tens of
+milliseconds, ``ssl`` and ``typing`` milliseconds each), so the names it uses live in
+modules that import neither; and the agent's package leaves :mod:`.daemon` (Prometheus)
+and :mod:`.rpc` (httpx, quart, hypercorn) out, which only works while nothing the agent
+imports imports them.
 """
 
 from __future__ import annotations
 
-from ._lazy import import_lazily
 from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._version import __version__ as __version__
 
-__all__ = ["PROTOCOL_VERSION", "__version__", "agent_pb2"]
+# Not typing.TYPE_CHECKING: importing typing costs ``limiquantix exec`` milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
+    from ._gen import agent_pb2 as agent_pb2
+    from .client import EVENT_BURST as EVENT_BURST
+    from .client import EVENT_RATE_PER_S as EVENT_RATE_PER_S
+    from .client import AgentClient as AgentClient
+    from .clientconfig import DEFAULT_URL as DEFAULT_URL
+    from .clientconfig import ClientSettings as ClientSettings
+    from .clientconfig import default_config_path as default_config_path
+    from .clientconfig import read_config as read_config
+    from .clientconfig import refused_token_flag as refused_token_flag
+    from .clientconfig import resolve as resolve
+    from .config import ConfigError as ConfigError
+    from .daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+    from .daemon import RpcMetrics as RpcMetrics
+    from .daemon import die_with_parent as die_with_parent
+    from .daemon import run_daemon as run_daemon
+    from .daemon import stop_on_signals as stop_on_signals
+    from .deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
+    from .deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
+    from .deadlines import command_budget_s as command_budget_s
+    from .framing import FLAG_SYNC as FLAG_SYNC
+    from .framing import FRAME_HEADROOM_BYTES as FRAME_HEADROOM_BYTES
+    from .framing import HEADER_SIZE as HEADER_SIZE
+    from .framing import MAGIC as MAGIC
+    from .framing import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+    from .framing import Frame as Frame
+    from .framing import FrameDecoder as FrameDecoder
+    from .framing import FrameTooLarge as FrameTooLarge
+    from .framing import encode_frame as encode_frame
+    from .jsonupload import write_file_parts as write_file_parts
+    from .logs import setup_logging as setup_logging
+    from .loopback import InsecureTransportError as InsecureTransportError
+    from .loopback import check_token_transport as check_token_transport
+    from .loopback import is_loopback_url as is_loopback_url
+    from .safetext import ESCAPED as ESCAPED
+    from .safetext import StreamEscaper as StreamEscaper
+    from .safetext import safe_bytes as safe_bytes
+    from .safetext import safe_text as safe_text
+    from .tls import TLSConfigError as TLSConfigError
+    from .tls import TLSFiles as TLSFiles
+    from .tls import client_ssl_context as client_ssl_context
+    from .tls import tls_failure as tls_failure
+    from .transport import MessageWriter as MessageWriter
+    from .transport import ReadBuffer as ReadBuffer
+    from .transport import direct_reader as direct_reader
+    from .transport import direct_writer as direct_writer
+    from .transport import receive_frames as receive_frames
+    from .wire import BadMessage as BadMessage
+    from .wire import encode_message as encode_message
+    from .wire import enum_name as enum_name
+    from .wire import new_message as new_message
+    from .wire import new_message_id as new_message_id
+    from .wire import parse_frame as parse_frame
+    from .wire import set_timestamp as set_timestamp
+    from .wire import set_timestamp_ns as set_timestamp_ns
+
+#: Each lazy export and the module that defines it (the defining one, not one that
+#: re-exports it: ``check_token_transport`` from ``loopback``, which needs no ``ssl``).
+_LAZY: dict[str, str] = {
+    "agent_pb2": "_gen.agent_pb2",
+    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "client"),
+    **dict.fromkeys(
+        ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
+        "clientconfig",
+    ),
+    "ConfigError": "config",
+    **dict.fromkeys(
+        ("PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "run_daemon", "stop_on_signals"), "daemon"
+    ),
+    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "deadlines"),
+    **dict.fromkeys(
+        (
+            "FLAG_SYNC",
+            "FRAME_HEADROOM_BYTES",
+            "HEADER_SIZE",
+            "MAGIC",
+            "MAX_FRAME_BYTES",
+            "Frame",
+            "FrameDecoder",
+            "FrameTooLarge",
+            "encode_frame",
+        ),
+        "framing",
+    ),
+    "write_file_parts": "jsonupload",
+    "setup_logging": "logs",
+    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url"), "loopback"),
+    **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "safetext"),
+    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), "tls"),
+    **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "transport"),
+    **dict.fromkeys(
+        (
+            "BadMessage",
+            "encode_message",
+            "enum_name",
+            "new_message",
+            "new_message_id",
+            "parse_frame",
+            "set_timestamp",
+            "set_timestamp_ns",
+        ),
+        "wire",
+    ),
+}
+
+__all__ = ["PROTOCOL_VERSION", "__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> object:
-    return import_lazily(__name__, {"agent_pb2": "._gen"}, name)
+    module = _LAZY.get(name)
+    if module is None:
+        # Not an export: a submodule (``from limiquantix.protocol import errors``) is found
+        # by the import system after this refusal.
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    found = importlib.import_module(f".{module}", __name__)
+    value = found if module.endswith(f".{name}") else getattr(found, name)  # a module (agent_pb2) or a name in one
+    globals()[name] = value  # the next access is a plain attribute
+    return value
