@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import time
 
-from limiquantix.protocol.clientconfig import ClientConfigError, ClientSettings, read_config, resolve
+from limiquantix.protocol import ConfigError
+from limiquantix.protocol.clientconfig import ClientSettings, read_config, resolve
 
 from . import _http
 from ._fastjson import dumps, loads
@@ -99,14 +100,14 @@ class Client:
     """One controller, one token (from :class:`~limiquantix.protocol.clientconfig.ClientSettings`).
 
     Raises (constructor):
-        ClientConfigError: a URL this client cannot call, or a CA file that cannot be loaded.
+        ConfigError: a URL this client cannot call, or a CA file that cannot be loaded.
     """
 
     def __init__(self, settings: ClientSettings) -> None:
         try:
             self._endpoint = _http.Endpoint.parse(settings.url)
         except ValueError as exc:
-            raise ClientConfigError(str(exc)) from None
+            raise ConfigError(str(exc)) from None
         self.url = settings.url
         self._token = settings.token
         self._tls: Any = None
@@ -118,7 +119,7 @@ class Client:
             try:
                 self._tls = verifying_context(settings.ca_file)
             except TLSConfigError as exc:
-                raise ClientConfigError(str(exc)) from None
+                raise ConfigError(str(exc)) from None
 
     @classmethod
     def from_options(
@@ -134,7 +135,7 @@ class Client:
         """A client for the global options (``--url`` ...), the environment and the config file.
 
         Raises:
-            ClientConfigError: see :func:`limiquantix.protocol.clientconfig.resolve`.
+            ConfigError: see :func:`limiquantix.protocol.clientconfig.resolve`.
         """
         data = read_config(config or None)
         return cls(

@@ -140,7 +140,7 @@ def exec_command(
     """``exec`` (``argv`` is the command) or ``sh`` (``argv[0]`` is the script, ``-``: read
     from stdin) with the global ``options``: the exit code, every failure of ours said on
     stderr and exited 125 (the guest's codes are the command's)."""
-    from limiquantix.protocol.clientconfig import ClientConfigError
+    from limiquantix.protocol import ConfigError
 
     from ._client import ApiError
     from ._output import error_line
@@ -157,7 +157,7 @@ def exec_command(
         else:
             body = exec_body(vm, argv[0], argv[1:], timeout_s=timeout_s, user=user, cwd=cwd, env=env)
         return run_exec(client, body)
-    except ClientConfigError as exc:
+    except ConfigError as exc:
         error_line(str(exc))
     except ApiError as exc:
         error_line(exc.message, code=exc.code)

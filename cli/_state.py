@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from limiquantix.protocol.clientconfig import ClientConfigError
+from limiquantix.protocol import ConfigError
 
 from . import _exitcodes as ec
 from ._client import ApiError, Client
@@ -30,7 +30,7 @@ class State:
         self._client: Client | None = None
 
     def client(self) -> Client:
-        """Raises: ClientConfigError: see :meth:`Client.from_options`."""
+        """Raises: ConfigError: see :meth:`Client.from_options`."""
         if self._client is None:
             self._client = Client.from_options(**self.options)
         return self._client
@@ -46,7 +46,7 @@ def pass_client(func: F) -> F:
         assert state is not None  # the group always makes one
         try:
             return func(state.client(), *args, **kwargs)
-        except ClientConfigError as exc:
+        except ConfigError as exc:
             error_line(str(exc))
             raise SystemExit(ec.CONFIG) from None
         except ApiError as exc:

@@ -44,7 +44,7 @@ module                      names
 :mod:`.loopback`            a token over plain HTTP only to this machine:
                             ``check_token_transport``, ``InsecureTransportError``,
                             ``is_loopback_url``
-:mod:`.config`              ``ConfigError`` (also a public module, above)
+:mod:`.configfile`          reading a TOML file, the one ``ConfigError``
 :mod:`.clientconfig`        where an operator's client finds its controller (profiles):
                             ``resolve``, ``read_config``, ``ClientSettings``,
                             ``DEFAULT_URL``, ``default_config_path``,
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from .clientconfig import read_config as read_config
     from .clientconfig import refused_token_flag as refused_token_flag
     from .clientconfig import resolve as resolve
-    from .config import ConfigError as ConfigError
+    from .configfile import ConfigError as ConfigError
     from .daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
     from .daemon import RpcMetrics as RpcMetrics
     from .daemon import die_with_parent as die_with_parent
@@ -138,7 +138,7 @@ _LAZY: dict[str, str] = {
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
         "clientconfig",
     ),
-    "ConfigError": "config",
+    "ConfigError": "configfile",
     **dict.fromkeys(
         ("PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "run_daemon", "stop_on_signals"), "daemon"
     ),

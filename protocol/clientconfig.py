@@ -22,15 +22,19 @@ are ignored: they would mix two controllers' URL and token); ``--url``, ``--toke
 ``--ca-file`` override everything. A token is never taken from the command line (``--token`` is refused): argv is
 visible to every user of the machine (``ps``).
 
-Pure and cheap to import (no protobuf, no ssl): ``limiquantix exec`` resolves its
-configuration on every start, and its start-up time is measured.
+Pure and cheap to import (no protobuf, no ssl, no typing or dataclasses): ``limiquantix
+exec`` resolves its configuration on every start, and its start-up time is measured. That is
+why this is not the daemons' loader (:mod:`.config`, a dataclass per file): it shares that
+loader's file reader and its :class:`~.configfile.ConfigError`, not its imports; and a file of
+profiles (top-level keys, each ``[profiles.NAME]`` over them, the environment only for the
+top level) is no dataclass's shape.
 """
 
 from __future__ import annotations
 
 import os
 
-from .configfile import read_toml
+from .configfile import ConfigError, read_toml, secret_flag_refused
 from .loopback import InsecureTransportError, check_token_transport
 
 # typing, dataclasses (inspect) and pathlib cost more to import than the rest of an
@@ -48,7 +52,6 @@ __all__ = [
     "PROFILE_ENV",
     "TOKEN_ENV",
     "URL_ENV",
-    "ClientConfigError",
     "ClientSettings",
     "check_token",
     "default_config_path",
@@ -64,10 +67,6 @@ CA_ENV = "LQX_CA_FILE"
 PROFILE_ENV = "LQX_PROFILE"
 #: The keys of the file (top level or a profile) that say how to reach the controller.
 CONNECTION_KEYS = frozenset({"url", "token", "token_file", "ca_file", "insecure"})
-
-
-class ClientConfigError(ValueError):
-    """The configuration is unreadable or incomplete (the message says which and how to fix it)."""
 
 
 class ClientSettings:
@@ -122,17 +121,14 @@ def default_config_path() -> Path:
 
 def refused_token_flag(option: str) -> str:
     """Why ``--token`` (``option``) is refused, and what to use instead."""
-    return (
-        f"{option} is refused: a token on the command line is visible to every user (ps); "
-        f"use --token-file FILE, the environment variable {TOKEN_ENV}, or the config file"
-    )
+    return secret_flag_refused(option, f"--token-file FILE, the environment variable {TOKEN_ENV}, or the config file")
 
 
 def check_token(token: str, source: str) -> None:
     """A token is one word of visible ASCII: it goes into an HTTP header as it is.
 
     Raises:
-        ClientConfigError: anything else, naming where it came from (not, later, as an
+        ConfigError: anything else, naming where it came from (not, later, as an
             unreachable controller: an HTTP client refuses such a header before sending).
     """
     if all(33 <= ord(c) <= 126 for c in token):
@@ -141,49 +137,49 @@ def check_token(token: str, source: str) -> None:
         what = "spaces or line breaks" + (" (a TOML file? pass it with --config)" if "=" in token else "")
     else:
         what = "characters that are not printable ASCII"
-    raise ClientConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
+    raise ConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
 
 
 def read_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The config file (``path``, else the default one when it exists, else nothing).
 
     Raises:
-        ClientConfigError: a named file that is missing, or a file that is not TOML.
+        ConfigError: a named file that is missing, or a file that is not TOML.
     """
-    return read_toml(path, _default_config_file(), ClientConfigError)
+    return read_toml(path, _default_config_file())
 
 
 def _profile_values(data: Mapping[str, Any], profile: str, extra_keys: frozenset[str]) -> dict[str, Any]:
     """The top-level keys with ``profile``'s table over them.
 
     Raises:
-        ClientConfigError: an unknown key, or a profile the file does not have.
+        ConfigError: an unknown key, or a profile the file does not have.
     """
     allowed = CONNECTION_KEYS | extra_keys
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
-        raise ClientConfigError("[profiles] in the config file must hold tables: [profiles.NAME]")
+        raise ConfigError("[profiles] in the config file must hold tables: [profiles.NAME]")
     top = {k: v for k, v in data.items() if k != "profiles"}
     for where, values in (("the config file", top), *((f"profile {n!r}", p) for n, p in profiles.items())):
         unknown = sorted(set(values) - allowed)
         if unknown:
-            raise ClientConfigError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(allowed))})")
+            raise ConfigError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(allowed))})")
     if not profile:
         return top
     if profile not in profiles:
         known = ", ".join(sorted(profiles)) or "none"
-        raise ClientConfigError(f"no profile {profile!r} in the config file (profiles: {known})")
+        raise ConfigError(f"no profile {profile!r} in the config file (profiles: {known})")
     return {**top, **profiles[profile]}
 
 
 def _read_token_file(path: str | os.PathLike[str]) -> str:
-    """Raises: ClientConfigError: the file cannot be read."""
+    """Raises: ConfigError: the file cannot be read."""
     path = os.path.expanduser(os.fspath(path))
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read().strip()
     except OSError as exc:
-        raise ClientConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def resolve(
@@ -205,7 +201,7 @@ def resolve(
             (the TUI's ``refresh_s``); any other is refused, so a typo is not ignored.
 
     Raises:
-        ClientConfigError: an unknown key or profile, an unreadable token file, a value that
+        ConfigError: an unknown key or profile, an unreadable token file, a value that
             is not a token, no token anywhere, a URL that is not http(s), a missing CA file, or
             plain HTTP to another machine without ``insecure``.
     """
@@ -227,21 +223,21 @@ def resolve(
     if token:
         check_token(token, source)
     else:
-        raise ClientConfigError(
+        raise ConfigError(
             f"no API token: pass --token-file, set {TOKEN_ENV}, or run `make run` (which writes {_default_config_file()})"
         )
     if not target.startswith(("http://", "https://")):
-        raise ClientConfigError(f"controller URL must start with http:// or https://, not {target!r}")
+        raise ConfigError(f"controller URL must start with http:// or https://, not {target!r}")
     ca = os.fspath(ca_file or env.get(CA_ENV) or values.get("ca_file", ""))
     ca = os.path.expanduser(ca) if ca else ""
     # The CA is for https only: a file's CA must not stop a plain call to loopback (--url).
     if ca and target.startswith("https://") and not os.path.isfile(ca):
-        raise ClientConfigError(f"cannot read the CA file {ca}")
+        raise ConfigError(f"cannot read the CA file {ca}")
     insecure = bool(insecure or values.get("insecure", False) is True)
     try:
         check_token_transport(target, insecure=insecure)
     except InsecureTransportError as exc:
-        raise ClientConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     return ClientSettings(
         url=target.rstrip("/"),
         token=token,

@@ -22,6 +22,10 @@ name, as ``[[vm]]`` for ``vms``) or ``{"secret_env": "LQX_..."}`` (a secret: nev
 a flag, since a command line is visible to every user in ``ps``; the environment
 variable wins over the file). A validation error raised by the dataclass itself
 (its ``__post_init__``) is a :class:`ConfigError` too.
+
+:class:`ConfigError` and the file reader live in :mod:`.configfile`, which the operators'
+clients share (their profiles are read on every ``limiquantix exec``, which cannot pay
+for this module's imports); this module is the daemons' side.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, get_args, get_origin, get_type_hints
 
-from .configfile import read_toml
+from .configfile import ConfigError, read_toml, secret_flag_refused
 
 __all__ = [
     "ConfigError",
@@ -62,10 +66,6 @@ _BOOLEAN_WORDS: Final = {
 _FIELD_HELP: Final = "\0field:"
 #: The classes whose fields have flags, by the key their help markers carry.
 _HELP_CLASSES: dict[str, type] = {}
-
-
-class ConfigError(ValueError):
-    """The configuration file, a flag or a value is invalid (the message names it)."""
 
 
 # ------------------------------------------------------------------ checks the daemons share
@@ -317,10 +317,8 @@ class _RefuseSecret(argparse.Action):
     """
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
-        parser.error(
-            f"{option} is refused: a token on the command line is visible to every user (ps); "
-            f"use --{self.dest.replace('_', '-')}-file FILE or the environment variable {self.metavar}"
-        )
+        instead = f"--{self.dest.replace('_', '-')}-file FILE or the environment variable {self.metavar}"
+        parser.error(secret_flag_refused(option or "", instead))
 
 
 def add_field_flags(parser: argparse.ArgumentParser, cls: type, *, only: Sequence[str] | None = None) -> None:
@@ -368,7 +366,7 @@ def load(
         ConfigError: the file is unreadable or invalid, or a value is.
     """
     flags = vars(parser.parse_args(argv))
-    data = read_toml(flags.pop("config", None), default_path, ConfigError)
+    data = read_toml(flags.pop("config", None), default_path)
     if group_tables:
         data = _flatten(data)
     if merge_flags is not None:

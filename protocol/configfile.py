@@ -1,5 +1,11 @@
-"""Reading a daemon's or a client's TOML configuration file (agent, hostd, controller, the
-TUI and the command line).
+"""Configuration files, for every program: the one :class:`ConfigError` and the TOML reader
+(agent, hostd, controller, the TUI and the command line).
+
+Apart from :mod:`.config` (the daemons' dataclass → TOML → flags loader), which raises the
+same :class:`ConfigError`, because the operators' clients read their file here too
+(:mod:`.clientconfig`: the profiles of ``limiquantix`` and ``limiquantix-tui``), and
+``limiquantix exec`` does on every start, whose start-up time is measured: the loader's
+dataclasses, typing and argparse would cost it more than the rest of its start-up.
 
 A file of only comments, ``[table]`` headers and ``key = value`` lines whose values are plain
 strings, booleans or integers (what ``make run`` writes for the TUI and the command line, and
@@ -20,7 +26,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["read_toml"]
+__all__ = ["ConfigError", "read_toml", "secret_flag_refused"]
+
+
+class ConfigError(ValueError):
+    """The configuration file, a flag or a value is invalid (the message names it and how to fix it)."""
+
 
 #: What a bare key may hold (TOML: ASCII letters, digits, ``_`` and ``-``).
 _BARE_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -87,15 +98,13 @@ def _simple_toml(text: str) -> dict[str, Any] | None:
     return root
 
 
-def read_toml(
-    path: str | os.PathLike[str] | None, default: str | os.PathLike[str], error: type[Exception]
-) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str] | None, default: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed file at ``path``, else at ``default`` when it exists, else ``{}``.
 
     An explicitly named file must exist; the default one is optional.
 
     Raises:
-        error: the file cannot be read, is not UTF-8, or is not valid TOML (the message names it).
+        ConfigError: the file cannot be read, is not UTF-8, or is not valid TOML (the message names it).
     """
     if path is None:
         if not os.path.exists(default):
@@ -105,11 +114,11 @@ def read_toml(
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        raise error(f"cannot read {os.fspath(path)}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {os.fspath(path)}: {exc.strerror}") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{os.fspath(path)}: not UTF-8 text (byte {exc.start}): is it a TOML file?") from None
+        raise ConfigError(f"{os.fspath(path)}: not UTF-8 text (byte {exc.start}): is it a TOML file?") from None
     simple = _simple_toml(text)
     if simple is not None:
         return simple
@@ -120,4 +129,13 @@ def read_toml(
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"{os.fspath(path)}: {exc}") from exc
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from exc
+
+
+def secret_flag_refused(option: str, instead: str) -> str:
+    """Why a secret's flag (``option``) is refused, and ``instead``, what to use.
+
+    Every program refuses a token in argv the same way: a command line is visible to every
+    user of the machine (``ps``, ``/proc``).
+    """
+    return f"{option} is refused: a token on the command line is visible to every user (ps); use {instead}"

@@ -24,7 +24,8 @@ import pytest
 from limiquantix.cli import _http
 from limiquantix.cli._client import VM, ApiError, Client
 from limiquantix.cli._fastjson import dumps, loads
-from limiquantix.protocol.clientconfig import ClientConfigError, ClientSettings
+from limiquantix.protocol import ConfigError
+from limiquantix.protocol.clientconfig import ClientSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,7 +255,7 @@ def test_endpoint_parse(url: str, parsed: tuple[bool, str, int, str], host_heade
 def test_endpoint_parse_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         _http.Endpoint.parse(url)
-    with pytest.raises(ClientConfigError):
+    with pytest.raises(ConfigError):
         Client(ClientSettings(url, "t0k", "the test"))
 
 
@@ -270,7 +271,7 @@ def test_the_token_goes_to_the_host_the_plain_http_check_read(
     client = Client.from_options(url=f"http://127.0.0.1:{port}#@192.0.2.1:9/", config="/dev/null")
     assert client.call(VM, "ListVMs") == {"vms": []}
     assert b"Authorization: Bearer t0k" in servers.requests[0]
-    with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP"):
+    with pytest.raises(ConfigError, match="refusing to send the API token over plain HTTP"):
         Client.from_options(url="http://127.0.0.1\\@192.0.2.1:9/", config="/dev/null")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from limiquantix.protocol import configfile
-from limiquantix.protocol.clientconfig import ClientConfigError, read_config, resolve
+from limiquantix.protocol import ConfigError, configfile
+from limiquantix.protocol.clientconfig import read_config, resolve
 from limiquantix.protocol.loopback import is_loopback_url, split_url
 
 if sys.version_info >= (3, 11):
@@ -64,47 +64,47 @@ def test_a_profile_overrides_the_top_level_and_ignores_the_environment(data: dic
 
 
 def test_what_is_refused(data: dict[str, object], tmp_path: Path) -> None:
-    with pytest.raises(ClientConfigError, match=r"no profile 'qa' in the config file \(profiles: lab, prod\)"):
+    with pytest.raises(ConfigError, match=r"no profile 'qa' in the config file \(profiles: lab, prod\)"):
         resolve(data, env={}, profile="qa")
-    with pytest.raises(ClientConfigError, match="unknown key 'tokn' in profile 'x'"):
+    with pytest.raises(ConfigError, match="unknown key 'tokn' in profile 'x'"):
         resolve({"profiles": {"x": {"tokn": "typo"}}}, env={}, profile="x")
-    with pytest.raises(ClientConfigError, match="must hold tables"):
+    with pytest.raises(ConfigError, match="must hold tables"):
         resolve({"profiles": {"x": "not a table"}}, env={})
-    with pytest.raises(ClientConfigError, match="unknown key 'refresh_s'"):
+    with pytest.raises(ConfigError, match="unknown key 'refresh_s'"):
         resolve({"token": "t", "refresh_s": 1}, env={})
     assert resolve({"token": "t", "refresh_s": 1}, env={}, extra_keys=frozenset({"refresh_s"})).values["refresh_s"] == 1
-    with pytest.raises(ClientConfigError, match="no API token"):
+    with pytest.raises(ConfigError, match="no API token"):
         resolve({}, env={})
-    with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP to 10.0.0.9"):
+    with pytest.raises(ConfigError, match="refusing to send the API token over plain HTTP to 10.0.0.9"):
         resolve({"token": "t", "url": "http://10.0.0.9:8080"}, env={})
     assert resolve({"token": "t", "url": "http://10.0.0.9:8080", "insecure": True}, env={}).insecure
     # A CA file is for https: a stale one in the file does not stop a plain call to loopback.
     missing = str(tmp_path / "gone.pem")
     assert resolve({"token": "t", "ca_file": missing}, env={}).ca_file == missing
-    with pytest.raises(ClientConfigError, match="cannot read the CA file"):
+    with pytest.raises(ConfigError, match="cannot read the CA file"):
         resolve({"token": "t", "ca_file": missing, "url": "https://c:1"}, env={})
-    with pytest.raises(ClientConfigError, match="does not hold a token"):
+    with pytest.raises(ConfigError, match="does not hold a token"):
         resolve({"token": "two words"}, env={})
 
 
 def test_read_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert read_config(None) == {}  # no default file: nothing
-    with pytest.raises(ClientConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read"):
         read_config(tmp_path / "named-but-missing.toml")
     conf = tmp_path / "limiquantix" / "tui.toml"
     conf.parent.mkdir()
     conf.write_text('token = "t"\n[profiles.a]\nurl = "https://a:1"\n')
     assert read_config(None) == {"token": "t", "profiles": {"a": {"url": "https://a:1"}}}
     conf.write_text("token = ")
-    with pytest.raises(ClientConfigError, match="tui.toml"):
+    with pytest.raises(ConfigError, match="tui.toml"):
         read_config(None)
 
 
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     conf = tmp_path / "tui.toml"
     conf.write_bytes(b'token = "\xff\xfe"\n')
-    with pytest.raises(ClientConfigError, match=r"tui.toml: not UTF-8 text \(byte 9\)"):
+    with pytest.raises(ConfigError, match=r"tui.toml: not UTF-8 text \(byte 9\)"):
         read_config(conf)
 
 
@@ -188,5 +188,5 @@ def test_a_url_parsers_may_read_differently_is_not_loopback(url: str) -> None:
     with pytest.raises(ValueError):
         split_url(url)
     assert not is_loopback_url(url)
-    with pytest.raises(ClientConfigError, match="refusing to send the API token over plain HTTP"):
+    with pytest.raises(ConfigError, match="refusing to send the API token over plain HTTP"):
         resolve({}, env={"LQX_TOKEN": "t"}, url=url)

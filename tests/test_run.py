@@ -54,9 +54,10 @@ def test_make_run_once(tmp_path: Path) -> None:
     tui = (tmp_path / "limiquantix" / "tui.toml").read_text()
     assert 'url = "https://' in tui and "token = " in tui and "ca_file = " in tui
     # The TUI reads it: the CA file it names is the one make run made (gone with its temp dir now).
-    from limiquantix.tui.config import TuiConfigError, parse_args
+    from limiquantix.protocol import ConfigError
+    from limiquantix.tui.config import parse_args
 
-    with pytest.raises(TuiConfigError, match="cannot read the CA file .*/pki/ca.pem"):
+    with pytest.raises(ConfigError, match="cannot read the CA file .*/pki/ca.pem"):
         parse_args(["--config", str(tmp_path / "limiquantix" / "tui.toml")], env={})
     assert (tmp_path / "limiquantix" / "tui.toml").stat().st_mode & 0o777 == 0o600
 

@@ -41,7 +41,7 @@ from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.rpc.server import ServerTLS, http_config
 from limiquantix.protocol.tls import InsecureTransportError, TLSConfigError
 from limiquantix.tui.client import ApiError, ControllerClient
-from limiquantix.tui.config import TuiConfigError, parse_args
+from limiquantix.tui.config import parse_args
 
 VM = "/limiquantix.compute.v1.VMService"
 ADMIN = "/limiquantix.compute.v1.AdminService"
@@ -403,13 +403,13 @@ def test_clients_refuse_a_token_over_plain_http_to_another_machine(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     token_env = {"LQX_TOKEN": "t"}  # never --token: the TUI refuses a token in argv
     with pytest.raises(
-        TuiConfigError, match=r"refusing to send the API token over plain HTTP to 10\.1\.2\.3: .*--insecure"
+        ConfigError, match=r"refusing to send the API token over plain HTTP to 10\.1\.2\.3: .*--insecure"
     ):
         parse_args(["--url", "http://10.1.2.3:8080"], env=token_env)
     assert parse_args(["--url", "http://10.1.2.3:8080", "--insecure"], env=token_env).insecure
     for ok in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://10.1.2.3:8443"):
         assert parse_args(["--url", ok], env=token_env).url == ok
-    with pytest.raises(TuiConfigError, match="cannot read the CA file"):
+    with pytest.raises(ConfigError, match="cannot read the CA file"):
         parse_args(["--url", "https://c:1", "--ca-file", str(tmp_path / "missing.pem")], env=token_env)
     with pytest.raises(InsecureTransportError, match="plain HTTP to c.example"):
         ControllerClient("http://c.example:8080", "t")

@@ -25,11 +25,12 @@ from procstack import DEADLINE_S, VMS, Stack, run_stack
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Static, TextArea
 
+from limiquantix.protocol import ConfigError
 from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse as Result
 from limiquantix.tui import jobs as tui_jobs
 from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.config import TuiConfig, TuiConfigError, parse_args
+from limiquantix.tui.config import TuiConfig, parse_args
 from limiquantix.tui.format import exit_cell, exit_summary
 from limiquantix.tui.screens import audit as tui_audit
 from limiquantix.tui.screens.audit import AuditScreen
@@ -644,7 +645,7 @@ def test_a_fleet_target_that_timed_out_or_was_killed_says_how() -> None:
 def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """File, then environment, then flags; no token anywhere is a clear error."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    with pytest.raises(TuiConfigError, match="no API token"):
+    with pytest.raises(ConfigError, match="no API token"):
         parse_args([], env={})
     conf = tmp_path / "limiquantix" / "tui.toml"
     conf.parent.mkdir()
@@ -658,9 +659,9 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     got = parse_args(["--url", "https://c.example:8443/", "--token-file", str(token_file)], env=env)
     assert (got.url, got.token) == ("https://c.example:8443", "from-token-file")
     # A token in argv is readable by every local user: refused, saying what to use instead.
-    with pytest.raises(TuiConfigError, match=r"--token is refused: .*visible to every user.*--token-file"):
+    with pytest.raises(ConfigError, match=r"--token is refused: .*visible to every user.*--token-file"):
         parse_args(["--token", "flag"], env=env)
-    with pytest.raises(TuiConfigError, match="--token is refused"):
+    with pytest.raises(ConfigError, match="--token is refused"):
         parse_args(["--token=flag"], env=env)
     proc = subprocess.run(
         [sys.executable, "-m", "limiquantix.tui", "--token", "secret-in-argv"],
@@ -670,22 +671,22 @@ def test_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         check=False,
     )
     assert proc.returncode == 2 and "--token is refused" in proc.stderr and "--token-file" in proc.stderr, proc.stderr
-    with pytest.raises(TuiConfigError, match="http:// or https://"):
+    with pytest.raises(ConfigError, match="http:// or https://"):
         parse_args(["--url", "127.0.0.1:8080"], env=env)
-    with pytest.raises(TuiConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read"):
         parse_args(["--token-file", str(tmp_path / "missing")], env=env)
     # A wrong file (here a TOML config) is named, not reported later as an unreachable controller.
     toml_file = tmp_path / "tui-copy.toml"
     toml_file.write_text('url = "http://10.9.8.7:8080"\ntoken = "lqx_abc"\n')
     with pytest.raises(
-        TuiConfigError, match=rf"^{toml_file} does not hold a token: it has spaces or line breaks \(a TOML file"
+        ConfigError, match=rf"^{toml_file} does not hold a token: it has spaces or line breaks \(a TOML file"
     ):
         parse_args(["--token-file", str(toml_file)], env=env)
-    with pytest.raises(TuiConfigError, match="^LQX_TOKEN does not hold a token: .*not printable ASCII"):
+    with pytest.raises(ConfigError, match="^LQX_TOKEN does not hold a token: .*not printable ASCII"):
         parse_args([], env={"LQX_TOKEN": "tok\u00e9n"})
     conf.write_text("url = [")
-    with pytest.raises(TuiConfigError, match="tui.toml"):
+    with pytest.raises(ConfigError, match="tui.toml"):
         parse_args([], env={})
     conf.write_text('tokn = "typo"\n')
-    with pytest.raises(TuiConfigError, match="unknown key 'tokn'"):
+    with pytest.raises(ConfigError, match="unknown key 'tokn'"):
         parse_args([], env={})

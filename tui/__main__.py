@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from limiquantix.protocol import ConfigError
+
 from .app import LimiQuantixApp
-from .config import TuiConfigError, parse_args
+from .config import parse_args
 
 __all__ = ["main"]
 
@@ -13,7 +15,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
-    except TuiConfigError as exc:
+    except ConfigError as exc:
         print(f"limiquantix-tui: {exc}", file=sys.stderr)
         return 2
     LimiQuantixApp(config).run()

@@ -9,7 +9,8 @@ override both. ``--token`` is refused: a secret on the command line is visible t
 of the machine (``ps``). ``ca_file`` (``--ca-file``, ``LQX_CA_FILE``) is the CA the
 controller's HTTPS certificate must chain to (default: the system's CAs). The token is never
 sent over plain ``http://`` to another machine unless ``--insecure`` (or ``insecure = true``)
-says so. The TUI's own key: ``refresh_s``.
+says so. The TUI's own key: ``refresh_s``. Every error is the one
+:class:`~limiquantix.protocol.ConfigError` (the daemons' and the command line's).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from limiquantix.protocol import ConfigError
 from limiquantix.protocol.clientconfig import (
     DEFAULT_URL,
-    ClientConfigError,
     default_config_path,
     read_config,
     refused_token_flag,
@@ -33,7 +34,6 @@ __all__ = [
     "DEFAULT_REFRESH_S",
     "DEFAULT_URL",
     "TuiConfig",
-    "TuiConfigError",
     "api_examples_path",
     "default_config_path",
     "parse_args",
@@ -41,10 +41,6 @@ __all__ = [
 
 #: Seconds between fleet refreshes.
 DEFAULT_REFRESH_S: Final = 2.0
-
-
-class TuiConfigError(ValueError):
-    """The configuration is unreadable or incomplete."""
 
 
 def api_examples_path() -> Path:
@@ -70,7 +66,7 @@ class _RefuseToken(argparse.Action):
     """``--token``: a secret in argv is readable by every local user (``ps``, /proc)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
-        raise TuiConfigError(refused_token_flag(option or "--token"))
+        raise ConfigError(refused_token_flag(option or "--token"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,28 +98,25 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
     """Resolve the configuration.
 
     Raises:
-        TuiConfigError: an unreadable file, a bad value, or no token anywhere.
+        ConfigError: an unreadable file, a bad value, or no token anywhere.
     """
     args = _parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
-    try:
-        settings = resolve(
-            read_config(args.config),
-            env=env,
-            url=args.url,
-            token_file=args.token_file,
-            ca_file=args.ca_file,
-            insecure=args.insecure,
-            profile=args.profile,
-            extra_keys=frozenset({"refresh_s"}),
-        )
-    except ClientConfigError as exc:
-        raise TuiConfigError(str(exc)) from None
+    settings = resolve(
+        read_config(args.config),
+        env=env,
+        url=args.url,
+        token_file=args.token_file,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        profile=args.profile,
+        extra_keys=frozenset({"refresh_s"}),
+    )
     refresh = (
         args.refresh_s if args.refresh_s is not None else float(settings.values.get("refresh_s", DEFAULT_REFRESH_S))
     )
     if not refresh > 0:
-        raise TuiConfigError("refresh_s must be > 0")
+        raise ConfigError("refresh_s must be > 0")
     return TuiConfig(
         url=settings.url,
         token=settings.token,
