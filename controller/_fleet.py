@@ -54,13 +54,12 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import command_budget_s, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
 from ._audit import AuditTrail

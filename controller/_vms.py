@@ -39,12 +39,11 @@ from typing import Final, TypeAlias, final
 
 import trio
 
-from limiquantix.protocol import errors, guestcaps
+from limiquantix.protocol import command_budget_s, errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.rpc import command_budget_s
 from limiquantix.protocol.rpc.server import CallContext
 
 from ._audit import AuditEntry, AuditTrail

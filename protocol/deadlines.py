@@ -9,8 +9,8 @@ caller's deadline travels down with the call (``Connect-Timeout-Ms`` /
 has left)``, so all hops end at the same instant and raising a command's timeout
 raises every hop's deadline with it.
 
-Pure: the agent ships this module (it needs the default timeout), hostd and the
-controller use it through :mod:`limiquantix.protocol.rpc`.
+Pure: the agent ships this module (it needs the default timeout); every hop imports it from
+the package (``from limiquantix.protocol import command_budget_s``).
 """
 
 from __future__ import annotations

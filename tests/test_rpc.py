@@ -27,6 +27,7 @@ import trio
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
+from limiquantix import protocol
 from limiquantix.agent._config import AgentConfig
 from limiquantix.controller._forward import NodeClient
 from limiquantix.controller._models import NodeInfo
@@ -503,8 +504,8 @@ def test_asyncio_the_same_client_with_an_explicit_deadline(threaded: tuple[FakeN
 def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, rpc.Target]) -> None:
     """TUI → controller → hostd → agent, each hop's deadline read where it is set."""
     timeout = 90
-    budget = rpc.command_budget_s(timeout)
-    assert budget == timeout + rpc.COMMAND_MARGIN_S
+    budget = protocol.command_budget_s(timeout)
+    assert budget == timeout + protocol.COMMAND_MARGIN_S
 
     # TUI (asyncio): the Connect-Timeout-Ms the controller receives.
     seen: list[httpx.Request] = []
@@ -558,7 +559,7 @@ def test_a_90_s_command_is_not_cut_at_60_s_by_any_hop(threaded: tuple[FakeNode, 
     config = AgentConfig()
     assert min(float(timeout or config.exec_default_timeout_s), config.exec_max_timeout_s) == timeout
     # And the default is the one the hops budget for.
-    assert rpc.command_budget_s(0) == config.exec_default_timeout_s + rpc.COMMAND_MARGIN_S
+    assert protocol.command_budget_s(0) == config.exec_default_timeout_s + protocol.COMMAND_MARGIN_S
 
 
 @pytest.mark.trio
@@ -567,9 +568,9 @@ async def test_a_hops_budget_is_its_own_bounded_by_the_callers_time() -> None:
     from werkzeug.datastructures import Headers
 
     ctx = rpc_server.CallContext(procedure="limiquantix.node.v1.NodeDaemonService/ExecuteInGuest", headers=Headers())
-    assert ctx.budget_s(rpc.command_budget_s(90)) == 100  # no caller deadline: the command's own
+    assert ctx.budget_s(protocol.command_budget_s(90)) == 100  # no caller deadline: the command's own
     ctx.deadline = trio.current_time() + 30
-    assert 29 < ctx.budget_s(rpc.command_budget_s(90)) <= 30  # the caller gave up earlier: that
+    assert 29 < ctx.budget_s(protocol.command_budget_s(90)) <= 30  # the caller gave up earlier: that
     ctx.deadline = trio.current_time() - 1
     with pytest.raises(errors.DeadlineExceeded):
         ctx.budget_s(100)

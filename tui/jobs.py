@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
+from limiquantix.protocol import command_budget_s
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
-from limiquantix.protocol.rpc import command_budget_s
 
 from .client import ApiError
 from .format import exit_summary

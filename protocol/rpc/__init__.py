@@ -12,7 +12,7 @@
 
 The code table (Connect code, HTTP status, grpc-status) is
 :data:`limiquantix.protocol.errors.CODES`; a command's time budget at every hop is
-:func:`limiquantix.protocol.deadlines.command_budget_s`. Neither needs this package,
+:func:`limiquantix.protocol.command_budget_s`. Neither needs this package,
 which is why the agent's package can leave all of ``protocol/rpc/`` out: the agent
 speaks frames over virtio-serial, never HTTP.
 
@@ -45,11 +45,8 @@ from ._codec import encode_envelope as encode_envelope
 from ._codec import gunzip as gunzip
 from ._codec import gzip_bytes as gzip_bytes
 from ._codec import request_gzipped as request_gzipped
-from ._deadline import COMMAND_MARGIN_S as COMMAND_MARGIN_S
 from ._deadline import CONNECT_TIMEOUT_HEADER as CONNECT_TIMEOUT_HEADER
-from ._deadline import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
 from ._deadline import GRPC_TIMEOUT_HEADER as GRPC_TIMEOUT_HEADER
-from ._deadline import command_budget_s as command_budget_s
 from ._deadline import deadline_after as deadline_after
 from ._deadline import encode_grpc_timeout as encode_grpc_timeout
 from ._deadline import parse_connect_timeout_ms as parse_connect_timeout_ms
@@ -64,10 +61,8 @@ from ._errors import error_json as error_json
 from ._errors import error_reason as error_reason
 
 __all__ = [
-    "COMMAND_MARGIN_S",
     "CONNECT_TIMEOUT_HEADER",
     "CONNECT_TIMEOUT_S",
-    "DEFAULT_COMMAND_TIMEOUT_S",
     "ENVELOPE_HEADER",
     "ERROR_DETAIL_TYPE",
     "FLAG_COMPRESSED",
@@ -88,7 +83,6 @@ __all__ = [
     "RpcClient",
     "Target",
     "accepts_gzip",
-    "command_budget_s",
     "compressible",
     "deadline_after",
     "encode_envelope",

@@ -6,8 +6,8 @@ included), so a hop that forwards a call inside its cancel scope sends on what i
 left without computing anything. On asyncio (the TUI) there is no such query: the caller
 passes its deadline explicitly. Which loop runs is asked of ``sniffio``.
 
-A command's budget at every hop is :func:`~limiquantix.protocol.deadlines.command_budget_s`
-(re-exported here): its own timeout plus one stated margin.
+A command's budget at every hop is :func:`limiquantix.protocol.command_budget_s`: its own
+timeout plus one stated margin (the agent applies it too, so it is not this package's).
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ from typing import Final
 import sniffio
 
 from .. import errors
-from ..deadlines import COMMAND_MARGIN_S, DEFAULT_COMMAND_TIMEOUT_S, command_budget_s
 from ._codec import MAX_DETAIL_CHARS
 
 __all__ = [
-    "COMMAND_MARGIN_S",
     "CONNECT_TIMEOUT_HEADER",
-    "DEFAULT_COMMAND_TIMEOUT_S",
     "GRPC_TIMEOUT_HEADER",
-    "command_budget_s",
     "deadline_after",
     "encode_grpc_timeout",
     "parse_connect_timeout_ms",
