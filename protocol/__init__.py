@@ -17,40 +17,32 @@ Public modules, each a namespace its callers use qualified:
 
 Exported here, by the private module that holds them:
 
-==========================  ==========================================================
-module                      names
-==========================  ==========================================================
-:mod:`.framing`             bytes <-> frames, pure: ``FrameDecoder``, ``encode_frame``,
-                            ``Frame``, ``FrameTooLarge``, ``MAGIC``, ``HEADER_SIZE``,
-                            ``FLAG_SYNC``, ``MAX_FRAME_BYTES``, ``FRAME_HEADROOM_BYTES``
-:mod:`.wire`                frames <-> ``AgentMessage``: ``parse_frame``,
-                            ``encode_message``, ``new_message``, ``new_message_id``,
-                            ``BadMessage``, ``enum_name``, ``set_timestamp``,
-                            ``set_timestamp_ns``
-:mod:`.transport`           trio streams of frames: ``MessageWriter``, ``ReadBuffer``,
-                            ``receive_frames``, ``direct_reader``, ``direct_writer``
-:mod:`.client`              the host side of a connection: ``AgentClient``,
-                            ``EVENT_RATE_PER_S``, ``EVENT_BURST``
-:mod:`.deadlines`           a command's time budget at every hop: ``command_budget_s``,
-                            ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
-:mod:`.safetext`            guest text made safe for terminals and logs: ``safe_text``,
-                            ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
-:mod:`.logs`                the daemons' log lines: ``setup_logging``
-:mod:`.daemon`              what hostd and the controller share as daemons:
-                            ``run_daemon``, ``stop_on_signals``, ``RpcMetrics``,
-                            ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``
-:mod:`.tls`                 every client's TLS: ``TLSFiles``, ``client_ssl_context``,
-                            ``TLSConfigError``, ``tls_failure``
-:mod:`.loopback`            a token over plain HTTP only to this machine:
-                            ``check_token_transport``, ``InsecureTransportError``,
-                            ``is_loopback_url``
-:mod:`.configfile`          reading a TOML file, the one ``ConfigError``
-:mod:`.clientconfig`        where an operator's client finds its controller (profiles):
-                            ``resolve``, ``read_config``, ``ClientSettings``,
-                            ``DEFAULT_URL``, ``default_config_path``,
-                            ``refused_token_flag``
-:mod:`.jsonupload`          a file upload's Connect JSON in pieces: ``write_file_parts``
-==========================  ==========================================================
+* :mod:`.framing`: bytes <-> frames, pure: ``FrameDecoder``, ``encode_frame``, ``Frame``,
+  ``FrameTooLarge``, ``MAGIC``, ``HEADER_SIZE``, ``FLAG_SYNC``, ``MAX_FRAME_BYTES``,
+  ``FRAME_HEADROOM_BYTES``
+* :mod:`.wire`: frames <-> ``AgentMessage``: ``parse_frame``, ``encode_message``,
+  ``new_message``, ``new_message_id``, ``BadMessage``, ``enum_name``, ``set_timestamp``,
+  ``set_timestamp_ns``
+* :mod:`.transport`: trio streams of frames: ``MessageWriter``, ``ReadBuffer``,
+  ``receive_frames``, ``direct_reader``, ``direct_writer``
+* :mod:`.client`: the host side of a connection: ``AgentClient``,
+  ``EVENT_RATE_PER_S``, ``EVENT_BURST``
+* :mod:`.deadlines`: a command's time budget at every hop: ``command_budget_s``,
+  ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
+* :mod:`.safetext`: guest text made safe for terminals and logs: ``safe_text``,
+  ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
+* :mod:`.logs`: the daemons' log lines: ``setup_logging``
+* :mod:`.daemon`: what hostd and the controller share as daemons: ``run_daemon``,
+  ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``
+* :mod:`.tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
+  ``TLSConfigError``, ``tls_failure``
+* :mod:`.loopback`: a token over plain HTTP only to this machine:
+  ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``
+* :mod:`.configfile`: reading a TOML file, the one ``ConfigError``
+* :mod:`.clientconfig`: where an operator's client finds its controller (profiles):
+  ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
+  ``default_config_path``, ``refused_token_flag``
+* :mod:`.jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
 
 ``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION`` and
 ``__version__`` complete the exports. Other generated modules are imported from
