@@ -37,7 +37,8 @@ Exported here, by the private module that holds them:
 * :mod:`.tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
   ``TLSConfigError``, ``tls_failure``
 * :mod:`.loopback`: a token over plain HTTP only to this machine:
-  ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``
+  ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``, ``split_url``
+  (the one reading of a URL's host, for the check and the connection)
 * :mod:`.configfile`: reading a TOML file, the one ``ConfigError``
 * :mod:`.clientconfig`: where an operator's client finds its controller (profiles):
   ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from .loopback import InsecureTransportError as InsecureTransportError
     from .loopback import check_token_transport as check_token_transport
     from .loopback import is_loopback_url as is_loopback_url
+    from .loopback import split_url as split_url
     from .safetext import ESCAPED as ESCAPED
     from .safetext import StreamEscaper as StreamEscaper
     from .safetext import safe_bytes as safe_bytes
@@ -124,7 +126,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 #: Each lazy export and the module that defines it (the defining one, not one that
 #: re-exports it: ``check_token_transport`` from ``loopback``, which needs no ``ssl``).
 _LAZY: dict[str, str] = {
-    "agent_pb2": "_gen.agent_pb2",
+    "agent_pb2": "_gen",
     **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "client"),
     **dict.fromkeys(
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
@@ -151,7 +153,7 @@ _LAZY: dict[str, str] = {
     ),
     "write_file_parts": "jsonupload",
     "setup_logging": "logs",
-    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url"), "loopback"),
+    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "loopback"),
     **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "safetext"),
     **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), "tls"),
     **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "transport"),
@@ -179,9 +181,9 @@ def __getattr__(name: str) -> object:
         # Not an export: a submodule (``from limiquantix.protocol import errors``) is found
         # by the import system after this refusal.
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    found = importlib.import_module(f".{module}", __name__)
-    value = found if module.endswith(f".{name}") else getattr(found, name)  # a module (agent_pb2) or a name in one
+    # __import__, not importlib: limiquantix exec's start imports no module it can do without
+    # (a bare interpreter has not loaded importlib). A non-empty fromlist returns the module
+    # itself and imports ``name`` from it when it is a submodule (agent_pb2 of _gen).
+    value = getattr(__import__(f"{__name__}.{module}", fromlist=(name,)), name)
     globals()[name] = value  # the next access is a plain attribute
     return value
