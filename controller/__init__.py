@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from limiquantix.protocol._lazy import import_lazily
+from limiquantix.protocol import import_lazily
 
 from ._auth import GLOBAL_PERMISSIONS as GLOBAL_PERMISSIONS
 from ._auth import ROLE_PERMISSIONS as ROLE_PERMISSIONS

@@ -19,7 +19,7 @@ and benchmarks).
 
 from typing import TYPE_CHECKING, Any
 
-from limiquantix.protocol._lazy import import_lazily
+from limiquantix.protocol import import_lazily
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
     from ._config import CONTROLLER_TOKEN_ENV as CONTROLLER_TOKEN_ENV

@@ -44,9 +44,11 @@ Exported here, by the private module that holds them:
   ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
   ``default_config_path``, ``refused_token_flag``
 * :mod:`.jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
+* :mod:`.exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
 
-``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION`` and
-``__version__`` complete the exports. Other generated modules are imported from
+``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION``,
+``__version__`` and ``import_lazily`` (how this package, hostd, the controller and the TUI
+import their exports on first use) complete the exports. Other generated modules are imported from
 :mod:`._gen` by name (``from limiquantix.protocol._gen import vm_service_pb2``).
 
 Every export is imported on first use (PEP 562), and only its own module: importing
@@ -61,6 +63,7 @@ imports imports them.
 
 from __future__ import annotations
 
+from ._lazy import import_lazily as import_lazily
 from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._version import __version__ as __version__
 
@@ -86,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from .deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
     from .deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
     from .deadlines import command_budget_s as command_budget_s
+    from .exits import describe_exit as describe_exit
     from .framing import FLAG_SYNC as FLAG_SYNC
     from .framing import FRAME_HEADROOM_BYTES as FRAME_HEADROOM_BYTES
     from .framing import HEADER_SIZE as HEADER_SIZE
@@ -126,17 +130,18 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 #: Each lazy export and the module that defines it (the defining one, not one that
 #: re-exports it: ``check_token_transport`` from ``loopback``, which needs no ``ssl``).
 _LAZY: dict[str, str] = {
-    "agent_pb2": "_gen",
-    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "client"),
+    "agent_pb2": "._gen",
+    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), ".client"),
     **dict.fromkeys(
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
-        "clientconfig",
+        ".clientconfig",
     ),
-    "ConfigError": "configfile",
+    "ConfigError": ".configfile",
     **dict.fromkeys(
-        ("PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "run_daemon", "stop_on_signals"), "daemon"
+        ("PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "run_daemon", "stop_on_signals"), ".daemon"
     ),
-    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "deadlines"),
+    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), ".deadlines"),
+    "describe_exit": ".exits",
     **dict.fromkeys(
         (
             "FLAG_SYNC",
@@ -149,14 +154,14 @@ _LAZY: dict[str, str] = {
             "FrameTooLarge",
             "encode_frame",
         ),
-        "framing",
+        ".framing",
     ),
-    "write_file_parts": "jsonupload",
-    "setup_logging": "logs",
-    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "loopback"),
-    **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "safetext"),
-    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), "tls"),
-    **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "transport"),
+    "write_file_parts": ".jsonupload",
+    "setup_logging": ".logs",
+    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), ".loopback"),
+    **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), ".safetext"),
+    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), ".tls"),
+    **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), ".transport"),
     **dict.fromkeys(
         (
             "BadMessage",
@@ -168,22 +173,16 @@ _LAZY: dict[str, str] = {
             "set_timestamp",
             "set_timestamp_ns",
         ),
-        "wire",
+        ".wire",
     ),
 }
 
-__all__ = ["PROTOCOL_VERSION", "__version__", *sorted(_LAZY)]
+__all__ = ["PROTOCOL_VERSION", "__version__", "import_lazily", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        # Not an export: a submodule (``from limiquantix.protocol import errors``) is found
-        # by the import system after this refusal.
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # __import__, not importlib: limiquantix exec's start imports no module it can do without
-    # (a bare interpreter has not loaded importlib). A non-empty fromlist returns the module
-    # itself and imports ``name`` from it when it is a submodule (agent_pb2 of _gen).
-    value = getattr(__import__(f"{__name__}.{module}", fromlist=(name,)), name)
+    # Not an export: AttributeError, and a submodule (``from limiquantix.protocol import
+    # errors``) is found by the import system after it.
+    value = import_lazily(__name__, _LAZY, name)
     globals()[name] = value  # the next access is a plain attribute
     return value

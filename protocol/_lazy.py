@@ -26,10 +26,9 @@ def import_lazily(package: str, where: Mapping[str, str], name: str) -> Any:
     module = where.get(name)
     if module is None:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    import importlib
-
-    found = importlib.import_module(module, package)
-    try:
-        return getattr(found, name)
-    except AttributeError:  # a submodule its package does not import itself (protocol._gen's)
-        return importlib.import_module(f"{module}.{name}", package)
+    # __import__, not importlib: limiquantix exec asks for names at every start (ConfigError,
+    # resolve), and a bare interpreter has not loaded importlib (tests/test_cli_http.py). A
+    # non-empty fromlist returns the module itself, and imports ``name`` from it when it is
+    # a submodule its package does not import itself (protocol._gen's agent_pb2).
+    target = package + module if module.startswith(".") else module
+    return getattr(__import__(target, fromlist=(name,)), name)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from limiquantix.protocol import import_lazily
+
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
     from .app import LimiQuantixApp as LimiQuantixApp
     from .client import ApiError as ApiError
@@ -32,13 +34,13 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 
 #: Each export and the module that defines it.
 _LAZY = {
-    "LimiQuantixApp": "app",
-    "ApiError": "client",
-    "ControllerClient": "client",
-    "TuiConfig": "config",
-    "api_examples_path": "config",
-    "parse_args": "config",
-    "exit_summary": "format",
+    "LimiQuantixApp": ".app",
+    "ApiError": ".client",
+    "ControllerClient": ".client",
+    "TuiConfig": ".config",
+    "api_examples_path": ".config",
+    "parse_args": ".config",
+    "exit_summary": ".format",
 }
 
 __all__ = [
@@ -53,11 +55,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        # Not an export: a submodule (``from limiquantix.tui import demo_data``) is found by
-        # the import system after this refusal.
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    # Not an export: AttributeError, and a submodule (``from limiquantix.tui import
+    # demo_data``) is found by the import system after it.
+    return import_lazily(__name__, _LAZY, name)
