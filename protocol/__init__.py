@@ -33,7 +33,8 @@ Exported here, by the private module that holds them:
   ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
 * :mod:`.logs`: the daemons' log lines: ``setup_logging``
 * :mod:`.daemon`: what hostd and the controller share as daemons: ``run_daemon``,
-  ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``
+  ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``,
+  ``check_tls_files``
 * :mod:`.tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
   ``TLSConfigError``, ``tls_failure``
 * :mod:`.loopback`: a token over plain HTTP only to this machine:
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from .configfile import ConfigError as ConfigError
     from .daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
     from .daemon import RpcMetrics as RpcMetrics
+    from .daemon import check_tls_files as check_tls_files
     from .daemon import die_with_parent as die_with_parent
     from .daemon import run_daemon as run_daemon
     from .daemon import stop_on_signals as stop_on_signals
@@ -138,7 +140,15 @@ _LAZY: dict[str, str] = {
     ),
     "ConfigError": ".configfile",
     **dict.fromkeys(
-        ("PROMETHEUS_CONTENT_TYPE", "RpcMetrics", "die_with_parent", "run_daemon", "stop_on_signals"), ".daemon"
+        (
+            "PROMETHEUS_CONTENT_TYPE",
+            "RpcMetrics",
+            "check_tls_files",
+            "die_with_parent",
+            "run_daemon",
+            "stop_on_signals",
+        ),
+        ".daemon",
     ),
     **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), ".deadlines"),
     "describe_exit": ".exits",
