@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import trio
 
-from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol import setup_logging
 
 from ._config import ConfigError, dump_toml, parse_command_line
 

@@ -32,7 +32,7 @@ from typing import Final, Protocol, final
 
 import trio
 
-from limiquantix.protocol.transport import ReadBuffer, direct_reader, direct_writer
+from limiquantix.protocol import ReadBuffer, direct_reader, direct_writer
 
 __all__ = [
     "Channel",

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from limiquantix.protocol import DEFAULT_COMMAND_TIMEOUT_S, FRAME_HEADROOM_BYTES
+from limiquantix.protocol import HEADER_SIZE as _FRAME_HEADER_BYTES
 from limiquantix.protocol import config as _loader
 from limiquantix.protocol.config import ConfigError, check_log_format
-from limiquantix.protocol.deadlines import DEFAULT_COMMAND_TIMEOUT_S
-from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
-from limiquantix.protocol.framing import HEADER_SIZE as _FRAME_HEADER_BYTES
 
 __all__ = ["DEFAULT_CONFIG_PATH", "DEFAULT_DEVICE", "AgentConfig", "ConfigError", "load_config"]
 

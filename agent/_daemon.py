@@ -12,10 +12,8 @@ from typing import Final, TypeVar, final
 
 import trio
 
-from limiquantix.protocol import PROTOCOL_VERSION, __version__
+from limiquantix.protocol import PROTOCOL_VERSION, FrameTooLarge, __version__, new_message, set_timestamp
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameTooLarge
-from limiquantix.protocol.wire import new_message, set_timestamp
 
 from . import handlers as _handlers  # noqa: F401  (registers every handler)
 from ._channel import Channel, Link, make_channel

@@ -18,12 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, final
 import trio
 from google.protobuf.message import Message
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import FrameTooLarge, MessageWriter, errors, new_message
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameTooLarge
 from limiquantix.protocol.limits import MAX_ERROR_MESSAGE_BYTES, MAX_ID_BYTES, clip_utf8
-from limiquantix.protocol.transport import MessageWriter
-from limiquantix.protocol.wire import new_message
 
 if TYPE_CHECKING:
     from ._config import AgentConfig

@@ -25,12 +25,18 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import (
+    BadMessage,
+    FrameDecoder,
+    FrameTooLarge,
+    MessageWriter,
+    errors,
+    new_message,
+    parse_frame,
+    receive_frames,
+)
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder, FrameTooLarge
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.transport import MessageWriter, receive_frames
-from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
 
 from ._channel import Link, LinkGone
 from ._dispatch import HANDLERS, AgentState, RequestContext, error_message, run_inline, run_request, send_answer

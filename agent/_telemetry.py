@@ -19,8 +19,8 @@ from typing import Any, Final, final
 
 import psutil
 
+from limiquantix.protocol import set_timestamp
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.wire import set_timestamp
 
 __all__ = [
     "MIN_CPU_INTERVAL_S",

@@ -16,7 +16,7 @@ hostd first, since QEMU accepts one client per chardev).
 
 Guest text is data: on a terminal, a command's output and a file's content are
 shown with their control characters escaped (``\\x1b``, see
-:mod:`limiquantix.protocol.safetext`), so a guest cannot drive the terminal;
+:mod:`limiquantix.protocol._safetext`), so a guest cannot drive the terminal;
 piped or redirected, they are written byte for byte (``cat`` a binary file).
 Names and messages are always escaped; JSON output escapes by construction.
 """
@@ -37,11 +37,8 @@ from typing import Final, TextIO
 import trio
 from google.protobuf.json_format import MessageToJson
 
-from limiquantix.protocol import __version__, errors
+from limiquantix.protocol import AgentClient, StreamEscaper, __version__, enum_name, errors, safe_text
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.safetext import StreamEscaper, safe_text
-from limiquantix.protocol.wire import enum_name
 
 __all__ = ["main"]
 

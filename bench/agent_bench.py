@@ -6,7 +6,7 @@ started and stopped by this script:
 
 * ours: ``python -m limiquantix.agent --transport unix-listen --socket SOCK
   --telemetry-interval-s 5 --log-level warning``, driven with
-  :class:`~limiquantix.protocol.client.AgentClient` (trio);
+  :class:`~limiquantix.protocol.AgentClient` (trio);
 * baseline: ``qemu-ga -m unix-listen -p SOCK -f PIDFILE -t STATEDIR`` (Debian's
   package; ``QGA_CONF`` points at an empty file so no system config applies),
   driven with a minimal blocking QMP-over-JSON-lines client (the cheapest client
@@ -79,12 +79,9 @@ from benchlib import (  # noqa: E402 - bench/ is not a package: found by file na
     write_figures,
 )
 
+from limiquantix.protocol import AgentClient, FrameDecoder, encode_message, errors, new_message, parse_frame
 from limiquantix.protocol import __version__ as AGENT_VERSION
-from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
 MiB: Final = 1024 * 1024
 #: How long an agent may take to create its socket and answer.
@@ -478,8 +475,8 @@ while True:
 FLOOR_IMPORTS = """
 import os, socket, sys, time
 from limiquantix.protocol import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.wire import encode_message, new_message, parse_frame
+from limiquantix.protocol._framing import FrameDecoder
+from limiquantix.protocol._wire import encode_message, new_message, parse_frame
 """
 FLOOR_RESPONDER = (
     FLOOR_IMPORTS

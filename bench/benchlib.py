@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import trio
 
-from limiquantix.protocol.daemon import die_with_parent
+from limiquantix.protocol import die_with_parent
 
 if sys.version_info < (3, 11):  # pragma: no cover - the benchmarks run on the developer's Python
     from exceptiongroup import BaseExceptionGroup

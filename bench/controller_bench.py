@@ -371,7 +371,7 @@ async def measure(work: Path, settings: Settings) -> Results:
     """
     import httpx
 
-    from limiquantix.protocol.client import AgentClient
+    from limiquantix.protocol import AgentClient
 
     r = Results()
     admin_token = "lqx-bench-" + secrets.token_urlsafe(24)

@@ -131,7 +131,7 @@ class FakeVM:
     """One VM's chardev socket and the fake agent behind it."""
 
     def __init__(self, fleet: FakeFleet, index: int, vm_id: str, path: str) -> None:
-        from limiquantix.protocol.transport import MessageWriter
+        from limiquantix.protocol import MessageWriter
 
         self.fleet = fleet
         self.index = index
@@ -165,9 +165,16 @@ class FakeVM:
                 await self._serve_client(trio.SocketStream(client))
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
-        from limiquantix.protocol.framing import FrameDecoder
-        from limiquantix.protocol.transport import MessageWriter, direct_reader, direct_writer, receive_frames
-        from limiquantix.protocol.wire import BadMessage, new_message, parse_frame
+        from limiquantix.protocol import (
+            BadMessage,
+            FrameDecoder,
+            MessageWriter,
+            direct_reader,
+            direct_writer,
+            new_message,
+            parse_frame,
+            receive_frames,
+        )
 
         async with stream:
             writer = MessageWriter(stream.send_all, try_write=direct_writer(stream))
@@ -206,7 +213,7 @@ class FakeVM:
                     nursery.cancel_scope.cancel()
 
     def _answer(self, msg: pb.AgentMessage) -> pb.AgentMessage | None:
-        from limiquantix.protocol.wire import new_message
+        from limiquantix.protocol import new_message
 
         kind = msg.WhichOneof("payload")
         stats = self.fleet.stats
@@ -257,7 +264,7 @@ class FakeVM:
         return report
 
     def push_telemetry(self) -> None:
-        from limiquantix.protocol.wire import new_message
+        from limiquantix.protocol import new_message
 
         writer = self.writer
         if writer is None:
@@ -888,7 +895,7 @@ async def start_simvms(
 async def measure(work: Path, settings: Settings) -> Results:
     import httpx
 
-    from limiquantix.protocol.client import AgentClient
+    from limiquantix.protocol import AgentClient
 
     r = Results()
     sockdir = work / "vms"

@@ -70,10 +70,13 @@ import controller_bench as cb  # noqa: E402
 import hostd_bench as hb  # noqa: E402
 
 from limiquantix.controller import pki  # noqa: E402
+from limiquantix.protocol import (  # noqa: E402
+    TLSFiles,
+    client_ssl_context,
+    errors,  # noqa: E402
+)
 from limiquantix.protocol import __version__ as VERSION  # noqa: E402
-from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
-from limiquantix.protocol.tls import TLSFiles, client_ssl_context  # noqa: E402
 
 __all__ = ["Settings", "grpc_figures", "main", "measure"]
 

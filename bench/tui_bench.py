@@ -608,8 +608,7 @@ def start_controller(work: Path) -> tuple[bl.Child, bl.Child, str, str]:
 
 
 async def poll_cycle(url: str, token: str, s: Settings, r: Results) -> None:
-    from limiquantix.tui.app import LimiQuantixApp
-    from limiquantix.tui.config import TuiConfig
+    from limiquantix.tui import LimiQuantixApp, TuiConfig
 
     app = LimiQuantixApp(TuiConfig(url=url, token=token), poll=False)
     watch = GcWatch()

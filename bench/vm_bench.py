@@ -63,12 +63,9 @@ from agent_bench import (  # noqa: E402 - bench/ is not a package: found by file
 from benchlib import BenchError, Figure, blocks, median, print_table, say, write_figures  # noqa: E402
 
 from limiquantix.hostd._api import READ_CHUNK_BYTES
+from limiquantix.protocol import AgentClient, FrameDecoder, errors, parse_frame
 from limiquantix.protocol import __version__ as AGENT_VERSION
-from limiquantix.protocol import errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.wire import parse_frame
 
 REPO: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))

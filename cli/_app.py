@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 import click
 
-from limiquantix.protocol import __version__
-from limiquantix.protocol.clientconfig import refused_token_flag
+from limiquantix.protocol import __version__, refused_token_flag
 
 from . import _admin, _files, _fleet, _vms
 from . import _exitcodes as ec

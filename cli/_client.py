@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from limiquantix.protocol import ConfigError
-from limiquantix.protocol.clientconfig import ClientSettings, read_config, resolve
+from limiquantix.protocol import ClientSettings, ConfigError, read_config, resolve
 
 from . import _http
 from ._fastjson import dumps, loads
@@ -97,7 +96,7 @@ def _error_from_json(data: object, fallback: str) -> ApiError:
 
 
 class Client:
-    """One controller, one token (from :class:`~limiquantix.protocol.clientconfig.ClientSettings`).
+    """One controller, one token (from :class:`~limiquantix.protocol.ClientSettings`).
 
     Raises (constructor):
         ConfigError: a URL this client cannot call, or a CA file that cannot be loaded.
@@ -135,7 +134,7 @@ class Client:
         """A client for the global options (``--url`` ...), the environment and the config file.
 
         Raises:
-            ConfigError: see :func:`limiquantix.protocol.clientconfig.resolve`.
+            ConfigError: see :func:`limiquantix.protocol.resolve`.
         """
         data = read_config(config or None)
         return cls(
@@ -183,7 +182,7 @@ class Client:
         method = procedure.rpartition("/")[2]
         if isinstance(exc, _http.Unreachable):
             if exc.tls:
-                from limiquantix.protocol.tls import tls_failure
+                from limiquantix.protocol import tls_failure
 
                 why = tls_failure(exc) or str(exc)
                 return ApiError(

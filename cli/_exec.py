@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from limiquantix.protocol.deadlines import command_budget_s
-from limiquantix.protocol.exits import describe_exit
+from limiquantix.protocol import command_budget_s, describe_exit
 
 from . import _exitcodes as ec
 from ._client import VM, Client, given
@@ -63,7 +62,7 @@ def exec_body(
 
 
 def ending(result: Mapping[str, Any]) -> str:
-    """How a command ended, in words (:func:`~limiquantix.protocol.exits.describe_exit`), from
+    """How a command ended, in words (:func:`~limiquantix.protocol.describe_exit`), from
     its result's JSON: an ExecuteScriptResponse or a fleet run's target, which carry the same
     exitCode, exitReason and signal; empty when it does not say (a target never run)."""
     reason = str(result.get("exitReason") or ("timed_out" if result.get("timedOut") else ""))

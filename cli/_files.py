@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from limiquantix.protocol.jsonupload import write_file_parts
+from limiquantix.protocol import write_file_parts
 
 from ._client import VM, ApiError, Client
 from ._output import print_json, print_table, say, short_time

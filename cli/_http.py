@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 
-from limiquantix.protocol.loopback import split_url
+from limiquantix.protocol import split_url
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.

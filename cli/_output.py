@@ -2,7 +2,7 @@
 lines, JSON, and tables (rich, loaded only when one is drawn).
 
 Guest text is hostile (a guest's root chooses its hostname, file names, command output):
-on a terminal every control character is shown escaped (:mod:`limiquantix.protocol.safetext`),
+on a terminal every control character is shown escaped (:mod:`limiquantix.protocol._safetext`),
 so ``\\x1b]0;pwned\\x07`` cannot retitle the window; piped or redirected, command output and
 file contents pass byte for byte, like ``limiquantix-agent-cli`` (a script gets what the
 command printed). Names and messages are escaped always; table cells are rich ``Text``,
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 def safe_text(text: str, *, multiline: bool = False) -> str:
-    """:func:`limiquantix.protocol.safetext.safe_text`, imported on first use (its table is
+    """:func:`limiquantix.protocol.safe_text`, imported on first use (its table is
     built at import: ``exec`` into a pipe never needs it)."""
-    from limiquantix.protocol.safetext import safe_text as escape
+    from limiquantix.protocol import safe_text as escape
 
     return escape(text, multiline=multiline)
 

@@ -10,9 +10,8 @@ from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, set_timestamp
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.wire import set_timestamp
 
 from ._auth import Principal
 

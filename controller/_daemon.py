@@ -48,17 +48,19 @@ from prometheus_client import Counter, Gauge
 from quart import Response
 from quart_trio import QuartTrio
 
-from limiquantix.protocol import __version__, errors
-from limiquantix.protocol import config as config_loader
-from limiquantix.protocol.config import ConfigError
-from limiquantix.protocol.daemon import (
+from limiquantix.protocol import (
     PROMETHEUS_CONTENT_TYPE,
     RpcMetrics,
+    TLSFiles,
+    __version__,
     check_tls_files,
+    errors,
     run_daemon,
+    setup_logging,
     stop_on_signals,
 )
-from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol import config as config_loader
+from limiquantix.protocol.config import ConfigError
 from limiquantix.protocol.rpc.server import (
     CallContext,
     InFlightBytes,
@@ -69,7 +71,6 @@ from limiquantix.protocol.rpc.server import (
     serve_http,
     transport_summary,
 )
-from limiquantix.protocol.tls import TLSFiles
 
 from ._admin import ADMIN_SERVICE, AdminAPI, authenticate_request, error_response, register_export_route
 from ._auth import Principal
@@ -232,7 +233,7 @@ def load_config(argv: Sequence[str] | None = None) -> ControllerConfig:
 
 @final
 class Metrics(RpcMetrics):
-    """The controller's series: API calls (:class:`~limiquantix.protocol.daemon.RpcMetrics`),
+    """The controller's series: API calls (:class:`~limiquantix.protocol.RpcMetrics`),
     refused authentications, request bytes in flight."""
 
     def __init__(self) -> None:

@@ -9,11 +9,10 @@ import codecs
 import logging
 from typing import Final, final
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import enum_name, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.wire import enum_name
 
 from ._forward import NodeClient
 from ._models import (

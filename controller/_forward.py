@@ -42,6 +42,7 @@ import httpx
 import trio
 from google.protobuf.message import Message
 
+from limiquantix.protocol import TLSFiles, client_ssl_context
 from limiquantix.protocol.rpc import (
     OUTCOME_UNKNOWN,
     ClientTLS,
@@ -51,7 +52,6 @@ from limiquantix.protocol.rpc import (
     Target,
     outcome_unknown,
 )
-from limiquantix.protocol.tls import TLSFiles, client_ssl_context
 
 from ._models import NodeInfo
 

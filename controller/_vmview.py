@@ -8,10 +8,9 @@ to its guests (protocol/guestcaps.py) before it is kept or shown.
 
 from __future__ import annotations
 
-from limiquantix.protocol import guestcaps
+from limiquantix.protocol import enum_name, guestcaps
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.wire import enum_name
 
 from ._context import timestamp
 from ._models import AgentBrief, InventoryState, NodeInfo, VMInfo

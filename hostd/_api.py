@@ -20,12 +20,11 @@ from typing import Final, TypeAlias, final
 
 import trio
 
-from limiquantix.protocol import command_budget_s, errors, guestcaps
+from limiquantix.protocol import command_budget_s, errors, guestcaps, new_message_id, set_timestamp
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.limits import check_message
 from limiquantix.protocol.rpc.server import CallContext
-from limiquantix.protocol.wire import new_message_id, set_timestamp
 
 from ._discovery import VMRegistry
 from ._vmconn import VMConnection, VMState
@@ -205,7 +204,7 @@ class NodeAPI:
     @staticmethod
     def _command_budget(req: pb.ExecuteRequest) -> float:
         # The agent enforces the command's timeout; every hop waits the one budget
-        # (its timeout, or the default, plus the stated margin: protocol/deadlines.py).
+        # (its timeout, or the default, plus the stated margin: protocol/_deadlines.py).
         return command_budget_s(req.timeout_seconds)
 
     async def ExecuteInGuest(

@@ -13,8 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from limiquantix.protocol import __version__, errors
-from limiquantix.protocol.daemon import PROMETHEUS_CONTENT_TYPE, RpcMetrics
+from limiquantix.protocol import PROMETHEUS_CONTENT_TYPE, RpcMetrics, __version__, errors
 from limiquantix.protocol.rpc import error_body
 from limiquantix.protocol.rpc.server import CallContext, InFlightBytes, Router, Service
 
@@ -52,7 +51,7 @@ class _VMCollector:
 
 @final
 class Metrics(RpcMetrics):
-    """hostd's series: node API calls (:class:`~limiquantix.protocol.daemon.RpcMetrics`) and its VMs'."""
+    """hostd's series: node API calls (:class:`~limiquantix.protocol.RpcMetrics`) and its VMs'."""
 
     def __init__(self, registry: VMRegistry) -> None:
         super().__init__("lqx_hostd", "Node API")

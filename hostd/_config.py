@@ -58,9 +58,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, final
 
-from limiquantix.protocol import __version__
+from limiquantix.protocol import (
+    EVENT_BURST,
+    EVENT_RATE_PER_S,
+    MAX_FRAME_BYTES,
+    InsecureTransportError,
+    TLSFiles,
+    __version__,
+    check_token_transport,
+)
 from limiquantix.protocol import config as config_loader
-from limiquantix.protocol.client import EVENT_BURST, EVENT_RATE_PER_S
 from limiquantix.protocol.config import (
     ConfigError,
     check_listen,
@@ -68,13 +75,7 @@ from limiquantix.protocol.config import (
     check_server_tls,
     check_together,
 )
-from limiquantix.protocol.framing import MAX_FRAME_BYTES
 from limiquantix.protocol.rpc.server import ServerTLS
-from limiquantix.protocol.tls import (
-    InsecureTransportError,
-    TLSFiles,
-    check_token_transport,
-)
 
 __all__ = [
     "CHANNEL_NAME",
@@ -144,7 +145,7 @@ class ConnectionConfig:
     event_burst: int = EVENT_BURST
     """Events taken at once after a quiet spell."""
     reader_work_per_s: float = 250_000_000
-    """Decoding work one VM's reader may do per second (protocol/framing.py's
+    """Decoding work one VM's reader may do per second (protocol/_framing.py's
     units, ~1 ns each: a quarter of a core). Beyond it the reader pauses and
     the guest's writes wait, so a flooding guest gets a bounded share of hostd.
     Bulk transfers cost about one unit per byte (~250 MB/s per VM)."""
@@ -363,7 +364,7 @@ class HostdConfig:
             ConfigError: a file cannot be used (named, with the reason).
         """
         # Imported here: protocol.daemon loads prometheus_client, which only a running hostd needs.
-        from limiquantix.protocol.daemon import check_tls_files
+        from limiquantix.protocol import check_tls_files
 
         controller = self.controller_tls() if self.controller_url.startswith("https://") else None
         check_tls_files(self.server_tls(), controller)

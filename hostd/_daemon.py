@@ -11,9 +11,7 @@ from typing import Final
 
 import trio
 
-from limiquantix.protocol import __version__
-from limiquantix.protocol.daemon import run_daemon, stop_on_signals
-from limiquantix.protocol.logs import setup_logging
+from limiquantix.protocol import __version__, run_daemon, setup_logging, stop_on_signals
 from limiquantix.protocol.rpc.server import http_config, serve_http, transport_summary
 
 from ._app import build_app

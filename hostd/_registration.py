@@ -16,10 +16,9 @@ from typing import Final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import client_ssl_context, errors
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target
-from limiquantix.protocol.tls import client_ssl_context
 
 from ._api import heartbeat_status, vm_status
 from ._config import HostdConfig

@@ -1,7 +1,7 @@
 """One VM's agent connection: the task tree that owns that VM's chardev socket.
 
 A :class:`VMConnection` connects to the socket QEMU (or libvirt, or
-``limiquantix-simvm``) listens on, runs an :class:`~limiquantix.protocol.client.AgentClient`
+``limiquantix-simvm``) listens on, runs an :class:`~limiquantix.protocol.AgentClient`
 over it (hello/sync: everything before the echo of its random id is discarded),
 and keeps it: pings every ``ping_interval_s``, marks the agent unresponsive
 after ``unresponsive_after_misses`` missed pings, reconnects with capped
@@ -52,11 +52,9 @@ from typing import Final, final
 import trio
 from google.protobuf.message import Message
 
-from limiquantix.protocol import errors, guestcaps
+from limiquantix.protocol import AgentClient, enum_name, errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 from limiquantix.protocol.guestcaps import Cuts
-from limiquantix.protocol.wire import enum_name
 
 from ._config import ConnectionConfig
 

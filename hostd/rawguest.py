@@ -37,10 +37,17 @@ from typing import Final
 
 import trio
 
-from limiquantix.protocol import PROTOCOL_VERSION
+from limiquantix.protocol import (
+    MAGIC,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    BadMessage,
+    FrameDecoder,
+    encode_message,
+    new_message,
+    parse_frame,
+)
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import MAGIC, MAX_FRAME_BYTES, FrameDecoder
-from limiquantix.protocol.wire import BadMessage, encode_message, new_message, parse_frame
 
 __all__ = ["ATTACKS", "main", "serve"]
 

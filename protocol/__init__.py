@@ -17,35 +17,35 @@ Public modules, each a namespace its callers use qualified:
 
 Exported here, by the private module that holds them:
 
-* :mod:`.framing`: bytes <-> frames, pure: ``FrameDecoder``, ``encode_frame``, ``Frame``,
+* :mod:`._framing`: bytes <-> frames, pure: ``FrameDecoder``, ``encode_frame``, ``Frame``,
   ``FrameTooLarge``, ``MAGIC``, ``HEADER_SIZE``, ``FLAG_SYNC``, ``MAX_FRAME_BYTES``,
   ``FRAME_HEADROOM_BYTES``
-* :mod:`.wire`: frames <-> ``AgentMessage``: ``parse_frame``, ``encode_message``,
+* :mod:`._wire`: frames <-> ``AgentMessage``: ``parse_frame``, ``encode_message``,
   ``new_message``, ``new_message_id``, ``BadMessage``, ``enum_name``, ``set_timestamp``,
   ``set_timestamp_ns``
-* :mod:`.transport`: trio streams of frames: ``MessageWriter``, ``ReadBuffer``,
+* :mod:`._transport`: trio streams of frames: ``MessageWriter``, ``ReadBuffer``,
   ``receive_frames``, ``direct_reader``, ``direct_writer``
-* :mod:`.client`: the host side of a connection: ``AgentClient``,
+* :mod:`._agentclient`: the host side of a connection: ``AgentClient``,
   ``EVENT_RATE_PER_S``, ``EVENT_BURST``
-* :mod:`.deadlines`: a command's time budget at every hop: ``command_budget_s``,
+* :mod:`._deadlines`: a command's time budget at every hop: ``command_budget_s``,
   ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
-* :mod:`.safetext`: guest text made safe for terminals and logs: ``safe_text``,
+* :mod:`._safetext`: guest text made safe for terminals and logs: ``safe_text``,
   ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
-* :mod:`.logs`: the daemons' log lines: ``setup_logging``
-* :mod:`.daemon`: what hostd and the controller share as daemons: ``run_daemon``,
+* :mod:`._logs`: the daemons' log lines: ``setup_logging``
+* :mod:`._daemon`: what hostd and the controller share as daemons: ``run_daemon``,
   ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``,
   ``check_tls_files``
-* :mod:`.tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
+* :mod:`._tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
   ``TLSConfigError``, ``tls_failure``
-* :mod:`.loopback`: a token over plain HTTP only to this machine:
+* :mod:`._loopback`: a token over plain HTTP only to this machine:
   ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``, ``split_url``
   (the one reading of a URL's host, for the check and the connection)
-* :mod:`.configfile`: reading a TOML file, the one ``ConfigError``
-* :mod:`.clientconfig`: where an operator's client finds its controller (profiles):
+* :mod:`._configfile`: reading a TOML file, the one ``ConfigError``
+* :mod:`._clientconfig`: where an operator's client finds its controller (profiles):
   ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
   ``default_config_path``, ``refused_token_flag``
-* :mod:`.jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
-* :mod:`.exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
+* :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
+* :mod:`._exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
 
 ``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION``,
 ``__version__`` and ``import_lazily`` (how this package, hostd, the controller and the TUI
@@ -57,7 +57,7 @@ this package costs almost nothing, and a name costs what its module imports. Tha
 matters twice: ``limiquantix exec`` resolves its configuration and checks its URL on
 every start, and its start-up time is measured (protobuf alone costs tens of
 milliseconds, ``ssl`` and ``typing`` milliseconds each), so the names it uses live in
-modules that import neither; and the agent's package leaves :mod:`.daemon` (Prometheus)
+modules that import neither; and the agent's package leaves :mod:`._daemon` (Prometheus)
 and :mod:`.rpc` (httpx, quart, hypercorn) out, which only works while nothing the agent
 imports imports them.
 """
@@ -71,74 +71,74 @@ from ._version import __version__ as __version__
 # Not typing.TYPE_CHECKING: importing typing costs ``limiquantix exec`` milliseconds.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
+    from ._agentclient import EVENT_BURST as EVENT_BURST
+    from ._agentclient import EVENT_RATE_PER_S as EVENT_RATE_PER_S
+    from ._agentclient import AgentClient as AgentClient
+    from ._clientconfig import DEFAULT_URL as DEFAULT_URL
+    from ._clientconfig import ClientSettings as ClientSettings
+    from ._clientconfig import default_config_path as default_config_path
+    from ._clientconfig import read_config as read_config
+    from ._clientconfig import refused_token_flag as refused_token_flag
+    from ._clientconfig import resolve as resolve
+    from ._configfile import ConfigError as ConfigError
+    from ._daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+    from ._daemon import RpcMetrics as RpcMetrics
+    from ._daemon import check_tls_files as check_tls_files
+    from ._daemon import die_with_parent as die_with_parent
+    from ._daemon import run_daemon as run_daemon
+    from ._daemon import stop_on_signals as stop_on_signals
+    from ._deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
+    from ._deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
+    from ._deadlines import command_budget_s as command_budget_s
+    from ._exits import describe_exit as describe_exit
+    from ._framing import FLAG_SYNC as FLAG_SYNC
+    from ._framing import FRAME_HEADROOM_BYTES as FRAME_HEADROOM_BYTES
+    from ._framing import HEADER_SIZE as HEADER_SIZE
+    from ._framing import MAGIC as MAGIC
+    from ._framing import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+    from ._framing import Frame as Frame
+    from ._framing import FrameDecoder as FrameDecoder
+    from ._framing import FrameTooLarge as FrameTooLarge
+    from ._framing import encode_frame as encode_frame
     from ._gen import agent_pb2 as agent_pb2
-    from .client import EVENT_BURST as EVENT_BURST
-    from .client import EVENT_RATE_PER_S as EVENT_RATE_PER_S
-    from .client import AgentClient as AgentClient
-    from .clientconfig import DEFAULT_URL as DEFAULT_URL
-    from .clientconfig import ClientSettings as ClientSettings
-    from .clientconfig import default_config_path as default_config_path
-    from .clientconfig import read_config as read_config
-    from .clientconfig import refused_token_flag as refused_token_flag
-    from .clientconfig import resolve as resolve
-    from .configfile import ConfigError as ConfigError
-    from .daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-    from .daemon import RpcMetrics as RpcMetrics
-    from .daemon import check_tls_files as check_tls_files
-    from .daemon import die_with_parent as die_with_parent
-    from .daemon import run_daemon as run_daemon
-    from .daemon import stop_on_signals as stop_on_signals
-    from .deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
-    from .deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
-    from .deadlines import command_budget_s as command_budget_s
-    from .exits import describe_exit as describe_exit
-    from .framing import FLAG_SYNC as FLAG_SYNC
-    from .framing import FRAME_HEADROOM_BYTES as FRAME_HEADROOM_BYTES
-    from .framing import HEADER_SIZE as HEADER_SIZE
-    from .framing import MAGIC as MAGIC
-    from .framing import MAX_FRAME_BYTES as MAX_FRAME_BYTES
-    from .framing import Frame as Frame
-    from .framing import FrameDecoder as FrameDecoder
-    from .framing import FrameTooLarge as FrameTooLarge
-    from .framing import encode_frame as encode_frame
-    from .jsonupload import write_file_parts as write_file_parts
-    from .logs import setup_logging as setup_logging
-    from .loopback import InsecureTransportError as InsecureTransportError
-    from .loopback import check_token_transport as check_token_transport
-    from .loopback import is_loopback_url as is_loopback_url
-    from .loopback import split_url as split_url
-    from .safetext import ESCAPED as ESCAPED
-    from .safetext import StreamEscaper as StreamEscaper
-    from .safetext import safe_bytes as safe_bytes
-    from .safetext import safe_text as safe_text
-    from .tls import TLSConfigError as TLSConfigError
-    from .tls import TLSFiles as TLSFiles
-    from .tls import client_ssl_context as client_ssl_context
-    from .tls import tls_failure as tls_failure
-    from .transport import MessageWriter as MessageWriter
-    from .transport import ReadBuffer as ReadBuffer
-    from .transport import direct_reader as direct_reader
-    from .transport import direct_writer as direct_writer
-    from .transport import receive_frames as receive_frames
-    from .wire import BadMessage as BadMessage
-    from .wire import encode_message as encode_message
-    from .wire import enum_name as enum_name
-    from .wire import new_message as new_message
-    from .wire import new_message_id as new_message_id
-    from .wire import parse_frame as parse_frame
-    from .wire import set_timestamp as set_timestamp
-    from .wire import set_timestamp_ns as set_timestamp_ns
+    from ._jsonupload import write_file_parts as write_file_parts
+    from ._logs import setup_logging as setup_logging
+    from ._loopback import InsecureTransportError as InsecureTransportError
+    from ._loopback import check_token_transport as check_token_transport
+    from ._loopback import is_loopback_url as is_loopback_url
+    from ._loopback import split_url as split_url
+    from ._safetext import ESCAPED as ESCAPED
+    from ._safetext import StreamEscaper as StreamEscaper
+    from ._safetext import safe_bytes as safe_bytes
+    from ._safetext import safe_text as safe_text
+    from ._tls import TLSConfigError as TLSConfigError
+    from ._tls import TLSFiles as TLSFiles
+    from ._tls import client_ssl_context as client_ssl_context
+    from ._tls import tls_failure as tls_failure
+    from ._transport import MessageWriter as MessageWriter
+    from ._transport import ReadBuffer as ReadBuffer
+    from ._transport import direct_reader as direct_reader
+    from ._transport import direct_writer as direct_writer
+    from ._transport import receive_frames as receive_frames
+    from ._wire import BadMessage as BadMessage
+    from ._wire import encode_message as encode_message
+    from ._wire import enum_name as enum_name
+    from ._wire import new_message as new_message
+    from ._wire import new_message_id as new_message_id
+    from ._wire import parse_frame as parse_frame
+    from ._wire import set_timestamp as set_timestamp
+    from ._wire import set_timestamp_ns as set_timestamp_ns
 
 #: Each lazy export and the module that defines it (the defining one, not one that
 #: re-exports it: ``check_token_transport`` from ``loopback``, which needs no ``ssl``).
 _LAZY: dict[str, str] = {
     "agent_pb2": "._gen",
-    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), ".client"),
+    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "._agentclient"),
     **dict.fromkeys(
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
-        ".clientconfig",
+        "._clientconfig",
     ),
-    "ConfigError": ".configfile",
+    "ConfigError": "._configfile",
     **dict.fromkeys(
         (
             "PROMETHEUS_CONTENT_TYPE",
@@ -148,10 +148,10 @@ _LAZY: dict[str, str] = {
             "run_daemon",
             "stop_on_signals",
         ),
-        ".daemon",
+        "._daemon",
     ),
-    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), ".deadlines"),
-    "describe_exit": ".exits",
+    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "._deadlines"),
+    "describe_exit": "._exits",
     **dict.fromkeys(
         (
             "FLAG_SYNC",
@@ -164,14 +164,14 @@ _LAZY: dict[str, str] = {
             "FrameTooLarge",
             "encode_frame",
         ),
-        ".framing",
+        "._framing",
     ),
-    "write_file_parts": ".jsonupload",
-    "setup_logging": ".logs",
-    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), ".loopback"),
-    **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), ".safetext"),
-    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), ".tls"),
-    **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), ".transport"),
+    "write_file_parts": "._jsonupload",
+    "setup_logging": "._logs",
+    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._loopback"),
+    **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "._safetext"),
+    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), "._tls"),
+    **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "._transport"),
     **dict.fromkeys(
         (
             "BadMessage",
@@ -183,7 +183,7 @@ _LAZY: dict[str, str] = {
             "set_timestamp",
             "set_timestamp_ns",
         ),
-        ".wire",
+        "._wire",
     ),
 }
 

@@ -1,8 +1,8 @@
 """A verifying client SSL context from files, importing nothing but ``ssl``.
 
-:func:`limiquantix.protocol.tls.client_ssl_context` (every client's context) is built on
+:func:`limiquantix.protocol.client_ssl_context` (every client's context) is built on
 :func:`verifying_context`; the command line calls this module itself: ``limiquantix exec`` over
-https is measured against curl, start-up included (``bench/cli_bench.py``), and :mod:`.tls`
+https is measured against curl, start-up included (``bench/cli_bench.py``), and :mod:`._tls`
 loads ``typing`` and ``dataclasses`` (which loads ``inspect``), about as much CPU again as
 ``ssl`` itself. Hence no imports here beyond ``ssl`` (tests/test_cli_http.py checks it).
 """

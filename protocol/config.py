@@ -23,7 +23,7 @@ a flag, since a command line is visible to every user in ``ps``; the environment
 variable wins over the file). A validation error raised by the dataclass itself
 (its ``__post_init__``) is a :class:`ConfigError` too.
 
-:class:`ConfigError` and the file reader live in :mod:`.configfile`, which the operators'
+:class:`ConfigError` and the file reader live in :mod:`._configfile`, which the operators'
 clients share (their profiles are read on every ``limiquantix exec``, which cannot pay
 for this module's imports); this module is the daemons' side.
 """
@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, get_args, get_origin, get_type_hints
 
-from .configfile import ConfigError, read_toml, secret_flag_refused
+from ._configfile import ConfigError, read_toml, secret_flag_refused
 
 __all__ = [
     "ConfigError",
@@ -83,7 +83,7 @@ def check_listen(value: str, key: str = "listen") -> None:
 
 
 def check_log_format(value: str) -> None:
-    """``log_format``: what :mod:`limiquantix.protocol.logs` writes, ``text`` or ``json``.
+    """``log_format``: what :mod:`limiquantix.protocol._logs` writes, ``text`` or ``json``.
 
     Raises:
         ConfigError: anything else.

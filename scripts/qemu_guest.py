@@ -40,7 +40,7 @@ import contextlib
 import guest_image  # noqa: E402 - a sibling script, found by file name
 from guest_image import GuestImage  # noqa: E402
 
-from limiquantix.protocol.daemon import die_with_parent  # noqa: E402
+from limiquantix.protocol import die_with_parent  # noqa: E402
 
 AGENT_PORT = "org.limiquantix.agent.0"
 QGA_PORT = "org.qemu.guest_agent.0"

@@ -47,15 +47,10 @@ from google.protobuf import json_format
 
 from limiquantix.controller import pki
 from limiquantix.hostd.simvm import SimVMProcess
-from limiquantix.protocol import errors
+from limiquantix.protocol import TLSFiles, client_ssl_context, default_config_path, die_with_parent, errors, safe_text
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
-from limiquantix.protocol.clientconfig import default_config_path
-from limiquantix.protocol.daemon import die_with_parent
 from limiquantix.protocol.rpc import JSON, ClientTLS, RpcClient, Target
-from limiquantix.protocol.safetext import safe_text
-from limiquantix.protocol.tls import TLSFiles, client_ssl_context
-from limiquantix.tui.config import api_examples_path
-from limiquantix.tui.format import exit_summary
+from limiquantix.tui import api_examples_path, exit_summary
 
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"

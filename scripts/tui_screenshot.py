@@ -18,8 +18,7 @@ from pathlib import Path
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
-from limiquantix.tui import demo_data
-from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui import LimiQuantixApp, demo_data
 from limiquantix.tui.screens.vm import VMScreen
 from limiquantix.tui.widgets.fleet_table import FleetTable
 

@@ -12,7 +12,7 @@ tree twice, and rather than in a temp dir so that mypy's incremental cache (.myp
 stays valid between runs.
 
 mypy reports paths through the links; they are rewritten to the checkout's own paths
-(``protocol/framing.py:12: error: ...``) so an editor or terminal can jump to them.
+(``protocol/_framing.py:12: error: ...``) so an editor or terminal can jump to them.
 
     python scripts/typecheck.py [mypy arguments...]
 

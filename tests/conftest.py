@@ -32,8 +32,8 @@ import trio
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol import AgentClient
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 
 _counter = itertools.count()
 #: Upper bound on what the helpers below wait for; a healthy run needs a fraction.

@@ -22,10 +22,8 @@ from collections.abc import Callable
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import BadMessage, FrameDecoder, encode_message, errors, new_message, parse_frame
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FrameDecoder
-from limiquantix.protocol.wire import BadMessage, encode_message, new_message, parse_frame
 
 # ------------------------------------------------------------ what it reports
 

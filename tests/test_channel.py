@@ -18,11 +18,8 @@ import trio
 import trio.testing
 
 from limiquantix.agent._channel import ABSENT_BACKOFF_MAX_S
-from limiquantix.protocol import errors
+from limiquantix.protocol import AgentClient, ReadBuffer, encode_message, errors, new_message
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.transport import ReadBuffer
-from limiquantix.protocol.wire import encode_message, new_message
 
 
 class Pty:

@@ -24,8 +24,7 @@ import pytest
 from limiquantix.cli import _http
 from limiquantix.cli._client import VM, ApiError, Client
 from limiquantix.cli._fastjson import dumps, loads
-from limiquantix.protocol import ConfigError
-from limiquantix.protocol.clientconfig import ClientSettings
+from limiquantix.protocol import ClientSettings, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""protocol/clientconfig.py: how the TUI and the command line find their controller (file,
+"""protocol/_clientconfig.py: how the TUI and the command line find their controller (file,
 profiles, environment, flags), and what they refuse."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from limiquantix.protocol import ConfigError, configfile
-from limiquantix.protocol.clientconfig import read_config, resolve
-from limiquantix.protocol.loopback import is_loopback_url, split_url
+from limiquantix.protocol import ConfigError, is_loopback_url, read_config, resolve, split_url
+from limiquantix.protocol import _configfile as configfile
 
 if sys.version_info >= (3, 11):
     import tomllib  # novermin - the 3.11 branch of a version check

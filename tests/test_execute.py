@@ -18,10 +18,8 @@ import pytest
 import trio
 
 from limiquantix.agent.handlers._execute import PIPE_IDLE_AFTER_EXIT_S, resolve_run_as, running_commands
-from limiquantix.protocol import errors
+from limiquantix.protocol import FRAME_HEADROOM_BYTES, AgentClient, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
-from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 MiB = 1024 * 1024
 #: Prints "<group leader pid> <background sleep pid>" and waits for the sleep.

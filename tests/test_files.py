@@ -23,9 +23,8 @@ import trio
 from conftest import wait_until
 
 from limiquantix.agent import Agent
-from limiquantix.protocol import errors
+from limiquantix.protocol import AgentClient, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 
 MiB = 1024 * 1024
 #: Bound of every test; generous, since CI machines vary.

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from limiquantix.protocol import PROTOCOL_VERSION
-from limiquantix.protocol.framing import (
+from limiquantix.protocol._framing import (
     CANDIDATE_WORK,
     CRC_CREDIT_PER_BYTE,
     FLAG_SYNC,

@@ -1,6 +1,6 @@
 """Guest data is bounded and inert: the caps hostd applies to what a guest reports
 (protocol/guestcaps.py), and guest text made safe for terminals and text logs
-(protocol/safetext.py), end to end with a simulated hostile guest
+(protocol/_safetext.py), end to end with a simulated hostile guest
 (tests/hostile_guest.py) against a real hostd and a real controller."""
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from hostile_guest import (
 from limiquantix.hostd import ConnectionConfig, DiscoveryConfig, VMEntry
 from limiquantix.hostd._api import heartbeat_status, vm_status
 from limiquantix.hostd._discovery import VMRegistry
-from limiquantix.protocol import guestcaps
+from limiquantix.protocol import ESCAPED, StreamEscaper, guestcaps, safe_bytes, safe_text
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
+from limiquantix.protocol._logs import JsonFormatter, TextFormatter
 from limiquantix.protocol.guestcaps import (
     ADDRESS_BYTES,
     HEARTBEAT_ADDRESSES,
@@ -47,8 +48,6 @@ from limiquantix.protocol.guestcaps import (
     cap_message,
     cap_telemetry,
 )
-from limiquantix.protocol.logs import JsonFormatter, TextFormatter
-from limiquantix.protocol.safetext import ESCAPED, StreamEscaper, safe_bytes, safe_text
 
 WAIT_S = 30.0
 FAST = ConnectionConfig(ping_interval_s=0.2, connect_grace_s=0.2, backoff_initial_s=0.05, socket_poll_s=0.05)

@@ -36,11 +36,9 @@ from limiquantix.hostd._api import heartbeat_status, vm_status
 from limiquantix.hostd._discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd._vmconn import VMConnection, VMState
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimVMProcess
-from limiquantix.protocol import errors
+from limiquantix.protocol import MAGIC, MAX_FRAME_BYTES, encode_frame, enum_name, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
-from limiquantix.protocol.framing import MAGIC, MAX_FRAME_BYTES, encode_frame
-from limiquantix.protocol.wire import enum_name
 
 WAIT_S = 10.0
 #: Short intervals so that state changes show within a fraction of a second.

@@ -24,9 +24,8 @@ from conftest import next_event, wait_until
 
 from limiquantix.agent import Agent
 from limiquantix.agent.handlers import _lifecycle as lifecycle
-from limiquantix.protocol import errors
+from limiquantix.protocol import AgentClient, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from limiquantix.protocol import errors, limits
+from limiquantix.protocol import errors, limits, new_message
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
-from limiquantix.protocol.wire import new_message
 
 FILES = (pb, node_pb, api_pb, fleet_pb)
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from limiquantix.protocol import __version__
-from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol import AgentClient, __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "packaging" / "build-packages.sh"
@@ -89,7 +88,7 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
         f"/{LIBDIR}/tomli/__init__.py",
         f"/{LIBDIR}/exceptiongroup/__init__.py",
         f"/{LIBDIR}/limiquantix/agent/__main__.py",
-        f"/{LIBDIR}/limiquantix/protocol/client.py",
+        f"/{LIBDIR}/limiquantix/protocol/_agentclient.py",
         f"/{LIBDIR}/limiquantix/protocol/_gen/agent_pb2.py",
     ):
         assert p in paths, p
@@ -103,7 +102,7 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
     source = {
         str(f.relative_to(ROOT)) for f in (ROOT / "protocol").rglob("*")
         if f.is_file() and f.suffix in (".py", ".pyi") and "__pycache__" not in f.parts and "rpc" not in f.parts
-        and f.name != "daemon.py"
+        and f.name != "_daemon.py"
     }  # fmt: skip
     assert source <= shipped, sorted(source - shipped)
     # What ships imports no server or HTTP library: it must load on a guest without them.

@@ -48,7 +48,7 @@ def test_agent_runs_under_python_310(tmp_path: Path) -> None:
     subprocess.run([vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)], check=True)
     script = """
 import os, subprocess, sys, tempfile, time, trio
-from limiquantix.protocol.client import AgentClient
+from limiquantix.protocol._agentclient import AgentClient
 sock = os.path.join(tempfile.mkdtemp(), "a.sock")
 p = subprocess.Popen([sys.executable, "-m", "limiquantix.agent", "--transport", "unix-listen",
                       "--socket", sock, "--telemetry-interval-s", "0"])

@@ -32,14 +32,12 @@ from limiquantix.agent._config import AgentConfig
 from limiquantix.controller._forward import NodeClient
 from limiquantix.controller._models import NodeInfo
 from limiquantix.hostd._api import NodeAPI
-from limiquantix.protocol import errors, rpc
+from limiquantix.protocol import TLSFiles, client_ssl_context, errors, rpc, setup_logging
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
-from limiquantix.protocol.logs import setup_logging
 from limiquantix.protocol.rpc import _client as rpc_client
 from limiquantix.protocol.rpc import server as rpc_server
-from limiquantix.protocol.tls import TLSFiles, client_ssl_context
-from limiquantix.tui.client import ControllerClient
+from limiquantix.tui import ControllerClient
 
 SERVICE = npb.DESCRIPTOR.services_by_name["NodeDaemonService"]
 PING = "limiquantix.node.v1.NodeDaemonService/PingAgent"

@@ -55,7 +55,7 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert 'url = "https://' in tui and "token = " in tui and "ca_file = " in tui
     # The TUI reads it: the CA file it names is the one make run made (gone with its temp dir now).
     from limiquantix.protocol import ConfigError
-    from limiquantix.tui.config import parse_args
+    from limiquantix.tui import parse_args
 
     with pytest.raises(ConfigError, match="cannot read the CA file .*/pki/ca.pem"):
         parse_args(["--config", str(tmp_path / "limiquantix" / "tui.toml")], env={})

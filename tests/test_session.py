@@ -17,10 +17,17 @@ import pytest
 import trio
 
 from limiquantix.agent.handlers._execute import running_commands
-from limiquantix.protocol import PROTOCOL_VERSION, errors
+from limiquantix.protocol import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    encode_frame,
+    encode_message,
+    errors,
+    new_message,
+    parse_frame,
+)
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import MAGIC, FrameDecoder, encode_frame
-from limiquantix.protocol.wire import encode_message, new_message, parse_frame
 
 
 class RawPeer:

@@ -23,8 +23,8 @@ from conftest import StartSimVM, next_event
 
 from limiquantix.hostd import simvm
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol import AgentClient
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0

@@ -41,8 +41,8 @@ from limiquantix.agent._telemetry import (
     excluded,
     read_os_release,
 )
+from limiquantix.protocol import AgentClient
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import AgentClient
 
 #: Upper bound on anything a test waits for; a healthy run needs a fraction.
 WAIT_S = 10.0

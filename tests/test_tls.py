@@ -36,12 +36,10 @@ from limiquantix.controller._models import NodeInfo
 from limiquantix.hostd import ConfigError, DiscoveryConfig, HostdConfig, VMEntry
 from limiquantix.hostd import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
-from limiquantix.protocol import errors
+from limiquantix.protocol import InsecureTransportError, TLSConfigError, errors
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.rpc.server import ServerTLS, http_config
-from limiquantix.protocol.tls import InsecureTransportError, TLSConfigError
-from limiquantix.tui.client import ApiError, ControllerClient
-from limiquantix.tui.config import parse_args
+from limiquantix.tui import ApiError, ControllerClient, parse_args
 
 VM = "/limiquantix.compute.v1.VMService"
 ADMIN = "/limiquantix.compute.v1.AdminService"

@@ -10,12 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import encode_message, errors, new_message, parse_frame
+from limiquantix.protocol._agentclient import HELLO_RESEND_S, AgentClient
+from limiquantix.protocol._framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.client import HELLO_RESEND_S, AgentClient
-from limiquantix.protocol.framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
-from limiquantix.protocol.transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer
-from limiquantix.protocol.wire import encode_message, new_message, parse_frame
+from limiquantix.protocol._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer
 
 
 def big(n: int, tag: bytes) -> pb.AgentMessage:

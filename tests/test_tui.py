@@ -28,10 +28,9 @@ from textual.widgets import Button, DataTable, Input, Static, TextArea
 from limiquantix.protocol import ConfigError
 from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse as Result
-from limiquantix.tui import jobs as tui_jobs
-from limiquantix.tui.app import LimiQuantixApp
-from limiquantix.tui.config import TuiConfig, parse_args
-from limiquantix.tui.format import exit_cell, exit_summary
+from limiquantix.tui import LimiQuantixApp, TuiConfig, parse_args
+from limiquantix.tui import _jobs as tui_jobs
+from limiquantix.tui._format import exit_cell, exit_summary
 from limiquantix.tui.screens import audit as tui_audit
 from limiquantix.tui.screens.audit import AuditScreen
 from limiquantix.tui.screens.dialogs import ConfirmDialog

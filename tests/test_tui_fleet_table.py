@@ -16,8 +16,7 @@ from rich.cells import cell_len
 from rich.text import Text
 
 from limiquantix.protocol._gen.vm_service_pb2 import VM
-from limiquantix.tui import demo_data
-from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui import LimiQuantixApp, demo_data
 from limiquantix.tui.screens.fleet import FleetScreen
 from limiquantix.tui.screens.vm import VMScreen
 from limiquantix.tui.widgets.fleet_table import (

@@ -280,7 +280,7 @@ async def test_save_writes_the_file_and_refuses_to_overwrite_without_confirm(tmp
 
 
 def test_job_list_keeps_running_jobs_and_the_last_ended_ones() -> None:
-    from limiquantix.tui.jobs import JOBS_KEPT, JobList
+    from limiquantix.tui._jobs import JOBS_KEPT, JobList
 
     jobs = JobList()
     told: list[int] = []

@@ -22,8 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static, TextArea
 
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
-from limiquantix.tui import ControllerClient, demo_data
-from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui import ControllerClient, LimiQuantixApp, demo_data
 from limiquantix.tui.screens.audit import AuditScreen
 from limiquantix.tui.screens.files import FilesScreen
 from limiquantix.tui.screens.runner import RunnerScreen

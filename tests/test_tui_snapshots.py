@@ -35,8 +35,7 @@ from textual.widgets import Input, TextArea
 
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
-from limiquantix.tui import ControllerClient, demo_data
-from limiquantix.tui.app import LimiQuantixApp
+from limiquantix.tui import ControllerClient, LimiQuantixApp, demo_data
 from limiquantix.tui.screens.audit import AuditScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen

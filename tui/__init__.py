@@ -7,10 +7,10 @@ The public surface is what this module exports, plus the modules a Textual app i
 * :mod:`.messages`: the messages the app posts to every screen;
 * :mod:`.demo_data`: deterministic sample answers (snapshots, screenshots, the benchmark).
 
-The rest is private (its name starts with ``_``): :mod:`.app` (the app: screens, the
-fleet poll), :mod:`.client` (every call to the controller), :mod:`.config` (flags and the
-profile file), :mod:`.jobs` (runs started here), :mod:`.format` (pure formatting helpers),
-:mod:`.workers` (the one typed way to start a worker). Screens and widgets import them;
+The rest is private (its name starts with ``_``): :mod:`._app` (the app: screens, the
+fleet poll), :mod:`._client` (every call to the controller), :mod:`._config` (flags and the
+profile file), :mod:`._jobs` (runs started here), :mod:`._format` (pure formatting helpers),
+:mod:`._workers` (the one typed way to start a worker). Screens and widgets import them;
 other packages import the names below. See README.md for the tree.
 
 Every export is imported on first use: ``from limiquantix.tui.state import FleetState``
@@ -24,23 +24,23 @@ from typing import TYPE_CHECKING, Any
 from limiquantix.protocol import import_lazily
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
-    from .app import LimiQuantixApp as LimiQuantixApp
-    from .client import ApiError as ApiError
-    from .client import ControllerClient as ControllerClient
-    from .config import TuiConfig as TuiConfig
-    from .config import api_examples_path as api_examples_path
-    from .config import parse_args as parse_args
-    from .format import exit_summary as exit_summary
+    from ._app import LimiQuantixApp as LimiQuantixApp
+    from ._client import ApiError as ApiError
+    from ._client import ControllerClient as ControllerClient
+    from ._config import TuiConfig as TuiConfig
+    from ._config import api_examples_path as api_examples_path
+    from ._config import parse_args as parse_args
+    from ._format import exit_summary as exit_summary
 
 #: Each export and the module that defines it.
 _LAZY = {
-    "LimiQuantixApp": ".app",
-    "ApiError": ".client",
-    "ControllerClient": ".client",
-    "TuiConfig": ".config",
-    "api_examples_path": ".config",
-    "parse_args": ".config",
-    "exit_summary": ".format",
+    "LimiQuantixApp": "._app",
+    "ApiError": "._client",
+    "ControllerClient": "._client",
+    "TuiConfig": "._config",
+    "api_examples_path": "._config",
+    "parse_args": "._config",
+    "exit_summary": "._format",
 }
 
 __all__ = [

@@ -6,8 +6,8 @@ import sys
 
 from limiquantix.protocol import ConfigError
 
-from .app import LimiQuantixApp
-from .config import parse_args
+from ._app import LimiQuantixApp
+from ._config import parse_args
 
 __all__ = ["main"]
 

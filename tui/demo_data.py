@@ -35,7 +35,7 @@ from limiquantix.protocol._gen.admin_pb2 import AuditRecord
 from limiquantix.protocol._gen.fleet_pb2 import FleetCommand, FleetCommandEvent, FleetTarget, FleetTargetOutput
 from limiquantix.protocol._gen.vm_service_pb2 import VM, ExecuteScriptEvent
 
-from .client import WhoAmI
+from ._client import WhoAmI
 
 __all__ = [
     "ADMIN",
@@ -458,8 +458,8 @@ def demo_app(count: int = 12, history: int = 60, **kwargs: Any) -> Any:
     """A still :class:`LimiQuantixApp` (no poll, fixed clock, admin identity) and a
     function feeding it: ``feed()`` applies ``history`` fleet steps, so that
     the app holds sparkline history; call it once the app is running."""
-    from .app import LimiQuantixApp
-    from .config import TuiConfig
+    from ._app import LimiQuantixApp
+    from ._config import TuiConfig
 
     app = LimiQuantixApp(
         # insecure: the demo controller is never contacted (no poll), no token leaves the process.

@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import FRAME_HEADROOM_BYTES, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._dispatch import AgentState, RequestContext, handler
 from .._procgroup import ProcessGroup

@@ -11,8 +11,8 @@ from typing import final
 
 import trio
 
+from limiquantix.protocol import set_timestamp_ns
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.wire import set_timestamp_ns
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler

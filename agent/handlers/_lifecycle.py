@@ -40,10 +40,9 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, set_timestamp
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.limits import MAX_PASSWORD_BYTES
-from limiquantix.protocol.wire import set_timestamp
 
 from .._dispatch import AgentState, RequestContext, handler
 from .._procgroup import ProcessGroup

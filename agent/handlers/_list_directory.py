@@ -9,9 +9,8 @@ from typing import Final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import FRAME_HEADROOM_BYTES, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
-from limiquantix.protocol.framing import FRAME_HEADROOM_BYTES
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler

@@ -35,7 +35,7 @@ another host's name): the server reads no request before its handshake is done, 
 nothing ran. So is a server's refusal of this client's certificate (its alert: under TLS 1.3 it
 fails the first read, after the request was written, which the server never read): not an
 outcome unknown. A token is never sent over plain ``http://`` to another machine unless
-the client was made ``insecure`` (:func:`~limiquantix.protocol.tls.check_token_transport`).
+the client was made ``insecure`` (:func:`~limiquantix.protocol.check_token_transport`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import httpx
 from google.protobuf.message import Message
 
 from .. import errors
-from ..tls import InsecureTransportError, check_token_transport, server_refusal, tls_failure
+from .._tls import InsecureTransportError, check_token_transport, server_refusal, tls_failure
 from ._codec import (
     FLAG_COMPRESSED,
     FLAG_END_STREAM,

@@ -17,10 +17,10 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from limiquantix.protocol._gen.admin_pb2 import AuditRecord
 
-from ..client import ApiError
-from ..format import guest
+from .._client import ApiError
+from .._format import guest
+from .._workers import run_async
 from ..widgets.footer import KeysFooter
-from ..workers import run_async
 from .base import LqxScreen
 
 __all__ = ["AUDIT_REFRESH_S", "AuditDetail", "AuditScreen"]

@@ -9,13 +9,13 @@ from textual.screen import Screen
 from ..messages import FleetUpdated
 
 if TYPE_CHECKING:
-    from ..app import LimiQuantixApp
+    from .._app import LimiQuantixApp
 
 __all__ = ["LqxScreen"]
 
 
 class LqxScreen(Screen[None]):
-    """A full screen of :class:`~limiquantix.tui.app.LimiQuantixApp`."""
+    """A full screen of :class:`~limiquantix.tui.LimiQuantixApp`."""
 
     ACTION_PERMISSIONS: ClassVar[dict[str, str]] = {}
     """Action → the permission it needs (WhoAmI's names): without it the key is neither

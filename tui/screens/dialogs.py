@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
-from ..config import api_examples_path
+from .._config import api_examples_path
 
 __all__ = ["ConfirmDialog", "HelpScreen", "PasswordDialog"]
 

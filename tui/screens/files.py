@@ -18,12 +18,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Header, Input, Label, ProgressBar, Static, TextArea
 from textual.worker import Worker
 
-from limiquantix.protocol.safetext import safe_text
+from limiquantix.protocol import safe_text
 
-from ..client import MAX_UPLOAD_BYTES, ApiError
-from ..format import human_bytes
+from .._client import MAX_UPLOAD_BYTES, ApiError
+from .._format import human_bytes
+from .._workers import run_async
 from ..widgets.footer import KeysFooter
-from ..workers import run_async
 from .base import LqxScreen
 from .dialogs import ConfirmDialog
 

@@ -17,10 +17,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Header, Input, Static
 
+from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.vm_service_pb2 import VM
-from limiquantix.protocol.safetext import safe_text
 
-from ..format import STATE_LABELS, STATE_STYLES, age_s, state_counts, vm_matches
+from .._format import STATE_LABELS, STATE_STYLES, age_s, state_counts, vm_matches
 from ..messages import FleetUpdated
 from ..widgets.fleet_table import COLUMNS, FleetTable, tier
 from ..widgets.footer import KeysFooter

@@ -8,10 +8,10 @@ from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Header, Static
 
-from limiquantix.protocol.safetext import safe_text
+from limiquantix.protocol import safe_text
 
-from ..format import age_s
-from ..jobs import STATE_STYLES, Job, cancel_job
+from .._format import age_s
+from .._jobs import STATE_STYLES, Job, cancel_job
 from ..widgets.footer import KeysFooter
 from .base import LqxScreen
 

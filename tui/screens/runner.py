@@ -1,6 +1,6 @@
 """The script runner: one VM streamed live, or several VMs as one fleet run, each VM's output live.
 
-A run is a :class:`~.jobs.Job` of the app, not of this screen: escape leaves it running (``j``
+A run is a :class:`~._jobs.Job` of the app, not of this screen: escape leaves it running (``j``
 lists the jobs and opens one again here). The output is an
 :class:`~.widgets.output.OutputPane` (search, copy, save; only visible lines drawn).
 """
@@ -17,18 +17,18 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Header, Input, Label, Static, TextArea
 
+from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.fleet_pb2 import FleetTarget
 from limiquantix.protocol._gen.vm_service_pb2 import ExecuteScriptResponse
-from limiquantix.protocol.safetext import safe_text
 
-from ..format import exit_cell
-from ..jobs import STATE_STYLES, Job, cancel_job, start_job
+from .._format import exit_cell
+from .._jobs import STATE_STYLES, Job, cancel_job, start_job
+from .._workers import run_async
 from ..state import RunRecord
 from ..widgets.footer import KeysFooter
 from ..widgets.output import OutputBuffer, OutputPane, OutputView
 from ..widgets.path_dialog import load_with_dialog
 from ..widgets.recent_runs import RecentRuns
-from ..workers import run_async
 from .base import LqxScreen
 
 __all__ = ["RunnerScreen"]

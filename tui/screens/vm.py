@@ -15,14 +15,14 @@ from textual.containers import Grid, VerticalScroll
 from textual.message import Message
 from textual.widgets import Header, Static
 
+from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.vm_service_pb2 import VM
-from limiquantix.protocol.safetext import safe_text
 
-from ..client import ApiError
-from ..format import age, bar, guest, human_bytes, state_text, uptime
+from .._client import ApiError
+from .._format import age, bar, guest, human_bytes, state_text, uptime
+from .._workers import run_async
 from ..widgets.footer import KeysFooter
 from ..widgets.graphs import Graphs
-from ..workers import run_async
 from .base import LqxScreen
 from .dialogs import ConfirmDialog, PasswordDialog
 from .files import FilesScreen

@@ -15,7 +15,7 @@ What the operator sees is what ``DataTable`` showed: a header (click it to sort)
 zebra stripes, a row cursor kept on its VM across refreshes (up / down / page keys,
 ctrl+home / ctrl+end, a click moves it; enter or a click on the cursor's row opens
 the VM), the mouse's row highlighted, columns sized to their widest cell, guest
-text shown with its controls escaped (:func:`~limiquantix.protocol.safetext.safe_text`)
+text shown with its controls escaped (:func:`~limiquantix.protocol.safe_text`)
 and never read as markup.
 """
 
@@ -38,10 +38,10 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.vm_service_pb2 import VM
-from limiquantix.protocol.safetext import safe_text
 
-from ..format import STATE_LABELS, effective_state, percent, primary_ip, short_os, state_text, uptime
+from .._format import STATE_LABELS, effective_state, percent, primary_ip, short_os, state_text, uptime
 
 __all__ = [
     "COLUMNS",

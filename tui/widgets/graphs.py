@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widget import Widget
 
-from ..format import human_bytes, spark
+from .._format import human_bytes, spark
 
 __all__ = ["Graphs"]
 

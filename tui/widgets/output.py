@@ -10,7 +10,7 @@ start offset per line) and only the lines on screen are rendered, when drawn
 a million.
 
 Guest text is data: every chunk goes through
-:func:`~limiquantix.protocol.safetext.safe_text` (controls, bidi overrides and
+:func:`~limiquantix.protocol.safe_text` (controls, bidi overrides and
 separators shown escaped; tabs expanded) and is never read as markup.
 
 Keys on the view (the footer shows them): arrows / page keys / home / end move a
@@ -51,7 +51,7 @@ from textual.strip import Strip
 from textual.timer import Timer
 from textual.widgets import Input, Static
 
-from limiquantix.protocol.safetext import safe_text
+from limiquantix.protocol import safe_text
 
 __all__ = [
     "KINDS",

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from limiquantix.protocol.safetext import safe_text
+from limiquantix.protocol import safe_text
 
 from ..state import RunRecord
 

@@ -102,7 +102,7 @@ class CallContext:
 
     def budget_s(self, own_s: float) -> float:
         """The budget of a call this handler makes on the caller's behalf (to hostd, to an
-        agent): its own ``own_s`` (e.g. :func:`~limiquantix.protocol.deadlines.command_budget_s`),
+        agent): its own ``own_s`` (e.g. :func:`~limiquantix.protocol.command_budget_s`),
         bounded by the time the caller has left. The one rule every hop applies.
 
         Raises:

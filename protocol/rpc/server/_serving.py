@@ -71,7 +71,7 @@ if sys.version_info >= (3, 11):  # novermin
 else:  # pragma: no cover - Python 3.10: trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
-from ...tls import TLSConfigError, load_cert_chain, load_verify_locations
+from ..._tls import TLSConfigError, load_cert_chain, load_verify_locations
 
 __all__ = [
     "ALERT_LINGER_BYTES",
@@ -255,7 +255,7 @@ class _ContainedTCPServer(TCPServer):
         protocol = getattr(self, "protocol", None)  # absent when the error came before it was made
         client = getattr(protocol, "client", None)
         # The traceback goes through the formatter's exception rendering, which shows control
-        # characters escaped (protocol/logs.py): an exception's message may carry a client's bytes.
+        # characters escaped (protocol/_logs.py): an exception's message may carry a client's bytes.
         log.error(
             "closed the HTTP connection from %s after an error in its handling (serving on)", client, exc_info=exc
         )

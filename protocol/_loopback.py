@@ -1,7 +1,7 @@
 """When a bearer token may cross plain HTTP: only to this machine (loopback or a Unix socket),
 unless the caller said ``insecure``.
 
-Apart from :mod:`.tls` (which re-exports these names) because it needs no ``ssl``: the
+Apart from :mod:`._tls` (which re-exports these names) because it needs no ``ssl``: the
 ``limiquantix`` command line checks every URL before its first call, and its start-up
 time is measured (``bench/cli_bench.py``); a plain-HTTP call to loopback loads no TLS.
 """

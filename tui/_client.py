@@ -24,12 +24,11 @@ from typing import Any, Final, TypeVar
 import httpx
 from google.protobuf.message import Message
 
-from limiquantix.protocol import command_budget_s, errors
+from limiquantix.protocol import TLSFiles, check_token_transport, client_ssl_context, command_budget_s, errors
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.protocol.rpc import PROTO, ClientTLS, RpcClient, Target, deadline_after
-from limiquantix.protocol.tls import TLSFiles, check_token_transport, client_ssl_context
 
 __all__ = [
     "MAX_UPLOAD_BYTES",

@@ -2,10 +2,10 @@
 
 Log messages carry guest text (hostnames, OS names, reasons) and the log is
 read in terminals: :class:`TextFormatter` shows every control character of a
-message and its arguments escaped (:func:`~.safetext.safe_text`), so one record
+message and its arguments escaped (:func:`~._safetext.safe_text`), so one record
 is one line and a guest's escape sequences do nothing. JSON lines are safe by
 construction: ``json.dumps`` escapes C0 controls, and :class:`JsonFormatter`
-escapes the rest of :data:`~.safetext.ESCAPED` (C1, bidi, separators, lone
+escapes the rest of :data:`~._safetext.ESCAPED` (C1, bidi, separators, lone
 surrogates) as ``\\uXXXX``, still valid JSON, other non-ASCII text kept readable.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Final
 
-from .safetext import ESCAPED, safe_text
+from ._safetext import ESCAPED, safe_text
 
 __all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
 

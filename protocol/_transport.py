@@ -15,9 +15,9 @@ from typing import Final, final, overload
 
 import trio
 
+from ._framing import MAX_FRAME_BYTES, Frame, FrameDecoder
 from ._gen import agent_pb2 as pb
-from .framing import MAX_FRAME_BYTES, Frame, FrameDecoder
-from .wire import encode_message
+from ._wire import encode_message
 
 __all__ = [
     "DECODE_SLICE_WORK",

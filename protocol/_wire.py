@@ -1,4 +1,4 @@
-"""AgentMessage <-> frame bytes: the message layer over :mod:`.framing`."""
+"""AgentMessage <-> frame bytes: the message layer over :mod:`._framing`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ._framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
 from ._gen import agent_pb2 as pb
-from .framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
 
 __all__ = [
     "SYNC_PAYLOADS",

@@ -22,16 +22,16 @@ from limiquantix.protocol import command_budget_s
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 
-from .client import ApiError
-from .format import exit_summary
+from ._client import ApiError
+from ._format import exit_summary
+from ._workers import run_async
 from .state import RunRecord
 from .widgets.output import OutputBuffer
-from .workers import run_async
 
 if TYPE_CHECKING:
     from textual.worker import Worker
 
-    from .app import LimiQuantixApp
+    from ._app import LimiQuantixApp
 
 __all__ = ["FLEET_POLL_S", "JOBS_KEPT", "STATE_STYLES", "Job", "JobList", "cancel_job", "mark_truncated", "start_job"]
 

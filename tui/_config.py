@@ -1,7 +1,7 @@
 """Where the TUI finds its controller: flags, then environment, then the config file.
 
 The resolution is shared with the ``limiquantix`` command line
-(:mod:`limiquantix.protocol.clientconfig`): ``make run`` writes
+(:mod:`limiquantix.protocol._clientconfig`): ``make run`` writes
 ``~/.config/limiquantix/tui.toml`` (``$XDG_CONFIG_HOME`` is honoured) with ``url`` and
 ``token``, ``[profiles.NAME]`` tables hold other controllers (``--profile``, ``LQX_PROFILE``);
 ``LQX_CONTROLLER_URL`` / ``LQX_TOKEN`` override the file, and ``--url`` / ``--token-file``
@@ -21,14 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from limiquantix.protocol import ConfigError
-from limiquantix.protocol.clientconfig import (
-    DEFAULT_URL,
-    default_config_path,
-    read_config,
-    refused_token_flag,
-    resolve,
-)
+from limiquantix.protocol import DEFAULT_URL, ConfigError, default_config_path, read_config, refused_token_flag, resolve
 
 __all__ = [
     "DEFAULT_REFRESH_S",

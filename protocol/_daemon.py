@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._tls import TLSFiles
     from .rpc.server import ServerTLS
-    from .tls import TLSFiles
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def check_tls_files(server: ServerTLS | None, client: TLSFiles | None) -> None:
     Raises:
         ConfigError: a file cannot be used (named, with the reason).
     """
+    from ._tls import TLSConfigError, client_ssl_context
     from .config import ConfigError
     from .rpc.server import server_ssl_context
-    from .tls import TLSConfigError, client_ssl_context
 
     try:
         if server is not None:

@@ -18,18 +18,18 @@ from textual.app import App
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 
+from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.vm_service_pb2 import VM
-from limiquantix.protocol.safetext import safe_text
 
-from .client import ApiError, ControllerClient, WhoAmI
-from .config import TuiConfig
-from .jobs import JobList
+from ._client import ApiError, ControllerClient, WhoAmI
+from ._config import TuiConfig
+from ._jobs import JobList
+from ._workers import run_async
 from .messages import FleetUpdated
 from .screens.dialogs import HelpScreen
 from .screens.fleet import FleetScreen
 from .screens.jobs import JobsScreen
 from .state import FleetState
-from .workers import run_async
 
 __all__ = ["LimiQuantixApp"]
 

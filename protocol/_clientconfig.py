@@ -25,7 +25,7 @@ visible to every user of the machine (``ps``).
 Pure and cheap to import (no protobuf, no ssl, no typing or dataclasses): ``limiquantix
 exec`` resolves its configuration on every start, and its start-up time is measured. That is
 why this is not the daemons' loader (:mod:`.config`, a dataclass per file): it shares that
-loader's file reader and its :class:`~.configfile.ConfigError`, not its imports; and a file of
+loader's file reader and its :class:`~._configfile.ConfigError`, not its imports; and a file of
 profiles (top-level keys, each ``[profiles.NAME]`` over them, the environment only for the
 top level) is no dataclass's shape.
 """
@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import os
 
-from .configfile import ConfigError, read_toml, secret_flag_refused
-from .loopback import InsecureTransportError, check_token_transport
+from ._configfile import ConfigError, read_toml, secret_flag_refused
+from ._loopback import InsecureTransportError, check_token_transport
 
 # typing, dataclasses (inspect) and pathlib cost more to import than the rest of an
 # ``exec``'s start-up: names for type checkers only, and a plain class.

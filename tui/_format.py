@@ -14,10 +14,9 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.text import Text
 
+from limiquantix.protocol import describe_exit, safe_text
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
-from limiquantix.protocol.exits import describe_exit
-from limiquantix.protocol.safetext import safe_text
 
 __all__ = [
     "guest",

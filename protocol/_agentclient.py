@@ -33,10 +33,10 @@ import trio
 from google.protobuf.message import Message
 
 from . import errors
+from ._framing import MAX_FRAME_BYTES, FrameDecoder
 from ._gen import agent_pb2 as pb
-from .framing import MAX_FRAME_BYTES, FrameDecoder
-from .transport import MessageWriter, direct_reader, direct_writer, receive_frames
-from .wire import BadMessage, new_message, parse_frame
+from ._transport import MessageWriter, direct_reader, direct_writer, receive_frames
+from ._wire import BadMessage, new_message, parse_frame
 
 __all__ = ["EVENT_BURST", "EVENT_RATE_PER_S", "HELLO_RESEND_S", "AgentClient", "TokenBucket", "is_terminal"]
 

@@ -3,7 +3,7 @@
 
 Apart from :mod:`.config` (the daemons' dataclass → TOML → flags loader), which raises the
 same :class:`ConfigError`, because the operators' clients read their file here too
-(:mod:`.clientconfig`: the profiles of ``limiquantix`` and ``limiquantix-tui``), and
+(:mod:`._clientconfig`: the profiles of ``limiquantix`` and ``limiquantix-tui``), and
 ``limiquantix exec`` does on every start, whose start-up time is measured: the loader's
 dataclasses, typing and argparse would cost it more than the rest of its start-up.
 
