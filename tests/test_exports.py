@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 
@@ -12,10 +14,18 @@ import limiquantix.cli
 import limiquantix.controller
 import limiquantix.hostd
 import limiquantix.protocol
+import limiquantix.tui
 
 MODULES = sorted(
     info.name
-    for pkg in (limiquantix.agent, limiquantix.cli, limiquantix.controller, limiquantix.hostd, limiquantix.protocol)
+    for pkg in (
+        limiquantix.agent,
+        limiquantix.cli,
+        limiquantix.controller,
+        limiquantix.hostd,
+        limiquantix.protocol,
+        limiquantix.tui,
+    )
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
     if "._gen" not in info.name and not info.name.endswith("__main__")
 )
@@ -36,3 +46,53 @@ def test_packages_reexport_their_entry_points() -> None:
     assert limiquantix.agent.__all__ == sorted(limiquantix.agent.__all__)
     assert {"Agent", "AgentConfig", "serve"} <= set(limiquantix.agent.__all__)
     assert {"PROTOCOL_VERSION", "__version__"} <= set(limiquantix.protocol.__all__)
+
+
+@pytest.mark.parametrize("package", [limiquantix.hostd, limiquantix.protocol, limiquantix.tui])
+def test_lazy_exports_resolve_to_the_module_that_defines_them(package: object) -> None:
+    """Each name imported on first use is in ``__all__``, comes from the private module its
+    table names, and that module defines it (a class or function says where it was defined):
+    an export pointing at a module that re-exports it would import that module's imports too."""
+    name = package.__name__  # type: ignore[attr-defined]
+    lazy: dict[str, str] = package._LAZY  # type: ignore[attr-defined]
+    assert set(lazy) <= set(package.__all__)  # type: ignore[attr-defined]
+    for export, module in lazy.items():
+        assert module.startswith("_"), f"{name}.{export} is exported from a public module, {module}"
+        value = getattr(importlib.import_module(f"{name}.{module}".removesuffix(f".{export}")), export, None)
+        if value is None:  # a module exported as a name: agent_pb2
+            value = importlib.import_module(f"{name}.{module}")
+        assert getattr(package, export) is value
+        defined_in = getattr(value, "__module__", None) or getattr(value, "__name__", "")
+        # (another package's name, as hostd's ConfigError, is re-exported as it is)
+        if (callable(value) or isinstance(value, type)) and defined_in.startswith(f"{name}."):
+            assert defined_in == f"{name}.{module}", f"{name}.{export} is defined in {defined_in}, not {module}"
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``code``."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(out.stdout.split())
+
+
+def test_importing_the_protocol_package_loads_nothing_but_its_version() -> None:
+    """Every program imports it (the agent on every guest, ``limiquantix exec`` on every start)."""
+    loaded = _loaded_after("import limiquantix.protocol")
+    assert {m for m in loaded if m.startswith("limiquantix.")} == {
+        "limiquantix.protocol",
+        "limiquantix.protocol._version",
+    }
+    assert not {"google.protobuf", "ssl", "trio", "typing", "dataclasses"} & loaded
+
+
+def test_the_names_limiquantix_exec_needs_load_no_protobuf_ssl_or_dataclasses() -> None:
+    """The client profile, the URL check and the command budget, as ``limiquantix exec`` uses
+    them on every start (plain HTTP to loopback: no TLS)."""
+    loaded = _loaded_after(
+        "from limiquantix.protocol import ConfigError, check_token_transport, command_budget_s, read_config, resolve"
+    )
+    assert not {"google.protobuf", "ssl", "dataclasses", "argparse", "limiquantix.protocol._tls"} & loaded
