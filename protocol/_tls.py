@@ -12,7 +12,8 @@ side's one place.
 * :func:`tls_failure`: the one line that says why a TLS handshake failed (wrong CA, expired,
   wrong host name, no client certificate), found in an httpx error's causes.
 
-The server side (certificate, key, the CA for client certificates) is in :mod:`.serving`.
+The server side (certificate, key, the CA for client certificates) is in
+:mod:`limiquantix.protocol.rpc.server` (``_serving``).
 """
 
 from __future__ import annotations
