@@ -96,3 +96,30 @@ def test_the_names_limiquantix_exec_needs_load_no_protobuf_ssl_or_dataclasses() 
         "from limiquantix.protocol import ConfigError, check_token_transport, command_budget_s, read_config, resolve"
     )
     assert not {"google.protobuf", "ssl", "dataclasses", "argparse", "limiquantix.protocol._tls"} & loaded
+
+
+def test_no_package_imports_another_packages_private_module() -> None:
+    """Across packages only the public surface is used: an ``__init__``'s exports and the
+    modules named without ``_`` (the generated code, ``protocol._gen``, by name). Tests,
+    benchmarks and scripts may reach inside; the product's packages may not."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for package in ("agent", "cli", "controller", "hostd", "protocol", "tui"):
+        for path in (root / package).rglob("*.py"):
+            if "_gen" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                    else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                )  # fmt: skip
+                for module in modules:
+                    parts = module.split(".")
+                    if parts[0] != "limiquantix" or len(parts) < 3 or parts[1] == package:
+                        continue
+                    if any(p.startswith("_") and p != "_gen" for p in parts[2:]):
+                        found.append(f"{path.relative_to(root)}:{node.lineno}: {module}")
+    assert not found, found
