@@ -113,7 +113,7 @@ class Client:
         if self._endpoint.tls:
             # ssl only for https: a plain call to loopback loads none of it, and nothing but
             # ssl for https (protocol.tls would add typing and dataclasses: start-up time).
-            from limiquantix.protocol._sslcontext import TLSConfigError, verifying_context
+            from limiquantix.protocol import TLSConfigError, verifying_context
 
             try:
                 self._tls = verifying_context(settings.ca_file)

@@ -37,6 +37,8 @@ Exported here, by the private module that holds them:
   ``check_tls_files``
 * :mod:`._tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
   ``TLSConfigError``, ``tls_failure``
+* :mod:`._sslcontext`: ssl alone, for the command line's https (no typing, no dataclasses):
+  ``verifying_context``, ``TLSConfigError``
 * :mod:`._loopback`: a token over plain HTTP only to this machine:
   ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``, ``split_url``
   (the one reading of a URL's host, for the check and the connection)
@@ -111,7 +113,8 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._safetext import StreamEscaper as StreamEscaper
     from ._safetext import safe_bytes as safe_bytes
     from ._safetext import safe_text as safe_text
-    from ._tls import TLSConfigError as TLSConfigError
+    from ._sslcontext import TLSConfigError as TLSConfigError
+    from ._sslcontext import verifying_context as verifying_context
     from ._tls import TLSFiles as TLSFiles
     from ._tls import client_ssl_context as client_ssl_context
     from ._tls import tls_failure as tls_failure
@@ -170,7 +173,8 @@ _LAZY: dict[str, str] = {
     "setup_logging": "._logs",
     **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._loopback"),
     **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "._safetext"),
-    **dict.fromkeys(("TLSConfigError", "TLSFiles", "client_ssl_context", "tls_failure"), "._tls"),
+    **dict.fromkeys(("TLSFiles", "client_ssl_context", "tls_failure"), "._tls"),
+    **dict.fromkeys(("TLSConfigError", "verifying_context"), "._sslcontext"),
     **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "._transport"),
     **dict.fromkeys(
         (
