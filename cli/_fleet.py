@@ -113,7 +113,7 @@ def run_cmd(
     }
     started = client.call(FLEET, "RunCommand", body)
     command_id = started.get("commandId", "")
-    warn(f"run {command_id}: {started.get('targetCount', 0)} targets")
+    warn(f"run {command_id}: {_targets(started.get('targetCount', 0))}")
     seen: dict[str, str] = {}
     try:
         while True:
@@ -144,9 +144,15 @@ def run_cmd(
         print_json(run)
     else:
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
-        say(f"run {command_id} {run.get('status', '')}: {run.get('targetCount', 0)} targets: {summary}")
+        line = f"run {command_id} {run.get('status', '')}: {_targets(run.get('targetCount', 0))}"
+        say(f"{line}: {summary}" if summary else line)
     if run.get("status") != "success" or any(s != "success" for s in counts if counts[s]):
         sys.exit(ec.FAILED)
 
 
 COMMANDS = (run_cmd,)
+
+
+def _targets(count: int) -> str:
+    """``1 target``, ``3 targets``."""
+    return f"{count} target{'' if count == 1 else 's'}"

@@ -412,7 +412,7 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     assert proc.stderr is not None
     first = proc.stderr.readline().decode()
-    command_id = first.split()[2].rstrip(":")  # "limiquantix: run ID: 1 targets"
+    command_id = first.split()[2].rstrip(":")  # "limiquantix: run ID: 1 target"
     assert proc.stderr.readline() == b"web-1  started\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=DEADLINE_S)
