@@ -167,6 +167,21 @@ def _streaming_app(release: trio.Event, more: trio.Event, entered: trio.Event, g
     return app
 
 
+class _StreamEvents:
+    """The events of one _streaming_app served by _serving (see both)."""
+
+    def __init__(self) -> None:
+        self.stop, self.release, self.more = trio.Event(), trio.Event(), trio.Event()
+        self.entered, self.returned, self.gone = trio.Event(), trio.Event(), trio.Event()
+
+
+async def _connect_to_streaming(nursery: trio.Nursery, ev: _StreamEvents) -> trio.SocketStream:
+    """Serve _streaming_app in ``nursery`` (it stops on ``ev.stop``) and connect to it."""
+    app = _streaming_app(ev.release, ev.more, ev.entered, ev.gone)
+    binds = await nursery.start(_serving(app, ev.stop, ev.returned))
+    return await trio.open_tcp_stream(*_host_port(binds[0]))
+
+
 def _received_nothing_yet(conn: trio.SocketStream) -> bool:
     """Whether nothing has arrived on ``conn`` (the server, in this trio run, is quiet: see
     trio.testing.wait_all_tasks_blocked; on loopback its writes are in our socket already).
@@ -196,32 +211,30 @@ async def test_a_head_waits_for_its_first_body_bytes_and_goes_in_one_write_with_
     arrive while the app waits for ``more``. The streamed head's limit is set beyond the test's
     deadline here: the head leaves with the body or not at all."""
     monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
-    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
-    gone = trio.Event()
+    ev = _StreamEvents()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
-            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
+            async with await _connect_to_streaming(nursery, ev) as conn:
                 await conn.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
                 first = await conn.receive_some()
                 assert first.startswith(b"HTTP/1.1 200") and b"content-length: 5" in first.lower()
                 assert first.endswith(b"\r\n\r\nquick")  # the body came with the head
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
-                await entered.wait()  # the answer has started: its head is the server's
+                await ev.entered.wait()  # the answer has started: its head is the server's
                 await trio.testing.wait_all_tasks_blocked()
                 assert _received_nothing_yet(conn), "the head left before its first body bytes"
-                release.set()
+                ev.release.set()
                 first = await conn.receive_some()
                 assert first.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in first.lower()
                 # Head and the chunks sent in one go: one write (the app now waits for more).
                 assert first.endswith(b"\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n")
-                more.set()
+                ev.more.set()
                 assert await conn.receive_some() == b"5\r\nthird\r\n0\r\n\r\n"  # the last chunk and the end
-                await gone.wait()
+                await ev.gone.wait()
                 await trio.testing.wait_all_tasks_blocked()
                 assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
                 assert not _tasks_running("_flush_soon")
-            stop.set()
+            ev.stop.set()
 
 
 @pytest.mark.trio
@@ -229,24 +242,22 @@ async def test_a_streamed_head_with_no_body_yet_leaves_alone_after_the_limit() -
     """A stream whose first event is a long time coming (a command that prints nothing yet):
     its client still gets the status and headers (after STREAM_HEAD_HOLD_S, the module's own
     value here), then the body when it comes."""
-    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
-    gone = trio.Event()
-    more.set()
+    ev = _StreamEvents()
+    ev.more.set()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
-            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
+            async with await _connect_to_streaming(nursery, ev) as conn:
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
                 head = await conn.receive_some()  # the app holds its body until release
                 assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
                 assert head.endswith(b"\r\n\r\n")  # the head alone
-                assert not release.is_set()
+                assert not ev.release.is_set()
                 await trio.testing.wait_all_tasks_blocked()
                 assert not _tasks_running("_release_head_later"), "the timer ends once it has sent the head"
-                release.set()
+                ev.release.set()
                 rest = await _read_chunked_to_end(conn)
                 assert rest == b"5\r\nfirst\r\n6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
-            stop.set()
+            ev.stop.set()
 
 
 @pytest.mark.trio
@@ -255,23 +266,21 @@ async def test_a_client_that_leaves_while_its_head_is_held(monkeypatch: pytest.M
     cancelled as for any client that leaves, the held head dropped and its timer with it (no
     task is left, and a stop does not wait on the connection)."""
     monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
-    stop, release, more, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event(), trio.Event()
-    gone = trio.Event()
+    ev = _StreamEvents()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serving(_streaming_app(release, more, entered, gone), stop, returned))
-            async with await trio.open_tcp_stream(*_host_port(binds[0])) as conn:
+            async with await _connect_to_streaming(nursery, ev) as conn:
                 await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
-                await entered.wait()
+                await ev.entered.wait()
                 await trio.testing.wait_all_tasks_blocked()
                 assert len(_tasks_running("_release_head_later")) == 1  # the head is held
-            await gone.wait()  # the handler was cancelled (release was never set)
-            assert not release.is_set()
+            await ev.gone.wait()  # the handler was cancelled (release was never set)
+            assert not ev.release.is_set()
             await trio.testing.wait_all_tasks_blocked()
             assert not _tasks_running("_release_head_later")
             assert not _tasks_running("_flush_soon")
-            stop.set()
-            await returned.wait()
+            ev.stop.set()
+            await ev.returned.wait()
 
 
 @pytest.mark.trio
