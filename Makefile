@@ -1,6 +1,11 @@
 # One command runs the product, one runs the tests (see README.md).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+## Tests run with bytecode caching on, whatever the environment says: pytest and the hundreds of
+## Python processes the tests start (controller, hostd, simulated VMs, agents) then compile each
+## module once instead of at every start (collection alone: 6.6 s -> 3.6 s per process).
+## __pycache__/ is in .gitignore.
+TESTPY := env -u PYTHONDONTWRITEBYTECODE $(PY)
 
 .PHONY: all venv run test test-fast typecheck proto bench clean
 
@@ -17,12 +22,12 @@ run: venv
 
 ## Run every test, the slow end-to-end ones included.
 test: venv
-	@$(PY) -m pytest -q
+	@$(TESTPY) -m pytest -q
 
 ## The quick subset: everything but the tests marked slow, in one process per core (pytest-xdist;
 ## --dist loadfile keeps each module's tests in one process, so a module's fixtures start once).
 test-fast: venv
-	@$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
+	@$(TESTPY) -m pytest -q -m "not slow" -n auto --dist loadfile
 
 ## mypy over the packages (tests/test_lint.py runs it too; [tool.mypy] in pyproject.toml).
 typecheck: venv
