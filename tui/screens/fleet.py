@@ -24,10 +24,7 @@ from .._format import STATE_LABELS, STATE_STYLES, age_s, state_counts, vm_matche
 from ..messages import FleetUpdated
 from ..widgets.fleet_table import COLUMNS, FleetTable, tier
 from ..widgets.footer import KeysFooter
-from .audit import AuditScreen
 from .base import LqxScreen
-from .runner import RunnerScreen
-from .vm import VMScreen
 
 __all__ = ["COLUMNS", "FleetScreen"]
 
@@ -191,7 +188,12 @@ class FleetScreen(LqxScreen):
         self.sort_column = index
         self._announce_sort()
 
+    # The screens opened from here are imported when first opened: the fleet is the first
+    # screen, and its import is on the path to the first frame (bench/tui_bench.py).
+
     def action_open(self) -> None:
+        from .vm import VMScreen
+
         vm_id = self._cursor_vm()
         if vm_id is not None:
             self.app.push_screen(VMScreen(vm_id))
@@ -251,6 +253,8 @@ class FleetScreen(LqxScreen):
         self.fleet_updated()
 
     def action_run(self) -> None:
+        from .runner import RunnerScreen
+
         targets = sorted(self.lqx.fleet.selected) or [vm for vm in [self._cursor_vm()] if vm]
         if targets:
             self.app.push_screen(RunnerScreen(targets))
@@ -259,4 +263,6 @@ class FleetScreen(LqxScreen):
         if not self.lqx.may("audit.read"):
             self.notify("The audit log needs an admin token.", severity="warning")
             return
+        from .audit import AuditScreen
+
         self.app.push_screen(AuditScreen())
