@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from limiquantix.protocol import ConfigError
+from limiquantix.protocol import ConfigError, TLSConfigError
 
-from ._app import LimiQuantixApp
 from ._config import parse_args
+from ._start import run
 
 __all__ = ["main"]
 
@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"limiquantix-tui: {exc}", file=sys.stderr)
         return 2
-    LimiQuantixApp(config).run()
+    try:
+        run(config)
+    except TLSConfigError as exc:  # the CA file: said before the terminal is taken
+        print(f"limiquantix-tui: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
