@@ -29,7 +29,7 @@ Figures:
    --token-file …`` started under a pty (120x40, ``TERM=xterm-256color``); time from
    the fork to the first output that contains a VM row's name (the first poll
    answered and drawn; the empty frame before it does not count). Median of 5
-   starts. The last one stays up for a window (``--refresh-s 1``, sorted by CPU
+   starts, and the process's CPU time to that output. The last one stays up for a window (``--refresh-s 1``, sorted by CPU
    with key presses through the pty) and its CPU time over the window is
    divided by its polls: the real process's CPU per cycle, terminal output
    included (headless ``run_test`` renders but writes no escape sequences).
@@ -53,7 +53,8 @@ Figures:
    sampled: how long the oldest chunk not yet in the view has been waiting.
 
 Prints a table and writes ``bench/results/tui.json`` (``--quick``:
-``tui-quick.json``) in agent.json's format. Exits non-zero only on errors.
+``tui-quick.json``) in agent.json's format. ``--first-screen``: figure 3's starts alone (9,
+no window), their figures printed and no file written: a start-up change measured in a minute. Exits non-zero only on errors.
 See bench/README.md.
 """
 
@@ -132,20 +133,25 @@ class Settings:
     starts: int
     window_s: float
     output: Path
+    first_screen: bool = False
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
         """Raises: SystemExit: bad flags (argparse)."""
         parser = bl.bench_parser(__doc__, "tui", "20 updates, 10 polls, 3 starts, 10 s window", keep_workdir=False)
+        parser.add_argument(
+            "--first-screen", action="store_true", help="figure 3's starts alone (9, no window; no results file)"
+        )
         ns = parser.parse_args(argv)
         return cls(
             quick=ns.quick,
             updates=20 if ns.quick else 50,
             blocks=2 if ns.quick else 5,
             polls=10 if ns.quick else 30,
-            starts=3 if ns.quick else 5,
+            starts=9 if ns.first_screen else 3 if ns.quick else 5,
             window_s=10.0 if ns.quick else 30.0,
             output=bl.output_path("tui", ns),
+            first_screen=ns.first_screen,
         )
 
 
@@ -165,6 +171,9 @@ class Results:
     poll_failures: list[str] = field(default_factory=list)
     poll_gc_ms: list[float] = field(default_factory=list)
     first_frame_ms: list[float] = field(default_factory=list)
+    first_frame_cpu_ms: list[float] = field(default_factory=list)
+    """The TUI process's CPU time from its start to the first row (a shared machine's load
+    stretches the wall time; less so the CPU a start needs)."""
     window_cpu_ms_per_poll: float | None = None
     window_note: str = ""
     large_ms: list[float] = field(default_factory=list)
@@ -728,7 +737,8 @@ def real_process(url: str, token: str, work: Path, s: Settings, r: Results) -> N
             _stop_pty(pid, fd)
             raise bl.BenchError(f"limiquantix-tui showed no {FIRST_ROW.decode()} row within 30 s")
         r.first_frame_ms.append((seen - t0) * 1000)
-        if n < s.starts - 1:
+        r.first_frame_cpu_ms.append(bl.cpu_seconds(pid) * 1000)
+        if n < s.starts - 1 or s.first_screen:
             _stop_pty(pid, fd)
             continue
         # The last one stays: sorted by CPU (six times `s`, then `S`), then a window.
@@ -800,7 +810,9 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
             None, "ms", f"<= {FIRST_FRAME_TARGET_MS:g}",
             note=f"fork of `python -m limiquantix.tui --url ... --token-file ...` on a {SIZE[0]}x{SIZE[1]} pty to the"
             f" first output containing the first row's name (WhoAmI + ListVMs of {VMS} answered and drawn);"
-            f" {len(r.first_frame_ms)} starts: " + ", ".join(f"{v:.0f}" for v in r.first_frame_ms) + " ms",
+            f" {len(r.first_frame_ms)} starts: " + ", ".join(f"{v:.0f}" for v in r.first_frame_ms) + " ms; the"
+            f" process's CPU to then: median {med(r.first_frame_cpu_ms) if r.first_frame_cpu_ms else 0:.0f} ms; load"
+            f" average {_load(r, '3')}",
         ),
         Figure("real process, CPU per poll cycle over a window (info)", r.window_cpu_ms_per_poll, None, "ms", None,
                note=r.window_note),
@@ -850,6 +862,31 @@ def workdir() -> Iterator[Path]:
 def measure(s: Settings) -> Results:
     """Raises: bl.BenchError, OSError: the run cannot give figures."""
     r = Results()
+    if not s.first_screen:
+        in_process(s, r)
+    with workdir() as work:
+        controller, nodes, url, admin = start_controller(work)
+        try:
+            if not s.first_screen:
+                bl.say(f"2. controller pid {controller.popen.pid} at {url} lists {VMS} VMs; {s.polls} poll cycles")
+                asyncio.run(poll_cycle(url, admin, s, r))
+                bl.say(f"   median {bl.median(r.poll_ms):.1f} ms CPU, {bl.median(r.poll_wall_ms):.1f} ms wall")
+            window = "" if s.first_screen else f", then a {s.window_s:g} s window"
+            bl.say(f"3. limiquantix-tui under a pty: {s.starts} starts{window}")
+            load0 = os.getloadavg()[0]
+            real_process(url, admin, work, s, r)
+            r.load["3"] = (load0, os.getloadavg()[0])
+            bl.say(f"   first screen with rows: median {bl.median(r.first_frame_ms):.0f} ms")
+            controller.check_alive()
+            nodes.check_alive()
+        finally:
+            nodes.stop()
+            controller.stop()
+    return r
+
+
+def in_process(s: Settings, r: Results) -> None:
+    """Figures 1, 4 and 5 (no controller)."""
     bl.say(f"1. fleet refresh in process: {VMS} VMs, {s.updates} updates + {s.updates} naive")
     load0 = os.getloadavg()[0]
     asyncio.run(refresh_in_process(s, r))
@@ -865,21 +902,6 @@ def measure(s: Settings) -> Results:
     bl.say(
         f"   1 MiB shown {r.output['shown_after_end_ms']:.0f} ms after the end; lag {r.output['stream_lag_ms']:.0f} ms"
     )
-    with workdir() as work:
-        controller, nodes, url, admin = start_controller(work)
-        try:
-            bl.say(f"2. controller pid {controller.popen.pid} at {url} lists {VMS} VMs; {s.polls} poll cycles")
-            asyncio.run(poll_cycle(url, admin, s, r))
-            bl.say(f"   median {bl.median(r.poll_ms):.1f} ms CPU, {bl.median(r.poll_wall_ms):.1f} ms wall")
-            bl.say(f"3. limiquantix-tui under a pty: {s.starts} starts, then a {s.window_s:g} s window")
-            real_process(url, admin, work, s, r)
-            bl.say(f"   first screen with rows: median {bl.median(r.first_frame_ms):.0f} ms")
-            controller.check_alive()
-            nodes.check_alive()
-        finally:
-            nodes.stop()
-            controller.stop()
-    return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -900,6 +922,14 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"tui_bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if settings.first_screen:
+        wall, cpu = results.first_frame_ms, results.first_frame_cpu_ms
+        print(
+            f"first screen with VM rows, real process: median {bl.median(wall):.0f} ms"
+            f" ({', '.join(f'{v:.0f}' for v in wall)}); CPU to then: median {bl.median(cpu):.0f} ms"
+            f" ({', '.join(f'{v:.0f}' for v in cpu)}); load average {_load(results, '3')}"
+        )
+        return 0
     context = (
         f"{os.cpu_count()} CPUs, load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; Textual"
         f" {_textual_version()}; the controller and the fake nodes share these CPUs with the TUI"
