@@ -9,7 +9,7 @@
 * ``start_simvm(...)``: a ``limiquantix-simvm`` process (a simulated VM: Unix
   socket, pty, the real agent), stopped after the test.
 * ``simvm_pool``: simulated VMs kept for the session and lent to the tests whose
-  guests only answer calls (:class:`SimVMPool`).
+  guests only answer calls (:class:`SimVMPool`); ``lent_vm``: one quiet one of them.
 
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
@@ -272,6 +272,15 @@ def simvm_pool() -> Iterator[SimVMPool]:
             yield pool
         finally:
             pool.close()
+
+
+@pytest.fixture
+def lent_vm(simvm_pool: SimVMPool, short_tmp: Path) -> Iterator[SimVMProcess]:
+    """A quiet simulated VM (QUIET_AGENT) of the session's pool, linked at a path in
+    ``short_tmp``, for a test whose guest only answers calls or reboots (one that kills,
+    stops or powers off its VM starts its own)."""
+    with simvm_pool.lend({"vm": short_tmp / "lent.sock"}, agent_args=QUIET_AGENT) as lent:
+        yield lent["vm"]
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,6 @@ import random
 import signal
 import struct
 import uuid
-from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol, final
@@ -31,7 +30,7 @@ from typing import Any, Protocol, final
 import psutil
 import pytest
 import trio
-from conftest import QUIET_AGENT, SimVMPool, StartSimVM
+from conftest import QUIET_AGENT, StartSimVM
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import ConfigError, ConnectionConfig, DiscoveryConfig, VMEntry, rawguest
@@ -170,14 +169,6 @@ async def connected(nursery: trio.Nursery, vm: VMLike) -> VMConnection:
         conn = await started_conn(nursery, vm.socket_path)
         await conn.wait_for_state(VMState.CONNECTED)
     return conn
-
-
-@pytest.fixture
-def lent_vm(simvm_pool: SimVMPool, short_tmp: Path) -> Iterator[SimVMProcess]:
-    """A simulated VM of the session's pool, for a test whose guest only answers calls
-    (one that signals, stops or reboots its agent starts its own with start_simulated_vm)."""
-    with simvm_pool.lend({"vm": short_tmp / "lent.sock"}, agent_args=QUIET_AGENT) as lent:
-        yield lent["vm"]
 
 
 def kill_marked(mark: str) -> None:

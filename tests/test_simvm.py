@@ -1,9 +1,13 @@
 """``limiquantix-simvm``: real simulated VMs (processes) with real agents on real ptys.
 
-Each test starts ``python -m limiquantix.hostd.simvm`` on a socket in a short
-temp dir and talks to it as hostd does (:class:`AgentClient` over the socket).
-Nothing here touches the machine's power or accounts: the simulated VM's
-stand-ins record what they were asked in its state directory.
+The tests that power off or signal a simulated VM start ``python -m limiquantix.hostd.simvm``
+on a socket in a short temp dir; those whose VM lives on (hello, reboot, password) borrow
+one of the session's (``lent_vm``, conftest.SimVMPool: the same command, started once);
+the two about the port alone (one host client at a time, bytes held for the next client)
+serve :class:`SimulatedPort`, the bridge the command runs, in the test's trio loop. Each
+talks to it as hostd does (:class:`AgentClient` over the socket). Nothing here touches the
+machine's power or accounts: the simulated VM's stand-ins record what they were asked in
+its state directory.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import psutil
 import pytest
 import trio
 from conftest import StartSimVM, next_event
+from trio.testing import wait_all_tasks_blocked
 
+from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import simvm
-from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.hostd.simvm import SimulatedPort, SimVMProcess
 from limiquantix.protocol import AgentClient
 from limiquantix.protocol._gen import agent_pb2 as pb
 
@@ -55,8 +61,8 @@ async def connected(vm: SimVMProcess) -> AsyncIterator[AgentClient]:
 
 
 @pytest.mark.trio
-async def test_serves_hello_and_ping_through_its_socket(start_simvm: StartSimVM) -> None:
-    vm = start_simvm()
+async def test_serves_hello_and_ping_through_its_socket(lent_vm: SimVMProcess) -> None:
+    vm = lent_vm
     with trio.fail_after(WAIT_S):
         async with connected(vm) as client:
             assert client.identity is not None
@@ -69,30 +75,40 @@ async def test_serves_hello_and_ping_through_its_socket(start_simvm: StartSimVM)
     assert oct(os.stat(vm.socket_path).st_mode & 0o777) == oct(0o600)
 
 
+async def serve_port(nursery: trio.Nursery, socket_path: str, *, agent: bool) -> SimulatedPort:
+    """The simulated VM's port (:class:`SimulatedPort`) served in this trio loop, with the
+    real agent on its pty in this process too unless ``agent=False``."""
+    port = SimulatedPort(socket_path)
+    await nursery.start(port.serve)
+    if agent:
+        config = AgentConfig(transport="virtio", device=port.device_path, telemetry_interval_s=0)
+        await nursery.start(Agent(config).run)
+    return port
+
+
 @pytest.mark.trio
-async def test_one_host_client_at_a_time(start_simvm: StartSimVM) -> None:
+async def test_one_host_client_at_a_time(nursery: trio.Nursery, short_tmp: Path) -> None:
     """Like QEMU: a second client connects but is served only once the first leaves."""
-    vm = start_simvm()
+    port = await serve_port(nursery, str(short_tmp / "vm.sock"), agent=True)
     second_synced = trio.Event()
 
     async def second() -> None:
-        async with AgentClient.connect_unix(vm.socket_path) as client:
+        async with AgentClient.connect_unix(port.socket_path) as client:
             second_synced.set()
             assert (await client.ping(b"2")).payload == b"2"
 
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        async with trio.open_nursery() as nursery:
-            async with AgentClient.connect_unix(vm.socket_path) as first:
-                nursery.start_soon(second)
-                # A bound, not a synchronisation: the second stays unanswered
-                # while the first is served.
-                with trio.move_on_after(0.5):
-                    await second_synced.wait()
-                assert not second_synced.is_set()
+        async with trio.open_nursery() as clients:
+            async with AgentClient.connect_unix(port.socket_path) as first:
+                clients.start_soon(second)
+                # Port, agent and both clients run in this loop: once every task waits, the
+                # second has connected and sent its hello, and nothing is serving it.
+                await wait_all_tasks_blocked(0.05)
+                assert not second_synced.is_set() and port.clients_served == 1
                 assert (await first.ping(b"1")).payload == b"1"
             # The first left: the second is accepted and answered.
             await second_synced.wait()
+            assert port.clients_served == 2
 
 
 @pytest.mark.trio
@@ -118,8 +134,10 @@ async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: S
 
 
 @pytest.mark.trio
-async def test_reboot_restarts_the_agent_on_the_same_connection(start_simvm: StartSimVM) -> None:
-    vm = start_simvm()
+async def test_reboot_restarts_the_agent_on_the_same_connection(lent_vm: SimVMProcess) -> None:
+    vm = lent_vm
+    power_log = vm.state_dir / simvm.POWER_LOG_FILE
+    earlier = len(records(power_log))  # a borrowed VM may have rebooted for an earlier test
     with trio.fail_after(WAIT_S):
         async with connected(vm) as client:
             assert client.identity is not None
@@ -132,7 +150,7 @@ async def test_reboot_restarts_the_agent_on_the_same_connection(start_simvm: Sta
             assert (await client.ping(b"after")).payload == b"after"
             assert agent_pids(vm) == [ready.agent_ready.identity.pid]
     assert vm.proc.poll() is None and os.path.exists(vm.socket_path)
-    assert [r["action"] for r in records(vm.state_dir / simvm.POWER_LOG_FILE)] == ["reboot"]
+    assert [r["action"] for r in records(power_log)[earlier:]] == ["reboot"]
 
 
 def _fingerprint(path: str) -> tuple[float, int, str]:
@@ -145,10 +163,12 @@ def _fingerprint(path: str) -> tuple[float, int, str]:
 
 
 @pytest.mark.trio
-async def test_password_reset_goes_to_the_stand_in_never_to_the_host(start_simvm: StartSimVM) -> None:
+async def test_password_reset_goes_to_the_stand_in_never_to_the_host(lent_vm: SimVMProcess) -> None:
     password = "Tr0ub4dor&3 with: colon"
     shadow_before = _fingerprint("/etc/shadow")
-    vm = start_simvm()
+    vm = lent_vm
+    password_log = vm.state_dir / simvm.PASSWORD_LOG_FILE
+    earlier = len(records(password_log))  # a borrowed VM: earlier tests' resets are there too
     with trio.fail_after(WAIT_S):
         async with connected(vm) as client:
             answer = await client.request(
@@ -156,9 +176,9 @@ async def test_password_reset_goes_to_the_stand_in_never_to_the_host(start_simvm
             )
             assert answer.reset_password_response.expired
     assert _fingerprint("/etc/shadow") == shadow_before
-    log_text = (vm.state_dir / simvm.PASSWORD_LOG_FILE).read_text()
+    log_text = password_log.read_text()
     assert password not in log_text
-    changed, expired = records(vm.state_dir / simvm.PASSWORD_LOG_FILE)
+    changed, expired = records(password_log)[earlier:]
     assert changed["user"] == "root"
     assert changed["password_sha256"] == hashlib.sha256(password.encode()).hexdigest()
     assert expired == {"user": "root", "expire": True, "time": expired["time"]}
@@ -183,19 +203,20 @@ async def test_sigterm_stops_the_agent_removes_the_socket_and_exits_0(start_simv
 
 
 @pytest.mark.trio
-async def test_guest_bytes_wait_for_a_host_client_and_host_bytes_reach_the_guest(start_simvm: StartSimVM) -> None:
+async def test_guest_bytes_wait_for_a_host_client_and_host_bytes_reach_the_guest(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
     """The QEMU imitation, byte for byte, with no agent in the way.
 
     What the guest writes while no host client is attached is held and handed to
     the next client; what a host client sends reaches the guest's device.
     """
-    vm = start_simvm(no_agent=True)
+    port = await serve_port(nursery, str(short_tmp / "vm.sock"), agent=False)
     with trio.fail_after(WAIT_S):
-        await vm.wait_ready()
-        guest = os.open(vm.state_dir / simvm.DEVICE_NAME, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        guest = os.open(port.device_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             os.write(guest, b"written before any host\x00\r\n\x03")
-            sock = await trio.open_unix_socket(vm.socket_path)
+            sock = await trio.open_unix_socket(port.socket_path)
             async with sock:
                 got = b""
                 while len(got) < 27:
