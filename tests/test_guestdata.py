@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -50,6 +51,13 @@ from limiquantix.protocol.guestcaps import (
 )
 
 WAIT_S = 30.0
+
+
+# The issue's guest data takes ~1.5 CPU-s to build (100k interfaces, 10k addresses): built
+# once for the module's tests, which only read it (capping copies, the guest encodes; the
+# first caps test checks that the original is left alone).
+issue_identity = functools.cache(huge_identity)
+issue_telemetry = functools.cache(huge_telemetry)
 FAST = ConnectionConfig(ping_interval_s=0.2, connect_grace_s=0.2, backoff_initial_s=0.05, socket_poll_s=0.05)
 #: Characters that must never reach a terminal raw: ESC, BEL, CSI (C1), bidi override and isolate.
 RAW: tuple[str, ...] = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
@@ -118,7 +126,7 @@ def test_text_log_escapes_message_and_arguments_json_log_escapes_the_rest() -> N
 
 
 def test_the_issues_identity_is_cut_to_the_caps_and_marked() -> None:
-    ident = huge_identity()
+    ident = issue_identity()
     capped, cuts = cap_identity(ident)
     assert capped.truncated and not ident.truncated
     assert len(ident.hostname) == 1 << 20 and len(ident.interfaces) == 100_000  # the original is left alone
@@ -138,7 +146,7 @@ def test_a_normal_identity_and_report_are_kept_whole() -> None:
 
 
 def test_a_report_over_its_byte_budget_keeps_its_first_entries_whole() -> None:
-    capped, cuts = cap_telemetry(huge_telemetry())
+    capped, cuts = cap_telemetry(issue_telemetry())
     assert capped.truncated and capped.ByteSize() <= MESSAGE_BYTES
     assert len(capped.per_cpu_percent) <= MAX_CPUS
     assert all(len(nic.name) == NAME_BYTES for nic in capped.interfaces)
@@ -169,8 +177,10 @@ def test_string_bounds_by_kind() -> None:
 # ---------------------------------------------------------------- hostd with a hostile guest
 
 
+@functools.cache
 def _changed_interfaces() -> list[pb.NetworkInterface]:
-    """An ip_changed as big as the issue's: 100k interfaces, the first with 10k addresses."""
+    """An ip_changed as big as the issue's: 100k interfaces, the first with 10k addresses
+    (built once, as the issue's identity is)."""
     nics = [
         pb.NetworkInterface(name=f"c{i}", ipv4=[pb.IpAddress(address=f"172.16.{i >> 8 & 255}.{i & 255}")])
         for i in range(100_000)
@@ -196,7 +206,7 @@ async def test_hostd_keeps_serves_heartbeats_and_logs_a_huge_guest_within_the_ca
 ) -> None:
     caplog.set_level(logging.INFO, logger="limiquantix")
     path = str(short_tmp / "evil.sock")
-    guest = HostileGuest(path, huge_identity(), huge_telemetry(), pushes=5, ip_changed=_changed_interfaces())
+    guest = HostileGuest(path, issue_identity(), issue_telemetry(), pushes=5, ip_changed=_changed_interfaces())
     async with one_vm_registry(nursery, guest) as registry:
         conn = registry.get("evil")
         with trio.fail_after(WAIT_S):
@@ -270,7 +280,7 @@ async def test_a_huge_guest_through_a_real_controller_leaves_its_node_reachable_
     db = short_tmp / "db" / "controller.db"
     tokens = await _make_tokens(db)
     guest = HostileGuest(
-        str(short_tmp / "evil.sock"), huge_identity(), huge_telemetry(), ip_changed=_changed_interfaces()
+        str(short_tmp / "evil.sock"), issue_identity(), issue_telemetry(), ip_changed=_changed_interfaces()
     )
     await nursery.start(guest.serve)
     async with httpx.AsyncClient(timeout=WAIT_S) as client:
