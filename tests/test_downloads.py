@@ -14,6 +14,7 @@ checksums, and in the tests marked slow the packages built by packaging/build-pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -117,7 +118,7 @@ async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
                 done.set()
 
         url = (await nursery.start(run))[0]
-        verify = ssl.create_default_context(cafile=str(pki / "ca.pem")) if pki else True
+        verify = ssl.create_default_context(cafile=str(pki / "ca.pem")) if pki else _system_context()
         server = Server(url, directory, tokens, httpx.AsyncClient(timeout=DEADLINE_S, verify=verify))
         running.append((server, stop, done))
         return server
@@ -128,6 +129,13 @@ async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[S
         stop.set()
         with trio.fail_after(DEADLINE_S):
             await done.wait()
+
+
+@functools.cache
+def _system_context() -> ssl.SSLContext:
+    """The system's CAs, loaded once for the module (verify=True would load a CA bundle for every
+    client, ~0.1 CPU-s each); only plain-HTTP servers use it."""
+    return ssl.create_default_context()
 
 
 async def raw_get(url: str, path: str) -> tuple[int, bytes]:
