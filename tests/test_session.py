@@ -15,6 +15,7 @@ from functools import partial
 
 import pytest
 import trio
+from inprocess import run_main
 
 from limiquantix.agent.handlers._execute import running_commands
 from limiquantix.protocol import (
@@ -232,27 +233,22 @@ async def test_sigterm_stops_cleanly_and_tells_the_host(spawn_agent, connect) ->
     assert "received SIGTERM" in proc.output()
 
 
-def test_version_flag(spawn_agent) -> None:
-    import subprocess
-    import sys
-
+def test_version_flag() -> None:
+    """main() in this process (tests/inprocess.py): the process itself is
+    test_sigterm_stops_cleanly_and_tells_the_host's."""
+    from limiquantix.agent.__main__ import main
     from limiquantix.protocol import __version__
 
-    out = subprocess.run(
-        [sys.executable, "-m", "limiquantix.agent", "--version"], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == f"limiquantix-agent {__version__}"
+    out = run_main(main, "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"limiquantix-agent {__version__}"
 
 
 def test_bad_config_exits_2(tmp_path) -> None:
-    import subprocess
-    import sys
+    from limiquantix.agent.__main__ import main
 
     cfg = tmp_path / "agent.toml"
     cfg.write_text("no_such_key = 1\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "limiquantix.agent", "--config", str(cfg)], capture_output=True, text=True
-    )
+    out = run_main(main, "--config", str(cfg))
     assert out.returncode == 2
     assert "unknown configuration keys: no_such_key" in out.stderr
 
