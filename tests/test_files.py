@@ -736,8 +736,11 @@ async def test_list_page_fits_in_a_frame(start_agent, connect, tmp_path: Path) -
 
 
 @pytest.mark.trio
-async def test_64_mib_round_trip(start_agent, connect, tmp_path: Path) -> None:
-    content = os.urandom(64 * MiB)
+@pytest.mark.parametrize("mib", [17, pytest.param(64, marks=pytest.mark.slow)])
+async def test_large_file_round_trip(start_agent, connect, tmp_path: Path, mib: int) -> None:
+    """17 MiB: more than one frame (MAX_FRAME_BYTES is 16 MiB) could carry either way; the
+    slow tier moves the 64 MiB of the name."""
+    content = os.urandom(mib * MiB)
     source = tmp_path / "big"
     source.write_bytes(content)
     agent = await start_agent()
@@ -753,7 +756,7 @@ async def test_64_mib_round_trip(start_agent, connect, tmp_path: Path) -> None:
             assert last is not None and last.eof and last.sha256 == sha(content)
             assert bytes(received) == content
             resp = await write_chunked(client, tmp_path / "copy", bytes(received), MiB, expected_sha256=sha(content))
-    assert resp.committed and resp.sha256 == sha(content) and resp.size == 64 * MiB
+    assert resp.committed and resp.sha256 == sha(content) and resp.size == mib * MiB
     assert (tmp_path / "copy").read_bytes() == content
 
 
