@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from limiquantix.agent import _channel
 from limiquantix.agent._channel import ABSENT_BACKOFF_MAX_S
 from limiquantix.protocol import AgentClient, ReadBuffer, encode_message, errors, new_message
 from limiquantix.protocol._gen import agent_pb2 as pb
@@ -39,6 +40,13 @@ class Pty:
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
+
+
+@pytest.fixture
+def quick_reopen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that went away is looked for again after 0.05 s instead of REOPEN_INTERVAL_S
+    (1 s): these tests are about reopening, not about how long the agent waits first."""
+    monkeypatch.setattr(_channel, "REOPEN_INTERVAL_S", 0.05)
 
 
 @pytest.fixture
@@ -67,7 +75,9 @@ async def test_hello_and_binary_ping_over_a_pty(start_agent, pty: Pty) -> None:
 
 
 @pytest.mark.trio
-async def test_waits_for_the_device_and_reopens_when_it_returns(start_agent, short_tmp: Path) -> None:
+async def test_waits_for_the_device_and_reopens_when_it_returns(
+    start_agent, short_tmp: Path, quick_reopen: None
+) -> None:
     """The port is missing at start, appears, vanishes (hot-unplug), reappears."""
     link = short_tmp / "org.limiquantix.agent.0"
     agent = await start_agent(transport="virtio", device=str(link))
@@ -96,7 +106,9 @@ async def test_waits_for_the_device_and_reopens_when_it_returns(start_agent, sho
 
 
 @pytest.mark.trio
-async def test_virtio_bounds_a_stalled_partial_frame_and_oversized_requests(start_agent, pty: Pty) -> None:
+async def test_virtio_bounds_a_stalled_partial_frame_and_oversized_requests(
+    start_agent, pty: Pty, quick_reopen: None
+) -> None:
     """The single-peer device runs the same session code: a frame that never completes
     ends the session (the device is reopened), an oversized request is refused, and the
     next host is served."""
