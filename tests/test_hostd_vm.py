@@ -23,6 +23,7 @@ import random
 import signal
 import struct
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol, final
@@ -83,6 +84,9 @@ class PortVM:
         self.port = SimulatedPort(socket_path)
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
+        self._agent_config: AgentConfig | None = None
+        self._agent_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def socket_path(self) -> str:
@@ -98,12 +102,31 @@ class PortVM:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     await nursery.start(self.port.serve)
                     if agent is not None:
-                        await nursery.start(Agent(dataclasses.replace(agent, device=self.port.device_path)).run)
+                        self._agent_config = dataclasses.replace(agent, device=self.port.device_path)
+                        await self.start_agent()
                     task_status.started()
         finally:
             self._stopped.set()
+
+    async def start_agent(self) -> None:
+        """Start another agent on the port (the config :meth:`run` was given); returns once it serves."""
+        assert self._nursery is not None and self._agent_config is not None, "not running with an agent"
+        agent, scope = Agent(self._agent_config), trio.CancelScope()
+
+        async def run_agent(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await agent.run(task_status=task_status)
+
+        await self._nursery.start(run_agent)
+        self._agent_scope = scope
+
+    def kill_agent(self) -> None:
+        """The agent stops dead, as on SIGKILL: no agent_stopping, nothing more written (its
+        commands are killed as it goes); the port, and the host's connection to it, stay."""
+        self._agent_scope.cancel()
 
     async def stop(self) -> None:
         """The VM goes away: its agent stops, its port closes and its socket is removed
@@ -225,10 +248,11 @@ async def test_calls_fail_at_once_while_not_connected(nursery: trio.Nursery, sho
 
 
 async def agent_signalled_mid_command(
-    nursery: trio.Nursery, conn: VMConnection, sig: signal.Signals
+    nursery: trio.Nursery, conn: VMConnection, sig: signal.Signals | Callable[[], Awaitable[None]]
 ) -> tuple[int, list[BaseException]]:
-    """Start a 30 s command through ``conn``, send ``sig`` to the agent once the command runs,
-    and return (the agent's pid, what the call raised) once the call has failed."""
+    """Start a 30 s command through ``conn``, send ``sig`` to the agent once the command runs
+    (or, for an agent in this process, await ``sig()``), and return (the agent's pid, what the
+    call raised) once the call has failed."""
     assert conn.identity is not None
     pid = conn.identity.pid
     mark = uuid.uuid4().hex
@@ -250,7 +274,10 @@ async def agent_signalled_mid_command(
         # The command is running in the guest once its process exists.
         while not any(p.environ().get("LQX_TEST_MARK") == mark for p in psutil.Process(pid).children()):
             await trio.sleep(0.01)
-        os.kill(pid, sig)
+        if isinstance(sig, signal.Signals):
+            os.kill(pid, sig)
+        else:
+            await sig()
         with trio.fail_after(1.0):
             await failed.wait()
     finally:
@@ -259,9 +286,41 @@ async def agent_signalled_mid_command(
 
 
 @pytest.mark.trio
+async def test_agent_gone_mid_command_fails_the_call_and_the_next_agent_is_connected(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """The in-process twin of the SIGKILL test below: the agent on the port stops dead mid-command
+    (no agent_stopping) and another opens the port, as the simulated VM's restart would; the call
+    fails with Unavailable and hostd reports the new agent on the same connection."""
+    vm = await start_port(nursery, str(short_tmp / "vm.sock"))
+    conn = await connected(nursery, vm)
+    assert conn.identity is not None
+    first_started = conn.identity.agent_started_at.ToNanoseconds()
+
+    async def kill_and_restart() -> None:
+        vm.kill_agent()
+        await vm.start_agent()
+
+    with trio.fail_after(WAIT_S):
+        _, outcome = await agent_signalled_mid_command(nursery, conn, kill_and_restart)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
+        await conn.wait_until(
+            lambda c: (
+                c.connected and c.identity is not None and c.identity.agent_started_at.ToNanoseconds() > first_started
+            )
+        )
+    counters = conn.counters()
+    assert counters.agent_restarts == 1 and counters.connects == 1, counters
+    assert (await conn.ping(b"again")).payload == b"again"
+
+
+@pytest.mark.trio
+@pytest.mark.slow
 async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_as_a_new_agent(
     nursery: trio.Nursery, short_tmp: Path
 ) -> None:
+    """A real agent process SIGKILLed and restarted by the simulated VM (two agent starts: the
+    slow tier; the in-process twin above is the fast one)."""
     vm = await start_simulated_vm(nursery, short_tmp)
     conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
