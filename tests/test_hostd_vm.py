@@ -25,6 +25,7 @@ import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, final
 
@@ -86,6 +87,7 @@ class PortVM:
         self._stopped = trio.Event()
         self._agent_config: AgentConfig | None = None
         self._agent_scope = trio.CancelScope()
+        self._agent: Agent | None = None
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -121,7 +123,14 @@ class PortVM:
                 await agent.run(task_status=task_status)
 
         await self._nursery.start(run_agent)
-        self._agent_scope = scope
+        self._agent, self._agent_scope = agent, scope
+
+    async def stop_agent(self, reason: str) -> None:
+        """The agent stops as on SIGTERM (``reason``, e.g. "SIGTERM"): what its signal handler
+        does, called directly (running commands killed, agent_stopping to the host, flushed)."""
+        assert self._agent is not None, "no agent running"
+        await self._agent._stop(reason)
+        self._agent_scope.cancel()
 
     def kill_agent(self) -> None:
         """The agent stops dead, as on SIGKILL: no agent_stopping, nothing more written (its
@@ -334,28 +343,61 @@ async def test_agent_killed_mid_command_fails_the_call_within_1s_and_reconnects_
 
 
 @pytest.mark.trio
-async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
-    nursery: trio.Nursery, short_tmp: Path
+async def stopped_cleanly_then_back(
+    nursery: trio.Nursery,
+    conn: VMConnection,
+    stop: signal.Signals | Callable[[], Awaitable[None]],
+    restart: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """SIGTERM (a service stop, an upgrade, the guest shutting down): the agent's last frame is
     agent_stopping, so hostd fails what is pending and waits for an agent at once, without
-    counting missed pings; the restarted agent's announce makes it connected again."""
+    counting missed pings; the restarted agent's announce makes it connected again.
+
+    ``stop`` stops the agent mid-command (see :func:`agent_signalled_mid_command`); ``restart``,
+    when given, starts the next one (else the simulated VM does, as systemd's Restart=always)."""
+    assert conn.identity is not None
+    first_started = conn.identity.agent_started_at.ToNanoseconds()
+    _, outcome = await agent_signalled_mid_command(nursery, conn, stop)
+    # Waiting for an agent (told), not unresponsive (missed pings would say that).
+    await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
+    assert vm_status(conn).agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
+    assert conn.last_disconnect_reason == "agent stopped (SIGTERM)"
+    with pytest.raises(errors.Unavailable) as info:
+        await conn.ping()
+    assert info.value.reason == "waiting_for_agent"
+    if restart is not None:
+        await restart()
+    await conn.wait_until(
+        lambda c: c.connected and c.identity is not None and c.identity.agent_started_at.ToNanoseconds() > first_started
+    )
+    assert (await conn.ping(b"back")).payload == b"back"
+
+
+@pytest.mark.trio
+async def test_agent_stopped_cleanly_in_process_is_waited_for_at_once_then_connected_again(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """The in-process twin of the SIGTERM test below: the agent runs its SIGTERM path
+    (PortVM.stop_agent), then the next one opens the port."""
+    vm = await start_port(nursery, str(short_tmp / "vm.sock"))
+    conn = await connected(nursery, vm)
+    with trio.fail_after(WAIT_S):
+        await stopped_cleanly_then_back(nursery, conn, partial(vm.stop_agent, "SIGTERM"), vm.start_agent)
+
+
+@pytest.mark.trio
+@pytest.mark.slow
+async def test_agent_stopped_cleanly_is_waited_for_at_once_then_connected_again(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """A real agent process SIGTERMed, restarted by the simulated VM (two agent starts: the slow
+    tier; the in-process twin above is the fast one)."""
     await start_simulated_vm(nursery, short_tmp)
     conn = await started_conn(nursery, str(short_tmp / "vm.sock"))
     with trio.fail_after(WAIT_S):
         await conn.wait_for_state(VMState.CONNECTED)
-        old_pid, outcome = await agent_signalled_mid_command(nursery, conn, signal.SIGTERM)
-        # Waiting for an agent (told), not unresponsive (missed pings would say that).
-        await conn.wait_for_state(VMState.WAITING_FOR_AGENT)
-        assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable), outcome
-        assert vm_status(conn).agent.state == node_pb.AGENT_STATE_WAITING_FOR_AGENT
-        assert conn.last_disconnect_reason == "agent stopped (SIGTERM)"
-        with pytest.raises(errors.Unavailable) as info:
-            await conn.ping()
-        assert info.value.reason == "waiting_for_agent"
-        # The simulated VM starts the agent again (as systemd's Restart=always would).
-        await conn.wait_until(lambda c: c.identity is not None and c.identity.pid != old_pid and c.connected)
-    assert (await conn.ping(b"back")).payload == b"back"
+        await stopped_cleanly_then_back(nursery, conn, signal.SIGTERM)
 
 
 def agent_pid(vm: SimVMProcess) -> int:
@@ -480,27 +522,100 @@ async def test_guest_reboot_and_the_connection_follows(nursery: trio.Nursery, sh
 
 
 @pytest.mark.trio
+async def unresponsive_then_back(conn: VMConnection, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    """``pause()`` silences the agent (SIGSTOP, or its answers held back): missed pings mark it
+    unresponsive and fail pending calls; after ``resume()`` it is connected again and the
+    answers it owed arrive late, dropped and counted."""
+    pause()
+    try:
+        # A call that would wait 60 s fails as soon as the agent is marked unresponsive.
+        with pytest.raises(errors.Unavailable, match="unresponsive"):
+            await conn.request(deadline_s=60, get_telemetry=pb.TelemetryRequest())
+        assert conn.state is VMState.UNRESPONSIVE
+        assert vm_status(conn).agent.state == node_pb.AGENT_STATE_UNRESPONSIVE
+        with pytest.raises(errors.Unavailable):
+            await conn.request(ping=pb.PingRequest())
+    finally:
+        resume()
+    await conn.wait_for_state(VMState.CONNECTED)
+    # The answers the stopped agent owed arrive now, after their callers gave up.
+    while conn.counters().late_replies == 0:
+        await trio.sleep(0.01)
+    assert conn.counters().ping_misses >= 2
+
+
+@final
+class HoldingRelay:
+    """A Unix socket between hostd and a VM's socket that can hold back what the guest sends
+    (:meth:`hold`) and pass it on later (:meth:`release`): to hostd, an agent that stopped
+    answering, as a SIGSTOPped one, and the answers it owed arriving late."""
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path = path
+        self.target = target
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        self._flowing = trio.Event()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay one host client (hostd's connection) to the target until either side closes."""
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        with sock:
+            await sock.bind(self.path)
+            sock.listen(1)
+            task_status.started()
+            client_sock, _ = await sock.accept()
+        async with (
+            trio.SocketStream(client_sock) as host,
+            await trio.open_unix_socket(self.target) as guest,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def to_guest() -> None:
+                async for data in host:
+                    await guest.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            async def to_host() -> None:
+                async for data in guest:
+                    await self._flowing.wait()
+                    await host.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(to_guest)
+            nursery.start_soon(to_host)
+
+
+@pytest.mark.trio
+async def test_an_agent_that_stops_answering_is_unresponsive_and_pending_calls_fail(
+    nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """The in-process twin of the SIGSTOP test below: hostd reaches the in-process agent
+    through a HoldingRelay, which holds back its answers as a stopped agent would not send them."""
+    vm = await start_port(nursery, str(short_tmp / "vm.sock"))
+    relay = HoldingRelay(str(short_tmp / "relay.sock"), vm.socket_path)
+    await nursery.start(relay.serve)
+    conn = await started_conn(nursery, relay.path)
+    with trio.fail_after(WAIT_S):
+        await conn.wait_for_state(VMState.CONNECTED)
+        await unresponsive_then_back(conn, relay.hold, relay.release)
+
+
+@pytest.mark.trio
+@pytest.mark.slow
 async def test_missed_pings_mark_unresponsive_and_fail_pending_calls(nursery: trio.Nursery, short_tmp: Path) -> None:
+    """A real agent process SIGSTOPped (an agent process to start: the slow tier; the
+    in-process twin above is the fast one)."""
     vm = await start_simulated_vm(nursery, short_tmp)
     conn = await connected(nursery, vm)
     with trio.fail_after(WAIT_S):
         pid = vm.agent_pid()
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            # A call that would wait 60 s fails as soon as the agent is marked unresponsive.
-            with pytest.raises(errors.Unavailable, match="unresponsive"):
-                await conn.request(deadline_s=60, get_telemetry=pb.TelemetryRequest())
-            assert conn.state is VMState.UNRESPONSIVE
-            assert vm_status(conn).agent.state == node_pb.AGENT_STATE_UNRESPONSIVE
-            with pytest.raises(errors.Unavailable):
-                await conn.request(ping=pb.PingRequest())
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await conn.wait_for_state(VMState.CONNECTED)
-        # The answers the stopped agent owed arrive now, after their callers gave up.
-        while conn.counters().late_replies == 0:
-            await trio.sleep(0.01)
-    assert conn.counters().ping_misses >= 2
+        await unresponsive_then_back(conn, partial(os.kill, pid, signal.SIGSTOP), partial(os.kill, pid, signal.SIGCONT))
 
 
 @pytest.mark.trio
@@ -508,9 +623,12 @@ async def test_deadline_exceeded_then_the_late_reply_is_dropped_and_counted(
     nursery: trio.Nursery, lent_vm: SimVMProcess
 ) -> None:
     vm = lent_vm
-    conn = await connected(nursery, vm)
+    await vm.wait_ready()
+    # A short margin: the calls below fail after their budget (0) plus it.
+    conn = await started_conn(nursery, vm.socket_path, config=dataclasses.replace(FAST, deadline_margin_s=0.1))
     with trio.fail_after(WAIT_S):
-        with trio.fail_after(2):  # budget 0 + margin 0.5 s
+        await conn.wait_for_state(VMState.CONNECTED)
+        with trio.fail_after(2):  # budget 0 + margin 0.1 s
             with pytest.raises(errors.DeadlineExceeded):
                 await conn.request(deadline_s=0, execute=pb.ExecuteRequest(argv=["sleep", "5"]))
         # hostd told the agent to cancel; its (cancelled) answer arrives late.
@@ -845,6 +963,10 @@ def test_every_raw_guest_attack_builds_within_the_frame_limit(attack: str) -> No
     """bench/hostile_bench.py runs them all: each must at least start."""
     for chunk in itertools.islice(rawguest.ATTACKS[attack](), 3):
         assert isinstance(chunk, bytes)
+
+
+def test_the_raw_guests_huge_identity_fits_in_a_frame() -> None:
+    """Once, not once per attack above (it takes ~0.2 CPU-s to build)."""
     assert rawguest.huge_identity().ByteSize() < MAX_FRAME_BYTES
 
 
