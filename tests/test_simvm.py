@@ -112,8 +112,11 @@ async def test_one_host_client_at_a_time(nursery: trio.Nursery, short_tmp: Path)
 
 
 @pytest.mark.trio
-@pytest.mark.parametrize("mode", ["poweroff", "halt"])
+@pytest.mark.parametrize("mode", ["poweroff", pytest.param("halt", marks=pytest.mark.slow)])
 async def test_guest_poweroff_stops_the_vm_and_removes_the_socket(start_simvm: StartSimVM, mode: str) -> None:
+    """Both modes take the same way through the simulated VM (the stand-in's SIGUSR1): halt, a
+    process of its own, is the slow tier's; that the agent runs halt_command for a halt is
+    test_lifecycle's (test_scheduled_shutdown_outlives_the_session)."""
     vm = start_simvm()
     with trio.fail_after(WAIT_S):
         async with connected(vm) as client:
