@@ -1,5 +1,9 @@
 """The node API end to end: real hostd over real HTTP on loopback, real simulated VMs
-(limiquantix-simvm processes: a pty standing for the virtio port, the real agent on it)."""
+(limiquantix-simvm processes: a pty standing for the virtio port, the real agent on it).
+
+The two tests that move files of several MiB reach an agent in this process on its own
+Unix socket instead (``unix_stack``): a pty carries ~6 MB/s, so their 10 MiB took seconds
+there; hostd reads and writes a chardev socket the same either way."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 import os
 import struct
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +26,7 @@ import trio
 from conftest import QUIET_AGENT, SimVMPool
 from test_connect import method_info
 
+from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
 from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
 from limiquantix.hostd.simvm import SimVMProcess
@@ -53,6 +59,25 @@ class Stack:
             await trio.sleep(0.05)
 
 
+@asynccontextmanager
+async def serving_hostd(nursery: trio.Nursery, vms: Path, sims: dict[str, SimVMProcess]) -> AsyncIterator[Stack]:
+    """A new hostd finding the VMs in ``vms``, once each of them is connected."""
+    config = HostdConfig(
+        listen="127.0.0.1:0",
+        token=TOKEN,
+        discovery=DiscoveryConfig(socket_dir=str(vms), libvirt_channel_root=""),
+    )
+    stop = trio.Event()
+    binds = await nursery.start(partial(serve, config, shutdown=stop))
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        st = Stack(binds[0], sims, client)
+        with trio.fail_after(DEADLINE_S):
+            for found in vms.iterdir():
+                await st.wait_state(found.name.removesuffix(".agent.sock"), "AGENT_STATE_CONNECTED")
+        yield st
+    stop.set()
+
+
 @pytest.fixture
 async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> AsyncIterator[Stack]:
     """A new hostd finding two simulated VMs in its socket directory; the VMs, whose guests
@@ -65,20 +90,20 @@ async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -
         with trio.fail_after(DEADLINE_S):
             for sim in sims.values():
                 await sim.wait_ready()
-        config = HostdConfig(
-            listen="127.0.0.1:0",
-            token=TOKEN,
-            discovery=DiscoveryConfig(socket_dir=str(vms), libvirt_channel_root=""),
-        )
-        stop = trio.Event()
-        binds = await nursery.start(partial(serve, config, shutdown=stop))
-        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
-            st = Stack(binds[0], sims, client)
-            with trio.fail_after(DEADLINE_S):
-                for vm_id in sims:
-                    await st.wait_state(vm_id, "AGENT_STATE_CONNECTED")
+        async with serving_hostd(nursery, vms, sims) as st:
             yield st
-        stop.set()
+
+
+@pytest.fixture
+async def unix_stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
+    """A new hostd finding one VM, ``vm0``, whose socket is an agent's own (``unix-listen``, in
+    this process, on this file system), not a simulated VM's pty: for the tests that move MiBs."""
+    vms = short_tmp / "vms"
+    vms.mkdir()
+    agent = Agent(AgentConfig(transport="unix-listen", socket=str(vms / "vm0.agent.sock"), telemetry_interval_s=0))
+    await nursery.start(agent.run)
+    async with serving_hostd(nursery, vms, {}) as st:
+        yield st
 
 
 def envelopes(data: bytes) -> list[tuple[int, dict[str, Any]]]:
@@ -234,7 +259,8 @@ async def test_stream_to_the_end(stack: Stack) -> None:
 
 
 @pytest.mark.trio
-async def test_files_round_trip_with_sha256(stack: Stack, short_tmp: Path) -> None:
+async def test_files_round_trip_with_sha256(unix_stack: Stack, short_tmp: Path) -> None:
+    stack = unix_stack
     data = os.urandom(3 * 1024 * 1024 + 5)
     path = str(short_tmp / "guest-file.bin")
     w = await stack.ok(
@@ -256,8 +282,9 @@ async def test_files_round_trip_with_sha256(stack: Stack, short_tmp: Path) -> No
 
 @pytest.mark.trio
 async def test_a_file_over_the_default_read_length_is_refused_and_streams_in_1_mib_chunks(
-    stack: Stack, short_tmp: Path
+    unix_stack: Stack, short_tmp: Path
 ) -> None:
+    stack = unix_stack
     data = os.urandom(DEFAULT_READ_BYTES + 1)
     path = short_tmp / "big.bin"
     path.write_bytes(data)  # the simulated guest shares this file system
