@@ -10,6 +10,8 @@
   socket, pty, the real agent), stopped after the test.
 * ``simvm_pool``: simulated VMs kept for the session and lent to the tests whose
   guests only answer calls (:class:`SimVMPool`); ``lent_vm``: one quiet one of them.
+* ``loopback_client(**kwargs)``: an ``httpx.AsyncClient`` for the tests' servers, all
+  sharing one SSL context.
 
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
@@ -17,8 +19,10 @@ pyproject.toml).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -58,6 +63,19 @@ async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
             if msg.WhichOneof("payload") == kind:
                 return msg
     raise AssertionError(f"connection closed before {kind}")
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+def loopback_client(**kwargs: Any) -> httpx.AsyncClient:
+    """``httpx.AsyncClient(**kwargs)`` verifying as httpx does by default, with an SSL context
+    made once for the session: httpx builds one per client (certifi's bundle, ~25 ms of CPU,
+    more than a test's call to a server on loopback), though the tests' clients speak plain
+    HTTP."""
+    return httpx.AsyncClient(verify=_shared_ssl_context(), **kwargs)
 
 
 @pytest.fixture

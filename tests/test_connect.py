@@ -25,6 +25,7 @@ import httpx
 import hypercorn.trio
 import pytest
 import trio
+from conftest import loopback_client
 from connectrpc.client import ConnectClientSync
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -162,7 +163,7 @@ class Server:
         self.observed = observed
         # Whether the stream handler had finished when each call was observed.
         self.closed_when_observed: list[bool] = []
-        self.http = httpx.AsyncClient(base_url=url)
+        self.http = loopback_client(base_url=url)
 
     async def post(self, method: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
         with trio.fail_after(10):

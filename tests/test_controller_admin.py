@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import loopback_client
 from test_controller_api import _make_tokens
 
 from limiquantix.controller._admin import AUDIT_EXPORT_PATH, NDJSON_CONTENT_TYPE
@@ -67,7 +68,7 @@ class Stack:
 
     async def restart(self) -> None:
         await self.client.aclose()  # a fresh client for the restarted controller
-        self.client = httpx.AsyncClient(timeout=DEADLINE_S)
+        self.client = loopback_client(timeout=DEADLINE_S)
         self.stop.set()
         with trio.fail_after(DEADLINE_S):
             await self.done.wait()
@@ -161,7 +162,7 @@ async def _seed(db: Path) -> dict[str, str]:
 async def stack(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Stack]:
     db = short_tmp / "db" / "controller.db"
     tokens = await _seed(db)
-    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+    async with loopback_client(timeout=DEADLINE_S) as client:
         st = Stack(db, tokens, client, nursery)
         await st.start()
         yield st

@@ -14,10 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
-from conftest import stop_all
+from conftest import loopback_client, stop_all
 from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, running_controller
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
@@ -137,7 +136,7 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
         # 1. Everything delivered succeeds; the VM without an agent is undeliverable and is
         #    not an error (maxErrors 0 does not stop the run); at most 2 at once. The client
         #    that started it goes away at once: the run carries on.
-        async with httpx.AsyncClient(timeout=DEADLINE_S) as gone:
+        async with loopback_client(timeout=DEADLINE_S) as gone:
             r = await gone.post(
                 f"{st.url}{FLEET}/RunCommand",
                 json={"vmIds": ["vm2", "vm3", "vm5", "vm4"], "command": FAIL_IF_MARKED, "maxConcurrency": 2,

@@ -24,6 +24,7 @@ import httpx
 import hypercorn.trio
 import pytest
 import trio
+from conftest import loopback_client
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
@@ -270,7 +271,7 @@ async def test_incompressible_answers_go_uncompressed_to_clients_that_accept_gzi
     served: tuple[FakeNode, rpc.Target],
 ) -> None:
     _, target = served
-    async with httpx.AsyncClient(base_url=target.url) as http:
+    async with loopback_client(base_url=target.url) as http:
         for path, encoding in (("text", "gzip"), ("noise", None)):
             body = npb.ReadGuestFileRequest(vm_id="v", path=path).SerializeToString()
             headers = {

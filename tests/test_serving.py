@@ -31,6 +31,7 @@ import hypercorn.trio.run
 import pytest
 import trio
 import trio.testing
+from conftest import loopback_client
 from hypercorn.config import Config
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
@@ -91,7 +92,7 @@ async def test_idle_keep_alive_connection_does_not_hold_the_shutdown() -> None:
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(_app(release, entered), stop, returned))
-            async with httpx.AsyncClient(base_url=binds[0]) as client:
+            async with loopback_client(base_url=binds[0]) as client:
                 response = await client.get("/quick")
                 assert response.text == "quick"
                 # The connection stays open in the client's pool, idle, while the server stops.
@@ -290,7 +291,7 @@ async def test_requests_in_flight_finish_before_the_server_stops() -> None:
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(_app(release, entered), stop, returned))
-            async with httpx.AsyncClient(base_url=binds[0]) as idle, httpx.AsyncClient(base_url=binds[0]) as busy:
+            async with loopback_client(base_url=binds[0]) as idle, loopback_client(base_url=binds[0]) as busy:
                 assert (await idle.get("/quick")).status_code == 200
 
                 async def slow_request() -> None:
@@ -323,7 +324,7 @@ async def test_hostd_stops_at_once_with_a_clients_connection_open(tmp_path, monk
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve)
-            async with httpx.AsyncClient(base_url=binds[0], headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            async with loopback_client(base_url=binds[0], headers={"Authorization": f"Bearer {TOKEN}"}) as client:
                 response = await client.post("/limiquantix.node.v1.NodeDaemonService/ListVMs", json={})
                 assert response.status_code == 200, response.text
                 stop.set()
@@ -463,7 +464,7 @@ class _H2Client:
 
 
 async def _assert_healthy(*urls: str) -> None:
-    async with httpx.AsyncClient() as client:
+    async with loopback_client() as client:
         for url in urls:
             response = await client.get(f"{url}/healthz")
             assert response.status_code == 200 and response.json()["status"] == "ok", url
