@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 import trio
-from conftest import SimVMPool
+from conftest import SimVMPool, loopback_client
 
 from limiquantix.controller._auth import Role
 from limiquantix.controller._daemon import ControllerConfig
@@ -33,6 +33,7 @@ from limiquantix.controller.store import SQLiteStore
 from limiquantix.hostd import TOKEN_ENV, DiscoveryConfig, HostdConfig, VMEntry
 from limiquantix.hostd import serve as hostd_serve
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 
 VM = "/limiquantix.compute.v1.VMService"
 FLEET = "/limiquantix.compute.v1.FleetService"
@@ -114,7 +115,7 @@ class Stack:
     async def stop_controller(self) -> None:
         # A fresh client for the next controller (this one's connections die with this one).
         await self.client.aclose()
-        self.client = httpx.AsyncClient(timeout=DEADLINE_S)
+        self.client = loopback_client(timeout=DEADLINE_S)
         self.controller_stop.set()
         with trio.fail_after(DEADLINE_S):
             await self.controller_done.wait()
@@ -185,7 +186,7 @@ async def running_controller(
     with trio.fail_after(DEADLINE_S):
         for sim in sims.values():
             await sim.wait_ready()
-    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+    async with loopback_client(timeout=DEADLINE_S) as client:
         st = Stack(short_tmp, db, tokens, client, nursery)
         await st.start_controller()
         yield st
@@ -356,14 +357,20 @@ async def test_exec_options_and_error_codes(stack: Stack) -> None:
          "environment": {"GREETING": "hi"}, "workingDirectory": "/", "stdin": "aW5wdXQ="},
     )  # fmt: skip
     assert done["exitCode"] == 3 and done["stdout"] == "hi:/:input" and done["executionId"]
-    timed = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "sleep 5", "timeoutSeconds": 1})
+    # The two timeouts (a second each, the least timeoutSeconds says) run at once.
+    answers: dict[str, dict[str, Any]] = {}
+
+    async def run_to_timeout(name: str, command: str) -> None:
+        answers[name] = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": command, "timeoutSeconds": 1})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_to_timeout, "timed", "sleep 5")
+        nursery.start_soon(run_to_timeout, "trapped", "trap 'exit 0' TERM; sleep 30 & wait")
+    timed, trapped = answers["timed"], answers["trapped"]
     assert timed["timedOut"] is True and timed["exitReason"] == "timed_out"
     # No exit code unless it exited: a script checking exitCode == 0 must not count a timeout as success.
     assert "exitCode" not in timed, timed
     # Even when the command exits 0 on the SIGTERM of its timeout.
-    trapped = await stack.ok(
-        "ExecuteScript", {"vmId": "vm0", "command": "trap 'exit 0' TERM; sleep 30 & wait", "timeoutSeconds": 1}
-    )
     assert trapped["exitReason"] == "timed_out" and "exitCode" not in trapped, trapped
     zero = await stack.ok("ExecuteScript", {"vmId": "vm0", "command": "true"})
     assert zero["exitCode"] == 0 and zero["exitReason"] == "exited"  # present when it exited, 0 included
@@ -383,10 +390,20 @@ async def test_exec_options_and_error_codes(stack: Stack) -> None:
 
 @pytest.mark.trio
 async def test_oversized_ids_and_fields_are_refused_before_forwarding(stack: Stack) -> None:
-    huge = "x" * (16 * 1024 * 1024)
+    # The id that crashed the agent: as large as its largest frame (MAX_FRAME_BYTES). In proto:
+    # protobuf's JSON parser spends seconds of CPU on a 16 MiB string (a regular expression looking
+    # for lone surrogates), before the limits are checked; the JSON cases refuse the same fields.
+    huge = api_pb.ExecuteScriptRequest(vm_id="vm0", command="true", execution_id="x" * (16 * 1024 * 1024))
+    r = await stack.client.post(
+        f"{stack.url}{VM}/ExecuteScript",
+        content=huge.SerializeToString(),
+        headers={"Authorization": f"Bearer {stack.tokens['admin']}", "Content-Type": "application/proto"},
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+    assert r.json()["message"].startswith("execution_id is ") and "the limit is" in r.json()["message"]
     cases = [
-        ("ExecuteScript", {"vmId": "vm0", "command": "true", "executionId": huge}, VM, "execution_id"),
-        ("ExecuteScriptStream", {"vmId": "vm0", "command": "true", "executionId": huge}, VM, "execution_id"),
+        ("ExecuteScript", {"vmId": "vm0", "command": "true", "executionId": "e" * 200}, VM, "execution_id"),
+        ("ExecuteScriptStream", {"vmId": "vm0", "command": "true", "executionId": "e" * 200}, VM, "execution_id"),
         ("ExecuteScript", {"vmId": "vm0", "command": "true", "args": ["a"] * 5000}, VM, "args"),
         ("CancelExecution", {"vmId": "vm0", "executionId": "c" * 200}, VM, "execution_id"),
         ("GetVM", {"vmId": "v" * 1000}, VM, "vm_id"),
@@ -598,7 +615,7 @@ async def test_controller_restart_keeps_tokens_and_audit(stack: Stack) -> None:
 async def test_first_start_bootstraps_an_admin_token(
     short_tmp: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+    async with loopback_client(timeout=DEADLINE_S) as client:
         st = Stack(short_tmp, short_tmp / "empty" / "controller.db", {}, client, nursery)
         await st.start_controller()
         token = capsys.readouterr().out.strip().splitlines()[-1]
@@ -796,10 +813,10 @@ async def test_concurrent_large_writes_are_bounded_per_user_and_in_total(stack: 
     then do not (over the total): each refusal is resource_exhausted and loses nothing."""
     mib = 1024 * 1024
     await stack.stop_controller()
-    await stack.start_controller(port=stack.port, max_request_bytes_in_flight=14 * mib,
-                                 max_request_bytes_in_flight_per_user=10 * mib)  # fmt: skip
+    await stack.start_controller(port=stack.port, max_request_bytes_in_flight=mib * 7 // 2,
+                                 max_request_bytes_in_flight_per_user=mib * 5 // 2)  # fmt: skip
     await stack.wait_vms()
-    content = bytes(range(256)) * (4 * mib // 256)  # 4 MiB: 5.3 MiB of base64 JSON
+    content = bytes(range(256)) * (mib // 256)  # 1 MiB: 1.33 MiB of base64 JSON
     url = f"{stack.url}{VM}/WriteGuestFile"
 
     def body(name: str) -> bytes:
@@ -846,14 +863,14 @@ async def test_concurrent_large_writes_are_bounded_per_user_and_in_total(stack: 
             nursery.start_soon(held_write, "held-1", "operator")
             while await in_flight() < size:
                 await trio.sleep(0.02)
-            r = await write("second", "operator")  # 10.7 MiB for this user > 10
+            r = await write("second", "operator")  # 2.67 MiB for this user > 2.5
             assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
             assert "this caller" in r.json()["message"]
-            assert (await write("fits", "admin")).status_code == 200  # 10.7 MiB in total <= 14
+            assert (await write("fits", "admin")).status_code == 200  # 2.67 MiB in total <= 3.5
             nursery.start_soon(held_write, "held-2", "scoped")
             while await in_flight() < 2 * size:
                 await trio.sleep(0.02)
-            r = await write("over", "admin")  # 16 MiB in total > 14
+            r = await write("over", "admin")  # 4 MiB in total > 3.5
             assert r.status_code == 429 and r.json()["code"] == "resource_exhausted", r.text
             assert "retry later" in r.json()["message"]
             go_on.set()
@@ -872,7 +889,7 @@ def test_a_forwarded_bytes_field_is_the_message_hostd_would_decode(size: int) ->
     from limiquantix.controller._forward import bytes_field_header
     from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 
-    content = bytes(i % 251 for i in range(size))
+    content = (bytes(range(251)) * (size // 251 + 1))[:size]  # byte i is i % 251
     head = node_pb.WriteGuestFileRequest(vm_id="vm0", path="/p", create_parents=True)
     number = node_pb.WriteGuestFileRequest.DESCRIPTOR.fields_by_name["content"].number
     parsed = node_pb.WriteGuestFileRequest()
