@@ -240,15 +240,16 @@ class SimVMPool:
 
     def __init__(self, root: Path) -> None:
         self._root = root
-        self._idle: dict[tuple[str, ...], list[SimVMProcess]] = {}
+        self._idle: dict[tuple[tuple[str, ...], bool], list[SimVMProcess]] = {}
         self._all: list[SimVMProcess] = []
 
-    def _start(self, agent_args: tuple[str, ...]) -> SimVMProcess:
+    def _start(self, agent_args: tuple[str, ...], no_agent: bool) -> SimVMProcess:
         n = len(self._all)
         vm = SimVMProcess.start(
             str(self._root / f"vm{n}.sock"),
             state_dir=self._root / f"state{n}",
             name=f"pooled{n}",
+            no_agent=no_agent,
             agent_args=agent_args,
             log_level="debug",
         )
@@ -256,16 +257,19 @@ class SimVMPool:
         return vm
 
     @contextmanager
-    def lend(self, links: Mapping[str, Path], *, agent_args: Sequence[str]) -> Iterator[dict[str, SimVMProcess]]:
-        """A running VM (started with ``agent_args``) linked at each path of ``links`` (by name),
-        for the block; wait for each with ``wait_ready`` as for a new one."""
-        idle = self._idle.setdefault(tuple(agent_args), [])
+    def lend(
+        self, links: Mapping[str, Path], *, agent_args: Sequence[str], no_agent: bool = False
+    ) -> Iterator[dict[str, SimVMProcess]]:
+        """A running VM (started with ``agent_args``; ``no_agent``: a port no agent ever opens)
+        linked at each path of ``links`` (by name), for the block; wait for each with
+        ``wait_ready`` as for a new one."""
+        idle = self._idle.setdefault((tuple(agent_args), no_agent), [])
         lent: dict[str, SimVMProcess] = {}
         try:
             for name, link in links.items():
                 while idle and idle[-1].proc.poll() is not None:
                     idle.pop()
-                lent[name] = idle.pop() if idle else self._start(tuple(agent_args))
+                lent[name] = idle.pop() if idle else self._start(tuple(agent_args), no_agent)
                 link.symlink_to(lent[name].socket_path)
             yield lent
         finally:

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import loopback_client, stop_all
+from conftest import QUIET_AGENT, SimVMPool, loopback_client
 from test_controller_api import DEADLINE_S, HOSTD_TOKEN, Stack, _envelopes, running_controller
 
 from limiquantix.controller._models import AuditAction, AuditOutcome, AuditQuery
 from limiquantix.controller.store import SQLiteStore
-from limiquantix.hostd.simvm import SimVMProcess
 
 FLEET = "/limiquantix.compute.v1.FleetService"
 NODES = "/limiquantix.compute.v1.NodeRegistryService"
@@ -40,37 +39,42 @@ def labels_of(i: int) -> dict[str, str]:
 
 @asynccontextmanager
 async def fleet_stack(
-    nursery: trio.Nursery, short_tmp: Path, n: int, *, no_agent: Collection[int] = (), failing: Collection[int] = ()
+    nursery: trio.Nursery,
+    short_tmp: Path,
+    pool: SimVMPool,
+    n: int,
+    *,
+    no_agent: Collection[int] = (),
+    failing: Collection[int] = (),
 ) -> AsyncIterator[Stack]:
-    """Controller + hostd + ``n`` simulated VMs ``vm0..``; ``no_agent`` ones never connect
-    (undeliverable), ``failing`` ones get the marker file."""
+    """Controller + hostd + ``n`` simulated VMs ``vm0..`` (the session's, conftest.SimVMPool: each
+    would cost two Python starts); ``no_agent`` ones never connect (undeliverable), ``failing``
+    ones get the marker file (taken away after)."""
     names = [f"vm{i}" for i in range(n)]
-    sims: list[SimVMProcess] = []
-    try:
-        for i, name in enumerate(names):
-            state = short_tmp / f"state-{name}"
-            state.mkdir(parents=True)
-            if i in failing:
-                (state / "fail").write_text("")
-            sims.append(
-                SimVMProcess.start(
-                    str(short_tmp / f"{name}.sock"), state_dir=state, name=name, no_agent=i in no_agent,
-                    agent_args=("--telemetry-interval-s=0",),
-                )
-            )  # fmt: skip
-        async with running_controller(nursery, short_tmp, dict(zip(names, sims, strict=True))) as st:
-            await st.start_hostd({name: labels_of(i) for i, name in enumerate(names)})
-            with trio.fail_after(DEADLINE_S * 2):
-                while True:
-                    r = await st.call("ListVMs", {})
-                    vms = r.json().get("vms", []) if r.status_code == 200 else []
-                    connected = {v["vmId"] for v in vms if v["agentState"] == "connected" and v["nodeReachable"]}
-                    if connected == {names[i] for i in range(n) if i not in no_agent}:
-                        break
-                    await trio.sleep(0.1)
-            yield st
-    finally:
-        stop_all(sims)
+    links = {name: short_tmp / f"{name}.sock" for i, name in enumerate(names) if i not in no_agent}
+    silent = {name: short_tmp / f"{name}.sock" for i, name in enumerate(names) if i in no_agent}
+    with (
+        pool.lend(links, agent_args=QUIET_AGENT) as sims,
+        pool.lend(silent, agent_args=QUIET_AGENT, no_agent=True) as silent_sims,
+    ):
+        markers = [sims[names[i]].state_dir / "fail" for i in failing]
+        try:
+            for marker in markers:
+                marker.write_text("")
+            async with running_controller(nursery, short_tmp, {**sims, **silent_sims}) as st:
+                await st.start_hostd({name: labels_of(i) for i, name in enumerate(names)})
+                with trio.fail_after(DEADLINE_S * 2):
+                    while True:
+                        r = await st.call("ListVMs", {})
+                        vms = r.json().get("vms", []) if r.status_code == 200 else []
+                        connected = {v["vmId"] for v in vms if v["agentState"] == "connected" and v["nodeReachable"]}
+                        if connected == set(links):
+                            break
+                        await trio.sleep(0.05)
+                yield st
+        finally:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
 
 
 async def run(st: Stack, body: dict[str, Any], *, who: str = "operator") -> str:
@@ -131,8 +135,8 @@ async def watch(st: Stack, command_id: str, *, who: str = "viewer") -> AsyncIter
 
 
 @pytest.mark.trio
-async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> None:
-    async with fleet_stack(nursery, short_tmp, 6, no_agent={5}, failing={0, 1}) as st:
+async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> None:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 6, no_agent={5}, failing={0, 1}) as st:
         # 1. Everything delivered succeeds; the VM without an agent is undeliverable and is
         #    not an error (maxErrors 0 does not stop the run); at most 2 at once. The client
         #    that started it goes away at once: the run carries on.
@@ -277,10 +281,10 @@ async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.trio
-async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path) -> None:
+async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> None:
     """maxConcurrency 5, maxErrors 2; vm0-2 fail at once, vm3 has no agent (undeliverable, not
     an error), the rest take 0.5 s: after the third failure nothing new starts."""
-    async with fleet_stack(nursery, short_tmp, 20, no_agent={3}, failing={0, 1, 2}) as st:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 20, no_agent={3}, failing={0, 1, 2}) as st:
         # Named in numeric order (a label selector orders targets by VM id: vm0, vm1, vm10 ...).
         cid = await run(st, {"vmIds": [f"vm{i}" for i in range(20)], "command": FAIL_IF_MARKED, "maxConcurrency": 5,
                              "maxErrors": "2", "environment": {"PAUSE": "0.5"}})  # fmt: skip
@@ -311,12 +315,14 @@ async def test_fleet_run_over_twenty_vms(nursery: trio.Nursery, short_tmp: Path)
 
 
 @pytest.mark.trio
-async def test_a_vm_its_node_no_longer_has_is_undeliverable(nursery: trio.Nursery, short_tmp: Path) -> None:
+async def test_a_vm_its_node_no_longer_has_is_undeliverable(
+    nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool
+) -> None:
     """A VM the controller still lists but whose node answers not_found (hostd forgot it, e.g.
     powered off for minutes): refused before anything ran, so `undeliverable` as the README
     promises, not `failed`. Node host-b is the real hostd registered a second time (by the
     admin) with a heartbeat that still names the VM: no race with host-a's own heartbeats."""
-    async with fleet_stack(nursery, short_tmp, 1) as st:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 1) as st:
         node = {
             "nodeId": "host-b",
             "url": st.hostd_url,
@@ -337,11 +343,11 @@ KILLED_IF_MARKED = FAIL_IF_MARKED.replace("echo marked >&2; exit 3", "kill -9 $$
 
 @pytest.mark.trio
 async def test_a_target_that_timed_out_or_was_killed_says_how_instead_of_an_exit_code(
-    nursery: trio.Nursery, short_tmp: Path
+    nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool
 ) -> None:
     """A fleet target carries the exit reason and signal as ExecuteScript's answer does (issue
     13): no exitCode unless the command exited, in GetCommand and in WatchCommand."""
-    async with fleet_stack(nursery, short_tmp, 2, failing={0}) as st:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 2, failing={0}) as st:
         cid = await run(st, {"vmIds": ["vm0", "vm1"], "command": KILLED_IF_MARKED, "timeoutSeconds": 1})
         done = await wait_done(st, cid)
         assert statuses(done) == {"vm0": "failed", "vm1": "timed_out"}, done
@@ -366,8 +372,10 @@ PRINT_THEN_WAIT = 'echo "start $$"; echo warn >&2; while [ ! -e "$GO" ]; do slee
 
 
 @pytest.mark.trio
-async def test_watch_streams_each_vms_output_before_it_finishes(nursery: trio.Nursery, short_tmp: Path) -> None:
-    async with fleet_stack(nursery, short_tmp, 3, no_agent={2}) as st:
+async def test_watch_streams_each_vms_output_before_it_finishes(
+    nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool
+) -> None:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 3, no_agent={2}) as st:
         go = short_tmp / "go"
         cid = await run(
             st, {"vmIds": ["vm0", "vm1", "vm2"], "command": PRINT_THEN_WAIT, "environment": {"GO": str(go)}}
