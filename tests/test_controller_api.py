@@ -59,12 +59,14 @@ class Stack:
     controller_stop: trio.Event = field(default_factory=trio.Event)
     controller_done: trio.Event = field(default_factory=trio.Event)
     hostd_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: The controllers' heartbeat_timeout_s.
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
 
     async def start_controller(self, *, port: int = 0, admin_token: str | None = None, **settings: Any) -> None:
         """The controller on this stack's database; ``settings``: more ControllerConfig fields."""
         self.controller_stop, self.controller_done = trio.Event(), trio.Event()
         config = ControllerConfig(
-            listen=f"127.0.0.1:{port}", db=str(self.db), heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, **settings
+            listen=f"127.0.0.1:{port}", db=str(self.db), heartbeat_timeout_s=self.heartbeat_timeout_s, **settings
         )
         done = self.controller_done
 
@@ -177,7 +179,11 @@ async def stack(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -
 
 @asynccontextmanager
 async def running_controller(
-    nursery: trio.Nursery, short_tmp: Path, sims: Mapping[str, SimVMProcess]
+    nursery: trio.Nursery,
+    short_tmp: Path,
+    sims: Mapping[str, SimVMProcess],
+    *,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
 ) -> AsyncIterator[Stack]:
     """A controller on a new database in ``short_tmp`` (a token for each of TOKEN_USERS), once
     ``sims`` accept connections; the hostd the test starts is killed, the controller stopped, after."""
@@ -187,7 +193,7 @@ async def running_controller(
         for sim in sims.values():
             await sim.wait_ready()
     async with loopback_client(timeout=DEADLINE_S) as client:
-        st = Stack(short_tmp, db, tokens, client, nursery)
+        st = Stack(short_tmp, db, tokens, client, nursery, heartbeat_timeout_s=heartbeat_timeout_s)
         await st.start_controller()
         yield st
         st.hostd_scope.cancel()
