@@ -26,9 +26,10 @@ import click
 import hostile_guest
 import httpx
 import pytest
+from inprocess import run_main_bytes
 from procstack import DEADLINE_S, Stack, free_port, run_stack
 
-from limiquantix.cli import _fast
+from limiquantix.cli import _fast, main
 from limiquantix.cli._app import cli
 from limiquantix.cli._exec import shell_quote
 
@@ -56,6 +57,14 @@ def lqx(
     """Run ``limiquantix ARGS``; its exit code, stdout and stderr (bytes)."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
     return subprocess.run([CLI, *args], env=env, input=data, capture_output=True, timeout=timeout, check=False)
+
+
+def lqx_here(*args: str, **extra: str) -> subprocess.CompletedProcess[bytes]:
+    """``lqx(*args, env=_env(**extra))`` with the command's ``main`` run in this process
+    (tests/inprocess.py: a process per call cost most of the tests without a stack); its
+    help laid out for 80 columns, as a process whose output is not a terminal has it."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LQX_")}
+    return run_main_bytes(main, *args, env={**unset, "COLUMNS": "80", **extra})
 
 
 def in_pty(argv: Sequence[str], env: dict[str, str], typed: bytes = b"") -> tuple[int, bytes]:
@@ -103,7 +112,7 @@ def in_pty(argv: Sequence[str], env: dict[str, str], typed: bytes = b"") -> tupl
 
 
 def test_help_for_every_command_and_the_exit_codes() -> None:
-    top = lqx("--help", env=_env())
+    top = lqx("--help", env=_env())  # the console script itself; the rest in this process
     assert top.returncode == 0
     text = top.stdout.decode()
     for command in COMMANDS:
@@ -111,7 +120,7 @@ def test_help_for_every_command_and_the_exit_codes() -> None:
     for documented in ("Exit codes", "124 timed out", "125 the command line", "77 token refused", "78 configuration"):
         assert documented in " ".join(text.split()), documented
     for command in COMMANDS:
-        sub = lqx(command, "--help", env=_env())
+        sub = lqx_here(command, "--help")
         assert sub.returncode == 0, (command, sub.stderr)
         assert f"Usage: limiquantix {command}" in sub.stdout.decode()
         assert "``" not in sub.stdout.decode(), command
@@ -122,27 +131,27 @@ def test_help_for_every_command_and_the_exit_codes() -> None:
         ("vm", "show"),
         ("vm", "remove"),
     ):
-        sub = lqx(group, command, "--help", env=_env())
+        sub = lqx_here(group, command, "--help")
         assert sub.returncode == 0 and f"Usage: limiquantix {group} {command}".encode() in sub.stdout
         assert b"``" not in sub.stdout  # no reST markup shown raw
-    exec_help = " ".join(lqx("exec", "--help", env=_env()).stdout.decode().split())
+    exec_help = " ".join(lqx_here("exec", "--help").stdout.decode().split())
     assert "124 when it ran out of --timeout" in exec_help and "--env NAME=VALUE" in exec_help
 
 
 def test_completion_scripts_for_bash_and_zsh() -> None:
-    bash = lqx("completion", "bash", env=_env())
+    bash = lqx("completion", "bash", env=_env())  # the console script itself; the rest in this process
     assert bash.returncode == 0 and b"_LIMIQUANTIX_COMPLETE=bash_complete" in bash.stdout
     assert b"complete -o nosort -F" in bash.stdout
-    zsh = lqx("completion", "zsh", env=_env())
+    zsh = lqx_here("completion", "zsh")
     assert zsh.returncode == 0 and b"#compdef limiquantix" in zsh.stdout
     # The environment variable click documents gives the same script.
-    assert lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_source")).stdout == bash.stdout
+    assert lqx_here(_LIMIQUANTIX_COMPLETE="bash_source").stdout == bash.stdout
     # And the script's callback completes: commands, then a command's options.
-    words = lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix v", COMP_CWORD="1"))
+    words = lqx_here(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix v", COMP_CWORD="1")
     assert set(words.stdout.decode().split()) >= {"plain,vm", "plain,vms"}
-    words = lqx(env=_env(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix exec --ti", COMP_CWORD="2"))
+    words = lqx_here(_LIMIQUANTIX_COMPLETE="bash_complete", COMP_WORDS="limiquantix exec --ti", COMP_CWORD="2")
     assert "plain,--timeout" in words.stdout.decode().split()
-    assert lqx("completion", "fish", env=_env()).returncode == 2
+    assert lqx_here("completion", "fish").returncode == 2
 
 
 def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, object], list[str]] | None:
@@ -207,25 +216,25 @@ def test_the_fast_path_leaves_the_rest_to_click(argv: list[str]) -> None:
 
 
 def test_configuration_errors_are_one_line_and_documented_codes(tmp_path: Path) -> None:
-    env = _env(XDG_CONFIG_HOME=str(tmp_path))
-    no_token = lqx("vms", env=env)
+    home = str(tmp_path)
+    no_token = lqx("vms", env=_env(XDG_CONFIG_HOME=home))  # the console script itself; the rest in this process
     assert no_token.returncode == 78 and b"no API token: pass --token-file" in no_token.stderr
-    assert lqx("exec", "web-1", "--", "true", env=env).returncode == 125  # exec's own failures
-    missing = lqx("--token-file", str(tmp_path / "missing"), "vms", env=env)
+    assert lqx_here("exec", "web-1", "--", "true", XDG_CONFIG_HOME=home).returncode == 125  # exec's own failures
+    missing = lqx_here("--token-file", str(tmp_path / "missing"), "vms", XDG_CONFIG_HOME=home)
     assert missing.returncode == 78 and b"cannot read" in missing.stderr and b"Traceback" not in missing.stderr
     toml = tmp_path / "copy.toml"
     toml.write_text('url = "http://127.0.0.1:9"\ntoken = "lqx_x"\n')
-    wrong = lqx("--token-file", str(toml), "vms", env=env)
+    wrong = lqx_here("--token-file", str(toml), "vms", XDG_CONFIG_HOME=home)
     assert wrong.returncode == 78 and b"does not hold a token" in wrong.stderr
-    refused = lqx("--token", "secret", "vms", env=env)
+    refused = lqx_here("--token", "secret", "vms", XDG_CONFIG_HOME=home)
     assert refused.returncode == 2 and b"--token is refused" in refused.stderr
-    remote = lqx("--url", "http://10.1.2.3:8080", "vms", env=_env(token="t0k", XDG_CONFIG_HOME=str(tmp_path)))
+    remote = lqx_here("--url", "http://10.1.2.3:8080", "vms", LQX_TOKEN="t0k", XDG_CONFIG_HOME=home)
     assert remote.returncode == 78 and b"refusing to send the API token over plain HTTP" in remote.stderr
     (tmp_path / "limiquantix").mkdir()
     (tmp_path / "limiquantix" / "tui.toml").write_text('token = "t0k"\n[profiles.prod]\nurl = "https://ctl:1"\n')
-    unknown = lqx("--profile", "nope", "vms", env=env)
+    unknown = lqx_here("--profile", "nope", "vms", XDG_CONFIG_HOME=home)
     assert unknown.returncode == 78 and b"no profile 'nope' in the config file (profiles: prod)" in unknown.stderr
-    usage = lqx("exec", "-t", "x", "web-1", "--", "true", env=env)
+    usage = lqx_here("exec", "-t", "x", "web-1", "--", "true", XDG_CONFIG_HOME=home)
     assert usage.returncode == 2 and b"Invalid value for --timeout" in usage.stderr
 
 
@@ -381,13 +390,21 @@ def test_a_profile_reaches_the_stack(stack: Stack, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[str, str], tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = lqx("run", "--vm", "web-1", "--vm", "web-2", "--max-concurrency", "1", "--output-dir", str(out),
-               "--interval", "0.1", "echo hello from $(hostname); echo oops >&2", env=env)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "2 targets: 2 success" in done.stdout.decode()
-    progress = done.stderr.decode()
-    assert "web-1  started" in progress and "web-2  success  exit code 0" in progress
+    out, go = tmp_path / "out", tmp_path / "go"
+    # web-1 runs until the test has seen it started (the simulated guests share this file
+    # system): a target that ended between two polls would never be shown started.
+    script = f"while [ ! -e {go} ]; do sleep 0.02; done; echo hello from $(hostname); echo oops >&2"
+    proc = subprocess.Popen([CLI, "run", "--vm", "web-1", "--vm", "web-2", "--max-concurrency", "1",
+                             "--output-dir", str(out), "--interval", "0.1", script],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert proc.stderr is not None
+    progress = proc.stderr.readline().decode() + proc.stderr.readline().decode()
+    go.write_text("")
+    stdout, rest = proc.communicate(timeout=DEADLINE_S)
+    progress += rest.decode()
+    assert proc.returncode == 0, progress
+    assert "2 targets: 2 success" in stdout.decode()
+    assert progress.splitlines()[1] == "web-1  started" and "web-2  success  exit code 0" in progress
     assert sorted(p.name for p in out.iterdir()) == ["web-1.stderr", "web-1.stdout", "web-2.stderr", "web-2.stdout"]
     assert (out / "web-2.stdout").read_text().startswith("hello from") and (
         out / "web-2.stderr"
