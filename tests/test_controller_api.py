@@ -41,7 +41,7 @@ NODES = "/limiquantix.compute.v1.NodeRegistryService"
 HOSTD_TOKEN = "hostd-token-0123456789abcdef"
 DEADLINE_S = 30
 #: Short, so the tests see registration, heartbeats and their absence quickly.
-HEARTBEAT_INTERVAL_S = 0.2
+HEARTBEAT_INTERVAL_S = 0.05
 HEARTBEAT_TIMEOUT_S = 1.5
 LABELS = {"vm0": {"env": "prod"}, "vm1": {"env": "dev"}}
 
