@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -78,14 +77,16 @@ def test_invalid_configuration_is_refused_clearly(tmp_path: Path, toml: str, mes
         load_config(["--config", str(cfg)])
 
 
-def test_token_is_required_and_read_from_its_file(tmp_path: Path) -> None:
+def test_token_is_required_and_read_from_its_file(
+    tmp_path: Path, hostd: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     with pytest.raises(ConfigError, match="bearer token is required"):
         HostdConfig().bearer_token()
     (tmp_path / "t").write_text("s3cret-token\n")
     assert HostdConfig(token_file=str(tmp_path / "t")).bearer_token() == "s3cret-token"
     with pytest.raises(ConfigError, match="cannot read token_file"):
         HostdConfig(token_file=str(tmp_path / "missing")).bearer_token()
-    out = subprocess.run([sys.executable, "-m", "limiquantix.hostd"], capture_output=True, text=True)
+    out = hostd(env={TOKEN_ENV: None})  # as a process: tests/test_controller_api.py runs one
     assert out.returncode == 2 and "bearer token is required" in out.stderr
 
 

@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_agent_and_protocol_need_at_most_python_310() -> None:
-    """Static: vermin finds no construct newer than 3.10 in the agent's code."""
+    """Static: vermin finds no construct newer than 3.10 in the agent's code (the ``.pyi``
+    stubs, read by type checkers only, never run on a guest: not read, a sixth of the time)."""
     out = subprocess.run(
         [str(Path(sys.executable).parent / "vermin"), "-t=3.10-", "--no-tips", "--violations", "--eval-annotations",
-         str(ROOT / "agent"), str(ROOT / "protocol")],
+         "--exclude-regex", r"\.pyi$", str(ROOT / "agent"), str(ROOT / "protocol")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
