@@ -120,14 +120,14 @@ def test_os_errors_map_to_distinct_reasons() -> None:
 
 
 def test_print_config_round_trips(tmp_path: Path) -> None:
-    """--print-config writes a TOML file that reads back as the same configuration."""
-    import subprocess
-    import sys
+    """--print-config writes a TOML file that reads back as the same configuration (the agent's
+    main in this process: tests/inprocess.py; conftest.spawn_agent's tests run it as a process)."""
+    from inprocess import run_main
 
-    out = subprocess.run(
-        [sys.executable, "-m", "limiquantix.agent", "--print-config", "--disable", "execute", "--telemetry-interval-s", "7"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    from limiquantix.agent.__main__ import main
+
+    out = run_main(main, "--print-config", "--disable", "execute", "--telemetry-interval-s", "7")
+    assert out.returncode == 0, out.stderr
     cfg = tmp_path / "agent.toml"
     cfg.write_text(out.stdout)
     again = load_config(["--config", str(cfg)])

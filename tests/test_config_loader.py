@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from inprocess import run_main
 
 from limiquantix.protocol import config as loader
 from limiquantix.protocol.config import ConfigError
@@ -134,11 +133,7 @@ def test_grouping_tables_and_dashes() -> None:
 
 
 def test_a_secret_is_never_a_flag_and_its_variable_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys, tests.test_config_loader as t; t.parser().parse_args(sys.argv[1:])",
-         "--secret", "hunter2"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=60,
-    )  # fmt: skip
+    out = run_main(parser().parse_args, "--secret", "hunter2")  # argparse's exit: its status and stderr
     assert out.returncode == 2 and "--secret is refused" in out.stderr and SECRET_ENV in out.stderr
     assert "hunter2" not in out.stderr
     cfg = tmp_path / "sample.toml"
