@@ -196,7 +196,7 @@ def test_port_in_use_is_one_line_and_no_token_is_spent(tmp_path: Path) -> None:
 
 
 def test_help() -> None:
-    out = cli_process("token", "create", "--help")
+    out = cli("token", "create", "--help")
     assert out.returncode == 0 and "--labels" in out.stdout and "--db" in out.stdout
     # A refusal as a process: its status, one line, no traceback.
     missing = cli_process("--db", "/nonexistent/controller.db", "token", "list")
