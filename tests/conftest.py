@@ -12,6 +12,7 @@
   guests only answer calls (:class:`SimVMPool`); ``lent_vm``: one quiet one of them.
 * ``loopback_client(**kwargs)``: an ``httpx.AsyncClient`` for the tests' servers, all
   sharing one SSL context.
+* ``db_tempdir()``, ``db_tmp``: a temp dir in memory (tmpfs) where the machine has one, for databases.
 
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
@@ -29,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -76,6 +77,28 @@ def loopback_client(**kwargs: Any) -> httpx.AsyncClient:
     more than a test's call to a server on loopback), though the tests' clients speak plain
     HTTP."""
     return httpx.AsyncClient(verify=_shared_ssl_context(), **kwargs)
+
+
+#: Where :func:`db_tempdir` makes its directories: tmpfs, where a durable SQLite commit's fsync
+#: costs nothing (~6 ms each on the test machine's disk: what a controller test mostly waited for).
+_TMPFS: Final = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@contextmanager
+def db_tempdir() -> Iterator[Path]:
+    """A temp dir for a test's databases, removed after: in memory where the machine has a
+    tmpfs (none of these tests is about what a power cut leaves on disk), else in ``$TMPDIR``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lqx-db-", dir=_TMPFS) as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def db_tmp() -> Iterator[Path]:
+    """:func:`db_tempdir` for the test, removed once its trio run has ended (its servers with it)."""
+    with db_tempdir() as d:
+        yield d
 
 
 @pytest.fixture

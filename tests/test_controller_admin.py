@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import loopback_client
+from conftest import db_tempdir, loopback_client
 from test_controller_api import _make_tokens
 
 from limiquantix.controller._admin import AUDIT_EXPORT_PATH, NDJSON_CONTENT_TYPE
@@ -160,27 +160,29 @@ async def _seed(db: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A database as :func:`_seed` leaves it, and its tokens: made once (sixty SQLite
-    transactions, a fifth of a second), copied by each test."""
+    """A database as :func:`_seed` leaves it, and its tokens: made once (sixty durable SQLite
+    transactions), copied by each test."""
     db = tmp_path_factory.mktemp("admin-seed") / "controller.db"
     return db, trio.run(_seed, db)
 
 
 @pytest.fixture
-async def stack(nursery: trio.Nursery, short_tmp: Path, seeded_db: tuple[Path, dict[str, str]]) -> AsyncIterator[Stack]:
+async def stack(nursery: trio.Nursery, seeded_db: tuple[Path, dict[str, str]]) -> AsyncIterator[Stack]:
     seed, tokens = seeded_db
-    db = short_tmp / "db" / "controller.db"
-    db.parent.mkdir()
-    for part in seed.parent.glob(f"{seed.name}*"):  # the database, and its -wal and -shm if any
-        shutil.copyfile(part, db.parent / part.name)
-    async with loopback_client(timeout=DEADLINE_S) as client:
-        st = Stack(db, tokens, client, nursery)
-        await st.start()
-        yield st
-        await st.client.aclose()
-        st.stop.set()
-        with trio.fail_after(DEADLINE_S):
-            await st.done.wait()
+    with db_tempdir() as db_dir:
+        for part in seed.parent.glob(f"{seed.name}*"):  # the database, and its -wal and -shm if any
+            shutil.copyfile(part, db_dir / part.name)
+        async with loopback_client(timeout=DEADLINE_S) as client:
+            st = Stack(db_dir / seed.name, tokens, client, nursery)
+            await st.start()
+            try:
+                yield st
+            finally:  # stopped before its database goes, the test failed or not
+                with trio.CancelScope(shield=True):
+                    await st.client.aclose()
+                    st.stop.set()
+                    with trio.fail_after(DEADLINE_S):
+                        await st.done.wait()
 
 
 async def _query_all(stack: Stack, filt: dict[str, Any], page_size: int = 7) -> list[dict[str, Any]]:

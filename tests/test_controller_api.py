@@ -6,6 +6,7 @@ conftest.SimVMPool to each test: starting two per test was most of these tests' 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import httpx
 import psutil
 import pytest
 import trio
-from conftest import SimVMPool, loopback_client
+from conftest import SimVMPool, db_tempdir, loopback_client
 
 from limiquantix.controller._auth import Role
 from limiquantix.controller._daemon import ControllerConfig
@@ -184,21 +185,27 @@ async def running_controller(
     sims: Mapping[str, SimVMProcess],
     *,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    db_dir: Path | None = None,
 ) -> AsyncIterator[Stack]:
-    """A controller on a new database in ``short_tmp`` (a token for each of TOKEN_USERS), once
-    ``sims`` accept connections; the hostd the test starts is killed, the controller stopped, after."""
-    db = short_tmp / "db" / "controller.db"
-    tokens = await _make_tokens(db)
-    with trio.fail_after(DEADLINE_S):
-        for sim in sims.values():
-            await sim.wait_ready()
-    async with loopback_client(timeout=DEADLINE_S) as client:
-        st = Stack(short_tmp, db, tokens, client, nursery, heartbeat_timeout_s=heartbeat_timeout_s)
-        await st.start_controller()
-        yield st
-        st.hostd_scope.cancel()
-        await st.stop_controller()
-        await st.client.aclose()
+    """A controller on a new database in ``db_dir`` (default: a conftest.db_tempdir, gone
+    after; a token for each of TOKEN_USERS), once ``sims`` accept connections; the hostd the
+    test starts is killed, the controller stopped, after."""
+    with contextlib.nullcontext(db_dir) if db_dir else db_tempdir() as db_dir:
+        db = db_dir / "controller.db"
+        tokens = await _make_tokens(db)
+        with trio.fail_after(DEADLINE_S):
+            for sim in sims.values():
+                await sim.wait_ready()
+        async with loopback_client(timeout=DEADLINE_S) as client:
+            st = Stack(short_tmp, db, tokens, client, nursery, heartbeat_timeout_s=heartbeat_timeout_s)
+            await st.start_controller()
+            try:
+                yield st
+            finally:  # stopped before its database goes, the test failed or not
+                st.hostd_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await st.stop_controller()
+                    await st.client.aclose()
 
 
 def _envelopes(buf: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:

@@ -46,10 +46,12 @@ async def fleet_stack(
     *,
     no_agent: Collection[int] = (),
     failing: Collection[int] = (),
+    db_dir: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """Controller + hostd + ``n`` simulated VMs ``vm0..`` (the session's, conftest.SimVMPool: each
     would cost two Python starts); ``no_agent`` ones never connect (undeliverable), ``failing``
-    ones get the marker file (taken away after)."""
+    ones get the marker file (taken away after); the database in ``db_dir`` when given (it
+    outlives the stack), else one gone with it."""
     names = [f"vm{i}" for i in range(n)]
     links = {name: short_tmp / f"{name}.sock" for i, name in enumerate(names) if i not in no_agent}
     silent = {name: short_tmp / f"{name}.sock" for i, name in enumerate(names) if i in no_agent}
@@ -61,7 +63,7 @@ async def fleet_stack(
         try:
             for marker in markers:
                 marker.write_text("")
-            async with running_controller(nursery, short_tmp, {**sims, **silent_sims}) as st:
+            async with running_controller(nursery, short_tmp, {**sims, **silent_sims}, db_dir=db_dir) as st:
                 await st.start_hostd({name: labels_of(i) for i, name in enumerate(names)})
                 with trio.fail_after(DEADLINE_S * 2):
                     while True:
@@ -135,8 +137,10 @@ async def watch(st: Stack, command_id: str, *, who: str = "viewer") -> AsyncIter
 
 
 @pytest.mark.trio
-async def test_fleet_runs_on_six_vms(nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool) -> None:
-    async with fleet_stack(nursery, short_tmp, simvm_pool, 6, no_agent={5}, failing={0, 1}) as st:
+async def test_fleet_runs_on_six_vms(
+    nursery: trio.Nursery, short_tmp: Path, simvm_pool: SimVMPool, db_tmp: Path
+) -> None:
+    async with fleet_stack(nursery, short_tmp, simvm_pool, 6, no_agent={5}, failing={0, 1}, db_dir=db_tmp) as st:
         # 1. Everything delivered succeeds; the VM without an agent is undeliverable and is
         #    not an error (maxErrors 0 does not stop the run); at most 2 at once. The client
         #    that started it goes away at once: the run carries on.

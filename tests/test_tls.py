@@ -100,13 +100,14 @@ class TLSStack:
     tmp: Path
     nursery: trio.Nursery
     tokens: dict[str, str]
+    db: Path
     url: str = ""
     hostd_url: str = ""
 
     async def start_controller(self, **settings: Any) -> None:
         values: dict[str, Any] = {
             "listen": "127.0.0.1:0",
-            "db": str(self.tmp / "db" / "controller.db"),
+            "db": str(self.db),
             "heartbeat_timeout_s": 5.0,
             "tls_cert_file": self.certs.pem("controller"),
             "tls_key_file": self.certs.key("controller"),
@@ -186,9 +187,9 @@ class TLSStack:
 
 
 @pytest.fixture
-async def tls_stack(nursery: trio.Nursery, short_tmp: Path, certs: Certs) -> AsyncIterator[TLSStack]:
-    tokens = await _make_tokens(short_tmp / "db" / "controller.db")
-    yield TLSStack(certs, short_tmp, nursery, tokens)
+async def tls_stack(nursery: trio.Nursery, short_tmp: Path, certs: Certs, db_tmp: Path) -> AsyncIterator[TLSStack]:
+    tokens = await _make_tokens(db_tmp / "controller.db")
+    yield TLSStack(certs, short_tmp, nursery, tokens, db_tmp / "controller.db")
     nursery.cancel_scope.cancel()
 
 
