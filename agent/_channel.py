@@ -32,7 +32,7 @@ from typing import Final, Protocol, final
 
 import trio
 
-from limiquantix.protocol import ReadBuffer, direct_reader, direct_writer
+from limiquantix.protocol import Backoff, ReadBuffer, direct_reader, direct_writer
 
 __all__ = [
     "Channel",
@@ -148,7 +148,7 @@ class _DeviceLink:
         await trio.sleep(_NO_POLL_RETRY_S)
 
     async def receive_some(self) -> bytes:
-        backoff = 0.0
+        backoff = Backoff(ABSENT_BACKOFF_MIN_S, ABSENT_BACKOFF_MAX_S)
         while True:
             await self._wait(trio.lowlevel.wait_readable)
             try:
@@ -172,8 +172,7 @@ class _DeviceLink:
                 log.info("no host attached to %s; waiting", self._path)
                 if self.on_host_absent is not None:
                     self.on_host_absent()
-            backoff = min(max(backoff * 2, ABSENT_BACKOFF_MIN_S), ABSENT_BACKOFF_MAX_S)
-            await trio.sleep(backoff)
+            await trio.sleep(backoff.next())
 
     def try_write(self, data: bytes) -> int:
         return os.write(self._fd, data)
@@ -222,7 +221,7 @@ class DeviceChannel:
     ) -> None:
         started = False
         missing_logged = False
-        retry = REOPEN_FIRST_S
+        retry = Backoff(REOPEN_FIRST_S, REOPEN_INTERVAL_S)
         while True:
             try:
                 fd = _open_device(self.path)
@@ -238,11 +237,10 @@ class DeviceChannel:
                         REOPEN_INTERVAL_S,
                     )
                     missing_logged = True
-                await trio.sleep(retry)
-                retry = min(retry * 2, REOPEN_INTERVAL_S)
+                await trio.sleep(retry.next())
                 continue
             missing_logged = False
-            retry = REOPEN_FIRST_S
+            retry.reset()
             log.info("opened %s", self.path)
             if not started:
                 task_status.started()
@@ -365,16 +363,15 @@ class UnixConnectChannel:
         self, handle_link: LinkHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
-        delay = ABSENT_BACKOFF_MIN_S
+        retry = Backoff(ABSENT_BACKOFF_MIN_S, REOPEN_INTERVAL_S)
         while True:
             try:
                 stream = await trio.open_unix_socket(self.path)
             except OSError as exc:
                 log.debug("connect %s: %s", self.path, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, REOPEN_INTERVAL_S)
+                await trio.sleep(retry.next())
                 continue
-            delay = ABSENT_BACKOFF_MIN_S
+            retry.reset()
             async with stream:
                 await handle_link(_StreamLink(stream, f"unix socket {self.path}"))
             await trio.sleep(ABSENT_BACKOFF_MIN_S)

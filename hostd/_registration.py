@@ -11,12 +11,11 @@ keeps serving meanwhile. Without ``controller_url`` it runs standalone.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Final
 
 import trio
 
-from limiquantix.protocol import client_ssl_context, errors
+from limiquantix.protocol import Backoff, client_ssl_context, errors
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc import ClientTLS, RpcClient, Target
 
@@ -33,6 +32,8 @@ log = logging.getLogger(__name__)
 #: restarted controller do not all come back in the same instant.
 REGISTER_BACKOFF_INITIAL_S: Final = 0.5
 REGISTER_BACKOFF_MAX_S: Final = 30.0
+#: Each retry waits its delay plus up to this share of it at random.
+_REGISTER_JITTER: Final = 0.5
 #: Time allowed for one RegisterNode or Heartbeat call.
 CONTROLLER_CALL_TIMEOUT_S: Final = 10.0
 _REGISTRY_SERVICE: Final = "limiquantix.compute.v1.NodeRegistryService"
@@ -70,7 +71,11 @@ async def controller_link(
     jittered exponential backoff. A heartbeat answered ``not_found`` (the
     controller lost or never had this node) registers again.
     """
-    delay = REGISTER_BACKOFF_INITIAL_S
+    # ``Backoff`` draws its jitter below each delay; "d plus up to half of d" is the same
+    # draw below 1.5 d: the delays and the cap scaled by 1 + j, the jitter j / (1 + j).
+    scale = 1 + _REGISTER_JITTER
+    cap = min(max(config.heartbeat_interval_s, REGISTER_BACKOFF_INITIAL_S), REGISTER_BACKOFF_MAX_S)
+    backoff = Backoff(REGISTER_BACKOFF_INITIAL_S * scale, cap * scale, jitter=_REGISTER_JITTER / scale)
     registered = False
     failing = False
     # No keep-alive: one call every few seconds gains nothing from it.
@@ -100,7 +105,7 @@ async def controller_link(
                 if failing:
                     log.info("controller %s reachable again", config.controller_url)
                 failing = False
-                delay = REGISTER_BACKOFF_INITIAL_S
+                backoff.reset()
                 await trio.sleep(config.heartbeat_interval_s)
                 continue
             except errors.NotFound:
@@ -119,5 +124,4 @@ async def controller_link(
             except Exception:  # never let the link take hostd down
                 log.exception("controller link failed: retrying")
                 failing = True
-            await trio.sleep(delay * (1 + random.random() * 0.5))
-            delay = min(delay * 2, max(config.heartbeat_interval_s, REGISTER_BACKOFF_INITIAL_S), REGISTER_BACKOFF_MAX_S)
+            await trio.sleep(backoff.next())

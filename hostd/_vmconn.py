@@ -47,12 +47,12 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Final, final
+from typing import final
 
 import trio
 from google.protobuf.message import Message
 
-from limiquantix.protocol import AgentClient, enum_name, errors, guestcaps
+from limiquantix.protocol import AgentClient, Backoff, enum_name, errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.guestcaps import Cuts
 
@@ -61,10 +61,6 @@ from ._config import ConnectionConfig
 __all__ = ["ConnectionCounters", "VMConnection", "VMState"]
 
 log = logging.getLogger(__name__)
-
-#: Doublings of the reconnect delay counted at most: the cap is reached long
-#: before, and this keeps 2**n small however long a VM stays unreachable.
-_MAX_BACKOFF_DOUBLINGS: Final = 32
 
 
 class VMState(str, enum.Enum):
@@ -233,6 +229,8 @@ class VMConnection:
         # Counters of AgentClients already closed; the live one's are added on read.
         self._retired = ConnectionCounters()
         self._rng = rng or random.Random()
+        cfg = self.config
+        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter=cfg.backoff_jitter, rng=self._rng)
         self._changed = trio.Event()
         self._poke = trio.Event()
 
@@ -443,7 +441,6 @@ class VMConnection:
         """Keep the connection until cancelled (never returns otherwise, never raises for I/O)."""
         self._state_since = trio.current_time()
         task_status.started()
-        failures = 0
         try:
             while True:
                 if not self._enabled:
@@ -454,12 +451,12 @@ class VMConnection:
                 if sock_id is None:
                     self._set_state(VMState.NO_SOCKET)
                     # A socket that appears is tried at once.
-                    failures = 0
+                    self._backoff.reset()
                     await self._sleep_or_poke(self.config.socket_poll_s)
                     continue
                 try:
                     if await self._session():
-                        failures = 0
+                        self._backoff.reset()
                 except Exception as exc:
                     # A bug in one VM's connection must not take down the
                     # registry and every other VM with it: log, back off, retry.
@@ -467,18 +464,11 @@ class VMConnection:
                     self.last_disconnect_reason = f"internal error: {type(exc).__name__}: {exc}"
                 if not self._enabled or _socket_id(self._socket_path) is None:
                     continue
-                delay = self._backoff(failures)
-                failures += 1
+                delay = self._backoff.next()
                 self._set_state(VMState.CONNECTING)
                 await self._backoff_wait(delay, sock_id)
         finally:
             self._abort_calls(f"the connection to VM {self.vm_id} was closed")
-
-    def _backoff(self, failures: int) -> float:
-        """Capped exponential delay with a random share of ``backoff_jitter``."""
-        cfg = self.config
-        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * float(2 ** min(failures, _MAX_BACKOFF_DOUBLINGS)))
-        return delay * (1 - cfg.backoff_jitter * self._rng.random())
 
     async def _sleep_or_poke(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True if woken early by a control call."""

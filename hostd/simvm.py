@@ -78,6 +78,8 @@ from typing import Final, final
 
 import trio
 
+from limiquantix.protocol import Backoff
+
 __all__ = [
     "AGENT_CONFIG_FILE",
     "AGENT_LOG_FILE",
@@ -509,7 +511,7 @@ class SimulatedVM:
 
     async def _supervise(self) -> None:
         """Start the agent, and start it again whenever it exits, until the VM stops."""
-        delay = AGENT_RESTART_MIN_S
+        restart = Backoff(AGENT_RESTART_MIN_S, AGENT_RESTART_MAX_S)
         while not self._stopping:
             self.boots += 1
             started = trio.current_time()
@@ -534,16 +536,16 @@ class SimulatedVM:
                 return
             if self._rebooting:
                 self._rebooting = False
-                delay = AGENT_RESTART_MIN_S
+                restart.reset()
                 continue
             if trio.current_time() - started >= AGENT_STABLE_S:
-                delay = AGENT_RESTART_MIN_S
+                restart.reset()
+            delay = restart.next()
             log.warning(
                 "%s: agent pid %d exited (%s); starting it again in %.1f s",
                 self.name, proc.pid, _describe_exit(proc.returncode), delay,
             )  # fmt: skip
             await trio.sleep(delay)
-            delay = min(delay * 2, AGENT_RESTART_MAX_S)
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -27,6 +27,7 @@ Exported here, by the private module that holds them:
   ``receive_frames``, ``direct_reader``, ``direct_writer``
 * :mod:`._agentclient`: the host side of a connection: ``AgentClient``,
   ``EVENT_RATE_PER_S``, ``EVENT_BURST``
+* :mod:`._backoff`: how long every retry loop waits: ``Backoff`` (capped, doubling, jittered)
 * :mod:`._deadlines`: a command's time budget at every hop: ``command_budget_s``,
   ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
 * :mod:`._safetext`: guest text made safe for terminals and logs: ``safe_text``,
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._agentclient import EVENT_BURST as EVENT_BURST
     from ._agentclient import EVENT_RATE_PER_S as EVENT_RATE_PER_S
     from ._agentclient import AgentClient as AgentClient
+    from ._backoff import Backoff as Backoff
     from ._clientconfig import DEFAULT_URL as DEFAULT_URL
     from ._clientconfig import ClientSettings as ClientSettings
     from ._clientconfig import default_config_path as default_config_path
@@ -137,6 +139,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 _LAZY: dict[str, str] = {
     "agent_pb2": "._gen",
     **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "._agentclient"),
+    "Backoff": "._backoff",
     **dict.fromkeys(
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
         "._clientconfig",

@@ -737,10 +737,11 @@ async def test_a_configured_disabled_vm_never_connects(nursery: trio.Nursery, le
 def test_backoff_is_capped_exponential_with_jitter() -> None:
     cfg = ConnectionConfig(backoff_initial_s=0.2, backoff_max_s=5.0, backoff_jitter=0.5)
     conn = VMConnection("v", "/nonexistent", config=cfg, rng=random.Random(1))
-    for failures in range(40):
-        full = min(5.0, 0.2 * 2**failures)
-        for _ in range(20):
-            assert full * 0.5 <= conn._backoff(failures) <= full
+    for _ in range(20):
+        conn._backoff.reset()  # what a connection that succeeded does
+        for failures in range(40):
+            full = min(5.0, 0.2 * 2**failures)
+            assert full * 0.5 <= conn._backoff.next() <= full
 
 
 def test_config_is_validated() -> None:
