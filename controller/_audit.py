@@ -14,7 +14,8 @@ action follows (VMService, NodeRegistryService, AdminService, FleetService, the
 * :meth:`AuditTrail.begin` and :meth:`AuditTrail.complete` — for an action that outlives
   the call that started it (a fleet run).
 
-Error texts are cut at :data:`AUDIT_ERROR_CHARS`; secrets never get here, since
+Error texts are kept up to :data:`~._models.AUDIT_ERROR_MAX_CHARS` (the store cuts them,
+whoever writes the row); secrets never get here, since
 :class:`~._models.AuditDetail` has no field for them.
 """
 
@@ -34,14 +35,12 @@ from ._forward import outcome_unknown
 from ._models import AuditAction, AuditDetail, AuditOutcome
 from .store import Store
 
-__all__ = ["AUDIT_COMPLETE_TIMEOUT_S", "AUDIT_ERROR_CHARS", "AuditEntry", "AuditTrail"]
+__all__ = ["AUDIT_COMPLETE_TIMEOUT_S", "AuditEntry", "AuditTrail"]
 
 log = logging.getLogger(__name__)
 
 #: Completing an audit row after the action, shielded from cancellation.
 AUDIT_COMPLETE_TIMEOUT_S: Final = 5.0
-#: The longest error text kept in an audit row's completion.
-AUDIT_ERROR_CHARS: Final = 500
 
 
 @final
@@ -109,7 +108,7 @@ class AuditTrail:
                     outcome=outcome,
                     exit_code=exit_code,
                     duration_ms=duration_ms,
-                    error=error[:AUDIT_ERROR_CHARS],
+                    error=error,
                 )
             except errors.AgentError:
                 log.exception("audit row %d could not be completed", audit_id)
@@ -133,7 +132,7 @@ class AuditTrail:
             errors.AgentError: it could not be completed.
         """
         audit_id = await self.begin(principal, source, action, vm_id=vm_id, node_id=node_id, detail=detail)
-        await self.store.audit_complete(audit_id, outcome=outcome, error=error[:AUDIT_ERROR_CHARS])
+        await self.store.audit_complete(audit_id, outcome=outcome, error=error)
 
     async def denied(
         self,

@@ -76,7 +76,10 @@ AUDIT_TEXT_MAX_CHARS: Final = 8192
 #: VM ids listed in one audit row (a fleet run over 10 000 VMs names the
 #: first ones, its selector and its count).
 AUDIT_MAX_VM_IDS: Final = 100
-#: An error message in an audit row or a target result.
+#: An error message in an audit row or a fleet target's result, cut by the store (the one
+#: place every writer passes). Above the 2,000 characters the rpc client keeps of a peer's
+#: error (``MAX_ERROR_MESSAGE_CHARS``), so a node's error reaches both rows whole, with the
+#: controller's prefix ("node n1: ..."), and the audit row and the target say the same.
 AUDIT_ERROR_MAX_CHARS: Final = 2048
 #: stdout and stderr kept per fleet-run target, each (the agent's own cap is
 #: 1 MiB; 500 targets × 2 × 64 KiB is a 64 MB worst case per command).

@@ -190,7 +190,8 @@ class Store(abc.ABC):
         duration_ms: int | None = None,
         error: str = "",
     ) -> None:
-        """Record how the action ended (once).
+        """Record how the action ended (once); ``error`` is kept up to
+        :data:`~.._models.AUDIT_ERROR_MAX_CHARS` characters.
 
         Raises:
             errors.NotFound: no such row.
@@ -345,7 +346,8 @@ class Store(abc.ABC):
     ) -> TargetResult:
         """Move a target on: to ``in_progress`` (sets ``started_at``; the command
         becomes ``in_progress``) or to a final status (sets ``completed_at`` and
-        ``duration_ms``; output capped at TARGET_OUTPUT_MAX_BYTES). ``exit_code``,
+        ``duration_ms``; output capped at TARGET_OUTPUT_MAX_BYTES, ``error`` at
+        AUDIT_ERROR_MAX_CHARS). ``exit_code``,
         ``exit_reason`` and ``signal`` say how its command ended, as the agent's result does.
 
         Raises:
