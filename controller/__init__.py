@@ -16,9 +16,9 @@ starts with ``_``) and may change. Where things live (see README.md):
   domain, the schema);
 * :mod:`.pki`: the small CA of ``limiquantix-controller pki``.
 
-``serve``, ``ControllerConfig``, ``ControllerConfigError`` and ``load_config`` are
-imported on first use: the web stack they need costs ``token`` commands most of
-their start-up time.
+``serve``, ``ControllerConfig`` and ``load_config`` are imported on first use: the web
+stack they need costs ``token`` commands most of their start-up time. ``ConfigError``
+(an invalid configuration) is the one of every daemon, :mod:`limiquantix.protocol`'s.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from .store import SQLiteStore as SQLiteStore
 from .store import Store as Store
 
 #: Exported from :mod:`._daemon`, imported when first asked for (see the module docstring).
-_LAZY = dict.fromkeys(("ControllerConfig", "ControllerConfigError", "load_config", "serve"), "._daemon")
+_LAZY = {
+    **dict.fromkeys(("ControllerConfig", "load_config", "serve"), "._daemon"),
+    "ConfigError": "limiquantix.protocol",
+}
 
 __all__ = [
     "AuditAction",
@@ -62,8 +65,8 @@ __all__ = [
     "AuditWriteFailed",
     "CommandSpec",
     "CommandStatus",
+    "ConfigError",
     "ControllerConfig",
-    "ControllerConfigError",
     "GLOBAL_PERMISSIONS",
     "InventoryState",
     "NodeInfo",

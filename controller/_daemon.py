@@ -87,7 +87,6 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_HEARTBEAT_TIMEOUT_S",
     "ControllerConfig",
-    "ControllerConfigError",
     "build_app",
     "load_config",
     "main",
@@ -107,8 +106,6 @@ GRACEFUL_TIMEOUT_S: Final = 5.0
 #: the forwarded copy), so these bound the controller's memory to about 1 GiB.
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: Final = 256 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT_PER_USER: Final = 128 * 1024 * 1024
-#: The configuration's error is the loader's, under the name the controller exports.
-ControllerConfigError = ConfigError
 
 
 @final

@@ -34,11 +34,11 @@ import trio
 
 from limiquantix.controller import pki as pki_tool
 from limiquantix.controller._auth import Role
-from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError, load_config
+from limiquantix.controller._daemon import ControllerConfig, load_config
 from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.controller._downloads import DEFAULT_DOWNLOADS_DIR, Downloads
 from limiquantix.controller.store import SQLiteStore
-from limiquantix.protocol import __version__
+from limiquantix.protocol import ConfigError, __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "packaging" / "cloud-init" / "install-agent.sh"
@@ -305,7 +305,7 @@ def test_config_keys_and_flags(tmp_path: Path) -> None:
     assert (config.downloads_dir, config.downloads_require_token) == ("/srv/agent", True)
     config = load_config(["--config", str(toml), "--downloads-dir", "", "--downloads-require-token", "false"])
     assert (config.downloads_dir, config.downloads_require_token) == ("", False)
-    with pytest.raises(ControllerConfigError, match="downloads_require_token must be true or false"):
+    with pytest.raises(ConfigError, match="downloads_require_token must be true or false"):
         load_config(["--config", str(toml), "--downloads-require-token", "maybe"])
     assert Downloads("").directory is None
 

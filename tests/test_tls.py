@@ -32,7 +32,7 @@ from test_controller_api import DEADLINE_S, _make_tokens
 from limiquantix.cli import main as cli_main
 from limiquantix.controller import pki
 from limiquantix.controller.__main__ import main as controller_main
-from limiquantix.controller._daemon import ControllerConfig, ControllerConfigError
+from limiquantix.controller._daemon import ControllerConfig
 from limiquantix.controller._daemon import check_tls as check_controller_tls
 from limiquantix.controller._daemon import serve as controller_serve
 from limiquantix.controller._forward import NodeClient
@@ -455,7 +455,7 @@ def test_tls_configuration_errors_name_the_file(tmp_path: Path, certs: Certs) ->
             graceful_timeout_s=1,
             tls=ServerTLS(cert_file=str(tmp_path / "junk.pem"), key_file=str(tmp_path / "junk.pem")),
         )
-    with pytest.raises(ControllerConfigError, match="node_ca_file turns on mutual TLS"):
+    with pytest.raises(ConfigError, match="node_ca_file turns on mutual TLS"):
         ControllerConfig(node_ca_file=certs.ca)
     with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file go together"):
         HostdConfig(token="x", tls_cert_file=certs.pem("hostd"))
