@@ -1,8 +1,10 @@
 """The controller's client for the hostd node API (``limiquantix.node.v1.NodeDaemonService``).
 
-One :class:`NodeClient` per controller, over the rpc layer's one client
-(:class:`limiquantix.protocol.rpc.RpcClient`: one pooled ``httpx.AsyncClient``, plus
-one per Unix-socket node, and its one exception mapping). Calls go out as Connect ``application/proto``
+One :class:`NodeClient` per controller, over the rpc layer's client
+(:class:`limiquantix.protocol.rpc.RpcClient`: a pooled ``httpx.AsyncClient``, plus
+one per Unix-socket node, and its one exception mapping): one for ``http://`` nodes, one for
+``https://`` nodes, the latter built when the first https node is called (or at start when
+the configuration names a CA or a client certificate). Calls go out as Connect ``application/proto``
 (unary) or ``application/connect+proto`` (server streaming) with the node's
 bearer token. What crosses back:
 
@@ -25,8 +27,10 @@ bearer token. What crosses back:
   command's own timeout) and are sent on as ``Connect-Timeout-Ms`` so hostd
   stops at the same moment. A budget that runs out is ``deadline_exceeded``.
 
-TLS (``https://`` nodes): hostd's certificate is verified against the configured CA and the
-controller presents its client certificate (mutual TLS). A handshake that fails (an unknown
+TLS (``https://`` nodes): hostd's certificate is verified against the configured CA (the
+system's when none is named) and the controller presents its client certificate (mutual TLS).
+The system's CAs cost tens of milliseconds of CPU to load, at every controller start where
+every hostd is plain HTTP (development, every test): they are loaded at the first https call. A handshake that fails (an unknown
 CA, an expired certificate, another host's name) is ``unavailable``, reason ``node_tls``,
 saying why: hostd reads no request before its handshake completes, so nothing ran. A node
 token is never sent over plain ``http://`` to another machine unless the controller is
@@ -35,6 +39,7 @@ configured ``insecure_nodes`` (reason ``insecure_transport``).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncGenerator, Sequence
 from typing import Final, TypeVar, final
 
@@ -114,10 +119,30 @@ class NodeClient:
         ``insecure``: allow node tokens over plain HTTP to other machines.
 
         Raises:
-            TLSConfigError: a file of ``tls`` cannot be used.
+            TLSConfigError: a file of ``tls`` cannot be used (a named file is loaded here, so
+                that a bad one stops the controller at start).
         """
-        limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
-        self._rpc = RpcClient(limits=limits, tls=ClientTLS(verify=client_ssl_context(tls)), insecure=insecure)
+        self._limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
+        self._tls_files = tls or TLSFiles()
+        self._insecure = insecure
+        # The plain-HTTP nodes' pool never completes a TLS handshake: its context trusts no
+        # CA, so an https URL that reached it would fail verification, never go unverified.
+        self._plain = self._client(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        self._tls: RpcClient | None = None
+        if self._tls_files.ca_file or self._tls_files.cert_file:
+            self._tls = self._client(client_ssl_context(self._tls_files))
+
+    def _client(self, verify: ssl.SSLContext) -> RpcClient:
+        return RpcClient(limits=self._limits, tls=ClientTLS(verify=verify), insecure=self._insecure)
+
+    def _rpc(self, node: NodeInfo) -> RpcClient:
+        """The pool for ``node``'s scheme; the https one built at the first https node, once."""
+        # (No URL parsing: a URL it would misread reaches the plain pool, which refuses TLS.)
+        if not node.url.lower().startswith("https://"):
+            return self._plain
+        if self._tls is None:
+            self._tls = self._client(client_ssl_context(self._tls_files))
+        return self._tls
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -128,7 +153,9 @@ class NodeClient:
     async def aclose(self) -> None:
         """Close every pooled connection."""
         with trio.CancelScope(shield=True):
-            await self._rpc.aclose()
+            await self._plain.aclose()
+            if self._tls is not None:
+                await self._tls.aclose()
 
     async def call(
         self, node: NodeInfo, method: str, request: Message, response_cls: type[_M], *, budget_s: float
@@ -149,7 +176,7 @@ class NodeClient:
             OutcomeUnknownDeadline: no answer within ``budget_s``.
             errors.AgentError: the error the node answered, code kept.
         """
-        return await self._rpc.unary_message(
+        return await self._rpc(node).unary_message(
             _target(node), f"{NODE_SERVICE}/{method}", parts, response_cls, deadline=trio.current_time() + budget_s
         )
 
@@ -168,7 +195,7 @@ class NodeClient:
             OutcomeUnknownDeadline: nothing arrived within ``budget_s``.
             errors.AgentError: the error in the node's end-of-stream message.
         """
-        messages = self._rpc.stream(
+        messages = self._rpc(node).stream(
             _target(node),
             f"{NODE_SERVICE}/{method}",
             request.SerializeToString(),
