@@ -11,6 +11,7 @@ private (``_name.py``); what a program embedding hostd needs is exported here:
 | ``ConnectionConfig``, ``DiscoveryConfig``, ``VMEntry`` | its parts                        |
 | ``ConfigError``                       | an invalid configuration                          |
 | ``TOKEN_ENV``, ``CONTROLLER_TOKEN_ENV`` | where tokens may come from besides their files  |
+| ``VMRegistry``, ``VMConnection``, ``VMState`` | the VMs and their connections, for an API layer (README.md) |
 
 Two modules are tools run by name and stay public: ``simvm`` (a simulated VM:
 ``python -m limiquantix.hostd.simvm``) and ``rawguest`` (a hostile guest, for tests
@@ -32,6 +33,9 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._config import load_config as load_config
     from ._daemon import main as main
     from ._daemon import serve as serve
+    from ._discovery import VMRegistry as VMRegistry
+    from ._vmconn import VMConnection as VMConnection
+    from ._vmconn import VMState as VMState
 
 #: Where each export lives. Imported when first asked for: importing the package (as the
 #: simulated VM and the hostile guest tools do, ``python -m limiquantix.hostd.simvm``)
@@ -47,6 +51,9 @@ _LAZY = {
     "load_config": "._config",
     "main": "._daemon",
     "serve": "._daemon",
+    "VMRegistry": "._discovery",
+    "VMConnection": "._vmconn",
+    "VMState": "._vmconn",
 }
 
 __all__ = [
@@ -56,7 +63,10 @@ __all__ = [
     "ConnectionConfig",
     "DiscoveryConfig",
     "HostdConfig",
+    "VMConnection",
     "VMEntry",
+    "VMRegistry",
+    "VMState",
     "load_config",
     "main",
     "serve",

@@ -20,6 +20,12 @@ takes it:
 
 ``python -m limiquantix.hostd.rawguest --socket PATH --attack NAME`` runs it
 until killed; :func:`serve` runs it in a trio task.
+
+Its attacks are on the transport: bytes, frames and rates, against hostd's reader (memory
+and CPU stay bounded, other VMs stay fast). ``tests/hostile_guest.py`` is its counterpart
+for content: a well-framed fake agent that answers every request a client makes (info,
+telemetry, execute, file reads, listings) with guest text aimed at operators' terminals
+and at the caps; it serves its socket with :func:`serve_chardev`, this module's.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import random
 import signal
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final
 
 import trio
@@ -49,7 +55,7 @@ from limiquantix.protocol import (
 )
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-__all__ = ["ATTACKS", "main", "serve"]
+__all__ = ["ATTACKS", "main", "serve", "serve_chardev"]
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
@@ -146,6 +152,26 @@ async def serve(
         OSError: the socket cannot be created.
     """
     make = ATTACKS[attack]
+
+    async def attack_host(stream: trio.SocketStream) -> None:
+        await _serve_host(stream, attack, make())
+
+    await serve_chardev(socket_path, attack_host, task_status=task_status)
+
+
+async def serve_chardev(
+    socket_path: str,
+    handle_host: Callable[[trio.SocketStream], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``socket_path`` as QEMU serves a VM's chardev: one host client at a time,
+    each handed to ``handle_host`` (closed after it; a host that hangs up ends it quietly),
+    the next one accepted after it; the socket removed when cancelled.
+
+    Raises:
+        OSError: the socket cannot be created.
+    """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
     listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
@@ -158,7 +184,7 @@ async def serve(
             stream = trio.SocketStream(sock)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 async with stream:
-                    await _serve_host(stream, attack, make())
+                    await handle_host(stream)
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):

@@ -9,19 +9,23 @@ machine's real hostname and os-release, so a test that needs a guest to *say*
 
 Used in-process by trio tests (:class:`HostileGuest`), and as a process by
 the TUI tests (``python tests/hostile_guest.py --socket PATH --kind terminal``).
+
+Its attacks are on content, through a well-framed conversation: what reaches the
+operator's screen, the logs and the caps. The product's
+:mod:`limiquantix.hostd.rawguest` attacks the transport instead (garbage, magic spam,
+dense headers, event floods, against hostd's reader); this guest serves its socket
+with that module's :func:`~limiquantix.hostd.rawguest.serve_chardev`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import os
-import socket
 from collections.abc import Callable
 
 import trio
 
+from limiquantix.hostd.rawguest import serve_chardev
 from limiquantix.protocol import BadMessage, FrameDecoder, encode_message, errors, new_message, parse_frame
 from limiquantix.protocol._gen import agent_pb2 as pb
 
@@ -142,19 +146,7 @@ class HostileGuest:
         self.pushed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with sock:
-            await sock.bind(self.path)
-            sock.listen(1)
-            task_status.started()
-            while True:  # one host client at a time, as QEMU serves a chardev
-                conn, _ = await sock.accept()
-                stream = trio.SocketStream(conn)
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    await self._session(stream)
-                await stream.aclose()
+        await serve_chardev(self.path, self._session, task_status=task_status)
 
     async def _session(self, stream: trio.SocketStream) -> None:
         decoder = FrameDecoder()
