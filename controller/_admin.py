@@ -35,7 +35,17 @@ from ._audit import AuditEntry, AuditTrail
 from ._auth import Permission, Principal, Role, require, valid_token_id, valid_user_name
 from ._authn import AuthFailures
 from ._context import principal_of, source_of, timestamp
-from ._models import MAX_PAGE_SIZE, AuditAction, AuditDetail, AuditOutcome, AuditQuery, AuditRecord, TokenInfo
+from ._models import (
+    MAX_ID_CHARS,
+    MAX_PAGE_SIZE,
+    AuditAction,
+    AuditDetail,
+    AuditOutcome,
+    AuditQuery,
+    AuditRecord,
+    TokenInfo,
+    check_id,
+)
 from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store
 
 __all__ = [
@@ -62,8 +72,6 @@ NDJSON_CONTENT_TYPE: Final = "application/x-ndjson"
 DEFAULT_AUDIT_PAGE_SIZE: Final = 100
 #: Rows read from the store per page, and sent per chunk, by the exports.
 EXPORT_CHUNK_ROWS: Final = 500
-#: Longest node or VM id (the store's rule; longer ones are refused).
-_MAX_ID_CHARS: Final = 255
 #: The GET export's query parameters (camelCase like the API; snake_case accepted).
 _PARAM_NAMES: Final = {
     "user": "user",
@@ -430,14 +438,13 @@ class AdminAPI:
             errors.InvalidArgument: no node id.
             errors.NotFound: no such node.
         """
-        node_id = request.node_id[:_MAX_ID_CHARS]
+        node_id = request.node_id[:MAX_ID_CHARS]
 
         def detail() -> AuditDetail:
             return AuditDetail(target=node_id)
 
         principal = await self._allowed(ctx, Permission.NODE_MANAGE, AuditAction.NODE_REMOVE, detail, node_id=node_id)
-        if not request.node_id or len(request.node_id) > _MAX_ID_CHARS:
-            raise errors.InvalidArgument(f"nodeId must be 1-{_MAX_ID_CHARS} characters")
+        check_id(request.node_id, "nodeId")
         what = detail() if _is_target(node_id) else AuditDetail()
         async with self._audited(ctx, principal, AuditAction.NODE_REMOVE, what, node_id=node_id):
             await self.store.remove_node(node_id)
@@ -456,10 +463,9 @@ class AdminAPI:
             errors.FailedPrecondition: reason ``vm_reported``: a reachable node still
                 reports it (audited as an error).
         """
-        vm_id = request.vm_id[:_MAX_ID_CHARS]
+        vm_id = request.vm_id[:MAX_ID_CHARS]
         principal = await self._allowed(ctx, Permission.VM_MANAGE, AuditAction.VM_REMOVE, AuditDetail, vm_id=vm_id)
-        if not request.vm_id or len(request.vm_id) > _MAX_ID_CHARS:
-            raise errors.InvalidArgument(f"vmId must be 1-{_MAX_ID_CHARS} characters")
+        check_id(request.vm_id, "vmId")
         # Looked up first so that the row names the VM's node.
         route = await self.store.node_for_vm(vm_id, heartbeat_timeout_s=self.heartbeat_timeout_s)
         async with self._audited(

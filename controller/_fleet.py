@@ -76,6 +76,7 @@ from ._exec import (
 )
 from ._forward import NodeClient, OutcomeUnknown, outcome_unknown
 from ._models import (
+    MAX_ID_CHARS,
     MAX_PAGE_SIZE,
     TARGET_OUTPUT_MAX_BYTES,
     AuditAction,
@@ -590,7 +591,7 @@ class FleetAPI:
         principal = principal_of(ctx)
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
-        detail = AuditDetail(target=request.command_id[:255])
+        detail = AuditDetail(target=request.command_id[:MAX_ID_CHARS])
         try:
             require(principal, Permission.COMMAND_RUN)
             command = await self.store.get_command(request.command_id)

@@ -34,6 +34,7 @@ __all__ = [
     "FORBIDDEN_AUDIT_KEYS",
     "MAX_COMMAND_TARGETS",
     "MAX_CONCURRENCY_LIMIT",
+    "MAX_ID_CHARS",
     "MAX_PAGE_SIZE",
     "TARGET_OUTPUT_MAX_BYTES",
     "TERMINAL_COMMAND_STATUSES",
@@ -62,6 +63,7 @@ __all__ = [
     "VMMove",
     "VMRoute",
     "cap_output",
+    "check_id",
     "check_page",
     "iso_time",
     "max_errors_limit",
@@ -88,6 +90,9 @@ TARGET_OUTPUT_MAX_BYTES: Final = 64 * 1024
 MAX_PAGE_SIZE: Final = 1000
 #: Largest fleet run, and largest maxConcurrency.
 MAX_COMMAND_TARGETS: Final = 10_000
+#: The longest VM, node, token or command id the controller keeps: a longer one is refused
+#: (:func:`check_id`), and an audit row cuts an id it names at this.
+MAX_ID_CHARS: Final = 255
 MAX_CONCURRENCY_LIMIT: Final = 1000
 
 #: Keys a caller might try to put in an audit detail that must never be recorded.
@@ -99,7 +104,7 @@ _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _FLAG_RE: Final = re.compile(r"[a-z][a-z0-9_.=-]{0,63}")
 #: Object ids an audit row may name (token, node, command, VM ids): no spaces, no controls.
-_TARGET_RE: Final = re.compile(r"[A-Za-z0-9_.:@+=/-]{0,255}")
+_TARGET_RE: Final = re.compile(rf"[A-Za-z0-9_.:@+=/-]{{0,{MAX_ID_CHARS}}}")
 _MAX_ERRORS_RE: Final = re.compile(r"(\d{1,6})(%?)")
 
 
@@ -267,7 +272,7 @@ class AuditDetail:
         object.__setattr__(self, "truncated", cut)
         object.__setattr__(self, "env_keys", tuple(self.env_keys))
         object.__setattr__(self, "flags", tuple(self.flags))
-        vm_ids = tuple(str(v)[:255] for v in self.vm_ids)
+        vm_ids = tuple(str(v)[:MAX_ID_CHARS] for v in self.vm_ids)
         if len(vm_ids) > AUDIT_MAX_VM_IDS:
             vm_ids, cut = vm_ids[:AUDIT_MAX_VM_IDS], True
         object.__setattr__(self, "vm_ids", vm_ids)
@@ -494,8 +499,7 @@ class VMInfo:
     """Unix time of the last heartbeat that listed it (None: a record not read from the store)."""
 
     def __post_init__(self) -> None:
-        if not self.vm_id or len(self.vm_id) > 255:
-            raise errors.InvalidArgument("vm_id must be 1-255 characters")
+        check_id(self.vm_id, "vm_id")
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
 
     @property
@@ -788,11 +792,20 @@ def unique_vm_ids(values: Sequence[str]) -> tuple[str, ...]:
     """``values`` without repeats, in their order.
 
     Raises:
-        errors.InvalidArgument: an empty id, or one over 255 characters.
+        errors.InvalidArgument: an empty id, or one over :data:`MAX_ID_CHARS`.
     """
     seen: dict[str, None] = {}
     for vm_id in values:
-        if not vm_id or len(vm_id) > 255:
-            raise errors.InvalidArgument("vm ids must be 1-255 characters")
+        check_id(vm_id, "vm ids")
         seen.setdefault(vm_id)
     return tuple(seen)
+
+
+def check_id(value: str, what: str) -> None:
+    """Refuse an id the controller does not keep: empty, or over :data:`MAX_ID_CHARS`.
+
+    Raises:
+        errors.InvalidArgument: "``what`` must be 1-255 characters".
+    """
+    if not value or len(value) > MAX_ID_CHARS:
+        raise errors.InvalidArgument(f"{what} must be 1-{MAX_ID_CHARS} characters")
