@@ -119,6 +119,8 @@ class _DeviceLink:
         self._path = path
         self.on_host_absent: Callable[[], None] | None = None
         self._absent = False
+        # Advanced by each empty read while no host is attached, reset by the first data.
+        self._absent_backoff = Backoff(ABSENT_BACKOFF_MIN_S, ABSENT_BACKOFF_MAX_S)
         self._pollable = True
         self._read = ReadBuffer(READ_SIZE)
         self._rdev = os.fstat(fd).st_rdev
@@ -148,7 +150,6 @@ class _DeviceLink:
         await trio.sleep(_NO_POLL_RETRY_S)
 
     async def receive_some(self) -> bytes:
-        backoff = Backoff(ABSENT_BACKOFF_MIN_S, ABSENT_BACKOFF_MAX_S)
         while True:
             await self._wait(trio.lowlevel.wait_readable)
             try:
@@ -162,6 +163,7 @@ class _DeviceLink:
             if data:
                 if self._absent:
                     log.info("host attached to %s", self._path)
+                    self._absent_backoff.reset()
                 self._absent = False
                 return data
             # No host attached: the port reports readable and reads 0 bytes.
@@ -172,7 +174,7 @@ class _DeviceLink:
                 log.info("no host attached to %s; waiting", self._path)
                 if self.on_host_absent is not None:
                     self.on_host_absent()
-            await trio.sleep(backoff.next())
+            await trio.sleep(self._absent_backoff.next())
 
     def try_write(self, data: bytes) -> int:
         return os.write(self._fd, data)
