@@ -3,10 +3,11 @@
 Modules by concern: :mod:`._app` (the click group, ``exec``/``sh``, completion),
 :mod:`._vms` (VMs, nodes, power, password), :mod:`._files` (``cp``, ``ls``, ``stat``),
 :mod:`._fleet` (``run``), :mod:`._admin` (``audit``, ``tokens``); under them
-:mod:`._client` (Connect JSON over :mod:`._http`, encoded by :mod:`._fastjson`), :mod:`._output`,
-:mod:`._exitcodes`, :mod:`._options`, and :mod:`._fast`, which runs ``exec``/``sh`` without
-loading click. The ``limiquantix`` program is the script ``cli/limiquantix`` (``entry()`` of
-:mod:`.__main__`).
+:mod:`._client` (Connect JSON over HTTP/1.1), :mod:`._output`, :mod:`._exitcodes`, and the
+start-up path: :mod:`._fast` (the program's entry, the option tables, exec/sh parsed without
+click and run up to their request leaving) and :mod:`._exec` (the command followed once its
+request has left). The ``limiquantix`` program is the script ``cli/limiquantix``
+(``entry()`` of :mod:`._fast`; ``python -m limiquantix.cli`` runs the same).
 
 Nothing is imported here: ``limiquantix exec``'s start-up is measured (``bench/cli_bench.py``;
 tests/test_cli_http.py checks what it imports).
@@ -19,6 +20,6 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """The ``limiquantix`` console script: the exit code (see ``limiquantix --help``)."""
-    from .__main__ import main as run
+    from ._fast import main as run
 
     return run(argv)

@@ -13,8 +13,7 @@ from limiquantix.protocol import __version__, refused_token_flag
 
 from . import _admin, _files, _fleet, _vms
 from . import _exitcodes as ec
-from ._exec import exec_command
-from ._options import EXEC_OPTIONS, GLOBAL_OPTIONS, parse_env_pair, parse_timeout
+from ._fast import EXEC_OPTIONS, GLOBAL_OPTIONS, exec_command, parse_env_pair, parse_timeout
 from ._output import error_line
 from ._state import State, click_options
 
@@ -59,7 +58,7 @@ def cli(ctx: click.Context, /, **options: object) -> None:
 
 
 def _exec_options(timeout: str | None, env: tuple[str, ...]) -> tuple[int, dict[str, str]]:
-    """Raises: click.BadParameter: the same values the fast path refuses (:mod:`._options`)."""
+    """Raises: click.BadParameter: the same values the fast path refuses (:mod:`._fast`)."""
     try:
         timeout_s = parse_timeout(timeout) if timeout is not None else 0
     except ValueError as exc:

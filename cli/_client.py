@@ -1,41 +1,578 @@
 """The controller's public API as the command line calls it: Connect JSON, unary and server
-streaming, over :mod:`._http` (exactly what a third-party script would send; nothing here
-is private to the project).
+streaming, over HTTP/1.1 (exactly what a third-party script would send; nothing here is
+private to the project).
 
-Every failure is one :class:`ApiError` with a Connect code (``unavailable``,
-``unauthenticated``, ``not_found`` ...), the controller's message and its ``reason``, so that
-commands have one thing to catch and :mod:`._exitcodes` one thing to map. Transport failures
-get the rpc layer's codes and reasons (``unavailable`` ``unreachable`` when nothing was sent,
-``outcome_unknown`` once the request may have run): see :mod:`limiquantix.protocol.rpc`.
+Three layers, one section each: the HTTP/1.1 exchange, JSON, and the Connect calls. One module
+rather than three because ``limiquantix exec`` loads it before its request can leave, and
+each module on that path costs its start-up about 0.2 ms of CPU on the project's machine
+(found on sys.path, read, unmarshalled, run: a tenth of what the command may spend beyond
+the interpreter's start, bench/cli_bench.py); the layers are used only together.
+
+**HTTP/1.1** over the stdlib's sockets (``ssl`` for https), one request per connection,
+bounded reads, one deadline per call. Not httpx (the rpc layer's client: about 200 ms to
+import on the project's 2-core machine) nor ``http.client`` (about 40 ms: it loads the
+``email`` package to parse headers); ``socket`` alone costs about 20 ms (it builds its
+enums): plain HTTP needs ``_socket`` (the C module under it), and ``socket`` and ``ssl`` load
+only for https. What it has to speak is small: a POST with a known length, an answer with a
+``Content-Length`` or ``chunked`` body (hypercorn streams chunked), ``Connection: close``.
+A request is sent (:func:`send_request`) before its answer is awaited (:meth:`Sent.response`),
+so a caller can do its other work while the server does its own. What it raises, one class
+per outcome the caller must tell apart (the rpc client's table,
+:data:`limiquantix.protocol.rpc.TRANSPORT_ERRORS`, has the same split):
+
+* :class:`Unreachable`: nothing was sent (refused, no route, name unknown, TLS handshake
+  refused); the action did not happen.
+* :class:`Broken`: the connection broke after the request may have left; the outcome is
+  not known.
+* :class:`TimedOut`: the deadline passed (``sent`` says whether the request had left).
+* :class:`BadResponse`: the peer does not speak HTTP/1.1 as expected, or an answer is
+  over its bound.
+
+**JSON** without importing :mod:`json`: ``import json`` loads ``re`` (json.decoder,
+json.scanner and json.encoder compile patterns at import), with enum, functools and
+collections under it: about 15 ms. The work is done by :mod:`json`'s own C accelerator,
+``_json`` (its scanner and its string encoder), which imports nothing. Anything outside the
+common case goes to :mod:`json` itself, so that every answer and every error is exactly the
+standard library's: a value that is not plain dicts, lists, strings, ints, bools and None is
+encoded by ``json.dumps``; text the scanner refuses (or that has something after its value)
+is handed to ``json.loads``, which raises its ``JSONDecodeError`` (``_json`` needs
+``json.decoder`` loaded to build that error).
+
+**Connect calls**: every failure is one :class:`ApiError` with a Connect code
+(``unavailable``, ``unauthenticated``, ``not_found`` ...), the controller's message and its
+``reason``, so that commands have one thing to catch and :mod:`._exitcodes` one thing to map.
+Transport failures get the rpc layer's codes and reasons (``unavailable`` ``unreachable`` when
+nothing was sent, ``outcome_unknown`` once the request may have run): see
+:mod:`limiquantix.protocol.rpc`.
 """
 
 from __future__ import annotations
 
+import _json
 import os
 import time
 
-from limiquantix.protocol import ClientSettings, ConfigError, read_config, resolve
-
-from . import _http
-from ._fastjson import dumps, loads
+from limiquantix.protocol import ClientSettings, ConfigError, read_config, resolve, split_url
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Mapping
+    from collections.abc import Generator, Iterable, Iterator, Mapping
     from typing import Any
 
 __all__ = [
     "ADMIN",
     "FLEET",
+    "MAX_HEADER_BYTES",
     "MAX_MESSAGE_BYTES",
     "NODES",
     "VM",
     "ApiError",
+    "BadResponse",
+    "Broken",
     "Client",
+    "Endpoint",
+    "HttpError",
+    "Response",
+    "Sent",
+    "Stream",
+    "TimedOut",
+    "Unreachable",
+    "dumps",
     "given",
+    "loads",
+    "send_request",
 ]
+
+# ==================================================================== HTTP/1.1
+
+#: The status line and headers of an answer: a few hundred bytes in practice.
+MAX_HEADER_BYTES = 64 * 1024
+#: Bytes asked of the socket per read.
+_RECV_BYTES = 256 * 1024
+
+
+class HttpError(Exception):
+    """A request that got no usable answer (the subclass says how far it went)."""
+
+
+class Unreachable(HttpError):
+    """Nothing was sent: the server could not be reached."""
+
+    def __init__(self, message: str, *, tls: bool = False) -> None:
+        super().__init__(message)
+        self.tls = tls
+
+
+class Broken(HttpError):
+    """The connection broke after the request may have been sent."""
+
+
+class TimedOut(HttpError):
+    """The call's deadline passed."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class BadResponse(HttpError):
+    """An answer that is not HTTP/1.1 as expected, or over a bound."""
+
+
+class Endpoint:
+    """Where a URL points: ``http(s)://host[:port][/prefix]``."""
+
+    __slots__ = ("tls", "host", "port", "prefix")
+
+    def __init__(self, *, tls: bool, host: str, port: int, prefix: str) -> None:
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.prefix = prefix
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """The URL read as the plain-HTTP check reads it (one reading: the token goes to the
+        host that was checked), with its path as the prefix; a query or fragment is ignored.
+
+        Raises:
+            ValueError: not an http(s) URL with a host, or one :func:`split_url` refuses.
+        """
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"not an http:// or https:// URL: {url!r}")
+        scheme, host, port_text, rest = split_url(url)
+        if not host:
+            raise ValueError(f"no host in {url!r}")
+        tls = scheme == "https"
+        try:
+            port = int(port_text) if port_text else (443 if tls else 80)
+        except ValueError:
+            raise ValueError(f"bad port in {url!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in {url!r}")
+        path = rest.partition("?")[0].partition("#")[0].strip("/")
+        return cls(tls=tls, host=host, port=port, prefix=f"/{path}" if path else "")
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _remaining(deadline: float, sent: bool) -> float:
+    """Raises: TimedOut: the deadline has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimedOut("no answer in time", sent=sent)
+    return left
+
+
+def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
+    """A connected socket (wrapped in TLS for https).
+
+    Raises:
+        Unreachable: refused, no route, unknown name, a failed handshake.
+        TimedOut: the deadline passed while connecting (nothing was sent).
+    """
+    # An ASCII name as bytes: a str is IDNA-encoded first (by getaddrinfo and by ssl for the
+    # server's name), which loads encodings.idna, stringprep and unicodedata (about 10 ms here).
+    host = endpoint.host.encode("ascii") if endpoint.host.isascii() else endpoint.host
+    if endpoint.tls:
+        import socket
+        import ssl
+
+        try:
+            # arg-type: typeshed says str; getaddrinfo, which it calls, takes bytes as well (above).
+            raw = socket.create_connection((host, endpoint.port), timeout=_remaining(deadline, False))  # type: ignore[arg-type]
+        except TimeoutError:
+            raise TimedOut("connecting took too long", sent=False) from None
+        except OSError as exc:
+            raise Unreachable(exc.strerror or type(exc).__name__) from exc
+        try:
+            raw.settimeout(_remaining(deadline, False))
+            return tls_context.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLError as exc:
+            raw.close()
+            raise Unreachable("TLS handshake failed", tls=True) from exc
+        except TimeoutError:
+            raw.close()
+            raise TimedOut("the TLS handshake took too long", sent=False) from None
+        except OSError as exc:
+            raw.close()
+            raise Unreachable(exc.strerror or type(exc).__name__, tls=True) from exc
+    import _socket
+
+    try:
+        infos = _socket.getaddrinfo(host, endpoint.port, 0, _socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unreachable(f"cannot resolve {endpoint.host}: {exc.strerror or exc}") from exc
+    last: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_remaining(deadline, False))
+            sock.connect(address)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise TimedOut("connecting took too long", sent=False) from None
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise Unreachable((last.strerror if last else None) or "no address to connect to") from last
+
+
+class _Reader:
+    """Buffered reads from a socket against the call's deadline."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._buf = bytearray()
+
+    def _fill(self) -> bool:
+        """Read more; False at the end of the stream.
+
+        Raises:
+            TimedOut, Broken: the deadline passed, or the connection broke.
+        """
+        self._sock.settimeout(_remaining(self._deadline, True))
+        try:
+            data = self._sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            raise TimedOut("no answer in time", sent=True) from None
+        except OSError as exc:
+            raise Broken(exc.strerror or type(exc).__name__) from exc
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+    def head(self) -> bytes:
+        """Everything up to the blank line ending the headers (excluded).
+
+        Raises:
+            BadResponse: over :data:`MAX_HEADER_BYTES`, or the connection closed first.
+        """
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = bytes(self._buf[:end])
+                del self._buf[: end + 4]
+                return head
+            if len(self._buf) > MAX_HEADER_BYTES:
+                raise BadResponse(f"answer headers longer than {MAX_HEADER_BYTES} bytes")
+            if not self._fill():
+                raise (
+                    Broken("the connection closed before an answer")
+                    if not self._buf
+                    else BadResponse("the answer ended inside its headers")
+                )
+
+    def line(self) -> bytes:
+        """One CRLF-terminated line (a chunk size), without the CRLF.
+
+        Raises:
+            BadResponse: a line over 1 KiB, or the stream ended first.
+        """
+        while True:
+            end = self._buf.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 2]
+                return line
+            if len(self._buf) > 1024:
+                raise BadResponse("a chunk-size line longer than 1 KiB")
+            if not self._fill():
+                raise Broken("the answer broke off inside its body")
+
+    def some(self, most: int) -> bytes:
+        """At most ``most`` bytes (at least one); b"" at the end of the stream."""
+        if not self._buf and not self._fill():
+            return b""
+        piece = bytes(self._buf[:most])
+        del self._buf[:most]
+        return piece
+
+    def exactly(self, n: int) -> Iterator[bytes]:
+        """``n`` bytes, in pieces as they arrive.
+
+        Raises:
+            Broken: the stream ended first.
+        """
+        while n > 0:
+            piece = self.some(min(n, _RECV_BYTES))
+            if not piece:
+                raise Broken("the answer broke off inside its body")
+            n -= len(piece)
+            yield piece
+
+
+class Response:
+    """An answer's status and headers; its body read with :meth:`chunks` or :meth:`read`."""
+
+    def __init__(self, sock: Any, reader: _Reader, status: int, headers: dict[str, str]) -> None:
+        self._sock = sock
+        self._reader = reader
+        self.status = status
+        self.headers = headers
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body (de-chunked) as it arrives.
+
+        Raises:
+            Broken, TimedOut, BadResponse: as the connection goes.
+        """
+        encoding = self.headers.get("transfer-encoding", "").lower()
+        if "chunked" in encoding:
+            while True:
+                size_text = self._reader.line().split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None
+                if size == 0:
+                    return  # trailers, if any, are not needed: the connection is closed after
+                yield from self._reader.exactly(size)
+                if self._reader.line():
+                    raise BadResponse("a chunk not followed by CRLF")
+        elif "content-length" in self.headers:
+            try:
+                length = int(self.headers["content-length"])
+            except ValueError:
+                raise BadResponse("bad Content-Length") from None
+            yield from self._reader.exactly(length)
+        else:
+            while piece := self._reader.some(_RECV_BYTES):
+                yield piece
+
+    def read(self, limit: int) -> bytes:
+        """The whole body.
+
+        Raises:
+            BadResponse: more than ``limit`` bytes.
+        """
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BadResponse(f"an answer larger than {limit} bytes")
+        out = bytearray()
+        for piece in self.chunks():
+            out += piece
+            if len(out) > limit:
+                raise BadResponse(f"an answer larger than {limit} bytes")
+        return bytes(out)
+
+    def close(self) -> None:
+        """Close the connection (a stream closed early: the server sees the client leave)."""
+        try:
+            self._sock.close()
+        except OSError:  # already broken: nothing left to release
+            pass
+
+
+class Sent:
+    """A request that has left (:func:`send_request`): its answer is read with :meth:`response`.
+
+    The caller closes it, or the :class:`Response` (the same connection).
+    """
+
+    __slots__ = ("_sock", "_deadline")
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def response(self) -> Response:
+        """The answer's head read (its body is read from the :class:`Response`).
+
+        Raises:
+            TimedOut, Broken, BadResponse: see the module's docstring (the connection is
+                closed).
+        """
+        reader = _Reader(self._sock, self._deadline)
+        try:
+            status, fields = _parse_head(reader.head())
+        except BaseException:
+            self.close()
+            raise
+        return Response(self._sock, reader, status, fields)
+
+    def close(self) -> None:
+        """Close the connection (the server sees the client leave)."""
+        try:
+            self._sock.close()
+        except OSError:  # already broken: nothing left to release
+            pass
+
+
+def send_request(
+    endpoint: Endpoint,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | Iterable[bytes],
+    *,
+    length: int,
+    deadline: float,
+    tls_context: Any = None,
+) -> Sent:
+    """POST ``body`` (``length`` bytes, or its pieces) to ``path``; returns once it has left.
+
+    Args:
+        deadline: on ``time.monotonic()``: every socket operation waits at most until then.
+        tls_context: an ``ssl.SSLContext`` for https endpoints.
+
+    Raises:
+        Unreachable, TimedOut, Broken: see the module's docstring.
+    """
+    sock = _connect(endpoint, deadline, tls_context)
+    lines = [
+        f"POST {endpoint.prefix}{path} HTTP/1.1",
+        f"Host: {endpoint.host_header}",
+        f"Content-Length: {length}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    try:
+        sock.settimeout(_remaining(deadline, False))
+        sock.sendall(head + body if isinstance(body, bytes) else head)
+        if not isinstance(body, bytes):
+            for piece in body:
+                sock.settimeout(_remaining(deadline, True))
+                sock.sendall(piece)
+    except TimeoutError:
+        sock.close()
+        raise TimedOut("no answer in time", sent=True) from None
+    except OSError as exc:
+        sock.close()
+        # A server that answers early (an error before the whole upload) may reset the
+        # connection while we still write: its answer is lost; the outcome is not known.
+        raise Broken(exc.strerror or type(exc).__name__) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return Sent(sock, deadline)
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Raises: BadResponse: not an HTTP/1.x status line."""
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise BadResponse(f"not an HTTP/1.1 answer: {status_line[:60]!r}")
+    fields: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    return int(code), fields
+
+
+# ==================================================================== JSON
+
+
+class _Context:
+    """What ``_json.make_scanner`` reads from a ``json.JSONDecoder``: its defaults (``int`` and
+    ``float`` are the C scanner's fast paths; ``float`` reads NaN and Infinity as json does)."""
+
+    __slots__ = ()
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+
+
+# typeshed types the context as a scanner; the C code reads the attributes above.
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
+_quote = _json.encode_basestring_ascii
+#: JSON's whitespace (json.decoder's WHITESPACE), around a value.
+_BLANKS = " \t\n\r"
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads(data)``.
+
+    Raises:
+        ValueError: not one JSON value (``json.JSONDecodeError``), or bytes in no encoding
+            JSON allows (``UnicodeDecodeError``).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        stripped = text.strip(_BLANKS)
+        value, end = _scan(stripped, 0)
+        if end == len(stripped):
+            return value
+    except (StopIteration, SystemError, ValueError, RecursionError):
+        # Not UTF-8 (json also reads UTF-16 and 32, and a BOM), no value, or an error the
+        # scanner can only describe with json.decoder loaded (a SystemError on 3.11 when it
+        # is not): json says what it is.
+        pass
+    import json
+
+    return json.loads(data)
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    """Raises: TypeError: a value :func:`dumps` leaves to json."""
+    kind = type(value)
+    if kind is str:
+        out.append(_quote(value))
+    elif kind is dict:
+        out.append("{")
+        first = True
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError("a key that is not a str")
+            if not first:
+                out.append(", ")
+            first = False
+            out.append(_quote(key))
+            out.append(": ")
+            _encode(item, out)
+        out.append("}")
+    elif kind is list or kind is tuple:
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(", ")
+            _encode(item, out)
+        out.append("]")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif kind is int:
+        out.append(int.__repr__(value))
+    else:
+        raise TypeError(f"{kind.__name__} is left to json")
+
+
+def dumps(value: object) -> str:
+    """``json.dumps(value)``: the same text (ASCII, ``", "`` and ``": "`` separators).
+
+    Raises:
+        TypeError, ValueError: what ``json.dumps`` raises for ``value``.
+    """
+    out: list[str] = []
+    try:
+        _encode(value, out)
+    except (TypeError, RecursionError):
+        # Floats, int keys, subclasses, a circular structure ...: json's rules, and its errors.
+        import json
+
+        return json.dumps(value)
+    return "".join(out)
+
+
+# ==================================================================== Connect calls
 
 VM = "limiquantix.compute.v1.VMService"
 FLEET = "limiquantix.compute.v1.FleetService"
@@ -104,7 +641,7 @@ class Client:
 
     def __init__(self, settings: ClientSettings) -> None:
         try:
-            self._endpoint = _http.Endpoint.parse(settings.url)
+            self._endpoint = Endpoint.parse(settings.url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.url = settings.url
@@ -151,13 +688,13 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _open(
+    def _send(
         self, procedure: str, body: bytes | Iterable[bytes], length: int, content_type: str, timeout_s: float
-    ) -> _http.Response:
-        """Send one call; its answer's head.
+    ) -> Sent:
+        """Send one call; returns once it has left (the answer is read with :meth:`_answer`).
 
         Raises:
-            ApiError: the controller could not be reached, or did not answer in time.
+            ApiError: the controller could not be reached, or the request could not be sent.
         """
         headers = {
             "Content-Type": content_type,
@@ -166,7 +703,7 @@ class Client:
             "Authorization": f"Bearer {self._token}",
         }
         try:
-            return _http.open_request(
+            return send_request(
                 self._endpoint,
                 f"/{procedure}",
                 headers,
@@ -175,12 +712,23 @@ class Client:
                 deadline=time.monotonic() + timeout_s,
                 tls_context=self._tls,
             )
-        except _http.HttpError as exc:
+        except HttpError as exc:
             raise self._transport_error(procedure, timeout_s, exc) from None
 
-    def _transport_error(self, procedure: str, timeout_s: float, exc: _http.HttpError) -> ApiError:
+    def _answer(self, procedure: str, timeout_s: float, sent: Sent) -> Response:
+        """The head of a sent call's answer.
+
+        Raises:
+            ApiError: the connection broke, or the controller did not answer in time.
+        """
+        try:
+            return sent.response()
+        except HttpError as exc:
+            raise self._transport_error(procedure, timeout_s, exc) from None
+
+    def _transport_error(self, procedure: str, timeout_s: float, exc: HttpError) -> ApiError:
         method = procedure.rpartition("/")[2]
-        if isinstance(exc, _http.Unreachable):
+        if isinstance(exc, Unreachable):
             if exc.tls:
                 from limiquantix.protocol import tls_failure
 
@@ -191,7 +739,7 @@ class Client:
             return ApiError(
                 "unavailable", f"cannot reach the controller at {self.url}: {exc}; nothing was sent", "unreachable"
             )
-        if isinstance(exc, _http.TimedOut):
+        if isinstance(exc, TimedOut):
             if not exc.sent:
                 return ApiError(
                     "unavailable", f"cannot reach the controller at {self.url}: {exc}; nothing was sent", "unreachable"
@@ -202,7 +750,7 @@ class Client:
                 "the request was sent, so it may have run: its outcome is not known",
                 "outcome_unknown",
             )
-        if isinstance(exc, _http.Broken):
+        if isinstance(exc, Broken):
             return ApiError(
                 "unavailable",
                 f"the controller ({self.url}) broke the connection ({exc}) after {method} was sent; "
@@ -211,12 +759,12 @@ class Client:
             )
         return ApiError("internal", f"the controller ({self.url}): {method}: {exc}")
 
-    def _error_answer(self, procedure: str, timeout_s: float, resp: _http.Response) -> ApiError:
+    def _error_answer(self, procedure: str, timeout_s: float, resp: Response) -> ApiError:
         """The error a non-200 answer carries."""
         fallback = _STATUS_CODES.get(resp.status, "unknown")
         try:
             raw = resp.read(_MAX_ERROR_BYTES)
-        except _http.HttpError as exc:
+        except HttpError as exc:
             return self._transport_error(procedure, timeout_s, exc)
         try:
             data = loads(raw)
@@ -243,13 +791,13 @@ class Client:
             length = len(body)
         elif length is None:
             raise TypeError("a body in pieces needs its length")
-        resp = self._open(procedure, body, length, "application/json", timeout_s)
+        resp = self._answer(procedure, timeout_s, self._send(procedure, body, length, "application/json", timeout_s))
         try:
             if resp.status != 200:
                 raise self._error_answer(procedure, timeout_s, resp)
             try:
                 raw = resp.read(MAX_MESSAGE_BYTES)
-            except _http.HttpError as exc:
+            except HttpError as exc:
                 raise self._transport_error(procedure, timeout_s, exc) from None
         finally:
             resp.close()
@@ -273,21 +821,30 @@ class Client:
 
     # -- server streaming -------------------------------------------------------------
 
-    def stream(
-        self, service: str, method: str, body: Mapping[str, Any], *, timeout_s: float
-    ) -> Generator[dict[str, Any], None, None]:
-        """A server-streaming call: each message as it arrives.
+    def stream(self, service: str, method: str, body: Mapping[str, Any], *, timeout_s: float) -> Stream:
+        """A server-streaming call, sent before this returns: each message as it arrives
+        from the :class:`Stream` (so the caller's own preparation overlaps the server's work).
 
-        Closing the generator early closes the connection, which the controller sees as the
+        Closing the stream early closes the connection, which the controller sees as the
         client leaving (a streamed command is then cancelled in the guest).
 
         Raises:
-            ApiError: before or during the stream, the end message's error included.
+            ApiError: the call could not be sent; and from the stream, its answer's
+                errors, the end message's included.
         """
         procedure = f"{service}/{method}"
         message = dumps(dict(body)).encode()
         envelope = b"\x00" + len(message).to_bytes(4, "big") + message
-        resp = self._open(procedure, envelope, len(envelope), "application/connect+json", timeout_s)
+        sent = self._send(procedure, envelope, len(envelope), "application/connect+json", timeout_s)
+        return Stream(self._messages(procedure, timeout_s, sent), sent)
+
+    def _messages(self, procedure: str, timeout_s: float, sent: Sent) -> Generator[dict[str, Any], None, None]:
+        """A sent stream's messages, up to its end message.
+
+        Raises:
+            ApiError: the answer's errors, the end message's included.
+        """
+        resp = self._answer(procedure, timeout_s, sent)
         try:
             if resp.status != 200:
                 raise self._error_answer(procedure, timeout_s, resp)
@@ -311,8 +868,9 @@ class Client:
                                 raise _error_from_json(decoded["error"], "unknown")
                             return
                         yield decoded
-            except _http.HttpError as exc:
+            except HttpError as exc:
                 raise self._transport_error(procedure, timeout_s, exc) from None
+            method = procedure.rpartition("/")[2]
             raise ApiError(
                 "unavailable",
                 f"the controller's {method} stream ended without its end message; its outcome is not known",
@@ -320,6 +878,34 @@ class Client:
             )
         finally:
             resp.close()
+
+
+class Stream:
+    """A server-streaming call's messages (:meth:`Client.stream`), an iterator; :meth:`close`
+    ends it early (closing the connection: the controller sees the client leave)."""
+
+    __slots__ = ("_messages", "_sent")
+
+    def __init__(self, messages: Generator[dict[str, Any], None, None], sent: Sent) -> None:
+        self._messages = messages
+        self._sent = sent
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        """The next message.
+
+        Raises:
+            StopIteration: after the end message.
+            ApiError: the answer's errors, the end message's included.
+        """
+        return next(self._messages)
+
+    def close(self) -> None:
+        # The connection too: messages not yet asked for have not opened the answer.
+        self._messages.close()
+        self._sent.close()
 
 
 def _decode(data: bytes) -> dict[str, Any]:

@@ -1,64 +1,31 @@
-"""``exec`` and ``sh``: one command in one VM, its output streamed live, its exit code ours.
+"""``exec`` and ``sh`` once their request has left (:func:`._fast.exec_command` sends it):
+the command's output streamed live to our stdout and stderr, its exit code ours.
 
-This module and what it imports are the path whose start-up ``bench/cli_bench.py``
-measures against curl: no click, no rich, no protobuf, no httpx (see :mod:`._fast`).
+Imported only after the request is sent, while the controller works on it: nothing here
+delays the request (bench/cli_bench.py measures ``limiquantix exec`` against curl). No click,
+no rich, no protobuf, no httpx.
 """
 
 from __future__ import annotations
 
 import sys
 
-from limiquantix.protocol import command_budget_s, describe_exit
+from limiquantix.protocol import ConfigError, describe_exit
 
 from . import _exitcodes as ec
-from ._client import VM, Client, given
-from ._output import GuestWriter, warn
+from ._client import ApiError
+from ._output import GuestWriter, error_line, warn
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
     from typing import Any
 
-__all__ = ["exec_body", "exec_command", "exit_status", "run_exec", "shell_quote"]
+    from ._client import Stream
 
-#: What a word may hold and need no quotes in a POSIX shell (shlex.quote's set: ``\w``
-#: in ASCII, and ``@%+=:,./-``).
-_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
-
-
-def shell_quote(word: str) -> str:
-    """``shlex.quote(word)``: the word as a POSIX shell reads it back. Not shlex's own: its
-    module imports ``re``, which ``exec PROG``'s start-up does not otherwise pay for."""
-    if word and _SHELL_SAFE.issuperset(word):
-        return word
-    return "'" + word.replace("'", "'\"'\"'") + "'"
-
-
-def exec_body(
-    vm: str,
-    command: str,
-    args: Sequence[str],
-    *,
-    timeout_s: int,
-    user: str = "",
-    cwd: str = "",
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """An ExecuteScriptRequest in proto3 JSON: ``command`` + ``args`` is an argv, ``command``
-    alone a shell script."""
-    return {
-        "vmId": vm,
-        "command": command,
-        **given(
-            args=list(args),
-            timeoutSeconds=timeout_s,
-            runAsUser=user,
-            workingDirectory=cwd,
-            environment=dict(env or {}),
-        ),
-    }
+__all__ = ["cli_error", "ending", "exit_status", "follow"]
 
 
 def ending(result: Mapping[str, Any]) -> str:
@@ -93,18 +60,15 @@ def exit_status(result: Mapping[str, Any]) -> int:
     return ec.EXEC_CLI_ERROR
 
 
-def run_exec(client: Client, body: Mapping[str, Any]) -> int:
-    """Run ``body`` (:func:`exec_body`) through ExecuteScriptStream, output to our stdout and
-    stderr as it comes; the exit code (:func:`exit_status`).
+def follow(events: Stream) -> int:
+    """Follow a sent ExecuteScriptStream (:meth:`._client.Client.stream`): output to our stdout
+    and stderr as it comes; the exit code (:func:`exit_status`; 125 when the call failed, said
+    on stderr).
 
     Ctrl-C closes the stream, which cancels the command in the guest (130).
-
-    Raises:
-        ApiError: the call failed (the caller exits 125).
     """
     out, err = GuestWriter(sys.stdout), GuestWriter(sys.stderr)
     result: Mapping[str, Any] | None = None
-    events = client.stream(VM, "ExecuteScriptStream", body, timeout_s=command_budget_s(body.get("timeoutSeconds", 0)))
     try:
         for event in events:
             output = event.get("output")
@@ -116,6 +80,8 @@ def run_exec(client: Client, body: Mapping[str, Any]) -> int:
         events.close()  # the controller sees the client leave: the guest command is cancelled
         warn("interrupted: the command was cancelled in the guest")
         return ec.INTERRUPTED
+    except ApiError as exc:
+        return cli_error(exc)
     if result is None:
         warn("the stream ended without the command's result")
         return ec.EXEC_CLI_ERROR
@@ -125,39 +91,10 @@ def run_exec(client: Client, body: Mapping[str, Any]) -> int:
     return exit_status(result)
 
 
-def exec_command(
-    options: Mapping[str, Any],
-    command: str,
-    vm: str,
-    argv: Sequence[str],
-    *,
-    timeout_s: int = 0,
-    user: str = "",
-    cwd: str = "",
-    env: Mapping[str, str] | None = None,
-) -> int:
-    """``exec`` (``argv`` is the command) or ``sh`` (``argv[0]`` is the script, ``-``: read
-    from stdin) with the global ``options``: the exit code, every failure of ours said on
-    stderr and exited 125 (the guest's codes are the command's)."""
-    from limiquantix.protocol import ConfigError
-
-    from ._client import ApiError
-    from ._output import error_line
-
-    try:
-        client = Client.from_options(**options)
-        if command == "sh":
-            script = sys.stdin.read() if argv[0] == "-" else argv[0]
-            body = exec_body(vm, script, (), timeout_s=timeout_s, user=user, cwd=cwd, env=env)
-        elif len(argv) == 1:
-            # The API runs an argv only when it has arguments (``command`` alone is a shell
-            # script), so a lone program goes through the guest's shell, which execs it.
-            body = exec_body(vm, f"exec {shell_quote(argv[0])}", (), timeout_s=timeout_s, user=user, cwd=cwd, env=env)
-        else:
-            body = exec_body(vm, argv[0], argv[1:], timeout_s=timeout_s, user=user, cwd=cwd, env=env)
-        return run_exec(client, body)
-    except ConfigError as exc:
-        error_line(str(exc))
-    except ApiError as exc:
+def cli_error(exc: ConfigError | ApiError) -> int:
+    """A failure of the command line's own (not the guest command's), said on stderr: 125."""
+    if isinstance(exc, ApiError):
         error_line(exc.message, code=exc.code)
+    else:
+        error_line(str(exc))
     return ec.EXEC_CLI_ERROR

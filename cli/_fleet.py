@@ -14,7 +14,7 @@ import click
 from . import _exitcodes as ec
 from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
-from ._options import MAX_TIMEOUT_S
+from ._fast import MAX_TIMEOUT_S
 from ._output import print_json, progress_line, say, warn
 from ._state import json_option, label_option, labels_dict, pass_client
 

@@ -14,7 +14,7 @@ from limiquantix.protocol import ConfigError
 
 from . import _exitcodes as ec
 from ._client import ApiError, Client
-from ._options import Opt, parse_env_pair
+from ._fast import Opt, parse_env_pair
 from ._output import error_line
 
 __all__ = ["State", "click_options", "json_option", "label_option", "labels_dict", "pass_client"]
@@ -57,7 +57,7 @@ def pass_client(func: F) -> F:
 
 
 def click_options(options: tuple[Opt, ...]) -> Callable[[F], F]:
-    """Click options from one of :mod:`._options`' tables."""
+    """Click options from one of :mod:`._fast`'s tables."""
 
     def decorate(func: F) -> F:
         for opt in reversed(options):

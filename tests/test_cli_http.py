@@ -1,14 +1,15 @@
-"""The command line's HTTP client (cli/_http.py, cli/_client.py) against servers that answer
+"""The command line's HTTP client (cli/_client.py) against servers that answer
 badly: a real socket on loopback served by a thread that sends scripted bytes (what a proxy's
 error page, a port that speaks another protocol, a server that dies mid-answer or one that
 floods send), and the URL parsing. Every case must end in one :class:`ApiError` with a code
 and a message, never a traceback or an unbounded read.
 
 Also what ``limiquantix exec`` loads to start (the structure behind bench/cli_bench.py's
-target) and its JSON codec (cli/_fastjson.py), which must answer exactly as :mod:`json`."""
+target) and its JSON codec (cli/_client.py's dumps and loads), which must answer exactly as :mod:`json`."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -21,9 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from limiquantix.cli import _http
-from limiquantix.cli._client import VM, ApiError, Client
-from limiquantix.cli._fastjson import dumps, loads
+from limiquantix.cli._client import MAX_HEADER_BYTES, VM, ApiError, Client, Endpoint, dumps, loads
 from limiquantix.protocol import ClientSettings, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +140,7 @@ def test_headers_without_end_are_bounded(serve: Callable[[Script], Client]) -> N
         for _ in range(200):  # 200 KiB of headers, never the blank line
             conn.sendall(b"X-Junk: " + b"j" * 1024 + b"\r\n")
 
-    with pytest.raises(ApiError, match=f"longer than {_http.MAX_HEADER_BYTES} bytes"):
+    with pytest.raises(ApiError, match=f"longer than {MAX_HEADER_BYTES} bytes"):
         serve(flood).call(VM, "ListVMs")
 
 
@@ -162,6 +161,38 @@ def test_a_unary_answer_that_is_not_a_json_object(serve: Callable[[Script], Clie
     client = serve(_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"))
     with pytest.raises(ApiError, match="not a JSON object"):
         client.call(VM, "ListVMs")
+
+
+def test_a_stream_is_sent_before_its_answer_is_read(serve: Callable[[Script], Client]) -> None:
+    """stream() returns once the request has left: the caller prepares while the server works."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        arrived.set()  # the whole request has been read by now
+        release.wait(10)
+        conn.sendall(STREAM_HEAD + _chunked(_envelope(0, b'{"executionId": "e1"}'), _envelope(2, b"{}")))
+
+    client = serve(script)
+    events = client.stream(VM, "ExecuteScriptStream", {"vmId": "x", "command": "true"}, timeout_s=10)
+    try:
+        assert arrived.wait(10), "the request did not leave before its answer was asked for"
+    finally:
+        release.set()
+    assert list(events) == [{"executionId": "e1"}]
+
+
+def test_a_stream_closed_before_it_is_read_closes_its_connection(serve: Callable[[Script], Client]) -> None:
+    left: list[bytes] = []
+    gone = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        left.append(conn.recv(1))  # b"": the client closed the connection
+        gone.set()
+
+    client = serve(script)
+    client.stream(VM, "ExecuteScriptStream", {"vmId": "x", "command": "true"}, timeout_s=10).close()
+    assert gone.wait(10)
+    assert left == [b""]
 
 
 def test_a_stream_without_its_end_message(serve: Callable[[Script], Client]) -> None:
@@ -238,7 +269,7 @@ def test_nothing_listening_means_nothing_was_sent() -> None:
     ],
 )
 def test_endpoint_parse(url: str, parsed: tuple[bool, str, int, str], host_header: str) -> None:
-    endpoint = _http.Endpoint.parse(url)
+    endpoint = Endpoint.parse(url)
     assert (endpoint.tls, endpoint.host, endpoint.port, endpoint.prefix) == parsed
     assert endpoint.host_header == host_header
 
@@ -253,7 +284,7 @@ def test_endpoint_parse(url: str, parsed: tuple[bool, str, int, str], host_heade
 )  # fmt: skip
 def test_endpoint_parse_refuses(url: str) -> None:
     with pytest.raises(ValueError):
-        _http.Endpoint.parse(url)
+        Endpoint.parse(url)
     with pytest.raises(ConfigError):
         Client(ClientSettings(url, "t0k", "the test"))
 
@@ -377,7 +408,51 @@ def test_exec_starts_without_loading_what_it_does_not_need(
     assert not {name for name in extra if name.startswith(("limiquantix.protocol._gen", "limiquantix.protocol.rpc"))}
 
 
-# ------------------------------------------------------------------ cli/_fastjson.py
+#: What follows a command once its request has left (its output, exit code and messages):
+#: imported while the controller works, never before the request is sent.
+AFTER_THE_SEND = frozenset(
+    {"limiquantix.cli._exec", "limiquantix.cli._output", "limiquantix.cli._exitcodes", "limiquantix.protocol._exits"}
+)
+
+
+def test_exec_sends_its_request_before_loading_what_follows_the_command(servers: Servers, tmp_path: Path) -> None:
+    """The modules loaded when the request leaves (a socket whose sendall notes them), and at
+    the end: what only follows the command (:data:`AFTER_THE_SEND`) is loaded after the send,
+    so it costs no wall time (bench/cli_bench.py); the program works as always."""
+    events = (
+        _envelope(0, b'{"output": {"seq": 1, "stream": "stdout", "text": "out\\n"}}'),
+        _envelope(0, b'{"result": {"exitCode": 3, "exitReason": "exited"}}'),
+        _envelope(2, b"{}"),
+    )
+    port = servers.start(_send(STREAM_HEAD + _chunked(*events)))
+    code = (
+        "import _socket, os, sys\n"
+        "seen = []\n"
+        "class Noting(_socket.socket):\n"
+        "    def sendall(self, *args):\n"
+        "        seen.append(sorted(m for m in sys.modules if m.startswith('limiquantix')))\n"
+        "        return super().sendall(*args)\n"
+        "_socket.socket = Noting\n"
+        "from limiquantix.cli._fast import main\n"
+        "code = main(['exec', 'vm-1', '--', 'true'])\n"
+        "print(repr((code, seen, sorted(sys.modules))), file=sys.stderr)\n"
+    )
+    env = {
+        **os.environ,
+        "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}",
+        "LQX_TOKEN": "t0k",
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == "out\n"
+    exit_code, seen, at_exit = ast.literal_eval(done.stderr.splitlines()[-1])
+    assert exit_code == 3
+    assert len(seen) == 1, "one request, sent in one piece"
+    assert AFTER_THE_SEND.isdisjoint(seen[0]), "loaded before the request left"
+    assert AFTER_THE_SEND.issubset(at_exit)
+
+
+# ------------------------------------------------------------------ cli/_client.py's JSON
 
 JSON_VALUES = [
     {},
@@ -457,7 +532,7 @@ def test_fastjson_errors_before_json_is_loaded(tmp_path: Path) -> None:
     """In a fresh process (json not loaded: the C scanner cannot build its error then)."""
     code = (
         "import sys\n"
-        "from limiquantix.cli._fastjson import loads\n"
+        "from limiquantix.cli._client import loads\n"
         "assert loads(b'{\"a\": [1]}') == {'a': [1]} and 'json' not in sys.modules\n"
         "for bad in (b'[\"\\x01\"]', b'{\"a\": }', b'[1] x'):\n"
         "    try:\n"

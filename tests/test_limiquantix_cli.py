@@ -31,7 +31,7 @@ from procstack import DEADLINE_S, Stack, free_port, run_stack
 
 from limiquantix.cli import _fast, main
 from limiquantix.cli._app import cli
-from limiquantix.cli._exec import shell_quote
+from limiquantix.cli._fast import shell_quote
 
 CLI = str(Path(sys.executable).with_name("limiquantix"))
 COMMANDS = (
