@@ -67,13 +67,12 @@ imports imports them.
 
 from __future__ import annotations
 
-from ._lazy import import_lazily as import_lazily
-from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
-from ._version import __version__ as __version__
-
 # Not typing.TYPE_CHECKING: importing typing costs ``limiquantix exec`` milliseconds.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
+    from collections.abc import Mapping
+    from typing import Any
+
     from ._agentclient import EVENT_BURST as EVENT_BURST
     from ._agentclient import EVENT_RATE_PER_S as EVENT_RATE_PER_S
     from ._agentclient import AgentClient as AgentClient
@@ -125,6 +124,8 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._transport import direct_reader as direct_reader
     from ._transport import direct_writer as direct_writer
     from ._transport import receive_frames as receive_frames
+    from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
+    from ._version import __version__ as __version__
     from ._wire import BadMessage as BadMessage
     from ._wire import encode_message as encode_message
     from ._wire import enum_name as enum_name
@@ -172,6 +173,7 @@ _LAZY: dict[str, str] = {
         ),
         "._framing",
     ),
+    **dict.fromkeys(("PROTOCOL_VERSION", "__version__"), "._version"),
     "write_file_parts": "._jsonupload",
     "setup_logging": "._logs",
     **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._loopback"),
@@ -194,7 +196,30 @@ _LAZY: dict[str, str] = {
     ),
 }
 
-__all__ = ["PROTOCOL_VERSION", "__version__", "import_lazily", *sorted(_LAZY)]
+__all__ = ["import_lazily", *sorted(_LAZY)]
+
+
+def import_lazily(package: str, where: Mapping[str, str], name: str) -> Any:
+    """What a package's ``__getattr__`` answers for ``name`` (PEP 562): imported from the
+    module ``where[name]`` names (relative to ``package``), or that module's submodule ``name``.
+    This package's own exports, hostd's, the controller's and the TUI's are imported by it on
+    first use: their whole imports cost more than most of their users need (protobuf for the
+    CLI's start-up, the web stack for the simulated VM, the hostile guest and the ``token``
+    commands). Here, not in a module of its own: every program imports this package, and
+    ``limiquantix exec`` pays for each module it loads before its request leaves.
+
+    Raises:
+        AttributeError: ``name`` is not one of ``where``'s (as for any missing attribute).
+    """
+    module = where.get(name)
+    if module is None:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    # __import__, not importlib: limiquantix exec asks for names at every start (ConfigError,
+    # resolve), and a bare interpreter has not loaded importlib (tests/test_cli_http.py). A
+    # non-empty fromlist returns the module itself, and imports ``name`` from it when it is
+    # a submodule its package does not import itself (protocol._gen's agent_pb2).
+    target = package + module if module.startswith(".") else module
+    return getattr(__import__(target, fromlist=(name,)), name)
 
 
 def __getattr__(name: str) -> object:
