@@ -36,7 +36,9 @@ common case goes to :mod:`json` itself, so that every answer and every error is 
 standard library's: a value that is not plain dicts, lists, strings, ints, bools and None is
 encoded by ``json.dumps``; text the scanner refuses (or that has something after its value)
 is handed to ``json.loads``, which raises its ``JSONDecodeError`` (``_json`` needs
-``json.decoder`` loaded to build that error).
+``json.decoder`` loaded to build that error). ``_json`` itself is loaded on first use: a
+request whose strings are plain printable ASCII (``limiquantix exec``'s, as a rule) is
+encoded without it, so it loads while the controller works on the request.
 
 **Connect calls**: every failure is one :class:`ApiError` with a Connect code
 (``unavailable``, ``unauthenticated``, ``not_found`` ...), the controller's message and its
@@ -46,9 +48,11 @@ nothing was sent, ``outcome_unknown`` once the request may have run): see
 :mod:`limiquantix.protocol.rpc`.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
-import _json
 import os
 import time
 
@@ -133,7 +137,7 @@ class Endpoint:
         self.prefix = prefix
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
+    def parse(cls, url: str) -> "Endpoint":
         """The URL read as the plain-HTTP check reads it (one reading: the token goes to the
         host that was checked), with its path as the prefix; a query or fragment is ignored.
 
@@ -170,7 +174,7 @@ def _remaining(deadline: float, sent: bool) -> float:
     return left
 
 
-def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
+def _connect(endpoint: Endpoint, deadline: float, tls_context: "Any") -> "Any":
     """A connected socket (wrapped in TLS for https).
 
     Raises:
@@ -228,7 +232,7 @@ def _connect(endpoint: Endpoint, deadline: float, tls_context: Any) -> Any:
 class _Reader:
     """Buffered reads from a socket against the call's deadline."""
 
-    def __init__(self, sock: Any, deadline: float) -> None:
+    def __init__(self, sock: "Any", deadline: float) -> None:
         self._sock = sock
         self._deadline = deadline
         self._buf = bytearray()
@@ -297,7 +301,7 @@ class _Reader:
         del self._buf[:most]
         return piece
 
-    def exactly(self, n: int) -> Iterator[bytes]:
+    def exactly(self, n: int) -> "Iterator[bytes]":
         """``n`` bytes, in pieces as they arrive.
 
         Raises:
@@ -314,13 +318,13 @@ class _Reader:
 class Response:
     """An answer's status and headers; its body read with :meth:`chunks` or :meth:`read`."""
 
-    def __init__(self, sock: Any, reader: _Reader, status: int, headers: dict[str, str]) -> None:
+    def __init__(self, sock: "Any", reader: _Reader, status: int, headers: dict[str, str]) -> None:
         self._sock = sock
         self._reader = reader
         self.status = status
         self.headers = headers
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> "Iterator[bytes]":
         """The body (de-chunked) as it arrives.
 
         Raises:
@@ -381,7 +385,7 @@ class Sent:
 
     __slots__ = ("_sock", "_deadline")
 
-    def __init__(self, sock: Any, deadline: float) -> None:
+    def __init__(self, sock: "Any", deadline: float) -> None:
         self._sock = sock
         self._deadline = deadline
 
@@ -412,11 +416,11 @@ def send_request(
     endpoint: Endpoint,
     path: str,
     headers: dict[str, str],
-    body: bytes | Iterable[bytes],
+    body: "bytes | Iterable[bytes]",
     *,
     length: int,
     deadline: float,
-    tls_context: Any = None,
+    tls_context: "Any" = None,
 ) -> Sent:
     """POST ``body`` (``length`` bytes, or its pieces) to ``path``; returns once it has left.
 
@@ -488,14 +492,35 @@ class _Context:
     parse_constant = float
 
 
-# typeshed types the context as a scanner; the C code reads the attributes above.
-_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
-_quote = _json.encode_basestring_ascii
 #: JSON's whitespace (json.decoder's WHITESPACE), around a value.
 _BLANKS = " \t\n\r"
+#: The C scanner, made on first use (:func:`_scanner`).
+_scan: "Any" = None
 
 
-def loads(data: bytes | str) -> Any:
+def _scanner() -> "Any":
+    """``_json``'s scanner (``_json`` imported on the first call: see the module's docstring)."""
+    global _scan
+    if _scan is None:
+        import _json
+
+        # typeshed types the context as a scanner; the C code reads the attributes above.
+        _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
+    return _scan
+
+
+def _quote(text: str) -> str:
+    """``text`` as a JSON string, as ``json.dumps`` writes it (``ensure_ascii``): printable
+    ASCII with no ``"`` or ``\\`` needs no escape and is quoted here; anything else goes to
+    ``_json``'s encoder."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    import _json
+
+    return _json.encode_basestring_ascii(text)
+
+
+def loads(data: bytes | str) -> "Any":
     """``json.loads(data)``.
 
     Raises:
@@ -505,7 +530,7 @@ def loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         stripped = text.strip(_BLANKS)
-        value, end = _scan(stripped, 0)
+        value, end = _scanner()(stripped, 0)
         if end == len(stripped):
             return value
     except (StopIteration, SystemError, ValueError, RecursionError):
@@ -518,7 +543,7 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode(value: "Any", out: list[str]) -> None:
     """Raises: TypeError: a value :func:`dumps` leaves to json."""
     kind = type(value)
     if kind is str:
@@ -602,7 +627,7 @@ _STATUS_CODES = {
 }
 
 
-def given(**fields: Any) -> dict[str, Any]:
+def given(**fields: "Any") -> "dict[str, Any]":
     """The request fields (proto3 JSON names) that have a value: an empty string, 0, an empty
     list or mapping is the field's default, so it is left out of the body."""
     return {name: value for name, value in fields.items() if value}
@@ -667,7 +692,7 @@ class Client:
         insecure: bool = False,
         profile: str | None = None,
         config: str | None = None,
-    ) -> Client:
+    ) -> "Client":
         """A client for the global options (``--url`` ...), the environment and the config file.
 
         Raises:
@@ -689,7 +714,7 @@ class Client:
     # -- plumbing --------------------------------------------------------------------
 
     def _send(
-        self, procedure: str, body: bytes | Iterable[bytes], length: int, content_type: str, timeout_s: float
+        self, procedure: str, body: "bytes | Iterable[bytes]", length: int, content_type: str, timeout_s: float
     ) -> Sent:
         """Send one call; returns once it has left (the answer is read with :meth:`_answer`).
 
@@ -777,11 +802,11 @@ class Client:
     def call_raw(
         self,
         procedure: str,
-        body: bytes | Iterable[bytes],
+        body: "bytes | Iterable[bytes]",
         *,
         length: int | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> dict[str, Any]:
+    ) -> "dict[str, Any]":
         """One unary call with an encoded JSON body (or its pieces, ``length`` bytes in all).
 
         Raises:
@@ -810,8 +835,13 @@ class Client:
         return answer
 
     def call(
-        self, service: str, method: str, body: Mapping[str, Any] | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
-    ) -> dict[str, Any]:
+        self,
+        service: str,
+        method: str,
+        body: "Mapping[str, Any] | None" = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> "dict[str, Any]":
         """One unary call: ``body`` as JSON out, the answer's object back.
 
         Raises:
@@ -821,7 +851,7 @@ class Client:
 
     # -- server streaming -------------------------------------------------------------
 
-    def stream(self, service: str, method: str, body: Mapping[str, Any], *, timeout_s: float) -> Stream:
+    def stream(self, service: str, method: str, body: "Mapping[str, Any]", *, timeout_s: float) -> "Stream":
         """A server-streaming call, sent before this returns: each message as it arrives
         from the :class:`Stream` (so the caller's own preparation overlaps the server's work).
 
@@ -838,7 +868,7 @@ class Client:
         sent = self._send(procedure, envelope, len(envelope), "application/connect+json", timeout_s)
         return Stream(self._messages(procedure, timeout_s, sent), sent)
 
-    def _messages(self, procedure: str, timeout_s: float, sent: Sent) -> Generator[dict[str, Any], None, None]:
+    def _messages(self, procedure: str, timeout_s: float, sent: Sent) -> "Generator[dict[str, Any], None, None]":
         """A sent stream's messages, up to its end message.
 
         Raises:
@@ -886,14 +916,14 @@ class Stream:
 
     __slots__ = ("_messages", "_sent")
 
-    def __init__(self, messages: Generator[dict[str, Any], None, None], sent: Sent) -> None:
+    def __init__(self, messages: "Generator[dict[str, Any], None, None]", sent: Sent) -> None:
         self._messages = messages
         self._sent = sent
 
-    def __iter__(self) -> Stream:
+    def __iter__(self) -> "Stream":
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> "dict[str, Any]":
         """The next message.
 
         Raises:
@@ -908,7 +938,7 @@ class Stream:
         self._sent.close()
 
 
-def _decode(data: bytes) -> dict[str, Any]:
+def _decode(data: bytes) -> "dict[str, Any]":
     """Raises: ApiError: not a JSON object."""
     try:
         value = loads(data or b"{}")

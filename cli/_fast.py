@@ -20,7 +20,10 @@ click costs about 45 ms on the project's machine, several times what the rest of
 ``exec`` takes.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
 import os
 import sys
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     return _run(sys.argv[1:] if argv is None else argv)[0]
 
 
-def entry() -> NoReturn:
+def entry() -> "NoReturn":
     """The ``limiquantix`` program: run ``sys.argv[1:]`` and exit with its code.
 
     After exec/sh the process ends at once (``os._exit``, stdout and stderr flushed): the
@@ -201,7 +204,7 @@ def parse_env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def by_name(options: Iterable[Opt]) -> dict[str, Opt]:
+def by_name(options: "Iterable[Opt]") -> dict[str, Opt]:
     """Every name of ``options`` → its option."""
     return {name: opt for opt in options for name in opt.names}
 
@@ -209,7 +212,7 @@ def by_name(options: Iterable[Opt]) -> dict[str, Opt]:
 # ------------------------------------------------------------------------ the parse
 
 
-def _option(argv: Sequence[str], i: int, table: dict[str, Opt], into: dict[str, Any]) -> int | None:
+def _option(argv: "Sequence[str]", i: int, table: dict[str, Opt], into: "dict[str, Any]") -> int | None:
     """Parse the option at ``argv[i]`` into ``into``; the next index, or None if click must."""
     token = argv[i]
     name, eq, value = token.partition("=") if token.startswith("--") else (token, "", "")
@@ -234,7 +237,7 @@ def _option(argv: Sequence[str], i: int, table: dict[str, Opt], into: dict[str, 
     return i
 
 
-def parse(argv: Sequence[str]) -> Parsed | None:
+def parse(argv: "Sequence[str]") -> "Parsed | None":
     """An exec/sh command line, as click would read it; None for anything else."""
     glob: dict[str, Any] = {}
     table = by_name(GLOBAL_OPTIONS)
@@ -294,13 +297,13 @@ def shell_quote(word: str) -> str:
 def exec_body(
     vm: str,
     command: str,
-    args: Sequence[str],
+    args: "Sequence[str]",
     *,
     timeout_s: int,
     user: str = "",
     cwd: str = "",
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+    env: "Mapping[str, str] | None" = None,
+) -> "dict[str, Any]":
     """An ExecuteScriptRequest in proto3 JSON: ``command`` + ``args`` is an argv, ``command``
     alone a shell script."""
     return {
@@ -317,15 +320,15 @@ def exec_body(
 
 
 def exec_command(
-    options: Mapping[str, Any],
+    options: "Mapping[str, Any]",
     command: str,
     vm: str,
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     *,
     timeout_s: int = 0,
     user: str = "",
     cwd: str = "",
-    env: Mapping[str, str] | None = None,
+    env: "Mapping[str, str] | None" = None,
 ) -> int:
     """``exec`` (``argv`` is the command) or ``sh`` (``argv[0]`` is the script, ``-``: read
     from stdin) with the global ``options``: the exit code, every failure of ours said on
@@ -354,7 +357,7 @@ def exec_command(
     return follow(events)
 
 
-def run(argv: Sequence[str]) -> int | None:
+def run(argv: "Sequence[str]") -> int | None:
     """Run an exec/sh command line; its exit code, or None when click must handle it."""
     if os.environ.get("_LIMIQUANTIX_COMPLETE"):
         return None

@@ -65,7 +65,10 @@ and :mod:`.rpc` (httpx, quart, hypercorn) out, which only works while nothing th
 imports imports them.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
 # Not typing.TYPE_CHECKING: importing typing costs ``limiquantix exec`` milliseconds.
 TYPE_CHECKING = False
@@ -199,7 +202,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["import_lazily", *sorted(_LAZY)]
 
 
-def import_lazily(package: str, where: Mapping[str, str], name: str) -> Any:
+def import_lazily(package: str, where: "Mapping[str, str]", name: str) -> "Any":
     """What a package's ``__getattr__`` answers for ``name`` (PEP 562): imported from the
     module ``where[name]`` names (relative to ``package``), or that module's submodule ``name``.
     This package's own exports, hostd's, the controller's and the TUI's are imported by it on

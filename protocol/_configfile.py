@@ -17,7 +17,10 @@ exactly what tomllib returns or leaves the file to it (tests/test_clientconfig.p
 the two on generated files).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
 import os
 import sys
@@ -57,7 +60,7 @@ def _value(text: str) -> tuple[object, str] | None:
     return None
 
 
-def _simple_toml(text: str) -> dict[str, Any] | None:
+def _simple_toml(text: str) -> "dict[str, Any] | None":
     """``text`` as tomllib reads it, when it is simple enough (see the module's docstring);
     None otherwise (tomllib then reads it, or says what is wrong)."""
     root: dict[str, Any] = {}
@@ -98,7 +101,7 @@ def _simple_toml(text: str) -> dict[str, Any] | None:
     return root
 
 
-def read_toml(path: str | os.PathLike[str] | None, default: str | os.PathLike[str]) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str] | None, default: str | os.PathLike[str]) -> "dict[str, Any]":
     """The parsed file at ``path``, else at ``default`` when it exists, else ``{}``.
 
     An explicitly named file must exist; the default one is optional.

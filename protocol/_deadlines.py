@@ -13,7 +13,10 @@ Pure: the agent ships this module (it needs the default timeout); every hop impo
 the package (``from limiquantix.protocol import command_budget_s``).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more than this module: ``limiquantix exec`` imports it at start
@@ -22,11 +25,11 @@ if TYPE_CHECKING:  # typing costs more than this module: ``limiquantix exec`` im
 __all__ = ["COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"]
 
 #: A command's timeout when the request names none (``timeout_seconds`` 0).
-DEFAULT_COMMAND_TIMEOUT_S: Final = 60.0
+DEFAULT_COMMAND_TIMEOUT_S: "Final" = 60.0
 #: What every hop allows beyond a command's own timeout: the agent killing the process
 #: group and reaping it, the result's frame over virtio-serial, and two HTTP hops back.
-COMMAND_MARGIN_S: Final = 10.0
-_INFINITY: Final = float("inf")
+COMMAND_MARGIN_S: "Final" = 10.0
+_INFINITY: "Final" = float("inf")
 
 
 def command_budget_s(timeout_seconds: float) -> float:

@@ -6,7 +6,10 @@ Apart from :mod:`._tls` (which re-exports these names) because it needs no ``ssl
 time is measured (``bench/cli_bench.py``); a plain-HTTP call to loopback loads no TLS.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module before its
+# request leaves, and that statement loads the __future__ module (about 0.3 ms of CPU on the
+# project's machine: bench/cli_bench.py); annotations naming what only type checkers
+# import are strings instead.
 
 __all__ = ["InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"]
 

@@ -317,6 +317,21 @@ STARTUP_EXTRAS = frozenset(
 )
 
 
+def _bare_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for ``python -S`` that finds the command line's sources (a tree of links,
+    ``limiquantix/{cli,protocol}``, on PYTHONPATH): no site, so no editable-install finder
+    (which loads pathlib, re and __future__) hides what the command imports; no config file."""
+    tree = tmp_path / "src" / "limiquantix"
+    tree.mkdir(parents=True)
+    for package in ("cli", "protocol"):
+        (tree / package).symlink_to(ROOT / package)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(tree.parent),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+
+
 def _imported(importtime: str) -> set[str]:
     """The modules a ``python -X importtime`` run's stderr names."""
     names = set()
@@ -376,15 +391,7 @@ def test_exec_starts_without_loading_what_it_does_not_need(
         server_tls.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
         scheme, ca_env = "https", {"LQX_CA_FILE": str(tmp_path / "ca.pem")}
     port = servers.start(_send(STREAM_HEAD + _chunked(*events)), server_tls)
-    tree = tmp_path / "src" / "limiquantix"
-    tree.mkdir(parents=True)
-    for package in ("cli", "protocol"):
-        (tree / package).symlink_to(ROOT / package)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(tree.parent),
-        "XDG_CONFIG_HOME": str(tmp_path),
-    }
+    env = _bare_env(tmp_path)
     if config_file:
         (tmp_path / "limiquantix").mkdir()
         (tmp_path / "limiquantix" / "tui.toml").write_text(
@@ -408,10 +415,19 @@ def test_exec_starts_without_loading_what_it_does_not_need(
     assert not {name for name in extra if name.startswith(("limiquantix.protocol._gen", "limiquantix.protocol.rpc"))}
 
 
-#: What follows a command once its request has left (its output, exit code and messages):
-#: imported while the controller works, never before the request is sent.
+#: What follows a command once its request has left (its output, exit code and messages),
+#: the C scanner that reads the answer, and the module behind ``from __future__ import
+#: annotations`` (which no module imported before the send uses): loaded while the controller
+#: works, never before the request is sent.
 AFTER_THE_SEND = frozenset(
-    {"limiquantix.cli._exec", "limiquantix.cli._output", "limiquantix.cli._exitcodes", "limiquantix.protocol._exits"}
+    {
+        "limiquantix.cli._exec",
+        "limiquantix.cli._output",
+        "limiquantix.cli._exitcodes",
+        "limiquantix.protocol._exits",
+        "_json",
+        "__future__",
+    }
 )
 
 
@@ -430,20 +446,17 @@ def test_exec_sends_its_request_before_loading_what_follows_the_command(servers:
         "seen = []\n"
         "class Noting(_socket.socket):\n"
         "    def sendall(self, *args):\n"
-        "        seen.append(sorted(m for m in sys.modules if m.startswith('limiquantix')))\n"
+        "        seen.append(sorted(sys.modules))\n"
         "        return super().sendall(*args)\n"
         "_socket.socket = Noting\n"
         "from limiquantix.cli._fast import main\n"
         "code = main(['exec', 'vm-1', '--', 'true'])\n"
         "print(repr((code, seen, sorted(sys.modules))), file=sys.stderr)\n"
     )
-    env = {
-        **os.environ,
-        "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}",
-        "LQX_TOKEN": "t0k",
-        "XDG_CONFIG_HOME": str(tmp_path),
-    }
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    env = {**_bare_env(tmp_path), "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}", "LQX_TOKEN": "t0k"}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout == "out\n"
     exit_code, seen, at_exit = ast.literal_eval(done.stderr.splitlines()[-1])
     assert exit_code == 3
@@ -458,6 +471,11 @@ JSON_VALUES = [
     {},
     [],
     "",
+    "printable ASCII ~!@#$%^&*()_+`-={}|[]:;'<>?,./ as it is",
+    "\x7f",  # ASCII, not printable: left to _json (which writes it as it is)
+    "a \\ backslash",
+    'a " quote',
+    "a\ttab",
     'é \x00 \x1f \u2028 \U0001f600 \\ "',
     "\ud800",  # a lone surrogate (what a \\ud800 escape reads as)
     {"vmId": "web-1", "command": "printf", "args": ["%s|", "a b"], "timeoutSeconds": 5, "environment": {"A": "1"}},
