@@ -6,11 +6,14 @@ delays the request (bench/cli_bench.py measures ``limiquantix exec`` against cur
 no rich, no protobuf, no httpx.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module on every
+# run, and that statement loads the __future__ module (about 0.3 ms of CPU on the project's
+# machine: bench/cli_bench.py); annotations naming what only type checkers import are
+# strings instead.
 
 import sys
 
-from limiquantix.protocol import ConfigError, describe_exit
+from limiquantix.protocol import ConfigError
 
 from . import _exitcodes as ec
 from ._client import ApiError
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["cli_error", "ending", "exit_status", "follow"]
 
 
-def ending(result: Mapping[str, Any]) -> str:
+def ending(result: "Mapping[str, Any]") -> str:
     """How a command ended, in words (:func:`~limiquantix.protocol.describe_exit`), from
     its result's JSON: an ExecuteScriptResponse or a fleet run's target, which carry the same
     exitCode, exitReason and signal; empty when it does not say (a target never run)."""
@@ -36,10 +39,12 @@ def ending(result: Mapping[str, Any]) -> str:
     code = result.get("exitCode")
     if code is None and not reason:
         return ""
+    from limiquantix.protocol import describe_exit  # here: a command that simply exited needs none
+
     return describe_exit(code, reason, int(result.get("signal") or 0), int(result.get("durationMs") or 0))
 
 
-def exit_status(result: Mapping[str, Any]) -> int:
+def exit_status(result: "Mapping[str, Any]") -> int:
     """Our exit code for a command's result (:mod:`._exitcodes`), its reason said on stderr
     when it did not simply exit."""
     reason = result.get("exitReason", "")
@@ -60,7 +65,7 @@ def exit_status(result: Mapping[str, Any]) -> int:
     return ec.EXEC_CLI_ERROR
 
 
-def follow(events: Stream) -> int:
+def follow(events: "Stream") -> int:
     """Follow a sent ExecuteScriptStream (:meth:`._client.Client.stream`): output to our stdout
     and stderr as it comes; the exit code (:func:`exit_status`; 125 when the call failed, said
     on stderr).

@@ -6,7 +6,10 @@ script can tell from most programs' codes; every other command uses the BSD ``sy
 numbers for what went wrong.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: limiquantix exec imports this module on every
+# run, and that statement loads the __future__ module (about 0.3 ms of CPU on the project's
+# machine: bench/cli_bench.py); annotations naming what only type checkers import are
+# strings instead.
 
 __all__ = [
     "AUTH",

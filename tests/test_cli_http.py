@@ -415,26 +415,20 @@ def test_exec_starts_without_loading_what_it_does_not_need(
     assert not {name for name in extra if name.startswith(("limiquantix.protocol._gen", "limiquantix.protocol.rpc"))}
 
 
-#: What follows a command once its request has left (its output, exit code and messages),
-#: the C scanner that reads the answer, and the module behind ``from __future__ import
-#: annotations`` (which no module imported before the send uses): loaded while the controller
-#: works, never before the request is sent.
-AFTER_THE_SEND = frozenset(
-    {
-        "limiquantix.cli._exec",
-        "limiquantix.cli._output",
-        "limiquantix.cli._exitcodes",
-        "limiquantix.protocol._exits",
-        "_json",
-        "__future__",
-    }
-)
+#: What follows a command once its request has left (its output, exit code and messages)
+#: and the C scanner that reads the answer: loaded while the controller works, never before
+#: the request is sent.
+AFTER_THE_SEND = frozenset({"limiquantix.cli._exec", "limiquantix.cli._output", "limiquantix.cli._exitcodes", "_json"})
+#: Loaded by none of exec's modules when the command simply exited: the module behind ``from
+#: __future__ import annotations``, and the words for a command that did not exit.
+NEVER_FOR_AN_EXIT = frozenset({"__future__", "limiquantix.protocol._exits"})
 
 
 def test_exec_sends_its_request_before_loading_what_follows_the_command(servers: Servers, tmp_path: Path) -> None:
     """The modules loaded when the request leaves (a socket whose sendall notes them), and at
     the end: what only follows the command (:data:`AFTER_THE_SEND`) is loaded after the send,
-    so it costs no wall time (bench/cli_bench.py); the program works as always."""
+    so it costs no wall time (bench/cli_bench.py), and :data:`NEVER_FOR_AN_EXIT` not at all;
+    the program works as always."""
     events = (
         _envelope(0, b'{"output": {"seq": 1, "stream": "stdout", "text": "out\\n"}}'),
         _envelope(0, b'{"result": {"exitCode": 3, "exitReason": "exited"}}'),
@@ -463,6 +457,7 @@ def test_exec_sends_its_request_before_loading_what_follows_the_command(servers:
     assert len(seen) == 1, "one request, sent in one piece"
     assert AFTER_THE_SEND.isdisjoint(seen[0]), "loaded before the request left"
     assert AFTER_THE_SEND.issubset(at_exit)
+    assert NEVER_FOR_AN_EXIT.isdisjoint(at_exit)
 
 
 # ------------------------------------------------------------------ cli/_client.py's JSON
