@@ -387,12 +387,20 @@ class VMAPI:
     async def ExecuteScriptStream(
         self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
     ) -> AsyncIterator[api_pb.ExecuteScriptEvent]:
-        """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command."""
+        """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command.
+
+        The command's result is sent once its audit row is complete, as ExecuteScript's answer
+        is: a client that has seen a command end finds its row complete (its outcome, its exit
+        code), and the result leaves with the stream's end in one write. That costs the client
+        nothing: the end, which the client waits for, came after the row anyway. Output goes out
+        as it comes.
+        """
         check_message(request)
         detail = exec_detail(request)
         execute = execute_request(request)
         principal, route = await self._route(ctx, request.vm_id, Permission.VM_EXEC, AuditAction.EXEC_STREAM, detail)
         decoder = OutputDecoder()
+        ended: api_pb.ExecuteScriptEvent | None = None
         async with self._audited(ctx, principal, route, AuditAction.EXEC_STREAM, detail) as audit:
             node = self._reachable(route)
             upstream = self.nodes.stream(
@@ -419,10 +427,12 @@ class VMAPI:
                         # What the decoders held back (a cut-off character) ends the output.
                         result.stdout = decoder.flush("stdout")
                         result.stderr = decoder.flush("stderr")
-                        yield api_pb.ExecuteScriptEvent(result=result)
+                        ended = api_pb.ExecuteScriptEvent(result=result)  # sent after the row (above)
             finally:
                 # Closing upstream is what cancels the command in the guest.
                 await upstream.aclose()
+        if ended is not None:
+            yield ended
 
     async def CancelExecution(
         self, request: api_pb.CancelExecutionRequest, ctx: CallContext

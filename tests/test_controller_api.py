@@ -476,6 +476,20 @@ async def test_stream_relays_output_and_disconnect_cancels(stack: Stack) -> None
         assert flags == 2 and "error" not in end
         assert messages[-2][1]["result"]["exitCode"] == 0
 
+        # A command's result comes once its audit row is complete (as ExecuteScript's answer).
+        body = envelope({"vmId": "vm0", "command": "exit 4"})
+        async with stack.client.stream("POST", url, content=body, headers=headers) as resp:
+            buf, result = b"", None
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                result = next((m["result"] for _, m in _envelopes(buf)[0] if "result" in m), None)
+                if result is not None:
+                    rows = await _audit(stack, AuditAction.EXEC_STREAM)
+                    break
+        assert result is not None and result["exitCode"] == 4
+        row = next(r for r in rows if r.detail.command == "exit 4")
+        assert (row.outcome, row.exit_code) == (AuditOutcome.FAILURE, 4)
+
         # The client goes away mid-command: the guest command must be killed.
         body = envelope({"vmId": "vm0", "command": "echo pid $$; exec sleep 31.4159"})
         async with stack.client.stream("POST", url, content=body, headers=headers) as resp:
