@@ -334,3 +334,24 @@ def _own_config_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     ``~/.config/limiquantix/`` (tui.toml, api-examples.sh) must not change what a test sees
     (the help screen names api-examples.sh when it exists)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+
+
+@pytest.fixture
+def quick_pilot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Textual's Pilot waits for an idle app in 5 ms slices instead of 20 ms (Textual tests).
+
+    ``pilot.press`` waits twice per key and ``pilot.pause`` once for the app to go idle:
+    sleeps of ``SLEEP_GRANULARITY`` (20 ms) until one passes with under 5 % of it in CPU, so
+    at least 20 ms per wait whatever the app does; the TUI tests make ~800 such waits, which
+    were most of their time. What the wait is for is kept: the slice stays longer than the
+    screen's refresh period (4 ms here, 1/60 s by default: 20 ms > 16.7 ms is Textual's own
+    margin), so a refresh that a key scheduled (layout, repaint, ``call_after_refresh``
+    callbacks) is done within each wait, as with the defaults; idle is still under 5 %.
+    Textual is pinned (pyproject.toml); a renamed constant fails here, loudly.
+    """
+    import textual._wait
+    import textual.screen
+
+    monkeypatch.setattr(textual._wait, "SLEEP_GRANULARITY", 0.005)
+    monkeypatch.setattr(textual._wait, "SLEEP_IDLE", 0.005 / 20)
+    monkeypatch.setattr(textual.screen, "UPDATE_PERIOD", 0.004)

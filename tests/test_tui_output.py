@@ -16,7 +16,7 @@ from textual.widgets import Input
 from limiquantix.tui.widgets.output import MAX_LINE_CHARS, LineStore, OutputPane, OutputView
 from limiquantix.tui.widgets.path_dialog import PathDialog
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
 
 
 @pytest.fixture

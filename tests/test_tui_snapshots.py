@@ -40,6 +40,8 @@ from limiquantix.tui.screens.audit import AuditScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
 
+pytestmark = pytest.mark.usefixtures("quick_pilot")
+
 SMALL = (80, 24)
 """The issue's minimum terminal."""
 LARGE = (120, 35)
@@ -120,6 +122,12 @@ async def until(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None
             return
         await pilot.pause(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def shown_whole(runner: RunnerScreen) -> bool:
+    """Every line of the runner's output is in its view's size (the view grows at most every
+    50 ms while output streams: the last grow may be on a timer still)."""
+    return runner.view.virtual_size.height == runner.view.line_count
 
 
 def scenario(*steps: Callable[[Pilot[None], LimiQuantixApp], Awaitable[None]]) -> tuple[LimiQuantixApp, Any]:
@@ -222,7 +230,11 @@ def test_runner_finished(snap_compare: Any) -> None:
         assert isinstance(screen, RunnerScreen)
         screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running, "the streamed run")
+        await until(
+            pilot,
+            lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running and shown_whole(screen),
+            "the streamed run",
+        )
         # The output has the focus (its cursor on the last line): a TextArea that had it through a
         # run is drawn with or without its cursor, as the blink was when it last drew the line.
         screen.view.focus()
@@ -240,7 +252,7 @@ def test_runner_fleet(snap_compare: Any) -> None:
         screen = app.screen
         assert isinstance(screen, RunnerScreen) and screen.fleet
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: len(screen.targets) == 12, "the fleet run's WatchCommand")
+        await until(pilot, lambda: len(screen.targets) == 12 and shown_whole(screen), "the fleet run's WatchCommand")
         screen.view.focus()  # as in test_runner_finished
 
     app, run_before = scenario(fleet_run)
