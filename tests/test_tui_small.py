@@ -28,10 +28,13 @@ from limiquantix.tui.screens.files import FilesScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
 
 SMALL = (80, 24)
 TINY = (60, 20)
+SIZES = (SMALL, TINY)
+"""Each test of a size starts the app at the first and resizes it to the next (an operator's
+terminal resized; one app start instead of one per size, where a start costs more)."""
 Handler = Callable[[httpx.Request], httpx.Response]
 _S = TypeVar("_S", bound=Screen[Any])
 
@@ -64,6 +67,17 @@ def _text(app: LimiQuantixApp) -> list[str]:
     return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
+async def _at_size(pilot: Pilot[None], app: LimiQuantixApp, size: tuple[int, int]) -> None:
+    """The terminal at ``size`` (resized if it is not) and the screen drawn at it."""
+    if app.size == size:
+        return
+    await pilot.resize_terminal(*size)
+    # Textual passes a resize on to the screen after 1/120 s: until the screen is drawn at the
+    # new size, then a pause for what its widgets do about it (the footer fits its keys again).
+    await until(pilot, lambda: [len(line) for line in _text(app)] == [size[0]] * size[1], f"the screen at {size}")
+    await pilot.pause()
+
+
 async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
     """web-01 (the 9th row by name) with a GetVM answer drawn."""
     await pilot.press(*["down"] * 8, "enter")
@@ -92,44 +106,47 @@ async def _open_from_vm(
 # ----------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
-async def test_fleet_figures_and_help_stay_whole(size: tuple[int, int]) -> None:
+async def test_fleet_figures_and_help_stay_whole() -> None:
     """Every column header shown whole (Uptime read "Upti" at 60), the footer keeps "? Help"."""
     app, feed = _app()
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=SIZES[0]) as pilot:
         feed()
         await pilot.pause()
-        # The footer draws its keys after the table (blank after one pause on a loaded machine).
-        await until(pilot, lambda: bool(_text(app)[-1].strip()), "the footer")
-        lines = _text(app)
-        header = next(line for line in lines if " Name " in line)
-        assert header.split() == ["Name", "State", *(["OS", "IP"] if size == SMALL else []), "CPU", "Mem", "Uptime"]
-        assert all(len(line) <= size[0] for line in lines)
-        web = next(line for line in lines if " web-01 " in line)
-        assert web.split()[-3:] == ["16%", "31%", "36d02h"], web  # the figures, whole
-        footer = lines[-1]
-        assert footer.rstrip().endswith("? Help"), footer
-        assert "⏎ Details" in footer and "/ Filter" in footer
-        assert "q Q " not in footer + " " and not footer.rstrip().endswith("q Q"), footer  # whole keys or none
+        for size in SIZES:
+            await _at_size(pilot, app, size)
+            # The footer draws its keys after the table (blank after one pause on a loaded machine).
+            await until(pilot, lambda: bool(_text(app)[-1].strip()), "the footer")
+            lines = _text(app)
+            header = next(line for line in lines if " Name " in line)
+            wide = ["OS", "IP"] if size == SMALL else []
+            assert header.split() == ["Name", "State", *wide, "CPU", "Mem", "Uptime"], size
+            assert all(len(line) <= size[0] for line in lines)
+            web = next(line for line in lines if " web-01 " in line)
+            assert web.split()[-3:] == ["16%", "31%", "36d02h"], web  # the figures, whole
+            footer = lines[-1]
+            assert footer.rstrip().endswith("? Help"), footer
+            assert "⏎ Details" in footer and "/ Filter" in footer
+            assert "q Q " not in footer + " " and not footer.rstrip().endswith("q Q"), footer  # whole keys or none
 
 
-@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
-async def test_vm_screen_footer_keeps_help(size: tuple[int, int]) -> None:
+async def test_vm_screen_footer_keeps_help() -> None:
     app, feed = _app()
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=SIZES[0]) as pilot:
         feed()
         await pilot.pause()
         await _open_vm(pilot, app)
-        footer = _text(app)[-1]
-        assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
-        # Keys that do not fit are left out whole, never cut (the last shown one is whole).
-        keys = footer.split("? Help")[0].split()
-        assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
-                            "g", "Ping", "q", "Quit", "j", "Jobs"} for word in keys), footer  # fmt: skip
+        for size in SIZES:
+            await _at_size(pilot, app, size)
+            footer = _text(app)[-1]
+            assert len(footer) == size[0], size
+            assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
+            # Keys that do not fit are left out whole, never cut (the last shown one is whole).
+            keys = footer.split("? Help")[0].split()
+            assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
+                                "g", "Ping", "q", "Quit", "j", "Jobs"} for word in keys), footer  # fmt: skip
 
 
-@pytest.mark.parametrize("size", [SMALL, TINY], ids=["80x24", "60x20"])
-async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> None:
+async def test_recent_runs_keep_exit_and_ms_visible() -> None:
     """A run whose first line is long: the command is cut, Exit and ms stay on screen; the
     options row keeps Run and Cancel whole."""
     long_line = "for host in $(seq 1 100); do echo checking a rather long command line $host; done"
@@ -141,20 +158,22 @@ async def test_recent_runs_keep_exit_and_ms_visible(size: tuple[int, int]) -> No
         return _unimplemented(request)
 
     app, feed = _app(controller)
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=SIZES[0]) as pilot:
         runner = await _open_from_vm(pilot, app, feed, "x", RunnerScreen)
         runner.query_one("#script", TextArea).load_text(long_line)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
-        await pilot.pause()
-        lines = _text(app)
-        header = next(line for line in lines if "Recent runs" in line)
-        assert header.rstrip().endswith("ms") and "Exit" in header, header
-        row = lines[lines.index(header) + 1]  # the table's first row: the newest run
-        assert row.split()[-2:] == ["3", "123456"], row
-        assert "for h" in row and "…" in row and long_line not in row, row
-        options = next(line for line in lines if "timeout s" in line)
-        assert "Run ^R" in options and "Cancel ^B" in options, options
+        for size in SIZES:
+            await _at_size(pilot, app, size)
+            lines = _text(app)
+            assert all(len(line) == size[0] for line in lines), size
+            header = next(line for line in lines if "Recent runs" in line)
+            assert header.rstrip().endswith("ms") and "Exit" in header, header
+            row = lines[lines.index(header) + 1]  # the table's first row: the newest run
+            assert row.split()[-2:] == ["3", "123456"], row
+            assert "for h" in row and "…" in row and long_line not in row, row
+            options = next(line for line in lines if "timeout s" in line)
+            assert "Run ^R" in options and "Cancel ^B" in options, options
 
 
 async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
@@ -237,8 +256,7 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tm
     assert request.content == local.read_bytes()  # the body written field by field is one valid message
 
 
-@pytest.mark.parametrize(("rows", "said"), [(1, "1 audit row"), (2, "2 audit rows"), (0, "0 audit rows")])
-async def test_audit_counts_its_rows_in_words(rows: int, said: str) -> None:
+async def test_audit_counts_its_rows_in_words() -> None:
     app, feed = _app()
     async with app.run_test(size=SMALL) as pilot:
         feed()
@@ -249,5 +267,8 @@ async def test_audit_counts_its_rows_in_words(rows: int, said: str) -> None:
         assert isinstance(audit, AuditScreen)
         notes: list[str] = []
         app.notify = lambda message, **_: notes.append(message)  # type: ignore[method-assign]
-        audit.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()])[:rows])
-        assert notes == [said]
+        records = demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()])
+        for rows, said in [(1, "1 audit row"), (2, "2 audit rows"), (0, "0 audit rows")]:
+            notes.clear()
+            audit.show(records[:rows])
+            assert notes == [said]
