@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from test_tui_snapshots import _answer, until
+from test_tui_snapshots import _answer, enter_web01, until
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Input, Static, TextArea
@@ -80,10 +80,7 @@ async def _at_size(pilot: Pilot[None], app: LimiQuantixApp, size: tuple[int, int
 
 async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
     """web-01 (the 9th row by name) with a GetVM answer drawn."""
-    await pilot.press(*["down"] * 8, "enter")
-    await pilot.pause()
-    screen = app.screen
-    assert isinstance(screen, VMScreen)
+    screen = await enter_web01(pilot, app)
     screen.show(demo_data.vm_detail(0))
     await pilot.pause()
     return screen
@@ -192,8 +189,7 @@ async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
         lines = _text(app)
         assert "● gone 1" in lines[1] + lines[2] and "● hibernating 1" in lines[1] + lines[2]
         assert any(" web-01 " in line and " gone " in line for line in lines)
-        await pilot.press(*["down"] * 8, "enter")
-        await pilot.pause()
+        await enter_web01(pilot, app)
         title = "\n".join(_text(app)[1:4])
         assert "gone" in title and "last seen 5 min ago" in title and "last reported by its node 2 min ago" in title, (
             title

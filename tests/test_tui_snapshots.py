@@ -37,6 +37,7 @@ from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.tui import ControllerClient, LimiQuantixApp, demo_data
 from limiquantix.tui.screens.audit import AuditScreen
+from limiquantix.tui.screens.fleet import FleetScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
 
@@ -149,12 +150,25 @@ def vm_id(index: int) -> str:
     return demo_data.fleet()[index].vm_id
 
 
-async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-    """Enter on web-01 (sorted by name, the 9th row), then 30 GetVM answers."""
-    await pilot.press(*["down"] * 8, "enter")
+async def enter_web01(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
+    """Enter on web-01 (sorted by name, the 9th row): its VM screen.
+
+    The fleet's cursor is put there by the table's own call, not by eight ``down`` keys: those
+    keys are test_fleet's and test_tui_fleet_table's; here they drew eight fleets no test reads.
+    """
+    fleet = app.screen
+    assert isinstance(fleet, FleetScreen)
+    fleet.table.move_cursor(row=8)
+    await pilot.press("enter")
     await pilot.pause()
     screen = app.screen
     assert isinstance(screen, VMScreen) and screen.vm_id == vm_id(0)
+    return screen
+
+
+async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    """web-01's VM screen, then 30 GetVM answers."""
+    screen = await enter_web01(pilot, app)
     for step in range(30):
         screen.show(demo_data.vm_detail(0, step))
     await pilot.pause()
@@ -346,7 +360,6 @@ async def test_fleet_refresh_in_place_matches_a_rebuild() -> None:
     """The in-place refresh (cells updated, rows removed / added, DataTable.sort) shows what a
     rebuild would: every row's cells in the screen's order, the cursor on its VM, markup shown
     as text; with the CPU sort reordering rows on every update."""
-    from limiquantix.tui.screens.fleet import FleetScreen
     from limiquantix.tui.widgets.fleet_table import FleetTable
     from limiquantix.tui.widgets.fleet_table import row_cells as _cells
 
