@@ -24,9 +24,10 @@ names are invented. Used by ``tests/test_tui_snapshots.py``,
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import random
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -133,7 +134,25 @@ def _rng(*key: object) -> random.Random:
     return random.Random("/".join(map(str, key)))
 
 
-def _vm(index: int, step: int, now: float) -> VM:
+class _Drawn(NamedTuple):
+    """What of a VM no step moves: drawn once per index (seeding a generator from text is
+    most of what a VM costs, and the benchmark and the tests make thousands per run)."""
+
+    name: str
+    node: str
+    state: str
+    os_info: _OS | None
+    labels: dict[str, str]
+    reachable: bool
+    base_cpu: float
+    base_mem: float
+    phase: float
+    age: float
+    vm_id: str
+
+
+@functools.cache
+def _drawn(index: int) -> _Drawn:
     if index < len(_NAMED):
         name, node, state, os_info, labels = _NAMED[index]
         reachable = node != UNREACHABLE_NODE
@@ -148,12 +167,18 @@ def _vm(index: int, step: int, now: float) -> VM:
     r = _rng("vm", index)
     base_cpu, base_mem = r.uniform(1, 70), r.uniform(15, 85)
     phase = r.uniform(0, 2 * math.pi)
-    boot = now - r.uniform(600, 40 * 86400)
+    age = r.uniform(600, 40 * 86400)
+    vm_id = f"{name}-{_rng('id', index).getrandbits(32):08x}"
+    return _Drawn(name, node, state, os_info, labels, reachable, base_cpu, base_mem, phase, age, vm_id)
+
+
+def _vm(index: int, step: int, now: float) -> VM:
+    name, node, state, os_info, labels, reachable, base_cpu, base_mem, phase, age, vm_id = _drawn(index)
+    boot = now - age
     seen = os_info is not None
     connected = state == "connected"
     wave = math.sin(step / 6 + phase)
     jitter = _rng("step", index, step).uniform(-4, 4)
-    vm_id = f"{name}-{_rng('id', index).getrandbits(32):08x}"
     vm = VM(
         vm_id=vm_id,
         name=name,
