@@ -11,12 +11,14 @@ envelopes, refusing a claimed length over its limit before buffering it.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import itertools
 import json
 import re
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, final
 
@@ -84,9 +86,21 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
     it is text, so that a large body is not held through the parse's own copies.
     Unknown fields are ignored (as connect-go does: newer clients keep working).
 
+    What it costs: ``json.loads`` and one walk of the tree beside the descriptor
+    (:func:`_prepare`), which takes every string field's text out of what
+    ``json_format.ParseDict`` sees and sets it on the message afterwards. json_format
+    runs a regular expression over each string value, looking for lone surrogates
+    (about 60 ns a character: a 16 MiB string took a second of CPU, GIL held, before
+    any field limit was checked), and spends microseconds per item of a repeated
+    field or map (16 MiB of one-letter ``args`` took 13 s). The walk checks strings
+    for lone surrogates itself and hands repeated strings and string maps to the
+    message in one call; bench/json_decode_bench.py has the figures.
+
     Raises:
         InvalidArgument: an empty body (not a JSON object: send ``{}``); a bytes field
-            that is not base64 (named; proto3 JSON: standard or URL-safe, padding optional).
+            that is not base64 (named; proto3 JSON: standard or URL-safe, padding optional);
+            a string holding a lone surrogate (named); an item of a repeated string field
+            or a value of a string map that is not a string (named).
         json_format.ParseError: not JSON for ``cls`` (duplicate keys included).
         UnicodeDecodeError: not UTF-8.
     """
@@ -102,8 +116,11 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
         raise json_format.ParseError(f"Failed to load JSON: {exc}.") from exc
     del text
     msg = cls()
-    _check_base64(tree, msg.DESCRIPTOR, "")
+    deferred: list[_Deferred] = []
+    _prepare(tree, msg.DESCRIPTOR, "", (), deferred)
     json_format.ParseDict(tree, msg, ignore_unknown_fields=True)
+    for deferral in deferred:
+        deferral.apply(msg)
     return msg
 
 
@@ -111,41 +128,142 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
 # decoder drops whatever is not in the alphabet ("hello world\n" became garbage bytes).
 _BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")
 
+#: A way from the top message to a nested one: (field name, index or map key); None
+#: for a singular message field.
+_Step = tuple[str, int | str | None]
 
-def _check_base64(tree: Any, desc: Any, path: str) -> None:
-    """Refuse a bytes field whose JSON string is not base64, naming the field.
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    """A string field's value, set on the message once json_format has built it.
+
+    ``kind`` says how: ``set`` a singular field (json_format set the placeholder
+    ``""``, so presence and oneof checks are its own), ``list`` a repeated field's
+    items, ``map`` a string-to-string map's entries (json_format saw them empty).
+    """
+
+    at: tuple[_Step, ...]
+    name: str
+    kind: str
+    value: Any
+
+    def apply(self, msg: Any) -> None:
+        for name, index in self.at:
+            msg = getattr(msg, name)
+            if index is not None:
+                msg = msg[index]
+        if self.kind == "set":
+            setattr(msg, self.name, self.value)
+        elif self.kind == "list":
+            getattr(msg, self.name).extend(self.value)
+        else:
+            getattr(msg, self.name).update(self.value)
+
+
+@functools.cache
+def _json_fields(desc: Any) -> dict[str, Any]:
+    """A message type's fields by proto name and by JSON name (json_format takes both)."""
+    return {**desc.fields_by_name, **{f.json_name: f for f in desc.fields}}
+
+
+def _prepare(tree: Any, desc: Any, path: str, at: tuple[_Step, ...] | None, deferred: list[_Deferred]) -> None:
+    """Check what json_format checks badly or slowly, and take string values out of its way.
 
     Walks the parsed JSON beside the message's descriptor (nested messages, repeated
-    fields and map values included); everything else is left to json_format.
+    fields and map values included). Bytes must be strict base64; strings must not
+    hold a lone surrogate. String values are replaced in ``tree`` by what costs
+    json_format nothing (``""``, ``[]``, ``{}``) and recorded in ``deferred``, to be
+    set on the message after ``ParseDict``. ``at`` is how to reach this message from
+    the top one, None where the way is not known for sure (then values are only
+    checked). Everything else (types, numbers, enums, well-known types) is left
+    to json_format.
 
     Raises:
-        errors.InvalidArgument: a bytes field that is not strict base64.
+        errors.InvalidArgument: a bytes field that is not strict base64; a string
+            with a lone surrogate; a repeated string item or string map value that
+            is not a string.
     """
     if not isinstance(tree, dict) or desc.full_name.startswith("google.protobuf."):
         return
-    fields = {**desc.fields_by_name, **{f.json_name: f for f in desc.fields}}
-    for key, value in tree.items():
+    fields = _json_fields(desc)
+    spelled: dict[str, str] = {}
+    for key in list(tree):
         field = fields.get(key)
-        if field is None or value is None:
+        if field is None:
+            continue
+        first = spelled.setdefault(field.name, key)
+        if first != key:
+            # json_format takes both spellings, in an order-dependent way (the last
+            # clears a repeated field, merges a message, nulls what the first set);
+            # protojson (connect-go) refuses them, and so do we.
+            raise errors.InvalidArgument(
+                f"{path + '.' if path else ''}{field.json_name} is given twice, as {first!r} and {key!r}"
+            )
+        value = tree[key]
+        if value is None:
             continue
         name = f"{path}.{field.json_name}" if path else field.json_name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             if isinstance(value, dict):
-                value_field = field.message_type.fields_by_name["value"]
-                for k, v in value.items():
-                    _check_value(v, value_field, f"{name}[{str(k)[:MAX_DETAIL_CHARS]!r}]")
+                _prepare_map(tree, key, value, field, name, at, deferred)
         elif field.is_repeated and isinstance(value, list):
+            if field.type == field.TYPE_STRING:
+                _check_texts(value, lambda i, name=name: f"{name}[{i}]")
+                if at is not None:
+                    tree[key] = []
+                    deferred.append(_Deferred(at, field.name, "list", value))
+                continue
             for i, item in enumerate(value):
-                _check_value(item, field, f"{name}[{i}]")
+                _prepare_value(item, field, f"{name}[{i}]", None if at is None else (*at, (field.name, i)), deferred)
+        elif field.type == field.TYPE_STRING:
+            if isinstance(value, str):  # anything else: json_format says what is wrong
+                _check_text(value, name)
+                if at is not None and value:
+                    tree[key] = ""
+                    deferred.append(_Deferred(at, field.name, "set", value))
         else:
-            _check_value(value, field, name)
+            _prepare_value(value, field, name, None if at is None else (*at, (field.name, None)), deferred)
 
 
-def _check_value(value: Any, field: Any, name: str) -> None:
-    """One value of ``field`` (see :func:`_check_base64`).
+def _prepare_map(
+    tree: dict[str, Any],
+    key: str,
+    value: dict[str, Any],
+    field: Any,
+    name: str,
+    at: tuple[_Step, ...] | None,
+    deferred: list[_Deferred],
+) -> None:
+    """One map field's JSON object (see :func:`_prepare`).
 
     Raises:
-        errors.InvalidArgument: a bytes value that is not strict base64.
+        errors.InvalidArgument: as :func:`_prepare`.
+    """
+    key_field = field.message_type.fields_by_name["key"]
+    value_field = field.message_type.fields_by_name["value"]
+    string_keys = key_field.type == key_field.TYPE_STRING
+    string_values = value_field.type == value_field.TYPE_STRING
+    if string_keys:
+        _check_texts(value.keys(), lambda i: f"{name} key {_nth_key(value, i)!r}")
+    if string_values:
+        _check_texts(value.values(), lambda i: f"{name}[{_nth_key(value, i)!r}]")
+    elif value_field.message_type is not None or value_field.type == value_field.TYPE_BYTES:
+        for k, v in value.items():
+            # The message of a string key is reached by the key as it is; other keys are
+            # converted by json_format (numbers, booleans): only checked there.
+            way = (*at, (field.name, k)) if at is not None and string_keys else None
+            _prepare_value(v, value_field, f"{name}[{k[:MAX_DETAIL_CHARS]!r}]", way, deferred)
+    if at is not None and string_keys and value_field.type == value_field.TYPE_STRING:
+        tree[key] = {}
+        deferred.append(_Deferred(at, field.name, "map", value))
+
+
+def _prepare_value(value: Any, field: Any, name: str, at: tuple[_Step, ...] | None, deferred: list[_Deferred]) -> None:
+    """One value of a bytes or message ``field`` (see :func:`_prepare`); others are json_format's.
+
+    Raises:
+        errors.InvalidArgument: as :func:`_prepare`.
     """
     if field.type == field.TYPE_BYTES:
         if isinstance(value, str) and not (_BASE64_RE.fullmatch(value) and _base64_length_ok(value)):
@@ -154,7 +272,58 @@ def _check_value(value: Any, field: Any, name: str) -> None:
                 " no spaces or newlines)"
             )
     elif field.message_type is not None:
-        _check_base64(value, field.message_type, name)
+        _prepare(value, field.message_type, name, at, deferred)
+
+
+def _text_error(value: Any) -> str | None:
+    """What is wrong with a string field's value (None: nothing).
+
+    JSON can carry what UTF-8 cannot: a lone surrogate (a ``\\ud800`` escape without its
+    pair). json.loads joins escaped pairs, so any surrogate left in a string is lone, and
+    encoding finds it exactly, where json_format's regular expression took 60 ns a character.
+    """
+    if type(value) is not str:
+        return f"is {'null' if value is None else type(value).__name__}, not a string"
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"is not valid text: a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}) at character {exc.start};"
+            " a \\uD800-\\uDFFF escape in JSON needs its pair"
+        )
+    return None
+
+
+def _check_text(value: Any, name: str) -> None:
+    """Raises: errors.InvalidArgument: ``value`` is no string or has a lone surrogate (see :func:`_text_error`)."""
+    problem = _text_error(value)
+    if problem is not None:
+        raise errors.InvalidArgument(f"{name} {problem}")
+
+
+def _check_texts(values: Collection[Any], name: Callable[[int], str]) -> None:
+    """Every item of ``values`` as :func:`_check_text`; ``name(i)`` names the first that
+    fails (the i-th). The usual case (all ASCII strings) runs in C loops.
+
+    Raises:
+        errors.InvalidArgument: see :func:`_check_text`.
+    """
+    if set(map(type, values)) <= _STR and all(map(str.isascii, values)):
+        return
+    for i, value in enumerate(values):
+        problem = _text_error(value)
+        if problem is not None:
+            raise errors.InvalidArgument(f"{name(i)} {problem}")
+
+
+_STR: Final = frozenset({str})
+
+
+def _nth_key(mapping: dict[str, Any], i: int) -> str:
+    """The i-th key of ``mapping``, cut for an error message (looked up on errors only)."""
+    return next(itertools.islice(mapping, i, None))[:MAX_DETAIL_CHARS]
 
 
 def _base64_length_ok(value: str) -> bool:
@@ -165,13 +334,20 @@ def _base64_length_ok(value: str) -> bool:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's keys, each once (as json_format.Parse insists)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
+    """An object's keys, each once (as json_format.Parse insists).
+
+    Raises:
+        json_format.ParseError: a key given twice (the first one named).
+    """
+    out = dict(pairs)  # in C: a loop here cost a µs per key of a million-key map
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise json_format.ParseError(f"Failed to load JSON: duplicate key {key[:MAX_DETAIL_CHARS]!r}.")
-        out[key] = value
-    return out
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs")  # pragma: no cover
 
 
 def _encode_proto(msg: Message) -> bytes:
