@@ -328,3 +328,49 @@ def test_repeated_strings_and_string_maps_hold_strings_only(body: bytes, message
 def test_a_singular_string_of_another_type_is_left_to_json_format() -> None:
     with pytest.raises(json_format.ParseError, match="command"):
         decode_json(b'{"command": 5}', vpb.ExecuteScriptRequest)
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [[1, 2, 3], [1, 2.0, "3", "4e0", "-0", "+5", "0006"], [], [4294967295]],
+    ids=["numbers", "proto3-json-forms", "empty", "max"],
+)
+def test_repeated_integers_are_taken_as_json_format_takes_them(groups: list[Any], spy: _SpyPattern) -> None:
+    body = json.dumps({"request": {"argv": ["id"], "runAs": {"user": "u", "groups": groups}}})
+    got, theirs = _both(body, npb.ExecuteInGuestRequest)
+    assert isinstance(theirs, Message) and got == theirs
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([1, 1.5], r"groups\[1\]: Couldn't parse integer: 1.5"),
+        ([True], r"groups\[0\]: Bool value True is not acceptable"),
+        (["1 2"], r'groups\[0\]: Couldn\'t parse integer: "1 2"'),
+        (["2.5"], r"groups\[0\]: Couldn't parse non-integer string"),
+        (["x"], r"groups\[0\]: invalid literal"),
+        ([1, None], r"groups\[1\]: NoneType is not an integer"),
+        ([4294967296], r"request\.runAs\.groups field: Value out of range: 4294967296"),
+        ([-1, "7"], r"request\.runAs\.groups field: Value out of range: -1"),
+    ],
+)
+def test_repeated_integers_json_format_refuses_are_refused_naming_the_item(groups: list[Any], message: str) -> None:
+    body = json.dumps({"request": {"runAs": {"groups": groups}}})
+    got, theirs = _both(body, npb.ExecuteInGuestRequest)
+    assert isinstance(theirs, json_format.ParseError)
+    assert isinstance(got, json_format.ParseError) and re.search(message, str(got)), got
+
+
+_B64_REFERENCE = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")  # the rule as a regular expression
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="AZaz09+/_-=é \n.", max_size=10))
+def test_bytes_are_refused_unless_strict_base64(value: str) -> None:
+    padded_ok = len(value) % 4 == 0 if value.endswith("=") else len(value) % 4 != 1
+    body = json.dumps({"content": value}).encode()
+    if _B64_REFERENCE.fullmatch(value) and padded_ok:
+        assert decode_json(body, vpb.WriteGuestFileRequest) == json_format.Parse(body, vpb.WriteGuestFileRequest())
+    else:
+        with pytest.raises(errors.InvalidArgument, match="^content is not base64"):
+            decode_json(body, vpb.WriteGuestFileRequest)

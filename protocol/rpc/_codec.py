@@ -11,11 +11,11 @@ envelopes, refusing a claimed length over its limit before buffering it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import itertools
 import json
-import re
 import struct
 import zlib
 from collections.abc import Callable, Collection
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .. import errors
@@ -126,7 +127,7 @@ def decode_json(data: bytes | bytearray, cls: type[Message]) -> Message:
 
 # proto3 JSON bytes: standard or URL-safe base64, padded or not. json_format's own
 # decoder drops whatever is not in the alphabet ("hello world\n" became garbage bytes).
-_BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")
+_BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 
 #: A way from the top message to a nested one: (field name, index or map key); None
 #: for a singular message field.
@@ -140,15 +141,18 @@ class _Deferred:
 
     ``kind`` says how: ``set`` a singular field (json_format set the placeholder
     ``""``, so presence and oneof checks are its own), ``list`` a repeated field's
-    items, ``map`` a string-to-string map's entries (json_format saw them empty).
+    items (strings, integers), ``map`` a string-to-string map's entries (json_format
+    saw them empty). ``label`` names the field in errors.
     """
 
     at: tuple[_Step, ...]
     name: str
     kind: str
     value: Any
+    label: str
 
     def apply(self, msg: Any) -> None:
+        """Raises: json_format.ParseError: an integer out of its field's range."""
         for name, index in self.at:
             msg = getattr(msg, name)
             if index is not None:
@@ -156,7 +160,10 @@ class _Deferred:
         if self.kind == "set":
             setattr(msg, self.name, self.value)
         elif self.kind == "list":
-            getattr(msg, self.name).extend(self.value)
+            try:
+                getattr(msg, self.name).extend(self.value)
+            except ValueError as exc:  # as json_format says it ("Value out of range: 4294967296")
+                raise json_format.ParseError(f"Failed to parse {self.label} field: {exc}.") from None
         else:
             getattr(msg, self.name).update(self.value)
 
@@ -212,7 +219,14 @@ def _prepare(tree: Any, desc: Any, path: str, at: tuple[_Step, ...] | None, defe
                 _check_texts(value, lambda i, name=name: f"{name}[{i}]")
                 if at is not None:
                     tree[key] = []
-                    deferred.append(_Deferred(at, field.name, "list", value))
+                    deferred.append(_Deferred(at, field.name, "list", value, name))
+                continue
+            if field.cpp_type in _INTEGER_TYPES:
+                # json_format converts and appends numbers one at a time, at 3 µs each.
+                numbers = _integers(value, name)
+                if at is not None:
+                    tree[key] = []
+                    deferred.append(_Deferred(at, field.name, "list", numbers, name))
                 continue
             for i, item in enumerate(value):
                 _prepare_value(item, field, f"{name}[{i}]", None if at is None else (*at, (field.name, i)), deferred)
@@ -221,7 +235,7 @@ def _prepare(tree: Any, desc: Any, path: str, at: tuple[_Step, ...] | None, defe
                 _check_text(value, name)
                 if at is not None and value:
                     tree[key] = ""
-                    deferred.append(_Deferred(at, field.name, "set", value))
+                    deferred.append(_Deferred(at, field.name, "set", value, name))
         else:
             _prepare_value(value, field, name, None if at is None else (*at, (field.name, None)), deferred)
 
@@ -256,7 +270,7 @@ def _prepare_map(
             _prepare_value(v, value_field, f"{name}[{k[:MAX_DETAIL_CHARS]!r}]", way, deferred)
     if at is not None and string_keys and value_field.type == value_field.TYPE_STRING:
         tree[key] = {}
-        deferred.append(_Deferred(at, field.name, "map", value))
+        deferred.append(_Deferred(at, field.name, "map", value, name))
 
 
 def _prepare_value(value: Any, field: Any, name: str, at: tuple[_Step, ...] | None, deferred: list[_Deferred]) -> None:
@@ -266,7 +280,7 @@ def _prepare_value(value: Any, field: Any, name: str, at: tuple[_Step, ...] | No
         errors.InvalidArgument: as :func:`_prepare`.
     """
     if field.type == field.TYPE_BYTES:
-        if isinstance(value, str) and not (_BASE64_RE.fullmatch(value) and _base64_length_ok(value)):
+        if isinstance(value, str) and not _is_base64(value):
             raise errors.InvalidArgument(
                 f"{name} is not base64: a bytes field in JSON is base64 (standard or URL-safe, padding optional;"
                 " no spaces or newlines)"
@@ -319,6 +333,65 @@ def _check_texts(values: Collection[Any], name: Callable[[int], str]) -> None:
 
 
 _STR: Final = frozenset({str})
+_INT: Final = frozenset({int})
+_INTEGER_TYPES: Final = frozenset(
+    {FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64}
+    | {FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64}
+)
+
+
+def _integers(values: list[Any], name: str) -> list[int]:
+    """A repeated integer field's JSON items as integers, by json_format's rules (numbers;
+    integral floats; decimal strings, as proto3 JSON writes 64-bit values); ranges are the
+    message's to check. The usual case (all JSON integers) is the list as it is.
+
+    Raises:
+        json_format.ParseError: an item that is no integer (named).
+    """
+    types = set(map(type, values))
+    if types <= _INT:
+        return values
+    if types <= _STR and " " not in "".join(values):  # int() takes spaces, json_format does not
+        with contextlib.suppress(ValueError):  # "1e3", "2.0", "x": one at a time below
+            return list(map(int, values))
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(_integer(value))
+        except (json_format.ParseError, ValueError, TypeError) as exc:
+            raise json_format.ParseError(f"Failed to parse {name}[{i}]: {str(exc)[:MAX_DETAIL_CHARS]}.") from None
+    return out
+
+
+def _integer(value: Any) -> int:
+    """One integer field value, as json_format's _ConvertInteger takes it.
+
+    Raises:
+        json_format.ParseError, ValueError: not an integer.
+        TypeError: not a number or a string (null, a list, an object).
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise json_format.ParseError(f"Bool value {value} is not acceptable for integer field")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise json_format.ParseError(f"Couldn't parse integer: {value}")
+        return int(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} is not an integer")
+    if " " in value:
+        raise json_format.ParseError(f'Couldn\'t parse integer: "{value[:MAX_DETAIL_CHARS]}"')
+    try:
+        return int(value)
+    except ValueError as exc:
+        try:
+            number = float(value)  # "1e3" and "2.0" are integers too
+        except ValueError:
+            raise exc from None  # int's own complaint, as json_format gives it
+        if not number.is_integer():
+            raise json_format.ParseError(f'Couldn\'t parse non-integer string: "{value[:MAX_DETAIL_CHARS]}"') from None
+        return int(number)
 
 
 def _nth_key(mapping: dict[str, Any], i: int) -> str:
@@ -326,11 +399,15 @@ def _nth_key(mapping: dict[str, Any], i: int) -> str:
     return next(itertools.islice(mapping, i, None))[:MAX_DETAIL_CHARS]
 
 
-def _base64_length_ok(value: str) -> bool:
-    """Padded: a multiple of 4; unpadded: never one character over (6 bits are no byte)."""
-    if value.endswith("="):
-        return len(value) % 4 == 0
-    return len(value) % 4 != 1
+def _is_base64(value: str) -> bool:
+    """Standard or URL-safe base64, at most two ``=`` of padding, and a length that is some
+    bytes' (padded: a multiple of 4; unpadded: never one character over, 6 bits are no
+    byte). In C loops: a regular expression took 9 ns a character."""
+    data = value.rstrip("=")
+    padding = len(value) - len(data)
+    if padding > 2 or not data.isascii() or data.encode("ascii").translate(None, _BASE64_ALPHABET):
+        return False
+    return len(value) % 4 == 0 if padding else len(value) % 4 != 1
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
