@@ -633,6 +633,56 @@ async def test_authenticate_rejects_before_the_body_is_read(server: Server) -> N
     assert server.codes("PingAgent") == ["unauthenticated"]
 
 
+BodiesSeen = list[str]
+
+
+@pytest.fixture(name="bodies_seen")
+def _bodies_seen(monkeypatch: pytest.MonkeyPatch) -> BodiesSeen:
+    """What every router in this process does with request bodies: ``"read"`` for each
+    Router.read_body (Connect), ``"decode"`` for each Router.decode (every protocol).
+    Wrapped, not replaced: the calls run as they would."""
+    seen: BodiesSeen = []
+    read_body, decode = connect.Router.read_body, connect.Router.decode
+
+    async def counting_read_body(self: connect.Router, ctx: connect.CallContext, limit: int) -> bytearray:
+        seen.append("read")
+        return await read_body(self, ctx, limit)
+
+    async def counting_decode(self: connect.Router, codec: Any, data: bytes | bytearray, cls: Any) -> Any:
+        seen.append("decode")
+        return await decode(self, codec, data, cls)
+
+    monkeypatch.setattr(connect.Router, "read_body", counting_read_body)
+    monkeypatch.setattr(connect.Router, "decode", counting_decode)
+    return seen
+
+
+#: A JSON request whose decode costs (a 4 MiB string; json_format alone spent 0.25 s on it).
+BIG_JSON = json.dumps({"vmId": "vm-1", "path": "p" * (4 * 1024 * 1024)}).encode()
+
+
+@pytest.mark.trio
+async def test_a_refused_token_is_answered_before_a_large_body_is_read_or_decoded(
+    server: Server, bodies_seen: BodiesSeen
+) -> None:
+    """Connect unary, Connect streaming and gRPC-Web: authentication runs on the headers; an
+    anonymous client cannot make the server read, buffer or parse what it sends."""
+    wrong = {"Authorization": "Bearer wrong"}
+    r = await server.post("WriteGuestFile", BIG_JSON, {**JSON, **wrong})
+    assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    stream_body = envelope(json.dumps({"vmId": "vm-1", "request": {"command": "c" * 4_000_000}}).encode())
+    r = await server.post("ExecuteInGuestStream", stream_body, {"Content-Type": "application/connect+json", **wrong})
+    assert r.status_code == 200 and b'"unauthenticated"' in r.content  # a stream's error: in its end message
+    r = await server.post("WriteGuestFile", envelope(BIG_JSON), {"Content-Type": "application/grpc-web+json", **wrong})
+    assert r.status_code == 200 and b"grpc-status:16" in r.content.replace(b" ", b"")  # in the trailers frame
+    assert bodies_seen == []
+    assert server.node.calls == 0
+    # The same calls with a token the test's policy takes: read and decoded.
+    r = await server.post("WriteGuestFile", BIG_JSON, {**JSON, "Authorization": "Bearer admin"})
+    assert r.status_code == 200, r.text
+    assert bodies_seen == ["read", "decode"]
+
+
 @pytest.mark.trio
 async def test_authenticate_can_deny_and_can_pass_an_identity_to_the_handler(server: Server) -> None:
     r = await server.post("WriteGuestFile", b'{"vmId": "vm-1"}', {**JSON, "Authorization": "Bearer viewer"})

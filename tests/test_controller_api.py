@@ -25,6 +25,8 @@ import psutil
 import pytest
 import trio
 from conftest import SimVMPool, db_tempdir, loopback_client
+from test_connect import BIG_JSON, BodiesSeen
+from test_connect import _bodies_seen as _bodies_seen  # the fixture
 
 from limiquantix.controller._auth import Role
 from limiquantix.controller._daemon import ControllerConfig
@@ -802,6 +804,26 @@ async def test_hostd_killed_mid_command_is_audited_unknown(stack: Stack) -> None
         (f"touch {mark}; sleep 30", AuditOutcome.UNKNOWN),
     ]
     assert "outcome is not known" in rows[1].error
+
+
+@pytest.mark.trio
+async def test_a_refused_token_is_answered_before_a_large_body_is_read_or_decoded(
+    nursery: trio.Nursery, short_tmp: Path, bodies_seen: BodiesSeen
+) -> None:
+    """The controller's authenticate hook (controller._authn) runs on the headers: a missing,
+    unknown or malformed token gets its 401 before the body is read or parsed (a controller
+    of its own, no hostd, in this process)."""
+    async with running_controller(nursery, short_tmp, {}) as st:
+        url = f"{st.url}{VM}/WriteGuestFile"
+        unknown = "lqx_0123456789ab_" + "S" * 43
+        for auth in ({}, {"Authorization": f"Bearer {unknown}"}, {"Authorization": "Bearer x"}):
+            r = await st.client.post(url, content=BIG_JSON, headers={"Content-Type": "application/json", **auth})
+            assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+        assert bodies_seen == []
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {st.tokens['admin']}"}
+        r = await st.client.post(url, content=BIG_JSON, headers=headers)
+        assert r.json()["code"] == "invalid_argument", r.text  # read, decoded, refused by the path's limit
+        assert bodies_seen == ["read", "decode"]
 
 
 @pytest.mark.trio

@@ -24,7 +24,8 @@ import psutil
 import pytest
 import trio
 from conftest import QUIET_AGENT, SimVMPool
-from test_connect import method_info
+from test_connect import BIG_JSON, BodiesSeen, method_info
+from test_connect import _bodies_seen as _bodies_seen  # the fixture
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
@@ -124,6 +125,29 @@ async def test_list_get_ping(stack: Stack) -> None:
     assert vm["agent"]["identity"]["kernel"]
     ping = await stack.ok("PingAgent", {"vmId": "vm0"})
     assert ping["connected"] is True and ping["version"] and ping["latencyMs"] > 0
+
+
+@pytest.mark.trio
+async def test_a_refused_token_is_answered_before_a_large_body_is_read_or_decoded(
+    nursery: trio.Nursery, short_tmp: Path, bodies_seen: BodiesSeen
+) -> None:
+    """hostd's node API: a wrong or missing token is refused from the headers (the router's
+    authenticate hook), before the body is read or parsed (tests/test_connect.py has the
+    same for each protocol); a hostd of its own, without VMs, in this process."""
+    vms = short_tmp / "vms"
+    vms.mkdir()
+    async with serving_hostd(nursery, vms, {}) as st:
+        url = f"{st.url}{SERVICE}/WriteGuestFile"
+        for auth in ({}, {"Authorization": "Bearer wrong"}):
+            r = await st.client.post(url, content=BIG_JSON, headers={"Content-Type": "application/json", **auth})
+            assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+        assert bodies_seen == []
+        r = await st.client.post(
+            url, content=BIG_JSON, headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        )
+        # Read, decoded, then refused by the field limits (which run on the decoded message).
+        assert r.json()["message"] == "path is 4194304 bytes; the limit is 4096", r.text
+        assert bodies_seen == ["read", "decode"]
 
 
 @pytest.mark.trio
