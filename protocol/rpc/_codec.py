@@ -216,7 +216,7 @@ def _prepare(tree: Any, desc: Any, path: str, at: tuple[_Step, ...] | None, defe
                 _prepare_map(tree, key, value, field, name, at, deferred)
         elif field.is_repeated and isinstance(value, list):
             if field.type == field.TYPE_STRING:
-                _check_texts(value, lambda i, name=name: f"{name}[{i}]")
+                _check_texts(value, functools.partial(_item_name, name))
                 if at is not None:
                     tree[key] = []
                     deferred.append(_Deferred(at, field.name, "list", value, name))
@@ -315,6 +315,10 @@ def _check_text(value: Any, name: str) -> None:
     problem = _text_error(value)
     if problem is not None:
         raise errors.InvalidArgument(f"{name} {problem}")
+
+
+def _item_name(name: str, i: int) -> str:
+    return f"{name}[{i}]"
 
 
 def _check_texts(values: Collection[Any], name: Callable[[int], str]) -> None:
