@@ -42,7 +42,6 @@ import trio
 
 from limiquantix.protocol import __version__, errors
 
-from . import pki
 from ._audit import AuditEntry, AuditTrail
 from ._auth import Principal, Role, parse_labels
 from ._models import MAX_ID_CHARS, AuditAction, AuditDetail, TokenInfo, iso_time
@@ -104,6 +103,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def _add_pki_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # pki imports cryptography's x509 (~0.06 s of CPU): only the commands that build this
+    # parser pay for it, never ``serve`` (every controller start).
+    from . import pki
+
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--dir", type=Path, default=pki.DEFAULT_PKI_DIR, help=f"CA and certificates (default {pki.DEFAULT_PKI_DIR})"
@@ -146,6 +149,8 @@ def _pki(args: argparse.Namespace) -> int:
     Raises:
         pki.PKIError: refused or failed (the message says why).
     """
+    from . import pki
+
     if args.days < 1:
         raise pki.PKIError("--days must be at least 1")
     if args.pki_command == "ca":
@@ -299,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(argv[1:])
     args = build_arg_parser().parse_args(argv)
     if args.command == "pki":
+        from . import pki
+
         try:
             return _pki(args)
         except pki.PKIError as exc:

@@ -43,7 +43,6 @@ import ssl
 from collections.abc import AsyncGenerator, Sequence
 from typing import Final, TypeVar, final
 
-import httpx
 import trio
 from google.protobuf.message import Message
 
@@ -122,6 +121,11 @@ class NodeClient:
             TLSConfigError: a file of ``tls`` cannot be used (a named file is loaded here, so
                 that a bad one stops the controller at start).
         """
+        # httpx here, not at the top: limiquantix.protocol.rpc (imported above) imported it
+        # without its command-line client (limiquantix.protocol.httpstack), which a plain
+        # ``import httpx`` sorted first would load (~0.1 s of every controller start).
+        import httpx
+
         self._limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
         self._tls_files = tls or TLSFiles()
         self._insecure = insecure

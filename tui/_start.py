@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import sys
 from typing import TYPE_CHECKING, Final, final
+
+from limiquantix.protocol.httpstack import HTTPX_CLI
+from limiquantix.protocol.httpstack import import_http_stack as _import_http_stack
 
 if TYPE_CHECKING:
     from limiquantix.protocol._gen.vm_service_pb2 import VM
@@ -32,36 +34,22 @@ if TYPE_CHECKING:
 __all__ = ["FirstPoll", "import_http_stack", "run"]
 
 
-#: What httpx and httpcore import when it is installed and this process never uses: trio
+#: What httpx and httpcore import when installed and this process never uses: trio
 #: (httpcore's locks and backend for callers on trio; ~0.1 s) and httpx's command-line client
 #: (``httpx._main``: click, pygments, rich's progress bars and syntax; ~40 ms).
-_UNUSED_HERE: Final = ("trio", "httpx._main")
+_UNUSED_HERE: Final = ("trio", HTTPX_CLI)
 
 
 def import_http_stack() -> None:
-    """Import httpx and httpcore without the optional modules the TUI never uses (:data:`_UNUSED_HERE`).
+    """Import httpx and httpcore without trio and httpx's command line (:data:`_UNUSED_HERE`),
+    through protocol's one way (:func:`limiquantix.protocol.httpstack.import_http_stack`,
+    which says what is given up: here httpcore refuses to run under trio, and the TUI's calls
+    run on Textual's asyncio loop).
 
-    Both import them only if they are installed (``try: import ... except ImportError``), and
-    this distribution installs them for other programs (hostd and the controller run on trio,
-    ``limiquantix`` on click). They are hidden the import system's way
-    (``sys.modules[name] = None``: importing it raises ImportError, as for a module not
-    installed) while httpx is imported, then the marks are removed: a later import of them in
-    this process works. What is given up is only what this process never does: httpcore then
-    refuses to run under trio (the TUI's calls run on Textual's asyncio loop), and
-    ``httpx.main`` says its dependencies are missing. Nothing is done when httpx or httpcore
-    is already imported (a test process).
+    Raises:
+        ImportError: httpx or httpcore is not installed.
     """
-    if "httpx" in sys.modules or "httpcore" in sys.modules:
-        return
-    hidden = [name for name in _UNUSED_HERE if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
-    try:
-        import httpcore  # noqa: F401  (httpx imports it only when a client is made)
-        import httpx  # noqa: F401
-    finally:
-        for name in hidden:
-            del sys.modules[name]
+    _import_http_stack(_UNUSED_HERE)
 
 
 @final

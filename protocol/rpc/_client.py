@@ -48,8 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, final
 
 import anyio
-import httpcore
-import httpx
 from google.protobuf.message import Message
 
 from .. import errors
@@ -65,6 +63,7 @@ from ._codec import (
 )
 from ._deadline import remaining_s, timeout_headers
 from ._errors import MAX_ERROR_MESSAGE_CHARS, error_from_body, error_from_json
+from ._httpx import httpcore, httpx
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
