@@ -122,7 +122,7 @@ class NodeClient:
                 that a bad one stops the controller at start).
         """
         # httpx here, not at the top: limiquantix.protocol.rpc (imported above) imported it
-        # without its command-line client (limiquantix.protocol.httpstack), which a plain
+        # without its command-line client (limiquantix.protocol.import_http_stack), which a plain
         # ``import httpx`` sorted first would load (~0.1 s of every controller start).
         import httpx
 

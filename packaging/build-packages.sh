@@ -84,14 +84,14 @@ find "$STAGE$LIBDIR" -name __pycache__ -prune -exec rm -rf {} +
 
 # Our packages, as the namespace package limiquantix.* (no limiquantix/__init__.py).
 # protocol/ ships whole but for protocol/rpc/ (the HTTP rpc layer: client on httpx, server on
-# quart and hypercorn), protocol/httpstack.py (how httpx is imported) and protocol/_daemon.py
+# quart and hypercorn), protocol/_httpstack.py (how httpx is imported) and protocol/_daemon.py
 # (hostd's and the controller's metrics, on prometheus_client): the agent speaks frames over
 # virtio-serial and never imports them.
 mkdir -p "$STAGE$LIBDIR/limiquantix"
 for pkg in agent protocol; do
     (cd "$ROOT" && find "$pkg" -name __pycache__ -prune -o -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) -print) |
     while read -r f; do
-        case $f in protocol/rpc/* | protocol/httpstack.py | protocol/_daemon.py) continue ;; esac
+        case $f in protocol/rpc/* | protocol/_httpstack.py | protocol/_daemon.py) continue ;; esac
         install -D -m 0644 "$ROOT/$f" "$STAGE$LIBDIR/limiquantix/$f"
     done
 done

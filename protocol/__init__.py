@@ -28,6 +28,8 @@ Exported here, by the private module that holds them:
 * :mod:`._agentclient`: the host side of a connection: ``AgentClient``,
   ``EVENT_RATE_PER_S``, ``EVENT_BURST``
 * :mod:`._backoff`: how long every retry loop waits: ``Backoff`` (capped, doubling, jittered)
+* :mod:`._httpstack`: httpx imported without its command-line client: ``import_http_stack``,
+  ``HTTPX_CLI`` (the rpc client and the TUI; never shipped to guests)
 * :mod:`._deadlines`: a command's time budget at every hop: ``command_budget_s``,
   ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
 * :mod:`._safetext`: guest text made safe for terminals and logs: ``safe_text``,
@@ -107,6 +109,8 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._framing import FrameTooLarge as FrameTooLarge
     from ._framing import encode_frame as encode_frame
     from ._gen import agent_pb2 as agent_pb2
+    from ._httpstack import HTTPX_CLI as HTTPX_CLI
+    from ._httpstack import import_http_stack as import_http_stack
     from ._jsonupload import write_file_parts as write_file_parts
     from ._logs import setup_logging as setup_logging
     from ._loopback import InsecureTransportError as InsecureTransportError
@@ -144,6 +148,7 @@ _LAZY: dict[str, str] = {
     "agent_pb2": "._gen",
     **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S"), "._agentclient"),
     "Backoff": "._backoff",
+    **dict.fromkeys(("HTTPX_CLI", "import_http_stack"), "._httpstack"),
     **dict.fromkeys(
         ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
         "._clientconfig",

@@ -97,14 +97,14 @@ def test_deb_contents(deb: Path, extracted: Path) -> None:
     # of protocol/ whole.
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/hostd") for p in paths)
     assert not any(p.startswith(f"/{LIBDIR}/limiquantix/protocol/rpc") for p in paths)
-    assert f"/{LIBDIR}/limiquantix/protocol/httpstack.py" not in paths
+    assert f"/{LIBDIR}/limiquantix/protocol/_httpstack.py" not in paths
     shipped = {
         p.removeprefix(f"/{LIBDIR}/limiquantix/") for p in paths if p.startswith(f"/{LIBDIR}/limiquantix/protocol/")
     }
     source = {
         str(f.relative_to(ROOT)) for f in (ROOT / "protocol").rglob("*")
         if f.is_file() and f.suffix in (".py", ".pyi") and "__pycache__" not in f.parts and "rpc" not in f.parts
-        and f.name not in ("_daemon.py", "httpstack.py")
+        and f.name not in ("_daemon.py", "_httpstack.py")
     }  # fmt: skip
     assert source <= shipped, sorted(source - shipped)
     # What ships imports no server or HTTP library: it must load on a guest without them.

@@ -22,8 +22,8 @@ import gc
 import importlib
 from typing import TYPE_CHECKING, Final, final
 
-from limiquantix.protocol.httpstack import HTTPX_CLI
-from limiquantix.protocol.httpstack import import_http_stack as _import_http_stack
+from limiquantix.protocol import HTTPX_CLI
+from limiquantix.protocol import import_http_stack as _import_http_stack
 
 if TYPE_CHECKING:
     from limiquantix.protocol._gen.vm_service_pb2 import VM
@@ -42,7 +42,7 @@ _UNUSED_HERE: Final = ("trio", HTTPX_CLI)
 
 def import_http_stack() -> None:
     """Import httpx and httpcore without trio and httpx's command line (:data:`_UNUSED_HERE`),
-    through protocol's one way (:func:`limiquantix.protocol.httpstack.import_http_stack`,
+    through protocol's one way (:func:`limiquantix.protocol.import_http_stack`,
     which says what is given up: here httpcore refuses to run under trio, and the TUI's calls
     run on Textual's asyncio loop).
 

@@ -1,11 +1,11 @@
 """httpx and httpcore for the rpc client, imported through
-:func:`~limiquantix.protocol.httpstack.import_http_stack` (without httpx's command-line
+:func:`~limiquantix.protocol.import_http_stack` (without httpx's command-line
 client). A module that imports :mod:`limiquantix.protocol.rpc` before ``httpx`` gets them
 without it too."""
 
 from __future__ import annotations
 
-from ..httpstack import import_http_stack
+from .._httpstack import import_http_stack
 
 import_http_stack()
 
