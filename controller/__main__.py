@@ -44,7 +44,7 @@ from limiquantix.protocol import __version__, errors
 
 from ._audit import AuditEntry, AuditTrail
 from ._auth import Principal, Role, parse_labels
-from ._models import MAX_ID_CHARS, AuditAction, AuditDetail, TokenInfo, iso_time
+from ._models import AuditAction, AuditDetail, TokenInfo, iso_time
 from .store import DEFAULT_DB_PATH, DEFAULT_HEARTBEAT_TIMEOUT_S, SQLiteStore, Store
 
 __all__ = ["build_arg_parser", "main"]
@@ -249,7 +249,7 @@ async def _token_list(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
-    async with _audited(store, AuditAction.TOKEN_REVOKE, AuditDetail(target=args.token_id[:MAX_ID_CHARS])):
+    async with _audited(store, AuditAction.TOKEN_REVOKE, AuditDetail.naming(args.token_id)):
         info = await store.revoke_token(args.token_id)
     print(f"revoked {info.id} ({info.user}, {info.role.value})", file=sys.stderr)
     return 0

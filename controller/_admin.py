@@ -36,7 +36,6 @@ from ._auth import Permission, Principal, Role, require, valid_token_id, valid_u
 from ._authn import AuthFailures
 from ._context import principal_of, source_of, timestamp
 from ._models import (
-    MAX_ID_CHARS,
     MAX_PAGE_SIZE,
     AuditAction,
     AuditDetail,
@@ -44,6 +43,7 @@ from ._models import (
     AuditQuery,
     AuditRecord,
     TokenInfo,
+    audit_id,
     check_id,
 )
 from .store import DEFAULT_HEARTBEAT_TIMEOUT_S, Store
@@ -438,15 +438,15 @@ class AdminAPI:
             errors.InvalidArgument: no node id.
             errors.NotFound: no such node.
         """
-        node_id = request.node_id[:MAX_ID_CHARS]
+        # Named, cut and marked if need be, in the rows of a refused request (audit_id).
+        node_id = audit_id(request.node_id)
 
         def detail() -> AuditDetail:
-            return AuditDetail(target=node_id)
+            return AuditDetail.naming(node_id)
 
         principal = await self._allowed(ctx, Permission.NODE_MANAGE, AuditAction.NODE_REMOVE, detail, node_id=node_id)
         check_id(request.node_id, "nodeId")
-        what = detail() if _is_target(node_id) else AuditDetail()
-        async with self._audited(ctx, principal, AuditAction.NODE_REMOVE, what, node_id=node_id):
+        async with self._audited(ctx, principal, AuditAction.NODE_REMOVE, detail(), node_id=node_id):
             await self.store.remove_node(node_id)
         log.info("node %s removed by %s", node_id, principal.user)
         return admin_pb.RemoveNodeResponse()
@@ -463,7 +463,7 @@ class AdminAPI:
             errors.FailedPrecondition: reason ``vm_reported``: a reachable node still
                 reports it (audited as an error).
         """
-        vm_id = request.vm_id[:MAX_ID_CHARS]
+        vm_id = audit_id(request.vm_id)
         principal = await self._allowed(ctx, Permission.VM_MANAGE, AuditAction.VM_REMOVE, AuditDetail, vm_id=vm_id)
         check_id(request.vm_id, "vmId")
         # Looked up first so that the row names the VM's node.
@@ -487,15 +487,6 @@ class AdminAPI:
             label_scope=dict(principal.label_scope or {}),
             permissions=sorted(p.value for p in Permission if principal.has(p)),
         )
-
-
-def _is_target(value: str) -> bool:
-    """Whether ``value`` may be an audit row's ``target`` (an id: no spaces)."""
-    try:
-        AuditDetail(target=value)
-    except errors.InvalidArgument:
-        return False
-    return True
 
 
 def _is_flag(value: str) -> bool:

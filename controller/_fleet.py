@@ -76,7 +76,6 @@ from ._exec import (
 )
 from ._forward import NodeClient, OutcomeUnknown, outcome_unknown
 from ._models import (
-    MAX_ID_CHARS,
     MAX_PAGE_SIZE,
     TARGET_OUTPUT_MAX_BYTES,
     AuditAction,
@@ -591,7 +590,7 @@ class FleetAPI:
         principal = principal_of(ctx)
         if not request.command_id:
             raise errors.InvalidArgument("commandId is required")
-        detail = AuditDetail(target=request.command_id[:MAX_ID_CHARS])
+        detail = AuditDetail.naming(request.command_id)
         try:
             require(principal, Permission.COMMAND_RUN)
             command = await self.store.get_command(request.command_id)

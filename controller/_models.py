@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Final, final
 
 from limiquantix.protocol import errors
+from limiquantix.protocol.limits import MAX_ID_BYTES, check_id, clip_utf8
 
 from ._auth import Role, validate_labels
 
@@ -33,8 +34,8 @@ __all__ = [
     "AUDIT_TEXT_MAX_CHARS",
     "FORBIDDEN_AUDIT_KEYS",
     "MAX_COMMAND_TARGETS",
+    "ID_CUT_MARK",
     "MAX_CONCURRENCY_LIMIT",
-    "MAX_ID_CHARS",
     "MAX_PAGE_SIZE",
     "TARGET_OUTPUT_MAX_BYTES",
     "TERMINAL_COMMAND_STATUSES",
@@ -63,6 +64,7 @@ __all__ = [
     "VMMove",
     "VMRoute",
     "cap_output",
+    "audit_id",
     "check_id",
     "check_page",
     "iso_time",
@@ -90,9 +92,8 @@ TARGET_OUTPUT_MAX_BYTES: Final = 64 * 1024
 MAX_PAGE_SIZE: Final = 1000
 #: Largest fleet run, and largest maxConcurrency.
 MAX_COMMAND_TARGETS: Final = 10_000
-#: The longest VM, node, token or command id the controller keeps: a longer one is refused
-#: (:func:`check_id`), and an audit row cuts an id it names at this.
-MAX_ID_CHARS: Final = 255
+#: Ends an id an audit row names cut (see :func:`audit_id`).
+ID_CUT_MARK: Final = "\u2026"
 MAX_CONCURRENCY_LIMIT: Final = 1000
 
 #: Keys a caller might try to put in an audit detail that must never be recorded.
@@ -103,8 +104,6 @@ FORBIDDEN_AUDIT_KEYS: Final = frozenset(
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _FLAG_RE: Final = re.compile(r"[a-z][a-z0-9_.=-]{0,63}")
-#: Object ids an audit row may name (token, node, command, VM ids): no spaces, no controls.
-_TARGET_RE: Final = re.compile(rf"[A-Za-z0-9_.:@+=/-]{{0,{MAX_ID_CHARS}}}")
 _MAX_ERRORS_RE: Final = re.compile(r"(\d{1,6})(%?)")
 
 
@@ -269,13 +268,17 @@ class AuditDetail:
             budget -= len(piece)
             cut |= was_cut
         object.__setattr__(self, "args", tuple(args))
-        object.__setattr__(self, "truncated", cut)
         object.__setattr__(self, "env_keys", tuple(self.env_keys))
         object.__setattr__(self, "flags", tuple(self.flags))
-        vm_ids = tuple(str(v)[:MAX_ID_CHARS] for v in self.vm_ids)
+        vm_ids = tuple(audit_id(str(v)) for v in self.vm_ids)
+        cut |= vm_ids != tuple(map(str, self.vm_ids))
         if len(vm_ids) > AUDIT_MAX_VM_IDS:
             vm_ids, cut = vm_ids[:AUDIT_MAX_VM_IDS], True
         object.__setattr__(self, "vm_ids", vm_ids)
+        # A refused request's id may be any length: recorded cut, marked so (audit_id).
+        target = audit_id(self.target)
+        cut |= target != self.target
+        object.__setattr__(self, "target", target)
         object.__setattr__(self, "truncated", cut)
         for key in self.env_keys:
             if not _ENV_NAME_RE.fullmatch(key):
@@ -289,9 +292,24 @@ class AuditDetail:
             raise errors.InvalidArgument("audit detail: count must be >= 0")
         if self.sha256 and not _SHA256_RE.fullmatch(self.sha256):
             raise errors.InvalidArgument("audit detail: sha256 must be 64 lowercase hex digits")
-        if not _TARGET_RE.fullmatch(self.target):
-            raise errors.InvalidArgument("audit detail: target must be an id (no spaces)")
+        if self.target:
+            check_id(self.target, "audit detail: target")
         object.__setattr__(self, "labels", MappingProxyType(validate_labels(self.labels, what="audit detail labels")))
+
+    @classmethod
+    def naming(cls, target: str, **fields: Any) -> AuditDetail:
+        """A detail whose ``target`` is the id a request named, as it came: cut and
+        marked when too long (see :func:`audit_id`), left out when it holds spaces or
+        controls (the request is refused for it, and the row says so in its error).
+
+        Raises:
+            errors.InvalidArgument: another field is malformed.
+        """
+        try:
+            check_id(audit_id(target), "target")
+        except errors.InvalidArgument:
+            target = ""
+        return cls(target=target, **fields)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AuditDetail:
@@ -792,7 +810,7 @@ def unique_vm_ids(values: Sequence[str]) -> tuple[str, ...]:
     """``values`` without repeats, in their order.
 
     Raises:
-        errors.InvalidArgument: an empty id, or one over :data:`MAX_ID_CHARS`.
+        errors.InvalidArgument: an id :func:`check_id` refuses.
     """
     seen: dict[str, None] = {}
     for vm_id in values:
@@ -801,11 +819,14 @@ def unique_vm_ids(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def check_id(value: str, what: str) -> None:
-    """Refuse an id the controller does not keep: empty, or over :data:`MAX_ID_CHARS`.
+def audit_id(value: str) -> str:
+    """``value`` as an audit row or a log line names an id that may be too long.
 
-    Raises:
-        errors.InvalidArgument: "``what`` must be 1-255 characters".
+    An id the controller refused (over :data:`MAX_ID_BYTES`) is still recorded in
+    the row of its refused request, cut, and the cut is said by :data:`ID_CUT_MARK`
+    at its end: a cut id is another id, and the mark keeps a reader from taking it
+    for a VM or node that exists. Ids that pass :func:`check_id` come back as they are.
     """
-    if not value or len(value) > MAX_ID_CHARS:
-        raise errors.InvalidArgument(f"{what} must be 1-{MAX_ID_CHARS} characters")
+    if clip_utf8(value, MAX_ID_BYTES) == value:
+        return value
+    return clip_utf8(value, MAX_ID_BYTES - len(ID_CUT_MARK.encode())) + ID_CUT_MARK

@@ -24,6 +24,7 @@ from ._models import (
     AuditOutcome,
     HeartbeatResult,
     VMInfo,
+    audit_id,
 )
 from ._throttle import AuditThrottle
 from ._vmview import vm_info
@@ -64,13 +65,14 @@ def require_node_certificate(node_id: str) -> None:
     name = peer_common_name()
     if name is None:
         raise errors.PermissionDenied(
-            f"node {node_id[:255]} must present its client certificate (common name {node_id[:255]}) "
+            f"node {audit_id(node_id)!r} must present its client certificate (common name {audit_id(node_id)!r}) "
             "from the controller's tls_client_ca_file",
             reason="node_certificate",
         )
     if name != node_id:
         raise errors.PermissionDenied(
-            f"node {node_id[:255]} presented the client certificate of {name[:255]!r}", reason="node_certificate"
+            f"node {audit_id(node_id)!r} presented the client certificate of {audit_id(name)!r}",
+            reason="node_certificate",
         )
 
 
@@ -147,7 +149,7 @@ class NodeRegistryAPI:
             errors.PermissionDenied: reason ``node_owned`` (audited as denied).
         """
         principal = principal_of(ctx)
-        detail = AuditDetail(target=request.node_id[:255], count=len(request.vms))
+        detail = AuditDetail.naming(request.node_id, count=len(request.vms))
         try:
             require(principal, Permission.NODE_REGISTER)
             if self._check_node is not None:
@@ -161,7 +163,7 @@ class NodeRegistryAPI:
             principal,
             source_of(ctx),
             AuditAction.NODE_REGISTER,
-            node_id=request.node_id[:255],
+            node_id=audit_id(request.node_id),
             detail=detail,
             refusals_denied=True,
         ):

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,6 +65,7 @@ from limiquantix.protocol import (
     TLSFiles,
     __version__,
     check_token_transport,
+    errors,
 )
 from limiquantix.protocol import config as config_loader
 from limiquantix.protocol.config import (
@@ -75,6 +75,7 @@ from limiquantix.protocol.config import (
     check_server_tls,
     check_together,
 )
+from limiquantix.protocol.limits import check_id
 from limiquantix.protocol.rpc.server import ServerTLS
 
 __all__ = [
@@ -92,7 +93,7 @@ __all__ = [
     "HostdConfig",
     "VMEntry",
     "load_config",
-    "valid_vm_id",
+    "vm_id_problem",
 ]
 
 #: The virtio-serial port name the agent opens in the guest, and the name of
@@ -103,9 +104,6 @@ DEFAULT_LIBVIRT_CHANNEL_ROOT: Final = "/var/lib/libvirt/qemu/channel/target"
 #: The plain layout: ``<dir>/<vm-id>.agent.sock``.
 DEFAULT_SOCKET_DIR: Final = "/run/limiquantix/vms"
 SOCKET_SUFFIX: Final = ".agent.sock"
-
-#: A VM id appears in URLs, metrics labels and file names: keep it plain.
-_VM_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,254}")
 
 
 @final
@@ -221,17 +219,34 @@ class VMEntry:
     """False: listed as disabled, never connected."""
 
     def __post_init__(self) -> None:
-        if not _VM_ID_RE.fullmatch(self.id):
-            raise ConfigError(f"vm id {self.id!r} must be 1-255 letters, digits or _.:@+- (not first)")
+        # A VM id appears in URLs, metrics labels and file names: plain.
+        _check_plain_id(self.id, "vm id")
         if not self.socket.startswith("/"):
             raise ConfigError(f"vm {self.id}: socket must be an absolute path")
         # A read-only copy: the entry is frozen, its labels should be too.
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
 
 
-def valid_vm_id(vm_id: str) -> bool:
-    """Whether ``vm_id`` may name a VM (discovered names are checked too)."""
-    return _VM_ID_RE.fullmatch(vm_id) is not None
+def _check_plain_id(value: str, what: str) -> None:
+    """The one rule of ids (:func:`limiquantix.protocol.limits.check_id`), plain: the
+    controller and every request take what hostd lists (at most MAX_ID_BYTES).
+
+    Raises:
+        ConfigError: naming ``what``, the id and the rule.
+    """
+    try:
+        check_id(value, what, plain=True)
+    except errors.InvalidArgument as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def vm_id_problem(vm_id: str) -> str | None:
+    """Why ``vm_id`` may not name a VM (discovered names are checked too), or None."""
+    try:
+        _check_plain_id(vm_id, "vm id")
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 # ------------------------------------------------------- the daemon's configuration
@@ -311,6 +326,8 @@ class HostdConfig:
         if self.controller_url:
             if not self.controller_url.startswith(("http://", "https://")):
                 raise ConfigError("controller_url must be http:// or https://")
+            # The controller refuses any other node id at registration.
+            _check_plain_id(self.node_id, "node_id")
             if not self.controller_token and not self.controller_token_file:
                 raise ConfigError(f"controller_url needs controller_token_file (or {CONTROLLER_TOKEN_ENV})")
             try:

@@ -37,7 +37,7 @@ import trio
 
 from limiquantix.protocol import errors
 
-from ._config import SOCKET_SUFFIX, ConnectionConfig, DiscoveryConfig, VMEntry, valid_vm_id
+from ._config import SOCKET_SUFFIX, ConnectionConfig, DiscoveryConfig, VMEntry, vm_id_problem
 from ._vmconn import VMConnection, VMState
 
 __all__ = ["SOURCE_CONFIG", "SOURCE_DIRECTORY", "SOURCE_LIBVIRT", "FoundSocket", "VMRegistry", "scan_sockets"]
@@ -65,22 +65,25 @@ class FoundSocket:
     run_id: int = 0
 
 
-def _scan_libvirt(root: str, channel_name: str) -> Iterator[FoundSocket]:
+def _scan_libvirt(root: str, channel_name: str, refused: dict[str, str]) -> Iterator[FoundSocket]:
     try:
         entries = list(os.scandir(root))
     except OSError:
         return  # no libvirt on this host, or not yet
     for entry in entries:
         match = _LIBVIRT_DIR_RE.fullmatch(entry.name)
-        if match is None or not valid_vm_id(match.group(2)):
+        if match is None:
             continue
         path = os.path.join(entry.path, channel_name)
-        if os.path.exists(path):
+        problem = vm_id_problem(match.group(2))
+        if problem is not None:
+            refused[entry.path] = problem
+        elif os.path.exists(path):
             name = match.group(2)
             yield FoundSocket(name, name, path, SOURCE_LIBVIRT, int(match.group(1)))
 
 
-def _scan_directory(directory: str) -> Iterator[FoundSocket]:
+def _scan_directory(directory: str, refused: dict[str, str]) -> Iterator[FoundSocket]:
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -89,22 +92,29 @@ def _scan_directory(directory: str) -> Iterator[FoundSocket]:
         if not entry.name.endswith(SOCKET_SUFFIX):
             continue
         vm_id = entry.name[: -len(SOCKET_SUFFIX)]
-        if valid_vm_id(vm_id):
+        problem = vm_id_problem(vm_id)
+        if problem is not None:
+            refused[entry.path] = problem
+        else:
             yield FoundSocket(vm_id, vm_id, entry.path, SOURCE_DIRECTORY)
 
 
-def scan_sockets(config: DiscoveryConfig) -> dict[str, FoundSocket]:
+def scan_sockets(config: DiscoveryConfig, refused: dict[str, str] | None = None) -> dict[str, FoundSocket]:
     """The VM sockets present under the configured roots, by VM id (blocking I/O).
 
     Of several sockets for one id, libvirt's beat the plain directory's, and a
     newer libvirt run (higher domain id) beats an older one.
+
+    ``refused``: filled with the paths whose name is not a VM id hostd can list
+    (too long, odd characters), each with why: no request could name that VM.
     """
     found: dict[str, FoundSocket] = {}
     candidates: list[FoundSocket] = []
+    refused = {} if refused is None else refused
     if config.libvirt_channel_root:
-        candidates += _scan_libvirt(config.libvirt_channel_root, config.channel_name)
+        candidates += _scan_libvirt(config.libvirt_channel_root, config.channel_name, refused)
     if config.socket_dir:
-        candidates += _scan_directory(config.socket_dir)
+        candidates += _scan_directory(config.socket_dir, refused)
     for sock in candidates:
         have = found.get(sock.vm_id)
         if have is None or (_PRECEDENCE[sock.source], -sock.run_id) < (_PRECEDENCE[have.source], -have.run_id):
@@ -147,6 +157,8 @@ class VMRegistry:
         self._changed = trio.Event()
         #: Ids already warned about (a discovered socket shadowed by config).
         self._shadow_warned: set[str] = set()
+        #: Paths of the last scan whose name is no VM id (warned about once while present).
+        self.refused: dict[str, str] = {}
         self.scans = 0
 
     # -- reading ---------------------------------------------------------------
@@ -243,13 +255,19 @@ class VMRegistry:
 
     async def rescan(self) -> None:
         """Scan the socket roots now and apply what changed."""
+        refused: dict[str, str] = {}
         try:
-            found = await trio.to_thread.run_sync(scan_sockets, self.discovery)
+            found = await trio.to_thread.run_sync(scan_sockets, self.discovery, refused)
         except Exception:
             # A scan that fails (a root replaced mid-scan) is retried next time.
             log.exception("scanning for VM sockets failed")
             return
         self.scans += 1
+        for path, problem in refused.items():
+            if path not in self.refused:
+                # %r: the name is whatever the directory holds (controls included).
+                log.warning("VM socket %r not listed: %s", path, problem)
+        self.refused = refused
         self._apply(found)
 
     def _apply(self, found: dict[str, FoundSocket]) -> None:

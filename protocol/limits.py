@@ -20,6 +20,7 @@ is echoed to a small size makes every answer fit by construction.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -51,6 +52,8 @@ __all__ = [
     "MAX_TARGETS",
     "MAX_TEXT_BYTES",
     "OVERRIDES",
+    "PLAIN_ID_RULE",
+    "check_id",
     "check_message",
     "clip_utf8",
 ]
@@ -58,9 +61,12 @@ __all__ = [
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
 
-#: Ids: message ids, execution ids, write ids, VM, node and command ids. Ours are
-#: 20-odd characters and UUIDs 36; an id is echoed in every answer, so it must stay
-#: small for every answer to fit in a frame.
+#: Ids: message ids, execution ids, write ids, VM, node, token and command ids, in
+#: UTF-8 bytes (a 100-character non-ASCII id can be 300). Ours are 20-odd characters
+#: and UUIDs 36; an id is echoed in every answer, so it must stay small for every
+#: answer to fit in a frame. The one bound of an id everywhere: hostd refuses a
+#: longer VM or node id at load, the controller one in a heartbeat (see check_id),
+#: so that no VM is listed that no request could name.
 MAX_ID_BYTES: Final = 128
 #: Names: user, owner, group, environment variable names, labels' keys. Linux
 #: user and group names are at most 32 bytes; room for longer directory services.
@@ -348,6 +354,45 @@ _SMALLEST_BOUND: Final = min(
     MAX_PATH_BYTES,
     *(b for limit in OVERRIDES.values() for b in (limit.bytes, limit.items, limit.key_bytes) if b is not None),
 )
+
+
+#: A plain id: ASCII letters and digits, then also ``_.:@+-``. What a host's
+#: VM ids (file names, URLs, metrics labels too) and node ids (host names) are.
+_PLAIN_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]*")
+PLAIN_ID_RULE: Final = f"1-{MAX_ID_BYTES} letters, digits or _.:@+- (not first)"
+
+
+def check_id(value: str, what: str, *, plain: bool = False) -> None:
+    """Refuse what cannot be an id: empty, over :data:`MAX_ID_BYTES` of UTF-8, or
+    holding a space, a control or another unprintable character.
+
+    The rule for every id kept or listed (VM, node, token and command ids), by
+    hostd and the controller alike; a request's id fields are bounded by the same
+    :data:`MAX_ID_BYTES` in :func:`check_message`, so that whatever is listed can
+    be named in a request. Printable, non-space characters only because ids land
+    in operators' terminals, logs and audit rows; any other character (non-ASCII
+    letters too) is allowed, as libvirt allows almost anything in a domain name.
+
+    ``plain``: also only :data:`PLAIN_ID_RULE`'s characters, for ids that become
+    file names, URLs and metrics labels (hostd's VM ids, node ids).
+
+    Raises:
+        InvalidArgument: naming ``what`` and the id (escaped, cut); reason
+            ``too_large`` when it is only too long.
+    """
+    if not value:
+        raise InvalidArgument(f"{what} is empty; an id is 1-{MAX_ID_BYTES} bytes")
+    size = _size(value)
+    if size > MAX_ID_BYTES:
+        shown = clip_utf8(value, 32)
+        raise InvalidArgument(f"{what} {shown!r}... is {size} bytes; the limit is {MAX_ID_BYTES}", reason="too_large")
+    # isprintable() is False for controls, separators (but the ASCII space), format
+    # characters and lone surrogates.
+    if plain:
+        if _PLAIN_ID_RE.fullmatch(value) is None:
+            raise InvalidArgument(f"{what} {value!r} must be {PLAIN_ID_RULE}")
+    elif " " in value or not value.isprintable():
+        raise InvalidArgument(f"{what} {value!r} must be printable, without spaces")
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:

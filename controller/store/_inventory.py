@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from limiquantix.protocol import errors
+from limiquantix.protocol.limits import check_id
 
 from .._models import (
     AgentBrief,
@@ -30,14 +30,6 @@ __all__ = ["SQLiteInventory"]
 log = logging.getLogger(__name__)
 
 _NODE_URL_MAX_CHARS: Final = 2048
-
-
-#: A node id appears in URLs, metrics labels and logs: the plain-id rule hostd applies to VM ids.
-_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,254}")
-
-
-def _valid_node_id(node_id: str) -> bool:
-    return _NODE_ID_RE.fullmatch(node_id) is not None
 
 
 _NODE_SELECT: Final = (
@@ -154,8 +146,8 @@ class SQLiteInventory(SQLiteEngine):
     # ---- nodes
 
     async def register_node(self, node_id: str, *, url: str, token: str, owner_token_id: str | None = None) -> NodeInfo:
-        if not _valid_node_id(node_id):
-            raise errors.InvalidArgument(f"bad node id {node_id[:64]!r}")
+        # A node id appears in URLs, metrics labels and logs: plain, as hostd checks it.
+        check_id(node_id, "node id", plain=True)
         if not url.startswith(("http://", "https://", "unix:")) or len(url) > _NODE_URL_MAX_CHARS:
             raise errors.InvalidArgument("node url must be http://, https:// or unix:")
         if not token or any(c.isspace() for c in token):
