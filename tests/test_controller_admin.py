@@ -494,6 +494,47 @@ async def test_remove_node(stack: Stack) -> None:
 
 
 @pytest.mark.trio
+async def test_ids_are_one_rule_what_is_listed_can_be_named(stack: Stack) -> None:
+    """protocol.limits.check_id is the rule of a VM or node id (128 bytes of UTF-8): a node
+    cannot list a VM that no request could name (129-255 characters were taken), and an id
+    cut for an audit row says so."""
+    longest, accented = "v" * 128, "\u00e9" * 64  # both 128 bytes
+    body = {"nodeId": "host-a", "url": "http://127.0.0.1:1", "token": NODE_SECRET}
+    await stack.ok("RegisterNode", {**body, "vms": [{"vmId": longest}, {"vmId": accented}]}, who="node", service=NODES)
+    assert sorted(v["vmId"] for v in (await stack.ok("ListVMs", {}, service=VM))["vms"]) == sorted([longest, accented])
+    for vm_id in (longest, accented):  # named in a request: found (its node is down), not refused
+        r = await stack.call("PingAgent", {"vmId": vm_id}, service=VM)
+        assert r.status_code != 400 and r.json()["code"] != "invalid_argument", r.text
+    # Bytes, not characters: 100 characters, 200 bytes; and 129 bytes. Refused, nothing changed.
+    for vm_id in ("\u00e9" * 100, "v" * 129):
+        for method, request in (
+            ("RegisterNode", {**body, "vms": [{"vmId": vm_id}]}),
+            ("Heartbeat", {"nodeId": "host-a", "vms": [{"vmId": vm_id}]}),
+        ):
+            r = await stack.call(method, request, who="node", service=NODES)
+            assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+            assert "bytes; the limit is 128" in r.json()["message"]
+    assert sorted(v["vmId"] for v in (await stack.ok("ListVMs", {}, service=VM))["vms"]) == sorted([longest, accented])
+    # A node id over the bound is refused at registration (audited: its row names it cut, marked).
+    long_node = "n" * 300
+    r = await stack.call("RegisterNode", {**body, "nodeId": long_node, "vms": []}, who="node", service=NODES)
+    assert r.status_code == 400 and "node id 'nnn" in r.json()["message"] and "300 bytes" in r.json()["message"], r.text
+    assert [n["nodeId"] for n in (await stack.ok("ListNodes", {}, service=NODES))["nodes"]] == ["host-a"]
+    r = await stack.call("RemoveNode", {"nodeId": long_node})
+    assert r.status_code == 400 and "300 bytes" in r.json()["message"]
+    cut = "n" * 125 + "\u2026"  # 128 bytes with the mark: not taken for a node that exists
+    rows = [r for r in await _query_all(stack, {"action": "node.register"}) if r["nodeId"] != "host-a"]
+    assert [(r["nodeId"], r["outcome"], r["detail"]["target"], r["detail"]["truncated"]) for r in rows] == [
+        (cut, "error", cut, True)
+    ]
+    # A malformed id in RemoveNode is refused before its audit row, as an empty one is.
+    assert await _query_all(stack, {"action": "node.remove"}) == []
+    # An id with spaces or controls is refused, and not recorded as an audit target.
+    r = await stack.call("RemoveNode", {"nodeId": "host a\x1b"})
+    assert r.status_code == 400 and "must be printable, without spaces" in r.json()["message"]
+
+
+@pytest.mark.trio
 async def test_a_node_id_is_bound_to_the_node_token_that_registered_it(stack: Stack) -> None:
     """Another hostd's token cannot take over a node id (and so its VMs' routing) while the
     first is valid; revoking the first frees the id; an admin may act for any node."""

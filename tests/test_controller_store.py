@@ -21,6 +21,7 @@ from limiquantix.controller import _auth as auth
 from limiquantix.controller._admin import audit_jsonl_chunks
 from limiquantix.controller._auth import GLOBAL_PERMISSIONS, Permission, Principal, Role, require
 from limiquantix.controller._models import (
+    ID_CUT_MARK,
     TARGET_OUTPUT_MAX_BYTES,
     AuditAction,
     AuditDetail,
@@ -46,6 +47,7 @@ from limiquantix.controller.store import (
     SQLiteStore,
 )
 from limiquantix.protocol import errors
+from limiquantix.protocol.limits import MAX_ID_BYTES
 
 
 class FakeClock:
@@ -517,6 +519,26 @@ def test_audit_detail_cannot_hold_secrets() -> None:
     # Huge scripts are cut, and say so.
     big = AuditDetail(command="x" * 100_000, args=tuple("y" * 5000 for _ in range(5)))
     assert big.truncated and len(big.command) == 8192 and sum(map(len, big.args)) <= 8192
+
+
+def test_audit_detail_ids_cut_are_marked_not_silently_cut() -> None:
+    """An id over MAX_ID_BYTES (a refused request's) is recorded cut with ID_CUT_MARK and
+    ``truncated``: two long ids that share their first 128 bytes are not recorded as one
+    id that exists. Ids within the bound are kept as they are."""
+    a, b = "x" * 200 + "a", "x" * 200 + "b"
+    one, two = AuditDetail(target=a), AuditDetail(target=b, vm_ids=(a, "web-1"))
+    assert one.target == two.target == "x" * 125 + ID_CUT_MARK and one.truncated and two.truncated
+    assert two.vm_ids == ("x" * 125 + ID_CUT_MARK, "web-1")
+    assert len(one.target.encode()) == MAX_ID_BYTES
+    within = "\u00e9" * 64  # 128 bytes, 64 characters
+    kept = AuditDetail(target=within, vm_ids=(within,))
+    assert (kept.target, kept.vm_ids, kept.truncated) == (within, (within,), False)
+    # Cut on a character boundary: 300 bytes of 3-byte characters.
+    assert AuditDetail(target="\u20ac" * 100).target == "\u20ac" * 41 + ID_CUT_MARK
+    # naming(): a request's id as it came, left out of the row when it is no id at all.
+    assert AuditDetail.naming("a b\x1b", count=2) == AuditDetail(count=2)
+    assert AuditDetail.naming(a).target == one.target
+    assert AuditDetail.naming("host-a").target == "host-a"
 
 
 @pytest.mark.trio

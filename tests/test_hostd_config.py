@@ -40,6 +40,12 @@ def hostd(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.Completed
     return run
 
 
+def test_the_longest_vm_id_is_taken(tmp_path: Path) -> None:
+    cfg = tmp_path / "hostd.toml"
+    cfg.write_text(f'[[vm]]\nid = "{"v" * 128}"\nsocket = "/a"')
+    assert [v.id for v in load_config(["--config", str(cfg)]).vms] == ["v" * 128]
+
+
 def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:
     cfg = tmp_path / "hostd.toml"
     cfg.write_text(
@@ -68,6 +74,18 @@ def test_toml_tables_flags_and_vm_entries(tmp_path: Path) -> None:
         ("[discovery]\nno_such = 1", "discovery"),
         # A typo in a [[vm]] key is named with the known keys (it was a Python TypeError).
         ('[[vm]]\nid = "x"\nsockt = "/a"', r"^unknown key 'sockt' in \[\[vm\]\] \(known: id, socket"),
+        # One id rule (protocol.limits.check_id): a VM id no request could name is refused at
+        # load, not listed un-addressable (129-255 characters were taken; requests allow 128 bytes).
+        (f'[[vm]]\nid = "{"v" * 129}"\nsocket = "/a"', r"vm id 'v{32}'\.\.\. is 129 bytes; the limit is 128"),
+        (
+            '[[vm]]\nid = "web 1"\nsocket = "/a"',
+            r"vm id 'web 1' must be 1-128 letters, digits or _\.:@\+- \(not first\)",
+        ),
+        ('[[vm]]\nid = "w\u00e9b"\nsocket = "/a"', "must be 1-128 letters"),
+        (
+            f'node_id = "{"n" * 129}"\ncontroller_url = "https://c"\ncontroller_token = "t"',
+            r"node_id 'n{32}'\.\.\. is 129 bytes; the limit is 128",
+        ),
     ],
 )
 def test_invalid_configuration_is_refused_clearly(tmp_path: Path, toml: str, message: str) -> None:

@@ -41,7 +41,7 @@ from limiquantix.hostd._api import heartbeat_status, vm_status
 from limiquantix.hostd._discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd._vmconn import VMConnection, VMState
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimulatedVM, SimVMProcess
-from limiquantix.protocol import MAGIC, MAX_FRAME_BYTES, encode_frame, enum_name, errors
+from limiquantix.protocol import MAGIC, MAX_FRAME_BYTES, encode_frame, enum_name, errors, limits
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 
@@ -800,6 +800,59 @@ def test_scan_finds_both_layouts_with_precedence(short_tmp: Path) -> None:
         "cache-1": FoundSocket("cache-1", "cache-1", str(plain / "cache-1.agent.sock"), "directory", 0),
     }
     assert scan_sockets(DiscoveryConfig(libvirt_channel_root="", socket_dir=str(short_tmp / "missing"))) == {}
+
+
+def test_scan_refuses_names_that_are_no_vm_id_and_says_why(short_tmp: Path) -> None:
+    """A VM whose id no request could name (over MAX_ID_BYTES, odd characters) is not listed:
+    the scan says which path and why, instead of a VM shown but un-addressable."""
+    libvirt, plain = short_tmp / "lv", short_tmp / "vms"
+    plain.mkdir()
+    longest, too_long = "v" * limits.MAX_ID_BYTES, "v" * (limits.MAX_ID_BYTES + 1)
+    for path in (
+        str(plain / f"{longest}.agent.sock"),
+        str(plain / f"{too_long}.agent.sock"),
+        str(plain / "caf\u00e9.agent.sock"),  # libvirt and file names allow it; URLs and labels would not
+        libvirt_socket(libvirt, 5, "web 1"),
+        libvirt_socket(libvirt, 6, "ok-1"),
+    ):
+        Path(path).touch()
+    refused: dict[str, str] = {}
+    found = scan_sockets(DiscoveryConfig(libvirt_channel_root=str(libvirt), socket_dir=str(plain)), refused)
+    assert sorted(found) == sorted([longest, "ok-1"])
+    assert refused == {
+        str(plain / f"{too_long}.agent.sock"): f"vm id 'v{'v' * 31}'... is 129 bytes; the limit is 128",
+        str(plain / "caf\u00e9.agent.sock"): f"vm id 'caf\u00e9' must be {limits.PLAIN_ID_RULE}",
+        str(libvirt / "domain-5-web 1"): f"vm id 'web 1' must be {limits.PLAIN_ID_RULE}",
+    }
+
+
+@pytest.mark.trio
+async def test_registry_warns_once_of_a_socket_it_cannot_list(
+    nursery: trio.Nursery, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = short_tmp / "vms"
+    plain.mkdir()
+    odd = plain / "web\x1b[2J.agent.sock"  # a control in a name: escaped in the log line
+    odd.touch()
+    # Scans only when the test asks (the first is the registry's own, at start).
+    discovery = DiscoveryConfig(libvirt_channel_root="", socket_dir=str(plain), rescan_interval_s=3600)
+    with trio.fail_after(WAIT_S):
+        async with VMRegistry.open(discovery=discovery, connection=FAST) as registry:
+            await registry.rescan()
+            await registry.rescan()
+            assert len(registry) == 0 and list(registry.refused) == [str(odd)]
+            warnings = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]
+            assert warnings == [
+                f"VM socket {str(odd)!r} not listed: vm id 'web\\x1b[2J' must be {limits.PLAIN_ID_RULE}"
+            ]
+            assert "\x1b" not in warnings[0]
+            # Gone and back: warned again (the set follows the directory, it does not grow).
+            odd.unlink()
+            await registry.rescan()
+            assert registry.refused == {}
+            odd.touch()
+            await registry.rescan()
+            assert len([r for r in caplog.records if "not listed" in r.getMessage()]) == 2
 
 
 @pytest.mark.trio

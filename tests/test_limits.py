@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -103,3 +105,65 @@ def test_clip_utf8_cuts_on_a_character_boundary() -> None:
     assert limits.clip_utf8("abc", 2) == "ab"
     assert limits.clip_utf8("é" * 10, 5) == "éé"
     assert limits.clip_utf8("short", 100) == "short"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "v" * limits.MAX_ID_BYTES,
+        "é" * (limits.MAX_ID_BYTES // 2),  # 128 bytes of UTF-8
+        "web-01",
+        "ünïcode-vm",
+        "a/b=c",  # libvirt allows almost anything in a domain name; only hostd's plain ids are narrower
+    ],
+)
+def test_an_id_check_id_takes_can_be_named_in_any_request(value: str) -> None:
+    """The one id rule and the requests' bound agree: whatever hostd or the controller lists
+    (check_id) a request can name (check_message), so no VM is listed but unaddressable."""
+    limits.check_id(value, "vm id")
+    limits.check_message(api_pb.GetVMRequest(vm_id=value))
+    limits.check_message(fleet_pb.RunCommandRequest(vm_ids=[value]))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "vm id is empty; an id is 1-128 bytes"),
+        ("v" * (limits.MAX_ID_BYTES + 1), "is 129 bytes; the limit is 128"),
+        # Bytes, not characters: 100 characters, 300 bytes.
+        ("€" * 100, "is 300 bytes; the limit is 128"),
+        ("web 01", "must be printable, without spaces"),
+        ("web\t01", "must be printable, without spaces"),
+        ("web\x1b[2J", "must be printable, without spaces"),
+        ("web\u2028", "must be printable, without spaces"),
+        ("web\u200e", "must be printable, without spaces"),  # a format character (bidi mark)
+        ("web\ud800", "must be printable, without spaces"),  # a lone surrogate
+    ],
+)
+def test_check_id_refuses_clearly(value: str, message: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match=re.escape(message)) as caught:
+        limits.check_id(value, "vm id")
+    # The refusal names the id escaped (no control reaches a terminal), and cut when long.
+    assert caught.value.message.isprintable() and len(caught.value.message) < 200
+
+
+def test_an_id_too_long_for_check_id_is_too_long_for_a_request() -> None:
+    value = "v" * (limits.MAX_ID_BYTES + 1)
+    for check in (
+        lambda: limits.check_id(value, "vm id"),
+        lambda: limits.check_message(api_pb.GetVMRequest(vm_id=value)),
+    ):
+        with pytest.raises(errors.InvalidArgument) as caught:
+            check()
+        assert caught.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("value", ["web-01", "a", "db_1.x:y@z+w", "9" * limits.MAX_ID_BYTES])
+def test_plain_ids(value: str) -> None:
+    limits.check_id(value, "vm id", plain=True)
+
+
+@pytest.mark.parametrize("value", ["-web", ".hidden", "a/b", "ünïcode", "a=b", "9" * (limits.MAX_ID_BYTES + 1)])
+def test_plain_ids_refuse_what_is_not_plain(value: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="vm id"):
+        limits.check_id(value, "vm id", plain=True)
