@@ -870,6 +870,29 @@ async def test_migration_7_keeps_a_v6_databases_fleet_targets(tmp_path: Path) ->
         assert (new.exit_code, new.exit_reason, new.signal) == (None, "signaled", 9)
 
 
+@pytest.mark.trio
+async def test_migration_8_forgets_ids_no_request_could_name(tmp_path: Path) -> None:
+    """A v7 controller took VM and node ids of 129-255 characters, which no request could name
+    (not even RemoveVM): v8 forgets them; ids within 128 bytes (non-ASCII too) stay."""
+    db = tmp_path / "v7.db"
+    clock = FakeClock()
+    async with await SQLiteStore.open(db, migrations=MIGRATIONS[:7], clock=clock) as store:
+        await store.register_node("host-a", url="http://x", token="t")
+    long_vm, kept_vm = "v" * 129, "\u00e9" * 64  # 129 bytes; 128 bytes
+    with raw(db) as conn:  # as a v7 controller left them (its rule was 255 characters)
+        conn.execute(
+            "INSERT INTO nodes (node_id, url, token, registered_at) VALUES (?, 'http://y', 't', ?)",
+            ("n" * 200, clock()),
+        )
+        conn.executemany(
+            "INSERT INTO vms (vm_id, node_id, bound_at, last_reported) VALUES (?, 'host-a', ?, ?)",
+            [(vm, clock(), clock()) for vm in (long_vm, kept_vm, "web-1")],
+        )
+    async with await SQLiteStore.open(db, clock=clock) as store:
+        assert sorted(v.vm_id for _, v in await store.list_vms()) == sorted([kept_vm, "web-1"])
+        assert [n.node_id for n in await store.list_nodes(heartbeat_timeout_s=15)] == ["host-a"]
+
+
 # ------------------------------------------------------------------ fleet runs
 
 

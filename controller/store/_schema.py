@@ -234,6 +234,15 @@ _V7: Final = (
     "ALTER TABLE command_targets ADD COLUMN signal INTEGER NOT NULL DEFAULT 0",
 )
 
+# Version 8: one id rule (protocol.limits.check_id, issue 12): VM and node ids are at
+# most 128 bytes of UTF-8, the bound of every request's id field. Ids of 129-255
+# characters were taken before and could not be named in any request (not even to
+# remove them): forgotten here, as hostd no longer lists them. Their audit rows stay.
+_V8: Final = (
+    "DELETE FROM vms WHERE length(CAST(vm_id AS BLOB)) > 128",
+    "DELETE FROM nodes WHERE length(CAST(node_id AS BLOB)) > 128",
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "users, tokens, audit log, nodes, fleet commands", _V1),
@@ -243,6 +252,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "VM ids bound to the node that hosts them", _V5),
     Migration(6, "every VM seen kept, with when it was last reported, until an admin removes it", _V6),
     Migration(7, "fleet targets' exit reason and signal", _V7),
+    Migration(8, "VM and node ids over 128 bytes, which no request could name, forgotten", _V8),
 )
 
 #: The version this code writes and understands.
