@@ -255,43 +255,49 @@ class _Reader:
         self._buf += data
         return True
 
+    def _until(self, mark: bytes, most: int, too_long: str) -> "bytes | None":
+        """Everything up to ``mark`` (excluded; both taken from the buffer); None if the
+        stream ends first.
+
+        Raises:
+            BadResponse: ``too_long``, once over ``most`` bytes have come without ``mark``.
+        """
+        while True:
+            end = self._buf.find(mark)
+            if end >= 0:
+                found = bytes(self._buf[:end])
+                del self._buf[: end + len(mark)]
+                return found
+            if len(self._buf) > most:
+                raise BadResponse(too_long)
+            if not self._fill():
+                return None
+
     def head(self) -> bytes:
         """Everything up to the blank line ending the headers (excluded).
 
         Raises:
-            BadResponse: over :data:`MAX_HEADER_BYTES`, or the connection closed first.
+            BadResponse: over :data:`MAX_HEADER_BYTES`, or the connection closed inside them.
+            Broken: the connection closed before an answer.
         """
-        while True:
-            end = self._buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self._buf[:end])
-                del self._buf[: end + 4]
-                return head
-            if len(self._buf) > MAX_HEADER_BYTES:
-                raise BadResponse(f"answer headers longer than {MAX_HEADER_BYTES} bytes")
-            if not self._fill():
-                raise (
-                    Broken("the connection closed before an answer")
-                    if not self._buf
-                    else BadResponse("the answer ended inside its headers")
-                )
+        head = self._until(b"\r\n\r\n", MAX_HEADER_BYTES, f"answer headers longer than {MAX_HEADER_BYTES} bytes")
+        if head is None:
+            if not self._buf:
+                raise Broken("the connection closed before an answer")
+            raise BadResponse("the answer ended inside its headers")
+        return head
 
     def line(self) -> bytes:
         """One CRLF-terminated line (a chunk size), without the CRLF.
 
         Raises:
-            BadResponse: a line over 1 KiB, or the stream ended first.
+            BadResponse: a line over 1 KiB.
+            Broken: the stream ended first.
         """
-        while True:
-            end = self._buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self._buf[:end])
-                del self._buf[: end + 2]
-                return line
-            if len(self._buf) > 1024:
-                raise BadResponse("a chunk-size line longer than 1 KiB")
-            if not self._fill():
-                raise Broken("the answer broke off inside its body")
+        line = self._until(b"\r\n", 1024, "a chunk-size line longer than 1 KiB")
+        if line is None:
+            raise Broken("the answer broke off inside its body")
+        return line
 
     def some(self, most: int) -> bytes:
         """At most ``most`` bytes (at least one); b"" at the end of the stream."""
