@@ -497,6 +497,9 @@ def test_password_from_stdin_or_a_prompt_never_argv(stack: Stack, env: dict[str,
 @pytest.mark.slow
 def test_audit_filters_exports_and_follows(stack: Stack, env: dict[str, str]) -> None:
     _out(lqx("sh", "web-2", "echo audited", env=env))
+    # Its own failed command for the outcome filter below (it found one only when an earlier
+    # test of this module had left one: the test failed when run alone).
+    assert lqx("sh", "web-2", "exit 3", env=env).returncode == 3
     table = _out(lqx("audit", "--action", "vm.exec", "--vm", "web-2", env=env))
     assert table.splitlines()[0].split()[:4] == ["ID", "STARTED", "USER", "ACTION"]
     assert "vm.exec_stream" in table and "command: echo audited" in table
