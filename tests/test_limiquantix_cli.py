@@ -27,7 +27,7 @@ import hostile_guest
 import httpx
 import pytest
 from inprocess import run_main_bytes
-from procstack import DEADLINE_S, Stack, free_port, run_stack
+from procstack import DEADLINE_S, VMS, Stack, free_port, run_stack
 
 from limiquantix.cli import _fast, main
 from limiquantix.cli._app import cli
@@ -253,7 +253,23 @@ def test_a_lone_program_is_quoted_as_shlex_quotes_it(word: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from run_stack(tmp_path_factory)
+    """The stack once every VM's agent is connected: the stack is ready when its daemons
+    answer /healthz, its agents come moments later, and the first test asserts all three
+    connected (it failed when web-1's agent had not yet come)."""
+    stacks = run_stack(tmp_path_factory)
+    st = next(stacks)
+    try:
+        env = _env(st.url, st.admin)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            listed = lqx("vms", "--json", "--state", "connected", env=env)
+            if listed.returncode == 0 and len(json.loads(listed.stdout)) == len(VMS):
+                break
+            assert time.monotonic() < deadline, ("agents not connected", listed.stdout, listed.stderr)
+            time.sleep(0.1)
+        yield st
+    finally:
+        stacks.close()  # stops the stack (run_stack's finally), also when the wait failed
 
 
 @pytest.fixture
