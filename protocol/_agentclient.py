@@ -411,7 +411,10 @@ class AgentClient:
         done = False
         try:
             await self.writer.send(msg)
-            async with rx:
+            # ``with``, not ``async with``: the channel's aclose() is a checkpoint, and a task
+            # that waits there after the terminal answer lets a stream's consumer (hostd's
+            # ExecuteInGuestStream) flush that answer alone, its end-of-stream in a second write.
+            with rx:
                 async for item in rx:
                     if isinstance(item, errors.AgentError):
                         done = True

@@ -292,6 +292,26 @@ async def test_cancel_by_request_id(start_agent, connect) -> None:
 
 
 @pytest.mark.trio
+async def test_a_stream_ends_after_its_result_without_a_checkpoint(start_agent, connect) -> None:
+    """After the terminal answer the client's stream ends without giving way to other tasks: a
+    consumer relaying it (hostd's ExecuteInGuestStream) sends the result and its end-of-stream
+    in one write, not the result alone when its flush task gets a turn (protocol/rpc/server/
+    _serving.py). A checkpoint in a cancelled scope raises Cancelled: here none is reached."""
+    agent = await start_agent()
+    async with connect(agent) as client, aclosing(stream_of(client, "echo done")) as it:
+        with trio.fail_after(10):
+            kinds = [(await anext(it)).WhichOneof("payload")]
+            while kinds[-1] != "execute_response":
+                kinds.append((await anext(it)).WhichOneof("payload"))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(StopAsyncIteration):
+                await anext(it)
+        assert not scope.cancelled_caught, "the stream reached a checkpoint after its result"
+    assert kinds[0] == "execute_output"
+
+
+@pytest.mark.trio
 async def test_leaving_a_stream_early_cancels_the_command(start_agent, connect) -> None:
     agent = await start_agent()
     async with connect(agent) as client:
