@@ -31,6 +31,7 @@ from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd import DiscoveryConfig, HostdConfig, serve
 from limiquantix.hostd._api import DEFAULT_READ_BYTES, STREAM_CHUNK_BYTES
 from limiquantix.hostd.simvm import SimVMProcess
+from limiquantix.protocol.rpc.server import _serving as serving
 
 TOKEN = "test-token-0123456789"
 SERVICE = "/limiquantix.node.v1.NodeDaemonService"
@@ -280,6 +281,40 @@ async def test_stream_to_the_end(stack: Stack) -> None:
     results = [m["result"] for _, m in msgs if "result" in m]
     assert results[0]["exitCode"] == 2
     assert msgs[-1][0] == 0x02 and "error" not in msgs[-1][1]
+
+
+@pytest.mark.trio
+async def test_a_command_that_ends_at_once_streams_in_one_write(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExecuteInGuestStream of ``true``: the head, the execution id, the result, the end-of-stream
+    message and the chunked end leave hostd in one write, as a unary answer does (the id waits
+    with the head for the next message, and nothing between the result and the end lets the
+    result go alone: protocol/rpc/server/_serving.py, protocol/_agentclient.py). Every write
+    hostd's server makes is seen (trio.SocketStream.send_all, on hostd's port); the head's
+    limit is set beyond the test's deadline, so that a slow machine cannot split them."""
+    monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", 3600.0)
+    port = int(stack.url.rsplit(":", 1)[1])
+    writes: list[bytes] = []
+    send_all = trio.SocketStream.send_all
+
+    async def seen(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        if self.socket.getsockname()[1] == port:
+            writes.append(bytes(data))
+        await send_all(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", seen)
+    body = json.dumps({"vmId": "vm0", "request": {"command": "true"}}).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/connect+json"}
+    with trio.fail_after(DEADLINE_S):
+        r = await stack.client.post(
+            f"{stack.url}{SERVICE}/ExecuteInGuestStream",
+            content=struct.pack(">BI", 0, len(body)) + body,
+            headers=headers,
+        )
+    msgs = envelopes(r.content)
+    assert [next(iter(m)) if m else "" for _, m in msgs] == ["executionId", "result", ""]
+    assert msgs[1][1]["result"]["exitCode"] == 0 and msgs[-1][0] == 0x02
+    assert len(writes) == 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n0\r\n\r\n")
 
 
 @pytest.mark.trio

@@ -147,8 +147,19 @@ def _tasks_running(name: str) -> list[trio.lowlevel.Task]:
 def _streaming_app(release: trio.Event, more: trio.Event, entered: trio.Event, gone: trio.Event) -> QuartTrio:
     """``/stream``: a chunked answer whose first body bytes wait for ``release``; then two
     chunks in one go, then one more after ``more``; ``gone`` is set when the handler ends,
-    however it ends. ``/quick``: a sized answer."""
+    however it ends. ``/opening``: a chunk at once (as an execution id), the next and the end
+    after ``more``. ``/quick``: a sized answer."""
     app = _app(release, entered)
+
+    @app.route("/opening")
+    async def opening() -> object:
+        async def body() -> AsyncIterator[bytes]:
+            entered.set()
+            yield b"first"
+            await more.wait()
+            yield b"second"
+
+        return app.response_class(body())
 
     @app.route("/stream")
     async def stream() -> object:
@@ -258,6 +269,51 @@ async def test_a_streamed_head_with_no_body_yet_leaves_alone_after_the_limit() -
                 ev.release.set()
                 rest = await _read_chunked_to_end(conn)
                 assert rest == b"5\r\nfirst\r\n6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n"
+            ev.stop.set()
+
+
+@pytest.mark.trio
+async def test_a_streams_first_chunk_waits_with_the_head_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's first chunk (ExecuteScriptStream's execution id) is held with the head until
+    the next comes: a command that ends meanwhile goes in one write, head, id, result and end,
+    as a unary answer does. The limit is set beyond the test's deadline: the two leave together
+    or not at all."""
+    monkeypatch.setattr(serving, "STREAM_HEAD_HOLD_S", FOREVER_S)
+    ev = _StreamEvents()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            async with await _connect_to_streaming(nursery, ev) as conn:
+                await conn.send_all(b"GET /opening HTTP/1.1\r\nHost: test\r\n\r\n")
+                await ev.entered.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the app waits for more, "first" sent
+                assert _received_nothing_yet(conn), "the first chunk left before the next"
+                ev.more.set()
+                whole = await conn.receive_some()
+                assert whole.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in whole.lower()
+                assert whole.endswith(b"\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")  # one write
+                await trio.testing.wait_all_tasks_blocked()
+                assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
+                assert not _tasks_running("_flush_soon")
+            ev.stop.set()
+
+
+@pytest.mark.trio
+async def test_a_streams_first_chunk_leaves_with_the_head_after_the_limit() -> None:
+    """A stream whose second chunk is a long time coming (a command that prints nothing yet):
+    its client gets the head and the first chunk after STREAM_HEAD_HOLD_S (the module's own
+    value here), then the rest as it comes."""
+    ev = _StreamEvents()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            async with await _connect_to_streaming(nursery, ev) as conn:
+                await conn.send_all(b"GET /opening HTTP/1.1\r\nHost: test\r\n\r\n")
+                opening = await conn.receive_some()  # the app waits for more meanwhile
+                assert opening.startswith(b"HTTP/1.1 200") and opening.endswith(b"\r\n\r\n5\r\nfirst\r\n")
+                assert not ev.more.is_set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not _tasks_running("_release_head_later"), "the timer ends once it has sent the head"
+                ev.more.set()
+                assert await _read_chunked_to_end(conn) == b"6\r\nsecond\r\n0\r\n\r\n"
             ev.stop.set()
 
 

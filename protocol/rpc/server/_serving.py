@@ -144,12 +144,14 @@ ALERT_LINGER_BYTES: Final = 256 * 1024
 #: a write of its own after the head (joining would copy it, and one more segment is nothing there).
 COALESCE_MAX_BYTES: Final = 64 * 1024
 #: How long a streamed response's head (chunked: Connect server streaming) waits for its first
-#: body bytes to leave in one write with them. hostd's first event (the execution id) comes as
-#: the command starts; the controller's is that event relayed, after its own work (the token,
-#: the audit row, the call to hostd): 14 to 19 ms median at load 4 on the 2-core machine, so 20 ms
-#: missed it often. A stream with nothing to say yet (a command that prints late, a watch) still
+#: body bytes to leave in one write with them, and with them for the next (see _H11Protocol).
+#: hostd's first event (the execution id) comes as the command starts; the controller's is that
+#: event relayed, after its own work (the token, the audit row, the call to hostd): 14 to 19 ms
+#: median at load 4 on the 2-core machine, so 20 ms missed it often. A stream with nothing to say yet (a command that prints late, a watch) still
 #: shows its client the 200 and the headers this soon, which no client or person can tell from
-#: at once; the headers carry nothing a client can act on before the first event anyway.
+#: at once; the headers carry nothing a client can act on before the first event anyway. The
+#: first event, held with them, is an acknowledgement (ExecuteInGuestStream's and
+#: ExecuteScriptStream's execution id) or a first snapshot: no later than this either.
 STREAM_HEAD_HOLD_S: Final = 0.05
 #: ALPN: HTTP/2 first (gRPC needs it), HTTP/1.1 for every other client.
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
@@ -344,6 +346,14 @@ class _H11Protocol(H11Protocol):
       be a long time coming (a command with no output yet), and a client may wait on the head
       meanwhile, so that head waits at most :data:`STREAM_HEAD_HOLD_S`; then a task in the
       connection's nursery sends it alone;
+    - a streamed answer's first chunk (a message: ExecuteScriptStream's execution id, which
+      hostd sends before the command has even left for the guest) waits with the head for the
+      next chunk, within the same :data:`STREAM_HEAD_HOLD_S` from the head: a command that ends
+      in that time (``true``) leaves in one write, head, id, result, end-of-stream message and
+      chunked end, at each hop, as a unary answer does (one wake-up of the controller and of
+      the client where there were two, and hostd's write of the id no longer before the
+      command's own). A command's output is never held by it: output comes after the id, and
+      the id's chunk leaves with the first output's;
     - a streamed answer's chunks are held until the app's task gives way (a task in the
       connection's nursery, started with the first held chunk, runs in trio's next round of
       tasks and sends what is held): what the app sends in one go goes in one write (a
@@ -362,8 +372,10 @@ class _H11Protocol(H11Protocol):
         self._hold_head: _HeadHold | None = None
         self._streaming = False  # a streamed answer's body is being sent: its chunks are held
         self._held = b""
-        # The streamed head's timer (see _release_head_later); None when no head is held alone.
+        # The streamed head's timer (see _release_head_later); None when no head is held.
         self._head_timer: trio.CancelScope | None = None
+        # A streamed head is held and no body chunk has come yet: the first waits with it.
+        self._opening = False
         self._flush_pending = False  # a _flush_soon task has been started and has not run yet
 
     async def handle(self, event: Event) -> None:
@@ -393,11 +405,18 @@ class _H11Protocol(H11Protocol):
         if self._hold_head is not None:
             hold, self._hold_head = self._hold_head, None
             self._held = event.data
-            if hold is _HeadHold.STREAMED:
+            self._opening = hold is _HeadHold.STREAMED
+            if self._opening:
                 timer = self._head_timer = trio.CancelScope(deadline=trio.current_time() + STREAM_HEAD_HOLD_S)
                 self.task_group.spawn(self._release_head_later, timer)
             return
         data = event.data
+        if self._opening:  # the first chunk after a streamed head: it waits with the head
+            self._opening = False
+            fits = len(self._held) + len(data) <= COALESCE_MAX_BYTES
+            if self._streaming and self._head_timer is not None and fits:
+                self._held += data
+                return
         if self._held:
             if len(self._held) + len(data) <= COALESCE_MAX_BYTES:
                 data = self._take_held() + data
@@ -424,14 +443,15 @@ class _H11Protocol(H11Protocol):
         the app's task has given way (at its next checkpoint: it waits for something it has not
         got, or lets others run)."""
         self._flush_pending = False
-        if self._held and self._head_timer is None:  # (a head alone waits for its own timer)
+        if self._held and self._head_timer is None:  # (a held head waits for its own timer)
             # Through the same send as the app's (hypercorn's lock, in call order): a write
             # the app makes meanwhile is queued behind this one.
             await self._send_now(RawData(data=self._take_held()))
 
     async def _release_head_later(self, timer: trio.CancelScope) -> None:
-        """Send the held head alone once ``timer``'s deadline passes, unless it left before
-        (``timer`` cancelled). Runs in the connection's nursery: it ends with the connection."""
+        """Send the held head (with the first chunk, if it came) once ``timer``'s deadline passes,
+        unless it left before (``timer`` cancelled). Runs in the connection's nursery: it ends
+        with the connection."""
         with timer:
             await trio.sleep_forever()
         if self._head_timer is timer:  # the deadline passed with the head still held
