@@ -425,10 +425,11 @@ NEVER_FOR_AN_EXIT = frozenset({"__future__", "limiquantix.protocol._exits"})
 
 
 def test_exec_sends_its_request_before_loading_what_follows_the_command(servers: Servers, tmp_path: Path) -> None:
-    """The modules loaded when the request leaves (a socket whose sendall notes them), and at
-    the end: what only follows the command (:data:`AFTER_THE_SEND`) is loaded after the send,
-    so it costs no wall time (bench/cli_bench.py), and :data:`NEVER_FOR_AN_EXIT` not at all;
-    the program works as always."""
+    """The modules loaded when the request leaves and when the answer is first read (a socket
+    whose sendall and recv note them), and at the end: what only follows the command
+    (:data:`AFTER_THE_SEND`) is loaded after the send and before the answer is awaited, so it
+    costs no wall time (bench/cli_bench.py), and :data:`NEVER_FOR_AN_EXIT` not at all; the
+    program works as always."""
     events = (
         _envelope(0, b'{"output": {"seq": 1, "stream": "stdout", "text": "out\\n"}}'),
         _envelope(0, b'{"result": {"exitCode": 3, "exitReason": "exited"}}'),
@@ -437,25 +438,30 @@ def test_exec_sends_its_request_before_loading_what_follows_the_command(servers:
     port = servers.start(_send(STREAM_HEAD + _chunked(*events)))
     code = (
         "import _socket, os, sys\n"
-        "seen = []\n"
+        "seen, awaited = [], []\n"
         "class Noting(_socket.socket):\n"
         "    def sendall(self, *args):\n"
         "        seen.append(sorted(sys.modules))\n"
         "        return super().sendall(*args)\n"
+        "    def recv(self, *args):\n"
+        "        if not awaited:\n"
+        "            awaited.append(sorted(sys.modules))\n"
+        "        return super().recv(*args)\n"
         "_socket.socket = Noting\n"
         "from limiquantix.cli._fast import main\n"
         "code = main(['exec', 'vm-1', '--', 'true'])\n"
-        "print(repr((code, seen, sorted(sys.modules))), file=sys.stderr)\n"
+        "print(repr((code, seen, awaited, sorted(sys.modules))), file=sys.stderr)\n"
     )
     env = {**_bare_env(tmp_path), "LQX_CONTROLLER_URL": f"http://127.0.0.1:{port}", "LQX_TOKEN": "t0k"}
     done = subprocess.run(
         [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout == "out\n"
-    exit_code, seen, at_exit = ast.literal_eval(done.stderr.splitlines()[-1])
+    exit_code, seen, awaited, at_exit = ast.literal_eval(done.stderr.splitlines()[-1])
     assert exit_code == 3
     assert len(seen) == 1, "one request, sent in one piece"
     assert AFTER_THE_SEND.isdisjoint(seen[0]), "loaded before the request left"
+    assert AFTER_THE_SEND.issubset(awaited[0]), "loaded once the answer was there"
     assert AFTER_THE_SEND.issubset(at_exit)
     assert NEVER_FOR_AN_EXIT.isdisjoint(at_exit)
 
