@@ -42,7 +42,7 @@ Exported here, by the private module that holds them:
   ``TLSConfigError``, ``tls_failure``
 * :mod:`._sslcontext`: ssl alone, for the command line's https (no typing, no dataclasses):
   ``verifying_context``, ``TLSConfigError``
-* :mod:`._loopback`: a token over plain HTTP only to this machine:
+* :mod:`._clientconfig`, too: a token over plain HTTP only to this machine:
   ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``, ``split_url``
   (the one reading of a URL's host, for the check and the connection)
 * :mod:`._configfile`: reading a TOML file, the one ``ConfigError``
@@ -84,10 +84,14 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._backoff import Backoff as Backoff
     from ._clientconfig import DEFAULT_URL as DEFAULT_URL
     from ._clientconfig import ClientSettings as ClientSettings
+    from ._clientconfig import InsecureTransportError as InsecureTransportError
+    from ._clientconfig import check_token_transport as check_token_transport
     from ._clientconfig import default_config_path as default_config_path
+    from ._clientconfig import is_loopback_url as is_loopback_url
     from ._clientconfig import read_config as read_config
     from ._clientconfig import refused_token_flag as refused_token_flag
     from ._clientconfig import resolve as resolve
+    from ._clientconfig import split_url as split_url
     from ._configfile import ConfigError as ConfigError
     from ._daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
     from ._daemon import RpcMetrics as RpcMetrics
@@ -113,10 +117,6 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._httpstack import import_http_stack as import_http_stack
     from ._jsonupload import write_file_parts as write_file_parts
     from ._logs import setup_logging as setup_logging
-    from ._loopback import InsecureTransportError as InsecureTransportError
-    from ._loopback import check_token_transport as check_token_transport
-    from ._loopback import is_loopback_url as is_loopback_url
-    from ._loopback import split_url as split_url
     from ._safetext import ESCAPED as ESCAPED
     from ._safetext import StreamEscaper as StreamEscaper
     from ._safetext import safe_bytes as safe_bytes
@@ -184,7 +184,9 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("PROTOCOL_VERSION", "__version__"), "._version"),
     "write_file_parts": "._jsonupload",
     "setup_logging": "._logs",
-    **dict.fromkeys(("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._loopback"),
+    **dict.fromkeys(
+        ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"
+    ),
     **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "._safetext"),
     **dict.fromkeys(("TLSFiles", "client_ssl_context", "tls_failure"), "._tls"),
     **dict.fromkeys(("TLSConfigError", "verifying_context"), "._sslcontext"),
