@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from ._client import Stream
+    from ._answer import Stream
 
 __all__ = ["cli_error", "ending", "exit_status", "follow"]
 

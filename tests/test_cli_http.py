@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from limiquantix.cli._client import MAX_HEADER_BYTES, VM, ApiError, Client, Endpoint, dumps, loads
+from limiquantix.cli._answer import MAX_HEADER_BYTES, loads
+from limiquantix.cli._client import VM, ApiError, Client, Endpoint, dumps
 from limiquantix.protocol import ClientSettings, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,9 +417,17 @@ def test_exec_starts_without_loading_what_it_does_not_need(
 
 
 #: What follows a command once its request has left (its output, exit code and messages)
-#: and the C scanner that reads the answer: loaded while the controller works, never before
-#: the request is sent.
-AFTER_THE_SEND = frozenset({"limiquantix.cli._exec", "limiquantix.cli._output", "limiquantix.cli._exitcodes", "_json"})
+#: and what reads the answer (cli/_answer.py, and the C scanner under it): loaded while the
+#: controller works, never before the request is sent.
+AFTER_THE_SEND = frozenset(
+    {
+        "limiquantix.cli._answer",
+        "limiquantix.cli._exec",
+        "limiquantix.cli._output",
+        "limiquantix.cli._exitcodes",
+        "_json",
+    }
+)
 #: Loaded by none of exec's modules when the command simply exited: the module behind ``from
 #: __future__ import annotations``, and the words for a command that did not exit.
 NEVER_FOR_AN_EXIT = frozenset({"__future__", "limiquantix.protocol._exits"})
@@ -551,7 +560,7 @@ def test_fastjson_errors_before_json_is_loaded(tmp_path: Path) -> None:
     """In a fresh process (json not loaded: the C scanner cannot build its error then)."""
     code = (
         "import sys\n"
-        "from limiquantix.cli._client import loads\n"
+        "from limiquantix.cli._answer import loads\n"
         "assert loads(b'{\"a\": [1]}') == {'a': [1]} and 'json' not in sys.modules\n"
         "for bad in (b'[\"\\x01\"]', b'{\"a\": }', b'[1] x'):\n"
         "    try:\n"
