@@ -144,6 +144,20 @@ def _tasks_running(name: str) -> list[trio.lowlevel.Task]:
     return found
 
 
+async def _get_until_quiet(conn: trio.SocketStream, path: str, ev: _StreamEvents) -> None:
+    """Send a GET of ``path``; return once its handler has started and the server is quiet."""
+    await conn.send_all(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    await ev.entered.wait()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def _no_timer_or_flush_left() -> None:
+    """Once the server is quiet: neither a held head's timer nor a flush task is left."""
+    await trio.testing.wait_all_tasks_blocked()
+    assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
+    assert not _tasks_running("_flush_soon")
+
+
 def _streaming_app(release: trio.Event, more: trio.Event, entered: trio.Event, gone: trio.Event) -> QuartTrio:
     """``/stream``: a chunked answer whose first body bytes wait for ``release``; then two
     chunks in one go, then one more after ``more``; ``gone`` is set when the handler ends,
@@ -243,9 +257,7 @@ async def test_a_head_waits_for_its_first_body_bytes_and_goes_in_one_write_with_
                 ev.more.set()
                 assert await conn.receive_some() == b"5\r\nthird\r\n0\r\n\r\n"  # the last chunk and the end
                 await ev.gone.wait()
-                await trio.testing.wait_all_tasks_blocked()
-                assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
-                assert not _tasks_running("_flush_soon")
+                await _no_timer_or_flush_left()
             ev.stop.set()
 
 
@@ -283,17 +295,13 @@ async def test_a_streams_first_chunk_waits_with_the_head_for_the_next(monkeypatc
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             async with await _connect_to_streaming(nursery, ev) as conn:
-                await conn.send_all(b"GET /opening HTTP/1.1\r\nHost: test\r\n\r\n")
-                await ev.entered.wait()
-                await trio.testing.wait_all_tasks_blocked()  # the app waits for more, "first" sent
+                await _get_until_quiet(conn, "/opening", ev)  # the app waits for more, "first" sent
                 assert _received_nothing_yet(conn), "the first chunk left before the next"
                 ev.more.set()
                 whole = await conn.receive_some()
                 assert whole.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in whole.lower()
                 assert whole.endswith(b"\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")  # one write
-                await trio.testing.wait_all_tasks_blocked()
-                assert not _tasks_running("_release_head_later"), "the head's timer outlived it"
-                assert not _tasks_running("_flush_soon")
+                await _no_timer_or_flush_left()
             ev.stop.set()
 
 
@@ -327,9 +335,7 @@ async def test_a_client_that_leaves_while_its_head_is_held(monkeypatch: pytest.M
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             async with await _connect_to_streaming(nursery, ev) as conn:
-                await conn.send_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
-                await ev.entered.wait()
-                await trio.testing.wait_all_tasks_blocked()
+                await _get_until_quiet(conn, "/stream", ev)
                 assert len(_tasks_running("_release_head_later")) == 1  # the head is held
             await ev.gone.wait()  # the handler was cancelled (release was never set)
             assert not ev.release.is_set()
