@@ -1,12 +1,13 @@
 """What hostd and the controller share as daemons (never imported by the agent): their
-API calls counted for Prometheus, stopping on SIGTERM or SIGINT, and (for the scripts and
-benchmarks that start them) children that die with their parent.
+API calls counted for Prometheus, stopping on SIGTERM or SIGINT, the file descriptors they may
+open, and (for the scripts and benchmarks that start them) children that die with their parent.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ __all__ = [
     "RpcMetrics",
     "check_tls_files",
     "die_with_parent",
+    "raise_fd_limit",
     "run_daemon",
     "stop_on_signals",
 ]
@@ -84,6 +86,28 @@ def die_with_parent(signum: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit, as Go's runtime does for every
+    program; returns the limit now in force.
+
+    Every connection a daemon serves holds a descriptor, as does each of hostd's VM sockets and
+    each call it makes. The soft limit is 1,024 by default (systemd's too, under a hard limit
+    of 524,288): a few hundred clients then exhaust it. The soft limit is kept low for programs
+    that still use ``select()`` (which cannot watch a descriptor above 1,023); trio uses epoll.
+    A child process started later inherits the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # the kernel refuses more than nr_open (2**20 by default)
+        hard = 2**20
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # a hard limit the kernel caps lower (nr_open)
+            log.debug("keeping RLIMIT_NOFILE %s: %s", soft, exc)
+            return soft
+    return hard
+
+
 def run_daemon(prog: str, main: Callable[[], Awaitable[object]]) -> int:
     """``trio.run(main)`` for a daemon's command: its exit status (0 when it ended, else 1).
 
@@ -92,9 +116,12 @@ def run_daemon(prog: str, main: Callable[[], Awaitable[object]]) -> int:
     error is contained where it happens (protocol/rpc/server/_serving.py); whatever still
     ends the daemon is logged (JSON logs too) and ends it with a failure status, so that
     a supervisor restarts it.
+
+    The soft limit of open files is raised to the hard one first (:func:`raise_fd_limit`).
     """
     from . import errors
 
+    raise_fd_limit()
     try:
         trio.run(main)
     except Exception as exc:

@@ -12,13 +12,17 @@ and ``buf curl`` speak it), and malformed HTTP/1.1 and HTTP/2 byte streams from 
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import resource
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import final
 
 import h2.config
 import h2.connection
@@ -853,3 +857,202 @@ def test_an_error_that_still_ends_a_daemon_is_logged(
         assert daemon.main(argv) == 1
         [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
         assert "stopped by an unexpected error" in record.getMessage() and "broken serve" in caplog.text
+
+
+# ---------------------------------------------------------------- file descriptors: what connections cost
+
+
+async def _open_connections(url: str, count: int) -> list[trio.SocketStream]:
+    return [await trio.open_tcp_stream(*_host_port(url)) for _ in range(count)]
+
+
+async def _connections_ended() -> None:
+    """Return once no connection is being served in this trio run (each is one
+    ``_run_handler`` task of trio's serve_listeners): after each round in which every task
+    waited, the sockets' news (an EOF) delivered first."""
+    while _tasks_running("_run_handler"):
+        await trio.testing.wait_all_tasks_blocked()
+
+
+@pytest.mark.trio
+async def test_a_connection_its_client_closed_ends_at_once() -> None:
+    """A client that connects and closes (or leaves after its request) must not leave its
+    connection to the keep-alive timer: hypercorn kept each (its task, its socket in CLOSE-WAIT)
+    for the whole keep-alive time, 75 s, so that 14 connections a second exhausted 1,024 file
+    descriptors. The keep-alive time here is an hour: only the fix ends them within the deadline."""
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned))
+            silent = await _open_connections(binds[0], 20)
+            served = await _open_connections(binds[0], 5)
+            for stream in served:
+                await stream.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+                received = b""
+                while not received.endswith(b"quick"):
+                    received += await stream.receive_some()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(_tasks_running("_run_handler")) == 25  # all idle, none closed by the server
+            for stream in (*silent, *served):
+                await stream.aclose()
+            await _connections_ended()
+            stop.set()
+
+
+@pytest.mark.trio
+async def test_connections_over_the_limit_are_closed_unread(caplog: pytest.LogCaptureFixture) -> None:
+    """A server holds at most max_connections (3/4 of the process's file descriptors; 3 here):
+    one more is closed at once, unread, one log line for many; once one closes, a new one is served."""
+    assert serving.max_connections(1024) == 768
+    config = serving.http_config(["127.0.0.1:0"], graceful_timeout_s=FOREVER_S)
+    config.connections.maximum = 3
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned, config))
+            held = await _open_connections(binds[0], 3)
+            for _ in range(10):
+                async with await trio.open_tcp_stream(*_host_port(binds[0])) as extra:
+                    with _closed_or_reset():
+                        await extra.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+                        assert await extra.receive_some() == b""
+            refusals = [r.getMessage() for r in caplog.records if "closed a new connection unread" in r.getMessage()]
+            assert len(refusals) == 1 and "3 connections open" in refusals[0], refusals
+            await held.pop().aclose()
+            await _connections_ended_but(2)
+            async with loopback_client(base_url=binds[0]) as client:
+                assert (await client.get("/quick")).text == "quick"
+            for stream in held:
+                await stream.aclose()
+            stop.set()
+
+
+async def _connections_ended_but(count: int) -> None:
+    while len(_tasks_running("_run_handler")) > count:
+        await trio.testing.wait_all_tasks_blocked()
+
+
+@contextmanager
+def _closed_or_reset() -> Iterator[None]:
+    """A connection the server closed unread: the client reads its EOF, or (its request still
+    unread there) a reset."""
+    try:
+        yield
+    except trio.BrokenResourceError:
+        pass
+
+
+@final
+class _ExhaustedListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener whose accept fails as the kernel's does once the process has no descriptor left."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.done = trio.Event()
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        if self.failures == 0:
+            self.done.set()
+            await trio.sleep_forever()
+        self.failures -= 1
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.trio
+async def test_accept_out_of_descriptors_is_one_log_line(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trio's serve_listeners retries a failed accept every 0.1 s and logged each at ERROR with a
+    traceback: 90 lines a second while descriptors ran out. Now: one line per minute, no traceback."""
+    listener = _ExhaustedListener(failures=600)  # a minute of retries (trio's clock, jumped)
+
+    async def handler(stream: trio.SocketStream) -> None:  # pragma: no cover - nothing is accepted
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, [listener])
+        await listener.done.wait()
+        nursery.cancel_scope.cancel()
+    records = [r for r in caplog.records if r.name == "trio.serve_listeners"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert "cannot accept connections: Too many open files (EMFILE" in records[0].getMessage()
+    assert records[0].exc_info is None and records[0].exc_text is None
+
+
+def test_a_daemon_raises_its_open_files_limit_to_the_hard_one() -> None:
+    """run_daemon's raise_fd_limit: the soft RLIMIT_NOFILE (1,024 by default, under systemd too)
+    up to the hard one, as Go does; here on this process, restored after."""
+    from limiquantix.protocol._daemon import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        assert raise_fd_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+#: The hard limit of open files the flooded hostd gets (soft lower: it raises it).
+FLOOD_FD_LIMIT = 160
+
+
+@pytest.mark.slow
+def test_hostd_flooded_with_connections_keeps_its_descriptors_and_recovers(tmp_path: Path) -> None:
+    """A real hostd process allowed FLOOD_FD_LIMIT files, and twice that many clients connecting and
+    holding: it serves at most 3/4 of them (closing the others unread), keeps the rest for itself,
+    logs the refusals in one line, and once they leave serves at once (it waited for each
+    connection's 75 s keep-alive time before). The fast twins: the in-process tests above."""
+    import subprocess
+    import sys
+    import time
+
+    from procstack import free_port
+
+    port = free_port()
+    (tmp_path / "token").write_text(TOKEN)
+    log_path = tmp_path / "hostd.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "limiquantix.hostd", "--listen", f"127.0.0.1:{port}",
+             "--token-file", str(tmp_path / "token"), "--socket-dir", str(tmp_path),
+             "--libvirt-channel-root", ""],
+            stdout=log_file, stderr=log_file,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, FLOOD_FD_LIMIT)),
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        assert f"Max open files            {FLOOD_FD_LIMIT}" in limits, limits  # raised from 64
+        for _ in range(2 * FLOOD_FD_LIMIT):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        # Each over the limit was closed unread: the rest are served, within the limit.
+        while len(os.listdir(f"/proc/{proc.pid}/fd")) < 3 * FLOOD_FD_LIMIT // 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < FLOOD_FD_LIMIT - 16  # some kept for hostd
+        for client in clients:
+            client.close()
+        # Within DEADLINE_S, far less than the keep-alive time the closed connections were kept.
+        assert httpx.get(f"{url}/healthz", timeout=DEADLINE_S).status_code == 200
+        text = log_path.read_text()
+        assert text.count("closed a new connection unread") == 1, text
+        assert "Traceback" not in text, text
+    finally:
+        for client in clients:
+            client.close()
+        proc.terminate()
+        proc.wait(DEADLINE_S)

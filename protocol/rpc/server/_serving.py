@@ -26,6 +26,21 @@ connection: the error is logged, that connection closed, the server keeps servin
 classes are installed into hypercorn once, when this module is imported
 (:func:`_install_hypercorn_fixes`).
 
+File descriptors (each connection holds one; the daemon needs its own for hostd's VM sockets,
+its calls to the controller, the controller's database and its calls to each hostd):
+
+- a connection whose client has closed its side is closed at once (:class:`_ContainedTCPServer`).
+  hypercorn 0.18 let it sit (its socket in CLOSE-WAIT, its task) until ``keep_alive_timeout``
+  (75 s) ran out: a client that connected and closed 14 times a second held 1,024 descriptors,
+  and the daemon, out of them, could neither serve nor call anyone (``EMFILE``);
+- at most :func:`max_connections` connections are served at once (three quarters of the
+  descriptors, the rest kept for the daemon's own work); one more is closed unread, logged
+  at most once per :data:`REFUSAL_LOG_INTERVAL_S`;
+- when ``accept`` fails anyway (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``), trio's
+  ``serve_listeners`` retries every 0.1 s and logged each retry at ERROR with a traceback (90
+  lines a second, formatting them the CPU's main load); :class:`_AcceptErrorLog` makes that one
+  line per :data:`REFUSAL_LOG_INTERVAL_S` with how many it stands for.
+
 TLS: :func:`http_config` with a :class:`ServerTLS` serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN);
 with a CA for client certificates, a client must present one it signed (mutual TLS:
 ``ssl.CERT_REQUIRED``) or the handshake is refused, before any request is read. hypercorn drops
@@ -41,7 +56,10 @@ import builtins
 import contextvars
 import dataclasses
 import enum
+import errno
 import logging
+import os
+import resource
 import socket
 import ssl
 import sys
@@ -83,14 +101,17 @@ __all__ = [
     "H2_MAX_INBOUND_FRAME_BYTES",
     "KEEP_ALIVE_MAX_REQUESTS",
     "KEEP_ALIVE_TIMEOUT_S",
+    "CONNECTIONS_SHARE_OF_FDS",
     "LISTEN_BACKLOG",
     "MAX_REQUEST_HEAD_BYTES",
+    "REFUSAL_LOG_INTERVAL_S",
     "STREAM_HEAD_HOLD_S",
     "ServedApp",
     "ServerTLS",
     "TLS_REFUSAL_LOG_INTERVAL_S",
     "bind_sockets",
     "http_config",
+    "max_connections",
     "peer_common_name",
     "serve_http",
     "server_ssl_context",
@@ -124,6 +145,12 @@ H2_MAX_CONCURRENT_STREAMS: Final = 100
 #: CONTINUATION frames into one header block, so this bounds a header block's bytes (1 MiB)
 #: before it is decoded; bodies come in more frames, not bigger ones.
 H2_MAX_INBOUND_FRAME_BYTES: Final = 16 * 1024
+
+#: The share of the process's file descriptors (RLIMIT_NOFILE) that connections may hold; the
+#: rest is the daemon's own (VM sockets, the database, outgoing calls, a log file).
+CONNECTIONS_SHARE_OF_FDS: Final = 0.75
+#: Connections over the limit, failed accepts: one log line per reason per this many seconds.
+REFUSAL_LOG_INTERVAL_S: Final = 60.0
 
 #: How long the final empty body send is shielded from cancellation (see the module docstring):
 #: it does bookkeeping and hands the last bytes to the socket unless the client stalls them. A
@@ -215,6 +242,17 @@ class _ContainedTCPServer(TCPServer):
     """
 
     async def run(self) -> None:
+        limit = getattr(self.config, "connections", None)
+        if limit is not None and not limit.admit():
+            await trio.aclose_forcefully(self.stream)  # unread: it costs one accept and one close
+            return
+        try:
+            await self._run()
+        finally:
+            if limit is not None:
+                limit.release()
+
+    async def _run(self) -> None:
         try:
             if isinstance(self.stream, trio.SSLStream) and not await self._handshake():
                 await trio.aclose_forcefully(self.stream)
@@ -228,6 +266,15 @@ class _ContainedTCPServer(TCPServer):
                 await self._contain(failures)
             if rest is not None:
                 raise rest from None
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client closed its side (or the connection broke): nothing more can arrive, and the
+        # requests in flight have been told (hypercorn's Closed). hypercorn 0.18 kept the idle
+        # timer running, and with it the connection (its task, its socket in CLOSE-WAIT) for the
+        # whole keep-alive time when no request was in flight. Stopped, the connection ends
+        # once its requests have.
+        await self.idle_task.stop()
 
     async def _handshake(self) -> bool:
         """The TLS handshake (hypercorn's run() then finds it done); False when it failed.
@@ -263,6 +310,105 @@ class _ContainedTCPServer(TCPServer):
         )
         # run()'s own cleanup closes the stream unless the error came from that cleanup.
         await trio.aclose_forcefully(self.stream)
+
+
+@final
+class _RateLimitedLog:
+    """One log line per key per ``interval_s``, saying how many it stands for (bounded: the keys
+    are a fixed set of reasons, and the table is cleared past 64 anyway)."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> str | None:
+        """``None`` when this event is counted into the next line; else the line's suffix
+        (``" (12 more since the last line)"`` or empty)."""
+        now = time.monotonic()
+        last, count = self._last.get(key, (-self._interval_s, 0))
+        if now - last < self._interval_s:
+            self._last[key] = (last, count + 1)
+            return None
+        if len(self._last) >= 64:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return f" ({count} more since the last line)" if count else ""
+
+
+def max_connections(fd_limit: int | None = None) -> int:
+    """Connections a server may hold at once: :data:`CONNECTIONS_SHARE_OF_FDS` of ``fd_limit``
+    (default: this process's RLIMIT_NOFILE soft limit, which run_daemon raises to the hard one;
+    no limit when the system sets none)."""
+    if fd_limit is None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fd_limit = soft if soft != resource.RLIM_INFINITY else 2**20
+    return max(1, int(fd_limit * CONNECTIONS_SHARE_OF_FDS))
+
+
+@final
+class _ConnectionLimit:
+    """The connections one server is serving, and how many it may."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.open = 0
+        self._log = _RateLimitedLog()
+
+    def admit(self) -> bool:
+        """Count a new connection in; False (logged) when the server is full."""
+        if self.open >= self.maximum:
+            more = self._log.due("full")
+            if more is not None:
+                log.warning(
+                    "closed a new connection unread: %d connections open, the limit (%d%% of the %d file "
+                    "descriptors RLIMIT_NOFILE allows; the rest are kept for the daemon's own work)%s",
+                    self.open,
+                    round(CONNECTIONS_SHARE_OF_FDS * 100),
+                    _fd_limit(),
+                    more,
+                )
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+def _fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+#: accept()'s errors that say the process or the system is out of a resource (trio retries them).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@final
+class _AcceptErrorLog(logging.Filter):
+    """On ``trio.serve_listeners``: its "accept returned EMFILE ...; retrying" record (ERROR, with a
+    traceback, every 0.1 s while it lasts) becomes one line per reason per
+    :data:`REFUSAL_LOG_INTERVAL_S`, without the traceback, saying what to do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = _RateLimitedLog()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, OSError) or exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+            return True
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        more = self._log.due(name)
+        if more is None:
+            return False
+        record.msg = (
+            "cannot accept connections: %s (%s; %d file descriptors allowed): new clients wait until "
+            "connections close; retrying every 0.1 s%s"
+        )
+        record.args = (os.strerror(exc.errno or 0), name, _fd_limit(), more)
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
 
 async def _send_and_linger(transport: trio.abc.Stream, data: bytes) -> None:
@@ -477,6 +623,7 @@ def _install_hypercorn_fixes() -> None:
     hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]
     hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
     hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[attr-defined]
+    logging.getLogger("trio.serve_listeners").addFilter(_AcceptErrorLog())
 
 
 _install_hypercorn_fixes()
@@ -508,23 +655,16 @@ class ServerTLS:
 
 @final
 class _RefusalLog:
-    """Failed handshakes, logged at most once per reason per interval (bounded: OpenSSL's
-    reasons are a fixed set of words, and the table is cleared when it grows past 64 anyway)."""
+    """Failed handshakes, logged at most once per reason per :data:`TLS_REFUSAL_LOG_INTERVAL_S`
+    (OpenSSL's reasons are a fixed set of words)."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int]] = {}
+        self._log = _RateLimitedLog(TLS_REFUSAL_LOG_INTERVAL_S)
 
     def refused(self, reason: str) -> None:
-        now = time.monotonic()
-        last, count = self._last.get(reason, (-TLS_REFUSAL_LOG_INTERVAL_S, 0))
-        if now - last < TLS_REFUSAL_LOG_INTERVAL_S:
-            self._last[reason] = (last, count + 1)
-            return
-        if len(self._last) >= 64:
-            self._last.clear()
-        self._last[reason] = (now, 0)
-        more = f" ({count} more since the last line)" if count else ""
-        log.warning("TLS handshake refused: %s%s", reason, more)
+        more = self._log.due(reason)
+        if more is not None:
+            log.warning("TLS handshake refused: %s%s", reason, more)
 
 
 #: OpenSSL's words for the refusals an operator meets, said plainly.
@@ -604,8 +744,16 @@ def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
     return ctx
 
 
+class _ServerConfig(Config):
+    """hypercorn's Config with the connection limit :class:`_ContainedTCPServer` applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections = _ConnectionLimit(max_connections())
+
+
 @final
-class _TLSConfig(Config):
+class _TLSConfig(_ServerConfig):
     """hypercorn's Config with our SSL context (built once, at start: a bad file fails there)."""
 
     def __init__(self, context: ssl.SSLContext, tls: ServerTLS) -> None:
@@ -660,13 +808,13 @@ def bind_sockets(config: Config) -> Sockets:
 def http_config(bind: list[str], *, graceful_timeout_s: float, tls: ServerTLS | None = None) -> Config:
     """hypercorn's configuration for hostd and the controller: ``bind`` (``host:port`` or
     ``unix:path``), requests in flight get ``graceful_timeout_s`` at a stop, idle connections
-    are kept ``KEEP_ALIVE_TIMEOUT_S``; no access log, errors to the ``hypercorn.error`` logger.
+    are kept ``KEEP_ALIVE_TIMEOUT_S``, at most :func:`max_connections` are served at once; no access log, errors to the ``hypercorn.error`` logger.
     With ``tls`` every TCP bind serves HTTPS (see :func:`server_ssl_context`).
 
     Raises:
         TLSConfigError: ``tls`` names files that cannot be used.
     """
-    config = Config() if tls is None else _TLSConfig(server_ssl_context(tls), tls)
+    config = _ServerConfig() if tls is None else _TLSConfig(server_ssl_context(tls), tls)
     if tls is None:
         config.bind = bind
     else:
