@@ -67,7 +67,16 @@ from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb  # noqa: E402
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
 
-SCENARIOS: Final = ("garbage", "magic_spam", "dense_headers", "event_flood", "oversized_identity")
+SCENARIOS: Final = (
+    "garbage",
+    "magic_spam",
+    "dense_headers",
+    "event_flood",
+    "oversized_identity",
+    "dense_telemetry",
+    "dense_unsolicited",
+    "bad_frames",
+)
 HOSTILE_ID: Final = "hostile"
 #: Keep-alive connections of the bystanders' ping loop (each pings one VM after another).
 PING_CONNECTIONS: Final = 4

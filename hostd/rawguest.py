@@ -14,6 +14,14 @@ takes it:
 ``event_flood``           valid telemetry and ip_changed frames, back to back
 ``oversized_identity``    an identity and telemetry with huge fields (hello, then
                           ``agent_ready`` and telemetry repeated)
+``dense_telemetry``       telemetry frames at the frame limit, each holding as many
+                          empty interfaces as fit (8 million: 2 bytes each), back to back
+``dense_reports``         telemetry frames of the largest size a report may have
+                          (``protocol.MAX_PAYLOAD_BYTES``, 256 KiB), each 128,000 empty
+                          interfaces, back to back: parsed, at their parse's cost
+``dense_unsolicited``     answers with ids never asked for, each a ``list_directory``
+                          answer at the frame limit holding 8 million empty entries
+``bad_frames``            small well-framed payloads without a message id, at line rate
 ``enum``                  ``shutdown_started`` with mode 99 (outside the schema), once
 ``idle``                  nothing (a well-behaved, silent guest)
 ========================  ==========================================================
@@ -46,16 +54,18 @@ import trio
 from limiquantix.protocol import (
     MAGIC,
     MAX_FRAME_BYTES,
+    MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     BadMessage,
     FrameDecoder,
+    encode_frame,
     encode_message,
     new_message,
     parse_frame,
 )
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-__all__ = ["ATTACKS", "main", "serve", "serve_chardev"]
+__all__ = ["ATTACKS", "dense_frame", "main", "serve", "serve_chardev"]
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
@@ -126,6 +136,52 @@ def _oversized_identity() -> Iterator[bytes]:
         yield b""  # a pause of REANNOUNCE_S (see _write)
 
 
+def dense_frame(kind: str, field: str, *, message_id: str = "", max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame of at most ``max_frame_bytes`` whose ``kind`` payload's repeated ``field`` holds as
+    many empty entries as fit (2 bytes each on the wire; each a message or string to the parser).
+
+    Repeated occurrences of a message field on the wire are merged by the parser: the payload is
+    sent as a small message, then the dense entries as a second occurrence of the same field.
+    """
+    payload_field = pb.AgentMessage.DESCRIPTOR.fields_by_name[kind]
+    payload_class = getattr(pb, payload_field.message_type.name)  # type: ignore[union-attr]
+    entry_field = payload_class.DESCRIPTOR.fields_by_name[field]
+    head = new_message(message_id or None, **{kind: payload_class()}).SerializeToString()
+    entry = _varint(entry_field.number << 3 | 2) + b"\x00"
+    room = max_frame_bytes - len(head) - 16
+    count = room // len(entry)
+    body = entry * count
+    payload = head + _varint(payload_field.number << 3 | 2) + _varint(len(body)) + body
+    return encode_frame(payload, max_frame_bytes=max_frame_bytes)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _dense_telemetry() -> Iterator[bytes]:
+    return itertools.repeat(dense_frame("telemetry", "interfaces"))
+
+
+def _dense_reports() -> Iterator[bytes]:
+    return itertools.repeat(dense_frame("telemetry", "interfaces", max_frame_bytes=MAX_PAYLOAD_BYTES["telemetry"]))
+
+
+def _dense_unsolicited() -> Iterator[bytes]:
+    frame = dense_frame("list_directory_response", "entries", message_id="never-asked")
+    return itertools.repeat(frame)
+
+
+def _bad_frames() -> Iterator[bytes]:
+    frame = encode_frame(pb.AgentMessage(pong=pb.PongResponse(payload=b"x")).SerializeToString())
+    return itertools.repeat(frame * (CHUNK // len(frame)))
+
+
 def _enum() -> Iterator[bytes]:
     yield encode_message(new_message(shutdown_started=pb.ShutdownStartedEvent(mode=99, message="mode 99")))  # type: ignore[arg-type]
 
@@ -137,6 +193,10 @@ ATTACKS: Final[dict[str, Callable[[], Iterator[bytes]]]] = {
     "dense_headers": _dense_headers,
     "event_flood": _event_flood,
     "oversized_identity": _oversized_identity,
+    "dense_telemetry": _dense_telemetry,
+    "dense_reports": _dense_reports,
+    "dense_unsolicited": _dense_unsolicited,
+    "bad_frames": _bad_frames,
     "enum": _enum,
     "idle": lambda: iter(()),
 }

@@ -15,6 +15,15 @@ guest flooding them costs its host little beyond decoding: over the rate,
 telemetry is coalesced to the newest report (delivered once the rate allows)
 and other events are dropped; both are counted in ``rate_limited_events``.
 
+What a guest sends is read before it is parsed (:func:`~._wire.peek_message`: the id and the
+kind at the top level), because parsing costs per entry, not per byte: 16 MiB of 2-byte list
+entries (8 million empty interfaces in one telemetry frame) took the parser 3-5 s of CPU, in
+which no other VM of the process was served, and 1 GiB of memory. Dropped unparsed, and
+counted: everything before the hello's echo (``discarded_before_sync``); an answer to no
+pending call (``late_replies``); a request, which only a host sends, and a message larger
+than its kind may be (:data:`MAX_PAYLOAD_BYTES`) (``bad_messages``, logged once a minute).
+The time each parse takes is charged to the reader's share of work, like decoding.
+
 Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
 cancelled while its request is in flight sends the agent a ``cancel`` for it.
 When the reader ends, every pending call fails at once with ``Unavailable``.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Final, final
@@ -35,10 +45,21 @@ from google.protobuf.message import Message
 from . import errors
 from ._framing import MAX_FRAME_BYTES, FrameDecoder
 from ._gen import agent_pb2 as pb
-from ._transport import MessageWriter, direct_reader, direct_writer, receive_frames
-from ._wire import BadMessage, new_message, parse_frame
+from ._logs import LogThrottle
+from ._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer, receive_frames
+from ._wire import BadMessage, new_message, parse_frame, peek_message
+from .guestcaps import MESSAGE_BYTES
+from .limits import MAX_BYTES
 
-__all__ = ["EVENT_BURST", "EVENT_RATE_PER_S", "HELLO_RESEND_S", "AgentClient", "TokenBucket", "is_terminal"]
+__all__ = [
+    "EVENT_BURST",
+    "EVENT_RATE_PER_S",
+    "HELLO_RESEND_S",
+    "MAX_PAYLOAD_BYTES",
+    "AgentClient",
+    "TokenBucket",
+    "is_terminal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +86,33 @@ EVENT_BURST: Final = 20
 _EVENTS: Final = frozenset(
     f.name for f in pb.AgentMessage.DESCRIPTOR.oneofs_by_name["payload"].fields if f.number >= 100
 )
+#: Requests (agent.proto numbers them below 50): only a host sends them.
+_REQUESTS: Final = frozenset(
+    f.name for f in pb.AgentMessage.DESCRIPTOR.oneofs_by_name["payload"].fields if f.number < 50
+)
+#: A message's bytes (its whole AgentMessage) beyond the size of its payload kind's largest.
+_ENVELOPE_BYTES: Final = 1024
+#: Identity, telemetry and addresses: four times what hostd keeps of one (guestcaps cuts each to
+#: MESSAGE_BYTES, 64 KiB; an agent's own are 1-4 KiB). Parsed, 256 KiB of 2-byte entries cost
+#: ~50 ms of CPU: the most a guest's one frame can cost.
+_REPORT_BYTES: Final = 4 * MESSAGE_BYTES
+#: Answers with no bulk field: a few hundred bytes (an error's message: at most 8 KiB).
+_SMALL_BYTES: Final = 64 * 1024
+#: The largest AgentMessage of each payload kind a guest may send, checked before it is parsed;
+#: a kind not named here: :data:`_SMALL_BYTES`. Answers carrying bulk data (command output, file
+#: chunks) may fill a frame: their fields are bytes, which parse at memory speed.
+MAX_PAYLOAD_BYTES: Final[dict[str, int]] = {
+    **dict.fromkeys(
+        ("hello_response", "info_response", "agent_ready", "telemetry", "telemetry_response", "ip_changed"),
+        _REPORT_BYTES,
+    ),
+    **dict.fromkeys(("execute_response", "execute_output", "file_read_chunk"), MAX_FRAME_BYTES),
+    # A ping's payload comes back (MAX_BYTES at most, limits.py).
+    "pong": MAX_BYTES + _ENVELOPE_BYTES,
+    # A page of at most 10,000 entries (the agent's LIST_PAGE_MAX), each a name of at most 255
+    # bytes and its stat.
+    "list_directory_response": 4 * 1024 * 1024,
+}
 #: Requests the agent can stop midway: a caller that gives up tells it to.
 _CANCELLABLE: Final = frozenset({"execute", "file_read"})
 
@@ -175,6 +223,7 @@ class AgentClient:
         self.rate_limited_events = 0
         #: Times the reader paused, over its share of decoding work.
         self.reader_pauses = 0
+        self._bad_log = LogThrottle()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -298,14 +347,26 @@ class AgentClient:
                     if pause > 0:
                         self.reader_pauses += 1
                         await trio.sleep(pause)
+                parse_ns = 0
                 for frame in frames:
+                    if not self._wanted(frame.payload):
+                        continue
+                    started = time.perf_counter_ns()
                     try:
                         msg = parse_frame(frame)
                     except BadMessage as exc:
-                        self.bad_messages += 1
-                        log.warning("dropped frame from agent: %s", exc)
+                        self._bad_message("undecodable", str(exc))
                         continue
+                    finally:
+                        parse_ns += time.perf_counter_ns() - started
+                    if parse_ns > DECODE_SLICE_WORK:
+                        # Parsing is reading work too (~1 ns a unit): charged to the share,
+                        # and a slice's worth lets the other tasks run.
+                        self._charge_parse(parse_ns)
+                        parse_ns = 0
+                        await trio.lowlevel.checkpoint()
                     await self._route(msg)
+                self._charge_parse(parse_ns)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
@@ -313,6 +374,45 @@ class AgentClient:
             # bytes: free it now, not when a cycle collection frees the client.
             self.decoder.reset()
             self._close(reason)
+
+    def _charge_parse(self, ns: int) -> None:
+        """Charge ``ns`` of parsing to the reader's budget (its pause comes at the next read)."""
+        if self._reader_budget is not None and ns:
+            self._reader_budget.charge(ns)
+
+    def _wanted(self, payload: bytes | bytearray | memoryview) -> bool:
+        """Whether a frame's payload is worth parsing, decided from its top level (see the
+        module docstring); what is not is counted here."""
+        try:
+            message_id, kind = peek_message(payload)
+        except BadMessage as exc:
+            self._bad_message("undecodable", str(exc))
+            return False
+        if not message_id:
+            self._bad_message("no id", "message without message_id")
+            return False
+        if not self._synced.is_set() and kind != "hello_response":
+            self.discarded_before_sync += 1
+            return False
+        if kind in _REQUESTS:
+            self._bad_message("request", f"a {kind} request (only a host sends requests)")
+            return False
+        if kind not in _EVENTS and kind != "hello_response" and message_id not in self._pending:
+            self.late_replies += 1
+            return False
+        limit = MAX_PAYLOAD_BYTES.get(kind or "", _SMALL_BYTES)
+        if len(payload) > limit:
+            self._bad_message("too large", f"a {kind} of {len(payload)} bytes (at most {limit}), unread")
+            return False
+        return True
+
+    def _bad_message(self, reason: str, what: str) -> None:
+        """Count a message dropped as unusable; logged once a minute per ``reason`` (a guest
+        can send them at line rate: one line each was a line per frame)."""
+        self.bad_messages += 1
+        more = self._bad_log.due(reason)
+        if more is not None:
+            log.warning("dropped frame from agent: %s%s", what, more)
 
     async def _route(self, msg: pb.AgentMessage) -> None:
         kind = msg.WhichOneof("payload")

@@ -19,7 +19,7 @@ from typing import Final
 
 from ._safetext import ESCAPED, safe_text
 
-__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "LogThrottle", "TextFormatter", "setup_logging"]
 
 #: What ``json.dumps(ensure_ascii=False)`` leaves raw that a terminal may act on.
 _JSON_ESCAPES: Final = {cp: f"\\u{cp:04x}" for cp in ESCAPED if cp >= 0x7F}
@@ -61,6 +61,30 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
+class LogThrottle:
+    """One log line per key per ``interval_s``, saying how many it stands for: for what a peer
+    can make happen at any rate (a refused connection, a bad frame from a guest). Bounded: the
+    keys are a fixed set of reasons, and the table is cleared past 64 anyway.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> str | None:
+        """``None`` when this event is only counted, into the next line; else that line's
+        suffix: ``" (12 more since the last line)"``, or empty."""
+        now = time.monotonic()
+        last, count = self._last.get(key, (-self._interval_s, 0))
+        if now - last < self._interval_s:
+            self._last[key] = (last, count + 1)
+            return None
+        if len(self._last) >= 64:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return f" ({count} more since the last line)" if count else ""
 
 
 def setup_logging(log_format: str, level: str) -> None:

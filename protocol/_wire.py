@@ -17,6 +17,7 @@ from ._framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
 from ._gen import agent_pb2 as pb
 
 __all__ = [
+    "MAX_ENVELOPE_FIELDS",
     "SYNC_PAYLOADS",
     "BadMessage",
     "encode_message",
@@ -24,6 +25,7 @@ __all__ = [
     "new_message",
     "new_message_id",
     "parse_frame",
+    "peek_message",
     "set_timestamp",
     "set_timestamp_ns",
 ]
@@ -101,6 +103,80 @@ def parse_frame(frame: Frame) -> pb.AgentMessage:
     if not msg.message_id:
         raise BadMessage("message without message_id")
     return msg
+
+
+#: Top-level fields :func:`peek_message` reads before it calls a payload not an AgentMessage. A
+#: message has three (id, timestamp, payload); each field is read in Python, so a payload of
+#: millions of tiny top-level fields must not be read to its end.
+MAX_ENVELOPE_FIELDS: Final = 16
+_MESSAGE_ID_FIELD: Final = pb.AgentMessage.DESCRIPTOR.fields_by_name["message_id"].number
+_PAYLOAD_KINDS: Final = {f.number: f.name for f in pb.AgentMessage.DESCRIPTOR.oneofs_by_name["payload"].fields}
+
+
+def peek_message(payload: bytes | bytearray | memoryview) -> tuple[str, str | None]:
+    """An AgentMessage's ``message_id`` and payload kind (``"telemetry"``; None when none is
+    set), read from the top level of its bytes without parsing the payload: what a reader
+    decides by before it pays for the parse (a guest's 16 MiB of 2-byte list entries costs
+    the parser seconds of CPU and a GiB of memory; see protocol/_agentclient.py).
+
+    The same answers as :func:`parse_frame` gives for a well-formed message (the last
+    occurrence of the id, and of a oneof member, wins).
+
+    Raises:
+        BadMessage: not an AgentMessage's wire format at the top level, more than
+            :data:`MAX_ENVELOPE_FIELDS` top-level fields, or an id that is not UTF-8.
+    """
+    view = memoryview(payload)
+    end = len(view)
+    pos = 0
+    message_id = b""
+    kind: str | None = None
+    for _ in range(MAX_ENVELOPE_FIELDS):
+        if pos == end:
+            break
+        key, pos = _varint(view, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, pos = _varint(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(view, pos)
+            start, pos = pos, pos + length
+            if pos <= end:
+                if number == _MESSAGE_ID_FIELD:
+                    message_id = bytes(view[start:pos])
+                elif number in _PAYLOAD_KINDS:
+                    kind = _PAYLOAD_KINDS[number]
+        else:
+            raise BadMessage(f"undecodable payload of {end} bytes (wire type {wire_type} at the top level)")
+        if pos > end:
+            raise BadMessage(f"undecodable payload of {end} bytes (a field runs past its end)")
+    else:
+        if pos != end:
+            raise BadMessage(f"payload of {end} bytes has over {MAX_ENVELOPE_FIELDS} top-level fields")
+    try:
+        return message_id.decode(), kind
+    except UnicodeDecodeError:
+        raise BadMessage(f"undecodable payload of {end} bytes (message_id is not UTF-8)") from None
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it.
+
+    Raises:
+        BadMessage: it runs past the end or over 10 bytes.
+    """
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(view))):
+        byte = view[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise BadMessage(f"undecodable payload of {len(view)} bytes (a truncated varint)")
 
 
 def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:

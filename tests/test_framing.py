@@ -343,3 +343,50 @@ def test_a_big_frame_is_hashed_across_slices_and_delivered_whole() -> None:
     assert [f.payload for f in frames] == [payload, b"next"]
     assert slices >= len(payload) // 100_000
     assert dec.stats.hashed_bytes == len(payload) + 4
+
+
+# ---------------------------------------------------------------- peek_message: an envelope's top level
+
+
+def _peek_cases() -> list[bytes]:
+    from limiquantix.protocol import new_message
+    from limiquantix.protocol._gen import agent_pb2 as pb
+
+    one = new_message("m1", telemetry=pb.TelemetryReport(cpu_percent=1)).SerializeToString()
+    other = new_message("m2", pong=pb.PongResponse(payload=b"p")).SerializeToString()
+    return [
+        one,
+        other,
+        one + other,  # the last id and the last oneof member win, as in a parse
+        other + one,
+        new_message("m3").SerializeToString(),  # no payload
+        new_message("é-id", error=pb.Error(message="x")).SerializeToString(),
+        one + b"\xf8\x3e\x05" + b"\x85\x3f\x01\x02\x03\x04" + b"\x81\x3f" + b"\x00" * 8,  # unknown fields
+    ]
+
+
+@pytest.mark.parametrize("payload", _peek_cases())
+def test_peek_message_reads_what_a_parse_reads(payload: bytes) -> None:
+    from limiquantix.protocol._gen import agent_pb2 as pb
+    from limiquantix.protocol._wire import peek_message
+
+    msg = pb.AgentMessage.FromString(payload)
+    assert peek_message(payload) == (msg.message_id, msg.WhichOneof("payload"))
+    assert peek_message(memoryview(bytearray(payload))) == peek_message(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\x0a\x05ab", "runs past its end"),
+        (b"\x08\x01" * 17, "over 16 top-level fields"),  # millions of them are not read one by one
+        (b"\x0b\x0c", "wire type 3"),
+        (b"\x0a\x02\xff\xfe", "not UTF-8"),
+        (b"\x08" + b"\xff" * 10, "truncated varint"),
+    ],
+)
+def test_peek_message_refuses_what_is_no_message(payload: bytes, reason: str) -> None:
+    from limiquantix.protocol._wire import BadMessage, peek_message
+
+    with pytest.raises(BadMessage, match=reason):
+        peek_message(payload)

@@ -41,7 +41,8 @@ from limiquantix.hostd._api import heartbeat_status, vm_status
 from limiquantix.hostd._discovery import FoundSocket, VMRegistry, scan_sockets
 from limiquantix.hostd._vmconn import VMConnection, VMState
 from limiquantix.hostd.simvm import DEVICE_NAME, SimulatedPort, SimulatedVM, SimVMProcess
-from limiquantix.protocol import MAGIC, MAX_FRAME_BYTES, encode_frame, enum_name, errors, limits
+from limiquantix.protocol import MAGIC, MAX_FRAME_BYTES, Frame, encode_frame, enum_name, errors, guestcaps, limits
+from limiquantix.protocol import _agentclient as agentclient
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 
@@ -1054,6 +1055,84 @@ async def test_an_event_flood_is_rate_limited_and_its_reader_paused(
     counters = conn.counters()
     assert counters.connects == 1 and counters.connect_failures == 0, counters
     assert conn.telemetry is not None
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the payloads hosts' agent readers parse (protocol._agentclient's
+    parse_frame, wrapped to count: a spy, the real parse still runs)."""
+    sizes: list[int] = []
+    real = agentclient.parse_frame
+
+    def counting(frame: Frame) -> pb.AgentMessage:
+        sizes.append(len(frame.payload))
+        return real(frame)
+
+    monkeypatch.setattr(agentclient, "parse_frame", counting)
+    return sizes
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("attack", "counter", "count"),
+    [
+        ("dense_telemetry", "bad_messages", 3),
+        ("dense_unsolicited", "late_replies", 3),
+        ("bad_frames", "bad_messages", 20_000),
+    ],
+)
+async def test_dense_or_unwanted_guest_messages_are_dropped_unparsed(
+    nursery: trio.Nursery,
+    short_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+    parsed: list[int],
+    attack: str,
+    counter: str,
+    count: int,
+) -> None:
+    """A frame's cost to parse is per list entry, not per byte: one 16 MiB telemetry frame of
+    8 million empty interfaces took hostd 3-5 s of CPU (no other VM served meanwhile) and 1 GiB;
+    answers to ids never asked for were parsed whole before being found late, and each frame
+    without an id was a log line. Now each is dropped from its top level, unparsed (the kind's
+    size bound, no pending call), and its reason logged once: the bystander's pings go on, the
+    hostile VM keeps no report, hostd keeps its link."""
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    hostile = await hostile_conn(nursery, short_tmp, attack)
+    with trio.fail_after(WAIT_S):
+        i = 0
+        while getattr(hostile.counters(), counter) < count or i < 20:
+            assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
+            i += 1
+    assert hostile.telemetry is None
+    assert hostile.counters().connects == 1
+    assert max(parsed) < 4096, max(parsed)  # hellos and pongs only
+    dropped = [r.getMessage() for r in caplog.records if "dropped frame from agent" in r.getMessage()]
+    assert len(dropped) <= 1, dropped  # one line per reason a minute, however many frames
+    if attack == "dense_telemetry":
+        assert "a telemetry of 16777" in dropped[0] and "unread" in dropped[0], dropped
+
+
+@pytest.mark.trio
+async def test_parsing_a_guests_reports_is_charged_to_its_readers_share(
+    nursery: trio.Nursery, short_tmp: Path, parsed: list[int]
+) -> None:
+    """Reports within their size bound (256 KiB) are parsed; 128,000 empty interfaces each cost
+    the parser tens of ms. That time is charged to the VM's share of reading work like
+    decoding: its reader pauses after a few, where their bytes alone (~0.26 M units each, a
+    50 M burst) would have let ~190 through first. Each report is kept capped."""
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    hostile = await hostile_conn(nursery, short_tmp, "dense_reports", reader_work_per_s=20_000_000)
+    with trio.fail_after(WAIT_S * 2):
+        i = 0
+        while hostile.counters().reader_pauses < 2:
+            assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
+            i += 1
+        reports = sum(size > 4096 for size in parsed)
+        assert reports < 50, reports  # without the parse's cost charged: ~190 before the first pause
+        await hostile.wait_until(lambda c: c.telemetry is not None)
+    assert hostile.telemetry is not None and hostile.telemetry.truncated
+    assert len(hostile.telemetry.interfaces) == guestcaps.MAX_INTERFACES
+    assert hostile.counters().bad_messages == 0
 
 
 @pytest.mark.trio

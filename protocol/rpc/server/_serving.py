@@ -63,7 +63,6 @@ import resource
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
@@ -89,6 +88,7 @@ if sys.version_info >= (3, 11):  # novermin
 else:  # pragma: no cover - Python 3.10: trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
+from ..._logs import LogThrottle
 from ..._tls import TLSConfigError, load_cert_chain, load_verify_locations
 
 __all__ = [
@@ -312,29 +312,6 @@ class _ContainedTCPServer(TCPServer):
         await trio.aclose_forcefully(self.stream)
 
 
-@final
-class _RateLimitedLog:
-    """One log line per key per ``interval_s``, saying how many it stands for (bounded: the keys
-    are a fixed set of reasons, and the table is cleared past 64 anyway)."""
-
-    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
-        self._interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def due(self, key: str) -> str | None:
-        """``None`` when this event is counted into the next line; else the line's suffix
-        (``" (12 more since the last line)"`` or empty)."""
-        now = time.monotonic()
-        last, count = self._last.get(key, (-self._interval_s, 0))
-        if now - last < self._interval_s:
-            self._last[key] = (last, count + 1)
-            return None
-        if len(self._last) >= 64:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        return f" ({count} more since the last line)" if count else ""
-
-
 def max_connections(fd_limit: int | None = None) -> int:
     """Connections a server may hold at once: :data:`CONNECTIONS_SHARE_OF_FDS` of ``fd_limit``
     (default: this process's RLIMIT_NOFILE soft limit, which run_daemon raises to the hard one;
@@ -352,7 +329,7 @@ class _ConnectionLimit:
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
         self.open = 0
-        self._log = _RateLimitedLog()
+        self._log = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def admit(self) -> bool:
         """Count a new connection in; False (logged) when the server is full."""
@@ -391,7 +368,7 @@ class _AcceptErrorLog(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._log = _RateLimitedLog()
+        self._log = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -659,7 +636,7 @@ class _RefusalLog:
     (OpenSSL's reasons are a fixed set of words)."""
 
     def __init__(self) -> None:
-        self._log = _RateLimitedLog(TLS_REFUSAL_LOG_INTERVAL_S)
+        self._log = LogThrottle(TLS_REFUSAL_LOG_INTERVAL_S)
 
     def refused(self, reason: str) -> None:
         more = self._log.due(reason)
