@@ -74,6 +74,7 @@ SCENARIOS: Final = (
     "event_flood",
     "oversized_identity",
     "dense_telemetry",
+    "dense_reports",
     "dense_unsolicited",
     "bad_frames",
 )

@@ -52,7 +52,7 @@ from typing import final
 import trio
 from google.protobuf.message import Message
 
-from limiquantix.protocol import AgentClient, Backoff, enum_name, errors, guestcaps
+from limiquantix.protocol import AgentClient, Backoff, LogThrottle, enum_name, errors, guestcaps
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol.guestcaps import Cuts
 
@@ -218,6 +218,8 @@ class VMConnection:
         self._interfaces_truncated = False
         # What the guest sent beyond the caps is logged once per kind and connection.
         self._cuts_logged: set[str] = set()
+        # The lines a guest's events cause (it may send 10 a second): one per kind a minute.
+        self._event_log = LogThrottle()
         self._state = VMState.CONNECTING if enabled else VMState.DISABLED
         self._state_since = -math.inf  # set when run() starts (no trio clock before)
         self._client: AgentClient | None = None
@@ -602,7 +604,7 @@ class VMConnection:
                 self._heard()
                 self._misses = 0
                 if self._state in (VMState.UNRESPONSIVE, VMState.WAITING_FOR_AGENT):
-                    log.info("vm %s: agent answers again", self.vm_id)
+                    self._log_event("answers again", "agent answers again")
                     self._set_state(VMState.CONNECTED)
                 continue
             self._misses += 1
@@ -622,7 +624,7 @@ class VMConnection:
             self._interfaces, cuts = guestcaps.cap_interfaces(msg.ip_changed.interfaces)
             self._interfaces_truncated = bool(cuts)
             self._log_cuts("ip_changed", cuts)
-            log.info("vm %s: addresses now %s", self.vm_id, guestcaps.brief_list(self.ip_addresses))
+            self._log_event("ip_changed", "addresses now %s", guestcaps.brief_list(self.ip_addresses))
         elif kind == "agent_ready":
             # The agent restarted (or the guest rebooted) under a live connection:
             # AgentClient has failed what was pending; report the new identity.
@@ -633,20 +635,22 @@ class VMConnection:
                 self._client.identity = self.identity  # as in _attach
             self.shutdown_started = None
             self._misses = 0
-            log.info("vm %s: agent restarted (pid %d -> %d)", self.vm_id, old, msg.agent_ready.identity.pid)
+            self._log_event("agent_ready", "agent restarted (pid %d -> %d)", old, msg.agent_ready.identity.pid)
             if self._state in (VMState.UNRESPONSIVE, VMState.WAITING_FOR_AGENT):
                 self._set_state(VMState.CONNECTED)
         elif kind == "agent_stopping":
             # Its last frame: nobody answers on this connection until an agent_ready. The
             # connection stays (the socket is QEMU's); pings go on and are not misses that count.
             reason = guestcaps.cut(msg.agent_stopping.reason, guestcaps.TEXT_BYTES) or "no reason given"
-            log.info("vm %s: agent stopping (%s)", self.vm_id, reason)
+            self._log_event("agent_stopping", "agent stopping (%s)", reason)
             self.last_disconnect_reason = f"agent stopped ({reason})"
             self._set_state(VMState.WAITING_FOR_AGENT)
             self._abort_calls(f"the agent of VM {self.vm_id} stopped ({reason})")
         elif kind == "shutdown_started":
             self.shutdown_started = guestcaps.cap_message(msg.shutdown_started)[0]
-            log.info("vm %s: guest announced %s", self.vm_id, enum_name(pb.ShutdownMode, msg.shutdown_started.mode))
+            self._log_event(
+                "shutdown_started", "guest announced %s", enum_name(pb.ShutdownMode, msg.shutdown_started.mode)
+            )
         self._notify()
 
     # -- bookkeeping -------------------------------------------------------------
@@ -658,6 +662,14 @@ class VMConnection:
         self._interfaces = list(self.identity.interfaces)
         self._interfaces_truncated = cuts.under("interfaces")
         self._log_cuts("identity", cuts)
+
+    def _log_event(self, kind: str, message: str, *args: object) -> None:
+        """An INFO line a guest's event causes: at most one per ``kind`` a minute, with how many
+        it stands for. A guest may send events at the rate AgentClient lets through (10 a
+        second): alternating addresses made 10 lines a second, ~500 MB of log a day per VM."""
+        more = self._event_log.due(kind)
+        if more is not None:
+            log.info(f"vm %s: {message}%s", self.vm_id, *args, more)
 
     def _log_cuts(self, kind: str, cuts: Cuts) -> None:
         """One line per kind and connection: a guest sending oversized reports every second is not a log flood."""

@@ -117,6 +117,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._httpstack import HTTPX_CLI as HTTPX_CLI
     from ._httpstack import import_http_stack as import_http_stack
     from ._jsonupload import write_file_parts as write_file_parts
+    from ._logs import LogThrottle as LogThrottle
     from ._logs import setup_logging as setup_logging
     from ._safetext import ESCAPED as ESCAPED
     from ._safetext import StreamEscaper as StreamEscaper
@@ -184,7 +185,7 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(("PROTOCOL_VERSION", "__version__"), "._version"),
     "write_file_parts": "._jsonupload",
-    "setup_logging": "._logs",
+    **dict.fromkeys(("LogThrottle", "setup_logging"), "._logs"),
     **dict.fromkeys(
         ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"
     ),
