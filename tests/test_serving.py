@@ -12,6 +12,7 @@ and ``buf curl`` speak it), and malformed HTTP/1.1 and HTTP/2 byte streams from 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import final
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -1056,3 +1058,53 @@ def test_hostd_flooded_with_connections_keeps_its_descriptors_and_recovers(tmp_p
             client.close()
         proc.terminate()
         proc.wait(DEADLINE_S)
+
+
+@pytest.mark.trio
+async def test_h2_rapid_reset_closes_the_connection(
+    hostd_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP/2 "rapid reset" (CVE-2023-44487): HEADERS then RST_STREAM, over and over. Each request
+    was handed to the app and the reset undid none of its work: the server worked as fast as the
+    client could send (~60 bytes a request). Beyond H2_RESETS_BURST resets (then H2_RESETS_PER_S)
+    the connection is closed with GOAWAY ENHANCE_YOUR_CALM, logged once; other clients are served,
+    and a client resetting within the budget keeps its connection. (A burst of 20 here: each
+    request costs the app's start.)"""
+    monkeypatch.setattr(serving, "H2_RESETS_BURST", 20)
+    headers = [("content-type", "application/json"), ("authorization", f"Bearer {TOKEN}")]
+    with trio.fail_after(DEADLINE_S):
+        async with _H2Client.connect(hostd_url) as client:
+            for _ in range(serving.H2_RESETS_BURST // 2):  # within the budget: served on
+                stream_id = await client.request("POST", NODE_LIST_VMS, *headers, end_stream=False)
+                client.conn.reset_stream(stream_id)
+                await client.flush()
+            stream_id = await client.request("POST", NODE_LIST_VMS, *headers, end_stream=False)
+            client.conn.send_data(stream_id, b"{}", end_stream=True)
+            await client.flush()
+            assert (await client.response(stream_id)).status == 200
+        async with _H2Client.connect(hostd_url) as client:
+            terminated: list[h2.events.ConnectionTerminated] = []
+            for _ in range(serving.H2_RESETS_BURST * 5):
+                stream_id = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(
+                    stream_id,
+                    [(":method", "POST"), (":path", NODE_LIST_VMS), (":scheme", "http"), (":authority", "t"), *headers],
+                )
+                client.conn.reset_stream(stream_id)
+            with _closed_or_reset():
+                await client.flush()
+            while not client.closed:
+                try:
+                    data = await client.stream.receive_some()
+                except trio.BrokenResourceError:
+                    break
+                if not data:
+                    break
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    terminated += [
+                        e for e in client.conn.receive_data(data) if isinstance(e, h2.events.ConnectionTerminated)
+                    ]
+            assert [e.error_code for e in terminated] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+        await _assert_healthy(hostd_url)
+    lines = [r.getMessage() for r in caplog.records if "reset streams faster" in r.getMessage()]
+    assert len(lines) == 1, lines

@@ -66,6 +66,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, final
 
+import h2.errors
 import h2.events
 import hypercorn.protocol
 import hypercorn.trio.run
@@ -99,6 +100,8 @@ __all__ = [
     "H2_MAX_CONCURRENT_STREAMS",
     "H2_MAX_HEADER_LIST_BYTES",
     "H2_MAX_INBOUND_FRAME_BYTES",
+    "H2_RESETS_BURST",
+    "H2_RESETS_PER_S",
     "KEEP_ALIVE_MAX_REQUESTS",
     "KEEP_ALIVE_TIMEOUT_S",
     "CONNECTIONS_SHARE_OF_FDS",
@@ -151,6 +154,15 @@ H2_MAX_INBOUND_FRAME_BYTES: Final = 16 * 1024
 CONNECTIONS_SHARE_OF_FDS: Final = 0.75
 #: Connections over the limit, failed accepts: one log line per reason per this many seconds.
 REFUSAL_LOG_INTERVAL_S: Final = 60.0
+
+#: Streams an HTTP/2 client may reset (RST_STREAM) at once, and per second after: beyond, its
+#: connection is closed (GOAWAY ENHANCE_YOUR_CALM). Each request is handed to the app as its
+#: HEADERS arrive (a task started, the request's work begun) and a reset that follows at once
+#: undoes none of that: "rapid reset" (CVE-2023-44487) made hostd do it as fast as a client's
+#: bandwidth allowed, ~60 bytes a request. A gRPC client resets a call when its deadline passes or
+#: its user gives up: far fewer. (Go's and nginx's servers bound the same.)
+H2_RESETS_BURST: Final = 200
+H2_RESETS_PER_S: Final = 50.0
 
 #: How long the final empty body send is shielded from cancellation (see the module docstring):
 #: it does bookkeeping and hands the last bytes to the socket unless the client stalls them. A
@@ -434,8 +446,23 @@ class _H2Protocol(H2Protocol):
     request and its EOF before reading the answer), and still would for FINAL_SEND_TIMEOUT_S.
     :meth:`handle` closes those buffers. Not reported upstream as far as known.
 
+    A client that resets streams faster than :data:`H2_RESETS_PER_S` (after a burst of
+    :data:`H2_RESETS_BURST`) has its connection closed: see there.
+
     tests/test_serving.py fails when hypercorn's methods change or no longer need this.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset_credit = float(H2_RESETS_BURST)
+        self._reset_credit_at = trio.current_time()
+
+    def _may_reset(self) -> bool:
+        """Take one reset from the connection's budget; False when it is spent."""
+        now = trio.current_time()
+        elapsed, self._reset_credit_at = now - self._reset_credit_at, now
+        self._reset_credit = min(H2_RESETS_BURST, self._reset_credit + elapsed * H2_RESETS_PER_S) - 1
+        return self._reset_credit >= 0
 
     async def handle(self, event: Event) -> None:
         await super().handle(event)
@@ -449,9 +476,26 @@ class _H2Protocol(H2Protocol):
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamReset) and not self._may_reset():
+                more = _RAPID_RESETS.due("rapid reset")
+                if more is not None:
+                    log.warning(
+                        "closed the HTTP/2 connection from %s: it reset streams faster than %g a second%s",
+                        self.client,
+                        H2_RESETS_PER_S,
+                        more,
+                    )
+                self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+                await self.send(Closed())
+                return
             else:
                 await super()._handle_events([event])
         await self._flush()
+
+
+#: Connections closed for rapid resets: one log line a minute (a client can open many).
+_RAPID_RESETS: Final = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
 
 class _H11Protocol(H11Protocol):
