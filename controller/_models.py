@@ -610,6 +610,8 @@ class HeartbeatResult:
 
     moved: tuple[VMMove, ...] = ()
     refused: tuple[VMClaim, ...] = ()
+    forgotten: int = 0
+    """Gone VMs of the node forgotten, the oldest, to keep at most ``MAX_GONE_VMS_PER_NODE``."""
 
 
 # ------------------------------------------------------------------ fleet runs

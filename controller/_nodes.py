@@ -10,7 +10,7 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import LogThrottle, errors
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc.server import CallContext, peer_common_name
@@ -28,7 +28,7 @@ from ._models import (
 )
 from ._throttle import AuditThrottle
 from ._vmview import vm_info
-from .store import Store
+from .store import MAX_GONE_VMS_PER_NODE, Store
 
 __all__ = [
     "NODE_REGISTRY_SERVICE",
@@ -92,6 +92,7 @@ class NodeRegistryAPI:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._check_node = check_node
         self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
+        self._forgot_log = LogThrottle()
 
     async def _heartbeat(self, ctx: CallContext, principal: Principal, node_id: str, vms: list[VMInfo]) -> None:
         """Store the node's VM list; audit the VMs that moved to it and (rate-limited) those it may not host.
@@ -103,6 +104,14 @@ class NodeRegistryAPI:
         result = await self.store.heartbeat(
             node_id, vms, owner_token_id=_node_owner(principal), heartbeat_timeout_s=self.heartbeat_timeout_s
         )
+        if result.forgotten and (more := self._forgot_log.due(node_id)) is not None:
+            log.warning(
+                "node %s: forgot its %d oldest gone VMs (a node keeps the newest %d)%s",
+                node_id,
+                result.forgotten,
+                MAX_GONE_VMS_PER_NODE,
+                more,
+            )
         if result.moved or result.refused:
             # Shielded: the bindings changed already; their rows must not be lost to a hung-up node.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + AUDIT_COMPLETE_TIMEOUT_S):

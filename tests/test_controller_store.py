@@ -1217,3 +1217,52 @@ async def test_migration_2_keeps_tokens_and_allows_the_node_role(tmp_path: Path)
         node_info, node_token = await store.create_token(user="alice", role=Role.NODE)
         assert (await store.authenticate(node_token)).role is Role.NODE
         assert [t.id for t in await store.list_tokens()] == [info.id, node_info.id]
+
+
+@pytest.mark.trio
+async def test_a_node_keeps_its_newest_gone_vms_only(
+    store: SQLiteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every VM seen is kept, gone, for its history; a heartbeat that lists new VM ids each time
+    (a node token holder on another machine: 1,024 a heartbeat) grew the inventory forever. A
+    node keeps its newest MAX_GONE_VMS_PER_NODE gone VMs (5 here); older ones are forgotten and
+    the heartbeat says how many. Its reported VMs, and other nodes', are untouched."""
+    from limiquantix.controller.store import _inventory
+
+    monkeypatch.setattr(_inventory, "MAX_GONE_VMS_PER_NODE", 5)
+    await store.register_node("host-a", url="http://10.0.0.1:8081", token="a")
+    await store.register_node("host-b", url="http://10.0.0.2:8081", token="b")
+    await store.heartbeat("host-b", [VMInfo(vm_id=f"b-{i}") for i in range(8)])
+    await store.heartbeat("host-b", [])  # all 8 of host-b gone: beyond 5, the first 3 forgotten
+    forgotten = []
+    for round_ in range(4):
+        clock.advance(1)
+        result = await store.heartbeat("host-a", [VMInfo(vm_id=f"a-{round_}-{i}") for i in range(3)])
+        forgotten.append(result.forgotten)
+    assert forgotten == [0, 0, 1, 3]  # gone: 0, 3, 6 -> 5, 9 -> 5
+    listed = {vm.vm_id for node, vm in await store.list_vms(node_id="host-a")}
+    # The 3 reported now, and the 5 gone most recently reported (round 2's, then round 1's last by id).
+    assert {f"a-3-{i}" for i in range(3)} | {f"a-2-{i}" for i in range(3)} <= listed and len(listed) == 8
+    assert len(await store.list_vms(node_id="host-b")) == 5
+
+
+@pytest.mark.trio
+async def test_a_node_token_registers_a_bounded_number_of_nodes(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One node token registering ever new node ids (each keeping its last 1,024 VMs while
+    silent) grew the inventory without end: at most MAX_NODES_PER_TOKEN (3 here) per token,
+    then resource_exhausted naming the way out; registering an owned id again, another
+    token's and an admin's (no owner) go on."""
+    from limiquantix.controller.store import _inventory
+
+    monkeypatch.setattr(_inventory, "MAX_NODES_PER_TOKEN", 3)
+    for i in range(3):
+        await store.register_node(f"n-{i}", url="http://x:1", token="t", owner_token_id="tok-a")
+    with pytest.raises(errors.ResourceExhausted, match="make a token per host") as refused:
+        await store.register_node("n-3", url="http://x:1", token="t", owner_token_id="tok-a")
+    assert refused.value.reason == "too_many_nodes"
+    await store.register_node("n-0", url="http://x:2", token="t", owner_token_id="tok-a")
+    await store.register_node("n-3", url="http://x:1", token="t", owner_token_id="tok-b")
+    await store.register_node("n-4", url="http://x:1", token="t")
+    assert {n.node_id for n in await store.list_nodes()} == {"n-0", "n-1", "n-2", "n-3", "n-4"}

@@ -64,6 +64,8 @@ from ._engine import DEFAULT_DB_PATH as DEFAULT_DB_PATH
 from ._interface import BOOTSTRAP_ADMIN_USER as BOOTSTRAP_ADMIN_USER
 from ._interface import DEFAULT_HEARTBEAT_TIMEOUT_S as DEFAULT_HEARTBEAT_TIMEOUT_S
 from ._interface import LAST_USED_RESOLUTION_S as LAST_USED_RESOLUTION_S
+from ._interface import MAX_GONE_VMS_PER_NODE as MAX_GONE_VMS_PER_NODE
+from ._interface import MAX_NODES_PER_TOKEN as MAX_NODES_PER_TOKEN
 from ._interface import AuditWriteFailed as AuditWriteFailed
 from ._interface import SchemaTooNew as SchemaTooNew
 from ._interface import Store as Store
@@ -78,6 +80,8 @@ __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_HEARTBEAT_TIMEOUT_S",
     "LAST_USED_RESOLUTION_S",
+    "MAX_GONE_VMS_PER_NODE",
+    "MAX_NODES_PER_TOKEN",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AuditWriteFailed",

@@ -42,6 +42,8 @@ __all__ = [
     "BOOTSTRAP_ADMIN_USER",
     "DEFAULT_HEARTBEAT_TIMEOUT_S",
     "LAST_USED_RESOLUTION_S",
+    "MAX_GONE_VMS_PER_NODE",
+    "MAX_NODES_PER_TOKEN",
     "AuditWriteFailed",
     "SchemaTooNew",
     "Store",
@@ -79,6 +81,19 @@ class AuditWriteFailed(errors.Unavailable):
 
 
 # ------------------------------------------------------------------ the interface
+
+
+#: Gone VMs kept per node (the newest by when they were last reported); beyond, the oldest are
+#: forgotten as a heartbeat makes more gone. Every VM seen is kept for its history, but a node
+#: token holder (another machine) could otherwise grow the inventory without end: a heartbeat of
+#: 1,024 new VM ids a second made 1,024 rows a second, kept forever. Ten heartbeats' worth of
+#: VMs; a host that churns through more (CI VMs) keeps its newest 10,240.
+MAX_GONE_VMS_PER_NODE: Final = 10 * 1024
+#: Node ids one node token may register (an admin token: any number). A host has one, and the
+#: guide makes a token per host; a shared one may serve this many. Each node keeps its last
+#: reported VMs (up to 1,024) while it is silent: without a bound, one token registering new ids
+#: grew the inventory without end.
+MAX_NODES_PER_TOKEN: Final = 256
 
 
 class Store(abc.ABC):

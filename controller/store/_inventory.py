@@ -23,6 +23,8 @@ from .._models import (
 from ._engine import SQLiteEngine, json_text, snapshot, transaction
 from ._interface import (
     DEFAULT_HEARTBEAT_TIMEOUT_S,
+    MAX_GONE_VMS_PER_NODE,
+    MAX_NODES_PER_TOKEN,
 )
 
 __all__ = ["SQLiteInventory"]
@@ -142,6 +144,23 @@ def _route(conn: sqlite3.Connection, vm_id: str, now: float, heartbeat_timeout_s
     return VMRoute(node_id=row[0], node=node, vm=_vm_from_row(row[1:]))
 
 
+def _check_nodes_per_token(conn: sqlite3.Connection, node_id: str, owner_token_id: str) -> None:
+    """Refuse a new node id to a node token that registered :data:`MAX_NODES_PER_TOKEN` already.
+
+    Raises:
+        errors.ResourceExhausted: reason ``too_many_nodes``.
+    """
+    if conn.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone() is not None:
+        return  # registering again: no new row
+    (count,) = conn.execute("SELECT count(*) FROM nodes WHERE owner_token_id = ?", (owner_token_id,)).fetchone()
+    if count >= MAX_NODES_PER_TOKEN:
+        raise errors.ResourceExhausted(
+            f"this node token has registered {count} nodes, the most one may; make a token per host"
+            " (limiquantix-controller token create --role node), or remove nodes no longer used",
+            reason="too_many_nodes",
+        )
+
+
 class SQLiteInventory(SQLiteEngine):
     # ---- nodes
 
@@ -156,6 +175,8 @@ class SQLiteInventory(SQLiteEngine):
         def run(conn: sqlite3.Connection) -> NodeInfo:
             with transaction(conn, durable=True):
                 _check_node_owner(conn, node_id, owner_token_id)
+                if owner_token_id is not None:
+                    _check_nodes_per_token(conn, node_id, owner_token_id)
                 conn.execute(
                     "INSERT INTO nodes (node_id, url, token, registered_at, owner_token_id) VALUES (?, ?, ?, ?, ?)"
                     " ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, token = excluded.token,"
@@ -210,7 +231,12 @@ class SQLiteInventory(SQLiteEngine):
                     " reported = 1",
                     [(*row, now, now) for row in rows.values()],
                 )
-                return HeartbeatResult(moved=tuple(moved), refused=tuple(refused))
+                forgotten = conn.execute(
+                    "DELETE FROM vms WHERE vm_id IN (SELECT vm_id FROM vms WHERE node_id = ? AND reported = 0"
+                    " ORDER BY last_reported DESC, vm_id LIMIT -1 OFFSET ?)",
+                    (node_id, MAX_GONE_VMS_PER_NODE),
+                ).rowcount
+                return HeartbeatResult(moved=tuple(moved), refused=tuple(refused), forgotten=forgotten)
 
         return await self._run(run)
 
