@@ -35,7 +35,7 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import errors, limits
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 from limiquantix.protocol.rpc import server as connect
@@ -1161,3 +1161,43 @@ async def test_bytes_in_flight_of_an_abandoned_call_are_released_when_it_is_coll
     assert in_flight.total == 0
     with pytest.raises(ValueError):
         connect.InFlightBytes(max_total_bytes=0, max_bytes_per_key=1)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("codec", ["proto", "json"])
+async def test_a_body_of_too_many_fields_is_refused_before_it_is_parsed(
+    server: Server, bodies_seen: BodiesSeen, codec: str
+) -> None:
+    """Parsing costs per field: 16 MiB of 2-byte protobuf entries (8 million argv strings, or
+    empty records: the controller took 1.3 s and 800 MB for a Heartbeat of them) or a JSON list
+    of as many values, before check_message could refuse the count. Over limits.MAX_MESSAGE_FIELDS
+    the body is refused from its bytes (the protobuf walked, nested messages too; JSON's
+    separators counted), naming the bound; nothing reaches the handler."""
+    argv_field = apb.ExecuteRequest.DESCRIPTOR.fields_by_name["argv"].number
+    count = limits.MAX_MESSAGE_FIELDS + 1
+    if codec == "proto":
+        dense = bytes([argv_field << 3 | 2, 0]) * count  # each an empty string
+        request = npb.ExecuteInGuestRequest(vm_id="vm-1").SerializeToString()
+        body = request + b"\x12" + _varint(len(dense)) + dense  # field 2: the ExecuteRequest
+        headers = STREAM_PROTO
+    else:
+        body = json.dumps({"vmId": "vm-1", "request": {"argv": [""] * count}}).encode()
+        headers = STREAM_JSON
+    auth = {"Authorization": "Bearer operator"}
+    r = await server.post("ExecuteInGuestStream", envelope(body), {**headers, **auth})
+    assert r.status_code == 200, r.text  # a stream's error: in its end message
+    assert b'"invalid_argument"' in r.content and f"over {limits.MAX_MESSAGE_FIELDS} fields".encode() in r.content
+    assert b"exec-1" not in r.content  # the handler's first event: it never ran
+    # A real request of the same RPC, under the bound, goes through.
+    ok = npb.ExecuteInGuestRequest(vm_id="vm-1", request=apb.ExecuteRequest(argv=["true"] * 4096))
+    r = await server.post("ExecuteInGuestStream", envelope(ok.SerializeToString()), {**STREAM_PROTO, **auth})
+    assert r.status_code == 200 and b"exec-1" in r.content and b"invalid_argument" not in r.content, r.content
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -167,3 +167,36 @@ def test_plain_ids(value: str) -> None:
 def test_plain_ids_refuse_what_is_not_plain(value: str) -> None:
     with pytest.raises(errors.InvalidArgument, match="vm id"):
         limits.check_id(value, "vm id", plain=True)
+
+
+def test_check_density_walks_nested_messages_and_stops_at_the_bound() -> None:
+    """limits.check_density: a body small enough passes unread; a protobuf of more fields than
+    MAX_MESSAGE_FIELDS (here inside a nested message) is refused where the walk passes the
+    bound; a real large request (a file's bytes: one field) passes; malformed wire is refused."""
+    from limiquantix.protocol._gen import agent_pb2 as apb
+    from limiquantix.protocol._gen import node_daemon_pb2 as npb
+
+    descriptor = npb.ExecuteInGuestRequest.DESCRIPTOR
+    n = limits.MAX_MESSAGE_FIELDS
+    argv = apb.ExecuteRequest.DESCRIPTOR.fields_by_name["argv"].number
+    inner = bytes([argv << 3 | 2, 0]) * n  # n fields, + the outer one: n + 1
+    body = npb.ExecuteInGuestRequest(vm_id="v").SerializeToString() + b"\x12" + _varint(len(inner)) + inner
+    with pytest.raises(errors.InvalidArgument, match=f"over {n} fields"):
+        limits.check_density(body, descriptor, json=False)
+    limits.check_density(body[: 2 * n], descriptor, json=False)  # too small to hold more: not read
+    big = npb.WriteGuestFileRequest(vm_id="v", path="/p", content=b"x" * (4 * n)).SerializeToString()
+    limits.check_density(big, npb.WriteGuestFileRequest.DESCRIPTOR, json=False)
+    with pytest.raises(errors.InvalidArgument, match="malformed protobuf"):
+        limits.check_density(b"\x0b" * (3 * n), descriptor, json=False)
+    with pytest.raises(errors.InvalidArgument, match=f"over {n} fields"):
+        limits.check_density(b"[" + b"0," * n + b"0]", descriptor, json=True)
+    limits.check_density(b'{"content": "' + b"QUFB" * n + b'"}', descriptor, json=True)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

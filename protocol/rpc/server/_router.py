@@ -20,6 +20,7 @@ headers.
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -36,6 +37,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ... import errors
+from ...limits import check_density
 from .._codec import ENVELOPE_HEADER, MAX_DETAIL_CHARS, Codec, compressible
 from .._errors import error_body
 from ._context import CallContext, InFlightBytes
@@ -330,8 +332,12 @@ class Router:
         return body
 
     async def decode(self, codec: Codec, data: bytes | bytearray, cls: type[Message]) -> Message:
-        """Raises: InvalidArgument: ``data`` is not a ``cls`` in ``codec``."""
+        """Raises: InvalidArgument: ``data`` is not a ``cls`` in ``codec``, or holds more fields
+        than a request may (``limits.check_density``: checked before the parse, whose cost and
+        memory are per field)."""
         try:
+            # In the same worker thread as the parse when the body is big (checking costs ~1 us a field).
+            await offload(len(data), functools.partial(check_density, json=codec.name == "json"), data, cls.DESCRIPTOR)
             message: Message = await offload(len(data), codec.decode, data, cls)
             return message
         except errors.AgentError:
