@@ -16,9 +16,8 @@ takes it:
                           ``agent_ready`` and telemetry repeated)
 ``dense_telemetry``       telemetry frames at the frame limit, each holding as many
                           empty interfaces as fit (8 million: 2 bytes each), back to back
-``dense_reports``         telemetry frames of the largest size a report may have
-                          (``protocol.MAX_PAYLOAD_BYTES``, 256 KiB), each 128,000 empty
-                          interfaces, back to back: parsed, at their parse's cost
+``dense_reports``         telemetry frames of 256 KiB, each 128,000 empty interfaces,
+                          back to back: parsed, at their parse's cost
 ``dense_unsolicited``     answers with ids never asked for, each a ``list_directory``
                           answer at the frame limit holding 8 million empty entries
 ``bad_frames``            small well-framed payloads without a message id, at line rate
@@ -54,7 +53,6 @@ import trio
 from limiquantix.protocol import (
     MAGIC,
     MAX_FRAME_BYTES,
-    MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     BadMessage,
     FrameDecoder,
@@ -69,6 +67,8 @@ __all__ = ["ATTACKS", "dense_frame", "main", "serve", "serve_chardev"]
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
+#: The size of dense_reports' frames: a report a real agent could send (a few hundred KiB).
+DENSE_REPORT_BYTES: Final = 256 * 1024
 #: How often the oversized-identity guest re-announces itself.
 REANNOUNCE_S: Final = 0.2
 
@@ -169,7 +169,7 @@ def _dense_telemetry() -> Iterator[bytes]:
 
 
 def _dense_reports() -> Iterator[bytes]:
-    return itertools.repeat(dense_frame("telemetry", "interfaces", max_frame_bytes=MAX_PAYLOAD_BYTES["telemetry"]))
+    return itertools.repeat(dense_frame("telemetry", "interfaces", max_frame_bytes=DENSE_REPORT_BYTES))
 
 
 def _dense_unsolicited() -> Iterator[bytes]:

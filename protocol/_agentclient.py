@@ -16,13 +16,16 @@ telemetry is coalesced to the newest report (delivered once the rate allows)
 and other events are dropped; both are counted in ``rate_limited_events``.
 
 What a guest sends is read before it is parsed (:func:`~._wire.peek_message`: the id and the
-kind at the top level), because parsing costs per entry, not per byte: 16 MiB of 2-byte list
-entries (8 million empty interfaces in one telemetry frame) took the parser 3-5 s of CPU, in
-which no other VM of the process was served, and 1 GiB of memory. Dropped unparsed, and
-counted: everything before the hello's echo (``discarded_before_sync``); an answer to no
-pending call (``late_replies``); a request, which only a host sends, and a message larger
-than its kind may be (:data:`MAX_PAYLOAD_BYTES`) (``bad_messages``, logged once a minute).
-The time each parse takes is charged to the reader's share of work, like decoding.
+kind at the top level), because parsing costs per entry, not per byte: 16 MiB of 2-byte
+entries (8 million empty list_directory entries answering an id never asked for) took the
+parser 3-5 s of CPU, in which no other VM of the process was served, and 1 GiB of memory.
+Dropped unparsed, and counted: everything before the hello's echo (``discarded_before_sync``);
+an answer to no pending call (``late_replies``); a request, which only a host sends, and a
+message larger than its kind may be (:data:`MAX_PAYLOAD_BYTES`) (``bad_messages``, logged
+once a minute). The time each parse takes is charged to the reader's share of work, like
+decoding: a guest's reports of millions of tiny entries (which hostd parses, to keep a
+capped copy) cost its reader seconds of pause each, but each one parse still holds the
+process that long.
 
 Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
 cancelled while its request is in flight sends the agent a ``cancel`` for it.
@@ -48,7 +51,6 @@ from ._gen import agent_pb2 as pb
 from ._logs import LogThrottle
 from ._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer, receive_frames
 from ._wire import BadMessage, new_message, parse_frame, peek_message
-from .guestcaps import MESSAGE_BYTES
 from .limits import MAX_BYTES
 
 __all__ = [
@@ -92,21 +94,30 @@ _REQUESTS: Final = frozenset(
 )
 #: A message's bytes (its whole AgentMessage) beyond the size of its payload kind's largest.
 _ENVELOPE_BYTES: Final = 1024
-#: Identity, telemetry and addresses: four times what hostd keeps of one (guestcaps cuts each to
-#: MESSAGE_BYTES, 64 KiB; an agent's own are 1-4 KiB). Parsed, 256 KiB of 2-byte entries cost
-#: ~50 ms of CPU: the most a guest's one frame can cost.
-_REPORT_BYTES: Final = 4 * MESSAGE_BYTES
-#: Answers with no bulk field: a few hundred bytes (an error's message: at most 8 KiB).
+#: Answers with no bulk field and no list: a few hundred bytes (an error's message: at most 8 KiB).
 _SMALL_BYTES: Final = 64 * 1024
 #: The largest AgentMessage of each payload kind a guest may send, checked before it is parsed;
 #: a kind not named here: :data:`_SMALL_BYTES`. Answers carrying bulk data (command output, file
-#: chunks) may fill a frame: their fields are bytes, which parse at memory speed.
+#: chunks) may fill a frame: their fields are bytes, which parse at memory speed. Identity,
+#: telemetry and addresses may too: hostd keeps a capped copy of whatever a guest reports
+#: (guestcaps; an identity of 100,000 interfaces and a 1 MiB hostname is cut, not refused), so
+#: only the parse-time charge bounds what a report of millions of 2-byte entries costs (see
+#: the module docstring).
 MAX_PAYLOAD_BYTES: Final[dict[str, int]] = {
     **dict.fromkeys(
-        ("hello_response", "info_response", "agent_ready", "telemetry", "telemetry_response", "ip_changed"),
-        _REPORT_BYTES,
+        (
+            "hello_response",
+            "info_response",
+            "agent_ready",
+            "telemetry",
+            "telemetry_response",
+            "ip_changed",
+            "execute_response",
+            "execute_output",
+            "file_read_chunk",
+        ),
+        MAX_FRAME_BYTES,
     ),
-    **dict.fromkeys(("execute_response", "execute_output", "file_read_chunk"), MAX_FRAME_BYTES),
     # A ping's payload comes back (MAX_BYTES at most, limits.py).
     "pong": MAX_BYTES + _ENVELOPE_BYTES,
     # A page of at most 10,000 entries (the agent's LIST_PAGE_MAX), each a name of at most 255

@@ -1095,7 +1095,6 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize(
     ("attack", "counter", "count"),
     [
-        ("dense_telemetry", "bad_messages", 3),
         ("dense_unsolicited", "late_replies", 3),
         ("bad_frames", "bad_messages", 20_000),
     ],
@@ -1109,12 +1108,11 @@ async def test_dense_or_unwanted_guest_messages_are_dropped_unparsed(
     counter: str,
     count: int,
 ) -> None:
-    """A frame's cost to parse is per list entry, not per byte: one 16 MiB telemetry frame of
-    8 million empty interfaces took hostd 3-5 s of CPU (no other VM served meanwhile) and 1 GiB;
-    answers to ids never asked for were parsed whole before being found late, and each frame
-    without an id was a log line. Now each is dropped from its top level, unparsed (the kind's
-    size bound, no pending call), and its reason logged once: the bystander's pings go on, the
-    hostile VM keeps no report, hostd keeps its link."""
+    """A frame's cost to parse is per list entry, not per byte: answers to ids never asked for
+    (16 MiB of 8 million empty listing entries: 3-5 s of CPU, no other VM served meanwhile, and
+    1 GiB) were parsed whole before being found late, and each frame without an id was a log
+    line. Now each is dropped from its top level, unparsed, and its reason logged once: the
+    bystander's pings go on, the hostile VM keeps no report, hostd keeps its link."""
     bystander = await hostile_conn(nursery, short_tmp, "idle")
     hostile = await hostile_conn(nursery, short_tmp, attack)
     with trio.fail_after(WAIT_S):
@@ -1127,15 +1125,13 @@ async def test_dense_or_unwanted_guest_messages_are_dropped_unparsed(
     assert max(parsed) < 4096, max(parsed)  # hellos and pongs only
     dropped = [r.getMessage() for r in caplog.records if "dropped frame from agent" in r.getMessage()]
     assert len(dropped) <= 1, dropped  # one line per reason a minute, however many frames
-    if attack == "dense_telemetry":
-        assert "a telemetry of 16777" in dropped[0] and "unread" in dropped[0], dropped
 
 
 @pytest.mark.trio
 async def test_parsing_a_guests_reports_is_charged_to_its_readers_share(
     nursery: trio.Nursery, short_tmp: Path, parsed: list[int]
 ) -> None:
-    """Reports within their size bound (256 KiB) are parsed; 128,000 empty interfaces each cost
+    """Reports are parsed (hostd keeps a capped copy); 256 KiB of 128,000 empty interfaces costs
     the parser tens of ms. That time is charged to the VM's share of reading work like
     decoding: its reader pauses after a few, where their bytes alone (~0.26 M units each, a
     50 M burst) would have let ~190 through first. Each report is kept capped."""

@@ -12,7 +12,7 @@ import trio.testing
 
 from limiquantix.protocol import encode_message, errors, new_message, parse_frame
 from limiquantix.protocol._agentclient import HELLO_RESEND_S, AgentClient
-from limiquantix.protocol._framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
+from limiquantix.protocol._framing import CANDIDATE_WORK, HEADER_SIZE, MAGIC, Frame, FrameDecoder, encode_frame
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer
 
@@ -418,3 +418,40 @@ async def test_memory_the_peer_closing_before_hello_is_unavailable() -> None:
     with pytest.raises(errors.Unavailable, match="before hello"):
         async with AgentClient.open(host_side):
             pytest.fail("opened without a hello answer")
+
+
+@pytest.mark.trio
+async def test_memory_an_answer_over_its_kinds_size_and_a_request_are_dropped_unparsed(  # type: ignore[no-untyped-def]
+    scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a frame is parsed its top level says its id and kind: a pending ping answered by a
+    pong larger than a pong may be (MAX_PAYLOAD_BYTES: the echoed payload's bound and a little)
+    and a request (only hosts send them) are counted bad and never parsed (parse_frame's
+    wrapper counts what is); the real answer after them goes through."""
+    from limiquantix.protocol import MAX_PAYLOAD_BYTES
+    from limiquantix.protocol import _agentclient as agentclient
+
+    parsed: list[str | None] = []
+    real_parse = agentclient.parse_frame
+
+    def counting(frame: Frame) -> pb.AgentMessage:
+        msg = real_parse(frame)
+        parsed.append(msg.WhichOneof("payload"))
+        return msg
+
+    async with scripted() as (client, agent), trio.open_nursery() as nursery:
+        monkeypatch.setattr(agentclient, "parse_frame", counting)
+        got: list[pb.PongResponse] = []
+
+        async def ping() -> None:
+            got.append(await client.ping(b"mine"))
+
+        nursery.start_soon(ping)
+        req = await agent.receive_request()
+        oversized = pb.PongResponse(payload=b"x" * MAX_PAYLOAD_BYTES["pong"])
+        await agent.send(new_message(req.message_id, pong=oversized))
+        await agent.send(new_message(execute=pb.ExecuteRequest(argv=["a"] * 100)))
+        await agent.send(new_message(req.message_id, pong=pb.PongResponse(payload=b"mine")))
+    assert [p.payload for p in got] == [b"mine"]
+    assert client.bad_messages == 2
+    assert parsed == ["pong"]
