@@ -108,6 +108,40 @@ async def test_partial_lines_per_stream_and_guest_text_escaped() -> None:
         assert stderr_style is not None and stderr_style.color is not None and stderr_style.color.name != "default"
 
 
+async def test_every_line_keeps_its_style_non_ascii_and_while_searching() -> None:
+    """A line drawn through rich's Text (non-ASCII, or any line while a search is active) has
+    its kind's colour, the cursor and the selection, as an ASCII line drawn directly has: Text's
+    render leaves the text's own style to its caller, and stderr's "é" lines came out uncoloured."""
+    app = OutputApp()
+    async with app.run_test(size=(40, 8)) as pilot:
+        view = app.view
+        view.write("err ascii\nerr é accent\n", "stderr")
+        view.write("out é\n", "stdout")
+        await pilot.pause()
+
+        def first_style(y: int) -> tuple[object, object]:
+            style = view.render_line(y)._segments[0].style
+            assert style is not None
+            return style.color, style.bgcolor
+
+        red = first_style(0)
+        assert red[0] is not None and red != first_style(2)  # stderr's colour is not stdout's
+        assert first_style(1) == red  # the accented stderr line as red as the ASCII one
+        view.search("ascii")  # now every line goes through Text, matched or not
+        assert view.match_count == 1
+        assert first_style(1) == red and first_style(2) != red
+        unmatched = [seg for seg in view.render_line(0)._segments if seg.text.strip() == "err"]
+        assert unmatched and unmatched[0].style is not None and unmatched[0].style.color == red[0]
+        # The selection shows on a non-ASCII line.
+        view.focus()
+        view.move_cursor(1)
+        view.move_cursor(2, select=True)
+        await pilot.pause()
+        selected = view.render_line(2)._segments[0].style
+        assert selected is not None and selected.bgcolor is not None
+        assert selected.bgcolor != view.rich_style.bgcolor
+
+
 async def test_only_visible_lines_are_drawn_and_the_tail_is_followed() -> None:
     app = OutputApp()
     async with app.run_test(size=(40, 12)) as pilot:

@@ -505,9 +505,12 @@ class OutputView(ScrollView, can_focus=True):
             # One cell per character: slice before building anything (a 16 KiB line costs
             # what the visible part costs).
             return Strip([Segment(line[scroll_x : scroll_x + width], style)]).extend_cell_length(width, style)
-        text = Text(line, style=style, no_wrap=True, end="")
+        text = Text(line, no_wrap=True, end="")
         self._highlight(text, number)
-        segments = list(text.render(self.app.console))
+        # The line's style applied to every segment: Text.render leaves a text's own style to
+        # its caller (it yields bare segments when there is no span), so a non-ASCII line, or
+        # one without a match while searching, lost its colour, the cursor and the selection.
+        segments = list(Segment.apply_style(text.render(self.app.console), style))
         return Strip(segments).crop(scroll_x, scroll_x + width).extend_cell_length(width, style)
 
     def _highlight(self, text: Text, number: int) -> None:
