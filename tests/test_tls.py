@@ -243,6 +243,39 @@ async def test_controller_and_hostd_over_mutual_tls(
         assert refused.returncode == 69 and b"TLS handshake failed: certificate verify failed" in refused.stderr
 
 
+@pytest.mark.trio
+async def test_plain_http_to_the_https_port_is_answered_naming_https(
+    tls_stack: TLSStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's and the reference's curl lines say http://localhost:8080; make run serves
+    HTTPS there. OpenSSL closed such a request without a word (curl: "Empty reply from server";
+    the command line: "broke the connection after ListVMs was sent ... outcome not known"): it is
+    answered 400 with Connect's error naming https, and the server serves on."""
+    caplog.set_level(logging.WARNING, logger="limiquantix.protocol.rpc.server._serving")
+    await tls_stack.start_controller()
+    plain = "http://" + tls_stack.url.removeprefix("https://")
+    headers = {"Authorization": f"Bearer {tls_stack.tokens['admin']}"}
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        for method in ("POST", "GET", "HEAD", "PUT"):
+            r = await client.request(method, f"{plain}{VM}/PingAgent", json={"vmId": "vm0"}, headers=headers)
+            assert r.status_code == 400, (method, r.text)
+            if method != "HEAD":
+                body = r.json()
+                assert body["code"] == "invalid_argument" and "use an https:// URL" in body["message"]
+                assert body["details"][0]["debug"]["reason"] == "plain_http"
+    assert any("plain-HTTP request (an http:// URL)" in rec.getMessage() for rec in caplog.records)
+    # The command line says it in one line (it read "the outcome is not known" before).
+    refused = await trio.to_thread.run_sync(
+        partial(run_main_bytes, cli_main, "--url", plain, "whoami", env={"LQX_TOKEN": tls_stack.tokens["admin"]})
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert b"invalid_argument: this port serves HTTPS, not plain HTTP: use an https:// URL" in refused.stderr
+    # Serving on, over HTTPS.
+    async with tls_stack.client() as client:
+        r = await client.post(f"{tls_stack.url}/limiquantix.compute.v1.AdminService/WhoAmI", json={})
+        assert r.status_code == 200 and r.json()["user"] == "admin"
+
+
 # ------------------------------------------------------- refused: controller → hostd
 
 

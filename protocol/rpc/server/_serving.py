@@ -83,6 +83,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.utils import wrap_app
 
 from ... import errors
+from .._errors import error_body
 
 if sys.version_info >= (3, 11):  # novermin
     _BaseExceptionGroup = builtins.BaseExceptionGroup
@@ -304,11 +305,14 @@ class _ContainedTCPServer(TCPServer):
                 await stream.do_handshake()
         except trio.TooSlowError:
             return False
-        except trio.BrokenResourceError:
-            alert = _pending_tls_output(stream)
-            if alert:
+        except trio.BrokenResourceError as exc:
+            # A plain-HTTP request (an http:// URL) at this HTTPS port: OpenSSL refuses it
+            # without a word, which curl reports as "Empty reply from server" and clients as a
+            # connection broken after the call was sent; answered in HTTP instead, naming https.
+            answer = PLAIN_HTTP_ANSWER if _is_plain_http(exc) else _pending_tls_output(stream)
+            if answer:
                 with trio.move_on_after(ALERT_LINGER_S):
-                    await _send_and_linger(stream.transport_stream, alert)
+                    await _send_and_linger(stream.transport_stream, answer)
             return False
         return True
 
@@ -417,6 +421,34 @@ async def _send_and_linger(transport: trio.abc.Stream, data: bytes) -> None:
             dropped += len(chunk)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client is gone already
+
+
+def _is_plain_http(exc: trio.BrokenResourceError) -> bool:
+    """Whether a handshake failed because the client spoke plain HTTP (OpenSSL's ``HTTP_REQUEST``:
+    the first bytes were ``GET ``, ``POST``, ``HEAD`` or ``PUT ``, not a TLS record)."""
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLError) and cause.reason == "HTTP_REQUEST"
+
+
+def _plain_http_answer() -> bytes:
+    """A whole HTTP/1.1 400 response: Connect's JSON error (``invalid_argument``, reason
+    ``plain_http``), then the connection closes."""
+    body = error_body(
+        errors.InvalidArgument(
+            "this port serves HTTPS, not plain HTTP: use an https:// URL (with curl, add --cacert CA_FILE"
+            " when the server's CA is a private one, as make run's is)",
+            reason="plain_http",
+        )
+    )
+    head = (
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+#: What a plain-HTTP request to an HTTPS port is answered (see _ContainedTCPServer._handshake).
+PLAIN_HTTP_ANSWER: Final = _plain_http_answer()
 
 
 def _pending_tls_output(stream: trio.SSLStream[Any]) -> bytes:
@@ -695,6 +727,7 @@ _PLAIN_REASONS: Final = {
     "tlsv1 alert unknown ca": "the client does not trust this server's CA",
     "sslv3 alert certificate expired": "the client says this server's certificate has expired",
     "sslv3 alert bad certificate": "the client refused this server's certificate",
+    "http request": "a plain-HTTP request (an http:// URL) to this HTTPS port; answered 400, naming https",
 }
 
 
