@@ -12,6 +12,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
@@ -19,11 +20,12 @@ import pytest
 from test_tui_snapshots import _answer, enter_web01, until
 from textual.pilot import Pilot
 from textual.screen import Screen
-from textual.widgets import Input, Static, TextArea
+from textual.widgets import Button, Input, Static, TextArea
 
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.tui import ControllerClient, LimiQuantixApp, demo_data
-from limiquantix.tui.screens.audit import AuditScreen
+from limiquantix.tui.screens.audit import AuditDetail, AuditScreen
+from limiquantix.tui.screens.dialogs import ConfirmDialog
 from limiquantix.tui.screens.files import FilesScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
@@ -268,3 +270,42 @@ async def test_audit_counts_its_rows_in_words() -> None:
             notes.clear()
             audit.show(records[:rows])
             assert notes == [said]
+
+
+async def test_an_audit_rows_detail_opens_centred() -> None:
+    """The row's detail dialog was drawn at the screen's top left, over the filters."""
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        await pilot.pause()
+        await pilot.press("u")
+        await pilot.pause()
+        audit = app.screen
+        assert isinstance(audit, AuditScreen)
+        audit.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
+        audit.query_one("#audit").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, AuditDetail), "the row's detail")
+        await pilot.pause()
+        box = app.screen.query_one(".dialog").region
+        left, right = box.x, SMALL[0] - box.right
+        assert left > 0 and abs(left - right) <= 1, box
+
+
+async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do() -> None:
+    """Escape during an upload asks first; its buttons were "Cancel upload" and "Cancel", and
+    "Cancel" kept the upload going."""
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
+        # A stand-in for the upload's worker (only whether it runs, and its cancel, are used).
+        cancelled: list[bool] = []
+        files.upload = SimpleNamespace(is_running=True, cancel=lambda: cancelled.append(True))  # type: ignore[assignment]
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the question")
+        labels = [str(b.label) for b in app.screen.query(Button)]
+        assert labels == ["Cancel upload", "Keep uploading"]
+        assert app.screen.focused is not None and str(app.screen.focused.label) == "Keep uploading"  # type: ignore[attr-defined]
+        await pilot.press("enter")  # the focused button: the upload goes on
+        await until(pilot, lambda: app.screen is files, "back on Files")
+        assert not cancelled

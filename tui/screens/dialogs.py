@@ -22,11 +22,14 @@ class ConfirmDialog(ModalScreen[bool]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("y", "confirm", "Yes", show=False)]
 
-    def __init__(self, question: str, detail: str = "", *, confirm: str = "Yes") -> None:
+    def __init__(self, question: str, detail: str = "", *, confirm: str = "Yes", cancel: str = "Cancel") -> None:
+        """``confirm`` / ``cancel``: the two buttons' words; ``cancel`` must not read as the
+        confirmation when the question is itself about cancelling (an upload's "Keep uploading")."""
         super().__init__()
         self.question = question
         self.detail = detail
         self.confirm_label = confirm
+        self.cancel_label = cancel
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -35,7 +38,7 @@ class ConfirmDialog(ModalScreen[bool]):
                 yield Label(self.detail, classes="dialog-detail")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.confirm_label, variant="error", id="yes")
-                yield Button("Cancel", variant="primary", id="no")
+                yield Button(self.cancel_label, variant="primary", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -67,6 +67,7 @@ class FilesScreen(LqxScreen):
                 "Cancel the upload and go back?",
                 "The guest file stays as it was (a write is committed whole or not at all).",
                 confirm="Cancel upload",
+                cancel="Keep uploading",  # two buttons saying "Cancel" left the operator guessing
             ),
             answered,
         )
