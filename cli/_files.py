@@ -74,8 +74,9 @@ def _stat(client: Client, vm: str, path: str) -> dict[str, Any]:
     return stat
 
 
-def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) -> tuple[int, str]:
-    """``local`` → ``vm:path`` (atomically replaced in the guest); (bytes, SHA-256).
+def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) -> tuple[int, str, str]:
+    """``local`` → ``vm:path`` (atomically replaced in the guest; into it when ``path`` is a
+    directory); (bytes, SHA-256, the guest path written).
 
     Raises:
         click.ClickException: a directory, not a regular file, too large, unreadable, or the
@@ -121,15 +122,22 @@ def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) ->
                 if advance is not None:
                     advance(sent)
 
-        answer = client.call_raw(f"{VM}/WriteGuestFile", body(), length=total, timeout_s=_FILE_TIMEOUT_S)
+        try:
+            answer = client.call_raw(f"{VM}/WriteGuestFile", body(), length=total, timeout_s=_FILE_TIMEOUT_S)
+        except ApiError as exc:
+            if exc.code == "not_found" and not parents:
+                # The guest's words name the file; what to do about its missing directory is ours.
+                raise ApiError(exc.code, f"{exc.message} (its directory is missing: --parents creates it)") from None
+            raise
     written, theirs = int(answer.get("bytesWritten", 0)), answer.get("sha256", "")
     if theirs.lower() != digest:
         raise click.ClickException(f"{vm}:{path}: the guest's SHA-256 is {theirs or 'missing'}, ours {digest}")
-    return written, digest
+    return written, digest, path
 
 
-def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str]:
-    """``vm:path`` → ``local`` (written beside it, renamed once checked); (bytes, SHA-256).
+def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str, Path]:
+    """``vm:path`` → ``local`` (written beside it, renamed once checked; into it when ``local``
+    is a directory); (bytes, SHA-256, the local file written).
 
     Raises:
         click.ClickException: a directory in the guest, an unwritable destination, or a SHA-256
@@ -168,7 +176,7 @@ def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str]
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return size, hasher.hexdigest()
+    return size, hasher.hexdigest(), local
 
 
 @click.command("cp", short_help="Copy a file to or from a VM (SHA-256 checked).")
@@ -188,12 +196,13 @@ def cp_cmd(client: Client, source: str, destination: str, parents: bool) -> None
     if (src is None) == (dst is None):
         raise click.UsageError("exactly one of SOURCE and DESTINATION must be VM:PATH")
     if dst is not None:
-        written, digest = upload(client, Path(source), dst[0], dst[1], parents=parents)
-        say(f"{source} → {destination}: {written} bytes, sha256 {digest}")
+        # The file written is named (cp into a directory puts it there under its own name).
+        written, digest, path = upload(client, Path(source), dst[0], dst[1], parents=parents)
+        say(f"{source} → {dst[0]}:{path}: {written} bytes, sha256 {digest}")
     else:
         assert src is not None
-        size, digest = download(client, src[0], src[1], Path(destination))
-        say(f"{source} → {destination}: {size} bytes, sha256 {digest}")
+        size, digest, local = download(client, src[0], src[1], Path(destination))
+        say(f"{source} → {local}: {size} bytes, sha256 {digest}")
 
 
 def _mode(entry: dict[str, Any]) -> str:
