@@ -95,7 +95,8 @@ def run_cmd(
 ) -> None:
     """Run SCRIPT (shell) on every VM matching --label and/or named by --vm, as one fleet run
     in the controller (it goes on if this command stops). A line per VM as it starts and
-    ends (stderr), a summary at the end (stdout); exit 1 unless every VM succeeded.
+    ends (stderr), a summary at the end (stdout); exit 1 unless every VM succeeded, and when
+    no VM matched (nothing ran: a mistyped label must not pass for success).
 
     \b
       limiquantix run --label role=web --max-concurrency 5 --max-errors 10% 'apt-get -qq update'
@@ -146,6 +147,10 @@ def run_cmd(
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
         line = f"run {command_id} {run.get('status', '')}: {_targets(run.get('targetCount', 0))}"
         say(f"{line}: {summary}" if summary else line)
+    if not run.get("targetCount"):
+        shown = " ".join(f"--label {label}" for label in labels)
+        warn(f"no VM matched {shown}: nothing ran")
+        sys.exit(ec.FAILED)
     if run.get("status") != "success" or any(s != "success" for s in counts if counts[s]):
         sys.exit(ec.FAILED)
 

@@ -154,7 +154,7 @@ def ping_cmd(client: Client, vm: str, as_json: bool) -> None:
     elif answer.get("connected"):
         say(
             f"{vm}: agent {answer.get('version', '?')} answered in {float(answer.get('latencyMs') or 0):.2f} ms "
-            f"(guest up {float(answer.get('uptimeSeconds') or 0):.0f} s)"
+            f"(agent up {float(answer.get('uptimeSeconds') or 0):.0f} s)"
         )
     else:
         error_line(f"{vm}: the agent did not answer: {answer.get('error') or 'not connected'}")
