@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -488,6 +489,44 @@ def test_files_cp_both_ways_ls_and_stat(stack: Stack, env: dict[str, str], tmp_p
     assert (info["type"], int(info["size"])) == ("FILE_TYPE_REGULAR", 3145733)
     lines = [line.split() for line in _out(lqx("stat", "web-1", f"{remote_dir}/blob.bin", env=env)).splitlines()]
     assert ["type", "regular"] in lines and ["size", "3145733"] in lines
+
+
+@pytest.mark.slow
+def test_cp_names_the_file_written_and_a_missing_directory(stack: Stack, env: dict[str, str], tmp_path: Path) -> None:
+    """cp into a directory named only the directory ("→ web-1:/tmp/"), and an upload into a
+    missing directory said "No such file or directory" without the way out (--parents)."""
+    local = tmp_path / "note.txt"
+    local.write_bytes(b"note\n")
+    guest = stack.tmp / "guest-cp-names"  # the simulated guest's files are this machine's
+    guest.mkdir()
+    up = _out(lqx("cp", str(local), f"web-1:{guest}/", env=env))
+    assert up.startswith(f"{local} → web-1:{guest}/note.txt: 5 bytes"), up
+    down = tmp_path / "down"
+    down.mkdir()
+    back = _out(lqx("cp", f"web-1:{guest}/note.txt", str(down), env=env))
+    assert back.startswith(f"web-1:{guest}/note.txt → {down}/note.txt: 5 bytes"), back
+    missing = lqx("cp", str(local), f"web-1:{guest}/no/such/dir/note.txt", env=env)
+    assert missing.returncode == 1 and b"not_found: " in missing.stderr
+    assert b"(its directory is missing: --parents creates it)" in missing.stderr, missing.stderr
+    _out(lqx("cp", "--parents", str(local), f"web-1:{guest}/no/such/dir/note.txt", env=env))
+    assert (guest / "no/such/dir/note.txt").read_bytes() == b"note\n"
+
+
+@pytest.mark.slow
+def test_a_fleet_run_that_matches_no_vm_fails_saying_so(stack: Stack, env: dict[str, str]) -> None:
+    """A label no VM carries (a typo) ran nothing and exited 0: a script saw success."""
+    run = lqx("run", "--label", "role=nowhere", "--interval", "0.1", "true", env=env)
+    assert run.returncode == 1, run.stderr
+    assert b"no VM matched --label role=nowhere: nothing ran" in run.stderr
+    assert "0 targets" in run.stdout.decode()
+
+
+@pytest.mark.slow
+def test_ping_says_the_uptime_is_the_agents(stack: Stack, env: dict[str, str]) -> None:
+    """PingAgent's uptimeSeconds is the agent's (minutes after make run), not the guest's: it
+    was printed as "guest up"."""
+    answer = _out(lqx("ping", "web-1", env=env))
+    assert re.fullmatch(r"web-1: agent \S+ answered in [0-9.]+ ms \(agent up [0-9]+ s\)\n", answer), answer
 
 
 @pytest.mark.slow
