@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import trio
@@ -55,6 +55,14 @@ from limiquantix.tui import api_examples_path, exit_summary
 #: VM=qemu: one real QEMU guest (scripts/qemu_guest.py) instead of three simulated VMs.
 QEMU = os.environ.get("VM", "") == "qemu"
 VMS = ("qemu-1",) if QEMU else ("web-1", "web-2", "db-1")
+#: Each VM's labels (hostd's [[vm]] entries): the README's examples target VMs by label
+#: (``limiquantix run --label role=web ...``, ListVMs ``{"labels": ...}``) and found none here.
+LABELS: Final = {
+    "web-1": {"role": "web", "env": "dev"},
+    "web-2": {"role": "web", "env": "dev"},
+    "db-1": {"role": "db", "env": "dev"},
+    "qemu-1": {"role": "web", "env": "dev"},
+}
 VM_SERVICE = "limiquantix.compute.v1.VMService"
 TTY = sys.stdout.isatty()
 BOLD, DIM, GREEN, RED, YELLOW, RESET = (
@@ -104,6 +112,16 @@ class Api:
                 yield json.loads(data)
         except errors.AgentError as exc:
             raise RuntimeError(f"{method}: {exc.connect_code}: {exc.message}") from None
+
+
+def hostd_config(vms_dir: Path) -> str:
+    """hostd's config file: one [[vm]] per VM, its socket in ``vms_dir`` and its labels."""
+    lines = []
+    for vm in VMS:
+        labels = ", ".join(f"{key} = {json.dumps(value)}" for key, value in LABELS[vm].items())
+        socket = json.dumps(str(vms_dir / f"{vm}.agent.sock"))  # a JSON string is a TOML basic string
+        lines += ["[[vm]]", f'id = "{vm}"', f"socket = {socket}", f"labels = {{ {labels} }}", ""]
+    return "\n".join(lines)
 
 
 def vm_table(vms: list[dict[str, Any]]) -> str:
@@ -158,6 +176,9 @@ async def demo(api: Api, workdir: Path) -> None:
         f"ExecuteScript {VMS[0]} uname -a",
         f"→ {_exit_summary(r)} in {r['durationMs']} ms: {safe_text(r['stdout'].strip(), multiline=True)}",
     )
+
+    web = [vm["vmId"] for vm in (await api.call("ListVMs", {"labels": {"role": "web"}}))["vms"]]
+    say("ListVMs role=web", f"→ {safe_text(', '.join(web) or 'none')}  {DIM}(labels: hostd's [[vm]] entries){RESET}")
 
     say(f"ExecuteScriptStream {VMS[-1]}", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
     script = "for i in 1 2 3; do echo line $i; sleep 0.2; done"
@@ -327,6 +348,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                 (tmp / name).chmod(0o600)
             vms_dir = tmp / "vms"
             vms_dir.mkdir()
+            (tmp / "hostd.toml").write_text(hostd_config(vms_dir))
             if QEMU:
                 sims.append(start_qemu_guest(tmp, vms_dir / f"{VMS[0]}.agent.sock"))
             else:
@@ -336,7 +358,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> None:
                                                    log_level="warning", preexec_fn=_daemon_session))  # fmt: skip
                 say("started", f"{len(sims)} simulated VMs: {', '.join(VMS)}  {DIM}(state in {tmp}/state){RESET}")
             hostd = subprocess.Popen(
-                [sys.executable, "-m", "limiquantix.hostd", "--listen", args.hostd_listen,
+                [sys.executable, "-m", "limiquantix.hostd", "--config", str(tmp / "hostd.toml"), "--listen", args.hostd_listen,
                  "--token-file", str(tmp / "hostd.token"), "--node-id", "node-1",
                  "--socket-dir", str(vms_dir), "--libvirt-channel-root", "", "--log-level", "warning",
                  "--controller-url", url, "--controller-token-file", str(tmp / "node.token"), "--heartbeat-interval-s", "2",

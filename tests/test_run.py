@@ -41,6 +41,7 @@ def test_make_run_once(tmp_path: Path) -> None:
     assert "every agent connected" in text
     assert text.count(" connected ") >= 3
     assert "ExecuteScript web-1 uname -a → exit code 0" in text
+    assert "ListVMs role=web → web-1, web-2" in text  # labelled: the README's --label examples find VMs
     assert "#3 line 3" in text
     assert "SHA-256 equal" in text
     assert "/etc/../etc/shadow → ReadGuestFile: invalid_argument" in text
