@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.widgets import Input
+from textual.widgets import Input, Label
 
 from limiquantix.tui.widgets.output import MAX_LINE_CHARS, LineStore, OutputPane, OutputView
-from limiquantix.tui.widgets.path_dialog import PathDialog
+from limiquantix.tui.widgets.path_dialog import PathDialog, load_with_dialog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
 
@@ -311,6 +311,40 @@ async def test_save_writes_the_file_and_refuses_to_overwrite_without_confirm(tmp
 
 
 # ----------------------------------------------------------------------------- jobs
+
+
+async def test_a_relative_path_is_said_where_it_lands_and_load_shows_a_script_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "output.txt" alone was saved in the TUI's working directory (make run's: the checkout),
+    unsaid; the load dialog's example was "~/output.txt"."""
+    monkeypatch.chdir(tmp_path)
+    app = OutputApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.view
+        view.write("kept\n")
+        notes: list[str] = []
+        app.notify = lambda message, **_: notes.append(message)  # type: ignore[method-assign]
+        view.focus()
+        await pilot.press("ctrl+s")
+        dialog = app.screen
+        assert isinstance(dialog, PathDialog)
+        assert str(dialog.query_one(".path-hint", Label).render()) == f"relative to {tmp_path}"
+        dialog.query_one("#path", Input).value = "saved.txt"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (tmp_path / "saved.txt").read_text() == "kept\n"
+        assert notes == [f"Saved 1 line to {tmp_path / 'saved.txt'}."]
+        loaded: list[tuple[str, Path]] = []
+        load_with_dialog(view, lambda text, path: loaded.append((text, path)))
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, PathDialog)
+        assert dialog.query_one("#path", Input).placeholder == "path, e.g. ~/script.sh"
+        dialog.query_one("#path", Input).value = "saved.txt"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert loaded == [("kept\n", tmp_path / "saved.txt")]
 
 
 def test_job_list_keeps_running_jobs_and_the_last_ended_ones() -> None:

@@ -26,7 +26,9 @@ MAX_SCRIPT_BYTES: Final = 64 * 1024
 
 
 class PathDialog(ModalScreen["Path | None"]):
-    """One path (``~`` expanded; relative to the TUI's working directory); escape cancels."""
+    """One path (``~`` expanded; relative to the TUI's working directory, which the dialog
+    names, and given back absolute so that every message names the file written or read);
+    escape cancels."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
@@ -46,6 +48,9 @@ class PathDialog(ModalScreen["Path | None"]):
         text-style: bold;
         margin-bottom: 1;
     }
+    PathDialog .path-hint {
+        color: $text-muted;
+    }
     PathDialog .path-error {
         color: $text-error;
     }
@@ -55,16 +60,19 @@ class PathDialog(ModalScreen["Path | None"]):
     }
     """
 
-    def __init__(self, title: str, *, value: str = "", action: str = "OK") -> None:
+    def __init__(self, title: str, *, value: str = "", action: str = "OK", example: str = "~/output.txt") -> None:
         super().__init__()
         self.title_text = title
         self.value = value
         self.action = action
+        self.example = example
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.title_text, classes="path-title")
-            yield Input(self.value, placeholder="path, e.g. ~/output.txt", id="path", compact=True)
+            yield Input(self.value, placeholder=f"path, e.g. {self.example}", id="path", compact=True)
+            # make run starts the TUI in the checkout: "output.txt" alone landed there, unsaid.
+            yield Label(f"relative to {Path.cwd()}", classes="path-hint")
             yield Label("", classes="path-error")
             with Horizontal():
                 yield Button(self.action, variant="primary", id="ok", compact=True)
@@ -78,7 +86,7 @@ class PathDialog(ModalScreen["Path | None"]):
         if not raw:
             self.query_one(".path-error", Label).update("a path is needed")
             return
-        self.dismiss(Path(os.path.expanduser(raw)))
+        self.dismiss(Path(os.path.expanduser(raw)).absolute())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -153,4 +161,4 @@ def load_with_dialog(widget: Widget, loaded: Callable[[str, Path], None], *, tit
             return
         loaded(text, path)
 
-    app.push_screen(PathDialog(title, action="Load"), read)
+    app.push_screen(PathDialog(title, action="Load", example="~/script.sh"), read)
