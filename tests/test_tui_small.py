@@ -309,3 +309,29 @@ async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do()
         await pilot.press("enter")  # the focused button: the upload goes on
         await until(pilot, lambda: app.screen is files, "back on Files")
         assert not cancelled
+
+
+async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
+    """The focused table's own enter binding (hidden) shadowed the screen's: the footer showed
+    neither "⏎ Open" (jobs) nor "⏎ Details" (audit), though enter did both."""
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        await pilot.pause()
+        await pilot.press("j")
+        await pilot.pause()
+        assert "⏎ Open" in _text(app)[-1], _text(app)[-1]
+        await pilot.press("escape", "u")
+        await pilot.pause()
+        audit = app.screen
+        assert isinstance(audit, AuditScreen)
+        assert "⏎ Details" in _text(app)[-1], _text(app)[-1]
+        loads: list[bool] = []
+        audit._start_load = lambda *, quiet: loads.append(quiet)  # type: ignore[method-assign]
+        audit.query_one("#filter-action", Input).focus()
+        await pilot.press("enter")  # in a filter: applies the filters, opens nothing
+        assert loads == [False] and app.screen is audit
+        audit.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
+        audit.query_one("#audit").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, AuditDetail), "the row's detail")

@@ -90,7 +90,9 @@ class AuditScreen(LqxScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+l", "load", "Reload", priority=True),
-        Binding("enter", "open", "Details"),
+        # priority: the focused table's (or filter's) own enter binding, hidden, came first and
+        # took "⏎ Details" out of the footer; action_open applies a filter when one has the focus.
+        Binding("enter", "open", "Details", priority=True),
     ]
 
     def __init__(self) -> None:
@@ -121,6 +123,10 @@ class AuditScreen(LqxScreen):
             self._start_load(quiet=True)
 
     def action_open(self) -> None:
+        """Enter: the row's whole detail; in a filter, apply the filters."""
+        if isinstance(self.focused, Input):
+            self.action_load()
+            return
         table = self.query_one("#audit", DataTable)
         if table.row_count:
             key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value

@@ -23,7 +23,9 @@ TICK_S = 1.0
 
 class JobsScreen(LqxScreen):
     BINDINGS = [
-        Binding("enter", "open", "Open"),
+        # priority: the focused table's own enter binding (hidden) came first and took
+        # "⏎ Open" out of the footer.
+        Binding("enter", "open", "Open", priority=True),
         Binding("ctrl+b", "cancel", "Cancel job"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
