@@ -550,6 +550,16 @@ class Client:
                 "outcome_unknown",
             )
         if isinstance(exc, Broken):
+            if self.url.startswith("https:"):
+                from limiquantix.protocol import refusal_message, tls_failure
+
+                # The server's alert as its handshake failed (TLS 1.3: after our request was
+                # written): it read nothing, so nothing ran (a hostd's URL asks for a client
+                # certificate). Read before as "broke the connection ... outcome not known".
+                alert = tls_failure(exc)
+                refused = refusal_message(f"the controller ({self.url})", alert, method) if alert else None
+                if refused is not None:
+                    return ApiError("unavailable", refused, "tls")
             return ApiError(
                 "unavailable",
                 f"the controller ({self.url}) broke the connection ({exc}) after {method} was sent; "

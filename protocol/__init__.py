@@ -39,7 +39,7 @@ Exported here, by the private module that holds them:
   ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``,
   ``check_tls_files``
 * :mod:`._tls`: every client's TLS: ``TLSFiles``, ``client_ssl_context``,
-  ``TLSConfigError``, ``tls_failure``
+  ``TLSConfigError``, ``tls_failure``, ``refusal_message``
 * :mod:`._sslcontext`: ssl alone, for the command line's https (no typing, no dataclasses):
   ``verifying_context``, ``TLSConfigError``
 * :mod:`._clientconfig`, too: a token over plain HTTP only to this machine:
@@ -127,6 +127,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._sslcontext import verifying_context as verifying_context
     from ._tls import TLSFiles as TLSFiles
     from ._tls import client_ssl_context as client_ssl_context
+    from ._tls import refusal_message as refusal_message
     from ._tls import tls_failure as tls_failure
     from ._transport import MessageWriter as MessageWriter
     from ._transport import ReadBuffer as ReadBuffer
@@ -190,7 +191,7 @@ _LAZY: dict[str, str] = {
         ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"
     ),
     **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "._safetext"),
-    **dict.fromkeys(("TLSFiles", "client_ssl_context", "tls_failure"), "._tls"),
+    **dict.fromkeys(("TLSFiles", "client_ssl_context", "refusal_message", "tls_failure"), "._tls"),
     **dict.fromkeys(("TLSConfigError", "verifying_context"), "._sslcontext"),
     **dict.fromkeys(("MessageWriter", "ReadBuffer", "direct_reader", "direct_writer", "receive_frames"), "._transport"),
     **dict.fromkeys(

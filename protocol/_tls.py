@@ -42,6 +42,7 @@ __all__ = [
     "is_loopback_url",
     "load_cert_chain",
     "load_verify_locations",
+    "refusal_message",
     "server_refusal",
     "tls_failure",
 ]
@@ -168,3 +169,13 @@ def server_refusal(why: str) -> str | None:
     client has already sent one (its side of the handshake was done), and it was not delivered.
     """
     return _REFUSAL_ALERTS.get(why)
+
+
+def refusal_message(who: str, why: str, method: str) -> str | None:
+    """The one line a client says when ``who`` (``the controller (URL)``) refused its TLS
+    connection with an alert (``why``: :func:`tls_failure`'s words): ``method`` was not
+    delivered, so nothing ran. None when ``why`` is no such refusal."""
+    refusal = server_refusal(why)
+    if refusal is None:
+        return None
+    return f"{who} refused the TLS connection: {refusal} ({why}); {method} was not delivered"

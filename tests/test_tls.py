@@ -276,6 +276,36 @@ async def test_plain_http_to_the_https_port_is_answered_naming_https(
         assert r.status_code == 200 and r.json()["user"] == "admin"
 
 
+@pytest.mark.trio
+async def test_the_command_line_says_a_server_refused_its_tls_connection(tls_stack: TLSStack) -> None:
+    """--url of a hostd (mutual TLS: it asks every client for a certificate): its alert came as
+    "broke the connection ... after ListVMs was sent; it may have run: its outcome is not known";
+    the server read nothing, so the command line says it refused and nothing was delivered."""
+    await tls_stack.start_controller()
+    await tls_stack.start_hostd()
+    env = {"LQX_TOKEN": tls_stack.tokens["admin"]}
+    for command in (("vms",), ("sh", "vm0", "true")):
+        refused = await trio.to_thread.run_sync(
+            partial(
+                run_main_bytes,
+                cli_main,
+                "--url",
+                tls_stack.hostd_url,
+                "--ca-file",
+                tls_stack.certs.ca,
+                *command,
+                env=env,
+            )
+        )
+        assert refused.returncode == (69 if command == ("vms",) else 125), refused.stderr
+        said = refused.stderr.decode()
+        assert (
+            f"the controller ({tls_stack.hostd_url}) refused the TLS connection: it requires a client certificate"
+            in said
+        )
+        assert "was not delivered" in said and "outcome is not known" not in said, said
+
+
 # ------------------------------------------------------- refused: controller → hostd
 
 

@@ -51,7 +51,7 @@ import anyio
 from google.protobuf.message import Message
 
 from .. import errors
-from .._tls import InsecureTransportError, check_token_transport, server_refusal, tls_failure
+from .._tls import InsecureTransportError, check_token_transport, refusal_message, tls_failure
 from ._codec import (
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
@@ -283,15 +283,11 @@ class RpcClient:
         method = procedure.rpartition("/")[2]
         why = tls_failure(exc)
         if why is not None:
-            refusal = server_refusal(why)
-            if refusal is not None:
+            refused = refusal_message(f"{target.name} ({target.url})", why, method)
+            if refused is not None:
                 # Its alert, sent while its handshake failed: it read no request (under TLS 1.3
                 # ours was written already, and was not delivered).
-                return errors.Unavailable(
-                    f"{target.name} ({target.url}) refused the TLS connection: {refusal} ({why}); "
-                    f"{method} was not delivered",
-                    reason=target.tls_reason,
-                )
+                return errors.Unavailable(refused, reason=target.tls_reason)
             return errors.Unavailable(
                 f"{target.name} ({target.url}): TLS handshake failed: {why}; nothing was sent", reason=target.tls_reason
             )
