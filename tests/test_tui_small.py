@@ -335,3 +335,71 @@ async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
         audit.query_one("#audit").focus()
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, AuditDetail), "the row's detail")
+
+
+async def test_viewing_a_directory_lists_it_and_enter_opens_an_entry() -> None:
+    """Viewing /etc stopped at "/etc: Is a directory": it is listed, enter on an entry opens it
+    (a file viewed, a directory listed, ../ going up), guest names escaped."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from limiquantix.protocol import errors
+    from limiquantix.protocol._gen import agent_pb2 as agent_pb
+    from limiquantix.protocol.rpc._errors import error_json
+
+    tree = {"/etc": ["hosts", "ssl", "bad\x1b[2Jname"], "/etc/ssl": ["certs"], "/": ["etc"]}
+    listed: list[str] = []
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        if method == "ReadGuestFile":
+            path = vm_pb.ReadGuestFileRequest.FromString(request.content).path
+            if path in tree:
+                refusal = errors.FailedPrecondition(f"{path}: Is a directory", reason="is_a_directory")
+                return httpx.Response(400, json=error_json(refusal))
+            return _answer(vm_pb.ReadGuestFileResponse(content=b"127.0.0.1 localhost\n", size=20, sha256="ab"))
+        if method == "ListGuestDirectory":
+            path = vm_pb.ListGuestDirectoryRequest.FromString(request.content).path
+            listed.append(path)
+            entries = [
+                agent_pb.FileStat(
+                    name=name,
+                    path=f"{path.rstrip('/')}/{name}",
+                    type=agent_pb.FILE_TYPE_DIRECTORY
+                    if f"{path.rstrip('/')}/{name}" in tree
+                    else agent_pb.FILE_TYPE_REGULAR,
+                    size=20,
+                    mode=0o644,
+                    owner="root",
+                    group="root",
+                    modified=Timestamp(seconds=1_700_000_000),
+                )
+                for name in sorted(tree[path])
+            ]
+            return _answer(vm_pb.ListGuestDirectoryResponse(entries=entries))
+        return _unimplemented(request)
+
+    app, feed = _app(controller)
+    async with app.run_test(size=SMALL) as pilot:
+        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
+        viewer = files.query_one("#viewer", TextArea)
+        status = files.query_one("#transfer", Static)
+        files.query_one("#guest-path", Input).value = "/etc"
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: "directory, 3 entries" in str(status.render()), "the listing")
+        lines = viewer.text.splitlines()
+        assert lines[0].endswith("../") and lines[1].startswith("-rw-r--r--  root")
+        assert [line.rsplit("  ", 1)[1] for line in lines] == ["../", "bad\\x1b[2Jname", "hosts", "ssl/"]
+        viewer.focus()
+        viewer.move_cursor((3, 0))
+        await pilot.press("enter")  # ssl/: listed in turn
+        await until(pilot, lambda: listed[-1:] == ["/etc/ssl"], "the subdirectory")
+        await until(pilot, lambda: "/etc/ssl: directory, 1 entry" in str(status.render()), "its listing")
+        assert files.query_one("#guest-path", Input).value == "/etc/ssl"
+        viewer.move_cursor((0, 0))
+        await pilot.press("enter")  # ../
+        await until(pilot, lambda: listed[-1:] == ["/etc"] and len(listed) == 3, "back up")
+        await until(pilot, lambda: "/etc: directory" in str(status.render()), "the parent's listing")
+        viewer.move_cursor((2, 0))
+        await pilot.press("enter")  # hosts: a file, viewed
+        await until(pilot, lambda: viewer.text == "127.0.0.1 localhost\n", "the file")
+        assert files.listing == [] and "/etc/hosts: 20 B" in str(status.render())

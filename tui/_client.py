@@ -29,6 +29,7 @@ from limiquantix.protocol import TLSFiles, check_token_transport, client_ssl_con
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
+from limiquantix.protocol._gen.agent_pb2 import FileStat
 from limiquantix.protocol.rpc import PROTO, ClientTLS, RpcClient, Target, deadline_after
 
 __all__ = [
@@ -64,16 +65,18 @@ _FRIENDLY: Final = {
 
 
 class ApiError(Exception):
-    """A failed call: ``code`` is the Connect code, ``message`` the controller's words."""
+    """A failed call: ``code`` is the Connect code, ``message`` the controller's words,
+    ``reason`` its machine-readable why (``is_a_directory`` ...; "" when it gave none)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, reason: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.reason = reason
 
     @classmethod
     def of(cls, exc: errors.AgentError) -> ApiError:
-        return cls(exc.connect_code, exc.message)
+        return cls(exc.connect_code, exc.message, exc.reason)
 
     @property
     def summary(self) -> str:
@@ -289,6 +292,20 @@ class ControllerClient:
         timeout_s = max(self.timeout_s, _FILE_TIMEOUT_S)
         answer = await self.call(_VM, "ReadGuestFile", request, vm_pb.ReadGuestFileResponse, timeout_s=timeout_s)
         return answer.content, answer.size or len(answer.content), answer.sha256
+
+    async def list_directory(self, vm_id: str, path: str, *, limit: int) -> tuple[list[FileStat], bool]:
+        """A guest directory's entries, sorted by name, page after page up to ``limit``; (entries,
+        whether there were more)."""
+        out: list[FileStat] = []
+        request = vm_pb.ListGuestDirectoryRequest(vm_id=vm_id, path=path, page_size=min(limit, _PAGE_SIZE))
+        while True:
+            body = await self.call(_VM, "ListGuestDirectory", request, vm_pb.ListGuestDirectoryResponse)
+            out.extend(body.entries)
+            if len(out) >= limit:
+                return out[:limit], len(out) > limit or bool(body.next_page_token)
+            if not body.next_page_token:
+                return out, False
+            request.page_token = body.next_page_token
 
     async def write_file(
         self,

@@ -129,8 +129,9 @@ HELP: Final = (
     ("Output", "/ n N", "search (incremental) / next / previous match"),
     ("", "shift+arrows, y", "select lines (or drag the mouse) / copy them"),
     ("", "ctrl+s", "save the output to a local file"),
-    ("Files", "ctrl+o / ctrl+t", "view the guest path / upload the local file to it"),
-    ("Audit", "enter / ctrl+l", "apply the filters / reload"),
+    ("Files", "ctrl+o / ctrl+t", "view the guest path (a directory: its listing) / upload the local file to it"),
+    ("", "enter", "in a directory's listing: open the entry (../ goes up)"),
+    ("Audit", "enter / ctrl+l", "in a filter: apply the filters; on a row: its whole detail / reload"),
 )
 
 

@@ -1,17 +1,22 @@
-"""Files: view a guest file (with a size guard), upload a local file with a progress bar.
+"""Files: view a guest file (with a size guard) or browse a directory, upload a local file
+with a progress bar.
 
 Every transfer ends with the SHA-256 the guest computed; an upload also shows
-whether it equals the local file's.
+whether it equals the local file's. Viewing a directory lists it (``ListGuestDirectory``):
+enter on an entry opens it (a file is viewed, a directory listed; ``../`` goes up).
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import stat as stat_mod
 from functools import partial
 from pathlib import Path
 from typing import Final
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -19,6 +24,7 @@ from textual.widgets import Button, Header, Input, Label, ProgressBar, Static, T
 from textual.worker import Worker
 
 from limiquantix.protocol import safe_text
+from limiquantix.protocol._gen.agent_pb2 import FILE_TYPE_DIRECTORY, FILE_TYPE_SYMLINK, FileStat
 
 from .._client import MAX_UPLOAD_BYTES, ApiError
 from .._format import human_bytes
@@ -27,10 +33,13 @@ from ..widgets.footer import KeysFooter
 from .base import LqxScreen
 from .dialogs import ConfirmDialog
 
-__all__ = ["VIEW_LIMIT_BYTES", "FilesScreen"]
+__all__ = ["LIST_LIMIT", "VIEW_LIMIT_BYTES", "FilesScreen"]
 
 #: The viewer reads at most this much of a file (its size is checked first).
 VIEW_LIMIT_BYTES: Final = 1024 * 1024
+#: A directory's entries listed at most (beyond, the status says how to see the rest): a
+#: directory of a million files must not become a million-line viewer.
+LIST_LIMIT: Final = 5000
 
 
 class FilesScreen(LqxScreen):
@@ -46,6 +55,8 @@ class FilesScreen(LqxScreen):
         self.vm_id = vm_id
         self.upload: Worker[None] | None = None
         """The upload in progress, if any (escape asks before cancelling it)."""
+        self.listing: list[str] = []
+        """While a directory is shown: the guest path of each line of the viewer (enter opens it)."""
 
     @property
     def uploading(self) -> bool:
@@ -127,11 +138,15 @@ class FilesScreen(LqxScreen):
     async def _view(self, path: str) -> None:
         status = self.query_one("#transfer", Static)
         client = self.lqx.client
+        self.listing = []
         try:
             # The size guard: never more than the limit is read (the answer
             # still tells the whole file's size).
             content, file_size, sha = await client.read_file(self.vm_id, path, length=VIEW_LIMIT_BYTES)
         except ApiError as exc:
+            if exc.reason == "is_a_directory":  # browse it rather than stop at "Is a directory"
+                await self._list(path)
+                return
             # The API's message usually names the path already: said once.
             status.update(
                 Text(safe_text(exc.summary if path in exc.summary else f"{path}: {exc.summary}"), style="bold red")
@@ -154,6 +169,46 @@ class FilesScreen(LqxScreen):
             text.append(f"  (first {human_bytes(len(content))} shown: the viewer's limit)", style="yellow")
         text.append(f"\nSHA-256 of what was read: {sha}", style="dim")
         status.update(text)
+
+    async def _list(self, path: str) -> None:
+        """A directory in the viewer, one entry a line (``../`` first below ``/``)."""
+        status = self.query_one("#transfer", Static)
+        viewer = self.query_one("#viewer", TextArea)
+        try:
+            entries, more = await self.lqx.client.list_directory(self.vm_id, path, limit=LIST_LIMIT)
+        except ApiError as exc:
+            status.update(
+                Text(safe_text(exc.summary if path in exc.summary else f"{path}: {exc.summary}"), style="bold red")
+            )
+            viewer.load_text("")
+            self.lqx.report(exc, "List")
+            return
+        lines, targets = [], []
+        if path != "/":
+            lines.append(f"{'':10}  {'':8} {'':8} {'':>9}  {'':16}  ../")
+            targets.append(posixpath.dirname(path.rstrip("/")) or "/")
+        for entry in entries:
+            lines.append(_entry_line(entry))
+            targets.append(posixpath.join(path, entry.name))
+        viewer.load_text("\n".join(lines))
+        self.listing = targets
+        text = Text(f"{path}: directory, {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}", style="bold")
+        if more:
+            text.append(f" (the first {LIST_LIMIT} by name: type a path to go further)", style="yellow")
+        text.append("\nenter on an entry opens it (tab to the listing); ../ goes up", style="dim")
+        status.update(text)
+
+    def on_key(self, event: events.Key) -> None:
+        """Enter in a directory's listing: open the entry under the cursor (the read-only
+        viewer does nothing with enter and lets it through)."""
+        viewer = self.query_one("#viewer", TextArea)
+        if event.key != "enter" or self.focused is not viewer or not self.listing:
+            return
+        line = viewer.cursor_location[0]
+        if 0 <= line < len(self.listing):
+            event.stop()
+            self.query_one("#guest-path", Input).value = self.listing[line]
+            self.action_view()
 
     # -- upload ----------------------------------------------------------------------
 
@@ -216,3 +271,15 @@ class FilesScreen(LqxScreen):
             f"Uploaded {local.name} to {path}" + ("" if ok else " — SHA-256 MISMATCH"),
             severity="information" if ok else "error",
         )
+
+
+def _entry_line(entry: FileStat) -> str:
+    """``drwxr-xr-x  root     root          4096  2026-12-05 17:44  name/`` (guest text escaped)."""
+    kind = "d" if entry.type == FILE_TYPE_DIRECTORY else "l" if entry.type == FILE_TYPE_SYMLINK else "-"
+    mode = kind + stat_mod.filemode(entry.mode)[1:]
+    when = entry.modified.ToDatetime().strftime("%Y-%m-%d %H:%M") if entry.HasField("modified") else ""
+    name = safe_text(entry.name) + ("/" if entry.type == FILE_TYPE_DIRECTORY else "")
+    if entry.symlink_target:
+        name += f" -> {safe_text(entry.symlink_target)}"
+    owner, group = safe_text(entry.owner or str(entry.uid)), safe_text(entry.group or str(entry.gid))
+    return f"{mode:10}  {owner[:8]:8} {group[:8]:8} {entry.size:>9}  {when:16}  {name}"
