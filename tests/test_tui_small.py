@@ -403,3 +403,56 @@ async def test_viewing_a_directory_lists_it_and_enter_opens_an_entry() -> None:
         await pilot.press("enter")  # hosts: a file, viewed
         await until(pilot, lambda: viewer.text == "127.0.0.1 localhost\n", "the file")
         assert files.listing == [] and "/etc/hosts: 20 B" in str(status.render())
+
+
+async def test_download_writes_the_guest_file_checked_and_asks_before_replacing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files could view and upload but not download: ctrl+s saves the guest path locally
+    (SHA-256 checked), an existing file only after a confirmation, a file over the limit refused."""
+    from limiquantix.tui._client import MAX_DOWNLOAD_BYTES
+    from limiquantix.tui.widgets.path_dialog import PathDialog
+
+    monkeypatch.chdir(tmp_path)
+    data = b"line\n" * 1000
+    sizes = {"/var/log/app.log": len(data), "/var/log/huge.log": MAX_DOWNLOAD_BYTES + 1}
+    asked: list[int] = []
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ReadGuestFile"):
+            ask = vm_pb.ReadGuestFileRequest.FromString(request.content)
+            asked.append(ask.length)
+            sent = data if ask.path == "/var/log/app.log" else b"x" * 10
+            return _answer(
+                vm_pb.ReadGuestFileResponse(content=sent, size=sizes[ask.path], sha256=hashlib.sha256(sent).hexdigest())
+            )
+        return _unimplemented(request)
+
+    app, feed = _app(controller)
+    async with app.run_test(size=SMALL) as pilot:
+        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
+        status = files.query_one("#transfer", Static)
+        files.query_one("#guest-path", Input).value = "/var/log/app.log"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked")
+        assert app.screen.query_one("#path", Input).value == "app.log"  # the guest file's name
+        await pilot.press("enter")
+        await until(pilot, lambda: "= guest file" in str(status.render()), "the download")
+        assert (tmp_path / "app.log").read_bytes() == data and asked == [MAX_DOWNLOAD_BYTES]
+        # Again: the file exists, so it asks; "Cancel" keeps it.
+        (tmp_path / "app.log").write_bytes(b"mine")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked again")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "replace?")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert (tmp_path / "app.log").read_bytes() == b"mine" and len(asked) == 1
+        # Over the limit: refused, pointing at limiquantix cp, nothing written.
+        files.query_one("#guest-path", Input).value = "/var/log/huge.log"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path for the huge file")
+        await pilot.press("enter")
+        await until(pilot, lambda: "limiquantix cp" in str(status.render()), "the refusal")
+        assert not (tmp_path / "huge.log").exists()
+        assert not list(tmp_path.glob(".*.part"))

@@ -33,6 +33,7 @@ from limiquantix.protocol._gen.agent_pb2 import FileStat
 from limiquantix.protocol.rpc import PROTO, ClientTLS, RpcClient, Target, deadline_after
 
 __all__ = [
+    "MAX_DOWNLOAD_BYTES",
     "MAX_UPLOAD_BYTES",
     "ApiError",
     "ControllerClient",
@@ -46,6 +47,9 @@ _ADMIN: Final = "limiquantix.compute.v1.AdminService"
 #: Largest file the TUI uploads in one WriteGuestFile (well below the controller's 64 MiB
 #: message limit, and the TUI holds the file in memory while it is sent).
 MAX_UPLOAD_BYTES: Final = 32 * 1024 * 1024
+#: The largest guest file the TUI downloads (one ReadGuestFile with this length: the whole
+#: file in one answer, under the rpc client's 64 MiB; larger: ``limiquantix cp`` streams it).
+MAX_DOWNLOAD_BYTES: Final = 32 * 1024 * 1024
 #: ListVMs page size (the API's maximum).
 _PAGE_SIZE: Final = 1000
 #: Upload body chunk: the progress callback is called after each.

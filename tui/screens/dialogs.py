@@ -131,6 +131,7 @@ HELP: Final = (
     ("", "ctrl+s", "save the output to a local file"),
     ("Files", "ctrl+o / ctrl+t", "view the guest path (a directory: its listing) / upload the local file to it"),
     ("", "enter", "in a directory's listing: open the entry (../ goes up)"),
+    ("", "ctrl+s", "download the guest path to a local file"),
     ("Audit", "enter / ctrl+l", "in a filter: apply the filters; on a row: its whole detail / reload"),
 )
 

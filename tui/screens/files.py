@@ -1,5 +1,5 @@
-"""Files: view a guest file (with a size guard) or browse a directory, upload a local file
-with a progress bar.
+"""Files: view a guest file (with a size guard) or browse a directory, download a guest file,
+upload a local file with a progress bar.
 
 Every transfer ends with the SHA-256 the guest computed; an upload also shows
 whether it equals the local file's. Viewing a directory lists it (``ListGuestDirectory``):
@@ -9,6 +9,7 @@ enter on an entry opens it (a file is viewed, a directory listed; ``../`` goes u
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import stat as stat_mod
 from functools import partial
@@ -26,10 +27,11 @@ from textual.worker import Worker
 from limiquantix.protocol import safe_text
 from limiquantix.protocol._gen.agent_pb2 import FILE_TYPE_DIRECTORY, FILE_TYPE_SYMLINK, FileStat
 
-from .._client import MAX_UPLOAD_BYTES, ApiError
+from .._client import MAX_DOWNLOAD_BYTES, MAX_UPLOAD_BYTES, ApiError
 from .._format import human_bytes
 from .._workers import run_async
 from ..widgets.footer import KeysFooter
+from ..widgets.path_dialog import PathDialog
 from .base import LqxScreen
 from .dialogs import ConfirmDialog
 
@@ -46,9 +48,11 @@ class FilesScreen(LqxScreen):
     BINDINGS = [
         Binding("ctrl+o", "view", "View guest file", priority=True),
         Binding("ctrl+t", "upload", "Upload", priority=True),
+        # ctrl+s, as the runner saves its output: ctrl+d is the paths' delete-right.
+        Binding("ctrl+s", "download", "Download", priority=True),
         Binding("escape", "back", "Back"),
     ]
-    ACTION_PERMISSIONS = {"view": "file.read", "upload": "file.write"}
+    ACTION_PERMISSIONS = {"view": "file.read", "upload": "file.write", "download": "file.read"}
 
     def __init__(self, vm_id: str) -> None:
         super().__init__()
@@ -91,6 +95,7 @@ class FilesScreen(LqxScreen):
                 yield Label("guest path", classes="files-label")
                 yield Input("/etc/os-release", id="guest-path", compact=True)
                 yield Button("View ^O", id="view", variant="primary", compact=True)
+                yield Button("Download ^S", id="download", variant="default", compact=True)
             with Horizontal(classes="files-row"):
                 yield Label("local file", classes="files-label")
                 yield Input(
@@ -112,6 +117,8 @@ class FilesScreen(LqxScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "view":
             self.action_view()
+        elif event.button.id == "download":
+            self.action_download()
         elif event.button.id == "upload":
             self.action_upload()
 
@@ -209,6 +216,67 @@ class FilesScreen(LqxScreen):
             event.stop()
             self.query_one("#guest-path", Input).value = self.listing[line]
             self.action_view()
+
+    # -- download --------------------------------------------------------------------
+
+    def action_download(self) -> None:
+        """The guest path to a local file (asked for; an existing one replaced only after asking)."""
+        path = self._guest_path()
+        if path is None:
+            return
+        name = posixpath.basename(path.rstrip("/")) or "download"
+        self.app.push_screen(
+            PathDialog(f"Download {path} to a local file", value=name, action="Download"),
+            lambda local: None if local is None else self._download_to(path, local, overwrite=False),
+        )
+
+    def _download_to(self, path: str, local: Path, *, overwrite: bool) -> None:
+        if local.is_dir():
+            local = local / (posixpath.basename(path.rstrip("/")) or "download")
+        if local.exists() and not overwrite:
+            self.app.push_screen(
+                ConfirmDialog(f"{local} exists. Replace it?", f"It becomes {path} of {self.vm_id}.", confirm="Replace"),
+                lambda yes: self._download_to(path, local, overwrite=True) if yes else None,
+            )
+            return
+        run_async(self, partial(self._download, path, local), group="transfer", exclusive=True)
+
+    async def _download(self, path: str, local: Path) -> None:
+        status = self.query_one("#transfer", Static)
+        status.update(Text(f"downloading {path} → {local}…", style="cyan"))
+        try:
+            # One answer holds the whole file (up to the limit; the size says if there is more).
+            content, size, sha = await self.lqx.client.read_file(self.vm_id, path, length=MAX_DOWNLOAD_BYTES)
+        except ApiError as exc:
+            status.update(Text(safe_text(f"download failed: {exc.summary}"), style="bold red"))
+            self.lqx.report(exc, "Download")
+            return
+        if size > len(content):
+            status.update(
+                Text(
+                    f"{path} is {human_bytes(size)}; the TUI downloads at most {human_bytes(MAX_DOWNLOAD_BYTES)}"
+                    f" (limiquantix cp {self.vm_id}:{path} . streams any size)",
+                    style="bold red",
+                )
+            )
+            return
+        ours = hashlib.sha256(content).hexdigest()
+        if ours != sha.lower():
+            status.update(Text(f"{path}: SHA-256 mismatch (guest {sha}, received {ours}): not saved", style="bold red"))
+            return
+        part = local.with_name(f".{local.name}.part")
+        try:
+            part.write_bytes(content)
+            os.replace(part, local)  # whole or not at all, as an upload is in the guest
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            status.update(Text(safe_text(f"cannot write {local}: {exc.strerror or exc}"), style="bold red"))
+            return
+        text = Text(f"{path} → {local}: {human_bytes(len(content))}", style="bold")
+        text.append(f"\nSHA-256 {sha}  ")
+        text.append("= guest file", style="bold green")
+        status.update(text)
+        self.notify(f"Downloaded {path} to {local}.")
 
     # -- upload ----------------------------------------------------------------------
 
