@@ -92,6 +92,8 @@ class _Printer:
         self.fmt = fmt
         self._csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
         self._header = False
+        self._widths: list[int] = []
+        """A table's column widths so far: rows followed later line up under the header."""
 
     def rows(self, rows: list[dict[str, Any]]) -> None:
         if self._csv is not None:
@@ -119,7 +121,7 @@ class _Printer:
                 for r in rows
             ]
             headers = ("ID", "STARTED", "USER", "ACTION", "VM", "OUTCOME", "EXIT", "MS", "DETAIL")
-            print_table(headers, table, header=not self._header)
+            print_table(headers, table, header=not self._header, widths=self._widths)
         self._header = True
         sys.stdout.flush()
 

@@ -92,10 +92,19 @@ def print_json(value: "Any") -> None:
 
 
 def print_table(
-    headers: "Sequence[str]", rows: "Sequence[Sequence[object]]", *, title: str = "", header: bool = True
+    headers: "Sequence[str]",
+    rows: "Sequence[Sequence[object]]",
+    *,
+    title: str = "",
+    header: bool = True,
+    widths: "list[int] | None" = None,
 ) -> None:
     """A table on stdout: boxed on a terminal, plain aligned columns in a pipe (one line per row,
-    never wrapped, so ``grep``/``awk`` see whole rows). Every cell is escaped text."""
+    never wrapped, so ``grep``/``awk`` see whole rows). Every cell is escaped text.
+
+    ``widths``: tables printed one after another as one (``audit --follow``): each column at
+    least as wide as in the tables before, and the list updated with this one's widths.
+    """
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -114,10 +123,17 @@ def print_table(
     )
     cells = [[safe_text("" if cell is None else str(cell)) for cell in row] for row in rows]
     for i, name in enumerate(headers):
-        widest = max((len(row[i]) for row in cells), default=0)
+        widest = max(max((len(row[i]) for row in cells), default=0), len(name))
         # One line per row on a terminal too: a narrow one cuts long cells (…) rather than
         # wrapping rows, and short ones (ids, states: up to 10 columns) stay whole.
-        table.add_column(name, min_width=min(max(widest, len(name)), 10))
+        least = min(widest, 10)
+        if widths is not None:
+            if len(widths) <= i:
+                widths.append(0)
+            widths[i] = max(widths[i], widest)
+            # Followed rows stay under the first table's header (a pipe's columns are exact).
+            least = widths[i] if not tty else max(least, min(widths[i], 10))
+        table.add_column(name, min_width=least)
     for row in cells:
         table.add_row(*(Text(cell, no_wrap=True, overflow="ellipsis") for cell in row))
     if tty:

@@ -252,6 +252,24 @@ def test_a_lone_program_is_quoted_as_shlex_quotes_it(word: str) -> None:
     assert shlex.split(f"exec {shell_quote(word)}") == ["exec", word]
 
 
+def test_tables_printed_one_after_another_keep_their_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """audit --follow prints new rows as tables of their own: each was as wide as its own
+    cells, so the rows followed did not line up under the header."""
+    from limiquantix.cli._output import print_table
+
+    widths: list[int] = []
+    headers = ("ID", "ACTION", "VM", "OUTCOME")
+    print_table(headers, [(4, "vm.exec_stream", "web-1", "success")], widths=widths)
+    print_table(headers, [(60, "vm.exec", "db-1", "failure")], header=False, widths=widths)
+    print_table(headers, [(61, "file.write_something_longer", "w", "cancelled")], header=False, widths=widths)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    starts = {line.index(word) for line, word in zip(lines[:3], ("OUTCOME", "success", "failure"), strict=True)}
+    assert len(starts) == 1, lines  # the first three agree; a wider cell later moves what follows it
+    assert lines[3].split() == ["61", "file.write_something_longer", "w", "cancelled"]
+    assert widths == [2, 27, 5, 9]
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The stack once every VM's agent is connected: the stack is ready when its daemons
