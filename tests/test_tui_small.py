@@ -456,3 +456,17 @@ async def test_download_writes_the_guest_file_checked_and_asks_before_replacing(
         await until(pilot, lambda: "limiquantix cp" in str(status.render()), "the refusal")
         assert not (tmp_path / "huge.log").exists()
         assert not list(tmp_path.glob(".*.part"))
+
+
+async def test_help_uses_the_height_it_has() -> None:
+    """The help was 22 rows whatever the terminal: at 120×40 most of it scrolled out of view."""
+    app, feed = _app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        feed()
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        box = app.screen.query_one(".help")
+        assert box.region.height == 36, box.region  # 90 % of the screen
+        await _at_size(pilot, app, SMALL)
+        assert box.region.height <= SMALL[1] and box.max_scroll_y > 0  # scrolls on a small one
