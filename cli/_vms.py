@@ -43,6 +43,12 @@ def _pct(value: float | str | None) -> str:
     return f"{float(value or 0):.0f}"
 
 
+def _live(vm: dict[str, Any]) -> bool:
+    """Whether the VM's figures are current: its agent connected, its node reachable (else they
+    are the last ones reported, as the TUI shows "-" for them)."""
+    return vm.get("agentState") == "connected" and bool(vm.get("nodeReachable"))
+
+
 @click.command("vms", short_help="List VMs (filters: node, state, label).")
 @click.option("--node", "-n", default="", metavar="NODE", help="only the VMs of this node")
 @click.option(
@@ -74,8 +80,8 @@ def vms_cmd(client: Client, node: str, state: str, labels: tuple[str, ...], as_j
             " ".join(x for x in (v.get("agentState", ""), v.get("agentVersion", "")) if x),
             v.get("os", ""),
             " ".join(v.get("ipAddresses", ())[:2]),
-            _pct(v.get("cpuPercent")),
-            _pct(v.get("memoryPercent")),
+            _pct(v.get("cpuPercent")) if _live(v) else "-",
+            _pct(v.get("memoryPercent")) if _live(v) else "-",
             _labels_text(v.get("labels", {})),
         )
         for v in vms
@@ -130,8 +136,9 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
         ("kernel", answer.get("kernel", "")),
         ("architecture", identity.get("architecture", "")),
         ("addresses", " ".join(answer.get("ipAddresses", ()))),
-        ("cpu %", _pct(answer.get("cpuPercent"))),
-        ("memory %", _pct(answer.get("memoryPercent"))),
+        # Not live: the figures last reported, said so (the table shows "-").
+        ("cpu %", _pct(answer.get("cpuPercent")) + ("" if _live(answer) else " (last reported)")),
+        ("memory %", _pct(answer.get("memoryPercent")) + ("" if _live(answer) else " (last reported)")),
         ("uptime", f"{float(answer.get('uptimeSeconds') or 0):.0f} s"),
         ("labels", _labels_text(answer.get("labels", {}))),
         ("last seen", answer.get("lastSeen", "")),

@@ -627,6 +627,23 @@ def test_power_commands(stack: Stack, env: dict[str, str]) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
+def test_a_vm_powered_off_shows_no_current_figures(stack: Stack, env: dict[str, str]) -> None:
+    """After test_power_commands (web-2 off): its CPU and memory were listed as if current (the
+    last heartbeat's), where the TUI shows "-"."""
+    deadline = time.monotonic() + DEADLINE_S
+    while json.loads(_out(lqx("vm", "web-2", "--json", env=env))).get("agentState") == "connected":
+        assert time.monotonic() < deadline, "web-2 still connected"
+        time.sleep(0.1)
+    header, *lines = _out(lqx("vms", env=env)).splitlines()
+    cpu, labels = header.index("CPU%"), header.index("LABELS")  # plain aligned columns in a pipe
+    figures = {line.split()[0]: line[cpu:labels].split() for line in lines}
+    assert figures["web-2"] == ["-", "-"], figures
+    assert "-" not in figures["web-1"]  # web-1 is up: its figures shown
+    shown = _out(lqx("vm", "web-2", env=env))
+    assert "(last reported)" in shown
+
+
 # ------------------------------------------------------------------ a hostile guest
 
 #: What a guest's terminal attacks look like on the wire (UTF-8), none of which may reach a terminal raw.
