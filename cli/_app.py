@@ -15,7 +15,7 @@ from . import _admin, _files, _fleet, _vms
 from . import _exitcodes as ec
 from ._fast import EXEC_OPTIONS, GLOBAL_OPTIONS, exec_command, parse_env_pair, parse_timeout
 from ._output import error_line
-from ._state import State, click_options
+from ._state import State, click_options, vm_argument
 
 __all__ = ["cli", "run_click"]
 
@@ -72,7 +72,7 @@ def _exec_options(timeout: str | None, env: tuple[str, ...]) -> tuple[int, dict[
 
 @cli.command("exec", epilog=ec.EXEC_EPILOG, short_help="Run a program in a VM (no shell), output live.")
 @click_options(EXEC_OPTIONS)
-@click.argument("vm")
+@vm_argument()
 @click.argument("argv", nargs=-1, required=True)
 @click.pass_obj
 def exec_cmd(
@@ -98,7 +98,7 @@ def exec_cmd(
 
 @cli.command("sh", epilog=ec.EXEC_EPILOG, short_help="Run a shell script in a VM, output live.")
 @click_options(EXEC_OPTIONS)
-@click.argument("vm")
+@vm_argument()
 @click.argument("script")
 @click.pass_obj
 def sh_cmd(

@@ -19,7 +19,7 @@ from limiquantix.protocol import write_file_parts
 
 from ._client import VM, ApiError, Client
 from ._output import print_json, print_table, say, short_time
-from ._state import json_option, pass_client
+from ._state import json_option, pass_client, vm_argument
 
 __all__ = ["COMMANDS", "MAX_UPLOAD_BYTES", "parse_remote"]
 
@@ -211,7 +211,7 @@ def _mode(entry: dict[str, Any]) -> str:
 
 
 @click.command("ls", short_help="List a directory in a VM.")
-@click.argument("vm")
+@vm_argument()
 @click.argument("path", default="/")
 @json_option
 @pass_client
@@ -243,7 +243,7 @@ def ls_cmd(client: Client, vm: str, path: str, as_json: bool) -> None:
 
 
 @click.command("stat", short_help="Show one path in a VM.")
-@click.argument("vm")
+@vm_argument()
 @click.argument("path")
 @json_option
 @pass_client

@@ -16,7 +16,7 @@ from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
 from ._fast import MAX_TIMEOUT_S
 from ._output import print_json, progress_line, say, warn
-from ._state import json_option, label_option, labels_dict, pass_client
+from ._state import complete_vm, json_option, label_option, labels_dict, pass_client
 
 __all__ = ["COMMANDS", "output_name"]
 
@@ -59,7 +59,9 @@ def _write_outputs(directory: Path, t: dict[str, Any]) -> None:
 
 @click.command("run", short_help="Run a script on many VMs (a fleet run).")
 @label_option("target every VM carrying this label (repeatable: all must match)")
-@click.option("--vm", "vm_ids", multiple=True, metavar="VM", help="target this VM (repeatable)")
+@click.option(
+    "--vm", "vm_ids", multiple=True, metavar="VM", help="target this VM (repeatable)", shell_complete=complete_vm
+)
 @click.option(
     "--max-concurrency",
     type=click.IntRange(0, 100_000),

@@ -17,7 +17,20 @@ from ._client import ApiError, Client
 from ._fast import Opt, parse_env_pair
 from ._output import error_line
 
-__all__ = ["State", "click_options", "json_option", "label_option", "labels_dict", "pass_client"]
+__all__ = [
+    "State",
+    "click_options",
+    "complete_vm",
+    "json_option",
+    "label_option",
+    "labels_dict",
+    "pass_client",
+    "vm_argument",
+]
+
+#: How long a shell's TAB may wait for the controller's VM list: a completion that hangs the
+#: prompt is worse than none.
+COMPLETION_TIMEOUT_S = 2.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,3 +109,25 @@ def label_option(help_text: str) -> Callable[[F], F]:
 
 def labels_dict(values: tuple[str, ...]) -> dict[str, str]:
     return dict(parse_env_pair(v) for v in values)
+
+
+def complete_vm(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[str]:
+    """The VM ids starting with ``incomplete``, for shell completion (ListVMs with the command
+    line's global options, the environment and the config file; nothing at all on any failure,
+    since a completion must never print an error into the operator's prompt)."""
+    root = ctx.find_root()
+    options = {k: v for k, v in root.params.items() if v not in (None, False)}
+    try:
+        client = Client.from_options(**options)
+        from ._client import VM
+
+        answer = client.call(VM, "ListVMs", {"pageSize": 1000}, timeout_s=COMPLETION_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - any failure (config, network, answer): no candidates
+        return []
+    ids = sorted(str(vm.get("vmId", "")) for vm in answer.get("vms", ()) if isinstance(vm, dict))
+    return [vm for vm in ids if vm.startswith(incomplete)]
+
+
+def vm_argument(name: str = "vm") -> Callable[[F], F]:
+    """``click.argument(name)`` naming a VM: completed from the controller's VM list."""
+    return click.argument(name, shell_complete=complete_vm)

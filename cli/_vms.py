@@ -8,11 +8,12 @@ import sys
 from typing import Any
 
 import click
+from click.shell_completion import CompletionItem
 
 from . import _exitcodes as ec
 from ._client import ADMIN, NODES, VM, Client, given
 from ._output import error_line, print_json, print_table, say, short_time
-from ._state import json_option, label_option, labels_dict, pass_client
+from ._state import complete_vm, json_option, label_option, labels_dict, pass_client, vm_argument
 
 __all__ = ["COMMANDS"]
 
@@ -100,6 +101,10 @@ class _VMGroup(click.Group):
             return "show", self.commands["show"], args
         return super().resolve_command(ctx, args)
 
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """``vm <TAB>``: the subcommands and, for the short form, the VM ids."""
+        return [*super().shell_complete(ctx, incomplete), *map(CompletionItem, complete_vm(ctx, None, incomplete))]
+
 
 @click.group("vm", cls=_VMGroup, short_help="Show one VM, or remove a gone one.")
 def vm_group() -> None:
@@ -113,7 +118,7 @@ def vm_group() -> None:
 
 
 @vm_group.command("show", short_help="Show one VM, live from its node (vm NAME).")
-@click.argument("vm")
+@vm_argument()
 @json_option
 @pass_client
 def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
@@ -150,7 +155,7 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
 
 
 @click.command("ping", short_help="Ping a VM's agent.")
-@click.argument("vm")
+@vm_argument()
 @json_option
 @pass_client
 def ping_cmd(client: Client, vm: str, as_json: bool) -> None:
@@ -229,7 +234,7 @@ def _power_options(func: Any) -> Any:
 
 
 @click.command("shutdown", short_help="Power a VM off from inside.")
-@click.argument("vm")
+@vm_argument()
 @_power_options
 @pass_client
 def shutdown_cmd(client: Client, vm: str, delay: int, message: str, as_json: bool) -> None:
@@ -238,7 +243,7 @@ def shutdown_cmd(client: Client, vm: str, delay: int, message: str, as_json: boo
 
 
 @click.command("reboot", short_help="Reboot a VM from inside.")
-@click.argument("vm")
+@vm_argument()
 @_power_options
 @pass_client
 def reboot_cmd(client: Client, vm: str, delay: int, message: str, as_json: bool) -> None:
@@ -276,7 +281,7 @@ def _read_password() -> str:
 @click.command(
     "password", context_settings={"allow_extra_args": True}, short_help="Set a guest user's password (prompt or stdin)."
 )
-@click.argument("vm")
+@vm_argument()
 @click.argument("username")
 @click.option("--password", "-p", hidden=True, expose_value=False, callback=_refuse_password_arg)
 @click.option("--expire", is_flag=True, help="force a change at the next login")
@@ -297,7 +302,7 @@ def password_cmd(client: Client, vm: str, username: str, expire: bool) -> None:
 
 
 @vm_group.command("remove", short_help="Forget a VM that is gone (admin token).")
-@click.argument("vm")
+@vm_argument()
 @pass_client
 def vm_remove_cmd(client: Client, vm: str) -> None:
     """Make the controller forget VM (admin token): one whose node no longer reports it (state

@@ -337,6 +337,25 @@ def test_inventory_commands(stack: Stack, env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
+def test_completion_offers_the_controllers_vm_ids(stack: Stack, env: dict[str, str]) -> None:
+    """A VM argument completed nothing (virsh completes its domains): the ids come from ListVMs,
+    with the command line's own --url; an unreachable controller completes nothing, silently."""
+
+    def complete(words: str, cword: int, env: dict[str, str]) -> list[str]:
+        done = lqx(env={**env, "_LIMIQUANTIX_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)})
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        return done.stdout.decode().split()
+
+    assert complete("limiquantix ping w", 2, env) == ["plain,web-1", "plain,web-2"]
+    assert complete("limiquantix exec -t 5 v", 4, env) == ["plain,victim"]  # exec: click completes it
+    assert "plain,victim" in complete("limiquantix run --vm ", 3, env)
+    assert set(complete("limiquantix vm ", 2, env)) >= {"plain,remove", "plain,show", "plain,web-1"}
+    # The global options count: --url of nothing listening completes nothing, and says nothing.
+    elsewhere = f"http://127.0.0.1:{free_port()}"
+    assert complete(f"limiquantix --url {elsewhere} ping w", 4, env) == []
+
+
+@pytest.mark.slow
 def test_exec_and_sh_stream_output_and_exit_with_the_guest_code(stack: Stack, env: dict[str, str]) -> None:
     done = lqx("sh", "web-1", "echo out; echo err >&2; exit 3", env=env)
     assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
