@@ -21,6 +21,7 @@ pyproject.toml).
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import os
 import ssl
@@ -35,6 +36,7 @@ from typing import Any, Final
 import httpx
 import pytest
 import trio
+from hypothesis import settings
 
 from limiquantix.agent import Agent, AgentConfig
 from limiquantix.hostd.simvm import SimVMProcess
@@ -44,6 +46,25 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 _counter = itertools.count()
 #: Upper bound on what the helpers below wait for; a healthy run needs a fraction.
 WAIT_S = 10.0
+
+# No per-example deadline for hypothesis (its default is 200 ms): a timing assertion, which a
+# loaded machine fails (test_framing's examples took 250 ms beside other engineers' suites).
+# Bounds on work are asserted by counting it (test_framing's hashing, test_json_decode's scans).
+settings.register_profile("limiquantix", deadline=None)
+settings.load_profile("limiquantix")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection built (every test module and all it imports: trio, hypothesis, Textual,
+    httpx, the product), moved out of the cyclic garbage collector's sight (``gc.freeze``).
+
+    Each full collection otherwise walks those objects again, and there are many: an xdist
+    worker collects every module (~2.5 CPU-s of its run went to the collector, ~0.5 s of it to
+    pytest's five collections at exit). Nothing of it becomes garbage while tests run; what the
+    tests create is collected as before (a coroutine never awaited is still found and reported).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
