@@ -3,7 +3,7 @@
 * ``start_agent(**config)``: an in-process :class:`Agent` serving a Unix socket,
   run in pytest-trio's ``nursery`` (so it stops with the test).
 * ``connect(agent_or_path)``: an :class:`AgentClient` (async context manager).
-* ``wait_until(condition)``, ``next_event(client, kind)``: bounded waits.
+* ``wait_until(condition)``, ``next_event(client, kind)``, ``wait_gone(*pids)``: bounded waits.
 * ``spawn_agent(*flags)``: the real ``limiquantix-agent`` as a subprocess, for
   what only a process can show (signals, exit codes, process groups).
 * ``start_simvm(...)``: a ``limiquantix-simvm`` process (a simulated VM: Unix
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import psutil
 import pytest
 import trio
 from hypothesis import settings
@@ -85,6 +86,22 @@ async def next_event(client: AgentClient, kind: str) -> pb.AgentMessage:
             if msg.WhichOneof("payload") == kind:
                 return msg
     raise AssertionError(f"connection closed before {kind}")
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` is dead (a zombie awaiting its new parent counts as dead; a process that
+    exits between two looks at it is dead, not an error)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_gone(*pids: int, within: float = 5.0) -> None:
+    """Wait (at most ``within`` seconds) for real processes to finish dying."""
+    with trio.fail_after(within):
+        while not all(gone(p) for p in pids):
+            await trio.sleep(0.01)
 
 
 @functools.cache

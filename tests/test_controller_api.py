@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 import trio
-from conftest import SimVMPool, db_tempdir, loopback_client
+from conftest import SimVMPool, db_tempdir, loopback_client, wait_gone
 from test_connect import BIG_JSON, BodiesSeen
 from test_connect import _bodies_seen as _bodies_seen  # the fixture
 
@@ -504,8 +504,7 @@ async def test_stream_relays_output_and_disconnect_cancels(stack: Stack) -> None
                 if pid:
                     break
         assert pid is not None and psutil.pid_exists(pid)
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            await trio.sleep(0.02)
+        await wait_gone(pid, within=DEADLINE_S)
 
 
 @pytest.mark.trio

@@ -13,9 +13,9 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import psutil
 import pytest
 import trio
+from conftest import gone, wait_gone
 
 from limiquantix.agent.handlers._execute import PIPE_IDLE_AFTER_EXIT_S, resolve_run_as, running_commands
 from limiquantix.protocol import FRAME_HEADROOM_BYTES, AgentClient, errors
@@ -30,21 +30,6 @@ async def run(client: AgentClient, **fields: object) -> pb.ExecuteResponse:
     """Run one command (non-streaming) and return its result."""
     with trio.fail_after(20):
         return (await client.request(execute=pb.ExecuteRequest(**fields))).execute_response  # type: ignore[arg-type]
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` is dead (a zombie awaiting its new parent counts as dead)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_gone(*pids: int, within: float = 5.0) -> None:
-    """Wait (bounded) for real processes to finish dying."""
-    with trio.fail_after(within):
-        while not all(gone(p) for p in pids):
-            await trio.sleep(0.01)
 
 
 def pids_of(data: bytes) -> tuple[int, int]:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import grpc
-import psutil
 import pytest
 import trio
+from conftest import wait_gone
 from google.protobuf.message import Message
 from test_controller_api import HOSTD_TOKEN, Stack, _audit
 from test_controller_api import stack as stack  # the fixture
@@ -174,9 +174,7 @@ async def test_grpcio_cancelling_a_stream_kills_the_guest_command(stack: Stack) 
         raise AssertionError("no output")
 
     pid = await trio.to_thread.run_sync(first_pid_then_cancel)
-    with trio.fail_after(CALL_S):
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            await trio.sleep(0.02)
+    await wait_gone(pid, within=CALL_S)
 
 
 @pytest.mark.trio

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 import trio
-from conftest import QUIET_AGENT, SimVMPool
+from conftest import QUIET_AGENT, SimVMPool, wait_gone
 from test_connect import BIG_JSON, BodiesSeen, method_info
 from test_connect import _bodies_seen as _bodies_seen  # the fixture
 
@@ -252,8 +252,7 @@ async def test_stream_output_and_client_disconnect_kills_the_command(stack: Stac
                     break
         # The client is gone: the command must be killed in the guest.
         assert pid is not None and psutil.pid_exists(pid)
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            await trio.sleep(0.02)
+        await wait_gone(pid, within=DEADLINE_S)
 
 
 def _complete(buf: bytes) -> int:
