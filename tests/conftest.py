@@ -55,6 +55,15 @@ settings.register_profile("limiquantix", deadline=None)
 settings.load_profile("limiquantix")
 
 
+def example_tiers(quick: int, thorough: int) -> pytest.MarkDecorator:
+    """A property test's ``examples`` parameter: ``quick`` in the fast tier ([quick]), ``thorough``
+    in the slow one ([thorough]); ``make test`` runs both, ``make test-fast`` the first."""
+    return pytest.mark.parametrize(
+        "examples",
+        [pytest.param(quick, id="quick"), pytest.param(thorough, id="thorough", marks=pytest.mark.slow)],
+    )
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection built (every test module and all it imports: trio, hypothesis, Textual,
     httpx, the product), moved out of the cyclic garbage collector's sight (``gc.freeze``).

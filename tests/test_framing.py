@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from conftest import example_tiers
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -70,8 +73,31 @@ def test_encode_rejects_empty_and_oversized() -> None:
         encode_frame(b"x" * 11, max_frame_bytes=10)
 
 
-@given(st.lists(payloads, min_size=1, max_size=20), st.lists(st.integers(min_value=0), max_size=30))
-def test_any_cut_decodes_the_same(frames: list[bytes], cuts: list[int]) -> None:
+def _prove(examples: int, prop: Callable[..., None], *strategies: st.SearchStrategy[Any]) -> None:
+    """``prop`` checked by hypothesis over ``strategies`` for ``examples`` examples."""
+    checks = settings(max_examples=examples, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+    checks(given(*strategies)(prop))()
+
+
+# The property tests: 40 examples each in the fast tier, 160 in the slow one (make test runs
+# both). Hypothesis starts from the simplest values (empty and one-byte payloads, no cuts, the
+# shortest garbage) and spreads out from there, and tries the failures it has kept
+# (.hypothesis/) first; the 160 are the wide search. What a random search would seldom build
+# (dense fake headers, magic spam, nested candidates) has its own tests below.
+tiers = example_tiers(40, 160)
+
+
+@tiers
+def test_any_cut_decodes_the_same(examples: int) -> None:
+    _prove(
+        examples,
+        _any_cut_decodes_the_same,
+        st.lists(payloads, min_size=1, max_size=20),
+        st.lists(st.integers(min_value=0), max_size=30),
+    )
+
+
+def _any_cut_decodes_the_same(frames: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(encode_frame(p) for p in frames)
     out, dec = decode_all(split_at(stream, cuts))
     assert out == frames
@@ -79,20 +105,29 @@ def test_any_cut_decodes_the_same(frames: list[bytes], cuts: list[int]) -> None:
     assert dec.buffered == 0
 
 
-@given(st.lists(payloads, min_size=1, max_size=10))
-def test_byte_by_byte(frames: list[bytes]) -> None:
+@tiers
+def test_byte_by_byte(examples: int) -> None:
+    _prove(examples, _byte_by_byte, st.lists(payloads, min_size=1, max_size=10))
+
+
+def _byte_by_byte(frames: list[bytes]) -> None:
     stream = b"".join(encode_frame(p) for p in frames)
     out, _ = decode_all([stream[i : i + 1] for i in range(len(stream))])
     assert out == frames
 
 
-@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(
-    st.lists(st.tuples(garbage | st.just(b""), payloads), min_size=1, max_size=10),
-    garbage | st.just(b""),
-    st.lists(st.integers(min_value=0), max_size=20),
-)
-def test_garbage_between_frames_is_skipped(pieces: list[tuple[bytes, bytes]], tail: bytes, cuts: list[int]) -> None:
+@tiers
+def test_garbage_between_frames_is_skipped(examples: int) -> None:
+    _prove(
+        examples,
+        _garbage_between_frames_is_skipped,
+        st.lists(st.tuples(garbage | st.just(b""), payloads), min_size=1, max_size=10),
+        garbage | st.just(b""),
+        st.lists(st.integers(min_value=0), max_size=20),
+    )
+
+
+def _garbage_between_frames_is_skipped(pieces: list[tuple[bytes, bytes]], tail: bytes, cuts: list[int]) -> None:
     stream = b"".join(g + encode_frame(p) for g, p in pieces) + tail
     out, dec = decode_all(split_at(stream, cuts))
     assert out == [p for _, p in pieces]
@@ -101,15 +136,21 @@ def test_garbage_between_frames_is_skipped(pieces: list[tuple[bytes, bytes]], ta
     assert dec.buffered <= len(MAGIC) - 1
 
 
-@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(
-    payloads,
-    st.data(),
-    garbage,
-    st.lists(payloads, min_size=1, max_size=5),
-    st.lists(st.integers(min_value=0), max_size=20),
-)
-def test_garbage_inside_a_frame_recovers_the_next_frame(
+@tiers
+def test_garbage_inside_a_frame_recovers_the_next_frame(examples: int) -> None:
+    """Garbage overwriting or inserted into a frame loses that frame only (below)."""
+    _prove(
+        examples,
+        _garbage_inside_a_frame_recovers_the_next_frame,
+        payloads,
+        st.data(),
+        garbage,
+        st.lists(payloads, min_size=1, max_size=5),
+        st.lists(st.integers(min_value=0), max_size=20),
+    )
+
+
+def _garbage_inside_a_frame_recovers_the_next_frame(
     damaged: bytes, data: st.DataObject, junk: bytes, after: list[bytes], cuts: list[int]
 ) -> None:
     """Garbage overwriting or inserted into a frame loses that frame only.
@@ -142,9 +183,12 @@ def test_garbage_inside_a_frame_recovers_the_next_frame(
         assert damaged not in out[:-1] or damaged in after
 
 
-@given(st.binary(max_size=2000))
-@settings(suppress_health_check=[HealthCheck.too_slow])
-def test_random_bytes_never_crash_and_memory_stays_bounded(blob: bytes) -> None:
+@tiers
+def test_random_bytes_never_crash_and_memory_stays_bounded(examples: int) -> None:
+    _prove(examples, _random_bytes_never_crash_and_memory_stays_bounded, st.binary(max_size=2000))
+
+
+def _random_bytes_never_crash_and_memory_stays_bounded(blob: bytes) -> None:
     dec = FrameDecoder(max_frame_bytes=1024)
     for i in range(0, len(blob), 7):
         dec.feed(blob[i : i + 7])

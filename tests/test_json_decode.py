@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import example_tiers
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -128,9 +129,7 @@ def messages(draw: st.DrawFn, cls: type[Message], depth: int = 0) -> Message:
     return msg
 
 
-@pytest.mark.parametrize(
-    "examples", [pytest.param(120, id="quick"), pytest.param(600, id="thorough", marks=pytest.mark.slow)]
-)
+@example_tiers(120, 600)
 def test_every_message_of_every_proto_decodes_as_json_format_parses_it(examples: int) -> None:
     """Generated messages of every type (120 in the fast tier, 600 in the slow one: ~4 s)."""
     settings(
@@ -223,11 +222,19 @@ def test_surrogate_pairs_are_text(body: str) -> None:
 _CODE_POINTS = st.sampled_from(["a", "é", "\U0001f600", "\ud83d", "\ude00", "\udbff", "\udc00", "\ud7ff", "\ue000"])
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(_CODE_POINTS, max_size=6).map("".join), min_size=1, max_size=3), st.booleans())
-def test_refused_exactly_where_json_format_refuses(strings: list[str], ascii_only: bool) -> None:
+@example_tiers(100, 200)
+def test_refused_exactly_where_json_format_refuses(examples: int) -> None:
     """Any mix of surrogates (escaped in JSON) and other characters, in a singular field,
-    repeated items and map values: accepted with the same value, or refused, by both."""
+    repeated items and map values: accepted with the same value, or refused, by both (100
+    examples in the fast tier, 200 in the slow one: 300 in make test, as before the tiers)."""
+    settings(max_examples=examples)(
+        given(st.lists(st.lists(_CODE_POINTS, max_size=6).map("".join), min_size=1, max_size=3), st.booleans())(
+            _refused_exactly_where_json_format_refuses
+        )
+    )()
+
+
+def _refused_exactly_where_json_format_refuses(strings: list[str], ascii_only: bool) -> None:
     body = json.dumps(
         {"command": strings[0], "args": strings, "environment": {f"k{i}": s for i, s in enumerate(strings)}},
         ensure_ascii=ascii_only,
@@ -372,9 +379,16 @@ def test_repeated_integers_json_format_refuses_are_refused_naming_the_item(group
 _B64_REFERENCE = re.compile(r"[A-Za-z0-9+/_-]*(?:={1,2})?")  # the rule as a regular expression
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="AZaz09+/_-=é \n.", max_size=10))
-def test_bytes_are_refused_unless_strict_base64(value: str) -> None:
+@example_tiers(100, 200)
+def test_bytes_are_refused_unless_strict_base64(examples: int) -> None:
+    """Strict base64 or refused, as the reference expression says (100 examples in the fast
+    tier, 200 in the slow one: 300 in make test, as before the tiers)."""
+    settings(max_examples=examples)(
+        given(st.text(alphabet="AZaz09+/_-=é \n.", max_size=10))(_strict_base64_or_refused)
+    )()
+
+
+def _strict_base64_or_refused(value: str) -> None:
     padded_ok = len(value) % 4 == 0 if value.endswith("=") else len(value) % 4 != 1
     body = json.dumps({"content": value}).encode()
     if _B64_REFERENCE.fullmatch(value) and padded_ok:
