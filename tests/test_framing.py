@@ -409,7 +409,13 @@ def _peek_cases() -> list[bytes]:
     ]
 
 
-@pytest.mark.parametrize("payload", _peek_cases())
+# Named, not identified by their bytes: new_message stamps the time, so each pytest process
+# (xdist's workers) would collect different ids and xdist refuses to run at all.
+@pytest.mark.parametrize(
+    "payload",
+    _peek_cases(),
+    ids=["telemetry", "pong", "telemetry+pong", "pong+telemetry", "no-payload", "non-ascii-id", "unknown-fields"],
+)
 def test_peek_message_reads_what_a_parse_reads(payload: bytes) -> None:
     from limiquantix.protocol._gen import agent_pb2 as pb
     from limiquantix.protocol._wire import peek_message
