@@ -395,6 +395,16 @@ def _own_config_home(monkeypatch: pytest.MonkeyPatch, _config_homes: Path) -> No
     monkeypatch.setenv("XDG_CONFIG_HOME", tempfile.mkdtemp(dir=_config_homes))
 
 
+def quicken_pilot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What :func:`quick_pilot` does, for a fixture of a wider scope (``pytest.MonkeyPatch.context()``)."""
+    import textual._wait
+    import textual.screen
+
+    monkeypatch.setattr(textual._wait, "SLEEP_GRANULARITY", 0.005)
+    monkeypatch.setattr(textual._wait, "SLEEP_IDLE", 0.005 / 20)
+    monkeypatch.setattr(textual.screen, "UPDATE_PERIOD", 0.004)
+
+
 @pytest.fixture
 def quick_pilot(monkeypatch: pytest.MonkeyPatch) -> None:
     """Textual's Pilot waits for an idle app in 5 ms slices instead of 20 ms (Textual tests).
@@ -408,9 +418,47 @@ def quick_pilot(monkeypatch: pytest.MonkeyPatch) -> None:
     callbacks) is done within each wait, as with the defaults; idle is still under 5 %.
     Textual is pinned (pyproject.toml); a renamed constant fails here, loudly.
     """
-    import textual._wait
-    import textual.screen
+    quicken_pilot(monkeypatch)
 
-    monkeypatch.setattr(textual._wait, "SLEEP_GRANULARITY", 0.005)
-    monkeypatch.setattr(textual._wait, "SLEEP_IDLE", 0.005 / 20)
-    monkeypatch.setattr(textual.screen, "UPDATE_PERIOD", 0.004)
+
+#: Textual's parsed stylesheets, by what :func:`share_parsed_css` keys them on.
+_PARSED_CSS: dict[tuple[Any, ...], Any] = {}
+
+
+def share_parsed_css(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Textual's CSS parsed once per process, not once per app (Textual tests).
+
+    Each app parses every stylesheet it meets (its own, each widget class's DEFAULT_CSS)
+    into rule sets: ~0.03 s of CPU at its start, more for each screen of new widgets; the
+    TUI tests start ~40 apps. The rule sets depend on the text and where it was read from
+    (Textual's own cache key) and on the CSS variables (the theme), so they are shared when
+    all of these are equal, as Textual shares them within one stylesheet (it never changes a
+    parsed rule set). CSS with errors gives the same rule sets, whose errors Textual raises
+    as before.
+    """
+    from textual.css.stylesheet import Stylesheet
+
+    parse = Stylesheet._parse_rules
+
+    def parse_once(
+        self: Stylesheet,
+        css: str,
+        read_from: Any,
+        is_default_rules: bool = False,
+        tie_breaker: int = 0,
+        scope: str = "",
+    ) -> Any:
+        key = (css, read_from, is_default_rules, tie_breaker, scope, tuple(self._variables.items()))
+        try:
+            return _PARSED_CSS[key]
+        except KeyError:
+            rules = _PARSED_CSS[key] = parse(self, css, read_from, is_default_rules, tie_breaker, scope)
+            return rules
+
+    monkeypatch.setattr(Stylesheet, "_parse_rules", parse_once)
+
+
+@pytest.fixture
+def shared_css(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`share_parsed_css` for the test."""
+    share_parsed_css(monkeypatch)

@@ -32,7 +32,7 @@ from limiquantix.tui.widgets.fleet_table import (
     shown_columns,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot", "shared_css")]
 
 SIZE = (120, 40)
 COUNT = 300

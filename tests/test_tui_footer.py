@@ -15,7 +15,7 @@ from textual.widgets._footer import FooterKey
 
 from limiquantix.tui.widgets.footer import KeysFooter
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot", "shared_css")]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from textual.widgets import Input, Label
 from limiquantix.tui.widgets.output import MAX_LINE_CHARS, LineStore, OutputPane, OutputView
 from limiquantix.tui.widgets.path_dialog import PathDialog, load_with_dialog
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot", "shared_css")]
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ def test_fleet_updated_is_replaceable() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.usefixtures("quick_pilot")
+@pytest.mark.usefixtures("quick_pilot", "shared_css")
 async def test_every_screen_on_the_stack_redraws_from_fleet_updated() -> None:
     """A poll's answer reaches the fleet under the VM screen and the VM screen on top, in
     their own message loops; a screen that is gone gets nothing (no "app quitting" guard)."""

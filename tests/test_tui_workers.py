@@ -20,7 +20,7 @@ from textual.worker import WorkerState
 from limiquantix.tui import ControllerClient, demo_data
 from limiquantix.tui.screens.audit import AuditScreen
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot", "shared_css")]
 
 
 @pytest.fixture
