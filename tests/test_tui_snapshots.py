@@ -13,9 +13,13 @@ The SVGs live in ``tests/__snapshots__/test_tui_snapshots/``. After a deliberate
 change of the UI, look at the report of the failing run (``snapshot_report.html``),
 then ``pytest tests/test_tui_snapshots.py --snapshot-update`` and commit the SVGs.
 
-``snap_compare`` is synchronous (it runs the app in its own asyncio loop), so
-these tests need no async marker; pytest-trio (``trio_mode = false``) leaves
-them alone.
+The tests that start on the fed fleet or on web-01's VM screen share one app per
+screen (``fleet``, ``web01``: :class:`KeptApp`), kept running in the module's asyncio
+loop (anyio) and brought back to its screen after each test, which must leave it
+drawn as it found it; their screenshots are compared by ``snap_compare`` as any
+other (``snapshot_of``). The others run their own app in ``snap_compare``, which is
+synchronous (it runs the app in its own asyncio loop). pytest-trio
+(``trio_mode = false``) leaves them all alone.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ import asyncio
 import hashlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import textual._doc
+from conftest import quicken_pilot, share_parsed_css
 from google.protobuf.message import Message
 from rich.text import Text
 from textual.pilot import Pilot
+from textual.screen import Screen
+from textual.strip import Strip
 from textual.widgets import Input, TextArea
 
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
@@ -41,7 +51,7 @@ from limiquantix.tui.screens.fleet import FleetScreen
 from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
 
-pytestmark = pytest.mark.usefixtures("quick_pilot")
+pytestmark = pytest.mark.usefixtures("quick_pilot", "shared_css")
 
 SMALL = (80, 24)
 """The issue's minimum terminal."""
@@ -131,9 +141,13 @@ def shown_whole(runner: RunnerScreen) -> bool:
     return runner.view.virtual_size.height == runner.view.line_count
 
 
-def scenario(*steps: Callable[[Pilot[None], LimiQuantixApp], Awaitable[None]]) -> tuple[LimiQuantixApp, Any]:
-    """An app and the run_before that feeds it, then runs ``steps``, then settles."""
-    app, feed = make_app()
+Step = Callable[[Pilot[None], LimiQuantixApp], Awaitable[None]]
+MakeApp = Callable[[], tuple[LimiQuantixApp, Callable[[], None]]]
+
+
+def scenario(*steps: Step, make: MakeApp = make_app) -> tuple[LimiQuantixApp, Any]:
+    """An app (``make``'s) and the run_before that feeds it, then runs ``steps``, then settles."""
+    app, feed = make()
 
     async def run_before(pilot: Pilot[None]) -> None:
         await pilot.pause()
@@ -174,6 +188,154 @@ async def open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
     await pilot.pause()
 
 
+# ----------------------------------------------------------------------------- one app for a screen's tests
+
+
+def _drawn(app: LimiQuantixApp) -> list[Strip]:
+    """The screen as drawn: every line's characters and styles."""
+    return app.screen._compositor.render_strips()
+
+
+@dataclass
+class Kept:
+    """A running app on the screen its module's tests start from (``screen``, drawn as
+    ``drawn``); ``reset`` undoes on that screen what the tests may change there."""
+
+    app: LimiQuantixApp
+    pilot: Pilot[None]
+    screen: Screen[Any]
+    drawn: list[Strip]
+    reset: Step
+
+    async def back(self) -> bool:
+        """Back on ``screen`` (escape, as an operator leaves a screen), reset and settled;
+        whether it is drawn as when the app first got there."""
+        for _ in range(5):
+            if self.app.screen is self.screen:
+                break
+            await self.pilot.press("escape")
+        if self.app.screen is not self.screen:
+            return False
+        await self.reset(self.pilot, self.app)
+        await settle(self.pilot)
+        return _drawn(self.app) == self.drawn
+
+
+class KeptApp:
+    """One still app kept running for a module's tests that start on the same screen: the
+    app's start, its feed and the keys that lead to the screen cost more than most of these
+    tests' own steps, and are done once, at the first test. After each test the app goes
+    back to that screen and must be drawn as it was: else the test fails (at teardown) and
+    the next one gets a new app, so what a test leaves behind never reaches another's
+    snapshot, whichever tests run and in whatever order."""
+
+    def __init__(self, steps: tuple[Step, ...], reset: Step, make: MakeApp) -> None:
+        self._steps, self._reset, self._make = steps, reset, make
+        self._kept: Kept | None = None
+        self._stop: Callable[[], Awaitable[object]] | None = None
+
+    async def _start(self) -> Kept:
+        app, run_before = scenario(*self._steps, make=self._make)
+        running = app.run_test(size=SMALL)
+        pilot = await running.__aenter__()
+        self._stop = lambda: running.__aexit__(None, None, None)
+        await run_before(pilot)
+        return Kept(app, pilot, app.screen, _drawn(app), self._reset)
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[Kept]:
+        """The app, for one test."""
+        if self._kept is None:
+            self._kept = await self._start()
+        yield self._kept
+        if not await self._kept.back():
+            await self.close()
+            raise AssertionError("the test left its screen changed (the next test gets a new app)")
+
+    async def close(self) -> None:
+        """Stop the app, if one is running."""
+        stop, self._stop, self._kept = self._stop, None, None
+        if stop is not None:
+            await stop()
+
+
+@asynccontextmanager
+async def kept_app(*steps: Step, reset: Step, make: MakeApp = make_app) -> AsyncIterator[KeptApp]:
+    """A :class:`KeptApp` for a module (``make``'s app at SMALL, fed, ``steps`` done); what the
+    tests' own fixtures do for their app (quick_pilot, shared_css, _no_real_controller) done
+    for its whole life."""
+    with pytest.MonkeyPatch.context() as mp:
+        quicken_pilot(mp)
+        share_parsed_css(mp)
+        mp.setattr(LimiQuantixApp, "refresh_fleet", _refuse)
+        kept = KeptApp(steps, reset, make)
+        try:
+            yield kept
+        finally:
+            await kept.close()
+
+
+async def _as_fed(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    """The fleet as fed: no filter (escape), nothing selected (``n``), the cursor on the first row."""
+    await pilot.press("escape", "n")
+    fleet = app.screen
+    assert isinstance(fleet, FleetScreen)
+    fleet.table.move_cursor(row=0)
+
+
+async def _at_top(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    """The VM screen scrolled to its top."""
+    app.screen.query_one("#vm-body").scroll_home(animate=False)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def _fleet_app() -> AsyncIterator[KeptApp]:
+    async with kept_app(reset=_as_fed) as kept:
+        yield kept
+
+
+@pytest.fixture
+async def fleet(_fleet_app: KeptApp) -> AsyncIterator[Kept]:
+    """The fleet screen, fed (60 polls), at SMALL."""
+    async with _fleet_app.lend() as kept:
+        yield kept
+
+
+@pytest.fixture(scope="module")
+async def _web01_app() -> AsyncIterator[KeptApp]:
+    async with kept_app(open_vm, reset=_at_top) as kept:
+        yield kept
+
+
+@pytest.fixture
+async def web01(_web01_app: KeptApp) -> AsyncIterator[Kept]:
+    """web-01's VM screen as :func:`open_vm` leaves it (60 fleet polls, 30 GetVM answers), at SMALL."""
+    async with _web01_app.lend() as kept:
+        yield kept
+
+
+async def snapshot_of(kept: Kept, snap_compare: Any) -> bool:
+    """``snap_compare`` of the kept app as it is now, settled: the screenshot taken as
+    ``snap_compare`` takes it of an app it runs (textual._doc.take_svg_screenshot's steps
+    after ``run_before``), compared and reported by the plugin as any other."""
+    app, pilot = kept.app, kept.pilot
+    await settle(pilot)
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    svg = app.export_screenshot(title=app.title, simplify=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(textual._doc, "take_svg_screenshot", lambda **_: svg)
+        return bool(snap_compare(app, terminal_size=tuple(app.size)))
+
+
 # ----------------------------------------------------------------------------- fleet
 
 
@@ -183,10 +345,11 @@ async def _select_some(pilot: Pilot[None], app: LimiQuantixApp) -> None:
     await pilot.press(*["down"] * 4, "space", *["down"] * 1, "space")
 
 
-def test_fleet(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_fleet(fleet: Kept, snap_compare: Any) -> None:
     """12 VMs in every agent state (node-c unreachable), sorted by name, two selected."""
-    app, run_before = scenario(_select_some)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    await _select_some(fleet.pilot, fleet.app)
+    assert await snapshot_of(fleet, snap_compare)
 
 
 def test_fleet_large(snap_compare: Any) -> None:
@@ -200,61 +363,51 @@ def test_fleet_large(snap_compare: Any) -> None:
     assert snap_compare(app, terminal_size=LARGE, run_before=run_before)
 
 
-def test_fleet_filtered(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_fleet_filtered(fleet: Kept, snap_compare: Any) -> None:
     """``/`` then ``web`` and enter: the filter stays shown, the table has the focus."""
-
-    async def filtered(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await pilot.press("slash", *"prod", "enter")
-
-    app, run_before = scenario(filtered)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    await fleet.pilot.press("slash", *"prod", "enter")
+    assert await snapshot_of(fleet, snap_compare)
 
 
 # ----------------------------------------------------------------------------- VM detail
 
 
-def test_vm_detail(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_vm_detail(web01: Kept, snap_compare: Any) -> None:
     """Identity and sparklines (60 fleet polls, 30 GetVM answers for network rates)."""
-    app, run_before = scenario(open_vm)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    assert await snapshot_of(web01, snap_compare)
 
 
-def test_vm_detail_scrolled(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_vm_detail_scrolled(web01: Kept, snap_compare: Any) -> None:
     """The same scrolled to the end: filesystems, interfaces, capabilities."""
-
-    async def scrolled(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await open_vm(pilot, app)
-        app.screen.query_one("#vm-body").scroll_end(animate=False)
-
-    app, run_before = scenario(scrolled)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    web01.app.screen.query_one("#vm-body").scroll_end(animate=False)
+    assert await snapshot_of(web01, snap_compare)
 
 
 # ----------------------------------------------------------------------------- runner
 
 
-def test_runner_finished(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_runner_finished(web01: Kept, snap_compare: Any) -> None:
     """``x`` on a VM, ctrl+r: the streamed output (stderr red), exit code, recent runs."""
-
-    async def ran(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await open_vm(pilot, app)
-        await pilot.press("x")
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, RunnerScreen)
-        screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
-        await pilot.press("ctrl+r")
-        await until(
-            pilot,
-            lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running and shown_whole(screen),
-            "the streamed run",
-        )
-        # The output has the focus (its cursor on the last line): a TextArea that had it through a
-        # run is drawn with or without its cursor, as the blink was when it last drew the line.
-        screen.view.focus()
-
-    app, run_before = scenario(ran)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    app, pilot = web01.app, web01.pilot
+    await pilot.press("x")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, RunnerScreen)
+    screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
+    await pilot.press("ctrl+r")
+    await until(
+        pilot,
+        lambda: bool(app.fleet.recent_runs.get(vm_id(0))) and not screen.running and shown_whole(screen),
+        "the streamed run",
+    )
+    # The output has the focus (its cursor on the last line): a TextArea that had it through a
+    # run is drawn with or without its cursor, as the blink was when it last drew the line.
+    screen.view.focus()
+    assert await snapshot_of(web01, snap_compare)
 
 
 def test_runner_fleet(snap_compare: Any) -> None:
@@ -276,74 +429,54 @@ def test_runner_fleet(snap_compare: Any) -> None:
 # ----------------------------------------------------------------------------- files, dialogs, audit, help
 
 
-def test_files_view(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_files_view(web01: Kept, snap_compare: Any) -> None:
     """``f`` on a VM, ctrl+o: /etc/os-release in the viewer with its size and SHA-256."""
-
-    async def viewed(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await open_vm(pilot, app)
-        await pilot.press("f")
-        await pilot.pause()
-        await pilot.press("ctrl+o")
-        await until(pilot, lambda: bool(app.screen.query_one("#viewer", TextArea).text), "the file view")
-
-    app, run_before = scenario(viewed)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    app, pilot = web01.app, web01.pilot
+    await pilot.press("f")
+    await pilot.pause()
+    await pilot.press("ctrl+o")
+    await until(pilot, lambda: bool(app.screen.query_one("#viewer", TextArea).text), "the file view")
+    assert await snapshot_of(web01, snap_compare)
 
 
-def test_confirm_dialog(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_confirm_dialog(web01: Kept, snap_compare: Any) -> None:
     """``r`` on a VM: the reboot confirmation over the VM screen, Cancel focused."""
-
-    async def asked(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await open_vm(pilot, app)
-        await pilot.press("r")
-
-    app, run_before = scenario(asked)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    await web01.pilot.press("r")
+    assert await snapshot_of(web01, snap_compare)
 
 
-def test_password_dialog(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_password_dialog(web01: Kept, snap_compare: Any) -> None:
     """``w`` on a VM (admin token): user, two masked passwords typed, expire ticked."""
-
-    async def typed(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await open_vm(pilot, app)
-        await pilot.press("w")
-        await pilot.pause()
-        await pilot.press(*"s3cret!", "tab", *"s3cret!", "tab", "space")
-
-    app, run_before = scenario(typed)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    pilot = web01.pilot
+    await pilot.press("w")
+    await pilot.pause()
+    await pilot.press(*"s3cret!", "tab", *"s3cret!", "tab", "space")
+    assert await snapshot_of(web01, snap_compare)
 
 
-def test_audit(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_audit(fleet: Kept, snap_compare: Any) -> None:
     """``u`` on the fleet (admin token), fed eight records through show()."""
-
-    async def audited(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await pilot.press("u")
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, AuditScreen)
-        screen.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
-
-    app, run_before = scenario(audited)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    app, pilot = fleet.app, fleet.pilot
+    await pilot.press("u")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, AuditScreen)
+    screen.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
+    assert await snapshot_of(fleet, snap_compare)
 
 
-def test_help(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_help(fleet: Kept, snap_compare: Any) -> None:
     """``?`` on the fleet."""
-
-    async def helped(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await pilot.press("question_mark")
-
-    app, run_before = scenario(helped)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    await fleet.pilot.press("question_mark")
+    assert await snapshot_of(fleet, snap_compare)
 
 
 # ----------------------------------------------------------------------------- the fleet's refresh
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _churn(step: int) -> list[vm_pb.VM]:
