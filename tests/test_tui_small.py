@@ -3,21 +3,23 @@ screen with Pilot, and the smaller bugs of issue 13's bug 10 that have no test e
 
 The app is the still demo app (``limiquantix.tui.demo_data``: no poll, a fixed clock)
 over an ``httpx.MockTransport`` playing the controller (application/proto, as the TUI
-asks): the screens' real code paths run, nothing else does.
+asks): the screens' real code paths run, nothing else does. The tests that start on
+web-01's VM screen share one app (``web01``: test_tui_snapshots.KeptApp), brought back to
+that screen at 80x24 after each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from test_tui_snapshots import _answer, enter_web01, until
+from test_tui_snapshots import Kept, KeptApp, _answer, enter_web01, kept_app, until
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Button, Input, Static, TextArea
@@ -28,9 +30,8 @@ from limiquantix.tui.screens.audit import AuditDetail, AuditScreen
 from limiquantix.tui.screens.dialogs import ConfirmDialog
 from limiquantix.tui.screens.files import FilesScreen
 from limiquantix.tui.screens.runner import RunnerScreen
-from limiquantix.tui.screens.vm import VMScreen
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("quick_pilot", "shared_css")]
 
 SMALL = (80, 24)
 TINY = (60, 20)
@@ -41,7 +42,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 _S = TypeVar("_S", bound=Screen[Any])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
 
@@ -80,24 +81,56 @@ async def _at_size(pilot: Pilot[None], app: LimiQuantixApp, size: tuple[int, int
     await pilot.pause()
 
 
-async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> VMScreen:
+async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
     """web-01 (the 9th row by name) with a GetVM answer drawn."""
     screen = await enter_web01(pilot, app)
     screen.show(demo_data.vm_detail(0))
     await pilot.pause()
-    return screen
 
 
-async def _open_from_vm(
-    pilot: Pilot[None], app: LimiQuantixApp, feed: Callable[[], None], key: str, kind: type[_S]
-) -> _S:
-    """The fleet fed, web-01 opened, then ``key``: the screen it opens (a ``kind``)."""
-    feed()
-    await pilot.pause()
-    await _open_vm(pilot, app)
-    await pilot.press(key)
-    await pilot.pause()
-    screen = app.screen
+class _Controller:
+    """The kept app's controller: the running test's answers (``handler``), unimplemented
+    between tests."""
+
+    def __init__(self) -> None:
+        self.handler: Handler = _unimplemented
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        return self.handler(request)
+
+
+_CONTROLLER = _Controller()
+
+
+async def _at_small(pilot: Pilot[None], app: LimiQuantixApp) -> None:
+    await _at_size(pilot, app, SMALL)
+
+
+@pytest.fixture(scope="module")
+async def _web01_app() -> AsyncIterator[KeptApp]:
+    async with kept_app(_open_vm, reset=_at_small, make=lambda: _app(_CONTROLLER)) as kept:
+        yield kept
+
+
+@pytest.fixture
+async def web01(_web01_app: KeptApp) -> AsyncIterator[Kept]:
+    """web-01's VM screen, its fleet fed (3 polls), at SMALL: one app for the module's tests
+    that start there (tests/test_tui_snapshots.KeptApp); their controller's answers are
+    ``_CONTROLLER.handler``'s."""
+    try:
+        async with _web01_app.lend() as kept:
+            yield kept
+    finally:
+        _CONTROLLER.handler = _unimplemented
+
+
+async def _open_from_vm(kept: Kept, key: str, kind: type[_S], answers: Handler = _unimplemented) -> _S:
+    """``key`` on web-01's VM screen, the controller answering with ``answers``: the screen
+    it opens (a ``kind``)."""
+    _CONTROLLER.handler = answers
+    await kept.pilot.press(key)
+    await kept.pilot.pause()
+    screen = kept.app.screen
     assert isinstance(screen, kind)
     return screen
 
@@ -128,24 +161,20 @@ async def test_fleet_figures_and_help_stay_whole() -> None:
             assert "q Q " not in footer + " " and not footer.rstrip().endswith("q Q"), footer  # whole keys or none
 
 
-async def test_vm_screen_footer_keeps_help() -> None:
-    app, feed = _app()
-    async with app.run_test(size=SIZES[0]) as pilot:
-        feed()
-        await pilot.pause()
-        await _open_vm(pilot, app)
-        for size in SIZES:
-            await _at_size(pilot, app, size)
-            footer = _text(app)[-1]
-            assert len(footer) == size[0], size
-            assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
-            # Keys that do not fit are left out whole, never cut (the last shown one is whole).
-            keys = footer.split("? Help")[0].split()
-            assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
-                                "g", "Ping", "q", "Quit", "j", "Jobs"} for word in keys), footer  # fmt: skip
+async def test_vm_screen_footer_keeps_help(web01: Kept) -> None:
+    app, pilot = web01.app, web01.pilot
+    for size in SIZES:
+        await _at_size(pilot, app, size)
+        footer = _text(app)[-1]
+        assert len(footer) == size[0], size
+        assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
+        # Keys that do not fit are left out whole, never cut (the last shown one is whole).
+        keys = footer.split("? Help")[0].split()
+        assert all(word in {"esc", "Back", "x", "Script", "f", "Files", "p", "Off", "r", "Reboot", "w", "Passwd",
+                            "g", "Ping", "q", "Quit", "j", "Jobs"} for word in keys), footer  # fmt: skip
 
 
-async def test_recent_runs_keep_exit_and_ms_visible() -> None:
+async def test_recent_runs_keep_exit_and_ms_visible(web01: Kept) -> None:
     """A run whose first line is long: the command is cut, Exit and ms stay on screen; the
     options row keeps Run and Cancel whole."""
     long_line = "for host in $(seq 1 100); do echo checking a rather long command line $host; done"
@@ -156,23 +185,22 @@ async def test_recent_runs_keep_exit_and_ms_visible() -> None:
             return _streamed([vm_pb.ExecuteScriptEvent(execution_id="e1"), vm_pb.ExecuteScriptEvent(result=result)])
         return _unimplemented(request)
 
-    app, feed = _app(controller)
-    async with app.run_test(size=SIZES[0]) as pilot:
-        runner = await _open_from_vm(pilot, app, feed, "x", RunnerScreen)
-        runner.query_one("#script", TextArea).load_text(long_line)
-        await pilot.press("ctrl+r")
-        await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
-        for size in SIZES:
-            await _at_size(pilot, app, size)
-            lines = _text(app)
-            assert all(len(line) == size[0] for line in lines), size
-            header = next(line for line in lines if "Recent runs" in line)
-            assert header.rstrip().endswith("ms") and "Exit" in header, header
-            row = lines[lines.index(header) + 1]  # the table's first row: the newest run
-            assert row.split()[-2:] == ["3", "123456"], row
-            assert "for h" in row and "…" in row and long_line not in row, row
-            options = next(line for line in lines if "timeout s" in line)
-            assert "Run ^R" in options and "Cancel ^B" in options, options
+    app, pilot = web01.app, web01.pilot
+    runner = await _open_from_vm(web01, "x", RunnerScreen, controller)
+    runner.query_one("#script", TextArea).load_text(long_line)
+    await pilot.press("ctrl+r")
+    await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
+    for size in SIZES:
+        await _at_size(pilot, app, size)
+        lines = _text(app)
+        assert all(len(line) == size[0] for line in lines), size
+        header = next(line for line in lines if "Recent runs" in line)
+        assert header.rstrip().endswith("ms") and "Exit" in header, header
+        row = lines[lines.index(header) + 1]  # the table's first row: the newest run
+        assert row.split()[-2:] == ["3", "123456"], row
+        assert "for h" in row and "…" in row and long_line not in row, row
+        options = next(line for line in lines if "timeout s" in line)
+        assert "Run ^R" in options and "Cancel ^B" in options, options
 
 
 async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
@@ -201,7 +229,7 @@ async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
 # ----------------------------------------------------------------------------- bug 10, the rest
 
 
-async def test_a_binary_file_is_said_read_not_shown_in_header_and_body() -> None:
+async def test_a_binary_file_is_said_read_not_shown_in_header_and_body(web01: Kept) -> None:
     """The header said "first 1.0 MiB shown" while the body said "not shown"."""
     content = bytes(range(256)) * 8
 
@@ -211,18 +239,16 @@ async def test_a_binary_file_is_said_read_not_shown_in_header_and_body() -> None
             return _answer(vm_pb.ReadGuestFileResponse(content=content, size=3 * len(content), sha256=sha))
         return _unimplemented(request)
 
-    app, feed = _app(controller)
-    async with app.run_test(size=SMALL) as pilot:
-        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
-        files.query_one("#guest-path", Input).value = "/usr/bin/thing"
-        await pilot.press("ctrl+o")
-        await until(pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
-        header = str(files.query_one("#transfer", Static).render())
-        assert "binary" in header and "read, not shown" in header and "shown:" not in header, header
-        assert "not shown" in files.query_one("#viewer", TextArea).text
+    files = await _open_from_vm(web01, "f", FilesScreen, controller)
+    files.query_one("#guest-path", Input).value = "/usr/bin/thing"
+    await web01.pilot.press("ctrl+o")
+    await until(web01.pilot, lambda: "SHA-256" in str(files.query_one("#transfer", Static).render()), "the view")
+    header = str(files.query_one("#transfer", Static).render())
+    assert "binary" in header and "read, not shown" in header and "shown:" not in header, header
+    assert "not shown" in files.query_one("#viewer", TextArea).text
 
 
-async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tmp_path: Path) -> None:
+async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(web01: Kept, tmp_path: Path) -> None:
     """The bar sat at 100 % beside "uploading…": once sent, the status says the guest commits."""
     local = tmp_path / "up.bin"
     local.write_bytes(b"x" * (600 * 1024))  # three upload chunks
@@ -231,7 +257,7 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tm
     def controller(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/WriteGuestFile"):
             # The whole body is sent before the controller answers: what the screen says meanwhile.
-            files = app.screen
+            files = web01.app.screen
             assert isinstance(files, FilesScreen)
             seen["status"] = str(files.query_one("#transfer", Static).render())
             seen["request"] = vm_pb.WriteGuestFileRequest.FromString(request.content)
@@ -241,13 +267,11 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(tm
             )
         return _unimplemented(request)
 
-    app, feed = _app(controller)
-    async with app.run_test(size=SMALL) as pilot:
-        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
-        files.query_one("#guest-path", Input).value = "/tmp/up.bin"
-        files.query_one("#local-path", Input).value = str(local)
-        await pilot.press("ctrl+t")
-        await until(pilot, lambda: "= local file" in str(files.query_one("#transfer", Static).render()), "the upload")
+    files = await _open_from_vm(web01, "f", FilesScreen, controller)
+    files.query_one("#guest-path", Input).value = "/tmp/up.bin"
+    files.query_one("#local-path", Input).value = str(local)
+    await web01.pilot.press("ctrl+t")
+    await until(web01.pilot, lambda: "= local file" in str(files.query_one("#transfer", Static).render()), "the upload")
     assert "waiting for the guest to check and commit /tmp/up.bin" in seen["status"], seen["status"]
     request = seen["request"]
     assert (request.vm_id, request.path, request.create_parents) == (demo_data.fleet()[0].vm_id, "/tmp/up.bin", True)
