@@ -30,11 +30,13 @@ from typing import Any
 
 import httpx
 import pytest
+from inprocess import run_main
 from procstack import DEADLINE_S, Stack, free_port
 
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 from limiquantix.tui import ControllerClient, LimiQuantixApp, TuiConfig, demo_data
+from limiquantix.tui.__main__ import main
 from limiquantix.tui._start import FirstPoll
 
 WHOAMI = "/limiquantix.compute.v1.AdminService/WhoAmI"
@@ -101,6 +103,7 @@ def _app(controller: Controller) -> tuple[NotedApp, FirstPoll]:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("quick_pilot", "shared_css")
 async def test_the_first_poll_takes_the_answers_to_the_calls_sent_at_the_start() -> None:
     controller = Controller()
     app, _ = _app(controller)
@@ -122,6 +125,7 @@ async def test_the_first_poll_takes_the_answers_to_the_calls_sent_at_the_start()
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("quick_pilot", "shared_css")
 async def test_a_refused_token_at_the_start_is_reported_and_asked_again() -> None:
     controller = Controller()
     controller.refuse = True
@@ -147,6 +151,7 @@ async def test_a_refused_token_at_the_start_is_reported_and_asked_again() -> Non
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("quick_pilot", "shared_css")
 async def test_quitting_before_the_first_answers_cancels_the_calls() -> None:
     controller = Controller()  # never released
     app, _ = _app(controller)
@@ -191,17 +196,28 @@ def test_a_plain_http_client_loads_no_ca_and_trusts_none() -> None:
     assert isinstance(tls, ssl.SSLContext) and tls.verify_mode == ssl.CERT_REQUIRED
 
 
-def test_a_ca_file_that_cannot_be_loaded_is_said_before_the_terminal_is_taken(tmp_path: Path) -> None:
+def test_a_ca_file_that_cannot_be_loaded_is_said_before_the_terminal_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``limiquantix-tui``'s main in this process (tests/inprocess.py; the process itself is
+    test_the_real_process_shows_the_controllers_vms's): the app is never run, so the terminal
+    is never taken (here an app run fails the test instead)."""
     token = tmp_path / "token"
     token.write_text("lqx_token\n")
     token.chmod(0o600)
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "limiquantix.tui", "--url", "https://127.0.0.1:9", "--token-file", str(token),
-         "--ca-file", str(bad)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+
+    async def takes_the_terminal(self: LimiQuantixApp, **_: Any) -> None:
+        raise AssertionError("the app was run: the terminal would be taken")
+
+    monkeypatch.setattr(LimiQuantixApp, "run_async", takes_the_terminal)
+    collecting = gc.isenabled()
+    try:
+        proc = run_main(main, "--url", "https://127.0.0.1:9", "--token-file", str(token), "--ca-file", str(bad))
+    finally:
+        if collecting:  # the start pauses the collector until the app's first frame (never here)
+            gc.enable()
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"limiquantix-tui: cannot load the CA file {bad}"), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
