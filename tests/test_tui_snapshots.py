@@ -244,10 +244,13 @@ class KeptApp:
 
     @asynccontextmanager
     async def lend(self) -> AsyncIterator[Kept]:
-        """The app, for one test."""
+        """The app, for one test: the active app while the test runs (what its widgets call
+        ``self.app`` when the test calls them, as in the app's own tasks; a module may keep
+        more than one app, all started in the loop's one task)."""
         if self._kept is None:
             self._kept = await self._start()
-        yield self._kept
+        with self._kept.app._context():
+            yield self._kept
         if not await self._kept.back():
             await self.close()
             raise AssertionError("the test left its screen changed (the next test gets a new app)")
