@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from test_tui_snapshots import Kept, KeptApp, _answer, enter_web01, kept_app, until
+from test_tui_snapshots import Kept, KeptApp, _answer, at_size, enter_web01, kept_app, screen_text, until
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Button, Input, Static, TextArea
@@ -65,22 +65,6 @@ def _app(handler: Handler = _unimplemented) -> tuple[LimiQuantixApp, Callable[[]
     return demo_data.demo_app(client=client, history=3)
 
 
-def _text(app: LimiQuantixApp) -> list[str]:
-    """The screen's characters, row by row."""
-    return [strip.text for strip in app.screen._compositor.render_strips()]
-
-
-async def _at_size(pilot: Pilot[None], app: LimiQuantixApp, size: tuple[int, int]) -> None:
-    """The terminal at ``size`` (resized if it is not) and the screen drawn at it."""
-    if app.size == size:
-        return
-    await pilot.resize_terminal(*size)
-    # Textual passes a resize on to the screen after 1/120 s: until the screen is drawn at the
-    # new size, then a pause for what its widgets do about it (the footer fits its keys again).
-    await until(pilot, lambda: [len(line) for line in _text(app)] == [size[0]] * size[1], f"the screen at {size}")
-    await pilot.pause()
-
-
 async def _open_vm(pilot: Pilot[None], app: LimiQuantixApp) -> None:
     """web-01 (the 9th row by name) with a GetVM answer drawn."""
     screen = await enter_web01(pilot, app)
@@ -103,7 +87,7 @@ _CONTROLLER = _Controller()
 
 
 async def _at_small(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-    await _at_size(pilot, app, SMALL)
+    await at_size(pilot, app, SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +129,10 @@ async def test_fleet_figures_and_help_stay_whole() -> None:
         feed()
         await pilot.pause()
         for size in SIZES:
-            await _at_size(pilot, app, size)
+            await at_size(pilot, app, size)
             # The footer draws its keys after the table (blank after one pause on a loaded machine).
-            await until(pilot, lambda: bool(_text(app)[-1].strip()), "the footer")
-            lines = _text(app)
+            await until(pilot, lambda: bool(screen_text(app)[-1].strip()), "the footer")
+            lines = screen_text(app)
             header = next(line for line in lines if " Name " in line)
             wide = ["OS", "IP"] if size == SMALL else []
             assert header.split() == ["Name", "State", *wide, "CPU", "Mem", "Uptime"], size
@@ -164,8 +148,8 @@ async def test_fleet_figures_and_help_stay_whole() -> None:
 async def test_vm_screen_footer_keeps_help(web01: Kept) -> None:
     app, pilot = web01.app, web01.pilot
     for size in SIZES:
-        await _at_size(pilot, app, size)
-        footer = _text(app)[-1]
+        await at_size(pilot, app, size)
+        footer = screen_text(app)[-1]
         assert len(footer) == size[0], size
         assert footer.rstrip().endswith("? Help") and footer.startswith("esc Back"), footer
         # Keys that do not fit are left out whole, never cut (the last shown one is whole).
@@ -191,8 +175,8 @@ async def test_recent_runs_keep_exit_and_ms_visible(web01: Kept) -> None:
     await pilot.press("ctrl+r")
     await until(pilot, lambda: bool(app.fleet.recent_runs.get(runner.vm_ids[0])) and not runner.running, "the run")
     for size in SIZES:
-        await _at_size(pilot, app, size)
-        lines = _text(app)
+        await at_size(pilot, app, size)
+        lines = screen_text(app)
         assert all(len(line) == size[0] for line in lines), size
         header = next(line for line in lines if "Recent runs" in line)
         assert header.rstrip().endswith("ms") and "Exit" in header, header
@@ -216,11 +200,11 @@ async def test_a_vm_no_longer_reported_shows_its_state_and_last_seen() -> None:
         vms[0].last_reported.CopyFrom(demo_data.timestamp(demo_data.FIXED_TIME - 120))
         app.apply_fleet(vms)
         await pilot.pause()
-        lines = _text(app)
+        lines = screen_text(app)
         assert "● gone 1" in lines[1] + lines[2] and "● hibernating 1" in lines[1] + lines[2]
         assert any(" web-01 " in line and " gone " in line for line in lines)
         await enter_web01(pilot, app)
-        title = "\n".join(_text(app)[1:4])
+        title = "\n".join(screen_text(app)[1:4])
         assert "gone" in title and "last seen 5 min ago" in title and "last reported by its node 2 min ago" in title, (
             title
         )
