@@ -19,7 +19,17 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from test_tui_snapshots import Kept, KeptApp, _answer, at_size, enter_web01, kept_app, screen_text, until
+from test_tui_snapshots import (
+    Kept,
+    KeptApp,
+    _answer,
+    at_size,
+    enter_web01,
+    kept_app,
+    opened,
+    screen_text,
+    until,
+)
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Button, Input, Static, TextArea
@@ -112,11 +122,7 @@ async def _open_from_vm(kept: Kept, key: str, kind: type[_S], answers: Handler =
     """``key`` on web-01's VM screen, the controller answering with ``answers``: the screen
     it opens (a ``kind``)."""
     _CONTROLLER.handler = answers
-    await kept.pilot.press(key)
-    await kept.pilot.pause()
-    screen = kept.app.screen
-    assert isinstance(screen, kind)
-    return screen
+    return await opened(kept, key, kind)
 
 
 # ----------------------------------------------------------------------------- sizes

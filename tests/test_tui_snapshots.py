@@ -30,7 +30,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -52,6 +52,8 @@ from limiquantix.tui.screens.runner import RunnerScreen
 from limiquantix.tui.screens.vm import VMScreen
 
 pytestmark = pytest.mark.usefixtures("quick_pilot", "shared_css")
+
+_S = TypeVar("_S", bound=Screen[Any])
 
 SMALL = (80, 24)
 """The issue's minimum terminal."""
@@ -341,6 +343,15 @@ async def web01(_web01_app: KeptApp) -> AsyncIterator[Kept]:
         yield kept
 
 
+async def opened(kept: Kept, key: str, kind: type[_S]) -> _S:
+    """``key`` pressed on the kept app: the screen it opens (a ``kind``)."""
+    await kept.pilot.press(key)
+    await kept.pilot.pause()
+    screen = kept.app.screen
+    assert isinstance(screen, kind)
+    return screen
+
+
 async def snapshot_of(kept: Kept, snap_compare: Any) -> bool:
     """``snap_compare`` of the kept app as it is now, settled: the screenshot taken as
     ``snap_compare`` takes it of an app it runs (textual._doc.take_svg_screenshot's steps
@@ -413,10 +424,7 @@ async def test_vm_detail_scrolled(web01: Kept, snap_compare: Any) -> None:
 async def test_runner_finished(web01: Kept, snap_compare: Any) -> None:
     """``x`` on a VM, ctrl+r: the streamed output (stderr red), exit code, recent runs."""
     app, pilot = web01.app, web01.pilot
-    await pilot.press("x")
-    await pilot.pause()
-    screen = app.screen
-    assert isinstance(screen, RunnerScreen)
+    screen = await opened(web01, "x", RunnerScreen)
     screen.query_one("#script", TextArea).load_text(demo_data.SCRIPT)
     await pilot.press("ctrl+r")
     await until(
@@ -480,11 +488,7 @@ async def test_password_dialog(web01: Kept, snap_compare: Any) -> None:
 @pytest.mark.anyio
 async def test_audit(fleet: Kept, snap_compare: Any) -> None:
     """``u`` on the fleet (admin token), fed eight records through show()."""
-    app, pilot = fleet.app, fleet.pilot
-    await pilot.press("u")
-    await pilot.pause()
-    screen = app.screen
-    assert isinstance(screen, AuditScreen)
+    screen = await opened(fleet, "u", AuditScreen)
     screen.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
     assert await snapshot_of(fleet, snap_compare)
 
