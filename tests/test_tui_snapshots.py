@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -234,14 +234,16 @@ class KeptApp:
     def __init__(self, steps: tuple[Step, ...], reset: Step, make: MakeApp) -> None:
         self._steps, self._reset, self._make = steps, reset, make
         self._kept: Kept | None = None
-        self._stop: Callable[[], Awaitable[object]] | None = None
+        self._running = AsyncExitStack()
 
     async def _start(self) -> Kept:
         app, run_before = scenario(*self._steps, make=self._make)
-        running = app.run_test(size=SMALL)
-        pilot = await running.__aenter__()
-        self._stop = lambda: running.__aexit__(None, None, None)
-        await run_before(pilot)
+        try:
+            pilot = await self._running.enter_async_context(app.run_test(size=SMALL))
+            await run_before(pilot)
+        except BaseException:
+            await self.close()
+            raise
         return Kept(app, pilot, app.screen, _drawn(app), self._reset)
 
     @asynccontextmanager
@@ -253,15 +255,19 @@ class KeptApp:
             self._kept = await self._start()
         with self._kept.app._context():
             yield self._kept
-        if not await self._kept.back():
+        try:
+            restored = await self._kept.back()
+        except BaseException:
+            await self.close()
+            raise
+        if not restored:
             await self.close()
             raise AssertionError("the test left its screen changed (the next test gets a new app)")
 
     async def close(self) -> None:
         """Stop the app, if one is running."""
-        stop, self._stop, self._kept = self._stop, None, None
-        if stop is not None:
-            await stop()
+        self._kept = None
+        await self._running.aclose()
 
 
 @asynccontextmanager
