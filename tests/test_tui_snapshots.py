@@ -81,17 +81,24 @@ def _controller(request: httpx.Request) -> httpx.Response:
         content = b"".join(_envelope(0, e.SerializeToString()) for e in events) + _envelope(0x02, b"{}")
         return httpx.Response(200, content=content, headers={"Content-Type": "application/connect+proto"})
     if method == "WatchCommand":
-        events = demo_data.fleet_watch_events(_controller.vm_ids)  # type: ignore[attr-defined]
+        vm_ids, ended = _controller.vm_ids, _controller.run_ended  # type: ignore[attr-defined]
+        events = demo_data.fleet_watch_events(vm_ids)
 
         async def still_running() -> AsyncIterator[bytes]:
             for event in events:
                 yield _envelope(0, event.SerializeToString())
-            await asyncio.Event().wait()  # the run goes on: the stream stays open (closed at exit)
+            # The run goes on: the stream stays open (closed at exit) until the test ends the run.
+            await ended.wait()
+            command = demo_data.fleet_command(vm_ids)
+            command.status = "cancelled"
+            yield _envelope(0, fleet_pb.FleetCommandEvent(command=command).SerializeToString())
+            yield _envelope(0x02, b"{}")
 
         return httpx.Response(200, content=still_running(), headers={"Content-Type": "application/connect+proto"})
     if method == "RunCommand":
         vm_ids = list(fleet_pb.RunCommandRequest.FromString(request.content).vm_ids)
         _controller.vm_ids = vm_ids  # type: ignore[attr-defined]
+        _controller.run_ended = asyncio.Event()  # type: ignore[attr-defined]
         return _answer(fleet_pb.RunCommandResponse(command_id="cmd-0001", target_count=len(vm_ids), status="pending"))
     if method == "GetCommand":
         return _answer(demo_data.fleet_command(_controller.vm_ids))  # type: ignore[attr-defined]
@@ -444,20 +451,22 @@ async def test_runner_finished(web01: Kept, snap_compare: Any) -> None:
     assert await snapshot_of(web01, snap_compare)
 
 
-def test_runner_fleet(snap_compare: Any) -> None:
+@pytest.mark.anyio
+async def test_runner_fleet(fleet: Kept, snap_compare: Any) -> None:
     """``a`` (every VM), ``x``, ctrl+r: a fleet run in progress, per-VM statuses, the first VM's output."""
-
-    async def fleet_run(pilot: Pilot[None], app: LimiQuantixApp) -> None:
-        await pilot.press("a", "x")
-        await pilot.pause()
-        screen = app.screen
-        assert isinstance(screen, RunnerScreen) and screen.fleet
-        await pilot.press("ctrl+r")
-        await until(pilot, lambda: len(screen.targets) == 12 and shown_whole(screen), "the fleet run's WatchCommand")
-        screen.view.focus()  # as in test_runner_finished
-
-    app, run_before = scenario(fleet_run)
-    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+    pilot = fleet.pilot
+    await pilot.press("a")
+    screen = await opened(fleet, "x", RunnerScreen)
+    assert screen.fleet
+    await pilot.press("ctrl+r")
+    await until(pilot, lambda: len(screen.targets) == 12 and shown_whole(screen), "the fleet run's WatchCommand")
+    screen.view.focus()  # as in test_runner_finished
+    try:
+        assert await snapshot_of(fleet, snap_compare)
+    finally:
+        # The run ends (cancelled, as the controller's stream says): the kept app runs nothing after the test.
+        _controller.run_ended.set()  # type: ignore[attr-defined]
+        await until(pilot, lambda: not screen.running, "the fleet run's end")
 
 
 # ----------------------------------------------------------------------------- files, dialogs, audit, help
