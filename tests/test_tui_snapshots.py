@@ -13,13 +13,12 @@ The SVGs live in ``tests/__snapshots__/test_tui_snapshots/``. After a deliberate
 change of the UI, look at the report of the failing run (``snapshot_report.html``),
 then ``pytest tests/test_tui_snapshots.py --snapshot-update`` and commit the SVGs.
 
-The tests that start on the fed fleet or on web-01's VM screen share one app per
-screen (``fleet``, ``web01``: :class:`KeptApp`), kept running in the module's asyncio
-loop (anyio) and brought back to its screen after each test, which must leave it
-drawn as it found it; their screenshots are compared by ``snap_compare`` as any
-other (``snapshot_of``). The others run their own app in ``snap_compare``, which is
-synchronous (it runs the app in its own asyncio loop). pytest-trio
-(``trio_mode = false``) leaves them all alone.
+The tests share one app per screen they start on (the fed fleet, web-01's VM
+screen: ``fleet``, ``web01``, :class:`KeptApp`), kept running in the module's
+asyncio loop (anyio, ``pytest.mark.anyio``) and brought back to its screen after
+each test, which must leave it drawn as it found it; their screenshots are taken
+as ``snap_compare`` takes them of an app it runs, and compared and reported by it
+(``snapshot_of``). pytest-trio (``trio_mode = false``) leaves them alone.
 """
 
 from __future__ import annotations
