@@ -306,15 +306,15 @@ async def test_an_audit_rows_detail_opens_centred() -> None:
         assert left > 0 and abs(left - right) <= 1, box
 
 
-async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do() -> None:
+async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do(web01: Kept) -> None:
     """Escape during an upload asks first; its buttons were "Cancel upload" and "Cancel", and
     "Cancel" kept the upload going."""
-    app, feed = _app()
-    async with app.run_test(size=SMALL) as pilot:
-        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
-        # A stand-in for the upload's worker (only whether it runs, and its cancel, are used).
-        cancelled: list[bool] = []
-        files.upload = SimpleNamespace(is_running=True, cancel=lambda: cancelled.append(True))  # type: ignore[assignment]
+    app, pilot = web01.app, web01.pilot
+    files = await _open_from_vm(web01, "f", FilesScreen)
+    # A stand-in for the upload's worker (only whether it runs, and its cancel, are used).
+    cancelled: list[bool] = []
+    files.upload = SimpleNamespace(is_running=True, cancel=lambda: cancelled.append(True))  # type: ignore[assignment]
+    try:
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the question")
         labels = [str(b.label) for b in app.screen.query(Button)]
@@ -323,6 +323,8 @@ async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do()
         await pilot.press("enter")  # the focused button: the upload goes on
         await until(pilot, lambda: app.screen is files, "back on Files")
         assert not cancelled
+    finally:
+        files.upload = None  # no upload: escape leaves the screen (the kept app goes back)
 
 
 async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
@@ -334,12 +336,12 @@ async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
         await pilot.pause()
         await pilot.press("j")
         await pilot.pause()
-        assert "⏎ Open" in _text(app)[-1], _text(app)[-1]
+        assert "⏎ Open" in screen_text(app)[-1], screen_text(app)[-1]
         await pilot.press("escape", "u")
         await pilot.pause()
         audit = app.screen
         assert isinstance(audit, AuditScreen)
-        assert "⏎ Details" in _text(app)[-1], _text(app)[-1]
+        assert "⏎ Details" in screen_text(app)[-1], screen_text(app)[-1]
         loads: list[bool] = []
         audit._start_load = lambda *, quiet: loads.append(quiet)  # type: ignore[method-assign]
         audit.query_one("#filter-action", Input).focus()
@@ -351,7 +353,7 @@ async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
         await until(pilot, lambda: isinstance(app.screen, AuditDetail), "the row's detail")
 
 
-async def test_viewing_a_directory_lists_it_and_enter_opens_an_entry() -> None:
+async def test_viewing_a_directory_lists_it_and_enter_opens_an_entry(web01: Kept) -> None:
     """Viewing /etc stopped at "/etc: Is a directory": it is listed, enter on an entry opens it
     (a file viewed, a directory listed, ../ going up), guest names escaped."""
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -392,35 +394,34 @@ async def test_viewing_a_directory_lists_it_and_enter_opens_an_entry() -> None:
             return _answer(vm_pb.ListGuestDirectoryResponse(entries=entries))
         return _unimplemented(request)
 
-    app, feed = _app(controller)
-    async with app.run_test(size=SMALL) as pilot:
-        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
-        viewer = files.query_one("#viewer", TextArea)
-        status = files.query_one("#transfer", Static)
-        files.query_one("#guest-path", Input).value = "/etc"
-        await pilot.press("ctrl+o")
-        await until(pilot, lambda: "directory, 3 entries" in str(status.render()), "the listing")
-        lines = viewer.text.splitlines()
-        assert lines[0].endswith("../") and lines[1].startswith("-rw-r--r--  root")
-        assert [line.rsplit("  ", 1)[1] for line in lines] == ["../", "bad\\x1b[2Jname", "hosts", "ssl/"]
-        viewer.focus()
-        viewer.move_cursor((3, 0))
-        await pilot.press("enter")  # ssl/: listed in turn
-        await until(pilot, lambda: listed[-1:] == ["/etc/ssl"], "the subdirectory")
-        await until(pilot, lambda: "/etc/ssl: directory, 1 entry" in str(status.render()), "its listing")
-        assert files.query_one("#guest-path", Input).value == "/etc/ssl"
-        viewer.move_cursor((0, 0))
-        await pilot.press("enter")  # ../
-        await until(pilot, lambda: listed[-1:] == ["/etc"] and len(listed) == 3, "back up")
-        await until(pilot, lambda: "/etc: directory" in str(status.render()), "the parent's listing")
-        viewer.move_cursor((2, 0))
-        await pilot.press("enter")  # hosts: a file, viewed
-        await until(pilot, lambda: viewer.text == "127.0.0.1 localhost\n", "the file")
-        assert files.listing == [] and "/etc/hosts: 20 B" in str(status.render())
+    pilot = web01.pilot
+    files = await _open_from_vm(web01, "f", FilesScreen, controller)
+    viewer = files.query_one("#viewer", TextArea)
+    status = files.query_one("#transfer", Static)
+    files.query_one("#guest-path", Input).value = "/etc"
+    await pilot.press("ctrl+o")
+    await until(pilot, lambda: "directory, 3 entries" in str(status.render()), "the listing")
+    lines = viewer.text.splitlines()
+    assert lines[0].endswith("../") and lines[1].startswith("-rw-r--r--  root")
+    assert [line.rsplit("  ", 1)[1] for line in lines] == ["../", "bad\\x1b[2Jname", "hosts", "ssl/"]
+    viewer.focus()
+    viewer.move_cursor((3, 0))
+    await pilot.press("enter")  # ssl/: listed in turn
+    await until(pilot, lambda: listed[-1:] == ["/etc/ssl"], "the subdirectory")
+    await until(pilot, lambda: "/etc/ssl: directory, 1 entry" in str(status.render()), "its listing")
+    assert files.query_one("#guest-path", Input).value == "/etc/ssl"
+    viewer.move_cursor((0, 0))
+    await pilot.press("enter")  # ../
+    await until(pilot, lambda: listed[-1:] == ["/etc"] and len(listed) == 3, "back up")
+    await until(pilot, lambda: "/etc: directory" in str(status.render()), "the parent's listing")
+    viewer.move_cursor((2, 0))
+    await pilot.press("enter")  # hosts: a file, viewed
+    await until(pilot, lambda: viewer.text == "127.0.0.1 localhost\n", "the file")
+    assert files.listing == [] and "/etc/hosts: 20 B" in str(status.render())
 
 
 async def test_download_writes_the_guest_file_checked_and_asks_before_replacing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    web01: Kept, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Files could view and upload but not download: ctrl+s saves the guest path locally
     (SHA-256 checked), an existing file only after a confirmation, a file over the limit refused."""
@@ -442,34 +443,33 @@ async def test_download_writes_the_guest_file_checked_and_asks_before_replacing(
             )
         return _unimplemented(request)
 
-    app, feed = _app(controller)
-    async with app.run_test(size=SMALL) as pilot:
-        files = await _open_from_vm(pilot, app, feed, "f", FilesScreen)
-        status = files.query_one("#transfer", Static)
-        files.query_one("#guest-path", Input).value = "/var/log/app.log"
-        await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked")
-        assert app.screen.query_one("#path", Input).value == "app.log"  # the guest file's name
-        await pilot.press("enter")
-        await until(pilot, lambda: "= guest file" in str(status.render()), "the download")
-        assert (tmp_path / "app.log").read_bytes() == data and asked == [MAX_DOWNLOAD_BYTES]
-        # Again: the file exists, so it asks; "Cancel" keeps it.
-        (tmp_path / "app.log").write_bytes(b"mine")
-        await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked again")
-        await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "replace?")
-        await pilot.press("escape")
-        await pilot.pause()
-        assert (tmp_path / "app.log").read_bytes() == b"mine" and len(asked) == 1
-        # Over the limit: refused, pointing at limiquantix cp, nothing written.
-        files.query_one("#guest-path", Input).value = "/var/log/huge.log"
-        await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path for the huge file")
-        await pilot.press("enter")
-        await until(pilot, lambda: "limiquantix cp" in str(status.render()), "the refusal")
-        assert not (tmp_path / "huge.log").exists()
-        assert not list(tmp_path.glob(".*.part"))
+    app, pilot = web01.app, web01.pilot
+    files = await _open_from_vm(web01, "f", FilesScreen, controller)
+    status = files.query_one("#transfer", Static)
+    files.query_one("#guest-path", Input).value = "/var/log/app.log"
+    await pilot.press("ctrl+s")
+    await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked")
+    assert app.screen.query_one("#path", Input).value == "app.log"  # the guest file's name
+    await pilot.press("enter")
+    await until(pilot, lambda: "= guest file" in str(status.render()), "the download")
+    assert (tmp_path / "app.log").read_bytes() == data and asked == [MAX_DOWNLOAD_BYTES]
+    # Again: the file exists, so it asks; "Cancel" keeps it.
+    (tmp_path / "app.log").write_bytes(b"mine")
+    await pilot.press("ctrl+s")
+    await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path asked again")
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "replace?")
+    await pilot.press("escape")
+    await pilot.pause()
+    assert (tmp_path / "app.log").read_bytes() == b"mine" and len(asked) == 1
+    # Over the limit: refused, pointing at limiquantix cp, nothing written.
+    files.query_one("#guest-path", Input).value = "/var/log/huge.log"
+    await pilot.press("ctrl+s")
+    await until(pilot, lambda: isinstance(app.screen, PathDialog), "the local path for the huge file")
+    await pilot.press("enter")
+    await until(pilot, lambda: "limiquantix cp" in str(status.render()), "the refusal")
+    assert not (tmp_path / "huge.log").exists()
+    assert not list(tmp_path.glob(".*.part"))
 
 
 async def test_help_uses_the_height_it_has() -> None:
@@ -482,5 +482,5 @@ async def test_help_uses_the_height_it_has() -> None:
         await pilot.pause()
         box = app.screen.query_one(".help")
         assert box.region.height == 36, box.region  # 90 % of the screen
-        await _at_size(pilot, app, SMALL)
+        await at_size(pilot, app, SMALL)
         assert box.region.height <= SMALL[1] and box.max_scroll_y > 0  # scrolls on a small one
