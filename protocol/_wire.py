@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._framing import FLAG_SYNC, MAX_FRAME_BYTES, Frame, encode_frame
 from ._gen import agent_pb2 as pb
+from ._varint import read_varint
 
 __all__ = [
     "MAX_ENVELOPE_FIELDS",
@@ -169,14 +170,10 @@ def _varint(view: memoryview, pos: int) -> tuple[int, int]:
     Raises:
         BadMessage: it runs past the end or over 10 bytes.
     """
-    value = shift = 0
-    for i in range(pos, min(pos + 10, len(view))):
-        byte = view[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i + 1
-        shift += 7
-    raise BadMessage(f"undecodable payload of {len(view)} bytes (a truncated varint)")
+    try:
+        return read_varint(view, pos)
+    except ValueError:
+        raise BadMessage(f"undecodable payload of {len(view)} bytes (a truncated varint)") from None
 
 
 def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:

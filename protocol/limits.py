@@ -28,6 +28,7 @@ from typing import Any, Final, final
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from ._varint import read_varint
 from .errors import InvalidArgument
 
 __all__ = [
@@ -448,14 +449,10 @@ def _nested_types(descriptor: Descriptor) -> dict[int, Descriptor]:
 
 
 def _wire_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    for i in range(pos, min(pos + 10, len(data))):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i + 1
-        shift += 7
-    raise InvalidArgument("malformed protobuf: a truncated varint")
+    try:
+        return read_varint(data, pos)
+    except ValueError:
+        raise InvalidArgument("malformed protobuf: a truncated varint") from None
 
 
 #: A plain id: ASCII letters and digits, then also ``_.:@+-``. What a host's

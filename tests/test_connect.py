@@ -35,6 +35,7 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
+from limiquantix.hostd.rawguest import varint
 from limiquantix.protocol import errors, limits
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
@@ -1178,7 +1179,7 @@ async def test_a_body_of_too_many_fields_is_refused_before_it_is_parsed(
     if codec == "proto":
         dense = bytes([argv_field << 3 | 2, 0]) * count  # each an empty string
         request = npb.ExecuteInGuestRequest(vm_id="vm-1").SerializeToString()
-        body = request + b"\x12" + _varint(len(dense)) + dense  # field 2: the ExecuteRequest
+        body = request + b"\x12" + varint(len(dense)) + dense  # field 2: the ExecuteRequest
         headers = STREAM_PROTO
     else:
         body = json.dumps({"vmId": "vm-1", "request": {"argv": [""] * count}}).encode()
@@ -1192,12 +1193,3 @@ async def test_a_body_of_too_many_fields_is_refused_before_it_is_parsed(
     ok = npb.ExecuteInGuestRequest(vm_id="vm-1", request=apb.ExecuteRequest(argv=["true"] * 4096))
     r = await server.post("ExecuteInGuestStream", envelope(ok.SerializeToString()), {**STREAM_PROTO, **auth})
     assert r.status_code == 200 and b"exec-1" in r.content and b"invalid_argument" not in r.content, r.content
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
