@@ -10,6 +10,7 @@ that screen at 80x24 after each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -268,7 +269,9 @@ async def test_the_upload_says_it_waits_for_the_guest_once_every_byte_is_sent(we
     assert request.content == local.read_bytes()  # the body written field by field is one valid message
 
 
-async def test_audit_counts_its_rows_in_words() -> None:
+@contextlib.asynccontextmanager
+async def _on_audit() -> AsyncIterator[tuple[LimiQuantixApp, Pilot[None], AuditScreen]]:
+    """A fed app at SMALL size, on its audit screen."""
     app, feed = _app()
     async with app.run_test(size=SMALL) as pilot:
         feed()
@@ -277,6 +280,11 @@ async def test_audit_counts_its_rows_in_words() -> None:
         await pilot.pause()
         audit = app.screen
         assert isinstance(audit, AuditScreen)
+        yield app, pilot, audit
+
+
+async def test_audit_counts_its_rows_in_words() -> None:
+    async with _on_audit() as (app, _pilot, audit):
         notes: list[str] = []
         app.notify = lambda message, **_: notes.append(message)  # type: ignore[method-assign]
         records = demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()])
@@ -288,14 +296,7 @@ async def test_audit_counts_its_rows_in_words() -> None:
 
 async def test_an_audit_rows_detail_opens_centred() -> None:
     """The row's detail dialog was drawn at the screen's top left, over the filters."""
-    app, feed = _app()
-    async with app.run_test(size=SMALL) as pilot:
-        feed()
-        await pilot.pause()
-        await pilot.press("u")
-        await pilot.pause()
-        audit = app.screen
-        assert isinstance(audit, AuditScreen)
+    async with _on_audit() as (app, pilot, audit):
         audit.show(demo_data.audit_records([vm.vm_id for vm in demo_data.fleet()]))
         audit.query_one("#audit").focus()
         await pilot.press("enter")
