@@ -60,10 +60,11 @@ from limiquantix.protocol import (
     encode_message,
     new_message,
     parse_frame,
+    varint_bytes,
 )
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-__all__ = ["ATTACKS", "dense_frame", "main", "serve", "serve_chardev", "varint"]
+__all__ = ["ATTACKS", "dense_frame", "main", "serve", "serve_chardev"]
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
@@ -147,22 +148,12 @@ def dense_frame(kind: str, field: str, *, message_id: str = "", max_frame_bytes:
     payload_class = getattr(pb, payload_field.message_type.name)  # type: ignore[union-attr]
     entry_field = payload_class.DESCRIPTOR.fields_by_name[field]
     head = new_message(message_id or None, **{kind: payload_class()}).SerializeToString()
-    entry = varint(entry_field.number << 3 | 2) + b"\x00"
+    entry = varint_bytes(entry_field.number << 3 | 2) + b"\x00"
     room = max_frame_bytes - len(head) - 16
     count = room // len(entry)
     body = entry * count
-    payload = head + varint(payload_field.number << 3 | 2) + varint(len(body)) + body
+    payload = head + varint_bytes(payload_field.number << 3 | 2) + varint_bytes(len(body)) + body
     return encode_frame(payload, max_frame_bytes=max_frame_bytes)
-
-
-def varint(value: int) -> bytes:
-    """``value`` as a protocol buffers varint (for crafting frames by hand)."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _dense_telemetry() -> Iterator[bytes]:

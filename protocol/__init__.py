@@ -50,6 +50,7 @@ Exported here, by the private module that holds them:
   ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
   ``default_config_path``, ``refused_token_flag``
 * :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
+* :mod:`._varint`: protocol buffers' varints written by hand: ``varint_bytes``
 * :mod:`._exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
 
 ``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION``,
@@ -134,6 +135,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._transport import direct_reader as direct_reader
     from ._transport import direct_writer as direct_writer
     from ._transport import receive_frames as receive_frames
+    from ._varint import varint_bytes as varint_bytes
     from ._version import PROTOCOL_VERSION as PROTOCOL_VERSION
     from ._version import __version__ as __version__
     from ._wire import BadMessage as BadMessage
@@ -186,6 +188,7 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(("PROTOCOL_VERSION", "__version__"), "._version"),
     "write_file_parts": "._jsonupload",
+    "varint_bytes": "._varint",
     **dict.fromkeys(("LogThrottle", "setup_logging"), "._logs"),
     **dict.fromkeys(
         ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"

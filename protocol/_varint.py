@@ -1,12 +1,13 @@
-"""Protocol buffers' base-128 varints read from raw bytes: the one reader under the two walks
-of the wire format that run before anything is parsed (:mod:`._wire`'s peek at an agent
-message's top level, :mod:`.limits`' field count of a request body).
+"""Protocol buffers' base-128 varints on raw bytes: the one reader under the two walks of the
+wire format that run before anything is parsed (:mod:`._wire`'s peek at an agent message's top
+level, :mod:`.limits`' field count of a request body), and the one writer for bytes built by
+hand (the TUI's upload body written field by field, hostd.rawguest's crafted frames).
 
-Pure and tiny (no protobuf import): each caller says in its own words what a bad varint means
+Pure and tiny (no protobuf import): each reader says in its own words what a bad varint means
 for its input.
 """
 
-__all__ = ["read_varint"]
+__all__ = ["read_varint", "varint_bytes"]
 
 #: The most bytes a varint of 64 bits takes.
 MAX_VARINT_BYTES = 10
@@ -26,3 +27,13 @@ def read_varint(data: "bytes | memoryview", pos: int) -> tuple[int, int]:
             return value, i + 1
         shift += 7
     raise ValueError("a truncated varint")
+
+
+def varint_bytes(value: int) -> bytes:
+    """``value`` (≥ 0) as a varint: a length or a field's key on the wire."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -35,8 +35,7 @@ from hypercorn.config import Config
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
-from limiquantix.hostd.rawguest import varint
-from limiquantix.protocol import errors, limits
+from limiquantix.protocol import errors, limits, varint_bytes
 from limiquantix.protocol._gen import agent_pb2 as apb
 from limiquantix.protocol._gen import node_daemon_pb2 as npb
 from limiquantix.protocol.rpc import server as connect
@@ -1179,7 +1178,7 @@ async def test_a_body_of_too_many_fields_is_refused_before_it_is_parsed(
     if codec == "proto":
         dense = bytes([argv_field << 3 | 2, 0]) * count  # each an empty string
         request = npb.ExecuteInGuestRequest(vm_id="vm-1").SerializeToString()
-        body = request + b"\x12" + varint(len(dense)) + dense  # field 2: the ExecuteRequest
+        body = request + b"\x12" + varint_bytes(len(dense)) + dense  # field 2: the ExecuteRequest
         headers = STREAM_PROTO
     else:
         body = json.dumps({"vmId": "vm-1", "request": {"argv": [""] * count}}).encode()

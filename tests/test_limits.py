@@ -7,8 +7,7 @@ import re
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from limiquantix.hostd.rawguest import varint
-from limiquantix.protocol import errors, limits, new_message
+from limiquantix.protocol import errors, limits, new_message, varint_bytes
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
@@ -181,7 +180,7 @@ def test_check_density_walks_nested_messages_and_stops_at_the_bound() -> None:
     n = limits.MAX_MESSAGE_FIELDS
     argv = apb.ExecuteRequest.DESCRIPTOR.fields_by_name["argv"].number
     inner = bytes([argv << 3 | 2, 0]) * n  # n fields, + the outer one: n + 1
-    body = npb.ExecuteInGuestRequest(vm_id="v").SerializeToString() + b"\x12" + varint(len(inner)) + inner
+    body = npb.ExecuteInGuestRequest(vm_id="v").SerializeToString() + b"\x12" + varint_bytes(len(inner)) + inner
     with pytest.raises(errors.InvalidArgument, match=f"over {n} fields"):
         limits.check_density(body, descriptor, json=False)
     limits.check_density(body[: 2 * n], descriptor, json=False)  # too small to hold more: not read

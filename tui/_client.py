@@ -25,7 +25,14 @@ from typing import Any, Final, TypeVar
 import httpx
 from google.protobuf.message import Message
 
-from limiquantix.protocol import TLSFiles, check_token_transport, client_ssl_context, command_budget_s, errors
+from limiquantix.protocol import (
+    TLSFiles,
+    check_token_transport,
+    client_ssl_context,
+    command_budget_s,
+    errors,
+    varint_bytes,
+)
 from limiquantix.protocol._gen import admin_pb2 as admin_pb
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
@@ -333,7 +340,7 @@ class ControllerClient:
         # The request without its content, then the content field written after it (a
         # message's fields may come in any order), sent in chunks: the progress follows them.
         head = vm_pb.WriteGuestFileRequest(vm_id=vm_id, path=path, create_parents=create_parents).SerializeToString()
-        parts = [head + _CONTENT_KEY + _varint(len(content))]
+        parts = [head + _CONTENT_KEY + varint_bytes(len(content))]
         parts += [content[i : i + _UPLOAD_CHUNK] for i in range(0, len(content), _UPLOAD_CHUNK)]
         total = sum(map(len, parts))
         sent = 0
@@ -386,13 +393,3 @@ class ControllerClient:
         fields: dict[str, Any] = {k: v for k, v in (filt or {}).items() if v}
         request = admin_pb.QueryAuditRequest(page_size=page_size, filter=admin_pb.AuditFilter(**fields))
         return list((await self.call(_ADMIN, "QueryAudit", request, admin_pb.QueryAuditResponse)).records)
-
-
-def _varint(n: int) -> bytes:
-    """``n`` as a protobuf base-128 varint (a length on the wire)."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
