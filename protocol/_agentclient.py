@@ -35,7 +35,6 @@ When the reader ends, every pending call fails at once with ``Unavailable``.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -49,6 +48,7 @@ from . import errors
 from ._framing import MAX_FRAME_BYTES, FrameDecoder
 from ._gen import agent_pb2 as pb
 from ._logs import LogThrottle
+from ._tokenbucket import TokenBucket
 from ._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer, receive_frames
 from ._wire import BadMessage, new_message, parse_frame, peek_message
 from .limits import MAX_BYTES
@@ -59,7 +59,6 @@ __all__ = [
     "HELLO_RESEND_S",
     "MAX_PAYLOAD_BYTES",
     "AgentClient",
-    "TokenBucket",
     "is_terminal",
 ]
 
@@ -136,45 +135,6 @@ def is_terminal(msg: pb.AgentMessage) -> bool:
     if kind == "file_read_chunk":
         return msg.file_read_chunk.eof
     return True
-
-
-@final
-class TokenBucket:
-    """``burst`` tokens, refilled at ``rate_per_s`` on the trio clock."""
-
-    __slots__ = ("_at", "_tokens", "burst", "rate_per_s")
-
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        if not rate_per_s > 0 or burst < 1:
-            raise ValueError("a token bucket needs rate_per_s > 0 and burst >= 1")
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = float(burst)
-        self._at = -math.inf
-
-    def _refill(self) -> None:
-        now = trio.current_time()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
-        self._at = now
-
-    def take(self) -> bool:
-        """Take a token if one is there."""
-        self._refill()
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-    def charge(self, n: float) -> float:
-        """Take ``n`` tokens, into debt if need be; return the seconds until the debt is paid."""
-        self._refill()
-        self._tokens -= n
-        return max(0.0, -self._tokens / self.rate_per_s)
-
-    def wait_s(self) -> float:
-        """Seconds until a token is there (0 if one is)."""
-        self._refill()
-        return max(0.0, (1 - self._tokens) / self.rate_per_s)
 
 
 @final

@@ -92,6 +92,7 @@ else:  # pragma: no cover - Python 3.10: trio depends on the backport there
 
 from ..._logs import LogThrottle
 from ..._tls import TLSConfigError, load_cert_chain, load_verify_locations
+from ..._tokenbucket import TokenBucket
 
 __all__ = [
     "ALERT_LINGER_BYTES",
@@ -333,7 +334,7 @@ def max_connections(fd_limit: int | None = None) -> int:
     (default: this process's RLIMIT_NOFILE soft limit, which run_daemon raises to the hard one;
     no limit when the system sets none)."""
     if fd_limit is None:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft = _fd_limit()
         fd_limit = soft if soft != resource.RLIM_INFINITY else 2**20
     return max(1, int(fd_limit * CONNECTIONS_SHARE_OF_FDS))
 
@@ -486,15 +487,7 @@ class _H2Protocol(H2Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reset_credit = float(H2_RESETS_BURST)
-        self._reset_credit_at = trio.current_time()
-
-    def _may_reset(self) -> bool:
-        """Take one reset from the connection's budget; False when it is spent."""
-        now = trio.current_time()
-        elapsed, self._reset_credit_at = now - self._reset_credit_at, now
-        self._reset_credit = min(H2_RESETS_BURST, self._reset_credit + elapsed * H2_RESETS_PER_S) - 1
-        return self._reset_credit >= 0
+        self._resets = TokenBucket(H2_RESETS_PER_S, H2_RESETS_BURST)
 
     async def handle(self, event: Event) -> None:
         await super().handle(event)
@@ -508,7 +501,7 @@ class _H2Protocol(H2Protocol):
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamReset) and not self._may_reset():
+            elif isinstance(event, h2.events.StreamReset) and not self._resets.take():
                 more = _RAPID_RESETS.due("rapid reset")
                 if more is not None:
                     log.warning(
