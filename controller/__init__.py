@@ -10,8 +10,8 @@ starts with ``_``) and may change. Where things live (see README.md):
   :mod:`._exec` (guest commands), :mod:`._vmview` (hostd's VMStatus mapped once),
   :mod:`._audit` (the audit trail), :mod:`._context` (the caller), :mod:`._forward`
   (calls into hostd), :mod:`._downloads` (``/downloads/``);
-* identity and records: :mod:`._auth` (roles, permissions), :mod:`._models`,
-  :mod:`._throttle`;
+* identity and records: :mod:`._auth` (roles, permissions), :mod:`._models`
+  (repeating events are throttled by ``protocol.Throttle``);
 * storage: :mod:`.store` (a package: the interface, the SQLite engine, one module per
   domain, the schema);
 * :mod:`.pki`: the small CA of ``limiquantix-controller pki``.

@@ -11,7 +11,7 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import Throttle, errors
 from limiquantix.protocol.rpc.server import Authenticator, CallContext
 
 from ._audit import AuditTrail
@@ -22,10 +22,10 @@ from ._models import (
     AuditDetail,
     AuditOutcome,
 )
-from ._throttle import AUTH_FAILURE_INTERVAL_S, AuditThrottle
 from .store import Store
 
 __all__ = [
+    "AUTH_FAILURE_INTERVAL_S",
     "AUTH_FAILURE_REASONS",
     "AuthFailures",
     "make_authenticator",
@@ -33,6 +33,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+#: One ``auth.failed`` row per source address per this many seconds.
+AUTH_FAILURE_INTERVAL_S: Final = 60.0
 
 #: The reasons refused authentications are counted under (anything else: ``other``),
 #: so a client cannot mint metric labels.
@@ -45,7 +48,7 @@ class AuthFailures:
 
     A refusal (401) is counted (``count(reason)``, for ``/metrics``) and audited
     as ``auth.failed``, at most once per source address per
-    :data:`~._throttle.AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
+    :data:`AUTH_FAILURE_INTERVAL_S` (the row's ``count`` says how many
     it stands for), so a client retrying a bad token in a loop leaves a trace
     without flooding the log. The row names the path and the token id the
     client presented when it has the shape of one (never the secret).
@@ -57,7 +60,7 @@ class AuthFailures:
         self.store = store
         self.audit = AuditTrail(store)
         self._count = count
-        self._throttle = AuditThrottle(interval_s)
+        self._throttle = Throttle(interval_s)
 
     async def authenticate(self, token: str | None, peer: tuple[str, int] | None, path: str) -> Principal:
         """The principal ``token`` stands for.

@@ -10,7 +10,7 @@ from typing import Final, final
 
 import trio
 
-from limiquantix.protocol import LogThrottle, errors
+from limiquantix.protocol import LogThrottle, Throttle, errors
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.rpc.server import CallContext, peer_common_name
@@ -26,7 +26,6 @@ from ._models import (
     VMInfo,
     audit_id,
 )
-from ._throttle import AuditThrottle
 from ._vmview import vm_info
 from .store import MAX_GONE_VMS_PER_NODE, Store
 
@@ -91,7 +90,7 @@ class NodeRegistryAPI:
         self.audit = AuditTrail(store)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._check_node = check_node
-        self._claims = AuditThrottle(VM_CLAIM_AUDIT_INTERVAL_S)
+        self._claims = Throttle(VM_CLAIM_AUDIT_INTERVAL_S)
         self._forgot_log = LogThrottle()
 
     async def _heartbeat(self, ctx: CallContext, principal: Principal, node_id: str, vms: list[VMInfo]) -> None:

@@ -34,7 +34,8 @@ Exported here, by the private module that holds them:
   ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
 * :mod:`._safetext`: guest text made safe for terminals and logs: ``safe_text``,
   ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
-* :mod:`._logs`: the daemons' log lines: ``setup_logging``
+* :mod:`._logs`: the daemons' log lines: ``setup_logging``, ``LogThrottle``
+* :mod:`._throttle`: one record per key per interval for events that repeat: ``Throttle``
 * :mod:`._daemon`: what hostd and the controller share as daemons: ``run_daemon``,
   ``stop_on_signals``, ``RpcMetrics``, ``PROMETHEUS_CONTENT_TYPE``, ``die_with_parent``,
   ``check_tls_files``
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._safetext import safe_text as safe_text
     from ._sslcontext import TLSConfigError as TLSConfigError
     from ._sslcontext import verifying_context as verifying_context
+    from ._throttle import Throttle as Throttle
     from ._tls import TLSFiles as TLSFiles
     from ._tls import client_ssl_context as client_ssl_context
     from ._tls import refusal_message as refusal_message
@@ -190,6 +192,7 @@ _LAZY: dict[str, str] = {
     "write_file_parts": "._jsonupload",
     "varint_bytes": "._varint",
     **dict.fromkeys(("LogThrottle", "setup_logging"), "._logs"),
+    "Throttle": "._throttle",
     **dict.fromkeys(
         ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"
     ),

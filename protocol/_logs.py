@@ -18,6 +18,7 @@ import time
 from typing import Final
 
 from ._safetext import ESCAPED, safe_text
+from ._throttle import Throttle
 
 __all__ = ["JsonFormatter", "LogThrottle", "TextFormatter", "setup_logging"]
 
@@ -65,26 +66,25 @@ class JsonFormatter(logging.Formatter):
 
 class LogThrottle:
     """One log line per key per ``interval_s``, saying how many it stands for: for what a peer
-    can make happen at any rate (a refused connection, a bad frame from a guest). Bounded: the
-    keys are a fixed set of reasons, and the table is cleared past 64 anyway.
+    can make happen at any rate (a refused connection, a bad frame from a guest). A
+    :class:`._throttle.Throttle` on the monotonic clock: the keys are a fixed set of reasons,
+    and at most 64 are remembered anyway.
     """
 
     def __init__(self, interval_s: float = 60.0) -> None:
-        self._interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
+        self._throttle = Throttle(interval_s, max_keys=_LOG_KEYS, max_rows_per_interval=_LOG_KEYS)
 
     def due(self, key: str) -> str | None:
         """``None`` when this event is only counted, into the next line; else that line's
         suffix: ``" (12 more since the last line)"``, or empty."""
-        now = time.monotonic()
-        last, count = self._last.get(key, (-self._interval_s, 0))
-        if now - last < self._interval_s:
-            self._last[key] = (last, count + 1)
+        held = self._throttle.hit(key, time.monotonic())
+        if held is None:
             return None
-        if len(self._last) >= 64:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        return f" ({count} more since the last line)" if count else ""
+        return f" ({held - 1} more since the last line)" if held > 1 else ""
+
+
+#: Keys a LogThrottle remembers (and lines it lets through per interval over all of them).
+_LOG_KEYS: Final = 64
 
 
 def setup_logging(log_format: str, level: str) -> None:

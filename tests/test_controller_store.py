@@ -96,7 +96,7 @@ ADMIN = Principal(user="admin", token_id="bbbbbbbbbbbb", role=Role.ADMIN)
 # ------------------------------------------------------------------ exports
 
 
-@pytest.mark.parametrize("name", ["_auth", "_models", "store._schema", "store", "_throttle", "__main__"])
+@pytest.mark.parametrize("name", ["_auth", "_models", "store._schema", "store", "__main__"])
 def test_controller_modules_export_what_exists(name: str) -> None:
     module = importlib.import_module(f"limiquantix.controller.{name}")
     exported = module.__all__

@@ -1,9 +1,11 @@
-"""Rate-limited audit rows for events that repeat: refused VM claims, failed authentications.
+"""Records of events that repeat, one per key per interval: the controller's audit rows
+(refused VM claims, failed authentications) and the daemons' log lines (:class:`._logs.LogThrottle`:
+refused connections, a guest's bad frames).
 
-A hostd claiming a VM it may not host repeats the claim every heartbeat, and a
-client with a wrong token may retry in a loop. Each deserves a row in the audit
-log, not one per occurrence: :class:`AuditThrottle` lets one row per key
-through per interval, and says how many occurrences that row stands for.
+A hostd claiming a VM it may not host repeats the claim every heartbeat, a client with a
+wrong token may retry in a loop, a guest may send bad frames at line rate. Each deserves a
+record, not one per occurrence: :class:`Throttle` lets one record per key through per
+interval, and says how many occurrences that record stands for.
 Its memory is bounded whatever the callers send: at most ``max_keys`` keys are
 remembered (the least recently recorded is forgotten first), and at most
 ``max_rows_per_interval`` rows are let through per interval over all keys, so a
@@ -16,10 +18,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Final, final
 
-__all__ = ["AUTH_FAILURE_INTERVAL_S", "DEFAULT_MAX_KEYS", "DEFAULT_MAX_ROWS_PER_INTERVAL", "AuditThrottle"]
+__all__ = ["DEFAULT_MAX_KEYS", "DEFAULT_MAX_ROWS_PER_INTERVAL", "Throttle"]
 
-#: One ``auth.failed`` row per source address per this many seconds.
-AUTH_FAILURE_INTERVAL_S: Final = 60.0
 #: Keys remembered at once (about 200 bytes each).
 DEFAULT_MAX_KEYS: Final = 10_000
 #: Rows let through per interval over every key.
@@ -27,8 +27,8 @@ DEFAULT_MAX_ROWS_PER_INTERVAL: Final = 100
 
 
 @final
-class AuditThrottle:
-    """Which occurrences of a repeating event get an audit row.
+class Throttle:
+    """Which occurrences of a repeating event get a record (an audit row, a log line).
 
     Args:
         interval_s: at most one row per key per this many seconds.
