@@ -13,7 +13,7 @@ __all__ = ["read_varint", "varint_bytes"]
 MAX_VARINT_BYTES = 10
 
 
-def read_varint(data: "bytes | memoryview", pos: int) -> tuple[int, int]:
+def read_varint(data: "bytes | bytearray | memoryview", pos: int) -> tuple[int, int]:
     """The varint at ``pos`` of ``data`` and the position after it.
 
     Raises:

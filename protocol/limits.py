@@ -386,7 +386,7 @@ def check_density(data: bytes | bytearray, descriptor: Descriptor, *, json: bool
     if json:
         fields = data.count(b",") + data.count(b"[") + data.count(b"{")
     else:
-        fields = MAX_MESSAGE_FIELDS - _walk(memoryview(data), descriptor, MAX_MESSAGE_FIELDS)
+        fields = MAX_MESSAGE_FIELDS - _walk(data, descriptor, MAX_MESSAGE_FIELDS)
     if fields > MAX_MESSAGE_FIELDS:
         raise InvalidArgument(
             f"the request holds over {MAX_MESSAGE_FIELDS} fields (list and map entries, values); the limit is"
@@ -395,11 +395,10 @@ def check_density(data: bytes | bytearray, descriptor: Descriptor, *, json: bool
         )
 
 
-def _walk(view: memoryview, descriptor: Descriptor, budget: int) -> int:
+def _walk(data: bytes | bytearray, descriptor: Descriptor, budget: int) -> int:
     """Walk a message's wire format, nested messages too; return ``budget`` less the fields seen
     (below zero: stopped there). One loop over a stack of (end, nested types) frames: no call
     or copy per field, which at millions of fields is what the walk costs."""
-    data = view.obj if isinstance(view.obj, bytes) else bytes(view)
     pos, end = 0, len(data)
     nested = _nested_types(descriptor)
     stack: list[tuple[int, dict[int, Descriptor]]] = []
@@ -448,7 +447,7 @@ def _nested_types(descriptor: Descriptor) -> dict[int, Descriptor]:
     return {f.number: _message_type(f) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE}
 
 
-def _wire_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _wire_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
     try:
         return read_varint(data, pos)
     except ValueError:

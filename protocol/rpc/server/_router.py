@@ -20,13 +20,13 @@ headers.
 from __future__ import annotations
 
 import abc
-import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final, final
+from typing import Any, ClassVar, Final, cast, final
 
 import trio
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from quart import current_app
 from quart import request as current_request
@@ -91,6 +91,17 @@ async def offload(size: int, fn: Callable[..., Any], *args: Any) -> Any:
     if size > _OFFLOAD_BYTES:
         return await trio.to_thread.run_sync(fn, *args)
     return fn(*args)
+
+
+def _checked_decode(codec: Codec, data: bytes | bytearray, cls: type[Message]) -> Message:
+    """``data`` as a ``cls`` once :func:`~limiquantix.protocol.limits.check_density` passed it.
+
+    Raises:
+        InvalidArgument: see :meth:`Router.decode`.
+    """
+    # (A class's DESCRIPTOR is typed as either of protobuf's Descriptor classes; it is the one.)
+    check_density(data, cast(Descriptor, cls.DESCRIPTOR), json=codec.name == "json")
+    return codec.decode(data, cls)
 
 
 class Protocol(abc.ABC):
@@ -336,9 +347,8 @@ class Router:
         than a request may (``limits.check_density``: checked before the parse, whose cost and
         memory are per field)."""
         try:
-            # In the same worker thread as the parse when the body is big (checking costs ~1 us a field).
-            await offload(len(data), functools.partial(check_density, json=codec.name == "json"), data, cls.DESCRIPTOR)
-            message: Message = await offload(len(data), codec.decode, data, cls)
+            # The check in the same worker thread as the parse when the body is big (~1 us a field).
+            message: Message = await offload(len(data), _checked_decode, codec, data, cls)
             return message
         except errors.AgentError:
             raise
