@@ -37,6 +37,8 @@ EXPORT_FIELDS = (
     "detail",
 )
 _PAGE_SIZE = 1000
+#: An export's budget (every matching row, streamed), or --request-timeout when longer.
+_EXPORT_TIMEOUT_S = 300.0
 _INT_FIELDS = ("id", "exitCode", "durationMs")
 
 
@@ -183,7 +185,9 @@ def audit_cmd(
         rows = list(reversed(_query(client, filt, limit)))
     else:
         rows = []
-        for chunk in client.stream(ADMIN, "ExportAudit", {"filter": filt}, timeout_s=300.0):
+        for chunk in client.stream(
+            ADMIN, "ExportAudit", {"filter": filt}, timeout_s=max(client.request_timeout_s, _EXPORT_TIMEOUT_S)
+        ):
             rows.extend(json.loads(line) for line in chunk.get("jsonl", "").splitlines() if line)
         rows = [{key: r.get(key) for key in EXPORT_FIELDS} for r in rows]
     printer.rows(rows)

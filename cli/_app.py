@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import click
 
-from limiquantix.protocol import __version__, refused_token_flag
+from limiquantix.protocol import __version__, parse_request_timeout, refused_token_flag
 
 from . import _admin, _files, _fleet, _vms
 from . import _exitcodes as ec
@@ -35,6 +35,11 @@ Configuration is the TUI's: ~/.config/limiquantix/tui.toml (written by make run)
 then these options. A token is never taken from the command line (ps shows argv to every
 user): --token-file, LQX_TOKEN or the config file.
 
+Every call waits at most --request-timeout seconds (request_timeout_s in the config file;
+default 15) for the controller's answer, then says so and exits 69. exec and sh wait for
+their command instead (its --timeout plus 10 s); cp and audit exports at least 300 s; run
+and audit --follow apply it to each poll, so a long run or a follow is never cut by it.
+
 Shell completion: eval "$(limiquantix completion bash)" (or zsh).
 """
 
@@ -54,6 +59,11 @@ def _refuse_token(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.version_option(__version__, "--version", prog_name="limiquantix")
 @click.pass_context
 def cli(ctx: click.Context, /, **options: object) -> None:
+    if options.get("request_timeout") is not None:
+        try:
+            parse_request_timeout(options["request_timeout"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--request-timeout") from None
     ctx.obj = State({k: v for k, v in options.items() if v not in (None, False)})
 
 

@@ -390,8 +390,6 @@ NODES = "limiquantix.compute.v1.NodeRegistryService"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: A non-200 answer's body is an error object: a few KiB.
 _MAX_ERROR_BYTES = 64 * 1024
-#: Calls that name no budget (a listing, a ping): the controller answers within its own 30 s.
-DEFAULT_TIMEOUT_S = 35.0
 #: Connect envelope flags.
 _COMPRESSED, _END_STREAM = 0x01, 0x02
 #: HTTP status → Connect code, for an error answer without a Connect body (a proxy's page).
@@ -417,13 +415,15 @@ def given(**fields: "Any") -> "dict[str, Any]":
 
 class ApiError(Exception):
     """A failed call: ``code`` is the Connect code, ``message`` the controller's words
-    (guest text may be in it: escape before printing), ``reason`` its machine-readable why."""
+    (guest text may be in it: escape before printing), ``reason`` its machine-readable why;
+    ``timed_out``: the call's own deadline passed (the controller did not answer in time)."""
 
-    def __init__(self, code: str, message: str, reason: str = "") -> None:
+    def __init__(self, code: str, message: str, reason: str = "", *, timed_out: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.reason = reason
+        self.timed_out = timed_out
 
 
 class Client:
@@ -439,6 +439,8 @@ class Client:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.url = settings.url
+        #: How long a call that names no budget of its own waits (--request-timeout).
+        self.request_timeout_s = settings.request_timeout_s
         self._token = settings.token
         self._tls: Any = None
         if self._endpoint.tls:
@@ -461,6 +463,7 @@ class Client:
         insecure: bool = False,
         profile: str | None = None,
         config: str | None = None,
+        request_timeout: str | None = None,
     ) -> "Client":
         """A client for the global options (``--url`` ...), the environment and the config file.
 
@@ -477,6 +480,7 @@ class Client:
                 ca_file=ca_file,
                 insecure=insecure,
                 profile=profile,
+                request_timeout=request_timeout,
             )
         )
 
@@ -541,13 +545,17 @@ class Client:
         if isinstance(exc, TimedOut):
             if not exc.sent:
                 return ApiError(
-                    "unavailable", f"cannot reach the controller at {self.url}: {exc}; nothing was sent", "unreachable"
+                    "unavailable",
+                    f"the controller at {self.url} did not answer within {timeout_s:g} s ({exc}); nothing was sent",
+                    "unreachable",
+                    timed_out=True,
                 )
             return ApiError(
                 "deadline_exceeded",
-                f"the controller did not answer {method} within {timeout_s:g} s; "
+                f"the controller at {self.url} did not answer {method} within {timeout_s:g} s; "
                 "the request was sent, so it may have run: its outcome is not known",
                 "outcome_unknown",
+                timed_out=True,
             )
         if isinstance(exc, Broken):
             if self.url.startswith("https:"):
@@ -591,9 +599,10 @@ class Client:
         body: "bytes | Iterable[bytes]",
         *,
         length: int | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> "dict[str, Any]":
-        """One unary call with an encoded JSON body (or its pieces, ``length`` bytes in all).
+        """One unary call with an encoded JSON body (or its pieces, ``length`` bytes in all);
+        ``timeout_s`` None: the client's :attr:`request_timeout_s`.
 
         Raises:
             ApiError: the controller's error, or the transport's.
@@ -604,6 +613,8 @@ class Client:
             length = len(body)
         elif length is None:
             raise TypeError("a body in pieces needs its length")
+        if timeout_s is None:
+            timeout_s = self.request_timeout_s
         resp = self._answer(procedure, timeout_s, self._send(procedure, body, length, "application/json", timeout_s))
         try:
             if resp.status != 200:
@@ -628,9 +639,10 @@ class Client:
         method: str,
         body: "Mapping[str, Any] | None" = None,
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> "dict[str, Any]":
-        """One unary call: ``body`` as JSON out, the answer's object back.
+        """One unary call: ``body`` as JSON out, the answer's object back (``timeout_s`` None:
+        the client's :attr:`request_timeout_s`).
 
         Raises:
             ApiError: the controller's error, or the transport's.

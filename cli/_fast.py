@@ -28,7 +28,7 @@ click costs about 45 ms on the project's machine, several times what the rest of
 import os
 import sys
 
-from limiquantix.protocol import ConfigError, command_budget_s
+from limiquantix.protocol import ConfigError, command_budget_s, parse_request_timeout
 
 from ._client import VM, ApiError, Client, given
 
@@ -161,6 +161,14 @@ GLOBAL_OPTIONS: tuple[Opt, ...] = (
     ),
     Opt("--profile", dest="profile", metavar="NAME", help="the config file's [profiles.NAME] (env LQX_PROFILE)"),
     Opt("--config", dest="config", metavar="FILE", help="config file (default ~/.config/limiquantix/tui.toml)"),
+    Opt(
+        "--request-timeout",
+        dest="request_timeout",
+        metavar="SECONDS",
+        help="how long each call waits for the controller's answer, then we exit 69 (default 15; the config "
+        "file's request_timeout_s); exec/sh wait for their command (its --timeout + 10 s), cp and audit "
+        "exports at least 300 s, run and audit --follow apply it to each poll",
+    ),
 )
 
 EXEC_OPTIONS: tuple[Opt, ...] = (
@@ -249,6 +257,11 @@ def parse(argv: "Sequence[str]") -> "Parsed | None":
         i = nxt
     if i >= len(argv) or argv[i] not in ("exec", "sh"):
         return None
+    if "request_timeout" in glob:
+        try:
+            parse_request_timeout(glob["request_timeout"])
+        except ValueError:
+            return None  # click says what is wrong with it
     command, i = argv[i], i + 1
     opts: dict[str, Any] = {}
     table = by_name(EXEC_OPTIONS)

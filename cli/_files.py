@@ -30,7 +30,7 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 _PROGRESS_FROM_BYTES = 1024 * 1024
 #: Upload body pieces: the progress bar moves after each.
 _UPLOAD_PIECE = 256 * 1024
-#: A file transfer's budget (the controller allows 300 s).
+#: A file transfer's budget (the controller allows 300 s), or --request-timeout when longer.
 _FILE_TIMEOUT_S = 300.0
 _DIRECTORY = "FILE_TYPE_DIRECTORY"
 
@@ -123,7 +123,9 @@ def upload(client: Client, local: Path, vm: str, path: str, *, parents: bool) ->
                     advance(sent)
 
         try:
-            answer = client.call_raw(f"{VM}/WriteGuestFile", body(), length=total, timeout_s=_FILE_TIMEOUT_S)
+            answer = client.call_raw(
+                f"{VM}/WriteGuestFile", body(), length=total, timeout_s=max(client.request_timeout_s, _FILE_TIMEOUT_S)
+            )
         except ApiError as exc:
             if exc.code == "not_found" and not parents:
                 # The guest's words name the file; what to do about its missing directory is ours.
@@ -158,7 +160,12 @@ def download(client: Client, vm: str, path: str, local: Path) -> tuple[int, str,
         raise click.ClickException(f"{part}: {exc.strerror}") from None
     try:
         with fh, _progress(int(info.get("size", 0)), f"{vm} → {local.name}") as advance:
-            stream = client.stream(VM, "ReadGuestFileStream", {"vmId": vm, "path": path}, timeout_s=_FILE_TIMEOUT_S)
+            stream = client.stream(
+                VM,
+                "ReadGuestFileStream",
+                {"vmId": vm, "path": path},
+                timeout_s=max(client.request_timeout_s, _FILE_TIMEOUT_S),
+            )
             for chunk in stream:
                 data = base64.b64decode(chunk.get("content", ""))
                 fh.write(data)

@@ -63,7 +63,10 @@ def pass_client(func: F) -> F:
             error_line(str(exc))
             raise SystemExit(ec.CONFIG) from None
         except ApiError as exc:
-            error_line(exc.message, code=exc.code)
+            message = exc.message
+            if exc.timed_out:
+                message += " (--request-timeout or request_timeout_s in the config file sets how long to wait)"
+            error_line(message, code=exc.code)
             raise SystemExit(ec.for_code(exc.code)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -49,6 +49,7 @@ Exported here, by the private module that holds them:
 * :mod:`._configfile`: reading a TOML file, the one ``ConfigError``
 * :mod:`._clientconfig`: where an operator's client finds its controller (profiles):
   ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
+  ``DEFAULT_REQUEST_TIMEOUT_S``, ``parse_request_timeout``,
   ``default_config_path``, ``refused_token_flag``
 * :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
 * :mod:`._varint`: protocol buffers' varints written by hand: ``varint_bytes``
@@ -85,12 +86,14 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._agentclient import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
     from ._agentclient import AgentClient as AgentClient
     from ._backoff import Backoff as Backoff
+    from ._clientconfig import DEFAULT_REQUEST_TIMEOUT_S as DEFAULT_REQUEST_TIMEOUT_S
     from ._clientconfig import DEFAULT_URL as DEFAULT_URL
     from ._clientconfig import ClientSettings as ClientSettings
     from ._clientconfig import InsecureTransportError as InsecureTransportError
     from ._clientconfig import check_token_transport as check_token_transport
     from ._clientconfig import default_config_path as default_config_path
     from ._clientconfig import is_loopback_url as is_loopback_url
+    from ._clientconfig import parse_request_timeout as parse_request_timeout
     from ._clientconfig import read_config as read_config
     from ._clientconfig import refused_token_flag as refused_token_flag
     from ._clientconfig import resolve as resolve
@@ -157,7 +160,16 @@ _LAZY: dict[str, str] = {
     "Backoff": "._backoff",
     **dict.fromkeys(("HTTPX_CLI", "import_http_stack"), "._httpstack"),
     **dict.fromkeys(
-        ("ClientSettings", "DEFAULT_URL", "default_config_path", "read_config", "refused_token_flag", "resolve"),
+        (
+            "ClientSettings",
+            "DEFAULT_REQUEST_TIMEOUT_S",
+            "DEFAULT_URL",
+            "default_config_path",
+            "parse_request_timeout",
+            "read_config",
+            "refused_token_flag",
+            "resolve",
+        ),
         "._clientconfig",
     ),
     "ConfigError": "._configfile",

@@ -16,7 +16,8 @@ table holds another controller's keys, chosen with ``--profile NAME`` or ``LQX_P
 
 Keys: ``url``, ``token`` or ``token_file``, ``ca_file`` (the CA the controller's HTTPS
 certificate must chain to; default: the system's CAs), ``insecure`` (send the token over plain
-``http://`` to another machine anyway). ``LQX_CONTROLLER_URL``, ``LQX_TOKEN`` and
+``http://`` to another machine anyway), ``request_timeout_s`` (how long a call waits for the
+controller's answer: :data:`DEFAULT_REQUEST_TIMEOUT_S`; ``--request-timeout`` overrides it). ``LQX_CONTROLLER_URL``, ``LQX_TOKEN`` and
 ``LQX_CA_FILE`` override the file's top level (while a profile is chosen, the first two
 are ignored: they would mix two controllers' URL and token); ``--url``, ``--token-file`` and
 ``--ca-file`` override everything. A token is never taken from the command line (``--token`` is refused): argv is
@@ -58,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CA_ENV",
     "CONNECTION_KEYS",
+    "DEFAULT_REQUEST_TIMEOUT_S",
     "DEFAULT_URL",
+    "MAX_REQUEST_TIMEOUT_S",
     "PROFILE_ENV",
     "TOKEN_ENV",
     "URL_ENV",
@@ -68,6 +71,7 @@ __all__ = [
     "check_token_transport",
     "default_config_path",
     "is_loopback_url",
+    "parse_request_timeout",
     "read_config",
     "refused_token_flag",
     "resolve",
@@ -182,7 +186,15 @@ TOKEN_ENV = "LQX_TOKEN"
 CA_ENV = "LQX_CA_FILE"
 PROFILE_ENV = "LQX_PROFILE"
 #: The keys of the file (top level or a profile) that say how to reach the controller.
-CONNECTION_KEYS = frozenset({"url", "token", "token_file", "ca_file", "insecure"})
+CONNECTION_KEYS = frozenset({"url", "token", "token_file", "ca_file", "insecure", "request_timeout_s"})
+#: How long a call waits for the controller's answer unless ``--request-timeout`` or the file's
+#: ``request_timeout_s`` says otherwise: the TUI's polls and the command line's calls (not a
+#: streamed command, which waits for its own timeout). A live controller answers a listing in
+#: milliseconds and bounds its own calls to hostd by the caller's deadline (Connect-Timeout-Ms),
+#: so a wait this long means a controller (or the path to it) that is not answering.
+DEFAULT_REQUEST_TIMEOUT_S = 15.0
+#: The longest request timeout accepted (a day: the longest a guest command may run).
+MAX_REQUEST_TIMEOUT_S = 86400.0
 
 
 class ClientSettings:
@@ -196,9 +208,10 @@ class ClientSettings:
         insecure: send the token over plain http:// to another machine anyway.
         profile: the profile chosen ("" for the file's top level).
         values: the file's values for this profile (top level merged with the profile's table).
+        request_timeout_s: how long a call waits for the controller's answer.
     """
 
-    __slots__ = ("url", "token", "source", "ca_file", "insecure", "profile", "values")
+    __slots__ = ("url", "token", "source", "ca_file", "insecure", "profile", "values", "request_timeout_s")
 
     def __init__(
         self,
@@ -210,6 +223,7 @@ class ClientSettings:
         insecure: bool = False,
         profile: str = "",
         values: "Mapping[str, Any] | None" = None,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.token = token
@@ -218,6 +232,7 @@ class ClientSettings:
         self.insecure = insecure
         self.profile = profile
         self.values = dict(values or {})
+        self.request_timeout_s = request_timeout_s
 
     def __repr__(self) -> str:
         return f"ClientSettings(url={self.url!r}, source={self.source!r}, profile={self.profile!r})"
@@ -254,6 +269,25 @@ def check_token(token: str, source: str) -> None:
     else:
         what = "characters that are not printable ASCII"
     raise ConfigError(f"{source} does not hold a token: it has {what}; a token is one line of one word")
+
+
+def parse_request_timeout(value: object) -> float:
+    """A request timeout in seconds (``"2.5"``, ``2``, ``2.5``): a finite number in
+    0 < value <= :data:`MAX_REQUEST_TIMEOUT_S`.
+
+    Raises:
+        ValueError: anything else (a bool, 0, a negative number, NaN, text that is no number).
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"not a number of seconds: {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    # NaN fails the comparison too.
+    if not 0 < seconds <= MAX_REQUEST_TIMEOUT_S:
+        raise ValueError(f"{value!r} is not within 0 < seconds <= {MAX_REQUEST_TIMEOUT_S:g}")
+    return seconds
 
 
 def read_config(path: str | os.PathLike[str] | None) -> "dict[str, Any]":
@@ -307,19 +341,22 @@ def resolve(
     ca_file: str | os.PathLike[str] | None = None,
     insecure: bool = False,
     profile: str | None = None,
+    request_timeout: "str | float | None" = None,
     extra_keys: frozenset[str] = frozenset(),
 ) -> ClientSettings:
     """Resolve the settings: flags (the keyword arguments) over ``env`` over the file's ``data``.
 
     Args:
         data: the parsed config file (:func:`read_config`).
+        request_timeout: ``--request-timeout`` (over the file's ``request_timeout_s``).
         extra_keys: keys the caller reads from the file besides :data:`CONNECTION_KEYS`
             (the TUI's ``refresh_s``); any other is refused, so a typo is not ignored.
 
     Raises:
         ConfigError: an unknown key or profile, an unreadable token file, a value that
             is not a token, no token anywhere, a URL that is not http(s), a missing CA file, or
-            plain HTTP to another machine without ``insecure``.
+            plain HTTP to another machine without ``insecure``, a request timeout that is not
+            seconds within 0 < s <= :data:`MAX_REQUEST_TIMEOUT_S`.
     """
     profile = profile if profile is not None else env.get(PROFILE_ENV, "")
     values = _profile_values(data, profile, extra_keys)
@@ -354,6 +391,12 @@ def resolve(
         check_token_transport(target, insecure=insecure)
     except InsecureTransportError as exc:
         raise ConfigError(str(exc)) from None
+    given = request_timeout if request_timeout is not None else values.get("request_timeout_s")
+    try:
+        request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S if given is None else parse_request_timeout(given)
+    except ValueError as exc:
+        what = "--request-timeout" if request_timeout is not None else f"request_timeout_s in {where}"
+        raise ConfigError(f"{what}: {exc}") from None
     return ClientSettings(
         url=target.rstrip("/"),
         token=token,
@@ -362,4 +405,5 @@ def resolve(
         insecure=insecure,
         profile=profile,
         values=values,
+        request_timeout_s=request_timeout_s,
     )

@@ -189,3 +189,27 @@ def test_a_url_parsers_may_read_differently_is_not_loopback(url: str) -> None:
     assert not is_loopback_url(url)
     with pytest.raises(ConfigError, match="refusing to send the API token over plain HTTP"):
         resolve({}, env={"LQX_TOKEN": "t"}, url=url)
+
+
+def test_the_request_timeout_from_the_file_a_profile_or_the_flag(data: dict[str, object], tmp_path: Path) -> None:
+    """How long a call waits for the controller (the TUI's polls, the command line's calls):
+    the flag over the profile over the top level over the default; anything but seconds in
+    0 < s <= a day is refused, naming where it came from."""
+    from limiquantix.protocol import DEFAULT_REQUEST_TIMEOUT_S
+    from limiquantix.tui import parse_args
+
+    assert resolve(data, env={}).request_timeout_s == DEFAULT_REQUEST_TIMEOUT_S == 15.0
+    timed = {**data, "request_timeout_s": 4, "profiles": {**data["profiles"], "lab": {"request_timeout_s": 2.5}}}  # type: ignore[dict-item]
+    assert resolve(timed, env={}).request_timeout_s == 4.0
+    assert resolve(timed, env={}, profile="lab").request_timeout_s == 2.5
+    assert resolve(timed, env={}, profile="lab", request_timeout="0.5").request_timeout_s == 0.5
+    for bad in (0, -1, True, "soon", "nan", 86401, [1]):
+        with pytest.raises(ConfigError, match="request_timeout_s in profile 'lab': "):
+            resolve({**timed, "profiles": {"lab": {"request_timeout_s": bad}}}, env={}, profile="lab")
+    with pytest.raises(ConfigError, match="--request-timeout: "):
+        resolve(data, env={}, request_timeout="0")
+    # The TUI: the same key and a flag of the same name, to its client's deadline.
+    file = tmp_path / "tui.toml"
+    file.write_text('token = "t"\nrequest_timeout_s = 7\n')
+    assert parse_args(["--config", str(file)], env={}).request_timeout_s == 7.0
+    assert parse_args(["--config", str(file), "--request-timeout", "3"], env={}).request_timeout_s == 3.0

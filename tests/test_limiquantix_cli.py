@@ -185,6 +185,7 @@ def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, obj
         ["sh", "web-1", "-"],
         ["exec", "web-1", "--", "-v"],
         ["exec", "web-1", "-t", "2", "--", "sleep", "9"],
+        ["--request-timeout", "2.5", "exec", "web-1", "--", "true"],
     ],
 )
 def test_the_fast_path_reads_a_command_line_as_click_does(argv: list[str]) -> None:
@@ -209,6 +210,8 @@ def test_the_fast_path_reads_a_command_line_as_click_does(argv: list[str]) -> No
         ["exec", "--help"],
         ["--token", "x", "exec", "web-1", "--", "true"],
         ["exec", "-t5", "web-1", "--", "true"],  # valid for click, left to it
+        ["--request-timeout", "soon", "exec", "web-1", "--", "true"],  # click says what is wrong
+        ["--request-timeout", "0", "sh", "web-1", "true"],
         ["vms"],
     ],
 )
@@ -237,6 +240,51 @@ def test_configuration_errors_are_one_line_and_documented_codes(tmp_path: Path) 
     assert unknown.returncode == 78 and b"no profile 'nope' in the config file (profiles: prod)" in unknown.stderr
     usage = lqx_here("exec", "-t", "x", "web-1", "--", "true", XDG_CONFIG_HOME=home)
     assert usage.returncode == 2 and b"Invalid value for --timeout" in usage.stderr
+
+
+@pytest.fixture
+def silent_controller() -> Iterator[str]:
+    """The URL of a controller that accepts connections and never answers (what a controller
+    stopped with SIGSTOP is to a client: the kernel completes the handshake, nothing reads)."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_controller_that_does_not_answer_is_said_within_the_request_timeout(
+    silent_controller: str, tmp_path: Path
+) -> None:
+    """Every command but exec/sh waited 35 s for a controller that did not answer, then said
+    only "did not answer ListVMs": now --request-timeout (or request_timeout_s in the config
+    file or a profile) bounds each call, and the message names the controller and the wait."""
+    home = str(tmp_path)
+    base = {"LQX_CONTROLLER_URL": silent_controller, "LQX_TOKEN": "t0k", "XDG_CONFIG_HOME": home}
+    for args in (("vms",), ("vm", "web-1"), ("ping", "web-1"), ("whoami",), ("run", "--vm", "web-1", "true")):
+        done = lqx_here("--request-timeout", "0.2", *args, **base)
+        assert done.returncode == 69, (args, done.stderr)
+        line = done.stderr.decode()
+        assert line.startswith(f"limiquantix: deadline_exceeded: the controller at {silent_controller} did not "), line
+        assert "within 0.2 s" in line and "--request-timeout" in line and len(line.splitlines()) == 1, line
+    # The file's key, top level or a profile's (the TUI reads the same key).
+    config = tmp_path / "limiquantix"
+    config.mkdir()
+    top = f'url = "{silent_controller}"\ntoken = "t0k"\n'
+    (config / "tui.toml").write_text(f"{top}request_timeout_s = 0.3\n[profiles.slow]\nrequest_timeout_s = 0.4\n")
+    assert b"within 0.3 s" in lqx_here("vms", XDG_CONFIG_HOME=home).stderr
+    assert b"within 0.4 s" in lqx_here("--profile", "slow", "vms", XDG_CONFIG_HOME=home).stderr
+    flag_wins = lqx_here("--request-timeout", "0.2", "--profile", "slow", "vms", XDG_CONFIG_HOME=home)
+    assert b"within 0.2 s" in flag_wins.stderr
+    # Bad values: a usage error on the command line (nothing sent), a configuration error in the file.
+    for bad in ("soon", "0", "-1", "nan", "inf", "86401"):
+        refused = lqx_here("--request-timeout", bad, "vms", **base)
+        assert refused.returncode == 2 and b"Invalid value for --request-timeout" in refused.stderr, bad
+        assert lqx_here("--request-timeout", bad, "sh", "web-1", "true", **base).returncode == 2  # exec's path too
+    (config / "tui.toml").write_text('request_timeout_s = "later"\n')
+    in_file = lqx_here("vms", **base)
+    assert in_file.returncode == 78 and b"request_timeout_s in the config file: not a number" in in_file.stderr
 
 
 # ------------------------------------------------------------------ against a stack
@@ -564,6 +612,28 @@ def test_ping_says_the_uptime_is_the_agents(stack: Stack, env: dict[str, str]) -
     was printed as "guest up"."""
     answer = _out(lqx("ping", "web-1", env=env))
     assert re.fullmatch(r"web-1: agent \S+ answered in [0-9.]+ ms \(agent up [0-9]+ s\)\n", answer), answer
+
+
+@pytest.mark.slow
+def test_a_stopped_controller_is_said_in_time_and_long_work_is_not_cut(stack: Stack, env: dict[str, str]) -> None:
+    """--request-timeout bounds each call, not what runs long: exec/sh wait for their command,
+    run polls a run longer than it; a controller stopped with SIGSTOP (its socket accepts,
+    nothing answers) is said within it, exit 69."""
+    slow = lqx("--request-timeout", "1", "sh", "web-1", "sleep 2; echo done", env=env)
+    assert (slow.returncode, slow.stdout) == (0, b"done\n"), slow.stderr
+    ran = lqx("--request-timeout", "1", "run", "--vm", "web-1", "--interval", "0.2", "sleep 2", env=env)
+    assert ran.returncode == 0 and "1 success" in ran.stdout.decode(), ran.stderr
+    assert stack.controller is not None
+    stack.controller.send_signal(signal.SIGSTOP)
+    try:
+        for args in (("vms",), ("audit", "--limit", "1")):
+            stopped = lqx("--request-timeout", "0.5", *args, env=env)
+            assert stopped.returncode == 69, (args, stopped.stderr)
+            assert f"the controller at {stack.url} did not answer".encode() in stopped.stderr
+            assert b"within 0.5 s" in stopped.stderr
+    finally:
+        stack.controller.send_signal(signal.SIGCONT)
+    assert lqx("vms", env=env).returncode == 0
 
 
 @pytest.mark.slow

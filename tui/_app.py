@@ -72,7 +72,11 @@ class LimiQuantixApp(App[None]):
         self.config = config
         self.clock = clock
         self.client = client or ControllerClient(
-            config.url, config.token, ca_file=config.ca_file, insecure=config.insecure
+            config.url,
+            config.token,
+            timeout_s=config.request_timeout_s,
+            ca_file=config.ca_file,
+            insecure=config.insecure,
         )
         self.poll = poll
         self._first_poll = first_poll

@@ -26,6 +26,7 @@ import httpx
 from google.protobuf.message import Message
 
 from limiquantix.protocol import (
+    DEFAULT_REQUEST_TIMEOUT_S,
     TLSFiles,
     check_token_transport,
     client_ssl_context,
@@ -124,7 +125,7 @@ class ControllerClient:
         url: str,
         token: str,
         *,
-        timeout_s: float = 15.0,
+        timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
         ca_file: str = "",
         insecure: bool = False,

@@ -9,7 +9,8 @@ override both. ``--token`` is refused: a secret on the command line is visible t
 of the machine (``ps``). ``ca_file`` (``--ca-file``, ``LQX_CA_FILE``) is the CA the
 controller's HTTPS certificate must chain to (default: the system's CAs). The token is never
 sent over plain ``http://`` to another machine unless ``--insecure`` (or ``insecure = true``)
-says so. The TUI's own key: ``refresh_s``. Every error is the one
+says so. ``request_timeout_s`` (``--request-timeout``) bounds every call that names no budget
+of its own, as for the command line. The TUI's own key: ``refresh_s``. Every error is the one
 :class:`~limiquantix.protocol.ConfigError` (the daemons' and the command line's).
 """
 
@@ -21,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from limiquantix.protocol import DEFAULT_URL, ConfigError, default_config_path, read_config, refused_token_flag, resolve
+from limiquantix.protocol import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_URL,
+    ConfigError,
+    default_config_path,
+    read_config,
+    refused_token_flag,
+    resolve,
+)
 
 __all__ = [
     "DEFAULT_REFRESH_S",
@@ -53,6 +62,8 @@ class TuiConfig:
     """CA the controller's certificate must chain to; empty: the system's CAs."""
     insecure: bool = False
     """Send the token over plain http:// to another machine anyway."""
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    """How long a call that names no budget of its own (a poll, a ping) waits for its answer."""
 
 
 class _RefuseToken(argparse.Action):
@@ -83,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send the token over plain http:// to another machine (anyone on the network path can read it)",
     )
+    p.add_argument(
+        "--request-timeout",
+        metavar="SECONDS",
+        help=f"how long each call waits for the controller's answer (default {DEFAULT_REQUEST_TIMEOUT_S:g}; "
+        "request_timeout_s in the config file)",
+    )
     p.add_argument("--refresh-s", type=float, help=f"seconds between fleet refreshes (default {DEFAULT_REFRESH_S})")
     return p
 
@@ -103,6 +120,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         ca_file=args.ca_file,
         insecure=args.insecure,
         profile=args.profile,
+        request_timeout=args.request_timeout,
         extra_keys=frozenset({"refresh_s"}),
     )
     refresh = (
@@ -117,4 +135,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         source=settings.source,
         ca_file=settings.ca_file,
         insecure=settings.insecure,
+        request_timeout_s=settings.request_timeout_s,
     )

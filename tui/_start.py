@@ -111,7 +111,13 @@ async def _run(config: TuiConfig) -> None:
     # The app's modules in a thread: meanwhile the client loads its CAs (for https; OpenSSL
     # lets the GIL go while it reads them) and the loop sends the calls and reads the answers.
     app_module = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, f"{__package__}._app")
-    client = ControllerClient(config.url, config.token, ca_file=config.ca_file, insecure=config.insecure)
+    client = ControllerClient(
+        config.url,
+        config.token,
+        timeout_s=config.request_timeout_s,
+        ca_file=config.ca_file,
+        insecure=config.insecure,
+    )
     first = FirstPoll(client)
     try:
         app = (await app_module).LimiQuantixApp(config, client=client, first_poll=first)
