@@ -241,7 +241,7 @@ def tokens_list(client: Client, user: str, active: bool, as_json: bool) -> None:
 @tokens_group.command("create")
 @click.option("--user", required=True, help="the token's user (created when new)")
 @click.option("--role", required=True, type=click.Choice(["viewer", "operator", "admin", "node"]), help="its role")
-@label_option("limit the token to VMs carrying this label (repeatable)")
+@label_option("limit the token to VMs carrying this label (repeatable)", server_checked=True)
 @click.option("--description", default="", help="what the token is for")
 @json_option
 @pass_client

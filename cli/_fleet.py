@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from limiquantix.protocol import MAX_CONCURRENCY_LIMIT, parse_max_errors
+
 from . import _exitcodes as ec
 from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
@@ -57,19 +59,35 @@ def _write_outputs(directory: Path, t: dict[str, Any]) -> None:
             warn(f"{t.get('vmId', '')}: {stream} was cut (the controller keeps 64 KiB per target)")
 
 
+def _check_max_errors(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The controller's own rule (SSM's MaxErrors: a count or a percentage), checked before
+    anything is sent."""
+    if value:
+        try:
+            parse_max_errors(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command("run", short_help="Run a script on many VMs (a fleet run).")
-@label_option("target every VM carrying this label (repeatable: all must match)")
+@label_option("target every VM carrying this label (repeatable: all must match)", server_checked=True)
 @click.option(
     "--vm", "vm_ids", multiple=True, metavar="VM", help="target this VM (repeatable)", shell_complete=complete_vm
 )
 @click.option(
     "--max-concurrency",
-    type=click.IntRange(0, 100_000),
+    type=click.IntRange(0, MAX_CONCURRENCY_LIMIT),
     default=0,
-    help="targets running at once (0: the controller's 50)",
+    help=f"targets running at once, at most {MAX_CONCURRENCY_LIMIT} (0: the controller's 50)",
 )
 @click.option(
-    "--max-errors", default="", metavar="N|N%", help="failed targets tolerated before the rest is skipped (default 0)"
+    "--max-errors",
+    default="",
+    metavar="N|N%",
+    callback=_check_max_errors,
+    help="failed targets tolerated before the rest is skipped: a count (2) or a percentage of the targets "
+    "(10%, at most 100%); default 0",
 )
 @click.option("-t", "--timeout", type=click.IntRange(0, MAX_TIMEOUT_S), default=0, help="seconds per VM (0: 60)")
 @click.option("-u", "--user", default="", help="run as this guest user")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from limiquantix.protocol import ConfigError
+from limiquantix.protocol import ConfigError, check_labels
 
 from . import _exitcodes as ec
 from ._client import ApiError, Client
@@ -95,18 +95,43 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="print the answer as JSON (for scripts)")(func)
 
 
-def _check_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+def _label_pairs(values: tuple[str, ...]) -> None:
+    """Raises: click.BadParameter: a value that is not KEY=VALUE."""
     for value in values:
         try:
             parse_env_pair(value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE") from None
+
+
+def _check_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    _label_pairs(values)
     return values
 
 
-def label_option(help_text: str) -> Callable[[F], F]:
+def _check_server_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """KEY=VALUE pairs the controller accepts as labels (its own rules: a usage error here,
+    not a request it refuses)."""
+    _label_pairs(values)
+    try:
+        check_labels(labels_dict(values))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return values
+
+
+def label_option(help_text: str, *, server_checked: bool = False) -> Callable[[F], F]:
+    """``--label KEY=VALUE`` (repeatable); ``server_checked``: the controller refuses labels
+    outside its rules for this command (a run's selector, a token's scope), so they are
+    checked here first. A filter (``vms --label``) only matches: any pair is fine."""
     return click.option(
-        "--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", callback=_check_labels, help=help_text
+        "--label",
+        "-l",
+        "labels",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_check_server_labels if server_checked else _check_labels,
+        help=help_text,
     )
 
 

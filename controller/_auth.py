@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, final
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import check_labels, errors
 
 __all__ = [
     "ENV_TOKEN_MIN_CHARS",
@@ -66,11 +66,6 @@ _TOKEN_MAX_CHARS: Final = 256
 _FREEFORM_RE: Final = re.compile(r"[\x21-\x7e]+")
 
 _USER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,63}")
-#: Label keys and values as Kubernetes allows them, roughly (hostd passes them through).
-_LABEL_KEY_RE: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?")
-_LABEL_VALUE_RE: Final = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
-#: A label scope wider than this is a mistake, not a policy.
-_MAX_SCOPE_LABELS: Final = 16
 
 
 class Role(enum.Enum):
@@ -248,21 +243,16 @@ def valid_user_name(name: str) -> bool:
 
 
 def validate_labels(labels: Mapping[str, str], *, what: str = "labels") -> dict[str, str]:
-    """A plain copy of ``labels`` after checking keys and values.
+    """A plain copy of ``labels`` after checking keys and values (the rules are
+    :func:`limiquantix.protocol.check_labels`', which the command line runs before sending).
 
     Raises:
         errors.InvalidArgument: a key or value is malformed, or there are too many.
     """
-    if len(labels) > _MAX_SCOPE_LABELS:
-        raise errors.InvalidArgument(f"{what}: at most {_MAX_SCOPE_LABELS} labels")
-    out: dict[str, str] = {}
-    for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY_RE.fullmatch(key):
-            raise errors.InvalidArgument(f"{what}: bad label key {key!r}")
-        if not isinstance(value, str) or not _LABEL_VALUE_RE.fullmatch(value):
-            raise errors.InvalidArgument(f"{what}: bad value for label {key!r}")
-        out[key] = value
-    return out
+    try:
+        return check_labels(labels, what=what)
+    except ValueError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
 
 
 def parse_labels(text: str) -> dict[str, str]:

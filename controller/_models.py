@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, final
 
-from limiquantix.protocol import errors
+from limiquantix.protocol import MAX_CONCURRENCY_LIMIT, errors
+from limiquantix.protocol import parse_max_errors as max_errors_value
 from limiquantix.protocol.limits import MAX_ID_BYTES, check_id, clip_utf8
 
 from ._auth import Role, validate_labels
@@ -94,7 +95,6 @@ MAX_PAGE_SIZE: Final = 1000
 MAX_COMMAND_TARGETS: Final = 10_000
 #: Ends an id an audit row names cut (see :func:`audit_id`).
 ID_CUT_MARK: Final = "\u2026"
-MAX_CONCURRENCY_LIMIT: Final = 1000
 
 #: Keys a caller might try to put in an audit detail that must never be recorded.
 FORBIDDEN_AUDIT_KEYS: Final = frozenset(
@@ -104,7 +104,6 @@ FORBIDDEN_AUDIT_KEYS: Final = frozenset(
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _FLAG_RE: Final = re.compile(r"[a-z][a-z0-9_.=-]{0,63}")
-_MAX_ERRORS_RE: Final = re.compile(r"(\d{1,6})(%?)")
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -645,18 +644,16 @@ TERMINAL_TARGET_STATUSES: Final = frozenset(set(TargetStatus) - {TargetStatus.PE
 
 
 def parse_max_errors(value: str) -> tuple[int, bool]:
-    """``"2"`` → ``(2, False)``, ``"10%"`` → ``(10, True)``.
+    """``"2"`` → ``(2, False)``, ``"10%"`` → ``(10, True)`` (the rule is
+    :func:`limiquantix.protocol.parse_max_errors`', which the command line runs before sending).
 
     Raises:
         errors.InvalidArgument: not a count or a percentage within 0..100.
     """
-    match = _MAX_ERRORS_RE.fullmatch(value.strip())
-    if not match:
-        raise errors.InvalidArgument(f"maxErrors must be a count or a percentage, not {value[:32]!r}")
-    number, percent = int(match.group(1)), bool(match.group(2))
-    if percent and number > 100:
-        raise errors.InvalidArgument("maxErrors percentage must be within 0..100")
-    return number, percent
+    try:
+        return max_errors_value(value)
+    except ValueError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
 
 
 def max_errors_limit(value: str, n_targets: int) -> int:

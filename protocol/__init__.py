@@ -54,6 +54,8 @@ Exported here, by the private module that holds them:
 * :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
 * :mod:`._varint`: protocol buffers' varints written by hand: ``varint_bytes``
 * :mod:`._exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
+* :mod:`._requestchecks`: request values the controller checks and the command line checks
+  first: ``check_labels``, ``parse_max_errors``, ``MAX_CONCURRENCY_LIMIT``, ``MAX_LABELS``
 
 ``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION``,
 ``__version__`` and ``import_lazily`` (how this package, hostd, the controller and the TUI
@@ -124,6 +126,10 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._jsonupload import write_file_parts as write_file_parts
     from ._logs import LogThrottle as LogThrottle
     from ._logs import setup_logging as setup_logging
+    from ._requestchecks import MAX_CONCURRENCY_LIMIT as MAX_CONCURRENCY_LIMIT
+    from ._requestchecks import MAX_LABELS as MAX_LABELS
+    from ._requestchecks import check_labels as check_labels
+    from ._requestchecks import parse_max_errors as parse_max_errors
     from ._safetext import ESCAPED as ESCAPED
     from ._safetext import StreamEscaper as StreamEscaper
     from ._safetext import safe_bytes as safe_bytes
@@ -186,6 +192,10 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "._deadlines"),
     "describe_exit": "._exits",
+    **dict.fromkeys(
+        ("MAX_CONCURRENCY_LIMIT", "MAX_LABELS", "check_labels", "parse_max_errors"),
+        "._requestchecks",
+    ),
     **dict.fromkeys(
         (
             "FLAG_SYNC",

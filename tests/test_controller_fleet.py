@@ -213,8 +213,11 @@ async def test_fleet_runs_on_six_vms(
         assert r.status_code == 404 and r.json()["code"] == "not_found"
         r = await st.call("RunCommand", {"command": "true"}, service=FLEET)
         assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
-        r = await st.call("RunCommand", {"vmIds": ["vm2"], "command": "true", "maxErrors": "x"}, service=FLEET)
-        assert r.status_code == 400
+        # maxErrors as the command line checks it (protocol.parse_max_errors): ASCII digits only
+        # ("٣" is a digit to \d and to int()), a percentage up to 100; maxConcurrency up to 1000.
+        for wrong in ({"maxErrors": "x"}, {"maxErrors": "\u0663"}, {"maxErrors": "101%"}, {"maxConcurrency": 1001}):
+            r = await st.call("RunCommand", {"vmIds": ["vm2"], "command": "true", **wrong}, service=FLEET)
+            assert r.status_code == 400 and r.json()["code"] == "invalid_argument", wrong
         cid = await run(st, {"labels": {"fleet": "yes"}, "command": FAIL_IF_MARKED, "maxErrors": "50%"}, who="scoped")
         done = await wait_done(st, cid, who="scoped")
         assert statuses(done) == {"vm0": "failed", "vm2": "success", "vm4": "success"}

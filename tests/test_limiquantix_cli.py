@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -287,6 +287,51 @@ def test_a_controller_that_does_not_answer_is_said_within_the_request_timeout(
     assert in_file.returncode == 78 and b"request_timeout_s in the config file: not a number" in in_file.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--max-errors", "0"), ("--max-errors", "2"), ("--max-errors", " 10% "), ("--max-errors", "100%"),
+        ("--max-errors", "999999"), ("--max-errors", "abc"), ("--max-errors", "101%"), ("--max-errors", "1234567"),
+        ("--max-errors", "\u0663"), ("--max-errors", "-1"), ("--max-errors", "5%%"), ("--max-errors", "1.5"),
+        ("--max-concurrency", "0"), ("--max-concurrency", "1000"), ("--max-concurrency", "1001"),
+        ("--max-concurrency", "-1"), ("--max-concurrency", "x"),
+        ("--label", "role=web"), ("--label", "a.b/c-d=x_y.z"), ("--label", "role="), ("--label", "Bad_=x"),
+        ("--label", "role=a b"), ("--label", "role=" + "v" * 64), ("--label", "=x"),
+    ],
+)  # fmt: skip
+def test_run_refuses_before_sending_what_the_controller_would_refuse(
+    silent_controller: str, tmp_path: Path, option: str, value: str
+) -> None:
+    """run --max-errors abc was sent and refused by the controller (exit 1, invalid_argument):
+    a usage error now (2, click's message, nothing sent), for exactly the values the
+    controller's own parser refuses: a value accepted here is sent (the silent controller
+    then does not answer: 69)."""
+    from limiquantix.controller._models import TargetSpec, parse_max_errors
+    from limiquantix.protocol import MAX_CONCURRENCY_LIMIT, errors
+
+    if option == "--max-errors":
+        controller_accepts = _accepts(lambda: parse_max_errors(value.strip() or "0"))
+    elif option == "--max-concurrency":
+        controller_accepts = value.lstrip("-").isdigit() and 0 <= int(value) <= MAX_CONCURRENCY_LIMIT
+    else:
+        key, _, label = value.partition("=")
+        controller_accepts = _accepts(lambda: TargetSpec(labels={key: label}), errors.InvalidArgument)
+    home = {"LQX_CONTROLLER_URL": silent_controller, "LQX_TOKEN": "t0k", "XDG_CONFIG_HOME": str(tmp_path)}
+    done = lqx_here("--request-timeout", "0.1", "run", "--vm", "web-1", option, value, "true", **home)
+    if controller_accepts:
+        assert done.returncode == 69 and b"did not answer RunCommand" in done.stderr, done.stderr  # it was sent
+    else:
+        assert done.returncode == 2 and f"Invalid value for '{option}'".encode() in done.stderr, done.stderr
+
+
+def _accepts(call: Callable[[], object], refusal: type[Exception] = Exception) -> bool:
+    try:
+        call()
+    except refusal:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------ against a stack
 
 
@@ -525,7 +570,7 @@ def test_fleet_run_with_progress_summary_and_output_dir(stack: Stack, env: dict[
     none = lqx("run", "true", env=env)
     assert none.returncode == 2 and b"name the targets" in none.stderr
     bad = lqx("run", "--vm", "web-1", "--max-errors", "lots", "true", env=env)
-    assert bad.returncode == 1 and b"invalid_argument" in bad.stderr
+    assert bad.returncode == 2 and b"Invalid value for '--max-errors'" in bad.stderr
     # Ctrl-C cancels the run in the controller (it would go on without this command).
     proc = subprocess.Popen([CLI, "run", "--vm", "web-1", "--interval", "0.1", "sleep 30"], env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
