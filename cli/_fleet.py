@@ -17,7 +17,7 @@ from . import _exitcodes as ec
 from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
 from ._fast import MAX_TIMEOUT_S
-from ._output import print_json, progress_line, say, warn
+from ._output import error_line, print_json, progress_line, say, warn
 from ._state import complete_vm, json_option, label_option, labels_dict, pass_client
 
 __all__ = ["COMMANDS", "output_name"]
@@ -115,8 +115,9 @@ def run_cmd(
 ) -> None:
     """Run SCRIPT (shell) on every VM matching --label and/or named by --vm, as one fleet run
     in the controller (it goes on if this command stops). A line per VM as it starts and
-    ends (stderr), a summary at the end (stdout); exit 1 unless every VM succeeded, and when
-    no VM matched (nothing ran: a mistyped label must not pass for success).
+    ends (stderr), a summary at the end (stdout); exit 1 unless every VM succeeded. When no
+    VM matched, nothing ran: one line on stderr says so, nothing on stdout (nor --json's
+    run, which the controller records as a success with 0 targets), exit 1.
 
     \b
       limiquantix run --label role=web --max-concurrency 5 --max-errors 10% 'apt-get -qq update'
@@ -134,6 +135,13 @@ def run_cmd(
     }
     started = client.call(FLEET, "RunCommand", body)
     command_id = started.get("commandId", "")
+    if not started.get("targetCount"):
+        # The controller records such a run as a success with 0 targets (as SSM does): a
+        # mistyped label must not pass for one, so neither the summary nor the JSON (whose
+        # status says success) is printed; the one line says why, on stderr.
+        shown = " ".join(f"--label {label}" for label in labels)
+        error_line(f"no VM matched {shown}: nothing ran (run {command_id})")
+        sys.exit(ec.FAILED)
     warn(f"run {command_id}: {_targets(started.get('targetCount', 0))}")
     seen: dict[str, str] = {}
     try:
@@ -167,10 +175,6 @@ def run_cmd(
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
         line = f"run {command_id} {run.get('status', '')}: {_targets(run.get('targetCount', 0))}"
         say(f"{line}: {summary}" if summary else line)
-    if not run.get("targetCount"):
-        shown = " ".join(f"--label {label}" for label in labels)
-        warn(f"no VM matched {shown}: nothing ran")
-        sys.exit(ec.FAILED)
     if run.get("status") != "success" or any(s != "success" for s in counts if counts[s]):
         sys.exit(ec.FAILED)
 

@@ -644,11 +644,15 @@ def test_cp_names_the_file_written_and_a_missing_directory(stack: Stack, env: di
 
 @pytest.mark.slow
 def test_a_fleet_run_that_matches_no_vm_fails_saying_so(stack: Stack, env: dict[str, str]) -> None:
-    """A label no VM carries (a typo) ran nothing and exited 0: a script saw success."""
-    run = lqx("run", "--label", "role=nowhere", "--interval", "0.1", "true", env=env)
-    assert run.returncode == 1, run.stderr
-    assert b"no VM matched --label role=nowhere: nothing ran" in run.stderr
-    assert "0 targets" in run.stdout.decode()
+    """A label no VM carries (a typo) ran nothing and exited 0: a script saw success. Then
+    stdout still said "run ... success: 0 targets" (and --json the run, "status": "success")
+    before stderr said nothing ran: now one line on stderr says it, nothing on stdout, exit 1."""
+    for json_flag in ((), ("--json",)):
+        run = lqx("run", "--label", "role=nowhere", "--label", "env=dev", *json_flag, "true", env=env)
+        assert (run.returncode, run.stdout) == (1, b""), (json_flag, run.stdout, run.stderr)
+        line = run.stderr.decode()
+        assert re.fullmatch(r"limiquantix: no VM matched --label role=nowhere --label env=dev: nothing ran "
+                            r"\(run [0-9a-f-]{36}\)\n", line), line  # fmt: skip
 
 
 @pytest.mark.slow
