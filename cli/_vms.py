@@ -10,6 +10,8 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
+from limiquantix.protocol import uptime_text
+
 from . import _exitcodes as ec
 from ._client import ADMIN, NODES, VM, Client, given
 from ._output import error_line, print_json, print_table, say, short_time
@@ -42,6 +44,15 @@ def _labels_text(labels: dict[str, str]) -> str:
 
 def _pct(value: float | str | None) -> str:
     return f"{float(value or 0):.0f}"
+
+
+def _seconds(value: object) -> float | None:
+    """A JSON number of seconds (proto3 JSON may write a double as a string, "NaN" included);
+    None for anything else."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def _live(vm: dict[str, Any]) -> bool:
@@ -144,7 +155,7 @@ def vm_cmd(client: Client, vm: str, as_json: bool) -> None:
         # Not live: the figures last reported, said so (the table shows "-").
         ("cpu %", _pct(answer.get("cpuPercent")) + ("" if _live(answer) else " (last reported)")),
         ("memory %", _pct(answer.get("memoryPercent")) + ("" if _live(answer) else " (last reported)")),
-        ("uptime", f"{float(answer.get('uptimeSeconds') or 0):.0f} s"),
+        ("uptime", uptime_text(_seconds(answer.get("uptimeSeconds")))),
         ("labels", _labels_text(answer.get("labels", {}))),
         ("last seen", answer.get("lastSeen", "")),
         ("last reported", answer.get("lastReported", "")),
@@ -166,7 +177,7 @@ def ping_cmd(client: Client, vm: str, as_json: bool) -> None:
     elif answer.get("connected"):
         say(
             f"{vm}: agent {answer.get('version', '?')} answered in {float(answer.get('latencyMs') or 0):.2f} ms "
-            f"(agent up {float(answer.get('uptimeSeconds') or 0):.0f} s)"
+            f"(agent up {uptime_text(_seconds(answer.get('uptimeSeconds')))})"
         )
     else:
         error_line(f"{vm}: the agent did not answer: {answer.get('error') or 'not connected'}")

@@ -54,6 +54,7 @@ Exported here, by the private module that holds them:
 * :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
 * :mod:`._varint`: protocol buffers' varints written by hand: ``varint_bytes``
 * :mod:`._exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
+* :mod:`._durations`: an uptime as an operator reads it (the TUI, the CLI): ``uptime_text``
 * :mod:`._requestchecks`: request values the controller checks and the command line checks
   first: ``check_labels``, ``parse_max_errors``, ``MAX_CONCURRENCY_LIMIT``, ``MAX_LABELS``
 
@@ -110,6 +111,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
     from ._deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
     from ._deadlines import command_budget_s as command_budget_s
+    from ._durations import uptime_text as uptime_text
     from ._exits import describe_exit as describe_exit
     from ._framing import FLAG_SYNC as FLAG_SYNC
     from ._framing import FRAME_HEADROOM_BYTES as FRAME_HEADROOM_BYTES
@@ -192,6 +194,7 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "._deadlines"),
     "describe_exit": "._exits",
+    "uptime_text": "._durations",
     **dict.fromkeys(
         ("MAX_CONCURRENCY_LIMIT", "MAX_LABELS", "check_labels", "parse_max_errors"),
         "._requestchecks",

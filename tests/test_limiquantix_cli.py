@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import pty
 import re
@@ -242,6 +243,24 @@ def test_configuration_errors_are_one_line_and_documented_codes(tmp_path: Path) 
     assert usage.returncode == 2 and b"Invalid value for --timeout" in usage.stderr
 
 
+@pytest.mark.parametrize(
+    ("seconds", "full", "compact"),
+    [
+        (55510, "15h 25m 10s", "15h25m"), (4 * 86400 + 3 * 3600 + 12 * 60 + 9, "4d 3h 12m", "4d03h"),
+        (86400, "1d 0h 0m", "1d00h"), (3600.9, "1h 0m 0s", "1h00m"), (65, "1m 5s", "1m05s"), (5.7, "5s", "0m05s"),
+        (0.4, "0s", "0m00s"), (0, "-", "-"), (None, "-", "-"), (-3, "-", "-"), (math.nan, "-", "-"),
+        (math.inf, "-", "-"), (1e12, "11574074d 1h 46m", "11574074d01h"),
+    ],
+)  # fmt: skip
+def test_an_uptime_reads_as_an_operator_reads_it(seconds: float | None, full: str, compact: str) -> None:
+    """limiquantix vm said "uptime 55510 s"; the words are the TUI's VM screen's too, and the
+    compact form its fleet column's (as it was: 36d02h)."""
+    from limiquantix.protocol import uptime_text
+    from limiquantix.tui._format import uptime
+
+    assert (uptime_text(seconds), uptime_text(seconds, compact=True), uptime(seconds)) == (full, compact, compact)
+
+
 @pytest.fixture
 def silent_controller() -> Iterator[str]:
     """The URL of a controller that accepts connections and never answers (what a controller
@@ -416,7 +435,10 @@ def test_inventory_commands(stack: Stack, env: dict[str, str]) -> None:
     assert reported.returncode == 1 and b"failed_precondition" in reported.stderr
     assert lqx("vm", "remove", "nosuch", env=env).returncode == 1
     assert lqx("vm", "remove", "web-1", env=_env(stack.url, stack.tokens["operator"])).returncode == 77
-    assert json.loads(_out(lqx("vm", "web-1", "--json", env=env)))["identity"]["hostname"]
+    shown_vm = json.loads(_out(lqx("vm", "web-1", "--json", env=env)))
+    assert shown_vm["identity"]["hostname"] and isinstance(shown_vm["uptimeSeconds"], float)  # seconds for scripts
+    uptime = next(line.split(None, 1)[1] for line in shown.splitlines() if line.startswith("uptime "))
+    assert re.fullmatch(r"[0-9]+[dhms]( [0-9]+[hms]){0,2}", uptime.strip()), uptime  # "15h 25m 10s", not "55510 s"
     assert "web-1: agent " in _out(lqx("ping", "web-1", env=env))
     assert json.loads(_out(lqx("ping", "web-1", "--json", env=env)))["connected"] is True
     nodes = json.loads(_out(lqx("nodes", "--json", env=env)))
@@ -660,7 +682,9 @@ def test_ping_says_the_uptime_is_the_agents(stack: Stack, env: dict[str, str]) -
     """PingAgent's uptimeSeconds is the agent's (minutes after make run), not the guest's: it
     was printed as "guest up"."""
     answer = _out(lqx("ping", "web-1", env=env))
-    assert re.fullmatch(r"web-1: agent \S+ answered in [0-9.]+ ms \(agent up [0-9]+ s\)\n", answer), answer
+    assert re.fullmatch(
+        r"web-1: agent \S+ answered in [0-9.]+ ms \(agent up [0-9]+[dhms]( [0-9]+[hms]){0,2}\)\n", answer
+    )
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
 import operator
 import re
 from collections import Counter
@@ -14,7 +13,7 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.text import Text
 
-from limiquantix.protocol import describe_exit, safe_text
+from limiquantix.protocol import describe_exit, safe_text, uptime_text
 from limiquantix.protocol._gen import fleet_pb2 as fleet_pb
 from limiquantix.protocol._gen import vm_service_pb2 as vm_pb
 
@@ -136,19 +135,11 @@ def percent(value: float | None, *, connected: bool = True, digits: int = 1) -> 
 
 
 def uptime(seconds: float | None) -> str:
-    """``36d02h``, ``5h07m``, ``4m09s``; ``-`` for none, and for a value no uptime has (a
-    guest reports the figure: negative, NaN or infinite)."""
-    if not seconds or not math.isfinite(seconds) or seconds < 0:
-        return "-"
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes = s // 60
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{s % 60:02d}s"
+    """``36d02h``, ``5h07m``, ``4m09s``: a table column's uptime (the VM screen shows
+    :func:`~limiquantix.protocol.uptime_text`'s full form, as the command line does); ``-``
+    for none, and for a value no uptime has (a guest reports the figure: negative, NaN or
+    infinite)."""
+    return uptime_text(seconds, compact=True)
 
 
 def human_bytes(n: float) -> str:

@@ -15,11 +15,11 @@ from textual.containers import Grid, VerticalScroll
 from textual.message import Message
 from textual.widgets import Header, Static
 
-from limiquantix.protocol import safe_text
+from limiquantix.protocol import safe_text, uptime_text
 from limiquantix.protocol._gen.vm_service_pb2 import VM
 
 from .._client import ApiError
-from .._format import age, bar, guest, human_bytes, state_text, uptime
+from .._format import age, bar, guest, human_bytes, state_text
 from .._workers import run_async
 from ..widgets.footer import KeysFooter
 from ..widgets.graphs import Graphs
@@ -156,7 +156,7 @@ class VMScreen(LqxScreen):
             ("Kernel", _kernel(identity.kernel or detail.kernel or "-", identity.architecture)),
             ("Hostname", identity.hostname or detail.hostname or "-"),
             ("Agent", f"{detail.agent_version or '-'} (Python {identity.python_version or '?'})"),
-            ("Uptime", uptime(telemetry.uptime_seconds or detail.uptime_seconds)),
+            ("Uptime", uptime_text(telemetry.uptime_seconds or detail.uptime_seconds)),
             ("Boot time", identity.boot_time.ToJsonString() if identity.HasField("boot_time") else "-"),
             ("CPUs", str(telemetry.cpu_count) if live else "-"),
             (
