@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from rich.cells import cell_len
 from rich.text import Text
+from test_tui_snapshots import until
 
 from limiquantix.protocol._gen.vm_service_pb2 import VM
 from limiquantix.tui import LimiQuantixApp, demo_data
@@ -311,8 +312,8 @@ async def test_small_terminals_cut_names_by_cells() -> None:
 
 async def test_columns_grow_when_a_wider_cell_is_drawn_or_arrives() -> None:
     """A poll of the same VMs measures no columns: a cell that became wider widens its column
-    when its row is drawn (never cut); a VM that arrives is measured (off screen too); columns
-    never shrink (as DataTable's)."""
+    when its row is drawn (never cut); a VM that arrives is measured (off screen too); when
+    VMs leave, the columns fit the VMs still there."""
     app, _ = demo_data.demo_app(history=0)
     long_ip = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"
     async with app.run_test(size=(160, 40)) as pilot:  # the wider table still fits
@@ -339,7 +340,8 @@ async def test_columns_grow_when_a_wider_cell_is_drawn_or_arrives() -> None:
         _check_screen(app, screen, table)
         assert _lines(app)[table.region.y] == wide
         # VMs leave and arrive; one that arrives has a long name and sorts last (off screen):
-        # measured on arrival, the name column is wider; the IP column has not shrunk.
+        # measured on arrival, the name column is wider; VMs left, so the IP column fits the
+        # addresses of the VMs now here (the long ones are gone): as narrow as at first.
         vms = _churn(1)
         vms[-1].name = "vm-" + "z" * 30
         table.move_cursor(row=0)
@@ -348,4 +350,26 @@ async def test_columns_grow_when_a_wider_cell_is_drawn_or_arrives() -> None:
         _check_screen(app, screen, table)
         wider = _lines(app)[table.region.y]
         assert wider.index(" Node ") > wide.index(" Node ")
-        assert wider.index(" CPU ") - wider.index(" IP ") == wide.index(" CPU ") - wide.index(" IP ")
+        assert wider.index(" CPU ") - wider.index(" IP ") == header.index(" CPU ") - header.index(" IP ")
+
+
+async def test_columns_shrink_when_the_vm_that_widened_them_leaves() -> None:
+    """A VM with a long name went away and its column stayed as wide: measured again when
+    VMs leave, the column fits the names still there (the header as before it came)."""
+    app, _ = demo_data.demo_app(history=0)
+    async with app.run_test(size=SIZE) as pilot:
+        screen, table = await _fed(app, pilot)
+        header = _lines(app)[table.region.y]
+        long_named = VM()
+        long_named.CopyFrom(_churn(0)[0])
+        # Wider than every other name, not so wide that the table needs a horizontal scrollbar
+        # (a layout change of its own that the screen may draw a frame later).
+        long_named.vm_id, long_named.name = "long-one", "vm-" + "w" * 15
+        app.apply_fleet([*_churn(0), long_named])
+        await pilot.pause()
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        await until(pilot, lambda: _lines(app)[table.region.y].index(" Node ") > header.index(" Node "), "wider")
+        app.apply_fleet(_churn(0))  # it left; every other VM as before
+        await pilot.pause()
+        await until(pilot, lambda: _lines(app)[table.region.y] == header, "the header as before")
+        _check_screen(app, screen, table)

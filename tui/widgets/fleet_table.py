@@ -9,7 +9,8 @@ the ordered list of VMs it was given; a row's cells are built when the row is
 drawn, and kept per VM until that VM's record changes (:class:`_RowCache`). A
 poll costs the list and the rows on screen; the columns are measured over the
 VMs that arrived (:func:`column_widths`, from the fields, without building
-cells), and otherwise grow when a row drawn needs it.
+cells), over the whole fleet when VMs left (so that they shrink back), and
+otherwise grow when a row drawn needs it.
 
 What the operator sees is what ``DataTable`` showed: a header (click it to sort),
 zebra stripes, a row cursor kept on its VM across refreshes (up / down / page keys,
@@ -458,13 +459,14 @@ class FleetTable(ScrollView, can_focus=True):
         """Show ``vms`` in this order, the ``selected`` ones marked; the cursor stays on its VM
         (or goes to the first row if its VM is no longer shown). Rows are built when drawn.
 
-        Column widths, as DataTable's: each column as wide as its widest cell, and it grows,
-        never shrinks. Measured (:func:`column_widths`, without building cells) over
-        ``measure`` (the VMs by id; default: ``vms``; the fleet screen gives the whole fleet,
-        so that columns stay put while a filter is typed) when the tier changes, and then
-        only over the VMs that arrived in it; between those, a column grows when a row about
-        to be drawn has a wider cell. A poll of the same fleet (every figure moved) thus
-        measures nothing (all 5,000 VMs: ~25 ms on a loaded machine). ``states``: the
+        Column widths: each column as wide as its widest cell. Measured
+        (:func:`column_widths`, without building cells) over ``measure`` (the VMs by id;
+        default: ``vms``; the fleet screen gives the whole fleet, so that columns stay put
+        while a filter is typed) when the tier changes or VMs left it (a column then shrinks
+        to the cells still there: a departed VM's long name no longer holds it wide), and
+        otherwise only over the VMs that arrived; between those, a column grows when a row
+        about to be drawn has a wider cell. A poll of the same fleet (every figure moved)
+        thus measures nothing (all 5,000 VMs: ~25 ms on a loaded machine). ``states``: the
         effective states of ``measure``'s VMs, if known.
         """
         cursor_vm = self.cursor_vm
@@ -473,15 +475,15 @@ class FleetTable(ScrollView, can_focus=True):
         self._selected = selected
         self._measure = measure
         fleet = measure if measure is not None else dict(zip(self.order, self._vms, strict=True))
-        if self._measured is None:
+        # VMs left: the columns are measured again over those that are here, so that a
+        # column a departed VM's long name (or address) widened gives its width back.
+        if self._measured is None or not self._measured <= fleet.keys():
             self._content = list(column_widths(list(fleet.values()), self.tier, states=states))
             self._measured = set(fleet)
         elif arrived := fleet.keys() - self._measured:
             widths = column_widths([fleet[vm_id] for vm_id in arrived], self.tier, states=states)
             self._content = [max(old, new) for old, new in zip(self._content, widths, strict=True)]
             self._measured = set(fleet)
-        elif len(self._measured) != len(fleet):
-            self._measured = set(fleet)  # VMs left: one that comes back is measured again
         self._set_widths()
         row = self.order.index(cursor_vm) if cursor_vm is not None and cursor_vm in self.order else 0
         if row != self._cursor:
