@@ -328,6 +328,37 @@ async def test_escape_during_an_upload_asks_with_buttons_that_say_what_they_do(w
         files.upload = None  # no upload: escape leaves the screen (the kept app goes back)
 
 
+_JOBS_COLUMNS = ["#", "State", "VMs", "Script", "Result", "Time"]
+
+
+async def test_the_jobs_screen_shows_every_column_at_60_columns() -> None:
+    """At 60 columns the jobs list cut its Result and Time columns off (the script, a free
+    text as wide as it was, pushed them out): every column shows at 80 and 60 columns, the
+    script is what is cut ("…"), and a long result gives up cells only at 60."""
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        one = app.jobs.new(["web-01"], "for i in $(seq 1 100); do echo a rather long script line; done", 60, "")
+        one.finish("success", "exit code 0")
+        fleet = app.jobs.new(["web-01", "web-02", "web-03"], "apt-get -qq update && apt-get -y upgrade", 0, "")
+        fleet.finish("failed", "failed 1  success 2")
+        app.jobs.new(["db-01"], "sleep 30", 60, "")  # still running
+        await pilot.press("j")
+        await pilot.pause()
+        for size in SIZES:
+            await at_size(pilot, app, size)
+            # The table's columns are set again at a new width: drawn a frame later, maybe.
+            await until(pilot, lambda: any(line.split() == _JOBS_COLUMNS for line in screen_text(app)), f"{size}")
+            lines = screen_text(app)
+            rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("1", "2", "3")}
+            assert "running" in rows["3"] and "db-01" in rows["3"] and "sleep" in rows["3"], rows
+            assert "exit code 0" in rows["1"] and "web-01" in rows["1"] and "for i" in rows["1"], rows
+            assert "…" in rows["1"] and "long script line" not in rows["1"], rows  # the script is cut
+            assert rows["1"].rstrip().endswith(" s") and rows["2"].rstrip().endswith(" s"), rows  # Time shows
+            assert "3 VMs" in rows["2"] and "failed 1" in rows["2"], rows
+            assert ("failed 1  success 2" in rows["2"]) == (size == SMALL), rows
+
+
 async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
     """The focused table's own enter binding (hidden) shadowed the screen's: the footer showed
     neither "⏎ Open" (jobs) nor "⏎ Details" (audit), though enter did both."""
