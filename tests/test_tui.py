@@ -371,7 +371,8 @@ async def test_shutdown_dialog(stack: Stack) -> None:
 
 async def test_a_viewer_is_offered_only_what_it_may_do(stack: Stack) -> None:
     """WhoAmI's permissions decide the keys: a viewer's footer has no Run, Audit, Script, Files
-    or power keys, and pressing them does nothing (it could open the runner and fail on Run)."""
+    or power keys, and pressing them opens nothing (it could open the runner and fail on Run);
+    each press says why, once (it was ignored without a word)."""
     app = _app(stack, token=stack.tokens["viewer"])
     async with app.run_test(size=(120, 30)) as pilot:
         await until(pilot, "every VM connected", lambda: _all_connected(app))
@@ -380,17 +381,31 @@ async def test_a_viewer_is_offered_only_what_it_may_do(stack: Stack) -> None:
         footer = _screen_text(app).splitlines()[-1]
         assert "Details" in footer and "Filter" in footer
         assert "Run" not in footer and "Audit" not in footer, footer
+        app.notes.clear()
         await pilot.press("x", "u")
         await pilot.pause()
         assert isinstance(app.screen, FleetScreen)
+        assert app.notes == [
+            "your token's role viewer may not run commands",
+            "your token's role viewer may not read the audit log",
+        ]
+        await pilot.press("slash", "x", "u", "enter")  # typed into the filter: its letters, no refusal
+        await pilot.pause()
+        assert len(app.notes) == 2
+        await pilot.press("escape")
         await _open_vm(app, pilot, "web-1")
         await pilot.pause()
         footer = _screen_text(app).splitlines()[-1]
         assert "Ping" in footer and "Back" in footer
         assert not any(word in footer for word in ("Script", "Files", "Off", "Reboot", "Passwd")), footer
+        app.notes.clear()
         await pilot.press("x", "f", "p", "r", "w")
         await pilot.pause()
         assert isinstance(app.screen, VMScreen)
+        assert app.notes == [
+            f"your token's role viewer may not {words}"
+            for words in ("run commands", "read guest files", *["shut down or reboot VMs"] * 2, "reset guest passwords")
+        ]
 
 
 async def test_an_operator_gets_the_runner_but_not_the_password_reset(stack: Stack) -> None:

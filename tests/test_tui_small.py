@@ -359,6 +359,28 @@ async def test_the_jobs_screen_shows_every_column_at_60_columns() -> None:
             assert ("failed 1  success 2" in rows["2"]) == (size == SMALL), rows
 
 
+async def test_a_key_the_token_may_not_use_says_why_once_per_press() -> None:
+    """A viewer's x (run) on the fleet and on a VM, and p (power), were ignored without a word
+    (the footer hides them): each press says why, once."""
+    from limiquantix.tui._client import WhoAmI
+
+    app, feed = _app()
+    async with app.run_test(size=SMALL) as pilot:
+        feed()
+        app.me = WhoAmI(user="val", role="viewer", token_id="t", permissions=frozenset({"vm.read"}), label_scope={})
+        app.clear_notifications()
+        await pilot.press("x", "x")
+        await pilot.pause()
+        said = [n.message for n in app._notifications]
+        assert said == ["your token's role viewer may not run commands"] * 2, said
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "VMScreen", "the VM screen")
+        app.clear_notifications()
+        await pilot.press("p")
+        await pilot.pause()
+        assert [n.message for n in app._notifications] == ["your token's role viewer may not shut down or reboot VMs"]
+
+
 async def test_the_jobs_and_audit_footers_show_what_enter_does() -> None:
     """The focused table's own enter binding (hidden) shadowed the screen's: the footer showed
     neither "⏎ Open" (jobs) nor "⏎ Details" (audit), though enter did both."""

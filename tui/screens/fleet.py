@@ -260,9 +260,6 @@ class FleetScreen(LqxScreen):
             self.app.push_screen(RunnerScreen(targets))
 
     def action_audit(self) -> None:
-        if not self.lqx.may("audit.read"):
-            self.notify("The audit log needs an admin token.", severity="warning")
-            return
         from .audit import AuditScreen
 
         self.app.push_screen(AuditScreen())
