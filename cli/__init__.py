@@ -3,9 +3,10 @@
 Modules by concern: :mod:`._app` (the click group, ``exec``/``sh``, completion),
 :mod:`._vms` (VMs, nodes, power, password), :mod:`._files` (``cp``, ``ls``, ``stat``),
 :mod:`._fleet` (``run``), :mod:`._admin` (``audit``, ``tokens``); under them
-:mod:`._client` (Connect JSON over HTTP/1.1; :mod:`._answer` reads the answers), :mod:`._output`, :mod:`._exitcodes`, and the
-start-up path: :mod:`._fast` (the program's entry, the option tables, exec/sh parsed without
-click and run up to their request leaving) and :mod:`._exec` (the command followed once its
+:mod:`._output`, :mod:`._exitcodes`, and the start-up path: :mod:`._fast` (the program's
+entry, the option tables, exec/sh parsed without click and run up to their request leaving,
+and the ``Client`` every command calls the controller with: Connect JSON over HTTP/1.1),
+:mod:`._answer` (reading the answers) and :mod:`._exec` (the command followed once its
 request has left). The ``limiquantix`` program is the script ``cli/limiquantix``
 (``entry()`` of :mod:`._fast`; ``python -m limiquantix.cli`` runs the same).
 

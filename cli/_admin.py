@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._client import ADMIN, Client
+from ._fast import ADMIN, Client
 from ._output import print_json, print_table, say, short_time
 from ._state import json_option, label_option, labels_dict, pass_client
 

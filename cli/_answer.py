@@ -1,9 +1,9 @@
-"""Reading a call's answer (:mod:`._client` sends it): the HTTP/1.1 response (its status
+"""Reading a call's answer (:mod:`._fast` sends it): the HTTP/1.1 response (its status
 line and headers, a ``Content-Length`` or ``chunked`` body, bounded reads against the call's
 deadline), the JSON in it, and a Connect stream's messages.
 
-Apart from :mod:`._client` because ``limiquantix exec`` needs none of it before its request
-has left: :mod:`._client` imports it then, while the controller works on the request, so the
+Apart from :mod:`._fast` because ``limiquantix exec`` needs none of it before its request
+has left: :mod:`._fast` imports it then, while the controller works on the request, so the
 about 0.4 ms it takes to load costs the command no wall time (bench/cli_bench.py; each
 module before the send costs about 0.2 ms, and this one's code about as much again).
 
@@ -14,7 +14,7 @@ collections under it: about 15 ms. The work is done by :mod:`json`'s own C accel
 something after its value) is handed to ``json.loads``, which raises its ``JSONDecodeError``
 (``_json`` needs ``json.decoder`` loaded to build that error), so that every answer and every
 error is exactly the standard library's. ``_json`` is loaded before an answer is awaited
-(:meth:`._client.Client._answer`).
+(:meth:`._fast.Client._answer`).
 """
 
 # No ``from __future__ import annotations``: limiquantix exec imports this module on every
@@ -22,7 +22,7 @@ error is exactly the standard library's. ``_json`` is loaded before an answer is
 # machine: bench/cli_bench.py); annotations naming what only type checkers import are
 # strings instead.
 
-from ._client import ApiError, BadResponse, Broken, TimedOut, _remaining
+from ._fast import ApiError, BadResponse, Broken, TimedOut, _remaining
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
 # start-up that bench/cli_bench.py measures.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
     from typing import Any
 
-    from ._client import Sent
+    from ._fast import Sent
 
 __all__ = ["MAX_HEADER_BYTES", "Response", "Stream", "loads"]
 

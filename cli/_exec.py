@@ -16,7 +16,7 @@ import sys
 from limiquantix.protocol import ConfigError
 
 from . import _exitcodes as ec
-from ._client import ApiError
+from ._fast import ApiError
 from ._output import GuestWriter, error_line, warn
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
@@ -66,7 +66,7 @@ def exit_status(result: "Mapping[str, Any]") -> int:
 
 
 def follow(events: "Stream") -> int:
-    """Follow a sent ExecuteScriptStream (:meth:`._client.Client.stream`): output to our stdout
+    """Follow a sent ExecuteScriptStream (:meth:`._fast.Client.stream`): output to our stdout
     and stderr as it comes; the exit code (:func:`exit_status`; 125 when the call failed, said
     on stderr).
 

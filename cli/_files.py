@@ -17,7 +17,7 @@ import click
 
 from limiquantix.protocol import write_file_parts
 
-from ._client import VM, ApiError, Client
+from ._fast import VM, ApiError, Client
 from ._output import print_json, print_table, say, short_time
 from ._state import json_option, pass_client, vm_argument
 

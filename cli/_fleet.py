@@ -14,9 +14,8 @@ import click
 from limiquantix.protocol import MAX_CONCURRENCY_LIMIT, parse_max_errors
 
 from . import _exitcodes as ec
-from ._client import FLEET, ApiError, Client, given
 from ._exec import ending
-from ._fast import MAX_TIMEOUT_S
+from ._fast import FLEET, MAX_TIMEOUT_S, ApiError, Client, given
 from ._output import error_line, print_json, progress_line, say, warn
 from ._state import complete_vm, json_option, label_option, labels_dict, pass_client
 

@@ -86,7 +86,7 @@ def short_time(value: object) -> str:
 
 def print_json(value: "Any") -> None:
     """``value`` as indented JSON (controls and non-ASCII escaped: safe on any terminal)."""
-    import json  # here: exec's path loads no json (see ._client)
+    import json  # here: exec's path loads no json (see ._fast)
 
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True) + "\n")
 

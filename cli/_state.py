@@ -13,8 +13,7 @@ import click
 from limiquantix.protocol import ConfigError, check_labels
 
 from . import _exitcodes as ec
-from ._client import ApiError, Client
-from ._fast import Opt, parse_env_pair
+from ._fast import ApiError, Client, Opt, parse_env_pair
 from ._output import error_line
 
 __all__ = [
@@ -147,7 +146,7 @@ def complete_vm(ctx: click.Context, param: click.Parameter | None, incomplete: s
     options = {k: v for k, v in root.params.items() if v not in (None, False)}
     try:
         client = Client.from_options(**options)
-        from ._client import VM
+        from ._fast import VM
 
         answer = client.call(VM, "ListVMs", {"pageSize": 1000}, timeout_s=COMPLETION_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - any failure (config, network, answer): no candidates

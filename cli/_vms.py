@@ -13,7 +13,7 @@ from click.shell_completion import CompletionItem
 from limiquantix.protocol import uptime_text
 
 from . import _exitcodes as ec
-from ._client import ADMIN, NODES, VM, Client, given
+from ._fast import ADMIN, NODES, VM, Client, given
 from ._output import error_line, print_json, print_table, say, short_time
 from ._state import complete_vm, json_option, label_option, labels_dict, pass_client, vm_argument
 

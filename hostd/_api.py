@@ -204,7 +204,7 @@ class NodeAPI:
     @staticmethod
     def _command_budget(req: pb.ExecuteRequest) -> float:
         # The agent enforces the command's timeout; every hop waits the one budget
-        # (its timeout, or the default, plus the stated margin: protocol/_deadlines.py).
+        # (its timeout, or the default, plus the stated margin: command_budget_s in protocol/__init__.py).
         return command_budget_s(req.timeout_seconds)
 
     async def ExecuteInGuest(

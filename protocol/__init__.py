@@ -30,8 +30,6 @@ Exported here, by the private module that holds them:
 * :mod:`._backoff`: how long every retry loop waits: ``Backoff`` (capped, doubling, jittered)
 * :mod:`._httpstack`: httpx imported without its command-line client: ``import_http_stack``,
   ``HTTPX_CLI`` (the rpc client and the TUI; never shipped to guests)
-* :mod:`._deadlines`: a command's time budget at every hop: ``command_budget_s``,
-  ``DEFAULT_COMMAND_TIMEOUT_S``, ``COMMAND_MARGIN_S``
 * :mod:`._safetext`: guest text made safe for terminals and logs: ``safe_text``,
   ``safe_bytes``, ``StreamEscaper``, ``ESCAPED``
 * :mod:`._logs`: the daemons' log lines: ``setup_logging``, ``LogThrottle``
@@ -43,14 +41,12 @@ Exported here, by the private module that holds them:
   ``TLSConfigError``, ``tls_failure``, ``refusal_message``
 * :mod:`._sslcontext`: ssl alone, for the command line's https (no typing, no dataclasses):
   ``verifying_context``, ``TLSConfigError``
-* :mod:`._clientconfig`, too: a token over plain HTTP only to this machine:
-  ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``, ``split_url``
-  (the one reading of a URL's host, for the check and the connection)
-* :mod:`._configfile`: reading a TOML file, the one ``ConfigError``
-* :mod:`._clientconfig`: where an operator's client finds its controller (profiles):
-  ``resolve``, ``read_config``, ``ClientSettings``, ``DEFAULT_URL``,
-  ``DEFAULT_REQUEST_TIMEOUT_S``, ``parse_request_timeout``,
-  ``default_config_path``, ``refused_token_flag``
+* :mod:`._configfile`: reading a TOML file, the one ``ConfigError``; where an operator's
+  client finds its controller (profiles): ``resolve``, ``read_config``, ``ClientSettings``,
+  ``DEFAULT_URL``, ``DEFAULT_REQUEST_TIMEOUT_S``, ``parse_request_timeout``,
+  ``default_config_path``, ``refused_token_flag``; and a token over plain HTTP only to this
+  machine: ``check_token_transport``, ``InsecureTransportError``, ``is_loopback_url``,
+  ``split_url`` (the one reading of a URL's host, for the check and the connection)
 * :mod:`._jsonupload`: a file upload's Connect JSON in pieces: ``write_file_parts``
 * :mod:`._varint`: protocol buffers' varints written by hand: ``varint_bytes``
 * :mod:`._exits`: how a guest command ended, in words (the TUI, the CLI): ``describe_exit``
@@ -60,7 +56,9 @@ Exported here, by the private module that holds them:
 
 ``agent_pb2`` (the generated ``agent.proto`` module), ``PROTOCOL_VERSION``,
 ``__version__`` and ``import_lazily`` (how this package, hostd, the controller and the TUI
-import their exports on first use) complete the exports. Other generated modules are imported from
+import their exports on first use) complete the exports, with the one rule for a guest
+command's time budget, defined here: ``command_budget_s``, ``DEFAULT_COMMAND_TIMEOUT_S``,
+``COMMAND_MARGIN_S``. Other generated modules are imported from
 :mod:`._gen` by name (``from limiquantix.protocol._gen import vm_service_pb2``).
 
 Every export is imported on first use (PEP 562), and only its own module: importing
@@ -82,35 +80,32 @@ imports imports them.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on first use
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, Final
 
     from ._agentclient import EVENT_BURST as EVENT_BURST
     from ._agentclient import EVENT_RATE_PER_S as EVENT_RATE_PER_S
     from ._agentclient import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
     from ._agentclient import AgentClient as AgentClient
     from ._backoff import Backoff as Backoff
-    from ._clientconfig import DEFAULT_REQUEST_TIMEOUT_S as DEFAULT_REQUEST_TIMEOUT_S
-    from ._clientconfig import DEFAULT_URL as DEFAULT_URL
-    from ._clientconfig import ClientSettings as ClientSettings
-    from ._clientconfig import InsecureTransportError as InsecureTransportError
-    from ._clientconfig import check_token_transport as check_token_transport
-    from ._clientconfig import default_config_path as default_config_path
-    from ._clientconfig import is_loopback_url as is_loopback_url
-    from ._clientconfig import parse_request_timeout as parse_request_timeout
-    from ._clientconfig import read_config as read_config
-    from ._clientconfig import refused_token_flag as refused_token_flag
-    from ._clientconfig import resolve as resolve
-    from ._clientconfig import split_url as split_url
+    from ._configfile import DEFAULT_REQUEST_TIMEOUT_S as DEFAULT_REQUEST_TIMEOUT_S
+    from ._configfile import DEFAULT_URL as DEFAULT_URL
+    from ._configfile import ClientSettings as ClientSettings
     from ._configfile import ConfigError as ConfigError
+    from ._configfile import InsecureTransportError as InsecureTransportError
+    from ._configfile import check_token_transport as check_token_transport
+    from ._configfile import default_config_path as default_config_path
+    from ._configfile import is_loopback_url as is_loopback_url
+    from ._configfile import parse_request_timeout as parse_request_timeout
+    from ._configfile import read_config as read_config
+    from ._configfile import refused_token_flag as refused_token_flag
+    from ._configfile import resolve as resolve
+    from ._configfile import split_url as split_url
     from ._daemon import PROMETHEUS_CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
     from ._daemon import RpcMetrics as RpcMetrics
     from ._daemon import check_tls_files as check_tls_files
     from ._daemon import die_with_parent as die_with_parent
     from ._daemon import run_daemon as run_daemon
     from ._daemon import stop_on_signals as stop_on_signals
-    from ._deadlines import COMMAND_MARGIN_S as COMMAND_MARGIN_S
-    from ._deadlines import DEFAULT_COMMAND_TIMEOUT_S as DEFAULT_COMMAND_TIMEOUT_S
-    from ._deadlines import command_budget_s as command_budget_s
     from ._durations import uptime_text as uptime_text
     from ._exits import describe_exit as describe_exit
     from ._framing import FLAG_SYNC as FLAG_SYNC
@@ -161,7 +156,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._wire import set_timestamp_ns as set_timestamp_ns
 
 #: Each lazy export and the module that defines it (the defining one, not one that
-#: re-exports it: ``check_token_transport`` from ``loopback``, which needs no ``ssl``).
+#: re-exports it: ``check_token_transport`` from ``_configfile``, which needs no ``ssl``).
 _LAZY: dict[str, str] = {
     "agent_pb2": "._gen",
     **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S", "MAX_PAYLOAD_BYTES"), "._agentclient"),
@@ -170,17 +165,21 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         (
             "ClientSettings",
+            "ConfigError",
             "DEFAULT_REQUEST_TIMEOUT_S",
             "DEFAULT_URL",
+            "InsecureTransportError",
+            "check_token_transport",
             "default_config_path",
+            "is_loopback_url",
             "parse_request_timeout",
             "read_config",
             "refused_token_flag",
             "resolve",
+            "split_url",
         ),
-        "._clientconfig",
+        "._configfile",
     ),
-    "ConfigError": "._configfile",
     **dict.fromkeys(
         (
             "PROMETHEUS_CONTENT_TYPE",
@@ -192,7 +191,6 @@ _LAZY: dict[str, str] = {
         ),
         "._daemon",
     ),
-    **dict.fromkeys(("COMMAND_MARGIN_S", "DEFAULT_COMMAND_TIMEOUT_S", "command_budget_s"), "._deadlines"),
     "describe_exit": "._exits",
     "uptime_text": "._durations",
     **dict.fromkeys(
@@ -218,9 +216,6 @@ _LAZY: dict[str, str] = {
     "varint_bytes": "._varint",
     **dict.fromkeys(("LogThrottle", "setup_logging"), "._logs"),
     "Throttle": "._throttle",
-    **dict.fromkeys(
-        ("InsecureTransportError", "check_token_transport", "is_loopback_url", "split_url"), "._clientconfig"
-    ),
     **dict.fromkeys(("ESCAPED", "StreamEscaper", "safe_bytes", "safe_text"), "._safetext"),
     **dict.fromkeys(("TLSFiles", "client_ssl_context", "refusal_message", "tls_failure"), "._tls"),
     **dict.fromkeys(("TLSConfigError", "verifying_context"), "._sslcontext"),
@@ -240,7 +235,48 @@ _LAZY: dict[str, str] = {
     ),
 }
 
-__all__ = ["import_lazily", *sorted(_LAZY)]
+__all__ = [
+    "COMMAND_MARGIN_S",
+    "DEFAULT_COMMAND_TIMEOUT_S",
+    "command_budget_s",
+    "import_lazily",
+    *sorted(_LAZY),
+]
+
+# -------------------------------------------------------------- a command's time budget
+#
+# The one rule for a guest command's time budget at every hop. A command runs in the guest for
+# at most its own ``timeout_seconds`` (the agent's DEFAULT_COMMAND_TIMEOUT_S when 0). Every hop
+# above it (hostd, the controller, the TUI and the CLI) waits for it the same
+# command_budget_s(): that timeout plus one COMMAND_MARGIN_S for carrying the result back. The
+# caller's deadline travels down with the call (``Connect-Timeout-Ms`` / ``grpc-timeout``) and
+# each hop waits ``min(command_budget_s(...), what the caller has left)``, so all hops end at
+# the same instant and raising a command's timeout raises every hop's deadline with it.
+#
+# Here rather than in a module of its own, as import_lazily is: ``limiquantix exec`` needs it
+# before its request can leave, and each module on that path costs its start-up about 0.2 ms
+# (found, read, unmarshalled, run: bench/cli_bench.py). Pure: the agent uses the default.
+
+#: A command's timeout when the request names none (``timeout_seconds`` 0).
+DEFAULT_COMMAND_TIMEOUT_S: "Final" = 60.0
+#: What every hop allows beyond a command's own timeout: the agent killing the process
+#: group and reaping it, the result's frame over virtio-serial, and two HTTP hops back.
+COMMAND_MARGIN_S: "Final" = 10.0
+_INFINITY: "Final" = float("inf")
+
+
+def command_budget_s(timeout_seconds: float) -> float:
+    """How long any hop waits for a command whose own timeout is ``timeout_seconds``
+    (0: the default): that timeout plus :data:`COMMAND_MARGIN_S`.
+
+    Raises:
+        ValueError: ``timeout_seconds`` is negative or not a number.
+    """
+    # A comparison rather than math.isinf: math is a shared library to load, and
+    # ``limiquantix exec`` calls this at start. NaN fails both comparisons.
+    if not 0 <= timeout_seconds < _INFINITY:
+        raise ValueError(f"a command timeout must be a finite number >= 0, not {timeout_seconds}")
+    return (timeout_seconds or DEFAULT_COMMAND_TIMEOUT_S) + COMMAND_MARGIN_S
 
 
 def import_lazily(package: str, where: "Mapping[str, str]", name: str) -> "Any":

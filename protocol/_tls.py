@@ -5,7 +5,7 @@ side's one place.
   against a configured CA (the system's when none is named), its host name checked, and a
   client certificate presented when one is configured (mutual TLS: controller → hostd,
   hostd → controller).
-* :func:`check_token_transport` (from :mod:`._clientconfig`, which needs no ``ssl``): a bearer
+* :func:`check_token_transport` (from :mod:`._configfile`, which needs no ``ssl``): a bearer
   token never goes over plain HTTP to an address that is not loopback, unless the caller said
   ``insecure`` (plain HTTP is for development on one machine: anyone on the path between two
   machines reads the token).
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Here for the callers that import them with the rest of TLS; defined apart (no ssl needed;
 # the context itself with ssl alone, for the command line's start-up).
-from ._clientconfig import InsecureTransportError, check_token_transport, is_loopback_url
+from ._configfile import InsecureTransportError, check_token_transport, is_loopback_url
 from ._sslcontext import TLSConfigError, load_cert_chain, load_verify_locations, verifying_context
 from ._sslcontext import ssl_reason as _reason
 

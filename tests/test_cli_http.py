@@ -1,11 +1,11 @@
-"""The command line's HTTP client (cli/_client.py) against servers that answer
+"""The command line's HTTP client (cli/_fast.py) against servers that answer
 badly: a real socket on loopback served by a thread that sends scripted bytes (what a proxy's
 error page, a port that speaks another protocol, a server that dies mid-answer or one that
 floods send), and the URL parsing. Every case must end in one :class:`ApiError` with a code
 and a message, never a traceback or an unbounded read.
 
 Also what ``limiquantix exec`` loads to start (the structure behind bench/cli_bench.py's
-target) and its JSON codec (cli/_client.py's dumps and loads), which must answer exactly as :mod:`json`."""
+target) and its JSON codec (cli/_fast.py's dumps and loads), which must answer exactly as :mod:`json`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from limiquantix.cli._answer import MAX_HEADER_BYTES, loads
-from limiquantix.cli._client import VM, ApiError, Client, Endpoint, dumps
+from limiquantix.cli._fast import VM, ApiError, Client, Endpoint, dumps
 from limiquantix.protocol import ClientSettings, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,7 +475,7 @@ def test_exec_sends_its_request_before_loading_what_follows_the_command(servers:
     assert NEVER_FOR_AN_EXIT.isdisjoint(at_exit)
 
 
-# ------------------------------------------------------------------ cli/_client.py's JSON
+# ------------------------------------------------------------------ cli/_fast.py's JSON
 
 JSON_VALUES = [
     {},

@@ -1,4 +1,4 @@
-"""protocol/_clientconfig.py: how the TUI and the command line find their controller (file,
+"""protocol/_configfile.py: how the TUI and the command line find their controller (file,
 profiles, environment, flags), and what they refuse."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where the TUI finds its controller: flags, then environment, then the config file.
 
 The resolution is shared with the ``limiquantix`` command line
-(:mod:`limiquantix.protocol._clientconfig`): ``make run`` writes
+(:mod:`limiquantix.protocol._configfile`): ``make run`` writes
 ``~/.config/limiquantix/tui.toml`` (``$XDG_CONFIG_HOME`` is honoured) with ``url`` and
 ``token``, ``[profiles.NAME]`` tables hold other controllers (``--profile``, ``LQX_PROFILE``);
 ``LQX_CONTROLLER_URL`` / ``LQX_TOKEN`` override the file, and ``--url`` / ``--token-file``
