@@ -44,7 +44,7 @@ from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.rpc.server import CallContext
+from limiquantix.protocol.rpc.server import CallContext, Last
 
 from ._audit import AuditEntry, AuditTrail
 from ._auth import Permission, Principal, require
@@ -386,7 +386,7 @@ class VMAPI:
 
     async def ExecuteScriptStream(
         self, request: api_pb.ExecuteScriptRequest, ctx: CallContext
-    ) -> AsyncIterator[api_pb.ExecuteScriptEvent]:
+    ) -> AsyncIterator[api_pb.ExecuteScriptEvent | Last]:
         """Relay hostd's ExecuteInGuestStream; closing this stream cancels the guest command.
 
         The command's result is sent once its audit row is complete, as ExecuteScript's answer
@@ -432,7 +432,7 @@ class VMAPI:
                 # Closing upstream is what cancels the command in the guest.
                 await upstream.aclose()
         if ended is not None:
-            yield ended
+            yield Last(ended)  # with the stream's end, in one piece
 
     async def CancelExecution(
         self, request: api_pb.CancelExecutionRequest, ctx: CallContext

@@ -24,7 +24,7 @@ from limiquantix.protocol import command_budget_s, errors, guestcaps, new_messag
 from limiquantix.protocol._gen import agent_pb2 as pb
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb
 from limiquantix.protocol.limits import check_message
-from limiquantix.protocol.rpc.server import CallContext
+from limiquantix.protocol.rpc.server import CallContext, Last
 
 from ._discovery import VMRegistry
 from ._vmconn import VMConnection, VMState
@@ -221,8 +221,9 @@ class NodeAPI:
 
     async def ExecuteInGuestStream(
         self, request: node_pb.ExecuteInGuestRequest, ctx: CallContext
-    ) -> AsyncIterator[node_pb.ExecuteInGuestEvent]:
-        """Output chunks as the guest produces them, then the result.
+    ) -> AsyncIterator[node_pb.ExecuteInGuestEvent | Last]:
+        """Output chunks as the guest produces them, then the result (with the stream's end:
+        :class:`~limiquantix.protocol.rpc.server.Last`).
 
         A client that goes away closes this generator; leaving the agent's
         stream early cancels the command in the guest.
@@ -238,8 +239,8 @@ class NodeAPI:
             async for msg in answers:
                 if msg.HasField("execute_output"):
                     yield node_pb.ExecuteInGuestEvent(output=msg.execute_output)
-                else:
-                    yield node_pb.ExecuteInGuestEvent(result=msg.execute_response)
+                else:  # the agent's terminal answer: nothing follows it
+                    yield Last(node_pb.ExecuteInGuestEvent(result=msg.execute_response))
 
     async def CancelExecution(
         self, request: node_pb.CancelExecutionRequest, ctx: CallContext

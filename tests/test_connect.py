@@ -62,6 +62,7 @@ class FakeNode:
         self.cancelled = trio.Event()
         self.release = trio.Event()
         self.stream_closed = trio.Event()
+        self.after_last = False
         self.vm_count = 3
         self.calls = 0
 
@@ -128,6 +129,10 @@ class FakeNode:
                     yield npb.ExecuteInGuestEvent(output=apb.ExecuteOutput(seq=seq, data=b"y" * 65536))
             elif command == "big":
                 yield npb.ExecuteInGuestEvent(output=apb.ExecuteOutput(seq=2, data=b"x" * 5000))
+            elif command == "last":
+                ctx.response_trailers["Exit-Seen"] = "last"
+                yield connect.Last(npb.ExecuteInGuestEvent(result=apb.ExecuteResponse(exit_code=7)))
+                self.after_last = True  # never: the handler is closed at its Last
             ctx.response_trailers["Exit-Seen"] = "yes"
             yield npb.ExecuteInGuestEvent(result=apb.ExecuteResponse(exit_code=0))
         finally:
@@ -795,6 +800,62 @@ async def test_quarts_response_timeout_does_not_cut_streams(start_server: StartS
                 server.node.release.set()
                 envelopes = await reader.rest()
     assert json.loads(envelopes[-1][1]) == {"metadata": {"exit-seen": ["yes"]}}
+
+
+def _chunks(body: bytes) -> list[bytes]:
+    """A chunked HTTP body's chunks, as framed (the last, empty one left out).
+
+    Raises:
+        AssertionError: the framing is broken or the body does not end.
+    """
+    chunks = []
+    while True:
+        size_line, crlf, body = body.partition(b"\r\n")
+        assert crlf, "a chunk size line without its end"
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return chunks
+        chunks.append(body[:size])
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+
+
+def _envelopes(data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    while data:
+        flags, size = ENVELOPE.unpack_from(data)
+        out.append((flags, json.loads(data[ENVELOPE.size : ENVELOPE.size + size])))
+        data = data[ENVELOPE.size + size :]
+    return out
+
+
+@pytest.mark.trio
+async def test_a_last_message_leaves_with_the_end_of_the_stream(server: Server) -> None:
+    """``yield Last(message)``: the message and the end-of-stream message (its trailers in it) go
+    in one HTTP chunk, the handler ends at that yield (what follows it does not run, its
+    ``finally`` does), and the call is observed ok, once."""
+    body = envelope(b'{"vmId": "vm-1", "request": {"command": "last"}}')
+    host, _, port = server.url.removeprefix("http://").partition(":")
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream(host, int(port)) as conn:
+            await conn.send_all(
+                f"POST {PREFIX}/ExecuteInGuestStream HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/connect+json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            answer = b""
+            while not answer.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's end
+                answer += await conn.receive_some()
+    head, _, raw = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    chunks = [_envelopes(chunk) for chunk in _chunks(raw)]
+    (result_flags, result), (end_flags, end) = chunks[-1]
+    assert (result_flags, result["result"]["exitCode"]) == (0, 7)
+    assert (end_flags, end) == (2, {"metadata": {"exit-seen": ["last"]}})
+    assert [list(event) for chunk in chunks[:-1] for _, event in chunk] == [["executionId"], ["output"]]
+    await server.node.stream_closed.wait()
+    assert not server.node.after_last
+    assert server.codes("ExecuteInGuestStream") == ["ok"]
 
 
 @pytest.mark.trio

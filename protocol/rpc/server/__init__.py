@@ -18,6 +18,7 @@ methods are named after its RPCs::
         async def PingAgent(self, request: PingAgentRequest, ctx: CallContext) -> AgentPingResponse: ...
         async def ExecuteInGuestStream(self, request, ctx) -> AsyncIterator[ExecuteInGuestEvent]:
             yield ...  # an async generator: one response message per yield
+            yield Last(...)  # optional: the last message, sent with the stream's end (see Last)
 
     router = Router([Service(SERVICE_DESCRIPTOR, NodeAPI())], authenticate=..., observe=...)
     router.register(app)
@@ -137,6 +138,7 @@ from ._router import Authenticator as Authenticator
 from ._router import Observer as Observer
 from ._router import Protocol as Protocol
 from ._router import Router as Router
+from ._service import Last as Last
 from ._service import Route as Route
 from ._service import Service as Service
 from ._serving import KEEP_ALIVE_TIMEOUT_S as KEEP_ALIVE_TIMEOUT_S
@@ -162,6 +164,7 @@ __all__ = [
     "ConnectStream",
     "ConnectUnary",
     "InFlightBytes",
+    "Last",
     "Observer",
     "Protocol",
     "Route",

@@ -50,7 +50,7 @@ from .._deadline import CONNECT_TIMEOUT_HEADER, parse_connect_timeout_ms
 from .._errors import error_body, error_json
 from ._context import CallContext
 from ._router import CODE_OK, Protocol, Router, offload, response, unread_body
-from ._service import Route
+from ._service import Last, Route
 
 __all__ = ["CONNECT_PROTOCOLS", "ConnectGet", "ConnectStream", "ConnectUnary"]
 
@@ -381,7 +381,7 @@ class _StreamBody(ResponseBody):
         self._ctx = ctx
         self._message: Message | None = message
         self._gzip = gzip_messages
-        self._agen: AsyncIterator[Message] | None = None
+        self._agen: AsyncIterator[Message | Last] | None = None
         self._done = False
 
     async def __aenter__(self) -> _StreamBody:
@@ -402,16 +402,22 @@ class _StreamBody(ResponseBody):
             message = await self._next_message()
             if message is None:
                 return await self._finish(None)
+            last = isinstance(message, Last)
+            if isinstance(message, Last):
+                message = message.message
             payload = await self._router.encode(self._route, self._codec, message)
             if self._gzip and await self._router.worth_gzipping(payload):
-                return encode_envelope(FLAG_COMPRESSED, await offload(len(payload), gzip_bytes, payload))
-            return encode_envelope(0, payload)
+                envelope = encode_envelope(FLAG_COMPRESSED, await offload(len(payload), gzip_bytes, payload))
+            else:
+                envelope = encode_envelope(0, payload)
+            # The handler's Last: it ends here, and the end leaves in the same chunk.
+            return envelope + await self._finish(None) if last else envelope
         except errors.AgentError as exc:
             return await self._finish(exc)
         except Exception as exc:
             return await self._finish(self._router.internal(self._route, exc))
 
-    async def _next_message(self) -> Message | None:
+    async def _next_message(self) -> Message | Last | None:
         """The handler's next message, None at its end.
 
         Raises:

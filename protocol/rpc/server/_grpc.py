@@ -80,7 +80,7 @@ from ._connect import _STREAM_TYPES, _end_stream
 from ._context import CallContext
 from ._reflection import MAX_REFLECTION_REQUEST_BYTES, REFLECTION_SERVICES, Reflection
 from ._router import CODE_OK, Router, offload
-from ._service import Route
+from ._service import Last, Route
 
 __all__ = ["REFLECTION_STREAM_S", "GrpcApp", "StatusDetail"]
 
@@ -462,8 +462,11 @@ class GrpcApp:
                         return
                 if scope.cancelled_caught:
                     raise self._deadline_error(ctx)
-                flags, payload = await self._encode(route, exchange, item, gzip_out)
+                last = isinstance(item, Last)
+                flags, payload = await self._encode(route, exchange, item.message if last else item, gzip_out)
                 await exchange.message(flags, payload)
+                if last:  # the handler ends here (closed below); the status follows
+                    return
         finally:
             with trio.CancelScope(shield=True):
                 try:

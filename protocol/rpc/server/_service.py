@@ -13,7 +13,25 @@ from google.protobuf.message import Message
 
 from ._context import CallContext
 
-__all__ = ["Route", "Service"]
+__all__ = ["Last", "Route", "Service"]
+
+
+@final
+class Last:
+    """A server-streaming handler's last message: ``yield Last(message)``.
+
+    The handler ends there (it is closed at that ``yield``: what follows it does not run, its
+    ``finally`` does) and the message leaves together with the end of the stream: Connect, one
+    body chunk holding the message's envelope and the end-of-stream message; gRPC, the message
+    and then the status. A plain last ``yield`` costs the server another pass through the
+    protocol and HTTP layers for the end alone, on every hop a stream crosses (ExecuteScriptStream
+    crosses hostd and the controller: bench/cli_bench.py). For a message nothing may follow.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
 
 
 @final
