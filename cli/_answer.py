@@ -85,14 +85,22 @@ class _Reader:
             if not self._fill():
                 return None
 
-    def head(self) -> bytes:
-        """Everything up to the blank line ending the headers (excluded).
+    def head(self, deadline: "float | None" = None) -> bytes:
+        """Everything up to the blank line ending the headers (excluded); read by ``deadline``
+        (on ``time.monotonic()``) when it is sooner than the call's.
 
         Raises:
             BadResponse: over :data:`MAX_HEADER_BYTES`, or the connection closed inside them.
             Broken: the connection closed before an answer.
+            TimedOut: the deadline passed first.
         """
-        head = self._until(b"\r\n\r\n", MAX_HEADER_BYTES, f"answer headers longer than {MAX_HEADER_BYTES} bytes")
+        call_deadline = self._deadline
+        if deadline is not None:
+            self._deadline = min(deadline, call_deadline)
+        try:
+            head = self._until(b"\r\n\r\n", MAX_HEADER_BYTES, f"answer headers longer than {MAX_HEADER_BYTES} bytes")
+        finally:
+            self._deadline = call_deadline
         if head is None:
             if not self._buf:
                 raise Broken("the connection closed before an answer")

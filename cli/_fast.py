@@ -240,7 +240,8 @@ GLOBAL_OPTIONS: tuple[Opt, ...] = (
         metavar="SECONDS",
         help="how long each call waits for the controller's answer, then we exit 69 (default 15; the config "
         "file's request_timeout_s); exec/sh wait for their command (its --timeout + 10 s), cp and audit "
-        "exports at least 300 s, run and audit --follow apply it to each poll",
+        "exports at least 300 s, once their answer has started (within this), run and audit --follow apply "
+        "it to each poll",
     ),
 )
 
@@ -610,8 +611,9 @@ class Sent:
         self._sock = sock
         self._deadline = deadline
 
-    def response(self) -> "Response":
-        """The answer's head read (its body is read from the :class:`~._answer.Response`).
+    def response(self, head_deadline: float | None = None) -> "Response":
+        """The answer's head read (its body is read from the :class:`~._answer.Response`),
+        by ``head_deadline`` (on ``time.monotonic()``) when it is sooner than the call's.
 
         Raises:
             TimedOut, Broken, BadResponse: see the module's docstring (the connection is
@@ -621,7 +623,7 @@ class Sent:
 
         reader = _Reader(self._sock, self._deadline)
         try:
-            status, fields = _parse_head(reader.head())
+            status, fields = _parse_head(reader.head(head_deadline))
         except BaseException:
             self.close()
             raise
@@ -886,8 +888,9 @@ class Client:
         except HttpError as exc:
             raise self._transport_error(procedure, timeout_s, exc) from None
 
-    def _answer(self, procedure: str, timeout_s: float, sent: Sent) -> "Response":
-        """The head of a sent call's answer.
+    def _answer(self, procedure: str, timeout_s: float, sent: Sent, *, head_s: float | None = None) -> "Response":
+        """The head of a sent call's answer, within ``head_s`` when that is sooner than the
+        call's ``timeout_s`` (a stream's: see :meth:`_messages`).
 
         Raises:
             ApiError: the connection broke, or the controller did not answer in time.
@@ -897,8 +900,22 @@ class Client:
         from ._answer import _scanner
 
         _scanner()
+        head_deadline = time.monotonic() + head_s if head_s is not None and head_s < timeout_s else None
         try:
-            return sent.response()
+            return sent.response(head_deadline)
+        except TimedOut as exc:
+            if head_deadline is None:
+                raise self._transport_error(procedure, timeout_s, exc) from None
+            method = procedure.rpartition("/")[2]
+            # The hint is in the message (timed_out stays False: click's commands add theirs to
+            # a unary call's timeout, which is the request timeout itself).
+            raise ApiError(
+                "deadline_exceeded",
+                f"the controller at {self.url} did not start answering {method} within {head_s:g} s "
+                "(--request-timeout or request_timeout_s in the config file sets this wait); the request "
+                "was sent, so it may have run: its outcome is not known",
+                "outcome_unknown",
+            ) from None
         except HttpError as exc:
             raise self._transport_error(procedure, timeout_s, exc) from None
 
@@ -1051,7 +1068,11 @@ class Client:
         """
         from ._answer import _decode, _error_from_json
 
-        resp = self._answer(procedure, timeout_s, sent)
+        # The head comes at once from a live controller (a stream's head leaves within the
+        # server's 50 ms hold, the messages follow as the command runs): a stream whose head
+        # has not come within the request timeout is a controller that is not answering, not a
+        # long command (exec's budget is its command's timeout + 10 s: 70 s by default).
+        resp = self._answer(procedure, timeout_s, sent, head_s=self.request_timeout_s)
         try:
             if resp.status != 200:
                 raise self._error_answer(procedure, timeout_s, resp)

@@ -287,6 +287,17 @@ def test_a_controller_that_does_not_answer_is_said_within_the_request_timeout(
         line = done.stderr.decode()
         assert line.startswith(f"limiquantix: deadline_exceeded: the controller at {silent_controller} did not "), line
         assert "within 0.2 s" in line and "--request-timeout" in line and len(line.splitlines()) == 1, line
+    # exec/sh wait for their command (its timeout + 10 s), but for the answer to start only as
+    # long: a live controller starts a stream's answer at once (exit 125: the CLI's own failure).
+    for args in (("exec", "web-1", "--", "true"), ("sh", "-t", "600", "web-1", "sleep 500")):
+        started = time.monotonic()
+        done = lqx_here("--request-timeout", "0.2", *args, **base)
+        assert done.returncode == 125, (args, done.stderr)
+        line = done.stderr.decode()
+        assert line.startswith(f"limiquantix: deadline_exceeded: the controller at {silent_controller} did not "), line
+        assert "start answering ExecuteScriptStream within 0.2 s" in line and "--request-timeout" in line, line
+        assert "outcome is not known" in line and len(line.splitlines()) == 1, line
+        assert time.monotonic() - started < 30  # not the command's budget (70 s, 610 s)
     # The file's key, top level or a profile's (the TUI reads the same key).
     config = tmp_path / "limiquantix"
     config.mkdir()
@@ -704,6 +715,10 @@ def test_a_stopped_controller_is_said_in_time_and_long_work_is_not_cut(stack: St
             assert stopped.returncode == 69, (args, stopped.stderr)
             assert f"the controller at {stack.url} did not answer".encode() in stopped.stderr
             assert b"within 0.5 s" in stopped.stderr
+        # exec/sh: their answer does not start in that time either (125: the CLI's own failure).
+        stopped = lqx("--request-timeout", "0.5", "sh", "web-1", "true", env=env)
+        assert stopped.returncode == 125, stopped.stderr
+        assert b"did not start answering ExecuteScriptStream within 0.5 s" in stopped.stderr
     finally:
         stack.controller.send_signal(signal.SIGCONT)
     assert lqx("vms", env=env).returncode == 0
