@@ -22,7 +22,14 @@ or an operator runs it:
   Connect envelope in, the streamed events out): the server side of the stream beside the
   unary call's;
 * floors (for the record): that venv's ``python -c pass`` (interpreter and site), and
-  ``python -I -S -c pass`` (the interpreter alone).
+  ``python -I -S -c pass`` (the interpreter alone); and the **Python client floor**: the least a
+  Python program can do for the CLI's call, in that venv's Python (site included, as the CLI's
+  script has it): the stdlib's C socket module, the request's bytes made before the run (the
+  CLI's own request: same headers, same body), sent on one connection, the answer read until its
+  chunked end, ``os._exit`` (:data:`_FLOOR_CLIENT`). It reads nothing, parses nothing, prints
+  nothing: what the CLI costs beyond it is all of its own work, configuration included; what it
+  costs beyond curl is the interpreter's start (the brief's rule for ping: "accepted at the Python
+  floor ... measured in the same run").
 
 Both ``limiquantix`` rows stream the command (ExecuteScriptStream), check its exit code
 and print its output as ``limiquantix exec`` always does. The paths run interleaved, one
@@ -67,6 +74,23 @@ RATIO_TARGET: Final = 1.5
 _SOURCES: Final = ("pyproject.toml", "README.md", "protocol", "agent", "hostd", "controller", "tui", "cli")
 #: One sample's limit (a stuck run is an error, not a figure).
 _RUN_TIMEOUT_S: Final = 30.0
+#: The Python client floor (see the module's docstring): argv[1] the port, argv[2] a file holding
+#: the request's bytes. Exits 0 once the chunked answer has ended with the command's exit code 0, 1
+#: if the connection closes first, 2 for another answer.
+_FLOOR_CLIENT: Final = (
+    "import os, sys, _socket\n"
+    "request = open(sys.argv[2], 'rb').read()\n"
+    "s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)\n"
+    "s.connect(('127.0.0.1', int(sys.argv[1])))\n"
+    "s.sendall(request)\n"
+    "answer = b''\n"
+    "while not answer.endswith(b'\\r\\n0\\r\\n\\r\\n'):\n"
+    "    data = s.recv(262144)\n"
+    "    if not data:\n"
+    "        os._exit(1)\n"
+    "    answer += data\n"
+    "os._exit(0 if b'\"exitCode\":0' in answer else 2)\n"
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +203,20 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float,
         message = f'{{"vmId": "{st.vm}", "command": "true"}}'.encode()
         envelope = work / "stream.bin"
         envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        # The CLI's own request, byte for byte (its headers, its body), for the Python client floor.
+        body = b'{"vmId": "' + st.vm.encode() + b'", "command": "exec true"}'
+        port = st.url.rpartition(":")[2]
+        floor_request = work / "floor-request.bin"
+        floor_request.write_bytes(
+            (
+                f"POST /limiquantix.compute.v1.VMService/ExecuteScriptStream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Length: {len(body) + 5}\r\nConnection: close\r\nContent-Type: application/connect+json\r\n"
+                f"Connect-Protocol-Version: 1\r\nConnect-Timeout-Ms: 70000\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ).encode()
+            + b"\x00"
+            + len(body).to_bytes(4, "big")
+            + body
+        )
         curl = shutil.which("curl")
         if curl is None:
             raise bl.BenchError("curl is not installed (apt-get install curl)")
@@ -198,6 +236,7 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float,
             "python": [str(bin_dir / "python"), "-c", "pass"],
             # What any Python client of a JSON API imports at least (json loads re, enum ...).
             "python json": [str(bin_dir / "python"), "-c", "import json, _socket"],
+            "python client": [str(bin_dir / "python"), "-c", _FLOOR_CLIENT, port, str(floor_request)],
             "python -I -S": [str(bin_dir / "python"), "-I", "-S", "-c", "pass"],
         }  # fmt: skip
         envs = {name: file_env if name == "config file" else env for name in paths}
@@ -247,6 +286,25 @@ def figures_from(samples: dict[str, list[tuple[float, float]]], rounds: int) -> 
             "installed, URL and token from make run's config file, median (info)",
             bl.median(wall["config file"]),
             curl,
+            "ms",
+            None,
+        )
+    )
+    floor = bl.median(wall["python client"])
+    figures.append(
+        bl.Figure(
+            "the Python client floor: the CLI's request by the least Python program, median (info)",
+            floor,
+            curl,
+            "ms",
+            None,
+        )
+    )
+    figures.append(
+        bl.Figure(
+            "limiquantix exec over the Python client floor, median (info)",
+            bl.median(wall["installed"]),
+            floor,
             "ms",
             None,
         )
