@@ -33,6 +33,7 @@ from .errors import InvalidArgument
 
 __all__ = [
     "LEFT_TO_HANDLER",
+    "FieldWalk",
     "Limit",
     "MAX_ARGV_ENTRIES",
     "MAX_ARG_BYTES",
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_GROUPS",
     "MAX_ID_BYTES",
     "MAX_ITEMS",
+    "MAX_LIST_PAGE_ENTRIES",
     "MAX_MESSAGE_FIELDS",
     "MAX_NAME_BYTES",
     "MAX_PASSWORD_BYTES",
@@ -53,6 +55,7 @@ __all__ = [
     "MAX_STDIN_BYTES",
     "MAX_TARGETS",
     "MAX_TEXT_BYTES",
+    "MIN_FIELD_BYTES",
     "OVERRIDES",
     "PLAIN_ID_RULE",
     "check_density",
@@ -103,6 +106,9 @@ MAX_DIGEST_BYTES: Final = 64
 MAX_PASSWORD_BYTES: Final = 1024
 #: Supplementary groups of a command's user: Linux's NGROUPS_MAX.
 MAX_GROUPS: Final = 65536
+#: Entries of one directory listing page (a ListDirectoryRequest's ``page_size`` is capped
+#: there by the agent): an answer's bound, which hostd checks a page against.
+MAX_LIST_PAGE_ENTRIES: Final = 10_000
 #: VMs one fleet command names explicitly.
 MAX_TARGETS: Final = 10_000
 #: Fields (list entries, map entries, every value) one request message may hold, nested ones
@@ -370,23 +376,25 @@ def check_density(data: bytes | bytearray, descriptor: Descriptor, *, json: bool
     """Refuse a request body that holds more than :data:`MAX_MESSAGE_FIELDS` fields, before it
     is parsed (a parse costs per field: see there).
 
-    A body too small to hold that many (a protobuf field takes 2 bytes at least, a JSON value
-    1) passes at once. Protobuf: the wire format is walked, into the nested messages the
-    descriptor names, and left at the first field over the bound (~1-2 us a field, in Python:
-    0.1-0.2 s at most). JSON: an upper bound of its values, the number of ``,``, ``[`` and ``{``
-    (counted in C; strings that hold them count too, which real requests' text keeps far below
-    the bound; bulk data is base64).
+    A body too small to hold that many (a protobuf field takes :data:`MIN_FIELD_BYTES` at
+    least, a JSON value 1) passes at once. Protobuf: the wire format is walked
+    (:class:`FieldWalk`), into the nested messages the descriptor names, and left at the first
+    field over the bound (~0.5-1 us a field, in Python: 0.1 s at most). JSON: an upper bound of
+    its values, the number of ``,``, ``[`` and ``{`` (counted in C; strings that hold them count
+    too, which real requests' text keeps far below the bound; bulk data is base64).
 
     Raises:
         InvalidArgument: reason ``too_large``, the body is over the bound, or its protobuf is
             malformed where the walk reads it (the parser would refuse it too).
     """
-    if len(data) <= (MAX_MESSAGE_FIELDS if json else 2 * MAX_MESSAGE_FIELDS):
+    if len(data) <= (MAX_MESSAGE_FIELDS if json else MIN_FIELD_BYTES * MAX_MESSAGE_FIELDS):
         return
     if json:
         fields = data.count(b",") + data.count(b"[") + data.count(b"{")
     else:
-        fields = MAX_MESSAGE_FIELDS - _walk(data, descriptor, MAX_MESSAGE_FIELDS)
+        walk = FieldWalk(data, descriptor)
+        walk.advance(MAX_MESSAGE_FIELDS + 1)
+        fields = walk.fields
     if fields > MAX_MESSAGE_FIELDS:
         raise InvalidArgument(
             f"the request holds over {MAX_MESSAGE_FIELDS} fields (list and map entries, values); the limit is"
@@ -395,50 +403,91 @@ def check_density(data: bytes | bytearray, descriptor: Descriptor, *, json: bool
         )
 
 
-def _walk(data: bytes | bytearray, descriptor: Descriptor, budget: int) -> int:
-    """Walk a message's wire format, nested messages too; return ``budget`` less the fields seen
-    (below zero: stopped there). One loop over a stack of (end, nested types) frames: no call
-    or copy per field, which at millions of fields is what the walk costs."""
-    pos, end = 0, len(data)
-    nested = _nested_types(descriptor)
-    stack: list[tuple[int, dict[int, Descriptor]]] = []
-    while True:
-        while pos >= end:
-            if pos > end:
-                raise InvalidArgument("malformed protobuf: a field runs past its end")
-            if not stack:
-                return budget
-            end, nested = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return budget
-        key = data[pos]
-        pos += 1
-        if key >= 0x80:
-            key, pos = _wire_varint(data, pos - 1)
-        wire_type = key & 7
-        if wire_type == 2:
-            length = data[pos] if pos < end else 0x80
-            if length < 0x80:
+#: The fewest bytes a protobuf field takes on the wire (a key and a one-byte value or length):
+#: a message of ``n`` bytes holds at most ``n // MIN_FIELD_BYTES`` fields, so one no larger than
+#: twice a bound of fields need not be walked.
+MIN_FIELD_BYTES: Final = 2
+
+
+@final
+class FieldWalk:
+    """A count of a serialized message's fields (list and map entries, values, nested messages'
+    fields: each field on the wire), read from its wire format without parsing it, in steps
+    (:meth:`advance`): a caller bounds the count and stops at the first field over its bound,
+    and one on an event loop walks a slice at a time (hostd, a guest's reports).
+
+    Only the nested messages ``descriptor`` names are entered; an unknown field, a bytes or
+    string value, a packed list is one field.
+
+    One loop over a stack of (end, nested types) frames: no call or copy per field, which at
+    millions of fields is what the walk costs (~0.5 us a field here).
+    """
+
+    __slots__ = ("_data", "_end", "_nested", "_pos", "_stack", "done", "fields")
+
+    def __init__(self, data: bytes | bytearray | memoryview, descriptor: Descriptor) -> None:
+        self._data = data
+        self._pos = 0
+        self._end = len(data)
+        self._nested = _nested_types(descriptor)
+        self._stack: list[tuple[int, dict[int, Descriptor]]] = []
+        #: Fields walked so far.
+        self.fields = 0
+        #: Whether the message's end was reached (:attr:`fields` is its count).
+        self.done = False
+
+    def advance(self, fields: int) -> bool:
+        """Walk at most ``fields`` more fields; return :attr:`done`.
+
+        Raises:
+            InvalidArgument: the wire format is malformed where the walk reads it (a field
+                running past its end, a truncated varint, a wire type no message holds); the
+                parser would refuse it too.
+        """
+        data, pos, end, nested, stack = self._data, self._pos, self._end, self._nested, self._stack
+        left = fields
+        try:
+            while True:
+                while pos >= end:
+                    if pos > end:
+                        raise InvalidArgument("malformed protobuf: a field runs past its end")
+                    if not stack:
+                        self.done = True
+                        return True
+                    end, nested = stack.pop()
+                if left <= 0:
+                    return False
+                left -= 1
+                key = data[pos]
                 pos += 1
-            else:
-                length, pos = _wire_varint(data, pos)
-            inner = nested.get(key >> 3)
-            if inner is not None and length:
-                stack.append((end, nested))
-                end, nested = pos + length, _nested_types(inner)
-                if end > stack[-1][0]:
-                    raise InvalidArgument("malformed protobuf: a field runs past its end")
-            else:
-                pos += length
-        elif wire_type == 0:
-            _, pos = _wire_varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise InvalidArgument(f"malformed protobuf: wire type {wire_type}")
+                if key >= 0x80:
+                    key, pos = _wire_varint(data, pos - 1)
+                wire_type = key & 7
+                if wire_type == 2:
+                    length = data[pos] if pos < end else 0x80
+                    if length < 0x80:
+                        pos += 1
+                    else:
+                        length, pos = _wire_varint(data, pos)
+                    inner = nested.get(key >> 3)
+                    if inner is not None and length:
+                        stack.append((end, nested))
+                        end, nested = pos + length, _nested_types(inner)
+                        if end > stack[-1][0]:
+                            raise InvalidArgument("malformed protobuf: a field runs past its end")
+                    else:
+                        pos += length
+                elif wire_type == 0:
+                    _, pos = _wire_varint(data, pos)
+                elif wire_type == 1:
+                    pos += 8
+                elif wire_type == 5:
+                    pos += 4
+                else:
+                    raise InvalidArgument(f"malformed protobuf: wire type {wire_type}")
+        finally:
+            self._pos, self._end, self._nested = pos, end, nested
+            self.fields += fields - left
 
 
 @functools.cache
@@ -447,7 +496,7 @@ def _nested_types(descriptor: Descriptor) -> dict[int, Descriptor]:
     return {f.number: _message_type(f) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE}
 
 
-def _wire_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
+def _wire_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     try:
         return read_varint(data, pos)
     except ValueError:

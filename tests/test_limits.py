@@ -191,3 +191,28 @@ def test_check_density_walks_nested_messages_and_stops_at_the_bound() -> None:
     with pytest.raises(errors.InvalidArgument, match=f"over {n} fields"):
         limits.check_density(b"[" + b"0," * n + b"0]", descriptor, json=True)
     limits.check_density(b'{"content": "' + b"QUFB" * n + b'"}', descriptor, json=True)
+
+
+@pytest.mark.parametrize("step", [1, 3, 512, 10**9])
+def test_a_field_walk_in_slices_counts_what_one_walk_counts(step: int) -> None:
+    """limits.FieldWalk: hostd walks a guest's report a slice at a time between checkpoints;
+    whatever the slice, the count is the message's fields on the wire (list entries, values,
+    nested messages' fields; a packed list, a string, an unknown field: one each)."""
+    report = pb.TelemetryReport(cpu_percent=1.5, per_cpu_percent=[1.0] * 100, truncated=True)
+    for i in range(7):
+        report.interfaces.add(name=f"eth{i}", ipv4=[pb.IpAddress(address="10.0.0.1", prefix_length=24)])
+    msg = new_message("m", telemetry=report)
+    data = msg.SerializeToString() + b"\xf8\x7f\x01"  # an unknown varint field (number 2047)
+    # id, timestamp (+ seconds, nanos), telemetry, its cpu_percent, per_cpu (packed), truncated,
+    # 7 interfaces of 4 (the entry, name, an address entry, its address) + prefix_length, the unknown.
+    expected = 1 + 3 + 1 + 3 + 7 * 5 + 1
+    walk = limits.FieldWalk(data, pb.AgentMessage.DESCRIPTOR)
+    slices = 0
+    while not walk.advance(step):
+        slices += 1
+        assert walk.fields == slices * step
+    assert walk.done and walk.fields == expected and slices == (expected - 1) // step
+    assert walk.advance(step) and walk.fields == expected  # done stays done
+    cut = limits.FieldWalk(data[:-20], pb.AgentMessage.DESCRIPTOR)
+    with pytest.raises(errors.InvalidArgument, match="malformed protobuf"):
+        cut.advance(10**9)
