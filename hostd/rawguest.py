@@ -16,8 +16,15 @@ takes it:
                           ``agent_ready`` and telemetry repeated)
 ``dense_telemetry``       telemetry frames at the frame limit, each holding as many
                           empty interfaces as fit (8 million: 2 bytes each), back to back
-``dense_reports``         telemetry frames of 256 KiB, each 128,000 empty interfaces,
-                          back to back: parsed, at their parse's cost
+``dense_identity``        the same as ``agent_ready`` announcements (the identity's interfaces)
+``dense_ip_changed``      the same as ``ip_changed`` events
+``dense_hello``           every hello answered with such an identity (no other frame)
+``dense_answers``         every request but ping answered at the frame limit with 8 million
+                          fields: listing entries, an identity's or a report's interfaces,
+                          an execute's or a file chunk's repeated number
+``dense_reports``         telemetry frames of 256 KiB, each 131,000 empty interfaces (just
+                          within the bound of fields hostd parses), back to back: parsed,
+                          at their parse's cost
 ``dense_unsolicited``     answers with ids never asked for, each a ``list_directory``
                           answer at the frame limit holding 8 million empty entries
 ``bad_frames``            small well-framed payloads without a message id, at line rate
@@ -26,7 +33,8 @@ takes it:
 ========================  ==========================================================
 
 ``python -m limiquantix.hostd.rawguest --socket PATH --attack NAME`` runs it
-until killed; :func:`serve` runs it in a trio task.
+until killed (``--once``: the attack's first frame only, then it answers pings, a well-behaved
+guest otherwise); :func:`serve` runs it in a trio task.
 
 Its attacks are on the transport: bytes, frames and rates, against hostd's reader (memory
 and CPU stay bounded, other VMs stay fast). ``tests/hostile_guest.py`` is its counterpart
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -49,10 +58,13 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final
 
 import trio
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from limiquantix.protocol import (
     MAGIC,
     MAX_FRAME_BYTES,
+    MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     BadMessage,
     FrameDecoder,
@@ -64,7 +76,7 @@ from limiquantix.protocol import (
 )
 from limiquantix.protocol._gen import agent_pb2 as pb
 
-__all__ = ["ATTACKS", "dense_frame", "main", "serve", "serve_chardev"]
+__all__ = ["ATTACKS", "DENSE_ANSWERS", "dense_frame", "main", "serve", "serve_chardev"]
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
@@ -103,13 +115,14 @@ def _event_flood() -> Iterator[bytes]:
 
 
 def huge_identity() -> pb.AgentIdentity:
-    """An identity near the frame limit: long strings, many interfaces and addresses."""
+    """An identity of 7 MiB: long strings, many interfaces and addresses (~90,000 fields: within
+    what hostd parses of a report, protocol._agentclient.MAX_PAYLOAD_FIELDS)."""
     big = "A" * (1024 * 1024)
     ifaces = [
         pb.NetworkInterface(
             name=f"eth{i}" + "x" * 1000,
             mac="02:00:00:00:00:00",
-            ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(100)],
+            ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(60)],
         )
         for i in range(500)
     ]
@@ -137,27 +150,76 @@ def _oversized_identity() -> Iterator[bytes]:
         yield b""  # a pause of REANNOUNCE_S (see _write)
 
 
-def dense_frame(kind: str, field: str, *, message_id: str = "", max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """One frame of at most ``max_frame_bytes`` whose ``kind`` payload's repeated ``field`` holds as
-    many empty entries as fit (2 bytes each on the wire; each a message or string to the parser).
+def dense_frame(
+    kind: str,
+    field: str,
+    *,
+    message_id: str = "",
+    payload: Message | None = None,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> bytes:
+    """One frame of at most ``max_frame_bytes`` whose ``kind`` payload's ``field`` (a dotted path
+    through message fields: ``identity.interfaces``) is sent as many times as fit, each empty or
+    zero (2 bytes each on the wire; each a list entry, or a value the parser reads and replaces).
 
-    Repeated occurrences of a message field on the wire are merged by the parser: the payload is
-    sent as a small message, then the dense entries as a second occurrence of the same field.
+    Repeated occurrences of a message field on the wire are merged by the parser: the payload
+    (``payload``, else an empty one) is sent as a small message, then the dense entries as a
+    second occurrence of the same field, nested in the path's messages.
     """
     payload_field = pb.AgentMessage.DESCRIPTOR.fields_by_name[kind]
-    payload_class = getattr(pb, payload_field.message_type.name)  # type: ignore[union-attr]
-    entry_field = payload_class.DESCRIPTOR.fields_by_name[field]
-    head = new_message(message_id or None, **{kind: payload_class()}).SerializeToString()
-    entry = varint_bytes(entry_field.number << 3 | 2) + b"\x00"
-    room = max_frame_bytes - len(head) - 16
-    count = room // len(entry)
-    body = entry * count
-    payload = head + varint_bytes(payload_field.number << 3 | 2) + varint_bytes(len(body)) + body
-    return encode_frame(payload, max_frame_bytes=max_frame_bytes)
+    descriptor = payload_field.message_type
+    assert descriptor is not None, kind
+    if payload is None:
+        payload = getattr(pb, descriptor.name)()
+    head = new_message(message_id or None, **{kind: payload}).SerializeToString()
+    *outer, last = field.split(".")
+    keys = []  # the keys of the payload field and the path's messages, outermost first
+    for name in outer:
+        fd = descriptor.fields_by_name[name]
+        keys.append(varint_bytes(fd.number << 3 | 2))
+        descriptor = fd.message_type
+        assert descriptor is not None, name
+    entry_field = descriptor.fields_by_name[last]
+    wire_type = 0 if entry_field.type in _VARINT_TYPES else 2
+    entry = varint_bytes(entry_field.number << 3 | wire_type) + b"\x00"
+    room = max_frame_bytes - len(head) - 16 * (len(keys) + 1)
+    body = entry * (room // len(entry))
+    for key in reversed([varint_bytes(payload_field.number << 3 | 2), *keys]):
+        body = key + varint_bytes(len(body)) + body
+    return encode_frame(head + body, max_frame_bytes=max_frame_bytes)
+
+
+#: Field types sent as a varint (wire type 0).
+_VARINT_TYPES: Final = frozenset(
+    {
+        FieldDescriptor.TYPE_BOOL, FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+    }
+)  # fmt: skip
+
+
+#: What ``dense_answers`` answers each request with: the answer's kind and its dense field, in
+#: a frame as large as the kind may be.
+DENSE_ANSWERS: Final = {
+    "list_directory": ("list_directory_response", "entries"),
+    "info": ("info_response", "interfaces"),
+    "get_telemetry": ("telemetry_response", "interfaces"),
+    "execute": ("execute_response", "pid"),
+    "file_read": ("file_read_chunk", "offset"),
+}
 
 
 def _dense_telemetry() -> Iterator[bytes]:
     return itertools.repeat(dense_frame("telemetry", "interfaces"))
+
+
+def _dense_identity() -> Iterator[bytes]:
+    return itertools.repeat(dense_frame("agent_ready", "identity.interfaces"))
+
+
+def _dense_ip_changed() -> Iterator[bytes]:
+    return itertools.repeat(dense_frame("ip_changed", "interfaces"))
 
 
 def _dense_reports() -> Iterator[bytes]:
@@ -186,6 +248,11 @@ ATTACKS: Final[dict[str, Callable[[], Iterator[bytes]]]] = {
     "event_flood": _event_flood,
     "oversized_identity": _oversized_identity,
     "dense_telemetry": _dense_telemetry,
+    "dense_identity": _dense_identity,
+    "dense_ip_changed": _dense_ip_changed,
+    # Its attack is in its answers (_answer_host), not in what it writes unasked.
+    "dense_hello": lambda: iter(()),
+    "dense_answers": lambda: iter(()),
     "dense_reports": _dense_reports,
     "dense_unsolicited": _dense_unsolicited,
     "bad_frames": _bad_frames,
@@ -195,9 +262,14 @@ ATTACKS: Final[dict[str, Callable[[], Iterator[bytes]]]] = {
 
 
 async def serve(
-    socket_path: str, attack: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    socket_path: str,
+    attack: str,
+    *,
+    once: bool = False,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``socket_path`` and attack each host client in turn, until cancelled.
+    """Listen on ``socket_path`` and attack each host client in turn, until cancelled;
+    ``once``: with the attack's first frame (or dense answer) only.
 
     Raises:
         KeyError: an unknown attack.
@@ -206,7 +278,8 @@ async def serve(
     make = ATTACKS[attack]
 
     async def attack_host(stream: trio.SocketStream) -> None:
-        await _serve_host(stream, attack, make())
+        chunks = make()
+        await _serve_host(stream, attack, itertools.islice(chunks, 1) if once else chunks, once=once)
 
     await serve_chardev(socket_path, attack_host, task_status=task_status)
 
@@ -243,12 +316,14 @@ async def serve_chardev(
             os.unlink(socket_path)
 
 
-async def _serve_host(stream: trio.SocketStream, attack: str, chunks: Iterator[bytes]) -> None:
+async def _serve_host(stream: trio.SocketStream, attack: str, chunks: Iterator[bytes], *, once: bool) -> None:
     answers_tx, answers_rx = trio.open_memory_channel[bytes](64)
     hello = trio.Event()
     identity = huge_identity() if attack == "oversized_identity" else pb.AgentIdentity(agent_version="rawguest")
+    # dense_hello and dense_answers attack in their answers (once: in the first only).
+    dense = itertools.islice(itertools.repeat(True), 1 if once else None) if attack in _DENSE_ANSWERING else iter(())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_answer_host, stream, answers_tx, hello, identity)
+        nursery.start_soon(_answer_host, stream, answers_tx, hello, identity, attack, dense)
         await hello.wait()
         await _write(stream, answers_rx, chunks)
         nursery.cancel_scope.cancel()
@@ -272,8 +347,16 @@ async def _write(stream: trio.SocketStream, answers: trio.MemoryReceiveChannel[b
         await stream.send_all(answer)
 
 
+_DENSE_ANSWERING: Final = frozenset({"dense_hello", "dense_answers"})
+
+
 async def _answer_host(
-    stream: trio.SocketStream, answers: trio.MemorySendChannel[bytes], hello: trio.Event, identity: pb.AgentIdentity
+    stream: trio.SocketStream,
+    answers: trio.MemorySendChannel[bytes],
+    hello: trio.Event,
+    identity: pb.AgentIdentity,
+    attack: str,
+    dense: Iterator[bool],
 ) -> None:
     decoder = FrameDecoder()
     while data := await stream.receive_some(65536):
@@ -285,8 +368,19 @@ async def _answer_host(
             kind = msg.WhichOneof("payload")
             if kind == "hello":
                 answer = pb.HelloResponse(sync_id=msg.hello.sync_id, identity=identity)
-                await answers.send(encode_message(new_message(msg.message_id, hello_response=answer)))
+                if attack == "dense_hello" and next(dense, False):
+                    frame = dense_frame(
+                        "hello_response", "identity.interfaces", message_id=msg.message_id, payload=answer
+                    )
+                    await answers.send(frame)
+                else:
+                    await answers.send(encode_message(new_message(msg.message_id, hello_response=answer)))
                 hello.set()
+            elif attack == "dense_answers" and kind in DENSE_ANSWERS and next(dense, False):
+                answer_kind, field = DENSE_ANSWERS[kind]
+                # As large as its kind may be (a listing page: 4 MiB), so that its fields refuse it.
+                size = MAX_PAYLOAD_BYTES.get(answer_kind, MAX_FRAME_BYTES)
+                await answers.send(dense_frame(answer_kind, field, message_id=msg.message_id, max_frame_bytes=size))
             elif kind == "ping":
                 await answers.send(
                     encode_message(new_message(msg.message_id, pong=pb.PongResponse(payload=msg.ping.payload)))
@@ -298,16 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rawguest", description="A hostile guest behind a fake chardev socket.")
     p.add_argument("--socket", required=True)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--once", action="store_true", help="the attack's first frame (or dense answer) only")
     args = p.parse_args(argv)
-    trio.run(_serve_until_signalled, args.socket, args.attack)
+    trio.run(_serve_until_signalled, args.socket, args.attack, args.once)
     return 0
 
 
-async def _serve_until_signalled(socket_path: str, attack: str) -> None:
+async def _serve_until_signalled(socket_path: str, attack: str, once: bool) -> None:
     # SIGTERM or SIGINT: stop, and remove the socket (the VM "leaves").
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, socket_path, attack)
+            await nursery.start(functools.partial(serve, socket_path, attack, once=once))
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break

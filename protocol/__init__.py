@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
     from ._agentclient import EVENT_BURST as EVENT_BURST
     from ._agentclient import EVENT_RATE_PER_S as EVENT_RATE_PER_S
     from ._agentclient import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+    from ._agentclient import MAX_PAYLOAD_FIELDS as MAX_PAYLOAD_FIELDS
     from ._agentclient import AgentClient as AgentClient
     from ._backoff import Backoff as Backoff
     from ._configfile import DEFAULT_REQUEST_TIMEOUT_S as DEFAULT_REQUEST_TIMEOUT_S
@@ -159,7 +160,9 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, imported on fir
 #: re-exports it: ``check_token_transport`` from ``_configfile``, which needs no ``ssl``).
 _LAZY: dict[str, str] = {
     "agent_pb2": "._gen",
-    **dict.fromkeys(("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S", "MAX_PAYLOAD_BYTES"), "._agentclient"),
+    **dict.fromkeys(
+        ("AgentClient", "EVENT_BURST", "EVENT_RATE_PER_S", "MAX_PAYLOAD_BYTES", "MAX_PAYLOAD_FIELDS"), "._agentclient"
+    ),
     "Backoff": "._backoff",
     **dict.fromkeys(("HTTPX_CLI", "import_http_stack"), "._httpstack"),
     **dict.fromkeys(

@@ -17,15 +17,17 @@ and other events are dropped; both are counted in ``rate_limited_events``.
 
 What a guest sends is read before it is parsed (:func:`~._wire.peek_message`: the id and the
 kind at the top level), because parsing costs per entry, not per byte: 16 MiB of 2-byte
-entries (8 million empty list_directory entries answering an id never asked for) took the
-parser 3-5 s of CPU, in which no other VM of the process was served, and 1 GiB of memory.
+entries (8 million empty interfaces in one telemetry report, or list_directory entries) took
+the parser 3-5 s of CPU, in which no other VM of the process was served, and 1 GiB of memory.
 Dropped unparsed, and counted: everything before the hello's echo (``discarded_before_sync``);
-an answer to no pending call (``late_replies``); a request, which only a host sends, and a
-message larger than its kind may be (:data:`MAX_PAYLOAD_BYTES`) (``bad_messages``, logged
-once a minute). The time each parse takes is charged to the reader's share of work, like
-decoding: a guest's reports of millions of tiny entries (which hostd parses, to keep a
-capped copy) cost its reader seconds of pause each, but each one parse still holds the
-process that long.
+an answer to no pending call (``late_replies``); a request, which only a host sends, a message
+larger than its kind may be (:data:`MAX_PAYLOAD_BYTES`), and one that holds more fields than
+its kind may (:data:`MAX_PAYLOAD_FIELDS`: list entries, values, nested ones, counted on the
+wire by :class:`~.limits.FieldWalk`, a slice at a time, stopping at the first field over)
+(``bad_messages``, logged once a minute per reason). An answer dropped so fails its call at
+once (``resource_exhausted``) rather than at its deadline. The time each walk and parse takes
+is charged to the reader's share of work, like decoding: what is parsed holds at most its
+kind's bound of fields (a report 128 Ki: ~10-20 ms and ~20 MB of parse, then its capped copy).
 
 Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
 cancelled while its request is in flight sends the agent a ``cancel`` for it.
@@ -39,9 +41,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
 import trio
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from . import errors
@@ -51,13 +54,15 @@ from ._logs import LogThrottle
 from ._tokenbucket import TokenBucket
 from ._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer, receive_frames
 from ._wire import BadMessage, new_message, parse_frame, peek_message
-from .limits import MAX_BYTES
+from .errors import InvalidArgument
+from .limits import MAX_BYTES, MAX_LIST_PAGE_ENTRIES, MAX_MESSAGE_FIELDS, MIN_FIELD_BYTES, FieldWalk
 
 __all__ = [
     "EVENT_BURST",
     "EVENT_RATE_PER_S",
     "HELLO_RESEND_S",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PAYLOAD_FIELDS",
     "AgentClient",
     "is_terminal",
 ]
@@ -79,6 +84,9 @@ READER_WORK_BURST: Final = 50_000_000
 #: Events let through per second, on average. An agent sends telemetry every few
 #: seconds and the rest on changes; this leaves a wide margin for those.
 EVENT_RATE_PER_S: Final = 10.0
+#: Fields a walk counts between two checkpoints: ~0.25 ms of walking (~0.5 us a field), as a
+#: reader decodes DECODE_SLICE_WORK at a time.
+WALK_SLICE_FIELDS: Final = 512
 #: Events let through at once after a quiet spell (a restart's ready, addresses,
 #: first telemetry and a shutdown notice all together).
 EVENT_BURST: Final = 20
@@ -99,9 +107,8 @@ _SMALL_BYTES: Final = 64 * 1024
 #: a kind not named here: :data:`_SMALL_BYTES`. Answers carrying bulk data (command output, file
 #: chunks) may fill a frame: their fields are bytes, which parse at memory speed. Identity,
 #: telemetry and addresses may too: hostd keeps a capped copy of whatever a guest reports
-#: (guestcaps; an identity of 100,000 interfaces and a 1 MiB hostname is cut, not refused), so
-#: only the parse-time charge bounds what a report of millions of 2-byte entries costs (see
-#: the module docstring).
+#: (guestcaps; an identity with a 1 MiB hostname is cut, not refused); what bounds their cost
+#: is their count of fields (:data:`MAX_PAYLOAD_FIELDS`).
 MAX_PAYLOAD_BYTES: Final[dict[str, int]] = {
     **dict.fromkeys(
         (
@@ -119,9 +126,42 @@ MAX_PAYLOAD_BYTES: Final[dict[str, int]] = {
     ),
     # A ping's payload comes back (MAX_BYTES at most, limits.py).
     "pong": MAX_BYTES + _ENVELOPE_BYTES,
-    # A page of at most 10,000 entries (the agent's LIST_PAGE_MAX), each a name of at most 255
-    # bytes and its stat.
+    # A page of at most MAX_LIST_PAGE_ENTRIES (10,000) entries, each a name of at most 255 bytes
+    # and its stat.
     "list_directory_response": 4 * 1024 * 1024,
+}
+
+
+def _fields_of_one(descriptor: Descriptor) -> int:
+    """The fields a message of a type without lists holds on the wire when every field is set
+    (each once, nested messages' fields too): a FileStat's 19."""
+    total = 0
+    for f in descriptor.fields:
+        assert not f.is_repeated, f.full_name
+        total += 1 + (_fields_of_one(f.message_type) if f.message_type is not None else 0)
+    return total
+
+
+#: Fields an AgentMessage of a kind without lists may hold: its schema holds a few dozen (an
+#: ExecuteResponse and its envelope ~20); the rest is room for what a newer agent adds.
+_SMALL_FIELDS: Final = 1024
+#: Fields (:class:`~.limits.FieldWalk`'s count: list entries, values, nested ones) the largest
+#: AgentMessage of each payload kind a guest may send holds, checked before it is parsed (a
+#: parse costs per field; the walk stops at the first field over); a kind not named here:
+#: :data:`_SMALL_FIELDS`. A message over its kind's bound is dropped, not cut.
+MAX_PAYLOAD_FIELDS: Final[dict[str, int]] = {
+    # What an agent reports of a guest (identity, telemetry, addresses): ~20 fields an interface
+    # (its counters and addresses, 3-4 fields each), 8 a filesystem, 7 a logged-in user: a busy
+    # guest's hundreds of each are 10-20 thousand; the agent leaves out veths and the like. The
+    # bound of a request's fields (limits.MAX_MESSAGE_FIELDS) is several times that, and within
+    # it hostd keeps a capped copy (guestcaps) of whatever is reported: a 1 MiB hostname, 20,000
+    # interfaces. A report at the bound costs hostd one parse of ~10-20 ms and ~20 MB.
+    **dict.fromkeys(
+        ("hello_response", "info_response", "agent_ready", "telemetry", "telemetry_response", "ip_changed"),
+        MAX_MESSAGE_FIELDS,
+    ),
+    # A page of at most MAX_LIST_PAGE_ENTRIES entries, each a FileStat with every field set.
+    "list_directory_response": MAX_LIST_PAGE_ENTRIES * (1 + _fields_of_one(pb.FileStat.DESCRIPTOR)) + _SMALL_FIELDS,
 }
 #: Requests the agent can stop midway: a caller that gives up tells it to.
 _CANCELLABLE: Final = frozenset({"execute", "file_read"})
@@ -153,6 +193,25 @@ class _Unary:
 
 
 _Call = _Unary | trio.MemorySendChannel  # type: ignore[type-arg]
+
+
+class _Peeked(NamedTuple):
+    """What a message is, read from its top level before it is parsed."""
+
+    message_id: str
+    kind: str | None
+    #: Its kind's bound of fields (MAX_PAYLOAD_FIELDS).
+    max_fields: int
+
+
+def _fail_call(call: _Call, exc: errors.AgentError) -> None:
+    """End a pending call (taken out of the pending table) with ``exc``."""
+    if isinstance(call, _Unary):
+        call.finish(exc)
+        return
+    with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        call.send_nowait(exc)
+    call.close()
 
 
 @final
@@ -280,12 +339,7 @@ class AgentClient:
     def _fail_pending(self, exc: errors.AgentError) -> None:
         pending, self._pending = self._pending, {}
         for call in pending.values():
-            if isinstance(call, _Unary):
-                call.finish(exc)
-                continue
-            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                call.send_nowait(exc)
-            call.close()
+            _fail_call(call, exc)
 
     async def _write_loop(self) -> None:
         try:
@@ -320,7 +374,8 @@ class AgentClient:
                         await trio.sleep(pause)
                 parse_ns = 0
                 for frame in frames:
-                    if not self._wanted(frame.payload):
+                    peeked = self._admit(frame.payload)
+                    if peeked is None or not await self._within_fields(frame.payload, peeked):
                         continue
                     started = time.perf_counter_ns()
                     try:
@@ -351,31 +406,68 @@ class AgentClient:
         if self._reader_budget is not None and ns:
             self._reader_budget.charge(ns)
 
-    def _wanted(self, payload: bytes | bytearray | memoryview) -> bool:
-        """Whether a frame's payload is worth parsing, decided from its top level (see the
-        module docstring); what is not is counted here."""
+    def _admit(self, payload: bytes | bytearray | memoryview) -> _Peeked | None:
+        """What a frame's payload is, when it is worth parsing (None when it is not), decided
+        from its top level (see the module docstring); what is not is counted here."""
         try:
             message_id, kind = peek_message(payload)
         except BadMessage as exc:
             self._bad_message("undecodable", str(exc))
-            return False
+            return None
         if not message_id:
             self._bad_message("no id", "message without message_id")
-            return False
+            return None
         if not self._synced.is_set() and kind != "hello_response":
             self.discarded_before_sync += 1
-            return False
+            return None
         if kind in _REQUESTS:
             self._bad_message("request", f"a {kind} request (only a host sends requests)")
-            return False
+            return None
         if kind not in _EVENTS and kind != "hello_response" and message_id not in self._pending:
             self.late_replies += 1
-            return False
+            return None
+        peeked = _Peeked(message_id, kind, MAX_PAYLOAD_FIELDS.get(kind or "", _SMALL_FIELDS))
         limit = MAX_PAYLOAD_BYTES.get(kind or "", _SMALL_BYTES)
         if len(payload) > limit:
-            self._bad_message("too large", f"a {kind} of {len(payload)} bytes (at most {limit}), unread")
+            self._refuse(peeked, "too large", f"a {kind} of {len(payload)} bytes (at most {limit}), unread")
+            return None
+        return peeked
+
+    async def _within_fields(self, payload: bytes | bytearray | memoryview, peeked: _Peeked) -> bool:
+        """Whether a payload :meth:`_admit` let through holds at most its kind's bound of fields,
+        walked (:class:`~.limits.FieldWalk`) a slice at a time, each charged to the reader's
+        share like a parse; what does not is counted and refused here."""
+        max_fields = peeked.max_fields
+        if len(payload) <= MIN_FIELD_BYTES * max_fields:
+            return True  # too small to hold more
+        walk = FieldWalk(payload, pb.AgentMessage.DESCRIPTOR)
+        try:
+            while True:
+                started = time.perf_counter_ns()
+                done = walk.advance(min(WALK_SLICE_FIELDS, max_fields + 1 - walk.fields))
+                self._charge_parse(time.perf_counter_ns() - started)
+                if done or walk.fields > max_fields:
+                    break
+                await trio.lowlevel.checkpoint()
+        except InvalidArgument as exc:
+            self._refuse(peeked, "undecodable", f"undecodable payload of {len(payload)} bytes ({exc.message})")
+            return False
+        if walk.fields > max_fields:
+            self._refuse(
+                peeked,
+                "too dense",
+                f"a {peeked.kind} of over {max_fields} fields (list entries, values) in {len(payload)} bytes, unread",
+            )
             return False
         return True
+
+    def _refuse(self, peeked: _Peeked, reason: str, what: str) -> None:
+        """Drop a message :meth:`_admit` peeked at as unusable (see :meth:`_bad_message`); a call
+        waiting for it fails now, not at its deadline."""
+        self._bad_message(reason, what)
+        call = self._pending.pop(peeked.message_id, None) if peeked.kind not in _EVENTS else None
+        if call is not None:
+            _fail_call(call, errors.ResourceExhausted(f"the agent's answer was refused: {what}", reason="bad_answer"))
 
     def _bad_message(self, reason: str, what: str) -> None:
         """Count a message dropped as unusable; logged once a minute per ``reason`` (a guest

@@ -985,10 +985,13 @@ async def test_fifty_simvm_processes_at_once_through_one_registry(start_simvm: S
 # ------------------------------------------------------------ hostile guests
 
 
-async def hostile_conn(nursery: trio.Nursery, short_tmp: Path, attack: str, **config: object) -> VMConnection:
-    """A VMConnection to a raw guest (a fake chardev socket: no QEMU, no agent) running ``attack``."""
+async def hostile_conn(
+    nursery: trio.Nursery, short_tmp: Path, attack: str, *, once: bool = False, **config: object
+) -> VMConnection:
+    """A VMConnection to a raw guest (a fake chardev socket: no QEMU, no agent) running ``attack``
+    (``once``: its first frame or dense answer only)."""
     path = str(short_tmp / f"{attack}.sock")
-    await nursery.start(rawguest.serve, path, attack)
+    await nursery.start(partial(rawguest.serve, path, attack, once=once))
     conn = await started_conn(nursery, path, config=dataclasses.replace(FAST, **config))
     with trio.fail_after(WAIT_S):
         await conn.wait_for_state(VMState.CONNECTED)
@@ -1097,6 +1100,10 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     [
         ("dense_unsolicited", "late_replies", 3),
         ("bad_frames", "bad_messages", 20_000),
+        # One frame each, then a quiet guest: its own pings must go through after it.
+        ("dense_telemetry", "bad_messages", 1),
+        ("dense_identity", "bad_messages", 1),
+        ("dense_ip_changed", "bad_messages", 1),
     ],
 )
 async def test_dense_or_unwanted_guest_messages_are_dropped_unparsed(
@@ -1111,20 +1118,77 @@ async def test_dense_or_unwanted_guest_messages_are_dropped_unparsed(
     """A frame's cost to parse is per list entry, not per byte: answers to ids never asked for
     (16 MiB of 8 million empty listing entries: 3-5 s of CPU, no other VM served meanwhile, and
     1 GiB) were parsed whole before being found late, and each frame without an id was a log
-    line. Now each is dropped from its top level, unparsed, and its reason logged once: the
-    bystander's pings go on, the hostile VM keeps no report, hostd keeps its link."""
+    line; reports (telemetry, an agent_ready's identity, ip_changed) of 8 million empty
+    interfaces were parsed whole to keep a capped copy. Now each is dropped unparsed, from its
+    top level or once a walk of its wire format passed its kind's bound of fields, and its
+    reason logged once: the bystander's pings go on, the hostile VM keeps no report, hostd
+    keeps its link."""
     bystander = await hostile_conn(nursery, short_tmp, "idle")
-    hostile = await hostile_conn(nursery, short_tmp, attack)
+    once = count == 1
+    hostile = await hostile_conn(nursery, short_tmp, attack, once=once)
     with trio.fail_after(WAIT_S):
         i = 0
         while getattr(hostile.counters(), counter) < count or i < 20:
             assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
             i += 1
-    assert hostile.telemetry is None
+    assert hostile.telemetry is None and not hostile.ip_addresses
+    assert hostile.identity is not None and hostile.identity.agent_version == "rawguest"  # its hello's
     assert hostile.counters().connects == 1
+    if once:
+        assert getattr(hostile.counters(), counter) == 1
+        assert (await hostile.ping(b"still")).payload == b"still"
     assert max(parsed) < 4096, max(parsed)  # hellos and pongs only
     dropped = [r.getMessage() for r in caplog.records if "dropped frame from agent" in r.getMessage()]
     assert len(dropped) <= 1, dropped  # one line per reason a minute, however many frames
+
+
+@pytest.mark.trio
+async def test_a_dense_hello_is_dropped_and_the_next_one_connects(
+    nursery: trio.Nursery, short_tmp: Path, parsed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hello's answer carries the guest's identity: one of 8 million empty interfaces is
+    dropped unparsed like any dense report; the VM is not connected on it, and the next hello
+    (resent until answered) with a usable answer connects it."""
+    monkeypatch.setattr(agentclient, "HELLO_RESEND_S", 0.05)
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    hostile = await hostile_conn(nursery, short_tmp, "dense_hello", once=True)
+    assert (await bystander.ping(b"b")).payload == b"b"
+    assert hostile.counters().bad_messages == 1  # the dense hello: counted by the client now attached
+    assert hostile.identity is not None and hostile.identity.agent_version == "rawguest"
+    assert max(parsed) < 4096, max(parsed)
+    assert (await hostile.ping(b"h")).payload == b"h"
+
+
+#: A request of each kind rawguest's dense_answers answers.
+_DENSE_ANSWERED: dict[str, Any] = {
+    "list_directory": pb.ListDirectoryRequest(path="/"),
+    "info": pb.InfoRequest(),
+    "get_telemetry": pb.TelemetryRequest(),
+    "execute": pb.ExecuteRequest(argv=["true"]),
+    "file_read": pb.FileReadRequest(path="/etc/hostname"),
+}
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("request_kind", sorted(rawguest.DENSE_ANSWERS))
+async def test_a_dense_answer_fails_its_call_at_once_unparsed(
+    nursery: trio.Nursery, short_tmp: Path, parsed: list[int], request_kind: str
+) -> None:
+    """An answer of 8 million fields (listing entries, an identity's or a report's interfaces,
+    an execute's or a file chunk's repeated number) is refused unparsed; its call fails at once
+    with resource_exhausted, not at its deadline, and the link stays."""
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    hostile = await hostile_conn(nursery, short_tmp, "dense_answers")
+    request = _DENSE_ANSWERED[request_kind]
+    with trio.fail_after(WAIT_S):
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            # A deadline far beyond the test's bound: the call fails at once or the test does.
+            await hostile.request(deadline_s=WAIT_S * 10, **{request_kind: request})
+        assert caught.value.reason == "bad_answer" and "fields" in caught.value.message
+        assert (await bystander.ping(b"b")).payload == b"b"
+        assert (await hostile.ping(b"h")).payload == b"h"
+    assert hostile.counters().bad_messages == 1 and hostile.counters().connects == 1
+    assert max(parsed) < 4096, max(parsed)
 
 
 @pytest.mark.trio

@@ -11,6 +11,7 @@ import trio
 
 from limiquantix.protocol import FRAME_HEADROOM_BYTES, errors
 from limiquantix.protocol._gen import agent_pb2 as pb
+from limiquantix.protocol.limits import MAX_LIST_PAGE_ENTRIES
 
 from .._config import AgentConfig
 from .._dispatch import RequestContext, handler
@@ -30,9 +31,10 @@ from ._paths import (
 
 __all__ = ["list_directory"]
 
-#: Page size of a listing that names none, and the largest allowed (agent.proto).
+#: Page size of a listing that names none, and the largest allowed (agent.proto; hostd
+#: refuses a page of more fields than this many entries hold).
 LIST_PAGE_DEFAULT: Final = 1000
-LIST_PAGE_MAX: Final = 10000
+LIST_PAGE_MAX: Final = MAX_LIST_PAGE_ENTRIES
 #: Per-entry framing of a repeated message field (tag + length varint), used to
 #: keep a listing page inside one frame whatever the length of the names.
 _ENTRY_FRAMING_BYTES: Final = 6
