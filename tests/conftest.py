@@ -14,6 +14,11 @@
   sharing one SSL context.
 * ``db_tempdir()``, ``db_tmp``: a temp dir in memory (tmpfs) where the machine has one, for databases.
 
+Every process the run starts (these fixtures', a test's own) is killed when the pytest process
+that started it ends, whichever way it ends (tests/reaper.py: SIGTERM, SIGKILL, a second Ctrl-C
+included); a test that gives a process an environment of its own passes it through
+``reaper.marked``.
+
 trio tests are marked ``@pytest.mark.trio`` one by one (trio_mode is off, see
 pyproject.toml).
 """
@@ -36,6 +41,7 @@ from typing import Any, Final
 import httpx
 import psutil
 import pytest
+import reaper
 import trio
 from hypothesis import settings
 
@@ -62,6 +68,11 @@ def example_tiers(quick: int, thorough: int) -> pytest.MarkDecorator:
         "examples",
         [pytest.param(quick, id="quick"), pytest.param(thorough, id="thorough", marks=pytest.mark.slow)],
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process this pytest process starts dies with it, however it ends (tests/reaper.py)."""
+    reaper.start()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

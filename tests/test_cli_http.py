@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import reaper
 
 from limiquantix.cli._answer import MAX_HEADER_BYTES, loads
 from limiquantix.cli._fast import VM, ApiError, Client, Endpoint, dumps
@@ -326,11 +327,13 @@ def _bare_env(tmp_path: Path) -> dict[str, str]:
     tree.mkdir(parents=True)
     for package in ("cli", "protocol"):
         (tree / package).symlink_to(ROOT / package)
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(tree.parent),
-        "XDG_CONFIG_HOME": str(tmp_path),
-    }
+    return reaper.marked(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(tree.parent),
+            "XDG_CONFIG_HOME": str(tmp_path),
+        }
+    )
 
 
 def _imported(importtime: str) -> set[str]:

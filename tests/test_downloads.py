@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import reaper
 import trio
 
 from limiquantix.controller import pki as pki_tool
@@ -373,7 +374,7 @@ class Guest:
         with trio.fail_after(DEADLINE_S):
             proc = await trio.run_process(
                 ["/bin/sh", str(SCRIPT), *args],
-                env={"PATH": str(self.bin), "TMPDIR": str(self.state), **(env or {})},
+                env=reaper.marked({"PATH": str(self.bin), "TMPDIR": str(self.state), **(env or {})}),
                 capture_stdout=True, capture_stderr=True, check=False,
             )  # fmt: skip
         return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
@@ -677,7 +678,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
     def schema(path: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["/usr/bin/python3", "-W", "ignore", "-m", "cloudinit.config.schema", "-c", str(path)],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "usr/lib/python3/dist-packages")},
+            env=reaper.marked({"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "usr/lib/python3/dist-packages")}),
             capture_output=True, text=True,
         )  # fmt: skip
 
