@@ -518,12 +518,14 @@ class FleetProcess:
             await self._from.aclose()
 
 
-def start_hostd(work: Path, sockdir: Path, token_file: Path, settings: Settings) -> Child:
+def start_hostd(work: Path, sockdir: Path, token_file: Path, settings: Settings, *, python: str = "") -> Child:
+    """hostd on port 0, serving ``sockdir``'s VMs; ``python``: another checkout's interpreter
+    (its venv's, for a before/after comparison; default this one's)."""
     config = work / "hostd.toml"
     config.write_text("")  # no /etc/limiquantix/hostd.toml applies
     log_path = work / "hostd.log"
     argv = [
-        sys.executable, "-m", "limiquantix.hostd",
+        python or sys.executable, "-m", "limiquantix.hostd",
         "--config", str(config),
         "--listen", "127.0.0.1:0",
         "--token-file", str(token_file),

@@ -13,7 +13,14 @@ temp dir:
   attack as fast as hostd reads): ``garbage``, ``magic_spam``, ``dense_headers``
   (valid headers each claiming 16 MiB), ``event_flood`` (telemetry and
   ip_changed back to back), ``oversized_identity`` (an identity and telemetry
-  near the frame limit, re-announced every 0.2 s).
+  near the frame limit, re-announced every 0.2 s), the dense ones (16 MiB reports
+  and answers of 8 million empty entries, back to back: ``dense_telemetry``,
+  ``dense_identity``, ``dense_ip_changed``, ``dense_hello``, ``dense_answers``;
+  ``dense_reports`` of 256 KiB, just within the fields hostd parses), and
+  ``once:`` each dense kind: one such report (or answer, to one ListGuestDirectory
+  the bench makes) from a guest that is quiet otherwise, started inside the
+  measured phase, so that the phase's hostd CPU and peak RSS over the no-attack
+  figures are what one dense report costs.
 
 Measured in the same run: the bystanders' PingAgent latency through hostd's API
 (a closed loop of minimal HTTP/1.1 keep-alive clients, ``hostd_bench.RawHttp``,
@@ -32,6 +39,7 @@ VMs and 3 s per phase. Prints a table and writes ``bench/results/hostile.json``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -39,6 +47,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +76,8 @@ from limiquantix.protocol import errors  # noqa: E402
 from limiquantix.protocol._gen import node_daemon_pb2 as node_pb  # noqa: E402
 from limiquantix.protocol._gen import vm_service_pb2 as api_pb  # noqa: E402
 
+#: A scenario named ``once:ATTACK``: the attack's first frame (or dense answer) only, sent in the phase.
+ONCE: Final = "once:"
 SCENARIOS: Final = (
     "garbage",
     "magic_spam",
@@ -77,6 +88,14 @@ SCENARIOS: Final = (
     "dense_reports",
     "dense_unsolicited",
     "bad_frames",
+    "dense_identity",
+    "dense_ip_changed",
+    "dense_hello",
+    "dense_answers",
+    *(
+        f"{ONCE}{kind}"
+        for kind in ("dense_telemetry", "dense_identity", "dense_ip_changed", "dense_hello", "dense_answers")
+    ),
 )
 HOSTILE_ID: Final = "hostile"
 #: Keep-alive connections of the bystanders' ping loop (each pings one VM after another).
@@ -103,6 +122,8 @@ class Settings:
     keep_workdir: bool
     hostd_log_level: str = "info"
     """For hostd_bench.start_hostd."""
+    hostd_python: str = ""
+    """hostd's interpreter (another checkout's venv, for a before/after comparison); "" this one's."""
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Settings:
@@ -113,6 +134,11 @@ class Settings:
         p.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these attacks (repeatable)")
         p.add_argument(
             "--workdir", type=Path, default=None, help="directory for sockets and logs (default: a temp dir)"
+        )
+        p.add_argument(
+            "--hostd-python",
+            default="",
+            help="run hostd with this Python (another checkout's .venv/bin/python: its code, this bench's guests)",
         )
         ns = p.parse_args(argv)
         q = ns.quick
@@ -125,6 +151,7 @@ class Settings:
             output=output_path("hostile", ns),
             workdir=ns.workdir,
             keep_workdir=ns.keep_workdir,
+            hostd_python=ns.hostd_python,
         )
 
 
@@ -146,12 +173,15 @@ class Scenario:
     during: Phase
     rss_after: float
     counters: dict[str, float]
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Results:
     baseline: Phase = field(default_factory=Phase)
     baseline_rss: float = 0.0
+    paced: Phase = field(default_factory=Phase)
+    """No attack, the bystanders pinged at PACE_S (what a once: scenario is compared with)."""
     scenarios: list[Scenario] = field(default_factory=list)
     hostd_exited: bool = False
 
@@ -186,10 +216,11 @@ class Api:
         return api_pb.HeartbeatRequest(node_id="bench", vms=[heartbeat_status(s) for s in listing.vms]).ByteSize()
 
 
-def start_attacker(work: Path, sockdir: Path, attack: str) -> Child:
-    log_path = work / f"rawguest-{attack}.log"
+def start_attacker(work: Path, sockdir: Path, scenario: str) -> Child:
+    attack = scenario.removeprefix(ONCE)
+    log_path = work / f"rawguest-{scenario.replace(':', '-')}.log"
     argv = [sys.executable, "-m", "limiquantix.hostd.rawguest", "--socket", str(sockdir / f"{HOSTILE_ID}.agent.sock"),
-            "--attack", attack]  # fmt: skip
+            "--attack", attack, *(["--once"] if scenario.startswith(ONCE) else [])]  # fmt: skip
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work, preexec_fn=_die_with_parent
@@ -198,9 +229,21 @@ def start_attacker(work: Path, sockdir: Path, attack: str) -> Child:
 
 
 async def measure_phase(
-    hostd: Child, api: Api, url: str, token: str, vm_ids: list[str], seconds: float, attacker: Child | None
+    hostd: Child,
+    api: Api,
+    url: str,
+    token: str,
+    vm_ids: list[str],
+    seconds: float,
+    attacker: Child | None,
+    side: Callable[[], Awaitable[None]] | None = None,
+    *,
+    paced: bool = False,
 ) -> Phase:
-    """Ping the bystanders in a closed loop for ``seconds``; sample hostd's RSS and CPU meanwhile."""
+    """Ping the bystanders in a closed loop for ``seconds`` (``paced``: one at a time, one every
+    :data:`PACE_S`, leaving hostd's CPU mostly idle so that what an attack costs shows in its
+    CPU time); sample hostd's RSS and CPU meanwhile; ``side`` runs beside them (a once:
+    scenario's guest and its call)."""
     phase = Phase()
     conns = [await hb.RawHttp.connect(url, token) for _ in range(PING_CONNECTIONS)]
     requests = [conns[0].request_bytes("PingAgent", json.dumps({"vmId": vm}).encode()) for vm in vm_ids]
@@ -219,6 +262,8 @@ async def measure_phase(
             else:
                 phase.failures.append(f"{vm}: HTTP {status} {body[:200]!r}")
             i += PING_CONNECTIONS
+            if paced:
+                await trio.sleep(PACE_S)
 
     async def sampler() -> None:
         while time.monotonic() < end:
@@ -232,7 +277,9 @@ async def measure_phase(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sampler)
-            for k in range(PING_CONNECTIONS):
+            if side is not None:
+                nursery.start_soon(side)
+            for k in range(1 if paced else PING_CONNECTIONS):
                 nursery.start_soon(pinger, k)
     finally:
         for conn in conns:
@@ -241,6 +288,28 @@ async def measure_phase(
     with trio.fail_after(WAIT_S):
         phase.heartbeat_bytes = await api.heartbeat_bytes()
     return phase
+
+
+async def once_guest(
+    work: Path, sockdir: Path, scenario: str, api: Api, hostd: Child, attackers: list[Child], notes: list[str]
+) -> None:
+    """A once: scenario's guest, started :data:`ONCE_START_S` into the phase; for dense_answers,
+    the one call it answers densely once the VM is connected."""
+    await trio.sleep(ONCE_START_S)
+    attackers.append(start_attacker(work, sockdir, scenario))
+    if scenario.endswith("dense_answers"):
+        await wait_state(api, HOSTILE_ID, ("AGENT_STATE_CONNECTED",), hostd, *attackers)
+        notes.append(await list_directory(api))
+
+
+async def list_directory(api: Api) -> str:
+    """One ListGuestDirectory of the hostile VM (which answers it densely): what came back, in how long."""
+    t0 = time.perf_counter()
+    r = await api.client.post(
+        f"{api.url}{hb.SERVICE}/ListGuestDirectory", json={"vmId": HOSTILE_ID, "path": "/"}, headers=api.headers
+    )
+    ms = (time.perf_counter() - t0) * 1000
+    return f"ListGuestDirectory: HTTP {r.status_code} in {ms:.0f} ms, {len(r.content)} bytes, {r.text[:160]!r}"
 
 
 async def wait_state(api: Api, vm_id: str, states: tuple[str, ...], *children: Child) -> str:
@@ -253,7 +322,23 @@ async def wait_state(api: Api, vm_id: str, states: tuple[str, ...], *children: C
     return state
 
 
-_COUNTER_NAMES: Final = ("dropped_bytes", "unverified_headers", "bad_frames", "rate_limited_events", "reconnects")
+_COUNTER_NAMES: Final = (
+    "dropped_bytes",
+    "unverified_headers",
+    "bad_frames",
+    "bad_messages",
+    "late_replies",
+    "rate_limited_events",
+    "reconnects",
+)
+#: The hostile VM's states once its attack is underway: a dense hello keeps it from connecting.
+_ATTACKED_STATES: Final = {
+    "dense_hello": ("AGENT_STATE_CONNECTING", "AGENT_STATE_WAITING_FOR_AGENT"),
+}
+#: How long a once: scenario's phase runs before its guest starts (the phase's no-attack part).
+ONCE_START_S: Final = 1.0
+#: A once: scenario's bystander pings: one every 20 ms, on one connection.
+PACE_S: Final = 0.02
 
 
 def counters(text: str) -> dict[str, float]:
@@ -281,7 +366,7 @@ async def measure(work: Path, settings: Settings) -> Results:
         sims = await hb.start_simvms(stack, names, simdir, work)
         for name, sim in sims.items():
             os.symlink(sim.socket_path, sockdir / f"{name}.agent.sock")
-        hostd = hb.start_hostd(work, sockdir, token_file, settings)  # type: ignore[arg-type]
+        hostd = hb.start_hostd(work, sockdir, token_file, settings, python=settings.hostd_python)  # type: ignore[arg-type]
         stack.callback(hostd.stop)
         url = await hb.hostd_url(hostd)
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=WAIT_S))
@@ -294,26 +379,39 @@ async def measure(work: Path, settings: Settings) -> Results:
         say(f"no attack: {settings.phase_s:g} s of pings")
         r.baseline = await measure_phase(hostd, api, url, token, list(names), settings.phase_s, None)
         r.baseline_rss = rss_mib(hostd.pid)
+        if any(attack.startswith(ONCE) for attack in settings.scenarios):
+            say(f"no attack, paced pings: {settings.phase_s:g} s")
+            r.paced = await measure_phase(hostd, api, url, token, list(names), settings.phase_s, None, paced=True)
         say(f"  p50 {percentile(r.baseline.ping_ms, 50):.2f} ms, p99 {percentile(r.baseline.ping_ms, 99):.2f} ms,"
             f" RSS {r.baseline_rss:.1f} MiB")  # fmt: skip
 
         for attack in settings.scenarios:
             say(f"{attack}: {settings.phase_s:g} s of pings with the attacker")
             before = counters(await hb.metrics(client, url, token))
-            attacker = start_attacker(work, sockdir, attack)
+            attackers: list[Child] = []
+            notes: list[str] = []
             try:
-                await wait_state(
-                    api, HOSTILE_ID, ("AGENT_STATE_CONNECTED", "AGENT_STATE_UNRESPONSIVE"), hostd, attacker
-                )
-                during = await measure_phase(hostd, api, url, token, list(names), settings.phase_s, attacker)
+                if attack.startswith(ONCE):
+                    side = functools.partial(once_guest, work, sockdir, attack, api, hostd, attackers, notes)
+                    during = await measure_phase(
+                        hostd, api, url, token, list(names), settings.phase_s, None, side, paced=True
+                    )
+                else:
+                    attackers.append(start_attacker(work, sockdir, attack))
+                    states = _ATTACKED_STATES.get(attack, ("AGENT_STATE_CONNECTED", "AGENT_STATE_UNRESPONSIVE"))
+                    await wait_state(api, HOSTILE_ID, states, hostd, *attackers)
+                    if attack == "dense_answers":
+                        notes.append(await list_directory(api))
+                    during = await measure_phase(hostd, api, url, token, list(names), settings.phase_s, attackers[0])
             finally:
-                attacker.stop()
+                for attacker in attackers:
+                    attacker.stop()
             await wait_state(api, HOSTILE_ID, ("AGENT_STATE_NO_SOCKET",), hostd)
             await trio.sleep(settings.settle_s)
             hostd.check_alive()
             after = counters(await hb.metrics(client, url, token))
             scenario = Scenario(
-                attack, during, rss_mib(hostd.pid), {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                attack, during, rss_mib(hostd.pid), {k: after.get(k, 0) - before.get(k, 0) for k in after}, notes
             )
             r.scenarios.append(scenario)
             say(f"  p50 {percentile(during.ping_ms, 50):.2f} ms, p99 {percentile(during.ping_ms, 99):.2f} ms,"
@@ -334,16 +432,34 @@ def figures_from(r: Results, s: Settings) -> list[Figure]:
         Figure("no attack: hostd RSS", r.baseline_rss, None, "MiB", None),
         Figure("no attack: heartbeat", base.heartbeat_bytes / 1024, None, "KiB", f"<= {heartbeat_cap_kib:g}"),
     ]
+    paced = r.paced
+    if paced.ping_ms:
+        figures += [
+            Figure("no attack, paced: bystander PingAgent p50", percentile(paced.ping_ms, 50), None, "ms", None,
+                   note=f"{len(paced.ping_ms)} pings, one every {PACE_S * 1000:g} ms"),
+            Figure("no attack, paced: bystander PingAgent p99", percentile(paced.ping_ms, 99), None, "ms", None),
+            Figure("no attack, paced: hostd CPU", paced.cpu_s, None, "s", None, note=f"in {paced.seconds:.1f} s"),
+        ]  # fmt: skip
     for sc in r.scenarios:
         d = sc.during
         a = sc.attack
+        # A once: scenario's pings are paced: compared with the paced no-attack phase.
+        ref = paced if a.startswith(ONCE) else base
+        b50, b99 = percentile(ref.ping_ms, 50), percentile(ref.ping_ms, 99)
         cpu = d.cpu_s / d.seconds * 100 if d.seconds else 0.0
         failed = f"; {len(d.failures)} pings failed, first: {d.failures[0]}" if d.failures else ""
+        notes = "".join(f"; {n}" for n in sc.notes)
+        # hostd's CPU in the phase beyond what serving the pings took without an attack.
+        extra_cpu = d.cpu_s - (ref.cpu_s / ref.seconds * d.seconds if ref.seconds else 0.0)
         figures += [
             Figure(f"{a}: bystander PingAgent p50", percentile(d.ping_ms, 50) if d.ping_ms else None, b50, "ms", None,
-                   note=f"{len(d.ping_ms)} pings; hostd CPU {cpu:.0f} % of a core; counters {sc.counters}{failed}"),
+                   note=f"{len(d.ping_ms)} pings; hostd CPU {cpu:.0f} % of a core; counters {sc.counters}{failed}{notes}"),
             Figure(f"{a}: bystander PingAgent p99", percentile(d.ping_ms, 99) if d.ping_ms else None, b99, "ms",
                    f"ratio <= {P99_RATIO:g}"),
+            Figure(f"{a}: bystander PingAgent max", max(d.ping_ms) if d.ping_ms else None, max(ref.ping_ms), "ms",
+                   None),
+            Figure(f"{a}: hostd CPU over no attack", extra_cpu, None, "s", None,
+                   note=f"{d.cpu_s:.2f} CPU-s in {d.seconds:.1f} s"),
             Figure(f"{a}: hostd RSS during", d.rss_max, r.baseline_rss, "MiB", f"delta <= {RSS_DURING_MIB:g}"),
             Figure(f"{a}: hostd RSS after the VM left", sc.rss_after, r.baseline_rss, "MiB", f"delta <= {RSS_AFTER_MIB:g}"),
             Figure(f"{a}: heartbeat", d.heartbeat_bytes / 1024, None, "KiB", f"<= {heartbeat_cap_kib:g}",
