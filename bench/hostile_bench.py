@@ -16,7 +16,7 @@ temp dir:
   near the frame limit, re-announced every 0.2 s), the dense ones (16 MiB reports
   and answers of 8 million empty entries, back to back: ``dense_telemetry``,
   ``dense_identity``, ``dense_ip_changed``, ``dense_hello``, ``dense_answers``;
-  ``dense_reports`` of 256 KiB, just within the fields hostd parses), and
+  ``dense_reports`` of 128 KiB, just within the fields hostd parses), and
   ``once:`` each dense kind: one such report (or answer, to one ListGuestDirectory
   the bench makes) from a guest that is quiet otherwise, started inside the
   measured phase, so that the phase's hostd CPU and peak RSS over the no-attack

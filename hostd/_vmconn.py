@@ -223,6 +223,9 @@ class VMConnection:
         self._state = VMState.CONNECTING if enabled else VMState.DISABLED
         self._state_since = -math.inf  # set when run() starts (no trio clock before)
         self._client: AgentClient | None = None
+        # The session's client until its hello is answered (then _client): what it dropped so
+        # far (a guest whose every hello answer is refused) is counted too.
+        self._starting: AgentClient | None = None
         self._session_scope: trio.CancelScope | None = None
         self._calls: set[_Call] = set()
         self._misses = 0
@@ -263,7 +266,8 @@ class VMConnection:
 
     def counters(self) -> ConnectionCounters:
         """Totals over every connection so far, the live one included."""
-        live = _client_counters(self._client) if self._client is not None else ConnectionCounters()
+        client = self._client or self._starting
+        live = _client_counters(client) if client is not None else ConnectionCounters()
         return self._retired + live + ConnectionCounters(**self._counts)
 
     @property
@@ -516,6 +520,7 @@ class VMConnection:
                             event_rate_per_s=self.config.event_rate_per_s,
                             event_burst=self.config.event_burst,
                             reader_work_per_s=self.config.reader_work_per_s,
+                            on_start=self._start_client,
                         ) as client:
                             grace.cancel()
                             synced = True
@@ -530,6 +535,9 @@ class VMConnection:
                     grace.cancel()
             finally:
                 self._session_scope = None
+                if self._starting is not None:  # never answered: its counts are kept all the same
+                    self._retired = self._retired + _client_counters(self._starting)
+                    self._starting = None
         if scope.cancelled_caught:
             reason = self.last_disconnect_reason if not self._enabled else "closed by hostd"
         self.last_disconnect_reason = reason
@@ -544,8 +552,11 @@ class VMConnection:
                 log.info("vm %s: socket open, no answer from an agent yet", self.vm_id)
                 self._set_state(VMState.WAITING_FOR_AGENT)
 
+    def _start_client(self, client: AgentClient) -> None:
+        self._starting = client
+
     def _attach(self, client: AgentClient) -> None:
-        self._client = client
+        self._client, self._starting = client, None
         self._misses = 0
         self._counts["connects"] += 1
         if self._counts["connects"] > 1:

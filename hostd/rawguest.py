@@ -22,7 +22,7 @@ takes it:
 ``dense_answers``         every request but ping answered at the frame limit with 8 million
                           fields: listing entries, an identity's or a report's interfaces,
                           an execute's or a file chunk's repeated number
-``dense_reports``         telemetry frames of 256 KiB, each 131,000 empty interfaces (just
+``dense_reports``         telemetry frames of 128 KiB, each 65,500 empty interfaces (just
                           within the bound of fields hostd parses), back to back: parsed,
                           at their parse's cost
 ``dense_unsolicited``     answers with ids never asked for, each a ``list_directory``
@@ -80,8 +80,9 @@ __all__ = ["ATTACKS", "DENSE_ANSWERS", "dense_frame", "main", "serve", "serve_ch
 
 #: Bytes per write of an attack: big enough to keep the host's reads full.
 CHUNK: Final = 256 * 1024
-#: The size of dense_reports' frames: a report a real agent could send (a few hundred KiB).
-DENSE_REPORT_BYTES: Final = 256 * 1024
+#: The size of dense_reports' frames: a report a real agent could send (a hundred KiB), holding
+#: as many fields as hostd parses of one (protocol._agentclient.REPORT_FIELDS).
+DENSE_REPORT_BYTES: Final = 128 * 1024
 #: How often the oversized-identity guest re-announces itself.
 REANNOUNCE_S: Final = 0.2
 
@@ -115,14 +116,14 @@ def _event_flood() -> Iterator[bytes]:
 
 
 def huge_identity() -> pb.AgentIdentity:
-    """An identity of 7 MiB: long strings, many interfaces and addresses (~90,000 fields: within
-    what hostd parses of a report, protocol._agentclient.MAX_PAYLOAD_FIELDS)."""
+    """An identity of 7 MiB: long strings, many interfaces and addresses (~50,000 fields: within
+    what hostd parses of a report, protocol._agentclient.REPORT_FIELDS)."""
     big = "A" * (1024 * 1024)
     ifaces = [
         pb.NetworkInterface(
             name=f"eth{i}" + "x" * 1000,
             mac="02:00:00:00:00:00",
-            ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(60)],
+            ipv4=[pb.IpAddress(address=f"10.{i % 256}.{j}.1", prefix_length=24) for j in range(30)],
         )
         for i in range(500)
     ]
@@ -323,9 +324,18 @@ async def _serve_host(stream: trio.SocketStream, attack: str, chunks: Iterator[b
     # dense_hello and dense_answers attack in their answers (once: in the first only).
     dense = itertools.islice(itertools.repeat(True), 1 if once else None) if attack in _DENSE_ANSWERING else iter(())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_answer_host, stream, answers_tx, hello, identity, attack, dense)
-        await hello.wait()
-        await _write(stream, answers_rx, chunks)
+
+        async def answer() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await _answer_host(stream, answers_tx, hello, identity, attack, dense)
+            # The host hung up (or reset the link): nothing more to write to it.
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(answer)
+        # A host that goes away mid-write (hostd disables the VM) ends this host's turn quietly.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await hello.wait()
+            await _write(stream, answers_rx, chunks)
         nursery.cancel_scope.cancel()
 
 

@@ -27,7 +27,7 @@ wire by :class:`~.limits.FieldWalk`, a slice at a time, stopping at the first fi
 (``bad_messages``, logged once a minute per reason). An answer dropped so fails its call at
 once (``resource_exhausted``) rather than at its deadline. The time each walk and parse takes
 is charged to the reader's share of work, like decoding: what is parsed holds at most its
-kind's bound of fields (a report 128 Ki: ~10-20 ms and ~20 MB of parse, then its capped copy).
+kind's bound of fields (a report 64 Ki: ~5-10 ms and ~8 MB of parse, then its capped copy).
 
 Timeouts belong to the caller: wrap calls in ``trio.fail_after``. A call that is
 cancelled while its request is in flight sends the agent a ``cancel`` for it.
@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Final, NamedTuple, final
 
@@ -55,7 +55,7 @@ from ._tokenbucket import TokenBucket
 from ._transport import DECODE_SLICE_WORK, MessageWriter, direct_reader, direct_writer, receive_frames
 from ._wire import BadMessage, new_message, parse_frame, peek_message
 from .errors import InvalidArgument
-from .limits import MAX_BYTES, MAX_LIST_PAGE_ENTRIES, MAX_MESSAGE_FIELDS, MIN_FIELD_BYTES, FieldWalk
+from .limits import MAX_BYTES, MAX_LIST_PAGE_ENTRIES, MIN_FIELD_BYTES, FieldWalk
 
 __all__ = [
     "EVENT_BURST",
@@ -63,6 +63,7 @@ __all__ = [
     "HELLO_RESEND_S",
     "MAX_PAYLOAD_BYTES",
     "MAX_PAYLOAD_FIELDS",
+    "REPORT_FIELDS",
     "AgentClient",
     "is_terminal",
 ]
@@ -145,20 +146,22 @@ def _fields_of_one(descriptor: Descriptor) -> int:
 #: Fields an AgentMessage of a kind without lists may hold: its schema holds a few dozen (an
 #: ExecuteResponse and its envelope ~20); the rest is room for what a newer agent adds.
 _SMALL_FIELDS: Final = 1024
+#: Fields of what an agent reports of a guest (an identity, a telemetry report, an address set).
+#: ~20 fields an interface (its counters; each address 3-4), 8 a filesystem, 7 a logged-in user:
+#: a VM's few dozen of each are a few thousand (a typical report: 1-4 KiB, a few hundred), a busy
+#: container host's hundreds 10-20 thousand (the agent leaves out veths and the like). Within the
+#: bound hostd keeps a capped copy (guestcaps) of whatever is reported (a 1 MiB hostname, 10,000
+#: interfaces); a report at the bound costs hostd a parse of ~5-10 ms and ~8 MB while it is held
+#: (a guest's reports back to back: the parse, the one held over the rate, the one being capped).
+REPORT_FIELDS: Final = 64 * 1024
 #: Fields (:class:`~.limits.FieldWalk`'s count: list entries, values, nested ones) the largest
 #: AgentMessage of each payload kind a guest may send holds, checked before it is parsed (a
 #: parse costs per field; the walk stops at the first field over); a kind not named here:
 #: :data:`_SMALL_FIELDS`. A message over its kind's bound is dropped, not cut.
 MAX_PAYLOAD_FIELDS: Final[dict[str, int]] = {
-    # What an agent reports of a guest (identity, telemetry, addresses): ~20 fields an interface
-    # (its counters and addresses, 3-4 fields each), 8 a filesystem, 7 a logged-in user: a busy
-    # guest's hundreds of each are 10-20 thousand; the agent leaves out veths and the like. The
-    # bound of a request's fields (limits.MAX_MESSAGE_FIELDS) is several times that, and within
-    # it hostd keeps a capped copy (guestcaps) of whatever is reported: a 1 MiB hostname, 20,000
-    # interfaces. A report at the bound costs hostd one parse of ~10-20 ms and ~20 MB.
     **dict.fromkeys(
         ("hello_response", "info_response", "agent_ready", "telemetry", "telemetry_response", "ip_changed"),
-        MAX_MESSAGE_FIELDS,
+        REPORT_FIELDS,
     ),
     # A page of at most MAX_LIST_PAGE_ENTRIES entries, each a FileStat with every field set.
     "list_directory_response": MAX_LIST_PAGE_ENTRIES * (1 + _fields_of_one(pb.FileStat.DESCRIPTOR)) + _SMALL_FIELDS,
@@ -267,12 +270,15 @@ class AgentClient:
         event_rate_per_s: float = EVENT_RATE_PER_S,
         event_burst: int = EVENT_BURST,
         reader_work_per_s: float | None = None,
+        on_start: Callable[[AgentClient], None] | None = None,
     ) -> AsyncIterator[AgentClient]:
         """Run a client over ``stream``; returns once the agent answered hello.
 
         ``reader_work_per_s`` bounds the decoding work the reader does per second
         (framing.py's units, ~1 ns each; None: no bound), so that one peer gets a
-        bounded share of the process: over it, the reader pauses.
+        bounded share of the process: over it, the reader pauses. ``on_start`` is given
+        the client before the hello is answered (its counters, for a guest that never
+        answers one usably).
 
         Raises:
             Unavailable: the stream ended before the agent answered.
@@ -285,6 +291,8 @@ class AgentClient:
             event_burst=event_burst,
             reader_work_per_s=reader_work_per_s,
         )
+        if on_start is not None:
+            on_start(client)
         # Errors from the caller's block are re-raised as they are, not wrapped
         # in the ExceptionGroup the nursery would make of them.
         error: Exception | None = None

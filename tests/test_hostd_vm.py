@@ -1170,6 +1170,32 @@ _DENSE_ANSWERED: dict[str, Any] = {
 
 
 @pytest.mark.trio
+async def test_a_guest_whose_every_hello_is_dense_is_never_connected_and_its_drops_are_counted(
+    nursery: trio.Nursery, short_tmp: Path, parsed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every hello answered with 8 million empty interfaces: each answer is dropped unparsed,
+    the VM waits for an agent, its drops show in its counters (those of a connection whose
+    hello was never answered were lost), and a bystander is served meanwhile."""
+    monkeypatch.setattr(agentclient, "HELLO_RESEND_S", 0.05)
+    bystander = await hostile_conn(nursery, short_tmp, "idle")
+    path = str(short_tmp / "dense_hello.sock")
+    await nursery.start(rawguest.serve, path, "dense_hello")
+    hostile = await started_conn(nursery, path, config=FAST)
+    with trio.fail_after(WAIT_S):
+        i = 0
+        while hostile.counters().bad_messages < 3:
+            assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
+            i += 1
+        await hostile.wait_for_state(VMState.WAITING_FOR_AGENT)
+    assert hostile.counters().connects == 0 and hostile.identity is None
+    assert max(parsed) < 4096, max(parsed)
+    hostile.disable()  # the session ends: what it counted stays counted
+    with trio.fail_after(WAIT_S):
+        await hostile.wait_for_state(VMState.DISABLED)
+    assert hostile.counters().bad_messages >= 3
+
+
+@pytest.mark.trio
 @pytest.mark.parametrize("request_kind", sorted(rawguest.DENSE_ANSWERS))
 async def test_a_dense_answer_fails_its_call_at_once_unparsed(
     nursery: trio.Nursery, short_tmp: Path, parsed: list[int], request_kind: str
@@ -1195,10 +1221,11 @@ async def test_a_dense_answer_fails_its_call_at_once_unparsed(
 async def test_parsing_a_guests_reports_is_charged_to_its_readers_share(
     nursery: trio.Nursery, short_tmp: Path, parsed: list[int]
 ) -> None:
-    """Reports are parsed (hostd keeps a capped copy); 256 KiB of 128,000 empty interfaces costs
-    the parser tens of ms. That time is charged to the VM's share of reading work like
-    decoding: its reader pauses after a few, where their bytes alone (~0.26 M units each, a
-    50 M burst) would have let ~190 through first. Each report is kept capped."""
+    """Reports are parsed (hostd keeps a capped copy); 128 KiB of 65,500 empty interfaces (as
+    many fields as hostd parses of a report) costs the parser ~5-10 ms. That time is charged to
+    the VM's share of reading work like decoding: its reader pauses after a few, where their
+    bytes alone (~0.13 M units each, a 50 M burst) would have let ~380 through first. Each
+    report is kept capped."""
     bystander = await hostile_conn(nursery, short_tmp, "idle")
     hostile = await hostile_conn(nursery, short_tmp, "dense_reports", reader_work_per_s=20_000_000)
     with trio.fail_after(WAIT_S * 2):
@@ -1207,7 +1234,7 @@ async def test_parsing_a_guests_reports_is_charged_to_its_readers_share(
             assert (await bystander.ping(b"%d" % i)).payload == b"%d" % i
             i += 1
         reports = sum(size > 4096 for size in parsed)
-        assert reports < 50, reports  # without the parse's cost charged: ~190 before the first pause
+        assert reports < 50, reports  # without the parse's cost charged: ~380 before the first pause
         await hostile.wait_until(lambda c: c.telemetry is not None)
     assert hostile.telemetry is not None and hostile.telemetry.truncated
     assert len(hostile.telemetry.interfaces) == guestcaps.MAX_INTERFACES
