@@ -92,9 +92,10 @@ SCENARIOS: Final = (
     "dense_ip_changed",
     "dense_hello",
     "dense_answers",
+    # once:idle, a quiet guest that connects: what the once: rows' CPU holds besides their report.
     *(
         f"{ONCE}{kind}"
-        for kind in ("dense_telemetry", "dense_identity", "dense_ip_changed", "dense_hello", "dense_answers")
+        for kind in ("idle", *(f"dense_{k}" for k in ("telemetry", "identity", "ip_changed", "hello", "answers")))
     ),
 )
 HOSTILE_ID: Final = "hostile"
