@@ -379,10 +379,10 @@ async def _answer_host(
             if kind == "hello":
                 answer = pb.HelloResponse(sync_id=msg.hello.sync_id, identity=identity)
                 if attack == "dense_hello" and next(dense, False):
-                    frame = dense_frame(
+                    dense_hello = dense_frame(
                         "hello_response", "identity.interfaces", message_id=msg.message_id, payload=answer
                     )
-                    await answers.send(frame)
+                    await answers.send(dense_hello)
                 else:
                     await answers.send(encode_message(new_message(msg.message_id, hello_response=answer)))
                 hello.set()

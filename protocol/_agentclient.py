@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Final, NamedTuple, final
+from typing import Final, NamedTuple, cast, final
 
 import trio
 from google.protobuf.descriptor import Descriptor
@@ -146,6 +146,8 @@ def _fields_of_one(descriptor: Descriptor) -> int:
 #: Fields an AgentMessage of a kind without lists may hold: its schema holds a few dozen (an
 #: ExecuteResponse and its envelope ~20); the rest is room for what a newer agent adds.
 _SMALL_FIELDS: Final = 1024
+#: What a guest sends, for the walk (the stubs type a generated DESCRIPTOR as either kind).
+_AGENT_MESSAGE: Final = cast(Descriptor, pb.AgentMessage.DESCRIPTOR)
 #: Fields of what an agent reports of a guest (an identity, a telemetry report, an address set).
 #: ~20 fields an interface (its counters; each address 3-4), 8 a filesystem, 7 a logged-in user:
 #: a VM's few dozen of each are a few thousand (a typical report: 1-4 KiB, a few hundred), a busy
@@ -164,7 +166,8 @@ MAX_PAYLOAD_FIELDS: Final[dict[str, int]] = {
         REPORT_FIELDS,
     ),
     # A page of at most MAX_LIST_PAGE_ENTRIES entries, each a FileStat with every field set.
-    "list_directory_response": MAX_LIST_PAGE_ENTRIES * (1 + _fields_of_one(pb.FileStat.DESCRIPTOR)) + _SMALL_FIELDS,
+    "list_directory_response": MAX_LIST_PAGE_ENTRIES * (1 + _fields_of_one(cast(Descriptor, pb.FileStat.DESCRIPTOR)))
+    + _SMALL_FIELDS,
 }
 #: Requests the agent can stop midway: a caller that gives up tells it to.
 _CANCELLABLE: Final = frozenset({"execute", "file_read"})
@@ -448,7 +451,7 @@ class AgentClient:
         max_fields = peeked.max_fields
         if len(payload) <= MIN_FIELD_BYTES * max_fields:
             return True  # too small to hold more
-        walk = FieldWalk(payload, pb.AgentMessage.DESCRIPTOR)
+        walk = FieldWalk(payload, _AGENT_MESSAGE)
         try:
             while True:
                 started = time.perf_counter_ns()
