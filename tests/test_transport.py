@@ -427,7 +427,8 @@ async def test_memory_an_answer_over_its_kinds_size_and_a_request_are_dropped_un
     """Before a frame is parsed its top level says its id and kind: a pending ping answered by a
     pong larger than a pong may be (MAX_PAYLOAD_BYTES: the echoed payload's bound and a little)
     and a request (only hosts send them) are counted bad and never parsed (parse_frame's
-    wrapper counts what is); the real answer after them goes through."""
+    wrapper counts what is); the ping fails at once with resource_exhausted (not at its
+    deadline), an answer to it after that is late, and the next ping goes through."""
     from limiquantix.protocol import MAX_PAYLOAD_BYTES
     from limiquantix.protocol import _agentclient as agentclient
 
@@ -441,10 +442,13 @@ async def test_memory_an_answer_over_its_kinds_size_and_a_request_are_dropped_un
 
     async with scripted() as (client, agent), trio.open_nursery() as nursery:
         monkeypatch.setattr(agentclient, "parse_frame", counting)
-        got: list[pb.PongResponse] = []
+        refused = trio.Event()
 
         async def ping() -> None:
-            got.append(await client.ping(b"mine"))
+            with pytest.raises(errors.ResourceExhausted, match="answer was refused: a pong of") as caught:
+                await client.ping(b"mine")
+            assert caught.value.reason == "bad_answer"
+            refused.set()
 
         nursery.start_soon(ping)
         req = await agent.receive_request()
@@ -452,6 +456,13 @@ async def test_memory_an_answer_over_its_kinds_size_and_a_request_are_dropped_un
         await agent.send(new_message(req.message_id, pong=oversized))
         await agent.send(new_message(execute=pb.ExecuteRequest(argv=["a"] * 100)))
         await agent.send(new_message(req.message_id, pong=pb.PongResponse(payload=b"mine")))
-    assert [p.payload for p in got] == [b"mine"]
-    assert client.bad_messages == 2
-    assert parsed == ["pong"]
+        await refused.wait()
+
+        async def answer_next() -> None:
+            nxt = await agent.receive_request()
+            await agent.send(new_message(nxt.message_id, pong=pb.PongResponse(payload=b"next")))
+
+        nursery.start_soon(answer_next)
+        assert (await client.ping(b"next")).payload == b"next"
+    assert client.bad_messages == 2 and client.late_replies == 1
+    assert parsed == ["pong"]  # the next ping's answer only
