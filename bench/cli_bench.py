@@ -6,8 +6,15 @@ One stack runs on this machine, started and stopped here in a fresh temp dir (rp
 VM with the real agent). Each sample is a whole process, start-up included, as a script
 or an operator runs it:
 
-* **curl** (the baseline): ``curl -sS -X POST .../VMService/ExecuteScript`` with the JSON
-  body ``{"vmId": VM, "command": "true"}`` and the bearer token, as the README shows it;
+* **curl** (the baseline): ``curl -sS -X POST .../VMService/ExecuteScript`` with the bearer
+  token and the body ``{"vmId": VM, "command": "exec true"}``: what ``limiquantix exec VM --
+  true`` asks of the guest (a program alone goes through the guest's shell as ``exec PROG``, so
+  that the program runs, never a shell builtin of its name), so that both do the same work in the
+  guest: the guest's ``sh`` starting ``/bin/true``, about 0.5 ms more than the README's
+  ``"command": "true"``, which ``sh`` answers with its builtin and starts no program;
+* **curl, the README's body** (for the record): the same call with ``"command": "true"``;
+* **limiquantix sh VM true** (for the record): the CLI sending that same body (``sh -c true``
+  in the guest, the builtin);
 * **limiquantix, installed**: the console script of a venv holding only the project's
   wheel (built from this checkout, installed with ``pip --no-deps``: no click, no rich, no
   httpx in it, so the run also proves that ``exec`` needs none of them), as an operator's
@@ -200,7 +207,9 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float,
             f'# Written by make run: the stack it started.\nurl = "{st.url}"\ntoken = "{token}"\n'
         )
         file_env = {**base, "XDG_CONFIG_HOME": str(file_home)}
-        message = f'{{"vmId": "{st.vm}", "command": "true"}}'.encode()
+        # The CLI's body for ``exec VM -- true`` (tests/test_cli_http.py checks it), and the README's.
+        message = f'{{"vmId": "{st.vm}", "command": "exec true"}}'.encode()
+        builtin = f'{{"vmId": "{st.vm}", "command": "true"}}'
         envelope = work / "stream.bin"
         envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
         # The CLI's own request, byte for byte (its headers, its body), for the Python client floor.
@@ -226,7 +235,12 @@ async def measure(work: Path, settings: Settings) -> dict[str, list[tuple[float,
                 curl, "-sS", "-X", "POST", f"{st.url}/limiquantix.compute.v1.VMService/ExecuteScript",
                 "-H", "Content-Type: application/json", "-H", auth, "-d", message.decode(),
             ],
+            "curl true": [
+                curl, "-sS", "-X", "POST", f"{st.url}/limiquantix.compute.v1.VMService/ExecuteScript",
+                "-H", "Content-Type: application/json", "-H", auth, "-d", builtin,
+            ],
             "installed": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
+            "sh": [str(bin_dir / "limiquantix"), "sh", st.vm, "true"],
             "editable": [str(REPO / ".venv" / "bin" / "limiquantix"), "exec", st.vm, "--", "true"],
             "config file": [str(bin_dir / "limiquantix"), "exec", st.vm, "--", "true"],
             "curl stream": [
@@ -266,7 +280,7 @@ def figures_from(samples: dict[str, list[tuple[float, float]]], rounds: int) -> 
             curl,
             "ms",
             f"ratio <= {RATIO_TARGET}",
-            note=f"{rounds} interleaved runs of each; baseline: curl of ExecuteScript, same run",
+            note=f"{rounds} interleaved runs of each; baseline: curl of ExecuteScript, the same command, same run",
         ),
         bl.Figure("installed, p90 (info)", bl.percentile(wall["installed"], 90), bl.percentile(wall["curl"], 90), "ms", None),
         bl.Figure("installed, CPU time (user + system), median (info)", cpu["installed"], cpu["curl"], "ms", None),
@@ -286,6 +300,24 @@ def figures_from(samples: dict[str, list[tuple[float, float]]], rounds: int) -> 
             "installed, URL and token from make run's config file, median (info)",
             bl.median(wall["config file"]),
             curl,
+            "ms",
+            None,
+        )
+    )
+    figures.append(
+        bl.Figure(
+            "curl of ExecuteScript with the README's body (command true: the shell's builtin), median (info)",
+            bl.median(wall["curl true"]),
+            curl,
+            "ms",
+            None,
+        )
+    )
+    figures.append(
+        bl.Figure(
+            "limiquantix sh VM true (that same body) over it, median (info)",
+            bl.median(wall["sh"]),
+            bl.median(wall["curl true"]),
             "ms",
             None,
         )
