@@ -38,8 +38,9 @@ user): --token-file, LQX_TOKEN or the config file.
 Every call waits at most --request-timeout seconds (request_timeout_s in the config file;
 default 15) for the controller's answer, then says so and exits 69. exec and sh wait for
 their command instead (its --timeout plus 10 s); cp and audit exports at least 300 s; run
-and audit --follow apply it to each poll, so a long run or a follow is never cut by it. A
-streamed answer (exec, sh, cp from the guest, audit exports) must start within it.
+and audit --follow apply it to each poll, so a long run or a follow is never cut by it.
+Connecting (TLS included) and the start of a streamed answer (exec, sh, cp from the guest,
+audit exports) wait it at most.
 
 Shell completion: eval "$(limiquantix completion bash)" (or zsh).
 """

@@ -16,7 +16,7 @@ import sys
 from limiquantix.protocol import ConfigError
 
 from . import _exitcodes as ec
-from ._fast import ApiError
+from ._fast import REQUEST_TIMEOUT_HINT, ApiError
 from ._output import GuestWriter, error_line, warn
 
 # Names for type checkers only: importing typing and collections costs milliseconds of the
@@ -99,7 +99,7 @@ def follow(events: "Stream") -> int:
 def cli_error(exc: ConfigError | ApiError) -> int:
     """A failure of the command line's own (not the guest command's), said on stderr: 125."""
     if isinstance(exc, ApiError):
-        error_line(exc.message, code=exc.code)
+        error_line(f"{exc.message} {REQUEST_TIMEOUT_HINT}" if exc.timed_out else exc.message, code=exc.code)
     else:
         error_line(str(exc))
     return ec.EXEC_CLI_ERROR

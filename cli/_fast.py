@@ -113,6 +113,7 @@ __all__ = [
     "MAX_TIMEOUT_S",
     "NODES",
     "Opt",
+    "REQUEST_TIMEOUT_HINT",
     "Sent",
     "TimedOut",
     "Unreachable",
@@ -645,18 +646,20 @@ def send_request(
     *,
     length: int,
     deadline: float,
+    connect_deadline: float | None = None,
     tls_context: "Any" = None,
 ) -> Sent:
     """POST ``body`` (``length`` bytes, or its pieces) to ``path``; returns once it has left.
 
     Args:
         deadline: on ``time.monotonic()``: every socket operation waits at most until then.
+        connect_deadline: the same for connecting (and the TLS handshake), when sooner.
         tls_context: an ``ssl.SSLContext`` for https endpoints.
 
     Raises:
         Unreachable, TimedOut, Broken: see the module's docstring.
     """
-    sock = _connect(endpoint, deadline, tls_context)
+    sock = _connect(endpoint, deadline if connect_deadline is None else min(deadline, connect_deadline), tls_context)
     lines = [
         f"POST {endpoint.prefix}{path} HTTP/1.1",
         f"Host: {endpoint.host_header}",
@@ -788,10 +791,15 @@ def given(**fields: "Any") -> "dict[str, Any]":
     return {name: value for name, value in fields.items() if value}
 
 
+#: Said after a message whose wait was the request timeout (:attr:`ApiError.timed_out`).
+REQUEST_TIMEOUT_HINT = "(--request-timeout or request_timeout_s in the config file sets how long to wait)"
+
+
 class ApiError(Exception):
     """A failed call: ``code`` is the Connect code, ``message`` the controller's words
     (guest text may be in it: escape before printing), ``reason`` its machine-readable why;
-    ``timed_out``: the call's own deadline passed (the controller did not answer in time)."""
+    ``timed_out``: the request timeout passed (--request-timeout: the controller did not answer,
+    or did not start answering, in time; :data:`REQUEST_TIMEOUT_HINT` says what sets it)."""
 
     def __init__(self, code: str, message: str, reason: str = "", *, timed_out: bool = False) -> None:
         super().__init__(f"{code}: {message}")
@@ -875,6 +883,12 @@ class Client:
             "Connect-Timeout-Ms": str(max(1, int(timeout_s * 1000))),
             "Authorization": f"Bearer {self._token}",
         }
+        # Connecting (and the TLS handshake) within the request timeout: a live controller
+        # accepts at once, and a command's budget (exec's 70 s) is for the command, not for a
+        # controller that does not answer (one stopped with SIGSTOP: the kernel accepts, nobody
+        # does the handshake).
+        connect_s = min(timeout_s, self.request_timeout_s)
+        now = time.monotonic()
         try:
             return send_request(
                 self._endpoint,
@@ -882,9 +896,12 @@ class Client:
                 headers,
                 body,
                 length=length,
-                deadline=time.monotonic() + timeout_s,
+                deadline=now + timeout_s,
+                connect_deadline=now + connect_s,
                 tls_context=self._tls,
             )
+        except TimedOut as exc:
+            raise self._transport_error(procedure, timeout_s if exc.sent else connect_s, exc) from None
         except HttpError as exc:
             raise self._transport_error(procedure, timeout_s, exc) from None
 
@@ -907,14 +924,12 @@ class Client:
             if head_deadline is None:
                 raise self._transport_error(procedure, timeout_s, exc) from None
             method = procedure.rpartition("/")[2]
-            # The hint is in the message (timed_out stays False: click's commands add theirs to
-            # a unary call's timeout, which is the request timeout itself).
             raise ApiError(
                 "deadline_exceeded",
-                f"the controller at {self.url} did not start answering {method} within {head_s:g} s "
-                "(--request-timeout or request_timeout_s in the config file sets this wait); the request "
-                "was sent, so it may have run: its outcome is not known",
+                f"the controller at {self.url} did not start answering {method} within {head_s:g} s; "
+                "the request was sent, so it may have run: its outcome is not known",
                 "outcome_unknown",
+                timed_out=True,
             ) from None
         except HttpError as exc:
             raise self._transport_error(procedure, timeout_s, exc) from None
@@ -1097,7 +1112,9 @@ class Client:
                             return
                         yield decoded
             except HttpError as exc:
-                raise self._transport_error(procedure, timeout_s, exc) from None
+                error = self._transport_error(procedure, timeout_s, exc)
+                error.timed_out = False  # the stream's own budget passed, not the request timeout
+                raise error from None
             method = procedure.rpartition("/")[2]
             raise ApiError(
                 "unavailable",

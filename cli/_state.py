@@ -13,7 +13,7 @@ import click
 from limiquantix.protocol import ConfigError, check_labels
 
 from . import _exitcodes as ec
-from ._fast import ApiError, Client, Opt, parse_env_pair
+from ._fast import REQUEST_TIMEOUT_HINT, ApiError, Client, Opt, parse_env_pair
 from ._output import error_line
 
 __all__ = [
@@ -64,7 +64,7 @@ def pass_client(func: F) -> F:
         except ApiError as exc:
             message = exc.message
             if exc.timed_out:
-                message += " (--request-timeout or request_timeout_s in the config file sets how long to wait)"
+                message += f" {REQUEST_TIMEOUT_HINT}"
             error_line(message, code=exc.code)
             raise SystemExit(ec.for_code(exc.code)) from None
 
