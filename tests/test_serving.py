@@ -929,6 +929,64 @@ async def test_connections_over_the_limit_are_closed_unread(caplog: pytest.LogCa
             stop.set()
 
 
+def test_one_source_holds_at_most_its_share_of_the_connections() -> None:
+    """An address holds at most CONNECTIONS_SHARE_PER_SOURCE of a server's connections (one host
+    with idle connections up to the limit locked every other client out for the keep-alive
+    time); loopback is the machine's own and not counted; the total limit still holds."""
+    limit = serving._ConnectionLimit(8)  # noqa: SLF001 - the limit alone, without a server
+    assert limit.per_source == 8 * serving.CONNECTIONS_SHARE_PER_SOURCE == 4
+    assert all(limit.admit("192.0.2.1") for _ in range(4))
+    assert not limit.admit("192.0.2.1")
+    assert limit.admit("2001:db8::7") and limit.admit("192.0.2.2")
+    limit.release("192.0.2.1")
+    assert limit.admit("192.0.2.1") and not limit.admit("192.0.2.1")
+    assert limit.admit("127.0.0.1") and limit.admit("::ffff:127.0.0.1")  # loopback: not counted per source
+    assert [limit._counted(a) for a in ("127.0.0.2", "::1", "192.0.2.9")] == [None, None, "192.0.2.9"]  # noqa: SLF001
+    assert not limit.admit(None) and not limit.admit("192.0.2.3")  # the server is full: 8 open
+    for source in ("192.0.2.1",) * 4 + ("2001:db8::7", "192.0.2.2", "127.0.0.1", "::ffff:127.0.0.1"):
+        limit.release(source)
+    assert limit.open == 0 and not limit._by_source  # noqa: SLF001 - nothing left counted
+    counted = serving._ConnectionLimit(8, per_source=1, exempt_loopback=False)  # noqa: SLF001
+    assert counted.admit("127.0.0.1") and not counted.admit("127.0.0.1") and counted.admit("127.0.0.2")
+
+
+@pytest.mark.trio
+async def test_a_source_over_its_share_is_closed_unread_and_others_are_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over a real socket: a source holding its share (2 here; loopback counted for the test)
+    has its next connection closed unread, one log line naming it; another address (127.0.0.2)
+    is served meanwhile, and the source again once one of its connections closes."""
+    config = serving.http_config(["127.0.0.1:0"], graceful_timeout_s=FOREVER_S)
+    config.connections = serving._ConnectionLimit(100, per_source=2, exempt_loopback=False)  # noqa: SLF001
+    stop, release, entered, returned = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serving(_app(release, entered), stop, returned, config))
+            host, port = _host_port(binds[0])
+            held = await _open_connections(binds[0], 2)
+            for _ in range(5):
+                async with await trio.open_tcp_stream(host, port) as extra:
+                    with _closed_or_reset():
+                        await extra.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+                        assert await extra.receive_some() == b""
+            refusals = [r.getMessage() for r in caplog.records if "closed a new connection from" in r.getMessage()]
+            assert len(refusals) == 1 and "127.0.0.1 unread: it holds 2 connections" in refusals[0], refusals
+            async with await trio.open_tcp_stream(host, port, local_address="127.0.0.2") as other:
+                await other.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := await other.receive_some():
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"quick")
+            await held.pop().aclose()
+            await _connections_ended_but(1)
+            async with loopback_client(base_url=binds[0]) as client:
+                assert (await client.get("/quick")).text == "quick"
+            for stream in held:
+                await stream.aclose()
+            stop.set()
+
+
 async def _connections_ended_but(count: int) -> None:
     while len(_tasks_running("_run_handler")) > count:
         await trio.testing.wait_all_tasks_blocked()

@@ -34,8 +34,11 @@ its calls to the controller, the controller's database and its calls to each hos
   (75 s) ran out: a client that connected and closed 14 times a second held 1,024 descriptors,
   and the daemon, out of them, could neither serve nor call anyone (``EMFILE``);
 - at most :func:`max_connections` connections are served at once (three quarters of the
-  descriptors, the rest kept for the daemon's own work); one more is closed unread, logged
-  at most once per :data:`REFUSAL_LOG_INTERVAL_S`;
+  descriptors, the rest kept for the daemon's own work), and one source address holds at most
+  :data:`CONNECTIONS_SHARE_PER_SOURCE` of them (loopback excepted: the machine's own clients),
+  so that one host holding idle connections up to the limit cannot lock every other client out
+  for the keep-alive time (75 s); one more is closed unread, logged at most once per reason
+  per :data:`REFUSAL_LOG_INTERVAL_S`;
 - when ``accept`` fails anyway (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``), trio's
   ``serve_listeners`` retries every 0.1 s and logged each retry at ERROR with a traceback (90
   lines a second, formatting them the CPU's main load); :class:`_AcceptErrorLog` makes that one
@@ -57,6 +60,7 @@ import contextvars
 import dataclasses
 import enum
 import errno
+import ipaddress
 import logging
 import os
 import resource
@@ -107,6 +111,7 @@ __all__ = [
     "KEEP_ALIVE_MAX_REQUESTS",
     "KEEP_ALIVE_TIMEOUT_S",
     "CONNECTIONS_SHARE_OF_FDS",
+    "CONNECTIONS_SHARE_PER_SOURCE",
     "LISTEN_BACKLOG",
     "MAX_REQUEST_HEAD_BYTES",
     "REFUSAL_LOG_INTERVAL_S",
@@ -154,6 +159,10 @@ H2_MAX_INBOUND_FRAME_BYTES: Final = 16 * 1024
 #: The share of the process's file descriptors (RLIMIT_NOFILE) that connections may hold; the
 #: rest is the daemon's own (VM sockets, the database, outgoing calls, a log file).
 CONNECTIONS_SHARE_OF_FDS: Final = 0.75
+#: The share of those connections one source address may hold (loopback excepted). HTTP/2 (TLS)
+#: carries a client's calls on one connection; over plain HTTP/1.1 the controller holds one per
+#: concurrent call to a hostd (its pool: 2,000 at most).
+CONNECTIONS_SHARE_PER_SOURCE: Final = 0.5
 #: Connections over the limit, failed accepts: one log line per reason per this many seconds.
 REFUSAL_LOG_INTERVAL_S: Final = 60.0
 
@@ -257,14 +266,15 @@ class _ContainedTCPServer(TCPServer):
 
     async def run(self) -> None:
         limit = getattr(self.config, "connections", None)
-        if limit is not None and not limit.admit():
+        source = _peer_address(self.stream) if limit is not None else None
+        if limit is not None and not limit.admit(source):
             await trio.aclose_forcefully(self.stream)  # unread: it costs one accept and one close
             return
         try:
             await self._run()
         finally:
             if limit is not None:
-                limit.release()
+                limit.release(source)
 
     async def _run(self) -> None:
         try:
@@ -339,17 +349,64 @@ def max_connections(fd_limit: int | None = None) -> int:
     return max(1, int(fd_limit * CONNECTIONS_SHARE_OF_FDS))
 
 
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The address a TCP connection comes from (an SSL stream's underlying one); None for
+    another kind of stream (a Unix socket's)."""
+    raw = getattr(stream, "transport_stream", stream)
+    sock = getattr(raw, "socket", None)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        address: str = sock.getpeername()[0]
+    except OSError:  # already gone
+        return None
+    return address
+
+
 @final
 class _ConnectionLimit:
-    """The connections one server is serving, and how many it may."""
+    """The connections one server is serving, and how many it may: in all, and from one source
+    address (loopback excepted unless ``exempt_loopback`` is false)."""
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, *, per_source: int | None = None, exempt_loopback: bool = True) -> None:
         self.maximum = maximum
+        self.per_source = per_source or max(1, int(maximum * CONNECTIONS_SHARE_PER_SOURCE))
+        self.exempt_loopback = exempt_loopback
         self.open = 0
+        self._by_source: dict[str, int] = {}
         self._log = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
-    def admit(self) -> bool:
-        """Count a new connection in; False (logged) when the server is full."""
+    def _counted(self, source: str | None) -> str | None:
+        """The key ``source`` is counted under (None: not counted per source)."""
+        if source is None:
+            return None
+        if self.exempt_loopback:
+            try:
+                ip = ipaddress.ip_address(source.partition("%")[0])
+            except ValueError:
+                return source
+            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+            if (mapped or ip).is_loopback:
+                return None
+        return source
+
+    def admit(self, source: str | None = None) -> bool:
+        """Count a new connection from ``source`` (its address) in; False (logged) when the
+        server is full, or that source holds its share."""
+        key = self._counted(source)
+        if key is not None and self._by_source.get(key, 0) >= self.per_source:
+            more = self._log.due("source")
+            if more is not None:
+                log.warning(
+                    "closed a new connection from %s unread: it holds %d connections, the most one "
+                    "address may (%d%% of the %d this server serves at once)%s",
+                    key,
+                    self._by_source[key],
+                    round(CONNECTIONS_SHARE_PER_SOURCE * 100),
+                    self.maximum,
+                    more,
+                )
+            return False
         if self.open >= self.maximum:
             more = self._log.due("full")
             if more is not None:
@@ -363,10 +420,20 @@ class _ConnectionLimit:
                 )
             return False
         self.open += 1
+        if key is not None:
+            self._by_source[key] = self._by_source.get(key, 0) + 1
         return True
 
-    def release(self) -> None:
+    def release(self, source: str | None = None) -> None:
+        """Count a connection :meth:`admit` let in (from ``source``) out."""
         self.open -= 1
+        key = self._counted(source)
+        if key is not None:
+            left = self._by_source[key] - 1
+            if left:
+                self._by_source[key] = left
+            else:
+                del self._by_source[key]
 
 
 def _fd_limit() -> int:
