@@ -913,11 +913,7 @@ async def test_connections_over_the_limit_are_closed_unread(caplog: pytest.LogCa
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(_serving(_app(release, entered), stop, returned, config))
             held = await _open_connections(binds[0], 3)
-            for _ in range(10):
-                async with await trio.open_tcp_stream(*_host_port(binds[0])) as extra:
-                    with _closed_or_reset():
-                        await extra.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
-                        assert await extra.receive_some() == b""
+            await _each_closed_unread(binds[0], 10)
             refusals = [r.getMessage() for r in caplog.records if "closed a new connection unread" in r.getMessage()]
             assert len(refusals) == 1 and "3 connections open" in refusals[0], refusals
             await held.pop().aclose()
@@ -965,11 +961,7 @@ async def test_a_source_over_its_share_is_closed_unread_and_others_are_served(
             binds = await nursery.start(_serving(_app(release, entered), stop, returned, config))
             host, port = _host_port(binds[0])
             held = await _open_connections(binds[0], 2)
-            for _ in range(5):
-                async with await trio.open_tcp_stream(host, port) as extra:
-                    with _closed_or_reset():
-                        await extra.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
-                        assert await extra.receive_some() == b""
+            await _each_closed_unread(binds[0], 5)
             refusals = [r.getMessage() for r in caplog.records if "closed a new connection from" in r.getMessage()]
             assert len(refusals) == 1 and "127.0.0.1 unread: it holds 2 connections" in refusals[0], refusals
             async with await trio.open_tcp_stream(host, port, local_address="127.0.0.2") as other:
@@ -985,6 +977,15 @@ async def test_a_source_over_its_share_is_closed_unread_and_others_are_served(
             for stream in held:
                 await stream.aclose()
             stop.set()
+
+
+async def _each_closed_unread(url: str, count: int) -> None:
+    """``count`` new connections in turn, each sending a request: each closed by the server unread."""
+    for _ in range(count):
+        async with await trio.open_tcp_stream(*_host_port(url)) as extra:
+            with _closed_or_reset():
+                await extra.send_all(b"GET /quick HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert await extra.receive_some() == b""
 
 
 async def _connections_ended_but(count: int) -> None:
