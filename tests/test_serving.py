@@ -938,6 +938,10 @@ def test_one_source_holds_at_most_its_share_of_the_connections() -> None:
     assert limit.admit("192.0.2.1") and not limit.admit("192.0.2.1")
     assert limit.admit("127.0.0.1") and limit.admit("::ffff:127.0.0.1")  # loopback: not counted per source
     assert [limit._counted(a) for a in ("127.0.0.2", "::1", "192.0.2.9")] == [None, None, "192.0.2.9"]  # noqa: SLF001
+    # An IPv6 host picks its address within its /64: one source; an IPv4-mapped address is its IPv4 one.
+    assert limit._counted("2001:db8::8") == limit._counted("2001:db8::ffff:1") == "2001:db8::/64"  # noqa: SLF001
+    assert limit._counted("2001:db8:0:1::8") == "2001:db8:0:1::/64"  # noqa: SLF001
+    assert limit._counted("::ffff:192.0.2.9") == "192.0.2.9"  # noqa: SLF001
     assert not limit.admit(None) and not limit.admit("192.0.2.3")  # the server is full: 8 open
     for source in ("192.0.2.1",) * 4 + ("2001:db8::7", "192.0.2.2", "127.0.0.1", "::ffff:127.0.0.1"):
         limit.release(source)

@@ -35,7 +35,8 @@ its calls to the controller, the controller's database and its calls to each hos
   and the daemon, out of them, could neither serve nor call anyone (``EMFILE``);
 - at most :func:`max_connections` connections are served at once (three quarters of the
   descriptors, the rest kept for the daemon's own work), and one source address holds at most
-  :data:`CONNECTIONS_SHARE_PER_SOURCE` of them (loopback excepted: the machine's own clients),
+  :data:`CONNECTIONS_SHARE_PER_SOURCE` of them (an IPv6 source: its /64; loopback excepted: the
+  machine's own clients),
   so that one host holding idle connections up to the limit cannot lock every other client out
   for the keep-alive time (75 s); one more is closed unread, logged at most once per reason
   per :data:`REFUSAL_LOG_INTERVAL_S`;
@@ -377,18 +378,23 @@ class _ConnectionLimit:
         self._log = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def _counted(self, source: str | None) -> str | None:
-        """The key ``source`` is counted under (None: not counted per source)."""
+        """The key ``source`` is counted under (None: not counted per source): an IPv4 address
+        (an IPv4-mapped IPv6 one as its IPv4 address), an IPv6 one's /64 (one host holds a whole
+        /64 and picks its address in it: counted per address, it would count as millions of
+        sources)."""
         if source is None:
             return None
-        if self.exempt_loopback:
-            try:
-                ip = ipaddress.ip_address(source.partition("%")[0])
-            except ValueError:
-                return source
-            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-            if (mapped or ip).is_loopback:
-                return None
-        return source
+        try:
+            ip = ipaddress.ip_address(source.partition("%")[0])
+        except ValueError:
+            return source
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self.exempt_loopback and ip.is_loopback:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)
 
     def admit(self, source: str | None = None) -> bool:
         """Count a new connection from ``source`` (its address) in; False (logged) when the
